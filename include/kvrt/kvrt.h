@@ -1,0 +1,14 @@
+/*
+ * kvrt/kvrt.h - the whole public ABI of kvrt. Include this, or the one
+ * subsystem header you need.
+ */
+#ifndef KVRT_KVRT_H
+#define KVRT_KVRT_H
+
+#include "kvrt/status.h"
+#include "kvrt/context.h"
+#include "kvrt/layout.h"
+#include "kvrt/pool.h"
+#include "kvrt/block_table.h"
+
+#endif /* KVRT_KVRT_H */

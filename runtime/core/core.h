@@ -1,0 +1,115 @@
+/*
+ * core.h - what every kvrt subsystem uses from the context: errors, logging,
+ * the ctl registry, owned-object teardown and the host-memory arena.
+ * Internal: nothing here is ABI.
+ */
+#ifndef KVRT_CORE_H
+#define KVRT_CORE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvrt/context.h"
+
+#define KVRT_EXPORT __attribute__((visibility("default")))
+#define KVRT_LIKELY(x) __builtin_expect(!!(x), 1)
+#define KVRT_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define KVRT_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+
+/*
+ * Records a failure: formats the detail text into ctx's last-error buffer
+ * (prefixed by the calling function's name), logs it at DEBUG, and returns
+ * `status` so a caller can write `return kvrt_fail(ctx, ...)`.
+ * ctx may be NULL (then only the status survives).
+ */
+kvrt_status_t kvrt_fail_(kvrt_ctx_t *ctx, const char *func, kvrt_status_t status,
+                         const char *fmt, ...) KVRT_PRINTF(4, 5);
+#define kvrt_fail(ctx, status, ...) kvrt_fail_((ctx), __func__, (status), __VA_ARGS__)
+
+/* Logs through the context's callback when level is enabled. Thread-safe if
+ * the callback is. */
+void kvrt_log(kvrt_ctx_t *ctx, kvrt_log_level_t level, const char *fmt, ...)
+    KVRT_PRINTF(3, 4);
+bool kvrt_log_enabled(const kvrt_ctx_t *ctx, kvrt_log_level_t level);
+const char *kvrt_ctx_name(const kvrt_ctx_t *ctx);
+
+/*
+ * Owned objects: every pool, cache, scheduler or agent registers itself with
+ * its context so kvrt_ctx_destroy() can free what the caller left, newest
+ * first (a cache goes before the pool it sits on). An object unregisters in
+ * its own destroy.
+ */
+typedef struct kvrt_owned {
+    struct kvrt_owned *prev, *next;
+    void (*destroy)(struct kvrt_owned *self);
+} kvrt_owned_t;
+
+void kvrt_ctx_own(kvrt_ctx_t *ctx, kvrt_owned_t *obj,
+                  void (*destroy)(kvrt_owned_t *self));
+void kvrt_ctx_disown(kvrt_ctx_t *ctx, kvrt_owned_t *obj);
+
+/* Next index for a numbered object kind ("pool", "cache"...): 0, 1, ... */
+uint32_t kvrt_ctx_next_index(kvrt_ctx_t *ctx, const char *kind);
+
+/*
+ * ctl registry. A subsystem registers a table of leaf nodes under a prefix
+ * ("pool.0"); kvrt_ctl("pool.0.free") finds the leaf "free" and calls its
+ * getter with `obj`. Values are u64, double or string.
+ */
+typedef enum kvrt_ctl_type {
+    KVRT_CTL_U64 = 0,
+    KVRT_CTL_DOUBLE = 1,
+    KVRT_CTL_STRING = 2
+} kvrt_ctl_type_t;
+
+typedef union kvrt_ctl_value {
+    uint64_t u64;
+    double f64;
+    const char *str;
+} kvrt_ctl_value_t;
+
+typedef struct kvrt_ctl_node {
+    const char *name;
+    kvrt_ctl_type_t type;
+    void (*get)(void *obj, kvrt_ctl_value_t *value_out);
+    /* NULL for read-only nodes. Returns a status; may kvrt_fail(). */
+    kvrt_status_t (*set)(void *obj, const kvrt_ctl_value_t *value);
+} kvrt_ctl_node_t;
+
+/* The prefix is copied; nodes and obj must outlive the registration.
+ * Returns KVRT_ERR_NO_MEMORY when the registry cannot grow. */
+kvrt_status_t kvrt_ctl_register(kvrt_ctx_t *ctx, const char *prefix,
+                                const kvrt_ctl_node_t *nodes, size_t count,
+                                void *obj);
+/* Removes every registration of obj. */
+void kvrt_ctl_unregister(kvrt_ctx_t *ctx, void *obj);
+
+/*
+ * Host memory from the context's jemalloc arena: 2 MiB aligned extents
+ * carved from large prefaulted regions (hugetlb when possible, else THP
+ * advised). Used for data kvrt may later register for RDMA (pools, staging
+ * buffers). Small bookkeeping structures use plain calloc so sanitizers see
+ * them.
+ */
+void *kvrt_host_alloc(kvrt_ctx_t *ctx, size_t bytes);
+void kvrt_host_free(kvrt_ctx_t *ctx, void *ptr);
+
+typedef struct kvrt_host_region {
+    void *base;
+    size_t bytes;
+    bool hugetlb;
+} kvrt_host_region_t;
+
+/* Finds the arena region holding [ptr, ptr+bytes); false when none does. */
+bool kvrt_host_region_of(const kvrt_ctx_t *ctx, const void *ptr, size_t bytes,
+                         kvrt_host_region_t *region_out);
+/* Number of regions mapped and their total bytes. */
+void kvrt_host_usage(const kvrt_ctx_t *ctx, uint32_t *regions_out,
+                     uint64_t *bytes_out);
+
+/* Monotonic clock in nanoseconds. */
+uint64_t kvrt_now_ns(void);
+
+#endif /* KVRT_CORE_H */

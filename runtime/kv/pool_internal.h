@@ -1,0 +1,51 @@
+/*
+ * pool_internal.h - the pool as the prefix cache (runtime/cache) sees it.
+ *
+ * Dependencies point one way (kv <- cache), so the pool knows a cache only
+ * through this ops table. A block the cache holds carries a "cached" flag;
+ * when its last reference goes, it becomes *idle* instead of free and the
+ * pool tells the cache (block_idle) so the eviction policy can track it.
+ * When an idle block is referenced again (a prefix hit), the pool tells the
+ * cache (block_busy) so the policy drops it from its evictable set in O(1).
+ * When an allocation finds the free list short, the pool asks the cache to
+ * evict: the cache picks victims, forgets them and calls
+ * kvrt_pool_uncache() on each, which puts them on the free list.
+ */
+#ifndef KVRT_POOL_INTERNAL_H
+#define KVRT_POOL_INTERNAL_H
+
+#include "core/core.h"
+#include "kvrt/block_table.h"
+#include "kvrt/pool.h"
+
+typedef struct kvrt_pool_cache_ops {
+    void (*block_idle)(void *cache, int32_t block);
+    void (*block_busy)(void *cache, int32_t block);
+    /* Reclaim `count` idle blocks (the pool guarantees that many exist). */
+    void (*evict)(void *cache, uint32_t count);
+} kvrt_pool_cache_ops_t;
+
+/* Attaches a cache. Errors: KVRT_ERR_BUSY (one is attached already). */
+kvrt_status_t kvrt_pool_attach_cache(kvrt_pool_t *pool, const kvrt_pool_cache_ops_t *ops,
+                                     void *cache);
+/* Detaches the cache: every cached flag is cleared, idle blocks become free. */
+void kvrt_pool_detach_cache(kvrt_pool_t *pool);
+
+/* Marks a used block as held by the cache. Returns false when the block is
+ * not in use (nothing changes). */
+bool kvrt_pool_mark_cached(kvrt_pool_t *pool, int32_t block);
+/* Clears the cached flag; an idle block goes to the free list. */
+void kvrt_pool_uncache(kvrt_pool_t *pool, int32_t block);
+/* Takes a reference on a cached block, idle or used (a prefix hit). Returns
+ * false when the block is not cached or its count would overflow. */
+bool kvrt_pool_ref_cached(kvrt_pool_t *pool, int32_t block);
+bool kvrt_pool_is_cached(const kvrt_pool_t *pool, int32_t block);
+
+kvrt_ctx_t *kvrt_pool_ctx(const kvrt_pool_t *pool);
+uint32_t kvrt_pool_num_blocks(const kvrt_pool_t *pool);
+uint32_t kvrt_pool_tokens_per_block(const kvrt_pool_t *pool);
+uint32_t kvrt_pool_free_count(const kvrt_pool_t *pool);
+uint32_t kvrt_pool_cached_count(const kvrt_pool_t *pool);
+uint32_t kvrt_pool_watermark(const kvrt_pool_t *pool);
+
+#endif /* KVRT_POOL_INTERNAL_H */
