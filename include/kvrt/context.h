@@ -59,7 +59,8 @@ typedef void (*kvrt_log_fn)(void *user_data, kvrt_log_level_t level,
 typedef enum kvrt_hugepage_mode {
     KVRT_HUGEPAGE_AUTO = 0,    /* try 2 MiB hugetlb pages, then THP, then 4 KiB */
     KVRT_HUGEPAGE_OFF = 1,     /* ordinary pages (still 2 MiB aligned) */
-    KVRT_HUGEPAGE_REQUIRE = 2  /* fail with KVRT_ERR_NO_MEMORY without hugetlb */
+    KVRT_HUGEPAGE_REQUIRE = 2  /* hugetlb or nothing: context and pool creation
+                                  fail with KVRT_ERR_NO_MEMORY without it */
 } kvrt_hugepage_mode_t;
 
 enum kvrt_ctx_params_field {

@@ -53,12 +53,11 @@ static inline table_slot_t *lookup(const kvrt_pool_t *pool, kvrt_table_id_t id)
     return KVRT_LIKELY(t->generation == generation) ? t : NULL;
 }
 
-static kvrt_status_t unknown_table(const kvrt_pool_t *pool, kvrt_table_id_t id)
-{
-    return kvrt_fail(pool->ctx, KVRT_ERR_UNKNOWN_TABLE,
-                     "pool %s: table id 0x%llx is unknown or destroyed", pool->name,
-                     (unsigned long long)id);
-}
+/* A macro so the message names the public function that was called. */
+#define unknown_table(pool, id)                                                  \
+    kvrt_fail((pool)->ctx, KVRT_ERR_UNKNOWN_TABLE,                               \
+              "pool %s: table id 0x%llx is unknown or destroyed", (pool)->name,  \
+              (unsigned long long)(id))
 
 #define CHECK_POOL(pool)                                                         \
     do {                                                                         \

@@ -1,0 +1,63 @@
+/*
+ * test_helpers.h - shared fixtures for kvrt's Criterion tests.
+ */
+#ifndef KVRT_TEST_HELPERS_H
+#define KVRT_TEST_HELPERS_H
+
+#include <criterion/criterion.h>
+#include <stdint.h>
+
+#include "kvrt/kvrt.h"
+
+/* Asserts a call succeeded, printing kvrt's detail text when it did not. */
+#define ASSERT_OK(ctx, call)                                                     \
+    do {                                                                         \
+        kvrt_status_t st_ = (call);                                              \
+        cr_assert_eq(st_, KVRT_OK, "%s -> %s: %s", #call, kvrt_status_str(st_),  \
+                     kvrt_ctx_last_error(ctx));                                  \
+    } while (0)
+
+#define ASSERT_STATUS(expected, call)                                            \
+    do {                                                                         \
+        kvrt_status_t st_ = (call);                                              \
+        cr_assert_eq(st_, (expected), "%s -> %s, wanted %s", #call,              \
+                     kvrt_status_str(st_), kvrt_status_str(expected));           \
+    } while (0)
+
+/* A small fp16 layout: 2 layers, 2 heads, head_dim 4, `tpb` tokens/block. */
+static inline kvrt_kv_layout_t test_layout(uint32_t tpb)
+{
+    return (kvrt_kv_layout_t){.num_layers = 2, .num_kv_heads = 2, .head_dim = 4,
+                              .tokens_per_block = tpb};
+}
+
+/* A host-memory pool of `blocks` blocks with no watermark. */
+static inline kvrt_pool_t *test_pool(kvrt_ctx_t *ctx, uint32_t blocks, uint32_t tpb)
+{
+    kvrt_pool_params_t p = {.field_mask = KVRT_POOL_PARAM_WATERMARK,
+                            .layout = test_layout(tpb),
+                            .num_blocks = blocks,
+                            .watermark_blocks = 0};
+    kvrt_pool_t *pool = NULL;
+    kvrt_status_t st = kvrt_pool_create(ctx, &p, &pool);
+    cr_assert_eq(st, KVRT_OK, "pool: %s", kvrt_ctx_last_error(ctx));
+    return pool;
+}
+
+/* Small deterministic PRNG (xorshift64*), so failures replay exactly. */
+static inline uint64_t test_rand(uint64_t *state)
+{
+    uint64_t x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+static inline uint32_t test_rand_below(uint64_t *state, uint32_t bound)
+{
+    return bound ? (uint32_t)(test_rand(state) % bound) : 0;
+}
+
+#endif /* KVRT_TEST_HELPERS_H */

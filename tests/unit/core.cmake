@@ -1,0 +1,11 @@
+kvrt_add_test(unit test_core_context DEPS kv)
+# The public headers must compile as strict C99 and as C++.
+add_library(test_abi_c99 OBJECT ${CMAKE_CURRENT_LIST_DIR}/abi_c99.c)
+set_target_properties(test_abi_c99 PROPERTIES C_STANDARD 99 C_EXTENSIONS OFF)
+target_compile_options(test_abi_c99 PRIVATE -pedantic -Werror -Wall -Wextra)
+target_include_directories(test_abi_c99 PRIVATE ${PROJECT_SOURCE_DIR}/include)
+add_executable(test_abi_cxx ${CMAKE_CURRENT_LIST_DIR}/abi_cxx.cpp)
+set_target_properties(test_abi_cxx PROPERTIES CXX_STANDARD 11)
+target_compile_options(test_abi_cxx PRIVATE -pedantic -Werror -Wall -Wextra)
+target_link_libraries(test_abi_cxx PRIVATE kvrt)
+add_test(NAME test_abi_cxx COMMAND test_abi_cxx)
