@@ -1,0 +1,169 @@
+/*
+ * sidechannel.h - the TCP side channel every connection starts on:
+ * addresses, sockets with deadlines, small framed messages, the mutual
+ * cluster-key authentication, and the queue-pair information a verbs
+ * backend exchanges. Internal: nothing here is ABI.
+ *
+ * All functions block at most until a deadline on the kvrt_now_ns() clock,
+ * take no locks and are safe from any thread (each socket is used by one
+ * thread at a time).
+ *
+ * Frames: [u32 magic "KVSC"][u16 type][u16 zero][u32 length][payload],
+ * little-endian, payload <= KVRT_XFER_SC_PAYLOAD_MAX. Anything else is a
+ * protocol error and the socket must be closed.
+ *
+ * Authentication (kvrt_xfer_sc_auth_client / _server), with K the 32-byte
+ * BLAKE2b hash of the cluster key and HMAC = HMAC-SHA-256 (libsodium):
+ *   client -> HELLO  {version, backend, session[16], conn index, nonce_c, name}
+ *   server -> CHALLENGE {nonce_s, name, HMAC(K, "kvrt-xfer-srv" nonce_c nonce_s session)}
+ *   client    checks the server's MAC (a wrong key fails here: KVRT_ERR_AUTH)
+ *   client -> PROOF  {HMAC(K, "kvrt-xfer-cli" nonce_s nonce_c session)}
+ *   server    checks it, answers RESULT {status}: KVRT_OK, KVRT_ERR_AUTH, or
+ *             KVRT_ERR_PROTOCOL (different backend or version)
+ * Both nonces are fresh random 32-byte values, so a recorded exchange cannot
+ * be replayed, and the two MACs carry different labels, so one side's answer
+ * can never be reflected as the other's.
+ */
+#ifndef KVRT_XFER_SIDECHANNEL_H
+#define KVRT_XFER_SIDECHANNEL_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "core/core.h"
+#include "kvrt/xfer.h"
+
+#define KVRT_XFER_SC_VERSION 1
+#define KVRT_XFER_SC_PAYLOAD_MAX 4096
+#define KVRT_XFER_SESSION_BYTES 16
+#define KVRT_XFER_KEY_BYTES 32
+
+/* Side-channel frame types. Values >= 64 are free for backends (the verbs
+ * backend's QP exchange uses KVRT_XFER_SC_QP_INFO). */
+enum kvrt_xfer_sc_type {
+    KVRT_XFER_SC_HELLO = 1,
+    KVRT_XFER_SC_CHALLENGE = 2,
+    KVRT_XFER_SC_PROOF = 3,
+    KVRT_XFER_SC_RESULT = 4,
+    KVRT_XFER_SC_QP_INFO = 16
+};
+
+/* A parsed "host:port" (IPv4, or IPv6 in brackets). */
+typedef struct kvrt_xfer_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+} kvrt_xfer_addr_t;
+
+/* Parses "host:port" or "[v6]:port" (numeric hosts only, no DNS).
+ * Errors: KVRT_ERR_INVALID_ARG. */
+kvrt_status_t kvrt_xfer_addr_parse(const char *text, kvrt_xfer_addr_t *addr_out);
+/* Formats an address as "host:port" (IPv6 bracketed) into buf. */
+void kvrt_xfer_addr_format(const kvrt_xfer_addr_t *addr, char *buf, size_t bytes);
+
+/* A blocking, close-on-exec, TCP_NODELAY socket connected to addr before
+ * deadline_ns. Errors: KVRT_ERR_CONNECT. */
+kvrt_status_t kvrt_xfer_sc_dial(const kvrt_xfer_addr_t *addr, uint64_t deadline_ns,
+                                int *fd_out);
+/* A listening socket bound to addr (port 0 picks one; *bound_out gets the
+ * real address). Errors: KVRT_ERR_IO. */
+kvrt_status_t kvrt_xfer_sc_listen(const kvrt_xfer_addr_t *addr,
+                                  kvrt_xfer_addr_t *bound_out, int *fd_out);
+
+/* Sends exactly `bytes` / receives exactly `bytes` before deadline_ns.
+ * Errors: KVRT_ERR_TIMEOUT, KVRT_ERR_PEER_FAILED (EOF or socket error). */
+kvrt_status_t kvrt_xfer_sc_write_all(int fd, const void *buf, size_t bytes,
+                                     uint64_t deadline_ns);
+kvrt_status_t kvrt_xfer_sc_read_all(int fd, void *buf, size_t bytes,
+                                    uint64_t deadline_ns);
+
+/* One framed message each way. recv checks the magic and that the type is
+ * `type`; *bytes_out gets the payload length (<= capacity).
+ * Errors: those of write_all/read_all, KVRT_ERR_PROTOCOL (bad frame, other
+ * type, longer than capacity). */
+kvrt_status_t kvrt_xfer_sc_send(int fd, uint16_t type, const void *payload,
+                                uint32_t bytes, uint64_t deadline_ns);
+kvrt_status_t kvrt_xfer_sc_recv(int fd, uint16_t type, void *payload,
+                                uint32_t capacity, uint32_t *bytes_out,
+                                uint64_t deadline_ns);
+
+/* The cluster key as both ends use it. */
+typedef struct kvrt_xfer_key {
+    uint8_t k[KVRT_XFER_KEY_BYTES];
+} kvrt_xfer_key_t;
+
+/* Derives K from the user's key bytes. Errors: INVALID_ARG (too short). */
+kvrt_status_t kvrt_xfer_key_derive(const uint8_t *key, uint32_t bytes,
+                                   kvrt_xfer_key_t *key_out);
+
+/* What the dialing side states in its HELLO. */
+typedef struct kvrt_xfer_hello {
+    uint32_t version;                         /* KVRT_XFER_SC_VERSION */
+    uint32_t backend;                         /* kvrt_xfer_backend_kind_t */
+    uint32_t conn_index;                      /* 0 for a session's first socket */
+    uint8_t session[KVRT_XFER_SESSION_BYTES]; /* names the dialing peer */
+    char name[KVRT_XFER_NAME_MAX];            /* dialing agent's name */
+} kvrt_xfer_hello_t;
+
+/*
+ * Dialing side of the handshake on a connected socket. *server_name_out
+ * (KVRT_XFER_NAME_MAX bytes, may be NULL) gets the listener's name.
+ * Errors: KVRT_ERR_AUTH (the server proved a different key, or refused
+ * ours), KVRT_ERR_PROTOCOL (not a kvrt agent, other backend or version),
+ * KVRT_ERR_TIMEOUT, KVRT_ERR_PEER_FAILED.
+ */
+kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
+                                       const kvrt_xfer_hello_t *hello,
+                                       char *server_name_out, uint64_t deadline_ns);
+
+/*
+ * Listening side. Checks that the HELLO's version and backend equal
+ * `backend` and the client's proof; answers RESULT either way.
+ * Errors: as for the client.
+ */
+kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
+                                       uint32_t backend, const char *server_name,
+                                       kvrt_xfer_hello_t *hello_out,
+                                       uint64_t deadline_ns);
+
+/*
+ * What the two ends of a verbs RC queue pair tell each other. The path MTU
+ * used is the smaller of the two (kvrt_xfer_sc_mtu_min). Encoded
+ * little-endian, 32 bytes each, by kvrt_xfer_sc_exchange_qp_info().
+ */
+typedef struct kvrt_xfer_sc_qp_info {
+    uint32_t qp_num;
+    uint32_t psn;        /* 24 bits */
+    uint8_t gid[16];
+    uint16_t lid;
+    uint8_t mtu;         /* enum ibv_mtu value (1 = 256 .. 5 = 4096) */
+    uint8_t port;
+    uint32_t reserved;   /* zero */
+} kvrt_xfer_sc_qp_info_t;
+
+#define KVRT_XFER_SC_QP_MAX 64
+
+/*
+ * Sends `count` local QP infos and receives the peer's (the dialing side
+ * sends first, the listening side receives first, so `dialer` says which
+ * this is). The peer must send the same count.
+ * Errors: KVRT_ERR_INVALID_ARG (count 0 or > KVRT_XFER_SC_QP_MAX),
+ * KVRT_ERR_PROTOCOL (other count, malformed), and the I/O errors above.
+ */
+kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer,
+                                            const kvrt_xfer_sc_qp_info_t *local,
+                                            kvrt_xfer_sc_qp_info_t *remote,
+                                            uint32_t count, uint64_t deadline_ns);
+
+/* The smaller of two ibv_mtu enum values (0 counts as unset: the other wins). */
+static inline uint8_t kvrt_xfer_sc_mtu_min(uint8_t a, uint8_t b)
+{
+    if (a == 0)
+        return b;
+    if (b == 0)
+        return a;
+    return a < b ? a : b;
+}
+
+#endif /* KVRT_XFER_SIDECHANNEL_H */
