@@ -10,5 +10,6 @@
 #include "kvrt/layout.h"
 #include "kvrt/pool.h"
 #include "kvrt/block_table.h"
+#include "kvrt/cache.h"
 
 #endif /* KVRT_KVRT_H */
