@@ -97,6 +97,10 @@ KVRT_EXPORT kvrt_status_t kvrt_table_create(kvrt_pool_t *pool, kvrt_table_id_t *
         return kvrt_fail(pool->ctx, KVRT_ERR_NO_TABLES, "pool %s: all %u tables live",
                          pool->name, pool->max_tables);
     table_slot_t *t = &pool->tables[index];
+    /* A live table always has an array, so views never hand out NULL. */
+    kvrt_status_t status = ensure_capacity(pool, t, 1);
+    if (status != KVRT_OK)
+        return status;
     pool->free_table_head = t->next_free;
     t->generation++; /* even -> odd: live */
     t->num_tokens = 0;
@@ -287,7 +291,8 @@ KVRT_EXPORT kvrt_status_t kvrt_table_fork(kvrt_pool_t *pool, kvrt_table_id_t par
     uint32_t index = pool->free_table_head;
     for (uint32_t c = 0; c < num_children; c++) {
         table_slot_t *child = &pool->tables[index];
-        kvrt_status_t status = ensure_capacity(pool, child, parent->num_blocks);
+        kvrt_status_t status =
+            ensure_capacity(pool, child, parent->num_blocks ? parent->num_blocks : 1);
         if (status != KVRT_OK)
             return status;
         index = child->next_free;
@@ -295,9 +300,10 @@ KVRT_EXPORT kvrt_status_t kvrt_table_fork(kvrt_pool_t *pool, kvrt_table_id_t par
     for (uint32_t c = 0; c < num_children; c++) {
         kvrt_table_create(pool, &children_out[c]);
         table_slot_t *child = lookup(pool, children_out[c]);
-        memcpy(child->blocks, parent->blocks, (size_t)shared * sizeof(int32_t));
-        for (uint32_t i = 0; i < shared; i++)
+        for (uint32_t i = 0; i < shared; i++) {
+            child->blocks[i] = parent->blocks[i];
             pool->meta[parent->blocks[i]].refcount++;
+        }
         if (partial) {
             kvrt_pool_take(pool, 1, &child->blocks[shared]);
             copies_out[c] = (kvrt_block_copy_t){.src_block = parent->blocks[shared],
@@ -342,7 +348,8 @@ KVRT_EXPORT kvrt_status_t kvrt_table_export(const kvrt_pool_t *pool, kvrt_table_
         return kvrt_fail(pool->ctx, KVRT_ERR_BUFFER_TOO_SMALL,
                          "table has %u blocks; pad_to %u, capacity %u", t->num_blocks,
                          pad_to, capacity);
-    memcpy(dst, t->blocks, (size_t)t->num_blocks * sizeof(int32_t));
+    if (t->num_blocks)
+        memcpy(dst, t->blocks, (size_t)t->num_blocks * sizeof(int32_t));
     for (uint32_t i = t->num_blocks; i < width; i++)
         dst[i] = KVRT_NULL_BLOCK;
     *count_out = t->num_blocks;
