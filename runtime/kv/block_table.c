@@ -150,6 +150,23 @@ KVRT_EXPORT kvrt_status_t kvrt_table_append(kvrt_pool_t *pool, kvrt_table_id_t i
         return unknown_table(pool, id);
     if (KVRT_UNLIKELY(num_tokens == 0))
         return kvrt_fail(pool->ctx, KVRT_ERR_INVALID_ARG, "num_tokens is 0");
+    /* Fast path, most decode steps: the tokens fit in the private tail block,
+     * so nothing is allocated or copied. */
+    uint32_t offset = t->num_tokens & (pool->tokens_per_block - 1);
+    if (KVRT_LIKELY(offset != 0 && num_tokens <= pool->tokens_per_block - offset)) {
+        int32_t tail = t->blocks[t->num_blocks - 1];
+        if (KVRT_LIKELY(pool->meta[tail].refcount == 1)) {
+            if (slots_out) {
+                int64_t base = ((int64_t)tail << pool->block_shift) | offset;
+                for (uint32_t k = 0; k < num_tokens; k++)
+                    slots_out[k] = base + k;
+            }
+            if (num_copies_out)
+                *num_copies_out = 0;
+            t->num_tokens += num_tokens;
+            return KVRT_OK;
+        }
+    }
     uint64_t new_tokens = (uint64_t)t->num_tokens + num_tokens;
     if (KVRT_UNLIKELY(new_tokens > KVRT_TABLE_MAX_TOKENS))
         return kvrt_fail(pool->ctx, KVRT_ERR_TABLE_TOO_LONG,
@@ -158,8 +175,7 @@ KVRT_EXPORT kvrt_status_t kvrt_table_append(kvrt_pool_t *pool, kvrt_table_id_t i
     uint32_t new_blocks = blocks_for(pool, new_tokens);
     uint32_t grow = new_blocks - t->num_blocks;
     /* Copy-on-write: never write into a partial block someone else holds. */
-    bool partial = (t->num_tokens & (pool->tokens_per_block - 1)) != 0;
-    bool cow = partial && pool->meta[t->blocks[t->num_blocks - 1]].refcount > 1;
+    bool cow = offset != 0 && pool->meta[t->blocks[t->num_blocks - 1]].refcount > 1;
     if (KVRT_UNLIKELY(cow && (!copy_out || !num_copies_out)))
         return kvrt_fail(pool->ctx, KVRT_ERR_INVALID_ARG,
                          "last block %d is shared; a copy is needed, so copy_out and "
@@ -193,8 +209,7 @@ KVRT_EXPORT kvrt_status_t kvrt_table_append(kvrt_pool_t *pool, kvrt_table_id_t i
         /* Walk block by block: one table read per block, not per token. */
         uint32_t pos = first, i = 0;
         while (i < num_tokens) {
-            uint32_t offset = pos & (pool->tokens_per_block - 1);
-            uint32_t run = pool->tokens_per_block - offset;
+            uint32_t run = pool->tokens_per_block - (pos & (pool->tokens_per_block - 1));
             if (run > num_tokens - i)
                 run = num_tokens - i;
             int64_t base = slot_of(pool, t, pos);
