@@ -1,0 +1,538 @@
+/*
+ * cache.c - the prefix cache over one pool: match, lookup, insert, the
+ * pool's eviction hooks, metrics and the ctl nodes "cache.<N>.*".
+ *
+ * State per cache, all sized at creation from the pool's block count:
+ *   index        block key -> block (index.c)
+ *   block_key    block -> its key, so an evicted block leaves the index
+ *                without rehashing
+ *   policy       the evictable set (policy_*.c)
+ *   explain      a direct-mapped table, content hash -> (content tag, keys
+ *                tag) of the last block inserted with that content. It
+ *                turns a miss into a reason: our keys there means the block
+ *                was cached and evicted; other keys mean the same tokens are
+ *                cached for another tenant or adapter; nothing means never
+ *                cached. It is lossy by design (a slot remembers only the
+ *                newest content that maps to it), so a long-gone block can
+ *                read as "never cached"; it never makes a hit a miss.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/cache_internal.h"
+
+struct kvrt_cache {
+    kvrt_owned_t owned;
+    kvrt_ctx_t *ctx;
+    kvrt_pool_t *pool;
+    char name[32];
+    uint32_t group_id;
+    uint32_t num_blocks;
+    uint32_t tokens_per_block;
+    kvrt_cache_policy_t policy_kind;
+    kvrt_block_hash_t root;
+    cache_index_t index;
+    cache_policy_t policy;
+    kvrt_block_hash_t *block_key;
+    uint64_t *explain;
+    uint64_t explain_mask;
+    kvrt_cache_stats_t stats;
+    kvrt_pool_cache_ops_t pool_ops;
+};
+
+static const cache_policy_ops_t *const policy_table[] = {
+    [KVRT_CACHE_LRU] = &cache_policy_lru,
+    [KVRT_CACHE_LFU] = &cache_policy_lfu,
+    [KVRT_CACHE_LFU_AGED] = &cache_policy_lfu_aged,
+};
+#define NUM_POLICIES (sizeof(policy_table) / sizeof(policy_table[0]))
+
+/* ---- keys of one call ----------------------------------------------------- */
+
+/* What a call needs from its keys: validated once, digested once. */
+typedef struct call_keys {
+    const kvrt_hash_keys_t *keys;
+    bool empty;
+    kvrt_block_hash_t digest;
+    uint32_t tag; /* explain-table tag of these keys: odd, 1 for empty keys */
+} call_keys_t;
+
+static bool call_keys_init(call_keys_t *ck, const kvrt_hash_keys_t *keys)
+{
+    if (!cache_keys_valid(keys))
+        return false;
+    ck->keys = keys;
+    ck->empty = cache_keys_empty(keys);
+    ck->digest = ck->empty ? (kvrt_block_hash_t){0, 0} : cache_keys_digest(keys);
+    ck->tag = ck->empty ? 1u : ((uint32_t)ck->digest.lo | 1u);
+    return true;
+}
+
+static inline kvrt_block_hash_t key_of(const call_keys_t *ck, const kvrt_block_hash_t *content)
+{
+    return ck->empty ? *content : cache_block_key(content, &ck->digest);
+}
+
+static inline uint64_t explain_entry(const kvrt_block_hash_t *content, const call_keys_t *ck)
+{
+    return (content->hi & 0xffffffff00000000ull) | ck->tag;
+}
+
+static kvrt_cache_miss_reason_t explain_miss(const kvrt_cache_t *cache,
+                                             const kvrt_block_hash_t *content,
+                                             const call_keys_t *ck)
+{
+    uint64_t e = cache->explain[content->lo & cache->explain_mask];
+    if ((e & 0xffffffff00000000ull) != (content->hi & 0xffffffff00000000ull) || e == 0)
+        return KVRT_CACHE_MISS_NEVER_CACHED;
+    return (uint32_t)e == ck->tag ? KVRT_CACHE_MISS_EVICTED : KVRT_CACHE_MISS_KEY_MISMATCH;
+}
+
+/* ---- pool hooks ----------------------------------------------------------- */
+
+static void hook_idle(void *obj, int32_t block)
+{
+    kvrt_cache_t *cache = obj;
+    cache->policy.ops->idle(&cache->policy, block);
+}
+
+static void hook_busy(void *obj, int32_t block)
+{
+    kvrt_cache_t *cache = obj;
+    cache->policy.ops->busy(&cache->policy, block);
+}
+
+static void hook_evict(void *obj, uint32_t count)
+{
+    kvrt_cache_t *cache = obj;
+    for (uint32_t i = 0; i < count; i++) {
+        int32_t block = cache->policy.ops->victim(&cache->policy);
+        cache_index_remove(&cache->index, &cache->block_key[block]);
+        cache->stats.evictions++;
+        kvrt_pool_uncache(cache->pool, block);
+    }
+}
+
+/* ---- ctl nodes -------------------------------------------------------------- */
+
+static void refresh_gauges(const kvrt_cache_t *cache, kvrt_cache_stats_t *s)
+{
+    *s = cache->stats;
+    s->cached_blocks = cache->index.count;
+    s->evictable_blocks = cache->policy.evictable;
+    s->index_capacity = cache->index.mask + 1;
+    s->load_factor = (double)s->cached_blocks / (double)s->index_capacity;
+}
+
+#define CACHE_GETTER(field)                                                      \
+    static void get_##field(void *obj, kvrt_ctl_value_t *v)                      \
+    {                                                                            \
+        kvrt_cache_stats_t s;                                                    \
+        refresh_gauges(obj, &s);                                                 \
+        v->u64 = s.field;                                                        \
+    }
+CACHE_GETTER(queries)
+CACHE_GETTER(query_tokens)
+CACHE_GETTER(hit_tokens)
+CACHE_GETTER(miss_never_cached)
+CACHE_GETTER(miss_evicted)
+CACHE_GETTER(miss_key_mismatch)
+CACHE_GETTER(miss_partial)
+CACHE_GETTER(inserts)
+CACHE_GETTER(insert_duplicates)
+CACHE_GETTER(evictions)
+CACHE_GETTER(cached_blocks)
+CACHE_GETTER(evictable_blocks)
+CACHE_GETTER(index_capacity)
+
+static void get_load_factor(void *obj, kvrt_ctl_value_t *v)
+{
+    kvrt_cache_stats_t s;
+    refresh_gauges(obj, &s);
+    v->f64 = s.load_factor;
+}
+
+static void get_policy(void *obj, kvrt_ctl_value_t *v)
+{
+    v->str = ((kvrt_cache_t *)obj)->policy.ops->name;
+}
+
+static void get_name(void *obj, kvrt_ctl_value_t *v) { v->str = ((kvrt_cache_t *)obj)->name; }
+static void get_reset(void *obj, kvrt_ctl_value_t *v) { v->u64 = 0; }
+
+static kvrt_status_t set_reset(void *obj, const kvrt_ctl_value_t *v)
+{
+    return kvrt_cache_reset_stats(obj);
+}
+
+static const kvrt_ctl_node_t cache_nodes[] = {
+    {"name", KVRT_CTL_STRING, get_name, NULL},
+    {"policy", KVRT_CTL_STRING, get_policy, NULL},
+    {"queries", KVRT_CTL_U64, get_queries, NULL},
+    {"query_tokens", KVRT_CTL_U64, get_query_tokens, NULL},
+    {"hit_tokens", KVRT_CTL_U64, get_hit_tokens, NULL},
+    {"miss_never_cached", KVRT_CTL_U64, get_miss_never_cached, NULL},
+    {"miss_evicted", KVRT_CTL_U64, get_miss_evicted, NULL},
+    {"miss_key_mismatch", KVRT_CTL_U64, get_miss_key_mismatch, NULL},
+    {"miss_partial", KVRT_CTL_U64, get_miss_partial, NULL},
+    {"inserts", KVRT_CTL_U64, get_inserts, NULL},
+    {"insert_duplicates", KVRT_CTL_U64, get_insert_duplicates, NULL},
+    {"evictions", KVRT_CTL_U64, get_evictions, NULL},
+    {"cached_blocks", KVRT_CTL_U64, get_cached_blocks, NULL},
+    {"evictable_blocks", KVRT_CTL_U64, get_evictable_blocks, NULL},
+    {"index_capacity", KVRT_CTL_U64, get_index_capacity, NULL},
+    {"load_factor", KVRT_CTL_DOUBLE, get_load_factor, NULL},
+    {"reset", KVRT_CTL_U64, get_reset, set_reset},
+};
+
+/* ---- create / destroy ------------------------------------------------------- */
+
+static void cache_free(kvrt_cache_t *cache)
+{
+    if (cache->policy.ops)
+        cache->policy.ops->destroy(&cache->policy);
+    cache_index_destroy(&cache->index);
+    free(cache->block_key);
+    free(cache->explain);
+    free(cache);
+}
+
+static void cache_destroy_owned(kvrt_owned_t *owned)
+{
+    kvrt_cache_t *cache = (kvrt_cache_t *)owned;
+    kvrt_ctl_unregister(cache->ctx, cache);
+    kvrt_pool_detach_cache(cache->pool);
+    cache_free(cache);
+}
+
+static kvrt_status_t check_cache_params(kvrt_ctx_t *ctx, const kvrt_cache_params_t *p)
+{
+    const uint64_t known =
+        KVRT_CACHE_PARAM_POLICY | KVRT_CACHE_PARAM_FINGERPRINT | KVRT_CACHE_PARAM_NAME;
+    if (p->field_mask & ~known)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
+                         (unsigned long long)(p->field_mask & ~known));
+    if ((p->field_mask & KVRT_CACHE_PARAM_POLICY) && (unsigned)p->policy >= NUM_POLICIES)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "unknown policy %d", (int)p->policy);
+    return KVRT_OK;
+}
+
+static kvrt_status_t cache_setup(kvrt_cache_t *cache, const kvrt_cache_params_t *p)
+{
+    kvrt_block_hash_t fingerprint;
+    if (p->field_mask & KVRT_CACHE_PARAM_FINGERPRINT) {
+        fingerprint = p->model_fingerprint;
+    } else {
+        kvrt_kv_layout_t layout;
+        kvrt_pool_layout(cache->pool, &layout);
+        kvrt_model_fingerprint("unnamed", &layout, &fingerprint);
+    }
+    cache->root = cache_hash_root(&fingerprint);
+    cache->policy_kind = (p->field_mask & KVRT_CACHE_PARAM_POLICY) ? p->policy : KVRT_CACHE_LRU;
+    cache->policy.ops = policy_table[cache->policy_kind];
+    cache->policy.num_blocks = cache->num_blocks;
+    if (cache->policy.ops->init(&cache->policy, cache->num_blocks) != KVRT_OK ||
+        cache_index_init(&cache->index, cache->num_blocks) != KVRT_OK)
+        return KVRT_ERR_NO_MEMORY;
+    cache->block_key = calloc(cache->num_blocks, sizeof(*cache->block_key));
+    cache->explain_mask = cache->index.mask;
+    cache->explain = calloc(cache->explain_mask + 1, sizeof(*cache->explain));
+    if (!cache->block_key || !cache->explain)
+        return KVRT_ERR_NO_MEMORY;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cache_create(kvrt_pool_t *pool, const kvrt_cache_params_t *params,
+                                            kvrt_cache_t **cache_out)
+{
+    if (!pool)
+        return KVRT_ERR_INVALID_ARG;
+    kvrt_ctx_t *ctx = kvrt_pool_ctx(pool);
+    if (!cache_out)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "cache_out is required");
+    const kvrt_cache_params_t defaults = {0};
+    const kvrt_cache_params_t *p = params ? params : &defaults;
+    kvrt_status_t status = check_cache_params(ctx, p);
+    if (status != KVRT_OK)
+        return status;
+    kvrt_pool_info_t info;
+    kvrt_pool_info(pool, &info);
+
+    kvrt_cache_t *cache = calloc(1, sizeof(*cache));
+    if (!cache)
+        return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "cache struct");
+    cache->ctx = ctx;
+    cache->pool = pool;
+    cache->group_id = info.group_id;
+    cache->num_blocks = info.num_blocks;
+    cache->tokens_per_block = info.tokens_per_block;
+    if (cache_setup(cache, p) != KVRT_OK) {
+        cache_free(cache);
+        return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "index and policy for %u blocks",
+                         info.num_blocks);
+    }
+    if ((p->field_mask & KVRT_CACHE_PARAM_NAME) && p->name)
+        snprintf(cache->name, sizeof(cache->name), "%s", p->name);
+    else
+        snprintf(cache->name, sizeof(cache->name), "cache%u", cache->group_id);
+    cache->pool_ops = (kvrt_pool_cache_ops_t){hook_idle, hook_busy, hook_evict};
+    status = kvrt_pool_attach_cache(pool, &cache->pool_ops, cache);
+    if (status != KVRT_OK) {
+        cache_free(cache);
+        return status; /* kvrt_pool_attach_cache() said why */
+    }
+    char prefix[32];
+    snprintf(prefix, sizeof(prefix), "cache.%u", cache->group_id);
+    if (kvrt_ctl_register(ctx, prefix, cache_nodes, sizeof(cache_nodes) / sizeof(cache_nodes[0]),
+                          cache) != KVRT_OK) {
+        kvrt_pool_detach_cache(pool);
+        cache_free(cache);
+        return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "ctl registration");
+    }
+    kvrt_ctx_own(ctx, &cache->owned, cache_destroy_owned);
+    kvrt_log(ctx, KVRT_LOG_INFO, "cache %s on pool %u: policy %s, index of %llu slots",
+             cache->name, cache->group_id, cache->policy.ops->name,
+             (unsigned long long)(cache->index.mask + 1));
+    *cache_out = cache;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cache_destroy(kvrt_cache_t *cache)
+{
+    if (!cache)
+        return KVRT_OK;
+    kvrt_ctx_disown(cache->ctx, &cache->owned);
+    cache_destroy_owned(&cache->owned);
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cache_root(const kvrt_cache_t *cache, kvrt_block_hash_t *root_out)
+{
+    if (!cache || !root_out)
+        return cache ? kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG, "root_out is required")
+                     : KVRT_ERR_INVALID_ARG;
+    *root_out = cache->root;
+    return KVRT_OK;
+}
+
+/* ---- match, lookup, insert (the hot path) --------------------------------- */
+
+/* A reference can be taken on a cached block unless its count is at the
+ * limit; checked before any is taken so a failing match changes nothing. */
+static inline bool can_reference(const kvrt_cache_t *cache, int32_t block)
+{
+    uint32_t refs;
+    kvrt_pool_refcount(cache->pool, block, &refs);
+    return refs < INT32_MAX;
+}
+
+static inline void take_hit(kvrt_cache_t *cache, int32_t block)
+{
+    kvrt_pool_ref_cached(cache->pool, block); /* calls hook_busy when idle */
+    cache->policy.ops->hit(&cache->policy, block);
+}
+
+static void count_query(kvrt_cache_t *cache, uint32_t queried_tokens, uint32_t hit_tokens,
+                        uint32_t partial_tokens, kvrt_cache_miss_reason_t reason)
+{
+    kvrt_cache_stats_t *s = &cache->stats;
+    s->queries++;
+    s->query_tokens += queried_tokens;
+    s->hit_tokens += hit_tokens;
+    s->miss_partial += partial_tokens;
+    uint64_t missed = queried_tokens - hit_tokens - partial_tokens;
+    if (reason == KVRT_CACHE_MISS_EVICTED)
+        s->miss_evicted += missed;
+    else if (reason == KVRT_CACHE_MISS_KEY_MISMATCH)
+        s->miss_key_mismatch += missed;
+    else
+        s->miss_never_cached += missed;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cache_match(kvrt_cache_t *cache, const int32_t *tokens,
+                                           uint32_t num_tokens, const kvrt_hash_keys_t *keys,
+                                           uint32_t max_blocks, int32_t *blocks_out,
+                                           kvrt_block_hash_t *hashes_out,
+                                           kvrt_cache_match_t *match_out)
+{
+    if (KVRT_UNLIKELY(!cache))
+        return KVRT_ERR_INVALID_ARG;
+    if (KVRT_UNLIKELY(!match_out || (!tokens && num_tokens) || (!blocks_out && max_blocks)))
+        return kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG,
+                         "match_out, tokens (when num_tokens > 0) and blocks_out (when "
+                         "max_blocks > 0) are required");
+    call_keys_t ck;
+    if (KVRT_UNLIKELY(!call_keys_init(&ck, keys)))
+        return kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG,
+                         "bad keys: unknown field bits, salt of 0 or more than %u bytes, "
+                         "or multimodal items empty, unsorted or overlapping",
+                         KVRT_CACHE_SALT_MAX);
+    const uint32_t bs = cache->tokens_per_block;
+    uint32_t full = num_tokens / bs;
+    uint32_t limit = full < max_blocks ? full : max_blocks;
+    kvrt_block_hash_t parent = cache->root;
+    kvrt_cache_miss_reason_t reason = KVRT_CACHE_MISS_NONE;
+    uint32_t hits = 0;
+    for (; hits < limit; hits++) {
+        kvrt_block_hash_t content =
+            cache_hash_block(&parent, tokens + (size_t)hits * bs, bs, hits * bs, ck.keys);
+        kvrt_block_hash_t key = key_of(&ck, &content);
+        int32_t block = cache_index_find(&cache->index, &key);
+        if (block == KVRT_NULL_BLOCK) {
+            reason = explain_miss(cache, &content, &ck);
+            break;
+        }
+        if (KVRT_UNLIKELY(!can_reference(cache, block)))
+            return kvrt_fail(cache->ctx, KVRT_ERR_OVERFLOW,
+                             "cache %s: block %d reference count at its limit", cache->name,
+                             block);
+        blocks_out[hits] = block;
+        if (hashes_out)
+            hashes_out[hits] = content;
+        parent = content;
+    }
+    for (uint32_t i = 0; i < hits; i++)
+        take_hit(cache, blocks_out[i]);
+    cache->policy.tick++;
+    /* A match capped by max_blocks only queried what it looked at. */
+    bool whole = limit == full;
+    uint32_t partial = whole ? num_tokens - full * bs : 0;
+    count_query(cache, whole ? num_tokens : limit * bs, hits * bs, partial, reason);
+    *match_out = (kvrt_cache_match_t){
+        .num_blocks = hits,
+        .num_tokens = hits * bs,
+        .miss_reason = reason,
+        .partial_tokens = partial,
+    };
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cache_lookup(kvrt_cache_t *cache, const kvrt_block_hash_t *content,
+                                            const kvrt_hash_keys_t *keys, int32_t *block_out)
+{
+    if (KVRT_UNLIKELY(!cache))
+        return KVRT_ERR_INVALID_ARG;
+    call_keys_t ck;
+    if (KVRT_UNLIKELY(!content || !block_out || !call_keys_init(&ck, keys)))
+        return kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG,
+                         "content and block_out are required and keys must be valid");
+    kvrt_block_hash_t key = key_of(&ck, content);
+    int32_t block = cache_index_find(&cache->index, &key);
+    if (block != KVRT_NULL_BLOCK) {
+        if (KVRT_UNLIKELY(!can_reference(cache, block)))
+            return kvrt_fail(cache->ctx, KVRT_ERR_OVERFLOW,
+                             "cache %s: block %d reference count at its limit", cache->name,
+                             block);
+        take_hit(cache, block);
+    }
+    *block_out = block;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cache_insert(kvrt_cache_t *cache, int32_t block,
+                                            const kvrt_block_hash_t *content,
+                                            const kvrt_hash_keys_t *keys, uint32_t block_index,
+                                            int32_t *cached_out)
+{
+    if (KVRT_UNLIKELY(!cache))
+        return KVRT_ERR_INVALID_ARG;
+    call_keys_t ck;
+    if (KVRT_UNLIKELY(!content || !call_keys_init(&ck, keys)))
+        return kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG,
+                         "content is required and keys must be valid");
+    uint32_t refs = 0;
+    if (KVRT_UNLIKELY(kvrt_pool_refcount(cache->pool, block, &refs) != KVRT_OK || refs == 0))
+        return kvrt_fail(cache->ctx, KVRT_ERR_UNKNOWN_BLOCK,
+                         "cache %s: block %d is not in use in its pool", cache->name, block);
+    kvrt_block_hash_t key = key_of(&ck, content);
+    int32_t existing = cache_index_find(&cache->index, &key);
+    if (KVRT_UNLIKELY(kvrt_pool_is_cached(cache->pool, block) && existing != block))
+        return kvrt_fail(cache->ctx, KVRT_ERR_BAD_STATE,
+                         "cache %s: block %d is already cached under another key", cache->name,
+                         block);
+    if (existing != KVRT_NULL_BLOCK) {
+        cache->stats.insert_duplicates++;
+    } else {
+        existing = block;
+        cache_index_add(&cache->index, &key, block);
+        cache->block_key[block] = key;
+        kvrt_pool_mark_cached(cache->pool, block);
+        cache->policy.ops->inserted(&cache->policy, block, block_index);
+        cache->explain[content->lo & cache->explain_mask] = explain_entry(content, &ck);
+        cache->stats.inserts++;
+    }
+    if (cached_out)
+        *cached_out = existing;
+    return KVRT_OK;
+}
+
+/* ---- stats and verification -------------------------------------------------- */
+
+KVRT_EXPORT kvrt_status_t kvrt_cache_stats(const kvrt_cache_t *cache, kvrt_cache_stats_t *stats_out)
+{
+    if (!cache || !stats_out)
+        return cache ? kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG, "stats_out is required")
+                     : KVRT_ERR_INVALID_ARG;
+    refresh_gauges(cache, stats_out);
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cache_reset_stats(kvrt_cache_t *cache)
+{
+    if (!cache)
+        return KVRT_ERR_INVALID_ARG;
+    memset(&cache->stats, 0, sizeof(cache->stats));
+    return KVRT_OK;
+}
+
+#define broken(cache, ...) kvrt_fail((cache)->ctx, KVRT_ERR_INTERNAL, __VA_ARGS__)
+
+KVRT_EXPORT kvrt_status_t kvrt_cache_verify(const kvrt_cache_t *cache)
+{
+    if (!cache)
+        return KVRT_ERR_INVALID_ARG;
+    uint64_t indexed = 0;
+    for (uint64_t i = 0; i <= cache->index.mask; i++) {
+        const cache_slot_t *s = &cache->index.slots[i];
+        if (s->block == KVRT_NULL_BLOCK)
+            continue;
+        indexed++;
+        if (!kvrt_pool_is_cached(cache->pool, s->block))
+            return broken(cache, "cache %s: indexed block %d is not cached in the pool",
+                          cache->name, s->block);
+        if (!hash_equal(&cache->block_key[s->block], &s->key))
+            return broken(cache, "cache %s: block %d indexed under a key it does not hold",
+                          cache->name, s->block);
+        if (cache_index_find(&cache->index, &s->key) != s->block)
+            return broken(cache, "cache %s: block %d unreachable by its key", cache->name,
+                          s->block);
+    }
+    if (indexed != cache->index.count)
+        return broken(cache, "cache %s: %llu slots used, count says %llu", cache->name,
+                      (unsigned long long)indexed, (unsigned long long)cache->index.count);
+    uint64_t cached = 0, evictable = 0;
+    for (uint32_t b = 1; b < cache->num_blocks; b++) {
+        bool in_set = cache->policy.ops->contains(&cache->policy, (int32_t)b);
+        if (!kvrt_pool_is_cached(cache->pool, (int32_t)b)) {
+            if (in_set)
+                return broken(cache, "cache %s: uncached block %u is evictable", cache->name, b);
+            continue;
+        }
+        cached++;
+        uint32_t refs = 0;
+        kvrt_pool_refcount(cache->pool, (int32_t)b, &refs);
+        if ((refs == 0) != in_set)
+            return broken(cache, "cache %s: block %u has %u references but is %sevictable",
+                          cache->name, b, refs, in_set ? "" : "not ");
+        evictable += in_set;
+    }
+    if (cached != indexed)
+        return broken(cache, "cache %s: %llu blocks cached in the pool, %llu indexed",
+                      cache->name, (unsigned long long)cached, (unsigned long long)indexed);
+    if (evictable != cache->policy.evictable || evictable != kvrt_pool_cached_count(cache->pool))
+        return broken(cache, "cache %s: %llu evictable blocks, policy says %u, pool says %u",
+                      cache->name, (unsigned long long)evictable, cache->policy.evictable,
+                      kvrt_pool_cached_count(cache->pool));
+    return KVRT_OK;
+}

@@ -1,0 +1,115 @@
+/*
+ * cache_internal.h - the prefix cache's parts, shared by the files of
+ * runtime/cache only: block hashing (block_hash.c), the open-addressing
+ * index (index.c), the eviction policies behind an ops table (policy_*.c)
+ * and the cache itself (cache.c).
+ */
+#ifndef KVRT_CACHE_INTERNAL_H
+#define KVRT_CACHE_INTERNAL_H
+
+#include "core/core.h"
+#include "kv/pool_internal.h"
+#include "kvrt/cache.h"
+
+#define KVRT_BLOCK_HASH_MAX_TOKENS 4096u
+
+/* ---- hashing (block_hash.c) --------------------------------------------- */
+
+bool cache_keys_valid(const kvrt_hash_keys_t *keys);
+/* No salt and adapter 0: the block key is the content hash itself. */
+bool cache_keys_empty(const kvrt_hash_keys_t *keys);
+kvrt_block_hash_t cache_keys_digest(const kvrt_hash_keys_t *keys);
+kvrt_block_hash_t cache_block_key(const kvrt_block_hash_t *content,
+                                  const kvrt_block_hash_t *digest);
+kvrt_block_hash_t cache_hash_root(const kvrt_block_hash_t *fingerprint);
+/* Unchecked kvrt_block_hash(): keys validated by the caller. */
+kvrt_block_hash_t cache_hash_block(const kvrt_block_hash_t *parent, const int32_t *tokens,
+                                   uint32_t n, uint32_t first_token,
+                                   const kvrt_hash_keys_t *keys);
+
+static inline bool hash_equal(const kvrt_block_hash_t *a, const kvrt_block_hash_t *b)
+{
+    return a->lo == b->lo && a->hi == b->hi;
+}
+
+/* ---- index (index.c) ------------------------------------------------------
+ * Open addressing with linear probing keyed by the 128-bit block key; the
+ * slot is picked from the key's low bits (the key is already a good hash).
+ * Deletion shifts the following run back instead of leaving tombstones, so
+ * probe lengths never degrade. Capacity is a power of two at least twice
+ * the pool's block count, so the load factor stays <= 0.5 and an insert
+ * always finds a slot. Block 0 (the null block) marks an empty slot.
+ */
+typedef struct cache_slot {
+    kvrt_block_hash_t key;
+    int32_t block;
+    uint32_t unused;
+} cache_slot_t;
+
+typedef struct cache_index {
+    cache_slot_t *slots;
+    uint64_t mask;  /* capacity - 1 */
+    uint64_t count;
+} cache_index_t;
+
+kvrt_status_t cache_index_init(cache_index_t *index, uint32_t num_blocks);
+void cache_index_destroy(cache_index_t *index);
+/* The block indexed under key, or KVRT_NULL_BLOCK. */
+int32_t cache_index_find(const cache_index_t *index, const kvrt_block_hash_t *key);
+/* Adds key -> block; the key must not be present. */
+void cache_index_add(cache_index_t *index, const kvrt_block_hash_t *key, int32_t block);
+/* Removes key; returns false when it was not present. */
+bool cache_index_remove(cache_index_t *index, const kvrt_block_hash_t *key);
+
+/* ---- eviction policies (policy_lru.c, policy_freq.c) -----------------------
+ * A policy keeps the *evictable* set: cached blocks with no reference. The
+ * cache tells it when a block is indexed (inserted), gains a reference on a
+ * hit (hit), drops into the set (idle) or leaves it (busy); victim() takes
+ * the next block out of the set. No operation allocates.
+ */
+typedef struct cache_policy cache_policy_t;
+
+typedef struct cache_policy_ops {
+    const char *name;
+    kvrt_status_t (*init)(cache_policy_t *policy, uint32_t num_blocks);
+    void (*destroy)(cache_policy_t *policy);
+    void (*inserted)(cache_policy_t *policy, int32_t block, uint32_t depth);
+    void (*hit)(cache_policy_t *policy, int32_t block);
+    void (*idle)(cache_policy_t *policy, int32_t block);
+    void (*busy)(cache_policy_t *policy, int32_t block);
+    /* Removes and returns the next victim; the set is not empty. */
+    int32_t (*victim)(cache_policy_t *policy);
+    bool (*contains)(const cache_policy_t *policy, int32_t block);
+} cache_policy_ops_t;
+
+/* A heap entry of the frequency policies: lower evicts first. */
+typedef struct policy_heap_entry {
+    uint64_t priority;
+    uint64_t tick;
+    uint32_t depth;
+    int32_t block;
+} policy_heap_entry_t;
+
+struct cache_policy {
+    const cache_policy_ops_t *ops;
+    uint32_t num_blocks;
+    uint32_t evictable;
+    uint64_t tick;       /* advanced by the cache once per query */
+    /* LRU: an intrusive list threaded through block ids, block 0 (never
+     * cached) as the sentinel; next[0] is the least recently used. */
+    int32_t *prev;
+    int32_t *next;
+    /* Frequency policies: a binary min-heap of evictable blocks. */
+    policy_heap_entry_t *heap;
+    uint32_t *heap_pos;  /* 1-based position in heap, 0 when absent */
+    uint32_t *freq;      /* uses since the block was indexed */
+    uint32_t *depth;     /* block position in its sequence */
+    uint64_t age;        /* LFU-DA: priority of the last victim */
+    bool aged;
+};
+
+extern const cache_policy_ops_t cache_policy_lru;
+extern const cache_policy_ops_t cache_policy_lfu;
+extern const cache_policy_ops_t cache_policy_lfu_aged;
+
+#endif /* KVRT_CACHE_INTERNAL_H */
