@@ -11,5 +11,6 @@
 #include "kvrt/pool.h"
 #include "kvrt/block_table.h"
 #include "kvrt/cache.h"
+#include "kvrt/sched.h"
 
 #endif /* KVRT_KVRT_H */

@@ -1,0 +1,496 @@
+/*
+ * kvrt/sched.h - the scheduler: requests, continuous batching under a token
+ * budget, batch plans laid out for attention kernels, commit of sampled
+ * tokens, and speculative-decoding queues (engine drafts or the built-in
+ * n-gram prompt-lookup proposer).
+ *
+ * One engine step is:
+ *
+ *     kvrt_sched_step(sched, now_ns, &plan);   // what to run, where to write KV
+ *     ... engine runs the model on the plan and samples ...
+ *     kvrt_sched_commit(sched, &commit);       // sampled tokens, accepted drafts
+ *     kvrt_sched_drain_ended(sched, ...);      // requests that ended
+ *
+ * Time is whatever clock the caller passes as now_ns (wall or simulated);
+ * kvrt never reads a clock for scheduling decisions. Deadlines are absolute
+ * values on that clock.
+ *
+ * ---- Policies ----------------------------------------------------------
+ *
+ * Sequence state. A sequence holds tokens t[0..n): the prompt then every
+ * output token. Its first c tokens are *computed* (their K/V is in its block
+ * table). A sequence with c < n - 1 is in prefill; with c == n - 1 it is in
+ * decode (the last sampled token is the next input). A step that brings c to
+ * n samples one token (the plan entry says `sample`).
+ *
+ * Admission order (waiting queue). Higher `priority` first; within one
+ * priority, requests with a TTFT deadline before requests without, ordered
+ * earliest deadline first (EDF); then first come, first served (the order of
+ * kvrt_seq_add). A preempted request keeps its place (its original
+ * priority, deadline and arrival), so it is readmitted before later ones.
+ * Admission stops at the first request that does not fit (no skipping:
+ * a large request is never starved by smaller ones behind it).
+ *
+ * Step order and budget accounting. Every step spends at most
+ * max_batch_tokens query tokens on at most max_seqs sequences:
+ *   1. running decodes, 1 token each (1 + drafts when speculating);
+ *   2. running sequences still in prefill, one chunk each;
+ *   3. waiting requests, in admission order, while a sequence slot, budget
+ *      and blocks remain.
+ * A prefill chunk is min(uncomputed tokens, prefill_chunk_tokens, budget
+ * left); a prompt longer than that is split over several steps (chunked
+ * prefill), interleaved with other sequences' decodes. Only uncomputed
+ * tokens count against the budget.
+ *
+ * Prefix caching (when the scheduler has a cache). At admission the
+ * request's tokens are matched against the cache (kvrt_cache_match on all
+ * but the last token, which is always recomputed so there are logits to
+ * sample); hit blocks are adopted into its block table, count as computed,
+ * cost no budget and need no new block. At commit every block that became
+ * full is hashed (once) and inserted into the cache; rejected speculative
+ * tokens are rolled back before that and never reach it.
+ *
+ * Watermark. A waiting request is admitted only while the blocks its first
+ * chunk needs leave the pool above its watermark (kvrt_pool_above_watermark)
+ * when use_watermark is on (default); running sequences may use the reserve,
+ * so decodes rarely need to preempt.
+ *
+ * Preemption. When a running sequence needs a block and the pool has none,
+ * the scheduler preempts a *victim*: among running sequences not yet placed
+ * in this step's plan (the one in need included), the lowest priority, then
+ * the latest arrival. The victim's blocks are freed (full ones stay in the
+ * prefix cache, so recomputation of its prefix is mostly hits) and it goes
+ * back to the waiting queue to be recomputed from its tokens. If the victim
+ * is the sequence in need, it is simply not run this step.
+ * Anti-thrash guard: a readmitted sequence cannot be preempted again until
+ * it has sampled a new token; the guard yields only when nothing else could
+ * be preempted and the step's plan is still empty. A sequence that cannot
+ * get a block even when it is the only one running (the caller holds the
+ * rest of the pool) ends FAILED with KVRT_ERR_NO_BLOCKS.
+ * New admissions never preempt running sequences.
+ *
+ * Speculation (max_draft_tokens k > 0). Before each step a decoding sequence
+ * may carry up to k draft tokens: set by the engine (kvrt_seq_set_draft,
+ * e.g. from a draft model) or, when the engine set none and the n-gram
+ * proposer is on, proposed by matching the sequence's last n tokens (n from
+ * ngram_max down to ngram_min) against its earlier tokens and taking the
+ * continuation of the longest, most recent match (a hash-chain index per
+ * sequence, so a proposal costs O(1) amortized, not O(context)).
+ * A speculative entry queries 1 + d tokens (the last sampled token and d
+ * drafts) with a KV slot for each. Commit takes the accepted count a
+ * (0..d) and a + 1 tokens (the accepted drafts, which must equal the
+ * drafts, then the bonus token); the slots of the d - a rejected drafts
+ * are rolled back (the block table is truncated as if they had never been
+ * appended). Adaptive draft length (default on): each sequence keeps an
+ * EWMA p of its per-draft acceptance and proposes
+ * clamp(floor(ln 0.25 / ln p), 1, k) drafts, so drafts whose chance of
+ * acceptance falls below 1/4 are not proposed. Back-off: draft tokens only
+ * use budget left after one token per running decode and after the prefill
+ * work that could run this step; when the budget binds, drafts shrink
+ * first (evenly across sequences), down to plain decoding.
+ *
+ * Ends. Every request ends exactly once: by length (max_new_tokens output
+ * tokens, or max_seq_tokens in all), by a stop token (kept as the last
+ * output token), aborted by the caller, or failed with a status. Its end is
+ * reported once by kvrt_sched_drain_ended(); after that its id is unknown.
+ *
+ * Memory: everything the hot path uses is sized at creation (plan arrays,
+ * the waiting heap, per-sequence token arrays sized at kvrt_seq_add), so
+ * once warm, step and commit never allocate.
+ * Threads: the context's rule (one thread at a time for a scheduler, its
+ * pool and its cache).
+ */
+#ifndef KVRT_SCHED_H
+#define KVRT_SCHED_H
+
+#include <stdint.h>
+
+#include "kvrt/block_table.h"
+#include "kvrt/cache.h"
+#include "kvrt/context.h"
+#include "kvrt/pool.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct kvrt_sched kvrt_sched_t;
+
+/* A request's id: generational, so a stale or made-up id is refused with
+ * KVRT_ERR_UNKNOWN_REQUEST. 0 is never a valid id. */
+typedef uint64_t kvrt_seq_id_t;
+
+/* Most draft tokens per sequence per step. */
+#define KVRT_SCHED_MAX_DRAFT 16u
+/* Longest n-gram the proposer matches. */
+#define KVRT_SCHED_MAX_NGRAM 16u
+/* Most stop token ids per request. */
+#define KVRT_SEQ_MAX_STOP_TOKENS 64u
+
+enum kvrt_sched_params_field {
+    KVRT_SCHED_PARAM_MAX_BATCH_TOKENS = 1u << 0, /* max_batch_tokens */
+    KVRT_SCHED_PARAM_MAX_SEQS = 1u << 1,         /* max_seqs */
+    KVRT_SCHED_PARAM_CHUNK = 1u << 2,            /* prefill_chunk_tokens */
+    KVRT_SCHED_PARAM_WATERMARK = 1u << 3,        /* use_watermark */
+    KVRT_SCHED_PARAM_MAX_REQUESTS = 1u << 4,     /* max_requests */
+    KVRT_SCHED_PARAM_MAX_SEQ_TOKENS = 1u << 5,   /* max_seq_tokens */
+    KVRT_SCHED_PARAM_DRAFT = 1u << 6,            /* max_draft_tokens */
+    KVRT_SCHED_PARAM_NGRAM = 1u << 7,            /* ngram_min, ngram_max: turns
+                                                    the n-gram proposer on */
+    KVRT_SCHED_PARAM_ADAPTIVE_DRAFT = 1u << 8,   /* adaptive_draft */
+    KVRT_SCHED_PARAM_CSR_TABLES = 1u << 9        /* csr_block_tables */
+};
+
+/*
+ * Scheduler parameters. A field is read only when its bit is set in
+ * field_mask; a zeroed struct (or NULL) means all defaults.
+ */
+typedef struct kvrt_sched_params {
+    uint64_t field_mask;
+    uint32_t max_batch_tokens;     /* token budget per step, 1..2^24; default 8192 */
+    uint32_t max_seqs;             /* sequences per step (and running), 1..65536;
+                                      default 256 */
+    uint32_t prefill_chunk_tokens; /* longest prefill chunk, default max_batch_tokens */
+    int use_watermark;             /* 0 or 1, default 1 */
+    uint32_t max_requests;         /* live requests (added, not yet drained),
+                                      1..2^24; default 65536 */
+    uint32_t max_seq_tokens;       /* prompt + output limit per request,
+                                      2..KVRT_TABLE_MAX_TOKENS; default 131072 */
+    uint32_t max_draft_tokens;     /* k, 0..KVRT_SCHED_MAX_DRAFT; default 0 (off) */
+    uint32_t ngram_min;            /* 1 <= ngram_min <= ngram_max <= */
+    uint32_t ngram_max;            /*   KVRT_SCHED_MAX_NGRAM; needs k > 0 */
+    int adaptive_draft;            /* 0 or 1, default 1 */
+    /* 1: the plan also carries CSR block tables rebuilt every step
+     * (O(total blocks) per step). Default 0: persistent padded rows only. */
+    int csr_block_tables;
+} kvrt_sched_params_t;
+
+/*
+ * kvrt_sched_create - a scheduler over pool, with prefix caching through
+ * cache (NULL: none; else it must be the cache attached to pool and must
+ * outlive the scheduler). params may be NULL (defaults); it is copied.
+ * Registers ctl nodes "sched.<N>.*" (see kvrt_sched_stats_t). Destroy with
+ * kvrt_sched_destroy() before the cache and the pool, or with the context.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL ctx/pool/sched_out, unknown field bits,
+ * a value out of its range, ngram without drafts), KVRT_ERR_NO_MEMORY.
+ */
+kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t *cache,
+                                const kvrt_sched_params_t *params,
+                                kvrt_sched_t **sched_out);
+
+/*
+ * kvrt_sched_destroy - ends every live request (without events), frees
+ * their blocks and the scheduler. NULL is a no-op. Errors: none.
+ */
+kvrt_status_t kvrt_sched_destroy(kvrt_sched_t *sched);
+
+/* ---- requests ------------------------------------------------------------ */
+
+enum kvrt_seq_params_field {
+    KVRT_SEQ_PARAM_STOP = 1u << 0,     /* stop_tokens, num_stop_tokens */
+    KVRT_SEQ_PARAM_PRIORITY = 1u << 1, /* priority */
+    KVRT_SEQ_PARAM_DEADLINE = 1u << 2, /* deadline_ns */
+    KVRT_SEQ_PARAM_KEYS = 1u << 3,     /* keys */
+    KVRT_SEQ_PARAM_USER_TAG = 1u << 4  /* user_tag */
+};
+
+/*
+ * A request. prompt, prompt_len and max_new_tokens are always read, the rest
+ * by field_mask. Everything is copied (prompt, stop tokens, the keys' salt
+ * and multimodal items); nothing is retained after the call.
+ */
+typedef struct kvrt_seq_params {
+    uint64_t field_mask;
+    const int32_t *prompt;        /* token ids, >= 0 */
+    uint32_t prompt_len;          /* >= 1 */
+    uint32_t max_new_tokens;      /* >= 1 */
+    const int32_t *stop_tokens;   /* ends the request when sampled */
+    uint32_t num_stop_tokens;     /* 0..KVRT_SEQ_MAX_STOP_TOKENS */
+    int32_t priority;             /* higher runs first; default 0 */
+    uint64_t deadline_ns;         /* TTFT deadline on the step clock */
+    kvrt_hash_keys_t keys;        /* tenant salt, adapter, multimodal items */
+    uint64_t user_tag;            /* opaque, echoed in plans and events */
+} kvrt_seq_params_t;
+
+/*
+ * kvrt_seq_add - enqueues a request (state WAITING); it runs from the next
+ * step on. *id_out is written only on success.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown field bits, prompt_len or
+ * max_new_tokens 0, a negative token id, too many stop tokens, bad keys,
+ * prompt_len + max_new_tokens above max_seq_tokens), KVRT_ERR_NO_BLOCKS
+ * (the request could not fit in the pool even alone),
+ * KVRT_ERR_REQUEST_LIMIT (max_requests live), KVRT_ERR_NO_MEMORY.
+ */
+kvrt_status_t kvrt_seq_add(kvrt_sched_t *sched, const kvrt_seq_params_t *params,
+                           kvrt_seq_id_t *id_out);
+
+/*
+ * kvrt_seq_abort - ends a request as ABORTED and frees everything it holds
+ * (its blocks, its place in the queue), whether it is waiting, running or
+ * preempted. Idempotent: a request that already ended (and is not yet
+ * drained) returns KVRT_OK and nothing changes. A request in the current,
+ * uncommitted plan ends at once; its blocks are freed at commit (the engine
+ * may still be writing them) and its commit entry is ignored (its tokens
+ * must still be passed).
+ * Errors: KVRT_ERR_INVALID_ARG (NULL sched), KVRT_ERR_UNKNOWN_REQUEST (never
+ * added, or already drained).
+ */
+kvrt_status_t kvrt_seq_abort(kvrt_sched_t *sched, kvrt_seq_id_t id);
+
+/*
+ * kvrt_seq_set_draft - the draft tokens the engine proposes for the
+ * sequence's next step (copied; replaces any earlier draft; consumed by
+ * that step). The step may use fewer (adaptive length, back-off, the
+ * request's remaining length). count 0 clears the draft.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL tokens with count > 0, count above
+ * max_draft_tokens, a negative token id), KVRT_ERR_UNSUPPORTED (speculation
+ * off), KVRT_ERR_UNKNOWN_REQUEST, KVRT_ERR_BAD_STATE (the request is not
+ * running in decode, or has ended).
+ */
+kvrt_status_t kvrt_seq_set_draft(kvrt_sched_t *sched, kvrt_seq_id_t id,
+                                 const int32_t *tokens, uint32_t count);
+
+typedef enum kvrt_seq_state {
+    KVRT_SEQ_WAITING = 0,   /* queued, never admitted */
+    KVRT_SEQ_RUNNING = 1,   /* holds blocks; in prefill or decode */
+    KVRT_SEQ_PREEMPTED = 2, /* queued again for recomputation */
+    KVRT_SEQ_ENDED = 3      /* see end_reason; waits to be drained */
+} kvrt_seq_state_t;
+
+typedef enum kvrt_seq_end_reason {
+    KVRT_END_NONE = 0,    /* not ended */
+    KVRT_END_LENGTH = 1,  /* max_new_tokens (or max_seq_tokens) reached */
+    KVRT_END_STOP = 2,    /* sampled a stop token */
+    KVRT_END_ABORTED = 3, /* kvrt_seq_abort */
+    KVRT_END_FAILED = 4   /* see status */
+} kvrt_seq_end_reason_t;
+
+/* A request's state (kvrt_seq_info) and, once ended, its end event. */
+typedef struct kvrt_seq_info {
+    kvrt_seq_id_t id;
+    uint64_t user_tag;
+    kvrt_seq_state_t state;
+    kvrt_seq_end_reason_t end_reason;
+    kvrt_status_t status;          /* KVRT_OK unless FAILED */
+    int32_t priority;
+    uint32_t prompt_tokens;
+    uint32_t output_tokens;
+    uint32_t computed_tokens;      /* K/V in its block table now */
+    uint32_t cached_tokens;        /* prefix-cache hits, all admissions summed */
+    uint32_t preemptions;
+    uint32_t draft_length;         /* drafts it would propose now (adaptive) */
+    uint64_t spec_proposed;        /* draft tokens verified */
+    uint64_t spec_accepted;
+    /* now_ns of the steps that first admitted it, produced its first output
+     * token and ended it (0 when not yet). */
+    uint64_t admitted_ns;
+    uint64_t first_token_ns;
+    uint64_t end_ns;
+    int deadline_missed;           /* 1: first token came after deadline_ns */
+    /* Output token ids [0..output_tokens). In kvrt_seq_info: valid until the
+     * next commit, abort or drain. In a drained event: valid until the next
+     * kvrt_sched_drain_ended() or kvrt_sched_destroy(). */
+    const int32_t *output;
+} kvrt_seq_info_t;
+
+/*
+ * kvrt_seq_info - a request's current state. Errors: KVRT_ERR_INVALID_ARG,
+ * KVRT_ERR_UNKNOWN_REQUEST.
+ */
+kvrt_status_t kvrt_seq_info(const kvrt_sched_t *sched, kvrt_seq_id_t id,
+                            kvrt_seq_info_t *info_out);
+
+/*
+ * kvrt_seq_blocks - zero-copy view of a running request's block table
+ * (e.g. to transfer its KV): block ids, their count and the tokens they
+ * hold, valid until the next step, commit or abort. A request that holds no
+ * blocks (waiting, preempted, ended) gives 0 blocks.
+ * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_UNKNOWN_REQUEST.
+ */
+kvrt_status_t kvrt_seq_blocks(const kvrt_sched_t *sched, kvrt_seq_id_t id,
+                              const int32_t **blocks_out, uint32_t *num_blocks_out,
+                              uint32_t *num_tokens_out);
+
+/*
+ * kvrt_sched_drain_ended - moves up to `capacity` end events (oldest first)
+ * into events_out and their count to *count_out; the drained requests are
+ * forgotten (their ids become unknown). Each request's end is reported
+ * exactly once. Output token arrays of drained events stay valid until the
+ * next call of this function.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL sched/count_out, NULL events_out with
+ * capacity > 0).
+ */
+kvrt_status_t kvrt_sched_drain_ended(kvrt_sched_t *sched, kvrt_seq_info_t *events_out,
+                                     uint32_t capacity, uint32_t *count_out);
+
+/* ---- steps --------------------------------------------------------------- */
+
+typedef enum kvrt_plan_kind {
+    KVRT_PLAN_PREFILL = 0, /* a prompt chunk (or recomputation) */
+    KVRT_PLAN_DECODE = 1,  /* one token */
+    KVRT_PLAN_SPEC = 2     /* one token and num_drafts drafts to verify */
+} kvrt_plan_kind_t;
+
+/* One scheduled sequence. */
+typedef struct kvrt_plan_seq {
+    kvrt_seq_id_t id;
+    uint64_t user_tag;
+    uint32_t kind;                /* kvrt_plan_kind_t */
+    uint32_t num_new_tokens;      /* query length */
+    uint32_t num_computed_tokens; /* context already in the KV cache */
+    uint32_t num_drafts;          /* SPEC: drafts, the last num_drafts queries */
+    uint32_t sample;              /* 1: the engine samples (1 + num_drafts
+                                     positions for SPEC); 0: a prefill chunk
+                                     that is not the last */
+    uint32_t row;                 /* this sequence's row in block_rows */
+} kvrt_plan_seq_t;
+
+/*
+ * The batch plan: owned by the scheduler, valid until the next step (or
+ * destroy). All arrays are in plan order (sequence i's tokens are
+ * [query_start_loc[i], query_start_loc[i + 1])):
+ *
+ *   seqs[num_seqs]             per sequence, as above
+ *   query_start_loc[num_seqs+1] int32 CSR offsets of each query
+ *   seq_lens[num_seqs]         int32 computed + new tokens (attention context)
+ *   input_tokens[num_tokens]   token ids to feed: the prompt chunk, or the
+ *                              last sampled token then the drafts
+ *   positions[num_tokens]      int32 position of each token in its sequence
+ *   slot_mapping[num_tokens]   int64 KV slot of each new token
+ *                              (block * tokens_per_block + offset)
+ *   copies[num_copies]         block copies to run before the step
+ *   row_index[num_seqs]        = seqs[i].row, int32, for a gather
+ *   preempted[num_preempted]   sequences preempted by this step (the engine
+ *                              drops any per-sequence state it keeps)
+ *
+ * Block tables come as persistent padded rows: block_rows is
+ * [max_seqs][row_stride] int32, row r holding the blocks of the running
+ * sequence that owns it, padded with KVRT_NULL_BLOCK past its length. A
+ * sequence keeps its row from admission to preemption or end, and each step
+ * writes only the entries that changed (a new block, a rollback), so
+ * rebuilding costs nothing; an engine mirroring rows on the device applies
+ * the same changes (rows_changed lists the rows touched this step). With
+ * csr_block_tables, block_table_offsets[num_seqs+1] and block_table_ids
+ * also give each planned sequence's blocks as CSR, rebuilt every step.
+ */
+typedef struct kvrt_batch_plan {
+    uint64_t step;                 /* step number, passed back in the commit */
+    uint64_t now_ns;               /* as passed to the step */
+    uint32_t num_seqs;
+    uint32_t num_tokens;
+    uint32_t num_prefill_seqs;
+    uint32_t num_decode_seqs;      /* DECODE and SPEC */
+    uint32_t num_prefill_tokens;
+    uint32_t num_draft_tokens;     /* in SPEC entries */
+    uint32_t max_seq_len;          /* largest seq_lens entry */
+    uint32_t tokens_per_block;
+    const kvrt_plan_seq_t *seqs;
+    const int32_t *query_start_loc;
+    const int32_t *seq_lens;
+    const int32_t *input_tokens;
+    const int32_t *positions;
+    const int64_t *slot_mapping;
+    const int32_t *row_index;
+    const int32_t *block_rows;
+    uint32_t row_stride;           /* int32 entries per row */
+    uint32_t num_rows;             /* max_seqs */
+    const int32_t *rows_changed;
+    uint32_t num_rows_changed;
+    const int32_t *block_table_offsets; /* NULL unless csr_block_tables */
+    const int32_t *block_table_ids;
+    const kvrt_block_copy_t *copies;
+    uint32_t num_copies;
+    uint32_t num_preempted;
+    const kvrt_seq_id_t *preempted;
+} kvrt_batch_plan_t;
+
+/*
+ * kvrt_sched_step - forms the next batch (policies above) at time now_ns
+ * and points *plan_out at it. A plan with num_seqs > 0 must be committed
+ * (kvrt_sched_commit) before the next step; an empty plan needs no commit.
+ * Requests may end during a step (FAILED, see preemption); drain them.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_BAD_STATE (the previous
+ * plan is not committed; nothing changes).
+ */
+kvrt_status_t kvrt_sched_step(kvrt_sched_t *sched, uint64_t now_ns,
+                              const kvrt_batch_plan_t **plan_out);
+
+enum kvrt_commit_field {
+    KVRT_COMMIT_ACCEPTED = 1u << 0 /* num_accepted */
+};
+
+/*
+ * The engine's results for one plan. Sequence i of the plan contributes
+ * tokens only when seqs[i].sample is 1: 1 + num_accepted[i] tokens (the
+ * accepted drafts, equal to the drafts, then the bonus token); without
+ * KVRT_COMMIT_ACCEPTED every num_accepted is 0. tokens holds them in plan
+ * order, num_tokens in all. Nothing is retained after the call.
+ */
+typedef struct kvrt_commit {
+    uint64_t field_mask;
+    uint64_t step;                 /* plan->step */
+    uint32_t num_seqs;             /* plan->num_seqs */
+    uint32_t num_tokens;           /* length of tokens */
+    const int32_t *tokens;
+    const uint32_t *num_accepted;  /* [num_seqs], 0..seqs[i].num_drafts */
+} kvrt_commit_t;
+
+/*
+ * kvrt_sched_commit - applies the sampled tokens of the current plan: the
+ * computed prefix grows by the planned tokens (minus rejected drafts, whose
+ * slots are rolled back), sampled tokens are appended, newly full blocks go
+ * into the prefix cache, stop conditions end requests. All or nothing:
+ * every entry is checked before anything changes.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown field bits, a negative token,
+ * an accepted token that differs from its draft), KVRT_ERR_NO_STEP (no
+ * uncommitted plan, or step does not match it), KVRT_ERR_TOKEN_COUNT
+ * (num_seqs differs from the plan, an accepted count above the entry's
+ * drafts or on a non-sampling entry, num_tokens not the sum the plan and
+ * counts give).
+ */
+kvrt_status_t kvrt_sched_commit(kvrt_sched_t *sched, const kvrt_commit_t *commit);
+
+/* ---- statistics ---------------------------------------------------------- */
+
+/*
+ * Counters since creation, each also a read-only ctl node "sched.<N>.<field>"
+ * (u64; the two ratios are doubles).
+ */
+typedef struct kvrt_sched_stats {
+    uint64_t steps;              /* non-empty plans */
+    uint64_t scheduled_tokens;   /* query tokens, all plans */
+    uint64_t prefill_tokens;
+    uint64_t decode_tokens;      /* DECODE and SPEC entries, drafts included */
+    uint64_t preemptions;
+    uint64_t added;
+    uint64_t finished_length;
+    uint64_t finished_stop;
+    uint64_t aborted;
+    uint64_t failed;
+    uint64_t waiting;            /* now: WAITING + PREEMPTED */
+    uint64_t running;            /* now */
+    uint64_t ended_undrained;    /* now */
+    uint64_t output_tokens;      /* committed */
+    uint64_t prompt_tokens;      /* of admitted requests, at first admission */
+    uint64_t prefix_hit_tokens;  /* adopted from the cache, all admissions */
+    uint64_t prefix_query_tokens;/* tokens offered to the cache at admissions */
+    uint64_t deadline_misses;    /* first tokens after their deadline */
+    uint64_t budget_bound_steps; /* steps that left work for lack of budget */
+    uint64_t spec_proposed;      /* drafts verified */
+    uint64_t spec_accepted;
+    uint64_t spec_verifications; /* SPEC entries committed */
+    uint64_t spec_backoff_tokens;/* drafts dropped to fit the budget */
+    uint64_t step_cpu_ns;        /* time spent inside step, all calls */
+    uint64_t commit_cpu_ns;      /* time spent inside commit */
+    double spec_acceptance;      /* spec_accepted / spec_proposed */
+    double spec_mean_accepted;   /* spec_accepted / spec_verifications */
+} kvrt_sched_stats_t;
+
+/* kvrt_sched_stats - a copy of the counters. Errors: KVRT_ERR_INVALID_ARG. */
+kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *sched, kvrt_sched_stats_t *stats_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVRT_SCHED_H */
