@@ -13,6 +13,7 @@
 #ifndef KVRT_BENCH_TRACE_H
 #define KVRT_BENCH_TRACE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 

@@ -47,6 +47,7 @@ static const cache_policy_ops_t *const policy_table[] = {
     [KVRT_CACHE_LFU_AGED] = &cache_policy_lfu_aged,
 };
 #define NUM_POLICIES (sizeof(policy_table) / sizeof(policy_table[0]))
+#define EXPLAIN_MIN_SLOTS (1u << 16)
 
 /* ---- keys of one call ----------------------------------------------------- */
 
@@ -236,7 +237,11 @@ static kvrt_status_t cache_setup(kvrt_cache_t *cache, const kvrt_cache_params_t 
         cache_index_init(&cache->index, cache->num_blocks) != KVRT_OK)
         return KVRT_ERR_NO_MEMORY;
     cache->block_key = calloc(cache->num_blocks, sizeof(*cache->block_key));
-    cache->explain_mask = cache->index.mask;
+    /* Twice the index (and at least 64k slots, 512 KiB) so the reasons of
+     * recent evictions survive the churn of a small cache. */
+    cache->explain_mask = 2 * cache->index.mask + 1;
+    if (cache->explain_mask < EXPLAIN_MIN_SLOTS - 1)
+        cache->explain_mask = EXPLAIN_MIN_SLOTS - 1;
     cache->explain = calloc(cache->explain_mask + 1, sizeof(*cache->explain));
     if (!cache->block_key || !cache->explain)
         return KVRT_ERR_NO_MEMORY;
@@ -458,7 +463,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_insert(kvrt_cache_t *cache, int32_t block,
         cache_index_add(&cache->index, &key, block);
         cache->block_key[block] = key;
         kvrt_pool_mark_cached(cache->pool, block);
-        cache->policy.ops->inserted(&cache->policy, block, block_index);
+        cache->policy.ops->inserted(&cache->policy, block, block_index, &key);
         cache->explain[content->lo & cache->explain_mask] = explain_entry(content, &ck);
         cache->stats.inserts++;
     }

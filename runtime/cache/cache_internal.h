@@ -73,7 +73,10 @@ typedef struct cache_policy_ops {
     const char *name;
     kvrt_status_t (*init)(cache_policy_t *policy, uint32_t num_blocks);
     void (*destroy)(cache_policy_t *policy);
-    void (*inserted)(cache_policy_t *policy, int32_t block, uint32_t depth);
+    /* key is the block's index key: frequency policies remember the counts
+     * of evicted keys and restore them when the key comes back. */
+    void (*inserted)(cache_policy_t *policy, int32_t block, uint32_t depth,
+                     const kvrt_block_hash_t *key);
     void (*hit)(cache_policy_t *policy, int32_t block);
     void (*idle)(cache_policy_t *policy, int32_t block);
     void (*busy)(cache_policy_t *policy, int32_t block);
@@ -105,6 +108,11 @@ struct cache_policy {
     uint32_t *freq;      /* uses since the block was indexed */
     uint32_t *depth;     /* block position in its sequence */
     uint64_t age;        /* LFU-DA: priority of the last victim */
+    uint64_t *key_lo;    /* low half of each cached block's key */
+    /* Frequency history of evicted keys, direct-mapped by key: (32-bit tag
+     * << 32) | count; 0 when empty. Lossy by design. */
+    uint64_t *history;
+    uint64_t history_mask;
     bool aged;
 };
 

@@ -36,7 +36,10 @@ static void lru_destroy(cache_policy_t *p)
     p->prev = p->next = NULL;
 }
 
-static void lru_inserted(cache_policy_t *p, int32_t block, uint32_t depth) {}
+static void lru_inserted(cache_policy_t *p, int32_t block, uint32_t depth,
+                         const kvrt_block_hash_t *key)
+{
+}
 static void lru_hit(cache_policy_t *p, int32_t block) {}
 
 static void lru_idle(cache_policy_t *p, int32_t block)
