@@ -1,0 +1,294 @@
+/*
+ * test_kernels_cuda.c - the CUDA kernels against the CPU references: the
+ * same random input on both sides, results compared byte for byte (block
+ * movement, FP8 quantization) or within float tolerance (attention, whose
+ * summation order differs). Without a GPU these tests skip with the reason,
+ * after checking that every kvrt_cuda_* call answers KVRT_ERR_NO_GPU.
+ */
+#include <criterion/criterion.h>
+
+#include "kvrt/kernels.h"
+#include "test_kernels_oracle.h"
+
+#if KVRT_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+static bool gpu_present(void)
+{
+    int count = 0;
+    return kvrt_cuda_device_count(&count) == KVRT_OK && count > 0;
+}
+
+Test(kernels_cuda, without_a_gpu_every_call_says_no_gpu)
+{
+    if (gpu_present())
+        cr_skip_test("a GPU is present; the no-GPU answers cannot be observed");
+    char base[64];
+    kvrt_kv_cache_t cache = {.layout = {.num_layers = 1, .num_kv_heads = 1, .head_dim = 1,
+                                        .tokens_per_block = 1},
+                             .num_blocks = 2, .base = base};
+    int64_t slot = 0;
+    uint16_t row[1] = {0};
+    int32_t block = 1;
+    kvrt_kv_rows_t rows = {.num_tokens = 1, .dtype = KVRT_DTYPE_FP16, .slot_mapping = &slot};
+    kvrt_block_copy_t copy = {.src_block = 0, .dst_block = 1};
+    kvrt_decode_attention_t attn = {.num_q_heads = 1, .q_dtype = KVRT_DTYPE_FP32};
+    int count = -1;
+    cr_assert_eq(kvrt_cuda_device_count(&count), KVRT_ERR_NO_GPU);
+    cr_assert_eq(count, -1, "not written on failure");
+    cr_assert_eq(kvrt_cuda_write_kv(NULL, &cache, &rows, row, row, NULL), KVRT_ERR_NO_GPU);
+    cr_assert_eq(kvrt_cuda_read_kv(NULL, &cache, &rows, row, row, NULL), KVRT_ERR_NO_GPU);
+    cr_assert_eq(kvrt_cuda_gather_blocks(NULL, &cache, &block, 1, base, NULL), KVRT_ERR_NO_GPU);
+    cr_assert_eq(kvrt_cuda_scatter_blocks(NULL, &cache, base, &block, 1, NULL), KVRT_ERR_NO_GPU);
+    cr_assert_eq(kvrt_cuda_copy_blocks(NULL, &cache, &copy, 1, NULL), KVRT_ERR_NO_GPU);
+    cr_assert_eq(kvrt_cuda_decode_attention(NULL, &cache, &attn, NULL), KVRT_ERR_NO_GPU);
+}
+
+#if KVRT_HAVE_CUDA
+
+static void *to_device(const void *host, size_t bytes)
+{
+    void *dev = NULL;
+    cr_assert_eq(cudaMalloc(&dev, bytes ? bytes : 1), cudaSuccess);
+    if (bytes)
+        cr_assert_eq(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    return dev;
+}
+
+static void from_device(void *host, const void *dev, size_t bytes)
+{
+    cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
+    cr_assert_eq(cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+}
+
+/* A cache in both places with identical contents and scales. */
+typedef struct twin {
+    kvrt_kv_cache_t host, dev;
+    uint64_t bytes;
+    size_t scales;
+} twin_t;
+
+static void twin_init(twin_t *t, uint64_t *rng, const kvrt_kv_layout_t *l, uint32_t num_blocks,
+                      kvrt_scale_mode_t mode)
+{
+    memset(t, 0, sizeof *t);
+    t->bytes = oracle_cache_bytes(l, num_blocks);
+    t->host = (kvrt_kv_cache_t){.layout = *l, .num_blocks = num_blocks,
+                                .base = malloc(t->bytes)};
+    oracle_fill_bytes(rng, t->host.base, t->bytes);
+    if (l->dtype == KVRT_DTYPE_FP8_E4M3) {
+        /* Random bytes may hold NaN codes; attention and reads would then
+         * compare NaN with NaN, so clear them. */
+        for (uint64_t i = 0; i < t->bytes; i++)
+            if ((((uint8_t *)t->host.base)[i] & 0x7f) == 0x7f)
+                ((uint8_t *)t->host.base)[i] = 0;
+        t->scales = (size_t)l->num_layers *
+                    (mode == KVRT_SCALE_PER_HEAD ? l->num_kv_heads : num_blocks);
+        t->host.field_mask = KVRT_KV_CACHE_FIELD_SCALES;
+        t->host.scale_mode = mode;
+        t->host.k_scales = malloc(t->scales * sizeof(float));
+        t->host.v_scales = malloc(t->scales * sizeof(float));
+        for (size_t i = 0; i < t->scales; i++) {
+            t->host.k_scales[i] = 0.02f + 0.5f * (oracle_unit(rng) + 1);
+            t->host.v_scales[i] = 0.02f + 0.5f * (oracle_unit(rng) + 1);
+        }
+    }
+    t->dev = t->host;
+    t->dev.base = to_device(t->host.base, t->bytes);
+    if (t->scales) {
+        t->dev.k_scales = to_device(t->host.k_scales, t->scales * sizeof(float));
+        t->dev.v_scales = to_device(t->host.v_scales, t->scales * sizeof(float));
+    }
+}
+
+static void twin_compare(twin_t *t, const char *what)
+{
+    char *back = malloc(t->bytes);
+    from_device(back, t->dev.base, t->bytes);
+    cr_assert_eq(memcmp(back, t->host.base, t->bytes), 0, "%s: GPU cache differs", what);
+    free(back);
+    if (t->scales) {
+        float *s = malloc(t->scales * sizeof(float));
+        from_device(s, t->dev.k_scales, t->scales * sizeof(float));
+        cr_assert_eq(memcmp(s, t->host.k_scales, t->scales * sizeof(float)), 0, "%s", what);
+        free(s);
+    }
+}
+
+static void twin_fini(twin_t *t)
+{
+    cudaFree(t->dev.base);
+    cudaFree(t->dev.k_scales);
+    cudaFree(t->dev.v_scales);
+    free(t->host.base);
+    free(t->host.k_scales);
+    free(t->host.v_scales);
+}
+
+Test(kernels_cuda, movement_matches_the_cpu_reference_bit_for_bit)
+{
+    if (!gpu_present())
+        cr_skip_test("no CUDA device (or kvrt built without CUDA)");
+    static const kvrt_dtype_t dtypes[] = {KVRT_DTYPE_FP16, KVRT_DTYPE_BF16, KVRT_DTYPE_FP8_E4M3};
+    for (uint64_t seed = 1; seed <= 24; seed++) {
+        uint64_t rng = seed;
+        kvrt_kv_layout_t l = oracle_layout(&rng, dtypes[seed % 3]);
+        twin_t t;
+        twin_init(&t, &rng, &l, 3 + oracle_below(&rng, 8),
+                  seed % 2 ? KVRT_SCALE_PER_BLOCK : KVRT_SCALE_PER_HEAD);
+        uint32_t row = l.num_kv_heads * l.head_dim;
+        kvrt_dtype_t src = l.dtype == KVRT_DTYPE_FP8_E4M3
+                               ? (seed % 4 < 2 ? KVRT_DTYPE_FP16 : KVRT_DTYPE_BF16)
+                               : l.dtype;
+        uint32_t n = 1 + oracle_below(&rng, 64);
+        uint64_t num_slots = (uint64_t)t.host.num_blocks * l.tokens_per_block;
+        int64_t *slots = malloc(n * sizeof(int64_t));
+        for (uint32_t i = 0; i < n; i++)
+            slots[i] = oracle_below(&rng, 8) == 0 ? -1 : (int64_t)((i * 37 + seed) % num_slots);
+        for (uint32_t i = 0; i < n; i++) /* distinct slots: GPU order is unspecified */
+            for (uint32_t j = 0; j < i; j++)
+                if (slots[j] == slots[i])
+                    slots[i] = -1;
+        size_t rows_bytes = (size_t)n * row * 2;
+        void *key = malloc(rows_bytes), *value = malloc(rows_bytes);
+        oracle_fill_values(&rng, key, src, (size_t)n * row, 300.0f);
+        oracle_fill_values(&rng, value, src, (size_t)n * row, 300.0f);
+        void *d_key = to_device(key, rows_bytes), *d_value = to_device(value, rows_bytes);
+        int64_t *d_slots = to_device(slots, n * sizeof(int64_t));
+        kvrt_kv_rows_t rows = {.layer = oracle_below(&rng, l.num_layers), .num_tokens = n,
+                               .dtype = src, .slot_mapping = slots};
+        cr_assert_eq(kvrt_cpu_write_kv(NULL, &t.host, &rows, key, value), KVRT_OK);
+        rows.slot_mapping = d_slots;
+        cr_assert_eq(kvrt_cuda_write_kv(NULL, &t.dev, &rows, d_key, d_value, NULL), KVRT_OK);
+        twin_compare(&t, "write_kv");
+
+        /* Read back as FP32 on both sides. */
+        float *k_cpu = malloc((size_t)n * row * 4), *k_gpu = malloc((size_t)n * row * 4);
+        float *v_cpu = malloc((size_t)n * row * 4);
+        void *d_k = to_device(NULL, (size_t)n * row * 4), *d_v = to_device(NULL, (size_t)n * row * 4);
+        rows.dtype = KVRT_DTYPE_FP32;
+        rows.slot_mapping = slots;
+        cr_assert_eq(kvrt_cpu_read_kv(NULL, &t.host, &rows, k_cpu, v_cpu), KVRT_OK);
+        rows.slot_mapping = d_slots;
+        cr_assert_eq(kvrt_cuda_read_kv(NULL, &t.dev, &rows, d_k, d_v, NULL), KVRT_OK);
+        from_device(k_gpu, d_k, (size_t)n * row * 4);
+        cr_assert_eq(memcmp(k_cpu, k_gpu, (size_t)n * row * 4), 0, "read_kv");
+
+        /* Gather every block (block 0 first), scatter it back rotated. */
+        uint32_t nb = t.host.num_blocks;
+        uint64_t block_bytes = t.bytes / nb;
+        int32_t *blocks = malloc(nb * sizeof(int32_t));
+        for (uint32_t i = 0; i < nb; i++)
+            blocks[i] = (int32_t)i;
+        int32_t *d_blocks = to_device(blocks, nb * sizeof(int32_t));
+        char *stage_cpu = malloc(t.bytes), *stage_gpu = malloc(t.bytes);
+        void *d_stage = to_device(NULL, t.bytes);
+        cr_assert_eq(kvrt_cpu_gather_blocks(NULL, &t.host, blocks, nb, stage_cpu), KVRT_OK);
+        cr_assert_eq(kvrt_cuda_gather_blocks(NULL, &t.dev, d_blocks, nb, d_stage, NULL), KVRT_OK);
+        from_device(stage_gpu, d_stage, t.bytes);
+        cr_assert_eq(memcmp(stage_cpu, stage_gpu, t.bytes), 0, "gather");
+        for (uint32_t i = 0; i < nb; i++)
+            blocks[i] = (int32_t)((i + 1) % nb);
+        cudaMemcpy(d_blocks, blocks, nb * sizeof(int32_t), cudaMemcpyHostToDevice);
+        cr_assert_eq(kvrt_cpu_scatter_blocks(NULL, &t.host, stage_cpu, blocks, nb), KVRT_OK);
+        cr_assert_eq(kvrt_cuda_scatter_blocks(NULL, &t.dev, d_stage, d_blocks, nb, NULL), KVRT_OK);
+        twin_compare(&t, "scatter");
+        (void)block_bytes;
+
+        /* Copy-on-write pairs, per-block scales included. */
+        kvrt_block_copy_t copies[2] = {{.src_block = 0, .dst_block = (int32_t)nb - 1},
+                                       {.src_block = 1, .dst_block = 1}};
+        void *d_copies = to_device(copies, sizeof copies);
+        cr_assert_eq(kvrt_cpu_copy_blocks(NULL, &t.host, copies, 2), KVRT_OK);
+        cr_assert_eq(kvrt_cuda_copy_blocks(NULL, &t.dev, d_copies, 2, NULL), KVRT_OK);
+        twin_compare(&t, "copy_blocks");
+
+        cudaFree(d_key);
+        cudaFree(d_value);
+        cudaFree(d_slots);
+        cudaFree(d_k);
+        cudaFree(d_v);
+        cudaFree(d_blocks);
+        cudaFree(d_stage);
+        cudaFree(d_copies);
+        free(slots);
+        free(key);
+        free(value);
+        free(k_cpu);
+        free(k_gpu);
+        free(v_cpu);
+        free(blocks);
+        free(stage_cpu);
+        free(stage_gpu);
+        twin_fini(&t);
+    }
+}
+
+Test(kernels_cuda, decode_attention_matches_the_cpu_reference)
+{
+    if (!gpu_present())
+        cr_skip_test("no CUDA device (or kvrt built without CUDA)");
+    static const kvrt_dtype_t dtypes[] = {KVRT_DTYPE_FP16, KVRT_DTYPE_BF16, KVRT_DTYPE_FP8_E4M3};
+    for (uint64_t seed = 1; seed <= 18; seed++) {
+        uint64_t rng = seed;
+        kvrt_kv_layout_t l = oracle_layout(&rng, dtypes[seed % 3]);
+        twin_t t;
+        twin_init(&t, &rng, &l, 2 + oracle_below(&rng, 10),
+                  seed % 2 ? KVRT_SCALE_PER_BLOCK : KVRT_SCALE_PER_HEAD);
+        /* Bounded values (|x| <= ~1.3), not random bit patterns, so the
+         * logits stay where float summation order hardly matters. */
+        if (l.dtype != KVRT_DTYPE_FP8_E4M3) {
+            oracle_fill_values(&rng, t.host.base, l.dtype, t.bytes / 2, 1.0f);
+            cudaMemcpy(t.dev.base, t.host.base, t.bytes, cudaMemcpyHostToDevice);
+        } else {
+            for (size_t i = 0; i < t.scales; i++) {
+                t.host.k_scales[i] = 0.001f + 0.001f * (oracle_unit(&rng) + 1);
+                t.host.v_scales[i] = 0.001f + 0.001f * (oracle_unit(&rng) + 1);
+            }
+            cudaMemcpy(t.dev.k_scales, t.host.k_scales, t.scales * 4, cudaMemcpyHostToDevice);
+            cudaMemcpy(t.dev.v_scales, t.host.v_scales, t.scales * 4, cudaMemcpyHostToDevice);
+        }
+        uint32_t q_heads = l.num_kv_heads << oracle_below(&rng, 4);
+        uint32_t seqs = 1 + oracle_below(&rng, 6), stride = 1 + oracle_below(&rng, 4);
+        int32_t *tables = malloc(seqs * stride * sizeof(int32_t)), *lens = malloc(seqs * 4);
+        for (uint32_t s = 0; s < seqs; s++) {
+            lens[s] = s == 0 ? 0 : (int32_t)oracle_below(&rng, stride * l.tokens_per_block + 1);
+            for (uint32_t b = 0; b < stride; b++)
+                tables[s * stride + b] = (int32_t)oracle_below(&rng, t.host.num_blocks);
+        }
+        size_t q_elems = (size_t)seqs * q_heads * l.head_dim;
+        float *query = malloc(q_elems * 4), *out_cpu = malloc(q_elems * 4),
+              *out_gpu = malloc(q_elems * 4);
+        oracle_fill_values(&rng, query, KVRT_DTYPE_FP32, q_elems, 1.0f);
+        void *d_query = to_device(query, q_elems * 4), *d_out = to_device(NULL, q_elems * 4);
+        int32_t *d_tables = to_device(tables, seqs * stride * 4), *d_lens = to_device(lens, seqs * 4);
+        kvrt_decode_attention_t a = {.layer = oracle_below(&rng, l.num_layers), .num_seqs = seqs,
+                                     .num_q_heads = q_heads, .q_dtype = KVRT_DTYPE_FP32,
+                                     .query = query, .block_tables = tables,
+                                     .table_stride = stride, .seq_lens = lens, .out = out_cpu};
+        cr_assert_eq(kvrt_cpu_decode_attention(NULL, &t.host, &a), KVRT_OK);
+        a.query = d_query;
+        a.block_tables = d_tables;
+        a.seq_lens = d_lens;
+        a.out = d_out;
+        cr_assert_eq(kvrt_cuda_decode_attention(NULL, &t.dev, &a, NULL), KVRT_OK);
+        from_device(out_gpu, d_out, q_elems * 4);
+        for (size_t i = 0; i < q_elems; i++)
+            cr_assert_leq(fabs((double)out_cpu[i] - out_gpu[i]),
+                          1e-4 * (1 + fabs((double)out_cpu[i])), "seed %llu elem %zu",
+                          (unsigned long long)seed, i);
+        cudaFree(d_query);
+        cudaFree(d_out);
+        cudaFree(d_tables);
+        cudaFree(d_lens);
+        free(tables);
+        free(lens);
+        free(query);
+        free(out_cpu);
+        free(out_gpu);
+        twin_fini(&t);
+    }
+}
+
+#endif /* KVRT_HAVE_CUDA */
