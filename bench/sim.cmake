@@ -1,0 +1,20 @@
+# kvrt-sim: a simulated serving engine driving the real scheduler, prefix
+# cache and speculation through a workload (docs/simulator.md).
+#
+# Its parts are libraries the tests link too. This file is included from
+# bench/ and from tests/ (which also build with KVRT_BUILD_BENCH=OFF, as in
+# the sanitizer runs); the guard makes the second include a no-op.
+include_guard(GLOBAL)
+set(KVRT_SIM_DIR ${CMAKE_CURRENT_LIST_DIR})
+
+# Workloads (synthetic and trace), the cost model and the statistics: plain
+# C with no kvrt dependency.
+add_library(kvrt_sim_model STATIC
+  ${KVRT_SIM_DIR}/sim_cost_model.c
+  ${KVRT_SIM_DIR}/sim_stats.c
+  ${KVRT_SIM_DIR}/sim_workload.c
+  ${KVRT_SIM_DIR}/sim_workload_synthetic.c
+  ${KVRT_SIM_DIR}/sim_workload_trace.c
+  ${KVRT_SIM_DIR}/trace.c)
+target_include_directories(kvrt_sim_model PUBLIC ${KVRT_SIM_DIR})
+target_link_libraries(kvrt_sim_model PUBLIC PkgConfig::CJSON m)
