@@ -15,8 +15,11 @@
  * same connection at once except `post`, `send_msg` and `cancel` (which may
  * race with the backend's own progress thread, so they lock what they
  * share). Upcalls (kvrt_xfer_bk_*) are thread-safe and may be called from
- * the backend's progress thread; none of them calls back into the backend
- * synchronously, so a backend may hold its own locks while calling them.
+ * the backend's progress thread. kvrt_xfer_bk_batch_done and
+ * kvrt_xfer_bk_msg_done may call `post` and `send_msg` synchronously (the
+ * agent posts the next window of a request from there), so a backend must
+ * not hold its own locks while calling any upcall: collect completions
+ * under the lock, deliver them after unlocking.
  *
  * Connection set-up. Both backends start from a TCP side channel
  * (sidechannel.h): the dialing agent connects, both ends authenticate with

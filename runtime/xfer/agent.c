@@ -1,0 +1,747 @@
+/*
+ * agent.c - the transfer agent: creation and teardown, its two threads
+ * (accept: authenticate incoming sockets; upkeep: close broken connections,
+ * reconnect with backoff, expire requests), peers and their states, and the
+ * upcalls a backend uses for connections.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "agent_internal.h"
+
+/* How long one handshake (ours or a dialer's) may take. */
+#define HANDSHAKE_NS (2000ull * 1000000ull)
+/* How often the upkeep thread looks at timeouts when nothing wakes it. */
+#define UPKEEP_PERIOD_NS (5ull * 1000000ull)
+
+static void timespec_in(struct timespec *ts, uint64_t ns)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    uint64_t t = (uint64_t)ts->tv_nsec + ns;
+    ts->tv_sec += (time_t)(t / 1000000000ull);
+    ts->tv_nsec = (long)(t % 1000000000ull);
+}
+
+/* ---- statistics ----------------------------------------------------------- */
+
+#define STAT_GETTER(field)                                                       \
+    static void get_##field(void *obj, kvrt_ctl_value_t *v)                      \
+    {                                                                            \
+        kvrt_xfer_agent_t *a = obj;                                              \
+        pthread_mutex_lock(&a->lock);                                            \
+        v->u64 = a->stats.field;                                                 \
+        pthread_mutex_unlock(&a->lock);                                          \
+    }
+STAT_GETTER(bytes_written)
+STAT_GETTER(bytes_read)
+STAT_GETTER(ops)
+STAT_GETTER(requests)
+STAT_GETTER(requests_failed)
+STAT_GETTER(refused)
+STAT_GETTER(auth_failures)
+STAT_GETTER(reconnects)
+STAT_GETTER(integrity_failures)
+STAT_GETTER(notifications_dropped)
+
+static void get_regions(void *obj, kvrt_ctl_value_t *v)
+{
+    kvrt_xfer_agent_t *a = obj;
+    pthread_mutex_lock(&a->lock);
+    v->u64 = a->nregions;
+    pthread_mutex_unlock(&a->lock);
+}
+
+static void get_outstanding(void *obj, kvrt_ctl_value_t *v)
+{
+    kvrt_xfer_agent_t *a = obj;
+    pthread_mutex_lock(&a->lock);
+    v->u64 = a->outstanding;
+    pthread_mutex_unlock(&a->lock);
+}
+
+static void get_peers(void *obj, kvrt_ctl_value_t *v)
+{
+    kvrt_xfer_agent_t *a = obj;
+    pthread_mutex_lock(&a->lock);
+    v->u64 = a->npeers;
+    pthread_mutex_unlock(&a->lock);
+}
+
+static const kvrt_ctl_node_t stat_nodes[] = {
+    {"bytes_written", KVRT_CTL_U64, get_bytes_written, NULL},
+    {"bytes_read", KVRT_CTL_U64, get_bytes_read, NULL},
+    {"ops", KVRT_CTL_U64, get_ops, NULL},
+    {"requests", KVRT_CTL_U64, get_requests, NULL},
+    {"requests_failed", KVRT_CTL_U64, get_requests_failed, NULL},
+    {"refused", KVRT_CTL_U64, get_refused, NULL},
+    {"auth_failures", KVRT_CTL_U64, get_auth_failures, NULL},
+    {"regions", KVRT_CTL_U64, get_regions, NULL},
+    {"outstanding", KVRT_CTL_U64, get_outstanding, NULL},
+    {"peers", KVRT_CTL_U64, get_peers, NULL},
+    {"reconnects", KVRT_CTL_U64, get_reconnects, NULL},
+    {"integrity_failures", KVRT_CTL_U64, get_integrity_failures, NULL},
+    {"notifications_dropped", KVRT_CTL_U64, get_notifications_dropped, NULL},
+};
+
+/* ---- peers ---------------------------------------------------------------- */
+
+static kvrt_xfer_peer_t *peer_new(kvrt_xfer_agent_t *agent, bool dialed)
+{
+    kvrt_xfer_peer_t *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->agent = agent;
+    p->dialed = dialed;
+    p->state = KVRT_XFER_PEER_CONNECTED;
+    p->last_error = KVRT_OK;
+    xfer_list_init(&p->link);
+    xfer_list_init(&p->requests);
+    xfer_list_init(&p->remotes);
+    return p;
+}
+
+static void peer_free(kvrt_xfer_peer_t *p)
+{
+    while (!xfer_list_empty(&p->remotes)) {
+        kvrt_xfer_remote_t *r = XFER_CONTAINER(p->remotes.next, kvrt_xfer_remote_t, link);
+        xfer_list_del(&r->link);
+        free(r);
+    }
+    free(p);
+}
+
+static kvrt_xfer_peer_t *peer_by_session(kvrt_xfer_agent_t *a, const uint8_t *session)
+{
+    for (xfer_link_t *l = a->peers.next; l != &a->peers; l = l->next) {
+        kvrt_xfer_peer_t *p = XFER_CONTAINER(l, kvrt_xfer_peer_t, link);
+        if (!p->dialed && memcmp(p->session, session, KVRT_XFER_SESSION_BYTES) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+/* Dials, authenticates and sets up the backend connection of a dialed peer
+ * (first connect and reconnects). Called without the lock. */
+static kvrt_status_t peer_establish(kvrt_xfer_peer_t *p, uint64_t deadline_ns,
+                                    void **conn_out, char *why, size_t why_bytes)
+{
+    int fd = -1;
+    kvrt_status_t st = kvrt_xfer_bk_dial(p, 0, deadline_ns, &fd);
+    if (st != KVRT_OK) {
+        snprintf(why, why_bytes, "handshake with %s failed: %s", p->name[0] ? p->name : "peer",
+                 kvrt_status_str(st));
+        return st;
+    }
+    kvrt_xfer_agent_t *a = p->agent;
+    return a->backend->connect(a->bk_state, p, fd, deadline_ns, conn_out, why, why_bytes);
+}
+
+kvrt_status_t kvrt_xfer_bk_dial(kvrt_xfer_bk_peer_t *p, uint32_t conn_index,
+                                uint64_t deadline_ns, int *fd_out)
+{
+    kvrt_xfer_agent_t *a = p->agent;
+    int fd = -1;
+    kvrt_status_t st = kvrt_xfer_sc_dial(&p->addr, deadline_ns, &fd);
+    if (st != KVRT_OK)
+        return st;
+    kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION,
+                               .backend = (uint32_t)a->backend->kind,
+                               .conn_index = conn_index};
+    memcpy(hello.session, p->session, KVRT_XFER_SESSION_BYTES);
+    snprintf(hello.name, sizeof(hello.name), "%s", a->name);
+    char server[KVRT_XFER_NAME_MAX];
+    st = kvrt_xfer_sc_auth_client(fd, &a->key, &hello, server, deadline_ns);
+    if (st != KVRT_OK) {
+        close(fd);
+        if (st == KVRT_ERR_AUTH) {
+            pthread_mutex_lock(&a->lock);
+            a->stats.auth_failures++;
+            pthread_mutex_unlock(&a->lock);
+        }
+        return st == KVRT_ERR_TIMEOUT || st == KVRT_ERR_PEER_FAILED ? KVRT_ERR_CONNECT : st;
+    }
+    if (conn_index == 0) {
+        pthread_mutex_lock(&a->lock);
+        memcpy(p->name, server, sizeof(p->name));
+        pthread_mutex_unlock(&a->lock);
+    }
+    *fd_out = fd;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_xfer_connect(kvrt_xfer_agent_t *agent, const char *address,
+                                            uint32_t timeout_ms, kvrt_xfer_peer_t **peer_out)
+{
+    if (!agent || !address || !peer_out)
+        return kvrt_fail(agent ? agent->ctx : NULL, KVRT_ERR_INVALID_ARG,
+                         "agent, address and peer_out are required");
+    kvrt_xfer_peer_t *p = peer_new(agent, true);
+    if (!p)
+        return kvrt_fail(agent->ctx, KVRT_ERR_NO_MEMORY, "peer");
+    if (kvrt_xfer_addr_parse(address, &p->addr) != KVRT_OK) {
+        free(p);
+        return kvrt_fail(agent->ctx, KVRT_ERR_INVALID_ARG, "bad address \"%s\"", address);
+    }
+    randombytes_buf(p->session, sizeof(p->session));
+    uint64_t deadline = kvrt_now_ns() + (uint64_t)(timeout_ms ? timeout_ms : agent->timeout_ms) * 1000000ull;
+    char why[256] = "";
+    void *conn = NULL;
+    kvrt_status_t st = peer_establish(p, deadline, &conn, why, sizeof(why));
+    if (st != KVRT_OK) {
+        free(p);
+        return kvrt_fail(agent->ctx, st, "connecting to %s: %s", address, why);
+    }
+    pthread_mutex_lock(&agent->lock);
+    p->conn = conn;
+    p->connections = agent->connections;
+    p->backoff_ms = agent->reconnect_initial_ms;
+    xfer_list_push(&agent->peers, &p->link);
+    agent->npeers++;
+    pthread_mutex_unlock(&agent->lock);
+    kvrt_log(agent->ctx, KVRT_LOG_INFO, "xfer %s: connected to %s (%s)", agent->name,
+             p->name, address);
+    *peer_out = p;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_xfer_disconnect(kvrt_xfer_peer_t *peer)
+{
+    if (!peer)
+        return KVRT_OK;
+    kvrt_xfer_agent_t *a = peer->agent;
+    pthread_mutex_lock(&a->lock);
+    peer->closing = true;
+    struct timespec ts;
+    timespec_in(&ts, 5000ull * 1000000ull);
+    while (peer->busy)
+        if (pthread_cond_timedwait(&a->cond, &a->lock, &ts) == ETIMEDOUT)
+            break;
+    xfer_peer_fail_requests(peer, KVRT_ERR_CANCELED);
+    void *conn = peer->conn;
+    peer->conn = NULL;
+    pthread_mutex_unlock(&a->lock);
+    /* close() completes every batch still on the connection, so after it
+     * no request of this peer has anything in flight. */
+    if (conn)
+        a->backend->close(a->bk_state, conn);
+    pthread_mutex_lock(&a->lock);
+    timespec_in(&ts, 2000ull * 1000000ull);
+    while (!xfer_list_empty(&peer->requests) || peer->busy)
+        if (pthread_cond_timedwait(&a->cond, &a->lock, &ts) == ETIMEDOUT)
+            break;
+    xfer_list_del(&peer->link);
+    a->npeers--;
+    /* Requests still owned by the caller keep pointing at the peer only
+     * for their status; detach them. */
+    while (!xfer_list_empty(&peer->requests)) {
+        kvrt_xfer_request_t *r = XFER_CONTAINER(peer->requests.next, kvrt_xfer_request_t, link);
+        xfer_list_del(&r->link);
+        r->peer = NULL;
+    }
+    pthread_mutex_unlock(&a->lock);
+    peer_free(peer);
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,
+                                              kvrt_xfer_peer_info_t *info_out)
+{
+    if (!peer || !info_out)
+        return KVRT_ERR_INVALID_ARG;
+    kvrt_xfer_agent_t *a = peer->agent;
+    kvrt_xfer_peer_info_t info;
+    memset(&info, 0, sizeof(info));
+    pthread_mutex_lock(&a->lock);
+    info.state = peer->state;
+    info.last_error = peer->last_error;
+    info.connections = peer->conn && !peer->conn_broken ? peer->connections : 0;
+    info.reconnects = peer->reconnects;
+    for (xfer_link_t *l = peer->requests.next; l != &peer->requests; l = l->next)
+        info.outstanding++;
+    memcpy(info.name, peer->name, sizeof(info.name));
+    pthread_mutex_unlock(&a->lock);
+    *info_out = info;
+    return KVRT_OK;
+}
+
+/* ---- backend upcalls about connections ------------------------------------ */
+
+void kvrt_xfer_bk_conn_failed(kvrt_xfer_bk_peer_t *p, kvrt_status_t status,
+                              const char *why)
+{
+    kvrt_xfer_agent_t *a = p->agent;
+    pthread_mutex_lock(&a->lock);
+    bool first = !p->conn_broken && p->state == KVRT_XFER_PEER_CONNECTED;
+    if (first) {
+        p->conn_broken = true;
+        p->last_error = status;
+        p->state = p->dialed ? KVRT_XFER_PEER_RECONNECTING : KVRT_XFER_PEER_CLOSED;
+        xfer_peer_fail_requests(p, KVRT_ERR_PEER_FAILED);
+    }
+    pthread_mutex_unlock(&a->lock);
+    if (first) {
+        kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: connection to %s lost (%s): %s", a->name,
+                 p->name, kvrt_status_str(status), why ? why : "");
+        uint64_t one = 1;
+        (void)!write(a->wake_fd, &one, sizeof(one));
+    }
+}
+
+kvrt_ctx_t *kvrt_xfer_bk_ctx(const kvrt_xfer_bk_peer_t *p) { return p->agent->ctx; }
+const char *kvrt_xfer_bk_peer_name(const kvrt_xfer_bk_peer_t *p) { return p->name; }
+
+void kvrt_xfer_bk_count_bytes(kvrt_xfer_agent_t *a, uint64_t written, uint64_t read)
+{
+    pthread_mutex_lock(&a->lock);
+    a->stats.bytes_written += written;
+    a->stats.bytes_read += read;
+    pthread_mutex_unlock(&a->lock);
+}
+
+void kvrt_xfer_bk_refuse(kvrt_xfer_bk_peer_t *p, kvrt_status_t status, const char *why)
+{
+    kvrt_xfer_agent_t *a = p->agent;
+    pthread_mutex_lock(&a->lock);
+    a->stats.refused++;
+    pthread_mutex_unlock(&a->lock);
+    kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: refused from %s (%s): %s", a->name, p->name,
+             kvrt_status_str(status), why);
+}
+
+kvrt_status_t kvrt_xfer_bk_deliver_msg(kvrt_xfer_bk_peer_t *p, uint32_t type,
+                                       const uint8_t *payload, uint32_t bytes,
+                                       uint8_t *reply, uint32_t capacity,
+                                       uint32_t *reply_bytes_out)
+{
+    *reply_bytes_out = 0;
+    if (type == XFER_MSG_NOTIFY) {
+        if (bytes == 0 || bytes > KVRT_XFER_NOTIFY_MAX) {
+            kvrt_xfer_bk_refuse(p, KVRT_ERR_PROTOCOL, "notification of bad size");
+            return KVRT_ERR_PROTOCOL;
+        }
+        pthread_mutex_lock(&p->agent->lock);
+        xfer_notification_push(p->agent, p->name, KVRT_OK, payload, bytes);
+        pthread_mutex_unlock(&p->agent->lock);
+        return KVRT_OK;
+    }
+    if (type == XFER_MSG_KV_VERIFY || type == XFER_MSG_KV_HASHES)
+        return xfer_kv_serve_msg(p, type, payload, bytes, reply, capacity, reply_bytes_out);
+    kvrt_xfer_bk_refuse(p, KVRT_ERR_PROTOCOL, "unknown message type");
+    return KVRT_ERR_PROTOCOL;
+}
+
+/* ---- the accept thread ---------------------------------------------------- */
+
+static void accept_one(kvrt_xfer_agent_t *a, int fd)
+{
+    kvrt_xfer_hello_t hello;
+    kvrt_status_t st = kvrt_xfer_sc_auth_server(fd, &a->key, (uint32_t)a->backend->kind,
+                                                a->name, &hello, kvrt_now_ns() + HANDSHAKE_NS);
+    if (st != KVRT_OK) {
+        close(fd);
+        pthread_mutex_lock(&a->lock);
+        if (st == KVRT_ERR_AUTH)
+            a->stats.auth_failures++;
+        pthread_mutex_unlock(&a->lock);
+        kvrt_log(a->ctx, st == KVRT_ERR_AUTH ? KVRT_LOG_WARN : KVRT_LOG_INFO,
+                 "xfer %s: incoming connection refused: %s", a->name, kvrt_status_str(st));
+        return;
+    }
+    pthread_mutex_lock(&a->lock);
+    kvrt_xfer_peer_t *p = peer_by_session(a, hello.session);
+    void *old = NULL;
+    if (hello.conn_index == 0 && p) {
+        /* The dialer reconnects: whatever we still hold of its last
+         * session is stale. */
+        old = p->conn;
+        p->conn = NULL;
+        p->conn_broken = false;
+    } else if (hello.conn_index == 0) {
+        p = peer_new(a, false);
+        if (p) {
+            memcpy(p->session, hello.session, sizeof(p->session));
+            memcpy(p->name, hello.name, sizeof(p->name));
+            xfer_list_push(&a->peers, &p->link);
+            a->npeers++;
+        }
+    } else if (!p || !p->conn || p->conn_broken) {
+        p = NULL; /* an extra socket for a session we do not hold */
+    }
+    if (p && hello.conn_index == 0)
+        p->state = KVRT_XFER_PEER_CONNECTED;
+    if (p && p->closing)
+        p = NULL;
+    if (p)
+        p->busy++;
+    void *conn = p ? p->conn : NULL;
+    pthread_mutex_unlock(&a->lock);
+    if (old)
+        a->backend->close(a->bk_state, old);
+    if (!p) {
+        close(fd);
+        return;
+    }
+    /* The old connection (if any) is gone; a new first socket starts a new
+     * one. */
+    if (hello.conn_index == 0)
+        conn = NULL;
+    char why[256] = "";
+    void *made = conn;
+    st = a->backend->accept(a->bk_state, p, conn, fd, hello.conn_index, &made, why, sizeof(why));
+    pthread_mutex_lock(&a->lock);
+    if (st == KVRT_OK && !conn) {
+        p->conn = made;
+        p->connections = 1;
+    } else if (st == KVRT_OK) {
+        p->connections++;
+    }
+    p->busy--;
+    pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&a->lock);
+    if (st != KVRT_OK)
+        kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: accepting from %s failed: %s", a->name,
+                 hello.name, why);
+}
+
+static void *accept_main(void *arg)
+{
+    kvrt_xfer_agent_t *a = arg;
+    for (;;) {
+        struct pollfd p = {.fd = a->listen_fd, .events = POLLIN};
+        int n = poll(&p, 1, 50);
+        pthread_mutex_lock(&a->lock);
+        bool stop = a->stopping;
+        pthread_mutex_unlock(&a->lock);
+        if (stop)
+            break;
+        if (n <= 0)
+            continue;
+        int fd = accept4(a->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0)
+            accept_one(a, fd);
+    }
+    return NULL;
+}
+
+/* ---- the upkeep thread ---------------------------------------------------- */
+
+/* Closes broken connections and reconnects dialed peers whose backoff ran
+ * out. One action per call, without the lock during backend calls. */
+static bool upkeep_peers(kvrt_xfer_agent_t *a)
+{
+    uint64_t now = kvrt_now_ns();
+    pthread_mutex_lock(&a->lock);
+    for (xfer_link_t *l = a->peers.next; l != &a->peers; l = l->next) {
+        kvrt_xfer_peer_t *p = XFER_CONTAINER(l, kvrt_xfer_peer_t, link);
+        if (p->closing)
+            continue;
+        if (p->conn_broken) {
+            void *conn = p->conn;
+            p->conn = NULL;
+            p->conn_broken = false;
+            bool drop = !p->dialed;
+            if (drop) {
+                xfer_list_del(&p->link);
+                a->npeers--;
+            } else {
+                p->next_attempt_ns = now + (uint64_t)p->backoff_ms * 1000000ull;
+            }
+            pthread_mutex_unlock(&a->lock);
+            if (conn)
+                a->backend->close(a->bk_state, conn);
+            if (drop)
+                peer_free(p);
+            return true;
+        }
+        if (p->dialed && p->state == KVRT_XFER_PEER_RECONNECTING && !p->conn &&
+            now >= p->next_attempt_ns) {
+            p->busy++;
+            pthread_mutex_unlock(&a->lock);
+            char why[256] = "";
+            void *conn = NULL;
+            kvrt_status_t st = peer_establish(p, now + HANDSHAKE_NS, &conn, why, sizeof(why));
+            pthread_mutex_lock(&a->lock);
+            if (st == KVRT_OK) {
+                p->conn = conn;
+                p->state = KVRT_XFER_PEER_CONNECTED;
+                p->reconnects++;
+                p->attempts = 0;
+                p->backoff_ms = a->reconnect_initial_ms;
+                a->stats.reconnects++;
+            } else if (st == KVRT_ERR_AUTH || ++p->attempts >= a->reconnect_attempts) {
+                p->state = KVRT_XFER_PEER_FAILED;
+                p->last_error = st;
+            } else {
+                /* Exponential backoff with up to 25% jitter, so that many
+                 * peers losing one node do not all knock at once. */
+                uint32_t next = p->backoff_ms * 2;
+                if (next > a->reconnect_max_ms)
+                    next = a->reconnect_max_ms;
+                p->backoff_ms = next;
+                uint32_t jitter = randombytes_uniform(next / 4 + 1);
+                p->next_attempt_ns = kvrt_now_ns() + (uint64_t)(next + jitter) * 1000000ull;
+            }
+            if (conn && p->closing) {
+                /* Disconnected while we dialed: nobody wants this one. */
+                p->conn = NULL;
+                p->busy--;
+                pthread_cond_broadcast(&a->cond);
+                pthread_mutex_unlock(&a->lock);
+                a->backend->close(a->bk_state, conn);
+                return true;
+            }
+            p->busy--;
+            pthread_cond_broadcast(&a->cond);
+            pthread_mutex_unlock(&a->lock);
+            kvrt_log(a->ctx, st == KVRT_OK ? KVRT_LOG_INFO : KVRT_LOG_DEBUG,
+                     "xfer %s: reconnect to %s: %s %s", a->name, p->name,
+                     kvrt_status_str(st), why);
+            return true;
+        }
+    }
+    pthread_mutex_unlock(&a->lock);
+    return false;
+}
+
+static void *upkeep_main(void *arg)
+{
+    kvrt_xfer_agent_t *a = arg;
+    for (;;) {
+        struct pollfd p = {.fd = a->wake_fd, .events = POLLIN};
+        if (poll(&p, 1, (int)(UPKEEP_PERIOD_NS / 1000000ull)) > 0) {
+            uint64_t v;
+            (void)!read(a->wake_fd, &v, sizeof(v));
+        }
+        pthread_mutex_lock(&a->lock);
+        bool stop = a->stopping;
+        pthread_mutex_unlock(&a->lock);
+        if (stop)
+            break;
+        xfer_requests_expire(a, kvrt_now_ns());
+        for (int i = 0; i < 64 && upkeep_peers(a); i++)
+            ;
+    }
+    return NULL;
+}
+
+/* ---- creation and teardown ------------------------------------------------ */
+
+static void agent_owned_destroy(kvrt_owned_t *self)
+{
+    kvrt_xfer_agent_destroy(XFER_CONTAINER(self, kvrt_xfer_agent_t, owned));
+}
+
+static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_params_t *p,
+                                 kvrt_xfer_backend_kind_t *kind, const char **listen)
+{
+    const uint64_t known = (KVRT_XFER_AGENT_PARAM_ZEROCOPY << 1) - 1;
+    if (p->field_mask & ~known)
+        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits");
+    if (!p->cluster_key || p->cluster_key_bytes < KVRT_XFER_KEY_MIN)
+        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "a cluster key of at least %d bytes is required",
+                         KVRT_XFER_KEY_MIN);
+    kvrt_xfer_key_derive(p->cluster_key, p->cluster_key_bytes, &a->key);
+    uint64_t m = p->field_mask;
+    *kind = (m & KVRT_XFER_AGENT_PARAM_BACKEND) ? p->backend : KVRT_XFER_BACKEND_AUTO;
+    if (*kind > KVRT_XFER_BACKEND_VERBS)
+        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown backend %d", (int)*kind);
+    *listen = (m & KVRT_XFER_AGENT_PARAM_LISTEN) && p->listen_address ? p->listen_address
+                                                                      : "127.0.0.1:0";
+    a->timeout_ms = (m & KVRT_XFER_AGENT_PARAM_TIMEOUT) ? p->default_timeout_ms : 10000;
+    a->connections = (m & KVRT_XFER_AGENT_PARAM_CONNECTIONS) ? p->connections_per_peer : 4;
+    a->max_requests = (m & KVRT_XFER_AGENT_PARAM_MAX_REQUESTS) ? p->max_requests : 4096;
+    a->reconnect_initial_ms = 50;
+    a->reconnect_max_ms = 2000;
+    a->reconnect_attempts = 10;
+    if (m & KVRT_XFER_AGENT_PARAM_RECONNECT) {
+        a->reconnect_initial_ms = p->reconnect_initial_ms;
+        a->reconnect_max_ms = p->reconnect_max_ms;
+        a->reconnect_attempts = p->reconnect_attempts;
+    }
+    a->zerocopy_threshold = (m & KVRT_XFER_AGENT_PARAM_ZEROCOPY) ? p->zerocopy_threshold : (1u << 20);
+    if (a->timeout_ms == 0 || a->connections < 1 || a->connections > 16 ||
+        a->max_requests < 1 || a->max_requests > (1u << 20) || a->reconnect_initial_ms == 0 ||
+        a->reconnect_max_ms < a->reconnect_initial_ms || a->reconnect_attempts == 0)
+        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG,
+                         "timeout, connections (1..16), max_requests (1..2^20) or reconnect "
+                         "settings out of range");
+    snprintf(a->name, sizeof(a->name), "%s-xfer%u", kvrt_ctx_name(a->ctx), a->index);
+    if ((m & KVRT_XFER_AGENT_PARAM_NAME) && p->name)
+        snprintf(a->name, sizeof(a->name), "%s", p->name);
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
+                                                 const kvrt_xfer_agent_params_t *params,
+                                                 kvrt_xfer_agent_t **agent_out)
+{
+    if (!ctx || !params || !agent_out)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "ctx, params and agent_out are required");
+    if (sodium_init() < 0)
+        return kvrt_fail(ctx, KVRT_ERR_INTERNAL, "libsodium failed to initialise");
+    kvrt_xfer_agent_t *a = calloc(1, sizeof(*a));
+    if (!a)
+        return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "agent");
+    a->ctx = ctx;
+    a->listen_fd = a->wake_fd = a->event_fd = -1;
+    a->index = kvrt_ctx_next_index(ctx, "xfer");
+    xfer_list_init(&a->peers);
+    pthread_mutex_init(&a->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&a->cond, &ca);
+    pthread_condattr_destroy(&ca);
+
+    kvrt_xfer_backend_kind_t kind = KVRT_XFER_BACKEND_AUTO;
+    const char *listen_text = "127.0.0.1:0";
+    char why[256] = "";
+    kvrt_status_t st = read_params(a, params, &kind, &listen_text);
+    kvrt_xfer_addr_t addr, bound;
+    if (st == KVRT_OK && kvrt_xfer_addr_parse(listen_text, &addr) != KVRT_OK)
+        st = kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "bad listen address \"%s\"", listen_text);
+    if (st == KVRT_OK && kvrt_xfer_backend_select(kind, &a->backend, why, sizeof(why)) != KVRT_OK)
+        st = kvrt_fail(ctx, KVRT_ERR_NO_DEVICE, "%s", why);
+    a->regions = calloc(XFER_REGION_SLOTS, sizeof(*a->regions));
+    a->generations = calloc(XFER_REGION_SLOTS, sizeof(*a->generations));
+    a->cq = calloc(a->max_requests ? a->max_requests : 1, sizeof(*a->cq));
+    a->notes = calloc(XFER_NOTIFY_QUEUE, sizeof(*a->notes));
+    if (st == KVRT_OK && (!a->regions || !a->generations || !a->cq || !a->notes))
+        st = kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "agent tables");
+    if (st == KVRT_OK && kvrt_xfer_sc_listen(&addr, &bound, &a->listen_fd) != KVRT_OK)
+        st = kvrt_fail(ctx, KVRT_ERR_IO, "cannot listen on %s: %s", listen_text, strerror(errno));
+    if (st == KVRT_OK) {
+        kvrt_xfer_addr_format(&bound, a->address, sizeof(a->address));
+        a->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        a->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (a->wake_fd < 0 || a->event_fd < 0)
+            st = kvrt_fail(ctx, KVRT_ERR_IO, "eventfd: %s", strerror(errno));
+    }
+    if (st == KVRT_OK) {
+        kvrt_xfer_bk_env_t env = {.ctx = ctx, .agent = a, .name = a->name,
+                                  .connections_per_peer = a->connections,
+                                  .zerocopy_threshold = a->zerocopy_threshold};
+        if (a->backend->init(&env, &a->bk_state, why, sizeof(why)) != KVRT_OK)
+            st = kvrt_fail(ctx, KVRT_ERR_IO, "%s backend: %s", a->backend->name, why);
+    }
+    if (st == KVRT_OK) {
+        if (pthread_create(&a->control, NULL, accept_main, a) != 0) {
+            st = kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "cannot start the accept thread");
+        } else if (pthread_create(&a->upkeep, NULL, upkeep_main, a) != 0) {
+            pthread_mutex_lock(&a->lock);
+            a->stopping = true;
+            pthread_mutex_unlock(&a->lock);
+            pthread_join(a->control, NULL);
+            st = kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "cannot start the upkeep thread");
+        } else {
+            a->control_started = true;
+        }
+    }
+    if (st != KVRT_OK) {
+        if (a->bk_state)
+            a->backend->fini(a->bk_state);
+        if (a->listen_fd >= 0)
+            close(a->listen_fd);
+        if (a->wake_fd >= 0)
+            close(a->wake_fd);
+        if (a->event_fd >= 0)
+            close(a->event_fd);
+        free(a->regions);
+        free(a->generations);
+        free(a->cq);
+        free(a->notes);
+        pthread_cond_destroy(&a->cond);
+        pthread_mutex_destroy(&a->lock);
+        free(a);
+        return st;
+    }
+    kvrt_ctx_own(ctx, &a->owned, agent_owned_destroy);
+    char prefix[32];
+    snprintf(prefix, sizeof(prefix), "xfer.%u", a->index);
+    kvrt_ctl_register(ctx, prefix, stat_nodes, sizeof(stat_nodes) / sizeof(stat_nodes[0]), a);
+    kvrt_log(ctx, KVRT_LOG_INFO, "xfer %s: %s backend listening on %s", a->name,
+             a->backend->name, a->address);
+    *agent_out = a;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_destroy(kvrt_xfer_agent_t *a)
+{
+    if (!a)
+        return KVRT_OK;
+    /* Peers first: closing their connections completes every batch, so
+     * the requests end and the regions lose their users. */
+    for (;;) {
+        pthread_mutex_lock(&a->lock);
+        kvrt_xfer_peer_t *p = xfer_list_empty(&a->peers)
+                                  ? NULL
+                                  : XFER_CONTAINER(a->peers.next, kvrt_xfer_peer_t, link);
+        pthread_mutex_unlock(&a->lock);
+        if (!p)
+            break;
+        kvrt_xfer_disconnect(p);
+    }
+    pthread_mutex_lock(&a->lock);
+    a->stopping = true;
+    pthread_mutex_unlock(&a->lock);
+    uint64_t one = 1;
+    (void)!write(a->wake_fd, &one, sizeof(one));
+    if (a->control_started) {
+        pthread_join(a->control, NULL);
+        pthread_join(a->upkeep, NULL);
+    }
+    /* The threads may have accepted a peer between the loop above and
+     * stopping; close those too. */
+    while (!xfer_list_empty(&a->peers))
+        kvrt_xfer_disconnect(XFER_CONTAINER(a->peers.next, kvrt_xfer_peer_t, link));
+    xfer_regions_destroy_all(a);
+    a->backend->fini(a->bk_state);
+    kvrt_ctl_unregister(a->ctx, a);
+    kvrt_ctx_disown(a->ctx, &a->owned);
+    close(a->listen_fd);
+    close(a->wake_fd);
+    close(a->event_fd);
+    free(a->regions);
+    free(a->generations);
+    free(a->cq);
+    free(a->notes);
+    pthread_cond_destroy(&a->cond);
+    pthread_mutex_destroy(&a->lock);
+    free(a);
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_address(const kvrt_xfer_agent_t *agent, char *buf,
+                                                  size_t capacity)
+{
+    if (!agent || !buf)
+        return KVRT_ERR_INVALID_ARG;
+    size_t need = strlen(agent->address) + 1;
+    if (capacity < need)
+        return kvrt_fail(agent->ctx, KVRT_ERR_BUFFER_TOO_SMALL, "address needs %zu bytes", need);
+    memcpy(buf, agent->address, need);
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_backend(const kvrt_xfer_agent_t *agent,
+                                                  kvrt_xfer_backend_kind_t *kind_out)
+{
+    if (!agent || !kind_out)
+        return KVRT_ERR_INVALID_ARG;
+    *kind_out = agent->backend->kind;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_eventfd(const kvrt_xfer_agent_t *agent, int *fd_out)
+{
+    if (!agent || !fd_out)
+        return KVRT_ERR_INVALID_ARG;
+    *fd_out = agent->event_fd;
+    return KVRT_OK;
+}

@@ -1,0 +1,239 @@
+/*
+ * agent_internal.h - the agent's objects as agent.c, region.c, request.c
+ * and kv.c share them. Internal: nothing here is ABI.
+ *
+ * Locking: one mutex per agent (agent->lock) guards every field below that
+ * changes after creation: the region table, peers and their states,
+ * requests, the completion and notification queues and the statistics.
+ * Backend ops are never called with it held (a backend may complete work
+ * synchronously inside an op, which takes the lock again); the pattern is
+ * "decide under the lock, act after unlocking".
+ */
+#ifndef KVRT_XFER_AGENT_INTERNAL_H
+#define KVRT_XFER_AGENT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "core/core.h"
+#include "kvrt/xfer.h"
+#include "sidechannel.h"
+
+/* Region ids: low 16 bits a slot, high 16 bits a generation, so a stale id
+ * from a deregistered region never names its slot's next tenant. */
+#define XFER_REGION_SLOTS 65536u
+#define XFER_NOTIFY_QUEUE 4096u
+/* Operations longer than this are split; it is also a TCP frame's limit. */
+#define XFER_OP_SPLIT (16ull << 20)
+
+typedef struct xfer_link {
+    struct xfer_link *prev, *next;
+} xfer_link_t;
+
+static inline void xfer_list_init(xfer_link_t *head) { head->prev = head->next = head; }
+static inline bool xfer_list_empty(const xfer_link_t *head) { return head->next == head; }
+static inline void xfer_list_push(xfer_link_t *head, xfer_link_t *l)
+{
+    l->prev = head->prev;
+    l->next = head;
+    head->prev->next = l;
+    head->prev = l;
+}
+static inline void xfer_list_del(xfer_link_t *l)
+{
+    l->prev->next = l->next;
+    l->next->prev = l->prev;
+    l->prev = l->next = l;
+}
+#define XFER_CONTAINER(ptr, type, member)                                        \
+    ((type *)(void *)((char *)(ptr) - __builtin_offsetof(type, member)))
+
+typedef struct xfer_stats {
+    uint64_t bytes_written, bytes_read, ops, requests, requests_failed, refused,
+        auth_failures, reconnects, integrity_failures, notifications_dropped;
+} xfer_stats_t;
+
+struct kvrt_xfer_region {
+    kvrt_xfer_agent_t *agent;
+    kvrt_xfer_bk_region_t bk;
+    uint32_t key_bytes;
+    uint8_t key[KVRT_XFER_BK_KEY_MAX];
+    bool has_pool;
+    kvrt_kv_layout_t layout;
+    uint32_t num_blocks;
+    bool ready;     /* registered with the backend; served from now on */
+    uint32_t pins;  /* incoming accesses in progress (kvrt_xfer_bk_pin) */
+    uint32_t users; /* local operations of outstanding batches */
+};
+
+struct kvrt_xfer_remote {
+    kvrt_xfer_peer_t *peer;
+    xfer_link_t link;        /* in peer->remotes */
+    kvrt_xfer_bk_remote_t bk;
+    bool has_pool;
+    kvrt_kv_layout_t layout;
+    uint32_t num_blocks;
+    uint32_t users;          /* operations of outstanding batches */
+};
+
+struct kvrt_xfer_peer {
+    kvrt_xfer_agent_t *agent;
+    xfer_link_t link;        /* in agent->peers */
+    bool dialed;             /* we connected (and so we reconnect) */
+    bool closing;            /* disconnect in progress */
+    uint32_t busy;           /* a thread works on it unlocked; freeing waits */
+    kvrt_xfer_addr_t addr;
+    uint8_t session[KVRT_XFER_SESSION_BYTES];
+    char name[KVRT_XFER_NAME_MAX];
+    kvrt_xfer_peer_state_t state;
+    kvrt_status_t last_error;
+    void *conn;              /* backend connection, NULL while down */
+    bool conn_broken;        /* backend reported failure; close pending */
+    uint32_t connections;
+    uint32_t reconnects, attempts, backoff_ms;
+    uint64_t next_attempt_ns;
+    xfer_link_t requests;    /* outstanding, in post order */
+    xfer_link_t remotes;
+    uint64_t next_seq;
+};
+
+typedef enum xfer_phase {
+    XFER_PHASE_DATA = 0,     /* batches being posted or in flight */
+    XFER_PHASE_MSGS = 1,     /* closing messages (checksums, notification) */
+    XFER_PHASE_DONE = 2
+} xfer_phase_t;
+
+typedef struct xfer_batch xfer_batch_t;
+typedef struct xfer_msg xfer_msg_t;
+
+struct kvrt_xfer_request {
+    kvrt_xfer_agent_t *agent;
+    kvrt_xfer_peer_t *peer;    /* NULL once the peer is gone */
+    xfer_link_t link;          /* in peer->requests while outstanding */
+    uint64_t deadline_ns;
+    uint64_t user_data;
+    uint64_t bytes;
+    bool user_owned, released;
+    bool quiet;                /* no completion entry (kvrt_xfer_notify) */
+    bool gated;                /* waits for every earlier request (notify) */
+    bool notify_sent;
+    bool expired;              /* its deadline passed and it was aborted */
+    xfer_phase_t phase;
+    kvrt_status_t status;      /* KVRT_INPROGRESS until complete */
+    kvrt_status_t error;       /* first failure seen, reported at the end */
+    uint32_t busy;             /* a thread uses it unlocked; freeing waits */
+    kvrt_xfer_bk_op_t *ops;
+    uint32_t count, next_op;
+    uint64_t inflight, max_inflight;
+    uint32_t batches_out;      /* posted, not yet done */
+    xfer_batch_t *batch_list;  /* every batch made, freed with the request */
+    xfer_msg_t *msg;           /* the closing message in flight, or NULL */
+    uint8_t notify[KVRT_XFER_NOTIFY_MAX];
+    uint32_t notify_bytes;
+    struct xfer_kv *kv;        /* KV transfer state (kv.c), or NULL */
+};
+
+struct xfer_batch {
+    kvrt_xfer_bk_batch_t bk;   /* first: the backend hands this pointer back */
+    kvrt_xfer_request_t *request;
+    xfer_batch_t *next;
+    bool done;
+};
+
+/* A closing message. It outlives its request if the request completes
+ * (times out) first: the request lets go and msg_done frees it. */
+struct xfer_msg {
+    kvrt_xfer_bk_msg_t bk;     /* first */
+    kvrt_xfer_agent_t *agent;
+    kvrt_xfer_request_t *request; /* NULL once the request let go */
+    uint8_t payload[];
+};
+
+struct kvrt_xfer_agent {
+    kvrt_owned_t owned;
+    kvrt_ctx_t *ctx;
+    uint32_t index;
+    char name[KVRT_XFER_NAME_MAX];
+    char address[96];
+    kvrt_xfer_key_t key;
+    const kvrt_xfer_backend_t *backend;
+    void *bk_state;
+    uint32_t timeout_ms, connections, max_requests;
+    uint32_t reconnect_initial_ms, reconnect_max_ms, reconnect_attempts;
+    uint64_t zerocopy_threshold;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;       /* completions, unpins, peer changes */
+    int listen_fd, wake_fd, event_fd;
+    pthread_t control, upkeep;
+    bool control_started, stopping;
+
+    kvrt_xfer_region_t **regions;
+    uint16_t *generations;
+    uint32_t nregions;
+    xfer_link_t peers;
+    uint32_t npeers;
+    uint32_t outstanding;      /* requests not yet complete */
+
+    kvrt_xfer_completion_t *cq;
+    uint32_t cq_head, cq_count;
+    kvrt_xfer_notification_t *notes;
+    uint32_t note_head, note_count;
+    xfer_stats_t stats;
+};
+
+/* Message types carried by kvrt_xfer_bk_msg_t. */
+enum xfer_msg_type {
+    XFER_MSG_NOTIFY = 1,       /* payload: notification bytes */
+    XFER_MSG_KV_VERIFY = 2,    /* kv.c: checksums to verify, maybe a notification */
+    XFER_MSG_KV_HASHES = 3     /* kv.c: asks for checksums of blocks */
+};
+
+/* ---- region.c ---------------------------------------------------------- */
+void xfer_regions_destroy_all(kvrt_xfer_agent_t *agent);
+/* Looks a region up by wire id; caller holds the lock. */
+kvrt_xfer_region_t *xfer_region_lookup(kvrt_xfer_agent_t *agent, uint32_t id);
+
+/* ---- request.c --------------------------------------------------------- */
+/* Checks that a request can be admitted to peer (lock held). */
+kvrt_status_t xfer_request_admit(kvrt_xfer_peer_t *peer);
+/* Makes an outstanding request (lock held, admitted). Takes ownership of
+ * ops (malloc'd, may be NULL with count 0); NULL when out of memory. */
+kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *peer, kvrt_xfer_bk_op_t *ops,
+                                      uint32_t count, uint32_t timeout_ms,
+                                      uint64_t max_inflight, bool user_owned);
+/* Drives a peer's requests forward: posts batches and closing messages as
+ * the window and ordering allow. Call without the lock. */
+void xfer_peer_pump(kvrt_xfer_peer_t *peer);
+/* Fails every outstanding request of a peer with status (lock held). Their
+ * batches end when the connection closes. */
+void xfer_peer_fail_requests(kvrt_xfer_peer_t *peer, kvrt_status_t status);
+/* Fails expired requests and cancels their batches; call unlocked. */
+void xfer_requests_expire(kvrt_xfer_agent_t *agent, uint64_t now_ns);
+/* Allocates a closing message of `bytes` payload for r (lock held). */
+xfer_msg_t *xfer_msg_new(kvrt_xfer_request_t *r, uint32_t type, uint32_t bytes);
+/* Makes the user's eventfd readable. */
+void xfer_signal(kvrt_xfer_agent_t *agent);
+/* Queues a received notification (lock held) and signals the eventfd. */
+void xfer_notification_push(kvrt_xfer_agent_t *agent, const char *from,
+                            kvrt_status_t status, const uint8_t *data,
+                            uint32_t bytes);
+
+/* ---- kv.c -------------------------------------------------------------- */
+/* Builds the next closing message of a KV request (lock held); NULL when
+ * there is none left. Sets *status_out to an error if it cannot. */
+xfer_msg_t *xfer_kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out);
+/* Handles the reply to a KV closing message (lock held); returns the
+ * status the request fails with, or KVRT_OK. */
+kvrt_status_t xfer_kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
+                               const uint8_t *reply, uint32_t bytes);
+void xfer_kv_free(struct xfer_kv *kv);
+/* Receiver side of XFER_MSG_KV_VERIFY / XFER_MSG_KV_HASHES. */
+kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type,
+                                const uint8_t *payload, uint32_t bytes,
+                                uint8_t *reply, uint32_t capacity,
+                                uint32_t *reply_bytes_out);
+
+#endif /* KVRT_XFER_AGENT_INTERNAL_H */

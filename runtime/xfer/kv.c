@@ -1,0 +1,413 @@
+/*
+ * kv.c - KV block transfer: whole blocks (every layer, K and V) of one pool
+ * region to or from a peer's pool region, coalesced into as few operations
+ * as the two layouts allow, with an optional XXH3 check of every block.
+ *
+ * Pairing works page by page (a page is one block x layer x half), so the
+ * two pools may use different orders and formats. The pairs are sorted by
+ * local offset and merged while both sides stay contiguous: consecutive
+ * block ids in a layer-major pool become one operation per layer and half,
+ * a block-major fused pool one operation per run of blocks.
+ *
+ * A block's checksum is XXH3-64 over its pages in (layer, K then V) order,
+ * so it does not depend on the layout. With integrity on, a WRITE ends with
+ * VERIFY messages carrying the checksums, which the receiver checks against
+ * what landed before it delivers the notification; a READ ends with HASHES
+ * queries whose answers this side checks against what it received.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "agent_internal.h"
+
+/* Blocks per closing message: 16 bytes each in a VERIFY, within
+ * KVRT_XFER_MSG_MAX with room for the header and a notification. */
+#define KV_CHUNK 4000u
+#define KV_VERIFY_HEAD 16u
+
+struct xfer_kv {
+    kvrt_xfer_opcode_t opcode;
+    bool integrity;
+    const kvrt_xfer_region_t *local;
+    uint32_t remote_id;
+    uint32_t count;
+    int32_t *local_blocks;
+    int32_t *remote_blocks;
+    uint64_t *hashes;      /* WRITE with integrity: local checksums */
+    uint32_t next;         /* first block of the next chunk */
+    uint32_t chunk_first, chunk_count;
+};
+
+typedef struct kv_pair {
+    uint64_t local, remote, length;
+} kv_pair_t;
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+           (uint32_t)p[3] << 24;
+}
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    put_u32(p, (uint32_t)v);
+    put_u32(p + 4, (uint32_t)(v >> 32));
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
+}
+
+static uint64_t block_hash(const uint8_t *base, const kvrt_kv_layout_t *l, uint32_t num_blocks,
+                           uint32_t block, uint64_t page, XXH3_state_t *s)
+{
+    XXH3_64bits_reset(s);
+    for (uint32_t layer = 0; layer < l->num_layers; layer++)
+        for (int half = 0; half < 2; half++) {
+            uint64_t off = 0;
+            kvrt_layout_page_offset(l, num_blocks, block, layer, (kvrt_kv_half_t)half, &off);
+            XXH3_64bits_update(s, base + off, page);
+        }
+    return XXH3_64bits_digest(s);
+}
+
+static int pair_cmp(const void *a, const void *b)
+{
+    const kv_pair_t *x = a, *y = b;
+    return x->local < y->local ? -1 : x->local > y->local;
+}
+
+/* Builds the coalesced operations; NULL on no memory. */
+static kvrt_xfer_bk_op_t *kv_ops(const kvrt_xfer_kv_params_t *p, uint64_t page,
+                                 uint32_t *n_out)
+{
+    const kvrt_xfer_region_t *lr = p->local;
+    const kvrt_xfer_remote_t *rr = p->remote;
+    uint32_t layers = lr->layout.num_layers;
+    size_t n = (size_t)p->count * layers * 2;
+    kv_pair_t *pairs = malloc(n * sizeof(*pairs));
+    if (!pairs)
+        return NULL;
+    size_t k = 0;
+    for (uint32_t i = 0; i < p->count; i++)
+        for (uint32_t layer = 0; layer < layers; layer++)
+            for (int half = 0; half < 2; half++) {
+                kv_pair_t *e = &pairs[k++];
+                kvrt_layout_page_offset(&lr->layout, lr->num_blocks, (uint32_t)p->local_blocks[i],
+                                        layer, (kvrt_kv_half_t)half, &e->local);
+                kvrt_layout_page_offset(&rr->layout, rr->num_blocks,
+                                        (uint32_t)p->remote_blocks[i], layer,
+                                        (kvrt_kv_half_t)half, &e->remote);
+                e->length = page;
+            }
+    qsort(pairs, n, sizeof(*pairs), pair_cmp);
+    size_t m = 0;
+    for (size_t i = 1; i < n; i++) {
+        kv_pair_t *last = &pairs[m];
+        if (pairs[i].local == last->local + last->length &&
+            pairs[i].remote == last->remote + last->length && last->length < XFER_OP_SPLIT)
+            last->length += pairs[i].length;
+        else
+            pairs[++m] = pairs[i];
+    }
+    m++;
+    kvrt_xfer_bk_op_t *ops = malloc(m * sizeof(*ops));
+    if (ops)
+        for (size_t i = 0; i < m; i++)
+            ops[i] = (kvrt_xfer_bk_op_t){.opcode = p->opcode, .local = &lr->bk,
+                                         .local_offset = pairs[i].local, .remote = &rr->bk,
+                                         .remote_offset = pairs[i].remote, .length = pairs[i].length};
+    free(pairs);
+    *n_out = (uint32_t)m;
+    return ops;
+}
+
+void xfer_kv_free(struct xfer_kv *kv)
+{
+    free(kv->local_blocks);
+    free(kv->remote_blocks);
+    free(kv->hashes);
+    free(kv);
+}
+
+static kvrt_status_t kv_check(kvrt_xfer_peer_t *peer, const kvrt_xfer_kv_params_t *p,
+                              uint64_t *page_out)
+{
+    kvrt_ctx_t *ctx = peer->agent->ctx;
+    const uint64_t known = (KVRT_XFER_KV_PARAM_USER_DATA << 1) - 1;
+    if ((p->field_mask & ~known) || !p->local || !p->remote || !p->local_blocks ||
+        !p->remote_blocks || p->count == 0 || p->local->agent != peer->agent ||
+        p->remote->peer != peer ||
+        (p->opcode != KVRT_XFER_WRITE && p->opcode != KVRT_XFER_READ))
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
+                         "needs known field bits, a local region, a remote of this peer, "
+                         "blocks and READ or WRITE");
+    if ((p->field_mask & KVRT_XFER_KV_PARAM_NOTIFY) &&
+        (!p->notify || p->notify_bytes == 0 || p->notify_bytes > KVRT_XFER_NOTIFY_MAX))
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "notification of 1..%d bytes expected",
+                         KVRT_XFER_NOTIFY_MAX);
+    if (!p->local->has_pool || !p->remote->has_pool)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "both regions must be registered pools");
+    uint64_t lp = 0, rp = 0;
+    kvrt_layout_page_bytes(&p->local->layout, &lp);
+    kvrt_layout_page_bytes(&p->remote->layout, &rp);
+    if (lp != rp || p->local->layout.num_layers != p->remote->layout.num_layers)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
+                         "layouts do not pair: pages of %llu and %llu bytes, %u and %u layers",
+                         (unsigned long long)lp, (unsigned long long)rp,
+                         p->local->layout.num_layers, p->remote->layout.num_layers);
+    uint32_t need = p->opcode == KVRT_XFER_WRITE ? KVRT_XFER_REMOTE_WRITE : KVRT_XFER_REMOTE_READ;
+    if (!(p->remote->bk.access & need))
+        return kvrt_fail(ctx, KVRT_ERR_REMOTE_ACCESS, "the remote pool does not allow this");
+    for (uint32_t i = 0; i < p->count; i++)
+        if (p->local_blocks[i] <= 0 || (uint32_t)p->local_blocks[i] >= p->local->num_blocks ||
+            p->remote_blocks[i] <= 0 || (uint32_t)p->remote_blocks[i] >= p->remote->num_blocks)
+            return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "block pair %u (%d -> %d) out of range", i,
+                             p->local_blocks[i], p->remote_blocks[i]);
+    *page_out = lp;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
+                                            const kvrt_xfer_kv_params_t *p,
+                                            kvrt_xfer_request_t **request_out)
+{
+    if (!peer || !p)
+        return kvrt_fail(peer ? peer->agent->ctx : NULL, KVRT_ERR_INVALID_ARG,
+                         "peer and params are required");
+    kvrt_xfer_agent_t *a = peer->agent;
+    uint64_t page = 0;
+    kvrt_status_t st = kv_check(peer, p, &page);
+    if (st != KVRT_OK)
+        return st;
+    struct xfer_kv *kv = calloc(1, sizeof(*kv));
+    uint32_t nops = 0;
+    kvrt_xfer_bk_op_t *ops = kv_ops(p, page, &nops);
+    bool integrity = (p->field_mask & KVRT_XFER_KV_PARAM_INTEGRITY) && p->integrity;
+    if (kv) {
+        kv->opcode = p->opcode;
+        kv->integrity = integrity;
+        kv->local = p->local;
+        kv->remote_id = p->remote->bk.id;
+        kv->count = p->count;
+        kv->local_blocks = malloc(p->count * sizeof(int32_t));
+        kv->remote_blocks = malloc(p->count * sizeof(int32_t));
+        if (integrity && p->opcode == KVRT_XFER_WRITE)
+            kv->hashes = malloc(p->count * sizeof(uint64_t));
+    }
+    XXH3_state_t *hs = integrity ? XXH3_createState() : NULL;
+    if (!kv || !ops || !kv->local_blocks || !kv->remote_blocks ||
+        (integrity && (!hs || (p->opcode == KVRT_XFER_WRITE && !kv->hashes)))) {
+        if (kv)
+            xfer_kv_free(kv);
+        free(ops);
+        XXH3_freeState(hs);
+        return kvrt_fail(a->ctx, KVRT_ERR_NO_MEMORY, "KV transfer of %u blocks", p->count);
+    }
+    memcpy(kv->local_blocks, p->local_blocks, p->count * sizeof(int32_t));
+    memcpy(kv->remote_blocks, p->remote_blocks, p->count * sizeof(int32_t));
+    if (kv->hashes)
+        for (uint32_t i = 0; i < p->count; i++)
+            kv->hashes[i] = block_hash(p->local->bk.base, &p->local->layout, p->local->num_blocks,
+                                       (uint32_t)p->local_blocks[i], page, hs);
+    XXH3_freeState(hs);
+
+    uint64_t m = p->field_mask;
+    pthread_mutex_lock(&a->lock);
+    st = xfer_request_admit(peer);
+    kvrt_xfer_request_t *r = NULL;
+    if (st == KVRT_OK) {
+        r = xfer_request_new(peer, ops, nops, (m & KVRT_XFER_KV_PARAM_TIMEOUT) ? p->timeout_ms : 0,
+                             (m & KVRT_XFER_KV_PARAM_INFLIGHT) ? p->max_inflight_bytes
+                                                               : (64ull << 20),
+                             request_out != NULL);
+        if (!r)
+            st = kvrt_fail(a->ctx, KVRT_ERR_NO_MEMORY, "request");
+    }
+    if (st != KVRT_OK) {
+        pthread_mutex_unlock(&a->lock);
+        xfer_kv_free(kv);
+        free(ops);
+        return st;
+    }
+    r->kv = kv;
+    if (m & KVRT_XFER_KV_PARAM_USER_DATA)
+        r->user_data = p->user_data;
+    if (m & KVRT_XFER_KV_PARAM_NOTIFY) {
+        memcpy(r->notify, p->notify, p->notify_bytes);
+        r->notify_bytes = p->notify_bytes;
+    }
+    if (request_out)
+        *request_out = r;
+    pthread_mutex_unlock(&a->lock);
+    xfer_peer_pump(peer);
+    return KVRT_OK;
+}
+
+xfer_msg_t *xfer_kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out)
+{
+    struct xfer_kv *kv = r->kv;
+    xfer_msg_t *m = NULL;
+    if (kv->integrity && kv->next < kv->count) {
+        uint32_t n = kv->count - kv->next < KV_CHUNK ? kv->count - kv->next : KV_CHUNK;
+        bool last = kv->next + n == kv->count;
+        kv->chunk_first = kv->next;
+        kv->chunk_count = n;
+        kv->next += n;
+        if (kv->opcode == KVRT_XFER_WRITE) {
+            uint32_t nb = last ? r->notify_bytes : 0;
+            m = xfer_msg_new(r, XFER_MSG_KV_VERIFY, KV_VERIFY_HEAD + nb + 16 * n);
+            if (m) {
+                put_u32(m->payload, kv->remote_id);
+                put_u32(m->payload + 4, n);
+                put_u32(m->payload + 8, last ? 1 : 0);
+                put_u32(m->payload + 12, nb);
+                memcpy(m->payload + KV_VERIFY_HEAD, r->notify, nb);
+                uint8_t *q = m->payload + KV_VERIFY_HEAD + nb;
+                for (uint32_t i = 0; i < n; i++, q += 16) {
+                    put_u32(q, (uint32_t)kv->remote_blocks[kv->chunk_first + i]);
+                    put_u32(q + 4, 0);
+                    put_u64(q + 8, kv->hashes[kv->chunk_first + i]);
+                }
+                if (last)
+                    r->notify_sent = true;
+            }
+        } else {
+            m = xfer_msg_new(r, XFER_MSG_KV_HASHES, 8 + 4 * n);
+            if (m) {
+                put_u32(m->payload, kv->remote_id);
+                put_u32(m->payload + 4, n);
+                for (uint32_t i = 0; i < n; i++)
+                    put_u32(m->payload + 8 + 4 * i, (uint32_t)kv->remote_blocks[kv->chunk_first + i]);
+            }
+        }
+    } else if (r->notify_bytes && !r->notify_sent) {
+        m = xfer_msg_new(r, XFER_MSG_NOTIFY, r->notify_bytes);
+        if (m) {
+            memcpy(m->payload, r->notify, r->notify_bytes);
+            r->notify_sent = true;
+        }
+    } else {
+        *status_out = KVRT_OK;
+        return NULL;
+    }
+    *status_out = m ? KVRT_OK : KVRT_ERR_NO_MEMORY;
+    return m;
+}
+
+kvrt_status_t xfer_kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
+                               const uint8_t *reply, uint32_t bytes)
+{
+    struct xfer_kv *kv = r->kv;
+    if (status != KVRT_OK || !kv->integrity || kv->opcode != KVRT_XFER_READ ||
+        kv->chunk_count == 0)
+        return status;
+    uint32_t n = kv->chunk_count;
+    kv->chunk_count = 0;
+    if (bytes != 8 * n)
+        return KVRT_ERR_PROTOCOL;
+    const kvrt_xfer_region_t *l = kv->local;
+    uint64_t page = 0;
+    kvrt_layout_page_bytes(&l->layout, &page);
+    XXH3_state_t *s = XXH3_createState();
+    if (!s)
+        return KVRT_ERR_NO_MEMORY;
+    kvrt_status_t st = KVRT_OK;
+    for (uint32_t i = 0; i < n && st == KVRT_OK; i++) {
+        uint64_t mine = block_hash(l->bk.base, &l->layout, l->num_blocks,
+                                   (uint32_t)kv->local_blocks[kv->chunk_first + i], page, s);
+        if (mine != get_u64(reply + 8 * i))
+            st = KVRT_ERR_INTEGRITY;
+    }
+    XXH3_freeState(s);
+    if (st == KVRT_ERR_INTEGRITY) {
+        r->agent->stats.integrity_failures++;
+        kvrt_log(r->agent->ctx, KVRT_LOG_WARN, "xfer %s: KV read from %s failed its checksum",
+                 r->agent->name, r->peer ? r->peer->name : "?");
+    }
+    return st;
+}
+
+/* Receiver side: checksums of listed blocks of a pool region we hold. */
+kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const uint8_t *payload,
+                                uint32_t bytes, uint8_t *reply, uint32_t capacity,
+                                uint32_t *reply_bytes_out)
+{
+    kvrt_xfer_agent_t *a = peer->agent;
+    bool verify = type == XFER_MSG_KV_VERIFY;
+    uint32_t head = verify ? KV_VERIFY_HEAD : 8;
+    if (bytes < head) {
+        kvrt_xfer_bk_refuse(peer, KVRT_ERR_PROTOCOL, "short KV message");
+        return KVRT_ERR_PROTOCOL;
+    }
+    uint32_t id = get_u32(payload), n = get_u32(payload + 4);
+    uint32_t last = verify ? get_u32(payload + 8) : 0, nb = verify ? get_u32(payload + 12) : 0;
+    uint64_t want = (uint64_t)head + nb + (uint64_t)n * (verify ? 16 : 4);
+    if (n == 0 || n > KV_CHUNK || last > 1 || nb > KVRT_XFER_NOTIFY_MAX || want != bytes ||
+        (!verify && (uint64_t)n * 8 > capacity)) {
+        kvrt_xfer_bk_refuse(peer, KVRT_ERR_PROTOCOL, "malformed KV message");
+        return KVRT_ERR_PROTOCOL;
+    }
+    /* Pinning checks the region exists, has the right and covers its whole
+     * pool; the pin keeps it registered while we read it. */
+    pthread_mutex_lock(&a->lock);
+    kvrt_xfer_region_t *region = xfer_region_lookup(a, id);
+    bool pool = region && region->has_pool;
+    pthread_mutex_unlock(&a->lock);
+    uint8_t *base = NULL;
+    void *pin = NULL;
+    kvrt_status_t st = pool ? kvrt_xfer_bk_pin(peer, id,
+                                               verify ? KVRT_XFER_REMOTE_WRITE : KVRT_XFER_REMOTE_READ,
+                                               0, 1, &base, &pin)
+                            : KVRT_ERR_UNKNOWN_REGION;
+    if (st != KVRT_OK) {
+        if (!pool)
+            kvrt_xfer_bk_refuse(peer, st, "KV message names no pool region");
+        return st;
+    }
+    region = pin;
+    uint64_t page = 0;
+    kvrt_layout_page_bytes(&region->layout, &page);
+    XXH3_state_t *s = XXH3_createState();
+    const uint8_t *list = payload + head + nb;
+    for (uint32_t i = 0; i < n && st == KVRT_OK; i++) {
+        uint32_t block = get_u32(list + (verify ? 16 : 4) * i);
+        if (block == 0 || block >= region->num_blocks) {
+            st = KVRT_ERR_REMOTE_ACCESS;
+            kvrt_xfer_bk_refuse(peer, st, "KV message names a block out of range");
+            break;
+        }
+        if (!s) {
+            st = KVRT_ERR_NO_MEMORY;
+            break;
+        }
+        uint64_t h = block_hash(region->bk.base, &region->layout, region->num_blocks, block, page, s);
+        if (!verify)
+            put_u64(reply + 8 * i, h);
+        else if (h != get_u64(list + 16 * i + 8))
+            st = KVRT_ERR_INTEGRITY;
+    }
+    XXH3_freeState(s);
+    kvrt_xfer_bk_unpin(a, pin);
+    if (st == KVRT_OK && !verify)
+        *reply_bytes_out = 8 * n;
+    if (verify && (st == KVRT_ERR_INTEGRITY || (st == KVRT_OK && last && nb))) {
+        pthread_mutex_lock(&a->lock);
+        if (st == KVRT_ERR_INTEGRITY)
+            a->stats.integrity_failures++;
+        xfer_notification_push(a, peer->name, st, payload + head, nb);
+        pthread_mutex_unlock(&a->lock);
+        if (st == KVRT_ERR_INTEGRITY)
+            kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: KV blocks from %s failed their checksum",
+                     a->name, peer->name);
+    }
+    return st;
+}

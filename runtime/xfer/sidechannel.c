@@ -1,0 +1,446 @@
+/*
+ * sidechannel.c - addresses, sockets with deadlines, framed messages and
+ * the cluster-key handshake (see sidechannel.h for the protocol).
+ */
+#include "sidechannel.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define SC_MAGIC 0x4353564bu /* "KVSC" little-endian */
+#define NONCE_BYTES 32
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+           (uint32_t)p[3] << 24;
+}
+
+kvrt_status_t kvrt_xfer_addr_parse(const char *text, kvrt_xfer_addr_t *addr_out)
+{
+    if (!text || !addr_out)
+        return KVRT_ERR_INVALID_ARG;
+    char host[INET6_ADDRSTRLEN + 2];
+    const char *colon = strrchr(text, ':');
+    if (!colon || colon == text || (size_t)(colon - text) >= sizeof(host))
+        return KVRT_ERR_INVALID_ARG;
+    memcpy(host, text, (size_t)(colon - text));
+    host[colon - text] = '\0';
+    char *end = NULL;
+    errno = 0;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    if (errno || end == colon + 1 || *end != '\0' || port > 65535)
+        return KVRT_ERR_INVALID_ARG;
+
+    kvrt_xfer_addr_t a;
+    memset(&a, 0, sizeof(a));
+    size_t hl = strlen(host);
+    if (host[0] == '[') {
+        if (hl < 3 || host[hl - 1] != ']')
+            return KVRT_ERR_INVALID_ARG;
+        host[hl - 1] = '\0';
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&a.ss;
+        if (inet_pton(AF_INET6, host + 1, &s6->sin6_addr) != 1)
+            return KVRT_ERR_INVALID_ARG;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        a.len = sizeof(*s6);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&a.ss;
+        if (inet_pton(AF_INET, host, &s4->sin_addr) != 1)
+            return KVRT_ERR_INVALID_ARG;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        a.len = sizeof(*s4);
+    }
+    *addr_out = a;
+    return KVRT_OK;
+}
+
+void kvrt_xfer_addr_format(const kvrt_xfer_addr_t *addr, char *buf, size_t bytes)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (addr->ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&addr->ss;
+        inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
+        port = ntohs(s6->sin6_port);
+        snprintf(buf, bytes, "[%s]:%u", host, port);
+    } else {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)&addr->ss;
+        inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
+        port = ntohs(s4->sin_port);
+        snprintf(buf, bytes, "%s:%u", host, port);
+    }
+}
+
+/* Milliseconds left until deadline, at least 0, for poll(). */
+static int ms_left(uint64_t deadline_ns)
+{
+    uint64_t now = kvrt_now_ns();
+    if (now >= deadline_ns)
+        return 0;
+    uint64_t ms = (deadline_ns - now + 999999) / 1000000;
+    return ms > 60000 ? 60000 : (int)ms;
+}
+
+static kvrt_status_t wait_fd(int fd, short events, uint64_t deadline_ns)
+{
+    for (;;) {
+        int left = ms_left(deadline_ns);
+        if (left == 0)
+            return KVRT_ERR_TIMEOUT;
+        struct pollfd p = {.fd = fd, .events = events};
+        int n = poll(&p, 1, left);
+        if (n > 0)
+            return KVRT_OK;
+        if (n < 0 && errno != EINTR)
+            return KVRT_ERR_PEER_FAILED;
+    }
+}
+
+kvrt_status_t kvrt_xfer_sc_dial(const kvrt_xfer_addr_t *addr, uint64_t deadline_ns,
+                                int *fd_out)
+{
+    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return KVRT_ERR_CONNECT;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    kvrt_status_t st = KVRT_OK;
+    if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) != 0) {
+        if (errno != EINPROGRESS) {
+            st = KVRT_ERR_CONNECT;
+        } else if (wait_fd(fd, POLLOUT, deadline_ns) != KVRT_OK) {
+            st = KVRT_ERR_CONNECT;
+        } else {
+            int err = 0;
+            socklen_t len = sizeof(err);
+            if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0)
+                st = KVRT_ERR_CONNECT;
+        }
+    }
+    if (st != KVRT_OK) {
+        close(fd);
+        return st;
+    }
+    /* Back to blocking: the data path (io_uring) and the verbs exchange
+     * both want plain blocking semantics; deadlines here use poll(). */
+    int flags = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    *fd_out = fd;
+    return KVRT_OK;
+}
+
+kvrt_status_t kvrt_xfer_sc_listen(const kvrt_xfer_addr_t *addr,
+                                  kvrt_xfer_addr_t *bound_out, int *fd_out)
+{
+    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return KVRT_ERR_IO;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    kvrt_xfer_addr_t bound;
+    memset(&bound, 0, sizeof(bound));
+    bound.len = sizeof(bound.ss);
+    if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) != 0 ||
+        listen(fd, 256) != 0 ||
+        getsockname(fd, (struct sockaddr *)&bound.ss, &bound.len) != 0) {
+        close(fd);
+        return KVRT_ERR_IO;
+    }
+    *bound_out = bound;
+    *fd_out = fd;
+    return KVRT_OK;
+}
+
+kvrt_status_t kvrt_xfer_sc_write_all(int fd, const void *buf, size_t bytes,
+                                     uint64_t deadline_ns)
+{
+    const uint8_t *p = buf;
+    while (bytes > 0) {
+        kvrt_status_t st = wait_fd(fd, POLLOUT, deadline_ns);
+        if (st != KVRT_OK)
+            return st;
+        ssize_t n = send(fd, p, bytes, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (n <= 0)
+            return KVRT_ERR_PEER_FAILED;
+        p += n;
+        bytes -= (size_t)n;
+    }
+    return KVRT_OK;
+}
+
+kvrt_status_t kvrt_xfer_sc_read_all(int fd, void *buf, size_t bytes,
+                                    uint64_t deadline_ns)
+{
+    uint8_t *p = buf;
+    while (bytes > 0) {
+        kvrt_status_t st = wait_fd(fd, POLLIN, deadline_ns);
+        if (st != KVRT_OK)
+            return st;
+        ssize_t n = recv(fd, p, bytes, MSG_DONTWAIT);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (n <= 0)
+            return KVRT_ERR_PEER_FAILED;
+        p += n;
+        bytes -= (size_t)n;
+    }
+    return KVRT_OK;
+}
+
+kvrt_status_t kvrt_xfer_sc_send(int fd, uint16_t type, const void *payload,
+                                uint32_t bytes, uint64_t deadline_ns)
+{
+    if (bytes > KVRT_XFER_SC_PAYLOAD_MAX)
+        return KVRT_ERR_INVALID_ARG;
+    uint8_t frame[12 + KVRT_XFER_SC_PAYLOAD_MAX];
+    put_u32(frame, SC_MAGIC);
+    put_u32(frame + 4, type);
+    put_u32(frame + 8, bytes);
+    if (bytes)
+        memcpy(frame + 12, payload, bytes);
+    return kvrt_xfer_sc_write_all(fd, frame, 12 + (size_t)bytes, deadline_ns);
+}
+
+kvrt_status_t kvrt_xfer_sc_recv(int fd, uint16_t type, void *payload,
+                                uint32_t capacity, uint32_t *bytes_out,
+                                uint64_t deadline_ns)
+{
+    uint8_t hdr[12];
+    kvrt_status_t st = kvrt_xfer_sc_read_all(fd, hdr, sizeof(hdr), deadline_ns);
+    if (st != KVRT_OK)
+        return st;
+    uint32_t bytes = get_u32(hdr + 8);
+    /* The type word carries a 16-bit type and 16 zero bits. */
+    if (get_u32(hdr) != SC_MAGIC || get_u32(hdr + 4) != type ||
+        bytes > capacity || bytes > KVRT_XFER_SC_PAYLOAD_MAX)
+        return KVRT_ERR_PROTOCOL;
+    st = kvrt_xfer_sc_read_all(fd, payload, bytes, deadline_ns);
+    if (st == KVRT_OK)
+        *bytes_out = bytes;
+    return st;
+}
+
+kvrt_status_t kvrt_xfer_key_derive(const uint8_t *key, uint32_t bytes,
+                                   kvrt_xfer_key_t *key_out)
+{
+    if (!key || bytes < KVRT_XFER_KEY_MIN || sodium_init() < 0)
+        return KVRT_ERR_INVALID_ARG;
+    static const uint8_t label[] = "kvrt-xfer-cluster-key-v1";
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, KVRT_XFER_KEY_BYTES);
+    crypto_generichash_update(&h, label, sizeof(label));
+    crypto_generichash_update(&h, key, bytes);
+    crypto_generichash_final(&h, key_out->k, KVRT_XFER_KEY_BYTES);
+    return KVRT_OK;
+}
+
+/* HMAC(K, label || a || b || session). */
+static void handshake_mac(const kvrt_xfer_key_t *key, const char *label,
+                          const uint8_t *a, const uint8_t *b, const uint8_t *session,
+                          uint8_t mac[crypto_auth_hmacsha256_BYTES])
+{
+    crypto_auth_hmacsha256_state s;
+    crypto_auth_hmacsha256_init(&s, key->k, KVRT_XFER_KEY_BYTES);
+    crypto_auth_hmacsha256_update(&s, (const uint8_t *)label, strlen(label));
+    crypto_auth_hmacsha256_update(&s, a, NONCE_BYTES);
+    crypto_auth_hmacsha256_update(&s, b, NONCE_BYTES);
+    crypto_auth_hmacsha256_update(&s, session, KVRT_XFER_SESSION_BYTES);
+    crypto_auth_hmacsha256_final(&s, mac);
+}
+
+enum {
+    HELLO_BYTES = 12 + KVRT_XFER_SESSION_BYTES + NONCE_BYTES + KVRT_XFER_NAME_MAX,
+    CHALLENGE_BYTES = NONCE_BYTES + KVRT_XFER_NAME_MAX + crypto_auth_hmacsha256_BYTES
+};
+
+kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
+                                       const kvrt_xfer_hello_t *hello,
+                                       char *server_name_out, uint64_t deadline_ns)
+{
+    uint8_t msg[HELLO_BYTES];
+    uint8_t nonce_c[NONCE_BYTES];
+    randombytes_buf(nonce_c, sizeof(nonce_c));
+    put_u32(msg, hello->version);
+    put_u32(msg + 4, hello->backend);
+    put_u32(msg + 8, hello->conn_index);
+    memcpy(msg + 12, hello->session, KVRT_XFER_SESSION_BYTES);
+    memcpy(msg + 12 + KVRT_XFER_SESSION_BYTES, nonce_c, NONCE_BYTES);
+    memset(msg + 12 + KVRT_XFER_SESSION_BYTES + NONCE_BYTES, 0, KVRT_XFER_NAME_MAX);
+    memcpy(msg + 12 + KVRT_XFER_SESSION_BYTES + NONCE_BYTES, hello->name,
+           strnlen(hello->name, KVRT_XFER_NAME_MAX - 1));
+    kvrt_status_t st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_HELLO, msg, sizeof(msg),
+                                         deadline_ns);
+    if (st != KVRT_OK)
+        return st;
+
+    uint8_t ch[CHALLENGE_BYTES];
+    uint32_t got = 0;
+    st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_CHALLENGE, ch, sizeof(ch), &got, deadline_ns);
+    if (st == KVRT_ERR_PROTOCOL || (st == KVRT_OK && got != sizeof(ch)))
+        return KVRT_ERR_PROTOCOL;
+    if (st != KVRT_OK)
+        return st;
+    const uint8_t *nonce_s = ch;
+    uint8_t expect[crypto_auth_hmacsha256_BYTES];
+    handshake_mac(key, "kvrt-xfer-srv", nonce_c, nonce_s, hello->session, expect);
+    if (crypto_verify_32(expect, ch + NONCE_BYTES + KVRT_XFER_NAME_MAX) != 0)
+        return KVRT_ERR_AUTH;
+
+    uint8_t proof[crypto_auth_hmacsha256_BYTES];
+    handshake_mac(key, "kvrt-xfer-cli", nonce_s, nonce_c, hello->session, proof);
+    st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_PROOF, proof, sizeof(proof), deadline_ns);
+    if (st != KVRT_OK)
+        return st;
+    uint8_t result[4];
+    st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_RESULT, result, sizeof(result), &got,
+                           deadline_ns);
+    if (st != KVRT_OK)
+        return st;
+    if (got != 4)
+        return KVRT_ERR_PROTOCOL;
+    kvrt_status_t remote = (kvrt_status_t)(int32_t)get_u32(result);
+    if (remote != KVRT_OK)
+        return remote == KVRT_ERR_AUTH ? KVRT_ERR_AUTH : KVRT_ERR_PROTOCOL;
+    if (server_name_out) {
+        memcpy(server_name_out, ch + NONCE_BYTES, KVRT_XFER_NAME_MAX);
+        server_name_out[KVRT_XFER_NAME_MAX - 1] = '\0';
+    }
+    return KVRT_OK;
+}
+
+kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
+                                       uint32_t backend, const char *server_name,
+                                       kvrt_xfer_hello_t *hello_out,
+                                       uint64_t deadline_ns)
+{
+    uint8_t msg[HELLO_BYTES];
+    uint32_t got = 0;
+    kvrt_status_t st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_HELLO, msg, sizeof(msg),
+                                         &got, deadline_ns);
+    if (st != KVRT_OK)
+        return st;
+    if (got != sizeof(msg))
+        return KVRT_ERR_PROTOCOL;
+    kvrt_xfer_hello_t hello;
+    memset(&hello, 0, sizeof(hello));
+    hello.version = get_u32(msg);
+    hello.backend = get_u32(msg + 4);
+    hello.conn_index = get_u32(msg + 8);
+    memcpy(hello.session, msg + 12, KVRT_XFER_SESSION_BYTES);
+    const uint8_t *nonce_c = msg + 12 + KVRT_XFER_SESSION_BYTES;
+    memcpy(hello.name, nonce_c + NONCE_BYTES, KVRT_XFER_NAME_MAX);
+    hello.name[KVRT_XFER_NAME_MAX - 1] = '\0';
+
+    uint8_t ch[CHALLENGE_BYTES];
+    uint8_t nonce_s[NONCE_BYTES];
+    randombytes_buf(nonce_s, sizeof(nonce_s));
+    memcpy(ch, nonce_s, NONCE_BYTES);
+    memset(ch + NONCE_BYTES, 0, KVRT_XFER_NAME_MAX);
+    memcpy(ch + NONCE_BYTES, server_name, strnlen(server_name, KVRT_XFER_NAME_MAX - 1));
+    handshake_mac(key, "kvrt-xfer-srv", nonce_c, nonce_s, hello.session,
+                  ch + NONCE_BYTES + KVRT_XFER_NAME_MAX);
+    st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_CHALLENGE, ch, sizeof(ch), deadline_ns);
+    if (st != KVRT_OK)
+        return st;
+
+    uint8_t proof[crypto_auth_hmacsha256_BYTES];
+    st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_PROOF, proof, sizeof(proof), &got,
+                           deadline_ns);
+    if (st != KVRT_OK)
+        return st;
+    uint8_t expect[crypto_auth_hmacsha256_BYTES];
+    handshake_mac(key, "kvrt-xfer-cli", nonce_s, nonce_c, hello.session, expect);
+    kvrt_status_t verdict = KVRT_OK;
+    if (got != sizeof(proof) || crypto_verify_32(expect, proof) != 0)
+        verdict = KVRT_ERR_AUTH;
+    else if (hello.version != KVRT_XFER_SC_VERSION || hello.backend != backend)
+        verdict = KVRT_ERR_PROTOCOL;
+    uint8_t result[4];
+    put_u32(result, (uint32_t)(int32_t)verdict);
+    st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_RESULT, result, sizeof(result), deadline_ns);
+    if (verdict != KVRT_OK)
+        return verdict;
+    if (st != KVRT_OK)
+        return st;
+    *hello_out = hello;
+    return KVRT_OK;
+}
+
+enum { QP_INFO_BYTES = 32 };
+
+static void qp_encode(const kvrt_xfer_sc_qp_info_t *q, uint8_t *p)
+{
+    put_u32(p, q->qp_num);
+    put_u32(p + 4, q->psn & 0xffffffu);
+    memcpy(p + 8, q->gid, 16);
+    p[24] = (uint8_t)q->lid;
+    p[25] = (uint8_t)(q->lid >> 8);
+    p[26] = q->mtu;
+    p[27] = q->port;
+    put_u32(p + 28, 0);
+}
+
+static bool qp_decode(const uint8_t *p, kvrt_xfer_sc_qp_info_t *q)
+{
+    memset(q, 0, sizeof(*q));
+    q->qp_num = get_u32(p);
+    q->psn = get_u32(p + 4);
+    memcpy(q->gid, p + 8, 16);
+    q->lid = (uint16_t)(p[24] | p[25] << 8);
+    q->mtu = p[26];
+    q->port = p[27];
+    return q->psn <= 0xffffffu && q->mtu <= 5 && get_u32(p + 28) == 0;
+}
+
+kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer,
+                                            const kvrt_xfer_sc_qp_info_t *local,
+                                            kvrt_xfer_sc_qp_info_t *remote,
+                                            uint32_t count, uint64_t deadline_ns)
+{
+    if (count == 0 || count > KVRT_XFER_SC_QP_MAX || !local || !remote)
+        return KVRT_ERR_INVALID_ARG;
+    uint8_t out[KVRT_XFER_SC_QP_MAX * QP_INFO_BYTES];
+    uint8_t in[KVRT_XFER_SC_QP_MAX * QP_INFO_BYTES];
+    for (uint32_t i = 0; i < count; i++)
+        qp_encode(&local[i], out + i * QP_INFO_BYTES);
+    uint32_t bytes = count * QP_INFO_BYTES, got = 0;
+    kvrt_status_t st;
+    if (dialer) {
+        st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_QP_INFO, out, bytes, deadline_ns);
+        if (st == KVRT_OK)
+            st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_QP_INFO, in, sizeof(in), &got,
+                                   deadline_ns);
+    } else {
+        st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_QP_INFO, in, sizeof(in), &got,
+                               deadline_ns);
+        if (st == KVRT_OK)
+            st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_QP_INFO, out, bytes, deadline_ns);
+    }
+    if (st != KVRT_OK)
+        return st;
+    if (got != bytes)
+        return KVRT_ERR_PROTOCOL;
+    for (uint32_t i = 0; i < count; i++)
+        if (!qp_decode(in + i * QP_INFO_BYTES, &remote[i]))
+            return KVRT_ERR_PROTOCOL;
+    return KVRT_OK;
+}

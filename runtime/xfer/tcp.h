@@ -1,0 +1,148 @@
+/*
+ * tcp.h - the TCP backend's objects, shared by tcp.c (ops, progress
+ * thread, sending) and tcp_rx.c (the receive state machine, where every
+ * incoming header is parsed and every access checked). Internal.
+ *
+ * One progress thread per agent drives every socket through one io_uring.
+ * All state below is guarded by tcp_state.lock; only the progress thread
+ * prepares submissions. Other threads (post, send_msg, accept, close)
+ * queue frames or sockets under the lock and wake it through an eventfd.
+ */
+#ifndef KVRT_XFER_TCP_H
+#define KVRT_XFER_TCP_H
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "wire.h"
+
+#define TCP_MAX_SOCKS 16
+#define TCP_IOV_MAX 64
+#define TCP_SCRATCH (64u << 10)
+
+typedef struct tcp_state tcp_state_t;
+typedef struct tcp_conn tcp_conn_t;
+typedef struct tcp_sock tcp_sock_t;
+
+/* An outgoing frame: header, then an optional payload that stays valid
+ * until the frame is freed (registered memory, or `owned`). */
+typedef struct tcp_frame {
+    struct tcp_frame *next;
+    uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES];
+    const uint8_t *payload;
+    uint64_t length;
+    void *pin;                 /* served READ_RESP: unpinned once sent */
+    uint8_t *owned;            /* freed with the frame */
+} tcp_frame_t;
+
+/* One sendmsg in flight on a socket (several frames). */
+typedef struct tcp_send {
+    tcp_sock_t *sock;
+    tcp_frame_t *frames;
+    struct iovec iov[TCP_IOV_MAX];
+    struct msghdr msg;
+    uint32_t iov_first, iov_count;
+    uint32_t notifs;           /* zero-copy notifications still due */
+    bool zerocopy, finished;
+} tcp_send_t;
+
+typedef enum tcp_slot_kind { SLOT_WRITE = 1, SLOT_READ = 2, SLOT_MSG = 3 } tcp_slot_kind_t;
+
+/* An outgoing request waiting for its answer; tag = gen << 32 | index. */
+typedef struct tcp_slot {
+    uint32_t gen, next_free;
+    tcp_slot_kind_t kind;      /* 0 when free */
+    tcp_sock_t *sock;          /* the answer must come back on it */
+    kvrt_xfer_bk_batch_t *batch;
+    kvrt_xfer_bk_msg_t *msg;
+    uint8_t *dest;             /* READ: where the data lands */
+    uint64_t length;
+} tcp_slot_t;
+
+typedef enum tcp_rx_phase { RX_HEADER = 0, RX_PAYLOAD = 1, RX_DRAIN = 2 } tcp_rx_phase_t;
+
+struct tcp_sock {
+    tcp_conn_t *conn;
+    int fd;
+    bool armed;                /* a recv is in flight */
+    bool sending;              /* a tcp_send is in flight */
+    /* receive state */
+    tcp_rx_phase_t phase;
+    uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES];
+    uint32_t hdr_got;
+    kvrt_xfer_wire_header_t h;
+    uint8_t *dest;             /* payload target (registered memory or msg) */
+    uint64_t left;
+    void *pin;                 /* WRITE into a pinned region */
+    uint32_t slot;             /* READ_RESP / MSG_REPLY: the slot answered */
+    uint8_t *msg;              /* MSG / MSG_REPLY payload buffer */
+    int32_t drain_status;      /* RX_DRAIN: status to ACK with */
+    /* send queue */
+    tcp_frame_t *txq, *txq_tail;
+    uint64_t txq_bytes;
+};
+
+struct tcp_conn {
+    tcp_state_t *st;
+    kvrt_xfer_bk_peer_t *peer;
+    tcp_conn_t *next;          /* in st->conns */
+    tcp_sock_t *socks[TCP_MAX_SOCKS];
+    uint32_t nsocks;
+    tcp_slot_t *slots;
+    uint32_t nslots, free_slot, used_slots;
+    uint32_t sqes;             /* submissions in flight (incl. notifications) */
+    bool failed;               /* sockets shut down; draining */
+    bool closing;              /* close() waits for drained */
+    bool drained;              /* everything completed and delivered */
+    bool finalized;
+};
+
+/* A completion to deliver once the lock is dropped. */
+typedef struct tcp_upcall {
+    enum { UP_BATCH, UP_MSG, UP_FAILED } kind;
+    kvrt_xfer_bk_batch_t *batch;
+    kvrt_xfer_bk_msg_t *msg;
+    kvrt_xfer_bk_peer_t *peer;
+    kvrt_status_t status;
+    uint8_t *reply;            /* UP_MSG: freed after delivery */
+    uint32_t reply_bytes;
+} tcp_upcall_t;
+
+struct tcp_state {
+    kvrt_xfer_bk_env_t env;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    pthread_t thread;
+    struct io_uring ring;
+    int wake_fd;
+    uint64_t wake_buf;
+    bool wake_armed, stopping, zc_supported;
+    tcp_conn_t *conns;
+    tcp_upcall_t *ups;
+    uint32_t nups, cap_ups;
+    uint64_t written, read;    /* bytes completed, reported in batches */
+    uint8_t scratch[TCP_SCRATCH];
+};
+
+/* tcp.c */
+tcp_frame_t *tcp_frame_new(const kvrt_xfer_wire_header_t *h, const uint8_t *payload,
+                           uint64_t length);
+void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f);
+void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f);
+void tcp_upcall(tcp_state_t *st, tcp_upcall_t up);
+void tcp_conn_fail(tcp_conn_t *c, kvrt_status_t status, const char *why);
+/* Completes slot `index` of c with status (and reply for messages). */
+void tcp_slot_finish(tcp_conn_t *c, uint32_t index, kvrt_status_t status,
+                     uint8_t *reply, uint32_t reply_bytes);
+
+/* tcp_rx.c: handles a finished recv of `res` bytes on s. */
+void tcp_rx_complete(tcp_sock_t *s, int res);
+/* Prepares the next recv of s into the ring. */
+void tcp_rx_arm(tcp_sock_t *s, struct io_uring_sqe *sqe);
+/* Releases what s's receive side holds (on connection teardown). */
+void tcp_rx_release(tcp_sock_t *s);
+
+#endif /* KVRT_XFER_TCP_H */
