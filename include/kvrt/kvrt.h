@@ -10,6 +10,7 @@
 #include "kvrt/layout.h"
 #include "kvrt/pool.h"
 #include "kvrt/block_table.h"
+#include "kvrt/xfer.h"
 #include "kvrt/cache.h"
 #include "kvrt/sched.h"
 
