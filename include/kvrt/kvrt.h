@@ -13,5 +13,6 @@
 #include "kvrt/xfer.h"
 #include "kvrt/cache.h"
 #include "kvrt/sched.h"
+#include "kvrt/kernels.h"
 
 #endif /* KVRT_KVRT_H */

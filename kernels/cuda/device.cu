@@ -8,8 +8,9 @@ kvrt_status_t kv_cuda_ready(kvrt_ctx_t *ctx, const char *func)
     int count = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
     if (err != cudaSuccess || count == 0) {
-        /* cudaGetDeviceCount leaves a sticky-free error; clear it so the
-         * caller's next CUDA call does not see it. */
+        /* A failed cudaGetDeviceCount is also recorded as the thread's last
+         * CUDA error; clear it so the caller's next CUDA check does not
+         * pick it up. */
         (void)cudaGetLastError();
         return kvrt_fail_(ctx, func, KVRT_ERR_NO_GPU, "no CUDA device: %s",
                           err != cudaSuccess ? cudaGetErrorString(err) : "count is 0");
