@@ -1,0 +1,370 @@
+/*
+ * test_cache_prefix.c - what a serving engine sees from the prefix cache:
+ * shared prefixes share blocks, partial blocks never do, released blocks
+ * stay cached until an allocation needs them, tenants with different salts
+ * never share, and every missed token is explained in the metrics.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "test_helpers.h"
+
+#define TPB 16
+
+static kvrt_ctx_t *ctx;
+static kvrt_pool_t *pool;
+static kvrt_cache_t *cache;
+
+static void make(uint32_t blocks, kvrt_cache_policy_t policy)
+{
+    pool = test_pool(ctx, blocks, TPB);
+    kvrt_cache_params_t p = {.field_mask = KVRT_CACHE_PARAM_POLICY, .policy = policy};
+    ASSERT_OK(ctx, kvrt_cache_create(pool, &p, &cache));
+}
+
+static void setup(void) { cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK); }
+
+static void teardown(void)
+{
+    /* Every test ends with nothing but the cache holding blocks. */
+    if (cache) {
+        cr_assert_eq(kvrt_cache_verify(cache), KVRT_OK, "%s", kvrt_ctx_last_error(ctx));
+        kvrt_pool_info_t info;
+        cr_assert_eq(kvrt_pool_info(pool, &info), KVRT_OK);
+        cr_assert_eq(info.used_blocks, 0, "blocks leaked");
+        cr_assert_eq(info.live_tables, 0, "tables leaked");
+        cr_assert_eq(kvrt_cache_destroy(cache), KVRT_OK);
+        cr_assert_eq(kvrt_pool_info(pool, &info), KVRT_OK);
+        cr_assert_eq(info.free_blocks, info.num_blocks - 1, "cache kept blocks after destroy");
+    }
+    cache = NULL;
+    kvrt_ctx_destroy(ctx);
+}
+
+TestSuite(cache_prefix, .init = setup, .fini = teardown);
+
+/* Tokens 0..n-1 shifted by `seed`, so two prompts share what they share. */
+static void prompt(int32_t *t, uint32_t n, int32_t seed)
+{
+    for (uint32_t i = 0; i < n; i++)
+        t[i] = (int32_t)i + seed;
+}
+
+/* What a scheduler does for a new sequence: match, adopt the hits, append
+ * the rest, cache every full block. Returns the table (caller destroys). */
+static kvrt_table_id_t prefill(const int32_t *t, uint32_t n, const kvrt_hash_keys_t *keys,
+                               kvrt_cache_match_t *m_out)
+{
+    int32_t hits[64];
+    kvrt_block_hash_t hashes[64];
+    kvrt_cache_match_t m;
+    ASSERT_OK(ctx, kvrt_cache_match(cache, t, n, keys, 64, hits, hashes, &m));
+    kvrt_table_id_t table;
+    ASSERT_OK(ctx, kvrt_table_create(pool, &table));
+    if (m.num_blocks)
+        ASSERT_OK(ctx, kvrt_table_adopt(pool, table, m.num_blocks, hits));
+    if (n > m.num_tokens) {
+        kvrt_block_copy_t copy;
+        uint32_t copies;
+        ASSERT_OK(ctx, kvrt_table_append(pool, table, n - m.num_tokens, NULL, &copy, &copies));
+    }
+    const int32_t *blocks;
+    uint32_t nb;
+    ASSERT_OK(ctx, kvrt_table_view(pool, table, &blocks, &nb, NULL));
+    kvrt_block_hash_t parent;
+    if (m.num_blocks)
+        parent = hashes[m.num_blocks - 1];
+    else
+        ASSERT_OK(ctx, kvrt_cache_root(cache, &parent));
+    for (uint32_t i = m.num_blocks; i < n / TPB; i++) {
+        kvrt_block_hash_t h;
+        ASSERT_OK(ctx, kvrt_block_hash(&parent, t + i * TPB, TPB, i * TPB, keys, &h));
+        ASSERT_OK(ctx, kvrt_cache_insert(cache, blocks[i], &h, keys, i, NULL));
+        parent = h;
+    }
+    if (m_out)
+        *m_out = m;
+    return table;
+}
+
+static kvrt_cache_stats_t stats(void)
+{
+    kvrt_cache_stats_t s;
+    ASSERT_OK(ctx, kvrt_cache_stats(cache, &s));
+    cr_assert_eq(s.query_tokens, s.hit_tokens + s.miss_never_cached + s.miss_evicted +
+                                     s.miss_key_mismatch + s.miss_partial,
+                 "the miss reasons do not add up");
+    return s;
+}
+
+Test(cache_prefix, shared_prefix_shares_blocks_and_partial_blocks_never_do)
+{
+    make(64, KVRT_CACHE_LRU);
+    int32_t a[100], b[100];
+    prompt(a, 100, 0);
+    prompt(b, 100, 0);
+    b[70] = -1; /* b diverges inside block 4 */
+    kvrt_cache_match_t m;
+    kvrt_table_id_t ta = prefill(a, 100, NULL, &m);
+    cr_assert_eq(m.num_blocks, 0);
+    kvrt_table_id_t tb = prefill(b, 100, NULL, &m);
+    cr_assert_eq(m.num_blocks, 4, "blocks 0-3 are shared, got %u", m.num_blocks);
+    cr_assert_eq(m.num_tokens, 64);
+    cr_assert_eq(m.partial_tokens, 4);
+    const int32_t *ba, *bb;
+    ASSERT_OK(ctx, kvrt_table_view(pool, ta, &ba, NULL, NULL));
+    ASSERT_OK(ctx, kvrt_table_view(pool, tb, &bb, NULL, NULL));
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(ba[i], bb[i], "block %d not shared", i);
+    cr_assert_neq(ba[4], bb[4]);
+    cr_assert_neq(ba[6], bb[6], "the partial last block was shared");
+    /* The same prompt again: all 6 full blocks, never the 4-token tail. */
+    int32_t hits[8];
+    ASSERT_OK(ctx, kvrt_cache_match(cache, a, 100, NULL, 8, hits, NULL, &m));
+    cr_assert_eq(m.num_blocks, 6);
+    cr_assert_eq(m.miss_reason, KVRT_CACHE_MISS_NONE);
+    ASSERT_OK(ctx, kvrt_pool_free(pool, m.num_blocks, hits));
+    kvrt_cache_stats_t s = stats();
+    cr_assert_eq(s.queries, 3);
+    cr_assert_eq(s.hit_tokens, 64 + 96);
+    cr_assert_eq(s.miss_partial, 3 * 4);
+    cr_assert_eq(s.inserts, 6 + 2);
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, ta));
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, tb));
+}
+
+Test(cache_prefix, released_blocks_stay_cached_until_an_allocation_needs_them)
+{
+    make(9, KVRT_CACHE_LRU); /* 8 usable blocks */
+    int32_t a[64], b[64];
+    prompt(a, 64, 0);
+    prompt(b, 64, 1000);
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(a, 64, NULL, NULL)));
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    cr_assert_eq(info.cached_blocks, 4);
+    cr_assert_eq(info.free_blocks, 4);
+    /* b needs 4 blocks: the never-cached free ones go first. */
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(b, 64, NULL, NULL)));
+    cr_assert_eq(stats().evictions, 0, "evicted while free blocks remained");
+    kvrt_cache_match_t m;
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(a, 64, NULL, &m)));
+    cr_assert_eq(m.num_blocks, 4);
+    /* Now a third prompt must evict; LRU takes b's blocks (a was used last). */
+    int32_t c[32];
+    prompt(c, 32, 5000);
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(c, 32, NULL, NULL)));
+    cr_assert_eq(stats().evictions, 2);
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(a, 64, NULL, &m)));
+    cr_assert_eq(m.num_blocks, 4, "LRU evicted the most recently used prompt");
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(b, 64, NULL, &m)));
+    cr_assert_eq(m.num_blocks, 0, "b's first block was evicted, so nothing behind it hits");
+    cr_assert_eq(m.miss_reason, KVRT_CACHE_MISS_EVICTED);
+    ASSERT_OK(ctx, kvrt_pool_verify(pool));
+}
+
+Test(cache_prefix, a_held_block_is_never_evicted)
+{
+    make(5, KVRT_CACHE_LRU); /* 4 usable */
+    int32_t a[32], b[64];
+    prompt(a, 32, 0);
+    prompt(b, 64, 777);
+    kvrt_table_id_t ta = prefill(a, 32, NULL, NULL); /* holds 2 blocks */
+    kvrt_table_id_t tb;
+    ASSERT_OK(ctx, kvrt_table_create(pool, &tb));
+    kvrt_block_copy_t copy;
+    uint32_t copies;
+    ASSERT_STATUS(KVRT_ERR_NO_BLOCKS, kvrt_table_append(pool, tb, 64, NULL, &copy, &copies));
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, tb));
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, ta));
+    /* Released, a's blocks are evictable: now b fits. */
+    kvrt_table_id_t t2 = prefill(b, 64, NULL, NULL);
+    cr_assert_eq(stats().evictions, 2);
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, t2));
+}
+
+Test(cache_prefix, tenants_with_different_salts_never_share)
+{
+    make(64, KVRT_CACHE_LRU);
+    int32_t t[80];
+    prompt(t, 80, 42);
+    kvrt_hash_keys_t alice = {.field_mask = KVRT_HASH_KEY_SALT, .salt = "alice", .salt_bytes = 5};
+    kvrt_hash_keys_t bob = {.field_mask = KVRT_HASH_KEY_SALT, .salt = "bob", .salt_bytes = 3};
+    kvrt_hash_keys_t alice2 = {.field_mask = KVRT_HASH_KEY_SALT, .salt = "alice", .salt_bytes = 5};
+    kvrt_cache_match_t m;
+    kvrt_table_id_t ta = prefill(t, 80, &alice, &m);
+    kvrt_table_id_t tb = prefill(t, 80, &bob, &m);
+    cr_assert_eq(m.num_blocks, 0, "bob hit alice's blocks");
+    cr_assert_eq(m.miss_reason, KVRT_CACHE_MISS_KEY_MISMATCH);
+    const int32_t *ba, *bb;
+    ASSERT_OK(ctx, kvrt_table_view(pool, ta, &ba, NULL, NULL));
+    ASSERT_OK(ctx, kvrt_table_view(pool, tb, &bb, NULL, NULL));
+    for (int i = 0; i < 5; i++)
+        cr_assert_neq(ba[i], bb[i], "block %d shared across tenants", i);
+    /* No salt is a tenant of its own too. */
+    kvrt_table_id_t tn = prefill(t, 80, NULL, &m);
+    cr_assert_eq(m.num_blocks, 0);
+    /* The same salt (another buffer, same bytes) shares everything. */
+    kvrt_table_id_t ta2 = prefill(t, 80, &alice2, &m);
+    cr_assert_eq(m.num_blocks, 5);
+    const int32_t *ba2;
+    ASSERT_OK(ctx, kvrt_table_view(pool, ta2, &ba2, NULL, NULL));
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(ba[i], ba2[i]);
+    /* An adapter separates like a salt does. */
+    kvrt_hash_keys_t lora = {.field_mask = KVRT_HASH_KEY_ADAPTER | KVRT_HASH_KEY_SALT,
+                             .adapter_id = 3, .salt = "alice", .salt_bytes = 5};
+    kvrt_table_id_t tl = prefill(t, 80, &lora, &m);
+    cr_assert_eq(m.num_blocks, 0);
+    cr_assert_eq(m.miss_reason, KVRT_CACHE_MISS_KEY_MISMATCH);
+    kvrt_cache_stats_t s = stats();
+    cr_assert_eq(s.miss_key_mismatch, 3 * 80, "bob, no-salt and the adapter missed on keys");
+    cr_assert_eq(s.miss_never_cached, 80);
+    cr_assert_eq(s.hit_tokens, 80);
+    kvrt_table_id_t all[] = {ta, tb, tn, ta2, tl};
+    for (int i = 0; i < 5; i++)
+        ASSERT_OK(ctx, kvrt_table_destroy(pool, all[i]));
+}
+
+Test(cache_prefix, insert_of_a_known_key_is_a_no_op_that_says_so)
+{
+    make(16, KVRT_CACHE_LRU);
+    int32_t t[16];
+    prompt(t, 16, 9);
+    kvrt_block_hash_t root, h;
+    ASSERT_OK(ctx, kvrt_cache_root(cache, &root));
+    ASSERT_OK(ctx, kvrt_block_hash(&root, t, TPB, 0, NULL, &h));
+    int32_t b[2], cached = 0;
+    ASSERT_OK(ctx, kvrt_pool_alloc(pool, 2, b));
+    ASSERT_OK(ctx, kvrt_cache_insert(cache, b[0], &h, NULL, 0, &cached));
+    cr_assert_eq(cached, b[0]);
+    ASSERT_OK(ctx, kvrt_cache_insert(cache, b[1], &h, NULL, 0, &cached));
+    cr_assert_eq(cached, b[0], "the duplicate must name the block holding the key");
+    ASSERT_OK(ctx, kvrt_cache_insert(cache, b[0], &h, NULL, 0, &cached));
+    cr_assert_eq(cached, b[0]);
+    kvrt_block_hash_t other = {h.lo + 1, h.hi};
+    ASSERT_STATUS(KVRT_ERR_BAD_STATE, kvrt_cache_insert(cache, b[0], &other, NULL, 0, NULL));
+    kvrt_cache_stats_t s = stats();
+    cr_assert_eq(s.inserts, 1);
+    cr_assert_eq(s.insert_duplicates, 2);
+    cr_assert_eq(s.cached_blocks, 1);
+    ASSERT_OK(ctx, kvrt_pool_free(pool, 2, b));
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    cr_assert_eq(info.cached_blocks, 1);
+    cr_assert_eq(stats().evictable_blocks, 1);
+    /* lookup takes it back out of the evictable set. */
+    int32_t got;
+    ASSERT_OK(ctx, kvrt_cache_lookup(cache, &h, NULL, &got));
+    cr_assert_eq(got, b[0]);
+    cr_assert_eq(stats().evictable_blocks, 0);
+    ASSERT_OK(ctx, kvrt_cache_lookup(cache, &other, NULL, &got));
+    cr_assert_eq(got, KVRT_NULL_BLOCK);
+    ASSERT_OK(ctx, kvrt_pool_free(pool, 1, &b[0]));
+}
+
+Test(cache_prefix, metrics_are_readable_through_ctl)
+{
+    make(32, KVRT_CACHE_LFU_AGED);
+    int32_t t[40];
+    prompt(t, 40, 0);
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(t, 40, NULL, NULL)));
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(t, 40, NULL, NULL)));
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    char name[64];
+    uint64_t v;
+    snprintf(name, sizeof(name), "cache.%u.hit_tokens", info.group_id);
+    ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, name, &v));
+    cr_assert_eq(v, 32);
+    snprintf(name, sizeof(name), "cache.%u.miss_partial", info.group_id);
+    ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, name, &v));
+    cr_assert_eq(v, 16);
+    snprintf(name, sizeof(name), "cache.%u.miss_never_cached", info.group_id);
+    ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, name, &v));
+    cr_assert_eq(v, 32);
+    snprintf(name, sizeof(name), "cache.%u.cached_blocks", info.group_id);
+    ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, name, &v));
+    cr_assert_eq(v, 2);
+    double load;
+    snprintf(name, sizeof(name), "cache.%u.load_factor", info.group_id);
+    ASSERT_OK(ctx, kvrt_ctl_get_double(ctx, name, &load));
+    cr_assert(load > 0 && load <= 0.5, "load factor %f", load);
+    const char *policy = NULL;
+    size_t len = sizeof(policy);
+    snprintf(name, sizeof(name), "cache.%u.policy", info.group_id);
+    ASSERT_OK(ctx, kvrt_ctl(ctx, name, &policy, &len, NULL, 0));
+    cr_assert_str_eq(policy, "lfu-aged");
+    uint64_t zero = 0;
+    snprintf(name, sizeof(name), "cache.%u.reset", info.group_id);
+    ASSERT_OK(ctx, kvrt_ctl(ctx, name, NULL, NULL, &zero, sizeof(zero)));
+    cr_assert_eq(stats().queries, 0);
+    cr_assert_eq(stats().cached_blocks, 2, "reset must not touch the gauges");
+    snprintf(name, sizeof(name), "cache.%u.queries", info.group_id);
+    ASSERT_STATUS(KVRT_ERR_UNSUPPORTED, kvrt_ctl(ctx, name, NULL, NULL, &zero, sizeof(zero)));
+}
+
+Test(cache_prefix, every_public_function_refuses_bad_input)
+{
+    make(8, KVRT_CACHE_LRU);
+    kvrt_cache_t *other = NULL;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_create(NULL, NULL, &other));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_create(pool, NULL, NULL));
+    ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_cache_create(pool, NULL, &other));
+    kvrt_pool_t *p2 = test_pool(ctx, 8, TPB);
+    kvrt_cache_params_t bad = {.field_mask = 1u << 7};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_create(p2, &bad, &other));
+    kvrt_cache_params_t bad_policy = {.field_mask = KVRT_CACHE_PARAM_POLICY, .policy = 99};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_create(p2, &bad_policy, &other));
+    cr_assert_null(other);
+    ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_pool_destroy(pool));
+    ASSERT_OK(ctx, kvrt_pool_destroy(p2));
+
+    int32_t t[32] = {0}, blocks[2];
+    kvrt_cache_match_t m = {.num_blocks = 77};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_match(NULL, t, 32, NULL, 2, blocks, NULL, &m));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_match(cache, NULL, 32, NULL, 2, blocks, NULL, &m));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_match(cache, t, 32, NULL, 2, NULL, NULL, &m));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_match(cache, t, 32, NULL, 2, blocks, NULL, NULL));
+    kvrt_hash_keys_t badkeys = {.field_mask = KVRT_HASH_KEY_SALT, .salt = "x", .salt_bytes = 0};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
+                  kvrt_cache_match(cache, t, 32, &badkeys, 2, blocks, NULL, &m));
+    cr_assert_eq(m.num_blocks, 77, "match_out written on failure");
+    cr_assert_neq(kvrt_ctx_last_error(ctx)[0], '\0');
+
+    kvrt_block_hash_t h = {1, 2};
+    int32_t got = 55;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_lookup(NULL, &h, NULL, &got));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_lookup(cache, NULL, NULL, &got));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_lookup(cache, &h, NULL, NULL));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_lookup(cache, &h, &badkeys, &got));
+    cr_assert_eq(got, 55);
+
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_insert(NULL, 1, &h, NULL, 0, NULL));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_insert(cache, 1, NULL, NULL, 0, NULL));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_insert(cache, 1, &h, &badkeys, 0, NULL));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_BLOCK, kvrt_cache_insert(cache, 1, &h, NULL, 0, NULL));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_BLOCK, kvrt_cache_insert(cache, 0, &h, NULL, 0, NULL));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_BLOCK, kvrt_cache_insert(cache, 999, &h, NULL, 0, NULL));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_BLOCK, kvrt_cache_insert(cache, -4, &h, NULL, 0, NULL));
+
+    kvrt_cache_stats_t s;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_stats(NULL, &s));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_stats(cache, NULL));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_reset_stats(NULL));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_verify(NULL));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_root(NULL, &h));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_root(cache, NULL));
+    ASSERT_OK(ctx, kvrt_cache_destroy(NULL));
+    cr_assert_eq(stats().queries, 0, "a refused call was counted");
+}
+
+Test(cache_prefix, context_destroy_frees_a_cache_left_behind)
+{
+    make(8, KVRT_CACHE_LFU);
+    int32_t t[32];
+    prompt(t, 32, 3);
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(t, 32, NULL, NULL)));
+    /* teardown would destroy it; leave it to the context instead. */
+    cache = NULL;
+}
