@@ -60,8 +60,8 @@
  * in this step's plan (the one in need included), the lowest priority, then
  * the latest arrival. The victim's blocks are freed (full ones stay in the
  * prefix cache, so recomputation of its prefix is mostly hits) and it goes
- * back to the waiting queue to be recomputed from its tokens. If the victim
- * is the sequence in need, it is simply not run this step.
+ * back to the waiting queue to be recomputed from its tokens. When the
+ * victim is the sequence in need itself, it is the one preempted.
  * Anti-thrash guard: a readmitted sequence cannot be preempted again until
  * it has sampled a new token; the guard yields only when nothing else could
  * be preempted and the step's plan is still empty. A sequence that cannot

@@ -1,0 +1,214 @@
+/*
+ * commit.c - kvrt_sched_commit: the engine's sampled tokens for the current
+ * plan. Checked whole before anything changes; then per entry: the computed
+ * prefix grows, rejected drafts are rolled back (table truncated to the
+ * accepted length, before any block is offered to the cache), tokens are
+ * appended with their stop conditions, newly full blocks are hashed once
+ * and inserted into the prefix cache, and ended requests free their blocks.
+ */
+#include <string.h>
+
+#include "sched_internal.h"
+
+/* Per-entry checks: counts, drafts, token ids. Nothing changes here. */
+static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
+{
+    const kvrt_batch_plan_t *p = &s->plan;
+    const uint32_t *acc = (c->field_mask & KVRT_COMMIT_ACCEPTED) ? c->num_accepted : NULL;
+    uint32_t total = 0;
+    for (uint32_t i = 0; i < p->num_seqs; i++) {
+        const kvrt_plan_seq_t *e = &s->buf.seqs[i];
+        uint32_t a = acc ? acc[i] : 0;
+        if (!e->sample) {
+            if (a)
+                return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT,
+                                 "entry %u is a prefill chunk that samples nothing, yet "
+                                 "num_accepted is %u",
+                                 i, a);
+            continue;
+        }
+        if (a > e->num_drafts)
+            return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT,
+                             "entry %u: %u drafts accepted of %u proposed", i, a,
+                             e->num_drafts);
+        if ((uint64_t)total + 1 + a > c->num_tokens)
+            return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT,
+                             "tokens run out at entry %u: %u given, at least %llu needed", i,
+                             c->num_tokens, (unsigned long long)total + 1 + a);
+        const int32_t *drafts = s->buf.input_tokens + s->buf.query_start_loc[i] + 1;
+        for (uint32_t j = 0; j <= a; j++) {
+            int32_t t = c->tokens[total + j];
+            if (t < 0)
+                return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                                 "entry %u: token %u is negative (%d)", i, j, t);
+            if (j < a && t != drafts[j])
+                return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                                 "entry %u: accepted token %u is %d but the draft was %d", i,
+                                 j, t, drafts[j]);
+        }
+        total += 1 + a;
+    }
+    if (total != c->num_tokens)
+        return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT,
+                         "the plan and accepted counts take %u tokens, %u given", total,
+                         c->num_tokens);
+    return KVRT_OK;
+}
+
+/* Offers the request's newly full blocks to the prefix cache, hashing each
+ * block once in its life (hashes survive preemption). */
+static void cache_full_blocks(kvrt_sched_t *s, seq_t *q)
+{
+    uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
+    uint32_t full = valid >> s->block_shift;
+    if (full <= q->num_inserted)
+        return;
+    const int32_t *blocks;
+    kvrt_table_view(s->pool, q->table, &blocks, NULL, NULL);
+    const uint32_t tpb = s->tokens_per_block;
+    for (uint32_t j = q->num_inserted; j < full; j++) {
+        if (j >= q->num_hashed) {
+            const kvrt_block_hash_t *parent = j ? &q->hashes[j - 1] : &s->root;
+            kvrt_block_hash(parent, q->tokens + (size_t)j * tpb, tpb, j * tpb, &q->keys,
+                            &q->hashes[j]);
+            q->num_hashed = j + 1;
+        }
+        /* A key cached already under another block is not an error: this
+         * block simply stays private. */
+        kvrt_cache_insert(s->cache, blocks[j], &q->hashes[j], &q->keys, j, NULL);
+    }
+    q->num_inserted = full;
+}
+
+static inline bool is_stop(const seq_t *q, int32_t token)
+{
+    const int32_t *stop = q->tokens + q->capacity;
+    for (uint32_t k = 0; k < q->num_stop; k++)
+        if (stop[k] == token)
+            return true;
+    return false;
+}
+
+/* Learns the request's acceptance and sets its next draft length: the
+ * longest j with p^j >= 1/4 (draft_threshold[j] = 0.25^(1/j)). */
+static void adapt_draft(kvrt_sched_t *s, seq_t *q, uint32_t drafts, uint32_t accepted)
+{
+    q->accept_ewma = 0.8f * q->accept_ewma + 0.2f * ((float)accepted / (float)drafts);
+    uint32_t len = 1;
+    while (len < s->max_draft && q->accept_ewma >= s->draft_threshold[len + 1])
+        len++;
+    q->draft_len = (uint8_t)len;
+}
+
+/* Appends sampled tokens; returns the end reason (NONE to go on). */
+static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int32_t *tokens,
+                                            uint32_t count)
+{
+    bool first = q->num_tokens == q->prompt_len;
+    kvrt_seq_end_reason_t reason = KVRT_END_NONE;
+    uint32_t j = 0;
+    while (j < count) {
+        int32_t t = tokens[j++];
+        q->tokens[q->num_tokens++] = t;
+        if (q->num_stop && is_stop(q, t)) {
+            reason = KVRT_END_STOP;
+            break;
+        }
+        if (q->num_tokens >= q->max_tokens) {
+            reason = KVRT_END_LENGTH;
+            break;
+        }
+    }
+    s->stats.output_tokens += j;
+    if (first) {
+        q->first_token_ns = s->plan.now_ns;
+        if (q->deadline_ns != UINT64_MAX && s->plan.now_ns > q->deadline_ns) {
+            q->deadline_missed = true;
+            s->stats.deadline_misses++;
+        }
+    }
+    return reason;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t *c)
+{
+    if (KVRT_UNLIKELY(!s))
+        return KVRT_ERR_INVALID_ARG;
+    if (KVRT_UNLIKELY(!c))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "commit is NULL");
+    if (KVRT_UNLIKELY(c->field_mask & ~(uint64_t)KVRT_COMMIT_ACCEPTED))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
+                         (unsigned long long)(c->field_mask & ~(uint64_t)KVRT_COMMIT_ACCEPTED));
+    if (KVRT_UNLIKELY(!s->plan_pending || c->step != s->plan.step))
+        return kvrt_fail(s->ctx, KVRT_ERR_NO_STEP,
+                         s->plan_pending ? "commit names step %llu; the plan is step %llu"
+                                         : "commit of step %llu, but no plan awaits one "
+                                           "(last step %llu)",
+                         (unsigned long long)c->step, (unsigned long long)s->plan.step);
+    if (KVRT_UNLIKELY(c->num_seqs != s->plan.num_seqs))
+        return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT, "commit of %u sequences, plan has %u",
+                         c->num_seqs, s->plan.num_seqs);
+    if (KVRT_UNLIKELY((c->num_tokens && !c->tokens) ||
+                      ((c->field_mask & KVRT_COMMIT_ACCEPTED) && !c->num_accepted)))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "tokens (num_tokens > 0) and num_accepted (when flagged) are "
+                         "required");
+    kvrt_status_t status = validate(s, c);
+    if (status != KVRT_OK)
+        return status;
+
+    uint64_t t_start = kvrt_now_ns();
+    const uint32_t *acc = (c->field_mask & KVRT_COMMIT_ACCEPTED) ? c->num_accepted : NULL;
+    uint32_t off = 0;
+    for (uint32_t i = 0; i < s->plan.num_seqs; i++) {
+        const kvrt_plan_seq_t *e = &s->buf.seqs[i];
+        seq_t *q = &s->seqs[s->buf.slot_of[i]];
+        uint32_t a = acc ? acc[i] : 0;
+        uint32_t given = e->sample ? 1 + a : 0;
+        q->in_plan = 0;
+        if (q->release_at_commit) {
+            /* Aborted while the engine ran it: its blocks are free now. */
+            q->release_at_commit = 0;
+            sched_release(s, q);
+            if (!(q->generation & 1))
+                sched_slot_free(s, q); /* already drained */
+            off += given;
+            continue;
+        }
+        uint32_t rejected = e->num_drafts - a;
+        q->computed += e->num_new_tokens - rejected;
+        if (rejected) {
+            /* Rollback: as if the rejected drafts had never been appended. */
+            kvrt_table_truncate(s->pool, q->table, q->computed);
+            if (sched_blocks_for(s, q->computed) != q->row_blocks)
+                sched_row_sync(s, q, false);
+        }
+        kvrt_seq_end_reason_t reason = KVRT_END_NONE;
+        if (e->sample) {
+            if (e->kind == KVRT_PLAN_SPEC) {
+                q->spec_proposed += e->num_drafts;
+                q->spec_accepted += a;
+                s->stats.spec_proposed += e->num_drafts;
+                s->stats.spec_accepted += a;
+                s->stats.spec_verifications++;
+                if (s->adaptive_draft)
+                    adapt_draft(s, q, e->num_drafts, a);
+            }
+            reason = append_sampled(s, q, c->tokens + off, given);
+            if (q->in_prefill) {
+                q->in_prefill = 0;
+                s->running_prefill--;
+            }
+            q->guarded = 0;
+        }
+        off += given;
+        if (s->cache)
+            cache_full_blocks(s, q);
+        if (reason != KVRT_END_NONE)
+            sched_end(s, q, reason, KVRT_OK);
+    }
+    sched_compact_running(s);
+    s->plan_pending = false;
+    s->stats.commit_cpu_ns += kvrt_now_ns() - t_start;
+    return KVRT_OK;
+}

@@ -1,0 +1,446 @@
+/*
+ * request.c - a request's life outside the step: add (copy everything,
+ * size every per-request array once), abort at any point, info, drafts set
+ * by the engine, end events and draining; and the waiting queue, a binary
+ * heap ordered by priority, then deadline (EDF), then arrival (FCFS).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "sched_internal.h"
+
+/* ---- the waiting heap ------------------------------------------------------ */
+
+/* True when a runs before b. */
+static inline bool heap_before(const heap_entry_t *a, const heap_entry_t *b)
+{
+    if (a->priority != b->priority)
+        return a->priority > b->priority;
+    if (a->deadline != b->deadline)
+        return a->deadline < b->deadline; /* no deadline is UINT64_MAX: last */
+    return a->order < b->order;
+}
+
+static inline void heap_set(kvrt_sched_t *s, uint32_t pos, heap_entry_t e)
+{
+    s->heap[pos] = e;
+    s->seqs[e.index].heap_pos = pos;
+}
+
+static void heap_sift_up(kvrt_sched_t *s, uint32_t pos)
+{
+    heap_entry_t e = s->heap[pos];
+    while (pos > 0) {
+        uint32_t parent = (pos - 1) / 2;
+        if (!heap_before(&e, &s->heap[parent]))
+            break;
+        heap_set(s, pos, s->heap[parent]);
+        pos = parent;
+    }
+    heap_set(s, pos, e);
+}
+
+static void heap_sift_down(kvrt_sched_t *s, uint32_t pos)
+{
+    heap_entry_t e = s->heap[pos];
+    for (;;) {
+        uint32_t child = 2 * pos + 1;
+        if (child >= s->heap_size)
+            break;
+        if (child + 1 < s->heap_size && heap_before(&s->heap[child + 1], &s->heap[child]))
+            child++;
+        if (!heap_before(&s->heap[child], &e))
+            break;
+        heap_set(s, pos, s->heap[child]);
+        pos = child;
+    }
+    heap_set(s, pos, e);
+}
+
+void sched_heap_push(kvrt_sched_t *s, seq_t *q)
+{
+    heap_entry_t e = {.priority = q->priority,
+                      .index = sched_slot(s, q),
+                      .deadline = q->deadline_ns,
+                      .order = q->order};
+    s->heap[s->heap_size++] = e;
+    heap_sift_up(s, s->heap_size - 1);
+    s->waiting_tokens += q->num_tokens;
+}
+
+void sched_heap_remove(kvrt_sched_t *s, seq_t *q)
+{
+    uint32_t pos = q->heap_pos;
+    q->heap_pos = SCHED_NONE;
+    s->waiting_tokens -= q->num_tokens;
+    s->heap_size--;
+    if (pos == s->heap_size)
+        return;
+    heap_entry_t moved = s->heap[s->heap_size];
+    heap_set(s, pos, moved);
+    heap_sift_up(s, pos);
+    heap_sift_down(s, s->seqs[moved.index].heap_pos);
+}
+
+/* ---- release and end ------------------------------------------------------ */
+
+void sched_release(kvrt_sched_t *s, seq_t *q)
+{
+    if (q->table) {
+        kvrt_table_destroy(s->pool, q->table);
+        q->table = 0;
+    }
+    sched_row_release(s, q);
+    if (q->running_pos != SCHED_NONE) {
+        q->running_pos = SCHED_NONE;
+        s->running_live--;
+        if (q->in_prefill)
+            s->running_prefill--;
+        s->running_dirty = true;
+    }
+    q->computed = 0;
+    q->num_inserted = 0;
+}
+
+void sched_end(kvrt_sched_t *s, seq_t *q, kvrt_seq_end_reason_t reason,
+               kvrt_status_t status)
+{
+    if (q->heap_pos != SCHED_NONE)
+        sched_heap_remove(s, q);
+    if (q->in_plan)
+        q->release_at_commit = 1; /* the engine may still write its blocks */
+    else
+        sched_release(s, q);
+    q->state = KVRT_SEQ_ENDED;
+    q->end_reason = (uint8_t)reason;
+    q->status = status;
+    q->end_ns = s->plan.now_ns;
+    q->engine_drafts = 0;
+    switch (reason) {
+    case KVRT_END_LENGTH:
+        s->stats.finished_length++;
+        break;
+    case KVRT_END_STOP:
+        s->stats.finished_stop++;
+        break;
+    case KVRT_END_ABORTED:
+        s->stats.aborted++;
+        break;
+    default:
+        s->stats.failed++;
+        break;
+    }
+    s->ended[(s->ended_head + s->ended_count) % s->max_requests] = sched_slot(s, q);
+    s->ended_count++;
+}
+
+/* ---- add ------------------------------------------------------------------- */
+
+static kvrt_status_t check_seq_params(kvrt_sched_t *s, const kvrt_seq_params_t *p)
+{
+    const uint64_t known = KVRT_SEQ_PARAM_STOP | KVRT_SEQ_PARAM_PRIORITY |
+                           KVRT_SEQ_PARAM_DEADLINE | KVRT_SEQ_PARAM_KEYS |
+                           KVRT_SEQ_PARAM_USER_TAG;
+    if (p->field_mask & ~known)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
+                         (unsigned long long)(p->field_mask & ~known));
+    if (!p->prompt || p->prompt_len == 0 || p->max_new_tokens == 0)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "a prompt of at least 1 token and max_new_tokens >= 1 are required");
+    if ((uint64_t)p->prompt_len + 1 > s->max_seq_tokens)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "prompt of %u tokens leaves no room for output under "
+                         "max_seq_tokens %u",
+                         p->prompt_len, s->max_seq_tokens);
+    for (uint32_t i = 0; i < p->prompt_len; i++)
+        if (p->prompt[i] < 0)
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "prompt token %u is negative (%d)",
+                             i, p->prompt[i]);
+    if (p->field_mask & KVRT_SEQ_PARAM_STOP) {
+        if (p->num_stop_tokens > KVRT_SEQ_MAX_STOP_TOKENS ||
+            (p->num_stop_tokens && !p->stop_tokens))
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                             "%u stop tokens (at most %u, and stop_tokens non-NULL)",
+                             p->num_stop_tokens, KVRT_SEQ_MAX_STOP_TOKENS);
+    }
+    if (p->field_mask & KVRT_SEQ_PARAM_KEYS) {
+        /* The cache's own validation, on an empty block key. */
+        kvrt_block_hash_t zero = {0, 0}, key;
+        if (kvrt_block_key(&zero, &p->keys, &key) != KVRT_OK)
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                             "bad keys: unknown bits, or salt of 0 or more than %u bytes",
+                             KVRT_CACHE_SALT_MAX);
+        if ((p->keys.field_mask & KVRT_HASH_KEY_MM) && p->keys.num_mm_items &&
+            !p->keys.mm_items)
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "mm_items is NULL");
+        if (p->keys.field_mask & KVRT_HASH_KEY_MM) {
+            const kvrt_mm_item_t *mm = p->keys.mm_items;
+            for (uint32_t i = 0; i < p->keys.num_mm_items; i++)
+                if (mm[i].length == 0 || (i && mm[i].offset < mm[i - 1].offset +
+                                                                  mm[i - 1].length))
+                    return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                                     "multimodal item %u empty, unsorted or overlapping", i);
+        }
+    }
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t *p,
+                                       kvrt_seq_id_t *id_out)
+{
+    if (!s)
+        return KVRT_ERR_INVALID_ARG;
+    if (!p || !id_out)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "params and id_out are required");
+    kvrt_status_t status = check_seq_params(s, p);
+    if (status != KVRT_OK)
+        return status;
+    uint64_t limit = (uint64_t)p->prompt_len + p->max_new_tokens;
+    uint32_t capacity = limit > s->max_seq_tokens ? s->max_seq_tokens : (uint32_t)limit;
+    /* The most blocks it can ever hold: every token but the last has K/V,
+     * plus the slots of one step's drafts. */
+    uint32_t worst = sched_blocks_for(s, (uint64_t)capacity + s->max_draft);
+    kvrt_pool_info_t info;
+    kvrt_pool_info(s->pool, &info);
+    uint32_t reserve = s->use_watermark ? info.watermark_blocks : 0;
+    if ((uint64_t)worst + reserve > s->pool_blocks)
+        return kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
+                         "a request of up to %u tokens needs %u blocks (+%u watermark); "
+                         "the pool has %u",
+                         capacity, worst, reserve, s->pool_blocks);
+    if (s->free_head == SCHED_NONE)
+        return kvrt_fail(s->ctx, KVRT_ERR_REQUEST_LIMIT, "all %u request slots are in use",
+                         s->max_requests);
+
+    uint32_t num_stop = (p->field_mask & KVRT_SEQ_PARAM_STOP) ? p->num_stop_tokens : 0;
+    const kvrt_hash_keys_t *keys = (p->field_mask & KVRT_SEQ_PARAM_KEYS) ? &p->keys : NULL;
+    uint32_t num_mm = keys && (keys->field_mask & KVRT_HASH_KEY_MM) ? keys->num_mm_items : 0;
+    uint32_t max_blocks = s->cache ? capacity >> s->block_shift : 0;
+    /* One allocation: hashes (16-byte aligned) first, then tokens, stop
+     * tokens, mm items, the n-gram index. */
+    size_t bytes = (size_t)max_blocks * sizeof(kvrt_block_hash_t) +
+                   ((size_t)capacity + num_stop) * sizeof(int32_t) +
+                   (size_t)num_mm * sizeof(kvrt_mm_item_t) + 8 + ngram_bytes(s, capacity);
+    char *mem = malloc(bytes);
+    if (!mem)
+        return kvrt_fail(s->ctx, KVRT_ERR_NO_MEMORY, "request of %u tokens", capacity);
+
+    uint32_t index = s->free_head;
+    seq_t *q = &s->seqs[index];
+    s->free_head = q->next_free;
+    uint32_t generation = q->generation + 1;
+    memset(q, 0, sizeof(*q));
+    q->generation = generation;
+    q->allocation = mem;
+    q->hashes = (kvrt_block_hash_t *)mem;
+    q->tokens = (int32_t *)(mem + (size_t)max_blocks * sizeof(kvrt_block_hash_t));
+    memcpy(q->tokens, p->prompt, (size_t)p->prompt_len * sizeof(int32_t));
+    if (num_stop)
+        memcpy(q->tokens + capacity, p->stop_tokens, (size_t)num_stop * sizeof(int32_t));
+    char *tail = (char *)(q->tokens + capacity + num_stop);
+    tail += (8 - ((uintptr_t)tail & 7)) & 7;
+    if (keys) {
+        q->keys.field_mask = keys->field_mask;
+        q->keys.adapter_id = keys->adapter_id;
+        if (keys->field_mask & KVRT_HASH_KEY_SALT) {
+            memcpy(q->salt, keys->salt, keys->salt_bytes);
+            q->keys.salt = q->salt;
+            q->keys.salt_bytes = keys->salt_bytes;
+        }
+        if (num_mm) {
+            memcpy(tail, keys->mm_items, (size_t)num_mm * sizeof(kvrt_mm_item_t));
+            q->keys.mm_items = (const kvrt_mm_item_t *)tail;
+            q->keys.num_mm_items = num_mm;
+        }
+    }
+    tail += (size_t)num_mm * sizeof(kvrt_mm_item_t);
+    if (s->ngram_min)
+        ngram_init(&q->ngram, tail, capacity);
+
+    q->state = KVRT_SEQ_WAITING;
+    q->num_tokens = p->prompt_len;
+    q->prompt_len = p->prompt_len;
+    q->max_tokens = capacity;
+    q->capacity = capacity;
+    q->num_stop = num_stop;
+    q->row = SCHED_NONE;
+    q->running_pos = SCHED_NONE;
+    q->heap_pos = SCHED_NONE;
+    q->priority = (p->field_mask & KVRT_SEQ_PARAM_PRIORITY) ? p->priority : 0;
+    q->deadline_ns = (p->field_mask & KVRT_SEQ_PARAM_DEADLINE) ? p->deadline_ns : UINT64_MAX;
+    q->user_tag = (p->field_mask & KVRT_SEQ_PARAM_USER_TAG) ? p->user_tag : 0;
+    q->order = s->next_order++;
+    q->draft_len = (uint8_t)s->max_draft;
+    q->accept_ewma = 1.0f; /* optimistic: start at full length, learn down */
+    q->status = KVRT_OK;
+    s->live++;
+    sched_heap_push(s, q);
+    s->stats.added++;
+    *id_out = sched_make_id(index, generation);
+    return KVRT_OK;
+}
+
+#define unknown_request(s, id)                                                   \
+    kvrt_fail((s)->ctx, KVRT_ERR_UNKNOWN_REQUEST,                                \
+              "request 0x%llx is unknown or already drained", (unsigned long long)(id))
+
+KVRT_EXPORT kvrt_status_t kvrt_seq_abort(kvrt_sched_t *s, kvrt_seq_id_t id)
+{
+    if (!s)
+        return KVRT_ERR_INVALID_ARG;
+    seq_t *q = sched_lookup(s, id);
+    if (!q)
+        return unknown_request(s, id);
+    if (q->state == KVRT_SEQ_ENDED)
+        return KVRT_OK;
+    sched_end(s, q, KVRT_END_ABORTED, KVRT_ERR_CANCELED);
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_seq_set_draft(kvrt_sched_t *s, kvrt_seq_id_t id,
+                                             const int32_t *tokens, uint32_t count)
+{
+    if (!s)
+        return KVRT_ERR_INVALID_ARG;
+    if (s->max_draft == 0)
+        return kvrt_fail(s->ctx, KVRT_ERR_UNSUPPORTED,
+                         "speculation is off (max_draft_tokens 0)");
+    seq_t *q = sched_lookup(s, id);
+    if (!q)
+        return unknown_request(s, id);
+    if (count > s->max_draft || (count && !tokens))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "%u draft tokens (at most %u, and tokens non-NULL)", count,
+                         s->max_draft);
+    if (q->state != KVRT_SEQ_RUNNING || q->in_prefill)
+        return kvrt_fail(s->ctx, KVRT_ERR_BAD_STATE,
+                         "request 0x%llx is not decoding (state %d)",
+                         (unsigned long long)id, (int)q->state);
+    for (uint32_t i = 0; i < count; i++)
+        if (tokens[i] < 0)
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "draft token %u is negative", i);
+    if (count)
+        memcpy(q->draft, tokens, (size_t)count * sizeof(int32_t));
+    q->engine_drafts = (uint8_t)count;
+    return KVRT_OK;
+}
+
+static void fill_info(const kvrt_sched_t *s, const seq_t *q, kvrt_seq_info_t *out)
+{
+    *out = (kvrt_seq_info_t){
+        .id = sched_id(s, q),
+        .user_tag = q->user_tag,
+        .state = (kvrt_seq_state_t)q->state,
+        .end_reason = (kvrt_seq_end_reason_t)q->end_reason,
+        .status = q->status,
+        .priority = q->priority,
+        .prompt_tokens = q->prompt_len,
+        .output_tokens = q->num_tokens - q->prompt_len,
+        .computed_tokens = q->computed,
+        .cached_tokens = q->cached_tokens,
+        .preemptions = q->preemptions,
+        .draft_length = s->max_draft ? q->draft_len : 0,
+        .spec_proposed = q->spec_proposed,
+        .spec_accepted = q->spec_accepted,
+        .admitted_ns = q->admitted_ns,
+        .first_token_ns = q->first_token_ns,
+        .end_ns = q->end_ns,
+        .deadline_missed = q->deadline_missed,
+        .output = q->tokens + q->prompt_len,
+    };
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_seq_info(const kvrt_sched_t *s, kvrt_seq_id_t id,
+                                        kvrt_seq_info_t *info_out)
+{
+    if (!s)
+        return KVRT_ERR_INVALID_ARG;
+    if (!info_out)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "info_out is NULL");
+    const seq_t *q = sched_lookup(s, id);
+    if (!q)
+        return unknown_request(s, id);
+    fill_info(s, q, info_out);
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_seq_blocks(const kvrt_sched_t *s, kvrt_seq_id_t id,
+                                          const int32_t **blocks_out,
+                                          uint32_t *num_blocks_out, uint32_t *num_tokens_out)
+{
+    if (!s)
+        return KVRT_ERR_INVALID_ARG;
+    const seq_t *q = sched_lookup(s, id);
+    if (!q)
+        return unknown_request(s, id);
+    static const int32_t none[1] = {KVRT_NULL_BLOCK};
+    const int32_t *blocks = none;
+    uint32_t nb = 0, nt = 0;
+    if (q->table && !q->release_at_commit)
+        kvrt_table_view(s->pool, q->table, &blocks, &nb, &nt);
+    if (blocks_out)
+        *blocks_out = blocks;
+    if (num_blocks_out)
+        *num_blocks_out = nb;
+    if (num_tokens_out)
+        *num_tokens_out = nt;
+    return KVRT_OK;
+}
+
+void sched_slot_free(kvrt_sched_t *s, seq_t *q)
+{
+    q->next_free = s->free_head;
+    s->free_head = sched_slot(s, q);
+    s->live--;
+}
+
+/* Kills a drained request's id. Its memory waits for the next drain so the
+ * event's output pointer stays valid until then; its slot returns to the
+ * free list now, or at commit when the plan still names it. */
+static void forget(kvrt_sched_t *s, seq_t *q)
+{
+    s->drained_memory[s->num_drained_memory++] = q->allocation;
+    q->allocation = NULL;
+    q->generation++; /* odd -> even: the id is dead */
+    if (!q->release_at_commit)
+        sched_slot_free(s, q);
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_sched_drain_ended(kvrt_sched_t *s, kvrt_seq_info_t *events_out,
+                                                 uint32_t capacity, uint32_t *count_out)
+{
+    if (!s)
+        return KVRT_ERR_INVALID_ARG;
+    if (!count_out || (capacity && !events_out))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "count_out and (with capacity > 0) events_out are required");
+    for (uint32_t i = 0; i < s->num_drained_memory; i++)
+        free(s->drained_memory[i]);
+    s->num_drained_memory = 0;
+    uint32_t n = 0;
+    while (n < capacity && s->ended_count) {
+        seq_t *q = &s->seqs[s->ended[s->ended_head]];
+        fill_info(s, q, &events_out[n++]);
+        s->ended_head = (s->ended_head + 1) % s->max_requests;
+        s->ended_count--;
+        forget(s, q);
+    }
+    *count_out = n;
+    return KVRT_OK;
+}
+
+void sched_free_requests(kvrt_sched_t *s)
+{
+    for (uint32_t i = 0; i < s->num_drained_memory; i++)
+        free(s->drained_memory[i]);
+    s->num_drained_memory = 0;
+    /* Live requests, and drained ones whose blocks wait for a commit. */
+    for (uint32_t i = 0; i < s->max_requests; i++) {
+        seq_t *q = &s->seqs[i];
+        if (q->table)
+            kvrt_table_destroy(s->pool, q->table);
+        q->table = 0;
+        free(q->allocation);
+        q->allocation = NULL;
+    }
+}

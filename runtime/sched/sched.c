@@ -1,0 +1,296 @@
+/*
+ * sched.c - creating and destroying a scheduler (every array the hot path
+ * uses is sized here), its statistics and its ctl nodes "sched.<N>.*".
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sched_internal.h"
+
+/* Rows are max_seqs x row_stride int32: refuse shapes past 512 MiB. */
+#define SCHED_MAX_ROW_ENTRIES (1ull << 27)
+
+/* ---- statistics and ctl ------------------------------------------------------ */
+
+static void fill_stats(const kvrt_sched_t *s, kvrt_sched_stats_t *out)
+{
+    *out = s->stats;
+    out->waiting = s->heap_size;
+    out->running = s->running_live;
+    out->ended_undrained = s->ended_count;
+    out->spec_acceptance =
+        s->stats.spec_proposed ? (double)s->stats.spec_accepted / s->stats.spec_proposed : 0;
+    out->spec_mean_accepted = s->stats.spec_verifications
+                                  ? (double)s->stats.spec_accepted / s->stats.spec_verifications
+                                  : 0;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *s, kvrt_sched_stats_t *stats_out)
+{
+    if (!s)
+        return KVRT_ERR_INVALID_ARG;
+    if (!stats_out)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "stats_out is NULL");
+    fill_stats(s, stats_out);
+    return KVRT_OK;
+}
+
+#define STAT_U64(field)                                                          \
+    static void get_##field(void *obj, kvrt_ctl_value_t *v)                      \
+    {                                                                            \
+        kvrt_sched_stats_t st;                                                   \
+        fill_stats(obj, &st);                                                    \
+        v->u64 = st.field;                                                       \
+    }
+#define STAT_F64(field)                                                          \
+    static void get_##field(void *obj, kvrt_ctl_value_t *v)                      \
+    {                                                                            \
+        kvrt_sched_stats_t st;                                                   \
+        fill_stats(obj, &st);                                                    \
+        v->f64 = st.field;                                                       \
+    }
+#define STAT_LIST(U, F)                                                          \
+    U(steps) U(scheduled_tokens) U(prefill_tokens) U(decode_tokens) U(preemptions) \
+    U(added) U(finished_length) U(finished_stop) U(aborted) U(failed) U(waiting) \
+    U(running) U(ended_undrained) U(output_tokens) U(prompt_tokens)              \
+    U(prefix_hit_tokens) U(prefix_query_tokens) U(deadline_misses)               \
+    U(budget_bound_steps) U(spec_proposed) U(spec_accepted)                      \
+    U(spec_verifications) U(spec_backoff_tokens) U(step_cpu_ns) U(commit_cpu_ns) \
+    F(spec_acceptance) F(spec_mean_accepted)
+
+STAT_LIST(STAT_U64, STAT_F64)
+
+#define NODE_U64(field) {#field, KVRT_CTL_U64, get_##field, NULL},
+#define NODE_F64(field) {#field, KVRT_CTL_DOUBLE, get_##field, NULL},
+static const kvrt_ctl_node_t sched_nodes[] = {STAT_LIST(NODE_U64, NODE_F64)};
+
+/* ---- create / destroy -------------------------------------------------------- */
+
+static kvrt_status_t read_params(kvrt_sched_t *s, const kvrt_sched_params_t *p)
+{
+    const uint64_t known =
+        KVRT_SCHED_PARAM_MAX_BATCH_TOKENS | KVRT_SCHED_PARAM_MAX_SEQS |
+        KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_WATERMARK | KVRT_SCHED_PARAM_MAX_REQUESTS |
+        KVRT_SCHED_PARAM_MAX_SEQ_TOKENS | KVRT_SCHED_PARAM_DRAFT | KVRT_SCHED_PARAM_NGRAM |
+        KVRT_SCHED_PARAM_ADAPTIVE_DRAFT | KVRT_SCHED_PARAM_CSR_TABLES;
+    kvrt_sched_params_t zero = {0};
+    if (!p)
+        p = &zero;
+    uint64_t m = p->field_mask;
+    if (m & ~known)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
+                         (unsigned long long)(m & ~known));
+    s->max_batch_tokens = (m & KVRT_SCHED_PARAM_MAX_BATCH_TOKENS) ? p->max_batch_tokens : 8192;
+    s->max_seqs = (m & KVRT_SCHED_PARAM_MAX_SEQS) ? p->max_seqs : 256;
+    s->chunk_tokens = (m & KVRT_SCHED_PARAM_CHUNK) ? p->prefill_chunk_tokens : s->max_batch_tokens;
+    s->use_watermark = (m & KVRT_SCHED_PARAM_WATERMARK) ? p->use_watermark != 0 : true;
+    s->max_requests = (m & KVRT_SCHED_PARAM_MAX_REQUESTS) ? p->max_requests : 65536;
+    s->max_seq_tokens = (m & KVRT_SCHED_PARAM_MAX_SEQ_TOKENS) ? p->max_seq_tokens : 131072;
+    s->max_draft = (m & KVRT_SCHED_PARAM_DRAFT) ? p->max_draft_tokens : 0;
+    s->adaptive_draft = (m & KVRT_SCHED_PARAM_ADAPTIVE_DRAFT) ? p->adaptive_draft != 0 : true;
+    s->csr_tables = (m & KVRT_SCHED_PARAM_CSR_TABLES) ? p->csr_block_tables != 0 : false;
+    if (s->max_batch_tokens == 0 || s->max_batch_tokens > (1u << 24))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "max_batch_tokens %u out of 1..2^24",
+                         s->max_batch_tokens);
+    if (s->max_seqs == 0 || s->max_seqs > 65536)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "max_seqs %u out of 1..65536",
+                         s->max_seqs);
+    if (s->chunk_tokens == 0 || s->chunk_tokens > s->max_batch_tokens)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "prefill_chunk_tokens %u out of 1..max_batch_tokens (%u)",
+                         s->chunk_tokens, s->max_batch_tokens);
+    if (s->max_requests == 0 || s->max_requests > (1u << 24))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "max_requests %u out of 1..2^24",
+                         s->max_requests);
+    if (s->max_seq_tokens < 2 || s->max_seq_tokens > KVRT_TABLE_MAX_TOKENS)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "max_seq_tokens %u out of 2..2^30",
+                         s->max_seq_tokens);
+    if (s->max_draft > KVRT_SCHED_MAX_DRAFT)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "max_draft_tokens %u above %u",
+                         s->max_draft, KVRT_SCHED_MAX_DRAFT);
+    if (m & KVRT_SCHED_PARAM_NGRAM) {
+        if (!s->max_draft || p->ngram_min == 0 || p->ngram_min > p->ngram_max ||
+            p->ngram_max > KVRT_SCHED_MAX_NGRAM)
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                             "n-gram %u..%u: needs max_draft_tokens > 0 and 1 <= min <= "
+                             "max <= %u",
+                             p->ngram_min, p->ngram_max, KVRT_SCHED_MAX_NGRAM);
+        s->ngram_min = p->ngram_min;
+        s->ngram_max = p->ngram_max;
+    }
+    return KVRT_OK;
+}
+
+static void sched_free(kvrt_sched_t *s)
+{
+    if (s->seqs)
+        sched_free_requests(s);
+    free(s->seqs);
+    free(s->heap);
+    free(s->running);
+    free(s->ended);
+    free(s->drained_memory);
+    free(s->rows);
+    free(s->free_rows);
+    plan_buffers_t *b = &s->buf;
+    free(b->seqs);
+    free(b->slot_of);
+    free(b->query_start_loc);
+    free(b->seq_lens);
+    free(b->row_index);
+    free(b->input_tokens);
+    free(b->positions);
+    free(b->slot_mapping);
+    free(b->copies);
+    free(b->preempted);
+    free(b->csr_offsets);
+    free(b->csr_ids);
+    free(b->changed[0]);
+    free(b->changed[1]);
+    free(b->row_mark);
+    free(b->match_blocks);
+    free(s);
+}
+
+static void sched_destroy_owned(kvrt_owned_t *owned)
+{
+    kvrt_sched_t *s = (kvrt_sched_t *)owned;
+    kvrt_ctl_unregister(s->ctx, s);
+    sched_free(s);
+}
+
+static bool alloc_arrays(kvrt_sched_t *s)
+{
+    size_t seqs = s->max_seqs, toks = s->max_batch_tokens, reqs = s->max_requests;
+    plan_buffers_t *b = &s->buf;
+    s->seqs = calloc(reqs, sizeof(*s->seqs));
+    s->heap = malloc(reqs * sizeof(*s->heap));
+    s->ended = malloc(reqs * sizeof(*s->ended));
+    s->drained_memory = malloc(reqs * sizeof(*s->drained_memory));
+    s->running = malloc(seqs * sizeof(*s->running));
+    s->rows = calloc(seqs * s->row_stride, sizeof(*s->rows));
+    s->free_rows = malloc(seqs * sizeof(*s->free_rows));
+    b->seqs = malloc(seqs * sizeof(*b->seqs));
+    b->slot_of = malloc(seqs * sizeof(*b->slot_of));
+    b->query_start_loc = calloc(seqs + 1, sizeof(int32_t));
+    b->seq_lens = malloc(seqs * sizeof(int32_t));
+    b->row_index = malloc(seqs * sizeof(int32_t));
+    b->input_tokens = malloc(toks * sizeof(int32_t));
+    b->positions = malloc(toks * sizeof(int32_t));
+    b->slot_mapping = malloc(toks * sizeof(int64_t));
+    b->copies = malloc(seqs * sizeof(*b->copies));
+    b->preempted = malloc(seqs * sizeof(*b->preempted));
+    b->csr_offsets = calloc(seqs + 1, sizeof(int32_t));
+    b->changed[0] = malloc(seqs * sizeof(int32_t));
+    b->changed[1] = malloc(seqs * sizeof(int32_t));
+    b->row_mark = calloc(seqs, sizeof(uint64_t));
+    b->match_blocks = malloc((size_t)s->row_stride * sizeof(int32_t));
+    return s->seqs && s->heap && s->ended && s->drained_memory && s->running && s->rows &&
+           s->free_rows && b->seqs && b->slot_of && b->query_start_loc && b->seq_lens &&
+           b->row_index && b->input_tokens && b->positions && b->slot_mapping && b->copies &&
+           b->preempted && b->csr_offsets && b->changed[0] && b->changed[1] && b->row_mark &&
+           b->match_blocks;
+}
+
+static void init_plan(kvrt_sched_t *s)
+{
+    plan_buffers_t *b = &s->buf;
+    kvrt_batch_plan_t *p = &s->plan;
+    p->tokens_per_block = s->tokens_per_block;
+    p->seqs = b->seqs;
+    p->query_start_loc = b->query_start_loc;
+    p->seq_lens = b->seq_lens;
+    p->input_tokens = b->input_tokens;
+    p->positions = b->positions;
+    p->slot_mapping = b->slot_mapping;
+    p->row_index = b->row_index;
+    p->block_rows = s->rows;
+    p->row_stride = s->row_stride;
+    p->num_rows = s->max_seqs;
+    p->rows_changed = b->changed[0];
+    p->copies = b->copies;
+    p->preempted = b->preempted;
+    b->epoch = 1;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool,
+                                            kvrt_cache_t *cache,
+                                            const kvrt_sched_params_t *params,
+                                            kvrt_sched_t **sched_out)
+{
+    if (!ctx)
+        return KVRT_ERR_INVALID_ARG;
+    if (!pool || !sched_out)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "pool and sched_out are required");
+    kvrt_sched_t *s = calloc(1, sizeof(*s));
+    if (!s)
+        return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "scheduler struct");
+    s->ctx = ctx;
+    s->pool = pool;
+    s->cache = cache;
+    kvrt_status_t status = read_params(s, params);
+    if (status != KVRT_OK) {
+        free(s);
+        return status;
+    }
+    kvrt_pool_info_t info;
+    kvrt_pool_info(pool, &info);
+    s->tokens_per_block = info.tokens_per_block;
+    s->block_shift = (uint32_t)__builtin_ctz(info.tokens_per_block);
+    s->pool_blocks = info.num_blocks - 1;
+    s->row_stride = sched_blocks_for(s, (uint64_t)s->max_seq_tokens + s->max_draft);
+    if ((uint64_t)s->row_stride * s->max_seqs > SCHED_MAX_ROW_ENTRIES) {
+        kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
+                  "block-table rows of %u sequences x %u blocks exceed %llu entries; "
+                  "lower max_seqs or max_seq_tokens",
+                  s->max_seqs, s->row_stride, SCHED_MAX_ROW_ENTRIES);
+        free(s);
+        return KVRT_ERR_INVALID_ARG;
+    }
+    if (cache && kvrt_cache_root(cache, &s->root) != KVRT_OK) {
+        free(s);
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "cache is not a valid prefix cache");
+    }
+    for (uint32_t j = 1; j <= KVRT_SCHED_MAX_DRAFT; j++)
+        s->draft_threshold[j] = (float)pow(0.25, 1.0 / j);
+    if (!alloc_arrays(s)) {
+        sched_free(s);
+        return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "scheduler arrays (%u sequences, %u "
+                         "requests, %u tokens)", s->max_seqs, s->max_requests,
+                         s->max_batch_tokens);
+    }
+    for (uint32_t i = 0; i < s->max_requests; i++)
+        s->seqs[i].next_free = i + 1 < s->max_requests ? i + 1 : SCHED_NONE;
+    s->free_head = 0;
+    for (uint32_t r = 0; r < s->max_seqs; r++)
+        s->free_rows[r] = s->max_seqs - 1 - r; /* row 0 is handed out first */
+    s->num_free_rows = s->max_seqs;
+    init_plan(s);
+
+    s->index = kvrt_ctx_next_index(ctx, "sched");
+    char prefix[32];
+    snprintf(prefix, sizeof(prefix), "sched.%u", s->index);
+    if (kvrt_ctl_register(ctx, prefix, sched_nodes, sizeof(sched_nodes) / sizeof(sched_nodes[0]),
+                          s) != KVRT_OK) {
+        sched_free(s);
+        return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "ctl registration");
+    }
+    kvrt_ctx_own(ctx, &s->owned, sched_destroy_owned);
+    kvrt_log(ctx, KVRT_LOG_INFO,
+             "sched %u: budget %u tokens, %u sequences, chunk %u, drafts %u%s%s", s->index,
+             s->max_batch_tokens, s->max_seqs, s->chunk_tokens, s->max_draft,
+             s->ngram_min ? " (n-gram)" : "", cache ? ", prefix cache" : "");
+    *sched_out = s;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_sched_destroy(kvrt_sched_t *s)
+{
+    if (!s)
+        return KVRT_OK;
+    kvrt_ctx_disown(s->ctx, &s->owned);
+    sched_destroy_owned(&s->owned);
+    return KVRT_OK;
+}

@@ -1,0 +1,252 @@
+/*
+ * sched_internal.h - the scheduler's parts, shared by the files of
+ * runtime/sched only: requests and the waiting heap (request.c), the step
+ * (step.c), the commit (commit.c), the n-gram proposer (ngram.c) and
+ * creation, statistics and ctl nodes (sched.c).
+ *
+ * Layout for speed: requests live in one array of slots (no per-request
+ * heap objects on the hot path); the running set is an array of slot
+ * indices kept in admission order; the waiting queue is a binary heap of
+ * small keyed entries, so comparing two requests never dereferences them.
+ */
+#ifndef KVRT_SCHED_INTERNAL_H
+#define KVRT_SCHED_INTERNAL_H
+
+#include "core/core.h"
+#include "kvrt/sched.h"
+
+#define SCHED_NONE UINT32_MAX
+
+/* Per-request n-gram index: hash chains over the positions of the request's
+ * tokens, keyed by the ngram_min tokens ending at each position (the zlib
+ * match-finder shape). head[h] is the latest position with hash h, prev[p]
+ * the previous position sharing p's hash; -1 ends a chain. */
+typedef struct ngram_index {
+    int32_t *head;
+    int32_t *prev;       /* [capacity] */
+    uint32_t head_mask;  /* head has head_mask + 1 entries */
+    uint32_t indexed;    /* positions [0, indexed) are in the chains */
+} ngram_index_t;
+
+typedef struct seq {
+    /* ---- hot: read by every step and commit ---- */
+    uint32_t generation;    /* odd while the id is live */
+    uint8_t state;          /* kvrt_seq_state_t */
+    uint8_t in_plan;        /* placed in the current, uncommitted plan */
+    uint8_t in_prefill;     /* admitted, not yet sampled since admission */
+    uint8_t guarded;        /* readmitted after preemption, no token since */
+    uint8_t release_at_commit; /* ended while in the plan: free at commit */
+    uint8_t draft_len;      /* adaptive draft length (1..k) */
+    uint8_t engine_drafts;  /* draft[] tokens set by the engine for next step */
+    uint8_t end_reason;     /* kvrt_seq_end_reason_t */
+    uint32_t num_tokens;    /* prompt + output */
+    uint32_t computed;      /* tokens whose K/V is in the table */
+    uint32_t max_tokens;    /* num_tokens limit: prompt + max_new, capped */
+    uint32_t row;           /* block_rows row, SCHED_NONE when none */
+    uint32_t row_blocks;    /* entries of the row in use */
+    uint32_t running_pos;   /* index in sched->running, SCHED_NONE when none */
+    uint32_t heap_pos;      /* index in sched->heap, SCHED_NONE when none */
+    uint32_t num_stop;
+    int32_t *tokens;        /* [capacity]; stop tokens follow at tokens + capacity */
+    kvrt_table_id_t table;  /* 0 when the request holds no blocks */
+    int32_t priority;
+    float accept_ewma;      /* per-draft acceptance estimate */
+    uint64_t user_tag;
+
+    /* ---- prefix cache ---- */
+    kvrt_block_hash_t *hashes; /* content hash of each full block, once known */
+    uint32_t num_hashed;       /* hashes[0, num_hashed) known */
+    uint32_t num_inserted;     /* table blocks [0, num_inserted) offered to the cache */
+    kvrt_hash_keys_t keys;     /* points into salt and the allocation */
+    uint8_t salt[KVRT_CACHE_SALT_MAX];
+
+    /* ---- speculation ---- */
+    int32_t draft[KVRT_SCHED_MAX_DRAFT];
+    ngram_index_t ngram;
+
+    /* ---- bookkeeping and reporting ---- */
+    uint32_t prompt_len;
+    uint32_t capacity;
+    uint32_t preemptions;
+    uint32_t cached_tokens;
+    uint32_t next_free;     /* free-slot list link */
+    kvrt_status_t status;
+    uint64_t deadline_ns;   /* UINT64_MAX without a deadline */
+    uint64_t order;         /* arrival number: FCFS */
+    uint64_t preempted_step;/* step that last preempted it */
+    uint64_t admitted_ns;
+    uint64_t first_token_ns;
+    uint64_t end_ns;
+    uint64_t spec_proposed;
+    uint64_t spec_accepted;
+    bool deadline_missed;
+    bool counted_prompt;    /* prompt counted in stats at first admission */
+    void *allocation;       /* tokens, stop tokens, hashes, mm items, ngram */
+} seq_t;
+
+/* A waiting-queue entry: the ordering key, copied out of the request. */
+typedef struct heap_entry {
+    int32_t priority;
+    uint32_t index;      /* slot */
+    uint64_t deadline;   /* UINT64_MAX: none */
+    uint64_t order;
+} heap_entry_t;
+
+/* Plan arrays, sized at creation (max_seqs / max_batch_tokens). */
+typedef struct plan_buffers {
+    kvrt_plan_seq_t *seqs;
+    uint32_t *slot_of;      /* request slot of each plan entry */
+    int32_t *query_start_loc;
+    int32_t *seq_lens;
+    int32_t *row_index;
+    int32_t *input_tokens;
+    int32_t *positions;
+    int64_t *slot_mapping;
+    kvrt_block_copy_t *copies;
+    kvrt_seq_id_t *preempted;
+    int32_t *csr_offsets;
+    int32_t *csr_ids;
+    uint32_t csr_capacity;
+    /* rows changed: two buffers, one published, one accumulating */
+    int32_t *changed[2];
+    uint32_t num_changed[2];
+    uint32_t accumulating;  /* index of the buffer gathering changes */
+    uint64_t *row_mark;     /* [max_seqs]: epoch a row was last listed in */
+    int32_t *match_blocks;  /* [row_stride]: prefix hits of one admission */
+    uint64_t epoch;
+} plan_buffers_t;
+
+struct kvrt_sched {
+    kvrt_owned_t owned;
+    kvrt_ctx_t *ctx;
+    kvrt_pool_t *pool;
+    kvrt_cache_t *cache;
+    uint32_t index;             /* N of "sched.<N>" */
+    kvrt_block_hash_t root;     /* the cache's root hash */
+
+    /* parameters */
+    uint32_t max_batch_tokens;
+    uint32_t max_seqs;
+    uint32_t chunk_tokens;
+    bool use_watermark;
+    bool adaptive_draft;
+    bool csr_tables;
+    uint32_t max_requests;
+    uint32_t max_seq_tokens;
+    uint32_t max_draft;
+    uint32_t ngram_min;         /* 0: proposer off */
+    uint32_t ngram_max;
+    uint32_t tokens_per_block;
+    uint32_t block_shift;
+    uint32_t pool_blocks;       /* usable blocks (num_blocks - 1) */
+    /* draft_threshold[j]: the least acceptance p with p^j >= 1/4 */
+    float draft_threshold[KVRT_SCHED_MAX_DRAFT + 1];
+
+    /* requests */
+    seq_t *seqs;                /* [max_requests] */
+    uint32_t free_head;
+    uint32_t live;              /* slots in use */
+    uint64_t next_order;
+
+    heap_entry_t *heap;         /* [max_requests] */
+    uint32_t heap_size;
+    uint64_t waiting_tokens;    /* sum of num_tokens over the heap */
+
+    uint32_t *running;          /* [max_seqs] slot indices, admission order */
+    uint32_t num_running;       /* entries, some possibly stale */
+    uint32_t running_live;      /* RUNNING requests */
+    uint32_t running_prefill;   /* RUNNING and in_prefill */
+    bool running_dirty;         /* stale entries to compact */
+
+    uint32_t *ended;            /* ring of slots with an undrained end */
+    uint32_t ended_head;
+    uint32_t ended_count;
+    void **drained_memory;      /* allocations freed at the next drain */
+    uint32_t num_drained_memory;
+
+    /* rows */
+    int32_t *rows;              /* [max_seqs][row_stride] */
+    uint32_t row_stride;
+    uint32_t *free_rows;        /* stack */
+    uint32_t num_free_rows;
+
+    /* the plan */
+    kvrt_batch_plan_t plan;
+    plan_buffers_t buf;
+    bool plan_pending;          /* a non-empty plan awaits its commit */
+    uint64_t step_count;        /* numbers plans */
+
+    kvrt_sched_stats_t stats;
+};
+
+/* ---- ids ------------------------------------------------------------------- */
+
+static inline kvrt_seq_id_t sched_make_id(uint32_t index, uint32_t generation)
+{
+    return ((uint64_t)generation << 32) | (uint64_t)(index + 1);
+}
+
+static inline seq_t *sched_lookup(const kvrt_sched_t *s, kvrt_seq_id_t id)
+{
+    uint32_t index = (uint32_t)id - 1;
+    uint32_t generation = (uint32_t)(id >> 32);
+    if (KVRT_UNLIKELY(index >= s->max_requests || !(generation & 1)))
+        return NULL;
+    seq_t *q = &s->seqs[index];
+    return q->generation == generation ? q : NULL;
+}
+
+static inline uint32_t sched_slot(const kvrt_sched_t *s, const seq_t *q)
+{
+    return (uint32_t)(q - s->seqs);
+}
+
+static inline kvrt_seq_id_t sched_id(const kvrt_sched_t *s, const seq_t *q)
+{
+    return sched_make_id(sched_slot(s, q), q->generation);
+}
+
+static inline uint32_t sched_blocks_for(const kvrt_sched_t *s, uint64_t tokens)
+{
+    return (uint32_t)((tokens + s->tokens_per_block - 1) >> s->block_shift);
+}
+
+/* ---- request.c ------------------------------------------------------------ */
+
+void sched_heap_push(kvrt_sched_t *s, seq_t *q);
+void sched_heap_remove(kvrt_sched_t *s, seq_t *q);
+static inline seq_t *sched_heap_top(const kvrt_sched_t *s)
+{
+    return s->heap_size ? &s->seqs[s->heap[0].index] : NULL;
+}
+/* Frees the request's table and row, takes it out of the running set. */
+void sched_release(kvrt_sched_t *s, seq_t *q);
+/* Ends a request: releases what it holds (unless it is in the plan, then
+ * at commit), records reason/status and queues its end event. */
+void sched_end(kvrt_sched_t *s, seq_t *q, kvrt_seq_end_reason_t reason,
+               kvrt_status_t status);
+void sched_free_requests(kvrt_sched_t *s);
+/* Returns a slot to the free list. */
+void sched_slot_free(kvrt_sched_t *s, seq_t *q);
+
+/* ---- step.c / commit.c ---------------------------------------------------- */
+
+/* Marks row r as changed since the last published plan. */
+void sched_row_changed(kvrt_sched_t *s, uint32_t row);
+/* Brings row entries in line with the table after an append or truncate. */
+void sched_row_sync(kvrt_sched_t *s, seq_t *q, bool last_replaced);
+void sched_row_release(kvrt_sched_t *s, seq_t *q);
+/* Drops stale entries of the running array, keeping admission order. */
+void sched_compact_running(kvrt_sched_t *s);
+
+/* ---- ngram.c -------------------------------------------------------------- */
+
+/* Bytes the index of a request of `capacity` tokens needs (0: proposer off). */
+size_t ngram_bytes(const kvrt_sched_t *s, uint32_t capacity);
+void ngram_init(ngram_index_t *ix, void *memory, uint32_t capacity);
+/* Proposes up to `limit` tokens continuing tokens[0, n) into out; returns
+ * how many (0 when no n-gram of length >= ngram_min matches). */
+uint32_t ngram_propose(const kvrt_sched_t *s, ngram_index_t *ix, const int32_t *tokens,
+                       uint32_t n, uint32_t limit, int32_t *out);
+
+#endif /* KVRT_SCHED_INTERNAL_H */

@@ -1,0 +1,484 @@
+/*
+ * step.c - kvrt_sched_step: one batch under the token budget, in the order
+ * the header documents (running decodes, running prefill chunks, waiting
+ * requests), with preemption when blocks run out and the persistent
+ * block-table rows the plan hands to attention kernels.
+ *
+ * Cost: O(1) per running decode (one table append, a few plan writes, a
+ * row entry only when the table crossed a block boundary); O(blocks) only
+ * at admission, preemption and end. Nothing here allocates once the CSR
+ * buffer (when asked for) has grown to its working size.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "sched_internal.h"
+
+/* ---- rows ------------------------------------------------------------------ */
+
+void sched_row_changed(kvrt_sched_t *s, uint32_t row)
+{
+    plan_buffers_t *b = &s->buf;
+    if (b->row_mark[row] == b->epoch)
+        return;
+    b->row_mark[row] = b->epoch;
+    b->changed[b->accumulating][b->num_changed[b->accumulating]++] = (int32_t)row;
+}
+
+void sched_row_sync(kvrt_sched_t *s, seq_t *q, bool last_replaced)
+{
+    const int32_t *blocks;
+    uint32_t nb;
+    kvrt_table_view(s->pool, q->table, &blocks, &nb, NULL);
+    int32_t *row = s->rows + (size_t)q->row * s->row_stride;
+    uint32_t from = q->row_blocks;
+    if (last_replaced && from > 0)
+        from--; /* copy-on-write swapped the tail block */
+    if (nb > from)
+        memcpy(row + from, blocks + from, (size_t)(nb - from) * sizeof(int32_t));
+    else if (nb < q->row_blocks)
+        memset(row + nb, 0, (size_t)(q->row_blocks - nb) * sizeof(int32_t));
+    else if (!last_replaced)
+        return;
+    q->row_blocks = nb;
+    sched_row_changed(s, q->row);
+}
+
+void sched_row_release(kvrt_sched_t *s, seq_t *q)
+{
+    if (q->row == SCHED_NONE)
+        return;
+    int32_t *row = s->rows + (size_t)q->row * s->row_stride;
+    memset(row, 0, (size_t)q->row_blocks * sizeof(int32_t));
+    if (q->row_blocks)
+        sched_row_changed(s, q->row);
+    s->free_rows[s->num_free_rows++] = q->row;
+    q->row = SCHED_NONE;
+    q->row_blocks = 0;
+}
+
+static inline bool running_valid(const kvrt_sched_t *s, uint32_t i, seq_t **q_out)
+{
+    seq_t *q = &s->seqs[s->running[i]];
+    *q_out = q;
+    return q->state == KVRT_SEQ_RUNNING && q->running_pos == i;
+}
+
+void sched_compact_running(kvrt_sched_t *s)
+{
+    if (!s->running_dirty)
+        return;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < s->num_running; i++) {
+        seq_t *q;
+        if (!running_valid(s, i, &q))
+            continue;
+        q->running_pos = kept;
+        s->running[kept++] = s->running[i];
+    }
+    s->num_running = kept;
+    s->running_dirty = false;
+}
+
+/* ---- preemption ------------------------------------------------------------ */
+
+/* The victim for `needy`: among running requests not in the plan, the
+ * lowest priority, then the latest arrival. Guarded requests are passed
+ * over unless the plan is still empty. NULL when there is none. */
+static seq_t *pick_victim(kvrt_sched_t *s, seq_t *needy)
+{
+    bool allow_guarded = s->plan.num_seqs == 0;
+    seq_t *best = NULL;
+    for (uint32_t i = 0; i < s->num_running; i++) {
+        seq_t *q;
+        if (!running_valid(s, i, &q) || q->in_plan || (q->guarded && !allow_guarded))
+            continue;
+        if (!best || q->priority < best->priority ||
+            (q->priority == best->priority && q->order > best->order))
+            best = q;
+    }
+    (void)needy;
+    return best;
+}
+
+static void preempt(kvrt_sched_t *s, seq_t *q)
+{
+    sched_release(s, q);
+    q->state = KVRT_SEQ_PREEMPTED;
+    q->guarded = 1;
+    q->in_prefill = 0;
+    q->engine_drafts = 0;
+    q->preemptions++;
+    q->preempted_step = s->step_count;
+    sched_heap_push(s, q);
+    s->buf.preempted[s->plan.num_preempted++] = sched_id(s, q);
+    s->stats.preemptions++;
+}
+
+/* Appends n slots to q's table, written at slots. When blocks run out,
+ * preempts victims until the append fits. Returns false when q is not to be
+ * planned this step: preempted, failed, or waiting for a victim to appear. */
+static bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, int64_t *slots)
+{
+    for (;;) {
+        kvrt_block_copy_t copy;
+        uint32_t num_copies = 0;
+        kvrt_status_t st = kvrt_table_append(s->pool, q->table, n, slots, &copy, &num_copies);
+        if (KVRT_LIKELY(st == KVRT_OK)) {
+            if (KVRT_UNLIKELY(num_copies))
+                s->buf.copies[s->plan.num_copies++] = copy;
+            uint32_t nb = sched_blocks_for(s, q->computed + n);
+            if (nb != q->row_blocks || num_copies)
+                sched_row_sync(s, q, num_copies != 0);
+            return true;
+        }
+        if (st != KVRT_ERR_NO_BLOCKS) {
+            sched_end(s, q, KVRT_END_FAILED, st);
+            return false;
+        }
+        seq_t *victim = pick_victim(s, q);
+        if (!victim)
+            return false;
+        if (victim == q) {
+            if (s->running_live == 1) {
+                kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
+                          "request 0x%llx cannot grow even alone in the pool",
+                          (unsigned long long)sched_id(s, q));
+                sched_end(s, q, KVRT_END_FAILED, KVRT_ERR_NO_BLOCKS);
+            } else {
+                preempt(s, q);
+            }
+            return false;
+        }
+        preempt(s, victim);
+    }
+}
+
+/* ---- the plan ---------------------------------------------------------------- */
+
+static void plan_add(kvrt_sched_t *s, seq_t *q, kvrt_plan_kind_t kind, uint32_t n,
+                     uint32_t drafts, bool sample)
+{
+    kvrt_batch_plan_t *p = &s->plan;
+    uint32_t i = p->num_seqs++;
+    s->buf.seqs[i] = (kvrt_plan_seq_t){
+        .id = sched_id(s, q),
+        .user_tag = q->user_tag,
+        .kind = kind,
+        .num_new_tokens = n,
+        .num_computed_tokens = q->computed,
+        .num_drafts = drafts,
+        .sample = sample,
+        .row = q->row,
+    };
+    s->buf.slot_of[i] = sched_slot(s, q);
+    uint32_t len = q->computed + n;
+    s->buf.seq_lens[i] = (int32_t)len;
+    s->buf.row_index[i] = (int32_t)q->row;
+    if (len > p->max_seq_len)
+        p->max_seq_len = len;
+    uint32_t t0 = p->num_tokens;
+    for (uint32_t k = 0; k < n; k++)
+        s->buf.positions[t0 + k] = (int32_t)(q->computed + k);
+    p->num_tokens += n;
+    s->buf.query_start_loc[i + 1] = (int32_t)p->num_tokens;
+    q->in_plan = 1;
+    if (kind == KVRT_PLAN_PREFILL) {
+        p->num_prefill_seqs++;
+        p->num_prefill_tokens += n;
+    } else {
+        p->num_decode_seqs++;
+        p->num_draft_tokens += drafts;
+    }
+}
+
+/* Prefill work that could run this step, an upper bound: drafts use only
+ * what is left after it. */
+static uint64_t prefill_demand(const kvrt_sched_t *s)
+{
+    uint64_t demand = (uint64_t)s->running_prefill * s->chunk_tokens;
+    uint32_t free_seqs = s->max_seqs - s->running_live;
+    if (free_seqs && s->heap_size) {
+        uint64_t admissible = (uint64_t)free_seqs * s->chunk_tokens;
+        demand += s->waiting_tokens < admissible ? s->waiting_tokens : admissible;
+    }
+    return demand;
+}
+
+static inline uint32_t min_u32(uint32_t a, uint32_t b) { return a < b ? a : b; }
+
+typedef struct step_state {
+    uint32_t budget;
+    bool budget_bound;
+} step_state_t;
+
+/* Pass 1: every running decode, with its drafts when speculating. */
+static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
+{
+    uint32_t decodes = s->running_live - s->running_prefill;
+    if (!decodes)
+        return;
+    uint32_t draft_cap = 0;
+    if (s->max_draft) {
+        uint64_t demand = decodes + prefill_demand(s);
+        uint64_t slack = st->budget > demand ? st->budget - demand : 0;
+        uint64_t share = slack / decodes;
+        draft_cap = share < s->max_draft ? (uint32_t)share : s->max_draft;
+    }
+    uint32_t decodes_left = decodes;
+    for (uint32_t i = 0; i < s->num_running; i++) {
+        seq_t *q;
+        if (!running_valid(s, i, &q) || q->in_prefill)
+            continue;
+        if (decodes_left)
+            decodes_left--;
+        if (st->budget == 0 || s->plan.num_seqs == s->max_seqs) {
+            st->budget_bound = true;
+            break;
+        }
+        uint32_t t0 = s->plan.num_tokens;
+        int32_t *input = s->buf.input_tokens + t0;
+        uint32_t drafts = 0;
+        if (s->max_draft) {
+            uint32_t room = q->max_tokens - q->num_tokens - 1; /* outputs after the bonus */
+            uint32_t want = min_u32(s->adaptive_draft ? q->draft_len : s->max_draft, room);
+            uint32_t reserve = decodes_left < st->budget - 1 ? decodes_left : st->budget - 1;
+            uint32_t limit = min_u32(min_u32(want, draft_cap), st->budget - 1 - reserve);
+            if (q->engine_drafts) {
+                drafts = min_u32(q->engine_drafts, limit);
+                memcpy(input + 1, q->draft, (size_t)drafts * sizeof(int32_t));
+                if (q->engine_drafts > limit && limit < want)
+                    s->stats.spec_backoff_tokens += min_u32(q->engine_drafts, want) - limit;
+                q->engine_drafts = 0;
+            } else if (s->ngram_min) {
+                if (limit)
+                    drafts = ngram_propose(s, &q->ngram, q->tokens, q->num_tokens, limit,
+                                           input + 1);
+                if (limit < want)
+                    s->stats.spec_backoff_tokens += want - limit;
+            }
+        }
+        uint32_t n = 1 + drafts;
+        if (!grow(s, q, n, s->buf.slot_mapping + t0))
+            continue;
+        input[0] = q->tokens[q->num_tokens - 1];
+        plan_add(s, q, drafts ? KVRT_PLAN_SPEC : KVRT_PLAN_DECODE, n, drafts, true);
+        st->budget -= n;
+    }
+}
+
+/* Pass 2: the next chunk of every running request still in prefill. */
+static void schedule_prefills(kvrt_sched_t *s, step_state_t *st)
+{
+    if (!s->running_prefill)
+        return;
+    for (uint32_t i = 0; i < s->num_running; i++) {
+        seq_t *q;
+        if (!running_valid(s, i, &q) || !q->in_prefill || q->in_plan)
+            continue;
+        if (st->budget == 0 || s->plan.num_seqs == s->max_seqs) {
+            st->budget_bound = true;
+            break;
+        }
+        uint32_t remaining = q->num_tokens - q->computed;
+        uint32_t n = min_u32(min_u32(remaining, s->chunk_tokens), st->budget);
+        if (n < remaining && n == st->budget)
+            st->budget_bound = true;
+        uint32_t t0 = s->plan.num_tokens;
+        if (!grow(s, q, n, s->buf.slot_mapping + t0))
+            continue;
+        memcpy(s->buf.input_tokens + t0, q->tokens + q->computed, (size_t)n * sizeof(int32_t));
+        plan_add(s, q, KVRT_PLAN_PREFILL, n, 0, q->computed + n == q->num_tokens);
+        st->budget -= n;
+    }
+}
+
+/* Enough blocks for `need` more, above the watermark when it is in use. */
+static bool blocks_available(const kvrt_sched_t *s, uint32_t need)
+{
+    int ok = 0;
+    if (s->use_watermark) {
+        kvrt_pool_above_watermark(s->pool, need, &ok);
+        return ok;
+    }
+    kvrt_pool_info_t info;
+    kvrt_pool_info(s->pool, &info);
+    return (uint64_t)info.free_blocks + info.cached_blocks >= need;
+}
+
+/* Admits the head of the waiting queue with its first chunk. Returns false
+ * when admission must stop (the head does not fit). */
+static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_blocks)
+{
+    uint32_t hits = 0, hit_tokens = 0;
+    if (s->cache) {
+        /* All but the last token: it is recomputed for its logits. */
+        uint32_t offered = q->num_tokens - 1;
+        kvrt_cache_match_t m;
+        kvrt_status_t rc = kvrt_cache_match(s->cache, q->tokens, offered, &q->keys,
+                                            offered >> s->block_shift, hit_blocks,
+                                            q->hashes, &m);
+        if (rc != KVRT_OK) {
+            sched_end(s, q, KVRT_END_FAILED, rc);
+            return true;
+        }
+        hits = m.num_blocks;
+        hit_tokens = m.num_tokens;
+        if (hits > q->num_hashed)
+            q->num_hashed = hits;
+        s->stats.prefix_query_tokens += offered;
+    }
+    uint32_t remaining = q->num_tokens - hit_tokens;
+    uint32_t n = min_u32(min_u32(remaining, s->chunk_tokens), st->budget);
+    uint32_t need = sched_blocks_for(s, (uint64_t)hit_tokens + n) - hits;
+    kvrt_table_id_t table = 0;
+    if (!blocks_available(s, need) || kvrt_table_create(s->pool, &table) != KVRT_OK) {
+        if (hits)
+            kvrt_pool_free(s->pool, hits, hit_blocks);
+        return false;
+    }
+    if (hits)
+        kvrt_table_adopt(s->pool, table, hits, hit_blocks);
+    sched_heap_remove(s, q);
+    q->table = table;
+    q->state = KVRT_SEQ_RUNNING;
+    q->in_prefill = 1;
+    q->computed = hit_tokens;
+    q->num_inserted = hits;
+    q->row = s->free_rows[--s->num_free_rows];
+    q->row_blocks = 0;
+    q->running_pos = s->num_running;
+    s->running[s->num_running++] = sched_slot(s, q);
+    s->running_live++;
+    s->running_prefill++;
+    q->cached_tokens += hit_tokens;
+    s->stats.prefix_hit_tokens += hit_tokens;
+    if (!q->counted_prompt) {
+        q->counted_prompt = true;
+        s->stats.prompt_tokens += q->prompt_len;
+        q->admitted_ns = s->plan.now_ns;
+    }
+    if (n < remaining && n == st->budget)
+        st->budget_bound = true;
+    uint32_t t0 = s->plan.num_tokens;
+    if (!grow(s, q, n, s->buf.slot_mapping + t0))
+        return true;
+    memcpy(s->buf.input_tokens + t0, q->tokens + q->computed, (size_t)n * sizeof(int32_t));
+    plan_add(s, q, KVRT_PLAN_PREFILL, n, 0, q->computed + n == q->num_tokens);
+    st->budget -= n;
+    return true;
+}
+
+/* Pass 3: waiting requests in admission order while they fit. */
+static void schedule_admissions(kvrt_sched_t *s, step_state_t *st, int32_t *hit_blocks)
+{
+    sched_compact_running(s);
+    seq_t *q;
+    while ((q = sched_heap_top(s)) && s->plan.num_seqs < s->max_seqs &&
+           s->running_live < s->max_seqs) {
+        if (st->budget == 0) {
+            st->budget_bound = true;
+            break;
+        }
+        /* Not back in the step that just preempted it. */
+        if (q->preemptions && q->preempted_step == s->step_count)
+            break;
+        if (!admit(s, q, st, hit_blocks))
+            break;
+    }
+}
+
+static void build_csr(kvrt_sched_t *s)
+{
+    plan_buffers_t *b = &s->buf;
+    uint32_t total = 0;
+    for (uint32_t i = 0; i < s->plan.num_seqs; i++)
+        total += s->seqs[b->slot_of[i]].row_blocks;
+    if (total > b->csr_capacity) {
+        uint32_t capacity = b->csr_capacity ? b->csr_capacity : 1024;
+        while (capacity < total)
+            capacity *= 2;
+        int32_t *grown = realloc(b->csr_ids, (size_t)capacity * sizeof(int32_t));
+        if (!grown) {
+            /* Leave the CSR view out of this plan rather than fail the step:
+             * the padded rows carry the same information. */
+            kvrt_log(s->ctx, KVRT_LOG_WARN, "sched: CSR block tables of %u ids: no memory",
+                     total);
+            s->plan.block_table_offsets = NULL;
+            s->plan.block_table_ids = NULL;
+            return;
+        }
+        b->csr_ids = grown;
+        b->csr_capacity = capacity;
+    }
+    uint32_t at = 0;
+    b->csr_offsets[0] = 0;
+    for (uint32_t i = 0; i < s->plan.num_seqs; i++) {
+        const seq_t *q = &s->seqs[b->slot_of[i]];
+        memcpy(b->csr_ids + at, s->rows + (size_t)q->row * s->row_stride,
+               (size_t)q->row_blocks * sizeof(int32_t));
+        at += q->row_blocks;
+        b->csr_offsets[i + 1] = (int32_t)at;
+    }
+    s->plan.block_table_offsets = b->csr_offsets;
+    s->plan.block_table_ids = b->csr_ids;
+}
+
+/* Publishes the rows changed since the last plan and starts a new set. */
+static void publish_rows_changed(kvrt_sched_t *s)
+{
+    plan_buffers_t *b = &s->buf;
+    s->plan.rows_changed = b->changed[b->accumulating];
+    s->plan.num_rows_changed = b->num_changed[b->accumulating];
+    b->accumulating ^= 1;
+    b->num_changed[b->accumulating] = 0;
+    b->epoch++;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
+                                          const kvrt_batch_plan_t **plan_out)
+{
+    if (KVRT_UNLIKELY(!s))
+        return KVRT_ERR_INVALID_ARG;
+    if (KVRT_UNLIKELY(!plan_out))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "plan_out is NULL");
+    if (KVRT_UNLIKELY(s->plan_pending))
+        return kvrt_fail(s->ctx, KVRT_ERR_BAD_STATE,
+                         "plan %llu is not committed yet",
+                         (unsigned long long)s->plan.step);
+    uint64_t t_start = kvrt_now_ns();
+    sched_compact_running(s);
+    kvrt_batch_plan_t *p = &s->plan;
+    p->step = ++s->step_count;
+    p->now_ns = now_ns;
+    p->num_seqs = p->num_tokens = 0;
+    p->num_prefill_seqs = p->num_decode_seqs = 0;
+    p->num_prefill_tokens = p->num_draft_tokens = 0;
+    p->max_seq_len = 0;
+    p->num_copies = 0;
+    p->num_preempted = 0;
+    p->block_table_offsets = NULL;
+    p->block_table_ids = NULL;
+
+    step_state_t st = {.budget = s->max_batch_tokens, .budget_bound = false};
+    schedule_decodes(s, &st);
+    schedule_prefills(s, &st);
+    schedule_admissions(s, &st, s->buf.match_blocks);
+    sched_compact_running(s);
+
+    if (s->csr_tables)
+        build_csr(s);
+    publish_rows_changed(s);
+    if (p->num_seqs) {
+        s->plan_pending = true;
+        s->stats.steps++;
+        s->stats.scheduled_tokens += p->num_tokens;
+        s->stats.prefill_tokens += p->num_prefill_tokens;
+        s->stats.decode_tokens += p->num_tokens - p->num_prefill_tokens;
+    }
+    if (st.budget_bound)
+        s->stats.budget_bound_steps++;
+    s->stats.step_cpu_ns += kvrt_now_ns() - t_start;
+    *plan_out = p;
+    return KVRT_OK;
+}
