@@ -80,20 +80,29 @@ struct rows_args {
     const float *v_scales;
 };
 
-/* Same dtype in and out: one row per half and token, vector copies. */
+/* Same dtype in and out: one row per half and token, vector copies, in
+ * either direction (a read zeroes the rows of padding slots). */
 template <typename V>
-__global__ void write_copy_kernel(rows_args a)
+__global__ void copy_rows_kernel(rows_args a, bool write)
 {
     for (uint64_t t = blockIdx.x; t < a.num_tokens; t += gridDim.x) {
         int64_t slot = a.slots[t];
-        if (slot < 0 || (uint64_t)slot >= a.g.num_slots)
+        bool valid = slot >= 0 && (uint64_t)slot < a.g.num_slots;
+        if (write && !valid)
             continue;
-        uint64_t block = (uint64_t)slot / a.g.tokens_per_block;
-        uint64_t row = ((uint64_t)slot % a.g.tokens_per_block) * a.g.row_bytes;
-        copy_bytes<V>(a.base + kv_page_offset(&a.g, block, a.layer, KVRT_K) + row,
-                      a.key + t * a.io_stride_bytes, a.g.row_bytes);
-        copy_bytes<V>(a.base + kv_page_offset(&a.g, block, a.layer, KVRT_V) + row,
-                      a.value + t * a.io_stride_bytes, a.g.row_bytes);
+        uint64_t block = valid ? (uint64_t)slot / a.g.tokens_per_block : 0;
+        uint64_t row = valid ? ((uint64_t)slot % a.g.tokens_per_block) * a.g.row_bytes : 0;
+        for (uint32_t half = 0; half < 2; half++) {
+            char *io = (half ? a.value : a.key) + t * a.io_stride_bytes;
+            if (!valid) {
+                V *d = reinterpret_cast<V *>(io);
+                for (uint64_t i = threadIdx.x; i < a.g.row_bytes / sizeof(V); i += blockDim.x)
+                    d[i] = V();
+                continue;
+            }
+            char *cache = a.base + kv_page_offset(&a.g, block, a.layer, half) + row;
+            copy_bytes<V>(write ? cache : io, write ? io : cache, a.g.row_bytes);
+        }
     }
 }
 
@@ -162,17 +171,17 @@ static kvrt_status_t launch_rows(kvrt_ctx_t *ctx, const char *func,
     a.v_scales = cache->v_scales;
     dim3 grid(kv_grid(rows->num_tokens)), block(MOVE_THREADS);
     cudaStream_t s = kv_stream(stream);
-    if (write && rows->dtype == g.dtype) {
+    if (rows->dtype == g.dtype) {
         unsigned w = kv_vector_bytes((uintptr_t)a.base | (uintptr_t)key | (uintptr_t)value |
                                      (uintptr_t)g.row_bytes | (uintptr_t)a.io_stride_bytes);
         if (w >= 16)
-            write_copy_kernel<uint4><<<grid, block, 0, s>>>(a);
+            copy_rows_kernel<uint4><<<grid, block, 0, s>>>(a, write);
         else if (w == 8)
-            write_copy_kernel<uint2><<<grid, block, 0, s>>>(a);
+            copy_rows_kernel<uint2><<<grid, block, 0, s>>>(a, write);
         else if (w == 4)
-            write_copy_kernel<uint32_t><<<grid, block, 0, s>>>(a);
+            copy_rows_kernel<uint32_t><<<grid, block, 0, s>>>(a, write);
         else
-            write_copy_kernel<uint16_t><<<grid, block, 0, s>>>(a);
+            copy_rows_kernel<uint16_t><<<grid, block, 0, s>>>(a, write);
     } else {
         convert_rows_kernel<<<grid, block, 0, s>>>(a, write);
     }

@@ -174,6 +174,15 @@ Test(kernels_cuda, movement_matches_the_cpu_reference_bit_for_bit)
         cr_assert_eq(kvrt_cuda_read_kv(NULL, &t.dev, &rows, d_k, d_v, NULL), KVRT_OK);
         from_device(k_gpu, d_k, (size_t)n * row * 4);
         cr_assert_eq(memcmp(k_cpu, k_gpu, (size_t)n * row * 4), 0, "read_kv");
+        if (l.dtype != KVRT_DTYPE_FP8_E4M3) { /* same dtype: the row-copy path */
+            rows.dtype = l.dtype;
+            rows.slot_mapping = slots;
+            cr_assert_eq(kvrt_cpu_read_kv(NULL, &t.host, &rows, k_cpu, v_cpu), KVRT_OK);
+            rows.slot_mapping = d_slots;
+            cr_assert_eq(kvrt_cuda_read_kv(NULL, &t.dev, &rows, d_k, d_v, NULL), KVRT_OK);
+            from_device(k_gpu, d_v, (size_t)n * row * 2);
+            cr_assert_eq(memcmp(v_cpu, k_gpu, (size_t)n * row * 2), 0, "read_kv same dtype");
+        }
 
         /* Gather every block (block 0 first), scatter it back rotated. */
         uint32_t nb = t.host.num_blocks;
