@@ -219,8 +219,10 @@ typedef struct kvrt_cache_match {
  * Errors: KVRT_ERR_INVALID_ARG (NULL cache/match_out, NULL tokens with
  * num_tokens > 0, NULL blocks_out with max_blocks > 0, bad keys; see
  * kvrt_block_hash), KVRT_ERR_OVERFLOW (a hit block's reference count is at
- * its limit; nothing is taken). On error the cache, the pool and *match_out
- * are unchanged (blocks_out and hashes_out may have been written).
+ * its limit: the references this call took are given back, which counts as
+ * a use of those blocks for the eviction policy). On error *match_out is
+ * not written and no reference is held (blocks_out and hashes_out may have
+ * been written).
  */
 kvrt_status_t kvrt_cache_match(kvrt_cache_t *cache, const int32_t *tokens,
                                uint32_t num_tokens, const kvrt_hash_keys_t *keys,

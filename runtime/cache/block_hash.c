@@ -19,6 +19,7 @@
 #include <string.h>
 /* The XXH3 state lives on the stack (no allocation per hash). */
 #define XXH_STATIC_LINKING_ONLY
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include "cache/cache_internal.h"

@@ -323,21 +323,6 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_root(const kvrt_cache_t *cache, kvrt_block_
 
 /* ---- match, lookup, insert (the hot path) --------------------------------- */
 
-/* A reference can be taken on a cached block unless its count is at the
- * limit; checked before any is taken so a failing match changes nothing. */
-static inline bool can_reference(const kvrt_cache_t *cache, int32_t block)
-{
-    uint32_t refs;
-    kvrt_pool_refcount(cache->pool, block, &refs);
-    return refs < INT32_MAX;
-}
-
-static inline void take_hit(kvrt_cache_t *cache, int32_t block)
-{
-    kvrt_pool_ref_cached(cache->pool, block); /* calls hook_busy when idle */
-    cache->policy.ops->hit(&cache->policy, block);
-}
-
 static void count_query(kvrt_cache_t *cache, uint32_t queried_tokens, uint32_t hit_tokens,
                         uint32_t partial_tokens, kvrt_cache_miss_reason_t reason)
 {
@@ -376,29 +361,44 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_match(kvrt_cache_t *cache, const int32_t *t
     const uint32_t bs = cache->tokens_per_block;
     uint32_t full = num_tokens / bs;
     uint32_t limit = full < max_blocks ? full : max_blocks;
-    kvrt_block_hash_t parent = cache->root;
     kvrt_cache_miss_reason_t reason = KVRT_CACHE_MISS_NONE;
+    /* Software pipeline: block i+1 is hashed, and its index slot
+     * prefetched, before block i is looked up, so the slot's cache miss
+     * overlaps a hash instead of stalling the loop. On a miss one block
+     * was hashed for nothing. */
+    kvrt_block_hash_t content, key, next_content, next_key;
+    if (limit) {
+        content = cache_hash_block(&cache->root, tokens, bs, 0, ck.keys);
+        key = key_of(&ck, &content);
+        cache_index_prefetch(&cache->index, &key);
+    }
     uint32_t hits = 0;
     for (; hits < limit; hits++) {
-        kvrt_block_hash_t content =
-            cache_hash_block(&parent, tokens + (size_t)hits * bs, bs, hits * bs, ck.keys);
-        kvrt_block_hash_t key = key_of(&ck, &content);
+        if (hits + 1 < limit) {
+            uint32_t at = (hits + 1) * bs;
+            next_content = cache_hash_block(&content, tokens + at, bs, at, ck.keys);
+            next_key = key_of(&ck, &next_content);
+            cache_index_prefetch(&cache->index, &next_key);
+        }
         int32_t block = cache_index_find(&cache->index, &key);
         if (block == KVRT_NULL_BLOCK) {
             reason = explain_miss(cache, &content, &ck);
             break;
         }
-        if (KVRT_UNLIKELY(!can_reference(cache, block)))
+        if (KVRT_UNLIKELY(!kvrt_pool_ref_cached(cache->pool, block))) {
+            /* 2^31-1 references: give back what this call took. */
+            kvrt_pool_free(cache->pool, hits, blocks_out);
             return kvrt_fail(cache->ctx, KVRT_ERR_OVERFLOW,
                              "cache %s: block %d reference count at its limit", cache->name,
                              block);
+        }
+        cache->policy.ops->hit(&cache->policy, block);
         blocks_out[hits] = block;
         if (hashes_out)
             hashes_out[hits] = content;
-        parent = content;
+        content = next_content;
+        key = next_key;
     }
-    for (uint32_t i = 0; i < hits; i++)
-        take_hit(cache, blocks_out[i]);
     cache->policy.tick++;
     /* A match capped by max_blocks only queried what it looked at. */
     bool whole = limit == full;
@@ -425,11 +425,11 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_lookup(kvrt_cache_t *cache, const kvrt_bloc
     kvrt_block_hash_t key = key_of(&ck, content);
     int32_t block = cache_index_find(&cache->index, &key);
     if (block != KVRT_NULL_BLOCK) {
-        if (KVRT_UNLIKELY(!can_reference(cache, block)))
+        if (KVRT_UNLIKELY(!kvrt_pool_ref_cached(cache->pool, block)))
             return kvrt_fail(cache->ctx, KVRT_ERR_OVERFLOW,
                              "cache %s: block %d reference count at its limit", cache->name,
                              block);
-        take_hit(cache, block);
+        cache->policy.ops->hit(&cache->policy, block);
     }
     *block_out = block;
     return KVRT_OK;

@@ -56,6 +56,11 @@ kvrt_status_t cache_index_init(cache_index_t *index, uint32_t num_blocks);
 void cache_index_destroy(cache_index_t *index);
 /* The block indexed under key, or KVRT_NULL_BLOCK. */
 int32_t cache_index_find(const cache_index_t *index, const kvrt_block_hash_t *key);
+static inline void cache_index_prefetch(const cache_index_t *index,
+                                        const kvrt_block_hash_t *key)
+{
+    __builtin_prefetch(&index->slots[key->lo & index->mask]);
+}
 /* Adds key -> block; the key must not be present. */
 void cache_index_add(cache_index_t *index, const kvrt_block_hash_t *key, int32_t block);
 /* Removes key; returns false when it was not present. */
