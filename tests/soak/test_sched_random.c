@@ -1,0 +1,328 @@
+/*
+ * test_sched_random.c - a long randomized run of the scheduler with a
+ * prefix cache, speculation (engine drafts and the n-gram proposer), a pool
+ * small enough to force preemption, random aborts, stop tokens, priorities
+ * and deadlines. The "model" is deterministic (next = f(previous token)) and
+ * the engine verifies drafts against it, so every finished request's output
+ * can be checked token by token.
+ *
+ * After every step: the budget and max_seqs hold, every planned token's
+ * slot lies in its sequence's row at its position, no slot is written twice,
+ * rows are padded with the null block, the pool and cache verify. At the
+ * end: every request ended exactly once, preempted ones finished, no block
+ * or table is left.
+ */
+#include <string.h>
+
+#include "test_helpers.h"
+
+#define VOCAB 61
+#define MAX_REQ 4096
+#define BUDGET 64u
+#define MAX_SEQS 12u
+#define TPB 4u
+#define POOL_BLOCKS 90u
+
+static int32_t model(int32_t prev) { return (prev * 17 + 5) % VOCAB; }
+
+typedef struct tracked {
+    kvrt_seq_id_t id;
+    int state; /* 0 unused, 1 live, 2 ended */
+    bool aborted;
+    int32_t stop;
+    uint32_t prompt_len;
+    uint32_t max_new;
+    int32_t prompt[96];
+} tracked_t;
+
+typedef struct world {
+    kvrt_ctx_t *ctx;
+    kvrt_pool_t *pool;
+    kvrt_cache_t *cache;
+    kvrt_sched_t *sched;
+    uint64_t rng;
+    tracked_t req[MAX_REQ];
+    uint32_t num_req;
+    int32_t system[3][40];
+    uint64_t finished_checked;
+} world_t;
+
+/* Requests carry their index as user tag. */
+static tracked_t *find(world_t *w, uint64_t tag, kvrt_seq_id_t id)
+{
+    cr_assert_lt(tag, w->num_req, "unknown user tag %llu", (unsigned long long)tag);
+    cr_assert_eq(w->req[tag].id, id, "id and user tag disagree");
+    return &w->req[tag];
+}
+
+static void add_random(world_t *w)
+{
+    if (w->num_req == MAX_REQ)
+        return;
+    tracked_t *t = &w->req[w->num_req];
+    uint32_t sys = test_rand_below(&w->rng, 4);
+    uint32_t n = 0;
+    if (sys < 3) {
+        uint32_t len = 8 + test_rand_below(&w->rng, 33);
+        memcpy(t->prompt, w->system[sys], len * sizeof(int32_t));
+        n = len;
+    }
+    uint32_t tail = 1 + test_rand_below(&w->rng, 40);
+    for (uint32_t i = 0; i < tail; i++)
+        t->prompt[n++] = (int32_t)test_rand_below(&w->rng, VOCAB);
+    t->prompt_len = n;
+    t->max_new = 1 + test_rand_below(&w->rng, 40);
+    t->stop = test_rand_below(&w->rng, 3) == 0 ? (int32_t)test_rand_below(&w->rng, VOCAB) : -1;
+    kvrt_seq_params_t p = {
+        .field_mask = KVRT_SEQ_PARAM_PRIORITY | KVRT_SEQ_PARAM_USER_TAG |
+                      (t->stop >= 0 ? KVRT_SEQ_PARAM_STOP : 0) |
+                      (test_rand_below(&w->rng, 2) ? KVRT_SEQ_PARAM_DEADLINE : 0),
+        .prompt = t->prompt,
+        .prompt_len = n,
+        .max_new_tokens = t->max_new,
+        .stop_tokens = &t->stop,
+        .num_stop_tokens = 1,
+        .priority = (int32_t)test_rand_below(&w->rng, 3),
+        .deadline_ns = test_rand_below(&w->rng, 100000),
+        .user_tag = w->num_req,
+    };
+    ASSERT_OK(w->ctx, kvrt_seq_add(w->sched, &p, &t->id));
+    t->state = 1;
+    w->num_req++;
+}
+
+static void check_plan(world_t *w, const kvrt_batch_plan_t *plan)
+{
+    cr_assert_leq(plan->num_tokens, BUDGET, "budget exceeded: %u", plan->num_tokens);
+    cr_assert_leq(plan->num_seqs, MAX_SEQS);
+    cr_assert_eq(plan->query_start_loc[0], 0);
+    static int64_t seen[BUDGET];
+    uint32_t num_seen = 0;
+    for (uint32_t i = 0; i < plan->num_seqs; i++) {
+        const kvrt_plan_seq_t *e = &plan->seqs[i];
+        cr_assert_eq((uint32_t)(plan->query_start_loc[i + 1] - plan->query_start_loc[i]),
+                     e->num_new_tokens);
+        cr_assert_eq((uint32_t)plan->seq_lens[i], e->num_computed_tokens + e->num_new_tokens);
+        cr_assert_eq((uint32_t)plan->row_index[i], e->row);
+        tracked_t *t = find(w, e->user_tag, e->id);
+        cr_assert_not_null(t, "plan names an unknown request");
+        cr_assert(e->kind != KVRT_PLAN_SPEC || e->num_drafts + 1 == e->num_new_tokens);
+        const int32_t *row = plan->block_rows + (size_t)e->row * plan->row_stride;
+        uint32_t blocks = (e->num_computed_tokens + e->num_new_tokens + TPB - 1) / TPB;
+        for (uint32_t b = 0; b < blocks; b++)
+            cr_assert_gt(row[b], 0, "row %u entry %u is the null block", e->row, b);
+        for (uint32_t b = blocks; b < plan->row_stride; b++)
+            cr_assert_eq(row[b], 0, "row %u not padded at %u", e->row, b);
+        for (uint32_t k = 0; k < e->num_new_tokens; k++) {
+            uint32_t tok = (uint32_t)plan->query_start_loc[i] + k;
+            uint32_t pos = e->num_computed_tokens + k;
+            cr_assert_eq((uint32_t)plan->positions[tok], pos);
+            int64_t slot = plan->slot_mapping[tok];
+            cr_assert_eq(slot, (int64_t)row[pos / TPB] * TPB + pos % TPB);
+            for (uint32_t j = 0; j < num_seen; j++)
+                cr_assert_neq(seen[j], slot, "slot %lld written twice", (long long)slot);
+            seen[num_seen++] = slot;
+        }
+    }
+}
+
+/* The engine: verifies drafts against the model, samples the bonus. */
+static void engine_commit(world_t *w, const kvrt_batch_plan_t *plan)
+{
+    static int32_t tokens[BUDGET + MAX_SEQS];
+    static uint32_t acc[MAX_SEQS];
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < plan->num_seqs; i++) {
+        const kvrt_plan_seq_t *e = &plan->seqs[i];
+        acc[i] = 0;
+        if (!e->sample)
+            continue;
+        const int32_t *in = plan->input_tokens + plan->query_start_loc[i];
+        uint32_t last = e->num_new_tokens - 1 - e->num_drafts; /* the input before drafts */
+        int32_t prev = in[last];
+        uint32_t a = 0;
+        while (a < e->num_drafts && in[last + 1 + a] == model(prev)) {
+            prev = in[last + 1 + a];
+            tokens[n++] = prev;
+            a++;
+        }
+        tokens[n++] = model(prev);
+        acc[i] = a;
+    }
+    kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step,
+                       .num_seqs = plan->num_seqs, .num_tokens = n, .tokens = tokens,
+                       .num_accepted = acc};
+    ASSERT_OK(w->ctx, kvrt_sched_commit(w->sched, &c));
+}
+
+static void check_output(const tracked_t *t, const kvrt_seq_info_t *ev)
+{
+    cr_assert(ev->end_reason == KVRT_END_LENGTH || ev->end_reason == KVRT_END_STOP,
+              "request %llu ended with reason %d status %d",
+              (unsigned long long)ev->user_tag, ev->end_reason, ev->status);
+    int32_t prev = t->prompt[t->prompt_len - 1];
+    for (uint32_t i = 0; i < ev->output_tokens; i++) {
+        cr_assert_eq(ev->output[i], model(prev), "request %llu token %u",
+                     (unsigned long long)ev->user_tag, i);
+        prev = ev->output[i];
+        if (i + 1 < ev->output_tokens)
+            cr_assert_neq(prev, t->stop, "output continued past its stop token");
+    }
+    if (ev->end_reason == KVRT_END_LENGTH)
+        cr_assert_eq(ev->output_tokens, t->max_new);
+    else
+        cr_assert_eq(ev->output[ev->output_tokens - 1], t->stop);
+}
+
+static void drain_events(world_t *w)
+{
+    kvrt_seq_info_t ev[32];
+    uint32_t n;
+    do {
+        ASSERT_OK(w->ctx, kvrt_sched_drain_ended(w->sched, ev, 32, &n));
+        for (uint32_t i = 0; i < n; i++) {
+            tracked_t *t = find(w, ev[i].user_tag, ev[i].id);
+            cr_assert_not_null(t);
+            cr_assert_eq(t->state, 1, "request %llu ended twice",
+                         (unsigned long long)ev[i].user_tag);
+            t->state = 2;
+            if (ev[i].end_reason == KVRT_END_ABORTED) {
+                cr_assert(t->aborted, "aborted without being asked");
+            } else {
+                check_output(t, &ev[i]);
+                w->finished_checked++;
+            }
+        }
+    } while (n == 32);
+}
+
+static void random_actions(world_t *w)
+{
+    uint32_t adds = test_rand_below(&w->rng, 5) < 2 ? 1 : 0;
+    for (uint32_t i = 0; i < adds; i++)
+        add_random(w);
+    if (w->num_req && test_rand_below(&w->rng, 8) == 0) {
+        tracked_t *t = &w->req[test_rand_below(&w->rng, w->num_req)];
+        if (t->state == 1) {
+            ASSERT_OK(w->ctx, kvrt_seq_abort(w->sched, t->id));
+            ASSERT_OK(w->ctx, kvrt_seq_abort(w->sched, t->id));
+            kvrt_seq_info_t info;
+            ASSERT_OK(w->ctx, kvrt_seq_info(w->sched, t->id, &info));
+            if (info.end_reason == KVRT_END_ABORTED)
+                t->aborted = true;
+        }
+    }
+    /* Engine drafts on some decoding requests: right 70% of the time. */
+    for (uint32_t k = 0; k < 4 && w->num_req; k++) {
+        tracked_t *t = &w->req[test_rand_below(&w->rng, w->num_req)];
+        kvrt_seq_info_t info;
+        if (t->state != 1 || kvrt_seq_info(w->sched, t->id, &info) != KVRT_OK ||
+            info.state != KVRT_SEQ_RUNNING || info.output_tokens == 0 ||
+            info.computed_tokens + 1 != info.prompt_tokens + info.output_tokens)
+            continue;
+        int32_t draft[3];
+        int32_t prev = info.output[info.output_tokens - 1];
+        for (int j = 0; j < 3; j++) {
+            draft[j] = test_rand_below(&w->rng, 10) < 7 ? model(prev)
+                                                        : (int32_t)test_rand_below(&w->rng, VOCAB);
+            prev = draft[j];
+        }
+        ASSERT_OK(w->ctx, kvrt_seq_set_draft(w->sched, t->id, draft, 1 + test_rand_below(&w->rng, 3)));
+    }
+}
+
+static void one_step(world_t *w, uint64_t now)
+{
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(w->ctx, kvrt_sched_step(w->sched, now, &plan));
+    check_plan(w, plan);
+    for (uint32_t i = 0; i < plan->num_preempted; i++) {
+        kvrt_seq_info_t info;
+        ASSERT_OK(w->ctx, kvrt_seq_info(w->sched, plan->preempted[i], &info));
+        cr_assert_eq(info.state, KVRT_SEQ_PREEMPTED);
+        cr_assert_eq(info.computed_tokens, 0);
+    }
+    if (plan->num_seqs) {
+        /* Sometimes abort a request the engine is running right now. */
+        if (test_rand_below(&w->rng, 20) == 0) {
+            tracked_t *t = find(w, plan->seqs[0].user_tag, plan->seqs[0].id);
+            ASSERT_OK(w->ctx, kvrt_seq_abort(w->sched, t->id));
+            t->aborted = true;
+        }
+        engine_commit(w, plan);
+    }
+    ASSERT_OK(w->ctx, kvrt_pool_verify(w->pool));
+    ASSERT_OK(w->ctx, kvrt_cache_verify(w->cache));
+    drain_events(w);
+}
+
+Test(sched_soak, randomized_run_keeps_every_invariant, .timeout = 240)
+{
+    static world_t w;
+    memset(&w, 0, sizeof(w));
+    w.rng = 0x5eed1234abcdull;
+    cr_assert_eq(kvrt_ctx_create(NULL, &w.ctx), KVRT_OK);
+    kvrt_pool_params_t pp = {.field_mask = KVRT_POOL_PARAM_WATERMARK,
+                             .layout = test_layout(TPB),
+                             .num_blocks = POOL_BLOCKS,
+                             .watermark_blocks = 4};
+    ASSERT_OK(w.ctx, kvrt_pool_create(w.ctx, &pp, &w.pool));
+    ASSERT_OK(w.ctx, kvrt_cache_create(w.pool, NULL, &w.cache));
+    kvrt_sched_params_t sp = {
+        .field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS | KVRT_SCHED_PARAM_MAX_SEQS |
+                      KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_DRAFT |
+                      KVRT_SCHED_PARAM_NGRAM | KVRT_SCHED_PARAM_CSR_TABLES,
+        .max_batch_tokens = BUDGET,
+        .max_seqs = MAX_SEQS,
+        .prefill_chunk_tokens = 24,
+        .max_draft_tokens = 3,
+        .ngram_min = 1,
+        .ngram_max = 3,
+        .csr_block_tables = 1,
+    };
+    ASSERT_OK(w.ctx, kvrt_sched_create(w.ctx, w.pool, w.cache, &sp, &w.sched));
+    for (int s = 0; s < 3; s++)
+        for (int i = 0; i < 40; i++)
+            w.system[s][i] = (int32_t)test_rand_below(&w.rng, VOCAB);
+
+    uint64_t now = 0;
+    for (int step = 0; step < 4000; step++) {
+        if (step < 3000)
+            random_actions(&w);
+        one_step(&w, now += 1000);
+    }
+    /* Let everything still live finish; bounded. */
+    for (int step = 0; step < 5000; step++) {
+        kvrt_sched_stats_t st;
+        ASSERT_OK(w.ctx, kvrt_sched_stats(w.sched, &st));
+        if (st.running + st.waiting + st.ended_undrained == 0)
+            break;
+        one_step(&w, now += 1000);
+    }
+    kvrt_sched_stats_t st;
+    ASSERT_OK(w.ctx, kvrt_sched_stats(w.sched, &st));
+    cr_assert_eq(st.running + st.waiting + st.ended_undrained, 0, "requests left live");
+    for (uint32_t i = 0; i < w.num_req; i++)
+        cr_assert_eq(w.req[i].state, 2, "request %u never ended", i);
+    cr_assert_eq(st.added, w.num_req);
+    cr_assert_eq(st.finished_length + st.finished_stop + st.aborted + st.failed, w.num_req);
+    cr_assert_eq(st.failed, 0);
+    cr_assert_gt(st.preemptions, 0, "the pool is meant to be too small");
+    cr_assert_gt(st.prefix_hit_tokens, 0);
+    cr_assert_gt(st.spec_accepted, 0);
+    cr_assert_gt(w.finished_checked, 100);
+    kvrt_pool_info_t info;
+    ASSERT_OK(w.ctx, kvrt_pool_info(w.pool, &info));
+    cr_assert_eq(info.used_blocks, 0, "%u blocks still used", info.used_blocks);
+    cr_assert_eq(info.live_tables, 0);
+    cr_log_info("requests %u, preemptions %llu, prefix hits %llu/%llu, spec %llu/%llu, "
+                "budget-bound steps %llu",
+                w.num_req, (unsigned long long)st.preemptions,
+                (unsigned long long)st.prefix_hit_tokens,
+                (unsigned long long)st.prefix_query_tokens,
+                (unsigned long long)st.spec_accepted, (unsigned long long)st.spec_proposed,
+                (unsigned long long)st.budget_bound_steps);
+    ASSERT_OK(w.ctx, kvrt_sched_destroy(w.sched));
+    ASSERT_OK(w.ctx, kvrt_cache_destroy(w.cache));
+    kvrt_ctx_destroy(w.ctx);
+}

@@ -1,0 +1,1 @@
+kvrt_add_test(unit test_sched_requests DEPS sched)
