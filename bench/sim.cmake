@@ -18,3 +18,14 @@ add_library(kvrt_sim_model STATIC
   ${KVRT_SIM_DIR}/trace.c)
 target_include_directories(kvrt_sim_model PUBLIC ${KVRT_SIM_DIR})
 target_link_libraries(kvrt_sim_model PUBLIC PkgConfig::CJSON m)
+
+# The engine loop and the report, over the real scheduler, cache and pool.
+add_library(kvrt_sim_engine STATIC
+  ${KVRT_SIM_DIR}/sim_engine.c
+  ${KVRT_SIM_DIR}/sim_report.c)
+target_link_libraries(kvrt_sim_engine PUBLIC kvrt_sim_model kvrt_sched)
+
+if(KVRT_BUILD_BENCH)
+  add_executable(kvrt-sim ${KVRT_SIM_DIR}/sim_main.c)
+  target_link_libraries(kvrt-sim PRIVATE kvrt_sim_engine)
+endif()

@@ -18,6 +18,9 @@
  *  - attn_ns_per_pair: 4 * 32 layers * 32 heads * 128 = 524,288 flop per
  *    (query, key) pair at 396 TFLOP/s = 1.3 ns.
  *  - overhead_us, per_seq_us: launch gaps, logits and sampling, estimated.
+ *  - draft_us_per_position: a ~1B-parameter draft model (Llama-3.2-1B,
+ *    2.5 GB of weights) is weight-bound like the target: 2.5 GB at 2.68
+ *    TB/s = 0.93 ms, plus launch overhead: 1 ms per drafted position.
  */
 sim_cost_model_t sim_cost_model_default(void)
 {
@@ -28,6 +31,7 @@ sim_cost_model_t sim_cost_model_default(void)
         .weights_ms = 6.0,
         .kv_read_ns_per_token = 49.0,
         .attn_ns_per_pair = 1.3,
+        .draft_us_per_position = 1000.0,
     };
 }
 
@@ -43,6 +47,7 @@ int sim_cost_model_validate(const sim_cost_model_t *model, const char **what_out
         {"weights_ms", model->weights_ms},
         {"kv_read_ns_per_token", model->kv_read_ns_per_token},
         {"attn_ns_per_pair", model->attn_ns_per_pair},
+        {"draft_us_per_position", model->draft_us_per_position},
     };
     for (unsigned i = 0; i < sizeof(params) / sizeof(params[0]); i++) {
         if (!isfinite(params[i].value) || params[i].value < 0.0) {
@@ -92,5 +97,6 @@ double sim_step_time_us(const sim_cost_model_t *model, const sim_step_shape_t *s
         linear = weights;
     return model->overhead_us + (double)shape->seqs * model->per_seq_us + linear +
            (double)shape->kv_read_tokens * model->kv_read_ns_per_token / 1000.0 +
-           (double)shape->attention_pairs * model->attn_ns_per_pair / 1000.0;
+           (double)shape->attention_pairs * model->attn_ns_per_pair / 1000.0 +
+           (double)shape->draft_positions * model->draft_us_per_position;
 }

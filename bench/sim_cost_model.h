@@ -12,13 +12,16 @@
  *       weights_ms * 1000)                             compute- or weight-bound
  * + kv_read_tokens * kv_read_ns_per_token / 1000       KV the attention reads
  * + attention_pairs * attn_ns_per_pair / 1000          prefill attention math
+ * + draft_positions * draft_us_per_position            a draft model, if any
  *
  * query_tokens counts every token that goes through the model this step
  * (prefill chunk tokens, one per decode, 1 + k per speculative verify);
  * kv_read_tokens the cached tokens attention reads (each decode or verify
  * query group reads its whole context once; a prefill chunk reads the
  * context before it once); attention_pairs the (query, key) pairs of
- * prefill chunks, n * (c + (n + 1) / 2) for a chunk of n tokens after c.
+ * prefill chunks, n * (c + (n + 1) / 2) for a chunk of n tokens after c;
+ * draft_positions the sequential forward passes of a draft model (the
+ * longest draft of the batch; 0 without a draft model).
  * Every term grows with its input, so the model is monotone in each.
  * docs/simulator.md derives the defaults (Llama-3.1-8B, fp16, one H100).
  */
@@ -34,6 +37,7 @@ typedef struct sim_cost_model {
     double weights_ms;           /* reading the weights once: the floor of a step */
     double kv_read_ns_per_token; /* reading one token's K and V of every layer */
     double attn_ns_per_pair;     /* attention math per (query, key) pair */
+    double draft_us_per_position;/* one draft-model step for the whole batch */
 } sim_cost_model_t;
 
 /* What one step asks of the GPU. */
@@ -42,6 +46,7 @@ typedef struct sim_step_shape {
     uint64_t query_tokens;       /* tokens run through the model */
     uint64_t kv_read_tokens;     /* context tokens attention reads */
     uint64_t attention_pairs;    /* prefill (query, key) pairs */
+    uint32_t draft_positions;    /* draft-model steps run before this one */
 } sim_step_shape_t;
 
 /* Llama-3.1-8B in fp16 on one H100 SXM (docs/simulator.md). */

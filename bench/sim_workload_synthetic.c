@@ -298,7 +298,7 @@ sim_synthetic_params_t sim_synthetic_defaults(void)
 {
     return (sim_synthetic_params_t){
         .seed = 1,
-        .num_requests = 3000,
+        .num_requests = 10000,
         .rate = 12.0,
         .system_prompts = 8,
         .system_len = 1500,
@@ -308,7 +308,7 @@ sim_synthetic_params_t sim_synthetic_defaults(void)
         .max_output = 1024,
         .max_prompt = 32768,
         .think_s = 10.0,
-        .copy_prob = 0.3,
+        .copy_prob = 0.15,
         .abort_prob = 0.02,
         .abort_after_s = 2.0,
         .deadline_ms = 0.0,

@@ -13,7 +13,7 @@ static double cost(const sim_cost_model_t *m, uint32_t seqs, uint64_t q, uint64_
                    uint64_t pairs)
 {
     sim_step_shape_t s = {.seqs = seqs, .query_tokens = q, .kv_read_tokens = kv,
-                          .attention_pairs = pairs};
+                          .attention_pairs = pairs, .draft_positions = 2};
     return sim_step_time_us(m, &s);
 }
 
@@ -37,6 +37,9 @@ Test(sim_cost_model, monotone_in_every_input)
         cr_assert_geq(cost(&m, 8, b + 1, b, b), base);
         cr_assert_gt(cost(&m, 8, b, b + 1000, b), base);
         cr_assert_gt(cost(&m, 8, b, b, b + 1000000), base);
+        sim_step_shape_t s = {.seqs = 8, .query_tokens = b, .kv_read_tokens = b,
+                              .attention_pairs = b, .draft_positions = 3};
+        cr_assert_gt(sim_step_time_us(&m, &s), base);
     }
     /* Query tokens: flat below the weight floor, linear above it. */
     double floor_us = m.weights_ms * 1000.0;
@@ -48,13 +51,13 @@ Test(sim_cost_model, monotone_in_every_input)
 Test(sim_cost_model, monotone_in_every_parameter)
 {
     sim_cost_model_t base = sim_cost_model_default();
-    double *fields[6];
+    double *fields[7];
     sim_cost_model_t m;
     /* Shapes on both sides of the weight floor. */
     const uint64_t queries[] = {16, 8192};
     for (size_t q = 0; q < 2; q++) {
         double before = cost(&base, 16, queries[q], 50000, 1000000);
-        for (int f = 0; f < 6; f++) {
+        for (int f = 0; f < 7; f++) {
             m = base;
             fields[0] = &m.overhead_us;
             fields[1] = &m.per_seq_us;
@@ -62,6 +65,7 @@ Test(sim_cost_model, monotone_in_every_parameter)
             fields[3] = &m.weights_ms;
             fields[4] = &m.kv_read_ns_per_token;
             fields[5] = &m.attn_ns_per_pair;
+            fields[6] = &m.draft_us_per_position;
             *fields[f] *= 2.0;
             cr_assert_geq(cost(&m, 16, queries[q], 50000, 1000000), before,
                           "doubling parameter %d lowered the step time", f);
@@ -82,6 +86,7 @@ Test(sim_cost_model, shape_accumulates_prefill_and_decode)
     cr_assert_eq(s.query_tokens, 9u);
     cr_assert_eq(s.kv_read_tokens, 1010u);
     cr_assert_eq(s.attention_pairs, 50u);
+    cr_assert_eq(s.draft_positions, 0u);
 }
 
 Test(sim_cost_model, defaults_resemble_an_8b_model_on_one_h100)
@@ -91,6 +96,7 @@ Test(sim_cost_model, defaults_resemble_an_8b_model_on_one_h100)
     cr_assert_eq(sim_cost_model_validate(&m, &what), 0);
     /* Batch-1 decode at 1k context: 6-8 ms per token. */
     sim_step_shape_t one = {0};
+    cr_assert_eq(sim_step_time_us(&m, &one), 0.0);
     sim_step_add_decode(&one, 1, 1024);
     double t1 = sim_step_time_us(&m, &one);
     cr_assert(t1 > 6000.0 && t1 < 8000.0, "batch-1 decode %.0f us", t1);

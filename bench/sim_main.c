@@ -1,0 +1,423 @@
+/*
+ * sim_main.c - kvrt-sim: a simulated serving engine that drives kvrt's real
+ * scheduler, prefix cache and speculation through a workload and reports
+ * what a server would see. See docs/simulator.md and --help.
+ *
+ * Exit status: 0 when the run completed, 1 when it failed (kvrt refused the
+ * configuration or an invariant broke), 2 on bad usage or bad input.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sim_engine.h"
+#include "sim_report.h"
+#include "trace.h"
+
+typedef struct options {
+    sim_config_t config;
+    sim_synthetic_params_t synthetic;
+    const char *trace_path;
+    trace_format_t trace_format;
+    double time_scale;
+    uint32_t requests;          /* 0: the workload's default */
+    double deadline_ms;
+    bool json;
+    bool progress;
+} options_t;
+
+static void usage(FILE *out)
+{
+    sim_config_t c = sim_config_default();
+    sim_synthetic_params_t s = sim_synthetic_defaults();
+    fprintf(out,
+"usage: kvrt-sim [options]\n"
+"Simulates an LLM serving engine (Llama-3.1-8B on one H100 by default) driving\n"
+"kvrt's scheduler, prefix cache and speculative decoding through a workload,\n"
+"and prints TTFT, TPOT, throughput, prefix hit rate, preemptions and\n"
+"speculation acceptance. With no options: the synthetic workload below.\n"
+"\n"
+"workload\n"
+"  --trace FILE            replay a Mooncake JSONL or Azure CSV trace instead\n"
+"  --trace-format F        auto (by extension), mooncake or azure [auto]\n"
+"  --time-scale X          multiply trace timestamps by X (0.5: twice the rate) [1]\n"
+"  --requests N            requests to generate; with --trace, the first N [%u; all]\n"
+"  --seed N                seed of every random choice [%llu]\n"
+"  --rate R                synthetic: mean arrivals per second (Poisson) [%g]\n"
+"  --system-prompts N      synthetic: system prompts shared by conversations [%u]\n"
+"  --system-len N          synthetic: mean system prompt tokens [%u]\n"
+"  --turns X               synthetic: mean turns per conversation [%g]\n"
+"  --user-len N            synthetic: mean new user tokens per turn [%u]\n"
+"  --output-len N          synthetic: mean answer tokens [%u]\n"
+"  --max-output N          synthetic: max new tokens per request [%u]\n"
+"  --max-prompt N          synthetic: a conversation ends before passing N tokens [%u]\n"
+"  --think-time S          synthetic: mean seconds between a turn and the next [%g]\n"
+"  --copy-prob P           chance an answer run quotes the prompt [%g]\n"
+"  --abort-prob P          synthetic: chance a client aborts a request [%g]\n"
+"  --abort-after S         synthetic: mean seconds after arrival of such an abort [%g]\n"
+"  --high-priority F       synthetic: fraction of conversations at priority 1 [%g]\n"
+"  --deadline-ms D         TTFT deadline of every request, 0 for none [0]\n"
+"\n"
+"model and GPU (cost model; docs/simulator.md)\n"
+"  --overhead-us X         fixed cost of a step [%g]\n"
+"  --per-seq-us X          cost per sequence in a step [%g]\n"
+"  --prefill-us-per-token X  compute-bound cost per query token [%g]\n"
+"  --weights-ms X          reading the weights: the floor of a step [%g]\n"
+"  --kv-read-ns X          reading one token's KV, per context token [%g]\n"
+"  --attn-ns-per-pair X    prefill attention per (query, key) pair [%g]\n"
+"  --draft-us X            one draft-model step (--spec draft) [%g]\n"
+"  --kv-gb X               GPU memory for KV, 10^9 bytes [%g]\n"
+"  --layers N --kv-heads N --head-dim N   KV shape, fp16 [%u %u %u]\n"
+"  --block-tokens N        tokens per KV block [%u]\n"
+"\n"
+"scheduler\n"
+"  --max-batch-tokens N    token budget per step [%u]\n"
+"  --max-seqs N            sequences per step [%u]\n"
+"  --chunk N               longest prefill chunk [the token budget]\n"
+"  --no-watermark          admit new requests down to the last free block\n"
+"  --max-waiting N         requests queued in kvrt; later ones wait in order [%u]\n"
+"  --cache P               prefix cache policy: lru, lfu, lfu-aged or off [lru]\n"
+"  --spec M                speculation: off, ngram (kvrt's prompt lookup) or draft\n"
+"                          (a simulated draft model) [ngram]\n"
+"  --spec-k N              most draft tokens per sequence [%u]\n"
+"  --ngram-min N --ngram-max N   n-gram lengths the proposer matches [%u %u]\n"
+"  --no-adaptive-draft     always propose k drafts\n"
+"  --draft-accept P        --spec draft: chance each draft token is right [%g]\n"
+"\n"
+"output\n"
+"  --json                  one JSON object on stdout instead of the summary\n"
+"  --no-progress           no progress bar (it is drawn only on a terminal)\n"
+"  --help                  this text\n"
+"\n"
+"Exit status: 0 done, 1 the simulation failed, 2 bad usage or input.\n",
+            s.num_requests, (unsigned long long)s.seed, s.rate, s.system_prompts,
+            s.system_len, s.turns, s.user_len, s.output_len, s.max_output, s.max_prompt,
+            s.think_s, s.copy_prob, s.abort_prob, s.abort_after_s, s.high_priority,
+            c.cost.overhead_us, c.cost.per_seq_us, c.cost.prefill_us_per_token,
+            c.cost.weights_ms, c.cost.kv_read_ns_per_token, c.cost.attn_ns_per_pair,
+            c.cost.draft_us_per_position, c.kv_gb, c.num_layers, c.num_kv_heads, c.head_dim,
+            c.block_tokens, c.max_batch_tokens, c.max_seqs, c.max_waiting, c.spec_k,
+            c.ngram_min, c.ngram_max, c.draft_accept);
+}
+
+static int bad_value(const char *flag, const char *want, const char *text)
+{
+    fprintf(stderr, "kvrt-sim: --%s wants %s, got '%s' (see --help)\n", flag, want, text);
+    return -1;
+}
+
+static int parse_u32(const char *flag, const char *text, uint32_t min, uint32_t max,
+                     uint32_t *out)
+{
+    char want[64], *end;
+    snprintf(want, sizeof want, "an integer in %u..%u", min, max);
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || end == text || *end || text[0] == '-' || v < min || v > max)
+        return bad_value(flag, want, text);
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int parse_double(const char *flag, const char *text, double min, double max,
+                        double *out)
+{
+    char want[64], *end;
+    snprintf(want, sizeof want, "a number in [%g, %g]", min, max);
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || end == text || *end || !isfinite(v) || v < min || v > max)
+        return bad_value(flag, want, text);
+    *out = v;
+    return 0;
+}
+
+enum {
+    OPT_TRACE = 256, OPT_TRACE_FORMAT, OPT_TIME_SCALE, OPT_REQUESTS, OPT_SEED, OPT_RATE,
+    OPT_SYSTEM_PROMPTS, OPT_SYSTEM_LEN, OPT_TURNS, OPT_USER_LEN, OPT_OUTPUT_LEN,
+    OPT_MAX_OUTPUT, OPT_MAX_PROMPT, OPT_THINK, OPT_COPY, OPT_ABORT_PROB, OPT_ABORT_AFTER,
+    OPT_HIGH_PRIORITY, OPT_DEADLINE, OPT_OVERHEAD, OPT_PER_SEQ, OPT_PREFILL, OPT_WEIGHTS,
+    OPT_KV_READ, OPT_ATTN, OPT_DRAFT_US, OPT_KV_GB, OPT_LAYERS, OPT_KV_HEADS, OPT_HEAD_DIM,
+    OPT_BLOCK_TOKENS, OPT_BATCH_TOKENS, OPT_MAX_SEQS, OPT_CHUNK, OPT_NO_WATERMARK,
+    OPT_MAX_WAITING, OPT_CACHE, OPT_SPEC, OPT_SPEC_K, OPT_NGRAM_MIN, OPT_NGRAM_MAX,
+    OPT_NO_ADAPTIVE, OPT_DRAFT_ACCEPT, OPT_JSON, OPT_NO_PROGRESS, OPT_HELP
+};
+
+static const struct option long_options[] = {
+    {"trace", required_argument, NULL, OPT_TRACE},
+    {"trace-format", required_argument, NULL, OPT_TRACE_FORMAT},
+    {"time-scale", required_argument, NULL, OPT_TIME_SCALE},
+    {"requests", required_argument, NULL, OPT_REQUESTS},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"rate", required_argument, NULL, OPT_RATE},
+    {"system-prompts", required_argument, NULL, OPT_SYSTEM_PROMPTS},
+    {"system-len", required_argument, NULL, OPT_SYSTEM_LEN},
+    {"turns", required_argument, NULL, OPT_TURNS},
+    {"user-len", required_argument, NULL, OPT_USER_LEN},
+    {"output-len", required_argument, NULL, OPT_OUTPUT_LEN},
+    {"max-output", required_argument, NULL, OPT_MAX_OUTPUT},
+    {"max-prompt", required_argument, NULL, OPT_MAX_PROMPT},
+    {"think-time", required_argument, NULL, OPT_THINK},
+    {"copy-prob", required_argument, NULL, OPT_COPY},
+    {"abort-prob", required_argument, NULL, OPT_ABORT_PROB},
+    {"abort-after", required_argument, NULL, OPT_ABORT_AFTER},
+    {"high-priority", required_argument, NULL, OPT_HIGH_PRIORITY},
+    {"deadline-ms", required_argument, NULL, OPT_DEADLINE},
+    {"overhead-us", required_argument, NULL, OPT_OVERHEAD},
+    {"per-seq-us", required_argument, NULL, OPT_PER_SEQ},
+    {"prefill-us-per-token", required_argument, NULL, OPT_PREFILL},
+    {"weights-ms", required_argument, NULL, OPT_WEIGHTS},
+    {"kv-read-ns", required_argument, NULL, OPT_KV_READ},
+    {"attn-ns-per-pair", required_argument, NULL, OPT_ATTN},
+    {"draft-us", required_argument, NULL, OPT_DRAFT_US},
+    {"kv-gb", required_argument, NULL, OPT_KV_GB},
+    {"layers", required_argument, NULL, OPT_LAYERS},
+    {"kv-heads", required_argument, NULL, OPT_KV_HEADS},
+    {"head-dim", required_argument, NULL, OPT_HEAD_DIM},
+    {"block-tokens", required_argument, NULL, OPT_BLOCK_TOKENS},
+    {"max-batch-tokens", required_argument, NULL, OPT_BATCH_TOKENS},
+    {"max-seqs", required_argument, NULL, OPT_MAX_SEQS},
+    {"chunk", required_argument, NULL, OPT_CHUNK},
+    {"no-watermark", no_argument, NULL, OPT_NO_WATERMARK},
+    {"max-waiting", required_argument, NULL, OPT_MAX_WAITING},
+    {"cache", required_argument, NULL, OPT_CACHE},
+    {"spec", required_argument, NULL, OPT_SPEC},
+    {"spec-k", required_argument, NULL, OPT_SPEC_K},
+    {"ngram-min", required_argument, NULL, OPT_NGRAM_MIN},
+    {"ngram-max", required_argument, NULL, OPT_NGRAM_MAX},
+    {"no-adaptive-draft", no_argument, NULL, OPT_NO_ADAPTIVE},
+    {"draft-accept", required_argument, NULL, OPT_DRAFT_ACCEPT},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+    {"help", no_argument, NULL, OPT_HELP},
+    {NULL, 0, NULL, 0},
+};
+
+static int parse_choice(const char *flag, const char *text, const char *const *names,
+                        int count, const char *want)
+{
+    for (int i = 0; i < count; i++)
+        if (strcmp(text, names[i]) == 0)
+            return i;
+    return bad_value(flag, want, text);
+}
+
+/* One option; 0 on success, -1 after printing what is wrong. */
+static int apply_option(options_t *o, int opt, const char *arg)
+{
+    sim_config_t *c = &o->config;
+    sim_synthetic_params_t *s = &o->synthetic;
+    const double big = 1e9;
+    uint32_t u;
+    switch (opt) {
+    case OPT_TRACE: o->trace_path = arg; return 0;
+    case OPT_TRACE_FORMAT:
+        return trace_format_parse(arg, &o->trace_format) == 0
+                   ? 0 : bad_value("trace-format", "auto, mooncake or azure", arg);
+    case OPT_TIME_SCALE: return parse_double("time-scale", arg, 1e-6, 1e6, &o->time_scale);
+    case OPT_REQUESTS: return parse_u32("requests", arg, 1, 1u << 24, &o->requests);
+    case OPT_SEED: {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(arg, &end, 0);
+        if (errno || end == arg || *end || arg[0] == '-')
+            return bad_value("seed", "an unsigned 64-bit integer", arg);
+        s->seed = c->seed = v;
+        return 0;
+    }
+    case OPT_RATE: return parse_double("rate", arg, 1e-6, 1e6, &s->rate);
+    case OPT_SYSTEM_PROMPTS:
+        return parse_u32("system-prompts", arg, 1, 4096, &s->system_prompts);
+    case OPT_SYSTEM_LEN: return parse_u32("system-len", arg, 1, 1u << 22, &s->system_len);
+    case OPT_TURNS: return parse_double("turns", arg, 1.0, 100.0, &s->turns);
+    case OPT_USER_LEN: return parse_u32("user-len", arg, 1, 1u << 22, &s->user_len);
+    case OPT_OUTPUT_LEN: return parse_u32("output-len", arg, 1, 1u << 22, &s->output_len);
+    case OPT_MAX_OUTPUT: return parse_u32("max-output", arg, 1, 1u << 22, &s->max_output);
+    case OPT_MAX_PROMPT: return parse_u32("max-prompt", arg, 64, 1u << 24, &s->max_prompt);
+    case OPT_THINK: return parse_double("think-time", arg, 0.0, 1e6, &s->think_s);
+    case OPT_COPY: return parse_double("copy-prob", arg, 0.0, 1.0, &s->copy_prob);
+    case OPT_ABORT_PROB: return parse_double("abort-prob", arg, 0.0, 1.0, &s->abort_prob);
+    case OPT_ABORT_AFTER: return parse_double("abort-after", arg, 0.0, 1e6, &s->abort_after_s);
+    case OPT_HIGH_PRIORITY:
+        return parse_double("high-priority", arg, 0.0, 1.0, &s->high_priority);
+    case OPT_DEADLINE: return parse_double("deadline-ms", arg, 0.0, 1e9, &o->deadline_ms);
+    case OPT_OVERHEAD: return parse_double("overhead-us", arg, 0.0, big, &c->cost.overhead_us);
+    case OPT_PER_SEQ: return parse_double("per-seq-us", arg, 0.0, big, &c->cost.per_seq_us);
+    case OPT_PREFILL:
+        return parse_double("prefill-us-per-token", arg, 0.0, big,
+                            &c->cost.prefill_us_per_token);
+    case OPT_WEIGHTS: return parse_double("weights-ms", arg, 0.0, big, &c->cost.weights_ms);
+    case OPT_KV_READ:
+        return parse_double("kv-read-ns", arg, 0.0, big, &c->cost.kv_read_ns_per_token);
+    case OPT_ATTN:
+        return parse_double("attn-ns-per-pair", arg, 0.0, big, &c->cost.attn_ns_per_pair);
+    case OPT_DRAFT_US:
+        return parse_double("draft-us", arg, 0.0, big, &c->cost.draft_us_per_position);
+    case OPT_KV_GB: return parse_double("kv-gb", arg, 1e-6, 1e6, &c->kv_gb);
+    case OPT_LAYERS: return parse_u32("layers", arg, 1, 1024, &c->num_layers);
+    case OPT_KV_HEADS: return parse_u32("kv-heads", arg, 1, 1024, &c->num_kv_heads);
+    case OPT_HEAD_DIM: return parse_u32("head-dim", arg, 1, 1024, &c->head_dim);
+    case OPT_BLOCK_TOKENS:
+        if (parse_u32("block-tokens", arg, 1, 4096, &u) != 0)
+            return -1;
+        if (u & (u - 1))
+            return bad_value("block-tokens", "a power of two in 1..4096", arg);
+        c->block_tokens = u;
+        return 0;
+    case OPT_BATCH_TOKENS:
+        return parse_u32("max-batch-tokens", arg, 1, 1u << 24, &c->max_batch_tokens);
+    case OPT_MAX_SEQS: return parse_u32("max-seqs", arg, 1, 65536, &c->max_seqs);
+    case OPT_CHUNK: return parse_u32("chunk", arg, 1, 1u << 24, &c->chunk_tokens);
+    case OPT_NO_WATERMARK: c->watermark = 0; return 0;
+    case OPT_MAX_WAITING: return parse_u32("max-waiting", arg, 1, 1u << 22, &c->max_waiting);
+    case OPT_CACHE: {
+        static const char *const names[] = {"lru", "lfu", "lfu-aged", "off"};
+        static const kvrt_cache_policy_t policies[] = {KVRT_CACHE_LRU, KVRT_CACHE_LFU,
+                                                       KVRT_CACHE_LFU_AGED, KVRT_CACHE_LRU};
+        int i = parse_choice("cache", arg, names, 4, "lru, lfu, lfu-aged or off");
+        if (i < 0)
+            return -1;
+        c->prefix_cache = i != 3;
+        c->cache_policy = policies[i];
+        return 0;
+    }
+    case OPT_SPEC: {
+        static const char *const names[] = {"off", "ngram", "draft"};
+        int i = parse_choice("spec", arg, names, 3, "off, ngram or draft");
+        if (i < 0)
+            return -1;
+        c->spec = (sim_spec_mode_t)i;
+        return 0;
+    }
+    case OPT_SPEC_K: return parse_u32("spec-k", arg, 1, KVRT_SCHED_MAX_DRAFT, &c->spec_k);
+    case OPT_NGRAM_MIN:
+        return parse_u32("ngram-min", arg, 1, KVRT_SCHED_MAX_NGRAM, &c->ngram_min);
+    case OPT_NGRAM_MAX:
+        return parse_u32("ngram-max", arg, 1, KVRT_SCHED_MAX_NGRAM, &c->ngram_max);
+    case OPT_NO_ADAPTIVE: c->adaptive_draft = 0; return 0;
+    case OPT_DRAFT_ACCEPT: return parse_double("draft-accept", arg, 0.0, 1.0, &c->draft_accept);
+    case OPT_JSON: o->json = true; return 0;
+    case OPT_NO_PROGRESS: o->progress = false; return 0;
+    default: return -1;
+    }
+}
+
+/* Returns 0 to run, 1 after --help, -1 on bad usage. */
+static int parse_options(int argc, char **argv, options_t *o)
+{
+    *o = (options_t){.config = sim_config_default(),
+                     .synthetic = sim_synthetic_defaults(),
+                     .trace_format = TRACE_FORMAT_AUTO,
+                     .time_scale = 1.0,
+                     .progress = true};
+    int opt;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
+        if (opt == OPT_HELP) {
+            usage(stdout);
+            return 1;
+        }
+        if (opt == '?' || opt == ':') {
+            if (optopt)
+                fprintf(stderr, "kvrt-sim: option '%s' needs a value (see --help)\n",
+                        argv[optind - 1]);
+            else
+                fprintf(stderr, "kvrt-sim: unknown option '%s' (see --help)\n",
+                        argv[optind - 1]);
+            return -1;
+        }
+        if (apply_option(o, opt, optarg) != 0)
+            return -1;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "kvrt-sim: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return -1;
+    }
+    if (o->config.ngram_min > o->config.ngram_max) {
+        fprintf(stderr, "kvrt-sim: --ngram-min %u is above --ngram-max %u\n",
+                o->config.ngram_min, o->config.ngram_max);
+        return -1;
+    }
+    if (o->requests)
+        o->synthetic.num_requests = o->requests;
+    o->synthetic.deadline_ms = o->deadline_ms;
+    return 0;
+}
+
+static int make_workload(const options_t *o, trace_t *trace, sim_workload_t **workload,
+                         char *describe, size_t describe_size)
+{
+    char error[512];
+    if (!o->trace_path) {
+        const sim_synthetic_params_t *s = &o->synthetic;
+        if (sim_workload_synthetic(s, workload, error, sizeof error) != 0) {
+            fprintf(stderr, "kvrt-sim: %s\n", error);
+            return -1;
+        }
+        snprintf(describe, describe_size,
+                 "synthetic: %u requests at %g/s, conversations of %g turns over %u system "
+                 "prompts, seed %llu",
+                 s->num_requests, s->rate, s->turns, s->system_prompts,
+                 (unsigned long long)s->seed);
+        return 0;
+    }
+    if (trace_load(o->trace_path, o->trace_format, trace, error, sizeof error) != 0) {
+        fprintf(stderr, "kvrt-sim: %s\n", error);
+        return -1;
+    }
+    sim_trace_params_t tp = {.seed = o->synthetic.seed, .time_scale = o->time_scale,
+                             .max_requests = o->requests,
+                             .copy_prob = o->synthetic.copy_prob,
+                             .deadline_ms = o->deadline_ms};
+    if (sim_workload_trace(trace, &tp, workload, error, sizeof error) != 0) {
+        fprintf(stderr, "kvrt-sim: %s: %s\n", o->trace_path, error);
+        return -1;
+    }
+    snprintf(describe, describe_size, "trace %s (%s): %llu requests, time scale %g",
+             o->trace_path, trace->format == TRACE_FORMAT_AZURE ? "azure" : "mooncake",
+             (unsigned long long)sim_workload_planned(*workload), o->time_scale);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    options_t o;
+    int parsed = parse_options(argc, argv, &o);
+    if (parsed != 0)
+        return parsed > 0 ? 0 : 2;
+    char error[512];
+    if (sim_config_validate(&o.config, error, sizeof error) != 0) {
+        fprintf(stderr, "kvrt-sim: %s\n", error);
+        return 2;
+    }
+    trace_t trace = {0};
+    sim_workload_t *workload = NULL;
+    char describe[512];
+    if (make_workload(&o, &trace, &workload, describe, sizeof describe) != 0) {
+        trace_free(&trace);
+        return 2;
+    }
+    sim_progress_bar_t bar;
+    sim_progress_bar_init(&bar, stderr, o.progress);
+    sim_results_t results;
+    int rc = sim_run(&o.config, workload, sim_progress_bar_update, &bar, &results, error,
+                     sizeof error);
+    sim_workload_destroy(workload);
+    trace_free(&trace);
+    if (rc != 0) {
+        fprintf(stderr, "%skvrt-sim: %s\n", bar.drawn ? "\r\033[K" : "", error);
+        return 1;
+    }
+    if (o.json) {
+        if (sim_report_json(stdout, describe, &o.config, &results) != 0) {
+            fprintf(stderr, "kvrt-sim: out of memory writing JSON\n");
+            return 1;
+        }
+    } else {
+        sim_report_text(stdout, describe, &o.config, &results);
+    }
+    return fflush(stdout) == 0 ? 0 : 1;
+}
