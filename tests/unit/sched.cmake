@@ -1,1 +1,2 @@
 kvrt_add_test(unit test_sched_requests DEPS sched)
+kvrt_add_test(unit test_sched_spec DEPS sched)

@@ -1,0 +1,339 @@
+/*
+ * test_sched_spec.c - speculative decoding queues: engine drafts planned
+ * with KV slots, acceptance and bonus tokens, rollback that leaves the
+ * block table and the prefix cache exactly as if the rejected drafts had
+ * never been appended, the n-gram proposer, adaptive draft length, back-off
+ * under the token budget, and refused bad speculative calls.
+ */
+#include <string.h>
+
+#include "test_helpers.h"
+
+typedef struct fixture {
+    kvrt_ctx_t *ctx;
+    kvrt_pool_t *pool;
+    kvrt_cache_t *cache;
+    kvrt_sched_t *sched;
+} fixture_t;
+
+static fixture_t open_fixture(uint32_t draft, bool ngram, uint32_t budget)
+{
+    fixture_t f = {0};
+    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
+    f.pool = test_pool(f.ctx, 256, 4);
+    ASSERT_OK(f.ctx, kvrt_cache_create(f.pool, NULL, &f.cache));
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_DRAFT |
+                                            KVRT_SCHED_PARAM_MAX_BATCH_TOKENS,
+                              .max_draft_tokens = draft, .max_batch_tokens = budget};
+    if (ngram) {
+        sp.field_mask |= KVRT_SCHED_PARAM_NGRAM;
+        sp.ngram_min = 2;
+        sp.ngram_max = 3;
+    }
+    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, f.cache, &sp, &f.sched));
+    return f;
+}
+
+static void close_fixture(fixture_t *f)
+{
+    ASSERT_OK(f->ctx, kvrt_pool_verify(f->pool));
+    ASSERT_OK(f->ctx, kvrt_cache_verify(f->cache));
+    kvrt_pool_info_t info;
+    ASSERT_OK(f->ctx, kvrt_pool_info(f->pool, &info));
+    cr_assert_eq(info.used_blocks, 0, "blocks leaked: %u", info.used_blocks);
+    kvrt_sched_destroy(f->sched);
+    kvrt_cache_destroy(f->cache);
+    kvrt_ctx_destroy(f->ctx);
+}
+
+static kvrt_seq_id_t add(fixture_t *f, const int32_t *prompt, uint32_t n, uint32_t max_new)
+{
+    kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = n, .max_new_tokens = max_new};
+    kvrt_seq_id_t id;
+    ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &id));
+    return id;
+}
+
+/* One step for a single request: commits `accepted` drafts and `bonus`. */
+static const kvrt_batch_plan_t *step_one(fixture_t *f, uint32_t accepted, int32_t bonus)
+{
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f->ctx, kvrt_sched_step(f->sched, 0, &plan));
+    cr_assert_eq(plan->num_seqs, 1);
+    int32_t tokens[32];
+    const kvrt_plan_seq_t *e = &plan->seqs[0];
+    if (accepted == UINT32_MAX)
+        accepted = e->num_drafts; /* all of them */
+    cr_assert_leq(accepted, e->num_drafts);
+    const int32_t *drafts = plan->input_tokens + e->num_new_tokens - e->num_drafts;
+    for (uint32_t j = 0; j < accepted; j++)
+        tokens[j] = drafts[j];
+    tokens[accepted] = bonus;
+    uint32_t acc[1] = {accepted};
+    kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step, .num_seqs = 1,
+                       .num_tokens = e->sample ? accepted + 1 : 0, .tokens = tokens,
+                       .num_accepted = acc};
+    ASSERT_OK(f->ctx, kvrt_sched_commit(f->sched, &c));
+    return plan;
+}
+
+Test(sched_spec, engine_drafts_get_slots_and_accepted_ones_are_kept)
+{
+    fixture_t f = open_fixture(4, false, 8192);
+    int32_t prompt[6] = {1, 2, 3, 4, 5, 6};
+    kvrt_seq_id_t id = add(&f, prompt, 6, 50);
+    step_one(&f, 0, 10);
+    int32_t draft[4] = {11, 12, 13, 14};
+    ASSERT_OK(f.ctx, kvrt_seq_set_draft(f.sched, id, draft, 4));
+    const kvrt_batch_plan_t *plan = step_one(&f, 4, 15);
+    const kvrt_plan_seq_t *e = &plan->seqs[0];
+    cr_assert_eq(e->kind, KVRT_PLAN_SPEC);
+    cr_assert_eq(e->num_drafts, 4);
+    cr_assert_eq(e->num_new_tokens, 5);
+    cr_assert_eq(e->num_computed_tokens, 6);
+    cr_assert_eq(plan->input_tokens[0], 10);
+    cr_assert_eq(plan->input_tokens[4], 14);
+    cr_assert_eq(plan->positions[4], 10);
+    cr_assert_eq(plan->num_draft_tokens, 4);
+    kvrt_seq_info_t info;
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, id, &info));
+    cr_assert_eq(info.output_tokens, 6);
+    cr_assert_eq(info.computed_tokens, 11);
+    cr_assert_eq(info.output[5], 15);
+    cr_assert_eq(info.spec_accepted, 4);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.spec_proposed, 4);
+    cr_assert_eq(st.spec_verifications, 1);
+    cr_assert_float_eq(st.spec_mean_accepted, 4.0, 1e-9);
+    /* A draft is consumed by the step that used it. */
+    plan = step_one(&f, 0, 16);
+    cr_assert_eq(plan->seqs[0].kind, KVRT_PLAN_DECODE);
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, id));
+    uint32_t n;
+    kvrt_seq_info_t ev[1];
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 1, &n));
+    close_fixture(&f);
+}
+
+typedef struct snapshot {
+    uint32_t computed, table_tokens, table_blocks, used, cached;
+    uint64_t inserts, cache_blocks;
+    int32_t output[64];
+    uint32_t outputs;
+} snapshot_t;
+
+static snapshot_t snap(fixture_t *f, kvrt_seq_id_t id)
+{
+    snapshot_t s = {0};
+    kvrt_seq_info_t info;
+    ASSERT_OK(f->ctx, kvrt_seq_info(f->sched, id, &info));
+    s.computed = info.computed_tokens;
+    s.outputs = info.output_tokens;
+    memcpy(s.output, info.output, info.output_tokens * sizeof(int32_t));
+    ASSERT_OK(f->ctx, kvrt_seq_blocks(f->sched, id, NULL, &s.table_blocks, &s.table_tokens));
+    kvrt_pool_info_t pi;
+    ASSERT_OK(f->ctx, kvrt_pool_info(f->pool, &pi));
+    s.used = pi.used_blocks;
+    s.cached = pi.cached_blocks;
+    kvrt_cache_stats_t cs;
+    ASSERT_OK(f->ctx, kvrt_cache_stats(f->cache, &cs));
+    s.inserts = cs.inserts;
+    s.cache_blocks = cs.cached_blocks;
+    return s;
+}
+
+static int32_t truth(uint32_t i) { return (int32_t)(100 + (i * 7) % 13); }
+
+Test(sched_spec, rollback_is_as_if_rejected_drafts_never_existed)
+{
+    fixture_t a = open_fixture(4, false, 8192); /* speculates, rejects a lot */
+    fixture_t b = open_fixture(0, false, 8192); /* plain decoding */
+    int32_t prompt[7] = {9, 8, 7, 6, 5, 4, 3};
+    kvrt_seq_id_t ida = add(&a, prompt, 7, 40), idb = add(&b, prompt, 7, 40);
+    uint32_t out_a = 0, out_b = 0;
+    step_one(&a, 0, truth(out_a++));
+    step_one(&b, 0, truth(out_b++));
+    uint64_t rng = 77;
+    for (int round = 0; round < 12; round++) {
+        /* Drafts: the first `good` right, the rest wrong, accepted count
+         * chosen so block boundaries are crossed and rolled back. */
+        uint32_t d = 1 + test_rand_below(&rng, 4), good = test_rand_below(&rng, d + 1);
+        int32_t draft[4];
+        for (uint32_t j = 0; j < d; j++)
+            draft[j] = j < good ? truth(out_a + j) : 999;
+        ASSERT_OK(a.ctx, kvrt_seq_set_draft(a.sched, ida, draft, d));
+        step_one(&a, good, truth(out_a + good));
+        out_a += good + 1;
+        while (out_b < out_a)
+            step_one(&b, 0, truth(out_b++));
+        snapshot_t sa = snap(&a, ida), sb = snap(&b, idb);
+        cr_assert_eq(sa.outputs, sb.outputs);
+        cr_assert_arr_eq(sa.output, sb.output, sa.outputs * sizeof(int32_t));
+        cr_assert_eq(sa.computed, sb.computed, "round %d", round);
+        cr_assert_eq(sa.table_tokens, sb.table_tokens, "round %d", round);
+        cr_assert_eq(sa.table_blocks, sb.table_blocks, "round %d", round);
+        cr_assert_eq(sa.used, sb.used, "round %d: %u vs %u used blocks", round, sa.used, sb.used);
+        cr_assert_eq(sa.inserts, sb.inserts, "round %d: cache inserts", round);
+        cr_assert_eq(sa.cache_blocks, sb.cache_blocks);
+        ASSERT_OK(a.ctx, kvrt_pool_verify(a.pool));
+    }
+    /* The rejected token (999) never reached a's cache: the true sequence is
+     * matched in full, and in a's cache exactly as in b's. */
+    int32_t seq[7 + 64];
+    memcpy(seq, prompt, sizeof(prompt));
+    for (uint32_t i = 0; i < out_a; i++)
+        seq[7 + i] = truth(i);
+    int32_t blocks[32];
+    kvrt_cache_match_t ma, mb;
+    ASSERT_OK(a.ctx, kvrt_cache_match(a.cache, seq, 7 + out_a, NULL, 32, blocks, NULL, &ma));
+    ASSERT_OK(a.ctx, kvrt_pool_free(a.pool, ma.num_blocks, blocks));
+    ASSERT_OK(b.ctx, kvrt_cache_match(b.cache, seq, 7 + out_a, NULL, 32, blocks, NULL, &mb));
+    ASSERT_OK(b.ctx, kvrt_pool_free(b.pool, mb.num_blocks, blocks));
+    cr_assert_eq(ma.num_blocks, mb.num_blocks);
+    cr_assert_eq(ma.num_tokens, (snap(&a, ida).computed / 4) * 4);
+    kvrt_seq_abort(a.sched, ida);
+    kvrt_seq_abort(b.sched, idb);
+    uint32_t n;
+    kvrt_seq_info_t ev[1];
+    ASSERT_OK(a.ctx, kvrt_sched_drain_ended(a.sched, ev, 1, &n));
+    ASSERT_OK(b.ctx, kvrt_sched_drain_ended(b.sched, ev, 1, &n));
+    close_fixture(&a);
+    close_fixture(&b);
+}
+
+Test(sched_spec, ngram_proposer_continues_the_latest_longest_match)
+{
+    fixture_t f = open_fixture(3, true, 8192);
+    /* ... 7 8 9 | 1 2 3 4 5 | 7 8 9 | 6 6 | 7 8 -> the suffix "7 8" matches
+     * at two places; the latest is followed by 9 6 6. */
+    int32_t prompt[] = {7, 8, 9, 1, 2, 3, 4, 5, 7, 8, 9, 6, 6, 7};
+    kvrt_seq_id_t id = add(&f, prompt, sizeof(prompt) / sizeof(prompt[0]), 20);
+    step_one(&f, 0, 8); /* prefill; sampled 8 */
+    const kvrt_batch_plan_t *plan = step_one(&f, 3, 1);
+    const kvrt_plan_seq_t *e = &plan->seqs[0];
+    cr_assert_eq(e->kind, KVRT_PLAN_SPEC);
+    cr_assert_eq(e->num_drafts, 3);
+    cr_assert_eq(plan->input_tokens[0], 8);
+    cr_assert_eq(plan->input_tokens[1], 9);
+    cr_assert_eq(plan->input_tokens[2], 6);
+    cr_assert_eq(plan->input_tokens[3], 6);
+    /* Now "... 6 6 1": no earlier "6 1" or longer match: plain decode. */
+    plan = step_one(&f, 0, 2);
+    cr_assert_eq(plan->seqs[0].kind, KVRT_PLAN_DECODE);
+    kvrt_seq_abort(f.sched, id);
+    uint32_t n;
+    kvrt_seq_info_t ev[1];
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 1, &n));
+    close_fixture(&f);
+}
+
+Test(sched_spec, draft_length_adapts_to_acceptance)
+{
+    fixture_t f = open_fixture(4, false, 8192);
+    int32_t prompt[3] = {1, 2, 3};
+    kvrt_seq_id_t id = add(&f, prompt, 3, 200);
+    step_one(&f, 0, 4);
+    int32_t draft[4] = {50, 51, 52, 53};
+    kvrt_seq_info_t info;
+    for (int k = 0; k < 20; k++) {
+        ASSERT_OK(f.ctx, kvrt_seq_set_draft(f.sched, id, draft, 4));
+        step_one(&f, 0, 4);
+    }
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, id, &info));
+    cr_assert_eq(info.draft_length, 1, "never accepted: shrinks to 1, got %u",
+                 info.draft_length);
+    uint32_t longest = 0;
+    for (int k = 0; k < 30; k++) {
+        ASSERT_OK(f.ctx, kvrt_seq_set_draft(f.sched, id, draft, 4));
+        const kvrt_batch_plan_t *plan = step_one(&f, UINT32_MAX, 0);
+        if (plan->seqs[0].num_drafts > longest)
+            longest = plan->seqs[0].num_drafts;
+    }
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, id, &info));
+    cr_assert_eq(info.draft_length, 4, "always accepted: grows back to k, got %u",
+                 info.draft_length);
+    cr_assert_eq(longest, 4);
+    kvrt_seq_abort(f.sched, id);
+    uint32_t n;
+    kvrt_seq_info_t ev[1];
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 1, &n));
+    close_fixture(&f);
+}
+
+Test(sched_spec, drafts_back_off_when_the_budget_binds)
+{
+    fixture_t f = open_fixture(4, false, 24);
+    kvrt_seq_id_t ids[8];
+    for (int i = 0; i < 8; i++) {
+        int32_t prompt[2] = {i, i + 1};
+        ids[i] = add(&f, prompt, 2, 100);
+    }
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 0, &plan));
+    int32_t tokens[64] = {0};
+    kvrt_commit_t c = {.step = plan->step, .num_seqs = 8, .num_tokens = 8, .tokens = tokens};
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+    int32_t draft[4] = {1, 2, 3, 4};
+    for (int i = 0; i < 8; i++)
+        ASSERT_OK(f.ctx, kvrt_seq_set_draft(f.sched, ids[i], draft, 4));
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 1, &plan));
+    /* 8 decodes leave 16 tokens of slack: 2 drafts each, not 4. */
+    cr_assert_eq(plan->num_seqs, 8);
+    cr_assert_leq(plan->num_tokens, 24);
+    for (uint32_t i = 0; i < 8; i++)
+        cr_assert_eq(plan->seqs[i].num_drafts, 2);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.spec_backoff_tokens, 16);
+    uint32_t acc[8] = {0};
+    c = (kvrt_commit_t){.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step, .num_seqs = 8,
+                        .num_tokens = 8, .tokens = tokens, .num_accepted = acc};
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+    for (int i = 0; i < 8; i++)
+        kvrt_seq_abort(f.sched, ids[i]);
+    uint32_t n;
+    kvrt_seq_info_t ev[8];
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 8, &n));
+    cr_assert_eq(n, 8);
+    close_fixture(&f);
+}
+
+Test(sched_spec, bad_speculative_calls_are_refused)
+{
+    fixture_t f = open_fixture(2, false, 8192);
+    int32_t prompt[3] = {1, 2, 3}, draft[3] = {5, 6, 7};
+    kvrt_seq_id_t id = add(&f, prompt, 3, 20);
+    ASSERT_STATUS(KVRT_ERR_BAD_STATE, kvrt_seq_set_draft(f.sched, id, draft, 1));
+    step_one(&f, 0, 4);
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_set_draft(f.sched, id, draft, 3));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_set_draft(f.sched, id, NULL, 1));
+    ASSERT_OK(f.ctx, kvrt_seq_set_draft(f.sched, id, draft, 2));
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 0, &plan));
+    int32_t tokens[4] = {5, 9, 8, 0};
+    uint32_t acc[1] = {3};
+    kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step, .num_seqs = 1,
+                       .num_tokens = 4, .tokens = tokens, .num_accepted = acc};
+    ASSERT_STATUS(KVRT_ERR_TOKEN_COUNT, kvrt_sched_commit(f.sched, &c)); /* 3 > 2 drafts */
+    acc[0] = 2;
+    c.num_tokens = 3;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_commit(f.sched, &c)); /* 9 != draft 6 */
+    c.num_accepted = NULL;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_commit(f.sched, &c));
+    c.num_accepted = acc;
+    acc[0] = 1;
+    c.num_tokens = 2;
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+    kvrt_seq_info_t info;
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, id, &info));
+    cr_assert_eq(info.output_tokens, 3);
+    cr_assert_eq(info.computed_tokens, 5);
+    cr_assert_eq(info.output[1], 5);
+    cr_assert_eq(info.output[2], 9);
+    kvrt_seq_abort(f.sched, id);
+    uint32_t n;
+    kvrt_seq_info_t ev[1];
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 1, &n));
+    close_fixture(&f);
+}
