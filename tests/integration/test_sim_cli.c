@@ -1,0 +1,171 @@
+/*
+ * test_sim_cli.c - the kvrt-sim program as a user meets it: --help lists
+ * every flag, bad flags and values exit 2 with a message naming them, a
+ * bad trace names its line, and a small run prints one JSON object whose
+ * figures add up.
+ */
+#include <cJSON.h>
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct output {
+    int status;
+    char *out;
+    char *err;
+} output_t;
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    size_t n;
+    while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += n;
+        if (cap - len < 1024)
+            buf = realloc(buf, cap *= 2);
+    }
+    buf[len] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* Runs kvrt-sim with args (NULL-terminated), capturing stdout and stderr. */
+static output_t run(const char *const *args)
+{
+    char out_path[] = "/tmp/kvrt-sim-cli-out-XXXXXX";
+    char err_path[] = "/tmp/kvrt-sim-cli-err-XXXXXX";
+    int out_fd = mkstemp(out_path), err_fd = mkstemp(err_path);
+    cr_assert(out_fd >= 0 && err_fd >= 0);
+    const char *argv[64] = {KVRT_SIM_PATH};
+    int argc = 1;
+    for (; args[argc - 1] && argc < 63; argc++)
+        argv[argc] = args[argc - 1];
+    argv[argc] = NULL;
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(out_fd, 1);
+        dup2(err_fd, 2);
+        execv(KVRT_SIM_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    close(out_fd);
+    close(err_fd);
+    output_t o = {.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128,
+                  .out = slurp(out_path), .err = slurp(err_path)};
+    unlink(out_path);
+    unlink(err_path);
+    return o;
+}
+
+static void release(output_t *o)
+{
+    free(o->out);
+    free(o->err);
+}
+
+static void expect_usage_error(const char *const *args, const char *mentions)
+{
+    output_t o = run(args);
+    cr_assert_eq(o.status, 2, "exit %d for %s; stderr: %s", o.status, args[0], o.err);
+    cr_assert(strstr(o.err, mentions) != NULL, "stderr lacks '%s': %s", mentions, o.err);
+    cr_assert_eq(o.out[0], '\0', "bad usage printed to stdout: %s", o.out);
+    release(&o);
+}
+
+Test(sim_cli, help_lists_every_flag)
+{
+    output_t o = run((const char *const[]){"--help", NULL});
+    cr_assert_eq(o.status, 0);
+    const char *flags[] = {"--trace", "--trace-format", "--time-scale", "--requests", "--seed",
+                           "--rate", "--system-prompts", "--system-len", "--turns",
+                           "--user-len", "--output-len", "--max-output", "--max-prompt",
+                           "--think-time", "--copy-prob", "--abort-prob", "--abort-after",
+                           "--high-priority", "--deadline-ms", "--overhead-us", "--per-seq-us",
+                           "--prefill-us-per-token", "--weights-ms", "--kv-read-ns",
+                           "--attn-ns-per-pair", "--draft-us", "--kv-gb", "--layers",
+                           "--kv-heads", "--head-dim", "--block-tokens", "--max-batch-tokens",
+                           "--max-seqs", "--chunk", "--no-watermark", "--max-waiting",
+                           "--cache", "--spec", "--spec-k", "--ngram-min", "--ngram-max",
+                           "--no-adaptive-draft", "--draft-accept", "--json", "--no-progress"};
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+        cr_assert(strstr(o.out, flags[i]) != NULL, "--help does not mention %s", flags[i]);
+    release(&o);
+}
+
+Test(sim_cli, bad_flags_and_values_exit_2)
+{
+    expect_usage_error((const char *const[]){"--bogus", NULL}, "unknown option '--bogus'");
+    expect_usage_error((const char *const[]){"--rate", "fast", NULL}, "--rate");
+    expect_usage_error((const char *const[]){"--requests", "0", NULL}, "--requests");
+    expect_usage_error((const char *const[]){"--requests", "-5", NULL}, "--requests");
+    expect_usage_error((const char *const[]){"--copy-prob", "1.5", NULL}, "--copy-prob");
+    expect_usage_error((const char *const[]){"--block-tokens", "24", NULL}, "power of two");
+    expect_usage_error((const char *const[]){"--spec", "magic", NULL}, "off, ngram or draft");
+    expect_usage_error((const char *const[]){"--cache", "fifo", NULL}, "lru, lfu");
+    expect_usage_error((const char *const[]){"--ngram-min", "4", "--ngram-max", "2", NULL},
+                       "--ngram-min");
+    expect_usage_error((const char *const[]){"--kv-gb", "0.001", NULL}, "fewer than 16");
+    expect_usage_error((const char *const[]){"stray", NULL}, "unexpected argument 'stray'");
+    expect_usage_error((const char *const[]){"--rate", NULL}, "needs a value");
+    expect_usage_error((const char *const[]){"--trace", "/nonexistent/trace.jsonl", NULL},
+                       "/nonexistent/trace.jsonl");
+}
+
+Test(sim_cli, malformed_trace_names_its_line)
+{
+    char path[] = "/tmp/kvrt-sim-cli-XXXXXX.jsonl";
+    int fd = mkstemps(path, 6);
+    const char *text =
+        "{\"timestamp\": 0, \"input_length\": 10, \"output_length\": 1, \"hash_ids\": [0]}\n"
+        "{\"timestamp\": 5, \"input_length\": 10, \"output_length\": 1}\n";
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    expect_usage_error((const char *const[]){"--trace", path, NULL}, ":2:");
+    unlink(path);
+}
+
+Test(sim_cli, json_run_adds_up)
+{
+    output_t o = run((const char *const[]){"--requests", "60", "--json", "--seed", "4", NULL});
+    cr_assert_eq(o.status, 0, "stderr: %s", o.err);
+    cJSON *root = cJSON_Parse(o.out);
+    cr_assert_not_null(root, "not JSON: %s", o.out);
+    const cJSON *req = cJSON_GetObjectItem(root, "requests");
+    double submitted = cJSON_GetObjectItem(req, "submitted")->valuedouble;
+    double ended = cJSON_GetObjectItem(req, "finished")->valuedouble +
+                   cJSON_GetObjectItem(req, "aborted")->valuedouble +
+                   cJSON_GetObjectItem(req, "failed")->valuedouble +
+                   cJSON_GetObjectItem(req, "rejected")->valuedouble;
+    cr_assert_eq(submitted, 60.0);
+    cr_assert_eq(ended, 60.0);
+    const cJSON *ttft = cJSON_GetObjectItem(root, "ttft_ms");
+    cr_assert_gt(cJSON_GetObjectItem(ttft, "p99")->valuedouble, 0.0);
+    cr_assert_not_null(cJSON_GetObjectItem(root, "speculation"));
+    cr_assert_not_null(cJSON_GetObjectItem(root, "prefix_cache"));
+    cr_assert_not_null(cJSON_GetObjectItem(root, "simulator"));
+    /* Not a terminal: no progress bar, nothing on stderr. */
+    cr_assert_eq(o.err[0], '\0', "stderr: %s", o.err);
+    cJSON_Delete(root);
+    release(&o);
+}
+
+Test(sim_cli, summary_is_readable)
+{
+    output_t o = run((const char *const[]){"--requests", "40", NULL});
+    cr_assert_eq(o.status, 0, "stderr: %s", o.err);
+    const char *lines[] = {"requests", "throughput", "TTFT", "TPOT", "prefix cache",
+                           "preemptions", "speculation", "simulator"};
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
+        cr_assert(strstr(o.out, lines[i]) != NULL, "summary lacks '%s':\n%s", lines[i], o.out);
+    cr_assert(strstr(o.out, "40 submitted") != NULL, "%s", o.out);
+    release(&o);
+}
