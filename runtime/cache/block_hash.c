@@ -18,7 +18,7 @@
  */
 #include <string.h>
 /* libxxhash's own header in its header-only mode: the short-record XXH3
- * path inlines into cache_hash_block() (about 30% faster per 16-token
+ * path inlines into kvrt_cache_hash_block() (about 30% faster per 16-token
  * block than the call into the shared library; same function, same
  * values), and the streaming state can live on the stack. */
 #define XXH_STATIC_LINKING_ONLY
@@ -73,7 +73,7 @@ static inline void put_tokens(uint8_t *p, const int32_t *tokens, uint32_t n)
 #endif
 }
 
-bool cache_keys_valid(const kvrt_hash_keys_t *keys)
+bool kvrt_cache_keys_valid(const kvrt_hash_keys_t *keys)
 {
     if (!keys)
         return true;
@@ -156,7 +156,7 @@ static kvrt_block_hash_t hash_block_streamed(const kvrt_block_hash_t *parent,
     return from_xxh(XXH3_128bits_digest(&state));
 }
 
-kvrt_block_hash_t cache_hash_block(const kvrt_block_hash_t *parent, const int32_t *tokens,
+kvrt_block_hash_t kvrt_cache_hash_block(const kvrt_block_hash_t *parent, const int32_t *tokens,
                                    uint32_t n, uint32_t first_token,
                                    const kvrt_hash_keys_t *keys)
 {
@@ -174,14 +174,14 @@ kvrt_block_hash_t cache_hash_block(const kvrt_block_hash_t *parent, const int32_
     return from_xxh(XXH3_128bits(buffer, 24 + (size_t)n * 4 + 4));
 }
 
-bool cache_keys_empty(const kvrt_hash_keys_t *keys)
+bool kvrt_cache_keys_empty(const kvrt_hash_keys_t *keys)
 {
     return !keys ||
            (!(keys->field_mask & KVRT_HASH_KEY_SALT) &&
             (!(keys->field_mask & KVRT_HASH_KEY_ADAPTER) || keys->adapter_id == 0));
 }
 
-kvrt_block_hash_t cache_keys_digest(const kvrt_hash_keys_t *keys)
+kvrt_block_hash_t kvrt_cache_keys_digest(const kvrt_hash_keys_t *keys)
 {
     uint8_t buffer[16 + KVRT_CACHE_SALT_MAX];
     uint64_t adapter = (keys->field_mask & KVRT_HASH_KEY_ADAPTER) ? keys->adapter_id : 0;
@@ -194,7 +194,7 @@ kvrt_block_hash_t cache_keys_digest(const kvrt_hash_keys_t *keys)
     return from_xxh(XXH3_128bits(buffer, 16 + (size_t)salt_bytes));
 }
 
-kvrt_block_hash_t cache_block_key(const kvrt_block_hash_t *content,
+kvrt_block_hash_t kvrt_cache_block_key(const kvrt_block_hash_t *content,
                                   const kvrt_block_hash_t *digest)
 {
     uint8_t buffer[36];
@@ -204,7 +204,7 @@ kvrt_block_hash_t cache_block_key(const kvrt_block_hash_t *content,
     return from_xxh(XXH3_128bits(buffer, sizeof(buffer)));
 }
 
-kvrt_block_hash_t cache_hash_root(const kvrt_block_hash_t *fingerprint)
+kvrt_block_hash_t kvrt_cache_hash_root(const kvrt_block_hash_t *fingerprint)
 {
     uint8_t buffer[20];
     put_u32(buffer, TAG('R'));
@@ -252,7 +252,7 @@ KVRT_EXPORT kvrt_status_t kvrt_block_hash_root(const kvrt_block_hash_t *fingerpr
 {
     if (!fingerprint || !root_out)
         return KVRT_ERR_INVALID_ARG;
-    *root_out = cache_hash_root(fingerprint);
+    *root_out = kvrt_cache_hash_root(fingerprint);
     return KVRT_OK;
 }
 
@@ -262,9 +262,9 @@ KVRT_EXPORT kvrt_status_t kvrt_block_hash(const kvrt_block_hash_t *parent,
                                           kvrt_block_hash_t *hash_out)
 {
     if (!parent || !tokens || !hash_out || num_tokens == 0 ||
-        num_tokens > KVRT_BLOCK_HASH_MAX_TOKENS || !cache_keys_valid(keys))
+        num_tokens > KVRT_BLOCK_HASH_MAX_TOKENS || !kvrt_cache_keys_valid(keys))
         return KVRT_ERR_INVALID_ARG;
-    *hash_out = cache_hash_block(parent, tokens, num_tokens, first_token, keys);
+    *hash_out = kvrt_cache_hash_block(parent, tokens, num_tokens, first_token, keys);
     return KVRT_OK;
 }
 
@@ -272,13 +272,13 @@ KVRT_EXPORT kvrt_status_t kvrt_block_key(const kvrt_block_hash_t *content,
                                          const kvrt_hash_keys_t *keys,
                                          kvrt_block_hash_t *key_out)
 {
-    if (!content || !key_out || !cache_keys_valid(keys))
+    if (!content || !key_out || !kvrt_cache_keys_valid(keys))
         return KVRT_ERR_INVALID_ARG;
-    if (cache_keys_empty(keys)) {
+    if (kvrt_cache_keys_empty(keys)) {
         *key_out = *content;
         return KVRT_OK;
     }
-    kvrt_block_hash_t digest = cache_keys_digest(keys);
-    *key_out = cache_block_key(content, &digest);
+    kvrt_block_hash_t digest = kvrt_cache_keys_digest(keys);
+    *key_out = kvrt_cache_block_key(content, &digest);
     return KVRT_OK;
 }

@@ -42,9 +42,9 @@ struct kvrt_cache {
 };
 
 static const cache_policy_ops_t *const policy_table[] = {
-    [KVRT_CACHE_LRU] = &cache_policy_lru,
-    [KVRT_CACHE_LFU] = &cache_policy_lfu,
-    [KVRT_CACHE_LFU_AGED] = &cache_policy_lfu_aged,
+    [KVRT_CACHE_LRU] = &kvrt_cache_policy_lru,
+    [KVRT_CACHE_LFU] = &kvrt_cache_policy_lfu,
+    [KVRT_CACHE_LFU_AGED] = &kvrt_cache_policy_lfu_aged,
 };
 #define NUM_POLICIES (sizeof(policy_table) / sizeof(policy_table[0]))
 #define EXPLAIN_MIN_SLOTS (1u << 16)
@@ -61,18 +61,18 @@ typedef struct call_keys {
 
 static bool call_keys_init(call_keys_t *ck, const kvrt_hash_keys_t *keys)
 {
-    if (!cache_keys_valid(keys))
+    if (!kvrt_cache_keys_valid(keys))
         return false;
     ck->keys = keys;
-    ck->empty = cache_keys_empty(keys);
-    ck->digest = ck->empty ? (kvrt_block_hash_t){0, 0} : cache_keys_digest(keys);
+    ck->empty = kvrt_cache_keys_empty(keys);
+    ck->digest = ck->empty ? (kvrt_block_hash_t){0, 0} : kvrt_cache_keys_digest(keys);
     ck->tag = ck->empty ? 1u : ((uint32_t)ck->digest.lo | 1u);
     return true;
 }
 
 static inline kvrt_block_hash_t key_of(const call_keys_t *ck, const kvrt_block_hash_t *content)
 {
-    return ck->empty ? *content : cache_block_key(content, &ck->digest);
+    return ck->empty ? *content : kvrt_cache_block_key(content, &ck->digest);
 }
 
 static inline uint64_t explain_entry(const kvrt_block_hash_t *content, const call_keys_t *ck)
@@ -109,7 +109,7 @@ static void hook_evict(void *obj, uint32_t count)
     kvrt_cache_t *cache = obj;
     for (uint32_t i = 0; i < count; i++) {
         int32_t block = cache->policy.ops->victim(&cache->policy);
-        cache_index_remove(&cache->index, &cache->block_key[block]);
+        kvrt_cache_index_remove(&cache->index, &cache->block_key[block]);
         cache->stats.evictions++;
         kvrt_pool_uncache(cache->pool, block);
     }
@@ -193,7 +193,7 @@ static void cache_free(kvrt_cache_t *cache)
 {
     if (cache->policy.ops)
         cache->policy.ops->destroy(&cache->policy);
-    cache_index_destroy(&cache->index);
+    kvrt_cache_index_destroy(&cache->index);
     free(cache->block_key);
     free(cache->explain);
     free(cache);
@@ -229,12 +229,12 @@ static kvrt_status_t cache_setup(kvrt_cache_t *cache, const kvrt_cache_params_t 
         kvrt_pool_layout(cache->pool, &layout);
         kvrt_model_fingerprint("unnamed", &layout, &fingerprint);
     }
-    cache->root = cache_hash_root(&fingerprint);
+    cache->root = kvrt_cache_hash_root(&fingerprint);
     cache->policy_kind = (p->field_mask & KVRT_CACHE_PARAM_POLICY) ? p->policy : KVRT_CACHE_LRU;
     cache->policy.ops = policy_table[cache->policy_kind];
     cache->policy.num_blocks = cache->num_blocks;
     if (cache->policy.ops->init(&cache->policy, cache->num_blocks) != KVRT_OK ||
-        cache_index_init(&cache->index, cache->num_blocks) != KVRT_OK)
+        kvrt_cache_index_init(&cache->index, cache->num_blocks) != KVRT_OK)
         return KVRT_ERR_NO_MEMORY;
     cache->block_key = calloc(cache->num_blocks, sizeof(*cache->block_key));
     /* Twice the index (and at least 64k slots, 512 KiB) so the reasons of
@@ -368,19 +368,19 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_match(kvrt_cache_t *cache, const int32_t *t
      * was hashed for nothing. */
     kvrt_block_hash_t content, key, next_content, next_key;
     if (limit) {
-        content = cache_hash_block(&cache->root, tokens, bs, 0, ck.keys);
+        content = kvrt_cache_hash_block(&cache->root, tokens, bs, 0, ck.keys);
         key = key_of(&ck, &content);
-        cache_index_prefetch(&cache->index, &key);
+        kvrt_cache_index_prefetch(&cache->index, &key);
     }
     uint32_t hits = 0;
     for (; hits < limit; hits++) {
         if (hits + 1 < limit) {
             uint32_t at = (hits + 1) * bs;
-            next_content = cache_hash_block(&content, tokens + at, bs, at, ck.keys);
+            next_content = kvrt_cache_hash_block(&content, tokens + at, bs, at, ck.keys);
             next_key = key_of(&ck, &next_content);
-            cache_index_prefetch(&cache->index, &next_key);
+            kvrt_cache_index_prefetch(&cache->index, &next_key);
         }
-        int32_t block = cache_index_find(&cache->index, &key);
+        int32_t block = kvrt_cache_index_find(&cache->index, &key);
         if (block == KVRT_NULL_BLOCK) {
             reason = explain_miss(cache, &content, &ck);
             break;
@@ -423,7 +423,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_lookup(kvrt_cache_t *cache, const kvrt_bloc
         return kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG,
                          "content and block_out are required and keys must be valid");
     kvrt_block_hash_t key = key_of(&ck, content);
-    int32_t block = cache_index_find(&cache->index, &key);
+    int32_t block = kvrt_cache_index_find(&cache->index, &key);
     if (block != KVRT_NULL_BLOCK) {
         if (KVRT_UNLIKELY(!kvrt_pool_ref_cached(cache->pool, block)))
             return kvrt_fail(cache->ctx, KVRT_ERR_OVERFLOW,
@@ -451,7 +451,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_insert(kvrt_cache_t *cache, int32_t block,
         return kvrt_fail(cache->ctx, KVRT_ERR_UNKNOWN_BLOCK,
                          "cache %s: block %d is not in use in its pool", cache->name, block);
     kvrt_block_hash_t key = key_of(&ck, content);
-    int32_t existing = cache_index_find(&cache->index, &key);
+    int32_t existing = kvrt_cache_index_find(&cache->index, &key);
     if (KVRT_UNLIKELY(kvrt_pool_is_cached(cache->pool, block) && existing != block))
         return kvrt_fail(cache->ctx, KVRT_ERR_BAD_STATE,
                          "cache %s: block %d is already cached under another key", cache->name,
@@ -460,7 +460,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_insert(kvrt_cache_t *cache, int32_t block,
         cache->stats.insert_duplicates++;
     } else {
         existing = block;
-        cache_index_add(&cache->index, &key, block);
+        kvrt_cache_index_add(&cache->index, &key, block);
         cache->block_key[block] = key;
         kvrt_pool_mark_cached(cache->pool, block);
         cache->policy.ops->inserted(&cache->policy, block, block_index, &key);
@@ -509,7 +509,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_verify(const kvrt_cache_t *cache)
         if (!hash_equal(&cache->block_key[s->block], &s->key))
             return broken(cache, "cache %s: block %d indexed under a key it does not hold",
                           cache->name, s->block);
-        if (cache_index_find(&cache->index, &s->key) != s->block)
+        if (kvrt_cache_index_find(&cache->index, &s->key) != s->block)
             return broken(cache, "cache %s: block %d unreachable by its key", cache->name,
                           s->block);
     }

@@ -15,15 +15,15 @@
 
 /* ---- hashing (block_hash.c) --------------------------------------------- */
 
-bool cache_keys_valid(const kvrt_hash_keys_t *keys);
+bool kvrt_cache_keys_valid(const kvrt_hash_keys_t *keys);
 /* No salt and adapter 0: the block key is the content hash itself. */
-bool cache_keys_empty(const kvrt_hash_keys_t *keys);
-kvrt_block_hash_t cache_keys_digest(const kvrt_hash_keys_t *keys);
-kvrt_block_hash_t cache_block_key(const kvrt_block_hash_t *content,
+bool kvrt_cache_keys_empty(const kvrt_hash_keys_t *keys);
+kvrt_block_hash_t kvrt_cache_keys_digest(const kvrt_hash_keys_t *keys);
+kvrt_block_hash_t kvrt_cache_block_key(const kvrt_block_hash_t *content,
                                   const kvrt_block_hash_t *digest);
-kvrt_block_hash_t cache_hash_root(const kvrt_block_hash_t *fingerprint);
+kvrt_block_hash_t kvrt_cache_hash_root(const kvrt_block_hash_t *fingerprint);
 /* Unchecked kvrt_block_hash(): keys validated by the caller. */
-kvrt_block_hash_t cache_hash_block(const kvrt_block_hash_t *parent, const int32_t *tokens,
+kvrt_block_hash_t kvrt_cache_hash_block(const kvrt_block_hash_t *parent, const int32_t *tokens,
                                    uint32_t n, uint32_t first_token,
                                    const kvrt_hash_keys_t *keys);
 
@@ -52,19 +52,19 @@ typedef struct cache_index {
     uint64_t count;
 } cache_index_t;
 
-kvrt_status_t cache_index_init(cache_index_t *index, uint32_t num_blocks);
-void cache_index_destroy(cache_index_t *index);
+kvrt_status_t kvrt_cache_index_init(cache_index_t *index, uint32_t num_blocks);
+void kvrt_cache_index_destroy(cache_index_t *index);
 /* The block indexed under key, or KVRT_NULL_BLOCK. */
-int32_t cache_index_find(const cache_index_t *index, const kvrt_block_hash_t *key);
-static inline void cache_index_prefetch(const cache_index_t *index,
+int32_t kvrt_cache_index_find(const cache_index_t *index, const kvrt_block_hash_t *key);
+static inline void kvrt_cache_index_prefetch(const cache_index_t *index,
                                         const kvrt_block_hash_t *key)
 {
     __builtin_prefetch(&index->slots[key->lo & index->mask]);
 }
 /* Adds key -> block; the key must not be present. */
-void cache_index_add(cache_index_t *index, const kvrt_block_hash_t *key, int32_t block);
+void kvrt_cache_index_add(cache_index_t *index, const kvrt_block_hash_t *key, int32_t block);
 /* Removes key; returns false when it was not present. */
-bool cache_index_remove(cache_index_t *index, const kvrt_block_hash_t *key);
+bool kvrt_cache_index_remove(cache_index_t *index, const kvrt_block_hash_t *key);
 
 /* ---- eviction policies (policy_lru.c, policy_freq.c) -----------------------
  * A policy keeps the *evictable* set: cached blocks with no reference. The
@@ -121,8 +121,8 @@ struct cache_policy {
     bool aged;
 };
 
-extern const cache_policy_ops_t cache_policy_lru;
-extern const cache_policy_ops_t cache_policy_lfu;
-extern const cache_policy_ops_t cache_policy_lfu_aged;
+extern const cache_policy_ops_t kvrt_cache_policy_lru;
+extern const cache_policy_ops_t kvrt_cache_policy_lfu;
+extern const cache_policy_ops_t kvrt_cache_policy_lfu_aged;
 
 #endif /* KVRT_CACHE_INTERNAL_H */

@@ -10,7 +10,7 @@
 
 #include "cache/cache_internal.h"
 
-kvrt_status_t cache_index_init(cache_index_t *index, uint32_t num_blocks)
+kvrt_status_t kvrt_cache_index_init(cache_index_t *index, uint32_t num_blocks)
 {
     /* Every usable block indexed at once keeps the load factor <= 0.5. */
     uint64_t capacity = 16;
@@ -24,13 +24,13 @@ kvrt_status_t cache_index_init(cache_index_t *index, uint32_t num_blocks)
     return KVRT_OK;
 }
 
-void cache_index_destroy(cache_index_t *index)
+void kvrt_cache_index_destroy(cache_index_t *index)
 {
     free(index->slots);
     index->slots = NULL;
 }
 
-int32_t cache_index_find(const cache_index_t *index, const kvrt_block_hash_t *key)
+int32_t kvrt_cache_index_find(const cache_index_t *index, const kvrt_block_hash_t *key)
 {
     for (uint64_t i = key->lo & index->mask;; i = (i + 1) & index->mask) {
         const cache_slot_t *s = &index->slots[i];
@@ -41,7 +41,7 @@ int32_t cache_index_find(const cache_index_t *index, const kvrt_block_hash_t *ke
     }
 }
 
-void cache_index_add(cache_index_t *index, const kvrt_block_hash_t *key, int32_t block)
+void kvrt_cache_index_add(cache_index_t *index, const kvrt_block_hash_t *key, int32_t block)
 {
     uint64_t i = key->lo & index->mask;
     while (index->slots[i].block != KVRT_NULL_BLOCK)
@@ -51,7 +51,7 @@ void cache_index_add(cache_index_t *index, const kvrt_block_hash_t *key, int32_t
     index->count++;
 }
 
-bool cache_index_remove(cache_index_t *index, const kvrt_block_hash_t *key)
+bool kvrt_cache_index_remove(cache_index_t *index, const kvrt_block_hash_t *key)
 {
     uint64_t mask = index->mask;
     uint64_t hole = key->lo & mask;

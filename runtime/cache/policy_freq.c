@@ -185,7 +185,7 @@ static bool freq_contains(const cache_policy_t *p, int32_t block)
     return block > 0 && (uint32_t)block < p->num_blocks && p->heap_pos[block] != 0;
 }
 
-const cache_policy_ops_t cache_policy_lfu = {
+const cache_policy_ops_t kvrt_cache_policy_lfu = {
     .name = "lfu",
     .init = lfu_init,
     .destroy = freq_destroy,
@@ -197,7 +197,7 @@ const cache_policy_ops_t cache_policy_lfu = {
     .contains = freq_contains,
 };
 
-const cache_policy_ops_t cache_policy_lfu_aged = {
+const cache_policy_ops_t kvrt_cache_policy_lfu_aged = {
     .name = "lfu-aged",
     .init = lfu_aged_init,
     .destroy = freq_destroy,

@@ -74,7 +74,7 @@ static bool lru_contains(const cache_policy_t *p, int32_t block)
     return block > 0 && (uint32_t)block < p->num_blocks && p->next[block] != ABSENT;
 }
 
-const cache_policy_ops_t cache_policy_lru = {
+const cache_policy_ops_t kvrt_cache_policy_lru = {
     .name = "lru",
     .init = lru_init,
     .destroy = lru_destroy,
