@@ -161,6 +161,12 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
     const uint32_t *acc = (c->field_mask & KVRT_COMMIT_ACCEPTED) ? c->num_accepted : NULL;
     uint32_t off = 0;
     for (uint32_t i = 0; i < s->plan.num_seqs; i++) {
+        if (i + SCHED_PREFETCH < s->plan.num_seqs)
+            __builtin_prefetch(&s->seqs[s->buf.slot_of[i + SCHED_PREFETCH]]);
+        if (i + SCHED_PREFETCH / 2 < s->plan.num_seqs) {
+            const seq_t *ahead = &s->seqs[s->buf.slot_of[i + SCHED_PREFETCH / 2]];
+            __builtin_prefetch(ahead->tokens + ahead->num_tokens, 1);
+        }
         const kvrt_plan_seq_t *e = &s->buf.seqs[i];
         seq_t *q = &s->seqs[s->buf.slot_of[i]];
         uint32_t a = acc ? acc[i] : 0;

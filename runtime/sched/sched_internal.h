@@ -16,6 +16,8 @@
 #include "kvrt/sched.h"
 
 #define SCHED_NONE UINT32_MAX
+/* How many requests ahead the step and commit loops prefetch. */
+#define SCHED_PREFETCH 8u
 
 /* Per-request n-gram index: hash chains over the positions of the request's
  * tokens, keyed by the ngram_min tokens ending at each position (the zlib
@@ -29,7 +31,8 @@ typedef struct ngram_index {
 } ngram_index_t;
 
 typedef struct seq {
-    /* ---- hot: read by every step and commit ---- */
+    /* ---- hot: the first 64 bytes are all a decode step and its commit
+     * read or write (the array is 64-byte aligned) ---- */
     uint32_t generation;    /* odd while the id is live */
     uint8_t state;          /* kvrt_seq_state_t */
     uint8_t in_plan;        /* placed in the current, uncommitted plan */
@@ -45,28 +48,28 @@ typedef struct seq {
     uint32_t row;           /* block_rows row, SCHED_NONE when none */
     uint32_t row_blocks;    /* entries of the row in use */
     uint32_t running_pos;   /* index in sched->running, SCHED_NONE when none */
-    uint32_t heap_pos;      /* index in sched->heap, SCHED_NONE when none */
     uint32_t num_stop;
+    uint32_t num_inserted;  /* table blocks [0, num_inserted) offered to the cache */
     int32_t *tokens;        /* [capacity]; stop tokens follow at tokens + capacity */
     kvrt_table_id_t table;  /* 0 when the request holds no blocks */
+
+    /* ---- second line ---- */
+    uint64_t user_tag;
+    uint32_t prompt_len;
+    uint32_t heap_pos;      /* index in sched->heap, SCHED_NONE when none */
     int32_t priority;
     float accept_ewma;      /* per-draft acceptance estimate */
-    uint64_t user_tag;
-
-    /* ---- prefix cache ---- */
+    uint32_t capacity;
+    uint32_t num_hashed;    /* hashes[0, num_hashed) known */
     kvrt_block_hash_t *hashes; /* content hash of each full block, once known */
-    uint32_t num_hashed;       /* hashes[0, num_hashed) known */
-    uint32_t num_inserted;     /* table blocks [0, num_inserted) offered to the cache */
+    uint64_t spec_proposed;
+    uint64_t spec_accepted;
+
+    /* ---- cold ---- */
     kvrt_hash_keys_t keys;     /* points into salt and the allocation */
     uint8_t salt[KVRT_CACHE_SALT_MAX];
-
-    /* ---- speculation ---- */
     int32_t draft[KVRT_SCHED_MAX_DRAFT];
     ngram_index_t ngram;
-
-    /* ---- bookkeeping and reporting ---- */
-    uint32_t prompt_len;
-    uint32_t capacity;
     uint32_t preemptions;
     uint32_t cached_tokens;
     uint32_t next_free;     /* free-slot list link */
@@ -77,12 +80,10 @@ typedef struct seq {
     uint64_t admitted_ns;
     uint64_t first_token_ns;
     uint64_t end_ns;
-    uint64_t spec_proposed;
-    uint64_t spec_accepted;
     bool deadline_missed;
     bool counted_prompt;    /* prompt counted in stats at first admission */
     void *allocation;       /* tokens, stop tokens, hashes, mm items, ngram */
-} seq_t;
+} __attribute__((aligned(64))) seq_t;
 
 /* A waiting-queue entry: the ordering key, copied out of the request. */
 typedef struct heap_entry {

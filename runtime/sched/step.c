@@ -118,7 +118,7 @@ static void preempt(kvrt_sched_t *s, seq_t *q)
 /* Appends n slots to q's table, written at slots. When blocks run out,
  * preempts victims until the append fits. Returns false when q is not to be
  * planned this step: preempted, failed, or waiting for a victim to appear. */
-static bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, int64_t *slots)
+static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, int64_t *slots)
 {
     for (;;) {
         kvrt_block_copy_t copy;
@@ -156,7 +156,7 @@ static bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, int64_t *slots)
 
 /* ---- the plan ---------------------------------------------------------------- */
 
-static void plan_add(kvrt_sched_t *s, seq_t *q, kvrt_plan_kind_t kind, uint32_t n,
+static inline void plan_add(kvrt_sched_t *s, seq_t *q, kvrt_plan_kind_t kind, uint32_t n,
                      uint32_t drafts, bool sample)
 {
     kvrt_batch_plan_t *p = &s->plan;
@@ -227,6 +227,13 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
     }
     uint32_t decodes_left = decodes;
     for (uint32_t i = 0; i < s->num_running; i++) {
+        /* Requests are scattered in the slot array: fetch ahead. */
+        if (i + SCHED_PREFETCH < s->num_running)
+            __builtin_prefetch(&s->seqs[s->running[i + SCHED_PREFETCH]]);
+        if (i + SCHED_PREFETCH / 2 < s->num_running) {
+            const seq_t *ahead = &s->seqs[s->running[i + SCHED_PREFETCH / 2]];
+            __builtin_prefetch(ahead->tokens + ahead->num_tokens - 1);
+        }
         seq_t *q;
         if (!running_valid(s, i, &q) || q->in_prefill)
             continue;
