@@ -286,8 +286,10 @@ void kvrt_xfer_bk_conn_failed(kvrt_xfer_bk_peer_t *p, kvrt_status_t status,
     }
     pthread_mutex_unlock(&a->lock);
     if (first) {
-        kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: connection to %s lost (%s): %s", a->name,
-                 p->name, kvrt_status_str(status), why ? why : "");
+        /* A dialer going away is normal for the listening side. */
+        kvrt_log(a->ctx, p->dialed ? KVRT_LOG_WARN : KVRT_LOG_INFO,
+                 "xfer %s: connection to %s lost (%s): %s", a->name, p->name,
+                 kvrt_status_str(status), why ? why : "");
         uint64_t one = 1;
         (void)!write(a->wake_fd, &one, sizeof(one));
     }

@@ -84,6 +84,15 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_register(kvrt_xfer_agent_t *a,
             free(r);
             return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "POOL bit set without a valid pool");
         }
+        /* Descriptors carry every layout field explicitly. */
+        kvrt_kv_layout_t *l = &r->layout;
+        if (!(l->field_mask & KVRT_LAYOUT_FIELD_DTYPE))
+            l->dtype = KVRT_DTYPE_FP16;
+        if (!(l->field_mask & KVRT_LAYOUT_FIELD_FORMAT))
+            l->format = KVRT_KV_SEPARATE;
+        if (!(l->field_mask & KVRT_LAYOUT_FIELD_ORDER))
+            l->order = KVRT_ORDER_LAYER_MAJOR;
+        l->field_mask = KVRT_LAYOUT_FIELD_DTYPE | KVRT_LAYOUT_FIELD_FORMAT | KVRT_LAYOUT_FIELD_ORDER;
         r->has_pool = true;
         r->num_blocks = info.num_blocks;
         r->bk.base = info.base;

@@ -43,9 +43,20 @@ static void request_free(kvrt_xfer_request_t *r)
     free(r);
 }
 
+/* The agent objects behind a backend op's pointers. */
+static kvrt_xfer_region_t *op_region(const kvrt_xfer_bk_op_t *op)
+{
+    return XFER_CONTAINER((void *)(uintptr_t)op->local, kvrt_xfer_region_t, bk);
+}
+
+static kvrt_xfer_remote_t *op_remote(const kvrt_xfer_bk_op_t *op)
+{
+    return XFER_CONTAINER((void *)(uintptr_t)op->remote, kvrt_xfer_remote_t, bk);
+}
+
 static void request_maybe_free(kvrt_xfer_request_t *r)
 {
-    if (r->status != KVRT_INPROGRESS || r->busy)
+    if (r->status == KVRT_INPROGRESS || r->busy)
         return;
     if (!r->user_owned || r->released)
         request_free(r);
@@ -57,8 +68,9 @@ static void request_complete(kvrt_xfer_request_t *r, kvrt_status_t status)
     kvrt_xfer_agent_t *a = r->agent;
     r->phase = XFER_PHASE_DONE;
     for (uint32_t i = 0; i < r->count; i++) {
-        ((kvrt_xfer_region_t *)(void *)r->ops[i].local)->users--;
-        ((kvrt_xfer_remote_t *)(void *)r->ops[i].remote)->users--;
+        op_region(&r->ops[i])->users--;
+        if (r->peer) /* a detached request's remotes went with its peer */
+            op_remote(&r->ops[i])->users--;
     }
     if (r->msg) {
         r->msg->request = NULL; /* msg_done frees it */
@@ -139,8 +151,8 @@ kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *p, kvrt_xfer_bk_op_t *op
     r->max_inflight = max_inflight ? max_inflight : DEFAULT_INFLIGHT;
     r->deadline_ns = kvrt_now_ns() + (uint64_t)(timeout_ms ? timeout_ms : a->timeout_ms) * 1000000ull;
     for (uint32_t i = 0; i < count; i++) {
-        ((kvrt_xfer_region_t *)(void *)ops[i].local)->users++;
-        ((kvrt_xfer_remote_t *)(void *)ops[i].remote)->users++;
+        op_region(&ops[i])->users++;
+        op_remote(&ops[i])->users++;
         r->bytes += ops[i].length;
     }
     xfer_list_push(&p->requests, &r->link);

@@ -1,0 +1,1 @@
+kvrt_add_test(integration test_xfer_agents DEPS xfer TIMEOUT 120)
