@@ -346,11 +346,13 @@ static void accept_one(kvrt_xfer_agent_t *a, int fd)
     kvrt_status_t st = kvrt_xfer_sc_auth_server(fd, &a->key, (uint32_t)a->backend->kind,
                                                 a->name, &hello, kvrt_now_ns() + HANDSHAKE_NS);
     if (st != KVRT_OK) {
-        close(fd);
+        /* Counted before the socket closes, so the dialer never sees the
+         * close before the count. */
         pthread_mutex_lock(&a->lock);
         if (st == KVRT_ERR_AUTH)
             a->stats.auth_failures++;
         pthread_mutex_unlock(&a->lock);
+        close(fd);
         kvrt_log(a->ctx, st == KVRT_ERR_AUTH ? KVRT_LOG_WARN : KVRT_LOG_INFO,
                  "xfer %s: incoming connection refused: %s", a->name, kvrt_status_str(st));
         return;

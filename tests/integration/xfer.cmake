@@ -1,1 +1,2 @@
 kvrt_add_test(integration test_xfer_agents DEPS xfer TIMEOUT 120)
+kvrt_add_test(integration test_xfer_security DEPS xfer TIMEOUT 60)
