@@ -43,7 +43,9 @@ static inline kvrt_xfer_agent_t *txu_agent_key(kvrt_ctx_t *ctx, const uint8_t *k
         .default_timeout_ms = timeout_ms,
         .reconnect_initial_ms = 20,
         .reconnect_max_ms = 200,
-        .reconnect_attempts = 20};
+        .reconnect_attempts = 20,
+        /* Low, so that the zero-copy send path runs in the tests too. */
+        .zerocopy_threshold = 256u << 10};
     kvrt_xfer_agent_t *a = NULL;
     ASSERT_OK(ctx, kvrt_xfer_agent_create(ctx, &p, &a));
     return a;
