@@ -87,6 +87,14 @@ void sched_heap_remove(kvrt_sched_t *s, seq_t *q)
 void sched_release(kvrt_sched_t *s, seq_t *q)
 {
     if (q->table) {
+        /* Tail first: the prefix cache sees a request's last blocks go idle
+         * first, so under LRU its deep blocks are evicted before its root
+         * and a recomputation still finds the shared prefix. */
+        uint32_t nb = 0;
+        kvrt_table_view(s->pool, q->table, NULL, &nb, NULL);
+        if (s->cache)
+            while (nb-- > 1)
+                kvrt_table_truncate(s->pool, q->table, nb << s->block_shift);
         kvrt_table_destroy(s->pool, q->table);
         q->table = 0;
     }

@@ -152,6 +152,8 @@ struct kvrt_sched {
     heap_entry_t *heap;         /* [max_requests] */
     uint32_t heap_size;
     uint64_t waiting_tokens;    /* sum of num_tokens over the heap */
+    kvrt_seq_id_t blocked_head; /* head that last failed admission (0: none) */
+    uint64_t blocked_available; /* free + reclaimable blocks at that failure */
 
     uint32_t *running;          /* [max_seqs] slot indices, admission order */
     uint32_t num_running;       /* entries, some possibly stale */

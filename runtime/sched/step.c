@@ -83,22 +83,24 @@ void sched_compact_running(kvrt_sched_t *s)
 /* ---- preemption ------------------------------------------------------------ */
 
 /* The victim for `needy`: among running requests not in the plan, the
- * lowest priority, then the latest arrival. Guarded requests are passed
- * over unless the plan is still empty. NULL when there is none. */
-static seq_t *pick_victim(kvrt_sched_t *s, seq_t *needy)
+ * lowest priority, then the latest arrival. Guarded requests are taken only
+ * when no other candidate exists and the plan is still empty (else a step
+ * could stall with every request guarded). NULL when there is none. */
+static seq_t *pick_victim(kvrt_sched_t *s)
 {
-    bool allow_guarded = s->plan.num_seqs == 0;
-    seq_t *best = NULL;
+    seq_t *best = NULL, *best_guarded = NULL;
     for (uint32_t i = 0; i < s->num_running; i++) {
         seq_t *q;
-        if (!running_valid(s, i, &q) || q->in_plan || (q->guarded && !allow_guarded))
+        if (!running_valid(s, i, &q) || q->in_plan)
             continue;
-        if (!best || q->priority < best->priority ||
-            (q->priority == best->priority && q->order > best->order))
-            best = q;
+        seq_t **slot = q->guarded ? &best_guarded : &best;
+        if (!*slot || q->priority < (*slot)->priority ||
+            (q->priority == (*slot)->priority && q->order > (*slot)->order))
+            *slot = q;
     }
-    (void)needy;
-    return best;
+    if (best)
+        return best;
+    return s->plan.num_seqs == 0 ? best_guarded : NULL;
 }
 
 static void preempt(kvrt_sched_t *s, seq_t *q)
@@ -136,7 +138,7 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, int64_t *slots)
             sched_end(s, q, KVRT_END_FAILED, st);
             return false;
         }
-        seq_t *victim = pick_victim(s, q);
+        seq_t *victim = pick_victim(s);
         if (!victim)
             return false;
         if (victim == q) {
@@ -315,8 +317,20 @@ static bool blocks_available(const kvrt_sched_t *s, uint32_t need)
 
 /* Admits the head of the waiting queue with its first chunk. Returns false
  * when admission must stop (the head does not fit). */
+static uint64_t pool_available(const kvrt_sched_t *s)
+{
+    kvrt_pool_info_t info;
+    kvrt_pool_info(s->pool, &info);
+    return (uint64_t)info.free_blocks + info.cached_blocks;
+}
+
 static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_blocks)
 {
+    /* The head did not fit last time and no block has come back since:
+     * matching again would only rehash its prompt and stir the cache. */
+    kvrt_seq_id_t id = sched_id(s, q);
+    if (s->blocked_head == id && pool_available(s) <= s->blocked_available)
+        return false;
     uint32_t hits = 0, hit_tokens = 0;
     if (s->cache) {
         /* All but the last token: it is recomputed for its logits. */
@@ -340,10 +354,15 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     uint32_t need = sched_blocks_for(s, (uint64_t)hit_tokens + n) - hits;
     kvrt_table_id_t table = 0;
     if (!blocks_available(s, need) || kvrt_table_create(s->pool, &table) != KVRT_OK) {
-        if (hits)
-            kvrt_pool_free(s->pool, hits, hit_blocks);
+        /* Give the hits back tail first, so the cache's recency order
+         * keeps the prefix root the last to be evicted. */
+        for (uint32_t j = hits; j-- > 0;)
+            kvrt_pool_free(s->pool, 1, &hit_blocks[j]);
+        s->blocked_head = id;
+        s->blocked_available = pool_available(s);
         return false;
     }
+    s->blocked_head = 0;
     if (hits)
         kvrt_table_adopt(s->pool, table, hits, hit_blocks);
     sched_heap_remove(s, q);

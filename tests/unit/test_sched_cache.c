@@ -1,0 +1,250 @@
+/*
+ * test_sched_cache.c - prefix-cache-aware admission (hits cost no budget
+ * and no new blocks, the last prompt token is always recomputed, salts keep
+ * tenants apart) and preemption (the latest request is the victim, it is
+ * recomputed mostly from the cache, the anti-thrash guard, and every
+ * preempted request still finishes with the right tokens).
+ */
+#include <string.h>
+
+#include "test_helpers.h"
+
+typedef struct fixture {
+    kvrt_ctx_t *ctx;
+    kvrt_pool_t *pool;
+    kvrt_cache_t *cache;
+    kvrt_sched_t *sched;
+} fixture_t;
+
+static fixture_t open_fixture(uint32_t blocks, uint32_t tpb, bool cache,
+                              const kvrt_sched_params_t *sp)
+{
+    fixture_t f = {0};
+    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
+    f.pool = test_pool(f.ctx, blocks, tpb);
+    if (cache)
+        ASSERT_OK(f.ctx, kvrt_cache_create(f.pool, NULL, &f.cache));
+    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, f.cache, sp, &f.sched));
+    return f;
+}
+
+static void close_fixture(fixture_t *f)
+{
+    ASSERT_OK(f->ctx, kvrt_pool_verify(f->pool));
+    if (f->cache)
+        ASSERT_OK(f->ctx, kvrt_cache_verify(f->cache));
+    kvrt_pool_info_t info;
+    ASSERT_OK(f->ctx, kvrt_pool_info(f->pool, &info));
+    cr_assert_eq(info.used_blocks, 0, "blocks leaked: %u", info.used_blocks);
+    cr_assert_eq(info.live_tables, 0);
+    kvrt_sched_destroy(f->sched);
+    kvrt_cache_destroy(f->cache);
+    kvrt_ctx_destroy(f->ctx);
+}
+
+/* The engine's "model": the token at position p. */
+static int32_t model_at(uint32_t pos) { return (int32_t)(1000 + pos); }
+
+static void commit_model(fixture_t *f, const kvrt_batch_plan_t *plan)
+{
+    int32_t tokens[256];
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < plan->num_seqs; i++)
+        if (plan->seqs[i].sample)
+            tokens[n++] = model_at((uint32_t)plan->seq_lens[i]);
+    kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = n,
+                       .tokens = tokens};
+    ASSERT_OK(f->ctx, kvrt_sched_commit(f->sched, &c));
+}
+
+static kvrt_seq_id_t add(fixture_t *f, const int32_t *prompt, uint32_t n, uint32_t max_new,
+                         const kvrt_hash_keys_t *keys)
+{
+    kvrt_seq_params_t p = {.field_mask = keys ? KVRT_SEQ_PARAM_KEYS : 0, .prompt = prompt,
+                           .prompt_len = n, .max_new_tokens = max_new};
+    if (keys)
+        p.keys = *keys;
+    kvrt_seq_id_t id;
+    ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &id));
+    return id;
+}
+
+static void run_to_end(fixture_t *f, uint32_t expect_events)
+{
+    const kvrt_batch_plan_t *plan;
+    for (int k = 0; k < 1000; k++) {
+        ASSERT_OK(f->ctx, kvrt_sched_step(f->sched, (uint64_t)k, &plan));
+        if (!plan->num_seqs)
+            break;
+        commit_model(f, plan);
+    }
+    kvrt_seq_info_t ev[16];
+    uint32_t n;
+    ASSERT_OK(f->ctx, kvrt_sched_drain_ended(f->sched, ev, 16, &n));
+    cr_assert_eq(n, expect_events);
+}
+
+/* Admits the next request alone and returns its plan entry. */
+static kvrt_plan_seq_t admit_one(fixture_t *f)
+{
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f->ctx, kvrt_sched_step(f->sched, 0, &plan));
+    cr_assert_eq(plan->num_seqs, 1);
+    kvrt_plan_seq_t e = plan->seqs[0];
+    commit_model(f, plan);
+    return e;
+}
+
+Test(sched_cache, hits_cost_no_budget_and_the_last_token_is_recomputed)
+{
+    fixture_t f = open_fixture(256, 4, true, NULL);
+    int32_t prompt[40];
+    for (int i = 0; i < 40; i++)
+        prompt[i] = 7 * i + 3;
+    add(&f, prompt, 33, 1, NULL);
+    kvrt_plan_seq_t e = admit_one(&f);
+    cr_assert_eq(e.num_computed_tokens, 0);
+    cr_assert_eq(e.num_new_tokens, 33);
+    run_to_end(&f, 1);
+
+    add(&f, prompt, 39, 1, NULL); /* 8 full blocks shared, then 7 new tokens */
+    e = admit_one(&f);
+    cr_assert_eq(e.num_computed_tokens, 32);
+    cr_assert_eq(e.num_new_tokens, 7);
+    run_to_end(&f, 1);
+
+    add(&f, prompt, 33, 1, NULL); /* everything cached: the last token again */
+    e = admit_one(&f);
+    cr_assert_eq(e.num_computed_tokens, 32);
+    cr_assert_eq(e.num_new_tokens, 1);
+    run_to_end(&f, 1);
+
+    add(&f, prompt, 32, 1, NULL); /* block-aligned: 31 offered, 7 blocks hit */
+    e = admit_one(&f);
+    cr_assert_eq(e.num_computed_tokens, 28);
+    cr_assert_eq(e.num_new_tokens, 4);
+    run_to_end(&f, 1);
+
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.prefix_hit_tokens, 32 + 32 + 28);
+    cr_assert_eq(st.prefix_query_tokens, 32 + 38 + 32 + 31);
+    cr_assert_eq(st.prefill_tokens, 33 + 7 + 1 + 4);
+    close_fixture(&f);
+}
+
+Test(sched_cache, salts_keep_tenants_apart)
+{
+    fixture_t f = open_fixture(256, 4, true, NULL);
+    int32_t prompt[17];
+    for (int i = 0; i < 17; i++)
+        prompt[i] = i;
+    kvrt_hash_keys_t a = {.field_mask = KVRT_HASH_KEY_SALT, .salt = "tenant-a", .salt_bytes = 8};
+    kvrt_hash_keys_t b = {.field_mask = KVRT_HASH_KEY_SALT, .salt = "tenant-b", .salt_bytes = 8};
+    add(&f, prompt, 17, 1, &a);
+    admit_one(&f);
+    run_to_end(&f, 1);
+    add(&f, prompt, 17, 1, &b);
+    cr_assert_eq(admit_one(&f).num_computed_tokens, 0, "another tenant's blocks were shared");
+    run_to_end(&f, 1);
+    add(&f, prompt, 17, 1, &a);
+    cr_assert_eq(admit_one(&f).num_computed_tokens, 16);
+    run_to_end(&f, 1);
+    close_fixture(&f);
+}
+
+Test(sched_cache, latest_request_is_preempted_recomputed_from_cache_and_finishes)
+{
+    /* 16 usable blocks of 2 tokens; each request needs up to 10. */
+    fixture_t f = open_fixture(17, 2, true, NULL);
+    int32_t pa[8] = {1, 2, 3, 4, 5, 6, 7, 8}, pb[8] = {11, 12, 13, 14, 15, 16, 17, 18};
+    kvrt_seq_id_t a = add(&f, pa, 8, 12, NULL), b = add(&f, pb, 8, 12, NULL);
+    const kvrt_batch_plan_t *plan;
+    uint32_t preempted_b = 0, preempted_a = 0;
+    for (int k = 0; k < 200; k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
+        for (uint32_t i = 0; i < plan->num_preempted; i++) {
+            preempted_a += plan->preempted[i] == a;
+            preempted_b += plan->preempted[i] == b;
+        }
+        if (!plan->num_seqs)
+            break;
+        commit_model(&f, plan);
+        ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
+    }
+    cr_assert_gt(preempted_b, 0, "the latest request is the victim");
+    cr_assert_eq(preempted_a, 0);
+    kvrt_seq_info_t ev[2];
+    uint32_t n;
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 2, &n));
+    cr_assert_eq(n, 2);
+    for (uint32_t i = 0; i < 2; i++) {
+        cr_assert_eq(ev[i].end_reason, KVRT_END_LENGTH);
+        for (uint32_t t = 0; t < 12; t++)
+            cr_assert_eq(ev[i].output[t], model_at(8 + t), "request %u token %u", i, t);
+        if (ev[i].id == b) {
+            cr_assert_eq(ev[i].preemptions, preempted_b);
+            cr_assert_gt(ev[i].cached_tokens, 0, "recomputation used the cache");
+        }
+    }
+    close_fixture(&f);
+}
+
+Test(sched_cache, guard_stops_a_readmitted_request_from_thrashing)
+{
+    /* No cache and 2-token chunks: recomputing a preempted request takes
+     * several steps, the window in which it would thrash. B has the lower
+     * priority, so without the guard it would be every victim; with it,
+     * while B recomputes, A (the one in need) gives way instead. */
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_CHUNK, .prefill_chunk_tokens = 2};
+    fixture_t f = open_fixture(13, 2, false, &sp);
+    int32_t p[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    kvrt_seq_params_t pa = {.field_mask = KVRT_SEQ_PARAM_PRIORITY, .prompt = p, .prompt_len = 8,
+                            .max_new_tokens = 12, .priority = 1};
+    kvrt_seq_params_t pb = pa;
+    pb.priority = 0;
+    kvrt_seq_id_t a, b;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pa, &a));
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pb, &b));
+    /* phase 0: before B's first preemption; 1: B preempted; 2: B readmitted,
+     * no new token yet (the guarded window); 3: B sampled again. */
+    int phase = 0;
+    uint32_t b_output = 0, a_preempted_in_window = 0;
+    const kvrt_batch_plan_t *plan;
+    for (int k = 0; k < 500; k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
+        for (uint32_t j = 0; j < plan->num_preempted; j++) {
+            if (plan->preempted[j] == b) {
+                cr_assert_neq(phase, 2, "step %d: B preempted again before a new token", k);
+                if (phase == 0)
+                    phase = 1;
+            } else if (phase == 2) {
+                a_preempted_in_window++;
+            }
+        }
+        kvrt_seq_info_t info;
+        ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, b, &info));
+        if (phase == 1 && info.state == KVRT_SEQ_RUNNING) {
+            phase = 2;
+            b_output = info.output_tokens;
+        }
+        if (!plan->num_seqs)
+            break;
+        commit_model(&f, plan);
+        ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, b, &info));
+        if (phase == 2 && info.output_tokens > b_output)
+            phase = 3;
+    }
+    cr_assert_eq(phase, 3, "the scenario never reached B's recomputation (phase %d)", phase);
+    cr_assert_gt(a_preempted_in_window, 0, "A never needed B's blocks during the window");
+    kvrt_seq_info_t ev[2];
+    uint32_t n;
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 2, &n));
+    cr_assert_eq(n, 2);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(ev[i].end_reason, KVRT_END_LENGTH);
+        for (uint32_t t = 0; t < 12; t++)
+            cr_assert_eq(ev[i].output[t], model_at(8 + t));
+    }
+    close_fixture(&f);
+}
