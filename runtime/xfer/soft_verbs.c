@@ -662,6 +662,8 @@ static int to_rtr(sv_qp_t *qp, const struct ibv_qp_attr *a)
     qp->dest_qpn = a->dest_qp_num;
     qp->rq_psn = a->rq_psn;
     qp->path_mtu = a->path_mtu;
+    if (a->path_mtu > sv_fabric->stats.path_mtu_max)
+        sv_fabric->stats.path_mtu_max = a->path_mtu;
     return 0;
 }
 

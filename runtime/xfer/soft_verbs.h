@@ -62,6 +62,9 @@ typedef struct soft_verbs_stats {
     uint64_t bytes;           /* READ/WRITE/SEND payload moved */
     uint64_t rem_access_errors;
     uint64_t cq_overflows;
+    uint64_t device_bytes[SOFT_VERBS_MAX_DEVICES]; /* READ/WRITE bytes per
+                                 requesting device */
+    enum ibv_mtu path_mtu_max; /* highest path MTU any QP reached RTR with */
     uint32_t max_chain;       /* most WRs posted by one post_send */
     uint32_t qps_with_data;   /* QPs (ever) that carried READ/WRITE data */
     uint32_t live_contexts, live_pds, live_mrs, live_cqs, live_qps, live_channels;

@@ -267,6 +267,7 @@ static enum ibv_wc_status execute(sv_qp_t *qp, const sv_swr_t *w, uint32_t *byte
             memmove(remote + off, local[i], w->sge[i].length);
         off += w->sge[i].length;
     }
+    sv_fabric->stats.device_bytes[qp->dev->index] += len;
     if (!qp->carried_data) {
         qp->carried_data = true;
         sv_fabric->stats.qps_with_data++;

@@ -80,6 +80,7 @@ typedef struct kvrt_verbs_tuning {
                                 by the device's max_qp_wr) */
     uint64_t wr_max_bytes;   /* bytes per WR (a striping unit); default 1 MiB */
     uint32_t qps_per_peer;   /* default: the agent's connections_per_peer */
+    uint32_t device_mask;    /* bit i: use the i-th listed device; 0: all */
 } kvrt_verbs_tuning_t;
 
 /*
