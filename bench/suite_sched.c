@@ -1,10 +1,11 @@
 /*
  * suite_sched.c - the scheduler's hot path: one kvrt_sched_step plus
  * kvrt_sched_commit with N running decode sequences (contexts of 1-2K
- * tokens, prefix cache attached, so full blocks are hashed and inserted as
- * they fill) and 256 requests waiting, for N = 1,024 .. 8,192; and the
- * speculative variant, k = 4 engine drafts per sequence with a varying
- * accepted count (rollback included), kvrt_seq_set_draft calls included.
+ * tokens) and 256 requests waiting, for N = 1,024 .. 8,192; the same with
+ * a prefix cache attached (full blocks hashed and inserted as they fill);
+ * and the speculative variant, k = 4 engine drafts per sequence with a
+ * varying accepted count (rollback included), kvrt_seq_set_draft calls
+ * included.
  *
  * Baseline, same run: a bare memcpy of the plan's arrays (what any
  * scheduler must at least hand over each step). Target from the issue:
@@ -70,7 +71,7 @@ static int commit_plain(fixture_t *f, const kvrt_batch_plan_t *plan)
 }
 
 /* N running decodes with 1-2K tokens of context, WAITING more queued. */
-static int fixture_open(fixture_t *f, uint32_t n, bool spec)
+static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache)
 {
     memset(f, 0, sizeof(*f));
     f->n = n;
@@ -78,7 +79,7 @@ static int fixture_open(fixture_t *f, uint32_t n, bool spec)
                                .tokens_per_block = TPB};
     uint64_t block_bytes = 0;
     kvrt_layout_block_bytes(&layout, &block_bytes);
-    uint32_t blocks = n * (MAX_SEQ_TOKENS / TPB / 2 + 8) + 1024;
+    uint32_t blocks = n * (MAX_SEQ_TOKENS / TPB) + 1024;
     /* Bookkeeping only: the engine's memory is never touched by kvrt. */
     kvrt_pool_params_t pp = {.field_mask = KVRT_POOL_PARAM_BASE,
                              .layout = layout,
@@ -99,7 +100,7 @@ static int fixture_open(fixture_t *f, uint32_t n, bool spec)
     };
     if (kvrt_ctx_create(NULL, &f->ctx) != KVRT_OK ||
         kvrt_pool_create(f->ctx, &pp, &f->pool) != KVRT_OK ||
-        kvrt_cache_create(f->pool, NULL, &f->cache) != KVRT_OK ||
+        (cache && kvrt_cache_create(f->pool, NULL, &f->cache) != KVRT_OK) ||
         kvrt_sched_create(f->ctx, f->pool, f->cache, &sp, &f->sched) != KVRT_OK) {
         fprintf(stderr, "sched fixture: %s\n", kvrt_ctx_last_error(f->ctx));
         return -1;
@@ -206,10 +207,10 @@ static double time_memcpy(const kvrt_batch_plan_t *plan, uint32_t reps)
     return ns;
 }
 
-static int run_size(const bench_options_t *o, uint32_t n, bool spec)
+static int run_size(const bench_options_t *o, uint32_t n, bool spec, bool cache)
 {
     fixture_t f;
-    if (fixture_open(&f, n, spec)) {
+    if (fixture_open(&f, n, spec, cache)) {
         fixture_close(&f);
         return -1;
     }
@@ -233,11 +234,14 @@ static int run_size(const bench_options_t *o, uint32_t n, bool spec)
     if (st.waiting != WAITING || st.running != n || st.preemptions)
         goto fail;
     char name[64], note[160];
-    snprintf(name, sizeof(name), "sched.step_commit.%s%u", spec ? "spec4." : "", n);
-    snprintf(note, sizeof(note),
-             "%u running decodes (1-2K context), %u waiting, prefix cache on%s", n, WAITING,
+    snprintf(name, sizeof(name), "sched.step_commit.%s%u",
+             spec ? "spec4." : cache ? "cache." : "", n);
+    snprintf(note, sizeof(note), "%u running decodes (1-2K context), %u waiting%s%s", n,
+             WAITING, cache ? "; prefix cache on: ~n/16 blocks hashed + inserted per step" : "",
              spec ? "; 4 engine drafts each, 0-4 accepted, set_draft included" : "");
-    double target = 40.0 * n / 1024.0 * (spec ? 2.0 : 1.0);
+    /* The issue's target is the scheduler's own cost; with the cache the
+     * figure adds the cache's hashing and indexing, reported alongside. */
+    double target = cache ? 0 : 40.0 * n / 1024.0 * (spec ? 2.0 : 1.0);
     bench_report(&(bench_figure_t){.name = name, .unit = "us/step",
                                    .value = bench_median(step_us, o->repeats),
                                    .baseline_name = "memcpy_plan_arrays",
@@ -256,9 +260,11 @@ static int run_sched(const bench_options_t *o)
 {
     const uint32_t sizes[] = {1024, 2048, 4096, 8192};
     const int count = o->quick ? 2 : 4;
-    for (int spec = 0; spec < 2; spec++)
+    /* plain, with the prefix cache, speculative (k = 4) */
+    const bool variants[3][2] = {{false, false}, {false, true}, {true, false}};
+    for (int v = 0; v < 3; v++)
         for (int i = 0; i < count; i++)
-            if (run_size(o, sizes[i], spec))
+            if (run_size(o, sizes[i], variants[v][0], variants[v][1]))
                 return -1;
     return 0;
 }
