@@ -211,6 +211,13 @@ static void *progress_main(void *arg)
         pfd[n++] = (struct pollfd){.fd = b->wake_fd, .events = POLLIN};
         for (uint32_t d = 0; d < b->ndev; d++)
             pfd[n++] = (struct pollfd){.fd = b->dev[d].channel->fd, .events = POLLIN};
+        vb_conn_t *fresh[VB_POLL_FDS];
+        uint32_t nfresh = 0;
+        for (vb_conn_t *c = b->conns; c && nfresh < VB_POLL_FDS; c = c->next)
+            if (c->fresh) {
+                c->fresh = false;
+                fresh[nfresh++] = c;
+            }
         nfds_t first_conn = n;
         for (vb_conn_t *c = b->conns; c && n < VB_POLL_FDS; c = c->next) {
             if (c->fd < 0 || c->failed)
@@ -219,6 +226,14 @@ static void *progress_main(void *arg)
             pfd[n++] = (struct pollfd){.fd = c->fd, .events = POLLIN | POLLRDHUP};
         }
         pthread_mutex_unlock(&b->lock);
+        for (uint32_t i = 0; i < nfresh; i++) {
+            pthread_mutex_lock(&fresh[i]->lock);
+            for (uint32_t d = 0; d < VB_MAX_DEVICES; d++)
+                if (fresh[i]->cq[d])
+                    vb_drain_cq(fresh[i], d);
+            pthread_mutex_unlock(&fresh[i]->lock);
+            vb_deliver(fresh[i]);
+        }
         int ready = poll(pfd, n, 100);
         if (ready > 0) {
             if (pfd[0].revents) {

@@ -298,7 +298,10 @@ static kvrt_status_t establish(vb_backend_t *b, kvrt_xfer_bk_peer_t *peer, int f
     for (uint32_t d = 0; d < VB_MAX_DEVICES; d++)
         if (c->cq[d])
             b->ops.req_notify_cq(c->cq[d], 0);
+    /* Completions that landed before the CQs were armed raised no event:
+     * the progress thread drains a fresh connection once. */
     pthread_mutex_lock(&b->lock);
+    c->fresh = true;
     c->next = b->conns;
     b->conns = c;
     pthread_mutex_unlock(&b->lock);

@@ -129,6 +129,7 @@ struct vb_conn {
     pthread_mutex_t lock;
     vb_conn_t *next;               /* backend->conns */
     bool closing, closed;          /* backend->lock */
+    bool fresh;                    /* backend->lock: not yet drained once */
     struct ibv_cq *cq[VB_MAX_DEVICES];
     uint32_t nqp;
     vb_qp_t qp[VB_MAX_QPS];
