@@ -86,6 +86,8 @@ void sched_heap_remove(kvrt_sched_t *s, seq_t *q)
 
 void sched_release(kvrt_sched_t *s, seq_t *q)
 {
+    if (s->pinned == sched_slot(s, q))
+        s->pinned = SCHED_NONE;
     if (q->table) {
         /* Tail first: the prefix cache sees a request's last blocks go idle
          * first, so under LRU its deep blocks are evicted before its root

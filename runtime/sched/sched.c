@@ -267,6 +267,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool,
     for (uint32_t i = 0; i < s->max_requests; i++)
         s->seqs[i].next_free = i + 1 < s->max_requests ? i + 1 : SCHED_NONE;
     s->free_head = 0;
+    s->pinned = SCHED_NONE;
     for (uint32_t r = 0; r < s->max_seqs; r++)
         s->free_rows[r] = s->max_seqs - 1 - r; /* row 0 is handed out first */
     s->num_free_rows = s->max_seqs;

@@ -152,8 +152,8 @@ struct kvrt_sched {
     heap_entry_t *heap;         /* [max_requests] */
     uint32_t heap_size;
     uint64_t waiting_tokens;    /* sum of num_tokens over the heap */
-    kvrt_seq_id_t blocked_head; /* head that last failed admission (0: none) */
-    uint64_t blocked_available; /* free + reclaimable blocks at that failure */
+    uint32_t pinned;            /* waiting request holding its prefix hits
+                                   (see step.c), SCHED_NONE when none */
 
     uint32_t *running;          /* [max_seqs] slot indices, admission order */
     uint32_t num_running;       /* entries, some possibly stale */
@@ -239,6 +239,8 @@ void sched_row_changed(kvrt_sched_t *s, uint32_t row);
 /* Brings row entries in line with the table after an append or truncate. */
 void sched_row_sync(kvrt_sched_t *s, seq_t *q, bool last_replaced);
 void sched_row_release(kvrt_sched_t *s, seq_t *q);
+/* Releases the waiting request that holds its prefix hits, if any. */
+void sched_unpin(kvrt_sched_t *s);
 /* Drops stale entries of the running array, keeping admission order. */
 void sched_compact_running(kvrt_sched_t *s);
 

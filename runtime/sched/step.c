@@ -138,6 +138,10 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, int64_t *slots)
             sched_end(s, q, KVRT_END_FAILED, st);
             return false;
         }
+        if (s->pinned != SCHED_NONE) { /* a waiting head's hits go first */
+            sched_unpin(s);
+            continue;
+        }
         seq_t *victim = pick_victim(s);
         if (!victim)
             return false;
@@ -315,62 +319,75 @@ static bool blocks_available(const kvrt_sched_t *s, uint32_t need)
     return (uint64_t)info.free_blocks + info.cached_blocks >= need;
 }
 
-/* Admits the head of the waiting queue with its first chunk. Returns false
- * when admission must stop (the head does not fit). */
-static uint64_t pool_available(const kvrt_sched_t *s)
+/*
+ * The head of the waiting queue is matched against the prefix cache once:
+ * its hits go into its own block table, which it keeps while it waits for
+ * room ("pinned"). Retries then cost no hashing, the cache counts one query
+ * per request, and the prefix it is about to use cannot be evicted from
+ * under it. At most one waiting request is pinned; a running sequence that
+ * runs out of blocks unpins it before anyone is preempted.
+ */
+void sched_unpin(kvrt_sched_t *s)
 {
-    kvrt_pool_info_t info;
-    kvrt_pool_info(s->pool, &info);
-    return (uint64_t)info.free_blocks + info.cached_blocks;
+    if (s->pinned == SCHED_NONE)
+        return;
+    seq_t *q = &s->seqs[s->pinned];
+    s->pinned = SCHED_NONE;
+    sched_release(s, q);
 }
 
+/* Gives q a table holding its prefix hits, unless it has one. Returns false
+ * when admission must stop (no table, or q failed). */
+static bool match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
+{
+    if (q->table)
+        return true;
+    sched_unpin(s);
+    kvrt_table_id_t table = 0;
+    if (kvrt_table_create(s->pool, &table) != KVRT_OK)
+        return false;
+    q->table = table;
+    if (!s->cache)
+        return true;
+    /* All but the last token: it is recomputed for its logits. */
+    uint32_t offered = q->num_tokens - 1;
+    kvrt_cache_match_t m;
+    kvrt_status_t rc = kvrt_cache_match(s->cache, q->tokens, offered, &q->keys,
+                                        offered >> s->block_shift, hit_blocks, q->hashes, &m);
+    if (rc != KVRT_OK) {
+        sched_end(s, q, KVRT_END_FAILED, rc);
+        return false;
+    }
+    if (m.num_blocks)
+        kvrt_table_adopt(s->pool, table, m.num_blocks, hit_blocks);
+    if (m.num_blocks > q->num_hashed)
+        q->num_hashed = m.num_blocks;
+    q->computed = m.num_tokens;
+    q->num_inserted = m.num_blocks;
+    s->stats.prefix_query_tokens += offered;
+    return true;
+}
+
+/* Admits the head of the waiting queue with its first chunk. Returns false
+ * when admission must stop (the head does not fit). */
 static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_blocks)
 {
-    /* The head did not fit last time and no block has come back since:
-     * matching again would only rehash its prompt and stir the cache. */
-    kvrt_seq_id_t id = sched_id(s, q);
-    if (s->blocked_head == id && pool_available(s) <= s->blocked_available)
-        return false;
-    uint32_t hits = 0, hit_tokens = 0;
-    if (s->cache) {
-        /* All but the last token: it is recomputed for its logits. */
-        uint32_t offered = q->num_tokens - 1;
-        kvrt_cache_match_t m;
-        kvrt_status_t rc = kvrt_cache_match(s->cache, q->tokens, offered, &q->keys,
-                                            offered >> s->block_shift, hit_blocks,
-                                            q->hashes, &m);
-        if (rc != KVRT_OK) {
-            sched_end(s, q, KVRT_END_FAILED, rc);
-            return true;
-        }
-        hits = m.num_blocks;
-        hit_tokens = m.num_tokens;
-        if (hits > q->num_hashed)
-            q->num_hashed = hits;
-        s->stats.prefix_query_tokens += offered;
-    }
+    if (!match_prefix(s, q, hit_blocks))
+        return q->state == KVRT_SEQ_ENDED; /* a failed head is skipped */
+    uint32_t hit_tokens = q->computed;
+    uint32_t hits = hit_tokens >> s->block_shift;
     uint32_t remaining = q->num_tokens - hit_tokens;
     uint32_t n = min_u32(min_u32(remaining, s->chunk_tokens), st->budget);
     uint32_t need = sched_blocks_for(s, (uint64_t)hit_tokens + n) - hits;
-    kvrt_table_id_t table = 0;
-    if (!blocks_available(s, need) || kvrt_table_create(s->pool, &table) != KVRT_OK) {
-        /* Give the hits back tail first, so the cache's recency order
-         * keeps the prefix root the last to be evicted. */
-        for (uint32_t j = hits; j-- > 0;)
-            kvrt_pool_free(s->pool, 1, &hit_blocks[j]);
-        s->blocked_head = id;
-        s->blocked_available = pool_available(s);
+    if (!blocks_available(s, need)) {
+        s->pinned = sched_slot(s, q);
         return false;
     }
-    s->blocked_head = 0;
-    if (hits)
-        kvrt_table_adopt(s->pool, table, hits, hit_blocks);
+    if (s->pinned == sched_slot(s, q))
+        s->pinned = SCHED_NONE;
     sched_heap_remove(s, q);
-    q->table = table;
     q->state = KVRT_SEQ_RUNNING;
     q->in_prefill = 1;
-    q->computed = hit_tokens;
-    q->num_inserted = hits;
     q->row = s->free_rows[--s->num_free_rows];
     q->row_blocks = 0;
     q->running_pos = s->num_running;
