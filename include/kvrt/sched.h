@@ -46,7 +46,11 @@
  * request's tokens are matched against the cache (kvrt_cache_match on all
  * but the last token, which is always recomputed so there are logits to
  * sample); hit blocks are adopted into its block table, count as computed,
- * cost no budget and need no new block. At commit every block that became
+ * cost no budget and need no new block. A head that does not fit keeps its
+ * hits in its table while it waits (one query per request, no rehashing,
+ * its prefix safe from eviction); at most one waiting request holds hits,
+ * and it gives them up before any running sequence is preempted.
+ * At commit every block that became
  * full is hashed (once) and inserted into the cache; rejected speculative
  * tokens are rolled back before that and never reach it.
  *
