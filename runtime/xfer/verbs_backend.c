@@ -162,6 +162,7 @@ static void on_side_channel(vb_conn_t *c)
     ssize_t n = recv(c->fd, &byte, 1, MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
+    c->fd_done = true; /* stop watching: an ended socket stays readable */
     if (n > 0)
         kvrt_xfer_bk_refuse(c->peer, KVRT_ERR_PROTOCOL,
                             "verbs: data on the side channel after set-up");
@@ -220,7 +221,7 @@ static void *progress_main(void *arg)
             }
         nfds_t first_conn = n;
         for (vb_conn_t *c = b->conns; c && n < VB_POLL_FDS; c = c->next) {
-            if (c->fd < 0 || c->failed)
+            if (c->fd < 0 || c->fd_done)
                 continue;
             watched[n] = c;
             pfd[n++] = (struct pollfd){.fd = c->fd, .events = POLLIN | POLLRDHUP};

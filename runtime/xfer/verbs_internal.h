@@ -130,6 +130,7 @@ struct vb_conn {
     vb_conn_t *next;               /* backend->conns */
     bool closing, closed;          /* backend->lock */
     bool fresh;                    /* backend->lock: not yet drained once */
+    bool fd_done;                  /* progress thread: side channel ended */
     struct ibv_cq *cq[VB_MAX_DEVICES];
     uint32_t nqp;
     vb_qp_t qp[VB_MAX_QPS];
