@@ -156,6 +156,25 @@ static kvrt_block_hash_t hash_block_streamed(const kvrt_block_hash_t *parent,
     return from_xxh(XXH3_128bits_digest(&state));
 }
 
+/* The record of a text-only block of n tokens, in a buffer whose header
+ * (tag, n) and footer (no multimodal items) are already written. Inlined
+ * with a constant n where it can be, so XXH3's short path is specialised. */
+static inline __attribute__((always_inline)) kvrt_block_hash_t
+hash_text_block(uint8_t *buffer, const kvrt_block_hash_t *parent, const int32_t *tokens,
+                uint32_t n)
+{
+    put_hash(buffer + 8, parent);
+    put_tokens(buffer + 24, tokens, n);
+    return from_xxh(XXH3_128bits(buffer, 24 + (size_t)n * 4 + 4));
+}
+
+static inline void put_text_frame(uint8_t *buffer, uint32_t n)
+{
+    put_u32(buffer, TAG('B'));
+    put_u32(buffer + 4, n);
+    put_u32(buffer + 24 + (size_t)n * 4, 0);
+}
+
 kvrt_block_hash_t kvrt_cache_hash_block(const kvrt_block_hash_t *parent, const int32_t *tokens,
                                    uint32_t n, uint32_t first_token,
                                    const kvrt_hash_keys_t *keys)
@@ -166,12 +185,43 @@ kvrt_block_hash_t kvrt_cache_hash_block(const kvrt_block_hash_t *parent, const i
         return hash_block_streamed(parent, tokens, n,
                                    num_mm ? keys->mm_items + mm_begin : NULL, num_mm);
     uint8_t buffer[24 + BLOCK_BUFFER_TOKENS * 4 + 4];
-    put_u32(buffer, TAG('B'));
-    put_u32(buffer + 4, n);
-    put_hash(buffer + 8, parent);
-    put_tokens(buffer + 24, tokens, n);
-    put_u32(buffer + 24 + (size_t)n * 4, 0);
-    return from_xxh(XXH3_128bits(buffer, 24 + (size_t)n * 4 + 4));
+    if (n == 16) { /* the common size, with a compile-time record length */
+        put_text_frame(buffer, 16);
+        return hash_text_block(buffer, parent, tokens, 16);
+    }
+    put_text_frame(buffer, n);
+    return hash_text_block(buffer, parent, tokens, n);
+}
+
+void kvrt_cache_hash_run(const kvrt_block_hash_t *parent, const int32_t *tokens, uint32_t n,
+                         uint32_t num_blocks, uint32_t first_token,
+                         const kvrt_hash_keys_t *keys, kvrt_block_hash_t *hashes_out)
+{
+    bool text_only = !keys || !(keys->field_mask & KVRT_HASH_KEY_MM) || keys->num_mm_items == 0;
+    if (!text_only || n > BLOCK_BUFFER_TOKENS) {
+        for (uint32_t i = 0; i < num_blocks; i++) {
+            hashes_out[i] = kvrt_cache_hash_block(parent, tokens + (size_t)i * n, n,
+                                                  first_token + i * n, keys);
+            parent = &hashes_out[i];
+        }
+        return;
+    }
+    /* The chain is serial (each record holds its parent), so what counts is
+     * the latency of one hash: one frame for the whole run, and the
+     * 16-token block (the common size) with a compile-time length. */
+    uint8_t buffer[24 + BLOCK_BUFFER_TOKENS * 4 + 4];
+    put_text_frame(buffer, n);
+    if (n == 16) {
+        for (uint32_t i = 0; i < num_blocks; i++) {
+            hashes_out[i] = hash_text_block(buffer, parent, tokens + (size_t)i * 16, 16);
+            parent = &hashes_out[i];
+        }
+        return;
+    }
+    for (uint32_t i = 0; i < num_blocks; i++) {
+        hashes_out[i] = hash_text_block(buffer, parent, tokens + (size_t)i * n, n);
+        parent = &hashes_out[i];
+    }
 }
 
 bool kvrt_cache_keys_empty(const kvrt_hash_keys_t *keys)

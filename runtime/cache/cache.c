@@ -48,6 +48,7 @@ static const cache_policy_ops_t *const policy_table[] = {
 };
 #define NUM_POLICIES (sizeof(policy_table) / sizeof(policy_table[0]))
 #define EXPLAIN_MIN_SLOTS (1u << 16)
+#define MATCH_WINDOW 16u /* blocks hashed ahead of their lookups in a match */
 
 /* ---- keys of one call ----------------------------------------------------- */
 
@@ -362,42 +363,50 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_match(kvrt_cache_t *cache, const int32_t *t
     uint32_t full = num_tokens / bs;
     uint32_t limit = full < max_blocks ? full : max_blocks;
     kvrt_cache_miss_reason_t reason = KVRT_CACHE_MISS_NONE;
-    /* Software pipeline: block i+1 is hashed, and its index slot
-     * prefetched, before block i is looked up, so the slot's cache miss
-     * overlaps a hash instead of stalling the loop. On a miss one block
-     * was hashed for nothing. */
-    kvrt_block_hash_t content, key, next_content, next_key;
-    if (limit) {
-        content = kvrt_cache_hash_block(&cache->root, tokens, bs, 0, ck.keys);
-        key = key_of(&ck, &content);
-        kvrt_cache_index_prefetch(&cache->index, &key);
-    }
+    /* In windows of MATCH_WINDOW blocks, three passes, so that the cache
+     * misses of one pass overlap the work of the one before: hash the
+     * window's blocks (a serial chain, in one call so the hash inlines) and
+     * prefetch their index slots; find them, stopping at the first miss,
+     * while prefetching the pool's and the policy's entries of each hit;
+     * then take the references. On a miss at most MATCH_WINDOW - 1 blocks
+     * were hashed for nothing. */
+    kvrt_block_hash_t parent = cache->root;
+    kvrt_block_hash_t contents[MATCH_WINDOW], keys_w[MATCH_WINDOW];
+    int32_t found[MATCH_WINDOW];
     uint32_t hits = 0;
-    for (; hits < limit; hits++) {
-        if (hits + 1 < limit) {
-            uint32_t at = (hits + 1) * bs;
-            next_content = kvrt_cache_hash_block(&content, tokens + at, bs, at, ck.keys);
-            next_key = key_of(&ck, &next_content);
-            kvrt_cache_index_prefetch(&cache->index, &next_key);
+    while (hits < limit && reason == KVRT_CACHE_MISS_NONE) {
+        uint32_t n = limit - hits < MATCH_WINDOW ? limit - hits : MATCH_WINDOW;
+        kvrt_cache_hash_run(&parent, tokens + hits * bs, bs, n, hits * bs, ck.keys, contents);
+        parent = contents[n - 1];
+        for (uint32_t i = 0; i < n; i++) {
+            keys_w[i] = key_of(&ck, &contents[i]);
+            kvrt_cache_index_prefetch(&cache->index, &keys_w[i]);
         }
-        int32_t block = kvrt_cache_index_find(&cache->index, &key);
-        if (block == KVRT_NULL_BLOCK) {
-            reason = explain_miss(cache, &content, &ck);
-            break;
+        uint32_t got = 0;
+        for (; got < n; got++) {
+            found[got] = kvrt_cache_index_find(&cache->index, &keys_w[got]);
+            if (found[got] == KVRT_NULL_BLOCK) {
+                reason = explain_miss(cache, &contents[got], &ck);
+                break;
+            }
+            kvrt_pool_prefetch_block(cache->pool, found[got]);
+            kvrt_cache_policy_prefetch(&cache->policy, found[got]);
         }
-        if (KVRT_UNLIKELY(!kvrt_pool_ref_cached(cache->pool, block))) {
-            /* 2^31-1 references: give back what this call took. */
-            kvrt_pool_free(cache->pool, hits, blocks_out);
-            return kvrt_fail(cache->ctx, KVRT_ERR_OVERFLOW,
-                             "cache %s: block %d reference count at its limit", cache->name,
-                             block);
+        for (uint32_t i = 0; i < got; i++) {
+            int32_t block = found[i];
+            if (KVRT_UNLIKELY(!kvrt_pool_ref_cached(cache->pool, block))) {
+                /* 2^31-1 references: give back what this call took. */
+                kvrt_pool_free(cache->pool, hits, blocks_out);
+                return kvrt_fail(cache->ctx, KVRT_ERR_OVERFLOW,
+                                 "cache %s: block %d reference count at its limit",
+                                 cache->name, block);
+            }
+            cache->policy.ops->hit(&cache->policy, block);
+            blocks_out[hits] = block;
+            if (hashes_out)
+                hashes_out[hits] = contents[i];
+            hits++;
         }
-        cache->policy.ops->hit(&cache->policy, block);
-        blocks_out[hits] = block;
-        if (hashes_out)
-            hashes_out[hits] = content;
-        content = next_content;
-        key = next_key;
     }
     cache->policy.tick++;
     /* A match capped by max_blocks only queried what it looked at. */

@@ -26,6 +26,12 @@ kvrt_block_hash_t kvrt_cache_hash_root(const kvrt_block_hash_t *fingerprint);
 kvrt_block_hash_t kvrt_cache_hash_block(const kvrt_block_hash_t *parent, const int32_t *tokens,
                                    uint32_t n, uint32_t first_token,
                                    const kvrt_hash_keys_t *keys);
+/* Content hashes of num_blocks consecutive blocks of n tokens, chained from
+ * parent: hashes_out[i] is block i's, equal to kvrt_cache_hash_block() of
+ * each in turn, computed with the per-block overhead taken out. */
+void kvrt_cache_hash_run(const kvrt_block_hash_t *parent, const int32_t *tokens, uint32_t n,
+                         uint32_t num_blocks, uint32_t first_token,
+                         const kvrt_hash_keys_t *keys, kvrt_block_hash_t *hashes_out);
 
 static inline bool hash_equal(const kvrt_block_hash_t *a, const kvrt_block_hash_t *b)
 {
@@ -120,6 +126,19 @@ struct cache_policy {
     uint64_t history_mask;
     bool aged;
 };
+
+/* Warms what a hit on `block` will touch in any policy's arrays. */
+static inline void kvrt_cache_policy_prefetch(const cache_policy_t *p, int32_t block)
+{
+    if (p->prev) {
+        __builtin_prefetch(&p->prev[block], 1);
+        __builtin_prefetch(&p->next[block], 1);
+    }
+    if (p->heap_pos) {
+        __builtin_prefetch(&p->heap_pos[block], 1);
+        __builtin_prefetch(&p->freq[block], 1);
+    }
+}
 
 extern const cache_policy_ops_t kvrt_cache_policy_lru;
 extern const cache_policy_ops_t kvrt_cache_policy_lfu;

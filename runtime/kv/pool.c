@@ -457,3 +457,9 @@ bool kvrt_pool_is_cached(const kvrt_pool_t *pool, int32_t block)
 {
     return block_in_range(pool, block) && pool->meta[block].cached;
 }
+
+void kvrt_pool_prefetch_block(const kvrt_pool_t *pool, int32_t block)
+{
+    if (block_in_range(pool, block))
+        __builtin_prefetch(&pool->meta[block], 1);
+}

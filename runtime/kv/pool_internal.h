@@ -40,6 +40,8 @@ void kvrt_pool_uncache(kvrt_pool_t *pool, int32_t block);
  * false when the block is not cached or its count would overflow. */
 bool kvrt_pool_ref_cached(kvrt_pool_t *pool, int32_t block);
 bool kvrt_pool_is_cached(const kvrt_pool_t *pool, int32_t block);
+/* Warms the block's bookkeeping before a batch of kvrt_pool_ref_cached(). */
+void kvrt_pool_prefetch_block(const kvrt_pool_t *pool, int32_t block);
 
 kvrt_ctx_t *kvrt_pool_ctx(const kvrt_pool_t *pool);
 uint32_t kvrt_pool_num_blocks(const kvrt_pool_t *pool);
