@@ -285,11 +285,12 @@ KVRT_EXPORT kvrt_status_t kvrt_pool_ref(kvrt_pool_t *pool, uint32_t count,
     for (uint32_t i = 0; i < count; i++) {
         block_meta_t *m = &pool->meta[blocks[i]];
         if (KVRT_UNLIKELY(m->refcount == INT32_MAX)) {
+            int32_t full = blocks[i];
             while (i-- > 0)
                 pool->meta[blocks[i]].refcount--;
             return kvrt_fail(pool->ctx, KVRT_ERR_OVERFLOW,
                              "pool %s: block %d reference count at its limit", pool->name,
-                             blocks[i]);
+                             full);
         }
         m->refcount++;
     }

@@ -96,14 +96,14 @@ Test(kernels_attention, matches_gather_oracle_on_random_shapes)
     for (uint64_t seed = 1; seed <= 24; seed++) {
         uint64_t rng = seed;
         kvrt_kv_layout_t l = oracle_layout(&rng, dtypes[seed % 3]);
-        uint32_t num_blocks = 2 + oracle_below(&rng, 10);
+        uint32_t num_blocks = 2 + test_rand_below(&rng, 10);
         uint64_t bytes = oracle_cache_bytes(&l, num_blocks);
         char *base = malloc(bytes);
         /* Values in the cache: random rows of the cache dtype (FP8 codes
          * drawn so that none is NaN). */
         if (l.dtype == KVRT_DTYPE_FP8_E4M3) {
             for (uint64_t i = 0; i < bytes; i++)
-                base[i] = (char)(oracle_below(&rng, 0x7e) | (oracle_below(&rng, 2) << 7));
+                base[i] = (char)(test_rand_below(&rng, 0x7e) | (test_rand_below(&rng, 2) << 7));
         } else {
             oracle_fill_values(&rng, base, l.dtype, bytes / 2, 1.0f);
         }
@@ -119,25 +119,25 @@ Test(kernels_attention, matches_gather_oracle_on_random_shapes)
             cache.k_scales = scales[0];
             cache.v_scales = scales[1];
         }
-        uint32_t group = 1u << oracle_below(&rng, 4); /* 1, 2, 4, 8 query heads per KV head */
-        uint32_t num_seqs = 1 + oracle_below(&rng, 5), stride = 1 + oracle_below(&rng, 4);
+        uint32_t group = 1u << test_rand_below(&rng, 4); /* 1, 2, 4, 8 query heads per KV head */
+        uint32_t num_seqs = 1 + test_rand_below(&rng, 5), stride = 1 + test_rand_below(&rng, 4);
         uint32_t num_q_heads = l.num_kv_heads * group;
         int32_t *tables = malloc(num_seqs * stride * sizeof(int32_t));
         int32_t *lens = malloc(num_seqs * sizeof(int32_t));
         for (uint32_t s = 0; s < num_seqs; s++) {
             /* Lengths 0, partial blocks and full tables; block 0 may appear. */
-            lens[s] = (int32_t)oracle_below(&rng, stride * l.tokens_per_block + 1);
+            lens[s] = (int32_t)test_rand_below(&rng, stride * l.tokens_per_block + 1);
             if (s == 0)
                 lens[s] = 0;
             for (uint32_t b = 0; b < stride; b++)
-                tables[s * stride + b] = (int32_t)oracle_below(&rng, num_blocks);
+                tables[s * stride + b] = (int32_t)test_rand_below(&rng, num_blocks);
         }
         kvrt_dtype_t q_dtype = seed % 4 == 0 ? KVRT_DTYPE_FP32 : KVRT_DTYPE_FP16;
         size_t q_elems = (size_t)num_seqs * num_q_heads * l.head_dim;
         void *query = malloc(q_elems * 4);
         oracle_fill_values(&rng, query, q_dtype, q_elems, 1.0f);
         float *out = malloc(q_elems * sizeof(float));
-        kvrt_decode_attention_t a = {.layer = oracle_below(&rng, l.num_layers),
+        kvrt_decode_attention_t a = {.layer = test_rand_below(&rng, l.num_layers),
                                      .num_seqs = num_seqs, .num_q_heads = num_q_heads,
                                      .q_dtype = q_dtype, .query = query, .block_tables = tables,
                                      .table_stride = stride, .seq_lens = lens, .out = out};

@@ -135,17 +135,17 @@ Test(kernels_cuda, movement_matches_the_cpu_reference_bit_for_bit)
         uint64_t rng = seed;
         kvrt_kv_layout_t l = oracle_layout(&rng, dtypes[seed % 3]);
         twin_t t;
-        twin_init(&t, &rng, &l, 3 + oracle_below(&rng, 8),
+        twin_init(&t, &rng, &l, 3 + test_rand_below(&rng, 8),
                   seed % 2 ? KVRT_SCALE_PER_BLOCK : KVRT_SCALE_PER_HEAD);
         uint32_t row = l.num_kv_heads * l.head_dim;
         kvrt_dtype_t src = l.dtype == KVRT_DTYPE_FP8_E4M3
                                ? (seed % 4 < 2 ? KVRT_DTYPE_FP16 : KVRT_DTYPE_BF16)
                                : l.dtype;
-        uint32_t n = 1 + oracle_below(&rng, 64);
+        uint32_t n = 1 + test_rand_below(&rng, 64);
         uint64_t num_slots = (uint64_t)t.host.num_blocks * l.tokens_per_block;
         int64_t *slots = malloc(n * sizeof(int64_t));
         for (uint32_t i = 0; i < n; i++)
-            slots[i] = oracle_below(&rng, 8) == 0 ? -1 : (int64_t)((i * 37 + seed) % num_slots);
+            slots[i] = test_rand_below(&rng, 8) == 0 ? -1 : (int64_t)((i * 37 + seed) % num_slots);
         for (uint32_t i = 0; i < n; i++) /* distinct slots: GPU order is unspecified */
             for (uint32_t j = 0; j < i; j++)
                 if (slots[j] == slots[i])
@@ -156,7 +156,7 @@ Test(kernels_cuda, movement_matches_the_cpu_reference_bit_for_bit)
         oracle_fill_values(&rng, value, src, (size_t)n * row, 300.0f);
         void *d_key = to_device(key, rows_bytes), *d_value = to_device(value, rows_bytes);
         int64_t *d_slots = to_device(slots, n * sizeof(int64_t));
-        kvrt_kv_rows_t rows = {.layer = oracle_below(&rng, l.num_layers), .num_tokens = n,
+        kvrt_kv_rows_t rows = {.layer = test_rand_below(&rng, l.num_layers), .num_tokens = n,
                                .dtype = src, .slot_mapping = slots};
         cr_assert_eq(kvrt_cpu_write_kv(NULL, &t.host, &rows, key, value), KVRT_OK);
         rows.slot_mapping = d_slots;
@@ -243,7 +243,7 @@ Test(kernels_cuda, decode_attention_matches_the_cpu_reference)
         uint64_t rng = seed;
         kvrt_kv_layout_t l = oracle_layout(&rng, dtypes[seed % 3]);
         twin_t t;
-        twin_init(&t, &rng, &l, 2 + oracle_below(&rng, 10),
+        twin_init(&t, &rng, &l, 2 + test_rand_below(&rng, 10),
                   seed % 2 ? KVRT_SCALE_PER_BLOCK : KVRT_SCALE_PER_HEAD);
         /* Bounded values (|x| <= ~1.3), not random bit patterns, so the
          * logits stay where float summation order hardly matters. */
@@ -258,13 +258,13 @@ Test(kernels_cuda, decode_attention_matches_the_cpu_reference)
             cudaMemcpy(t.dev.k_scales, t.host.k_scales, t.scales * 4, cudaMemcpyHostToDevice);
             cudaMemcpy(t.dev.v_scales, t.host.v_scales, t.scales * 4, cudaMemcpyHostToDevice);
         }
-        uint32_t q_heads = l.num_kv_heads << oracle_below(&rng, 4);
-        uint32_t seqs = 1 + oracle_below(&rng, 6), stride = 1 + oracle_below(&rng, 4);
+        uint32_t q_heads = l.num_kv_heads << test_rand_below(&rng, 4);
+        uint32_t seqs = 1 + test_rand_below(&rng, 6), stride = 1 + test_rand_below(&rng, 4);
         int32_t *tables = malloc(seqs * stride * sizeof(int32_t)), *lens = malloc(seqs * 4);
         for (uint32_t s = 0; s < seqs; s++) {
-            lens[s] = s == 0 ? 0 : (int32_t)oracle_below(&rng, stride * l.tokens_per_block + 1);
+            lens[s] = s == 0 ? 0 : (int32_t)test_rand_below(&rng, stride * l.tokens_per_block + 1);
             for (uint32_t b = 0; b < stride; b++)
-                tables[s * stride + b] = (int32_t)oracle_below(&rng, t.host.num_blocks);
+                tables[s * stride + b] = (int32_t)test_rand_below(&rng, t.host.num_blocks);
         }
         size_t q_elems = (size_t)seqs * q_heads * l.head_dim;
         float *query = malloc(q_elems * 4), *out_cpu = malloc(q_elems * 4),
@@ -272,7 +272,7 @@ Test(kernels_cuda, decode_attention_matches_the_cpu_reference)
         oracle_fill_values(&rng, query, KVRT_DTYPE_FP32, q_elems, 1.0f);
         void *d_query = to_device(query, q_elems * 4), *d_out = to_device(NULL, q_elems * 4);
         int32_t *d_tables = to_device(tables, seqs * stride * 4), *d_lens = to_device(lens, seqs * 4);
-        kvrt_decode_attention_t a = {.layer = oracle_below(&rng, l.num_layers), .num_seqs = seqs,
+        kvrt_decode_attention_t a = {.layer = test_rand_below(&rng, l.num_layers), .num_seqs = seqs,
                                      .num_q_heads = q_heads, .q_dtype = KVRT_DTYPE_FP32,
                                      .query = query, .block_tables = tables,
                                      .table_stride = stride, .seq_lens = lens, .out = out_cpu};

@@ -18,7 +18,7 @@ Test(kernels_layout, strides_reproduce_page_offsets_for_every_arrangement)
         kvrt_kv_layout_t l = oracle_layout(&rng, KVRT_DTYPE_FP16);
         l.format = (kvrt_kv_format_t)(trial & 1);
         l.order = (kvrt_kv_order_t)((trial >> 1) & 1);
-        uint32_t num_blocks = 1 + oracle_below(&rng, 9);
+        uint32_t num_blocks = 1 + test_rand_below(&rng, 9);
         char dummy;
         kvrt_kv_cache_t cache = {.layout = l, .num_blocks = num_blocks, .base = &dummy};
         kv_geometry_t g;

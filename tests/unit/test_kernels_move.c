@@ -79,14 +79,14 @@ static int64_t *random_slots(uint64_t *rng, uint64_t num_slots, uint32_t n)
     for (uint64_t i = 0; i < num_slots; i++)
         all[i] = (int64_t)i;
     for (uint64_t i = num_slots - 1; i > 0; i--) {
-        uint64_t j = oracle_rand(rng) % (i + 1);
+        uint64_t j = test_rand(rng) % (i + 1);
         int64_t t = all[i];
         all[i] = all[j];
         all[j] = t;
     }
     int64_t *slots = malloc(n * sizeof(int64_t));
     for (uint32_t i = 0; i < n; i++)
-        slots[i] = oracle_below(rng, 8) == 0 ? -1 - (int64_t)oracle_below(rng, 3) : all[i];
+        slots[i] = test_rand_below(rng, 8) == 0 ? -1 - (int64_t)test_rand_below(rng, 3) : all[i];
     free(all);
     return slots;
 }
@@ -99,16 +99,16 @@ static void check_write(uint64_t seed, kvrt_dtype_t cache_dtype, kvrt_dtype_t sr
     uint64_t rng = seed;
     kvrt_kv_layout_t l = oracle_layout(&rng, cache_dtype);
     fixture_t f;
-    fixture_init(&f, &rng, &l, 2 + oracle_below(&rng, 6), mode);
+    fixture_init(&f, &rng, &l, 2 + test_rand_below(&rng, 6), mode);
     uint64_t num_slots = (uint64_t)f.num_blocks * l.tokens_per_block;
-    uint32_t n = 1 + oracle_below(&rng, (uint32_t)(num_slots < 300 ? num_slots : 300));
+    uint32_t n = 1 + test_rand_below(&rng, (uint32_t)(num_slots < 300 ? num_slots : 300));
     int64_t *slots = random_slots(&rng, num_slots, n);
-    uint64_t stride = row_elems(&l) + (oracle_below(&rng, 2) ? 8 * oracle_below(&rng, 4) : 0);
+    uint64_t stride = row_elems(&l) + (test_rand_below(&rng, 2) ? 8 * test_rand_below(&rng, 4) : 0);
     size_t src_elem = src_dtype == KVRT_DTYPE_FP32 ? 4 : 2;
     void *key = malloc(n * stride * src_elem), *value = malloc(n * stride * src_elem);
     oracle_fill_values(&rng, key, src_dtype, n * stride, range);
     oracle_fill_values(&rng, value, src_dtype, n * stride, range);
-    uint32_t layer = oracle_below(&rng, l.num_layers);
+    uint32_t layer = test_rand_below(&rng, l.num_layers);
 
     kvrt_kv_rows_t rows = {.field_mask = KVRT_KV_ROWS_FIELD_TOKEN_STRIDE, .layer = layer,
                            .num_tokens = n, .dtype = src_dtype, .token_stride = stride,
@@ -225,17 +225,17 @@ Test(kernels_move, gather_and_scatter_match_the_oracle)
                                               KVRT_DTYPE_FP8_E4M3};
         kvrt_kv_layout_t l = oracle_layout(&rng, dtypes[seed % 3]);
         fixture_t f;
-        fixture_init(&f, &rng, &l, 2 + oracle_below(&rng, 7), KVRT_SCALE_PER_HEAD);
+        fixture_init(&f, &rng, &l, 2 + test_rand_below(&rng, 7), KVRT_SCALE_PER_HEAD);
         uint64_t page = 0, block_bytes = 0;
         kvrt_layout_page_bytes(&l, &page);
         kvrt_layout_block_bytes(&l, &block_bytes);
 
         /* Gather: repeats allowed, block 0 included. */
-        uint32_t count = 1 + oracle_below(&rng, 2 * f.num_blocks);
+        uint32_t count = 1 + test_rand_below(&rng, 2 * f.num_blocks);
         uint32_t room = count > f.num_blocks ? count : f.num_blocks;
         int32_t *blocks = malloc(room * sizeof(int32_t));
         for (uint32_t i = 0; i < count; i++)
-            blocks[i] = i == 0 ? 0 : (int32_t)oracle_below(&rng, f.num_blocks);
+            blocks[i] = i == 0 ? 0 : (int32_t)test_rand_below(&rng, f.num_blocks);
         char *staging = malloc(room * block_bytes), *want = malloc(room * block_bytes);
         cr_assert_eq(kvrt_cpu_gather_blocks(NULL, &f.desc, blocks, count, staging), KVRT_OK);
         for (uint32_t i = 0; i < count; i++)
@@ -250,7 +250,7 @@ Test(kernels_move, gather_and_scatter_match_the_oracle)
         cr_assert_eq(memcmp(f.cache, f.expect, f.bytes), 0, "gather never writes the cache");
 
         /* Scatter fresh bytes into distinct blocks. */
-        uint32_t n = 1 + oracle_below(&rng, f.num_blocks);
+        uint32_t n = 1 + test_rand_below(&rng, f.num_blocks);
         for (uint32_t i = 0; i < n; i++)
             blocks[i] = (int32_t)((i * 7 + seed) % f.num_blocks);
         for (uint32_t i = 0; i < n; i++)
@@ -280,15 +280,15 @@ Test(kernels_move, copy_blocks_matches_the_oracle_with_per_block_scales)
         uint64_t rng = seed;
         kvrt_kv_layout_t l = oracle_layout(&rng, seed % 2 ? KVRT_DTYPE_FP8_E4M3 : KVRT_DTYPE_BF16);
         fixture_t f;
-        fixture_init(&f, &rng, &l, 4 + oracle_below(&rng, 8), KVRT_SCALE_PER_BLOCK);
+        fixture_init(&f, &rng, &l, 4 + test_rand_below(&rng, 8), KVRT_SCALE_PER_BLOCK);
         uint64_t page = 0;
         kvrt_layout_page_bytes(&l, &page);
         /* Sources from the first half, destinations from the second, and a
          * src == dst no-op. */
-        uint32_t half_n = f.num_blocks / 2, n = 1 + oracle_below(&rng, half_n);
+        uint32_t half_n = f.num_blocks / 2, n = 1 + test_rand_below(&rng, half_n);
         kvrt_block_copy_t copies[16];
         for (uint32_t i = 0; i < n; i++)
-            copies[i] = (kvrt_block_copy_t){.src_block = (int32_t)oracle_below(&rng, half_n),
+            copies[i] = (kvrt_block_copy_t){.src_block = (int32_t)test_rand_below(&rng, half_n),
                                             .dst_block = (int32_t)(half_n + i)};
         copies[n] = (kvrt_block_copy_t){.src_block = 0, .dst_block = 0};
         size_t scales_n = (size_t)l.num_layers * f.num_blocks;

@@ -13,35 +13,20 @@
 #include <string.h>
 
 #include "kvrt/kernels.h"
+#include "test_helpers.h"
 
-/* ---- deterministic randomness (xorshift64*) ---------------------------- */
-
-static inline uint64_t oracle_rand(uint64_t *state)
-{
-    uint64_t x = *state;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    return x * 0x2545F4914F6CDD1Dull;
-}
-
-static inline uint32_t oracle_below(uint64_t *state, uint32_t n)
-{
-    return (uint32_t)(oracle_rand(state) % n);
-}
 
 /* Uniform in [-1, 1). */
 static inline float oracle_unit(uint64_t *state)
 {
-    return (float)((double)(oracle_rand(state) >> 11) / 4503599627370496.0 - 1.0);
+    return (float)((double)(test_rand(state) >> 11) / 4503599627370496.0 - 1.0);
 }
 
 static inline void oracle_fill_bytes(uint64_t *state, void *p, size_t n)
 {
     unsigned char *b = p;
     for (size_t i = 0; i < n; i++)
-        b[i] = (unsigned char)oracle_rand(state);
+        b[i] = (unsigned char)test_rand(state);
 }
 
 /* ---- numeric oracles --------------------------------------------------- */
@@ -170,12 +155,12 @@ static inline kvrt_kv_layout_t oracle_layout(uint64_t *state, kvrt_dtype_t dtype
     kvrt_kv_layout_t l = {0};
     l.field_mask = KVRT_LAYOUT_FIELD_DTYPE | KVRT_LAYOUT_FIELD_FORMAT | KVRT_LAYOUT_FIELD_ORDER;
     l.dtype = dtype;
-    l.format = (kvrt_kv_format_t)oracle_below(state, 2);
-    l.order = (kvrt_kv_order_t)oracle_below(state, 2);
-    l.num_layers = 1 + oracle_below(state, 3);
-    l.num_kv_heads = 1 + oracle_below(state, 4);
-    l.head_dim = dims[oracle_below(state, 5)];
-    l.tokens_per_block = tpbs[oracle_below(state, 5)];
+    l.format = (kvrt_kv_format_t)test_rand_below(state, 2);
+    l.order = (kvrt_kv_order_t)test_rand_below(state, 2);
+    l.num_layers = 1 + test_rand_below(state, 3);
+    l.num_kv_heads = 1 + test_rand_below(state, 4);
+    l.head_dim = dims[test_rand_below(state, 5)];
+    l.tokens_per_block = tpbs[test_rand_below(state, 5)];
     return l;
 }
 
