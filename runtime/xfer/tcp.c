@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tcp.h"
@@ -237,41 +238,40 @@ static void send_free(tcp_state_t *st, tcp_send_t *t)
     free(t);
 }
 
-/* A sendmsg completed (res bytes or an error), or a zero-copy
- * notification arrived. Returns true when t needs resubmitting. */
-static bool send_complete(tcp_state_t *st, tcp_send_t *t, int res, uint32_t flags)
+/* A sendmsg completed with res bytes or an error. Returns true when t must
+ * be resubmitted for the rest. */
+static bool send_complete(tcp_state_t *st, tcp_send_t *t, int res)
 {
     tcp_conn_t *c = t->sock->conn;
-    if (flags & IORING_CQE_F_NOTIF) {
-        t->notifs--;
+    if (res <= 0 || c->failed) {
+        if (!c->failed)
+            tcp_conn_fail(c, KVRT_ERR_PEER_FAILED, res < 0 ? strerror(-res) : "send failed");
     } else {
-        if (flags & IORING_CQE_F_MORE)
-            t->notifs++;
-        if (res <= 0 || c->failed) {
-            if (!c->failed)
-                tcp_conn_fail(c, KVRT_ERR_PEER_FAILED, res < 0 ? strerror(-res) : "send failed");
-            t->finished = true;
-        } else {
-            size_t n = (size_t)res;
-            while (n > 0 && t->iov_first < t->iov_count) {
-                struct iovec *v = &t->iov[t->iov_first];
-                if (n >= v->iov_len) {
-                    n -= v->iov_len;
-                    t->iov_first++;
-                } else {
-                    v->iov_base = (uint8_t *)v->iov_base + n;
-                    v->iov_len -= n;
-                    n = 0;
-                }
+        size_t n = (size_t)res;
+        while (n > 0 && t->iov_first < t->iov_count) {
+            struct iovec *v = &t->iov[t->iov_first];
+            if (n >= v->iov_len) {
+                n -= v->iov_len;
+                t->iov_first++;
+            } else {
+                v->iov_base = (uint8_t *)v->iov_base + n;
+                v->iov_len -= n;
+                n = 0;
             }
-            if (t->iov_first < t->iov_count)
-                return true;
-            t->finished = true;
         }
-        t->sock->sending = false;
+        if (t->iov_first < t->iov_count)
+            return true;
     }
-    if (t->finished && t->notifs == 0)
+    t->finished = true;
+    t->sock->sending = false;
+    /* Zero-copy notifications may come after the connection is gone (the
+     * kernel lets go of the pages when the socket is closed): from here on
+     * the record stands alone. */
+    t->sock = NULL;
+    if (t->notifs == 0)
         send_free(st, t);
+    else
+        st->zc_orphans++;
     return false;
 }
 
@@ -345,11 +345,19 @@ static void handle_cqe(tcp_state_t *st, struct io_uring_cqe *cqe)
     }
     if (tag == TAG_SEND) {
         tcp_send_t *t = (tcp_send_t *)(data & ~(uintptr_t)7);
+        if (cqe->flags & IORING_CQE_F_NOTIF) {
+            if (--t->notifs == 0 && t->finished) {
+                send_free(st, t);
+                st->zc_orphans--;
+                pthread_cond_broadcast(&st->cond);
+            }
+            return;
+        }
+        if (cqe->flags & IORING_CQE_F_MORE)
+            t->notifs++;
         tcp_conn_t *c = t->sock->conn;
-        bool notif = cqe->flags & IORING_CQE_F_NOTIF;
-        if (notif || !(cqe->flags & IORING_CQE_F_MORE))
-            c->sqes--;
-        if (send_complete(st, t, cqe->res, cqe->flags)) {
+        c->sqes--;
+        if (send_complete(st, t, cqe->res)) {
             struct io_uring_sqe *sqe = sqe_get(st);
             if (sqe) {
                 send_prep(st, t, sqe);
@@ -357,8 +365,11 @@ static void handle_cqe(tcp_state_t *st, struct io_uring_cqe *cqe)
                 tcp_conn_fail(c, KVRT_ERR_INTERNAL, "submission queue full");
                 t->finished = true;
                 t->sock->sending = false;
+                t->sock = NULL;
                 if (t->notifs == 0)
                     send_free(st, t);
+                else
+                    st->zc_orphans++;
             }
         }
     }
@@ -476,6 +487,14 @@ static void tcp_fini(void *state)
 {
     tcp_state_t *st = state;
     pthread_mutex_lock(&st->lock);
+    /* Closed sockets release their zero-copy pages promptly; give the
+     * notifications a moment so their records are freed, not leaked. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
+    while (st->zc_orphans > 0)
+        if (pthread_cond_timedwait(&st->cond, &st->lock, &ts) != 0)
+            break;
     st->stopping = true;
     pthread_mutex_unlock(&st->lock);
     wake(st);

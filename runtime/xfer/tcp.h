@@ -46,7 +46,7 @@ typedef struct tcp_send {
     struct msghdr msg;
     uint32_t iov_first, iov_count;
     uint32_t notifs;           /* zero-copy notifications still due */
-    bool zerocopy, finished;
+    bool zerocopy, finished;   /* finished: sock is NULL from then on */
 } tcp_send_t;
 
 typedef enum tcp_slot_kind { SLOT_WRITE = 1, SLOT_READ = 2, SLOT_MSG = 3 } tcp_slot_kind_t;
@@ -124,6 +124,7 @@ struct tcp_state {
     tcp_upcall_t *ups;
     uint32_t nups, cap_ups;
     uint64_t written, read;    /* bytes completed, reported in batches */
+    uint32_t zc_orphans;       /* finished sends awaiting zero-copy notifications */
     uint8_t scratch[TCP_SCRATCH];
 };
 

@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,6 +32,8 @@ typedef struct child {
 
 static void child_main(const char *listen, int report, int hold)
 {
+    /* Dies with the test, even stopped, whatever assertion ends it. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     kvrt_ctx_params_t cp = {.field_mask = KVRT_CTX_PARAM_LOG_LEVEL, .log_level = KVRT_LOG_ERROR};
     kvrt_ctx_t *ctx = NULL;
     if (kvrt_ctx_create(&cp, &ctx) != KVRT_OK)
