@@ -9,110 +9,13 @@
  * any thread; it reports its address and region descriptor through a pipe
  * and serves until it is killed (by pid) or its stdin pipe closes.
  */
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "test_xfer_util.h"
-
-#define REGION_BYTES (64u << 20)
-
-typedef struct child {
-    pid_t pid;
-    int report;  /* read end: address and descriptor */
-    int hold;    /* write end: closing it ends the child */
-    char address[96];
-    uint8_t desc[KVRT_XFER_DESCRIPTOR_MAX];
-    size_t desc_len;
-} child_t;
-
-static void child_main(const char *listen, int report, int hold)
-{
-    /* Dies with the test, even stopped, whatever assertion ends it. */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    kvrt_ctx_params_t cp = {.field_mask = KVRT_CTX_PARAM_LOG_LEVEL, .log_level = KVRT_LOG_ERROR};
-    kvrt_ctx_t *ctx = NULL;
-    if (kvrt_ctx_create(&cp, &ctx) != KVRT_OK)
-        _exit(2);
-    kvrt_xfer_agent_params_t p = {.field_mask = KVRT_XFER_AGENT_PARAM_BACKEND |
-                                                KVRT_XFER_AGENT_PARAM_LISTEN,
-                                  .cluster_key = test_xfer_key, .cluster_key_bytes = 32,
-                                  .backend = KVRT_XFER_BACKEND_TCP, .listen_address = listen};
-    kvrt_xfer_agent_t *a = NULL;
-    if (kvrt_xfer_agent_create(ctx, &p, &a) != KVRT_OK)
-        _exit(3);
-    uint8_t *mem = aligned_alloc(4096, REGION_BYTES);
-    memset(mem, 0, REGION_BYTES);
-    kvrt_xfer_register_params_t rp = {.field_mask = KVRT_XFER_REGISTER_PARAM_ACCESS,
-                                      .address = mem, .length = REGION_BYTES,
-                                      .access = KVRT_XFER_REMOTE_READ | KVRT_XFER_REMOTE_WRITE};
-    kvrt_xfer_region_t *r = NULL;
-    if (kvrt_xfer_register(a, &rp, &r) != KVRT_OK)
-        _exit(4);
-    char msg[96 + KVRT_XFER_DESCRIPTOR_MAX + 8] = {0};
-    kvrt_xfer_agent_address(a, msg, 96);
-    size_t len = 0;
-    kvrt_xfer_region_descriptor(r, msg + 104, KVRT_XFER_DESCRIPTOR_MAX, &len);
-    memcpy(msg + 96, &len, sizeof(len));
-    if (write(report, msg, sizeof(msg)) != (ssize_t)sizeof(msg))
-        _exit(5);
-    char c;
-    while (read(hold, &c, 1) > 0)
-        ;
-    kvrt_xfer_deregister(r);
-    kvrt_xfer_agent_destroy(a);
-    kvrt_ctx_destroy(ctx);
-    _exit(0);
-}
-
-static child_t child_start(const char *listen)
-{
-    int rep[2], hold[2];
-    cr_assert_eq(pipe(rep), 0);
-    cr_assert_eq(pipe(hold), 0);
-    child_t c = {0};
-    c.pid = fork();
-    cr_assert_geq(c.pid, 0);
-    if (c.pid == 0) {
-        close(rep[0]);
-        close(hold[1]);
-        child_main(listen, rep[1], hold[0]);
-    }
-    close(rep[1]);
-    close(hold[0]);
-    c.report = rep[0];
-    c.hold = hold[1];
-    char msg[96 + KVRT_XFER_DESCRIPTOR_MAX + 8];
-    struct pollfd pfd = {.fd = c.report, .events = POLLIN};
-    cr_assert_eq(poll(&pfd, 1, 10000), 1, "child did not report");
-    cr_assert_eq(read(c.report, msg, sizeof(msg)), (ssize_t)sizeof(msg));
-    memcpy(c.address, msg, 96);
-    memcpy(&c.desc_len, msg + 96, sizeof(c.desc_len));
-    cr_assert_leq(c.desc_len, KVRT_XFER_DESCRIPTOR_MAX);
-    memcpy(c.desc, msg + 104, c.desc_len);
-    return c;
-}
-
-static void child_kill(child_t *c)
-{
-    kill(c->pid, SIGKILL);
-    waitpid(c->pid, NULL, 0);
-    close(c->report);
-    close(c->hold);
-}
-
-static void child_end(child_t *c)
-{
-    close(c->hold);
-    int status = 0;
-    cr_assert_eq(waitpid(c->pid, &status, 0), c->pid);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
-    close(c->report);
-}
+#include "test_xfer_child.h"
 
 typedef struct side {
     kvrt_ctx_t *ctx;
