@@ -25,7 +25,7 @@
 typedef struct child {
     pid_t pid;
     int report;  /* read end: address and descriptor */
-    int hold;    /* write end: closing it ends the child */
+    int hold;    /* write end: a byte starts the agent, closing it ends the child */
     char address[96];
     uint8_t desc[KVRT_XFER_DESCRIPTOR_MAX];
     size_t desc_len;
@@ -40,6 +40,25 @@ static inline void child_main(const char *netns, const char *listen, int report,
         if (fd < 0 || setns(fd, CLONE_NEWNET) != 0)
             _exit(6);
         close(fd);
+    }
+    /* Wait for the go byte: a test can fork every child up front, before
+     * it has threads of its own (fork from a threaded process and then
+     * starting threads is not portable, and ThreadSanitizer refuses it). */
+    char go;
+    if (read(hold, &go, 1) != 1)
+        _exit(0);
+    /* Without a listen address, the address follows the go byte. */
+    char given[96] = {0};
+    if (!listen) {
+        size_t got = 0;
+        while (got < sizeof(given)) {
+            ssize_t n = read(hold, given + got, sizeof(given) - got);
+            if (n <= 0)
+                _exit(7);
+            got += (size_t)n;
+        }
+        given[sizeof(given) - 1] = '\0';
+        listen = given;
     }
     kvrt_ctx_params_t cp = {.field_mask = KVRT_CTX_PARAM_LOG_LEVEL, .log_level = KVRT_LOG_ERROR};
     kvrt_ctx_t *ctx = NULL;
@@ -76,9 +95,9 @@ static inline void child_main(const char *netns, const char *listen, int report,
     _exit(0);
 }
 
-/* Starts a child serving on `listen`, inside the network namespace file
- * `netns` when not NULL. */
-static inline child_t child_start_in(const char *netns, const char *listen)
+/* Forks a child that will serve on `listen` (inside the network namespace
+ * file `netns` when not NULL) once child_go() is called. */
+static inline child_t child_fork_in(const char *netns, const char *listen)
 {
     int rep[2], hold[2];
     cr_assert_eq(pipe(rep), 0);
@@ -95,18 +114,34 @@ static inline child_t child_start_in(const char *netns, const char *listen)
     close(hold[0]);
     c.report = rep[0];
     c.hold = hold[1];
-    char msg[96 + KVRT_XFER_DESCRIPTOR_MAX + 8];
-    struct pollfd pfd = {.fd = c.report, .events = POLLIN};
-    cr_assert_eq(poll(&pfd, 1, 10000), 1, "child did not report");
-    cr_assert_eq(read(c.report, msg, sizeof(msg)), (ssize_t)sizeof(msg));
-    memcpy(c.address, msg, 96);
-    memcpy(&c.desc_len, msg + 96, sizeof(c.desc_len));
-    cr_assert_leq(c.desc_len, KVRT_XFER_DESCRIPTOR_MAX);
-    memcpy(c.desc, msg + 104, c.desc_len);
     return c;
 }
 
-static inline child_t child_start(const char *listen) { return child_start_in(NULL, listen); }
+/* Starts the agent of a forked child and waits for its report. `go` is
+ * "g", or for a child forked without an address, "g" and 96 bytes of
+ * address. */
+static inline void child_go_at(child_t *c, const char *go)
+{
+    size_t len = go[1] ? 97 : 1;
+    cr_assert_eq(write(c->hold, go, len), (ssize_t)len);
+    char msg[96 + KVRT_XFER_DESCRIPTOR_MAX + 8];
+    struct pollfd pfd = {.fd = c->report, .events = POLLIN};
+    cr_assert_eq(poll(&pfd, 1, 10000), 1, "child did not report");
+    cr_assert_eq(read(c->report, msg, sizeof(msg)), (ssize_t)sizeof(msg));
+    memcpy(c->address, msg, 96);
+    memcpy(&c->desc_len, msg + 96, sizeof(c->desc_len));
+    cr_assert_leq(c->desc_len, KVRT_XFER_DESCRIPTOR_MAX);
+    memcpy(c->desc, msg + 104, c->desc_len);
+}
+
+static inline void child_go(child_t *c) { child_go_at(c, "g"); }
+
+static inline child_t child_start(const char *listen)
+{
+    child_t c = child_fork_in(NULL, listen);
+    child_go(&c);
+    return c;
+}
 
 static inline void child_kill(child_t *c)
 {

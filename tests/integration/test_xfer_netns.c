@@ -86,7 +86,8 @@ Test(xfer_netns, random_chunks_across_a_veth_link, .fini = teardown)
     char path[96], listen[64];
     snprintf(path, sizeof(path), "/var/run/netns/%s", pair.b);
     snprintf(listen, sizeof(listen), "%s:0", pair.addr_b);
-    child_t c = child_start_in(path, listen);
+    child_t c = child_fork_in(path, listen);
+    child_go(&c);
 
     /* This process joins namespace A (the test runs in a worker process of
      * its own, so nothing else is affected). */
