@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -178,6 +180,7 @@ static void conn_free(tcp_conn_t *c)
 {
     for (uint32_t i = 0; i < c->nsocks; i++) {
         close(c->socks[i]->fd);
+        free(c->socks[i]->stage);
         free(c->socks[i]);
     }
     free(c->slots);
@@ -217,7 +220,7 @@ static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
         t->iov[t->iov_count++] = (struct iovec){f->hdr, sizeof(f->hdr)};
         if (f->length) {
             t->iov[t->iov_count++] = (struct iovec){(void *)f->payload, (size_t)f->length};
-            if (st->zc_supported && st->env.zerocopy_threshold &&
+            if (st->zc_supported && s->conn->zerocopy && st->env.zerocopy_threshold &&
                 f->length >= st->env.zerocopy_threshold)
                 t->zerocopy = true;
         }
@@ -533,11 +536,19 @@ static void tcp_dereg(void *state, kvrt_xfer_bk_region_t *region)
 
 static tcp_sock_t *sock_new(tcp_conn_t *c, int fd)
 {
+    /* Answers are 40-byte frames: Nagle would hold each one back until the
+     * previous is acknowledged (tens of milliseconds with delayed ACKs). */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     tcp_sock_t *s = calloc(1, sizeof(*s));
-    if (s) {
-        s->conn = c;
-        s->fd = fd;
+    if (s)
+        s->stage = malloc(TCP_STAGE);
+    if (!s || !s->stage) {
+        free(s);
+        return NULL;
     }
+    s->conn = c;
+    s->fd = fd;
     return s;
 }
 
@@ -555,6 +566,17 @@ static tcp_conn_t *conn_new(tcp_state_t *st, kvrt_xfer_bk_peer_t *peer, int fd)
         return NULL;
     }
     c->nsocks = 1;
+    /* Over loopback the kernel copies zero-copy sends anyway, and pays for
+     * the notifications on top: use them only towards another host. */
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    c->zerocopy = false;
+    if (getpeername(fd, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET)
+            c->zerocopy = (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) != 127;
+        else if (ss.ss_family == AF_INET6)
+            c->zerocopy = !IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr);
+    }
     return c;
 }
 

@@ -20,8 +20,12 @@
 #include "wire.h"
 
 #define TCP_MAX_SOCKS 16
-#define TCP_IOV_MAX 64
+#define TCP_IOV_MAX 128
 #define TCP_SCRATCH (64u << 10)
+#define TCP_STAGE (512u << 10)
+#define TCP_STAGE_READ_SMALL (4u << 10)
+/* Payloads from this size up are received straight into their memory. */
+#define TCP_DIRECT_MIN (64u << 10)
 
 typedef struct tcp_state tcp_state_t;
 typedef struct tcp_conn tcp_conn_t;
@@ -72,8 +76,11 @@ struct tcp_sock {
     /* receive state */
     tcp_rx_phase_t phase;
     uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES];
-    uint32_t hdr_got;
     kvrt_xfer_wire_header_t h;
+    uint8_t *stage;            /* TCP_STAGE bytes: headers and small payloads */
+    uint32_t stage_start, stage_end;
+    bool direct;               /* the recv in flight bypasses the stage */
+    uint64_t last_payload;     /* size of the last frame's payload */
     uint8_t *dest;             /* payload target (registered memory or msg) */
     uint64_t left;
     void *pin;                 /* WRITE into a pinned region */
@@ -87,6 +94,7 @@ struct tcp_sock {
 
 struct tcp_conn {
     tcp_state_t *st;
+    bool zerocopy;             /* worth it: the peer is not on loopback */
     kvrt_xfer_bk_peer_t *peer;
     tcp_conn_t *next;          /* in st->conns */
     tcp_sock_t *socks[TCP_MAX_SOCKS];

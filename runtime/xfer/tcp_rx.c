@@ -18,7 +18,6 @@
 static void reset_header(tcp_sock_t *s)
 {
     s->phase = RX_HEADER;
-    s->hdr_got = 0;
     s->dest = NULL;
     s->left = 0;
 }
@@ -63,6 +62,7 @@ static void on_header(tcp_sock_t *s)
         return;
     }
     kvrt_xfer_wire_header_t *h = &s->h;
+    s->last_payload = kvrt_xfer_wire_payload(h);
     uint8_t *addr = NULL;
     void *pin = NULL;
     kvrt_status_t st;
@@ -191,22 +191,78 @@ static void on_payload(tcp_sock_t *s)
     reset_header(s);
 }
 
+/*
+ * Receiving. Headers and small payloads arrive through the socket's
+ * staging buffer: one recv brings many frames (a burst of ACKs, a run of
+ * 16 KiB WRITEs), which are parsed and copied out of it. A payload larger
+ * than what is staged is received straight into its destination with
+ * MSG_WAITALL, so bulk data is not copied twice.
+ */
 void tcp_rx_arm(tcp_sock_t *s, struct io_uring_sqe *sqe)
 {
-    void *buf;
-    size_t len;
-    int flags = MSG_WAITALL;
-    if (s->phase == RX_HEADER) {
-        buf = s->hdr + s->hdr_got;
-        len = sizeof(s->hdr) - s->hdr_got;
-    } else if (s->phase == RX_PAYLOAD) {
-        buf = s->dest;
-        len = s->left > (1u << 30) ? (1u << 30) : (size_t)s->left;
-    } else {
-        buf = s->conn->st->scratch;
-        len = s->left > TCP_SCRATCH ? TCP_SCRATCH : (size_t)s->left;
+    bool staged = s->stage_end > s->stage_start;
+    if (s->phase == RX_PAYLOAD && !staged) {
+        s->direct = true;
+        size_t len = s->left > (1u << 30) ? (1u << 30) : (size_t)s->left;
+        io_uring_prep_recv(sqe, s->fd, s->dest, len, MSG_WAITALL);
+        return;
     }
-    io_uring_prep_recv(sqe, s->fd, buf, len, flags);
+    if (s->phase == RX_DRAIN && !staged) {
+        s->direct = true;
+        size_t len = s->left > TCP_SCRATCH ? TCP_SCRATCH : (size_t)s->left;
+        io_uring_prep_recv(sqe, s->fd, s->conn->st->scratch, len, 0);
+        return;
+    }
+    if (s->stage_start > 0) {
+        memmove(s->stage, s->stage + s->stage_start, s->stage_end - s->stage_start);
+        s->stage_end -= s->stage_start;
+        s->stage_start = 0;
+    }
+    s->direct = false;
+    /* After small frames, read big: many frames per system call, copied out
+     * of the stage. After a large payload, read small: the next frame is
+     * likely large too, and most of it is better received directly. */
+    uint32_t room = TCP_STAGE - s->stage_end;
+    uint32_t want = s->last_payload >= TCP_DIRECT_MIN ? TCP_STAGE_READ_SMALL : TCP_STAGE;
+    io_uring_prep_recv(sqe, s->fd, s->stage + s->stage_end, room < want ? room : want, 0);
+}
+
+/* Consumes what is staged: whole headers, and payload bytes for the frame
+ * in progress. */
+static void drain_stage(tcp_sock_t *s)
+{
+    tcp_conn_t *c = s->conn;
+    while (!c->failed) {
+        uint32_t avail = s->stage_end - s->stage_start;
+        const uint8_t *at = s->stage + s->stage_start;
+        if (s->phase == RX_HEADER) {
+            if (avail < sizeof(s->hdr))
+                break;
+            memcpy(s->hdr, at, sizeof(s->hdr));
+            s->stage_start += sizeof(s->hdr);
+            on_header(s);
+            if (!c->failed && s->phase == RX_PAYLOAD && s->left == 0)
+                on_payload(s); /* an empty message */
+            continue;
+        }
+        if (avail == 0)
+            break;
+        uint32_t n = s->left < avail ? (uint32_t)s->left : avail;
+        if (s->phase == RX_PAYLOAD) {
+            memcpy(s->dest, at, n);
+            s->dest += n;
+        }
+        s->stage_start += n;
+        s->left -= n;
+        if (s->left == 0 && s->phase == RX_PAYLOAD) {
+            on_payload(s);
+        } else if (s->left == 0) {
+            reply(s, KVRT_XFER_WIRE_ACK, s->drain_status, s->h.tag, NULL, 0);
+            reset_header(s);
+        }
+    }
+    if (s->stage_start == s->stage_end)
+        s->stage_start = s->stage_end = 0;
 }
 
 void tcp_rx_complete(tcp_sock_t *s, int res)
@@ -220,25 +276,17 @@ void tcp_rx_complete(tcp_sock_t *s, int res)
         tcp_conn_fail(c, KVRT_ERR_PEER_FAILED, why);
         return;
     }
-    if (s->phase == RX_HEADER) {
-        s->hdr_got += (uint32_t)res;
-        if (s->hdr_got < sizeof(s->hdr))
-            return;
-        on_header(s);
-        if (c->failed || s->phase != RX_PAYLOAD || s->left > 0)
-            return;
-        on_payload(s); /* zero-length message */
-        return;
-    }
-    if (s->phase == RX_PAYLOAD) {
-        s->dest += res;
-        s->left -= (uint64_t)res;
-        if (s->left == 0)
-            on_payload(s);
+    if (!s->direct) {
+        s->stage_end += (uint32_t)res;
+        drain_stage(s);
         return;
     }
     s->left -= (uint64_t)res;
-    if (s->left == 0) {
+    if (s->phase == RX_PAYLOAD) {
+        s->dest += res;
+        if (s->left == 0)
+            on_payload(s);
+    } else if (s->left == 0) {
         reply(s, KVRT_XFER_WIRE_ACK, s->drain_status, s->h.tag, NULL, 0);
         reset_header(s);
     }
