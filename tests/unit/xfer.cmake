@@ -1,0 +1,1 @@
+kvrt_add_test(unit test_xfer_wire DEPS xfer TIMEOUT 30)
