@@ -57,8 +57,13 @@ void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f)
     free(f);
 }
 
+#if defined(__SANITIZE_THREAD__)
+char kvrt_xfer_tcp_wire_order;
+#endif
+
 void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f)
 {
+    TCP_WIRE_RELEASE();
     f->next = NULL;
     if (s->txq_tail)
         s->txq_tail->next = f;

@@ -136,6 +136,23 @@ struct tcp_state {
     uint8_t scratch[TCP_SCRATCH];
 };
 
+/*
+ * A frame sent is a release and a frame received an acquire: the kernel
+ * orders them, but ThreadSanitizer cannot see socket I/O done by io_uring,
+ * so two agents in one process (the tests) would otherwise show the data a
+ * progress thread copied out of a frame as racing with the peer's reader.
+ */
+#if defined(__SANITIZE_THREAD__)
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+extern char kvrt_xfer_tcp_wire_order;
+#define TCP_WIRE_RELEASE() __tsan_release(&kvrt_xfer_tcp_wire_order)
+#define TCP_WIRE_ACQUIRE() __tsan_acquire(&kvrt_xfer_tcp_wire_order)
+#else
+#define TCP_WIRE_RELEASE() ((void)0)
+#define TCP_WIRE_ACQUIRE() ((void)0)
+#endif
+
 /* tcp.c */
 tcp_frame_t *tcp_frame_new(const kvrt_xfer_wire_header_t *h, const uint8_t *payload,
                            uint64_t length);

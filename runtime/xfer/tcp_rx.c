@@ -62,6 +62,7 @@ static void on_header(tcp_sock_t *s)
         return;
     }
     kvrt_xfer_wire_header_t *h = &s->h;
+    TCP_WIRE_ACQUIRE();
     s->last_payload = kvrt_xfer_wire_payload(h);
     uint8_t *addr = NULL;
     void *pin = NULL;
