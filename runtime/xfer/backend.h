@@ -18,8 +18,10 @@
  * the backend's progress thread. kvrt_xfer_bk_batch_done and
  * kvrt_xfer_bk_msg_done may call `post` and `send_msg` synchronously (the
  * agent posts the next window of a request from there), so a backend must
- * not hold its own locks while calling any upcall: collect completions
- * under the lock, deliver them after unlocking.
+ * not hold its own locks while calling those two or conn_failed: collect
+ * completions under the lock, deliver them after unlocking. The others
+ * (pin, unpin, refuse, deliver_msg, dial, count_bytes, ctx, peer_name) never
+ * call into the backend and may be called with its locks held.
  *
  * Connection set-up. Both backends start from a TCP side channel
  * (sidechannel.h): the dialing agent connects, both ends authenticate with
