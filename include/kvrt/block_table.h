@@ -51,7 +51,8 @@ kvrt_status_t kvrt_table_create(kvrt_pool_t *pool, kvrt_table_id_t *table_out);
 
 /*
  * kvrt_table_destroy - drops the table's reference on each of its blocks and
- * retires its id. Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_UNKNOWN_TABLE.
+ * retires its id. Table id 0 (never valid) is a no-op, like destroy(NULL).
+ * Errors: KVRT_ERR_INVALID_ARG (NULL pool), KVRT_ERR_UNKNOWN_TABLE.
  */
 kvrt_status_t kvrt_table_destroy(kvrt_pool_t *pool, kvrt_table_id_t table);
 
@@ -77,9 +78,12 @@ kvrt_status_t kvrt_table_append(kvrt_pool_t *pool, kvrt_table_id_t table,
  * reference to each (e.g. prefix-cache hits); the references move to the
  * table. The table's length must be a multiple of tokens_per_block; it grows
  * by count * tokens_per_block tokens.
+ * A block may be listed several times only if the caller holds that many
+ * references to it.
  * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_UNKNOWN_TABLE, KVRT_ERR_BAD_STATE
  * (table ends in a partial block), KVRT_ERR_UNKNOWN_BLOCK (a block not in
- * use), KVRT_ERR_TABLE_TOO_LONG, KVRT_ERR_NO_MEMORY. Unchanged on error.
+ * use, or listed more often than it is referenced), KVRT_ERR_TABLE_TOO_LONG,
+ * KVRT_ERR_NO_MEMORY. Unchanged on error.
  */
 kvrt_status_t kvrt_table_adopt(kvrt_pool_t *pool, kvrt_table_id_t table,
                                uint32_t count, const int32_t *blocks);
@@ -121,16 +125,17 @@ kvrt_status_t kvrt_table_view(const kvrt_pool_t *pool, kvrt_table_id_t table,
                               uint32_t *num_tokens_out);
 
 /*
- * kvrt_table_export - copies the block ids into dst[0..pad_to), padding
- * with KVRT_NULL_BLOCK after the table's blocks (the padded row layout of a
- * batch's block-table tensor). pad_to 0 means exactly the table's length.
- * *count_out is the number of real blocks.
+ * kvrt_table_export - copies the block ids into blocks_out[0..pad_to),
+ * padding with KVRT_NULL_BLOCK after the table's blocks (the padded row
+ * layout of a batch's block-table tensor). pad_to 0 means exactly the
+ * table's length. *count_out is the number of real blocks.
  * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_UNKNOWN_TABLE,
- * KVRT_ERR_BUFFER_TOO_SMALL (capacity below pad_to or below the table's
- * block count; nothing is written).
+ * KVRT_ERR_BUFFER_TOO_SMALL (pad_to below the table's block count, or
+ * capacity below the width needed; nothing is written to blocks_out, and
+ * *count_out is set to the width needed).
  */
 kvrt_status_t kvrt_table_export(const kvrt_pool_t *pool, kvrt_table_id_t table,
-                                int32_t *dst, uint32_t capacity, uint32_t pad_to,
+                                int32_t *blocks_out, uint32_t capacity, uint32_t pad_to,
                                 uint32_t *count_out);
 
 /*
@@ -147,8 +152,9 @@ kvrt_status_t kvrt_table_slots(const kvrt_pool_t *pool, kvrt_table_id_t table,
  * reference count at least the number of table entries naming it, no table
  * naming a free or cached block, no duplicate block in the free list.
  * O(blocks + table entries); for tests and soak runs.
- * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_INTERNAL (with the first broken
- * invariant in kvrt_ctx_last_error()).
+ * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_NO_MEMORY (scratch space),
+ * KVRT_ERR_INTERNAL (with the first broken invariant in
+ * kvrt_ctx_last_error()).
  */
 kvrt_status_t kvrt_pool_verify(const kvrt_pool_t *pool);
 

@@ -175,7 +175,8 @@ kvrt_status_t kvrt_cache_create(kvrt_pool_t *pool, const kvrt_cache_params_t *pa
 /*
  * kvrt_cache_destroy - forgets every cached block (idle ones become free,
  * blocks still referenced stay with their holders as ordinary used blocks),
- * detaches from the pool and frees the cache. NULL is a no-op. Errors: none.
+ * detaches from the pool and frees the cache. NULL is a no-op.
+ * Errors: KVRT_ERR_BUSY (a scheduler still uses the cache; nothing changes).
  */
 kvrt_status_t kvrt_cache_destroy(kvrt_cache_t *cache);
 

@@ -78,7 +78,7 @@ enum kvrt_ctx_params_field {
 typedef struct kvrt_ctx_params {
     uint64_t field_mask;
     kvrt_log_fn log_fn;         /* default: messages at WARN and above to stderr */
-    void *log_user_data;
+    void *log_user_data;        /* must outlive the context (or the callback) */
     kvrt_log_level_t log_level; /* default KVRT_LOG_WARN */
     /* Size of each host region the arena maps (rounded up to 2 MiB); a
      * larger request gets a region of its own. Default 64 MiB. */
@@ -119,25 +119,31 @@ kvrt_status_t kvrt_ctx_destroy(kvrt_ctx_t *ctx);
 
 /*
  * kvrt_ctx_last_error - detail text of the last failed call on this context
- * (or one of its objects), e.g. "kvrt_pool_alloc: 12 blocks requested, 3
- * free". "" when nothing failed yet, "invalid context" for NULL. The string
- * is owned by the context and valid until the next failing call on it.
+ * (or one of its objects), from whichever thread made it, e.g.
+ * "kvrt_pool_alloc: 12 blocks requested, 3 free". "" when nothing failed
+ * yet, "invalid context" for NULL. The string is a copy owned by the calling
+ * thread, valid until that thread's next kvrt_ctx_last_error() call. Safe
+ * from any thread.
  */
 const char *kvrt_ctx_last_error(const kvrt_ctx_t *ctx);
 
 /*
  * kvrt_ctx_set_log - replaces the log callback and level at run time.
- * log_fn NULL restores the stderr default. Not concurrent with kvrt calls
- * that may log. Errors: KVRT_ERR_INVALID_ARG (ctx NULL, level out of range).
+ * log_fn NULL restores the stderr default. user_data must stay valid until
+ * the callback is replaced again or the context is destroyed. Replacing the
+ * callback is not safe while kvrt's background threads may log (while a
+ * transfer agent exists); changing only the level (same log_fn and
+ * user_data, or the "ctx.log.level" ctl node) is safe at any time.
+ * Errors: KVRT_ERR_INVALID_ARG (ctx NULL, level out of range).
  */
 kvrt_status_t kvrt_ctx_set_log(kvrt_ctx_t *ctx, kvrt_log_fn log_fn,
                                void *user_data, kvrt_log_level_t level);
 
 /*
  * kvrt_ctl - the one introspection and tuning entry point, in the manner of
- * jemalloc's mallctl: name is a dotted path ("ctx.pools", "pool.0.free",
- * "log.level"); see docs/abi.md for the namespace, the type of every node and
- * whether it is read-only.
+ * jemalloc's mallctl: name is a dotted path ("pool.0.free", "cache.0.hit_tokens",
+ * "ctx.log.level"); see docs/abi.md for the namespace, the type of every
+ * node and whether it is read-only.
  *
  * To read, pass old_value and *old_len equal to the node's size exactly; the
  * value is copied out. To write, pass new_value and new_len equal to the
@@ -146,11 +152,14 @@ kvrt_status_t kvrt_ctx_set_log(kvrt_ctx_t *ctx, kvrt_log_fn log_fn,
  * kvrt call on it. "ctl.names" reads a `const char *` with every node name,
  * one per line.
  *
- * Errors: KVRT_ERR_INVALID_ARG (NULL name, missing length), KVRT_ERR_NOT_FOUND
- * (no such node), KVRT_ERR_BUFFER_TOO_SMALL (length is not the node's size;
- * *old_len is set to the size needed), KVRT_ERR_UNSUPPORTED (write to a
- * read-only node), KVRT_ERR_OVERFLOW (written value out of range). Nothing
- * is changed on failure.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL name, missing length, new_len not the
+ * node's size), KVRT_ERR_NOT_FOUND (no such node), KVRT_ERR_BUFFER_TOO_SMALL
+ * (*old_len is not the node's size; *old_len is set to the size needed),
+ * KVRT_ERR_UNSUPPORTED (write to a read-only node), KVRT_ERR_OVERFLOW
+ * (written value out of range), KVRT_ERR_NO_MEMORY (building "ctl.names").
+ * Nothing is changed on failure, old_value included.
+ * Threads: the context's rule; reads of counters that background threads
+ * update (transfer statistics) are safe at any time.
  */
 kvrt_status_t kvrt_ctl(kvrt_ctx_t *ctx, const char *name, void *old_value,
                        size_t *old_len, const void *new_value, size_t new_len);

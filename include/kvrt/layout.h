@@ -87,7 +87,8 @@ typedef struct kvrt_extent {
  */
 kvrt_status_t kvrt_layout_validate(const kvrt_kv_layout_t *layout);
 
-/* Bytes of one element of dtype; 0 for an unknown dtype. */
+/* Bytes of one element of dtype; 0 for an unknown dtype (the one function
+ * here that answers in-band: it is a pure table lookup). */
 uint32_t kvrt_dtype_size(kvrt_dtype_t dtype);
 
 /*
@@ -104,7 +105,8 @@ kvrt_status_t kvrt_layout_block_bytes(const kvrt_kv_layout_t *layout,
  * kvrt_layout_page_offset - byte offset of the page (block, layer, half) in
  * a pool of num_blocks blocks laid out as `layout` (formulas above).
  * Errors: those of kvrt_layout_validate(); KVRT_ERR_INVALID_ARG when block
- * >= num_blocks, layer >= num_layers or half is not K/V.
+ * >= num_blocks, layer >= num_layers or half is not K/V; KVRT_ERR_OVERFLOW
+ * when a pool of num_blocks such blocks would not fit 64-bit byte offsets.
  */
 kvrt_status_t kvrt_layout_page_offset(const kvrt_kv_layout_t *layout,
                                       uint32_t num_blocks, uint32_t block,

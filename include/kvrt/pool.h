@@ -91,9 +91,10 @@ kvrt_status_t kvrt_pool_create(kvrt_ctx_t *ctx, const kvrt_pool_params_t *params
 
 /*
  * kvrt_pool_destroy - frees the pool, its block tables and (if kvrt owns it)
- * its memory. Any prefix cache attached to it must be destroyed first.
- * kvrt_pool_destroy(NULL) is a no-op.
- * Errors: KVRT_ERR_BUSY (a cache is still attached; nothing is freed).
+ * its memory. A prefix cache, scheduler or transfer-agent registration
+ * built on the pool must be destroyed first. kvrt_pool_destroy(NULL) is a
+ * no-op. (kvrt_ctx_destroy() frees them all in the right order.)
+ * Errors: KVRT_ERR_BUSY (still in use; nothing is freed).
  */
 kvrt_status_t kvrt_pool_destroy(kvrt_pool_t *pool);
 

@@ -171,12 +171,14 @@ typedef struct kvrt_sched_params {
 
 /*
  * kvrt_sched_create - a scheduler over pool, with prefix caching through
- * cache (NULL: none; else it must be the cache attached to pool and must
- * outlive the scheduler). params may be NULL (defaults); it is copied.
- * Registers ctl nodes "sched.<N>.*" (see kvrt_sched_stats_t). Destroy with
- * kvrt_sched_destroy() before the cache and the pool, or with the context.
- * Errors: KVRT_ERR_INVALID_ARG (NULL ctx/pool/sched_out, unknown field bits,
- * a value out of its range, ngram without drafts), KVRT_ERR_NO_MEMORY.
+ * cache (NULL: none; else the cache attached to pool). params may be NULL
+ * (defaults); it is copied. Registers ctl nodes "sched.<N>.*" (see
+ * kvrt_sched_stats_t). The pool and cache refuse to be destroyed
+ * (KVRT_ERR_BUSY) while the scheduler exists; destroy it with
+ * kvrt_sched_destroy() first, or let kvrt_ctx_destroy() free all three.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL ctx/pool/sched_out, a pool of another
+ * context, a cache attached to another pool, unknown field bits, a value
+ * out of its range, ngram without drafts), KVRT_ERR_NO_MEMORY.
  */
 kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t *cache,
                                 const kvrt_sched_params_t *params,

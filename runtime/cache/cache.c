@@ -39,7 +39,12 @@ struct kvrt_cache {
     uint64_t explain_mask;
     kvrt_cache_stats_t stats;
     kvrt_pool_cache_ops_t pool_ops;
+    uint32_t holders; /* schedulers built on this cache */
 };
+
+kvrt_pool_t *kvrt_cache_pool(const kvrt_cache_t *cache) { return cache->pool; }
+void kvrt_cache_hold(kvrt_cache_t *cache) { cache->holders++; }
+void kvrt_cache_unhold(kvrt_cache_t *cache) { cache->holders--; }
 
 static const cache_policy_ops_t *const policy_table[] = {
     [KVRT_CACHE_LRU] = &kvrt_cache_policy_lru,
@@ -296,6 +301,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_create(kvrt_pool_t *pool, const kvrt_cache_
         cache_free(cache);
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "ctl registration");
     }
+    cache->owned.rank = KVRT_TEARDOWN_CACHE;
     kvrt_ctx_own(ctx, &cache->owned, cache_destroy_owned);
     kvrt_log(ctx, KVRT_LOG_INFO, "cache %s on pool %u: policy %s, index of %llu slots",
              cache->name, cache->group_id, cache->policy.ops->name,
@@ -308,6 +314,10 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_destroy(kvrt_cache_t *cache)
 {
     if (!cache)
         return KVRT_OK;
+    if (cache->holders)
+        return kvrt_fail(cache->ctx, KVRT_ERR_BUSY,
+                         "cache %s is used by %u scheduler(s); destroy them first",
+                         cache->name, cache->holders);
     kvrt_ctx_disown(cache->ctx, &cache->owned);
     cache_destroy_owned(&cache->owned);
     return KVRT_OK;

@@ -2,6 +2,8 @@
  * context.c - the context: versions, creation and teardown, last error,
  * logging, and the list of objects the context frees on destroy.
  */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +21,12 @@ struct kvrt_ctx {
     char name[32];
     kvrt_log_fn log_fn;
     void *log_user_data;
-    kvrt_log_level_t log_level;
+    /* Read by background threads (transfer progress) on every log call. */
+    _Atomic int log_level;
+    /* Failures may be recorded from any thread that calls into the context
+     * (the transfer engine's thread-safe calls), so last_error is written
+     * and read under this lock. */
+    pthread_mutex_t error_lock;
     kvrt_host_arena_t *arena;
     kvrt_owned_t owned; /* sentinel of a circular list, newest at owned.prev */
     kvrt_ctl_registry_t ctl;
@@ -71,7 +78,7 @@ static void stderr_log(void *user_data, kvrt_log_level_t level, const char *mess
 
 bool kvrt_log_enabled(const kvrt_ctx_t *ctx, kvrt_log_level_t level)
 {
-    return ctx && level <= ctx->log_level;
+    return ctx && (int)level <= atomic_load_explicit(&ctx->log_level, memory_order_relaxed);
 }
 
 const char *kvrt_ctx_name(const kvrt_ctx_t *ctx) { return ctx ? ctx->name : "kvrt"; }
@@ -101,20 +108,33 @@ kvrt_status_t kvrt_fail_(kvrt_ctx_t *ctx, const char *func, kvrt_status_t status
 {
     if (!ctx)
         return status;
-    int n = snprintf(ctx->last_error, sizeof(ctx->last_error), "%s: ", func);
-    if (n < 0 || (size_t)n >= sizeof(ctx->last_error))
+    char text[KVRT_LAST_ERROR_BYTES];
+    int n = snprintf(text, sizeof(text), "%s: ", func);
+    if (n < 0 || (size_t)n >= sizeof(text))
         n = 0;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ctx->last_error + n, sizeof(ctx->last_error) - (size_t)n, fmt, ap);
+    vsnprintf(text + n, sizeof(text) - (size_t)n, fmt, ap);
     va_end(ap);
-    kvrt_log(ctx, KVRT_LOG_DEBUG, "%s (%s)", ctx->last_error, kvrt_status_str(status));
+    pthread_mutex_lock(&ctx->error_lock);
+    memcpy(ctx->last_error, text, sizeof(text));
+    pthread_mutex_unlock(&ctx->error_lock);
+    kvrt_log(ctx, KVRT_LOG_DEBUG, "%s (%s)", text, kvrt_status_str(status));
     return status;
 }
 
 KVRT_EXPORT const char *kvrt_ctx_last_error(const kvrt_ctx_t *ctx)
 {
-    return ctx ? ctx->last_error : "invalid context";
+    /* A copy per calling thread: another thread's failure cannot rewrite
+     * the text while the caller reads it. */
+    static _Thread_local char copy[KVRT_LAST_ERROR_BYTES];
+    if (!ctx)
+        return "invalid context";
+    kvrt_ctx_t *mutable_ctx = (kvrt_ctx_t *)ctx;
+    pthread_mutex_lock(&mutable_ctx->error_lock);
+    memcpy(copy, ctx->last_error, sizeof(copy));
+    pthread_mutex_unlock(&mutable_ctx->error_lock);
+    return copy;
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_ctx_set_log(kvrt_ctx_t *ctx, kvrt_log_fn log_fn,
@@ -125,9 +145,13 @@ KVRT_EXPORT kvrt_status_t kvrt_ctx_set_log(kvrt_ctx_t *ctx, kvrt_log_fn log_fn,
     if ((unsigned)level > KVRT_LOG_TRACE)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "log level %d out of range",
                          (int)level);
-    ctx->log_fn = log_fn ? log_fn : stderr_log;
-    ctx->log_user_data = log_fn ? user_data : NULL;
-    ctx->log_level = level;
+    kvrt_log_fn fn = log_fn ? log_fn : stderr_log;
+    void *data = log_fn ? user_data : NULL;
+    if (fn != ctx->log_fn || data != ctx->log_user_data) { /* see the header */
+        ctx->log_fn = fn;
+        ctx->log_user_data = data;
+    }
+    atomic_store_explicit(&ctx->log_level, (int)level, memory_order_relaxed);
     return KVRT_OK;
 }
 
@@ -148,6 +172,13 @@ void kvrt_ctx_disown(kvrt_ctx_t *ctx, kvrt_owned_t *obj)
     obj->prev->next = obj->next;
     obj->next->prev = obj->prev;
     obj->next = obj->prev = NULL;
+}
+
+void kvrt_ctx_release_index(kvrt_ctx_t *ctx, const char *kind, uint32_t index)
+{
+    for (int i = 0; i < KVRT_MAX_INDEX_KINDS && ctx->indices[i].kind; i++)
+        if (strcmp(ctx->indices[i].kind, kind) == 0 && ctx->indices[i].next == index + 1)
+            ctx->indices[i].next = index;
 }
 
 uint32_t kvrt_ctx_next_index(kvrt_ctx_t *ctx, const char *kind)
@@ -225,7 +256,9 @@ KVRT_EXPORT kvrt_status_t kvrt_ctx_create_versioned(uint32_t api_version,
              (m & KVRT_CTX_PARAM_NAME) && p->name ? p->name : "kvrt");
     ctx->log_fn = (m & KVRT_CTX_PARAM_LOG_FN) && p->log_fn ? p->log_fn : stderr_log;
     ctx->log_user_data = (m & KVRT_CTX_PARAM_LOG_FN) ? p->log_user_data : NULL;
-    ctx->log_level = (m & KVRT_CTX_PARAM_LOG_LEVEL) ? p->log_level : KVRT_LOG_WARN;
+    atomic_init(&ctx->log_level,
+                (int)((m & KVRT_CTX_PARAM_LOG_LEVEL) ? p->log_level : KVRT_LOG_WARN));
+    pthread_mutex_init(&ctx->error_lock, NULL);
     ctx->owned.next = ctx->owned.prev = &ctx->owned;
     uint64_t region_bytes = (m & KVRT_CTX_PARAM_HOST_REGION_BYTES)
                                 ? p->host_region_bytes
@@ -238,6 +271,7 @@ KVRT_EXPORT kvrt_status_t kvrt_ctx_create_versioned(uint32_t api_version,
     if (status != KVRT_OK) {
         kvrt_ctl_registry_free(&ctx->ctl);
         kvrt_host_arena_destroy(ctx->arena);
+        pthread_mutex_destroy(&ctx->error_lock);
         free(ctx);
         return status;
     }
@@ -249,14 +283,22 @@ KVRT_EXPORT kvrt_status_t kvrt_ctx_destroy(kvrt_ctx_t *ctx)
 {
     if (!ctx)
         return KVRT_OK;
-    /* Newest first: caches and schedulers before the pools under them. */
-    while (ctx->owned.prev != &ctx->owned) {
+    /* By rank, newest first within a rank: agents, schedulers, caches, then
+     * the pools under them. Destroying one object never destroys another. */
+    for (uint32_t rank = 0; rank < KVRT_TEARDOWN_RANKS; rank++) {
         kvrt_owned_t *obj = ctx->owned.prev;
-        kvrt_ctx_disown(ctx, obj);
-        obj->destroy(obj);
+        while (obj != &ctx->owned) {
+            kvrt_owned_t *older = obj->prev;
+            if (obj->rank == rank) {
+                kvrt_ctx_disown(ctx, obj);
+                obj->destroy(obj);
+            }
+            obj = older;
+        }
     }
     kvrt_ctl_registry_free(&ctx->ctl);
     kvrt_host_arena_destroy(ctx->arena);
+    pthread_mutex_destroy(&ctx->error_lock);
     free(ctx);
     return KVRT_OK;
 }
@@ -265,7 +307,8 @@ KVRT_EXPORT kvrt_status_t kvrt_ctx_destroy(kvrt_ctx_t *ctx)
 
 static void get_log_level(void *obj, kvrt_ctl_value_t *v)
 {
-    v->u64 = (uint64_t)((kvrt_ctx_t *)obj)->log_level;
+    v->u64 = (uint64_t)atomic_load_explicit(&((kvrt_ctx_t *)obj)->log_level,
+                                            memory_order_relaxed);
 }
 
 static kvrt_status_t set_log_level(void *obj, const kvrt_ctl_value_t *v)
@@ -274,7 +317,7 @@ static kvrt_status_t set_log_level(void *obj, const kvrt_ctl_value_t *v)
     if (v->u64 > KVRT_LOG_TRACE)
         return kvrt_fail(ctx, KVRT_ERR_OVERFLOW, "log.level %llu out of range 0..4",
                          (unsigned long long)v->u64);
-    ctx->log_level = (kvrt_log_level_t)v->u64;
+    atomic_store_explicit(&ctx->log_level, (int)v->u64, memory_order_relaxed);
     return KVRT_OK;
 }
 

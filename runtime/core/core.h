@@ -37,21 +37,35 @@ const char *kvrt_ctx_name(const kvrt_ctx_t *ctx);
 
 /*
  * Owned objects: every pool, cache, scheduler or agent registers itself with
- * its context so kvrt_ctx_destroy() can free what the caller left, newest
- * first (a cache goes before the pool it sits on). An object unregisters in
- * its own destroy.
+ * its context so kvrt_ctx_destroy() can free what the caller left. Teardown
+ * goes by rank, then newest first: transfer agents (rank 0, the default;
+ * they may serve any pool) before schedulers, schedulers before caches,
+ * caches before the pools under them. An object unregisters in its own
+ * destroy.
  */
+enum kvrt_teardown_rank {
+    KVRT_TEARDOWN_FIRST = 0, /* transfer agents and anything unranked */
+    KVRT_TEARDOWN_SCHED = 1,
+    KVRT_TEARDOWN_CACHE = 2,
+    KVRT_TEARDOWN_POOL = 3,
+    KVRT_TEARDOWN_RANKS = 4
+};
+
 typedef struct kvrt_owned {
     struct kvrt_owned *prev, *next;
     void (*destroy)(struct kvrt_owned *self);
+    uint32_t rank; /* enum kvrt_teardown_rank; set before kvrt_ctx_own() */
 } kvrt_owned_t;
 
 void kvrt_ctx_own(kvrt_ctx_t *ctx, kvrt_owned_t *obj,
                   void (*destroy)(kvrt_owned_t *self));
 void kvrt_ctx_disown(kvrt_ctx_t *ctx, kvrt_owned_t *obj);
 
-/* Next index for a numbered object kind ("pool", "cache"...): 0, 1, ... */
+/* Next index for a numbered object kind ("pool", "cache"...): 0, 1, ...
+ * A create that fails after taking one gives it back with
+ * kvrt_ctx_release_index(), so ctl names stay dense. */
 uint32_t kvrt_ctx_next_index(kvrt_ctx_t *ctx, const char *kind);
+void kvrt_ctx_release_index(kvrt_ctx_t *ctx, const char *kind, uint32_t index);
 
 /*
  * ctl registry. A subsystem registers a table of leaf nodes under a prefix

@@ -143,19 +143,23 @@ KVRT_EXPORT kvrt_status_t kvrt_ctl(kvrt_ctx_t *ctx, const char *name, void *old_
         if (!node->set)
             return kvrt_fail(ctx, KVRT_ERR_UNSUPPORTED, "%s is read-only", name);
         if (new_len != size)
-            return kvrt_fail(ctx, KVRT_ERR_BUFFER_TOO_SMALL, "%s takes %zu bytes", name,
-                             size);
+            return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "%s takes %zu bytes, not %zu", name,
+                             size, new_len);
     }
-    if (old_value) {
-        kvrt_ctl_value_t value;
-        node->get(obj, &value);
-        memcpy(old_value, &value, size);
-    }
+    /* Read first, write second, copy out last: a refused write leaves the
+     * caller's old_value untouched too. */
+    kvrt_ctl_value_t old = {0};
+    if (old_value)
+        node->get(obj, &old);
     if (new_value) {
         kvrt_ctl_value_t value = {0};
         memcpy(&value, new_value, size);
-        return node->set(obj, &value);
+        kvrt_status_t status = node->set(obj, &value);
+        if (status != KVRT_OK)
+            return status;
     }
+    if (old_value)
+        memcpy(old_value, &old, size);
     return KVRT_OK;
 }
 

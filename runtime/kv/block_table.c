@@ -118,6 +118,8 @@ static void release_blocks(kvrt_pool_t *pool, const int32_t *blocks, uint32_t co
 
 KVRT_EXPORT kvrt_status_t kvrt_table_destroy(kvrt_pool_t *pool, kvrt_table_id_t id)
 {
+    if (id == 0) /* the null id: like destroy(NULL), nothing to do */
+        return KVRT_OK;
     CHECK_POOL(pool);
     table_slot_t *t = lookup(pool, id);
     if (!t)
@@ -240,10 +242,23 @@ KVRT_EXPORT kvrt_status_t kvrt_table_adopt(kvrt_pool_t *pool, kvrt_table_id_t id
     if (new_tokens > KVRT_TABLE_MAX_TOKENS)
         return kvrt_fail(pool->ctx, KVRT_ERR_TABLE_TOO_LONG, "table would exceed %u tokens",
                          KVRT_TABLE_MAX_TOKENS);
-    for (uint32_t i = 0; i < count; i++)
-        if (!block_in_range(pool, blocks[i]) || pool->meta[blocks[i]].refcount <= 0)
+    /* The caller must hold one reference per appearance (the table takes
+     * them over): drop them tentatively, like kvrt_pool_free, and put them
+     * back, so a block listed more often than it is held is refused. */
+    for (uint32_t i = 0; i < count; i++) {
+        int32_t b = blocks[i];
+        if (!block_in_range(pool, b) || pool->meta[b].refcount <= 0) {
+            for (uint32_t j = 0; j < i; j++)
+                pool->meta[blocks[j]].refcount++;
             return kvrt_fail(pool->ctx, KVRT_ERR_UNKNOWN_BLOCK,
-                             "block %d (entry %u) is not in use", blocks[i], i);
+                             "block %d (entry %u) is not in use, or listed more often "
+                             "than it is held",
+                             b, i);
+        }
+        pool->meta[b].refcount--;
+    }
+    for (uint32_t i = 0; i < count; i++)
+        pool->meta[blocks[i]].refcount++;
     kvrt_status_t status = ensure_capacity(pool, t, (uint64_t)t->num_blocks + count);
     if (status != KVRT_OK)
         return status;
@@ -349,24 +364,27 @@ KVRT_EXPORT kvrt_status_t kvrt_table_view(const kvrt_pool_t *pool, kvrt_table_id
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_table_export(const kvrt_pool_t *pool, kvrt_table_id_t id,
-                                            int32_t *dst, uint32_t capacity,
+                                            int32_t *blocks_out, uint32_t capacity,
                                             uint32_t pad_to, uint32_t *count_out)
 {
     CHECK_POOL(pool);
     const table_slot_t *t = lookup(pool, id);
     if (!t)
         return unknown_table(pool, id);
-    if (!dst || !count_out)
-        return kvrt_fail(pool->ctx, KVRT_ERR_INVALID_ARG, "dst and count_out are required");
-    uint32_t width = pad_to ? pad_to : t->num_blocks;
-    if (width < t->num_blocks || capacity < width)
+    if (!blocks_out || !count_out)
+        return kvrt_fail(pool->ctx, KVRT_ERR_INVALID_ARG,
+                         "blocks_out and count_out are required");
+    uint32_t width = pad_to > t->num_blocks ? pad_to : t->num_blocks;
+    if ((pad_to && pad_to < t->num_blocks) || capacity < width) {
+        *count_out = width; /* the size needed (the documented exception) */
         return kvrt_fail(pool->ctx, KVRT_ERR_BUFFER_TOO_SMALL,
                          "table has %u blocks; pad_to %u, capacity %u", t->num_blocks,
                          pad_to, capacity);
+    }
     if (t->num_blocks)
-        memcpy(dst, t->blocks, (size_t)t->num_blocks * sizeof(int32_t));
+        memcpy(blocks_out, t->blocks, (size_t)t->num_blocks * sizeof(int32_t));
     for (uint32_t i = t->num_blocks; i < width; i++)
-        dst[i] = KVRT_NULL_BLOCK;
+        blocks_out[i] = KVRT_NULL_BLOCK;
     *count_out = t->num_blocks;
     return KVRT_OK;
 }

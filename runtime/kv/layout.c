@@ -114,6 +114,10 @@ KVRT_EXPORT kvrt_status_t kvrt_layout_page_offset(const kvrt_kv_layout_t *l,
     if (!offset_out || block >= num_blocks || layer >= l->num_layers ||
         (unsigned)half > KVRT_V)
         return KVRT_ERR_INVALID_ARG;
+    /* No wrap: the last page of a pool this large must still be addressable. */
+    uint64_t pages = (uint64_t)num_blocks * 2 * l->num_layers;
+    if (pages > UINT64_MAX / page_bytes(l))
+        return KVRT_ERR_OVERFLOW;
     *offset_out = page_index(l, num_blocks, block, layer, (uint64_t)half) * page_bytes(l);
     return KVRT_OK;
 }
@@ -130,6 +134,8 @@ KVRT_EXPORT kvrt_status_t kvrt_layout_block_extents(const kvrt_kv_layout_t *l,
     if (!count_out || (capacity && !extents_out) || block >= num_blocks)
         return KVRT_ERR_INVALID_ARG;
     uint64_t page = page_bytes(l);
+    if ((uint64_t)num_blocks * 2 * l->num_layers > UINT64_MAX / page)
+        return KVRT_ERR_OVERFLOW;
     uint32_t count;
     uint64_t run_pages; /* pages per contiguous extent */
     bool fused = layout_format(l) == KVRT_KV_FUSED;

@@ -14,6 +14,8 @@
 #define KVRT_MAX_TABLES (1u << 24)
 
 kvrt_ctx_t *kvrt_pool_ctx(const kvrt_pool_t *pool) { return pool->ctx; }
+void kvrt_pool_hold(kvrt_pool_t *pool) { pool->holders++; }
+void kvrt_pool_unhold(kvrt_pool_t *pool) { pool->holders--; }
 uint32_t kvrt_pool_num_blocks(const kvrt_pool_t *pool) { return pool->num_blocks; }
 uint32_t kvrt_pool_tokens_per_block(const kvrt_pool_t *pool) { return pool->tokens_per_block; }
 uint32_t kvrt_pool_free_count(const kvrt_pool_t *pool) { return pool->free_count; }
@@ -199,9 +201,11 @@ KVRT_EXPORT kvrt_status_t kvrt_pool_create(kvrt_ctx_t *ctx, const kvrt_pool_para
     snprintf(prefix, sizeof(prefix), "pool.%u", pool->group_id);
     if (kvrt_ctl_register(ctx, prefix, pool_nodes, sizeof(pool_nodes) / sizeof(pool_nodes[0]),
                           pool) != KVRT_OK) {
+        kvrt_ctx_release_index(ctx, "pool", pool->group_id);
         pool_free_memory(pool);
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "ctl registration");
     }
+    pool->owned.rank = KVRT_TEARDOWN_POOL;
     kvrt_ctx_own(ctx, &pool->owned, pool_destroy_owned);
     kvrt_log(ctx, KVRT_LOG_INFO,
              "pool %s: %u blocks of %llu bytes (%u tokens), %s memory%s", pool->name,
@@ -215,10 +219,12 @@ KVRT_EXPORT kvrt_status_t kvrt_pool_destroy(kvrt_pool_t *pool)
 {
     if (!pool)
         return KVRT_OK;
-    if (pool->cache_ops)
+    if (pool->cache_ops || pool->holders)
         return kvrt_fail(pool->ctx, KVRT_ERR_BUSY,
-                         "pool %s still has a prefix cache attached; destroy it first",
-                         pool->name);
+                         "pool %s is still used by %s; destroy %s first", pool->name,
+                         pool->cache_ops ? "a prefix cache" : "a scheduler or a transfer "
+                                                              "registration",
+                         pool->cache_ops ? "it" : "them");
     kvrt_ctx_disown(pool->ctx, &pool->owned);
     pool_destroy_owned(&pool->owned);
     return KVRT_OK;

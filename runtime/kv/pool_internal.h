@@ -43,6 +43,11 @@ bool kvrt_pool_is_cached(const kvrt_pool_t *pool, int32_t block);
 /* Warms the block's bookkeeping before a batch of kvrt_pool_ref_cached(). */
 void kvrt_pool_prefetch_block(const kvrt_pool_t *pool, int32_t block);
 
+/* Holds keep kvrt_pool_destroy() from freeing a pool that a scheduler or a
+ * transfer-engine registration still uses (it answers KVRT_ERR_BUSY). */
+void kvrt_pool_hold(kvrt_pool_t *pool);
+void kvrt_pool_unhold(kvrt_pool_t *pool);
+
 kvrt_ctx_t *kvrt_pool_ctx(const kvrt_pool_t *pool);
 uint32_t kvrt_pool_num_blocks(const kvrt_pool_t *pool);
 uint32_t kvrt_pool_tokens_per_block(const kvrt_pool_t *pool);

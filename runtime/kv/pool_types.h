@@ -49,6 +49,7 @@ struct kvrt_pool {
 
     const kvrt_pool_cache_ops_t *cache_ops;
     void *cache;
+    uint32_t holders; /* schedulers and transfer registrations using the pool */
 
     table_slot_t *tables;
     uint32_t max_tables;

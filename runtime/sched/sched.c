@@ -158,6 +158,9 @@ static void sched_destroy_owned(kvrt_owned_t *owned)
 {
     kvrt_sched_t *s = (kvrt_sched_t *)owned;
     kvrt_ctl_unregister(s->ctx, s);
+    if (s->cache)
+        kvrt_cache_unhold(s->cache);
+    kvrt_pool_unhold(s->pool);
     sched_free(s);
 }
 
@@ -227,6 +230,11 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool,
         return KVRT_ERR_INVALID_ARG;
     if (!pool || !sched_out)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "pool and sched_out are required");
+    if (kvrt_pool_ctx(pool) != ctx)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "the pool belongs to another context");
+    if (cache && kvrt_cache_pool(cache) != pool)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
+                         "the cache is attached to another pool than the scheduler's");
     kvrt_sched_t *s = calloc(1, sizeof(*s));
     if (!s)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "scheduler struct");
@@ -278,9 +286,14 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool,
     snprintf(prefix, sizeof(prefix), "sched.%u", s->index);
     if (kvrt_ctl_register(ctx, prefix, sched_nodes, sizeof(sched_nodes) / sizeof(sched_nodes[0]),
                           s) != KVRT_OK) {
+        kvrt_ctx_release_index(ctx, "sched", s->index);
         sched_free(s);
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "ctl registration");
     }
+    kvrt_pool_hold(pool);
+    if (cache)
+        kvrt_cache_hold(cache);
+    s->owned.rank = KVRT_TEARDOWN_SCHED;
     kvrt_ctx_own(ctx, &s->owned, sched_destroy_owned);
     kvrt_log(ctx, KVRT_LOG_INFO,
              "sched %u: budget %u tokens, %u sequences, chunk %u, drafts %u%s%s", s->index,

@@ -12,7 +12,9 @@
 #ifndef KVRT_SCHED_INTERNAL_H
 #define KVRT_SCHED_INTERNAL_H
 
+#include "cache/cache_internal.h"
 #include "core/core.h"
+#include "kv/pool_internal.h"
 #include "kvrt/sched.h"
 
 #define SCHED_NONE UINT32_MAX
