@@ -28,9 +28,11 @@
  * a non-NULL ctx). Every function checks its arguments before touching
  * memory and returns KVRT_ERR_INVALID_ARG (NULL pointers, a field out of
  * range, an index out of range, unknown field_mask bits),
- * KVRT_ERR_BAD_LAYOUT (the cache's layout fails kvrt_layout_validate()) or
- * KVRT_ERR_UNSUPPORTED (a dtype combination the kernel does not handle);
- * on any error nothing was written.
+ * KVRT_ERR_BAD_LAYOUT (the cache's layout fails kvrt_layout_validate()),
+ * KVRT_ERR_OVERFLOW (sizes whose byte counts would not fit 64 bits),
+ * KVRT_ERR_UNSUPPORTED (a dtype combination the kernel does not handle) or,
+ * from kvrt_cpu_copy_blocks, KVRT_ERR_NO_MEMORY (its scratch for
+ * overlapping pairs); on any error nothing was written.
  *
  * CPU variants validate every index (slots, block ids, sequence lengths)
  * first. CUDA variants cannot read device arrays without synchronizing, so

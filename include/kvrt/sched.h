@@ -221,9 +221,12 @@ typedef struct kvrt_seq_params {
 /*
  * kvrt_seq_add - enqueues a request (state WAITING); it runs from the next
  * step on. *id_out is written only on success.
+ * A request whose prompt_len + max_new_tokens exceeds max_seq_tokens is
+ * accepted and ends by length at max_seq_tokens tokens in all.
  * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown field bits, prompt_len or
- * max_new_tokens 0, a negative token id, too many stop tokens, bad keys,
- * prompt_len + max_new_tokens above max_seq_tokens), KVRT_ERR_NO_BLOCKS
+ * max_new_tokens 0, a negative token id, too many stop tokens, bad keys, a
+ * prompt that leaves no room for one output token under max_seq_tokens),
+ * KVRT_ERR_NO_BLOCKS
  * (the request could not fit in the pool even alone),
  * KVRT_ERR_REQUEST_LIMIT (max_requests live), KVRT_ERR_NO_MEMORY.
  */
