@@ -20,14 +20,6 @@
 /* How often the upkeep thread looks at timeouts when nothing wakes it. */
 #define UPKEEP_PERIOD_NS (5ull * 1000000ull)
 
-static void timespec_in(struct timespec *ts, uint64_t ns)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    uint64_t t = (uint64_t)ts->tv_nsec + ns;
-    ts->tv_sec += (time_t)(t / 1000000000ull);
-    ts->tv_nsec = (long)(t % 1000000000ull);
-}
-
 /* ---- statistics ----------------------------------------------------------- */
 
 #define STAT_GETTER(field)                                                       \
@@ -106,14 +98,70 @@ static kvrt_xfer_peer_t *peer_new(kvrt_xfer_agent_t *agent, bool dialed)
     return p;
 }
 
+/* Frees a closing peer whose last hold is gone (lock held). */
 static void peer_free(kvrt_xfer_peer_t *p)
 {
+    kvrt_xfer_agent_t *a = p->agent;
+    /* Every request completed when the connection closed; whatever still
+     * points here only reads its status. */
+    while (!xfer_list_empty(&p->requests)) {
+        kvrt_xfer_request_t *r = XFER_CONTAINER(p->requests.next, kvrt_xfer_request_t, link);
+        xfer_list_del(&r->link);
+        r->peer = NULL;
+    }
     while (!xfer_list_empty(&p->remotes)) {
         kvrt_xfer_remote_t *r = XFER_CONTAINER(p->remotes.next, kvrt_xfer_remote_t, link);
         xfer_list_del(&r->link);
         free(r);
     }
+    a->peers_alive--;
+    pthread_cond_broadcast(&a->cond);
     free(p);
+}
+
+void xfer_peer_put(kvrt_xfer_peer_t *p)
+{
+    if (--p->busy == 0 && p->closing)
+        peer_free(p);
+}
+
+/* Detaches p's connection for closing (lock held, p held): no new backend
+ * op starts on it, and those running have returned. */
+static void *peer_take_conn(kvrt_xfer_peer_t *p)
+{
+    kvrt_xfer_agent_t *a = p->agent;
+    void *conn = p->conn;
+    p->conn = NULL;
+    while (p->conn_users)
+        pthread_cond_wait(&a->cond, &a->lock);
+    return conn;
+}
+
+/* Starts closing a listed peer (lock held): unlists it, fails its
+ * requests, takes a hold and its connection. The caller closes the
+ * connection unlocked, then drops the hold with xfer_peer_put(). */
+static void *peer_shut(kvrt_xfer_peer_t *p, kvrt_status_t status)
+{
+    kvrt_xfer_agent_t *a = p->agent;
+    p->closing = true;
+    xfer_list_del(&p->link);
+    a->npeers--;
+    p->busy++;
+    xfer_peer_fail_requests(p, status);
+    return peer_take_conn(p);
+}
+
+/* Closes conn (if any) of held peer p, then drops the hold. Unlocked. */
+static void peer_close_put(kvrt_xfer_peer_t *p, void *conn)
+{
+    kvrt_xfer_agent_t *a = p->agent;
+    /* close() completes every batch still on the connection, so after it
+     * no request of this peer has anything in flight. */
+    if (conn)
+        a->backend->close(a->bk_state, conn);
+    pthread_mutex_lock(&a->lock);
+    xfer_peer_put(p);
+    pthread_mutex_unlock(&a->lock);
 }
 
 static kvrt_xfer_peer_t *peer_by_session(kvrt_xfer_agent_t *a, const uint8_t *session)
@@ -203,6 +251,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_connect(kvrt_xfer_agent_t *agent, const char
     p->backoff_ms = agent->reconnect_initial_ms;
     xfer_list_push(&agent->peers, &p->link);
     agent->npeers++;
+    agent->peers_alive++;
     pthread_mutex_unlock(&agent->lock);
     kvrt_log(agent->ctx, KVRT_LOG_INFO, "xfer %s: connected to %s (%s)", agent->name,
              p->name, address);
@@ -216,36 +265,15 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_disconnect(kvrt_xfer_peer_t *peer)
         return KVRT_OK;
     kvrt_xfer_agent_t *a = peer->agent;
     pthread_mutex_lock(&a->lock);
-    peer->closing = true;
-    struct timespec ts;
-    timespec_in(&ts, 5000ull * 1000000ull);
-    while (peer->busy)
-        if (pthread_cond_timedwait(&a->cond, &a->lock, &ts) == ETIMEDOUT)
-            break;
-    xfer_peer_fail_requests(peer, KVRT_ERR_CANCELED);
-    void *conn = peer->conn;
-    peer->conn = NULL;
-    pthread_mutex_unlock(&a->lock);
-    /* close() completes every batch still on the connection, so after it
-     * no request of this peer has anything in flight. */
-    if (conn)
-        a->backend->close(a->bk_state, conn);
-    pthread_mutex_lock(&a->lock);
-    timespec_in(&ts, 2000ull * 1000000ull);
-    while (!xfer_list_empty(&peer->requests) || peer->busy)
-        if (pthread_cond_timedwait(&a->cond, &a->lock, &ts) == ETIMEDOUT)
-            break;
-    xfer_list_del(&peer->link);
-    a->npeers--;
-    /* Requests still owned by the caller keep pointing at the peer only
-     * for their status; detach them. */
-    while (!xfer_list_empty(&peer->requests)) {
-        kvrt_xfer_request_t *r = XFER_CONTAINER(peer->requests.next, kvrt_xfer_request_t, link);
-        xfer_list_del(&r->link);
-        r->peer = NULL;
+    if (peer->closing) {
+        pthread_mutex_unlock(&a->lock);
+        return KVRT_OK;
     }
+    void *conn = peer_shut(peer, KVRT_ERR_CANCELED);
     pthread_mutex_unlock(&a->lock);
-    peer_free(peer);
+    /* A thread still holding the peer (a reconnect, a completion) frees it
+     * when it lets go. */
+    peer_close_put(peer, conn);
     return KVRT_OK;
 }
 
@@ -253,7 +281,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,
                                               kvrt_xfer_peer_info_t *info_out)
 {
     if (!peer || !info_out)
-        return KVRT_ERR_INVALID_ARG;
+        return kvrt_fail(peer ? peer->agent->ctx : NULL, KVRT_ERR_INVALID_ARG,
+                         "peer and info_out are required");
     kvrt_xfer_agent_t *a = peer->agent;
     kvrt_xfer_peer_info_t info;
     memset(&info, 0, sizeof(info));
@@ -357,33 +386,36 @@ static void accept_one(kvrt_xfer_agent_t *a, int fd)
                  "xfer %s: incoming connection refused: %s", a->name, kvrt_status_str(st));
         return;
     }
+    bool extra = hello.conn_index != 0;
+    void *old = NULL, *conn = NULL;
     pthread_mutex_lock(&a->lock);
     kvrt_xfer_peer_t *p = peer_by_session(a, hello.session);
-    void *old = NULL;
-    if (hello.conn_index == 0 && p) {
+    if (!extra && p) {
         /* The dialer reconnects: whatever we still hold of its last
          * session is stale. */
-        old = p->conn;
-        p->conn = NULL;
+        p->busy++;
+        old = peer_take_conn(p);
         p->conn_broken = false;
-    } else if (hello.conn_index == 0) {
+    } else if (!extra) {
         p = peer_new(a, false);
         if (p) {
             memcpy(p->session, hello.session, sizeof(p->session));
             memcpy(p->name, hello.name, sizeof(p->name));
             xfer_list_push(&a->peers, &p->link);
             a->npeers++;
+            a->peers_alive++;
+            p->busy++;
         }
-    } else if (!p || !p->conn || p->conn_broken) {
+    } else if (p && p->conn && !p->conn_broken) {
+        /* An extra socket of a live session joins its connection. */
+        p->busy++;
+        p->conn_users++;
+        conn = p->conn;
+    } else {
         p = NULL; /* an extra socket for a session we do not hold */
     }
-    if (p && hello.conn_index == 0)
+    if (p && !extra && !p->closing)
         p->state = KVRT_XFER_PEER_CONNECTED;
-    if (p && p->closing)
-        p = NULL;
-    if (p)
-        p->busy++;
-    void *conn = p ? p->conn : NULL;
     pthread_mutex_unlock(&a->lock);
     if (old)
         a->backend->close(a->bk_state, old);
@@ -391,26 +423,27 @@ static void accept_one(kvrt_xfer_agent_t *a, int fd)
         close(fd);
         return;
     }
-    /* The old connection (if any) is gone; a new first socket starts a new
-     * one. */
-    if (hello.conn_index == 0)
-        conn = NULL;
     char why[256] = "";
     void *made = conn;
     st = a->backend->accept(a->bk_state, p, conn, fd, hello.conn_index, &made, why, sizeof(why));
+    void *stale = NULL;
     pthread_mutex_lock(&a->lock);
-    if (st == KVRT_OK && !conn) {
+    if (extra) {
+        p->conn_users--;
+        pthread_cond_broadcast(&a->cond);
+        if (st == KVRT_OK)
+            p->connections++;
+    } else if (st == KVRT_OK && (p->closing || p->conn)) {
+        stale = made; /* closed while we accepted: nobody wants this one */
+    } else if (st == KVRT_OK) {
         p->conn = made;
         p->connections = 1;
-    } else if (st == KVRT_OK) {
-        p->connections++;
     }
-    p->busy--;
-    pthread_cond_broadcast(&a->cond);
     pthread_mutex_unlock(&a->lock);
     if (st != KVRT_OK)
         kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: accepting from %s failed: %s", a->name,
                  hello.name, why);
+    peer_close_put(p, stale);
 }
 
 static void *accept_main(void *arg)
@@ -443,24 +476,19 @@ static bool upkeep_peers(kvrt_xfer_agent_t *a)
     pthread_mutex_lock(&a->lock);
     for (xfer_link_t *l = a->peers.next; l != &a->peers; l = l->next) {
         kvrt_xfer_peer_t *p = XFER_CONTAINER(l, kvrt_xfer_peer_t, link);
-        if (p->closing)
-            continue;
         if (p->conn_broken) {
-            void *conn = p->conn;
-            p->conn = NULL;
-            p->conn_broken = false;
-            bool drop = !p->dialed;
-            if (drop) {
-                xfer_list_del(&p->link);
-                a->npeers--;
+            void *conn;
+            if (!p->dialed) {
+                /* A passive peer ends with its connection. */
+                conn = peer_shut(p, KVRT_ERR_PEER_FAILED);
             } else {
+                p->busy++;
+                conn = peer_take_conn(p);
+                p->conn_broken = false;
                 p->next_attempt_ns = now + (uint64_t)p->backoff_ms * 1000000ull;
             }
             pthread_mutex_unlock(&a->lock);
-            if (conn)
-                a->backend->close(a->bk_state, conn);
-            if (drop)
-                peer_free(p);
+            peer_close_put(p, conn);
             return true;
         }
         if (p->dialed && p->state == KVRT_XFER_PEER_RECONNECTING && !p->conn &&
@@ -470,8 +498,11 @@ static bool upkeep_peers(kvrt_xfer_agent_t *a)
             char why[256] = "";
             void *conn = NULL;
             kvrt_status_t st = peer_establish(p, now + HANDSHAKE_NS, &conn, why, sizeof(why));
+            void *stale = NULL;
             pthread_mutex_lock(&a->lock);
-            if (st == KVRT_OK) {
+            if (p->closing) {
+                stale = conn; /* disconnected while we dialed */
+            } else if (st == KVRT_OK) {
                 p->conn = conn;
                 p->state = KVRT_XFER_PEER_CONNECTED;
                 p->reconnects++;
@@ -491,21 +522,12 @@ static bool upkeep_peers(kvrt_xfer_agent_t *a)
                 uint32_t jitter = randombytes_uniform(next / 4 + 1);
                 p->next_attempt_ns = kvrt_now_ns() + (uint64_t)(next + jitter) * 1000000ull;
             }
-            if (conn && p->closing) {
-                /* Disconnected while we dialed: nobody wants this one. */
-                p->conn = NULL;
-                p->busy--;
-                pthread_cond_broadcast(&a->cond);
-                pthread_mutex_unlock(&a->lock);
-                a->backend->close(a->bk_state, conn);
-                return true;
-            }
-            p->busy--;
-            pthread_cond_broadcast(&a->cond);
+            char name[KVRT_XFER_NAME_MAX];
+            memcpy(name, p->name, sizeof(name));
             pthread_mutex_unlock(&a->lock);
             kvrt_log(a->ctx, st == KVRT_OK ? KVRT_LOG_INFO : KVRT_LOG_DEBUG,
-                     "xfer %s: reconnect to %s: %s %s", a->name, p->name,
-                     kvrt_status_str(st), why);
+                     "xfer %s: reconnect to %s: %s %s", a->name, name, kvrt_status_str(st), why);
+            peer_close_put(p, stale);
             return true;
         }
     }
@@ -575,7 +597,7 @@ static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_par
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG,
                          "timeout, connections (1..16), max_requests (1..2^20) or reconnect "
                          "settings out of range");
-    snprintf(a->name, sizeof(a->name), "%s-xfer%u", kvrt_ctx_name(a->ctx), a->index);
+    /* The default name needs the index, taken once nothing can fail. */
     if ((m & KVRT_XFER_AGENT_PARAM_NAME) && p->name)
         snprintf(a->name, sizeof(a->name), "%s", p->name);
     return KVRT_OK;
@@ -594,8 +616,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "agent");
     a->ctx = ctx;
     a->listen_fd = a->wake_fd = a->event_fd = -1;
-    a->index = kvrt_ctx_next_index(ctx, "xfer");
     xfer_list_init(&a->peers);
+    xfer_list_init(&a->owned_requests);
     pthread_mutex_init(&a->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -635,17 +657,25 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
             st = kvrt_fail(ctx, KVRT_ERR_IO, "%s backend: %s", a->backend->name, why);
     }
     if (st == KVRT_OK) {
+        /* The threads read the name only after taking the lock, so it can
+         * be written here, once the last step that can fail succeeded: a
+         * failed create takes no index. */
+        pthread_mutex_lock(&a->lock);
         if (pthread_create(&a->control, NULL, accept_main, a) != 0) {
             st = kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "cannot start the accept thread");
         } else if (pthread_create(&a->upkeep, NULL, upkeep_main, a) != 0) {
-            pthread_mutex_lock(&a->lock);
             a->stopping = true;
             pthread_mutex_unlock(&a->lock);
             pthread_join(a->control, NULL);
+            pthread_mutex_lock(&a->lock);
             st = kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "cannot start the upkeep thread");
         } else {
             a->control_started = true;
+            a->index = kvrt_ctx_next_index(ctx, "xfer");
+            if (!a->name[0])
+                snprintf(a->name, sizeof(a->name), "%s-xfer%u", kvrt_ctx_name(ctx), a->index);
         }
+        pthread_mutex_unlock(&a->lock);
     }
     if (st != KVRT_OK) {
         if (a->bk_state)
@@ -675,22 +705,30 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
     return KVRT_OK;
 }
 
+/* Closes every listed peer; each is marked closing and held before the
+ * lock is dropped, so no other thread frees it meanwhile. */
+static void close_all_peers(kvrt_xfer_agent_t *a)
+{
+    for (;;) {
+        pthread_mutex_lock(&a->lock);
+        kvrt_xfer_peer_t *p = xfer_list_empty(&a->peers)
+                                  ? NULL
+                                  : XFER_CONTAINER(a->peers.next, kvrt_xfer_peer_t, link);
+        void *conn = p ? peer_shut(p, KVRT_ERR_CANCELED) : NULL;
+        pthread_mutex_unlock(&a->lock);
+        if (!p)
+            return;
+        peer_close_put(p, conn);
+    }
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_destroy(kvrt_xfer_agent_t *a)
 {
     if (!a)
         return KVRT_OK;
     /* Peers first: closing their connections completes every batch, so
      * the requests end and the regions lose their users. */
-    for (;;) {
-        pthread_mutex_lock(&a->lock);
-        kvrt_xfer_peer_t *p = xfer_list_empty(&a->peers)
-                                  ? NULL
-                                  : XFER_CONTAINER(a->peers.next, kvrt_xfer_peer_t, link);
-        pthread_mutex_unlock(&a->lock);
-        if (!p)
-            break;
-        kvrt_xfer_disconnect(p);
-    }
+    close_all_peers(a);
     pthread_mutex_lock(&a->lock);
     a->stopping = true;
     pthread_mutex_unlock(&a->lock);
@@ -700,10 +738,15 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_destroy(kvrt_xfer_agent_t *a)
         pthread_join(a->control, NULL);
         pthread_join(a->upkeep, NULL);
     }
-    /* The threads may have accepted a peer between the loop above and
-     * stopping; close those too. */
-    while (!xfer_list_empty(&a->peers))
-        kvrt_xfer_disconnect(XFER_CONTAINER(a->peers.next, kvrt_xfer_peer_t, link));
+    /* The threads may have accepted a peer in the meantime. */
+    close_all_peers(a);
+    /* With the threads stopped and every connection closed, no hold is
+     * left; a peer still allocated is freed by the hold being dropped. */
+    pthread_mutex_lock(&a->lock);
+    while (a->peers_alive)
+        pthread_cond_wait(&a->cond, &a->lock);
+    pthread_mutex_unlock(&a->lock);
+    xfer_requests_destroy_all(a);
     xfer_regions_destroy_all(a);
     a->backend->fini(a->bk_state);
     kvrt_ctl_unregister(a->ctx, a);
@@ -725,7 +768,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_address(const kvrt_xfer_agent_t *agent
                                                   size_t capacity)
 {
     if (!agent || !buf)
-        return KVRT_ERR_INVALID_ARG;
+        return kvrt_fail(agent ? agent->ctx : NULL, KVRT_ERR_INVALID_ARG,
+                         "agent and buf are required");
     size_t need = strlen(agent->address) + 1;
     if (capacity < need)
         return kvrt_fail(agent->ctx, KVRT_ERR_BUFFER_TOO_SMALL, "address needs %zu bytes", need);
@@ -737,7 +781,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_backend(const kvrt_xfer_agent_t *agent
                                                   kvrt_xfer_backend_kind_t *kind_out)
 {
     if (!agent || !kind_out)
-        return KVRT_ERR_INVALID_ARG;
+        return kvrt_fail(agent ? agent->ctx : NULL, KVRT_ERR_INVALID_ARG,
+                         "agent and kind_out are required");
     *kind_out = agent->backend->kind;
     return KVRT_OK;
 }
@@ -745,7 +790,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_backend(const kvrt_xfer_agent_t *agent
 KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_eventfd(const kvrt_xfer_agent_t *agent, int *fd_out)
 {
     if (!agent || !fd_out)
-        return KVRT_ERR_INVALID_ARG;
+        return kvrt_fail(agent ? agent->ctx : NULL, KVRT_ERR_INVALID_ARG,
+                         "agent and fd_out are required");
     *fd_out = agent->event_fd;
     return KVRT_OK;
 }

@@ -8,6 +8,30 @@
  * Backend ops are never called with it held (a backend may complete work
  * synchronously inside an op, which takes the lock again); the pattern is
  * "decide under the lock, act after unlocking".
+ *
+ * Lifetimes. Whatever a thread uses after dropping the lock, it holds:
+ *  - a peer: p->busy++ under the lock before unlocking (the peer must be
+ *    listed in agent->peers, or reached through r->peer, or already held),
+ *    xfer_peer_put() under the lock after. Closing a peer (disconnect,
+ *    dropping a broken passive peer, agent destroy) marks it `closing` and
+ *    unlists it in one locked section, so no thread finds it anew; the
+ *    peer is freed by whoever drops the last hold after that, never
+ *    earlier. A thread that made a connection for a peer that is closing
+ *    by then closes that connection itself.
+ *  - a peer's connection: besides holding the peer, p->conn_users++ while a
+ *    backend op (post, send_msg, cancel, accept of an extra socket) runs on
+ *    p->conn. Only peer_take_conn() (agent.c) detaches a connection for closing,
+ *    and it waits until no op uses it.
+ *  - a region: `users` counts operations of outstanding requests, taken in
+ *    the same locked section that validates the region; `pins` counts
+ *    incoming accesses. Deregistration marks the region `dying` (lookup and
+ *    new requests refuse it; its slot stays taken) and frees it only with
+ *    users == 0 and pins == 0; otherwise it clears `dying` again and
+ *    returns KVRT_ERR_BUSY.
+ *  - a request: r->busy while a thread uses it unlocked; it is freed by
+ *    request_maybe_free() once complete, not busy, and not owned by the
+ *    user (or released). User-owned requests stay on agent->owned_requests
+ *    until freed; agent destroy frees what is left.
  */
 #ifndef KVRT_XFER_AGENT_INTERNAL_H
 #define KVRT_XFER_AGENT_INTERNAL_H
@@ -64,6 +88,7 @@ struct kvrt_xfer_region {
     kvrt_kv_layout_t layout;
     uint32_t num_blocks;
     bool ready;     /* registered with the backend; served from now on */
+    bool dying;     /* being deregistered: refused to lookups and requests */
     uint32_t pins;  /* incoming accesses in progress (kvrt_xfer_bk_pin) */
     uint32_t users; /* local operations of outstanding batches */
 };
@@ -73,6 +98,7 @@ struct kvrt_xfer_remote {
     xfer_link_t link;        /* in peer->remotes */
     kvrt_xfer_bk_remote_t bk;
     bool has_pool;
+    bool device;             /* the peer's region is device (dmabuf) memory */
     kvrt_kv_layout_t layout;
     uint32_t num_blocks;
     uint32_t users;          /* operations of outstanding batches */
@@ -82,8 +108,9 @@ struct kvrt_xfer_peer {
     kvrt_xfer_agent_t *agent;
     xfer_link_t link;        /* in agent->peers */
     bool dialed;             /* we connected (and so we reconnect) */
-    bool closing;            /* disconnect in progress */
-    uint32_t busy;           /* a thread works on it unlocked; freeing waits */
+    bool closing;            /* unlisted; freed when the last hold goes */
+    uint32_t busy;           /* holds: threads using it unlocked */
+    uint32_t conn_users;     /* backend ops running on conn */
     kvrt_xfer_addr_t addr;
     uint8_t session[KVRT_XFER_SESSION_BYTES];
     char name[KVRT_XFER_NAME_MAX];
@@ -112,6 +139,7 @@ struct kvrt_xfer_request {
     kvrt_xfer_agent_t *agent;
     kvrt_xfer_peer_t *peer;    /* NULL once the peer is gone */
     xfer_link_t link;          /* in peer->requests while outstanding */
+    xfer_link_t owned_link;    /* in agent->owned_requests if user_owned */
     uint64_t deadline_ns;
     uint64_t user_data;
     uint64_t bytes;
@@ -174,7 +202,9 @@ struct kvrt_xfer_agent {
     uint16_t *generations;
     uint32_t nregions;
     xfer_link_t peers;
-    uint32_t npeers;
+    uint32_t npeers;           /* listed peers */
+    uint32_t peers_alive;      /* allocated peers, closing ones included */
+    xfer_link_t owned_requests;
     uint32_t outstanding;      /* requests not yet complete */
 
     kvrt_xfer_completion_t *cq;
@@ -191,25 +221,35 @@ enum xfer_msg_type {
     XFER_MSG_KV_HASHES = 3     /* kv.c: asks for checksums of blocks */
 };
 
+/* ---- agent.c ----------------------------------------------------------- */
+/* Drops a hold on p (lock held); frees p when it was the last hold of a
+ * closing peer. */
+void xfer_peer_put(kvrt_xfer_peer_t *p);
+
 /* ---- region.c ---------------------------------------------------------- */
 void xfer_regions_destroy_all(kvrt_xfer_agent_t *agent);
-/* Looks a region up by wire id; caller holds the lock. */
+/* Looks a region up by wire id; caller holds the lock. Dying or not yet
+ * ready regions are not found. */
 kvrt_xfer_region_t *xfer_region_lookup(kvrt_xfer_agent_t *agent, uint32_t id);
 
 /* ---- request.c --------------------------------------------------------- */
 /* Checks that a request can be admitted to peer (lock held). */
 kvrt_status_t xfer_request_admit(kvrt_xfer_peer_t *peer);
-/* Makes an outstanding request (lock held, admitted). Takes ownership of
- * ops (malloc'd, may be NULL with count 0); NULL when out of memory. */
+/* Makes an outstanding request (lock held, admitted, ops validated in the
+ * same locked section). Takes ownership of ops (malloc'd, may be NULL with
+ * count 0); NULL when out of memory. */
 kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *peer, kvrt_xfer_bk_op_t *ops,
                                       uint32_t count, uint32_t timeout_ms,
                                       uint64_t max_inflight, bool user_owned);
 /* Drives a peer's requests forward: posts batches and closing messages as
- * the window and ordering allow. Call without the lock. */
+ * the window and ordering allow. Call without the lock, holding the peer. */
 void xfer_peer_pump(kvrt_xfer_peer_t *peer);
 /* Fails every outstanding request of a peer with status (lock held). Their
  * batches end when the connection closes. */
 void xfer_peer_fail_requests(kvrt_xfer_peer_t *peer, kvrt_status_t status);
+/* Frees the user-owned requests left at agent destroy (every peer is
+ * closed, so they are complete). */
+void xfer_requests_destroy_all(kvrt_xfer_agent_t *agent);
 /* Fails expired requests and cancels their batches; call unlocked. */
 void xfer_requests_expire(kvrt_xfer_agent_t *agent, uint64_t now_ns);
 /* Allocates a closing message of `bytes` payload for r (lock held). */

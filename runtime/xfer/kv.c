@@ -138,24 +138,42 @@ void xfer_kv_free(struct xfer_kv *kv)
     free(kv);
 }
 
-static kvrt_status_t kv_check(kvrt_xfer_peer_t *peer, const kvrt_xfer_kv_params_t *p,
-                              uint64_t *page_out)
+/* What can be checked without touching the regions. */
+static kvrt_status_t kv_check_args(kvrt_xfer_peer_t *peer, const kvrt_xfer_kv_params_t *p)
 {
     kvrt_ctx_t *ctx = peer->agent->ctx;
     const uint64_t known = (KVRT_XFER_KV_PARAM_USER_DATA << 1) - 1;
     if ((p->field_mask & ~known) || !p->local || !p->remote || !p->local_blocks ||
-        !p->remote_blocks || p->count == 0 || p->local->agent != peer->agent ||
-        p->remote->peer != peer ||
+        !p->remote_blocks || p->count == 0 ||
         (p->opcode != KVRT_XFER_WRITE && p->opcode != KVRT_XFER_READ))
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
-                         "needs known field bits, a local region, a remote of this peer, "
-                         "blocks and READ or WRITE");
+                         "needs known field bits, a local region, a remote, blocks and READ "
+                         "or WRITE");
     if ((p->field_mask & KVRT_XFER_KV_PARAM_NOTIFY) &&
         (!p->notify || p->notify_bytes == 0 || p->notify_bytes > KVRT_XFER_NOTIFY_MAX))
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "notification of 1..%d bytes expected",
                          KVRT_XFER_NOTIFY_MAX);
+    if ((p->field_mask & KVRT_XFER_KV_PARAM_INFLIGHT) && p->max_inflight_bytes == 0)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "max_inflight_bytes must not be 0");
+    return KVRT_OK;
+}
+
+/* Checks the regions and blocks (lock held). On success the caller takes
+ * the regions' users in the same locked section. */
+static kvrt_status_t kv_check(kvrt_xfer_peer_t *peer, const kvrt_xfer_kv_params_t *p,
+                              bool integrity, uint64_t *page_out)
+{
+    kvrt_ctx_t *ctx = peer->agent->ctx;
+    if (p->local->agent != peer->agent || p->local->dying || !p->local->ready ||
+        p->remote->peer != peer)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
+                         "needs a registered region of this agent and a remote of this peer");
     if (!p->local->has_pool || !p->remote->has_pool)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "both regions must be registered pools");
+    if (integrity && (p->local->bk.dmabuf_fd >= 0 || p->remote->device))
+        return kvrt_fail(ctx, KVRT_ERR_UNSUPPORTED,
+                         "integrity checks read blocks on the CPU; %s pool is device memory",
+                         p->local->bk.dmabuf_fd >= 0 ? "the local" : "the remote");
     uint64_t lp = 0, rp = 0;
     kvrt_layout_page_bytes(&p->local->layout, &lp);
     kvrt_layout_page_bytes(&p->remote->layout, &rp);
@@ -176,6 +194,14 @@ static kvrt_status_t kv_check(kvrt_xfer_peer_t *peer, const kvrt_xfer_kv_params_
     return KVRT_OK;
 }
 
+/* Drops the hold kvrt_xfer_kv_post keeps on both regions while it builds
+ * the request unlocked (lock held). */
+static void kv_unhold(const kvrt_xfer_kv_params_t *p)
+{
+    ((kvrt_xfer_region_t *)(uintptr_t)p->local)->users--;
+    ((kvrt_xfer_remote_t *)(uintptr_t)p->remote)->users--;
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
                                             const kvrt_xfer_kv_params_t *p,
                                             kvrt_xfer_request_t **request_out)
@@ -184,14 +210,25 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
         return kvrt_fail(peer ? peer->agent->ctx : NULL, KVRT_ERR_INVALID_ARG,
                          "peer and params are required");
     kvrt_xfer_agent_t *a = peer->agent;
+    kvrt_status_t st = kv_check_args(peer, p);
+    if (st != KVRT_OK)
+        return st;
+    bool integrity = (p->field_mask & KVRT_XFER_KV_PARAM_INTEGRITY) && p->integrity;
+    /* Validating and holding the regions is one locked section, so that
+     * neither is deregistered or released while the request is built. */
     uint64_t page = 0;
-    kvrt_status_t st = kv_check(peer, p, &page);
+    pthread_mutex_lock(&a->lock);
+    st = kv_check(peer, p, integrity, &page);
+    if (st == KVRT_OK) {
+        ((kvrt_xfer_region_t *)(uintptr_t)p->local)->users++;
+        ((kvrt_xfer_remote_t *)(uintptr_t)p->remote)->users++;
+    }
+    pthread_mutex_unlock(&a->lock);
     if (st != KVRT_OK)
         return st;
     struct xfer_kv *kv = calloc(1, sizeof(*kv));
     uint32_t nops = 0;
     kvrt_xfer_bk_op_t *ops = kv_ops(p, page, &nops);
-    bool integrity = (p->field_mask & KVRT_XFER_KV_PARAM_INTEGRITY) && p->integrity;
     if (kv) {
         kv->opcode = p->opcode;
         kv->integrity = integrity;
@@ -210,6 +247,9 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
             xfer_kv_free(kv);
         free(ops);
         XXH3_freeState(hs);
+        pthread_mutex_lock(&a->lock);
+        kv_unhold(p);
+        pthread_mutex_unlock(&a->lock);
         return kvrt_fail(a->ctx, KVRT_ERR_NO_MEMORY, "KV transfer of %u blocks", p->count);
     }
     memcpy(kv->local_blocks, p->local_blocks, p->count * sizeof(int32_t));
@@ -222,6 +262,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
 
     uint64_t m = p->field_mask;
     pthread_mutex_lock(&a->lock);
+    kv_unhold(p);
     st = xfer_request_admit(peer);
     kvrt_xfer_request_t *r = NULL;
     if (st == KVRT_OK) {
@@ -247,8 +288,12 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
     }
     if (request_out)
         *request_out = r;
+    peer->busy++;
     pthread_mutex_unlock(&a->lock);
     xfer_peer_pump(peer);
+    pthread_mutex_lock(&a->lock);
+    xfer_peer_put(peer);
+    pthread_mutex_unlock(&a->lock);
     return KVRT_OK;
 }
 

@@ -3,7 +3,7 @@
  * check every incoming one-sided access goes through.
  *
  * Descriptor (little-endian): u32 magic "KVRD", u8 version, u8 backend,
- * u8 flags (bit 0: carries a KV layout), u8 zero, u32 region id, u32 access,
+ * u8 flags (bit 0: carries a KV layout; bit 1: device memory), u8 zero, u32 region id, u32 access,
  * u64 length, then with the layout bit 8 u32 (num_layers, num_kv_heads,
  * head_dim, tokens_per_block, dtype, format, order, num_blocks), then u32 key
  * bytes and the backend's key blob.
@@ -22,6 +22,8 @@
 #define DESC_VERSION 1
 #define DESC_FIXED 24
 #define DESC_LAYOUT 32
+#define DESC_FLAG_LAYOUT 1u
+#define DESC_FLAG_DEVICE 2u
 
 static void put_u32(uint8_t *p, uint32_t v)
 {
@@ -39,7 +41,7 @@ kvrt_xfer_region_t *xfer_region_lookup(kvrt_xfer_agent_t *a, uint32_t id)
 {
     uint32_t slot = id & 0xffffu, gen = id >> 16;
     kvrt_xfer_region_t *r = a->regions[slot];
-    if (!r || !r->ready || a->generations[slot] != gen)
+    if (!r || !r->ready || r->dying || a->generations[slot] != gen)
         return NULL;
     return r;
 }
@@ -84,6 +86,14 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_register(kvrt_xfer_agent_t *a,
             free(r);
             return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "POOL bit set without a valid pool");
         }
+        /* Memory the TCP backend (or an integrity check) would read on the
+         * CPU must be host memory; engine memory is device memory unless
+         * the pool says otherwise, and then needs the DMABUF bit. */
+        if (!info.host_memory && !(p->field_mask & KVRT_XFER_REGISTER_PARAM_DMABUF)) {
+            free(r);
+            return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG,
+                             "the pool is on engine memory: register it with the DMABUF bit");
+        }
         /* Descriptors carry every layout field explicitly. */
         kvrt_kv_layout_t *l = &r->layout;
         if (!(l->field_mask & KVRT_LAYOUT_FIELD_DTYPE))
@@ -122,8 +132,9 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_register(kvrt_xfer_agent_t *a,
         return kvrt_fail(a->ctx, KVRT_ERR_OVERFLOW, "all %u region slots in use",
                          XFER_REGION_SLOTS - 1);
     }
-    a->generations[slot]++;
-    r->bk.id = slot | (uint32_t)a->generations[slot] << 16;
+    /* The id names the slot's next generation; the generation advances
+     * only if the registration succeeds. */
+    r->bk.id = slot | (uint32_t)(uint16_t)(a->generations[slot] + 1) << 16;
     a->regions[slot] = r; /* reserved; served only once ready */
     pthread_mutex_unlock(&a->lock);
 
@@ -137,6 +148,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_register(kvrt_xfer_agent_t *a,
         free(r);
         return kvrt_fail(a->ctx, st, "%s backend: %s", a->backend->name, why);
     }
+    a->generations[slot]++;
     r->ready = true;
     a->nregions++;
     pthread_mutex_unlock(&a->lock);
@@ -157,26 +169,29 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_deregister(kvrt_xfer_region_t *r)
         return KVRT_OK;
     kvrt_xfer_agent_t *a = r->agent;
     pthread_mutex_lock(&a->lock);
-    if (r->users) {
+    if (r->users || r->dying) {
+        uint32_t users = r->users;
         pthread_mutex_unlock(&a->lock);
-        return kvrt_fail(a->ctx, KVRT_ERR_BUSY, "%u operations in flight use the region",
-                         r->users);
+        return kvrt_fail(a->ctx, KVRT_ERR_BUSY,
+                         users ? "%u operations of outstanding requests use the region"
+                               : "the region is being deregistered",
+                         users);
     }
-    /* Unlisting first refuses new incoming accesses; then wait for those
-     * in progress to finish with the memory. */
-    uint32_t slot = r->bk.id & 0xffffu;
-    a->regions[slot] = NULL;
+    /* Dying, the region is refused to peers and to new requests, and keeps
+     * its slot; then the peers' accesses in progress finish with it. */
+    r->dying = true;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     ts.tv_sec += 1;
     while (r->pins)
         if (pthread_cond_timedwait(&a->cond, &a->lock, &ts) == ETIMEDOUT)
             break;
-    if (r->pins) {
-        a->regions[slot] = r;
+    if (r->pins || r->users) {
+        r->dying = false;
         pthread_mutex_unlock(&a->lock);
         return kvrt_fail(a->ctx, KVRT_ERR_BUSY, "a peer's access to the region is in progress");
     }
+    a->regions[r->bk.id & 0xffffu] = NULL;
     a->nregions--;
     pthread_mutex_unlock(&a->lock);
     region_release(r);
@@ -199,7 +214,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_region_descriptor(const kvrt_xfer_region_t *
                                                       size_t capacity, size_t *length_out)
 {
     if (!r || !length_out || (!buf && capacity))
-        return KVRT_ERR_INVALID_ARG;
+        return kvrt_fail(r ? r->agent->ctx : NULL, KVRT_ERR_INVALID_ARG,
+                         "region, length_out and a buffer are required");
     size_t need = DESC_FIXED + (r->has_pool ? DESC_LAYOUT : 0) + 4 + r->key_bytes;
     *length_out = need;
     if (capacity < need)
@@ -209,7 +225,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_region_descriptor(const kvrt_xfer_region_t *
     put_u32(p, DESC_MAGIC);
     p[4] = DESC_VERSION;
     p[5] = (uint8_t)r->agent->backend->kind;
-    p[6] = r->has_pool ? 1 : 0;
+    p[6] = (uint8_t)((r->has_pool ? DESC_FLAG_LAYOUT : 0) |
+                     (r->bk.dmabuf_fd >= 0 ? DESC_FLAG_DEVICE : 0));
     p[7] = 0;
     put_u32(p + 8, r->bk.id);
     put_u32(p + 12, r->bk.access);
@@ -234,11 +251,12 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_import(kvrt_xfer_peer_t *peer, const void *d
                                            size_t length, kvrt_xfer_remote_t **remote_out)
 {
     if (!peer || !descriptor || !remote_out)
-        return KVRT_ERR_INVALID_ARG;
+        return kvrt_fail(peer ? peer->agent->ctx : NULL, KVRT_ERR_INVALID_ARG,
+                         "peer, descriptor and remote_out are required");
     kvrt_xfer_agent_t *a = peer->agent;
     const uint8_t *p = descriptor;
     if (length < DESC_FIXED + 4 || get_u32(p) != DESC_MAGIC || p[4] != DESC_VERSION ||
-        p[6] > 1 || p[7] != 0)
+        (p[6] & ~(DESC_FLAG_LAYOUT | DESC_FLAG_DEVICE)) || p[7] != 0)
         return kvrt_fail(a->ctx, KVRT_ERR_PARSE, "not a kvrt region descriptor");
     if (p[5] != (uint8_t)a->backend->kind)
         return kvrt_fail(a->ctx, KVRT_ERR_UNSUPPORTED, "descriptor of another backend (%u)", p[5]);
@@ -249,9 +267,10 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_import(kvrt_xfer_peer_t *peer, const void *d
     r->bk.id = get_u32(p + 8);
     r->bk.access = get_u32(p + 12);
     r->bk.length = get_u32(p + 16) | (uint64_t)get_u32(p + 20) << 32;
+    r->device = (p[6] & DESC_FLAG_DEVICE) != 0;
     size_t at = DESC_FIXED;
     kvrt_status_t st = KVRT_OK;
-    if (p[6]) {
+    if (p[6] & DESC_FLAG_LAYOUT) {
         if (length < at + DESC_LAYOUT + 4) {
             st = KVRT_ERR_PARSE;
         } else {
@@ -266,9 +285,10 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_import(kvrt_xfer_peer_t *peer, const void *d
                 .format = (kvrt_kv_format_t)get_u32(q + 20),
                 .order = (kvrt_kv_order_t)get_u32(q + 24)};
             r->num_blocks = get_u32(q + 28);
-            uint64_t block = 0;
+            uint64_t block = 0, bytes = 0;
             if (kvrt_layout_block_bytes(&r->layout, &block) != KVRT_OK || r->num_blocks < 2 ||
-                block * r->num_blocks > r->bk.length)
+                __builtin_mul_overflow(block, (uint64_t)r->num_blocks, &bytes) ||
+                bytes > r->bk.length)
                 st = KVRT_ERR_PARSE;
             at += DESC_LAYOUT;
         }

@@ -30,8 +30,11 @@ void xfer_signal(kvrt_xfer_agent_t *a)
     (void)!write(a->event_fd, &one, sizeof(one));
 }
 
+/* Frees r (lock held). */
 static void request_free(kvrt_xfer_request_t *r)
 {
+    if (r->user_owned)
+        xfer_list_del(&r->owned_link);
     while (r->batch_list) {
         xfer_batch_t *b = r->batch_list;
         r->batch_list = b->next;
@@ -146,6 +149,9 @@ kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *p, kvrt_xfer_bk_op_t *op
     r->ops = ops;
     r->count = count;
     r->user_owned = user_owned;
+    xfer_list_init(&r->owned_link);
+    if (user_owned)
+        xfer_list_push(&a->owned_requests, &r->owned_link);
     r->status = KVRT_INPROGRESS;
     r->error = KVRT_OK;
     r->max_inflight = max_inflight ? max_inflight : DEFAULT_INFLIGHT;
@@ -318,17 +324,22 @@ void xfer_peer_pump(kvrt_xfer_peer_t *p)
             return;
         }
         work_kind_t w = pump_find(p, &b, &m);
-        void *conn = p->conn;
-        kvrt_xfer_request_t *r = w == WORK_BATCH ? b->request : w == WORK_MSG ? m->request : NULL;
-        if (r)
-            r->busy++;
-        pthread_mutex_unlock(&a->lock);
-        if (w == WORK_NONE)
+        if (w == WORK_NONE) {
+            pthread_mutex_unlock(&a->lock);
             return;
+        }
+        void *conn = p->conn;
+        kvrt_xfer_request_t *r = w == WORK_BATCH ? b->request : m->request;
+        r->busy++;
+        p->conn_users++;
+        pthread_mutex_unlock(&a->lock);
         kvrt_status_t st = w == WORK_BATCH ? a->backend->post(a->bk_state, conn, &b->bk)
                                            : a->backend->send_msg(a->bk_state, conn, &m->bk);
         pthread_mutex_lock(&a->lock);
-        r->busy--;
+        if (--p->conn_users == 0)
+            pthread_cond_broadcast(&a->cond);
+        /* r stays busy until the failure is recorded: request_fail may
+         * complete it, and only the last line below may free it. */
         if (st != KVRT_OK && w == WORK_BATCH) {
             b->done = true;
             r->batches_out--;
@@ -340,6 +351,7 @@ void xfer_peer_pump(kvrt_xfer_peer_t *p)
             free(m);
             request_fail(r, st);
         }
+        r->busy--;
         request_maybe_free(r);
         pthread_mutex_unlock(&a->lock);
     }
@@ -347,11 +359,11 @@ void xfer_peer_pump(kvrt_xfer_peer_t *p)
 
 static void peer_pump_release(kvrt_xfer_peer_t *p)
 {
+    kvrt_xfer_agent_t *a = p->agent;
     xfer_peer_pump(p);
-    pthread_mutex_lock(&p->agent->lock);
-    p->busy--;
-    pthread_cond_broadcast(&p->agent->cond);
-    pthread_mutex_unlock(&p->agent->lock);
+    pthread_mutex_lock(&a->lock);
+    xfer_peer_put(p);
+    pthread_mutex_unlock(&a->lock);
 }
 
 void xfer_peer_fail_requests(kvrt_xfer_peer_t *p, kvrt_status_t status)
@@ -374,17 +386,37 @@ static void request_abort(kvrt_xfer_request_t *r, kvrt_status_t status)
     uint32_t n = 0;
     pthread_mutex_lock(&a->lock);
     request_fail_now(r, status);
-    void *conn = r->peer && !r->peer->conn_broken ? r->peer->conn : NULL;
-    for (xfer_batch_t *b = r->batch_list; b && n < MAX_CANCEL; b = b->next)
+    kvrt_xfer_peer_t *p = r->peer;
+    void *conn = p && !p->conn_broken ? p->conn : NULL;
+    for (xfer_batch_t *b = r->batch_list; b && n < MAX_CANCEL && conn; b = b->next)
         if (!b->done)
             victims[n++] = b;
+    if (n) {
+        p->busy++;
+        p->conn_users++;
+    }
     pthread_mutex_unlock(&a->lock);
+    if (!n)
+        return;
     /* Batches stay allocated until the request is freed, which r's busy
      * count prevents, so these pointers stay valid. More than MAX_CANCEL
      * batches in flight: canceling the first resets the connection, which
      * ends the others too. */
-    for (uint32_t i = 0; i < n && conn; i++)
+    for (uint32_t i = 0; i < n; i++)
         a->backend->cancel(a->bk_state, conn, &victims[i]->bk);
+    pthread_mutex_lock(&a->lock);
+    if (--p->conn_users == 0)
+        pthread_cond_broadcast(&a->cond);
+    xfer_peer_put(p);
+    pthread_mutex_unlock(&a->lock);
+}
+
+void xfer_requests_destroy_all(kvrt_xfer_agent_t *a)
+{
+    pthread_mutex_lock(&a->lock);
+    while (!xfer_list_empty(&a->owned_requests))
+        request_free(XFER_CONTAINER(a->owned_requests.next, kvrt_xfer_request_t, owned_link));
+    pthread_mutex_unlock(&a->lock);
 }
 
 void xfer_requests_expire(kvrt_xfer_agent_t *a, uint64_t now_ns)
@@ -418,17 +450,28 @@ void xfer_requests_expire(kvrt_xfer_agent_t *a, uint64_t now_ns)
 
 /* ---- public calls ----------------------------------------------------------- */
 
+/* What can be checked of an op without touching its region or remote. */
+static kvrt_status_t check_op_args(kvrt_xfer_peer_t *p, const kvrt_xfer_op_t *op, uint32_t i)
+{
+    if (!op->local || !op->remote ||
+        (op->opcode != KVRT_XFER_WRITE && op->opcode != KVRT_XFER_READ) || op->length == 0)
+        return kvrt_fail(p->agent->ctx, KVRT_ERR_INVALID_ARG,
+                         "op %u: needs a region, a remote, READ or WRITE and a length", i);
+    return KVRT_OK;
+}
+
+/* Checks op against its region and remote (lock held; the request that
+ * takes their users is made in the same locked section). */
 static kvrt_status_t check_op(kvrt_xfer_peer_t *p, const kvrt_xfer_op_t *op, uint32_t i)
 {
     kvrt_xfer_agent_t *a = p->agent;
-    if (!op->local || !op->remote || op->local->agent != a || op->remote->peer != p ||
-        (op->opcode != KVRT_XFER_WRITE && op->opcode != KVRT_XFER_READ) || op->length == 0)
-        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG,
-                         "op %u: needs a region of this agent, a remote of this peer, "
-                         "READ or WRITE and a length",
-                         i);
     const kvrt_xfer_region_t *l = op->local;
     const kvrt_xfer_remote_t *r = op->remote;
+    if (l->agent != a || r->peer != p || l->dying || !l->ready)
+        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG,
+                         "op %u: needs a registered region of this agent and a remote of "
+                         "this peer",
+                         i);
     uint32_t need = op->opcode == KVRT_XFER_WRITE ? KVRT_XFER_REMOTE_WRITE : KVRT_XFER_REMOTE_READ;
     if (op->local_offset > l->bk.length || op->length > l->bk.length - op->local_offset ||
         op->remote_offset > r->bk.length || op->length > r->bk.length - op->remote_offset ||
@@ -480,8 +523,10 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_post(kvrt_xfer_peer_t *peer, const kvrt_xfer
         ((pp.field_mask & KVRT_XFER_POST_PARAM_NOTIFY) &&
          (!pp.notify || pp.notify_bytes == 0 || pp.notify_bytes > KVRT_XFER_NOTIFY_MAX)))
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown field bits or bad notification");
+    if ((pp.field_mask & KVRT_XFER_POST_PARAM_INFLIGHT) && pp.max_inflight_bytes == 0)
+        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "max_inflight_bytes must not be 0");
     for (uint32_t i = 0; i < count; i++) {
-        kvrt_status_t st = check_op(peer, &ops[i], i);
+        kvrt_status_t st = check_op_args(peer, &ops[i], i);
         if (st != KVRT_OK)
             return st;
     }
@@ -490,7 +535,11 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_post(kvrt_xfer_peer_t *peer, const kvrt_xfer
     if (!bk)
         return kvrt_fail(a->ctx, KVRT_ERR_NO_MEMORY, "%u operations", count);
     pthread_mutex_lock(&a->lock);
-    kvrt_status_t st = xfer_request_admit(peer);
+    kvrt_status_t st = KVRT_OK;
+    for (uint32_t i = 0; i < count && st == KVRT_OK; i++)
+        st = check_op(peer, &ops[i], i);
+    if (st == KVRT_OK)
+        st = xfer_request_admit(peer);
     kvrt_xfer_request_t *r = NULL;
     if (st == KVRT_OK) {
         r = xfer_request_new(peer, bk, n,
@@ -513,8 +562,12 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_post(kvrt_xfer_peer_t *peer, const kvrt_xfer
     }
     if (request_out)
         *request_out = r;
+    peer->busy++;
     pthread_mutex_unlock(&a->lock);
     xfer_peer_pump(peer);
+    pthread_mutex_lock(&a->lock);
+    xfer_peer_put(peer);
+    pthread_mutex_unlock(&a->lock);
     return KVRT_OK;
 }
 
@@ -535,17 +588,22 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_notify(kvrt_xfer_peer_t *peer, const void *d
         r->gated = true;
         memcpy(r->notify, data, length);
         r->notify_bytes = length;
+        peer->busy++;
     }
     pthread_mutex_unlock(&a->lock);
-    if (st == KVRT_OK)
-        xfer_peer_pump(peer);
-    return st;
+    if (st != KVRT_OK)
+        return st;
+    xfer_peer_pump(peer);
+    pthread_mutex_lock(&a->lock);
+    xfer_peer_put(peer);
+    pthread_mutex_unlock(&a->lock);
+    return KVRT_OK;
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_xfer_request_test(const kvrt_xfer_request_t *r)
 {
     if (!r)
-        return KVRT_ERR_INVALID_ARG;
+        return kvrt_fail(NULL, KVRT_ERR_INVALID_ARG, "request is required");
     pthread_mutex_lock(&r->agent->lock);
     kvrt_status_t st = r->status;
     pthread_mutex_unlock(&r->agent->lock);
@@ -555,7 +613,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_request_test(const kvrt_xfer_request_t *r)
 KVRT_EXPORT kvrt_status_t kvrt_xfer_request_wait(const kvrt_xfer_request_t *r, uint32_t timeout_ms)
 {
     if (!r)
-        return KVRT_ERR_INVALID_ARG;
+        return kvrt_fail(NULL, KVRT_ERR_INVALID_ARG, "request is required");
     kvrt_xfer_agent_t *a = r->agent;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -574,7 +632,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_request_wait(const kvrt_xfer_request_t *r, u
 KVRT_EXPORT kvrt_status_t kvrt_xfer_request_cancel(kvrt_xfer_request_t *r)
 {
     if (!r)
-        return KVRT_ERR_INVALID_ARG;
+        return kvrt_fail(NULL, KVRT_ERR_INVALID_ARG, "request is required");
     kvrt_xfer_agent_t *a = r->agent;
     pthread_mutex_lock(&a->lock);
     bool live = r->status == KVRT_INPROGRESS;
@@ -611,7 +669,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_poll(kvrt_xfer_agent_t *a, kvrt_xfer_complet
                                          uint32_t capacity, uint32_t *count_out)
 {
     if (!a || !count_out || (!out && capacity))
-        return KVRT_ERR_INVALID_ARG;
+        return kvrt_fail(a ? a->ctx : NULL, KVRT_ERR_INVALID_ARG,
+                         "agent, count_out and room for completions are required");
     pthread_mutex_lock(&a->lock);
     uint32_t n = 0;
     while (n < capacity && a->cq_count > 0) {
@@ -648,7 +707,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_notifications(kvrt_xfer_agent_t *a,
                                                   uint32_t capacity, uint32_t *count_out)
 {
     if (!a || !count_out || (!out && capacity))
-        return KVRT_ERR_INVALID_ARG;
+        return kvrt_fail(a ? a->ctx : NULL, KVRT_ERR_INVALID_ARG,
+                         "agent, count_out and room for notifications are required");
     pthread_mutex_lock(&a->lock);
     uint32_t n = 0;
     while (n < capacity && a->note_count > 0) {

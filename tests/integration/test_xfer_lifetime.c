@@ -1,0 +1,485 @@
+/*
+ * test_xfer_lifetime.c - objects of the transfer engine live exactly as
+ * long as some thread uses them: peers dropped while the accept thread
+ * holds them, a disconnect while the upkeep thread reconnects, an agent
+ * destroyed while connections come and go, requests whose post fails,
+ * regions deregistered while a peer's access is in progress, user-owned
+ * requests left at destroy. Also: what a post refuses before it starts
+ * (device memory with integrity, engine-memory pools, malformed
+ * descriptors), and that a failed create or register leaves no trace.
+ */
+#include <pthread.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "test_xfer_util.h"
+#include "xfer/sidechannel.h"
+#include "xfer/wire.h"
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+#define DEADLINE (now_ns() + 3000000000ull)
+
+/* An authenticated raw socket to the agent at `text`; -1 on failure (no
+ * assertion, so that helper threads may call it). */
+static int raw_connect_text(const char *text)
+{
+    kvrt_xfer_addr_t addr;
+    if (kvrt_xfer_addr_parse(text, &addr) != KVRT_OK)
+        return -1;
+    int fd = -1;
+    if (kvrt_xfer_sc_dial(&addr, DEADLINE, &fd) != KVRT_OK)
+        return -1;
+    kvrt_xfer_key_t key;
+    kvrt_xfer_key_derive(test_xfer_key, 32, &key);
+    kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION, .backend = KVRT_XFER_BACKEND_TCP,
+                               .name = "raw"};
+    randombytes_buf(hello.session, sizeof(hello.session));
+    if (kvrt_xfer_sc_auth_client(fd, &key, &hello, NULL, DEADLINE) != KVRT_OK) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static uint32_t region_id(kvrt_ctx_t *ctx, const kvrt_xfer_region_t *r)
+{
+    uint8_t desc[KVRT_XFER_DESCRIPTOR_MAX];
+    size_t len = 0;
+    ASSERT_OK(ctx, kvrt_xfer_region_descriptor(r, desc, sizeof(desc), &len));
+    return (uint32_t)desc[8] | (uint32_t)desc[9] << 8 | (uint32_t)desc[10] << 16 |
+           (uint32_t)desc[11] << 24;
+}
+
+/* A header no agent accepts: the connection is dropped and its passive
+ * peer freed by the upkeep thread, possibly while the accept thread still
+ * sets the connection up. */
+static void send_malformed(int fd)
+{
+    kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_READ_REQ, .region = 1, .tag = 1,
+                                 .length = 16};
+    uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES];
+    kvrt_xfer_wire_encode(&h, hdr);
+    hdr[0] ^= 0xff;
+    (void)kvrt_xfer_sc_write_all(fd, hdr, sizeof(hdr), DEADLINE);
+}
+
+Test(xfer_lifetime, passive_peers_dropped_while_being_accepted)
+{
+    kvrt_ctx_t *ctx = txu_ctx();
+    kvrt_xfer_agent_t *a = txu_agent(ctx, 3000);
+    char text[96];
+    ASSERT_OK(ctx, kvrt_xfer_agent_address(a, text, sizeof(text)));
+    uint64_t refused0 = txu_stat(ctx, "xfer.0.refused");
+    enum { ROUNDS = 40 };
+    for (int i = 0; i < ROUNDS; i++) {
+        int fd = raw_connect_text(text);
+        cr_assert_geq(fd, 0);
+        send_malformed(fd);
+        close(fd);
+    }
+    /* Every connection is refused and its peer goes away. */
+    uint64_t end = txu_now_ms() + 5000;
+    while (txu_now_ms() < end &&
+           (txu_stat(ctx, "xfer.0.refused") - refused0 < ROUNDS || txu_stat(ctx, "xfer.0.peers")))
+        usleep(2000);
+    cr_assert_eq(txu_stat(ctx, "xfer.0.refused") - refused0, ROUNDS);
+    cr_assert_eq(txu_stat(ctx, "xfer.0.peers"), 0);
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(a));
+    kvrt_ctx_destroy(ctx);
+}
+
+typedef struct hammer {
+    char text[96];
+    volatile int stop;
+    int rounds;
+} hammer_t;
+
+static void *hammer_main(void *arg)
+{
+    hammer_t *h = arg;
+    while (!__atomic_load_n(&h->stop, __ATOMIC_ACQUIRE)) {
+        int fd = raw_connect_text(h->text);
+        if (fd < 0)
+            break; /* the agent is gone */
+        if (__atomic_fetch_add(&h->rounds, 1, __ATOMIC_RELAXED) % 2)
+            send_malformed(fd);
+        close(fd);
+    }
+    return NULL;
+}
+
+Test(xfer_lifetime, agent_destroyed_while_peers_come_and_go)
+{
+    for (int round = 0; round < 3; round++) {
+        kvrt_ctx_t *ctx = txu_ctx();
+        kvrt_xfer_agent_t *a = txu_agent(ctx, 3000);
+        hammer_t h = {.stop = 0};
+        ASSERT_OK(ctx, kvrt_xfer_agent_address(a, h.text, sizeof(h.text)));
+        pthread_t t;
+        cr_assert_eq(pthread_create(&t, NULL, hammer_main, &h), 0);
+        uint64_t end = txu_now_ms() + 2000;
+        while (__atomic_load_n(&h.rounds, __ATOMIC_RELAXED) < 10 && txu_now_ms() < end)
+            usleep(1000);
+        ASSERT_OK(ctx, kvrt_xfer_agent_destroy(a));
+        __atomic_store_n(&h.stop, 1, __ATOMIC_RELEASE);
+        pthread_join(t, NULL);
+        kvrt_ctx_destroy(ctx);
+    }
+}
+
+/* A listener that accepts and never answers: a handshake with it blocks
+ * until its deadline. */
+typedef struct mute {
+    int fd;
+    int accepted[8];
+    int n;
+} mute_t;
+
+Test(xfer_lifetime, disconnect_while_the_upkeep_thread_reconnects)
+{
+    kvrt_ctx_t *ctx = txu_ctx();
+    kvrt_xfer_agent_t *a = txu_agent(ctx, 3000);
+    kvrt_xfer_agent_t *b = txu_agent(ctx, 3000);
+    char text[96];
+    ASSERT_OK(ctx, kvrt_xfer_agent_address(b, text, sizeof(text)));
+    kvrt_xfer_peer_t *peer = txu_connect(ctx, a, b);
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(b));
+    /* Something else answers at b's address now, and never says a word. */
+    kvrt_xfer_addr_t addr, bound;
+    cr_assert_eq(kvrt_xfer_addr_parse(text, &addr), KVRT_OK);
+    mute_t m = {.fd = -1};
+    cr_assert_eq(kvrt_xfer_sc_listen(&addr, &bound, &m.fd), KVRT_OK);
+    uint64_t end = txu_now_ms() + 3000;
+    while (m.n == 0 && txu_now_ms() < end) {
+        int fd = accept(m.fd, NULL, NULL);
+        if (fd >= 0)
+            m.accepted[m.n++] = fd;
+        else
+            usleep(1000);
+    }
+    cr_assert_gt(m.n, 0, "a never redialed");
+    /* The upkeep thread is in that handshake now, holding the peer. */
+    uint64_t t0 = txu_now_ms();
+    ASSERT_OK(ctx, kvrt_xfer_disconnect(peer));
+    cr_assert_lt(txu_now_ms() - t0, 1000, "disconnect waited for the reconnect");
+    cr_assert_eq(txu_stat(ctx, "xfer.0.peers"), 0);
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(a));
+    for (int i = 0; i < m.n; i++)
+        close(m.accepted[i]);
+    close(m.fd);
+    kvrt_ctx_destroy(ctx);
+}
+
+typedef struct pair {
+    kvrt_ctx_t *ctx;
+    kvrt_xfer_agent_t *a, *b;
+    kvrt_xfer_peer_t *peer;
+} pair_t;
+
+static pair_t pair_up(uint32_t timeout_ms)
+{
+    pair_t p;
+    p.ctx = txu_ctx();
+    p.a = txu_agent(p.ctx, timeout_ms);
+    p.b = txu_agent(p.ctx, timeout_ms);
+    p.peer = txu_connect(p.ctx, p.a, p.b);
+    return p;
+}
+
+Test(xfer_lifetime, self_freeing_requests_whose_post_fails)
+{
+    /* Requests posted without a handle free themselves; when the
+     * connection dies under a post, the failed post completes them. */
+    for (int round = 0; round < 4; round++) {
+        pair_t p = pair_up(3000);
+        enum { BYTES = 1 << 16 };
+        uint8_t *src = aligned_alloc(4096, BYTES), *dst = aligned_alloc(4096, BYTES);
+        memset(src, 1, BYTES);
+        kvrt_xfer_region_t *l = txu_register(p.ctx, p.a, src, BYTES, 0);
+        kvrt_xfer_region_t *r = txu_register(p.ctx, p.b, dst, BYTES,
+                                             KVRT_XFER_REMOTE_WRITE | KVRT_XFER_REMOTE_READ);
+        kvrt_xfer_remote_t *rem = txu_import(p.ctx, p.peer, r);
+        kvrt_xfer_op_t op = {.opcode = KVRT_XFER_WRITE, .local = l, .remote = rem,
+                             .length = 4096};
+        uint32_t ok = 0;
+        kvrt_status_t st = KVRT_OK;
+        for (int i = 0; i < 20000 && st != KVRT_ERR_PEER_FAILED; i++) {
+            if (i == 200)
+                ASSERT_OK(p.ctx, kvrt_xfer_agent_destroy(p.b));
+            st = kvrt_xfer_post(p.peer, &op, 1, NULL, NULL);
+            if (st == KVRT_OK)
+                ok++;
+            if (st == KVRT_ERR_REQUEST_LIMIT) {
+                kvrt_xfer_completion_t c[64];
+                uint32_t n = 0;
+                kvrt_xfer_poll(p.a, c, 64, &n);
+            }
+        }
+        cr_assert_eq(st, KVRT_ERR_PEER_FAILED);
+        cr_assert_gt(ok, 0);
+        /* Every one of them completed once. */
+        uint64_t end = txu_now_ms() + 5000;
+        while (txu_stat(p.ctx, "xfer.0.outstanding") && txu_now_ms() < end)
+            usleep(1000);
+        cr_assert_eq(txu_stat(p.ctx, "xfer.0.outstanding"), 0);
+        ASSERT_OK(p.ctx, kvrt_xfer_deregister(l));
+        ASSERT_OK(p.ctx, kvrt_xfer_agent_destroy(p.a));
+        kvrt_ctx_destroy(p.ctx);
+        free(src);
+        free(dst);
+    }
+}
+
+Test(xfer_lifetime, user_owned_requests_die_with_the_agent)
+{
+    pair_t p = pair_up(3000);
+    enum { BYTES = 1 << 16 };
+    uint8_t *src = aligned_alloc(4096, BYTES), *dst = aligned_alloc(4096, BYTES);
+    memset(src, 7, BYTES);
+    kvrt_xfer_region_t *l = txu_register(p.ctx, p.a, src, BYTES, 0);
+    kvrt_xfer_region_t *r = txu_register(p.ctx, p.b, dst, BYTES, KVRT_XFER_REMOTE_WRITE);
+    kvrt_xfer_remote_t *rem = txu_import(p.ctx, p.peer, r);
+    kvrt_xfer_op_t op = {.opcode = KVRT_XFER_WRITE, .local = l, .remote = rem, .length = BYTES};
+    kvrt_xfer_request_t *done = NULL, *pending = NULL;
+    ASSERT_OK(p.ctx, kvrt_xfer_post(p.peer, &op, 1, NULL, &done));
+    ASSERT_OK(p.ctx, kvrt_xfer_request_wait(done, 3000));
+    ASSERT_OK(p.ctx, kvrt_xfer_post(p.peer, &op, 1, NULL, &pending));
+    /* Neither is released: destroy frees both (a leak checker would say
+     * otherwise), the one in flight after it was canceled. */
+    ASSERT_OK(p.ctx, kvrt_xfer_agent_destroy(p.a));
+    ASSERT_OK(p.ctx, kvrt_xfer_agent_destroy(p.b));
+    kvrt_ctx_destroy(p.ctx);
+    free(src);
+    free(dst);
+}
+
+typedef struct dereg {
+    kvrt_xfer_region_t *r;
+    kvrt_status_t st;
+} dereg_t;
+
+static void *dereg_main(void *arg)
+{
+    dereg_t *d = arg;
+    d->st = kvrt_xfer_deregister(d->r);
+    return NULL;
+}
+
+static kvrt_xfer_wire_header_t recv_header(int fd, void *payload, size_t capacity)
+{
+    uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES];
+    cr_assert_eq(kvrt_xfer_sc_read_all(fd, hdr, sizeof(hdr), DEADLINE), KVRT_OK);
+    kvrt_xfer_wire_header_t h;
+    cr_assert_eq(kvrt_xfer_wire_parse(hdr, sizeof(hdr), &h), KVRT_OK);
+    uint64_t n = kvrt_xfer_wire_payload(&h);
+    cr_assert_leq(n, capacity);
+    if (n)
+        cr_assert_eq(kvrt_xfer_sc_read_all(fd, payload, n, DEADLINE), KVRT_OK);
+    return h;
+}
+
+Test(xfer_lifetime, deregister_waits_for_a_peer_access_and_keeps_its_slot)
+{
+    kvrt_ctx_t *ctx = txu_ctx();
+    kvrt_xfer_agent_t *a = txu_agent(ctx, 3000);
+    kvrt_xfer_agent_t *b = txu_agent(ctx, 3000);
+    kvrt_xfer_peer_t *to_b = txu_connect(ctx, a, b);
+    enum { BYTES = 1 << 16 };
+    uint8_t *mem = aligned_alloc(4096, 3 * BYTES);
+    memset(mem, 0, 3 * BYTES);
+    kvrt_xfer_region_t *r = txu_register(ctx, a, mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+    kvrt_xfer_region_t *rb = txu_register(ctx, b, mem + 2 * BYTES, BYTES, KVRT_XFER_REMOTE_WRITE);
+    kvrt_xfer_remote_t *rem = txu_import(ctx, to_b, rb);
+    uint32_t id = region_id(ctx, r);
+    char text[96];
+    ASSERT_OK(ctx, kvrt_xfer_agent_address(a, text, sizeof(text)));
+    int fd = raw_connect_text(text);
+    cr_assert_geq(fd, 0);
+    /* A WRITE whose payload stops halfway: the region stays pinned. */
+    kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_WRITE, .region = id, .tag = 5,
+                                 .length = 8192};
+    uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES], payload[8192];
+    memset(payload, 0xab, sizeof(payload));
+    kvrt_xfer_wire_encode(&h, hdr);
+    cr_assert_eq(kvrt_xfer_sc_write_all(fd, hdr, sizeof(hdr), DEADLINE), KVRT_OK);
+    cr_assert_eq(kvrt_xfer_sc_write_all(fd, payload, 4096, DEADLINE), KVRT_OK);
+    usleep(100000);
+
+    dereg_t d = {.r = r, .st = KVRT_INPROGRESS};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, dereg_main, &d), 0);
+    usleep(200000);
+    /* While deregister waits, the slot is not handed to a new region and
+     * the region is not handed to new requests. */
+    kvrt_xfer_region_t *r2 = txu_register(ctx, a, mem + BYTES, BYTES, KVRT_XFER_REMOTE_READ);
+    uint32_t id2 = region_id(ctx, r2);
+    cr_assert_neq(id2 & 0xffffu, id & 0xffffu, "the dying region's slot was reused");
+    kvrt_xfer_op_t op = {.opcode = KVRT_XFER_WRITE, .local = r, .remote = rem, .length = 64};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_post(to_b, &op, 1, NULL, NULL));
+    pthread_join(t, NULL);
+    ASSERT_STATUS(KVRT_ERR_BUSY, d.st);
+
+    /* Both registrations are intact: the pinned write completes into r,
+     * and r2 serves reads. */
+    cr_assert_eq(kvrt_xfer_sc_write_all(fd, payload + 4096, 4096, DEADLINE), KVRT_OK);
+    uint8_t buf[64];
+    kvrt_xfer_wire_header_t ack = recv_header(fd, buf, sizeof(buf));
+    cr_assert_eq(ack.tag, 5);
+    cr_assert_eq(ack.status, 0);
+    cr_assert_eq(mem[8191], 0xab);
+    int fd2 = raw_connect_text(text);
+    cr_assert_geq(fd2, 0);
+    kvrt_xfer_wire_header_t rd = {.type = KVRT_XFER_WIRE_READ_REQ, .region = id2, .tag = 6,
+                                  .length = 32};
+    kvrt_xfer_wire_encode(&rd, hdr);
+    cr_assert_eq(kvrt_xfer_sc_write_all(fd2, hdr, sizeof(hdr), DEADLINE), KVRT_OK);
+    kvrt_xfer_wire_header_t resp = recv_header(fd2, buf, sizeof(buf));
+    cr_assert_eq(resp.status, 0, "the new region was displaced: %d", resp.status);
+    close(fd);
+    close(fd2);
+
+    ASSERT_OK(ctx, kvrt_xfer_deregister(r));
+    ASSERT_OK(ctx, kvrt_xfer_deregister(r2));
+    ASSERT_OK(ctx, kvrt_xfer_remote_release(rem));
+    ASSERT_OK(ctx, kvrt_xfer_deregister(rb));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(a));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(b));
+    kvrt_ctx_destroy(ctx);
+    free(mem);
+}
+
+/* ---- refused before anything starts ---------------------------------- */
+
+Test(xfer_lifetime, integrity_against_device_memory_is_unsupported)
+{
+    pair_t p = pair_up(3000);
+    kvrt_pool_t *pa = txu_pool(p.ctx, 16, KVRT_ORDER_LAYER_MAJOR, KVRT_KV_SEPARATE);
+    kvrt_pool_t *pb = txu_pool(p.ctx, 16, KVRT_ORDER_LAYER_MAJOR, KVRT_KV_SEPARATE);
+    kvrt_xfer_region_t *ra = txu_register_pool(p.ctx, p.a, pa);
+    kvrt_xfer_region_t *rb = txu_register_pool(p.ctx, p.b, pb);
+    uint8_t desc[KVRT_XFER_DESCRIPTOR_MAX];
+    size_t len = 0;
+    ASSERT_OK(p.ctx, kvrt_xfer_region_descriptor(rb, desc, sizeof(desc), &len));
+    cr_assert_eq(desc[6], 1, "a host pool's descriptor carries only the layout flag");
+    desc[6] |= 2; /* as a dmabuf pool's descriptor says */
+    kvrt_xfer_remote_t *rem = NULL;
+    ASSERT_OK(p.ctx, kvrt_xfer_import(p.peer, desc, len, &rem));
+    int32_t from[2] = {1, 2}, to[2] = {3, 4};
+    kvrt_xfer_kv_params_t kp = {.field_mask = KVRT_XFER_KV_PARAM_INTEGRITY,
+                                .opcode = KVRT_XFER_WRITE, .local = ra, .remote = rem,
+                                .local_blocks = from, .remote_blocks = to, .count = 2,
+                                .integrity = 1};
+    ASSERT_STATUS(KVRT_ERR_UNSUPPORTED, kvrt_xfer_kv_post(p.peer, &kp, NULL));
+    kp.opcode = KVRT_XFER_READ;
+    ASSERT_STATUS(KVRT_ERR_UNSUPPORTED, kvrt_xfer_kv_post(p.peer, &kp, NULL));
+    cr_assert(strstr(kvrt_ctx_last_error(p.ctx), "device memory") != NULL);
+    /* A zero window is refused, not turned into a default. */
+    kp.field_mask = KVRT_XFER_KV_PARAM_INFLIGHT;
+    kp.max_inflight_bytes = 0;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_kv_post(p.peer, &kp, NULL));
+    cr_assert_eq(txu_stat(p.ctx, "xfer.0.requests"), 0);
+    ASSERT_OK(p.ctx, kvrt_xfer_remote_release(rem));
+    ASSERT_OK(p.ctx, kvrt_xfer_deregister(ra));
+    ASSERT_OK(p.ctx, kvrt_xfer_deregister(rb));
+    ASSERT_OK(p.ctx, kvrt_xfer_agent_destroy(p.a));
+    ASSERT_OK(p.ctx, kvrt_xfer_agent_destroy(p.b));
+    kvrt_pool_destroy(pa);
+    kvrt_pool_destroy(pb);
+    kvrt_ctx_destroy(p.ctx);
+}
+
+Test(xfer_lifetime, engine_memory_pool_needs_the_dmabuf_bit)
+{
+    kvrt_ctx_t *ctx = txu_ctx();
+    kvrt_xfer_agent_t *a = txu_agent(ctx, 3000);
+    kvrt_pool_params_t pp = {.field_mask = KVRT_POOL_PARAM_BASE | KVRT_POOL_PARAM_WATERMARK,
+                             .layout = {.num_layers = 2, .num_kv_heads = 2, .head_dim = 8,
+                                        .tokens_per_block = 4},
+                             .num_blocks = 8,
+                             .watermark_blocks = 0};
+    uint64_t block = 0;
+    ASSERT_OK(ctx, kvrt_layout_block_bytes(&pp.layout, &block));
+    pp.base_bytes = block * pp.num_blocks;
+    pp.base = aligned_alloc(4096, (pp.base_bytes + 4095) & ~4095ull);
+    kvrt_pool_t *pool = NULL;
+    ASSERT_OK(ctx, kvrt_pool_create(ctx, &pp, &pool));
+    kvrt_xfer_register_params_t rp = {
+        .field_mask = KVRT_XFER_REGISTER_PARAM_POOL | KVRT_XFER_REGISTER_PARAM_ACCESS,
+        .pool = pool, .access = KVRT_XFER_REMOTE_READ};
+    kvrt_xfer_region_t *r = NULL;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_register(a, &rp, &r));
+    cr_assert(strstr(kvrt_ctx_last_error(ctx), "DMABUF") != NULL);
+    cr_assert_eq(txu_stat(ctx, "xfer.0.regions"), 0);
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(a));
+    kvrt_pool_destroy(pool);
+    free(pp.base);
+    kvrt_ctx_destroy(ctx);
+}
+
+Test(xfer_lifetime, descriptor_whose_pool_size_wraps_is_malformed)
+{
+    pair_t p = pair_up(3000);
+    kvrt_pool_t *pool = txu_pool(p.ctx, 16, KVRT_ORDER_LAYER_MAJOR, KVRT_KV_SEPARATE);
+    kvrt_xfer_region_t *r = txu_register_pool(p.ctx, p.b, pool);
+    uint8_t desc[KVRT_XFER_DESCRIPTOR_MAX];
+    size_t len = 0;
+    ASSERT_OK(p.ctx, kvrt_xfer_region_descriptor(r, desc, sizeof(desc), &len));
+    /* Every layout dimension at its limit: 1024 layers x 2 halves x 1024
+     * heads x 1024 x 4096 tokens x 2 bytes = 2^44 bytes a block; with 2^20
+     * blocks that is 2^64 bytes, which wraps to 0 and so "fits" any
+     * length. */
+    uint32_t v[5] = {1024, 1024, 1024, 4096, 1u << 20};
+    uint32_t at[5] = {0, 4, 8, 12, 28};
+    for (int i = 0; i < 5; i++)
+        for (int k = 0; k < 4; k++)
+            desc[24 + at[i] + k] = (uint8_t)(v[i] >> (8 * k));
+    cr_assert_eq(desc[24 + 16], KVRT_DTYPE_FP16);
+    kvrt_xfer_remote_t *rem = NULL;
+    ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_xfer_import(p.peer, desc, len, &rem));
+    ASSERT_OK(p.ctx, kvrt_xfer_deregister(r));
+    ASSERT_OK(p.ctx, kvrt_xfer_agent_destroy(p.a));
+    ASSERT_OK(p.ctx, kvrt_xfer_agent_destroy(p.b));
+    kvrt_pool_destroy(pool);
+    kvrt_ctx_destroy(p.ctx);
+}
+
+Test(xfer_lifetime, failed_create_and_register_leave_no_trace)
+{
+    kvrt_ctx_t *ctx = txu_ctx();
+    kvrt_xfer_agent_params_t bad = {.cluster_key = test_xfer_key, .cluster_key_bytes = 3};
+    kvrt_xfer_agent_t *x = NULL;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_agent_create(ctx, &bad, &x));
+    bad.cluster_key_bytes = 32;
+    bad.field_mask = KVRT_XFER_AGENT_PARAM_LISTEN;
+    bad.listen_address = "not an address";
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_agent_create(ctx, &bad, &x));
+    /* The first agent that exists is agent 0. */
+    kvrt_xfer_agent_t *a = txu_agent(ctx, 3000);
+    cr_assert_eq(txu_stat(ctx, "xfer.0.regions"), 0);
+    uint8_t *mem = aligned_alloc(4096, 4096);
+    kvrt_xfer_register_params_t rp = {.field_mask = KVRT_XFER_REGISTER_PARAM_DMABUF,
+                                      .address = mem, .length = 4096, .dmabuf_fd = 0};
+    kvrt_xfer_region_t *r = NULL;
+    ASSERT_STATUS(KVRT_ERR_UNSUPPORTED, kvrt_xfer_register(a, &rp, &r));
+    /* The failed registration did not use up a generation of its slot. */
+    r = txu_register(ctx, a, mem, 4096, 0);
+    cr_assert_eq(region_id(ctx, r), 1u | 1u << 16);
+    /* Refusals of bad arguments say why. */
+    size_t n = 0;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_region_descriptor(r, NULL, 16, &n));
+    cr_assert(strstr(kvrt_ctx_last_error(ctx), "kvrt_xfer_region_descriptor") != NULL);
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_poll(a, NULL, 4, &(uint32_t){0}));
+    cr_assert(strstr(kvrt_ctx_last_error(ctx), "kvrt_xfer_poll") != NULL);
+    ASSERT_OK(ctx, kvrt_xfer_deregister(r));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(a));
+    free(mem);
+    kvrt_ctx_destroy(ctx);
+}
