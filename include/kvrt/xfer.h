@@ -34,7 +34,10 @@
  * backoff; posts to it fail fast while it is down.
  *
  * Threads: unless stated otherwise, agent functions may be called from any
- * thread; they take the agent's lock briefly. Completions are delivered by
+ * thread; they take the agent's lock briefly. The exceptions follow the
+ * context's one-thread rule, because they change the context or read a
+ * pool: kvrt_xfer_agent_create, kvrt_xfer_agent_destroy, and
+ * kvrt_xfer_register with the POOL bit. Completions are delivered by
  * polling (kvrt_xfer_poll, kvrt_xfer_request_test) and signalled through an
  * eventfd (kvrt_xfer_agent_eventfd) that the engine can put in its loop.
  */
@@ -113,7 +116,9 @@ typedef struct kvrt_xfer_agent_params {
  * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown field bits, key too short,
  * out-of-range values, unparsable address), KVRT_ERR_NO_DEVICE (VERBS asked
  * for and no device or no verbs backend), KVRT_ERR_IO (bind/listen/io_uring
- * setup failed; the text says why), KVRT_ERR_NO_MEMORY.
+ * setup failed; the text says why), KVRT_ERR_NO_MEMORY, KVRT_ERR_INTERNAL
+ * (libsodium failed to initialise). A failed create leaves the context as
+ * it was (the next agent is still "xfer.<n>" with the same n).
  * Destroy with kvrt_xfer_agent_destroy() or with the context.
  */
 kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
@@ -122,9 +127,11 @@ kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
 
 /*
  * kvrt_xfer_agent_destroy - disconnects every peer, completes every
- * outstanding request with KVRT_ERR_CANCELED (then frees them, released or
- * not), deregisters every region and stops the threads. NULL is a no-op.
- * No other call on the agent may run concurrently or follow. Errors: none.
+ * outstanding request with KVRT_ERR_CANCELED, frees every request (released
+ * or not: request handles die with their agent, so no call may name one
+ * afterwards), deregisters every region and stops the threads. NULL is a
+ * no-op. No other call on the agent, its peers, regions, remotes or
+ * requests may run concurrently or follow. Errors: none.
  */
 kvrt_status_t kvrt_xfer_agent_destroy(kvrt_xfer_agent_t *agent);
 
@@ -165,13 +172,15 @@ enum kvrt_xfer_register_params_field {
 /*
  * Registration parameters. address and length are always read:
  *  - host memory: [address, address + length) must be readable and writable
- *    memory that outlives the registration (kvrt_host_alloc() memory, or a
- *    pool's host memory, registers fastest: it is already pinned-friendly);
+ *    memory that outlives the registration;
  *  - GPU memory (DMABUF bit): dmabuf_fd/dmabuf_offset name it, address is the
  *    device virtual address (for the verbs backend's MR), never dereferenced.
  * With the POOL bit, the region is `pool`'s whole memory (address and length
  * are then ignored) and its descriptor carries the pool's layout, so a peer
- * can move KV blocks with kvrt_xfer_kv_post().
+ * can move KV blocks with kvrt_xfer_kv_post(). The pool must be on host
+ * memory that kvrt allocated (kvrt_pool_info().host_memory), or be named
+ * with the DMABUF bit as well: memory the engine handed to a pool is taken
+ * for device memory.
  */
 typedef struct kvrt_xfer_register_params {
     uint64_t field_mask;
@@ -184,9 +193,11 @@ typedef struct kvrt_xfer_register_params {
 } kvrt_xfer_register_params_t;
 
 /*
- * kvrt_xfer_register - registers memory once for all transfers.
+ * kvrt_xfer_register - registers memory once for all transfers. With the
+ * POOL bit it reads the pool, so it follows the context's one-thread rule.
  * Errors: KVRT_ERR_INVALID_ARG (NULL, length 0, unknown bits or access
- * flags), KVRT_ERR_UNSUPPORTED (dmabuf memory on the TCP backend, which can
+ * flags, a pool on engine memory without the DMABUF bit),
+ * KVRT_ERR_UNSUPPORTED (dmabuf memory on the TCP backend, which can
  * only serve host memory), KVRT_ERR_DEVICE (the backend refused the memory),
  * KVRT_ERR_NO_MEMORY, KVRT_ERR_OVERFLOW (more than 65535 regions).
  */
@@ -196,10 +207,13 @@ kvrt_status_t kvrt_xfer_register(kvrt_xfer_agent_t *agent,
 
 /*
  * kvrt_xfer_deregister - removes a registration. Peers' later accesses to it
- * are refused (KVRT_ERR_UNKNOWN_REGION). Waits up to 1 s for transfers
- * touching the region to finish. NULL is a no-op.
- * Errors: KVRT_ERR_BUSY (requests using it are still outstanding; nothing
- * changes).
+ * are refused (KVRT_ERR_UNKNOWN_REGION). Requests of this agent that use
+ * the region make it fail at once; peers' accesses already in progress
+ * are waited for, up to 1 s. While it waits, the region is refused to new
+ * requests (KVRT_ERR_INVALID_ARG) and to peers. NULL is a no-op.
+ * Errors: KVRT_ERR_BUSY (outstanding requests of this agent use it, a
+ * peer's access was still in progress after 1 s, or another deregistration
+ * of it is in progress; the registration stays as it was).
  */
 kvrt_status_t kvrt_xfer_deregister(kvrt_xfer_region_t *region);
 
@@ -259,8 +273,9 @@ kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,
 /*
  * kvrt_xfer_import - imports a peer's region descriptor. The remote is owned
  * by the peer (freed with it) or released with kvrt_xfer_remote_release().
- * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_PARSE (malformed descriptor),
- * KVRT_ERR_UNSUPPORTED (descriptor of another backend), KVRT_ERR_NO_MEMORY.
+ * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_PARSE (malformed descriptor,
+ * including sizes that do not add up or overflow), KVRT_ERR_UNSUPPORTED
+ * (descriptor of another backend), KVRT_ERR_NO_MEMORY.
  */
 kvrt_status_t kvrt_xfer_import(kvrt_xfer_peer_t *peer, const void *descriptor,
                                size_t length, kvrt_xfer_remote_t **remote_out);
@@ -297,7 +312,7 @@ typedef struct kvrt_xfer_post_params {
     uint64_t field_mask;
     uint32_t timeout_ms;        /* default: the agent's */
     uint64_t user_data;         /* echoed in the completion */
-    /* Bytes handed to the backend at once; default 256 MiB. */
+    /* Bytes handed to the backend at once; default 256 MiB; 0 is refused. */
     uint64_t max_inflight_bytes;
     /* Delivered to the peer once every operation of this request landed. */
     const void *notify;         /* copied */
@@ -311,7 +326,8 @@ typedef struct kvrt_xfer_post_params {
  * and release it. With request_out NULL the request frees itself when it
  * completes. Either way its completion is queued for kvrt_xfer_poll().
  * Errors (nothing is posted): KVRT_ERR_INVALID_ARG (NULL, count 0, bad
- * opcode, regions of another agent or peer), KVRT_ERR_REMOTE_ACCESS (an
+ * opcode, bad params, regions of another agent or peer, a region being
+ * deregistered), KVRT_ERR_REMOTE_ACCESS (an
  * operation out of a region's bounds or rights), KVRT_ERR_PEER_FAILED (the
  * peer is down), KVRT_ERR_REQUEST_LIMIT (max_requests outstanding),
  * KVRT_ERR_NO_MEMORY.
@@ -375,7 +391,7 @@ kvrt_status_t kvrt_xfer_poll(kvrt_xfer_agent_t *agent,
  * call has landed. Returns at once; the notification waits for those
  * operations and is dropped if one of them fails (the peer then never sees
  * it). Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_PEER_FAILED,
- * KVRT_ERR_REQUEST_LIMIT.
+ * KVRT_ERR_REQUEST_LIMIT, KVRT_ERR_NO_MEMORY.
  */
 kvrt_status_t kvrt_xfer_notify(kvrt_xfer_peer_t *peer, const void *data,
                                uint32_t length);
@@ -417,6 +433,11 @@ enum kvrt_xfer_kv_params_field {
  * different layouts (order, format, block count) as long as their pages
  * have the same size and their layer counts agree. Contiguous runs on both
  * sides are coalesced into single operations.
+ *
+ * opcode, local, remote, local_blocks, remote_blocks and count are always
+ * read; the rest by field_mask: INTEGRITY -> integrity, NOTIFY -> notify
+ * and notify_bytes, TIMEOUT -> timeout_ms, INFLIGHT -> max_inflight_bytes,
+ * USER_DATA -> user_data.
  */
 typedef struct kvrt_xfer_kv_params {
     uint64_t field_mask;
@@ -429,13 +450,15 @@ typedef struct kvrt_xfer_kv_params {
     /* Checks every block's XXH3-64 on arrival: for WRITE the receiver
      * verifies before delivering the notification, for READ this side
      * verifies against the holder's checksums. A mismatch fails the request
-     * with KVRT_ERR_INTEGRITY. */
+     * with KVRT_ERR_INTEGRITY. Checksums are computed on the CPU, so either
+     * pool being device (dmabuf) memory makes it KVRT_ERR_UNSUPPORTED. */
     int integrity;
-    const void *notify;                 /* copied; delivered once all landed */
+    const void *notify;                 /* copied; 1..KVRT_XFER_NOTIFY_MAX
+                                           bytes, delivered once all landed */
     uint32_t notify_bytes;
-    uint32_t timeout_ms;
-    uint64_t max_inflight_bytes;        /* default 64 MiB */
-    uint64_t user_data;
+    uint32_t timeout_ms;                /* default: the agent's */
+    uint64_t max_inflight_bytes;        /* default 64 MiB; 0 is refused */
+    uint64_t user_data;                 /* echoed in the completion */
 } kvrt_xfer_kv_params_t;
 
 /*
@@ -443,7 +466,8 @@ typedef struct kvrt_xfer_kv_params {
  * ownership rules as kvrt_xfer_post()).
  * Errors: those of kvrt_xfer_post(), and KVRT_ERR_INVALID_ARG (a region not
  * registered with a pool, block id out of range or the null block, layouts
- * that do not pair up).
+ * that do not pair up), KVRT_ERR_UNSUPPORTED (integrity with a pool in
+ * device memory on either side).
  */
 kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
                                 const kvrt_xfer_kv_params_t *params,
