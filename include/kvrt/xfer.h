@@ -189,12 +189,14 @@ typedef struct kvrt_xfer_register_params {
     int dmabuf_fd;            /* not retained; the backend dups what it needs */
     uint64_t dmabuf_offset;
     uint32_t access;          /* enum kvrt_xfer_access bits; default 0 (local only) */
-    const kvrt_pool_t *pool;  /* must outlive the region */
+    kvrt_pool_t *pool;        /* held: kvrt_pool_destroy() answers KVRT_ERR_BUSY
+                                 until the region is deregistered */
 } kvrt_xfer_register_params_t;
 
 /*
  * kvrt_xfer_register - registers memory once for all transfers. With the
- * POOL bit it reads the pool, so it follows the context's one-thread rule.
+ * POOL bit it reads and holds the pool, so it (and the deregistration of
+ * that region) follows the context's one-thread rule.
  * Errors: KVRT_ERR_INVALID_ARG (NULL, length 0, unknown bits or access
  * flags, a pool on engine memory without the DMABUF bit),
  * KVRT_ERR_UNSUPPORTED (dmabuf memory on the TCP backend, which can

@@ -85,6 +85,7 @@ struct kvrt_xfer_region {
     uint32_t key_bytes;
     uint8_t key[KVRT_XFER_BK_KEY_MAX];
     bool has_pool;
+    kvrt_pool_t *pool;  /* held while registered (POOL bit), else NULL */
     kvrt_kv_layout_t layout;
     uint32_t num_blocks;
     bool ready;     /* registered with the backend; served from now on */

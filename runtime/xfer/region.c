@@ -104,6 +104,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_register(kvrt_xfer_agent_t *a,
             l->order = KVRT_ORDER_LAYER_MAJOR;
         l->field_mask = KVRT_LAYOUT_FIELD_DTYPE | KVRT_LAYOUT_FIELD_FORMAT | KVRT_LAYOUT_FIELD_ORDER;
         r->has_pool = true;
+        r->pool = p->pool;
         r->num_blocks = info.num_blocks;
         r->bk.base = info.base;
         r->bk.length = (uint64_t)info.num_blocks * info.block_bytes;
@@ -152,6 +153,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_register(kvrt_xfer_agent_t *a,
     r->ready = true;
     a->nregions++;
     pthread_mutex_unlock(&a->lock);
+    if (r->pool) /* the pool refuses kvrt_pool_destroy() until deregistration */
+        kvrt_pool_hold(r->pool);
     *region_out = r;
     return KVRT_OK;
 }
@@ -160,6 +163,8 @@ static void region_release(kvrt_xfer_region_t *r)
 {
     kvrt_xfer_agent_t *a = r->agent;
     a->backend->dereg(a->bk_state, &r->bk);
+    if (r->pool)
+        kvrt_pool_unhold(r->pool);
     free(r);
 }
 

@@ -424,6 +424,28 @@ Test(xfer_lifetime, engine_memory_pool_needs_the_dmabuf_bit)
     kvrt_ctx_destroy(ctx);
 }
 
+Test(xfer_lifetime, a_registered_pool_cannot_be_destroyed)
+{
+    kvrt_ctx_t *ctx = txu_ctx();
+    kvrt_xfer_agent_t *a = txu_agent(ctx, 3000);
+    kvrt_pool_t *pool = txu_pool(ctx, 16, KVRT_ORDER_BLOCK_MAJOR, KVRT_KV_FUSED);
+    kvrt_xfer_register_params_t rp = {
+        .field_mask = KVRT_XFER_REGISTER_PARAM_POOL | KVRT_XFER_REGISTER_PARAM_ACCESS,
+        .pool = pool, .access = KVRT_XFER_REMOTE_READ | KVRT_XFER_REMOTE_WRITE};
+    kvrt_xfer_region_t *r = NULL;
+    ASSERT_OK(ctx, kvrt_xfer_register(a, &rp, &r));
+    /* Peers may be writing into it: the pool stays until deregistration. */
+    ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_pool_destroy(pool));
+    ASSERT_OK(ctx, kvrt_xfer_deregister(r));
+    ASSERT_OK(ctx, kvrt_pool_destroy(pool));
+    /* And a registration left to the context: the agent (and its regions)
+     * go before the pool, whatever the creation order. */
+    kvrt_pool_t *late = txu_pool(ctx, 16, KVRT_ORDER_BLOCK_MAJOR, KVRT_KV_FUSED);
+    rp.pool = late;
+    ASSERT_OK(ctx, kvrt_xfer_register(a, &rp, &r));
+    kvrt_ctx_destroy(ctx);
+}
+
 Test(xfer_lifetime, descriptor_whose_pool_size_wraps_is_malformed)
 {
     pair_t p = pair_up(3000);
