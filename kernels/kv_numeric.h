@@ -15,6 +15,8 @@
 
 #include <stdint.h>
 
+#include "kvrt/layout.h"
+
 #ifdef __CUDACC__
 #include <cuda_fp16.h>
 #define KV_FN static __device__ __forceinline__
@@ -124,6 +126,40 @@ KV_FN float kv_e4m3_to_f32(uint8_t q)
     if (exp == 0)
         return kv_bits_f32(sign | kv_f32_bits((float)man * (1.0f / 512.0f)));
     return kv_bits_f32(sign | ((exp + 120u) << 23) | (man << 20));
+}
+
+/* Element i of an array of dtype, as float (FP32 for any other dtype). */
+KV_FN float kv_load_elem(const void *p, kvrt_dtype_t dtype, uint64_t i)
+{
+    switch (dtype) {
+    case KVRT_DTYPE_FP16:
+        return kv_f16_to_f32(((const uint16_t *)p)[i]);
+    case KVRT_DTYPE_BF16:
+        return kv_bf16_to_f32(((const uint16_t *)p)[i]);
+    case KVRT_DTYPE_FP8_E4M3:
+        return kv_e4m3_to_f32(((const uint8_t *)p)[i]);
+    default:
+        return ((const float *)p)[i];
+    }
+}
+
+/* Stores v as element i of an array of dtype, rounding as above. */
+KV_FN void kv_store_elem(void *p, kvrt_dtype_t dtype, uint64_t i, float v)
+{
+    switch (dtype) {
+    case KVRT_DTYPE_FP16:
+        ((uint16_t *)p)[i] = kv_f32_to_f16(v);
+        break;
+    case KVRT_DTYPE_BF16:
+        ((uint16_t *)p)[i] = kv_f32_to_bf16(v);
+        break;
+    case KVRT_DTYPE_FP8_E4M3:
+        ((uint8_t *)p)[i] = kv_f32_to_e4m3(v);
+        break;
+    default:
+        ((float *)p)[i] = v;
+        break;
+    }
 }
 
 #endif /* KVRT_KV_NUMERIC_H */

@@ -20,40 +20,6 @@
 #include "kv_numeric.h"
 #include "kvrt/kernels.h"
 
-/* ---- element access for the dtypes rows and outputs may use ------------ */
-
-static float load_elem(const void *p, kvrt_dtype_t dtype, uint64_t i)
-{
-    switch (dtype) {
-    case KVRT_DTYPE_FP16:
-        return kv_f16_to_f32(((const uint16_t *)p)[i]);
-    case KVRT_DTYPE_BF16:
-        return kv_bf16_to_f32(((const uint16_t *)p)[i]);
-    case KVRT_DTYPE_FP8_E4M3:
-        return kv_e4m3_to_f32(((const uint8_t *)p)[i]);
-    default:
-        return ((const float *)p)[i];
-    }
-}
-
-static void store_elem(void *p, kvrt_dtype_t dtype, uint64_t i, float v)
-{
-    switch (dtype) {
-    case KVRT_DTYPE_FP16:
-        ((uint16_t *)p)[i] = kv_f32_to_f16(v);
-        break;
-    case KVRT_DTYPE_BF16:
-        ((uint16_t *)p)[i] = kv_f32_to_bf16(v);
-        break;
-    case KVRT_DTYPE_FP8_E4M3:
-        ((uint8_t *)p)[i] = kv_f32_to_e4m3(v);
-        break;
-    default:
-        ((float *)p)[i] = v;
-        break;
-    }
-}
-
 static bool scale_ok(float s) { return isfinite(s) && s > 0.0f; }
 
 /*
@@ -100,10 +66,10 @@ static void convert_row(const kv_geometry_t *g, const float *scales, uint32_t la
             scale = scales[kv_scale_index(g, layer, block, h)];
         uint64_t first = (uint64_t)h * g->head_dim;
         for (uint64_t e = first; e < first + g->head_dim; e++) {
-            float v = load_elem(src, src_dtype, e);
+            float v = kv_load_elem(src, src_dtype, e);
             if (g->fp8)
                 v = quantize ? v / scale : v * scale;
-            store_elem(dst, dst_dtype, e, v);
+            kv_store_elem(dst, dst_dtype, e, v);
         }
     }
 }

@@ -17,42 +17,6 @@
 
 #define MOVE_THREADS 256
 
-/* ---- element access ---------------------------------------------------- */
-
-static __device__ __forceinline__ float load_elem(const void *p, kvrt_dtype_t dtype,
-                                                  uint64_t i)
-{
-    switch (dtype) {
-    case KVRT_DTYPE_FP16:
-        return kv_f16_to_f32(((const uint16_t *)p)[i]);
-    case KVRT_DTYPE_BF16:
-        return kv_bf16_to_f32(((const uint16_t *)p)[i]);
-    case KVRT_DTYPE_FP8_E4M3:
-        return kv_e4m3_to_f32(((const uint8_t *)p)[i]);
-    default:
-        return ((const float *)p)[i];
-    }
-}
-
-static __device__ __forceinline__ void store_elem(void *p, kvrt_dtype_t dtype, uint64_t i,
-                                                  float v)
-{
-    switch (dtype) {
-    case KVRT_DTYPE_FP16:
-        ((uint16_t *)p)[i] = kv_f32_to_f16(v);
-        break;
-    case KVRT_DTYPE_BF16:
-        ((uint16_t *)p)[i] = kv_f32_to_bf16(v);
-        break;
-    case KVRT_DTYPE_FP8_E4M3:
-        ((uint8_t *)p)[i] = kv_f32_to_e4m3(v);
-        break;
-    default:
-        ((float *)p)[i] = v;
-        break;
-    }
-}
-
 template <typename V>
 static __device__ __forceinline__ void copy_bytes(char *dst, const char *src, uint64_t bytes)
 {
@@ -126,16 +90,16 @@ __global__ void convert_rows_kernel(rows_args a, bool write)
             const float *scales = half ? a.v_scales : a.k_scales;
             for (uint32_t e = threadIdx.x; e < a.g.row_elems; e += blockDim.x) {
                 if (!valid) {
-                    store_elem(io, a.io_dtype, e, 0.0f);
+                    kv_store_elem(io, a.io_dtype, e, 0.0f);
                     continue;
                 }
                 float scale = a.g.fp8 ? scales[kv_scale_index(&a.g, a.layer, block, e / dim)]
                                       : 1.0f;
                 if (write) {
-                    store_elem(cache, a.g.dtype, e, load_elem(io, a.io_dtype, e) / scale);
+                    kv_store_elem(cache, a.g.dtype, e, kv_load_elem(io, a.io_dtype, e) / scale);
                 } else {
-                    float v = load_elem(cache, a.g.dtype, e);
-                    store_elem(io, a.io_dtype, e, a.g.fp8 ? v * scale : v);
+                    float v = kv_load_elem(cache, a.g.dtype, e);
+                    kv_store_elem(io, a.io_dtype, e, a.g.fp8 ? v * scale : v);
                 }
             }
         }
