@@ -293,7 +293,12 @@ typedef enum kvrt_xfer_opcode {
     KVRT_XFER_READ = 1   /* remote -> local */
 } kvrt_xfer_opcode_t;
 
-/* One operation: `length` bytes between local+offset and remote+offset. */
+/*
+ * One operation: `length` bytes between local+offset and remote+offset. An
+ * element of a caller's array, so it carries no field_mask and is frozen:
+ * an operation needing more fields will be a new type with its own post
+ * function (kvrt_xfer_post_v2), never a change to this one.
+ */
 typedef struct kvrt_xfer_op {
     kvrt_xfer_opcode_t opcode;
     const kvrt_xfer_region_t *local;
