@@ -74,17 +74,27 @@ static void convert_row(const kv_geometry_t *g, const float *scales, uint32_t la
     }
 }
 
+/* Everything write_kv and read_kv check before touching memory. */
+static kvrt_status_t check_rows_call(kvrt_ctx_t *ctx, const char *func,
+                                     const kvrt_kv_cache_t *cache, const kvrt_kv_rows_t *rows,
+                                     const void *k, const void *v, bool writing,
+                                     kv_geometry_t *g, uint64_t *stride)
+{
+    kvrt_status_t status = kv_geometry_init(ctx, func, cache, g);
+    if (status == KVRT_OK)
+        status = kv_rows_check(ctx, func, g, rows, k, v, writing, stride);
+    if (status == KVRT_OK)
+        status = check_slots(ctx, func, g, cache, rows);
+    return status;
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_cpu_write_kv(kvrt_ctx_t *ctx, const kvrt_kv_cache_t *cache,
                                             const kvrt_kv_rows_t *rows, const void *key,
                                             const void *value)
 {
     kv_geometry_t g;
     uint64_t stride;
-    kvrt_status_t status = kv_geometry_init(ctx, __func__, cache, &g);
-    if (status == KVRT_OK)
-        status = kv_rows_check(ctx, __func__, &g, rows, key, value, true, &stride);
-    if (status == KVRT_OK)
-        status = check_slots(ctx, __func__, &g, cache, rows);
+    kvrt_status_t status = check_rows_call(ctx, __func__, cache, rows, key, value, true, &g, &stride);
     if (status != KVRT_OK)
         return status;
 
@@ -117,11 +127,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cpu_read_kv(kvrt_ctx_t *ctx, const kvrt_kv_cache_
 {
     kv_geometry_t g;
     uint64_t stride;
-    kvrt_status_t status = kv_geometry_init(ctx, __func__, cache, &g);
-    if (status == KVRT_OK)
-        status = kv_rows_check(ctx, __func__, &g, rows, key_out, value_out, false, &stride);
-    if (status == KVRT_OK)
-        status = check_slots(ctx, __func__, &g, cache, rows);
+    kvrt_status_t status = check_rows_call(ctx, __func__, cache, rows, key_out, value_out, false, &g, &stride);
     if (status != KVRT_OK)
         return status;
 

@@ -245,6 +245,12 @@ kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *peer, kvrt_xfer_bk_op_t 
 /* Drives a peer's requests forward: posts batches and closing messages as
  * the window and ordering allow. Call without the lock, holding the peer. */
 void xfer_peer_pump(kvrt_xfer_peer_t *peer);
+/* Finishes a post made under a->lock: the caller's data, the notification
+ * (NULL: none), the handle; then pumps the peer outside the lock. Returns
+ * with a->lock released. */
+void xfer_request_launch(kvrt_xfer_agent_t *a, kvrt_xfer_peer_t *peer,
+                         kvrt_xfer_request_t *r, uint64_t user_data, const void *notify,
+                         uint32_t notify_bytes, kvrt_xfer_request_t **request_out);
 /* Fails every outstanding request of a peer with status (lock held). Their
  * batches end when the connection closes. */
 void xfer_peer_fail_requests(kvrt_xfer_peer_t *peer, kvrt_status_t status);

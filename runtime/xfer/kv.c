@@ -280,20 +280,9 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
         return st;
     }
     r->kv = kv;
-    if (m & KVRT_XFER_KV_PARAM_USER_DATA)
-        r->user_data = p->user_data;
-    if (m & KVRT_XFER_KV_PARAM_NOTIFY) {
-        memcpy(r->notify, p->notify, p->notify_bytes);
-        r->notify_bytes = p->notify_bytes;
-    }
-    if (request_out)
-        *request_out = r;
-    peer->busy++;
-    pthread_mutex_unlock(&a->lock);
-    xfer_peer_pump(peer);
-    pthread_mutex_lock(&a->lock);
-    xfer_peer_put(peer);
-    pthread_mutex_unlock(&a->lock);
+    xfer_request_launch(a, peer, r, (m & KVRT_XFER_KV_PARAM_USER_DATA) ? p->user_data : 0,
+                        (m & KVRT_XFER_KV_PARAM_NOTIFY) ? p->notify : NULL, p->notify_bytes,
+                        request_out);
     return KVRT_OK;
 }
 

@@ -554,21 +554,31 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_post(kvrt_xfer_peer_t *peer, const kvrt_xfer
         free(bk);
         return st;
     }
-    if (pp.field_mask & KVRT_XFER_POST_PARAM_USER_DATA)
-        r->user_data = pp.user_data;
-    if (pp.field_mask & KVRT_XFER_POST_PARAM_NOTIFY) {
-        memcpy(r->notify, pp.notify, pp.notify_bytes);
-        r->notify_bytes = pp.notify_bytes;
+    xfer_request_launch(a, peer, r,
+                        (pp.field_mask & KVRT_XFER_POST_PARAM_USER_DATA) ? pp.user_data : 0,
+                        (pp.field_mask & KVRT_XFER_POST_PARAM_NOTIFY) ? pp.notify : NULL,
+                        pp.notify_bytes, request_out);
+    return KVRT_OK;
+}
+
+void xfer_request_launch(kvrt_xfer_agent_t *a, kvrt_xfer_peer_t *peer,
+                         kvrt_xfer_request_t *r, uint64_t user_data, const void *notify,
+                         uint32_t notify_bytes, kvrt_xfer_request_t **request_out)
+{
+    r->user_data = user_data;
+    if (notify) {
+        memcpy(r->notify, notify, notify_bytes);
+        r->notify_bytes = notify_bytes;
     }
     if (request_out)
         *request_out = r;
+    /* Pump outside the lock, holding the peer so it outlives the pump. */
     peer->busy++;
     pthread_mutex_unlock(&a->lock);
     xfer_peer_pump(peer);
     pthread_mutex_lock(&a->lock);
     xfer_peer_put(peer);
     pthread_mutex_unlock(&a->lock);
-    return KVRT_OK;
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_xfer_notify(kvrt_xfer_peer_t *peer, const void *data,
