@@ -266,7 +266,7 @@ static kvrt_status_t cache_setup(kvrt_cache_t *cache, const kvrt_cache_params_t 
         kvrt_model_fingerprint("unnamed", &layout, &fingerprint);
     }
     cache->root = kvrt_cache_hash_root(&fingerprint);
-    cache->policy_kind = (p->field_mask & KVRT_CACHE_PARAM_POLICY) ? p->policy : KVRT_CACHE_LRU;
+    cache->policy_kind = KVRT_PARAM_OR(p, KVRT_CACHE_PARAM_POLICY, policy, KVRT_CACHE_LRU);
     cache->policy.ops = policy_table[cache->policy_kind];
     cache->policy.num_blocks = cache->num_blocks;
     if (cache->policy.ops->init(&cache->policy, cache->num_blocks) != KVRT_OK ||

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "kvrt/context.h"
+#include "params.h"
 
 #define KVRT_EXPORT __attribute__((visibility("default")))
 #define KVRT_LIKELY(x) __builtin_expect(!!(x), 1)
