@@ -490,9 +490,9 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_lookup(kvrt_cache_t *cache, const kvrt_bloc
 /* Indexes block under name unless the key is indexed already; explain is
  * the explain-table entry of its content under the caller's keys, or 0
  * when the keys are unknown (kvrt_cache_insert_named). */
-static kvrt_status_t insert_name(kvrt_cache_t *cache, int32_t block,
-                                 const kvrt_cache_block_name_t *name, uint64_t explain,
-                                 int32_t *cached_out)
+static KVRT_ALWAYS_INLINE kvrt_status_t insert_name(kvrt_cache_t *cache, int32_t block,
+                                                    const kvrt_cache_block_name_t *name,
+                                                    uint64_t explain, int32_t *cached_out)
 {
     uint32_t refs = 0;
     if (KVRT_UNLIKELY(kvrt_pool_refcount(cache->pool, block, &refs) != KVRT_OK || refs == 0))
@@ -521,11 +521,12 @@ static kvrt_status_t insert_name(kvrt_cache_t *cache, int32_t block,
     return KVRT_OK;
 }
 
-kvrt_status_t kvrt_cache_insert_chained(kvrt_cache_t *cache, int32_t block,
-                                        const kvrt_block_hash_t *content,
-                                        const kvrt_block_hash_t *parent_content,
-                                        const kvrt_hash_keys_t *keys, uint32_t block_index,
-                                        int32_t *cached_out)
+/* kvrt_cache_insert_chained(), inlined into both entry points. */
+static KVRT_ALWAYS_INLINE kvrt_status_t insert_chained(kvrt_cache_t *cache, int32_t block,
+                                                       const kvrt_block_hash_t *content,
+                                                       const kvrt_block_hash_t *parent_content,
+                                                       const kvrt_hash_keys_t *keys,
+                                                       uint32_t block_index, int32_t *cached_out)
 {
     if (KVRT_UNLIKELY(!cache))
         return KVRT_ERR_INVALID_ARG;
@@ -542,13 +543,22 @@ kvrt_status_t kvrt_cache_insert_chained(kvrt_cache_t *cache, int32_t block,
     return insert_name(cache, block, &name, explain_entry(content, &ck), cached_out);
 }
 
+kvrt_status_t kvrt_cache_insert_chained(kvrt_cache_t *cache, int32_t block,
+                                        const kvrt_block_hash_t *content,
+                                        const kvrt_block_hash_t *parent_content,
+                                        const kvrt_hash_keys_t *keys, uint32_t block_index,
+                                        int32_t *cached_out)
+{
+    return insert_chained(cache, block, content, parent_content, keys, block_index,
+                          cached_out);
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_cache_insert(kvrt_cache_t *cache, int32_t block,
                                             const kvrt_block_hash_t *content,
                                             const kvrt_hash_keys_t *keys, uint32_t block_index,
                                             int32_t *cached_out)
 {
-    return kvrt_cache_insert_chained(cache, block, content, NULL, keys, block_index,
-                                     cached_out);
+    return insert_chained(cache, block, content, NULL, keys, block_index, cached_out);
 }
 
 kvrt_status_t kvrt_cache_insert_named(kvrt_cache_t *cache, int32_t block,
