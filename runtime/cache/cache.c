@@ -349,7 +349,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_destroy(kvrt_cache_t *cache)
         return KVRT_OK;
     if (cache->holders)
         return kvrt_fail(cache->ctx, KVRT_ERR_BUSY,
-                         "cache %s is used by %u scheduler(s); destroy them first",
+                         "cache %s is used by %u scheduler(s) or tier(s); destroy them first",
                          cache->name, cache->holders);
     kvrt_ctx_disown(cache->ctx, &cache->owned);
     cache_destroy_owned(&cache->owned);

@@ -141,12 +141,6 @@ static inline void kvrt_cache_policy_prefetch(const cache_policy_t *p, int32_t b
     }
 }
 
-/* For the scheduler: the pool a cache sits on, and holds that keep
- * kvrt_cache_destroy() from freeing a cache still in use. */
-kvrt_pool_t *kvrt_cache_pool(const kvrt_cache_t *cache);
-void kvrt_cache_hold(kvrt_cache_t *cache);
-void kvrt_cache_unhold(kvrt_cache_t *cache);
-
 /* ---- hooks (hooks.c; the contract is cache/hooks.h) ------------------------ */
 
 typedef struct cache_observer {

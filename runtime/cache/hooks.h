@@ -27,6 +27,15 @@
 
 #include "kvrt/cache.h"
 
+/* ---- building on a cache ------------------------------------------------- */
+
+/* The pool a cache sits on, and holds that keep kvrt_cache_destroy() from
+ * freeing a cache still in use (it answers KVRT_ERR_BUSY): a scheduler, a
+ * tier or a cluster publisher takes one for as long as it uses the cache. */
+kvrt_pool_t *kvrt_cache_pool(const kvrt_cache_t *cache);
+void kvrt_cache_hold(kvrt_cache_t *cache);
+void kvrt_cache_unhold(kvrt_cache_t *cache);
+
 /* ---- naming a cached block ------------------------------------------------ */
 
 enum kvrt_cache_name_flags {
