@@ -581,12 +581,19 @@ kvrt_status_t kvrt_cache_insert_named(kvrt_cache_t *cache, int32_t block,
 
 /* ---- stats and verification -------------------------------------------------- */
 
-KVRT_EXPORT kvrt_status_t kvrt_cache_stats(const kvrt_cache_t *cache, kvrt_cache_stats_t *stats_out)
+KVRT_EXPORT kvrt_status_t kvrt_cache_stats_sized(const kvrt_cache_t *cache, size_t stats_size,
+                                                 kvrt_cache_stats_t *stats_out)
 {
-    if (!cache || !stats_out)
-        return cache ? kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG, "stats_out is required")
-                     : KVRT_ERR_INVALID_ARG;
-    refresh_gauges(cache, stats_out);
+    if (!cache)
+        return KVRT_ERR_INVALID_ARG;
+    const size_t min_size = KVRT_OUTPUT_SIZE_1_0(kvrt_cache_stats_t, load_factor);
+    if (!stats_out || stats_size < min_size)
+        return kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG,
+                         "stats_out is required and stats_size (%zu) at least %zu", stats_size,
+                         min_size);
+    kvrt_cache_stats_t stats;
+    refresh_gauges(cache, &stats);
+    kvrt_output_copy(stats_out, stats_size, &stats, sizeof(stats));
     return KVRT_OK;
 }
 

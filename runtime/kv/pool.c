@@ -343,11 +343,15 @@ KVRT_EXPORT kvrt_status_t kvrt_pool_refcount(const kvrt_pool_t *pool, int32_t bl
     return KVRT_OK;
 }
 
-KVRT_EXPORT kvrt_status_t kvrt_pool_info(const kvrt_pool_t *pool, kvrt_pool_info_t *out)
+KVRT_EXPORT kvrt_status_t kvrt_pool_info_sized(const kvrt_pool_t *pool, size_t info_size,
+                                               kvrt_pool_info_t *out)
 {
-    if (!pool || !out)
-        return kvrt_fail(pool ? pool->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
-    *out = (kvrt_pool_info_t){
+    const size_t min_size = KVRT_OUTPUT_SIZE_1_0(kvrt_pool_info_t, hugepages);
+    if (!pool || !out || info_size < min_size)
+        return kvrt_fail(pool ? pool->ctx : NULL, KVRT_ERR_INVALID_ARG,
+                         "info_out is required and info_size (%zu) at least %zu", info_size,
+                         min_size);
+    const kvrt_pool_info_t info = {
         .group_id = pool->group_id,
         .num_blocks = pool->num_blocks,
         .free_blocks = pool->free_count,
@@ -361,6 +365,7 @@ KVRT_EXPORT kvrt_status_t kvrt_pool_info(const kvrt_pool_t *pool, kvrt_pool_info
         .host_memory = pool->host_owned,
         .hugepages = pool->hugetlb,
     };
+    kvrt_output_copy(out, info_size, &info, sizeof(info));
     return KVRT_OK;
 }
 
