@@ -12,6 +12,16 @@
 cmake_minimum_required(VERSION 3.20)
 set(failures "")
 
+# The output lines of a command, as a list; fails the check when it fails.
+function(command_lines out_var)
+  execute_process(COMMAND ${ARGN} OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${ARGN} failed")
+  endif()
+  string(REPLACE "\n" ";" lines "${out}")
+  set(${out_var} "${lines}" PARENT_SCOPE)
+endfunction()
+
 # ---- listed ---------------------------------------------------------------
 file(READ ${MAP} map)
 string(REGEX REPLACE "/\\*([^*]|\\*+[^*/])*\\*+/" "" map "${map}") # comments
@@ -34,12 +44,7 @@ foreach(stanza ${stanzas})
 endforeach()
 
 # ---- exported ----------------------------------------------------------------
-execute_process(COMMAND ${NM} -D --defined-only ${SHARED} OUTPUT_VARIABLE out
-                RESULT_VARIABLE rc)
-if(NOT rc EQUAL 0)
-  message(FATAL_ERROR "${NM} -D ${SHARED} failed")
-endif()
-string(REPLACE "\n" ";" lines "${out}")
+command_lines(lines ${NM} -D --defined-only ${SHARED})
 set(exported "")
 foreach(line ${lines})
   # "<address> <type> <name>@@<node>"; type A lines are the version nodes.
@@ -51,11 +56,7 @@ foreach(line ${lines})
 endforeach()
 
 # ---- marked ------------------------------------------------------------------
-execute_process(COMMAND ${READELF} -sW ${STATIC} OUTPUT_VARIABLE out RESULT_VARIABLE rc)
-if(NOT rc EQUAL 0)
-  message(FATAL_ERROR "${READELF} -s ${STATIC} failed")
-endif()
-string(REPLACE "\n" ";" lines "${out}")
+command_lines(lines ${READELF} -sW ${STATIC})
 set(marked "")
 foreach(line ${lines})
   # Num: Value Size Type Bind Vis Ndx Name

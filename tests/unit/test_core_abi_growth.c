@@ -29,6 +29,42 @@ typedef struct {
     unsigned char bytes[sizeof(kvrt_cache_stats_t) + sizeof(kvrt_pool_info_t) + 64];
 } oversized_t;
 
+typedef kvrt_status_t (*fill_fn)(size_t size, void *out);
+
+/* The rules for one sized output whose library struct is lib_size bytes
+ * and equals `expected`: a size short of the 1.0 struct (too_small) is
+ * refused with nothing written; a longer caller struct gets the library's
+ * bytes and zeroes; the exact size writes not a byte more. */
+static void check_sized_output(fill_fn fill, size_t too_small, const void *expected,
+                               size_t lib_size)
+{
+    oversized_t buf;
+    memset(&buf, 0xa5, sizeof(buf));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, fill(too_small, &buf));
+    cr_assert_eq(buf.bytes[0], 0xa5, "a refused call wrote its output");
+
+    ASSERT_OK(ctx, fill(sizeof(buf), &buf));
+    cr_assert_eq(memcmp(&buf, expected, lib_size), 0);
+    for (size_t i = lib_size; i < sizeof(buf); i++)
+        cr_assert_eq(buf.bytes[i], 0, "byte %zu past the library's struct not zeroed", i);
+
+    memset(&buf, 0xa5, sizeof(buf));
+    ASSERT_OK(ctx, fill(lib_size, &buf));
+    cr_assert_eq(memcmp(&buf, expected, lib_size), 0);
+    cr_assert_eq(buf.bytes[lib_size], 0xa5, "wrote past the caller's size");
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, fill(lib_size, NULL));
+}
+
+static kvrt_status_t fill_pool_info(size_t size, void *out)
+{
+    return kvrt_pool_info_sized(pool, size, out);
+}
+
+static kvrt_status_t fill_cache_stats(size_t size, void *out)
+{
+    return kvrt_cache_stats_sized(cache, size, out);
+}
+
 Test(core_abi_growth, pool_info_writes_exactly_the_callers_size)
 {
     int32_t blocks[3];
@@ -37,29 +73,10 @@ Test(core_abi_growth, pool_info_writes_exactly_the_callers_size)
     ASSERT_OK(ctx, kvrt_pool_info(pool, &info)); /* the inline wrapper */
     cr_assert_eq(info.used_blocks, 3);
     cr_assert_eq(info.num_blocks, 64);
-
-    /* An older caller knowing fields up to live_tables only: refused, as
-     * the 1.0 struct is the smallest there is, and nothing is written. */
-    oversized_t buf;
-    memset(&buf, 0xa5, sizeof(buf));
-    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
-                  kvrt_pool_info_sized(pool, offsetof(kvrt_pool_info_t, tokens_per_block),
-                                       (kvrt_pool_info_t *)&buf));
-    cr_assert_eq(buf.bytes[0], 0xa5);
-
-    /* A newer caller, whose struct is longer: the library's part is
-     * written, the rest zeroed. */
-    ASSERT_OK(ctx, kvrt_pool_info_sized(pool, sizeof(buf), (kvrt_pool_info_t *)&buf));
-    cr_assert_eq(memcmp(&buf, &info, sizeof(info)), 0);
-    for (size_t i = sizeof(info); i < sizeof(buf); i++)
-        cr_assert_eq(buf.bytes[i], 0, "byte %zu past the library's struct not zeroed", i);
-
-    /* The exact size writes not a byte more. */
-    memset(&buf, 0xa5, sizeof(buf));
-    ASSERT_OK(ctx, kvrt_pool_info_sized(pool, sizeof(info), (kvrt_pool_info_t *)&buf));
-    cr_assert_eq(memcmp(&buf, &info, sizeof(info)), 0);
-    cr_assert_eq(buf.bytes[sizeof(info)], 0xa5);
-    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_pool_info_sized(pool, sizeof(info), NULL));
+    /* An older caller knowing fields up to live_tables only: no such 1.0
+     * struct exists, so it is refused. */
+    check_sized_output(fill_pool_info, offsetof(kvrt_pool_info_t, tokens_per_block), &info,
+                       sizeof(info));
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_pool_info_sized(NULL, sizeof(info), &info));
     ASSERT_OK(ctx, kvrt_pool_free(pool, 3, blocks));
 }
@@ -74,16 +91,7 @@ Test(core_abi_growth, cache_stats_writes_exactly_the_callers_size)
     ASSERT_OK(ctx, kvrt_cache_stats(cache, &stats));
     cr_assert_eq(stats.queries, 1);
     cr_assert_eq(stats.query_tokens, 64);
-
-    oversized_t buf;
-    memset(&buf, 0xa5, sizeof(buf));
-    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
-                  kvrt_cache_stats_sized(cache, offsetof(kvrt_cache_stats_t, load_factor),
-                                         (kvrt_cache_stats_t *)&buf));
-    cr_assert_eq(buf.bytes[0], 0xa5);
-    ASSERT_OK(ctx, kvrt_cache_stats_sized(cache, sizeof(buf), (kvrt_cache_stats_t *)&buf));
-    cr_assert_eq(memcmp(&buf, &stats, sizeof(stats)), 0);
-    for (size_t i = sizeof(stats); i < sizeof(buf); i++)
-        cr_assert_eq(buf.bytes[i], 0);
-    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_stats_sized(cache, sizeof(stats), NULL));
+    check_sized_output(fill_cache_stats, offsetof(kvrt_cache_stats_t, load_factor), &stats,
+                       sizeof(stats));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cache_stats_sized(NULL, sizeof(stats), &stats));
 }
