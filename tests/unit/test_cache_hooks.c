@@ -136,6 +136,13 @@ static kvrt_block_hash_t chain_content[16];
 
 static void cache_whole_pool(void) { cache_chain(16, 0, NULL, chain, chain_content); }
 
+/* The keys of a tenant: its name (NUL included) as the cache salt. */
+static kvrt_hash_keys_t tenant_keys(const char *tenant)
+{
+    return (kvrt_hash_keys_t){.field_mask = KVRT_HASH_KEY_SALT, .salt = tenant,
+                              .salt_bytes = (uint32_t)strlen(tenant) + 1};
+}
+
 /* Allocates n blocks (evicting as needed) and frees them again. */
 static void churn(uint32_t n)
 {
@@ -184,9 +191,7 @@ Test(cache_hooks, stored_events_name_each_block_and_its_parent)
 
 Test(cache_hooks, salted_parent_keys_are_keys_not_contents)
 {
-    const char salt[] = "tenant-a";
-    kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_SALT, .salt = salt,
-                             .salt_bytes = sizeof(salt)};
+    const kvrt_hash_keys_t keys = tenant_keys("tenant-a");
     int32_t blocks[3];
     kvrt_block_hash_t content[3];
     cache_chain(3, 7, &keys, blocks, content);
@@ -374,9 +379,7 @@ Test(cache_hooks, sink_cannot_keep_what_the_allocation_needs)
 
 Test(cache_hooks, kept_block_comes_back_by_name)
 {
-    const char salt[] = "tenant-b";
-    kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_SALT, .salt = salt,
-                             .salt_bytes = sizeof(salt)};
+    const kvrt_hash_keys_t keys = tenant_keys("tenant-b");
     int32_t blocks[16];
     kvrt_block_hash_t content[16];
     int32_t tokens[16 * TPB];
