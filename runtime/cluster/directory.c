@@ -22,6 +22,7 @@
 #define DEFAULT_EXPECTED 65536u
 #define MAX_EXPECTED (1ull << 30)
 #define OLD_EPOCHS 8u
+#define PREFETCH_AHEAD 12u /* events: enough misses in flight to hide DRAM latency */
 
 typedef struct dir_node {
     uint64_t node_id; /* 0: slot free */
@@ -313,6 +314,8 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_apply(kvrt_cluster_dir_t *dir, uint64
                          (unsigned long long)node_id);
     for (uint32_t i = 0; i < count; i++) {
         const kvrt_kv_event_t *e = &events[i];
+        if (i + PREFETCH_AHEAD < count)
+            keytable_prefetch(table, &events[i + PREFETCH_AHEAD].key);
         if (e->event_id < n->next_id) {
             dir->stats.events_duplicate++;
             continue;

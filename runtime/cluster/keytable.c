@@ -169,6 +169,11 @@ void keytable_clear_bits(keytable_t *t, uint64_t bits, uint64_t cleared_out[KVRT
     }
 }
 
+void keytable_prefetch(const keytable_t *t, const kvrt_block_hash_t *key)
+{
+    __builtin_prefetch(&t->slots[slot_of(t, key->lo, key->hi)], 1, 1);
+}
+
 void keytable_reset(keytable_t *t)
 {
     memset(t->slots, 0, t->capacity * sizeof(*t->slots));

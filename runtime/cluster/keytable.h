@@ -40,6 +40,9 @@ void keytable_erase(keytable_t *t, keytable_slot_t *slot);
 /* Clears `bits` from every mask of every slot and frees the slots left
  * empty; O(capacity). Writes per tier how many slots lost a bit. */
 void keytable_clear_bits(keytable_t *t, uint64_t bits, uint64_t cleared_out[KVRT_KV_TIERS]);
+/* Starts loading the key's home slot into the cache (batched callers run
+ * a few keys ahead, so table misses overlap instead of queueing). */
+void keytable_prefetch(const keytable_t *t, const kvrt_block_hash_t *key);
 /* Forgets every key. */
 void keytable_reset(keytable_t *t);
 
