@@ -442,8 +442,10 @@ kvrt_status_t kvrt_cluster_etcd_members(kvrt_cluster_etcd_t *member,
 /*
  * kvrt_cluster_etcd_sync - brings dir's node set to the last view: adds the
  * members it lacks, removes the nodes no longer in view (their entries go
- * with them), and re-adds a node whose epoch changed (restart: its old
- * entries are dropped). Nodes the directory holds that were never added by
+ * with them), and moves a node whose epoch changed to the new epoch
+ * (restart: its old entries are dropped and late events of the old epoch
+ * are refused with KVRT_ERR_STALE_EPOCH); a restart counts as one added
+ * and one removed. Nodes the directory holds that were never added by
  * a sync are left alone. Writes the nodes added and removed (may be NULL).
  * Call from dir's thread. Errors: KVRT_ERR_INVALID_ARG, those of
  * kvrt_cluster_dir_add_node (the sync stops there; nodes changed before stay

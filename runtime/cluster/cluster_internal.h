@@ -33,6 +33,9 @@ kvrt_ctx_t *cluster_dir_ctx(const kvrt_cluster_dir_t *dir);
 /* Node lookup by id for the etcd sync: its epoch, and whether a sync added it. */
 bool cluster_dir_node_epoch(const kvrt_cluster_dir_t *dir, uint64_t node_id,
                             uint64_t *epoch_out, bool *synced_out);
+/* The node restarted with `epoch` (seen in membership before any event):
+ * entries dropped, the old epoch remembered as stale, next id 1. */
+void cluster_dir_restart_node(kvrt_cluster_dir_t *dir, uint64_t node_id, uint64_t epoch);
 /* Marks a node as added by an etcd sync (so a later sync may remove it). */
 void cluster_dir_mark_synced(kvrt_cluster_dir_t *dir, uint64_t node_id);
 /* Node ids that a sync added, into ids[0..64); returns their count. */

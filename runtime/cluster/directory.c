@@ -538,6 +538,16 @@ bool cluster_dir_node_epoch(const kvrt_cluster_dir_t *dir, uint64_t node_id,
     return true;
 }
 
+void cluster_dir_restart_node(kvrt_cluster_dir_t *dir, uint64_t node_id, uint64_t epoch)
+{
+    int slot = node_slot(dir, node_id);
+    if (slot < 0 || dir->nodes[slot].epoch == epoch)
+        return;
+    new_epoch(dir, slot, epoch);
+    dir->nodes[slot].resyncing = false;
+    dir->resyncing &= ~(1ull << slot);
+}
+
 void cluster_dir_mark_synced(kvrt_cluster_dir_t *dir, uint64_t node_id)
 {
     int slot = node_slot(dir, node_id);
