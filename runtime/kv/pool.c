@@ -168,14 +168,12 @@ KVRT_EXPORT kvrt_status_t kvrt_pool_create(kvrt_ctx_t *ctx, const kvrt_pool_para
     pool->num_blocks = p->num_blocks;
     pool->tokens_per_block = p->layout.tokens_per_block;
     pool->block_shift = (uint32_t)__builtin_ctz(pool->tokens_per_block);
-    pool->watermark = (p->field_mask & KVRT_POOL_PARAM_WATERMARK)
-                          ? p->watermark_blocks
-                          : p->num_blocks / 100;
+    pool->watermark =
+        KVRT_PARAM_OR(p, KVRT_POOL_PARAM_WATERMARK, watermark_blocks, p->num_blocks / 100);
     pool->meta = calloc(p->num_blocks, sizeof(*pool->meta));
     pool->free_stack = malloc((size_t)p->num_blocks * sizeof(*pool->free_stack));
-    uint32_t max_tables = (p->field_mask & KVRT_POOL_PARAM_MAX_TABLES)
-                              ? p->max_tables
-                              : KVRT_DEFAULT_MAX_TABLES;
+    uint32_t max_tables =
+        KVRT_PARAM_OR(p, KVRT_POOL_PARAM_MAX_TABLES, max_tables, KVRT_DEFAULT_MAX_TABLES);
     if (!pool->meta || !pool->free_stack ||
         kvrt_pool_tables_init(pool, max_tables) != KVRT_OK) {
         pool_free_memory(pool);
@@ -441,6 +439,16 @@ void kvrt_pool_uncache(kvrt_pool_t *pool, int32_t block)
         pool->idle_count--;
         pool->free_stack[pool->free_count++] = block;
     }
+}
+
+void kvrt_pool_uncache_held(kvrt_pool_t *pool, int32_t block)
+{
+    block_meta_t *m = &pool->meta[block];
+    m->cached = 0;
+    m->state = BLOCK_USED;
+    m->refcount = 1;
+    pool->idle_count--;
+    pool->used_count++;
 }
 
 bool kvrt_pool_ref_cached(kvrt_pool_t *pool, int32_t block)
