@@ -121,6 +121,28 @@ kvrt_status_t kvrt_kv_events_record(kvrt_kv_events_t *events, kvrt_kv_event_kind
                                     kvrt_kv_tier_t tier, const kvrt_block_hash_t *key);
 
 /*
+ * kvrt_kv_events_attach - feeds the publisher from a cache: every block the
+ * cache indexes is recorded as STORED in `tier`, every block that leaves it
+ * as REMOVED, a reset or destroy of the cache as CLEARED. Attach right
+ * after kvrt_cache_create() (blocks cached before are not announced). One
+ * cache per publisher. Detach (kvrt_kv_events_detach) or destroy the
+ * publisher before destroying the cache; kvrt_ctx_destroy does it in that
+ * order. Recording happens inside the cache's
+ * calls, on their thread; when the key set cannot grow there, the publisher
+ * skips an event id so consumers resynchronize (from a snapshot that then
+ * lacks that key: a missed hit, never a stale entry).
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown tier), KVRT_ERR_BUSY (the
+ * publisher is attached to a cache already, or the cache has its maximum of
+ * observers).
+ */
+kvrt_status_t kvrt_kv_events_attach(kvrt_kv_events_t *events, kvrt_cache_t *cache,
+                                    kvrt_kv_tier_t tier);
+
+/* kvrt_kv_events_detach - stops following the cache. Errors:
+ * KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_NOT_FOUND (not attached). */
+kvrt_status_t kvrt_kv_events_detach(kvrt_kv_events_t *events);
+
+/*
  * kvrt_kv_events_take - moves up to `capacity` of the oldest untaken events
  * to events_out[0 .. *count_out), in id order, and writes the epoch to
  * *epoch_out (may be NULL). Ids not contiguous with the previous take mean

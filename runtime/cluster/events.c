@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "cache/hooks.h"
 #include "cluster/cluster_internal.h"
 #include "cluster/keytable.h"
 
@@ -32,10 +33,16 @@ struct kvrt_kv_events {
     uint64_t dropped;
     keytable_t held;               /* mask[tier] == 1: held in tier */
     uint64_t held_per_tier[KVRT_KV_TIERS];
+    kvrt_cache_t *cache;           /* followed through its observer hook */
+    kvrt_kv_tier_t cache_tier;
 };
+
+static void on_cache_event(void *user, const kvrt_cache_event_t *event);
 
 static void events_free(kvrt_kv_events_t *ev)
 {
+    if (ev->cache)
+        kvrt_cache_unobserve(ev->cache, on_cache_event, ev);
     keytable_free(&ev->held);
     free(ev->ring);
     free(ev);
@@ -159,6 +166,49 @@ KVRT_EXPORT kvrt_status_t kvrt_kv_events_record(kvrt_kv_events_t *events,
             keytable_erase(&events->held, s);
     }
     push(events, kind, tier, key);
+    return KVRT_OK;
+}
+
+/* ---- following a cache --------------------------------------------------- */
+
+static void on_cache_event(void *user, const kvrt_cache_event_t *event)
+{
+    kvrt_kv_events_t *ev = user;
+    kvrt_kv_event_kind_t kind = event->kind == KVRT_CACHE_EVENT_STORED    ? KVRT_KV_EVENT_STORED
+                                : event->kind == KVRT_CACHE_EVENT_REMOVED ? KVRT_KV_EVENT_REMOVED
+                                                                          : KVRT_KV_EVENT_CLEARED;
+    if (kvrt_kv_events_record(ev, kind, ev->cache_tier, &event->name.key) != KVRT_OK)
+        ev->last_id++; /* a gap: consumers resync from a snapshot without this key */
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_kv_events_attach(kvrt_kv_events_t *events, kvrt_cache_t *cache,
+                                                kvrt_kv_tier_t tier)
+{
+    if (!events || !cache)
+        return events ? kvrt_fail(events->ctx, KVRT_ERR_INVALID_ARG, "cache is required")
+                      : KVRT_ERR_INVALID_ARG;
+    if ((unsigned)tier >= KVRT_KV_TIERS)
+        return kvrt_fail(events->ctx, KVRT_ERR_INVALID_ARG, "unknown tier %d", (int)tier);
+    if (events->cache)
+        return kvrt_fail(events->ctx, KVRT_ERR_BUSY, "already attached to a cache");
+    kvrt_status_t st = kvrt_cache_observe(cache, on_cache_event, events);
+    if (st != KVRT_OK)
+        return st == KVRT_ERR_BUSY ? kvrt_fail(events->ctx, st, "the cache has no observer "
+                                                                "slot left")
+                                   : st;
+    events->cache = cache;
+    events->cache_tier = tier;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_kv_events_detach(kvrt_kv_events_t *events)
+{
+    if (!events)
+        return KVRT_ERR_INVALID_ARG;
+    if (!events->cache)
+        return kvrt_fail(events->ctx, KVRT_ERR_NOT_FOUND, "not attached to a cache");
+    kvrt_cache_unobserve(events->cache, on_cache_event, events);
+    events->cache = NULL;
     return KVRT_OK;
 }
 

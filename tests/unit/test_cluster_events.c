@@ -123,3 +123,66 @@ Test(cluster_events, each_publisher_has_its_own_epoch_and_bad_input_is_refused)
     kvrt_kv_events_destroy(a);
     kvrt_kv_events_destroy(NULL);
 }
+
+/* Fed by a real cache: inserts and evictions reach a directory through the
+ * publisher, and the directory's view matches the cache's contents. */
+Test(cluster_events, follows_a_cache_through_its_observer_hook)
+{
+    kvrt_pool_t *pool = test_pool(ctx, 9, 16); /* 8 usable blocks */
+    kvrt_cache_t *cache = NULL;
+    ASSERT_OK(ctx, kvrt_cache_create(pool, NULL, &cache));
+    kvrt_kv_events_t *ev = NULL;
+    ASSERT_OK(ctx, kvrt_kv_events_create(ctx, NULL, &ev));
+    ASSERT_OK(ctx, kvrt_kv_events_attach(ev, cache, KVRT_KV_TIER_GPU));
+    ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_kv_events_attach(ev, cache, KVRT_KV_TIER_GPU));
+    kvrt_cluster_dir_t *dir = NULL;
+    ASSERT_OK(ctx, kvrt_cluster_dir_create(ctx, NULL, &dir));
+    kvrt_block_hash_t fp = {0}, root;
+    uint64_t epoch;
+    kvrt_kv_events_epoch(ev, &epoch, NULL);
+    ASSERT_OK(ctx, kvrt_cache_root(cache, &root));
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 1, &fp, epoch));
+    /* Cache 8 blocks of one chain, then let them go idle. */
+    int32_t blocks[8];
+    kvrt_block_hash_t chain[16];
+    int32_t tokens[16];
+    kvrt_block_hash_t parent = root;
+    ASSERT_OK(ctx, kvrt_pool_alloc(pool, 8, blocks));
+    for (int b = 0; b < 8; b++) {
+        for (int t = 0; t < 16; t++)
+            tokens[t] = b * 16 + t;
+        ASSERT_OK(ctx, kvrt_block_hash(&parent, tokens, 16, (uint32_t)b * 16, NULL, &chain[b]));
+        ASSERT_OK(ctx, kvrt_cache_insert(cache, blocks[b], &chain[b], NULL, (uint32_t)b, NULL));
+        parent = chain[b];
+    }
+    ASSERT_OK(ctx, kvrt_pool_free(pool, 8, blocks));
+    kvrt_kv_event_t out[32];
+    uint32_t n = 0;
+    ASSERT_OK(ctx, kvrt_kv_events_take(ev, out, 32, &n, NULL));
+    cr_assert_eq(n, 8);
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 1, epoch, out, n));
+    kvrt_cluster_match_t m[2];
+    uint32_t count;
+    ASSERT_OK(ctx, kvrt_cluster_dir_match(dir, &fp, chain, 8, 0, m, 2, &count));
+    cr_assert_eq(m[0].prefix_blocks, 8);
+    /* An allocation evicts 3 (LRU: the first inserted); the directory
+     * follows. */
+    ASSERT_OK(ctx, kvrt_pool_alloc(pool, 3, blocks));
+    ASSERT_OK(ctx, kvrt_kv_events_take(ev, out, 32, &n, NULL));
+    cr_assert_eq(n, 3);
+    cr_assert_eq(out[0].kind, KVRT_KV_EVENT_REMOVED);
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 1, epoch, out, n));
+    kvrt_cluster_node_info_t info;
+    ASSERT_OK(ctx, kvrt_cluster_dir_node_info(dir, 1, &info));
+    cr_assert_eq(info.blocks[KVRT_KV_TIER_GPU], 5);
+    ASSERT_OK(ctx, kvrt_pool_free(pool, 3, blocks));
+    /* Detach, then the cache goes: no event reaches the publisher. */
+    ASSERT_OK(ctx, kvrt_kv_events_detach(ev));
+    ASSERT_STATUS(KVRT_ERR_NOT_FOUND, kvrt_kv_events_detach(ev));
+    ASSERT_OK(ctx, kvrt_cache_destroy(cache));
+    ASSERT_OK(ctx, kvrt_kv_events_take(ev, out, 32, &n, NULL));
+    cr_assert_eq(n, 0);
+    kvrt_pool_info_t pi;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &pi));
+    cr_assert_eq(pi.used_blocks, 0);
+}
