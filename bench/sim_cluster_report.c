@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "sim_cluster.h"
+#include "sim_report.h"
 
 static const char *router_name(kvrt_route_policy_t p)
 {
@@ -72,18 +73,6 @@ void sim_cluster_report_text(FILE *out, const char *workload, const sim_config_t
     }
 }
 
-static cJSON *latency_json(const sim_latency_t *l)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "count", (double)l->count);
-    cJSON_AddNumberToObject(o, "p50", l->p50);
-    cJSON_AddNumberToObject(o, "p90", l->p90);
-    cJSON_AddNumberToObject(o, "p99", l->p99);
-    cJSON_AddNumberToObject(o, "mean", l->mean);
-    cJSON_AddNumberToObject(o, "max", l->max);
-    return o;
-}
-
 int sim_cluster_report_json(FILE *out, const char *workload, const sim_config_t *cfg,
                             const sim_cluster_config_t *cc, const sim_cluster_results_t *r)
 {
@@ -109,9 +98,9 @@ int sim_cluster_report_json(FILE *out, const char *workload, const sim_config_t 
     cJSON_AddNumberToObject(o, "failed", (double)t->failed);
     cJSON_AddNumberToObject(o, "sim_s", t->sim_s);
     cJSON_AddNumberToObject(o, "wall_s", t->wall_s);
-    cJSON_AddItemToObject(o, "ttft_ms", latency_json(&t->ttft_ms));
-    cJSON_AddItemToObject(o, "tpot_ms", latency_json(&t->tpot_ms));
-    cJSON_AddItemToObject(o, "e2e_ms", latency_json(&t->e2e_ms));
+    cJSON_AddItemToObject(o, "ttft_ms", sim_report_latency_json(&t->ttft_ms));
+    cJSON_AddItemToObject(o, "tpot_ms", sim_report_latency_json(&t->tpot_ms));
+    cJSON_AddItemToObject(o, "e2e_ms", sim_report_latency_json(&t->e2e_ms));
     cJSON_AddNumberToObject(o, "prefix_hit_tokens", (double)t->prefix_hit_tokens);
     cJSON_AddNumberToObject(o, "prefix_query_tokens", (double)t->prefix_query_tokens);
     cJSON_AddNumberToObject(o, "prefix_hit_rate",
