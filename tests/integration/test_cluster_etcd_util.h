@@ -1,15 +1,17 @@
 /*
  * test_cluster_etcd_util.h - a real etcd for tests: started on 127.0.0.1
  * with free ports and a temporary data directory, killed and restarted by
- * pid, and removed at the end. Fork it (and any child node) before the
- * test starts threads.
+ * pid, and removed at the end. Fork child nodes before the test starts
+ * threads.
  */
 #ifndef KVRT_TEST_CLUSTER_ETCD_UTIL_H
 #define KVRT_TEST_CLUSTER_ETCD_UTIL_H
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+extern char **environ;
 
 #include "test_helpers.h"
 
@@ -64,18 +68,21 @@ static inline void test_etcd_start(test_etcd_t *e)
     snprintf(client, sizeof(client), "http://127.0.0.1:%d", e->client_port);
     snprintf(peer, sizeof(peer), "http://127.0.0.1:%d", e->peer_port);
     snprintf(cluster, sizeof(cluster), "default=%s", peer);
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        FILE *out = freopen(log, "a", stdout);
-        (void)out;
-        dup2(STDOUT_FILENO, STDERR_FILENO);
-        execl("/usr/bin/etcd", "etcd", "--name", "default", "--data-dir", data,
-              "--listen-client-urls", client, "--advertise-client-urls", client,
-              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-              "--initial-cluster", cluster, (char *)NULL);
-        _exit(127);
-    }
+    /* posix_spawn, not fork: the restart happens while the test has
+     * threads, and a forked child of a threaded process may only exec
+     * anyway (posix_spawn runs no atfork handlers). */
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+    char *const argv[] = {"etcd", "--name", "default", "--data-dir", data,
+                          "--listen-client-urls", client, "--advertise-client-urls", client,
+                          "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                          "--initial-cluster", cluster, NULL};
+    pid_t pid = 0;
+    int rc = posix_spawn(&pid, "/usr/bin/etcd", &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    cr_assert_eq(rc, 0, "posix_spawn etcd: %d", rc);
     e->pid = pid;
 }
 
