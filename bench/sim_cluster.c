@@ -418,8 +418,12 @@ static int arrive(cluster_t *c, sim_request_t *req, double now_us)
                          (double)want * (double)c->block_bytes * 8.0 / (c->cc->net_gbps * 1e3);
         if (move_us < recompute_us) {
             uint32_t have = peer_holds(peer, c->keys, first, want);
-            if (have < want)
+            if (have < want) {
+                /* The directory promised more than the peer has: drop
+                 * those entries so the next request is not sent after them. */
                 c->res->pull_misses++;
+                kvrt_cluster_dir_forget(c->dir, peer->id, c->keys + first + have, want - have);
+            }
             uint32_t placed = have ? place_blocks(c, node, first, have) : 0;
             if (placed) {
                 ready = transfer(c, peer, node, placed, now_us);

@@ -253,6 +253,17 @@ kvrt_status_t kvrt_cluster_dir_load_snapshot(kvrt_cluster_dir_t *dir, uint64_t n
                                              uint64_t epoch, uint64_t last_event_id,
                                              const kvrt_kv_event_t *records, uint32_t count);
 
+/*
+ * kvrt_cluster_dir_forget - drops node_id's entries for keys[0 .. count),
+ * in every tier, e.g. after a pull found that the node did not have them
+ * (a peer that announces blocks it lacks loses those entries, not its
+ * place). A later STORED of the same key adds it back. Keys the node does
+ * not hold are ignored. Errors: KVRT_ERR_INVALID_ARG (NULL, NULL keys with
+ * count > 0), KVRT_ERR_UNKNOWN_NODE.
+ */
+kvrt_status_t kvrt_cluster_dir_forget(kvrt_cluster_dir_t *dir, uint64_t node_id,
+                                      const kvrt_block_hash_t *keys, uint32_t count);
+
 /* A node's standing in the directory. Frozen (output array element). */
 typedef struct kvrt_cluster_node_info {
     uint64_t node_id;
@@ -281,8 +292,8 @@ typedef struct kvrt_cluster_match {
  * kvrt_cluster_dir_match - for a prompt's block keys (in order), the longest
  * prefix each member node of `model` holds in the tiers of tier_mask
  * (bit t = tier t; 0 means all). Writes one entry per node of the model
- * that is not resyncing (those with 0 blocks included), in the order
- * nodes were added, to matches_out[0 .. *count_out). O(prefix length).
+ * that is not resyncing (those with 0 blocks included; in no promised
+ * order) to matches_out[0 .. *count_out). O(prefix length).
  * Errors: KVRT_ERR_INVALID_ARG (NULL, num_keys > 0 with NULL keys, unknown
  * tier bits), KVRT_ERR_UNKNOWN_MODEL (no node ever served model),
  * KVRT_ERR_BUFFER_TOO_SMALL (*count_out set to the nodes to report).

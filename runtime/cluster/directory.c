@@ -369,6 +369,35 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_load_snapshot(kvrt_cluster_dir_t *dir
     return KVRT_OK;
 }
 
+KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_forget(kvrt_cluster_dir_t *dir, uint64_t node_id,
+                                                 const kvrt_block_hash_t *keys, uint32_t count)
+{
+    if (!dir || (count > 0 && !keys))
+        return dir ? kvrt_fail(dir->ctx, KVRT_ERR_INVALID_ARG, "keys are required")
+                   : KVRT_ERR_INVALID_ARG;
+    int slot = node_slot(dir, node_id);
+    if (slot < 0)
+        return kvrt_fail(dir->ctx, KVRT_ERR_UNKNOWN_NODE, "node %016llx",
+                         (unsigned long long)node_id);
+    dir_node_t *n = &dir->nodes[slot];
+    keytable_t *table = &dir->models[n->model].table;
+    uint64_t bit = 1ull << slot;
+    for (uint32_t i = 0; i < count; i++) {
+        keytable_slot_t *s = keytable_find(table, &keys[i]);
+        if (!s)
+            continue;
+        for (int t = 0; t < KVRT_KV_TIERS; t++) {
+            if (s->mask[t] & bit) {
+                s->mask[t] &= ~bit;
+                n->blocks[t]--;
+            }
+        }
+        if (!keytable_slot_used(s))
+            keytable_erase(table, s);
+    }
+    return KVRT_OK;
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_node_info(const kvrt_cluster_dir_t *dir,
                                                      uint64_t node_id,
                                                      kvrt_cluster_node_info_t *info_out)

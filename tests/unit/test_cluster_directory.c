@@ -253,3 +253,29 @@ Test(cluster_directory, holds_at_most_64_nodes)
     ASSERT_OK(ctx, kvrt_cluster_dir_remove_node(dir, 64));
     ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 1000, &model, 1));
 }
+
+Test(cluster_directory, forget_drops_what_a_peer_announced_but_lacks)
+{
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 4, &model, 44));
+    kvrt_block_hash_t keys[6];
+    kvrt_kv_event_t ev[6];
+    for (int i = 0; i < 6; i++) {
+        keys[i] = key(i);
+        ev[i] = stored((uint64_t)i + 1, (uint64_t)i, i % 2 ? KVRT_KV_TIER_HOST : KVRT_KV_TIER_GPU);
+    }
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 4, 44, ev, 6));
+    cr_assert_eq(prefix_of(4, keys, 6, 0), 6);
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_NODE, kvrt_cluster_dir_forget(dir, 5, keys, 1));
+    ASSERT_OK(ctx, kvrt_cluster_dir_forget(dir, 4, keys + 3, 3));
+    cr_assert_eq(prefix_of(4, keys, 6, 0), 3);
+    kvrt_cluster_node_info_t info;
+    ASSERT_OK(ctx, kvrt_cluster_dir_node_info(dir, 4, &info));
+    cr_assert_eq(info.blocks[KVRT_KV_TIER_GPU] + info.blocks[KVRT_KV_TIER_HOST], 3);
+    kvrt_cluster_dir_stats_t s;
+    ASSERT_OK(ctx, kvrt_cluster_dir_stats(dir, &s));
+    cr_assert_eq(s.entries, 3);
+    /* The stream goes on: a later STORED brings one back. */
+    kvrt_kv_event_t again = stored(7, 3, KVRT_KV_TIER_GPU);
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 4, 44, &again, 1));
+    cr_assert_eq(prefix_of(4, keys, 6, 0), 4);
+}
