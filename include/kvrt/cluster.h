@@ -228,12 +228,14 @@ kvrt_status_t kvrt_cluster_dir_remove_node(kvrt_cluster_dir_t *dir, uint64_t nod
  *  KVRT_ERR_STALE_EPOCH   epoch is one the node had before its current
  *                         one (late events of a dead incarnation; the
  *                         last 8 are remembered): nothing applied;
- *  KVRT_ERR_RESYNC        a gap in the ids, or an epoch never seen for this
- *                         node (it restarted): the node's entries are
- *                         dropped, it takes the new epoch and answers no
- *                         query until kvrt_cluster_dir_load_snapshot().
- *                         Events before the gap are applied (and then
- *                         dropped with the rest).
+ *  KVRT_ERR_RESYNC        a gap in the ids, or a batch of an epoch never
+ *                         seen for this node (it restarted) that does not
+ *                         start at id 1: the node's entries are dropped,
+ *                         it takes the new epoch and answers no query
+ *                         until kvrt_cluster_dir_load_snapshot().
+ * An epoch never seen whose batch starts at id 1 (or is empty) is a
+ * restart followed from its start: the old entries are dropped, the old
+ * epoch becomes stale, and the batch applies (KVRT_OK).
  *  KVRT_ERR_NO_MEMORY     the table could not grow (nothing applied).
  */
 kvrt_status_t kvrt_cluster_dir_apply(kvrt_cluster_dir_t *dir, uint64_t node_id,

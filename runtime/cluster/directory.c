@@ -301,11 +301,12 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_apply(kvrt_cluster_dir_t *dir, uint64
                              (unsigned long long)n->epoch);
         }
         new_epoch(dir, slot, epoch);
-        if (count == 0 || events[0].event_id != 1) {
+        /* A new publisher holds nothing before its id 1; a stream of the
+         * new epoch already past it needs a snapshot (an empty batch can
+         * tell nothing yet: the next one decides). */
+        if (count > 0 && events[0].event_id != 1)
             return start_resync(dir, slot, "new epoch, stream already under way",
-                                count ? events[0].event_id : 0);
-        }
-        /* A new publisher holds nothing before its id 1: follow it. */
+                                events[0].event_id);
         n->resyncing = false;
         dir->resyncing &= ~(1ull << slot);
     }
