@@ -306,7 +306,9 @@ kvrt_status_t kvrt_cluster_dir_match(const kvrt_cluster_dir_t *dir,
                                      uint32_t tier_mask, kvrt_cluster_match_t *matches_out,
                                      uint32_t capacity, uint32_t *count_out);
 
-/* Counters since creation. Frozen; read with kvrt_cluster_dir_stats(). */
+/* Counters since creation. Frozen; read with kvrt_cluster_dir_stats(), or
+ * each as the ctl node "cluster.dir.<N>.<field>" (u64, read-only; N = 0, 1,
+ * ... in creation order within the context). */
 typedef struct kvrt_cluster_dir_stats {
     uint64_t nodes;
     uint64_t models;

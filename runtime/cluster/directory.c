@@ -13,6 +13,7 @@
  * epoch) drops the node's entries before the directory answers for it
  * again.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +47,7 @@ typedef struct dir_model {
 struct kvrt_cluster_dir {
     kvrt_owned_t owned;
     kvrt_ctx_t *ctx;
+    uint32_t index; /* ctl name: cluster.dir.<index> */
     uint64_t expected;
     dir_node_t nodes[KVRT_CLUSTER_MAX_NODES];
     dir_model_t models[KVRT_CLUSTER_MAX_NODES];
@@ -58,12 +60,47 @@ struct kvrt_cluster_dir {
 
 static void dir_free(kvrt_cluster_dir_t *dir)
 {
+    kvrt_ctl_unregister(dir->ctx, dir);
+    kvrt_ctx_release_index(dir->ctx, "cluster.dir", dir->index);
     for (uint32_t m = 0; m < dir->num_models; m++)
         keytable_free(&dir->models[m].table);
     free(dir);
 }
 
 static void dir_owned_destroy(kvrt_owned_t *self) { dir_free((kvrt_cluster_dir_t *)self); }
+
+/* ---- ctl nodes "cluster.dir.<N>.*": the fields of kvrt_cluster_dir_stats_t -- */
+
+#define DIR_GETTER(field)                                                        \
+    static void get_##field(void *obj, kvrt_ctl_value_t *v)                      \
+    {                                                                            \
+        kvrt_cluster_dir_stats_t s;                                              \
+        kvrt_cluster_dir_stats(obj, &s);                                         \
+        v->u64 = s.field;                                                        \
+    }
+DIR_GETTER(nodes)
+DIR_GETTER(models)
+DIR_GETTER(entries)
+DIR_GETTER(table_slots)
+DIR_GETTER(table_bytes)
+DIR_GETTER(events_applied)
+DIR_GETTER(events_duplicate)
+DIR_GETTER(resyncs)
+DIR_GETTER(stale_refused)
+DIR_GETTER(queries)
+
+static const kvrt_ctl_node_t dir_nodes[] = {
+    {"nodes", KVRT_CTL_U64, get_nodes, NULL},
+    {"models", KVRT_CTL_U64, get_models, NULL},
+    {"entries", KVRT_CTL_U64, get_entries, NULL},
+    {"table_slots", KVRT_CTL_U64, get_table_slots, NULL},
+    {"table_bytes", KVRT_CTL_U64, get_table_bytes, NULL},
+    {"events_applied", KVRT_CTL_U64, get_events_applied, NULL},
+    {"events_duplicate", KVRT_CTL_U64, get_events_duplicate, NULL},
+    {"resyncs", KVRT_CTL_U64, get_resyncs, NULL},
+    {"stale_refused", KVRT_CTL_U64, get_stale_refused, NULL},
+    {"queries", KVRT_CTL_U64, get_queries, NULL},
+};
 
 KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_create(kvrt_ctx_t *ctx,
                                                   const kvrt_cluster_dir_params_t *params,
@@ -89,6 +126,14 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_create(kvrt_ctx_t *ctx,
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "directory");
     dir->ctx = ctx;
     dir->expected = expected;
+    dir->index = kvrt_ctx_next_index(ctx, "cluster.dir");
+    char prefix[40];
+    snprintf(prefix, sizeof(prefix), "cluster.dir.%u", dir->index);
+    if (kvrt_ctl_register(ctx, prefix, dir_nodes, sizeof(dir_nodes) / sizeof(dir_nodes[0]),
+                          dir) != KVRT_OK) {
+        dir_free(dir);
+        return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "ctl registration");
+    }
     kvrt_ctx_own(ctx, &dir->owned, dir_owned_destroy);
     *dir_out = dir;
     return KVRT_OK;

@@ -279,3 +279,21 @@ Test(cluster_directory, forget_drops_what_a_peer_announced_but_lacks)
     ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 4, 44, &again, 1));
     cr_assert_eq(prefix_of(4, keys, 6, 0), 4);
 }
+
+Test(cluster_directory, counters_are_ctl_nodes)
+{
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 4, &model, 44));
+    kvrt_kv_event_t ev[2] = {stored(1, 1, 0), stored(2, 2, 0)};
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 4, 44, ev, 2));
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 4, 44, ev, 2));
+    uint64_t v = 0;
+    ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, "cluster.dir.0.entries", &v));
+    cr_assert_eq(v, 2);
+    ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, "cluster.dir.0.events_duplicate", &v));
+    cr_assert_eq(v, 2);
+    ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, "cluster.dir.0.nodes", &v));
+    cr_assert_eq(v, 1);
+    ASSERT_OK(ctx, kvrt_cluster_dir_destroy(dir));
+    ASSERT_STATUS(KVRT_ERR_NOT_FOUND, kvrt_ctl_get_u64(ctx, "cluster.dir.0.entries", &v));
+    dir = NULL;
+}
