@@ -101,7 +101,7 @@ kvrt_status_t kvrt_ctl_register(kvrt_ctx_t *ctx, const char *prefix,
 void kvrt_ctl_unregister(kvrt_ctx_t *ctx, void *obj);
 
 /*
- * Host memory from the context's jemalloc arena: 2 MiB aligned extents
+ * Host memory from the context's own regions: 2 MiB aligned extents
  * carved from large prefaulted regions (hugetlb when possible, else THP
  * advised). Used for data kvrt may later register for RDMA (pools, staging
  * buffers). Small bookkeeping structures use plain calloc so sanitizers see
