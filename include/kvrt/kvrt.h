@@ -14,5 +14,6 @@
 #include "kvrt/cache.h"
 #include "kvrt/sched.h"
 #include "kvrt/kernels.h"
+#include "kvrt/metrics.h"
 
 #endif /* KVRT_KVRT_H */
