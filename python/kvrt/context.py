@@ -72,6 +72,9 @@ class Context(Handle):
     def closed(self):
         return self._ptr is None
 
+    def _ctx_ptr(self):
+        return self._ptr
+
     def _make_trampoline(self, log):
         if isinstance(log, logging.Logger):
             logger = log

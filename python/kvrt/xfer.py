@@ -14,7 +14,6 @@ from . import _structs as S
 from ._handle import Handle
 from .context import Context
 from .errors import KvrtError, INPROGRESS
-from .kernels import buffer
 from .pool import Pool
 
 BACKEND_AUTO, BACKEND_TCP, BACKEND_VERBS = 0, 1, 2
@@ -71,11 +70,13 @@ class Agent(Handle):
             p.address, p.length = info["base"], info["block_bytes"] * info["num_blocks"]
         elif isinstance(memory, tuple):
             p.address, p.length = int(memory[0]), int(memory[1])
+        elif isinstance(memory, np.ndarray) and memory.flags.c_contiguous:
+            p.address, p.length = memory.ctypes.data, memory.nbytes
+        elif type(memory).__module__.startswith("torch") and memory.is_contiguous():
+            p.address, p.length = memory.data_ptr(), memory.numel() * memory.element_size()
         else:
-            address, _, _ = buffer(memory, "memory", "cpu", "register")
-            nbytes = memory.nbytes if isinstance(memory, np.ndarray) else \
-                memory.numel() * memory.element_size()
-            p.address, p.length = address, nbytes
+            raise _lib.bad_arg("memory must be a Pool, a contiguous numpy array or torch "
+                               "tensor, or (address, length)", "register")
         ptr = C.c_void_p()
         self._call("kvrt_xfer_register", self._handle("register"), C.byref(p), C.byref(ptr))
         return Region(self, ptr.value, keep)
