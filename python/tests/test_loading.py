@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-LIB = os.environ.get("KVRT_LIBRARY")
+LIB = os.environ.get("KVRT_LIBRARY") and os.path.abspath(os.environ["KVRT_LIBRARY"])
 
 
 def run(code, **env):
@@ -64,3 +64,23 @@ def test_other_abi_version_is_refused():
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("KVRT_ERR_VERSION_MISMATCH"), r.stdout
     assert "not ABI-compatible" in r.stdout
+
+
+def test_pip_install_then_import_next_to_torch(tmp_path):
+    """The README's install (pip, no build isolation, nothing downloaded),
+    then `import torch, kvrt` from outside the source tree."""
+    pytest.importorskip("torch")
+    src = os.path.join(os.path.dirname(__file__), "..")
+    subprocess.run(["cp", "-r", os.path.join(src, "kvrt"), os.path.join(src, "pyproject.toml"),
+                    os.path.join(src, "README.md"), str(tmp_path)], check=True)
+    site = tmp_path / "site"
+    r = subprocess.run(["/usr/bin/python3", "-m", "pip", "install", "--no-build-isolation",
+                        "--no-index", "--no-deps", "--target", str(site), str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(["/usr/bin/python3", "-c", "import torch, kvrt; print(kvrt.__file__); "
+                        "kvrt.Context().close()"], capture_output=True, text=True,
+                       timeout=120, cwd=str(tmp_path),
+                       env=dict(os.environ, PYTHONPATH=str(site), KVRT_LIBRARY=LIB or ""))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(str(site))
