@@ -71,16 +71,18 @@ def test_pip_install_then_import_next_to_torch(tmp_path):
     then `import torch, kvrt` from outside the source tree."""
     pytest.importorskip("torch")
     src = os.path.join(os.path.dirname(__file__), "..")
+    copy, site, elsewhere = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
+    copy.mkdir()
+    elsewhere.mkdir()
     subprocess.run(["cp", "-r", os.path.join(src, "kvrt"), os.path.join(src, "pyproject.toml"),
-                    os.path.join(src, "README.md"), str(tmp_path)], check=True)
-    site = tmp_path / "site"
+                    os.path.join(src, "README.md"), str(copy)], check=True)
     r = subprocess.run(["/usr/bin/python3", "-m", "pip", "install", "--no-build-isolation",
-                        "--no-index", "--no-deps", "--target", str(site), str(tmp_path)],
-                       capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+                        "--no-index", "--no-deps", "--target", str(site), str(copy)],
+                       capture_output=True, text=True, timeout=300, cwd=str(copy))
     assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run(["/usr/bin/python3", "-c", "import torch, kvrt; print(kvrt.__file__); "
                         "kvrt.Context().close()"], capture_output=True, text=True,
-                       timeout=120, cwd=str(tmp_path),
+                       timeout=120, cwd=str(elsewhere),
                        env=dict(os.environ, PYTHONPATH=str(site), KVRT_LIBRARY=LIB or ""))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(str(site))
