@@ -32,8 +32,9 @@ def _torch_dtypes():
     return {torch.float16: DTYPE_FP16, torch.bfloat16: DTYPE_BF16, torch.float32: DTYPE_FP32}
 
 
-def buffer(obj, name, device, function, dtype=None, min_elements=0):
-    """(address, kvrt dtype, row stride in elements or None) of a buffer."""
+def buffer(obj, name, device, function, dtype=None, min_elements=0, any_dtype=False):
+    """(address, kvrt dtype, row stride in elements or None) of a buffer.
+    any_dtype: raw memory (a pool's base), whose element type is irrelevant."""
     if isinstance(obj, (int, np.integer)) and not isinstance(obj, bool):
         return int(obj), dtype, None
     if isinstance(obj, np.ndarray):
@@ -41,13 +42,13 @@ def buffer(obj, name, device, function, dtype=None, min_elements=0):
             raise _lib.bad_arg("%s: a numpy array is host memory; the CUDA kernels need "
                                "device memory" % name, function)
         kd = _NUMPY_DTYPES.get(obj.dtype)
-        if kd is None or not obj.flags.c_contiguous:
+        if (kd is None and not any_dtype) or not obj.flags.c_contiguous:
             raise _lib.bad_arg("%s must be a C-contiguous float16/float32 array" % name,
                                function)
         n, address, stride = obj.size, obj.ctypes.data, None
     elif type(obj).__module__.startswith("torch"):
         kd = _torch_dtypes().get(obj.dtype)
-        if kd is None:
+        if kd is None and not any_dtype:
             raise _lib.bad_arg("%s: dtype %s is not float16/bfloat16/float32" %
                                (name, obj.dtype), function)
         if (obj.device.type == "cuda") != (device == "cuda"):
@@ -114,12 +115,14 @@ class KVCache:
             self._ctx = None
         if not isinstance(layout, Layout):
             raise _lib.bad_arg("layout must be a kvrt.Layout", "KVCache")
-        address, _, _ = buffer(base, "base", device, "KVCache", min_elements=0)
-        if not isinstance(base, int) and hasattr(base, "numel"):
-            if base.numel() * base.element_size() < layout.block_bytes * int(num_blocks):
-                raise _lib.bad_arg("base holds %d bytes, the pool needs %d" % (
-                    base.numel() * base.element_size(), layout.block_bytes * num_blocks),
-                    "KVCache")
+        if base is None or (isinstance(base, int) and base == 0):
+            raise _lib.bad_arg("base: no memory to run kernels on", "KVCache")
+        address, _, _ = buffer(base, "base", device, "KVCache", any_dtype=True)
+        nbytes = (base.nbytes if isinstance(base, np.ndarray) else
+                  base.numel() * base.element_size() if hasattr(base, "numel") else None)
+        if nbytes is not None and nbytes < layout.block_bytes * int(num_blocks):
+            raise _lib.bad_arg("base holds %d bytes, the pool needs %d" %
+                               (nbytes, layout.block_bytes * int(num_blocks)), "KVCache")
         self.pool, self.layout, self.device = pool, layout, device
         self._keep = base  # the memory must outlive this view
         self.c = S.kvrt_kv_cache_t(layout=layout.c, num_blocks=int(num_blocks), base=address)

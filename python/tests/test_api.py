@@ -227,3 +227,21 @@ def test_log_callback_from_kvrt_threads_holds_the_gil():
         server.close()
     assert records, "kvrt logged nothing at DEBUG"
     assert any(tid != main for tid, _, _ in records), "no log line came from a kvrt thread"
+
+
+def test_pool_over_engine_owned_memory():
+    torch = pytest.importorskip("torch")
+    with kvrt.Context() as ctx:
+        layout = kvrt.Layout(1, 1, 4, 4)
+        memory = torch.zeros(layout.block_bytes * 8, dtype=torch.uint8)
+        pool = kvrt.Pool(ctx, layout, 8, base=memory.data_ptr(), base_bytes=memory.numel())
+        assert pool.info()["host_memory"] == 0
+        assert ctx.ctl("ctx.host.mapped_bytes") == 0, "engine memory maps no host region"
+        kv = kvrt.KVCache(pool, base=memory)
+        kv.write(0, [5], torch.ones(1, 1, 4, dtype=torch.float16),
+                 torch.full((1, 1, 4), 2.0, dtype=torch.float16))
+        k_offset = layout.page_offset(8, 1, 0, 0) + 1 * 4 * 2   # block 1, token 1
+        assert memory[k_offset:k_offset + 8].view(torch.float16).tolist() == [1.0] * 4
+        with pytest.raises(kvrt.KvrtError) as e:
+            kvrt.KVCache(pool, base=memory[:10])
+        assert "needs" in e.value.detail
