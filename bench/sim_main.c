@@ -423,7 +423,7 @@ int main(int argc, char **argv)
     sim_progress_bar_t bar;
     sim_progress_bar_init(&bar, stderr, o.progress);
     sim_metrics_t metrics;
-    if (sim_metrics_open(&metrics, &bar, o.metrics_port) != 0) {
+    if (sim_metrics_open(&metrics, &bar, o.metrics_port, o.metrics_out != NULL) != 0) {
         sim_workload_destroy(workload);
         trace_free(&trace);
         return 2;

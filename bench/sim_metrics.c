@@ -20,9 +20,9 @@ static void on_stop_signal(int signo)
     stop_requested = 1;
 }
 
-int sim_metrics_open(sim_metrics_t *m, sim_progress_bar_t *bar, int port)
+int sim_metrics_open(sim_metrics_t *m, sim_progress_bar_t *bar, int port, bool to_file)
 {
-    *m = (sim_metrics_t){.bar = bar};
+    *m = (sim_metrics_t){.bar = bar, .wanted = port >= 0 || to_file};
     if (port < 0)
         return 0;
     char error[256];
@@ -56,7 +56,7 @@ void sim_metrics_progress(void *metrics, const sim_progress_t *progress)
     sim_metrics_t *m = metrics;
     if (m->bar)
         sim_progress_bar_update(m->bar, progress);
-    if (!progress->ctx)
+    if (!m->wanted || !progress->ctx)
         return;
     size_t length = 0;
     char *text = render(progress->ctx, &length);

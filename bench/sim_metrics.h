@@ -18,12 +18,14 @@ typedef struct sim_metrics {
     metrics_http_t *http;    /* NULL without --metrics-port */
     char *latest;            /* the last rendering, NULL before the first */
     size_t latest_length;
+    bool wanted;             /* a file or an endpoint asked for metrics */
     bool failed;             /* a rendering failed (out of memory) */
 } sim_metrics_t;
 
 /* Starts serving when port >= 0 (0 picks a free port, printed to stderr).
- * Returns 0, or -1 after printing why. */
-int sim_metrics_open(sim_metrics_t *m, sim_progress_bar_t *bar, int port);
+ * With neither a port nor an output file, only the bar is drawn. Returns 0,
+ * or -1 after printing why. */
+int sim_metrics_open(sim_metrics_t *m, sim_progress_bar_t *bar, int port, bool to_file);
 /* A sim_progress_fn: draws the bar, renders and publishes the metrics. */
 void sim_metrics_progress(void *metrics, const sim_progress_t *progress);
 /* Writes the last rendering to path (when non-NULL), keeps serving for
