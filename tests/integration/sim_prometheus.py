@@ -4,6 +4,8 @@
   sim_prometheus.py KVRT_SIM promtool   kvrt-sim --metrics-out; promtool check metrics
   sim_prometheus.py KVRT_SIM scrape     a Prometheus server on loopback scrapes
                                         kvrt-sim --metrics-port and answers a query
+  sim_prometheus.py KVRT_SIM http       the endpoint's bounds: 404 elsewhere, a
+                                        silent or oversized request is cut off
 
 Exit 0 pass, 1 fail, 77 skip (the reason on stderr). Every process started
 here is ended by its pid; every wait is bounded.
@@ -137,10 +139,78 @@ def check_scrape(sim, tmp):
         fail("kvrt-sim exited %d after SIGTERM" % sim_proc.returncode)
 
 
+def http_get(port, path, timeout=10):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data.decode("utf-8", "replace")
+            data += chunk
+
+
+def closed_within(sock, seconds):
+    """True when the server closes sock within `seconds`."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def check_http(sim, tmp):
+    sim_proc = subprocess.Popen([sim, *SIM_ARGS, "--metrics-port", "0", "--metrics-hold", "60"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = sim_proc.stderr.readline()
+        m = re.search(r"127\.0\.0\.1:(\d+)/metrics", line)
+        if not m:
+            fail("kvrt-sim did not print its metrics address: %r" % line)
+        port = int(m.group(1))
+        deadline = time.monotonic() + 30
+        while True:  # empty until the simulation's first progress point
+            reply = http_get(port, "/metrics")
+            head, _, body = reply.partition("\r\n\r\n")
+            if body or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if not head.startswith("HTTP/1.0 200") or "version=0.0.4" not in head:
+            fail("bad /metrics reply head: %r" % head)
+        length = int(re.search(r"Content-Length: (\d+)", head).group(1))
+        if length != len(body.encode()) or "# TYPE kvrt_pool_free gauge" not in body:
+            fail("bad /metrics body (%d bytes, Content-Length %d)" % (len(body), length))
+        if not http_get(port, "/").startswith("HTTP/1.0 404"):
+            fail("/ is not a 404")
+        silent = socket.create_connection(("127.0.0.1", port))
+        if not closed_within(silent, 10):
+            fail("a connection that sends nothing was kept past 10 s")
+        silent.close()
+        flood = socket.create_connection(("127.0.0.1", port))
+        try:
+            flood.sendall(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 10000)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        if not closed_within(flood, 10):
+            fail("a request head over 8 KiB was not cut off")
+        flood.close()
+        if "kvrt_sched_steps_total" not in http_get(port, "/metrics"):
+            fail("the endpoint stopped serving after the bad clients")
+        print("endpoint on port %d: 200 for /metrics, 404 elsewhere, bad clients cut off" % port)
+    finally:
+        stop(sim_proc)
+    if sim_proc.returncode != 0:
+        fail("kvrt-sim exited %d after SIGTERM" % sim_proc.returncode)
+
+
 def main():
     sim, mode = sys.argv[1], sys.argv[2]
     with tempfile.TemporaryDirectory(prefix="kvrt-prom-") as tmp:
-        {"promtool": check_promtool, "scrape": check_scrape}[mode](sim, tmp)
+        {"promtool": check_promtool, "scrape": check_scrape, "http": check_http}[mode](sim, tmp)
 
 
 if __name__ == "__main__":
