@@ -164,7 +164,9 @@ def closed_within(sock, seconds):
 
 
 def check_http(sim, tmp):
-    sim_proc = subprocess.Popen([sim, *SIM_ARGS, "--metrics-port", "0", "--metrics-hold", "60"],
+    out = os.path.join(tmp, "final.prom")
+    sim_proc = subprocess.Popen([sim, *SIM_ARGS, "--metrics-port", "0", "--metrics-hold", "60",
+                                 "--metrics-out", out],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         line = sim_proc.stderr.readline()
@@ -200,6 +202,11 @@ def check_http(sim, tmp):
         flood.close()
         if "kvrt_sched_steps_total" not in http_get(port, "/metrics"):
             fail("the endpoint stopped serving after the bad clients")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(out) and time.monotonic() < deadline:
+            time.sleep(0.1)  # SIGTERM ends the hold; during the run it just kills
+        if not os.path.exists(out):
+            fail("kvrt-sim did not finish its run within 60 s")
         print("endpoint on port %d: 200 for /metrics, 404 elsewhere, bad clients cut off" % port)
     finally:
         stop(sim_proc)
