@@ -18,6 +18,15 @@ XFER_NAME_MAX = 64
 XFER_NOTIFY_MAX = 256
 
 
+def set_masked(params, bits, **values):
+    """Sets each field given a value other than None, and its field_mask bit
+    (bits: field name -> bit)."""
+    for name, value in values.items():
+        if value is not None:
+            params.field_mask |= bits[name]
+            setattr(params, name, value)
+
+
 class Struct(C.Structure):
     """A struct that prints its fields (for debugging)."""
 

@@ -56,12 +56,8 @@ class Context(Handle):
         if log is not None:
             params.field_mask |= _PARAM_LOG_FN
             params.log_fn = self._make_trampoline(log)
-        if host_region_bytes is not None:
-            params.field_mask |= _PARAM_REGION
-            params.host_region_bytes = int(host_region_bytes)
-        if hugepages is not None:
-            params.field_mask |= _PARAM_HUGEPAGES
-            params.hugepages = int(hugepages)
+        S.set_masked(params, {"host_region_bytes": _PARAM_REGION, "hugepages": _PARAM_HUGEPAGES},
+                     host_region_bytes=host_region_bytes, hugepages=hugepages)
         ptr = C.c_void_p()
         _lib.check(_lib.fn("kvrt_ctx_create_versioned")(_lib.API_VERSION, C.byref(params),
                                                         C.byref(ptr)),

@@ -166,28 +166,23 @@ class KVCache:
     def write(self, layer, slot_mapping, key, value, stream=None):
         """Writes key/value rows [num_tokens][num_kv_heads][head_dim] of layer
         into the cache at slot_mapping (kvrt_*_write_kv)."""
-        n = len(slot_mapping)
-        per = self.layout.num_kv_heads * self.layout.head_dim
-        k, kd, ks = buffer(key, "key", self.device, "write", min_elements=n * per)
-        v, vd, vs = buffer(value, "value", self.device, "write", dtype=kd,
-                           min_elements=n * per)
-        if ks != vs:
-            raise _lib.bad_arg("key and value must have the same row stride", "write")
-        rows, keep = self._rows(layer, slot_mapping, kd, ks, "write")
-        self._run("write_kv", C.byref(rows), k, v, stream=stream)
+        self._move_rows("write_kv", layer, slot_mapping, key, value, ("key", "value"), stream)
 
     def read(self, layer, slot_mapping, key_out, value_out, stream=None):
         """Reads the K/V rows at slot_mapping into dense outputs (float16,
         bfloat16 or float32) [num_tokens][num_kv_heads][head_dim]."""
+        self._move_rows("read_kv", layer, slot_mapping, key_out, value_out,
+                        ("key_out", "value_out"), stream)
+
+    def _move_rows(self, kernel, layer, slot_mapping, key, value, names, stream):
         n = len(slot_mapping)
         per = self.layout.num_kv_heads * self.layout.head_dim
-        k, kd, ks = buffer(key_out, "key_out", self.device, "read", min_elements=n * per)
-        v, vd, vs = buffer(value_out, "value_out", self.device, "read", dtype=kd,
-                           min_elements=n * per)
+        k, kd, ks = buffer(key, names[0], self.device, kernel, min_elements=n * per)
+        v, _, vs = buffer(value, names[1], self.device, kernel, dtype=kd, min_elements=n * per)
         if ks != vs:
-            raise _lib.bad_arg("key_out and value_out must have the same row stride", "read")
-        rows, keep = self._rows(layer, slot_mapping, kd, ks, "read")
-        self._run("read_kv", C.byref(rows), k, v, stream=stream)
+            raise _lib.bad_arg("%s and %s must have the same row stride" % names, kernel)
+        rows, keep = self._rows(layer, slot_mapping, kd, ks, kernel)
+        self._run(kernel, C.byref(rows), k, v, stream=stream)
 
     def copy_blocks(self, copies, stream=None):
         """Runs (src, dst) block copies (a plan's copy-on-write list)."""

@@ -138,10 +138,8 @@ class Scheduler(Handle):
                      max_requests=max_requests, max_seq_tokens=max_seq_tokens,
                      max_draft_tokens=max_draft_tokens, adaptive_draft=adaptive_draft,
                      csr_block_tables=csr_block_tables)
-        for name, value in given.items():
-            if value is not None:
-                p.field_mask |= _P[name]
-                setattr(p, name, _u32(int(value), name, "Scheduler"))
+        S.set_masked(p, _P, **{name: None if value is None else _u32(value, name, "Scheduler")
+                               for name, value in given.items()})
         if ngram is not None:
             p.field_mask |= _P["ngram"]
             p.ngram_min, p.ngram_max = (_u32(v, "ngram", "Scheduler") for v in ngram)
@@ -167,15 +165,9 @@ class Scheduler(Handle):
             stop = _tokens(stop, "stop", "add", allow_empty=True)
             p.field_mask |= _SEQ_STOP
             p.stop_tokens, p.num_stop_tokens = stop.ctypes.data_as(_lib.i32p), len(stop)
-        if priority is not None:
-            p.field_mask |= _SEQ_PRIORITY
-            p.priority = int(priority)
-        if deadline_ns is not None:
-            p.field_mask |= _SEQ_DEADLINE
-            p.deadline_ns = int(deadline_ns)
-        if user_tag is not None:
-            p.field_mask |= _SEQ_USER_TAG
-            p.user_tag = int(user_tag)
+        S.set_masked(p, {"priority": _SEQ_PRIORITY, "deadline_ns": _SEQ_DEADLINE,
+                         "user_tag": _SEQ_USER_TAG},
+                     priority=priority, deadline_ns=deadline_ns, user_tag=user_tag)
         if adapter_id is not None or salt is not None:
             p.field_mask |= _SEQ_KEYS
             if adapter_id is not None:

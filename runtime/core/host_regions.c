@@ -97,17 +97,28 @@ void kvrt_region_set_release(kvrt_region_set_t *set)
     set->mapped_bytes = 0;
 }
 
+/* Makes room for one more element in a realloc'ed array (doubling, from
+ * `initial`); false when out of memory, the array unchanged. */
+static bool grow(void **array, uint32_t count, uint32_t *capacity, size_t element_bytes,
+                 uint32_t initial)
+{
+    if (count < *capacity)
+        return true;
+    uint32_t wanted = *capacity ? *capacity * 2 : initial;
+    void *grown = realloc(*array, (size_t)wanted * element_bytes);
+    if (!grown)
+        return false;
+    *array = grown;
+    *capacity = wanted;
+    return true;
+}
+
 /* Inserts [offset, offset + bytes) at position `at` of the sorted list. */
 static bool insert_extent(kvrt_region_t *r, uint32_t at, size_t offset, size_t bytes)
 {
-    if (r->num_extents == r->extent_capacity) {
-        uint32_t capacity = r->extent_capacity ? r->extent_capacity * 2 : 8;
-        kvrt_region_extent_t *grown = realloc(r->extents, capacity * sizeof(*grown));
-        if (!grown)
-            return false;
-        r->extents = grown;
-        r->extent_capacity = capacity;
-    }
+    if (!grow((void **)&r->extents, r->num_extents, &r->extent_capacity,
+              sizeof(r->extents[0]), 8))
+        return false;
     memmove(&r->extents[at + 1], &r->extents[at],
             (r->num_extents - at) * sizeof(r->extents[0]));
     r->extents[at] = (kvrt_region_extent_t){.offset = offset, .bytes = bytes};
@@ -134,14 +145,9 @@ static kvrt_region_t *map_new_region(kvrt_region_set_t *set, size_t bytes)
 {
     if (set->num_regions == KVRT_MAX_REGIONS)
         return NULL;
-    if (set->num_regions == set->region_capacity) {
-        uint32_t capacity = set->region_capacity ? set->region_capacity * 2 : 4;
-        kvrt_region_t *grown = realloc(set->regions, capacity * sizeof(*grown));
-        if (!grown)
-            return NULL;
-        set->regions = grown;
-        set->region_capacity = capacity;
-    }
+    if (!grow((void **)&set->regions, set->num_regions, &set->region_capacity,
+              sizeof(set->regions[0]), 4))
+        return NULL;
     bool hugetlb = false;
     char *base = map_region(set, bytes, &hugetlb);
     if (!base)
