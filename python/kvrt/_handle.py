@@ -51,8 +51,14 @@ class Handle:
         self.close()
         return False
 
+    _destroy = None  # the C destroy function of this kind
+
     def close(self):
-        raise NotImplementedError
+        """Destroys the object. Idempotent; a no-op once its context (or
+        agent) is gone, which freed it already."""
+        if self._ptr is not None and not self.closed:
+            self._call(self._destroy, self._ptr)
+        self._ptr = None
 
 
 class Children(weakref.WeakSet):

@@ -64,9 +64,4 @@ class PrefixCache(Handle):
     def verify(self):
         self._call("kvrt_cache_verify", self._handle("verify"))
 
-    def close(self):
-        if self._ptr is None or self.closed:
-            self._ptr = None
-            return
-        self._call("kvrt_cache_destroy", self._ptr)
-        self._ptr = None
+    _destroy = "kvrt_cache_destroy"

@@ -121,14 +121,9 @@ class Pool(Handle):
         """A new, empty block table of this pool."""
         return BlockTable(self)
 
-    def close(self):
-        """Destroys the pool (KvrtError KVRT_ERR_BUSY while a cache,
-        scheduler or transfer registration uses it). Idempotent."""
-        if self._ptr is None or self.closed:
-            self._ptr = None
-            return
-        self._call("kvrt_pool_destroy", self._ptr)
-        self._ptr = None
+    # close(): KvrtError KVRT_ERR_BUSY while a cache, scheduler or transfer
+    # registration uses the pool.
+    _destroy = "kvrt_pool_destroy"
 
 
 class BlockTable:

@@ -243,13 +243,11 @@ class Scheduler(Handle):
         self._call("kvrt_sched_stats", self._handle("stats"), C.byref(out))
         return {f[0]: getattr(out, f[0]) for f in out._fields_}
 
+    _destroy = "kvrt_sched_destroy"
+
     def close(self):
-        if self._ptr is None or self.closed:
-            self._ptr = None
-            return
         self._generation += 1
-        self._call("kvrt_sched_destroy", self._ptr)
-        self._ptr = None
+        super().close()
 
     def _forget(self):
         self._generation += 1

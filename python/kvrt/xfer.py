@@ -94,21 +94,24 @@ class Agent(Handle):
         self._call("kvrt_xfer_poll", self._handle("poll"), out, capacity, C.byref(count))
         return [(out[i].user_data, out[i].status, out[i].bytes) for i in range(count.value)]
 
+    _destroy = "kvrt_xfer_agent_destroy"
+
     def close(self):
-        if self._ptr is None or self.closed:
-            self._ptr = None
-            return
-        for child in list(self._context._children):
-            if getattr(child, "_agent", None) is self:
-                child._forget()
-        self._call("kvrt_xfer_agent_destroy", self._ptr)
-        self._ptr = None
+        if not self.closed:
+            for child in list(self._context._children):
+                if getattr(child, "_agent", None) is self:
+                    child._forget()
+        super().close()
 
 
 class _AgentChild(Handle):
     def __init__(self, agent, ptr):
         self._agent = agent
         super().__init__(agent._context, ptr)
+
+    @property
+    def closed(self):
+        return super().closed or self._agent.closed
 
     def _handle(self, function=None):
         self._agent._handle(function)
@@ -130,10 +133,7 @@ class Region(_AgentChild):
                    C.byref(length))
         return buf.raw[:length.value]
 
-    def close(self):
-        if self._ptr is not None and not self.closed and not self._agent.closed:
-            self._call("kvrt_xfer_deregister", self._ptr)
-        self._ptr = None
+    _destroy = "kvrt_xfer_deregister"
 
 
 class Peer(_AgentChild):
@@ -189,19 +189,13 @@ class Peer(_AgentChild):
         self._call("kvrt_xfer_kv_post", self._handle("kv_post"), C.byref(p), C.byref(ptr))
         return Request(self._agent, ptr.value)
 
-    def close(self):
-        if self._ptr is not None and not self.closed and not self._agent.closed:
-            self._call("kvrt_xfer_disconnect", self._ptr)
-        self._ptr = None
+    _destroy = "kvrt_xfer_disconnect"
 
 
 class Remote(_AgentChild):
     _kind = "remote region"
 
-    def close(self):
-        if self._ptr is not None and not self.closed and not self._agent.closed:
-            self._call("kvrt_xfer_remote_release", self._ptr)
-        self._ptr = None
+    _destroy = "kvrt_xfer_remote_release"
 
 
 class Request(_AgentChild):
@@ -220,10 +214,7 @@ class Request(_AgentChild):
         _lib.check(st, self._ctx_ptr(), "kvrt_xfer_request_wait")
         return st == 0
 
-    def close(self):
-        if self._ptr is not None and not self.closed and not self._agent.closed:
-            self._call("kvrt_xfer_request_release", self._ptr)
-        self._ptr = None
+    _destroy = "kvrt_xfer_request_release"
 
 
 __all__ = ["Agent", "Region", "Peer", "Remote", "Request", "KvrtError"]
