@@ -11,7 +11,9 @@ Each iteration is what a real engine does:
      through slot_mapping, and each sequence's attention context is read
      back through its block-table row (block_rows) with the read kernel;
   3. sample greedily; for speculative entries, verify the drafts (accept the
-     longest prefix the model agrees with, plus one bonus token);
+     longest prefix the model agrees with, plus one bonus token); one-token
+     entries also go through kvrt's paged decode-attention kernel as a
+     cross-check;
   4. kvrt_sched_commit, then drain the requests that ended.
 
     python3 python/examples/serve.py [--device cuda] [--requests N] [--json]
@@ -71,6 +73,8 @@ class Engine:
                                     max_seqs=max_seqs, prefill_chunk_tokens=chunk,
                                     max_draft_tokens=spec_k, ngram=(1, 3))
         self.tpb = tokens_per_block
+        self.attention_error = 0.0  # kvrt's paged decode kernel against the model
+        self.attention_checks = 0
 
     def context_slots(self, row, length):
         """KV slots of positions [0, length) of the sequence whose block-table
@@ -87,11 +91,13 @@ class Engine:
         seqs, seq_lens, rows = plan.seqs, plan.seq_lens, plan.block_rows
         row_of = plan.row_index
         x = [m.embed_token(t) for t in tokens]
+        decodes = [i for i in range(len(seqs)) if seqs[i]["num_new_tokens"] == 1]
         for layer in range(c.layers):
             qkv = [m.qkv(layer, x[t], int(positions[t])) for t in range(len(tokens))]
             keys = torch.stack([k for _, k, _ in qkv])
             values = torch.stack([v for _, _, v in qkv])
             self.kv.write(layer, slots, keys, values)
+            attn_of = {}
             for i in range(len(seqs)):
                 n = int(seq_lens[i])
                 ctx_k = torch.empty(n, c.kv_heads, c.head_dim, device=self.device)
@@ -100,7 +106,10 @@ class Engine:
                 for t in range(starts[i], starts[i + 1]):
                     p = int(positions[t])
                     attn = m.attend(qkv[t][0], ctx_k[:p + 1], ctx_v[:p + 1])
+                    attn_of[t] = attn
                     x[t] = m.finish_layer(layer, x[t], attn)
+            if decodes:
+                self.check_decode_kernel(layer, plan, decodes, qkv, attn_of)
         out, accepted = [], []
         for i, seq in enumerate(seqs):
             first, last = int(starts[i]), int(starts[i + 1])
@@ -121,6 +130,22 @@ class Engine:
                 out.append(m.next_token(x[last - 1]))
                 accepted.append(0)
         return out, accepted
+
+    def check_decode_kernel(self, layer, plan, decodes, qkv, attn_of):
+        """Runs kvrt's paged decode-attention kernel over the same block-table
+        rows (float32) and records how far it is from the model's float64
+        attention. Not used for sampling: the model's numerics are float64."""
+        c = self.model.cfg
+        starts, rows, row_of = plan.query_start_loc, plan.block_rows, plan.row_index
+        tokens = [int(starts[i]) for i in decodes]
+        query = torch.stack([qkv[t][0] for t in tokens]).to(torch.float32).contiguous()
+        out = torch.empty_like(query)
+        self.kv.decode_attention(layer, query, rows[row_of[decodes]], plan.seq_lens[decodes],
+                                 out)
+        want = torch.stack([attn_of[t] for t in tokens]).view(len(tokens), c.heads, c.head_dim)
+        self.attention_checks += len(tokens)
+        self.attention_error = max(self.attention_error,
+                                   float((out.double() - want).abs().max()))
 
     def serve(self, requests):
         pending = sorted(requests, key=lambda r: r["arrive_step"])
@@ -172,6 +197,7 @@ def main(argv=None):
     try:
         results, steps = engine.serve(requests)
         stats = engine.sched.stats()
+        engine_error, engine_checks = engine.attention_error, engine.attention_checks
         metrics = engine.ctx.metrics()
     finally:
         engine.close()
@@ -192,6 +218,7 @@ def main(argv=None):
         drafts_proposed=stats["spec_proposed"], drafts_accepted=stats["spec_accepted"],
         mismatched_requests=mismatches, mismatched_tokens=mismatched_tokens,
         serve_seconds=round(serve_s, 2),
+        decode_kernel_max_error=engine_error, decode_kernel_checks=engine_checks,
         metrics_families=metrics.count("# TYPE "))
     if args.json:
         print(json.dumps(summary))
@@ -203,6 +230,8 @@ def main(argv=None):
         print("  preemptions: %(preemptions)d" % summary)
         print("  drafts: %(drafts_accepted)d accepted of %(drafts_proposed)d proposed"
               % summary)
+        print("  kvrt decode-attention kernel vs the model: max |error| "
+              "%(decode_kernel_max_error).1e over %(decode_kernel_checks)d queries" % summary)
         print("  mismatches against the unpaged reference: %(mismatched_requests)d requests,"
               " %(mismatched_tokens)d tokens" % summary)
     return 0 if mismatches == 0 else 1
