@@ -245,3 +245,40 @@ def test_pool_over_engine_owned_memory():
         with pytest.raises(kvrt.KvrtError) as e:
             kvrt.KVCache(pool, base=memory[:10])
         assert "needs" in e.value.detail
+
+
+def test_kv_blocks_move_between_agents():
+    key = b"0123456789abcdef-key"
+    layout = kvrt.Layout(2, 2, 8, 4, dtype="float16")
+    with kvrt.Context(name="src") as a, kvrt.Context(name="dst") as b:
+        src_pool, dst_pool = kvrt.Pool(a, layout, 16), kvrt.Pool(b, layout, 16)
+        src_kv = kvrt.KVCache(src_pool)
+        table = src_pool.table()
+        slots, _ = table.append(8)
+        rows = np.arange(8 * 2 * 8, dtype=np.float16).reshape(8, 2, 8)
+        src_kv.write(1, slots, rows, -rows)
+        server, client = kvrt.xfer.Agent(b, key), kvrt.xfer.Agent(a, key)
+        remote_pool = server.register(dst_pool)
+        local_pool = client.register(src_pool)
+        peer = client.connect(server.address())
+        remote = peer.import_region(remote_pool.descriptor())
+        src_blocks, _ = table.blocks()
+        dst_blocks = dst_pool.alloc(len(src_blocks))
+        request = peer.kv_post(kvrt.xfer.WRITE, local_pool, remote, src_blocks, dst_blocks)
+        assert request.wait(10000)
+        request.close()
+        k, v = np.zeros((8, 2, 8), np.float32), np.zeros((8, 2, 8), np.float32)
+        dst_slots = [dst_blocks[i // 4] * 4 + i % 4 for i in range(8)]
+        kvrt.KVCache(dst_pool).read(1, dst_slots, k, v)
+        assert np.array_equal(k, rows.astype(np.float32))
+        assert np.array_equal(v, -rows.astype(np.float32))
+        with pytest.raises(kvrt.KvrtError) as e:
+            dst_pool.close()
+        assert e.value.name == "KVRT_ERR_BUSY", "a registered pool is held"
+        remote.close()
+        remote_pool.close()
+        local_pool.close()
+        client.close()
+        server.close()
+        with pytest.raises(kvrt.KvrtError):
+            peer.info()  # died with its agent
