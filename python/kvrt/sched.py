@@ -106,6 +106,13 @@ class Plan:
             n = plan.num_rows * plan.row_stride
             return _view(plan.block_rows, n).reshape(plan.num_rows, plan.row_stride) \
                 if n else np.zeros((0, 0), np.int32)
+        if name in ("block_table_offsets", "block_table_ids"):  # csr_block_tables only
+            if not plan.block_table_offsets:
+                return None
+            offsets = _view(plan.block_table_offsets, plan.num_seqs + 1)
+            if name == "block_table_offsets":
+                return offsets
+            return _view(plan.block_table_ids, int(offsets[-1]))
         if name == "copies":
             return [(plan.copies[i].src_block, plan.copies[i].dst_block)
                     for i in range(plan.num_copies)]

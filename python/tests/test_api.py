@@ -282,3 +282,16 @@ def test_kv_blocks_move_between_agents():
         server.close()
         with pytest.raises(kvrt.KvrtError):
             peer.info()  # died with its agent
+
+
+def test_csr_block_tables_match_the_padded_rows(ctx, pool):
+    sched = kvrt.Scheduler(pool, csr_block_tables=1)
+    sched.add(list(range(1, 40)), 2)
+    sched.add(list(range(1, 20)), 2)
+    plan = sched.step(0)
+    offsets, ids = plan.block_table_offsets, plan.block_table_ids
+    for i in range(len(plan)):
+        csr = ids[offsets[i]:offsets[i + 1]].tolist()
+        row = plan.block_rows[plan.row_index[i]][:len(csr)].tolist()
+        assert csr == row and kvrt.NULL_BLOCK not in csr
+    assert kvrt.Scheduler(pool).step(0).block_table_offsets is None
