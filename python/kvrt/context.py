@@ -1,7 +1,9 @@
 """Context: kvrt's root object, its log callback, kvrt_ctl and metrics."""
+import atexit
 import ctypes as C
 import logging
 import sys
+import weakref
 
 from . import _lib
 from . import _structs as S
@@ -15,6 +17,18 @@ _PYTHON_LEVELS = {LOG_ERROR: logging.ERROR, LOG_WARN: logging.WARNING, LOG_INFO:
 
 _PARAM_LOG_FN, _PARAM_LOG_LEVEL, _PARAM_REGION, _PARAM_HUGEPAGES, _PARAM_NAME = (
     1, 2, 4, 8, 16)
+
+
+# Contexts still open at interpreter exit are closed first, while Python can
+# still run callbacks: closing joins kvrt's threads, which may be logging
+# through a Python callback that must not run during finalization.
+_open_contexts = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_contexts():
+    for context in list(_open_contexts):
+        context.close()
 
 
 def version():
@@ -63,6 +77,7 @@ class Context(Handle):
                                                         C.byref(ptr)),
                    None, "kvrt_ctx_create")
         super().__init__(None, ptr.value)
+        _open_contexts.add(self)
 
     @property
     def closed(self):

@@ -86,3 +86,20 @@ def test_pip_install_then_import_next_to_torch(tmp_path):
                        env=dict(os.environ, PYTHONPATH=str(site), KVRT_LIBRARY=LIB or ""))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(str(site))
+
+
+def test_exit_with_agents_logging_from_kvrt_threads():
+    """An interpreter that exits with a context still open (transfer threads
+    running, a Python log callback installed) exits cleanly."""
+    code = ("import sys; sys.path.insert(0, %r); import kvrt\n"
+            "lines = []\n"
+            "ctx = kvrt.Context(log=lambda level, text: lines.append(text), "
+            "log_level=kvrt.LOG_TRACE)\n"
+            "a = kvrt.xfer.Agent(ctx, b'0123456789abcdef'); "
+            "b = kvrt.xfer.Agent(ctx, b'0123456789abcdef')\n"
+            "peer = b.connect(a.address())\n"
+            "print('open', len(lines) > 0)\n"
+            % os.path.join(os.path.dirname(__file__), ".."))
+    r = run(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "open True"
