@@ -112,7 +112,7 @@ class Engine:
                 self.check_decode_kernel(layer, plan, decodes, qkv, attn_of)
         out, accepted = [], []
         for i, seq in enumerate(seqs):
-            first, last = int(starts[i]), int(starts[i + 1])
+            last = int(starts[i + 1])
             if not seq["sample"]:
                 accepted.append(0)
                 continue

@@ -8,7 +8,7 @@ import weakref
 from . import _lib
 from . import _structs as S
 from ._handle import Children, Handle
-from .errors import KvrtError, ERR_BUFFER_TOO_SMALL
+from .errors import ERR_BUFFER_TOO_SMALL
 
 LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG, LOG_TRACE = range(5)
 HUGEPAGE_AUTO, HUGEPAGE_OFF, HUGEPAGE_REQUIRE = range(3)

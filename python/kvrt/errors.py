@@ -40,8 +40,3 @@ class KvrtError(Exception):
 
 def status_name(status):
     return STATUS.get(int(status), "KVRT_STATUS_%d" % int(status))
-
-
-def invalid(detail, function=None):
-    """The package's own refusal of a bad argument, as a KvrtError."""
-    return KvrtError(ERR_INVALID_ARG, detail, function)  # noqa: F821 (set above)

@@ -56,7 +56,7 @@ def test_scheduler_round_trip_with_prefix_hit_and_drain(ctx, pool):
             outputs[event["id"]] = event
     assert outputs[first]["output"] == [100, 100]
     assert outputs[first]["end_reason"] == "length" and outputs[first]["user_tag"] == 7
-    second = sched.add(prompt, max_new_tokens=1)
+    sched.add(prompt, max_new_tokens=1)
     plan = sched.step(0)
     assert plan.seqs[0]["num_computed_tokens"] == 32, "two full blocks hit the cache"
     sched.commit(plan, [5])
@@ -80,7 +80,7 @@ def test_abort_and_unknown_request(ctx, pool):
 
 def test_ngram_speculation_is_planned_and_verified(ctx, pool):
     sched = kvrt.Scheduler(pool, max_draft_tokens=4, ngram=(1, 3), adaptive_draft=0)
-    rid = sched.add([5, 6, 7, 5, 6, 7, 5, 6], max_new_tokens=12)
+    sched.add([5, 6, 7, 5, 6, 7, 5, 6], max_new_tokens=12)
     accepted_total = 0
     for _ in range(20):
         plan = sched.step(0)

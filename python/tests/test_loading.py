@@ -3,7 +3,6 @@ holds numpy and torch (the static-TLS failure a linked jemalloc caused),
 and a library of another ABI version is refused with a clear error."""
 import os
 import subprocess
-import sys
 
 import pytest
 
