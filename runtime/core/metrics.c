@@ -232,7 +232,7 @@ static void write_family(text_t *t, sample_t *samples, size_t count, size_t firs
     } else {
         text_puts(t, "kvrt_ctl node ");
         text_puts(t, head->family);
-        text_puts(t, ".<n>.");
+        text_puts(t, head->labels[0] ? ".<n>." : ".");
         text_escaped(t, head->node->name, false);
         text_puts(t, " (no description registered).");
     }
