@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/core.h"
 #include "test_helpers.h"
 
 static char *render(kvrt_ctx_t *ctx)
@@ -110,5 +111,33 @@ Test(core_metrics, bad_arguments_and_short_buffers_change_nothing)
     cr_assert_gt(length, sizeof small);
     cr_assert_eq(small[0], 'z', "a short buffer is left unchanged");
     cr_assert(strstr(kvrt_ctx_last_error(ctx), "capacity 16"));
+    kvrt_ctx_destroy(ctx);
+}
+
+static void get_widgets(void *obj, kvrt_ctl_value_t *v) { v->u64 = *(uint64_t *)obj; }
+static void get_elapsed(void *obj, kvrt_ctl_value_t *v) { v->u64 = 2500000000u; }
+
+/* What a subsystem registering nodes without metadata (or in nanoseconds)
+ * gets: untyped families with a generic help line, seconds for _ns. */
+static const kvrt_ctl_node_t bare_nodes[] = {
+    {"widgets", KVRT_CTL_U64, get_widgets, NULL},
+    {"elapsed_ns", KVRT_CTL_U64, get_elapsed, NULL, KVRT_CTL_METRIC_COUNTER, "Time."},
+};
+
+Test(core_metrics, nodes_without_metadata_are_exported_untyped)
+{
+    kvrt_ctx_t *ctx = NULL;
+    ASSERT_STATUS(KVRT_OK, kvrt_ctx_create(NULL, &ctx));
+    uint64_t widgets = 7;
+    ASSERT_OK(ctx, kvrt_ctl_register(ctx, "tier.ssd.2", bare_nodes, 2, &widgets));
+    char *text = render(ctx);
+    cr_assert(strstr(text, "# HELP kvrt_tier_ssd_widgets kvrt_ctl node tier_ssd.<n>.widgets "
+                           "(no description registered).\n"), "%s", text);
+    cr_assert(strstr(text, "# TYPE kvrt_tier_ssd_widgets untyped\n"));
+    cr_assert(strstr(text, "\nkvrt_tier_ssd_widgets{ssd=\"2\"} 7\n"));
+    cr_assert(strstr(text, "\nkvrt_tier_ssd_elapsed_seconds_total{ssd=\"2\"} 2.500000000\n"),
+              "%s", text);
+    free(text);
+    kvrt_ctl_unregister(ctx, &widgets);
     kvrt_ctx_destroy(ctx);
 }
