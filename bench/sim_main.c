@@ -15,6 +15,7 @@
 
 #include "sim_cluster.h"
 #include "sim_engine.h"
+#include "sim_metrics.h"
 #include "sim_report.h"
 #include "trace.h"
 
@@ -29,6 +30,9 @@ typedef struct options {
     bool json;
     bool progress;
     sim_cluster_config_t cluster; /* --nodes and the other cluster options */
+    const char *metrics_out;    /* NULL: no metrics file */
+    int metrics_port;           /* -1: no endpoint */
+    double metrics_hold_s;
 } options_t;
 
 static void usage(FILE *out)
@@ -102,6 +106,10 @@ static void usage(FILE *out)
 "output\n"
 "  --json                  one JSON object on stdout instead of the summary\n"
 "  --no-progress           no progress bar (it is drawn only on a terminal)\n"
+"  --metrics-out FILE      write kvrt's final metrics there (Prometheus text)\n"
+"  --metrics-port N        serve GET /metrics on 127.0.0.1:N during the run\n"
+"                          (0: any free port, printed on stderr)\n"
+"  --metrics-hold S        keep serving S seconds after the run [0]\n"
 "  --help                  this text\n"
 "\n"
 "Exit status: 0 done, 1 the simulation failed, 2 bad usage or input.\n",
@@ -155,7 +163,8 @@ enum {
     OPT_KV_READ, OPT_ATTN, OPT_DRAFT_US, OPT_KV_GB, OPT_LAYERS, OPT_KV_HEADS, OPT_HEAD_DIM,
     OPT_BLOCK_TOKENS, OPT_BATCH_TOKENS, OPT_MAX_SEQS, OPT_CHUNK, OPT_NO_WATERMARK,
     OPT_MAX_WAITING, OPT_CACHE, OPT_SPEC, OPT_SPEC_K, OPT_NGRAM_MIN, OPT_NGRAM_MAX,
-    OPT_NO_ADAPTIVE, OPT_DRAFT_ACCEPT, OPT_JSON, OPT_NO_PROGRESS, OPT_HELP,
+    OPT_NO_ADAPTIVE, OPT_DRAFT_ACCEPT, OPT_JSON, OPT_NO_PROGRESS, OPT_METRICS_OUT,
+    OPT_METRICS_PORT, OPT_METRICS_HOLD, OPT_HELP,
     OPT_NODES, OPT_ROUTER, OPT_ROUTE_PREFILL, OPT_ROUTE_DECODE, OPT_SHARING, OPT_DISAGG,
     OPT_NET_GBPS, OPT_NET_LATENCY
 };
@@ -206,6 +215,9 @@ static const struct option long_options[] = {
     {"draft-accept", required_argument, NULL, OPT_DRAFT_ACCEPT},
     {"json", no_argument, NULL, OPT_JSON},
     {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+    {"metrics-out", required_argument, NULL, OPT_METRICS_OUT},
+    {"metrics-port", required_argument, NULL, OPT_METRICS_PORT},
+    {"metrics-hold", required_argument, NULL, OPT_METRICS_HOLD},
     {"help", no_argument, NULL, OPT_HELP},
     {"nodes", required_argument, NULL, OPT_NODES},
     {"router", required_argument, NULL, OPT_ROUTER},
@@ -357,6 +369,13 @@ static int apply_option(options_t *o, int opt, const char *arg)
         return parse_double("net-latency-us", arg, 0.0, 1e9, &o->cluster.net_latency_us);
     case OPT_JSON: o->json = true; return 0;
     case OPT_NO_PROGRESS: o->progress = false; return 0;
+    case OPT_METRICS_OUT: o->metrics_out = arg; return 0;
+    case OPT_METRICS_PORT:
+        if (parse_u32("metrics-port", arg, 0, 65535, &u) != 0)
+            return -1;
+        o->metrics_port = (int)u;
+        return 0;
+    case OPT_METRICS_HOLD: return parse_double("metrics-hold", arg, 0.0, 86400.0, &o->metrics_hold_s);
     default: return -1;
     }
 }
@@ -369,6 +388,7 @@ static int parse_options(int argc, char **argv, options_t *o)
                      .trace_format = TRACE_FORMAT_AUTO,
                      .time_scale = 1.0,
                      .progress = true,
+                     .metrics_port = -1,
                      .cluster = sim_cluster_config_default()};
     int opt;
     opterr = 0;
@@ -491,22 +511,35 @@ int main(int argc, char **argv)
     sim_progress_bar_init(&bar, stderr, o.progress);
     if (o.cluster.nodes > 1 || o.cluster.prefill_nodes)
         return run_cluster(&o, workload, &trace, &bar, describe);
+    sim_metrics_t metrics;
+    if (sim_metrics_open(&metrics, &bar, o.metrics_port, o.metrics_out != NULL) != 0) {
+        sim_workload_destroy(workload);
+        trace_free(&trace);
+        return 2;
+    }
     sim_results_t results;
-    int rc = sim_run(&o.config, workload, sim_progress_bar_update, &bar, &results, error,
+    int rc = sim_run(&o.config, workload, sim_metrics_progress, &metrics, &results, error,
                      sizeof error);
     sim_workload_destroy(workload);
     trace_free(&trace);
     if (rc != 0) {
         fprintf(stderr, "%skvrt-sim: %s\n", bar.drawn ? "\r\033[K" : "", error);
+        sim_metrics_close(&metrics, NULL, 0);
         return 1;
     }
     if (o.json) {
         if (sim_report_json(stdout, describe, &o.config, &results) != 0) {
             fprintf(stderr, "kvrt-sim: out of memory writing JSON\n");
+            sim_metrics_close(&metrics, NULL, 0);
             return 1;
         }
     } else {
         sim_report_text(stdout, describe, &o.config, &results);
     }
-    return fflush(stdout) == 0 ? 0 : 1;
+    if (fflush(stdout) != 0) {
+        sim_metrics_close(&metrics, NULL, 0);
+        return 1;
+    }
+    /* After the report, so a scraper's wait does not hold the results back. */
+    return sim_metrics_close(&metrics, o.metrics_out, o.metrics_hold_s) == 0 ? 0 : 1;
 }

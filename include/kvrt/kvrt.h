@@ -15,5 +15,6 @@
 #include "kvrt/sched.h"
 #include "kvrt/kernels.h"
 #include "kvrt/cluster.h"
+#include "kvrt/metrics.h"
 
 #endif /* KVRT_KVRT_H */
