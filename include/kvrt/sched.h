@@ -70,7 +70,11 @@
  * it has sampled a new token; the guard yields only when nothing else could
  * be preempted and the step's plan is still empty. A sequence that cannot
  * get a block even when it is the only one running (the caller holds the
- * rest of the pool) ends FAILED with KVRT_ERR_NO_BLOCKS.
+ * rest of the pool) ends FAILED with KVRT_ERR_NO_BLOCKS; while arrivals
+ * (see "waiting for KV") hold blocks it waits for them instead. Before any
+ * victim is chosen, a waiting head gives up its prefix hits, then queued
+ * requests holding K/V that arrived give it up (the one admitted last
+ * first; with a prefix cache the blocks stay cached, idle).
  * New admissions never preempt running sequences.
  *
  * Speculation (max_draft_tokens k > 0). Before each step a decoding sequence
@@ -263,7 +267,9 @@ typedef enum kvrt_seq_state {
     KVRT_SEQ_WAITING = 0,   /* queued, never admitted */
     KVRT_SEQ_RUNNING = 1,   /* holds blocks; in prefill or decode */
     KVRT_SEQ_PREEMPTED = 2, /* queued again for recomputation */
-    KVRT_SEQ_ENDED = 3      /* see end_reason; waits to be drained */
+    KVRT_SEQ_ENDED = 3,     /* see end_reason; waits to be drained */
+    KVRT_SEQ_WAITING_KV = 4 /* holds blocks its prefix is arriving into
+                               (kvrt_seq_await_kv); not scheduled */
 } kvrt_seq_state_t;
 
 typedef enum kvrt_seq_end_reason {
@@ -310,10 +316,11 @@ kvrt_status_t kvrt_seq_info(const kvrt_sched_t *sched, kvrt_seq_id_t id,
                             kvrt_seq_info_t *info_out);
 
 /*
- * kvrt_seq_blocks - zero-copy view of a running request's block table
- * (e.g. to transfer its KV): block ids, their count and the tokens they
- * hold, valid until the next step, commit or abort. A request that holds no
- * blocks (waiting, preempted, ended) gives 0 blocks.
+ * kvrt_seq_blocks - zero-copy view of a request's block table (e.g. to
+ * transfer its KV, or to fill an arrival): block ids, their count and the
+ * tokens they hold, valid until the next step, commit, abort or arrival
+ * call. Running requests, requests waiting for KV and queued requests that
+ * hold hits or arrived KV have blocks; others give 0 blocks.
  * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_UNKNOWN_REQUEST.
  */
 kvrt_status_t kvrt_seq_blocks(const kvrt_sched_t *sched, kvrt_seq_id_t id,
@@ -331,6 +338,93 @@ kvrt_status_t kvrt_seq_blocks(const kvrt_sched_t *sched, kvrt_seq_id_t id,
  */
 kvrt_status_t kvrt_sched_drain_ended(kvrt_sched_t *sched, kvrt_seq_info_t *events_out,
                                      uint32_t capacity, uint32_t *count_out);
+
+/* ---- waiting for KV --------------------------------------------------------
+ *
+ * A request whose prefix K/V exists elsewhere (a lower tier of this host,
+ * the prefill node of a disaggregated pair, a peer that holds the prefix)
+ * need not recompute it. The caller that moves the bytes drives it:
+ *
+ *     kvrt_seq_await_kv(sched, id, &params, &arrival, &first, &count);
+ *     kvrt_seq_blocks(sched, id, &blocks, NULL, NULL);
+ *     ... write K/V into blocks[first .. first + count) asynchronously;
+ *         every kvrt_sched_step meanwhile schedules other requests ...
+ *     kvrt_arrival_complete(sched, arrival, landed_blocks);
+ *
+ * kvrt_seq_await_kv takes a queued request out of the waiting queue
+ * (state WAITING_KV), keeps what the local prefix cache already holds, and
+ * allocates blocks for the rest of its first params.num_tokens tokens. The
+ * step never waits for it and never plans it. kvrt_arrival_complete says how
+ * many of those blocks, counted from the first, hold valid K/V: they count
+ * as computed and the request returns to the waiting queue with its place
+ * (priority, deadline, arrival) and its blocks, and starts at the next step
+ * that admits it; blocks that did not land are dropped and their tokens
+ * recomputed. The landed blocks enter the prefix cache at the request's
+ * first commit, like computed ones.
+ *
+ * The blocks of an arrival are never reused while the caller may still be
+ * writing them: when the arrival's deadline passes (checked at every step)
+ * the request goes back to the queue at once to be recomputed, and when it
+ * is aborted it ends at once; in both cases the blocks stay held until the
+ * caller calls kvrt_arrival_complete for that arrival, which it must do for
+ * every arrival it started (after stopping or finishing its writes).
+ * kvrt_sched_destroy frees every held block: stop all writes before it.
+ * Bounds: one arrival per request; at most max_requests arrivals exist.
+ */
+
+/* An arrival's id: generational, like request ids; 0 is never valid. */
+typedef uint64_t kvrt_arrival_id_t;
+
+enum kvrt_arrival_params_field {
+    KVRT_ARRIVAL_PARAM_DEADLINE = 1u << 0 /* deadline_ns */
+};
+
+/* num_tokens is always read, the rest by field_mask. */
+typedef struct kvrt_arrival_params {
+    uint64_t field_mask;
+    uint32_t num_tokens;  /* the request's leading tokens that arrive:
+                             1 .. its token count - 1 (the last token is
+                             always recomputed, for its logits) */
+    uint64_t deadline_ns; /* on the step clock; a step at a later now_ns
+                             gives the arrival up. Default: none */
+} kvrt_arrival_params_t;
+
+/*
+ * kvrt_seq_await_kv - starts an arrival for a queued request (WAITING or
+ * PREEMPTED): matches its tokens against the prefix cache (hits are kept)
+ * and appends blocks up to params->num_tokens tokens to its block table.
+ * *first_block_out is the table index of the first block the caller must
+ * fill and *num_blocks_out how many (0 when the local cache already holds
+ * the whole prefix; the arrival must still be completed); the ids are in
+ * kvrt_seq_blocks(). The blocks come out of the free and idle-cached pool
+ * above its watermark (when the scheduler uses one); nothing is preempted.
+ * Outputs are written only on success; on error nothing changes and the
+ * request stays queued.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL sched/params/outputs, unknown field
+ * bits, num_tokens 0 or not below the request's token count),
+ * KVRT_ERR_UNKNOWN_REQUEST, KVRT_ERR_BAD_STATE (the request is not queued,
+ * or holds KV that arrived earlier), KVRT_ERR_NO_BLOCKS (not enough blocks
+ * above the watermark), KVRT_ERR_NO_TABLES, KVRT_ERR_NO_MEMORY.
+ */
+kvrt_status_t kvrt_seq_await_kv(kvrt_sched_t *sched, kvrt_seq_id_t id,
+                                const kvrt_arrival_params_t *params,
+                                kvrt_arrival_id_t *arrival_out, uint32_t *first_block_out,
+                                uint32_t *num_blocks_out);
+
+/*
+ * kvrt_arrival_complete - ends an arrival: landed_blocks of its blocks,
+ * counted from its first, hold valid K/V (all of them: success; fewer: it
+ * failed after those; 0: nothing usable). For a request still waiting for
+ * it, those tokens become computed (at most the arrival's num_tokens) and
+ * the request is queued again; the rest of its blocks are freed. For an
+ * arrival given up (deadline passed, request aborted or drained) its blocks
+ * are freed now and landed_blocks is ignored. The id is dead afterwards.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL sched, landed_blocks above the
+ * arrival's block count), KVRT_ERR_UNKNOWN_REQUEST (an unknown or already
+ * completed arrival id).
+ */
+kvrt_status_t kvrt_arrival_complete(kvrt_sched_t *sched, kvrt_arrival_id_t arrival,
+                                    uint32_t landed_blocks);
 
 /* ---- steps --------------------------------------------------------------- */
 
@@ -491,6 +585,11 @@ typedef struct kvrt_sched_stats {
     uint64_t spec_backoff_tokens;/* drafts dropped to fit the budget */
     uint64_t step_cpu_ns;        /* time spent inside step, all calls */
     uint64_t commit_cpu_ns;      /* time spent inside commit */
+    uint64_t awaiting_kv;        /* now: requests in WAITING_KV */
+    uint64_t arrivals;           /* kvrt_seq_await_kv calls that succeeded */
+    uint64_t arrived_tokens;     /* tokens that landed and became computed */
+    uint64_t arrivals_failed;    /* completed with fewer blocks than asked */
+    uint64_t arrivals_expired;   /* given up at their deadline */
     double spec_acceptance;      /* spec_accepted / spec_proposed */
     double spec_mean_accepted;   /* spec_accepted / spec_verifications */
 } kvrt_sched_stats_t;

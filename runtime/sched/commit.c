@@ -57,7 +57,7 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
 
 /* Offers the request's newly full blocks to the prefix cache, hashing each
  * block once in its life (hashes survive preemption). */
-static void cache_full_blocks(kvrt_sched_t *s, seq_t *q)
+void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q)
 {
     uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
     uint32_t full = valid >> s->block_shift;
@@ -209,7 +209,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         }
         off += given;
         if (s->cache)
-            cache_full_blocks(s, q);
+            sched_cache_full_blocks(s, q);
         if (reason != KVRT_END_NONE)
             sched_end(s, q, reason, KVRT_OK);
     }

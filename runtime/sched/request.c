@@ -88,6 +88,8 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
 {
     if (s->pinned == sched_slot(s, q))
         s->pinned = SCHED_NONE;
+    if (q->arrival != SCHED_NONE)
+        sched_abandon_arrival(s, q); /* its blocks may still be written */
     if (q->table) {
         /* Tail first: the prefix cache sees a request's last blocks go idle
          * first, so under LRU its deep blocks are evicted before its root
@@ -110,6 +112,11 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
     }
     q->computed = 0;
     q->num_inserted = 0;
+    q->match_tokens = 0;
+    if (q->landed) {
+        q->landed = false;
+        s->num_landed--;
+    }
 }
 
 void sched_end(kvrt_sched_t *s, seq_t *q, kvrt_seq_end_reason_t reason,
@@ -276,6 +283,7 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     q->row = SCHED_NONE;
     q->running_pos = SCHED_NONE;
     q->heap_pos = SCHED_NONE;
+    q->arrival = SCHED_NONE;
     q->priority = (p->field_mask & KVRT_SEQ_PARAM_PRIORITY) ? p->priority : 0;
     q->deadline_ns = (p->field_mask & KVRT_SEQ_PARAM_DEADLINE) ? p->deadline_ns : UINT64_MAX;
     q->user_tag = (p->field_mask & KVRT_SEQ_PARAM_USER_TAG) ? p->user_tag : 0;

@@ -20,6 +20,7 @@ static void fill_stats(const kvrt_sched_t *s, kvrt_sched_stats_t *out)
     out->waiting = s->heap_size;
     out->running = s->running_live;
     out->ended_undrained = s->ended_count;
+    out->awaiting_kv = s->num_awaiting;
     out->spec_acceptance =
         s->stats.spec_proposed ? (double)s->stats.spec_accepted / s->stats.spec_proposed : 0;
     out->spec_mean_accepted = s->stats.spec_verifications
@@ -58,6 +59,8 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *s, kvrt_sched_sta
     U(prefix_hit_tokens) U(prefix_query_tokens) U(deadline_misses)               \
     U(budget_bound_steps) U(spec_proposed) U(spec_accepted)                      \
     U(spec_verifications) U(spec_backoff_tokens) U(step_cpu_ns) U(commit_cpu_ns) \
+    U(awaiting_kv) U(arrivals) U(arrived_tokens) U(arrivals_failed)              \
+    U(arrivals_expired)                                                          \
     F(spec_acceptance) F(spec_mean_accepted)
 
 STAT_LIST(STAT_U64, STAT_F64)
@@ -130,6 +133,9 @@ static void sched_free(kvrt_sched_t *s)
     free(s->seqs);
     free(s->heap);
     free(s->running);
+    if (s->arrivals)
+        sched_free_arrivals(s);
+    free(s->arrivals);
     free(s->ended);
     free(s->drained_memory);
     free(s->rows);
@@ -174,6 +180,7 @@ static bool alloc_arrays(kvrt_sched_t *s)
         memset(s->seqs, 0, reqs * sizeof(*s->seqs));
     s->heap = malloc(reqs * sizeof(*s->heap));
     s->ended = malloc(reqs * sizeof(*s->ended));
+    s->arrivals = calloc(reqs, sizeof(*s->arrivals));
     s->drained_memory = malloc(reqs * sizeof(*s->drained_memory));
     s->running = malloc(seqs * sizeof(*s->running));
     s->rows = calloc(seqs * s->row_stride, sizeof(*s->rows));
@@ -193,7 +200,7 @@ static bool alloc_arrays(kvrt_sched_t *s)
     b->changed[1] = malloc(seqs * sizeof(int32_t));
     b->row_mark = calloc(seqs, sizeof(uint64_t));
     b->match_blocks = malloc((size_t)s->row_stride * sizeof(int32_t));
-    return s->seqs && s->heap && s->ended && s->drained_memory && s->running && s->rows &&
+    return s->seqs && s->heap && s->ended && s->arrivals && s->drained_memory && s->running && s->rows &&
            s->free_rows && b->seqs && b->slot_of && b->query_start_loc && b->seq_lens &&
            b->row_index && b->input_tokens && b->positions && b->slot_mapping && b->copies &&
            b->preempted && b->csr_offsets && b->changed[0] && b->changed[1] && b->row_mark &&
@@ -276,6 +283,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool,
         s->seqs[i].next_free = i + 1 < s->max_requests ? i + 1 : SCHED_NONE;
     s->free_head = 0;
     s->pinned = SCHED_NONE;
+    sched_arrivals_init(s);
     for (uint32_t r = 0; r < s->max_seqs; r++)
         s->free_rows[r] = s->max_seqs - 1 - r; /* row 0 is handed out first */
     s->num_free_rows = s->max_seqs;

@@ -75,6 +75,10 @@ typedef struct seq {
     uint32_t preemptions;
     uint32_t cached_tokens;
     uint32_t next_free;     /* free-slot list link */
+    uint32_t arrival;       /* its outstanding arrival, SCHED_NONE when none */
+    uint32_t match_tokens;  /* prefix-cache hits of its last match, counted at
+                               admission */
+    bool landed;            /* its table holds K/V that arrived (arrival.c) */
     kvrt_status_t status;
     uint64_t deadline_ns;   /* UINT64_MAX without a deadline */
     uint64_t order;         /* arrival number: FCFS */
@@ -94,6 +98,20 @@ typedef struct heap_entry {
     uint64_t deadline;   /* UINT64_MAX: none */
     uint64_t order;
 } heap_entry_t;
+
+/* An arrival of a request's prefix K/V (arrival.c). While the request
+ * waits for it, the blocks are in the request's table; once given up
+ * (deadline, abort), the table moves here and is freed at completion. */
+typedef struct arrival {
+    uint32_t generation;    /* odd while the id is live */
+    uint32_t seq;           /* request slot; SCHED_NONE once given up */
+    uint32_t first_block;
+    uint32_t num_blocks;
+    uint32_t end_tokens;    /* the arrival's num_tokens */
+    uint32_t next_free;
+    kvrt_table_id_t table;  /* held for a given-up arrival, else 0 */
+    uint64_t deadline_ns;   /* UINT64_MAX: none */
+} arrival_t;
 
 /* Plan arrays, sized at creation (max_seqs / max_batch_tokens). */
 typedef struct plan_buffers {
@@ -162,6 +180,13 @@ struct kvrt_sched {
     uint32_t running_live;      /* RUNNING requests */
     uint32_t running_prefill;   /* RUNNING and in_prefill */
     bool running_dirty;         /* stale entries to compact */
+
+    arrival_t *arrivals;        /* [max_requests] */
+    uint32_t arrival_free;      /* free-list head */
+    uint32_t num_awaiting;      /* requests in WAITING_KV */
+    uint32_t num_given_up;      /* given-up arrivals still holding blocks */
+    uint32_t num_landed;        /* queued requests holding arrived K/V */
+    uint64_t next_deadline;     /* no awaiting deadline before it */
 
     uint32_t *ended;            /* ring of slots with an undrained end */
     uint32_t ended_head;
@@ -236,15 +261,36 @@ void sched_slot_free(kvrt_sched_t *s, seq_t *q);
 
 /* ---- step.c / commit.c ---------------------------------------------------- */
 
+/* Offers the request's newly full blocks to the prefix cache. */
+void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q);
 /* Marks row r as changed since the last published plan. */
 void sched_row_changed(kvrt_sched_t *s, uint32_t row);
 /* Brings row entries in line with the table after an append or truncate. */
 void sched_row_sync(kvrt_sched_t *s, seq_t *q, bool last_replaced);
 void sched_row_release(kvrt_sched_t *s, seq_t *q);
+/* Gives q (holding no table) a table with its prefix-cache hits. */
+kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks);
+/* Enough blocks for `need` more, above the watermark when it is in use. */
+bool sched_blocks_available(const kvrt_sched_t *s, uint32_t need);
 /* Releases the waiting request that holds its prefix hits, if any. */
 void sched_unpin(kvrt_sched_t *s);
 /* Drops stale entries of the running array, keeping admission order. */
 void sched_compact_running(kvrt_sched_t *s);
+
+/* ---- arrival.c ------------------------------------------------------------ */
+
+void sched_arrivals_init(kvrt_sched_t *s);
+/* Gives up arrivals whose deadline is before now: their requests are queued
+ * again for recomputation. O(1) unless a deadline has passed. */
+void sched_expire_arrivals(kvrt_sched_t *s, uint64_t now_ns);
+/* The request lets go of its arrival: the arrival keeps the request's table
+ * (blocks the caller may still write) until it completes. */
+void sched_abandon_arrival(kvrt_sched_t *s, seq_t *q);
+void sched_free_arrivals(kvrt_sched_t *s);
+/* Under block pressure: the queued request holding arrived K/V that would
+ * be admitted last lets its blocks go (into the prefix cache, when there is
+ * one, where it may find them again). False when there is none. */
+bool sched_release_landed(kvrt_sched_t *s);
 
 /* ---- ngram.c -------------------------------------------------------------- */
 

@@ -142,10 +142,14 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, int64_t *slots)
             sched_unpin(s);
             continue;
         }
+        if (sched_release_landed(s)) /* then queued K/V that arrived */
+            continue;
         seq_t *victim = pick_victim(s);
         if (!victim)
             return false;
         if (victim == q) {
+            if (s->running_live == 1 && (s->num_awaiting || s->num_given_up))
+                return false; /* arrivals hold blocks: they come back when those end */
             if (s->running_live == 1) {
                 kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
                           "request 0x%llx cannot grow even alone in the pool",
@@ -307,7 +311,7 @@ static void schedule_prefills(kvrt_sched_t *s, step_state_t *st)
 }
 
 /* Enough blocks for `need` more, above the watermark when it is in use. */
-static bool blocks_available(const kvrt_sched_t *s, uint32_t need)
+bool sched_blocks_available(const kvrt_sched_t *s, uint32_t need)
 {
     int ok = 0;
     if (s->use_watermark) {
@@ -336,56 +340,71 @@ void sched_unpin(kvrt_sched_t *s)
     sched_release(s, q);
 }
 
-/* Gives q a table holding its prefix hits, unless it has one. Returns false
- * when admission must stop (no table, or q failed). */
-static bool match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
+/* Gives q (which has no table) a table holding its prefix hits. On error q
+ * holds no table and nothing else changed. */
+kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
 {
-    if (q->table)
-        return true;
     sched_unpin(s);
     kvrt_table_id_t table = 0;
-    if (kvrt_table_create(s->pool, &table) != KVRT_OK)
-        return false;
+    kvrt_status_t rc = kvrt_table_create(s->pool, &table);
+    if (rc != KVRT_OK)
+        return rc;
     q->table = table;
+    q->match_tokens = 0;
     if (!s->cache)
-        return true;
+        return KVRT_OK;
     /* All but the last token: it is recomputed for its logits. */
     uint32_t offered = q->num_tokens - 1;
     kvrt_cache_match_t m;
-    kvrt_status_t rc = kvrt_cache_match(s->cache, q->tokens, offered, &q->keys,
-                                        offered >> s->block_shift, hit_blocks, q->hashes, &m);
+    rc = kvrt_cache_match(s->cache, q->tokens, offered, &q->keys, offered >> s->block_shift,
+                          hit_blocks, q->hashes, &m);
     if (rc != KVRT_OK) {
-        sched_end(s, q, KVRT_END_FAILED, rc);
-        return false;
+        kvrt_table_destroy(s->pool, table);
+        q->table = 0;
+        return rc;
     }
     if (m.num_blocks)
         kvrt_table_adopt(s->pool, table, m.num_blocks, hit_blocks);
     if (m.num_blocks > q->num_hashed)
         q->num_hashed = m.num_blocks;
     q->computed = m.num_tokens;
+    q->match_tokens = m.num_tokens;
     q->num_inserted = m.num_blocks;
     s->stats.prefix_query_tokens += offered;
-    return true;
+    return KVRT_OK;
 }
 
 /* Admits the head of the waiting queue with its first chunk. Returns false
  * when admission must stop (the head does not fit). */
 static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_blocks)
 {
-    if (!match_prefix(s, q, hit_blocks))
-        return q->state == KVRT_SEQ_ENDED; /* a failed head is skipped */
-    uint32_t hit_tokens = q->computed;
-    uint32_t hits = hit_tokens >> s->block_shift;
-    uint32_t remaining = q->num_tokens - hit_tokens;
+    if (!q->table) {
+        kvrt_status_t rc = sched_match_prefix(s, q, hit_blocks);
+        if (rc == KVRT_ERR_NO_TABLES || rc == KVRT_ERR_NO_MEMORY)
+            return false; /* wait for a table */
+        if (rc != KVRT_OK) {
+            sched_end(s, q, KVRT_END_FAILED, rc);
+            return true; /* a failed head is skipped */
+        }
+    }
+    /* computed: prefix-cache hits, plus K/V that arrived (arrival.c). */
+    uint32_t hit_tokens = q->match_tokens;
+    uint32_t remaining = q->num_tokens - q->computed;
     uint32_t n = min_u32(min_u32(remaining, s->chunk_tokens), st->budget);
-    uint32_t need = sched_blocks_for(s, (uint64_t)hit_tokens + n) - hits;
-    if (!blocks_available(s, need)) {
-        s->pinned = sched_slot(s, q);
+    uint32_t need = sched_blocks_for(s, (uint64_t)q->computed + n) -
+                    sched_blocks_for(s, q->computed);
+    if (!sched_blocks_available(s, need)) {
+        if (!q->landed) /* arrived K/V is never given up for a retry */
+            s->pinned = sched_slot(s, q);
         return false;
     }
     if (s->pinned == sched_slot(s, q))
         s->pinned = SCHED_NONE;
     sched_heap_remove(s, q);
+    if (q->landed) { /* no longer queued: its K/V is its running prefix */
+        q->landed = false;
+        s->num_landed--;
+    }
     q->state = KVRT_SEQ_RUNNING;
     q->in_prefill = 1;
     q->row = s->free_rows[--s->num_free_rows];
@@ -503,6 +522,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
     p->block_table_offsets = NULL;
     p->block_table_ids = NULL;
 
+    sched_expire_arrivals(s, now_ns);
     step_state_t st = {.budget = s->max_batch_tokens, .budget_bound = false};
     schedule_decodes(s, &st);
     schedule_prefills(s, &st);
