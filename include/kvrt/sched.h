@@ -60,21 +60,23 @@
  * so decodes rarely need to preempt.
  *
  * Preemption. When a running sequence needs a block and the pool has none,
- * the scheduler preempts a *victim*: among running sequences not yet placed
- * in this step's plan (the one in need included), the lowest priority, then
- * the latest arrival. The victim's blocks are freed (full ones stay in the
- * prefix cache, so recomputation of its prefix is mostly hits) and it goes
- * back to the waiting queue to be recomputed from its tokens. When the
- * victim is the sequence in need itself, it is the one preempted.
- * Anti-thrash guard: a readmitted sequence cannot be preempted again until
- * it has sampled a new token; the guard yields only when nothing else could
- * be preempted and the step's plan is still empty. A sequence that cannot
- * get a block even when it is the only one running (the caller holds the
- * rest of the pool) ends FAILED with KVRT_ERR_NO_BLOCKS; while arrivals
- * (see "waiting for KV") hold blocks it waits for them instead. Before any
- * victim is chosen, a waiting head gives up its prefix hits, then queued
- * requests holding K/V that arrived give it up (the one admitted last
- * first; with a prefix cache the blocks stay cached, idle).
+ * first a waiting head gives up its prefix hits, then queued requests
+ * holding K/V that arrived give it up (see "waiting for KV"; the one
+ * admitted last first; with a prefix cache the blocks stay cached, idle).
+ * Then the scheduler preempts a *victim*: among all running sequences (the
+ * one in need included, whether or not already placed in this step's
+ * plan), the lowest priority, then the latest arrival (kvrt_seq_add order).
+ * So a request is never preempted to make room for one of lower priority,
+ * and among equal priorities the earlier arrival keeps running (FCFS). A
+ * victim already in the plan leaves it (its tokens return to the budget,
+ * its block copies are dropped). The victim's blocks are freed (full ones
+ * stay in the prefix cache, so recomputation of its prefix is mostly hits)
+ * and it goes back to the waiting queue, keeping its key, to be recomputed
+ * from its tokens; it is not readmitted in the step that preempted it.
+ * When the victim is the sequence in need itself, it is the one preempted.
+ * A sequence that cannot get a block even when it is the only one running
+ * (the caller holds the rest of the pool) ends FAILED with
+ * KVRT_ERR_NO_BLOCKS; while arrivals hold blocks it waits for them instead.
  * New admissions never preempt running sequences.
  *
  * Speculation (max_draft_tokens k > 0). Before each step a decoding sequence

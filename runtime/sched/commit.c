@@ -205,7 +205,6 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
                 q->in_prefill = 0;
                 s->running_prefill--;
             }
-            q->guarded = 0;
         }
         off += given;
         if (s->cache)

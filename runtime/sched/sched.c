@@ -150,6 +150,7 @@ static void sched_free(kvrt_sched_t *s)
     free(b->positions);
     free(b->slot_mapping);
     free(b->copies);
+    free(b->copy_owner);
     free(b->preempted);
     free(b->csr_offsets);
     free(b->csr_ids);
@@ -194,17 +195,18 @@ static bool alloc_arrays(kvrt_sched_t *s)
     b->positions = malloc(toks * sizeof(int32_t));
     b->slot_mapping = malloc(toks * sizeof(int64_t));
     b->copies = malloc(seqs * sizeof(*b->copies));
+    b->copy_owner = malloc(seqs * sizeof(*b->copy_owner));
     b->preempted = malloc(seqs * sizeof(*b->preempted));
     b->csr_offsets = calloc(seqs + 1, sizeof(int32_t));
     b->changed[0] = malloc(seqs * sizeof(int32_t));
     b->changed[1] = malloc(seqs * sizeof(int32_t));
     b->row_mark = calloc(seqs, sizeof(uint64_t));
     b->match_blocks = malloc((size_t)s->row_stride * sizeof(int32_t));
-    return s->seqs && s->heap && s->ended && s->arrivals && s->drained_memory && s->running && s->rows &&
-           s->free_rows && b->seqs && b->slot_of && b->query_start_loc && b->seq_lens &&
-           b->row_index && b->input_tokens && b->positions && b->slot_mapping && b->copies &&
-           b->preempted && b->csr_offsets && b->changed[0] && b->changed[1] && b->row_mark &&
-           b->match_blocks;
+    return s->seqs && s->heap && s->ended && s->arrivals && s->drained_memory && s->running &&
+           s->rows && s->free_rows && b->seqs && b->slot_of && b->query_start_loc &&
+           b->seq_lens && b->row_index && b->input_tokens && b->positions && b->slot_mapping &&
+           b->copies && b->copy_owner && b->preempted && b->csr_offsets && b->changed[0] &&
+           b->changed[1] && b->row_mark && b->match_blocks;
 }
 
 static void init_plan(kvrt_sched_t *s)

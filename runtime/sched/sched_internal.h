@@ -39,7 +39,7 @@ typedef struct seq {
     uint8_t state;          /* kvrt_seq_state_t */
     uint8_t in_plan;        /* placed in the current, uncommitted plan */
     uint8_t in_prefill;     /* admitted, not yet sampled since admission */
-    uint8_t guarded;        /* readmitted after preemption, no token since */
+    uint8_t unused;
     uint8_t release_at_commit; /* ended while in the plan: free at commit */
     uint8_t draft_len;      /* adaptive draft length (1..k) */
     uint8_t engine_drafts;  /* draft[] tokens set by the engine for next step */
@@ -124,6 +124,7 @@ typedef struct plan_buffers {
     int32_t *positions;
     int64_t *slot_mapping;
     kvrt_block_copy_t *copies;
+    uint32_t *copy_owner;   /* request slot of each copy */
     kvrt_seq_id_t *preempted;
     int32_t *csr_offsets;
     int32_t *csr_ids;

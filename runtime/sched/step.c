@@ -82,32 +82,79 @@ void sched_compact_running(kvrt_sched_t *s)
 
 /* ---- preemption ------------------------------------------------------------ */
 
-/* The victim for `needy`: among running requests not in the plan, the
- * lowest priority, then the latest arrival. Guarded requests are taken only
- * when no other candidate exists and the plan is still empty (else a step
- * could stall with every request guarded). NULL when there is none. */
+/* The victim when a running request needs a block: the lowest priority
+ * among all running requests (the one in need included, planned or not),
+ * the latest arrival among equals. So no request is ever preempted for one
+ * of lower priority, and among equals first come, first served. */
 static seq_t *pick_victim(kvrt_sched_t *s)
 {
-    seq_t *best = NULL, *best_guarded = NULL;
+    seq_t *best = NULL;
     for (uint32_t i = 0; i < s->num_running; i++) {
         seq_t *q;
-        if (!running_valid(s, i, &q) || q->in_plan)
+        if (!running_valid(s, i, &q))
             continue;
-        seq_t **slot = q->guarded ? &best_guarded : &best;
-        if (!*slot || q->priority < (*slot)->priority ||
-            (q->priority == (*slot)->priority && q->order > (*slot)->order))
-            *slot = q;
+        if (!best || q->priority < best->priority ||
+            (q->priority == best->priority && q->order > best->order))
+            best = q;
     }
-    if (best)
-        return best;
-    return s->plan.num_seqs == 0 ? best_guarded : NULL;
+    return best;
 }
 
-static void preempt(kvrt_sched_t *s, seq_t *q)
+/* Takes v's entry out of the plan built so far (v is about to be
+ * preempted): later entries and their tokens move up, its tokens go back
+ * to the budget, its block copies are dropped. O(plan); preemption only. */
+static void unplan(kvrt_sched_t *s, seq_t *v, uint32_t *budget)
 {
+    plan_buffers_t *b = &s->buf;
+    kvrt_batch_plan_t *p = &s->plan;
+    const uint32_t slot = sched_slot(s, v);
+    uint32_t i = 0;
+    while (b->slot_of[i] != slot)
+        i++;
+    const kvrt_plan_seq_t e = b->seqs[i];
+    const uint32_t n = e.num_new_tokens;
+    const uint32_t t0 = (uint32_t)b->query_start_loc[i], tail = p->num_tokens - t0 - n;
+    memmove(b->input_tokens + t0, b->input_tokens + t0 + n, (size_t)tail * sizeof(int32_t));
+    memmove(b->positions + t0, b->positions + t0 + n, (size_t)tail * sizeof(int32_t));
+    memmove(b->slot_mapping + t0, b->slot_mapping + t0 + n, (size_t)tail * sizeof(int64_t));
+    p->max_seq_len = 0;
+    for (uint32_t j = 0; j + 1 < p->num_seqs; j++) {
+        if (j >= i) {
+            b->seqs[j] = b->seqs[j + 1];
+            b->slot_of[j] = b->slot_of[j + 1];
+            b->seq_lens[j] = b->seq_lens[j + 1];
+            b->row_index[j] = b->row_index[j + 1];
+            b->query_start_loc[j + 1] = b->query_start_loc[j + 2] - (int32_t)n;
+        }
+        if ((uint32_t)b->seq_lens[j] > p->max_seq_len)
+            p->max_seq_len = (uint32_t)b->seq_lens[j];
+    }
+    p->num_seqs--;
+    p->num_tokens -= n;
+    if (e.kind == KVRT_PLAN_PREFILL) {
+        p->num_prefill_seqs--;
+        p->num_prefill_tokens -= n;
+    } else {
+        p->num_decode_seqs--;
+        p->num_draft_tokens -= e.num_drafts;
+    }
+    uint32_t kept = 0;
+    for (uint32_t c = 0; c < p->num_copies; c++)
+        if (b->copy_owner[c] != slot) {
+            b->copies[kept] = b->copies[c];
+            b->copy_owner[kept++] = b->copy_owner[c];
+        }
+    p->num_copies = kept;
+    v->in_plan = 0;
+    *budget += n;
+}
+
+static void preempt(kvrt_sched_t *s, seq_t *q, uint32_t *budget)
+{
+    if (q->in_plan)
+        unplan(s, q, budget);
     sched_release(s, q);
     q->state = KVRT_SEQ_PREEMPTED;
-    q->guarded = 1;
     q->in_prefill = 0;
     q->engine_drafts = 0;
     q->preemptions++;
@@ -117,18 +164,29 @@ static void preempt(kvrt_sched_t *s, seq_t *q)
     s->stats.preemptions++;
 }
 
-/* Appends n slots to q's table, written at slots. When blocks run out,
- * preempts victims until the append fits. Returns false when q is not to be
- * planned this step: preempted, failed, or waiting for a victim to appear. */
-static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, int64_t *slots)
+/* Appends n slots to q's table, written at the plan's end. When blocks run
+ * out:
+ * a pinned waiting head, then queued arrived K/V give up their blocks,
+ * then victims are preempted until the append fits (an admission, `admitting`,
+ * preempts nobody but itself). Returns false when q is not to be planned
+ * this step: preempted, failed, or waiting for arrivals to give blocks back. */
+static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
+                        bool admitting)
 {
+    const uint32_t t0 = s->plan.num_tokens; /* where the caller put its inputs */
     for (;;) {
         kvrt_block_copy_t copy;
         uint32_t num_copies = 0;
+        int64_t *slots = s->buf.slot_mapping + s->plan.num_tokens;
         kvrt_status_t st = kvrt_table_append(s->pool, q->table, n, slots, &copy, &num_copies);
         if (KVRT_LIKELY(st == KVRT_OK)) {
-            if (KVRT_UNLIKELY(num_copies))
+            if (KVRT_UNLIKELY(s->plan.num_tokens != t0)) /* a victim left the plan */
+                memmove(s->buf.input_tokens + s->plan.num_tokens, s->buf.input_tokens + t0,
+                        (size_t)n * sizeof(int32_t));
+            if (KVRT_UNLIKELY(num_copies)) {
+                s->buf.copy_owner[s->plan.num_copies] = sched_slot(s, q);
                 s->buf.copies[s->plan.num_copies++] = copy;
+            }
             uint32_t nb = sched_blocks_for(s, q->computed + n);
             if (nb != q->row_blocks || num_copies)
                 sched_row_sync(s, q, num_copies != 0);
@@ -144,9 +202,7 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, int64_t *slots)
         }
         if (sched_release_landed(s)) /* then queued K/V that arrived */
             continue;
-        seq_t *victim = pick_victim(s);
-        if (!victim)
-            return false;
+        seq_t *victim = admitting ? q : pick_victim(s);
         if (victim == q) {
             if (s->running_live == 1 && (s->num_awaiting || s->num_given_up))
                 return false; /* arrivals hold blocks: they come back when those end */
@@ -156,11 +212,11 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, int64_t *slots)
                           (unsigned long long)sched_id(s, q));
                 sched_end(s, q, KVRT_END_FAILED, KVRT_ERR_NO_BLOCKS);
             } else {
-                preempt(s, q);
+                preempt(s, q, budget);
             }
             return false;
         }
-        preempt(s, victim);
+        preempt(s, victim, budget);
     }
 }
 
@@ -276,9 +332,9 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
             }
         }
         uint32_t n = 1 + drafts;
-        if (!grow(s, q, n, s->buf.slot_mapping + t0))
+        if (!grow(s, q, n, &st->budget, false))
             continue;
-        input[0] = q->tokens[q->num_tokens - 1];
+        s->buf.input_tokens[s->plan.num_tokens] = q->tokens[q->num_tokens - 1];
         plan_add(s, q, drafts ? KVRT_PLAN_SPEC : KVRT_PLAN_DECODE, n, drafts, true);
         st->budget -= n;
     }
@@ -301,10 +357,10 @@ static void schedule_prefills(kvrt_sched_t *s, step_state_t *st)
         uint32_t n = min_u32(min_u32(remaining, s->chunk_tokens), st->budget);
         if (n < remaining && n == st->budget)
             st->budget_bound = true;
-        uint32_t t0 = s->plan.num_tokens;
-        if (!grow(s, q, n, s->buf.slot_mapping + t0))
+        if (!grow(s, q, n, &st->budget, false))
             continue;
-        memcpy(s->buf.input_tokens + t0, q->tokens + q->computed, (size_t)n * sizeof(int32_t));
+        memcpy(s->buf.input_tokens + s->plan.num_tokens, q->tokens + q->computed,
+               (size_t)n * sizeof(int32_t));
         plan_add(s, q, KVRT_PLAN_PREFILL, n, 0, q->computed + n == q->num_tokens);
         st->budget -= n;
     }
@@ -422,10 +478,10 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     }
     if (n < remaining && n == st->budget)
         st->budget_bound = true;
-    uint32_t t0 = s->plan.num_tokens;
-    if (!grow(s, q, n, s->buf.slot_mapping + t0))
+    if (!grow(s, q, n, &st->budget, true))
         return true;
-    memcpy(s->buf.input_tokens + t0, q->tokens + q->computed, (size_t)n * sizeof(int32_t));
+    memcpy(s->buf.input_tokens + s->plan.num_tokens, q->tokens + q->computed,
+           (size_t)n * sizeof(int32_t));
     plan_add(s, q, KVRT_PLAN_PREFILL, n, 0, q->computed + n == q->num_tokens);
     st->budget -= n;
     return true;

@@ -3,8 +3,8 @@
  * prefix cache, speculation (engine drafts and the n-gram proposer), a pool
  * small enough to force preemption, random aborts, stop tokens, priorities
  * and deadlines, and prefixes arriving asynchronously (waiting for KV: late,
- * partial, failed, aborted mid-arrival). The "model" is deterministic (next = f(previous token)) and
- * the engine verifies drafts against it, so every finished request's output
+ * partial, failed, aborted mid-arrival). The "model" is deterministic
+ * (next = f(previous token)) and the engine verifies drafts against it, so every finished request's output
  * can be checked token by token.
  *
  * After every step: the budget and max_seqs hold, every planned token's
@@ -32,6 +32,7 @@ typedef struct tracked {
     int state; /* 0 unused, 1 live, 2 ended */
     bool aborted;
     int32_t stop;
+    int32_t priority;
     uint32_t prompt_len;
     uint32_t max_new;
     int32_t prompt[96];
@@ -102,6 +103,7 @@ static void add_random(world_t *w)
         .user_tag = w->num_req,
     };
     ASSERT_OK(w->ctx, kvrt_seq_add(w->sched, &p, &t->id));
+    t->priority = p.priority;
     t->state = 1;
     w->num_req++;
 }
@@ -261,8 +263,9 @@ static void complete_arrivals(world_t *w, bool all)
             i++;
             continue;
         }
-        uint32_t landed = test_rand_below(&w->rng, 3) ? f->num_blocks
-                                                       : test_rand_below(&w->rng, f->num_blocks + 1);
+        uint32_t landed = test_rand_below(&w->rng, 3)
+                              ? f->num_blocks
+                              : test_rand_below(&w->rng, f->num_blocks + 1);
         ASSERT_OK(w->ctx, kvrt_arrival_complete(w->sched, f->id, landed));
         *f = w->inflight[--w->num_inflight];
     }
@@ -323,6 +326,20 @@ static void one_step(world_t *w, uint64_t now)
         ASSERT_OK(w->ctx, kvrt_seq_info(w->sched, plan->preempted[i], &info));
         cr_assert_eq(info.state, KVRT_SEQ_PREEMPTED);
         cr_assert_eq(info.computed_tokens, 0);
+        /* No decode that ran before this step and still runs ranks below
+         * the victim: lower priority, or equal priority and later arrival. */
+        const tracked_t *victim = find(w, info.user_tag, info.id);
+        for (uint32_t j = 0; j < plan->num_seqs; j++) {
+            const kvrt_plan_seq_t *e = &plan->seqs[j];
+            if (e->kind == KVRT_PLAN_PREFILL)
+                continue;
+            const tracked_t *kept = find(w, e->user_tag, e->id);
+            cr_assert(kept->priority > victim->priority ||
+                          (kept->priority == victim->priority && e->user_tag < info.user_tag),
+                      "request %llu (priority %d) preempted while %llu (priority %d) runs",
+                      (unsigned long long)info.user_tag, victim->priority,
+                      (unsigned long long)e->user_tag, kept->priority);
+        }
     }
     if (plan->num_seqs) {
         /* Sometimes abort a request the engine is running right now. */
