@@ -4,8 +4,8 @@
  * small enough to force preemption, random aborts, stop tokens, priorities
  * and deadlines, and prefixes arriving asynchronously (waiting for KV: late,
  * partial, failed, aborted mid-arrival). The "model" is deterministic
- * (next = f(previous token)) and the engine verifies drafts against it, so every finished request's output
- * can be checked token by token.
+ * (next = f(previous token)) and the engine verifies drafts against it, so
+ * every finished request's output can be checked token by token.
  *
  * After every step: the budget and max_seqs hold, every planned token's
  * slot lies in its sequence's row at its position, no slot is written twice,
