@@ -40,10 +40,17 @@
  * A prefill chunk is min(uncomputed tokens, prefill_chunk_tokens, budget
  * left); a prompt longer than that is split over several steps (chunked
  * prefill), interleaved with other sequences' decodes. Only uncomputed
- * tokens count against the budget.
+ * tokens count against the budget. A chunk never ends inside a multimodal
+ * item of the request's keys (the engine consumes an item's encoder output
+ * whole): a chunk that would end inside one ends before it; a chunk that
+ * starts at an item (or inside it, after a prefix hit) takes the rest of
+ * the item whole, beyond prefill_chunk_tokens if need be, or waits for a
+ * step with that much budget left (an item longer than max_batch_tokens is
+ * refused at kvrt_seq_add).
  *
- * Prefix caching (when the scheduler has a cache). At admission the
- * request's tokens are matched against the cache (kvrt_cache_match on all
+ * Prefix caching (when the scheduler has a cache; per request see
+ * kvrt_seq_cache_flags: skip read, skip write, drop the last hit). At
+ * admission the request's tokens are matched against the cache (kvrt_cache_match on all
  * but the last token, which is always recomputed so there are logits to
  * sample); hit blocks are adopted into its block table, count as computed,
  * cost no budget and need no new block. A head that does not fit keeps its
@@ -101,7 +108,8 @@
  *
  * Ends. Every request ends exactly once: by length (max_new_tokens output
  * tokens, or max_seq_tokens in all), by a stop token (kept as the last
- * output token), aborted by the caller, or failed with a status. Its end is
+ * output token; one among the first min_tokens outputs does not count),
+ * aborted by the caller, or failed with a status. Its end is
  * reported once by kvrt_sched_drain_ended(); after that its id is unknown.
  *
  * Memory: everything the hot path uses is sized at creation (plan arrays,
@@ -113,6 +121,7 @@
 #ifndef KVRT_SCHED_H
 #define KVRT_SCHED_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kvrt/block_table.h"
@@ -202,8 +211,24 @@ enum kvrt_seq_params_field {
     KVRT_SEQ_PARAM_STOP = 1u << 0,     /* stop_tokens, num_stop_tokens */
     KVRT_SEQ_PARAM_PRIORITY = 1u << 1, /* priority */
     KVRT_SEQ_PARAM_DEADLINE = 1u << 2, /* deadline_ns */
-    KVRT_SEQ_PARAM_KEYS = 1u << 3,     /* keys */
-    KVRT_SEQ_PARAM_USER_TAG = 1u << 4  /* user_tag */
+    KVRT_SEQ_PARAM_KEYS = 1u << 3,       /* keys */
+    KVRT_SEQ_PARAM_USER_TAG = 1u << 4,   /* user_tag */
+    KVRT_SEQ_PARAM_CACHE_FLAGS = 1u << 5,/* cache_flags */
+    KVRT_SEQ_PARAM_MIN_TOKENS = 1u << 6  /* min_tokens */
+};
+
+/* Per-request prefix-cache control (kvrt_seq_params_t.cache_flags). */
+enum kvrt_seq_cache_flags {
+    /* Never matched against the cache: every token is computed (an engine
+     * that returns prompt logprobs needs them all). */
+    KVRT_SEQ_CACHE_SKIP_READ = 1u << 0,
+    /* Its blocks are never inserted: it leaves no K/V behind for others (a
+     * tenant that must not share). It may still read unless SKIP_READ. */
+    KVRT_SEQ_CACHE_SKIP_WRITE = 1u << 1,
+    /* A match keeps all hit blocks but the last: the tokens of that block
+     * are recomputed, so an EAGLE/MTP draft model gets the target model's
+     * hidden states for them. */
+    KVRT_SEQ_CACHE_DROP_LAST_HIT = 1u << 2
 };
 
 /*
@@ -220,8 +245,16 @@ typedef struct kvrt_seq_params {
     uint32_t num_stop_tokens;     /* 0..KVRT_SEQ_MAX_STOP_TOKENS */
     int32_t priority;             /* higher runs first; default 0 */
     uint64_t deadline_ns;         /* TTFT deadline on the step clock */
-    kvrt_hash_keys_t keys;        /* tenant salt, adapter, multimodal items */
+    /* Tenant salt, adapter, multimodal items. A pointer, so that the keys
+     * struct can grow without moving the fields after it. Multimodal items
+     * also bound prefill chunks (see "Step order"). */
+    const kvrt_hash_keys_t *keys;
     uint64_t user_tag;            /* opaque, echoed in plans and events */
+    uint32_t cache_flags;         /* enum kvrt_seq_cache_flags; default 0 */
+    /* Stop tokens do not end the request before it has produced more than
+     * min_tokens tokens (they are kept as ordinary output); 0..max_new_tokens,
+     * default 0. */
+    uint32_t min_tokens;
 } kvrt_seq_params_t;
 
 /*
@@ -230,10 +263,11 @@ typedef struct kvrt_seq_params {
  * A request whose prompt_len + max_new_tokens exceeds max_seq_tokens is
  * accepted and ends by length at max_seq_tokens tokens in all.
  * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown field bits, prompt_len or
- * max_new_tokens 0, a negative token id, too many stop tokens, bad keys, a
+ * max_new_tokens 0, a negative token id, too many stop tokens, NULL or bad
+ * keys, a multimodal item longer than max_batch_tokens (it could never be
+ * scheduled whole), unknown cache flags, min_tokens above max_new_tokens, a
  * prompt that leaves no room for one output token under max_seq_tokens),
- * KVRT_ERR_NO_BLOCKS
- * (the request could not fit in the pool even alone),
+ * KVRT_ERR_NO_BLOCKS (the request could not fit in the pool even alone),
  * KVRT_ERR_REQUEST_LIMIT (max_requests live), KVRT_ERR_NO_MEMORY.
  */
 kvrt_status_t kvrt_seq_add(kvrt_sched_t *sched, const kvrt_seq_params_t *params,
@@ -311,11 +345,32 @@ typedef struct kvrt_seq_info {
 } kvrt_seq_info_t;
 
 /*
- * kvrt_seq_info - a request's current state. Errors: KVRT_ERR_INVALID_ARG,
- * KVRT_ERR_UNKNOWN_REQUEST.
+ * Growth of the caller-allocated outputs kvrt_seq_info_t and
+ * kvrt_sched_stats_t: fields are only ever appended. The exported
+ * functions take the size of the struct the caller was compiled with and
+ * write only that many bytes (a newer library fills an older caller's
+ * struct; an older library leaves a newer caller's extra fields as they
+ * were); C and C++ callers use the inline wrappers, which pass sizeof.
+ * Bindings (Python's ctypes) call the _sized functions with the size of
+ * their own struct definition. Sizes below the first release's
+ * (KVRT_SEQ_INFO_SIZE_1_0, KVRT_SCHED_STATS_SIZE_1_0) are refused.
  */
-kvrt_status_t kvrt_seq_info(const kvrt_sched_t *sched, kvrt_seq_id_t id,
-                            kvrt_seq_info_t *info_out);
+#define KVRT_SEQ_INFO_SIZE_1_0 112u
+
+/*
+ * kvrt_seq_info_sized - a request's current state, the first info_size
+ * bytes of it. Errors: KVRT_ERR_INVALID_ARG (NULL, info_size below
+ * KVRT_SEQ_INFO_SIZE_1_0), KVRT_ERR_UNKNOWN_REQUEST.
+ */
+kvrt_status_t kvrt_seq_info_sized(const kvrt_sched_t *sched, kvrt_seq_id_t id,
+                                  kvrt_seq_info_t *info_out, size_t info_size);
+
+/* kvrt_seq_info - kvrt_seq_info_sized() with this header's struct size. */
+static inline kvrt_status_t kvrt_seq_info(const kvrt_sched_t *sched, kvrt_seq_id_t id,
+                                          kvrt_seq_info_t *info_out)
+{
+    return kvrt_seq_info_sized(sched, id, info_out, sizeof(*info_out));
+}
 
 /*
  * kvrt_seq_blocks - zero-copy view of a request's block table (e.g. to
@@ -330,16 +385,28 @@ kvrt_status_t kvrt_seq_blocks(const kvrt_sched_t *sched, kvrt_seq_id_t id,
                               uint32_t *num_tokens_out);
 
 /*
- * kvrt_sched_drain_ended - moves up to `capacity` end events (oldest first)
- * into events_out and their count to *count_out; the drained requests are
- * forgotten (their ids become unknown). Each request's end is reported
- * exactly once. Output token arrays of drained events stay valid until the
- * next call of this function.
+ * kvrt_sched_drain_ended_sized - moves up to `capacity` end events (oldest
+ * first) into events_out and their count to *count_out; the drained
+ * requests are forgotten (their ids become unknown). Each request's end is
+ * reported exactly once. events_out is an array of elements of event_size
+ * bytes (the caller's sizeof(kvrt_seq_info_t); see kvrt_seq_info_sized).
+ * Output token arrays of drained events stay valid until the next call of
+ * this function.
  * Errors: KVRT_ERR_INVALID_ARG (NULL sched/count_out, NULL events_out with
- * capacity > 0).
+ * capacity > 0, event_size below KVRT_SEQ_INFO_SIZE_1_0).
  */
-kvrt_status_t kvrt_sched_drain_ended(kvrt_sched_t *sched, kvrt_seq_info_t *events_out,
-                                     uint32_t capacity, uint32_t *count_out);
+kvrt_status_t kvrt_sched_drain_ended_sized(kvrt_sched_t *sched, kvrt_seq_info_t *events_out,
+                                           size_t event_size, uint32_t capacity,
+                                           uint32_t *count_out);
+
+/* kvrt_sched_drain_ended - the _sized call with this header's struct size. */
+static inline kvrt_status_t kvrt_sched_drain_ended(kvrt_sched_t *sched,
+                                                   kvrt_seq_info_t *events_out,
+                                                   uint32_t capacity, uint32_t *count_out)
+{
+    return kvrt_sched_drain_ended_sized(sched, events_out, sizeof(*events_out), capacity,
+                                        count_out);
+}
 
 /* ---- waiting for KV --------------------------------------------------------
  *
@@ -436,7 +503,12 @@ typedef enum kvrt_plan_kind {
     KVRT_PLAN_SPEC = 2     /* one token and num_drafts drafts to verify */
 } kvrt_plan_kind_t;
 
-/* One scheduled sequence. */
+/*
+ * One scheduled sequence. Frozen: it is an array element of the plan that
+ * engines index directly, so its size is part of the ABI and never
+ * changes. New per-sequence plan data come as new parallel arrays in
+ * kvrt_batch_plan_t (as seq_lens and row_index do).
+ */
 typedef struct kvrt_plan_seq {
     kvrt_seq_id_t id;
     uint64_t user_tag;
@@ -452,7 +524,8 @@ typedef struct kvrt_plan_seq {
 
 /*
  * The batch plan: owned by the scheduler, valid until the next step (or
- * destroy). All arrays are in plan order (sequence i's tokens are
+ * destroy); only the library allocates it, so new fields are appended at
+ * its end without breaking callers. All arrays are in plan order (sequence i's tokens are
  * [query_start_loc[i], query_start_loc[i + 1])):
  *
  *   seqs[num_seqs]             per sequence, as above
@@ -557,9 +630,15 @@ kvrt_status_t kvrt_sched_commit(kvrt_sched_t *sched, const kvrt_commit_t *commit
 
 /* ---- statistics ---------------------------------------------------------- */
 
+/* Draft positions counted in spec_proposed_at / spec_accepted_at. */
+#define KVRT_SCHED_DRAFT_POSITIONS KVRT_SCHED_MAX_DRAFT
+/* Admissions in the recent window of prefix_hit_rate_window. */
+#define KVRT_SCHED_HIT_WINDOW 1024u
+
 /*
  * Counters since creation, each also a read-only ctl node "sched.<N>.<field>"
- * (u64; the two ratios are doubles).
+ * (u64; the ratios are doubles; array element j is "<field>.<j>").
+ * Grows by appending fields (see kvrt_seq_info_sized).
  */
 typedef struct kvrt_sched_stats {
     uint64_t steps;              /* non-empty plans */
@@ -592,12 +671,38 @@ typedef struct kvrt_sched_stats {
     uint64_t arrived_tokens;     /* tokens that landed and became computed */
     uint64_t arrivals_failed;    /* completed with fewer blocks than asked */
     uint64_t arrivals_expired;   /* given up at their deadline */
+    /* Draft position j (0 = the first draft): verified, and accepted. The
+     * acceptance at j is accepted_at[j] / proposed_at[j]; a draft is
+     * accepted only if every draft before it was. */
+    uint64_t spec_proposed_at[KVRT_SCHED_DRAFT_POSITIONS];
+    uint64_t spec_accepted_at[KVRT_SCHED_DRAFT_POSITIONS];
+    /* Prefix-cache hits over the last KVRT_SCHED_HIT_WINDOW admissions that
+     * queried the cache (hit tokens / tokens offered), beside the total
+     * rate prefix_hit_tokens / prefix_query_tokens. */
+    uint64_t window_hit_tokens;
+    uint64_t window_query_tokens;
     double spec_acceptance;      /* spec_accepted / spec_proposed */
     double spec_mean_accepted;   /* spec_accepted / spec_verifications */
+    double prefix_hit_rate;      /* prefix_hit_tokens / prefix_query_tokens */
+    double prefix_hit_rate_window; /* window_hit_tokens / window_query_tokens */
 } kvrt_sched_stats_t;
 
-/* kvrt_sched_stats - a copy of the counters. Errors: KVRT_ERR_INVALID_ARG. */
-kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *sched, kvrt_sched_stats_t *stats_out);
+#define KVRT_SCHED_STATS_SIZE_1_0 544u
+
+/*
+ * kvrt_sched_stats_sized - a copy of the counters, the first stats_size
+ * bytes (see kvrt_seq_info_sized). Errors: KVRT_ERR_INVALID_ARG (NULL,
+ * stats_size below KVRT_SCHED_STATS_SIZE_1_0).
+ */
+kvrt_status_t kvrt_sched_stats_sized(const kvrt_sched_t *sched, kvrt_sched_stats_t *stats_out,
+                                     size_t stats_size);
+
+/* kvrt_sched_stats - kvrt_sched_stats_sized() with this header's size. */
+static inline kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *sched,
+                                             kvrt_sched_stats_t *stats_out)
+{
+    return kvrt_sched_stats_sized(sched, stats_out, sizeof(*stats_out));
+}
 
 #ifdef __cplusplus
 }

@@ -59,6 +59,8 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
  * block once in its life (hashes survive preemption). */
 void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q)
 {
+    if (q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE)
+        return;
     uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
     uint32_t full = valid >> s->block_shift;
     if (full <= q->num_inserted)
@@ -110,7 +112,7 @@ static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int
     while (j < count) {
         int32_t t = tokens[j++];
         q->tokens[q->num_tokens++] = t;
-        if (q->num_stop && is_stop(q, t)) {
+        if (q->num_stop && q->num_tokens - q->prompt_len > q->min_tokens && is_stop(q, t)) {
             reason = KVRT_END_STOP;
             break;
         }
@@ -197,6 +199,10 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
                 s->stats.spec_proposed += e->num_drafts;
                 s->stats.spec_accepted += a;
                 s->stats.spec_verifications++;
+                for (uint32_t j = 0; j < e->num_drafts; j++) {
+                    s->stats.spec_proposed_at[j]++;
+                    s->stats.spec_accepted_at[j] += j < a;
+                }
                 if (s->adaptive_draft)
                     adapt_draft(s, q, e->num_drafts, a);
             }

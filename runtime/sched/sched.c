@@ -14,6 +14,12 @@
 
 /* ---- statistics and ctl ------------------------------------------------------ */
 
+/* Structs of the first release are this size: later fields are appended. */
+_Static_assert(sizeof(kvrt_sched_stats_t) == KVRT_SCHED_STATS_SIZE_1_0,
+               "kvrt_sched_stats_t changed size: append fields and keep the 1.0 size");
+
+static inline double ratio(uint64_t num, uint64_t den) { return den ? (double)num / den : 0; }
+
 static void fill_stats(const kvrt_sched_t *s, kvrt_sched_stats_t *out)
 {
     *out = s->stats;
@@ -21,20 +27,26 @@ static void fill_stats(const kvrt_sched_t *s, kvrt_sched_stats_t *out)
     out->running = s->running_live;
     out->ended_undrained = s->ended_count;
     out->awaiting_kv = s->num_awaiting;
-    out->spec_acceptance =
-        s->stats.spec_proposed ? (double)s->stats.spec_accepted / s->stats.spec_proposed : 0;
-    out->spec_mean_accepted = s->stats.spec_verifications
-                                  ? (double)s->stats.spec_accepted / s->stats.spec_verifications
-                                  : 0;
+    out->spec_acceptance = ratio(s->stats.spec_accepted, s->stats.spec_proposed);
+    out->spec_mean_accepted = ratio(s->stats.spec_accepted, s->stats.spec_verifications);
+    out->prefix_hit_rate = ratio(s->stats.prefix_hit_tokens, s->stats.prefix_query_tokens);
+    out->prefix_hit_rate_window =
+        ratio(s->stats.window_hit_tokens, s->stats.window_query_tokens);
 }
 
-KVRT_EXPORT kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *s, kvrt_sched_stats_t *stats_out)
+KVRT_EXPORT kvrt_status_t kvrt_sched_stats_sized(const kvrt_sched_t *s,
+                                                 kvrt_sched_stats_t *stats_out,
+                                                 size_t stats_size)
 {
     if (!s)
         return KVRT_ERR_INVALID_ARG;
-    if (!stats_out)
-        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "stats_out is NULL");
-    fill_stats(s, stats_out);
+    if (!stats_out || stats_size < KVRT_SCHED_STATS_SIZE_1_0)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "stats_out is NULL or its size %zu is below %u", stats_size,
+                         KVRT_SCHED_STATS_SIZE_1_0);
+    kvrt_sched_stats_t st;
+    fill_stats(s, &st);
+    memcpy(stats_out, &st, stats_size < sizeof(st) ? stats_size : sizeof(st));
     return KVRT_OK;
 }
 
@@ -52,6 +64,16 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *s, kvrt_sched_sta
         fill_stats(obj, &st);                                                    \
         v->f64 = st.field;                                                       \
     }
+#define STAT_AT(field, j)                                                        \
+    static void get_##field##_##j(void *obj, kvrt_ctl_value_t *v)                \
+    {                                                                            \
+        v->u64 = ((const kvrt_sched_t *)obj)->stats.field[j];                    \
+    }
+#define POSITIONS(X, field)                                                      \
+    X(field, 0) X(field, 1) X(field, 2) X(field, 3) X(field, 4) X(field, 5)      \
+    X(field, 6) X(field, 7) X(field, 8) X(field, 9) X(field, 10) X(field, 11)    \
+    X(field, 12) X(field, 13) X(field, 14) X(field, 15)
+_Static_assert(KVRT_SCHED_DRAFT_POSITIONS == 16, "POSITIONS lists 16 draft positions");
 #define STAT_LIST(U, F)                                                          \
     U(steps) U(scheduled_tokens) U(prefill_tokens) U(decode_tokens) U(preemptions) \
     U(added) U(finished_length) U(finished_stop) U(aborted) U(failed) U(waiting) \
@@ -60,14 +82,20 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *s, kvrt_sched_sta
     U(budget_bound_steps) U(spec_proposed) U(spec_accepted)                      \
     U(spec_verifications) U(spec_backoff_tokens) U(step_cpu_ns) U(commit_cpu_ns) \
     U(awaiting_kv) U(arrivals) U(arrived_tokens) U(arrivals_failed)              \
-    U(arrivals_expired)                                                          \
-    F(spec_acceptance) F(spec_mean_accepted)
+    U(arrivals_expired) U(window_hit_tokens) U(window_query_tokens)              \
+    F(spec_acceptance) F(spec_mean_accepted) F(prefix_hit_rate)                  \
+    F(prefix_hit_rate_window)
 
 STAT_LIST(STAT_U64, STAT_F64)
+POSITIONS(STAT_AT, spec_proposed_at)
+POSITIONS(STAT_AT, spec_accepted_at)
 
 #define NODE_U64(field) {#field, KVRT_CTL_U64, get_##field, NULL},
 #define NODE_F64(field) {#field, KVRT_CTL_DOUBLE, get_##field, NULL},
-static const kvrt_ctl_node_t sched_nodes[] = {STAT_LIST(NODE_U64, NODE_F64)};
+#define NODE_AT(field, j) {#field "." #j, KVRT_CTL_U64, get_##field##_##j, NULL},
+static const kvrt_ctl_node_t sched_nodes[] = {
+    STAT_LIST(NODE_U64, NODE_F64) POSITIONS(NODE_AT, spec_proposed_at)
+        POSITIONS(NODE_AT, spec_accepted_at)};
 
 /* ---- create / destroy -------------------------------------------------------- */
 
@@ -135,6 +163,7 @@ static void sched_free(kvrt_sched_t *s)
     free(s->running);
     if (s->arrivals)
         sched_free_arrivals(s);
+    free(s->window);
     free(s->arrivals);
     free(s->ended);
     free(s->drained_memory);
@@ -182,6 +211,7 @@ static bool alloc_arrays(kvrt_sched_t *s)
     s->heap = malloc(reqs * sizeof(*s->heap));
     s->ended = malloc(reqs * sizeof(*s->ended));
     s->arrivals = calloc(reqs, sizeof(*s->arrivals));
+    s->window = calloc(KVRT_SCHED_HIT_WINDOW, sizeof(*s->window));
     s->drained_memory = malloc(reqs * sizeof(*s->drained_memory));
     s->running = malloc(seqs * sizeof(*s->running));
     s->rows = calloc(seqs * s->row_stride, sizeof(*s->rows));
@@ -202,7 +232,7 @@ static bool alloc_arrays(kvrt_sched_t *s)
     b->changed[1] = malloc(seqs * sizeof(int32_t));
     b->row_mark = calloc(seqs, sizeof(uint64_t));
     b->match_blocks = malloc((size_t)s->row_stride * sizeof(int32_t));
-    return s->seqs && s->heap && s->ended && s->arrivals && s->drained_memory && s->running &&
+    return s->seqs && s->heap && s->ended && s->arrivals && s->window && s->drained_memory && s->running &&
            s->rows && s->free_rows && b->seqs && b->slot_of && b->query_start_loc &&
            b->seq_lens && b->row_index && b->input_tokens && b->positions && b->slot_mapping &&
            b->copies && b->copy_owner && b->preempted && b->csr_offsets && b->changed[0] &&

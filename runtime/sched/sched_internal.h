@@ -66,6 +66,8 @@ typedef struct seq {
     kvrt_block_hash_t *hashes; /* content hash of each full block, once known */
     uint64_t spec_proposed;
     uint64_t spec_accepted;
+    uint32_t min_tokens;    /* outputs before a stop token counts */
+    uint8_t cache_flags;    /* enum kvrt_seq_cache_flags */
 
     /* ---- cold ---- */
     kvrt_hash_keys_t keys;     /* points into salt and the allocation */
@@ -206,6 +208,10 @@ struct kvrt_sched {
     plan_buffers_t buf;
     bool plan_pending;          /* a non-empty plan awaits its commit */
     uint64_t step_count;        /* numbers plans */
+
+    /* The last KVRT_SCHED_HIT_WINDOW admissions' (hit, offered) tokens. */
+    struct { uint32_t hit, offered; } *window;
+    uint32_t window_next;
 
     kvrt_sched_stats_t stats;
 };

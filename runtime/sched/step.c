@@ -340,6 +340,42 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
     }
 }
 
+/*
+ * The next prefill chunk of q: at most min(its uncomputed tokens,
+ * prefill_chunk_tokens, budget) tokens, cut so that it never ends inside a
+ * multimodal item (the engine consumes an item's encoder output whole):
+ * a chunk that would end inside an item ends before it instead; a chunk
+ * that starts at (or, after a prefix hit, inside) an item takes the rest of
+ * the item whole, past prefill_chunk_tokens if need be. 0 when that does
+ * not fit in the budget left: q waits for a step with room for it.
+ */
+static uint32_t prefill_chunk(const kvrt_sched_t *s, const seq_t *q, uint32_t budget)
+{
+    const uint32_t c = q->computed;
+    uint32_t n = min_u32(min_u32(q->num_tokens - c, s->chunk_tokens), budget);
+    const kvrt_mm_item_t *items = q->keys.mm_items;
+    uint32_t lo = 0, hi = q->keys.num_mm_items;
+    if (KVRT_LIKELY(hi == 0))
+        return n;
+    /* Items are sorted and disjoint: the first one ending after c. */
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (items[mid].offset + items[mid].length <= c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == q->keys.num_mm_items)
+        return n;
+    uint32_t start = items[lo].offset;
+    uint32_t end = min_u32(items[lo].offset + items[lo].length, q->num_tokens);
+    if (c + n <= start || c + n >= end)
+        return n; /* ends before the item, or covers all of it that is left */
+    if (start > c)
+        return start - c;
+    return end - c <= budget ? end - c : 0;
+}
+
 /* Pass 2: the next chunk of every running request still in prefill. */
 static void schedule_prefills(kvrt_sched_t *s, step_state_t *st)
 {
@@ -354,9 +390,13 @@ static void schedule_prefills(kvrt_sched_t *s, step_state_t *st)
             break;
         }
         uint32_t remaining = q->num_tokens - q->computed;
-        uint32_t n = min_u32(min_u32(remaining, s->chunk_tokens), st->budget);
+        uint32_t n = prefill_chunk(s, q, st->budget);
         if (n < remaining && n == st->budget)
             st->budget_bound = true;
+        if (n == 0) { /* a multimodal item that needs more budget */
+            st->budget_bound = true;
+            continue;
+        }
         if (!grow(s, q, n, &st->budget, false))
             continue;
         memcpy(s->buf.input_tokens + s->plan.num_tokens, q->tokens + q->computed,
@@ -407,7 +447,7 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
         return rc;
     q->table = table;
     q->match_tokens = 0;
-    if (!s->cache)
+    if (!s->cache || (q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ))
         return KVRT_OK;
     /* All but the last token: it is recomputed for its logits. */
     uint32_t offered = q->num_tokens - 1;
@@ -419,14 +459,26 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
         q->table = 0;
         return rc;
     }
+    if (m.num_blocks > q->num_hashed)
+        q->num_hashed = m.num_blocks; /* the hash of a dropped hit stays known */
+    if (m.num_blocks && (q->cache_flags & KVRT_SEQ_CACHE_DROP_LAST_HIT)) {
+        /* EAGLE/MTP: the last hit block is recomputed for its hidden states. */
+        m.num_blocks--;
+        kvrt_pool_free(s->pool, 1, &hit_blocks[m.num_blocks]);
+    }
     if (m.num_blocks)
         kvrt_table_adopt(s->pool, table, m.num_blocks, hit_blocks);
-    if (m.num_blocks > q->num_hashed)
-        q->num_hashed = m.num_blocks;
-    q->computed = m.num_tokens;
-    q->match_tokens = m.num_tokens;
+    q->computed = m.num_blocks << s->block_shift;
+    q->match_tokens = q->computed;
     q->num_inserted = m.num_blocks;
     s->stats.prefix_query_tokens += offered;
+    /* The recent window: the oldest admission's tokens leave it. */
+    uint32_t w = s->window_next;
+    s->window_next = (w + 1) % KVRT_SCHED_HIT_WINDOW;
+    s->stats.window_hit_tokens += q->computed - s->window[w].hit;
+    s->stats.window_query_tokens += offered - s->window[w].offered;
+    s->window[w].hit = q->computed;
+    s->window[w].offered = offered;
     return KVRT_OK;
 }
 
@@ -446,10 +498,12 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     /* computed: prefix-cache hits, plus K/V that arrived (arrival.c). */
     uint32_t hit_tokens = q->match_tokens;
     uint32_t remaining = q->num_tokens - q->computed;
-    uint32_t n = min_u32(min_u32(remaining, s->chunk_tokens), st->budget);
+    uint32_t n = prefill_chunk(s, q, st->budget);
     uint32_t need = sched_blocks_for(s, (uint64_t)q->computed + n) -
                     sched_blocks_for(s, q->computed);
-    if (!sched_blocks_available(s, need)) {
+    if (n == 0 || !sched_blocks_available(s, need)) {
+        if (n == 0)
+            st->budget_bound = true;
         if (!q->landed) /* arrived K/V is never given up for a retry */
             s->pinned = sched_slot(s, q);
         return false;

@@ -63,8 +63,7 @@ static kvrt_seq_id_t add(fixture_t *f, const int32_t *prompt, uint32_t n, uint32
 {
     kvrt_seq_params_t p = {.field_mask = keys ? KVRT_SEQ_PARAM_KEYS : 0, .prompt = prompt,
                            .prompt_len = n, .max_new_tokens = max_new};
-    if (keys)
-        p.keys = *keys;
+    p.keys = keys;
     kvrt_seq_id_t id;
     ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &id));
     return id;
