@@ -232,8 +232,8 @@ static bool alloc_arrays(kvrt_sched_t *s)
     b->changed[1] = malloc(seqs * sizeof(int32_t));
     b->row_mark = calloc(seqs, sizeof(uint64_t));
     b->match_blocks = malloc((size_t)s->row_stride * sizeof(int32_t));
-    return s->seqs && s->heap && s->ended && s->arrivals && s->window && s->drained_memory && s->running &&
-           s->rows && s->free_rows && b->seqs && b->slot_of && b->query_start_loc &&
+    return s->seqs && s->heap && s->ended && s->arrivals && s->window && s->drained_memory &&
+           s->running && s->rows && s->free_rows && b->seqs && b->slot_of && b->query_start_loc &&
            b->seq_lens && b->row_index && b->input_tokens && b->positions && b->slot_mapping &&
            b->copies && b->copy_owner && b->preempted && b->csr_offsets && b->changed[0] &&
            b->changed[1] && b->row_mark && b->match_blocks;

@@ -231,7 +231,7 @@ Test(sched_controls, a_prefill_chunk_never_ends_inside_a_multimodal_item)
     cr_assert_arr_eq(chunks, want, sizeof(want));
 }
 
-Test(sched_controls, an_item_longer_than_the_budget_left_waits_and_one_longer_than_any_step_is_refused)
+Test(sched_controls, an_item_beyond_the_budget_left_waits_and_one_beyond_any_step_is_refused)
 {
     /* Budget 20: B decodes one token a step, so the 20-token item of A only
      * fits in a step of its own, once B has ended. */
