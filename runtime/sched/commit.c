@@ -186,10 +186,16 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         uint32_t rejected = e->num_drafts - a;
         q->computed += e->num_new_tokens - rejected;
         if (rejected) {
-            /* Rollback: as if the rejected drafts had never been appended. */
-            kvrt_table_truncate(s->pool, q->table, q->computed);
-            if (sched_blocks_for(s, q->computed) != q->row_blocks)
-                sched_row_sync(s, q, false);
+            /* Rollback: as if the rejected drafts had never been appended.
+             * Drafts the pool's table was never told of just leave the lag. */
+            if (rejected <= q->lag) {
+                q->lag -= rejected;
+            } else {
+                q->lag = 0;
+                kvrt_table_truncate(s->pool, q->table, q->computed);
+                if (sched_blocks_for(s, q->computed) != q->row_blocks)
+                    sched_row_sync(s, q, false);
+            }
         }
         kvrt_seq_end_reason_t reason = KVRT_END_NONE;
         if (e->sample) {

@@ -111,6 +111,7 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
         s->running_dirty = true;
     }
     q->computed = 0;
+    q->lag = 0;
     q->num_inserted = 0;
     q->match_tokens = 0;
     if (q->landed) {
@@ -425,8 +426,10 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_blocks(const kvrt_sched_t *s, kvrt_seq_id_t i
     static const int32_t none[1] = {KVRT_NULL_BLOCK};
     const int32_t *blocks = none;
     uint32_t nb = 0, nt = 0;
-    if (q->table && !q->release_at_commit)
+    if (q->table && !q->release_at_commit) {
         kvrt_table_view(s->pool, q->table, &blocks, &nb, &nt);
+        nt += q->lag; /* tokens the pool's table has not been told of yet */
+    }
     if (blocks_out)
         *blocks_out = blocks;
     if (num_blocks_out)

@@ -39,7 +39,7 @@ typedef struct seq {
     uint8_t state;          /* kvrt_seq_state_t */
     uint8_t in_plan;        /* placed in the current, uncommitted plan */
     uint8_t in_prefill;     /* admitted, not yet sampled since admission */
-    uint8_t unused;
+    uint8_t cache_flags;    /* enum kvrt_seq_cache_flags */
     uint8_t release_at_commit; /* ended while in the plan: free at commit */
     uint8_t draft_len;      /* adaptive draft length (1..k) */
     uint8_t engine_drafts;  /* draft[] tokens set by the engine for next step */
@@ -51,7 +51,9 @@ typedef struct seq {
     uint32_t row_blocks;    /* entries of the row in use */
     uint32_t running_pos;   /* index in sched->running, SCHED_NONE when none */
     uint32_t num_stop;
-    uint32_t num_inserted;  /* table blocks [0, num_inserted) offered to the cache */
+    /* Tokens appended inside the tail block that the pool's table has not
+     * been told yet (step.c: sched_table_sync). */
+    uint32_t lag;
     int32_t *tokens;        /* [capacity]; stop tokens follow at tokens + capacity */
     kvrt_table_id_t table;  /* 0 when the request holds no blocks */
 
@@ -67,7 +69,7 @@ typedef struct seq {
     uint64_t spec_proposed;
     uint64_t spec_accepted;
     uint32_t min_tokens;    /* outputs before a stop token counts */
-    uint8_t cache_flags;    /* enum kvrt_seq_cache_flags */
+    uint32_t num_inserted;  /* table blocks [0, num_inserted) offered to the cache */
 
     /* ---- cold ---- */
     kvrt_hash_keys_t keys;     /* points into salt and the allocation */
@@ -275,6 +277,15 @@ void sched_row_changed(kvrt_sched_t *s, uint32_t row);
 /* Brings row entries in line with the table after an append or truncate. */
 void sched_row_sync(kvrt_sched_t *s, seq_t *q, bool last_replaced);
 void sched_row_release(kvrt_sched_t *s, seq_t *q);
+/* Tells the pool's table the tokens appended lazily inside q's tail block. */
+static inline void sched_table_sync(kvrt_sched_t *s, seq_t *q)
+{
+    if (q->lag) {
+        /* Inside a private tail block: the pool's fast path, no allocation. */
+        kvrt_table_append(s->pool, q->table, q->lag, NULL, NULL, NULL);
+        q->lag = 0;
+    }
+}
 /* Gives q (holding no table) a table with its prefix-cache hits. */
 kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks);
 /* Enough blocks for `need` more, above the watermark when it is in use. */

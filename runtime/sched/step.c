@@ -174,6 +174,22 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
                         bool admitting)
 {
     const uint32_t t0 = s->plan.num_tokens; /* where the caller put its inputs */
+    const uint32_t off = q->computed & (s->tokens_per_block - 1);
+    if (KVRT_LIKELY(off != 0 && off + n <= s->tokens_per_block)) {
+        /* Most decodes: the tokens fit in the tail block, which is private
+         * (a partial block is never shared: the cache holds full blocks and
+         * the scheduler forks nothing). The slots come from q's row, and the
+         * pool's table is told later (lag), so a decode touches neither the
+         * table nor the pool. */
+        int32_t tail = s->rows[(size_t)q->row * s->row_stride + (q->computed >> s->block_shift)];
+        int64_t base = ((int64_t)tail << s->block_shift) | off;
+        int64_t *slots = s->buf.slot_mapping + t0;
+        for (uint32_t k = 0; k < n; k++)
+            slots[k] = base + k;
+        q->lag += n;
+        return true;
+    }
+    sched_table_sync(s, q);
     for (;;) {
         kvrt_block_copy_t copy;
         uint32_t num_copies = 0;
@@ -519,6 +535,8 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     q->in_prefill = 1;
     q->row = s->free_rows[--s->num_free_rows];
     q->row_blocks = 0;
+    if (q->computed) /* hits or arrived K/V: the row starts with them */
+        sched_row_sync(s, q, false);
     q->running_pos = s->num_running;
     s->running[s->num_running++] = sched_slot(s, q);
     s->running_live++;
