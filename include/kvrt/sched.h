@@ -299,6 +299,20 @@ kvrt_status_t kvrt_seq_abort(kvrt_sched_t *sched, kvrt_seq_id_t id);
 kvrt_status_t kvrt_seq_set_draft(kvrt_sched_t *sched, kvrt_seq_id_t id,
                                  const int32_t *tokens, uint32_t count);
 
+/*
+ * kvrt_sched_set_drafts - kvrt_seq_set_draft for num_seqs sequences in one
+ * call (what an engine with a draft model does every step): sequence
+ * ids[i] gets counts[i] draft tokens, taken in order from tokens (their
+ * concatenation, sum(counts) long). Copied; nothing is retained. All or
+ * nothing: every entry is checked before any draft changes. An id listed
+ * twice keeps its last entry.
+ * Errors: as kvrt_seq_set_draft (naming the first bad entry), and
+ * KVRT_ERR_INVALID_ARG for NULL ids/counts with num_seqs > 0.
+ */
+kvrt_status_t kvrt_sched_set_drafts(kvrt_sched_t *sched, uint32_t num_seqs,
+                                    const kvrt_seq_id_t *ids, const uint32_t *counts,
+                                    const int32_t *tokens);
+
 typedef enum kvrt_seq_state {
     KVRT_SEQ_WAITING = 0,   /* queued, never admitted */
     KVRT_SEQ_RUNNING = 1,   /* holds blocks; in prefill or decode */

@@ -334,6 +334,42 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_abort(kvrt_sched_t *s, kvrt_seq_id_t id)
     return KVRT_OK;
 }
 
+/* Checks one draft entry; returns its request (NULL and a status on error). */
+static seq_t *check_draft(kvrt_sched_t *s, kvrt_seq_id_t id, const int32_t *tokens,
+                          uint32_t count, kvrt_status_t *status)
+{
+    seq_t *q = sched_lookup(s, id);
+    if (KVRT_UNLIKELY(!q)) {
+        *status = unknown_request(s, id);
+        return NULL;
+    }
+    if (KVRT_UNLIKELY(count > s->max_draft || (count && !tokens))) {
+        *status = kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                            "%u draft tokens (at most %u, and tokens non-NULL)", count,
+                            s->max_draft);
+        return NULL;
+    }
+    if (KVRT_UNLIKELY(q->state != KVRT_SEQ_RUNNING || q->in_prefill)) {
+        *status = kvrt_fail(s->ctx, KVRT_ERR_BAD_STATE,
+                            "request 0x%llx is not decoding (state %d)",
+                            (unsigned long long)id, (int)q->state);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < count; i++)
+        if (KVRT_UNLIKELY(tokens[i] < 0)) {
+            *status = kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "draft token %u is negative", i);
+            return NULL;
+        }
+    return q;
+}
+
+static inline void store_draft(seq_t *q, const int32_t *tokens, uint32_t count)
+{
+    if (count)
+        memcpy(q->draft, tokens, (size_t)count * sizeof(int32_t));
+    q->engine_drafts = (uint8_t)count;
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_seq_set_draft(kvrt_sched_t *s, kvrt_seq_id_t id,
                                              const int32_t *tokens, uint32_t count)
 {
@@ -342,23 +378,43 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_set_draft(kvrt_sched_t *s, kvrt_seq_id_t id,
     if (s->max_draft == 0)
         return kvrt_fail(s->ctx, KVRT_ERR_UNSUPPORTED,
                          "speculation is off (max_draft_tokens 0)");
-    seq_t *q = sched_lookup(s, id);
+    kvrt_status_t status = KVRT_OK;
+    seq_t *q = check_draft(s, id, tokens, count, &status);
     if (!q)
-        return unknown_request(s, id);
-    if (count > s->max_draft || (count && !tokens))
-        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                         "%u draft tokens (at most %u, and tokens non-NULL)", count,
-                         s->max_draft);
-    if (q->state != KVRT_SEQ_RUNNING || q->in_prefill)
-        return kvrt_fail(s->ctx, KVRT_ERR_BAD_STATE,
-                         "request 0x%llx is not decoding (state %d)",
-                         (unsigned long long)id, (int)q->state);
-    for (uint32_t i = 0; i < count; i++)
-        if (tokens[i] < 0)
-            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "draft token %u is negative", i);
-    if (count)
-        memcpy(q->draft, tokens, (size_t)count * sizeof(int32_t));
-    q->engine_drafts = (uint8_t)count;
+        return status;
+    store_draft(q, tokens, count);
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_sched_set_drafts(kvrt_sched_t *s, uint32_t num_seqs,
+                                                const kvrt_seq_id_t *ids,
+                                                const uint32_t *counts, const int32_t *tokens)
+{
+    if (KVRT_UNLIKELY(!s))
+        return KVRT_ERR_INVALID_ARG;
+    if (KVRT_UNLIKELY(s->max_draft == 0))
+        return kvrt_fail(s->ctx, KVRT_ERR_UNSUPPORTED,
+                         "speculation is off (max_draft_tokens 0)");
+    if (KVRT_UNLIKELY(num_seqs && (!ids || !counts)))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "ids and counts are required");
+    /* Pass 1 checks everything (and warms each request's line for pass 2). */
+    kvrt_status_t status = KVRT_OK;
+    const int32_t *at = tokens;
+    for (uint32_t i = 0; i < num_seqs; i++) {
+        if (i + SCHED_PREFETCH < num_seqs) {
+            uint32_t ahead = (uint32_t)ids[i + SCHED_PREFETCH] - 1;
+            if (ahead < s->max_requests)
+                __builtin_prefetch(&s->seqs[ahead]);
+        }
+        if (!check_draft(s, ids[i], at, counts[i], &status))
+            return kvrt_fail(s->ctx, status, "entry %u: %s", i, kvrt_ctx_last_error(s->ctx));
+        at += counts[i];
+    }
+    at = tokens;
+    for (uint32_t i = 0; i < num_seqs; i++) {
+        store_draft(sched_lookup(s, ids[i]), at, counts[i]);
+        at += counts[i];
+    }
     return KVRT_OK;
 }
 

@@ -461,6 +461,14 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
     kvrt_status_t rc = kvrt_table_create(s->pool, &table);
     if (rc != KVRT_OK)
         return rc;
+    /* Room for the longest request, so no append of its life reallocates
+     * (tables keep their arrays when reused: this allocates only the first
+     * time a table slot serves this scheduler). */
+    rc = kvrt_table_reserve(s->pool, table, s->row_stride);
+    if (rc != KVRT_OK) {
+        kvrt_table_destroy(s->pool, table);
+        return rc;
+    }
     q->table = table;
     q->match_tokens = 0;
     if (!s->cache || (q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ))
