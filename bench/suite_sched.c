@@ -219,6 +219,18 @@ static double time_memcpy(const kvrt_batch_plan_t *plan, uint32_t reps)
     return ns;
 }
 
+/* The measured iterations, in a function of their own so that callgrind
+ * can count exactly them: --toggle-collect=measured_steps. */
+__attribute__((noinline)) static int measured_steps(fixture_t *f, bool spec, uint32_t iters,
+                                                    uint32_t *k,
+                                                    const kvrt_batch_plan_t **plan_out)
+{
+    for (uint32_t i = 0; i < iters; i++)
+        if (iterate(f, spec, (*k)++, plan_out))
+            return -1;
+    return 0;
+}
+
 /* Median ns per sequence of step + commit at n; *memcpy_ns_out the
  * baseline copy of the plan's arrays, per sequence. */
 static int run_size(const bench_options_t *o, uint32_t n, bool spec, bool cache,
@@ -238,9 +250,8 @@ static int run_size(const bench_options_t *o, uint32_t n, bool spec, bool cache,
     uint32_t k = 0;
     for (int r = 0; r < o->repeats; r++) {
         uint64_t start = bench_now_ns();
-        for (uint32_t i = 0; i < iters; i++)
-            if (iterate(&f, spec, k++, &plan))
-                goto fail;
+        if (measured_steps(&f, spec, iters, &k, &plan))
+            goto fail;
         step_ns[r] = (double)(bench_now_ns() - start) / iters / n;
         base_ns[r] = time_memcpy(plan, iters) / n;
     }
@@ -264,11 +275,19 @@ fail:
 static int run_sched(const bench_options_t *o)
 {
     const uint32_t sizes[NUM_SIZES] = {1024, 4096, 8192, 16384, 32768};
-    const int count = o->quick ? 2 : NUM_SIZES;
+    const int count = o->quick && !getenv("KVRT_BENCH_SCHED") ? 2 : NUM_SIZES;
     double plain[NUM_SIZES];
     static const char *const kinds[3] = {"", "cache.", "spec4."};
+    /* KVRT_BENCH_SCHED=<variant>.<n> (variant plain, cache or spec4) runs
+     * that one configuration, e.g. under callgrind. */
+    const char *only = getenv("KVRT_BENCH_SCHED");
     for (int v = 0; v < 3; v++) {
         for (int i = 0; i < count; i++) {
+            char config[32];
+            snprintf(config, sizeof(config), "%s.%u", v == 0 ? "plain" : v == 1 ? "cache" : "spec4",
+                     sizes[i]);
+            if (only && strcmp(only, config) != 0)
+                continue;
             double ns, copy_ns;
             if (run_size(o, sizes[i], v == 2, v == 1, &ns, &copy_ns))
                 return -1;
@@ -286,7 +305,7 @@ static int run_sched(const bench_options_t *o)
                      copy_ns);
             /* plain: flat per sequence against 1K; cache and speculation
              * against plain at the same size. */
-            double base = v == 0 ? plain[0] : plain[i];
+            double base = only ? 0 : v == 0 ? plain[0] : plain[i];
             bench_report(&(bench_figure_t){
                 .name = name, .unit = "ns/seq", .value = ns,
                 .baseline_name = v == 0 ? "plain_at_1024" : "plain_same_n",
