@@ -108,20 +108,24 @@ static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int
 {
     bool first = q->num_tokens == q->prompt_len;
     kvrt_seq_end_reason_t reason = KVRT_END_NONE;
-    uint32_t j = 0;
-    while (j < count) {
-        int32_t t = tokens[j++];
-        q->tokens[q->num_tokens++] = t;
-        if (q->num_stop && q->num_tokens - q->prompt_len > q->min_tokens && is_stop(q, t)) {
-            reason = KVRT_END_STOP;
-            break;
-        }
-        if (q->num_tokens >= q->max_tokens) {
-            reason = KVRT_END_LENGTH;
-            break;
-        }
+    uint32_t room = q->max_tokens - q->num_tokens; /* >= 1 while it runs */
+    uint32_t n = count < room ? count : room;
+    if (q->num_stop) {
+        uint32_t outputs = q->num_tokens - q->prompt_len;
+        for (uint32_t j = 0; j < n; j++)
+            if (outputs + j + 1 > q->min_tokens && is_stop(q, tokens[j])) {
+                n = j + 1; /* the stop token is kept, nothing after it */
+                reason = KVRT_END_STOP;
+                break;
+            }
     }
-    s->stats.output_tokens += j;
+    int32_t *at = q->tokens + q->num_tokens;
+    for (uint32_t j = 0; j < n; j++)
+        at[j] = tokens[j];
+    q->num_tokens += n;
+    if (reason == KVRT_END_NONE && q->num_tokens >= q->max_tokens)
+        reason = KVRT_END_LENGTH;
+    s->stats.output_tokens += n;
     if (first) {
         q->first_token_ns = s->plan.now_ns;
         if (q->deadline_ns != UINT64_MAX && s->plan.now_ns > q->deadline_ns) {
@@ -205,10 +209,9 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
                 s->stats.spec_proposed += e->num_drafts;
                 s->stats.spec_accepted += a;
                 s->stats.spec_verifications++;
-                for (uint32_t j = 0; j < e->num_drafts; j++) {
-                    s->stats.spec_proposed_at[j]++;
-                    s->stats.spec_accepted_at[j] += j < a;
-                }
+                /* Per-position counts are derived when read (sched.c). */
+                s->spec_by_drafts[e->num_drafts]++;
+                s->spec_by_accepted[a]++;
                 if (s->adaptive_draft)
                     adapt_draft(s, q, e->num_drafts, a);
             }

@@ -32,6 +32,13 @@ static void fill_stats(const kvrt_sched_t *s, kvrt_sched_stats_t *out)
     out->prefix_hit_rate = ratio(s->stats.prefix_hit_tokens, s->stats.prefix_query_tokens);
     out->prefix_hit_rate_window =
         ratio(s->stats.window_hit_tokens, s->stats.window_query_tokens);
+    uint64_t proposed = 0, accepted = 0;
+    for (uint32_t j = KVRT_SCHED_DRAFT_POSITIONS; j-- > 0;) {
+        proposed += s->spec_by_drafts[j + 1];
+        accepted += s->spec_by_accepted[j + 1];
+        out->spec_proposed_at[j] = proposed;
+        out->spec_accepted_at[j] = accepted;
+    }
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_sched_stats_sized(const kvrt_sched_t *s,
@@ -67,7 +74,9 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_stats_sized(const kvrt_sched_t *s,
 #define STAT_AT(field, j)                                                        \
     static void get_##field##_##j(void *obj, kvrt_ctl_value_t *v)                \
     {                                                                            \
-        v->u64 = ((const kvrt_sched_t *)obj)->stats.field[j];                    \
+        kvrt_sched_stats_t st;                                                   \
+        fill_stats(obj, &st);                                                    \
+        v->u64 = st.field[j];                                                    \
     }
 #define POSITIONS(X, field)                                                      \
     X(field, 0) X(field, 1) X(field, 2) X(field, 3) X(field, 4) X(field, 5)      \

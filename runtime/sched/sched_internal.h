@@ -215,6 +215,12 @@ struct kvrt_sched {
     struct { uint32_t hit, offered; } *window;
     uint32_t window_next;
 
+    /* Verifications by draft count and by accepted count: position j was
+     * proposed by those with more than j drafts, accepted by those with
+     * more than j accepted (one increment each per entry at commit). */
+    uint64_t spec_by_drafts[KVRT_SCHED_MAX_DRAFT + 1];
+    uint64_t spec_by_accepted[KVRT_SCHED_MAX_DRAFT + 1];
+
     kvrt_sched_stats_t stats;
 };
 
