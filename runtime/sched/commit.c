@@ -120,7 +120,8 @@ static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int
             }
     }
     int32_t *at = q->tokens + q->num_tokens;
-    for (uint32_t j = 0; j < n; j++)
+    at[0] = tokens[0]; /* n >= 1: one token is the plain decode's whole case */
+    for (uint32_t j = 1; j < n; j++)
         at[j] = tokens[j];
     q->num_tokens += n;
     if (reason == KVRT_END_NONE && q->num_tokens >= q->max_tokens)
