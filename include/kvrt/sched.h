@@ -68,8 +68,9 @@
  *
  * Preemption. When a running sequence needs a block and the pool has none,
  * first a waiting head gives up its prefix hits, then queued requests
- * holding K/V that arrived give it up (see "waiting for KV"; the one
- * admitted last first; with a prefix cache the blocks stay cached, idle).
+ * holding K/V that arrived give it up (see "waiting for KV"; the one the
+ * admission order reaches last goes first; with a prefix cache the blocks
+ * stay cached, idle).
  * Then the scheduler preempts a *victim*: among all running sequences (the
  * one in need included, whether or not already placed in this step's
  * plan), the lowest priority, then the latest arrival (kvrt_seq_add order).
