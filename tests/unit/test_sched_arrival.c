@@ -8,49 +8,20 @@
  */
 #include <string.h>
 
-#include "test_helpers.h"
+#include "sched_fixture.h"
 
 #define TPB 4u
 
-typedef struct fixture {
-    kvrt_ctx_t *ctx;
-    kvrt_pool_t *pool;
-    kvrt_cache_t *cache;
-    kvrt_sched_t *sched;
-} fixture_t;
+typedef sched_fixture_t fixture_t;
 
 static fixture_t open_fixture(uint32_t blocks, bool cache)
 {
-    fixture_t f = {0};
-    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
-    f.pool = test_pool(f.ctx, blocks, TPB);
-    if (cache)
-        ASSERT_OK(f.ctx, kvrt_cache_create(f.pool, NULL, &f.cache));
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK, .use_watermark = 0};
-    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, f.cache, &sp, &f.sched));
-    return f;
+    return sched_fixture_open(blocks, TPB, cache, &sp);
 }
 
-static uint32_t used_blocks(const fixture_t *f)
-{
-    kvrt_pool_info_t info;
-    ASSERT_OK(f->ctx, kvrt_pool_info(f->pool, &info));
-    return info.used_blocks;
-}
-
-static void close_fixture(fixture_t *f)
-{
-    ASSERT_OK(f->ctx, kvrt_pool_verify(f->pool));
-    if (f->cache)
-        ASSERT_OK(f->ctx, kvrt_cache_verify(f->cache));
-    kvrt_pool_info_t info;
-    ASSERT_OK(f->ctx, kvrt_pool_info(f->pool, &info));
-    cr_assert_eq(info.used_blocks, 0, "blocks leaked: %u", info.used_blocks);
-    cr_assert_eq(info.live_tables, 0, "tables leaked: %u", info.live_tables);
-    kvrt_sched_destroy(f->sched);
-    kvrt_cache_destroy(f->cache);
-    kvrt_ctx_destroy(f->ctx);
-}
+#define used_blocks sched_fixture_used_blocks
+#define close_fixture sched_fixture_close
 
 static kvrt_seq_id_t add(fixture_t *f, uint32_t prompt_len, int32_t first)
 {
@@ -83,14 +54,7 @@ static const kvrt_batch_plan_t *step(fixture_t *f, uint64_t now)
 
 static void commit(fixture_t *f, const kvrt_batch_plan_t *plan)
 {
-    int32_t tokens[64];
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < plan->num_seqs; i++)
-        if (plan->seqs[i].sample)
-            tokens[n++] = 7;
-    kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = n,
-                       .tokens = tokens};
-    ASSERT_OK(f->ctx, kvrt_sched_commit(f->sched, &c));
+    sched_fixture_commit(f, plan, 7);
 }
 
 static int plan_index(const kvrt_batch_plan_t *plan, kvrt_seq_id_t id)
@@ -394,14 +358,11 @@ Test(sched_arrival, refused_calls_change_nothing)
 
 Test(sched_arrival, queued_arrived_kv_is_given_up_under_pressure_before_any_preemption)
 {
-    fixture_t f = {0};
-    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
-    f.pool = test_pool(f.ctx, 8, TPB); /* 7 usable blocks */
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK |
                                             KVRT_SCHED_PARAM_MAX_SEQS,
                               .use_watermark = 0,
                               .max_seqs = 1};
-    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, NULL, &sp, &f.sched));
+    fixture_t f = sched_fixture_open(8, TPB, false, &sp); /* 7 usable blocks */
     int32_t prompt[32];
     for (int i = 0; i < 32; i++)
         prompt[i] = i;

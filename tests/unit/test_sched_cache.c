@@ -8,40 +8,11 @@
  */
 #include <string.h>
 
-#include "test_helpers.h"
+#include "sched_fixture.h"
 
-typedef struct fixture {
-    kvrt_ctx_t *ctx;
-    kvrt_pool_t *pool;
-    kvrt_cache_t *cache;
-    kvrt_sched_t *sched;
-} fixture_t;
-
-static fixture_t open_fixture(uint32_t blocks, uint32_t tpb, bool cache,
-                              const kvrt_sched_params_t *sp)
-{
-    fixture_t f = {0};
-    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
-    f.pool = test_pool(f.ctx, blocks, tpb);
-    if (cache)
-        ASSERT_OK(f.ctx, kvrt_cache_create(f.pool, NULL, &f.cache));
-    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, f.cache, sp, &f.sched));
-    return f;
-}
-
-static void close_fixture(fixture_t *f)
-{
-    ASSERT_OK(f->ctx, kvrt_pool_verify(f->pool));
-    if (f->cache)
-        ASSERT_OK(f->ctx, kvrt_cache_verify(f->cache));
-    kvrt_pool_info_t info;
-    ASSERT_OK(f->ctx, kvrt_pool_info(f->pool, &info));
-    cr_assert_eq(info.used_blocks, 0, "blocks leaked: %u", info.used_blocks);
-    cr_assert_eq(info.live_tables, 0);
-    kvrt_sched_destroy(f->sched);
-    kvrt_cache_destroy(f->cache);
-    kvrt_ctx_destroy(f->ctx);
-}
+typedef sched_fixture_t fixture_t;
+#define open_fixture sched_fixture_open
+#define close_fixture sched_fixture_close
 
 /* The engine's "model": the token at position p. */
 static int32_t model_at(uint32_t pos) { return (int32_t)(1000 + pos); }

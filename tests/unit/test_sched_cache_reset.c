@@ -4,26 +4,13 @@
  * blocks are referenced (changing nothing), and with FORGET_BUSY unindexes
  * referenced blocks, which their holders keep until they end.
  */
-#include "test_helpers.h"
+#include "sched_fixture.h"
 
 #define TPB 4u
 
-typedef struct fixture {
-    kvrt_ctx_t *ctx;
-    kvrt_pool_t *pool;
-    kvrt_cache_t *cache;
-    kvrt_sched_t *sched;
-} fixture_t;
+typedef sched_fixture_t fixture_t;
 
-static fixture_t open_fixture(void)
-{
-    fixture_t f = {0};
-    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
-    f.pool = test_pool(f.ctx, 64, TPB);
-    ASSERT_OK(f.ctx, kvrt_cache_create(f.pool, NULL, &f.cache));
-    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, f.cache, NULL, &f.sched));
-    return f;
-}
+static fixture_t open_fixture(void) { return sched_fixture_open(64, TPB, true, NULL); }
 
 static kvrt_pool_info_t pool_info(const fixture_t *f)
 {
@@ -39,15 +26,7 @@ static kvrt_cache_stats_t cache_stats(const fixture_t *f)
     return st;
 }
 
-static void close_fixture(fixture_t *f)
-{
-    ASSERT_OK(f->ctx, kvrt_pool_verify(f->pool));
-    ASSERT_OK(f->ctx, kvrt_cache_verify(f->cache));
-    cr_assert_eq(pool_info(f).used_blocks, 0);
-    kvrt_sched_destroy(f->sched);
-    kvrt_cache_destroy(f->cache);
-    kvrt_ctx_destroy(f->ctx);
-}
+#define close_fixture sched_fixture_close
 
 static kvrt_seq_id_t add(fixture_t *f, uint32_t max_new)
 {
@@ -68,13 +47,7 @@ static uint32_t step_commit(fixture_t *f, uint64_t now)
     if (!plan->num_seqs)
         return UINT32_MAX;
     uint32_t computed = plan->seqs[0].num_computed_tokens;
-    int32_t tokens[8] = {5, 5, 5, 5, 5, 5, 5, 5};
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < plan->num_seqs; i++)
-        n += plan->seqs[i].sample;
-    kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = n,
-                       .tokens = tokens};
-    ASSERT_OK(f->ctx, kvrt_sched_commit(f->sched, &c));
+    sched_fixture_commit(f, plan, 5);
     return computed;
 }
 

@@ -6,40 +6,19 @@
  */
 #include <string.h>
 
-#include "test_helpers.h"
+#include "sched_fixture.h"
 
 #define TPB 4u
 
-typedef struct fixture {
-    kvrt_ctx_t *ctx;
-    kvrt_pool_t *pool;
-    kvrt_cache_t *cache;
-    kvrt_sched_t *sched;
-} fixture_t;
+typedef sched_fixture_t fixture_t;
 
 static fixture_t open_fixture(bool cache, const kvrt_sched_params_t *sp)
 {
-    fixture_t f = {0};
-    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
-    f.pool = test_pool(f.ctx, 256, TPB);
-    if (cache)
-        ASSERT_OK(f.ctx, kvrt_cache_create(f.pool, NULL, &f.cache));
-    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, f.cache, sp, &f.sched));
-    return f;
+    return sched_fixture_open(256, TPB, cache, sp);
 }
 
-static void close_fixture(fixture_t *f)
-{
-    ASSERT_OK(f->ctx, kvrt_pool_verify(f->pool));
-    if (f->cache)
-        ASSERT_OK(f->ctx, kvrt_cache_verify(f->cache));
-    kvrt_pool_info_t info;
-    ASSERT_OK(f->ctx, kvrt_pool_info(f->pool, &info));
-    cr_assert_eq(info.used_blocks, 0, "blocks leaked: %u", info.used_blocks);
-    kvrt_sched_destroy(f->sched);
-    kvrt_cache_destroy(f->cache);
-    kvrt_ctx_destroy(f->ctx);
-}
+#define close_fixture sched_fixture_close
+#define commit_token sched_fixture_commit
 
 static int32_t prompt_33[33];
 
@@ -52,19 +31,6 @@ static kvrt_seq_id_t add_flags(fixture_t *f, uint32_t len, uint32_t cache_flags)
     kvrt_seq_id_t id;
     ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &id));
     return id;
-}
-
-/* Commits `token` for every sampling entry. */
-static void commit_token(fixture_t *f, const kvrt_batch_plan_t *plan, int32_t token)
-{
-    int32_t tokens[64];
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < plan->num_seqs; i++)
-        if (plan->seqs[i].sample)
-            tokens[n++] = token;
-    kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = n,
-                       .tokens = tokens};
-    ASSERT_OK(f->ctx, kvrt_sched_commit(f->sched, &c));
 }
 
 /* Admits the next request alone, runs it to its end; its first entry. */

@@ -6,35 +6,19 @@
  */
 #include <string.h>
 
-#include "test_helpers.h"
+#include "sched_fixture.h"
 
-typedef struct fixture {
-    kvrt_ctx_t *ctx;
-    kvrt_pool_t *pool;
-    kvrt_cache_t *cache;
-    kvrt_sched_t *sched;
-} fixture_t;
+typedef sched_fixture_t fixture_t;
 
 static fixture_t open_fixture(uint32_t draft)
 {
-    fixture_t f = {0};
-    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
-    f.pool = test_pool(f.ctx, 1024, 4);
-    ASSERT_OK(f.ctx, kvrt_cache_create(f.pool, NULL, &f.cache));
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_DRAFT |
                                             KVRT_SCHED_PARAM_ADAPTIVE_DRAFT,
                               .max_draft_tokens = draft, .adaptive_draft = 0};
-    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, f.cache, &sp, &f.sched));
-    return f;
+    return sched_fixture_open(1024, 4, true, &sp);
 }
 
-static void close_fixture(fixture_t *f)
-{
-    ASSERT_OK(f->ctx, kvrt_pool_verify(f->pool));
-    kvrt_sched_destroy(f->sched);
-    kvrt_cache_destroy(f->cache);
-    kvrt_ctx_destroy(f->ctx);
-}
+#define close_fixture sched_fixture_close
 
 /* One step: every sampling entry accepts `accepted` drafts (at most its
  * own) and samples token 9. */
