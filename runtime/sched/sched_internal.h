@@ -12,6 +12,8 @@
 #ifndef KVRT_SCHED_INTERNAL_H
 #define KVRT_SCHED_INTERNAL_H
 
+#include <stddef.h>
+
 #include "cache/cache_internal.h"
 #include "core/core.h"
 #include "kv/pool_internal.h"
@@ -94,6 +96,10 @@ typedef struct seq {
     bool counted_prompt;    /* prompt counted in stats at first admission */
     void *allocation;       /* tokens, stop tokens, hashes, mm items, ngram */
 } __attribute__((aligned(64))) seq_t;
+/* The layout the hot loops rely on: one line for a decode, one more for
+ * its commit. */
+_Static_assert(offsetof(seq_t, user_tag) == 64, "seq_t's hot fields outgrew one cache line");
+_Static_assert(offsetof(seq_t, keys) == 128, "seq_t's second line outgrew 64 bytes");
 
 /* A waiting-queue entry: the ordering key, copied out of the request. */
 typedef struct heap_entry {
