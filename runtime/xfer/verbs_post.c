@@ -50,8 +50,8 @@ static bool key_parse(const kvrt_xfer_bk_remote_t *r, key_view_t *v)
         return false;
     v->ndev = k[1];
     v->npieces = k[2];
-    v->base = vb_get_u64(k + 8);
-    v->piece = vb_get_u64(k + 16);
+    v->base = kvrt_load_le64(k + 8);
+    v->piece = kvrt_load_le64(k + 16);
     v->rkeys = k + VB_KEY_HEADER;
     return v->ndev >= 1 && v->ndev <= VB_MAX_DEVICES && v->npieces >= 1 &&
            v->npieces <= VB_MAX_PIECES &&
@@ -62,7 +62,7 @@ static bool key_parse(const kvrt_xfer_bk_remote_t *r, key_view_t *v)
 static uint32_t key_rkey(const key_view_t *v, uint32_t qp, uint64_t piece)
 {
     /* the peer's QP k sits on its device k % ndev, as ours does */
-    return vb_get_u32(v->rkeys + 4 * ((qp % v->ndev) * v->npieces + piece));
+    return kvrt_load_le32(v->rkeys + 4 * ((qp % v->ndev) * v->npieces + piece));
 }
 
 static kvrt_status_t map_wc_status(enum ibv_wc_status s)

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/endian.h"
 #include "kvrt/kvrt.h"
 #include "test_helpers.h"
 
@@ -118,6 +119,15 @@ static inline kvrt_xfer_remote_t *txu_import(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *
     kvrt_xfer_remote_t *rem = NULL;
     ASSERT_OK(ctx, kvrt_xfer_import(peer, desc, len, &rem));
     return rem;
+}
+
+/* A registered region's wire id, read from its descriptor (bytes 8..11). */
+static inline uint32_t txu_region_id(kvrt_ctx_t *ctx, const kvrt_xfer_region_t *r)
+{
+    uint8_t desc[KVRT_XFER_DESCRIPTOR_MAX];
+    size_t len = 0;
+    ASSERT_OK(ctx, kvrt_xfer_region_descriptor(r, desc, sizeof(desc), &len));
+    return kvrt_load_le32(desc + 8);
 }
 
 static inline uint64_t txu_stat(kvrt_ctx_t *ctx, const char *name)
