@@ -216,6 +216,11 @@ void kvrt_xfer_bk_batch_done(kvrt_xfer_bk_batch_t *bk, kvrt_status_t status)
     b->done = true;
     r->batches_out--;
     r->inflight -= b->bk.bytes;
+    /* A connection failure marks every request it carried PEER_FAILED
+     * before their batches come back; a batch that names the cause (an
+     * error completion for a bad remote access) is the better answer. */
+    if (status == KVRT_ERR_REMOTE_ACCESS && r->error == KVRT_ERR_PEER_FAILED)
+        r->error = status;
     if (status != KVRT_OK)
         request_fail(r, status);
     else if (r->error != KVRT_OK)

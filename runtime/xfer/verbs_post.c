@@ -121,6 +121,11 @@ void vb_deliver(vb_conn_t *c)
         kvrt_xfer_bk_refuse(c->peer, KVRT_ERR_PROTOCOL, refuse_why);
     if (written || read)
         kvrt_xfer_bk_count_bytes(c->b->agent, written, read);
+    /* The connection's failure first: a request failed by it completes only
+     * after its peer already shows the failure (state, last_error), as on
+     * the TCP backend; the batches then name their own causes. */
+    if (report_fail)
+        kvrt_xfer_bk_conn_failed(c->peer, report_status, why);
     while (done) {
         kvrt_xfer_bk_batch_t *next = done->backend_data[1];
         kvrt_xfer_bk_batch_done(done, (kvrt_status_t)(intptr_t)done->backend_data[0]);
@@ -131,8 +136,6 @@ void vb_deliver(vb_conn_t *c)
         kvrt_xfer_bk_msg_done(mfail, KVRT_ERR_PEER_FAILED, NULL, 0);
         mfail = next;
     }
-    if (report_fail)
-        kvrt_xfer_bk_conn_failed(c->peer, report_status, why);
 }
 
 /* One WR is done with, posted (`posted`) or dropped from a queue. */

@@ -217,10 +217,7 @@ Test(xfer_lifetime, self_freeing_requests_whose_post_fails)
         cr_assert_eq(st, KVRT_ERR_PEER_FAILED);
         cr_assert_gt(ok, 0);
         /* Every one of them completed once. */
-        uint64_t end = txu_now_ms() + 5000;
-        while (txu_stat(p.ctx, "xfer.0.outstanding") && txu_now_ms() < end)
-            usleep(1000);
-        cr_assert_eq(txu_stat(p.ctx, "xfer.0.outstanding"), 0);
+        cr_assert_eq(txu_stat_drained(p.ctx, "xfer.0.outstanding", 5000), 0);
         ASSERT_OK(p.ctx, kvrt_xfer_deregister(l));
         ASSERT_OK(p.ctx, kvrt_xfer_agent_destroy(p.a));
         kvrt_ctx_destroy(p.ctx);

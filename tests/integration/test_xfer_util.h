@@ -137,6 +137,21 @@ static inline uint64_t txu_stat(kvrt_ctx_t *ctx, const char *name)
     return v;
 }
 
+/* Waits (bounded) until the u64 ctl node `name` reads 0 and returns what it
+ * reads last. A request completes on its sender only when the peer's answer
+ * arrives, which may be after the peer already acted on it (a notification
+ * is queued there before its acknowledgement travels back). */
+static inline uint64_t txu_stat_drained(kvrt_ctx_t *ctx, const char *name, uint32_t timeout_ms)
+{
+    uint64_t end = txu_now_ms() + timeout_ms;
+    uint64_t v;
+    while ((v = txu_stat(ctx, name)) != 0 && txu_now_ms() < end) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return v;
+}
+
 /* Waits (bounded) for a notification on agent; 1 when one arrived. */
 static inline int txu_wait_note(kvrt_xfer_agent_t *a, kvrt_xfer_notification_t *out,
                                 uint32_t timeout_ms)
