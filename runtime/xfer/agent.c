@@ -350,28 +350,6 @@ void kvrt_xfer_bk_refuse(kvrt_xfer_bk_peer_t *p, kvrt_status_t status, const cha
              kvrt_status_str(status), why);
 }
 
-kvrt_status_t kvrt_xfer_bk_deliver_msg(kvrt_xfer_bk_peer_t *p, uint32_t type,
-                                       const uint8_t *payload, uint32_t bytes,
-                                       uint8_t *reply, uint32_t capacity,
-                                       uint32_t *reply_bytes_out)
-{
-    *reply_bytes_out = 0;
-    if (type == XFER_MSG_NOTIFY) {
-        if (bytes == 0 || bytes > KVRT_XFER_NOTIFY_MAX) {
-            kvrt_xfer_bk_refuse(p, KVRT_ERR_PROTOCOL, "notification of bad size");
-            return KVRT_ERR_PROTOCOL;
-        }
-        pthread_mutex_lock(&p->agent->lock);
-        xfer_notification_push(p->agent, p->name, KVRT_OK, payload, bytes);
-        pthread_mutex_unlock(&p->agent->lock);
-        return KVRT_OK;
-    }
-    if (type == XFER_MSG_KV_VERIFY || type == XFER_MSG_KV_HASHES)
-        return xfer_kv_serve_msg(p, type, payload, bytes, reply, capacity, reply_bytes_out);
-    kvrt_xfer_bk_refuse(p, KVRT_ERR_PROTOCOL, "unknown message type");
-    return KVRT_ERR_PROTOCOL;
-}
-
 /* ---- the accept thread ---------------------------------------------------- */
 
 static void accept_one(kvrt_xfer_agent_t *a, int fd)
@@ -649,6 +627,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
     if (st == KVRT_OK)
         st = kvrt_cq_create(ctx, XFER_NOTIFY_QUEUE, sizeof(kvrt_xfer_notification_t),
                             KVRT_CQ_DROP_OLDEST, kvrt_cq_fd(a->completions), &a->notes);
+    if (st == KVRT_OK)
+        st = xfer_layers_register(a);
     if (st == KVRT_OK && kvrt_xfer_sc_listen(&addr, &bound, &a->listen_fd) != KVRT_OK)
         st = kvrt_fail(ctx, KVRT_ERR_IO, "cannot listen on %s: %s", listen_text, strerror(errno));
     if (st == KVRT_OK) {

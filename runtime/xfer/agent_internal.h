@@ -41,6 +41,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "dispatch.h"
 #include "core/completion_queue.h"
 #include "core/core.h"
 #include "kvrt/xfer.h"
@@ -135,7 +136,6 @@ typedef enum xfer_phase {
 } xfer_phase_t;
 
 typedef struct xfer_batch xfer_batch_t;
-typedef struct xfer_msg xfer_msg_t;
 
 struct kvrt_xfer_request {
     kvrt_xfer_agent_t *agent;
@@ -162,7 +162,9 @@ struct kvrt_xfer_request {
     xfer_msg_t *msg;           /* the closing message in flight, or NULL */
     uint8_t notify[KVRT_XFER_NOTIFY_MAX];
     uint32_t notify_bytes;
-    struct xfer_kv *kv;        /* KV transfer state (kv.c), or NULL */
+    /* The layer that made the request (its closing messages), or NULL. */
+    const xfer_request_layer_t *layer;
+    void *layer_state;
 };
 
 struct xfer_batch {
@@ -217,13 +219,7 @@ struct kvrt_xfer_agent {
     kvrt_cq_t *completions;
     kvrt_cq_t *notes;
     xfer_stats_t stats;
-};
-
-/* Message types carried by kvrt_xfer_bk_msg_t. */
-enum xfer_msg_type {
-    XFER_MSG_NOTIFY = 1,       /* payload: notification bytes */
-    XFER_MSG_KV_VERIFY = 2,    /* kv.c: checksums to verify, maybe a notification */
-    XFER_MSG_KV_HASHES = 3     /* kv.c: asks for checksums of blocks */
+    xfer_msg_serve_fn handlers[XFER_MSG_TYPES]; /* dispatch.c; fixed after create */
 };
 
 /* ---- agent.c ----------------------------------------------------------- */
@@ -273,19 +269,8 @@ void xfer_notification_push(kvrt_xfer_agent_t *agent, const char *from,
                             kvrt_status_t status, const uint8_t *data,
                             uint32_t bytes);
 
-/* ---- kv.c -------------------------------------------------------------- */
-/* Builds the next closing message of a KV request (lock held); NULL when
- * there is none left. Sets *status_out to an error if it cannot. */
-xfer_msg_t *xfer_kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out);
-/* Handles the reply to a KV closing message (lock held); returns the
- * status the request fails with, or KVRT_OK. */
-kvrt_status_t xfer_kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
-                               const uint8_t *reply, uint32_t bytes);
-void xfer_kv_free(struct xfer_kv *kv);
-/* Receiver side of XFER_MSG_KV_VERIFY / XFER_MSG_KV_HASHES. */
-kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type,
-                                const uint8_t *payload, uint32_t bytes,
-                                uint8_t *reply, uint32_t capacity,
-                                uint32_t *reply_bytes_out);
+/* ---- the layers' registrations (listed in dispatch.c) ------------------ */
+kvrt_status_t xfer_notify_register(kvrt_xfer_agent_t *agent); /* request.c */
+kvrt_status_t xfer_kv_register(kvrt_xfer_agent_t *agent);     /* kv/kv.c */
 
 #endif /* KVRT_XFER_AGENT_INTERNAL_H */

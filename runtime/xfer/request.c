@@ -34,8 +34,8 @@ static void request_free(kvrt_xfer_request_t *r)
         r->batch_list = b->next;
         free(b);
     }
-    if (r->kv)
-        xfer_kv_free(r->kv);
+    if (r->layer)
+        r->layer->free_state(r->layer_state);
     free(r->ops);
     free(r);
 }
@@ -247,10 +247,8 @@ void kvrt_xfer_bk_msg_done(kvrt_xfer_bk_msg_t *bk, kvrt_status_t status,
     if (r) {
         r->msg = NULL;
         kvrt_status_t st = status;
-        if (r->kv && st == KVRT_OK)
-            st = xfer_kv_on_reply(r, status, reply, reply_bytes);
-        else if (r->kv && st == KVRT_ERR_INTEGRITY)
-            a->stats.integrity_failures++;
+        if (r->layer)
+            st = r->layer->on_reply(r, status, reply, reply_bytes);
         if (st != KVRT_OK)
             request_fail(r, st);
         else if (r->error != KVRT_OK)
@@ -291,8 +289,8 @@ restart:
             continue;
         kvrt_status_t st = KVRT_OK;
         xfer_msg_t *m = NULL;
-        if (r->kv) {
-            m = xfer_kv_next_msg(r, &st);
+        if (r->layer) {
+            m = r->layer->next_msg(r, &st);
         } else if (r->notify_bytes && !r->notify_sent) {
             m = xfer_msg_new(r, XFER_MSG_NOTIFY, r->notify_bytes);
             if (m) {
@@ -685,6 +683,26 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_poll(kvrt_xfer_agent_t *a, kvrt_xfer_complet
                          "agent, count_out and room for completions are required");
     *count_out = kvrt_cq_poll(a->completions, out, capacity);
     return KVRT_OK;
+}
+
+/* Receiver side of XFER_MSG_NOTIFY. */
+static kvrt_status_t serve_notify(kvrt_xfer_peer_t *p, uint32_t type, const uint8_t *payload,
+                                  uint32_t bytes, uint8_t *reply, uint32_t capacity,
+                                  uint32_t *reply_bytes_out)
+{
+    if (bytes == 0 || bytes > KVRT_XFER_NOTIFY_MAX) {
+        kvrt_xfer_bk_refuse(p, KVRT_ERR_PROTOCOL, "notification of bad size");
+        return KVRT_ERR_PROTOCOL;
+    }
+    pthread_mutex_lock(&p->agent->lock);
+    xfer_notification_push(p->agent, p->name, KVRT_OK, payload, bytes);
+    pthread_mutex_unlock(&p->agent->lock);
+    return KVRT_OK;
+}
+
+kvrt_status_t xfer_notify_register(kvrt_xfer_agent_t *a)
+{
+    return xfer_dispatch_register(a, XFER_MSG_NOTIFY, serve_notify);
 }
 
 void xfer_notification_push(kvrt_xfer_agent_t *a, const char *from, kvrt_status_t status,

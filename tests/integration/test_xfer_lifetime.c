@@ -16,7 +16,7 @@
 
 #include "test_xfer_util.h"
 #include "xfer/sidechannel.h"
-#include "xfer/wire.h"
+#include "xfer/tcp/wire.h"
 
 static uint64_t now_ns(void)
 {

@@ -13,7 +13,7 @@
 
 #include "test_xfer_util.h"
 #include "xfer/sidechannel.h"
-#include "xfer/wire.h"
+#include "xfer/tcp/wire.h"
 
 #define DEADLINE (kvrt_now_ns_for_test() + 3000000000ull)
 

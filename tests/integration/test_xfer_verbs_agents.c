@@ -18,8 +18,8 @@
 #include <time.h>
 
 #include "test_xfer_util.h"
-#include "xfer/soft_verbs.h"
-#include "xfer/verbs_ops.h"
+#include "support/soft_verbs.h"
+#include "xfer/verbs/verbs_ops.h"
 
 typedef struct env {
     kvrt_ctx_t *ctx;

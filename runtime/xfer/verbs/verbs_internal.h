@@ -16,9 +16,9 @@
 
 #include <pthread.h>
 
-#include "backend.h"
+#include "../backend.h"
 #include "core/endian.h"
-#include "sidechannel.h"
+#include "../sidechannel.h"
 #include "verbs_ops.h"
 
 #define VB_MAX_DEVICES 4

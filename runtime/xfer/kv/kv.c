@@ -19,7 +19,7 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "agent_internal.h"
+#include "../agent_internal.h"
 #include "core/endian.h"
 
 /* Blocks per closing message: 16 bytes each in a VERIFY, within
@@ -108,13 +108,23 @@ static kvrt_xfer_bk_op_t *kv_ops(const kvrt_xfer_kv_params_t *p, uint64_t page,
     return ops;
 }
 
-void xfer_kv_free(struct xfer_kv *kv)
+static void kv_free(struct xfer_kv *kv)
 {
     free(kv->local_blocks);
     free(kv->remote_blocks);
     free(kv->hashes);
     free(kv);
 }
+
+static void kv_free_state(void *state) { kv_free(state); }
+static xfer_msg_t *kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out);
+static kvrt_status_t kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
+                                 const uint8_t *reply, uint32_t bytes);
+
+/* A KV request's closing messages: VERIFY or HASHES chunks, then the
+ * notification. */
+static const xfer_request_layer_t kv_layer = {
+    .next_msg = kv_next_msg, .on_reply = kv_on_reply, .free_state = kv_free_state};
 
 /* What can be checked without touching the regions. */
 static kvrt_status_t kv_check_args(kvrt_xfer_peer_t *peer, const kvrt_xfer_kv_params_t *p)
@@ -222,7 +232,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
     if (!kv || !ops || !kv->local_blocks || !kv->remote_blocks ||
         (integrity && (!hs || (p->opcode == KVRT_XFER_WRITE && !kv->hashes)))) {
         if (kv)
-            xfer_kv_free(kv);
+            kv_free(kv);
         free(ops);
         XXH3_freeState(hs);
         pthread_mutex_lock(&a->lock);
@@ -253,20 +263,21 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
     }
     if (st != KVRT_OK) {
         pthread_mutex_unlock(&a->lock);
-        xfer_kv_free(kv);
+        kv_free(kv);
         free(ops);
         return st;
     }
-    r->kv = kv;
+    r->layer = &kv_layer;
+    r->layer_state = kv;
     xfer_request_launch(a, peer, r, (m & KVRT_XFER_KV_PARAM_USER_DATA) ? p->user_data : 0,
                         (m & KVRT_XFER_KV_PARAM_NOTIFY) ? p->notify : NULL, p->notify_bytes,
                         request_out);
     return KVRT_OK;
 }
 
-xfer_msg_t *xfer_kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out)
+static xfer_msg_t *kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out)
 {
-    struct xfer_kv *kv = r->kv;
+    struct xfer_kv *kv = r->layer_state;
     xfer_msg_t *m = NULL;
     if (kv->integrity && kv->next < kv->count) {
         uint32_t n = kv->count - kv->next < KV_CHUNK ? kv->count - kv->next : KV_CHUNK;
@@ -315,10 +326,12 @@ xfer_msg_t *xfer_kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out)
     return m;
 }
 
-kvrt_status_t xfer_kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
-                               const uint8_t *reply, uint32_t bytes)
+static kvrt_status_t kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
+                                 const uint8_t *reply, uint32_t bytes)
 {
-    struct xfer_kv *kv = r->kv;
+    struct xfer_kv *kv = r->layer_state;
+    if (status == KVRT_ERR_INTEGRITY) /* the receiver's verdict on a VERIFY */
+        r->agent->stats.integrity_failures++;
     if (status != KVRT_OK || !kv->integrity || kv->opcode != KVRT_XFER_READ ||
         kv->chunk_count == 0)
         return status;
@@ -349,9 +362,9 @@ kvrt_status_t xfer_kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
 }
 
 /* Receiver side: checksums of listed blocks of a pool region we hold. */
-kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const uint8_t *payload,
-                                uint32_t bytes, uint8_t *reply, uint32_t capacity,
-                                uint32_t *reply_bytes_out)
+static kvrt_status_t kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const uint8_t *payload,
+                                  uint32_t bytes, uint8_t *reply, uint32_t capacity,
+                                  uint32_t *reply_bytes_out)
 {
     kvrt_xfer_agent_t *a = peer->agent;
     bool verify = type == XFER_MSG_KV_VERIFY;
@@ -422,4 +435,10 @@ kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const uin
                      a->name, peer->name);
     }
     return st;
+}
+
+kvrt_status_t xfer_kv_register(kvrt_xfer_agent_t *a)
+{
+    kvrt_status_t st = xfer_dispatch_register(a, XFER_MSG_KV_VERIFY, kv_serve_msg);
+    return st == KVRT_OK ? xfer_dispatch_register(a, XFER_MSG_KV_HASHES, kv_serve_msg) : st;
 }

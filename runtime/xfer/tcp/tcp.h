@@ -16,7 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "backend.h"
+#include "../backend.h"
 #include "wire.h"
 
 #define TCP_MAX_SOCKS 16
