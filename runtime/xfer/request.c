@@ -1,7 +1,7 @@
 /*
  * request.c - requests: posting, the in-flight window, closing messages
- * (notifications, KV checksums), completion, timeouts, cancel, and the
- * completion and notification queues.
+ * (notifications, and those of the layer that made the request), completion,
+ * timeouts, cancel, and the completion and notification queues.
  *
  * A request moves through DATA (batches posted while its window allows),
  * MSGS (closing messages, one at a time) and DONE. It completes exactly

@@ -508,3 +508,50 @@ Test(verbs_soft, notifications_arrive_in_order_beyond_the_message_window)
     }
     env_down(&e);
 }
+
+Test(verbs_soft, a_request_held_by_the_device_is_tested_waited_on_and_canceled)
+{
+    soft_verbs_config_t cfg = {.devices = 1};
+    env_t e = env_up(true, &cfg, 0, 0, 5000);
+    const uint64_t bytes = 1u << 20;
+    uint8_t *src = aligned_alloc(4096, bytes), *dst = aligned_alloc(4096, bytes);
+    memset(src, 5, bytes);
+    kvrt_xfer_region_t *ls = txu_register(e.ctx, e.a, src, bytes, 0);
+    kvrt_xfer_region_t *rd = txu_register(e.ctx, e.b, dst, bytes, KVRT_XFER_REMOTE_WRITE);
+    kvrt_xfer_remote_t *rem = txu_import(e.ctx, e.peer, rd);
+    kvrt_xfer_op_t op = {.opcode = KVRT_XFER_WRITE, .local = ls, .remote = rem,
+                         .length = bytes};
+    kvrt_xfer_post_params_t pp = {.field_mask = KVRT_XFER_POST_PARAM_USER_DATA, .user_data = 77};
+    kvrt_xfer_request_t *req = NULL;
+    soft_verbs_pause(true); /* the device executes nothing: the request stays in flight */
+    ASSERT_OK(e.ctx, kvrt_xfer_post(e.peer, &op, 1, &pp, &req));
+    ASSERT_STATUS(KVRT_INPROGRESS, kvrt_xfer_request_test(req));
+    ASSERT_STATUS(KVRT_INPROGRESS, kvrt_xfer_request_wait(req, 50));
+    ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_xfer_request_release(req));
+    uint32_t n = 0;
+    kvrt_xfer_completion_t c[2];
+    ASSERT_OK(e.ctx, kvrt_xfer_poll(e.a, c, 2, &n));
+    cr_assert_eq(n, 0, "no completion while in flight");
+    /* Cancel resets the connection, whose WRs the device cannot recall;
+     * the request completes once the backend let go of them all. */
+    ASSERT_OK(e.ctx, kvrt_xfer_request_cancel(req));
+    ASSERT_STATUS(KVRT_ERR_CANCELED, kvrt_xfer_request_wait(req, 5000));
+    ASSERT_STATUS(KVRT_ERR_CANCELED, kvrt_xfer_request_test(req));
+    ASSERT_OK(e.ctx, kvrt_xfer_request_cancel(req)); /* a second cancel changes nothing */
+    ASSERT_STATUS(KVRT_ERR_CANCELED, kvrt_xfer_request_test(req));
+    ASSERT_OK(e.ctx, kvrt_xfer_poll(e.a, c, 2, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(c[0].user_data, 77);
+    cr_assert_eq(c[0].status, KVRT_ERR_CANCELED);
+    cr_assert_eq(c[0].bytes, 0);
+    ASSERT_OK(e.ctx, kvrt_xfer_request_release(req));
+    soft_verbs_pause(false);
+    ASSERT_OK(e.ctx, kvrt_xfer_remote_release(rem));
+    ASSERT_OK(e.ctx, kvrt_xfer_deregister(ls));
+    ASSERT_OK(e.ctx, kvrt_xfer_deregister(rd));
+    ASSERT_OK(e.ctx, wait_connected(e.peer, 5000));
+    ASSERT_STATUS(KVRT_OK, one_write(&e, 256u << 10, 0x55));
+    free(src);
+    free(dst);
+    env_down(&e);
+}
