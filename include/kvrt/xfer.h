@@ -239,8 +239,14 @@ typedef enum kvrt_xfer_peer_state {
     KVRT_XFER_PEER_CLOSED = 3        /* the remote side of a passive peer left */
 } kvrt_xfer_peer_state_t;
 
-/* A point-in-time view of a peer. */
+/*
+ * A point-in-time view of a peer. Growable: the caller sets struct_size to
+ * sizeof(kvrt_xfer_peer_info_t) as its header declares it, and the library
+ * writes only that many bytes. Fields are only ever appended, so a caller
+ * built against an older header gets exactly the fields it knows.
+ */
 typedef struct kvrt_xfer_peer_info {
+    uint32_t struct_size;          /* set by the caller; kept as it was */
     kvrt_xfer_peer_state_t state;
     kvrt_status_t last_error;      /* why it last went down; KVRT_OK if never */
     uint32_t connections;          /* live backend connections */
@@ -268,7 +274,11 @@ kvrt_status_t kvrt_xfer_connect(kvrt_xfer_agent_t *agent, const char *address,
  */
 kvrt_status_t kvrt_xfer_disconnect(kvrt_xfer_peer_t *peer);
 
-/* kvrt_xfer_peer_info - state and counters. Errors: INVALID_ARG. */
+/*
+ * kvrt_xfer_peer_info - state and counters, into the caller's struct (set
+ * info_out->struct_size first). Errors: KVRT_ERR_INVALID_ARG (NULL, or a
+ * struct_size smaller than the first version of the struct).
+ */
 kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,
                                   kvrt_xfer_peer_info_t *info_out);
 
@@ -375,7 +385,11 @@ kvrt_status_t kvrt_xfer_request_cancel(kvrt_xfer_request_t *request);
  */
 kvrt_status_t kvrt_xfer_request_release(kvrt_xfer_request_t *request);
 
-/* A completion taken from the agent's queue. */
+/*
+ * A completion taken from the agent's queue. An element of a caller's
+ * array, so it carries no size and is frozen: a completion with more fields
+ * will be a new type with its own poll function (kvrt_xfer_poll_v2).
+ */
 typedef struct kvrt_xfer_completion {
     uint64_t user_data;
     kvrt_status_t status;
@@ -403,7 +417,11 @@ kvrt_status_t kvrt_xfer_poll(kvrt_xfer_agent_t *agent,
 kvrt_status_t kvrt_xfer_notify(kvrt_xfer_peer_t *peer, const void *data,
                                uint32_t length);
 
-/* A notification received from a peer. */
+/*
+ * A notification received from a peer. An element of a caller's array, so
+ * it carries no size and is frozen: a notification with more fields will be
+ * a new type with its own function (kvrt_xfer_notifications_v2).
+ */
 typedef struct kvrt_xfer_notification {
     char from[KVRT_XFER_NAME_MAX];   /* the sending agent's name */
     /* KVRT_OK, or KVRT_ERR_INTEGRITY when it closes a KV transfer whose

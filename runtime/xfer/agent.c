@@ -285,12 +285,15 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_disconnect(kvrt_xfer_peer_t *peer)
 KVRT_EXPORT kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,
                                               kvrt_xfer_peer_info_t *info_out)
 {
-    if (!peer || !info_out)
+    /* The first version of the struct ends after `name`. */
+    const size_t first_size = offsetof(kvrt_xfer_peer_info_t, name) + KVRT_XFER_NAME_MAX;
+    if (!peer || !info_out || info_out->struct_size < first_size)
         return kvrt_fail(peer ? peer->agent->ctx : NULL, KVRT_ERR_INVALID_ARG,
-                         "peer and info_out are required");
+                         "peer and info_out with struct_size >= %zu are required", first_size);
     kvrt_xfer_agent_t *a = peer->agent;
     kvrt_xfer_peer_info_t info;
     memset(&info, 0, sizeof(info));
+    info.struct_size = info_out->struct_size;
     pthread_mutex_lock(&a->lock);
     info.state = peer->state;
     info.last_error = peer->last_error;
@@ -300,7 +303,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,
         info.outstanding++;
     memcpy(info.name, peer->name, sizeof(info.name));
     pthread_mutex_unlock(&a->lock);
-    *info_out = info;
+    memcpy(info_out, &info, info.struct_size < sizeof(info) ? info.struct_size : sizeof(info));
     return KVRT_OK;
 }
 

@@ -150,3 +150,26 @@ Test(xfer_requests, unpolled_completions_fill_the_queue_and_posting_fails_until_
     cr_assert_eq(n, 1);
     rig_down(&r);
 }
+
+Test(xfer_requests, peer_info_writes_only_the_size_the_caller_declares)
+{
+    rig_t r = rig_up();
+    struct {
+        kvrt_xfer_peer_info_t info;
+        uint8_t guard[64];
+    } out;
+    memset(&out, 0xab, sizeof(out));
+    out.info.struct_size = sizeof(out.info);
+    ASSERT_OK(r.ctx, kvrt_xfer_peer_info(r.peer, &out.info));
+    cr_assert_eq(out.info.struct_size, sizeof(out.info));
+    cr_assert_eq(out.info.state, KVRT_XFER_PEER_CONNECTED);
+    cr_assert_eq(out.info.last_error, KVRT_OK);
+    cr_assert_eq(out.info.outstanding, 0);
+    for (size_t i = 0; i < sizeof(out.guard); i++)
+        cr_assert_eq(out.guard[i], 0xab, "byte %zu past the struct was written", i);
+    kvrt_xfer_peer_info_t small = {.struct_size = 4, .state = KVRT_XFER_PEER_CLOSED};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_peer_info(r.peer, &small));
+    cr_assert_eq(small.state, KVRT_XFER_PEER_CLOSED, "a refused call writes nothing");
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_peer_info(r.peer, NULL));
+    rig_down(&r);
+}

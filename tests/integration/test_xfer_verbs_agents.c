@@ -336,7 +336,7 @@ Test(verbs_soft, path_mtu_is_the_smaller_of_both_ports)
 static kvrt_status_t wait_connected(kvrt_xfer_peer_t *peer, uint32_t ms)
 {
     uint64_t end = txu_now_ms() + ms;
-    kvrt_xfer_peer_info_t info;
+    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
     do {
         kvrt_xfer_peer_info(peer, &info);
         if (info.state == KVRT_XFER_PEER_CONNECTED)
@@ -374,7 +374,7 @@ Test(verbs_soft, error_completion_fails_the_request_and_the_connection_comes_bac
     ASSERT_OK(e.ctx, kvrt_xfer_deregister(ls));
     /* the QPs went to the error state; the agent reconnects */
     ASSERT_OK(e.ctx, wait_connected(e.peer, 5000));
-    kvrt_xfer_peer_info_t info;
+    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
     ASSERT_OK(e.ctx, kvrt_xfer_peer_info(e.peer, &info));
     cr_assert_geq(info.reconnects, 1);
     ASSERT_STATUS(KVRT_OK, one_write(&e, 1u << 20, 0x33));
@@ -427,7 +427,7 @@ Test(verbs_soft, peer_device_death_fails_every_outstanding_request)
     soft_verbs_config_t cfg = {.devices = 2};
     env_t e = env_up(true, &cfg, 1u << 0, 1u << 1, 5000);
     outstanding_fail(&e, 8, 1u << 20, kill_peer_device, 2000);
-    kvrt_xfer_peer_info_t info;
+    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
     ASSERT_OK(e.ctx, kvrt_xfer_peer_info(e.peer, &info));
     cr_assert_neq(info.last_error, KVRT_OK);
     env_down(&e);
@@ -483,7 +483,7 @@ Test(verbs_soft, killed_peer_fails_every_outstanding_request)
     soft_verbs_config_t cfg = {.devices = 1};
     env_t e = env_up(true, &cfg, 0, 0, 5000);
     outstanding_fail(&e, 8, 1u << 20, destroy_peer_agent, 2000);
-    kvrt_xfer_peer_info_t info;
+    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
     ASSERT_OK(e.ctx, kvrt_xfer_peer_info(e.peer, &info));
     cr_assert_neq(info.state, KVRT_XFER_PEER_CONNECTED);
     env_down(&e);
