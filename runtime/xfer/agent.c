@@ -632,6 +632,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
                             KVRT_CQ_DROP_OLDEST, kvrt_cq_fd(a->completions), &a->notes);
     if (st == KVRT_OK)
         st = xfer_layers_register(a);
+    if (st == KVRT_OK)
+        st = xfer_requests_reserve(a);
     if (st == KVRT_OK && kvrt_xfer_sc_listen(&addr, &bound, &a->listen_fd) != KVRT_OK)
         st = kvrt_fail(ctx, KVRT_ERR_IO, "cannot listen on %s: %s", listen_text, strerror(errno));
     if (st == KVRT_OK) {
@@ -675,6 +677,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
             close(a->listen_fd);
         if (a->wake_fd >= 0)
             close(a->wake_fd);
+        xfer_requests_release_cache(a);
         kvrt_cq_destroy(a->notes);
         kvrt_cq_destroy(a->completions);
         free(a->regions);
@@ -742,6 +745,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_destroy(kvrt_xfer_agent_t *a)
     kvrt_ctx_disown(a->ctx, &a->owned);
     close(a->listen_fd);
     close(a->wake_fd);
+    xfer_requests_release_cache(a);
     kvrt_cq_destroy(a->notes);
     kvrt_cq_destroy(a->completions);
     free(a->regions);

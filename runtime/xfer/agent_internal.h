@@ -51,6 +51,13 @@
  * from a deregistered region never names its slot's next tenant. */
 #define XFER_REGION_SLOTS 65536u
 #define XFER_NOTIFY_QUEUE 4096u
+/* Requests of up to this many (split) operations keep them inline, and the
+ * first batch of every request is part of it: a plain post allocates
+ * nothing once the agent's request cache is warm. */
+#define XFER_INLINE_OPS 4u
+/* Requests made when an agent is created (at most max_requests); freed
+ * requests are kept for reuse up to max_requests. */
+#define XFER_RESERVED_REQUESTS 256u
 /* Operations longer than this are split; it is also a TCP frame's limit. */
 #define XFER_OP_SPLIT (16ull << 20)
 
@@ -137,6 +144,13 @@ typedef enum xfer_phase {
 
 typedef struct xfer_batch xfer_batch_t;
 
+struct xfer_batch {
+    kvrt_xfer_bk_batch_t bk;   /* first: the backend hands this pointer back */
+    kvrt_xfer_request_t *request;
+    xfer_batch_t *next;
+    bool done;
+};
+
 struct kvrt_xfer_request {
     kvrt_xfer_agent_t *agent;
     kvrt_xfer_peer_t *peer;    /* NULL once the peer is gone */
@@ -154,7 +168,7 @@ struct kvrt_xfer_request {
     kvrt_status_t status;      /* KVRT_INPROGRESS until complete */
     kvrt_status_t error;       /* first failure seen, reported at the end */
     uint32_t busy;             /* a thread uses it unlocked; freeing waits */
-    kvrt_xfer_bk_op_t *ops;
+    kvrt_xfer_bk_op_t *ops;    /* inline_ops, or malloc'd for longer lists */
     uint32_t count, next_op;
     uint64_t inflight, max_inflight;
     uint32_t batches_out;      /* posted, not yet done */
@@ -162,16 +176,12 @@ struct kvrt_xfer_request {
     xfer_msg_t *msg;           /* the closing message in flight, or NULL */
     uint8_t notify[KVRT_XFER_NOTIFY_MAX];
     uint32_t notify_bytes;
+    kvrt_xfer_bk_op_t inline_ops[XFER_INLINE_OPS];
+    xfer_batch_t first_batch;  /* the first batch cut; later ones are malloc'd */
+    kvrt_xfer_request_t *next_free; /* in agent->free_requests */
     /* The layer that made the request (its closing messages), or NULL. */
     const xfer_request_layer_t *layer;
     void *layer_state;
-};
-
-struct xfer_batch {
-    kvrt_xfer_bk_batch_t bk;   /* first: the backend hands this pointer back */
-    kvrt_xfer_request_t *request;
-    xfer_batch_t *next;
-    bool done;
 };
 
 /* A closing message. It outlives its request if the request completes
@@ -210,6 +220,8 @@ struct kvrt_xfer_agent {
     uint32_t peers_alive;      /* allocated peers, closing ones included */
     xfer_link_t owned_requests;
     uint32_t outstanding;      /* requests not yet complete */
+    kvrt_xfer_request_t *free_requests; /* kept for reuse, linked by next_free */
+    uint32_t free_count;
 
     /* Completions: max_requests slots, one reserved by every outstanding
      * request, so a completion always has room and post is refused while
@@ -239,12 +251,17 @@ kvrt_xfer_region_t *xfer_region_lookup(kvrt_xfer_agent_t *agent, uint32_t id);
  * the same locked section; it takes over the reservation. */
 kvrt_status_t xfer_request_admit(kvrt_xfer_peer_t *peer);
 /* Makes an outstanding request (lock held, admitted, ops validated in the
- * same locked section). Takes ownership of ops (malloc'd, may be NULL with
- * count 0); NULL when out of memory (the admission's reservation is then
- * given back). */
+ * same locked section). With count <= XFER_INLINE_OPS the ops are copied
+ * into the request and stay the caller's; longer lists must be malloc'd and
+ * the request takes them over. NULL when out of memory (the admission's
+ * reservation is then given back; malloc'd ops stay the caller's). */
 kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *peer, kvrt_xfer_bk_op_t *ops,
                                       uint32_t count, uint32_t timeout_ms,
                                       uint64_t max_inflight, bool user_owned);
+/* Makes the agent's reserve of requests (at create); frees the cache (at
+ * destroy). */
+kvrt_status_t xfer_requests_reserve(kvrt_xfer_agent_t *agent);
+void xfer_requests_release_cache(kvrt_xfer_agent_t *agent);
 /* Drives a peer's requests forward: posts batches and closing messages as
  * the window and ordering allow. Call without the lock, holding the peer. */
 void xfer_peer_pump(kvrt_xfer_peer_t *peer);

@@ -24,20 +24,54 @@
 
 static void peer_pump_release(kvrt_xfer_peer_t *p);
 
-/* Frees r (lock held). */
+/* Frees r (lock held): back to the agent's cache while it has room. */
 static void request_free(kvrt_xfer_request_t *r)
 {
+    kvrt_xfer_agent_t *a = r->agent;
     if (r->user_owned)
         xfer_list_del(&r->owned_link);
     while (r->batch_list) {
         xfer_batch_t *b = r->batch_list;
         r->batch_list = b->next;
-        free(b);
+        if (b != &r->first_batch)
+            free(b);
     }
     if (r->layer)
         r->layer->free_state(r->layer_state);
-    free(r->ops);
-    free(r);
+    if (r->ops != r->inline_ops)
+        free(r->ops);
+    if (a->free_count < a->max_requests) {
+        r->next_free = a->free_requests;
+        a->free_requests = r;
+        a->free_count++;
+    } else {
+        free(r);
+    }
+}
+
+kvrt_status_t xfer_requests_reserve(kvrt_xfer_agent_t *a)
+{
+    uint32_t n = a->max_requests < XFER_RESERVED_REQUESTS ? a->max_requests
+                                                          : XFER_RESERVED_REQUESTS;
+    for (uint32_t i = 0; i < n; i++) {
+        kvrt_xfer_request_t *r = calloc(1, sizeof(*r));
+        if (!r)
+            return kvrt_fail(a->ctx, KVRT_ERR_NO_MEMORY, "%u reserved requests", n);
+        r->next_free = a->free_requests;
+        a->free_requests = r;
+        a->free_count++;
+    }
+    return KVRT_OK;
+}
+
+void xfer_requests_release_cache(kvrt_xfer_agent_t *a)
+{
+    while (a->free_requests) {
+        kvrt_xfer_request_t *r = a->free_requests;
+        a->free_requests = r->next_free;
+        free(r);
+    }
+    a->free_count = 0;
 }
 
 /* The agent objects behind a backend op's pointers. */
@@ -136,14 +170,23 @@ kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *p, kvrt_xfer_bk_op_t *op
                                       uint64_t max_inflight, bool user_owned)
 {
     kvrt_xfer_agent_t *a = p->agent;
-    kvrt_xfer_request_t *r = calloc(1, sizeof(*r));
-    if (!r) {
+    kvrt_xfer_request_t *r = a->free_requests;
+    if (r) {
+        a->free_requests = r->next_free;
+        a->free_count--;
+        memset(r, 0, sizeof(*r));
+    } else if (!(r = calloc(1, sizeof(*r)))) {
         kvrt_cq_unreserve(a->completions);
         return NULL;
     }
     r->agent = a;
     r->peer = p;
     r->ops = ops;
+    if (count <= XFER_INLINE_OPS) {
+        if (count)
+            memcpy(r->inline_ops, ops, count * sizeof(*ops));
+        r->ops = r->inline_ops;
+    }
     r->count = count;
     r->user_owned = user_owned;
     xfer_list_init(&r->owned_link);
@@ -154,9 +197,9 @@ kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *p, kvrt_xfer_bk_op_t *op
     r->max_inflight = max_inflight ? max_inflight : DEFAULT_INFLIGHT;
     r->deadline_ns = kvrt_now_ns() + (uint64_t)(timeout_ms ? timeout_ms : a->timeout_ms) * 1000000ull;
     for (uint32_t i = 0; i < count; i++) {
-        op_region(&ops[i])->users++;
-        op_remote(&ops[i])->users++;
-        r->bytes += ops[i].length;
+        op_region(&r->ops[i])->users++;
+        op_remote(&r->ops[i])->users++;
+        r->bytes += r->ops[i].length;
     }
     xfer_list_push(&p->requests, &r->link);
     a->outstanding++;
@@ -181,7 +224,7 @@ xfer_msg_t *xfer_msg_new(kvrt_xfer_request_t *r, uint32_t type, uint32_t bytes)
 /* Cuts the next batch of r (lock held): consecutive ops up to the window. */
 static xfer_batch_t *batch_cut(kvrt_xfer_request_t *r)
 {
-    xfer_batch_t *b = calloc(1, sizeof(*b));
+    xfer_batch_t *b = r->batch_list ? calloc(1, sizeof(*b)) : &r->first_batch;
     if (!b)
         return NULL;
     uint64_t cap = r->max_inflight / 4 > BATCH_MIN_BYTES ? r->max_inflight / 4 : BATCH_MIN_BYTES;
@@ -482,15 +525,18 @@ static kvrt_status_t check_op(kvrt_xfer_peer_t *p, const kvrt_xfer_op_t *op, uin
     return KVRT_OK;
 }
 
-/* Copies ops into backend ops, splitting long ones; NULL on no memory. */
-static kvrt_xfer_bk_op_t *expand_ops(const kvrt_xfer_op_t *ops, uint32_t count, uint32_t *n_out)
+/* Copies ops into backend ops, splitting long ones: into `room` (of
+ * XFER_INLINE_OPS) when they fit, else into a malloc'd array. NULL on no
+ * memory. */
+static kvrt_xfer_bk_op_t *expand_ops(const kvrt_xfer_op_t *ops, uint32_t count,
+                                     kvrt_xfer_bk_op_t *room, uint32_t *n_out)
 {
     uint64_t n = 0;
     for (uint32_t i = 0; i < count; i++)
         n += (ops[i].length + XFER_OP_SPLIT - 1) / XFER_OP_SPLIT;
     if (n > UINT32_MAX)
         return NULL;
-    kvrt_xfer_bk_op_t *out = malloc((size_t)n * sizeof(*out));
+    kvrt_xfer_bk_op_t *out = n <= XFER_INLINE_OPS ? room : malloc((size_t)n * sizeof(*out));
     if (!out)
         return NULL;
     uint32_t k = 0;
@@ -531,7 +577,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_post(kvrt_xfer_peer_t *peer, const kvrt_xfer
             return st;
     }
     uint32_t n = 0;
-    kvrt_xfer_bk_op_t *bk = expand_ops(ops, count, &n);
+    kvrt_xfer_bk_op_t room[XFER_INLINE_OPS];
+    kvrt_xfer_bk_op_t *bk = expand_ops(ops, count, room, &n);
     if (!bk)
         return kvrt_fail(a->ctx, KVRT_ERR_NO_MEMORY, "%u operations", count);
     pthread_mutex_lock(&a->lock);
@@ -551,7 +598,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_post(kvrt_xfer_peer_t *peer, const kvrt_xfer
     }
     if (st != KVRT_OK) {
         pthread_mutex_unlock(&a->lock);
-        free(bk);
+        if (bk != room)
+            free(bk);
         return st;
     }
     xfer_request_launch(a, peer, r,

@@ -267,6 +267,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
         free(ops);
         return st;
     }
+    if (nops <= XFER_INLINE_OPS) /* copied into the request */
+        free(ops);
     r->layer = &kv_layer;
     r->layer_state = kv;
     xfer_request_launch(a, peer, r, (m & KVRT_XFER_KV_PARAM_USER_DATA) ? p->user_data : 0,
