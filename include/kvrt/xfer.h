@@ -101,7 +101,10 @@ typedef struct kvrt_xfer_agent_params {
     const char *name;               /* copied; default "<ctx name>-xfer<N>" */
     uint32_t default_timeout_ms;    /* per request; default 10000 */
     uint32_t connections_per_peer;  /* TCP connections (1..16), default 4 */
-    uint32_t max_requests;          /* outstanding at once, default 4096 */
+    /* Outstanding requests plus completions not yet taken by
+     * kvrt_xfer_poll(), 1..2^20, default 4096: the completion queue's size.
+     * Also how many freed requests the agent keeps for reuse. */
+    uint32_t max_requests;
     uint32_t reconnect_initial_ms;  /* first backoff, default 50 */
     uint32_t reconnect_max_ms;      /* backoff cap, default 2000 */
     uint32_t reconnect_attempts;    /* before the peer is FAILED, default 10 */
@@ -346,8 +349,15 @@ typedef struct kvrt_xfer_post_params {
  * opcode, bad params, regions of another agent or peer, a region being
  * deregistered), KVRT_ERR_REMOTE_ACCESS (an
  * operation out of a region's bounds or rights), KVRT_ERR_PEER_FAILED (the
- * peer is down), KVRT_ERR_REQUEST_LIMIT (max_requests outstanding),
+ * peer is down), KVRT_ERR_REQUEST_LIMIT (outstanding requests plus
+ * unpolled completions reached max_requests, 4096 by default: a completion
+ * is never dropped, so posting fails until kvrt_xfer_poll() takes some),
  * KVRT_ERR_NO_MEMORY.
+ * Memory: a post allocates nothing once the agent is warm, as with UCX's
+ * reserved request space: the agent reserves 256 requests at create and
+ * keeps up to max_requests freed ones; a request holds up to 4 operations
+ * (after splitting those over 16 MiB) and its first batch inline, and the
+ * TCP backend recycles its frames. Longer operation lists allocate.
  */
 kvrt_status_t kvrt_xfer_post(kvrt_xfer_peer_t *peer, const kvrt_xfer_op_t *ops,
                              uint32_t count, const kvrt_xfer_post_params_t *params,
@@ -412,7 +422,8 @@ kvrt_status_t kvrt_xfer_poll(kvrt_xfer_agent_t *agent,
  * call has landed. Returns at once; the notification waits for those
  * operations and is dropped if one of them fails (the peer then never sees
  * it). Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_PEER_FAILED,
- * KVRT_ERR_REQUEST_LIMIT, KVRT_ERR_NO_MEMORY.
+ * KVRT_ERR_REQUEST_LIMIT (as kvrt_xfer_post: a notification counts as a
+ * request until the peer acknowledges it), KVRT_ERR_NO_MEMORY.
  */
 kvrt_status_t kvrt_xfer_notify(kvrt_xfer_peer_t *peer, const void *data,
                                uint32_t length);
