@@ -677,7 +677,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
             close(a->listen_fd);
         if (a->wake_fd >= 0)
             close(a->wake_fd);
-        xfer_requests_release_cache(a);
+        kvrt_free_list_drain(&a->free_requests);
         kvrt_cq_destroy(a->notes);
         kvrt_cq_destroy(a->completions);
         free(a->regions);
@@ -745,7 +745,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_destroy(kvrt_xfer_agent_t *a)
     kvrt_ctx_disown(a->ctx, &a->owned);
     close(a->listen_fd);
     close(a->wake_fd);
-    xfer_requests_release_cache(a);
+    kvrt_free_list_drain(&a->free_requests);
     kvrt_cq_destroy(a->notes);
     kvrt_cq_destroy(a->completions);
     free(a->regions);

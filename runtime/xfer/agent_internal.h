@@ -44,6 +44,7 @@
 #include "dispatch.h"
 #include "core/completion_queue.h"
 #include "core/core.h"
+#include "core/free_list.h"
 #include "kvrt/xfer.h"
 #include "sidechannel.h"
 
@@ -178,7 +179,6 @@ struct kvrt_xfer_request {
     uint32_t notify_bytes;
     kvrt_xfer_bk_op_t inline_ops[XFER_INLINE_OPS];
     xfer_batch_t first_batch;  /* the first batch cut; later ones are malloc'd */
-    kvrt_xfer_request_t *next_free; /* in agent->free_requests */
     /* The layer that made the request (its closing messages), or NULL. */
     const xfer_request_layer_t *layer;
     void *layer_state;
@@ -220,8 +220,7 @@ struct kvrt_xfer_agent {
     uint32_t peers_alive;      /* allocated peers, closing ones included */
     xfer_link_t owned_requests;
     uint32_t outstanding;      /* requests not yet complete */
-    kvrt_xfer_request_t *free_requests; /* kept for reuse, linked by next_free */
-    uint32_t free_count;
+    kvrt_free_list_t free_requests; /* freed requests kept for reuse */
 
     /* Completions: max_requests slots, one reserved by every outstanding
      * request, so a completion always has room and post is refused while
@@ -258,10 +257,8 @@ kvrt_status_t xfer_request_admit(kvrt_xfer_peer_t *peer);
 kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *peer, kvrt_xfer_bk_op_t *ops,
                                       uint32_t count, uint32_t timeout_ms,
                                       uint64_t max_inflight, bool user_owned);
-/* Makes the agent's reserve of requests (at create); frees the cache (at
- * destroy). */
+/* Reserves the agent's first requests (at create). */
 kvrt_status_t xfer_requests_reserve(kvrt_xfer_agent_t *agent);
-void xfer_requests_release_cache(kvrt_xfer_agent_t *agent);
 /* Drives a peer's requests forward: posts batches and closing messages as
  * the window and ordering allow. Call without the lock, holding the peer. */
 void xfer_peer_pump(kvrt_xfer_peer_t *peer);
@@ -281,6 +278,9 @@ void xfer_requests_destroy_all(kvrt_xfer_agent_t *agent);
 void xfer_requests_expire(kvrt_xfer_agent_t *agent, uint64_t now_ns);
 /* Allocates a closing message of `bytes` payload for r (lock held). */
 xfer_msg_t *xfer_msg_new(kvrt_xfer_request_t *r, uint32_t type, uint32_t bytes);
+/* r's notification as a closing message, marked sent (lock held); NULL
+ * without memory. */
+xfer_msg_t *xfer_notify_msg(kvrt_xfer_request_t *r);
 /* Queues a received notification (lock held) and signals the eventfd. */
 void xfer_notification_push(kvrt_xfer_agent_t *agent, const char *from,
                             kvrt_status_t status, const uint8_t *data,

@@ -40,38 +40,16 @@ static void request_free(kvrt_xfer_request_t *r)
         r->layer->free_state(r->layer_state);
     if (r->ops != r->inline_ops)
         free(r->ops);
-    if (a->free_count < a->max_requests) {
-        r->next_free = a->free_requests;
-        a->free_requests = r;
-        a->free_count++;
-    } else {
-        free(r);
-    }
+    kvrt_free_list_give(&a->free_requests, r);
 }
 
 kvrt_status_t xfer_requests_reserve(kvrt_xfer_agent_t *a)
 {
-    uint32_t n = a->max_requests < XFER_RESERVED_REQUESTS ? a->max_requests
-                                                          : XFER_RESERVED_REQUESTS;
-    for (uint32_t i = 0; i < n; i++) {
-        kvrt_xfer_request_t *r = calloc(1, sizeof(*r));
-        if (!r)
-            return kvrt_fail(a->ctx, KVRT_ERR_NO_MEMORY, "%u reserved requests", n);
-        r->next_free = a->free_requests;
-        a->free_requests = r;
-        a->free_count++;
-    }
+    kvrt_free_list_init(&a->free_requests, sizeof(kvrt_xfer_request_t), a->max_requests);
+    if (!kvrt_free_list_reserve(&a->free_requests, XFER_RESERVED_REQUESTS))
+        return kvrt_fail(a->ctx, KVRT_ERR_NO_MEMORY, "%u reserved requests",
+                         XFER_RESERVED_REQUESTS);
     return KVRT_OK;
-}
-
-void xfer_requests_release_cache(kvrt_xfer_agent_t *a)
-{
-    while (a->free_requests) {
-        kvrt_xfer_request_t *r = a->free_requests;
-        a->free_requests = r->next_free;
-        free(r);
-    }
-    a->free_count = 0;
 }
 
 /* The agent objects behind a backend op's pointers. */
@@ -170,12 +148,8 @@ kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *p, kvrt_xfer_bk_op_t *op
                                       uint64_t max_inflight, bool user_owned)
 {
     kvrt_xfer_agent_t *a = p->agent;
-    kvrt_xfer_request_t *r = a->free_requests;
-    if (r) {
-        a->free_requests = r->next_free;
-        a->free_count--;
-        memset(r, 0, sizeof(*r));
-    } else if (!(r = calloc(1, sizeof(*r)))) {
+    kvrt_xfer_request_t *r = kvrt_free_list_take(&a->free_requests);
+    if (!r) {
         kvrt_cq_unreserve(a->completions);
         return NULL;
     }
@@ -218,6 +192,16 @@ xfer_msg_t *xfer_msg_new(kvrt_xfer_request_t *r, uint32_t type, uint32_t bytes)
     m->bk.type = type;
     m->bk.bytes = bytes;
     m->bk.payload = m->payload;
+    return m;
+}
+
+xfer_msg_t *xfer_notify_msg(kvrt_xfer_request_t *r)
+{
+    xfer_msg_t *m = xfer_msg_new(r, XFER_MSG_NOTIFY, r->notify_bytes);
+    if (m) {
+        memcpy(m->payload, r->notify, r->notify_bytes);
+        r->notify_sent = true;
+    }
     return m;
 }
 
@@ -335,13 +319,9 @@ restart:
         if (r->layer) {
             m = r->layer->next_msg(r, &st);
         } else if (r->notify_bytes && !r->notify_sent) {
-            m = xfer_msg_new(r, XFER_MSG_NOTIFY, r->notify_bytes);
-            if (m) {
-                memcpy(m->payload, r->notify, r->notify_bytes);
-                r->notify_sent = true;
-            } else {
+            m = xfer_notify_msg(r);
+            if (!m)
                 st = KVRT_ERR_NO_MEMORY;
-            }
         }
         if (m) {
             r->msg = m;

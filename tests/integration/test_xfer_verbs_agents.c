@@ -383,25 +383,53 @@ Test(verbs_soft, error_completion_fails_the_request_and_the_connection_comes_bac
     env_down(&e);
 }
 
+/* One WRITE of `bytes` from a's memory into b's, registered and imported. */
+typedef struct one_op {
+    uint8_t *src, *dst;
+    kvrt_xfer_region_t *ls, *rd;
+    kvrt_xfer_remote_t *rem;
+    kvrt_xfer_op_t op;
+} one_op_t;
+
+static one_op_t one_op_up(env_t *e, uint64_t bytes, uint8_t fill)
+{
+    one_op_t o;
+    o.src = aligned_alloc(4096, bytes);
+    o.dst = aligned_alloc(4096, bytes);
+    memset(o.src, fill, bytes);
+    o.ls = txu_register(e->ctx, e->a, o.src, bytes, 0);
+    o.rd = txu_register(e->ctx, e->b, o.dst, bytes, KVRT_XFER_REMOTE_WRITE);
+    o.rem = txu_import(e->ctx, e->peer, o.rd);
+    o.op = (kvrt_xfer_op_t){.opcode = KVRT_XFER_WRITE, .local = o.ls, .remote = o.rem,
+                            .length = bytes};
+    return o;
+}
+
+/* Nothing holds the registrations any more: they all go. b's goes with b
+ * when the test destroyed it. */
+static void one_op_down(env_t *e, one_op_t *o)
+{
+    ASSERT_OK(e->ctx, kvrt_xfer_remote_release(o->rem));
+    ASSERT_OK(e->ctx, kvrt_xfer_deregister(o->ls));
+    if (e->b)
+        ASSERT_OK(e->ctx, kvrt_xfer_deregister(o->rd));
+    free(o->src);
+    free(o->dst);
+}
+
 /* Posts `n` requests of `bytes` each while the device is paused, then
  * does `fault` and resumes; every request must end with a failure within
  * `within_ms`. */
 static void outstanding_fail(env_t *e, uint32_t n, uint64_t bytes, void (*fault)(env_t *),
                              uint32_t within_ms)
 {
-    uint8_t *src = aligned_alloc(4096, bytes), *dst = aligned_alloc(4096, bytes);
-    memset(src, 7, bytes);
-    kvrt_xfer_region_t *ls = txu_register(e->ctx, e->a, src, bytes, 0);
-    kvrt_xfer_region_t *rd = txu_register(e->ctx, e->b, dst, bytes, KVRT_XFER_REMOTE_WRITE);
-    kvrt_xfer_remote_t *rem = txu_import(e->ctx, e->peer, rd);
-    kvrt_xfer_op_t op = {.opcode = KVRT_XFER_WRITE, .local = ls, .remote = rem,
-                         .length = bytes};
+    one_op_t o = one_op_up(e, bytes, 7);
     kvrt_xfer_request_t *req[16];
     cr_assert_leq(n, 16);
     soft_verbs_pause(true);
     uint64_t t0 = txu_now_ms();
     for (uint32_t i = 0; i < n; i++)
-        ASSERT_OK(e->ctx, kvrt_xfer_post(e->peer, &op, 1, NULL, &req[i]));
+        ASSERT_OK(e->ctx, kvrt_xfer_post(e->peer, &o.op, 1, NULL, &req[i]));
     fault(e);
     soft_verbs_pause(false);
     for (uint32_t i = 0; i < n; i++) {
@@ -411,13 +439,7 @@ static void outstanding_fail(env_t *e, uint32_t n, uint64_t bytes, void (*fault)
     }
     uint64_t took = txu_now_ms() - t0;
     cr_assert_lt(took, within_ms, "failing took %llu ms", (unsigned long long)took);
-    ASSERT_OK(e->ctx, kvrt_xfer_remote_release(rem));
-    /* nothing holds the registrations any more */
-    ASSERT_OK(e->ctx, kvrt_xfer_deregister(ls));
-    if (e->b)
-        ASSERT_OK(e->ctx, kvrt_xfer_deregister(rd));
-    free(src);
-    free(dst);
+    one_op_down(e, &o);
 }
 
 static void kill_peer_device(env_t *e) { cr_assert_eq(soft_verbs_kill_device(1), 0); }
@@ -513,18 +535,11 @@ Test(verbs_soft, a_request_held_by_the_device_is_tested_waited_on_and_canceled)
 {
     soft_verbs_config_t cfg = {.devices = 1};
     env_t e = env_up(true, &cfg, 0, 0, 5000);
-    const uint64_t bytes = 1u << 20;
-    uint8_t *src = aligned_alloc(4096, bytes), *dst = aligned_alloc(4096, bytes);
-    memset(src, 5, bytes);
-    kvrt_xfer_region_t *ls = txu_register(e.ctx, e.a, src, bytes, 0);
-    kvrt_xfer_region_t *rd = txu_register(e.ctx, e.b, dst, bytes, KVRT_XFER_REMOTE_WRITE);
-    kvrt_xfer_remote_t *rem = txu_import(e.ctx, e.peer, rd);
-    kvrt_xfer_op_t op = {.opcode = KVRT_XFER_WRITE, .local = ls, .remote = rem,
-                         .length = bytes};
+    one_op_t o = one_op_up(&e, 1u << 20, 5);
     kvrt_xfer_post_params_t pp = {.field_mask = KVRT_XFER_POST_PARAM_USER_DATA, .user_data = 77};
     kvrt_xfer_request_t *req = NULL;
     soft_verbs_pause(true); /* the device executes nothing: the request stays in flight */
-    ASSERT_OK(e.ctx, kvrt_xfer_post(e.peer, &op, 1, &pp, &req));
+    ASSERT_OK(e.ctx, kvrt_xfer_post(e.peer, &o.op, 1, &pp, &req));
     ASSERT_STATUS(KVRT_INPROGRESS, kvrt_xfer_request_test(req));
     ASSERT_STATUS(KVRT_INPROGRESS, kvrt_xfer_request_wait(req, 50));
     ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_xfer_request_release(req));
@@ -546,12 +561,8 @@ Test(verbs_soft, a_request_held_by_the_device_is_tested_waited_on_and_canceled)
     cr_assert_eq(c[0].bytes, 0);
     ASSERT_OK(e.ctx, kvrt_xfer_request_release(req));
     soft_verbs_pause(false);
-    ASSERT_OK(e.ctx, kvrt_xfer_remote_release(rem));
-    ASSERT_OK(e.ctx, kvrt_xfer_deregister(ls));
-    ASSERT_OK(e.ctx, kvrt_xfer_deregister(rd));
+    one_op_down(&e, &o);
     ASSERT_OK(e.ctx, wait_connected(e.peer, 5000));
     ASSERT_STATUS(KVRT_OK, one_write(&e, 256u << 10, 0x55));
-    free(src);
-    free(dst);
     env_down(&e);
 }

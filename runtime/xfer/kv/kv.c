@@ -315,11 +315,7 @@ static xfer_msg_t *kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out
             }
         }
     } else if (r->notify_bytes && !r->notify_sent) {
-        m = xfer_msg_new(r, XFER_MSG_NOTIFY, r->notify_bytes);
-        if (m) {
-            memcpy(m->payload, r->notify, r->notify_bytes);
-            r->notify_sent = true;
-        }
+        m = xfer_notify_msg(r);
     } else {
         *status_out = KVRT_OK;
         return NULL;

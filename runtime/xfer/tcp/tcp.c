@@ -40,14 +40,9 @@ static void wake(tcp_state_t *st)
 tcp_frame_t *tcp_frame_new(tcp_state_t *st, const kvrt_xfer_wire_header_t *h,
                            const uint8_t *payload, uint64_t length)
 {
-    tcp_frame_t *f = st->frame_cache;
-    if (f) {
-        st->frame_cache = f->next;
-        st->frames_cached--;
-        memset(f, 0, sizeof(*f));
-    } else if (!(f = calloc(1, sizeof(*f)))) {
+    tcp_frame_t *f = kvrt_free_list_take(&st->frames);
+    if (!f)
         return NULL;
-    }
     kvrt_xfer_wire_encode(h, f->hdr);
     f->payload = payload;
     f->length = payload ? length : 0;
@@ -59,13 +54,7 @@ void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f)
     if (f->pin)
         kvrt_xfer_bk_unpin(st->env.agent, f->pin);
     free(f->owned);
-    if (st->frames_cached < TCP_CACHE_MAX) {
-        f->next = st->frame_cache;
-        st->frame_cache = f;
-        st->frames_cached++;
-    } else {
-        free(f);
-    }
+    kvrt_free_list_give(&st->frames, f);
 }
 
 #if defined(__SANITIZE_THREAD__)
@@ -251,14 +240,9 @@ static void send_prep(tcp_state_t *st, tcp_send_t *t, struct io_uring_sqe *sqe)
 /* Gathers queued frames of s into one sendmsg. */
 static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
 {
-    tcp_send_t *t = st->send_cache;
-    if (t) {
-        st->send_cache = t->next_free;
-        st->sends_cached--;
-        memset(t, 0, sizeof(*t));
-    } else if (!(t = calloc(1, sizeof(*t)))) {
+    tcp_send_t *t = kvrt_free_list_take(&st->sends);
+    if (!t)
         return NULL;
-    }
     t->sock = s;
     tcp_frame_t **tail = &t->frames;
     while (s->txq && t->iov_count + 2 <= TCP_IOV_MAX) {
@@ -289,13 +273,21 @@ static void send_free(tcp_state_t *st, tcp_send_t *t)
         t->frames = f->next;
         tcp_frame_free(st, f);
     }
-    if (st->sends_cached < TCP_CACHE_MAX) {
-        t->next_free = st->send_cache;
-        st->send_cache = t;
-        st->sends_cached++;
-    } else {
-        free(t);
-    }
+    kvrt_free_list_give(&st->sends, t);
+}
+
+/* Ends a sendmsg: its socket may send again. Zero-copy notifications may
+ * come after the connection is gone (the kernel lets go of the pages when
+ * the socket is closed): from here on the record stands alone. */
+static void send_finish(tcp_state_t *st, tcp_send_t *t)
+{
+    t->finished = true;
+    t->sock->sending = false;
+    t->sock = NULL;
+    if (t->notifs == 0)
+        send_free(st, t);
+    else
+        st->zc_orphans++;
 }
 
 /* A sendmsg completed with res bytes or an error. Returns true when t must
@@ -322,16 +314,7 @@ static bool send_complete(tcp_state_t *st, tcp_send_t *t, int res)
         if (t->iov_first < t->iov_count)
             return true;
     }
-    t->finished = true;
-    t->sock->sending = false;
-    /* Zero-copy notifications may come after the connection is gone (the
-     * kernel lets go of the pages when the socket is closed): from here on
-     * the record stands alone. */
-    t->sock = NULL;
-    if (t->notifs == 0)
-        send_free(st, t);
-    else
-        st->zc_orphans++;
+    send_finish(st, t);
     return false;
 }
 
@@ -423,13 +406,7 @@ static void handle_cqe(tcp_state_t *st, struct io_uring_cqe *cqe)
                 send_prep(st, t, sqe);
             } else {
                 tcp_conn_fail(c, KVRT_ERR_INTERNAL, "submission queue full");
-                t->finished = true;
-                t->sock->sending = false;
-                t->sock = NULL;
-                if (t->notifs == 0)
-                    send_free(st, t);
-                else
-                    st->zc_orphans++;
+                send_finish(st, t);
             }
         }
     }
@@ -519,24 +496,8 @@ static kvrt_status_t tcp_init(const kvrt_xfer_bk_env_t *env, void **state_out, c
         return KVRT_ERR_NO_MEMORY;
     }
     st->env = *env;
-    /* Reserve frames and sendmsg records up front; what cannot be had now
-     * is allocated when needed. */
-    for (uint32_t i = 0; i < TCP_RESERVE_FRAMES; i++) {
-        tcp_frame_t *f = calloc(1, sizeof(*f));
-        if (!f)
-            break;
-        f->next = st->frame_cache;
-        st->frame_cache = f;
-        st->frames_cached++;
-    }
-    for (uint32_t i = 0; i < TCP_RESERVE_SENDS; i++) {
-        tcp_send_t *t = calloc(1, sizeof(*t));
-        if (!t)
-            break;
-        t->next_free = st->send_cache;
-        st->send_cache = t;
-        st->sends_cached++;
-    }
+    kvrt_free_list_init(&st->frames, sizeof(tcp_frame_t), TCP_CACHE_MAX);
+    kvrt_free_list_init(&st->sends, sizeof(tcp_send_t), TCP_CACHE_MAX);
     int rc = io_uring_queue_init(RING_ENTRIES, &st->ring, 0);
     if (rc < 0) {
         snprintf(why, why_bytes, "io_uring_queue_init: %s", strerror(-rc));
@@ -559,6 +520,13 @@ static kvrt_status_t tcp_init(const kvrt_xfer_bk_env_t *env, void **state_out, c
         free(st);
         return KVRT_ERR_IO;
     }
+    /* Frames and sendmsg records reserved up front (no connection exists
+     * yet, so the progress thread touches neither); what cannot be had now
+     * is allocated when needed. */
+    pthread_mutex_lock(&st->lock);
+    (void)kvrt_free_list_reserve(&st->frames, TCP_RESERVE_FRAMES);
+    (void)kvrt_free_list_reserve(&st->sends, TCP_RESERVE_SENDS);
+    pthread_mutex_unlock(&st->lock);
     *state_out = st;
     return KVRT_OK;
 }
@@ -584,16 +552,8 @@ static void tcp_fini(void *state)
     io_uring_queue_exit(&st->ring);
     close(st->wake_fd);
     free(st->ups);
-    while (st->frame_cache) {
-        tcp_frame_t *f = st->frame_cache;
-        st->frame_cache = f->next;
-        free(f);
-    }
-    while (st->send_cache) {
-        tcp_send_t *t = st->send_cache;
-        st->send_cache = t->next_free;
-        free(t);
-    }
+    kvrt_free_list_drain(&st->frames);
+    kvrt_free_list_drain(&st->sends);
     pthread_mutex_destroy(&st->lock);
     pthread_cond_destroy(&st->cond);
     free(st);

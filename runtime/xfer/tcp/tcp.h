@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "../backend.h"
+#include "core/free_list.h"
 #include "wire.h"
 
 #define TCP_MAX_SOCKS 16
@@ -56,7 +57,6 @@ typedef struct tcp_send {
     uint32_t iov_first, iov_count;
     uint32_t notifs;           /* zero-copy notifications still due */
     bool zerocopy, finished;   /* finished: sock is NULL from then on */
-    struct tcp_send *next_free; /* in tcp_state's cache */
 } tcp_send_t;
 
 typedef enum tcp_slot_kind { SLOT_WRITE = 1, SLOT_READ = 2, SLOT_MSG = 3 } tcp_slot_kind_t;
@@ -142,9 +142,8 @@ struct tcp_state {
      * no completion is ever lost. */
     tcp_upcall_t *ups;
     uint32_t ups_head, nups, cap_ups, ups_promised;
-    tcp_frame_t *frame_cache;  /* free frames, linked by next */
-    tcp_send_t *send_cache;    /* free sendmsg records */
-    uint32_t frames_cached, sends_cached;
+    kvrt_free_list_t frames;   /* freed frames kept for reuse */
+    kvrt_free_list_t sends;    /* freed sendmsg records kept for reuse */
     uint64_t written, read;    /* bytes completed, reported in batches */
     uint32_t zc_orphans;       /* finished sends awaiting zero-copy notifications */
     uint8_t scratch[TCP_SCRATCH];
