@@ -172,8 +172,9 @@ typedef struct rig {
  * the public API: a host pool of 1 MiB blocks, freed with the context. */
 static uint8_t *host_buffer(kvrt_ctx_t *ctx, uint64_t bytes)
 {
+    /* fp16 (the default dtype): 2 x 256 tokens x 8 heads x 128 x 2 B = 1 MiB */
     kvrt_pool_params_t pp = {.layout = {.num_layers = 1, .num_kv_heads = 8, .head_dim = 128,
-                                        .dtype = KVRT_DTYPE_FP16, .tokens_per_block = 256},
+                                        .tokens_per_block = 256},
                              .num_blocks = (uint32_t)((bytes + (1u << 20) - 1) >> 20)};
     kvrt_pool_t *pool = NULL;
     kvrt_pool_info_t info;
