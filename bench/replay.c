@@ -4,8 +4,8 @@
  * and eviction policies) and reports hit rates per capacity and policy.
  *
  *   kvrt-replay [--trace PATH] [--format auto|mooncake|azure]
- *               [--capacity unbounded,100000,...] [--policy lru,lfu,lfu-aged|all]
- *               [--json]
+ *               [--capacity unbounded,100000,...]
+ *               [--policy lru,lfu,lfu-aged,lru-leaf,adaptive,belady|all] [--json]
  *
  * Model: one kvrt block per 512-token trace block (tokens_per_block 512).
  * Each block's token ids are a deterministic function of its hash id, so
@@ -30,33 +30,26 @@
  * Exit status: 0 ok, 1 bad trace or replay failure, 2 bad usage.
  */
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "kvrt/kvrt.h"
-#include "trace.h"
+#include "replay.h"
 
 #define MAX_RUNS 16
-#define UNBOUNDED 0u
+#define UNBOUNDED REPLAY_UNBOUNDED
 
-typedef struct replay_result {
-    const char *policy;
-    uint32_t capacity; /* UNBOUNDED or blocks */
-    uint64_t hit_blocks;
-    uint64_t total_blocks;
-    uint64_t evictions;
-    uint64_t miss_evicted_blocks;
-    uint64_t miss_never_cached_blocks;
-    double seconds;
-} replay_result_t;
-
+/* "belady" is the clairvoyant bound (replay_belady.c), not a kvrt policy. */
 static const struct {
     const char *name;
     kvrt_cache_policy_t policy;
-} policies[] = {{"lru", KVRT_CACHE_LRU}, {"lfu", KVRT_CACHE_LFU},
-                {"lfu-aged", KVRT_CACHE_LFU_AGED}};
+    bool clairvoyant;
+} policies[] = {{"lru", KVRT_CACHE_LRU, false},           {"lfu", KVRT_CACHE_LFU, false},
+                {"lfu-aged", KVRT_CACHE_LFU_AGED, false}, {"lru-leaf", KVRT_CACHE_LRU_LEAF, false},
+                {"adaptive", KVRT_CACHE_ADAPTIVE, false}, {"belady", KVRT_CACHE_LRU, true}};
 #define NUM_POLICIES (sizeof(policies) / sizeof(policies[0]))
 
 static double now_seconds(void)
@@ -161,6 +154,13 @@ static int replay_one(replay_t *r, const trace_t *trace, uint32_t capacity,
     uint32_t num_blocks = capacity == UNBOUNDED ? (uint32_t)trace->num_hash_ids + 1
                                                 : capacity + 1;
     double start = now_seconds();
+    if (policies[policy_index].clairvoyant) {
+        int rc = replay_belady(trace, capacity, out);
+        if (rc != 0)
+            fprintf(stderr, "kvrt-replay: out of memory for the clairvoyant bound\n");
+        out->seconds = now_seconds() - start;
+        return rc;
+    }
     r->pool = NULL;
     r->cache = NULL;
     if (replay_setup(r, num_blocks, policies[policy_index].policy) != 0)
@@ -236,8 +236,10 @@ static int parse_policies(const char *text, size_t *chosen, int *n)
 static void usage(FILE *out)
 {
     fprintf(out, "usage: kvrt-replay [--trace PATH] [--format auto|mooncake|azure]\n"
-                 "                   [--capacity unbounded,N,...] [--policy lru,lfu,lfu-aged|all]"
+                 "                   [--capacity unbounded,N,...]\n"
+                 "                   [--policy lru,lfu,lfu-aged,lru-leaf,adaptive,belady|all]"
                  " [--json]\n"
+                 "belady is the clairvoyant bound (Belady's MIN, prefix semantics)\n"
                  "default trace: %s\n", KVRT_SHIPPED_TRACE);
 }
 
@@ -327,8 +329,8 @@ int main(int argc, char **argv)
             break;
         case 'p':
             if (parse_policies(optarg, chosen, &num_policies) != 0) {
-                fprintf(stderr, "kvrt-replay: --policy wants lru, lfu, lfu-aged or all; "
-                                "got '%s'\n", optarg);
+                fprintf(stderr, "kvrt-replay: --policy wants lru, lfu, lfu-aged, lru-leaf, "
+                                "adaptive, belady or all; got '%s'\n", optarg);
                 return 2;
             }
             break;

@@ -50,6 +50,8 @@ static const cache_policy_ops_t *const policy_table[] = {
     [KVRT_CACHE_LRU] = &kvrt_cache_policy_lru,
     [KVRT_CACHE_LFU] = &kvrt_cache_policy_lfu,
     [KVRT_CACHE_LFU_AGED] = &kvrt_cache_policy_lfu_aged,
+    [KVRT_CACHE_LRU_LEAF] = &kvrt_cache_policy_lru_leaf,
+    [KVRT_CACHE_ADAPTIVE] = &kvrt_cache_policy_adaptive,
 };
 #define NUM_POLICIES (sizeof(policy_table) / sizeof(policy_table[0]))
 #define EXPLAIN_MIN_SLOTS (1u << 16)
@@ -236,7 +238,7 @@ static kvrt_status_t cache_setup(kvrt_cache_t *cache, const kvrt_cache_params_t 
         kvrt_model_fingerprint("unnamed", &layout, &fingerprint);
     }
     cache->root = kvrt_cache_hash_root(&fingerprint);
-    cache->policy_kind = (p->field_mask & KVRT_CACHE_PARAM_POLICY) ? p->policy : KVRT_CACHE_LRU;
+    cache->policy_kind = (p->field_mask & KVRT_CACHE_PARAM_POLICY) ? p->policy : KVRT_CACHE_LRU_LEAF;
     cache->policy.ops = policy_table[cache->policy_kind];
     cache->policy.num_blocks = cache->num_blocks;
     if (cache->policy.ops->init(&cache->policy, cache->num_blocks) != KVRT_OK ||

@@ -104,6 +104,15 @@ typedef struct policy_heap_entry {
     int32_t block;
 } policy_heap_entry_t;
 
+/* A release run: the block it began with (deeper blocks of the run are
+ * linked in front of it), the depth of its last block and the query tick it
+ * started at; first is 0 when no run is open. */
+typedef struct policy_run {
+    int32_t first;
+    uint32_t depth;
+    uint64_t tick;
+} policy_run_t;
+
 struct cache_policy {
     const cache_policy_ops_t *ops;
     uint32_t num_blocks;
@@ -113,6 +122,14 @@ struct cache_policy {
      * cached) as the sentinel; next[0] is the least recently used. */
     int32_t *prev;
     int32_t *next;
+    /* Leaf-first lists (lru-leaf, adaptive): the open release run of each
+     * list (policy_lru.c). */
+    policy_run_t run[2];
+    /* Adaptive: blocks per list (0 probation, 1 protected), the target
+     * length of probation, and each block's list. */
+    uint32_t list_count[2];
+    uint32_t target;
+    uint8_t *protected;
     /* Frequency policies: a binary min-heap of evictable blocks. */
     policy_heap_entry_t *heap;
     uint32_t *heap_pos;  /* 1-based position in heap, 0 when absent */
@@ -149,5 +166,14 @@ void kvrt_cache_unhold(kvrt_cache_t *cache);
 extern const cache_policy_ops_t kvrt_cache_policy_lru;
 extern const cache_policy_ops_t kvrt_cache_policy_lfu;
 extern const cache_policy_ops_t kvrt_cache_policy_lfu_aged;
+extern const cache_policy_ops_t kvrt_cache_policy_lru_leaf;
+extern const cache_policy_ops_t kvrt_cache_policy_adaptive;
+
+/* Leaf-first list primitives shared by lru-leaf and adaptive
+ * (policy_lru.c): links block into the list ending at `sentinel` under the
+ * run rule; unlinks it and closes the run it anchored. */
+void kvrt_policy_list_idle(cache_policy_t *p, policy_run_t *run, int32_t sentinel,
+                           int32_t block);
+void kvrt_policy_list_unlink(cache_policy_t *p, policy_run_t *run, int32_t block);
 
 #endif /* KVRT_CACHE_INTERNAL_H */
