@@ -8,6 +8,12 @@
  *   cache.replay.6cap        kvrt-replay of the Mooncake conversation trace,
  *                            LRU at six capacities (baseline: XXH3-128 over
  *                            the same 6 x 288,500 blocks of 2 KiB)
+ *   cache.churn.observer     one eviction + insert cycle (allocate a block,
+ *   cache.churn.sink         which evicts the LRU victim; cache it under a
+ *                            new key; free it) with a counting observer, and
+ *                            with an observer and a sink that drops every
+ *                            victim (baseline: the same cycle, nothing
+ *                            attached, runs interleaved)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +21,7 @@
 #include <xxhash.h>
 
 #include "bench.h"
+#include "cache/hooks.h"
 #include "kvrt/kvrt.h"
 
 #define BLOCK_TOKENS 16u
@@ -196,10 +203,98 @@ static int bench_replay(const bench_options_t *o)
     return 0;
 }
 
+/* ---- hooks: the cost of an attached observer and sink ---------------------- */
+
+static void count_event(void *user_data, const kvrt_cache_event_t *event)
+{
+    (*(uint64_t *)user_data) += event->id;
+}
+
+static kvrt_cache_sink_verdict_t drop_victim(void *user_data, const kvrt_cache_victim_t *victim)
+{
+    (*(uint64_t *)user_data) += (uint64_t)victim->block;
+    return KVRT_CACHE_SINK_DROP;
+}
+
+/* ns per cycle of `cycles` evict + insert cycles on a full cache. */
+static double churn_ns(kvrt_pool_t *pool, kvrt_cache_t *cache, uint32_t cycles,
+                       uint64_t *next_key)
+{
+    uint64_t start = bench_now_ns();
+    for (uint32_t i = 0; i < cycles; i++) {
+        int32_t block;
+        kvrt_block_hash_t content = {++*next_key * 0x9e3779b97f4a7c15ull, *next_key};
+        if (kvrt_pool_alloc(pool, 1, &block) != KVRT_OK ||
+            kvrt_cache_insert(cache, block, &content, NULL, i & 63, NULL) != KVRT_OK ||
+            kvrt_pool_free(pool, 1, &block) != KVRT_OK)
+            return -1;
+    }
+    return (double)(bench_now_ns() - start) / cycles;
+}
+
+static int bench_hooks(const bench_options_t *o)
+{
+    kvrt_ctx_t *ctx = NULL;
+    kvrt_pool_t *pool = NULL;
+    kvrt_cache_t *cache = NULL;
+    const uint32_t num_blocks = 100000;
+    kvrt_kv_layout_t layout = {.num_layers = 32, .num_kv_heads = 8, .head_dim = 128,
+                               .tokens_per_block = BLOCK_TOKENS};
+    uint64_t block_bytes = 0;
+    kvrt_layout_block_bytes(&layout, &block_bytes);
+    kvrt_pool_params_t pp = {.field_mask = KVRT_POOL_PARAM_BASE,
+                             .layout = layout, .num_blocks = num_blocks,
+                             .base = (void *)(uintptr_t)0x100000000ull,
+                             .base_bytes = block_bytes * num_blocks};
+    uint64_t next_key = 0, sunk = 0;
+    const uint32_t cycles = o->quick ? 100000 : 1000000;
+    double none[1000], observed[1000], sinked[1000];
+    int rc = -1;
+    if (kvrt_ctx_create(NULL, &ctx) != KVRT_OK || kvrt_pool_create(ctx, &pp, &pool) != KVRT_OK ||
+        kvrt_cache_create(pool, NULL, &cache) != KVRT_OK)
+        goto out;
+    /* Fill the pool with cached blocks, so every cycle evicts. */
+    if (churn_ns(pool, cache, num_blocks, &next_key) < 0)
+        goto out;
+    for (int r = 0; r < o->repeats; r++) {
+        none[r] = churn_ns(pool, cache, cycles, &next_key);
+        if (kvrt_cache_observe(cache, count_event, &sunk) != KVRT_OK)
+            goto out;
+        observed[r] = churn_ns(pool, cache, cycles, &next_key);
+        if (kvrt_cache_set_sink(cache, drop_victim, &sunk) != KVRT_OK)
+            goto out;
+        sinked[r] = churn_ns(pool, cache, cycles, &next_key);
+        if (kvrt_cache_set_sink(cache, NULL, NULL) != KVRT_OK ||
+            kvrt_cache_unobserve(cache, count_event, &sunk) != KVRT_OK)
+            goto out;
+        if (none[r] < 0 || observed[r] < 0 || sinked[r] < 0)
+            goto out;
+    }
+    bench_consume(&sunk);
+    double base = bench_median(none, o->repeats);
+    bench_report(&(bench_figure_t){.name = "cache.churn.observer", .unit = "ns/cycle",
+                                   .value = bench_median(observed, o->repeats),
+                                   .baseline_name = "cache.churn.detached",
+                                   .baseline_value = base, .lower_is_better = true,
+                                   .note = "alloc (evicts LRU) + insert + free, 100k blocks"});
+    bench_report(&(bench_figure_t){.name = "cache.churn.sink", .unit = "ns/cycle",
+                                   .value = bench_median(sinked, o->repeats),
+                                   .baseline_name = "cache.churn.detached",
+                                   .baseline_value = base, .lower_is_better = true,
+                                   .note = "observer + a sink that drops every victim"});
+    rc = 0;
+out:
+    if (rc != 0 && ctx)
+        fprintf(stderr, "cache.churn: %s\n", kvrt_ctx_last_error(ctx));
+    kvrt_cache_destroy(cache);
+    kvrt_ctx_destroy(ctx);
+    return rc;
+}
+
 static int run_cache(const bench_options_t *o)
 {
     fill_prompt();
-    if (bench_hash(o) != 0 || bench_match(o) != 0)
+    if (bench_hash(o) != 0 || bench_match(o) != 0 || bench_hooks(o) != 0)
         return -1;
     return bench_replay(o);
 }

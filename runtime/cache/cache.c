@@ -4,8 +4,9 @@
  *
  * State per cache, all sized at creation from the pool's block count:
  *   index        block key -> block (index.c)
- *   block_key    block -> its key, so an evicted block leaves the index
- *                without rehashing
+ *   names        block -> its key, content hash, parent key and depth, so an
+ *                evicted block leaves the index without rehashing and its
+ *                events and eviction sink know what it was
  *   policy       the evictable set (policy_*.c)
  *   explain      a direct-mapped table, content hash -> (content tag, keys
  *                tag) of the last block inserted with that content. It
@@ -34,15 +35,17 @@ struct kvrt_cache {
     kvrt_block_hash_t root;
     cache_index_t index;
     cache_policy_t policy;
-    kvrt_block_hash_t *block_key;
+    kvrt_cache_block_name_t *names;
     uint64_t *explain;
     uint64_t explain_mask;
     kvrt_cache_stats_t stats;
     kvrt_pool_cache_ops_t pool_ops;
     uint32_t holders; /* schedulers built on this cache */
+    cache_hooks_t hooks;
 };
 
 kvrt_pool_t *kvrt_cache_pool(const kvrt_cache_t *cache) { return cache->pool; }
+cache_hooks_t *kvrt_cache_hooks(kvrt_cache_t *cache) { return &cache->hooks; }
 void kvrt_cache_hold(kvrt_cache_t *cache) { cache->holders++; }
 void kvrt_cache_unhold(kvrt_cache_t *cache) { cache->holders--; }
 
@@ -112,14 +115,40 @@ static void hook_busy(void *obj, int32_t block)
     cache->policy.ops->busy(&cache->policy, block);
 }
 
+/* Offers a victim, already out of the index, to the eviction sink; true
+ * when the sink keeps it. `needed` counts the blocks the allocation still
+ * needs freed, this one included. */
+static bool sink_keeps(kvrt_cache_t *cache, int32_t block, uint32_t needed)
+{
+    kvrt_cache_victim_t victim = {
+        .block = block,
+        /* Keeping this one leaves policy.evictable others for the rest. */
+        .may_keep = cache->policy.evictable >= needed,
+        .name = cache->names[block],
+    };
+    kvrt_cache_sink_verdict_t verdict = cache->hooks.sink(cache->hooks.sink_data, &victim);
+    return verdict == KVRT_CACHE_SINK_KEEP && victim.may_keep;
+}
+
 static void hook_evict(void *obj, uint32_t count)
 {
     kvrt_cache_t *cache = obj;
-    for (uint32_t i = 0; i < count; i++) {
+    uint32_t freed = 0;
+    while (freed < count) {
         int32_t block = cache->policy.ops->victim(&cache->policy);
-        kvrt_cache_index_remove(&cache->index, &cache->block_key[block]);
+        const kvrt_cache_block_name_t *name = &cache->names[block];
+        kvrt_cache_index_remove(&cache->index, &name->key);
         cache->stats.evictions++;
-        kvrt_pool_uncache(cache->pool, block);
+        bool kept = KVRT_UNLIKELY(cache->hooks.sink != NULL) &&
+                    sink_keeps(cache, block, count - freed);
+        if (kept) {
+            kvrt_pool_uncache_held(cache->pool, block);
+        } else {
+            kvrt_pool_uncache(cache->pool, block);
+            freed++;
+        }
+        kvrt_cache_emit(&cache->hooks, KVRT_CACHE_EVENT_REMOVED,
+                        kept ? KVRT_CACHE_EVENT_KEPT : 0, block, name);
     }
 }
 
@@ -202,7 +231,7 @@ static void cache_free(kvrt_cache_t *cache)
     if (cache->policy.ops)
         cache->policy.ops->destroy(&cache->policy);
     kvrt_cache_index_destroy(&cache->index);
-    free(cache->block_key);
+    free(cache->names);
     free(cache->explain);
     free(cache);
 }
@@ -211,6 +240,7 @@ static void cache_destroy_owned(kvrt_owned_t *owned)
 {
     kvrt_cache_t *cache = (kvrt_cache_t *)owned;
     kvrt_ctl_unregister(cache->ctx, cache);
+    kvrt_cache_emit_cleared(cache);
     kvrt_pool_detach_cache(cache->pool);
     cache_free(cache);
 }
@@ -244,14 +274,14 @@ static kvrt_status_t cache_setup(kvrt_cache_t *cache, const kvrt_cache_params_t 
     if (cache->policy.ops->init(&cache->policy, cache->num_blocks) != KVRT_OK ||
         kvrt_cache_index_init(&cache->index, cache->num_blocks) != KVRT_OK)
         return KVRT_ERR_NO_MEMORY;
-    cache->block_key = calloc(cache->num_blocks, sizeof(*cache->block_key));
+    cache->names = calloc(cache->num_blocks, sizeof(*cache->names));
     /* Twice the index (and at least 64k slots, 512 KiB) so the reasons of
      * recent evictions survive the churn of a small cache. */
     cache->explain_mask = 2 * cache->index.mask + 1;
     if (cache->explain_mask < EXPLAIN_MIN_SLOTS - 1)
         cache->explain_mask = EXPLAIN_MIN_SLOTS - 1;
     cache->explain = calloc(cache->explain_mask + 1, sizeof(*cache->explain));
-    if (!cache->block_key || !cache->explain)
+    if (!cache->names || !cache->explain)
         return KVRT_ERR_NO_MEMORY;
     return KVRT_OK;
 }
@@ -280,6 +310,9 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_create(kvrt_pool_t *pool, const kvrt_cache_
     cache->group_id = info.group_id;
     cache->num_blocks = info.num_blocks;
     cache->tokens_per_block = info.tokens_per_block;
+    cache->hooks.ctx = ctx;
+    cache->hooks.group_id = info.group_id;
+    cache->hooks.tokens_per_block = info.tokens_per_block;
     if (cache_setup(cache, p) != KVRT_OK) {
         cache_free(cache);
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "index and policy for %u blocks",
@@ -456,23 +489,18 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_lookup(kvrt_cache_t *cache, const kvrt_bloc
     return KVRT_OK;
 }
 
-KVRT_EXPORT kvrt_status_t kvrt_cache_insert(kvrt_cache_t *cache, int32_t block,
-                                            const kvrt_block_hash_t *content,
-                                            const kvrt_hash_keys_t *keys, uint32_t block_index,
-                                            int32_t *cached_out)
+/* Indexes block under name unless the key is indexed already; explain is
+ * the explain-table entry of its content under the caller's keys, or 0
+ * when the keys are unknown (kvrt_cache_insert_named). */
+static kvrt_status_t insert_name(kvrt_cache_t *cache, int32_t block,
+                                 const kvrt_cache_block_name_t *name, uint64_t explain,
+                                 int32_t *cached_out)
 {
-    if (KVRT_UNLIKELY(!cache))
-        return KVRT_ERR_INVALID_ARG;
-    call_keys_t ck;
-    if (KVRT_UNLIKELY(!content || !call_keys_init(&ck, keys)))
-        return kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG,
-                         "content is required and keys must be valid");
     uint32_t refs = 0;
     if (KVRT_UNLIKELY(kvrt_pool_refcount(cache->pool, block, &refs) != KVRT_OK || refs == 0))
         return kvrt_fail(cache->ctx, KVRT_ERR_UNKNOWN_BLOCK,
                          "cache %s: block %d is not in use in its pool", cache->name, block);
-    kvrt_block_hash_t key = key_of(&ck, content);
-    int32_t existing = kvrt_cache_index_find(&cache->index, &key);
+    int32_t existing = kvrt_cache_index_find(&cache->index, &name->key);
     if (KVRT_UNLIKELY(kvrt_pool_is_cached(cache->pool, block) && existing != block))
         return kvrt_fail(cache->ctx, KVRT_ERR_BAD_STATE,
                          "cache %s: block %d is already cached under another key", cache->name,
@@ -481,16 +509,66 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_insert(kvrt_cache_t *cache, int32_t block,
         cache->stats.insert_duplicates++;
     } else {
         existing = block;
-        kvrt_cache_index_add(&cache->index, &key, block);
-        cache->block_key[block] = key;
+        kvrt_cache_index_add(&cache->index, &name->key, block);
+        cache->names[block] = *name;
         kvrt_pool_mark_cached(cache->pool, block);
-        cache->policy.ops->inserted(&cache->policy, block, block_index, &key);
-        cache->explain[content->lo & cache->explain_mask] = explain_entry(content, &ck);
+        cache->policy.ops->inserted(&cache->policy, block, name->depth, &name->key);
+        if (explain)
+            cache->explain[name->content.lo & cache->explain_mask] = explain;
         cache->stats.inserts++;
+        kvrt_cache_emit(&cache->hooks, KVRT_CACHE_EVENT_STORED, 0, block, name);
     }
     if (cached_out)
         *cached_out = existing;
     return KVRT_OK;
+}
+
+kvrt_status_t kvrt_cache_insert_chained(kvrt_cache_t *cache, int32_t block,
+                                        const kvrt_block_hash_t *content,
+                                        const kvrt_block_hash_t *parent_content,
+                                        const kvrt_hash_keys_t *keys, uint32_t block_index,
+                                        int32_t *cached_out)
+{
+    if (KVRT_UNLIKELY(!cache))
+        return KVRT_ERR_INVALID_ARG;
+    call_keys_t ck;
+    if (KVRT_UNLIKELY(!content || !call_keys_init(&ck, keys)))
+        return kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG,
+                         "content is required and keys must be valid");
+    kvrt_cache_block_name_t name = {.key = key_of(&ck, content), .content = *content,
+                                    .depth = block_index};
+    if (parent_content && block_index > 0) {
+        name.parent_key = key_of(&ck, parent_content);
+        name.flags = KVRT_CACHE_NAME_HAS_PARENT;
+    }
+    return insert_name(cache, block, &name, explain_entry(content, &ck), cached_out);
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cache_insert(kvrt_cache_t *cache, int32_t block,
+                                            const kvrt_block_hash_t *content,
+                                            const kvrt_hash_keys_t *keys, uint32_t block_index,
+                                            int32_t *cached_out)
+{
+    return kvrt_cache_insert_chained(cache, block, content, NULL, keys, block_index,
+                                     cached_out);
+}
+
+kvrt_status_t kvrt_cache_insert_named(kvrt_cache_t *cache, int32_t block,
+                                      const kvrt_cache_block_name_t *name,
+                                      int32_t *cached_out)
+{
+    if (KVRT_UNLIKELY(!cache))
+        return KVRT_ERR_INVALID_ARG;
+    if (KVRT_UNLIKELY(!name || (name->flags & ~(uint32_t)KVRT_CACHE_NAME_HAS_PARENT)))
+        return kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG,
+                         "name is required and may hold only known flags");
+    /* Without the keys only an unsalted block's explain entry is known:
+     * its key is its content. */
+    static const call_keys_t no_keys = {.empty = true, .tag = 1u};
+    uint64_t explain = hash_equal(&name->key, &name->content)
+                           ? explain_entry(&name->content, &no_keys)
+                           : 0;
+    return insert_name(cache, block, name, explain, cached_out);
 }
 
 /* ---- stats and verification -------------------------------------------------- */
@@ -527,7 +605,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_verify(const kvrt_cache_t *cache)
         if (!kvrt_pool_is_cached(cache->pool, s->block))
             return broken(cache, "cache %s: indexed block %d is not cached in the pool",
                           cache->name, s->block);
-        if (!hash_equal(&cache->block_key[s->block], &s->key))
+        if (!hash_equal(&cache->names[s->block].key, &s->key))
             return broken(cache, "cache %s: block %d indexed under a key it does not hold",
                           cache->name, s->block);
         if (kvrt_cache_index_find(&cache->index, &s->key) != s->block)

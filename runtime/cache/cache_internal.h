@@ -7,6 +7,7 @@
 #ifndef KVRT_CACHE_INTERNAL_H
 #define KVRT_CACHE_INTERNAL_H
 
+#include "cache/hooks.h"
 #include "core/core.h"
 #include "kv/pool_internal.h"
 #include "kvrt/cache.h"
@@ -162,6 +163,52 @@ static inline void kvrt_cache_policy_prefetch(const cache_policy_t *p, int32_t b
 kvrt_pool_t *kvrt_cache_pool(const kvrt_cache_t *cache);
 void kvrt_cache_hold(kvrt_cache_t *cache);
 void kvrt_cache_unhold(kvrt_cache_t *cache);
+
+/* ---- hooks (hooks.c; the contract is cache/hooks.h) ------------------------ */
+
+typedef struct cache_observer {
+    kvrt_cache_observer_fn fn;
+    void *user_data;
+} cache_observer_t;
+
+typedef struct cache_hooks {
+    kvrt_ctx_t *ctx;
+    uint32_t group_id;
+    uint32_t tokens_per_block;
+    uint64_t events; /* event ids handed out */
+    kvrt_cache_sink_fn sink;
+    void *sink_data;
+    uint32_t num_observers;
+    cache_observer_t observers[KVRT_CACHE_MAX_OBSERVERS];
+} cache_hooks_t;
+
+cache_hooks_t *kvrt_cache_hooks(kvrt_cache_t *cache);
+/* Calls every observer with one event (id already taken). */
+void kvrt_cache_hooks_notify(const cache_hooks_t *hooks, const kvrt_cache_event_t *event);
+
+/* Takes the next event id and, when observers are attached, tells them.
+ * name NULL for CLEARED. The one branch the hot path pays. */
+static inline void kvrt_cache_emit(cache_hooks_t *hooks, kvrt_cache_event_kind_t kind,
+                                   uint32_t flags, int32_t block,
+                                   const kvrt_cache_block_name_t *name)
+{
+    uint64_t id = ++hooks->events;
+    if (KVRT_LIKELY(hooks->num_observers == 0))
+        return;
+    kvrt_cache_event_t event = {.kind = kind, .flags = flags, .id = id,
+                                .group_id = hooks->group_id,
+                                .tokens_per_block = hooks->tokens_per_block,
+                                .block = block};
+    if (name)
+        event.name = *name;
+    kvrt_cache_hooks_notify(hooks, &event);
+}
+
+/* For kvrt_cache_reset(): every block left the index at once. */
+static inline void kvrt_cache_emit_cleared(kvrt_cache_t *cache)
+{
+    kvrt_cache_emit(kvrt_cache_hooks(cache), KVRT_CACHE_EVENT_CLEARED, 0, KVRT_NULL_BLOCK, NULL);
+}
 
 extern const cache_policy_ops_t kvrt_cache_policy_lru;
 extern const cache_policy_ops_t kvrt_cache_policy_lfu;

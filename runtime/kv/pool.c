@@ -443,6 +443,16 @@ void kvrt_pool_uncache(kvrt_pool_t *pool, int32_t block)
     }
 }
 
+void kvrt_pool_uncache_held(kvrt_pool_t *pool, int32_t block)
+{
+    block_meta_t *m = &pool->meta[block];
+    m->cached = 0;
+    m->state = BLOCK_USED;
+    m->refcount = 1;
+    pool->idle_count--;
+    pool->used_count++;
+}
+
 bool kvrt_pool_ref_cached(kvrt_pool_t *pool, int32_t block)
 {
     if (!block_in_range(pool, block))

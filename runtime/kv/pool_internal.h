@@ -9,7 +9,9 @@
  * cache (block_busy) so the policy drops it from its evictable set in O(1).
  * When an allocation finds the free list short, the pool asks the cache to
  * evict: the cache picks victims, forgets them and calls
- * kvrt_pool_uncache() on each, which puts them on the free list.
+ * kvrt_pool_uncache() on each, which puts them on the free list (or
+ * kvrt_pool_uncache_held() on one an eviction sink keeps; the cache then
+ * evicts another, so `count` blocks are freed in the end).
  */
 #ifndef KVRT_POOL_INTERNAL_H
 #define KVRT_POOL_INTERNAL_H
@@ -21,7 +23,7 @@
 typedef struct kvrt_pool_cache_ops {
     void (*block_idle)(void *cache, int32_t block);
     void (*block_busy)(void *cache, int32_t block);
-    /* Reclaim `count` idle blocks (the pool guarantees that many exist). */
+    /* Free `count` idle blocks (the pool guarantees that many exist). */
     void (*evict)(void *cache, uint32_t count);
 } kvrt_pool_cache_ops_t;
 
@@ -36,6 +38,10 @@ void kvrt_pool_detach_cache(kvrt_pool_t *pool);
 bool kvrt_pool_mark_cached(kvrt_pool_t *pool, int32_t block);
 /* Clears the cached flag; an idle block goes to the free list. */
 void kvrt_pool_uncache(kvrt_pool_t *pool, int32_t block);
+/* Clears the cached flag of an idle block and hands it, used with one
+ * reference, to whoever the cache gives it to (an eviction sink), who frees
+ * it later with kvrt_pool_free(). */
+void kvrt_pool_uncache_held(kvrt_pool_t *pool, int32_t block);
 /* Takes a reference on a cached block, idle or used (a prefix hit). Returns
  * false when the block is not cached or its count would overflow. */
 bool kvrt_pool_ref_cached(kvrt_pool_t *pool, int32_t block);

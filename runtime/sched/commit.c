@@ -75,7 +75,8 @@ static void cache_full_blocks(kvrt_sched_t *s, seq_t *q)
         }
         /* A key cached already under another block is not an error: this
          * block simply stays private. */
-        kvrt_cache_insert(s->cache, blocks[j], &q->hashes[j], &q->keys, j, NULL);
+        kvrt_cache_insert_chained(s->cache, blocks[j], &q->hashes[j],
+                                  j ? &q->hashes[j - 1] : NULL, &q->keys, j, NULL);
     }
     q->num_inserted = full;
 }

@@ -8,3 +8,4 @@ target_sources(test_cache_trace PRIVATE ${PROJECT_SOURCE_DIR}/bench/trace.c)
 target_include_directories(test_cache_trace PRIVATE ${PROJECT_SOURCE_DIR}/bench)
 target_compile_definitions(test_cache_trace PRIVATE
   KVRT_TRACE_DIR="${PROJECT_SOURCE_DIR}/bench/traces")
+kvrt_add_test(unit test_cache_hooks DEPS cache TIMEOUT 60)
