@@ -39,7 +39,12 @@ STAT_GETTER(refused)
 STAT_GETTER(auth_failures)
 STAT_GETTER(reconnects)
 STAT_GETTER(integrity_failures)
-STAT_GETTER(notifications_dropped)
+
+static void get_notifications_dropped(void *obj, kvrt_ctl_value_t *v)
+{
+    kvrt_xfer_agent_t *a = obj;
+    v->u64 = kvrt_cq_counts(a->notes).dropped;
+}
 
 static void get_regions(void *obj, kvrt_ctl_value_t *v)
 {
@@ -615,7 +620,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
     if (!a)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "agent");
     a->ctx = ctx;
-    a->listen_fd = a->wake_fd = a->event_fd = -1;
+    a->listen_fd = a->wake_fd = -1;
     xfer_list_init(&a->peers);
     xfer_list_init(&a->owned_requests);
     pthread_mutex_init(&a->lock, NULL);
@@ -636,17 +641,20 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
         st = kvrt_fail(ctx, KVRT_ERR_NO_DEVICE, "%s", why);
     a->regions = calloc(XFER_REGION_SLOTS, sizeof(*a->regions));
     a->generations = calloc(XFER_REGION_SLOTS, sizeof(*a->generations));
-    a->cq = calloc(a->max_requests ? a->max_requests : 1, sizeof(*a->cq));
-    a->notes = calloc(XFER_NOTIFY_QUEUE, sizeof(*a->notes));
-    if (st == KVRT_OK && (!a->regions || !a->generations || !a->cq || !a->notes))
+    if (st == KVRT_OK && (!a->regions || !a->generations))
         st = kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "agent tables");
+    if (st == KVRT_OK)
+        st = kvrt_cq_create(ctx, a->max_requests, sizeof(kvrt_xfer_completion_t), 0, -1,
+                            &a->completions);
+    if (st == KVRT_OK)
+        st = kvrt_cq_create(ctx, XFER_NOTIFY_QUEUE, sizeof(kvrt_xfer_notification_t),
+                            KVRT_CQ_DROP_OLDEST, kvrt_cq_fd(a->completions), &a->notes);
     if (st == KVRT_OK && kvrt_xfer_sc_listen(&addr, &bound, &a->listen_fd) != KVRT_OK)
         st = kvrt_fail(ctx, KVRT_ERR_IO, "cannot listen on %s: %s", listen_text, strerror(errno));
     if (st == KVRT_OK) {
         kvrt_xfer_addr_format(&bound, a->address, sizeof(a->address));
         a->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        a->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (a->wake_fd < 0 || a->event_fd < 0)
+        if (a->wake_fd < 0)
             st = kvrt_fail(ctx, KVRT_ERR_IO, "eventfd: %s", strerror(errno));
     }
     if (st == KVRT_OK) {
@@ -684,12 +692,10 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
             close(a->listen_fd);
         if (a->wake_fd >= 0)
             close(a->wake_fd);
-        if (a->event_fd >= 0)
-            close(a->event_fd);
+        kvrt_cq_destroy(a->notes);
+        kvrt_cq_destroy(a->completions);
         free(a->regions);
         free(a->generations);
-        free(a->cq);
-        free(a->notes);
         pthread_cond_destroy(&a->cond);
         pthread_mutex_destroy(&a->lock);
         free(a);
@@ -753,11 +759,10 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_destroy(kvrt_xfer_agent_t *a)
     kvrt_ctx_disown(a->ctx, &a->owned);
     close(a->listen_fd);
     close(a->wake_fd);
-    close(a->event_fd);
+    kvrt_cq_destroy(a->notes);
+    kvrt_cq_destroy(a->completions);
     free(a->regions);
     free(a->generations);
-    free(a->cq);
-    free(a->notes);
     pthread_cond_destroy(&a->cond);
     pthread_mutex_destroy(&a->lock);
     free(a);
@@ -792,6 +797,6 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_eventfd(const kvrt_xfer_agent_t *agent
     if (!agent || !fd_out)
         return kvrt_fail(agent ? agent->ctx : NULL, KVRT_ERR_INVALID_ARG,
                          "agent and fd_out are required");
-    *fd_out = agent->event_fd;
+    *fd_out = kvrt_cq_fd(agent->completions);
     return KVRT_OK;
 }

@@ -41,6 +41,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "core/completion_queue.h"
 #include "core/core.h"
 #include "kvrt/xfer.h"
 #include "sidechannel.h"
@@ -76,7 +77,7 @@ static inline void xfer_list_del(xfer_link_t *l)
 
 typedef struct xfer_stats {
     uint64_t bytes_written, bytes_read, ops, requests, requests_failed, refused,
-        auth_failures, reconnects, integrity_failures, notifications_dropped;
+        auth_failures, reconnects, integrity_failures;
 } xfer_stats_t;
 
 struct kvrt_xfer_region {
@@ -195,7 +196,7 @@ struct kvrt_xfer_agent {
 
     pthread_mutex_t lock;
     pthread_cond_t cond;       /* completions, unpins, peer changes */
-    int listen_fd, wake_fd, event_fd;
+    int listen_fd, wake_fd;
     pthread_t control, upkeep;
     bool control_started, stopping;
 
@@ -208,10 +209,13 @@ struct kvrt_xfer_agent {
     xfer_link_t owned_requests;
     uint32_t outstanding;      /* requests not yet complete */
 
-    kvrt_xfer_completion_t *cq;
-    uint32_t cq_head, cq_count;
-    kvrt_xfer_notification_t *notes;
-    uint32_t note_head, note_count;
+    /* Completions: max_requests slots, one reserved by every outstanding
+     * request, so a completion always has room and post is refused while
+     * outstanding + unpolled == max_requests. Notifications: the last
+     * XFER_NOTIFY_QUEUE, dropping the oldest. Both signal one eventfd (the
+     * completions queue's), the one kvrt_xfer_agent_eventfd() returns. */
+    kvrt_cq_t *completions;
+    kvrt_cq_t *notes;
     xfer_stats_t stats;
 };
 
@@ -234,11 +238,14 @@ void xfer_regions_destroy_all(kvrt_xfer_agent_t *agent);
 kvrt_xfer_region_t *xfer_region_lookup(kvrt_xfer_agent_t *agent, uint32_t id);
 
 /* ---- request.c --------------------------------------------------------- */
-/* Checks that a request can be admitted to peer (lock held). */
+/* Checks that a request can be admitted to peer and reserves its completion
+ * slot (lock held). On KVRT_OK the caller calls xfer_request_new next, in
+ * the same locked section; it takes over the reservation. */
 kvrt_status_t xfer_request_admit(kvrt_xfer_peer_t *peer);
 /* Makes an outstanding request (lock held, admitted, ops validated in the
  * same locked section). Takes ownership of ops (malloc'd, may be NULL with
- * count 0); NULL when out of memory. */
+ * count 0); NULL when out of memory (the admission's reservation is then
+ * given back). */
 kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *peer, kvrt_xfer_bk_op_t *ops,
                                       uint32_t count, uint32_t timeout_ms,
                                       uint64_t max_inflight, bool user_owned);
@@ -261,8 +268,6 @@ void xfer_requests_destroy_all(kvrt_xfer_agent_t *agent);
 void xfer_requests_expire(kvrt_xfer_agent_t *agent, uint64_t now_ns);
 /* Allocates a closing message of `bytes` payload for r (lock held). */
 xfer_msg_t *xfer_msg_new(kvrt_xfer_request_t *r, uint32_t type, uint32_t bytes);
-/* Makes the user's eventfd readable. */
-void xfer_signal(kvrt_xfer_agent_t *agent);
 /* Queues a received notification (lock held) and signals the eventfd. */
 void xfer_notification_push(kvrt_xfer_agent_t *agent, const char *from,
                             kvrt_status_t status, const uint8_t *data,

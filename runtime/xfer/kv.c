@@ -20,6 +20,7 @@
 #include <xxhash.h>
 
 #include "agent_internal.h"
+#include "core/endian.h"
 
 /* Blocks per closing message: 16 bytes each in a VERIFY, within
  * KVRT_XFER_MSG_MAX with room for the header and a notification. */
@@ -42,29 +43,6 @@ struct xfer_kv {
 typedef struct kv_pair {
     uint64_t local, remote, length;
 } kv_pair_t;
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-           (uint32_t)p[3] << 24;
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    put_u32(p, (uint32_t)v);
-    put_u32(p + 4, (uint32_t)(v >> 32));
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
 
 static uint64_t block_hash(const uint8_t *base, const kvrt_kv_layout_t *l, uint32_t num_blocks,
                            uint32_t block, uint64_t page, XXH3_state_t *s)
@@ -300,16 +278,16 @@ xfer_msg_t *xfer_kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out)
             uint32_t nb = last ? r->notify_bytes : 0;
             m = xfer_msg_new(r, XFER_MSG_KV_VERIFY, KV_VERIFY_HEAD + nb + 16 * n);
             if (m) {
-                put_u32(m->payload, kv->remote_id);
-                put_u32(m->payload + 4, n);
-                put_u32(m->payload + 8, last ? 1 : 0);
-                put_u32(m->payload + 12, nb);
+                kvrt_store_le32(m->payload, kv->remote_id);
+                kvrt_store_le32(m->payload + 4, n);
+                kvrt_store_le32(m->payload + 8, last ? 1 : 0);
+                kvrt_store_le32(m->payload + 12, nb);
                 memcpy(m->payload + KV_VERIFY_HEAD, r->notify, nb);
                 uint8_t *q = m->payload + KV_VERIFY_HEAD + nb;
                 for (uint32_t i = 0; i < n; i++, q += 16) {
-                    put_u32(q, (uint32_t)kv->remote_blocks[kv->chunk_first + i]);
-                    put_u32(q + 4, 0);
-                    put_u64(q + 8, kv->hashes[kv->chunk_first + i]);
+                    kvrt_store_le32(q, (uint32_t)kv->remote_blocks[kv->chunk_first + i]);
+                    kvrt_store_le32(q + 4, 0);
+                    kvrt_store_le64(q + 8, kv->hashes[kv->chunk_first + i]);
                 }
                 if (last)
                     r->notify_sent = true;
@@ -317,10 +295,10 @@ xfer_msg_t *xfer_kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out)
         } else {
             m = xfer_msg_new(r, XFER_MSG_KV_HASHES, 8 + 4 * n);
             if (m) {
-                put_u32(m->payload, kv->remote_id);
-                put_u32(m->payload + 4, n);
+                kvrt_store_le32(m->payload, kv->remote_id);
+                kvrt_store_le32(m->payload + 4, n);
                 for (uint32_t i = 0; i < n; i++)
-                    put_u32(m->payload + 8 + 4 * i, (uint32_t)kv->remote_blocks[kv->chunk_first + i]);
+                    kvrt_store_le32(m->payload + 8 + 4 * i, (uint32_t)kv->remote_blocks[kv->chunk_first + i]);
             }
         }
     } else if (r->notify_bytes && !r->notify_sent) {
@@ -358,7 +336,7 @@ kvrt_status_t xfer_kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
     for (uint32_t i = 0; i < n && st == KVRT_OK; i++) {
         uint64_t mine = block_hash(l->bk.base, &l->layout, l->num_blocks,
                                    (uint32_t)kv->local_blocks[kv->chunk_first + i], page, s);
-        if (mine != get_u64(reply + 8 * i))
+        if (mine != kvrt_load_le64(reply + 8 * i))
             st = KVRT_ERR_INTEGRITY;
     }
     XXH3_freeState(s);
@@ -382,8 +360,8 @@ kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const uin
         kvrt_xfer_bk_refuse(peer, KVRT_ERR_PROTOCOL, "short KV message");
         return KVRT_ERR_PROTOCOL;
     }
-    uint32_t id = get_u32(payload), n = get_u32(payload + 4);
-    uint32_t last = verify ? get_u32(payload + 8) : 0, nb = verify ? get_u32(payload + 12) : 0;
+    uint32_t id = kvrt_load_le32(payload), n = kvrt_load_le32(payload + 4);
+    uint32_t last = verify ? kvrt_load_le32(payload + 8) : 0, nb = verify ? kvrt_load_le32(payload + 12) : 0;
     uint64_t want = (uint64_t)head + nb + (uint64_t)n * (verify ? 16 : 4);
     if (n == 0 || n > KV_CHUNK || last > 1 || nb > KVRT_XFER_NOTIFY_MAX || want != bytes ||
         (!verify && (uint64_t)n * 8 > capacity)) {
@@ -413,7 +391,7 @@ kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const uin
     XXH3_state_t *s = XXH3_createState();
     const uint8_t *list = payload + head + nb;
     for (uint32_t i = 0; i < n && st == KVRT_OK; i++) {
-        uint32_t block = get_u32(list + (verify ? 16 : 4) * i);
+        uint32_t block = kvrt_load_le32(list + (verify ? 16 : 4) * i);
         if (block == 0 || block >= region->num_blocks) {
             st = KVRT_ERR_REMOTE_ACCESS;
             kvrt_xfer_bk_refuse(peer, st, "KV message names a block out of range");
@@ -425,8 +403,8 @@ kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const uin
         }
         uint64_t h = block_hash(region->bk.base, &region->layout, region->num_blocks, block, page, s);
         if (!verify)
-            put_u64(reply + 8 * i, h);
-        else if (h != get_u64(list + 16 * i + 8))
+            kvrt_store_le64(reply + 8 * i, h);
+        else if (h != kvrt_load_le64(list + 16 * i + 8))
             st = KVRT_ERR_INTEGRITY;
     }
     XXH3_freeState(s);

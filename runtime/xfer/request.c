@@ -24,12 +24,6 @@
 
 static void peer_pump_release(kvrt_xfer_peer_t *p);
 
-void xfer_signal(kvrt_xfer_agent_t *a)
-{
-    uint64_t one = 1;
-    (void)!write(a->event_fd, &one, sizeof(one));
-}
-
 /* Frees r (lock held). */
 static void request_free(kvrt_xfer_request_t *r)
 {
@@ -84,12 +78,12 @@ static void request_complete(kvrt_xfer_request_t *r, kvrt_status_t status)
     a->outstanding--;
     if (status != KVRT_OK)
         a->stats.requests_failed++;
-    if (!r->quiet) {
-        uint32_t at = (a->cq_head + a->cq_count) % a->max_requests;
-        a->cq[at] = (kvrt_xfer_completion_t){.user_data = r->user_data, .status = status,
-                                             .bytes = status == KVRT_OK ? r->bytes : 0};
-        a->cq_count++;
-        xfer_signal(a);
+    if (r->quiet) {
+        kvrt_cq_unreserve(a->completions);
+    } else {
+        kvrt_xfer_completion_t c = {.user_data = r->user_data, .status = status,
+                                    .bytes = status == KVRT_OK ? r->bytes : 0};
+        kvrt_cq_push_reserved(a->completions, &c);
     }
     r->status = status;
     pthread_cond_broadcast(&a->cond);
@@ -129,10 +123,11 @@ kvrt_status_t xfer_request_admit(kvrt_xfer_peer_t *p)
     if (p->closing || p->state != KVRT_XFER_PEER_CONNECTED || !p->conn || p->conn_broken)
         return kvrt_fail(a->ctx, KVRT_ERR_PEER_FAILED, "peer %s is %s", p->name,
                          p->state == KVRT_XFER_PEER_FAILED ? "failed" : "not connected");
-    if (a->outstanding + a->cq_count >= a->max_requests)
+    if (kvrt_cq_reserve(a->completions) != KVRT_OK)
         return kvrt_fail(a->ctx, KVRT_ERR_REQUEST_LIMIT,
                          "%u requests outstanding and %u completions unpolled (limit %u)",
-                         a->outstanding, a->cq_count, a->max_requests);
+                         a->outstanding, kvrt_cq_counts(a->completions).queued,
+                         a->max_requests);
     return KVRT_OK;
 }
 
@@ -142,8 +137,10 @@ kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *p, kvrt_xfer_bk_op_t *op
 {
     kvrt_xfer_agent_t *a = p->agent;
     kvrt_xfer_request_t *r = calloc(1, sizeof(*r));
-    if (!r)
+    if (!r) {
+        kvrt_cq_unreserve(a->completions);
         return NULL;
+    }
     r->agent = a;
     r->peer = p;
     r->ops = ops;
@@ -219,6 +216,11 @@ void kvrt_xfer_bk_batch_done(kvrt_xfer_bk_batch_t *bk, kvrt_status_t status)
     b->done = true;
     r->batches_out--;
     r->inflight -= b->bk.bytes;
+    /* A connection failure marks every request it carried PEER_FAILED
+     * before their batches come back; a batch that names the cause (an
+     * error completion for a bad remote access) is the better answer. */
+    if (status == KVRT_ERR_REMOTE_ACCESS && r->error == KVRT_ERR_PEER_FAILED)
+        r->error = status;
     if (status != KVRT_OK)
         request_fail(r, status);
     else if (r->error != KVRT_OK)
@@ -681,35 +683,21 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_poll(kvrt_xfer_agent_t *a, kvrt_xfer_complet
     if (!a || !count_out || (!out && capacity))
         return kvrt_fail(a ? a->ctx : NULL, KVRT_ERR_INVALID_ARG,
                          "agent, count_out and room for completions are required");
-    pthread_mutex_lock(&a->lock);
-    uint32_t n = 0;
-    while (n < capacity && a->cq_count > 0) {
-        out[n++] = a->cq[a->cq_head];
-        a->cq_head = (a->cq_head + 1) % a->max_requests;
-        a->cq_count--;
-    }
-    pthread_mutex_unlock(&a->lock);
-    *count_out = n;
+    *count_out = kvrt_cq_poll(a->completions, out, capacity);
     return KVRT_OK;
 }
 
 void xfer_notification_push(kvrt_xfer_agent_t *a, const char *from, kvrt_status_t status,
                             const uint8_t *data, uint32_t bytes)
 {
-    if (a->note_count == XFER_NOTIFY_QUEUE) {
-        a->note_head = (a->note_head + 1) % XFER_NOTIFY_QUEUE;
-        a->note_count--;
-        a->stats.notifications_dropped++;
-    }
-    kvrt_xfer_notification_t *n = &a->notes[(a->note_head + a->note_count) % XFER_NOTIFY_QUEUE];
-    memset(n, 0, sizeof(*n));
-    memcpy(n->from, from, KVRT_XFER_NAME_MAX);
-    n->from[KVRT_XFER_NAME_MAX - 1] = '\0';
-    n->status = status;
-    n->length = bytes;
-    memcpy(n->data, data, bytes);
-    a->note_count++;
-    xfer_signal(a);
+    kvrt_xfer_notification_t n;
+    memset(&n, 0, sizeof(n));
+    memcpy(n.from, from, KVRT_XFER_NAME_MAX);
+    n.from[KVRT_XFER_NAME_MAX - 1] = '\0';
+    n.status = status;
+    n.length = bytes;
+    memcpy(n.data, data, bytes);
+    (void)kvrt_cq_push(a->notes, &n); /* drops the oldest when full */
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_xfer_notifications(kvrt_xfer_agent_t *a,
@@ -719,14 +707,6 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_notifications(kvrt_xfer_agent_t *a,
     if (!a || !count_out || (!out && capacity))
         return kvrt_fail(a ? a->ctx : NULL, KVRT_ERR_INVALID_ARG,
                          "agent, count_out and room for notifications are required");
-    pthread_mutex_lock(&a->lock);
-    uint32_t n = 0;
-    while (n < capacity && a->note_count > 0) {
-        out[n++] = a->notes[a->note_head];
-        a->note_head = (a->note_head + 1) % XFER_NOTIFY_QUEUE;
-        a->note_count--;
-    }
-    pthread_mutex_unlock(&a->lock);
-    *count_out = n;
+    *count_out = kvrt_cq_poll(a->notes, out, capacity);
     return KVRT_OK;
 }

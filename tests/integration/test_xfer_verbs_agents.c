@@ -82,10 +82,10 @@ static env_t env_up(bool soft, const soft_verbs_config_t *cfg, uint32_t mask_a,
 
 static void env_down(env_t *e)
 {
-    cr_assert_eq(txu_stat(e->ctx, "xfer.0.outstanding"), 0);
+    cr_assert_eq(txu_stat_drained(e->ctx, "xfer.0.outstanding", 5000), 0);
     cr_assert_eq(txu_stat(e->ctx, "xfer.0.regions"), 0);
     if (e->b) {
-        cr_assert_eq(txu_stat(e->ctx, "xfer.1.outstanding"), 0);
+        cr_assert_eq(txu_stat_drained(e->ctx, "xfer.1.outstanding", 5000), 0);
         cr_assert_eq(txu_stat(e->ctx, "xfer.1.regions"), 0);
     }
     ASSERT_OK(e->ctx, kvrt_xfer_disconnect(e->peer));
