@@ -34,6 +34,7 @@
 #include "tier/tier_internal.h"
 
 #define MAX_TICKETS 64u
+#define HUGEPAGE (2u << 20)
 #define MAX_ONLOAD_BLOCKS 65536u
 
 typedef enum block_fate { FATE_PENDING = 0, FATE_LANDED = 1, FATE_FAILED = 2 } block_fate_t;
@@ -60,7 +61,8 @@ struct kvrt_tier {
     ssd_file_t file;
     bool file_lost;
     char ssd_dir[4096];
-    uint8_t *slab;           /* host slots, hugepage aligned */
+    void *slab_raw;          /* what kvrt_host_alloc returned */
+    uint8_t *slab;           /* host slots: slab_raw rounded up to 2 MiB */
     tier_worker_t worker;
     tier_job_t *done;        /* poll's buffer */
     uint32_t in_flight;
@@ -611,8 +613,8 @@ static void tier_free(kvrt_tier_t *t)
             free(t->tickets[i].fate);
             free(t->tickets[i].misses);
         }
-    if (t->slab)
-        kvrt_host_free(t->ctx, t->slab);
+    if (t->slab_raw)
+        kvrt_host_free(t->ctx, t->slab_raw);
     tier_dir_destroy(&t->host);
     tier_dir_destroy(&t->ssd);
     if (t->has_ssd)
@@ -628,7 +630,11 @@ static kvrt_status_t setup(kvrt_tier_t *t, const kvrt_tier_params_t *p,
     uint64_t stride = (info->block_bytes + TIER_ALIGN - 1) / TIER_ALIGN * TIER_ALIGN;
     if (tier_dir_init(&t->host, p->host_blocks) != KVRT_OK)
         return kvrt_fail(t->ctx, KVRT_ERR_NO_MEMORY, "tier: host directory");
-    t->slab = kvrt_host_alloc(t->ctx, (size_t)(stride * p->host_blocks));
+    /* Hugepage aligned whatever the allocator returns for this size: O_DIRECT
+     * needs page alignment, and one 2 MiB-aligned region registers once. */
+    t->slab_raw = kvrt_host_alloc(t->ctx, (size_t)(stride * p->host_blocks + HUGEPAGE));
+    if (t->slab_raw)
+        t->slab = (uint8_t *)(((uintptr_t)t->slab_raw + HUGEPAGE - 1) & ~(uintptr_t)(HUGEPAGE - 1));
     t->done = calloc(4 * t->queue_depth, sizeof(*t->done));
     t->ready = calloc(MAX_TICKETS, sizeof(*t->ready));
     if (!t->slab || !t->done || !t->ready)
