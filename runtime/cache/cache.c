@@ -45,6 +45,15 @@ struct kvrt_cache {
 };
 
 kvrt_pool_t *kvrt_cache_pool(const kvrt_cache_t *cache) { return cache->pool; }
+
+uint32_t kvrt_cache_peek_victims(const kvrt_cache_t *cache, int32_t *blocks_out,
+                                 kvrt_cache_block_name_t *names_out, uint32_t max)
+{
+    uint32_t n = cache->policy.ops->peek(&cache->policy, blocks_out, max);
+    for (uint32_t i = 0; i < n; i++)
+        names_out[i] = cache->names[blocks_out[i]];
+    return n;
+}
 cache_hooks_t *kvrt_cache_hooks(kvrt_cache_t *cache) { return &cache->hooks; }
 void kvrt_cache_hold(kvrt_cache_t *cache) { cache->holders++; }
 void kvrt_cache_unhold(kvrt_cache_t *cache) { cache->holders--; }

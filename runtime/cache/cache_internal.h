@@ -94,6 +94,10 @@ typedef struct cache_policy_ops {
     void (*busy)(cache_policy_t *policy, int32_t block);
     /* Removes and returns the next victim; the set is not empty. */
     int32_t (*victim)(cache_policy_t *policy);
+    /* Writes up to max blocks that are next in line for eviction, first
+     * victim first (frequency policies: the heap's first entries, roughly
+     * in order); returns how many. Changes nothing. */
+    uint32_t (*peek)(const cache_policy_t *policy, int32_t *out, uint32_t max);
     bool (*contains)(const cache_policy_t *policy, int32_t block);
 } cache_policy_ops_t;
 
@@ -161,6 +165,10 @@ static inline void kvrt_cache_policy_prefetch(const cache_policy_t *p, int32_t b
 /* For the scheduler: the pool a cache sits on, and holds that keep
  * kvrt_cache_destroy() from freeing a cache still in use. */
 kvrt_pool_t *kvrt_cache_pool(const kvrt_cache_t *cache);
+/* For the tiers: up to max evictable blocks next in line for eviction and
+ * their names (a lower tier copies them before they are needed). */
+uint32_t kvrt_cache_peek_victims(const kvrt_cache_t *cache, int32_t *blocks_out,
+                                 kvrt_cache_block_name_t *names_out, uint32_t max);
 void kvrt_cache_hold(kvrt_cache_t *cache);
 void kvrt_cache_unhold(kvrt_cache_t *cache);
 
@@ -222,5 +230,7 @@ extern const cache_policy_ops_t kvrt_cache_policy_adaptive;
 void kvrt_policy_list_idle(cache_policy_t *p, policy_run_t *run, int32_t sentinel,
                            int32_t block);
 void kvrt_policy_list_unlink(cache_policy_t *p, policy_run_t *run, int32_t block);
+uint32_t kvrt_policy_list_peek(const cache_policy_t *p, int32_t sentinel, int32_t *out,
+                               uint32_t max);
 
 #endif /* KVRT_CACHE_INTERNAL_H */

@@ -121,6 +121,15 @@ static int32_t adaptive_victim(cache_policy_t *p)
     return block;
 }
 
+/* Probation first, then protected: the order victims take while
+ * probation is above its target, which is when the cache is under
+ * pressure from new blocks. */
+static uint32_t adaptive_peek(const cache_policy_t *p, int32_t *out, uint32_t max)
+{
+    uint32_t n = kvrt_policy_list_peek(p, sentinel_of(p, PROBATION), out, max);
+    return n + kvrt_policy_list_peek(p, sentinel_of(p, PROTECTED), out + n, max - n);
+}
+
 static bool adaptive_contains(const cache_policy_t *p, int32_t block)
 {
     return block > 0 && (uint32_t)block < p->num_blocks && p->next[block] != ABSENT;
@@ -135,5 +144,6 @@ const cache_policy_ops_t kvrt_cache_policy_adaptive = {
     .idle = adaptive_idle,
     .busy = adaptive_busy,
     .victim = adaptive_victim,
+    .peek = adaptive_peek,
     .contains = adaptive_contains,
 };

@@ -126,6 +126,20 @@ static int32_t lru_victim(cache_policy_t *p)
     return block;
 }
 
+uint32_t kvrt_policy_list_peek(const cache_policy_t *p, int32_t sentinel, int32_t *out,
+                               uint32_t max)
+{
+    uint32_t n = 0;
+    for (int32_t b = p->next[sentinel]; b != sentinel && n < max; b = p->next[b])
+        out[n++] = b;
+    return n;
+}
+
+static uint32_t lru_peek(const cache_policy_t *p, int32_t *out, uint32_t max)
+{
+    return kvrt_policy_list_peek(p, SENTINEL, out, max);
+}
+
 static bool lru_contains(const cache_policy_t *p, int32_t block)
 {
     return block > 0 && (uint32_t)block < p->num_blocks && p->next[block] != ABSENT;
@@ -140,6 +154,7 @@ const cache_policy_ops_t kvrt_cache_policy_lru = {
     .idle = lru_idle,
     .busy = lru_busy,
     .victim = lru_victim,
+    .peek = lru_peek,
     .contains = lru_contains,
 };
 
@@ -152,5 +167,6 @@ const cache_policy_ops_t kvrt_cache_policy_lru_leaf = {
     .idle = lru_leaf_idle,
     .busy = lru_busy,
     .victim = lru_victim,
+    .peek = lru_peek,
     .contains = lru_contains,
 };

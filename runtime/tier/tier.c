@@ -37,6 +37,12 @@
 #define HUGEPAGE (2u << 20)
 #define MAX_ONLOAD_BLOCKS 65536u
 
+/* A clean-ahead copy of a block the cache still holds (no reference): if
+ * the cache evicts it meanwhile, the sink keeps it until the copy is done,
+ * or, when it may not keep it, marks the copy torn (the block is reused at
+ * once) so the copy is thrown away. */
+enum ahead_state { AHEAD_NONE = 0, AHEAD_COPYING = 1, AHEAD_KEPT = 2, AHEAD_TORN = 3 };
+
 typedef enum block_fate { FATE_PENDING = 0, FATE_LANDED = 1, FATE_FAILED = 2 } block_fate_t;
 
 typedef struct ticket {
@@ -67,7 +73,10 @@ struct kvrt_tier {
     tier_job_t *done;        /* poll's buffer */
     uint32_t in_flight;
     uint32_t writebacks;     /* host slots on their way to SSD */
-    uint32_t demotes;        /* pool blocks kept by the sink, being copied */
+    uint32_t demotes;        /* pool -> host copies in flight */
+    uint8_t *ahead;          /* per pool block: enum ahead_state */
+    int32_t *peek_blocks;    /* clean-ahead candidates, 4 x queue_depth */
+    kvrt_cache_block_name_t *peek_names;
     kvrt_tier_level_stats_t host_stats, ssd_stats;
     ticket_t tickets[MAX_TICKETS];
     uint64_t next_ticket;
@@ -166,6 +175,11 @@ static kvrt_cache_sink_verdict_t sink(void *user, const kvrt_cache_victim_t *vic
 {
     kvrt_tier_t *t = user;
     const kvrt_cache_block_name_t *name = &victim->name;
+    uint8_t *ahead = &t->ahead[victim->block];
+    if (*ahead == AHEAD_COPYING) {
+        *ahead = victim->may_keep ? AHEAD_KEPT : AHEAD_TORN;
+        return victim->may_keep ? KVRT_CACHE_SINK_KEEP : KVRT_CACHE_SINK_DROP;
+    }
     int32_t below = tier_dir_find(&t->host, &name->key);
     if (below >= 0) { /* already in host memory: that copy is as good */
         tier_dir_touch(&t->host, below);
@@ -190,6 +204,44 @@ static kvrt_cache_sink_verdict_t sink(void *user, const kvrt_cache_victim_t *vic
     t->demotes++;
     make_room(t);
     return KVRT_CACHE_SINK_KEEP;
+}
+
+/* Copies the blocks next in line for eviction into host slots while the
+ * cache still holds them, so that when they are evicted the sink finds
+ * them below already and an allocation loses nothing. Runs in
+ * kvrt_tier_poll, at most queue_depth copies in flight, and looks at most
+ * half the host slots ahead that write-back does not keep free: a copy made
+ * ahead then stays among the host's most recent blocks until the pool has
+ * evicted it, so nothing is copied twice. */
+static void clean_ahead(kvrt_tier_t *t)
+{
+    uint32_t reserve = t->queue_depth < t->host.num_slots ? t->queue_depth : t->host.num_slots;
+    uint32_t window = (t->host.num_slots - reserve) / 2;
+    if (window > 4 * t->queue_depth)
+        window = 4 * t->queue_depth;
+    if (!window)
+        return;
+    uint32_t n = kvrt_cache_peek_victims(t->cache, t->peek_blocks, t->peek_names, window);
+    for (uint32_t i = 0; i < n && t->demotes < t->queue_depth; i++) {
+        int32_t b = t->peek_blocks[i];
+        const kvrt_cache_block_name_t *name = &t->peek_names[i];
+        if (t->ahead[b] != AHEAD_NONE || tier_dir_find(&t->host, &name->key) >= 0 ||
+            (t->has_ssd && tier_dir_find(&t->ssd, &name->key) >= 0))
+            continue;
+        if (!t->host.free_count)
+            make_room(t);
+        int32_t slot = tier_dir_take(&t->host);
+        if (slot < 0)
+            return;
+        tier_job_t job = {.kind = JOB_DEMOTE, .block = b, .host_slot = slot, .name = *name,
+                          .ahead = true};
+        if (!submit(t, &job)) {
+            tier_dir_release(&t->host, slot);
+            return;
+        }
+        t->ahead[b] = AHEAD_COPYING;
+        t->demotes++;
+    }
 }
 
 /* ---- completions ---------------------------------------------------------- */
@@ -275,12 +327,21 @@ static void apply(kvrt_tier_t *t, const tier_job_t *job)
 {
     t->in_flight--;
     switch (job->kind) {
-    case JOB_DEMOTE:
+    case JOB_DEMOTE: {
         t->demotes--;
-        kvrt_pool_free(t->pool, 1, &job->block);
+        uint8_t state = job->ahead ? t->ahead[job->block] : AHEAD_KEPT;
+        t->ahead[job->block] = AHEAD_NONE;
+        if (state == AHEAD_KEPT)
+            kvrt_pool_free(t->pool, 1, &job->block);
+        if (state == AHEAD_TORN) {
+            tier_dir_release(&t->host, job->host_slot);
+            t->host_stats.drops++;
+            break;
+        }
         tier_dir_publish(&t->host, job->host_slot, &job->name);
         t->host_stats.offloads++;
         break;
+    }
     case JOB_WRITE:
         finish_write(t, job);
         break;
@@ -357,6 +418,7 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_poll(kvrt_tier_t *tier, kvrt_tier_completion
             apply(tier, &tier->done[i]);
     check_file(tier);
     make_room(tier);
+    clean_ahead(tier);
     refresh_used(tier);
     *count_out = report(tier, out, capacity);
     return KVRT_OK;
@@ -621,6 +683,9 @@ static void tier_free(kvrt_tier_t *t)
         tier_ssd_close(&t->file);
     free(t->done);
     free(t->ready);
+    free(t->ahead);
+    free(t->peek_blocks);
+    free(t->peek_names);
     free(t);
 }
 
@@ -637,7 +702,10 @@ static kvrt_status_t setup(kvrt_tier_t *t, const kvrt_tier_params_t *p,
         t->slab = (uint8_t *)(((uintptr_t)t->slab_raw + HUGEPAGE - 1) & ~(uintptr_t)(HUGEPAGE - 1));
     t->done = calloc(4 * t->queue_depth, sizeof(*t->done));
     t->ready = calloc(MAX_TICKETS, sizeof(*t->ready));
-    if (!t->slab || !t->done || !t->ready)
+    t->ahead = calloc(info->num_blocks, sizeof(*t->ahead));
+    t->peek_blocks = calloc(4 * t->queue_depth, sizeof(*t->peek_blocks));
+    t->peek_names = calloc(4 * t->queue_depth, sizeof(*t->peek_names));
+    if (!t->slab || !t->done || !t->ready || !t->ahead || !t->peek_blocks || !t->peek_names)
         return kvrt_fail(t->ctx, KVRT_ERR_NO_MEMORY, "tier: %u host slots of %llu bytes",
                          p->host_blocks, (unsigned long long)stride);
     t->host_stats.capacity_blocks = p->host_blocks;

@@ -121,6 +121,7 @@ typedef struct tier_job {
     int32_t ssd_slot;
     uint32_t ticket_slot;     /* onloads: index in the ticket table */
     uint32_t position;        /* onloads: block index within the ticket */
+    bool ahead;               /* JOB_DEMOTE of a block still cached (clean-ahead) */
     kvrt_cache_block_name_t name;
     /* results, set by the worker */
     int err;                  /* 0 or a positive errno */
