@@ -9,8 +9,8 @@
  * Per request the pool is matched first; where its prefix continues in host
  * memory or on SSD, fresh pool blocks are allocated, onloaded, and waited
  * for; then the replay goes on as without tiers from the first block that
- * did not land. The tier is polled once per request (offloads complete,
- * write-back, blocks copied ahead of eviction).
+ * did not land. After each request the tier is drained (offloads complete,
+ * write-back, the blocks next in line for eviction copied ahead).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +43,14 @@ kvrt_status_t replay_tier_open(kvrt_cache_t *cache, const replay_tiers_t *opts,
 
 void replay_tier_close(replay_tier_t *t)
 {
+    kvrt_tier_stats_t s;
+    if (kvrt_tier_stats(t->tier, &s) == KVRT_OK)
+        fprintf(stderr, "kvrt-replay: tiers: host %llu offloads, %llu drops, %llu evictions; "
+                "ssd %llu offloads, %llu drops, %llu evictions, %llu errors%s\n",
+                (unsigned long long)s.host.offloads, (unsigned long long)s.host.drops,
+                (unsigned long long)s.host.evictions, (unsigned long long)s.ssd.offloads,
+                (unsigned long long)s.ssd.drops, (unsigned long long)s.ssd.evictions,
+                (unsigned long long)s.ssd.errors, s.ssd_buffered ? " (buffered I/O)" : "");
     kvrt_tier_destroy(t->tier);
     t->tier = NULL;
     if (t->dir[0]) {
@@ -91,8 +99,11 @@ kvrt_status_t replay_tier_match(replay_tier_t *t, kvrt_pool_t *pool, const int32
     return KVRT_OK;
 }
 
+/* Between requests the tier finishes what it started: an engine step
+ * (milliseconds) is long next to copying a few blocks, and the replay has
+ * no step to overlap with. */
 kvrt_status_t replay_tier_poll(replay_tier_t *t)
 {
     uint32_t n;
-    return kvrt_tier_poll(t->tier, NULL, 0, &n);
+    return kvrt_tier_drain(t->tier, 60000, NULL, 0, &n);
 }

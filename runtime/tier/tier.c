@@ -35,6 +35,9 @@
 
 #define MAX_TICKETS 64u
 #define HUGEPAGE (2u << 20)
+/* Clean-ahead looks at most this many queue depths of victims ahead: about
+ * what a long prompt's allocation evicts at once. */
+#define AHEAD_WINDOW 16u
 #define MAX_ONLOAD_BLOCKS 65536u
 
 /* A clean-ahead copy of a block the cache still holds (no reference): if
@@ -75,7 +78,7 @@ struct kvrt_tier {
     uint32_t writebacks;     /* host slots on their way to SSD */
     uint32_t demotes;        /* pool -> host copies in flight */
     uint8_t *ahead;          /* per pool block: enum ahead_state */
-    int32_t *peek_blocks;    /* clean-ahead candidates, 4 x queue_depth */
+    int32_t *peek_blocks;    /* clean-ahead candidates, AHEAD_WINDOW x queue_depth */
     kvrt_cache_block_name_t *peek_names;
     kvrt_tier_level_stats_t host_stats, ssd_stats;
     ticket_t tickets[MAX_TICKETS];
@@ -217,8 +220,8 @@ static void clean_ahead(kvrt_tier_t *t)
 {
     uint32_t reserve = t->queue_depth < t->host.num_slots ? t->queue_depth : t->host.num_slots;
     uint32_t window = (t->host.num_slots - reserve) / 2;
-    if (window > 4 * t->queue_depth)
-        window = 4 * t->queue_depth;
+    if (window > AHEAD_WINDOW * t->queue_depth)
+        window = AHEAD_WINDOW * t->queue_depth;
     if (!window)
         return;
     uint32_t n = kvrt_cache_peek_victims(t->cache, t->peek_blocks, t->peek_names, window);
@@ -703,8 +706,8 @@ static kvrt_status_t setup(kvrt_tier_t *t, const kvrt_tier_params_t *p,
     t->done = calloc(4 * t->queue_depth, sizeof(*t->done));
     t->ready = calloc(MAX_TICKETS, sizeof(*t->ready));
     t->ahead = calloc(info->num_blocks, sizeof(*t->ahead));
-    t->peek_blocks = calloc(4 * t->queue_depth, sizeof(*t->peek_blocks));
-    t->peek_names = calloc(4 * t->queue_depth, sizeof(*t->peek_names));
+    t->peek_blocks = calloc(AHEAD_WINDOW * t->queue_depth, sizeof(*t->peek_blocks));
+    t->peek_names = calloc(AHEAD_WINDOW * t->queue_depth, sizeof(*t->peek_names));
     if (!t->slab || !t->done || !t->ready || !t->ahead || !t->peek_blocks || !t->peek_names)
         return kvrt_fail(t->ctx, KVRT_ERR_NO_MEMORY, "tier: %u host slots of %llu bytes",
                          p->host_blocks, (unsigned long long)stride);
