@@ -189,6 +189,7 @@ static int io_rates(rig_t *r, uint32_t blocks, double *write_out, double *read_o
     kvrt_block_hash_t root = {1, 2};
     if (tier_ssd_open(r->ctx, &io.f, r->dir, &root, 7, r->block_bytes, false) != KVRT_OK)
         return -1;
+    tier_ssd_reserve(r->ctx, &io.f, blocks);
     if (io.f.buffered)
         fprintf(stderr, "tier: %s refuses O_DIRECT; figures are buffered I/O\n", r->dir);
     uint64_t stride = (r->block_bytes + TIER_ALIGN - 1) / TIER_ALIGN * TIER_ALIGN;
@@ -299,18 +300,20 @@ static int onload_once(rig_t *r, bool via_ssd, double *ms_out)
     }
     for (uint32_t i = nb; i-- > 0;)
         kvrt_pool_free(r->pool, 1, &blocks[i]);
-    /* Pressure until the whole prefix is below the pool. */
+    /* Pressure until the whole prefix is below the pool: each round lets
+     * the tier copy ahead, then evicts about what it copied. */
     kvrt_pool_info_t info;
     uint32_t got;
-    for (int round = 0; round < 64; round++) {
+    for (int round = 0; round < 1000; round++) {
+        kvrt_tier_drain(r->tier, 60000, NULL, 0, &got);
         kvrt_pool_info(r->pool, &info);
         if (!info.cached_blocks)
             break;
-        uint32_t want = info.free_blocks + 1;
+        uint32_t evict = info.cached_blocks < 16 ? info.cached_blocks : 16;
+        uint32_t want = info.free_blocks + evict;
         if (kvrt_pool_alloc(r->pool, want, blocks) != KVRT_OK)
             goto out;
         kvrt_pool_free(r->pool, want, blocks);
-        kvrt_tier_drain(r->tier, 60000, NULL, 0, &got);
     }
     kvrt_tier_match_t m;
     uint64_t t0 = bench_now_ns();

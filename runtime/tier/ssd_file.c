@@ -128,6 +128,15 @@ kvrt_status_t tier_ssd_open(kvrt_ctx_t *ctx, ssd_file_t *f, const char *dir,
     return KVRT_OK;
 }
 
+void tier_ssd_reserve(kvrt_ctx_t *ctx, const ssd_file_t *f, uint32_t slots)
+{
+    int rc = fallocate(f->fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)(slots * f->slot_bytes));
+    if (rc != 0)
+        kvrt_log(ctx, KVRT_LOG_WARN, "tier: cannot reserve %llu bytes for %s (%s); blocks "
+                 "that do not fit will fail to write and be dropped",
+                 (unsigned long long)(slots * f->slot_bytes), f->path, strerror(errno));
+}
+
 void tier_ssd_close(ssd_file_t *f)
 {
     if (f->fd >= 0)

@@ -722,6 +722,7 @@ static kvrt_status_t setup(kvrt_tier_t *t, const kvrt_tier_params_t *p,
         if (status != KVRT_OK)
             return status;
         tier_ssd_rebuild(t->ctx, &t->file, &t->ssd);
+        tier_ssd_reserve(t->ctx, &t->file, p->ssd_blocks);
         t->ssd_stats.capacity_blocks = p->ssd_blocks;
     }
     tier_worker_t *w = &t->worker;

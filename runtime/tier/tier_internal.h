@@ -93,6 +93,9 @@ kvrt_status_t tier_ssd_open(kvrt_ctx_t *ctx, ssd_file_t *f, const char *dir,
                             const kvrt_block_hash_t *root, uint64_t layout_hash,
                             uint64_t block_bytes, bool want_buffered);
 void tier_ssd_close(ssd_file_t *f);
+/* Allocates the file's space up front (overwrites, not extending writes,
+ * which ext4 and XFS serialize under O_DIRECT); a failure is logged. */
+void tier_ssd_reserve(kvrt_ctx_t *ctx, const ssd_file_t *f, uint32_t slots);
 /* Reads every header present (buffered preads, at create) and publishes the
  * slots whose header verifies into dir; returns how many. */
 uint32_t tier_ssd_rebuild(kvrt_ctx_t *ctx, const ssd_file_t *f, slot_dir_t *dir);

@@ -3,11 +3,11 @@
  * I/O the engine thread hands it, and reports each job through the
  * completion queue (core/completion_queue.h) the engine thread polls.
  *
- * It takes up to queue_depth jobs at a time. Copies (pool <-> host, in the
- * staging order of kvrt_cpu_gather_blocks/scatter_blocks) run at once; SSD
- * jobs become two io_uring operations each (header page, block bytes),
- * submitted together and reaped together, so the device sees up to
- * 2 x queue_depth requests at once. With registered buffers (the host slab
+ * Copies (pool <-> host, in the staging order of kvrt_cpu_gather_blocks/
+ * scatter_blocks) run at once; SSD jobs become two io_uring operations each
+ * (header page, block bytes) and up to queue_depth jobs stay in flight, a
+ * new one started whenever one completes, so the device sees up to
+ * 2 x queue_depth requests all the time. With registered buffers (the host slab
  * in chunks of at most 1 GiB, and the header pages) they are READ_FIXED /
  * WRITE_FIXED; if registration is refused (memlock limit) plain READ/WRITE,
  * logged once at start.
@@ -95,84 +95,128 @@ static void verify_read(tier_worker_t *w, tier_job_t *job, uint32_t index)
         job->miss = KVRT_TIER_MISS_CHECKSUM;
 }
 
-static void run_batch(tier_worker_t *w, tier_job_t *jobs, uint32_t n)
+/* One job's copy, done at once on this thread. */
+static void run_copy(tier_worker_t *w, tier_job_t *job)
 {
-    uint32_t ops = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        tier_job_t *job = &jobs[i];
-        switch (job->kind) {
-        case JOB_DEMOTE:
-            kvrt_cpu_gather_blocks(NULL, &w->pool_view, &job->block, 1,
-                                   host_slot(w, job->host_slot));
-            break;
-        case JOB_LAND:
-            kvrt_cpu_scatter_blocks(NULL, &w->pool_view, host_slot(w, job->host_slot),
-                                    &job->block, 1);
-            break;
-        case JOB_WRITE:
-        case JOB_READ:
-            if (prepare_ssd(w, job, i))
-                ops += 2;
-            break;
-        }
+    if (job->kind == JOB_DEMOTE)
+        kvrt_cpu_gather_blocks(NULL, &w->pool_view, &job->block, 1,
+                               host_slot(w, job->host_slot));
+    else
+        kvrt_cpu_scatter_blocks(NULL, &w->pool_view, host_slot(w, job->host_slot),
+                                &job->block, 1);
+    kvrt_cq_push_reserved(w->done, job);
+}
+
+/* SSD jobs in flight: each holds one of queue_depth entries (its index
+ * picks its header page) until both of its operations completed. */
+typedef struct in_flight {
+    tier_job_t *jobs;
+    uint8_t *ops_left;
+    uint32_t *free_index;
+    uint32_t free_count;
+    uint32_t busy;
+} in_flight_t;
+
+static void finish_ssd(tier_worker_t *w, in_flight_t *f, uint32_t index)
+{
+    tier_job_t *job = &f->jobs[index];
+    if (job->kind == JOB_READ && !job->err)
+        verify_read(w, job, index);
+    kvrt_cq_push_reserved(w->done, job);
+    f->free_index[f->free_count++] = index;
+    f->busy--;
+}
+
+static void start_ssd(tier_worker_t *w, in_flight_t *f, const tier_job_t *job)
+{
+    uint32_t index = f->free_index[--f->free_count];
+    f->jobs[index] = *job;
+    f->busy++;
+    if (!prepare_ssd(w, &f->jobs[index], index)) {
+        finish_ssd(w, f, index);
+        return;
     }
-    if (ops) {
-        int submitted = io_uring_submit_and_wait(&w->uring, ops);
-        if (submitted < 0) { /* nothing went out: fail every SSD job of the batch */
-            for (uint32_t i = 0; i < n; i++)
-                if ((jobs[i].kind == JOB_WRITE || jobs[i].kind == JOB_READ) && !jobs[i].err) {
-                    jobs[i].err = -submitted;
-                    jobs[i].miss = KVRT_TIER_MISS_IO;
-                }
-            ops = 0;
-        }
-    }
-    for (uint32_t reaped = 0; reaped < ops; reaped++) {
-        struct io_uring_cqe *cqe;
-        if (io_uring_wait_cqe(&w->uring, &cqe) != 0)
-            break;
+    f->ops_left[index] = 2;
+}
+
+static void reap(tier_worker_t *w, in_flight_t *f, bool block)
+{
+    struct io_uring_cqe *cqe;
+    if (block ? io_uring_wait_cqe(&w->uring, &cqe) != 0 : io_uring_peek_cqe(&w->uring, &cqe) != 0)
+        return;
+    do {
         uint64_t data = io_uring_cqe_get_data64(cqe);
-        tier_job_t *job = &jobs[data >> 1];
+        uint32_t index = (uint32_t)(data >> 1);
+        tier_job_t *job = &f->jobs[index];
         uint32_t want = (data & 1) ? payload_len(w) : TIER_HEADER_BYTES;
         if (cqe->res < 0 && !job->err) {
             job->err = -cqe->res;
             job->miss = KVRT_TIER_MISS_IO;
         } else if ((uint32_t)cqe->res < want && !job->err) {
-            /* A short read: the file ends inside the slot. */
+            /* Short: the file ends inside the slot (read), or is full (write). */
             job->err = job->kind == JOB_WRITE ? ENOSPC : ENODATA;
             job->miss = job->kind == JOB_WRITE ? KVRT_TIER_MISS_IO : KVRT_TIER_MISS_TRUNCATED;
         }
         io_uring_cqe_seen(&w->uring, cqe);
-    }
-    for (uint32_t i = 0; i < n; i++) {
-        if (jobs[i].kind == JOB_READ && !jobs[i].err)
-            verify_read(w, &jobs[i], i);
-        kvrt_cq_push_reserved(w->done, &jobs[i]);
-    }
+        if (--f->ops_left[index] == 0)
+            finish_ssd(w, f, index);
+    } while (io_uring_peek_cqe(&w->uring, &cqe) == 0);
 }
 
+/* Keeps up to queue_depth SSD jobs in flight all the time: new jobs are
+ * started as soon as earlier ones complete, not batch after batch. */
 static void *worker_main(void *arg)
 {
     tier_worker_t *w = arg;
-    tier_job_t *batch = calloc(w->queue_depth, sizeof(*batch));
+    in_flight_t f = {
+        .jobs = calloc(w->queue_depth, sizeof(*f.jobs)),
+        .ops_left = calloc(w->queue_depth, sizeof(*f.ops_left)),
+        .free_index = calloc(w->queue_depth, sizeof(*f.free_index)),
+        .free_count = w->queue_depth,
+    };
+    for (uint32_t i = 0; i < w->queue_depth && f.free_index; i++)
+        f.free_index[i] = w->queue_depth - 1 - i;
+    bool ok = f.jobs && f.ops_left && f.free_index;
     pthread_mutex_lock(&w->lock);
     for (;;) {
-        while (!w->count && !w->stop)
+        while (!w->count && !f.busy && !w->stop)
             pthread_cond_wait(&w->wake, &w->lock);
-        if (!w->count && w->stop)
+        if (!w->count && !f.busy && w->stop)
             break;
-        uint32_t n = 0;
-        while (w->count && n < w->queue_depth && batch) {
-            batch[n++] = w->ring[w->head];
+        uint32_t started = 0;
+        while (ok && w->count && f.free_count) {
+            tier_job_t job = w->ring[w->head];
             w->head = (w->head + 1) % w->ring_capacity;
             w->count--;
+            pthread_mutex_unlock(&w->lock);
+            if (job.kind == JOB_WRITE || job.kind == JOB_READ) {
+                start_ssd(w, &f, &job);
+                started++;
+            } else {
+                run_copy(w, &job);
+            }
+            pthread_mutex_lock(&w->lock);
         }
         pthread_mutex_unlock(&w->lock);
-        run_batch(w, batch, n);
+        if (started) {
+            int rc = io_uring_submit(&w->uring);
+            if (rc < 0) /* nothing went out: fail what waits for it */
+                for (uint32_t i = 0; i < w->queue_depth; i++)
+                    if (f.ops_left[i]) {
+                        f.jobs[i].err = -rc;
+                        f.jobs[i].miss = KVRT_TIER_MISS_IO;
+                        f.ops_left[i] = 0;
+                        finish_ssd(w, &f, i);
+                    }
+        }
+        if (f.busy)
+            reap(w, &f, started == 0);
         pthread_mutex_lock(&w->lock);
     }
     pthread_mutex_unlock(&w->lock);
-    free(batch);
+    free(f.jobs);
+    free(f.ops_left);
+    free(f.free_index);
     return NULL;
 }
 
