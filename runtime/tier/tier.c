@@ -51,6 +51,7 @@ typedef enum block_fate { FATE_PENDING = 0, FATE_LANDED = 1, FATE_FAILED = 2 } b
 typedef struct ticket {
     uint64_t id;             /* 0: free */
     uint32_t count, accepted, pending;
+    uint32_t next;           /* first block not started yet (< accepted: retried in poll) */
     kvrt_tier_miss_t miss;   /* of the first block not accepted */
     int32_t *blocks;
     kvrt_cache_block_name_t *names;
@@ -86,6 +87,8 @@ struct kvrt_tier {
     kvrt_tier_completion_t *ready; /* finished tickets not yet reported */
     uint32_t ready_count;
 };
+
+static void advance(kvrt_tier_t *t, ticket_t *k);
 
 /* ---- ctl nodes ---------------------------------------------------------------- */
 
@@ -362,7 +365,7 @@ static void apply(kvrt_tier_t *t, const tier_job_t *job)
     }
     if (job->kind == JOB_READ || job->kind == JOB_LAND) {
         ticket_t *k = &t->tickets[job->ticket_slot];
-        if (k->id && !k->pending)
+        if (k->id && !k->pending && k->next == k->accepted)
             finish_ticket(t, k);
     }
 }
@@ -420,6 +423,9 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_poll(kvrt_tier_t *tier, kvrt_tier_completion
         for (uint32_t i = 0; i < n; i++)
             apply(tier, &tier->done[i]);
     check_file(tier);
+    for (uint32_t i = 0; i < MAX_TICKETS; i++)
+        if (tier->tickets[i].id && tier->tickets[i].next < tier->tickets[i].accepted)
+            advance(tier, &tier->tickets[i]);
     make_room(tier);
     clean_ahead(tier);
     refresh_used(tier);
@@ -538,6 +544,28 @@ static kvrt_status_t ticket_open(kvrt_tier_t *t, uint32_t count, ticket_t **out)
     return KVRT_OK;
 }
 
+/* A host slot for an SSD read, now: a free one, else the least recently
+ * used host block gives way (a hit being served beats a block that may be
+ * hit later; counted as an eviction, and as an SSD drop when it was not on
+ * SSD). -1 when every slot is pinned or being filled. */
+static int32_t host_slot_for_read(kvrt_tier_t *t)
+{
+    int32_t slot = tier_dir_take(&t->host);
+    if (slot >= 0)
+        return slot;
+    int32_t victim = tier_dir_lru(&t->host);
+    if (victim < 0)
+        return -1;
+    if (t->has_ssd && tier_dir_find(&t->ssd, &t->host.names[victim].key) < 0)
+        t->ssd_stats.drops++;
+    tier_dir_release(&t->host, victim);
+    t->host_stats.evictions++;
+    return tier_dir_take(&t->host);
+}
+
+/* Not started for now (queue full, no host slot): poll tries again. */
+#define MISS_RETRY ((kvrt_tier_miss_t)-1)
+
 /* Starts block i of ticket k; the miss reason when it cannot. */
 static kvrt_tier_miss_t start_block(kvrt_tier_t *t, ticket_t *k, uint32_t i)
 {
@@ -548,7 +576,7 @@ static kvrt_tier_miss_t start_block(kvrt_tier_t *t, ticket_t *k, uint32_t i)
         job.kind = JOB_LAND;
         job.host_slot = h;
         if (!submit(t, &job))
-            return KVRT_TIER_MISS_NO_SLOT;
+            return MISS_RETRY;
         tier_dir_pin(&t->host, h);
         tier_dir_touch(&t->host, h);
         return KVRT_TIER_MISS_NONE;
@@ -556,19 +584,38 @@ static kvrt_tier_miss_t start_block(kvrt_tier_t *t, ticket_t *k, uint32_t i)
     int32_t s = t->has_ssd && !t->file_lost ? tier_dir_find(&t->ssd, &k->names[i].key) : -1;
     if (s < 0)
         return KVRT_TIER_MISS_GONE;
-    if (!t->host.free_count)
-        make_room(t);
     job.kind = JOB_READ;
     job.ssd_slot = s;
-    job.host_slot = tier_dir_take(&t->host);
+    job.host_slot = host_slot_for_read(t);
     if (job.host_slot < 0)
-        return KVRT_TIER_MISS_NO_SLOT;
+        return MISS_RETRY;
     if (!submit(t, &job)) {
         tier_dir_release(&t->host, job.host_slot);
-        return KVRT_TIER_MISS_NO_SLOT;
+        return MISS_RETRY;
     }
     tier_dir_pin(&t->ssd, s);
     return KVRT_TIER_MISS_NONE;
+}
+
+/* Starts the ticket's next blocks while the queue and host slots allow;
+ * a block gone meanwhile ends the run there. Finishes the ticket when
+ * nothing is left to start or wait for. */
+static void advance(kvrt_tier_t *t, ticket_t *k)
+{
+    while (k->next < k->accepted) {
+        kvrt_tier_miss_t miss = start_block(t, k, k->next);
+        if (miss == MISS_RETRY)
+            break;
+        if (miss != KVRT_TIER_MISS_NONE) {
+            k->accepted = k->next;
+            k->miss = miss;
+            break;
+        }
+        k->next++;
+        k->pending++;
+    }
+    if (k->next == k->accepted && !k->pending)
+        finish_ticket(t, k);
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_tier_onload(kvrt_tier_t *tier, uint32_t first_index,
@@ -609,21 +656,18 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_onload(kvrt_tier_t *tier, uint32_t first_ind
         }
         k->blocks[i] = blocks[i];
     }
+    /* The run the tiers hold now; blocks beyond it are not attempted. */
     uint32_t i = 0;
-    for (; i < count; i++) {
-        kvrt_tier_miss_t miss = start_block(tier, k, i);
-        if (miss != KVRT_TIER_MISS_NONE) {
-            k->miss = miss;
-            break;
-        }
-        k->pending++;
-    }
+    while (i < count && (tier_dir_find(&tier->host, &k->names[i].key) >= 0 ||
+                         (tier->has_ssd && !tier->file_lost &&
+                          tier_dir_find(&tier->ssd, &k->names[i].key) >= 0)))
+        i++;
     k->accepted = i;
+    k->miss = i < count ? KVRT_TIER_MISS_GONE : KVRT_TIER_MISS_NONE;
     *ticket_out = k->id;
     if (accepted_out)
         *accepted_out = i;
-    if (!k->pending)
-        finish_ticket(tier, k);
+    advance(tier, k);
     return KVRT_OK;
 }
 

@@ -166,3 +166,17 @@ Test(tier_host, blocks_copied_ahead_survive_an_eviction_that_may_keep_nothing)
     cr_assert_eq(bring_back(42, 4, &m, NULL), 4);
     cr_assert_eq(m.host_blocks, 4);
 }
+
+Test(tier_host, an_onload_longer_than_the_queue_is_fed_as_the_queue_drains)
+{
+    make(33, 64, 2); /* 8 jobs in the queue at most, 12 blocks to bring back */
+    prefill(9, 12);
+    settle(); /* all 12 copied ahead over several polls */
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    squeeze(info.free_blocks + info.cached_blocks);
+    kvrt_tier_match_t m;
+    kvrt_tier_completion_t done;
+    cr_assert_eq(bring_back(9, 12, &m, &done), 12, "miss %d", done.miss);
+    cr_assert_eq(m.host_blocks, 12);
+}
