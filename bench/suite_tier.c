@@ -337,6 +337,9 @@ static int onload_once(rig_t *r, bool via_ssd, double *ms_out)
             got ? done.landed : 0);
     kvrt_pool_free(r->pool, m.gpu_blocks + below, blocks);
     rc = got == 1 && done.landed == below ? 0 : -1;
+    if (rc)
+        fprintf(stderr, "tier: onload landed %u of %u (miss %d)\n", got ? done.landed : 0,
+                below, got ? (int)done.miss : -1);
 out:
     free(tokens);
     free(blocks);
@@ -349,8 +352,9 @@ static int bench_onload(const bench_options_t *o, uint32_t tpb, bool via_ssd)
     rig_t r;
     uint32_t nb = PREFIX_TOKENS / tpb;
     /* A pool one prefix and a half big; host slots for all of it (host
-     * run), or a quarter (SSD run: the rest is written back). */
-    if (rig_open(&r, tpb, nb + nb / 2 + 1, via_ssd ? nb / 4 : nb + 64, via_ssd ? 2 * nb : 0))
+     * run), or a quarter plus two queue depths (SSD run: the rest is
+     * written back). */
+    if (rig_open(&r, tpb, nb + nb / 2 + 1, via_ssd ? nb / 4 + 64 : nb + 64, via_ssd ? 2 * nb : 0))
         return -1;
     double ms = 0;
     int rc = onload_once(&r, via_ssd, &ms);

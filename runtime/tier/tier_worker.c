@@ -191,6 +191,10 @@ static void *worker_main(void *arg)
             pthread_mutex_unlock(&w->lock);
             if (job.kind == JOB_WRITE || job.kind == JOB_READ) {
                 start_ssd(w, &f, &job);
+                /* Out at once: the device works while the next block's
+                 * checksum is computed. A refused submit (-EBUSY) leaves
+                 * the operations queued; they go with the next one. */
+                io_uring_submit(&w->uring);
                 started++;
             } else {
                 run_copy(w, &job);
@@ -198,19 +202,11 @@ static void *worker_main(void *arg)
             pthread_mutex_lock(&w->lock);
         }
         pthread_mutex_unlock(&w->lock);
-        if (started) {
-            int rc = io_uring_submit(&w->uring);
-            if (rc < 0) /* nothing went out: fail what waits for it */
-                for (uint32_t i = 0; i < w->queue_depth; i++)
-                    if (f.ops_left[i]) {
-                        f.jobs[i].err = -rc;
-                        f.jobs[i].miss = KVRT_TIER_MISS_IO;
-                        f.ops_left[i] = 0;
-                        finish_ssd(w, &f, i);
-                    }
-        }
+        bool unsent = io_uring_sq_ready(&w->uring) > 0;
+        if (unsent)
+            io_uring_submit(&w->uring);
         if (f.busy)
-            reap(w, &f, started == 0);
+            reap(w, &f, started == 0 && !unsent);
         pthread_mutex_lock(&w->lock);
     }
     pthread_mutex_unlock(&w->lock);
