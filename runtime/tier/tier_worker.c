@@ -202,7 +202,7 @@ static void *worker_main(void *arg)
             pthread_mutex_lock(&w->lock);
         }
         pthread_mutex_unlock(&w->lock);
-        bool unsent = io_uring_sq_ready(&w->uring) > 0;
+        bool unsent = w->uring_ready && io_uring_sq_ready(&w->uring) > 0;
         if (unsent)
             io_uring_submit(&w->uring);
         if (f.busy)

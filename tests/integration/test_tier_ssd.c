@@ -23,6 +23,7 @@
 #include "tier/tier_internal.h"
 
 static char dir[64];
+static char mounted[80]; /* the tmpfs of the disk-full test, until unmounted */
 
 static void remove_dir(const char *path)
 {
@@ -50,6 +51,10 @@ static void ssd_setup(void)
 static void ssd_teardown(void)
 {
     teardown();
+    if (mounted[0]) { /* an assertion ended the test before it unmounted */
+        umount2(mounted, MNT_DETACH);
+        rmdir(mounted);
+    }
     remove_dir(dir);
 }
 
@@ -270,6 +275,7 @@ Test(tier_ssd, a_full_disk_is_counted_and_the_engine_keeps_running)
         cr_skip_test("cannot mount a tmpfs here (%s): needs root or CAP_SYS_ADMIN",
                      strerror(errno));
     }
+    snprintf(mounted, sizeof(mounted), "%s", mnt);
     open_tier(mnt, "model-a");
     for (int32_t p = 0; p < 4; p++)
         offload_prompt(100 * (p + 1));
@@ -279,5 +285,6 @@ Test(tier_ssd, a_full_disk_is_counted_and_the_engine_keeps_running)
     cr_assert_lt(s.ssd.offloads, 16);
     close_tier();
     cr_assert_eq(umount(mnt), 0, "%s", strerror(errno));
+    mounted[0] = 0;
     rmdir(mnt);
 }
