@@ -81,7 +81,9 @@ typedef struct kvrt_tier_params {
  * host memory (one region per tier, registrable for RDMA once). With an SSD
  * tier, opens or creates ssd_dir/kvrt-<root>-<layout>.kvblk and rebuilds
  * its index (blocks whose header does not verify are not indexed).
- * The caller keeps `cache` alive until kvrt_tier_destroy.
+ * The tier holds the cache: kvrt_cache_destroy refuses (KVRT_ERR_BUSY)
+ * until kvrt_tier_destroy; kvrt_ctx_destroy destroys a tier left alive
+ * before the caches.
  * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown mask bits, out-of-range
  * values, ssd_dir missing), KVRT_ERR_UNSUPPORTED (a device pool),
  * KVRT_ERR_BUSY (the cache already has a sink), KVRT_ERR_NO_MEMORY,

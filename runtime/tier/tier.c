@@ -60,6 +60,7 @@ typedef struct ticket {
 } ticket_t;
 
 struct kvrt_tier {
+    kvrt_owned_t owned;      /* first: kvrt_ctx_destroy() tears a forgotten tier down */
     kvrt_ctx_t *ctx;
     kvrt_cache_t *cache;
     kvrt_pool_t *pool;
@@ -779,6 +780,11 @@ static kvrt_status_t setup(kvrt_tier_t *t, const kvrt_tier_params_t *p,
     return tier_worker_start(t->ctx, w, p->host_blocks);
 }
 
+static void tier_destroy_owned(kvrt_owned_t *owned)
+{
+    kvrt_tier_destroy((kvrt_tier_t *)owned); /* owned is the first member */
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_tier_create(kvrt_cache_t *cache, const kvrt_tier_params_t *params,
                                            kvrt_tier_t **tier_out)
 {
@@ -836,6 +842,11 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_create(kvrt_cache_t *cache, const kvrt_tier_
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "ctl registration");
     }
     refresh_used(t);
+    /* The cache may not be destroyed under the tier, and a context torn
+     * down with the tier still alive takes it down before the cache. */
+    kvrt_cache_hold(cache);
+    t->owned.rank = KVRT_TEARDOWN_SCHED;
+    kvrt_ctx_own(ctx, &t->owned, tier_destroy_owned);
     kvrt_log(ctx, KVRT_LOG_INFO, "tier on pool %u: %u host slots, %s%s", t->group_id,
              params->host_blocks, t->has_ssd ? t->file.path : "no SSD tier",
              t->has_ssd && t->file.buffered ? " (buffered I/O)" : "");
@@ -857,6 +868,8 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_destroy(kvrt_tier_t *tier)
                      tier->in_flight);
     kvrt_ctl_unregister(tier->ctx, &tier->host_stats);
     kvrt_ctl_unregister(tier->ctx, &tier->ssd_stats);
+    kvrt_ctx_disown(tier->ctx, &tier->owned);
+    kvrt_cache_unhold(tier->cache);
     tier_free(tier);
     return KVRT_OK;
 }

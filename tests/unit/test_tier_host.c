@@ -180,3 +180,13 @@ Test(tier_host, an_onload_longer_than_the_queue_is_fed_as_the_queue_drains)
     cr_assert_eq(bring_back(9, 12, &m, &done), 12, "miss %d", done.miss);
     cr_assert_eq(m.host_blocks, 12);
 }
+
+Test(tier_host, the_cache_outlives_its_tier_and_a_forgotten_tier_is_torn_down_with_the_context)
+{
+    make(17, 8, 2);
+    ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_cache_destroy(cache));
+    prefill(3, 4);
+    squeeze_past_free(1); /* copies in flight when the context goes */
+    tier = NULL;          /* forgotten: kvrt_ctx_destroy() must take it down */
+    cache = NULL;
+}
