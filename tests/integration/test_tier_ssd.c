@@ -139,7 +139,7 @@ Test(tier_ssd, blocks_written_back_to_ssd_come_back_byte_for_byte)
     cr_assert_eq(s.host.offloads, 4);
     cr_assert_eq(s.ssd.offloads, 4, "host slots were not written back");
     kvrt_tier_match_t m;
-    kvrt_tier_completion_t done;
+    kvrt_tier_completion_t done = {0};
     cr_assert_eq(bring_back(100, 4, &m, &done), 4, "miss %d", done.miss);
     cr_assert_eq(m.ssd_blocks, 4);
     s = stats();
@@ -189,7 +189,7 @@ Test(tier_ssd, a_corrupted_block_is_a_miss_with_a_reason_never_data)
     for (uint32_t s = 0; s < 4; s++)
         corrupt_slot(s, slot_bytes);
     kvrt_tier_match_t m;
-    kvrt_tier_completion_t done;
+    kvrt_tier_completion_t done = {0};
     cr_assert_eq(bring_back(100, 4, &m, &done), 0);
     cr_assert_eq(done.miss, KVRT_TIER_MISS_CHECKSUM);
     kvrt_tier_stats_t s = stats();
@@ -205,7 +205,7 @@ Test(tier_ssd, a_truncated_file_is_a_miss_and_the_tier_keeps_working)
     offload_prompt(100);
     cr_assert_eq(truncate(data_file(), 0), 0);
     kvrt_tier_match_t m;
-    kvrt_tier_completion_t done;
+    kvrt_tier_completion_t done = {0};
     cr_assert_eq(bring_back(100, 4, &m, &done), 0);
     cr_assert_eq(done.miss, KVRT_TIER_MISS_TRUNCATED);
     cr_assert_gt(stats().ssd.errors, 0);
@@ -256,7 +256,7 @@ Test(tier_ssd, io_errors_are_counted_and_the_blocks_dropped)
     failing = JOB_READ;
     kvrt_tier_set_fault_hook(tier, fail_every, &failing);
     kvrt_tier_match_t m;
-    kvrt_tier_completion_t done;
+    kvrt_tier_completion_t done = {0};
     cr_assert_eq(bring_back(200, 4, &m, &done), 0);
     cr_assert_eq(m.ssd_blocks, 4);
     cr_assert_eq(done.miss, KVRT_TIER_MISS_IO);

@@ -176,7 +176,7 @@ Test(tier_host, an_onload_longer_than_the_queue_is_fed_as_the_queue_drains)
     ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
     squeeze(info.free_blocks + info.cached_blocks);
     kvrt_tier_match_t m;
-    kvrt_tier_completion_t done;
+    kvrt_tier_completion_t done = {0};
     cr_assert_eq(bring_back(9, 12, &m, &done), 12, "miss %d", done.miss);
     cr_assert_eq(m.host_blocks, 12);
 }
