@@ -23,7 +23,7 @@ target_link_libraries(kvrt_sim_model PUBLIC PkgConfig::CJSON m)
 add_library(kvrt_sim_engine STATIC
   ${KVRT_SIM_DIR}/sim_engine.c
   ${KVRT_SIM_DIR}/sim_report.c)
-target_link_libraries(kvrt_sim_engine PUBLIC kvrt_sim_model kvrt_sched)
+target_link_libraries(kvrt_sim_engine PUBLIC kvrt_sim_model kvrt_static)
 
 if(KVRT_BUILD_BENCH)
   add_executable(kvrt-sim ${KVRT_SIM_DIR}/sim_main.c)

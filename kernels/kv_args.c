@@ -54,7 +54,7 @@ kvrt_status_t kv_geometry_init(kvrt_ctx_t *ctx, const char *func,
         return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG,
                           "cache base is NULL or num_blocks is 0");
     const kvrt_kv_layout_t *l = &cache->layout;
-    g->dtype = (l->field_mask & KVRT_LAYOUT_FIELD_DTYPE) ? l->dtype : KVRT_DTYPE_FP16;
+    g->dtype = kvrt_layout_resolved(l).dtype;
     g->elem_bytes = kvrt_dtype_size(g->dtype);
     g->num_layers = l->num_layers;
     g->num_kv_heads = l->num_kv_heads;

@@ -33,7 +33,8 @@ extern "C" {
 
 typedef uint64_t kvrt_table_id_t;
 
-/* A block copy the engine must run (whole block, all layers, K and V). */
+/* A block copy the engine must run (whole block, all layers, K and V).
+ * Frozen: an array element, complete with its two ids. */
 typedef struct kvrt_block_copy {
     int32_t src_block;
     int32_t dst_block;

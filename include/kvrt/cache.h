@@ -33,6 +33,7 @@
 #ifndef KVRT_CACHE_H
 #define KVRT_CACHE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kvrt/block_table.h"
@@ -48,7 +49,8 @@ extern "C" {
  * byte of the encoding bumps it; it is hashed into every value. */
 #define KVRT_BLOCK_HASH_VERSION 1
 
-/* A 128-bit hash: XXH3-128's low and high 64-bit halves. */
+/* A 128-bit hash: XXH3-128's low and high 64-bit halves. Frozen: a value
+ * type, embedded in other structs and arrays. */
 typedef struct kvrt_block_hash {
     uint64_t lo;
     uint64_t hi;
@@ -59,7 +61,8 @@ typedef struct kvrt_block_hash {
 
 /* One multimodal item (image, audio clip) of a sequence: the hash of its
  * content (computed by the engine, e.g. of the decoded pixels) and the
- * tokens it occupies, [offset, offset + length) in the sequence. */
+ * tokens it occupies, [offset, offset + length) in the sequence. Frozen: an
+ * array element, and the three fields are what the block-hash spec encodes. */
 typedef struct kvrt_mm_item {
     kvrt_block_hash_t content_hash;
     uint32_t offset;
@@ -74,7 +77,8 @@ enum kvrt_hash_keys_field {
 
 /*
  * The extra keys of one sequence. A zeroed struct (or NULL) means: base
- * model, no salt, text only. Nothing is retained after a call.
+ * model, no salt, text only. Nothing is retained after a call. It grows by
+ * field_mask, so other structs refer to it by pointer, never embed it.
  */
 typedef struct kvrt_hash_keys {
     uint64_t field_mask;
@@ -208,7 +212,8 @@ typedef enum kvrt_cache_miss_reason {
     KVRT_CACHE_MISS_PARTIAL = 4       /* a partial last block: never shared */
 } kvrt_cache_miss_reason_t;
 
-/* The outcome of one match. */
+/* The outcome of one match. Frozen (the answer of the hot path, complete
+ * as it is): more about a match would come from a new function. */
 typedef struct kvrt_cache_match {
     uint32_t num_blocks;  /* leading full blocks found, references taken */
     uint32_t num_tokens;  /* num_blocks * tokens_per_block */
@@ -273,6 +278,8 @@ kvrt_status_t kvrt_cache_insert(kvrt_cache_t *cache, int32_t block,
                                 int32_t *cached_out);
 
 /*
+ * Grows at its end in later minor versions: kvrt_cache_stats() passes the
+ * caller's sizeof (docs/abi.md, "Output structs").
  * Counters since creation (or the last reset), all readable as ctl nodes
  * "cache.<N>.<field>" (u64, read-only; load_factor is a double):
  * queries, query_tokens, hit_tokens, miss_never_cached, miss_evicted,
@@ -298,8 +305,21 @@ typedef struct kvrt_cache_stats {
     double load_factor;          /* cached_blocks / index_capacity */
 } kvrt_cache_stats_t;
 
+/*
+ * kvrt_cache_stats_sized - do not call directly from C; use
+ * kvrt_cache_stats(). Writes the counters to the stats_size bytes at
+ * stats_out, as kvrt_pool_info_sized() does.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, stats_size below the 1.0 struct).
+ */
+kvrt_status_t kvrt_cache_stats_sized(const kvrt_cache_t *cache, size_t stats_size,
+                                     kvrt_cache_stats_t *stats_out);
+
 /* kvrt_cache_stats - a copy of the counters. Errors: KVRT_ERR_INVALID_ARG. */
-kvrt_status_t kvrt_cache_stats(const kvrt_cache_t *cache, kvrt_cache_stats_t *stats_out);
+static inline kvrt_status_t kvrt_cache_stats(const kvrt_cache_t *cache,
+                                             kvrt_cache_stats_t *stats_out)
+{
+    return kvrt_cache_stats_sized(cache, sizeof(*stats_out), stats_out);
+}
 
 /* kvrt_cache_reset_stats - zeroes the counters (not the cached_blocks,
  * evictable_blocks, index_capacity gauges). Errors: KVRT_ERR_INVALID_ARG. */

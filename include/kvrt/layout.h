@@ -62,6 +62,11 @@ enum kvrt_kv_layout_field {
  * tokens_per_block are always read; the optional fields by field_mask.
  * Limits: 1..1024 layers, 1..1024 KV heads, head_dim 1..1024,
  * tokens_per_block a power of two in 1..4096.
+ *
+ * Frozen: its size and fields never change, because it is embedded by value
+ * (kvrt_pool_params_t, kvrt_kv_cache_t) and copied into descriptors and
+ * fingerprints. A later layout feature comes as a field_mask bit that needs
+ * no storage, or as a new struct that the params needing it point to.
  */
 typedef struct kvrt_kv_layout {
     uint64_t field_mask;
@@ -74,7 +79,7 @@ typedef struct kvrt_kv_layout {
     kvrt_kv_order_t order;
 } kvrt_kv_layout_t;
 
-/* One contiguous byte range of a pool. */
+/* One contiguous byte range of a pool. Frozen: an array element. */
 typedef struct kvrt_extent {
     uint64_t offset;
     uint64_t length;

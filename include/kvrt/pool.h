@@ -46,7 +46,8 @@ enum kvrt_pool_params_field {
 
 /*
  * Pool parameters. layout and num_blocks are always read, the rest by
- * field_mask.
+ * field_mask. The layout is embedded by value: kvrt_kv_layout_t is frozen
+ * (kvrt/layout.h), so this struct can still grow at its end.
  */
 typedef struct kvrt_pool_params {
     uint64_t field_mask;
@@ -63,7 +64,12 @@ typedef struct kvrt_pool_params {
     uint32_t max_tables;        /* live block tables at once, default 65536 */
 } kvrt_pool_params_t;
 
-/* A point-in-time view of a pool's counters. */
+/*
+ * A point-in-time view of a pool's counters. Grows at its end in later
+ * minor versions: kvrt_pool_info() passes sizeof(kvrt_pool_info_t) of the
+ * caller's header, and the library writes exactly that many bytes
+ * (docs/abi.md, "Output structs").
+ */
 typedef struct kvrt_pool_info {
     uint32_t group_id;          /* index of this pool (cache group) in its ctx */
     uint32_t num_blocks;        /* including the null block */
@@ -133,8 +139,22 @@ kvrt_status_t kvrt_pool_free(kvrt_pool_t *pool, uint32_t count,
 kvrt_status_t kvrt_pool_refcount(const kvrt_pool_t *pool, int32_t block,
                                  uint32_t *refcount_out);
 
+/*
+ * kvrt_pool_info_sized - do not call directly from C; use kvrt_pool_info().
+ * Writes the pool's counters and geometry to the info_size bytes at
+ * info_out, info_size being sizeof(kvrt_pool_info_t) in the caller's header
+ * (bindings pass their own struct's size): fields past info_size are not
+ * written; bytes past the library's own struct are zeroed.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, info_size below the 1.0 struct).
+ */
+kvrt_status_t kvrt_pool_info_sized(const kvrt_pool_t *pool, size_t info_size,
+                                   kvrt_pool_info_t *info_out);
+
 /* kvrt_pool_info - counters and geometry. Errors: KVRT_ERR_INVALID_ARG. */
-kvrt_status_t kvrt_pool_info(const kvrt_pool_t *pool, kvrt_pool_info_t *info_out);
+static inline kvrt_status_t kvrt_pool_info(const kvrt_pool_t *pool, kvrt_pool_info_t *info_out)
+{
+    return kvrt_pool_info_sized(pool, sizeof(*info_out), info_out);
+}
 
 /*
  * kvrt_pool_above_watermark - 1 in *ok_out when `count` more blocks can be

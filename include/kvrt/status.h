@@ -47,8 +47,6 @@ extern "C" {
     X(KVRT_ERR_BAD_LAYOUT, -103, "invalid KV layout")                            \
     X(KVRT_ERR_TABLE_TOO_LONG, -104, "block table would exceed its limit")       \
     X(KVRT_ERR_NO_TABLES, -105, "block table limit reached")                     \
-    X(KVRT_ERR_CACHE_DISABLED, -200, "prefix cache not enabled")                 \
-    X(KVRT_ERR_HASH_MISMATCH, -201, "block hash chain does not match")           \
     X(KVRT_ERR_UNKNOWN_REQUEST, -300, "unknown or ended request")                \
     X(KVRT_ERR_NO_STEP, -301, "no scheduling step to commit")                    \
     X(KVRT_ERR_TOKEN_COUNT, -302, "token count does not match the plan")         \
@@ -62,8 +60,7 @@ extern "C" {
     X(KVRT_ERR_INTEGRITY, -406, "payload checksum mismatch")                     \
     X(KVRT_ERR_NO_DEVICE, -407, "no RDMA device available")                      \
     X(KVRT_ERR_DEVICE, -500, "device (CUDA) error")                              \
-    X(KVRT_ERR_NO_GPU, -501, "no GPU available or built without CUDA")           \
-    X(KVRT_ERR_TIER_FULL, -600, "storage tier full")
+    X(KVRT_ERR_NO_GPU, -501, "no GPU available or built without CUDA")
 
 typedef enum kvrt_status {
 #define KVRT_STATUS_ENUM_(name, value, text) name = (value),

@@ -261,19 +261,15 @@ KVRT_EXPORT kvrt_status_t kvrt_model_fingerprint(const char *model_id,
         return status;
     /* Optional fields resolved to their defaults, so a zeroed mask and an
      * explicit default give the same fingerprint. */
-    uint32_t dtype = (layout->field_mask & KVRT_LAYOUT_FIELD_DTYPE) ? (uint32_t)layout->dtype
-                                                                    : KVRT_DTYPE_FP16;
-    uint32_t format = (layout->field_mask & KVRT_LAYOUT_FIELD_FORMAT) ? (uint32_t)layout->format
-                                                                      : KVRT_KV_SEPARATE;
-    uint32_t order = (layout->field_mask & KVRT_LAYOUT_FIELD_ORDER) ? (uint32_t)layout->order
-                                                                    : KVRT_ORDER_LAYER_MAJOR;
+    const kvrt_kv_layout_t r = kvrt_layout_resolved(layout);
     uint8_t buffer[8 + MODEL_ID_MAX + 28];
     kvrt_store_le32(buffer, TAG('F'));
     kvrt_store_le32(buffer + 4, (uint32_t)len);
     memcpy(buffer + 8, model_id, len);
     uint8_t *p = buffer + 8 + len;
     const uint32_t fields[7] = {layout->num_layers, layout->num_kv_heads, layout->head_dim,
-                                layout->tokens_per_block, dtype, format, order};
+                                layout->tokens_per_block, (uint32_t)r.dtype,
+                                (uint32_t)r.format, (uint32_t)r.order};
     for (int i = 0; i < 7; i++)
         kvrt_store_le32(p + 4 * i, fields[i]);
     *fingerprint_out = from_xxh(XXH3_128bits(buffer, 8 + len + 28));

@@ -277,7 +277,7 @@ static kvrt_status_t cache_setup(kvrt_cache_t *cache, const kvrt_cache_params_t 
         kvrt_model_fingerprint("unnamed", &layout, &fingerprint);
     }
     cache->root = kvrt_cache_hash_root(&fingerprint);
-    cache->policy_kind = (p->field_mask & KVRT_CACHE_PARAM_POLICY) ? p->policy : KVRT_CACHE_LRU_LEAF;
+    cache->policy_kind = KVRT_PARAM_OR(p, KVRT_CACHE_PARAM_POLICY, policy, KVRT_CACHE_LRU_LEAF);
     cache->policy.ops = policy_table[cache->policy_kind];
     cache->policy.num_blocks = cache->num_blocks;
     if (cache->policy.ops->init(&cache->policy, cache->num_blocks) != KVRT_OK ||
@@ -360,7 +360,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_destroy(kvrt_cache_t *cache)
         return KVRT_OK;
     if (cache->holders)
         return kvrt_fail(cache->ctx, KVRT_ERR_BUSY,
-                         "cache %s is used by %u scheduler(s); destroy them first",
+                         "cache %s is used by %u scheduler(s) or tier(s); destroy them first",
                          cache->name, cache->holders);
     kvrt_ctx_disown(cache->ctx, &cache->owned);
     cache_destroy_owned(&cache->owned);
@@ -498,18 +498,23 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_lookup(kvrt_cache_t *cache, const kvrt_bloc
     return KVRT_OK;
 }
 
-/* Indexes block under name unless the key is indexed already; explain is
- * the explain-table entry of its content under the caller's keys, or 0
- * when the keys are unknown (kvrt_cache_insert_named). */
-static kvrt_status_t insert_name(kvrt_cache_t *cache, int32_t block,
-                                 const kvrt_cache_block_name_t *name, uint64_t explain,
-                                 int32_t *cached_out)
+/* Indexes block under its name unless the key is indexed already; the
+ * name's parts come separately (parent_key NULL when unknown) so that they
+ * are written once, into names[block]. explain is the explain-table entry
+ * of its content under the caller's keys, or 0 when the keys are unknown
+ * (kvrt_cache_insert_named). */
+static KVRT_ALWAYS_INLINE kvrt_status_t insert_name(kvrt_cache_t *cache, int32_t block,
+                                                    const kvrt_block_hash_t *key,
+                                                    const kvrt_block_hash_t *content,
+                                                    const kvrt_block_hash_t *parent_key,
+                                                    uint32_t depth, uint64_t explain,
+                                                    int32_t *cached_out)
 {
     uint32_t refs = 0;
     if (KVRT_UNLIKELY(kvrt_pool_refcount(cache->pool, block, &refs) != KVRT_OK || refs == 0))
         return kvrt_fail(cache->ctx, KVRT_ERR_UNKNOWN_BLOCK,
                          "cache %s: block %d is not in use in its pool", cache->name, block);
-    int32_t existing = kvrt_cache_index_find(&cache->index, &name->key);
+    int32_t existing = kvrt_cache_index_find(&cache->index, key);
     if (KVRT_UNLIKELY(kvrt_pool_is_cached(cache->pool, block) && existing != block))
         return kvrt_fail(cache->ctx, KVRT_ERR_BAD_STATE,
                          "cache %s: block %d is already cached under another key", cache->name,
@@ -518,12 +523,17 @@ static kvrt_status_t insert_name(kvrt_cache_t *cache, int32_t block,
         cache->stats.insert_duplicates++;
     } else {
         existing = block;
-        kvrt_cache_index_add(&cache->index, &name->key, block);
-        cache->names[block] = *name;
+        kvrt_cache_index_add(&cache->index, key, block);
+        kvrt_cache_block_name_t *name = &cache->names[block];
+        name->key = *key;
+        name->content = *content;
+        name->parent_key = parent_key ? *parent_key : (kvrt_block_hash_t){0, 0};
+        name->depth = depth;
+        name->flags = parent_key ? KVRT_CACHE_NAME_HAS_PARENT : 0;
         kvrt_pool_mark_cached(cache->pool, block);
-        cache->policy.ops->inserted(&cache->policy, block, name->depth, &name->key);
+        cache->policy.ops->inserted(&cache->policy, block, depth, key);
         if (explain)
-            cache->explain[name->content.lo & cache->explain_mask] = explain;
+            cache->explain[content->lo & cache->explain_mask] = explain;
         cache->stats.inserts++;
         kvrt_cache_emit(&cache->hooks, KVRT_CACHE_EVENT_STORED, 0, block, name);
     }
@@ -532,11 +542,12 @@ static kvrt_status_t insert_name(kvrt_cache_t *cache, int32_t block,
     return KVRT_OK;
 }
 
-kvrt_status_t kvrt_cache_insert_chained(kvrt_cache_t *cache, int32_t block,
-                                        const kvrt_block_hash_t *content,
-                                        const kvrt_block_hash_t *parent_content,
-                                        const kvrt_hash_keys_t *keys, uint32_t block_index,
-                                        int32_t *cached_out)
+/* kvrt_cache_insert_chained(), inlined into both entry points. */
+static KVRT_ALWAYS_INLINE kvrt_status_t insert_chained(kvrt_cache_t *cache, int32_t block,
+                                                       const kvrt_block_hash_t *content,
+                                                       const kvrt_block_hash_t *parent_content,
+                                                       const kvrt_hash_keys_t *keys,
+                                                       uint32_t block_index, int32_t *cached_out)
 {
     if (KVRT_UNLIKELY(!cache))
         return KVRT_ERR_INVALID_ARG;
@@ -544,13 +555,22 @@ kvrt_status_t kvrt_cache_insert_chained(kvrt_cache_t *cache, int32_t block,
     if (KVRT_UNLIKELY(!content || !call_keys_init(&ck, keys)))
         return kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG,
                          "content is required and keys must be valid");
-    kvrt_cache_block_name_t name = {.key = key_of(&ck, content), .content = *content,
-                                    .depth = block_index};
-    if (parent_content && block_index > 0) {
-        name.parent_key = key_of(&ck, parent_content);
-        name.flags = KVRT_CACHE_NAME_HAS_PARENT;
-    }
-    return insert_name(cache, block, &name, explain_entry(content, &ck), cached_out);
+    kvrt_block_hash_t key = key_of(&ck, content), parent_key;
+    bool has_parent = parent_content && block_index > 0;
+    if (has_parent)
+        parent_key = key_of(&ck, parent_content);
+    return insert_name(cache, block, &key, content, has_parent ? &parent_key : NULL,
+                       block_index, explain_entry(content, &ck), cached_out);
+}
+
+kvrt_status_t kvrt_cache_insert_chained(kvrt_cache_t *cache, int32_t block,
+                                        const kvrt_block_hash_t *content,
+                                        const kvrt_block_hash_t *parent_content,
+                                        const kvrt_hash_keys_t *keys, uint32_t block_index,
+                                        int32_t *cached_out)
+{
+    return insert_chained(cache, block, content, parent_content, keys, block_index,
+                          cached_out);
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_cache_insert(kvrt_cache_t *cache, int32_t block,
@@ -558,8 +578,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_insert(kvrt_cache_t *cache, int32_t block,
                                             const kvrt_hash_keys_t *keys, uint32_t block_index,
                                             int32_t *cached_out)
 {
-    return kvrt_cache_insert_chained(cache, block, content, NULL, keys, block_index,
-                                     cached_out);
+    return insert_chained(cache, block, content, NULL, keys, block_index, cached_out);
 }
 
 kvrt_status_t kvrt_cache_insert_named(kvrt_cache_t *cache, int32_t block,
@@ -577,17 +596,26 @@ kvrt_status_t kvrt_cache_insert_named(kvrt_cache_t *cache, int32_t block,
     uint64_t explain = hash_equal(&name->key, &name->content)
                            ? explain_entry(&name->content, &no_keys)
                            : 0;
-    return insert_name(cache, block, name, explain, cached_out);
+    bool has_parent = name->flags & KVRT_CACHE_NAME_HAS_PARENT;
+    return insert_name(cache, block, &name->key, &name->content,
+                       has_parent ? &name->parent_key : NULL, name->depth, explain, cached_out);
 }
 
 /* ---- stats and verification -------------------------------------------------- */
 
-KVRT_EXPORT kvrt_status_t kvrt_cache_stats(const kvrt_cache_t *cache, kvrt_cache_stats_t *stats_out)
+KVRT_EXPORT kvrt_status_t kvrt_cache_stats_sized(const kvrt_cache_t *cache, size_t stats_size,
+                                                 kvrt_cache_stats_t *stats_out)
 {
-    if (!cache || !stats_out)
-        return cache ? kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG, "stats_out is required")
-                     : KVRT_ERR_INVALID_ARG;
-    refresh_gauges(cache, stats_out);
+    if (!cache)
+        return KVRT_ERR_INVALID_ARG;
+    const size_t min_size = KVRT_OUTPUT_SIZE_1_0(kvrt_cache_stats_t, load_factor);
+    if (!stats_out || stats_size < min_size)
+        return kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG,
+                         "stats_out is required and stats_size (%zu) at least %zu", stats_size,
+                         min_size);
+    kvrt_cache_stats_t stats;
+    refresh_gauges(cache, &stats);
+    kvrt_output_copy(stats_out, stats_size, &stats, sizeof(stats));
     return KVRT_OK;
 }
 

@@ -162,16 +162,6 @@ static inline void kvrt_cache_policy_prefetch(const cache_policy_t *p, int32_t b
     }
 }
 
-/* For the scheduler: the pool a cache sits on, and holds that keep
- * kvrt_cache_destroy() from freeing a cache still in use. */
-kvrt_pool_t *kvrt_cache_pool(const kvrt_cache_t *cache);
-/* For the tiers: up to max evictable blocks next in line for eviction and
- * their names (a lower tier copies them before they are needed). */
-uint32_t kvrt_cache_peek_victims(const kvrt_cache_t *cache, int32_t *blocks_out,
-                                 kvrt_cache_block_name_t *names_out, uint32_t max);
-void kvrt_cache_hold(kvrt_cache_t *cache);
-void kvrt_cache_unhold(kvrt_cache_t *cache);
-
 /* ---- hooks (hooks.c; the contract is cache/hooks.h) ------------------------ */
 
 typedef struct cache_observer {

@@ -27,6 +27,15 @@
 
 #include "kvrt/cache.h"
 
+/* ---- building on a cache ------------------------------------------------- */
+
+/* The pool a cache sits on, and holds that keep kvrt_cache_destroy() from
+ * freeing a cache still in use (it answers KVRT_ERR_BUSY): a scheduler, a
+ * tier or a cluster publisher takes one for as long as it uses the cache. */
+kvrt_pool_t *kvrt_cache_pool(const kvrt_cache_t *cache);
+void kvrt_cache_hold(kvrt_cache_t *cache);
+void kvrt_cache_unhold(kvrt_cache_t *cache);
+
 /* ---- naming a cached block ------------------------------------------------ */
 
 enum kvrt_cache_name_flags {
@@ -68,6 +77,16 @@ kvrt_status_t kvrt_cache_insert_chained(kvrt_cache_t *cache, int32_t block,
 kvrt_status_t kvrt_cache_insert_named(kvrt_cache_t *cache, int32_t block,
                                       const kvrt_cache_block_name_t *name,
                                       int32_t *cached_out);
+
+/* ---- what is next in line for eviction -----------------------------------
+ *
+ * kvrt_cache_peek_victims - up to max evictable blocks in the order the
+ * policy would evict them (frequency policies: roughly), with their names;
+ * returns how many. Changes nothing. A lower tier copies these ahead, so
+ * that when they are evicted nothing has to wait or be dropped. Pool thread.
+ */
+uint32_t kvrt_cache_peek_victims(const kvrt_cache_t *cache, int32_t *blocks_out,
+                                 kvrt_cache_block_name_t *names_out, uint32_t max);
 
 /* ---- eviction sink ---------------------------------------------------------
  *

@@ -12,11 +12,13 @@
 #include <stdint.h>
 
 #include "kvrt/context.h"
+#include "params.h"
 
 #define KVRT_EXPORT __attribute__((visibility("default")))
 #define KVRT_LIKELY(x) __builtin_expect(!!(x), 1)
 #define KVRT_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define KVRT_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#define KVRT_ALWAYS_INLINE inline __attribute__((always_inline))
 
 /*
  * Records a failure: formats the detail text into ctx's last-error buffer

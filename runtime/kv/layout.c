@@ -26,25 +26,24 @@ KVRT_EXPORT uint32_t kvrt_dtype_size(kvrt_dtype_t dtype)
 
 static kvrt_dtype_t layout_dtype(const kvrt_kv_layout_t *l)
 {
-    return (l->field_mask & KVRT_LAYOUT_FIELD_DTYPE) ? l->dtype : KVRT_DTYPE_FP16;
+    return kvrt_layout_resolved(l).dtype;
 }
 
 static kvrt_kv_format_t layout_format(const kvrt_kv_layout_t *l)
 {
-    return (l->field_mask & KVRT_LAYOUT_FIELD_FORMAT) ? l->format : KVRT_KV_SEPARATE;
+    return kvrt_layout_resolved(l).format;
 }
 
 static kvrt_kv_order_t layout_order(const kvrt_kv_layout_t *l)
 {
-    return (l->field_mask & KVRT_LAYOUT_FIELD_ORDER) ? l->order : KVRT_ORDER_LAYER_MAJOR;
+    return kvrt_layout_resolved(l).order;
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_layout_validate(const kvrt_kv_layout_t *l)
 {
     if (!l)
         return KVRT_ERR_INVALID_ARG;
-    const uint64_t known = KVRT_LAYOUT_FIELD_DTYPE | KVRT_LAYOUT_FIELD_FORMAT |
-                           KVRT_LAYOUT_FIELD_ORDER;
+    const uint64_t known = KVRT_LAYOUT_OPTIONAL_FIELDS;
     uint32_t tpb = l->tokens_per_block;
     if ((l->field_mask & ~known) || l->num_layers == 0 ||
         l->num_layers > KVRT_LAYOUT_MAX_DIM || l->num_kv_heads == 0 ||

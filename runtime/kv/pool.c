@@ -168,14 +168,12 @@ KVRT_EXPORT kvrt_status_t kvrt_pool_create(kvrt_ctx_t *ctx, const kvrt_pool_para
     pool->num_blocks = p->num_blocks;
     pool->tokens_per_block = p->layout.tokens_per_block;
     pool->block_shift = (uint32_t)__builtin_ctz(pool->tokens_per_block);
-    pool->watermark = (p->field_mask & KVRT_POOL_PARAM_WATERMARK)
-                          ? p->watermark_blocks
-                          : p->num_blocks / 100;
+    pool->watermark =
+        KVRT_PARAM_OR(p, KVRT_POOL_PARAM_WATERMARK, watermark_blocks, p->num_blocks / 100);
     pool->meta = calloc(p->num_blocks, sizeof(*pool->meta));
     pool->free_stack = malloc((size_t)p->num_blocks * sizeof(*pool->free_stack));
-    uint32_t max_tables = (p->field_mask & KVRT_POOL_PARAM_MAX_TABLES)
-                              ? p->max_tables
-                              : KVRT_DEFAULT_MAX_TABLES;
+    uint32_t max_tables =
+        KVRT_PARAM_OR(p, KVRT_POOL_PARAM_MAX_TABLES, max_tables, KVRT_DEFAULT_MAX_TABLES);
     if (!pool->meta || !pool->free_stack ||
         kvrt_pool_tables_init(pool, max_tables) != KVRT_OK) {
         pool_free_memory(pool);
@@ -345,11 +343,15 @@ KVRT_EXPORT kvrt_status_t kvrt_pool_refcount(const kvrt_pool_t *pool, int32_t bl
     return KVRT_OK;
 }
 
-KVRT_EXPORT kvrt_status_t kvrt_pool_info(const kvrt_pool_t *pool, kvrt_pool_info_t *out)
+KVRT_EXPORT kvrt_status_t kvrt_pool_info_sized(const kvrt_pool_t *pool, size_t info_size,
+                                               kvrt_pool_info_t *out)
 {
-    if (!pool || !out)
-        return kvrt_fail(pool ? pool->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
-    *out = (kvrt_pool_info_t){
+    const size_t min_size = KVRT_OUTPUT_SIZE_1_0(kvrt_pool_info_t, hugepages);
+    if (!pool || !out || info_size < min_size)
+        return kvrt_fail(pool ? pool->ctx : NULL, KVRT_ERR_INVALID_ARG,
+                         "info_out is required and info_size (%zu) at least %zu", info_size,
+                         min_size);
+    const kvrt_pool_info_t info = {
         .group_id = pool->group_id,
         .num_blocks = pool->num_blocks,
         .free_blocks = pool->free_count,
@@ -363,6 +365,7 @@ KVRT_EXPORT kvrt_status_t kvrt_pool_info(const kvrt_pool_t *pool, kvrt_pool_info
         .host_memory = pool->host_owned,
         .hugepages = pool->hugetlb,
     };
+    kvrt_output_copy(out, info_size, &info, sizeof(info));
     return KVRT_OK;
 }
 

@@ -12,7 +12,7 @@
 #ifndef KVRT_SCHED_INTERNAL_H
 #define KVRT_SCHED_INTERNAL_H
 
-#include "cache/cache_internal.h"
+#include "cache/hooks.h"
 #include "core/core.h"
 #include "kv/pool_internal.h"
 #include "kvrt/sched.h"

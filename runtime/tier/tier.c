@@ -30,7 +30,7 @@
 #include <sys/stat.h>
 #include <xxhash.h>
 
-#include "cache/cache_internal.h"
+#include "kv/pool_internal.h"
 #include "tier/tier_internal.h"
 
 #define MAX_TICKETS 64u

@@ -84,14 +84,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_register(kvrt_xfer_agent_t *a,
                              "the pool is on engine memory: register it with the DMABUF bit");
         }
         /* Descriptors carry every layout field explicitly. */
-        kvrt_kv_layout_t *l = &r->layout;
-        if (!(l->field_mask & KVRT_LAYOUT_FIELD_DTYPE))
-            l->dtype = KVRT_DTYPE_FP16;
-        if (!(l->field_mask & KVRT_LAYOUT_FIELD_FORMAT))
-            l->format = KVRT_KV_SEPARATE;
-        if (!(l->field_mask & KVRT_LAYOUT_FIELD_ORDER))
-            l->order = KVRT_ORDER_LAYER_MAJOR;
-        l->field_mask = KVRT_LAYOUT_FIELD_DTYPE | KVRT_LAYOUT_FIELD_FORMAT | KVRT_LAYOUT_FIELD_ORDER;
+        r->layout = kvrt_layout_resolved(&r->layout);
         r->has_pool = true;
         r->pool = p->pool;
         r->num_blocks = info.num_blocks;

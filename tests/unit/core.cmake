@@ -12,3 +12,12 @@ add_test(NAME test_abi_cxx COMMAND test_abi_cxx)
 kvrt_add_test(unit test_core_lifetimes DEPS sched)
 kvrt_add_test(unit test_core_threads DEPS core LABELS threads)
 kvrt_add_test(unit test_core_completion_queue DEPS core LABELS threads TIMEOUT 120)
+kvrt_add_test(unit test_core_abi_growth DEPS cache TIMEOUT 30)
+# The exported ABI equals the committed list, cmake/kvrt.map.
+find_program(KVRT_READELF NAMES readelf REQUIRED)
+add_test(NAME test_core_symbols
+         COMMAND ${CMAKE_COMMAND} -DMAP=${PROJECT_SOURCE_DIR}/cmake/kvrt.map
+                 -DSHARED=$<TARGET_FILE:kvrt> -DSTATIC=$<TARGET_FILE:kvrt_static>
+                 -DNM=${CMAKE_NM} -DREADELF=${KVRT_READELF}
+                 -P ${PROJECT_SOURCE_DIR}/cmake/check_symbols.cmake)
+set_tests_properties(test_core_symbols PROPERTIES LABELS "unit" TIMEOUT 60)

@@ -132,6 +132,19 @@ static void cache_chain(uint32_t n, int32_t seed, const kvrt_hash_keys_t *keys,
     ASSERT_OK(ctx, kvrt_pool_free(pool, n, blocks_out));
 }
 
+/* The whole pool (16 blocks) cached as one chain, every block evictable. */
+static int32_t chain[16];
+static kvrt_block_hash_t chain_content[16];
+
+static void cache_whole_pool(void) { cache_chain(16, 0, NULL, chain, chain_content); }
+
+/* The keys of a tenant: its name (NUL included) as the cache salt. */
+static kvrt_hash_keys_t tenant_keys(const char *tenant)
+{
+    return (kvrt_hash_keys_t){.field_mask = KVRT_HASH_KEY_SALT, .salt = tenant,
+                              .salt_bytes = (uint32_t)strlen(tenant) + 1};
+}
+
 /* Allocates n blocks (evicting as needed) and frees them again. */
 static void churn(uint32_t n)
 {
@@ -180,9 +193,7 @@ Test(cache_hooks, stored_events_name_each_block_and_its_parent)
 
 Test(cache_hooks, salted_parent_keys_are_keys_not_contents)
 {
-    const char salt[] = "tenant-a";
-    kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_SALT, .salt = salt,
-                             .salt_bytes = sizeof(salt)};
+    const kvrt_hash_keys_t keys = tenant_keys("tenant-a");
     int32_t blocks[3];
     kvrt_block_hash_t content[3];
     cache_chain(3, 7, &keys, blocks, content);
@@ -220,18 +231,16 @@ Test(cache_hooks, duplicates_and_plain_inserts)
 
 Test(cache_hooks, evictions_are_removed_events_in_policy_order)
 {
-    int32_t blocks[16];
-    kvrt_block_hash_t content[16];
-    cache_chain(16, 0, NULL, blocks, content); /* the pool is now all cached */
-    churn(5);                                   /* LRU: the 5 oldest go */
+    cache_whole_pool(); /* the pool is now all cached */
+    churn(5);           /* LRU: the 5 oldest go */
     cr_assert_eq(rec.count, 16 + 5);
     for (uint32_t i = 0; i < 5; i++) {
         const kvrt_cache_event_t *e = &rec.events[16 + i];
         cr_assert_eq(e->kind, KVRT_CACHE_EVENT_REMOVED);
         cr_assert_eq(e->id, 17 + i);
-        cr_assert_eq(e->block, blocks[i]);
+        cr_assert_eq(e->block, chain[i]);
         cr_assert_eq(e->flags, 0u, "dropped, not kept");
-        cr_assert(e->name.key.lo == content[i].lo);
+        cr_assert(e->name.key.lo == chain_content[i].lo);
         cr_assert_eq(e->name.depth, i);
     }
     kvrt_cache_stats_t stats;
@@ -303,9 +312,7 @@ Test(cache_hooks, attach_errors)
 
 Test(cache_hooks, sink_sees_intact_bytes_and_drop_frees_now)
 {
-    int32_t blocks[16];
-    kvrt_block_hash_t content[16];
-    cache_chain(16, 0, NULL, blocks, content);
+    cache_whole_pool();
     ASSERT_OK(ctx, kvrt_cache_set_sink(cache, sink_fn, &sink));
     churn(6);
     cr_assert_eq(sink.offered, 6);
@@ -319,9 +326,7 @@ Test(cache_hooks, sink_sees_intact_bytes_and_drop_frees_now)
 
 Test(cache_hooks, sink_keeps_and_frees_later_allocation_still_served)
 {
-    int32_t blocks[16];
-    kvrt_block_hash_t content[16];
-    cache_chain(16, 0, NULL, blocks, content);
+    cache_whole_pool();
     ASSERT_OK(ctx, kvrt_cache_set_sink(cache, sink_fn, &sink));
     sink.keep_budget = 3;
     int32_t got[4];
@@ -330,12 +335,12 @@ Test(cache_hooks, sink_keeps_and_frees_later_allocation_still_served)
     cr_assert_eq(sink.offered, 7);
     cr_assert_eq(sink.num_kept, 3);
     for (uint32_t i = 0; i < 3; i++) {
-        cr_assert_eq(sink.kept[i], blocks[i], "LRU order");
+        cr_assert_eq(sink.kept[i], chain[i], "LRU order");
         uint32_t refs = 0;
         ASSERT_OK(ctx, kvrt_pool_refcount(pool, sink.kept[i], &refs));
         cr_assert_eq(refs, 1, "a kept block is the sink's, with one reference");
         int32_t found = -1;
-        ASSERT_OK(ctx, kvrt_cache_lookup(cache, &content[i], NULL, &found));
+        ASSERT_OK(ctx, kvrt_cache_lookup(cache, &chain_content[i], NULL, &found));
         cr_assert_eq(found, KVRT_NULL_BLOCK, "a kept block is out of the index");
         cr_assert_eq(rec.events[16 + i].kind, KVRT_CACHE_EVENT_REMOVED);
         cr_assert_eq(rec.events[16 + i].flags, KVRT_CACHE_EVENT_KEPT);
@@ -356,9 +361,7 @@ Test(cache_hooks, sink_keeps_and_frees_later_allocation_still_served)
 
 Test(cache_hooks, sink_cannot_keep_what_the_allocation_needs)
 {
-    int32_t blocks[16];
-    kvrt_block_hash_t content[16];
-    cache_chain(16, 0, NULL, blocks, content);
+    cache_whole_pool();
     ASSERT_OK(ctx, kvrt_cache_set_sink(cache, sink_fn, &sink));
     sink.always_keep = true;
     /* 16 evictable, 14 needed: two may be kept, then every victim is needed. */
@@ -378,9 +381,7 @@ Test(cache_hooks, sink_cannot_keep_what_the_allocation_needs)
 
 Test(cache_hooks, kept_block_comes_back_by_name)
 {
-    const char salt[] = "tenant-b";
-    kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_SALT, .salt = salt,
-                             .salt_bytes = sizeof(salt)};
+    const kvrt_hash_keys_t keys = tenant_keys("tenant-b");
     int32_t blocks[16];
     kvrt_block_hash_t content[16];
     int32_t tokens[16 * TPB];
