@@ -3,12 +3,13 @@
  * engine: a chain released root first loses its leaves first under the
  * default (lru-leaf), tables release leaf first under every policy, the
  * adaptive policy keeps a reused prefix through a scan of one-off prompts
- * that flushes LRU, and every policy keeps the cache consistent under a
- * random workload.
+ * that flushes LRU, every policy keeps the cache consistent under a
+ * random workload, and kvrt_cache_peek_victims names victims in order.
  */
 #include <stdio.h>
 #include <string.h>
 
+#include "cache/hooks.h"
 #include "test_helpers.h"
 
 #define TPB 4
@@ -205,4 +206,41 @@ Test(cache_policy, lru_leaf_stays_consistent_under_a_random_workload)
 Test(cache_policy, adaptive_stays_consistent_under_a_random_workload)
 {
     random_workload(KVRT_CACHE_ADAPTIVE, 0xada9);
+}
+
+/* kvrt_cache_peek_victims names the blocks in the order they are evicted:
+ * after each single eviction the list is the previous one less its head. */
+static void peek_is_the_eviction_order(kvrt_cache_policy_t policy)
+{
+    make(9, KVRT_CACHE_PARAM_POLICY, policy);
+    int32_t a[16], b[8];
+    prompt(a, 16, 0);
+    prompt(b, 8, 500);
+    use_root_first(a, 16);
+    use_root_first(b, 8);
+    int32_t before[8], after[8];
+    kvrt_cache_block_name_t names[8];
+    uint32_t n = kvrt_cache_peek_victims(cache, before, names, 8);
+    cr_assert_eq(n, 6);
+    for (uint32_t round = 0; round < 3; round++) {
+        kvrt_pool_info_t info;
+        ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+        squeeze(info.free_blocks + 1);
+        uint32_t m = kvrt_cache_peek_victims(cache, after, names, 8);
+        cr_assert_eq(m, n - 1);
+        for (uint32_t i = 0; i < m; i++)
+            cr_assert_eq(after[i], before[i + 1], "round %u: position %u", round, i);
+        memcpy(before, after, sizeof(after));
+        n = m;
+    }
+}
+
+Test(cache_policy, peek_names_the_victims_in_order_lru_leaf)
+{
+    peek_is_the_eviction_order(KVRT_CACHE_LRU_LEAF);
+}
+
+Test(cache_policy, peek_names_the_victims_in_order_adaptive)
+{
+    peek_is_the_eviction_order(KVRT_CACHE_ADAPTIVE);
 }
