@@ -47,12 +47,17 @@ Test(kernels_cuda, without_a_gpu_every_call_says_no_gpu)
 
 #if KVRT_HAVE_CUDA
 
+/* Device memory of `bytes` bytes holding a copy of host[0..bytes), or
+ * zeros when host is NULL (an output buffer). */
 static void *to_device(const void *host, size_t bytes)
 {
     void *dev = NULL;
-    cr_assert_eq(cudaMalloc(&dev, bytes ? bytes : 1), cudaSuccess);
-    if (bytes)
+    size_t size = bytes ? bytes : 1;
+    cr_assert_eq(cudaMalloc(&dev, size), cudaSuccess);
+    if (host)
         cr_assert_eq(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    else
+        cr_assert_eq(cudaMemset(dev, 0, size), cudaSuccess);
     return dev;
 }
 
