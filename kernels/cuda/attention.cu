@@ -198,8 +198,10 @@ __global__ void merge_splits_kernel(gqa_args a)
 
 /* Tokens below which a piece is not worth a CUDA block of its own. */
 #define MIN_SPLIT_TOKENS 256u
-/* CUDA blocks per multiprocessor the split count aims for. */
-#define BLOCKS_PER_SM 4u
+/* CUDA blocks per multiprocessor the split count aims for: 2-3 are
+ * resident at a time, so this is about three waves, enough that the last
+ * wave's idle multiprocessors cost little. */
+#define BLOCKS_PER_SM 8u
 #define MAX_SPLITS 64u
 
 typedef struct attn_plan {

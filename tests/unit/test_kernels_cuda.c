@@ -355,7 +355,8 @@ Test(kernels_cuda, decode_attention_matches_the_cpu_reference)
  * query heads per KV head (12 takes two query-head chunks), with the
  * workspace, so sequences split into pieces and merge; FP16 queries and
  * outputs; one table entry past the sequence holds an id the GPU must not
- * follow. A head_dim of 36 takes the simple path.
+ * follow; half the cases give a max_seq_len hint below the longest
+ * sequence. A head_dim of 36 takes the simple path.
  */
 Test(kernels_cuda, decode_attention_splits_long_sequences_like_the_cpu)
 {
@@ -386,7 +387,7 @@ Test(kernels_cuda, decode_attention_splits_long_sequences_like_the_cpu)
             cudaMemcpy(t.dev.k_scales, t.host.k_scales, t.scales * 4, cudaMemcpyHostToDevice);
             cudaMemcpy(t.dev.v_scales, t.host.v_scales, t.scales * 4, cudaMemcpyHostToDevice);
         }
-        uint32_t q_heads = l.num_kv_heads * groups[c % 4];
+        uint32_t q_heads = l.num_kv_heads * groups[(c + c / 4) % 4];
         int32_t lens[3] = {2500, 17, 1031};
         int32_t *tables = malloc(seqs * stride * sizeof(int32_t));
         for (uint32_t i = 0; i < seqs * stride; i++)
@@ -404,7 +405,9 @@ Test(kernels_cuda, decode_attention_splits_long_sequences_like_the_cpu)
                                      .q_dtype = KVRT_DTYPE_FP16, .query = query,
                                      .block_tables = tables, .table_stride = stride,
                                      .seq_lens = lens, .out_dtype = KVRT_DTYPE_FP16,
-                                     .out = out_cpu, .max_seq_len = 2560};
+                                     .out = out_cpu,
+                                     /* odd cases: a hint below the longest */
+                                     .max_seq_len = c % 2 ? 1024 : 2560};
         cr_assert_eq(kvrt_cpu_decode_attention(NULL, &t.host, &a), KVRT_OK);
         a.query = d_query;
         a.block_tables = d_tables;
