@@ -215,7 +215,7 @@ typedef struct attn_plan {
 
 static kvrt_status_t plan_attention(kvrt_ctx_t *ctx, const char *func, const kv_geometry_t *g,
                                     const kvrt_kv_cache_t *cache,
-                                    const kvrt_decode_attention_t *attn, bool use_workspace,
+                                    const kvrt_decode_attention_t *attn, uint64_t workspace_bytes,
                                     attn_plan_t *p)
 {
     memset(p, 0, sizeof *p);
@@ -242,11 +242,9 @@ static kvrt_status_t plan_attention(kvrt_ctx_t *ctx, const char *func, const kv_
     uint64_t splits = want < by_len ? want : by_len;
     if (splits > MAX_SPLITS)
         splits = MAX_SPLITS;
-    if (use_workspace) {
-        uint64_t fits = attn->workspace_bytes / p->split_bytes;
-        if (splits > fits)
-            splits = fits;
-    }
+    uint64_t fits = workspace_bytes / p->split_bytes;
+    if (splits > fits)
+        splits = fits;
     p->splits = splits > 1 ? (uint32_t)splits : 1;
     p->split_tokens = (uint32_t)((max_len + p->splits - 1) / p->splits);
     return KVRT_OK;
@@ -255,7 +253,7 @@ static kvrt_status_t plan_attention(kvrt_ctx_t *ctx, const char *func, const kv_
 /* Everything both entry points check, then the plan. */
 static kvrt_status_t check_and_plan(kvrt_ctx_t *ctx, const char *func,
                                     const kvrt_kv_cache_t *cache,
-                                    const kvrt_decode_attention_t *attn, bool use_workspace,
+                                    const kvrt_decode_attention_t *attn, uint64_t workspace_bytes,
                                     kv_geometry_t *g, kvrt_dtype_t *out_dtype, float *scale,
                                     attn_plan_t *plan)
 {
@@ -271,7 +269,7 @@ static kvrt_status_t check_and_plan(kvrt_ctx_t *ctx, const char *func,
     if (status == KVRT_OK)
         status = kv_cuda_ready(ctx, func);
     if (status == KVRT_OK)
-        status = plan_attention(ctx, func, g, cache, attn, use_workspace, plan);
+        status = plan_attention(ctx, func, g, cache, attn, workspace_bytes, plan);
     return status;
 }
 
@@ -286,7 +284,7 @@ extern "C" KVRT_EXPORT kvrt_status_t kvrt_cuda_decode_attention_workspace(
     float scale;
     attn_plan_t plan;
     kvrt_status_t status =
-        check_and_plan(ctx, __func__, cache, attn, false, &g, &out_dtype, &scale, &plan);
+        check_and_plan(ctx, __func__, cache, attn, UINT64_MAX, &g, &out_dtype, &scale, &plan);
     if (status == KVRT_OK)
         *bytes_out = plan.splits > 1 ? plan.splits * plan.split_bytes : 0;
     return status;
@@ -324,7 +322,10 @@ extern "C" KVRT_EXPORT kvrt_status_t kvrt_cuda_decode_attention(kvrt_ctx_t *ctx,
     kvrt_dtype_t out_dtype;
     float scale;
     attn_plan_t plan;
-    bool workspace = attn && (attn->field_mask & KVRT_ATTN_FIELD_WORKSPACE);
+    /* Without a workspace every sequence is one piece. */
+    uint64_t workspace = attn && (attn->field_mask & KVRT_ATTN_FIELD_WORKSPACE)
+                             ? attn->workspace_bytes
+                             : 0;
     kvrt_status_t status =
         check_and_plan(ctx, __func__, cache, attn, workspace, &g, &out_dtype, &scale, &plan);
     if (status != KVRT_OK || attn->num_seqs == 0)

@@ -37,6 +37,12 @@
 #define ATTN_MAX_DIM 256
 #define GQA_WARPS 4
 #define GQA_THREADS (GQA_WARPS * 32)
+#ifndef KVRT_GQA_UNROLL
+#define KVRT_GQA_UNROLL 2
+#endif
+#ifndef KVRT_GQA_CH4
+#define KVRT_GQA_CH4 2
+#endif
 
 struct gqa_args {
     kv_geometry_t g;
@@ -66,26 +72,28 @@ static __device__ __forceinline__ void gqa_store_out(const gqa_args &a, uint64_t
     kv_store_elem(a.out, a.out_dtype, i, v);
 }
 
-/* The 8 cache elements of a lane, as floats (FP8 not yet scaled). */
-template <int ELEM_BYTES> struct gqa_vec;
+/* Cache element kinds the kernel is instantiated for. */
+enum gqa_kind { GQA_FP16, GQA_BF16, GQA_FP8 };
 
-template <> struct gqa_vec<2> {
-    typedef uint4 raw_t;
+/* 8 consecutive cache elements: their raw bytes and their float values
+ * (FP8 not yet scaled). */
+template <int KIND> struct gqa_vec {
+    typedef uint4 raw_t; /* 8 x 16 bits */
+    static constexpr int bytes = 2;
     static __device__ __forceinline__ void load(raw_t &r, const char *p)
     {
         r = __ldg(reinterpret_cast<const uint4 *>(p));
     }
-    static __device__ __forceinline__ void to_float(float *f, const raw_t &r, bool bf16)
+    static __device__ __forceinline__ void to_float(float *f, const raw_t &r)
     {
         const uint32_t w[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            if (bf16) {
+            if (KIND == GQA_BF16) {
                 f[2 * i] = __uint_as_float(w[i] << 16);
                 f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
             } else {
-                __half2 h = *reinterpret_cast<const __half2 *>(&w[i]);
-                float2 x = __half22float2(h);
+                float2 x = __half22float2(*reinterpret_cast<const __half2 *>(&w[i]));
                 f[2 * i] = x.x;
                 f[2 * i + 1] = x.y;
             }
@@ -93,13 +101,14 @@ template <> struct gqa_vec<2> {
     }
 };
 
-template <> struct gqa_vec<1> {
-    typedef uint2 raw_t;
+template <> struct gqa_vec<GQA_FP8> {
+    typedef uint2 raw_t; /* 8 x 8 bits */
+    static constexpr int bytes = 1;
     static __device__ __forceinline__ void load(raw_t &r, const char *p)
     {
         r = __ldg(reinterpret_cast<const uint2 *>(p));
     }
-    static __device__ __forceinline__ void to_float(float *f, const raw_t &r, bool)
+    static __device__ __forceinline__ void to_float(float *f, const raw_t &r)
     {
         const uint32_t w[2] = {r.x, r.y};
 #pragma unroll
@@ -116,14 +125,29 @@ template <> struct gqa_vec<1> {
     }
 };
 
-template <int DPAD, int GMAX, int ELEM_BYTES>
+/* 2^x by the hardware unit (2 ulp; 2^-inf = 0), not the libm sequence. */
+static __device__ __forceinline__ float gqa_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/*
+ * DPAD: head_dim rounded up to 64/128/256. GMAX: query heads per CUDA
+ * block. KIND: cache dtype. CH: 8-element chunks per lane (2 halves the
+ * lanes per row, and so the shuffles and softmax work per token, at the
+ * cost of registers; used when GMAX <= 4).
+ */
+template <int DPAD, int GMAX, int KIND, int CH>
 __global__ void __launch_bounds__(GQA_THREADS) gqa_attention_kernel(gqa_args a)
 {
-    constexpr int LANES = DPAD / 8;     /* lanes per token row */
-    constexpr int TPW = 32 / LANES;     /* tokens per warp at once */
+    constexpr int LANES = DPAD / (8 * CH); /* lanes per token row */
+    constexpr int TPW = 32 / LANES;        /* tokens per warp at once */
     constexpr int GROUPS = GQA_WARPS * TPW;
-    constexpr int UNROLL = GMAX >= 8 ? 2 : 4;
-    typedef gqa_vec<ELEM_BYTES> vec;
+    constexpr int UNROLL = KVRT_GQA_UNROLL;
+    constexpr int EB = gqa_vec<KIND>::bytes;
+    typedef gqa_vec<KIND> vec;
 
     __shared__ float sh_max[GROUPS][GMAX], sh_sum[GROUPS][GMAX];
     __shared__ float sh_acc[GROUPS][GMAX][DPAD];
@@ -138,20 +162,27 @@ __global__ void __launch_bounds__(GQA_THREADS) gqa_attention_kernel(gqa_args a)
     const uint32_t gid = warp * TPW + sub;
     const uint32_t first_q = kv_head * a.group + chunk * GMAX;
     const uint32_t heads = min((uint32_t)GMAX, a.group - chunk * GMAX);
-    const uint32_t e0 = li * 8;
-    const bool active = e0 < dim;
-    const bool bf16 = g.dtype == KVRT_DTYPE_BF16;
+    uint32_t e0[CH];
+    bool active[CH];
+#pragma unroll
+    for (int c = 0; c < CH; c++) {
+        e0[c] = (li + c * LANES) * 8; /* each load instruction stays coalesced */
+        active[c] = e0[c] < dim;
+    }
 
-    float q[GMAX][8], acc[GMAX][8], run_max[GMAX], run_sum[GMAX];
+    float q[GMAX][CH][8], acc[GMAX][CH][8], run_max[GMAX], run_sum[GMAX];
 #pragma unroll
     for (int h = 0; h < GMAX; h++) {
-        uint64_t q_first = ((uint64_t)seq * a.num_q_heads + first_q + h) * dim + e0;
+        uint64_t q_row = ((uint64_t)seq * a.num_q_heads + first_q + h) * dim;
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            bool used = active && (uint32_t)h < heads;
-            q[h][i] = used ? kv_load_elem(a.query, a.q_dtype, q_first + i) * a.q_scale : 0.0f;
-            acc[h][i] = 0.0f;
-        }
+        for (int c = 0; c < CH; c++)
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                bool used = active[c] && (uint32_t)h < heads;
+                q[h][c][i] = used ? kv_load_elem(a.query, a.q_dtype, q_row + e0[c] + i) * a.q_scale
+                                  : 0.0f;
+                acc[h][c][i] = 0.0f;
+            }
         run_max[h] = -INFINITY;
         run_sum[h] = 0.0f;
     }
@@ -160,83 +191,108 @@ __global__ void __launch_bounds__(GQA_THREADS) gqa_attention_kernel(gqa_args a)
     int64_t max_len = (int64_t)a.table_stride * g.tokens_per_block;
     if (len < 0 || len > max_len)
         len = 0; /* out of range: read nothing rather than past the table */
-    int64_t t_begin = (int64_t)piece * a.split_tokens;
-    int64_t t_end = piece + 1 == a.splits ? len : min((int64_t)len, t_begin + a.split_tokens);
+    int32_t t_begin = (int32_t)min((int64_t)piece * a.split_tokens, (int64_t)len);
+    int32_t t_end = piece + 1 == a.splits ? len : min(len, t_begin + (int32_t)a.split_tokens);
     const int32_t *table = a.block_tables + (uint64_t)seq * a.table_stride;
-    const uint64_t head_offset = (uint64_t)kv_head * dim * ELEM_BYTES + (uint64_t)e0 * ELEM_BYTES;
-    const uint64_t layer_offset = (uint64_t)a.layer * g.layer_stride;
+    const uint32_t tpb_shift = __ffs(g.tokens_per_block) - 1; /* a power of two */
+    const char *head_base = a.base + (uint64_t)a.layer * g.layer_stride +
+                            (uint64_t)kv_head * dim * EB;
 
     /* t_warp is the same in every lane of a warp, so the shuffles below
      * always run with the whole warp. */
-    for (int64_t t_warp = t_begin + warp * TPW; t_warp < t_end;
-         t_warp += (int64_t)GROUPS * UNROLL) {
-        typename vec::raw_t kr[UNROLL], vr[UNROLL];
+    for (int32_t t_warp = t_begin + warp * TPW; t_warp < t_end; t_warp += GROUPS * UNROLL) {
+        typename vec::raw_t kr[UNROLL][CH], vr[UNROLL][CH];
         bool ok[UNROLL];
         float k_scale[UNROLL], v_scale[UNROLL];
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
-            int64_t t = t_warp + sub + (int64_t)u * GROUPS;
-            int32_t block = t < t_end ? table[(uint32_t)t / g.tokens_per_block] : -1;
+            int32_t t = t_warp + sub + u * GROUPS;
+            int32_t block = t < t_end ? __ldg(&table[t >> tpb_shift]) : -1;
             ok[u] = block >= 0 && (uint32_t)block < g.num_blocks; /* invalid ids add nothing */
             k_scale[u] = v_scale[u] = 1.0f;
-            if (ok[u] && active) {
-                const char *k = a.base + (uint64_t)block * g.block_stride + layer_offset +
-                                ((uint32_t)t % g.tokens_per_block) * g.row_bytes + head_offset;
-                vec::load(kr[u], k);
-                vec::load(vr[u], k + g.half_stride);
-            }
-            if (ok[u] && ELEM_BYTES == 1) {
-                uint64_t si = kv_scale_index(&g, a.layer, (uint64_t)block, kv_head);
-                k_scale[u] = a.k_scales[si];
-                v_scale[u] = a.v_scales[si];
+            if (ok[u]) {
+                const char *k = head_base + (uint64_t)block * g.block_stride +
+                                (uint64_t)(t & (g.tokens_per_block - 1)) * g.row_bytes;
+#pragma unroll
+                for (int c = 0; c < CH; c++)
+                    if (active[c]) {
+                        vec::load(kr[u][c], k + e0[c] * EB);
+                        vec::load(vr[u][c], k + g.half_stride + e0[c] * EB);
+                    }
+                if (KIND == GQA_FP8) {
+                    uint64_t si = kv_scale_index(&g, a.layer, (uint64_t)block, kv_head);
+                    k_scale[u] = __ldg(&a.k_scales[si]);
+                    v_scale[u] = __ldg(&a.v_scales[si]);
+                }
             }
         }
         float logit[UNROLL][GMAX];
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
-            float kf[8];
-            if (active && ok[u])
-                vec::to_float(kf, kr[u], bf16);
-            else
+            float dot[GMAX];
 #pragma unroll
-                for (int i = 0; i < 8; i++)
-                    kf[i] = 0.0f;
+            for (int h = 0; h < GMAX; h++)
+                dot[h] = 0.0f;
+#pragma unroll
+            for (int c = 0; c < CH; c++) {
+                float kf[8];
+                if (active[c] && ok[u])
+                    vec::to_float(kf, kr[u][c]);
+                else
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+                        kf[i] = 0.0f;
+#pragma unroll
+                for (int h = 0; h < GMAX; h++)
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+                        dot[h] += q[h][c][i] * kf[i];
+            }
 #pragma unroll
             for (int h = 0; h < GMAX; h++) {
-                float dot = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-                    dot += q[h][i] * kf[i];
 #pragma unroll
                 for (int off = LANES / 2; off > 0; off /= 2)
-                    dot += __shfl_xor_sync(0xffffffffu, dot, off);
-                logit[u][h] = ok[u] ? dot * k_scale[u] : -INFINITY;
+                    dot[h] += __shfl_xor_sync(0xffffffffu, dot[h], off);
+                logit[u][h] = ok[u] ? dot[h] * k_scale[u] : -INFINITY;
             }
+        }
+        /* One softmax rescale per UNROLL tokens: the new max covers them
+         * all. Tokens that do not exist have logit -inf and weight 0. */
+        float weight[UNROLL][GMAX];
+#pragma unroll
+        for (int h = 0; h < GMAX; h++) {
+            float top = run_max[h];
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++)
+                top = fmaxf(top, logit[u][h]);
+            float correction = top == -INFINITY ? 1.0f : gqa_exp2(run_max[h] - top);
+            run_sum[h] *= correction;
+#pragma unroll
+            for (int c = 0; c < CH; c++)
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    acc[h][c][i] *= correction;
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                weight[u][h] = top == -INFINITY ? 0.0f : gqa_exp2(logit[u][h] - top);
+                run_sum[h] += weight[u][h];
+                weight[u][h] *= v_scale[u];
+            }
+            run_max[h] = top;
         }
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
-            float vf[8];
-            if (active && ok[u])
-                vec::to_float(vf, vr[u], bf16);
-            else
 #pragma unroll
-                for (int i = 0; i < 8; i++)
-                    vf[i] = 0.0f;
-#pragma unroll
-            for (int h = 0; h < GMAX; h++) {
-                /* One rescale per token and head: cheap next to the loads.
-                 * A -inf logit (no token) has weight 0 and changes nothing. */
-                if (logit[u][h] == -INFINITY)
+            for (int c = 0; c < CH; c++) {
+                if (!(active[c] && ok[u]))
                     continue;
-                float top = fmaxf(run_max[h], logit[u][h]);
-                float correction = exp2f(run_max[h] - top); /* 0 when run_max is -inf */
-                float weight = exp2f(logit[u][h] - top);
-                run_sum[h] = run_sum[h] * correction + weight;
-                float wv = weight * v_scale[u];
+                float vf[8];
+                vec::to_float(vf, vr[u][c]);
 #pragma unroll
-                for (int i = 0; i < 8; i++)
-                    acc[h][i] = acc[h][i] * correction + wv * vf[i];
-                run_max[h] = top;
+                for (int h = 0; h < GMAX; h++)
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+                        acc[h][c][i] += weight[u][h] * vf[i];
             }
         }
     }
@@ -249,8 +305,10 @@ __global__ void __launch_bounds__(GQA_THREADS) gqa_attention_kernel(gqa_args a)
             sh_sum[gid][h] = run_sum[h];
         }
 #pragma unroll
-        for (int i = 0; i < 8; i++)
-            sh_acc[gid][h][e0 + i] = acc[h][i];
+        for (int c = 0; c < CH; c++)
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                sh_acc[gid][h][e0[c] + i] = acc[h][c][i];
     }
     __syncthreads();
     for (uint32_t idx = threadIdx.x; idx < heads * dim; idx += GQA_THREADS) {
@@ -262,7 +320,7 @@ __global__ void __launch_bounds__(GQA_THREADS) gqa_attention_kernel(gqa_args a)
         float total = 0.0f, o = 0.0f;
         for (int j = 0; j < GROUPS; j++) {
             if (sh_sum[j][h] > 0.0f) {
-                float w = exp2f(sh_max[j][h] - top);
+                float w = gqa_exp2(sh_max[j][h] - top);
                 total += sh_sum[j][h] * w;
                 o += sh_acc[j][h][e] * w;
             }
@@ -281,24 +339,27 @@ __global__ void __launch_bounds__(GQA_THREADS) gqa_attention_kernel(gqa_args a)
     }
 }
 
-template <int DPAD, int GMAX>
+template <int DPAD, int GMAX, int CH>
 static void gqa_launch_dim(const gqa_args &a, dim3 grid, cudaStream_t stream)
 {
-    if (a.g.elem_bytes == 1)
-        gqa_attention_kernel<DPAD, GMAX, 1><<<grid, GQA_THREADS, 0, stream>>>(a);
+    if (a.g.dtype == KVRT_DTYPE_FP8_E4M3)
+        gqa_attention_kernel<DPAD, GMAX, GQA_FP8, CH><<<grid, GQA_THREADS, 0, stream>>>(a);
+    else if (a.g.dtype == KVRT_DTYPE_BF16)
+        gqa_attention_kernel<DPAD, GMAX, GQA_BF16, CH><<<grid, GQA_THREADS, 0, stream>>>(a);
     else
-        gqa_attention_kernel<DPAD, GMAX, 2><<<grid, GQA_THREADS, 0, stream>>>(a);
+        gqa_attention_kernel<DPAD, GMAX, GQA_FP16, CH><<<grid, GQA_THREADS, 0, stream>>>(a);
 }
 
 template <int GMAX>
 static void gqa_launch_group(const gqa_args &a, dim3 grid, cudaStream_t stream)
 {
+    constexpr int CH = GMAX <= 2 ? 2 : GMAX == 4 ? KVRT_GQA_CH4 : 1;
     if (a.g.head_dim <= 64)
-        gqa_launch_dim<64, GMAX>(a, grid, stream);
+        gqa_launch_dim<64, GMAX, CH>(a, grid, stream);
     else if (a.g.head_dim <= 128)
-        gqa_launch_dim<128, GMAX>(a, grid, stream);
+        gqa_launch_dim<128, GMAX, CH>(a, grid, stream);
     else
-        gqa_launch_dim<256, GMAX>(a, grid, stream);
+        gqa_launch_dim<256, GMAX, CH>(a, grid, stream);
 }
 
 /* Launches the instance for group_max (1, 2, 4 or 8) and the head_dim. */

@@ -58,6 +58,12 @@ static void copy_1d(copy_op_t *op, char *dst, const char *src, uint64_t len)
 static void copy_2d(copy_op_t *op, char *cache, uint64_t cache_pitch, char *stage,
                     uint64_t stage_pitch, uint64_t width, uint64_t rows)
 {
+    /* One row is a plain copy: with a single layer the layer stride is 0,
+     * a pitch below the width that cudaMemcpy2D must not see. */
+    if (rows == 1) {
+        copy_1d(op, op->to_host ? stage : cache, op->to_host ? cache : stage, width);
+        return;
+    }
     flush(op);
     if (op->err != cudaSuccess)
         return;
