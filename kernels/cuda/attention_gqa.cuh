@@ -38,10 +38,10 @@
 #define GQA_WARPS 4
 #define GQA_THREADS (GQA_WARPS * 32)
 #ifndef KVRT_GQA_UNROLL
-#define KVRT_GQA_UNROLL 2
+#define KVRT_GQA_UNROLL 4
 #endif
 #ifndef KVRT_GQA_CH4
-#define KVRT_GQA_CH4 2
+#define KVRT_GQA_CH4 1
 #endif
 
 struct gqa_args {
@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(GQA_THREADS) gqa_attention_kernel(gqa_args a)
     constexpr int LANES = DPAD / (8 * CH); /* lanes per token row */
     constexpr int TPW = 32 / LANES;        /* tokens per warp at once */
     constexpr int GROUPS = GQA_WARPS * TPW;
-    constexpr int UNROLL = KVRT_GQA_UNROLL;
+    constexpr int UNROLL = GMAX >= 8 ? 2 : KVRT_GQA_UNROLL;
     constexpr int EB = gqa_vec<KIND>::bytes;
     typedef gqa_vec<KIND> vec;
 
@@ -198,16 +198,34 @@ __global__ void __launch_bounds__(GQA_THREADS) gqa_attention_kernel(gqa_args a)
     const char *head_base = a.base + (uint64_t)a.layer * g.layer_stride +
                             (uint64_t)kv_head * dim * EB;
 
+    /* The block ids of a step's tokens are loaded one step ahead, so each
+     * step waits for one round trip to memory (K/V), not two (id, then
+     * K/V). -1 marks a token past the piece. */
+    constexpr int32_t STEP = GROUPS * UNROLL;
+    int32_t next_block[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; u++) {
+        int32_t t = t_begin + warp * TPW + sub + u * GROUPS;
+        next_block[u] = t < t_end ? __ldg(&table[t >> tpb_shift]) : -1;
+    }
+
     /* t_warp is the same in every lane of a warp, so the shuffles below
      * always run with the whole warp. */
-    for (int32_t t_warp = t_begin + warp * TPW; t_warp < t_end; t_warp += GROUPS * UNROLL) {
+    for (int32_t t_warp = t_begin + warp * TPW; t_warp < t_end; t_warp += STEP) {
         typename vec::raw_t kr[UNROLL][CH], vr[UNROLL][CH];
         bool ok[UNROLL];
         float k_scale[UNROLL], v_scale[UNROLL];
+        int32_t step_block[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            step_block[u] = next_block[u];
+            int32_t t_next = t_warp + STEP + sub + u * GROUPS;
+            next_block[u] = t_next < t_end ? __ldg(&table[t_next >> tpb_shift]) : -1;
+        }
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             int32_t t = t_warp + sub + u * GROUPS;
-            int32_t block = t < t_end ? __ldg(&table[t >> tpb_shift]) : -1;
+            int32_t block = step_block[u];
             ok[u] = block >= 0 && (uint32_t)block < g.num_blocks; /* invalid ids add nothing */
             k_scale[u] = v_scale[u] = 1.0f;
             if (ok[u]) {
