@@ -1,11 +1,12 @@
 /*
  * kvrt/kernels.h - the kernels that move KV through a paged cache: write a
  * step's new K/V, read it back (dequantizing FP8), gather and scatter whole
- * blocks through a staging buffer, copy blocks (copy-on-write), and a
- * reference paged decode attention that reads K/V exactly where kvrt's
- * block tables say it lies.
+ * blocks through a staging buffer (device or pinned host memory), copy
+ * blocks (copy-on-write), and paged decode attention that reads K/V
+ * exactly where kvrt's block tables say it lies.
  *
- * Every kernel has two variants with the same arguments:
+ * Every kernel except the host staging movers has two variants with the
+ * same arguments:
  *   kvrt_cpu_*   host pointers, runs on the calling thread, returns when done;
  *   kvrt_cuda_*  device pointers, enqueued on `stream` (NULL: the legacy
  *                default stream) and returns once launched; the caller
