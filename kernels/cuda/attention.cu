@@ -25,22 +25,6 @@
 
 /* ---- the simple path --------------------------------------------------- */
 
-struct attn_args {
-    kv_geometry_t g;
-    const char *base;
-    const float *k_scales;
-    const float *v_scales;
-    uint32_t layer;
-    uint32_t num_q_heads;
-    kvrt_dtype_t q_dtype;
-    const void *query;
-    const int32_t *block_tables;
-    uint32_t table_stride;
-    const int32_t *seq_lens;
-    float scale;
-    kvrt_dtype_t out_dtype;
-    void *out;
-};
 
 static __device__ __forceinline__ float load_io(const void *p, kvrt_dtype_t dtype, uint64_t i)
 {
@@ -290,9 +274,9 @@ extern "C" KVRT_EXPORT kvrt_status_t kvrt_cuda_decode_attention_workspace(
     return status;
 }
 
-static void launch_simple(const kv_geometry_t &g, const kvrt_kv_cache_t *cache,
-                          const kvrt_decode_attention_t *attn, float scale,
-                          kvrt_dtype_t out_dtype, cudaStream_t stream)
+static attn_args resolve_args(const kv_geometry_t &g, const kvrt_kv_cache_t *cache,
+                              const kvrt_decode_attention_t *attn, float scale,
+                              kvrt_dtype_t out_dtype)
 {
     attn_args a;
     a.g = g;
@@ -309,8 +293,7 @@ static void launch_simple(const kv_geometry_t &g, const kvrt_kv_cache_t *cache,
     a.scale = scale;
     a.out_dtype = out_dtype;
     a.out = attn->out;
-    dim3 grid(attn->num_q_heads, attn->num_seqs), block(SIMPLE_WARPS * 32);
-    simple_attention_kernel<<<grid, block, 0, stream>>>(a);
+    return a;
 }
 
 extern "C" KVRT_EXPORT kvrt_status_t kvrt_cuda_decode_attention(kvrt_ctx_t *ctx,
@@ -330,33 +313,26 @@ extern "C" KVRT_EXPORT kvrt_status_t kvrt_cuda_decode_attention(kvrt_ctx_t *ctx,
         check_and_plan(ctx, __func__, cache, attn, workspace, &g, &out_dtype, &scale, &plan);
     if (status != KVRT_OK || attn->num_seqs == 0)
         return status;
+    attn_args common = resolve_args(g, cache, attn, scale, out_dtype);
     if (!plan.gqa) {
-        launch_simple(g, cache, attn, scale, out_dtype, kv_stream(stream));
+        dim3 grid(attn->num_q_heads, attn->num_seqs), block(SIMPLE_WARPS * 32);
+        simple_attention_kernel<<<grid, block, 0, kv_stream(stream)>>>(common);
         return kv_cuda_launched(ctx, __func__);
     }
 
     gqa_args a;
-    a.g = g;
-    a.base = (const char *)cache->base;
-    a.k_scales = cache->k_scales;
-    a.v_scales = cache->v_scales;
-    a.layer = attn->layer;
-    a.num_q_heads = attn->num_q_heads;
+    static_cast<attn_args &>(a) = common;
     a.group = attn->num_q_heads / g.num_kv_heads;
-    a.q_dtype = attn->q_dtype;
-    a.query = attn->query;
-    a.block_tables = attn->block_tables;
-    a.table_stride = attn->table_stride;
-    a.seq_lens = attn->seq_lens;
     a.q_scale = scale * 1.4426950408889634f; /* logits in log2 units: exp2 below */
-    a.out_dtype = out_dtype;
-    a.out = attn->out;
     a.splits = plan.splits;
     a.split_tokens = plan.split_tokens;
-    uint64_t per_split = (uint64_t)attn->num_seqs * attn->num_q_heads;
-    a.ws_acc = (float *)attn->workspace;
-    a.ws_max = a.ws_acc + per_split * plan.splits * g.head_dim;
-    a.ws_sum = a.ws_max + per_split * plan.splits;
+    a.ws_acc = a.ws_max = a.ws_sum = NULL;
+    if (plan.splits > 1) {
+        uint64_t rows = (uint64_t)attn->num_seqs * attn->num_q_heads * plan.splits;
+        a.ws_acc = (float *)attn->workspace;
+        a.ws_max = a.ws_acc + rows * g.head_dim;
+        a.ws_sum = a.ws_max + rows;
+    }
     dim3 grid(g.num_kv_heads * plan.chunks, attn->num_seqs, plan.splits);
     if (grid.x > KV_MAX_GRID)
         return kvrt_fail(ctx, KVRT_ERR_UNSUPPORTED, "%u query heads; too many for one launch",

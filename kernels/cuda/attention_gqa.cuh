@@ -44,22 +44,27 @@
 #define KVRT_GQA_CH4 1
 #endif
 
-struct gqa_args {
+/* What both attention paths read: the call, checked and resolved. */
+struct attn_args {
     kv_geometry_t g;
     const char *base;
     const float *k_scales;
     const float *v_scales;
     uint32_t layer;
     uint32_t num_q_heads;
-    uint32_t group;          /* query heads per KV head */
     kvrt_dtype_t q_dtype;
     const void *query;
     const int32_t *block_tables;
     uint32_t table_stride;
     const int32_t *seq_lens;
-    float q_scale;           /* softmax_scale * log2(e) */
+    float scale;             /* softmax scale */
     kvrt_dtype_t out_dtype;
     void *out;
+};
+
+struct gqa_args : attn_args {
+    uint32_t group;          /* query heads per KV head */
+    float q_scale;           /* softmax_scale * log2(e) */
     uint32_t splits;         /* pieces per sequence; 1: no workspace used */
     uint32_t split_tokens;   /* tokens per piece; the last one takes the rest */
     float *ws_acc;           /* [seq][q head][piece][head_dim] */

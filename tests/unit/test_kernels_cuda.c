@@ -129,6 +129,24 @@ static void twin_compare(twin_t *t, const char *what)
     }
 }
 
+/* Bounded values (|x| <= ~1.3), not random bit patterns, on both sides,
+ * so attention logits stay where float summation order hardly matters. */
+static void twin_bound_values(twin_t *t, uint64_t *rng)
+{
+    kvrt_dtype_t dtype = t->host.layout.dtype;
+    if (dtype != KVRT_DTYPE_FP8_E4M3) {
+        oracle_fill_values(rng, t->host.base, dtype, t->bytes / 2, 1.0f);
+        cudaMemcpy(t->dev.base, t->host.base, t->bytes, cudaMemcpyHostToDevice);
+        return;
+    }
+    for (size_t i = 0; i < t->scales; i++) {
+        t->host.k_scales[i] = 0.001f + 0.001f * (oracle_unit(rng) + 1);
+        t->host.v_scales[i] = 0.001f + 0.001f * (oracle_unit(rng) + 1);
+    }
+    cudaMemcpy(t->dev.k_scales, t->host.k_scales, t->scales * 4, cudaMemcpyHostToDevice);
+    cudaMemcpy(t->dev.v_scales, t->host.v_scales, t->scales * 4, cudaMemcpyHostToDevice);
+}
+
 static void twin_fini(twin_t *t)
 {
     cudaFree(t->dev.base);
@@ -290,19 +308,7 @@ Test(kernels_cuda, decode_attention_matches_the_cpu_reference)
         twin_t t;
         twin_init(&t, &rng, &l, 2 + test_rand_below(&rng, 10),
                   seed % 2 ? KVRT_SCALE_PER_BLOCK : KVRT_SCALE_PER_HEAD);
-        /* Bounded values (|x| <= ~1.3), not random bit patterns, so the
-         * logits stay where float summation order hardly matters. */
-        if (l.dtype != KVRT_DTYPE_FP8_E4M3) {
-            oracle_fill_values(&rng, t.host.base, l.dtype, t.bytes / 2, 1.0f);
-            cudaMemcpy(t.dev.base, t.host.base, t.bytes, cudaMemcpyHostToDevice);
-        } else {
-            for (size_t i = 0; i < t.scales; i++) {
-                t.host.k_scales[i] = 0.001f + 0.001f * (oracle_unit(&rng) + 1);
-                t.host.v_scales[i] = 0.001f + 0.001f * (oracle_unit(&rng) + 1);
-            }
-            cudaMemcpy(t.dev.k_scales, t.host.k_scales, t.scales * 4, cudaMemcpyHostToDevice);
-            cudaMemcpy(t.dev.v_scales, t.host.v_scales, t.scales * 4, cudaMemcpyHostToDevice);
-        }
+        twin_bound_values(&t, &rng);
         uint32_t q_heads = l.num_kv_heads << test_rand_below(&rng, 4);
         uint32_t seqs = 1 + test_rand_below(&rng, 6), stride = 1 + test_rand_below(&rng, 4);
         int32_t *tables = malloc(seqs * stride * sizeof(int32_t)), *lens = malloc(seqs * 4);
@@ -376,17 +382,7 @@ Test(kernels_cuda, decode_attention_splits_long_sequences_like_the_cpu)
         uint32_t seqs = 3, stride = 160, num_blocks = 200;
         twin_t t;
         twin_init(&t, &rng, &l, num_blocks, c % 2 ? KVRT_SCALE_PER_BLOCK : KVRT_SCALE_PER_HEAD);
-        if (l.dtype != KVRT_DTYPE_FP8_E4M3) {
-            oracle_fill_values(&rng, t.host.base, l.dtype, t.bytes / 2, 1.0f);
-            cudaMemcpy(t.dev.base, t.host.base, t.bytes, cudaMemcpyHostToDevice);
-        } else {
-            for (size_t i = 0; i < t.scales; i++) {
-                t.host.k_scales[i] = 0.001f + 0.001f * (oracle_unit(&rng) + 1);
-                t.host.v_scales[i] = 0.001f + 0.001f * (oracle_unit(&rng) + 1);
-            }
-            cudaMemcpy(t.dev.k_scales, t.host.k_scales, t.scales * 4, cudaMemcpyHostToDevice);
-            cudaMemcpy(t.dev.v_scales, t.host.v_scales, t.scales * 4, cudaMemcpyHostToDevice);
-        }
+        twin_bound_values(&t, &rng);
         uint32_t q_heads = l.num_kv_heads * groups[(c + c / 4) % 4];
         int32_t lens[3] = {2500, 17, 1031};
         int32_t *tables = malloc(seqs * stride * sizeof(int32_t));
