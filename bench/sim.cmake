@@ -26,6 +26,6 @@ add_library(kvrt_sim_engine STATIC
 target_link_libraries(kvrt_sim_engine PUBLIC kvrt_sim_model kvrt_sched)
 
 if(KVRT_BUILD_BENCH)
-  add_executable(kvrt-sim ${KVRT_SIM_DIR}/sim_main.c)
+  add_executable(kvrt-sim ${KVRT_SIM_DIR}/sim_main.c ${KVRT_SIM_DIR}/tool_cli.c)
   target_link_libraries(kvrt-sim PRIVATE kvrt_sim_engine)
 endif()

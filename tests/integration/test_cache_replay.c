@@ -2,7 +2,7 @@
  * test_cache_replay.c - kvrt-replay end to end on the shipped Mooncake
  * conversation trace: LRU reproduces the reference hit counts exactly
  * (bench/traces/README.md), LFU-DA beats LRU at small capacities, and a bad
- * trace gives exit status 1 and a message naming the line, never a crash.
+ * trace gives exit status 2 and a message naming the line, never a crash.
  */
 #include <cJSON.h>
 #include <stdio.h>
@@ -47,8 +47,8 @@ static uint64_t hits_of(const cJSON *results, const char *policy, int capacity)
 Test(cache_replay, lru_reproduces_the_reference_counts, .timeout = 120)
 {
     static char out[1 << 16];
-    int rc = replay("--json --capacity unbounded,10000,1000 --policy lru,lfu-aged", false, out,
-                    sizeof(out));
+    int rc = replay("--json --capacity unbounded,10000,1000 --policy lru,lfu-aged --trace "
+                    KVRT_TRACE_DIR "/conversation_trace.jsonl", false, out, sizeof(out));
     cr_assert_eq(rc, 0, "kvrt-replay failed: %s", out);
     cJSON *doc = cJSON_Parse(out);
     cr_assert_not_null(doc, "not JSON: %s", out);
@@ -76,7 +76,7 @@ Test(cache_replay, bad_traces_fail_cleanly_naming_the_line)
           f);
     fclose(f);
     snprintf(args, sizeof(args), "--trace '%s'", path);
-    cr_assert_eq(replay(args, true, out, sizeof(out)), 1, "%s", out);
+    cr_assert_eq(replay(args, true, out, sizeof(out)), 2, "%s", out);
     cr_assert(strstr(out, "bad.jsonl:2:"), "%s", out);
     unlink(path);
     rmdir(dir);
