@@ -51,15 +51,71 @@ double bench_median(double *samples, int n)
 
 void bench_consume(const void *p) { __asm__ volatile("" : : "r"(p) : "memory"); }
 
+/* A JSON string: quotes, backslashes and control characters escaped. */
 static void json_string(const char *s)
 {
     putchar('"');
     for (; s && *s; s++) {
-        if (*s == '"' || *s == '\\')
-            putchar('\\');
-        putchar(*s);
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
     }
     putchar('"');
+}
+
+/* The table is kept within TEXT_COLUMNS: a figure's first line holds its
+ * name, value and unit; what follows (baseline, target, note) goes on that
+ * line while it fits and on indented continuation lines after, notes
+ * broken between words. */
+#define TEXT_COLUMNS 100
+#define TEXT_INDENT "      "
+
+typedef struct text_line {
+    int column;
+    int align; /* pieces on the first line start at this column at least */
+} text_line_t;
+
+static void text_piece(text_line_t *line, const char *piece)
+{
+    int len = (int)strlen(piece);
+    int pad = line->column < line->align ? line->align - line->column : 0;
+    if (line->column + pad + 2 + len > TEXT_COLUMNS) {
+        printf("\n" TEXT_INDENT);
+        line->column = (int)sizeof(TEXT_INDENT) - 1;
+    } else {
+        printf("%*s  ", pad, "");
+        line->column += pad + 2;
+    }
+    line->align = 0;
+    printf("%s", piece);
+    line->column += len;
+}
+
+/* A note, word by word, so a long one wraps instead of running on. */
+static void text_note(text_line_t *line, const char *note)
+{
+    char word[TEXT_COLUMNS];
+    const char *p = note;
+    bool first = true;
+    while (*p) {
+        size_t n = strcspn(p, " ");
+        size_t take = n < sizeof(word) - 3 ? n : sizeof(word) - 3;
+        snprintf(word, sizeof(word), "%s%.*s%s", first ? "[" : "", (int)take, p,
+                 p[n] ? "" : "]");
+        first = false;
+        if (word[0] != '[' && line->column + 1 + (int)strlen(word) <= TEXT_COLUMNS) {
+            printf(" %s", word);
+            line->column += 1 + (int)strlen(word);
+        } else {
+            text_piece(line, word);
+        }
+        p += n;
+        p += strspn(p, " ");
+    }
 }
 
 void bench_report(const bench_figure_t *f)
@@ -95,14 +151,22 @@ void bench_report(const bench_figure_t *f)
         printf("}");
         return;
     }
-    printf("  %-44s %12.4g %-10s", f->name, f->value, f->unit);
-    if (has_baseline)
-        printf("  %s %.4g (x%.3g)", f->baseline_name, f->baseline_value, ratio);
-    if (has_target)
-        printf("  target %s %.4g: %s", f->lower_is_better ? "<=" : ">=", f->target,
-               meets ? "ok" : "MISSED");
+    /* Name, value, unit; then the rest from column 70 on. */
+    text_line_t line = {.align = 70};
+    line.column = printf("  %-44s %12.4g %s", f->name, f->value, f->unit);
+    char piece[TEXT_COLUMNS];
+    if (has_baseline) {
+        snprintf(piece, sizeof(piece), "%s %.4g (x%.3g)", f->baseline_name, f->baseline_value,
+                 ratio);
+        text_piece(&line, piece);
+    }
+    if (has_target) {
+        snprintf(piece, sizeof(piece), "target %s %.4g: %s", f->lower_is_better ? "<=" : ">=",
+                 f->target, meets ? "ok" : "MISSED");
+        text_piece(&line, piece);
+    }
     if (f->note)
-        printf("  [%s]", f->note);
+        text_note(&line, f->note);
     printf("\n");
 }
 

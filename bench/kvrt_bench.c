@@ -6,10 +6,12 @@
  *   kvrt-bench --suite pool    one suite (repeatable, or comma-separated)
  *   kvrt-bench --list          the suites
  *   kvrt-bench --quick         fewer repetitions (CI smoke run)
+ *   kvrt-bench --help          all of it, with the suites and their run times
  *
- * Exit status: 0 when every suite ran (targets missed are reported, and
- * counted in the summary, but are not failures unless --strict), 1 when a
- * suite failed, 2 on bad usage.
+ * Exit status (tool_cli.h): 0 when every suite ran (targets missed are
+ * reported, and counted in the summary, but are not failures unless
+ * --strict), 1 when a suite failed or --strict saw a target missed, 2 on
+ * bad usage.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -17,12 +19,70 @@
 #include <string.h>
 
 #include "bench.h"
+#include "tool_cli.h"
+
+#define MAX_SUITE_ARGS 32
+
+/* Wall seconds of each suite on the reference machine (docs/benchmarks.md:
+ * 2 cores), by default and with --quick, for --help. A suite not listed
+ * here shows "?". */
+static const struct {
+    const char *suite;
+    int full_s, quick_s;
+} run_times[] = {
+    {"cache", 6, 2},   {"cluster", 19, 1}, {"core", 15, 1}, {"kernels", 6, 5},
+    {"pool", 1, 1},    {"sched", 5, 1},    {"tier", 36, 10}, {"xfer", 19, 4},
+};
+
+static void run_time(const char *suite, char *out, size_t size)
+{
+    for (size_t i = 0; i < sizeof(run_times) / sizeof(run_times[0]); i++)
+        if (!strcmp(run_times[i].suite, suite)) {
+            snprintf(out, size, "~%d s (--quick ~%d s)", run_times[i].full_s,
+                     run_times[i].quick_s);
+            return;
+        }
+    snprintf(out, size, "?");
+}
+
+/* The suites, two lines each (within 100 columns): for --list and --help. */
+static void print_suites(FILE *out)
+{
+    for (bench_suite_t *s = bench_suites(); s; s = s->next) {
+        char t[64];
+        run_time(s->name, t, sizeof(t));
+        fprintf(out, "  %c %-10s %s\n      %s\n", s->default_on ? '*' : ' ', s->name, t,
+                s->description);
+    }
+}
 
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: kvrt-bench [--json] [--quick] [--strict] [--repeats N] "
-            "[--suite NAME[,NAME...]]... [--list]\n");
+"usage: kvrt-bench [--suite NAME[,NAME...]]... [--quick] [--repeats N] [--strict]\n"
+"                  [--json] [--list]\n"
+"Runs kvrt's microbenchmarks. Each figure is a median, printed next to a\n"
+"baseline measured in the same run (the ratio is what compares across\n"
+"machines) and, where kvrt sets one, a target with ok or MISSED; the targets\n"
+"and where each comes from are in docs/benchmarks.md.\n"
+"\n"
+"  --suite NAMES   run these suites (comma-separated or repeated; 'all' for every\n"
+"                  one) instead of the default set below\n"
+"  --quick         fewer samples per figure (3) and smaller sizes: a smoke run\n"
+"  --repeats N     samples per figure, 1..1000 [9; 3 with --quick]\n"
+"  --strict        exit 1 when a target is missed (otherwise only reported)\n"
+"  --json          a JSON array of figures on stdout instead of the table\n"
+"  --list          list the suites and exit\n"
+"  --help          this text\n"
+"\n"
+"Suites, with their run time on the 2-core reference machine (* = in the\n"
+"default set, which runs when no --suite is given; all of it: ~40 s, ~15 s\n"
+"with --quick):\n");
+    print_suites(out);
+    fprintf(out,
+"\n"
+"Exit status: 0 every suite ran, 1 a suite failed (or, with --strict, a target\n"
+"was missed), 2 bad usage (an unknown option, suite or value).\n");
 }
 
 static bool selected(const char *name, char **wanted, int n_wanted, bool default_on)
@@ -51,45 +111,50 @@ int main(int argc, char **argv)
         {"repeats", required_argument, NULL, 'r'}, {"strict", no_argument, NULL, 'S'},
         {"help", no_argument, NULL, 'h'},   {NULL, 0, NULL, 0}};
     bench_options_t options = {.quick = false, .repeats = 0};
-    char *wanted[32];
+    char *wanted[MAX_SUITE_ARGS];
     int n_wanted = 0;
     bool json = false, list = false, strict = false;
     int c;
-    while ((c = getopt_long(argc, argv, "jqs:lr:Sh", long_options, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, TOOL_GETOPT_QUIET "jqs:lr:Sh", long_options, NULL)) !=
+           -1) {
         switch (c) {
         case 'j': json = true; break;
         case 'q': options.quick = true; break;
         case 's':
-            if (n_wanted < 32)
-                wanted[n_wanted++] = optarg;
+            if (n_wanted == MAX_SUITE_ARGS) {
+                fprintf(stderr, "kvrt-bench: more than %d --suite options; give one "
+                                "comma-separated list\n", MAX_SUITE_ARGS);
+                return TOOL_EXIT_USAGE;
+            }
+            wanted[n_wanted++] = optarg;
             break;
         case 'l': list = true; break;
         case 'S': strict = true; break;
         case 'r': {
             char *end;
             long n = strtol(optarg, &end, 10);
-            if (*end || n < 1 || n > 1000) {
-                fprintf(stderr, "kvrt-bench: --repeats wants 1..1000, got '%s'\n", optarg);
-                return 2;
+            if (*optarg < '0' || *optarg > '9' || *end || n < 1 || n > 1000) {
+                fprintf(stderr, "kvrt-bench: --repeats wants an integer in 1..1000, got '%s' "
+                                "(see --help)\n", optarg);
+                return TOOL_EXIT_USAGE;
             }
             options.repeats = (int)n;
             break;
         }
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'h': usage(stdout); return TOOL_EXIT_OK;
+        default: return tool_option_error("kvrt-bench", c, argv);
         }
     }
     if (optind < argc) {
-        fprintf(stderr, "kvrt-bench: unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
-        return 2;
+        fprintf(stderr, "kvrt-bench: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return TOOL_EXIT_USAGE;
     }
     if (options.repeats == 0)
         options.repeats = options.quick ? 3 : 9;
     if (list) {
-        for (bench_suite_t *s = bench_suites(); s; s = s->next)
-            printf("%-12s %s%s\n", s->name, s->description, s->default_on ? "" : " (not default)");
-        return 0;
+        print_suites(stdout);
+        return TOOL_EXIT_OK;
     }
     for (int i = 0; i < n_wanted; i++) {
         /* Refuse unknown names rather than silently running nothing. */
@@ -101,7 +166,7 @@ int main(int argc, char **argv)
                 known = strlen(s->name) == item && !strncmp(s->name, p, item);
             if (!known) {
                 fprintf(stderr, "kvrt-bench: no suite '%.*s' (try --list)\n", (int)item, p);
-                return 2;
+                return TOOL_EXIT_USAGE;
             }
             p = comma ? comma + 1 : NULL;
         }
@@ -123,8 +188,9 @@ int main(int argc, char **argv)
     bench_json_end();
     int missed = bench_targets_missed();
     if (!json)
-        printf("\n%d suite(s) failed, %d target(s) missed\n", failed, missed);
+        printf("\n%d suite(s) failed, %d target(s) missed (targets: docs/benchmarks.md)\n",
+               failed, missed);
     if (failed)
-        return 1;
-    return strict && missed ? 1 : 0;
+        return TOOL_EXIT_FAILURE;
+    return strict && missed ? TOOL_EXIT_FAILURE : TOOL_EXIT_OK;
 }

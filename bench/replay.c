@@ -3,7 +3,7 @@
  * cache (a kvrt pool, kvrt_cache_match/lookup/insert, kvrt's block hashes
  * and eviction policies) and reports hit rates per capacity and policy.
  *
- *   kvrt-replay [--trace PATH] [--format auto|mooncake|azure]
+ *   kvrt-replay --trace PATH [--format auto|mooncake|azure]
  *               [--capacity unbounded,100000,...]
  *               [--policy lru,lfu,lfu-aged,lru-leaf,adaptive,belady|all] [--json]
  *               [--host-capacity N [--ssd-capacity N [--ssd-dir DIR]]]
@@ -31,8 +31,10 @@
  *
  * Azure traces carry no prefix information: every block gets an id of its
  * own, so hit rates are 0 and only the replay speed means something.
- * Exit status: 0 ok, 1 bad trace or replay failure, 2 bad usage.
+ * Exit status (tool_cli.h): 0 ok, 1 the replay failed, 2 bad usage or a
+ * bad trace.
  */
+#include <cJSON.h>
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -42,6 +44,8 @@
 
 #include "kvrt/kvrt.h"
 #include "replay.h"
+#include "tool_cli.h"
+#include "trace.h"
 
 #define MAX_RUNS 16
 #define UNBOUNDED REPLAY_UNBOUNDED
@@ -170,8 +174,9 @@ static int replay_setup(replay_t *r, uint32_t num_blocks, kvrt_cache_policy_t po
 static int replay_one(replay_t *r, const trace_t *trace, uint32_t capacity,
                       size_t policy_index, replay_result_t *out)
 {
-    uint32_t num_blocks = capacity == UNBOUNDED ? (uint32_t)trace->num_hash_ids + 1
-                                                : capacity + 1;
+    /* At least one usable block: a trace of 0-token prompts has no ids. */
+    uint32_t unbounded = trace->num_hash_ids ? (uint32_t)trace->num_hash_ids : 1;
+    uint32_t num_blocks = capacity == UNBOUNDED ? unbounded + 1 : capacity + 1;
     double start = now_seconds();
     if (policies[policy_index].clairvoyant) {
         int rc = replay_belady(trace, capacity, out);
@@ -215,57 +220,79 @@ static int replay_one(replay_t *r, const trace_t *trace, uint32_t capacity,
 
 /* ---- command line ------------------------------------------------------- */
 
+/* Both list parsers work on a copy of the whole argument, however long. */
 static int parse_capacities(const char *text, uint32_t *caps, int *n)
 {
-    char buf[256];
-    snprintf(buf, sizeof(buf), "%s", text);
+    char *buf = strdup(text);
+    int rc = buf ? 0 : -1;
     *n = 0;
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+    for (char *save = NULL, *tok = buf ? strtok_r(buf, ",", &save) : NULL; tok && rc == 0;
          tok = strtok_r(NULL, ",", &save)) {
-        if (*n == MAX_RUNS)
-            return -1;
-        if (!strcmp(tok, "unbounded")) {
-            caps[(*n)++] = UNBOUNDED;
-            continue;
-        }
         char *end;
         unsigned long long v = strtoull(tok, &end, 10);
-        if (*tok == '-' || end == tok || *end || v < 1 || v > 0x7ffffffeull)
-            return -1;
-        caps[(*n)++] = (uint32_t)v;
+        if (*n == MAX_RUNS) {
+            rc = -1;
+        } else if (!strcmp(tok, "unbounded")) {
+            caps[(*n)++] = UNBOUNDED;
+        } else if (*tok < '0' || *tok > '9' || *end || v < 1 || v > 0x7ffffffeull) {
+            rc = -1;
+        } else {
+            caps[(*n)++] = (uint32_t)v;
+        }
     }
-    return *n ? 0 : -1;
+    free(buf);
+    return rc == 0 && *n ? 0 : -1;
 }
 
 static int parse_policies(const char *text, size_t *chosen, int *n)
 {
-    char buf[256];
-    snprintf(buf, sizeof(buf), "%s", text);
+    char *buf = strdup(text);
+    int rc = buf ? 0 : -1;
     *n = 0;
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+    for (char *save = NULL, *tok = buf ? strtok_r(buf, ",", &save) : NULL; tok && rc == 0;
          tok = strtok_r(NULL, ",", &save)) {
         bool all = !strcmp(tok, "all"), found = false;
         for (size_t p = 0; p < NUM_POLICIES; p++)
-            if ((all || !strcmp(tok, policies[p].name)) && *n < MAX_RUNS) {
-                chosen[(*n)++] = p;
+            if (all || !strcmp(tok, policies[p].name)) {
+                if (*n == MAX_RUNS)
+                    rc = -1;
+                else
+                    chosen[(*n)++] = p;
                 found = true;
             }
         if (!found)
-            return -1;
+            rc = -1;
     }
-    return *n ? 0 : -1;
+    free(buf);
+    return rc == 0 && *n ? 0 : -1;
 }
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: kvrt-replay [--trace PATH] [--format auto|mooncake|azure]\n"
-                 "                   [--capacity unbounded,N,...]\n"
-                 "                   [--policy lru,lfu,lfu-aged,lru-leaf,adaptive,belady|all]"
-                 " [--json]\n"
-                 "                   [--host-capacity N [--ssd-capacity N [--ssd-dir DIR]]]\n"
-                 "belady is the clairvoyant bound (Belady's MIN, prefix semantics, no tiers)\n"
-                 "--host-capacity/--ssd-capacity: tiers below the pool, in blocks\n"
-                 "default trace: %s\n", KVRT_SHIPPED_TRACE);
+    fprintf(out,
+"usage: kvrt-replay --trace FILE [options]\n"
+"Replays a request trace through kvrt's prefix cache (its pool, block hashes,\n"
+"prefix index and eviction policies) at several capacities and policies, and\n"
+"prints the hit rate of each. One kvrt block per 512-token trace block.\n"
+"\n"
+"  --trace FILE          Mooncake JSONL or Azure CSV trace (required); the source\n"
+"                        tree ships bench/traces/conversation_trace.jsonl (Mooncake)\n"
+"                        and bench/traces/AzureLLMInferenceTrace_code.csv\n"
+"  --format F            auto (by extension), mooncake or azure [auto]\n"
+"  --capacity LIST       up to %d capacities in blocks, 1..2147483646 or unbounded,\n"
+"                        comma-separated [unbounded,100000,50000,30000,10000,1000]\n"
+"  --policy LIST         lru, lfu, lfu-aged, lru-leaf, adaptive, belady or all,\n"
+"                        comma-separated [lru]; belady is the clairvoyant bound\n"
+"                        (Belady's MIN with prefix semantics, no tiers)\n"
+"  --host-capacity N     a host-DRAM tier of N blocks below the pool\n"
+"  --ssd-capacity N      an SSD tier of N blocks below the host tier\n"
+"  --ssd-dir DIR         where the SSD tier's file lives [a temporary directory]\n"
+"  --json                one JSON object on stdout instead of the table\n"
+"  --help                this text\n"
+"\n"
+"Exit status: 0 done, 1 the replay failed, 2 bad usage or input (an unknown\n"
+"option, a bad value, an unreadable or malformed trace: the message names the\n"
+"option, or the trace's file, line and field).\n", MAX_RUNS);
 }
 
 static void print_capacity(FILE *out, uint32_t capacity, bool json)
@@ -281,15 +308,21 @@ static void print_results(const trace_t *trace, const char *path, const replay_r
 {
     const char *format = trace->format == TRACE_FORMAT_MOONCAKE ? "mooncake" : "azure";
     if (!json) {
-        printf("kvrt-replay: %s (%s): %zu requests, %zu blocks of %u tokens\n", path, format,
+        printf("kvrt-replay: %s (%s)\n%zu requests, %zu blocks of %u tokens\n", path, format,
                trace->num_requests, trace->num_hash_ids, TRACE_BLOCK_TOKENS);
-        printf("%-9s %10s %11s %12s %8s %10s %12s %12s %8s %11s\n", "policy", "capacity",
-               "hit_blocks", "total_blocks", "hit_rate", "evictions", "miss_evicted",
-               "miss_never", "seconds", "blocks/s");
+        /* Within 100 columns; --json names the fields in full. */
+        printf("%-8s %10s %8s %9s %8s %9s %12s %10s %7s %9s\n", "policy", "capacity", "hits",
+               "blocks", "hit_rate", "evictions", "miss_evicted", "miss_never", "seconds",
+               "blocks/s");
     } else {
-        printf("{\"trace\": \"%s\", \"format\": \"%s\", \"requests\": %zu, "
+        /* cJSON writes the path as a JSON string, escapes and all. */
+        cJSON *path_json = cJSON_CreateString(path);
+        char *quoted = path_json ? cJSON_PrintUnformatted(path_json) : NULL;
+        printf("{\"trace\": %s, \"format\": \"%s\", \"requests\": %zu, "
                "\"block_tokens\": %u, \"results\": [",
-               path, format, trace->num_requests, TRACE_BLOCK_TOKENS);
+               quoted ? quoted : "null", format, trace->num_requests, TRACE_BLOCK_TOKENS);
+        cJSON_free(quoted);
+        cJSON_Delete(path_json);
     }
     for (int i = 0; i < n; i++) {
         const replay_result_t *r = &res[i];
@@ -314,9 +347,9 @@ static void print_results(const trace_t *trace, const char *path, const replay_r
                        (unsigned long long)r->hit_blocks_by_tier[2]);
             printf("}");
         } else {
-            printf("%-9s ", r->policy);
+            printf("%-8s ", r->policy);
             print_capacity(stdout, r->capacity, false);
-            printf(" %11llu %12llu %8.4f %10llu %12llu %12llu %8.3f %11.0f\n",
+            printf(" %8llu %9llu %8.4f %9llu %12llu %10llu %7.3f %9.0f\n",
                    (unsigned long long)r->hit_blocks, (unsigned long long)r->total_blocks,
                    rate, (unsigned long long)r->evictions,
                    (unsigned long long)r->miss_evicted_blocks,
@@ -344,7 +377,7 @@ int main(int argc, char **argv)
         {"ssd-capacity", required_argument, NULL, 'S'},
         {"ssd-dir", required_argument, NULL, 'D'},
         {NULL, 0, NULL, 0}};
-    const char *path = KVRT_SHIPPED_TRACE;
+    const char *path = NULL;
     trace_format_t format = TRACE_FORMAT_AUTO;
     uint32_t caps[MAX_RUNS] = {UNBOUNDED, 100000, 50000, 30000, 10000, 1000};
     int num_caps = 6, num_policies = 1;
@@ -352,27 +385,30 @@ int main(int argc, char **argv)
     bool json = false;
     replay_tiers_t tiers = {0};
     int c;
-    while ((c = getopt_long(argc, argv, "t:f:c:p:jh", long_options, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, TOOL_GETOPT_QUIET "t:f:c:p:jh", long_options, NULL)) !=
+           -1) {
         switch (c) {
         case 't': path = optarg; break;
         case 'f':
             if (trace_format_parse(optarg, &format) != 0) {
-                fprintf(stderr, "kvrt-replay: unknown format '%s'\n", optarg);
-                return 2;
+                fprintf(stderr, "kvrt-replay: --format wants auto, mooncake or azure; got '%s'\n",
+                        optarg);
+                return TOOL_EXIT_USAGE;
             }
             break;
         case 'c':
             if (parse_capacities(optarg, caps, &num_caps) != 0) {
                 fprintf(stderr, "kvrt-replay: --capacity wants up to %d of 'unbounded' or "
                                 "1..2147483646, comma-separated; got '%s'\n", MAX_RUNS, optarg);
-                return 2;
+                return TOOL_EXIT_USAGE;
             }
             break;
         case 'p':
             if (parse_policies(optarg, chosen, &num_policies) != 0) {
-                fprintf(stderr, "kvrt-replay: --policy wants lru, lfu, lfu-aged, lru-leaf, "
-                                "adaptive, belady or all; got '%s'\n", optarg);
-                return 2;
+                fprintf(stderr, "kvrt-replay: --policy wants up to %d of lru, lfu, lfu-aged, "
+                                "lru-leaf, adaptive, belady or all; got '%s'\n", MAX_RUNS, optarg);
+                return TOOL_EXIT_USAGE;
             }
             break;
         case 'j': json = true; break;
@@ -385,30 +421,35 @@ int main(int argc, char **argv)
                 fprintf(stderr, "kvrt-replay: --%s wants 1..%u blocks, got '%s'\n",
                         c == 'H' ? "host-capacity" : "ssd-capacity",
                         c == 'H' ? 1u << 24 : 1u << 26, optarg);
-                return 2;
+                return TOOL_EXIT_USAGE;
             }
             *(c == 'H' ? &tiers.host_blocks : &tiers.ssd_blocks) = (uint32_t)v;
             break;
         }
         case 'D': tiers.ssd_dir = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'h': usage(stdout); return TOOL_EXIT_OK;
+        default: return tool_option_error("kvrt-replay", c, argv);
         }
     }
     if (optind != argc) {
-        usage(stderr);
-        return 2;
+        fprintf(stderr, "kvrt-replay: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return TOOL_EXIT_USAGE;
+    }
+    if (!path) {
+        fprintf(stderr, "kvrt-replay: which trace? e.g. --trace "
+                        "bench/traces/conversation_trace.jsonl (see --help)\n");
+        return TOOL_EXIT_USAGE;
     }
     char error[512];
     trace_t trace;
     if (trace_load(path, format, &trace, error, sizeof(error)) != 0) {
         fprintf(stderr, "kvrt-replay: %s\n", error);
-        return 1;
+        return TOOL_EXIT_USAGE;
     }
     if (tiers.ssd_blocks && !tiers.host_blocks) {
         fprintf(stderr, "kvrt-replay: --ssd-capacity needs --host-capacity (blocks reach SSD "
                         "through host memory)\n");
-        return 2;
+        return TOOL_EXIT_USAGE;
     }
     replay_t r = {.tiers = tiers};
     for (size_t i = 0; i < trace.num_requests; i++)
@@ -422,11 +463,12 @@ int main(int argc, char **argv)
     double start = now_seconds();
     if (!r.tokens || !r.blocks || !r.hashes || kvrt_ctx_create(NULL, &r.ctx) != KVRT_OK) {
         fprintf(stderr, "kvrt-replay: out of memory\n");
-        rc = 1;
+        rc = TOOL_EXIT_FAILURE;
     }
     for (int p = 0; p < num_policies && rc == 0; p++)
         for (int i = 0; i < num_caps && rc == 0; i++)
-            rc = replay_one(&r, &trace, caps[i], chosen[p], &results[n++]) ? 1 : 0;
+            rc = replay_one(&r, &trace, caps[i], chosen[p], &results[n++]) ? TOOL_EXIT_FAILURE
+                                                                           : TOOL_EXIT_OK;
     double total = now_seconds() - start;
     if (rc == 0)
         print_results(&trace, path, results, n, total, json);

@@ -29,6 +29,6 @@ target_link_libraries(kvrt_sim_engine PUBLIC kvrt_sim_model kvrt_static)
 
 if(KVRT_BUILD_BENCH)
   add_executable(kvrt-sim ${KVRT_SIM_DIR}/sim_main.c ${KVRT_SIM_DIR}/sim_metrics.c
-                 ${KVRT_SIM_DIR}/metrics_http.c)
+                 ${KVRT_SIM_DIR}/metrics_http.c ${KVRT_SIM_DIR}/tool_cli.c)
   target_link_libraries(kvrt-sim PRIVATE kvrt_sim_engine)
 endif()

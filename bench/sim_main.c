@@ -17,6 +17,7 @@
 #include "sim_engine.h"
 #include "sim_metrics.h"
 #include "sim_report.h"
+#include "tool_cli.h"
 #include "trace.h"
 
 typedef struct options {
@@ -392,18 +393,13 @@ static int parse_options(int argc, char **argv, options_t *o)
                      .cluster = sim_cluster_config_default()};
     int opt;
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, TOOL_GETOPT_QUIET, long_options, NULL)) != -1) {
         if (opt == OPT_HELP) {
             usage(stdout);
             return 1;
         }
         if (opt == '?' || opt == ':') {
-            if (optopt)
-                fprintf(stderr, "kvrt-sim: option '%s' needs a value (see --help)\n",
-                        argv[optind - 1]);
-            else
-                fprintf(stderr, "kvrt-sim: unknown option '%s' (see --help)\n",
-                        argv[optind - 1]);
+            tool_option_error("kvrt-sim", opt, argv);
             return -1;
         }
         if (apply_option(o, opt, optarg) != 0)

@@ -1,5 +1,5 @@
 /*
- * suite_cache.c - prefix-cache hot paths against the issue's targets:
+ * suite_cache.c - prefix-cache hot paths against kvrt's targets (docs/benchmarks.md):
  *   cache.hash.block16       kvrt_block_hash of one 16-token block
  *                            (baseline: XXH3-128 of the 64 raw token bytes)
  *   cache.match.32k_cached   kvrt_cache_match of a 32,768-token prompt whose
@@ -153,7 +153,8 @@ out:
 /* Seconds of the replay itself, read from kvrt-replay --json. */
 static double replay_seconds(void)
 {
-    FILE *p = popen("'" KVRT_REPLAY_PATH "' --json --policy lru", "r");
+    FILE *p = popen("'" KVRT_REPLAY_PATH "' --json --policy lru --trace '" KVRT_SHIPPED_TRACE "'",
+                    "r");
     if (!p)
         return -1;
     static char out[1 << 16];

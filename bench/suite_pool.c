@@ -219,5 +219,5 @@ static int run_pool_suite(const bench_options_t *o)
 }
 
 /* Malloc baseline runs in the same loop shape, so the ratio is fair. */
-KVRT_BENCH_SUITE(pool, "KV block pool and block tables (issue targets: alloc+free <= 20 ns/block, append <= 5 ns/token)",
+KVRT_BENCH_SUITE(pool, "KV block pool and block tables (targets: alloc+free <= 20 ns/block, append <= 5 ns/token)",
                  run_pool_suite, true)

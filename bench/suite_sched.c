@@ -317,6 +317,5 @@ static int run_sched(const bench_options_t *o)
 }
 
 KVRT_BENCH_SUITE(sched,
-                 "scheduler step + commit per sequence: 1K-32K running decodes, 256 waiting; "
-                 "plain, prefix cache, k=4 speculation",
+                 "step + commit per sequence, 1K-32K decodes: plain, prefix cache, k=4 drafts",
                  run_sched, true)

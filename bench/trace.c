@@ -1,11 +1,11 @@
 /*
  * trace.c - loads Mooncake JSONL and Azure CSV request traces (trace.h).
  *
- * The file is read whole and split into lines; each line is checked
- * completely before it is added, and the first problem ends the load with
- * "<path>:<line>: <what>". A last line without a newline is accepted when
- * it parses (the Azure files end that way) and reported as truncated when
- * it does not.
+ * The file is read line by line, no line longer than TRACE_MAX_LINE_BYTES;
+ * each line is checked completely before it is added, and the first
+ * problem ends the load with "<path>:<line>: <field and what is wrong>". A
+ * last line without a newline is accepted when it parses (the Azure files
+ * end that way) and reported as truncated when it does not.
  */
 #include <cJSON.h>
 #include <errno.h>
@@ -16,9 +16,6 @@
 #include <string.h>
 
 #include "trace.h"
-
-#define MAX_TRACE_BYTES (1ull << 32)
-#define MAX_LENGTH 0xffffffffu
 
 typedef struct loader {
     const char *path;
@@ -31,6 +28,7 @@ typedef struct loader {
     size_t ids_capacity;
     int64_t next_unique_id; /* Azure: every block is an id of its own */
     double first_timestamp;
+    const char *timestamp_field; /* its name in this format, for messages */
 } loader_t;
 
 static int fail(loader_t *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -112,11 +110,16 @@ static uint32_t blocks_for(uint32_t input_length)
 static int add_request(loader_t *l, double timestamp_ms, uint32_t input, uint32_t output,
                        const int64_t *ids, uint32_t num_ids)
 {
-    if (reserve(l, num_ids) != 0)
-        return -1;
     trace_t *t = &l->trace;
     if (t->num_requests == 0)
         l->first_timestamp = timestamp_ms;
+    if (fabs(timestamp_ms - l->first_timestamp) > TRACE_MAX_SPAN_MS)
+        return fail(l, "field \"%s\" lies %.0f days from the first request's; a trace may "
+                       "span at most %.0f days", l->timestamp_field,
+                    fabs(timestamp_ms - l->first_timestamp) / 86400000.0,
+                    TRACE_MAX_SPAN_MS / 86400000.0);
+    if (reserve(l, num_ids) != 0)
+        return -1;
     t->requests[t->num_requests++] = (trace_request_t){
         .timestamp_ms = timestamp_ms - l->first_timestamp,
         .input_length = input,
@@ -131,9 +134,8 @@ static int add_request(loader_t *l, double timestamp_ms, uint32_t input, uint32_
 
 /* ---- Mooncake JSONL -------------------------------------------------------- */
 
-/* A non-negative integer field no larger than max. */
-static int json_count(loader_t *l, const cJSON *obj, const char *name, double max,
-                      double *value_out)
+/* A token count: an integer in 0..TRACE_MAX_TOKENS. */
+static int json_count(loader_t *l, const cJSON *obj, const char *name, uint32_t *value_out)
 {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, name);
     if (!item)
@@ -143,9 +145,10 @@ static int json_count(loader_t *l, const cJSON *obj, const char *name, double ma
     double v = item->valuedouble;
     if (v < 0)
         return fail(l, "field \"%s\" is negative (%g)", name, v);
-    if (v != floor(v) || v > max)
-        return fail(l, "field \"%s\" is not an integer in 0..%.0f (%g)", name, max, v);
-    *value_out = v;
+    if (v != floor(v) || v > TRACE_MAX_TOKENS)
+        return fail(l, "field \"%s\" is not an integer in 0..%u (%g)", name, TRACE_MAX_TOKENS,
+                    v);
+    *value_out = (uint32_t)v;
     return 0;
 }
 
@@ -161,25 +164,27 @@ static int mooncake_line(loader_t *l, const char *text, size_t len)
                    : fail(l, "malformed JSON near column %zu", column);
     }
     int rc = -1;
-    double ts, input, output;
+    uint32_t input, output;
     const cJSON *tsv = cJSON_GetObjectItemCaseSensitive(obj, "timestamp");
-    if (!cJSON_IsObject(obj)) {
+    size_t used = (size_t)(end - text);
+    if (used + strspn(end, " \t\r") != len) {
+        fail(l, "unexpected text after the JSON object at column %zu", used + 1);
+    } else if (!cJSON_IsObject(obj)) {
         fail(l, "a line must be a JSON object");
     } else if (!tsv) {
         fail(l, "missing field \"timestamp\"");
     } else if (!cJSON_IsNumber(tsv) || tsv->valuedouble < 0 || !isfinite(tsv->valuedouble)) {
         fail(l, "field \"timestamp\" must be a non-negative number of milliseconds");
-    } else if (json_count(l, obj, "input_length", MAX_LENGTH, &input) == 0 &&
-               json_count(l, obj, "output_length", MAX_LENGTH, &output) == 0) {
-        ts = tsv->valuedouble;
+    } else if (json_count(l, obj, "input_length", &input) == 0 &&
+               json_count(l, obj, "output_length", &output) == 0) {
         const cJSON *ids = cJSON_GetObjectItemCaseSensitive(obj, "hash_ids");
-        uint32_t want = blocks_for((uint32_t)input);
+        uint32_t want = blocks_for(input);
         if (!ids) {
             fail(l, "missing field \"hash_ids\"");
         } else if (!cJSON_IsArray(ids)) {
             fail(l, "field \"hash_ids\" is not an array");
         } else if ((uint64_t)cJSON_GetArraySize(ids) != want) {
-            fail(l, "%d hash_ids for input_length %.0f: expected ceil(%.0f / %u) = %u",
+            fail(l, "%d hash_ids for input_length %u: expected ceil(%u / %u) = %u",
                  cJSON_GetArraySize(ids), input, input, TRACE_BLOCK_TOKENS, want);
         } else if (reserve(l, want) == 0) {
             int64_t *dst = l->trace.hash_ids + l->trace.num_hash_ids;
@@ -194,7 +199,7 @@ static int mooncake_line(loader_t *l, const char *text, size_t len)
             if (i != want)
                 fail(l, "hash_ids[%u] is not a non-negative integer", i);
             else
-                rc = add_request(l, ts, (uint32_t)input, (uint32_t)output, dst, want);
+                rc = add_request(l, tsv->valuedouble, input, output, dst, want);
         }
     }
     cJSON_Delete(obj);
@@ -215,27 +220,61 @@ static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
     return era * 146097 + (int64_t)doe - 719468;
 }
 
+/* n decimal digits at text; -1 when any is not a digit. */
+static int digits(const char *text, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (text[i] < '0' || text[i] > '9')
+            return -1;
+        v = v * 10 + (text[i] - '0');
+    }
+    return v;
+}
+
+static bool leap_year(int y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
+
+/* Exactly "YYYY-MM-DD HH:MM:SS" with an optional ".fraction" of digits, a
+ * date that exists (2023-02-29 does not) and a time of day. */
 static int parse_wall_clock(const char *text, double *ms_out)
 {
-    int y, mo, d, h, mi, used = 0;
-    double s;
-    if (sscanf(text, "%4d-%2d-%2d %2d:%2d:%lf%n", &y, &mo, &d, &h, &mi, &s, &used) != 6 ||
-        text[used] != '\0' || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 ||
-        s < 0 || s >= 61)
+    static const int month_days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (strlen(text) < 19 || text[4] != '-' || text[7] != '-' || text[10] != ' ' ||
+        text[13] != ':' || text[16] != ':')
+        return -1;
+    int y = digits(text, 4), mo = digits(text + 5, 2), d = digits(text + 8, 2);
+    int h = digits(text + 11, 2), mi = digits(text + 14, 2), sec = digits(text + 17, 2);
+    if (y < 0 || mo < 1 || mo > 12 || d < 1 || h < 0 || h > 23 || mi < 0 || mi > 59 ||
+        sec < 0 || sec > 59)
+        return -1;
+    if (d > month_days[mo - 1] + (mo == 2 && leap_year(y)))
+        return -1;
+    double fraction = 0, scale = 0.1;
+    const char *p = text + 19;
+    if (*p == '.') {
+        if (!p[1])
+            return -1;
+        for (p++; *p >= '0' && *p <= '9'; p++, scale /= 10)
+            fraction += (*p - '0') * scale;
+    }
+    if (*p)
         return -1;
     double days = (double)days_from_civil(y, (unsigned)mo, (unsigned)d);
-    *ms_out = ((days * 24 + h) * 60 + mi) * 60000.0 + s * 1000.0;
+    *ms_out = ((days * 24 + h) * 60 + mi) * 60000.0 + (sec + fraction) * 1000.0;
     return 0;
 }
 
+/* A count written as decimal digits only, 0..TRACE_MAX_TOKENS: no sign, no
+ * blank, no base prefix. -2 when negative. */
 static int parse_count(const char *text, uint32_t *value_out)
 {
     if (*text == '-')
         return -2;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(text, &end, 10);
-    if (end == text || *end != '\0' || errno || v > MAX_LENGTH)
+    size_t n = strspn(text, "0123456789");
+    if (n == 0 || text[n] != '\0' || n > 9)
+        return -1;
+    unsigned long v = strtoul(text, NULL, 10);
+    if (v > TRACE_MAX_TOKENS)
         return -1;
     *value_out = (uint32_t)v;
     return 0;
@@ -261,15 +300,18 @@ static int azure_line(loader_t *l, char *text, size_t len)
     double ts;
     uint32_t input, output;
     if (parse_wall_clock(fields[0], &ts) != 0)
-        return fail(l, "TIMESTAMP \"%s\" is not YYYY-MM-DD HH:MM:SS[.fraction]", fields[0]);
+        return fail(l, "TIMESTAMP \"%s\" is not a date and time YYYY-MM-DD HH:MM:SS[.fraction]",
+                    fields[0]);
     int rc = parse_count(fields[1], &input);
     if (rc != 0)
-        return fail(l, "ContextTokens \"%s\" is %s", fields[1],
-                    rc == -2 ? "negative" : "not an integer in 0..2^32-1");
+        return fail(l, "ContextTokens \"%s\" is %s%u", fields[1],
+                    rc == -2 ? "negative; want " : "not a decimal integer in 0..",
+                    TRACE_MAX_TOKENS);
     rc = parse_count(fields[2], &output);
     if (rc != 0)
-        return fail(l, "GeneratedTokens \"%s\" is %s", fields[2],
-                    rc == -2 ? "negative" : "not an integer in 0..2^32-1");
+        return fail(l, "GeneratedTokens \"%s\" is %s%u", fields[2],
+                    rc == -2 ? "negative; want " : "not a decimal integer in 0..",
+                    TRACE_MAX_TOKENS);
     return add_request(l, ts, input, output, NULL, blocks_for(input));
 }
 
@@ -285,41 +327,35 @@ static int azure_header(loader_t *l, const char *text, size_t len)
 
 /* ---- the file ------------------------------------------------------------------- */
 
-static int read_whole(loader_t *l, char **data_out, size_t *size_out)
+/* Reads the next line into *line (without its newline, NUL-terminated),
+ * growing it up to TRACE_MAX_LINE_BYTES. Returns 1 with *has_newline set,
+ * 0 at the end of the file, -1 after reporting an error. */
+static int read_line(loader_t *l, FILE *f, char **line, size_t *capacity, size_t *len_out,
+                     bool *has_newline)
 {
-    FILE *f = fopen(l->path, "rb");
-    if (!f)
-        return fail(l, "cannot open: %s", strerror(errno));
-    size_t cap = 1 << 20, size = 0;
-    char *data = malloc(cap + 1);
-    while (data) {
-        size_t got = fread(data + size, 1, cap - size, f);
-        size += got;
-        if (size < cap)
-            break;
-        if (cap >= MAX_TRACE_BYTES) {
-            free(data);
-            fclose(f);
-            return fail(l, "larger than %llu bytes", (unsigned long long)MAX_TRACE_BYTES);
+    size_t len = 0;
+    int c = 0;
+    while ((c = getc_unlocked(f)) != EOF && c != '\n') {
+        if (len == TRACE_MAX_LINE_BYTES)
+            return fail(l, "line longer than %u bytes", TRACE_MAX_LINE_BYTES);
+        if (len + 1 >= *capacity) {
+            size_t cap = 2 * *capacity;
+            char *bigger = realloc(*line, cap);
+            if (!bigger)
+                return fail(l, "out of memory for a line of %zu bytes", cap);
+            *line = bigger;
+            *capacity = cap;
         }
-        cap *= 2;
-        char *bigger = realloc(data, cap + 1);
-        if (!bigger)
-            free(data);
-        data = bigger;
+        (*line)[len++] = (char)c;
     }
-    int error = ferror(f);
-    fclose(f);
-    if (!data)
-        return fail(l, "out of memory reading the file");
-    if (error) {
-        free(data);
-        return fail(l, "read error");
-    }
-    data[size] = '\0';
-    *data_out = data;
-    *size_out = size;
-    return 0;
+    if (ferror(f))
+        return fail(l, "read error: %s", strerror(errno));
+    if (c == EOF && len == 0)
+        return 0;
+    (*line)[len] = '\0';
+    *len_out = len;
+    *has_newline = c == '\n';
+    return 1;
 }
 
 int trace_load(const char *path, trace_format_t format, trace_t *trace_out, char *error,
@@ -333,28 +369,36 @@ int trace_load(const char *path, trace_format_t format, trace_t *trace_out, char
     if (format == TRACE_FORMAT_AUTO)
         return fail(&l, "unknown trace format: name it .jsonl (Mooncake) or .csv (Azure), "
                         "or give the format");
-    char *data = NULL;
-    size_t size = 0;
-    if (read_whole(&l, &data, &size) != 0)
-        return -1;
-    int rc = 0;
-    char *p = data, *end = data + size;
-    for (l.line = 1; rc == 0 && p < end; l.line++) {
-        char *nl = memchr(p, '\n', (size_t)(end - p));
-        size_t len = nl ? (size_t)(nl - p) : (size_t)(end - p);
-        l.last_unterminated = !nl;
-        p[len] = '\0';
-        bool blank = strspn(p, " \t\r") == len;
-        if (memchr(p, '\0', len))
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fail(&l, "cannot open: %s", strerror(errno));
+    l.timestamp_field = format == TRACE_FORMAT_MOONCAKE ? "timestamp" : "TIMESTAMP";
+    size_t capacity = 4096, len = 0;
+    char *line = malloc(capacity);
+    if (!line) {
+        fclose(f);
+        return fail(&l, "out of memory");
+    }
+    bool has_newline = false;
+    int rc = 0, got;
+    for (l.line = 1; rc == 0; l.line++) {
+        got = read_line(&l, f, &line, &capacity, &len, &has_newline);
+        if (got <= 0) {
+            rc = got;
+            break;
+        }
+        l.last_unterminated = !has_newline;
+        bool blank = strspn(line, " \t\r") == len;
+        if (strlen(line) != len)
             rc = fail(&l, "NUL byte inside the line");
         else if (format == TRACE_FORMAT_AZURE && l.line == 1)
-            rc = azure_header(&l, p, len);
+            rc = azure_header(&l, line, len);
         else if (!blank)
-            rc = format == TRACE_FORMAT_MOONCAKE ? mooncake_line(&l, p, len)
-                                                 : azure_line(&l, p, len);
-        p += len + 1;
+            rc = format == TRACE_FORMAT_MOONCAKE ? mooncake_line(&l, line, len)
+                                                 : azure_line(&l, line, len);
     }
-    free(data);
+    free(line);
+    fclose(f);
     if (rc == 0 && l.trace.num_requests == 0) {
         l.line = 0;
         rc = fail(&l, "no requests in the trace");

@@ -5,10 +5,15 @@
  *
  * A trace is loaded whole into flat arrays (requests plus one shared
  * hash-id array), so replaying it touches no allocator. Every parse error
- * names the file and the 1-based line: missing or mistyped fields, negative
- * lengths, hash_ids inconsistent with input_length (Mooncake blocks are
- * TRACE_BLOCK_TOKENS tokens: len(hash_ids) must equal
- * ceil(input_length / 512)), a truncated last line, malformed JSON or CSV.
+ * names the file, the 1-based line and the field: missing or mistyped
+ * fields, text after a line's JSON object, numbers not written as plain
+ * decimal integers (Azure counts: digits only, no sign or blank), lengths
+ * outside 0..TRACE_MAX_TOKENS, hash_ids inconsistent with input_length
+ * (Mooncake blocks are TRACE_BLOCK_TOKENS tokens: len(hash_ids) must equal
+ * ceil(input_length / 512)), impossible dates, timestamps more than
+ * TRACE_MAX_SPAN_MS from the first request's, a line longer than
+ * TRACE_MAX_LINE_BYTES (the load stops there, so /dev/zero is refused
+ * after reading that much), a truncated last line, malformed JSON or CSV.
  */
 #ifndef KVRT_BENCH_TRACE_H
 #define KVRT_BENCH_TRACE_H
@@ -20,6 +25,18 @@
 /* Tokens per Mooncake trace block. */
 #define TRACE_BLOCK_TOKENS 512u
 
+/* Most prompt or output tokens of one request (16 Mi): far above any
+ * model's context, low enough that a tool can hold one request's tokens. */
+#define TRACE_MAX_TOKENS (1u << 24)
+
+/* Longest line: 4 MiB holds a Mooncake line of TRACE_MAX_TOKENS / 512
+ * hash ids written as 2^53 each, with room to spare. */
+#define TRACE_MAX_LINE_BYTES (4u << 20)
+
+/* Most milliseconds a request may lie before or after the first one
+ * (366 days): beyond that a replay or simulation would only wait. */
+#define TRACE_MAX_SPAN_MS (366.0 * 24 * 3600 * 1000)
+
 typedef enum trace_format {
     TRACE_FORMAT_AUTO = 0,     /* by extension: .jsonl -> Mooncake, .csv -> Azure */
     TRACE_FORMAT_MOONCAKE = 1,
@@ -28,8 +45,8 @@ typedef enum trace_format {
 
 typedef struct trace_request {
     double timestamp_ms;     /* since the first request of the trace */
-    uint32_t input_length;   /* prompt tokens */
-    uint32_t output_length;  /* generated tokens */
+    uint32_t input_length;   /* prompt tokens, 0..TRACE_MAX_TOKENS */
+    uint32_t output_length;  /* generated tokens, 0..TRACE_MAX_TOKENS */
     uint32_t num_hash_ids;   /* ceil(input_length / 512) */
     /* Offset of this request's hash ids in trace_t.hash_ids. Azure traces
      * carry no prefix information: every block gets an id of its own. */

@@ -6,6 +6,12 @@ if(TARGET kvrt-sim)
   kvrt_add_test(integration test_sim_cli LIBS PkgConfig::CJSON TIMEOUT 120)
   target_compile_definitions(test_sim_cli PRIVATE KVRT_SIM_PATH="$<TARGET_FILE:kvrt-sim>")
   add_dependencies(test_sim_cli kvrt-sim)
+  # The samples in docs/simulator.md against the program (the default run;
+  # too slow under the sanitizers, and its output is the plain build's).
+  kvrt_add_test(integration test_sim_docs LABELS nosanitize TIMEOUT 300)
+  target_compile_definitions(test_sim_docs PRIVATE KVRT_SIM_PATH="$<TARGET_FILE:kvrt-sim>"
+                             KVRT_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+  add_dependencies(test_sim_docs kvrt-sim)
 endif()
 # Several nodes: routing, directory, pulls and hand-offs (bench/sim_cluster.c).
 kvrt_add_test(integration test_sim_cluster LIBS kvrt_sim_engine TIMEOUT 300)

@@ -4,7 +4,7 @@
  * (bench/traces/README.md), LFU-DA beats LRU at small capacities, the
  * clairvoyant bound (belady) bounds every policy, a host tier adds hits
  * reported by tier, and a bad
- * trace gives exit status 1 and a message naming the line, never a crash.
+ * trace gives exit status 2 and a message naming the line, never a crash.
  */
 #include <cJSON.h>
 #include <stdio.h>
@@ -49,8 +49,8 @@ static uint64_t hits_of(const cJSON *results, const char *policy, int capacity)
 Test(cache_replay, lru_reproduces_the_reference_counts, .timeout = 120)
 {
     static char out[1 << 16];
-    int rc = replay("--json --capacity unbounded,10000,1000 --policy lru,lfu-aged", false, out,
-                    sizeof(out));
+    int rc = replay("--json --capacity unbounded,10000,1000 --policy lru,lfu-aged --trace "
+                    KVRT_TRACE_DIR "/conversation_trace.jsonl", false, out, sizeof(out));
     cr_assert_eq(rc, 0, "kvrt-replay failed: %s", out);
     cJSON *doc = cJSON_Parse(out);
     cr_assert_not_null(doc, "not JSON: %s", out);
@@ -78,7 +78,7 @@ Test(cache_replay, bad_traces_fail_cleanly_naming_the_line)
           f);
     fclose(f);
     snprintf(args, sizeof(args), "--trace '%s'", path);
-    cr_assert_eq(replay(args, true, out, sizeof(out)), 1, "%s", out);
+    cr_assert_eq(replay(args, true, out, sizeof(out)), 2, "%s", out);
     cr_assert(strstr(out, "bad.jsonl:2:"), "%s", out);
     unlink(path);
     rmdir(dir);
@@ -103,7 +103,8 @@ Test(cache_replay, azure_trace_replays_with_no_prefix_hits, .timeout = 60)
 Test(cache_replay, belady_bounds_every_policy_and_lru_leaf_never_loses_to_lru, .timeout = 120)
 {
     static char out[1 << 16];
-    int rc = replay("--json --capacity 10000,1000 --policy lru,lru-leaf,adaptive,belady", false,
+    int rc = replay("--json --capacity 10000,1000 --policy lru,lru-leaf,adaptive,belady --trace "
+                    KVRT_TRACE_DIR "/conversation_trace.jsonl", false,
                     out, sizeof(out));
     cr_assert_eq(rc, 0, "kvrt-replay failed: %s", out);
     cJSON *doc = cJSON_Parse(out);
@@ -124,7 +125,8 @@ Test(cache_replay, belady_bounds_every_policy_and_lru_leaf_never_loses_to_lru, .
 Test(cache_replay, a_host_tier_adds_hits_and_reports_them_by_tier, .timeout = 120)
 {
     static char out[1 << 16];
-    int rc = replay("--json --capacity 10000 --host-capacity 50000", false, out, sizeof(out));
+    int rc = replay("--json --capacity 10000 --host-capacity 50000 --trace " KVRT_TRACE_DIR
+                    "/conversation_trace.jsonl", false, out, sizeof(out));
     cr_assert_eq(rc, 0, "kvrt-replay failed: %s", out);
     cJSON *doc = cJSON_Parse(out);
     cr_assert_not_null(doc, "not JSON: %s", out);

@@ -9,68 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-typedef struct output {
-    int status;
-    char *out;
-    char *err;
-} output_t;
+#include "support/tool_run.h"
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    size_t n;
-    while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += n;
-        if (cap - len < 1024)
-            buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    fclose(f);
-    return buf;
-}
+typedef tool_output_t output_t;
 
-/* Runs kvrt-sim with args (NULL-terminated), capturing stdout and stderr. */
-static output_t run(const char *const *args)
-{
-    char out_path[] = "/tmp/kvrt-sim-cli-out-XXXXXX";
-    char err_path[] = "/tmp/kvrt-sim-cli-err-XXXXXX";
-    int out_fd = mkstemp(out_path), err_fd = mkstemp(err_path);
-    cr_assert(out_fd >= 0 && err_fd >= 0);
-    const char *argv[64] = {KVRT_SIM_PATH};
-    int argc = 1;
-    for (; args[argc - 1] && argc < 63; argc++)
-        argv[argc] = args[argc - 1];
-    argv[argc] = NULL;
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        dup2(out_fd, 1);
-        dup2(err_fd, 2);
-        execv(KVRT_SIM_PATH, (char *const *)argv);
-        _exit(127);
-    }
-    int status = 0;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    close(out_fd);
-    close(err_fd);
-    output_t o = {.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128,
-                  .out = slurp(out_path), .err = slurp(err_path)};
-    unlink(out_path);
-    unlink(err_path);
-    return o;
-}
-
-static void release(output_t *o)
-{
-    free(o->out);
-    free(o->err);
-}
+static output_t run(const char *const *args) { return tool_run(KVRT_SIM_PATH, args); }
+static void release(output_t *o) { tool_output_free(o); }
 
 static void expect_usage_error(const char *const *args, const char *mentions)
 {

@@ -6,6 +6,7 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 
 #include "test_xfer_child.h"
@@ -14,6 +15,7 @@ typedef struct netns_pair {
     char a[40], b[40];
     char addr_a[32], addr_b[32];
     bool made;
+    bool mounted_run_netns; /* /run/netns was no mount point before */
 } netns_pair_t;
 
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -30,6 +32,23 @@ static int sh(const char *fmt, ...)
     return system(quiet);
 }
 
+/* Whether /run/netns is a mount point: the first `ip netns add` on a
+ * machine bind-mounts it on itself, and nothing removes that mount. */
+static bool run_netns_is_mounted(void)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    char line[1024];
+    bool found = false;
+    while (f && !found && fgets(line, sizeof(line), f)) {
+        char point[512];
+        found = sscanf(line, "%*s %*s %*s %*s %511s", point) == 1 &&
+                strcmp(point, "/run/netns") == 0;
+    }
+    if (f)
+        fclose(f);
+    return found;
+}
+
 static void netns_down(netns_pair_t *n)
 {
     if (!n->made)
@@ -38,6 +57,10 @@ static void netns_down(netns_pair_t *n)
      * its peer. */
     sh("ip netns del %s", n->a);
     sh("ip netns del %s", n->b);
+    /* Undo the bind mount when this test made it (the namespaces living
+     * on it are gone; the directory itself is left). */
+    if (n->mounted_run_netns)
+        umount2("/run/netns", MNT_DETACH);
     n->made = false;
 }
 
@@ -54,13 +77,12 @@ static const char *netns_up(netns_pair_t *n)
     unsigned sub = (id % 60) * 4;
     snprintf(n->addr_a, sizeof(n->addr_a), "10.213.%u.%u", id / 60 % 250, sub + 1);
     snprintf(n->addr_b, sizeof(n->addr_b), "10.213.%u.%u", id / 60 % 250, sub + 2);
-    if (sh("ip netns add %s", n->a) != 0)
-        return "ip netns add failed (no namespace support here)";
-    if (sh("ip netns add %s", n->b) != 0) {
-        sh("ip netns del %s", n->a);
+    n->mounted_run_netns = !run_netns_is_mounted();
+    n->made = true;
+    if (sh("ip netns add %s", n->a) != 0 || sh("ip netns add %s", n->b) != 0) {
+        netns_down(n);
         return "ip netns add failed (no namespace support here)";
     }
-    n->made = true;
     if (sh("ip link add kvx%ua netns %s type veth peer name kvx%ub netns %s", id, n->a, id,
            n->b) != 0 ||
         sh("ip -n %s addr add %s/30 dev kvx%ua", n->a, n->addr_a, id) != 0 ||

@@ -3,7 +3,10 @@
  * Criterion (see criterion/criterion.h). Each test runs in a forked child
  * with its suite's init and fini and a timeout (default 300 s); a failed
  * assertion, a crash, a TSan report (halt_on_error) or a timeout fails it.
- * Prints Criterion's synthesis line so logs read the same.
+ * Prints Criterion's synthesis line so logs read the same, and reports
+ * skips the way support/criterion_main.c does: "[SKIP] suite::name:
+ * reason", a line in $KVRT_TEST_SKIP_LOG, and exit status
+ * KVRT_TEST_SKIPPED when a test skipped and none failed.
  */
 #include <signal.h>
 #include <stdarg.h>
@@ -14,10 +17,10 @@
 #include <unistd.h>
 
 #include "criterion/criterion.h"
-
-#define EXIT_SKIPPED 77
+#include "support/test_skip.h"
 
 static kvrt_tsan_test_t *tests;
+static const kvrt_tsan_test_t *running; /* in a test's child: that test */
 static kvrt_tsan_suite_t *suites;
 
 void kvrt_tsan_register_test(kvrt_tsan_test_t *test)
@@ -54,14 +57,22 @@ void kvrt_tsan_check(bool ok, const char *expr, const char *file, int line,
 
 void kvrt_tsan_skip(const char *fmt, ...)
 {
+    char why[512];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "[SKIP] ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
+    vsnprintf(why, sizeof(why), fmt, ap);
     va_end(ap);
+    if (!why[0])
+        snprintf(why, sizeof(why), "no reason given");
+    fprintf(stderr, "[SKIP] %s::%s: %s\n", running->suite, running->name, why);
+    const char *log_path = getenv("KVRT_TEST_SKIP_LOG");
+    FILE *log = log_path && *log_path ? fopen(log_path, "a") : NULL;
+    if (log) {
+        fprintf(log, "%s::%s\t%s\n", running->suite, running->name, why);
+        fclose(log);
+    }
     fflush(stderr);
-    _exit(EXIT_SKIPPED);
+    _exit(KVRT_TEST_SKIPPED);
 }
 
 void kvrt_tsan_log(const char *fmt, ...)
@@ -97,6 +108,7 @@ static int run_one(const kvrt_tsan_test_t *t)
         return 1;
     }
     if (pid == 0) {
+        running = t;
         alarm((unsigned)timeout + 1);
         if (init)
             init();
@@ -111,7 +123,7 @@ static int run_one(const kvrt_tsan_test_t *t)
         ;
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
         return 0;
-    if (WIFEXITED(status) && WEXITSTATUS(status) == EXIT_SKIPPED)
+    if (WIFEXITED(status) && WEXITSTATUS(status) == KVRT_TEST_SKIPPED)
         return 2;
     if (WIFSIGNALED(status))
         fprintf(stderr, "[----] %s::%s: %s\n", t->suite, t->name,
@@ -143,5 +155,7 @@ int main(int argc, char **argv)
            passed + failed, passed, failed);
     if (skipped)
         printf("[====] %d skipped\n", skipped);
-    return failed ? 1 : 0;
+    if (failed)
+        return 1;
+    return skipped ? KVRT_TEST_SKIPPED : 0;
 }

@@ -1,7 +1,9 @@
 /*
  * test_cache_trace.c - the trace loader shared by kvrt-replay and kvrt-sim:
  * the shipped traces load with the published sizes, and every kind of bad
- * input is refused with a message naming the file and the line.
+ * input is refused with a message naming the file, the line and the field:
+ * trailing text, numbers in odd spellings, impossible dates, values out of
+ * range, oversized lines (an endless /dev/zero among them).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +15,7 @@
 
 static char dir[] = "/tmp/kvrt-trace-XXXXXX";
 static char path[512];
-static char written[32][512];
+static char written[64][512];
 static int num_written;
 
 static void setup(void) { cr_assert_not_null(mkdtemp(dir)); }
@@ -32,7 +34,7 @@ static const char *write_file(const char *name, const char *text)
     cr_assert_not_null(f);
     fputs(text, f);
     fclose(f);
-    if (num_written < 32)
+    if (num_written < 64)
         snprintf(written[num_written++], sizeof(written[0]), "%s", path);
     return path;
 }
@@ -155,4 +157,117 @@ Test(cache_trace, unusable_files_are_refused)
     cr_assert_eq(trace_format_parse("azure", &f), 0);
     cr_assert_eq(f, TRACE_FORMAT_AZURE);
     cr_assert_eq(trace_format_parse("parquet", &f), -1);
+}
+
+Test(cache_trace, text_after_a_json_object_is_refused)
+{
+    expect_error("trail1.jsonl", OK1 "{\"timestamp\": 1, \"input_length\": 1, "
+                                     "\"output_length\": 1, \"hash_ids\": [3]} garbage\n",
+                 2, "unexpected text after the JSON object at column 73");
+    expect_error("trail2.jsonl", "{\"timestamp\": 1, \"input_length\": 1, \"output_length\": 1, "
+                                 "\"hash_ids\": [3]}{\"a\":1}\n", 1,
+                 "unexpected text after the JSON object");
+    /* Blanks after the object are no garbage. */
+    const char *p = write_file("trail3.jsonl", "{\"timestamp\": 1, \"input_length\": 1, "
+                                               "\"output_length\": 1, \"hash_ids\": [3]} \t\r\n");
+    trace_t t;
+    char error[512];
+    cr_assert_eq(trace_load(p, TRACE_FORMAT_AUTO, &t, error, sizeof(error)), 0, "%s", error);
+    trace_free(&t);
+}
+
+Test(cache_trace, values_out_of_range_name_their_field)
+{
+    expect_error("r1.jsonl", OK1 "{\"timestamp\": 1, \"input_length\": 1, "
+                                 "\"output_length\": 4294967295, \"hash_ids\": [3]}\n",
+                 2, "field \"output_length\" is not an integer in 0..16777216");
+    expect_error("r2.jsonl", "{\"timestamp\": 1, \"input_length\": 16777217, "
+                             "\"output_length\": 1, \"hash_ids\": []}\n",
+                 1, "field \"input_length\" is not an integer in 0..16777216");
+    expect_error("r3.jsonl", OK1 "{\"timestamp\": 1e308, \"input_length\": 1, "
+                                 "\"output_length\": 1, \"hash_ids\": [3]}\n",
+                 2, "field \"timestamp\" lies");
+    const char *head = "TIMESTAMP,ContextTokens,GeneratedTokens\n";
+    char text[512];
+    snprintf(text, sizeof(text), "%s2023-11-16 18:17:03,4,10\n2025-11-16 18:17:03,4,10\n", head);
+    expect_error("r4.csv", text, 3, "field \"TIMESTAMP\" lies 731 days");
+    snprintf(text, sizeof(text), "%s2023-11-16 18:17:03,4,16777217\n", head);
+    expect_error("r5.csv", text, 2, "GeneratedTokens \"16777217\" is not a decimal integer");
+}
+
+Test(cache_trace, azure_fields_are_plain_dates_and_digits)
+{
+    static const struct { const char *row; const char *what; } bad[] = {
+        {"2023-11-16 18:17:nan,4,10", "TIMESTAMP \"2023-11-16 18:17:nan\""},
+        {"2023-11-16 18:17:0x1p3,4,10", "TIMESTAMP"},
+        {"2023-11-16 18:17:inf,4,10", "TIMESTAMP"},
+        {"2023-02-31 18:17:03,4,10", "TIMESTAMP \"2023-02-31 18:17:03\""},
+        {"2023-02-29 00:00:00,4,10", "TIMESTAMP"},
+        {"2023-11-16 24:00:00,4,10", "TIMESTAMP"},
+        {"2023-11-16 18:17:03.,4,10", "TIMESTAMP"},
+        {"2023-11-16 18:17:03.5x,4,10", "TIMESTAMP"},
+        {"2023-11-16  8:17:03,4,10", "TIMESTAMP"},
+        {"2023-11-16 18:17:03, 10,10", "ContextTokens \" 10\""},
+        {"2023-11-16 18:17:03,+10,10", "ContextTokens \"+10\""},
+        {"2023-11-16 18:17:03,10,0x10", "GeneratedTokens \"0x10\""},
+        {"2023-11-16 18:17:03,10,10 ", "GeneratedTokens \"10 \""},
+        {"2023-11-16 18:17:03,,10", "ContextTokens \"\""},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char name[32], text[256];
+        snprintf(name, sizeof(name), "z%zu.csv", i);
+        snprintf(text, sizeof(text), "TIMESTAMP,ContextTokens,GeneratedTokens\n%s\n", bad[i].row);
+        expect_error(name, text, 2, bad[i].what);
+    }
+    /* A NaN in the first row would make every later timestamp NaN. */
+    expect_error("nan-first.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                                  "2023-11-16 18:17:nan,4,10\n2023-11-16 18:17:04,4,10\n",
+                 2, "TIMESTAMP");
+    /* Leap days that exist, and fractions of any length, load. */
+    const char *p = write_file("leap.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                                           "2024-02-29 23:59:59.5,0,0\n"
+                                           "2000-02-29 23:59:59,7,1\n");
+    trace_t t;
+    char error[512];
+    cr_assert_eq(trace_load(p, TRACE_FORMAT_AUTO, &t, error, sizeof(error)), -1);
+    cr_assert(strstr(error, "lies"), "2000 is 24 years before 2024: %s", error);
+    p = write_file("leap2.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                                "2024-02-29 23:59:59.5,0,0\n2024-03-01 00:00:00.25,7,1");
+    cr_assert_eq(trace_load(p, TRACE_FORMAT_AUTO, &t, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(t.num_requests, 2);
+    cr_assert_eq(t.requests[1].timestamp_ms, 750.0);
+    cr_assert_eq(t.requests[0].num_hash_ids, 0, "0 prompt tokens: no blocks");
+    trace_free(&t);
+}
+
+Test(cache_trace, an_oversized_line_stops_the_load_there)
+{
+    trace_t t;
+    char error[512];
+    /* /dev/zero never ends a line: refused after TRACE_MAX_LINE_BYTES. */
+    cr_assert_eq(trace_load("/dev/zero", TRACE_FORMAT_MOONCAKE, &t, error, sizeof(error)), -1);
+    cr_assert(strstr(error, "/dev/zero:1: line longer than 4194304 bytes") == error, "%s", error);
+    cr_assert_null(t.requests);
+
+    size_t big = TRACE_MAX_LINE_BYTES + 10;
+    char *text = malloc(sizeof(OK1) + big + 2);
+    cr_assert_not_null(text);
+    strcpy(text, OK1);
+    memset(text + strlen(OK1), ' ', big);
+    strcpy(text + strlen(OK1) + big, "\n");
+    expect_error("long.jsonl", text, 2, "line longer than");
+    free(text);
+}
+
+Test(cache_trace, a_request_of_zero_prompt_tokens_loads)
+{
+    const char *p = write_file("zero.jsonl", "{\"timestamp\": 0, \"input_length\": 0, "
+                                             "\"output_length\": 3, \"hash_ids\": []}\n");
+    trace_t t;
+    char error[256];
+    cr_assert_eq(trace_load(p, TRACE_FORMAT_AUTO, &t, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(t.num_requests, 1);
+    cr_assert_eq(t.num_hash_ids, 0);
+    cr_assert_eq(t.requests[0].output_length, 3);
+    trace_free(&t);
 }
