@@ -1,0 +1,703 @@
+/*
+ * kvrt-soak - a multi-node kvrt deployment on one machine, driven by real
+ * request traffic, with faults injected on a seeded schedule and invariants
+ * checked throughout (docs/soak.md).
+ *
+ * The supervisor (this file) builds the network (soak_netns.c), forks one
+ * node process per namespace (soak_node.c), replays the workload against
+ * them, injects the faults and keeps the books every invariant is checked
+ * against (soak_report.c). It never links kvrt state of its own: every
+ * kvrt object lives in a node.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "soak.h"
+#include "soak_node.h"
+
+static volatile sig_atomic_t interrupted;
+static soak_t *cleanup_target;
+
+static void on_signal(int sig) { interrupted = sig; }
+
+double soak_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+#define MSG_MAX (sizeof(soak_msg_request_t) + (SOAK_MAX_PROMPT + SOAK_MAX_ANSWER) * 4u)
+
+/* ---- node processes ------------------------------------------------------------ */
+
+void soak_node_start(soak_t *s, uint32_t i)
+{
+    node_proc_t *np = &s->nodes[i];
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        perror("kvrt-soak: socketpair");
+        exit(2);
+    }
+    int big = 4 << 20;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+    setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("kvrt-soak: fork");
+        exit(2);
+    }
+    if (pid == 0) {
+        /* A node never outlives the supervisor, however it ends. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        signal(SIGINT, SIG_IGN);
+        signal(SIGTERM, SIG_DFL);
+        close(sv[0]);
+        char listen[64];
+        if (s->netns) {
+            if (soak_net_enter(&s->net, i) != 0)
+                _exit(6);
+            snprintf(listen, sizeof(listen), "%s:7100", s->net.address[i]);
+        } else {
+            snprintf(listen, sizeof(listen), "127.0.0.1:0");
+        }
+        soak_node_config_t cfg = {.index = i, .listen = listen, .control_fd = sv[1],
+                                  .pool_blocks = s->o.pool_blocks,
+                                  .transfer_timeout_ms = s->o.transfer_timeout_ms,
+                                  .time_scale = s->o.time_scale,
+                                  .seed = s->o.seed * 1000003u + i * 7919u + np->generation};
+        _exit(soak_node_main(&cfg));
+    }
+    close(sv[1]);
+    np->pid = pid;
+    np->fd = sv[0];
+    np->state = NODE_STARTING;
+    np->stopped = np->killed_on_purpose = np->reported = 0;
+    np->last = (soak_node_counters_t){0};
+}
+
+void soak_send(soak_t *s, uint32_t i, const void *msg, size_t len)
+{
+    node_proc_t *np = &s->nodes[i];
+    if (np->state != NODE_UP && np->state != NODE_STARTING)
+        return;
+    /* A stopped node's socket fills; the send then fails at once and the
+     * request fails with it (a router would see a dead peer the same way). */
+    if (send(np->fd, msg, len, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)len)
+        return;
+}
+
+static void counters_add(soak_node_counters_t *sum, const soak_node_counters_t *c)
+{
+    sum->pulls += c->pulls;
+    sum->pull_failures += c->pull_failures;
+    sum->blocks_pulled += c->blocks_pulled;
+    sum->blocks_stale += c->blocks_stale;
+    sum->corrupt_injected += c->corrupt_injected;
+    sum->corrupt_rejected += c->corrupt_rejected;
+    sum->corrupt_used += c->corrupt_used;
+    sum->blocks_checked += c->blocks_checked;
+    sum->steps += c->steps;
+}
+
+static void record_end(soak_t *s, record_t *r, const soak_msg_end_t *m)
+{
+    soak_report_t *rep = s->rep;
+    double t = soak_now() - s->t0;
+    int completed = 0;
+    if (!m) {
+        rep->failed++;
+        rep->failed_node_lost++;
+    } else if (m->reason == KVRT_END_STOP || m->reason == KVRT_END_LENGTH) {
+        rep->finished++;
+        completed = 1;
+        soak_bucket_t *b = soak_bucket_at(rep, t);
+        if (b) {
+            b->finished++;
+            b->hit_tokens += m->cached_tokens;
+            b->prompt_tokens += m->prompt_len;
+            if (m->ttft_ms >= 0)
+                sim_samples_add(&b->ttft_ms, m->ttft_ms);
+        }
+        if (m->ttft_ms >= 0)
+            sim_samples_add(&rep->ttft_all, m->ttft_ms);
+    } else if (m->reason == KVRT_END_ABORTED) {
+        rep->aborted++;
+    } else {
+        rep->failed++;
+    }
+    r->live = 0;
+    uint32_t generated = m && m->output_tokens <= r->req.answer_len ? m->output_tokens : 0;
+    sim_workload_done(s->workload, &r->req, t * 1e6, generated, completed);
+    free(r->req.answer);
+    r->req.answer = NULL;
+}
+
+/* A node process is gone: its requests fail, its counters are kept. */
+static void node_lost(soak_t *s, uint32_t i, int status)
+{
+    node_proc_t *np = &s->nodes[i];
+    if (!np->killed_on_purpose && !(np->state == NODE_DONE && WIFEXITED(status) &&
+                                    WEXITSTATUS(status) == 0)) {
+        s->rep->node_crashes++;
+        fprintf(stderr, "kvrt-soak: node %u (pid %d) died unexpectedly (status 0x%x)\n", i,
+                (int)np->pid, status);
+    }
+    counters_add(&s->rep->counters, &np->last);
+    np->last = (soak_node_counters_t){0};
+    for (uint64_t k = 0; k < s->num_recs; k++)
+        if (s->recs[k].live && s->recs[k].node == i)
+            record_end(s, &s->recs[k], NULL);
+    close(np->fd);
+    np->fd = -1;
+    np->pid = 0;
+    if (np->state != NODE_DONE) {
+        np->state = NODE_DOWN;
+        np->restart_at = soak_now() + 1.0;
+        np->generation++;
+    }
+}
+
+static void reap(soak_t *s)
+{
+    for (uint32_t i = 0; i < s->o.nodes; i++) {
+        node_proc_t *np = &s->nodes[i];
+        int status = 0;
+        if (np->pid > 0 && waitpid(np->pid, &status, WNOHANG) == np->pid)
+            node_lost(s, i, status);
+    }
+}
+
+static void on_hello(soak_t *s, uint32_t i, const soak_msg_peer_t *m)
+{
+    node_proc_t *np = &s->nodes[i];
+    np->hello = *m;
+    np->hello.type = SOAK_MSG_PEER;
+    np->hello.index = i;
+    np->hello.generation = np->generation;
+    np->state = NODE_UP;
+    for (uint32_t j = 0; j < s->o.nodes; j++) {
+        if (j == i || s->nodes[j].state != NODE_UP)
+            continue;
+        soak_send(s, j, &np->hello, sizeof(np->hello));
+        soak_send(s, i, &s->nodes[j].hello, sizeof(s->nodes[j].hello));
+    }
+}
+
+static void on_node_message(soak_t *s, uint32_t i, const uint8_t *buf, size_t len)
+{
+    node_proc_t *np = &s->nodes[i];
+    uint32_t type = 0;
+    memcpy(&type, buf, len >= 4 ? 4 : 0);
+    if (type == SOAK_MSG_HELLO && len == sizeof(soak_msg_peer_t)) {
+        soak_msg_peer_t m;
+        memcpy(&m, buf, sizeof(m));
+        on_hello(s, i, &m);
+    } else if (type == SOAK_MSG_END && len == sizeof(soak_msg_end_t)) {
+        soak_msg_end_t m;
+        memcpy(&m, buf, sizeof(m));
+        if (m.id >= s->num_recs || !s->recs[m.id].live || s->recs[m.id].node != i)
+            s->rep->ended_twice++;
+        else
+            record_end(s, &s->recs[m.id], &m);
+    } else if (type == SOAK_MSG_STATS && len == sizeof(soak_msg_stats_t)) {
+        soak_msg_stats_t m;
+        memcpy(&m, buf, sizeof(m));
+        np->last = m.counters;
+    } else if (type == SOAK_MSG_REPORT && len == sizeof(soak_msg_report_t)) {
+        soak_msg_report_t m;
+        memcpy(&m, buf, sizeof(m));
+        np->last = m.counters;
+        np->reported = 1;
+        soak_report_t *rep = s->rep;
+        rep->leaked_blocks += m.used_blocks;
+        rep->leaked_registrations += m.registrations;
+        rep->outstanding_transfers += m.outstanding;
+        rep->unfinished += m.unfinished;
+        rep->verify_failures += (m.pool_verify != KVRT_OK) + (m.cache_verify != KVRT_OK);
+        if (m.used_blocks || m.registrations || m.outstanding || m.pool_verify || m.cache_verify)
+            fprintf(stderr, "kvrt-soak: node %u at the end: %u blocks used, %llu "
+                            "registrations, %llu transfers outstanding, verify %d/%d\n",
+                    i, m.used_blocks, (unsigned long long)m.registrations,
+                    (unsigned long long)m.outstanding, m.pool_verify, m.cache_verify);
+    } else {
+        fprintf(stderr, "kvrt-soak: node %u sent an unknown message (%u, %zu bytes)\n", i, type,
+                len);
+        s->rep->node_crashes++;
+    }
+}
+
+/* Waits up to timeout_ms for node messages and handles them. */
+static void pump(soak_t *s, int timeout_ms)
+{
+    struct pollfd pfd[SOAK_MAX_NODES];
+    uint32_t idx[SOAK_MAX_NODES], n = 0;
+    for (uint32_t i = 0; i < s->o.nodes; i++)
+        if (s->nodes[i].fd >= 0 && s->nodes[i].pid > 0) {
+            pfd[n] = (struct pollfd){.fd = s->nodes[i].fd, .events = POLLIN};
+            idx[n++] = i;
+        }
+    if (poll(pfd, n, timeout_ms) <= 0)
+        return;
+    for (uint32_t k = 0; k < n; k++) {
+        for (int m = 0; m < 4096 && (pfd[k].revents & POLLIN); m++) {
+            ssize_t got = recv(pfd[k].fd, s->buf, MSG_MAX, MSG_DONTWAIT);
+            if (got <= 0)
+                break;
+            on_node_message(s, idx[k], s->buf, (size_t)got);
+        }
+    }
+}
+
+/* ---- traffic ----------------------------------------------------------------------- */
+
+static uint32_t home_of(const soak_t *s, const sim_request_t *req)
+{
+    /* The node a prefix belongs to: a hash of its first block's tokens. */
+    uint64_t h = 1469598103934665603ull;
+    for (uint32_t k = 0; k < req->prompt_len && k < SOAK_BLOCK_TOKENS; k++)
+        h = (h ^ (uint32_t)req->prompt[k]) * 1099511628211ull;
+    return (uint32_t)(h % s->o.nodes);
+}
+
+static int pick_node(soak_t *s, uint32_t home)
+{
+    uint32_t up[SOAK_MAX_NODES], n = 0;
+    for (uint32_t i = 0; i < s->o.nodes; i++)
+        if (s->nodes[i].state == NODE_UP)
+            up[n++] = i;
+    if (n == 0)
+        return -1;
+    /* Half the traffic lands on the prefix's home; the rest elsewhere, so
+     * that node pulls the prefix from home. */
+    if (s->nodes[home].state == NODE_UP && sim_rng_unit(&s->rng) < 0.5)
+        return (int)home;
+    return (int)up[sim_rng_below(&s->rng, n)];
+}
+
+static void submit_arrivals(soak_t *s, double t)
+{
+    for (int k = 0; k < 1000 && sim_workload_next_arrival(s->workload) <= t * 1e6; k++) {
+        sim_request_t req;
+        char err[256];
+        if (sim_workload_pop(s->workload, &req, err, sizeof(err)) != 1)
+            return;
+        if (req.prompt_len > SOAK_MAX_PROMPT || req.answer_len > SOAK_MAX_ANSWER ||
+            req.id >= s->num_recs) {
+            s->skipped_too_long++;
+            sim_workload_done(s->workload, &req, t * 1e6, 0, 0);
+            free(req.answer);
+            continue;
+        }
+        uint32_t home = home_of(s, &req);
+        int target = pick_node(s, home);
+        record_t *r = &s->recs[req.id];
+        *r = (record_t){.live = 1, .node = target < 0 ? 0 : (uint32_t)target, .sent_s = t,
+                        .req = req};
+        s->rep->submitted++;
+        if (target < 0) {
+            record_end(s, r, NULL);
+            continue;
+        }
+        soak_msg_request_t m = {.type = SOAK_MSG_REQUEST, .home = home, .id = req.id,
+                                .prompt_len = req.prompt_len, .answer_len = req.answer_len};
+        memcpy(s->buf, &m, sizeof(m));
+        memcpy(s->buf + sizeof(m), req.prompt, req.prompt_len * 4u);
+        memcpy(s->buf + sizeof(m) + req.prompt_len * 4u, req.answer, req.answer_len * 4u);
+        size_t len = sizeof(m) + ((size_t)req.prompt_len + req.answer_len) * 4u;
+        if (send(s->nodes[target].fd, s->buf, len, MSG_DONTWAIT | MSG_NOSIGNAL) !=
+            (ssize_t)len) {
+            /* The node cannot take it (stopped, its queue full): the
+             * request fails now, as a client would see it. */
+            soak_msg_end_t end = {.type = SOAK_MSG_END, .reason = KVRT_END_FAILED, .id = req.id,
+                                  .status = KVRT_ERR_PEER_FAILED, .ttft_ms = -1};
+            record_end(s, r, &end);
+        }
+        /* The workload's prompt pointer is valid until the next pop. */
+        r->req.prompt = NULL;
+    }
+}
+
+static void check_hung(soak_t *s, double t)
+{
+    for (uint64_t k = 0; k < s->num_recs; k++) {
+        record_t *r = &s->recs[k];
+        if (r->live && !r->hung && t - r->sent_s > s->o.request_timeout_s) {
+            r->hung = 1;
+            s->rep->hung++;
+            fprintf(stderr, "kvrt-soak: request %llu on node %u outlived its %.0f s timeout\n",
+                    (unsigned long long)k, r->node, s->o.request_timeout_s);
+        }
+    }
+}
+
+static void sample_rss(soak_t *s)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    for (uint32_t i = 0; i < s->o.nodes; i++) {
+        if (s->nodes[i].pid <= 0)
+            continue;
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%d/statm", (int)s->nodes[i].pid);
+        FILE *f = fopen(path, "r");
+        unsigned long size = 0, rss = 0;
+        if (f && fscanf(f, "%lu %lu", &size, &rss) == 2 &&
+            (uint64_t)rss * (uint64_t)page > s->rep->max_rss_bytes)
+            s->rep->max_rss_bytes = (uint64_t)rss * (uint64_t)page;
+        if (f)
+            fclose(f);
+    }
+}
+
+/* ---- the run ------------------------------------------------------------------------- */
+
+static void kill_all(soak_t *s)
+{
+    for (uint32_t i = 0; i < s->o.nodes; i++) {
+        node_proc_t *np = &s->nodes[i];
+        if (np->pid <= 0)
+            continue;
+        kill(np->pid, SIGKILL);
+        kill(np->pid, SIGCONT);
+        waitpid(np->pid, NULL, 0);
+        np->pid = 0;
+    }
+}
+
+static void cleanup(void)
+{
+    if (!cleanup_target)
+        return;
+    kill_all(cleanup_target);
+    soak_net_down(&cleanup_target->net);
+}
+
+/* Traffic has stopped: let what is in flight end, then ask every node to
+ * check itself. */
+static void finish(soak_t *s)
+{
+    soak_fault_heal(s);
+    double give_up = soak_now() + s->o.request_timeout_s + 5.0;
+    for (;;) {
+        double t = soak_now();
+        reap(s);
+        for (uint32_t i = 0; i < s->o.nodes; i++)
+            if (s->nodes[i].state == NODE_DOWN && t >= s->nodes[i].restart_at)
+                soak_node_start(s, i);
+        uint64_t live = 0;
+        for (uint64_t k = 0; k < s->num_recs; k++)
+            live += s->recs[k].live;
+        int starting = 0;
+        for (uint32_t i = 0; i < s->o.nodes; i++)
+            starting |= s->nodes[i].state == NODE_STARTING || s->nodes[i].state == NODE_DOWN;
+        if ((live == 0 && !starting) || t > give_up || interrupted)
+            break;
+        check_hung(s, t - s->t0);
+        pump(s, 20);
+    }
+    soak_msg_corrupt_t fin = {.type = SOAK_MSG_FINISH};
+    for (uint32_t i = 0; i < s->o.nodes; i++)
+        if (s->nodes[i].state == NODE_UP) {
+            soak_send(s, i, &fin, sizeof(fin));
+            s->nodes[i].state = NODE_DONE;
+        }
+    double deadline = soak_now() + 90.0;
+    for (;;) {
+        int waiting = 0;
+        for (uint32_t i = 0; i < s->o.nodes; i++)
+            waiting |= s->nodes[i].state == NODE_DONE && s->nodes[i].pid > 0;
+        if (!waiting || soak_now() > deadline || interrupted)
+            break;
+        pump(s, 20);
+        sample_rss(s);
+        reap(s);
+    }
+    for (uint32_t i = 0; i < s->o.nodes; i++)
+        if (s->nodes[i].state == NODE_DONE && !s->nodes[i].reported)
+            s->rep->missing_reports++;
+    kill_all(s);
+    for (uint32_t i = 0; i < s->o.nodes; i++)
+        counters_add(&s->rep->counters, &s->nodes[i].last);
+    for (uint64_t k = 0; k < s->num_recs; k++)
+        if (s->recs[k].live) {
+            s->rep->lost++;
+            s->recs[k].live = 0;
+            free(s->recs[k].req.answer);
+        }
+}
+
+static void progress(const soak_t *s, double t)
+{
+    uint64_t faults = 0;
+    for (int k = 0; k < SOAK_FAULT_KINDS; k++)
+        faults += s->rep->faults[k];
+    const soak_report_t *r = s->rep;
+    printf("\r[%5.0f/%.0f s] %llu submitted, %llu finished, %llu failed, %llu faults, "
+           "rss %.0f MiB   ",
+           t, s->o.duration_s, (unsigned long long)r->submitted,
+           (unsigned long long)r->finished, (unsigned long long)r->failed,
+           (unsigned long long)faults, (double)r->max_rss_bytes / 1048576.0);
+    fflush(stdout);
+}
+
+static int run(soak_t *s)
+{
+    s->t0 = soak_now();
+    for (uint32_t i = 0; i < s->o.nodes; i++)
+        soak_node_start(s, i);
+    soak_fault_plan(s);
+    int tty = isatty(STDOUT_FILENO) && !s->o.json;
+    double next_tick = 0.0;
+    for (;;) {
+        double t = soak_now() - s->t0;
+        if (t >= s->o.duration_s || interrupted)
+            break;
+        reap(s);
+        for (uint32_t i = 0; i < s->o.nodes; i++)
+            if (s->nodes[i].state == NODE_DOWN && soak_now() >= s->nodes[i].restart_at)
+                soak_node_start(s, i);
+        submit_arrivals(s, t);
+        soak_fault_tick(s, t);
+        if (t >= next_tick) {
+            sample_rss(s);
+            check_hung(s, t);
+            if (tty)
+                progress(s, t);
+            next_tick = t + 1.0;
+        }
+        pump(s, 5);
+    }
+    if (tty)
+        printf("\n");
+    finish(s);
+    s->rep->duration_s = soak_now() - s->t0;
+    return interrupted ? -1 : 0;
+}
+
+/* ---- command line ------------------------------------------------------------------- */
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: kvrt-soak [options]\n"
+            "  --nodes N              node processes (2..%u, default 4)\n"
+            "  --duration S           seconds of traffic (default 150)\n"
+            "  --seed N               seeds the workload, routing and fault schedule (1)\n"
+            "  --faults LIST          kill,link,netem,slow,corrupt,diskfull,etcd,stop; 'all'\n"
+            "                         (default) or 'none'\n"
+            "  --fault-interval S     quiet seconds between faults (default 8)\n"
+            "  --fault-length S       seconds a link/netem/slow/corrupt fault lasts (5)\n"
+            "  --rate R               mean request arrivals per second (default 6)\n"
+            "  --trace FILE           replay a Mooncake (.jsonl) or Azure (.csv) trace\n"
+            "  --time-scale X         trace arrival times are multiplied by X (default 1)\n"
+            "  --request-timeout S    a request not ended after S seconds is hung (30)\n"
+            "  --transfer-timeout-ms N  every KV transfer's deadline (default 2000)\n"
+            "  --pool-blocks N        KV blocks per node (default 4096)\n"
+            "  --rss-limit-mb N       bound on every node's RSS (default 512)\n"
+            "  --loopback             no namespaces, even as root\n"
+            "  --json                 the report as JSON on stdout (summary on stderr)\n"
+            "  --plot DIR             soak.json and soak.png into DIR\n"
+            "Exit status: 0 when every invariant held, 1 when one broke, 2 on a usage or\n"
+            "setup error, 3 when interrupted.\n",
+            SOAK_MAX_NODES);
+}
+
+static int parse_faults(const char *list, int *on)
+{
+    int all = strcmp(list, "all") == 0, none = strcmp(list, "none") == 0;
+    for (int k = 0; k < SOAK_FAULT_KINDS; k++)
+        on[k] = all;
+    if (all || none)
+        return 0;
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", list);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        int found = 0;
+        for (int k = 0; k < SOAK_FAULT_KINDS; k++)
+            if (strcmp(tok, soak_fault_names[k]) == 0)
+                on[k] = found = 1;
+        if (!found) {
+            fprintf(stderr, "kvrt-soak: unknown fault kind '%s'\n", tok);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int parse_number(const char *name, const char *text, double lo, double hi, double *out)
+{
+    char *end = NULL;
+    double v = strtod(text, &end);
+    if (!end || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "kvrt-soak: --%s must be a number in [%g, %g]\n", name, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, options_t *o)
+{
+    *o = (options_t){.nodes = 4, .duration_s = 150, .rate = 6, .request_timeout_s = 30,
+                     .fault_interval_s = 8, .fault_length_s = 5, .time_scale = 1, .seed = 1,
+                     .transfer_timeout_ms = 2000, .pool_blocks = 4096, .rss_limit_mb = 512};
+    parse_faults("all", o->faults);
+    static const struct option longs[] = {
+        {"nodes", 1, 0, 'n'}, {"duration", 1, 0, 'd'}, {"seed", 1, 0, 's'},
+        {"faults", 1, 0, 'f'}, {"fault-interval", 1, 0, 'i'}, {"fault-length", 1, 0, 'l'},
+        {"rate", 1, 0, 'r'}, {"trace", 1, 0, 't'}, {"time-scale", 1, 0, 'x'},
+        {"request-timeout", 1, 0, 'q'}, {"transfer-timeout-ms", 1, 0, 'm'},
+        {"pool-blocks", 1, 0, 'b'}, {"rss-limit-mb", 1, 0, 'R'}, {"loopback", 0, 0, 'L'},
+        {"json", 0, 0, 'j'}, {"plot", 1, 0, 'p'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    int c;
+    double v = 0;
+    while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
+        const char *name = optind > 1 ? argv[optind - 1] + 2 : "";
+        int bad = 0;
+        switch (c) {
+        case 'n': bad = parse_number(name, optarg, 2, SOAK_MAX_NODES, &v); o->nodes = (uint32_t)v; break;
+        case 'd': bad = parse_number(name, optarg, 5, 7 * 86400, &o->duration_s); break;
+        case 's': bad = parse_number(name, optarg, 0, 9e15, &v); o->seed = (uint64_t)v; break;
+        case 'f': bad = parse_faults(optarg, o->faults); break;
+        case 'i': bad = parse_number(name, optarg, 0, 3600, &o->fault_interval_s); break;
+        case 'l': bad = parse_number(name, optarg, 0.5, 600, &o->fault_length_s); break;
+        case 'r': bad = parse_number(name, optarg, 0.1, 1000, &o->rate); break;
+        case 't': o->trace = optarg; break;
+        case 'x': bad = parse_number(name, optarg, 1e-6, 1e6, &o->time_scale); break;
+        case 'q': bad = parse_number(name, optarg, 1, 3600, &o->request_timeout_s); break;
+        case 'm': bad = parse_number(name, optarg, 50, 600000, &v); o->transfer_timeout_ms = (uint32_t)v; break;
+        case 'b': bad = parse_number(name, optarg, 256, 1 << 20, &v); o->pool_blocks = (uint32_t)v; break;
+        case 'R': bad = parse_number(name, optarg, 16, 1 << 20, &v); o->rss_limit_mb = (uint64_t)v; break;
+        case 'L': o->loopback = 1; break;
+        case 'j': o->json = 1; break;
+        case 'p': o->plot_dir = optarg; break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return -1;
+        }
+        if (bad)
+            return -1;
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+static int open_workload(soak_t *s)
+{
+    char err[512];
+    const options_t *o = &s->o;
+    if (o->trace) {
+        if (trace_load(o->trace, trace_format_from_name(o->trace), &s->trace, err,
+                       sizeof(err)) != 0) {
+            fprintf(stderr, "kvrt-soak: %s\n", err);
+            return -1;
+        }
+        sim_trace_params_t tp = {.seed = o->seed, .time_scale = o->time_scale,
+                                 .copy_prob = 0.15};
+        if (sim_workload_trace(&s->trace, &tp, &s->workload, err, sizeof(err)) != 0) {
+            fprintf(stderr, "kvrt-soak: %s\n", err);
+            return -1;
+        }
+    } else {
+        sim_synthetic_params_t p = sim_synthetic_defaults();
+        p.seed = o->seed;
+        p.rate = o->rate;
+        p.num_requests = (uint32_t)fmin(o->rate * o->duration_s * 2.0 + 100.0, 4e7);
+        p.system_len = 600;
+        p.user_len = 120;
+        p.output_len = 48;
+        p.max_output = 128;
+        p.max_prompt = SOAK_MAX_PROMPT;
+        p.think_s = 2.0;
+        p.abort_prob = 0.0;
+        if (sim_workload_synthetic(&p, &s->workload, err, sizeof(err)) != 0) {
+            fprintf(stderr, "kvrt-soak: %s\n", err);
+            return -1;
+        }
+    }
+    s->num_recs = sim_workload_planned(s->workload);
+    s->recs = calloc(s->num_recs ? s->num_recs : 1, sizeof(record_t));
+    return s->recs ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    static soak_t soak;
+    static soak_report_t report;
+    soak_t *s = &soak;
+    if (parse_args(argc, argv, &s->o) != 0)
+        return 2;
+    s->rep = &report;
+    s->rng = sim_rng_stream(s->o.seed, 0x50a4);
+    s->buf = malloc(MSG_MAX);
+    for (uint32_t i = 0; i < SOAK_MAX_NODES; i++)
+        s->nodes[i].fd = -1;
+    /* The plot script sits next to this program's sources. */
+    s->o.plot_script = KVRT_SOAK_PLOT_SCRIPT;
+    if (!s->buf || open_workload(s) != 0)
+        return 2;
+
+    static char network[160];
+    const char *why = s->o.loopback ? "--loopback" : soak_net_up(&s->net, s->o.nodes);
+    s->netns = why == NULL;
+    if (s->netns)
+        snprintf(network, sizeof(network), "netns (bridge %.40s, 10.231.%u.0/24)",
+                 s->net.bridge_ns, s->net.tag % 250u);
+    else
+        snprintf(network, sizeof(network), "loopback (no namespaces: %.100s)", why);
+    cleanup_target = s;
+    atexit(cleanup);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    report.network = network;
+    report.nodes = s->o.nodes;
+    report.rss_limit_bytes = s->o.rss_limit_mb << 20;
+    int have_tc = s->netns && soak_sh("tc -V") == 0;
+    for (int k = 0; k < SOAK_FAULT_KINDS; k++) {
+        report.enabled[k] = s->o.faults[k];
+        report.available[k] = k == SOAK_FAULT_KILL || k == SOAK_FAULT_STOP ||
+                              k == SOAK_FAULT_CORRUPT || (k == SOAK_FAULT_LINK && s->netns) ||
+                              ((k == SOAK_FAULT_NETEM || k == SOAK_FAULT_SLOW) && have_tc);
+    }
+    fprintf(stderr, "kvrt-soak: %u nodes over %s, %.0f s, seed %llu\n", s->o.nodes, network,
+            s->o.duration_s, (unsigned long long)s->o.seed);
+
+    int rc = run(s);
+    cleanup();
+    cleanup_target = NULL;
+    if (s->skipped_too_long)
+        fprintf(stderr, "kvrt-soak: %llu trace requests longer than %u prompt tokens skipped\n",
+                (unsigned long long)s->skipped_too_long, SOAK_MAX_PROMPT);
+    soak_report_print(&report, s->o.json ? stderr : stdout);
+    if (s->o.json)
+        soak_report_json(&report, stdout);
+    if (s->o.plot_dir && soak_report_plot(&report, s->o.plot_dir, s->o.plot_script) != 0)
+        rc = -2;
+    int ok = soak_report_ok(&report, NULL);
+    soak_report_free(&report);
+    sim_workload_destroy(s->workload);
+    trace_free(&s->trace);
+    free(s->recs);
+    free(s->buf);
+    if (rc == -1)
+        return 3;
+    return ok && rc == 0 ? 0 : 1;
+}

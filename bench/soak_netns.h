@@ -1,0 +1,43 @@
+/*
+ * soak_netns.h - kvrt-soak's private network: a bridge namespace and one
+ * namespace per node, each joined to the bridge by a veth pair, addresses
+ * in 10.231.<k>.0/24 that exist only inside those namespaces. Names carry
+ * the supervisor's pid so runs never collide. Needs root and iproute2;
+ * without them the caller falls back to loopback.
+ */
+#ifndef KVRT_BENCH_SOAK_NETNS_H
+#define KVRT_BENCH_SOAK_NETNS_H
+
+#include <stdint.h>
+
+#include "soak_proto.h"
+
+typedef struct soak_net {
+    int made;                       /* namespaces exist (teardown owed) */
+    uint32_t nodes;
+    unsigned tag;                   /* the pid, in names */
+    char bridge_ns[40];
+    char node_ns[SOAK_MAX_NODES][40];
+    char node_if[SOAK_MAX_NODES][16];  /* the node's end, inside its namespace */
+    char address[SOAK_MAX_NODES][32];  /* the node's address, no port */
+} soak_net_t;
+
+/* Builds the network. Returns NULL, or why it could not (then nothing is
+ * left behind). */
+const char *soak_net_up(soak_net_t *net, uint32_t nodes);
+
+/* Removes every namespace this run made (their veths go with them).
+ * Idempotent; async-signal-safe enough for an exit path (fork + exec). */
+void soak_net_down(soak_net_t *net);
+
+/* Runs a command quietly; returns its exit status. */
+int soak_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Enters the node's namespace (in a forked child). Returns 0 or -1. */
+int soak_net_enter(const soak_net_t *net, uint32_t node);
+
+/* Faults on a node's link. Each returns 0 or the failing command's status. */
+int soak_net_link(const soak_net_t *net, uint32_t node, int up);
+int soak_net_netem(const soak_net_t *net, uint32_t node, const char *args); /* NULL: clear */
+
+#endif /* KVRT_BENCH_SOAK_NETNS_H */
