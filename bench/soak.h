@@ -73,6 +73,11 @@ typedef struct soak {
     uint64_t skipped_too_long;
 } soak_t;
 
+/* The link faults' queueing disciplines: delay, loss and reordering
+ * (sch_netem), and a throttled link (sch_tbf). */
+#define SOAK_NETEM "netem delay 20ms 10ms loss 3% reorder 10% 50% corrupt 1%"
+#define SOAK_SLOW "tbf rate 2mbit burst 32kbit latency 400ms"
+
 /* Seconds on CLOCK_MONOTONIC. */
 double soak_now(void);
 

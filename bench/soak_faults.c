@@ -48,6 +48,16 @@ static int victim(soak_t *s, uint32_t *out)
     return 0;
 }
 
+/* Arms (or disarms) the receive-path corrupter of every node, so whichever
+ * node pulls next gets a damaged block. */
+static int corrupter(soak_t *s, int armed)
+{
+    soak_msg_corrupt_t m = {.type = SOAK_MSG_CORRUPT, .armed = (uint32_t)armed};
+    for (uint32_t i = 0; i < s->o.nodes; i++)
+        soak_send(s, i, &m, sizeof(m));
+    return 0;
+}
+
 static int inject(soak_t *s, soak_fault_kind_t kind, uint32_t node, double *length)
 {
     node_proc_t *np = &s->nodes[node];
@@ -65,15 +75,11 @@ static int inject(soak_t *s, soak_fault_kind_t kind, uint32_t node, double *leng
     case SOAK_FAULT_LINK:
         return soak_net_link(&s->net, node, 0);
     case SOAK_FAULT_NETEM:
-        return soak_net_netem(&s->net, node,
-                              "delay 20ms 10ms loss 3% reorder 10% 50% corrupt 1%");
+        return soak_net_qdisc(&s->net, node, SOAK_NETEM);
     case SOAK_FAULT_SLOW:
-        return soak_net_netem(&s->net, node, "rate 2mbit");
-    case SOAK_FAULT_CORRUPT: {
-        soak_msg_corrupt_t m = {.type = SOAK_MSG_CORRUPT, .armed = 1};
-        soak_send(s, node, &m, sizeof(m));
-        return 0;
-    }
+        return soak_net_qdisc(&s->net, node, SOAK_SLOW);
+    case SOAK_FAULT_CORRUPT:
+        return corrupter(s, 1);
     default:
         return -1; /* diskfull, etcd: not available, never planned */
     }
@@ -97,13 +103,11 @@ void soak_fault_heal(soak_t *s)
         break;
     case SOAK_FAULT_NETEM:
     case SOAK_FAULT_SLOW:
-        soak_net_netem(&s->net, f->node, NULL);
+        soak_net_qdisc(&s->net, f->node, NULL);
         break;
-    case SOAK_FAULT_CORRUPT: {
-        soak_msg_corrupt_t m = {.type = SOAK_MSG_CORRUPT, .armed = 0};
-        soak_send(s, f->node, &m, sizeof(m));
+    case SOAK_FAULT_CORRUPT:
+        corrupter(s, 0);
         break;
-    }
     default:
         break;
     }

@@ -670,12 +670,14 @@ int main(int argc, char **argv)
     report.network = network;
     report.nodes = s->o.nodes;
     report.rss_limit_bytes = s->o.rss_limit_mb << 20;
-    int have_tc = s->netns && soak_sh("tc -V") == 0;
+    int have_netem = s->netns && soak_net_has_qdisc(&s->net, SOAK_NETEM);
+    int have_tbf = s->netns && soak_net_has_qdisc(&s->net, SOAK_SLOW);
     for (int k = 0; k < SOAK_FAULT_KINDS; k++) {
         report.enabled[k] = s->o.faults[k];
         report.available[k] = k == SOAK_FAULT_KILL || k == SOAK_FAULT_STOP ||
                               k == SOAK_FAULT_CORRUPT || (k == SOAK_FAULT_LINK && s->netns) ||
-                              ((k == SOAK_FAULT_NETEM || k == SOAK_FAULT_SLOW) && have_tc);
+                              (k == SOAK_FAULT_NETEM && have_netem) ||
+                              (k == SOAK_FAULT_SLOW && have_tbf);
     }
     fprintf(stderr, "kvrt-soak: %u nodes over %s, %.0f s, seed %llu\n", s->o.nodes, network,
             s->o.duration_s, (unsigned long long)s->o.seed);

@@ -92,9 +92,17 @@ int soak_net_link(const soak_net_t *net, uint32_t node, int up)
     return soak_sh("ip -n %s link set eth0 %s", net->node_ns[node], up ? "up" : "down");
 }
 
-int soak_net_netem(const soak_net_t *net, uint32_t node, const char *args)
+int soak_net_qdisc(const soak_net_t *net, uint32_t node, const char *qdisc)
 {
-    if (!args)
+    if (!qdisc)
         return soak_sh("tc -n %s qdisc del dev eth0 root", net->node_ns[node]);
-    return soak_sh("tc -n %s qdisc replace dev eth0 root netem %s", net->node_ns[node], args);
+    return soak_sh("tc -n %s qdisc replace dev eth0 root %s", net->node_ns[node], qdisc);
+}
+
+int soak_net_has_qdisc(const soak_net_t *net, const char *qdisc)
+{
+    if (!net->made || soak_net_qdisc(net, 0, qdisc) != 0)
+        return 0;
+    soak_net_qdisc(net, 0, NULL);
+    return 1;
 }

@@ -38,6 +38,12 @@ int soak_net_enter(const soak_net_t *net, uint32_t node);
 
 /* Faults on a node's link. Each returns 0 or the failing command's status. */
 int soak_net_link(const soak_net_t *net, uint32_t node, int up);
-int soak_net_netem(const soak_net_t *net, uint32_t node, const char *args); /* NULL: clear */
+/* Replaces the root qdisc of the node's link ("netem delay 20ms", "tbf
+ * ..."); NULL restores the default. */
+int soak_net_qdisc(const soak_net_t *net, uint32_t node, const char *qdisc);
+
+/* 1 when the kernel offers this qdisc (tried on node 0's link, then
+ * removed): sch_netem is a module many kernels leave out. */
+int soak_net_has_qdisc(const soak_net_t *net, const char *qdisc);
 
 #endif /* KVRT_BENCH_SOAK_NETNS_H */

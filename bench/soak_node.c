@@ -388,13 +388,13 @@ static void pull_blocks(node_t *n, pull_t *pl)
 }
 
 /*
- * The test-only corrupter on the receive path: while armed, one landed
- * block in four has one byte past its header flipped before the node
+ * The test-only corrupter on the receive path: while armed, every pull
+ * that lands has one byte past a block's header flipped before the node
  * verifies it, as a damaged delivery would.
  */
 static void corrupt_on_arrival(node_t *n, pull_t *pl)
 {
-    if (!n->corrupt_armed || soak_splitmix(&n->rng) % 4 != 0)
+    if (!n->corrupt_armed)
         return;
     uint32_t k = (uint32_t)(soak_splitmix(&n->rng) % pl->count);
     uint32_t page = (uint32_t)(soak_splitmix(&n->rng) % (SOAK_LAYERS * 2));
