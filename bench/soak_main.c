@@ -289,7 +289,12 @@ static int pick_node(soak_t *s, uint32_t home)
 
 static void submit_arrivals(soak_t *s, double t)
 {
-    for (int k = 0; k < 1000 && sim_workload_next_arrival(s->workload) <= t * 1e6; k++) {
+    int any_up = 0;
+    for (uint32_t i = 0; i < s->o.nodes; i++)
+        any_up |= s->nodes[i].state == NODE_UP;
+    /* With no node up the requests wait in front of the cluster. */
+    for (int k = 0; any_up && k < 1000 && sim_workload_next_arrival(s->workload) <= t * 1e6;
+         k++) {
         sim_request_t req;
         char err[256];
         if (sim_workload_pop(s->workload, &req, err, sizeof(err)) != 1)
@@ -452,11 +457,33 @@ static void progress(const soak_t *s, double t)
     fflush(stdout);
 }
 
-static int run(soak_t *s)
+/* Starts every node and waits (at most 30 s) until each has said hello,
+ * so traffic starts on a whole cluster. */
+static int start_nodes(soak_t *s)
 {
-    s->t0 = soak_now();
     for (uint32_t i = 0; i < s->o.nodes; i++)
         soak_node_start(s, i);
+    double give_up = soak_now() + 30.0;
+    for (;;) {
+        uint32_t up = 0;
+        for (uint32_t i = 0; i < s->o.nodes; i++)
+            up += s->nodes[i].state == NODE_UP;
+        if (up == s->o.nodes)
+            return 0;
+        if (soak_now() > give_up || interrupted) {
+            fprintf(stderr, "kvrt-soak: %u of %u nodes started\n", up, s->o.nodes);
+            return -1;
+        }
+        reap(s);
+        pump(s, 20);
+    }
+}
+
+static int run(soak_t *s)
+{
+    if (start_nodes(s) != 0)
+        return -1;
+    s->t0 = soak_now();
     soak_fault_plan(s);
     int tty = isatty(STDOUT_FILENO) && !s->o.json;
     double next_tick = 0.0;
