@@ -22,10 +22,13 @@ target_link_libraries(kvrt_sim_model PUBLIC PkgConfig::CJSON m)
 # The engine loop and the report, over the real scheduler, cache and pool.
 add_library(kvrt_sim_engine STATIC
   ${KVRT_SIM_DIR}/sim_engine.c
-  ${KVRT_SIM_DIR}/sim_report.c)
+  ${KVRT_SIM_DIR}/sim_report.c
+  ${KVRT_SIM_DIR}/sim_cluster.c
+  ${KVRT_SIM_DIR}/sim_cluster_report.c)
 target_link_libraries(kvrt_sim_engine PUBLIC kvrt_sim_model kvrt_static)
 
 if(KVRT_BUILD_BENCH)
-  add_executable(kvrt-sim ${KVRT_SIM_DIR}/sim_main.c)
+  add_executable(kvrt-sim ${KVRT_SIM_DIR}/sim_main.c ${KVRT_SIM_DIR}/sim_metrics.c
+                 ${KVRT_SIM_DIR}/metrics_http.c)
   target_link_libraries(kvrt-sim PRIVATE kvrt_sim_engine)
 endif()

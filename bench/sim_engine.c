@@ -645,7 +645,8 @@ static int loop(engine_t *e, sim_progress_fn progress, void *user)
             sim_progress_t p = {.ended = e->res->submitted - e->live,
                                 .planned = sim_workload_planned(e->workload),
                                 .sim_s = e->now_us / 1e6,
-                                .steps = e->res->steps};
+                                .steps = e->res->steps,
+                                .ctx = e->ctx};
             progress(user, &p);
         }
     }
@@ -747,7 +748,7 @@ int sim_run(const sim_config_t *config, sim_workload_t *workload, sim_progress_f
         rc = collect(&e);
     if (rc == 0 && progress) {
         sim_progress_t p = {.ended = res.submitted, .planned = res.submitted,
-                            .sim_s = res.sim_s, .steps = res.steps};
+                            .sim_s = res.sim_s, .steps = res.steps, .ctx = e.ctx};
         progress(progress_user, &p);
     }
     close_engine(&e);

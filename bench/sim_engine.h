@@ -104,6 +104,7 @@ typedef struct sim_progress {
     uint64_t ended, planned;       /* requests */
     double sim_s;
     uint64_t steps;
+    kvrt_ctx_t *ctx;               /* the run's context, for metrics, during the call */
 } sim_progress_t;
 
 /* Called every few hundred steps and once at the end. */

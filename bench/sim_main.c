@@ -13,7 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sim_cluster.h"
 #include "sim_engine.h"
+#include "sim_metrics.h"
 #include "sim_report.h"
 #include "trace.h"
 
@@ -27,6 +29,10 @@ typedef struct options {
     double deadline_ms;
     bool json;
     bool progress;
+    sim_cluster_config_t cluster; /* --nodes and the other cluster options */
+    const char *metrics_out;    /* NULL: no metrics file */
+    int metrics_port;           /* -1: no endpoint */
+    double metrics_hold_s;
 } options_t;
 
 static void usage(FILE *out)
@@ -87,9 +93,23 @@ static void usage(FILE *out)
 "  --no-adaptive-draft     always propose k drafts\n"
 "  --draft-accept P        --spec draft: chance each draft token is right [%g]\n"
 "\n"
+"cluster (docs/cluster.md)\n"
+"  --nodes N               simulate N engines behind kvrt's router [1]\n"
+"  --router R              round-robin, least-loaded or cache-aware [cache-aware]\n"
+"  --route-prefill-weight X  router cost of one prefill token [1]\n"
+"  --route-decode-weight X   router cost of one running decode [20]\n"
+"  --kv-sharing S          none, or pull (fetch a peer's prefix when cheaper) [none]\n"
+"  --disaggregate P:D      P prefill nodes hand their KV to D decode nodes\n"
+"  --net-gbps X            NIC bandwidth per node, Gb/s [200]\n"
+"  --net-latency-us X      fixed cost of one transfer [20]\n"
+"\n"
 "output\n"
 "  --json                  one JSON object on stdout instead of the summary\n"
 "  --no-progress           no progress bar (it is drawn only on a terminal)\n"
+"  --metrics-out FILE      write kvrt's final metrics there (Prometheus text)\n"
+"  --metrics-port N        serve GET /metrics on 127.0.0.1:N during the run\n"
+"                          (0: any free port, printed on stderr)\n"
+"  --metrics-hold S        keep serving S seconds after the run [0]\n"
 "  --help                  this text\n"
 "\n"
 "Exit status: 0 done, 1 the simulation failed, 2 bad usage or input.\n",
@@ -143,7 +163,10 @@ enum {
     OPT_KV_READ, OPT_ATTN, OPT_DRAFT_US, OPT_KV_GB, OPT_LAYERS, OPT_KV_HEADS, OPT_HEAD_DIM,
     OPT_BLOCK_TOKENS, OPT_BATCH_TOKENS, OPT_MAX_SEQS, OPT_CHUNK, OPT_NO_WATERMARK,
     OPT_MAX_WAITING, OPT_CACHE, OPT_SPEC, OPT_SPEC_K, OPT_NGRAM_MIN, OPT_NGRAM_MAX,
-    OPT_NO_ADAPTIVE, OPT_DRAFT_ACCEPT, OPT_JSON, OPT_NO_PROGRESS, OPT_HELP
+    OPT_NO_ADAPTIVE, OPT_DRAFT_ACCEPT, OPT_JSON, OPT_NO_PROGRESS, OPT_METRICS_OUT,
+    OPT_METRICS_PORT, OPT_METRICS_HOLD, OPT_HELP,
+    OPT_NODES, OPT_ROUTER, OPT_ROUTE_PREFILL, OPT_ROUTE_DECODE, OPT_SHARING, OPT_DISAGG,
+    OPT_NET_GBPS, OPT_NET_LATENCY
 };
 
 static const struct option long_options[] = {
@@ -192,7 +215,18 @@ static const struct option long_options[] = {
     {"draft-accept", required_argument, NULL, OPT_DRAFT_ACCEPT},
     {"json", no_argument, NULL, OPT_JSON},
     {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+    {"metrics-out", required_argument, NULL, OPT_METRICS_OUT},
+    {"metrics-port", required_argument, NULL, OPT_METRICS_PORT},
+    {"metrics-hold", required_argument, NULL, OPT_METRICS_HOLD},
     {"help", no_argument, NULL, OPT_HELP},
+    {"nodes", required_argument, NULL, OPT_NODES},
+    {"router", required_argument, NULL, OPT_ROUTER},
+    {"route-prefill-weight", required_argument, NULL, OPT_ROUTE_PREFILL},
+    {"route-decode-weight", required_argument, NULL, OPT_ROUTE_DECODE},
+    {"kv-sharing", required_argument, NULL, OPT_SHARING},
+    {"disaggregate", required_argument, NULL, OPT_DISAGG},
+    {"net-gbps", required_argument, NULL, OPT_NET_GBPS},
+    {"net-latency-us", required_argument, NULL, OPT_NET_LATENCY},
     {NULL, 0, NULL, 0},
 };
 
@@ -299,8 +333,49 @@ static int apply_option(options_t *o, int opt, const char *arg)
         return parse_u32("ngram-max", arg, 1, KVRT_SCHED_MAX_NGRAM, &c->ngram_max);
     case OPT_NO_ADAPTIVE: c->adaptive_draft = 0; return 0;
     case OPT_DRAFT_ACCEPT: return parse_double("draft-accept", arg, 0.0, 1.0, &c->draft_accept);
+    case OPT_NODES: return parse_u32("nodes", arg, 1, KVRT_CLUSTER_MAX_NODES, &o->cluster.nodes);
+    case OPT_ROUTER: {
+        static const char *const names[] = {"round-robin", "least-loaded", "cache-aware"};
+        int i = parse_choice("router", arg, names, 3, "round-robin, least-loaded or cache-aware");
+        if (i < 0)
+            return -1;
+        o->cluster.router = (kvrt_route_policy_t)i;
+        return 0;
+    }
+    case OPT_ROUTE_PREFILL:
+        return parse_double("route-prefill-weight", arg, 0.0, big, &o->cluster.prefill_weight);
+    case OPT_ROUTE_DECODE:
+        return parse_double("route-decode-weight", arg, 0.0, big, &o->cluster.decode_weight);
+    case OPT_SHARING: {
+        static const char *const names[] = {"none", "pull"};
+        int i = parse_choice("kv-sharing", arg, names, 2, "none or pull");
+        if (i < 0)
+            return -1;
+        o->cluster.sharing = (sim_kv_sharing_t)i;
+        return 0;
+    }
+    case OPT_DISAGG: {
+        unsigned p = 0, d = 0;
+        char tail;
+        if (sscanf(arg, "%u:%u%c", &p, &d, &tail) != 2 || p == 0 || d == 0 ||
+            p + d > KVRT_CLUSTER_MAX_NODES)
+            return bad_value("disaggregate", "P:D, both >= 1, P + D <= 64", arg);
+        o->cluster.prefill_nodes = p;
+        o->cluster.decode_nodes = d;
+        return 0;
+    }
+    case OPT_NET_GBPS: return parse_double("net-gbps", arg, 1e-3, 1e6, &o->cluster.net_gbps);
+    case OPT_NET_LATENCY:
+        return parse_double("net-latency-us", arg, 0.0, 1e9, &o->cluster.net_latency_us);
     case OPT_JSON: o->json = true; return 0;
     case OPT_NO_PROGRESS: o->progress = false; return 0;
+    case OPT_METRICS_OUT: o->metrics_out = arg; return 0;
+    case OPT_METRICS_PORT:
+        if (parse_u32("metrics-port", arg, 0, 65535, &u) != 0)
+            return -1;
+        o->metrics_port = (int)u;
+        return 0;
+    case OPT_METRICS_HOLD: return parse_double("metrics-hold", arg, 0.0, 86400.0, &o->metrics_hold_s);
     default: return -1;
     }
 }
@@ -312,7 +387,9 @@ static int parse_options(int argc, char **argv, options_t *o)
                      .synthetic = sim_synthetic_defaults(),
                      .trace_format = TRACE_FORMAT_AUTO,
                      .time_scale = 1.0,
-                     .progress = true};
+                     .progress = true,
+                     .metrics_port = -1,
+                     .cluster = sim_cluster_config_default()};
     int opt;
     opterr = 0;
     while ((opt = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
@@ -341,6 +418,8 @@ static int parse_options(int argc, char **argv, options_t *o)
                 o->config.ngram_min, o->config.ngram_max);
         return -1;
     }
+    if (o->cluster.prefill_nodes && o->cluster.nodes == 1)
+        o->cluster.nodes = o->cluster.prefill_nodes + o->cluster.decode_nodes;
     if (o->requests)
         o->synthetic.num_requests = o->requests;
     o->synthetic.deadline_ms = o->deadline_ms;
@@ -382,6 +461,34 @@ static int make_workload(const options_t *o, trace_t *trace, sim_workload_t **wo
     return 0;
 }
 
+/* --nodes N > 1 or --disaggregate: the multi-node simulator (sim_cluster.h). */
+static int run_cluster(const options_t *o, sim_workload_t *workload, trace_t *trace,
+                       sim_progress_bar_t *bar, const char *describe)
+{
+    char error[512];
+    sim_config_t config = o->config;
+    config.spec = SIM_SPEC_OFF; /* not simulated across nodes */
+    sim_cluster_results_t results;
+    int rc = sim_cluster_run(&config, &o->cluster, workload, sim_progress_bar_update, bar,
+                             &results, error, sizeof error);
+    sim_workload_destroy(workload);
+    trace_free(trace);
+    if (rc != 0) {
+        fprintf(stderr, "%skvrt-sim: %s\n", bar->drawn ? "\r\033[K" : "", error);
+        return 1;
+    }
+    if (o->json)
+        rc = sim_cluster_report_json(stdout, describe, &config, &o->cluster, &results);
+    else
+        sim_cluster_report_text(stdout, describe, &config, &o->cluster, &results);
+    sim_cluster_results_free(&results);
+    if (rc != 0) {
+        fprintf(stderr, "kvrt-sim: out of memory writing JSON\n");
+        return 1;
+    }
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     options_t o;
@@ -402,22 +509,37 @@ int main(int argc, char **argv)
     }
     sim_progress_bar_t bar;
     sim_progress_bar_init(&bar, stderr, o.progress);
+    if (o.cluster.nodes > 1 || o.cluster.prefill_nodes)
+        return run_cluster(&o, workload, &trace, &bar, describe);
+    sim_metrics_t metrics;
+    if (sim_metrics_open(&metrics, &bar, o.metrics_port, o.metrics_out != NULL) != 0) {
+        sim_workload_destroy(workload);
+        trace_free(&trace);
+        return 2;
+    }
     sim_results_t results;
-    int rc = sim_run(&o.config, workload, sim_progress_bar_update, &bar, &results, error,
+    int rc = sim_run(&o.config, workload, sim_metrics_progress, &metrics, &results, error,
                      sizeof error);
     sim_workload_destroy(workload);
     trace_free(&trace);
     if (rc != 0) {
         fprintf(stderr, "%skvrt-sim: %s\n", bar.drawn ? "\r\033[K" : "", error);
+        sim_metrics_close(&metrics, NULL, 0);
         return 1;
     }
     if (o.json) {
         if (sim_report_json(stdout, describe, &o.config, &results) != 0) {
             fprintf(stderr, "kvrt-sim: out of memory writing JSON\n");
+            sim_metrics_close(&metrics, NULL, 0);
             return 1;
         }
     } else {
         sim_report_text(stdout, describe, &o.config, &results);
     }
-    return fflush(stdout) == 0 ? 0 : 1;
+    if (fflush(stdout) != 0) {
+        sim_metrics_close(&metrics, NULL, 0);
+        return 1;
+    }
+    /* After the report, so a scraper's wait does not hold the results back. */
+    return sim_metrics_close(&metrics, o.metrics_out, o.metrics_hold_s) == 0 ? 0 : 1;
 }

@@ -122,7 +122,7 @@ void sim_report_text(FILE *out, const char *workload, const sim_config_t *c,
             r->wall_s, count(a, ratio((double)r->steps, r->wall_s)), r->sched_cpu_us_per_step);
 }
 
-static cJSON *latency_json(const sim_latency_t *l)
+cJSON *sim_report_latency_json(const sim_latency_t *l)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "count", (double)l->count);
@@ -188,9 +188,9 @@ int sim_report_json(FILE *out, const char *workload, const sim_config_t *c,
     cJSON_AddNumberToObject(tp, "output_tokens", (double)r->output_tokens);
     cJSON_AddNumberToObject(tp, "prompt_tokens_per_s", ratio((double)r->prompt_tokens, r->sim_s));
     cJSON_AddNumberToObject(tp, "output_tokens_per_s", ratio((double)r->output_tokens, r->sim_s));
-    cJSON_AddItemToObject(root, "ttft_ms", latency_json(&r->ttft_ms));
-    cJSON_AddItemToObject(root, "tpot_ms", latency_json(&r->tpot_ms));
-    cJSON_AddItemToObject(root, "e2e_ms", latency_json(&r->e2e_ms));
+    cJSON_AddItemToObject(root, "ttft_ms", sim_report_latency_json(&r->ttft_ms));
+    cJSON_AddItemToObject(root, "tpot_ms", sim_report_latency_json(&r->tpot_ms));
+    cJSON_AddItemToObject(root, "e2e_ms", sim_report_latency_json(&r->e2e_ms));
     cJSON_AddNumberToObject(root, "deadline_misses", (double)r->deadline_misses);
     cJSON *pc = cJSON_AddObjectToObject(root, "prefix_cache");
     cJSON_AddNumberToObject(pc, "hit_rate", ratio((double)r->prefix_hit_tokens,

@@ -19,6 +19,11 @@ void sim_report_text(FILE *out, const char *workload, const sim_config_t *config
 int sim_report_json(FILE *out, const char *workload, const sim_config_t *config,
                     const sim_results_t *results);
 
+struct cJSON;
+/* A latency summary as a JSON object {count, p50, p90, p99, mean, max};
+ * NULL when memory runs out (cJSON's add functions then skip it). */
+struct cJSON *sim_report_latency_json(const sim_latency_t *latency);
+
 typedef struct sim_progress_bar {
     FILE *out;
     bool enabled;

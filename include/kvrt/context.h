@@ -2,7 +2,8 @@
  * kvrt/context.h - versions, the context, logging and introspection.
  *
  * A context (kvrt_ctx_t) owns everything kvrt allocates for one engine:
- * its host-memory arena, its block pools, caches and schedulers. Threads:
+ * its host memory (mapped on first use, never at creation), its block
+ * pools, caches and schedulers. Threads:
  * a context and every object made from it is used by one thread at a time
  * unless a function says otherwise; kvrt takes no lock on that path.
  */
@@ -59,8 +60,8 @@ typedef void (*kvrt_log_fn)(void *user_data, kvrt_log_level_t level,
 typedef enum kvrt_hugepage_mode {
     KVRT_HUGEPAGE_AUTO = 0,    /* try 2 MiB hugetlb pages, then THP, then 4 KiB */
     KVRT_HUGEPAGE_OFF = 1,     /* ordinary pages (still 2 MiB aligned) */
-    KVRT_HUGEPAGE_REQUIRE = 2  /* hugetlb or nothing: context and pool creation
-                                  fail with KVRT_ERR_NO_MEMORY without it */
+    KVRT_HUGEPAGE_REQUIRE = 2  /* hugetlb or nothing: host-memory pool creation
+                                  fails with KVRT_ERR_NO_MEMORY without it */
 } kvrt_hugepage_mode_t;
 
 enum kvrt_ctx_params_field {
@@ -94,7 +95,8 @@ typedef struct kvrt_ctx_params {
  * Safe from any thread (each call makes an independent context).
  * Errors: KVRT_ERR_VERSION_MISMATCH (header/library mismatch),
  * KVRT_ERR_INVALID_ARG (ctx_out NULL, unknown field bits, bad values),
- * KVRT_ERR_NO_MEMORY (host memory or the jemalloc arena unavailable).
+ * KVRT_ERR_NO_MEMORY (the context's own bookkeeping could not be allocated;
+ * creation maps no host memory).
  * Failures before a context exists have no last-error text; the status says
  * all there is.
  */

@@ -14,5 +14,7 @@
 #include "kvrt/cache.h"
 #include "kvrt/sched.h"
 #include "kvrt/kernels.h"
+#include "kvrt/cluster.h"
+#include "kvrt/metrics.h"
 
 #endif /* KVRT_KVRT_H */

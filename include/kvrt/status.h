@@ -10,6 +10,7 @@
  *   -400 .. -499 xfer (transfer engine, peers, wire protocol)
  *   -500 .. -599 kernels (device kernels)
  *   -600 .. -699 tier (host DRAM / SSD tiers)
+ *   -700 .. -799 cluster (KV events, directory, membership, routing)
  *
  * Enum values and kvrt_status_str() are generated from KVRT_STATUS_LIST, so a
  * code and its text can never drift apart. Released values never change.
@@ -60,7 +61,12 @@ extern "C" {
     X(KVRT_ERR_INTEGRITY, -406, "payload checksum mismatch")                     \
     X(KVRT_ERR_NO_DEVICE, -407, "no RDMA device available")                      \
     X(KVRT_ERR_DEVICE, -500, "device (CUDA) error")                              \
-    X(KVRT_ERR_NO_GPU, -501, "no GPU available or built without CUDA")
+    X(KVRT_ERR_NO_GPU, -501, "no GPU available or built without CUDA")           \
+    X(KVRT_ERR_RESYNC, -700, "event stream broken: resynchronize from a snapshot") \
+    X(KVRT_ERR_UNKNOWN_NODE, -701, "unknown cluster node")                       \
+    X(KVRT_ERR_UNKNOWN_MODEL, -702, "no node serves this model")                 \
+    X(KVRT_ERR_STALE_EPOCH, -703, "events of a node's earlier epoch")            \
+    X(KVRT_ERR_COORDINATOR, -704, "coordination service (etcd) unreachable or refusing")
 
 typedef enum kvrt_status {
 #define KVRT_STATUS_ENUM_(name, value, text) name = (value),

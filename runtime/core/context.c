@@ -340,10 +340,13 @@ static void get_host_bytes(void *obj, kvrt_ctl_value_t *v)
 }
 
 static const kvrt_ctl_node_t core_nodes[] = {
-    {"log.level", KVRT_CTL_U64, get_log_level, set_log_level},
-    {"version", KVRT_CTL_STRING, get_version, NULL},
-    {"host.regions", KVRT_CTL_U64, get_host_regions, NULL},
-    {"host.mapped_bytes", KVRT_CTL_U64, get_host_bytes, NULL},
+    {"log.level", KVRT_CTL_U64, get_log_level, set_log_level, KVRT_CTL_METRIC_NONE},
+    {"version", KVRT_CTL_STRING, get_version, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Library version."},
+    {"host.regions", KVRT_CTL_U64, get_host_regions, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Host memory regions kvrt has mapped."},
+    {"host.mapped_bytes", KVRT_CTL_U64, get_host_bytes, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Bytes of host memory regions kvrt has mapped."},
 };
 
 kvrt_status_t kvrt_ctx_register_core_ctl(kvrt_ctx_t *ctx)

@@ -86,12 +86,27 @@ typedef union kvrt_ctl_value {
     const char *str;
 } kvrt_ctl_value_t;
 
+/*
+ * How kvrt_metrics_render() exposes a node. UNTYPED (the zero value) keeps a
+ * node without metadata visible as a Prometheus "untyped" sample; NONE
+ * hides it (write-only triggers, configuration echoes).
+ */
+typedef enum kvrt_ctl_metric {
+    KVRT_CTL_METRIC_UNTYPED = 0,
+    KVRT_CTL_METRIC_COUNTER = 1, /* only grows (until a stats reset) */
+    KVRT_CTL_METRIC_GAUGE = 2,   /* a level: may go up and down */
+    KVRT_CTL_METRIC_NONE = 3
+} kvrt_ctl_metric_t;
+
 typedef struct kvrt_ctl_node {
     const char *name;
     kvrt_ctl_type_t type;
     void (*get)(void *obj, kvrt_ctl_value_t *value_out);
     /* NULL for read-only nodes. Returns a status; may kvrt_fail(). */
     kvrt_status_t (*set)(void *obj, const kvrt_ctl_value_t *value);
+    /* Metrics metadata, optional (a table may leave both zero): */
+    kvrt_ctl_metric_t metric;
+    const char *help; /* one line, the Prometheus HELP text */
 } kvrt_ctl_node_t;
 
 /* The prefix is copied; nodes and obj must outlive the registration.
@@ -103,7 +118,7 @@ kvrt_status_t kvrt_ctl_register(kvrt_ctx_t *ctx, const char *prefix,
 void kvrt_ctl_unregister(kvrt_ctx_t *ctx, void *obj);
 
 /*
- * Host memory from the context's jemalloc arena: 2 MiB aligned extents
+ * Host memory from the context's own regions: 2 MiB aligned extents
  * carved from large prefaulted regions (hugetlb when possible, else THP
  * advised). Used for data kvrt may later register for RDMA (pools, staging
  * buffers). Small bookkeeping structures use plain calloc so sanitizers see

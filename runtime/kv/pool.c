@@ -52,16 +52,26 @@ static kvrt_status_t set_watermark(void *obj, const kvrt_ctl_value_t *v)
 }
 
 static const kvrt_ctl_node_t pool_nodes[] = {
-    {"name", KVRT_CTL_STRING, get_name, NULL},
-    {"blocks", KVRT_CTL_U64, get_num_blocks, NULL},
-    {"free", KVRT_CTL_U64, get_free_count, NULL},
-    {"used", KVRT_CTL_U64, get_used_count, NULL},
-    {"cached", KVRT_CTL_U64, get_idle_count, NULL},
-    {"watermark", KVRT_CTL_U64, get_watermark, set_watermark},
-    {"tables", KVRT_CTL_U64, get_live_tables, NULL},
-    {"block_bytes", KVRT_CTL_U64, get_block_bytes, NULL},
-    {"tokens_per_block", KVRT_CTL_U64, get_tokens_per_block, NULL},
-    {"hugetlb", KVRT_CTL_U64, get_hugetlb, NULL},
+    {"name", KVRT_CTL_STRING, get_name, NULL, KVRT_CTL_METRIC_GAUGE,
+     "The pool's (cache group's) name."},
+    {"blocks", KVRT_CTL_U64, get_num_blocks, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Blocks in the pool, the null block included."},
+    {"free", KVRT_CTL_U64, get_free_count, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Blocks on the free list."},
+    {"used", KVRT_CTL_U64, get_used_count, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Blocks referenced by at least one block table."},
+    {"cached", KVRT_CTL_U64, get_idle_count, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Unreferenced blocks kept for prefix reuse (evictable)."},
+    {"watermark", KVRT_CTL_U64, get_watermark, set_watermark, KVRT_CTL_METRIC_GAUGE,
+     "Free blocks kept back from admission."},
+    {"tables", KVRT_CTL_U64, get_live_tables, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Live block tables."},
+    {"block_bytes", KVRT_CTL_U64, get_block_bytes, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Bytes of one block across all layers."},
+    {"tokens_per_block", KVRT_CTL_U64, get_tokens_per_block, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Tokens one block holds."},
+    {"hugetlb", KVRT_CTL_U64, get_hugetlb, NULL, KVRT_CTL_METRIC_GAUGE,
+     "1 when the pool's host memory is on hugetlb pages."},
 };
 
 /* ---- create / destroy ------------------------------------------------- */

@@ -37,33 +37,56 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *s, kvrt_sched_sta
     return KVRT_OK;
 }
 
-#define STAT_U64(field)                                                          \
+#define STAT_U64(field, kind, help)                                              \
     static void get_##field(void *obj, kvrt_ctl_value_t *v)                      \
     {                                                                            \
         kvrt_sched_stats_t st;                                                   \
         fill_stats(obj, &st);                                                    \
         v->u64 = st.field;                                                       \
     }
-#define STAT_F64(field)                                                          \
+#define STAT_F64(field, kind, help)                                              \
     static void get_##field(void *obj, kvrt_ctl_value_t *v)                      \
     {                                                                            \
         kvrt_sched_stats_t st;                                                   \
         fill_stats(obj, &st);                                                    \
         v->f64 = st.field;                                                       \
     }
+/* Every statistic with its metrics kind (C counter, G gauge) and help. */
 #define STAT_LIST(U, F)                                                          \
-    U(steps) U(scheduled_tokens) U(prefill_tokens) U(decode_tokens) U(preemptions) \
-    U(added) U(finished_length) U(finished_stop) U(aborted) U(failed) U(waiting) \
-    U(running) U(ended_undrained) U(output_tokens) U(prompt_tokens)              \
-    U(prefix_hit_tokens) U(prefix_query_tokens) U(deadline_misses)               \
-    U(budget_bound_steps) U(spec_proposed) U(spec_accepted)                      \
-    U(spec_verifications) U(spec_backoff_tokens) U(step_cpu_ns) U(commit_cpu_ns) \
-    F(spec_acceptance) F(spec_mean_accepted)
+    U(steps, C, "Non-empty plans the scheduler produced.")                      \
+    U(scheduled_tokens, C, "Query tokens scheduled, all plans.")                \
+    U(prefill_tokens, C, "Prefill tokens scheduled.")                           \
+    U(decode_tokens, C, "Decode tokens scheduled, drafts included.")            \
+    U(preemptions, C, "Requests preempted for lack of blocks.")                 \
+    U(added, C, "Requests added.")                                              \
+    U(finished_length, C, "Requests finished at their length limit.")          \
+    U(finished_stop, C, "Requests finished at a stop token.")                   \
+    U(aborted, C, "Requests aborted.")                                          \
+    U(failed, C, "Requests that failed.")                                       \
+    U(waiting, G, "Requests waiting or preempted.")                             \
+    U(running, G, "Requests running.")                                          \
+    U(ended_undrained, G, "Ended requests not yet drained.")                    \
+    U(output_tokens, C, "Output tokens committed.")                             \
+    U(prompt_tokens, C, "Prompt tokens of admitted requests.")                  \
+    U(prefix_hit_tokens, C, "Prompt tokens adopted from the prefix cache.")     \
+    U(prefix_query_tokens, C, "Prompt tokens offered to the prefix cache.")     \
+    U(deadline_misses, C, "First tokens produced after their deadline.")        \
+    U(budget_bound_steps, C, "Steps that left work for lack of token budget.")  \
+    U(spec_proposed, C, "Speculative draft tokens verified.")                   \
+    U(spec_accepted, C, "Speculative draft tokens accepted.")                   \
+    U(spec_verifications, C, "Speculative verification entries committed.")    \
+    U(spec_backoff_tokens, C, "Draft tokens dropped to fit the budget.")        \
+    U(step_cpu_ns, C, "Nanoseconds spent inside kvrt_sched_step.")              \
+    U(commit_cpu_ns, C, "Nanoseconds spent inside kvrt_sched_commit.")          \
+    F(spec_acceptance, G, "Accepted / proposed draft tokens.")                  \
+    F(spec_mean_accepted, G, "Accepted draft tokens per verification.")
 
 STAT_LIST(STAT_U64, STAT_F64)
 
-#define NODE_U64(field) {#field, KVRT_CTL_U64, get_##field, NULL},
-#define NODE_F64(field) {#field, KVRT_CTL_DOUBLE, get_##field, NULL},
+#define METRIC_C KVRT_CTL_METRIC_COUNTER
+#define METRIC_G KVRT_CTL_METRIC_GAUGE
+#define NODE_U64(field, kind, help) {#field, KVRT_CTL_U64, get_##field, NULL, METRIC_##kind, help},
+#define NODE_F64(field, kind, help) {#field, KVRT_CTL_DOUBLE, get_##field, NULL, METRIC_##kind, help},
 static const kvrt_ctl_node_t sched_nodes[] = {STAT_LIST(NODE_U64, NODE_F64)};
 
 /* ---- create / destroy -------------------------------------------------------- */

@@ -7,3 +7,5 @@ if(TARGET kvrt-sim)
   target_compile_definitions(test_sim_cli PRIVATE KVRT_SIM_PATH="$<TARGET_FILE:kvrt-sim>")
   add_dependencies(test_sim_cli kvrt-sim)
 endif()
+# Several nodes: routing, directory, pulls and hand-offs (bench/sim_cluster.c).
+kvrt_add_test(integration test_sim_cluster LIBS kvrt_sim_engine TIMEOUT 300)

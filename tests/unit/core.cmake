@@ -20,3 +20,5 @@ add_test(NAME test_core_symbols
                  -DNM=${CMAKE_NM} -DREADELF=${KVRT_READELF}
                  -P ${PROJECT_SOURCE_DIR}/cmake/check_symbols.cmake)
 set_tests_properties(test_core_symbols PROPERTIES LABELS "unit" TIMEOUT 60)
+kvrt_add_test(unit test_core_host_memory DEPS core)
+kvrt_add_test(unit test_core_metrics DEPS sched)

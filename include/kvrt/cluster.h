@@ -1,0 +1,512 @@
+/*
+ * kvrt/cluster.h - a set of hosts as one cache: KV events, the prefix
+ * directory, membership on etcd and KV-aware routing.
+ *
+ * KV events. Each node publishes what its cache holds as a stream of
+ * stored / removed / cleared records (kvrt_kv_event_t) carrying the node's
+ * *epoch* (a random 64-bit value drawn when its publisher is created, so a
+ * restarted node never continues an old stream) and an *event id* that
+ * grows by one per record. The engine drains the stream with
+ * kvrt_kv_events_take() (vLLM's take_events) and ships it to whoever keeps
+ * a directory; in one process it hands the records straight to
+ * kvrt_cluster_dir_apply().
+ *
+ * The prefix directory maps a block key (kvrt/cache.h) to the nodes that
+ * hold it, per tier (GPU, host DRAM, disk). A query takes a prompt's block
+ * keys in order and answers, per node, the longest prefix the node holds.
+ * A consumer that sees a gap in a node's ids, or a new epoch, drops
+ * everything it knew of the node and asks for a snapshot
+ * (kvrt_kv_events_snapshot() on the node, kvrt_cluster_dir_load_snapshot()
+ * here): it never answers from entries it cannot vouch for.
+ *
+ * Membership: with etcd (kvrt_cluster_etcd_*), each node registers under a
+ * lease it keeps alive; a node whose lease expires disappears from every
+ * view and kvrt_cluster_etcd_sync() drops it, with all its entries, from the
+ * directory. Without etcd the embedder adds and removes nodes itself (the
+ * embedded mode: several nodes in one process, as in kvrt-sim and tests).
+ *
+ * Routing (kvrt_cluster_router_*): round-robin, least-loaded, or
+ * cache-aware with cost = w_prefill * (uncached prompt tokens + queued
+ * prefill tokens) + w_decode * running decodes. docs/cluster.md.
+ *
+ * Limits: KVRT_CLUSTER_MAX_NODES nodes per directory (a node set is one
+ * 64-bit mask per tier), one model per node.
+ * Threads: a publisher, a directory and a router are each used by one
+ * thread at a time; an etcd member runs a background thread of its own and
+ * its functions say which threads may call them.
+ */
+#ifndef KVRT_CLUSTER_H
+#define KVRT_CLUSTER_H
+
+#include <stdint.h>
+
+#include "kvrt/cache.h"
+#include "kvrt/context.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVRT_CLUSTER_MAX_NODES 64
+
+/* Where a node holds a block. */
+typedef enum kvrt_kv_tier {
+    KVRT_KV_TIER_GPU = 0,
+    KVRT_KV_TIER_HOST = 1,
+    KVRT_KV_TIER_DISK = 2
+} kvrt_kv_tier_t;
+#define KVRT_KV_TIERS 3
+#define KVRT_KV_TIER_MASK_ALL ((1u << KVRT_KV_TIERS) - 1u)
+
+typedef enum kvrt_kv_event_kind {
+    KVRT_KV_EVENT_STORED = 1,  /* key now held in tier */
+    KVRT_KV_EVENT_REMOVED = 2, /* key no longer held in tier */
+    KVRT_KV_EVENT_CLEARED = 3  /* the node holds nothing in any tier; key
+                                  and tier are ignored */
+} kvrt_kv_event_kind_t;
+
+/*
+ * One KV event: 32 bytes, frozen (an array element: it will never grow and
+ * carries no field_mask). Across processes it travels as these 32 bytes in
+ * little-endian order.
+ */
+typedef struct kvrt_kv_event {
+    uint64_t event_id;      /* 1, 2, ... per epoch; 0 in snapshots */
+    uint32_t kind;          /* kvrt_kv_event_kind_t */
+    uint32_t tier;          /* kvrt_kv_tier_t */
+    kvrt_block_hash_t key;  /* the block key */
+} kvrt_kv_event_t;
+
+/* ---- publisher: one node's event stream ---------------------------------- */
+
+typedef struct kvrt_kv_events kvrt_kv_events_t;
+
+enum kvrt_kv_events_params_field {
+    KVRT_KV_EVENTS_PARAM_CAPACITY = 1u << 0, /* capacity */
+    KVRT_KV_EVENTS_PARAM_EPOCH = 1u << 1     /* epoch */
+};
+
+typedef struct kvrt_kv_events_params {
+    uint64_t field_mask;
+    /* Events kept until taken, 16 .. 2^26; default 65536. When full, the
+     * oldest is dropped: its consumers see the gap and resynchronize. */
+    uint32_t capacity;
+    /* Default: 64 random bits (getrandom). Non-zero. Tests set it. */
+    uint64_t epoch;
+} kvrt_kv_events_params_t;
+
+/*
+ * kvrt_kv_events_create - a node's event publisher; params may be NULL.
+ * Destroy with kvrt_kv_events_destroy() or with the context.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL ctx/out, unknown bits, capacity out of
+ * range, epoch 0), KVRT_ERR_NO_MEMORY.
+ */
+kvrt_status_t kvrt_kv_events_create(kvrt_ctx_t *ctx, const kvrt_kv_events_params_t *params,
+                                    kvrt_kv_events_t **events_out);
+
+/* kvrt_kv_events_destroy - frees the publisher. NULL is a no-op. */
+kvrt_status_t kvrt_kv_events_destroy(kvrt_kv_events_t *events);
+
+/*
+ * kvrt_kv_events_record - appends one event (what a cache observer calls).
+ * The publisher also keeps the set of keys held per tier, for snapshots: a
+ * STORED of a key already held in that tier, or a REMOVED of one not held,
+ * changes nothing and is not published (the stream carries changes only).
+ * key is copied and may be NULL for CLEARED.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL events, NULL key for STORED/REMOVED,
+ * unknown kind or tier), KVRT_ERR_NO_MEMORY (the key set cannot grow;
+ * nothing changes).
+ */
+kvrt_status_t kvrt_kv_events_record(kvrt_kv_events_t *events, kvrt_kv_event_kind_t kind,
+                                    kvrt_kv_tier_t tier, const kvrt_block_hash_t *key);
+
+/*
+ * kvrt_kv_events_attach - feeds the publisher from a cache: every block the
+ * cache indexes is recorded as STORED in `tier`, every block that leaves it
+ * as REMOVED, a reset or destroy of the cache as CLEARED. Attach right
+ * after kvrt_cache_create() (blocks cached before are not announced). One
+ * cache per publisher. Detach (kvrt_kv_events_detach) or destroy the
+ * publisher before destroying the cache; kvrt_ctx_destroy does it in that
+ * order. Recording happens inside the cache's
+ * calls, on their thread; when the key set cannot grow there, the publisher
+ * skips an event id so consumers resynchronize (from a snapshot that then
+ * lacks that key: a missed hit, never a stale entry).
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown tier), KVRT_ERR_BUSY (the
+ * publisher is attached to a cache already, or the cache has its maximum of
+ * observers).
+ */
+kvrt_status_t kvrt_kv_events_attach(kvrt_kv_events_t *events, kvrt_cache_t *cache,
+                                    kvrt_kv_tier_t tier);
+
+/* kvrt_kv_events_detach - stops following the cache. Errors:
+ * KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_NOT_FOUND (not attached). */
+kvrt_status_t kvrt_kv_events_detach(kvrt_kv_events_t *events);
+
+/*
+ * kvrt_kv_events_take - moves up to `capacity` of the oldest untaken events
+ * to events_out[0 .. *count_out), in id order, and writes the epoch to
+ * *epoch_out (may be NULL). Ids not contiguous with the previous take mean
+ * events were dropped for capacity.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL events/count_out, NULL events_out
+ * with capacity > 0).
+ */
+kvrt_status_t kvrt_kv_events_take(kvrt_kv_events_t *events, kvrt_kv_event_t *events_out,
+                                  uint32_t capacity, uint32_t *count_out,
+                                  uint64_t *epoch_out);
+
+/* kvrt_kv_events_epoch - the epoch and the id of the last event recorded
+ * (0 when none). Either output may be NULL. Errors: KVRT_ERR_INVALID_ARG. */
+kvrt_status_t kvrt_kv_events_epoch(const kvrt_kv_events_t *events, uint64_t *epoch_out,
+                                   uint64_t *last_event_id_out);
+
+/*
+ * kvrt_kv_events_snapshot - what the node holds now, as STORED records
+ * (event_id 0), one per (key, tier), and the id of the last event they
+ * include. Events with larger ids follow on from it. Not a take: untaken
+ * events stay. Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_BUFFER_TOO_SMALL
+ * (*count_out is set to the records needed; nothing else is written).
+ */
+kvrt_status_t kvrt_kv_events_snapshot(const kvrt_kv_events_t *events,
+                                      kvrt_kv_event_t *records_out, uint32_t capacity,
+                                      uint32_t *count_out, uint64_t *last_event_id_out);
+
+/* ---- the prefix directory ------------------------------------------------ */
+
+typedef struct kvrt_cluster_dir kvrt_cluster_dir_t;
+
+enum kvrt_cluster_dir_params_field {
+    KVRT_CLUSTER_DIR_PARAM_EXPECTED_BLOCKS = 1u << 0 /* expected_blocks */
+};
+
+typedef struct kvrt_cluster_dir_params {
+    uint64_t field_mask;
+    /* Distinct keys per model expected (the tables start there and
+     * double when needed). Default 65536, at most 2^30. */
+    uint64_t expected_blocks;
+} kvrt_cluster_dir_params_t;
+
+/*
+ * kvrt_cluster_dir_create - an empty directory; params may be NULL.
+ * Memory: 40 bytes per table slot (the 16-byte key and a 64-bit node mask
+ * per tier), tables between a quarter and half full after growth: 80 to
+ * 160 bytes per distinct tracked key, whatever the number of nodes holding
+ * it (docs/cluster.md).
+ * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_NO_MEMORY.
+ */
+kvrt_status_t kvrt_cluster_dir_create(kvrt_ctx_t *ctx, const kvrt_cluster_dir_params_t *params,
+                                      kvrt_cluster_dir_t **dir_out);
+
+/* kvrt_cluster_dir_destroy - frees the directory. NULL is a no-op. */
+kvrt_status_t kvrt_cluster_dir_destroy(kvrt_cluster_dir_t *dir);
+
+/*
+ * kvrt_cluster_dir_add_node - a node joins, serving the model whose
+ * fingerprint is `model` (kvrt_model_fingerprint), with the event epoch
+ * `epoch` (non-zero); it holds nothing and its next event id is 1.
+ * node_id is any value but 0 (e.g. a hash of its address).
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, node_id or epoch 0), KVRT_ERR_BUSY
+ * (node_id already present: remove it first), KVRT_ERR_OVERFLOW
+ * (KVRT_CLUSTER_MAX_NODES present), KVRT_ERR_NO_MEMORY (a new model's
+ * table).
+ */
+kvrt_status_t kvrt_cluster_dir_add_node(kvrt_cluster_dir_t *dir, uint64_t node_id,
+                                        const kvrt_block_hash_t *model, uint64_t epoch);
+
+/*
+ * kvrt_cluster_dir_remove_node - the node leaves; every entry it held is
+ * dropped. O(table slots of its model). Errors: KVRT_ERR_INVALID_ARG,
+ * KVRT_ERR_UNKNOWN_NODE.
+ */
+kvrt_status_t kvrt_cluster_dir_remove_node(kvrt_cluster_dir_t *dir, uint64_t node_id);
+
+/*
+ * kvrt_cluster_dir_apply - applies events[0 .. count) of node_id under
+ * `epoch`, in order. Events with ids the node has already passed
+ * (duplicates, replays) are skipped and counted. Errors:
+ *  KVRT_ERR_INVALID_ARG   NULL, an unknown kind or tier (nothing applied);
+ *  KVRT_ERR_UNKNOWN_NODE  node_id is not a member (nothing applied);
+ *  KVRT_ERR_STALE_EPOCH   epoch is one the node had before its current
+ *                         one (late events of a dead incarnation; the
+ *                         last 8 are remembered): nothing applied;
+ *  KVRT_ERR_RESYNC        a gap in the ids, or a batch of an epoch never
+ *                         seen for this node (it restarted) that does not
+ *                         start at id 1: the node's entries are dropped,
+ *                         it takes the new epoch and answers no query
+ *                         until kvrt_cluster_dir_load_snapshot().
+ * An epoch never seen whose batch starts at id 1 (or is empty) is a
+ * restart followed from its start: the old entries are dropped, the old
+ * epoch becomes stale, and the batch applies (KVRT_OK).
+ *  KVRT_ERR_NO_MEMORY     the table could not grow (nothing applied).
+ */
+kvrt_status_t kvrt_cluster_dir_apply(kvrt_cluster_dir_t *dir, uint64_t node_id,
+                                     uint64_t epoch, const kvrt_kv_event_t *events,
+                                     uint32_t count);
+
+/*
+ * kvrt_cluster_dir_load_snapshot - replaces everything the directory knows
+ * of node_id by records[0 .. count) (STORED records, as
+ * kvrt_kv_events_snapshot() writes them) taken at last_event_id under
+ * epoch; the node's next expected id becomes last_event_id + 1 and it
+ * answers queries again. Errors: KVRT_ERR_INVALID_ARG (NULL, a record that
+ * is not STORED or has an unknown tier: nothing changes),
+ * KVRT_ERR_UNKNOWN_NODE, KVRT_ERR_NO_MEMORY (nothing changes).
+ */
+kvrt_status_t kvrt_cluster_dir_load_snapshot(kvrt_cluster_dir_t *dir, uint64_t node_id,
+                                             uint64_t epoch, uint64_t last_event_id,
+                                             const kvrt_kv_event_t *records, uint32_t count);
+
+/*
+ * kvrt_cluster_dir_forget - drops node_id's entries for keys[0 .. count),
+ * in every tier, e.g. after a pull found that the node did not have them
+ * (a peer that announces blocks it lacks loses those entries, not its
+ * place). A later STORED of the same key adds it back. Keys the node does
+ * not hold are ignored. Errors: KVRT_ERR_INVALID_ARG (NULL, NULL keys with
+ * count > 0), KVRT_ERR_UNKNOWN_NODE.
+ */
+kvrt_status_t kvrt_cluster_dir_forget(kvrt_cluster_dir_t *dir, uint64_t node_id,
+                                      const kvrt_block_hash_t *keys, uint32_t count);
+
+/* A node's standing in the directory. Frozen (output array element). */
+typedef struct kvrt_cluster_node_info {
+    uint64_t node_id;
+    uint64_t epoch;
+    uint64_t next_event_id;
+    uint64_t blocks[KVRT_KV_TIERS]; /* keys held, per tier */
+    uint32_t resyncing;             /* 1: waiting for a snapshot */
+    uint32_t reserved;
+} kvrt_cluster_node_info_t;
+
+/* kvrt_cluster_dir_node_info - one node's standing. Errors:
+ * KVRT_ERR_INVALID_ARG, KVRT_ERR_UNKNOWN_NODE. */
+kvrt_status_t kvrt_cluster_dir_node_info(const kvrt_cluster_dir_t *dir, uint64_t node_id,
+                                         kvrt_cluster_node_info_t *info_out);
+
+/* One node's answer to a query. Frozen (output array element). */
+typedef struct kvrt_cluster_match {
+    uint64_t node_id;
+    /* Leading keys of the query the node holds in any tier of the query's
+     * tier mask, and of those, the leading keys it holds on GPU. */
+    uint32_t prefix_blocks;
+    uint32_t gpu_prefix_blocks;
+} kvrt_cluster_match_t;
+
+/*
+ * kvrt_cluster_dir_match - for a prompt's block keys (in order), the longest
+ * prefix each member node of `model` holds in the tiers of tier_mask
+ * (bit t = tier t; 0 means all). Writes one entry per node of the model
+ * that is not resyncing (those with 0 blocks included; in no promised
+ * order) to matches_out[0 .. *count_out). O(prefix length).
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, num_keys > 0 with NULL keys, unknown
+ * tier bits), KVRT_ERR_UNKNOWN_MODEL (no node ever served model),
+ * KVRT_ERR_BUFFER_TOO_SMALL (*count_out set to the nodes to report).
+ */
+kvrt_status_t kvrt_cluster_dir_match(const kvrt_cluster_dir_t *dir,
+                                     const kvrt_block_hash_t *model,
+                                     const kvrt_block_hash_t *keys, uint32_t num_keys,
+                                     uint32_t tier_mask, kvrt_cluster_match_t *matches_out,
+                                     uint32_t capacity, uint32_t *count_out);
+
+/* Counters since creation. Frozen; read with kvrt_cluster_dir_stats(), or
+ * each as the ctl node "cluster.dir.<N>.<field>" (u64, read-only; N = 0, 1,
+ * ... in creation order within the context). */
+typedef struct kvrt_cluster_dir_stats {
+    uint64_t nodes;
+    uint64_t models;
+    uint64_t entries;          /* distinct keys tracked, all models */
+    uint64_t table_slots;      /* all models */
+    uint64_t table_bytes;
+    uint64_t events_applied;
+    uint64_t events_duplicate; /* skipped: id already passed */
+    uint64_t resyncs;          /* gaps and new epochs */
+    uint64_t stale_refused;    /* calls refused for a stale epoch */
+    uint64_t queries;
+} kvrt_cluster_dir_stats_t;
+
+kvrt_status_t kvrt_cluster_dir_stats(const kvrt_cluster_dir_t *dir,
+                                     kvrt_cluster_dir_stats_t *stats_out);
+
+/* ---- routing ------------------------------------------------------------- */
+
+/* A node's load as the router sees it. */
+enum kvrt_cluster_load_field {
+    KVRT_CLUSTER_LOAD_QUEUED_PREFILL = 1u << 0,
+    KVRT_CLUSTER_LOAD_RUNNING_DECODES = 1u << 1,
+    KVRT_CLUSTER_LOAD_FREE_BLOCKS = 1u << 2
+};
+
+typedef struct kvrt_cluster_load {
+    uint64_t field_mask;
+    uint64_t queued_prefill_tokens; /* prompt tokens waiting or mid-prefill */
+    uint64_t running_decodes;       /* sequences decoding */
+    uint64_t free_blocks;           /* free + evictable blocks */
+} kvrt_cluster_load_t;
+
+/* kvrt_cluster_dir_set_load - records a node's load (fields not in the mask
+ * keep their value). Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_UNKNOWN_NODE. */
+kvrt_status_t kvrt_cluster_dir_set_load(kvrt_cluster_dir_t *dir, uint64_t node_id,
+                                        const kvrt_cluster_load_t *load);
+
+typedef enum kvrt_route_policy {
+    KVRT_ROUTE_ROUND_ROBIN = 0,
+    KVRT_ROUTE_LEAST_LOADED = 1, /* min w_prefill*queued + w_decode*decodes */
+    KVRT_ROUTE_CACHE_AWARE = 2   /* min w_prefill*(uncached + queued)
+                                    + w_decode*decodes */
+} kvrt_route_policy_t;
+
+enum kvrt_cluster_router_params_field {
+    KVRT_ROUTER_PARAM_POLICY = 1u << 0,
+    KVRT_ROUTER_PARAM_PREFILL_WEIGHT = 1u << 1,
+    KVRT_ROUTER_PARAM_DECODE_WEIGHT = 1u << 2,
+    KVRT_ROUTER_PARAM_TOKENS_PER_BLOCK = 1u << 3,
+    KVRT_ROUTER_PARAM_TIER_MASK = 1u << 4
+};
+
+typedef struct kvrt_cluster_router_params {
+    uint64_t field_mask;
+    kvrt_route_policy_t policy;  /* default KVRT_ROUTE_CACHE_AWARE */
+    /* Cost units: a prompt token to prefill costs prefill_weight (default
+     * 1.0), a running decode costs decode_weight (default 20.0: a decode
+     * sequence slows every step about as much as 20 prefill tokens per step
+     * on the default cost model; docs/cluster.md). Both >= 0 and finite. */
+    double prefill_weight;
+    double decode_weight;
+    uint32_t tokens_per_block;   /* default 16 */
+    uint32_t tier_mask;          /* tiers that count as cached; default all */
+} kvrt_cluster_router_params_t;
+
+typedef struct kvrt_cluster_router kvrt_cluster_router_t;
+
+/* kvrt_cluster_router_create - a router over dir (which must outlive it);
+ * params may be NULL. Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_NO_MEMORY. */
+kvrt_status_t kvrt_cluster_router_create(kvrt_cluster_dir_t *dir,
+                                         const kvrt_cluster_router_params_t *params,
+                                         kvrt_cluster_router_t **router_out);
+
+/* kvrt_cluster_router_destroy - NULL is a no-op. */
+kvrt_status_t kvrt_cluster_router_destroy(kvrt_cluster_router_t *router);
+
+/* The router's choice. */
+typedef struct kvrt_route_choice {
+    uint64_t node_id;
+    uint32_t cached_blocks;   /* the chosen node's prefix, in blocks */
+    uint32_t best_blocks;     /* the longest prefix any node holds */
+    uint64_t best_node_id;    /* a node holding best_blocks (a pull source) */
+    double cost;              /* the chosen node's cost */
+} kvrt_route_choice_t;
+
+/*
+ * kvrt_cluster_router_pick - chooses a node of `model` for a prompt of
+ * prompt_tokens tokens whose full blocks have keys[0 .. num_keys). Nodes
+ * that are resyncing count as holding nothing. Ties go to the node with
+ * more free blocks, then to the one added first.
+ * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_UNKNOWN_MODEL, KVRT_ERR_NOT_FOUND
+ * (the model has no node now).
+ */
+kvrt_status_t kvrt_cluster_router_pick(kvrt_cluster_router_t *router,
+                                       const kvrt_block_hash_t *model,
+                                       const kvrt_block_hash_t *keys, uint32_t num_keys,
+                                       uint64_t prompt_tokens, kvrt_route_choice_t *choice_out);
+
+/* ---- membership on etcd --------------------------------------------------- */
+
+typedef struct kvrt_cluster_etcd kvrt_cluster_etcd_t;
+
+enum kvrt_cluster_etcd_params_field {
+    KVRT_ETCD_PARAM_ENDPOINT = 1u << 0,
+    KVRT_ETCD_PARAM_PREFIX = 1u << 1,
+    KVRT_ETCD_PARAM_ADDRESS = 1u << 2,
+    KVRT_ETCD_PARAM_LEASE_TTL = 1u << 3,
+    KVRT_ETCD_PARAM_POLL_MS = 1u << 4,
+    KVRT_ETCD_PARAM_TIMEOUT_MS = 1u << 5,
+    KVRT_ETCD_PARAM_MAX_BACKOFF_MS = 1u << 6
+};
+
+typedef struct kvrt_cluster_etcd_params {
+    uint64_t field_mask;
+    /* Required: this node's id (non-zero), model fingerprint and epoch
+     * (use kvrt_kv_events_epoch() of the node's publisher). */
+    uint64_t node_id;
+    kvrt_block_hash_t model;
+    uint64_t epoch;
+    const char *endpoint;     /* copied; default "http://127.0.0.1:2379" */
+    const char *prefix;       /* copied; key prefix, default "/kvrt/cluster" */
+    const char *address;      /* copied; how peers reach this node (free
+                                 text, up to 255 bytes), default "" */
+    uint32_t lease_ttl_s;     /* 2 .. 3600, default 10 */
+    uint32_t poll_ms;         /* view refresh and keepalive tick, 20 .. 60000,
+                                 default 500 */
+    uint32_t timeout_ms;      /* per HTTP request, 50 .. 60000, default 2000 */
+    uint32_t max_backoff_ms;  /* retry ceiling while etcd is unreachable,
+                                 default 5000 */
+} kvrt_cluster_etcd_params_t;
+
+/*
+ * kvrt_cluster_etcd_create - registers this node: grants a lease, puts
+ * <prefix>/nodes/<node_id hex> (a JSON record of id, epoch, model and
+ * address) under it, reads the current members, then starts a background
+ * thread that keeps the lease alive and refreshes the view every poll_ms.
+ * When etcd becomes unreachable the thread keeps the last view and retries
+ * with exponential backoff up to max_backoff_ms; when the lease has expired
+ * meanwhile it grants a new one and registers again.
+ * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_COORDINATOR (etcd unreachable or
+ * refusing at start; the text names the endpoint and the cause),
+ * KVRT_ERR_NO_MEMORY.
+ */
+kvrt_status_t kvrt_cluster_etcd_create(kvrt_ctx_t *ctx, const kvrt_cluster_etcd_params_t *params,
+                                       kvrt_cluster_etcd_t **member_out);
+
+/* kvrt_cluster_etcd_destroy - stops the thread, revokes the lease when etcd
+ * answers (peers see the node leave at once) and frees. NULL: no-op. */
+kvrt_status_t kvrt_cluster_etcd_destroy(kvrt_cluster_etcd_t *member);
+
+/* A member as seen in etcd. Frozen (output array element). */
+typedef struct kvrt_cluster_member {
+    uint64_t node_id;
+    uint64_t epoch;
+    kvrt_block_hash_t model;
+    char address[256];
+} kvrt_cluster_member_t;
+
+/*
+ * kvrt_cluster_etcd_members - the last view (this node included), sorted by
+ * node id. Safe from any thread. Errors: KVRT_ERR_INVALID_ARG,
+ * KVRT_ERR_BUFFER_TOO_SMALL (*count_out set to the members in view).
+ */
+kvrt_status_t kvrt_cluster_etcd_members(kvrt_cluster_etcd_t *member,
+                                        kvrt_cluster_member_t *members_out, uint32_t capacity,
+                                        uint32_t *count_out);
+
+/*
+ * kvrt_cluster_etcd_sync - brings dir's node set to the last view: adds the
+ * members it lacks, removes the nodes no longer in view (their entries go
+ * with them), and moves a node whose epoch changed to the new epoch
+ * (restart: its old entries are dropped and late events of the old epoch
+ * are refused with KVRT_ERR_STALE_EPOCH); a restart counts as one added
+ * and one removed. Nodes the directory holds that were never added by
+ * a sync are left alone. Writes the nodes added and removed (may be NULL).
+ * Call from dir's thread. Errors: KVRT_ERR_INVALID_ARG, those of
+ * kvrt_cluster_dir_add_node (the sync stops there; nodes changed before stay
+ * changed and the next sync continues).
+ */
+kvrt_status_t kvrt_cluster_etcd_sync(kvrt_cluster_etcd_t *member, kvrt_cluster_dir_t *dir,
+                                     uint32_t *added_out, uint32_t *removed_out);
+
+/* Health of the link to etcd. Frozen. */
+typedef struct kvrt_cluster_etcd_stats {
+    uint64_t view_updates;       /* successful refreshes */
+    uint64_t failures;           /* failed requests */
+    uint64_t registrations;      /* leases granted and this node put (1 + re-registrations) */
+    uint32_t connected;          /* 1 when the last request succeeded */
+    uint32_t members;            /* in the last view */
+    uint64_t last_ok_age_ms;     /* since the last successful request */
+} kvrt_cluster_etcd_stats_t;
+
+/* kvrt_cluster_etcd_stats - safe from any thread. Errors: INVALID_ARG. */
+kvrt_status_t kvrt_cluster_etcd_stats(kvrt_cluster_etcd_t *member,
+                                      kvrt_cluster_etcd_stats_t *stats_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVRT_CLUSTER_H */

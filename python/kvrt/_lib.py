@@ -1,0 +1,198 @@
+"""Loading libkvrt.so, checking its ABI version, and typed C prototypes.
+
+The library is found, in order: $KVRT_LIBRARY (a path), then the system's
+`libkvrt.so.1` (the SONAME; ldconfig or LD_LIBRARY_PATH). It is loaded on
+first use, so `import kvrt` never fails for want of it; the first call
+raises KvrtError(KVRT_ERR_NOT_FOUND) with what was tried.
+"""
+import ctypes as C
+import os
+import threading
+
+from . import _structs as S
+from .errors import KvrtError, ERR_NOT_FOUND, ERR_VERSION_MISMATCH, ERR_INVALID_ARG
+
+# The C API this package was written against (KVRT_API_VERSION of
+# include/kvrt/context.h): the library must have the same major and a minor
+# at least this one.
+API_MAJOR = 1
+API_MINOR = 0
+API_VERSION = (API_MAJOR << 16) | API_MINOR
+
+P = C.c_void_p
+PP = C.POINTER(C.c_void_p)
+st = C.c_int
+i32p, u32p, i64p, u64p = (C.POINTER(C.c_int32), C.POINTER(C.c_uint32),
+                          C.POINTER(C.c_int64), C.POINTER(C.c_uint64))
+sizep = C.POINTER(C.c_size_t)
+
+
+def ref(t):
+    return C.POINTER(t)
+
+
+# name: (restype, argtypes). Every function returns kvrt_status_t unless said.
+PROTOTYPES = {
+    "kvrt_status_str": (C.c_char_p, [st]),
+    "kvrt_version": (st, [u32p, ref(C.c_char_p)]),
+    "kvrt_ctx_create_versioned": (st, [C.c_uint32, ref(S.kvrt_ctx_params_t), PP]),
+    "kvrt_ctx_destroy": (st, [P]),
+    "kvrt_ctx_last_error": (C.c_char_p, [P]),
+    "kvrt_ctx_set_log": (st, [P, S.LOG_FN, P, C.c_int]),
+    "kvrt_ctl": (st, [P, C.c_char_p, P, sizep, P, C.c_size_t]),
+    "kvrt_metrics_render": (st, [P, C.c_char_p, C.c_size_t, sizep]),
+    "kvrt_layout_validate": (st, [ref(S.kvrt_kv_layout_t)]),
+    "kvrt_layout_block_bytes": (st, [ref(S.kvrt_kv_layout_t), u64p]),
+    "kvrt_layout_page_offset": (st, [ref(S.kvrt_kv_layout_t), C.c_uint32, C.c_uint32,
+                                     C.c_uint32, C.c_int, u64p]),
+    "kvrt_pool_create": (st, [P, ref(S.kvrt_pool_params_t), PP]),
+    "kvrt_pool_destroy": (st, [P]),
+    "kvrt_pool_alloc": (st, [P, C.c_uint32, i32p]),
+    "kvrt_pool_free": (st, [P, C.c_uint32, i32p]),
+    "kvrt_pool_info": (st, [P, ref(S.kvrt_pool_info_t)]),
+    "kvrt_pool_verify": (st, [P]),
+    "kvrt_table_create": (st, [P, u64p]),
+    "kvrt_table_destroy": (st, [P, C.c_uint64]),
+    "kvrt_table_append": (st, [P, C.c_uint64, C.c_uint32, i64p, ref(S.kvrt_block_copy_t),
+                               u32p]),
+    "kvrt_table_truncate": (st, [P, C.c_uint64, C.c_uint32]),
+    "kvrt_table_view": (st, [P, C.c_uint64, ref(i32p), u32p, u32p]),
+    "kvrt_table_slots": (st, [P, C.c_uint64, C.c_uint32, C.c_uint32, i64p]),
+    "kvrt_cache_create": (st, [P, ref(S.kvrt_cache_params_t), PP]),
+    "kvrt_cache_destroy": (st, [P]),
+    "kvrt_cache_match": (st, [P, i32p, C.c_uint32, ref(S.kvrt_hash_keys_t), C.c_uint32,
+                              i32p, ref(S.kvrt_block_hash_t), ref(S.kvrt_cache_match_t)]),
+    "kvrt_cache_stats": (st, [P, ref(S.kvrt_cache_stats_t)]),
+    "kvrt_cache_verify": (st, [P]),
+    "kvrt_model_fingerprint": (st, [C.c_char_p, ref(S.kvrt_kv_layout_t),
+                                    ref(S.kvrt_block_hash_t)]),
+    "kvrt_sched_create": (st, [P, P, P, ref(S.kvrt_sched_params_t), PP]),
+    "kvrt_sched_destroy": (st, [P]),
+    "kvrt_seq_add": (st, [P, ref(S.kvrt_seq_params_t), u64p]),
+    "kvrt_seq_abort": (st, [P, C.c_uint64]),
+    "kvrt_seq_set_draft": (st, [P, C.c_uint64, i32p, C.c_uint32]),
+    "kvrt_seq_info": (st, [P, C.c_uint64, ref(S.kvrt_seq_info_t)]),
+    "kvrt_seq_blocks": (st, [P, C.c_uint64, ref(i32p), u32p, u32p]),
+    "kvrt_sched_drain_ended": (st, [P, ref(S.kvrt_seq_info_t), C.c_uint32, u32p]),
+    "kvrt_sched_step": (st, [P, C.c_uint64, ref(ref(S.kvrt_batch_plan_t))]),
+    "kvrt_sched_commit": (st, [P, ref(S.kvrt_commit_t)]),
+    "kvrt_sched_stats": (st, [P, ref(S.kvrt_sched_stats_t)]),
+    "kvrt_cpu_write_kv": (st, [P, ref(S.kvrt_kv_cache_t), ref(S.kvrt_kv_rows_t), P, P]),
+    "kvrt_cuda_write_kv": (st, [P, ref(S.kvrt_kv_cache_t), ref(S.kvrt_kv_rows_t), P, P, P]),
+    "kvrt_cpu_read_kv": (st, [P, ref(S.kvrt_kv_cache_t), ref(S.kvrt_kv_rows_t), P, P]),
+    "kvrt_cuda_read_kv": (st, [P, ref(S.kvrt_kv_cache_t), ref(S.kvrt_kv_rows_t), P, P, P]),
+    "kvrt_cpu_copy_blocks": (st, [P, ref(S.kvrt_kv_cache_t), ref(S.kvrt_block_copy_t),
+                                  C.c_uint32]),
+    "kvrt_cuda_copy_blocks": (st, [P, ref(S.kvrt_kv_cache_t), ref(S.kvrt_block_copy_t),
+                                   C.c_uint32, P]),
+    "kvrt_cpu_gather_blocks": (st, [P, ref(S.kvrt_kv_cache_t), i32p, C.c_uint32, P]),
+    "kvrt_cuda_gather_blocks": (st, [P, ref(S.kvrt_kv_cache_t), i32p, C.c_uint32, P, P]),
+    "kvrt_cpu_scatter_blocks": (st, [P, ref(S.kvrt_kv_cache_t), P, i32p, C.c_uint32]),
+    "kvrt_cuda_scatter_blocks": (st, [P, ref(S.kvrt_kv_cache_t), P, i32p, C.c_uint32, P]),
+    "kvrt_cpu_decode_attention": (st, [P, ref(S.kvrt_kv_cache_t),
+                                       ref(S.kvrt_decode_attention_t)]),
+    "kvrt_cuda_decode_attention": (st, [P, ref(S.kvrt_kv_cache_t),
+                                        ref(S.kvrt_decode_attention_t), P]),
+    "kvrt_cuda_device_count": (st, [C.POINTER(C.c_int)]),
+    "kvrt_xfer_agent_create": (st, [P, ref(S.kvrt_xfer_agent_params_t), PP]),
+    "kvrt_xfer_agent_destroy": (st, [P]),
+    "kvrt_xfer_agent_address": (st, [P, C.c_char_p, C.c_size_t]),
+    "kvrt_xfer_register": (st, [P, ref(S.kvrt_xfer_register_params_t), PP]),
+    "kvrt_xfer_deregister": (st, [P]),
+    "kvrt_xfer_region_descriptor": (st, [P, P, C.c_size_t, sizep]),
+    "kvrt_xfer_connect": (st, [P, C.c_char_p, C.c_uint32, PP]),
+    "kvrt_xfer_disconnect": (st, [P]),
+    "kvrt_xfer_peer_info": (st, [P, ref(S.kvrt_xfer_peer_info_t)]),
+    "kvrt_xfer_import": (st, [P, P, C.c_size_t, PP]),
+    "kvrt_xfer_remote_release": (st, [P]),
+    "kvrt_xfer_post": (st, [P, ref(S.kvrt_xfer_op_t), C.c_uint32,
+                            ref(S.kvrt_xfer_post_params_t), PP]),
+    "kvrt_xfer_kv_post": (st, [P, ref(S.kvrt_xfer_kv_params_t), PP]),
+    "kvrt_xfer_request_test": (st, [P]),
+    "kvrt_xfer_request_wait": (st, [P, C.c_uint32]),
+    "kvrt_xfer_request_release": (st, [P]),
+    "kvrt_xfer_poll": (st, [P, ref(S.kvrt_xfer_completion_t), C.c_uint32, u32p]),
+}
+
+_lock = threading.Lock()
+_lib = None
+
+
+def _open():
+    tried = []
+    candidates = []
+    if os.environ.get("KVRT_LIBRARY"):
+        candidates.append(os.environ["KVRT_LIBRARY"])
+    candidates.append("libkvrt.so.1")
+    for path in candidates:
+        try:
+            return C.CDLL(path)
+        except OSError as e:
+            tried.append("%s (%s)" % (path, e))
+    raise KvrtError(ERR_NOT_FOUND, "libkvrt not found; tried " + "; ".join(tried) +
+                    ". Set KVRT_LIBRARY to the path of libkvrt.so", "kvrt")
+
+
+def _check_version(lib):
+    version = C.c_uint32()
+    text = C.c_char_p()
+    lib.kvrt_version(C.byref(version), C.byref(text))
+    major, minor = version.value // 10000, version.value // 100 % 100
+    if major != API_MAJOR or minor < API_MINOR:
+        raise KvrtError(ERR_VERSION_MISMATCH,
+                        "libkvrt %s is not ABI-compatible with this package (written for "
+                        "%d.%d; needs major %d, minor >= %d)" % (
+                            text.value.decode(), API_MAJOR, API_MINOR, API_MAJOR, API_MINOR),
+                        "kvrt")
+
+
+def lib():
+    """The loaded, version-checked library with prototypes set."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    with _lock:
+        if _lib is None:
+            handle = _open()
+            missing = []
+            for name, (restype, argtypes) in PROTOTYPES.items():
+                fn = getattr(handle, name, None)
+                if fn is None:
+                    missing.append(name)
+                    continue
+                fn.restype, fn.argtypes = restype, argtypes
+            if "kvrt_version" in missing:
+                raise KvrtError(ERR_VERSION_MISMATCH, "%s is not a kvrt library" %
+                                handle._name, "kvrt")
+            _check_version(handle)
+            handle.kvrt_missing = frozenset(missing)
+            _lib = handle
+    return _lib
+
+
+def fn(name):
+    """A prototyped C function; a KvrtError when this library lacks it."""
+    lb = lib()
+    if name in lb.kvrt_missing:
+        raise KvrtError(ERR_VERSION_MISMATCH, "libkvrt has no %s" % name, name)
+    return getattr(lb, name)
+
+
+def check(status, ctx_ptr, name):
+    """Raises KvrtError for a failed status, with the context's detail."""
+    if status >= 0:
+        return status
+    detail = ""
+    if ctx_ptr:
+        raw = lib().kvrt_ctx_last_error(ctx_ptr)
+        detail = raw.decode("utf-8", "replace") if raw else ""
+    raise KvrtError(status, detail, name)
+
+
+def call(ctx_ptr, name, *args):
+    """Calls kvrt function `name` and raises on failure."""
+    return check(fn(name)(*args), ctx_ptr, name)
+
+
+def bad_arg(detail, function=None):
+    return KvrtError(ERR_INVALID_ARG, detail, function)

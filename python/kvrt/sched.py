@@ -1,0 +1,261 @@
+"""The scheduler (kvrt_sched_t): requests, steps, plans, commits, speculation.
+
+Zero-copy plans: Scheduler.step() returns a Plan whose arrays are numpy
+views of kvrt's own memory, read-only, valid until the next step() or
+commit() of that scheduler (or its close). A Plan checks this on every
+attribute access and raises KvrtError(KVRT_ERR_BAD_STATE) once stale; an
+array taken from it earlier cannot be checked, so copy what you keep.
+"""
+import ctypes as C
+import time
+
+import numpy as np
+
+from . import _lib
+from . import _structs as S
+from ._handle import Handle
+from .cache import PrefixCache
+from .errors import KvrtError, ERR_BAD_STATE
+from .pool import Pool, _u32
+
+PLAN_PREFILL, PLAN_DECODE, PLAN_SPEC = 0, 1, 2
+SEQ_STATES = {0: "waiting", 1: "running", 2: "preempted", 3: "ended"}
+END_REASONS = {0: "none", 1: "length", 2: "stop", 3: "aborted", 4: "failed"}
+MAX_DRAFT = 16
+
+_P = dict(max_batch_tokens=1, max_seqs=2, prefill_chunk_tokens=4, use_watermark=8,
+          max_requests=16, max_seq_tokens=32, max_draft_tokens=64, ngram=128,
+          adaptive_draft=256, csr_block_tables=512)
+_SEQ_STOP, _SEQ_PRIORITY, _SEQ_DEADLINE, _SEQ_KEYS, _SEQ_USER_TAG = 1, 2, 4, 8, 16
+_KEY_ADAPTER, _KEY_SALT = 1, 2
+_COMMIT_ACCEPTED = 1
+
+
+def _view(pointer, count):
+    """A read-only numpy view of count elements at a ctypes pointer."""
+    if count == 0 or not pointer:
+        return np.zeros(0, dtype=_dtype_of(pointer))
+    array = np.ctypeslib.as_array(pointer, (count,))
+    array.flags.writeable = False
+    return array
+
+
+def _dtype_of(pointer):
+    return np.dtype(pointer._type_) if hasattr(pointer, "_type_") else np.int32
+
+
+def _tokens(values, name, function, allow_empty=False):
+    try:
+        array = np.ascontiguousarray(values, dtype=np.int32)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise _lib.bad_arg("%s: %s" % (name, e), function)
+    if array.ndim != 1 or (len(array) == 0 and not allow_empty):
+        raise _lib.bad_arg("%s must be a non-empty 1-D sequence of token ids" % name, function)
+    return array
+
+
+def _info_dict(info, copy_output=True):
+    d = {f[0]: getattr(info, f[0]) for f in info._fields_ if f[0] != "output"}
+    d["state"] = SEQ_STATES.get(info.state, info.state)
+    d["end_reason"] = END_REASONS.get(info.end_reason, info.end_reason)
+    d["output"] = (np.ctypeslib.as_array(info.output, (info.output_tokens,)).tolist()
+                   if info.output_tokens and info.output else [])
+    return d
+
+
+class Plan:
+    """One step's batch plan (kvrt_batch_plan_t); see the module notes."""
+
+    _ARRAYS = {  # name: (field, length attribute)
+        "query_start_loc": ("query_start_loc", lambda p: p.num_seqs + 1 if p.num_seqs else 0),
+        "seq_lens": ("seq_lens", lambda p: p.num_seqs),
+        "input_tokens": ("input_tokens", lambda p: p.num_tokens),
+        "positions": ("positions", lambda p: p.num_tokens),
+        "slot_mapping": ("slot_mapping", lambda p: p.num_tokens),
+        "row_index": ("row_index", lambda p: p.num_seqs),
+        "rows_changed": ("rows_changed", lambda p: p.num_rows_changed),
+        "preempted": ("preempted", lambda p: p.num_preempted),
+        "seqs": ("seqs", lambda p: p.num_seqs),
+    }
+
+    def __init__(self, sched, plan_ptr, generation):
+        self._sched = sched
+        self._plan = plan_ptr.contents
+        self._generation = generation
+        self._step = self._plan.step
+
+    @property
+    def valid(self):
+        return (self._sched._generation == self._generation and not self._sched.closed)
+
+    def _check(self, what):
+        if not self.valid:
+            raise KvrtError(ERR_BAD_STATE, "plan of step %d used (%s) after the scheduler "
+                            "moved on: plans are valid until the next step or commit" %
+                            (self._step, what), "Plan")
+        return self._plan
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        plan = self._check(name)
+        if name in self._ARRAYS:
+            field, length = self._ARRAYS[name]
+            return _view(getattr(plan, field), length(plan))
+        if name == "block_rows":
+            n = plan.num_rows * plan.row_stride
+            return _view(plan.block_rows, n).reshape(plan.num_rows, plan.row_stride) \
+                if n else np.zeros((0, 0), np.int32)
+        if name in ("block_table_offsets", "block_table_ids"):  # csr_block_tables only
+            if not plan.block_table_offsets:
+                return None
+            offsets = _view(plan.block_table_offsets, plan.num_seqs + 1)
+            if name == "block_table_offsets":
+                return offsets
+            return _view(plan.block_table_ids, int(offsets[-1]))
+        if name == "copies":
+            return [(plan.copies[i].src_block, plan.copies[i].dst_block)
+                    for i in range(plan.num_copies)]
+        return getattr(plan, name)
+
+    def __len__(self):
+        return self._check("len").num_seqs
+
+
+class Scheduler(Handle):
+    """A scheduler over pool with an optional prefix cache.
+
+    Parameters are those of kvrt_sched_params_t (None: kvrt's default);
+    ngram=(min, max) turns the n-gram proposer on (needs max_draft_tokens).
+    """
+
+    _kind = "scheduler"
+
+    def __init__(self, pool, cache=None, max_batch_tokens=None, max_seqs=None,
+                 prefill_chunk_tokens=None, use_watermark=None, max_requests=None,
+                 max_seq_tokens=None, max_draft_tokens=None, ngram=None, adaptive_draft=None,
+                 csr_block_tables=None):
+        if not isinstance(pool, Pool):
+            raise _lib.bad_arg("pool must be a kvrt.Pool", "Scheduler")
+        if cache is not None and not isinstance(cache, PrefixCache):
+            raise _lib.bad_arg("cache must be a kvrt.PrefixCache or None", "Scheduler")
+        p = S.kvrt_sched_params_t()
+        given = dict(max_batch_tokens=max_batch_tokens, max_seqs=max_seqs,
+                     prefill_chunk_tokens=prefill_chunk_tokens, use_watermark=use_watermark,
+                     max_requests=max_requests, max_seq_tokens=max_seq_tokens,
+                     max_draft_tokens=max_draft_tokens, adaptive_draft=adaptive_draft,
+                     csr_block_tables=csr_block_tables)
+        S.set_masked(p, _P, **{name: None if value is None else _u32(value, name, "Scheduler")
+                               for name, value in given.items()})
+        if ngram is not None:
+            p.field_mask |= _P["ngram"]
+            p.ngram_min, p.ngram_max = (_u32(v, "ngram", "Scheduler") for v in ngram)
+        ptr = C.c_void_p()
+        _lib.call(pool._ctx_ptr(), "kvrt_sched_create", pool._context._handle("Scheduler"),
+                  pool._handle("Scheduler"), cache._handle("Scheduler") if cache else None,
+                  C.byref(p), C.byref(ptr))
+        super().__init__(pool._context, ptr.value)
+        self.pool, self.cache = pool, cache
+        self._generation = 0
+        self._plan = None
+        self._drain_buffer = (S.kvrt_seq_info_t * 64)()
+
+    # ---- requests -----------------------------------------------------------
+    def add(self, prompt, max_new_tokens, stop=None, priority=None, deadline_ns=None,
+            user_tag=None, adapter_id=None, salt=None):
+        """Enqueues a request; returns its id (an int)."""
+        prompt = _tokens(prompt, "prompt", "add")
+        p = S.kvrt_seq_params_t(prompt=prompt.ctypes.data_as(_lib.i32p),
+                                prompt_len=len(prompt),
+                                max_new_tokens=_u32(max_new_tokens, "max_new_tokens", "add"))
+        if stop is not None:
+            stop = _tokens(stop, "stop", "add", allow_empty=True)
+            p.field_mask |= _SEQ_STOP
+            p.stop_tokens, p.num_stop_tokens = stop.ctypes.data_as(_lib.i32p), len(stop)
+        S.set_masked(p, {"priority": _SEQ_PRIORITY, "deadline_ns": _SEQ_DEADLINE,
+                         "user_tag": _SEQ_USER_TAG},
+                     priority=priority, deadline_ns=deadline_ns, user_tag=user_tag)
+        if adapter_id is not None or salt is not None:
+            p.field_mask |= _SEQ_KEYS
+            if adapter_id is not None:
+                p.keys.field_mask |= _KEY_ADAPTER
+                p.keys.adapter_id = int(adapter_id)
+            if salt is not None:
+                salt = bytes(salt)
+                p.keys.field_mask |= _KEY_SALT
+                p.keys.salt = C.cast(C.c_char_p(salt), C.c_void_p)
+                p.keys.salt_bytes = len(salt)
+        seq = C.c_uint64()
+        self._call("kvrt_seq_add", self._handle("add"), C.byref(p), C.byref(seq))
+        return seq.value
+
+    def abort(self, seq_id):
+        self._call("kvrt_seq_abort", self._handle("abort"), int(seq_id))
+
+    def set_draft(self, seq_id, tokens):
+        tokens = _tokens(tokens, "tokens", "set_draft", allow_empty=True)
+        self._call("kvrt_seq_set_draft", self._handle("set_draft"), int(seq_id),
+                   tokens.ctypes.data_as(_lib.i32p), len(tokens))
+
+    def info(self, seq_id):
+        out = S.kvrt_seq_info_t()
+        self._call("kvrt_seq_info", self._handle("info"), int(seq_id), C.byref(out))
+        return _info_dict(out)
+
+    def seq_blocks(self, seq_id):
+        ids, nblocks, ntokens = _lib.i32p(), C.c_uint32(), C.c_uint32()
+        self._call("kvrt_seq_blocks", self._handle("seq_blocks"), int(seq_id), C.byref(ids),
+                   C.byref(nblocks), C.byref(ntokens))
+        return _view(ids, nblocks.value).copy(), ntokens.value
+
+    def drain(self):
+        """Every ended request as a dict (its output tokens copied)."""
+        events = []
+        count = C.c_uint32()
+        while True:
+            self._call("kvrt_sched_drain_ended", self._handle("drain"), self._drain_buffer,
+                       len(self._drain_buffer), C.byref(count))
+            events += [_info_dict(self._drain_buffer[i]) for i in range(count.value)]
+            if count.value < len(self._drain_buffer):
+                return events
+
+    # ---- steps --------------------------------------------------------------
+    def step(self, now_ns=None):
+        """The next batch plan (a Plan; len(plan) == 0 when nothing runs)."""
+        plan = C.POINTER(S.kvrt_batch_plan_t)()
+        now = time.monotonic_ns() if now_ns is None else int(now_ns)
+        self._call("kvrt_sched_step", self._handle("step"), now, C.byref(plan))
+        self._generation += 1
+        self._plan = Plan(self, plan, self._generation)
+        return self._plan
+
+    def commit(self, plan, tokens, num_accepted=None):
+        """Commits the sampled tokens of plan (in plan order: for each
+        sampling entry, its accepted drafts then one bonus token)."""
+        if not isinstance(plan, Plan) or plan._sched is not self:
+            raise _lib.bad_arg("plan must be a Plan of this scheduler", "commit")
+        raw = plan._check("commit")
+        tokens = _tokens(tokens, "tokens", "commit", allow_empty=True)
+        c = S.kvrt_commit_t(step=raw.step, num_seqs=raw.num_seqs, num_tokens=len(tokens),
+                            tokens=tokens.ctypes.data_as(_lib.i32p))
+        if num_accepted is not None:
+            accepted = np.ascontiguousarray(num_accepted, dtype=np.uint32)
+            c.field_mask |= _COMMIT_ACCEPTED
+            c.num_accepted = accepted.ctypes.data_as(_lib.u32p)
+        self._call("kvrt_sched_commit", self._handle("commit"), C.byref(c))
+        self._generation += 1
+
+    def stats(self):
+        out = S.kvrt_sched_stats_t()
+        self._call("kvrt_sched_stats", self._handle("stats"), C.byref(out))
+        return {f[0]: getattr(out, f[0]) for f in out._fields_}
+
+    _destroy = "kvrt_sched_destroy"
+
+    def close(self):
+        self._generation += 1
+        super().close()
+
+    def _forget(self):
+        self._generation += 1
+        super()._forget()

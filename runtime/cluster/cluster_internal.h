@@ -1,0 +1,44 @@
+/*
+ * cluster_internal.h - what the cluster's files share: the directory's
+ * per-node view for the router and the etcd sync. Internal.
+ */
+#ifndef KVRT_CLUSTER_INTERNAL_H
+#define KVRT_CLUSTER_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/core.h"
+#include "kvrt/cluster.h"
+
+/* A non-zero random 64-bit value (getrandom, else the clock). */
+uint64_t cluster_random_epoch(void);
+
+/* The model's index, or -1 when no node ever served it. */
+int cluster_dir_model_index(const kvrt_cluster_dir_t *dir, const kvrt_block_hash_t *model);
+
+/* Nodes (slot bits) of a model that answer queries, and all its nodes. */
+uint64_t cluster_dir_model_nodes(const kvrt_cluster_dir_t *dir, int model, bool answering);
+
+/* Longest prefixes per node slot of the model's nodes: prefix[slot] for
+ * tiers in tier_mask, gpu_prefix[slot] on GPU (either may be NULL). */
+void cluster_dir_prefixes(const kvrt_cluster_dir_t *dir, int model,
+                          const kvrt_block_hash_t *keys, uint32_t num_keys,
+                          uint32_t tier_mask, uint32_t *prefix, uint32_t *gpu_prefix);
+
+uint64_t cluster_dir_slot_node_id(const kvrt_cluster_dir_t *dir, uint32_t slot);
+const kvrt_cluster_load_t *cluster_dir_slot_load(const kvrt_cluster_dir_t *dir, uint32_t slot);
+kvrt_ctx_t *cluster_dir_ctx(const kvrt_cluster_dir_t *dir);
+
+/* Node lookup by id for the etcd sync: its epoch, and whether a sync added it. */
+bool cluster_dir_node_epoch(const kvrt_cluster_dir_t *dir, uint64_t node_id,
+                            uint64_t *epoch_out, bool *synced_out);
+/* The node restarted with `epoch` (seen in membership before any event):
+ * entries dropped, the old epoch remembered as stale, next id 1. */
+void cluster_dir_restart_node(kvrt_cluster_dir_t *dir, uint64_t node_id, uint64_t epoch);
+/* Marks a node as added by an etcd sync (so a later sync may remove it). */
+void cluster_dir_mark_synced(kvrt_cluster_dir_t *dir, uint64_t node_id);
+/* Node ids that a sync added, into ids[0..64); returns their count. */
+uint32_t cluster_dir_synced_nodes(const kvrt_cluster_dir_t *dir, uint64_t *ids);
+
+#endif /* KVRT_CLUSTER_INTERNAL_H */

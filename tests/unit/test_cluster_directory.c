@@ -1,0 +1,299 @@
+/*
+ * test_cluster_directory.c - the prefix directory against the publishers it
+ * follows: after any mix of stores, removals and clears (random, checked
+ * against an oracle built from the publishers' own key sets), every node's
+ * longest prefix is what it really holds; gaps, restarts, late events of a
+ * dead incarnation, duplicates, unknown nodes and models, and bad events
+ * are each answered as documented, and never with stale entries.
+ */
+#include <string.h>
+
+#include "test_helpers.h"
+
+#define NODES 5
+#define KEYS 300 /* a universe of chained keys: key i's prefix is keys 0..i */
+#define BATCH 4096
+
+static kvrt_ctx_t *ctx;
+static kvrt_cluster_dir_t *dir;
+static const kvrt_block_hash_t model = {0x1111, 0x2222};
+static const kvrt_block_hash_t other_model = {0x3333, 0x4444};
+
+static void setup(void)
+{
+    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
+    kvrt_cluster_dir_params_t p = {.field_mask = KVRT_CLUSTER_DIR_PARAM_EXPECTED_BLOCKS,
+                                   .expected_blocks = 16}; /* forces growth */
+    ASSERT_OK(ctx, kvrt_cluster_dir_create(ctx, &p, &dir));
+}
+static void teardown(void) { kvrt_ctx_destroy(ctx); }
+
+TestSuite(cluster_directory, .init = setup, .fini = teardown);
+
+static kvrt_block_hash_t key(uint64_t i) { return (kvrt_block_hash_t){i * 0x9E3779B1u + 7, ~i}; }
+
+static kvrt_kv_event_t stored(uint64_t id, uint64_t k, uint32_t tier)
+{
+    return (kvrt_kv_event_t){.event_id = id, .kind = KVRT_KV_EVENT_STORED, .tier = tier,
+                             .key = key(k)};
+}
+
+/* Longest prefix of node n per the directory. */
+static uint32_t prefix_of(uint64_t node, const kvrt_block_hash_t *keys, uint32_t n,
+                          uint32_t tiers)
+{
+    kvrt_cluster_match_t m[NODES + 2];
+    uint32_t count = 0;
+    ASSERT_OK(ctx, kvrt_cluster_dir_match(dir, &model, keys, n, tiers, m, NODES + 2, &count));
+    for (uint32_t i = 0; i < count; i++)
+        if (m[i].node_id == node)
+            return m[i].prefix_blocks;
+    return UINT32_MAX; /* not answering */
+}
+
+Test(cluster_directory, follows_random_streams_exactly)
+{
+    kvrt_kv_events_t *pub[NODES];
+    uint8_t held[NODES][KEYS][KVRT_KV_TIERS];
+    memset(held, 0, sizeof(held));
+    for (int n = 0; n < NODES; n++) {
+        ASSERT_OK(ctx, kvrt_kv_events_create(ctx, NULL, &pub[n]));
+        uint64_t epoch;
+        kvrt_kv_events_epoch(pub[n], &epoch, NULL);
+        ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 100 + n, &model, epoch));
+    }
+    static kvrt_kv_event_t buf[BATCH];
+    kvrt_block_hash_t keys[KEYS];
+    for (int i = 0; i < KEYS; i++)
+        keys[i] = key(i);
+    uint64_t rng = 42;
+    for (int round = 0; round < 60; round++) {
+        for (int n = 0; n < NODES; n++) {
+            uint32_t ops = test_rand_below(&rng, 400);
+            for (uint32_t o = 0; o < ops; o++) {
+                uint32_t k = test_rand_below(&rng, KEYS);
+                uint32_t t = test_rand_below(&rng, KVRT_KV_TIERS);
+                uint32_t what = test_rand_below(&rng, 1000);
+                kvrt_block_hash_t kk = key(k);
+                if (what < 2) {
+                    ASSERT_OK(ctx, kvrt_kv_events_record(pub[n], KVRT_KV_EVENT_CLEARED, 0, NULL));
+                    memset(held[n], 0, sizeof(held[n]));
+                } else if (what < 600) {
+                    ASSERT_OK(ctx, kvrt_kv_events_record(pub[n], KVRT_KV_EVENT_STORED, t, &kk));
+                    held[n][k][t] = 1;
+                } else {
+                    ASSERT_OK(ctx, kvrt_kv_events_record(pub[n], KVRT_KV_EVENT_REMOVED, t, &kk));
+                    held[n][k][t] = 0;
+                }
+            }
+            uint32_t got = 0;
+            uint64_t epoch;
+            ASSERT_OK(ctx, kvrt_kv_events_take(pub[n], buf, BATCH, &got, &epoch));
+            /* Deliver in two pieces, the second one twice (a replay). */
+            uint32_t half = got / 2;
+            ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 100 + n, epoch, buf, half));
+            ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 100 + n, epoch, buf + half, got - half));
+            ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 100 + n, epoch, buf + half, got - half));
+        }
+        /* Every node's prefix from several starting depths (prefixes of
+         * the universe's chain) against the oracle. */
+        for (uint32_t tiers = 1; tiers <= KVRT_KV_TIER_MASK_ALL; tiers++) {
+            for (int n = 0; n < NODES; n++) {
+                uint32_t expect = 0;
+                while (expect < KEYS) {
+                    int any = 0;
+                    for (int t = 0; t < KVRT_KV_TIERS; t++)
+                        any |= (tiers >> t & 1) && held[n][expect][t];
+                    if (!any)
+                        break;
+                    expect++;
+                }
+                cr_assert_eq(prefix_of(100 + n, keys, KEYS, tiers), expect,
+                             "round %d node %d tiers %u", round, n, tiers);
+            }
+        }
+        for (int n = 0; n < NODES; n++) {
+            kvrt_cluster_node_info_t info;
+            ASSERT_OK(ctx, kvrt_cluster_dir_node_info(dir, 100 + n, &info));
+            for (int t = 0; t < KVRT_KV_TIERS; t++) {
+                uint64_t c = 0;
+                for (int k = 0; k < KEYS; k++)
+                    c += held[n][k][t];
+                cr_assert_eq(info.blocks[t], c);
+            }
+        }
+    }
+    kvrt_cluster_dir_stats_t s;
+    ASSERT_OK(ctx, kvrt_cluster_dir_stats(dir, &s));
+    cr_assert_gt(s.events_duplicate, 0);
+    cr_assert_eq(s.resyncs, 0);
+    cr_assert_leq(s.entries * 2, s.table_slots, "tables stay at most half full");
+    /* Removing every node leaves no entry. */
+    for (int n = 0; n < NODES; n++)
+        ASSERT_OK(ctx, kvrt_cluster_dir_remove_node(dir, 100 + n));
+    ASSERT_OK(ctx, kvrt_cluster_dir_stats(dir, &s));
+    cr_assert_eq(s.entries, 0);
+    cr_assert_eq(s.nodes, 0);
+}
+
+Test(cluster_directory, gap_forces_a_snapshot_before_the_node_answers_again)
+{
+    kvrt_kv_events_params_t p = {.field_mask = KVRT_KV_EVENTS_PARAM_CAPACITY, .capacity = 16};
+    kvrt_kv_events_t *pub = NULL;
+    ASSERT_OK(ctx, kvrt_kv_events_create(ctx, &p, &pub));
+    uint64_t epoch;
+    kvrt_kv_events_epoch(pub, &epoch, NULL);
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 7, &model, epoch));
+    kvrt_block_hash_t keys[40];
+    for (int i = 0; i < 40; i++) {
+        keys[i] = key(i);
+        ASSERT_OK(ctx, kvrt_kv_events_record(pub, KVRT_KV_EVENT_STORED, 0, &keys[i]));
+    }
+    kvrt_kv_event_t buf[64];
+    uint32_t n = 0;
+    ASSERT_OK(ctx, kvrt_kv_events_take(pub, buf, 64, &n, NULL));
+    cr_assert_eq(buf[0].event_id, 25, "the ring overflowed");
+    ASSERT_STATUS(KVRT_ERR_RESYNC, kvrt_cluster_dir_apply(dir, 7, epoch, buf, n));
+    cr_assert_eq(prefix_of(7, keys, 40, 0), UINT32_MAX, "a resyncing node does not answer");
+    ASSERT_STATUS(KVRT_ERR_RESYNC, kvrt_cluster_dir_apply(dir, 7, epoch, buf, n));
+    uint64_t last;
+    ASSERT_OK(ctx, kvrt_kv_events_snapshot(pub, buf, 64, &n, &last));
+    ASSERT_OK(ctx, kvrt_cluster_dir_load_snapshot(dir, 7, epoch, last, buf, n));
+    cr_assert_eq(prefix_of(7, keys, 40, 0), 40);
+    /* The stream goes on from the snapshot. */
+    ASSERT_OK(ctx, kvrt_kv_events_record(pub, KVRT_KV_EVENT_REMOVED, 0, &keys[10]));
+    ASSERT_OK(ctx, kvrt_kv_events_take(pub, buf, 64, &n, NULL));
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 7, epoch, buf, n));
+    cr_assert_eq(prefix_of(7, keys, 40, 0), 10);
+    kvrt_cluster_dir_stats_t s;
+    kvrt_cluster_dir_stats(dir, &s);
+    cr_assert_eq(s.resyncs, 1);
+}
+
+Test(cluster_directory, restart_drops_old_entries_and_late_events_are_refused)
+{
+    const uint64_t e1 = 0xA1, e2 = 0xB2;
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 9, &model, e1));
+    kvrt_block_hash_t keys[8];
+    kvrt_kv_event_t ev[8];
+    for (int i = 0; i < 8; i++) {
+        keys[i] = key(i);
+        ev[i] = stored((uint64_t)i + 1, (uint64_t)i, KVRT_KV_TIER_GPU);
+    }
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, e1, ev, 8));
+    cr_assert_eq(prefix_of(9, keys, 8, 0), 8);
+    /* The node restarts: its new stream starts at 1 and holds key 0 only. */
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, e2, ev, 1));
+    cr_assert_eq(prefix_of(9, keys, 8, 0), 1, "entries of the old epoch were dropped");
+    /* A late batch of the dead incarnation changes nothing. */
+    ASSERT_STATUS(KVRT_ERR_STALE_EPOCH, kvrt_cluster_dir_apply(dir, 9, e1, ev + 1, 7));
+    cr_assert_eq(prefix_of(9, keys, 8, 0), 1);
+    /* A third epoch seen mid-stream: entries dropped, snapshot needed. */
+    ASSERT_STATUS(KVRT_ERR_RESYNC, kvrt_cluster_dir_apply(dir, 9, 0xC3, ev + 3, 2));
+    cr_assert_eq(prefix_of(9, keys, 8, 0), UINT32_MAX);
+    ASSERT_OK(ctx, kvrt_cluster_dir_load_snapshot(dir, 9, 0xC3, 4, ev, 2));
+    cr_assert_eq(prefix_of(9, keys, 8, 0), 2);
+    kvrt_cluster_node_info_t info;
+    ASSERT_OK(ctx, kvrt_cluster_dir_node_info(dir, 9, &info));
+    cr_assert_eq(info.next_event_id, 5);
+    cr_assert_eq(info.epoch, 0xC3);
+}
+
+Test(cluster_directory, bad_input_changes_nothing)
+{
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 1, &model, 5));
+    ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_cluster_dir_add_node(dir, 1, &model, 6));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_dir_add_node(dir, 0, &model, 6));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_dir_add_node(dir, 2, &model, 0));
+    kvrt_kv_event_t ev[3] = {stored(1, 1, 0), stored(2, 2, 0), stored(3, 3, 0)};
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_NODE, kvrt_cluster_dir_apply(dir, 99, 5, ev, 3));
+    ev[2].tier = 9;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_dir_apply(dir, 1, 5, ev, 3));
+    ev[2].tier = 0;
+    ev[1].kind = 77;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_dir_apply(dir, 1, 5, ev, 3));
+    kvrt_cluster_node_info_t info;
+    ASSERT_OK(ctx, kvrt_cluster_dir_node_info(dir, 1, &info));
+    cr_assert_eq(info.next_event_id, 1, "a refused batch applies nothing");
+    cr_assert_eq(info.blocks[0], 0);
+    ev[1].kind = KVRT_KV_EVENT_STORED;
+    kvrt_block_hash_t keys[3] = {key(1), key(2), key(3)};
+    kvrt_cluster_match_t m[4];
+    uint32_t count = 0;
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_MODEL,
+                  kvrt_cluster_dir_match(dir, &other_model, keys, 3, 0, m, 4, &count));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
+                  kvrt_cluster_dir_match(dir, &model, keys, 3, 1u << 5, m, 4, &count));
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 2, &model, 6));
+    ASSERT_STATUS(KVRT_ERR_BUFFER_TOO_SMALL,
+                  kvrt_cluster_dir_match(dir, &model, keys, 3, 0, m, 1, &count));
+    cr_assert_eq(count, 2);
+    /* Out of order within a batch is a gap. */
+    kvrt_kv_event_t swapped[2] = {stored(2, 2, 0), stored(1, 1, 0)};
+    ASSERT_STATUS(KVRT_ERR_RESYNC, kvrt_cluster_dir_apply(dir, 2, 6, swapped, 2));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_NODE, kvrt_cluster_dir_remove_node(dir, 3));
+    /* Two models never share entries. */
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 3, &other_model, 8));
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 1, 5, ev, 3));
+    ASSERT_OK(ctx, kvrt_cluster_dir_match(dir, &other_model, keys, 3, 0, m, 4, &count));
+    cr_assert_eq(count, 1);
+    cr_assert_eq(m[0].node_id, 3);
+    cr_assert_eq(m[0].prefix_blocks, 0);
+    ASSERT_OK(ctx, kvrt_cluster_dir_match(dir, &model, keys, 3, 0, m, 4, &count));
+    cr_assert_eq(count, 1, "node 2 is resyncing");
+    cr_assert_eq(m[0].prefix_blocks, 3);
+    cr_assert_eq(m[0].gpu_prefix_blocks, 3);
+}
+
+Test(cluster_directory, holds_at_most_64_nodes)
+{
+    for (uint64_t n = 1; n <= KVRT_CLUSTER_MAX_NODES; n++)
+        ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, n, n % 2 ? &model : &other_model, n));
+    ASSERT_STATUS(KVRT_ERR_OVERFLOW, kvrt_cluster_dir_add_node(dir, 1000, &model, 1));
+    ASSERT_OK(ctx, kvrt_cluster_dir_remove_node(dir, 64));
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 1000, &model, 1));
+}
+
+Test(cluster_directory, forget_drops_what_a_peer_announced_but_lacks)
+{
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 4, &model, 44));
+    kvrt_block_hash_t keys[6];
+    kvrt_kv_event_t ev[6];
+    for (int i = 0; i < 6; i++) {
+        keys[i] = key(i);
+        ev[i] = stored((uint64_t)i + 1, (uint64_t)i, i % 2 ? KVRT_KV_TIER_HOST : KVRT_KV_TIER_GPU);
+    }
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 4, 44, ev, 6));
+    cr_assert_eq(prefix_of(4, keys, 6, 0), 6);
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_NODE, kvrt_cluster_dir_forget(dir, 5, keys, 1));
+    ASSERT_OK(ctx, kvrt_cluster_dir_forget(dir, 4, keys + 3, 3));
+    cr_assert_eq(prefix_of(4, keys, 6, 0), 3);
+    kvrt_cluster_node_info_t info;
+    ASSERT_OK(ctx, kvrt_cluster_dir_node_info(dir, 4, &info));
+    cr_assert_eq(info.blocks[KVRT_KV_TIER_GPU] + info.blocks[KVRT_KV_TIER_HOST], 3);
+    kvrt_cluster_dir_stats_t s;
+    ASSERT_OK(ctx, kvrt_cluster_dir_stats(dir, &s));
+    cr_assert_eq(s.entries, 3);
+    /* The stream goes on: a later STORED brings one back. */
+    kvrt_kv_event_t again = stored(7, 3, KVRT_KV_TIER_GPU);
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 4, 44, &again, 1));
+    cr_assert_eq(prefix_of(4, keys, 6, 0), 4);
+}
+
+Test(cluster_directory, counters_are_ctl_nodes)
+{
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 4, &model, 44));
+    kvrt_kv_event_t ev[2] = {stored(1, 1, 0), stored(2, 2, 0)};
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 4, 44, ev, 2));
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 4, 44, ev, 2));
+    uint64_t v = 0;
+    ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, "cluster.dir.0.entries", &v));
+    cr_assert_eq(v, 2);
+    ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, "cluster.dir.0.events_duplicate", &v));
+    cr_assert_eq(v, 2);
+    ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, "cluster.dir.0.nodes", &v));
+    cr_assert_eq(v, 1);
+    ASSERT_OK(ctx, kvrt_cluster_dir_destroy(dir));
+    ASSERT_STATUS(KVRT_ERR_NOT_FOUND, kvrt_ctl_get_u64(ctx, "cluster.dir.0.entries", &v));
+    dir = NULL;
+}
