@@ -11,6 +11,7 @@
 
 #include "sim_rng.h"
 #include "sim_workload.h"
+#include "soak_cluster.h"
 #include "soak_netns.h"
 #include "soak_proto.h"
 #include "soak_report.h"
@@ -21,7 +22,8 @@ typedef struct options {
     uint64_t seed;
     uint32_t transfer_timeout_ms, pool_blocks;
     uint64_t rss_limit_mb;
-    int json, loopback;
+    int json, loopback, no_etcd;
+    uint32_t lease_ttl_s;
     const char *plot_dir, *trace, *plot_script;
     int faults[SOAK_FAULT_KINDS];
 } options_t;
@@ -37,6 +39,9 @@ typedef struct node_proc {
     double restart_at;
     soak_msg_peer_t hello;
     soak_node_counters_t last;      /* latest cumulative counters of this process */
+    uint64_t epoch;                 /* KV event epoch of this process */
+    uint64_t dead_epoch;            /* of the killed process, until checked */
+    double dir_check_at;            /* when its directory entries must be gone */
 } node_proc_t;
 
 typedef struct record {
@@ -71,6 +76,9 @@ typedef struct soak {
     soak_report_t *rep;
     uint8_t *buf;
     uint64_t skipped_too_long;
+    soak_cluster_t cluster;
+    int etcd;                       /* the cluster side runs */
+    char argv0[4096];               /* this program, for exec'ing nodes */
 } soak_t;
 
 /* The link faults' queueing disciplines: delay, loss and reordering

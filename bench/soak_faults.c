@@ -65,7 +65,8 @@ static int inject(soak_t *s, soak_fault_kind_t kind, uint32_t node, double *leng
     switch (kind) {
     case SOAK_FAULT_KILL:
         np->killed_on_purpose = 1;
-        *length = 1.0;
+        /* Until it is back: with etcd that is past its lease. */
+        *length = s->etcd ? s->o.lease_ttl_s + 3.5 : 1.0;
         return kill(np->pid, SIGKILL);
     case SOAK_FAULT_STOP:
         /* Past the transfer timeout, so peers' pulls from it time out. */
@@ -80,8 +81,10 @@ static int inject(soak_t *s, soak_fault_kind_t kind, uint32_t node, double *leng
         return soak_net_qdisc(&s->net, node, SOAK_SLOW);
     case SOAK_FAULT_CORRUPT:
         return corrupter(s, 1);
+    case SOAK_FAULT_ETCD:
+        return soak_cluster_etcd_kill(&s->cluster);
     default:
-        return -1; /* diskfull, etcd: not available, never planned */
+        return -1; /* diskfull: not available, never planned */
     }
 }
 
@@ -107,6 +110,10 @@ void soak_fault_heal(soak_t *s)
         break;
     case SOAK_FAULT_CORRUPT:
         corrupter(s, 0);
+        break;
+    case SOAK_FAULT_ETCD:
+        if (soak_cluster_etcd_restart(&s->cluster) != 0)
+            fprintf(stderr, "kvrt-soak: could not restart etcd\n");
         break;
     default:
         break;

@@ -10,6 +10,7 @@
  * kvrt object lives in a node.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <getopt.h>
 #include <math.h>
 #include <poll.h>
@@ -38,7 +39,8 @@ double soak_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-#define MSG_MAX (sizeof(soak_msg_request_t) + (SOAK_MAX_PROMPT + SOAK_MAX_ANSWER) * 4u)
+#define MSG_MAX (sizeof(soak_msg_request_t) + (SOAK_MAX_PROMPT + SOAK_MAX_ANSWER) * 4u + \
+                 sizeof(soak_msg_events_t))
 
 /* ---- node processes ------------------------------------------------------------ */
 
@@ -52,7 +54,18 @@ void soak_node_start(soak_t *s, uint32_t i)
     }
     int big = 4 << 20;
     setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+    setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+    setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
     setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+    /* The node is this program again (--node), exec'd: the supervisor has
+     * threads (kvrt's etcd member), and a forked child may only exec. */
+    char spec[512];
+    snprintf(spec, sizeof(spec), "%u,%s:%s,%u,%u,%.6f,%llu,%u,%s", i,
+             s->netns ? s->net.address[i] : "127.0.0.1", s->netns ? "7100" : "0",
+             s->o.pool_blocks, s->o.transfer_timeout_ms, s->o.time_scale,
+             (unsigned long long)(s->o.seed * 1000003u + i * 7919u + np->generation),
+             s->o.lease_ttl_s, s->etcd ? s->cluster.endpoint : "-");
+    char *const argv[] = {s->argv0, "--node", spec, NULL};
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0) {
@@ -62,23 +75,10 @@ void soak_node_start(soak_t *s, uint32_t i)
     if (pid == 0) {
         /* A node never outlives the supervisor, however it ends. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        signal(SIGINT, SIG_IGN);
-        signal(SIGTERM, SIG_DFL);
-        close(sv[0]);
-        char listen[64];
-        if (s->netns) {
-            if (soak_net_enter(&s->net, i) != 0)
-                _exit(6);
-            snprintf(listen, sizeof(listen), "%s:7100", s->net.address[i]);
-        } else {
-            snprintf(listen, sizeof(listen), "127.0.0.1:0");
-        }
-        soak_node_config_t cfg = {.index = i, .listen = listen, .control_fd = sv[1],
-                                  .pool_blocks = s->o.pool_blocks,
-                                  .transfer_timeout_ms = s->o.transfer_timeout_ms,
-                                  .time_scale = s->o.time_scale,
-                                  .seed = s->o.seed * 1000003u + i * 7919u + np->generation};
-        _exit(soak_node_main(&cfg));
+        if ((s->netns && soak_net_enter(&s->net, i) != 0) || dup2(sv[1], 3) != 3)
+            _exit(6);
+        execv(s->argv0, argv);
+        _exit(127);
     }
     close(sv[1]);
     np->pid = pid;
@@ -86,6 +86,26 @@ void soak_node_start(soak_t *s, uint32_t i)
     np->state = NODE_STARTING;
     np->stopped = np->killed_on_purpose = np->reported = 0;
     np->last = (soak_node_counters_t){0};
+}
+
+/* kvrt-soak --node SPEC: one node, talking to the supervisor on fd 3. */
+static int node_process(const char *spec)
+{
+    static char listen[128], etcd[128];
+    unsigned index = 0, pool = 0, timeout = 0, ttl = 0;
+    unsigned long long seed = 0;
+    double scale = 1;
+    if (sscanf(spec, "%u,%127[^,],%u,%u,%lf,%llu,%u,%127s", &index, listen, &pool, &timeout,
+               &scale, &seed, &ttl, etcd) != 8 ||
+        index >= SOAK_MAX_NODES)
+        return 2;
+    signal(SIGINT, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    soak_node_config_t cfg = {.index = index, .listen = listen, .control_fd = 3,
+                              .pool_blocks = pool, .transfer_timeout_ms = timeout,
+                              .time_scale = scale, .seed = seed, .lease_ttl_s = ttl,
+                              .etcd_endpoint = strcmp(etcd, "-") ? etcd : NULL};
+    return soak_node_main(&cfg);
 }
 
 void soak_send(soak_t *s, uint32_t i, const void *msg, size_t len)
@@ -165,7 +185,14 @@ static void node_lost(soak_t *s, uint32_t i, int status)
     np->pid = 0;
     if (np->state != NODE_DONE) {
         np->state = NODE_DOWN;
-        np->restart_at = soak_now() + 1.0;
+        /* With etcd, a killed node stays down past its lease, so the
+         * directory must drop it on membership alone. */
+        double down_s = s->etcd ? s->o.lease_ttl_s + 3.0 : 1.0;
+        np->restart_at = soak_now() + down_s;
+        if (s->etcd && np->killed_on_purpose) {
+            np->dead_epoch = np->epoch;
+            np->dir_check_at = soak_now() + s->o.lease_ttl_s + 2.0;
+        }
         np->generation++;
     }
 }
@@ -187,6 +214,7 @@ static void on_hello(soak_t *s, uint32_t i, const soak_msg_peer_t *m)
     np->hello.type = SOAK_MSG_PEER;
     np->hello.index = i;
     np->hello.generation = np->generation;
+    np->epoch = m->epoch;
     np->state = NODE_UP;
     for (uint32_t j = 0; j < s->o.nodes; j++) {
         if (j == i || s->nodes[j].state != NODE_UP)
@@ -212,10 +240,21 @@ static void on_node_message(soak_t *s, uint32_t i, const uint8_t *buf, size_t le
             s->rep->ended_twice++;
         else
             record_end(s, &s->recs[m.id], &m);
+    } else if (type == SOAK_MSG_EVENTS && len >= offsetof(soak_msg_events_t, events)) {
+        static soak_msg_events_t m;
+        memcpy(&m, buf, len);
+        if (len != offsetof(soak_msg_events_t, events) + m.count * sizeof(kvrt_kv_event_t)) {
+            fprintf(stderr, "kvrt-soak: node %u sent a malformed event batch\n", i);
+            s->rep->node_crashes++;
+        } else if (soak_cluster_events(&s->cluster, i, &m)) {
+            soak_msg_corrupt_t ask = {.type = SOAK_MSG_SNAPSHOT};
+            soak_send(s, i, &ask, sizeof(ask));
+        }
     } else if (type == SOAK_MSG_STATS && len == sizeof(soak_msg_stats_t)) {
         soak_msg_stats_t m;
         memcpy(&m, buf, sizeof(m));
         np->last = m.counters;
+        soak_cluster_load(&s->cluster, i, &m);
     } else if (type == SOAK_MSG_REPORT && len == sizeof(soak_msg_report_t)) {
         soak_msg_report_t m;
         memcpy(&m, buf, sizeof(m));
@@ -282,7 +321,7 @@ static int pick_node(soak_t *s, uint32_t home)
         return -1;
     /* Half the traffic lands on the prefix's home; the rest elsewhere, so
      * that node pulls the prefix from home. */
-    if (s->nodes[home].state == NODE_UP && sim_rng_unit(&s->rng) < 0.5)
+    if (home < s->o.nodes && s->nodes[home].state == NODE_UP && sim_rng_unit(&s->rng) < 0.5)
         return (int)home;
     return (int)up[sim_rng_below(&s->rng, n)];
 }
@@ -306,8 +345,20 @@ static void submit_arrivals(soak_t *s, double t)
             free(req.answer);
             continue;
         }
-        uint32_t home = home_of(s, &req);
-        int target = pick_node(s, home);
+        uint32_t home = home_of(s, &req), routed = 0, source = 0;
+        int target = -1;
+        if (soak_cluster_route(&s->cluster, req.prompt, req.prompt_len, &routed, &source) == 0 &&
+            routed < s->o.nodes && s->nodes[routed].state == NODE_UP) {
+            /* The router's choice, or, for a share of the traffic, another
+             * node that then pulls the prefix from where the router saw
+             * most of it. */
+            target = (int)routed;
+            home = source < s->o.nodes ? source : routed;
+            if (sim_rng_unit(&s->rng) < 0.3)
+                target = pick_node(s, s->o.nodes);
+        } else {
+            target = pick_node(s, home);
+        }
         record_t *r = &s->recs[req.id];
         *r = (record_t){.live = 1, .node = target < 0 ? 0 : (uint32_t)target, .sent_s = t,
                         .req = req};
@@ -345,6 +396,24 @@ static void check_hung(soak_t *s, double t)
             fprintf(stderr, "kvrt-soak: request %llu on node %u outlived its %.0f s timeout\n",
                     (unsigned long long)k, r->node, s->o.request_timeout_s);
         }
+    }
+}
+
+/* A killed node's lease has expired: the directory must hold nothing of
+ * that incarnation any more. */
+static void check_directory(soak_t *s)
+{
+    for (uint32_t i = 0; i < s->o.nodes; i++) {
+        node_proc_t *np = &s->nodes[i];
+        if (!np->dead_epoch || soak_now() < np->dir_check_at)
+            continue;
+        s->rep->directory_checks++;
+        if (soak_cluster_holds(&s->cluster, i, np->dead_epoch)) {
+            s->rep->stale_directory_nodes++;
+            fprintf(stderr, "kvrt-soak: the directory still holds node %u's entries %.0f s "
+                            "after its death\n", i, s->o.lease_ttl_s + 2.0);
+        }
+        np->dead_epoch = 0;
     }
 }
 
@@ -386,6 +455,7 @@ static void cleanup(void)
     if (!cleanup_target)
         return;
     kill_all(cleanup_target);
+    soak_cluster_stop(&cleanup_target->cluster);
     soak_net_down(&cleanup_target->net);
 }
 
@@ -410,6 +480,8 @@ static void finish(soak_t *s)
         if ((live == 0 && !starting) || t > give_up || interrupted)
             break;
         check_hung(s, t - s->t0);
+        soak_cluster_tick(&s->cluster, t);
+        check_directory(s);
         pump(s, 20);
     }
     soak_msg_corrupt_t fin = {.type = SOAK_MSG_FINISH};
@@ -497,6 +569,8 @@ static int run(soak_t *s)
                 soak_node_start(s, i);
         submit_arrivals(s, t);
         soak_fault_tick(s, t);
+        soak_cluster_tick(&s->cluster, soak_now());
+        check_directory(s);
         if (t >= next_tick) {
             sample_rss(s);
             check_hung(s, t);
@@ -510,6 +584,9 @@ static int run(soak_t *s)
         printf("\n");
     finish(s);
     s->rep->duration_s = soak_now() - s->t0;
+    s->rep->routed = s->cluster.routed;
+    s->rep->events_applied = s->cluster.events_applied;
+    s->rep->resyncs = s->cluster.resyncs;
     return interrupted ? -1 : 0;
 }
 
@@ -534,6 +611,8 @@ static void usage(FILE *out)
             "  --pool-blocks N        KV blocks per node (default 4096)\n"
             "  --rss-limit-mb N       bound on every node's RSS (default 512)\n"
             "  --loopback             no namespaces, even as root\n"
+            "  --no-etcd              no etcd membership, directory or router\n"
+            "  --lease-ttl S          the nodes' etcd lease (default 2)\n"
             "  --json                 the report as JSON on stdout (summary on stderr)\n"
             "  --plot DIR             soak.json and soak.png into DIR\n"
             "Exit status: 0 when every invariant held, 1 when one broke, 2 on a usage or\n"
@@ -580,7 +659,8 @@ static int parse_args(int argc, char **argv, options_t *o)
 {
     *o = (options_t){.nodes = 4, .duration_s = 150, .rate = 6, .request_timeout_s = 30,
                      .fault_interval_s = 8, .fault_length_s = 5, .time_scale = 1, .seed = 1,
-                     .transfer_timeout_ms = 2000, .pool_blocks = 4096, .rss_limit_mb = 512};
+                     .transfer_timeout_ms = 2000, .pool_blocks = 4096, .rss_limit_mb = 512,
+                     .lease_ttl_s = 2};
     parse_faults("all", o->faults);
     static const struct option longs[] = {
         {"nodes", 1, 0, 'n'}, {"duration", 1, 0, 'd'}, {"seed", 1, 0, 's'},
@@ -588,6 +668,7 @@ static int parse_args(int argc, char **argv, options_t *o)
         {"rate", 1, 0, 'r'}, {"trace", 1, 0, 't'}, {"time-scale", 1, 0, 'x'},
         {"request-timeout", 1, 0, 'q'}, {"transfer-timeout-ms", 1, 0, 'm'},
         {"pool-blocks", 1, 0, 'b'}, {"rss-limit-mb", 1, 0, 'R'}, {"loopback", 0, 0, 'L'},
+        {"no-etcd", 0, 0, 'E'}, {"lease-ttl", 1, 0, 'T'},
         {"json", 0, 0, 'j'}, {"plot", 1, 0, 'p'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     double v = 0;
@@ -609,6 +690,8 @@ static int parse_args(int argc, char **argv, options_t *o)
         case 'b': bad = parse_number(name, optarg, 256, 1 << 20, &v); o->pool_blocks = (uint32_t)v; break;
         case 'R': bad = parse_number(name, optarg, 16, 1 << 20, &v); o->rss_limit_mb = (uint64_t)v; break;
         case 'L': o->loopback = 1; break;
+        case 'E': o->no_etcd = 1; break;
+        case 'T': bad = parse_number(name, optarg, 2, 60, &v); o->lease_ttl_s = (uint32_t)v; break;
         case 'j': o->json = 1; break;
         case 'p': o->plot_dir = optarg; break;
         case 'h': usage(stdout); exit(0);
@@ -667,6 +750,13 @@ int main(int argc, char **argv)
     static soak_t soak;
     static soak_report_t report;
     soak_t *s = &soak;
+    if (argc == 3 && strcmp(argv[1], "--node") == 0)
+        return node_process(argv[2]);
+    ssize_t self = readlink("/proc/self/exe", s->argv0, sizeof(s->argv0) - 1);
+    if (self <= 0) {
+        fprintf(stderr, "kvrt-soak: cannot find its own executable\n");
+        return 2;
+    }
     if (parse_args(argc, argv, &s->o) != 0)
         return 2;
     s->rep = &report;
@@ -689,6 +779,23 @@ int main(int argc, char **argv)
         snprintf(network, sizeof(network), "loopback (no namespaces: %.100s)", why);
     cleanup_target = s;
     atexit(cleanup);
+    /* The supervisor lives in the bridge namespace, next to etcd, where
+     * every node's address is one hop away. */
+    if (s->netns && soak_net_enter_bridge(&s->net) != 0) {
+        fprintf(stderr, "kvrt-soak: cannot enter %s\n", s->net.bridge_ns);
+        return 2;
+    }
+    static char cluster_line[200];
+    const char *no_etcd = "--no-etcd";
+    if (!s->o.no_etcd)
+        no_etcd = soak_cluster_start(&s->cluster, s->netns ? s->net.bridge_address : "127.0.0.1",
+                                     s->netns ? 2379u : 20000u + (unsigned)getpid() % 20000u * 2u,
+                                     s->o.lease_ttl_s);
+    s->etcd = no_etcd == NULL;
+    if (s->etcd)
+        snprintf(cluster_line, sizeof(cluster_line), "etcd at %.96s", s->cluster.endpoint);
+    else
+        snprintf(cluster_line, sizeof(cluster_line), "no etcd (%.150s)", no_etcd);
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
@@ -704,10 +811,11 @@ int main(int argc, char **argv)
         report.available[k] = k == SOAK_FAULT_KILL || k == SOAK_FAULT_STOP ||
                               k == SOAK_FAULT_CORRUPT || (k == SOAK_FAULT_LINK && s->netns) ||
                               (k == SOAK_FAULT_NETEM && have_netem) ||
-                              (k == SOAK_FAULT_SLOW && have_tbf);
+                              (k == SOAK_FAULT_SLOW && have_tbf) ||
+                              (k == SOAK_FAULT_ETCD && s->etcd);
     }
-    fprintf(stderr, "kvrt-soak: %u nodes over %s, %.0f s, seed %llu\n", s->o.nodes, network,
-            s->o.duration_s, (unsigned long long)s->o.seed);
+    fprintf(stderr, "kvrt-soak: %u nodes over %s, %s, %.0f s, seed %llu\n", s->o.nodes,
+            network, cluster_line, s->o.duration_s, (unsigned long long)s->o.seed);
 
     int rc = run(s);
     cleanup();

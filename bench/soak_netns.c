@@ -47,7 +47,10 @@ const char *soak_net_up(soak_net_t *net, uint32_t nodes)
     if (soak_sh("ip netns add %s", net->bridge_ns) != 0)
         return "ip netns add failed (no namespace support here)";
     net->made = 1;
+    snprintf(net->bridge_address, sizeof(net->bridge_address), "10.231.%u.1", sub);
     if (soak_sh("ip -n %s link add br0 type bridge", net->bridge_ns) != 0 ||
+        soak_sh("ip -n %s addr add %s/24 dev br0", net->bridge_ns, net->bridge_address) != 0 ||
+        soak_sh("ip -n %s link set lo up", net->bridge_ns) != 0 ||
         soak_sh("ip -n %s link set br0 up", net->bridge_ns) != 0) {
         soak_net_down(net);
         return "bridge setup failed";
@@ -75,10 +78,10 @@ const char *soak_net_up(soak_net_t *net, uint32_t nodes)
     return NULL;
 }
 
-int soak_net_enter(const soak_net_t *net, uint32_t node)
+static int enter(const char *ns)
 {
     char path[96];
-    snprintf(path, sizeof(path), "/var/run/netns/%s", net->node_ns[node]);
+    snprintf(path, sizeof(path), "/var/run/netns/%s", ns);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
@@ -86,6 +89,10 @@ int soak_net_enter(const soak_net_t *net, uint32_t node)
     close(fd);
     return rc;
 }
+
+int soak_net_enter(const soak_net_t *net, uint32_t node) { return enter(net->node_ns[node]); }
+
+int soak_net_enter_bridge(const soak_net_t *net) { return enter(net->bridge_ns); }
 
 int soak_net_link(const soak_net_t *net, uint32_t node, int up)
 {

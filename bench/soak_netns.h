@@ -20,6 +20,7 @@ typedef struct soak_net {
     char node_ns[SOAK_MAX_NODES][40];
     char node_if[SOAK_MAX_NODES][16];  /* the node's end, inside its namespace */
     char address[SOAK_MAX_NODES][32];  /* the node's address, no port */
+    char bridge_address[32];
 } soak_net_t;
 
 /* Builds the network. Returns NULL, or why it could not (then nothing is
@@ -35,6 +36,10 @@ int soak_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Enters the node's namespace (in a forked child). Returns 0 or -1. */
 int soak_net_enter(const soak_net_t *net, uint32_t node);
+
+/* Enters the bridge namespace, where the supervisor and etcd live (the
+ * bridge holds 10.231.<k>.1). Returns 0 or -1. */
+int soak_net_enter_bridge(const soak_net_t *net);
 
 /* Faults on a node's link. Each returns 0 or the failing command's status. */
 int soak_net_link(const soak_net_t *net, uint32_t node, int up);

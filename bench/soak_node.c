@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <math.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -64,6 +65,10 @@ typedef struct node {
     kvrt_cache_t *cache;
     kvrt_sched_t *sched;
     kvrt_xfer_agent_t *agent;
+    kvrt_kv_events_t *events;
+    kvrt_cluster_etcd_t *member;
+    soak_msg_events_t *events_msg;
+    uint64_t epoch;
     kvrt_xfer_region_t *pool_region, *dir_region, *landing_region;
     soak_dir_entry_t *dir;      /* SOAK_DIR_SLOTS, published */
     soak_dir_entry_t *landing;  /* MAX_PULLS * MAX_PULL_BLOCKS */
@@ -579,6 +584,78 @@ static int step(node_t *n)
     return 0;
 }
 
+/* ---- the cluster: membership and KV events ------------------------------------------ */
+
+/* Registers on etcd under a lease of lease_ttl_s; etcd may be down for a
+ * moment (its own fault), so the first registration is retried for 15 s. */
+static int join_etcd(node_t *n, const kvrt_kv_layout_t *layout, const char *address)
+{
+    kvrt_cluster_etcd_params_t ep = {
+        .field_mask = KVRT_ETCD_PARAM_ENDPOINT | KVRT_ETCD_PARAM_ADDRESS |
+                      KVRT_ETCD_PARAM_LEASE_TTL | KVRT_ETCD_PARAM_POLL_MS |
+                      KVRT_ETCD_PARAM_TIMEOUT_MS | KVRT_ETCD_PARAM_MAX_BACKOFF_MS,
+        .node_id = n->cfg->index + 1u, .epoch = n->epoch, .endpoint = n->cfg->etcd_endpoint,
+        .address = address, .lease_ttl_s = n->cfg->lease_ttl_s, .poll_ms = 250,
+        .timeout_ms = 500, .max_backoff_ms = 1000};
+    kvrt_status_t st = kvrt_model_fingerprint("kvrt-soak/model", layout, &ep.model);
+    double give_up = now_s() + 15.0;
+    while (st == KVRT_OK) {
+        st = kvrt_cluster_etcd_create(n->ctx, &ep, &n->member);
+        if (st != KVRT_ERR_COORDINATOR || now_s() > give_up)
+            break;
+        usleep(200 * 1000);
+    }
+    return st == KVRT_OK ? 0 : die(n, "kvrt_cluster_etcd_create", st);
+}
+
+/* Ships the cache's new KV events to the supervisor's directory. */
+static void ship_events(node_t *n)
+{
+    soak_msg_events_t *m = n->events_msg;
+    for (int k = 0; k < 16; k++) {
+        uint32_t got = 0;
+        if (kvrt_kv_events_take(n->events, m->events, SOAK_EVENTS_PER_MSG, &got, &m->epoch) !=
+                KVRT_OK ||
+            got == 0)
+            return;
+        m->type = SOAK_MSG_EVENTS;
+        m->count = got;
+        m->snapshot = 0;
+        send_msg(n, m, offsetof(soak_msg_events_t, events) + got * sizeof(kvrt_kv_event_t));
+    }
+}
+
+/* The directory lost track of this node: everything the cache holds now,
+ * in pieces. Events already shipped with larger ids follow it. */
+static void ship_snapshot(node_t *n)
+{
+    ship_events(n);
+    uint32_t need = 0;
+    uint64_t last = 0;
+    kvrt_kv_events_snapshot(n->events, NULL, 0, &need, &last);
+    kvrt_kv_event_t *all = malloc(((size_t)need + 1) * sizeof(*all));
+    if (!all || kvrt_kv_events_snapshot(n->events, all, need + 1, &need, &last) != KVRT_OK) {
+        free(all);
+        return;
+    }
+    soak_msg_events_t *m = n->events_msg;
+    uint32_t off = 0;
+    do {
+        uint32_t c = need - off < SOAK_EVENTS_PER_MSG ? need - off : SOAK_EVENTS_PER_MSG;
+        m->type = SOAK_MSG_EVENTS;
+        m->snapshot = 1;
+        m->epoch = n->epoch;
+        m->total = need;
+        m->offset = off;
+        m->count = c;
+        m->last_event_id = last;
+        memcpy(m->events, all + off, c * sizeof(*all));
+        send_msg(n, m, offsetof(soak_msg_events_t, events) + c * sizeof(kvrt_kv_event_t));
+        off += c;
+    } while (off < need);
+    free(all);
+}
+
 /* ---- setup, messages, finish --------------------------------------------------------- */
 
 static int open_node(node_t *n)
@@ -600,6 +677,10 @@ static int open_node(node_t *n)
         (st = kvrt_cache_create(n->pool, &cap, &n->cache)) != KVRT_OK ||
         (st = kvrt_cache_root(n->cache, &n->root)) != KVRT_OK)
         return die(n, "kvrt_cache_create", st);
+    if ((st = kvrt_kv_events_create(n->ctx, NULL, &n->events)) != KVRT_OK ||
+        (st = kvrt_kv_events_attach(n->events, n->cache, KVRT_KV_TIER_GPU)) != KVRT_OK ||
+        (st = kvrt_kv_events_epoch(n->events, &n->epoch, NULL)) != KVRT_OK)
+        return die(n, "kvrt_kv_events", st);
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
                                             KVRT_SCHED_PARAM_MAX_SEQS |
                                             KVRT_SCHED_PARAM_MAX_REQUESTS,
@@ -623,7 +704,8 @@ static int open_node(node_t *n)
     n->landing = aligned_alloc(4096, MAX_PULLS * MAX_PULL_BLOCKS * sizeof(soak_dir_entry_t));
     n->commit_tokens = malloc(sizeof(int32_t) * 64);
     n->msg = malloc(MSG_MAX);
-    if (!n->dir || !n->landing || !n->commit_tokens || !n->msg)
+    n->events_msg = malloc(sizeof(*n->events_msg));
+    if (!n->dir || !n->landing || !n->commit_tokens || !n->msg || !n->events_msg)
         return die(n, "allocation", KVRT_ERR_NO_MEMORY);
     memset(n->dir, 0, SOAK_DIR_SLOTS * sizeof(soak_dir_entry_t));
     kvrt_xfer_register_params_t rp = {.field_mask = KVRT_XFER_REGISTER_PARAM_POOL |
@@ -648,6 +730,9 @@ static int open_node(node_t *n)
     hello.pool_desc_len = (uint32_t)len;
     kvrt_xfer_region_descriptor(n->dir_region, hello.dir_desc, sizeof(hello.dir_desc), &len);
     hello.dir_desc_len = (uint32_t)len;
+    hello.epoch = n->epoch;
+    if (cfg->etcd_endpoint && join_etcd(n, &pp.layout, hello.address) != 0)
+        return 1;
     send_msg(n, &hello, sizeof(hello));
     return 0;
 }
@@ -667,6 +752,8 @@ static void on_message(node_t *n, const uint8_t *buf, size_t len)
         soak_msg_corrupt_t m;
         memcpy(&m, buf, sizeof(m));
         n->corrupt_armed = m.armed != 0;
+    } else if (type == SOAK_MSG_SNAPSHOT) {
+        ship_snapshot(n);
     } else if (type == SOAK_MSG_FINISH) {
         n->finishing = 1;
     } else {
@@ -712,6 +799,8 @@ static int finish(node_t *n)
     rep.cache_verify = kvrt_cache_verify(n->cache);
     rep.counters = n->c;
     send_msg(n, &rep, sizeof(rep));
+    kvrt_cluster_etcd_destroy(n->member);
+    kvrt_kv_events_destroy(n->events);
     kvrt_xfer_agent_destroy(n->agent);
     kvrt_sched_destroy(n->sched);
     kvrt_cache_destroy(n->cache);
@@ -720,6 +809,7 @@ static int finish(node_t *n)
     free(n->landing);
     free(n->commit_tokens);
     free(n->msg);
+    free(n->events_msg);
     return 0;
 }
 
@@ -758,8 +848,15 @@ int soak_node_main(const soak_node_config_t *cfg)
             if (step(n) != 0)
                 return 1;
         }
+        ship_events(n);
         if (t >= next_stats) {
-            soak_msg_stats_t s = {.type = SOAK_MSG_STATS, .counters = n->c};
+            kvrt_sched_stats_t ss;
+            kvrt_pool_info_t pi;
+            kvrt_sched_stats(n->sched, &ss);
+            kvrt_pool_info(n->pool, &pi);
+            soak_msg_stats_t s = {.type = SOAK_MSG_STATS, .counters = n->c,
+                                  .running = ss.running, .waiting = ss.waiting,
+                                  .free_blocks = pi.free_blocks + pi.cached_blocks};
             send_msg(n, &s, sizeof(s));
             next_stats = t + 1.0;
         }

@@ -5,7 +5,9 @@
  * the supervisor; before admitting one the node pulls the prompt's leading
  * blocks it lacks from their home node (a directory read, then a KV block
  * read with kvrt's integrity check), verifies every block against its
- * content and puts the good ones into its prefix cache.
+ * content and puts the good ones into its prefix cache. Its cache's KV
+ * events go to the supervisor (who keeps the cluster directory and routes),
+ * and with etcd it registers under a lease kvrt keeps alive.
  */
 #ifndef KVRT_BENCH_SOAK_NODE_H
 #define KVRT_BENCH_SOAK_NODE_H
@@ -20,6 +22,8 @@ typedef struct soak_node_config {
     uint32_t transfer_timeout_ms;
     double time_scale;          /* wall seconds per simulated GPU second */
     uint64_t seed;
+    const char *etcd_endpoint;  /* NULL: no membership on etcd */
+    uint32_t lease_ttl_s;
 } soak_node_config_t;
 
 /* Runs until FINISH (returns 0 after reporting) or a fatal error (1). */

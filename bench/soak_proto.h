@@ -39,12 +39,30 @@ typedef enum soak_msg_type {
     SOAK_MSG_PEER = 2,
     SOAK_MSG_CORRUPT = 3,   /* arms or disarms the receive-path corrupter */
     SOAK_MSG_FINISH = 4,    /* no more requests: drain, check, report, exit */
+    SOAK_MSG_SNAPSHOT = 5,  /* send a snapshot of what the cache holds */
     /* node -> supervisor */
     SOAK_MSG_HELLO = 16,
     SOAK_MSG_END = 17,
     SOAK_MSG_STATS = 18,
-    SOAK_MSG_REPORT = 19
+    SOAK_MSG_REPORT = 19,
+    SOAK_MSG_EVENTS = 20,   /* KV events, or a piece of a snapshot */
 } soak_msg_type_t;
+
+#define SOAK_EVENTS_PER_MSG 1024u
+
+/* KV events of the node's cache (kvrt/cluster.h), in id order; or, with
+ * snapshot set, records [offset, offset + count) of a snapshot of `total`
+ * records taken at last_event_id. */
+typedef struct soak_msg_events {
+    uint32_t type;
+    uint32_t count;
+    uint64_t epoch;
+    uint32_t snapshot;
+    uint32_t total, offset;
+    uint32_t pad;
+    uint64_t last_event_id;
+    kvrt_kv_event_t events[SOAK_EVENTS_PER_MSG];
+} soak_msg_events_t;
 
 /* A request; prompt_len then answer_len int32 tokens follow. */
 typedef struct soak_msg_request {
@@ -61,6 +79,7 @@ typedef struct soak_msg_peer {
     uint32_t index;
     uint32_t generation;    /* restarts of that node so far */
     uint32_t pool_desc_len, dir_desc_len;
+    uint64_t epoch;
     char address[SOAK_ADDRESS_MAX];
     uint8_t pool_desc[KVRT_XFER_DESCRIPTOR_MAX];
     uint8_t dir_desc[KVRT_XFER_DESCRIPTOR_MAX];
@@ -71,7 +90,8 @@ typedef struct soak_msg_corrupt {
     uint32_t armed;
 } soak_msg_corrupt_t;
 
-/* HELLO carries a soak_msg_peer_t with type SOAK_MSG_HELLO. */
+/* HELLO carries a soak_msg_peer_t with type SOAK_MSG_HELLO; its epoch is
+ * the node's KV event epoch. */
 
 typedef struct soak_msg_end {
     uint32_t type;
@@ -98,6 +118,7 @@ typedef struct soak_msg_stats {
     uint32_t type;
     uint32_t pad;
     soak_node_counters_t counters;
+    uint64_t running, waiting, free_blocks;   /* load, for the router */
 } soak_msg_stats_t;
 
 /* The end-of-run check of a surviving node. */

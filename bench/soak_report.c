@@ -44,6 +44,7 @@ int soak_report_ok(const soak_report_t *r, FILE *out)
         {r->missing_reports > 0, "every surviving node reported"},
         {r->node_crashes > 0, "no node died unless killed"},
         {r->max_rss_bytes > r->rss_limit_bytes, "every node's RSS within its bound"},
+        {r->stale_directory_nodes > 0, "no directory entry for a dead node after its lease expired"},
     };
     int ok = 1;
     for (size_t i = 0; i < sizeof(checks) / sizeof(checks[0]); i++) {
@@ -107,6 +108,10 @@ void soak_report_print(const soak_report_t *r, FILE *out)
             (unsigned long long)c->blocks_pulled, (unsigned long long)c->blocks_stale,
             (unsigned long long)c->corrupt_injected, (unsigned long long)c->corrupt_rejected,
             (unsigned long long)c->corrupt_used, (unsigned long long)c->blocks_checked);
+    fprintf(out, "cluster: %llu requests routed by the directory's router, %llu KV events "
+                 "applied, %llu resyncs, %llu dead-node directory checks\n",
+            (unsigned long long)r->routed, (unsigned long long)r->events_applied,
+            (unsigned long long)r->resyncs, (unsigned long long)r->directory_checks);
     sim_samples_t all = r->ttft_all;
     sim_latency_t t;
     sim_latency_summarize(&all, &t);
@@ -143,14 +148,19 @@ void soak_report_json(const soak_report_t *r, FILE *out)
                  "  \"corrupt_rejected\": %llu,\n  \"corrupt_injected\": %llu,\n"
                  "  \"blocks_verified_at_use\": %llu,\n  \"verify_failures\": %llu,\n"
                  "  \"pulls\": {\"started\": %llu, \"failed\": %llu, \"blocks\": %llu, "
-                 "\"stale\": %llu},\n  \"max_rss_bytes\": %llu,\n  \"rss_limit_bytes\": %llu,\n",
+                 "\"stale\": %llu},\n  \"max_rss_bytes\": %llu,\n  \"rss_limit_bytes\": %llu,\n"
+                 "  \"cluster\": {\"routed\": %llu, \"events_applied\": %llu, \"resyncs\": %llu, "
+                 "\"directory_checks\": %llu, \"stale_directory_nodes\": %llu},\n",
             (unsigned long long)r->leaked_blocks, (unsigned long long)r->leaked_registrations,
             (unsigned long long)r->outstanding_transfers, (unsigned long long)c->corrupt_used,
             (unsigned long long)c->corrupt_rejected, (unsigned long long)c->corrupt_injected,
             (unsigned long long)c->blocks_checked, (unsigned long long)r->verify_failures,
             (unsigned long long)c->pulls, (unsigned long long)c->pull_failures,
             (unsigned long long)c->blocks_pulled, (unsigned long long)c->blocks_stale,
-            (unsigned long long)r->max_rss_bytes, (unsigned long long)r->rss_limit_bytes);
+            (unsigned long long)r->max_rss_bytes, (unsigned long long)r->rss_limit_bytes,
+            (unsigned long long)r->routed, (unsigned long long)r->events_applied,
+            (unsigned long long)r->resyncs, (unsigned long long)r->directory_checks,
+            (unsigned long long)r->stale_directory_nodes);
     window_t w[SOAK_SERIES_MAX / WINDOW_S + 1];
     uint32_t nw = windows(r, w, SOAK_SERIES_MAX / WINDOW_S + 1);
     fprintf(out, "  \"window_s\": %u,\n  \"series\": [", WINDOW_S);

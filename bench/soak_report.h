@@ -47,6 +47,8 @@ typedef struct soak_report {
     uint64_t leaked_blocks, leaked_registrations, outstanding_transfers, unfinished;
     uint64_t verify_failures, missing_reports, node_crashes;
     uint64_t max_rss_bytes, rss_limit_bytes;
+    uint64_t directory_checks, stale_directory_nodes;
+    uint64_t routed, events_applied, resyncs;
     soak_bucket_t series[SOAK_SERIES_MAX];
     uint32_t num_buckets;
     soak_event_t events[SOAK_EVENTS_MAX];
