@@ -1,7 +1,8 @@
 /*
  * test_soak_faults.c - kvrt-soak as cluster CI runs it, only shorter: four
  * nodes, every fault kind the machine offers injected at least once, and
- * every invariant holding (exit 0, and the JSON figures that say so). Also:
+ * every invariant holding (exit 0, and the JSON figures that say so), with
+ * etcd membership and kvrt's router when /usr/bin/etcd exists. Also:
  * SIGTERM tears everything down, and without namespaces the run degrades
  * to loopback and says so. Every run is bounded in time and ended by its
  * pid.
@@ -109,7 +110,7 @@ static double num(const cJSON *obj, const char *name)
 Test(soak, every_available_fault_and_every_invariant, .timeout = 150)
 {
     static soak_run_t r;
-    soak_run(&r, (const char *const[]){"--duration", "30", "--fault-interval", "1",
+    soak_run(&r, (const char *const[]){"--duration", "36", "--fault-interval", "1",
                                        "--fault-length", "2", "--seed", "7", "--json", NULL},
              0, 140);
     cr_assert_eq(r.status, 0, "an invariant broke (stderr has the summary); exit %d", r.status);
@@ -146,6 +147,17 @@ Test(soak, every_available_fault_and_every_invariant, .timeout = 150)
         } else {
             cr_assert_geq(f->valuedouble, 1, "%s never injected", f->string);
         }
+    }
+    /* With etcd: requests were routed by kvrt's cache-aware router over the
+     * directory the nodes' KV events built, and a killed node's entries
+     * were gone once its lease expired (checked, not assumed). */
+    if (access("/usr/bin/etcd", X_OK) == 0) {
+        const cJSON *cl = cJSON_GetObjectItem(root, "cluster");
+        cr_assert_geq(num(faults, "etcd"), 1, "etcd never killed");
+        cr_assert_gt(num(cl, "routed"), 0);
+        cr_assert_gt(num(cl, "events_applied"), 0);
+        cr_assert_geq(num(cl, "directory_checks"), 1);
+        cr_assert_eq(num(cl, "stale_directory_nodes"), 0);
     }
     cJSON_Delete(root);
     assert_torn_down(r.pid);
