@@ -264,6 +264,27 @@ kvrt_status_t kvrt_cache_insert(kvrt_cache_t *cache, int32_t block,
                                 const kvrt_hash_keys_t *keys, uint32_t block_index,
                                 int32_t *cached_out);
 
+enum kvrt_cache_reset_flags {
+    /* Blocks still referenced leave the index too (their holders keep them
+     * as ordinary used blocks, freed when released) instead of refusing. */
+    KVRT_CACHE_RESET_FORGET_BUSY = 1u << 0
+};
+
+/*
+ * kvrt_cache_reset - empties the cache (after new weights are loaded, in RL
+ * loops): every idle cached block becomes free, the index is cleared, and
+ * no block cached before the call is matched after it. Allowed while
+ * schedulers are built on the cache. With flags 0 it refuses while any
+ * cached block is still referenced (a running request, a waiting request
+ * holding its hits or arrived K/V); with KVRT_CACHE_RESET_FORGET_BUSY those
+ * blocks leave the index at once and stay with their holders as ordinary
+ * used blocks. Counters are not reset (kvrt_cache_reset_stats); misses of
+ * blocks cached before read as never cached. O(pool blocks).
+ * Errors: KVRT_ERR_INVALID_ARG (NULL cache, unknown flag bits),
+ * KVRT_ERR_BUSY (flags 0 and referenced blocks; nothing changes).
+ */
+kvrt_status_t kvrt_cache_reset(kvrt_cache_t *cache, uint32_t flags);
+
 /*
  * Grows at its end in later minor versions: kvrt_cache_stats() passes the
  * caller's sizeof (docs/abi.md, "Output structs").

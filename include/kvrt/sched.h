@@ -40,10 +40,17 @@
  * A prefill chunk is min(uncomputed tokens, prefill_chunk_tokens, budget
  * left); a prompt longer than that is split over several steps (chunked
  * prefill), interleaved with other sequences' decodes. Only uncomputed
- * tokens count against the budget.
+ * tokens count against the budget. A chunk never ends inside a multimodal
+ * item of the request's keys (the engine consumes an item's encoder output
+ * whole): a chunk that would end inside one ends before it; a chunk that
+ * starts at an item (or inside it, after a prefix hit) takes the rest of
+ * the item whole, beyond prefill_chunk_tokens if need be, or waits for a
+ * step with that much budget left (an item longer than max_batch_tokens is
+ * refused at kvrt_seq_add).
  *
- * Prefix caching (when the scheduler has a cache). At admission the
- * request's tokens are matched against the cache (kvrt_cache_match on all
+ * Prefix caching (when the scheduler has a cache; per request see
+ * kvrt_seq_cache_flags: skip read, skip write, drop the last hit). At
+ * admission the request's tokens are matched against the cache (kvrt_cache_match on all
  * but the last token, which is always recomputed so there are logits to
  * sample); hit blocks are adopted into its block table, count as computed,
  * cost no budget and need no new block. A head that does not fit keeps its
@@ -60,17 +67,24 @@
  * so decodes rarely need to preempt.
  *
  * Preemption. When a running sequence needs a block and the pool has none,
- * the scheduler preempts a *victim*: among running sequences not yet placed
- * in this step's plan (the one in need included), the lowest priority, then
- * the latest arrival. The victim's blocks are freed (full ones stay in the
- * prefix cache, so recomputation of its prefix is mostly hits) and it goes
- * back to the waiting queue to be recomputed from its tokens. When the
- * victim is the sequence in need itself, it is the one preempted.
- * Anti-thrash guard: a readmitted sequence cannot be preempted again until
- * it has sampled a new token; the guard yields only when nothing else could
- * be preempted and the step's plan is still empty. A sequence that cannot
- * get a block even when it is the only one running (the caller holds the
- * rest of the pool) ends FAILED with KVRT_ERR_NO_BLOCKS.
+ * first a waiting head gives up its prefix hits, then queued requests
+ * holding K/V that arrived give it up (see "waiting for KV"; the one the
+ * admission order reaches last goes first; with a prefix cache the blocks
+ * stay cached, idle).
+ * Then the scheduler preempts a *victim*: among all running sequences (the
+ * one in need included, whether or not already placed in this step's
+ * plan), the lowest priority, then the latest arrival (kvrt_seq_add order).
+ * So a request is never preempted to make room for one of lower priority,
+ * and among equal priorities the earlier arrival keeps running (FCFS). A
+ * victim already in the plan leaves it (its tokens return to the budget,
+ * its block copies are dropped). The victim's blocks are freed (full ones
+ * stay in the prefix cache, so recomputation of its prefix is mostly hits)
+ * and it goes back to the waiting queue, keeping its key, to be recomputed
+ * from its tokens; it is not readmitted in the step that preempted it.
+ * When the victim is the sequence in need itself, it is the one preempted.
+ * A sequence that cannot get a block even when it is the only one running
+ * (the caller holds the rest of the pool) ends FAILED with
+ * KVRT_ERR_NO_BLOCKS; while arrivals hold blocks it waits for them instead.
  * New admissions never preempt running sequences.
  *
  * Speculation (max_draft_tokens k > 0). Before each step a decoding sequence
@@ -95,7 +109,8 @@
  *
  * Ends. Every request ends exactly once: by length (max_new_tokens output
  * tokens, or max_seq_tokens in all), by a stop token (kept as the last
- * output token), aborted by the caller, or failed with a status. Its end is
+ * output token; one among the first min_tokens outputs does not count),
+ * aborted by the caller, or failed with a status. Its end is
  * reported once by kvrt_sched_drain_ended(); after that its id is unknown.
  *
  * Memory: everything the hot path uses is sized at creation (plan arrays,
@@ -107,6 +122,7 @@
 #ifndef KVRT_SCHED_H
 #define KVRT_SCHED_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kvrt/block_table.h"
@@ -196,8 +212,24 @@ enum kvrt_seq_params_field {
     KVRT_SEQ_PARAM_STOP = 1u << 0,     /* stop_tokens, num_stop_tokens */
     KVRT_SEQ_PARAM_PRIORITY = 1u << 1, /* priority */
     KVRT_SEQ_PARAM_DEADLINE = 1u << 2, /* deadline_ns */
-    KVRT_SEQ_PARAM_KEYS = 1u << 3,     /* keys */
-    KVRT_SEQ_PARAM_USER_TAG = 1u << 4  /* user_tag */
+    KVRT_SEQ_PARAM_KEYS = 1u << 3,       /* keys */
+    KVRT_SEQ_PARAM_USER_TAG = 1u << 4,   /* user_tag */
+    KVRT_SEQ_PARAM_CACHE_FLAGS = 1u << 5,/* cache_flags */
+    KVRT_SEQ_PARAM_MIN_TOKENS = 1u << 6  /* min_tokens */
+};
+
+/* Per-request prefix-cache control (kvrt_seq_params_t.cache_flags). */
+enum kvrt_seq_cache_flags {
+    /* Never matched against the cache: every token is computed (an engine
+     * that returns prompt logprobs needs them all). */
+    KVRT_SEQ_CACHE_SKIP_READ = 1u << 0,
+    /* Its blocks are never inserted: it leaves no K/V behind for others (a
+     * tenant that must not share). It may still read unless SKIP_READ. */
+    KVRT_SEQ_CACHE_SKIP_WRITE = 1u << 1,
+    /* A match keeps all hit blocks but the last: the tokens of that block
+     * are recomputed, so an EAGLE/MTP draft model gets the target model's
+     * hidden states for them. */
+    KVRT_SEQ_CACHE_DROP_LAST_HIT = 1u << 2
 };
 
 /*
@@ -214,8 +246,16 @@ typedef struct kvrt_seq_params {
     uint32_t num_stop_tokens;     /* 0..KVRT_SEQ_MAX_STOP_TOKENS */
     int32_t priority;             /* higher runs first; default 0 */
     uint64_t deadline_ns;         /* TTFT deadline on the step clock */
-    kvrt_hash_keys_t keys;        /* tenant salt, adapter, multimodal items */
+    /* Tenant salt, adapter, multimodal items. A pointer, so that the keys
+     * struct can grow without moving the fields after it. Multimodal items
+     * also bound prefill chunks (see "Step order"). */
+    const kvrt_hash_keys_t *keys;
     uint64_t user_tag;            /* opaque, echoed in plans and events */
+    uint32_t cache_flags;         /* enum kvrt_seq_cache_flags; default 0 */
+    /* Stop tokens do not end the request before it has produced more than
+     * min_tokens tokens (they are kept as ordinary output); 0..max_new_tokens,
+     * default 0. */
+    uint32_t min_tokens;
 } kvrt_seq_params_t;
 
 /*
@@ -224,10 +264,11 @@ typedef struct kvrt_seq_params {
  * A request whose prompt_len + max_new_tokens exceeds max_seq_tokens is
  * accepted and ends by length at max_seq_tokens tokens in all.
  * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown field bits, prompt_len or
- * max_new_tokens 0, a negative token id, too many stop tokens, bad keys, a
+ * max_new_tokens 0, a negative token id, too many stop tokens, NULL or bad
+ * keys, a multimodal item longer than max_batch_tokens (it could never be
+ * scheduled whole), unknown cache flags, min_tokens above max_new_tokens, a
  * prompt that leaves no room for one output token under max_seq_tokens),
- * KVRT_ERR_NO_BLOCKS
- * (the request could not fit in the pool even alone),
+ * KVRT_ERR_NO_BLOCKS (the request could not fit in the pool even alone),
  * KVRT_ERR_REQUEST_LIMIT (max_requests live), KVRT_ERR_NO_MEMORY.
  */
 kvrt_status_t kvrt_seq_add(kvrt_sched_t *sched, const kvrt_seq_params_t *params,
@@ -259,11 +300,27 @@ kvrt_status_t kvrt_seq_abort(kvrt_sched_t *sched, kvrt_seq_id_t id);
 kvrt_status_t kvrt_seq_set_draft(kvrt_sched_t *sched, kvrt_seq_id_t id,
                                  const int32_t *tokens, uint32_t count);
 
+/*
+ * kvrt_sched_set_drafts - kvrt_seq_set_draft for num_seqs sequences in one
+ * call (what an engine with a draft model does every step): sequence
+ * ids[i] gets counts[i] draft tokens, taken in order from tokens (their
+ * concatenation, sum(counts) long). Copied; nothing is retained. All or
+ * nothing: every entry is checked before any draft changes. An id listed
+ * twice keeps its last entry.
+ * Errors: as kvrt_seq_set_draft (naming the first bad entry), and
+ * KVRT_ERR_INVALID_ARG for NULL ids/counts with num_seqs > 0.
+ */
+kvrt_status_t kvrt_sched_set_drafts(kvrt_sched_t *sched, uint32_t num_seqs,
+                                    const kvrt_seq_id_t *ids, const uint32_t *counts,
+                                    const int32_t *tokens);
+
 typedef enum kvrt_seq_state {
     KVRT_SEQ_WAITING = 0,   /* queued, never admitted */
     KVRT_SEQ_RUNNING = 1,   /* holds blocks; in prefill or decode */
     KVRT_SEQ_PREEMPTED = 2, /* queued again for recomputation */
-    KVRT_SEQ_ENDED = 3      /* see end_reason; waits to be drained */
+    KVRT_SEQ_ENDED = 3,     /* see end_reason; waits to be drained */
+    KVRT_SEQ_WAITING_KV = 4 /* holds blocks its prefix is arriving into
+                               (kvrt_seq_await_kv); not scheduled */
 } kvrt_seq_state_t;
 
 typedef enum kvrt_seq_end_reason {
@@ -303,17 +360,39 @@ typedef struct kvrt_seq_info {
 } kvrt_seq_info_t;
 
 /*
- * kvrt_seq_info - a request's current state. Errors: KVRT_ERR_INVALID_ARG,
- * KVRT_ERR_UNKNOWN_REQUEST.
+ * Growth of the caller-allocated outputs kvrt_seq_info_t and
+ * kvrt_sched_stats_t: fields are only ever appended. The exported
+ * functions take the size of the struct the caller was compiled with and
+ * write only that many bytes (a newer library fills an older caller's
+ * struct; an older library leaves a newer caller's extra fields as they
+ * were); C and C++ callers use the inline wrappers, which pass sizeof.
+ * Bindings (Python's ctypes) call the _sized functions with the size of
+ * their own struct definition. Sizes below the first release's
+ * (KVRT_SEQ_INFO_SIZE_1_0, KVRT_SCHED_STATS_SIZE_1_0) are refused.
  */
-kvrt_status_t kvrt_seq_info(const kvrt_sched_t *sched, kvrt_seq_id_t id,
-                            kvrt_seq_info_t *info_out);
+#define KVRT_SEQ_INFO_SIZE_1_0 112u
 
 /*
- * kvrt_seq_blocks - zero-copy view of a running request's block table
- * (e.g. to transfer its KV): block ids, their count and the tokens they
- * hold, valid until the next step, commit or abort. A request that holds no
- * blocks (waiting, preempted, ended) gives 0 blocks.
+ * kvrt_seq_info_sized - a request's current state, the first info_size
+ * bytes of it. Errors: KVRT_ERR_INVALID_ARG (NULL, info_size below
+ * KVRT_SEQ_INFO_SIZE_1_0), KVRT_ERR_UNKNOWN_REQUEST.
+ */
+kvrt_status_t kvrt_seq_info_sized(const kvrt_sched_t *sched, kvrt_seq_id_t id,
+                                  kvrt_seq_info_t *info_out, size_t info_size);
+
+/* kvrt_seq_info - kvrt_seq_info_sized() with this header's struct size. */
+static inline kvrt_status_t kvrt_seq_info(const kvrt_sched_t *sched, kvrt_seq_id_t id,
+                                          kvrt_seq_info_t *info_out)
+{
+    return kvrt_seq_info_sized(sched, id, info_out, sizeof(*info_out));
+}
+
+/*
+ * kvrt_seq_blocks - zero-copy view of a request's block table (e.g. to
+ * transfer its KV, or to fill an arrival): block ids, their count and the
+ * tokens they hold, valid until the next step, commit, abort or arrival
+ * call. Running requests, requests waiting for KV and queued requests that
+ * hold hits or arrived KV have blocks; others give 0 blocks.
  * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_UNKNOWN_REQUEST.
  */
 kvrt_status_t kvrt_seq_blocks(const kvrt_sched_t *sched, kvrt_seq_id_t id,
@@ -321,16 +400,115 @@ kvrt_status_t kvrt_seq_blocks(const kvrt_sched_t *sched, kvrt_seq_id_t id,
                               uint32_t *num_tokens_out);
 
 /*
- * kvrt_sched_drain_ended - moves up to `capacity` end events (oldest first)
- * into events_out and their count to *count_out; the drained requests are
- * forgotten (their ids become unknown). Each request's end is reported
- * exactly once. Output token arrays of drained events stay valid until the
- * next call of this function.
+ * kvrt_sched_drain_ended_sized - moves up to `capacity` end events (oldest
+ * first) into events_out and their count to *count_out; the drained
+ * requests are forgotten (their ids become unknown). Each request's end is
+ * reported exactly once. events_out is an array of elements of event_size
+ * bytes (the caller's sizeof(kvrt_seq_info_t); see kvrt_seq_info_sized).
+ * Output token arrays of drained events stay valid until the next call of
+ * this function.
  * Errors: KVRT_ERR_INVALID_ARG (NULL sched/count_out, NULL events_out with
- * capacity > 0).
+ * capacity > 0, event_size below KVRT_SEQ_INFO_SIZE_1_0).
  */
-kvrt_status_t kvrt_sched_drain_ended(kvrt_sched_t *sched, kvrt_seq_info_t *events_out,
-                                     uint32_t capacity, uint32_t *count_out);
+kvrt_status_t kvrt_sched_drain_ended_sized(kvrt_sched_t *sched, kvrt_seq_info_t *events_out,
+                                           size_t event_size, uint32_t capacity,
+                                           uint32_t *count_out);
+
+/* kvrt_sched_drain_ended - the _sized call with this header's struct size. */
+static inline kvrt_status_t kvrt_sched_drain_ended(kvrt_sched_t *sched,
+                                                   kvrt_seq_info_t *events_out,
+                                                   uint32_t capacity, uint32_t *count_out)
+{
+    return kvrt_sched_drain_ended_sized(sched, events_out, sizeof(*events_out), capacity,
+                                        count_out);
+}
+
+/* ---- waiting for KV --------------------------------------------------------
+ *
+ * A request whose prefix K/V exists elsewhere (a lower tier of this host,
+ * the prefill node of a disaggregated pair, a peer that holds the prefix)
+ * need not recompute it. The caller that moves the bytes drives it:
+ *
+ *     kvrt_seq_await_kv(sched, id, &params, &arrival, &first, &count);
+ *     kvrt_seq_blocks(sched, id, &blocks, NULL, NULL);
+ *     ... write K/V into blocks[first .. first + count) asynchronously;
+ *         every kvrt_sched_step meanwhile schedules other requests ...
+ *     kvrt_arrival_complete(sched, arrival, landed_blocks);
+ *
+ * kvrt_seq_await_kv takes a queued request out of the waiting queue
+ * (state WAITING_KV), keeps what the local prefix cache already holds, and
+ * allocates blocks for the rest of its first params.num_tokens tokens. The
+ * step never waits for it and never plans it. kvrt_arrival_complete says how
+ * many of those blocks, counted from the first, hold valid K/V: they count
+ * as computed and the request returns to the waiting queue with its place
+ * (priority, deadline, arrival) and its blocks, and starts at the next step
+ * that admits it; blocks that did not land are dropped and their tokens
+ * recomputed. The landed blocks enter the prefix cache at the request's
+ * first commit, like computed ones.
+ *
+ * The blocks of an arrival are never reused while the caller may still be
+ * writing them: when the arrival's deadline passes (checked at every step)
+ * the request goes back to the queue at once to be recomputed, and when it
+ * is aborted it ends at once; in both cases the blocks stay held until the
+ * caller calls kvrt_arrival_complete for that arrival, which it must do for
+ * every arrival it started (after stopping or finishing its writes).
+ * kvrt_sched_destroy frees every held block: stop all writes before it.
+ * Bounds: one arrival per request; at most max_requests arrivals exist.
+ */
+
+/* An arrival's id: generational, like request ids; 0 is never valid. */
+typedef uint64_t kvrt_arrival_id_t;
+
+enum kvrt_arrival_params_field {
+    KVRT_ARRIVAL_PARAM_DEADLINE = 1u << 0 /* deadline_ns */
+};
+
+/* num_tokens is always read, the rest by field_mask. */
+typedef struct kvrt_arrival_params {
+    uint64_t field_mask;
+    uint32_t num_tokens;  /* the request's leading tokens that arrive:
+                             1 .. its token count - 1 (the last token is
+                             always recomputed, for its logits) */
+    uint64_t deadline_ns; /* on the step clock; a step at a later now_ns
+                             gives the arrival up. Default: none */
+} kvrt_arrival_params_t;
+
+/*
+ * kvrt_seq_await_kv - starts an arrival for a queued request (WAITING or
+ * PREEMPTED): matches its tokens against the prefix cache (hits are kept)
+ * and appends blocks up to params->num_tokens tokens to its block table.
+ * *first_block_out is the table index of the first block the caller must
+ * fill and *num_blocks_out how many (0 when the local cache already holds
+ * the whole prefix; the arrival must still be completed); the ids are in
+ * kvrt_seq_blocks(). The blocks come out of the free and idle-cached pool
+ * above its watermark (when the scheduler uses one); nothing is preempted.
+ * Outputs are written only on success; on error nothing changes and the
+ * request stays queued.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL sched/params/outputs, unknown field
+ * bits, num_tokens 0 or not below the request's token count),
+ * KVRT_ERR_UNKNOWN_REQUEST, KVRT_ERR_BAD_STATE (the request is not queued,
+ * or holds KV that arrived earlier), KVRT_ERR_NO_BLOCKS (not enough blocks
+ * above the watermark), KVRT_ERR_NO_TABLES, KVRT_ERR_NO_MEMORY.
+ */
+kvrt_status_t kvrt_seq_await_kv(kvrt_sched_t *sched, kvrt_seq_id_t id,
+                                const kvrt_arrival_params_t *params,
+                                kvrt_arrival_id_t *arrival_out, uint32_t *first_block_out,
+                                uint32_t *num_blocks_out);
+
+/*
+ * kvrt_arrival_complete - ends an arrival: landed_blocks of its blocks,
+ * counted from its first, hold valid K/V (all of them: success; fewer: it
+ * failed after those; 0: nothing usable). For a request still waiting for
+ * it, those tokens become computed (at most the arrival's num_tokens) and
+ * the request is queued again; the rest of its blocks are freed. For an
+ * arrival given up (deadline passed, request aborted or drained) its blocks
+ * are freed now and landed_blocks is ignored. The id is dead afterwards.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL sched, landed_blocks above the
+ * arrival's block count), KVRT_ERR_UNKNOWN_REQUEST (an unknown or already
+ * completed arrival id).
+ */
+kvrt_status_t kvrt_arrival_complete(kvrt_sched_t *sched, kvrt_arrival_id_t arrival,
+                                    uint32_t landed_blocks);
 
 /* ---- steps --------------------------------------------------------------- */
 
@@ -340,7 +518,12 @@ typedef enum kvrt_plan_kind {
     KVRT_PLAN_SPEC = 2     /* one token and num_drafts drafts to verify */
 } kvrt_plan_kind_t;
 
-/* One scheduled sequence. */
+/*
+ * One scheduled sequence. Frozen: it is an array element of the plan that
+ * engines index directly, so its size is part of the ABI and never
+ * changes. New per-sequence plan data come as new parallel arrays in
+ * kvrt_batch_plan_t (as seq_lens and row_index do).
+ */
 typedef struct kvrt_plan_seq {
     kvrt_seq_id_t id;
     uint64_t user_tag;
@@ -356,7 +539,8 @@ typedef struct kvrt_plan_seq {
 
 /*
  * The batch plan: owned by the scheduler, valid until the next step (or
- * destroy). All arrays are in plan order (sequence i's tokens are
+ * destroy); only the library allocates it, so new fields are appended at
+ * its end without breaking callers. All arrays are in plan order (sequence i's tokens are
  * [query_start_loc[i], query_start_loc[i + 1])):
  *
  *   seqs[num_seqs]             per sequence, as above
@@ -461,9 +645,15 @@ kvrt_status_t kvrt_sched_commit(kvrt_sched_t *sched, const kvrt_commit_t *commit
 
 /* ---- statistics ---------------------------------------------------------- */
 
+/* Draft positions counted in spec_proposed_at / spec_accepted_at. */
+#define KVRT_SCHED_DRAFT_POSITIONS KVRT_SCHED_MAX_DRAFT
+/* Admissions in the recent window of prefix_hit_rate_window. */
+#define KVRT_SCHED_HIT_WINDOW 1024u
+
 /*
  * Counters since creation, each also a read-only ctl node "sched.<N>.<field>"
- * (u64; the two ratios are doubles).
+ * (u64; the ratios are doubles; array element j is "<field>.<j>").
+ * Grows by appending fields (see kvrt_seq_info_sized).
  */
 typedef struct kvrt_sched_stats {
     uint64_t steps;              /* non-empty plans */
@@ -491,12 +681,43 @@ typedef struct kvrt_sched_stats {
     uint64_t spec_backoff_tokens;/* drafts dropped to fit the budget */
     uint64_t step_cpu_ns;        /* time spent inside step, all calls */
     uint64_t commit_cpu_ns;      /* time spent inside commit */
+    uint64_t awaiting_kv;        /* now: requests in WAITING_KV */
+    uint64_t arrivals;           /* kvrt_seq_await_kv calls that succeeded */
+    uint64_t arrived_tokens;     /* tokens that landed and became computed */
+    uint64_t arrivals_failed;    /* completed with fewer blocks than asked */
+    uint64_t arrivals_expired;   /* given up at their deadline */
+    /* Draft position j (0 = the first draft): verified, and accepted. The
+     * acceptance at j is accepted_at[j] / proposed_at[j]; a draft is
+     * accepted only if every draft before it was. */
+    uint64_t spec_proposed_at[KVRT_SCHED_DRAFT_POSITIONS];
+    uint64_t spec_accepted_at[KVRT_SCHED_DRAFT_POSITIONS];
+    /* Prefix-cache hits over the last KVRT_SCHED_HIT_WINDOW admissions that
+     * queried the cache (hit tokens / tokens offered), beside the total
+     * rate prefix_hit_tokens / prefix_query_tokens. */
+    uint64_t window_hit_tokens;
+    uint64_t window_query_tokens;
     double spec_acceptance;      /* spec_accepted / spec_proposed */
     double spec_mean_accepted;   /* spec_accepted / spec_verifications */
+    double prefix_hit_rate;      /* prefix_hit_tokens / prefix_query_tokens */
+    double prefix_hit_rate_window; /* window_hit_tokens / window_query_tokens */
 } kvrt_sched_stats_t;
 
-/* kvrt_sched_stats - a copy of the counters. Errors: KVRT_ERR_INVALID_ARG. */
-kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *sched, kvrt_sched_stats_t *stats_out);
+#define KVRT_SCHED_STATS_SIZE_1_0 544u
+
+/*
+ * kvrt_sched_stats_sized - a copy of the counters, the first stats_size
+ * bytes (see kvrt_seq_info_sized). Errors: KVRT_ERR_INVALID_ARG (NULL,
+ * stats_size below KVRT_SCHED_STATS_SIZE_1_0).
+ */
+kvrt_status_t kvrt_sched_stats_sized(const kvrt_sched_t *sched, kvrt_sched_stats_t *stats_out,
+                                     size_t stats_size);
+
+/* kvrt_sched_stats - kvrt_sched_stats_sized() with this header's size. */
+static inline kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *sched,
+                                             kvrt_sched_stats_t *stats_out)
+{
+    return kvrt_sched_stats_sized(sched, stats_out, sizeof(*stats_out));
+}
 
 #ifdef __cplusplus
 }

@@ -101,7 +101,10 @@ typedef struct kvrt_xfer_agent_params {
     const char *name;               /* copied; default "<ctx name>-xfer<N>" */
     uint32_t default_timeout_ms;    /* per request; default 10000 */
     uint32_t connections_per_peer;  /* TCP connections (1..16), default 4 */
-    uint32_t max_requests;          /* outstanding at once, default 4096 */
+    /* Outstanding requests plus completions not yet taken by
+     * kvrt_xfer_poll(), 1..2^20, default 4096: the completion queue's size.
+     * Also how many freed requests the agent keeps for reuse. */
+    uint32_t max_requests;
     uint32_t reconnect_initial_ms;  /* first backoff, default 50 */
     uint32_t reconnect_max_ms;      /* backoff cap, default 2000 */
     uint32_t reconnect_attempts;    /* before the peer is FAILED, default 10 */
@@ -239,8 +242,14 @@ typedef enum kvrt_xfer_peer_state {
     KVRT_XFER_PEER_CLOSED = 3        /* the remote side of a passive peer left */
 } kvrt_xfer_peer_state_t;
 
-/* A point-in-time view of a peer. */
+/*
+ * A point-in-time view of a peer. Growable: the caller sets struct_size to
+ * sizeof(kvrt_xfer_peer_info_t) as its header declares it, and the library
+ * writes only that many bytes. Fields are only ever appended, so a caller
+ * built against an older header gets exactly the fields it knows.
+ */
 typedef struct kvrt_xfer_peer_info {
+    uint32_t struct_size;          /* set by the caller; kept as it was */
     kvrt_xfer_peer_state_t state;
     kvrt_status_t last_error;      /* why it last went down; KVRT_OK if never */
     uint32_t connections;          /* live backend connections */
@@ -268,7 +277,11 @@ kvrt_status_t kvrt_xfer_connect(kvrt_xfer_agent_t *agent, const char *address,
  */
 kvrt_status_t kvrt_xfer_disconnect(kvrt_xfer_peer_t *peer);
 
-/* kvrt_xfer_peer_info - state and counters. Errors: INVALID_ARG. */
+/*
+ * kvrt_xfer_peer_info - state and counters, into the caller's struct (set
+ * info_out->struct_size first). Errors: KVRT_ERR_INVALID_ARG (NULL, or a
+ * struct_size smaller than the first version of the struct).
+ */
 kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,
                                   kvrt_xfer_peer_info_t *info_out);
 
@@ -336,8 +349,15 @@ typedef struct kvrt_xfer_post_params {
  * opcode, bad params, regions of another agent or peer, a region being
  * deregistered), KVRT_ERR_REMOTE_ACCESS (an
  * operation out of a region's bounds or rights), KVRT_ERR_PEER_FAILED (the
- * peer is down), KVRT_ERR_REQUEST_LIMIT (max_requests outstanding),
+ * peer is down), KVRT_ERR_REQUEST_LIMIT (outstanding requests plus
+ * unpolled completions reached max_requests, 4096 by default: a completion
+ * is never dropped, so posting fails until kvrt_xfer_poll() takes some),
  * KVRT_ERR_NO_MEMORY.
+ * Memory: a post allocates nothing once the agent is warm, as with UCX's
+ * reserved request space: the agent reserves 256 requests at create and
+ * keeps up to max_requests freed ones; a request holds up to 4 operations
+ * (after splitting those over 16 MiB) and its first batch inline, and the
+ * TCP backend recycles its frames. Longer operation lists allocate.
  */
 kvrt_status_t kvrt_xfer_post(kvrt_xfer_peer_t *peer, const kvrt_xfer_op_t *ops,
                              uint32_t count, const kvrt_xfer_post_params_t *params,
@@ -375,7 +395,11 @@ kvrt_status_t kvrt_xfer_request_cancel(kvrt_xfer_request_t *request);
  */
 kvrt_status_t kvrt_xfer_request_release(kvrt_xfer_request_t *request);
 
-/* A completion taken from the agent's queue. */
+/*
+ * A completion taken from the agent's queue. An element of a caller's
+ * array, so it carries no size and is frozen: a completion with more fields
+ * will be a new type with its own poll function (kvrt_xfer_poll_v2).
+ */
 typedef struct kvrt_xfer_completion {
     uint64_t user_data;
     kvrt_status_t status;
@@ -398,12 +422,17 @@ kvrt_status_t kvrt_xfer_poll(kvrt_xfer_agent_t *agent,
  * call has landed. Returns at once; the notification waits for those
  * operations and is dropped if one of them fails (the peer then never sees
  * it). Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_PEER_FAILED,
- * KVRT_ERR_REQUEST_LIMIT, KVRT_ERR_NO_MEMORY.
+ * KVRT_ERR_REQUEST_LIMIT (as kvrt_xfer_post: a notification counts as a
+ * request until the peer acknowledges it), KVRT_ERR_NO_MEMORY.
  */
 kvrt_status_t kvrt_xfer_notify(kvrt_xfer_peer_t *peer, const void *data,
                                uint32_t length);
 
-/* A notification received from a peer. */
+/*
+ * A notification received from a peer. An element of a caller's array, so
+ * it carries no size and is frozen: a notification with more fields will be
+ * a new type with its own function (kvrt_xfer_notifications_v2).
+ */
 typedef struct kvrt_xfer_notification {
     char from[KVRT_XFER_NAME_MAX];   /* the sending agent's name */
     /* KVRT_OK, or KVRT_ERR_INTEGRITY when it closes a KV transfer whose

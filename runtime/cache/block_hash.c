@@ -26,34 +26,17 @@
 #include <xxhash.h>
 
 #include "cache/cache_internal.h"
+#include "core/endian.h"
 
 #define TAG(kind) ((uint32_t)'k' | (uint32_t)'v' << 8 | (uint32_t)KVRT_BLOCK_HASH_VERSION << 16 | \
                    (uint32_t)(kind) << 24)
 #define BLOCK_BUFFER_TOKENS 512u
 #define MODEL_ID_MAX 4096u
 
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-#define KVRT_BIG_ENDIAN 1
-#else
-#define KVRT_BIG_ENDIAN 0
-#endif
-
-static inline void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static inline void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
 static inline void put_hash(uint8_t *p, const kvrt_block_hash_t *h)
 {
-    put_u64(p, h->lo);
-    put_u64(p + 8, h->hi);
+    kvrt_store_le64(p, h->lo);
+    kvrt_store_le64(p + 8, h->hi);
 }
 
 static inline kvrt_block_hash_t from_xxh(XXH128_hash_t h)
@@ -67,7 +50,7 @@ static inline void put_tokens(uint8_t *p, const int32_t *tokens, uint32_t n)
 {
 #if KVRT_BIG_ENDIAN
     for (uint32_t i = 0; i < n; i++)
-        put_u32(p + 4 * i, (uint32_t)tokens[i]);
+        kvrt_store_le32(p + 4 * i, (uint32_t)tokens[i]);
 #else
     memcpy(p, tokens, (size_t)n * 4);
 #endif
@@ -133,8 +116,8 @@ static kvrt_block_hash_t hash_block_streamed(const kvrt_block_hash_t *parent,
     XXH3_INITSTATE(&state);
     XXH3_128bits_reset(&state);
     uint8_t head[24];
-    put_u32(head, TAG('B'));
-    put_u32(head + 4, n);
+    kvrt_store_le32(head, TAG('B'));
+    kvrt_store_le32(head + 4, n);
     put_hash(head + 8, parent);
     XXH3_128bits_update(&state, head, sizeof(head));
     uint8_t chunk[1024];
@@ -145,12 +128,12 @@ static kvrt_block_hash_t hash_block_streamed(const kvrt_block_hash_t *parent,
         done += step;
     }
     uint8_t item[24];
-    put_u32(item, num_mm);
+    kvrt_store_le32(item, num_mm);
     XXH3_128bits_update(&state, item, 4);
     for (uint32_t i = 0; i < num_mm; i++) {
         put_hash(item, &mm[i].content_hash);
-        put_u32(item + 16, mm[i].offset);
-        put_u32(item + 20, mm[i].length);
+        kvrt_store_le32(item + 16, mm[i].offset);
+        kvrt_store_le32(item + 20, mm[i].length);
         XXH3_128bits_update(&state, item, sizeof(item));
     }
     return from_xxh(XXH3_128bits_digest(&state));
@@ -170,9 +153,9 @@ hash_text_block(uint8_t *buffer, const kvrt_block_hash_t *parent, const int32_t 
 
 static inline void put_text_frame(uint8_t *buffer, uint32_t n)
 {
-    put_u32(buffer, TAG('B'));
-    put_u32(buffer + 4, n);
-    put_u32(buffer + 24 + (size_t)n * 4, 0);
+    kvrt_store_le32(buffer, TAG('B'));
+    kvrt_store_le32(buffer + 4, n);
+    kvrt_store_le32(buffer + 24 + (size_t)n * 4, 0);
 }
 
 kvrt_block_hash_t kvrt_cache_hash_block(const kvrt_block_hash_t *parent, const int32_t *tokens,
@@ -236,9 +219,9 @@ kvrt_block_hash_t kvrt_cache_keys_digest(const kvrt_hash_keys_t *keys)
     uint8_t buffer[16 + KVRT_CACHE_SALT_MAX];
     uint64_t adapter = (keys->field_mask & KVRT_HASH_KEY_ADAPTER) ? keys->adapter_id : 0;
     uint32_t salt_bytes = (keys->field_mask & KVRT_HASH_KEY_SALT) ? keys->salt_bytes : 0;
-    put_u32(buffer, TAG('K'));
-    put_u64(buffer + 4, adapter);
-    put_u32(buffer + 12, salt_bytes);
+    kvrt_store_le32(buffer, TAG('K'));
+    kvrt_store_le64(buffer + 4, adapter);
+    kvrt_store_le32(buffer + 12, salt_bytes);
     if (salt_bytes)
         memcpy(buffer + 16, keys->salt, salt_bytes);
     return from_xxh(XXH3_128bits(buffer, 16 + (size_t)salt_bytes));
@@ -248,7 +231,7 @@ kvrt_block_hash_t kvrt_cache_block_key(const kvrt_block_hash_t *content,
                                   const kvrt_block_hash_t *digest)
 {
     uint8_t buffer[36];
-    put_u32(buffer, TAG('X'));
+    kvrt_store_le32(buffer, TAG('X'));
     put_hash(buffer + 4, content);
     put_hash(buffer + 20, digest);
     return from_xxh(XXH3_128bits(buffer, sizeof(buffer)));
@@ -257,7 +240,7 @@ kvrt_block_hash_t kvrt_cache_block_key(const kvrt_block_hash_t *content,
 kvrt_block_hash_t kvrt_cache_hash_root(const kvrt_block_hash_t *fingerprint)
 {
     uint8_t buffer[20];
-    put_u32(buffer, TAG('R'));
+    kvrt_store_le32(buffer, TAG('R'));
     put_hash(buffer + 4, fingerprint);
     return from_xxh(XXH3_128bits(buffer, sizeof(buffer)));
 }
@@ -280,15 +263,15 @@ KVRT_EXPORT kvrt_status_t kvrt_model_fingerprint(const char *model_id,
      * explicit default give the same fingerprint. */
     const kvrt_kv_layout_t r = kvrt_layout_resolved(layout);
     uint8_t buffer[8 + MODEL_ID_MAX + 28];
-    put_u32(buffer, TAG('F'));
-    put_u32(buffer + 4, (uint32_t)len);
+    kvrt_store_le32(buffer, TAG('F'));
+    kvrt_store_le32(buffer + 4, (uint32_t)len);
     memcpy(buffer + 8, model_id, len);
     uint8_t *p = buffer + 8 + len;
     const uint32_t fields[7] = {layout->num_layers, layout->num_kv_heads, layout->head_dim,
                                 layout->tokens_per_block, (uint32_t)r.dtype,
                                 (uint32_t)r.format, (uint32_t)r.order};
     for (int i = 0; i < 7; i++)
-        put_u32(p + 4 * i, fields[i]);
+        kvrt_store_le32(p + 4 * i, fields[i]);
     *fingerprint_out = from_xxh(XXH3_128bits(buffer, 8 + len + 28));
     return KVRT_OK;
 }

@@ -682,3 +682,10 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_verify(const kvrt_cache_t *cache)
                       kvrt_pool_cached_count(cache->pool));
     return KVRT_OK;
 }
+
+void kvrt_cache_parts(kvrt_cache_t *cache, cache_parts_t *parts_out)
+{
+    *parts_out = (cache_parts_t){cache->ctx,          cache->pool,   cache->name,
+                                 cache->num_blocks,   &cache->index, &cache->policy,
+                                 cache->names,        cache->explain, cache->explain_mask};
+}

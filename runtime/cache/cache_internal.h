@@ -187,6 +187,21 @@ static inline void kvrt_cache_emit_cleared(kvrt_cache_t *cache)
     kvrt_cache_emit(kvrt_cache_hooks(cache), KVRT_CACHE_EVENT_CLEARED, 0, KVRT_NULL_BLOCK, NULL);
 }
 
+/* For whole-cache operations in their own files (reset.c): the cache's
+ * parts, borrowed for the duration of one call. */
+typedef struct cache_parts {
+    kvrt_ctx_t *ctx;
+    kvrt_pool_t *pool;
+    const char *name;
+    uint32_t num_blocks;
+    cache_index_t *index;
+    cache_policy_t *policy;
+    const kvrt_cache_block_name_t *names;
+    uint64_t *explain;
+    uint64_t explain_mask;
+} cache_parts_t;
+void kvrt_cache_parts(kvrt_cache_t *cache, cache_parts_t *parts_out);
+
 extern const cache_policy_ops_t kvrt_cache_policy_lru;
 extern const cache_policy_ops_t kvrt_cache_policy_lfu;
 extern const cache_policy_ops_t kvrt_cache_policy_lfu_aged;

@@ -224,6 +224,14 @@ KVRT_EXPORT kvrt_status_t kvrt_table_append(kvrt_pool_t *pool, kvrt_table_id_t i
     return KVRT_OK;
 }
 
+kvrt_status_t kvrt_table_reserve(kvrt_pool_t *pool, kvrt_table_id_t id, uint32_t num_blocks)
+{
+    table_slot_t *t = lookup(pool, id);
+    if (!t)
+        return unknown_table(pool, id);
+    return ensure_capacity(pool, t, num_blocks);
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_table_adopt(kvrt_pool_t *pool, kvrt_table_id_t id,
                                            uint32_t count, const int32_t *blocks)
 {

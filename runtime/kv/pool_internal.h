@@ -61,4 +61,10 @@ uint32_t kvrt_pool_free_count(const kvrt_pool_t *pool);
 uint32_t kvrt_pool_cached_count(const kvrt_pool_t *pool);
 uint32_t kvrt_pool_watermark(const kvrt_pool_t *pool);
 
+/* Grows a table's block array to hold num_blocks without reallocating (a
+ * scheduler sizes its tables once for its longest request, so appends on
+ * its hot path never allocate). Errors: KVRT_ERR_UNKNOWN_TABLE,
+ * KVRT_ERR_NO_MEMORY. */
+kvrt_status_t kvrt_table_reserve(kvrt_pool_t *pool, kvrt_table_id_t table, uint32_t num_blocks);
+
 #endif /* KVRT_POOL_INTERNAL_H */

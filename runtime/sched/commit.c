@@ -57,8 +57,10 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
 
 /* Offers the request's newly full blocks to the prefix cache, hashing each
  * block once in its life (hashes survive preemption). */
-static void cache_full_blocks(kvrt_sched_t *s, seq_t *q)
+void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q)
 {
+    if (q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE)
+        return;
     uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
     uint32_t full = valid >> s->block_shift;
     if (full <= q->num_inserted)
@@ -107,20 +109,25 @@ static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int
 {
     bool first = q->num_tokens == q->prompt_len;
     kvrt_seq_end_reason_t reason = KVRT_END_NONE;
-    uint32_t j = 0;
-    while (j < count) {
-        int32_t t = tokens[j++];
-        q->tokens[q->num_tokens++] = t;
-        if (q->num_stop && is_stop(q, t)) {
-            reason = KVRT_END_STOP;
-            break;
-        }
-        if (q->num_tokens >= q->max_tokens) {
-            reason = KVRT_END_LENGTH;
-            break;
-        }
+    uint32_t room = q->max_tokens - q->num_tokens; /* >= 1 while it runs */
+    uint32_t n = count < room ? count : room;
+    if (q->num_stop) {
+        uint32_t outputs = q->num_tokens - q->prompt_len;
+        for (uint32_t j = 0; j < n; j++)
+            if (outputs + j + 1 > q->min_tokens && is_stop(q, tokens[j])) {
+                n = j + 1; /* the stop token is kept, nothing after it */
+                reason = KVRT_END_STOP;
+                break;
+            }
     }
-    s->stats.output_tokens += j;
+    int32_t *at = q->tokens + q->num_tokens;
+    at[0] = tokens[0]; /* n >= 1: one token is the plain decode's whole case */
+    for (uint32_t j = 1; j < n; j++)
+        at[j] = tokens[j];
+    q->num_tokens += n;
+    if (reason == KVRT_END_NONE && q->num_tokens >= q->max_tokens)
+        reason = KVRT_END_LENGTH;
+    s->stats.output_tokens += n;
     if (first) {
         q->first_token_ns = s->plan.now_ns;
         if (q->deadline_ns != UINT64_MAX && s->plan.now_ns > q->deadline_ns) {
@@ -185,10 +192,16 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         uint32_t rejected = e->num_drafts - a;
         q->computed += e->num_new_tokens - rejected;
         if (rejected) {
-            /* Rollback: as if the rejected drafts had never been appended. */
-            kvrt_table_truncate(s->pool, q->table, q->computed);
-            if (sched_blocks_for(s, q->computed) != q->row_blocks)
-                sched_row_sync(s, q, false);
+            /* Rollback: as if the rejected drafts had never been appended.
+             * Drafts the pool's table was never told of just leave the lag. */
+            if (rejected <= q->lag) {
+                q->lag -= rejected;
+            } else {
+                q->lag = 0;
+                kvrt_table_truncate(s->pool, q->table, q->computed);
+                if (sched_blocks_for(s, q->computed) != q->row_blocks)
+                    sched_row_sync(s, q, false);
+            }
         }
         kvrt_seq_end_reason_t reason = KVRT_END_NONE;
         if (e->sample) {
@@ -198,6 +211,9 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
                 s->stats.spec_proposed += e->num_drafts;
                 s->stats.spec_accepted += a;
                 s->stats.spec_verifications++;
+                /* Per-position counts are derived when read (sched.c). */
+                s->spec_by_drafts[e->num_drafts]++;
+                s->spec_by_accepted[a]++;
                 if (s->adaptive_draft)
                     adapt_draft(s, q, e->num_drafts, a);
             }
@@ -206,11 +222,10 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
                 q->in_prefill = 0;
                 s->running_prefill--;
             }
-            q->guarded = 0;
         }
         off += given;
         if (s->cache)
-            cache_full_blocks(s, q);
+            sched_cache_full_blocks(s, q);
         if (reason != KVRT_END_NONE)
             sched_end(s, q, reason, KVRT_OK);
     }

@@ -88,6 +88,8 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
 {
     if (s->pinned == sched_slot(s, q))
         s->pinned = SCHED_NONE;
+    if (q->arrival != SCHED_NONE)
+        sched_abandon_arrival(s, q); /* its blocks may still be written */
     if (q->table) {
         /* Tail first: the prefix cache sees a request's last blocks go idle
          * first, so under LRU its deep blocks are evicted before its root
@@ -109,7 +111,13 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
         s->running_dirty = true;
     }
     q->computed = 0;
+    q->lag = 0;
     q->num_inserted = 0;
+    q->match_tokens = 0;
+    if (q->landed) {
+        q->landed = false;
+        s->num_landed--;
+    }
 }
 
 void sched_end(kvrt_sched_t *s, seq_t *q, kvrt_seq_end_reason_t reason,
@@ -150,7 +158,10 @@ static kvrt_status_t check_seq_params(kvrt_sched_t *s, const kvrt_seq_params_t *
 {
     const uint64_t known = KVRT_SEQ_PARAM_STOP | KVRT_SEQ_PARAM_PRIORITY |
                            KVRT_SEQ_PARAM_DEADLINE | KVRT_SEQ_PARAM_KEYS |
-                           KVRT_SEQ_PARAM_USER_TAG;
+                           KVRT_SEQ_PARAM_USER_TAG | KVRT_SEQ_PARAM_CACHE_FLAGS |
+                           KVRT_SEQ_PARAM_MIN_TOKENS;
+    const uint32_t known_cache = KVRT_SEQ_CACHE_SKIP_READ | KVRT_SEQ_CACHE_SKIP_WRITE |
+                                 KVRT_SEQ_CACHE_DROP_LAST_HIT;
     if (p->field_mask & ~known)
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
                          (unsigned long long)(p->field_mask & ~known));
@@ -173,23 +184,36 @@ static kvrt_status_t check_seq_params(kvrt_sched_t *s, const kvrt_seq_params_t *
                              "%u stop tokens (at most %u, and stop_tokens non-NULL)",
                              p->num_stop_tokens, KVRT_SEQ_MAX_STOP_TOKENS);
     }
+    if ((p->field_mask & KVRT_SEQ_PARAM_CACHE_FLAGS) && (p->cache_flags & ~known_cache))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "unknown cache_flags bits 0x%x",
+                         p->cache_flags & ~known_cache);
+    if ((p->field_mask & KVRT_SEQ_PARAM_MIN_TOKENS) && p->min_tokens > p->max_new_tokens)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "min_tokens %u above max_new_tokens %u",
+                         p->min_tokens, p->max_new_tokens);
     if (p->field_mask & KVRT_SEQ_PARAM_KEYS) {
+        const kvrt_hash_keys_t *keys = p->keys;
         /* The cache's own validation, on an empty block key. */
         kvrt_block_hash_t zero = {0, 0}, key;
-        if (kvrt_block_key(&zero, &p->keys, &key) != KVRT_OK)
+        if (!keys || kvrt_block_key(&zero, keys, &key) != KVRT_OK)
             return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                             "bad keys: unknown bits, or salt of 0 or more than %u bytes",
+                             "bad keys: NULL, unknown bits, or salt of 0 or more than %u "
+                             "bytes",
                              KVRT_CACHE_SALT_MAX);
-        if ((p->keys.field_mask & KVRT_HASH_KEY_MM) && p->keys.num_mm_items &&
-            !p->keys.mm_items)
+        if ((keys->field_mask & KVRT_HASH_KEY_MM) && keys->num_mm_items && !keys->mm_items)
             return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "mm_items is NULL");
-        if (p->keys.field_mask & KVRT_HASH_KEY_MM) {
-            const kvrt_mm_item_t *mm = p->keys.mm_items;
-            for (uint32_t i = 0; i < p->keys.num_mm_items; i++)
-                if (mm[i].length == 0 || (i && mm[i].offset < mm[i - 1].offset +
-                                                                  mm[i - 1].length))
+        if (keys->field_mask & KVRT_HASH_KEY_MM) {
+            const kvrt_mm_item_t *mm = keys->mm_items;
+            for (uint32_t i = 0; i < keys->num_mm_items; i++) {
+                if (mm[i].length == 0 ||
+                    (i && mm[i].offset < mm[i - 1].offset + mm[i - 1].length))
                     return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
                                      "multimodal item %u empty, unsorted or overlapping", i);
+                if (mm[i].length > s->max_batch_tokens)
+                    return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                                     "multimodal item %u of %u tokens is longer than "
+                                     "max_batch_tokens (%u): it could never run whole",
+                                     i, mm[i].length, s->max_batch_tokens);
+            }
         }
     }
     return KVRT_OK;
@@ -223,7 +247,7 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
                          s->max_requests);
 
     uint32_t num_stop = (p->field_mask & KVRT_SEQ_PARAM_STOP) ? p->num_stop_tokens : 0;
-    const kvrt_hash_keys_t *keys = (p->field_mask & KVRT_SEQ_PARAM_KEYS) ? &p->keys : NULL;
+    const kvrt_hash_keys_t *keys = (p->field_mask & KVRT_SEQ_PARAM_KEYS) ? p->keys : NULL;
     uint32_t num_mm = keys && (keys->field_mask & KVRT_HASH_KEY_MM) ? keys->num_mm_items : 0;
     uint32_t max_blocks = s->cache ? capacity >> s->block_shift : 0;
     /* One allocation: hashes (16-byte aligned) first, then tokens, stop
@@ -276,9 +300,12 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     q->row = SCHED_NONE;
     q->running_pos = SCHED_NONE;
     q->heap_pos = SCHED_NONE;
+    q->arrival = SCHED_NONE;
     q->priority = (p->field_mask & KVRT_SEQ_PARAM_PRIORITY) ? p->priority : 0;
     q->deadline_ns = (p->field_mask & KVRT_SEQ_PARAM_DEADLINE) ? p->deadline_ns : UINT64_MAX;
     q->user_tag = (p->field_mask & KVRT_SEQ_PARAM_USER_TAG) ? p->user_tag : 0;
+    q->cache_flags = (p->field_mask & KVRT_SEQ_PARAM_CACHE_FLAGS) ? (uint8_t)p->cache_flags : 0;
+    q->min_tokens = (p->field_mask & KVRT_SEQ_PARAM_MIN_TOKENS) ? p->min_tokens : 0;
     q->order = s->next_order++;
     q->draft_len = (uint8_t)s->max_draft;
     q->accept_ewma = 1.0f; /* optimistic: start at full length, learn down */
@@ -307,6 +334,42 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_abort(kvrt_sched_t *s, kvrt_seq_id_t id)
     return KVRT_OK;
 }
 
+/* Checks one draft entry; returns its request (NULL and a status on error). */
+static seq_t *check_draft(kvrt_sched_t *s, kvrt_seq_id_t id, const int32_t *tokens,
+                          uint32_t count, kvrt_status_t *status)
+{
+    seq_t *q = sched_lookup(s, id);
+    if (KVRT_UNLIKELY(!q)) {
+        *status = unknown_request(s, id);
+        return NULL;
+    }
+    if (KVRT_UNLIKELY(count > s->max_draft || (count && !tokens))) {
+        *status = kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                            "%u draft tokens (at most %u, and tokens non-NULL)", count,
+                            s->max_draft);
+        return NULL;
+    }
+    if (KVRT_UNLIKELY(q->state != KVRT_SEQ_RUNNING || q->in_prefill)) {
+        *status = kvrt_fail(s->ctx, KVRT_ERR_BAD_STATE,
+                            "request 0x%llx is not decoding (state %d)",
+                            (unsigned long long)id, (int)q->state);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < count; i++)
+        if (KVRT_UNLIKELY(tokens[i] < 0)) {
+            *status = kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "draft token %u is negative", i);
+            return NULL;
+        }
+    return q;
+}
+
+static inline void store_draft(seq_t *q, const int32_t *tokens, uint32_t count)
+{
+    if (count)
+        memcpy(q->draft, tokens, (size_t)count * sizeof(int32_t));
+    q->engine_drafts = (uint8_t)count;
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_seq_set_draft(kvrt_sched_t *s, kvrt_seq_id_t id,
                                              const int32_t *tokens, uint32_t count)
 {
@@ -315,23 +378,43 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_set_draft(kvrt_sched_t *s, kvrt_seq_id_t id,
     if (s->max_draft == 0)
         return kvrt_fail(s->ctx, KVRT_ERR_UNSUPPORTED,
                          "speculation is off (max_draft_tokens 0)");
-    seq_t *q = sched_lookup(s, id);
+    kvrt_status_t status = KVRT_OK;
+    seq_t *q = check_draft(s, id, tokens, count, &status);
     if (!q)
-        return unknown_request(s, id);
-    if (count > s->max_draft || (count && !tokens))
-        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                         "%u draft tokens (at most %u, and tokens non-NULL)", count,
-                         s->max_draft);
-    if (q->state != KVRT_SEQ_RUNNING || q->in_prefill)
-        return kvrt_fail(s->ctx, KVRT_ERR_BAD_STATE,
-                         "request 0x%llx is not decoding (state %d)",
-                         (unsigned long long)id, (int)q->state);
-    for (uint32_t i = 0; i < count; i++)
-        if (tokens[i] < 0)
-            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "draft token %u is negative", i);
-    if (count)
-        memcpy(q->draft, tokens, (size_t)count * sizeof(int32_t));
-    q->engine_drafts = (uint8_t)count;
+        return status;
+    store_draft(q, tokens, count);
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_sched_set_drafts(kvrt_sched_t *s, uint32_t num_seqs,
+                                                const kvrt_seq_id_t *ids,
+                                                const uint32_t *counts, const int32_t *tokens)
+{
+    if (KVRT_UNLIKELY(!s))
+        return KVRT_ERR_INVALID_ARG;
+    if (KVRT_UNLIKELY(s->max_draft == 0))
+        return kvrt_fail(s->ctx, KVRT_ERR_UNSUPPORTED,
+                         "speculation is off (max_draft_tokens 0)");
+    if (KVRT_UNLIKELY(num_seqs && (!ids || !counts)))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "ids and counts are required");
+    /* Pass 1 checks everything (and warms each request's line for pass 2). */
+    kvrt_status_t status = KVRT_OK;
+    const int32_t *at = tokens;
+    for (uint32_t i = 0; i < num_seqs; i++) {
+        if (i + SCHED_PREFETCH < num_seqs) {
+            uint32_t ahead = (uint32_t)ids[i + SCHED_PREFETCH] - 1;
+            if (ahead < s->max_requests)
+                __builtin_prefetch(&s->seqs[ahead]);
+        }
+        if (!check_draft(s, ids[i], at, counts[i], &status))
+            return kvrt_fail(s->ctx, status, "entry %u: %s", i, kvrt_ctx_last_error(s->ctx));
+        at += counts[i];
+    }
+    at = tokens;
+    for (uint32_t i = 0; i < num_seqs; i++) {
+        store_draft(sched_lookup(s, ids[i]), at, counts[i]);
+        at += counts[i];
+    }
     return KVRT_OK;
 }
 
@@ -360,17 +443,30 @@ static void fill_info(const kvrt_sched_t *s, const seq_t *q, kvrt_seq_info_t *ou
     };
 }
 
-KVRT_EXPORT kvrt_status_t kvrt_seq_info(const kvrt_sched_t *s, kvrt_seq_id_t id,
-                                        kvrt_seq_info_t *info_out)
+_Static_assert(sizeof(kvrt_seq_info_t) == KVRT_SEQ_INFO_SIZE_1_0,
+               "kvrt_seq_info_t changed size: append fields and keep the 1.0 size");
+
+/* Writes q's info as the first `size` bytes of *out (the caller's struct). */
+static void copy_info(const kvrt_sched_t *s, const seq_t *q, void *out, size_t size)
+{
+    kvrt_seq_info_t info;
+    fill_info(s, q, &info);
+    memcpy(out, &info, size < sizeof(info) ? size : sizeof(info));
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_seq_info_sized(const kvrt_sched_t *s, kvrt_seq_id_t id,
+                                              kvrt_seq_info_t *info_out, size_t info_size)
 {
     if (!s)
         return KVRT_ERR_INVALID_ARG;
-    if (!info_out)
-        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "info_out is NULL");
+    if (!info_out || info_size < KVRT_SEQ_INFO_SIZE_1_0)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "info_out is NULL or its size %zu is below %u", info_size,
+                         KVRT_SEQ_INFO_SIZE_1_0);
     const seq_t *q = sched_lookup(s, id);
     if (!q)
         return unknown_request(s, id);
-    fill_info(s, q, info_out);
+    copy_info(s, q, info_out, info_size);
     return KVRT_OK;
 }
 
@@ -386,8 +482,10 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_blocks(const kvrt_sched_t *s, kvrt_seq_id_t i
     static const int32_t none[1] = {KVRT_NULL_BLOCK};
     const int32_t *blocks = none;
     uint32_t nb = 0, nt = 0;
-    if (q->table && !q->release_at_commit)
+    if (q->table && !q->release_at_commit) {
         kvrt_table_view(s->pool, q->table, &blocks, &nb, &nt);
+        nt += q->lag; /* tokens the pool's table has not been told of yet */
+    }
     if (blocks_out)
         *blocks_out = blocks;
     if (num_blocks_out)
@@ -416,21 +514,25 @@ static void forget(kvrt_sched_t *s, seq_t *q)
         sched_slot_free(s, q);
 }
 
-KVRT_EXPORT kvrt_status_t kvrt_sched_drain_ended(kvrt_sched_t *s, kvrt_seq_info_t *events_out,
-                                                 uint32_t capacity, uint32_t *count_out)
+KVRT_EXPORT kvrt_status_t kvrt_sched_drain_ended_sized(kvrt_sched_t *s,
+                                                       kvrt_seq_info_t *events_out,
+                                                       size_t event_size, uint32_t capacity,
+                                                       uint32_t *count_out)
 {
     if (!s)
         return KVRT_ERR_INVALID_ARG;
-    if (!count_out || (capacity && !events_out))
+    if (!count_out || (capacity && !events_out) || event_size < KVRT_SEQ_INFO_SIZE_1_0)
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                         "count_out and (with capacity > 0) events_out are required");
+                         "count_out and (with capacity > 0) events_out are required, and "
+                         "event_size (%zu) at least %u",
+                         event_size, KVRT_SEQ_INFO_SIZE_1_0);
     for (uint32_t i = 0; i < s->num_drained_memory; i++)
         free(s->drained_memory[i]);
     s->num_drained_memory = 0;
     uint32_t n = 0;
     while (n < capacity && s->ended_count) {
         seq_t *q = &s->seqs[s->ended[s->ended_head]];
-        fill_info(s, q, &events_out[n++]);
+        copy_info(s, q, (char *)events_out + (size_t)n++ * event_size, event_size);
         s->ended_head = (s->ended_head + 1) % s->max_requests;
         s->ended_count--;
         forget(s, q);

@@ -14,26 +14,46 @@
 
 /* ---- statistics and ctl ------------------------------------------------------ */
 
+/* Structs of the first release are this size: later fields are appended. */
+_Static_assert(sizeof(kvrt_sched_stats_t) == KVRT_SCHED_STATS_SIZE_1_0,
+               "kvrt_sched_stats_t changed size: append fields and keep the 1.0 size");
+
+static inline double ratio(uint64_t num, uint64_t den) { return den ? (double)num / den : 0; }
+
 static void fill_stats(const kvrt_sched_t *s, kvrt_sched_stats_t *out)
 {
     *out = s->stats;
     out->waiting = s->heap_size;
     out->running = s->running_live;
     out->ended_undrained = s->ended_count;
-    out->spec_acceptance =
-        s->stats.spec_proposed ? (double)s->stats.spec_accepted / s->stats.spec_proposed : 0;
-    out->spec_mean_accepted = s->stats.spec_verifications
-                                  ? (double)s->stats.spec_accepted / s->stats.spec_verifications
-                                  : 0;
+    out->awaiting_kv = s->num_awaiting;
+    out->spec_acceptance = ratio(s->stats.spec_accepted, s->stats.spec_proposed);
+    out->spec_mean_accepted = ratio(s->stats.spec_accepted, s->stats.spec_verifications);
+    out->prefix_hit_rate = ratio(s->stats.prefix_hit_tokens, s->stats.prefix_query_tokens);
+    out->prefix_hit_rate_window =
+        ratio(s->stats.window_hit_tokens, s->stats.window_query_tokens);
+    uint64_t proposed = 0, accepted = 0;
+    for (uint32_t j = KVRT_SCHED_DRAFT_POSITIONS; j-- > 0;) {
+        proposed += s->spec_by_drafts[j + 1];
+        accepted += s->spec_by_accepted[j + 1];
+        out->spec_proposed_at[j] = proposed;
+        out->spec_accepted_at[j] = accepted;
+    }
 }
 
-KVRT_EXPORT kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *s, kvrt_sched_stats_t *stats_out)
+KVRT_EXPORT kvrt_status_t kvrt_sched_stats_sized(const kvrt_sched_t *s,
+                                                 kvrt_sched_stats_t *stats_out,
+                                                 size_t stats_size)
 {
     if (!s)
         return KVRT_ERR_INVALID_ARG;
-    if (!stats_out)
-        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "stats_out is NULL");
-    fill_stats(s, stats_out);
+    if (!stats_out || stats_size < KVRT_SCHED_STATS_SIZE_1_0)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "stats_out is NULL or its size %zu is below %u", stats_size,
+                         KVRT_SCHED_STATS_SIZE_1_0);
+    kvrt_sched_stats_t st;
+    fill_stats(s, &st);
+    memcpy(stats_out, &st, stats_size < sizeof(st) ? stats_size : sizeof(st));
     return KVRT_OK;
 }
 
@@ -51,6 +71,18 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *s, kvrt_sched_sta
         fill_stats(obj, &st);                                                    \
         v->f64 = st.field;                                                       \
     }
+#define STAT_AT(field, j)                                                        \
+    static void get_##field##_##j(void *obj, kvrt_ctl_value_t *v)                \
+    {                                                                            \
+        kvrt_sched_stats_t st;                                                   \
+        fill_stats(obj, &st);                                                    \
+        v->u64 = st.field[j];                                                    \
+    }
+#define POSITIONS(X, field)                                                      \
+    X(field, 0) X(field, 1) X(field, 2) X(field, 3) X(field, 4) X(field, 5)      \
+    X(field, 6) X(field, 7) X(field, 8) X(field, 9) X(field, 10) X(field, 11)    \
+    X(field, 12) X(field, 13) X(field, 14) X(field, 15)
+_Static_assert(KVRT_SCHED_DRAFT_POSITIONS == 16, "POSITIONS lists 16 draft positions");
 /* Every statistic with its metrics kind (C counter, G gauge) and help. */
 #define STAT_LIST(U, F)                                                          \
     U(steps, C, "Non-empty plans the scheduler produced.")                      \
@@ -78,16 +110,33 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_stats(const kvrt_sched_t *s, kvrt_sched_sta
     U(spec_backoff_tokens, C, "Draft tokens dropped to fit the budget.")        \
     U(step_cpu_ns, C, "Nanoseconds spent inside kvrt_sched_step.")              \
     U(commit_cpu_ns, C, "Nanoseconds spent inside kvrt_sched_commit.")          \
+    U(awaiting_kv, G, "Requests waiting for KV to arrive from a tier or a peer.") \
+    U(arrivals, C, "KV arrivals started (kvrt_seq_await_kv).")                  \
+    U(arrived_tokens, C, "Prompt tokens whose KV arrived instead of being computed.") \
+    U(arrivals_failed, C, "KV arrivals that failed; their tokens were recomputed.") \
+    U(arrivals_expired, C, "KV arrivals past their deadline; recomputed.")        \
+    U(window_hit_tokens, G, "Prefix-cache hit tokens over the recent window.")    \
+    U(window_query_tokens, G, "Prompt tokens offered to the cache over the recent window.") \
     F(spec_acceptance, G, "Accepted / proposed draft tokens.")                  \
-    F(spec_mean_accepted, G, "Accepted draft tokens per verification.")
+    F(spec_mean_accepted, G, "Accepted draft tokens per verification.")         \
+    F(prefix_hit_rate, G, "Prefix-cache hit tokens / prompt tokens offered, all time.") \
+    F(prefix_hit_rate_window, G, "Prefix-cache hit rate over the recent window.")
 
 STAT_LIST(STAT_U64, STAT_F64)
+POSITIONS(STAT_AT, spec_proposed_at)
+POSITIONS(STAT_AT, spec_accepted_at)
 
 #define METRIC_C KVRT_CTL_METRIC_COUNTER
 #define METRIC_G KVRT_CTL_METRIC_GAUGE
 #define NODE_U64(field, kind, help) {#field, KVRT_CTL_U64, get_##field, NULL, METRIC_##kind, help},
 #define NODE_F64(field, kind, help) {#field, KVRT_CTL_DOUBLE, get_##field, NULL, METRIC_##kind, help},
-static const kvrt_ctl_node_t sched_nodes[] = {STAT_LIST(NODE_U64, NODE_F64)};
+#define NODE_AT(field, j)                                                        \
+    {#field "." #j, KVRT_CTL_U64, get_##field##_##j, NULL, METRIC_C,                \
+     "Draft tokens at this draft position (0 = first): proposed for spec_proposed_at, " \
+     "accepted for spec_accepted_at."},
+static const kvrt_ctl_node_t sched_nodes[] = {
+    STAT_LIST(NODE_U64, NODE_F64) POSITIONS(NODE_AT, spec_proposed_at)
+        POSITIONS(NODE_AT, spec_accepted_at)};
 
 /* ---- create / destroy -------------------------------------------------------- */
 
@@ -153,6 +202,10 @@ static void sched_free(kvrt_sched_t *s)
     free(s->seqs);
     free(s->heap);
     free(s->running);
+    if (s->arrivals)
+        sched_free_arrivals(s);
+    free(s->window);
+    free(s->arrivals);
     free(s->ended);
     free(s->drained_memory);
     free(s->rows);
@@ -167,6 +220,7 @@ static void sched_free(kvrt_sched_t *s)
     free(b->positions);
     free(b->slot_mapping);
     free(b->copies);
+    free(b->copy_owner);
     free(b->preempted);
     free(b->csr_offsets);
     free(b->csr_ids);
@@ -197,6 +251,8 @@ static bool alloc_arrays(kvrt_sched_t *s)
         memset(s->seqs, 0, reqs * sizeof(*s->seqs));
     s->heap = malloc(reqs * sizeof(*s->heap));
     s->ended = malloc(reqs * sizeof(*s->ended));
+    s->arrivals = calloc(reqs, sizeof(*s->arrivals));
+    s->window = calloc(KVRT_SCHED_HIT_WINDOW, sizeof(*s->window));
     s->drained_memory = malloc(reqs * sizeof(*s->drained_memory));
     s->running = malloc(seqs * sizeof(*s->running));
     s->rows = calloc(seqs * s->row_stride, sizeof(*s->rows));
@@ -210,17 +266,18 @@ static bool alloc_arrays(kvrt_sched_t *s)
     b->positions = malloc(toks * sizeof(int32_t));
     b->slot_mapping = malloc(toks * sizeof(int64_t));
     b->copies = malloc(seqs * sizeof(*b->copies));
+    b->copy_owner = malloc(seqs * sizeof(*b->copy_owner));
     b->preempted = malloc(seqs * sizeof(*b->preempted));
     b->csr_offsets = calloc(seqs + 1, sizeof(int32_t));
     b->changed[0] = malloc(seqs * sizeof(int32_t));
     b->changed[1] = malloc(seqs * sizeof(int32_t));
     b->row_mark = calloc(seqs, sizeof(uint64_t));
     b->match_blocks = malloc((size_t)s->row_stride * sizeof(int32_t));
-    return s->seqs && s->heap && s->ended && s->drained_memory && s->running && s->rows &&
-           s->free_rows && b->seqs && b->slot_of && b->query_start_loc && b->seq_lens &&
-           b->row_index && b->input_tokens && b->positions && b->slot_mapping && b->copies &&
-           b->preempted && b->csr_offsets && b->changed[0] && b->changed[1] && b->row_mark &&
-           b->match_blocks;
+    return s->seqs && s->heap && s->ended && s->arrivals && s->window && s->drained_memory &&
+           s->running && s->rows && s->free_rows && b->seqs && b->slot_of && b->query_start_loc &&
+           b->seq_lens && b->row_index && b->input_tokens && b->positions && b->slot_mapping &&
+           b->copies && b->copy_owner && b->preempted && b->csr_offsets && b->changed[0] &&
+           b->changed[1] && b->row_mark && b->match_blocks;
 }
 
 static void init_plan(kvrt_sched_t *s)
@@ -299,6 +356,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool,
         s->seqs[i].next_free = i + 1 < s->max_requests ? i + 1 : SCHED_NONE;
     s->free_head = 0;
     s->pinned = SCHED_NONE;
+    sched_arrivals_init(s);
     for (uint32_t r = 0; r < s->max_seqs; r++)
         s->free_rows[r] = s->max_seqs - 1 - r; /* row 0 is handed out first */
     s->num_free_rows = s->max_seqs;

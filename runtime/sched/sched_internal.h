@@ -12,6 +12,8 @@
 #ifndef KVRT_SCHED_INTERNAL_H
 #define KVRT_SCHED_INTERNAL_H
 
+#include <stddef.h>
+
 #include "cache/hooks.h"
 #include "core/core.h"
 #include "kv/pool_internal.h"
@@ -39,7 +41,7 @@ typedef struct seq {
     uint8_t state;          /* kvrt_seq_state_t */
     uint8_t in_plan;        /* placed in the current, uncommitted plan */
     uint8_t in_prefill;     /* admitted, not yet sampled since admission */
-    uint8_t guarded;        /* readmitted after preemption, no token since */
+    uint8_t cache_flags;    /* enum kvrt_seq_cache_flags */
     uint8_t release_at_commit; /* ended while in the plan: free at commit */
     uint8_t draft_len;      /* adaptive draft length (1..k) */
     uint8_t engine_drafts;  /* draft[] tokens set by the engine for next step */
@@ -51,7 +53,9 @@ typedef struct seq {
     uint32_t row_blocks;    /* entries of the row in use */
     uint32_t running_pos;   /* index in sched->running, SCHED_NONE when none */
     uint32_t num_stop;
-    uint32_t num_inserted;  /* table blocks [0, num_inserted) offered to the cache */
+    /* Tokens appended inside the tail block that the pool's table has not
+     * been told yet (step.c: sched_table_sync). */
+    uint32_t lag;
     int32_t *tokens;        /* [capacity]; stop tokens follow at tokens + capacity */
     kvrt_table_id_t table;  /* 0 when the request holds no blocks */
 
@@ -66,6 +70,8 @@ typedef struct seq {
     kvrt_block_hash_t *hashes; /* content hash of each full block, once known */
     uint64_t spec_proposed;
     uint64_t spec_accepted;
+    uint32_t min_tokens;    /* outputs before a stop token counts */
+    uint32_t num_inserted;  /* table blocks [0, num_inserted) offered to the cache */
 
     /* ---- cold ---- */
     kvrt_hash_keys_t keys;     /* points into salt and the allocation */
@@ -75,6 +81,10 @@ typedef struct seq {
     uint32_t preemptions;
     uint32_t cached_tokens;
     uint32_t next_free;     /* free-slot list link */
+    uint32_t arrival;       /* its outstanding arrival, SCHED_NONE when none */
+    uint32_t match_tokens;  /* prefix-cache hits of its last match, counted at
+                               admission */
+    bool landed;            /* its table holds K/V that arrived (arrival.c) */
     kvrt_status_t status;
     uint64_t deadline_ns;   /* UINT64_MAX without a deadline */
     uint64_t order;         /* arrival number: FCFS */
@@ -86,6 +96,10 @@ typedef struct seq {
     bool counted_prompt;    /* prompt counted in stats at first admission */
     void *allocation;       /* tokens, stop tokens, hashes, mm items, ngram */
 } __attribute__((aligned(64))) seq_t;
+/* The layout the hot loops rely on: one line for a decode, one more for
+ * its commit. */
+_Static_assert(offsetof(seq_t, user_tag) == 64, "seq_t's hot fields outgrew one cache line");
+_Static_assert(offsetof(seq_t, keys) == 128, "seq_t's second line outgrew 64 bytes");
 
 /* A waiting-queue entry: the ordering key, copied out of the request. */
 typedef struct heap_entry {
@@ -94,6 +108,20 @@ typedef struct heap_entry {
     uint64_t deadline;   /* UINT64_MAX: none */
     uint64_t order;
 } heap_entry_t;
+
+/* An arrival of a request's prefix K/V (arrival.c). While the request
+ * waits for it, the blocks are in the request's table; once given up
+ * (deadline, abort), the table moves here and is freed at completion. */
+typedef struct arrival {
+    uint32_t generation;    /* odd while the id is live */
+    uint32_t seq;           /* request slot; SCHED_NONE once given up */
+    uint32_t first_block;
+    uint32_t num_blocks;
+    uint32_t end_tokens;    /* the arrival's num_tokens */
+    uint32_t next_free;
+    kvrt_table_id_t table;  /* held for a given-up arrival, else 0 */
+    uint64_t deadline_ns;   /* UINT64_MAX: none */
+} arrival_t;
 
 /* Plan arrays, sized at creation (max_seqs / max_batch_tokens). */
 typedef struct plan_buffers {
@@ -106,6 +134,7 @@ typedef struct plan_buffers {
     int32_t *positions;
     int64_t *slot_mapping;
     kvrt_block_copy_t *copies;
+    uint32_t *copy_owner;   /* request slot of each copy */
     kvrt_seq_id_t *preempted;
     int32_t *csr_offsets;
     int32_t *csr_ids;
@@ -163,6 +192,13 @@ struct kvrt_sched {
     uint32_t running_prefill;   /* RUNNING and in_prefill */
     bool running_dirty;         /* stale entries to compact */
 
+    arrival_t *arrivals;        /* [max_requests] */
+    uint32_t arrival_free;      /* free-list head */
+    uint32_t num_awaiting;      /* requests in WAITING_KV */
+    uint32_t num_given_up;      /* given-up arrivals still holding blocks */
+    uint32_t num_landed;        /* queued requests holding arrived K/V */
+    uint64_t next_deadline;     /* no awaiting deadline before it */
+
     uint32_t *ended;            /* ring of slots with an undrained end */
     uint32_t ended_head;
     uint32_t ended_count;
@@ -180,6 +216,16 @@ struct kvrt_sched {
     plan_buffers_t buf;
     bool plan_pending;          /* a non-empty plan awaits its commit */
     uint64_t step_count;        /* numbers plans */
+
+    /* The last KVRT_SCHED_HIT_WINDOW admissions' (hit, offered) tokens. */
+    struct { uint32_t hit, offered; } *window;
+    uint32_t window_next;
+
+    /* Verifications by draft count and by accepted count: position j was
+     * proposed by those with more than j drafts, accepted by those with
+     * more than j accepted (one increment each per entry at commit). */
+    uint64_t spec_by_drafts[KVRT_SCHED_MAX_DRAFT + 1];
+    uint64_t spec_by_accepted[KVRT_SCHED_MAX_DRAFT + 1];
 
     kvrt_sched_stats_t stats;
 };
@@ -236,15 +282,45 @@ void sched_slot_free(kvrt_sched_t *s, seq_t *q);
 
 /* ---- step.c / commit.c ---------------------------------------------------- */
 
+/* Offers the request's newly full blocks to the prefix cache. */
+void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q);
 /* Marks row r as changed since the last published plan. */
 void sched_row_changed(kvrt_sched_t *s, uint32_t row);
 /* Brings row entries in line with the table after an append or truncate. */
 void sched_row_sync(kvrt_sched_t *s, seq_t *q, bool last_replaced);
 void sched_row_release(kvrt_sched_t *s, seq_t *q);
+/* Tells the pool's table the tokens appended lazily inside q's tail block. */
+static inline void sched_table_sync(kvrt_sched_t *s, seq_t *q)
+{
+    if (q->lag) {
+        /* Inside a private tail block: the pool's fast path, no allocation. */
+        kvrt_table_append(s->pool, q->table, q->lag, NULL, NULL, NULL);
+        q->lag = 0;
+    }
+}
+/* Gives q (holding no table) a table with its prefix-cache hits. */
+kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks);
+/* Enough blocks for `need` more, above the watermark when it is in use. */
+bool sched_blocks_available(const kvrt_sched_t *s, uint32_t need);
 /* Releases the waiting request that holds its prefix hits, if any. */
 void sched_unpin(kvrt_sched_t *s);
 /* Drops stale entries of the running array, keeping admission order. */
 void sched_compact_running(kvrt_sched_t *s);
+
+/* ---- arrival.c ------------------------------------------------------------ */
+
+void sched_arrivals_init(kvrt_sched_t *s);
+/* Gives up arrivals whose deadline is before now: their requests are queued
+ * again for recomputation. O(1) unless a deadline has passed. */
+void sched_expire_arrivals(kvrt_sched_t *s, uint64_t now_ns);
+/* The request lets go of its arrival: the arrival keeps the request's table
+ * (blocks the caller may still write) until it completes. */
+void sched_abandon_arrival(kvrt_sched_t *s, seq_t *q);
+void sched_free_arrivals(kvrt_sched_t *s);
+/* Under block pressure: the queued request holding arrived K/V that would
+ * be admitted last lets its blocks go (into the prefix cache, when there is
+ * one, where it may find them again). False when there is none. */
+bool sched_release_landed(kvrt_sched_t *s);
 
 /* ---- ngram.c -------------------------------------------------------------- */
 

@@ -82,32 +82,79 @@ void sched_compact_running(kvrt_sched_t *s)
 
 /* ---- preemption ------------------------------------------------------------ */
 
-/* The victim for `needy`: among running requests not in the plan, the
- * lowest priority, then the latest arrival. Guarded requests are taken only
- * when no other candidate exists and the plan is still empty (else a step
- * could stall with every request guarded). NULL when there is none. */
+/* The victim when a running request needs a block: the lowest priority
+ * among all running requests (the one in need included, planned or not),
+ * the latest arrival among equals. So no request is ever preempted for one
+ * of lower priority, and among equals first come, first served. */
 static seq_t *pick_victim(kvrt_sched_t *s)
 {
-    seq_t *best = NULL, *best_guarded = NULL;
+    seq_t *best = NULL;
     for (uint32_t i = 0; i < s->num_running; i++) {
         seq_t *q;
-        if (!running_valid(s, i, &q) || q->in_plan)
+        if (!running_valid(s, i, &q))
             continue;
-        seq_t **slot = q->guarded ? &best_guarded : &best;
-        if (!*slot || q->priority < (*slot)->priority ||
-            (q->priority == (*slot)->priority && q->order > (*slot)->order))
-            *slot = q;
+        if (!best || q->priority < best->priority ||
+            (q->priority == best->priority && q->order > best->order))
+            best = q;
     }
-    if (best)
-        return best;
-    return s->plan.num_seqs == 0 ? best_guarded : NULL;
+    return best;
 }
 
-static void preempt(kvrt_sched_t *s, seq_t *q)
+/* Takes v's entry out of the plan built so far (v is about to be
+ * preempted): later entries and their tokens move up, its tokens go back
+ * to the budget, its block copies are dropped. O(plan); preemption only. */
+static void unplan(kvrt_sched_t *s, seq_t *v, uint32_t *budget)
 {
+    plan_buffers_t *b = &s->buf;
+    kvrt_batch_plan_t *p = &s->plan;
+    const uint32_t slot = sched_slot(s, v);
+    uint32_t i = 0;
+    while (b->slot_of[i] != slot)
+        i++;
+    const kvrt_plan_seq_t e = b->seqs[i];
+    const uint32_t n = e.num_new_tokens;
+    const uint32_t t0 = (uint32_t)b->query_start_loc[i], tail = p->num_tokens - t0 - n;
+    memmove(b->input_tokens + t0, b->input_tokens + t0 + n, (size_t)tail * sizeof(int32_t));
+    memmove(b->positions + t0, b->positions + t0 + n, (size_t)tail * sizeof(int32_t));
+    memmove(b->slot_mapping + t0, b->slot_mapping + t0 + n, (size_t)tail * sizeof(int64_t));
+    p->max_seq_len = 0;
+    for (uint32_t j = 0; j + 1 < p->num_seqs; j++) {
+        if (j >= i) {
+            b->seqs[j] = b->seqs[j + 1];
+            b->slot_of[j] = b->slot_of[j + 1];
+            b->seq_lens[j] = b->seq_lens[j + 1];
+            b->row_index[j] = b->row_index[j + 1];
+            b->query_start_loc[j + 1] = b->query_start_loc[j + 2] - (int32_t)n;
+        }
+        if ((uint32_t)b->seq_lens[j] > p->max_seq_len)
+            p->max_seq_len = (uint32_t)b->seq_lens[j];
+    }
+    p->num_seqs--;
+    p->num_tokens -= n;
+    if (e.kind == KVRT_PLAN_PREFILL) {
+        p->num_prefill_seqs--;
+        p->num_prefill_tokens -= n;
+    } else {
+        p->num_decode_seqs--;
+        p->num_draft_tokens -= e.num_drafts;
+    }
+    uint32_t kept = 0;
+    for (uint32_t c = 0; c < p->num_copies; c++)
+        if (b->copy_owner[c] != slot) {
+            b->copies[kept] = b->copies[c];
+            b->copy_owner[kept++] = b->copy_owner[c];
+        }
+    p->num_copies = kept;
+    v->in_plan = 0;
+    *budget += n;
+}
+
+static void preempt(kvrt_sched_t *s, seq_t *q, uint32_t *budget)
+{
+    if (q->in_plan)
+        unplan(s, q, budget);
     sched_release(s, q);
     q->state = KVRT_SEQ_PREEMPTED;
-    q->guarded = 1;
     q->in_prefill = 0;
     q->engine_drafts = 0;
     q->preemptions++;
@@ -117,18 +164,45 @@ static void preempt(kvrt_sched_t *s, seq_t *q)
     s->stats.preemptions++;
 }
 
-/* Appends n slots to q's table, written at slots. When blocks run out,
- * preempts victims until the append fits. Returns false when q is not to be
- * planned this step: preempted, failed, or waiting for a victim to appear. */
-static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, int64_t *slots)
+/* Appends n slots to q's table, written at the plan's end. When blocks run
+ * out:
+ * a pinned waiting head, then queued arrived K/V give up their blocks,
+ * then victims are preempted until the append fits (an admission, `admitting`,
+ * preempts nobody but itself). Returns false when q is not to be planned
+ * this step: preempted, failed, or waiting for arrivals to give blocks back. */
+static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
+                        bool admitting)
 {
+    const uint32_t t0 = s->plan.num_tokens; /* where the caller put its inputs */
+    const uint32_t off = q->computed & (s->tokens_per_block - 1);
+    if (KVRT_LIKELY(off != 0 && off + n <= s->tokens_per_block)) {
+        /* Most decodes: the tokens fit in the tail block, which is private
+         * (a partial block is never shared: the cache holds full blocks and
+         * the scheduler forks nothing). The slots come from q's row, and the
+         * pool's table is told later (lag), so a decode touches neither the
+         * table nor the pool. */
+        int32_t tail = s->rows[(size_t)q->row * s->row_stride + (q->computed >> s->block_shift)];
+        int64_t base = ((int64_t)tail << s->block_shift) | off;
+        int64_t *slots = s->buf.slot_mapping + t0;
+        for (uint32_t k = 0; k < n; k++)
+            slots[k] = base + k;
+        q->lag += n;
+        return true;
+    }
+    sched_table_sync(s, q);
     for (;;) {
         kvrt_block_copy_t copy;
         uint32_t num_copies = 0;
+        int64_t *slots = s->buf.slot_mapping + s->plan.num_tokens;
         kvrt_status_t st = kvrt_table_append(s->pool, q->table, n, slots, &copy, &num_copies);
         if (KVRT_LIKELY(st == KVRT_OK)) {
-            if (KVRT_UNLIKELY(num_copies))
+            if (KVRT_UNLIKELY(s->plan.num_tokens != t0)) /* a victim left the plan */
+                memmove(s->buf.input_tokens + s->plan.num_tokens, s->buf.input_tokens + t0,
+                        (size_t)n * sizeof(int32_t));
+            if (KVRT_UNLIKELY(num_copies)) {
+                s->buf.copy_owner[s->plan.num_copies] = sched_slot(s, q);
                 s->buf.copies[s->plan.num_copies++] = copy;
+            }
             uint32_t nb = sched_blocks_for(s, q->computed + n);
             if (nb != q->row_blocks || num_copies)
                 sched_row_sync(s, q, num_copies != 0);
@@ -142,21 +216,23 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, int64_t *slots)
             sched_unpin(s);
             continue;
         }
-        seq_t *victim = pick_victim(s);
-        if (!victim)
-            return false;
+        if (sched_release_landed(s)) /* then queued K/V that arrived */
+            continue;
+        seq_t *victim = admitting ? q : pick_victim(s);
         if (victim == q) {
+            if (s->running_live == 1 && (s->num_awaiting || s->num_given_up))
+                return false; /* arrivals hold blocks: they come back when those end */
             if (s->running_live == 1) {
                 kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
                           "request 0x%llx cannot grow even alone in the pool",
                           (unsigned long long)sched_id(s, q));
                 sched_end(s, q, KVRT_END_FAILED, KVRT_ERR_NO_BLOCKS);
             } else {
-                preempt(s, q);
+                preempt(s, q, budget);
             }
             return false;
         }
-        preempt(s, victim);
+        preempt(s, victim, budget);
     }
 }
 
@@ -272,12 +348,48 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
             }
         }
         uint32_t n = 1 + drafts;
-        if (!grow(s, q, n, s->buf.slot_mapping + t0))
+        if (!grow(s, q, n, &st->budget, false))
             continue;
-        input[0] = q->tokens[q->num_tokens - 1];
+        s->buf.input_tokens[s->plan.num_tokens] = q->tokens[q->num_tokens - 1];
         plan_add(s, q, drafts ? KVRT_PLAN_SPEC : KVRT_PLAN_DECODE, n, drafts, true);
         st->budget -= n;
     }
+}
+
+/*
+ * The next prefill chunk of q: at most min(its uncomputed tokens,
+ * prefill_chunk_tokens, budget) tokens, cut so that it never ends inside a
+ * multimodal item (the engine consumes an item's encoder output whole):
+ * a chunk that would end inside an item ends before it instead; a chunk
+ * that starts at (or, after a prefix hit, inside) an item takes the rest of
+ * the item whole, past prefill_chunk_tokens if need be. 0 when that does
+ * not fit in the budget left: q waits for a step with room for it.
+ */
+static uint32_t prefill_chunk(const kvrt_sched_t *s, const seq_t *q, uint32_t budget)
+{
+    const uint32_t c = q->computed;
+    uint32_t n = min_u32(min_u32(q->num_tokens - c, s->chunk_tokens), budget);
+    const kvrt_mm_item_t *items = q->keys.mm_items;
+    uint32_t lo = 0, hi = q->keys.num_mm_items;
+    if (KVRT_LIKELY(hi == 0))
+        return n;
+    /* Items are sorted and disjoint: the first one ending after c. */
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (items[mid].offset + items[mid].length <= c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == q->keys.num_mm_items)
+        return n;
+    uint32_t start = items[lo].offset;
+    uint32_t end = min_u32(items[lo].offset + items[lo].length, q->num_tokens);
+    if (c + n <= start || c + n >= end)
+        return n; /* ends before the item, or covers all of it that is left */
+    if (start > c)
+        return start - c;
+    return end - c <= budget ? end - c : 0;
 }
 
 /* Pass 2: the next chunk of every running request still in prefill. */
@@ -294,20 +406,24 @@ static void schedule_prefills(kvrt_sched_t *s, step_state_t *st)
             break;
         }
         uint32_t remaining = q->num_tokens - q->computed;
-        uint32_t n = min_u32(min_u32(remaining, s->chunk_tokens), st->budget);
+        uint32_t n = prefill_chunk(s, q, st->budget);
         if (n < remaining && n == st->budget)
             st->budget_bound = true;
-        uint32_t t0 = s->plan.num_tokens;
-        if (!grow(s, q, n, s->buf.slot_mapping + t0))
+        if (n == 0) { /* a multimodal item that needs more budget */
+            st->budget_bound = true;
             continue;
-        memcpy(s->buf.input_tokens + t0, q->tokens + q->computed, (size_t)n * sizeof(int32_t));
+        }
+        if (!grow(s, q, n, &st->budget, false))
+            continue;
+        memcpy(s->buf.input_tokens + s->plan.num_tokens, q->tokens + q->computed,
+               (size_t)n * sizeof(int32_t));
         plan_add(s, q, KVRT_PLAN_PREFILL, n, 0, q->computed + n == q->num_tokens);
         st->budget -= n;
     }
 }
 
 /* Enough blocks for `need` more, above the watermark when it is in use. */
-static bool blocks_available(const kvrt_sched_t *s, uint32_t need)
+bool sched_blocks_available(const kvrt_sched_t *s, uint32_t need)
 {
     int ok = 0;
     if (s->use_watermark) {
@@ -336,60 +452,99 @@ void sched_unpin(kvrt_sched_t *s)
     sched_release(s, q);
 }
 
-/* Gives q a table holding its prefix hits, unless it has one. Returns false
- * when admission must stop (no table, or q failed). */
-static bool match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
+/* Gives q (which has no table) a table holding its prefix hits. On error q
+ * holds no table and nothing else changed. */
+kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
 {
-    if (q->table)
-        return true;
     sched_unpin(s);
     kvrt_table_id_t table = 0;
-    if (kvrt_table_create(s->pool, &table) != KVRT_OK)
-        return false;
+    kvrt_status_t rc = kvrt_table_create(s->pool, &table);
+    if (rc != KVRT_OK)
+        return rc;
+    /* Room for the longest request, so no append of its life reallocates
+     * (tables keep their arrays when reused: this allocates only the first
+     * time a table slot serves this scheduler). */
+    rc = kvrt_table_reserve(s->pool, table, s->row_stride);
+    if (rc != KVRT_OK) {
+        kvrt_table_destroy(s->pool, table);
+        return rc;
+    }
     q->table = table;
-    if (!s->cache)
-        return true;
+    q->match_tokens = 0;
+    if (!s->cache || (q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ))
+        return KVRT_OK;
     /* All but the last token: it is recomputed for its logits. */
     uint32_t offered = q->num_tokens - 1;
     kvrt_cache_match_t m;
-    kvrt_status_t rc = kvrt_cache_match(s->cache, q->tokens, offered, &q->keys,
-                                        offered >> s->block_shift, hit_blocks, q->hashes, &m);
+    rc = kvrt_cache_match(s->cache, q->tokens, offered, &q->keys, offered >> s->block_shift,
+                          hit_blocks, q->hashes, &m);
     if (rc != KVRT_OK) {
-        sched_end(s, q, KVRT_END_FAILED, rc);
-        return false;
+        kvrt_table_destroy(s->pool, table);
+        q->table = 0;
+        return rc;
+    }
+    if (m.num_blocks > q->num_hashed)
+        q->num_hashed = m.num_blocks; /* the hash of a dropped hit stays known */
+    if (m.num_blocks && (q->cache_flags & KVRT_SEQ_CACHE_DROP_LAST_HIT)) {
+        /* EAGLE/MTP: the last hit block is recomputed for its hidden states. */
+        m.num_blocks--;
+        kvrt_pool_free(s->pool, 1, &hit_blocks[m.num_blocks]);
     }
     if (m.num_blocks)
         kvrt_table_adopt(s->pool, table, m.num_blocks, hit_blocks);
-    if (m.num_blocks > q->num_hashed)
-        q->num_hashed = m.num_blocks;
-    q->computed = m.num_tokens;
+    q->computed = m.num_blocks << s->block_shift;
+    q->match_tokens = q->computed;
     q->num_inserted = m.num_blocks;
     s->stats.prefix_query_tokens += offered;
-    return true;
+    /* The recent window: the oldest admission's tokens leave it. */
+    uint32_t w = s->window_next;
+    s->window_next = (w + 1) % KVRT_SCHED_HIT_WINDOW;
+    s->stats.window_hit_tokens += q->computed - s->window[w].hit;
+    s->stats.window_query_tokens += offered - s->window[w].offered;
+    s->window[w].hit = q->computed;
+    s->window[w].offered = offered;
+    return KVRT_OK;
 }
 
 /* Admits the head of the waiting queue with its first chunk. Returns false
  * when admission must stop (the head does not fit). */
 static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_blocks)
 {
-    if (!match_prefix(s, q, hit_blocks))
-        return q->state == KVRT_SEQ_ENDED; /* a failed head is skipped */
-    uint32_t hit_tokens = q->computed;
-    uint32_t hits = hit_tokens >> s->block_shift;
-    uint32_t remaining = q->num_tokens - hit_tokens;
-    uint32_t n = min_u32(min_u32(remaining, s->chunk_tokens), st->budget);
-    uint32_t need = sched_blocks_for(s, (uint64_t)hit_tokens + n) - hits;
-    if (!blocks_available(s, need)) {
-        s->pinned = sched_slot(s, q);
+    if (!q->table) {
+        kvrt_status_t rc = sched_match_prefix(s, q, hit_blocks);
+        if (rc == KVRT_ERR_NO_TABLES || rc == KVRT_ERR_NO_MEMORY)
+            return false; /* wait for a table */
+        if (rc != KVRT_OK) {
+            sched_end(s, q, KVRT_END_FAILED, rc);
+            return true; /* a failed head is skipped */
+        }
+    }
+    /* computed: prefix-cache hits, plus K/V that arrived (arrival.c). */
+    uint32_t hit_tokens = q->match_tokens;
+    uint32_t remaining = q->num_tokens - q->computed;
+    uint32_t n = prefill_chunk(s, q, st->budget);
+    uint32_t need = sched_blocks_for(s, (uint64_t)q->computed + n) -
+                    sched_blocks_for(s, q->computed);
+    if (n == 0 || !sched_blocks_available(s, need)) {
+        if (n == 0)
+            st->budget_bound = true;
+        if (!q->landed) /* arrived K/V is never given up for a retry */
+            s->pinned = sched_slot(s, q);
         return false;
     }
     if (s->pinned == sched_slot(s, q))
         s->pinned = SCHED_NONE;
     sched_heap_remove(s, q);
+    if (q->landed) { /* no longer queued: its K/V is its running prefix */
+        q->landed = false;
+        s->num_landed--;
+    }
     q->state = KVRT_SEQ_RUNNING;
     q->in_prefill = 1;
     q->row = s->free_rows[--s->num_free_rows];
     q->row_blocks = 0;
+    if (q->computed) /* hits or arrived K/V: the row starts with them */
+        sched_row_sync(s, q, false);
     q->running_pos = s->num_running;
     s->running[s->num_running++] = sched_slot(s, q);
     s->running_live++;
@@ -403,10 +558,10 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     }
     if (n < remaining && n == st->budget)
         st->budget_bound = true;
-    uint32_t t0 = s->plan.num_tokens;
-    if (!grow(s, q, n, s->buf.slot_mapping + t0))
+    if (!grow(s, q, n, &st->budget, true))
         return true;
-    memcpy(s->buf.input_tokens + t0, q->tokens + q->computed, (size_t)n * sizeof(int32_t));
+    memcpy(s->buf.input_tokens + s->plan.num_tokens, q->tokens + q->computed,
+           (size_t)n * sizeof(int32_t));
     plan_add(s, q, KVRT_PLAN_PREFILL, n, 0, q->computed + n == q->num_tokens);
     st->budget -= n;
     return true;
@@ -503,6 +658,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
     p->block_table_offsets = NULL;
     p->block_table_ids = NULL;
 
+    sched_expire_arrivals(s, now_ns);
     step_state_t st = {.budget = s->max_batch_tokens, .budget_bound = false};
     schedule_decodes(s, &st);
     schedule_prefills(s, &st);

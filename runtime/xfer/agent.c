@@ -39,7 +39,12 @@ STAT_GETTER(refused)
 STAT_GETTER(auth_failures)
 STAT_GETTER(reconnects)
 STAT_GETTER(integrity_failures)
-STAT_GETTER(notifications_dropped)
+
+static void get_notifications_dropped(void *obj, kvrt_ctl_value_t *v)
+{
+    kvrt_xfer_agent_t *a = obj;
+    v->u64 = kvrt_cq_counts(a->notes).dropped;
+}
 
 static void get_regions(void *obj, kvrt_ctl_value_t *v)
 {
@@ -293,12 +298,15 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_disconnect(kvrt_xfer_peer_t *peer)
 KVRT_EXPORT kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,
                                               kvrt_xfer_peer_info_t *info_out)
 {
-    if (!peer || !info_out)
+    /* The first version of the struct ends after `name`. */
+    const size_t first_size = offsetof(kvrt_xfer_peer_info_t, name) + KVRT_XFER_NAME_MAX;
+    if (!peer || !info_out || info_out->struct_size < first_size)
         return kvrt_fail(peer ? peer->agent->ctx : NULL, KVRT_ERR_INVALID_ARG,
-                         "peer and info_out are required");
+                         "peer and info_out with struct_size >= %zu are required", first_size);
     kvrt_xfer_agent_t *a = peer->agent;
     kvrt_xfer_peer_info_t info;
     memset(&info, 0, sizeof(info));
+    info.struct_size = info_out->struct_size;
     pthread_mutex_lock(&a->lock);
     info.state = peer->state;
     info.last_error = peer->last_error;
@@ -308,7 +316,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,
         info.outstanding++;
     memcpy(info.name, peer->name, sizeof(info.name));
     pthread_mutex_unlock(&a->lock);
-    *info_out = info;
+    memcpy(info_out, &info, info.struct_size < sizeof(info) ? info.struct_size : sizeof(info));
     return KVRT_OK;
 }
 
@@ -356,28 +364,6 @@ void kvrt_xfer_bk_refuse(kvrt_xfer_bk_peer_t *p, kvrt_status_t status, const cha
     pthread_mutex_unlock(&a->lock);
     kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: refused from %s (%s): %s", a->name, p->name,
              kvrt_status_str(status), why);
-}
-
-kvrt_status_t kvrt_xfer_bk_deliver_msg(kvrt_xfer_bk_peer_t *p, uint32_t type,
-                                       const uint8_t *payload, uint32_t bytes,
-                                       uint8_t *reply, uint32_t capacity,
-                                       uint32_t *reply_bytes_out)
-{
-    *reply_bytes_out = 0;
-    if (type == XFER_MSG_NOTIFY) {
-        if (bytes == 0 || bytes > KVRT_XFER_NOTIFY_MAX) {
-            kvrt_xfer_bk_refuse(p, KVRT_ERR_PROTOCOL, "notification of bad size");
-            return KVRT_ERR_PROTOCOL;
-        }
-        pthread_mutex_lock(&p->agent->lock);
-        xfer_notification_push(p->agent, p->name, KVRT_OK, payload, bytes);
-        pthread_mutex_unlock(&p->agent->lock);
-        return KVRT_OK;
-    }
-    if (type == XFER_MSG_KV_VERIFY || type == XFER_MSG_KV_HASHES)
-        return xfer_kv_serve_msg(p, type, payload, bytes, reply, capacity, reply_bytes_out);
-    kvrt_xfer_bk_refuse(p, KVRT_ERR_PROTOCOL, "unknown message type");
-    return KVRT_ERR_PROTOCOL;
 }
 
 /* ---- the accept thread ---------------------------------------------------- */
@@ -628,7 +614,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
     if (!a)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "agent");
     a->ctx = ctx;
-    a->listen_fd = a->wake_fd = a->event_fd = -1;
+    a->listen_fd = a->wake_fd = -1;
     xfer_list_init(&a->peers);
     xfer_list_init(&a->owned_requests);
     pthread_mutex_init(&a->lock, NULL);
@@ -649,17 +635,24 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
         st = kvrt_fail(ctx, KVRT_ERR_NO_DEVICE, "%s", why);
     a->regions = calloc(XFER_REGION_SLOTS, sizeof(*a->regions));
     a->generations = calloc(XFER_REGION_SLOTS, sizeof(*a->generations));
-    a->cq = calloc(a->max_requests ? a->max_requests : 1, sizeof(*a->cq));
-    a->notes = calloc(XFER_NOTIFY_QUEUE, sizeof(*a->notes));
-    if (st == KVRT_OK && (!a->regions || !a->generations || !a->cq || !a->notes))
+    if (st == KVRT_OK && (!a->regions || !a->generations))
         st = kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "agent tables");
+    if (st == KVRT_OK)
+        st = kvrt_cq_create(ctx, a->max_requests, sizeof(kvrt_xfer_completion_t), 0, -1,
+                            &a->completions);
+    if (st == KVRT_OK)
+        st = kvrt_cq_create(ctx, XFER_NOTIFY_QUEUE, sizeof(kvrt_xfer_notification_t),
+                            KVRT_CQ_DROP_OLDEST, kvrt_cq_fd(a->completions), &a->notes);
+    if (st == KVRT_OK)
+        st = xfer_layers_register(a);
+    if (st == KVRT_OK)
+        st = xfer_requests_reserve(a);
     if (st == KVRT_OK && kvrt_xfer_sc_listen(&addr, &bound, &a->listen_fd) != KVRT_OK)
         st = kvrt_fail(ctx, KVRT_ERR_IO, "cannot listen on %s: %s", listen_text, strerror(errno));
     if (st == KVRT_OK) {
         kvrt_xfer_addr_format(&bound, a->address, sizeof(a->address));
         a->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        a->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (a->wake_fd < 0 || a->event_fd < 0)
+        if (a->wake_fd < 0)
             st = kvrt_fail(ctx, KVRT_ERR_IO, "eventfd: %s", strerror(errno));
     }
     if (st == KVRT_OK) {
@@ -697,12 +690,11 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
             close(a->listen_fd);
         if (a->wake_fd >= 0)
             close(a->wake_fd);
-        if (a->event_fd >= 0)
-            close(a->event_fd);
+        kvrt_free_list_drain(&a->free_requests);
+        kvrt_cq_destroy(a->notes);
+        kvrt_cq_destroy(a->completions);
         free(a->regions);
         free(a->generations);
-        free(a->cq);
-        free(a->notes);
         pthread_cond_destroy(&a->cond);
         pthread_mutex_destroy(&a->lock);
         free(a);
@@ -766,11 +758,11 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_destroy(kvrt_xfer_agent_t *a)
     kvrt_ctx_disown(a->ctx, &a->owned);
     close(a->listen_fd);
     close(a->wake_fd);
-    close(a->event_fd);
+    kvrt_free_list_drain(&a->free_requests);
+    kvrt_cq_destroy(a->notes);
+    kvrt_cq_destroy(a->completions);
     free(a->regions);
     free(a->generations);
-    free(a->cq);
-    free(a->notes);
     pthread_cond_destroy(&a->cond);
     pthread_mutex_destroy(&a->lock);
     free(a);
@@ -805,6 +797,6 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_eventfd(const kvrt_xfer_agent_t *agent
     if (!agent || !fd_out)
         return kvrt_fail(agent ? agent->ctx : NULL, KVRT_ERR_INVALID_ARG,
                          "agent and fd_out are required");
-    *fd_out = agent->event_fd;
+    *fd_out = kvrt_cq_fd(agent->completions);
     return KVRT_OK;
 }

@@ -41,7 +41,10 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "dispatch.h"
+#include "core/completion_queue.h"
 #include "core/core.h"
+#include "core/free_list.h"
 #include "kvrt/xfer.h"
 #include "sidechannel.h"
 
@@ -49,6 +52,13 @@
  * from a deregistered region never names its slot's next tenant. */
 #define XFER_REGION_SLOTS 65536u
 #define XFER_NOTIFY_QUEUE 4096u
+/* Requests of up to this many (split) operations keep them inline, and the
+ * first batch of every request is part of it: a plain post allocates
+ * nothing once the agent's request cache is warm. */
+#define XFER_INLINE_OPS 4u
+/* Requests made when an agent is created (at most max_requests); freed
+ * requests are kept for reuse up to max_requests. */
+#define XFER_RESERVED_REQUESTS 256u
 /* Operations longer than this are split; it is also a TCP frame's limit. */
 #define XFER_OP_SPLIT (16ull << 20)
 
@@ -76,7 +86,7 @@ static inline void xfer_list_del(xfer_link_t *l)
 
 typedef struct xfer_stats {
     uint64_t bytes_written, bytes_read, ops, requests, requests_failed, refused,
-        auth_failures, reconnects, integrity_failures, notifications_dropped;
+        auth_failures, reconnects, integrity_failures;
 } xfer_stats_t;
 
 struct kvrt_xfer_region {
@@ -134,7 +144,13 @@ typedef enum xfer_phase {
 } xfer_phase_t;
 
 typedef struct xfer_batch xfer_batch_t;
-typedef struct xfer_msg xfer_msg_t;
+
+struct xfer_batch {
+    kvrt_xfer_bk_batch_t bk;   /* first: the backend hands this pointer back */
+    kvrt_xfer_request_t *request;
+    xfer_batch_t *next;
+    bool done;
+};
 
 struct kvrt_xfer_request {
     kvrt_xfer_agent_t *agent;
@@ -153,7 +169,7 @@ struct kvrt_xfer_request {
     kvrt_status_t status;      /* KVRT_INPROGRESS until complete */
     kvrt_status_t error;       /* first failure seen, reported at the end */
     uint32_t busy;             /* a thread uses it unlocked; freeing waits */
-    kvrt_xfer_bk_op_t *ops;
+    kvrt_xfer_bk_op_t *ops;    /* inline_ops, or malloc'd for longer lists */
     uint32_t count, next_op;
     uint64_t inflight, max_inflight;
     uint32_t batches_out;      /* posted, not yet done */
@@ -161,14 +177,11 @@ struct kvrt_xfer_request {
     xfer_msg_t *msg;           /* the closing message in flight, or NULL */
     uint8_t notify[KVRT_XFER_NOTIFY_MAX];
     uint32_t notify_bytes;
-    struct xfer_kv *kv;        /* KV transfer state (kv.c), or NULL */
-};
-
-struct xfer_batch {
-    kvrt_xfer_bk_batch_t bk;   /* first: the backend hands this pointer back */
-    kvrt_xfer_request_t *request;
-    xfer_batch_t *next;
-    bool done;
+    kvrt_xfer_bk_op_t inline_ops[XFER_INLINE_OPS];
+    xfer_batch_t first_batch;  /* the first batch cut; later ones are malloc'd */
+    /* The layer that made the request (its closing messages), or NULL. */
+    const xfer_request_layer_t *layer;
+    void *layer_state;
 };
 
 /* A closing message. It outlives its request if the request completes
@@ -195,7 +208,7 @@ struct kvrt_xfer_agent {
 
     pthread_mutex_t lock;
     pthread_cond_t cond;       /* completions, unpins, peer changes */
-    int listen_fd, wake_fd, event_fd;
+    int listen_fd, wake_fd;
     pthread_t control, upkeep;
     bool control_started, stopping;
 
@@ -207,19 +220,17 @@ struct kvrt_xfer_agent {
     uint32_t peers_alive;      /* allocated peers, closing ones included */
     xfer_link_t owned_requests;
     uint32_t outstanding;      /* requests not yet complete */
+    kvrt_free_list_t free_requests; /* freed requests kept for reuse */
 
-    kvrt_xfer_completion_t *cq;
-    uint32_t cq_head, cq_count;
-    kvrt_xfer_notification_t *notes;
-    uint32_t note_head, note_count;
+    /* Completions: max_requests slots, one reserved by every outstanding
+     * request, so a completion always has room and post is refused while
+     * outstanding + unpolled == max_requests. Notifications: the last
+     * XFER_NOTIFY_QUEUE, dropping the oldest. Both signal one eventfd (the
+     * completions queue's), the one kvrt_xfer_agent_eventfd() returns. */
+    kvrt_cq_t *completions;
+    kvrt_cq_t *notes;
     xfer_stats_t stats;
-};
-
-/* Message types carried by kvrt_xfer_bk_msg_t. */
-enum xfer_msg_type {
-    XFER_MSG_NOTIFY = 1,       /* payload: notification bytes */
-    XFER_MSG_KV_VERIFY = 2,    /* kv.c: checksums to verify, maybe a notification */
-    XFER_MSG_KV_HASHES = 3     /* kv.c: asks for checksums of blocks */
+    xfer_msg_serve_fn handlers[XFER_MSG_TYPES]; /* dispatch.c; fixed after create */
 };
 
 /* ---- agent.c ----------------------------------------------------------- */
@@ -234,14 +245,20 @@ void xfer_regions_destroy_all(kvrt_xfer_agent_t *agent);
 kvrt_xfer_region_t *xfer_region_lookup(kvrt_xfer_agent_t *agent, uint32_t id);
 
 /* ---- request.c --------------------------------------------------------- */
-/* Checks that a request can be admitted to peer (lock held). */
+/* Checks that a request can be admitted to peer and reserves its completion
+ * slot (lock held). On KVRT_OK the caller calls xfer_request_new next, in
+ * the same locked section; it takes over the reservation. */
 kvrt_status_t xfer_request_admit(kvrt_xfer_peer_t *peer);
 /* Makes an outstanding request (lock held, admitted, ops validated in the
- * same locked section). Takes ownership of ops (malloc'd, may be NULL with
- * count 0); NULL when out of memory. */
+ * same locked section). With count <= XFER_INLINE_OPS the ops are copied
+ * into the request and stay the caller's; longer lists must be malloc'd and
+ * the request takes them over. NULL when out of memory (the admission's
+ * reservation is then given back; malloc'd ops stay the caller's). */
 kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *peer, kvrt_xfer_bk_op_t *ops,
                                       uint32_t count, uint32_t timeout_ms,
                                       uint64_t max_inflight, bool user_owned);
+/* Reserves the agent's first requests (at create). */
+kvrt_status_t xfer_requests_reserve(kvrt_xfer_agent_t *agent);
 /* Drives a peer's requests forward: posts batches and closing messages as
  * the window and ordering allow. Call without the lock, holding the peer. */
 void xfer_peer_pump(kvrt_xfer_peer_t *peer);
@@ -261,26 +278,16 @@ void xfer_requests_destroy_all(kvrt_xfer_agent_t *agent);
 void xfer_requests_expire(kvrt_xfer_agent_t *agent, uint64_t now_ns);
 /* Allocates a closing message of `bytes` payload for r (lock held). */
 xfer_msg_t *xfer_msg_new(kvrt_xfer_request_t *r, uint32_t type, uint32_t bytes);
-/* Makes the user's eventfd readable. */
-void xfer_signal(kvrt_xfer_agent_t *agent);
+/* r's notification as a closing message, marked sent (lock held); NULL
+ * without memory. */
+xfer_msg_t *xfer_notify_msg(kvrt_xfer_request_t *r);
 /* Queues a received notification (lock held) and signals the eventfd. */
 void xfer_notification_push(kvrt_xfer_agent_t *agent, const char *from,
                             kvrt_status_t status, const uint8_t *data,
                             uint32_t bytes);
 
-/* ---- kv.c -------------------------------------------------------------- */
-/* Builds the next closing message of a KV request (lock held); NULL when
- * there is none left. Sets *status_out to an error if it cannot. */
-xfer_msg_t *xfer_kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out);
-/* Handles the reply to a KV closing message (lock held); returns the
- * status the request fails with, or KVRT_OK. */
-kvrt_status_t xfer_kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
-                               const uint8_t *reply, uint32_t bytes);
-void xfer_kv_free(struct xfer_kv *kv);
-/* Receiver side of XFER_MSG_KV_VERIFY / XFER_MSG_KV_HASHES. */
-kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type,
-                                const uint8_t *payload, uint32_t bytes,
-                                uint8_t *reply, uint32_t capacity,
-                                uint32_t *reply_bytes_out);
+/* ---- the layers' registrations (listed in dispatch.c) ------------------ */
+kvrt_status_t xfer_notify_register(kvrt_xfer_agent_t *agent); /* request.c */
+kvrt_status_t xfer_kv_register(kvrt_xfer_agent_t *agent);     /* kv/kv.c */
 
 #endif /* KVRT_XFER_AGENT_INTERNAL_H */

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "agent_internal.h"
+#include "core/endian.h"
 #include "kv/pool_internal.h"
 
 #define DESC_MAGIC 0x4452564bu /* "KVRD" */
@@ -24,18 +25,6 @@
 #define DESC_LAYOUT 32
 #define DESC_FLAG_LAYOUT 1u
 #define DESC_FLAG_DEVICE 2u
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-           (uint32_t)p[3] << 24;
-}
 
 kvrt_xfer_region_t *xfer_region_lookup(kvrt_xfer_agent_t *a, uint32_t id)
 {
@@ -220,16 +209,15 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_region_descriptor(const kvrt_xfer_region_t *
         return kvrt_fail(r->agent->ctx, KVRT_ERR_BUFFER_TOO_SMALL,
                          "descriptor needs %zu bytes", need);
     uint8_t *p = buf;
-    put_u32(p, DESC_MAGIC);
+    kvrt_store_le32(p, DESC_MAGIC);
     p[4] = DESC_VERSION;
     p[5] = (uint8_t)r->agent->backend->kind;
     p[6] = (uint8_t)((r->has_pool ? DESC_FLAG_LAYOUT : 0) |
                      (r->bk.dmabuf_fd >= 0 ? DESC_FLAG_DEVICE : 0));
     p[7] = 0;
-    put_u32(p + 8, r->bk.id);
-    put_u32(p + 12, r->bk.access);
-    put_u32(p + 16, (uint32_t)r->bk.length);
-    put_u32(p + 20, (uint32_t)(r->bk.length >> 32));
+    kvrt_store_le32(p + 8, r->bk.id);
+    kvrt_store_le32(p + 12, r->bk.access);
+    kvrt_store_le64(p + 16, r->bk.length);
     p += DESC_FIXED;
     if (r->has_pool) {
         const kvrt_kv_layout_t *l = &r->layout;
@@ -237,10 +225,10 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_region_descriptor(const kvrt_xfer_region_t *
                          (uint32_t)l->dtype, (uint32_t)l->format, (uint32_t)l->order,
                          r->num_blocks};
         for (int i = 0; i < 8; i++)
-            put_u32(p + 4 * i, v[i]);
+            kvrt_store_le32(p + 4 * i, v[i]);
         p += DESC_LAYOUT;
     }
-    put_u32(p, r->key_bytes);
+    kvrt_store_le32(p, r->key_bytes);
     memcpy(p + 4, r->key, r->key_bytes);
     return KVRT_OK;
 }
@@ -253,7 +241,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_import(kvrt_xfer_peer_t *peer, const void *d
                          "peer, descriptor and remote_out are required");
     kvrt_xfer_agent_t *a = peer->agent;
     const uint8_t *p = descriptor;
-    if (length < DESC_FIXED + 4 || get_u32(p) != DESC_MAGIC || p[4] != DESC_VERSION ||
+    if (length < DESC_FIXED + 4 || kvrt_load_le32(p) != DESC_MAGIC || p[4] != DESC_VERSION ||
         (p[6] & ~(DESC_FLAG_LAYOUT | DESC_FLAG_DEVICE)) || p[7] != 0)
         return kvrt_fail(a->ctx, KVRT_ERR_PARSE, "not a kvrt region descriptor");
     if (p[5] != (uint8_t)a->backend->kind)
@@ -262,9 +250,9 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_import(kvrt_xfer_peer_t *peer, const void *d
     if (!r)
         return kvrt_fail(a->ctx, KVRT_ERR_NO_MEMORY, "remote");
     r->peer = peer;
-    r->bk.id = get_u32(p + 8);
-    r->bk.access = get_u32(p + 12);
-    r->bk.length = get_u32(p + 16) | (uint64_t)get_u32(p + 20) << 32;
+    r->bk.id = kvrt_load_le32(p + 8);
+    r->bk.access = kvrt_load_le32(p + 12);
+    r->bk.length = kvrt_load_le64(p + 16);
     r->device = (p[6] & DESC_FLAG_DEVICE) != 0;
     size_t at = DESC_FIXED;
     kvrt_status_t st = KVRT_OK;
@@ -277,12 +265,12 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_import(kvrt_xfer_peer_t *peer, const void *d
             r->layout = (kvrt_kv_layout_t){
                 .field_mask = KVRT_LAYOUT_FIELD_DTYPE | KVRT_LAYOUT_FIELD_FORMAT |
                               KVRT_LAYOUT_FIELD_ORDER,
-                .num_layers = get_u32(q), .num_kv_heads = get_u32(q + 4),
-                .head_dim = get_u32(q + 8), .tokens_per_block = get_u32(q + 12),
-                .dtype = (kvrt_dtype_t)get_u32(q + 16),
-                .format = (kvrt_kv_format_t)get_u32(q + 20),
-                .order = (kvrt_kv_order_t)get_u32(q + 24)};
-            r->num_blocks = get_u32(q + 28);
+                .num_layers = kvrt_load_le32(q), .num_kv_heads = kvrt_load_le32(q + 4),
+                .head_dim = kvrt_load_le32(q + 8), .tokens_per_block = kvrt_load_le32(q + 12),
+                .dtype = (kvrt_dtype_t)kvrt_load_le32(q + 16),
+                .format = (kvrt_kv_format_t)kvrt_load_le32(q + 20),
+                .order = (kvrt_kv_order_t)kvrt_load_le32(q + 24)};
+            r->num_blocks = kvrt_load_le32(q + 28);
             uint64_t block = 0, bytes = 0;
             if (kvrt_layout_block_bytes(&r->layout, &block) != KVRT_OK || r->num_blocks < 2 ||
                 __builtin_mul_overflow(block, (uint64_t)r->num_blocks, &bytes) ||
@@ -292,7 +280,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_import(kvrt_xfer_peer_t *peer, const void *d
         }
     }
     if (st == KVRT_OK) {
-        uint32_t kb = get_u32(p + at);
+        uint32_t kb = kvrt_load_le32(p + at);
         if (kb > KVRT_XFER_BK_KEY_MAX || length != at + 4 + kb ||
             (r->bk.access & ~(uint32_t)(KVRT_XFER_REMOTE_READ | KVRT_XFER_REMOTE_WRITE)))
             st = KVRT_ERR_PARSE;

@@ -1,7 +1,7 @@
 /*
  * request.c - requests: posting, the in-flight window, closing messages
- * (notifications, KV checksums), completion, timeouts, cancel, and the
- * completion and notification queues.
+ * (notifications, and those of the layer that made the request), completion,
+ * timeouts, cancel, and the completion and notification queues.
  *
  * A request moves through DATA (batches posted while its window allows),
  * MSGS (closing messages, one at a time) and DONE. It completes exactly
@@ -24,26 +24,32 @@
 
 static void peer_pump_release(kvrt_xfer_peer_t *p);
 
-void xfer_signal(kvrt_xfer_agent_t *a)
-{
-    uint64_t one = 1;
-    (void)!write(a->event_fd, &one, sizeof(one));
-}
-
-/* Frees r (lock held). */
+/* Frees r (lock held): back to the agent's cache while it has room. */
 static void request_free(kvrt_xfer_request_t *r)
 {
+    kvrt_xfer_agent_t *a = r->agent;
     if (r->user_owned)
         xfer_list_del(&r->owned_link);
     while (r->batch_list) {
         xfer_batch_t *b = r->batch_list;
         r->batch_list = b->next;
-        free(b);
+        if (b != &r->first_batch)
+            free(b);
     }
-    if (r->kv)
-        xfer_kv_free(r->kv);
-    free(r->ops);
-    free(r);
+    if (r->layer)
+        r->layer->free_state(r->layer_state);
+    if (r->ops != r->inline_ops)
+        free(r->ops);
+    kvrt_free_list_give(&a->free_requests, r);
+}
+
+kvrt_status_t xfer_requests_reserve(kvrt_xfer_agent_t *a)
+{
+    kvrt_free_list_init(&a->free_requests, sizeof(kvrt_xfer_request_t), a->max_requests);
+    if (!kvrt_free_list_reserve(&a->free_requests, XFER_RESERVED_REQUESTS))
+        return kvrt_fail(a->ctx, KVRT_ERR_NO_MEMORY, "%u reserved requests",
+                         XFER_RESERVED_REQUESTS);
+    return KVRT_OK;
 }
 
 /* The agent objects behind a backend op's pointers. */
@@ -84,12 +90,12 @@ static void request_complete(kvrt_xfer_request_t *r, kvrt_status_t status)
     a->outstanding--;
     if (status != KVRT_OK)
         a->stats.requests_failed++;
-    if (!r->quiet) {
-        uint32_t at = (a->cq_head + a->cq_count) % a->max_requests;
-        a->cq[at] = (kvrt_xfer_completion_t){.user_data = r->user_data, .status = status,
-                                             .bytes = status == KVRT_OK ? r->bytes : 0};
-        a->cq_count++;
-        xfer_signal(a);
+    if (r->quiet) {
+        kvrt_cq_unreserve(a->completions);
+    } else {
+        kvrt_xfer_completion_t c = {.user_data = r->user_data, .status = status,
+                                    .bytes = status == KVRT_OK ? r->bytes : 0};
+        kvrt_cq_push_reserved(a->completions, &c);
     }
     r->status = status;
     pthread_cond_broadcast(&a->cond);
@@ -129,10 +135,11 @@ kvrt_status_t xfer_request_admit(kvrt_xfer_peer_t *p)
     if (p->closing || p->state != KVRT_XFER_PEER_CONNECTED || !p->conn || p->conn_broken)
         return kvrt_fail(a->ctx, KVRT_ERR_PEER_FAILED, "peer %s is %s", p->name,
                          p->state == KVRT_XFER_PEER_FAILED ? "failed" : "not connected");
-    if (a->outstanding + a->cq_count >= a->max_requests)
+    if (kvrt_cq_reserve(a->completions) != KVRT_OK)
         return kvrt_fail(a->ctx, KVRT_ERR_REQUEST_LIMIT,
                          "%u requests outstanding and %u completions unpolled (limit %u)",
-                         a->outstanding, a->cq_count, a->max_requests);
+                         a->outstanding, kvrt_cq_counts(a->completions).queued,
+                         a->max_requests);
     return KVRT_OK;
 }
 
@@ -141,12 +148,19 @@ kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *p, kvrt_xfer_bk_op_t *op
                                       uint64_t max_inflight, bool user_owned)
 {
     kvrt_xfer_agent_t *a = p->agent;
-    kvrt_xfer_request_t *r = calloc(1, sizeof(*r));
-    if (!r)
+    kvrt_xfer_request_t *r = kvrt_free_list_take(&a->free_requests);
+    if (!r) {
+        kvrt_cq_unreserve(a->completions);
         return NULL;
+    }
     r->agent = a;
     r->peer = p;
     r->ops = ops;
+    if (count <= XFER_INLINE_OPS) {
+        if (count)
+            memcpy(r->inline_ops, ops, count * sizeof(*ops));
+        r->ops = r->inline_ops;
+    }
     r->count = count;
     r->user_owned = user_owned;
     xfer_list_init(&r->owned_link);
@@ -157,9 +171,9 @@ kvrt_xfer_request_t *xfer_request_new(kvrt_xfer_peer_t *p, kvrt_xfer_bk_op_t *op
     r->max_inflight = max_inflight ? max_inflight : DEFAULT_INFLIGHT;
     r->deadline_ns = kvrt_now_ns() + (uint64_t)(timeout_ms ? timeout_ms : a->timeout_ms) * 1000000ull;
     for (uint32_t i = 0; i < count; i++) {
-        op_region(&ops[i])->users++;
-        op_remote(&ops[i])->users++;
-        r->bytes += ops[i].length;
+        op_region(&r->ops[i])->users++;
+        op_remote(&r->ops[i])->users++;
+        r->bytes += r->ops[i].length;
     }
     xfer_list_push(&p->requests, &r->link);
     a->outstanding++;
@@ -181,10 +195,20 @@ xfer_msg_t *xfer_msg_new(kvrt_xfer_request_t *r, uint32_t type, uint32_t bytes)
     return m;
 }
 
+xfer_msg_t *xfer_notify_msg(kvrt_xfer_request_t *r)
+{
+    xfer_msg_t *m = xfer_msg_new(r, XFER_MSG_NOTIFY, r->notify_bytes);
+    if (m) {
+        memcpy(m->payload, r->notify, r->notify_bytes);
+        r->notify_sent = true;
+    }
+    return m;
+}
+
 /* Cuts the next batch of r (lock held): consecutive ops up to the window. */
 static xfer_batch_t *batch_cut(kvrt_xfer_request_t *r)
 {
-    xfer_batch_t *b = calloc(1, sizeof(*b));
+    xfer_batch_t *b = r->batch_list ? calloc(1, sizeof(*b)) : &r->first_batch;
     if (!b)
         return NULL;
     uint64_t cap = r->max_inflight / 4 > BATCH_MIN_BYTES ? r->max_inflight / 4 : BATCH_MIN_BYTES;
@@ -219,6 +243,11 @@ void kvrt_xfer_bk_batch_done(kvrt_xfer_bk_batch_t *bk, kvrt_status_t status)
     b->done = true;
     r->batches_out--;
     r->inflight -= b->bk.bytes;
+    /* A connection failure marks every request it carried PEER_FAILED
+     * before their batches come back; a batch that names the cause (an
+     * error completion for a bad remote access) is the better answer. */
+    if (status == KVRT_ERR_REMOTE_ACCESS && r->error == KVRT_ERR_PEER_FAILED)
+        r->error = status;
     if (status != KVRT_OK)
         request_fail(r, status);
     else if (r->error != KVRT_OK)
@@ -245,10 +274,8 @@ void kvrt_xfer_bk_msg_done(kvrt_xfer_bk_msg_t *bk, kvrt_status_t status,
     if (r) {
         r->msg = NULL;
         kvrt_status_t st = status;
-        if (r->kv && st == KVRT_OK)
-            st = xfer_kv_on_reply(r, status, reply, reply_bytes);
-        else if (r->kv && st == KVRT_ERR_INTEGRITY)
-            a->stats.integrity_failures++;
+        if (r->layer)
+            st = r->layer->on_reply(r, status, reply, reply_bytes);
         if (st != KVRT_OK)
             request_fail(r, st);
         else if (r->error != KVRT_OK)
@@ -289,16 +316,12 @@ restart:
             continue;
         kvrt_status_t st = KVRT_OK;
         xfer_msg_t *m = NULL;
-        if (r->kv) {
-            m = xfer_kv_next_msg(r, &st);
+        if (r->layer) {
+            m = r->layer->next_msg(r, &st);
         } else if (r->notify_bytes && !r->notify_sent) {
-            m = xfer_msg_new(r, XFER_MSG_NOTIFY, r->notify_bytes);
-            if (m) {
-                memcpy(m->payload, r->notify, r->notify_bytes);
-                r->notify_sent = true;
-            } else {
+            m = xfer_notify_msg(r);
+            if (!m)
                 st = KVRT_ERR_NO_MEMORY;
-            }
         }
         if (m) {
             r->msg = m;
@@ -482,15 +505,18 @@ static kvrt_status_t check_op(kvrt_xfer_peer_t *p, const kvrt_xfer_op_t *op, uin
     return KVRT_OK;
 }
 
-/* Copies ops into backend ops, splitting long ones; NULL on no memory. */
-static kvrt_xfer_bk_op_t *expand_ops(const kvrt_xfer_op_t *ops, uint32_t count, uint32_t *n_out)
+/* Copies ops into backend ops, splitting long ones: into `room` (of
+ * XFER_INLINE_OPS) when they fit, else into a malloc'd array. NULL on no
+ * memory. */
+static kvrt_xfer_bk_op_t *expand_ops(const kvrt_xfer_op_t *ops, uint32_t count,
+                                     kvrt_xfer_bk_op_t *room, uint32_t *n_out)
 {
     uint64_t n = 0;
     for (uint32_t i = 0; i < count; i++)
         n += (ops[i].length + XFER_OP_SPLIT - 1) / XFER_OP_SPLIT;
     if (n > UINT32_MAX)
         return NULL;
-    kvrt_xfer_bk_op_t *out = malloc((size_t)n * sizeof(*out));
+    kvrt_xfer_bk_op_t *out = n <= XFER_INLINE_OPS ? room : malloc((size_t)n * sizeof(*out));
     if (!out)
         return NULL;
     uint32_t k = 0;
@@ -531,7 +557,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_post(kvrt_xfer_peer_t *peer, const kvrt_xfer
             return st;
     }
     uint32_t n = 0;
-    kvrt_xfer_bk_op_t *bk = expand_ops(ops, count, &n);
+    kvrt_xfer_bk_op_t room[XFER_INLINE_OPS];
+    kvrt_xfer_bk_op_t *bk = expand_ops(ops, count, room, &n);
     if (!bk)
         return kvrt_fail(a->ctx, KVRT_ERR_NO_MEMORY, "%u operations", count);
     pthread_mutex_lock(&a->lock);
@@ -551,7 +578,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_post(kvrt_xfer_peer_t *peer, const kvrt_xfer
     }
     if (st != KVRT_OK) {
         pthread_mutex_unlock(&a->lock);
-        free(bk);
+        if (bk != room)
+            free(bk);
         return st;
     }
     xfer_request_launch(a, peer, r,
@@ -681,35 +709,41 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_poll(kvrt_xfer_agent_t *a, kvrt_xfer_complet
     if (!a || !count_out || (!out && capacity))
         return kvrt_fail(a ? a->ctx : NULL, KVRT_ERR_INVALID_ARG,
                          "agent, count_out and room for completions are required");
-    pthread_mutex_lock(&a->lock);
-    uint32_t n = 0;
-    while (n < capacity && a->cq_count > 0) {
-        out[n++] = a->cq[a->cq_head];
-        a->cq_head = (a->cq_head + 1) % a->max_requests;
-        a->cq_count--;
-    }
-    pthread_mutex_unlock(&a->lock);
-    *count_out = n;
+    *count_out = kvrt_cq_poll(a->completions, out, capacity);
     return KVRT_OK;
+}
+
+/* Receiver side of XFER_MSG_NOTIFY. */
+static kvrt_status_t serve_notify(kvrt_xfer_peer_t *p, uint32_t type, const uint8_t *payload,
+                                  uint32_t bytes, uint8_t *reply, uint32_t capacity,
+                                  uint32_t *reply_bytes_out)
+{
+    if (bytes == 0 || bytes > KVRT_XFER_NOTIFY_MAX) {
+        kvrt_xfer_bk_refuse(p, KVRT_ERR_PROTOCOL, "notification of bad size");
+        return KVRT_ERR_PROTOCOL;
+    }
+    pthread_mutex_lock(&p->agent->lock);
+    xfer_notification_push(p->agent, p->name, KVRT_OK, payload, bytes);
+    pthread_mutex_unlock(&p->agent->lock);
+    return KVRT_OK;
+}
+
+kvrt_status_t xfer_notify_register(kvrt_xfer_agent_t *a)
+{
+    return xfer_dispatch_register(a, XFER_MSG_NOTIFY, serve_notify);
 }
 
 void xfer_notification_push(kvrt_xfer_agent_t *a, const char *from, kvrt_status_t status,
                             const uint8_t *data, uint32_t bytes)
 {
-    if (a->note_count == XFER_NOTIFY_QUEUE) {
-        a->note_head = (a->note_head + 1) % XFER_NOTIFY_QUEUE;
-        a->note_count--;
-        a->stats.notifications_dropped++;
-    }
-    kvrt_xfer_notification_t *n = &a->notes[(a->note_head + a->note_count) % XFER_NOTIFY_QUEUE];
-    memset(n, 0, sizeof(*n));
-    memcpy(n->from, from, KVRT_XFER_NAME_MAX);
-    n->from[KVRT_XFER_NAME_MAX - 1] = '\0';
-    n->status = status;
-    n->length = bytes;
-    memcpy(n->data, data, bytes);
-    a->note_count++;
-    xfer_signal(a);
+    kvrt_xfer_notification_t n;
+    memset(&n, 0, sizeof(n));
+    memcpy(n.from, from, KVRT_XFER_NAME_MAX);
+    n.from[KVRT_XFER_NAME_MAX - 1] = '\0';
+    n.status = status;
+    n.length = bytes;
+    memcpy(n.data, data, bytes);
+    (void)kvrt_cq_push(a->notes, &n); /* drops the oldest when full */
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_xfer_notifications(kvrt_xfer_agent_t *a,
@@ -719,14 +753,6 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_notifications(kvrt_xfer_agent_t *a,
     if (!a || !count_out || (!out && capacity))
         return kvrt_fail(a ? a->ctx : NULL, KVRT_ERR_INVALID_ARG,
                          "agent, count_out and room for notifications are required");
-    pthread_mutex_lock(&a->lock);
-    uint32_t n = 0;
-    while (n < capacity && a->note_count > 0) {
-        out[n++] = a->notes[a->note_head];
-        a->note_head = (a->note_head + 1) % XFER_NOTIFY_QUEUE;
-        a->note_count--;
-    }
-    pthread_mutex_unlock(&a->lock);
-    *count_out = n;
+    *count_out = kvrt_cq_poll(a->notes, out, capacity);
     return KVRT_OK;
 }

@@ -15,20 +15,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/endian.h"
+
 #define SC_MAGIC 0x4353564bu /* "KVSC" little-endian */
 #define NONCE_BYTES 32
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-           (uint32_t)p[3] << 24;
-}
 
 kvrt_status_t kvrt_xfer_addr_parse(const char *text, kvrt_xfer_addr_t *addr_out)
 {
@@ -212,9 +202,9 @@ kvrt_status_t kvrt_xfer_sc_send(int fd, uint16_t type, const void *payload,
     if (bytes > KVRT_XFER_SC_PAYLOAD_MAX)
         return KVRT_ERR_INVALID_ARG;
     uint8_t frame[12 + KVRT_XFER_SC_PAYLOAD_MAX];
-    put_u32(frame, SC_MAGIC);
-    put_u32(frame + 4, type);
-    put_u32(frame + 8, bytes);
+    kvrt_store_le32(frame, SC_MAGIC);
+    kvrt_store_le32(frame + 4, type);
+    kvrt_store_le32(frame + 8, bytes);
     if (bytes)
         memcpy(frame + 12, payload, bytes);
     return kvrt_xfer_sc_write_all(fd, frame, 12 + (size_t)bytes, deadline_ns);
@@ -228,9 +218,9 @@ kvrt_status_t kvrt_xfer_sc_recv(int fd, uint16_t type, void *payload,
     kvrt_status_t st = kvrt_xfer_sc_read_all(fd, hdr, sizeof(hdr), deadline_ns);
     if (st != KVRT_OK)
         return st;
-    uint32_t bytes = get_u32(hdr + 8);
+    uint32_t bytes = kvrt_load_le32(hdr + 8);
     /* The type word carries a 16-bit type and 16 zero bits. */
-    if (get_u32(hdr) != SC_MAGIC || get_u32(hdr + 4) != type ||
+    if (kvrt_load_le32(hdr) != SC_MAGIC || kvrt_load_le32(hdr + 4) != type ||
         bytes > capacity || bytes > KVRT_XFER_SC_PAYLOAD_MAX)
         return KVRT_ERR_PROTOCOL;
     st = kvrt_xfer_sc_read_all(fd, payload, bytes, deadline_ns);
@@ -279,9 +269,9 @@ kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
     uint8_t msg[HELLO_BYTES];
     uint8_t nonce_c[NONCE_BYTES];
     randombytes_buf(nonce_c, sizeof(nonce_c));
-    put_u32(msg, hello->version);
-    put_u32(msg + 4, hello->backend);
-    put_u32(msg + 8, hello->conn_index);
+    kvrt_store_le32(msg, hello->version);
+    kvrt_store_le32(msg + 4, hello->backend);
+    kvrt_store_le32(msg + 8, hello->conn_index);
     memcpy(msg + 12, hello->session, KVRT_XFER_SESSION_BYTES);
     memcpy(msg + 12 + KVRT_XFER_SESSION_BYTES, nonce_c, NONCE_BYTES);
     memset(msg + 12 + KVRT_XFER_SESSION_BYTES + NONCE_BYTES, 0, KVRT_XFER_NAME_MAX);
@@ -317,7 +307,7 @@ kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
         return st;
     if (got != 4)
         return KVRT_ERR_PROTOCOL;
-    kvrt_status_t remote = (kvrt_status_t)(int32_t)get_u32(result);
+    kvrt_status_t remote = (kvrt_status_t)(int32_t)kvrt_load_le32(result);
     if (remote != KVRT_OK)
         return remote == KVRT_ERR_AUTH ? KVRT_ERR_AUTH : KVRT_ERR_PROTOCOL;
     if (server_name_out) {
@@ -342,9 +332,9 @@ kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
         return KVRT_ERR_PROTOCOL;
     kvrt_xfer_hello_t hello;
     memset(&hello, 0, sizeof(hello));
-    hello.version = get_u32(msg);
-    hello.backend = get_u32(msg + 4);
-    hello.conn_index = get_u32(msg + 8);
+    hello.version = kvrt_load_le32(msg);
+    hello.backend = kvrt_load_le32(msg + 4);
+    hello.conn_index = kvrt_load_le32(msg + 8);
     memcpy(hello.session, msg + 12, KVRT_XFER_SESSION_BYTES);
     const uint8_t *nonce_c = msg + 12 + KVRT_XFER_SESSION_BYTES;
     memcpy(hello.name, nonce_c + NONCE_BYTES, KVRT_XFER_NAME_MAX);
@@ -375,7 +365,7 @@ kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
     else if (hello.version != KVRT_XFER_SC_VERSION || hello.backend != backend)
         verdict = KVRT_ERR_PROTOCOL;
     uint8_t result[4];
-    put_u32(result, (uint32_t)(int32_t)verdict);
+    kvrt_store_le32(result, (uint32_t)(int32_t)verdict);
     st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_RESULT, result, sizeof(result), deadline_ns);
     if (verdict != KVRT_OK)
         return verdict;
@@ -389,26 +379,25 @@ enum { QP_INFO_BYTES = 32 };
 
 static void qp_encode(const kvrt_xfer_sc_qp_info_t *q, uint8_t *p)
 {
-    put_u32(p, q->qp_num);
-    put_u32(p + 4, q->psn & 0xffffffu);
+    kvrt_store_le32(p, q->qp_num);
+    kvrt_store_le32(p + 4, q->psn & 0xffffffu);
     memcpy(p + 8, q->gid, 16);
-    p[24] = (uint8_t)q->lid;
-    p[25] = (uint8_t)(q->lid >> 8);
+    kvrt_store_le16(p + 24, q->lid);
     p[26] = q->mtu;
     p[27] = q->port;
-    put_u32(p + 28, 0);
+    kvrt_store_le32(p + 28, 0);
 }
 
 static bool qp_decode(const uint8_t *p, kvrt_xfer_sc_qp_info_t *q)
 {
     memset(q, 0, sizeof(*q));
-    q->qp_num = get_u32(p);
-    q->psn = get_u32(p + 4);
+    q->qp_num = kvrt_load_le32(p);
+    q->psn = kvrt_load_le32(p + 4);
     memcpy(q->gid, p + 8, 16);
-    q->lid = (uint16_t)(p[24] | p[25] << 8);
+    q->lid = kvrt_load_le16(p + 24);
     q->mtu = p[26];
     q->port = p[27];
-    return q->psn <= 0xffffffu && q->mtu <= 5 && get_u32(p + 28) == 0;
+    return q->psn <= 0xffffffu && q->mtu <= 5 && kvrt_load_le32(p + 28) == 0;
 }
 
 kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer,

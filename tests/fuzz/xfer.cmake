@@ -5,7 +5,7 @@
 if(KVRT_BUILD_FUZZ)
   if(CMAKE_C_COMPILER_ID MATCHES "Clang")
     add_executable(fuzz_xfer_wire ${CMAKE_CURRENT_LIST_DIR}/fuzz_xfer_wire.c
-                   ${PROJECT_SOURCE_DIR}/runtime/xfer/wire.c)
+                   ${PROJECT_SOURCE_DIR}/runtime/xfer/tcp/wire.c)
     target_include_directories(fuzz_xfer_wire PRIVATE ${PROJECT_SOURCE_DIR}/include
                                ${PROJECT_SOURCE_DIR}/runtime)
     target_compile_options(fuzz_xfer_wire PRIVATE -fsanitize=fuzzer,address,undefined)

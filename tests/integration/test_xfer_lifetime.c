@@ -16,7 +16,7 @@
 
 #include "test_xfer_util.h"
 #include "xfer/sidechannel.h"
-#include "xfer/wire.h"
+#include "xfer/tcp/wire.h"
 
 static uint64_t now_ns(void)
 {
@@ -47,15 +47,6 @@ static int raw_connect_text(const char *text)
         return -1;
     }
     return fd;
-}
-
-static uint32_t region_id(kvrt_ctx_t *ctx, const kvrt_xfer_region_t *r)
-{
-    uint8_t desc[KVRT_XFER_DESCRIPTOR_MAX];
-    size_t len = 0;
-    ASSERT_OK(ctx, kvrt_xfer_region_descriptor(r, desc, sizeof(desc), &len));
-    return (uint32_t)desc[8] | (uint32_t)desc[9] << 8 | (uint32_t)desc[10] << 16 |
-           (uint32_t)desc[11] << 24;
 }
 
 /* A header no agent accepts: the connection is dropped and its passive
@@ -226,10 +217,7 @@ Test(xfer_lifetime, self_freeing_requests_whose_post_fails)
         cr_assert_eq(st, KVRT_ERR_PEER_FAILED);
         cr_assert_gt(ok, 0);
         /* Every one of them completed once. */
-        uint64_t end = txu_now_ms() + 5000;
-        while (txu_stat(p.ctx, "xfer.0.outstanding") && txu_now_ms() < end)
-            usleep(1000);
-        cr_assert_eq(txu_stat(p.ctx, "xfer.0.outstanding"), 0);
+        cr_assert_eq(txu_stat_drained(p.ctx, "xfer.0.outstanding", 5000), 0);
         ASSERT_OK(p.ctx, kvrt_xfer_deregister(l));
         ASSERT_OK(p.ctx, kvrt_xfer_agent_destroy(p.a));
         kvrt_ctx_destroy(p.ctx);
@@ -298,7 +286,7 @@ Test(xfer_lifetime, deregister_waits_for_a_peer_access_and_keeps_its_slot)
     kvrt_xfer_region_t *r = txu_register(ctx, a, mem, BYTES, KVRT_XFER_REMOTE_WRITE);
     kvrt_xfer_region_t *rb = txu_register(ctx, b, mem + 2 * BYTES, BYTES, KVRT_XFER_REMOTE_WRITE);
     kvrt_xfer_remote_t *rem = txu_import(ctx, to_b, rb);
-    uint32_t id = region_id(ctx, r);
+    uint32_t id = txu_region_id(ctx, r);
     char text[96];
     ASSERT_OK(ctx, kvrt_xfer_agent_address(a, text, sizeof(text)));
     int fd = raw_connect_text(text);
@@ -320,7 +308,7 @@ Test(xfer_lifetime, deregister_waits_for_a_peer_access_and_keeps_its_slot)
     /* While deregister waits, the slot is not handed to a new region and
      * the region is not handed to new requests. */
     kvrt_xfer_region_t *r2 = txu_register(ctx, a, mem + BYTES, BYTES, KVRT_XFER_REMOTE_READ);
-    uint32_t id2 = region_id(ctx, r2);
+    uint32_t id2 = txu_region_id(ctx, r2);
     cr_assert_neq(id2 & 0xffffu, id & 0xffffu, "the dying region's slot was reused");
     kvrt_xfer_op_t op = {.opcode = KVRT_XFER_WRITE, .local = r, .remote = rem, .length = 64};
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_post(to_b, &op, 1, NULL, NULL));
@@ -493,7 +481,7 @@ Test(xfer_lifetime, failed_create_and_register_leave_no_trace)
     ASSERT_STATUS(KVRT_ERR_UNSUPPORTED, kvrt_xfer_register(a, &rp, &r));
     /* The failed registration did not use up a generation of its slot. */
     r = txu_register(ctx, a, mem, 4096, 0);
-    cr_assert_eq(region_id(ctx, r), 1u | 1u << 16);
+    cr_assert_eq(txu_region_id(ctx, r), 1u | 1u << 16);
     /* Refusals of bad arguments say why. */
     size_t n = 0;
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_region_descriptor(r, NULL, 16, &n));

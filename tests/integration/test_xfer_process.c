@@ -103,7 +103,7 @@ Test(xfer_process, killed_peer_fails_every_request_fast_and_releases_registratio
     uint64_t took = txu_now_ms() - t0;
     cr_assert_gt(failed, 0);
     cr_assert_lt(took, timeout_ms / 4, "failing took %llu ms", (unsigned long long)took);
-    kvrt_xfer_peer_info_t info;
+    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
     ASSERT_OK(s.ctx, kvrt_xfer_peer_info(s.peer, &info));
     cr_assert_neq(info.state, KVRT_XFER_PEER_CONNECTED);
     cr_assert_eq(info.outstanding, 0);
@@ -149,7 +149,7 @@ Test(xfer_process, dropped_connection_reconnects)
     char go[97] = "g";
     memcpy(go + 1, c.address, 96);
     child_kill(&c);
-    kvrt_xfer_peer_info_t info;
+    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
     uint64_t end = txu_now_ms() + 3000;
     do {
         ASSERT_OK(s.ctx, kvrt_xfer_peer_info(s.peer, &info));

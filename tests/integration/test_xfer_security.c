@@ -13,7 +13,7 @@
 
 #include "test_xfer_util.h"
 #include "xfer/sidechannel.h"
-#include "xfer/wire.h"
+#include "xfer/tcp/wire.h"
 
 #define DEADLINE (kvrt_now_ns_for_test() + 3000000000ull)
 
@@ -95,21 +95,12 @@ static void victim_down(victim_t *v)
     free(v->mem);
 }
 
-static uint32_t region_id(victim_t *v, kvrt_xfer_region_t *r)
-{
-    uint8_t desc[KVRT_XFER_DESCRIPTOR_MAX];
-    size_t len = 0;
-    ASSERT_OK(v->ctx, kvrt_xfer_region_descriptor(r, desc, sizeof(desc), &len));
-    return (uint32_t)desc[8] | (uint32_t)desc[9] << 8 | (uint32_t)desc[10] << 16 |
-           (uint32_t)desc[11] << 24;
-}
-
 Test(xfer_security, out_of_bounds_and_unknown_regions_are_refused)
 {
     victim_t v;
     victim_up(&v);
     int fd = raw_connect(v.ctx, v.agent);
-    uint32_t rw = region_id(&v, v.rw), ro = region_id(&v, v.ro);
+    uint32_t rw = txu_region_id(v.ctx, v.rw), ro = txu_region_id(v.ctx, v.ro);
     uint8_t junk[8192];
     memset(junk, 0xEE, sizeof(junk));
     uint8_t buf[8192];
@@ -161,7 +152,7 @@ Test(xfer_security, malformed_header_drops_the_connection)
     victim_t v;
     victim_up(&v);
     uint8_t bad[4][KVRT_XFER_WIRE_HEADER_BYTES];
-    kvrt_xfer_wire_header_t ok = {.type = KVRT_XFER_WIRE_READ_REQ, .region = region_id(&v, v.ro),
+    kvrt_xfer_wire_header_t ok = {.type = KVRT_XFER_WIRE_READ_REQ, .region = txu_region_id(v.ctx, v.ro),
                                   .tag = 1, .length = 16};
     for (int i = 0; i < 4; i++)
         kvrt_xfer_wire_encode(&ok, bad[i]);
@@ -210,11 +201,10 @@ Test(xfer_security, wrong_key_proof_is_refused_by_the_listener)
     uint8_t result[4];
     cr_assert_eq(kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_RESULT, result, sizeof(result), &got, DEADLINE),
                  KVRT_OK);
-    int32_t status = (int32_t)((uint32_t)result[0] | (uint32_t)result[1] << 8 |
-                               (uint32_t)result[2] << 16 | (uint32_t)result[3] << 24);
+    int32_t status = (int32_t)kvrt_load_le32(result);
     cr_assert_eq(status, KVRT_ERR_AUTH);
     /* And nothing more is accepted on that socket. */
-    kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_READ_REQ, .region = region_id(&v, v.ro),
+    kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_READ_REQ, .region = txu_region_id(v.ctx, v.ro),
                                  .tag = 1, .length = 16};
     uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES];
     kvrt_xfer_wire_encode(&h, hdr);
@@ -256,11 +246,7 @@ Test(xfer_security, payload_corrupted_in_transit_is_caught_in_integrity_mode)
     kvrt_xfer_region_t *region = txu_register_pool(ctx, agent, pool);
     kvrt_pool_info_t info;
     kvrt_pool_info(pool, &info);
-    uint8_t desc[KVRT_XFER_DESCRIPTOR_MAX];
-    size_t dl = 0;
-    ASSERT_OK(ctx, kvrt_xfer_region_descriptor(region, desc, sizeof(desc), &dl));
-    uint32_t id = (uint32_t)desc[8] | (uint32_t)desc[9] << 8 | (uint32_t)desc[10] << 16 |
-                  (uint32_t)desc[11] << 24;
+    uint32_t id = txu_region_id(ctx, region);
 
     /* What the sender meant to send, and its checksum. */
     uint8_t *block = malloc(info.block_bytes);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/endian.h"
 #include "kvrt/kvrt.h"
 #include "test_helpers.h"
 
@@ -120,10 +121,34 @@ static inline kvrt_xfer_remote_t *txu_import(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *
     return rem;
 }
 
+/* A registered region's wire id, read from its descriptor (bytes 8..11). */
+static inline uint32_t txu_region_id(kvrt_ctx_t *ctx, const kvrt_xfer_region_t *r)
+{
+    uint8_t desc[KVRT_XFER_DESCRIPTOR_MAX];
+    size_t len = 0;
+    ASSERT_OK(ctx, kvrt_xfer_region_descriptor(r, desc, sizeof(desc), &len));
+    return kvrt_load_le32(desc + 8);
+}
+
 static inline uint64_t txu_stat(kvrt_ctx_t *ctx, const char *name)
 {
     uint64_t v = 0;
     ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, name, &v));
+    return v;
+}
+
+/* Waits (bounded) until the u64 ctl node `name` reads 0 and returns what it
+ * reads last. A request completes on its sender only when the peer's answer
+ * arrives, which may be after the peer already acted on it (a notification
+ * is queued there before its acknowledgement travels back). */
+static inline uint64_t txu_stat_drained(kvrt_ctx_t *ctx, const char *name, uint32_t timeout_ms)
+{
+    uint64_t end = txu_now_ms() + timeout_ms;
+    uint64_t v;
+    while ((v = txu_stat(ctx, name)) != 0 && txu_now_ms() < end) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
     return v;
 }
 

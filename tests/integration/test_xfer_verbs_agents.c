@@ -18,8 +18,8 @@
 #include <time.h>
 
 #include "test_xfer_util.h"
-#include "xfer/soft_verbs.h"
-#include "xfer/verbs_ops.h"
+#include "support/soft_verbs.h"
+#include "xfer/verbs/verbs_ops.h"
 
 typedef struct env {
     kvrt_ctx_t *ctx;
@@ -82,10 +82,10 @@ static env_t env_up(bool soft, const soft_verbs_config_t *cfg, uint32_t mask_a,
 
 static void env_down(env_t *e)
 {
-    cr_assert_eq(txu_stat(e->ctx, "xfer.0.outstanding"), 0);
+    cr_assert_eq(txu_stat_drained(e->ctx, "xfer.0.outstanding", 5000), 0);
     cr_assert_eq(txu_stat(e->ctx, "xfer.0.regions"), 0);
     if (e->b) {
-        cr_assert_eq(txu_stat(e->ctx, "xfer.1.outstanding"), 0);
+        cr_assert_eq(txu_stat_drained(e->ctx, "xfer.1.outstanding", 5000), 0);
         cr_assert_eq(txu_stat(e->ctx, "xfer.1.regions"), 0);
     }
     ASSERT_OK(e->ctx, kvrt_xfer_disconnect(e->peer));
@@ -336,7 +336,7 @@ Test(verbs_soft, path_mtu_is_the_smaller_of_both_ports)
 static kvrt_status_t wait_connected(kvrt_xfer_peer_t *peer, uint32_t ms)
 {
     uint64_t end = txu_now_ms() + ms;
-    kvrt_xfer_peer_info_t info;
+    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
     do {
         kvrt_xfer_peer_info(peer, &info);
         if (info.state == KVRT_XFER_PEER_CONNECTED)
@@ -374,7 +374,7 @@ Test(verbs_soft, error_completion_fails_the_request_and_the_connection_comes_bac
     ASSERT_OK(e.ctx, kvrt_xfer_deregister(ls));
     /* the QPs went to the error state; the agent reconnects */
     ASSERT_OK(e.ctx, wait_connected(e.peer, 5000));
-    kvrt_xfer_peer_info_t info;
+    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
     ASSERT_OK(e.ctx, kvrt_xfer_peer_info(e.peer, &info));
     cr_assert_geq(info.reconnects, 1);
     ASSERT_STATUS(KVRT_OK, one_write(&e, 1u << 20, 0x33));
@@ -383,25 +383,53 @@ Test(verbs_soft, error_completion_fails_the_request_and_the_connection_comes_bac
     env_down(&e);
 }
 
+/* One WRITE of `bytes` from a's memory into b's, registered and imported. */
+typedef struct one_op {
+    uint8_t *src, *dst;
+    kvrt_xfer_region_t *ls, *rd;
+    kvrt_xfer_remote_t *rem;
+    kvrt_xfer_op_t op;
+} one_op_t;
+
+static one_op_t one_op_up(env_t *e, uint64_t bytes, uint8_t fill)
+{
+    one_op_t o;
+    o.src = aligned_alloc(4096, bytes);
+    o.dst = aligned_alloc(4096, bytes);
+    memset(o.src, fill, bytes);
+    o.ls = txu_register(e->ctx, e->a, o.src, bytes, 0);
+    o.rd = txu_register(e->ctx, e->b, o.dst, bytes, KVRT_XFER_REMOTE_WRITE);
+    o.rem = txu_import(e->ctx, e->peer, o.rd);
+    o.op = (kvrt_xfer_op_t){.opcode = KVRT_XFER_WRITE, .local = o.ls, .remote = o.rem,
+                            .length = bytes};
+    return o;
+}
+
+/* Nothing holds the registrations any more: they all go. b's goes with b
+ * when the test destroyed it. */
+static void one_op_down(env_t *e, one_op_t *o)
+{
+    ASSERT_OK(e->ctx, kvrt_xfer_remote_release(o->rem));
+    ASSERT_OK(e->ctx, kvrt_xfer_deregister(o->ls));
+    if (e->b)
+        ASSERT_OK(e->ctx, kvrt_xfer_deregister(o->rd));
+    free(o->src);
+    free(o->dst);
+}
+
 /* Posts `n` requests of `bytes` each while the device is paused, then
  * does `fault` and resumes; every request must end with a failure within
  * `within_ms`. */
 static void outstanding_fail(env_t *e, uint32_t n, uint64_t bytes, void (*fault)(env_t *),
                              uint32_t within_ms)
 {
-    uint8_t *src = aligned_alloc(4096, bytes), *dst = aligned_alloc(4096, bytes);
-    memset(src, 7, bytes);
-    kvrt_xfer_region_t *ls = txu_register(e->ctx, e->a, src, bytes, 0);
-    kvrt_xfer_region_t *rd = txu_register(e->ctx, e->b, dst, bytes, KVRT_XFER_REMOTE_WRITE);
-    kvrt_xfer_remote_t *rem = txu_import(e->ctx, e->peer, rd);
-    kvrt_xfer_op_t op = {.opcode = KVRT_XFER_WRITE, .local = ls, .remote = rem,
-                         .length = bytes};
+    one_op_t o = one_op_up(e, bytes, 7);
     kvrt_xfer_request_t *req[16];
     cr_assert_leq(n, 16);
     soft_verbs_pause(true);
     uint64_t t0 = txu_now_ms();
     for (uint32_t i = 0; i < n; i++)
-        ASSERT_OK(e->ctx, kvrt_xfer_post(e->peer, &op, 1, NULL, &req[i]));
+        ASSERT_OK(e->ctx, kvrt_xfer_post(e->peer, &o.op, 1, NULL, &req[i]));
     fault(e);
     soft_verbs_pause(false);
     for (uint32_t i = 0; i < n; i++) {
@@ -411,13 +439,7 @@ static void outstanding_fail(env_t *e, uint32_t n, uint64_t bytes, void (*fault)
     }
     uint64_t took = txu_now_ms() - t0;
     cr_assert_lt(took, within_ms, "failing took %llu ms", (unsigned long long)took);
-    ASSERT_OK(e->ctx, kvrt_xfer_remote_release(rem));
-    /* nothing holds the registrations any more */
-    ASSERT_OK(e->ctx, kvrt_xfer_deregister(ls));
-    if (e->b)
-        ASSERT_OK(e->ctx, kvrt_xfer_deregister(rd));
-    free(src);
-    free(dst);
+    one_op_down(e, &o);
 }
 
 static void kill_peer_device(env_t *e) { cr_assert_eq(soft_verbs_kill_device(1), 0); }
@@ -427,7 +449,7 @@ Test(verbs_soft, peer_device_death_fails_every_outstanding_request)
     soft_verbs_config_t cfg = {.devices = 2};
     env_t e = env_up(true, &cfg, 1u << 0, 1u << 1, 5000);
     outstanding_fail(&e, 8, 1u << 20, kill_peer_device, 2000);
-    kvrt_xfer_peer_info_t info;
+    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
     ASSERT_OK(e.ctx, kvrt_xfer_peer_info(e.peer, &info));
     cr_assert_neq(info.last_error, KVRT_OK);
     env_down(&e);
@@ -483,7 +505,7 @@ Test(verbs_soft, killed_peer_fails_every_outstanding_request)
     soft_verbs_config_t cfg = {.devices = 1};
     env_t e = env_up(true, &cfg, 0, 0, 5000);
     outstanding_fail(&e, 8, 1u << 20, destroy_peer_agent, 2000);
-    kvrt_xfer_peer_info_t info;
+    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
     ASSERT_OK(e.ctx, kvrt_xfer_peer_info(e.peer, &info));
     cr_assert_neq(info.state, KVRT_XFER_PEER_CONNECTED);
     env_down(&e);
@@ -506,5 +528,41 @@ Test(verbs_soft, notifications_arrive_in_order_beyond_the_message_window)
         snprintf(want, sizeof(want), "note-%02u", i);
         cr_assert_str_eq((const char *)in.data, want);
     }
+    env_down(&e);
+}
+
+Test(verbs_soft, a_request_held_by_the_device_is_tested_waited_on_and_canceled)
+{
+    soft_verbs_config_t cfg = {.devices = 1};
+    env_t e = env_up(true, &cfg, 0, 0, 5000);
+    one_op_t o = one_op_up(&e, 1u << 20, 5);
+    kvrt_xfer_post_params_t pp = {.field_mask = KVRT_XFER_POST_PARAM_USER_DATA, .user_data = 77};
+    kvrt_xfer_request_t *req = NULL;
+    soft_verbs_pause(true); /* the device executes nothing: the request stays in flight */
+    ASSERT_OK(e.ctx, kvrt_xfer_post(e.peer, &o.op, 1, &pp, &req));
+    ASSERT_STATUS(KVRT_INPROGRESS, kvrt_xfer_request_test(req));
+    ASSERT_STATUS(KVRT_INPROGRESS, kvrt_xfer_request_wait(req, 50));
+    ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_xfer_request_release(req));
+    uint32_t n = 0;
+    kvrt_xfer_completion_t c[2];
+    ASSERT_OK(e.ctx, kvrt_xfer_poll(e.a, c, 2, &n));
+    cr_assert_eq(n, 0, "no completion while in flight");
+    /* Cancel resets the connection, whose WRs the device cannot recall;
+     * the request completes once the backend let go of them all. */
+    ASSERT_OK(e.ctx, kvrt_xfer_request_cancel(req));
+    ASSERT_STATUS(KVRT_ERR_CANCELED, kvrt_xfer_request_wait(req, 5000));
+    ASSERT_STATUS(KVRT_ERR_CANCELED, kvrt_xfer_request_test(req));
+    ASSERT_OK(e.ctx, kvrt_xfer_request_cancel(req)); /* a second cancel changes nothing */
+    ASSERT_STATUS(KVRT_ERR_CANCELED, kvrt_xfer_request_test(req));
+    ASSERT_OK(e.ctx, kvrt_xfer_poll(e.a, c, 2, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(c[0].user_data, 77);
+    cr_assert_eq(c[0].status, KVRT_ERR_CANCELED);
+    cr_assert_eq(c[0].bytes, 0);
+    ASSERT_OK(e.ctx, kvrt_xfer_request_release(req));
+    soft_verbs_pause(false);
+    one_op_down(&e, &o);
+    ASSERT_OK(e.ctx, wait_connected(e.peer, 5000));
+    ASSERT_STATUS(KVRT_OK, one_write(&e, 256u << 10, 0x55));
     env_down(&e);
 }

@@ -2,13 +2,15 @@
  * test_sched_random.c - a long randomized run of the scheduler with a
  * prefix cache, speculation (engine drafts and the n-gram proposer), a pool
  * small enough to force preemption, random aborts, stop tokens, priorities
- * and deadlines. The "model" is deterministic (next = f(previous token)) and
- * the engine verifies drafts against it, so every finished request's output
- * can be checked token by token.
+ * and deadlines, and prefixes arriving asynchronously (waiting for KV: late,
+ * partial, failed, aborted mid-arrival). The "model" is deterministic
+ * (next = f(previous token)) and the engine verifies drafts against it, so
+ * every finished request's output can be checked token by token.
  *
  * After every step: the budget and max_seqs hold, every planned token's
  * slot lies in its sequence's row at its position, no slot is written twice,
- * rows are padded with the null block, the pool and cache verify. At the
+ * rows are padded with the null block, no token is written into a block an
+ * outstanding arrival holds, the pool and cache verify. At the
  * end: every request ended exactly once, preempted ones finished, no block
  * or table is left.
  */
@@ -30,10 +32,21 @@ typedef struct tracked {
     int state; /* 0 unused, 1 live, 2 ended */
     bool aborted;
     int32_t stop;
+    int32_t priority;
     uint32_t prompt_len;
     uint32_t max_new;
     int32_t prompt[96];
 } tracked_t;
+
+/* An arrival the test "transfer engine" has in flight. */
+typedef struct inflight {
+    kvrt_arrival_id_t id;
+    uint32_t num_blocks;
+    uint32_t due_step;
+    int32_t blocks[32];
+} inflight_t;
+
+#define MAX_INFLIGHT 8
 
 typedef struct world {
     kvrt_ctx_t *ctx;
@@ -45,6 +58,9 @@ typedef struct world {
     uint32_t num_req;
     int32_t system[3][40];
     uint64_t finished_checked;
+    inflight_t inflight[MAX_INFLIGHT];
+    uint32_t num_inflight;
+    uint32_t step;
 } world_t;
 
 /* Requests carry their index as user tag. */
@@ -87,6 +103,7 @@ static void add_random(world_t *w)
         .user_tag = w->num_req,
     };
     ASSERT_OK(w->ctx, kvrt_seq_add(w->sched, &p, &t->id));
+    t->priority = p.priority;
     t->state = 1;
     w->num_req++;
 }
@@ -119,6 +136,10 @@ static void check_plan(world_t *w, const kvrt_batch_plan_t *plan)
             cr_assert_eq((uint32_t)plan->positions[tok], pos);
             int64_t slot = plan->slot_mapping[tok];
             cr_assert_eq(slot, (int64_t)row[pos / TPB] * TPB + pos % TPB);
+            for (uint32_t a = 0; a < w->num_inflight; a++)
+                for (uint32_t b = 0; b < w->inflight[a].num_blocks; b++)
+                    cr_assert_neq(slot / TPB, w->inflight[a].blocks[b],
+                                  "a token written into a block an arrival holds");
             for (uint32_t j = 0; j < num_seen; j++)
                 cr_assert_neq(seen[j], slot, "slot %lld written twice", (long long)slot);
             seen[num_seen++] = slot;
@@ -196,8 +217,65 @@ static void drain_events(world_t *w)
     } while (n == 32);
 }
 
-static void random_actions(world_t *w)
+/* Starts an arrival for a random queued request, some with deadlines. */
+static void start_arrival(world_t *w, uint64_t now)
 {
+    if (w->num_inflight == MAX_INFLIGHT || !w->num_req)
+        return;
+    /* Among the latest requests: the ones still likely to be queued. */
+    uint32_t recent = w->num_req < 16 ? w->num_req : 16;
+    tracked_t *t = &w->req[w->num_req - 1 - test_rand_below(&w->rng, recent)];
+    kvrt_seq_info_t info;
+    if (t->state != 1)
+        return;
+    ASSERT_OK(w->ctx, kvrt_seq_info(w->sched, t->id, &info));
+    uint32_t total = info.prompt_tokens + info.output_tokens;
+    if ((info.state != KVRT_SEQ_WAITING && info.state != KVRT_SEQ_PREEMPTED) || total < 2)
+        return;
+    kvrt_arrival_params_t p = {
+        .field_mask = test_rand_below(&w->rng, 2) ? KVRT_ARRIVAL_PARAM_DEADLINE : 0,
+        .num_tokens = 1 + test_rand_below(&w->rng, total - 1),
+        .deadline_ns = now + 1000 * test_rand_below(&w->rng, 6),
+    };
+    inflight_t *f = &w->inflight[w->num_inflight];
+    uint32_t first, count;
+    kvrt_status_t st = kvrt_seq_await_kv(w->sched, t->id, &p, &f->id, &first, &count);
+    if (st == KVRT_ERR_NO_BLOCKS || st == KVRT_ERR_BAD_STATE) /* full pool; arrived KV */
+        return;
+    ASSERT_OK(w->ctx, st);
+    ASSERT_OK(w->ctx, kvrt_seq_info(w->sched, t->id, &info));
+    cr_assert_eq(info.state, KVRT_SEQ_WAITING_KV);
+    const int32_t *blocks;
+    ASSERT_OK(w->ctx, kvrt_seq_blocks(w->sched, t->id, &blocks, NULL, NULL));
+    cr_assert_leq(count, 32);
+    memcpy(f->blocks, blocks + first, count * sizeof(int32_t));
+    f->num_blocks = count;
+    f->due_step = w->step + test_rand_below(&w->rng, 8);
+    w->num_inflight++;
+}
+
+/* Completes due arrivals (all when `all`): fully, partly or not at all. */
+static void complete_arrivals(world_t *w, bool all)
+{
+    for (uint32_t i = 0; i < w->num_inflight;) {
+        inflight_t *f = &w->inflight[i];
+        if (!all && f->due_step > w->step) {
+            i++;
+            continue;
+        }
+        uint32_t landed = test_rand_below(&w->rng, 3)
+                              ? f->num_blocks
+                              : test_rand_below(&w->rng, f->num_blocks + 1);
+        ASSERT_OK(w->ctx, kvrt_arrival_complete(w->sched, f->id, landed));
+        *f = w->inflight[--w->num_inflight];
+    }
+}
+
+static void random_actions(world_t *w, uint64_t now)
+{
+    if (test_rand_below(&w->rng, 3) == 0)
+        start_arrival(w, now);
+    complete_arrivals(w, false);
     uint32_t adds = test_rand_below(&w->rng, 5) < 2 ? 1 : 0;
     for (uint32_t i = 0; i < adds; i++)
         add_random(w);
@@ -240,6 +318,7 @@ static void random_actions(world_t *w)
 static void one_step(world_t *w, uint64_t now)
 {
     const kvrt_batch_plan_t *plan;
+    w->step++;
     ASSERT_OK(w->ctx, kvrt_sched_step(w->sched, now, &plan));
     check_plan(w, plan);
     for (uint32_t i = 0; i < plan->num_preempted; i++) {
@@ -247,6 +326,20 @@ static void one_step(world_t *w, uint64_t now)
         ASSERT_OK(w->ctx, kvrt_seq_info(w->sched, plan->preempted[i], &info));
         cr_assert_eq(info.state, KVRT_SEQ_PREEMPTED);
         cr_assert_eq(info.computed_tokens, 0);
+        /* No decode that ran before this step and still runs ranks below
+         * the victim: lower priority, or equal priority and later arrival. */
+        const tracked_t *victim = find(w, info.user_tag, info.id);
+        for (uint32_t j = 0; j < plan->num_seqs; j++) {
+            const kvrt_plan_seq_t *e = &plan->seqs[j];
+            if (e->kind == KVRT_PLAN_PREFILL)
+                continue;
+            const tracked_t *kept = find(w, e->user_tag, e->id);
+            cr_assert(kept->priority > victim->priority ||
+                          (kept->priority == victim->priority && e->user_tag < info.user_tag),
+                      "request %llu (priority %d) preempted while %llu (priority %d) runs",
+                      (unsigned long long)info.user_tag, victim->priority,
+                      (unsigned long long)e->user_tag, kept->priority);
+        }
     }
     if (plan->num_seqs) {
         /* Sometimes abort a request the engine is running right now. */
@@ -294,9 +387,10 @@ Test(sched_soak, randomized_run_keeps_every_invariant, .timeout = 240)
     uint64_t now = 0;
     for (int step = 0; step < 4000; step++) {
         if (step < 3000)
-            random_actions(&w);
+            random_actions(&w, now);
         one_step(&w, now += 1000);
     }
+    complete_arrivals(&w, true);
     /* Let everything still live finish; bounded. */
     for (int step = 0; step < 5000; step++) {
         kvrt_sched_stats_t st;
@@ -317,17 +411,24 @@ Test(sched_soak, randomized_run_keeps_every_invariant, .timeout = 240)
     cr_assert_gt(st.prefix_hit_tokens, 0);
     cr_assert_gt(st.spec_accepted, 0);
     cr_assert_gt(w.finished_checked, 100);
+    cr_assert_gt(st.arrived_tokens, 0);
+    cr_assert_gt(st.arrivals_expired, 0);
+    cr_assert_gt(st.arrivals_failed, 0);
+    cr_assert_eq(st.awaiting_kv, 0);
     kvrt_pool_info_t info;
     ASSERT_OK(w.ctx, kvrt_pool_info(w.pool, &info));
     cr_assert_eq(info.used_blocks, 0, "%u blocks still used", info.used_blocks);
     cr_assert_eq(info.live_tables, 0);
     cr_log_info("requests %u, preemptions %llu, prefix hits %llu/%llu, spec %llu/%llu, "
-                "budget-bound steps %llu",
+                "budget-bound steps %llu, arrivals %llu (%llu tokens, %llu expired, "
+                "%llu failed)",
                 w.num_req, (unsigned long long)st.preemptions,
                 (unsigned long long)st.prefix_hit_tokens,
                 (unsigned long long)st.prefix_query_tokens,
                 (unsigned long long)st.spec_accepted, (unsigned long long)st.spec_proposed,
-                (unsigned long long)st.budget_bound_steps);
+                (unsigned long long)st.budget_bound_steps, (unsigned long long)st.arrivals,
+                (unsigned long long)st.arrived_tokens, (unsigned long long)st.arrivals_expired,
+                (unsigned long long)st.arrivals_failed);
     ASSERT_OK(w.ctx, kvrt_sched_destroy(w.sched));
     ASSERT_OK(w.ctx, kvrt_cache_destroy(w.cache));
     kvrt_ctx_destroy(w.ctx);

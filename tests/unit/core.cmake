@@ -22,3 +22,4 @@ add_test(NAME test_core_symbols
 set_tests_properties(test_core_symbols PROPERTIES LABELS "unit" TIMEOUT 60)
 kvrt_add_test(unit test_core_host_memory DEPS core)
 kvrt_add_test(unit test_core_metrics DEPS sched)
+kvrt_add_test(unit test_core_completion_queue DEPS core LABELS threads TIMEOUT 120)

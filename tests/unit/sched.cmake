@@ -1,3 +1,8 @@
 kvrt_add_test(unit test_sched_requests DEPS sched)
 kvrt_add_test(unit test_sched_spec DEPS sched)
 kvrt_add_test(unit test_sched_cache DEPS sched)
+kvrt_add_test(unit test_sched_arrival DEPS sched)
+kvrt_add_test(unit test_sched_cache_reset DEPS sched)
+kvrt_add_test(unit test_sched_controls DEPS sched)
+kvrt_add_test(unit test_sched_stats DEPS sched)
+kvrt_add_test(unit test_sched_no_alloc DEPS sched LABELS nosanitize)

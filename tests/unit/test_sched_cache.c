@@ -2,45 +2,17 @@
  * test_sched_cache.c - prefix-cache-aware admission (hits cost no budget
  * and no new blocks, the last prompt token is always recomputed, salts keep
  * tenants apart) and preemption (the latest request is the victim, it is
- * recomputed mostly from the cache, the anti-thrash guard, and every
- * preempted request still finishes with the right tokens).
+ * recomputed mostly from the cache, priorities decide the victim even when
+ * it is already planned, and every preempted request still finishes with
+ * the right tokens).
  */
 #include <string.h>
 
-#include "test_helpers.h"
+#include "sched_fixture.h"
 
-typedef struct fixture {
-    kvrt_ctx_t *ctx;
-    kvrt_pool_t *pool;
-    kvrt_cache_t *cache;
-    kvrt_sched_t *sched;
-} fixture_t;
-
-static fixture_t open_fixture(uint32_t blocks, uint32_t tpb, bool cache,
-                              const kvrt_sched_params_t *sp)
-{
-    fixture_t f = {0};
-    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
-    f.pool = test_pool(f.ctx, blocks, tpb);
-    if (cache)
-        ASSERT_OK(f.ctx, kvrt_cache_create(f.pool, NULL, &f.cache));
-    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, f.cache, sp, &f.sched));
-    return f;
-}
-
-static void close_fixture(fixture_t *f)
-{
-    ASSERT_OK(f->ctx, kvrt_pool_verify(f->pool));
-    if (f->cache)
-        ASSERT_OK(f->ctx, kvrt_cache_verify(f->cache));
-    kvrt_pool_info_t info;
-    ASSERT_OK(f->ctx, kvrt_pool_info(f->pool, &info));
-    cr_assert_eq(info.used_blocks, 0, "blocks leaked: %u", info.used_blocks);
-    cr_assert_eq(info.live_tables, 0);
-    kvrt_sched_destroy(f->sched);
-    kvrt_cache_destroy(f->cache);
-    kvrt_ctx_destroy(f->ctx);
-}
+typedef sched_fixture_t fixture_t;
+#define open_fixture sched_fixture_open
+#define close_fixture sched_fixture_close
 
 /* The engine's "model": the token at position p. */
 static int32_t model_at(uint32_t pos) { return (int32_t)(1000 + pos); }
@@ -62,8 +34,7 @@ static kvrt_seq_id_t add(fixture_t *f, const int32_t *prompt, uint32_t n, uint32
 {
     kvrt_seq_params_t p = {.field_mask = keys ? KVRT_SEQ_PARAM_KEYS : 0, .prompt = prompt,
                            .prompt_len = n, .max_new_tokens = max_new};
-    if (keys)
-        p.keys = *keys;
+    p.keys = keys;
     kvrt_seq_id_t id;
     ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &id));
     return id;
@@ -190,61 +161,92 @@ Test(sched_cache, latest_request_is_preempted_recomputed_from_cache_and_finishes
     close_fixture(&f);
 }
 
-Test(sched_cache, guard_stops_a_readmitted_request_from_thrashing)
+static kvrt_seq_id_t add_priority(fixture_t *f, const int32_t *prompt, uint32_t n,
+                                  uint32_t max_new, int32_t priority)
 {
-    /* No cache and 2-token chunks: recomputing a preempted request takes
-     * several steps, the window in which it would thrash. B has the lower
-     * priority, so without the guard it would be every victim; with it,
-     * while B recomputes, A (the one in need) gives way instead. */
-    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_CHUNK, .prefill_chunk_tokens = 2};
-    fixture_t f = open_fixture(13, 2, false, &sp);
-    int32_t p[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    kvrt_seq_params_t pa = {.field_mask = KVRT_SEQ_PARAM_PRIORITY, .prompt = p, .prompt_len = 8,
-                            .max_new_tokens = 12, .priority = 1};
-    kvrt_seq_params_t pb = pa;
-    pb.priority = 0;
-    kvrt_seq_id_t a, b;
-    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pa, &a));
-    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pb, &b));
-    /* phase 0: before B's first preemption; 1: B preempted; 2: B readmitted,
-     * no new token yet (the guarded window); 3: B sampled again. */
-    int phase = 0;
-    uint32_t b_output = 0, a_preempted_in_window = 0;
-    const kvrt_batch_plan_t *plan;
-    for (int k = 0; k < 500; k++) {
-        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
-        for (uint32_t j = 0; j < plan->num_preempted; j++) {
-            if (plan->preempted[j] == b) {
-                cr_assert_neq(phase, 2, "step %d: B preempted again before a new token", k);
-                if (phase == 0)
-                    phase = 1;
-            } else if (phase == 2) {
-                a_preempted_in_window++;
-            }
+    kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_PRIORITY, .prompt = prompt,
+                           .prompt_len = n, .max_new_tokens = max_new, .priority = priority};
+    kvrt_seq_id_t id;
+    ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &id));
+    return id;
+}
+
+/* The plan's arrays agree with each other (after an entry was taken out). */
+static void assert_plan_consistent(const kvrt_batch_plan_t *plan)
+{
+    uint32_t tokens = 0, max_len = 0;
+    cr_assert_eq(plan->query_start_loc[0], 0);
+    for (uint32_t i = 0; i < plan->num_seqs; i++) {
+        const kvrt_plan_seq_t *e = &plan->seqs[i];
+        cr_assert_eq((uint32_t)plan->query_start_loc[i], tokens);
+        cr_assert_eq((uint32_t)plan->seq_lens[i], e->num_computed_tokens + e->num_new_tokens);
+        cr_assert_eq((uint32_t)plan->row_index[i], e->row);
+        for (uint32_t k = 0; k < e->num_new_tokens; k++) {
+            uint32_t pos = e->num_computed_tokens + k;
+            const int32_t *row = plan->block_rows + (size_t)e->row * plan->row_stride;
+            cr_assert_eq((uint32_t)plan->positions[tokens + k], pos);
+            cr_assert_eq(plan->slot_mapping[tokens + k],
+                         (int64_t)row[pos / plan->tokens_per_block] * plan->tokens_per_block +
+                             pos % plan->tokens_per_block);
         }
-        kvrt_seq_info_t info;
-        ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, b, &info));
-        if (phase == 1 && info.state == KVRT_SEQ_RUNNING) {
-            phase = 2;
-            b_output = info.output_tokens;
+        tokens += e->num_new_tokens;
+        if ((uint32_t)plan->seq_lens[i] > max_len)
+            max_len = (uint32_t)plan->seq_lens[i];
+    }
+    cr_assert_eq(plan->num_tokens, tokens);
+    cr_assert_eq((uint32_t)plan->query_start_loc[plan->num_seqs], tokens);
+    cr_assert_eq(plan->max_seq_len, max_len);
+}
+
+Test(sched_cache, lowest_priority_request_is_the_victim_even_when_already_planned)
+{
+    /* 5 usable blocks of 2 tokens. A (priority 0) is admitted first, so its
+     * decode is planned before B's; B (priority 1) then needs a block. */
+    fixture_t f = open_fixture(6, 2, false, NULL);
+    int32_t pa[4] = {1, 2, 3, 4}, pb[4] = {11, 12, 13, 14};
+    kvrt_seq_id_t a = add_priority(&f, pa, 4, 4, 0);
+    kvrt_seq_id_t b = add_priority(&f, pb, 4, 4, 1);
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 0, &plan));
+    cr_assert_eq(plan->num_seqs, 2);
+    commit_model(&f, plan);
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 1, &plan));
+    cr_assert_eq(plan->num_preempted, 1);
+    cr_assert_eq(plan->preempted[0], a, "the lower priority is the victim");
+    cr_assert_eq(plan->num_seqs, 1, "the victim's entry left the plan");
+    cr_assert_eq(plan->seqs[0].id, b);
+    cr_assert_eq(plan->num_decode_seqs, 1);
+    assert_plan_consistent(plan);
+    commit_model(&f, plan);
+    ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
+    run_to_end(&f, 2);
+    close_fixture(&f);
+}
+
+Test(sched_cache, a_request_is_never_preempted_for_one_of_lower_priority)
+{
+    /* High (priority 2) arrives first, low (0) second; 7 usable blocks of 2
+     * tokens, each request grows to 8 blocks. High is never the victim: when
+     * low needs a block, low itself gives way. */
+    fixture_t f = open_fixture(8, 2, false, NULL);
+    int32_t ph[4] = {1, 2, 3, 4}, pl[4] = {11, 12, 13, 14};
+    kvrt_seq_id_t high = add_priority(&f, ph, 4, 10, 2);
+    kvrt_seq_id_t low = add_priority(&f, pl, 4, 10, 0);
+    uint32_t high_preempted = 0, low_preempted = 0;
+    const kvrt_batch_plan_t *plan;
+    for (int k = 0; k < 200; k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
+        assert_plan_consistent(plan);
+        for (uint32_t i = 0; i < plan->num_preempted; i++) {
+            high_preempted += plan->preempted[i] == high;
+            low_preempted += plan->preempted[i] == low;
         }
         if (!plan->num_seqs)
             break;
         commit_model(&f, plan);
-        ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, b, &info));
-        if (phase == 2 && info.output_tokens > b_output)
-            phase = 3;
     }
-    cr_assert_eq(phase, 3, "the scenario never reached B's recomputation (phase %d)", phase);
-    cr_assert_gt(a_preempted_in_window, 0, "A never needed B's blocks during the window");
-    kvrt_seq_info_t ev[2];
-    uint32_t n;
-    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 2, &n));
-    cr_assert_eq(n, 2);
-    for (int i = 0; i < 2; i++) {
-        cr_assert_eq(ev[i].end_reason, KVRT_END_LENGTH);
-        for (uint32_t t = 0; t < 12; t++)
-            cr_assert_eq(ev[i].output[t], model_at(8 + t));
-    }
+    cr_assert_eq(high_preempted, 0);
+    cr_assert_gt(low_preempted, 0, "the pool was meant to run out");
+    run_to_end(&f, 2);
     close_fixture(&f);
 }

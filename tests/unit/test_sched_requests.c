@@ -6,33 +6,16 @@
  */
 #include <string.h>
 
-#include "test_helpers.h"
+#include "sched_fixture.h"
 
-typedef struct fixture {
-    kvrt_ctx_t *ctx;
-    kvrt_pool_t *pool;
-    kvrt_sched_t *sched;
-} fixture_t;
+typedef sched_fixture_t fixture_t;
 
 static fixture_t open_fixture(uint32_t blocks, uint32_t tpb, const kvrt_sched_params_t *p)
 {
-    fixture_t f = {0};
-    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
-    f.pool = test_pool(f.ctx, blocks, tpb);
-    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, NULL, p, &f.sched));
-    return f;
+    return sched_fixture_open(blocks, tpb, false, p);
 }
 
-static void close_fixture(fixture_t *f)
-{
-    ASSERT_OK(f->ctx, kvrt_pool_verify(f->pool));
-    kvrt_pool_info_t info;
-    ASSERT_OK(f->ctx, kvrt_pool_info(f->pool, &info));
-    cr_assert_eq(info.used_blocks, 0, "blocks leaked: %u used", info.used_blocks);
-    cr_assert_eq(info.live_tables, 0, "tables leaked: %u", info.live_tables);
-    kvrt_sched_destroy(f->sched);
-    kvrt_ctx_destroy(f->ctx);
-}
+#define close_fixture sched_fixture_close
 
 static kvrt_seq_id_t add(fixture_t *f, uint32_t prompt_len, uint32_t max_new, int32_t first)
 {
@@ -47,18 +30,7 @@ static kvrt_seq_id_t add(fixture_t *f, uint32_t prompt_len, uint32_t max_new, in
     return id;
 }
 
-/* Commits `token` for every sampling entry. */
-static void commit_all(fixture_t *f, const kvrt_batch_plan_t *plan, int32_t token)
-{
-    int32_t tokens[1024];
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < plan->num_seqs; i++)
-        if (plan->seqs[i].sample)
-            tokens[n++] = token;
-    kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = n,
-                       .tokens = tokens};
-    ASSERT_OK(f->ctx, kvrt_sched_commit(f->sched, &c));
-}
+#define commit_all sched_fixture_commit
 
 static uint32_t drain(fixture_t *f, kvrt_seq_info_t *events, uint32_t cap)
 {

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "xfer/soft_verbs.h"
+#include "support/soft_verbs.h"
 
 static const kvrt_verbs_ops_t *V;
 

@@ -12,7 +12,7 @@
 
 #include "core/core.h"
 #include "xfer/sidechannel.h"
-#include "xfer/wire.h"
+#include "xfer/tcp/wire.h"
 
 static kvrt_status_t parse(kvrt_xfer_wire_header_t h, kvrt_xfer_wire_header_t *out)
 {

@@ -84,13 +84,11 @@ typedef struct kvrt_verbs_tuning {
 } kvrt_verbs_tuning_t;
 
 /*
- * Installs the ops table (NULL: libibverbs) and tuning (NULL: defaults)
- * used by verbs backends created afterwards; both are copied. Not
- * thread-safe against agent creation: call it before creating agents.
+ * The table and tuning a verbs backend takes when an agent creates it. The
+ * library's (weak) definitions answer libibverbs and the defaults; the test
+ * seam (tests/support/verbs_seam.c, linked into test programs only)
+ * overrides both at link time so tests can install the software device.
  */
-void kvrt_verbs_use(const kvrt_verbs_ops_t *ops, const kvrt_verbs_tuning_t *tuning);
-
-/* The current table and tuning. */
 const kvrt_verbs_ops_t *kvrt_verbs_current_ops(void);
 kvrt_verbs_tuning_t kvrt_verbs_current_tuning(void);
 

@@ -26,7 +26,7 @@ static void reply(tcp_sock_t *s, uint8_t type, int32_t status, uint64_t tag,
                   const uint8_t *payload, uint64_t length)
 {
     kvrt_xfer_wire_header_t h = {.type = type, .status = status, .tag = tag, .length = length};
-    tcp_frame_t *f = tcp_frame_new(&h, payload, length);
+    tcp_frame_t *f = tcp_frame_new(s->conn->st, &h, payload, length);
     if (!f) {
         tcp_conn_fail(s->conn, KVRT_ERR_NO_MEMORY, "no memory for a reply frame");
         return;
@@ -89,7 +89,7 @@ static void on_header(tcp_sock_t *s)
         if (st == KVRT_OK) {
             kvrt_xfer_wire_header_t r = {.type = KVRT_XFER_WIRE_READ_RESP, .tag = h->tag,
                                          .length = h->length};
-            tcp_frame_t *f = tcp_frame_new(&r, addr, h->length);
+            tcp_frame_t *f = tcp_frame_new(c->st, &r, addr, h->length);
             if (!f) {
                 kvrt_xfer_bk_unpin(c->st->env.agent, pin);
                 tcp_conn_fail(c, KVRT_ERR_NO_MEMORY, "no memory for a read response");
@@ -170,7 +170,7 @@ static void on_payload(tcp_sock_t *s)
                                : KVRT_ERR_NO_MEMORY;
         kvrt_xfer_wire_header_t r = {.type = KVRT_XFER_WIRE_MSG_REPLY, .status = st,
                                      .tag = h->tag, .length = out_bytes};
-        tcp_frame_t *f = tcp_frame_new(&r, out, out_bytes);
+        tcp_frame_t *f = tcp_frame_new(c->st, &r, out, out_bytes);
         if (!f) {
             free(out);
             tcp_conn_fail(c, KVRT_ERR_NO_MEMORY, "no memory for a message reply");

@@ -39,7 +39,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "verbs_ops.h"
+#include "xfer/verbs/verbs_ops.h"
 
 #define SOFT_VERBS_MAX_DEVICES 4
 
@@ -93,6 +93,14 @@ void soft_verbs_get_stats(soft_verbs_stats_t *out);
 uint32_t soft_verbs_mrs(soft_verbs_mr_info_t *out, uint32_t capacity);
 /* The path MTU a QP was moved to RTR with (0 when none or no such QP). */
 enum ibv_mtu soft_verbs_qp_path_mtu(uint32_t qp_num);
+
+/*
+ * The seam (verbs_seam.c): installs the ops table (NULL: libibverbs) and
+ * tuning (NULL: defaults) used by verbs backends created afterwards; both
+ * are copied. Not thread-safe against agent creation: call it before
+ * creating agents.
+ */
+void kvrt_verbs_use(const kvrt_verbs_ops_t *ops, const kvrt_verbs_tuning_t *tuning);
 
 /* Faults. */
 void soft_verbs_pause(bool paused);        /* worker stops executing WRs */

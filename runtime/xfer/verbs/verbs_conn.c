@@ -252,11 +252,11 @@ static kvrt_status_t establish(vb_backend_t *b, kvrt_xfer_bk_peer_t *peer, int f
     c->fd = fd;
     pthread_mutex_init(&c->lock, NULL);
     uint8_t mine[8], theirs[8];
-    vb_put_u32(mine, VB_SETUP_VERSION);
-    vb_put_u32(mine + 4, b->tuning.qps_per_peer);
+    kvrt_store_le32(mine, VB_SETUP_VERSION);
+    kvrt_store_le32(mine + 4, b->tuning.qps_per_peer);
     kvrt_status_t st = swap_frame(fd, dialer, VB_SC_SETUP, mine, theirs, 8, deadline_ns);
-    uint32_t nqp = vb_get_u32(theirs + 4);
-    if (st == KVRT_OK && (vb_get_u32(theirs) != VB_SETUP_VERSION || nqp == 0)) {
+    uint32_t nqp = kvrt_load_le32(theirs + 4);
+    if (st == KVRT_OK && (kvrt_load_le32(theirs) != VB_SETUP_VERSION || nqp == 0)) {
         snprintf(why, n, "verbs: peer's set-up frame is not version %d", VB_SETUP_VERSION);
         st = KVRT_ERR_PROTOCOL;
     }
@@ -283,7 +283,7 @@ static kvrt_status_t establish(vb_backend_t *b, kvrt_xfer_bk_peer_t *peer, int f
     if (st == KVRT_OK) {
         uint8_t ready[4] = {0}, peer_ready[4];
         st = swap_frame(fd, dialer, VB_SC_READY, ready, peer_ready, 4, deadline_ns);
-        if (st == KVRT_OK && vb_get_u32(peer_ready) != 0)
+        if (st == KVRT_OK && kvrt_load_le32(peer_ready) != 0)
             st = KVRT_ERR_CONNECT;
     }
     if (st != KVRT_OK) {
@@ -373,12 +373,12 @@ static void write_header(uint8_t *p, uint8_t kind, uint32_t slot, uint32_t type,
                          int32_t status, uint32_t bytes)
 {
     memset(p, 0, VB_MSG_HEADER);
-    vb_put_u32(p, VB_MSG_MAGIC);
+    kvrt_store_le32(p, VB_MSG_MAGIC);
     p[4] = kind;
     p[5] = (uint8_t)slot;
-    vb_put_u32(p + 8, type);
-    vb_put_u32(p + 12, (uint32_t)status);
-    vb_put_u32(p + 16, bytes);
+    kvrt_store_le32(p + 8, type);
+    kvrt_store_le32(p + 12, (uint32_t)status);
+    kvrt_store_le32(p + 16, bytes);
 }
 
 static void start_msg(vb_conn_t *c, uint32_t slot, kvrt_xfer_bk_msg_t *msg)
@@ -472,13 +472,13 @@ void vb_on_recv(vb_conn_t *c, const struct ibv_wc *wc)
         return;
     }
     const uint8_t *p = recv_slot(c, r);
-    uint32_t slot = p[5], bytes = vb_get_u32(p + 16), type = vb_get_u32(p + 8);
-    int32_t status = (int32_t)vb_get_u32(p + 12);
+    uint32_t slot = p[5], bytes = kvrt_load_le32(p + 16), type = kvrt_load_le32(p + 8);
+    int32_t status = (int32_t)kvrt_load_le32(p + 12);
     uint8_t kind = p[4];
     /* everything a peer sends is checked before it is used */
     if (r >= VB_RECV_WRS || wc->byte_len < VB_MSG_HEADER ||
-        vb_get_u32(p) != VB_MSG_MAGIC || (kind != MSG_REQUEST && kind != MSG_REPLY) ||
-        slot >= VB_MSG_SLOTS || p[6] || p[7] || vb_get_u32(p + 20) ||
+        kvrt_load_le32(p) != VB_MSG_MAGIC || (kind != MSG_REQUEST && kind != MSG_REPLY) ||
+        slot >= VB_MSG_SLOTS || p[6] || p[7] || kvrt_load_le32(p + 20) ||
         bytes > KVRT_XFER_MSG_MAX || bytes != wc->byte_len - VB_MSG_HEADER ||
         (kind == MSG_REQUEST && status != 0) || (kind == MSG_REPLY && !c->req[slot])) {
         refuse(c, "malformed message");

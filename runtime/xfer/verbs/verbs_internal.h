@@ -16,8 +16,9 @@
 
 #include <pthread.h>
 
-#include "backend.h"
-#include "sidechannel.h"
+#include "../backend.h"
+#include "core/endian.h"
+#include "../sidechannel.h"
 #include "verbs_ops.h"
 
 #define VB_MAX_DEVICES 4
@@ -155,26 +156,6 @@ struct vb_conn {
     kvrt_status_t report_status;
     char report_why[256], refuse_why[96];
 };
-
-static inline void vb_put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-static inline uint32_t vb_get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-           (uint32_t)p[3] << 24;
-}
-static inline void vb_put_u64(uint8_t *p, uint64_t v)
-{
-    vb_put_u32(p, (uint32_t)v);
-    vb_put_u32(p + 4, (uint32_t)(v >> 32));
-}
-static inline uint64_t vb_get_u64(const uint8_t *p)
-{
-    return vb_get_u32(p) | (uint64_t)vb_get_u32(p + 4) << 32;
-}
 
 /* verbs_backend.c */
 void vb_wake(vb_backend_t *b);

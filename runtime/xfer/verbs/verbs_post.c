@@ -50,8 +50,8 @@ static bool key_parse(const kvrt_xfer_bk_remote_t *r, key_view_t *v)
         return false;
     v->ndev = k[1];
     v->npieces = k[2];
-    v->base = vb_get_u64(k + 8);
-    v->piece = vb_get_u64(k + 16);
+    v->base = kvrt_load_le64(k + 8);
+    v->piece = kvrt_load_le64(k + 16);
     v->rkeys = k + VB_KEY_HEADER;
     return v->ndev >= 1 && v->ndev <= VB_MAX_DEVICES && v->npieces >= 1 &&
            v->npieces <= VB_MAX_PIECES &&
@@ -62,7 +62,7 @@ static bool key_parse(const kvrt_xfer_bk_remote_t *r, key_view_t *v)
 static uint32_t key_rkey(const key_view_t *v, uint32_t qp, uint64_t piece)
 {
     /* the peer's QP k sits on its device k % ndev, as ours does */
-    return vb_get_u32(v->rkeys + 4 * ((qp % v->ndev) * v->npieces + piece));
+    return kvrt_load_le32(v->rkeys + 4 * ((qp % v->ndev) * v->npieces + piece));
 }
 
 static kvrt_status_t map_wc_status(enum ibv_wc_status s)
@@ -121,6 +121,11 @@ void vb_deliver(vb_conn_t *c)
         kvrt_xfer_bk_refuse(c->peer, KVRT_ERR_PROTOCOL, refuse_why);
     if (written || read)
         kvrt_xfer_bk_count_bytes(c->b->agent, written, read);
+    /* The connection's failure first: a request failed by it completes only
+     * after its peer already shows the failure (state, last_error), as on
+     * the TCP backend; the batches then name their own causes. */
+    if (report_fail)
+        kvrt_xfer_bk_conn_failed(c->peer, report_status, why);
     while (done) {
         kvrt_xfer_bk_batch_t *next = done->backend_data[1];
         kvrt_xfer_bk_batch_done(done, (kvrt_status_t)(intptr_t)done->backend_data[0]);
@@ -131,8 +136,6 @@ void vb_deliver(vb_conn_t *c)
         kvrt_xfer_bk_msg_done(mfail, KVRT_ERR_PEER_FAILED, NULL, 0);
         mfail = next;
     }
-    if (report_fail)
-        kvrt_xfer_bk_conn_failed(c->peer, report_status, why);
 }
 
 /* One WR is done with, posted (`posted`) or dropped from a queue. */

@@ -16,10 +16,16 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "backend.h"
+#include "../backend.h"
+#include "core/free_list.h"
 #include "wire.h"
 
 #define TCP_MAX_SOCKS 16
+/* Frames and sendmsg records reserved when the backend starts, and the most
+ * kept for reuse: steady traffic recycles them instead of allocating. */
+#define TCP_RESERVE_FRAMES 1024u
+#define TCP_RESERVE_SENDS 64u
+#define TCP_CACHE_MAX 16384u
 #define TCP_IOV_MAX 128
 #define TCP_SCRATCH (64u << 10)
 #define TCP_STAGE (512u << 10)
@@ -106,6 +112,7 @@ struct tcp_conn {
     bool closing;              /* close() waits for drained */
     bool drained;              /* everything completed and delivered */
     bool finalized;
+    bool fail_reserved;        /* holds an upcall entry for its failure report */
 };
 
 /* A completion to deliver once the lock is dropped. */
@@ -129,8 +136,14 @@ struct tcp_state {
     uint64_t wake_buf;
     bool wake_armed, stopping, zc_supported;
     tcp_conn_t *conns;
+    /* Upcalls wait in a ring until delivered. Every producer reserved its
+     * entry beforehand (a batch when posted, a message when sent, a failure
+     * report when its connection was made), so queuing one never fails and
+     * no completion is ever lost. */
     tcp_upcall_t *ups;
-    uint32_t nups, cap_ups;
+    uint32_t ups_head, nups, cap_ups, ups_promised;
+    kvrt_free_list_t frames;   /* freed frames kept for reuse */
+    kvrt_free_list_t sends;    /* freed sendmsg records kept for reuse */
     uint64_t written, read;    /* bytes completed, reported in batches */
     uint32_t zc_orphans;       /* finished sends awaiting zero-copy notifications */
     uint8_t scratch[TCP_SCRATCH];
@@ -154,8 +167,9 @@ extern char kvrt_xfer_tcp_wire_order;
 #endif
 
 /* tcp.c */
-tcp_frame_t *tcp_frame_new(const kvrt_xfer_wire_header_t *h, const uint8_t *payload,
-                           uint64_t length);
+/* A frame from the state's cache (st->lock held); NULL without memory. */
+tcp_frame_t *tcp_frame_new(tcp_state_t *st, const kvrt_xfer_wire_header_t *h,
+                           const uint8_t *payload, uint64_t length);
 void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f);
 void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f);
 void tcp_upcall(tcp_state_t *st, tcp_upcall_t up);

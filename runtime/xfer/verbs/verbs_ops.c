@@ -85,25 +85,15 @@ const kvrt_verbs_ops_t kvrt_verbs_libibverbs_ops = {
     .post_recv = lib_post_recv,
 };
 
-/* Set before agents exist and only read when one is created, so plain
- * globals suffice (see kvrt_verbs_use). */
-static kvrt_verbs_ops_t current_ops;
-static int current_set;
-static kvrt_verbs_tuning_t current_tuning;
-
-void kvrt_verbs_use(const kvrt_verbs_ops_t *ops, const kvrt_verbs_tuning_t *tuning)
+/* The library's answers: libibverbs, default tuning. Weak, so a test
+ * program that links tests/support/verbs_seam.c gets that file's instead;
+ * nothing can replace them in libkvrt.so (hidden symbols). */
+__attribute__((weak)) const kvrt_verbs_ops_t *kvrt_verbs_current_ops(void)
 {
-    current_ops = ops ? *ops : kvrt_verbs_libibverbs_ops;
-    current_set = 1;
-    current_tuning = tuning ? *tuning : (kvrt_verbs_tuning_t){0};
+    return &kvrt_verbs_libibverbs_ops;
 }
 
-const kvrt_verbs_ops_t *kvrt_verbs_current_ops(void)
+__attribute__((weak)) kvrt_verbs_tuning_t kvrt_verbs_current_tuning(void)
 {
-    return current_set ? &current_ops : &kvrt_verbs_libibverbs_ops;
-}
-
-kvrt_verbs_tuning_t kvrt_verbs_current_tuning(void)
-{
-    return current_tuning;
+    return (kvrt_verbs_tuning_t){0};
 }

@@ -37,10 +37,10 @@ static void wake(tcp_state_t *st)
 
 /* ---- frames and slots ------------------------------------------------------- */
 
-tcp_frame_t *tcp_frame_new(const kvrt_xfer_wire_header_t *h, const uint8_t *payload,
-                           uint64_t length)
+tcp_frame_t *tcp_frame_new(tcp_state_t *st, const kvrt_xfer_wire_header_t *h,
+                           const uint8_t *payload, uint64_t length)
 {
-    tcp_frame_t *f = calloc(1, sizeof(*f));
+    tcp_frame_t *f = kvrt_free_list_take(&st->frames);
     if (!f)
         return NULL;
     kvrt_xfer_wire_encode(h, f->hdr);
@@ -54,7 +54,7 @@ void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f)
     if (f->pin)
         kvrt_xfer_bk_unpin(st->env.agent, f->pin);
     free(f->owned);
-    free(f);
+    kvrt_free_list_give(&st->frames, f);
 }
 
 #if defined(__SANITIZE_THREAD__)
@@ -73,20 +73,42 @@ void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f)
     s->txq_bytes += sizeof(f->hdr) + f->length;
 }
 
+/* Reserves n upcall entries (lock held); false without memory. */
+static bool upcalls_reserve(tcp_state_t *st, uint32_t n)
+{
+    uint64_t need = (uint64_t)st->nups + st->ups_promised + n;
+    if (need > st->cap_ups) {
+        uint64_t cap = st->cap_ups ? st->cap_ups : 256;
+        while (cap < need)
+            cap *= 2;
+        if (cap > UINT32_MAX)
+            return false;
+        tcp_upcall_t *ring = malloc(cap * sizeof(*ring));
+        if (!ring)
+            return false;
+        for (uint32_t i = 0; i < st->nups; i++)
+            ring[i] = st->ups[(st->ups_head + i) % st->cap_ups];
+        free(st->ups);
+        st->ups = ring;
+        st->ups_head = 0;
+        st->cap_ups = (uint32_t)cap;
+    }
+    st->ups_promised += n;
+    return true;
+}
+
+/* Gives back a reserved entry that will not be used (lock held). */
+static void upcalls_unreserve(tcp_state_t *st)
+{
+    st->ups_promised--;
+}
+
+/* Queues an upcall into a reserved entry (lock held). */
 void tcp_upcall(tcp_state_t *st, tcp_upcall_t up)
 {
-    if (st->nups == st->cap_ups) {
-        uint32_t cap = st->cap_ups ? st->cap_ups * 2 : 256;
-        tcp_upcall_t *n = realloc(st->ups, cap * sizeof(*n));
-        if (!n) {
-            /* Cannot happen in practice (a few bytes per completion), and a
-             * lost completion would hang its request: fail loudly instead. */
-            abort();
-        }
-        st->ups = n;
-        st->cap_ups = cap;
-    }
-    st->ups[st->nups++] = up;
+    st->ups_promised--;
+    st->ups[(st->ups_head + st->nups) % st->cap_ups] = up;
+    st->nups++;
 }
 
 static uint32_t slot_take(tcp_conn_t *c)
@@ -154,9 +176,12 @@ void tcp_conn_fail(tcp_conn_t *c, kvrt_status_t status, const char *why)
      * them complete, so the connection drains in bounded time. */
     for (uint32_t i = 0; i < c->nsocks; i++)
         shutdown(c->socks[i]->fd, SHUT_RDWR);
-    if (!c->closing)
+    if (!c->closing && c->fail_reserved) {
+        c->fail_reserved = false;
+        /* Without memory for the text the report still goes, without it. */
         tcp_upcall(c->st, (tcp_upcall_t){.kind = UP_FAILED, .peer = c->peer, .status = status,
                                          .reply = (uint8_t *)strdup(why ? why : "")});
+    }
     wake(c->st);
 }
 
@@ -183,6 +208,11 @@ static void conn_finalize(tcp_conn_t *c)
 
 static void conn_free(tcp_conn_t *c)
 {
+    if (c->fail_reserved) {
+        pthread_mutex_lock(&c->st->lock);
+        upcalls_unreserve(c->st);
+        pthread_mutex_unlock(&c->st->lock);
+    }
     for (uint32_t i = 0; i < c->nsocks; i++) {
         close(c->socks[i]->fd);
         free(c->socks[i]->stage);
@@ -210,7 +240,7 @@ static void send_prep(tcp_state_t *st, tcp_send_t *t, struct io_uring_sqe *sqe)
 /* Gathers queued frames of s into one sendmsg. */
 static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
 {
-    tcp_send_t *t = calloc(1, sizeof(*t));
+    tcp_send_t *t = kvrt_free_list_take(&st->sends);
     if (!t)
         return NULL;
     t->sock = s;
@@ -243,7 +273,21 @@ static void send_free(tcp_state_t *st, tcp_send_t *t)
         t->frames = f->next;
         tcp_frame_free(st, f);
     }
-    free(t);
+    kvrt_free_list_give(&st->sends, t);
+}
+
+/* Ends a sendmsg: its socket may send again. Zero-copy notifications may
+ * come after the connection is gone (the kernel lets go of the pages when
+ * the socket is closed): from here on the record stands alone. */
+static void send_finish(tcp_state_t *st, tcp_send_t *t)
+{
+    t->finished = true;
+    t->sock->sending = false;
+    t->sock = NULL;
+    if (t->notifs == 0)
+        send_free(st, t);
+    else
+        st->zc_orphans++;
 }
 
 /* A sendmsg completed with res bytes or an error. Returns true when t must
@@ -270,16 +314,7 @@ static bool send_complete(tcp_state_t *st, tcp_send_t *t, int res)
         if (t->iov_first < t->iov_count)
             return true;
     }
-    t->finished = true;
-    t->sock->sending = false;
-    /* Zero-copy notifications may come after the connection is gone (the
-     * kernel lets go of the pages when the socket is closed): from here on
-     * the record stands alone. */
-    t->sock = NULL;
-    if (t->notifs == 0)
-        send_free(st, t);
-    else
-        st->zc_orphans++;
+    send_finish(st, t);
     return false;
 }
 
@@ -371,13 +406,7 @@ static void handle_cqe(tcp_state_t *st, struct io_uring_cqe *cqe)
                 send_prep(st, t, sqe);
             } else {
                 tcp_conn_fail(c, KVRT_ERR_INTERNAL, "submission queue full");
-                t->finished = true;
-                t->sock->sending = false;
-                t->sock = NULL;
-                if (t->notifs == 0)
-                    send_free(st, t);
-                else
-                    st->zc_orphans++;
+                send_finish(st, t);
             }
         }
     }
@@ -387,26 +416,28 @@ static void handle_cqe(tcp_state_t *st, struct io_uring_cqe *cqe)
 static void deliver(tcp_state_t *st)
 {
     while (st->nups || st->written || st->read) {
-        tcp_upcall_t *ups = st->ups;
-        uint32_t n = st->nups;
         uint64_t w = st->written, r = st->read;
-        st->ups = NULL;
-        st->nups = st->cap_ups = 0;
         st->written = st->read = 0;
+        /* Oldest first, one at a time: the ring may grow meanwhile. */
+        tcp_upcall_t u = {.kind = UP_BATCH};
+        bool have = st->nups > 0;
+        if (have) {
+            u = st->ups[st->ups_head];
+            st->ups_head = (st->ups_head + 1) % st->cap_ups;
+            st->nups--;
+        }
         pthread_mutex_unlock(&st->lock);
         if (w || r)
             kvrt_xfer_bk_count_bytes(st->env.agent, w, r);
-        for (uint32_t i = 0; i < n; i++) {
-            tcp_upcall_t *u = &ups[i];
-            if (u->kind == UP_BATCH)
-                kvrt_xfer_bk_batch_done(u->batch, u->status);
-            else if (u->kind == UP_MSG)
-                kvrt_xfer_bk_msg_done(u->msg, u->status, u->reply, u->reply_bytes);
+        if (have) {
+            if (u.kind == UP_BATCH)
+                kvrt_xfer_bk_batch_done(u.batch, u.status);
+            else if (u.kind == UP_MSG)
+                kvrt_xfer_bk_msg_done(u.msg, u.status, u.reply, u.reply_bytes);
             else
-                kvrt_xfer_bk_conn_failed(u->peer, u->status, (const char *)u->reply);
-            free(u->reply);
+                kvrt_xfer_bk_conn_failed(u.peer, u.status, (const char *)u.reply);
+            free(u.reply);
         }
-        free(ups);
         pthread_mutex_lock(&st->lock);
     }
 }
@@ -465,6 +496,8 @@ static kvrt_status_t tcp_init(const kvrt_xfer_bk_env_t *env, void **state_out, c
         return KVRT_ERR_NO_MEMORY;
     }
     st->env = *env;
+    kvrt_free_list_init(&st->frames, sizeof(tcp_frame_t), TCP_CACHE_MAX);
+    kvrt_free_list_init(&st->sends, sizeof(tcp_send_t), TCP_CACHE_MAX);
     int rc = io_uring_queue_init(RING_ENTRIES, &st->ring, 0);
     if (rc < 0) {
         snprintf(why, why_bytes, "io_uring_queue_init: %s", strerror(-rc));
@@ -487,6 +520,13 @@ static kvrt_status_t tcp_init(const kvrt_xfer_bk_env_t *env, void **state_out, c
         free(st);
         return KVRT_ERR_IO;
     }
+    /* Frames and sendmsg records reserved up front (no connection exists
+     * yet, so the progress thread touches neither); what cannot be had now
+     * is allocated when needed. */
+    pthread_mutex_lock(&st->lock);
+    (void)kvrt_free_list_reserve(&st->frames, TCP_RESERVE_FRAMES);
+    (void)kvrt_free_list_reserve(&st->sends, TCP_RESERVE_SENDS);
+    pthread_mutex_unlock(&st->lock);
     *state_out = st;
     return KVRT_OK;
 }
@@ -512,6 +552,8 @@ static void tcp_fini(void *state)
     io_uring_queue_exit(&st->ring);
     close(st->wake_fd);
     free(st->ups);
+    kvrt_free_list_drain(&st->frames);
+    kvrt_free_list_drain(&st->sends);
     pthread_mutex_destroy(&st->lock);
     pthread_cond_destroy(&st->cond);
     free(st);
@@ -565,9 +607,13 @@ static tcp_conn_t *conn_new(tcp_state_t *st, kvrt_xfer_bk_peer_t *peer, int fd)
     c->st = st;
     c->peer = peer;
     c->free_slot = UINT32_MAX;
-    c->socks[0] = sock_new(c, fd);
+    /* The entry its failure report will need, reserved now. */
+    pthread_mutex_lock(&st->lock);
+    c->fail_reserved = upcalls_reserve(st, 1);
+    pthread_mutex_unlock(&st->lock);
+    c->socks[0] = c->fail_reserved ? sock_new(c, fd) : NULL;
     if (!c->socks[0]) {
-        free(c);
+        conn_free(c);
         return NULL;
     }
     c->nsocks = 1;
@@ -704,9 +750,9 @@ static kvrt_status_t tcp_post(void *state, void *conn, kvrt_xfer_bk_batch_t *bat
     tcp_state_t *st = state;
     tcp_conn_t *c = conn;
     pthread_mutex_lock(&st->lock);
-    if (c->failed) {
+    if (c->failed || !upcalls_reserve(st, 1)) {
         pthread_mutex_unlock(&st->lock);
-        return KVRT_ERR_PEER_FAILED;
+        return c->failed ? KVRT_ERR_PEER_FAILED : KVRT_ERR_NO_MEMORY;
     }
     batch->backend_data[0] = (void *)(uintptr_t)batch->count;
     batch->backend_data[1] = (void *)(intptr_t)KVRT_OK;
@@ -720,7 +766,7 @@ static kvrt_status_t tcp_post(void *state, void *conn, kvrt_xfer_bk_batch_t *bat
         tcp_frame_t *f = NULL;
         if (index != UINT32_MAX) {
             h.tag = (uint64_t)c->slots[index].gen << 32 | index;
-            f = tcp_frame_new(&h, write ? op->local->base + op->local_offset : NULL, op->length);
+            f = tcp_frame_new(st, &h, write ? op->local->base + op->local_offset : NULL, op->length);
         }
         if (!f) {
             /* Ops already queued will complete; the rest count as failed
@@ -758,7 +804,8 @@ static kvrt_status_t tcp_send_msg(void *state, void *conn, kvrt_xfer_bk_msg_t *m
     tcp_conn_t *c = conn;
     pthread_mutex_lock(&st->lock);
     kvrt_status_t rc = KVRT_OK;
-    uint32_t index = c->failed ? UINT32_MAX : slot_take(c);
+    bool reserved = !c->failed && upcalls_reserve(st, 1);
+    uint32_t index = reserved ? slot_take(c) : UINT32_MAX;
     if (c->failed) {
         rc = KVRT_ERR_PEER_FAILED;
     } else if (index == UINT32_MAX) {
@@ -767,7 +814,7 @@ static kvrt_status_t tcp_send_msg(void *state, void *conn, kvrt_xfer_bk_msg_t *m
         kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_MSG, .region = msg->type,
                                      .tag = (uint64_t)c->slots[index].gen << 32 | index,
                                      .length = msg->bytes};
-        tcp_frame_t *f = tcp_frame_new(&h, msg->payload, msg->bytes);
+        tcp_frame_t *f = tcp_frame_new(st, &h, msg->payload, msg->bytes);
         if (!f) {
             c->slots[index].next_free = c->free_slot;
             c->free_slot = index;
@@ -780,6 +827,8 @@ static kvrt_status_t tcp_send_msg(void *state, void *conn, kvrt_xfer_bk_msg_t *m
             tcp_enqueue(s, f);
         }
     }
+    if (rc != KVRT_OK && reserved)
+        upcalls_unreserve(st);
     pthread_mutex_unlock(&st->lock);
     if (rc == KVRT_OK)
         wake(st);

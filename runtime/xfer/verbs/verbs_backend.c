@@ -423,11 +423,11 @@ static kvrt_status_t vb_reg(void *state, kvrt_xfer_bk_region_t *region, uint8_t 
     key[0] = 1;
     key[1] = (uint8_t)r->ndev;
     key[2] = (uint8_t)r->npieces;
-    vb_put_u64(key + 8, (uint64_t)(uintptr_t)region->base);
-    vb_put_u64(key + 16, piece);
+    kvrt_store_le64(key + 8, (uint64_t)(uintptr_t)region->base);
+    kvrt_store_le64(key + 16, piece);
     for (uint32_t d = 0; d < r->ndev; d++)
         for (uint32_t p = 0; p < r->npieces; p++)
-            vb_put_u32(key + VB_KEY_HEADER + 4 * (d * r->npieces + p), r->mr[d][p]->rkey);
+            kvrt_store_le32(key + VB_KEY_HEADER + 4 * (d * r->npieces + p), r->mr[d][p]->rkey);
     *key_bytes_out = VB_KEY_HEADER + 4 * r->ndev * r->npieces;
     region->backend_data = r;
     return KVRT_OK;

@@ -2,45 +2,23 @@
  * wire.c - frame header encoding and validation (see wire.h).
  */
 #include "wire.h"
+#include "core/endian.h"
 
 #include <string.h>
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-           (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
 
 void kvrt_xfer_wire_encode(const kvrt_xfer_wire_header_t *h,
                            uint8_t out[KVRT_XFER_WIRE_HEADER_BYTES])
 {
-    put_u32(out, KVRT_XFER_WIRE_MAGIC);
+    kvrt_store_le32(out, KVRT_XFER_WIRE_MAGIC);
     out[4] = h->type;
     out[5] = 0;
     out[6] = 0;
     out[7] = 0;
-    put_u32(out + 8, h->region);
-    put_u32(out + 12, (uint32_t)h->status);
-    put_u64(out + 16, h->tag);
-    put_u64(out + 24, h->offset);
-    put_u64(out + 32, h->length);
+    kvrt_store_le32(out + 8, h->region);
+    kvrt_store_le32(out + 12, (uint32_t)h->status);
+    kvrt_store_le64(out + 16, h->tag);
+    kvrt_store_le64(out + 24, h->offset);
+    kvrt_store_le64(out + 32, h->length);
 }
 
 kvrt_status_t kvrt_xfer_wire_parse(const uint8_t *in, uint64_t bytes,
@@ -48,15 +26,15 @@ kvrt_status_t kvrt_xfer_wire_parse(const uint8_t *in, uint64_t bytes,
 {
     if (!in || bytes < KVRT_XFER_WIRE_HEADER_BYTES)
         return KVRT_ERR_PROTOCOL;
-    if (get_u32(in) != KVRT_XFER_WIRE_MAGIC || in[5] != 0 || in[6] != 0 || in[7] != 0)
+    if (kvrt_load_le32(in) != KVRT_XFER_WIRE_MAGIC || in[5] != 0 || in[6] != 0 || in[7] != 0)
         return KVRT_ERR_PROTOCOL;
     kvrt_xfer_wire_header_t v = {
         .type = in[4],
-        .region = get_u32(in + 8),
-        .status = (int32_t)get_u32(in + 12),
-        .tag = get_u64(in + 16),
-        .offset = get_u64(in + 24),
-        .length = get_u64(in + 32),
+        .region = kvrt_load_le32(in + 8),
+        .status = (int32_t)kvrt_load_le32(in + 12),
+        .tag = kvrt_load_le64(in + 16),
+        .offset = kvrt_load_le64(in + 24),
+        .length = kvrt_load_le64(in + 32),
     };
     /* offset + length must not wrap, whatever the type. */
     if (v.offset + v.length < v.offset)

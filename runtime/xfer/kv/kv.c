@@ -19,7 +19,8 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "agent_internal.h"
+#include "../agent_internal.h"
+#include "core/endian.h"
 
 /* Blocks per closing message: 16 bytes each in a VERIFY, within
  * KVRT_XFER_MSG_MAX with room for the header and a notification. */
@@ -42,29 +43,6 @@ struct xfer_kv {
 typedef struct kv_pair {
     uint64_t local, remote, length;
 } kv_pair_t;
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-           (uint32_t)p[3] << 24;
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    put_u32(p, (uint32_t)v);
-    put_u32(p + 4, (uint32_t)(v >> 32));
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
 
 static uint64_t block_hash(const uint8_t *base, const kvrt_kv_layout_t *l, uint32_t num_blocks,
                            uint32_t block, uint64_t page, XXH3_state_t *s)
@@ -130,13 +108,23 @@ static kvrt_xfer_bk_op_t *kv_ops(const kvrt_xfer_kv_params_t *p, uint64_t page,
     return ops;
 }
 
-void xfer_kv_free(struct xfer_kv *kv)
+static void kv_free(struct xfer_kv *kv)
 {
     free(kv->local_blocks);
     free(kv->remote_blocks);
     free(kv->hashes);
     free(kv);
 }
+
+static void kv_free_state(void *state) { kv_free(state); }
+static xfer_msg_t *kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out);
+static kvrt_status_t kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
+                                 const uint8_t *reply, uint32_t bytes);
+
+/* A KV request's closing messages: VERIFY or HASHES chunks, then the
+ * notification. */
+static const xfer_request_layer_t kv_layer = {
+    .next_msg = kv_next_msg, .on_reply = kv_on_reply, .free_state = kv_free_state};
 
 /* What can be checked without touching the regions. */
 static kvrt_status_t kv_check_args(kvrt_xfer_peer_t *peer, const kvrt_xfer_kv_params_t *p)
@@ -244,7 +232,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
     if (!kv || !ops || !kv->local_blocks || !kv->remote_blocks ||
         (integrity && (!hs || (p->opcode == KVRT_XFER_WRITE && !kv->hashes)))) {
         if (kv)
-            xfer_kv_free(kv);
+            kv_free(kv);
         free(ops);
         XXH3_freeState(hs);
         pthread_mutex_lock(&a->lock);
@@ -275,20 +263,23 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
     }
     if (st != KVRT_OK) {
         pthread_mutex_unlock(&a->lock);
-        xfer_kv_free(kv);
+        kv_free(kv);
         free(ops);
         return st;
     }
-    r->kv = kv;
+    if (nops <= XFER_INLINE_OPS) /* copied into the request */
+        free(ops);
+    r->layer = &kv_layer;
+    r->layer_state = kv;
     xfer_request_launch(a, peer, r, (m & KVRT_XFER_KV_PARAM_USER_DATA) ? p->user_data : 0,
                         (m & KVRT_XFER_KV_PARAM_NOTIFY) ? p->notify : NULL, p->notify_bytes,
                         request_out);
     return KVRT_OK;
 }
 
-xfer_msg_t *xfer_kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out)
+static xfer_msg_t *kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out)
 {
-    struct xfer_kv *kv = r->kv;
+    struct xfer_kv *kv = r->layer_state;
     xfer_msg_t *m = NULL;
     if (kv->integrity && kv->next < kv->count) {
         uint32_t n = kv->count - kv->next < KV_CHUNK ? kv->count - kv->next : KV_CHUNK;
@@ -300,16 +291,16 @@ xfer_msg_t *xfer_kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out)
             uint32_t nb = last ? r->notify_bytes : 0;
             m = xfer_msg_new(r, XFER_MSG_KV_VERIFY, KV_VERIFY_HEAD + nb + 16 * n);
             if (m) {
-                put_u32(m->payload, kv->remote_id);
-                put_u32(m->payload + 4, n);
-                put_u32(m->payload + 8, last ? 1 : 0);
-                put_u32(m->payload + 12, nb);
+                kvrt_store_le32(m->payload, kv->remote_id);
+                kvrt_store_le32(m->payload + 4, n);
+                kvrt_store_le32(m->payload + 8, last ? 1 : 0);
+                kvrt_store_le32(m->payload + 12, nb);
                 memcpy(m->payload + KV_VERIFY_HEAD, r->notify, nb);
                 uint8_t *q = m->payload + KV_VERIFY_HEAD + nb;
                 for (uint32_t i = 0; i < n; i++, q += 16) {
-                    put_u32(q, (uint32_t)kv->remote_blocks[kv->chunk_first + i]);
-                    put_u32(q + 4, 0);
-                    put_u64(q + 8, kv->hashes[kv->chunk_first + i]);
+                    kvrt_store_le32(q, (uint32_t)kv->remote_blocks[kv->chunk_first + i]);
+                    kvrt_store_le32(q + 4, 0);
+                    kvrt_store_le64(q + 8, kv->hashes[kv->chunk_first + i]);
                 }
                 if (last)
                     r->notify_sent = true;
@@ -317,18 +308,14 @@ xfer_msg_t *xfer_kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out)
         } else {
             m = xfer_msg_new(r, XFER_MSG_KV_HASHES, 8 + 4 * n);
             if (m) {
-                put_u32(m->payload, kv->remote_id);
-                put_u32(m->payload + 4, n);
+                kvrt_store_le32(m->payload, kv->remote_id);
+                kvrt_store_le32(m->payload + 4, n);
                 for (uint32_t i = 0; i < n; i++)
-                    put_u32(m->payload + 8 + 4 * i, (uint32_t)kv->remote_blocks[kv->chunk_first + i]);
+                    kvrt_store_le32(m->payload + 8 + 4 * i, (uint32_t)kv->remote_blocks[kv->chunk_first + i]);
             }
         }
     } else if (r->notify_bytes && !r->notify_sent) {
-        m = xfer_msg_new(r, XFER_MSG_NOTIFY, r->notify_bytes);
-        if (m) {
-            memcpy(m->payload, r->notify, r->notify_bytes);
-            r->notify_sent = true;
-        }
+        m = xfer_notify_msg(r);
     } else {
         *status_out = KVRT_OK;
         return NULL;
@@ -337,10 +324,12 @@ xfer_msg_t *xfer_kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out)
     return m;
 }
 
-kvrt_status_t xfer_kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
-                               const uint8_t *reply, uint32_t bytes)
+static kvrt_status_t kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
+                                 const uint8_t *reply, uint32_t bytes)
 {
-    struct xfer_kv *kv = r->kv;
+    struct xfer_kv *kv = r->layer_state;
+    if (status == KVRT_ERR_INTEGRITY) /* the receiver's verdict on a VERIFY */
+        r->agent->stats.integrity_failures++;
     if (status != KVRT_OK || !kv->integrity || kv->opcode != KVRT_XFER_READ ||
         kv->chunk_count == 0)
         return status;
@@ -358,7 +347,7 @@ kvrt_status_t xfer_kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
     for (uint32_t i = 0; i < n && st == KVRT_OK; i++) {
         uint64_t mine = block_hash(l->bk.base, &l->layout, l->num_blocks,
                                    (uint32_t)kv->local_blocks[kv->chunk_first + i], page, s);
-        if (mine != get_u64(reply + 8 * i))
+        if (mine != kvrt_load_le64(reply + 8 * i))
             st = KVRT_ERR_INTEGRITY;
     }
     XXH3_freeState(s);
@@ -371,9 +360,9 @@ kvrt_status_t xfer_kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
 }
 
 /* Receiver side: checksums of listed blocks of a pool region we hold. */
-kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const uint8_t *payload,
-                                uint32_t bytes, uint8_t *reply, uint32_t capacity,
-                                uint32_t *reply_bytes_out)
+static kvrt_status_t kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const uint8_t *payload,
+                                  uint32_t bytes, uint8_t *reply, uint32_t capacity,
+                                  uint32_t *reply_bytes_out)
 {
     kvrt_xfer_agent_t *a = peer->agent;
     bool verify = type == XFER_MSG_KV_VERIFY;
@@ -382,8 +371,8 @@ kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const uin
         kvrt_xfer_bk_refuse(peer, KVRT_ERR_PROTOCOL, "short KV message");
         return KVRT_ERR_PROTOCOL;
     }
-    uint32_t id = get_u32(payload), n = get_u32(payload + 4);
-    uint32_t last = verify ? get_u32(payload + 8) : 0, nb = verify ? get_u32(payload + 12) : 0;
+    uint32_t id = kvrt_load_le32(payload), n = kvrt_load_le32(payload + 4);
+    uint32_t last = verify ? kvrt_load_le32(payload + 8) : 0, nb = verify ? kvrt_load_le32(payload + 12) : 0;
     uint64_t want = (uint64_t)head + nb + (uint64_t)n * (verify ? 16 : 4);
     if (n == 0 || n > KV_CHUNK || last > 1 || nb > KVRT_XFER_NOTIFY_MAX || want != bytes ||
         (!verify && (uint64_t)n * 8 > capacity)) {
@@ -413,7 +402,7 @@ kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const uin
     XXH3_state_t *s = XXH3_createState();
     const uint8_t *list = payload + head + nb;
     for (uint32_t i = 0; i < n && st == KVRT_OK; i++) {
-        uint32_t block = get_u32(list + (verify ? 16 : 4) * i);
+        uint32_t block = kvrt_load_le32(list + (verify ? 16 : 4) * i);
         if (block == 0 || block >= region->num_blocks) {
             st = KVRT_ERR_REMOTE_ACCESS;
             kvrt_xfer_bk_refuse(peer, st, "KV message names a block out of range");
@@ -425,8 +414,8 @@ kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const uin
         }
         uint64_t h = block_hash(region->bk.base, &region->layout, region->num_blocks, block, page, s);
         if (!verify)
-            put_u64(reply + 8 * i, h);
-        else if (h != get_u64(list + 16 * i + 8))
+            kvrt_store_le64(reply + 8 * i, h);
+        else if (h != kvrt_load_le64(list + 16 * i + 8))
             st = KVRT_ERR_INTEGRITY;
     }
     XXH3_freeState(s);
@@ -444,4 +433,10 @@ kvrt_status_t xfer_kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const uin
                      a->name, peer->name);
     }
     return st;
+}
+
+kvrt_status_t xfer_kv_register(kvrt_xfer_agent_t *a)
+{
+    kvrt_status_t st = xfer_dispatch_register(a, XFER_MSG_KV_VERIFY, kv_serve_msg);
+    return st == KVRT_OK ? xfer_dispatch_register(a, XFER_MSG_KV_HASHES, kv_serve_msg) : st;
 }

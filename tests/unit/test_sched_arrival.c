@@ -1,0 +1,399 @@
+/*
+ * test_sched_arrival.c - "waiting for KV": a request whose prefix arrives
+ * from elsewhere (a tier, a peer) is parked with its blocks while the step
+ * keeps scheduling others; it starts once the arrival completes, recomputes
+ * what did not land or what came too late, and blocks the caller may still
+ * be writing are never handed to anyone else, whatever happens to the
+ * request (deadline, abort, drain, destroy).
+ */
+#include <string.h>
+
+#include "sched_fixture.h"
+
+#define TPB 4u
+
+typedef sched_fixture_t fixture_t;
+
+static fixture_t open_fixture(uint32_t blocks, bool cache)
+{
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK, .use_watermark = 0};
+    return sched_fixture_open(blocks, TPB, cache, &sp);
+}
+
+#define used_blocks sched_fixture_used_blocks
+#define close_fixture sched_fixture_close
+
+static kvrt_seq_id_t add(fixture_t *f, uint32_t prompt_len, int32_t first)
+{
+    int32_t prompt[256];
+    for (uint32_t i = 0; i < prompt_len; i++)
+        prompt[i] = first + (int32_t)i;
+    kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = prompt_len, .max_new_tokens = 2};
+    kvrt_seq_id_t id = 0;
+    ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &id));
+    return id;
+}
+
+static kvrt_arrival_id_t await_kv(fixture_t *f, kvrt_seq_id_t id, uint32_t tokens,
+                                  uint64_t deadline, uint32_t *first, uint32_t *count)
+{
+    kvrt_arrival_params_t p = {.field_mask = deadline ? KVRT_ARRIVAL_PARAM_DEADLINE : 0,
+                               .num_tokens = tokens,
+                               .deadline_ns = deadline};
+    kvrt_arrival_id_t a = 0;
+    ASSERT_OK(f->ctx, kvrt_seq_await_kv(f->sched, id, &p, &a, first, count));
+    return a;
+}
+
+static const kvrt_batch_plan_t *step(fixture_t *f, uint64_t now)
+{
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f->ctx, kvrt_sched_step(f->sched, now, &plan));
+    return plan;
+}
+
+static void commit(fixture_t *f, const kvrt_batch_plan_t *plan)
+{
+    sched_fixture_commit(f, plan, 7);
+}
+
+static int plan_index(const kvrt_batch_plan_t *plan, kvrt_seq_id_t id)
+{
+    for (uint32_t i = 0; i < plan->num_seqs; i++)
+        if (plan->seqs[i].id == id)
+            return (int)i;
+    return -1;
+}
+
+static kvrt_seq_state_t state_of(fixture_t *f, kvrt_seq_id_t id)
+{
+    kvrt_seq_info_t info;
+    ASSERT_OK(f->ctx, kvrt_seq_info(f->sched, id, &info));
+    return info.state;
+}
+
+/* No slot of the plan lies in blocks[0, n). */
+static void assert_plan_avoids(const kvrt_batch_plan_t *plan, const int32_t *blocks, uint32_t n)
+{
+    for (uint32_t t = 0; t < plan->num_tokens; t++)
+        for (uint32_t b = 0; b < n; b++)
+            cr_assert_neq(plan->slot_mapping[t] / TPB, blocks[b],
+                          "token %u written into block %d that an arrival holds", t, blocks[b]);
+}
+
+static void run_to_end(fixture_t *f, uint64_t now)
+{
+    for (int i = 0; i < 100; i++) {
+        const kvrt_batch_plan_t *plan = step(f, now + (uint64_t)i);
+        if (!plan->num_seqs)
+            break;
+        commit(f, plan);
+    }
+    kvrt_seq_info_t ev[16];
+    uint32_t n;
+    ASSERT_OK(f->ctx, kvrt_sched_drain_ended(f->sched, ev, 16, &n));
+}
+
+Test(sched_arrival, step_keeps_scheduling_others_while_a_prefix_arrives)
+{
+    fixture_t f = open_fixture(64, false);
+    kvrt_seq_id_t a = add(&f, 17, 100);
+    kvrt_seq_id_t b = add(&f, 5, 500);
+    uint32_t first, count;
+    kvrt_arrival_id_t arr = await_kv(&f, a, 16, 0, &first, &count);
+    cr_assert_eq(first, 0);
+    cr_assert_eq(count, 4);
+    cr_assert_eq(state_of(&f, a), KVRT_SEQ_WAITING_KV);
+    cr_assert_eq(used_blocks(&f), 4, "the arrival's blocks are allocated up front");
+    const int32_t *blocks;
+    uint32_t nb;
+    ASSERT_OK(f.ctx, kvrt_seq_blocks(f.sched, a, &blocks, &nb, NULL));
+    cr_assert_eq(nb, 4);
+    int32_t held[4];
+    memcpy(held, blocks, sizeof(held));
+    for (int i = 0; i < 4; i++) {
+        const kvrt_batch_plan_t *plan = step(&f, 10 + (uint64_t)i);
+        cr_assert_eq(plan_index(plan, a), -1, "a request waiting for KV was planned");
+        if (i == 0)
+            cr_assert_geq(plan_index(plan, b), 0, "others are scheduled meanwhile");
+        assert_plan_avoids(plan, held, 4);
+        if (plan->num_seqs)
+            commit(&f, plan);
+    }
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.awaiting_kv, 1);
+    cr_assert_eq(st.waiting, 0, "it is out of the waiting queue");
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arr, 4));
+    run_to_end(&f, 100);
+    close_fixture(&f);
+}
+
+Test(sched_arrival, landed_prefix_counts_as_computed_and_the_request_starts_after_completion)
+{
+    fixture_t f = open_fixture(64, false);
+    kvrt_seq_id_t a = add(&f, 18, 100);
+    uint32_t first, count;
+    kvrt_arrival_id_t arr = await_kv(&f, a, 16, 0, &first, &count);
+    const int32_t *blocks;
+    ASSERT_OK(f.ctx, kvrt_seq_blocks(f.sched, a, &blocks, NULL, NULL));
+    int32_t held[4];
+    memcpy(held, blocks, sizeof(held));
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arr, count));
+    cr_assert_eq(state_of(&f, a), KVRT_SEQ_WAITING);
+    const kvrt_batch_plan_t *plan = step(&f, 1);
+    int i = plan_index(plan, a);
+    cr_assert_geq(i, 0, "it starts at the next step");
+    cr_assert_eq(plan->seqs[i].num_computed_tokens, 16, "the landed tokens are computed");
+    cr_assert_eq(plan->seqs[i].num_new_tokens, 2, "only the rest is prefilled");
+    const int32_t *row = plan->block_rows + (size_t)plan->seqs[i].row * plan->row_stride;
+    cr_assert_arr_eq(row, held, sizeof(held), "the landed blocks are its table");
+    commit(&f, plan);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.arrived_tokens, 16);
+    cr_assert_eq(st.prefill_tokens, 2);
+    cr_assert_eq(st.prefix_hit_tokens, 0, "arrived tokens are not prefix-cache hits");
+    run_to_end(&f, 10);
+    close_fixture(&f);
+}
+
+Test(sched_arrival, partial_arrival_keeps_what_landed_and_recomputes_the_rest)
+{
+    fixture_t f = open_fixture(64, false);
+    kvrt_seq_id_t a = add(&f, 18, 100);
+    uint32_t first, count;
+    kvrt_arrival_id_t arr = await_kv(&f, a, 16, 0, &first, &count);
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arr, 1));
+    cr_assert_eq(used_blocks(&f), 1, "blocks that did not land are freed");
+    const kvrt_batch_plan_t *plan = step(&f, 1);
+    int i = plan_index(plan, a);
+    cr_assert_geq(i, 0);
+    cr_assert_eq(plan->seqs[i].num_computed_tokens, 4);
+    cr_assert_eq(plan->seqs[i].num_new_tokens, 14);
+    commit(&f, plan);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.arrivals_failed, 1);
+    run_to_end(&f, 10);
+    close_fixture(&f);
+}
+
+Test(sched_arrival, failed_arrival_recomputes_the_whole_prefix)
+{
+    fixture_t f = open_fixture(64, false);
+    kvrt_seq_id_t a = add(&f, 9, 100);
+    uint32_t first, count;
+    kvrt_arrival_id_t arr = await_kv(&f, a, 8, 0, &first, &count);
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arr, 0));
+    cr_assert_eq(used_blocks(&f), 0);
+    const kvrt_batch_plan_t *plan = step(&f, 1);
+    int i = plan_index(plan, a);
+    cr_assert_geq(i, 0);
+    cr_assert_eq(plan->seqs[i].num_computed_tokens, 0);
+    cr_assert_eq(plan->seqs[i].num_new_tokens, 9);
+    commit(&f, plan);
+    run_to_end(&f, 10);
+    close_fixture(&f);
+}
+
+Test(sched_arrival, arrival_past_its_deadline_is_recomputed_and_its_blocks_held_until_completed)
+{
+    fixture_t f = open_fixture(64, false);
+    kvrt_seq_id_t a = add(&f, 9, 100);
+    uint32_t first, count;
+    kvrt_arrival_id_t arr = await_kv(&f, a, 8, 1000, &first, &count);
+    const int32_t *blocks;
+    ASSERT_OK(f.ctx, kvrt_seq_blocks(f.sched, a, &blocks, NULL, NULL));
+    int32_t held[2];
+    memcpy(held, blocks, sizeof(held));
+    const kvrt_batch_plan_t *plan = step(&f, 1000);
+    cr_assert_eq(plan->num_seqs, 0, "not given up at its deadline");
+    plan = step(&f, 1001);
+    int i = plan_index(plan, a);
+    cr_assert_geq(i, 0, "given up after its deadline and recomputed at once");
+    cr_assert_eq(plan->seqs[i].num_computed_tokens, 0);
+    assert_plan_avoids(plan, held, 2);
+    cr_assert_eq(used_blocks(&f), 2 + 3, "the late arrival's blocks stay held");
+    commit(&f, plan);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.arrivals_expired, 1);
+    cr_assert_eq(st.awaiting_kv, 0);
+    run_to_end(&f, 2000);
+    cr_assert_eq(used_blocks(&f), 2, "held until the caller completes the arrival");
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arr, count));
+    cr_assert_eq(used_blocks(&f), 0);
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST, kvrt_arrival_complete(f.sched, arr, count));
+    close_fixture(&f);
+}
+
+Test(sched_arrival, abort_while_waiting_for_kv_ends_it_and_frees_everything_at_completion)
+{
+    fixture_t f = open_fixture(64, false);
+    kvrt_seq_id_t a = add(&f, 9, 100);
+    uint32_t first, count;
+    kvrt_arrival_id_t arr = await_kv(&f, a, 8, 0, &first, &count);
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, a));
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, a));
+    kvrt_seq_info_t ev[4];
+    uint32_t n;
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 4, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ev[0].end_reason, KVRT_END_ABORTED);
+    cr_assert_eq(used_blocks(&f), 2, "the caller may still be writing them");
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arr, count));
+    cr_assert_eq(used_blocks(&f), 0);
+    close_fixture(&f);
+}
+
+Test(sched_arrival, destroy_with_arrivals_outstanding_frees_their_blocks)
+{
+    fixture_t f = open_fixture(64, false);
+    uint32_t first, count;
+    await_kv(&f, add(&f, 9, 100), 8, 0, &first, &count);
+    kvrt_seq_id_t b = add(&f, 9, 200);
+    await_kv(&f, b, 8, 0, &first, &count);
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, b));
+    ASSERT_OK(f.ctx, kvrt_sched_destroy(f.sched));
+    f.sched = NULL;
+    close_fixture(&f);
+}
+
+Test(sched_arrival, local_cache_hits_are_kept_and_only_the_rest_arrives)
+{
+    fixture_t f = open_fixture(64, true);
+    kvrt_seq_id_t warm = add(&f, 9, 100);
+    (void)warm;
+    run_to_end(&f, 1);
+    kvrt_seq_id_t a = add(&f, 17, 100); /* shares its first 8 tokens */
+    uint32_t first, count;
+    kvrt_arrival_id_t arr = await_kv(&f, a, 16, 0, &first, &count);
+    cr_assert_eq(first, 2, "two blocks come from the local cache");
+    cr_assert_eq(count, 2);
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arr, count));
+    const kvrt_batch_plan_t *plan = step(&f, 100);
+    int i = plan_index(plan, a);
+    cr_assert_geq(i, 0);
+    cr_assert_eq(plan->seqs[i].num_computed_tokens, 16);
+    commit(&f, plan);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.prefix_hit_tokens, 8);
+    cr_assert_eq(st.arrived_tokens, 8);
+    run_to_end(&f, 200);
+    close_fixture(&f);
+}
+
+Test(sched_arrival, landed_blocks_enter_the_prefix_cache_at_first_commit)
+{
+    fixture_t f = open_fixture(64, true);
+    kvrt_seq_id_t a = add(&f, 17, 100);
+    uint32_t first, count;
+    kvrt_arrival_id_t arr = await_kv(&f, a, 16, 0, &first, &count);
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arr, count));
+    run_to_end(&f, 1);
+    add(&f, 17, 100);
+    const kvrt_batch_plan_t *plan = step(&f, 100);
+    cr_assert_eq(plan->num_seqs, 1);
+    cr_assert_eq(plan->seqs[0].num_computed_tokens, 16, "the arrived prefix is a cache hit");
+    commit(&f, plan);
+    run_to_end(&f, 200);
+    close_fixture(&f);
+}
+
+Test(sched_arrival, refused_calls_change_nothing)
+{
+    fixture_t f = open_fixture(8, false); /* 7 usable blocks */
+    kvrt_seq_id_t a = add(&f, 9, 100);
+    kvrt_arrival_params_t p = {.num_tokens = 9};
+    kvrt_arrival_id_t arr = 0;
+    uint32_t first = 77, count = 77;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_await_kv(f.sched, a, &p, &arr, &first, &count));
+    p.num_tokens = 0;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_await_kv(f.sched, a, &p, &arr, &first, &count));
+    p = (kvrt_arrival_params_t){.field_mask = 1u << 9, .num_tokens = 4};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_await_kv(f.sched, a, &p, &arr, &first, &count));
+    p = (kvrt_arrival_params_t){.num_tokens = 4};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_await_kv(f.sched, a, NULL, &arr, &first, &count));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST,
+                  kvrt_seq_await_kv(f.sched, a + 2, &p, &arr, &first, &count));
+    cr_assert_eq(first, 77);
+    cr_assert_eq(arr, 0);
+    cr_assert_eq(state_of(&f, a), KVRT_SEQ_WAITING);
+    cr_assert_eq(used_blocks(&f), 0);
+
+    /* A running request is not queued. */
+    const kvrt_batch_plan_t *plan = step(&f, 1);
+    ASSERT_STATUS(KVRT_ERR_BAD_STATE, kvrt_seq_await_kv(f.sched, a, &p, &arr, &first, &count));
+    commit(&f, plan);
+    cr_assert_eq(used_blocks(&f), 3);
+
+    /* Not enough blocks: nothing allocated, the request stays queued. */
+    int32_t prompt[40] = {0};
+    kvrt_seq_params_t sp = {.prompt = prompt, .prompt_len = 20, .max_new_tokens = 1};
+    kvrt_seq_id_t big;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &sp, &big));
+    p.num_tokens = 19;
+    ASSERT_STATUS(KVRT_ERR_NO_BLOCKS, kvrt_seq_await_kv(f.sched, big, &p, &arr, &first, &count));
+    cr_assert_eq(state_of(&f, big), KVRT_SEQ_WAITING);
+    cr_assert_eq(used_blocks(&f), 3);
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, big));
+
+    /* Completion: too many blocks, unknown ids, twice. */
+    kvrt_seq_id_t c = add(&f, 5, 300);
+    p.num_tokens = 4;
+    arr = await_kv(&f, c, 4, 0, &first, &count);
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_arrival_complete(f.sched, arr, count + 1));
+    cr_assert_eq(state_of(&f, c), KVRT_SEQ_WAITING_KV);
+    ASSERT_STATUS(KVRT_ERR_BAD_STATE, kvrt_seq_await_kv(f.sched, c, &p, &arr, &first, &count));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST, kvrt_arrival_complete(f.sched, arr + 2, 0));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST, kvrt_arrival_complete(f.sched, 0, 0));
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arr, count));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST, kvrt_arrival_complete(f.sched, arr, count));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_arrival_complete(NULL, arr, 0));
+    run_to_end(&f, 10);
+    close_fixture(&f);
+}
+
+Test(sched_arrival, queued_arrived_kv_is_given_up_under_pressure_before_any_preemption)
+{
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK |
+                                            KVRT_SCHED_PARAM_MAX_SEQS,
+                              .use_watermark = 0,
+                              .max_seqs = 1};
+    fixture_t f = sched_fixture_open(8, TPB, false, &sp); /* 7 usable blocks */
+    int32_t prompt[32];
+    for (int i = 0; i < 32; i++)
+        prompt[i] = i;
+    kvrt_seq_params_t rp = {.prompt = prompt, .prompt_len = 4, .max_new_tokens = 12};
+    kvrt_seq_id_t r;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &rp, &r));
+    commit(&f, step(&f, 1));
+    kvrt_seq_id_t l = add(&f, 21, 100);
+    uint32_t first, count;
+    kvrt_arrival_id_t arr = await_kv(&f, l, 20, 0, &first, &count);
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arr, count));
+    cr_assert_eq(used_blocks(&f), 1 + 5);
+    for (int i = 0; i < 20; i++) {
+        const kvrt_batch_plan_t *plan = step(&f, 2 + (uint64_t)i);
+        if (!plan->num_seqs)
+            break;
+        cr_assert_eq(plan->num_preempted, 0);
+        commit(&f, plan);
+        if (state_of(&f, r) == KVRT_SEQ_ENDED)
+            break;
+    }
+    kvrt_seq_info_t info;
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, r, &info));
+    cr_assert_eq(info.state, KVRT_SEQ_ENDED);
+    cr_assert_eq(info.end_reason, KVRT_END_LENGTH, "the running request grew to its end");
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, l, &info));
+    cr_assert_eq(info.state, KVRT_SEQ_WAITING);
+    cr_assert_eq(info.computed_tokens, 0, "its arrived K/V was given up");
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.preemptions, 0);
+    run_to_end(&f, 100);
+    close_fixture(&f);
+}

@@ -1,0 +1,249 @@
+/*
+ * test_sched_controls.c - what a request asks of the scheduler beyond its
+ * prompt: prefix-cache control (skip read, skip write, drop the last hit
+ * for EAGLE/MTP), min_tokens before a stop token counts, and multimodal
+ * items that a prefill chunk never cuts.
+ */
+#include <string.h>
+
+#include "sched_fixture.h"
+
+#define TPB 4u
+
+typedef sched_fixture_t fixture_t;
+
+static fixture_t open_fixture(bool cache, const kvrt_sched_params_t *sp)
+{
+    return sched_fixture_open(256, TPB, cache, sp);
+}
+
+#define close_fixture sched_fixture_close
+#define commit_token sched_fixture_commit
+
+static int32_t prompt_33[33];
+
+static kvrt_seq_id_t add_flags(fixture_t *f, uint32_t len, uint32_t cache_flags)
+{
+    for (int i = 0; i < 33; i++)
+        prompt_33[i] = 7 * i + 3;
+    kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_CACHE_FLAGS, .prompt = prompt_33,
+                           .prompt_len = len, .max_new_tokens = 1, .cache_flags = cache_flags};
+    kvrt_seq_id_t id;
+    ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &id));
+    return id;
+}
+
+/* Admits the next request alone, runs it to its end; its first entry. */
+static kvrt_plan_seq_t run_one(fixture_t *f)
+{
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f->ctx, kvrt_sched_step(f->sched, 0, &plan));
+    cr_assert_eq(plan->num_seqs, 1);
+    kvrt_plan_seq_t e = plan->seqs[0];
+    commit_token(f, plan, 1);
+    for (int k = 0; k < 100; k++) {
+        ASSERT_OK(f->ctx, kvrt_sched_step(f->sched, 0, &plan));
+        if (!plan->num_seqs)
+            break;
+        commit_token(f, plan, 1);
+    }
+    kvrt_seq_info_t ev[4];
+    uint32_t n;
+    ASSERT_OK(f->ctx, kvrt_sched_drain_ended(f->sched, ev, 4, &n));
+    cr_assert_eq(n, 1);
+    return e;
+}
+
+static uint64_t cached_blocks(const fixture_t *f)
+{
+    kvrt_cache_stats_t st;
+    ASSERT_OK(f->ctx, kvrt_cache_stats(f->cache, &st));
+    return st.cached_blocks;
+}
+
+Test(sched_controls, skip_read_computes_every_token_despite_a_cached_prefix)
+{
+    fixture_t f = open_fixture(true, NULL);
+    add_flags(&f, 33, 0);
+    run_one(&f);
+    add_flags(&f, 33, KVRT_SEQ_CACHE_SKIP_READ);
+    kvrt_plan_seq_t e = run_one(&f);
+    cr_assert_eq(e.num_computed_tokens, 0, "nothing taken from the cache");
+    cr_assert_eq(e.num_new_tokens, 33);
+    add_flags(&f, 33, 0);
+    cr_assert_eq(run_one(&f).num_computed_tokens, 32, "others still hit");
+    close_fixture(&f);
+}
+
+Test(sched_controls, skip_write_leaves_no_block_in_the_cache)
+{
+    fixture_t f = open_fixture(true, NULL);
+    add_flags(&f, 33, KVRT_SEQ_CACHE_SKIP_WRITE);
+    run_one(&f);
+    cr_assert_eq(cached_blocks(&f), 0, "nothing of it was cached");
+    add_flags(&f, 33, 0);
+    cr_assert_eq(run_one(&f).num_computed_tokens, 0);
+    cr_assert_eq(cached_blocks(&f), 8);
+    add_flags(&f, 33, KVRT_SEQ_CACHE_SKIP_WRITE);
+    cr_assert_eq(run_one(&f).num_computed_tokens, 32, "it may still read");
+    close_fixture(&f);
+}
+
+Test(sched_controls, drop_last_hit_recomputes_the_last_matched_block)
+{
+    fixture_t f = open_fixture(true, NULL);
+    add_flags(&f, 33, 0);
+    run_one(&f);
+    add_flags(&f, 33, KVRT_SEQ_CACHE_DROP_LAST_HIT);
+    kvrt_plan_seq_t e = run_one(&f);
+    cr_assert_eq(e.num_computed_tokens, 28, "7 of the 8 hit blocks kept");
+    cr_assert_eq(e.num_new_tokens, 5);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.prefix_hit_tokens, 28);
+    close_fixture(&f);
+}
+
+Test(sched_controls, bad_cache_flags_and_min_tokens_are_refused)
+{
+    fixture_t f = open_fixture(false, NULL);
+    int32_t prompt[2] = {1, 2};
+    kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_CACHE_FLAGS, .prompt = prompt,
+                           .prompt_len = 2, .max_new_tokens = 4, .cache_flags = 1u << 9};
+    kvrt_seq_id_t id = 0;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_add(f.sched, &p, &id));
+    p = (kvrt_seq_params_t){.field_mask = KVRT_SEQ_PARAM_MIN_TOKENS, .prompt = prompt,
+                            .prompt_len = 2, .max_new_tokens = 4, .min_tokens = 5};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_add(f.sched, &p, &id));
+    p = (kvrt_seq_params_t){.field_mask = KVRT_SEQ_PARAM_KEYS, .prompt = prompt,
+                            .prompt_len = 2, .max_new_tokens = 4, .keys = NULL};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_add(f.sched, &p, &id));
+    cr_assert_eq(id, 0);
+    close_fixture(&f);
+}
+
+Test(sched_controls, stop_tokens_are_ignored_until_min_tokens_are_produced)
+{
+    fixture_t f = open_fixture(false, NULL);
+    int32_t prompt[3] = {1, 2, 3}, stop = 42;
+    kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_STOP | KVRT_SEQ_PARAM_MIN_TOKENS,
+                           .prompt = prompt, .prompt_len = 3, .max_new_tokens = 10,
+                           .stop_tokens = &stop, .num_stop_tokens = 1, .min_tokens = 3};
+    kvrt_seq_id_t id;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &id));
+    const kvrt_batch_plan_t *plan;
+    int32_t outs[] = {42, 5, 42, 42};
+    for (int k = 0; k < 4; k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
+        cr_assert_eq(plan->num_seqs, 1, "step %d: ended too early", k);
+        commit_token(&f, plan, outs[k]);
+    }
+    kvrt_seq_info_t ev[2];
+    uint32_t n;
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 2, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ev[0].end_reason, KVRT_END_STOP);
+    cr_assert_eq(ev[0].output_tokens, 4, "the stop at output 4 (> min_tokens 3) ends it");
+    cr_assert_eq(ev[0].output[0], 42, "an early stop token is kept as ordinary output");
+    close_fixture(&f);
+}
+
+/* Prefill chunks of a request with items at [10, 30) and [40, 44) under
+ * chunk limit 16 and budget `budget`; writes each chunk's length. */
+static uint32_t mm_chunks(uint32_t budget, uint32_t *chunks, uint32_t max_chunks)
+{
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                            KVRT_SCHED_PARAM_CHUNK,
+                              .max_batch_tokens = budget, .prefill_chunk_tokens = 16};
+    fixture_t f = open_fixture(false, &sp);
+    int32_t prompt[50];
+    for (int i = 0; i < 50; i++)
+        prompt[i] = i;
+    kvrt_mm_item_t items[2] = {{.content_hash = {1, 2}, .offset = 10, .length = 20},
+                               {.content_hash = {3, 4}, .offset = 40, .length = 4}};
+    kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 2,
+                             .mm_items = items};
+    kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_KEYS, .prompt = prompt,
+                           .prompt_len = 50, .max_new_tokens = 1, .keys = &keys};
+    kvrt_seq_id_t id;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &id));
+    uint32_t n = 0;
+    const kvrt_batch_plan_t *plan;
+    for (int k = 0; k < 20; k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
+        if (!plan->num_seqs)
+            break;
+        if (plan->seqs[0].kind == KVRT_PLAN_PREFILL && n < max_chunks)
+            chunks[n++] = plan->seqs[0].num_new_tokens;
+        commit_token(&f, plan, 1);
+    }
+    kvrt_seq_info_t ev[2];
+    uint32_t events;
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 2, &events));
+    cr_assert_eq(events, 1);
+    close_fixture(&f);
+    return n;
+}
+
+Test(sched_controls, a_prefill_chunk_never_ends_inside_a_multimodal_item)
+{
+    uint32_t chunks[8];
+    uint32_t n = mm_chunks(64, chunks, 8);
+    /* [0,10) stops before the first item (16 would end inside it); [10,30)
+     * is that item whole, past the chunk limit of 16; [30,46) holds the
+     * second item whole; [46,50) is the rest. */
+    uint32_t want[] = {10, 20, 16, 4};
+    cr_assert_eq(n, 4, "%u chunks", n);
+    cr_assert_arr_eq(chunks, want, sizeof(want));
+}
+
+Test(sched_controls, an_item_beyond_the_budget_left_waits_and_one_beyond_any_step_is_refused)
+{
+    /* Budget 20: B decodes one token a step, so the 20-token item of A only
+     * fits in a step of its own, once B has ended. */
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS,
+                              .max_batch_tokens = 20};
+    fixture_t f = open_fixture(false, &sp);
+    int32_t prompt[50] = {0};
+    kvrt_seq_params_t pb = {.prompt = prompt, .prompt_len = 4, .max_new_tokens = 6};
+    kvrt_seq_id_t a, b;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pb, &b));
+    kvrt_mm_item_t item = {.offset = 10, .length = 20};
+    kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 1,
+                             .mm_items = &item};
+    kvrt_seq_params_t pa = {.field_mask = KVRT_SEQ_PARAM_KEYS, .prompt = prompt,
+                            .prompt_len = 50, .max_new_tokens = 1, .keys = &keys};
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pa, &a));
+    bool item_ran = false;
+    const kvrt_batch_plan_t *plan;
+    for (int k = 0; k < 40; k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
+        if (!plan->num_seqs)
+            break;
+        for (uint32_t i = 0; i < plan->num_seqs; i++) {
+            const kvrt_plan_seq_t *e = &plan->seqs[i];
+            if (e->id != a)
+                continue;
+            uint32_t from = e->num_computed_tokens, to = from + e->num_new_tokens;
+            cr_assert(to <= 10 || to >= 30, "a chunk ends inside the item at %u", to);
+            if (from <= 10 && to >= 30) {
+                item_ran = true;
+                cr_assert_eq(plan->num_seqs, 1, "the item runs alone");
+            }
+        }
+        commit_token(&f, plan, 1);
+    }
+    cr_assert(item_ran);
+    kvrt_seq_info_t ev[2];
+    uint32_t n;
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 2, &n));
+    cr_assert_eq(n, 2);
+
+    sp.max_batch_tokens = 19;
+    kvrt_sched_t *small;
+    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, NULL, &sp, &small));
+    kvrt_seq_id_t id = 0;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_add(small, &pa, &id));
+    kvrt_sched_destroy(small);
+    close_fixture(&f);
+}

@@ -1,0 +1,181 @@
+/*
+ * test_sched_no_alloc.c - once warm, kvrt_sched_step, kvrt_sched_commit and
+ * kvrt_sched_set_drafts allocate nothing: a steady mix of admissions, chunked
+ * prefills, decodes, speculation with rollback, prefix-cache inserts and
+ * ends runs for 2,000 steps under a counting malloc.
+ *
+ * The counter is an interposer: this executable defines malloc and friends,
+ * forwarding to glibc's, so every allocation in the process (kvrt's
+ * included) goes through it. It cannot run beside a sanitizer's own
+ * interposer, so the test is labelled nosanitize.
+ */
+#include <stddef.h>
+#include <string.h>
+
+#include "test_helpers.h"
+
+extern void *__libc_malloc(size_t size);
+extern void *__libc_calloc(size_t n, size_t size);
+extern void *__libc_realloc(void *p, size_t size);
+extern void *__libc_memalign(size_t alignment, size_t size);
+extern void __libc_free(void *p);
+
+static int counting;
+static unsigned long allocations;
+static void *last_caller; /* where the last counted allocation came from */
+#define COUNT()                                                                  \
+    (allocations += counting,                                                    \
+     counting ? (void)(last_caller = __builtin_return_address(0)) : (void)0)
+
+void *malloc(size_t size)
+{
+    COUNT();
+    return __libc_malloc(size);
+}
+void *calloc(size_t n, size_t size)
+{
+    COUNT();
+    return __libc_calloc(n, size);
+}
+void *realloc(void *p, size_t size)
+{
+    COUNT();
+    return __libc_realloc(p, size);
+}
+void *aligned_alloc(size_t alignment, size_t size)
+{
+    COUNT();
+    return __libc_memalign(alignment, size);
+}
+int posix_memalign(void **out, size_t alignment, size_t size)
+{
+    COUNT();
+    void *p = __libc_memalign(alignment, size);
+    if (!p)
+        return 12; /* ENOMEM */
+    *out = p;
+    return 0;
+}
+void free(void *p) { __libc_free(p); }
+
+#define VOCAB 50
+#define LIVE 48u
+
+static int32_t next_token(int32_t prev) { return (prev * 7 + 3) % VOCAB; }
+
+Test(sched_no_alloc, warm_steps_and_commits_allocate_nothing)
+{
+    kvrt_ctx_t *ctx;
+    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
+    kvrt_pool_t *pool = test_pool(ctx, 2048, 4);
+    kvrt_cache_t *cache;
+    ASSERT_OK(ctx, kvrt_cache_create(pool, NULL, &cache));
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                            KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_DRAFT |
+                                            KVRT_SCHED_PARAM_MAX_SEQ_TOKENS,
+                              .max_batch_tokens = 256, .prefill_chunk_tokens = 32,
+                              .max_draft_tokens = 3, .max_seq_tokens = 256};
+    kvrt_sched_t *sched;
+    ASSERT_OK(ctx, kvrt_sched_create(ctx, pool, cache, &sp, &sched));
+
+    uint64_t rng = 42;
+    static kvrt_seq_id_t ids[512];
+    static uint32_t counts[512];
+    static int32_t drafts[512 * 3], tokens[1024];
+    static uint32_t accepted[512];
+    kvrt_seq_info_t ev[64];
+    unsigned long counted_steps = 0;
+    for (int step = 0; step < 3000; step++) {
+        /* Outside the counted calls: keep LIVE requests alive, sharing
+         * prefixes, and drain ends (kvrt_seq_add allocates per request). */
+        kvrt_sched_stats_t st;
+        ASSERT_OK(ctx, kvrt_sched_stats(sched, &st));
+        for (uint64_t live = st.running + st.waiting; live < LIVE; live++) {
+            int32_t prompt[80];
+            uint32_t len = 20 + test_rand_below(&rng, 60);
+            int32_t family = (int32_t)test_rand_below(&rng, 4);
+            for (uint32_t i = 0; i < len; i++)
+                prompt[i] = i < 16 ? family + (int32_t)i : (int32_t)test_rand_below(&rng, VOCAB);
+            kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = len,
+                                   .max_new_tokens = 10 + test_rand_below(&rng, 60)};
+            kvrt_seq_id_t id;
+            ASSERT_OK(ctx, kvrt_seq_add(sched, &p, &id));
+        }
+        uint32_t n = 0;
+        ASSERT_OK(ctx, kvrt_sched_drain_ended(sched, ev, 64, &n));
+
+        counting = step >= 1000; /* warm-up: tables and buffers at working size */
+        unsigned long before = allocations;
+        /* The engine: verifies drafts, samples, and drafts the next step. */
+        uint32_t num_drafts = 0, at = 0;
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(ctx, kvrt_sched_step(sched, (uint64_t)step, &plan));
+        uint32_t total = 0;
+        for (uint32_t i = 0; i < plan->num_seqs; i++) {
+            const kvrt_plan_seq_t *e = &plan->seqs[i];
+            accepted[i] = 0;
+            if (!e->sample)
+                continue;
+            const int32_t *in = plan->input_tokens + plan->query_start_loc[i];
+            int32_t prev = in[e->num_new_tokens - 1 - e->num_drafts];
+            uint32_t a = 0;
+            while (a < e->num_drafts && in[e->num_new_tokens - e->num_drafts + a] ==
+                                            next_token(prev)) {
+                prev = next_token(prev);
+                tokens[total++] = prev;
+                a++;
+            }
+            tokens[total++] = next_token(prev);
+            accepted[i] = a;
+            ids[num_drafts] = e->id;
+            counts[num_drafts] = 1 + test_rand_below(&rng, 3);
+            int32_t d = next_token(tokens[total - 1]);
+            for (uint32_t j = 0; j < counts[num_drafts]; j++) {
+                /* Right most of the time: acceptance and rollback. */
+                drafts[at + j] = test_rand_below(&rng, 4) ? d : (int32_t)VOCAB - 1;
+                d = next_token(d);
+            }
+            at += counts[num_drafts++];
+        }
+        if (plan->num_seqs) {
+            kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step,
+                               .num_seqs = plan->num_seqs, .num_tokens = total,
+                               .tokens = tokens, .num_accepted = accepted};
+            ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
+        }
+        /* Requests that just ended cannot take drafts: keep the running. */
+        uint32_t kept = 0, from = 0, to = 0;
+        for (uint32_t i = 0; i < num_drafts; i++) {
+            kvrt_seq_info_t info;
+            counting = 0;
+            ASSERT_OK(ctx, kvrt_seq_info(sched, ids[i], &info));
+            counting = step >= 1000;
+            bool decoding = info.state == KVRT_SEQ_RUNNING &&
+                            info.computed_tokens + 1 == info.prompt_tokens + info.output_tokens;
+            if (decoding) {
+                memmove(drafts + to, drafts + from, counts[i] * sizeof(int32_t));
+                ids[kept] = ids[i];
+                counts[kept++] = counts[i];
+                to += counts[i];
+            }
+            from += counts[i];
+        }
+        ASSERT_OK(ctx, kvrt_sched_set_drafts(sched, kept, ids, counts, drafts));
+        /* The offset locates the caller: nm's kvrt_sched_step + offset. */
+        cr_assert_eq(allocations, before,
+                     "step %d allocated %lu times (caller at kvrt_sched_step%+td)", step,
+                     allocations - before, (char *)last_caller - (char *)&kvrt_sched_step);
+        counted_steps += counting;
+        counting = 0;
+    }
+    kvrt_sched_stats_t st;
+    ASSERT_OK(ctx, kvrt_sched_stats(sched, &st));
+    cr_assert_eq(counted_steps, 2000);
+    cr_assert_gt(st.spec_accepted, 0);
+    cr_assert_gt(st.spec_proposed, st.spec_accepted, "rollbacks happened");
+    cr_assert_gt(st.prefix_hit_tokens, 0);
+    cr_assert_gt(st.finished_length, 100);
+    kvrt_sched_destroy(sched);
+    kvrt_cache_destroy(cache);
+    kvrt_ctx_destroy(ctx);
+}
