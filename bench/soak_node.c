@@ -52,7 +52,11 @@ typedef enum pull_stage { PULL_FREE = 0, PULL_DIR, PULL_BLOCKS } pull_stage_t;
 typedef struct pull {
     pull_stage_t stage;
     uint32_t live;              /* request slot */
-    uint32_t peer, first, want, count;
+    uint32_t peer;
+    uint32_t first, want;       /* table index of the first block to fill; prefix blocks */
+    uint32_t count;             /* blocks the arrival holds */
+    uint32_t found;             /* of those, named by the holder's directory */
+    kvrt_arrival_id_t arrival;
     kvrt_block_hash_t hashes[MAX_PULL_BLOCKS];
     int32_t remote_blocks[MAX_PULL_BLOCKS], local_blocks[MAX_PULL_BLOCKS];
     kvrt_xfer_request_t *xreq;
@@ -276,31 +280,47 @@ static void peer_learn(node_t *n, const soak_msg_peer_t *m)
 
 /* ---- requests and pulls ------------------------------------------------------- */
 
-static void admit_later(node_t *n, uint32_t slot)
+static void request_end(node_t *n, request_t *r, uint32_t reason, kvrt_status_t status,
+                        uint32_t cached, uint32_t output)
 {
-    n->waiting_admission[n->num_waiting_admission++] = slot;
+    soak_msg_end_t m = {.type = SOAK_MSG_END, .reason = reason, .id = r->id,
+                        .status = status, .prompt_len = r->prompt_len,
+                        .cached_tokens = cached, .output_tokens = output,
+                        .ttft_ms = r->first_s > 0 ? (r->first_s - r->arrival_s) * 1e3 : -1.0};
+    send_msg(n, &m, sizeof(m));
+    free(r->tokens);
+    *r = (request_t){0};
 }
 
-static void pull_release(node_t *n, pull_t *pl, uint32_t inserted)
+/*
+ * Ends a pull: the first `landed` blocks hold verified K/V and count as
+ * computed (kvrt_arrival_complete); the others lose their header first, so
+ * stale bytes never pass for a later block of the same content.
+ */
+static void pull_release(node_t *n, pull_t *pl, uint32_t landed)
 {
-    if (pl->count > 0) {
-        for (uint32_t k = inserted; k < pl->count; k++)
-            block_scrub(n, pl->local_blocks[k]);
-        kvrt_pool_free(n->pool, pl->count, pl->local_blocks);
-    }
+    for (uint32_t k = landed; k < pl->count; k++)
+        block_scrub(n, pl->local_blocks[k]);
+    kvrt_status_t st = kvrt_arrival_complete(n->sched, pl->arrival, landed);
+    if (st != KVRT_OK)
+        die(n, "kvrt_arrival_complete", st);
     if (pl->xreq)
         kvrt_xfer_request_release(pl->xreq);
     pl->xreq = NULL;
     peer_t *p = &n->peers[pl->peer];
     if (--p->users == 0 && p->dropping)
         peer_drop(n, p);
-    admit_later(n, pl->live);
     pl->stage = PULL_FREE;
     pl->count = 0;
 }
 
-/* Starts pulling what the home node holds of this request's prefix; the
- * request is admitted when the pull ends, whatever its outcome. */
+/*
+ * A queued request whose prefix another node holds: kvrt's "waiting for
+ * KV" (kvrt_seq_await_kv) keeps what the local cache has and gives blocks
+ * for the rest of the first MAX_PULL_BLOCKS blocks; the node reads the
+ * holder's directory entries for them. The scheduler runs other requests
+ * meanwhile and gives the arrival up at its deadline.
+ */
 static void pull_start(node_t *n, uint32_t slot)
 {
     request_t *r = &n->live[slot];
@@ -312,79 +332,79 @@ static void pull_start(node_t *n, uint32_t slot)
         if (n->pulls[i].stage == PULL_FREE)
             pl = &n->pulls[i];
     peer_t *p = want ? peer_ready(n, r->home) : NULL;
-    if (!pl || !p) {
-        admit_later(n, slot);
+    if (!pl || !p)
         return;
-    }
-    hash_chain(n, r->tokens, want, pl->hashes);
-    /* Leading blocks already cached here need no pull (lookup does not
-     * count as a cache query; the scheduler's match does that). */
-    uint32_t first = 0;
-    for (; first < want; first++) {
-        int32_t b = KVRT_NULL_BLOCK;
-        if (kvrt_cache_lookup(n->cache, &pl->hashes[first], NULL, &b) != KVRT_OK ||
-            b == KVRT_NULL_BLOCK)
-            break;
-        kvrt_pool_free(n->pool, 1, &b);
-    }
-    if (first == want) {
-        admit_later(n, slot);
-        return;
-    }
-    uint32_t idx = (uint32_t)(pl - n->pulls);
-    kvrt_xfer_op_t ops[MAX_PULL_BLOCKS];
-    for (uint32_t k = first; k < want; k++)
-        ops[k - first] = (kvrt_xfer_op_t){
-            .opcode = KVRT_XFER_READ, .local = n->landing_region,
-            .local_offset = ((uint64_t)idx * MAX_PULL_BLOCKS + k) * sizeof(soak_dir_entry_t),
-            .remote = p->dir_remote,
-            .remote_offset = (pl->hashes[k].lo % SOAK_DIR_SLOTS) * sizeof(soak_dir_entry_t),
-            .length = sizeof(soak_dir_entry_t)};
-    kvrt_xfer_post_params_t pp = {.field_mask = KVRT_XFER_POST_PARAM_TIMEOUT,
-                                  .timeout_ms = n->cfg->transfer_timeout_ms};
+    kvrt_arrival_params_t ap = {
+        .field_mask = KVRT_ARRIVAL_PARAM_DEADLINE, .num_tokens = want * SOAK_BLOCK_TOKENS,
+        .deadline_ns = (uint64_t)((now_s() + 2.0 * n->cfg->transfer_timeout_ms / 1e3) * 1e9)};
+    uint32_t first = 0, count = 0;
+    const int32_t *blocks = NULL;
+    if (kvrt_seq_await_kv(n->sched, r->seq, &ap, &pl->arrival, &first, &count) != KVRT_OK)
+        return; /* no blocks to spare: it is computed instead */
     n->c.pulls++;
-    if (kvrt_xfer_post(p->peer, ops, want - first, &pp, &pl->xreq) != KVRT_OK) {
-        n->c.pull_failures++;
-        admit_later(n, slot);
-        return;
-    }
     pl->stage = PULL_DIR;
     pl->live = slot;
     pl->peer = r->home;
     pl->first = first;
-    pl->want = want;
     pl->count = 0;
+    pl->xreq = NULL;
     p->users++;
+    if (count == 0 || kvrt_seq_blocks(n->sched, r->seq, &blocks, NULL, NULL) != KVRT_OK) {
+        pull_release(n, pl, 0);
+        return;
+    }
+    memcpy(pl->local_blocks, blocks + first, count * sizeof(int32_t));
+    pl->want = first + count;
+    hash_chain(n, r->tokens, pl->want, pl->hashes);
+    uint32_t idx = (uint32_t)(pl - n->pulls);
+    kvrt_xfer_op_t ops[MAX_PULL_BLOCKS];
+    for (uint32_t k = 0; k < count; k++)
+        ops[k] = (kvrt_xfer_op_t){
+            .opcode = KVRT_XFER_READ, .local = n->landing_region,
+            .local_offset = ((uint64_t)idx * MAX_PULL_BLOCKS + k) * sizeof(soak_dir_entry_t),
+            .remote = p->dir_remote,
+            .remote_offset =
+                (pl->hashes[first + k].lo % SOAK_DIR_SLOTS) * sizeof(soak_dir_entry_t),
+            .length = sizeof(soak_dir_entry_t)};
+    kvrt_xfer_post_params_t pp = {.field_mask = KVRT_XFER_POST_PARAM_TIMEOUT,
+                                  .timeout_ms = n->cfg->transfer_timeout_ms};
+    pl->count = count; /* blocks held for the arrival, scrubbed unless landed */
+    if (kvrt_xfer_post(p->peer, ops, count, &pp, &pl->xreq) != KVRT_OK) {
+        pl->xreq = NULL;
+        n->c.pull_failures++;
+        pull_release(n, pl, 0);
+    }
 }
 
-/* The directory entries landed: read the blocks they name. */
+/* The directory entries landed: read the blocks they name, straight into
+ * the request's blocks. */
 static void pull_blocks(node_t *n, pull_t *pl)
 {
     uint32_t idx = (uint32_t)(pl - n->pulls);
     peer_t *p = &n->peers[pl->peer];
-    uint32_t count = 0;
-    for (uint32_t k = pl->first; k < pl->want; k++) {
+    uint32_t found = 0;
+    for (uint32_t k = 0; k < pl->count; k++) {
         const soak_dir_entry_t *e = &n->landing[(uint64_t)idx * MAX_PULL_BLOCKS + k];
-        if (e->lo != pl->hashes[k].lo || e->hi != pl->hashes[k].hi ||
-            e->check != soak_dir_check(e->lo, e->hi, e->block) || e->block <= 0 ||
-            e->block >= (int64_t)n->cfg->pool_blocks)
+        const kvrt_block_hash_t *h = &pl->hashes[pl->first + k];
+        if (e->lo != h->lo || e->hi != h->hi || e->check != soak_dir_check(e->lo, e->hi, e->block) ||
+            e->block <= 0 || e->block >= (int64_t)n->cfg->pool_blocks)
             break;
-        pl->remote_blocks[count++] = (int32_t)e->block;
+        pl->remote_blocks[found++] = (int32_t)e->block;
     }
     kvrt_xfer_request_release(pl->xreq);
     pl->xreq = NULL;
-    if (count == 0 || p->dropping || !p->connected ||
-        kvrt_pool_alloc(n->pool, count, pl->local_blocks) != KVRT_OK) {
+    if (found == 0 || p->dropping || !p->connected) {
         pull_release(n, pl, 0);
         return;
     }
-    pl->count = count;
+    pl->found = found;
     kvrt_xfer_kv_params_t kp = {
         .field_mask = KVRT_XFER_KV_PARAM_INTEGRITY | KVRT_XFER_KV_PARAM_TIMEOUT,
         .opcode = KVRT_XFER_READ, .local = n->pool_region, .remote = p->pool_remote,
-        .local_blocks = pl->local_blocks, .remote_blocks = pl->remote_blocks, .count = count,
+        .local_blocks = pl->local_blocks, .remote_blocks = pl->remote_blocks, .count = found,
         .integrity = 1, .timeout_ms = n->cfg->transfer_timeout_ms};
     if (kvrt_xfer_kv_post(p->peer, &kp, &pl->xreq) != KVRT_OK) {
+        pl->xreq = NULL;
         n->c.pull_failures++;
         pull_release(n, pl, 0);
         return;
@@ -401,7 +421,7 @@ static void corrupt_on_arrival(node_t *n, pull_t *pl)
 {
     if (!n->corrupt_armed)
         return;
-    uint32_t k = (uint32_t)(soak_splitmix(&n->rng) % pl->count);
+    uint32_t k = (uint32_t)(soak_splitmix(&n->rng) % pl->found);
     uint32_t page = (uint32_t)(soak_splitmix(&n->rng) % (SOAK_LAYERS * 2));
     uint64_t off = sizeof(kvrt_block_hash_t) +
                    soak_splitmix(&n->rng) % (n->page_bytes - sizeof(kvrt_block_hash_t));
@@ -409,24 +429,22 @@ static void corrupt_on_arrival(node_t *n, pull_t *pl)
     n->c.corrupt_injected++;
 }
 
-/* The blocks landed: verify in order, cache the good leading ones. */
+/* The blocks landed: the verified leading ones count as computed. */
 static void pull_land(node_t *n, pull_t *pl)
 {
     corrupt_on_arrival(n, pl);
     uint32_t good = 0;
-    for (; good < pl->count; good++) {
-        soak_verdict_t v = block_check(n, pl->local_blocks[good], &pl->hashes[pl->first + good]);
+    for (; good < pl->found; good++) {
+        soak_verdict_t v =
+            block_check(n, pl->local_blocks[good], &pl->hashes[pl->first + good]);
         if (v == SOAK_BLOCK_STALE)
             n->c.blocks_stale++;
         if (v == SOAK_BLOCK_CORRUPT)
             n->c.corrupt_rejected++;
         if (v != SOAK_BLOCK_OK)
             break;
-        if (kvrt_cache_insert(n->cache, pl->local_blocks[good], &pl->hashes[pl->first + good],
-                              NULL, pl->first + good, NULL) != KVRT_OK)
-            break;
-        n->c.blocks_pulled++;
     }
+    n->c.blocks_pulled += good;
     pull_release(n, pl, good);
 }
 
@@ -450,29 +468,24 @@ static void pulls_progress(node_t *n)
     }
 }
 
-static void request_end(node_t *n, request_t *r, uint32_t reason, kvrt_status_t status,
-                        uint32_t cached, uint32_t output)
+static void admit_later(node_t *n, uint32_t slot)
 {
-    soak_msg_end_t m = {.type = SOAK_MSG_END, .reason = reason, .id = r->id,
-                        .status = status, .prompt_len = r->prompt_len,
-                        .cached_tokens = cached, .output_tokens = output,
-                        .ttft_ms = r->first_s > 0 ? (r->first_s - r->arrival_s) * 1e3 : -1.0};
-    send_msg(n, &m, sizeof(m));
-    free(r->tokens);
-    *r = (request_t){0};
+    n->waiting_admission[n->num_waiting_admission++] = slot;
 }
 
 static void admit(node_t *n)
 {
     for (uint32_t i = 0; i < n->num_waiting_admission; i++) {
-        request_t *r = &n->live[n->waiting_admission[i]];
+        uint32_t slot = n->waiting_admission[i];
+        request_t *r = &n->live[slot];
         kvrt_seq_params_t sp = {.field_mask = KVRT_SEQ_PARAM_USER_TAG,
                                 .prompt = r->tokens, .prompt_len = r->prompt_len,
-                                .max_new_tokens = r->answer_len,
-                                .user_tag = n->waiting_admission[i]};
+                                .max_new_tokens = r->answer_len, .user_tag = slot};
         kvrt_status_t st = kvrt_seq_add(n->sched, &sp, &r->seq);
         if (st != KVRT_OK)
             request_end(n, r, KVRT_END_FAILED, st, 0, 0);
+        else if (r->home != n->cfg->index)
+            pull_start(n, slot);
     }
     n->num_waiting_admission = 0;
 }
@@ -502,10 +515,7 @@ static void on_request(node_t *n, const uint8_t *buf, size_t len)
     if (!r->tokens)
         _exit(5);
     memcpy(r->tokens, buf + sizeof(m), ((size_t)m.prompt_len + m.answer_len) * 4u);
-    if (m.home != n->cfg->index)
-        pull_start(n, slot);
-    else
-        admit_later(n, slot);
+    admit_later(n, slot);
 }
 
 /* ---- steps ------------------------------------------------------------------------ */
