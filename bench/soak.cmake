@@ -6,6 +6,7 @@ include(${CMAKE_CURRENT_LIST_DIR}/sim.cmake)
 if(KVRT_BUILD_BENCH)
   add_executable(kvrt-soak
     ${CMAKE_CURRENT_LIST_DIR}/soak_main.c
+    ${CMAKE_CURRENT_LIST_DIR}/soak_cli.c
     ${CMAKE_CURRENT_LIST_DIR}/soak_cluster.c
     ${CMAKE_CURRENT_LIST_DIR}/soak_faults.c
     ${CMAKE_CURRENT_LIST_DIR}/soak_netns.c

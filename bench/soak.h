@@ -86,6 +86,10 @@ typedef struct soak {
 #define SOAK_NETEM "netem delay 20ms 10ms loss 3% reorder 10% 50% corrupt 1%"
 #define SOAK_SLOW "tbf rate 2mbit burst 32kbit latency 400ms"
 
+/* soak_cli.c: fills *o from the command line (defaults for the rest).
+ * Returns 0, or -1 after a message (exit status 2); --help exits 0. */
+int soak_parse_args(int argc, char **argv, options_t *o);
+
 /* Seconds on CLOCK_MONOTONIC. */
 double soak_now(void);
 
