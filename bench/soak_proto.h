@@ -22,7 +22,7 @@
 
 #define SOAK_MAX_NODES 16
 #define SOAK_ADDRESS_MAX 96
-#define SOAK_MAX_PROMPT 8192u
+#define SOAK_MAX_PROMPT 32768u
 #define SOAK_MAX_ANSWER 1024u
 /* The per-node directory published for peers: slot = hash % DIR_SLOTS. */
 #define SOAK_DIR_SLOTS 8192u
