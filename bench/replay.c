@@ -4,8 +4,12 @@
  * and eviction policies) and reports hit rates per capacity and policy.
  *
  *   kvrt-replay [--trace PATH] [--format auto|mooncake|azure]
- *               [--capacity unbounded,100000,...] [--policy lru,lfu,lfu-aged|all]
- *               [--json]
+ *               [--capacity unbounded,100000,...]
+ *               [--policy lru,lfu,lfu-aged,lru-leaf,adaptive,belady|all] [--json]
+ *               [--host-capacity N [--ssd-capacity N [--ssd-dir DIR]]]
+ *
+ * With --host-capacity the real tier stack sits under the cache
+ * (replay_tier.c) and every result also reports hit_blocks_by_tier.
  *
  * Model: one kvrt block per 512-token trace block (tokens_per_block 512).
  * Each block's token ids are a deterministic function of its hash id, so
@@ -30,33 +34,26 @@
  * Exit status: 0 ok, 1 bad trace or replay failure, 2 bad usage.
  */
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "kvrt/kvrt.h"
-#include "trace.h"
+#include "replay.h"
 
 #define MAX_RUNS 16
-#define UNBOUNDED 0u
+#define UNBOUNDED REPLAY_UNBOUNDED
 
-typedef struct replay_result {
-    const char *policy;
-    uint32_t capacity; /* UNBOUNDED or blocks */
-    uint64_t hit_blocks;
-    uint64_t total_blocks;
-    uint64_t evictions;
-    uint64_t miss_evicted_blocks;
-    uint64_t miss_never_cached_blocks;
-    double seconds;
-} replay_result_t;
-
+/* "belady" is the clairvoyant bound (replay_belady.c), not a kvrt policy. */
 static const struct {
     const char *name;
     kvrt_cache_policy_t policy;
-} policies[] = {{"lru", KVRT_CACHE_LRU}, {"lfu", KVRT_CACHE_LFU},
-                {"lfu-aged", KVRT_CACHE_LFU_AGED}};
+    bool clairvoyant;
+} policies[] = {{"lru", KVRT_CACHE_LRU, false},           {"lfu", KVRT_CACHE_LFU, false},
+                {"lfu-aged", KVRT_CACHE_LFU_AGED, false}, {"lru-leaf", KVRT_CACHE_LRU_LEAF, false},
+                {"adaptive", KVRT_CACHE_ADAPTIVE, false}, {"belady", KVRT_CACHE_LRU, true}};
 #define NUM_POLICIES (sizeof(policies) / sizeof(policies[0]))
 
 static double now_seconds(void)
@@ -90,6 +87,9 @@ typedef struct replay {
     int32_t *blocks;          /* one request's hit blocks */
     kvrt_block_hash_t *hashes;
     uint32_t max_blocks;      /* longest request, in blocks */
+    replay_tiers_t tiers;     /* host_blocks 0: none */
+    replay_tier_t tier;
+    uint64_t by_tier[3];
 } replay_t;
 
 #define CHECK(call)                                                              \
@@ -106,9 +106,15 @@ static int replay_request(replay_t *r, const int64_t *ids, uint32_t n, uint64_t 
 {
     for (uint32_t i = 0; i < n; i++)
         block_tokens(ids[i], r->tokens + (size_t)i * TRACE_BLOCK_TOKENS);
-    kvrt_cache_match_t m;
-    CHECK(kvrt_cache_match(r->cache, r->tokens, n * TRACE_BLOCK_TOKENS, NULL, n, r->blocks,
-                           r->hashes, &m));
+    kvrt_cache_match_t m = {0};
+    if (r->tier.tier) {
+        CHECK(replay_tier_match(&r->tier, r->pool, r->tokens, n, r->blocks, r->hashes,
+                                &m.num_blocks, r->by_tier));
+        CHECK(replay_tier_poll(&r->tier));
+    } else {
+        CHECK(kvrt_cache_match(r->cache, r->tokens, n * TRACE_BLOCK_TOKENS, NULL, n, r->blocks,
+                               r->hashes, &m));
+    }
     *hits += m.num_blocks;
     if (m.num_blocks)
         CHECK(kvrt_pool_free(r->pool, m.num_blocks, r->blocks));
@@ -136,6 +142,7 @@ static int replay_request(replay_t *r, const int64_t *ids, uint32_t n, uint64_t 
 static int replay_setup(replay_t *r, uint32_t num_blocks, kvrt_cache_policy_t policy)
 {
     static char placeholder[4096] __attribute__((aligned(4096)));
+    bool tiers = r->tiers.host_blocks > 0;
     kvrt_pool_params_t pp = {
         .field_mask = KVRT_POOL_PARAM_BASE | KVRT_POOL_PARAM_WATERMARK |
                       KVRT_POOL_PARAM_MAX_TABLES,
@@ -149,9 +156,14 @@ static int replay_setup(replay_t *r, uint32_t num_blocks, kvrt_cache_policy_t po
     uint64_t block_bytes;
     CHECK(kvrt_layout_block_bytes(&pp.layout, &block_bytes));
     pp.base_bytes = block_bytes * num_blocks;
+    if (tiers) /* the tiers copy blocks: kvrt allocates real memory */
+        pp.field_mask &= ~(uint64_t)KVRT_POOL_PARAM_BASE;
     CHECK(kvrt_pool_create(r->ctx, &pp, &r->pool));
     kvrt_cache_params_t cp = {.field_mask = KVRT_CACHE_PARAM_POLICY, .policy = policy};
     CHECK(kvrt_cache_create(r->pool, &cp, &r->cache));
+    memset(r->by_tier, 0, sizeof(r->by_tier));
+    if (tiers)
+        CHECK(replay_tier_open(r->cache, &r->tiers, &r->tier));
     return 0;
 }
 
@@ -161,6 +173,13 @@ static int replay_one(replay_t *r, const trace_t *trace, uint32_t capacity,
     uint32_t num_blocks = capacity == UNBOUNDED ? (uint32_t)trace->num_hash_ids + 1
                                                 : capacity + 1;
     double start = now_seconds();
+    if (policies[policy_index].clairvoyant) {
+        int rc = replay_belady(trace, capacity, out);
+        if (rc != 0)
+            fprintf(stderr, "kvrt-replay: out of memory for the clairvoyant bound\n");
+        out->seconds = now_seconds() - start;
+        return rc;
+    }
     r->pool = NULL;
     r->cache = NULL;
     if (replay_setup(r, num_blocks, policies[policy_index].policy) != 0)
@@ -182,8 +201,12 @@ static int replay_one(replay_t *r, const trace_t *trace, uint32_t capacity,
             .evictions = stats.evictions,
             .miss_evicted_blocks = stats.miss_evicted / TRACE_BLOCK_TOKENS,
             .miss_never_cached_blocks = stats.miss_never_cached / TRACE_BLOCK_TOKENS,
+            .tiers = r->tier.tier != NULL,
         };
+        memcpy(out->hit_blocks_by_tier, r->by_tier, sizeof(r->by_tier));
     }
+    if (r->tier.tier)
+        replay_tier_close(&r->tier);
     kvrt_cache_destroy(r->cache);
     kvrt_pool_destroy(r->pool);
     out->seconds = now_seconds() - start;
@@ -236,8 +259,12 @@ static int parse_policies(const char *text, size_t *chosen, int *n)
 static void usage(FILE *out)
 {
     fprintf(out, "usage: kvrt-replay [--trace PATH] [--format auto|mooncake|azure]\n"
-                 "                   [--capacity unbounded,N,...] [--policy lru,lfu,lfu-aged|all]"
+                 "                   [--capacity unbounded,N,...]\n"
+                 "                   [--policy lru,lfu,lfu-aged,lru-leaf,adaptive,belady|all]"
                  " [--json]\n"
+                 "                   [--host-capacity N [--ssd-capacity N [--ssd-dir DIR]]]\n"
+                 "belady is the clairvoyant bound (Belady's MIN, prefix semantics, no tiers)\n"
+                 "--host-capacity/--ssd-capacity: tiers below the pool, in blocks\n"
                  "default trace: %s\n", KVRT_SHIPPED_TRACE);
 }
 
@@ -274,11 +301,18 @@ static void print_results(const trace_t *trace, const char *path, const replay_r
             printf(", \"hit_blocks\": %llu, \"total_blocks\": %llu, \"hit_rate\": %.6f, "
                    "\"evictions\": %llu, \"miss_evicted_blocks\": %llu, "
                    "\"miss_never_cached_blocks\": %llu, \"seconds\": %.4f, "
-                   "\"blocks_per_second\": %.0f}",
+                   "\"blocks_per_second\": %.0f",
                    (unsigned long long)r->hit_blocks, (unsigned long long)r->total_blocks,
                    rate, (unsigned long long)r->evictions,
                    (unsigned long long)r->miss_evicted_blocks,
                    (unsigned long long)r->miss_never_cached_blocks, r->seconds, speed);
+            if (r->tiers)
+                printf(", \"hit_blocks_by_tier\": {\"gpu\": %llu, \"host\": %llu, "
+                       "\"ssd\": %llu}",
+                       (unsigned long long)r->hit_blocks_by_tier[0],
+                       (unsigned long long)r->hit_blocks_by_tier[1],
+                       (unsigned long long)r->hit_blocks_by_tier[2]);
+            printf("}");
         } else {
             printf("%-9s ", r->policy);
             print_capacity(stdout, r->capacity, false);
@@ -287,6 +321,11 @@ static void print_results(const trace_t *trace, const char *path, const replay_r
                    rate, (unsigned long long)r->evictions,
                    (unsigned long long)r->miss_evicted_blocks,
                    (unsigned long long)r->miss_never_cached_blocks, r->seconds, speed);
+            if (r->tiers)
+                printf("%-9s hits by tier: gpu %llu, host %llu, ssd %llu\n", "",
+                       (unsigned long long)r->hit_blocks_by_tier[0],
+                       (unsigned long long)r->hit_blocks_by_tier[1],
+                       (unsigned long long)r->hit_blocks_by_tier[2]);
         }
     }
     if (json)
@@ -301,6 +340,9 @@ int main(int argc, char **argv)
         {"trace", required_argument, NULL, 't'},  {"format", required_argument, NULL, 'f'},
         {"capacity", required_argument, NULL, 'c'}, {"policy", required_argument, NULL, 'p'},
         {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
+        {"host-capacity", required_argument, NULL, 'H'},
+        {"ssd-capacity", required_argument, NULL, 'S'},
+        {"ssd-dir", required_argument, NULL, 'D'},
         {NULL, 0, NULL, 0}};
     const char *path = KVRT_SHIPPED_TRACE;
     trace_format_t format = TRACE_FORMAT_AUTO;
@@ -308,6 +350,7 @@ int main(int argc, char **argv)
     int num_caps = 6, num_policies = 1;
     size_t chosen[MAX_RUNS] = {0};
     bool json = false;
+    replay_tiers_t tiers = {0};
     int c;
     while ((c = getopt_long(argc, argv, "t:f:c:p:jh", long_options, NULL)) != -1) {
         switch (c) {
@@ -327,12 +370,27 @@ int main(int argc, char **argv)
             break;
         case 'p':
             if (parse_policies(optarg, chosen, &num_policies) != 0) {
-                fprintf(stderr, "kvrt-replay: --policy wants lru, lfu, lfu-aged or all; "
-                                "got '%s'\n", optarg);
+                fprintf(stderr, "kvrt-replay: --policy wants lru, lfu, lfu-aged, lru-leaf, "
+                                "adaptive, belady or all; got '%s'\n", optarg);
                 return 2;
             }
             break;
         case 'j': json = true; break;
+        case 'H':
+        case 'S': {
+            char *end;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (*optarg == '-' || end == optarg || *end || v < 1 ||
+                v > (c == 'H' ? (1ull << 24) : (1ull << 26))) {
+                fprintf(stderr, "kvrt-replay: --%s wants 1..%u blocks, got '%s'\n",
+                        c == 'H' ? "host-capacity" : "ssd-capacity",
+                        c == 'H' ? 1u << 24 : 1u << 26, optarg);
+                return 2;
+            }
+            *(c == 'H' ? &tiers.host_blocks : &tiers.ssd_blocks) = (uint32_t)v;
+            break;
+        }
+        case 'D': tiers.ssd_dir = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -347,7 +405,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvrt-replay: %s\n", error);
         return 1;
     }
-    replay_t r = {0};
+    if (tiers.ssd_blocks && !tiers.host_blocks) {
+        fprintf(stderr, "kvrt-replay: --ssd-capacity needs --host-capacity (blocks reach SSD "
+                        "through host memory)\n");
+        return 2;
+    }
+    replay_t r = {.tiers = tiers};
     for (size_t i = 0; i < trace.num_requests; i++)
         if (trace.requests[i].num_hash_ids > r.max_blocks)
             r.max_blocks = trace.requests[i].num_hash_ids;

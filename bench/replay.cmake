@@ -1,5 +1,6 @@
 # kvrt-replay: trace replay through the real prefix cache (bench/replay.c).
 add_executable(kvrt-replay ${CMAKE_CURRENT_SOURCE_DIR}/replay.c
+               ${CMAKE_CURRENT_SOURCE_DIR}/replay_belady.c ${CMAKE_CURRENT_SOURCE_DIR}/replay_tier.c
                ${CMAKE_CURRENT_SOURCE_DIR}/trace.c)
 target_include_directories(kvrt-replay PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
 target_compile_definitions(kvrt-replay PRIVATE

@@ -15,29 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bench.h"
 #include "kvrt/kvrt.h"
-#include "kvrt/kernels.h"
+#include "suite_kernels.h"
 
-#if KVRT_HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
-
-#define SEQS 256u
-#define LAYERS 32u
-#define MOVE_BLOCKS 64u
-#define GPU_TARGET 0.85 /* of cudaMemcpy bandwidth, from the kernels issue */
-
-typedef struct setup {
-    kvrt_kv_cache_t cache;
-    uint64_t block_bytes;
-    int64_t slots[SEQS];
-    int32_t blocks[MOVE_BLOCKS];
-    kvrt_block_copy_t copies[MOVE_BLOCKS];
-    size_t rows_bytes; /* one layer's K (or V) rows of the batch */
-} setup_t;
-
-/* Distinct random blocks; sequence i writes row i % 16 of its own block. */
 static void setup_indices(setup_t *s, uint32_t num_blocks)
 {
     uint32_t *perm = malloc(num_blocks * sizeof(uint32_t));
@@ -61,7 +41,7 @@ static void setup_indices(setup_t *s, uint32_t num_blocks)
     free(perm);
 }
 
-static void setup_layout(setup_t *s, uint32_t num_blocks, void *base)
+void kernels_setup_layout(setup_t *s, uint32_t num_blocks, void *base)
 {
     memset(s, 0, sizeof *s);
     s->cache.layout = (kvrt_kv_layout_t){.num_layers = LAYERS, .num_kv_heads = 8,
@@ -73,12 +53,10 @@ static void setup_layout(setup_t *s, uint32_t num_blocks, void *base)
     setup_indices(s, num_blocks);
 }
 
-static double gbps(double bytes, double ns) { return bytes / ns; }
-
-static void report(const char *name, double value, const char *baseline, double base_value,
-                   double target, const char *note)
+void kernels_report(const char *name, const char *unit, double value, const char *baseline,
+                    double base_value, double target, const char *note)
 {
-    bench_figure_t f = {.name = name, .unit = "GB/s", .value = value,
+    bench_figure_t f = {.name = name, .unit = unit, .value = value,
                         .baseline_name = baseline, .baseline_value = base_value,
                         .target = target, .note = note};
     bench_report(&f);
@@ -86,7 +64,6 @@ static void report(const char *name, double value, const char *baseline, double 
 
 /* ---- CPU reference kernels vs memcpy ----------------------------------- */
 
-enum op { OP_WRITE, OP_GATHER, OP_SCATTER, OP_COPY, OP_COUNT };
 static const char *const cpu_names[OP_COUNT] = {
     "kernels.cpu.write_kv.step", "kernels.cpu.gather_blocks", "kernels.cpu.scatter_blocks",
     "kernels.cpu.copy_blocks"};
@@ -144,7 +121,7 @@ static int run_cpu(const bench_options_t *o)
     memset(staging, 2, move_bytes);
     memset(scratch, 3, move_bytes);
     memset(rows, 4, 2 * (size_t)SEQS * 8 * 128 * 2);
-    setup_layout(&s, num_blocks, base);
+    kernels_setup_layout(&s, num_blocks, base);
     const void *k = rows, *v = rows + s.rows_bytes;
 
     int rc = 0;
@@ -165,10 +142,10 @@ static int run_cpu(const bench_options_t *o)
                 memcpy(scratch, staging, bytes);
             uint64_t t2 = bench_now_ns();
             bench_consume(scratch);
-            kern[r] = gbps((double)bytes, (double)(t1 - t0));
-            base_ns[r] = gbps((double)bytes, (double)(t2 - t1));
+            kern[r] = kernels_gbps((double)bytes, (double)(t1 - t0));
+            base_ns[r] = kernels_gbps((double)bytes, (double)(t2 - t1));
         }
-        report(cpu_names[op], bench_median(kern, o->repeats), "memcpy",
+        kernels_report(cpu_names[op], "GB/s", bench_median(kern, o->repeats), "memcpy",
                bench_median(base_ns, o->repeats), 0, NULL);
     }
     kvrt_ctx_destroy(ctx);
@@ -178,133 +155,68 @@ static int run_cpu(const bench_options_t *o)
     return rc;
 }
 
-/* ---- CUDA kernels vs device-to-device cudaMemcpy ----------------------- */
+/* ---- CPU reference attention ------------------------------------------ */
 
-#if KVRT_HAVE_CUDA
-static const char *const gpu_names[OP_COUNT] = {
-    "kernels.cuda.write_kv.step", "kernels.cuda.gather_blocks", "kernels.cuda.scatter_blocks",
-    "kernels.cuda.copy_blocks"};
-
-static int gpu_op(setup_t *s, enum op op, const void *k, const void *v, void *staging,
-                  const int64_t *d_slots, const int32_t *d_blocks,
-                  const kvrt_block_copy_t *d_copies)
+/*
+ * The CPU reference decode attention (written for clarity: it reads each KV
+ * head once per query head) in GB/s of KV read, beside memcpy of the same
+ * bytes. 4 sequences of 1024 tokens, 32 query heads over 8 KV heads,
+ * head_dim 128, FP16.
+ */
+static int run_cpu_attention(const bench_options_t *o)
 {
-    kvrt_status_t st = KVRT_OK;
-    kvrt_kv_rows_t rows = {.num_tokens = SEQS, .dtype = KVRT_DTYPE_FP16, .slot_mapping = d_slots};
-    switch (op) {
-    case OP_WRITE:
-        for (uint32_t layer = 0; layer < LAYERS && st == KVRT_OK; layer++) {
-            rows.layer = layer;
-            st = kvrt_cuda_write_kv(NULL, &s->cache, &rows, k, v, NULL);
-        }
-        break;
-    case OP_GATHER:
-        st = kvrt_cuda_gather_blocks(NULL, &s->cache, d_blocks, MOVE_BLOCKS, staging, NULL);
-        break;
-    case OP_SCATTER:
-        st = kvrt_cuda_scatter_blocks(NULL, &s->cache, staging, d_blocks, MOVE_BLOCKS, NULL);
-        break;
-    default:
-        st = kvrt_cuda_copy_blocks(NULL, &s->cache, d_copies, MOVE_BLOCKS, NULL);
-        break;
-    }
-    return st == KVRT_OK ? 0 : -1;
-}
-
-/* Milliseconds of `fn` on the default stream, by events. */
-#define GPU_TIME(ms_out, stmt)                                                             \
-    do {                                                                                   \
-        cudaEvent_t a_, b_;                                                                \
-        cudaEventCreate(&a_);                                                              \
-        cudaEventCreate(&b_);                                                              \
-        cudaEventRecord(a_, 0);                                                            \
-        stmt;                                                                              \
-        cudaEventRecord(b_, 0);                                                            \
-        cudaEventSynchronize(b_);                                                          \
-        cudaEventElapsedTime(&(ms_out), a_, b_);                                           \
-        cudaEventDestroy(a_);                                                              \
-        cudaEventDestroy(b_);                                                              \
-    } while (0)
-
-static int run_gpu(const bench_options_t *o)
-{
-    int devices = 0;
-    if (kvrt_cuda_device_count(&devices) != KVRT_OK) {
-        fprintf(stderr, "kernels: CUDA figures skipped: no GPU present\n");
-        return 0;
-    }
-    uint32_t num_blocks = 1 + 2 * MOVE_BLOCKS + SEQS;
-    setup_t s;
+    enum { A_SEQS = 4, A_LEN = 1024, A_TPB = 16, A_QH = 32, A_KVH = 8, A_DIM = 128 };
+    kvrt_kv_layout_t layout = {.num_layers = 1, .num_kv_heads = A_KVH, .head_dim = A_DIM,
+                               .tokens_per_block = A_TPB};
     uint64_t block_bytes = 0;
-    kvrt_kv_layout_t probe = {.num_layers = LAYERS, .num_kv_heads = 8, .head_dim = 128,
-                              .tokens_per_block = 16};
-    kvrt_layout_block_bytes(&probe, &block_bytes);
-    size_t move_bytes = (size_t)block_bytes * MOVE_BLOCKS;
-    size_t rows_bytes = (size_t)SEQS * 8 * 128 * 2;
-    void *base = NULL, *staging = NULL, *scratch = NULL, *rows = NULL;
-    int64_t *d_slots = NULL;
-    int32_t *d_blocks = NULL;
-    kvrt_block_copy_t *d_copies = NULL;
-    int rc = -1;
-    if (cudaMalloc(&base, (size_t)block_bytes * num_blocks) != cudaSuccess ||
-        cudaMalloc(&staging, move_bytes) != cudaSuccess ||
-        cudaMalloc(&scratch, move_bytes) != cudaSuccess ||
-        cudaMalloc(&rows, 2 * rows_bytes) != cudaSuccess ||
-        cudaMalloc((void **)&d_slots, sizeof s.slots) != cudaSuccess ||
-        cudaMalloc((void **)&d_blocks, sizeof s.blocks) != cudaSuccess ||
-        cudaMalloc((void **)&d_copies, sizeof s.copies) != cudaSuccess)
-        goto out;
-    setup_layout(&s, num_blocks, base);
-    cudaMemcpy(d_slots, s.slots, sizeof s.slots, cudaMemcpyHostToDevice);
-    cudaMemcpy(d_blocks, s.blocks, sizeof s.blocks, cudaMemcpyHostToDevice);
-    cudaMemcpy(d_copies, s.copies, sizeof s.copies, cudaMemcpyHostToDevice);
-    const char *k = rows, *v = (const char *)rows + rows_bytes;
-    rc = 0;
-    for (int op = 0; op < OP_COUNT && rc == 0; op++) {
-        size_t bytes = op == OP_WRITE ? (size_t)LAYERS * 2 * rows_bytes : move_bytes;
-        double kern[1000], copy[1000];
-        rc |= gpu_op(&s, (enum op)op, k, v, staging, d_slots, d_blocks, d_copies); /* warm */
-        for (int r = 0; r < o->repeats && rc == 0; r++) {
-            float ms_kernel = 0, ms_copy = 0;
-            GPU_TIME(ms_kernel, rc |= gpu_op(&s, (enum op)op, k, v, staging, d_slots, d_blocks,
-                                             d_copies));
-            if (op == OP_WRITE)
-                GPU_TIME(ms_copy, for (uint32_t l = 0; l < LAYERS; l++) {
-                    cudaMemcpyAsync((char *)scratch + l * 2 * rows_bytes, k, 2 * rows_bytes,
-                                    cudaMemcpyDeviceToDevice, 0);
-                });
-            else
-                GPU_TIME(ms_copy, cudaMemcpyAsync(scratch, staging, bytes,
-                                                  cudaMemcpyDeviceToDevice, 0));
-            kern[r] = gbps((double)bytes, ms_kernel * 1e6);
-            copy[r] = gbps((double)bytes, ms_copy * 1e6);
-        }
-        double kv = bench_median(kern, o->repeats), cv = bench_median(copy, o->repeats);
-        report(gpu_names[op], kv, "cudaMemcpy.d2d", cv, GPU_TARGET * cv,
-               "target: 85% of cudaMemcpy of the same bytes");
+    kvrt_layout_block_bytes(&layout, &block_bytes);
+    uint32_t num_blocks = 1 + A_SEQS * A_LEN / A_TPB;
+    size_t kv_bytes = (size_t)A_SEQS * A_LEN * A_KVH * A_DIM * 2 * 2;
+    char *base = malloc((size_t)block_bytes * num_blocks), *scratch = malloc(kv_bytes);
+    uint16_t *query = malloc((size_t)A_SEQS * A_QH * A_DIM * 2);
+    float *out = malloc((size_t)A_SEQS * A_QH * A_DIM * 4);
+    int32_t tables[A_SEQS * A_LEN / A_TPB], lens[A_SEQS];
+    if (!base || !scratch || !query || !out)
+        return -1;
+    memset(base, 0x3c, (size_t)block_bytes * num_blocks); /* FP16 1.05 */
+    memset(query, 0x3c, (size_t)A_SEQS * A_QH * A_DIM * 2);
+    for (uint32_t i = 0; i < A_SEQS * A_LEN / A_TPB; i++)
+        tables[i] = (int32_t)(1 + (i * 37) % (num_blocks - 1)); /* 37 is prime to 256 */
+    for (uint32_t s = 0; s < A_SEQS; s++)
+        lens[s] = A_LEN;
+    kvrt_kv_cache_t cache = {.layout = layout, .num_blocks = num_blocks, .base = base};
+    kvrt_decode_attention_t a = {.num_seqs = A_SEQS, .num_q_heads = A_QH,
+                                 .q_dtype = KVRT_DTYPE_FP16, .query = query,
+                                 .block_tables = tables, .table_stride = A_LEN / A_TPB,
+                                 .seq_lens = lens, .out = out};
+    int rc = 0;
+    int repeats = o->repeats < 5 ? o->repeats : 5; /* ~0.1 s a call */
+    double kern[1000], copy[1000];
+    for (int r = 0; r < repeats && rc == 0; r++) {
+        uint64_t t0 = bench_now_ns();
+        rc |= kvrt_cpu_decode_attention(NULL, &cache, &a) == KVRT_OK ? 0 : -1;
+        uint64_t t1 = bench_now_ns();
+        memcpy(scratch, base + block_bytes, kv_bytes);
+        uint64_t t2 = bench_now_ns();
+        bench_consume(scratch);
+        kern[r] = kernels_gbps((double)kv_bytes, (double)(t1 - t0));
+        copy[r] = kernels_gbps((double)kv_bytes, (double)(t2 - t1));
     }
-    if (cudaDeviceSynchronize() != cudaSuccess)
-        rc = -1;
-out:
-    cudaFree(base);
-    cudaFree(staging);
-    cudaFree(scratch);
-    cudaFree(rows);
-    cudaFree(d_slots);
-    cudaFree(d_blocks);
-    cudaFree(d_copies);
+    kernels_report("kernels.cpu.decode_attention", "GB/s", bench_median(kern, repeats),
+                   "memcpy", bench_median(copy, repeats), 0,
+                   "KV bytes read; a correctness reference, not a fast path");
+    free(base);
+    free(scratch);
+    free(query);
+    free(out);
     return rc;
 }
-#endif
 
 static int run_kernels(const bench_options_t *o)
 {
     int rc = run_cpu(o);
-#if KVRT_HAVE_CUDA
-    rc |= run_gpu(o);
-#else
-    fprintf(stderr, "kernels: CUDA figures skipped: kvrt built without CUDA\n");
-#endif
+    rc |= run_cpu_attention(o);
+    rc |= kernels_run_gpu(o);
     return rc;
 }
 

@@ -10,7 +10,9 @@
 
 #define KNOWN_CACHE_FIELDS ((uint64_t)KVRT_KV_CACHE_FIELD_SCALES)
 #define KNOWN_ROWS_FIELDS ((uint64_t)KVRT_KV_ROWS_FIELD_TOKEN_STRIDE)
-#define KNOWN_ATTN_FIELDS ((uint64_t)(KVRT_ATTN_FIELD_SCALE | KVRT_ATTN_FIELD_OUT_DTYPE))
+#define KNOWN_ATTN_FIELDS                                                                  \
+    ((uint64_t)(KVRT_ATTN_FIELD_SCALE | KVRT_ATTN_FIELD_OUT_DTYPE |                        \
+                KVRT_ATTN_FIELD_MAX_SEQ_LEN | KVRT_ATTN_FIELD_WORKSPACE))
 
 /* Token strides beyond 2^40 elements describe no real tensor and would let
  * stride * tokens * element size overflow 64 bits. */
@@ -182,6 +184,15 @@ kvrt_status_t kv_attention_check(kvrt_ctx_t *ctx, const char *func, const kv_geo
     if ((uint64_t)a->table_stride * g->tokens_per_block > INT32_MAX)
         return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG,
                           "table_stride %u covers more than 2^31 tokens", a->table_stride);
+    if ((a->field_mask & KVRT_ATTN_FIELD_MAX_SEQ_LEN) &&
+        (uint64_t)a->max_seq_len > (uint64_t)a->table_stride * g->tokens_per_block)
+        return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG,
+                          "max_seq_len %u is above table_stride * tokens_per_block",
+                          a->max_seq_len);
+    if ((a->field_mask & KVRT_ATTN_FIELD_WORKSPACE) && a->workspace_bytes > 0 &&
+        (!a->workspace || ((uintptr_t)a->workspace & 15) != 0))
+        return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG,
+                          "workspace is NULL or not 16-byte aligned");
     *out_dtype_out = out_dtype;
     *scale_out = scale;
     return KVRT_OK;

@@ -136,7 +136,8 @@ kvrt_status_t kvrt_block_key(const kvrt_block_hash_t *content,
 typedef struct kvrt_cache kvrt_cache_t;
 
 typedef enum kvrt_cache_policy {
-    /* Least recently used first. The default. */
+    /* Least recently released first, in release order (the reference
+     * semantics of kvrt-replay). */
     KVRT_CACHE_LRU = 0,
     /* Least frequently used first (hits since insertion), ties broken by
      * least recent use. No ageing: old hot blocks stay. */
@@ -145,7 +146,19 @@ typedef enum kvrt_cache_policy {
      * of the last victim, so frequency earned long ago decays; ties go to
      * the least recently used, then to the deepest block of its sequence
      * (a chain loses its leaves before its root). */
-    KVRT_CACHE_LFU_AGED = 2
+    KVRT_CACHE_LFU_AGED = 2,
+    /* LRU that evicts a chain's leaves before its root: blocks of one
+     * sequence released root first in one call or query (kvrt_pool_free of
+     * a matched prefix) are ordered deepest-oldest, so the root, which
+     * every deeper block needs to be matched, goes last. The default: it
+     * matches or beats LRU on every trace and capacity measured
+     * (docs/tiers.md). */
+    KVRT_CACHE_LRU_LEAF = 3,
+    /* Two leaf-first LRU lists, ARC-style: blocks used once (probation)
+     * and blocks used again (protected: hit, or re-inserted after an
+     * eviction), victims from probation while it exceeds a target that
+     * adapts to which list's victims come back (docs/tiers.md). */
+    KVRT_CACHE_ADAPTIVE = 4
 } kvrt_cache_policy_t;
 
 enum kvrt_cache_params_field {
@@ -156,7 +169,7 @@ enum kvrt_cache_params_field {
 
 typedef struct kvrt_cache_params {
     uint64_t field_mask;
-    kvrt_cache_policy_t policy;          /* default KVRT_CACHE_LRU */
+    kvrt_cache_policy_t policy;          /* default KVRT_CACHE_LRU_LEAF */
     /* Roots the content chains of this cache. Default:
      * kvrt_model_fingerprint("unnamed", the pool's layout); engines that
      * share blocks across processes must set the real one. */

@@ -1,11 +1,12 @@
 /*
  * kvrt/kernels.h - the kernels that move KV through a paged cache: write a
  * step's new K/V, read it back (dequantizing FP8), gather and scatter whole
- * blocks through a staging buffer, copy blocks (copy-on-write), and a
- * reference paged decode attention that reads K/V exactly where kvrt's
- * block tables say it lies.
+ * blocks through a staging buffer (device or pinned host memory), copy
+ * blocks (copy-on-write), and paged decode attention that reads K/V
+ * exactly where kvrt's block tables say it lies.
  *
- * Every kernel has two variants with the same arguments:
+ * Every kernel except the host staging movers has two variants with the
+ * same arguments:
  *   kvrt_cpu_*   host pointers, runs on the calling thread, returns when done;
  *   kvrt_cuda_*  device pointers, enqueued on `stream` (NULL: the legacy
  *                default stream) and returns once launched; the caller
@@ -186,15 +187,70 @@ kvrt_status_t kvrt_cuda_copy_blocks(kvrt_ctx_t *ctx, const kvrt_kv_cache_t *cach
                                     const kvrt_block_copy_t *copies, uint32_t count,
                                     kvrt_cuda_stream_t *stream);
 
+/*
+ * kvrt_cuda_gather_blocks_to_host / kvrt_cuda_scatter_blocks_from_host -
+ * the host tier's movers: whole blocks between a cache in device memory and
+ * a staging buffer in pinned host memory (cudaHostAlloc/cudaMallocHost, or
+ * cudaHostRegister), in gather's staging order [i][layer][K, V][page], so a
+ * host tier can store staging as is and hand it to kvrt_cpu_* too.
+ *
+ * The bytes move by the GPU's copy engines, not by a kernel: the copies are
+ * enqueued on `stream` and the call returns without waiting. Give the
+ * movement a stream of its own (cudaStreamCreateWithFlags(...,
+ * cudaStreamNonBlocking)) and it overlaps with kernels on other streams
+ * while taking no multiprocessors from them. Block ids are host memory here
+ * (the tier decides on the host what moves) and every one is checked before
+ * anything is enqueued; repeats are allowed (on scatter the last image of a
+ * block wins).
+ *
+ * Ownership: blocks is read before the call returns and not retained;
+ * host_staging and the cache must stay allocated, and untouched by anyone
+ * else, until the stream passes this point (cudaStreamSynchronize, or an
+ * event recorded after the call). Threads: safe from any thread; calls on
+ * different streams must not touch the same blocks or staging bytes.
+ *
+ * Errors: see the top of this header; also KVRT_ERR_INVALID_ARG when
+ * host_staging is not count * block_bytes of pinned host memory or the
+ * cache's base is not device memory, and KVRT_ERR_DEVICE when CUDA refuses
+ * a copy (copies enqueued before it may still run, so the staging or the
+ * listed blocks may then hold partial contents).
+ */
+kvrt_status_t kvrt_cuda_gather_blocks_to_host(kvrt_ctx_t *ctx, const kvrt_kv_cache_t *cache,
+                                              const int32_t *blocks, uint32_t count,
+                                              void *host_staging_out,
+                                              kvrt_cuda_stream_t *stream);
+kvrt_status_t kvrt_cuda_scatter_blocks_from_host(kvrt_ctx_t *ctx,
+                                                 const kvrt_kv_cache_t *cache,
+                                                 const void *host_staging,
+                                                 const int32_t *blocks, uint32_t count,
+                                                 kvrt_cuda_stream_t *stream);
+
 enum kvrt_decode_attention_field {
-    KVRT_ATTN_FIELD_SCALE = 1u << 0,    /* softmax_scale, default 1/sqrt(head_dim) */
-    KVRT_ATTN_FIELD_OUT_DTYPE = 1u << 1 /* out_dtype, default FP32 */
+    KVRT_ATTN_FIELD_SCALE = 1u << 0,       /* softmax_scale, default 1/sqrt(head_dim) */
+    KVRT_ATTN_FIELD_OUT_DTYPE = 1u << 1,   /* out_dtype, default FP32 */
+    KVRT_ATTN_FIELD_MAX_SEQ_LEN = 1u << 2, /* max_seq_len, default table_stride * tokens_per_block */
+    KVRT_ATTN_FIELD_WORKSPACE = 1u << 3    /* workspace, workspace_bytes (CUDA only) */
 };
 
 /*
  * One decode step of attention: one query token per sequence attends to the
  * seq_lens[s] tokens its block table names. Query head h reads KV head
  * h / (num_q_heads / num_kv_heads) (grouped-query attention).
+ *
+ * max_seq_len is a planning hint for the CUDA variant: it splits each
+ * sequence into pieces of about max_seq_len / splits tokens. A sequence
+ * longer than the hint is still attended in full (its last piece is longer),
+ * so a wrong hint costs speed, never correctness. At most
+ * table_stride * tokens_per_block.
+ *
+ * workspace (device memory, workspace_bytes long, 16-byte aligned) lets the
+ * CUDA variant split long sequences across several CUDA blocks and merge
+ * the pieces in a second pass (flash-decoding); without it every sequence is
+ * one piece. kvrt_cuda_decode_attention_workspace() gives the bytes that
+ * allow every split the call would choose; a smaller workspace allows fewer.
+ * The workspace is scratch, written and read on the call's stream only, so
+ * calls on different streams need different workspaces. The CPU variant
+ * ignores it.
  */
 typedef struct kvrt_decode_attention {
     uint64_t field_mask;
@@ -209,19 +265,43 @@ typedef struct kvrt_decode_attention {
     float softmax_scale;
     kvrt_dtype_t out_dtype;        /* FP32 or q_dtype */
     void *out;                     /* [num_seqs][num_q_heads][head_dim] */
+    uint32_t max_seq_len;          /* KVRT_ATTN_FIELD_MAX_SEQ_LEN */
+    void *workspace;               /* KVRT_ATTN_FIELD_WORKSPACE */
+    uint64_t workspace_bytes;
 } kvrt_decode_attention_t;
 
 /*
  * kvrt_cpu_decode_attention / kvrt_cuda_decode_attention - softmax(q K^T *
  * scale) V per sequence and query head, accumulated in fp32. A sequence of
  * length 0 gives zeros. The CUDA variant takes head_dim up to 256
- * (KVRT_ERR_UNSUPPORTED above). Errors: see the top of this header.
+ * (KVRT_ERR_UNSUPPORTED above).
+ *
+ * The CUDA variant reads each KV head of a sequence once for all the query
+ * heads that share it, 16 bytes per access, and with a workspace splits
+ * sequences across CUDA blocks when the batch alone would not fill the GPU.
+ * That path needs head_dim a multiple of 8 and base 16-byte aligned; other
+ * caches take a simpler path with the same results (one CUDA block per query
+ * head and sequence). Results agree with the CPU reference to 1e-4 relative
+ * (summation order differs). Errors: see the top of this header.
  */
 kvrt_status_t kvrt_cpu_decode_attention(kvrt_ctx_t *ctx, const kvrt_kv_cache_t *cache,
                                         const kvrt_decode_attention_t *attn);
 kvrt_status_t kvrt_cuda_decode_attention(kvrt_ctx_t *ctx, const kvrt_kv_cache_t *cache,
                                          const kvrt_decode_attention_t *attn,
                                          kvrt_cuda_stream_t *stream);
+
+/*
+ * kvrt_cuda_decode_attention_workspace - the workspace bytes with which
+ * kvrt_cuda_decode_attention(cache, attn) on the current device may use
+ * every split it would choose (0: the call would not split). attn's
+ * workspace fields are ignored. Nothing is retained.
+ * Errors: those of kvrt_cuda_decode_attention's argument checks,
+ * KVRT_ERR_INVALID_ARG (bytes_out NULL), KVRT_ERR_NO_GPU.
+ */
+kvrt_status_t kvrt_cuda_decode_attention_workspace(kvrt_ctx_t *ctx,
+                                                   const kvrt_kv_cache_t *cache,
+                                                   const kvrt_decode_attention_t *attn,
+                                                   uint64_t *bytes_out);
 
 /*
  * kvrt_cuda_device_count - number of CUDA devices kvrt can launch on.

@@ -59,3 +59,24 @@ KVRT_EXPORT kvrt_status_t kvrt_cuda_decode_attention(kvrt_ctx_t *ctx,
 {
     return no_gpu(ctx, __func__);
 }
+
+KVRT_EXPORT kvrt_status_t kvrt_cuda_decode_attention_workspace(
+    kvrt_ctx_t *ctx, const kvrt_kv_cache_t *cache, const kvrt_decode_attention_t *attn,
+    uint64_t *bytes_out)
+{
+    return no_gpu(ctx, __func__);
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cuda_gather_blocks_to_host(
+    kvrt_ctx_t *ctx, const kvrt_kv_cache_t *cache, const int32_t *blocks, uint32_t count,
+    void *host_staging_out, kvrt_cuda_stream_t *stream)
+{
+    return no_gpu(ctx, __func__);
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cuda_scatter_blocks_from_host(
+    kvrt_ctx_t *ctx, const kvrt_kv_cache_t *cache, const void *host_staging,
+    const int32_t *blocks, uint32_t count, kvrt_cuda_stream_t *stream)
+{
+    return no_gpu(ctx, __func__);
+}

@@ -45,6 +45,15 @@ struct kvrt_cache {
 };
 
 kvrt_pool_t *kvrt_cache_pool(const kvrt_cache_t *cache) { return cache->pool; }
+
+uint32_t kvrt_cache_peek_victims(const kvrt_cache_t *cache, int32_t *blocks_out,
+                                 kvrt_cache_block_name_t *names_out, uint32_t max)
+{
+    uint32_t n = cache->policy.ops->peek(&cache->policy, blocks_out, max);
+    for (uint32_t i = 0; i < n; i++)
+        names_out[i] = cache->names[blocks_out[i]];
+    return n;
+}
 cache_hooks_t *kvrt_cache_hooks(kvrt_cache_t *cache) { return &cache->hooks; }
 void kvrt_cache_hold(kvrt_cache_t *cache) { cache->holders++; }
 void kvrt_cache_unhold(kvrt_cache_t *cache) { cache->holders--; }
@@ -53,6 +62,8 @@ static const cache_policy_ops_t *const policy_table[] = {
     [KVRT_CACHE_LRU] = &kvrt_cache_policy_lru,
     [KVRT_CACHE_LFU] = &kvrt_cache_policy_lfu,
     [KVRT_CACHE_LFU_AGED] = &kvrt_cache_policy_lfu_aged,
+    [KVRT_CACHE_LRU_LEAF] = &kvrt_cache_policy_lru_leaf,
+    [KVRT_CACHE_ADAPTIVE] = &kvrt_cache_policy_adaptive,
 };
 #define NUM_POLICIES (sizeof(policy_table) / sizeof(policy_table[0]))
 #define EXPLAIN_MIN_SLOTS (1u << 16)
@@ -282,7 +293,7 @@ static kvrt_status_t cache_setup(kvrt_cache_t *cache, const kvrt_cache_params_t 
         kvrt_model_fingerprint("unnamed", &layout, &fingerprint);
     }
     cache->root = kvrt_cache_hash_root(&fingerprint);
-    cache->policy_kind = KVRT_PARAM_OR(p, KVRT_CACHE_PARAM_POLICY, policy, KVRT_CACHE_LRU);
+    cache->policy_kind = KVRT_PARAM_OR(p, KVRT_CACHE_PARAM_POLICY, policy, KVRT_CACHE_LRU_LEAF);
     cache->policy.ops = policy_table[cache->policy_kind];
     cache->policy.num_blocks = cache->num_blocks;
     if (cache->policy.ops->init(&cache->policy, cache->num_blocks) != KVRT_OK ||

@@ -94,6 +94,10 @@ typedef struct cache_policy_ops {
     void (*busy)(cache_policy_t *policy, int32_t block);
     /* Removes and returns the next victim; the set is not empty. */
     int32_t (*victim)(cache_policy_t *policy);
+    /* Writes up to max blocks that are next in line for eviction, first
+     * victim first (frequency policies: the heap's first entries, roughly
+     * in order); returns how many. Changes nothing. */
+    uint32_t (*peek)(const cache_policy_t *policy, int32_t *out, uint32_t max);
     bool (*contains)(const cache_policy_t *policy, int32_t block);
 } cache_policy_ops_t;
 
@@ -105,6 +109,15 @@ typedef struct policy_heap_entry {
     int32_t block;
 } policy_heap_entry_t;
 
+/* A release run: the block it began with (deeper blocks of the run are
+ * linked in front of it), the depth of its last block and the query tick it
+ * started at; first is 0 when no run is open. */
+typedef struct policy_run {
+    int32_t first;
+    uint32_t depth;
+    uint64_t tick;
+} policy_run_t;
+
 struct cache_policy {
     const cache_policy_ops_t *ops;
     uint32_t num_blocks;
@@ -114,6 +127,14 @@ struct cache_policy {
      * cached) as the sentinel; next[0] is the least recently used. */
     int32_t *prev;
     int32_t *next;
+    /* Leaf-first lists (lru-leaf, adaptive): the open release run of each
+     * list (policy_lru.c). */
+    policy_run_t run[2];
+    /* Adaptive: blocks per list (0 probation, 1 protected), the target
+     * length of probation, and each block's list. */
+    uint32_t list_count[2];
+    uint32_t target;
+    uint8_t *protected;
     /* Frequency policies: a binary min-heap of evictable blocks. */
     policy_heap_entry_t *heap;
     uint32_t *heap_pos;  /* 1-based position in heap, 0 when absent */
@@ -205,5 +226,16 @@ void kvrt_cache_parts(kvrt_cache_t *cache, cache_parts_t *parts_out);
 extern const cache_policy_ops_t kvrt_cache_policy_lru;
 extern const cache_policy_ops_t kvrt_cache_policy_lfu;
 extern const cache_policy_ops_t kvrt_cache_policy_lfu_aged;
+extern const cache_policy_ops_t kvrt_cache_policy_lru_leaf;
+extern const cache_policy_ops_t kvrt_cache_policy_adaptive;
+
+/* Leaf-first list primitives shared by lru-leaf and adaptive
+ * (policy_lru.c): links block into the list ending at `sentinel` under the
+ * run rule; unlinks it and closes the run it anchored. */
+void kvrt_policy_list_idle(cache_policy_t *p, policy_run_t *run, int32_t sentinel,
+                           int32_t block);
+void kvrt_policy_list_unlink(cache_policy_t *p, policy_run_t *run, int32_t block);
+uint32_t kvrt_policy_list_peek(const cache_policy_t *p, int32_t sentinel, int32_t *out,
+                               uint32_t max);
 
 #endif /* KVRT_CACHE_INTERNAL_H */

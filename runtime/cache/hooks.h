@@ -78,6 +78,16 @@ kvrt_status_t kvrt_cache_insert_named(kvrt_cache_t *cache, int32_t block,
                                       const kvrt_cache_block_name_t *name,
                                       int32_t *cached_out);
 
+/* ---- what is next in line for eviction -----------------------------------
+ *
+ * kvrt_cache_peek_victims - up to max evictable blocks in the order the
+ * policy would evict them (frequency policies: roughly), with their names;
+ * returns how many. Changes nothing. A lower tier copies these ahead, so
+ * that when they are evicted nothing has to wait or be dropped. Pool thread.
+ */
+uint32_t kvrt_cache_peek_victims(const kvrt_cache_t *cache, int32_t *blocks_out,
+                                 kvrt_cache_block_name_t *names_out, uint32_t max);
+
 /* ---- eviction sink ---------------------------------------------------------
  *
  * Eviction happens inside allocation: when an allocation of N blocks finds

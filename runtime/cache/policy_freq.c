@@ -180,6 +180,14 @@ static int32_t freq_victim(cache_policy_t *p)
     return top.block;
 }
 
+static uint32_t freq_peek(const cache_policy_t *p, int32_t *out, uint32_t max)
+{
+    uint32_t n = p->evictable < max ? p->evictable : max;
+    for (uint32_t i = 0; i < n; i++)
+        out[i] = p->heap[i].block;
+    return n;
+}
+
 static bool freq_contains(const cache_policy_t *p, int32_t block)
 {
     return block > 0 && (uint32_t)block < p->num_blocks && p->heap_pos[block] != 0;
@@ -194,6 +202,7 @@ const cache_policy_ops_t kvrt_cache_policy_lfu = {
     .idle = freq_idle,
     .busy = freq_busy,
     .victim = freq_victim,
+    .peek = freq_peek,
     .contains = freq_contains,
 };
 
@@ -206,5 +215,6 @@ const cache_policy_ops_t kvrt_cache_policy_lfu_aged = {
     .idle = freq_idle,
     .busy = freq_busy,
     .victim = freq_victim,
+    .peek = freq_peek,
     .contains = freq_contains,
 };

@@ -9,6 +9,16 @@
  * released": a block held by a running sequence is not evictable at all,
  * and the order of release inside one sequence (first block first) makes
  * its deepest block the most recent, as in the reference replay semantics.
+ *
+ * Leaf-first LRU ("lru-leaf") is the same list with one rule for runs: a
+ * chain released root first (depth d, d+1, ... within one query tick, as
+ * kvrt_pool_free() of a matched prefix or a request's blocks does) is
+ * linked deepest-oldest, each deeper block in front of the run's start,
+ * so the run's leaf is evicted before its root. Evicting a root first
+ * orphans every cached block behind it (a match stops at the first
+ * miss), which is what plain LRU does to such a run. A chain released
+ * leaf first (kvrt_table_destroy, kvrt_table_truncate) already arrives in
+ * that order. Between runs the order is plain recency.
  */
 #include <stdlib.h>
 
@@ -29,35 +39,82 @@ static kvrt_status_t lru_init(cache_policy_t *p, uint32_t num_blocks)
     return KVRT_OK;
 }
 
+static kvrt_status_t lru_leaf_init(cache_policy_t *p, uint32_t num_blocks)
+{
+    p->depth = calloc(num_blocks, sizeof(*p->depth));
+    p->run[0].first = SENTINEL;
+    if (!p->depth)
+        return KVRT_ERR_NO_MEMORY;
+    return lru_init(p, num_blocks);
+}
+
 static void lru_destroy(cache_policy_t *p)
 {
     free(p->prev);
     free(p->next);
+    free(p->depth);
     p->prev = p->next = NULL;
+    p->depth = NULL;
 }
 
 static void lru_inserted(cache_policy_t *p, int32_t block, uint32_t depth,
                          const kvrt_block_hash_t *key)
 {
 }
+static void lru_leaf_inserted(cache_policy_t *p, int32_t block, uint32_t depth,
+                              const kvrt_block_hash_t *key)
+{
+    p->depth[block] = depth;
+}
+
 static void lru_hit(cache_policy_t *p, int32_t block) {}
 
-static void lru_idle(cache_policy_t *p, int32_t block)
+/* Links block in front of `at` (at == a sentinel: at that list's tail). */
+static void link_before(cache_policy_t *p, int32_t block, int32_t at)
 {
-    int32_t last = p->prev[SENTINEL];
-    p->prev[block] = last;
-    p->next[block] = SENTINEL;
-    p->next[last] = block;
-    p->prev[SENTINEL] = block;
+    int32_t before = p->prev[at];
+    p->prev[block] = before;
+    p->next[block] = at;
+    p->next[before] = block;
+    p->prev[at] = block;
     p->evictable++;
 }
 
-static void lru_unlink(cache_policy_t *p, int32_t block)
+static void lru_idle(cache_policy_t *p, int32_t block) { link_before(p, block, SENTINEL); }
+
+void kvrt_policy_list_idle(cache_policy_t *p, policy_run_t *run, int32_t sentinel,
+                           int32_t block)
 {
+    uint32_t depth = p->depth[block];
+    bool continues = run->first != SENTINEL && run->tick == p->tick && depth == run->depth + 1;
+    if (continues) {
+        link_before(p, block, run->first);
+    } else {
+        link_before(p, block, sentinel);
+        run->tick = p->tick;
+    }
+    run->first = block;
+    run->depth = depth;
+}
+
+void kvrt_policy_list_unlink(cache_policy_t *p, policy_run_t *run, int32_t block)
+{
+    if (run && block == run->first)
+        run->first = SENTINEL; /* the run's anchor left: the run ends */
     p->next[p->prev[block]] = p->next[block];
     p->prev[p->next[block]] = p->prev[block];
     p->prev[block] = p->next[block] = ABSENT;
     p->evictable--;
+}
+
+static void lru_leaf_idle(cache_policy_t *p, int32_t block)
+{
+    kvrt_policy_list_idle(p, &p->run[0], SENTINEL, block);
+}
+
+static void lru_unlink(cache_policy_t *p, int32_t block)
+{
+    kvrt_policy_list_unlink(p, p->depth ? &p->run[0] : NULL, block);
 }
 
 static void lru_busy(cache_policy_t *p, int32_t block) { lru_unlink(p, block); }
@@ -67,6 +124,20 @@ static int32_t lru_victim(cache_policy_t *p)
     int32_t block = p->next[SENTINEL];
     lru_unlink(p, block);
     return block;
+}
+
+uint32_t kvrt_policy_list_peek(const cache_policy_t *p, int32_t sentinel, int32_t *out,
+                               uint32_t max)
+{
+    uint32_t n = 0;
+    for (int32_t b = p->next[sentinel]; b != sentinel && n < max; b = p->next[b])
+        out[n++] = b;
+    return n;
+}
+
+static uint32_t lru_peek(const cache_policy_t *p, int32_t *out, uint32_t max)
+{
+    return kvrt_policy_list_peek(p, SENTINEL, out, max);
 }
 
 static bool lru_contains(const cache_policy_t *p, int32_t block)
@@ -83,5 +154,19 @@ const cache_policy_ops_t kvrt_cache_policy_lru = {
     .idle = lru_idle,
     .busy = lru_busy,
     .victim = lru_victim,
+    .peek = lru_peek,
+    .contains = lru_contains,
+};
+
+const cache_policy_ops_t kvrt_cache_policy_lru_leaf = {
+    .name = "lru-leaf",
+    .init = lru_leaf_init,
+    .destroy = lru_destroy,
+    .inserted = lru_leaf_inserted,
+    .hit = lru_hit,
+    .idle = lru_leaf_idle,
+    .busy = lru_busy,
+    .victim = lru_victim,
+    .peek = lru_peek,
     .contains = lru_contains,
 };

@@ -1,5 +1,5 @@
 /*
- * host_memory.h - the context's jemalloc arena and the regions behind it.
+ * host_memory.h - the context's host arena: kvrt's own 2 MiB-aligned regions (host_regions.c).
  * Internal to runtime/core; other subsystems use kvrt_host_alloc() from
  * core.h.
  */

@@ -110,9 +110,12 @@ KVRT_EXPORT kvrt_status_t kvrt_table_create(kvrt_pool_t *pool, kvrt_table_id_t *
     return KVRT_OK;
 }
 
+/* Deepest block first: a cache evicting in release order (LRU) then loses a
+ * chain's leaves before its root, and no cached leaf outlives the root
+ * every match of it needs. */
 static void release_blocks(kvrt_pool_t *pool, const int32_t *blocks, uint32_t count)
 {
-    for (uint32_t i = 0; i < count; i++)
+    for (uint32_t i = count; i-- > 0;)
         kvrt_pool_release_one(pool, blocks[i]);
 }
 

@@ -1,7 +1,9 @@
 /*
  * test_cache_replay.c - kvrt-replay end to end on the shipped Mooncake
  * conversation trace: LRU reproduces the reference hit counts exactly
- * (bench/traces/README.md), LFU-DA beats LRU at small capacities, and a bad
+ * (bench/traces/README.md), LFU-DA beats LRU at small capacities, the
+ * clairvoyant bound (belady) bounds every policy, a host tier adds hits
+ * reported by tier, and a bad
  * trace gives exit status 1 and a message naming the line, never a crash.
  */
 #include <cJSON.h>
@@ -95,5 +97,47 @@ Test(cache_replay, azure_trace_replays_with_no_prefix_hits, .timeout = 60)
     const cJSON *r = cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "results"), 0);
     cr_assert_eq(cJSON_GetObjectItem(r, "hit_blocks")->valuedouble, 0);
     cr_assert_gt(cJSON_GetObjectItem(r, "total_blocks")->valuedouble, 8819);
+    cJSON_Delete(doc);
+}
+
+Test(cache_replay, belady_bounds_every_policy_and_lru_leaf_never_loses_to_lru, .timeout = 120)
+{
+    static char out[1 << 16];
+    int rc = replay("--json --capacity 10000,1000 --policy lru,lru-leaf,adaptive,belady", false,
+                    out, sizeof(out));
+    cr_assert_eq(rc, 0, "kvrt-replay failed: %s", out);
+    cJSON *doc = cJSON_Parse(out);
+    cr_assert_not_null(doc, "not JSON: %s", out);
+    const cJSON *results = cJSON_GetObjectItem(doc, "results");
+    int caps[] = {10000, 1000};
+    for (int i = 0; i < 2; i++) {
+        uint64_t bound = hits_of(results, "belady", caps[i]);
+        cr_assert_geq(hits_of(results, "lru-leaf", caps[i]), hits_of(results, "lru", caps[i]));
+        cr_assert_geq(bound, hits_of(results, "lru", caps[i]));
+        cr_assert_geq(bound, hits_of(results, "lru-leaf", caps[i]));
+        cr_assert_geq(bound, hits_of(results, "adaptive", caps[i]));
+    }
+    cr_assert_eq(hits_of(results, "belady", 1000), 55019, "the bound at 1,000 blocks moved");
+    cJSON_Delete(doc);
+}
+
+Test(cache_replay, a_host_tier_adds_hits_and_reports_them_by_tier, .timeout = 120)
+{
+    static char out[1 << 16];
+    int rc = replay("--json --capacity 10000 --host-capacity 50000", false, out, sizeof(out));
+    cr_assert_eq(rc, 0, "kvrt-replay failed: %s", out);
+    cJSON *doc = cJSON_Parse(out);
+    cr_assert_not_null(doc, "not JSON: %s", out);
+    const cJSON *r = cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "results"), 0);
+    const cJSON *by = cJSON_GetObjectItem(r, "hit_blocks_by_tier");
+    cr_assert_not_null(by, "no hit_blocks_by_tier");
+    double gpu = cJSON_GetObjectItem(by, "gpu")->valuedouble;
+    double host = cJSON_GetObjectItem(by, "host")->valuedouble;
+    double ssd = cJSON_GetObjectItem(by, "ssd")->valuedouble;
+    double hits = cJSON_GetObjectItem(r, "hit_blocks")->valuedouble;
+    cr_assert_eq(gpu + host + ssd, hits);
+    cr_assert_eq(ssd, 0);
+    cr_assert_gt(host, 0);
+    cr_assert_gt(hits, 60921, "a host tier must add hits to LRU's 60,921");
     cJSON_Delete(doc);
 }

@@ -87,7 +87,9 @@ static void setup(void)
     memset(&rec, 0, sizeof(rec));
     memset(&sink, 0, sizeof(sink));
     pool = test_pool(ctx, 17, TPB); /* 16 usable blocks */
-    ASSERT_OK(ctx, kvrt_cache_create(pool, NULL, &cache));
+    /* Plain LRU: the tests below name victims in release order. */
+    kvrt_cache_params_t cp = {.field_mask = KVRT_CACHE_PARAM_POLICY, .policy = KVRT_CACHE_LRU};
+    ASSERT_OK(ctx, kvrt_cache_create(pool, &cp, &cache));
     ASSERT_OK(ctx, kvrt_cache_observe(cache, record, &rec));
 }
 

@@ -34,6 +34,12 @@ typedef struct model {
     uint32_t used;             /* blocks with references, cached or not */
     uint32_t idle;
     uint64_t seq, tick, age, evictions;
+    /* lru-leaf's open release run: its first block (0: none), the depth of
+     * its last block and its tick; a deeper block of the run sorts just
+     * before the run's first (idle_seq - 1), appends are 1024 apart. */
+    int32_t run_first;
+    uint32_t run_depth;
+    uint64_t run_tick;
     uint64_t history[HISTORY_SLOTS];
 } model_t;
 
@@ -64,7 +70,7 @@ static int32_t model_victim(void)
         }
         const model_block_t *w = &model.b[best];
         bool better;
-        if (model.policy == KVRT_CACHE_LRU)
+        if (model.policy == KVRT_CACHE_LRU || model.policy == KVRT_CACHE_LRU_LEAF)
             better = c->idle_seq < w->idle_seq;
         else if (c->priority != w->priority)
             better = c->priority < w->priority;
@@ -86,6 +92,8 @@ static void model_evict(uint32_t count)
     for (uint32_t n = 0; n < count; n++) {
         int32_t v = model_victim();
         model_block_t *c = &model.b[v];
+        if (v == model.run_first)
+            model.run_first = 0;
         if (model.policy == KVRT_CACHE_LFU_AGED)
             model.age = c->priority;
         if (model.policy != KVRT_CACHE_LRU)
@@ -117,7 +125,16 @@ static void model_release(int32_t block)
     model.used--;
     model.idle++;
     c->idle = true;
-    c->idle_seq = model.seq++;
+    c->idle_seq = model.seq += 1024;
+    if (model.policy == KVRT_CACHE_LRU_LEAF) {
+        if (model.run_first && model.run_tick == model.tick && c->depth == model.run_depth + 1) {
+            c->idle_seq = model.b[model.run_first].idle_seq - 1;
+        } else {
+            model.run_tick = model.tick;
+        }
+        model.run_first = block;
+        model.run_depth = c->depth;
+    }
     c->priority = c->freq + (model.policy == KVRT_CACHE_LFU_AGED ? model.age : 0);
     c->tick = model.tick;
 }
@@ -126,6 +143,8 @@ static void model_hit(int32_t block)
 {
     model_block_t *c = &model.b[block];
     if (c->idle) {
+        if (block == model.run_first)
+            model.run_first = 0;
         c->idle = false;
         model.idle--;
         model.used++;
@@ -232,7 +251,7 @@ static void step_release(uint64_t *rng, live_t *live, int *num_live)
     int32_t copy[MAX_PROMPT_BLOCKS];
     memcpy(copy, blocks, nb * sizeof(int32_t));
     ASSERT_OK(ctx, kvrt_table_destroy(pool, live[k].table));
-    for (uint32_t i = 0; i < nb; i++) /* the table releases in order */
+    for (uint32_t i = nb; i-- > 0;) /* the table releases its deepest block first */
         model_release(copy[i]);
     live[k] = live[--*num_live];
 }
@@ -285,3 +304,4 @@ static void run(kvrt_cache_policy_t policy, uint64_t seed)
 Test(cache_model, lru_matches_the_reference) { run(KVRT_CACHE_LRU, 0x1234567ull); }
 Test(cache_model, lfu_matches_the_reference) { run(KVRT_CACHE_LFU, 0xabcdefull); }
 Test(cache_model, lfu_aged_matches_the_reference) { run(KVRT_CACHE_LFU_AGED, 0x5eed5ull); }
+Test(cache_model, lru_leaf_matches_the_reference) { run(KVRT_CACHE_LRU_LEAF, 0x1eafull); }

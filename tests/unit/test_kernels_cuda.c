@@ -43,16 +43,29 @@ Test(kernels_cuda, without_a_gpu_every_call_says_no_gpu)
     cr_assert_eq(kvrt_cuda_scatter_blocks(NULL, &cache, base, &block, 1, NULL), KVRT_ERR_NO_GPU);
     cr_assert_eq(kvrt_cuda_copy_blocks(NULL, &cache, &copy, 1, NULL), KVRT_ERR_NO_GPU);
     cr_assert_eq(kvrt_cuda_decode_attention(NULL, &cache, &attn, NULL), KVRT_ERR_NO_GPU);
+    uint64_t bytes = 7;
+    cr_assert_eq(kvrt_cuda_decode_attention_workspace(NULL, &cache, &attn, &bytes),
+                 KVRT_ERR_NO_GPU);
+    cr_assert_eq(bytes, 7, "not written on failure");
+    cr_assert_eq(kvrt_cuda_gather_blocks_to_host(NULL, &cache, &block, 1, base, NULL),
+                 KVRT_ERR_NO_GPU);
+    cr_assert_eq(kvrt_cuda_scatter_blocks_from_host(NULL, &cache, base, &block, 1, NULL),
+                 KVRT_ERR_NO_GPU);
 }
 
 #if KVRT_HAVE_CUDA
 
+/* Device memory of `bytes` bytes holding a copy of host[0..bytes), or
+ * zeros when host is NULL (an output buffer). */
 static void *to_device(const void *host, size_t bytes)
 {
     void *dev = NULL;
-    cr_assert_eq(cudaMalloc(&dev, bytes ? bytes : 1), cudaSuccess);
-    if (bytes)
+    size_t size = bytes ? bytes : 1;
+    cr_assert_eq(cudaMalloc(&dev, size), cudaSuccess);
+    if (host)
         cr_assert_eq(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    else
+        cr_assert_eq(cudaMemset(dev, 0, size), cudaSuccess);
     return dev;
 }
 
@@ -114,6 +127,24 @@ static void twin_compare(twin_t *t, const char *what)
         cr_assert_eq(memcmp(s, t->host.k_scales, t->scales * sizeof(float)), 0, "%s", what);
         free(s);
     }
+}
+
+/* Bounded values (|x| <= ~1.3), not random bit patterns, on both sides,
+ * so attention logits stay where float summation order hardly matters. */
+static void twin_bound_values(twin_t *t, uint64_t *rng)
+{
+    kvrt_dtype_t dtype = t->host.layout.dtype;
+    if (dtype != KVRT_DTYPE_FP8_E4M3) {
+        oracle_fill_values(rng, t->host.base, dtype, t->bytes / 2, 1.0f);
+        cudaMemcpy(t->dev.base, t->host.base, t->bytes, cudaMemcpyHostToDevice);
+        return;
+    }
+    for (size_t i = 0; i < t->scales; i++) {
+        t->host.k_scales[i] = 0.001f + 0.001f * (oracle_unit(rng) + 1);
+        t->host.v_scales[i] = 0.001f + 0.001f * (oracle_unit(rng) + 1);
+    }
+    cudaMemcpy(t->dev.k_scales, t->host.k_scales, t->scales * 4, cudaMemcpyHostToDevice);
+    cudaMemcpy(t->dev.v_scales, t->host.v_scales, t->scales * 4, cudaMemcpyHostToDevice);
 }
 
 static void twin_fini(twin_t *t)
@@ -234,6 +265,38 @@ Test(kernels_cuda, movement_matches_the_cpu_reference_bit_for_bit)
     }
 }
 
+static double kv_ref_f16(uint16_t h)
+{
+    _Float16 v;
+    memcpy(&v, &h, sizeof v);
+    return (double)v;
+}
+
+/* GPU attention agrees with the CPU reference to 1e-4 relative. */
+static void assert_close(const float *cpu, const float *gpu, size_t n, uint64_t seed)
+{
+    for (size_t i = 0; i < n; i++)
+        cr_assert_leq(fabs((double)cpu[i] - gpu[i]), 1e-4 * (1 + fabs((double)cpu[i])),
+                      "seed %llu elem %zu: cpu %g gpu %g", (unsigned long long)seed, i,
+                      (double)cpu[i], (double)gpu[i]);
+}
+
+/* Gives a the workspace kvrt asks for (none when it would not split);
+ * returns it for cudaFree. */
+static void *attach_workspace(const kvrt_kv_cache_t *dev, kvrt_decode_attention_t *a)
+{
+    uint64_t bytes = 0;
+    cr_assert_eq(kvrt_cuda_decode_attention_workspace(NULL, dev, a, &bytes), KVRT_OK);
+    void *ws = NULL;
+    if (bytes) {
+        cr_assert_eq(cudaMalloc(&ws, bytes), cudaSuccess);
+        a->field_mask |= KVRT_ATTN_FIELD_WORKSPACE;
+        a->workspace = ws;
+        a->workspace_bytes = bytes;
+    }
+    return ws;
+}
+
 Test(kernels_cuda, decode_attention_matches_the_cpu_reference)
 {
     if (!gpu_present())
@@ -245,19 +308,7 @@ Test(kernels_cuda, decode_attention_matches_the_cpu_reference)
         twin_t t;
         twin_init(&t, &rng, &l, 2 + test_rand_below(&rng, 10),
                   seed % 2 ? KVRT_SCALE_PER_BLOCK : KVRT_SCALE_PER_HEAD);
-        /* Bounded values (|x| <= ~1.3), not random bit patterns, so the
-         * logits stay where float summation order hardly matters. */
-        if (l.dtype != KVRT_DTYPE_FP8_E4M3) {
-            oracle_fill_values(&rng, t.host.base, l.dtype, t.bytes / 2, 1.0f);
-            cudaMemcpy(t.dev.base, t.host.base, t.bytes, cudaMemcpyHostToDevice);
-        } else {
-            for (size_t i = 0; i < t.scales; i++) {
-                t.host.k_scales[i] = 0.001f + 0.001f * (oracle_unit(&rng) + 1);
-                t.host.v_scales[i] = 0.001f + 0.001f * (oracle_unit(&rng) + 1);
-            }
-            cudaMemcpy(t.dev.k_scales, t.host.k_scales, t.scales * 4, cudaMemcpyHostToDevice);
-            cudaMemcpy(t.dev.v_scales, t.host.v_scales, t.scales * 4, cudaMemcpyHostToDevice);
-        }
+        twin_bound_values(&t, &rng);
         uint32_t q_heads = l.num_kv_heads << test_rand_below(&rng, 4);
         uint32_t seqs = 1 + test_rand_below(&rng, 6), stride = 1 + test_rand_below(&rng, 4);
         int32_t *tables = malloc(seqs * stride * sizeof(int32_t)), *lens = malloc(seqs * 4);
@@ -283,10 +334,13 @@ Test(kernels_cuda, decode_attention_matches_the_cpu_reference)
         a.out = d_out;
         cr_assert_eq(kvrt_cuda_decode_attention(NULL, &t.dev, &a, NULL), KVRT_OK);
         from_device(out_gpu, d_out, q_elems * 4);
-        for (size_t i = 0; i < q_elems; i++)
-            cr_assert_leq(fabs((double)out_cpu[i] - out_gpu[i]),
-                          1e-4 * (1 + fabs((double)out_cpu[i])), "seed %llu elem %zu",
-                          (unsigned long long)seed, i);
+        assert_close(out_cpu, out_gpu, q_elems, seed);
+        /* The same call split into pieces where the plan splits at all. */
+        void *ws = attach_workspace(&t.dev, &a);
+        cr_assert_eq(kvrt_cuda_decode_attention(NULL, &t.dev, &a, NULL), KVRT_OK);
+        from_device(out_gpu, d_out, q_elems * 4);
+        assert_close(out_cpu, out_gpu, q_elems, seed);
+        cudaFree(ws);
         cudaFree(d_query);
         cudaFree(d_out);
         cudaFree(d_tables);
@@ -298,6 +352,151 @@ Test(kernels_cuda, decode_attention_matches_the_cpu_reference)
         free(out_gpu);
         twin_fini(&t);
     }
+}
+
+
+
+/*
+ * Long sequences, every dtype, head_dim 64/128/256 and groups from 1 to 12
+ * query heads per KV head (12 takes two query-head chunks), with the
+ * workspace, so sequences split into pieces and merge; FP16 queries and
+ * outputs; one table entry past the sequence holds an id the GPU must not
+ * follow; half the cases give a max_seq_len hint below the longest
+ * sequence. A head_dim of 36 takes the simple path.
+ */
+Test(kernels_cuda, decode_attention_splits_long_sequences_like_the_cpu)
+{
+    if (!gpu_present())
+        cr_skip_test("no CUDA device (or kvrt built without CUDA)");
+    static const kvrt_dtype_t dtypes[] = {KVRT_DTYPE_FP16, KVRT_DTYPE_BF16, KVRT_DTYPE_FP8_E4M3};
+    static const uint32_t dims[] = {64, 128, 256, 36};
+    static const uint32_t groups[] = {1, 3, 8, 12};
+    uint64_t rng = 99;
+    for (int c = 0; c < 12; c++) {
+        kvrt_kv_layout_t l = {.field_mask = KVRT_LAYOUT_FIELD_DTYPE | KVRT_LAYOUT_FIELD_FORMAT |
+                                            KVRT_LAYOUT_FIELD_ORDER,
+                              .num_layers = 2, .num_kv_heads = 2, .head_dim = dims[c % 4],
+                              .tokens_per_block = 16, .dtype = dtypes[c % 3],
+                              .format = (kvrt_kv_format_t)(c % 2),
+                              .order = (kvrt_kv_order_t)((c / 2) % 2)};
+        uint32_t seqs = 3, stride = 160, num_blocks = 200;
+        twin_t t;
+        twin_init(&t, &rng, &l, num_blocks, c % 2 ? KVRT_SCALE_PER_BLOCK : KVRT_SCALE_PER_HEAD);
+        twin_bound_values(&t, &rng);
+        uint32_t q_heads = l.num_kv_heads * groups[(c + c / 4) % 4];
+        int32_t lens[3] = {2500, 17, 1031};
+        int32_t *tables = malloc(seqs * stride * sizeof(int32_t));
+        for (uint32_t i = 0; i < seqs * stride; i++)
+            tables[i] = (int32_t)test_rand_below(&rng, num_blocks);
+        tables[1 * stride + 2] = 1 << 30; /* past seq 1's 17 tokens: never read */
+        size_t q_elems = (size_t)seqs * q_heads * l.head_dim;
+        uint16_t *query = malloc(q_elems * 2), *out_gpu = malloc(q_elems * 2);
+        uint16_t *out_cpu = malloc(q_elems * 2);
+        oracle_fill_values(&rng, query, KVRT_DTYPE_FP16, q_elems, 1.0f);
+        void *d_query = to_device(query, q_elems * 2), *d_out = to_device(NULL, q_elems * 2);
+        int32_t *d_tables = to_device(tables, seqs * stride * 4), *d_lens = to_device(lens, 12);
+        kvrt_decode_attention_t a = {.field_mask = KVRT_ATTN_FIELD_OUT_DTYPE |
+                                                   KVRT_ATTN_FIELD_MAX_SEQ_LEN,
+                                     .layer = 1, .num_seqs = seqs, .num_q_heads = q_heads,
+                                     .q_dtype = KVRT_DTYPE_FP16, .query = query,
+                                     .block_tables = tables, .table_stride = stride,
+                                     .seq_lens = lens, .out_dtype = KVRT_DTYPE_FP16,
+                                     .out = out_cpu,
+                                     /* odd cases: a hint below the longest */
+                                     .max_seq_len = c % 2 ? 1024 : 2560};
+        cr_assert_eq(kvrt_cpu_decode_attention(NULL, &t.host, &a), KVRT_OK);
+        a.query = d_query;
+        a.block_tables = d_tables;
+        a.seq_lens = d_lens;
+        a.out = d_out;
+        void *ws = attach_workspace(&t.dev, &a);
+        if (l.head_dim % 8 == 0)
+            cr_assert_not_null(ws, "2560 tokens on a few CUDA blocks must split");
+        cr_assert_eq(kvrt_cuda_decode_attention(NULL, &t.dev, &a, NULL), KVRT_OK);
+        from_device(out_gpu, d_out, q_elems * 2);
+        for (size_t i = 0; i < q_elems; i++) {
+            double x = kv_ref_f16(out_cpu[i]), y = kv_ref_f16(out_gpu[i]);
+            /* FP16 output: 1e-4 in fp32 can still round to neighbouring halves. */
+            cr_assert_leq(fabs(x - y), 1e-3 * (1 + fabs(x)), "case %d elem %zu: %g vs %g", c,
+                          i, x, y);
+        }
+        cudaFree(ws);
+        cudaFree(d_query);
+        cudaFree(d_out);
+        cudaFree(d_tables);
+        cudaFree(d_lens);
+        free(tables);
+        free(query);
+        free(out_cpu);
+        free(out_gpu);
+        twin_fini(&t);
+    }
+}
+
+/*
+ * Host staging in pinned memory: gather to the host and scatter back
+ * (rotated) give what the CPU movers give on the host twin, for every
+ * arrangement; pageable staging and a bad id are refused before anything
+ * is enqueued.
+ */
+Test(kernels_cuda, host_staging_moves_match_the_cpu_movers)
+{
+    if (!gpu_present())
+        cr_skip_test("no CUDA device (or kvrt built without CUDA)");
+    cudaStream_t stream;
+    cr_assert_eq(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+    kvrt_cuda_stream_t *s = (kvrt_cuda_stream_t *)stream;
+    for (uint64_t seed = 1; seed <= 16; seed++) {
+        uint64_t rng = seed * 7;
+        kvrt_kv_layout_t l = oracle_layout(&rng, seed % 2 ? KVRT_DTYPE_FP16 : KVRT_DTYPE_BF16);
+        l.format = (kvrt_kv_format_t)(seed % 2);
+        l.order = (kvrt_kv_order_t)((seed / 2) % 2);
+        twin_t t;
+        twin_init(&t, &rng, &l, 4 + test_rand_below(&rng, 8), KVRT_SCALE_PER_HEAD);
+        uint32_t nb = t.host.num_blocks, n = nb - 1;
+        int32_t *blocks = malloc(nb * sizeof(int32_t));
+        for (uint32_t i = 0; i < n; i++) /* a run of neighbours, then a gap */
+            blocks[i] = (int32_t)(i < n / 2 ? i + 1 : (i * 5 + seed) % nb);
+        uint64_t bytes = t.bytes / nb * n;
+        char *pinned = NULL, *stage_cpu = malloc(bytes);
+        cr_assert_eq(cudaMallocHost((void **)&pinned, bytes), cudaSuccess);
+        memset(pinned, 0xAB, bytes);
+        cr_assert_eq(kvrt_cpu_gather_blocks(NULL, &t.host, blocks, n, stage_cpu), KVRT_OK);
+        cr_assert_eq(kvrt_cuda_gather_blocks_to_host(NULL, &t.dev, blocks, n, pinned, s),
+                     KVRT_OK);
+        cr_assert_eq(cudaStreamSynchronize(stream), cudaSuccess);
+        cr_assert_eq(memcmp(stage_cpu, pinned, bytes), 0, "seed %llu: gather to host",
+                     (unsigned long long)seed);
+
+        for (uint32_t i = 0; i < n; i++)
+            blocks[i] = (int32_t)((i + seed) % nb); /* distinct: the last image wins */
+        oracle_fill_bytes(&rng, pinned, bytes);
+        memcpy(stage_cpu, pinned, bytes);
+        cr_assert_eq(kvrt_cpu_scatter_blocks(NULL, &t.host, stage_cpu, blocks, n), KVRT_OK);
+        cr_assert_eq(kvrt_cuda_scatter_blocks_from_host(NULL, &t.dev, pinned, blocks, n, s),
+                     KVRT_OK);
+        cr_assert_eq(cudaStreamSynchronize(stream), cudaSuccess);
+        twin_compare(&t, "scatter from host");
+
+        kvrt_ctx_t *ctx = NULL;
+        cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
+        cr_assert_eq(kvrt_cuda_gather_blocks_to_host(ctx, &t.dev, blocks, n, stage_cpu, s),
+                     KVRT_ERR_INVALID_ARG, "pageable staging");
+        cr_assert_not_null(strstr(kvrt_ctx_last_error(ctx), "pinned"));
+        blocks[n - 1] = (int32_t)nb;
+        memset(pinned, 0xCD, bytes);
+        cr_assert_eq(kvrt_cuda_gather_blocks_to_host(ctx, &t.dev, blocks, n, pinned, s),
+                     KVRT_ERR_INVALID_ARG, "block id out of range");
+        cr_assert_eq(cudaStreamSynchronize(stream), cudaSuccess);
+        for (uint64_t i = 0; i < bytes; i++)
+            cr_assert_eq((unsigned char)pinned[i], 0xCD, "nothing moved on a refusal");
+        kvrt_ctx_destroy(ctx);
+        cudaFreeHost(pinned);
+        free(stage_cpu);
+        free(blocks);
+        twin_fini(&t);
+    }
+    cudaStreamDestroy(stream);
 }
 
 #endif /* KVRT_HAVE_CUDA */

@@ -1,0 +1,170 @@
+/*
+ * tier_internal.h - the parts of runtime/tier, shared by its files only:
+ * the slot directory each tier keeps (slot_dir.c), the SSD file and its
+ * block headers (ssd_file.c), the copy/I-O thread (tier_worker.c) and the
+ * tier stack itself (tier.c).
+ *
+ * Ownership and threads: the directories, the onload tickets and every
+ * counter belong to the engine thread (the pool's thread). The worker
+ * thread only executes jobs it is handed (copy a block, write or read an
+ * SSD slot) on memory the engine thread reserved for that job, and reports
+ * each job's result through a completion queue; the engine thread applies
+ * results in kvrt_tier_poll. So no lock guards any directory.
+ */
+#ifndef KVRT_TIER_INTERNAL_H
+#define KVRT_TIER_INTERNAL_H
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cache/hooks.h"
+#include "core/completion_queue.h"
+#include "core/core.h"
+#include "kvrt/kernels.h"
+#include "kvrt/tier.h"
+
+#define TIER_ALIGN 4096u
+#define TIER_HEADER_BYTES 4096u
+#define TIER_MAX_QUEUE_DEPTH 256u
+
+/* ---- slot directory (slot_dir.c) ------------------------------------------
+ * The slots of one tier: a key -> slot index (open addressing, linear
+ * probing, backward-shift deletion), each slot's block name, a free list,
+ * and an LRU list of the slots that may be evicted (indexed, not pinned).
+ */
+typedef enum slot_state {
+    SLOT_FREE = 0,
+    SLOT_FILLING = 1, /* reserved for a block being written; not indexed */
+    SLOT_READY = 2    /* indexed; evictable when pins == 0 */
+} slot_state_t;
+
+typedef struct slot_dir {
+    uint32_t num_slots;
+    uint32_t used;                  /* slots not FREE */
+    uint8_t *state;
+    uint16_t *pins;                 /* readers in flight */
+    uint8_t *evicting;              /* chosen as a victim, copy out in flight */
+    kvrt_cache_block_name_t *names;
+    int32_t *prev, *next;           /* LRU, sentinel num_slots; -1: not linked */
+    int32_t *free_stack;
+    uint32_t free_count;
+    int32_t *index;                 /* key -> slot + 1; 0 empty */
+    uint64_t index_mask;
+} slot_dir_t;
+
+kvrt_status_t tier_dir_init(slot_dir_t *d, uint32_t num_slots);
+void tier_dir_destroy(slot_dir_t *d);
+int32_t tier_dir_find(const slot_dir_t *d, const kvrt_block_hash_t *key);
+/* A FREE slot, now FILLING; -1 when none is free. */
+int32_t tier_dir_take(slot_dir_t *d);
+/* Indexes a FILLING slot under name and makes it the most recent; returns
+ * the slot now indexed under the key. A slot of the same key indexed
+ * already is released first, unless a copy reads it: then that one stays
+ * and `slot` is freed instead. */
+int32_t tier_dir_publish(slot_dir_t *d, int32_t slot, const kvrt_cache_block_name_t *name);
+/* Makes an indexed, unpinned slot the most recent. */
+void tier_dir_touch(slot_dir_t *d, int32_t slot);
+/* The least recently used evictable slot, or -1. */
+int32_t tier_dir_lru(const slot_dir_t *d);
+void tier_dir_pin(slot_dir_t *d, int32_t slot);
+void tier_dir_unpin(slot_dir_t *d, int32_t slot);
+/* Unindexes the slot (if indexed) and frees it. */
+void tier_dir_release(slot_dir_t *d, int32_t slot);
+
+/* ---- the SSD file (ssd_file.c) ---------------------------------------------
+ * One file of fixed slots: slot i at i * slot_bytes, a TIER_HEADER_BYTES
+ * header then the block's bytes padded to TIER_ALIGN. The header is
+ * little-endian: magic, version, root hash, layout hash, block bytes, the
+ * block's name, XXH3-64 of the bytes, XXH3-64 of the header before it.
+ */
+typedef struct ssd_file {
+    int fd;
+    bool buffered;                /* O_DIRECT refused or not asked for */
+    char path[4096];
+    uint64_t slot_bytes;
+    uint64_t block_bytes;
+    kvrt_block_hash_t root;
+    uint64_t layout_hash;
+} ssd_file_t;
+
+kvrt_status_t tier_ssd_open(kvrt_ctx_t *ctx, ssd_file_t *f, const char *dir,
+                            const kvrt_block_hash_t *root, uint64_t layout_hash,
+                            uint64_t block_bytes, bool want_buffered);
+void tier_ssd_close(ssd_file_t *f);
+/* Allocates the file's space up front (overwrites, not extending writes,
+ * which ext4 and XFS serialize under O_DIRECT); a failure is logged. */
+void tier_ssd_reserve(kvrt_ctx_t *ctx, const ssd_file_t *f, uint32_t slots);
+/* Reads every header present (buffered preads, at create) and publishes the
+ * slots whose header verifies into dir; returns how many. */
+uint32_t tier_ssd_rebuild(kvrt_ctx_t *ctx, const ssd_file_t *f, slot_dir_t *dir);
+void tier_ssd_header_write(const ssd_file_t *f, const kvrt_cache_block_name_t *name,
+                           uint64_t payload_checksum, void *header);
+/* Checks a header read back against the file's identity and the name the
+ * directory expects; then the payload's checksum. */
+bool tier_ssd_header_check(const ssd_file_t *f, const void *header,
+                           const kvrt_cache_block_name_t *expect, uint64_t *checksum_out);
+uint64_t tier_checksum(const void *bytes, uint64_t len);
+/* True when the file was deleted or replaced under kvrt. */
+bool tier_ssd_lost(const ssd_file_t *f);
+
+/* ---- jobs and the worker (tier_worker.c) --------------------------------- */
+typedef enum tier_job_kind {
+    JOB_DEMOTE = 1, /* pool block -> host slot */
+    JOB_WRITE = 2,  /* host slot -> SSD slot */
+    JOB_READ = 3,   /* SSD slot -> host slot, verified */
+    JOB_LAND = 4    /* host slot -> pool block */
+} tier_job_kind_t;
+
+typedef struct tier_job {
+    tier_job_kind_t kind;
+    int32_t block;
+    int32_t host_slot;
+    int32_t ssd_slot;
+    uint32_t ticket_slot;     /* onloads: index in the ticket table */
+    uint32_t position;        /* onloads: block index within the ticket */
+    bool ahead;               /* JOB_DEMOTE of a block still cached (clean-ahead) */
+    kvrt_cache_block_name_t name;
+    /* results, set by the worker */
+    int err;                  /* 0 or a positive errno */
+    kvrt_tier_miss_t miss;
+} tier_job_t;
+
+/* Test hook: returns a positive errno to fail an SSD operation. */
+typedef int (*tier_fault_fn)(void *user_data, tier_job_kind_t kind, int32_t ssd_slot);
+
+typedef struct tier_worker {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    tier_job_t *ring;         /* jobs handed over, not yet taken */
+    uint32_t ring_capacity, head, count;
+    bool stop, started;
+    kvrt_cq_t *done;          /* finished jobs, to the engine thread */
+    struct io_uring uring;
+    bool uring_ready;
+    bool fixed_buffers;       /* host slab and headers registered */
+    uint32_t host_buffers;    /* registered slab chunks */
+    uint64_t chunk_bytes;     /* slab bytes per registered chunk */
+    uint8_t *headers;         /* queue_depth headers, TIER_ALIGN aligned */
+    uint32_t queue_depth;
+    /* what jobs touch, read-only for the worker */
+    kvrt_kv_cache_t pool_view;
+    uint8_t *host_base;
+    uint64_t host_stride;
+    const ssd_file_t *ssd;
+    tier_fault_fn fault;
+    void *fault_user;
+} tier_worker_t;
+
+kvrt_status_t tier_worker_start(kvrt_ctx_t *ctx, tier_worker_t *w, uint32_t host_slots);
+void tier_worker_stop(tier_worker_t *w);
+/* Hands a job over; false when the ring is full. */
+bool tier_worker_submit(tier_worker_t *w, const tier_job_t *job);
+
+/* Tests: installs a fault hook (NULL removes it); call with nothing in
+ * flight (after kvrt_tier_drain). */
+void kvrt_tier_set_fault_hook(kvrt_tier_t *tier, tier_fault_fn fn, void *user_data);
+
+#endif /* KVRT_TIER_INTERNAL_H */

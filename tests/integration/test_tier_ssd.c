@@ -1,0 +1,290 @@
+/*
+ * test_tier_ssd.c - the SSD tier on a real file system: write-back from
+ * host memory and onload from SSD byte for byte; a restarted process finds
+ * what the previous one offloaded, and another model finds nothing of it;
+ * and the faults: a corrupted block, a truncated file, a deleted file, I/O
+ * errors (a fault hook) and a full disk (a small tmpfs this test mounts).
+ * Each is counted, the block dropped, the engine keeps running, nothing
+ * leaks.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <dirent.h>
+
+#include "test_helpers.h"
+
+#include "../tier_helpers.h"
+#include "tier/tier_internal.h"
+
+static char dir[64];
+static char mounted[80]; /* the tmpfs of the disk-full test, until unmounted */
+
+static void remove_dir(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return;
+    struct dirent *e;
+    char file[512];
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') {
+            snprintf(file, sizeof(file), "%s/%s", path, e->d_name);
+            unlink(file);
+        }
+    closedir(d);
+    rmdir(path);
+}
+
+static void ssd_setup(void)
+{
+    setup();
+    snprintf(dir, sizeof(dir), "/tmp/kvrt-tier-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+static void ssd_teardown(void)
+{
+    teardown();
+    if (mounted[0]) { /* an assertion ended the test before it unmounted */
+        umount2(mounted, MNT_DETACH);
+        rmdir(mounted);
+    }
+    remove_dir(dir);
+}
+
+TestSuite(tier_ssd, .init = ssd_setup, .fini = ssd_teardown);
+
+static void open_tier(const char *ssd_dir, const char *model)
+{
+    kvrt_cache_params_t cp = {.field_mask = KVRT_CACHE_PARAM_FINGERPRINT};
+    kvrt_kv_layout_t layout = test_layout(TPB);
+    ASSERT_OK(ctx, kvrt_model_fingerprint(model, &layout, &cp.model_fingerprint));
+    pool = test_pool(ctx, 17, TPB);
+    ASSERT_OK(ctx, kvrt_cache_create(pool, &cp, &cache));
+    /* 4 host slots, 4 in flight: host slots are written back as soon as
+     * they fill, so whatever is offloaded ends on SSD. */
+    kvrt_tier_params_t p = {.field_mask = KVRT_TIER_PARAM_HOST_BLOCKS | KVRT_TIER_PARAM_SSD |
+                                          KVRT_TIER_PARAM_QUEUE_DEPTH,
+                            .host_blocks = 4,
+                            .ssd_blocks = 64,
+                            .ssd_dir = ssd_dir,
+                            .queue_depth = 4};
+    if (getenv("KVRT_TEST_BUFFERED")) {
+        p.field_mask |= KVRT_TIER_PARAM_FLAGS;
+        p.flags = KVRT_TIER_SSD_BUFFERED;
+    }
+    ASSERT_OK(ctx, kvrt_tier_create(cache, &p, &tier));
+}
+
+static void close_tier(void)
+{
+    ASSERT_OK(ctx, kvrt_tier_destroy(tier));
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    cr_assert_eq(info.used_blocks, 0, "blocks leaked");
+    ASSERT_OK(ctx, kvrt_cache_destroy(cache));
+    ASSERT_OK(ctx, kvrt_pool_destroy(pool));
+    tier = NULL;
+    cache = NULL;
+}
+
+/* Prompt `seed` (4 blocks) offloaded: host, then SSD. The pool's cache is
+ * emptied first (an allocation of every block: no victim may be kept), so
+ * the prompt's blocks are the oldest and exactly they go down. */
+static void offload_prompt(int32_t seed)
+{
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    squeeze(info.free_blocks + info.cached_blocks);
+    prefill(seed, 4);
+    prefill(seed + 1, 4);
+    squeeze_past_free(1);
+    uint32_t n;
+    ASSERT_OK(ctx, kvrt_tier_drain(tier, 10000, NULL, 0, &n));
+}
+
+static kvrt_tier_stats_t stats(void)
+{
+    kvrt_tier_stats_t s;
+    ASSERT_OK(ctx, kvrt_tier_stats(tier, &s));
+    return s;
+}
+
+static char *data_file(void)
+{
+    static char path[512];
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d);
+    struct dirent *e;
+    path[0] = 0;
+    while ((e = readdir(d)))
+        if (strstr(e->d_name, ".kvblk"))
+            snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+    closedir(d);
+    cr_assert(path[0], "no .kvblk file in %s", dir);
+    return path;
+}
+
+Test(tier_ssd, blocks_written_back_to_ssd_come_back_byte_for_byte)
+{
+    open_tier(dir, "model-a");
+    offload_prompt(100);
+    kvrt_tier_stats_t s = stats();
+    cr_assert_eq(s.host.offloads, 4);
+    cr_assert_eq(s.ssd.offloads, 4, "host slots were not written back");
+    kvrt_tier_match_t m;
+    kvrt_tier_completion_t done = {0};
+    cr_assert_eq(bring_back(100, 4, &m, &done), 4, "miss %d", done.miss);
+    cr_assert_eq(m.ssd_blocks, 4);
+    s = stats();
+    cr_assert_eq(s.ssd.onloads, 4);
+    cr_assert_eq(s.ssd.errors, 0);
+    close_tier();
+}
+
+Test(tier_ssd, a_restarted_process_finds_what_it_offloaded_and_another_model_does_not)
+{
+    open_tier(dir, "model-a");
+    offload_prompt(100);
+    close_tier();
+    open_tier(dir, "model-b"); /* same directory, another model */
+    kvrt_tier_match_t m;
+    cr_assert_eq(bring_back(100, 4, &m, NULL), 0);
+    cr_assert_eq(m.ssd_blocks, 0, "served another model's blocks");
+    close_tier();
+    open_tier(dir, "model-a");
+    cr_assert_eq(stats().ssd.used_blocks, 4, "the index was not rebuilt");
+    cr_assert_eq(bring_back(100, 4, &m, NULL), 4);
+    cr_assert_eq(m.ssd_blocks, 4);
+    close_tier();
+}
+
+/* Flips one byte of the block in slot `slot` (past the header). */
+static void corrupt_slot(uint32_t slot, uint64_t slot_bytes)
+{
+    int fd = open(data_file(), O_RDWR);
+    cr_assert_geq(fd, 0);
+    uint8_t b;
+    off_t at = (off_t)(slot * slot_bytes + TIER_HEADER_BYTES + 10);
+    cr_assert_eq(pread(fd, &b, 1, at), 1);
+    b ^= 0x40;
+    cr_assert_eq(pwrite(fd, &b, 1, at), 1);
+    close(fd);
+}
+
+Test(tier_ssd, a_corrupted_block_is_a_miss_with_a_reason_never_data)
+{
+    open_tier(dir, "model-a");
+    offload_prompt(100);
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    uint64_t slot_bytes = TIER_HEADER_BYTES + (info.block_bytes + 4095) / 4096 * 4096;
+    /* Slot 0 holds the first block written back: the deepest (leaf first). */
+    for (uint32_t s = 0; s < 4; s++)
+        corrupt_slot(s, slot_bytes);
+    kvrt_tier_match_t m;
+    kvrt_tier_completion_t done = {0};
+    cr_assert_eq(bring_back(100, 4, &m, &done), 0);
+    cr_assert_eq(done.miss, KVRT_TIER_MISS_CHECKSUM);
+    kvrt_tier_stats_t s = stats();
+    cr_assert_eq(s.ssd.errors, 4);
+    cr_assert_eq(bring_back(100, 4, &m, NULL), 0);
+    cr_assert_eq(m.ssd_blocks, 0, "blocks that failed verification stay indexed");
+    close_tier();
+}
+
+Test(tier_ssd, a_truncated_file_is_a_miss_and_the_tier_keeps_working)
+{
+    open_tier(dir, "model-a");
+    offload_prompt(100);
+    cr_assert_eq(truncate(data_file(), 0), 0);
+    kvrt_tier_match_t m;
+    kvrt_tier_completion_t done = {0};
+    cr_assert_eq(bring_back(100, 4, &m, &done), 0);
+    cr_assert_eq(done.miss, KVRT_TIER_MISS_TRUNCATED);
+    cr_assert_gt(stats().ssd.errors, 0);
+    offload_prompt(300); /* writes extend the file again */
+    cr_assert_eq(bring_back(300, 4, &m, NULL), 4);
+    close_tier();
+}
+
+Test(tier_ssd, a_deleted_file_drops_the_tier_and_is_created_again)
+{
+    open_tier(dir, "model-a");
+    offload_prompt(100);
+    char path[512];
+    snprintf(path, sizeof(path), "%s", data_file());
+    cr_assert_eq(unlink(path), 0);
+    uint32_t n;
+    ASSERT_OK(ctx, kvrt_tier_poll(tier, NULL, 0, &n));
+    kvrt_tier_stats_t s = stats();
+    cr_assert_eq(s.ssd.used_blocks, 0);
+    cr_assert_eq(s.ssd.errors, 1);
+    cr_assert_geq(s.ssd.drops, 4);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0, "the file was not created again");
+    offload_prompt(300);
+    kvrt_tier_match_t m;
+    cr_assert_eq(bring_back(300, 4, &m, NULL), 4);
+    close_tier();
+}
+
+static int fail_every(void *user, tier_job_kind_t kind, int32_t slot)
+{
+    return kind == *(tier_job_kind_t *)user ? EIO : 0;
+}
+
+Test(tier_ssd, io_errors_are_counted_and_the_blocks_dropped)
+{
+    open_tier(dir, "model-a");
+    tier_job_kind_t failing = JOB_WRITE;
+    kvrt_tier_set_fault_hook(tier, fail_every, &failing);
+    offload_prompt(100);
+    kvrt_tier_stats_t s = stats();
+    cr_assert_eq(s.ssd.offloads, 0);
+    cr_assert_eq(s.ssd.errors, 4);
+    cr_assert_eq(s.ssd.drops, 4);
+    cr_assert_eq(s.ssd.used_blocks, 0);
+    kvrt_tier_set_fault_hook(tier, NULL, NULL);
+    offload_prompt(200);
+    failing = JOB_READ;
+    kvrt_tier_set_fault_hook(tier, fail_every, &failing);
+    kvrt_tier_match_t m;
+    kvrt_tier_completion_t done = {0};
+    cr_assert_eq(bring_back(200, 4, &m, &done), 0);
+    cr_assert_eq(m.ssd_blocks, 4);
+    cr_assert_eq(done.miss, KVRT_TIER_MISS_IO);
+    kvrt_tier_set_fault_hook(tier, NULL, NULL);
+    close_tier();
+}
+
+Test(tier_ssd, a_full_disk_is_counted_and_the_engine_keeps_running)
+{
+    char mnt[80];
+    snprintf(mnt, sizeof(mnt), "%s/small", dir);
+    cr_assert_eq(mkdir(mnt, 0700), 0);
+    /* 3 pages: room for the first slot's header and a little more. */
+    if (mount("kvrt-tier-test", mnt, "tmpfs", 0, "size=12k") != 0) {
+        rmdir(mnt);
+        cr_skip_test("cannot mount a tmpfs here (%s): needs root or CAP_SYS_ADMIN",
+                     strerror(errno));
+    }
+    snprintf(mounted, sizeof(mounted), "%s", mnt);
+    open_tier(mnt, "model-a");
+    for (int32_t p = 0; p < 4; p++)
+        offload_prompt(100 * (p + 1));
+    kvrt_tier_stats_t s = stats();
+    cr_assert_gt(s.ssd.errors, 0, "a full disk must show as errors");
+    cr_assert_gt(s.ssd.drops, 0);
+    cr_assert_lt(s.ssd.offloads, 16);
+    close_tier();
+    cr_assert_eq(umount(mnt), 0, "%s", strerror(errno));
+    mounted[0] = 0;
+    rmdir(mnt);
+}

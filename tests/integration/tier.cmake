@@ -1,0 +1,2 @@
+# The SSD tier on a real file system: restart, faults, a full disk.
+kvrt_add_test(integration test_tier_ssd DEPS tier LABELS threads TIMEOUT 120)

@@ -1,0 +1,192 @@
+/*
+ * test_tier_host.c - the host-DRAM tier as an engine sees it: blocks the
+ * prefix cache evicts land in host memory instead of being lost, a later
+ * prompt finds them (kvrt_tier_match), onload brings the exact bytes back
+ * into pool blocks and caches them again, a full tier drops and counts
+ * instead of delaying an allocation, blocks next in line for eviction are
+ * copied ahead so an eviction that may keep nothing loses nothing, and
+ * nothing leaks.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "test_helpers.h"
+
+#include "../tier_helpers.h"
+
+TestSuite(tier_host, .init = setup, .fini = teardown);
+
+static void make(uint32_t pool_blocks, uint32_t host_blocks, uint32_t queue_depth)
+{
+    pool = test_pool(ctx, pool_blocks, TPB);
+    ASSERT_OK(ctx, kvrt_cache_create(pool, NULL, &cache));
+    kvrt_tier_params_t p = {.field_mask = KVRT_TIER_PARAM_HOST_BLOCKS | KVRT_TIER_PARAM_QUEUE_DEPTH,
+                            .host_blocks = host_blocks,
+                            .queue_depth = queue_depth};
+    ASSERT_OK(ctx, kvrt_tier_create(cache, &p, &tier));
+}
+
+Test(tier_host, evicted_blocks_come_back_from_host_memory_byte_for_byte)
+{
+    make(17, 32, 4); /* 16 usable pool blocks */
+    prefill(100, 4);
+    prefill(200, 4);
+    /* One block short: prompt 100's four blocks go down (the queue depth),
+     * the next victim is dropped since the queue is full; then, while the
+     * tier is polled, the blocks next in line are copied ahead. */
+    squeeze_past_free(1);
+    kvrt_tier_stats_t s;
+    ASSERT_OK(ctx, kvrt_tier_stats(tier, &s));
+    cr_assert_geq(s.host.offloads, 4);
+    cr_assert_eq(s.host.drops, 1);
+    kvrt_tier_match_t m;
+    cr_assert_eq(bring_back(100, 4, &m, NULL), 4);
+    cr_assert_eq(m.gpu_blocks, 0);
+    cr_assert_eq(m.host_blocks, 4);
+    /* Landed blocks are cached again: a match now hits them in the pool. */
+    cr_assert_eq(bring_back(100, 4, &m, NULL), 0);
+    cr_assert_eq(m.gpu_blocks, 4, "onloaded blocks were not cached");
+    ASSERT_OK(ctx, kvrt_tier_stats(tier, &s));
+    cr_assert_eq(s.host.onloads, 4);
+    cr_assert_eq(s.host.hits, 4);
+}
+
+Test(tier_host, a_prefix_split_between_pool_and_host_continues_across_them)
+{
+    make(17, 32, 2);
+    prefill(7, 4);
+    prefill(8, 4);
+    /* Blocks 3 and 2 of prompt 7 go down (the queue depth), block 1 is
+     * dropped (the queue was full): the price of never waiting. */
+    squeeze_past_free(1);
+    kvrt_tier_stats_t s;
+    ASSERT_OK(ctx, kvrt_tier_stats(tier, &s));
+    cr_assert_geq(s.host.offloads, 2);
+    cr_assert_eq(s.host.drops, 1);
+    prefill(7, 2); /* block 1 is computed again */
+    kvrt_tier_match_t m;
+    cr_assert_eq(bring_back(7, 4, &m, NULL), 2);
+    cr_assert_eq(m.gpu_blocks, 2);
+    cr_assert_eq(m.host_blocks, 2);
+}
+
+Test(tier_host, a_full_host_tier_evicts_its_oldest_and_never_delays_an_allocation)
+{
+    make(17, 4, 2);
+    for (int32_t p = 0; p < 8; p++) {
+        prefill(1000 * (p + 1), 4);
+        squeeze_past_free(1); /* must succeed whatever the tier's state */
+    }
+    kvrt_tier_stats_t s;
+    ASSERT_OK(ctx, kvrt_tier_stats(tier, &s));
+    cr_assert_leq(s.host.used_blocks, 4);
+    cr_assert_gt(s.host.offloads, 4);
+    cr_assert_gt(s.host.evictions, 0, "a full tier must evict its oldest");
+    cr_assert_eq(s.in_flight, 0);
+}
+
+Test(tier_host, metrics_are_ctl_nodes)
+{
+    make(17, 32, 4);
+    prefill(5, 3);
+    prefill(6, 4);
+    squeeze_past_free(1);
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    char name[64];
+    uint64_t v;
+    snprintf(name, sizeof(name), "tier.%u.host.offloads", info.group_id);
+    ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, name, &v));
+    cr_assert_geq(v, 4);
+    snprintf(name, sizeof(name), "tier.%u.host.capacity_blocks", info.group_id);
+    ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, name, &v));
+    cr_assert_eq(v, 32);
+    snprintf(name, sizeof(name), "tier.%u.ssd.capacity_blocks", info.group_id);
+    ASSERT_OK(ctx, kvrt_ctl_get_u64(ctx, name, &v));
+    cr_assert_eq(v, 0);
+}
+
+Test(tier_host, every_public_function_refuses_bad_input)
+{
+    pool = test_pool(ctx, 9, TPB);
+    ASSERT_OK(ctx, kvrt_cache_create(pool, NULL, &cache));
+    kvrt_tier_params_t p = {.field_mask = KVRT_TIER_PARAM_HOST_BLOCKS, .host_blocks = 0};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_tier_create(cache, &p, &tier));
+    p.host_blocks = 4;
+    p.field_mask |= 1u << 20;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_tier_create(cache, &p, &tier));
+    p.field_mask = KVRT_TIER_PARAM_HOST_BLOCKS | KVRT_TIER_PARAM_SSD;
+    p.ssd_dir = "/nonexistent/kvrt";
+    p.ssd_blocks = 4;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_tier_create(cache, &p, &tier));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_tier_create(NULL, &p, &tier));
+    p.field_mask = KVRT_TIER_PARAM_HOST_BLOCKS;
+    ASSERT_OK(ctx, kvrt_tier_create(cache, &p, &tier));
+    kvrt_tier_t *second;
+    ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_tier_create(cache, &p, &second));
+    uint64_t ticket;
+    kvrt_block_hash_t h = {1, 2};
+    int32_t block = 3; /* free, not used */
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
+                  kvrt_tier_onload(tier, 0, 1, &h, NULL, NULL, &block, &ticket, NULL));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
+                  kvrt_tier_onload(tier, 1, 1, &h, NULL, NULL, &block, &ticket, NULL));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_tier_onload(NULL, 0, 0, NULL, NULL, NULL, NULL,
+                                                         &ticket, NULL));
+    uint32_t n;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_tier_poll(tier, NULL, 4, &n));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_tier_poll(NULL, NULL, 0, &n));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_tier_stats(tier, NULL));
+    kvrt_tier_match_t m;
+    int32_t t[8] = {0};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_tier_match(tier, t, 8, NULL, 2, &block, NULL, &m));
+    cr_assert_eq(kvrt_tier_destroy(NULL), KVRT_OK);
+    /* An onload of nothing still yields a ticket, reported once. */
+    ASSERT_OK(ctx, kvrt_tier_onload(tier, 0, 0, NULL, NULL, NULL, NULL, &ticket, NULL));
+    kvrt_tier_completion_t done[2];
+    ASSERT_OK(ctx, kvrt_tier_poll(tier, done, 2, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(done[0].ticket, ticket);
+    cr_assert_eq(done[0].landed, 0);
+}
+
+Test(tier_host, blocks_copied_ahead_survive_an_eviction_that_may_keep_nothing)
+{
+    make(17, 32, 4);
+    prefill(42, 4);
+    settle(); /* polled: the blocks next in line for eviction are copied ahead */
+    kvrt_tier_stats_t s;
+    ASSERT_OK(ctx, kvrt_tier_stats(tier, &s));
+    cr_assert_eq(s.host.offloads, 4, "nothing was copied ahead");
+    /* Every block at once: no victim may be kept, yet none is lost. */
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    squeeze(info.free_blocks + info.cached_blocks);
+    kvrt_tier_match_t m;
+    cr_assert_eq(bring_back(42, 4, &m, NULL), 4);
+    cr_assert_eq(m.host_blocks, 4);
+}
+
+Test(tier_host, an_onload_longer_than_the_queue_is_fed_as_the_queue_drains)
+{
+    make(33, 64, 2); /* 8 jobs in the queue at most, 12 blocks to bring back */
+    prefill(9, 12);
+    settle(); /* all 12 copied ahead over several polls */
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    squeeze(info.free_blocks + info.cached_blocks);
+    kvrt_tier_match_t m;
+    kvrt_tier_completion_t done = {0};
+    cr_assert_eq(bring_back(9, 12, &m, &done), 12, "miss %d", done.miss);
+    cr_assert_eq(m.host_blocks, 12);
+}
+
+Test(tier_host, the_cache_outlives_its_tier_and_a_forgotten_tier_is_torn_down_with_the_context)
+{
+    make(17, 8, 2);
+    ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_cache_destroy(cache));
+    prefill(3, 4);
+    squeeze_past_free(1); /* copies in flight when the context goes */
+    tier = NULL;          /* forgotten: kvrt_ctx_destroy() must take it down */
+    cache = NULL;
+}

@@ -1,0 +1,2 @@
+# Tiers below the pool: host DRAM (unit), SSD faults and restart (integration).
+kvrt_add_test(unit test_tier_host DEPS tier LABELS threads TIMEOUT 60)
