@@ -12,6 +12,7 @@
 #include "sim_rng.h"
 #include "sim_workload.h"
 #include "soak_cluster.h"
+#include "soak_disk.h"
 #include "soak_netns.h"
 #include "soak_proto.h"
 #include "soak_report.h"
@@ -78,6 +79,8 @@ typedef struct soak {
     uint64_t skipped_too_long;
     soak_cluster_t cluster;
     int etcd;                       /* the cluster side runs */
+    soak_disk_t disk;               /* the nodes' SSD-tier directories */
+    int tiers;
     char argv0[4096];               /* this program, for exec'ing nodes */
 } soak_t;
 

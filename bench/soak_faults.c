@@ -83,8 +83,10 @@ static int inject(soak_t *s, soak_fault_kind_t kind, uint32_t node, double *leng
         return corrupter(s, 1);
     case SOAK_FAULT_ETCD:
         return soak_cluster_etcd_kill(&s->cluster);
+    case SOAK_FAULT_DISKFULL:
+        return soak_disk_fill(&s->disk, node);
     default:
-        return -1; /* diskfull: not available, never planned */
+        return -1;
     }
 }
 
@@ -110,6 +112,9 @@ void soak_fault_heal(soak_t *s)
         break;
     case SOAK_FAULT_CORRUPT:
         corrupter(s, 0);
+        break;
+    case SOAK_FAULT_DISKFULL:
+        soak_disk_free(&s->disk, f->node);
         break;
     case SOAK_FAULT_ETCD:
         if (soak_cluster_etcd_restart(&s->cluster) != 0)

@@ -60,11 +60,12 @@ void soak_node_start(soak_t *s, uint32_t i)
     /* The node is this program again (--node), exec'd: the supervisor has
      * threads (kvrt's etcd member), and a forked child may only exec. */
     char spec[512];
-    snprintf(spec, sizeof(spec), "%u,%s:%s,%u,%u,%.6f,%llu,%u,%s", i,
+    snprintf(spec, sizeof(spec), "%u,%s:%s,%u,%u,%.6f,%llu,%u,%s,%s", i,
              s->netns ? s->net.address[i] : "127.0.0.1", s->netns ? "7100" : "0",
              s->o.pool_blocks, s->o.transfer_timeout_ms, s->o.time_scale,
              (unsigned long long)(s->o.seed * 1000003u + i * 7919u + np->generation),
-             s->o.lease_ttl_s, s->etcd ? s->cluster.endpoint : "-");
+             s->o.lease_ttl_s, s->etcd ? s->cluster.endpoint : "-",
+             s->tiers ? s->disk.dir[i] : "-");
     char *const argv[] = {s->argv0, "--node", spec, NULL};
     fflush(NULL);
     pid_t pid = fork();
@@ -91,12 +92,12 @@ void soak_node_start(soak_t *s, uint32_t i)
 /* kvrt-soak --node SPEC: one node, talking to the supervisor on fd 3. */
 static int node_process(const char *spec)
 {
-    static char listen[128], etcd[128];
+    static char listen[128], etcd[128], ssd[128];
     unsigned index = 0, pool = 0, timeout = 0, ttl = 0;
     unsigned long long seed = 0;
     double scale = 1;
-    if (sscanf(spec, "%u,%127[^,],%u,%u,%lf,%llu,%u,%127s", &index, listen, &pool, &timeout,
-               &scale, &seed, &ttl, etcd) != 8 ||
+    if (sscanf(spec, "%u,%127[^,],%u,%u,%lf,%llu,%u,%127[^,],%127s", &index, listen, &pool,
+               &timeout, &scale, &seed, &ttl, etcd, ssd) != 9 ||
         index >= SOAK_MAX_NODES)
         return 2;
     signal(SIGINT, SIG_IGN);
@@ -104,7 +105,8 @@ static int node_process(const char *spec)
     soak_node_config_t cfg = {.index = index, .listen = listen, .control_fd = 3,
                               .pool_blocks = pool, .transfer_timeout_ms = timeout,
                               .time_scale = scale, .seed = seed, .lease_ttl_s = ttl,
-                              .etcd_endpoint = strcmp(etcd, "-") ? etcd : NULL};
+                              .etcd_endpoint = strcmp(etcd, "-") ? etcd : NULL,
+                              .ssd_dir = strcmp(ssd, "-") ? ssd : NULL};
     return soak_node_main(&cfg);
 }
 
@@ -130,6 +132,9 @@ static void counters_add(soak_node_counters_t *sum, const soak_node_counters_t *
     sum->corrupt_used += c->corrupt_used;
     sum->blocks_checked += c->blocks_checked;
     sum->steps += c->steps;
+    sum->ssd_offloads += c->ssd_offloads;
+    sum->ssd_drops += c->ssd_drops;
+    sum->ssd_errors += c->ssd_errors;
 }
 
 static void record_end(soak_t *s, record_t *r, const soak_msg_end_t *m)
@@ -457,6 +462,7 @@ static void cleanup(void)
     kill_all(cleanup_target);
     soak_cluster_stop(&cleanup_target->cluster);
     soak_net_down(&cleanup_target->net);
+    soak_disk_down(&cleanup_target->disk);
 }
 
 /* Traffic has stopped: let what is in flight end, then ask every node to
@@ -675,6 +681,7 @@ int main(int argc, char **argv)
                                      s->netns ? 2379u : 20000u + (unsigned)getpid() % 20000u * 2u,
                                      s->o.lease_ttl_s);
     s->etcd = no_etcd == NULL;
+    s->tiers = soak_disk_up(&s->disk, s->o.nodes, geteuid() == 0, 24) == NULL;
     if (s->etcd)
         snprintf(cluster_line, sizeof(cluster_line), "etcd at %.96s", s->cluster.endpoint);
     else
@@ -695,7 +702,8 @@ int main(int argc, char **argv)
                               k == SOAK_FAULT_CORRUPT || (k == SOAK_FAULT_LINK && s->netns) ||
                               (k == SOAK_FAULT_NETEM && have_netem) ||
                               (k == SOAK_FAULT_SLOW && have_tbf) ||
-                              (k == SOAK_FAULT_ETCD && s->etcd);
+                              (k == SOAK_FAULT_ETCD && s->etcd) ||
+                              (k == SOAK_FAULT_DISKFULL && s->tiers && s->disk.mounted);
     }
     fprintf(stderr, "kvrt-soak: %u nodes over %s, %s, %.0f s, seed %llu\n", s->o.nodes,
             network, cluster_line, s->o.duration_s, (unsigned long long)s->o.seed);

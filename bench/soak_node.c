@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kvrt/tier.h"
 #include "sim_cost_model.h"
 #include "soak_proto.h"
 
@@ -70,6 +71,7 @@ typedef struct node {
     kvrt_sched_t *sched;
     kvrt_xfer_agent_t *agent;
     kvrt_kv_events_t *events;
+    kvrt_tier_t *tier;
     kvrt_cluster_etcd_t *member;
     soak_msg_events_t *events_msg;
     uint64_t epoch;
@@ -594,6 +596,25 @@ static int step(node_t *n)
     return 0;
 }
 
+/* ---- tiers ---------------------------------------------------------------------------- */
+
+/* Moves offloads along (the soak does not onload yet: no ticket is ever
+ * reported) and keeps the SSD tier's counters. */
+static void tier_poll(node_t *n)
+{
+    if (!n->tier)
+        return;
+    kvrt_tier_completion_t done[16];
+    uint32_t got = 0;
+    kvrt_tier_poll(n->tier, done, 16, &got);
+    kvrt_tier_stats_t ts;
+    if (kvrt_tier_stats(n->tier, &ts) == KVRT_OK) {
+        n->c.ssd_offloads = ts.ssd.offloads;
+        n->c.ssd_drops = ts.ssd.drops;
+        n->c.ssd_errors = ts.ssd.errors;
+    }
+}
+
 /* ---- the cluster: membership and KV events ------------------------------------------ */
 
 /* Registers on etcd under a lease of lease_ttl_s; etcd may be down for a
@@ -687,6 +708,14 @@ static int open_node(node_t *n)
         (st = kvrt_cache_create(n->pool, &cap, &n->cache)) != KVRT_OK ||
         (st = kvrt_cache_root(n->cache, &n->root)) != KVRT_OK)
         return die(n, "kvrt_cache_create", st);
+    /* Evicted blocks go to host DRAM, then to an SSD file on the node's
+     * own small file system (the diskfull fault fills it). */
+    kvrt_tier_params_t tp = {.field_mask = KVRT_TIER_PARAM_HOST_BLOCKS | KVRT_TIER_PARAM_SSD |
+                                           KVRT_TIER_PARAM_FLAGS,
+                             .host_blocks = 256, .ssd_blocks = 1024, .ssd_dir = cfg->ssd_dir,
+                             .flags = KVRT_TIER_SSD_BUFFERED};
+    if (cfg->ssd_dir && (st = kvrt_tier_create(n->cache, &tp, &n->tier)) != KVRT_OK)
+        return die(n, "kvrt_tier_create", st);
     if ((st = kvrt_kv_events_create(n->ctx, NULL, &n->events)) != KVRT_OK ||
         (st = kvrt_kv_events_attach(n->events, n->cache, KVRT_KV_TIER_GPU)) != KVRT_OK ||
         (st = kvrt_kv_events_epoch(n->events, &n->epoch, NULL)) != KVRT_OK)
@@ -793,6 +822,13 @@ static int finish(node_t *n)
     for (uint32_t i = 0; i < SOAK_MAX_NODES; i++)
         if (n->peers[i].connected)
             peer_drop(n, &n->peers[i]);
+    if (n->tier) {
+        /* Offloads in flight hold pool blocks until they are copied. */
+        kvrt_tier_completion_t done[16];
+        uint32_t got = 0;
+        kvrt_tier_drain(n->tier, 10000, done, 16, &got);
+        tier_poll(n);
+    }
     kvrt_xfer_deregister(n->pool_region);
     kvrt_xfer_deregister(n->dir_region);
     kvrt_xfer_deregister(n->landing_region);
@@ -811,6 +847,7 @@ static int finish(node_t *n)
     send_msg(n, &rep, sizeof(rep));
     kvrt_cluster_etcd_destroy(n->member);
     kvrt_kv_events_destroy(n->events);
+    kvrt_tier_destroy(n->tier);
     kvrt_xfer_agent_destroy(n->agent);
     kvrt_sched_destroy(n->sched);
     kvrt_cache_destroy(n->cache);
@@ -859,6 +896,7 @@ int soak_node_main(const soak_node_config_t *cfg)
                 return 1;
         }
         ship_events(n);
+        tier_poll(n);
         if (t >= next_stats) {
             kvrt_sched_stats_t ss;
             kvrt_pool_info_t pi;

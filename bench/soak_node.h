@@ -23,6 +23,7 @@ typedef struct soak_node_config {
     double time_scale;          /* wall seconds per simulated GPU second */
     uint64_t seed;
     const char *etcd_endpoint;  /* NULL: no membership on etcd */
+    const char *ssd_dir;        /* the SSD tier's directory; NULL: no tiers */
     uint32_t lease_ttl_s;
 } soak_node_config_t;
 

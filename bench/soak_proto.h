@@ -112,6 +112,7 @@ typedef struct soak_node_counters {
     uint64_t corrupt_used;       /* blocks that failed verification at use: must stay 0 */
     uint64_t blocks_checked;     /* blocks verified at use */
     uint64_t steps;
+    uint64_t ssd_offloads, ssd_drops, ssd_errors;   /* the SSD tier's */
 } soak_node_counters_t;
 
 typedef struct soak_msg_stats {

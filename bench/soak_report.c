@@ -108,6 +108,9 @@ void soak_report_print(const soak_report_t *r, FILE *out)
             (unsigned long long)c->blocks_pulled, (unsigned long long)c->blocks_stale,
             (unsigned long long)c->corrupt_injected, (unsigned long long)c->corrupt_rejected,
             (unsigned long long)c->corrupt_used, (unsigned long long)c->blocks_checked);
+    fprintf(out, "SSD tier: %llu blocks offloaded, %llu dropped, %llu errors\n",
+            (unsigned long long)c->ssd_offloads, (unsigned long long)c->ssd_drops,
+            (unsigned long long)c->ssd_errors);
     fprintf(out, "cluster: %llu requests routed by the directory's router, %llu KV events "
                  "applied, %llu resyncs, %llu dead-node directory checks\n",
             (unsigned long long)r->routed, (unsigned long long)r->events_applied,
@@ -150,7 +153,8 @@ void soak_report_json(const soak_report_t *r, FILE *out)
                  "  \"pulls\": {\"started\": %llu, \"failed\": %llu, \"blocks\": %llu, "
                  "\"stale\": %llu},\n  \"max_rss_bytes\": %llu,\n  \"rss_limit_bytes\": %llu,\n"
                  "  \"cluster\": {\"routed\": %llu, \"events_applied\": %llu, \"resyncs\": %llu, "
-                 "\"directory_checks\": %llu, \"stale_directory_nodes\": %llu},\n",
+                 "\"directory_checks\": %llu, \"stale_directory_nodes\": %llu},\n"
+                 "  \"ssd_tier\": {\"offloads\": %llu, \"drops\": %llu, \"errors\": %llu},\n",
             (unsigned long long)r->leaked_blocks, (unsigned long long)r->leaked_registrations,
             (unsigned long long)r->outstanding_transfers, (unsigned long long)c->corrupt_used,
             (unsigned long long)c->corrupt_rejected, (unsigned long long)c->corrupt_injected,
@@ -160,7 +164,8 @@ void soak_report_json(const soak_report_t *r, FILE *out)
             (unsigned long long)r->max_rss_bytes, (unsigned long long)r->rss_limit_bytes,
             (unsigned long long)r->routed, (unsigned long long)r->events_applied,
             (unsigned long long)r->resyncs, (unsigned long long)r->directory_checks,
-            (unsigned long long)r->stale_directory_nodes);
+            (unsigned long long)r->stale_directory_nodes, (unsigned long long)c->ssd_offloads,
+            (unsigned long long)c->ssd_drops, (unsigned long long)c->ssd_errors);
     window_t w[SOAK_SERIES_MAX / WINDOW_S + 1];
     uint32_t nw = windows(r, w, SOAK_SERIES_MAX / WINDOW_S + 1);
     fprintf(out, "  \"window_s\": %u,\n  \"series\": [", WINDOW_S);

@@ -87,11 +87,14 @@ static void soak_run(soak_run_t *r, const char *const *args, double term_after_s
     cr_assert(!killed, "kvrt-soak ran past %.0f s", limit_s);
 }
 
-/* No namespace of the run is left: `ip netns list` has none with its pid. */
+/* No namespace of the run is left (`ip netns list` has none with its pid),
+ * nor its SSD directories. */
 static void assert_torn_down(pid_t pid)
 {
     char path[96];
     struct stat st;
+    snprintf(path, sizeof(path), "/tmp/kvrt-soak-%d", (int)pid);
+    cr_assert_neq(stat(path, &st), 0, "%s (SSD directories) left behind", path);
     snprintf(path, sizeof(path), "/var/run/netns/kvrtsoak-%d-br", (int)pid);
     cr_assert_neq(stat(path, &st), 0, "%s left behind", path);
     for (int i = 0; i < 16; i++) {
@@ -110,7 +113,7 @@ static double num(const cJSON *obj, const char *name)
 Test(soak, every_available_fault_and_every_invariant, .timeout = 150)
 {
     static soak_run_t r;
-    soak_run(&r, (const char *const[]){"--duration", "36", "--fault-interval", "1",
+    soak_run(&r, (const char *const[]){"--duration", "40", "--fault-interval", "1",
                                        "--fault-length", "2", "--seed", "7", "--json", NULL},
              0, 140);
     cr_assert_eq(r.status, 0, "an invariant broke (stderr has the summary); exit %d", r.status);
@@ -132,7 +135,7 @@ Test(soak, every_available_fault_and_every_invariant, .timeout = 150)
     cr_assert_gt(num(cJSON_GetObjectItem(root, "pulls"), "blocks"), 0);
     const cJSON *faults = cJSON_GetObjectItem(root, "faults_injected");
     const char *always[] = {"kill", "stop", "corrupt"};
-    for (size_t i = 0; i < 3; i++)
+    for (size_t i = 0; i < sizeof(always) / sizeof(always[0]); i++)
         cr_assert_geq(num(faults, always[i]), 1, "%s never injected", always[i]);
     int netns = strncmp(cJSON_GetObjectItem(root, "network")->valuestring, "netns", 5) == 0;
     const cJSON *f = NULL;
@@ -142,7 +145,9 @@ Test(soak, every_available_fault_and_every_invariant, .timeout = 150)
         if (cJSON_IsString(f)) {
             cr_assert_str_eq(f->valuestring, "not available");
             cr_assert(strcmp(f->string, "kill") && strcmp(f->string, "stop") &&
-                          strcmp(f->string, "corrupt") && (strcmp(f->string, "link") || !netns),
+                          strcmp(f->string, "corrupt") &&
+                          ((strcmp(f->string, "link") && strcmp(f->string, "diskfull")) ||
+                           !netns),
                       "%s reported unavailable", f->string);
         } else {
             cr_assert_geq(f->valuedouble, 1, "%s never injected", f->string);
@@ -159,6 +164,9 @@ Test(soak, every_available_fault_and_every_invariant, .timeout = 150)
         cr_assert_geq(num(cl, "directory_checks"), 1);
         cr_assert_eq(num(cl, "stale_directory_nodes"), 0);
     }
+    /* As root every node has an SSD tier on a tmpfs of its own. */
+    if (netns)
+        cr_assert_geq(num(faults, "diskfull"), 1, "diskfull never injected");
     cJSON_Delete(root);
     assert_torn_down(r.pid);
 }
