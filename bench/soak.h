@@ -58,6 +58,7 @@ typedef struct fault {
     uint32_t node;
     double heal_at, next_at;
     uint32_t turn;
+    uint64_t corrupt_base;      /* blocks damaged before a corrupt fault */
     soak_fault_kind_t order[SOAK_FAULT_KINDS];
     uint32_t num_kinds;
 } fault_t;

@@ -125,9 +125,23 @@ void soak_fault_heal(soak_t *s)
     }
 }
 
+/* Blocks the corrupter damaged so far, all nodes, all incarnations. */
+static uint64_t corrupted(const soak_t *s)
+{
+    uint64_t n = s->rep->counters.corrupt_injected;
+    for (uint32_t i = 0; i < s->o.nodes; i++)
+        n += s->nodes[i].last.corrupt_injected;
+    return n;
+}
+
 void soak_fault_tick(soak_t *s, double t)
 {
     fault_t *f = &s->fault;
+    /* A corrupt fault lasts until a delivery was actually damaged (pulls
+     * come with traffic), at most 20 s past its length. */
+    if (f->active && f->kind == SOAK_FAULT_CORRUPT && t >= f->heal_at &&
+        corrupted(s) == f->corrupt_base && t < f->heal_at + 20.0)
+        return;
     if (f->active && t >= f->heal_at) {
         soak_fault_heal(s);
         f->next_at = t + s->o.fault_interval_s;
@@ -152,6 +166,7 @@ void soak_fault_tick(soak_t *s, double t)
         return;
     }
     record(s, t, kind, node);
+    f->corrupt_base = corrupted(s);
     f->active = 1;
     f->kind = kind;
     f->node = node;

@@ -113,7 +113,7 @@ static double num(const cJSON *obj, const char *name)
 Test(soak, every_available_fault_and_every_invariant, .timeout = 150)
 {
     static soak_run_t r;
-    soak_run(&r, (const char *const[]){"--duration", "40", "--fault-interval", "1",
+    soak_run(&r, (const char *const[]){"--duration", "45", "--fault-interval", "1",
                                        "--fault-length", "2", "--seed", "7", "--json", NULL},
              0, 140);
     cr_assert_eq(r.status, 0, "an invariant broke (stderr has the summary); exit %d", r.status);
