@@ -192,6 +192,8 @@ int soak_report_plot(const soak_report_t *r, const char *dir, const char *script
     }
     soak_report_json(r, f);
     fclose(f);
+    /* The child shares stdout: what is buffered goes first. */
+    fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
         execl("/usr/bin/python3", "python3", script, path, dir, (char *)NULL);
