@@ -209,6 +209,9 @@ void soak_cluster_stop(soak_cluster_t *c)
     if (c->member)
         kvrt_cluster_etcd_destroy(c->member);
     c->member = NULL;
+    /* The router is not the context's: it goes first, then what it reads. */
+    kvrt_cluster_router_destroy(c->router);
+    kvrt_cluster_dir_destroy(c->dir);
     if (c->ctx)
         kvrt_ctx_destroy(c->ctx);
     c->ctx = NULL;
