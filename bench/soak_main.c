@@ -515,8 +515,10 @@ static void finish(soak_t *s)
         counters_add(&s->rep->counters, &s->nodes[i].last);
     for (uint64_t k = 0; k < s->num_recs; k++)
         if (s->recs[k].live) {
+            /* Never ended: lost, and its conversation ends with it. */
             s->rep->lost++;
             s->recs[k].live = 0;
+            sim_workload_done(s->workload, &s->recs[k].req, (soak_now() - s->t0) * 1e6, 0, 0);
             free(s->recs[k].req.answer);
         }
 }
