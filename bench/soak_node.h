@@ -1,0 +1,33 @@
+/*
+ * soak_node.h - one kvrt-soak node: kvrt's scheduler, prefix cache, block
+ * pool (host memory, registered for peers) and transfer agent, with the
+ * model replaced by kvrt-sim's cost model in real time. Requests come from
+ * the supervisor; before admitting one the node pulls the prompt's leading
+ * blocks it lacks from their home node (a directory read, then a KV block
+ * read with kvrt's integrity check), verifies every block against its
+ * content and puts the good ones into its prefix cache. Its cache's KV
+ * events go to the supervisor (who keeps the cluster directory and routes),
+ * and with etcd it registers under a lease kvrt keeps alive.
+ */
+#ifndef KVRT_BENCH_SOAK_NODE_H
+#define KVRT_BENCH_SOAK_NODE_H
+
+#include <stdint.h>
+
+typedef struct soak_node_config {
+    uint32_t index;
+    const char *listen;         /* "addr:port" */
+    int control_fd;             /* SOCK_SEQPACKET to the supervisor */
+    uint32_t pool_blocks;
+    uint32_t transfer_timeout_ms;
+    double time_scale;          /* wall seconds per simulated GPU second */
+    uint64_t seed;
+    const char *etcd_endpoint;  /* NULL: no membership on etcd */
+    const char *ssd_dir;        /* the SSD tier's directory; NULL: no tiers */
+    uint32_t lease_ttl_s;
+} soak_node_config_t;
+
+/* Runs until FINISH (returns 0 after reporting) or a fatal error (1). */
+int soak_node_main(const soak_node_config_t *config);
+
+#endif /* KVRT_BENCH_SOAK_NODE_H */
