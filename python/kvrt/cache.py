@@ -8,9 +8,52 @@ from . import _structs as S
 from ._handle import Handle
 from .pool import Pool
 
-LRU, LFU, LFU_AGED = 0, 1, 2
+LRU, LFU, LFU_AGED, LRU_LEAF, ADAPTIVE = 0, 1, 2, 3, 4
 MISS_REASONS = {0: "none", 1: "never_cached", 2: "evicted", 3: "key_mismatch", 4: "partial"}
 _PARAM_POLICY, _PARAM_FINGERPRINT, _PARAM_NAME = 1, 2, 4
+_KEY_ADAPTER, _KEY_SALT, _KEY_MM = 1, 2, 4
+RESET_FORGET_BUSY = 1  # KVRT_CACHE_RESET_FORGET_BUSY
+
+
+def block_hash(value, name="hash", function=None):
+    """A kvrt_block_hash_t from one, or from a (lo, hi) pair of ints."""
+    if isinstance(value, S.kvrt_block_hash_t):
+        return value
+    try:
+        lo, hi = value
+        return S.kvrt_block_hash_t(int(lo), int(hi))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise _lib.bad_arg("%s must be a kvrt_block_hash_t or (lo, hi): %s" % (name, e),
+                           function)
+
+
+def hash_keys(adapter_id=None, salt=None, mm_items=None, function=None):
+    """A sequence's kvrt_hash_keys_t (adapter, tenant salt, multimodal items
+    as (content_hash, offset, length)), or None when none is given. The
+    struct keeps its salt and items alive."""
+    if adapter_id is None and salt is None and mm_items is None:
+        return None
+    keys = S.kvrt_hash_keys_t()
+    if adapter_id is not None:
+        keys.field_mask |= _KEY_ADAPTER
+        keys.adapter_id = int(adapter_id)
+    if salt is not None:
+        keys._salt = bytes(salt)
+        keys.field_mask |= _KEY_SALT
+        keys.salt = C.cast(C.c_char_p(keys._salt), C.c_void_p)
+        keys.salt_bytes = len(keys._salt)
+    if mm_items is not None:
+        items = list(mm_items)
+        try:
+            keys._items = (S.kvrt_mm_item_t * max(len(items), 1))(*[
+                S.kvrt_mm_item_t(block_hash(h, "mm_items hash", function), int(off), int(n))
+                for h, off, n in items])
+        except (TypeError, ValueError, OverflowError) as e:
+            raise _lib.bad_arg("mm_items: (content_hash, offset, length) each: %s" % e,
+                               function)
+        keys.field_mask |= _KEY_MM
+        keys.mm_items, keys.num_mm_items = keys._items, len(items)
+    return keys
 
 
 def model_fingerprint(model_id, layout):
@@ -26,10 +69,13 @@ class PrefixCache(Handle):
 
     _kind = "prefix cache"
 
-    def __init__(self, pool, policy=LRU, model_id=None, name=None):
+    def __init__(self, pool, policy=None, model_id=None, name=None):
         if not isinstance(pool, Pool):
             raise _lib.bad_arg("pool must be a kvrt.Pool", "PrefixCache")
-        p = S.kvrt_cache_params_t(field_mask=_PARAM_POLICY, policy=int(policy))
+        p = S.kvrt_cache_params_t()
+        if policy is not None:  # else kvrt's default (LRU_LEAF)
+            p.field_mask |= _PARAM_POLICY
+            p.policy = int(policy)
         if model_id is not None:
             p.field_mask |= _PARAM_FINGERPRINT
             p.model_fingerprint = model_fingerprint(model_id, pool.layout)
@@ -58,8 +104,21 @@ class PrefixCache(Handle):
 
     def stats(self):
         out = S.kvrt_cache_stats_t()
-        self._call("kvrt_cache_stats", self._handle("stats"), C.byref(out))
-        return {f[0]: getattr(out, f[0]) for f in out._fields_}
+        self._call("kvrt_cache_stats_sized", self._handle("stats"), C.sizeof(out),
+                   C.byref(out))
+        return out.as_dict()
+
+    def reset(self, forget_busy=False):
+        """Empties the cache (kvrt_cache_reset): nothing cached before is
+        matched after. Raises KVRT_ERR_BUSY while cached blocks are still
+        referenced, unless forget_busy (they leave the index and stay with
+        their holders as ordinary blocks)."""
+        self._call("kvrt_cache_reset", self._handle("reset"),
+                   RESET_FORGET_BUSY if forget_busy else 0)
+
+    def reset_stats(self):
+        """Zeroes the counters (not the gauges)."""
+        self._call("kvrt_cache_reset_stats", self._handle("reset_stats"))
 
     def verify(self):
         self._call("kvrt_cache_verify", self._handle("verify"))
