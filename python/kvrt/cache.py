@@ -63,6 +63,29 @@ def model_fingerprint(model_id, layout):
     return out
 
 
+def block_keys(tokens, fingerprint, tokens_per_block, adapter_id=None, salt=None,
+                mm_items=None):
+    """The index keys of tokens' full blocks under a model fingerprint (the
+    keys KV events carry and the cluster directory and router take), as
+    (lo, hi) pairs, computed as docs/block-hash.md specifies."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+    keys = hash_keys(adapter_id, salt, mm_items, "block_keys")
+    keys_ref = C.byref(keys) if keys else None
+    tpb = int(tokens_per_block)
+    parent = S.kvrt_block_hash_t()
+    _lib.call(None, "kvrt_block_hash_root", C.byref(block_hash(fingerprint)), C.byref(parent))
+    out = []
+    for first in range(0, len(tokens) - len(tokens) % tpb, tpb):
+        content, key = S.kvrt_block_hash_t(), S.kvrt_block_hash_t()
+        chunk = tokens[first:first + tpb]
+        _lib.call(None, "kvrt_block_hash", C.byref(parent), chunk.ctypes.data_as(_lib.i32p),
+                  tpb, first, keys_ref, C.byref(content))
+        _lib.call(None, "kvrt_block_key", C.byref(content), keys_ref, C.byref(key))
+        out.append((key.lo, key.hi))
+        parent = content
+    return out
+
+
 class PrefixCache(Handle):
     """A prefix cache over pool. model_id, when given, keys the cache by a
     fingerprint of the model and layout so two models never share blocks."""
@@ -72,13 +95,14 @@ class PrefixCache(Handle):
     def __init__(self, pool, policy=None, model_id=None, name=None):
         if not isinstance(pool, Pool):
             raise _lib.bad_arg("pool must be a kvrt.Pool", "PrefixCache")
-        p = S.kvrt_cache_params_t()
+        p = S.kvrt_cache_params_t(field_mask=_PARAM_FINGERPRINT)
+        # kvrt's own default when no model is named; kept for block_keys().
+        p.model_fingerprint = model_fingerprint(
+            "unnamed" if model_id is None else model_id, pool.layout)
+        self.fingerprint = (p.model_fingerprint.lo, p.model_fingerprint.hi)
         if policy is not None:  # else kvrt's default (LRU_LEAF)
             p.field_mask |= _PARAM_POLICY
             p.policy = int(policy)
-        if model_id is not None:
-            p.field_mask |= _PARAM_FINGERPRINT
-            p.model_fingerprint = model_fingerprint(model_id, pool.layout)
         if name is not None:
             p.field_mask |= _PARAM_NAME
             self._name = str(name).encode()
@@ -101,6 +125,11 @@ class PrefixCache(Handle):
                    len(tokens), None, cap, blocks.ctypes.data_as(_lib.i32p), hashes,
                    C.byref(m))
         return blocks[:m.num_blocks].copy(), MISS_REASONS.get(m.miss_reason, m.miss_reason)
+
+    def block_keys(self, tokens, adapter_id=None, salt=None, mm_items=None):
+        """block_keys() under this cache's fingerprint and block size."""
+        return block_keys(tokens, self.fingerprint, self.pool.layout.tokens_per_block,
+                          adapter_id, salt, mm_items)
 
     def stats(self):
         out = S.kvrt_cache_stats_t()
