@@ -6,6 +6,7 @@ import numpy as np
 from . import _lib
 from . import _structs as S
 from ._handle import Handle
+from .errors import KvrtError, ERR_BUSY
 from .pool import Pool
 
 LRU, LFU, LFU_AGED, LRU_LEAF, ADAPTIVE = 0, 1, 2, 3, 4
@@ -111,6 +112,7 @@ class PrefixCache(Handle):
         pool._call("kvrt_cache_create", pool._handle("PrefixCache"), C.byref(p), C.byref(ptr))
         super().__init__(pool._context, ptr.value)
         self.pool = pool
+        self._publishers = set()  # attached kvrt.KvEvents
 
     def match(self, tokens, max_blocks=None):
         """Looks tokens up: (block ids with a reference taken each, which the
@@ -153,3 +155,11 @@ class PrefixCache(Handle):
         self._call("kvrt_cache_verify", self._handle("verify"))
 
     _destroy = "kvrt_cache_destroy"
+
+    def close(self):
+        """Refuses (KVRT_ERR_BUSY) while a KvEvents publisher follows the
+        cache: the publisher would keep pointing at it. Detach it first."""
+        if self._publishers and not self.closed:
+            raise KvrtError(ERR_BUSY, "a KV event publisher is attached; detach or close "
+                            "it first", "PrefixCache.close")
+        super().close()

@@ -27,8 +27,8 @@ from .pool import _u32
 TIER_GPU, TIER_HOST, TIER_DISK = 0, 1, 2
 EVENT_STORED, EVENT_REMOVED, EVENT_CLEARED = 1, 2, 3
 ROUTE_ROUND_ROBIN, ROUTE_LEAST_LOADED, ROUTE_CACHE_AWARE = 0, 1, 2
-_EVENTS_CAPACITY, _EVENTS_EPOCH = 1, 2
-_DIR_EXPECTED = 1
+_EVENTS = dict(capacity=1, epoch=2)
+_DIR = dict(expected_blocks=1)
 _LOAD = dict(queued_prefill_tokens=1, running_decodes=2, free_blocks=4)
 _ROUTER = dict(policy=1, prefill_weight=2, decode_weight=4, tokens_per_block=8, tier_mask=16)
 
@@ -37,6 +37,13 @@ def _hashes(values, name, function):
     values = list(values)
     return (S.kvrt_block_hash_t * len(values))(*[block_hash(v, name, function)
                                                  for v in values])
+
+
+def _create(context, function, params, caller):
+    """A new C object of context (function(ctx, &params, &out))."""
+    ptr = C.c_void_p()
+    _lib.call(context._ptr, function, context._handle(caller), C.byref(params), C.byref(ptr))
+    return ptr.value
 
 
 def _events(batch, function):
@@ -58,16 +65,10 @@ class KvEvents(Handle):
 
     def __init__(self, context, capacity=None, epoch=None):
         p = S.kvrt_kv_events_params_t()
-        if capacity is not None:
-            p.field_mask |= _EVENTS_CAPACITY
-            p.capacity = _u32(capacity, "capacity", "KvEvents")
-        if epoch is not None:
-            p.field_mask |= _EVENTS_EPOCH
-            p.epoch = int(epoch)
-        ptr = C.c_void_p()
-        _lib.call(context._ptr, "kvrt_kv_events_create", context._handle("KvEvents"),
-                  C.byref(p), C.byref(ptr))
-        super().__init__(context, ptr.value)
+        S.set_masked(p, _EVENTS, epoch=None if epoch is None else int(epoch),
+                     capacity=None if capacity is None else
+                     _u32(capacity, "capacity", "KvEvents"))
+        super().__init__(context, _create(context, "kvrt_kv_events_create", p, "KvEvents"))
         self.cache = None
 
     def record(self, kind, tier, key):
@@ -83,10 +84,20 @@ class KvEvents(Handle):
         self._call("kvrt_kv_events_attach", self._handle("attach"), cache._handle("attach"),
                    int(tier))
         self.cache = cache
+        cache._publishers.add(self)
 
     def detach(self):
         self._call("kvrt_kv_events_detach", self._handle("detach"))
-        self.cache = None
+        self._release_cache()
+
+    def _release_cache(self):
+        if self.cache is not None:
+            self.cache._publishers.discard(self)
+            self.cache = None
+
+    def close(self):
+        super().close()  # kvrt_kv_events_destroy stops following the cache
+        self._release_cache()
 
     def take(self, capacity=4096):
         """(epoch, the oldest untaken events, at most capacity, in id order)."""
@@ -132,13 +143,9 @@ class Directory(Handle):
 
     def __init__(self, context, expected_blocks=None):
         p = S.kvrt_cluster_dir_params_t()
-        if expected_blocks is not None:
-            p.field_mask |= _DIR_EXPECTED
-            p.expected_blocks = int(expected_blocks)
-        ptr = C.c_void_p()
-        _lib.call(context._ptr, "kvrt_cluster_dir_create", context._handle("Directory"),
-                  C.byref(p), C.byref(ptr))
-        super().__init__(context, ptr.value)
+        S.set_masked(p, _DIR, expected_blocks=None if expected_blocks is None else
+                     int(expected_blocks))
+        super().__init__(context, _create(context, "kvrt_cluster_dir_create", p, "Directory"))
         self._routers = []
 
     def add_node(self, node_id, model, epoch):

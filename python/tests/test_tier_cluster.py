@@ -2,7 +2,6 @@
 and router through the Python wrappers, over a real libkvrt."""
 import select
 
-import numpy as np
 import pytest
 
 import kvrt
@@ -126,6 +125,15 @@ def test_cache_events_feed_a_directory_and_the_router_follows_the_prefix(ctx):
     assert directory.stats()["events_applied"] == 4
     directory.close()
     assert router.closed
+    with pytest.raises(kvrt.KvrtError) as e:
+        cache.close()
+    assert e.value.name == "KVRT_ERR_BUSY", "a followed cache closed under its publisher"
+    sched.close()
+    events.detach()
+    cache.close()
+    nodes[1][0].close()
+    nodes[1][2].close()
+    nodes[1][1].close()
 
 
 def test_directory_resynchronizes_from_a_snapshot(ctx):
