@@ -28,7 +28,6 @@ _P = dict(max_batch_tokens=1, max_seqs=2, prefill_chunk_tokens=4, use_watermark=
           adaptive_draft=256, csr_block_tables=512)
 _SEQ_STOP, _SEQ_PRIORITY, _SEQ_DEADLINE, _SEQ_KEYS, _SEQ_USER_TAG = 1, 2, 4, 8, 16
 _SEQ_CACHE_FLAGS, _SEQ_MIN_TOKENS = 32, 64
-_KEY_ADAPTER, _KEY_SALT, _KEY_MM = 1, 2, 4
 _ARRIVAL_DEADLINE = 1
 # Per-request prefix-cache control (enum kvrt_seq_cache_flags): add(cache_flags=...).
 CACHE_SKIP_READ, CACHE_SKIP_WRITE, CACHE_DROP_LAST_HIT = 1, 2, 4

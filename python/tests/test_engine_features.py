@@ -162,3 +162,28 @@ def test_stats_reach_ctl_and_metrics(ctx, pool):
     assert ctx.ctl("sched.0.prefix_hit_tokens") == 48
     text = ctx.metrics()
     assert "kvrt_sched_prefix_hit_tokens_total" in text, text[:2000]
+
+
+def test_tenant_salt_and_multimodal_items_key_the_cache(ctx, pool):
+    cache = kvrt.PrefixCache(pool)
+    sched = kvrt.Scheduler(pool, cache)
+    prompt = list(range(1, 50))
+    image = ((0x1234, 0x5678), 4, 8)  # tokens 4..11 are an image's
+    sched.add(prompt, max_new_tokens=1, salt=b"tenant-a", mm_items=[image])
+    run(sched)
+    other = sched.add(prompt, max_new_tokens=1, salt=b"tenant-b", mm_items=[image])
+    other_image = sched.add(prompt, max_new_tokens=1, salt=b"tenant-a",
+                            mm_items=[((0x1234, 0x9999), 4, 8)])
+    same = sched.add(prompt, max_new_tokens=1, salt=b"tenant-a", mm_items=[image])
+    ended = run(sched)
+    assert ended[other]["cached_tokens"] == 0, "another tenant's salt hit"
+    assert ended[other_image]["cached_tokens"] == 0, "another image hit"
+    assert ended[same]["cached_tokens"] == 48
+    assert cache.block_keys(prompt, salt=b"tenant-a", mm_items=[image]) != \
+        cache.block_keys(prompt)
+    with pytest.raises(kvrt.KvrtError) as e:
+        sched.add(prompt, max_new_tokens=1, mm_items=[("not a hash", 4, 8)])
+    assert e.value.name == "KVRT_ERR_INVALID_ARG"
+    with pytest.raises(kvrt.KvrtError) as e:  # overlapping items
+        sched.add(prompt, max_new_tokens=1, mm_items=[image, ((1, 2), 8, 8)])
+    assert e.value.name == "KVRT_ERR_INVALID_ARG"
