@@ -216,6 +216,9 @@ def main(argv=None):
         prefix_hit_requests=sum(1 for e in results.values() if e["cached_tokens"] > 0),
         prefix_hit_tokens=stats["prefix_hit_tokens"], preemptions=stats["preemptions"],
         drafts_proposed=stats["spec_proposed"], drafts_accepted=stats["spec_accepted"],
+        draft_acceptance_by_position=[
+            round(a / p, 3) for a, p in zip(stats["spec_accepted_at"], stats["spec_proposed_at"])
+            if p],
         mismatched_requests=mismatches, mismatched_tokens=mismatched_tokens,
         serve_seconds=round(serve_s, 2),
         decode_kernel_max_error=engine_error, decode_kernel_checks=engine_checks,
@@ -230,6 +233,7 @@ def main(argv=None):
         print("  preemptions: %(preemptions)d" % summary)
         print("  drafts: %(drafts_accepted)d accepted of %(drafts_proposed)d proposed"
               % summary)
+        print("  draft acceptance by position: %s" % summary["draft_acceptance_by_position"])
         print("  kvrt decode-attention kernel vs the model: max |error| "
               "%(decode_kernel_max_error).1e over %(decode_kernel_checks)d queries" % summary)
         print("  mismatches against the unpaged reference: %(mismatched_requests)d requests,"

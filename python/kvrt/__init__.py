@@ -11,14 +11,19 @@ rules, and python/examples/ for an engine served end to end.
         sched.commit(plan, [42])
 """
 from ._lib import API_MAJOR, API_MINOR, API_VERSION
-from .cache import LFU, LFU_AGED, LRU, PrefixCache, model_fingerprint
+from .cache import (ADAPTIVE, LFU, LFU_AGED, LRU, LRU_LEAF, PrefixCache, block_keys,
+                    model_fingerprint)
+from .cluster import Directory, KvEvents, Router
 from .context import (Context, HUGEPAGE_AUTO, HUGEPAGE_OFF, HUGEPAGE_REQUIRE, LOG_DEBUG,
                       LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN, version)
 from .errors import KvrtError, STATUS, status_name
 from .kernels import KVCache, cuda_device_count
 from .pool import (DTYPE_BF16, DTYPE_FP16, DTYPE_FP32, KV_FUSED, KV_SEPARATE, NULL_BLOCK,
                    ORDER_BLOCK_MAJOR, ORDER_LAYER_MAJOR, BlockTable, Layout, Pool)
-from .sched import PLAN_DECODE, PLAN_PREFILL, PLAN_SPEC, Plan, Scheduler
+from .sched import (CACHE_DROP_LAST_HIT, CACHE_SKIP_READ, CACHE_SKIP_WRITE, PLAN_DECODE,
+                    PLAN_PREFILL, PLAN_SPEC, Plan, Scheduler)
+from .tier import Tier
+from . import cluster
 from . import xfer
 
 __version__ = "1.0.0"

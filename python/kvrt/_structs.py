@@ -18,6 +18,14 @@ XFER_NAME_MAX = 64
 XFER_NOTIFY_MAX = 256
 
 
+def _plain(value):
+    if isinstance(value, Struct):
+        return value.as_dict()
+    if isinstance(value, C.Array) and not isinstance(value, (bytes, str)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def set_masked(params, bits, **values):
     """Sets each field given a value other than None, and its field_mask bit
     (bits: field name -> bit)."""
@@ -29,6 +37,10 @@ def set_masked(params, bits, **values):
 
 class Struct(C.Structure):
     """A struct that prints its fields (for debugging)."""
+
+    def as_dict(self):
+        """Every field by name: arrays as lists, nested structs as dicts."""
+        return {f[0]: _plain(getattr(self, f[0])) for f in self._fields_}
 
     def __repr__(self):
         fields = ", ".join("%s=%r" % (f[0], getattr(self, f[0])) for f in self._fields_)
@@ -116,7 +128,8 @@ class kvrt_seq_params_t(Struct):
     _fields_ = [("field_mask", u64), ("prompt", C.POINTER(i32)), ("prompt_len", u32),
                 ("max_new_tokens", u32), ("stop_tokens", C.POINTER(i32)),
                 ("num_stop_tokens", u32), ("priority", i32), ("deadline_ns", u64),
-                ("keys", kvrt_hash_keys_t), ("user_tag", u64)]
+                ("keys", C.POINTER(kvrt_hash_keys_t)), ("user_tag", u64),
+                ("cache_flags", u32), ("min_tokens", u32)]
 
 
 class kvrt_seq_info_t(Struct):
@@ -161,12 +174,24 @@ SCHED_STAT_U64 = (
     "ended_undrained", "output_tokens", "prompt_tokens", "prefix_hit_tokens",
     "prefix_query_tokens", "deadline_misses", "budget_bound_steps", "spec_proposed",
     "spec_accepted", "spec_verifications", "spec_backoff_tokens", "step_cpu_ns",
-    "commit_cpu_ns")
+    "commit_cpu_ns", "awaiting_kv", "arrivals", "arrived_tokens", "arrivals_failed",
+    "arrivals_expired")
+SCHED_DRAFT_POSITIONS = 16  # KVRT_SCHED_DRAFT_POSITIONS
+SCHED_STATS_SIZE_1_0 = 544  # KVRT_SCHED_STATS_SIZE_1_0
+SEQ_INFO_SIZE_1_0 = 112     # KVRT_SEQ_INFO_SIZE_1_0
 
 
 class kvrt_sched_stats_t(Struct):
     _fields_ = [(n, u64) for n in SCHED_STAT_U64] + [
-        ("spec_acceptance", C.c_double), ("spec_mean_accepted", C.c_double)]
+        ("spec_proposed_at", u64 * SCHED_DRAFT_POSITIONS),
+        ("spec_accepted_at", u64 * SCHED_DRAFT_POSITIONS),
+        ("window_hit_tokens", u64), ("window_query_tokens", u64),
+        ("spec_acceptance", C.c_double), ("spec_mean_accepted", C.c_double),
+        ("prefix_hit_rate", C.c_double), ("prefix_hit_rate_window", C.c_double)]
+
+
+class kvrt_arrival_params_t(Struct):
+    _fields_ = [("field_mask", u64), ("num_tokens", u32), ("deadline_ns", u64)]
 
 
 # ---- kernels.h -------------------------------------------------------------
@@ -186,7 +211,8 @@ class kvrt_decode_attention_t(Struct):
                 ("num_q_heads", u32), ("q_dtype", enum), ("query", ptr),
                 ("block_tables", C.POINTER(i32)), ("table_stride", u32),
                 ("seq_lens", C.POINTER(i32)), ("softmax_scale", C.c_float),
-                ("out_dtype", enum), ("out", ptr)]
+                ("out_dtype", enum), ("out", ptr), ("max_seq_len", u32),
+                ("workspace", ptr), ("workspace_bytes", u64)]
 
 
 # ---- xfer.h ----------------------------------------------------------------
@@ -205,7 +231,7 @@ class kvrt_xfer_register_params_t(Struct):
 
 
 class kvrt_xfer_peer_info_t(Struct):
-    _fields_ = [("state", enum), ("last_error", enum), ("connections", u32),
+    _fields_ = [("struct_size", u32), ("state", enum), ("last_error", enum), ("connections", u32),
                 ("reconnects", u32), ("outstanding", u32),
                 ("name", C.c_char * XFER_NAME_MAX)]
 
@@ -235,6 +261,82 @@ class kvrt_xfer_kv_params_t(Struct):
                 ("count", u32), ("integrity", C.c_int), ("notify", ptr),
                 ("notify_bytes", u32), ("timeout_ms", u32), ("max_inflight_bytes", u64),
                 ("user_data", u64)]
+
+
+# ---- tier.h ----------------------------------------------------------------
+class kvrt_tier_params_t(Struct):
+    _fields_ = [("field_mask", u64), ("host_blocks", u32), ("ssd_blocks", u32),
+                ("ssd_dir", C.c_char_p), ("queue_depth", u32), ("flags", u32)]
+
+
+class kvrt_tier_match_t(Struct):
+    _fields_ = [("gpu_blocks", u32), ("host_blocks", u32), ("ssd_blocks", u32),
+                ("unused", u32)]
+
+
+class kvrt_tier_completion_t(Struct):
+    _fields_ = [("ticket", u64), ("requested", u32), ("landed", u32), ("miss", enum),
+                ("unused", u32)]
+
+
+TIER_LEVEL_STATS = ("capacity_blocks", "used_blocks", "hits", "offloads", "onloads", "drops",
+                    "errors", "evictions")
+
+
+class kvrt_tier_level_stats_t(Struct):
+    _fields_ = [(n, u64) for n in TIER_LEVEL_STATS]
+
+
+class kvrt_tier_stats_t(Struct):
+    _fields_ = [("host", kvrt_tier_level_stats_t), ("ssd", kvrt_tier_level_stats_t),
+                ("ssd_buffered", u32), ("in_flight", u32)]
+
+
+# ---- cluster.h -------------------------------------------------------------
+KV_TIERS = 3  # KVRT_KV_TIERS
+
+
+class kvrt_kv_event_t(Struct):
+    _fields_ = [("event_id", u64), ("kind", u32), ("tier", u32), ("key", kvrt_block_hash_t)]
+
+
+class kvrt_kv_events_params_t(Struct):
+    _fields_ = [("field_mask", u64), ("capacity", u32), ("epoch", u64)]
+
+
+class kvrt_cluster_dir_params_t(Struct):
+    _fields_ = [("field_mask", u64), ("expected_blocks", u64)]
+
+
+class kvrt_cluster_node_info_t(Struct):
+    _fields_ = [("node_id", u64), ("epoch", u64), ("next_event_id", u64),
+                ("blocks", u64 * KV_TIERS), ("resyncing", u32), ("reserved", u32)]
+
+
+class kvrt_cluster_match_t(Struct):
+    _fields_ = [("node_id", u64), ("prefix_blocks", u32), ("gpu_prefix_blocks", u32)]
+
+
+class kvrt_cluster_dir_stats_t(Struct):
+    _fields_ = [(n, u64) for n in (
+        "nodes", "models", "entries", "table_slots", "table_bytes", "events_applied",
+        "events_duplicate", "resyncs", "stale_refused", "queries")]
+
+
+class kvrt_cluster_load_t(Struct):
+    _fields_ = [("field_mask", u64), ("queued_prefill_tokens", u64),
+                ("running_decodes", u64), ("free_blocks", u64)]
+
+
+class kvrt_cluster_router_params_t(Struct):
+    _fields_ = [("field_mask", u64), ("policy", enum), ("prefill_weight", C.c_double),
+                ("decode_weight", C.c_double), ("tokens_per_block", u32),
+                ("tier_mask", u32)]
+
+
+class kvrt_route_choice_t(Struct):
+    _fields_ = [("node_id", u64), ("cached_blocks", u32), ("best_blocks", u32),
+                ("best_node_id", u64), ("cost", C.c_double)]
 
 
 ALL = {name: obj for name, obj in list(globals().items())

@@ -100,8 +100,8 @@ class Pool(Handle):
     def info(self):
         """kvrt_pool_info as a dict."""
         out = S.kvrt_pool_info_t()
-        self._call("kvrt_pool_info", self._handle("info"), C.byref(out))
-        return {f[0]: getattr(out, f[0]) for f in out._fields_}
+        self._call("kvrt_pool_info_sized", self._handle("info"), C.sizeof(out), C.byref(out))
+        return out.as_dict()
 
     def verify(self):
         self._call("kvrt_pool_verify", self._handle("verify"))

@@ -14,12 +14,12 @@ import numpy as np
 from . import _lib
 from . import _structs as S
 from ._handle import Handle
-from .cache import PrefixCache
+from .cache import PrefixCache, hash_keys
 from .errors import KvrtError, ERR_BAD_STATE
 from .pool import Pool, _u32
 
 PLAN_PREFILL, PLAN_DECODE, PLAN_SPEC = 0, 1, 2
-SEQ_STATES = {0: "waiting", 1: "running", 2: "preempted", 3: "ended"}
+SEQ_STATES = {0: "waiting", 1: "running", 2: "preempted", 3: "ended", 4: "waiting_kv"}
 END_REASONS = {0: "none", 1: "length", 2: "stop", 3: "aborted", 4: "failed"}
 MAX_DRAFT = 16
 
@@ -27,7 +27,10 @@ _P = dict(max_batch_tokens=1, max_seqs=2, prefill_chunk_tokens=4, use_watermark=
           max_requests=16, max_seq_tokens=32, max_draft_tokens=64, ngram=128,
           adaptive_draft=256, csr_block_tables=512)
 _SEQ_STOP, _SEQ_PRIORITY, _SEQ_DEADLINE, _SEQ_KEYS, _SEQ_USER_TAG = 1, 2, 4, 8, 16
-_KEY_ADAPTER, _KEY_SALT = 1, 2
+_SEQ_CACHE_FLAGS, _SEQ_MIN_TOKENS = 32, 64
+_ARRIVAL_DEADLINE = 1
+# Per-request prefix-cache control (enum kvrt_seq_cache_flags): add(cache_flags=...).
+CACHE_SKIP_READ, CACHE_SKIP_WRITE, CACHE_DROP_LAST_HIT = 1, 2, 4
 _COMMIT_ACCEPTED = 1
 
 
@@ -162,8 +165,14 @@ class Scheduler(Handle):
 
     # ---- requests -----------------------------------------------------------
     def add(self, prompt, max_new_tokens, stop=None, priority=None, deadline_ns=None,
-            user_tag=None, adapter_id=None, salt=None):
-        """Enqueues a request; returns its id (an int)."""
+            user_tag=None, adapter_id=None, salt=None, mm_items=None, cache_flags=None,
+            min_tokens=None):
+        """Enqueues a request; returns its id (an int).
+
+        mm_items: multimodal items as (content_hash, offset, length), the hash
+        a kvrt_block_hash_t or a (lo, hi) pair; cache_flags: CACHE_SKIP_READ,
+        CACHE_SKIP_WRITE, CACHE_DROP_LAST_HIT or'd; min_tokens: outputs before
+        a stop token may end the request."""
         prompt = _tokens(prompt, "prompt", "add")
         p = S.kvrt_seq_params_t(prompt=prompt.ctypes.data_as(_lib.i32p),
                                 prompt_len=len(prompt),
@@ -173,18 +182,17 @@ class Scheduler(Handle):
             p.field_mask |= _SEQ_STOP
             p.stop_tokens, p.num_stop_tokens = stop.ctypes.data_as(_lib.i32p), len(stop)
         S.set_masked(p, {"priority": _SEQ_PRIORITY, "deadline_ns": _SEQ_DEADLINE,
-                         "user_tag": _SEQ_USER_TAG},
-                     priority=priority, deadline_ns=deadline_ns, user_tag=user_tag)
-        if adapter_id is not None or salt is not None:
+                         "user_tag": _SEQ_USER_TAG, "cache_flags": _SEQ_CACHE_FLAGS,
+                         "min_tokens": _SEQ_MIN_TOKENS},
+                     priority=priority, deadline_ns=deadline_ns, user_tag=user_tag,
+                     cache_flags=None if cache_flags is None else
+                     _u32(cache_flags, "cache_flags", "add"),
+                     min_tokens=None if min_tokens is None else
+                     _u32(min_tokens, "min_tokens", "add"))
+        keys = hash_keys(adapter_id, salt, mm_items, "add")  # alive until the call returns
+        if keys is not None:
             p.field_mask |= _SEQ_KEYS
-            if adapter_id is not None:
-                p.keys.field_mask |= _KEY_ADAPTER
-                p.keys.adapter_id = int(adapter_id)
-            if salt is not None:
-                salt = bytes(salt)
-                p.keys.field_mask |= _KEY_SALT
-                p.keys.salt = C.cast(C.c_char_p(salt), C.c_void_p)
-                p.keys.salt_bytes = len(salt)
+            p.keys = C.pointer(keys)
         seq = C.c_uint64()
         self._call("kvrt_seq_add", self._handle("add"), C.byref(p), C.byref(seq))
         return seq.value
@@ -197,9 +205,43 @@ class Scheduler(Handle):
         self._call("kvrt_seq_set_draft", self._handle("set_draft"), int(seq_id),
                    tokens.ctypes.data_as(_lib.i32p), len(tokens))
 
+    def set_drafts(self, drafts):
+        """Every sequence's next draft in one call (kvrt_sched_set_drafts):
+        drafts maps a request id to its draft tokens (empty clears it). All or
+        nothing: a bad entry raises and no draft changes."""
+        ids = np.fromiter((int(i) for i in drafts), dtype=np.uint64, count=len(drafts))
+        parts = [_tokens(t, "drafts[%d]" % i, "set_drafts", allow_empty=True)
+                 for i, t in drafts.items()]
+        counts = np.fromiter((len(t) for t in parts), dtype=np.uint32, count=len(parts))
+        tokens = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        self._call("kvrt_sched_set_drafts", self._handle("set_drafts"), len(ids),
+                   ids.ctypes.data_as(_lib.u64p), counts.ctypes.data_as(_lib.u32p),
+                   tokens.ctypes.data_as(_lib.i32p))
+
+    def await_kv(self, seq_id, num_tokens, deadline_ns=None):
+        """Starts an arrival for a queued request: its first num_tokens
+        tokens' K/V will be written by the caller. Returns (arrival id,
+        blocks to fill): the block ids, a copy, in table order; write them,
+        then call arrival_complete(arrival, landed) in every case."""
+        p = S.kvrt_arrival_params_t(num_tokens=_u32(num_tokens, "num_tokens", "await_kv"))
+        if deadline_ns is not None:
+            p.field_mask |= _ARRIVAL_DEADLINE
+            p.deadline_ns = int(deadline_ns)
+        arrival, first, count = C.c_uint64(), C.c_uint32(), C.c_uint32()
+        self._call("kvrt_seq_await_kv", self._handle("await_kv"), int(seq_id), C.byref(p),
+                   C.byref(arrival), C.byref(first), C.byref(count))
+        blocks, _ = self.seq_blocks(seq_id)
+        return arrival.value, blocks[first.value:first.value + count.value]
+
+    def arrival_complete(self, arrival, landed_blocks):
+        """Ends an arrival: its first landed_blocks blocks hold valid K/V."""
+        self._call("kvrt_arrival_complete", self._handle("arrival_complete"), int(arrival),
+                   _u32(landed_blocks, "landed_blocks", "arrival_complete"))
+
     def info(self, seq_id):
         out = S.kvrt_seq_info_t()
-        self._call("kvrt_seq_info", self._handle("info"), int(seq_id), C.byref(out))
+        self._call("kvrt_seq_info_sized", self._handle("info"), int(seq_id), C.byref(out),
+                   C.sizeof(out))
         return _info_dict(out)
 
     def seq_blocks(self, seq_id):
@@ -213,7 +255,8 @@ class Scheduler(Handle):
         events = []
         count = C.c_uint32()
         while True:
-            self._call("kvrt_sched_drain_ended", self._handle("drain"), self._drain_buffer,
+            self._call("kvrt_sched_drain_ended_sized", self._handle("drain"),
+                       self._drain_buffer, C.sizeof(S.kvrt_seq_info_t),
                        len(self._drain_buffer), C.byref(count))
             events += [_info_dict(self._drain_buffer[i]) for i in range(count.value)]
             if count.value < len(self._drain_buffer):
@@ -246,9 +289,12 @@ class Scheduler(Handle):
         self._generation += 1
 
     def stats(self):
+        """kvrt_sched_stats_t as a dict; spec_proposed_at and
+        spec_accepted_at are lists (one entry per draft position)."""
         out = S.kvrt_sched_stats_t()
-        self._call("kvrt_sched_stats", self._handle("stats"), C.byref(out))
-        return {f[0]: getattr(out, f[0]) for f in out._fields_}
+        self._call("kvrt_sched_stats_sized", self._handle("stats"), C.byref(out),
+                   C.sizeof(out))
+        return out.as_dict()
 
     _destroy = "kvrt_sched_destroy"
 

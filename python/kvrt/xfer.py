@@ -140,7 +140,7 @@ class Peer(_AgentChild):
     _kind = "transfer peer"
 
     def info(self):
-        out = S.kvrt_xfer_peer_info_t()
+        out = S.kvrt_xfer_peer_info_t(struct_size=C.sizeof(S.kvrt_xfer_peer_info_t))
         self._call("kvrt_xfer_peer_info", self._handle("info"), C.byref(out))
         return {"state": out.state, "last_error": out.last_error,
                 "connections": out.connections, "reconnects": out.reconnects,
