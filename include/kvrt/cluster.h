@@ -44,6 +44,7 @@
 
 #include "kvrt/cache.h"
 #include "kvrt/context.h"
+#include "kvrt/pool.h"
 #include "kvrt/sched.h"
 #include "kvrt/xfer.h"
 
@@ -666,8 +667,12 @@ typedef struct kvrt_handoff_completion {
     uint32_t outcome;       /* kvrt_handoff_outcome_t */
     kvrt_status_t status;   /* KVRT_OK, KVRT_ERR_TIMEOUT, KVRT_ERR_INTEGRITY,
                                KVRT_ERR_CANCELED (the sender gave up) */
+    uint32_t first_block;   /* index in the request's table of its first block */
     uint32_t blocks;        /* blocks the hand-off carried */
-    uint32_t landed_blocks; /* of those, landed (and verified) in time */
+    /* Of those, counted from the first, the blocks the request keeps as
+     * computed: all when LANDED; under RECOMPUTE after the sender gave up
+     * (KVRT_ERR_CANCELED), the verified leading ones; else 0. */
+    uint32_t landed_blocks;
 } kvrt_handoff_completion_t;
 
 /*
@@ -691,7 +696,7 @@ typedef struct kvrt_handoff_recv_stats {
     uint64_t landed;
     uint64_t recomputed;
     uint64_t failed;
-    uint64_t blocks_landed;
+    uint64_t blocks_landed;   /* blocks requests kept, all outcomes */
     uint64_t refused;         /* messages with a bad token, sender or batch */
     uint64_t foreign;         /* notifications that were not hand-off messages */
     uint32_t live;            /* hand-offs waiting for blocks */
@@ -785,6 +790,107 @@ kvrt_status_t kvrt_cluster_handoff_send_test(kvrt_cluster_handoff_send_t *send);
  * none.
  */
 kvrt_status_t kvrt_cluster_handoff_send_end(kvrt_cluster_handoff_send_t *send);
+
+
+/* ---- pull from peers ------------------------------------------------------
+ *
+ * A node that misses a prefix a peer holds may fetch it instead of
+ * recomputing it. The puller asks kvrt_cluster_pull_plan() which peer holds
+ * the longest prefix and whether moving the extra blocks beats prefilling
+ * them; if so it admits the request with kvrt_cluster_handoff_accept() (up
+ * to the peer's prefix) and ships the ticket, with the prompt's block
+ * content hashes, to the peer, which answers with kvrt_cluster_pull_serve():
+ * the hand-off runs with the peer as its sender. A peer that lacks blocks
+ * it announced sends those it has and gives up; the puller keeps the
+ * verified leading blocks (RECOMPUTE policy), recomputes the rest, and
+ * kvrt_cluster_pull_forget() drops the peer's false entries.
+ */
+
+enum kvrt_cluster_pull_cost_field {
+    KVRT_PULL_COST_NET_GBPS = 1u << 0,  /* net_gbps */
+    KVRT_PULL_COST_LATENCY = 1u << 1,   /* latency_us */
+    KVRT_PULL_COST_PREFILL = 1u << 2,   /* prefill_us_per_token */
+    KVRT_PULL_COST_TIER_MASK = 1u << 3  /* tier_mask */
+};
+
+/* block_bytes and tokens_per_block are always read, the rest by field_mask.
+ * A pull of B blocks costs latency_us + B * block_bytes * 8 / (net_gbps *
+ * 1e3) microseconds; recomputing them B * tokens_per_block *
+ * prefill_us_per_token (kvrt-sim's model; docs/cluster.md). */
+typedef struct kvrt_cluster_pull_cost {
+    uint64_t field_mask;
+    uint64_t block_bytes;        /* one block, every layer (kvrt_pool_info) */
+    uint32_t tokens_per_block;
+    uint32_t tier_mask;          /* tiers a peer serves pulls from; default
+                                    GPU only (kvrt_cluster_pull_serve reads
+                                    the peer's prefix cache) */
+    double net_gbps;             /* default 200 */
+    double latency_us;           /* default 20 */
+    double prefill_us_per_token; /* default 40 (an 8B model on one H100) */
+} kvrt_cluster_pull_cost_t;
+
+/* The answer of kvrt_cluster_pull_plan. */
+typedef struct kvrt_cluster_pull_plan {
+    uint64_t node_id;      /* the peer holding the longest prefix; 0: none
+                              holds more than this node */
+    uint32_t local_blocks; /* this node's prefix, as the directory sees it */
+    uint32_t peer_blocks;  /* the peer's prefix */
+    double transfer_us;    /* moving blocks [local_blocks, peer_blocks) */
+    double recompute_us;   /* prefilling their tokens */
+    uint32_t worth;        /* 1: transfer_us < recompute_us */
+    uint32_t reserved;
+} kvrt_cluster_pull_plan_t;
+
+/*
+ * kvrt_cluster_pull_plan - for a prompt's block keys (in order), the peer of
+ * `model` (other than local_node, which may be 0) holding the longest prefix
+ * in cost->tier_mask, and whether pulling the blocks this node lacks is
+ * cheaper than recomputing them. Resyncing nodes count as holding nothing.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown bits, block_bytes or
+ * tokens_per_block 0, a non-positive or non-finite bandwidth, negative
+ * costs, bad tier bits), KVRT_ERR_UNKNOWN_MODEL.
+ */
+kvrt_status_t kvrt_cluster_pull_plan(const kvrt_cluster_dir_t *dir,
+                                     const kvrt_block_hash_t *model, uint64_t local_node,
+                                     const kvrt_block_hash_t *keys, uint32_t num_keys,
+                                     const kvrt_cluster_pull_cost_t *cost,
+                                     kvrt_cluster_pull_plan_t *plan_out);
+
+/*
+ * kvrt_cluster_pull_serve - the peer's side of a pull: begins a send for the
+ * ticket (as kvrt_cluster_handoff_send_begin), finds the blocks it names in
+ * `cache` by their content hashes contents[first .. first + n) (the
+ * prompt's full blocks from the first, under `keys`, which may be NULL),
+ * takes a reference on each (they cannot be evicted while read), stopping
+ * at the first one the cache lacks, and posts them all. Then, as for any
+ * send: kvrt_cluster_handoff_send_test() until not KVRT_INPROGRESS (KVRT_OK
+ * once what it holds landed), and kvrt_cluster_handoff_send_end(), which
+ * gives the references back and, when it held fewer blocks than the ticket
+ * names, tells the puller it gave up. pool is the cache's pool, the one the
+ * sender's region registers. contents is read during the call only.
+ * Errors: those of kvrt_cluster_handoff_send_begin and
+ * kvrt_cluster_handoff_send_blocks, KVRT_ERR_INVALID_ARG (NULL, a ticket
+ * naming blocks beyond num_contents); nothing is left held.
+ */
+kvrt_status_t kvrt_cluster_pull_serve(kvrt_cluster_handoff_sender_t *sender, kvrt_pool_t *pool,
+                                      kvrt_cache_t *cache, const kvrt_hash_keys_t *keys,
+                                      const kvrt_block_hash_t *contents, uint32_t num_contents,
+                                      const void *ticket, size_t length,
+                                      kvrt_cluster_handoff_send_t **send_out);
+
+/*
+ * kvrt_cluster_pull_forget - after a pull from node_id ended with
+ * `completion`: when the peer gave up (KVRT_ERR_CANCELED) short of the
+ * blocks it announced, drops its directory entries for the prompt keys it
+ * did not deliver, keys[first_block + landed_blocks .. first_block +
+ * blocks) (kvrt_cluster_dir_forget). A pull that timed out drops nothing
+ * (the peer may be slow or gone; membership handles that). keys are the
+ * prompt's block keys from its first block.
+ * Errors: KVRT_ERR_INVALID_ARG, those of kvrt_cluster_dir_forget.
+ */
+kvrt_status_t kvrt_cluster_pull_forget(kvrt_cluster_dir_t *dir, uint64_t node_id,
+                                       const kvrt_block_hash_t *keys, uint32_t num_keys,
+                                       const kvrt_handoff_completion_t *completion);
 
 #ifdef __cplusplus
 }

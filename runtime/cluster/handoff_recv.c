@@ -23,6 +23,7 @@
 #define RECV_NOTE_ROUNDS (4096u / RECV_NOTE_BATCH + 1u)
 
 enum slot_state { SLOT_FREE = 0, SLOT_LIVE, SLOT_QUARANTINED };
+enum block_state { BLOCK_OPEN = 0, BLOCK_LANDED = 1, BLOCK_BAD = 2 };
 
 typedef struct handoff_slot {
     enum slot_state state;
@@ -38,7 +39,7 @@ typedef struct handoff_slot {
     uint32_t closed;          /* blocks whose batch closed, verified or not */
     kvrt_status_t failure;    /* first failure seen (integrity), else OK */
     int32_t *blocks;          /* the decode pool's block ids to fill */
-    uint8_t *batch_closed;    /* per block: its batch's message arrived */
+    uint8_t *batch_closed;    /* per block: 0 open, BLOCK_LANDED, BLOCK_BAD */
     bool sender_bound;
     char sender[KVRT_XFER_NAME_MAX];
 } handoff_slot_t;
@@ -169,17 +170,17 @@ kvrt_status_t kvrt_cluster_handoff_recv_destroy(kvrt_cluster_handoff_recv_t *rec
 }
 
 static void push_ended(kvrt_cluster_handoff_recv_t *r, const handoff_slot_t *s,
-                       kvrt_handoff_outcome_t outcome, kvrt_status_t status)
+                       kvrt_handoff_outcome_t outcome, kvrt_status_t status, uint32_t kept)
 {
     kvrt_handoff_completion_t *c = &r->ended[(r->ended_head + r->ended_count) % r->max_handoffs];
     r->ended_count++;
     *c = (kvrt_handoff_completion_t){.handoff = slot_id(r, s), .seq = s->seq,
                                      .outcome = outcome, .status = status,
-                                     .blocks = s->num_blocks,
-                                     .landed_blocks = status == KVRT_OK ? s->landed : 0};
+                                     .blocks = s->num_blocks, .first_block = s->first_block,
+                                     .landed_blocks = kept};
+    r->stats.blocks_landed += kept;
     if (outcome == KVRT_HANDOFF_LANDED) {
         r->stats.landed++;
-        r->stats.blocks_landed += s->num_blocks;
     } else if (outcome == KVRT_HANDOFF_RECOMPUTED) {
         r->stats.recomputed++;
     } else {
@@ -311,7 +312,19 @@ static kvrt_handoff_outcome_t fail_request(kvrt_cluster_handoff_recv_t *r, hando
     return KVRT_HANDOFF_RECOMPUTED;
 }
 
-/* Nothing of the hand-off is in flight any more: decide and release. */
+/* Verified blocks counted from the first, up to the first that is not. */
+static uint32_t landed_prefix(const handoff_slot_t *s)
+{
+    uint32_t n = 0;
+    while (n < s->num_blocks && s->batch_closed[n] == BLOCK_LANDED)
+        n++;
+    return n;
+}
+
+/* Nothing of the hand-off is in flight any more: decide and release. A
+ * sender that gave up after some batches (a pull source that lacked the
+ * rest) leaves its verified leading blocks to the request under RECOMPUTE:
+ * only the rest is recomputed. */
 static void slot_closed(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s, kvrt_status_t why)
 {
     if (s->state == SLOT_QUARANTINED) {
@@ -319,13 +332,14 @@ static void slot_closed(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s, kvrt_
         return;
     }
     if (why == KVRT_OK && s->landed == s->num_blocks) {
-        push_ended(r, s, KVRT_HANDOFF_LANDED, KVRT_OK);
+        push_ended(r, s, KVRT_HANDOFF_LANDED, KVRT_OK, s->num_blocks);
         slot_release(r, s, s->num_blocks);
         return;
     }
-    /* A RECOMPUTE request is queued again by the release itself. */
-    push_ended(r, s, fail_request(r, s), why);
-    slot_release(r, s, 0);
+    kvrt_handoff_outcome_t outcome = fail_request(r, s);
+    uint32_t kept = outcome == KVRT_HANDOFF_RECOMPUTED ? landed_prefix(s) : 0;
+    push_ended(r, s, outcome, why, kept);
+    slot_release(r, s, kept);
 }
 
 static void on_message(kvrt_cluster_handoff_recv_t *r, const kvrt_xfer_notification_t *n)
@@ -364,7 +378,7 @@ static void on_message(kvrt_cluster_handoff_recv_t *r, const kvrt_xfer_notificat
         }
     s->sender_bound = true;
     memcpy(s->sender, from, sizeof(from));
-    memset(s->batch_closed + m.first, 1, m.count);
+    memset(s->batch_closed + m.first, n->status == KVRT_OK ? BLOCK_LANDED : BLOCK_BAD, m.count);
     s->closed += m.count;
     if (n->status == KVRT_OK)
         s->landed += m.count;
@@ -395,7 +409,7 @@ kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t *recv, uint6
         } else if (s->state == SLOT_LIVE && now_ns >= s->deadline_ns) {
             /* The sender may still write: decide now, hold the blocks. */
             push_ended(recv, s, fail_request(recv, s),
-                       s->failure != KVRT_OK ? s->failure : KVRT_ERR_TIMEOUT);
+                       s->failure != KVRT_OK ? s->failure : KVRT_ERR_TIMEOUT, 0);
             s->state = SLOT_QUARANTINED;
             s->release_ns = now_ns + recv->quarantine_ns;
             recv->stats.live--;

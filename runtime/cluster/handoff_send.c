@@ -38,6 +38,11 @@ struct kvrt_cluster_handoff_send {
     handoff_ticket_t ticket;
     int32_t *remote_blocks;
     uint32_t posted;             /* ticket blocks posted so far */
+    uint32_t limit;              /* blocks this send will post (a pull source
+                                    may hold fewer than the ticket names) */
+    kvrt_pool_t *pool;           /* a pull source's pinned cached blocks */
+    int32_t *pinned;
+    uint32_t num_pinned;
     kvrt_xfer_request_t **requests;
     uint32_t num_requests;
     kvrt_status_t failure;       /* first failed batch, else OK */
@@ -209,6 +214,7 @@ kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_sender_t *sen
         return st;
     }
     send->sender = sender;
+    send->limit = send->ticket.num_blocks;
     sender->sends++;
     *send_out = send;
     return KVRT_OK;
@@ -234,11 +240,10 @@ kvrt_status_t kvrt_cluster_handoff_send_blocks(kvrt_cluster_handoff_send_t *send
         return kvrt_fail(send ? send->sender->ctx : NULL, KVRT_ERR_INVALID_ARG,
                          "NULL argument");
     kvrt_cluster_handoff_sender_t *s = send->sender;
-    if (count == 0 || count > HANDOFF_BATCH_MAX ||
-        count > send->ticket.num_blocks - send->posted)
+    if (count == 0 || count > HANDOFF_BATCH_MAX || count > send->limit - send->posted)
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
                          "%u blocks: 1..%u per batch, %u left in the ticket", count,
-                         HANDOFF_BATCH_MAX, send->ticket.num_blocks - send->posted);
+                         HANDOFF_BATCH_MAX, send->limit - send->posted);
     if (send->failure != KVRT_OK)
         return kvrt_fail(s->ctx, KVRT_ERR_BAD_STATE, "an earlier batch failed (%s)",
                          kvrt_status_str(send->failure));
@@ -266,7 +271,7 @@ kvrt_status_t kvrt_cluster_handoff_send_test(kvrt_cluster_handoff_send_t *send)
 {
     if (!send)
         return kvrt_fail(NULL, KVRT_ERR_INVALID_ARG, "NULL send");
-    bool pending = send->posted < send->ticket.num_blocks;
+    bool pending = send->posted < send->limit;
     for (uint32_t i = 0; i < send->num_requests; i++) {
         kvrt_status_t st = kvrt_xfer_request_test(send->requests[i]);
         if (st == KVRT_INPROGRESS)
@@ -307,9 +312,61 @@ kvrt_status_t kvrt_cluster_handoff_send_end(kvrt_cluster_handoff_send_t *send)
         kvrt_xfer_notify(send->peer, note, sizeof(note));
     }
     kvrt_xfer_remote_release(send->remote);
+    if (send->num_pinned)
+        kvrt_pool_free(send->pool, send->num_pinned, send->pinned);
+    free(send->pinned);
     send->sender->sends--;
     free(send->remote_blocks);
     free(send->requests);
     free(send);
+    return KVRT_OK;
+}
+
+kvrt_status_t kvrt_cluster_pull_serve(kvrt_cluster_handoff_sender_t *sender, kvrt_pool_t *pool,
+                                      kvrt_cache_t *cache, const kvrt_hash_keys_t *keys,
+                                      const kvrt_block_hash_t *contents, uint32_t num_contents,
+                                      const void *ticket, size_t length,
+                                      kvrt_cluster_handoff_send_t **send_out)
+{
+    if (!sender || !pool || !cache || (!contents && num_contents > 0) || !ticket || !send_out)
+        return kvrt_fail(sender ? sender->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
+    kvrt_cluster_handoff_send_t *send = NULL;
+    kvrt_status_t st = kvrt_cluster_handoff_send_begin(sender, ticket, length, &send);
+    if (st != KVRT_OK)
+        return st;
+    uint32_t first = send->ticket.first_block, n = send->ticket.num_blocks;
+    if (first > num_contents || n > num_contents - first) {
+        kvrt_cluster_handoff_send_end(send);
+        return kvrt_fail(sender->ctx, KVRT_ERR_INVALID_ARG,
+                         "the ticket names blocks %u..%u of a prompt of %u blocks", first,
+                         first + n, num_contents);
+    }
+    if (n > 0 && !(send->pinned = malloc(n * sizeof(int32_t)))) {
+        kvrt_cluster_handoff_send_end(send);
+        return kvrt_fail(sender->ctx, KVRT_ERR_NO_MEMORY, "pull of %u blocks", n);
+    }
+    send->pool = pool;
+    /* Each hit takes a reference: the block cannot be evicted or reused
+     * while it is read; send_end gives them back. */
+    while (send->num_pinned < n) {
+        int32_t block = KVRT_NULL_BLOCK;
+        if (kvrt_cache_lookup(cache, &contents[first + send->num_pinned], keys, &block) !=
+                KVRT_OK ||
+            block == KVRT_NULL_BLOCK)
+            break;
+        send->pinned[send->num_pinned++] = block;
+    }
+    send->limit = send->num_pinned;
+    for (uint32_t at = 0; at < send->num_pinned && st == KVRT_OK; at += HANDOFF_BATCH_MAX) {
+        uint32_t count = send->num_pinned - at;
+        st = kvrt_cluster_handoff_send_blocks(send, send->pinned + at,
+                                              count < HANDOFF_BATCH_MAX ? count
+                                                                        : HANDOFF_BATCH_MAX);
+    }
+    if (st != KVRT_OK) {
+        kvrt_cluster_handoff_send_end(send);
+        return st;
+    }
+    *send_out = send;
     return KVRT_OK;
 }
