@@ -23,7 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "test_xfer_util.h"
+#include "test_cluster_handoff_util.h"
 
 #define POOL_BLOCKS 64u
 #define PROMPT_LEN 197u /* 12 full blocks of 16 and 5 tokens */
@@ -31,57 +31,6 @@
 #define BATCH 4u
 
 enum child_mode { MODE_NORMAL = 'n', MODE_KILL = 'k', MODE_STALL = 's' };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void nap_ms(uint32_t ms)
-{
-    struct timespec ts = {ms / 1000u, (long)(ms % 1000u) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* The byte at `i` of page (layer, half) of the request's block `index`. */
-static uint8_t pattern(uint32_t index, uint32_t layer, int half, uint64_t i)
-{
-    return (uint8_t)(index * 31u + layer * 7u + (uint32_t)half * 3u + (uint32_t)(i % 251u));
-}
-
-static void fill_block(kvrt_pool_t *pool, int32_t block, uint32_t index)
-{
-    kvrt_kv_layout_t l;
-    kvrt_pool_layout(pool, &l);
-    uint64_t page = 0;
-    kvrt_layout_page_bytes(&l, &page);
-    for (uint32_t layer = 0; layer < l.num_layers; layer++)
-        for (int half = 0; half < 2; half++) {
-            void *a = NULL;
-            kvrt_pool_page_address(pool, block, layer, (kvrt_kv_half_t)half, &a);
-            for (uint64_t i = 0; i < page; i++)
-                ((uint8_t *)a)[i] = pattern(index, layer, half, i);
-        }
-}
-
-static bool block_matches(kvrt_pool_t *pool, int32_t block, uint32_t index)
-{
-    kvrt_kv_layout_t l;
-    kvrt_pool_layout(pool, &l);
-    uint64_t page = 0;
-    kvrt_layout_page_bytes(&l, &page);
-    for (uint32_t layer = 0; layer < l.num_layers; layer++)
-        for (int half = 0; half < 2; half++) {
-            void *a = NULL;
-            kvrt_pool_page_address(pool, block, layer, (kvrt_kv_half_t)half, &a);
-            for (uint64_t i = 0; i < page; i++)
-                if (((uint8_t *)a)[i] != pattern(index, layer, half, i))
-                    return false;
-        }
-    return true;
-}
 
 /* ---- the prefill node (child process) ----------------------------------- */
 
@@ -104,7 +53,7 @@ static kvrt_status_t send_wait(kvrt_cluster_handoff_send_t *send, uint32_t timeo
     kvrt_status_t st;
     while ((st = kvrt_cluster_handoff_send_test(send)) == KVRT_INPROGRESS &&
            txu_now_ms() < end)
-        nap_ms(1);
+        tch_nap_ms(1);
     return st;
 }
 
@@ -141,7 +90,7 @@ static void prefill_main(int cmd, int report)
     if (n == 0 || n > POOL_BLOCKS - 1 || kvrt_pool_alloc(pool, n, blocks) != KVRT_OK)
         _exit(6);
     for (uint32_t i = 0; i < n; i++)
-        fill_block(pool, blocks[i], first + i);
+        tch_block_pattern(pool, blocks[i], first + i, true);
 
     /* The first batch, as the first chunk of prefill completes. */
     if (kvrt_cluster_handoff_send_blocks(send, blocks, BATCH) != KVRT_OK)
@@ -162,7 +111,7 @@ static void prefill_main(int cmd, int report)
             _exit(10);
     }
     for (uint32_t at = BATCH; at < n; at += BATCH) {
-        nap_ms(2); /* the next chunk of prefill */
+        tch_nap_ms(2); /* the next chunk of prefill */
         uint32_t count = n - at < BATCH ? n - at : BATCH;
         if (kvrt_cluster_handoff_send_blocks(send, blocks + at, count) != KVRT_OK)
             break;
@@ -281,7 +230,7 @@ static uint32_t accept_and_ticket(decode_t *d, kvrt_seq_id_t seq, uint8_t *ticke
                                   kvrt_handoff_id_t *h)
 {
     kvrt_handoff_accept_params_t ap = {.num_tokens = ARRIVING};
-    ASSERT_OK(d->ctx, kvrt_cluster_handoff_accept(d->recv, seq, &ap, now_ns(), h));
+    ASSERT_OK(d->ctx, kvrt_cluster_handoff_accept(d->recv, seq, &ap, tch_now_ns(), h));
     size_t len = 0;
     ASSERT_OK(d->ctx, kvrt_cluster_handoff_ticket(d->recv, *h, ticket,
                                                   KVRT_HANDOFF_TICKET_MAX, &len));
@@ -298,9 +247,9 @@ static kvrt_handoff_completion_t wait_handoff(decode_t *d, uint32_t timeout_ms)
     kvrt_handoff_completion_t c = {0};
     uint32_t n = 0;
     while (n == 0 && txu_now_ms() < end) {
-        ASSERT_OK(d->ctx, kvrt_cluster_handoff_poll(d->recv, now_ns(), &c, 1, &n));
+        ASSERT_OK(d->ctx, kvrt_cluster_handoff_poll(d->recv, tch_now_ns(), &c, 1, &n));
         if (n == 0)
-            nap_ms(2);
+            tch_nap_ms(2);
     }
     cr_assert_eq(n, 1, "the hand-off did not end within %u ms", timeout_ms);
     return c;
@@ -310,22 +259,9 @@ static uint32_t quarantined(decode_t *d)
 {
     kvrt_handoff_recv_stats_t st;
     uint32_t n = 0;
-    ASSERT_OK(d->ctx, kvrt_cluster_handoff_poll(d->recv, now_ns(), NULL, 0, &n));
+    ASSERT_OK(d->ctx, kvrt_cluster_handoff_poll(d->recv, tch_now_ns(), NULL, 0, &n));
     ASSERT_OK(d->ctx, kvrt_cluster_handoff_recv_stats(d->recv, &st));
     return st.quarantined;
-}
-
-/* Commits token 7 for every entry of the plan that samples. */
-static void sched_commit_all(decode_t *d, const kvrt_batch_plan_t *plan)
-{
-    int32_t tokens[64];
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < plan->num_seqs && n < 64; i++)
-        if (plan->seqs[i].sample)
-            tokens[n++] = 7;
-    kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = n,
-                       .tokens = tokens};
-    ASSERT_OK(d->ctx, kvrt_sched_commit(d->sched, &c));
 }
 
 /* Steps (bounded) until every request ended; returns the last end event. */
@@ -334,9 +270,9 @@ static kvrt_seq_info_t run_to_end(decode_t *d)
     kvrt_seq_info_t ended = {0};
     for (int i = 0; i < 100 && ended.id == 0; i++) {
         const kvrt_batch_plan_t *plan;
-        ASSERT_OK(d->ctx, kvrt_sched_step(d->sched, now_ns(), &plan));
+        ASSERT_OK(d->ctx, kvrt_sched_step(d->sched, tch_now_ns(), &plan));
         if (plan->num_seqs > 0)
-            sched_commit_all(d, plan);
+            tch_commit(d->ctx, d->sched, plan, 7);
         uint32_t n = 0;
         ASSERT_OK(d->ctx, kvrt_sched_drain_ended(d->sched, &ended, 1, &n));
     }
@@ -394,22 +330,22 @@ Test(cluster_handoff, blocks_land_verified_and_the_request_decodes_from_them, .t
     ASSERT_OK(d.ctx, kvrt_seq_blocks(d.sched, seq, &blocks, &num_blocks, NULL));
     cr_assert_eq(num_blocks, 13);
     for (uint32_t i = 0; i < num_blocks; i++)
-        cr_assert(block_matches(d.pool, blocks[i], i), "block %u differs", i);
+        cr_assert(tch_block_pattern(d.pool, blocks[i], i, false), "block %u differs", i);
 
     /* The request starts from the arrived prefix: only the last prompt
      * token is computed here. */
     const kvrt_batch_plan_t *plan;
-    ASSERT_OK(d.ctx, kvrt_sched_step(d.sched, now_ns(), &plan));
+    ASSERT_OK(d.ctx, kvrt_sched_step(d.sched, tch_now_ns(), &plan));
     cr_assert_eq(plan->num_seqs, 1);
     cr_assert_eq(plan->seqs[0].num_computed_tokens, ARRIVING);
     cr_assert_eq(plan->seqs[0].num_new_tokens, 1);
-    sched_commit_all(&d, plan);
+    tch_commit(d.ctx, d.sched, plan, 7);
     kvrt_seq_info_t ended = run_to_end(&d);
     cr_assert_eq(ended.end_reason, KVRT_END_LENGTH);
 
     /* A second poll reports nothing more; the ticket is dead. */
     uint32_t n = 9;
-    ASSERT_OK(d.ctx, kvrt_cluster_handoff_poll(d.recv, now_ns(), NULL, 0, &n));
+    ASSERT_OK(d.ctx, kvrt_cluster_handoff_poll(d.recv, tch_now_ns(), NULL, 0, &n));
     cr_assert_eq(n, 0);
     size_t tl = 0;
     ASSERT_STATUS(KVRT_ERR_NOT_FOUND,
@@ -460,7 +396,7 @@ Test(cluster_handoff, prefill_node_killed_mid_transfer_fails_the_request_by_its_
     cr_assert_eq(quarantined(&d), 1);
     uint64_t end = txu_now_ms() + 10000;
     while (quarantined(&d) > 0 && txu_now_ms() < end)
-        nap_ms(5);
+        tch_nap_ms(5);
     cr_assert_eq(quarantined(&d), 0);
     decode_down(&d);
 }
@@ -492,11 +428,11 @@ Test(cluster_handoff, stalled_prefill_node_makes_the_request_recompute_and_its_b
 
     /* The request recomputes its prompt and finishes meanwhile. */
     const kvrt_batch_plan_t *plan;
-    ASSERT_OK(d.ctx, kvrt_sched_step(d.sched, now_ns(), &plan));
+    ASSERT_OK(d.ctx, kvrt_sched_step(d.sched, tch_now_ns(), &plan));
     cr_assert_eq(plan->num_seqs, 1);
     cr_assert_eq(plan->seqs[0].id, seq);
     cr_assert_eq(plan->seqs[0].num_computed_tokens, 0);
-    sched_commit_all(&d, plan);
+    tch_commit(d.ctx, d.sched, plan, 7);
     kvrt_seq_info_t ended = run_to_end(&d);
     cr_assert_eq(ended.end_reason, KVRT_END_LENGTH);
 
@@ -508,7 +444,7 @@ Test(cluster_handoff, stalled_prefill_node_makes_the_request_recompute_and_its_b
     cr_assert_neq(prefill_report(&p, 20000), 0);
     uint64_t end = txu_now_ms() + 20000;
     while (quarantined(&d) > 0 && txu_now_ms() < end)
-        nap_ms(5);
+        tch_nap_ms(5);
     cr_assert_eq(quarantined(&d), 0, "the resumed sender's closing did not release the blocks");
     kvrt_handoff_recv_stats_t st;
     ASSERT_OK(d.ctx, kvrt_cluster_handoff_recv_stats(d.recv, &st));

@@ -9,7 +9,7 @@
  */
 #include <stdlib.h>
 
-#include "test_xfer_util.h"
+#include "test_cluster_handoff_util.h"
 
 #define BLOCKS 32u
 #define PROMPT 70u /* 4 full blocks of 16 and 6 tokens */
@@ -23,13 +23,6 @@ typedef struct pair {
     kvrt_cluster_handoff_recv_t *recv;
     kvrt_cluster_handoff_sender_t *sender;
 } pair_t;
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static pair_t pair_up(uint32_t max_handoffs)
 {
@@ -92,7 +85,7 @@ static kvrt_handoff_id_t accept(pair_t *p, kvrt_seq_id_t seq, uint8_t *ticket, s
 {
     kvrt_handoff_accept_params_t ap = {.num_tokens = PROMPT - 1};
     kvrt_handoff_id_t h = 0;
-    ASSERT_OK(p->ctx, kvrt_cluster_handoff_accept(p->recv, seq, &ap, now_ns(), &h));
+    ASSERT_OK(p->ctx, kvrt_cluster_handoff_accept(p->recv, seq, &ap, tch_now_ns(), &h));
     ASSERT_OK(p->ctx, kvrt_cluster_handoff_ticket(p->recv, h, ticket,
                                                   KVRT_HANDOFF_TICKET_MAX, len));
     return h;
@@ -105,7 +98,7 @@ static uint32_t poll_ended(pair_t *p, kvrt_handoff_completion_t *out, uint32_t w
     uint64_t end = txu_now_ms() + 10000;
     while (got < want && txu_now_ms() < end) {
         uint32_t n = 0;
-        ASSERT_OK(p->ctx, kvrt_cluster_handoff_poll(p->recv, now_ns(), out + got, want - got, &n));
+        ASSERT_OK(p->ctx, kvrt_cluster_handoff_poll(p->recv, tch_now_ns(), out + got, want - got, &n));
         got += n;
         struct timespec ts = {0, 2000000};
         if (got < want)
@@ -118,7 +111,7 @@ static kvrt_handoff_recv_stats_t stats(pair_t *p)
 {
     kvrt_handoff_recv_stats_t st;
     uint32_t n = 0;
-    ASSERT_OK(p->ctx, kvrt_cluster_handoff_poll(p->recv, now_ns(), NULL, 0, &n));
+    ASSERT_OK(p->ctx, kvrt_cluster_handoff_poll(p->recv, tch_now_ns(), NULL, 0, &n));
     ASSERT_OK(p->ctx, kvrt_cluster_handoff_recv_stats(p->recv, &st));
     return st;
 }
@@ -295,17 +288,17 @@ Test(cluster_handoff_hostile, limits_and_wrong_calls_answer_with_a_status, .time
     kvrt_handoff_accept_params_t ap = {.num_tokens = PROMPT};
     kvrt_handoff_id_t h = 0;
     /* The last token is always recomputed: the scheduler refuses it. */
-    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_accept(p.recv, a, &ap, now_ns(), &h));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_accept(p.recv, a, &ap, tch_now_ns(), &h));
     ap.num_tokens = PROMPT - 1;
     ap.field_mask = 1u << 5;
-    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_accept(p.recv, a, &ap, now_ns(), &h));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_accept(p.recv, a, &ap, tch_now_ns(), &h));
     ap.field_mask = 0;
     ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST,
-                  kvrt_cluster_handoff_accept(p.recv, a + 12345, &ap, now_ns(), &h));
-    ASSERT_OK(p.ctx, kvrt_cluster_handoff_accept(p.recv, a, &ap, now_ns(), &h));
+                  kvrt_cluster_handoff_accept(p.recv, a + 12345, &ap, tch_now_ns(), &h));
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_accept(p.recv, a, &ap, tch_now_ns(), &h));
     kvrt_handoff_id_t h2 = 0;
     ASSERT_STATUS(KVRT_ERR_REQUEST_LIMIT,
-                  kvrt_cluster_handoff_accept(p.recv, b, &ap, now_ns(), &h2));
+                  kvrt_cluster_handoff_accept(p.recv, b, &ap, tch_now_ns(), &h2));
     uint8_t small[8];
     size_t len = 0;
     ASSERT_STATUS(KVRT_ERR_BUFFER_TOO_SMALL,

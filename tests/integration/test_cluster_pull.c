@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "test_xfer_util.h"
+#include "test_cluster_handoff_util.h"
 
 #define BLOCKS 32u
 #define TPB 16u
@@ -37,13 +37,6 @@ typedef struct world {
     kvrt_block_hash_t keys[PROMPT / TPB];
 } world_t;
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static node_t node_up(kvrt_ctx_t *ctx)
 {
     node_t n = {0};
@@ -56,18 +49,6 @@ static node_t node_up(kvrt_ctx_t *ctx)
     return n;
 }
 
-static void commit_all(kvrt_ctx_t *ctx, node_t *n, const kvrt_batch_plan_t *plan)
-{
-    int32_t tokens[64];
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < plan->num_seqs && k < 64; i++)
-        if (plan->seqs[i].sample)
-            tokens[k++] = 5;
-    kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = k,
-                       .tokens = tokens};
-    ASSERT_OK(ctx, kvrt_sched_commit(n->sched, &c));
-}
-
 /* Runs the node's requests to their end (bounded); returns the plan entry
  * of `seq` in the first step (its computed tokens tell where it started). */
 static kvrt_plan_seq_t run(kvrt_ctx_t *ctx, node_t *n, kvrt_seq_id_t seq)
@@ -77,12 +58,12 @@ static kvrt_plan_seq_t run(kvrt_ctx_t *ctx, node_t *n, kvrt_seq_id_t seq)
     uint32_t got = 0;
     for (int i = 0; i < 100 && got == 0; i++) {
         const kvrt_batch_plan_t *plan;
-        ASSERT_OK(ctx, kvrt_sched_step(n->sched, now_ns(), &plan));
+        ASSERT_OK(ctx, kvrt_sched_step(n->sched, tch_now_ns(), &plan));
         for (uint32_t j = 0; j < plan->num_seqs; j++)
             if (plan->seqs[j].id == seq && first.id == 0)
                 first = plan->seqs[j];
         if (plan->num_seqs)
-            commit_all(ctx, n, plan);
+            tch_commit(ctx, n->sched, plan, 5);
         ASSERT_OK(ctx, kvrt_sched_drain_ended(n->sched, &ended, 1, &got));
     }
     cr_assert_eq(got, 1, "the request did not end");
@@ -98,44 +79,14 @@ static kvrt_seq_id_t add(kvrt_ctx_t *ctx, node_t *n, const int32_t *prompt, uint
     return id;
 }
 
-static uint8_t pattern(int32_t block_index, uint64_t i)
-{
-    return (uint8_t)(block_index * 13 + (int)(i % 241u) + 1);
-}
-
-/* Writes a pattern into the holder's cached block of prompt block `index`. */
+/* Writes the pattern into the holder's cached block of prompt block `index`. */
 static void fill_cached(world_t *w, uint32_t index)
 {
     int32_t block = 0;
     ASSERT_OK(w->ctx, kvrt_cache_lookup(w->holder.cache, &w->keys[index], NULL, &block));
     cr_assert_neq(block, KVRT_NULL_BLOCK);
-    kvrt_pool_info_t info;
-    ASSERT_OK(w->ctx, kvrt_pool_info(w->holder.pool, &info));
-    for (uint32_t layer = 0; layer < 4; layer++)
-        for (int half = 0; half < 2; half++) {
-            void *a = NULL;
-            ASSERT_OK(w->ctx, kvrt_pool_page_address(w->holder.pool, block, layer,
-                                                     (kvrt_kv_half_t)half, &a));
-            for (uint64_t i = 0; i < info.block_bytes / 8; i++)
-                ((uint8_t *)a)[i] = pattern((int32_t)index, i + layer * 7u + (uint64_t)half);
-        }
+    tch_block_pattern(w->holder.pool, block, index, true);
     ASSERT_OK(w->ctx, kvrt_pool_free(w->holder.pool, 1, &block));
-}
-
-static bool block_is(world_t *w, int32_t block, uint32_t index)
-{
-    kvrt_pool_info_t info;
-    ASSERT_OK(w->ctx, kvrt_pool_info(w->puller.pool, &info));
-    for (uint32_t layer = 0; layer < 4; layer++)
-        for (int half = 0; half < 2; half++) {
-            void *a = NULL;
-            ASSERT_OK(w->ctx, kvrt_pool_page_address(w->puller.pool, block, layer,
-                                                     (kvrt_kv_half_t)half, &a));
-            for (uint64_t i = 0; i < info.block_bytes / 8; i++)
-                if (((uint8_t *)a)[i] != pattern((int32_t)index, i + layer * 7u + (uint64_t)half))
-                    return false;
-        }
-    return true;
 }
 
 /* Two nodes; the holder has computed the first `held` blocks of the prompt
@@ -227,7 +178,7 @@ static kvrt_handoff_completion_t pull(world_t *w, kvrt_seq_id_t seq,
 {
     kvrt_handoff_accept_params_t ap = {.num_tokens = plan->peer_blocks * TPB};
     kvrt_handoff_id_t h = 0;
-    ASSERT_OK(w->ctx, kvrt_cluster_handoff_accept(w->recv, seq, &ap, now_ns(), &h));
+    ASSERT_OK(w->ctx, kvrt_cluster_handoff_accept(w->recv, seq, &ap, tch_now_ns(), &h));
     static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
     size_t len = 0;
     ASSERT_OK(w->ctx, kvrt_cluster_handoff_ticket(w->recv, h, ticket, sizeof(ticket), &len));
@@ -244,7 +195,7 @@ static kvrt_handoff_completion_t pull(world_t *w, kvrt_seq_id_t seq,
     uint32_t n = 0;
     end = txu_now_ms() + 10000;
     while (n == 0 && txu_now_ms() < end)
-        ASSERT_OK(w->ctx, kvrt_cluster_handoff_poll(w->recv, now_ns(), &c, 1, &n));
+        ASSERT_OK(w->ctx, kvrt_cluster_handoff_poll(w->recv, tch_now_ns(), &c, 1, &n));
     cr_assert_eq(n, 1, "the pull did not end");
     cr_assert_eq(c.handoff, h);
     return c;
@@ -299,7 +250,7 @@ Test(cluster_pull, a_missing_prefix_is_pulled_when_cheaper_and_the_request_start
     ASSERT_OK(w.ctx, kvrt_seq_blocks(w.puller.sched, seq, &blocks, &nb, NULL));
     cr_assert_eq(nb, 4);
     for (uint32_t b = 0; b < 4; b++)
-        cr_assert(block_is(&w, blocks[b], b), "pulled block %u differs", b);
+        cr_assert(tch_block_pattern(w.puller.pool, blocks[b], b, false), "pulled block %u differs", b);
     kvrt_plan_seq_t first = run(w.ctx, &w.puller, seq);
     cr_assert_eq(first.num_computed_tokens, 64);
     cr_assert_eq(first.num_new_tokens, PROMPT - 64);
@@ -339,7 +290,7 @@ Test(cluster_pull, a_peer_announcing_blocks_it_lacks_fails_cleanly_and_loses_the
     ASSERT_OK(w.ctx, kvrt_seq_blocks(w.puller.sched, seq, &blocks, &nb, NULL));
     cr_assert_eq(nb, 2);
     for (uint32_t b = 0; b < 2; b++)
-        cr_assert(block_is(&w, blocks[b], b));
+        cr_assert(tch_block_pattern(w.puller.pool, blocks[b], b, false));
     kvrt_plan_seq_t first = run(w.ctx, &w.puller, seq);
     cr_assert_eq(first.num_computed_tokens, 32);
     world_down(&w);
