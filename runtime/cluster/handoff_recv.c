@@ -53,6 +53,7 @@ struct kvrt_cluster_handoff_recv {
     kvrt_handoff_failure_policy_t policy;
     uint32_t max_handoffs;
     uint32_t high_water;      /* slots [0, high_water) were ever used */
+    uint64_t now_ns;          /* of the poll in progress */
     handoff_slot_t *slots;
     /* Ended hand-offs not yet taken by a poll: a ring of max_handoffs. */
     kvrt_handoff_completion_t *ended;
@@ -331,13 +332,18 @@ static void slot_closed(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s, kvrt_
         slot_release(r, s, 0);
         return;
     }
+    /* Too late: a step may have given the arrival up already, so no block
+     * is promised to the request. */
+    bool late = r->now_ns >= s->deadline_ns;
+    if (why == KVRT_OK && late)
+        why = KVRT_ERR_TIMEOUT;
     if (why == KVRT_OK && s->landed == s->num_blocks) {
         push_ended(r, s, KVRT_HANDOFF_LANDED, KVRT_OK, s->num_blocks);
         slot_release(r, s, s->num_blocks);
         return;
     }
     kvrt_handoff_outcome_t outcome = fail_request(r, s);
-    uint32_t kept = outcome == KVRT_HANDOFF_RECOMPUTED ? landed_prefix(s) : 0;
+    uint32_t kept = outcome == KVRT_HANDOFF_RECOMPUTED && !late ? landed_prefix(s) : 0;
     push_ended(r, s, outcome, why, kept);
     slot_release(r, s, kept);
 }
@@ -394,6 +400,7 @@ kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t *recv, uint6
 {
     if (!recv || !count_out || (!completions_out && capacity > 0))
         return kvrt_fail(recv ? recv->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
+    recv->now_ns = now_ns;
     for (uint32_t round = 0; round < RECV_NOTE_ROUNDS; round++) {
         uint32_t n = 0;
         kvrt_xfer_notifications(recv->agent, recv->notes, RECV_NOTE_BATCH, &n);

@@ -322,3 +322,50 @@ Test(cluster_handoff_hostile, limits_and_wrong_calls_answer_with_a_status, .time
     cr_assert_eq(n, 2);
     pair_down(&p);
 }
+
+Test(cluster_handoff_hostile, blocks_that_land_after_the_deadline_are_not_used, .timeout = 60)
+{
+    pair_t p = pair_up(16);
+    kvrt_seq_id_t seq = add(&p);
+    kvrt_handoff_accept_params_t ap = {.field_mask = KVRT_HANDOFF_ACCEPT_PARAM_TIMEOUT,
+                                       .num_tokens = PROMPT - 1, .timeout_ms = 50};
+    uint64_t start = tch_now_ns();
+    kvrt_handoff_id_t h = 0;
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_accept(p.recv, seq, &ap, start, &h));
+    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
+    size_t len = 0;
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_ticket(p.recv, h, ticket, sizeof(ticket), &len));
+    kvrt_cluster_handoff_send_t *send = NULL;
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_send_begin(p.sender, ticket, len, &send));
+    int32_t local[5];
+    ASSERT_OK(p.ctx, kvrt_pool_alloc(p.prefill_pool, 5, local));
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_send_blocks(send, local, 5));
+    uint64_t end = txu_now_ms() + 10000;
+    while (kvrt_cluster_handoff_send_test(send) == KVRT_INPROGRESS && txu_now_ms() < end)
+        tch_nap_ms(1);
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_send_test(send));
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_send_end(send));
+    ASSERT_OK(p.ctx, kvrt_pool_free(p.prefill_pool, 5, local));
+
+    /* Every block is there, but the first poll comes after the deadline
+     * (on the step clock): the request is recomputed, and since nothing is
+     * in flight any more the blocks go back at once. */
+    kvrt_handoff_completion_t c;
+    uint32_t n = 0;
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_poll(p.recv, start + 60000000ull, &c, 1, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(c.outcome, KVRT_HANDOFF_RECOMPUTED);
+    cr_assert_eq(c.status, KVRT_ERR_TIMEOUT);
+    cr_assert_eq(c.landed_blocks, 0);
+    kvrt_handoff_recv_stats_t st;
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_recv_stats(p.recv, &st));
+    cr_assert_eq(st.quarantined, 0);
+    cr_assert_eq(st.live, 0);
+    kvrt_seq_info_t info;
+    ASSERT_OK(p.ctx, kvrt_seq_info(p.sched, seq, &info));
+    cr_assert_eq(info.computed_tokens, 0);
+    ASSERT_OK(p.ctx, kvrt_seq_abort(p.sched, seq));
+    kvrt_seq_info_t ended;
+    ASSERT_OK(p.ctx, kvrt_sched_drain_ended(p.sched, &ended, 1, &n));
+    pair_down(&p);
+}
