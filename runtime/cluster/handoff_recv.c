@@ -12,7 +12,6 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "cluster_internal.h"
 #include "handoff_wire.h"
@@ -32,14 +31,14 @@ typedef struct handoff_slot {
     kvrt_arrival_id_t arrival;
     uint64_t token;
     uint64_t deadline_ns;
-    uint64_t release_ns;      /* QUARANTINED: when the blocks go back anyway */
+    uint64_t release_ns; /* QUARANTINED: when the blocks go back anyway */
     uint32_t first_block;
     uint32_t num_blocks;
-    uint32_t landed;          /* blocks whose batch closed verified */
-    uint32_t closed;          /* blocks whose batch closed, verified or not */
-    kvrt_status_t failure;    /* first failure seen (integrity), else OK */
-    int32_t *blocks;          /* the decode pool's block ids to fill */
-    uint8_t *batch_closed;    /* per block: 0 open, BLOCK_LANDED, BLOCK_BAD */
+    uint32_t landed;       /* blocks whose batch closed verified */
+    uint32_t closed;       /* blocks whose batch closed, verified or not */
+    kvrt_status_t failure; /* first failure seen (integrity), else OK */
+    int32_t *blocks;       /* the decode pool's block ids to fill */
+    uint8_t *batch_closed; /* per block: 0 open, BLOCK_LANDED, BLOCK_BAD */
     bool sender_bound;
     char sender[KVRT_XFER_NAME_MAX];
 } handoff_slot_t;
@@ -52,8 +51,8 @@ struct kvrt_cluster_handoff_recv {
     uint64_t quarantine_ns;
     kvrt_handoff_failure_policy_t policy;
     uint32_t max_handoffs;
-    uint32_t high_water;      /* slots [0, high_water) were ever used */
-    uint64_t now_ns;          /* of the poll in progress */
+    uint32_t high_water; /* slots [0, high_water) were ever used */
+    uint64_t now_ns;     /* of the poll in progress */
     handoff_slot_t *slots;
     /* Ended hand-offs not yet taken by a poll: a ring of max_handoffs. */
     kvrt_handoff_completion_t *ended;
@@ -81,9 +80,9 @@ static handoff_slot_t *slot_of(const kvrt_cluster_handoff_recv_t *r, kvrt_handof
     return s;
 }
 
-kvrt_status_t kvrt_cluster_handoff_recv_create(kvrt_ctx_t *ctx,
-                                               const kvrt_cluster_handoff_recv_params_t *params,
-                                               kvrt_cluster_handoff_recv_t **recv_out)
+KVRT_EXPORT kvrt_status_t
+kvrt_cluster_handoff_recv_create(kvrt_ctx_t *ctx, const kvrt_cluster_handoff_recv_params_t *params,
+                                 kvrt_cluster_handoff_recv_t **recv_out)
 {
     if (!ctx || !params || !recv_out || !params->agent || !params->region || !params->sched)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "NULL argument");
@@ -96,10 +95,9 @@ kvrt_status_t kvrt_cluster_handoff_recv_create(kvrt_ctx_t *ctx,
                          (unsigned long long)(m & ~known));
     uint32_t timeout_ms = (m & KVRT_HANDOFF_RECV_PARAM_TIMEOUT) ? params->timeout_ms : 10000u;
     if (timeout_ms < 1 || timeout_ms > 3600000u)
-        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "timeout_ms %u outside 1..3600000",
-                         timeout_ms);
-    uint32_t quarantine_ms = (m & KVRT_HANDOFF_RECV_PARAM_QUARANTINE) ? params->quarantine_ms
-                                                                       : 2u * timeout_ms;
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "timeout_ms %u outside 1..3600000", timeout_ms);
+    uint32_t quarantine_ms =
+        (m & KVRT_HANDOFF_RECV_PARAM_QUARANTINE) ? params->quarantine_ms : 2u * timeout_ms;
     if (quarantine_ms > 3600000u * 2u)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "quarantine_ms %u too large", quarantine_ms);
     kvrt_handoff_failure_policy_t policy =
@@ -156,7 +154,7 @@ static void slot_release(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s, uint
     s->generation = generation;
 }
 
-kvrt_status_t kvrt_cluster_handoff_recv_destroy(kvrt_cluster_handoff_recv_t *recv)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_recv_destroy(kvrt_cluster_handoff_recv_t *recv)
 {
     if (!recv)
         return KVRT_OK;
@@ -175,9 +173,12 @@ static void push_ended(kvrt_cluster_handoff_recv_t *r, const handoff_slot_t *s,
 {
     kvrt_handoff_completion_t *c = &r->ended[(r->ended_head + r->ended_count) % r->max_handoffs];
     r->ended_count++;
-    *c = (kvrt_handoff_completion_t){.handoff = slot_id(r, s), .seq = s->seq,
-                                     .outcome = outcome, .status = status,
-                                     .blocks = s->num_blocks, .first_block = s->first_block,
+    *c = (kvrt_handoff_completion_t){.handoff = slot_id(r, s),
+                                     .seq = s->seq,
+                                     .outcome = outcome,
+                                     .status = status,
+                                     .blocks = s->num_blocks,
+                                     .first_block = s->first_block,
                                      .landed_blocks = kept};
     r->stats.blocks_landed += kept;
     if (outcome == KVRT_HANDOFF_LANDED) {
@@ -189,9 +190,11 @@ static void push_ended(kvrt_cluster_handoff_recv_t *r, const handoff_slot_t *s,
     }
 }
 
-kvrt_status_t kvrt_cluster_handoff_accept(kvrt_cluster_handoff_recv_t *recv, kvrt_seq_id_t seq,
-                                          const kvrt_handoff_accept_params_t *params,
-                                          uint64_t now_ns, kvrt_handoff_id_t *handoff_out)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_accept(kvrt_cluster_handoff_recv_t *recv,
+                                                      kvrt_seq_id_t seq,
+                                                      const kvrt_handoff_accept_params_t *params,
+                                                      uint64_t now_ns,
+                                                      kvrt_handoff_id_t *handoff_out)
 {
     if (!recv || !params || !handoff_out)
         return kvrt_fail(recv ? recv->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
@@ -216,9 +219,7 @@ kvrt_status_t kvrt_cluster_handoff_accept(kvrt_cluster_handoff_recv_t *recv, kvr
     if (!s)
         return kvrt_fail(ctx, KVRT_ERR_REQUEST_LIMIT, "no free hand-off slot");
 
-    uint64_t token = 0;
-    if (getrandom(&token, sizeof(token), 0) != (ssize_t)sizeof(token))
-        token = cluster_random_epoch();
+    uint64_t token = cluster_random_epoch(); /* 64 random bits, the ticket's secret */
     kvrt_arrival_params_t ap = {.field_mask = KVRT_ARRIVAL_PARAM_DEADLINE,
                                 .num_tokens = params->num_tokens,
                                 .deadline_ns = now_ns + timeout_ns};
@@ -232,8 +233,8 @@ kvrt_status_t kvrt_cluster_handoff_accept(kvrt_cluster_handoff_recv_t *recv, kvr
     int32_t *blocks = NULL;
     uint8_t *closed = NULL;
     if (st == KVRT_OK && count > KVRT_HANDOFF_MAX_BLOCKS)
-        st = kvrt_fail(ctx, KVRT_ERR_OVERFLOW, "%u blocks; a hand-off carries at most %u",
-                       count, KVRT_HANDOFF_MAX_BLOCKS);
+        st = kvrt_fail(ctx, KVRT_ERR_OVERFLOW, "%u blocks; a hand-off carries at most %u", count,
+                       KVRT_HANDOFF_MAX_BLOCKS);
     if (st == KVRT_OK && count > 0) {
         blocks = malloc(count * sizeof(*blocks));
         closed = calloc(count, 1);
@@ -252,10 +253,16 @@ kvrt_status_t kvrt_cluster_handoff_accept(kvrt_cluster_handoff_recv_t *recv, kvr
     uint32_t generation = s->generation + 1u;
     if (generation >= (1u << 24))
         generation = 1;
-    *s = (handoff_slot_t){.state = SLOT_LIVE, .generation = generation, .seq = seq,
-                          .arrival = arrival, .token = token,
-                          .deadline_ns = now_ns + timeout_ns, .first_block = first,
-                          .num_blocks = count, .blocks = blocks, .batch_closed = closed};
+    *s = (handoff_slot_t){.state = SLOT_LIVE,
+                          .generation = generation,
+                          .seq = seq,
+                          .arrival = arrival,
+                          .token = token,
+                          .deadline_ns = now_ns + timeout_ns,
+                          .first_block = first,
+                          .num_blocks = count,
+                          .blocks = blocks,
+                          .batch_closed = closed};
     uint32_t index = (uint32_t)(s - recv->slots);
     if (index + 1 > recv->high_water)
         recv->high_water = index + 1;
@@ -265,9 +272,9 @@ kvrt_status_t kvrt_cluster_handoff_accept(kvrt_cluster_handoff_recv_t *recv, kvr
     return KVRT_OK;
 }
 
-kvrt_status_t kvrt_cluster_handoff_ticket(const kvrt_cluster_handoff_recv_t *recv,
-                                          kvrt_handoff_id_t handoff, void *buf, size_t capacity,
-                                          size_t *length_out)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_ticket(const kvrt_cluster_handoff_recv_t *recv,
+                                                      kvrt_handoff_id_t handoff, void *buf,
+                                                      size_t capacity, size_t *length_out)
 {
     if (!recv || !length_out || (!buf && capacity > 0))
         return kvrt_fail(recv ? recv->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
@@ -276,12 +283,11 @@ kvrt_status_t kvrt_cluster_handoff_ticket(const kvrt_cluster_handoff_recv_t *rec
         return kvrt_fail(recv->ctx, KVRT_ERR_NOT_FOUND, "hand-off %llx is not live",
                          (unsigned long long)handoff);
     uint32_t address_bytes = (uint32_t)strlen(recv->address);
-    size_t need = HANDOFF_TICKET_HEAD + address_bytes + recv->descriptor_bytes +
-                  4u * (size_t)s->num_blocks;
+    size_t need =
+        HANDOFF_TICKET_HEAD + address_bytes + recv->descriptor_bytes + 4u * (size_t)s->num_blocks;
     *length_out = need;
     if (capacity < need)
-        return kvrt_fail(recv->ctx, KVRT_ERR_BUFFER_TOO_SMALL, "the ticket needs %zu bytes",
-                         need);
+        return kvrt_fail(recv->ctx, KVRT_ERR_BUFFER_TOO_SMALL, "the ticket needs %zu bytes", need);
     uint8_t *p = buf;
     memset(p, 0, HANDOFF_TICKET_HEAD);
     kvrt_store_le32(p, HANDOFF_TICKET_MAGIC);
@@ -394,9 +400,10 @@ static void on_message(kvrt_cluster_handoff_recv_t *r, const kvrt_xfer_notificat
         slot_closed(r, s, s->failure);
 }
 
-kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t *recv, uint64_t now_ns,
-                                        kvrt_handoff_completion_t *completions_out,
-                                        uint32_t capacity, uint32_t *count_out)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t *recv,
+                                                    uint64_t now_ns,
+                                                    kvrt_handoff_completion_t *completions_out,
+                                                    uint32_t capacity, uint32_t *count_out)
 {
     if (!recv || !count_out || (!completions_out && capacity > 0))
         return kvrt_fail(recv ? recv->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
@@ -435,8 +442,8 @@ kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t *recv, uint6
     return KVRT_OK;
 }
 
-kvrt_status_t kvrt_cluster_handoff_recv_stats(const kvrt_cluster_handoff_recv_t *recv,
-                                              kvrt_handoff_recv_stats_t *stats_out)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_recv_stats(const kvrt_cluster_handoff_recv_t *recv,
+                                                          kvrt_handoff_recv_stats_t *stats_out)
 {
     if (!recv || !stats_out)
         return kvrt_fail(recv ? recv->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");

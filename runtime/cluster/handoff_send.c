@@ -24,9 +24,9 @@ struct kvrt_cluster_handoff_sender {
     kvrt_xfer_agent_t *agent;
     const kvrt_xfer_region_t *region;
     int integrity;
-    uint32_t timeout_ms;         /* 0: the agent's */
+    uint32_t timeout_ms; /* 0: the agent's */
     uint32_t connect_timeout_ms;
-    uint32_t sends;              /* begun and not ended */
+    uint32_t sends; /* begun and not ended */
     sender_peer_t peers[SENDER_MAX_PEERS];
     uint32_t next_evict;
 };
@@ -37,39 +37,37 @@ struct kvrt_cluster_handoff_send {
     kvrt_xfer_remote_t *remote;
     handoff_ticket_t ticket;
     int32_t *remote_blocks;
-    uint32_t posted;             /* ticket blocks posted so far */
-    uint32_t limit;              /* blocks this send will post (a pull source
+    uint32_t posted;   /* ticket blocks posted so far */
+    uint32_t limit;    /* blocks this send will post (a pull source
                                     may hold fewer than the ticket names) */
-    kvrt_pool_t *pool;           /* a pull source's pinned cached blocks */
+    kvrt_pool_t *pool; /* a pull source's pinned cached blocks */
     int32_t *pinned;
     uint32_t num_pinned;
     kvrt_xfer_request_t **requests;
     uint32_t num_requests;
-    kvrt_status_t failure;       /* first failed batch, else OK */
+    kvrt_status_t failure; /* first failed batch, else OK */
 };
 
-kvrt_status_t kvrt_cluster_handoff_sender_create(kvrt_ctx_t *ctx,
-                                                 const kvrt_cluster_handoff_sender_params_t *params,
-                                                 kvrt_cluster_handoff_sender_t **sender_out)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_sender_create(
+    kvrt_ctx_t *ctx, const kvrt_cluster_handoff_sender_params_t *params,
+    kvrt_cluster_handoff_sender_t **sender_out)
 {
     if (!ctx || !params || !sender_out || !params->agent || !params->region)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "NULL argument");
-    const uint64_t known = KVRT_HANDOFF_SENDER_PARAM_INTEGRITY |
-                           KVRT_HANDOFF_SENDER_PARAM_TIMEOUT |
+    const uint64_t known = KVRT_HANDOFF_SENDER_PARAM_INTEGRITY | KVRT_HANDOFF_SENDER_PARAM_TIMEOUT |
                            KVRT_HANDOFF_SENDER_PARAM_CONNECT_TIMEOUT;
     uint64_t m = params->field_mask;
     if (m & ~known)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
                          (unsigned long long)(m & ~known));
-    uint32_t connect_ms = (m & KVRT_HANDOFF_SENDER_PARAM_CONNECT_TIMEOUT)
-                              ? params->connect_timeout_ms : 5000u;
+    uint32_t connect_ms =
+        (m & KVRT_HANDOFF_SENDER_PARAM_CONNECT_TIMEOUT) ? params->connect_timeout_ms : 5000u;
     if (connect_ms < 1 || connect_ms > 600000u)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "connect_timeout_ms %u outside 1..600000",
                          connect_ms);
     uint32_t timeout_ms = (m & KVRT_HANDOFF_SENDER_PARAM_TIMEOUT) ? params->timeout_ms : 0;
     if ((m & KVRT_HANDOFF_SENDER_PARAM_TIMEOUT) && (timeout_ms < 1 || timeout_ms > 3600000u))
-        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "timeout_ms %u outside 1..3600000",
-                         timeout_ms);
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "timeout_ms %u outside 1..3600000", timeout_ms);
     kvrt_cluster_handoff_sender_t *s = calloc(1, sizeof(*s));
     if (!s)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "sender");
@@ -83,7 +81,7 @@ kvrt_status_t kvrt_cluster_handoff_sender_create(kvrt_ctx_t *ctx,
     return KVRT_OK;
 }
 
-kvrt_status_t kvrt_cluster_handoff_sender_destroy(kvrt_cluster_handoff_sender_t *sender)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_sender_destroy(kvrt_cluster_handoff_sender_t *sender)
 {
     if (!sender)
         return KVRT_OK;
@@ -102,21 +100,18 @@ static kvrt_status_t ticket_parse(kvrt_ctx_t *ctx, const uint8_t *p, size_t leng
     if (length < HANDOFF_TICKET_HEAD || length > KVRT_HANDOFF_TICKET_MAX)
         return kvrt_fail(ctx, KVRT_ERR_PARSE, "ticket of %zu bytes", length);
     if (kvrt_load_le32(p) != HANDOFF_TICKET_MAGIC || kvrt_load_le16(p + 4) != HANDOFF_VERSION)
-        return kvrt_fail(ctx, KVRT_ERR_PARSE, "not a version %u hand-off ticket",
-                         HANDOFF_VERSION);
+        return kvrt_fail(ctx, KVRT_ERR_PARSE, "not a version %u hand-off ticket", HANDOFF_VERSION);
     uint32_t address_bytes = kvrt_load_le16(p + 6);
     t->token = kvrt_load_le64(p + 8);
     t->slot = kvrt_load_le32(p + 16);
     t->first_block = kvrt_load_le32(p + 20);
     t->num_blocks = kvrt_load_le32(p + 24);
     t->descriptor_bytes = kvrt_load_le16(p + 28);
-    if (address_bytes == 0 || address_bytes > HANDOFF_ADDRESS_MAX ||
-        t->descriptor_bytes == 0 || t->descriptor_bytes > KVRT_XFER_DESCRIPTOR_MAX ||
-        t->num_blocks > KVRT_HANDOFF_MAX_BLOCKS ||
-        length != HANDOFF_TICKET_HEAD + address_bytes + t->descriptor_bytes +
-                      4u * (size_t)t->num_blocks)
-        return kvrt_fail(ctx, KVRT_ERR_PARSE, "ticket sizes do not add up to %zu bytes",
-                         length);
+    if (address_bytes == 0 || address_bytes > HANDOFF_ADDRESS_MAX || t->descriptor_bytes == 0 ||
+        t->descriptor_bytes > KVRT_XFER_DESCRIPTOR_MAX || t->num_blocks > KVRT_HANDOFF_MAX_BLOCKS ||
+        length !=
+            HANDOFF_TICKET_HEAD + address_bytes + t->descriptor_bytes + 4u * (size_t)t->num_blocks)
+        return kvrt_fail(ctx, KVRT_ERR_PARSE, "ticket sizes do not add up to %zu bytes", length);
     memcpy(t->address, p + HANDOFF_TICKET_HEAD, address_bytes);
     t->address[address_bytes] = '\0';
     if (strlen(t->address) != address_bytes)
@@ -141,8 +136,7 @@ static kvrt_status_t sender_peer(kvrt_cluster_handoff_sender_t *s, const char *a
     if (place) {
         kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
         if (kvrt_xfer_peer_info(place->peer, &info) == KVRT_OK &&
-            (info.state == KVRT_XFER_PEER_CONNECTED ||
-             info.state == KVRT_XFER_PEER_RECONNECTING)) {
+            (info.state == KVRT_XFER_PEER_CONNECTED || info.state == KVRT_XFER_PEER_RECONNECTING)) {
             *peer_out = place->peer;
             return KVRT_OK;
         }
@@ -179,9 +173,9 @@ static kvrt_status_t sender_peer(kvrt_cluster_handoff_sender_t *s, const char *a
     return KVRT_OK;
 }
 
-kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_sender_t *sender,
-                                              const void *ticket, size_t length,
-                                              kvrt_cluster_handoff_send_t **send_out)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_sender_t *sender,
+                                                          const void *ticket, size_t length,
+                                                          kvrt_cluster_handoff_send_t **send_out)
 {
     if (!sender || !ticket || !send_out)
         return kvrt_fail(sender ? sender->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
@@ -202,8 +196,8 @@ kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_sender_t *sen
     if (st == KVRT_OK)
         st = sender_peer(sender, send->ticket.address, &send->peer);
     if (st == KVRT_OK)
-        st = kvrt_xfer_import(send->peer, send->ticket.descriptor,
-                              send->ticket.descriptor_bytes, &send->remote);
+        st = kvrt_xfer_import(send->peer, send->ticket.descriptor, send->ticket.descriptor_bytes,
+                              &send->remote);
     /* The ticket's bytes are the caller's: keep nothing that points there. */
     send->ticket.descriptor = NULL;
     send->ticket.blocks = NULL;
@@ -220,9 +214,9 @@ kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_sender_t *sen
     return KVRT_OK;
 }
 
-kvrt_status_t kvrt_cluster_handoff_send_info(const kvrt_cluster_handoff_send_t *send,
-                                             uint32_t *num_blocks_out,
-                                             uint32_t *first_block_out)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_info(const kvrt_cluster_handoff_send_t *send,
+                                                         uint32_t *num_blocks_out,
+                                                         uint32_t *first_block_out)
 {
     if (!send)
         return kvrt_fail(NULL, KVRT_ERR_INVALID_ARG, "NULL send");
@@ -233,12 +227,12 @@ kvrt_status_t kvrt_cluster_handoff_send_info(const kvrt_cluster_handoff_send_t *
     return KVRT_OK;
 }
 
-kvrt_status_t kvrt_cluster_handoff_send_blocks(kvrt_cluster_handoff_send_t *send,
-                                               const int32_t *local_blocks, uint32_t count)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_blocks(kvrt_cluster_handoff_send_t *send,
+                                                           const int32_t *local_blocks,
+                                                           uint32_t count)
 {
     if (!send || !local_blocks)
-        return kvrt_fail(send ? send->sender->ctx : NULL, KVRT_ERR_INVALID_ARG,
-                         "NULL argument");
+        return kvrt_fail(send ? send->sender->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
     kvrt_cluster_handoff_sender_t *s = send->sender;
     if (count == 0 || count > HANDOFF_BATCH_MAX || count > send->limit - send->posted)
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
@@ -248,16 +242,25 @@ kvrt_status_t kvrt_cluster_handoff_send_blocks(kvrt_cluster_handoff_send_t *send
         return kvrt_fail(s->ctx, KVRT_ERR_BAD_STATE, "an earlier batch failed (%s)",
                          kvrt_status_str(send->failure));
     uint8_t note[HANDOFF_MSG_BYTES];
-    handoff_msg_t msg = {.kind = HANDOFF_MSG_BATCH, .slot = send->ticket.slot,
-                         .first = send->posted, .count = count, .token = send->ticket.token};
+    handoff_msg_t msg = {.kind = HANDOFF_MSG_BATCH,
+                         .slot = send->ticket.slot,
+                         .first = send->posted,
+                         .count = count,
+                         .token = send->ticket.token};
     handoff_msg_encode(note, &msg);
-    kvrt_xfer_kv_params_t kp = {
-        .field_mask = KVRT_XFER_KV_PARAM_NOTIFY | KVRT_XFER_KV_PARAM_INTEGRITY |
-                      (s->timeout_ms ? KVRT_XFER_KV_PARAM_TIMEOUT : 0),
-        .opcode = KVRT_XFER_WRITE, .local = s->region, .remote = send->remote,
-        .local_blocks = local_blocks, .remote_blocks = send->remote_blocks + send->posted,
-        .count = count, .integrity = s->integrity, .notify = note,
-        .notify_bytes = HANDOFF_MSG_BYTES, .timeout_ms = s->timeout_ms};
+    kvrt_xfer_kv_params_t kp = {.field_mask = KVRT_XFER_KV_PARAM_NOTIFY |
+                                              KVRT_XFER_KV_PARAM_INTEGRITY |
+                                              (s->timeout_ms ? KVRT_XFER_KV_PARAM_TIMEOUT : 0),
+                                .opcode = KVRT_XFER_WRITE,
+                                .local = s->region,
+                                .remote = send->remote,
+                                .local_blocks = local_blocks,
+                                .remote_blocks = send->remote_blocks + send->posted,
+                                .count = count,
+                                .integrity = s->integrity,
+                                .notify = note,
+                                .notify_bytes = HANDOFF_MSG_BYTES,
+                                .timeout_ms = s->timeout_ms};
     kvrt_xfer_request_t *req = NULL;
     kvrt_status_t st = kvrt_xfer_kv_post(send->peer, &kp, &req);
     if (st != KVRT_OK)
@@ -267,7 +270,7 @@ kvrt_status_t kvrt_cluster_handoff_send_blocks(kvrt_cluster_handoff_send_t *send
     return KVRT_OK;
 }
 
-kvrt_status_t kvrt_cluster_handoff_send_test(kvrt_cluster_handoff_send_t *send)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_test(kvrt_cluster_handoff_send_t *send)
 {
     if (!send)
         return kvrt_fail(NULL, KVRT_ERR_INVALID_ARG, "NULL send");
@@ -284,7 +287,7 @@ kvrt_status_t kvrt_cluster_handoff_send_test(kvrt_cluster_handoff_send_t *send)
     return pending ? KVRT_INPROGRESS : KVRT_OK;
 }
 
-kvrt_status_t kvrt_cluster_handoff_send_end(kvrt_cluster_handoff_send_t *send)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_end(kvrt_cluster_handoff_send_t *send)
 {
     if (!send)
         return KVRT_OK;
@@ -306,8 +309,8 @@ kvrt_status_t kvrt_cluster_handoff_send_end(kvrt_cluster_handoff_send_t *send)
         /* Best effort: the decode node releases the blocks at once on it,
          * or after its quarantine without it. */
         uint8_t note[HANDOFF_MSG_BYTES];
-        handoff_msg_t msg = {.kind = HANDOFF_MSG_ABORT, .slot = send->ticket.slot,
-                             .token = send->ticket.token};
+        handoff_msg_t msg = {
+            .kind = HANDOFF_MSG_ABORT, .slot = send->ticket.slot, .token = send->ticket.token};
         handoff_msg_encode(note, &msg);
         kvrt_xfer_notify(send->peer, note, sizeof(note));
     }
@@ -322,11 +325,10 @@ kvrt_status_t kvrt_cluster_handoff_send_end(kvrt_cluster_handoff_send_t *send)
     return KVRT_OK;
 }
 
-kvrt_status_t kvrt_cluster_pull_serve(kvrt_cluster_handoff_sender_t *sender, kvrt_pool_t *pool,
-                                      kvrt_cache_t *cache, const kvrt_hash_keys_t *keys,
-                                      const kvrt_block_hash_t *contents, uint32_t num_contents,
-                                      const void *ticket, size_t length,
-                                      kvrt_cluster_handoff_send_t **send_out)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_pull_serve(
+    kvrt_cluster_handoff_sender_t *sender, kvrt_pool_t *pool, kvrt_cache_t *cache,
+    const kvrt_hash_keys_t *keys, const kvrt_block_hash_t *contents, uint32_t num_contents,
+    const void *ticket, size_t length, kvrt_cluster_handoff_send_t **send_out)
 {
     if (!sender || !pool || !cache || (!contents && num_contents > 0) || !ticket || !send_out)
         return kvrt_fail(sender ? sender->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
@@ -359,9 +361,8 @@ kvrt_status_t kvrt_cluster_pull_serve(kvrt_cluster_handoff_sender_t *sender, kvr
     send->limit = send->num_pinned;
     for (uint32_t at = 0; at < send->num_pinned && st == KVRT_OK; at += HANDOFF_BATCH_MAX) {
         uint32_t count = send->num_pinned - at;
-        st = kvrt_cluster_handoff_send_blocks(send, send->pinned + at,
-                                              count < HANDOFF_BATCH_MAX ? count
-                                                                        : HANDOFF_BATCH_MAX);
+        st = kvrt_cluster_handoff_send_blocks(
+            send, send->pinned + at, count < HANDOFF_BATCH_MAX ? count : HANDOFF_BATCH_MAX);
     }
     if (st != KVRT_OK) {
         kvrt_cluster_handoff_send_end(send);

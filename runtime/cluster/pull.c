@@ -10,11 +10,12 @@
 
 #include "cluster_internal.h"
 
-kvrt_status_t kvrt_cluster_pull_plan(const kvrt_cluster_dir_t *dir,
-                                     const kvrt_block_hash_t *model, uint64_t local_node,
-                                     const kvrt_block_hash_t *keys, uint32_t num_keys,
-                                     const kvrt_cluster_pull_cost_t *cost,
-                                     kvrt_cluster_pull_plan_t *plan_out)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_pull_plan(const kvrt_cluster_dir_t *dir,
+                                                 const kvrt_block_hash_t *model,
+                                                 uint64_t local_node, const kvrt_block_hash_t *keys,
+                                                 uint32_t num_keys,
+                                                 const kvrt_cluster_pull_cost_t *cost,
+                                                 kvrt_cluster_pull_plan_t *plan_out)
 {
     kvrt_ctx_t *ctx = dir ? cluster_dir_ctx(dir) : NULL;
     if (!dir || !model || (!keys && num_keys > 0) || !cost || !plan_out)
@@ -69,13 +70,12 @@ kvrt_status_t kvrt_cluster_pull_plan(const kvrt_cluster_dir_t *dir,
     return KVRT_OK;
 }
 
-kvrt_status_t kvrt_cluster_pull_forget(kvrt_cluster_dir_t *dir, uint64_t node_id,
-                                       const kvrt_block_hash_t *keys, uint32_t num_keys,
-                                       const kvrt_handoff_completion_t *completion)
+KVRT_EXPORT kvrt_status_t kvrt_cluster_pull_forget(kvrt_cluster_dir_t *dir, uint64_t node_id,
+                                                   const kvrt_block_hash_t *keys, uint32_t num_keys,
+                                                   const kvrt_handoff_completion_t *completion)
 {
     if (!dir || !completion || (!keys && num_keys > 0))
-        return kvrt_fail(dir ? cluster_dir_ctx(dir) : NULL, KVRT_ERR_INVALID_ARG,
-                         "NULL argument");
+        return kvrt_fail(dir ? cluster_dir_ctx(dir) : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
     /* Only a source that answered (and gave up) proved it lacks the rest;
      * one that timed out may just be slow or gone, which membership
      * handles. */

@@ -98,7 +98,8 @@ static uint32_t poll_ended(pair_t *p, kvrt_handoff_completion_t *out, uint32_t w
     uint64_t end = txu_now_ms() + 10000;
     while (got < want && txu_now_ms() < end) {
         uint32_t n = 0;
-        ASSERT_OK(p->ctx, kvrt_cluster_handoff_poll(p->recv, tch_now_ns(), out + got, want - got, &n));
+        ASSERT_OK(p->ctx,
+                  kvrt_cluster_handoff_poll(p->recv, tch_now_ns(), out + got, want - got, &n));
         got += n;
         struct timespec ts = {0, 2000000};
         if (got < want)
@@ -126,7 +127,8 @@ Test(cluster_handoff_hostile, tickets_that_do_not_add_up_are_refused, .timeout =
     kvrt_cluster_handoff_send_t *send = NULL;
 
     ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, ticket, 10, &send));
-    ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, ticket, len - 1, &send));
+    ASSERT_STATUS(KVRT_ERR_PARSE,
+                  kvrt_cluster_handoff_send_begin(p.sender, ticket, len - 1, &send));
     memcpy(bad, ticket, len);
     bad[len] = 0;
     ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, bad, len + 1, &send));
@@ -149,7 +151,8 @@ Test(cluster_handoff_hostile, tickets_that_do_not_add_up_are_refused, .timeout =
     kvrt_store_le32(bad + len - 4, 0x80000000u); /* a block id no pool has */
     ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, bad, len, &send));
     cr_assert_null(send);
-    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_send_begin(p.sender, NULL, len, &send));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
+                  kvrt_cluster_handoff_send_begin(p.sender, NULL, len, &send));
 
     /* The real ticket works; a sender that gives up releases the blocks at
      * once and the request is recomputed (the default policy). */
@@ -288,10 +291,12 @@ Test(cluster_handoff_hostile, limits_and_wrong_calls_answer_with_a_status, .time
     kvrt_handoff_accept_params_t ap = {.num_tokens = PROMPT};
     kvrt_handoff_id_t h = 0;
     /* The last token is always recomputed: the scheduler refuses it. */
-    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_accept(p.recv, a, &ap, tch_now_ns(), &h));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
+                  kvrt_cluster_handoff_accept(p.recv, a, &ap, tch_now_ns(), &h));
     ap.num_tokens = PROMPT - 1;
     ap.field_mask = 1u << 5;
-    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_accept(p.recv, a, &ap, tch_now_ns(), &h));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
+                  kvrt_cluster_handoff_accept(p.recv, a, &ap, tch_now_ns(), &h));
     ap.field_mask = 0;
     ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST,
                   kvrt_cluster_handoff_accept(p.recv, a + 12345, &ap, tch_now_ns(), &h));

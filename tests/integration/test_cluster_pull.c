@@ -250,7 +250,8 @@ Test(cluster_pull, a_missing_prefix_is_pulled_when_cheaper_and_the_request_start
     ASSERT_OK(w.ctx, kvrt_seq_blocks(w.puller.sched, seq, &blocks, &nb, NULL));
     cr_assert_eq(nb, 4);
     for (uint32_t b = 0; b < 4; b++)
-        cr_assert(tch_block_pattern(w.puller.pool, blocks[b], b, false), "pulled block %u differs", b);
+        cr_assert(tch_block_pattern(w.puller.pool, blocks[b], b, false), "pulled block %u differs",
+                  b);
     kvrt_plan_seq_t first = run(w.ctx, &w.puller, seq);
     cr_assert_eq(first.num_computed_tokens, 64);
     cr_assert_eq(first.num_new_tokens, PROMPT - 64);
