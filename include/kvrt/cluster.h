@@ -40,8 +40,13 @@
 
 #include <stdint.h>
 
+#include <stddef.h>
+
 #include "kvrt/cache.h"
 #include "kvrt/context.h"
+#include "kvrt/pool.h"
+#include "kvrt/sched.h"
+#include "kvrt/xfer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -504,6 +509,389 @@ typedef struct kvrt_cluster_etcd_stats {
 /* kvrt_cluster_etcd_stats - safe from any thread. Errors: INVALID_ARG. */
 kvrt_status_t kvrt_cluster_etcd_stats(kvrt_cluster_etcd_t *member,
                                       kvrt_cluster_etcd_stats_t *stats_out);
+
+
+/* ---- prefill/decode hand-off ---------------------------------------------
+ *
+ * A prefill node computes a prompt and writes its KV blocks straight into
+ * the decode node's pool over the transfer engine (kvrt/xfer.h), batch by
+ * batch as they become full; the decode node holds the request in "waiting
+ * for KV" (kvrt_seq_await_kv) and lets it run once the last block landed.
+ *
+ *   decode node                                 prefill node
+ *   kvrt_seq_add(sched, prompt) -> id
+ *   kvrt_cluster_handoff_accept(recv, id) -> h
+ *   kvrt_cluster_handoff_ticket(recv, h) -> bytes  ==(embedder)==>
+ *                                   kvrt_cluster_handoff_send_begin(ticket)
+ *                                   kvrt_cluster_handoff_send_blocks(...)  x N
+ *   kvrt_cluster_handoff_poll(recv, now)  <== KV writes + notifications
+ *     -> completion {h, LANDED}         kvrt_cluster_handoff_send_test() == OK
+ *                                       kvrt_cluster_handoff_send_end()
+ *
+ * The ticket (at most KVRT_HANDOFF_TICKET_MAX bytes, opaque) carries the
+ * decode agent's address, its pool region's descriptor, the block ids to
+ * fill and a random 64-bit token; the embedder ships it with the request
+ * (as a router does). Each batch of blocks travels as one KV transfer
+ * (kvrt_xfer_kv_post, checksummed when integrity is on) whose notification
+ * names the token and the batch; the decode node counts a block as landed
+ * only when its batch's notification arrives (after the checksums matched).
+ *
+ * Failure: a hand-off has a deadline (accept time + timeout). When it
+ * passes, or a batch fails its checksum, the decode node ends the request
+ * (policy FAIL: aborted) or sends it back to the queue to be recomputed
+ * (policy RECOMPUTE), at once, and reports it. A prefill node that died or
+ * stalled could still have writes in flight into the hand-off's blocks, so
+ * those blocks stay held (quarantined, counted in the stats) until the
+ * sender's closing message arrives (its abort, or every batch) or the
+ * quarantine time passes; only then do they return to the pool. Nothing a
+ * peer sends can make the decode node hold a block past deadline +
+ * quarantine. Messages with a wrong token, from another sender than the
+ * first, naming batches outside the ticket, or repeating a batch are
+ * counted as refused and change nothing.
+ *
+ * Threads: a receiver follows its scheduler's thread (one thread at a
+ * time); a sender and its sends are used by one thread at a time. Both
+ * take an agent that outlives them; the receiver drains the agent's
+ * notifications (other notifications are counted and dropped), so an agent
+ * serves one receiver and nothing else that reads notifications.
+ */
+
+/* Largest ticket kvrt_cluster_handoff_ticket() writes. */
+#define KVRT_HANDOFF_TICKET_MAX 65536u
+/* Most blocks one hand-off carries. */
+#define KVRT_HANDOFF_MAX_BLOCKS 16000u
+
+typedef struct kvrt_cluster_handoff_recv kvrt_cluster_handoff_recv_t;
+typedef struct kvrt_cluster_handoff_sender kvrt_cluster_handoff_sender_t;
+typedef struct kvrt_cluster_handoff_send kvrt_cluster_handoff_send_t;
+/* A hand-off's id on the decode node: generational, 0 is never valid. */
+typedef uint64_t kvrt_handoff_id_t;
+
+typedef enum kvrt_handoff_failure_policy {
+    KVRT_HANDOFF_RECOMPUTE = 0, /* the request is queued again and recomputed */
+    KVRT_HANDOFF_FAIL = 1       /* the request ends ABORTED */
+} kvrt_handoff_failure_policy_t;
+
+enum kvrt_cluster_handoff_recv_params_field {
+    KVRT_HANDOFF_RECV_PARAM_TIMEOUT = 1u << 0,    /* timeout_ms */
+    KVRT_HANDOFF_RECV_PARAM_POLICY = 1u << 1,     /* on_failure */
+    KVRT_HANDOFF_RECV_PARAM_QUARANTINE = 1u << 2, /* quarantine_ms */
+    KVRT_HANDOFF_RECV_PARAM_MAX_HANDOFFS = 1u << 3
+};
+
+/* ctx, agent, region and sched are always read; the rest by field_mask. */
+typedef struct kvrt_cluster_handoff_recv_params {
+    uint64_t field_mask;
+    kvrt_xfer_agent_t *agent;          /* the decode node's agent */
+    const kvrt_xfer_region_t *region;  /* sched's pool, registered with the
+                                          POOL bit and KVRT_XFER_REMOTE_WRITE */
+    kvrt_sched_t *sched;               /* the decode node's scheduler */
+    /* From accept to the last block landed; default 10000, 1 .. 3600000. */
+    uint32_t timeout_ms;
+    kvrt_handoff_failure_policy_t on_failure; /* default RECOMPUTE */
+    /* How long a failed hand-off's blocks stay held waiting for the sender's
+     * closing message; default 2 * timeout_ms, 0 .. 3600000. */
+    uint32_t quarantine_ms;
+    uint32_t max_handoffs;             /* live at once, 1 .. 65536; default 1024 */
+} kvrt_cluster_handoff_recv_params_t;
+
+/*
+ * kvrt_cluster_handoff_recv_create - the decode side. Reads the agent's
+ * address and the region's descriptor once (for tickets). Nothing in
+ * params is retained but the three handles, which must outlive the
+ * receiver. Destroy with kvrt_cluster_handoff_recv_destroy().
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown bits, values out of range),
+ * KVRT_ERR_NO_MEMORY. (A region registered without the POOL bit is refused
+ * by the sender's transfers, which then fail.)
+ */
+kvrt_status_t kvrt_cluster_handoff_recv_create(kvrt_ctx_t *ctx,
+                                               const kvrt_cluster_handoff_recv_params_t *params,
+                                               kvrt_cluster_handoff_recv_t **recv_out);
+
+/*
+ * kvrt_cluster_handoff_recv_destroy - gives every live or quarantined
+ * hand-off's blocks back to the scheduler (kvrt_arrival_complete with 0
+ * landed) and frees the receiver. No peer may still write into the pool:
+ * destroy the agent (or stop the senders) first. NULL is a no-op.
+ */
+kvrt_status_t kvrt_cluster_handoff_recv_destroy(kvrt_cluster_handoff_recv_t *recv);
+
+enum kvrt_handoff_accept_params_field {
+    KVRT_HANDOFF_ACCEPT_PARAM_TIMEOUT = 1u << 0 /* timeout_ms */
+};
+
+/* num_tokens is always read, the rest by field_mask. */
+typedef struct kvrt_handoff_accept_params {
+    uint64_t field_mask;
+    uint32_t num_tokens;  /* leading tokens that arrive (kvrt_seq_await_kv):
+                             1 .. the request's token count - 1 */
+    uint32_t timeout_ms;  /* default: the receiver's */
+} kvrt_handoff_accept_params_t;
+
+/*
+ * kvrt_cluster_handoff_accept - admits queued request `seq` in waiting for
+ * KV (kvrt_seq_await_kv, with the deadline now_ns + timeout on the step
+ * clock) and starts a hand-off for the blocks it must receive. now_ns is
+ * the clock the caller passes to kvrt_sched_step and to
+ * kvrt_cluster_handoff_poll. When the local cache already holds the whole
+ * prefix the hand-off needs no block: its ticket names none and it
+ * completes LANDED at the next poll.
+ * Errors: those of kvrt_seq_await_kv (nothing changes), KVRT_ERR_INVALID_ARG
+ * (unknown bits, timeout out of range), KVRT_ERR_OVERFLOW (more than
+ * KVRT_HANDOFF_MAX_BLOCKS blocks), KVRT_ERR_REQUEST_LIMIT (max_handoffs
+ * live or quarantined).
+ */
+kvrt_status_t kvrt_cluster_handoff_accept(kvrt_cluster_handoff_recv_t *recv, kvrt_seq_id_t seq,
+                                          const kvrt_handoff_accept_params_t *params,
+                                          uint64_t now_ns, kvrt_handoff_id_t *handoff_out);
+
+/*
+ * kvrt_cluster_handoff_ticket - the hand-off's ticket, for the prefill node,
+ * into buf; *length_out gets its size (also when the buffer is too small).
+ * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_NOT_FOUND (not a live hand-off),
+ * KVRT_ERR_BUFFER_TOO_SMALL.
+ */
+kvrt_status_t kvrt_cluster_handoff_ticket(const kvrt_cluster_handoff_recv_t *recv,
+                                          kvrt_handoff_id_t handoff, void *buf, size_t capacity,
+                                          size_t *length_out);
+
+typedef enum kvrt_handoff_outcome {
+    KVRT_HANDOFF_LANDED = 0,     /* every block landed; the request runs */
+    KVRT_HANDOFF_RECOMPUTED = 1, /* failed; the request is recomputed */
+    KVRT_HANDOFF_FAILED = 2      /* failed; the request ended ABORTED */
+} kvrt_handoff_outcome_t;
+
+/* The end of a hand-off. Frozen (output array element). */
+typedef struct kvrt_handoff_completion {
+    kvrt_handoff_id_t handoff;
+    kvrt_seq_id_t seq;
+    uint32_t outcome;       /* kvrt_handoff_outcome_t */
+    kvrt_status_t status;   /* KVRT_OK, KVRT_ERR_TIMEOUT, KVRT_ERR_INTEGRITY,
+                               KVRT_ERR_CANCELED (the sender gave up) */
+    uint32_t first_block;   /* index in the request's table of its first block */
+    uint32_t blocks;        /* blocks the hand-off carried */
+    /* Of those, counted from the first, the blocks the request keeps as
+     * computed: all when LANDED; under RECOMPUTE after the sender gave up
+     * (KVRT_ERR_CANCELED), the verified leading ones; else 0. */
+    uint32_t landed_blocks;
+} kvrt_handoff_completion_t;
+
+/*
+ * kvrt_cluster_handoff_poll - takes the agent's notifications, advances the
+ * hand-offs they name, ends those that landed (kvrt_arrival_complete),
+ * failed or passed their deadline (see the policies), releases quarantined
+ * blocks whose time came, and writes up to `capacity` ended hand-offs to
+ * completions_out[0 .. *count_out). Ended hand-offs beyond capacity wait
+ * for the next poll. Call it every engine step (it never blocks); a
+ * hand-off's failure is seen at the first poll past its deadline.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL recv/count_out, NULL completions_out
+ * with capacity > 0).
+ */
+kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t *recv, uint64_t now_ns,
+                                        kvrt_handoff_completion_t *completions_out,
+                                        uint32_t capacity, uint32_t *count_out);
+
+/* Counters of a receiver. Frozen. */
+typedef struct kvrt_handoff_recv_stats {
+    uint64_t accepted;
+    uint64_t landed;
+    uint64_t recomputed;
+    uint64_t failed;
+    uint64_t blocks_landed;   /* blocks requests kept, all outcomes */
+    uint64_t refused;         /* messages with a bad token, sender or batch */
+    uint64_t foreign;         /* notifications that were not hand-off messages */
+    uint32_t live;            /* hand-offs waiting for blocks */
+    uint32_t quarantined;     /* failed hand-offs whose blocks are still held */
+} kvrt_handoff_recv_stats_t;
+
+/* kvrt_cluster_handoff_recv_stats - Errors: KVRT_ERR_INVALID_ARG. */
+kvrt_status_t kvrt_cluster_handoff_recv_stats(const kvrt_cluster_handoff_recv_t *recv,
+                                              kvrt_handoff_recv_stats_t *stats_out);
+
+enum kvrt_cluster_handoff_sender_params_field {
+    KVRT_HANDOFF_SENDER_PARAM_INTEGRITY = 1u << 0, /* integrity */
+    KVRT_HANDOFF_SENDER_PARAM_TIMEOUT = 1u << 1,   /* timeout_ms */
+    KVRT_HANDOFF_SENDER_PARAM_CONNECT_TIMEOUT = 1u << 2
+};
+
+/* agent and region are always read; the rest by field_mask. */
+typedef struct kvrt_cluster_handoff_sender_params {
+    uint64_t field_mask;
+    kvrt_xfer_agent_t *agent;          /* the prefill node's agent */
+    const kvrt_xfer_region_t *region;  /* its pool, registered with the POOL bit */
+    int integrity;          /* checksum every block (kvrt_xfer_kv_params_t);
+                               default 0 */
+    uint32_t timeout_ms;    /* per batch; default the agent's */
+    uint32_t connect_timeout_ms; /* default 5000 */
+} kvrt_cluster_handoff_sender_params_t;
+
+/*
+ * kvrt_cluster_handoff_sender_create - the prefill side. It keeps one
+ * connection per decode node address (up to 64; a failed one is dialed
+ * again). agent and region must outlive it.
+ * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_NO_MEMORY.
+ */
+kvrt_status_t kvrt_cluster_handoff_sender_create(kvrt_ctx_t *ctx,
+                                                 const kvrt_cluster_handoff_sender_params_t *params,
+                                                 kvrt_cluster_handoff_sender_t **sender_out);
+
+/* kvrt_cluster_handoff_sender_destroy - disconnects its peers. Every send
+ * must have been ended. NULL is a no-op. Errors: KVRT_ERR_BUSY (sends
+ * remain; nothing changes). */
+kvrt_status_t kvrt_cluster_handoff_sender_destroy(kvrt_cluster_handoff_sender_t *sender);
+
+/*
+ * kvrt_cluster_handoff_send_begin - starts sending the hand-off a ticket
+ * describes (copied; untrusted: every field is checked). Connects to the
+ * decode node if need be (blocking at most connect_timeout_ms) and imports
+ * its pool region.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_PARSE (malformed ticket),
+ * those of kvrt_xfer_connect and kvrt_xfer_import, KVRT_ERR_NO_MEMORY.
+ */
+kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_sender_t *sender,
+                                              const void *ticket, size_t length,
+                                              kvrt_cluster_handoff_send_t **send_out);
+
+/*
+ * kvrt_cluster_handoff_send_info - the ticket's block count and the index,
+ * in the request's block table, of its first block (the decode node's
+ * kvrt_seq_await_kv first block: the prefill node sends its own blocks from
+ * that index on). Either output may be NULL. Errors: KVRT_ERR_INVALID_ARG.
+ */
+kvrt_status_t kvrt_cluster_handoff_send_info(const kvrt_cluster_handoff_send_t *send,
+                                             uint32_t *num_blocks_out,
+                                             uint32_t *first_block_out);
+
+/*
+ * kvrt_cluster_handoff_send_blocks - posts the next `count` blocks of the
+ * ticket, whose K/V is in local blocks local_blocks[0 .. count) (copied),
+ * as one KV write (at most 1024 blocks). The local blocks must stay
+ * allocated and unchanged until kvrt_cluster_handoff_send_end() returns.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, count 0 or over 1024, more blocks
+ * than the ticket has left), KVRT_ERR_BAD_STATE (a batch failed before:
+ * end the send), those of kvrt_xfer_kv_post.
+ */
+kvrt_status_t kvrt_cluster_handoff_send_blocks(kvrt_cluster_handoff_send_t *send,
+                                               const int32_t *local_blocks, uint32_t count);
+
+/*
+ * kvrt_cluster_handoff_send_test - KVRT_OK once every block of the ticket
+ * was posted and every batch completed, KVRT_INPROGRESS before, or the
+ * error the first failed batch completed with (KVRT_ERR_TIMEOUT,
+ * KVRT_ERR_PEER_FAILED, ...). Never blocks.
+ */
+kvrt_status_t kvrt_cluster_handoff_send_test(kvrt_cluster_handoff_send_t *send);
+
+/*
+ * kvrt_cluster_handoff_send_end - ends the send: batches still in progress
+ * are canceled (nothing reads the local blocks afterwards), and unless
+ * every block landed the decode node is told the hand-off is abandoned (so
+ * it releases the blocks at once instead of after its quarantine). Frees
+ * the send; the local blocks may then be freed. NULL is a no-op. Errors:
+ * none.
+ */
+kvrt_status_t kvrt_cluster_handoff_send_end(kvrt_cluster_handoff_send_t *send);
+
+
+/* ---- pull from peers ------------------------------------------------------
+ *
+ * A node that misses a prefix a peer holds may fetch it instead of
+ * recomputing it. The puller asks kvrt_cluster_pull_plan() which peer holds
+ * the longest prefix and whether moving the extra blocks beats prefilling
+ * them; if so it admits the request with kvrt_cluster_handoff_accept() (up
+ * to the peer's prefix) and ships the ticket, with the prompt's block
+ * content hashes, to the peer, which answers with kvrt_cluster_pull_serve():
+ * the hand-off runs with the peer as its sender. A peer that lacks blocks
+ * it announced sends those it has and gives up; the puller keeps the
+ * verified leading blocks (RECOMPUTE policy), recomputes the rest, and
+ * kvrt_cluster_pull_forget() drops the peer's false entries.
+ */
+
+enum kvrt_cluster_pull_cost_field {
+    KVRT_PULL_COST_NET_GBPS = 1u << 0,  /* net_gbps */
+    KVRT_PULL_COST_LATENCY = 1u << 1,   /* latency_us */
+    KVRT_PULL_COST_PREFILL = 1u << 2,   /* prefill_us_per_token */
+    KVRT_PULL_COST_TIER_MASK = 1u << 3  /* tier_mask */
+};
+
+/* block_bytes and tokens_per_block are always read, the rest by field_mask.
+ * A pull of B blocks costs latency_us + B * block_bytes * 8 / (net_gbps *
+ * 1e3) microseconds; recomputing them B * tokens_per_block *
+ * prefill_us_per_token (kvrt-sim's model; docs/cluster.md). */
+typedef struct kvrt_cluster_pull_cost {
+    uint64_t field_mask;
+    uint64_t block_bytes;        /* one block, every layer (kvrt_pool_info) */
+    uint32_t tokens_per_block;
+    uint32_t tier_mask;          /* tiers a peer serves pulls from; default
+                                    GPU only (kvrt_cluster_pull_serve reads
+                                    the peer's prefix cache) */
+    double net_gbps;             /* default 200 */
+    double latency_us;           /* default 20 */
+    double prefill_us_per_token; /* default 40 (an 8B model on one H100) */
+} kvrt_cluster_pull_cost_t;
+
+/* The answer of kvrt_cluster_pull_plan. */
+typedef struct kvrt_cluster_pull_plan {
+    uint64_t node_id;      /* the peer holding the longest prefix; 0: none
+                              holds more than this node */
+    uint32_t local_blocks; /* this node's prefix, as the directory sees it */
+    uint32_t peer_blocks;  /* the peer's prefix */
+    double transfer_us;    /* moving blocks [local_blocks, peer_blocks) */
+    double recompute_us;   /* prefilling their tokens */
+    uint32_t worth;        /* 1: transfer_us < recompute_us */
+    uint32_t reserved;
+} kvrt_cluster_pull_plan_t;
+
+/*
+ * kvrt_cluster_pull_plan - for a prompt's block keys (in order), the peer of
+ * `model` (other than local_node, which may be 0) holding the longest prefix
+ * in cost->tier_mask, and whether pulling the blocks this node lacks is
+ * cheaper than recomputing them. Resyncing nodes count as holding nothing.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown bits, block_bytes or
+ * tokens_per_block 0, a non-positive or non-finite bandwidth, negative
+ * costs, bad tier bits), KVRT_ERR_UNKNOWN_MODEL.
+ */
+kvrt_status_t kvrt_cluster_pull_plan(const kvrt_cluster_dir_t *dir,
+                                     const kvrt_block_hash_t *model, uint64_t local_node,
+                                     const kvrt_block_hash_t *keys, uint32_t num_keys,
+                                     const kvrt_cluster_pull_cost_t *cost,
+                                     kvrt_cluster_pull_plan_t *plan_out);
+
+/*
+ * kvrt_cluster_pull_serve - the peer's side of a pull: begins a send for the
+ * ticket (as kvrt_cluster_handoff_send_begin), finds the blocks it names in
+ * `cache` by their content hashes contents[first .. first + n) (the
+ * prompt's full blocks from the first, under `keys`, which may be NULL),
+ * takes a reference on each (they cannot be evicted while read), stopping
+ * at the first one the cache lacks, and posts them all. Then, as for any
+ * send: kvrt_cluster_handoff_send_test() until not KVRT_INPROGRESS (KVRT_OK
+ * once what it holds landed), and kvrt_cluster_handoff_send_end(), which
+ * gives the references back and, when it held fewer blocks than the ticket
+ * names, tells the puller it gave up. pool is the cache's pool, the one the
+ * sender's region registers. contents is read during the call only.
+ * Errors: those of kvrt_cluster_handoff_send_begin and
+ * kvrt_cluster_handoff_send_blocks, KVRT_ERR_INVALID_ARG (NULL, a ticket
+ * naming blocks beyond num_contents); nothing is left held.
+ */
+kvrt_status_t kvrt_cluster_pull_serve(kvrt_cluster_handoff_sender_t *sender, kvrt_pool_t *pool,
+                                      kvrt_cache_t *cache, const kvrt_hash_keys_t *keys,
+                                      const kvrt_block_hash_t *contents, uint32_t num_contents,
+                                      const void *ticket, size_t length,
+                                      kvrt_cluster_handoff_send_t **send_out);
+
+/*
+ * kvrt_cluster_pull_forget - after a pull from node_id ended with
+ * `completion`: when the peer gave up (KVRT_ERR_CANCELED) short of the
+ * blocks it announced, drops its directory entries for the prompt keys it
+ * did not deliver, keys[first_block + landed_blocks .. first_block +
+ * blocks) (kvrt_cluster_dir_forget). A pull that timed out drops nothing
+ * (the peer may be slow or gone; membership handles that). keys are the
+ * prompt's block keys from its first block.
+ * Errors: KVRT_ERR_INVALID_ARG, those of kvrt_cluster_dir_forget.
+ */
+kvrt_status_t kvrt_cluster_pull_forget(kvrt_cluster_dir_t *dir, uint64_t node_id,
+                                       const kvrt_block_hash_t *keys, uint32_t num_keys,
+                                       const kvrt_handoff_completion_t *completion);
 
 #ifdef __cplusplus
 }

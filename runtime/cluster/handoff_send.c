@@ -1,0 +1,373 @@
+/*
+ * handoff_send.c - the prefill side of a prefill/decode hand-off: reads a
+ * ticket (untrusted bytes), connects to the decode node (one connection per
+ * address, kept for later hand-offs), and writes the prompt's blocks into
+ * the decode node's pool batch by batch, each batch one KV transfer closed
+ * by a notification that names it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster_internal.h"
+#include "handoff_wire.h"
+
+#define SENDER_MAX_PEERS 64u
+
+typedef struct sender_peer {
+    char address[HANDOFF_ADDRESS_MAX + 1];
+    kvrt_xfer_peer_t *peer;
+} sender_peer_t;
+
+struct kvrt_cluster_handoff_sender {
+    kvrt_ctx_t *ctx;
+    kvrt_xfer_agent_t *agent;
+    const kvrt_xfer_region_t *region;
+    int integrity;
+    uint32_t timeout_ms; /* 0: the agent's */
+    uint32_t connect_timeout_ms;
+    uint32_t sends; /* begun and not ended */
+    sender_peer_t peers[SENDER_MAX_PEERS];
+    uint32_t next_evict;
+};
+
+struct kvrt_cluster_handoff_send {
+    kvrt_cluster_handoff_sender_t *sender;
+    kvrt_xfer_peer_t *peer;
+    kvrt_xfer_remote_t *remote;
+    handoff_ticket_t ticket;
+    int32_t *remote_blocks;
+    uint32_t posted;   /* ticket blocks posted so far */
+    uint32_t limit;    /* blocks this send will post (a pull source
+                                    may hold fewer than the ticket names) */
+    kvrt_pool_t *pool; /* a pull source's pinned cached blocks */
+    int32_t *pinned;
+    uint32_t num_pinned;
+    kvrt_xfer_request_t **requests;
+    uint32_t num_requests;
+    kvrt_status_t failure; /* first failed batch, else OK */
+};
+
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_sender_create(
+    kvrt_ctx_t *ctx, const kvrt_cluster_handoff_sender_params_t *params,
+    kvrt_cluster_handoff_sender_t **sender_out)
+{
+    if (!ctx || !params || !sender_out || !params->agent || !params->region)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "NULL argument");
+    const uint64_t known = KVRT_HANDOFF_SENDER_PARAM_INTEGRITY | KVRT_HANDOFF_SENDER_PARAM_TIMEOUT |
+                           KVRT_HANDOFF_SENDER_PARAM_CONNECT_TIMEOUT;
+    uint64_t m = params->field_mask;
+    if (m & ~known)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
+                         (unsigned long long)(m & ~known));
+    uint32_t connect_ms =
+        (m & KVRT_HANDOFF_SENDER_PARAM_CONNECT_TIMEOUT) ? params->connect_timeout_ms : 5000u;
+    if (connect_ms < 1 || connect_ms > 600000u)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "connect_timeout_ms %u outside 1..600000",
+                         connect_ms);
+    uint32_t timeout_ms = (m & KVRT_HANDOFF_SENDER_PARAM_TIMEOUT) ? params->timeout_ms : 0;
+    if ((m & KVRT_HANDOFF_SENDER_PARAM_TIMEOUT) && (timeout_ms < 1 || timeout_ms > 3600000u))
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "timeout_ms %u outside 1..3600000", timeout_ms);
+    kvrt_cluster_handoff_sender_t *s = calloc(1, sizeof(*s));
+    if (!s)
+        return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "sender");
+    s->ctx = ctx;
+    s->agent = params->agent;
+    s->region = params->region;
+    s->integrity = (m & KVRT_HANDOFF_SENDER_PARAM_INTEGRITY) ? params->integrity != 0 : 0;
+    s->timeout_ms = timeout_ms;
+    s->connect_timeout_ms = connect_ms;
+    *sender_out = s;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_sender_destroy(kvrt_cluster_handoff_sender_t *sender)
+{
+    if (!sender)
+        return KVRT_OK;
+    if (sender->sends > 0)
+        return kvrt_fail(sender->ctx, KVRT_ERR_BUSY, "%u sends not ended", sender->sends);
+    for (uint32_t i = 0; i < SENDER_MAX_PEERS; i++)
+        kvrt_xfer_disconnect(sender->peers[i].peer);
+    free(sender);
+    return KVRT_OK;
+}
+
+/* Checks every field of the ticket against its length. */
+static kvrt_status_t ticket_parse(kvrt_ctx_t *ctx, const uint8_t *p, size_t length,
+                                  handoff_ticket_t *t)
+{
+    if (length < HANDOFF_TICKET_HEAD || length > KVRT_HANDOFF_TICKET_MAX)
+        return kvrt_fail(ctx, KVRT_ERR_PARSE, "ticket of %zu bytes", length);
+    if (kvrt_load_le32(p) != HANDOFF_TICKET_MAGIC || kvrt_load_le16(p + 4) != HANDOFF_VERSION)
+        return kvrt_fail(ctx, KVRT_ERR_PARSE, "not a version %u hand-off ticket", HANDOFF_VERSION);
+    uint32_t address_bytes = kvrt_load_le16(p + 6);
+    t->token = kvrt_load_le64(p + 8);
+    t->slot = kvrt_load_le32(p + 16);
+    t->first_block = kvrt_load_le32(p + 20);
+    t->num_blocks = kvrt_load_le32(p + 24);
+    t->descriptor_bytes = kvrt_load_le16(p + 28);
+    if (address_bytes == 0 || address_bytes > HANDOFF_ADDRESS_MAX || t->descriptor_bytes == 0 ||
+        t->descriptor_bytes > KVRT_XFER_DESCRIPTOR_MAX || t->num_blocks > KVRT_HANDOFF_MAX_BLOCKS ||
+        length !=
+            HANDOFF_TICKET_HEAD + address_bytes + t->descriptor_bytes + 4u * (size_t)t->num_blocks)
+        return kvrt_fail(ctx, KVRT_ERR_PARSE, "ticket sizes do not add up to %zu bytes", length);
+    memcpy(t->address, p + HANDOFF_TICKET_HEAD, address_bytes);
+    t->address[address_bytes] = '\0';
+    if (strlen(t->address) != address_bytes)
+        return kvrt_fail(ctx, KVRT_ERR_PARSE, "ticket address holds a NUL byte");
+    t->descriptor = p + HANDOFF_TICKET_HEAD + address_bytes;
+    t->blocks = t->descriptor + t->descriptor_bytes;
+    for (uint32_t i = 0; i < t->num_blocks; i++)
+        if (kvrt_load_le32(t->blocks + 4u * i) > (uint32_t)INT32_MAX)
+            return kvrt_fail(ctx, KVRT_ERR_PARSE, "ticket block %u out of range", i);
+    return KVRT_OK;
+}
+
+/* The connection to `address`: kept from an earlier send while it is up,
+ * else dialed (evicting the oldest when all places are taken). */
+static kvrt_status_t sender_peer(kvrt_cluster_handoff_sender_t *s, const char *address,
+                                 kvrt_xfer_peer_t **peer_out)
+{
+    sender_peer_t *place = NULL;
+    for (uint32_t i = 0; i < SENDER_MAX_PEERS && !place; i++)
+        if (s->peers[i].peer && strcmp(s->peers[i].address, address) == 0)
+            place = &s->peers[i];
+    if (place) {
+        kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
+        if (kvrt_xfer_peer_info(place->peer, &info) == KVRT_OK &&
+            (info.state == KVRT_XFER_PEER_CONNECTED || info.state == KVRT_XFER_PEER_RECONNECTING)) {
+            *peer_out = place->peer;
+            return KVRT_OK;
+        }
+        if (info.outstanding > 0)
+            return kvrt_fail(s->ctx, KVRT_ERR_PEER_FAILED, "%s is down", address);
+        kvrt_xfer_disconnect(place->peer);
+        place->peer = NULL;
+    }
+    for (uint32_t i = 0; i < SENDER_MAX_PEERS && !place; i++)
+        if (!s->peers[i].peer)
+            place = &s->peers[i];
+    if (!place) {
+        /* A peer still carrying requests is not evicted. */
+        for (uint32_t tries = 0; tries < SENDER_MAX_PEERS && !place; tries++) {
+            sender_peer_t *c = &s->peers[s->next_evict];
+            s->next_evict = (s->next_evict + 1) % SENDER_MAX_PEERS;
+            kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
+            if (kvrt_xfer_peer_info(c->peer, &info) == KVRT_OK && info.outstanding == 0) {
+                kvrt_xfer_disconnect(c->peer);
+                c->peer = NULL;
+                place = c;
+            }
+        }
+        if (!place)
+            return kvrt_fail(s->ctx, KVRT_ERR_BUSY, "%u decode nodes in use", SENDER_MAX_PEERS);
+    }
+    kvrt_xfer_peer_t *peer = NULL;
+    kvrt_status_t st = kvrt_xfer_connect(s->agent, address, s->connect_timeout_ms, &peer);
+    if (st != KVRT_OK)
+        return st;
+    snprintf(place->address, sizeof(place->address), "%s", address);
+    place->peer = peer;
+    *peer_out = peer;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_sender_t *sender,
+                                                          const void *ticket, size_t length,
+                                                          kvrt_cluster_handoff_send_t **send_out)
+{
+    if (!sender || !ticket || !send_out)
+        return kvrt_fail(sender ? sender->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
+    kvrt_ctx_t *ctx = sender->ctx;
+    kvrt_cluster_handoff_send_t *send = calloc(1, sizeof(*send));
+    if (!send)
+        return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "send");
+    kvrt_status_t st = ticket_parse(ctx, ticket, length, &send->ticket);
+    uint32_t n = send->ticket.num_blocks;
+    if (st == KVRT_OK && n > 0) {
+        send->remote_blocks = malloc(n * sizeof(int32_t));
+        send->requests = calloc(n, sizeof(*send->requests)); /* >= 1 block a batch */
+        if (!send->remote_blocks || !send->requests)
+            st = kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "send of %u blocks", n);
+        for (uint32_t i = 0; st == KVRT_OK && i < n; i++)
+            send->remote_blocks[i] = (int32_t)kvrt_load_le32(send->ticket.blocks + 4u * i);
+    }
+    if (st == KVRT_OK)
+        st = sender_peer(sender, send->ticket.address, &send->peer);
+    if (st == KVRT_OK)
+        st = kvrt_xfer_import(send->peer, send->ticket.descriptor, send->ticket.descriptor_bytes,
+                              &send->remote);
+    /* The ticket's bytes are the caller's: keep nothing that points there. */
+    send->ticket.descriptor = NULL;
+    send->ticket.blocks = NULL;
+    if (st != KVRT_OK) {
+        free(send->remote_blocks);
+        free(send->requests);
+        free(send);
+        return st;
+    }
+    send->sender = sender;
+    send->limit = send->ticket.num_blocks;
+    sender->sends++;
+    *send_out = send;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_info(const kvrt_cluster_handoff_send_t *send,
+                                                         uint32_t *num_blocks_out,
+                                                         uint32_t *first_block_out)
+{
+    if (!send)
+        return kvrt_fail(NULL, KVRT_ERR_INVALID_ARG, "NULL send");
+    if (num_blocks_out)
+        *num_blocks_out = send->ticket.num_blocks;
+    if (first_block_out)
+        *first_block_out = send->ticket.first_block;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_blocks(kvrt_cluster_handoff_send_t *send,
+                                                           const int32_t *local_blocks,
+                                                           uint32_t count)
+{
+    if (!send || !local_blocks)
+        return kvrt_fail(send ? send->sender->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
+    kvrt_cluster_handoff_sender_t *s = send->sender;
+    if (count == 0 || count > HANDOFF_BATCH_MAX || count > send->limit - send->posted)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "%u blocks: 1..%u per batch, %u left in the ticket", count,
+                         HANDOFF_BATCH_MAX, send->limit - send->posted);
+    if (send->failure != KVRT_OK)
+        return kvrt_fail(s->ctx, KVRT_ERR_BAD_STATE, "an earlier batch failed (%s)",
+                         kvrt_status_str(send->failure));
+    uint8_t note[HANDOFF_MSG_BYTES];
+    handoff_msg_t msg = {.kind = HANDOFF_MSG_BATCH,
+                         .slot = send->ticket.slot,
+                         .first = send->posted,
+                         .count = count,
+                         .token = send->ticket.token};
+    handoff_msg_encode(note, &msg);
+    kvrt_xfer_kv_params_t kp = {.field_mask = KVRT_XFER_KV_PARAM_NOTIFY |
+                                              KVRT_XFER_KV_PARAM_INTEGRITY |
+                                              (s->timeout_ms ? KVRT_XFER_KV_PARAM_TIMEOUT : 0),
+                                .opcode = KVRT_XFER_WRITE,
+                                .local = s->region,
+                                .remote = send->remote,
+                                .local_blocks = local_blocks,
+                                .remote_blocks = send->remote_blocks + send->posted,
+                                .count = count,
+                                .integrity = s->integrity,
+                                .notify = note,
+                                .notify_bytes = HANDOFF_MSG_BYTES,
+                                .timeout_ms = s->timeout_ms};
+    kvrt_xfer_request_t *req = NULL;
+    kvrt_status_t st = kvrt_xfer_kv_post(send->peer, &kp, &req);
+    if (st != KVRT_OK)
+        return st;
+    send->requests[send->num_requests++] = req;
+    send->posted += count;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_test(kvrt_cluster_handoff_send_t *send)
+{
+    if (!send)
+        return kvrt_fail(NULL, KVRT_ERR_INVALID_ARG, "NULL send");
+    bool pending = send->posted < send->limit;
+    for (uint32_t i = 0; i < send->num_requests; i++) {
+        kvrt_status_t st = kvrt_xfer_request_test(send->requests[i]);
+        if (st == KVRT_INPROGRESS)
+            pending = true;
+        else if (st != KVRT_OK && send->failure == KVRT_OK)
+            send->failure = st;
+    }
+    if (send->failure != KVRT_OK)
+        return send->failure;
+    return pending ? KVRT_INPROGRESS : KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_end(kvrt_cluster_handoff_send_t *send)
+{
+    if (!send)
+        return KVRT_OK;
+    bool all_landed = send->posted == send->ticket.num_blocks;
+    for (uint32_t i = 0; i < send->num_requests; i++) {
+        kvrt_xfer_request_t *r = send->requests[i];
+        kvrt_status_t st = kvrt_xfer_request_test(r);
+        if (st == KVRT_INPROGRESS) {
+            /* Resets a connection with its data in flight: nothing reads
+             * the local blocks once the cancel returns. */
+            kvrt_xfer_request_cancel(r);
+            st = KVRT_ERR_CANCELED;
+        }
+        if (st != KVRT_OK)
+            all_landed = false;
+        kvrt_xfer_request_release(r);
+    }
+    if (!all_landed) {
+        /* Best effort: the decode node releases the blocks at once on it,
+         * or after its quarantine without it. */
+        uint8_t note[HANDOFF_MSG_BYTES];
+        handoff_msg_t msg = {
+            .kind = HANDOFF_MSG_ABORT, .slot = send->ticket.slot, .token = send->ticket.token};
+        handoff_msg_encode(note, &msg);
+        kvrt_xfer_notify(send->peer, note, sizeof(note));
+    }
+    kvrt_xfer_remote_release(send->remote);
+    if (send->num_pinned)
+        kvrt_pool_free(send->pool, send->num_pinned, send->pinned);
+    free(send->pinned);
+    send->sender->sends--;
+    free(send->remote_blocks);
+    free(send->requests);
+    free(send);
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_cluster_pull_serve(
+    kvrt_cluster_handoff_sender_t *sender, kvrt_pool_t *pool, kvrt_cache_t *cache,
+    const kvrt_hash_keys_t *keys, const kvrt_block_hash_t *contents, uint32_t num_contents,
+    const void *ticket, size_t length, kvrt_cluster_handoff_send_t **send_out)
+{
+    if (!sender || !pool || !cache || (!contents && num_contents > 0) || !ticket || !send_out)
+        return kvrt_fail(sender ? sender->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
+    kvrt_cluster_handoff_send_t *send = NULL;
+    kvrt_status_t st = kvrt_cluster_handoff_send_begin(sender, ticket, length, &send);
+    if (st != KVRT_OK)
+        return st;
+    uint32_t first = send->ticket.first_block, n = send->ticket.num_blocks;
+    if (first > num_contents || n > num_contents - first) {
+        kvrt_cluster_handoff_send_end(send);
+        return kvrt_fail(sender->ctx, KVRT_ERR_INVALID_ARG,
+                         "the ticket names blocks %u..%u of a prompt of %u blocks", first,
+                         first + n, num_contents);
+    }
+    if (n > 0 && !(send->pinned = malloc(n * sizeof(int32_t)))) {
+        kvrt_cluster_handoff_send_end(send);
+        return kvrt_fail(sender->ctx, KVRT_ERR_NO_MEMORY, "pull of %u blocks", n);
+    }
+    send->pool = pool;
+    /* Each hit takes a reference: the block cannot be evicted or reused
+     * while it is read; send_end gives them back. */
+    while (send->num_pinned < n) {
+        int32_t block = KVRT_NULL_BLOCK;
+        if (kvrt_cache_lookup(cache, &contents[first + send->num_pinned], keys, &block) !=
+                KVRT_OK ||
+            block == KVRT_NULL_BLOCK)
+            break;
+        send->pinned[send->num_pinned++] = block;
+    }
+    send->limit = send->num_pinned;
+    for (uint32_t at = 0; at < send->num_pinned && st == KVRT_OK; at += HANDOFF_BATCH_MAX) {
+        uint32_t count = send->num_pinned - at;
+        st = kvrt_cluster_handoff_send_blocks(
+            send, send->pinned + at, count < HANDOFF_BATCH_MAX ? count : HANDOFF_BATCH_MAX);
+    }
+    if (st != KVRT_OK) {
+        kvrt_cluster_handoff_send_end(send);
+        return st;
+    }
+    *send_out = send;
+    return KVRT_OK;
+}
