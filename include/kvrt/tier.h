@@ -44,6 +44,7 @@
 
 #include "kvrt/cache.h"
 #include "kvrt/context.h"
+#include "kvrt/sched.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -181,6 +182,53 @@ kvrt_status_t kvrt_tier_drain(kvrt_tier_t *tier, uint32_t timeout_ms,
                               kvrt_tier_completion_t *out, uint32_t capacity,
                               uint32_t *count_out);
 
+/*
+ * kvrt_tier_admit - admits a queued request (WAITING or PREEMPTED) of
+ * `sched` whose prompt continues below the pool: follows the prompt
+ * through the pool, host and SSD (kvrt_tier_match), and when host or SSD
+ * hold the continuation, puts the request in WAITING_KV for those blocks
+ * (kvrt_seq_await_kv, with deadline_ns on the step clock, 0 for none) and
+ * starts their onload into the blocks the scheduler allocated. Returns at
+ * once; the scheduler keeps planning other requests. kvrt_tier_poll (call
+ * it once per step, before kvrt_sched_step, or when kvrt_tier_fd is
+ * readable) completes the arrival when the onload ends
+ * (kvrt_arrival_complete with the blocks landed): the request runs from
+ * its next admission with those blocks computed and recomputes the rest.
+ * An onload that fails lands short and the rest is recomputed; one slower
+ * than the deadline is given up by the scheduler at that step (the
+ * request recomputes everything it did not hit in the pool) and its
+ * blocks come back to the pool when the copies end. Admission tickets are
+ * never reported by kvrt_tier_poll.
+ * tokens/num_tokens/keys must be the request's prompt and hash keys, as
+ * given to kvrt_seq_add (num_tokens is checked against the request).
+ * Only whole blocks before the prompt's last token are onloaded.
+ * *out (may be NULL): where the prefix continues, the arrival (0 when
+ * nothing was started: no block below the pool, and the request stays
+ * queued as it was) and the blocks being brought back.
+ * Rules: the scheduler must be over the tier's pool and cache; destroy the
+ * tier before any scheduler it admitted requests to (kvrt_tier_destroy
+ * completes their arrivals with 0 blocks; kvrt_ctx_destroy tears tiers
+ * down before schedulers).
+ * Errors: KVRT_ERR_INVALID_ARG (NULL tier/sched/tokens, num_tokens not the
+ * request's prompt length, blocks that are not the request's fresh blocks
+ * of the tier's pool), those of
+ * kvrt_tier_match and kvrt_seq_await_kv (then nothing changed), and
+ * KVRT_ERR_REQUEST_LIMIT (onload queue full: the arrival is completed with
+ * 0 blocks and the request is queued again, to recompute), KVRT_ERR_NO_MEMORY.
+ */
+typedef struct kvrt_tier_admission {
+    kvrt_tier_match_t match;   /* pool / host / SSD blocks of the prefix */
+    kvrt_arrival_id_t arrival; /* 0: nothing started */
+    uint64_t ticket;
+    uint32_t onload_blocks;    /* blocks being brought back */
+    uint32_t unused;
+} kvrt_tier_admission_t;
+
+kvrt_status_t kvrt_tier_admit(kvrt_tier_t *tier, kvrt_sched_t *sched, kvrt_seq_id_t id,
+                              const int32_t *tokens, uint32_t num_tokens,
+                              const kvrt_hash_keys_t *keys, uint64_t deadline_ns,
+                              kvrt_tier_admission_t *out);
+
 /* One tier's counters; also ctl nodes tier.<group>.host.* and .ssd.*. */
 typedef struct kvrt_tier_level_stats {
     uint64_t capacity_blocks;
@@ -198,6 +246,10 @@ typedef struct kvrt_tier_stats {
     kvrt_tier_level_stats_t ssd;
     uint32_t ssd_buffered;  /* 1 when the SSD tier fell back to buffered I/O */
     uint32_t in_flight;     /* copies and I/O queued or running */
+    uint32_t unused;
+    uint64_t admitted;               /* kvrt_tier_admit calls that started an onload */
+    uint64_t admitted_landed_blocks; /* blocks those onloads brought back */
+    uint64_t admitted_failed;        /* of them, onloads that landed short */
 } kvrt_tier_stats_t;
 
 /* kvrt_tier_stats - a snapshot. Errors: KVRT_ERR_INVALID_ARG. */

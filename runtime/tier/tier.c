@@ -57,6 +57,8 @@ typedef struct ticket {
     kvrt_cache_block_name_t *names;
     uint8_t *fate;
     kvrt_tier_miss_t *misses;
+    kvrt_sched_t *sched;     /* kvrt_tier_admit: the arrival this ticket completes */
+    kvrt_arrival_id_t arrival;
 } ticket_t;
 
 struct kvrt_tier {
@@ -87,6 +89,7 @@ struct kvrt_tier {
     uint64_t next_ticket;
     kvrt_tier_completion_t *ready; /* finished tickets not yet reported */
     uint32_t ready_count;
+    tier_admit_stats_t admit_stats;
 };
 
 static void advance(kvrt_tier_t *t, ticket_t *k);
@@ -321,8 +324,18 @@ static void finish_ticket(kvrt_tier_t *t, ticket_t *k)
                                                  : KVRT_TIER_MISS_NONE;
     for (uint32_t i = 0; i < landed; i++)
         kvrt_cache_insert_named(t->cache, k->blocks[i], &k->names[i], NULL);
-    t->ready[t->ready_count++] = (kvrt_tier_completion_t){
-        .ticket = k->id, .requested = k->count, .landed = landed, .miss = miss};
+    if (k->sched) {
+        /* An admitted request: the scheduler learns it here, the engine
+         * sees the request run (or recompute) at its next step. */
+        if (kvrt_arrival_complete(k->sched, k->arrival, landed) != KVRT_OK)
+            kvrt_log(t->ctx, KVRT_LOG_WARN, "tier: arrival %llu: %s",
+                     (unsigned long long)k->arrival, kvrt_ctx_last_error(t->ctx));
+        t->admit_stats.landed_blocks += landed;
+        t->admit_stats.failed += landed < k->count;
+    } else {
+        t->ready[t->ready_count++] = (kvrt_tier_completion_t){
+            .ticket = k->id, .requested = k->count, .landed = landed, .miss = miss};
+    }
     free(k->blocks);
     free(k->names);
     free(k->fate);
@@ -625,6 +638,17 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_onload(kvrt_tier_t *tier, uint32_t first_ind
                                            const kvrt_hash_keys_t *keys, const int32_t *blocks,
                                            uint64_t *ticket_out, uint32_t *accepted_out)
 {
+    return tier_onload_start(tier, first_index, count, contents, parent, keys, blocks, NULL, 0,
+                             ticket_out, accepted_out);
+}
+
+kvrt_status_t tier_onload_start(kvrt_tier_t *tier, uint32_t first_index, uint32_t count,
+                                const kvrt_block_hash_t *contents,
+                                const kvrt_block_hash_t *parent, const kvrt_hash_keys_t *keys,
+                                const int32_t *blocks, kvrt_sched_t *sched,
+                                kvrt_arrival_id_t arrival, uint64_t *ticket_out,
+                                uint32_t *accepted_out)
+{
     if (!tier)
         return KVRT_ERR_INVALID_ARG;
     if (!ticket_out || (count && (!contents || !blocks)) || count > MAX_ONLOAD_BLOCKS ||
@@ -665,6 +689,8 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_onload(kvrt_tier_t *tier, uint32_t first_ind
         i++;
     k->accepted = i;
     k->miss = i < count ? KVRT_TIER_MISS_GONE : KVRT_TIER_MISS_NONE;
+    k->sched = sched;
+    k->arrival = arrival;
     *ticket_out = k->id;
     if (accepted_out)
         *accepted_out = i;
@@ -718,6 +744,10 @@ static void tier_free(kvrt_tier_t *t)
     tier_worker_stop(&t->worker);
     for (uint32_t i = 0; i < MAX_TICKETS; i++)
         if (t->tickets[i].id) {
+            /* Nothing writes its blocks any more: the scheduler may have
+             * them back (the request recomputes). */
+            if (t->tickets[i].sched)
+                kvrt_arrival_complete(t->tickets[i].sched, t->tickets[i].arrival, 0);
             free(t->tickets[i].blocks);
             free(t->tickets[i].names);
             free(t->tickets[i].fate);
@@ -845,7 +875,9 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_create(kvrt_cache_t *cache, const kvrt_tier_
     /* The cache may not be destroyed under the tier, and a context torn
      * down with the tier still alive takes it down before the cache. */
     kvrt_cache_hold(cache);
-    t->owned.rank = KVRT_TEARDOWN_SCHED;
+    /* Before the schedulers too: destroying the tier completes the
+     * arrivals of the requests it admitted. */
+    t->owned.rank = KVRT_TEARDOWN_FIRST;
     kvrt_ctx_own(ctx, &t->owned, tier_destroy_owned);
     kvrt_log(ctx, KVRT_LOG_INFO, "tier on pool %u: %u host slots, %s%s", t->group_id,
              params->host_blocks, t->has_ssd ? t->file.path : "no SSD tier",
@@ -881,10 +913,23 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_stats(const kvrt_tier_t *tier, kvrt_tier_sta
                     : KVRT_ERR_INVALID_ARG;
     *out = (kvrt_tier_stats_t){.host = tier->host_stats, .ssd = tier->ssd_stats,
                                .ssd_buffered = tier->has_ssd && tier->file.buffered,
-                               .in_flight = tier->in_flight};
+                               .in_flight = tier->in_flight,
+                               .admitted = tier->admit_stats.admitted,
+                               .admitted_landed_blocks = tier->admit_stats.landed_blocks,
+                               .admitted_failed = tier->admit_stats.failed};
     out->host.used_blocks = tier->host.used;
     out->ssd.used_blocks = tier->has_ssd ? tier->ssd.used : 0;
     return KVRT_OK;
+}
+
+kvrt_pool_t *tier_pool(const kvrt_tier_t *tier)
+{
+    return tier->pool;
+}
+
+tier_admit_stats_t *tier_admit_stats(kvrt_tier_t *tier)
+{
+    return &tier->admit_stats;
 }
 
 void kvrt_tier_set_fault_hook(kvrt_tier_t *tier, tier_fault_fn fn, void *user_data)
