@@ -28,10 +28,15 @@
  * carry the root hash (model fingerprint) and layout, so nothing from
  * another model or layout is served.
  *
- * Scope today: pools whose memory the CPU can address (host pools, e.g.
- * KVRT_CUDA=OFF or engines keeping KV in host memory). Device pools need
- * the host<->GPU copies in the batch plan and are refused with
- * KVRT_ERR_UNSUPPORTED.
+ * Pools: a pool whose memory the CPU addresses (kvrt-allocated, or
+ * KVRT_TIER_HOST_POOL) is copied by the tier's thread with memcpy movers
+ * (kvrt_cpu_gather_blocks / kvrt_cpu_scatter_blocks). A device (GPU) pool
+ * needs kvrt_tier_device_t (KVRT_TIER_PARAM_DEVICE): the tier's thread
+ * enqueues each block's copy on the engine's stream with the kernels' host
+ * staging movers (kvrt_cuda_gather_blocks_to_host /
+ * kvrt_cuda_scatter_blocks_from_host) and calls the engine's sync on that
+ * stream before it reports the copy done, so a block is neither freed
+ * after an offload nor readable after an onload before its copy completed.
  *
  * Threads: every function follows the pool's thread rule (the thread that
  * drives the pool, its cache and scheduler), except kvrt_tier_fd's
@@ -44,6 +49,7 @@
 
 #include "kvrt/cache.h"
 #include "kvrt/context.h"
+#include "kvrt/kernels.h"
 #include "kvrt/sched.h"
 
 #ifdef __cplusplus
@@ -56,7 +62,8 @@ enum kvrt_tier_params_field {
     KVRT_TIER_PARAM_HOST_BLOCKS = 1u << 0, /* host_blocks */
     KVRT_TIER_PARAM_SSD = 1u << 1,         /* ssd_dir, ssd_blocks */
     KVRT_TIER_PARAM_QUEUE_DEPTH = 1u << 2, /* queue_depth */
-    KVRT_TIER_PARAM_FLAGS = 1u << 3        /* flags */
+    KVRT_TIER_PARAM_FLAGS = 1u << 3,       /* flags */
+    KVRT_TIER_PARAM_DEVICE = 1u << 4       /* device */
 };
 
 enum kvrt_tier_flags {
@@ -67,6 +74,31 @@ enum kvrt_tier_flags {
     KVRT_TIER_HOST_POOL = 1u << 1
 };
 
+/*
+ * How the tier reaches a device pool: the engine's CUDA stream for block
+ * copies and the two things kvrt cannot do without linking CUDA itself.
+ * Copied at create; the callbacks run on the tier's thread and must stay
+ * valid until kvrt_tier_destroy returns.
+ *   stream  the stream the copies are enqueued on (NULL: the legacy default
+ *           stream); give it one of its own (cudaStreamNonBlocking) so the
+ *           copies overlap the engine's kernels
+ *   sync    waits until `stream` passed every copy enqueued so far
+ *           (cudaStreamSynchronize, or cudaEventRecord + cudaEventSynchronize);
+ *           returns 0, or nonzero when the copies failed (the blocks are
+ *           then dropped or missed, counted in errors)
+ *   pin     makes [addr, addr + bytes) pinned for the copy engines
+ *           (cudaHostRegister); called once at create with the host slots;
+ *           nonzero fails the create with KVRT_ERR_DEVICE
+ *   unpin   undoes pin (cudaHostUnregister), at destroy
+ */
+typedef struct kvrt_tier_device {
+    kvrt_cuda_stream_t *stream;
+    int (*sync)(void *user, kvrt_cuda_stream_t *stream);
+    int (*pin)(void *user, void *addr, uint64_t bytes);
+    void (*unpin)(void *user, void *addr);
+    void *user;
+} kvrt_tier_device_t;
+
 typedef struct kvrt_tier_params {
     uint64_t field_mask;
     uint32_t host_blocks;  /* host slots, 1..2^24; required */
@@ -74,6 +106,7 @@ typedef struct kvrt_tier_params {
     const char *ssd_dir;   /* existing directory; copied */
     uint32_t queue_depth;  /* I/O and copies in flight, 1..256; default 32 */
     uint32_t flags;        /* enum kvrt_tier_flags */
+    const kvrt_tier_device_t *device; /* a device pool's copies; copied */
 } kvrt_tier_params_t;
 
 /*
@@ -86,7 +119,10 @@ typedef struct kvrt_tier_params {
  * until kvrt_tier_destroy; kvrt_ctx_destroy destroys a tier left alive
  * before the caches.
  * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown mask bits, out-of-range
- * values, ssd_dir missing), KVRT_ERR_UNSUPPORTED (a device pool),
+ * values, ssd_dir missing, a device without sync/pin/unpin, a device for a
+ * pool kvrt allocated in host memory), KVRT_ERR_UNSUPPORTED (a pool of
+ * engine memory with neither KVRT_TIER_HOST_POOL nor a device),
+ * KVRT_ERR_DEVICE (pin failed),
  * KVRT_ERR_BUSY (the cache already has a sink), KVRT_ERR_NO_MEMORY,
  * KVRT_ERR_IO (the SSD file or io_uring could not be set up).
  */

@@ -76,12 +76,15 @@ struct kvrt_tier {
     char ssd_dir[4096];
     void *slab_raw;          /* what kvrt_host_alloc returned */
     uint8_t *slab;           /* host slots: slab_raw rounded up to 2 MiB */
+    bool slab_pinned;        /* by the device's pin (device pools) */
     tier_worker_t worker;
     tier_job_t *done;        /* poll's buffer */
     uint32_t in_flight;
     uint32_t writebacks;     /* host slots on their way to SSD */
     uint32_t demotes;        /* pool -> host copies in flight */
     uint8_t *ahead;          /* per pool block: enum ahead_state */
+    uint32_t ahead_backoff;  /* polls clean-ahead pauses after a failed copy */
+    uint32_t ahead_skip;     /* polls left in the current pause */
     int32_t *peek_blocks;    /* clean-ahead candidates, AHEAD_WINDOW x queue_depth */
     kvrt_cache_block_name_t *peek_names;
     kvrt_tier_level_stats_t host_stats, ssd_stats;
@@ -225,6 +228,10 @@ static kvrt_cache_sink_verdict_t sink(void *user, const kvrt_cache_victim_t *vic
  * evicted it, so nothing is copied twice. */
 static void clean_ahead(kvrt_tier_t *t)
 {
+    if (t->ahead_skip) { /* copies failed lately (a device refusing them) */
+        t->ahead_skip--;
+        return;
+    }
     uint32_t reserve = t->queue_depth < t->host.num_slots ? t->queue_depth : t->host.num_slots;
     uint32_t window = (t->host.num_slots - reserve) / 2;
     if (window > AHEAD_WINDOW * t->queue_depth)
@@ -353,9 +360,19 @@ static void apply(kvrt_tier_t *t, const tier_job_t *job)
         t->ahead[job->block] = AHEAD_NONE;
         if (state == AHEAD_KEPT)
             kvrt_pool_free(t->pool, 1, &job->block);
-        if (state == AHEAD_TORN) {
+        if (job->ahead && job->err) {
+            /* Back off, or a failing device is retried on every poll. */
+            t->ahead_backoff = t->ahead_backoff ? 2 * t->ahead_backoff : 1;
+            if (t->ahead_backoff > 1024)
+                t->ahead_backoff = 1024;
+            t->ahead_skip = t->ahead_backoff;
+        } else if (job->ahead) {
+            t->ahead_backoff = 0;
+        }
+        if (state == AHEAD_TORN || job->err) {
             tier_dir_release(&t->host, job->host_slot);
             t->host_stats.drops++;
+            t->host_stats.errors += job->err != 0;
             break;
         }
         tier_dir_publish(&t->host, job->host_slot, &job->name);
@@ -370,6 +387,11 @@ static void apply(kvrt_tier_t *t, const tier_job_t *job)
         break;
     case JOB_LAND: {
         tier_dir_unpin(&t->host, job->host_slot);
+        if (job->err) { /* the device copy failed: recomputed */
+            t->host_stats.errors++;
+            fail_block(t, job, KVRT_TIER_MISS_IO);
+            break;
+        }
         t->host_stats.onloads++;
         ticket_t *k = &t->tickets[job->ticket_slot];
         k->fate[job->position] = FATE_LANDED;
@@ -711,7 +733,8 @@ static uint64_t layout_hash(const kvrt_kv_layout_t *l, uint64_t block_bytes)
 static kvrt_status_t check_params(kvrt_ctx_t *ctx, const kvrt_tier_params_t *p)
 {
     const uint64_t known = KVRT_TIER_PARAM_HOST_BLOCKS | KVRT_TIER_PARAM_SSD |
-                           KVRT_TIER_PARAM_QUEUE_DEPTH | KVRT_TIER_PARAM_FLAGS;
+                           KVRT_TIER_PARAM_QUEUE_DEPTH | KVRT_TIER_PARAM_FLAGS |
+                           KVRT_TIER_PARAM_DEVICE;
     if (!p || (p->field_mask & ~known) || !(p->field_mask & KVRT_TIER_PARAM_HOST_BLOCKS))
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
                          "params with host_blocks and only known field_mask bits are required");
@@ -725,6 +748,9 @@ static kvrt_status_t check_params(kvrt_ctx_t *ctx, const kvrt_tier_params_t *p)
     if ((p->field_mask & KVRT_TIER_PARAM_FLAGS) &&
         (p->flags & ~(uint32_t)(KVRT_TIER_SSD_BUFFERED | KVRT_TIER_HOST_POOL)))
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "unknown flags 0x%x", p->flags);
+    if ((p->field_mask & KVRT_TIER_PARAM_DEVICE) &&
+        (!p->device || !p->device->sync || !p->device->pin || !p->device->unpin))
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "a device needs sync, pin and unpin");
     if (p->field_mask & KVRT_TIER_PARAM_SSD) {
         struct stat st;
         if (!p->ssd_dir || stat(p->ssd_dir, &st) != 0 || !S_ISDIR(st.st_mode))
@@ -753,6 +779,8 @@ static void tier_free(kvrt_tier_t *t)
             free(t->tickets[i].fate);
             free(t->tickets[i].misses);
         }
+    if (t->slab_pinned)
+        t->worker.device.unpin(t->worker.device.user, t->slab);
     if (t->slab_raw)
         kvrt_host_free(t->ctx, t->slab_raw);
     tier_dir_destroy(&t->host);
@@ -786,6 +814,15 @@ static kvrt_status_t setup(kvrt_tier_t *t, const kvrt_tier_params_t *p,
     if (!t->slab || !t->done || !t->ready || !t->ahead || !t->peek_blocks || !t->peek_names)
         return kvrt_fail(t->ctx, KVRT_ERR_NO_MEMORY, "tier: %u host slots of %llu bytes",
                          p->host_blocks, (unsigned long long)stride);
+    tier_worker_t *w = &t->worker;
+    if (p->field_mask & KVRT_TIER_PARAM_DEVICE) {
+        w->device = *p->device;
+        w->has_device = true;
+        if (w->device.pin(w->device.user, t->slab, stride * p->host_blocks) != 0)
+            return kvrt_fail(t->ctx, KVRT_ERR_DEVICE,
+                             "tier: the engine could not pin %u host slots", p->host_blocks);
+        t->slab_pinned = true;
+    }
     t->host_stats.capacity_blocks = p->host_blocks;
     if (t->has_ssd) {
         if (tier_dir_init(&t->ssd, p->ssd_blocks) != KVRT_OK)
@@ -800,7 +837,6 @@ static kvrt_status_t setup(kvrt_tier_t *t, const kvrt_tier_params_t *p,
         tier_ssd_reserve(t->ctx, &t->file, p->ssd_blocks);
         t->ssd_stats.capacity_blocks = p->ssd_blocks;
     }
-    tier_worker_t *w = &t->worker;
     w->queue_depth = t->queue_depth;
     w->pool_view = (kvrt_kv_cache_t){.layout = *layout, .num_blocks = info->num_blocks,
                                      .base = info->base};
@@ -833,10 +869,14 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_create(kvrt_cache_t *cache, const kvrt_tier_
     kvrt_pool_layout(pool, &layout);
     bool host_pool = info.host_memory || ((params->field_mask & KVRT_TIER_PARAM_FLAGS) &&
                                           (params->flags & KVRT_TIER_HOST_POOL));
-    if (!host_pool)
+    bool device = params->field_mask & KVRT_TIER_PARAM_DEVICE;
+    if (device && host_pool)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
+                         "tier: a device was given for a pool in host memory");
+    if (!host_pool && !device)
         return kvrt_fail(ctx, KVRT_ERR_UNSUPPORTED,
                          "tier: the pool's memory is the engine's; say it is host memory "
-                         "(KVRT_TIER_HOST_POOL): device pools are not supported yet");
+                         "(KVRT_TIER_HOST_POOL) or give its device (KVRT_TIER_PARAM_DEVICE)");
     kvrt_tier_t *t = calloc(1, sizeof(*t));
     if (!t)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "tier");

@@ -157,6 +157,8 @@ typedef struct tier_worker {
     const ssd_file_t *ssd;
     tier_fault_fn fault;
     void *fault_user;
+    bool has_device;          /* device pool: copies on the engine's stream */
+    kvrt_tier_device_t device;
 } tier_worker_t;
 
 kvrt_status_t tier_worker_start(kvrt_ctx_t *ctx, tier_worker_t *w, uint32_t host_slots);
