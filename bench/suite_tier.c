@@ -305,6 +305,11 @@ static int onload_once(rig_t *r, bool via_ssd, double *ms_out)
      * the tier copy ahead, then evicts about what it copied. */
     kvrt_pool_info_t info;
     uint32_t got;
+    kvrt_pool_info(r->pool, &info);
+    /* Up to every block of the pool: more than the prefix's nb. */
+    int32_t *squeeze = malloc(sizeof(int32_t) * info.num_blocks);
+    if (!squeeze)
+        goto out;
     for (int round = 0; round < 1000; round++) {
         kvrt_tier_drain(r->tier, 60000, NULL, 0, &got);
         kvrt_pool_info(r->pool, &info);
@@ -312,10 +317,13 @@ static int onload_once(rig_t *r, bool via_ssd, double *ms_out)
             break;
         uint32_t evict = info.cached_blocks < 16 ? info.cached_blocks : 16;
         uint32_t want = info.free_blocks + evict;
-        if (kvrt_pool_alloc(r->pool, want, blocks) != KVRT_OK)
+        if (kvrt_pool_alloc(r->pool, want, squeeze) != KVRT_OK) {
+            free(squeeze);
             goto out;
-        kvrt_pool_free(r->pool, want, blocks);
+        }
+        kvrt_pool_free(r->pool, want, squeeze);
     }
+    free(squeeze);
     kvrt_tier_match_t m;
     uint64_t t0 = bench_now_ns();
     if (kvrt_tier_match(r->tier, tokens, PREFIX_TOKENS, NULL, nb, blocks, hashes, &m) !=
