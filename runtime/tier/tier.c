@@ -85,6 +85,8 @@ struct kvrt_tier {
     uint8_t *ahead;          /* per pool block: enum ahead_state */
     uint32_t ahead_backoff;  /* polls clean-ahead pauses after a failed copy */
     uint32_t ahead_skip;     /* polls left in the current pause */
+    bool ahead_settled;      /* the last scan left nothing to copy ... */
+    uint64_t ahead_sig[8];   /* ... in this state of cache and tiers */
     int32_t *peek_blocks;    /* clean-ahead candidates, AHEAD_WINDOW x queue_depth */
     kvrt_cache_block_name_t *peek_names;
     kvrt_tier_level_stats_t host_stats, ssd_stats;
@@ -238,8 +240,21 @@ static void clean_ahead(kvrt_tier_t *t)
         window = AHEAD_WINDOW * t->queue_depth;
     if (!window)
         return;
+    /* A scan that found nothing left to copy is not repeated until the
+     * cache's evictable set or the tiers' contents may have changed: in a
+     * steady state most polls would otherwise look up the same window. */
+    kvrt_cache_stats_t cs;
+    kvrt_cache_stats(t->cache, &cs);
+    uint64_t sig[8] = {cs.inserts, cs.evictions, cs.queries, cs.evictable_blocks,
+                       t->host_stats.evictions + t->host_stats.errors,
+                       t->ssd_stats.evictions + t->ssd_stats.errors + t->ssd_stats.drops,
+                       t->file_lost, window};
+    if (t->ahead_settled && !memcmp(sig, t->ahead_sig, sizeof(sig)))
+        return;
+    t->ahead_settled = false;
     uint32_t n = kvrt_cache_peek_victims(t->cache, t->peek_blocks, t->peek_names, window);
-    for (uint32_t i = 0; i < n && t->demotes < t->queue_depth; i++) {
+    uint32_t i = 0;
+    for (; i < n && t->demotes < t->queue_depth; i++) {
         int32_t b = t->peek_blocks[i];
         const kvrt_cache_block_name_t *name = &t->peek_names[i];
         if (t->ahead[b] != AHEAD_NONE || tier_dir_find(&t->host, &name->key) >= 0 ||
@@ -258,6 +273,10 @@ static void clean_ahead(kvrt_tier_t *t)
         }
         t->ahead[b] = AHEAD_COPYING;
         t->demotes++;
+    }
+    if (i == n) {
+        t->ahead_settled = true;
+        memcpy(t->ahead_sig, sig, sizeof(sig));
     }
 }
 
