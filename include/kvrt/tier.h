@@ -63,7 +63,8 @@ enum kvrt_tier_params_field {
     KVRT_TIER_PARAM_SSD = 1u << 1,         /* ssd_dir, ssd_blocks */
     KVRT_TIER_PARAM_QUEUE_DEPTH = 1u << 2, /* queue_depth */
     KVRT_TIER_PARAM_FLAGS = 1u << 3,       /* flags */
-    KVRT_TIER_PARAM_DEVICE = 1u << 4       /* device */
+    KVRT_TIER_PARAM_DEVICE = 1u << 4,      /* device */
+    KVRT_TIER_PARAM_WRITE_THROUGH = 1u << 5 /* write_through_hits */
 };
 
 enum kvrt_tier_flags {
@@ -107,6 +108,12 @@ typedef struct kvrt_tier_params {
     uint32_t queue_depth;  /* I/O and copies in flight, 1..256; default 32 */
     uint32_t flags;        /* enum kvrt_tier_flags */
     const kvrt_tier_device_t *device; /* a device pool's copies; copied */
+    /* Write-through: a pool block that kvrt_tier_match (or kvrt_tier_admit)
+     * found this many times is copied to host memory while still in use,
+     * so its eviction later costs nothing. 0..65535; default 0 (off: only
+     * the eviction tail is copied ahead). Hits the caller's own
+     * kvrt_cache_match or the scheduler's admissions make are not seen. */
+    uint32_t write_through_hits;
 } kvrt_tier_params_t;
 
 /*
@@ -286,6 +293,7 @@ typedef struct kvrt_tier_stats {
     uint64_t admitted;               /* kvrt_tier_admit calls that started an onload */
     uint64_t admitted_landed_blocks; /* blocks those onloads brought back */
     uint64_t admitted_failed;        /* of them, onloads that landed short */
+    uint64_t write_throughs;         /* blocks copied by write-through */
 } kvrt_tier_stats_t;
 
 /* kvrt_tier_stats - a snapshot. Errors: KVRT_ERR_INVALID_ARG. */

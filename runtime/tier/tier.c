@@ -85,6 +85,9 @@ struct kvrt_tier {
     uint8_t *ahead;          /* per pool block: enum ahead_state */
     uint32_t ahead_backoff;  /* polls clean-ahead pauses after a failed copy */
     uint32_t ahead_skip;     /* polls left in the current pause */
+    uint32_t wt_hits;        /* write-through after this many pool hits (0: off) */
+    uint16_t *hit_count;     /* per pool block: pool hits kvrt_tier_match saw ... */
+    uint64_t *hit_key;       /* ... for the block cached under this key */
     bool ahead_settled;      /* the last scan left nothing to copy ... */
     uint64_t ahead_sig[8];   /* ... in this state of cache and tiers */
     int32_t *peek_blocks;    /* clean-ahead candidates, AHEAD_WINDOW x queue_depth */
@@ -95,6 +98,7 @@ struct kvrt_tier {
     kvrt_tier_completion_t *ready; /* finished tickets not yet reported */
     uint32_t ready_count;
     tier_admit_stats_t admit_stats;
+    uint64_t write_throughs; /* blocks copied by write-through */
 };
 
 static void advance(kvrt_tier_t *t, ticket_t *k);
@@ -520,6 +524,51 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_drain(kvrt_tier_t *tier, uint32_t timeout_ms
 
 /* ---- match and onload --------------------------------------------------------- */
 
+/* Write-through: a pool block hit wt_hits times is copied to host memory
+ * while it is still in use, so a later eviction finds it below whatever
+ * the queue is doing then. Like clean-ahead it never waits: no free host
+ * slot or a full queue skips the block (its next hit tries again). */
+static void write_through(kvrt_tier_t *t, const int32_t *blocks,
+                          const kvrt_block_hash_t *contents, uint32_t n,
+                          const kvrt_hash_keys_t *keys)
+{
+    kvrt_block_hash_t parent_key = {0, 0};
+    for (uint32_t i = 0; i < n; i++) {
+        int32_t b = blocks[i];
+        kvrt_cache_block_name_t name = {.content = contents[i], .depth = i};
+        kvrt_block_key(&contents[i], keys, &name.key); /* keys checked by the match */
+        if (i) {
+            name.parent_key = parent_key;
+            name.flags = KVRT_CACHE_NAME_HAS_PARENT;
+        }
+        parent_key = name.key;
+        if (t->hit_key[b] != name.key.lo) {
+            t->hit_key[b] = name.key.lo;
+            t->hit_count[b] = 0;
+        }
+        if (t->hit_count[b] < UINT16_MAX)
+            t->hit_count[b]++;
+        if (t->hit_count[b] < t->wt_hits || t->ahead[b] != AHEAD_NONE ||
+            t->demotes >= t->queue_depth || tier_dir_find(&t->host, &name.key) >= 0 ||
+            (t->has_ssd && tier_dir_find(&t->ssd, &name.key) >= 0))
+            continue;
+        if (!t->host.free_count)
+            make_room(t);
+        int32_t slot = tier_dir_take(&t->host);
+        if (slot < 0)
+            return;
+        tier_job_t job = {.kind = JOB_DEMOTE, .block = b, .host_slot = slot, .name = name,
+                          .ahead = true};
+        if (!submit(t, &job)) {
+            tier_dir_release(&t->host, slot);
+            return;
+        }
+        t->ahead[b] = AHEAD_COPYING;
+        t->demotes++;
+        t->write_throughs++;
+    }
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_tier_match(kvrt_tier_t *tier, const int32_t *tokens,
                                           uint32_t num_tokens, const kvrt_hash_keys_t *keys,
                                           uint32_t max_blocks, int32_t *blocks_out,
@@ -537,6 +586,8 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_match(kvrt_tier_t *tier, const int32_t *toke
     if (status != KVRT_OK)
         return status;
     kvrt_tier_match_t r = {.gpu_blocks = m.num_blocks};
+    if (tier->wt_hits && m.num_blocks)
+        write_through(tier, blocks_out, hashes_out, m.num_blocks, keys);
     kvrt_pool_info_t info;
     kvrt_pool_info(tier->pool, &info);
     uint32_t tpb = info.tokens_per_block, full = num_tokens / tpb;
@@ -753,7 +804,7 @@ static kvrt_status_t check_params(kvrt_ctx_t *ctx, const kvrt_tier_params_t *p)
 {
     const uint64_t known = KVRT_TIER_PARAM_HOST_BLOCKS | KVRT_TIER_PARAM_SSD |
                            KVRT_TIER_PARAM_QUEUE_DEPTH | KVRT_TIER_PARAM_FLAGS |
-                           KVRT_TIER_PARAM_DEVICE;
+                           KVRT_TIER_PARAM_DEVICE | KVRT_TIER_PARAM_WRITE_THROUGH;
     if (!p || (p->field_mask & ~known) || !(p->field_mask & KVRT_TIER_PARAM_HOST_BLOCKS))
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
                          "params with host_blocks and only known field_mask bits are required");
@@ -767,6 +818,9 @@ static kvrt_status_t check_params(kvrt_ctx_t *ctx, const kvrt_tier_params_t *p)
     if ((p->field_mask & KVRT_TIER_PARAM_FLAGS) &&
         (p->flags & ~(uint32_t)(KVRT_TIER_SSD_BUFFERED | KVRT_TIER_HOST_POOL)))
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "unknown flags 0x%x", p->flags);
+    if ((p->field_mask & KVRT_TIER_PARAM_WRITE_THROUGH) && p->write_through_hits > UINT16_MAX)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "write_through_hits %u is above %u",
+                         p->write_through_hits, UINT16_MAX);
     if ((p->field_mask & KVRT_TIER_PARAM_DEVICE) &&
         (!p->device || !p->device->sync || !p->device->pin || !p->device->unpin))
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "a device needs sync, pin and unpin");
@@ -811,6 +865,8 @@ static void tier_free(kvrt_tier_t *t)
     free(t->ahead);
     free(t->peek_blocks);
     free(t->peek_names);
+    free(t->hit_count);
+    free(t->hit_key);
     free(t);
 }
 
@@ -830,6 +886,13 @@ static kvrt_status_t setup(kvrt_tier_t *t, const kvrt_tier_params_t *p,
     t->ahead = calloc(info->num_blocks, sizeof(*t->ahead));
     t->peek_blocks = calloc(AHEAD_WINDOW * t->queue_depth, sizeof(*t->peek_blocks));
     t->peek_names = calloc(AHEAD_WINDOW * t->queue_depth, sizeof(*t->peek_names));
+    if ((p->field_mask & KVRT_TIER_PARAM_WRITE_THROUGH) && p->write_through_hits) {
+        t->wt_hits = p->write_through_hits;
+        t->hit_count = calloc(info->num_blocks, sizeof(*t->hit_count));
+        t->hit_key = calloc(info->num_blocks, sizeof(*t->hit_key));
+        if (!t->hit_count || !t->hit_key)
+            return kvrt_fail(t->ctx, KVRT_ERR_NO_MEMORY, "tier: write-through counters");
+    }
     if (!t->slab || !t->done || !t->ready || !t->ahead || !t->peek_blocks || !t->peek_names)
         return kvrt_fail(t->ctx, KVRT_ERR_NO_MEMORY, "tier: %u host slots of %llu bytes",
                          p->host_blocks, (unsigned long long)stride);
@@ -975,7 +1038,8 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_stats(const kvrt_tier_t *tier, kvrt_tier_sta
                                .in_flight = tier->in_flight,
                                .admitted = tier->admit_stats.admitted,
                                .admitted_landed_blocks = tier->admit_stats.landed_blocks,
-                               .admitted_failed = tier->admit_stats.failed};
+                               .admitted_failed = tier->admit_stats.failed,
+                               .write_throughs = tier->write_throughs};
     out->host.used_blocks = tier->host.used;
     out->ssd.used_blocks = tier->has_ssd ? tier->ssd.used : 0;
     return KVRT_OK;
