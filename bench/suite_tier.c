@@ -17,6 +17,8 @@
  *        commit of a serving loop whose finished requests' blocks are
  *        evicted into the tier, against the same loop without (<= 1.1x).
  *
+ * KVRT_BENCH_TIER_ONLY=overhead runs the last two only (for callgrind).
+ *
  * Model: 8 layers, 8 KV heads of 128, FP16, 256 tokens per block (4 MiB
  * blocks, 128 blocks per 32k prefix); --quick uses 64-token blocks.
  */
@@ -543,6 +545,11 @@ static int run_tier(const bench_options_t *o)
 {
     int n = o->quick ? 1 : (o->repeats > 5 ? 5 : o->repeats);
     uint32_t tpb = o->quick ? 64 : 256;
+    /* KVRT_BENCH_TIER_ONLY=overhead: only the engine-thread cost figures
+     * (what one runs under callgrind). */
+    const char *only = getenv("KVRT_BENCH_TIER_ONLY");
+    if (only && !strcmp(only, "overhead"))
+        return bench_overhead(o, n) ? -1 : bench_step_commit(o, n);
     rig_t r;
     if (rig_open(&r, tpb, 65, 0, 0) != 0)
         return -1;
