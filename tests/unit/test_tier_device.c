@@ -60,8 +60,7 @@ static void device_setup(void)
     kvrt_kv_layout_t layout = test_layout(TPB);
     uint64_t block_bytes;
     ASSERT_OK(ctx, kvrt_layout_block_bytes(&layout, &block_bytes));
-    engine_memory = aligned_alloc(4096, 17 * block_bytes);
-    cr_assert_not_null(engine_memory);
+    cr_assert_eq(posix_memalign(&engine_memory, 4096, 17 * block_bytes), 0);
     kvrt_pool_params_t p = {.field_mask = KVRT_POOL_PARAM_BASE | KVRT_POOL_PARAM_WATERMARK,
                             .layout = layout,
                             .num_blocks = 17,
