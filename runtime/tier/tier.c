@@ -232,6 +232,26 @@ static kvrt_cache_sink_verdict_t sink(void *user, const kvrt_cache_victim_t *vic
  * half the host slots ahead that write-back does not keep free: a copy made
  * ahead then stays among the host's most recent blocks until the pool has
  * evicted it, so nothing is copied twice. */
+/* Starts copying a block the cache still holds into a host slot (see
+ * enum ahead_state); false when no slot is free or the queue is full. */
+static bool copy_ahead(kvrt_tier_t *t, int32_t b, const kvrt_cache_block_name_t *name)
+{
+    if (!t->host.free_count)
+        make_room(t);
+    int32_t slot = tier_dir_take(&t->host);
+    if (slot < 0)
+        return false;
+    tier_job_t job = {.kind = JOB_DEMOTE, .block = b, .host_slot = slot, .name = *name,
+                      .ahead = true};
+    if (!submit(t, &job)) {
+        tier_dir_release(&t->host, slot);
+        return false;
+    }
+    t->ahead[b] = AHEAD_COPYING;
+    t->demotes++;
+    return true;
+}
+
 static void clean_ahead(kvrt_tier_t *t)
 {
     if (t->ahead_skip) { /* copies failed lately (a device refusing them) */
@@ -264,19 +284,8 @@ static void clean_ahead(kvrt_tier_t *t)
         if (t->ahead[b] != AHEAD_NONE || tier_dir_find(&t->host, &name->key) >= 0 ||
             (t->has_ssd && tier_dir_find(&t->ssd, &name->key) >= 0))
             continue;
-        if (!t->host.free_count)
-            make_room(t);
-        int32_t slot = tier_dir_take(&t->host);
-        if (slot < 0)
+        if (!copy_ahead(t, b, name))
             return;
-        tier_job_t job = {.kind = JOB_DEMOTE, .block = b, .host_slot = slot, .name = *name,
-                          .ahead = true};
-        if (!submit(t, &job)) {
-            tier_dir_release(&t->host, slot);
-            return;
-        }
-        t->ahead[b] = AHEAD_COPYING;
-        t->demotes++;
     }
     if (i == n) {
         t->ahead_settled = true;
@@ -552,19 +561,8 @@ static void write_through(kvrt_tier_t *t, const int32_t *blocks,
             t->demotes >= t->queue_depth || tier_dir_find(&t->host, &name.key) >= 0 ||
             (t->has_ssd && tier_dir_find(&t->ssd, &name.key) >= 0))
             continue;
-        if (!t->host.free_count)
-            make_room(t);
-        int32_t slot = tier_dir_take(&t->host);
-        if (slot < 0)
+        if (!copy_ahead(t, b, &name))
             return;
-        tier_job_t job = {.kind = JOB_DEMOTE, .block = b, .host_slot = slot, .name = name,
-                          .ahead = true};
-        if (!submit(t, &job)) {
-            tier_dir_release(&t->host, slot);
-            return;
-        }
-        t->ahead[b] = AHEAD_COPYING;
-        t->demotes++;
         t->write_throughs++;
     }
 }
