@@ -13,6 +13,11 @@
  *        the pool from host memory and from SSD, match to landed.
  *   tier.cache_cycle  allocate (evicting) + insert + release one block
  *        with a tier attached against the same cycle without (<= 1.1x).
+ *   tier.step_commit  the engine thread's tier poll + scheduler step +
+ *        commit of a serving loop whose finished requests' blocks are
+ *        evicted into the tier, against the same loop without (<= 1.1x).
+ *
+ * KVRT_BENCH_TIER_ONLY=overhead runs the last two only (for callgrind).
  *
  * Model: 8 layers, 8 KV heads of 128, FP16, 256 tokens per block (4 MiB
  * blocks, 128 blocks per 32k prefix); --quick uses 64-token blocks.
@@ -26,6 +31,7 @@
 
 #include "bench.h"
 #include "kvrt/kvrt.h"
+#include "kvrt/sched.h"
 #include "kvrt/tier.h"
 #include "tier/tier_internal.h"
 
@@ -305,6 +311,11 @@ static int onload_once(rig_t *r, bool via_ssd, double *ms_out)
      * the tier copy ahead, then evicts about what it copied. */
     kvrt_pool_info_t info;
     uint32_t got;
+    kvrt_pool_info(r->pool, &info);
+    /* Up to every block of the pool: more than the prefix's nb. */
+    int32_t *squeeze = malloc(sizeof(int32_t) * info.num_blocks);
+    if (!squeeze)
+        goto out;
     for (int round = 0; round < 1000; round++) {
         kvrt_tier_drain(r->tier, 60000, NULL, 0, &got);
         kvrt_pool_info(r->pool, &info);
@@ -312,10 +323,13 @@ static int onload_once(rig_t *r, bool via_ssd, double *ms_out)
             break;
         uint32_t evict = info.cached_blocks < 16 ? info.cached_blocks : 16;
         uint32_t want = info.free_blocks + evict;
-        if (kvrt_pool_alloc(r->pool, want, blocks) != KVRT_OK)
+        if (kvrt_pool_alloc(r->pool, want, squeeze) != KVRT_OK) {
+            free(squeeze);
             goto out;
-        kvrt_pool_free(r->pool, want, blocks);
+        }
+        kvrt_pool_free(r->pool, want, squeeze);
     }
+    free(squeeze);
     kvrt_tier_match_t m;
     uint64_t t0 = bench_now_ns();
     if (kvrt_tier_match(r->tier, tokens, PREFIX_TOKENS, NULL, nb, blocks, hashes, &m) !=
@@ -434,10 +448,112 @@ static int bench_overhead(const bench_options_t *o, int n)
     return 0;
 }
 
+/* A serving loop: 32 requests live (64-token prompts, 32 output tokens,
+ * new prompts as others end, so the finished ones' cached blocks are
+ * evicted into the tier), and per step the engine-thread CPU of tier poll
+ * (when attached) + step + commit. Requests are added and drained outside
+ * the timed part. */
+static double step_commit_ns(rig_t *r, uint32_t steps)
+{
+    kvrt_sched_t *sched;
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK, .use_watermark = 0};
+    if (kvrt_sched_create(r->ctx, r->pool, r->cache, &sp, &sched) != KVRT_OK)
+        return 0;
+    int32_t prompt[64], tokens[256];
+    uint32_t next = 0;
+    uint64_t cpu = 0;
+    kvrt_seq_info_t ended[64];
+    for (uint32_t step = 0; step < steps; step++) {
+        kvrt_sched_stats_t st;
+        kvrt_sched_stats(sched, &st);
+        for (uint64_t live = st.waiting + st.running + st.awaiting_kv; live < 32; live++) {
+            for (uint32_t i = 0; i < 64; i++)
+                prompt[i] = (int32_t)(next * 64 + i);
+            kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = 64, .max_new_tokens = 32};
+            kvrt_seq_id_t id;
+            if (kvrt_seq_add(sched, &p, &id) != KVRT_OK)
+                break;
+            next++;
+        }
+        uint64_t t0 = thread_cpu_ns();
+        if (r->tier) {
+            uint32_t n;
+            kvrt_tier_poll(r->tier, NULL, 0, &n);
+        }
+        const kvrt_batch_plan_t *plan;
+        if (kvrt_sched_step(sched, step, &plan) != KVRT_OK)
+            break;
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < plan->num_seqs && k < 256; i++)
+            if (plan->seqs[i].sample)
+                tokens[k++] = 1;
+        kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = k,
+                           .tokens = tokens};
+        kvrt_sched_commit(sched, &c);
+        cpu += thread_cpu_ns() - t0;
+        uint32_t got;
+        kvrt_sched_drain_ended(sched, ended, 64, &got);
+    }
+    kvrt_sched_destroy(sched);
+    if (r->tier) {
+        uint32_t n;
+        kvrt_tier_drain(r->tier, 60000, NULL, 0, &n);
+    }
+    return (double)cpu / steps;
+}
+
+/* Two names for the same loop, so that callgrind separates the runs
+ * (valgrind --tool=callgrind --toggle-collect='step_commit_*'). */
+static __attribute__((noinline)) double step_commit_no_tier(rig_t *r, uint32_t steps)
+{
+    double ns = step_commit_ns(r, steps);
+    __asm__ volatile("" ::: "memory"); /* no tail call: callgrind sees the exit */
+    return ns;
+}
+
+static __attribute__((noinline)) double step_commit_tier(rig_t *r, uint32_t steps)
+{
+    double ns = step_commit_ns(r, steps);
+    __asm__ volatile("" ::: "memory"); /* no tail call: callgrind sees the exit */
+    return ns;
+}
+
+static int bench_step_commit(const bench_options_t *o, int n)
+{
+    double with[16], without[16];
+    uint32_t steps = o->quick ? 500 : 5000;
+    uint64_t offloads = 0;
+    for (int i = 0; i < n; i++) {
+        rig_t a, b;
+        if (rig_open(&a, 16, 257, 0, 0) || rig_open(&b, 16, 257, 1024, 0))
+            return -1;
+        without[i] = step_commit_no_tier(&a, steps);
+        with[i] = step_commit_tier(&b, steps);
+        kvrt_tier_stats_t s;
+        kvrt_tier_stats(b.tier, &s);
+        offloads += s.host.offloads;
+        rig_close(&a);
+        rig_close(&b);
+    }
+    char note[200];
+    snprintf(note, sizeof(note),
+             "engine-thread CPU per step of tier poll + step + commit, 32 live requests "
+             "(64-token prompts, 32 outputs), 16-token blocks of 256 KiB; %llu offloads",
+             (unsigned long long)(offloads / (uint64_t)n));
+    report_pair("tier.step_commit", "ns/step", bench_median(with, n), "no tier",
+                bench_median(without, n), 1.1, true, note);
+    return 0;
+}
+
 static int run_tier(const bench_options_t *o)
 {
     int n = o->quick ? 1 : (o->repeats > 5 ? 5 : o->repeats);
     uint32_t tpb = o->quick ? 64 : 256;
+    /* KVRT_BENCH_TIER_ONLY=overhead: only the engine-thread cost figures
+     * (what one runs under callgrind). */
+    const char *only = getenv("KVRT_BENCH_TIER_ONLY");
+    if (only && !strcmp(only, "overhead"))
+        return bench_overhead(o, n) ? -1 : bench_step_commit(o, n);
     rig_t r;
     if (rig_open(&r, tpb, 65, 0, 0) != 0)
         return -1;
@@ -451,6 +567,8 @@ static int run_tier(const bench_options_t *o)
         rc = bench_onload(o, tpb, true);
     if (rc == 0)
         rc = bench_overhead(o, n);
+    if (rc == 0)
+        rc = bench_step_commit(o, n);
     return rc;
 }
 

@@ -7,6 +7,10 @@
 #ifndef KVRT_TESTS_TIER_HELPERS_H
 #define KVRT_TESTS_TIER_HELPERS_H
 
+#include <dirent.h>
+#include <stdio.h>
+#include <unistd.h>
+
 #include "kvrt/tier.h"
 
 #define TPB 4
@@ -114,7 +118,7 @@ static void squeeze(uint32_t count)
 /* Match, onload what the tiers hold, wait; returns blocks landed (the
  * ticket's report in *done_out when not NULL) and checks every landed
  * block's bytes. */
-static uint32_t bring_back(int32_t seed, uint32_t nb, kvrt_tier_match_t *m,
+__attribute__((unused)) static uint32_t bring_back(int32_t seed, uint32_t nb, kvrt_tier_match_t *m,
                            kvrt_tier_completion_t *done_out)
 {
     int32_t t[64], hits[16], fresh[16];
@@ -151,11 +155,28 @@ static uint32_t bring_back(int32_t seed, uint32_t nb, kvrt_tier_match_t *m,
 
 /* The pool's free blocks, then `extra` more than that: what makes the
  * cache evict (and the tier take) its least recently used blocks. */
-static void squeeze_past_free(uint32_t extra)
+__attribute__((unused)) static void squeeze_past_free(uint32_t extra)
 {
     kvrt_pool_info_t info;
     ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
     squeeze(info.free_blocks + extra);
+}
+
+/* Removes a test's SSD directory and the files in it. */
+__attribute__((unused)) static void remove_dir(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return;
+    struct dirent *e;
+    char file[512];
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') {
+            snprintf(file, sizeof(file), "%s/%s", path, e->d_name);
+            unlink(file);
+        }
+    closedir(d);
+    rmdir(path);
 }
 
 #endif /* KVRT_TESTS_TIER_HELPERS_H */

@@ -28,10 +28,15 @@
  * carry the root hash (model fingerprint) and layout, so nothing from
  * another model or layout is served.
  *
- * Scope today: pools whose memory the CPU can address (host pools, e.g.
- * KVRT_CUDA=OFF or engines keeping KV in host memory). Device pools need
- * the host<->GPU copies in the batch plan and are refused with
- * KVRT_ERR_UNSUPPORTED.
+ * Pools: a pool whose memory the CPU addresses (kvrt-allocated, or
+ * KVRT_TIER_HOST_POOL) is copied by the tier's thread with memcpy movers
+ * (kvrt_cpu_gather_blocks / kvrt_cpu_scatter_blocks). A device (GPU) pool
+ * needs kvrt_tier_device_t (KVRT_TIER_PARAM_DEVICE): the tier's thread
+ * enqueues each block's copy on the engine's stream with the kernels' host
+ * staging movers (kvrt_cuda_gather_blocks_to_host /
+ * kvrt_cuda_scatter_blocks_from_host) and calls the engine's sync on that
+ * stream before it reports the copy done, so a block is neither freed
+ * after an offload nor readable after an onload before its copy completed.
  *
  * Threads: every function follows the pool's thread rule (the thread that
  * drives the pool, its cache and scheduler), except kvrt_tier_fd's
@@ -44,6 +49,8 @@
 
 #include "kvrt/cache.h"
 #include "kvrt/context.h"
+#include "kvrt/kernels.h"
+#include "kvrt/sched.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -55,7 +62,9 @@ enum kvrt_tier_params_field {
     KVRT_TIER_PARAM_HOST_BLOCKS = 1u << 0, /* host_blocks */
     KVRT_TIER_PARAM_SSD = 1u << 1,         /* ssd_dir, ssd_blocks */
     KVRT_TIER_PARAM_QUEUE_DEPTH = 1u << 2, /* queue_depth */
-    KVRT_TIER_PARAM_FLAGS = 1u << 3        /* flags */
+    KVRT_TIER_PARAM_FLAGS = 1u << 3,       /* flags */
+    KVRT_TIER_PARAM_DEVICE = 1u << 4,      /* device */
+    KVRT_TIER_PARAM_WRITE_THROUGH = 1u << 5 /* write_through_hits */
 };
 
 enum kvrt_tier_flags {
@@ -66,6 +75,31 @@ enum kvrt_tier_flags {
     KVRT_TIER_HOST_POOL = 1u << 1
 };
 
+/*
+ * How the tier reaches a device pool: the engine's CUDA stream for block
+ * copies and the two things kvrt cannot do without linking CUDA itself.
+ * Copied at create; the callbacks run on the tier's thread and must stay
+ * valid until kvrt_tier_destroy returns.
+ *   stream  the stream the copies are enqueued on (NULL: the legacy default
+ *           stream); give it one of its own (cudaStreamNonBlocking) so the
+ *           copies overlap the engine's kernels
+ *   sync    waits until `stream` passed every copy enqueued so far
+ *           (cudaStreamSynchronize, or cudaEventRecord + cudaEventSynchronize);
+ *           returns 0, or nonzero when the copies failed (the blocks are
+ *           then dropped or missed, counted in errors)
+ *   pin     makes [addr, addr + bytes) pinned for the copy engines
+ *           (cudaHostRegister); called once at create with the host slots;
+ *           nonzero fails the create with KVRT_ERR_DEVICE
+ *   unpin   undoes pin (cudaHostUnregister), at destroy
+ */
+typedef struct kvrt_tier_device {
+    kvrt_cuda_stream_t *stream;
+    int (*sync)(void *user, kvrt_cuda_stream_t *stream);
+    int (*pin)(void *user, void *addr, uint64_t bytes);
+    void (*unpin)(void *user, void *addr);
+    void *user;
+} kvrt_tier_device_t;
+
 typedef struct kvrt_tier_params {
     uint64_t field_mask;
     uint32_t host_blocks;  /* host slots, 1..2^24; required */
@@ -73,6 +107,13 @@ typedef struct kvrt_tier_params {
     const char *ssd_dir;   /* existing directory; copied */
     uint32_t queue_depth;  /* I/O and copies in flight, 1..256; default 32 */
     uint32_t flags;        /* enum kvrt_tier_flags */
+    const kvrt_tier_device_t *device; /* a device pool's copies; copied */
+    /* Write-through: a pool block that kvrt_tier_match (or kvrt_tier_admit)
+     * found this many times is copied to host memory while still in use,
+     * so its eviction later costs nothing. 0..65535; default 0 (off: only
+     * the eviction tail is copied ahead). Hits the caller's own
+     * kvrt_cache_match or the scheduler's admissions make are not seen. */
+    uint32_t write_through_hits;
 } kvrt_tier_params_t;
 
 /*
@@ -85,7 +126,10 @@ typedef struct kvrt_tier_params {
  * until kvrt_tier_destroy; kvrt_ctx_destroy destroys a tier left alive
  * before the caches.
  * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown mask bits, out-of-range
- * values, ssd_dir missing), KVRT_ERR_UNSUPPORTED (a device pool),
+ * values, ssd_dir missing, a device without sync/pin/unpin, a device for a
+ * pool kvrt allocated in host memory), KVRT_ERR_UNSUPPORTED (a pool of
+ * engine memory with neither KVRT_TIER_HOST_POOL nor a device),
+ * KVRT_ERR_DEVICE (pin failed),
  * KVRT_ERR_BUSY (the cache already has a sink), KVRT_ERR_NO_MEMORY,
  * KVRT_ERR_IO (the SSD file or io_uring could not be set up).
  */
@@ -181,6 +225,53 @@ kvrt_status_t kvrt_tier_drain(kvrt_tier_t *tier, uint32_t timeout_ms,
                               kvrt_tier_completion_t *out, uint32_t capacity,
                               uint32_t *count_out);
 
+/*
+ * kvrt_tier_admit - admits a queued request (WAITING or PREEMPTED) of
+ * `sched` whose prompt continues below the pool: follows the prompt
+ * through the pool, host and SSD (kvrt_tier_match), and when host or SSD
+ * hold the continuation, puts the request in WAITING_KV for those blocks
+ * (kvrt_seq_await_kv, with deadline_ns on the step clock, 0 for none) and
+ * starts their onload into the blocks the scheduler allocated. Returns at
+ * once; the scheduler keeps planning other requests. kvrt_tier_poll (call
+ * it once per step, before kvrt_sched_step, or when kvrt_tier_fd is
+ * readable) completes the arrival when the onload ends
+ * (kvrt_arrival_complete with the blocks landed): the request runs from
+ * its next admission with those blocks computed and recomputes the rest.
+ * An onload that fails lands short and the rest is recomputed; one slower
+ * than the deadline is given up by the scheduler at that step (the
+ * request recomputes everything it did not hit in the pool) and its
+ * blocks come back to the pool when the copies end. Admission tickets are
+ * never reported by kvrt_tier_poll.
+ * tokens/num_tokens/keys must be the request's prompt and hash keys, as
+ * given to kvrt_seq_add (num_tokens is checked against the request).
+ * Only whole blocks before the prompt's last token are onloaded.
+ * *out (may be NULL): where the prefix continues, the arrival (0 when
+ * nothing was started: no block below the pool, and the request stays
+ * queued as it was) and the blocks being brought back.
+ * Rules: the scheduler must be over the tier's pool and cache; destroy the
+ * tier before any scheduler it admitted requests to (kvrt_tier_destroy
+ * completes their arrivals with 0 blocks; kvrt_ctx_destroy tears tiers
+ * down before schedulers).
+ * Errors: KVRT_ERR_INVALID_ARG (NULL tier/sched/tokens, num_tokens not the
+ * request's prompt length, blocks that are not the request's fresh blocks
+ * of the tier's pool), those of
+ * kvrt_tier_match and kvrt_seq_await_kv (then nothing changed), and
+ * KVRT_ERR_REQUEST_LIMIT (onload queue full: the arrival is completed with
+ * 0 blocks and the request is queued again, to recompute), KVRT_ERR_NO_MEMORY.
+ */
+typedef struct kvrt_tier_admission {
+    kvrt_tier_match_t match;   /* pool / host / SSD blocks of the prefix */
+    kvrt_arrival_id_t arrival; /* 0: nothing started */
+    uint64_t ticket;
+    uint32_t onload_blocks;    /* blocks being brought back */
+    uint32_t unused;
+} kvrt_tier_admission_t;
+
+kvrt_status_t kvrt_tier_admit(kvrt_tier_t *tier, kvrt_sched_t *sched, kvrt_seq_id_t id,
+                              const int32_t *tokens, uint32_t num_tokens,
+                              const kvrt_hash_keys_t *keys, uint64_t deadline_ns,
+                              kvrt_tier_admission_t *out);
+
 /* One tier's counters; also ctl nodes tier.<group>.host.* and .ssd.*. */
 typedef struct kvrt_tier_level_stats {
     uint64_t capacity_blocks;
@@ -198,6 +289,11 @@ typedef struct kvrt_tier_stats {
     kvrt_tier_level_stats_t ssd;
     uint32_t ssd_buffered;  /* 1 when the SSD tier fell back to buffered I/O */
     uint32_t in_flight;     /* copies and I/O queued or running */
+    uint32_t unused;
+    uint64_t admitted;               /* kvrt_tier_admit calls that started an onload */
+    uint64_t admitted_landed_blocks; /* blocks those onloads brought back */
+    uint64_t admitted_failed;        /* of them, onloads that landed short */
+    uint64_t write_throughs;         /* blocks copied by write-through */
 } kvrt_tier_stats_t;
 
 /* kvrt_tier_stats - a snapshot. Errors: KVRT_ERR_INVALID_ARG. */

@@ -57,6 +57,8 @@ typedef struct ticket {
     kvrt_cache_block_name_t *names;
     uint8_t *fate;
     kvrt_tier_miss_t *misses;
+    kvrt_sched_t *sched;     /* kvrt_tier_admit: the arrival this ticket completes */
+    kvrt_arrival_id_t arrival;
 } ticket_t;
 
 struct kvrt_tier {
@@ -74,12 +76,20 @@ struct kvrt_tier {
     char ssd_dir[4096];
     void *slab_raw;          /* what kvrt_host_alloc returned */
     uint8_t *slab;           /* host slots: slab_raw rounded up to 2 MiB */
+    bool slab_pinned;        /* by the device's pin (device pools) */
     tier_worker_t worker;
     tier_job_t *done;        /* poll's buffer */
     uint32_t in_flight;
     uint32_t writebacks;     /* host slots on their way to SSD */
     uint32_t demotes;        /* pool -> host copies in flight */
     uint8_t *ahead;          /* per pool block: enum ahead_state */
+    uint32_t ahead_backoff;  /* polls clean-ahead pauses after a failed copy */
+    uint32_t ahead_skip;     /* polls left in the current pause */
+    uint32_t wt_hits;        /* write-through after this many pool hits (0: off) */
+    uint16_t *hit_count;     /* per pool block: pool hits kvrt_tier_match saw ... */
+    uint64_t *hit_key;       /* ... for the block cached under this key */
+    bool ahead_settled;      /* the last scan left nothing to copy ... */
+    uint64_t ahead_sig[8];   /* ... in this state of cache and tiers */
     int32_t *peek_blocks;    /* clean-ahead candidates, AHEAD_WINDOW x queue_depth */
     kvrt_cache_block_name_t *peek_names;
     kvrt_tier_level_stats_t host_stats, ssd_stats;
@@ -87,6 +97,8 @@ struct kvrt_tier {
     uint64_t next_ticket;
     kvrt_tier_completion_t *ready; /* finished tickets not yet reported */
     uint32_t ready_count;
+    tier_admit_stats_t admit_stats;
+    uint64_t write_throughs; /* blocks copied by write-through */
 };
 
 static void advance(kvrt_tier_t *t, ticket_t *k);
@@ -220,34 +232,64 @@ static kvrt_cache_sink_verdict_t sink(void *user, const kvrt_cache_victim_t *vic
  * half the host slots ahead that write-back does not keep free: a copy made
  * ahead then stays among the host's most recent blocks until the pool has
  * evicted it, so nothing is copied twice. */
+/* Starts copying a block the cache still holds into a host slot (see
+ * enum ahead_state); false when no slot is free or the queue is full. */
+static bool copy_ahead(kvrt_tier_t *t, int32_t b, const kvrt_cache_block_name_t *name)
+{
+    if (!t->host.free_count)
+        make_room(t);
+    int32_t slot = tier_dir_take(&t->host);
+    if (slot < 0)
+        return false;
+    tier_job_t job = {.kind = JOB_DEMOTE, .block = b, .host_slot = slot, .name = *name,
+                      .ahead = true};
+    if (!submit(t, &job)) {
+        tier_dir_release(&t->host, slot);
+        return false;
+    }
+    t->ahead[b] = AHEAD_COPYING;
+    t->demotes++;
+    return true;
+}
+
 static void clean_ahead(kvrt_tier_t *t)
 {
+    if (t->ahead_skip) { /* copies failed lately (a device refusing them) */
+        t->ahead_skip--;
+        return;
+    }
     uint32_t reserve = t->queue_depth < t->host.num_slots ? t->queue_depth : t->host.num_slots;
     uint32_t window = (t->host.num_slots - reserve) / 2;
     if (window > AHEAD_WINDOW * t->queue_depth)
         window = AHEAD_WINDOW * t->queue_depth;
     if (!window)
         return;
+    /* A scan that found nothing left to copy is not repeated until the
+     * cache's evictable set or the tiers' contents may have changed: in a
+     * steady state most polls would otherwise look up the same window. */
+    kvrt_cache_stats_t cs;
+    kvrt_cache_stats(t->cache, &cs);
+    uint64_t sig[8] = {cs.inserts, cs.evictions, cs.queries, cs.evictable_blocks,
+                       t->host_stats.evictions + t->host_stats.errors,
+                       t->ssd_stats.evictions + t->ssd_stats.errors + t->ssd_stats.drops,
+                       t->file_lost, window};
+    if (t->ahead_settled && !memcmp(sig, t->ahead_sig, sizeof(sig)))
+        return;
+    t->ahead_settled = false;
     uint32_t n = kvrt_cache_peek_victims(t->cache, t->peek_blocks, t->peek_names, window);
-    for (uint32_t i = 0; i < n && t->demotes < t->queue_depth; i++) {
+    uint32_t i = 0;
+    for (; i < n && t->demotes < t->queue_depth; i++) {
         int32_t b = t->peek_blocks[i];
         const kvrt_cache_block_name_t *name = &t->peek_names[i];
         if (t->ahead[b] != AHEAD_NONE || tier_dir_find(&t->host, &name->key) >= 0 ||
             (t->has_ssd && tier_dir_find(&t->ssd, &name->key) >= 0))
             continue;
-        if (!t->host.free_count)
-            make_room(t);
-        int32_t slot = tier_dir_take(&t->host);
-        if (slot < 0)
+        if (!copy_ahead(t, b, name))
             return;
-        tier_job_t job = {.kind = JOB_DEMOTE, .block = b, .host_slot = slot, .name = *name,
-                          .ahead = true};
-        if (!submit(t, &job)) {
-            tier_dir_release(&t->host, slot);
-            return;
-        }
-        t->ahead[b] = AHEAD_COPYING;
-        t->demotes++;
+    }
+    if (i == n) {
+        t->ahead_settled = true;
+        memcpy(t->ahead_sig, sig, sizeof(sig));
     }
 }
 
@@ -321,8 +363,18 @@ static void finish_ticket(kvrt_tier_t *t, ticket_t *k)
                                                  : KVRT_TIER_MISS_NONE;
     for (uint32_t i = 0; i < landed; i++)
         kvrt_cache_insert_named(t->cache, k->blocks[i], &k->names[i], NULL);
-    t->ready[t->ready_count++] = (kvrt_tier_completion_t){
-        .ticket = k->id, .requested = k->count, .landed = landed, .miss = miss};
+    if (k->sched) {
+        /* An admitted request: the scheduler learns it here, the engine
+         * sees the request run (or recompute) at its next step. */
+        if (kvrt_arrival_complete(k->sched, k->arrival, landed) != KVRT_OK)
+            kvrt_log(t->ctx, KVRT_LOG_WARN, "tier: arrival %llu: %s",
+                     (unsigned long long)k->arrival, kvrt_ctx_last_error(t->ctx));
+        t->admit_stats.landed_blocks += landed;
+        t->admit_stats.failed += landed < k->count;
+    } else {
+        t->ready[t->ready_count++] = (kvrt_tier_completion_t){
+            .ticket = k->id, .requested = k->count, .landed = landed, .miss = miss};
+    }
     free(k->blocks);
     free(k->names);
     free(k->fate);
@@ -340,9 +392,19 @@ static void apply(kvrt_tier_t *t, const tier_job_t *job)
         t->ahead[job->block] = AHEAD_NONE;
         if (state == AHEAD_KEPT)
             kvrt_pool_free(t->pool, 1, &job->block);
-        if (state == AHEAD_TORN) {
+        if (job->ahead && job->err) {
+            /* Back off, or a failing device is retried on every poll. */
+            t->ahead_backoff = t->ahead_backoff ? 2 * t->ahead_backoff : 1;
+            if (t->ahead_backoff > 1024)
+                t->ahead_backoff = 1024;
+            t->ahead_skip = t->ahead_backoff;
+        } else if (job->ahead) {
+            t->ahead_backoff = 0;
+        }
+        if (state == AHEAD_TORN || job->err) {
             tier_dir_release(&t->host, job->host_slot);
             t->host_stats.drops++;
+            t->host_stats.errors += job->err != 0;
             break;
         }
         tier_dir_publish(&t->host, job->host_slot, &job->name);
@@ -357,6 +419,11 @@ static void apply(kvrt_tier_t *t, const tier_job_t *job)
         break;
     case JOB_LAND: {
         tier_dir_unpin(&t->host, job->host_slot);
+        if (job->err) { /* the device copy failed: recomputed */
+            t->host_stats.errors++;
+            fail_block(t, job, KVRT_TIER_MISS_IO);
+            break;
+        }
         t->host_stats.onloads++;
         ticket_t *k = &t->tickets[job->ticket_slot];
         k->fate[job->position] = FATE_LANDED;
@@ -466,6 +533,40 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_drain(kvrt_tier_t *tier, uint32_t timeout_ms
 
 /* ---- match and onload --------------------------------------------------------- */
 
+/* Write-through: a pool block hit wt_hits times is copied to host memory
+ * while it is still in use, so a later eviction finds it below whatever
+ * the queue is doing then. Like clean-ahead it never waits: no free host
+ * slot or a full queue skips the block (its next hit tries again). */
+static void write_through(kvrt_tier_t *t, const int32_t *blocks,
+                          const kvrt_block_hash_t *contents, uint32_t n,
+                          const kvrt_hash_keys_t *keys)
+{
+    kvrt_block_hash_t parent_key = {0, 0};
+    for (uint32_t i = 0; i < n; i++) {
+        int32_t b = blocks[i];
+        kvrt_cache_block_name_t name = {.content = contents[i], .depth = i};
+        kvrt_block_key(&contents[i], keys, &name.key); /* keys checked by the match */
+        if (i) {
+            name.parent_key = parent_key;
+            name.flags = KVRT_CACHE_NAME_HAS_PARENT;
+        }
+        parent_key = name.key;
+        if (t->hit_key[b] != name.key.lo) {
+            t->hit_key[b] = name.key.lo;
+            t->hit_count[b] = 0;
+        }
+        if (t->hit_count[b] < UINT16_MAX)
+            t->hit_count[b]++;
+        if (t->hit_count[b] < t->wt_hits || t->ahead[b] != AHEAD_NONE ||
+            t->demotes >= t->queue_depth || tier_dir_find(&t->host, &name.key) >= 0 ||
+            (t->has_ssd && tier_dir_find(&t->ssd, &name.key) >= 0))
+            continue;
+        if (!copy_ahead(t, b, &name))
+            return;
+        t->write_throughs++;
+    }
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_tier_match(kvrt_tier_t *tier, const int32_t *tokens,
                                           uint32_t num_tokens, const kvrt_hash_keys_t *keys,
                                           uint32_t max_blocks, int32_t *blocks_out,
@@ -483,6 +584,8 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_match(kvrt_tier_t *tier, const int32_t *toke
     if (status != KVRT_OK)
         return status;
     kvrt_tier_match_t r = {.gpu_blocks = m.num_blocks};
+    if (tier->wt_hits && m.num_blocks)
+        write_through(tier, blocks_out, hashes_out, m.num_blocks, keys);
     kvrt_pool_info_t info;
     kvrt_pool_info(tier->pool, &info);
     uint32_t tpb = info.tokens_per_block, full = num_tokens / tpb;
@@ -625,6 +728,17 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_onload(kvrt_tier_t *tier, uint32_t first_ind
                                            const kvrt_hash_keys_t *keys, const int32_t *blocks,
                                            uint64_t *ticket_out, uint32_t *accepted_out)
 {
+    return tier_onload_start(tier, first_index, count, contents, parent, keys, blocks, NULL, 0,
+                             ticket_out, accepted_out);
+}
+
+kvrt_status_t tier_onload_start(kvrt_tier_t *tier, uint32_t first_index, uint32_t count,
+                                const kvrt_block_hash_t *contents,
+                                const kvrt_block_hash_t *parent, const kvrt_hash_keys_t *keys,
+                                const int32_t *blocks, kvrt_sched_t *sched,
+                                kvrt_arrival_id_t arrival, uint64_t *ticket_out,
+                                uint32_t *accepted_out)
+{
     if (!tier)
         return KVRT_ERR_INVALID_ARG;
     if (!ticket_out || (count && (!contents || !blocks)) || count > MAX_ONLOAD_BLOCKS ||
@@ -665,6 +779,8 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_onload(kvrt_tier_t *tier, uint32_t first_ind
         i++;
     k->accepted = i;
     k->miss = i < count ? KVRT_TIER_MISS_GONE : KVRT_TIER_MISS_NONE;
+    k->sched = sched;
+    k->arrival = arrival;
     *ticket_out = k->id;
     if (accepted_out)
         *accepted_out = i;
@@ -685,7 +801,8 @@ static uint64_t layout_hash(const kvrt_kv_layout_t *l, uint64_t block_bytes)
 static kvrt_status_t check_params(kvrt_ctx_t *ctx, const kvrt_tier_params_t *p)
 {
     const uint64_t known = KVRT_TIER_PARAM_HOST_BLOCKS | KVRT_TIER_PARAM_SSD |
-                           KVRT_TIER_PARAM_QUEUE_DEPTH | KVRT_TIER_PARAM_FLAGS;
+                           KVRT_TIER_PARAM_QUEUE_DEPTH | KVRT_TIER_PARAM_FLAGS |
+                           KVRT_TIER_PARAM_DEVICE | KVRT_TIER_PARAM_WRITE_THROUGH;
     if (!p || (p->field_mask & ~known) || !(p->field_mask & KVRT_TIER_PARAM_HOST_BLOCKS))
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
                          "params with host_blocks and only known field_mask bits are required");
@@ -699,6 +816,12 @@ static kvrt_status_t check_params(kvrt_ctx_t *ctx, const kvrt_tier_params_t *p)
     if ((p->field_mask & KVRT_TIER_PARAM_FLAGS) &&
         (p->flags & ~(uint32_t)(KVRT_TIER_SSD_BUFFERED | KVRT_TIER_HOST_POOL)))
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "unknown flags 0x%x", p->flags);
+    if ((p->field_mask & KVRT_TIER_PARAM_WRITE_THROUGH) && p->write_through_hits > UINT16_MAX)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "write_through_hits %u is above %u",
+                         p->write_through_hits, UINT16_MAX);
+    if ((p->field_mask & KVRT_TIER_PARAM_DEVICE) &&
+        (!p->device || !p->device->sync || !p->device->pin || !p->device->unpin))
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "a device needs sync, pin and unpin");
     if (p->field_mask & KVRT_TIER_PARAM_SSD) {
         struct stat st;
         if (!p->ssd_dir || stat(p->ssd_dir, &st) != 0 || !S_ISDIR(st.st_mode))
@@ -718,11 +841,17 @@ static void tier_free(kvrt_tier_t *t)
     tier_worker_stop(&t->worker);
     for (uint32_t i = 0; i < MAX_TICKETS; i++)
         if (t->tickets[i].id) {
+            /* Nothing writes its blocks any more: the scheduler may have
+             * them back (the request recomputes). */
+            if (t->tickets[i].sched)
+                kvrt_arrival_complete(t->tickets[i].sched, t->tickets[i].arrival, 0);
             free(t->tickets[i].blocks);
             free(t->tickets[i].names);
             free(t->tickets[i].fate);
             free(t->tickets[i].misses);
         }
+    if (t->slab_pinned)
+        t->worker.device.unpin(t->worker.device.user, t->slab);
     if (t->slab_raw)
         kvrt_host_free(t->ctx, t->slab_raw);
     tier_dir_destroy(&t->host);
@@ -734,6 +863,8 @@ static void tier_free(kvrt_tier_t *t)
     free(t->ahead);
     free(t->peek_blocks);
     free(t->peek_names);
+    free(t->hit_count);
+    free(t->hit_key);
     free(t);
 }
 
@@ -753,9 +884,25 @@ static kvrt_status_t setup(kvrt_tier_t *t, const kvrt_tier_params_t *p,
     t->ahead = calloc(info->num_blocks, sizeof(*t->ahead));
     t->peek_blocks = calloc(AHEAD_WINDOW * t->queue_depth, sizeof(*t->peek_blocks));
     t->peek_names = calloc(AHEAD_WINDOW * t->queue_depth, sizeof(*t->peek_names));
+    if ((p->field_mask & KVRT_TIER_PARAM_WRITE_THROUGH) && p->write_through_hits) {
+        t->wt_hits = p->write_through_hits;
+        t->hit_count = calloc(info->num_blocks, sizeof(*t->hit_count));
+        t->hit_key = calloc(info->num_blocks, sizeof(*t->hit_key));
+        if (!t->hit_count || !t->hit_key)
+            return kvrt_fail(t->ctx, KVRT_ERR_NO_MEMORY, "tier: write-through counters");
+    }
     if (!t->slab || !t->done || !t->ready || !t->ahead || !t->peek_blocks || !t->peek_names)
         return kvrt_fail(t->ctx, KVRT_ERR_NO_MEMORY, "tier: %u host slots of %llu bytes",
                          p->host_blocks, (unsigned long long)stride);
+    tier_worker_t *w = &t->worker;
+    if (p->field_mask & KVRT_TIER_PARAM_DEVICE) {
+        w->device = *p->device;
+        w->has_device = true;
+        if (w->device.pin(w->device.user, t->slab, stride * p->host_blocks) != 0)
+            return kvrt_fail(t->ctx, KVRT_ERR_DEVICE,
+                             "tier: the engine could not pin %u host slots", p->host_blocks);
+        t->slab_pinned = true;
+    }
     t->host_stats.capacity_blocks = p->host_blocks;
     if (t->has_ssd) {
         if (tier_dir_init(&t->ssd, p->ssd_blocks) != KVRT_OK)
@@ -770,7 +917,6 @@ static kvrt_status_t setup(kvrt_tier_t *t, const kvrt_tier_params_t *p,
         tier_ssd_reserve(t->ctx, &t->file, p->ssd_blocks);
         t->ssd_stats.capacity_blocks = p->ssd_blocks;
     }
-    tier_worker_t *w = &t->worker;
     w->queue_depth = t->queue_depth;
     w->pool_view = (kvrt_kv_cache_t){.layout = *layout, .num_blocks = info->num_blocks,
                                      .base = info->base};
@@ -803,10 +949,14 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_create(kvrt_cache_t *cache, const kvrt_tier_
     kvrt_pool_layout(pool, &layout);
     bool host_pool = info.host_memory || ((params->field_mask & KVRT_TIER_PARAM_FLAGS) &&
                                           (params->flags & KVRT_TIER_HOST_POOL));
-    if (!host_pool)
+    bool device = params->field_mask & KVRT_TIER_PARAM_DEVICE;
+    if (device && host_pool)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
+                         "tier: a device was given for a pool in host memory");
+    if (!host_pool && !device)
         return kvrt_fail(ctx, KVRT_ERR_UNSUPPORTED,
                          "tier: the pool's memory is the engine's; say it is host memory "
-                         "(KVRT_TIER_HOST_POOL): device pools are not supported yet");
+                         "(KVRT_TIER_HOST_POOL) or give its device (KVRT_TIER_PARAM_DEVICE)");
     kvrt_tier_t *t = calloc(1, sizeof(*t));
     if (!t)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "tier");
@@ -845,7 +995,9 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_create(kvrt_cache_t *cache, const kvrt_tier_
     /* The cache may not be destroyed under the tier, and a context torn
      * down with the tier still alive takes it down before the cache. */
     kvrt_cache_hold(cache);
-    t->owned.rank = KVRT_TEARDOWN_SCHED;
+    /* Before the schedulers too: destroying the tier completes the
+     * arrivals of the requests it admitted. */
+    t->owned.rank = KVRT_TEARDOWN_FIRST;
     kvrt_ctx_own(ctx, &t->owned, tier_destroy_owned);
     kvrt_log(ctx, KVRT_LOG_INFO, "tier on pool %u: %u host slots, %s%s", t->group_id,
              params->host_blocks, t->has_ssd ? t->file.path : "no SSD tier",
@@ -881,10 +1033,24 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_stats(const kvrt_tier_t *tier, kvrt_tier_sta
                     : KVRT_ERR_INVALID_ARG;
     *out = (kvrt_tier_stats_t){.host = tier->host_stats, .ssd = tier->ssd_stats,
                                .ssd_buffered = tier->has_ssd && tier->file.buffered,
-                               .in_flight = tier->in_flight};
+                               .in_flight = tier->in_flight,
+                               .admitted = tier->admit_stats.admitted,
+                               .admitted_landed_blocks = tier->admit_stats.landed_blocks,
+                               .admitted_failed = tier->admit_stats.failed,
+                               .write_throughs = tier->write_throughs};
     out->host.used_blocks = tier->host.used;
     out->ssd.used_blocks = tier->has_ssd ? tier->ssd.used : 0;
     return KVRT_OK;
+}
+
+kvrt_pool_t *tier_pool(const kvrt_tier_t *tier)
+{
+    return tier->pool;
+}
+
+tier_admit_stats_t *tier_admit_stats(kvrt_tier_t *tier)
+{
+    return &tier->admit_stats;
 }
 
 void kvrt_tier_set_fault_hook(kvrt_tier_t *tier, tier_fault_fn fn, void *user_data)

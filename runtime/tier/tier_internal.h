@@ -23,6 +23,7 @@
 #include "core/completion_queue.h"
 #include "core/core.h"
 #include "kvrt/kernels.h"
+#include "kvrt/sched.h"
 #include "kvrt/tier.h"
 
 #define TIER_ALIGN 4096u
@@ -156,12 +157,33 @@ typedef struct tier_worker {
     const ssd_file_t *ssd;
     tier_fault_fn fault;
     void *fault_user;
+    bool has_device;          /* device pool: copies on the engine's stream */
+    kvrt_tier_device_t device;
 } tier_worker_t;
 
 kvrt_status_t tier_worker_start(kvrt_ctx_t *ctx, tier_worker_t *w, uint32_t host_slots);
 void tier_worker_stop(tier_worker_t *w);
 /* Hands a job over; false when the ring is full. */
 bool tier_worker_submit(tier_worker_t *w, const tier_job_t *job);
+
+/* ---- the tier stack (tier.c), for kvrt_tier_admit (tier_admit.c) -------- */
+
+typedef struct tier_admit_stats {
+    uint64_t admitted;      /* requests put in WAITING_KV with an onload */
+    uint64_t landed_blocks; /* blocks their onloads brought back */
+    uint64_t failed;        /* onloads that landed fewer blocks than asked */
+} tier_admit_stats_t;
+
+/* kvrt_tier_onload; with sched != NULL the ticket is not reported by poll
+ * but completes `arrival` (kvrt_arrival_complete with the blocks landed). */
+kvrt_status_t tier_onload_start(kvrt_tier_t *tier, uint32_t first_index, uint32_t count,
+                                const kvrt_block_hash_t *contents,
+                                const kvrt_block_hash_t *parent, const kvrt_hash_keys_t *keys,
+                                const int32_t *blocks, kvrt_sched_t *sched,
+                                kvrt_arrival_id_t arrival, uint64_t *ticket_out,
+                                uint32_t *accepted_out);
+kvrt_pool_t *tier_pool(const kvrt_tier_t *tier);
+tier_admit_stats_t *tier_admit_stats(kvrt_tier_t *tier);
 
 /* Tests: installs a fault hook (NULL removes it); call with nothing in
  * flight (after kvrt_tier_drain). */

@@ -95,9 +95,33 @@ static void verify_read(tier_worker_t *w, tier_job_t *job, uint32_t index)
         job->miss = KVRT_TIER_MISS_CHECKSUM;
 }
 
+/* A device pool's copy: enqueued on the engine's stream, then waited for,
+ * so its completion is reported only once the bytes have moved. */
+static void run_device_copy(tier_worker_t *w, tier_job_t *job)
+{
+    kvrt_status_t status =
+        job->kind == JOB_DEMOTE
+            ? kvrt_cuda_gather_blocks_to_host(NULL, &w->pool_view, &job->block, 1,
+                                              host_slot(w, job->host_slot), w->device.stream)
+            : kvrt_cuda_scatter_blocks_from_host(NULL, &w->pool_view,
+                                                 host_slot(w, job->host_slot), &job->block, 1,
+                                                 w->device.stream);
+    /* Copies enqueued before a refusal may still run: wait for them too. */
+    int sync_err = w->device.sync(w->device.user, w->device.stream);
+    if (status != KVRT_OK || sync_err) {
+        job->err = EIO;
+        job->miss = KVRT_TIER_MISS_IO;
+    }
+    kvrt_cq_push_reserved(w->done, job);
+}
+
 /* One job's copy, done at once on this thread. */
 static void run_copy(tier_worker_t *w, tier_job_t *job)
 {
+    if (w->has_device) {
+        run_device_copy(w, job);
+        return;
+    }
     if (job->kind == JOB_DEMOTE)
         kvrt_cpu_gather_blocks(NULL, &w->pool_view, &job->block, 1,
                                host_slot(w, job->host_slot));

@@ -25,22 +25,6 @@
 static char dir[64];
 static char mounted[80]; /* the tmpfs of the disk-full test, until unmounted */
 
-static void remove_dir(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d)
-        return;
-    struct dirent *e;
-    char file[512];
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.') {
-            snprintf(file, sizeof(file), "%s/%s", path, e->d_name);
-            unlink(file);
-        }
-    closedir(d);
-    rmdir(path);
-}
-
 static void ssd_setup(void)
 {
     setup();

@@ -190,3 +190,70 @@ Test(tier_host, the_cache_outlives_its_tier_and_a_forgotten_tier_is_torn_down_wi
     tier = NULL;          /* forgotten: kvrt_ctx_destroy() must take it down */
     cache = NULL;
 }
+
+static void make_write_through(uint32_t hits)
+{
+    pool = test_pool(ctx, 17, TPB);
+    ASSERT_OK(ctx, kvrt_cache_create(pool, NULL, &cache));
+    kvrt_tier_params_t p = {.field_mask = KVRT_TIER_PARAM_HOST_BLOCKS |
+                                          KVRT_TIER_PARAM_QUEUE_DEPTH |
+                                          KVRT_TIER_PARAM_WRITE_THROUGH,
+                            .host_blocks = 32,
+                            .queue_depth = 4,
+                            .write_through_hits = hits};
+    ASSERT_OK(ctx, kvrt_tier_create(cache, &p, &tier));
+}
+
+/* Matches prompt 100 (4 blocks) and keeps the references: blocks in use
+ * are never next in line for eviction, so only write-through copies them. */
+static void hit_and_hold(int32_t *hits)
+{
+    int32_t t[4 * TPB];
+    kvrt_block_hash_t hashes[4];
+    kvrt_tier_match_t m;
+    prompt(t, 4 * TPB, 100);
+    ASSERT_OK(ctx, kvrt_tier_match(tier, t, 4 * TPB, NULL, 4, hits, hashes, &m));
+    cr_assert_eq(m.gpu_blocks, 4);
+    settle();
+}
+
+Test(tier_host, blocks_hit_often_enough_are_written_through_while_in_use)
+{
+    make_write_through(2);
+    prefill(100, 4);
+    int32_t first[4], second[4];
+    hit_and_hold(first);
+    kvrt_tier_stats_t s;
+    ASSERT_OK(ctx, kvrt_tier_stats(tier, &s));
+    cr_assert_eq(s.write_throughs, 0, "one hit is below the threshold");
+    cr_assert_eq(s.host.used_blocks, 0);
+    hit_and_hold(second);
+    ASSERT_OK(ctx, kvrt_tier_stats(tier, &s));
+    cr_assert_eq(s.write_throughs, 4);
+    cr_assert_eq(s.host.offloads, 4);
+    cr_assert_eq(s.host.used_blocks, 4);
+    ASSERT_OK(ctx, kvrt_pool_free(pool, 4, second));
+    ASSERT_OK(ctx, kvrt_pool_free(pool, 4, first));
+    /* Evicted now: nothing to copy or drop, and the bytes come back. */
+    squeeze_past_free(4);
+    ASSERT_OK(ctx, kvrt_tier_stats(tier, &s));
+    cr_assert_eq(s.host.drops, 0);
+    kvrt_tier_match_t m;
+    cr_assert_eq(bring_back(100, 4, &m, NULL), 4);
+    cr_assert_eq(m.host_blocks, 4);
+}
+
+Test(tier_host, without_write_through_blocks_in_use_stay_only_in_the_pool)
+{
+    make_write_through(0);
+    prefill(100, 4);
+    int32_t first[4], second[4];
+    hit_and_hold(first);
+    hit_and_hold(second);
+    kvrt_tier_stats_t s;
+    ASSERT_OK(ctx, kvrt_tier_stats(tier, &s));
+    cr_assert_eq(s.write_throughs, 0);
+    cr_assert_eq(s.host.used_blocks, 0);
+    ASSERT_OK(ctx, kvrt_pool_free(pool, 4, second));
+    ASSERT_OK(ctx, kvrt_pool_free(pool, 4, first));
+}
