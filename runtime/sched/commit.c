@@ -187,6 +187,8 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         if (i + SCHED_PREFETCH / 2 < s->plan->num_seqs) {
             const seq_t *ahead = &s->seqs[s->buf->slot_of[i + SCHED_PREFETCH / 2]];
             __builtin_prefetch(ahead->tokens + ahead->num_tokens, 1);
+            if (ahead->num_stop) /* the stop set lives after the token capacity */
+                __builtin_prefetch(ahead->tokens + ahead->capacity);
         }
         const kvrt_plan_seq_t *e = &s->buf->seqs[i];
         seq_t *q = &s->seqs[s->buf->slot_of[i]];

@@ -323,8 +323,14 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         if (i + SCHED_PREFETCH < s->num_running)
             __builtin_prefetch(&s->seqs[s->running[i + SCHED_PREFETCH]]);
         if (i + SCHED_PREFETCH / 2 < s->num_running) {
+            /* Its line has arrived: fetch what it points at, the last token
+             * and the row entry of its tail block (a random line of the
+             * rows, one per decode, the rest of the step being streams). */
             const seq_t *ahead = &s->seqs[s->running[i + SCHED_PREFETCH / 2]];
             __builtin_prefetch(ahead->tokens + ahead->num_tokens - 1);
+            if (ahead->row != SCHED_NONE)
+                __builtin_prefetch(s->rows + (size_t)ahead->row * s->row_stride +
+                                   ((ahead->computed + ahead->ahead) >> s->block_shift));
         }
         seq_t *q;
         if (!running_valid(s, i, &q) || (q->in_prefill && !q->pending_samples))
