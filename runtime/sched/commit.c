@@ -13,11 +13,12 @@
 /* Per-entry checks: counts, drafts, token ids. Nothing changes here. */
 static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
 {
+    const plan_buffers_t *const b = s->buf;
     const kvrt_batch_plan_t *p = s->plan;
     const uint32_t *acc = (c->field_mask & KVRT_COMMIT_ACCEPTED) ? c->num_accepted : NULL;
     uint32_t total = 0;
     for (uint32_t i = 0; i < p->num_seqs; i++) {
-        const kvrt_plan_seq_t *e = &s->buf->seqs[i];
+        const kvrt_plan_seq_t *e = &b->seqs[i];
         uint32_t a = acc ? acc[i] : 0;
         if (!e->sample) {
             if (a)
@@ -35,7 +36,7 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
             return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT,
                              "tokens run out at entry %u: %u given, at least %llu needed", i,
                              c->num_tokens, (unsigned long long)total + 1 + a);
-        const int32_t *drafts = s->buf->input_tokens + s->buf->query_start_loc[i] + 1;
+        const int32_t *drafts = b->input_tokens + b->query_start_loc[i] + 1;
         for (uint32_t j = 0; j <= a; j++) {
             int32_t t = c->tokens[total + j];
             if (t < 0)
@@ -181,17 +182,23 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
     uint64_t t_start = kvrt_now_ns();
     const uint32_t *acc = (c->field_mask & KVRT_COMMIT_ACCEPTED) ? c->num_accepted : NULL;
     uint32_t off = 0;
-    for (uint32_t i = 0; i < s->plan->num_seqs; i++) {
-        if (i + SCHED_PREFETCH < s->plan->num_seqs)
-            __builtin_prefetch(&s->seqs[s->buf->slot_of[i + SCHED_PREFETCH]]);
-        if (i + SCHED_PREFETCH / 2 < s->plan->num_seqs) {
-            const seq_t *ahead = &s->seqs[s->buf->slot_of[i + SCHED_PREFETCH / 2]];
+    /* Loop invariants in locals: stores through the requests' byte fields
+     * would otherwise make the compiler reload them every entry. */
+    const uint32_t num_seqs = s->plan->num_seqs;
+    const kvrt_plan_seq_t *const entries = s->buf->seqs;
+    const uint32_t *const slot_of = s->buf->slot_of;
+    seq_t *const seqs = s->seqs;
+    for (uint32_t i = 0; i < num_seqs; i++) {
+        if (i + SCHED_PREFETCH < num_seqs)
+            __builtin_prefetch(&seqs[slot_of[i + SCHED_PREFETCH]]);
+        if (i + SCHED_PREFETCH / 2 < num_seqs) {
+            const seq_t *ahead = &seqs[slot_of[i + SCHED_PREFETCH / 2]];
             __builtin_prefetch(ahead->tokens + ahead->num_tokens, 1);
             if (ahead->num_stop) /* the stop set lives after the token capacity */
                 __builtin_prefetch(ahead->tokens + ahead->capacity);
         }
-        const kvrt_plan_seq_t *e = &s->buf->seqs[i];
-        seq_t *q = &s->seqs[s->buf->slot_of[i]];
+        const kvrt_plan_seq_t *e = &entries[i];
+        seq_t *q = &seqs[slot_of[i]];
         uint32_t a = acc ? acc[i] : 0;
         uint32_t given = e->sample ? 1 + a : 0;
         q->in_plan &= (uint8_t)~bit;

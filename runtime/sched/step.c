@@ -176,7 +176,9 @@ static void preempt(kvrt_sched_t *s, seq_t *q, uint32_t *budget)
 static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
                         bool admitting)
 {
-    const uint32_t t0 = s->plan->num_tokens; /* where the caller put its inputs */
+    kvrt_batch_plan_t *const p = s->plan;
+    plan_buffers_t *const b = s->buf;
+    const uint32_t t0 = p->num_tokens; /* where the caller put its inputs */
     const uint32_t c = q->computed + q->ahead; /* where this plan starts for q */
     const uint32_t off = c & (s->tokens_per_block - 1);
     if (KVRT_LIKELY(off != 0 && off + n <= s->tokens_per_block)) {
@@ -187,7 +189,7 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
          * table nor the pool. */
         int32_t tail = s->rows[(size_t)q->row * s->row_stride + (c >> s->block_shift)];
         int64_t base = ((int64_t)tail << s->block_shift) | off;
-        int64_t *slots = s->buf->slot_mapping + t0;
+        int64_t *slots = b->slot_mapping + t0;
         for (uint32_t k = 0; k < n; k++)
             slots[k] = base + k;
         q->lag += n;
@@ -197,15 +199,15 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
     for (;;) {
         kvrt_block_copy_t copy;
         uint32_t num_copies = 0;
-        int64_t *slots = s->buf->slot_mapping + s->plan->num_tokens;
+        int64_t *slots = b->slot_mapping + p->num_tokens;
         kvrt_status_t st = kvrt_table_append(s->pool, q->table, n, slots, &copy, &num_copies);
         if (KVRT_LIKELY(st == KVRT_OK)) {
-            if (KVRT_UNLIKELY(s->plan->num_tokens != t0)) /* a victim left the plan */
-                memmove(s->buf->input_tokens + s->plan->num_tokens, s->buf->input_tokens + t0,
+            if (KVRT_UNLIKELY(p->num_tokens != t0)) /* a victim left the plan */
+                memmove(b->input_tokens + p->num_tokens, b->input_tokens + t0,
                         (size_t)n * sizeof(int32_t));
             if (KVRT_UNLIKELY(num_copies)) {
-                s->buf->copy_owner[s->plan->num_copies] = sched_slot(s, q);
-                s->buf->copies[s->plan->num_copies++] = copy;
+                b->copy_owner[p->num_copies] = sched_slot(s, q);
+                b->copies[p->num_copies++] = copy;
             }
             uint32_t nb = sched_blocks_for(s, c + n);
             if (nb != q->row_blocks || num_copies)
@@ -248,8 +250,9 @@ static inline void plan_add(kvrt_sched_t *s, seq_t *q, kvrt_plan_kind_t kind, ui
                      uint32_t drafts, bool sample)
 {
     kvrt_batch_plan_t *p = s->plan;
+    plan_buffers_t *const b = s->buf;
     uint32_t i = p->num_seqs++;
-    s->buf->seqs[i] = (kvrt_plan_seq_t){
+    b->seqs[i] = (kvrt_plan_seq_t){
         .id = sched_id(s, q),
         .user_tag = q->user_tag,
         .kind = kind,
@@ -259,18 +262,18 @@ static inline void plan_add(kvrt_sched_t *s, seq_t *q, kvrt_plan_kind_t kind, ui
         .sample = sample,
         .row = q->row,
     };
-    s->buf->slot_of[i] = sched_slot(s, q);
+    b->slot_of[i] = sched_slot(s, q);
     const uint32_t c = q->computed + q->ahead;
     uint32_t len = c + n;
-    s->buf->seq_lens[i] = (int32_t)len;
-    s->buf->row_index[i] = (int32_t)q->row;
+    b->seq_lens[i] = (int32_t)len;
+    b->row_index[i] = (int32_t)q->row;
     if (len > p->max_seq_len)
         p->max_seq_len = len;
     uint32_t t0 = p->num_tokens;
     for (uint32_t k = 0; k < n; k++)
-        s->buf->positions[t0 + k] = (int32_t)(c + k);
+        b->positions[t0 + k] = (int32_t)(c + k);
     p->num_tokens += n;
-    s->buf->query_start_loc[i + 1] = (int32_t)p->num_tokens;
+    b->query_start_loc[i + 1] = (int32_t)p->num_tokens;
     q->in_plan |= sched_plan_bit(s);
     q->ahead += n;
     q->pending_samples += sample;
@@ -307,6 +310,8 @@ typedef struct step_state {
 /* Pass 1: every running decode, with its drafts when speculating. */
 static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
 {
+    kvrt_batch_plan_t *const p = s->plan;
+    plan_buffers_t *const b = s->buf;
     uint32_t decodes = s->running_live - s->running_prefill;
     if (!decodes && !s->num_pending) /* in flight, a last chunk makes a decode */
         return;
@@ -343,12 +348,12 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
             continue;
         if (decodes_left)
             decodes_left--;
-        if (st->budget == 0 || s->plan->num_seqs == s->max_seqs) {
+        if (st->budget == 0 || p->num_seqs == s->max_seqs) {
             st->budget_bound = true;
             break;
         }
-        uint32_t t0 = s->plan->num_tokens;
-        int32_t *input = s->buf->input_tokens + t0;
+        uint32_t t0 = p->num_tokens;
+        int32_t *input = b->input_tokens + t0;
         uint32_t drafts = 0;
         if (s->max_draft && !q->in_plan) {
             uint32_t room = q->max_tokens - q->num_tokens - 1; /* outputs after the bonus */
@@ -372,7 +377,7 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         uint32_t n = 1 + drafts;
         if (!grow(s, q, n, &st->budget, false))
             continue;
-        s->buf->input_tokens[s->plan->num_tokens] =
+        b->input_tokens[p->num_tokens] =
             KVRT_UNLIKELY(q->pending_samples) ? KVRT_TOKEN_PLACEHOLDER : q->tokens[q->num_tokens - 1];
         plan_add(s, q, drafts ? KVRT_PLAN_SPEC : KVRT_PLAN_DECODE, n, drafts, true);
         st->budget -= n;
