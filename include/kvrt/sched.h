@@ -301,7 +301,8 @@ kvrt_status_t kvrt_seq_abort(kvrt_sched_t *sched, kvrt_seq_id_t id);
 /*
  * kvrt_seq_set_draft - the draft tokens the engine proposes for the
  * sequence's next step (copied; replaces any earlier draft; consumed by
- * that step). The step may use fewer (adaptive length, back-off, the
+ * that step, or with plans in flight by the first step planning it while no
+ * uncommitted plan holds it). The step may use fewer (adaptive length, back-off, the
  * request's remaining length). count 0 clears the draft.
  * Errors: KVRT_ERR_INVALID_ARG (NULL tokens with count > 0, count above
  * max_draft_tokens, a negative token id), KVRT_ERR_UNSUPPORTED (speculation
@@ -618,7 +619,8 @@ typedef struct kvrt_batch_plan {
  * token per sampling entry and no accepted draft:
  *   - a sequence whose uncommitted entry samples decodes with input token
  *     KVRT_TOKEN_PLACEHOLDER (the engine substitutes the token it sampled
- *     for it) at the next position; it gets no drafts, and is not planned
+ *     for it) at the next position; it gets no drafts (engine drafts wait
+ *     for a later step), and is not planned
  *     when that token will reach its length limit;
  *   - a sequence whose uncommitted entry verifies drafts (SPEC) is not
  *     planned until that commit (its length is unknown);
