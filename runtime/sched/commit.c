@@ -167,14 +167,11 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
                          "required");
     /* The commit works on the oldest plan's slot, then points back at the
      * last plan built (its now_ns dates ends between steps). */
-    kvrt_batch_plan_t *const last_plan = s->plan;
-    plan_buffers_t *const last_buf = s->buf;
-    s->plan = &s->plans[s->pending_head];
-    s->buf = &s->bufs[s->pending_head];
+    const uint32_t last_slot = (uint32_t)(s->plan - s->plans);
+    sched_use_slot(s, s->pending_head);
     kvrt_status_t status = validate(s, c);
     if (status != KVRT_OK) {
-        s->plan = last_plan;
-        s->buf = last_buf;
+        sched_use_slot(s, last_slot);
         return status;
     }
     const uint8_t bit = sched_plan_bit(s);
@@ -263,8 +260,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
     sched_compact_running(s);
     s->num_pending--;
     s->pending_head = (s->pending_head + 1) % s->max_in_flight;
-    s->plan = last_plan;
-    s->buf = last_buf;
+    sched_use_slot(s, last_slot);
     s->stats.commit_cpu_ns += kvrt_now_ns() - t_start;
     return KVRT_OK;
 }

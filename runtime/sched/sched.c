@@ -317,8 +317,7 @@ static void init_plan(kvrt_sched_t *s)
         p->copies = b->copies;
         p->preempted = b->preempted;
     }
-    s->plan = &s->plans[0];
-    s->buf = &s->bufs[0];
+    sched_use_slot(s, 0);
     s->rc.epoch = 1;
 }
 

@@ -230,6 +230,7 @@ struct kvrt_sched {
      * num_pending slots starting at pending_head (commits apply in order). */
     kvrt_batch_plan_t *plan;
     plan_buffers_t *buf;
+    uint8_t plan_bit;           /* 1 << the slot plan points at */
     kvrt_batch_plan_t plans[SCHED_PLAN_SLOTS];
     plan_buffers_t bufs[SCHED_PLAN_SLOTS];
     uint32_t max_in_flight;     /* 1: synchronous steps */
@@ -282,7 +283,15 @@ static inline kvrt_seq_id_t sched_id(const kvrt_sched_t *s, const seq_t *q)
 /* in_plan bit of the plan slot s->plan points at (being built or committed). */
 static inline uint8_t sched_plan_bit(const kvrt_sched_t *s)
 {
-    return (uint8_t)(1u << (s->plan - s->plans));
+    return s->plan_bit;
+}
+
+/* Points s->plan and s->buf at plan slot k. */
+static inline void sched_use_slot(kvrt_sched_t *s, uint32_t k)
+{
+    s->plan = &s->plans[k];
+    s->buf = &s->bufs[k];
+    s->plan_bit = (uint8_t)(1u << k);
 }
 
 static inline uint32_t sched_blocks_for(const kvrt_sched_t *s, uint64_t tokens)

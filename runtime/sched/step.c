@@ -251,19 +251,19 @@ static inline void plan_add(kvrt_sched_t *s, seq_t *q, kvrt_plan_kind_t kind, ui
 {
     kvrt_batch_plan_t *p = s->plan;
     plan_buffers_t *const b = s->buf;
+    const uint32_t c = q->computed + q->ahead; /* after its entries in flight */
     uint32_t i = p->num_seqs++;
     b->seqs[i] = (kvrt_plan_seq_t){
         .id = sched_id(s, q),
         .user_tag = q->user_tag,
         .kind = kind,
         .num_new_tokens = n,
-        .num_computed_tokens = q->computed + q->ahead,
+        .num_computed_tokens = c,
         .num_drafts = drafts,
         .sample = sample,
         .row = q->row,
     };
     b->slot_of[i] = sched_slot(s, q);
-    const uint32_t c = q->computed + q->ahead;
     uint32_t len = c + n;
     b->seq_lens[i] = (int32_t)len;
     b->row_index[i] = (int32_t)q->row;
@@ -678,8 +678,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
                          s->max_in_flight);
     uint64_t t_start = kvrt_now_ns();
     const uint32_t slot = (s->pending_head + s->num_pending) % s->max_in_flight;
-    s->plan = &s->plans[slot];
-    s->buf = &s->bufs[slot];
+    sched_use_slot(s, slot);
     sched_compact_running(s);
     kvrt_batch_plan_t *p = s->plan;
     p->step = ++s->step_count;
