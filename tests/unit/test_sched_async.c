@@ -39,11 +39,15 @@ static kvrt_seq_id_t add(fixture_t *f, uint32_t prompt_len, uint32_t max_new, in
     return id;
 }
 
-static uint32_t drain(fixture_t *f, kvrt_seq_info_t *events, uint32_t cap)
+#define drain sched_fixture_drain
+
+/* Destroying the scheduler frees what running requests hold; then the
+ * fixture checks that nothing leaked. */
+static void close_running(fixture_t *f)
 {
-    uint32_t n = 0;
-    ASSERT_OK(f->ctx, kvrt_sched_drain_ended(f->sched, events, cap, &n));
-    return n;
+    kvrt_sched_destroy(f->sched);
+    f->sched = NULL;
+    sched_fixture_close(f);
 }
 
 Test(sched_async, step_before_commit_plans_a_placeholder_decode)
@@ -101,9 +105,7 @@ Test(sched_async, a_third_plan_in_flight_is_refused_without_change)
     cr_assert_eq(p3->positions[0], 7, "two placeholders ahead: 6 + 1");
     sched_fixture_commit(&f, p2, 2);
     sched_fixture_commit(&f, p3, 3);
-    kvrt_sched_destroy(f.sched);
-    f.sched = NULL;
-    sched_fixture_close(&f);
+    close_running(&f);
 }
 
 Test(sched_async, commits_apply_in_step_order)
@@ -120,9 +122,7 @@ Test(sched_async, commits_apply_in_step_order)
     sched_fixture_commit(&f, p1, 1);
     sched_fixture_commit(&f, p2, 2);
     ASSERT_STATUS(KVRT_ERR_NO_STEP, kvrt_sched_commit(f.sched, &c));
-    kvrt_sched_destroy(f.sched);
-    f.sched = NULL;
-    sched_fixture_close(&f);
+    close_running(&f);
 }
 
 Test(sched_async, request_ended_in_n_is_dropped_from_n_plus_1)
@@ -214,9 +214,7 @@ Test(sched_async, prefill_chunks_continue_while_in_flight)
     cr_assert_eq(p2->seqs[0].sample, 0);
     sched_fixture_commit(&f, p1, 1);
     sched_fixture_commit(&f, p2, 1);
-    kvrt_sched_destroy(f.sched);
-    f.sched = NULL;
-    sched_fixture_close(&f);
+    close_running(&f);
 }
 
 Test(sched_async, drafts_in_flight_wait_for_their_commit)
@@ -245,9 +243,7 @@ Test(sched_async, drafts_in_flight_wait_for_their_commit)
     cr_assert_eq(p3->input_tokens[0], 9);
     cr_assert_eq(p3->positions[0], 8);
     sched_fixture_commit(&f, p3, 1);
-    kvrt_sched_destroy(f.sched);
-    f.sched = NULL;
-    sched_fixture_close(&f);
+    close_running(&f);
 }
 
 /* ---- randomized: async outputs equal sync outputs ------------------------- */
@@ -307,6 +303,20 @@ static uint32_t sample_plan(const kvrt_batch_plan_t *p, uint32_t *last_sampled_l
     return n;
 }
 
+/* Samples and commits the oldest plan in flight. */
+static void commit_oldest(fixture_t *f, const kvrt_batch_plan_t **fifo, uint32_t *pending,
+                          uint32_t *last_sampled_len, run_result_t *r)
+{
+    int32_t tokens[64];
+    const kvrt_batch_plan_t *p = fifo[0];
+    uint32_t n = sample_plan(p, last_sampled_len, tokens, r);
+    kvrt_commit_t c = {.step = p->step, .num_seqs = p->num_seqs, .num_tokens = n,
+                       .tokens = tokens};
+    ASSERT_OK(f->ctx, kvrt_sched_commit(f->sched, &c));
+    fifo[0] = fifo[1];
+    (*pending)--;
+}
+
 static void run(uint64_t seed, uint32_t in_flight, run_result_t *r)
 {
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_CHUNK |
@@ -324,7 +334,6 @@ static void run(uint64_t seed, uint32_t in_flight, run_result_t *r)
     uint32_t last_sampled_len[REQS] = {0};
     const kvrt_batch_plan_t *fifo[2];
     uint32_t pending = 0;
-    int32_t tokens[64];
     for (uint32_t iter = 0; iter < 20000 && ended < REQS; iter++) {
         if (added < REQS && rng_next(&rng) % 3 == 0) {
             int32_t prompt[48];
@@ -351,13 +360,7 @@ static void run(uint64_t seed, uint32_t in_flight, run_result_t *r)
             if (p->num_seqs)
                 fifo[pending++] = p;
         } else {
-            const kvrt_batch_plan_t *p = fifo[0];
-            uint32_t n = sample_plan(p, last_sampled_len, tokens, r);
-            kvrt_commit_t c = {.step = p->step, .num_seqs = p->num_seqs, .num_tokens = n,
-                               .tokens = tokens};
-            ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
-            fifo[0] = fifo[1];
-            pending--;
+            commit_oldest(&f, fifo, &pending, last_sampled_len, r);
         }
         kvrt_seq_info_t ev[16];
         uint32_t got;
@@ -376,15 +379,8 @@ static void run(uint64_t seed, uint32_t in_flight, run_result_t *r)
     }
     cr_assert_eq(ended, REQS, "every request ended (seed %llu, %u in flight)",
                  (unsigned long long)seed, in_flight);
-    while (pending) { /* plans still holding ended requests */
-        const kvrt_batch_plan_t *p = fifo[0];
-        uint32_t n = sample_plan(p, last_sampled_len, tokens, r);
-        kvrt_commit_t c = {.step = p->step, .num_seqs = p->num_seqs, .num_tokens = n,
-                           .tokens = tokens};
-        ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
-        fifo[0] = fifo[1];
-        pending--;
-    }
+    while (pending) /* plans still holding ended requests */
+        commit_oldest(&f, fifo, &pending, last_sampled_len, r);
     kvrt_sched_stats_t st;
     ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
     r->preemptions = st.preemptions;
