@@ -65,4 +65,13 @@ static inline void sched_fixture_commit(sched_fixture_t *f, const kvrt_batch_pla
     ASSERT_OK(f->ctx, kvrt_sched_commit(f->sched, &c));
 }
 
+/* Drains up to cap end events; returns how many. */
+static inline uint32_t sched_fixture_drain(sched_fixture_t *f, kvrt_seq_info_t *events,
+                                           uint32_t cap)
+{
+    uint32_t n = 0;
+    ASSERT_OK(f->ctx, kvrt_sched_drain_ended(f->sched, events, cap, &n));
+    return n;
+}
+
 #endif /* KVRT_TEST_SCHED_FIXTURE_H */

@@ -146,6 +146,12 @@ typedef uint64_t kvrt_seq_id_t;
 #define KVRT_SCHED_MAX_NGRAM 16u
 /* Most stop token ids per request. */
 #define KVRT_SEQ_MAX_STOP_TOKENS 64u
+/* Most plans in flight (asynchronous scheduling, max_plans_in_flight). */
+#define KVRT_SCHED_MAX_PLANS_IN_FLIGHT 2u
+/* The input token of a decode whose previous token is still being sampled
+ * by an uncommitted plan (asynchronous scheduling): the engine puts in the
+ * token it sampled for that sequence in the previous plan. */
+#define KVRT_TOKEN_PLACEHOLDER (-1)
 
 enum kvrt_sched_params_field {
     KVRT_SCHED_PARAM_MAX_BATCH_TOKENS = 1u << 0, /* max_batch_tokens */
@@ -158,7 +164,8 @@ enum kvrt_sched_params_field {
     KVRT_SCHED_PARAM_NGRAM = 1u << 7,            /* ngram_min, ngram_max: turns
                                                     the n-gram proposer on */
     KVRT_SCHED_PARAM_ADAPTIVE_DRAFT = 1u << 8,   /* adaptive_draft */
-    KVRT_SCHED_PARAM_CSR_TABLES = 1u << 9        /* csr_block_tables */
+    KVRT_SCHED_PARAM_CSR_TABLES = 1u << 9,       /* csr_block_tables */
+    KVRT_SCHED_PARAM_PLANS_IN_FLIGHT = 1u << 10  /* max_plans_in_flight */
 };
 
 /*
@@ -183,6 +190,10 @@ typedef struct kvrt_sched_params {
     /* 1: the plan also carries CSR block tables rebuilt every step
      * (O(total blocks) per step). Default 0: persistent padded rows only. */
     int csr_block_tables;
+    /* Plans the engine may hold uncommitted, 1..KVRT_SCHED_MAX_PLANS_IN_FLIGHT;
+     * default 1 (each step waits for the previous commit). 2: asynchronous
+     * scheduling, see kvrt_sched_step. */
+    uint32_t max_plans_in_flight;
 } kvrt_sched_params_t;
 
 /*
@@ -290,7 +301,8 @@ kvrt_status_t kvrt_seq_abort(kvrt_sched_t *sched, kvrt_seq_id_t id);
 /*
  * kvrt_seq_set_draft - the draft tokens the engine proposes for the
  * sequence's next step (copied; replaces any earlier draft; consumed by
- * that step). The step may use fewer (adaptive length, back-off, the
+ * that step, or with plans in flight by the first step planning it while no
+ * uncommitted plan holds it). The step may use fewer (adaptive length, back-off, the
  * request's remaining length). count 0 clears the draft.
  * Errors: KVRT_ERR_INVALID_ARG (NULL tokens with count > 0, count above
  * max_draft_tokens, a negative token id), KVRT_ERR_UNSUPPORTED (speculation
@@ -538,8 +550,8 @@ typedef struct kvrt_plan_seq {
 } kvrt_plan_seq_t;
 
 /*
- * The batch plan: owned by the scheduler, valid until the next step (or
- * destroy); only the library allocates it, so new fields are appended at
+ * The batch plan: owned by the scheduler, valid until the next step after
+ * its commit (or destroy); only the library allocates it, so new fields are appended at
  * its end without breaking callers. All arrays are in plan order (sequence i's tokens are
  * [query_start_loc[i], query_start_loc[i + 1])):
  *
@@ -600,10 +612,29 @@ typedef struct kvrt_batch_plan {
 /*
  * kvrt_sched_step - forms the next batch (policies above) at time now_ns
  * and points *plan_out at it. A plan with num_seqs > 0 must be committed
- * (kvrt_sched_commit) before the next step; an empty plan needs no commit.
- * Requests may end during a step (FAILED, see preemption); drain them.
- * Errors: KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_BAD_STATE (the previous
- * plan is not committed; nothing changes).
+ * (kvrt_sched_commit); an empty plan needs no commit. With
+ * max_plans_in_flight 1 (the default) each step needs the previous plan
+ * committed. With 2 (asynchronous scheduling) a step may come while one
+ * plan is uncommitted; it plans as if that plan had committed with one
+ * token per sampling entry and no accepted draft:
+ *   - a sequence whose uncommitted entry samples decodes with input token
+ *     KVRT_TOKEN_PLACEHOLDER (the engine substitutes the token it sampled
+ *     for it) at the next position; it gets no drafts (engine drafts wait
+ *     for a later step), and is not planned
+ *     when that token will reach its length limit;
+ *   - a sequence whose uncommitted entry verifies drafts (SPEC) is not
+ *     planned until that commit (its length is unknown);
+ *   - a prefill continues with its next chunk;
+ *   - a request in an uncommitted plan is never preempted: when the victim
+ *     the policy picks is one, the sequence in need waits for a later step.
+ * Plans are committed in step order. A request that ends at a commit while
+ * a later plan holds it stays in that plan: the engine ignores its output
+ * (its end is drained) and its blocks are freed when that plan commits.
+ * The plan stays valid until it is committed and the step after (or
+ * destroy). Requests may end during a step (FAILED, see preemption); drain
+ * them.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_BAD_STATE
+ * (max_plans_in_flight plans are uncommitted; nothing changes).
  */
 kvrt_status_t kvrt_sched_step(kvrt_sched_t *sched, uint64_t now_ns,
                               const kvrt_batch_plan_t **plan_out);
@@ -629,14 +660,15 @@ typedef struct kvrt_commit {
 } kvrt_commit_t;
 
 /*
- * kvrt_sched_commit - applies the sampled tokens of the current plan: the
+ * kvrt_sched_commit - applies the sampled tokens of the oldest uncommitted
+ * plan (plans commit in step order): the
  * computed prefix grows by the planned tokens (minus rejected drafts, whose
  * slots are rolled back), sampled tokens are appended, newly full blocks go
  * into the prefix cache, stop conditions end requests. All or nothing:
  * every entry is checked before anything changes.
  * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown field bits, a negative token,
  * an accepted token that differs from its draft), KVRT_ERR_NO_STEP (no
- * uncommitted plan, or step does not match it), KVRT_ERR_TOKEN_COUNT
+ * uncommitted plan, or step does not name the oldest), KVRT_ERR_TOKEN_COUNT
  * (num_seqs differs from the plan, an accepted count above the entry's
  * drafts or on a non-sampling entry, num_tokens not the sum the plan and
  * counts give).

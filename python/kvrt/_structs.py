@@ -121,7 +121,7 @@ class kvrt_sched_params_t(Struct):
                 ("prefill_chunk_tokens", u32), ("use_watermark", C.c_int),
                 ("max_requests", u32), ("max_seq_tokens", u32), ("max_draft_tokens", u32),
                 ("ngram_min", u32), ("ngram_max", u32), ("adaptive_draft", C.c_int),
-                ("csr_block_tables", C.c_int)]
+                ("csr_block_tables", C.c_int), ("max_plans_in_flight", u32)]
 
 
 class kvrt_seq_params_t(Struct):

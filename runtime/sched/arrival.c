@@ -143,7 +143,7 @@ static kvrt_status_t allocate_arrival(kvrt_sched_t *s, seq_t *q, uint32_t end)
     bool had_table = q->table != 0;
     kvrt_status_t st = KVRT_OK;
     if (!had_table)
-        st = sched_match_prefix(s, q, s->buf.match_blocks);
+        st = sched_match_prefix(s, q, s->match_blocks);
     if (st == KVRT_OK && end > q->computed) {
         uint32_t need = sched_blocks_for(s, end) - sched_blocks_for(s, q->computed);
         if (!sched_blocks_available(s, need)) {

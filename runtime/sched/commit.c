@@ -13,11 +13,12 @@
 /* Per-entry checks: counts, drafts, token ids. Nothing changes here. */
 static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
 {
-    const kvrt_batch_plan_t *p = &s->plan;
+    const plan_buffers_t *const b = s->buf;
+    const kvrt_batch_plan_t *p = s->plan;
     const uint32_t *acc = (c->field_mask & KVRT_COMMIT_ACCEPTED) ? c->num_accepted : NULL;
     uint32_t total = 0;
     for (uint32_t i = 0; i < p->num_seqs; i++) {
-        const kvrt_plan_seq_t *e = &s->buf.seqs[i];
+        const kvrt_plan_seq_t *e = &b->seqs[i];
         uint32_t a = acc ? acc[i] : 0;
         if (!e->sample) {
             if (a)
@@ -35,7 +36,7 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
             return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT,
                              "tokens run out at entry %u: %u given, at least %llu needed", i,
                              c->num_tokens, (unsigned long long)total + 1 + a);
-        const int32_t *drafts = s->buf.input_tokens + s->buf.query_start_loc[i] + 1;
+        const int32_t *drafts = b->input_tokens + b->query_start_loc[i] + 1;
         for (uint32_t j = 0; j <= a; j++) {
             int32_t t = c->tokens[total + j];
             if (t < 0)
@@ -129,8 +130,8 @@ static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int
         reason = KVRT_END_LENGTH;
     s->stats.output_tokens += n;
     if (first) {
-        q->first_token_ns = s->plan.now_ns;
-        if (q->deadline_ns != UINT64_MAX && s->plan.now_ns > q->deadline_ns) {
+        q->first_token_ns = s->plan->now_ns;
+        if (q->deadline_ns != UINT64_MAX && s->plan->now_ns > q->deadline_ns) {
             q->deadline_missed = true;
             s->stats.deadline_misses++;
         }
@@ -147,41 +148,68 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
     if (KVRT_UNLIKELY(c->field_mask & ~(uint64_t)KVRT_COMMIT_ACCEPTED))
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
                          (unsigned long long)(c->field_mask & ~(uint64_t)KVRT_COMMIT_ACCEPTED));
-    if (KVRT_UNLIKELY(!s->plan_pending || c->step != s->plan.step))
+    const kvrt_batch_plan_t *oldest = &s->plans[s->pending_head];
+    if (KVRT_UNLIKELY(!s->num_pending || c->step != oldest->step))
         return kvrt_fail(s->ctx, KVRT_ERR_NO_STEP,
-                         s->plan_pending ? "commit names step %llu; the plan is step %llu"
-                                         : "commit of step %llu, but no plan awaits one "
-                                           "(last step %llu)",
-                         (unsigned long long)c->step, (unsigned long long)s->plan.step);
-    if (KVRT_UNLIKELY(c->num_seqs != s->plan.num_seqs))
+                         s->num_pending ? "commit names step %llu; the plan to commit is "
+                                          "step %llu"
+                                        : "commit of step %llu, but no plan awaits one "
+                                          "(last step %llu)",
+                         (unsigned long long)c->step,
+                         (unsigned long long)(s->num_pending ? oldest->step : s->plan->step));
+    if (KVRT_UNLIKELY(c->num_seqs != oldest->num_seqs))
         return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT, "commit of %u sequences, plan has %u",
-                         c->num_seqs, s->plan.num_seqs);
+                         c->num_seqs, oldest->num_seqs);
     if (KVRT_UNLIKELY((c->num_tokens && !c->tokens) ||
                       ((c->field_mask & KVRT_COMMIT_ACCEPTED) && !c->num_accepted)))
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
                          "tokens (num_tokens > 0) and num_accepted (when flagged) are "
                          "required");
+    /* The commit works on the oldest plan's slot, then points back at the
+     * last plan built (its now_ns dates ends between steps). */
+    const uint32_t last_slot = (uint32_t)(s->plan - s->plans);
+    sched_use_slot(s, s->pending_head);
     kvrt_status_t status = validate(s, c);
-    if (status != KVRT_OK)
+    if (status != KVRT_OK) {
+        sched_use_slot(s, last_slot);
         return status;
+    }
+    const uint8_t bit = sched_plan_bit(s);
 
     uint64_t t_start = kvrt_now_ns();
     const uint32_t *acc = (c->field_mask & KVRT_COMMIT_ACCEPTED) ? c->num_accepted : NULL;
     uint32_t off = 0;
-    for (uint32_t i = 0; i < s->plan.num_seqs; i++) {
-        if (i + SCHED_PREFETCH < s->plan.num_seqs)
-            __builtin_prefetch(&s->seqs[s->buf.slot_of[i + SCHED_PREFETCH]]);
-        if (i + SCHED_PREFETCH / 2 < s->plan.num_seqs) {
-            const seq_t *ahead = &s->seqs[s->buf.slot_of[i + SCHED_PREFETCH / 2]];
+    /* Loop invariants in locals: stores through the requests' byte fields
+     * would otherwise make the compiler reload them every entry. */
+    const uint32_t num_seqs = s->plan->num_seqs;
+    const kvrt_plan_seq_t *const entries = s->buf->seqs;
+    const uint32_t *const slot_of = s->buf->slot_of;
+    seq_t *const seqs = s->seqs;
+    for (uint32_t i = 0; i < num_seqs; i++) {
+        if (i + SCHED_PREFETCH < num_seqs)
+            __builtin_prefetch(&seqs[slot_of[i + SCHED_PREFETCH]]);
+        if (i + SCHED_PREFETCH / 2 < num_seqs) {
+            const seq_t *ahead = &seqs[slot_of[i + SCHED_PREFETCH / 2]];
             __builtin_prefetch(ahead->tokens + ahead->num_tokens, 1);
+            if (ahead->num_stop) /* the stop set lives after the token capacity */
+                __builtin_prefetch(ahead->tokens + ahead->capacity);
         }
-        const kvrt_plan_seq_t *e = &s->buf.seqs[i];
-        seq_t *q = &s->seqs[s->buf.slot_of[i]];
+        const kvrt_plan_seq_t *e = &entries[i];
+        seq_t *q = &seqs[slot_of[i]];
         uint32_t a = acc ? acc[i] : 0;
         uint32_t given = e->sample ? 1 + a : 0;
-        q->in_plan = 0;
+        q->in_plan &= (uint8_t)~bit;
+        q->ahead -= e->num_new_tokens;
+        q->pending_samples -= e->sample;
+        if (e->kind == KVRT_PLAN_SPEC)
+            q->pending_spec = 0;
         if (q->release_at_commit) {
-            /* Aborted while the engine ran it: its blocks are free now. */
+            /* Ended while the engine ran it: its blocks are free once the
+             * last plan holding it is committed. */
+            if (q->in_plan) {
+                off += given;
+                continue;
+            }
             q->release_at_commit = 0;
             sched_release(s, q);
             if (!(q->generation & 1))
@@ -230,7 +258,9 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
             sched_end(s, q, reason, KVRT_OK);
     }
     sched_compact_running(s);
-    s->plan_pending = false;
+    s->num_pending--;
+    s->pending_head = (s->pending_head + 1) % s->max_in_flight;
+    sched_use_slot(s, last_slot);
     s->stats.commit_cpu_ns += kvrt_now_ns() - t_start;
     return KVRT_OK;
 }

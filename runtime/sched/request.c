@@ -111,6 +111,9 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
         s->running_dirty = true;
     }
     q->computed = 0;
+    q->ahead = 0;
+    q->pending_samples = 0;
+    q->pending_spec = 0;
     q->lag = 0;
     q->num_inserted = 0;
     q->match_tokens = 0;
@@ -132,7 +135,7 @@ void sched_end(kvrt_sched_t *s, seq_t *q, kvrt_seq_end_reason_t reason,
     q->state = KVRT_SEQ_ENDED;
     q->end_reason = (uint8_t)reason;
     q->status = status;
-    q->end_ns = s->plan.now_ns;
+    q->end_ns = s->plan->now_ns;
     q->engine_drafts = 0;
     switch (reason) {
     case KVRT_END_LENGTH:

@@ -146,7 +146,8 @@ static kvrt_status_t read_params(kvrt_sched_t *s, const kvrt_sched_params_t *p)
         KVRT_SCHED_PARAM_MAX_BATCH_TOKENS | KVRT_SCHED_PARAM_MAX_SEQS |
         KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_WATERMARK | KVRT_SCHED_PARAM_MAX_REQUESTS |
         KVRT_SCHED_PARAM_MAX_SEQ_TOKENS | KVRT_SCHED_PARAM_DRAFT | KVRT_SCHED_PARAM_NGRAM |
-        KVRT_SCHED_PARAM_ADAPTIVE_DRAFT | KVRT_SCHED_PARAM_CSR_TABLES;
+        KVRT_SCHED_PARAM_ADAPTIVE_DRAFT | KVRT_SCHED_PARAM_CSR_TABLES |
+        KVRT_SCHED_PARAM_PLANS_IN_FLIGHT;
     kvrt_sched_params_t zero = {0};
     if (!p)
         p = &zero;
@@ -163,6 +164,10 @@ static kvrt_status_t read_params(kvrt_sched_t *s, const kvrt_sched_params_t *p)
     s->max_draft = (m & KVRT_SCHED_PARAM_DRAFT) ? p->max_draft_tokens : 0;
     s->adaptive_draft = (m & KVRT_SCHED_PARAM_ADAPTIVE_DRAFT) ? p->adaptive_draft != 0 : true;
     s->csr_tables = (m & KVRT_SCHED_PARAM_CSR_TABLES) ? p->csr_block_tables != 0 : false;
+    s->max_in_flight = (m & KVRT_SCHED_PARAM_PLANS_IN_FLIGHT) ? p->max_plans_in_flight : 1;
+    if (s->max_in_flight == 0 || s->max_in_flight > KVRT_SCHED_MAX_PLANS_IN_FLIGHT)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "max_plans_in_flight %u out of 1..%u",
+                         s->max_in_flight, KVRT_SCHED_MAX_PLANS_IN_FLIGHT);
     if (s->max_batch_tokens == 0 || s->max_batch_tokens > (1u << 24))
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "max_batch_tokens %u out of 1..2^24",
                          s->max_batch_tokens);
@@ -210,24 +215,26 @@ static void sched_free(kvrt_sched_t *s)
     free(s->drained_memory);
     free(s->rows);
     free(s->free_rows);
-    plan_buffers_t *b = &s->buf;
-    free(b->seqs);
-    free(b->slot_of);
-    free(b->query_start_loc);
-    free(b->seq_lens);
-    free(b->row_index);
-    free(b->input_tokens);
-    free(b->positions);
-    free(b->slot_mapping);
-    free(b->copies);
-    free(b->copy_owner);
-    free(b->preempted);
-    free(b->csr_offsets);
-    free(b->csr_ids);
-    free(b->changed[0]);
-    free(b->changed[1]);
-    free(b->row_mark);
-    free(b->match_blocks);
+    for (uint32_t k = 0; k < SCHED_PLAN_SLOTS; k++) {
+        plan_buffers_t *b = &s->bufs[k];
+        free(b->seqs);
+        free(b->slot_of);
+        free(b->query_start_loc);
+        free(b->seq_lens);
+        free(b->row_index);
+        free(b->input_tokens);
+        free(b->positions);
+        free(b->slot_mapping);
+        free(b->copies);
+        free(b->copy_owner);
+        free(b->preempted);
+        free(b->csr_offsets);
+        free(b->csr_ids);
+    }
+    for (uint32_t k = 0; k <= SCHED_PLAN_SLOTS; k++)
+        free(s->rc.changed[k]);
+    free(s->rc.row_mark);
+    free(s->match_blocks);
     free(s);
 }
 
@@ -241,22 +248,8 @@ static void sched_destroy_owned(kvrt_owned_t *owned)
     sched_free(s);
 }
 
-static bool alloc_arrays(kvrt_sched_t *s)
+static bool alloc_plan_buffers(plan_buffers_t *b, size_t seqs, size_t toks)
 {
-    size_t seqs = s->max_seqs, toks = s->max_batch_tokens, reqs = s->max_requests;
-    plan_buffers_t *b = &s->buf;
-    /* 64-byte aligned, so each request's hot fields are one cache line. */
-    s->seqs = aligned_alloc(64, reqs * sizeof(*s->seqs));
-    if (s->seqs)
-        memset(s->seqs, 0, reqs * sizeof(*s->seqs));
-    s->heap = malloc(reqs * sizeof(*s->heap));
-    s->ended = malloc(reqs * sizeof(*s->ended));
-    s->arrivals = calloc(reqs, sizeof(*s->arrivals));
-    s->window = calloc(KVRT_SCHED_HIT_WINDOW, sizeof(*s->window));
-    s->drained_memory = malloc(reqs * sizeof(*s->drained_memory));
-    s->running = malloc(seqs * sizeof(*s->running));
-    s->rows = calloc(seqs * s->row_stride, sizeof(*s->rows));
-    s->free_rows = malloc(seqs * sizeof(*s->free_rows));
     b->seqs = malloc(seqs * sizeof(*b->seqs));
     b->slot_of = malloc(seqs * sizeof(*b->slot_of));
     b->query_start_loc = calloc(seqs + 1, sizeof(int32_t));
@@ -269,36 +262,63 @@ static bool alloc_arrays(kvrt_sched_t *s)
     b->copy_owner = malloc(seqs * sizeof(*b->copy_owner));
     b->preempted = malloc(seqs * sizeof(*b->preempted));
     b->csr_offsets = calloc(seqs + 1, sizeof(int32_t));
-    b->changed[0] = malloc(seqs * sizeof(int32_t));
-    b->changed[1] = malloc(seqs * sizeof(int32_t));
-    b->row_mark = calloc(seqs, sizeof(uint64_t));
-    b->match_blocks = malloc((size_t)s->row_stride * sizeof(int32_t));
-    return s->seqs && s->heap && s->ended && s->arrivals && s->window && s->drained_memory &&
-           s->running && s->rows && s->free_rows && b->seqs && b->slot_of && b->query_start_loc &&
-           b->seq_lens && b->row_index && b->input_tokens && b->positions && b->slot_mapping &&
-           b->copies && b->copy_owner && b->preempted && b->csr_offsets && b->changed[0] &&
-           b->changed[1] && b->row_mark && b->match_blocks;
+    return b->seqs && b->slot_of && b->query_start_loc && b->seq_lens && b->row_index &&
+           b->input_tokens && b->positions && b->slot_mapping && b->copies && b->copy_owner &&
+           b->preempted && b->csr_offsets;
+}
+
+static bool alloc_arrays(kvrt_sched_t *s)
+{
+    size_t seqs = s->max_seqs, toks = s->max_batch_tokens, reqs = s->max_requests;
+    /* 64-byte aligned, so each request's hot fields are one cache line. */
+    s->seqs = aligned_alloc(64, reqs * sizeof(*s->seqs));
+    if (s->seqs)
+        memset(s->seqs, 0, reqs * sizeof(*s->seqs));
+    s->heap = malloc(reqs * sizeof(*s->heap));
+    s->ended = malloc(reqs * sizeof(*s->ended));
+    s->arrivals = calloc(reqs, sizeof(*s->arrivals));
+    s->window = calloc(KVRT_SCHED_HIT_WINDOW, sizeof(*s->window));
+    s->drained_memory = malloc(reqs * sizeof(*s->drained_memory));
+    s->running = malloc(seqs * sizeof(*s->running));
+    s->rows = calloc(seqs * s->row_stride, sizeof(*s->rows));
+    s->free_rows = malloc(seqs * sizeof(*s->free_rows));
+    bool ok = true;
+    /* Synchronous steps use one plan slot; asynchronous ones all. */
+    for (uint32_t k = 0; k < s->max_in_flight; k++)
+        ok = alloc_plan_buffers(&s->bufs[k], seqs, toks) && ok;
+    for (uint32_t k = 0; k <= SCHED_PLAN_SLOTS; k++) {
+        s->rc.changed[k] = malloc(seqs * sizeof(int32_t));
+        ok = ok && s->rc.changed[k];
+    }
+    s->rc.row_mark = calloc(seqs, sizeof(uint64_t));
+    s->match_blocks = malloc((size_t)s->row_stride * sizeof(int32_t));
+    return ok && s->seqs && s->heap && s->ended && s->arrivals && s->window &&
+           s->drained_memory && s->running && s->rows && s->free_rows && s->rc.row_mark &&
+           s->match_blocks;
 }
 
 static void init_plan(kvrt_sched_t *s)
 {
-    plan_buffers_t *b = &s->buf;
-    kvrt_batch_plan_t *p = &s->plan;
-    p->tokens_per_block = s->tokens_per_block;
-    p->seqs = b->seqs;
-    p->query_start_loc = b->query_start_loc;
-    p->seq_lens = b->seq_lens;
-    p->input_tokens = b->input_tokens;
-    p->positions = b->positions;
-    p->slot_mapping = b->slot_mapping;
-    p->row_index = b->row_index;
-    p->block_rows = s->rows;
-    p->row_stride = s->row_stride;
-    p->num_rows = s->max_seqs;
-    p->rows_changed = b->changed[0];
-    p->copies = b->copies;
-    p->preempted = b->preempted;
-    b->epoch = 1;
+    for (uint32_t k = 0; k < s->max_in_flight; k++) {
+        plan_buffers_t *b = &s->bufs[k];
+        kvrt_batch_plan_t *p = &s->plans[k];
+        p->tokens_per_block = s->tokens_per_block;
+        p->seqs = b->seqs;
+        p->query_start_loc = b->query_start_loc;
+        p->seq_lens = b->seq_lens;
+        p->input_tokens = b->input_tokens;
+        p->positions = b->positions;
+        p->slot_mapping = b->slot_mapping;
+        p->row_index = b->row_index;
+        p->block_rows = s->rows;
+        p->row_stride = s->row_stride;
+        p->num_rows = s->max_seqs;
+        p->rows_changed = s->rc.changed[0];
+        p->copies = b->copies;
+        p->preempted = b->preempted;
+    }
+    sched_use_slot(s, 0);
+    s->rc.epoch = 1;
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool,

@@ -39,7 +39,7 @@ typedef struct seq {
      * read or write (the array is 64-byte aligned) ---- */
     uint32_t generation;    /* odd while the id is live */
     uint8_t state;          /* kvrt_seq_state_t */
-    uint8_t in_plan;        /* placed in the current, uncommitted plan */
+    uint8_t in_plan;        /* bit k: in the uncommitted plan of plan slot k */
     uint8_t in_prefill;     /* admitted, not yet sampled since admission */
     uint8_t cache_flags;    /* enum kvrt_seq_cache_flags */
     uint8_t release_at_commit; /* ended while in the plan: free at commit */
@@ -52,10 +52,16 @@ typedef struct seq {
     uint32_t row;           /* block_rows row, SCHED_NONE when none */
     uint32_t row_blocks;    /* entries of the row in use */
     uint32_t running_pos;   /* index in sched->running, SCHED_NONE when none */
-    uint32_t num_stop;
+    uint16_t num_stop;
+    uint8_t pending_samples;/* entries of uncommitted plans that sample: each
+                               assumes one placeholder token (async steps) */
+    uint8_t pending_spec;   /* an uncommitted plan verifies its drafts */
     /* Tokens appended inside the tail block that the pool's table has not
      * been told yet (step.c: sched_table_sync). */
     uint32_t lag;
+    /* Tokens of uncommitted plans' entries, not yet in computed: the next
+     * plan starts at computed + ahead. */
+    uint32_t ahead;
     int32_t *tokens;        /* [capacity]; stop tokens follow at tokens + capacity */
     kvrt_table_id_t table;  /* 0 when the request holds no blocks */
 
@@ -139,14 +145,21 @@ typedef struct plan_buffers {
     int32_t *csr_offsets;
     int32_t *csr_ids;
     uint32_t csr_capacity;
-    /* rows changed: two buffers, one published, one accumulating */
-    int32_t *changed[2];
-    uint32_t num_changed[2];
+} plan_buffers_t;
+
+/* Most plans in flight (KVRT_SCHED_MAX_PLANS_IN_FLIGHT): plan slots. */
+#define SCHED_PLAN_SLOTS KVRT_SCHED_MAX_PLANS_IN_FLIGHT
+
+/* Rows changed since the last published plan. One buffer per plan slot
+ * plus the one accumulating, so a plan's list stays intact while it is in
+ * flight. */
+typedef struct row_changes {
+    int32_t *changed[SCHED_PLAN_SLOTS + 1];
+    uint32_t num_changed[SCHED_PLAN_SLOTS + 1];
     uint32_t accumulating;  /* index of the buffer gathering changes */
     uint64_t *row_mark;     /* [max_seqs]: epoch a row was last listed in */
-    int32_t *match_blocks;  /* [row_stride]: prefix hits of one admission */
     uint64_t epoch;
-} plan_buffers_t;
+} row_changes_t;
 
 struct kvrt_sched {
     kvrt_owned_t owned;
@@ -211,11 +224,21 @@ struct kvrt_sched {
     uint32_t *free_rows;        /* stack */
     uint32_t num_free_rows;
 
-    /* the plan */
-    kvrt_batch_plan_t plan;
-    plan_buffers_t buf;
-    bool plan_pending;          /* a non-empty plan awaits its commit */
+    /* The plans. plan/buf point into plans/bufs: at the slot being built
+     * during a step, the slot being committed during a commit, else the
+     * last one built. Uncommitted non-empty plans form a FIFO of
+     * num_pending slots starting at pending_head (commits apply in order). */
+    kvrt_batch_plan_t *plan;
+    plan_buffers_t *buf;
+    uint8_t plan_bit;           /* 1 << the slot plan points at */
+    kvrt_batch_plan_t plans[SCHED_PLAN_SLOTS];
+    plan_buffers_t bufs[SCHED_PLAN_SLOTS];
+    uint32_t max_in_flight;     /* 1: synchronous steps */
+    uint32_t num_pending;
+    uint32_t pending_head;
     uint64_t step_count;        /* numbers plans */
+    row_changes_t rc;
+    int32_t *match_blocks;      /* [row_stride]: prefix hits of one admission */
 
     /* The last KVRT_SCHED_HIT_WINDOW admissions' (hit, offered) tokens. */
     struct { uint32_t hit, offered; } *window;
@@ -255,6 +278,20 @@ static inline uint32_t sched_slot(const kvrt_sched_t *s, const seq_t *q)
 static inline kvrt_seq_id_t sched_id(const kvrt_sched_t *s, const seq_t *q)
 {
     return sched_make_id(sched_slot(s, q), q->generation);
+}
+
+/* in_plan bit of the plan slot s->plan points at (being built or committed). */
+static inline uint8_t sched_plan_bit(const kvrt_sched_t *s)
+{
+    return s->plan_bit;
+}
+
+/* Points s->plan and s->buf at plan slot k. */
+static inline void sched_use_slot(kvrt_sched_t *s, uint32_t k)
+{
+    s->plan = &s->plans[k];
+    s->buf = &s->bufs[k];
+    s->plan_bit = (uint8_t)(1u << k);
 }
 
 static inline uint32_t sched_blocks_for(const kvrt_sched_t *s, uint64_t tokens)

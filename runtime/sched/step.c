@@ -18,11 +18,11 @@
 
 void sched_row_changed(kvrt_sched_t *s, uint32_t row)
 {
-    plan_buffers_t *b = &s->buf;
-    if (b->row_mark[row] == b->epoch)
+    row_changes_t *rc = &s->rc;
+    if (rc->row_mark[row] == rc->epoch)
         return;
-    b->row_mark[row] = b->epoch;
-    b->changed[b->accumulating][b->num_changed[b->accumulating]++] = (int32_t)row;
+    rc->row_mark[row] = rc->epoch;
+    rc->changed[rc->accumulating][rc->num_changed[rc->accumulating]++] = (int32_t)row;
 }
 
 void sched_row_sync(kvrt_sched_t *s, seq_t *q, bool last_replaced)
@@ -105,8 +105,8 @@ static seq_t *pick_victim(kvrt_sched_t *s)
  * to the budget, its block copies are dropped. O(plan); preemption only. */
 static void unplan(kvrt_sched_t *s, seq_t *v, uint32_t *budget)
 {
-    plan_buffers_t *b = &s->buf;
-    kvrt_batch_plan_t *p = &s->plan;
+    plan_buffers_t *b = s->buf;
+    kvrt_batch_plan_t *p = s->plan;
     const uint32_t slot = sched_slot(s, v);
     uint32_t i = 0;
     while (b->slot_of[i] != slot)
@@ -145,7 +145,10 @@ static void unplan(kvrt_sched_t *s, seq_t *v, uint32_t *budget)
             b->copy_owner[kept++] = b->copy_owner[c];
         }
     p->num_copies = kept;
-    v->in_plan = 0;
+    v->in_plan &= (uint8_t)~sched_plan_bit(s);
+    v->ahead -= n;
+    v->pending_samples -= e.sample;
+    v->pending_spec = 0;
     *budget += n;
 }
 
@@ -160,7 +163,7 @@ static void preempt(kvrt_sched_t *s, seq_t *q, uint32_t *budget)
     q->preemptions++;
     q->preempted_step = s->step_count;
     sched_heap_push(s, q);
-    s->buf.preempted[s->plan.num_preempted++] = sched_id(s, q);
+    s->buf->preempted[s->plan->num_preempted++] = sched_id(s, q);
     s->stats.preemptions++;
 }
 
@@ -173,17 +176,20 @@ static void preempt(kvrt_sched_t *s, seq_t *q, uint32_t *budget)
 static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
                         bool admitting)
 {
-    const uint32_t t0 = s->plan.num_tokens; /* where the caller put its inputs */
-    const uint32_t off = q->computed & (s->tokens_per_block - 1);
+    kvrt_batch_plan_t *const p = s->plan;
+    plan_buffers_t *const b = s->buf;
+    const uint32_t t0 = p->num_tokens; /* where the caller put its inputs */
+    const uint32_t c = q->computed + q->ahead; /* where this plan starts for q */
+    const uint32_t off = c & (s->tokens_per_block - 1);
     if (KVRT_LIKELY(off != 0 && off + n <= s->tokens_per_block)) {
         /* Most decodes: the tokens fit in the tail block, which is private
          * (a partial block is never shared: the cache holds full blocks and
          * the scheduler forks nothing). The slots come from q's row, and the
          * pool's table is told later (lag), so a decode touches neither the
          * table nor the pool. */
-        int32_t tail = s->rows[(size_t)q->row * s->row_stride + (q->computed >> s->block_shift)];
+        int32_t tail = s->rows[(size_t)q->row * s->row_stride + (c >> s->block_shift)];
         int64_t base = ((int64_t)tail << s->block_shift) | off;
-        int64_t *slots = s->buf.slot_mapping + t0;
+        int64_t *slots = b->slot_mapping + t0;
         for (uint32_t k = 0; k < n; k++)
             slots[k] = base + k;
         q->lag += n;
@@ -193,17 +199,17 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
     for (;;) {
         kvrt_block_copy_t copy;
         uint32_t num_copies = 0;
-        int64_t *slots = s->buf.slot_mapping + s->plan.num_tokens;
+        int64_t *slots = b->slot_mapping + p->num_tokens;
         kvrt_status_t st = kvrt_table_append(s->pool, q->table, n, slots, &copy, &num_copies);
         if (KVRT_LIKELY(st == KVRT_OK)) {
-            if (KVRT_UNLIKELY(s->plan.num_tokens != t0)) /* a victim left the plan */
-                memmove(s->buf.input_tokens + s->plan.num_tokens, s->buf.input_tokens + t0,
+            if (KVRT_UNLIKELY(p->num_tokens != t0)) /* a victim left the plan */
+                memmove(b->input_tokens + p->num_tokens, b->input_tokens + t0,
                         (size_t)n * sizeof(int32_t));
             if (KVRT_UNLIKELY(num_copies)) {
-                s->buf.copy_owner[s->plan.num_copies] = sched_slot(s, q);
-                s->buf.copies[s->plan.num_copies++] = copy;
+                b->copy_owner[p->num_copies] = sched_slot(s, q);
+                b->copies[p->num_copies++] = copy;
             }
-            uint32_t nb = sched_blocks_for(s, q->computed + n);
+            uint32_t nb = sched_blocks_for(s, c + n);
             if (nb != q->row_blocks || num_copies)
                 sched_row_sync(s, q, num_copies != 0);
             return true;
@@ -219,9 +225,11 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
         if (sched_release_landed(s)) /* then queued K/V that arrived */
             continue;
         seq_t *victim = admitting ? q : pick_victim(s);
+        if (victim->in_plan & ~sched_plan_bit(s))
+            return false; /* in flight (async): q waits for that plan's commit */
         if (victim == q) {
-            if (s->running_live == 1 && (s->num_awaiting || s->num_given_up))
-                return false; /* arrivals hold blocks: they come back when those end */
+            if (s->running_live == 1 && (s->num_awaiting || s->num_given_up || s->num_pending))
+                return false; /* arrivals or plans in flight hold blocks */
             if (s->running_live == 1) {
                 kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
                           "request 0x%llx cannot grow even alone in the pool",
@@ -241,30 +249,35 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
 static inline void plan_add(kvrt_sched_t *s, seq_t *q, kvrt_plan_kind_t kind, uint32_t n,
                      uint32_t drafts, bool sample)
 {
-    kvrt_batch_plan_t *p = &s->plan;
+    kvrt_batch_plan_t *p = s->plan;
+    plan_buffers_t *const b = s->buf;
+    const uint32_t c = q->computed + q->ahead; /* after its entries in flight */
     uint32_t i = p->num_seqs++;
-    s->buf.seqs[i] = (kvrt_plan_seq_t){
+    b->seqs[i] = (kvrt_plan_seq_t){
         .id = sched_id(s, q),
         .user_tag = q->user_tag,
         .kind = kind,
         .num_new_tokens = n,
-        .num_computed_tokens = q->computed,
+        .num_computed_tokens = c,
         .num_drafts = drafts,
         .sample = sample,
         .row = q->row,
     };
-    s->buf.slot_of[i] = sched_slot(s, q);
-    uint32_t len = q->computed + n;
-    s->buf.seq_lens[i] = (int32_t)len;
-    s->buf.row_index[i] = (int32_t)q->row;
+    b->slot_of[i] = sched_slot(s, q);
+    uint32_t len = c + n;
+    b->seq_lens[i] = (int32_t)len;
+    b->row_index[i] = (int32_t)q->row;
     if (len > p->max_seq_len)
         p->max_seq_len = len;
     uint32_t t0 = p->num_tokens;
     for (uint32_t k = 0; k < n; k++)
-        s->buf.positions[t0 + k] = (int32_t)(q->computed + k);
+        b->positions[t0 + k] = (int32_t)(c + k);
     p->num_tokens += n;
-    s->buf.query_start_loc[i + 1] = (int32_t)p->num_tokens;
-    q->in_plan = 1;
+    b->query_start_loc[i + 1] = (int32_t)p->num_tokens;
+    q->in_plan |= sched_plan_bit(s);
+    q->ahead += n;
+    q->pending_samples += sample;
+    q->pending_spec = kind == KVRT_PLAN_SPEC;
     if (kind == KVRT_PLAN_PREFILL) {
         p->num_prefill_seqs++;
         p->num_prefill_tokens += n;
@@ -297,11 +310,13 @@ typedef struct step_state {
 /* Pass 1: every running decode, with its drafts when speculating. */
 static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
 {
+    kvrt_batch_plan_t *const p = s->plan;
+    plan_buffers_t *const b = s->buf;
     uint32_t decodes = s->running_live - s->running_prefill;
-    if (!decodes)
+    if (!decodes && !s->num_pending) /* in flight, a last chunk makes a decode */
         return;
     uint32_t draft_cap = 0;
-    if (s->max_draft) {
+    if (s->max_draft && decodes) {
         uint64_t demand = decodes + prefill_demand(s);
         uint64_t slack = st->budget > demand ? st->budget - demand : 0;
         uint64_t share = slack / decodes;
@@ -313,22 +328,34 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         if (i + SCHED_PREFETCH < s->num_running)
             __builtin_prefetch(&s->seqs[s->running[i + SCHED_PREFETCH]]);
         if (i + SCHED_PREFETCH / 2 < s->num_running) {
+            /* Its line has arrived: fetch what it points at, the last token
+             * and the row entry of its tail block (a random line of the
+             * rows, one per decode, the rest of the step being streams). */
             const seq_t *ahead = &s->seqs[s->running[i + SCHED_PREFETCH / 2]];
             __builtin_prefetch(ahead->tokens + ahead->num_tokens - 1);
+            if (ahead->row != SCHED_NONE)
+                __builtin_prefetch(s->rows + (size_t)ahead->row * s->row_stride +
+                                   ((ahead->computed + ahead->ahead) >> s->block_shift));
         }
         seq_t *q;
-        if (!running_valid(s, i, &q) || q->in_prefill)
+        if (!running_valid(s, i, &q) || (q->in_prefill && !q->pending_samples))
+            continue;
+        /* In an uncommitted plan (async): a decode after its placeholder
+         * token, unless drafts are being verified (length unknown) or that
+         * token reaches the length limit. */
+        if (KVRT_UNLIKELY(q->in_plan) &&
+            (q->pending_spec || q->num_tokens + q->pending_samples >= q->max_tokens))
             continue;
         if (decodes_left)
             decodes_left--;
-        if (st->budget == 0 || s->plan.num_seqs == s->max_seqs) {
+        if (st->budget == 0 || p->num_seqs == s->max_seqs) {
             st->budget_bound = true;
             break;
         }
-        uint32_t t0 = s->plan.num_tokens;
-        int32_t *input = s->buf.input_tokens + t0;
+        uint32_t t0 = p->num_tokens;
+        int32_t *input = b->input_tokens + t0;
         uint32_t drafts = 0;
-        if (s->max_draft) {
+        if (s->max_draft && !q->in_plan) {
             uint32_t room = q->max_tokens - q->num_tokens - 1; /* outputs after the bonus */
             uint32_t want = min_u32(s->adaptive_draft ? q->draft_len : s->max_draft, room);
             uint32_t reserve = decodes_left < st->budget - 1 ? decodes_left : st->budget - 1;
@@ -350,7 +377,8 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         uint32_t n = 1 + drafts;
         if (!grow(s, q, n, &st->budget, false))
             continue;
-        s->buf.input_tokens[s->plan.num_tokens] = q->tokens[q->num_tokens - 1];
+        b->input_tokens[p->num_tokens] =
+            KVRT_UNLIKELY(q->pending_samples) ? KVRT_TOKEN_PLACEHOLDER : q->tokens[q->num_tokens - 1];
         plan_add(s, q, drafts ? KVRT_PLAN_SPEC : KVRT_PLAN_DECODE, n, drafts, true);
         st->budget -= n;
     }
@@ -367,7 +395,7 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
  */
 static uint32_t prefill_chunk(const kvrt_sched_t *s, const seq_t *q, uint32_t budget)
 {
-    const uint32_t c = q->computed;
+    const uint32_t c = q->computed + q->ahead;
     uint32_t n = min_u32(min_u32(q->num_tokens - c, s->chunk_tokens), budget);
     const kvrt_mm_item_t *items = q->keys.mm_items;
     uint32_t lo = 0, hi = q->keys.num_mm_items;
@@ -399,13 +427,15 @@ static void schedule_prefills(kvrt_sched_t *s, step_state_t *st)
         return;
     for (uint32_t i = 0; i < s->num_running; i++) {
         seq_t *q;
-        if (!running_valid(s, i, &q) || !q->in_prefill || q->in_plan)
+        if (!running_valid(s, i, &q) || !q->in_prefill || q->pending_samples ||
+            (q->in_plan & sched_plan_bit(s)))
             continue;
-        if (st->budget == 0 || s->plan.num_seqs == s->max_seqs) {
+        if (st->budget == 0 || s->plan->num_seqs == s->max_seqs) {
             st->budget_bound = true;
             break;
         }
-        uint32_t remaining = q->num_tokens - q->computed;
+        const uint32_t c = q->computed + q->ahead; /* after chunks in flight */
+        uint32_t remaining = q->num_tokens - c;
         uint32_t n = prefill_chunk(s, q, st->budget);
         if (n < remaining && n == st->budget)
             st->budget_bound = true;
@@ -415,9 +445,9 @@ static void schedule_prefills(kvrt_sched_t *s, step_state_t *st)
         }
         if (!grow(s, q, n, &st->budget, false))
             continue;
-        memcpy(s->buf.input_tokens + s->plan.num_tokens, q->tokens + q->computed,
+        memcpy(s->buf->input_tokens + s->plan->num_tokens, q->tokens + c,
                (size_t)n * sizeof(int32_t));
-        plan_add(s, q, KVRT_PLAN_PREFILL, n, 0, q->computed + n == q->num_tokens);
+        plan_add(s, q, KVRT_PLAN_PREFILL, n, 0, c + n == q->num_tokens);
         st->budget -= n;
     }
 }
@@ -554,13 +584,13 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     if (!q->counted_prompt) {
         q->counted_prompt = true;
         s->stats.prompt_tokens += q->prompt_len;
-        q->admitted_ns = s->plan.now_ns;
+        q->admitted_ns = s->plan->now_ns;
     }
     if (n < remaining && n == st->budget)
         st->budget_bound = true;
     if (!grow(s, q, n, &st->budget, true))
         return true;
-    memcpy(s->buf.input_tokens + s->plan.num_tokens, q->tokens + q->computed,
+    memcpy(s->buf->input_tokens + s->plan->num_tokens, q->tokens + q->computed,
            (size_t)n * sizeof(int32_t));
     plan_add(s, q, KVRT_PLAN_PREFILL, n, 0, q->computed + n == q->num_tokens);
     st->budget -= n;
@@ -572,7 +602,7 @@ static void schedule_admissions(kvrt_sched_t *s, step_state_t *st, int32_t *hit_
 {
     sched_compact_running(s);
     seq_t *q;
-    while ((q = sched_heap_top(s)) && s->plan.num_seqs < s->max_seqs &&
+    while ((q = sched_heap_top(s)) && s->plan->num_seqs < s->max_seqs &&
            s->running_live < s->max_seqs) {
         if (st->budget == 0) {
             st->budget_bound = true;
@@ -588,9 +618,9 @@ static void schedule_admissions(kvrt_sched_t *s, step_state_t *st, int32_t *hit_
 
 static void build_csr(kvrt_sched_t *s)
 {
-    plan_buffers_t *b = &s->buf;
+    plan_buffers_t *b = s->buf;
     uint32_t total = 0;
-    for (uint32_t i = 0; i < s->plan.num_seqs; i++)
+    for (uint32_t i = 0; i < s->plan->num_seqs; i++)
         total += s->seqs[b->slot_of[i]].row_blocks;
     if (total > b->csr_capacity) {
         uint32_t capacity = b->csr_capacity ? b->csr_capacity : 1024;
@@ -602,8 +632,8 @@ static void build_csr(kvrt_sched_t *s)
              * the padded rows carry the same information. */
             kvrt_log(s->ctx, KVRT_LOG_WARN, "sched: CSR block tables of %u ids: no memory",
                      total);
-            s->plan.block_table_offsets = NULL;
-            s->plan.block_table_ids = NULL;
+            s->plan->block_table_offsets = NULL;
+            s->plan->block_table_ids = NULL;
             return;
         }
         b->csr_ids = grown;
@@ -611,26 +641,27 @@ static void build_csr(kvrt_sched_t *s)
     }
     uint32_t at = 0;
     b->csr_offsets[0] = 0;
-    for (uint32_t i = 0; i < s->plan.num_seqs; i++) {
+    for (uint32_t i = 0; i < s->plan->num_seqs; i++) {
         const seq_t *q = &s->seqs[b->slot_of[i]];
         memcpy(b->csr_ids + at, s->rows + (size_t)q->row * s->row_stride,
                (size_t)q->row_blocks * sizeof(int32_t));
         at += q->row_blocks;
         b->csr_offsets[i + 1] = (int32_t)at;
     }
-    s->plan.block_table_offsets = b->csr_offsets;
-    s->plan.block_table_ids = b->csr_ids;
+    s->plan->block_table_offsets = b->csr_offsets;
+    s->plan->block_table_ids = b->csr_ids;
 }
 
 /* Publishes the rows changed since the last plan and starts a new set. */
 static void publish_rows_changed(kvrt_sched_t *s)
 {
-    plan_buffers_t *b = &s->buf;
-    s->plan.rows_changed = b->changed[b->accumulating];
-    s->plan.num_rows_changed = b->num_changed[b->accumulating];
-    b->accumulating ^= 1;
-    b->num_changed[b->accumulating] = 0;
-    b->epoch++;
+    row_changes_t *rc = &s->rc;
+    s->plan->rows_changed = rc->changed[rc->accumulating];
+    s->plan->num_rows_changed = rc->num_changed[rc->accumulating];
+    /* The next buffer: the lists of plans still in flight are older. */
+    rc->accumulating = (rc->accumulating + 1) % (SCHED_PLAN_SLOTS + 1);
+    rc->num_changed[rc->accumulating] = 0;
+    rc->epoch++;
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
@@ -640,13 +671,16 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
         return KVRT_ERR_INVALID_ARG;
     if (KVRT_UNLIKELY(!plan_out))
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "plan_out is NULL");
-    if (KVRT_UNLIKELY(s->plan_pending))
+    if (KVRT_UNLIKELY(s->num_pending >= s->max_in_flight))
         return kvrt_fail(s->ctx, KVRT_ERR_BAD_STATE,
-                         "plan %llu is not committed yet",
-                         (unsigned long long)s->plan.step);
+                         "plan %llu is not committed yet (%u plans in flight at most)",
+                         (unsigned long long)s->plans[s->pending_head].step,
+                         s->max_in_flight);
     uint64_t t_start = kvrt_now_ns();
+    const uint32_t slot = (s->pending_head + s->num_pending) % s->max_in_flight;
+    sched_use_slot(s, slot);
     sched_compact_running(s);
-    kvrt_batch_plan_t *p = &s->plan;
+    kvrt_batch_plan_t *p = s->plan;
     p->step = ++s->step_count;
     p->now_ns = now_ns;
     p->num_seqs = p->num_tokens = 0;
@@ -662,14 +696,14 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
     step_state_t st = {.budget = s->max_batch_tokens, .budget_bound = false};
     schedule_decodes(s, &st);
     schedule_prefills(s, &st);
-    schedule_admissions(s, &st, s->buf.match_blocks);
+    schedule_admissions(s, &st, s->match_blocks);
     sched_compact_running(s);
 
     if (s->csr_tables)
         build_csr(s);
     publish_rows_changed(s);
     if (p->num_seqs) {
-        s->plan_pending = true;
+        s->num_pending++;
         s->stats.steps++;
         s->stats.scheduled_tokens += p->num_tokens;
         s->stats.prefill_tokens += p->num_prefill_tokens;

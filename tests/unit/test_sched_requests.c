@@ -32,12 +32,7 @@ static kvrt_seq_id_t add(fixture_t *f, uint32_t prompt_len, uint32_t max_new, in
 
 #define commit_all sched_fixture_commit
 
-static uint32_t drain(fixture_t *f, kvrt_seq_info_t *events, uint32_t cap)
-{
-    uint32_t n = 0;
-    ASSERT_OK(f->ctx, kvrt_sched_drain_ended(f->sched, events, cap, &n));
-    return n;
-}
+#define drain sched_fixture_drain
 
 Test(sched_requests, one_request_prefill_then_decode_to_length)
 {
