@@ -198,18 +198,22 @@ static kvrt_status_t peer_establish(kvrt_xfer_peer_t *p, uint64_t deadline_ns,
                                     void **conn_out, char *why, size_t why_bytes)
 {
     int fd = -1;
-    kvrt_status_t st = kvrt_xfer_bk_dial(p, 0, deadline_ns, &fd);
+    kvrt_xfer_sc_keys_t keys;
+    kvrt_status_t st = kvrt_xfer_bk_dial(p, 0, deadline_ns, &fd, &keys);
     if (st != KVRT_OK) {
         snprintf(why, why_bytes, "handshake with %s failed: %s", p->name[0] ? p->name : "peer",
                  kvrt_status_str(st));
         return st;
     }
     kvrt_xfer_agent_t *a = p->agent;
-    return a->backend->connect(a->bk_state, p, fd, deadline_ns, conn_out, why, why_bytes);
+    st = a->backend->connect(a->bk_state, p, fd, &keys, deadline_ns, conn_out, why, why_bytes);
+    sodium_memzero(&keys, sizeof(keys));
+    return st;
 }
 
 kvrt_status_t kvrt_xfer_bk_dial(kvrt_xfer_bk_peer_t *p, uint32_t conn_index,
-                                uint64_t deadline_ns, int *fd_out)
+                                uint64_t deadline_ns, int *fd_out,
+                                kvrt_xfer_sc_keys_t *keys_out)
 {
     kvrt_xfer_agent_t *a = p->agent;
     int fd = -1;
@@ -218,11 +222,12 @@ kvrt_status_t kvrt_xfer_bk_dial(kvrt_xfer_bk_peer_t *p, uint32_t conn_index,
         return st;
     kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION,
                                .backend = (uint32_t)a->backend->kind,
-                               .conn_index = conn_index};
+                               .conn_index = conn_index,
+                               .protection = (uint32_t)a->protection};
     memcpy(hello.session, p->session, KVRT_XFER_SESSION_BYTES);
     snprintf(hello.name, sizeof(hello.name), "%s", a->name);
     char server[KVRT_XFER_NAME_MAX];
-    st = kvrt_xfer_sc_auth_client(fd, &a->key, &hello, server, deadline_ns);
+    st = kvrt_xfer_sc_auth_client(fd, &a->key, &hello, server, keys_out, deadline_ns);
     if (st != KVRT_OK) {
         close(fd);
         if (st == KVRT_ERR_AUTH) {
@@ -371,8 +376,10 @@ void kvrt_xfer_bk_refuse(kvrt_xfer_bk_peer_t *p, kvrt_status_t status, const cha
 static void accept_one(kvrt_xfer_agent_t *a, int fd)
 {
     kvrt_xfer_hello_t hello;
+    kvrt_xfer_sc_keys_t keys;
     kvrt_status_t st = kvrt_xfer_sc_auth_server(fd, &a->key, (uint32_t)a->backend->kind,
-                                                a->name, &hello, kvrt_now_ns() + HANDSHAKE_NS);
+                                                (uint32_t)a->protection, a->name, &hello,
+                                                &keys, kvrt_now_ns() + HANDSHAKE_NS);
     if (st != KVRT_OK) {
         /* Counted before the socket closes, so the dialer never sees the
          * close before the count. */
@@ -424,7 +431,9 @@ static void accept_one(kvrt_xfer_agent_t *a, int fd)
     }
     char why[256] = "";
     void *made = conn;
-    st = a->backend->accept(a->bk_state, p, conn, fd, hello.conn_index, &made, why, sizeof(why));
+    st = a->backend->accept(a->bk_state, p, conn, fd, &keys, hello.conn_index, &made, why,
+                            sizeof(why));
+    sodium_memzero(&keys, sizeof(keys));
     void *stale = NULL;
     pthread_mutex_lock(&a->lock);
     if (extra) {
@@ -565,7 +574,7 @@ static void agent_owned_destroy(kvrt_owned_t *self)
 static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_params_t *p,
                                  kvrt_xfer_backend_kind_t *kind, const char **listen)
 {
-    const uint64_t known = (KVRT_XFER_AGENT_PARAM_ZEROCOPY << 1) - 1;
+    const uint64_t known = (KVRT_XFER_AGENT_PARAM_PROTECTION << 1) - 1;
     if (p->field_mask & ~known)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits");
     if (!p->cluster_key || p->cluster_key_bytes < KVRT_XFER_KEY_MIN)
@@ -590,6 +599,11 @@ static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_par
         a->reconnect_attempts = p->reconnect_attempts;
     }
     a->zerocopy_threshold = (m & KVRT_XFER_AGENT_PARAM_ZEROCOPY) ? p->zerocopy_threshold : (1u << 20);
+    a->protection = (m & KVRT_XFER_AGENT_PARAM_PROTECTION) ? p->frame_protection
+                                                           : KVRT_XFER_PROTECT_MAC;
+    if (a->protection != KVRT_XFER_PROTECT_MAC && a->protection != KVRT_XFER_PROTECT_AEAD)
+        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown frame protection %d",
+                         (int)a->protection);
     if (a->timeout_ms == 0 || a->connections < 1 || a->connections > 16 ||
         a->max_requests < 1 || a->max_requests > (1u << 20) || a->reconnect_initial_ms == 0 ||
         a->reconnect_max_ms < a->reconnect_initial_ms || a->reconnect_attempts == 0)

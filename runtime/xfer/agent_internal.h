@@ -205,6 +205,7 @@ struct kvrt_xfer_agent {
     uint32_t timeout_ms, connections, max_requests;
     uint32_t reconnect_initial_ms, reconnect_max_ms, reconnect_attempts;
     uint64_t zerocopy_threshold;
+    kvrt_xfer_protection_t protection;
 
     pthread_mutex_t lock;
     pthread_cond_t cond;       /* completions, unpins, peer changes */
