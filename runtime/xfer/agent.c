@@ -5,6 +5,7 @@
  * upcalls a backend uses for connections.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -361,14 +362,35 @@ void kvrt_xfer_bk_count_bytes(kvrt_xfer_agent_t *a, uint64_t written, uint64_t r
     pthread_mutex_unlock(&a->lock);
 }
 
+bool xfer_refusal_log_ok(kvrt_xfer_agent_t *a, uint64_t *suppressed_out)
+{
+    uint64_t now = kvrt_now_ns();
+    if (now - a->refusal_window_ns >= 1000000000ull) {
+        a->refusal_window_ns = now;
+        a->refusal_lines = 0;
+    }
+    if (a->refusal_lines >= XFER_REFUSAL_LINES) {
+        a->refusals_suppressed++;
+        return false;
+    }
+    a->refusal_lines++;
+    *suppressed_out = a->refusals_suppressed;
+    a->refusals_suppressed = 0;
+    return true;
+}
+
 void kvrt_xfer_bk_refuse(kvrt_xfer_bk_peer_t *p, kvrt_status_t status, const char *why)
 {
     kvrt_xfer_agent_t *a = p->agent;
+    uint64_t suppressed = 0;
     pthread_mutex_lock(&a->lock);
     a->stats.refused++;
+    bool log = xfer_refusal_log_ok(a, &suppressed);
     pthread_mutex_unlock(&a->lock);
-    kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: refused from %s (%s): %s", a->name, p->name,
-             kvrt_status_str(status), why);
+    if (log)
+        kvrt_log(a->ctx, KVRT_LOG_WARN,
+                 "xfer %s: refused from %s (%s): %s (%" PRIu64 " similar lines suppressed)",
+                 a->name, p->name, kvrt_status_str(status), why, suppressed);
 }
 
 /* ---- the accept thread ---------------------------------------------------- */
@@ -383,13 +405,18 @@ static void accept_one(kvrt_xfer_agent_t *a, int fd)
     if (st != KVRT_OK) {
         /* Counted before the socket closes, so the dialer never sees the
          * close before the count. */
+        uint64_t suppressed = 0;
         pthread_mutex_lock(&a->lock);
         if (st == KVRT_ERR_AUTH)
             a->stats.auth_failures++;
+        bool log = xfer_refusal_log_ok(a, &suppressed);
         pthread_mutex_unlock(&a->lock);
         close(fd);
-        kvrt_log(a->ctx, st == KVRT_ERR_AUTH ? KVRT_LOG_WARN : KVRT_LOG_INFO,
-                 "xfer %s: incoming connection refused: %s", a->name, kvrt_status_str(st));
+        if (log)
+            kvrt_log(a->ctx, st == KVRT_ERR_AUTH ? KVRT_LOG_WARN : KVRT_LOG_INFO,
+                     "xfer %s: incoming connection refused: %s (%" PRIu64
+                     " similar lines suppressed)",
+                     a->name, kvrt_status_str(st), suppressed);
         return;
     }
     bool extra = hello.conn_index != 0;

@@ -257,6 +257,17 @@ static void handshake_mac(const kvrt_xfer_key_t *key, const char *label, const u
     crypto_auth_hmacsha256_final(&s, mac);
 }
 
+/* A name from the wire, as safe to log and hand out: NUL-terminated, and
+ * every byte outside printable ASCII (escape sequences, newlines that
+ * would forge log lines, invalid UTF-8) replaced by '?'. */
+static void name_from_wire(char *dst, const uint8_t *src)
+{
+    size_t n = strnlen((const char *)src, KVRT_XFER_NAME_MAX - 1);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = src[i] >= 0x20 && src[i] < 0x7f ? (char)src[i] : '?';
+    dst[n] = '\0';
+}
+
 enum {
     HELLO_BYTES = 16 + KVRT_XFER_SESSION_BYTES + NONCE_BYTES + KVRT_XFER_NAME_MAX,
     CHALLENGE_SIGNED = NONCE_BYTES + KVRT_XFER_NAME_MAX,
@@ -342,10 +353,8 @@ kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
     kvrt_status_t remote = (kvrt_status_t)(int32_t)kvrt_load_le32(result);
     if (remote != KVRT_OK)
         return remote == KVRT_ERR_AUTH ? KVRT_ERR_AUTH : KVRT_ERR_PROTOCOL;
-    if (server_name_out) {
-        memcpy(server_name_out, ch + NONCE_BYTES, KVRT_XFER_NAME_MAX);
-        server_name_out[KVRT_XFER_NAME_MAX - 1] = '\0';
-    }
+    if (server_name_out)
+        name_from_wire(server_name_out, ch + NONCE_BYTES);
     if (keys_out)
         session_keys(key, th, true, hello->protection, keys_out);
     return KVRT_OK;
@@ -374,8 +383,7 @@ kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
     hello.protection = kvrt_load_le32(msg + 12);
     memcpy(hello.session, msg + 16, KVRT_XFER_SESSION_BYTES);
     const uint8_t *nonce_c = msg + 16 + KVRT_XFER_SESSION_BYTES;
-    memcpy(hello.name, nonce_c + NONCE_BYTES, KVRT_XFER_NAME_MAX);
-    hello.name[KVRT_XFER_NAME_MAX - 1] = '\0';
+    name_from_wire(hello.name, nonce_c + NONCE_BYTES);
 
     uint8_t ch[CHALLENGE_BYTES];
     randombytes_buf(ch, NONCE_BYTES);

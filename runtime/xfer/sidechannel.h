@@ -124,7 +124,8 @@ typedef struct kvrt_xfer_sc_keys {
 
 /*
  * Dialing side of the handshake on a connected socket. *server_name_out
- * (KVRT_XFER_NAME_MAX bytes, may be NULL) gets the listener's name and
+ * (KVRT_XFER_NAME_MAX bytes, may be NULL) gets the listener's name (as
+ * every name from the wire: bytes outside printable ASCII become '?') and
  * *keys_out (may be NULL) the socket's frame keys.
  * Errors: KVRT_ERR_AUTH (the server proved a different key, or refused
  * ours), KVRT_ERR_PROTOCOL (not a kvrt agent, other backend or version),

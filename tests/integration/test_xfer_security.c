@@ -7,6 +7,7 @@
  * A client without the key is refused at the handshake.
  */
 #include <sodium.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -327,4 +328,65 @@ Test(xfer_security, aead_frames_move_data_and_protection_must_match)
     free(src);
     free(dst);
     free(back);
+}
+
+typedef struct log_count {
+    atomic_uint warn, suppressed_lines;
+    atomic_bool control_chars;
+} log_count_t;
+
+static void count_log(void *user, kvrt_log_level_t level, const char *message)
+{
+    log_count_t *c = user;
+    if (level >= KVRT_LOG_WARN)
+        atomic_fetch_add(&c->warn, 1);
+    if (strstr(message, "similar lines suppressed") && !strstr(message, "(0 similar"))
+        atomic_fetch_add(&c->suppressed_lines, 1);
+    for (const char *p = message; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
+            atomic_store(&c->control_chars, true);
+}
+
+Test(xfer_security, refusal_floods_are_rate_limited_and_wire_names_sanitized)
+{
+    /* The callback is set at creation: it may not change while an agent's
+     * threads can log. */
+    static log_count_t counts;
+    kvrt_ctx_params_t cp = {.field_mask = KVRT_CTX_PARAM_LOG_FN | KVRT_CTX_PARAM_LOG_LEVEL,
+                            .log_fn = count_log, .log_user_data = &counts,
+                            .log_level = KVRT_LOG_INFO};
+    kvrt_ctx_t *ctx = NULL;
+    cr_assert_eq(kvrt_ctx_create(&cp, &ctx), KVRT_OK);
+    kvrt_xfer_agent_t *agent = txu_agent(ctx, 3000);
+    char text[96];
+    ASSERT_OK(ctx, kvrt_xfer_agent_address(agent, text, sizeof(text)));
+    /* A name with an escape sequence and a forged log line in it. */
+    txr_t r = txr_connect(text, "evil\x1b[2J\nkvrt WARN: fake line\r");
+    uint64_t refused0 = txu_stat(ctx, "xfer.0.refused");
+    enum { FLOOD = 2000 };
+    uint8_t buf[64];
+    for (uint32_t i = 0; i < FLOOD; i++) {
+        kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_READ_REQ, .region = 4242,
+                                     .tag = i, .length = 16};
+        send_frame(&r, h, NULL);
+        kvrt_xfer_wire_header_t a = recv_frame(&r, buf, sizeof(buf));
+        cr_assert_eq(a.status, KVRT_ERR_UNKNOWN_REGION);
+    }
+    cr_assert_eq(txu_stat(ctx, "xfer.0.refused") - refused0, FLOOD, "every refusal counts");
+    /* The flood took well under the 200 s that would let every line through. */
+    cr_assert_lt(atomic_load(&counts.warn), FLOOD / 10, "%u WARN lines for %u refusals",
+                 atomic_load(&counts.warn), FLOOD);
+    close(r.fd);
+    /* The next line after the window says how many were held back. */
+    usleep(1100000);
+    txr_t r2 = txr_connect(text, "second");
+    kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_READ_REQ, .region = 4242, .tag = 1,
+                                 .length = 16};
+    send_frame(&r2, h, NULL);
+    (void)recv_frame(&r2, buf, sizeof(buf));
+    close(r2.fd);
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(agent));
+    cr_assert_geq(atomic_load(&counts.suppressed_lines), 1);
+    cr_assert(!atomic_load(&counts.control_chars), "a peer's name put control bytes in the log");
+    kvrt_ctx_destroy(ctx);
 }
