@@ -149,6 +149,7 @@ struct tcp_state {
     kvrt_free_list_t sends;    /* freed sendmsg records kept for reuse */
     uint64_t written, read;    /* bytes completed, reported in batches */
     uint32_t zc_orphans;       /* finished sends awaiting zero-copy notifications */
+    uint8_t reply[KVRT_XFER_WIRE_MSG_MAX]; /* a message's reply, before it is sized */
 };
 
 /*

@@ -162,13 +162,21 @@ static void on_payload(tcp_sock_t *s)
         break;
     case KVRT_XFER_WIRE_MSG: {
         /* The agent handles it now (it may checksum KV blocks); the lock
-         * is ours, but the agent never calls back into the backend here. */
-        uint8_t *out = malloc(KVRT_XFER_WIRE_MSG_MAX);
+         * is ours, but the agent never calls back into the backend here.
+         * The reply is written to the state's buffer (this thread's, under
+         * the lock) and copied out at its real size: a queued reply costs
+         * what it says, not the largest message. */
         uint32_t out_bytes = 0;
-        kvrt_status_t st = out ? kvrt_xfer_bk_deliver_msg(c->peer, h->region, s->msg,
-                                                          (uint32_t)h->length, out,
-                                                          KVRT_XFER_WIRE_MSG_MAX, &out_bytes)
-                               : KVRT_ERR_NO_MEMORY;
+        kvrt_status_t st = kvrt_xfer_bk_deliver_msg(c->peer, h->region, s->msg,
+                                                    (uint32_t)h->length, c->st->reply,
+                                                    KVRT_XFER_WIRE_MSG_MAX, &out_bytes);
+        uint8_t *out = out_bytes ? malloc(out_bytes) : NULL;
+        if (out)
+            memcpy(out, c->st->reply, out_bytes);
+        else if (out_bytes) {
+            st = KVRT_ERR_NO_MEMORY;
+            out_bytes = 0;
+        }
         kvrt_xfer_wire_header_t r = {.type = KVRT_XFER_WIRE_MSG_REPLY, .status = st,
                                      .tag = h->tag, .length = out_bytes};
         tcp_frame_t *f = tcp_frame_new(c->st, &r, out, out_bytes);
