@@ -481,12 +481,22 @@ static void accept_one(kvrt_xfer_agent_t *a, int fd)
     peer_close_put(p, stale);
 }
 
+/* Out of descriptors or memory, the pending connection stays queued and
+ * the listener stays readable: without a pause the loop would spin. */
+#define ACCEPT_BACKOFF_MIN_MS 10
+#define ACCEPT_BACKOFF_MAX_MS 500
+
 static void *accept_main(void *arg)
 {
     kvrt_xfer_agent_t *a = arg;
+    int backoff_ms = 0;
     for (;;) {
         struct pollfd p = {.fd = a->listen_fd, .events = POLLIN};
-        int n = poll(&p, 1, 50);
+        int n = 1;
+        if (backoff_ms)
+            (void)poll(NULL, 0, backoff_ms); /* then try again */
+        else
+            n = poll(&p, 1, 50);
         pthread_mutex_lock(&a->lock);
         bool stop = a->stopping;
         pthread_mutex_unlock(&a->lock);
@@ -495,8 +505,20 @@ static void *accept_main(void *arg)
         if (n <= 0)
             continue;
         int fd = accept4(a->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd >= 0)
+        if (fd >= 0) {
+            backoff_ms = 0;
             accept_one(a, fd);
+        } else if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            bool first = backoff_ms == 0;
+            backoff_ms = first ? ACCEPT_BACKOFF_MIN_MS
+                               : (backoff_ms * 2 > ACCEPT_BACKOFF_MAX_MS ? ACCEPT_BACKOFF_MAX_MS
+                                                                         : backoff_ms * 2);
+            if (first)
+                kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: cannot accept: %s; backing off",
+                         a->name, strerror(errno));
+        } else {
+            backoff_ms = 0;
+        }
     }
     return NULL;
 }
