@@ -38,6 +38,11 @@ void kvrt_xfer_frame_seal(kvrt_xfer_frame_key_t *k, uint32_t protection,
 {
     uint8_t nonce[crypto_aead_chacha20poly1305_IETF_NPUBBYTES];
     frame_nonce(k->seq++, nonce);
+    uint8_t none = 0; /* libsodium wants buffers even for empty payloads */
+    if (!length) {
+        payload = &none;
+        cipher_out = &none;
+    }
     if (protection == KVRT_XFER_PROTECT_AEAD)
         crypto_aead_chacha20poly1305_ietf_encrypt_detached(
             cipher_out, tag, NULL, payload, length, hdr, KVRT_XFER_WIRE_HEADER_BYTES, NULL,
@@ -52,6 +57,9 @@ bool kvrt_xfer_frame_open(kvrt_xfer_frame_key_t *k, uint32_t protection,
 {
     uint8_t nonce[crypto_aead_chacha20poly1305_IETF_NPUBBYTES];
     frame_nonce(k->seq, nonce);
+    uint8_t none = 0;
+    if (!length)
+        payload = &none;
     bool ok;
     if (protection == KVRT_XFER_PROTECT_AEAD) {
         ok = crypto_aead_chacha20poly1305_ietf_decrypt_detached(
