@@ -84,7 +84,8 @@ enum kvrt_xfer_agent_params_field {
     KVRT_XFER_AGENT_PARAM_MAX_REQUESTS = 1u << 5,
     KVRT_XFER_AGENT_PARAM_RECONNECT = 1u << 6,    /* reconnect_* fields */
     KVRT_XFER_AGENT_PARAM_ZEROCOPY = 1u << 7,     /* zerocopy_threshold */
-    KVRT_XFER_AGENT_PARAM_PROTECTION = 1u << 8    /* frame_protection */
+    KVRT_XFER_AGENT_PARAM_PROTECTION = 1u << 8,   /* frame_protection */
+    KVRT_XFER_AGENT_PARAM_MAX_PEERS = 1u << 9     /* max_peers */
 };
 
 /*
@@ -130,6 +131,11 @@ typedef struct kvrt_xfer_agent_params {
     uint64_t zerocopy_threshold;
     /* Frame protection on the TCP backend; default KVRT_XFER_PROTECT_MAC. */
     kvrt_xfer_protection_t frame_protection;
+    /* Peers that connected to this agent, at most (1..65536, default
+     * 1024). One more is refused at the handshake: its kvrt_xfer_connect
+     * fails with KVRT_ERR_BUSY. Reconnects and extra sockets of a peer
+     * already held do not count. */
+    uint32_t max_peers;
 } kvrt_xfer_agent_params_t;
 
 /*

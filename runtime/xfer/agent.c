@@ -395,13 +395,33 @@ void kvrt_xfer_bk_refuse(kvrt_xfer_bk_peer_t *p, kvrt_status_t status, const cha
 
 /* ---- the accept thread ---------------------------------------------------- */
 
+/* A new session beyond max_peers passive peers is refused (KVRT_ERR_BUSY);
+ * a reconnect or an extra socket of a session we hold is not new. The
+ * accept thread runs handshakes one at a time, so the count cannot change
+ * between this answer and the peer's creation. */
+static kvrt_status_t admit_peer(void *arg, const kvrt_xfer_hello_t *hello)
+{
+    kvrt_xfer_agent_t *a = arg;
+    pthread_mutex_lock(&a->lock);
+    uint32_t passive = 0;
+    bool known = false;
+    for (xfer_link_t *l = a->peers.next; l != &a->peers; l = l->next) {
+        kvrt_xfer_peer_t *p = XFER_CONTAINER(l, kvrt_xfer_peer_t, link);
+        passive += !p->dialed && !p->closing;
+        known = known || memcmp(p->session, hello->session, sizeof(p->session)) == 0;
+    }
+    pthread_mutex_unlock(&a->lock);
+    return hello->conn_index != 0 || known || passive < a->max_peers ? KVRT_OK : KVRT_ERR_BUSY;
+}
+
 static void accept_one(kvrt_xfer_agent_t *a, int fd)
 {
     kvrt_xfer_hello_t hello;
     kvrt_xfer_sc_keys_t keys;
     kvrt_status_t st = kvrt_xfer_sc_auth_server(fd, &a->key, (uint32_t)a->backend->kind,
-                                                (uint32_t)a->protection, a->name, &hello,
-                                                &keys, kvrt_now_ns() + HANDSHAKE_NS);
+                                                (uint32_t)a->protection, admit_peer, a,
+                                                a->name, &hello, &keys,
+                                                kvrt_now_ns() + HANDSHAKE_NS);
     if (st != KVRT_OK) {
         /* Counted before the socket closes, so the dialer never sees the
          * close before the count. */
@@ -623,7 +643,7 @@ static void agent_owned_destroy(kvrt_owned_t *self)
 static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_params_t *p,
                                  kvrt_xfer_backend_kind_t *kind, const char **listen)
 {
-    const uint64_t known = (KVRT_XFER_AGENT_PARAM_PROTECTION << 1) - 1;
+    const uint64_t known = (KVRT_XFER_AGENT_PARAM_MAX_PEERS << 1) - 1;
     if (p->field_mask & ~known)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits");
     if (!p->cluster_key || p->cluster_key_bytes < KVRT_XFER_KEY_MIN)
@@ -650,6 +670,10 @@ static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_par
     a->zerocopy_threshold = (m & KVRT_XFER_AGENT_PARAM_ZEROCOPY) ? p->zerocopy_threshold : (1u << 20);
     a->protection = (m & KVRT_XFER_AGENT_PARAM_PROTECTION) ? p->frame_protection
                                                            : KVRT_XFER_PROTECT_MAC;
+    a->max_peers = (m & KVRT_XFER_AGENT_PARAM_MAX_PEERS) ? p->max_peers : 1024;
+    if (a->max_peers < 1 || a->max_peers > 65536)
+        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "max_peers %u outside 1..65536",
+                         a->max_peers);
     if (a->protection != KVRT_XFER_PROTECT_MAC && a->protection != KVRT_XFER_PROTECT_AEAD)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown frame protection %d",
                          (int)a->protection);

@@ -206,6 +206,7 @@ struct kvrt_xfer_agent {
     uint32_t reconnect_initial_ms, reconnect_max_ms, reconnect_attempts;
     uint64_t zerocopy_threshold;
     kvrt_xfer_protection_t protection;
+    uint32_t max_peers;        /* passive peers held at most */
 
     pthread_mutex_t lock;
     pthread_cond_t cond;       /* completions, unpins, peer changes */

@@ -352,7 +352,7 @@ kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
         return KVRT_ERR_PROTOCOL;
     kvrt_status_t remote = (kvrt_status_t)(int32_t)kvrt_load_le32(result);
     if (remote != KVRT_OK)
-        return remote == KVRT_ERR_AUTH ? KVRT_ERR_AUTH : KVRT_ERR_PROTOCOL;
+        return remote == KVRT_ERR_AUTH || remote == KVRT_ERR_BUSY ? remote : KVRT_ERR_PROTOCOL;
     if (server_name_out)
         name_from_wire(server_name_out, ch + NONCE_BYTES);
     if (keys_out)
@@ -362,6 +362,7 @@ kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
 
 kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
                                        uint32_t backend, uint32_t protection,
+                                       kvrt_xfer_sc_admit_fn admit, void *admit_arg,
                                        const char *server_name,
                                        kvrt_xfer_hello_t *hello_out,
                                        kvrt_xfer_sc_keys_t *keys_out,
@@ -411,6 +412,8 @@ kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
     else if (hello.version != KVRT_XFER_SC_VERSION || hello.backend != backend ||
              hello.protection != protection)
         verdict = KVRT_ERR_PROTOCOL;
+    else if (admit)
+        verdict = admit(admit_arg, &hello);
     uint8_t result[4];
     kvrt_store_le32(result, (uint32_t)(int32_t)verdict);
     st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_RESULT, result, sizeof(result), deadline_ns);

@@ -128,7 +128,7 @@ typedef struct kvrt_xfer_sc_keys {
  * every name from the wire: bytes outside printable ASCII become '?') and
  * *keys_out (may be NULL) the socket's frame keys.
  * Errors: KVRT_ERR_AUTH (the server proved a different key, or refused
- * ours), KVRT_ERR_PROTOCOL (not a kvrt agent, other backend or version),
+ * ours), KVRT_ERR_BUSY (the listener holds as many peers as it takes), KVRT_ERR_PROTOCOL (not a kvrt agent, other backend or version),
  * KVRT_ERR_TIMEOUT, KVRT_ERR_PEER_FAILED.
  */
 kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
@@ -136,14 +136,20 @@ kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
                                        char *server_name_out, kvrt_xfer_sc_keys_t *keys_out,
                                        uint64_t deadline_ns);
 
+/* Whether the listener takes an authenticated HELLO (KVRT_OK) or refuses it
+ * with the status returned (sent to the dialer in RESULT). */
+typedef kvrt_status_t (*kvrt_xfer_sc_admit_fn)(void *arg, const kvrt_xfer_hello_t *hello);
+
 /*
  * Listening side. Checks the client's proof and that the HELLO's version,
- * backend and protection equal ours; answers RESULT either way.
+ * backend and protection equal ours, then asks admit (may be NULL);
+ * answers RESULT either way.
  * *keys_out (may be NULL) gets the socket's frame keys. Errors: as for the
  * client.
  */
 kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
                                        uint32_t backend, uint32_t protection,
+                                       kvrt_xfer_sc_admit_fn admit, void *admit_arg,
                                        const char *server_name,
                                        kvrt_xfer_hello_t *hello_out,
                                        kvrt_xfer_sc_keys_t *keys_out,
