@@ -196,7 +196,8 @@ class kvrt_xfer_agent_params_t(Struct):
                 ("name", C.c_char_p), ("default_timeout_ms", u32),
                 ("connections_per_peer", u32), ("max_requests", u32),
                 ("reconnect_initial_ms", u32), ("reconnect_max_ms", u32),
-                ("reconnect_attempts", u32), ("zerocopy_threshold", u64)]
+                ("reconnect_attempts", u32), ("zerocopy_threshold", u64),
+                ("frame_protection", enum), ("max_peers", u32)]
 
 
 class kvrt_xfer_register_params_t(Struct):
