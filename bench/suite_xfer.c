@@ -184,17 +184,19 @@ static uint8_t *host_buffer(kvrt_ctx_t *ctx, uint64_t bytes)
     return info.base;
 }
 
-static int rig_up(rig_t *r, uint64_t bytes)
+static int rig_up(rig_t *r, uint64_t bytes, kvrt_xfer_protection_t protection)
 {
     memset(r, 0, sizeof(*r));
     kvrt_ctx_params_t cp = {.field_mask = KVRT_CTX_PARAM_LOG_LEVEL, .log_level = KVRT_LOG_ERROR};
     if (kvrt_ctx_create(&cp, &r->ctx) != KVRT_OK)
         return -1;
     kvrt_xfer_agent_params_t p = {.field_mask = KVRT_XFER_AGENT_PARAM_BACKEND |
-                                                KVRT_XFER_AGENT_PARAM_CONNECTIONS,
+                                                KVRT_XFER_AGENT_PARAM_CONNECTIONS |
+                                                KVRT_XFER_AGENT_PARAM_PROTECTION,
                                   .cluster_key = bench_key, .cluster_key_bytes = 32,
                                   .backend = KVRT_XFER_BACKEND_TCP,
-                                  .connections_per_peer = CONNECTIONS};
+                                  .connections_per_peer = CONNECTIONS,
+                                  .frame_protection = protection};
     char addr[96];
     r->bytes = bytes;
     r->src = host_buffer(r->ctx, bytes);
@@ -244,7 +246,7 @@ static double one_batch(rig_t *r, kvrt_xfer_op_t *ops, uint64_t batch, uint64_t 
 }
 
 static int throughput(rig_t *r, const bench_options_t *o, double baseline, const char *base_name,
-                      const char *base_note)
+                      const char *base_note, const char *mode)
 {
     static const uint64_t mib = 1u << 20;
     static const uint64_t batches[] = {1, 4, 16, 64, 256};
@@ -291,7 +293,7 @@ static int throughput(rig_t *r, const bench_options_t *o, double baseline, const
                 samples[i] = (double)batch / dt / 1e9;
             }
             char name[96], note[160];
-            snprintf(name, sizeof(name), "xfer.tcp.write.batch%llumb.block%llukb",
+            snprintf(name, sizeof(name), "xfer.tcp%s.write.batch%llumb.block%llukb", mode,
                      (unsigned long long)batches[bi], (unsigned long long)(block >> 10));
             double value = bench_median(samples, reps);
             snprintf(note, sizeof(note), "ratio %.2f; %s", baseline > 0 ? value / baseline : 0,
@@ -388,15 +390,25 @@ static int run_xfer(const bench_options_t *o)
         base_note = "iperf3 not found: baseline is one plain loopback TCP stream measured here";
     }
     base /= 1e9;
+    /* Frames are authenticated (Poly1305, the default); ".aead" figures
+     * also encrypt them (ChaCha20-Poly1305). */
     rig_t r;
-    if (rig_up(&r, 256u << 20) != 0) {
+    if (rig_up(&r, 256u << 20, KVRT_XFER_PROTECT_MAC) != 0) {
         fprintf(stderr, "suite_xfer: setting up two agents failed\n");
         return -1;
     }
-    int rc = throughput(&r, o, base, base_name, base_note);
+    int rc = throughput(&r, o, base, base_name, base_note, "");
     if (rc == 0)
         rc = latency(&r, o);
     rig_down(&r);
+    if (rc == 0 && rig_up(&r, 256u << 20, KVRT_XFER_PROTECT_AEAD) != 0) {
+        fprintf(stderr, "suite_xfer: setting up two AEAD agents failed\n");
+        return -1;
+    }
+    if (rc == 0) {
+        rc = throughput(&r, o, base, base_name, base_note, ".aead");
+        rig_down(&r);
+    }
     if (rc == 0)
         rc = registration(o);
     return rc;

@@ -83,8 +83,26 @@ enum kvrt_xfer_agent_params_field {
     KVRT_XFER_AGENT_PARAM_CONNECTIONS = 1u << 4,  /* connections_per_peer */
     KVRT_XFER_AGENT_PARAM_MAX_REQUESTS = 1u << 5,
     KVRT_XFER_AGENT_PARAM_RECONNECT = 1u << 6,    /* reconnect_* fields */
-    KVRT_XFER_AGENT_PARAM_ZEROCOPY = 1u << 7      /* zerocopy_threshold */
+    KVRT_XFER_AGENT_PARAM_ZEROCOPY = 1u << 7,     /* zerocopy_threshold */
+    KVRT_XFER_AGENT_PARAM_PROTECTION = 1u << 8,   /* frame_protection */
+    KVRT_XFER_AGENT_PARAM_MAX_PEERS = 1u << 9     /* max_peers */
 };
+
+/*
+ * How the TCP backend protects each frame after the handshake. Both ends
+ * of a connection must use the same; a mismatch is refused at the
+ * handshake with KVRT_ERR_PROTOCOL. The keys are fresh per socket, derived
+ * from the cluster key and the handshake transcript. (The verbs backend's
+ * data path is the NIC's: see docs/transfer.md, threat model.)
+ */
+typedef enum kvrt_xfer_protection {
+    /* Every frame header and payload authenticated (Poly1305); data in the
+     * clear. A forged, altered, replayed or reordered frame is dropped and
+     * the connection closed. The default. */
+    KVRT_XFER_PROTECT_MAC = 0,
+    /* As MAC, and payloads encrypted (ChaCha20-Poly1305). */
+    KVRT_XFER_PROTECT_AEAD = 1
+} kvrt_xfer_protection_t;
 
 /*
  * Agent parameters. cluster_key and cluster_key_bytes are always read (a
@@ -111,6 +129,13 @@ typedef struct kvrt_xfer_agent_params {
     /* Payloads at least this large are sent with zero-copy sends where the
      * kernel supports them; 0 disables zero-copy. Default 1 MiB. */
     uint64_t zerocopy_threshold;
+    /* Frame protection on the TCP backend; default KVRT_XFER_PROTECT_MAC. */
+    kvrt_xfer_protection_t frame_protection;
+    /* Peers that connected to this agent, at most (1..65536, default
+     * 1024). One more is refused at the handshake: its kvrt_xfer_connect
+     * fails with KVRT_ERR_BUSY. Reconnects and extra sockets of a peer
+     * already held do not count. */
+    uint32_t max_peers;
 } kvrt_xfer_agent_params_t;
 
 /*

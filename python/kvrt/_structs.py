@@ -222,7 +222,8 @@ class kvrt_xfer_agent_params_t(Struct):
                 ("name", C.c_char_p), ("default_timeout_ms", u32),
                 ("connections_per_peer", u32), ("max_requests", u32),
                 ("reconnect_initial_ms", u32), ("reconnect_max_ms", u32),
-                ("reconnect_attempts", u32), ("zerocopy_threshold", u64)]
+                ("reconnect_attempts", u32), ("zerocopy_threshold", u64),
+                ("frame_protection", enum), ("max_peers", u32)]
 
 
 class kvrt_xfer_register_params_t(Struct):
@@ -266,7 +267,8 @@ class kvrt_xfer_kv_params_t(Struct):
 # ---- tier.h ----------------------------------------------------------------
 class kvrt_tier_params_t(Struct):
     _fields_ = [("field_mask", u64), ("host_blocks", u32), ("ssd_blocks", u32),
-                ("ssd_dir", C.c_char_p), ("queue_depth", u32), ("flags", u32)]
+                ("ssd_dir", C.c_char_p), ("queue_depth", u32), ("flags", u32),
+                ("device", C.c_void_p), ("write_through_hits", u32)]
 
 
 class kvrt_tier_match_t(Struct):
@@ -289,7 +291,9 @@ class kvrt_tier_level_stats_t(Struct):
 
 class kvrt_tier_stats_t(Struct):
     _fields_ = [("host", kvrt_tier_level_stats_t), ("ssd", kvrt_tier_level_stats_t),
-                ("ssd_buffered", u32), ("in_flight", u32)]
+                ("ssd_buffered", u32), ("in_flight", u32), ("unused", u32),
+                ("admitted", u64), ("admitted_landed_blocks", u64), ("admitted_failed", u64),
+                ("write_throughs", u64)]
 
 
 # ---- cluster.h -------------------------------------------------------------

@@ -5,6 +5,7 @@
  * upcalls a backend uses for connections.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -198,18 +199,22 @@ static kvrt_status_t peer_establish(kvrt_xfer_peer_t *p, uint64_t deadline_ns,
                                     void **conn_out, char *why, size_t why_bytes)
 {
     int fd = -1;
-    kvrt_status_t st = kvrt_xfer_bk_dial(p, 0, deadline_ns, &fd);
+    kvrt_xfer_sc_keys_t keys;
+    kvrt_status_t st = kvrt_xfer_bk_dial(p, 0, deadline_ns, &fd, &keys);
     if (st != KVRT_OK) {
         snprintf(why, why_bytes, "handshake with %s failed: %s", p->name[0] ? p->name : "peer",
                  kvrt_status_str(st));
         return st;
     }
     kvrt_xfer_agent_t *a = p->agent;
-    return a->backend->connect(a->bk_state, p, fd, deadline_ns, conn_out, why, why_bytes);
+    st = a->backend->connect(a->bk_state, p, fd, &keys, deadline_ns, conn_out, why, why_bytes);
+    sodium_memzero(&keys, sizeof(keys));
+    return st;
 }
 
 kvrt_status_t kvrt_xfer_bk_dial(kvrt_xfer_bk_peer_t *p, uint32_t conn_index,
-                                uint64_t deadline_ns, int *fd_out)
+                                uint64_t deadline_ns, int *fd_out,
+                                kvrt_xfer_sc_keys_t *keys_out)
 {
     kvrt_xfer_agent_t *a = p->agent;
     int fd = -1;
@@ -218,11 +223,12 @@ kvrt_status_t kvrt_xfer_bk_dial(kvrt_xfer_bk_peer_t *p, uint32_t conn_index,
         return st;
     kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION,
                                .backend = (uint32_t)a->backend->kind,
-                               .conn_index = conn_index};
+                               .conn_index = conn_index,
+                               .protection = (uint32_t)a->protection};
     memcpy(hello.session, p->session, KVRT_XFER_SESSION_BYTES);
     snprintf(hello.name, sizeof(hello.name), "%s", a->name);
     char server[KVRT_XFER_NAME_MAX];
-    st = kvrt_xfer_sc_auth_client(fd, &a->key, &hello, server, deadline_ns);
+    st = kvrt_xfer_sc_auth_client(fd, &a->key, &hello, server, keys_out, deadline_ns);
     if (st != KVRT_OK) {
         close(fd);
         if (st == KVRT_ERR_AUTH) {
@@ -356,33 +362,81 @@ void kvrt_xfer_bk_count_bytes(kvrt_xfer_agent_t *a, uint64_t written, uint64_t r
     pthread_mutex_unlock(&a->lock);
 }
 
+bool xfer_refusal_log_ok(kvrt_xfer_agent_t *a, uint64_t *suppressed_out)
+{
+    uint64_t now = kvrt_now_ns();
+    if (now - a->refusal_window_ns >= 1000000000ull) {
+        a->refusal_window_ns = now;
+        a->refusal_lines = 0;
+    }
+    if (a->refusal_lines >= XFER_REFUSAL_LINES) {
+        a->refusals_suppressed++;
+        return false;
+    }
+    a->refusal_lines++;
+    *suppressed_out = a->refusals_suppressed;
+    a->refusals_suppressed = 0;
+    return true;
+}
+
 void kvrt_xfer_bk_refuse(kvrt_xfer_bk_peer_t *p, kvrt_status_t status, const char *why)
 {
     kvrt_xfer_agent_t *a = p->agent;
+    uint64_t suppressed = 0;
     pthread_mutex_lock(&a->lock);
     a->stats.refused++;
+    bool log = xfer_refusal_log_ok(a, &suppressed);
     pthread_mutex_unlock(&a->lock);
-    kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: refused from %s (%s): %s", a->name, p->name,
-             kvrt_status_str(status), why);
+    if (log)
+        kvrt_log(a->ctx, KVRT_LOG_WARN,
+                 "xfer %s: refused from %s (%s): %s (%" PRIu64 " similar lines suppressed)",
+                 a->name, p->name, kvrt_status_str(status), why, suppressed);
 }
 
 /* ---- the accept thread ---------------------------------------------------- */
 
+/* A new session beyond max_peers passive peers is refused (KVRT_ERR_BUSY);
+ * a reconnect or an extra socket of a session we hold is not new. The
+ * accept thread runs handshakes one at a time, so the count cannot change
+ * between this answer and the peer's creation. */
+static kvrt_status_t admit_peer(void *arg, const kvrt_xfer_hello_t *hello)
+{
+    kvrt_xfer_agent_t *a = arg;
+    pthread_mutex_lock(&a->lock);
+    uint32_t passive = 0;
+    bool known = false;
+    for (xfer_link_t *l = a->peers.next; l != &a->peers; l = l->next) {
+        kvrt_xfer_peer_t *p = XFER_CONTAINER(l, kvrt_xfer_peer_t, link);
+        passive += !p->dialed && !p->closing;
+        known = known || memcmp(p->session, hello->session, sizeof(p->session)) == 0;
+    }
+    pthread_mutex_unlock(&a->lock);
+    return hello->conn_index != 0 || known || passive < a->max_peers ? KVRT_OK : KVRT_ERR_BUSY;
+}
+
 static void accept_one(kvrt_xfer_agent_t *a, int fd)
 {
     kvrt_xfer_hello_t hello;
+    kvrt_xfer_sc_keys_t keys;
     kvrt_status_t st = kvrt_xfer_sc_auth_server(fd, &a->key, (uint32_t)a->backend->kind,
-                                                a->name, &hello, kvrt_now_ns() + HANDSHAKE_NS);
+                                                (uint32_t)a->protection, admit_peer, a,
+                                                a->name, &hello, &keys,
+                                                kvrt_now_ns() + HANDSHAKE_NS);
     if (st != KVRT_OK) {
         /* Counted before the socket closes, so the dialer never sees the
          * close before the count. */
+        uint64_t suppressed = 0;
         pthread_mutex_lock(&a->lock);
         if (st == KVRT_ERR_AUTH)
             a->stats.auth_failures++;
+        bool log = xfer_refusal_log_ok(a, &suppressed);
         pthread_mutex_unlock(&a->lock);
         close(fd);
-        kvrt_log(a->ctx, st == KVRT_ERR_AUTH ? KVRT_LOG_WARN : KVRT_LOG_INFO,
-                 "xfer %s: incoming connection refused: %s", a->name, kvrt_status_str(st));
+        if (log)
+            kvrt_log(a->ctx, st == KVRT_ERR_AUTH ? KVRT_LOG_WARN : KVRT_LOG_INFO,
+                     "xfer %s: incoming connection refused: %s (%" PRIu64
+                     " similar lines suppressed)",
+                     a->name, kvrt_status_str(st), suppressed);
         return;
     }
     bool extra = hello.conn_index != 0;
@@ -424,7 +478,9 @@ static void accept_one(kvrt_xfer_agent_t *a, int fd)
     }
     char why[256] = "";
     void *made = conn;
-    st = a->backend->accept(a->bk_state, p, conn, fd, hello.conn_index, &made, why, sizeof(why));
+    st = a->backend->accept(a->bk_state, p, conn, fd, &keys, hello.conn_index, &made, why,
+                            sizeof(why));
+    sodium_memzero(&keys, sizeof(keys));
     void *stale = NULL;
     pthread_mutex_lock(&a->lock);
     if (extra) {
@@ -445,12 +501,22 @@ static void accept_one(kvrt_xfer_agent_t *a, int fd)
     peer_close_put(p, stale);
 }
 
+/* Out of descriptors or memory, the pending connection stays queued and
+ * the listener stays readable: without a pause the loop would spin. */
+#define ACCEPT_BACKOFF_MIN_MS 10
+#define ACCEPT_BACKOFF_MAX_MS 500
+
 static void *accept_main(void *arg)
 {
     kvrt_xfer_agent_t *a = arg;
+    int backoff_ms = 0;
     for (;;) {
         struct pollfd p = {.fd = a->listen_fd, .events = POLLIN};
-        int n = poll(&p, 1, 50);
+        int n = 1;
+        if (backoff_ms)
+            (void)poll(NULL, 0, backoff_ms); /* then try again */
+        else
+            n = poll(&p, 1, 50);
         pthread_mutex_lock(&a->lock);
         bool stop = a->stopping;
         pthread_mutex_unlock(&a->lock);
@@ -459,8 +525,20 @@ static void *accept_main(void *arg)
         if (n <= 0)
             continue;
         int fd = accept4(a->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd >= 0)
+        if (fd >= 0) {
+            backoff_ms = 0;
             accept_one(a, fd);
+        } else if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            bool first = backoff_ms == 0;
+            backoff_ms = first ? ACCEPT_BACKOFF_MIN_MS
+                               : (backoff_ms * 2 > ACCEPT_BACKOFF_MAX_MS ? ACCEPT_BACKOFF_MAX_MS
+                                                                         : backoff_ms * 2);
+            if (first)
+                kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: cannot accept: %s; backing off",
+                         a->name, strerror(errno));
+        } else {
+            backoff_ms = 0;
+        }
     }
     return NULL;
 }
@@ -565,7 +643,7 @@ static void agent_owned_destroy(kvrt_owned_t *self)
 static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_params_t *p,
                                  kvrt_xfer_backend_kind_t *kind, const char **listen)
 {
-    const uint64_t known = (KVRT_XFER_AGENT_PARAM_ZEROCOPY << 1) - 1;
+    const uint64_t known = (KVRT_XFER_AGENT_PARAM_MAX_PEERS << 1) - 1;
     if (p->field_mask & ~known)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits");
     if (!p->cluster_key || p->cluster_key_bytes < KVRT_XFER_KEY_MIN)
@@ -590,6 +668,15 @@ static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_par
         a->reconnect_attempts = p->reconnect_attempts;
     }
     a->zerocopy_threshold = (m & KVRT_XFER_AGENT_PARAM_ZEROCOPY) ? p->zerocopy_threshold : (1u << 20);
+    a->protection = (m & KVRT_XFER_AGENT_PARAM_PROTECTION) ? p->frame_protection
+                                                           : KVRT_XFER_PROTECT_MAC;
+    a->max_peers = (m & KVRT_XFER_AGENT_PARAM_MAX_PEERS) ? p->max_peers : 1024;
+    if (a->max_peers < 1 || a->max_peers > 65536)
+        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "max_peers %u outside 1..65536",
+                         a->max_peers);
+    if (a->protection != KVRT_XFER_PROTECT_MAC && a->protection != KVRT_XFER_PROTECT_AEAD)
+        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown frame protection %d",
+                         (int)a->protection);
     if (a->timeout_ms == 0 || a->connections < 1 || a->connections > 16 ||
         a->max_requests < 1 || a->max_requests > (1u << 20) || a->reconnect_initial_ms == 0 ||
         a->reconnect_max_ms < a->reconnect_initial_ms || a->reconnect_attempts == 0)

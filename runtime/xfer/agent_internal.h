@@ -205,6 +205,8 @@ struct kvrt_xfer_agent {
     uint32_t timeout_ms, connections, max_requests;
     uint32_t reconnect_initial_ms, reconnect_max_ms, reconnect_attempts;
     uint64_t zerocopy_threshold;
+    kvrt_xfer_protection_t protection;
+    uint32_t max_peers;        /* passive peers held at most */
 
     pthread_mutex_t lock;
     pthread_cond_t cond;       /* completions, unpins, peer changes */
@@ -230,10 +232,20 @@ struct kvrt_xfer_agent {
     kvrt_cq_t *completions;
     kvrt_cq_t *notes;
     xfer_stats_t stats;
+    /* Refusal log lines: at most XFER_REFUSAL_LINES per second, the rest
+     * counted and reported with the next line let through. */
+    uint64_t refusal_window_ns, refusals_suppressed;
+    uint32_t refusal_lines;
     xfer_msg_serve_fn handlers[XFER_MSG_TYPES]; /* dispatch.c; fixed after create */
 };
 
 /* ---- agent.c ----------------------------------------------------------- */
+#define XFER_REFUSAL_LINES 10
+/* Whether a refusal may be logged now (lock held): a peer can make the
+ * agent refuse as fast as it sends, and each refusal must not cost a log
+ * line. *suppressed_out gets how many were held back since the last line. */
+bool xfer_refusal_log_ok(kvrt_xfer_agent_t *a, uint64_t *suppressed_out);
+
 /* Drops a hold on p (lock held); frees p when it was the last hold of a
  * closing peer. */
 void xfer_peer_put(kvrt_xfer_peer_t *p);

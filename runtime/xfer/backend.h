@@ -45,6 +45,7 @@
 
 #include "core/core.h"
 #include "kvrt/xfer.h"
+#include "sidechannel.h"
 
 #define KVRT_XFER_BACKEND_VERSION 1
 
@@ -151,13 +152,15 @@ typedef struct kvrt_xfer_backend {
     void (*dereg)(void *state, kvrt_xfer_bk_region_t *region);
 
     /* Dialing side: `fd` is an authenticated side-channel socket (ownership
-     * passes to the backend, also on failure). The backend sets up its
+     * passes to the backend, also on failure) and `keys` its frame keys
+     * (copied if wanted; a backend whose data path does not run over the
+     * socket may ignore them). The backend sets up its
      * connection to `peer`, dialing more authenticated sockets with
      * kvrt_xfer_bk_dial() if it wants them, and writes its connection
      * handle. Blocks at most until deadline_ns (kvrt_now_ns clock).
      * Errors: KVRT_ERR_CONNECT, KVRT_ERR_PROTOCOL, KVRT_ERR_NO_MEMORY. */
     kvrt_status_t (*connect)(void *state, kvrt_xfer_bk_peer_t *peer, int fd,
-                             uint64_t deadline_ns, void **conn_out, char *why,
+                             const kvrt_xfer_sc_keys_t *keys, uint64_t deadline_ns, void **conn_out, char *why,
                              size_t why_bytes);
     /* Listening side: an authenticated socket for `peer`. `conn` is NULL for
      * the peer's first socket (the backend creates the connection and
@@ -165,7 +168,7 @@ typedef struct kvrt_xfer_backend {
      * extra socket of the same session; *conn_out is left as is). Ownership
      * of fd passes to the backend. Same errors as connect. */
     kvrt_status_t (*accept)(void *state, kvrt_xfer_bk_peer_t *peer, void *conn,
-                            int fd, uint32_t conn_index, void **conn_out,
+                            int fd, const kvrt_xfer_sc_keys_t *keys, uint32_t conn_index, void **conn_out,
                             char *why, size_t why_bytes);
     /* Closes a connection: every batch and message still outstanding on it
      * completes (with KVRT_ERR_PEER_FAILED) before `close` returns, and no
@@ -249,11 +252,12 @@ void kvrt_xfer_bk_refuse(kvrt_xfer_bk_peer_t *peer, kvrt_status_t status,
 /*
  * Dials one more authenticated side-channel socket to `peer` (same session,
  * connection index conn_index), blocking at most until deadline_ns; the
- * caller owns the fd. Errors: KVRT_ERR_CONNECT, KVRT_ERR_AUTH,
+ * caller owns the fd; *keys_out (may be NULL) gets its frame keys. Errors: KVRT_ERR_CONNECT, KVRT_ERR_AUTH,
  * KVRT_ERR_PROTOCOL.
  */
 kvrt_status_t kvrt_xfer_bk_dial(kvrt_xfer_bk_peer_t *peer, uint32_t conn_index,
-                                uint64_t deadline_ns, int *fd_out);
+                                uint64_t deadline_ns, int *fd_out,
+                                kvrt_xfer_sc_keys_t *keys_out);
 
 /* The agent's context and name, for a backend's log lines. */
 kvrt_ctx_t *kvrt_xfer_bk_ctx(const kvrt_xfer_bk_peer_t *peer);

@@ -345,12 +345,17 @@ kvrt_status_t kvrt_xfer_bk_pin(kvrt_xfer_bk_peer_t *peer, uint32_t id, uint32_t 
         *address_out = r->bk.base + offset;
         *pin_out = r;
     }
-    if (st != KVRT_OK)
+    uint64_t suppressed = 0;
+    bool log = false;
+    if (st != KVRT_OK) {
         a->stats.refused++;
+        log = xfer_refusal_log_ok(a, &suppressed);
+    }
     pthread_mutex_unlock(&a->lock);
-    if (st != KVRT_OK)
-        kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: refused access from %s: %s", a->name,
-                 peer->name, why);
+    if (log)
+        kvrt_log(a->ctx, KVRT_LOG_WARN,
+                 "xfer %s: refused access from %s: %s (%" PRIu64 " similar lines suppressed)",
+                 a->name, peer->name, why, suppressed);
     return st;
 }
 

@@ -243,40 +243,82 @@ kvrt_status_t kvrt_xfer_key_derive(const uint8_t *key, uint32_t bytes,
     return KVRT_OK;
 }
 
-/* HMAC(K, label || a || b || session). */
-static void handshake_mac(const kvrt_xfer_key_t *key, const char *label,
-                          const uint8_t *a, const uint8_t *b, const uint8_t *session,
+/* HMAC(K, label || a || b). */
+static void handshake_mac(const kvrt_xfer_key_t *key, const char *label, const uint8_t *a,
+                          size_t a_bytes, const uint8_t *b, size_t b_bytes,
                           uint8_t mac[crypto_auth_hmacsha256_BYTES])
 {
     crypto_auth_hmacsha256_state s;
     crypto_auth_hmacsha256_init(&s, key->k, KVRT_XFER_KEY_BYTES);
     crypto_auth_hmacsha256_update(&s, (const uint8_t *)label, strlen(label));
-    crypto_auth_hmacsha256_update(&s, a, NONCE_BYTES);
-    crypto_auth_hmacsha256_update(&s, b, NONCE_BYTES);
-    crypto_auth_hmacsha256_update(&s, session, KVRT_XFER_SESSION_BYTES);
+    crypto_auth_hmacsha256_update(&s, a, a_bytes);
+    if (b_bytes)
+        crypto_auth_hmacsha256_update(&s, b, b_bytes);
     crypto_auth_hmacsha256_final(&s, mac);
 }
 
+/* A name from the wire, as safe to log and hand out: NUL-terminated, and
+ * every byte outside printable ASCII (escape sequences, newlines that
+ * would forge log lines, invalid UTF-8) replaced by '?'. */
+static void name_from_wire(char *dst, const uint8_t *src)
+{
+    size_t n = strnlen((const char *)src, KVRT_XFER_NAME_MAX - 1);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = src[i] >= 0x20 && src[i] < 0x7f ? (char)src[i] : '?';
+    dst[n] = '\0';
+}
+
 enum {
-    HELLO_BYTES = 12 + KVRT_XFER_SESSION_BYTES + NONCE_BYTES + KVRT_XFER_NAME_MAX,
-    CHALLENGE_BYTES = NONCE_BYTES + KVRT_XFER_NAME_MAX + crypto_auth_hmacsha256_BYTES
+    HELLO_BYTES = 16 + KVRT_XFER_SESSION_BYTES + NONCE_BYTES + KVRT_XFER_NAME_MAX,
+    CHALLENGE_SIGNED = NONCE_BYTES + KVRT_XFER_NAME_MAX,
+    CHALLENGE_BYTES = CHALLENGE_SIGNED + crypto_auth_hmacsha256_BYTES,
+    HASH_BYTES = 32
 };
+
+/* H(hello || challenge); challenge may be NULL. */
+static void transcript(const uint8_t *hello, const uint8_t *challenge, uint8_t out[HASH_BYTES])
+{
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, HASH_BYTES);
+    crypto_generichash_update(&h, hello, HELLO_BYTES);
+    if (challenge)
+        crypto_generichash_update(&h, challenge, CHALLENGE_BYTES);
+    crypto_generichash_final(&h, out, HASH_BYTES);
+}
+
+/* The socket's two frame keys from the whole transcript. */
+static void session_keys(const kvrt_xfer_key_t *key, const uint8_t th[HASH_BYTES], bool client,
+                         uint32_t protection, kvrt_xfer_sc_keys_t *out)
+{
+    static const uint8_t label[] = "kvrt-xfer-frames";
+    uint8_t both[2 * KVRT_XFER_KEY_BYTES];
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, key->k, KVRT_XFER_KEY_BYTES, sizeof(both));
+    crypto_generichash_update(&h, label, sizeof(label));
+    crypto_generichash_update(&h, th, HASH_BYTES);
+    crypto_generichash_final(&h, both, sizeof(both));
+    const uint8_t *c2s = both, *s2c = both + KVRT_XFER_KEY_BYTES;
+    memcpy(out->tx, client ? c2s : s2c, KVRT_XFER_KEY_BYTES);
+    memcpy(out->rx, client ? s2c : c2s, KVRT_XFER_KEY_BYTES);
+    out->protection = protection;
+    sodium_memzero(both, sizeof(both));
+}
 
 kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
                                        const kvrt_xfer_hello_t *hello,
-                                       char *server_name_out, uint64_t deadline_ns)
+                                       char *server_name_out, kvrt_xfer_sc_keys_t *keys_out,
+                                       uint64_t deadline_ns)
 {
     uint8_t msg[HELLO_BYTES];
-    uint8_t nonce_c[NONCE_BYTES];
-    randombytes_buf(nonce_c, sizeof(nonce_c));
+    uint8_t *nonce_c = msg + 16 + KVRT_XFER_SESSION_BYTES;
     kvrt_store_le32(msg, hello->version);
     kvrt_store_le32(msg + 4, hello->backend);
     kvrt_store_le32(msg + 8, hello->conn_index);
-    memcpy(msg + 12, hello->session, KVRT_XFER_SESSION_BYTES);
-    memcpy(msg + 12 + KVRT_XFER_SESSION_BYTES, nonce_c, NONCE_BYTES);
-    memset(msg + 12 + KVRT_XFER_SESSION_BYTES + NONCE_BYTES, 0, KVRT_XFER_NAME_MAX);
-    memcpy(msg + 12 + KVRT_XFER_SESSION_BYTES + NONCE_BYTES, hello->name,
-           strnlen(hello->name, KVRT_XFER_NAME_MAX - 1));
+    kvrt_store_le32(msg + 12, hello->protection);
+    memcpy(msg + 16, hello->session, KVRT_XFER_SESSION_BYTES);
+    randombytes_buf(nonce_c, NONCE_BYTES);
+    memset(nonce_c + NONCE_BYTES, 0, KVRT_XFER_NAME_MAX);
+    memcpy(nonce_c + NONCE_BYTES, hello->name, strnlen(hello->name, KVRT_XFER_NAME_MAX - 1));
     kvrt_status_t st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_HELLO, msg, sizeof(msg),
                                          deadline_ns);
     if (st != KVRT_OK)
@@ -289,14 +331,15 @@ kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
         return KVRT_ERR_PROTOCOL;
     if (st != KVRT_OK)
         return st;
-    const uint8_t *nonce_s = ch;
-    uint8_t expect[crypto_auth_hmacsha256_BYTES];
-    handshake_mac(key, "kvrt-xfer-srv", nonce_c, nonce_s, hello->session, expect);
-    if (crypto_verify_32(expect, ch + NONCE_BYTES + KVRT_XFER_NAME_MAX) != 0)
+    uint8_t th[HASH_BYTES], expect[crypto_auth_hmacsha256_BYTES];
+    transcript(msg, NULL, th);
+    handshake_mac(key, "kvrt-xfer-srv", th, HASH_BYTES, ch, CHALLENGE_SIGNED, expect);
+    if (crypto_verify_32(expect, ch + CHALLENGE_SIGNED) != 0)
         return KVRT_ERR_AUTH;
 
     uint8_t proof[crypto_auth_hmacsha256_BYTES];
-    handshake_mac(key, "kvrt-xfer-cli", nonce_s, nonce_c, hello->session, proof);
+    transcript(msg, ch, th);
+    handshake_mac(key, "kvrt-xfer-cli", th, HASH_BYTES, NULL, 0, proof);
     st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_PROOF, proof, sizeof(proof), deadline_ns);
     if (st != KVRT_OK)
         return st;
@@ -309,17 +352,20 @@ kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
         return KVRT_ERR_PROTOCOL;
     kvrt_status_t remote = (kvrt_status_t)(int32_t)kvrt_load_le32(result);
     if (remote != KVRT_OK)
-        return remote == KVRT_ERR_AUTH ? KVRT_ERR_AUTH : KVRT_ERR_PROTOCOL;
-    if (server_name_out) {
-        memcpy(server_name_out, ch + NONCE_BYTES, KVRT_XFER_NAME_MAX);
-        server_name_out[KVRT_XFER_NAME_MAX - 1] = '\0';
-    }
+        return remote == KVRT_ERR_AUTH || remote == KVRT_ERR_BUSY ? remote : KVRT_ERR_PROTOCOL;
+    if (server_name_out)
+        name_from_wire(server_name_out, ch + NONCE_BYTES);
+    if (keys_out)
+        session_keys(key, th, true, hello->protection, keys_out);
     return KVRT_OK;
 }
 
 kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
-                                       uint32_t backend, const char *server_name,
+                                       uint32_t backend, uint32_t protection,
+                                       kvrt_xfer_sc_admit_fn admit, void *admit_arg,
+                                       const char *server_name,
                                        kvrt_xfer_hello_t *hello_out,
+                                       kvrt_xfer_sc_keys_t *keys_out,
                                        uint64_t deadline_ns)
 {
     uint8_t msg[HELLO_BYTES];
@@ -335,19 +381,19 @@ kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
     hello.version = kvrt_load_le32(msg);
     hello.backend = kvrt_load_le32(msg + 4);
     hello.conn_index = kvrt_load_le32(msg + 8);
-    memcpy(hello.session, msg + 12, KVRT_XFER_SESSION_BYTES);
-    const uint8_t *nonce_c = msg + 12 + KVRT_XFER_SESSION_BYTES;
-    memcpy(hello.name, nonce_c + NONCE_BYTES, KVRT_XFER_NAME_MAX);
-    hello.name[KVRT_XFER_NAME_MAX - 1] = '\0';
+    hello.protection = kvrt_load_le32(msg + 12);
+    memcpy(hello.session, msg + 16, KVRT_XFER_SESSION_BYTES);
+    const uint8_t *nonce_c = msg + 16 + KVRT_XFER_SESSION_BYTES;
+    name_from_wire(hello.name, nonce_c + NONCE_BYTES);
 
     uint8_t ch[CHALLENGE_BYTES];
-    uint8_t nonce_s[NONCE_BYTES];
-    randombytes_buf(nonce_s, sizeof(nonce_s));
-    memcpy(ch, nonce_s, NONCE_BYTES);
+    randombytes_buf(ch, NONCE_BYTES);
     memset(ch + NONCE_BYTES, 0, KVRT_XFER_NAME_MAX);
     memcpy(ch + NONCE_BYTES, server_name, strnlen(server_name, KVRT_XFER_NAME_MAX - 1));
-    handshake_mac(key, "kvrt-xfer-srv", nonce_c, nonce_s, hello.session,
-                  ch + NONCE_BYTES + KVRT_XFER_NAME_MAX);
+    uint8_t th[HASH_BYTES];
+    transcript(msg, NULL, th);
+    handshake_mac(key, "kvrt-xfer-srv", th, HASH_BYTES, ch, CHALLENGE_SIGNED,
+                  ch + CHALLENGE_SIGNED);
     st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_CHALLENGE, ch, sizeof(ch), deadline_ns);
     if (st != KVRT_OK)
         return st;
@@ -358,12 +404,16 @@ kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
     if (st != KVRT_OK)
         return st;
     uint8_t expect[crypto_auth_hmacsha256_BYTES];
-    handshake_mac(key, "kvrt-xfer-cli", nonce_s, nonce_c, hello.session, expect);
+    transcript(msg, ch, th);
+    handshake_mac(key, "kvrt-xfer-cli", th, HASH_BYTES, NULL, 0, expect);
     kvrt_status_t verdict = KVRT_OK;
     if (got != sizeof(proof) || crypto_verify_32(expect, proof) != 0)
         verdict = KVRT_ERR_AUTH;
-    else if (hello.version != KVRT_XFER_SC_VERSION || hello.backend != backend)
+    else if (hello.version != KVRT_XFER_SC_VERSION || hello.backend != backend ||
+             hello.protection != protection)
         verdict = KVRT_ERR_PROTOCOL;
+    else if (admit)
+        verdict = admit(admit_arg, &hello);
     uint8_t result[4];
     kvrt_store_le32(result, (uint32_t)(int32_t)verdict);
     st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_RESULT, result, sizeof(result), deadline_ns);
@@ -371,6 +421,8 @@ kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
         return verdict;
     if (st != KVRT_OK)
         return st;
+    if (keys_out)
+        session_keys(key, th, false, protection, keys_out);
     *hello_out = hello;
     return KVRT_OK;
 }

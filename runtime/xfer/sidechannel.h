@@ -13,17 +13,25 @@
  * protocol error and the socket must be closed.
  *
  * Authentication (kvrt_xfer_sc_auth_client / _server), with K the 32-byte
- * BLAKE2b hash of the cluster key and HMAC = HMAC-SHA-256 (libsodium):
- *   client -> HELLO  {version, backend, session[16], conn index, nonce_c, name}
- *   server -> CHALLENGE {nonce_s, name, HMAC(K, "kvrt-xfer-srv" nonce_c nonce_s session)}
+ * BLAKE2b hash of the cluster key, HMAC = HMAC-SHA-256 and H = BLAKE2b-256
+ * (libsodium):
+ *   client -> HELLO  {version, backend, conn index, protection, session[16],
+ *                     nonce_c, name}
+ *   server -> CHALLENGE {nonce_s, name, HMAC(K, "kvrt-xfer-srv" H(HELLO) nonce_s name)}
  *   client    checks the server's MAC (a wrong key fails here: KVRT_ERR_AUTH)
- *   client -> PROOF  {HMAC(K, "kvrt-xfer-cli" nonce_s nonce_c session)}
+ *   client -> PROOF  {HMAC(K, "kvrt-xfer-cli" H(HELLO CHALLENGE))}
  *   server    checks it, answers RESULT {status}: KVRT_OK, KVRT_ERR_AUTH, or
- *             KVRT_ERR_PROTOCOL (different backend or version)
+ *             KVRT_ERR_PROTOCOL (different backend, version or protection)
  * Both nonces are fresh random 32-byte values, so a recorded exchange cannot
- * be replayed, and the two MACs carry different labels, so one side's answer
- * can never be reflected as the other's.
- */
+ * be replayed; the two MACs carry different labels, so one side's answer
+ * can never be reflected as the other's; and they cover every byte of
+ * HELLO and CHALLENGE, so nothing in them (names, protection) can be
+ * changed on the path.
+ *
+ * Session keys: BLAKE2b-512 keyed with K over "kvrt-xfer-frames" and
+ * H(HELLO CHALLENGE); the first 32 bytes key the frames client -> server,
+ * the last 32 server -> client (tcp/frame_auth.h). Every socket has its own.
+  */
 #ifndef KVRT_XFER_SIDECHANNEL_H
 #define KVRT_XFER_SIDECHANNEL_H
 
@@ -35,7 +43,7 @@
 #include "core/core.h"
 #include "kvrt/xfer.h"
 
-#define KVRT_XFER_SC_VERSION 1
+#define KVRT_XFER_SC_VERSION 2
 #define KVRT_XFER_SC_PAYLOAD_MAX 4096
 #define KVRT_XFER_SESSION_BYTES 16
 #define KVRT_XFER_KEY_BYTES 32
@@ -102,29 +110,49 @@ typedef struct kvrt_xfer_hello {
     uint32_t version;                         /* KVRT_XFER_SC_VERSION */
     uint32_t backend;                         /* kvrt_xfer_backend_kind_t */
     uint32_t conn_index;                      /* 0 for a session's first socket */
+    uint32_t protection;                      /* kvrt_xfer_protection_t */
     uint8_t session[KVRT_XFER_SESSION_BYTES]; /* names the dialing peer */
     char name[KVRT_XFER_NAME_MAX];            /* dialing agent's name */
 } kvrt_xfer_hello_t;
 
+/* What a handshake gives one socket: its frame keys, one per direction. */
+typedef struct kvrt_xfer_sc_keys {
+    uint8_t tx[KVRT_XFER_KEY_BYTES];          /* frames this side sends */
+    uint8_t rx[KVRT_XFER_KEY_BYTES];          /* frames it receives */
+    uint32_t protection;                      /* kvrt_xfer_protection_t */
+} kvrt_xfer_sc_keys_t;
+
 /*
  * Dialing side of the handshake on a connected socket. *server_name_out
- * (KVRT_XFER_NAME_MAX bytes, may be NULL) gets the listener's name.
+ * (KVRT_XFER_NAME_MAX bytes, may be NULL) gets the listener's name (as
+ * every name from the wire: bytes outside printable ASCII become '?') and
+ * *keys_out (may be NULL) the socket's frame keys.
  * Errors: KVRT_ERR_AUTH (the server proved a different key, or refused
- * ours), KVRT_ERR_PROTOCOL (not a kvrt agent, other backend or version),
+ * ours), KVRT_ERR_BUSY (the listener holds as many peers as it takes), KVRT_ERR_PROTOCOL (not a kvrt agent, other backend or version),
  * KVRT_ERR_TIMEOUT, KVRT_ERR_PEER_FAILED.
  */
 kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
                                        const kvrt_xfer_hello_t *hello,
-                                       char *server_name_out, uint64_t deadline_ns);
+                                       char *server_name_out, kvrt_xfer_sc_keys_t *keys_out,
+                                       uint64_t deadline_ns);
+
+/* Whether the listener takes an authenticated HELLO (KVRT_OK) or refuses it
+ * with the status returned (sent to the dialer in RESULT). */
+typedef kvrt_status_t (*kvrt_xfer_sc_admit_fn)(void *arg, const kvrt_xfer_hello_t *hello);
 
 /*
- * Listening side. Checks that the HELLO's version and backend equal
- * `backend` and the client's proof; answers RESULT either way.
- * Errors: as for the client.
+ * Listening side. Checks the client's proof and that the HELLO's version,
+ * backend and protection equal ours, then asks admit (may be NULL);
+ * answers RESULT either way.
+ * *keys_out (may be NULL) gets the socket's frame keys. Errors: as for the
+ * client.
  */
 kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
-                                       uint32_t backend, const char *server_name,
+                                       uint32_t backend, uint32_t protection,
+                                       kvrt_xfer_sc_admit_fn admit, void *admit_arg,
+                                       const char *server_name,
                                        kvrt_xfer_hello_t *hello_out,
+                                       kvrt_xfer_sc_keys_t *keys_out,
                                        uint64_t deadline_ns);
 
 /*

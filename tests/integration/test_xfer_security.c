@@ -7,11 +7,12 @@
  * A client without the key is refused at the handshake.
  */
 #include <sodium.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "test_xfer_util.h"
+#include "test_xfer_raw.h"
 #include "xfer/sidechannel.h"
 #include "xfer/tcp/wire.h"
 
@@ -24,45 +25,16 @@ static uint64_t kvrt_now_ns_for_test(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* An authenticated raw socket to agent a. */
-static int raw_connect(kvrt_ctx_t *ctx, kvrt_xfer_agent_t *a)
+/* An authenticated raw session to agent a. */
+static txr_t raw_connect(kvrt_ctx_t *ctx, kvrt_xfer_agent_t *a)
 {
     char text[96];
     ASSERT_OK(ctx, kvrt_xfer_agent_address(a, text, sizeof(text)));
-    kvrt_xfer_addr_t addr;
-    cr_assert_eq(kvrt_xfer_addr_parse(text, &addr), KVRT_OK);
-    int fd = -1;
-    cr_assert_eq(kvrt_xfer_sc_dial(&addr, DEADLINE, &fd), KVRT_OK);
-    kvrt_xfer_key_t key;
-    cr_assert_eq(kvrt_xfer_key_derive(test_xfer_key, 32, &key), KVRT_OK);
-    kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION, .backend = KVRT_XFER_BACKEND_TCP,
-                               .name = "intruder"};
-    randombytes_buf(hello.session, sizeof(hello.session));
-    cr_assert_eq(kvrt_xfer_sc_auth_client(fd, &key, &hello, NULL, DEADLINE), KVRT_OK);
-    return fd;
+    return txr_connect(text, "intruder");
 }
 
-static void send_frame(int fd, kvrt_xfer_wire_header_t h, const void *payload)
-{
-    uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES];
-    kvrt_xfer_wire_encode(&h, hdr);
-    cr_assert_eq(kvrt_xfer_sc_write_all(fd, hdr, sizeof(hdr), DEADLINE), KVRT_OK);
-    if (payload && h.length)
-        cr_assert_eq(kvrt_xfer_sc_write_all(fd, payload, h.length, DEADLINE), KVRT_OK);
-}
-
-static kvrt_xfer_wire_header_t recv_frame(int fd, void *payload, size_t capacity)
-{
-    uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES];
-    cr_assert_eq(kvrt_xfer_sc_read_all(fd, hdr, sizeof(hdr), DEADLINE), KVRT_OK);
-    kvrt_xfer_wire_header_t h;
-    cr_assert_eq(kvrt_xfer_wire_parse(hdr, sizeof(hdr), &h), KVRT_OK);
-    uint64_t n = kvrt_xfer_wire_payload(&h);
-    cr_assert_leq(n, capacity);
-    if (n)
-        cr_assert_eq(kvrt_xfer_sc_read_all(fd, payload, n, DEADLINE), KVRT_OK);
-    return h;
-}
+#define send_frame(r, h, payload) txr_send((r), (h), (payload))
+#define recv_frame(r, payload, capacity) txr_recv((r), (payload), (capacity))
 
 typedef struct victim {
     kvrt_ctx_t *ctx;
@@ -99,7 +71,7 @@ Test(xfer_security, out_of_bounds_and_unknown_regions_are_refused)
 {
     victim_t v;
     victim_up(&v);
-    int fd = raw_connect(v.ctx, v.agent);
+    txr_t fd = raw_connect(v.ctx, v.agent);
     uint32_t rw = txu_region_id(v.ctx, v.rw), ro = txu_region_id(v.ctx, v.ro);
     uint8_t junk[8192];
     memset(junk, 0xEE, sizeof(junk));
@@ -125,8 +97,8 @@ Test(xfer_security, out_of_bounds_and_unknown_regions_are_refused)
         kvrt_xfer_wire_header_t h = {.type = cases[i].type, .region = cases[i].region,
                                      .tag = 100 + i, .offset = cases[i].offset,
                                      .length = cases[i].length};
-        send_frame(fd, h, cases[i].type == KVRT_XFER_WIRE_WRITE ? junk : NULL);
-        kvrt_xfer_wire_header_t r = recv_frame(fd, buf, sizeof(buf));
+        send_frame(&fd, h, cases[i].type == KVRT_XFER_WIRE_WRITE ? junk : NULL);
+        kvrt_xfer_wire_header_t r = recv_frame(&fd, buf, sizeof(buf));
         cr_assert_eq(r.tag, 100 + i);
         cr_assert_eq(r.type, cases[i].type == KVRT_XFER_WIRE_WRITE ? KVRT_XFER_WIRE_ACK
                                                                    : KVRT_XFER_WIRE_READ_RESP);
@@ -138,12 +110,12 @@ Test(xfer_security, out_of_bounds_and_unknown_regions_are_refused)
     /* The connection survived the refusals: a legitimate read still works. */
     kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_READ_REQ, .region = ro, .tag = 7,
                                  .offset = 96, .length = 100};
-    send_frame(fd, h, NULL);
-    kvrt_xfer_wire_header_t r = recv_frame(fd, buf, sizeof(buf));
+    send_frame(&fd, h, NULL);
+    kvrt_xfer_wire_header_t r = recv_frame(&fd, buf, sizeof(buf));
     cr_assert_eq(r.status, 0);
     cr_assert_eq(r.length, 100);
     cr_assert(memcmp(buf, v.mem + 96, 100) == 0);
-    close(fd);
+    close(fd.fd);
     victim_down(&v);
 }
 
@@ -161,7 +133,7 @@ Test(xfer_security, malformed_header_drops_the_connection)
     bad[2][6] = 1;                    /* reserved */
     bad[3][39] = 0x80;                /* length far above the frame limit */
     for (int i = 0; i < 4; i++) {
-        int fd = raw_connect(v.ctx, v.agent);
+        int fd = raw_connect(v.ctx, v.agent).fd;
         uint64_t before = txu_stat(v.ctx, "xfer.0.refused");
         cr_assert_eq(kvrt_xfer_sc_write_all(fd, bad[i], sizeof(bad[i]), DEADLINE), KVRT_OK);
         uint8_t byte;
@@ -186,8 +158,8 @@ Test(xfer_security, wrong_key_proof_is_refused_by_the_listener)
     cr_assert_eq(kvrt_xfer_sc_dial(&addr, DEADLINE, &fd), KVRT_OK);
     /* HELLO as sidechannel.h lays it out, then a proof made up without the
      * key: the listener must answer RESULT = KVRT_ERR_AUTH. */
-    uint8_t hello[12 + 16 + 32 + 64] = {1, 0, 0, 0, 1, 0, 0, 0};
-    randombytes_buf(hello + 12, 48);
+    uint8_t hello[16 + 16 + 32 + 64] = {KVRT_XFER_SC_VERSION, 0, 0, 0, 1, 0, 0, 0};
+    randombytes_buf(hello + 16, 48);
     cr_assert_eq(kvrt_xfer_sc_send(fd, KVRT_XFER_SC_HELLO, hello, sizeof(hello), DEADLINE),
                  KVRT_OK);
     uint8_t ch[32 + 64 + 32];
@@ -257,25 +229,14 @@ Test(xfer_security, payload_corrupted_in_transit_is_caught_in_integrity_mode)
     /* One bit flips on the way. */
     block[info.block_bytes / 2] ^= 0x10;
 
-    int fd = -1;
-    {
-        char text[96];
-        kvrt_xfer_agent_address(agent, text, sizeof(text));
-        kvrt_xfer_addr_t addr;
-        kvrt_xfer_addr_parse(text, &addr);
-        cr_assert_eq(kvrt_xfer_sc_dial(&addr, DEADLINE, &fd), KVRT_OK);
-        kvrt_xfer_key_t key;
-        kvrt_xfer_key_derive(test_xfer_key, 32, &key);
-        kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION,
-                                   .backend = KVRT_XFER_BACKEND_TCP, .name = "sender"};
-        randombytes_buf(hello.session, sizeof(hello.session));
-        cr_assert_eq(kvrt_xfer_sc_auth_client(fd, &key, &hello, NULL, DEADLINE), KVRT_OK);
-    }
+    char text[96];
+    kvrt_xfer_agent_address(agent, text, sizeof(text));
+    txr_t fd = txr_connect(text, "sender");
     kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_WRITE, .region = id, .tag = 1,
                                  .offset = 3 * info.block_bytes, .length = info.block_bytes};
-    send_frame(fd, h, block);
+    send_frame(&fd, h, block);
     uint8_t buf[256];
-    cr_assert_eq(recv_frame(fd, buf, sizeof(buf)).status, 0);
+    cr_assert_eq(recv_frame(&fd, buf, sizeof(buf)).status, 0);
 
     /* The closing VERIFY: region, count 1, last, 4 notify bytes, then
      * (block, 0, checksum). */
@@ -290,8 +251,8 @@ Test(xfer_security, payload_corrupted_in_transit_is_caught_in_integrity_mode)
         msg[28 + b] = (uint8_t)(want >> (8 * b));
     kvrt_xfer_wire_header_t m = {.type = KVRT_XFER_WIRE_MSG, .region = 2 /* KV_VERIFY */,
                                  .tag = 2, .length = sizeof(msg)};
-    send_frame(fd, m, msg);
-    kvrt_xfer_wire_header_t r = recv_frame(fd, buf, sizeof(buf));
+    send_frame(&fd, m, msg);
+    kvrt_xfer_wire_header_t r = recv_frame(&fd, buf, sizeof(buf));
     cr_assert_eq(r.type, KVRT_XFER_WIRE_MSG_REPLY);
     cr_assert_eq(r.status, KVRT_ERR_INTEGRITY);
     kvrt_xfer_notification_t note;
@@ -299,9 +260,133 @@ Test(xfer_security, payload_corrupted_in_transit_is_caught_in_integrity_mode)
     cr_assert_eq(note.status, KVRT_ERR_INTEGRITY, "the receiver must be told not to use it");
     cr_assert(memcmp(note.data, "blk3", 4) == 0);
     cr_assert_eq(txu_stat(ctx, "xfer.0.integrity_failures"), 1);
-    close(fd);
+    close(fd.fd);
     free(block);
     ASSERT_OK(ctx, kvrt_xfer_deregister(region));
     ASSERT_OK(ctx, kvrt_xfer_agent_destroy(agent));
+    kvrt_ctx_destroy(ctx);
+}
+
+static kvrt_xfer_agent_t *agent_protected(kvrt_ctx_t *ctx, kvrt_xfer_protection_t protection)
+{
+    kvrt_xfer_agent_params_t p = {
+        .field_mask = KVRT_XFER_AGENT_PARAM_BACKEND | KVRT_XFER_AGENT_PARAM_TIMEOUT |
+                      KVRT_XFER_AGENT_PARAM_PROTECTION | KVRT_XFER_AGENT_PARAM_RECONNECT,
+        .cluster_key = test_xfer_key, .cluster_key_bytes = 32,
+        .backend = KVRT_XFER_BACKEND_TCP, .default_timeout_ms = 3000,
+        .reconnect_initial_ms = 20, .reconnect_max_ms = 100, .reconnect_attempts = 2,
+        .frame_protection = protection};
+    kvrt_xfer_agent_t *a = NULL;
+    ASSERT_OK(ctx, kvrt_xfer_agent_create(ctx, &p, &a));
+    return a;
+}
+
+Test(xfer_security, aead_frames_move_data_and_protection_must_match)
+{
+    kvrt_ctx_t *ctx = txu_ctx();
+    kvrt_xfer_agent_t *a = agent_protected(ctx, KVRT_XFER_PROTECT_AEAD);
+    kvrt_xfer_agent_t *b = agent_protected(ctx, KVRT_XFER_PROTECT_AEAD);
+    kvrt_xfer_agent_t *mac = agent_protected(ctx, KVRT_XFER_PROTECT_MAC);
+    enum { BYTES = 3 << 20 };
+    uint8_t *src = aligned_alloc(4096, BYTES), *dst = aligned_alloc(4096, BYTES),
+            *back = aligned_alloc(4096, BYTES);
+    txu_fill(src, BYTES, 9);
+    memset(dst, 0, BYTES);
+    memset(back, 0, BYTES);
+    kvrt_xfer_region_t *ls = txu_register(ctx, a, src, BYTES, 0);
+    kvrt_xfer_region_t *lb = txu_register(ctx, a, back, BYTES, 0);
+    kvrt_xfer_region_t *rd = txu_register(ctx, b, dst, BYTES,
+                                          KVRT_XFER_REMOTE_READ | KVRT_XFER_REMOTE_WRITE);
+    kvrt_xfer_peer_t *peer = txu_connect(ctx, a, b);
+    kvrt_xfer_remote_t *rem = txu_import(ctx, peer, rd);
+    /* Larger than a frame, so split; not a multiple of it. */
+    kvrt_xfer_op_t op = {.opcode = KVRT_XFER_WRITE, .local = ls, .remote = rem,
+                         .local_offset = 100, .remote_offset = 7, .length = BYTES - 1000};
+    kvrt_xfer_request_t *req = NULL;
+    ASSERT_OK(ctx, kvrt_xfer_post(peer, &op, 1, NULL, &req));
+    ASSERT_STATUS(KVRT_OK, kvrt_xfer_request_wait(req, 10000));
+    ASSERT_OK(ctx, kvrt_xfer_request_release(req));
+    cr_assert(memcmp(dst + 7, src + 100, BYTES - 1000) == 0);
+    op.opcode = KVRT_XFER_READ;
+    op.local = lb;
+    ASSERT_OK(ctx, kvrt_xfer_post(peer, &op, 1, NULL, &req));
+    ASSERT_STATUS(KVRT_OK, kvrt_xfer_request_wait(req, 10000));
+    ASSERT_OK(ctx, kvrt_xfer_request_release(req));
+    cr_assert(memcmp(back + 100, dst + 7, BYTES - 1000) == 0);
+
+    /* A MAC-only agent and an AEAD one do not talk. */
+    char addr[96];
+    ASSERT_OK(ctx, kvrt_xfer_agent_address(b, addr, sizeof(addr)));
+    kvrt_xfer_peer_t *other = NULL;
+    ASSERT_STATUS(KVRT_ERR_PROTOCOL, kvrt_xfer_connect(mac, addr, 3000, &other));
+
+    ASSERT_OK(ctx, kvrt_xfer_remote_release(rem));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(a));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(b));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(mac));
+    kvrt_ctx_destroy(ctx);
+    free(src);
+    free(dst);
+    free(back);
+}
+
+typedef struct log_count {
+    atomic_uint warn, suppressed_lines;
+    atomic_bool control_chars;
+} log_count_t;
+
+static void count_log(void *user, kvrt_log_level_t level, const char *message)
+{
+    log_count_t *c = user;
+    if (level >= KVRT_LOG_WARN)
+        atomic_fetch_add(&c->warn, 1);
+    if (strstr(message, "similar lines suppressed") && !strstr(message, "(0 similar"))
+        atomic_fetch_add(&c->suppressed_lines, 1);
+    for (const char *p = message; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
+            atomic_store(&c->control_chars, true);
+}
+
+Test(xfer_security, refusal_floods_are_rate_limited_and_wire_names_sanitized)
+{
+    /* The callback is set at creation: it may not change while an agent's
+     * threads can log. */
+    static log_count_t counts;
+    kvrt_ctx_params_t cp = {.field_mask = KVRT_CTX_PARAM_LOG_FN | KVRT_CTX_PARAM_LOG_LEVEL,
+                            .log_fn = count_log, .log_user_data = &counts,
+                            .log_level = KVRT_LOG_INFO};
+    kvrt_ctx_t *ctx = NULL;
+    cr_assert_eq(kvrt_ctx_create(&cp, &ctx), KVRT_OK);
+    kvrt_xfer_agent_t *agent = txu_agent(ctx, 3000);
+    char text[96];
+    ASSERT_OK(ctx, kvrt_xfer_agent_address(agent, text, sizeof(text)));
+    /* A name with an escape sequence and a forged log line in it. */
+    txr_t r = txr_connect(text, "evil\x1b[2J\nkvrt WARN: fake line\r");
+    uint64_t refused0 = txu_stat(ctx, "xfer.0.refused");
+    enum { FLOOD = 2000 };
+    uint8_t buf[64];
+    for (uint32_t i = 0; i < FLOOD; i++) {
+        kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_READ_REQ, .region = 4242,
+                                     .tag = i, .length = 16};
+        send_frame(&r, h, NULL);
+        kvrt_xfer_wire_header_t a = recv_frame(&r, buf, sizeof(buf));
+        cr_assert_eq(a.status, KVRT_ERR_UNKNOWN_REGION);
+    }
+    cr_assert_eq(txu_stat(ctx, "xfer.0.refused") - refused0, FLOOD, "every refusal counts");
+    /* The flood took well under the 200 s that would let every line through. */
+    cr_assert_lt(atomic_load(&counts.warn), FLOOD / 10, "%u WARN lines for %u refusals",
+                 atomic_load(&counts.warn), FLOOD);
+    close(r.fd);
+    /* The next line after the window says how many were held back. */
+    usleep(1100000);
+    txr_t r2 = txr_connect(text, "second");
+    kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_READ_REQ, .region = 4242, .tag = 1,
+                                 .length = 16};
+    send_frame(&r2, h, NULL);
+    (void)recv_frame(&r2, buf, sizeof(buf));
+    close(r2.fd);
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(agent));
+    cr_assert_geq(atomic_load(&counts.suppressed_lines), 1);
+    cr_assert(!atomic_load(&counts.control_chars), "a peer's name put control bytes in the log");
     kvrt_ctx_destroy(ctx);
 }

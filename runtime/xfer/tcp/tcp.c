@@ -63,6 +63,24 @@ char kvrt_xfer_tcp_wire_order;
 
 void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f)
 {
+    tcp_state_t *st = s->conn->st;
+    if (s->protection == KVRT_XFER_PROTECT_AEAD && f->length) {
+        /* The ciphertext goes to a buffer of the frame's own: the payload
+         * is registered memory, or the frame already owns it. */
+        uint8_t *out = f->owned ? f->owned : malloc(f->length);
+        if (!out) {
+            tcp_frame_free(st, f);
+            tcp_conn_fail(s->conn, KVRT_ERR_NO_MEMORY, "no memory to encrypt a frame");
+            return;
+        }
+        kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, out, f->length,
+                             f->tag);
+        f->owned = out;
+        f->payload = out;
+    } else {
+        kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, NULL, f->length,
+                             f->tag);
+    }
     TCP_WIRE_RELEASE();
     f->next = NULL;
     if (s->txq_tail)
@@ -70,7 +88,7 @@ void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f)
     else
         s->txq = f;
     s->txq_tail = f;
-    s->txq_bytes += sizeof(f->hdr) + f->length;
+    s->txq_bytes += TCP_FRAME_WIRE(f->length);
 }
 
 /* Reserves n upcall entries (lock held); false without memory. */
@@ -245,10 +263,10 @@ static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
         return NULL;
     t->sock = s;
     tcp_frame_t **tail = &t->frames;
-    while (s->txq && t->iov_count + 2 <= TCP_IOV_MAX) {
+    while (s->txq && t->iov_count + 3 <= TCP_IOV_MAX) {
         tcp_frame_t *f = s->txq;
         s->txq = f->next;
-        s->txq_bytes -= sizeof(f->hdr) + f->length;
+        s->txq_bytes -= TCP_FRAME_WIRE(f->length);
         f->next = NULL;
         *tail = f;
         tail = &f->next;
@@ -259,6 +277,7 @@ static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
                 f->length >= st->env.zerocopy_threshold)
                 t->zerocopy = true;
         }
+        t->iov[t->iov_count++] = (struct iovec){f->tag, sizeof(f->tag)};
     }
     if (!s->txq)
         s->txq_tail = NULL;
@@ -581,7 +600,7 @@ static void tcp_dereg(void *state, kvrt_xfer_bk_region_t *region)
     (void)region;
 }
 
-static tcp_sock_t *sock_new(tcp_conn_t *c, int fd)
+static tcp_sock_t *sock_new(tcp_conn_t *c, int fd, const kvrt_xfer_sc_keys_t *keys)
 {
     /* Answers are 40-byte frames: Nagle would hold each one back until the
      * previous is acknowledged (tens of milliseconds with delayed ACKs). */
@@ -596,10 +615,14 @@ static tcp_sock_t *sock_new(tcp_conn_t *c, int fd)
     }
     s->conn = c;
     s->fd = fd;
+    s->protection = keys->protection;
+    memcpy(s->tx_key.key, keys->tx, sizeof(s->tx_key.key));
+    memcpy(s->rx_key.key, keys->rx, sizeof(s->rx_key.key));
     return s;
 }
 
-static tcp_conn_t *conn_new(tcp_state_t *st, kvrt_xfer_bk_peer_t *peer, int fd)
+static tcp_conn_t *conn_new(tcp_state_t *st, kvrt_xfer_bk_peer_t *peer, int fd,
+                            const kvrt_xfer_sc_keys_t *keys)
 {
     tcp_conn_t *c = calloc(1, sizeof(*c));
     if (!c)
@@ -611,7 +634,7 @@ static tcp_conn_t *conn_new(tcp_state_t *st, kvrt_xfer_bk_peer_t *peer, int fd)
     pthread_mutex_lock(&st->lock);
     c->fail_reserved = upcalls_reserve(st, 1);
     pthread_mutex_unlock(&st->lock);
-    c->socks[0] = c->fail_reserved ? sock_new(c, fd) : NULL;
+    c->socks[0] = c->fail_reserved ? sock_new(c, fd, keys) : NULL;
     if (!c->socks[0]) {
         conn_free(c);
         return NULL;
@@ -641,11 +664,12 @@ static void conn_publish(tcp_state_t *st, tcp_conn_t *c)
 }
 
 /* Adds a socket to a live connection; false when it cannot take one. */
-static bool conn_add_sock(tcp_state_t *st, tcp_conn_t *c, int fd)
+static bool conn_add_sock(tcp_state_t *st, tcp_conn_t *c, int fd,
+                          const kvrt_xfer_sc_keys_t *keys)
 {
     pthread_mutex_lock(&st->lock);
     bool ok = !c->failed && c->nsocks < TCP_MAX_SOCKS;
-    tcp_sock_t *s = ok ? sock_new(c, fd) : NULL;
+    tcp_sock_t *s = ok ? sock_new(c, fd, keys) : NULL;
     if (s)
         c->socks[c->nsocks++] = s;
     pthread_mutex_unlock(&st->lock);
@@ -655,11 +679,11 @@ static bool conn_add_sock(tcp_state_t *st, tcp_conn_t *c, int fd)
 }
 
 static kvrt_status_t tcp_connect(void *state, kvrt_xfer_bk_peer_t *peer, int fd,
-                                 uint64_t deadline_ns, void **conn_out, char *why,
+                                 const kvrt_xfer_sc_keys_t *keys, uint64_t deadline_ns, void **conn_out, char *why,
                                  size_t why_bytes)
 {
     tcp_state_t *st = state;
-    tcp_conn_t *c = conn_new(st, peer, fd);
+    tcp_conn_t *c = conn_new(st, peer, fd, keys);
     if (!c) {
         close(fd);
         snprintf(why, why_bytes, "no memory");
@@ -669,13 +693,14 @@ static kvrt_status_t tcp_connect(void *state, kvrt_xfer_bk_peer_t *peer, int fd,
      * the peer sees them all before any frame. */
     for (uint32_t i = 1; i < st->env.connections_per_peer; i++) {
         int extra = -1;
-        kvrt_status_t s = kvrt_xfer_bk_dial(peer, i, deadline_ns, &extra);
+        kvrt_xfer_sc_keys_t extra_keys;
+        kvrt_status_t s = kvrt_xfer_bk_dial(peer, i, deadline_ns, &extra, &extra_keys);
         if (s != KVRT_OK) {
             snprintf(why, why_bytes, "extra connection %u: %s", i, kvrt_status_str(s));
             conn_free(c);
             return s;
         }
-        c->socks[c->nsocks] = sock_new(c, extra);
+        c->socks[c->nsocks] = sock_new(c, extra, &extra_keys);
         if (!c->socks[c->nsocks]) {
             close(extra);
             conn_free(c);
@@ -690,19 +715,19 @@ static kvrt_status_t tcp_connect(void *state, kvrt_xfer_bk_peer_t *peer, int fd,
 }
 
 static kvrt_status_t tcp_accept(void *state, kvrt_xfer_bk_peer_t *peer, void *conn, int fd,
-                                uint32_t conn_index, void **conn_out, char *why,
+                                const kvrt_xfer_sc_keys_t *keys, uint32_t conn_index, void **conn_out, char *why,
                                 size_t why_bytes)
 {
     tcp_state_t *st = state;
     if (conn) {
-        if (conn_index >= TCP_MAX_SOCKS || !conn_add_sock(st, conn, fd)) {
+        if (conn_index >= TCP_MAX_SOCKS || !conn_add_sock(st, conn, fd, keys)) {
             close(fd);
             snprintf(why, why_bytes, "connection %u not accepted", conn_index);
             return KVRT_ERR_PROTOCOL;
         }
         return KVRT_OK;
     }
-    tcp_conn_t *c = conn_new(st, peer, fd);
+    tcp_conn_t *c = conn_new(st, peer, fd, keys);
     if (!c) {
         close(fd);
         snprintf(why, why_bytes, "no memory");
@@ -745,6 +770,14 @@ static tcp_sock_t *pick_sock(tcp_conn_t *c)
     return best;
 }
 
+/* Frames an operation of `length` bytes takes (at most FRAME_MAX each). */
+static uint64_t op_frames(uint64_t length)
+{
+    return length <= KVRT_XFER_WIRE_FRAME_MAX ? 1
+                                              : (length + KVRT_XFER_WIRE_FRAME_MAX - 1) /
+                                                    KVRT_XFER_WIRE_FRAME_MAX;
+}
+
 static kvrt_status_t tcp_post(void *state, void *conn, kvrt_xfer_bk_batch_t *batch)
 {
     tcp_state_t *st = state;
@@ -754,44 +787,60 @@ static kvrt_status_t tcp_post(void *state, void *conn, kvrt_xfer_bk_batch_t *bat
         pthread_mutex_unlock(&st->lock);
         return c->failed ? KVRT_ERR_PEER_FAILED : KVRT_ERR_NO_MEMORY;
     }
-    batch->backend_data[0] = (void *)(uintptr_t)batch->count;
+    /* Every frame is answered; the batch completes with the last answer. */
+    uint64_t frames = 0;
+    for (uint32_t i = 0; i < batch->count; i++)
+        frames += op_frames(batch->ops[i].length);
+    batch->backend_data[0] = (void *)(uintptr_t)frames;
     batch->backend_data[1] = (void *)(intptr_t)KVRT_OK;
-    for (uint32_t i = 0; i < batch->count; i++) {
+    uint64_t queued = 0;
+    for (uint32_t i = 0; i < batch->count && queued < frames; i++) {
         const kvrt_xfer_bk_op_t *op = &batch->ops[i];
-        uint32_t index = slot_take(c);
         bool write = op->opcode == KVRT_XFER_WRITE;
-        kvrt_xfer_wire_header_t h = {
-            .type = write ? KVRT_XFER_WIRE_WRITE : KVRT_XFER_WIRE_READ_REQ,
-            .region = op->remote->id, .offset = op->remote_offset, .length = op->length};
-        tcp_frame_t *f = NULL;
-        if (index != UINT32_MAX) {
-            h.tag = (uint64_t)c->slots[index].gen << 32 | index;
-            f = tcp_frame_new(st, &h, write ? op->local->base + op->local_offset : NULL, op->length);
-        }
-        if (!f) {
-            /* Ops already queued will complete; the rest count as failed
-             * now, so the batch still completes exactly once. */
+        for (uint64_t at = 0; at < op->length || (at == 0 && op->length == 0);) {
+            uint64_t n = op->length - at;
+            if (n > KVRT_XFER_WIRE_FRAME_MAX)
+                n = KVRT_XFER_WIRE_FRAME_MAX;
+            uint8_t *local = op->local->base + op->local_offset + at;
+            uint32_t index = slot_take(c);
+            kvrt_xfer_wire_header_t h = {
+                .type = write ? KVRT_XFER_WIRE_WRITE : KVRT_XFER_WIRE_READ_REQ,
+                .region = op->remote->id, .offset = op->remote_offset + at, .length = n};
+            tcp_frame_t *f = NULL;
             if (index != UINT32_MAX) {
-                c->slots[index].kind = SLOT_WRITE;
-                c->slots[index].batch = batch;
-                tcp_slot_finish(c, index, KVRT_ERR_NO_MEMORY, NULL, 0);
+                h.tag = (uint64_t)c->slots[index].gen << 32 | index;
+                f = tcp_frame_new(st, &h, write ? local : NULL, n);
             }
-            for (uint32_t j = i + (index == UINT32_MAX ? 0 : 1); j < batch->count; j++) {
-                uintptr_t left = (uintptr_t)batch->backend_data[0] - 1;
+            if (!f) {
+                /* Frames already queued will complete; the rest count as
+                 * failed now, so the batch still completes exactly once. */
+                if (index != UINT32_MAX) {
+                    c->slots[index].kind = SLOT_WRITE;
+                    c->slots[index].batch = batch;
+                    tcp_slot_finish(c, index, KVRT_ERR_NO_MEMORY, NULL, 0);
+                    queued++;
+                }
+                uintptr_t left = (uintptr_t)batch->backend_data[0] - (frames - queued);
                 batch->backend_data[0] = (void *)left;
                 batch->backend_data[1] = (void *)(intptr_t)KVRT_ERR_NO_MEMORY;
-                if (left == 0)
+                if (left == 0 && frames > queued)
                     tcp_upcall(st, (tcp_upcall_t){.kind = UP_BATCH, .batch = batch,
                                                   .status = KVRT_ERR_NO_MEMORY});
+                queued = frames;
+                break;
             }
-            break;
+            tcp_sock_t *s = pick_sock(c);
+            c->slots[index] = (tcp_slot_t){.gen = c->slots[index].gen,
+                                           .kind = write ? SLOT_WRITE : SLOT_READ,
+                                           .sock = s, .batch = batch,
+                                           .dest = write ? NULL : local,
+                                           .length = n, .next_free = UINT32_MAX};
+            tcp_enqueue(s, f);
+            queued++;
+            at += n;
+            if (n == 0)
+                break;
         }
-        tcp_sock_t *s = pick_sock(c);
-        c->slots[index] = (tcp_slot_t){.gen = c->slots[index].gen, .kind = write ? SLOT_WRITE : SLOT_READ,
-                                       .sock = s, .batch = batch,
-                                       .dest = write ? NULL : op->local->base + op->local_offset,
-                                       .length = op->length, .next_free = UINT32_MAX};
-        tcp_enqueue(s, f);
     }
     pthread_mutex_unlock(&st->lock);
     wake(st);

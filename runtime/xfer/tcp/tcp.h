@@ -18,6 +18,7 @@
 
 #include "../backend.h"
 #include "core/free_list.h"
+#include "frame_auth.h"
 #include "wire.h"
 
 #define TCP_MAX_SOCKS 16
@@ -27,11 +28,9 @@
 #define TCP_RESERVE_SENDS 64u
 #define TCP_CACHE_MAX 16384u
 #define TCP_IOV_MAX 128
-#define TCP_SCRATCH (64u << 10)
 #define TCP_STAGE (512u << 10)
-#define TCP_STAGE_READ_SMALL (4u << 10)
-/* Payloads from this size up are received straight into their memory. */
-#define TCP_DIRECT_MIN (64u << 10)
+/* Bytes a frame occupies on the wire. */
+#define TCP_FRAME_WIRE(length) (KVRT_XFER_WIRE_HEADER_BYTES + (length) + KVRT_XFER_FRAME_TAG_BYTES)
 
 typedef struct tcp_state tcp_state_t;
 typedef struct tcp_conn tcp_conn_t;
@@ -44,6 +43,7 @@ typedef struct tcp_frame {
     uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES];
     const uint8_t *payload;
     uint64_t length;
+    uint8_t tag[KVRT_XFER_FRAME_TAG_BYTES]; /* sealed when queued */
     void *pin;                 /* served READ_RESP: unpinned once sent */
     uint8_t *owned;            /* freed with the frame */
 } tcp_frame_t;
@@ -85,8 +85,6 @@ struct tcp_sock {
     kvrt_xfer_wire_header_t h;
     uint8_t *stage;            /* TCP_STAGE bytes: headers and small payloads */
     uint32_t stage_start, stage_end;
-    bool direct;               /* the recv in flight bypasses the stage */
-    uint64_t last_payload;     /* size of the last frame's payload */
     uint8_t *dest;             /* payload target (registered memory or msg) */
     uint64_t left;
     void *pin;                 /* WRITE into a pinned region */
@@ -96,6 +94,11 @@ struct tcp_sock {
     /* send queue */
     tcp_frame_t *txq, *txq_tail;
     uint64_t txq_bytes;
+    /* frame authentication: each direction has its key and sequence */
+    uint32_t protection;       /* kvrt_xfer_protection_t */
+    kvrt_xfer_frame_key_t tx_key, rx_key;
+    bool tag_pending;          /* the verified frame's tag is at stage[tag_at] */
+    uint32_t tag_at;
 };
 
 struct tcp_conn {
@@ -146,7 +149,7 @@ struct tcp_state {
     kvrt_free_list_t sends;    /* freed sendmsg records kept for reuse */
     uint64_t written, read;    /* bytes completed, reported in batches */
     uint32_t zc_orphans;       /* finished sends awaiting zero-copy notifications */
-    uint8_t scratch[TCP_SCRATCH];
+    uint8_t reply[KVRT_XFER_WIRE_MSG_MAX]; /* a message's reply, before it is sized */
 };
 
 /*
@@ -167,10 +170,14 @@ extern char kvrt_xfer_tcp_wire_order;
 #endif
 
 /* tcp.c */
+_Static_assert(TCP_FRAME_WIRE(KVRT_XFER_WIRE_FRAME_MAX) <= TCP_STAGE,
+               "a whole frame must fit the receive stage");
 /* A frame from the state's cache (st->lock held); NULL without memory. */
 tcp_frame_t *tcp_frame_new(tcp_state_t *st, const kvrt_xfer_wire_header_t *h,
                            const uint8_t *payload, uint64_t length);
 void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f);
+/* Seals f and queues it on s (st->lock held). Without memory (AEAD needs a
+ * buffer for the ciphertext) frees f and fails the connection. */
 void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f);
 void tcp_upcall(tcp_state_t *st, tcp_upcall_t up);
 void tcp_conn_fail(tcp_conn_t *c, kvrt_status_t status, const char *why);

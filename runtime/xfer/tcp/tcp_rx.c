@@ -1,6 +1,8 @@
 /*
- * tcp_rx.c - the TCP backend's receive side. Every header goes through
- * kvrt_xfer_wire_parse(); every WRITE and READ_REQ through the agent's
+ * tcp_rx.c - the TCP backend's receive side. A frame is staged whole and
+ * its tag checked (frame_auth.h) before anything acts on it: a frame that
+ * fails drops the connection, and no byte of it reaches memory. Every
+ * header goes through kvrt_xfer_wire_parse(); every WRITE and READ_REQ through the agent's
  * registration check (kvrt_xfer_bk_pin) before a byte of the payload is
  * received into, or sent from, registered memory. Answers (ACK, READ_RESP,
  * MSG_REPLY) must match a slot we are waiting on, on the socket it was sent
@@ -63,7 +65,6 @@ static void on_header(tcp_sock_t *s)
     }
     kvrt_xfer_wire_header_t *h = &s->h;
     TCP_WIRE_ACQUIRE();
-    s->last_payload = kvrt_xfer_wire_payload(h);
     uint8_t *addr = NULL;
     void *pin = NULL;
     kvrt_status_t st;
@@ -77,8 +78,8 @@ static void on_header(tcp_sock_t *s)
             s->dest = addr;
             s->pin = pin;
         } else {
-            /* Refused: the payload is read into scratch and thrown away,
-             * never into registered memory; the ACK says why. */
+            /* Refused: the staged payload is skipped, never copied into
+             * registered memory; the ACK says why. */
             s->phase = RX_DRAIN;
             s->drain_status = st;
         }
@@ -161,13 +162,21 @@ static void on_payload(tcp_sock_t *s)
         break;
     case KVRT_XFER_WIRE_MSG: {
         /* The agent handles it now (it may checksum KV blocks); the lock
-         * is ours, but the agent never calls back into the backend here. */
-        uint8_t *out = malloc(KVRT_XFER_WIRE_MSG_MAX);
+         * is ours, but the agent never calls back into the backend here.
+         * The reply is written to the state's buffer (this thread's, under
+         * the lock) and copied out at its real size: a queued reply costs
+         * what it says, not the largest message. */
         uint32_t out_bytes = 0;
-        kvrt_status_t st = out ? kvrt_xfer_bk_deliver_msg(c->peer, h->region, s->msg,
-                                                          (uint32_t)h->length, out,
-                                                          KVRT_XFER_WIRE_MSG_MAX, &out_bytes)
-                               : KVRT_ERR_NO_MEMORY;
+        kvrt_status_t st = kvrt_xfer_bk_deliver_msg(c->peer, h->region, s->msg,
+                                                    (uint32_t)h->length, c->st->reply,
+                                                    KVRT_XFER_WIRE_MSG_MAX, &out_bytes);
+        uint8_t *out = out_bytes ? malloc(out_bytes) : NULL;
+        if (out)
+            memcpy(out, c->st->reply, out_bytes);
+        else if (out_bytes) {
+            st = KVRT_ERR_NO_MEMORY;
+            out_bytes = 0;
+        }
         kvrt_xfer_wire_header_t r = {.type = KVRT_XFER_WIRE_MSG_REPLY, .status = st,
                                      .tag = h->tag, .length = out_bytes};
         tcp_frame_t *f = tcp_frame_new(c->st, &r, out, out_bytes);
@@ -193,51 +202,65 @@ static void on_payload(tcp_sock_t *s)
 }
 
 /*
- * Receiving. Headers and small payloads arrive through the socket's
- * staging buffer: one recv brings many frames (a burst of ACKs, a run of
- * 16 KiB WRITEs), which are parsed and copied out of it. A payload larger
- * than what is staged is received straight into its destination with
- * MSG_WAITALL, so bulk data is not copied twice.
+ * Receiving. Everything arrives through the socket's staging buffer: one
+ * recv brings many frames (a burst of ACKs, a run of WRITEs), and a frame
+ * is acted on only once it is staged whole, tag included, and authentic.
+ * The stage is compacted only when the rest of it could not take a whole
+ * frame, so most recvs move no staged bytes.
  */
 void tcp_rx_arm(tcp_sock_t *s, struct io_uring_sqe *sqe)
 {
-    bool staged = s->stage_end > s->stage_start;
-    if (s->phase == RX_PAYLOAD && !staged) {
-        s->direct = true;
-        size_t len = s->left > (1u << 30) ? (1u << 30) : (size_t)s->left;
-        io_uring_prep_recv(sqe, s->fd, s->dest, len, MSG_WAITALL);
-        return;
-    }
-    if (s->phase == RX_DRAIN && !staged) {
-        s->direct = true;
-        size_t len = s->left > TCP_SCRATCH ? TCP_SCRATCH : (size_t)s->left;
-        io_uring_prep_recv(sqe, s->fd, s->conn->st->scratch, len, 0);
-        return;
-    }
-    if (s->stage_start > 0) {
+    if (s->stage_start > 0 &&
+        TCP_STAGE - s->stage_end < TCP_FRAME_WIRE(KVRT_XFER_WIRE_FRAME_MAX)) {
         memmove(s->stage, s->stage + s->stage_start, s->stage_end - s->stage_start);
+        if (s->tag_pending)
+            s->tag_at -= s->stage_start;
         s->stage_end -= s->stage_start;
         s->stage_start = 0;
     }
-    s->direct = false;
-    /* After small frames, read big: many frames per system call, copied out
-     * of the stage. After a large payload, read small: the next frame is
-     * likely large too, and most of it is better received directly. */
-    uint32_t room = TCP_STAGE - s->stage_end;
-    uint32_t want = s->last_payload >= TCP_DIRECT_MIN ? TCP_STAGE_READ_SMALL : TCP_STAGE;
-    io_uring_prep_recv(sqe, s->fd, s->stage + s->stage_end, room < want ? room : want, 0);
+    io_uring_prep_recv(sqe, s->fd, s->stage + s->stage_end, TCP_STAGE - s->stage_end, 0);
 }
 
-/* Consumes what is staged: whole headers, and payload bytes for the frame
- * in progress. */
+/* The frame at the stage's start, when it is staged whole: checks its tag
+ * (decrypting its payload in place). Returns false when more bytes are
+ * needed or the connection failed. */
+static bool open_frame(tcp_sock_t *s)
+{
+    uint32_t avail = s->stage_end - s->stage_start;
+    const uint8_t *at = s->stage + s->stage_start;
+    if (avail < KVRT_XFER_WIRE_HEADER_BYTES)
+        return false;
+    kvrt_xfer_wire_header_t h;
+    if (kvrt_xfer_wire_parse(at, KVRT_XFER_WIRE_HEADER_BYTES, &h) != KVRT_OK) {
+        protocol_error(s, "malformed frame header");
+        return false;
+    }
+    uint64_t payload = kvrt_xfer_wire_payload(&h);
+    if (avail < TCP_FRAME_WIRE(payload))
+        return false;
+    uint8_t *body = s->stage + s->stage_start + KVRT_XFER_WIRE_HEADER_BYTES;
+    if (!kvrt_xfer_frame_open(&s->rx_key, s->protection, at, body, payload, body + payload)) {
+        protocol_error(s, "frame failed authentication");
+        return false;
+    }
+    s->tag_pending = true;
+    s->tag_at = s->stage_start + KVRT_XFER_WIRE_HEADER_BYTES + (uint32_t)payload;
+    return true;
+}
+
+/* Consumes what is staged: whole authentic frames. */
 static void drain_stage(tcp_sock_t *s)
 {
     tcp_conn_t *c = s->conn;
     while (!c->failed) {
+        if (s->tag_pending && s->stage_start == s->tag_at) {
+            s->stage_start += KVRT_XFER_FRAME_TAG_BYTES;
+            s->tag_pending = false;
+        }
         uint32_t avail = s->stage_end - s->stage_start;
         const uint8_t *at = s->stage + s->stage_start;
         if (s->phase == RX_HEADER) {
-            if (avail < sizeof(s->hdr))
+            if (!open_frame(s))
                 break;
             memcpy(s->hdr, at, sizeof(s->hdr));
             s->stage_start += sizeof(s->hdr);
@@ -262,7 +285,7 @@ static void drain_stage(tcp_sock_t *s)
             reset_header(s);
         }
     }
-    if (s->stage_start == s->stage_end)
+    if (s->stage_start == s->stage_end && !s->tag_pending)
         s->stage_start = s->stage_end = 0;
 }
 
@@ -277,20 +300,8 @@ void tcp_rx_complete(tcp_sock_t *s, int res)
         tcp_conn_fail(c, KVRT_ERR_PEER_FAILED, why);
         return;
     }
-    if (!s->direct) {
-        s->stage_end += (uint32_t)res;
-        drain_stage(s);
-        return;
-    }
-    s->left -= (uint64_t)res;
-    if (s->phase == RX_PAYLOAD) {
-        s->dest += res;
-        if (s->left == 0)
-            on_payload(s);
-    } else if (s->left == 0) {
-        reply(s, KVRT_XFER_WIRE_ACK, s->drain_status, s->h.tag, NULL, 0);
-        reset_header(s);
-    }
+    s->stage_end += (uint32_t)res;
+    drain_stage(s);
 }
 
 void tcp_rx_release(tcp_sock_t *s)

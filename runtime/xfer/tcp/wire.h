@@ -4,7 +4,8 @@
  * Internal: nothing here is ABI.
  *
  * A frame is a 40-byte little-endian header, then `length` payload bytes
- * for WRITE, READ_RESP (status 0), MSG and MSG_REPLY:
+ * for WRITE, READ_RESP (status 0), MSG and MSG_REPLY, then a 16-byte tag
+ * that authenticates both (frame_auth.h):
  *
  *   0  u32 magic "KVX1"     4  u8 type     5  u8 flags (0)   6  u16 zero
  *   8  u32 region id       12  i32 status (0 in requests)
@@ -25,8 +26,10 @@
 
 #define KVRT_XFER_WIRE_HEADER_BYTES 40
 #define KVRT_XFER_WIRE_MAGIC 0x3158564bu /* "KVX1" little-endian */
-/* Largest data payload of one frame; larger operations are split. */
-#define KVRT_XFER_WIRE_FRAME_MAX (16u << 20)
+/* Largest data payload of one frame; larger operations are split. Small
+ * enough that a receiver stages a whole frame and checks its tag before it
+ * acts on any of it. */
+#define KVRT_XFER_WIRE_FRAME_MAX (256u << 10)
 /* Largest message (MSG / MSG_REPLY) payload. */
 #define KVRT_XFER_WIRE_MSG_MAX 65536u
 

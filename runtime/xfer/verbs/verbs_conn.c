@@ -314,17 +314,21 @@ static kvrt_status_t establish(vb_backend_t *b, kvrt_xfer_bk_peer_t *peer, int f
 }
 
 kvrt_status_t vb_connect(void *state, kvrt_xfer_bk_peer_t *peer, int fd,
+                         const kvrt_xfer_sc_keys_t *keys,
                          uint64_t deadline_ns, void **conn_out, char *why,
                          size_t why_bytes)
 {
+    (void)keys; /* the data path is the NIC's: the rkey and QP are the capability */
     why[0] = 0;
     return establish(state, peer, fd, true, deadline_ns, conn_out, why, why_bytes);
 }
 
 kvrt_status_t vb_accept(void *state, kvrt_xfer_bk_peer_t *peer, void *conn, int fd,
+                        const kvrt_xfer_sc_keys_t *keys,
                         uint32_t conn_index, void **conn_out, char *why,
                         size_t why_bytes)
 {
+    (void)keys;
     why[0] = 0;
     if (conn || conn_index != 0) {
         /* this backend dials no extra sockets; one claiming to be part of

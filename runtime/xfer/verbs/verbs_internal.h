@@ -162,9 +162,11 @@ void vb_wake(vb_backend_t *b);
 
 /* verbs_conn.c */
 kvrt_status_t vb_connect(void *state, kvrt_xfer_bk_peer_t *peer, int fd,
+                         const kvrt_xfer_sc_keys_t *keys,
                          uint64_t deadline_ns, void **conn_out, char *why,
                          size_t why_bytes);
 kvrt_status_t vb_accept(void *state, kvrt_xfer_bk_peer_t *peer, void *conn, int fd,
+                        const kvrt_xfer_sc_keys_t *keys,
                         uint32_t conn_index, void **conn_out, char *why,
                         size_t why_bytes);
 void vb_close(void *state, void *conn);

@@ -1,0 +1,81 @@
+/*
+ * test_xfer_raw.h - a hand-driven TCP peer for the transfer engine's
+ * security tests: it holds the cluster key, runs the handshake and seals
+ * and opens frames itself, so a test can send frames no kvrt agent would.
+ */
+#ifndef KVRT_TEST_XFER_RAW_H
+#define KVRT_TEST_XFER_RAW_H
+
+#include <sodium.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "test_xfer_util.h"
+#include "xfer/sidechannel.h"
+#include "xfer/tcp/frame_auth.h"
+#include "xfer/tcp/wire.h"
+
+static inline uint64_t txr_deadline(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + 3000000000ull;
+}
+
+typedef struct txr {
+    int fd;
+    kvrt_xfer_frame_key_t tx, rx;
+} txr_t;
+
+/* An authenticated raw session to the agent at `address` (MAC frames). */
+static inline txr_t txr_connect(const char *address, const char *name)
+{
+    kvrt_xfer_addr_t addr;
+    cr_assert_eq(kvrt_xfer_addr_parse(address, &addr), KVRT_OK);
+    txr_t r = {.fd = -1};
+    cr_assert_eq(kvrt_xfer_sc_dial(&addr, txr_deadline(), &r.fd), KVRT_OK);
+    kvrt_xfer_key_t key;
+    cr_assert_eq(kvrt_xfer_key_derive(test_xfer_key, 32, &key), KVRT_OK);
+    kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION, .backend = KVRT_XFER_BACKEND_TCP,
+                               .protection = KVRT_XFER_PROTECT_MAC};
+    snprintf(hello.name, sizeof(hello.name), "%s", name);
+    randombytes_buf(hello.session, sizeof(hello.session));
+    kvrt_xfer_sc_keys_t keys;
+    cr_assert_eq(kvrt_xfer_sc_auth_client(r.fd, &key, &hello, NULL, &keys, txr_deadline()),
+                 KVRT_OK);
+    memcpy(r.tx.key, keys.tx, sizeof(r.tx.key));
+    memcpy(r.rx.key, keys.rx, sizeof(r.rx.key));
+    return r;
+}
+
+/* Sends one sealed frame. */
+static inline void txr_send(txr_t *r, kvrt_xfer_wire_header_t h, const void *payload)
+{
+    uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES], tag[KVRT_XFER_FRAME_TAG_BYTES];
+    kvrt_xfer_wire_encode(&h, hdr);
+    uint64_t n = payload ? h.length : 0;
+    kvrt_xfer_frame_seal(&r->tx, KVRT_XFER_PROTECT_MAC, hdr, payload, NULL, n, tag);
+    cr_assert_eq(kvrt_xfer_sc_write_all(r->fd, hdr, sizeof(hdr), txr_deadline()), KVRT_OK);
+    if (n)
+        cr_assert_eq(kvrt_xfer_sc_write_all(r->fd, payload, n, txr_deadline()), KVRT_OK);
+    cr_assert_eq(kvrt_xfer_sc_write_all(r->fd, tag, sizeof(tag), txr_deadline()), KVRT_OK);
+}
+
+/* Receives one frame and checks that it is authentic. */
+static inline kvrt_xfer_wire_header_t txr_recv(txr_t *r, void *payload, size_t capacity)
+{
+    uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES], tag[KVRT_XFER_FRAME_TAG_BYTES];
+    cr_assert_eq(kvrt_xfer_sc_read_all(r->fd, hdr, sizeof(hdr), txr_deadline()), KVRT_OK);
+    kvrt_xfer_wire_header_t h;
+    cr_assert_eq(kvrt_xfer_wire_parse(hdr, sizeof(hdr), &h), KVRT_OK);
+    uint64_t n = kvrt_xfer_wire_payload(&h);
+    cr_assert_leq(n, capacity);
+    if (n)
+        cr_assert_eq(kvrt_xfer_sc_read_all(r->fd, payload, n, txr_deadline()), KVRT_OK);
+    cr_assert_eq(kvrt_xfer_sc_read_all(r->fd, tag, sizeof(tag), txr_deadline()), KVRT_OK);
+    cr_assert(kvrt_xfer_frame_open(&r->rx, KVRT_XFER_PROTECT_MAC, hdr, payload, n, tag),
+              "a frame from the agent failed authentication");
+    return h;
+}
+
+#endif /* KVRT_TEST_XFER_RAW_H */
