@@ -130,8 +130,9 @@ kvrt_status_t kvrt_kv_events_record(kvrt_kv_events_t *events, kvrt_kv_event_kind
  * cache indexes is recorded as STORED in `tier`, every block that leaves it
  * as REMOVED, a reset or destroy of the cache as CLEARED. Attach right
  * after kvrt_cache_create() (blocks cached before are not announced). One
- * cache per publisher. Detach (kvrt_kv_events_detach) or destroy the
- * publisher before destroying the cache; kvrt_ctx_destroy does it in that
+ * cache per publisher. The publisher holds the cache: kvrt_cache_destroy
+ * answers KVRT_ERR_BUSY until the publisher is detached
+ * (kvrt_kv_events_detach) or destroyed; kvrt_ctx_destroy does it in that
  * order. Recording happens inside the cache's
  * calls, on their thread; when the key set cannot grow there, the publisher
  * skips an event id so consumers resynchronize (from a snapshot that then

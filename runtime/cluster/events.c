@@ -41,8 +41,10 @@ static void on_cache_event(void *user, const kvrt_cache_event_t *event);
 
 static void events_free(kvrt_kv_events_t *ev)
 {
-    if (ev->cache)
+    if (ev->cache) {
         kvrt_cache_unobserve(ev->cache, on_cache_event, ev);
+        kvrt_cache_unhold(ev->cache);
+    }
     keytable_free(&ev->held);
     free(ev->ring);
     free(ev);
@@ -196,6 +198,9 @@ KVRT_EXPORT kvrt_status_t kvrt_kv_events_attach(kvrt_kv_events_t *events, kvrt_c
         return st == KVRT_ERR_BUSY ? kvrt_fail(events->ctx, st, "the cache has no observer "
                                                                 "slot left")
                                    : st;
+    /* The hold makes kvrt_cache_destroy() refuse (KVRT_ERR_BUSY) while this
+     * publisher follows the cache, instead of leaving it a dangling pointer. */
+    kvrt_cache_hold(cache);
     events->cache = cache;
     events->cache_tier = tier;
     return KVRT_OK;
@@ -208,6 +213,7 @@ KVRT_EXPORT kvrt_status_t kvrt_kv_events_detach(kvrt_kv_events_t *events)
     if (!events->cache)
         return kvrt_fail(events->ctx, KVRT_ERR_NOT_FOUND, "not attached to a cache");
     kvrt_cache_unobserve(events->cache, on_cache_event, events);
+    kvrt_cache_unhold(events->cache);
     events->cache = NULL;
     return KVRT_OK;
 }

@@ -176,7 +176,9 @@ Test(cluster_events, follows_a_cache_through_its_observer_hook)
     ASSERT_OK(ctx, kvrt_cluster_dir_node_info(dir, 1, &info));
     cr_assert_eq(info.blocks[KVRT_KV_TIER_GPU], 5);
     ASSERT_OK(ctx, kvrt_pool_free(pool, 3, blocks));
-    /* Detach, then the cache goes: no event reaches the publisher. */
+    /* A followed cache cannot go away under its publisher; detached, it can
+     * and no event reaches the publisher. */
+    ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_cache_destroy(cache));
     ASSERT_OK(ctx, kvrt_kv_events_detach(ev));
     ASSERT_STATUS(KVRT_ERR_NOT_FOUND, kvrt_kv_events_detach(ev));
     ASSERT_OK(ctx, kvrt_cache_destroy(cache));
