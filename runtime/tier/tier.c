@@ -120,14 +120,22 @@ LEVEL_GETTER(errors)
 LEVEL_GETTER(evictions)
 
 static const kvrt_ctl_node_t level_nodes[] = {
-    {"capacity_blocks", KVRT_CTL_U64, get_capacity_blocks, NULL},
-    {"used_blocks", KVRT_CTL_U64, get_used_blocks, NULL},
-    {"hits", KVRT_CTL_U64, get_hits, NULL},
-    {"offloads", KVRT_CTL_U64, get_offloads, NULL},
-    {"onloads", KVRT_CTL_U64, get_onloads, NULL},
-    {"drops", KVRT_CTL_U64, get_drops, NULL},
-    {"errors", KVRT_CTL_U64, get_errors, NULL},
-    {"evictions", KVRT_CTL_U64, get_evictions, NULL},
+    {"capacity_blocks", KVRT_CTL_U64, get_capacity_blocks, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Blocks this tier level can hold."},
+    {"used_blocks", KVRT_CTL_U64, get_used_blocks, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Blocks this tier level holds now."},
+    {"hits", KVRT_CTL_U64, get_hits, NULL, KVRT_CTL_METRIC_COUNTER,
+     "Blocks found in this tier level by a match."},
+    {"offloads", KVRT_CTL_U64, get_offloads, NULL, KVRT_CTL_METRIC_COUNTER,
+     "Blocks copied into this tier level."},
+    {"onloads", KVRT_CTL_U64, get_onloads, NULL, KVRT_CTL_METRIC_COUNTER,
+     "Blocks copied out of this tier level towards the pool."},
+    {"drops", KVRT_CTL_U64, get_drops, NULL, KVRT_CTL_METRIC_COUNTER,
+     "Blocks not offloaded because this tier level was busy or full."},
+    {"errors", KVRT_CTL_U64, get_errors, NULL, KVRT_CTL_METRIC_COUNTER,
+     "I/O, copy or integrity errors in this tier level (the block is dropped)."},
+    {"evictions", KVRT_CTL_U64, get_evictions, NULL, KVRT_CTL_METRIC_COUNTER,
+     "Blocks this tier level evicted to make room."},
 };
 
 static void refresh_used(kvrt_tier_t *t)
