@@ -118,8 +118,10 @@ static uint32_t *dense_ids(const trace_t *trace, uint32_t *num_ids_out)
         free(dense);
         return NULL;
     }
-    memcpy(sorted, trace->hash_ids, n * sizeof(*sorted));
-    qsort(sorted, n, sizeof(*sorted), compare_i64);
+    if (n) { /* a trace of 0-token prompts has no ids (and hash_ids may be NULL) */
+        memcpy(sorted, trace->hash_ids, n * sizeof(*sorted));
+        qsort(sorted, n, sizeof(*sorted), compare_i64);
+    }
     size_t u = 0;
     for (size_t i = 0; i < n; i++)
         if (!u || sorted[i] != sorted[u - 1])
