@@ -7,6 +7,7 @@
  * up and the request recomputes; nothing leaks (pool and cache verified).
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "test_helpers.h"
