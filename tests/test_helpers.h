@@ -44,6 +44,26 @@ static inline kvrt_pool_t *test_pool(kvrt_ctx_t *ctx, uint32_t blocks, uint32_t 
     return pool;
 }
 
+/* Tokens 0..n-1 shifted by `seed`, so two prompts share what they share. */
+static inline void test_prompt(int32_t *t, uint32_t n, int32_t seed)
+{
+    for (uint32_t i = 0; i < n; i++)
+        t[i] = (int32_t)i + seed;
+}
+
+/* The end-of-test invariant of every cache test: the cache and the pool
+ * verify and nothing but the cache holds a block. */
+static inline void test_expect_only_cache_holds(kvrt_ctx_t *ctx, kvrt_pool_t *pool,
+                                                kvrt_cache_t *cache)
+{
+    ASSERT_OK(ctx, kvrt_cache_verify(cache));
+    ASSERT_OK(ctx, kvrt_pool_verify(pool));
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    cr_assert_eq(info.used_blocks, 0, "blocks leaked: %u", info.used_blocks);
+    cr_assert_eq(info.live_tables, 0, "tables leaked: %u", info.live_tables);
+}
+
 /* Small deterministic PRNG (xorshift64*), so failures replay exactly. */
 static inline uint64_t test_rand(uint64_t *state)
 {

@@ -96,11 +96,7 @@ static void setup(void)
 static void teardown(void)
 {
     if (cache) {
-        ASSERT_OK(ctx, kvrt_cache_verify(cache));
-        ASSERT_OK(ctx, kvrt_pool_verify(pool));
-        kvrt_pool_info_t info;
-        ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
-        cr_assert_eq(info.used_blocks, 0, "blocks leaked");
+        test_expect_only_cache_holds(ctx, pool, cache);
         cr_assert_eq(kvrt_cache_destroy(cache), KVRT_OK);
     }
     cache = NULL;

@@ -30,10 +30,7 @@ static void setup(void) { cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK); }
 static void teardown(void)
 {
     if (cache) {
-        cr_assert_eq(kvrt_cache_verify(cache), KVRT_OK, "%s", kvrt_ctx_last_error(ctx));
-        kvrt_pool_info_t info;
-        cr_assert_eq(kvrt_pool_info(pool, &info), KVRT_OK);
-        cr_assert_eq(info.used_blocks, 0, "blocks leaked");
+        test_expect_only_cache_holds(ctx, pool, cache);
         cr_assert_eq(kvrt_cache_destroy(cache), KVRT_OK);
         cr_assert_eq(kvrt_pool_destroy(pool), KVRT_OK);
     }
@@ -42,12 +39,6 @@ static void teardown(void)
 }
 
 TestSuite(cache_policy, .init = setup, .fini = teardown);
-
-static void prompt(int32_t *t, uint32_t n, int32_t seed)
-{
-    for (uint32_t i = 0; i < n; i++)
-        t[i] = (int32_t)i + seed;
-}
 
 /* Allocates and caches the blocks of t (n tokens, whole blocks) that miss,
  * then releases every block of it root first in one kvrt_pool_free, the
@@ -106,7 +97,7 @@ static uint32_t survivors_after_root_first_release(uint64_t mask, kvrt_cache_pol
 {
     make(9, mask, policy); /* 8 usable */
     int32_t a[16];
-    prompt(a, 16, 0);
+    test_prompt(a, 16, 0);
     cr_assert_eq(use_root_first(a, 16), 0);
     squeeze(6); /* 4 free, then 2 of a's 4 blocks are evicted */
     return hits_of(a, 16);
@@ -143,11 +134,11 @@ static uint32_t hot_hits_after_scan(kvrt_cache_policy_t policy)
 {
     make(17, KVRT_CACHE_PARAM_POLICY, policy); /* 16 usable */
     int32_t hot[16], doc[16];
-    prompt(hot, 16, 0);
+    test_prompt(hot, 16, 0);
     use_root_first(hot, 16);
     cr_assert_eq(use_root_first(hot, 16), 4, "the hot prompt is reused");
     for (int32_t d = 0; d < 10; d++) { /* 40 one-off blocks: 2.5x the pool */
-        prompt(doc, 16, 1000 * (d + 1));
+        test_prompt(doc, 16, 1000 * (d + 1));
         cr_assert_eq(use_root_first(doc, 16), 0);
     }
     return hits_of(hot, 16);
@@ -174,7 +165,7 @@ static void random_workload(kvrt_cache_policy_t policy, uint64_t seed)
     for (int step = 0; step < 2000; step++) {
         int32_t t[32];
         uint32_t n = TPB * (1 + test_rand_below(&rng, 8));
-        prompt(t, n, 100 * (int32_t)test_rand_below(&rng, 12));
+        test_prompt(t, n, 100 * (int32_t)test_rand_below(&rng, 12));
         uint32_t slot = test_rand_below(&rng, 4);
         if (test_rand_below(&rng, 2)) {
             use_root_first(t, n);
@@ -214,8 +205,8 @@ static void peek_is_the_eviction_order(kvrt_cache_policy_t policy)
 {
     make(9, KVRT_CACHE_PARAM_POLICY, policy);
     int32_t a[16], b[8];
-    prompt(a, 16, 0);
-    prompt(b, 8, 500);
+    test_prompt(a, 16, 0);
+    test_prompt(b, 8, 500);
     use_root_first(a, 16);
     use_root_first(b, 8);
     int32_t before[8], after[8];

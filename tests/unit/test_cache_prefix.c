@@ -28,12 +28,9 @@ static void teardown(void)
 {
     /* Every test ends with nothing but the cache holding blocks. */
     if (cache) {
-        cr_assert_eq(kvrt_cache_verify(cache), KVRT_OK, "%s", kvrt_ctx_last_error(ctx));
-        kvrt_pool_info_t info;
-        cr_assert_eq(kvrt_pool_info(pool, &info), KVRT_OK);
-        cr_assert_eq(info.used_blocks, 0, "blocks leaked");
-        cr_assert_eq(info.live_tables, 0, "tables leaked");
+        test_expect_only_cache_holds(ctx, pool, cache);
         cr_assert_eq(kvrt_cache_destroy(cache), KVRT_OK);
+        kvrt_pool_info_t info;
         cr_assert_eq(kvrt_pool_info(pool, &info), KVRT_OK);
         cr_assert_eq(info.free_blocks, info.num_blocks - 1, "cache kept blocks after destroy");
     }
@@ -42,13 +39,6 @@ static void teardown(void)
 }
 
 TestSuite(cache_prefix, .init = setup, .fini = teardown);
-
-/* Tokens 0..n-1 shifted by `seed`, so two prompts share what they share. */
-static void prompt(int32_t *t, uint32_t n, int32_t seed)
-{
-    for (uint32_t i = 0; i < n; i++)
-        t[i] = (int32_t)i + seed;
-}
 
 /* What a scheduler does for a new sequence: match, adopt the hits, append
  * the rest, cache every full block. Returns the table (caller destroys). */
@@ -101,8 +91,8 @@ Test(cache_prefix, shared_prefix_shares_blocks_and_partial_blocks_never_do)
 {
     make(64, KVRT_CACHE_LRU);
     int32_t a[100], b[100];
-    prompt(a, 100, 0);
-    prompt(b, 100, 0);
+    test_prompt(a, 100, 0);
+    test_prompt(b, 100, 0);
     b[70] = -1; /* b diverges inside block 4 */
     kvrt_cache_match_t m;
     kvrt_table_id_t ta = prefill(a, 100, NULL, &m);
@@ -137,8 +127,8 @@ Test(cache_prefix, released_blocks_stay_cached_until_an_allocation_needs_them)
 {
     make(9, KVRT_CACHE_LRU); /* 8 usable blocks */
     int32_t a[64], b[64];
-    prompt(a, 64, 0);
-    prompt(b, 64, 1000);
+    test_prompt(a, 64, 0);
+    test_prompt(b, 64, 1000);
     ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(a, 64, NULL, NULL)));
     kvrt_pool_info_t info;
     ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
@@ -152,7 +142,7 @@ Test(cache_prefix, released_blocks_stay_cached_until_an_allocation_needs_them)
     cr_assert_eq(m.num_blocks, 4);
     /* Now a third prompt must evict; LRU takes b's blocks (a was used last). */
     int32_t c[32];
-    prompt(c, 32, 5000);
+    test_prompt(c, 32, 5000);
     ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(c, 32, NULL, NULL)));
     cr_assert_eq(stats().evictions, 2);
     ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(a, 64, NULL, &m)));
@@ -168,8 +158,8 @@ Test(cache_prefix, a_held_block_is_never_evicted)
 {
     make(5, KVRT_CACHE_LRU); /* 4 usable */
     int32_t a[32], b[64];
-    prompt(a, 32, 0);
-    prompt(b, 64, 777);
+    test_prompt(a, 32, 0);
+    test_prompt(b, 64, 777);
     kvrt_table_id_t ta = prefill(a, 32, NULL, NULL); /* holds 2 blocks */
     kvrt_table_id_t tb;
     ASSERT_OK(ctx, kvrt_table_create(pool, &tb));
@@ -188,7 +178,7 @@ Test(cache_prefix, tenants_with_different_salts_never_share)
 {
     make(64, KVRT_CACHE_LRU);
     int32_t t[80];
-    prompt(t, 80, 42);
+    test_prompt(t, 80, 42);
     kvrt_hash_keys_t alice = {.field_mask = KVRT_HASH_KEY_SALT, .salt = "alice", .salt_bytes = 5};
     kvrt_hash_keys_t bob = {.field_mask = KVRT_HASH_KEY_SALT, .salt = "bob", .salt_bytes = 3};
     kvrt_hash_keys_t alice2 = {.field_mask = KVRT_HASH_KEY_SALT, .salt = "alice", .salt_bytes = 5};
@@ -231,7 +221,7 @@ Test(cache_prefix, insert_of_a_known_key_is_a_no_op_that_says_so)
 {
     make(16, KVRT_CACHE_LRU);
     int32_t t[16];
-    prompt(t, 16, 9);
+    test_prompt(t, 16, 9);
     kvrt_block_hash_t root, h;
     ASSERT_OK(ctx, kvrt_cache_root(cache, &root));
     ASSERT_OK(ctx, kvrt_block_hash(&root, t, TPB, 0, NULL, &h));
@@ -268,7 +258,7 @@ Test(cache_prefix, metrics_are_readable_through_ctl)
 {
     make(32, KVRT_CACHE_LFU_AGED);
     int32_t t[40];
-    prompt(t, 40, 0);
+    test_prompt(t, 40, 0);
     ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(t, 40, NULL, NULL)));
     ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(t, 40, NULL, NULL)));
     kvrt_pool_info_t info;
@@ -364,7 +354,7 @@ Test(cache_prefix, context_destroy_frees_a_cache_left_behind)
 {
     make(8, KVRT_CACHE_LFU);
     int32_t t[32];
-    prompt(t, 32, 3);
+    test_prompt(t, 32, 3);
     ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(t, 32, NULL, NULL)));
     /* teardown would destroy it; leave it to the context instead. */
     cache = NULL;
