@@ -97,6 +97,13 @@ static const char *drop_text(hs_drop_t why)
 static void drop(acceptor_t *ac, pending_t *p, hs_drop_t why, kvrt_status_t verdict)
 {
     kvrt_xfer_agent_t *a = ac->a;
+    uint64_t suppressed = 0;
+    bool log = false;
+    if (why != DROP_SHUTDOWN) {
+        pthread_mutex_lock(&a->lock);
+        log = xfer_refusal_log_ok(a, &suppressed);
+        pthread_mutex_unlock(&a->lock);
+    }
     close(p->fd);
     p->dead = true;
     xfer_list_del(&p->link);
@@ -104,14 +111,6 @@ static void drop(acceptor_t *ac, pending_t *p, hs_drop_t why, kvrt_status_t verd
     ac->count--;
     if (why == DROP_TIMEOUT || why == DROP_DISPLACED)
         ac->dropped++;
-    if (why == DROP_SHUTDOWN)
-        return;
-    uint64_t suppressed = 0;
-    pthread_mutex_lock(&a->lock);
-    if (verdict == KVRT_ERR_AUTH)
-        a->stats.auth_failures++;
-    bool log = xfer_refusal_log_ok(a, &suppressed);
-    pthread_mutex_unlock(&a->lock);
     if (log)
         kvrt_log(a->ctx, verdict == KVRT_ERR_AUTH ? KVRT_LOG_WARN : KVRT_LOG_INFO,
                  "xfer %s: incoming connection refused: %s%s%s (%" PRIu64
@@ -208,8 +207,13 @@ static void on_frame(acceptor_t *ac, pending_t *p)
     kvrt_store_le32(result, (uint32_t)(int32_t)verdict);
     queue_frame(p, KVRT_XFER_SC_RESULT, result, sizeof(result));
     if (verdict != KVRT_OK) {
-        /* One try at telling the dialer why; it is not waited for.
-         * drop() counts an authentication failure before the close. */
+        /* Counted before the dialer can read RESULT, then one try at
+         * telling it why (not waited for), then the close. */
+        if (verdict == KVRT_ERR_AUTH) {
+            pthread_mutex_lock(&a->lock);
+            a->stats.auth_failures++;
+            pthread_mutex_unlock(&a->lock);
+        }
         (void)!send(p->fd, p->out, p->out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
         drop(ac, p, DROP_REFUSED, verdict);
         return;
