@@ -481,6 +481,13 @@ void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hel
     } else if (st == KVRT_OK) {
         p->conn = made;
         p->connections = 1;
+    } else if (!p->closing && !p->conn) {
+        /* The backend could not set the connection up (a refused verbs QP
+         * exchange, say): a peer without one must not stay listed, holding
+         * a place under max_peers. peer_shut's hold goes at once, ours
+         * below. */
+        (void)peer_shut(p, KVRT_ERR_PEER_FAILED);
+        xfer_peer_put(p);
     }
     pthread_mutex_unlock(&a->lock);
     if (st != KVRT_OK)

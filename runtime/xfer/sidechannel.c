@@ -433,7 +433,7 @@ kvrt_status_t kvrt_xfer_sc_server_proof(kvrt_xfer_sc_server_t *s, const kvrt_xfe
     return verdict;
 }
 
-enum { QP_INFO_BYTES = 32 };
+enum { QP_INFO_BYTES = 32, QP_INFO_MAC_BYTES = 32 };
 
 static void qp_encode(const kvrt_xfer_sc_qp_info_t *q, uint8_t *p)
 {
@@ -458,21 +458,40 @@ static bool qp_decode(const uint8_t *p, kvrt_xfer_sc_qp_info_t *q)
     return q->psn <= 0xffffffu && q->mtu <= 5 && kvrt_load_le32(p + 28) == 0;
 }
 
-kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer,
+/* The MAC a QP_INFO frame ends with: keyed BLAKE2b-256 (the sender's
+ * direction key of this socket) over a label, the count and the entries.
+ * The label keeps it apart from every other use of the key. */
+static void qp_info_mac(const uint8_t key[KVRT_XFER_KEY_BYTES], const uint8_t *entries,
+                        uint32_t count, uint8_t mac[QP_INFO_MAC_BYTES])
+{
+    static const uint8_t label[] = "kvrt-xfer-qp-info";
+    uint8_t n[4];
+    kvrt_store_le32(n, count);
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, key, KVRT_XFER_KEY_BYTES, QP_INFO_MAC_BYTES);
+    crypto_generichash_update(&h, label, sizeof(label));
+    crypto_generichash_update(&h, n, sizeof(n));
+    crypto_generichash_update(&h, entries, (size_t)count * QP_INFO_BYTES);
+    crypto_generichash_final(&h, mac, QP_INFO_MAC_BYTES);
+}
+
+kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer, const kvrt_xfer_sc_keys_t *keys,
                                             const kvrt_xfer_sc_qp_info_t *local,
                                             kvrt_xfer_sc_qp_info_t *remote,
                                             uint32_t count, uint64_t deadline_ns)
 {
-    if (count == 0 || count > KVRT_XFER_SC_QP_MAX || !local || !remote)
+    if (count == 0 || count > KVRT_XFER_SC_QP_MAX || !keys || !local || !remote)
         return KVRT_ERR_INVALID_ARG;
-    uint8_t out[KVRT_XFER_SC_QP_MAX * QP_INFO_BYTES];
-    uint8_t in[KVRT_XFER_SC_QP_MAX * QP_INFO_BYTES];
+    uint8_t out[KVRT_XFER_SC_QP_MAX * QP_INFO_BYTES + QP_INFO_MAC_BYTES];
+    uint8_t in[KVRT_XFER_SC_QP_MAX * QP_INFO_BYTES + QP_INFO_MAC_BYTES];
     for (uint32_t i = 0; i < count; i++)
         qp_encode(&local[i], out + i * QP_INFO_BYTES);
     uint32_t bytes = count * QP_INFO_BYTES, got = 0;
+    qp_info_mac(keys->tx, out, count, out + bytes);
     kvrt_status_t st;
     if (dialer) {
-        st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_QP_INFO, out, bytes, deadline_ns);
+        st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_QP_INFO, out, bytes + QP_INFO_MAC_BYTES,
+                               deadline_ns);
         if (st == KVRT_OK)
             st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_QP_INFO, in, sizeof(in), &got,
                                    deadline_ns);
@@ -480,12 +499,17 @@ kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer,
         st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_QP_INFO, in, sizeof(in), &got,
                                deadline_ns);
         if (st == KVRT_OK)
-            st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_QP_INFO, out, bytes, deadline_ns);
+            st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_QP_INFO, out, bytes + QP_INFO_MAC_BYTES,
+                                   deadline_ns);
     }
     if (st != KVRT_OK)
         return st;
-    if (got != bytes)
+    if (got != bytes + QP_INFO_MAC_BYTES)
         return KVRT_ERR_PROTOCOL;
+    uint8_t expect[QP_INFO_MAC_BYTES];
+    qp_info_mac(keys->rx, in, count, expect);
+    if (crypto_verify_32(expect, in + bytes) != 0)
+        return KVRT_ERR_AUTH;
     for (uint32_t i = 0; i < count; i++)
         if (!qp_decode(in + i * QP_INFO_BYTES, &remote[i]))
             return KVRT_ERR_PROTOCOL;

@@ -33,7 +33,8 @@
  *
  * Session keys: BLAKE2b-512 keyed with K over "kvrt-xfer-frames" and
  * H(HELLO CHALLENGE); the first 32 bytes key the frames client -> server,
- * the last 32 server -> client (tcp/frame_auth.h). Every socket has its own.
+ * the last 32 server -> client (tcp/frame_auth.h; the verbs backend's
+ * QP_INFO frames below). Every socket has its own.
   */
 #ifndef KVRT_XFER_SIDECHANNEL_H
 #define KVRT_XFER_SIDECHANNEL_H
@@ -206,11 +207,17 @@ typedef struct kvrt_xfer_sc_qp_info {
 /*
  * Sends `count` local QP infos and receives the peer's (the dialing side
  * sends first, the listening side receives first, so `dialer` says which
- * this is). The peer must send the same count.
- * Errors: KVRT_ERR_INVALID_ARG (count 0 or > KVRT_XFER_SC_QP_MAX),
- * KVRT_ERR_PROTOCOL (other count, malformed), and the I/O errors above.
+ * this is). The peer must send the same count. Each side's frame ends with
+ * a MAC under its direction key of this socket (`keys`, from the
+ * handshake: keyed BLAKE2b-256 over "kvrt-xfer-qp-info", the count and the
+ * entries), so QP numbers, PSNs and GIDs cannot be changed or replayed on
+ * the path: only the two authenticated ends decide which queue pairs are
+ * connected.
+ * Errors: KVRT_ERR_INVALID_ARG (count 0 or > KVRT_XFER_SC_QP_MAX, NULL),
+ * KVRT_ERR_AUTH (the peer's MAC does not check), KVRT_ERR_PROTOCOL (other
+ * count, malformed), and the I/O errors above.
  */
-kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer,
+kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer, const kvrt_xfer_sc_keys_t *keys,
                                             const kvrt_xfer_sc_qp_info_t *local,
                                             kvrt_xfer_sc_qp_info_t *remote,
                                             uint32_t count, uint64_t deadline_ns);
