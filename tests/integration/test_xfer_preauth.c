@@ -103,20 +103,43 @@ static uint64_t connect_ms(kvrt_ctx_t *ctx, kvrt_xfer_agent_t *client, const cha
     return took;
 }
 
+/* A listening agent with the default limits and a client agent. */
+typedef struct fixture {
+    kvrt_ctx_t *ctx;
+    kvrt_xfer_agent_t *server, *client;
+    char text[96]; /* the server's address */
+    kvrt_xfer_addr_t addr;
+    kvrt_xfer_peer_t *peer;
+} fixture_t;
+
+static void fixture_up(fixture_t *f)
+{
+    memset(f, 0, sizeof(*f));
+    f->ctx = txu_ctx();
+    f->server = agent_default(f->ctx);
+    f->client = txu_agent(f->ctx, 3000);
+    f->addr = agent_addr(f->ctx, f->server, f->text);
+}
+
+static void fixture_down(fixture_t *f)
+{
+    ASSERT_OK(f->ctx, kvrt_xfer_disconnect(f->peer));
+    ASSERT_OK(f->ctx, kvrt_xfer_agent_destroy(f->client));
+    ASSERT_OK(f->ctx, kvrt_xfer_agent_destroy(f->server));
+    kvrt_ctx_destroy(f->ctx);
+}
+
 Test(xfer_preauth, idle_connections_do_not_delay_a_connect, .timeout = 60)
 {
-    kvrt_ctx_t *ctx = txu_ctx();
-    kvrt_xfer_agent_t *server = agent_default(ctx);
-    kvrt_xfer_agent_t *client = txu_agent(ctx, 3000);
-    char text[96];
-    kvrt_xfer_addr_t addr = agent_addr(ctx, server, text);
+    fixture_t f;
+    fixture_up(&f);
+    kvrt_ctx_t *ctx = f.ctx;
     enum { IDLE = 16 };
     int idle[IDLE];
     for (int i = 0; i < IDLE; i++)
-        idle[i] = open_silent(&addr);
+        idle[i] = open_silent(&f.addr);
     cr_assert_eq(stat_reaches(ctx, "xfer.0.handshakes_pending", IDLE, 5000), IDLE);
-    kvrt_xfer_peer_t *peer = NULL;
-    uint64_t took = connect_ms(ctx, client, text, &peer);
+    uint64_t took = connect_ms(ctx, f.client, f.text, &f.peer);
     cr_log_info("connect behind %d idle sockets: %llu ms", IDLE, (unsigned long long)took);
     /* Each idle socket is closed at the default deadline (1 s). */
     uint64_t end = txu_now_ms() + 10000;
@@ -127,10 +150,7 @@ Test(xfer_preauth, idle_connections_do_not_delay_a_connect, .timeout = 60)
     }
     cr_assert_geq(stat_reaches(ctx, "xfer.0.handshakes_dropped", IDLE, 5000), IDLE);
     cr_assert_eq(txu_stat(ctx, "xfer.0.handshakes_pending"), 0);
-    ASSERT_OK(ctx, kvrt_xfer_disconnect(peer));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(client));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(server));
-    kvrt_ctx_destroy(ctx);
+    fixture_down(&f);
 }
 
 /* A peer that sends a well-formed HELLO frame one byte every 100 ms on
@@ -169,18 +189,15 @@ static void *slowloris_main(void *arg)
 
 Test(xfer_preauth, slowloris_does_not_delay_others, .timeout = 60)
 {
-    kvrt_ctx_t *ctx = txu_ctx();
-    kvrt_xfer_agent_t *server = agent_default(ctx);
-    kvrt_xfer_agent_t *client = txu_agent(ctx, 3000);
-    char text[96];
-    slowloris_t s = {.addr = agent_addr(ctx, server, text)};
+    fixture_t f;
+    fixture_up(&f);
+    slowloris_t s = {.addr = f.addr};
     for (int i = 0; i < 8; i++)
         s.fds[i] = open_silent(&s.addr);
     pthread_t t;
     cr_assert_eq(pthread_create(&t, NULL, slowloris_main, &s), 0);
     usleep(300000); /* the slowloris is under way */
-    kvrt_xfer_peer_t *peer = NULL;
-    uint64_t took = connect_ms(ctx, client, text, &peer);
+    uint64_t took = connect_ms(f.ctx, f.client, f.text, &f.peer);
     cr_log_info("connect beside 8 slowloris sockets: %llu ms", (unsigned long long)took);
     pthread_join(t, NULL);
     /* The deadline counts from accept: trickling bytes does not extend
@@ -190,19 +207,15 @@ Test(xfer_preauth, slowloris_does_not_delay_others, .timeout = 60)
         cr_assert_lt(s.sent[i], KVRT_XFER_SC_HEADER_BYTES + KVRT_XFER_SC_HELLO_BYTES);
         close(s.fds[i]);
     }
-    ASSERT_OK(ctx, kvrt_xfer_disconnect(peer));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(client));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(server));
-    kvrt_ctx_destroy(ctx);
+    fixture_down(&f);
 }
 
 Test(xfer_preauth, a_burst_of_connections_does_not_block_a_connect, .timeout = 90)
 {
-    kvrt_ctx_t *ctx = txu_ctx();
-    kvrt_xfer_agent_t *server = agent_default(ctx);
-    kvrt_xfer_agent_t *client = txu_agent(ctx, 3000);
-    char text[96];
-    kvrt_xfer_addr_t addr = agent_addr(ctx, server, text);
+    fixture_t f;
+    fixture_up(&f);
+    kvrt_ctx_t *ctx = f.ctx;
+    const kvrt_xfer_addr_t addr = f.addr;
     enum { BURST = 400 };
     int *fds = calloc(BURST, sizeof(int));
     cr_assert_not_null(fds);
@@ -213,8 +226,7 @@ Test(xfer_preauth, a_burst_of_connections_does_not_block_a_connect, .timeout = 9
         int rc = connect(fds[i], (const struct sockaddr *)&addr.ss, addr.len);
         cr_assert(rc == 0 || errno == EINPROGRESS, "connect: %s", strerror(errno));
     }
-    kvrt_xfer_peer_t *peer = NULL;
-    uint64_t took = connect_ms(ctx, client, text, &peer);
+    uint64_t took = connect_ms(ctx, f.client, f.text, &f.peer);
     cr_log_info("connect after a burst of %d: %llu ms", BURST, (unsigned long long)took);
     /* Never more than the default 256 wait; every one of the burst is
      * dropped, displaced or at the deadline. */
@@ -224,10 +236,7 @@ Test(xfer_preauth, a_burst_of_connections_does_not_block_a_connect, .timeout = 9
     for (int i = 0; i < BURST; i++)
         close(fds[i]);
     free(fds);
-    ASSERT_OK(ctx, kvrt_xfer_disconnect(peer));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(client));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(server));
-    kvrt_ctx_destroy(ctx);
+    fixture_down(&f);
 }
 
 Test(xfer_preauth, a_full_table_drops_the_oldest_pending, .timeout = 60)
@@ -309,27 +318,25 @@ static void *squatter_main(void *arg)
 
 Test(xfer_preauth, a_dialer_reconnects_past_silent_sockets, .timeout = 90)
 {
-    kvrt_ctx_t *ctx = txu_ctx();
-    kvrt_xfer_agent_t *server = agent_default(ctx);
-    kvrt_xfer_agent_t *client = txu_agent(ctx, 3000);
-    char text[96];
-    squatter_t q = {.addr = agent_addr(ctx, server, text)};
-    kvrt_xfer_peer_t *peer = NULL;
-    connect_ms(ctx, client, text, &peer);
+    fixture_t f;
+    fixture_up(&f);
+    kvrt_ctx_t *ctx = f.ctx;
+    squatter_t q = {.addr = f.addr};
+    connect_ms(ctx, f.client, f.text, &f.peer);
 
     /* The listener restarts on the same address; the squatter dials it
      * throughout, so its four silent sockets are there from the start. */
     pthread_t t;
     cr_assert_eq(pthread_create(&t, NULL, squatter_main, &q), 0);
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(server));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(f.server));
     usleep(100000);
-    server = agent_handshakes(ctx, 256, 1000, text);
+    f.server = agent_handshakes(ctx, 256, 1000, f.text);
 
     kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
     uint64_t end = txu_now_ms() + 15000;
     do {
         usleep(10000);
-        ASSERT_OK(ctx, kvrt_xfer_peer_info(peer, &info));
+        ASSERT_OK(ctx, kvrt_xfer_peer_info(f.peer, &info));
     } while (!(info.state == KVRT_XFER_PEER_CONNECTED && info.reconnects >= 1) &&
              info.state != KVRT_XFER_PEER_FAILED && txu_now_ms() < end);
     unsigned opened = atomic_load(&q.opened);
@@ -339,8 +346,5 @@ Test(xfer_preauth, a_dialer_reconnects_past_silent_sockets, .timeout = 90)
     cr_assert_eq(info.state, KVRT_XFER_PEER_CONNECTED, "peer state %d after 15 s (%s)",
                  (int)info.state, kvrt_status_str(info.last_error));
     cr_assert_geq(info.reconnects, 1);
-    ASSERT_OK(ctx, kvrt_xfer_disconnect(peer));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(client));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(server));
-    kvrt_ctx_destroy(ctx);
+    fixture_down(&f);
 }
