@@ -2,7 +2,7 @@
 # -DKVRT_BUILD_FUZZ=ON and clang (CC=clang). Run them briefly with their
 # seed corpora, e.g.:
 #   fuzz_xfer_wire -max_total_time=30 <copy of tests/fuzz/corpus/xfer_wire>
-#   fuzz_xfer_session -max_total_time=45 <copy of tests/fuzz/corpus/xfer_session>
+#   fuzz_xfer_session -max_total_time=35 <copy of tests/fuzz/corpus/xfer_session>
 # fuzz_xfer_wire: the wire-header parser alone. fuzz_xfer_session: a whole
 # hostile session against a real agent on loopback; the transfer engine and
 # what it links are instrumented for coverage and built with ASan+UBSan
