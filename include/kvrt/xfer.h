@@ -85,7 +85,9 @@ enum kvrt_xfer_agent_params_field {
     KVRT_XFER_AGENT_PARAM_RECONNECT = 1u << 6,    /* reconnect_* fields */
     KVRT_XFER_AGENT_PARAM_ZEROCOPY = 1u << 7,     /* zerocopy_threshold */
     KVRT_XFER_AGENT_PARAM_PROTECTION = 1u << 8,   /* frame_protection */
-    KVRT_XFER_AGENT_PARAM_MAX_PEERS = 1u << 9     /* max_peers */
+    KVRT_XFER_AGENT_PARAM_MAX_PEERS = 1u << 9,    /* max_peers */
+    /* max_pending_handshakes, handshake_timeout_ms */
+    KVRT_XFER_AGENT_PARAM_HANDSHAKES = 1u << 10
 };
 
 /*
@@ -136,6 +138,14 @@ typedef struct kvrt_xfer_agent_params {
      * fails with KVRT_ERR_BUSY. Reconnects and extra sockets of a peer
      * already held do not count. */
     uint32_t max_peers;
+    /* Incoming connections not yet authenticated, at most (1..65536,
+     * default 256). Handshakes run concurrently; when one more connection
+     * arrives with the table full, the oldest pending one is closed. */
+    uint32_t max_pending_handshakes;
+    /* How long an incoming connection may take to authenticate, counted
+     * from its accept (10..60000 ms, default 1000); then it is closed, however
+     * slowly it was still sending. */
+    uint32_t handshake_timeout_ms;
 } kvrt_xfer_agent_params_t;
 
 /*

@@ -1,22 +1,25 @@
 /*
  * agent.c - the transfer agent: creation and teardown, its two threads
- * (accept: authenticate incoming sockets; upkeep: close broken connections,
- * reconnect with backoff, expire requests), peers and their states, and the
- * upcalls a backend uses for connections.
+ * (accept, in accept.c: authenticate incoming sockets; upkeep: close broken
+ * connections, reconnect with backoff, expire requests), peers and their
+ * states, what an authenticated incoming socket becomes, and the upcalls a
+ * backend uses for connections.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "agent_internal.h"
 
-/* How long one handshake (ours or a dialer's) may take. */
+/* How long one reconnection (dial, handshake, backend set-up) may take. */
 #define HANDSHAKE_NS (2000ull * 1000000ull)
 /* How often the upkeep thread looks at timeouts when nothing wakes it. */
 #define UPKEEP_PERIOD_NS (5ull * 1000000ull)
@@ -40,6 +43,8 @@ STAT_GETTER(refused)
 STAT_GETTER(auth_failures)
 STAT_GETTER(reconnects)
 STAT_GETTER(integrity_failures)
+STAT_GETTER(handshakes_pending)
+STAT_GETTER(handshakes_dropped)
 
 static void get_notifications_dropped(void *obj, kvrt_ctl_value_t *v)
 {
@@ -98,6 +103,10 @@ static const kvrt_ctl_node_t stat_nodes[] = {
      "Payloads whose checksum did not match."},
     {"notifications_dropped", KVRT_CTL_U64, get_notifications_dropped, NULL, KVRT_CTL_METRIC_COUNTER,
      "Notifications dropped because the queue was full."},
+    {"handshakes_pending", KVRT_CTL_U64, get_handshakes_pending, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Incoming connections not yet authenticated."},
+    {"handshakes_dropped", KVRT_CTL_U64, get_handshakes_dropped, NULL, KVRT_CTL_METRIC_COUNTER,
+     "Incoming connections closed before authenticating: deadline passed, or displaced."},
 };
 
 /* ---- peers ---------------------------------------------------------------- */
@@ -393,13 +402,14 @@ void kvrt_xfer_bk_refuse(kvrt_xfer_bk_peer_t *p, kvrt_status_t status, const cha
                  a->name, p->name, kvrt_status_str(status), why, suppressed);
 }
 
-/* ---- the accept thread ---------------------------------------------------- */
+/* ---- incoming connections (the accept thread, accept.c, calls these) ------ */
 
 /* A new session beyond max_peers passive peers is refused (KVRT_ERR_BUSY);
- * a reconnect or an extra socket of a session we hold is not new. The
- * accept thread runs handshakes one at a time, so the count cannot change
- * between this answer and the peer's creation. */
-static kvrt_status_t admit_peer(void *arg, const kvrt_xfer_hello_t *hello)
+ * a reconnect or an extra socket of a session we hold is not new. Only the
+ * accept thread admits and creates passive peers, and it does both in one
+ * step, so the count cannot change between this answer and the peer's
+ * creation. */
+kvrt_status_t xfer_admit_peer(void *arg, const kvrt_xfer_hello_t *hello)
 {
     kvrt_xfer_agent_t *a = arg;
     pthread_mutex_lock(&a->lock);
@@ -414,35 +424,13 @@ static kvrt_status_t admit_peer(void *arg, const kvrt_xfer_hello_t *hello)
     return hello->conn_index != 0 || known || passive < a->max_peers ? KVRT_OK : KVRT_ERR_BUSY;
 }
 
-static void accept_one(kvrt_xfer_agent_t *a, int fd)
+void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hello_t *hello,
+                               kvrt_xfer_sc_keys_t *keys)
 {
-    kvrt_xfer_hello_t hello;
-    kvrt_xfer_sc_keys_t keys;
-    kvrt_status_t st = kvrt_xfer_sc_auth_server(fd, &a->key, (uint32_t)a->backend->kind,
-                                                (uint32_t)a->protection, admit_peer, a,
-                                                a->name, &hello, &keys,
-                                                kvrt_now_ns() + HANDSHAKE_NS);
-    if (st != KVRT_OK) {
-        /* Counted before the socket closes, so the dialer never sees the
-         * close before the count. */
-        uint64_t suppressed = 0;
-        pthread_mutex_lock(&a->lock);
-        if (st == KVRT_ERR_AUTH)
-            a->stats.auth_failures++;
-        bool log = xfer_refusal_log_ok(a, &suppressed);
-        pthread_mutex_unlock(&a->lock);
-        close(fd);
-        if (log)
-            kvrt_log(a->ctx, st == KVRT_ERR_AUTH ? KVRT_LOG_WARN : KVRT_LOG_INFO,
-                     "xfer %s: incoming connection refused: %s (%" PRIu64
-                     " similar lines suppressed)",
-                     a->name, kvrt_status_str(st), suppressed);
-        return;
-    }
-    bool extra = hello.conn_index != 0;
+    bool extra = hello->conn_index != 0;
     void *old = NULL, *conn = NULL;
     pthread_mutex_lock(&a->lock);
-    kvrt_xfer_peer_t *p = peer_by_session(a, hello.session);
+    kvrt_xfer_peer_t *p = peer_by_session(a, hello->session);
     if (!extra && p) {
         /* The dialer reconnects: whatever we still hold of its last
          * session is stale. */
@@ -452,8 +440,8 @@ static void accept_one(kvrt_xfer_agent_t *a, int fd)
     } else if (!extra) {
         p = peer_new(a, false);
         if (p) {
-            memcpy(p->session, hello.session, sizeof(p->session));
-            memcpy(p->name, hello.name, sizeof(p->name));
+            memcpy(p->session, hello->session, sizeof(p->session));
+            memcpy(p->name, hello->name, sizeof(p->name));
             xfer_list_push(&a->peers, &p->link);
             a->npeers++;
             a->peers_alive++;
@@ -478,9 +466,9 @@ static void accept_one(kvrt_xfer_agent_t *a, int fd)
     }
     char why[256] = "";
     void *made = conn;
-    st = a->backend->accept(a->bk_state, p, conn, fd, &keys, hello.conn_index, &made, why,
-                            sizeof(why));
-    sodium_memzero(&keys, sizeof(keys));
+    kvrt_status_t st = a->backend->accept(a->bk_state, p, conn, fd, keys, hello->conn_index,
+                                          &made, why, sizeof(why));
+    sodium_memzero(keys, sizeof(*keys));
     void *stale = NULL;
     pthread_mutex_lock(&a->lock);
     if (extra) {
@@ -493,54 +481,19 @@ static void accept_one(kvrt_xfer_agent_t *a, int fd)
     } else if (st == KVRT_OK) {
         p->conn = made;
         p->connections = 1;
+    } else if (!p->closing && !p->conn) {
+        /* The backend could not set the connection up (a refused verbs QP
+         * exchange, say): a peer without one must not stay listed, holding
+         * a place under max_peers. peer_shut's hold goes at once, ours
+         * below. */
+        (void)peer_shut(p, KVRT_ERR_PEER_FAILED);
+        xfer_peer_put(p);
     }
     pthread_mutex_unlock(&a->lock);
     if (st != KVRT_OK)
         kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: accepting from %s failed: %s", a->name,
-                 hello.name, why);
+                 hello->name, why);
     peer_close_put(p, stale);
-}
-
-/* Out of descriptors or memory, the pending connection stays queued and
- * the listener stays readable: without a pause the loop would spin. */
-#define ACCEPT_BACKOFF_MIN_MS 10
-#define ACCEPT_BACKOFF_MAX_MS 500
-
-static void *accept_main(void *arg)
-{
-    kvrt_xfer_agent_t *a = arg;
-    int backoff_ms = 0;
-    for (;;) {
-        struct pollfd p = {.fd = a->listen_fd, .events = POLLIN};
-        int n = 1;
-        if (backoff_ms)
-            (void)poll(NULL, 0, backoff_ms); /* then try again */
-        else
-            n = poll(&p, 1, 50);
-        pthread_mutex_lock(&a->lock);
-        bool stop = a->stopping;
-        pthread_mutex_unlock(&a->lock);
-        if (stop)
-            break;
-        if (n <= 0)
-            continue;
-        int fd = accept4(a->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd >= 0) {
-            backoff_ms = 0;
-            accept_one(a, fd);
-        } else if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-            bool first = backoff_ms == 0;
-            backoff_ms = first ? ACCEPT_BACKOFF_MIN_MS
-                               : (backoff_ms * 2 > ACCEPT_BACKOFF_MAX_MS ? ACCEPT_BACKOFF_MAX_MS
-                                                                         : backoff_ms * 2);
-            if (first)
-                kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: cannot accept: %s; backing off",
-                         a->name, strerror(errno));
-        } else {
-            backoff_ms = 0;
-        }
-    }
-    return NULL;
 }
 
 /* ---- the upkeep thread ---------------------------------------------------- */
@@ -643,7 +596,7 @@ static void agent_owned_destroy(kvrt_owned_t *self)
 static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_params_t *p,
                                  kvrt_xfer_backend_kind_t *kind, const char **listen)
 {
-    const uint64_t known = (KVRT_XFER_AGENT_PARAM_MAX_PEERS << 1) - 1;
+    const uint64_t known = (KVRT_XFER_AGENT_PARAM_HANDSHAKES << 1) - 1;
     if (p->field_mask & ~known)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits");
     if (!p->cluster_key || p->cluster_key_bytes < KVRT_XFER_KEY_MIN)
@@ -674,6 +627,18 @@ static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_par
     if (a->max_peers < 1 || a->max_peers > 65536)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "max_peers %u outside 1..65536",
                          a->max_peers);
+    a->max_pending = 256;
+    a->handshake_timeout_ms = 1000;
+    if (m & KVRT_XFER_AGENT_PARAM_HANDSHAKES) {
+        a->max_pending = p->max_pending_handshakes;
+        a->handshake_timeout_ms = p->handshake_timeout_ms;
+    }
+    if (a->max_pending < 1 || a->max_pending > 65536 || a->handshake_timeout_ms < 10 ||
+        a->handshake_timeout_ms > 60000)
+        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG,
+                         "max_pending_handshakes %u outside 1..65536 or handshake_timeout_ms "
+                         "%u outside 10..60000",
+                         a->max_pending, a->handshake_timeout_ms);
     if (a->protection != KVRT_XFER_PROTECT_MAC && a->protection != KVRT_XFER_PROTECT_AEAD)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown frame protection %d",
                          (int)a->protection);
@@ -701,7 +666,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
     if (!a)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "agent");
     a->ctx = ctx;
-    a->listen_fd = a->wake_fd = -1;
+    a->listen_fd = a->wake_fd = a->accept_epoll = -1;
     xfer_list_init(&a->peers);
     xfer_list_init(&a->owned_requests);
     pthread_mutex_init(&a->lock, NULL);
@@ -738,9 +703,19 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
         st = kvrt_fail(ctx, KVRT_ERR_IO, "cannot listen on %s: %s", listen_text, strerror(errno));
     if (st == KVRT_OK) {
         kvrt_xfer_addr_format(&bound, a->address, sizeof(a->address));
+        /* The accept thread takes connections until the queue is empty. */
+        if (fcntl(a->listen_fd, F_SETFL, fcntl(a->listen_fd, F_GETFL) | O_NONBLOCK) != 0)
+            st = kvrt_fail(ctx, KVRT_ERR_IO, "listener: %s", strerror(errno));
+    }
+    if (st == KVRT_OK) {
         a->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (a->wake_fd < 0)
             st = kvrt_fail(ctx, KVRT_ERR_IO, "eventfd: %s", strerror(errno));
+    }
+    if (st == KVRT_OK) {
+        a->accept_epoll = epoll_create1(EPOLL_CLOEXEC);
+        if (a->accept_epoll < 0)
+            st = kvrt_fail(ctx, KVRT_ERR_IO, "epoll: %s", strerror(errno));
     }
     if (st == KVRT_OK) {
         kvrt_xfer_bk_env_t env = {.ctx = ctx, .agent = a, .name = a->name,
@@ -754,7 +729,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
          * be written here, once the last step that can fail succeeded: a
          * failed create takes no index. */
         pthread_mutex_lock(&a->lock);
-        if (pthread_create(&a->control, NULL, accept_main, a) != 0) {
+        if (pthread_create(&a->control, NULL, xfer_accept_main, a) != 0) {
             st = kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "cannot start the accept thread");
         } else if (pthread_create(&a->upkeep, NULL, upkeep_main, a) != 0) {
             a->stopping = true;
@@ -777,6 +752,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
             close(a->listen_fd);
         if (a->wake_fd >= 0)
             close(a->wake_fd);
+        if (a->accept_epoll >= 0)
+            close(a->accept_epoll);
         kvrt_free_list_drain(&a->free_requests);
         kvrt_cq_destroy(a->notes);
         kvrt_cq_destroy(a->completions);
@@ -845,6 +822,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_destroy(kvrt_xfer_agent_t *a)
     kvrt_ctx_disown(a->ctx, &a->owned);
     close(a->listen_fd);
     close(a->wake_fd);
+    close(a->accept_epoll);
     kvrt_free_list_drain(&a->free_requests);
     kvrt_cq_destroy(a->notes);
     kvrt_cq_destroy(a->completions);

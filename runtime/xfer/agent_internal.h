@@ -87,6 +87,8 @@ static inline void xfer_list_del(xfer_link_t *l)
 typedef struct xfer_stats {
     uint64_t bytes_written, bytes_read, ops, requests, requests_failed, refused,
         auth_failures, reconnects, integrity_failures;
+    uint64_t handshakes_pending;  /* gauge, written by the accept thread */
+    uint64_t handshakes_dropped;  /* timed out or displaced before authenticating */
 } xfer_stats_t;
 
 struct kvrt_xfer_region {
@@ -207,10 +209,13 @@ struct kvrt_xfer_agent {
     uint64_t zerocopy_threshold;
     kvrt_xfer_protection_t protection;
     uint32_t max_peers;        /* passive peers held at most */
+    uint32_t max_pending;      /* unauthenticated connections held at most */
+    uint32_t handshake_timeout_ms; /* pre-authentication deadline */
 
     pthread_mutex_t lock;
     pthread_cond_t cond;       /* completions, unpins, peer changes */
     int listen_fd, wake_fd;
+    int accept_epoll;          /* the accept thread's: listener + handshakes */
     pthread_t control, upkeep;
     bool control_started, stopping;
 
@@ -249,6 +254,20 @@ bool xfer_refusal_log_ok(kvrt_xfer_agent_t *a, uint64_t *suppressed_out);
 /* Drops a hold on p (lock held); frees p when it was the last hold of a
  * closing peer. */
 void xfer_peer_put(kvrt_xfer_peer_t *p);
+
+/* The listener's admission of an authenticated HELLO (a kvrt_xfer_sc_admit_fn
+ * with the agent as arg): KVRT_ERR_BUSY for a new session beyond
+ * max_peers. */
+kvrt_status_t xfer_admit_peer(void *agent, const kvrt_xfer_hello_t *hello);
+/* Makes the authenticated socket fd (blocking; ownership passes) a passive
+ * peer's connection or an extra socket of one (accept thread, unlocked). */
+void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hello_t *hello,
+                               kvrt_xfer_sc_keys_t *keys);
+
+/* ---- accept.c ------------------------------------------------------------ */
+/* The accept thread (started by agent create, stopped by `stopping`):
+ * accepts connections and runs their handshakes concurrently. */
+void *xfer_accept_main(void *agent);
 
 /* ---- region.c ---------------------------------------------------------- */
 void xfer_regions_destroy_all(kvrt_xfer_agent_t *agent);

@@ -148,7 +148,7 @@ kvrt_status_t kvrt_xfer_sc_listen(const kvrt_xfer_addr_t *addr,
     memset(&bound, 0, sizeof(bound));
     bound.len = sizeof(bound.ss);
     if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) != 0 ||
-        listen(fd, 256) != 0 ||
+        listen(fd, SOMAXCONN) != 0 ||
         getsockname(fd, (struct sockaddr *)&bound.ss, &bound.len) != 0) {
         close(fd);
         return KVRT_ERR_IO;
@@ -196,34 +196,51 @@ kvrt_status_t kvrt_xfer_sc_read_all(int fd, void *buf, size_t bytes,
     return KVRT_OK;
 }
 
+void kvrt_xfer_sc_header_encode(uint8_t hdr[KVRT_XFER_SC_HEADER_BYTES], uint16_t type,
+                                uint32_t bytes)
+{
+    kvrt_store_le32(hdr, SC_MAGIC);
+    kvrt_store_le32(hdr + 4, type);
+    kvrt_store_le32(hdr + 8, bytes);
+}
+
+kvrt_status_t kvrt_xfer_sc_header_check(const uint8_t hdr[KVRT_XFER_SC_HEADER_BYTES],
+                                        uint16_t type, uint32_t capacity, uint32_t *bytes_out)
+{
+    uint32_t bytes = kvrt_load_le32(hdr + 8);
+    /* The type word carries a 16-bit type and 16 zero bits. */
+    if (kvrt_load_le32(hdr) != SC_MAGIC || kvrt_load_le32(hdr + 4) != type ||
+        bytes > capacity || bytes > KVRT_XFER_SC_PAYLOAD_MAX)
+        return KVRT_ERR_PROTOCOL;
+    *bytes_out = bytes;
+    return KVRT_OK;
+}
+
 kvrt_status_t kvrt_xfer_sc_send(int fd, uint16_t type, const void *payload,
                                 uint32_t bytes, uint64_t deadline_ns)
 {
     if (bytes > KVRT_XFER_SC_PAYLOAD_MAX)
         return KVRT_ERR_INVALID_ARG;
-    uint8_t frame[12 + KVRT_XFER_SC_PAYLOAD_MAX];
-    kvrt_store_le32(frame, SC_MAGIC);
-    kvrt_store_le32(frame + 4, type);
-    kvrt_store_le32(frame + 8, bytes);
+    uint8_t frame[KVRT_XFER_SC_HEADER_BYTES + KVRT_XFER_SC_PAYLOAD_MAX];
+    kvrt_xfer_sc_header_encode(frame, type, bytes);
     if (bytes)
-        memcpy(frame + 12, payload, bytes);
-    return kvrt_xfer_sc_write_all(fd, frame, 12 + (size_t)bytes, deadline_ns);
+        memcpy(frame + KVRT_XFER_SC_HEADER_BYTES, payload, bytes);
+    return kvrt_xfer_sc_write_all(fd, frame, KVRT_XFER_SC_HEADER_BYTES + (size_t)bytes,
+                                  deadline_ns);
 }
 
 kvrt_status_t kvrt_xfer_sc_recv(int fd, uint16_t type, void *payload,
                                 uint32_t capacity, uint32_t *bytes_out,
                                 uint64_t deadline_ns)
 {
-    uint8_t hdr[12];
+    uint8_t hdr[KVRT_XFER_SC_HEADER_BYTES];
     kvrt_status_t st = kvrt_xfer_sc_read_all(fd, hdr, sizeof(hdr), deadline_ns);
     if (st != KVRT_OK)
         return st;
-    uint32_t bytes = kvrt_load_le32(hdr + 8);
-    /* The type word carries a 16-bit type and 16 zero bits. */
-    if (kvrt_load_le32(hdr) != SC_MAGIC || kvrt_load_le32(hdr + 4) != type ||
-        bytes > capacity || bytes > KVRT_XFER_SC_PAYLOAD_MAX)
-        return KVRT_ERR_PROTOCOL;
-    st = kvrt_xfer_sc_read_all(fd, payload, bytes, deadline_ns);
+    uint32_t bytes = 0;
+    st = kvrt_xfer_sc_header_check(hdr, type, capacity, &bytes);
+    if (st == KVRT_OK)
+        st = kvrt_xfer_sc_read_all(fd, payload, bytes, deadline_ns);
     if (st == KVRT_OK)
         *bytes_out = bytes;
     return st;
@@ -269,11 +286,16 @@ static void name_from_wire(char *dst, const uint8_t *src)
 }
 
 enum {
-    HELLO_BYTES = 16 + KVRT_XFER_SESSION_BYTES + NONCE_BYTES + KVRT_XFER_NAME_MAX,
+    HELLO_BYTES = KVRT_XFER_SC_HELLO_BYTES,
     CHALLENGE_SIGNED = NONCE_BYTES + KVRT_XFER_NAME_MAX,
-    CHALLENGE_BYTES = CHALLENGE_SIGNED + crypto_auth_hmacsha256_BYTES,
+    CHALLENGE_BYTES = KVRT_XFER_SC_CHALLENGE_BYTES,
     HASH_BYTES = 32
 };
+_Static_assert(HELLO_BYTES == 16 + KVRT_XFER_SESSION_BYTES + NONCE_BYTES + KVRT_XFER_NAME_MAX,
+               "HELLO layout");
+_Static_assert(CHALLENGE_BYTES == CHALLENGE_SIGNED + crypto_auth_hmacsha256_BYTES,
+               "CHALLENGE layout");
+_Static_assert(KVRT_XFER_SC_PROOF_BYTES == crypto_auth_hmacsha256_BYTES, "PROOF layout");
 
 /* H(hello || challenge); challenge may be NULL. */
 static void transcript(const uint8_t *hello, const uint8_t *challenge, uint8_t out[HASH_BYTES])
@@ -360,74 +382,58 @@ kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
     return KVRT_OK;
 }
 
-kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
-                                       uint32_t backend, uint32_t protection,
-                                       kvrt_xfer_sc_admit_fn admit, void *admit_arg,
-                                       const char *server_name,
-                                       kvrt_xfer_hello_t *hello_out,
-                                       kvrt_xfer_sc_keys_t *keys_out,
-                                       uint64_t deadline_ns)
+kvrt_status_t kvrt_xfer_sc_server_hello(kvrt_xfer_sc_server_t *s, const kvrt_xfer_key_t *key,
+                                        const char *server_name, const uint8_t *hello,
+                                        uint32_t bytes)
 {
-    uint8_t msg[HELLO_BYTES];
-    uint32_t got = 0;
-    kvrt_status_t st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_HELLO, msg, sizeof(msg),
-                                         &got, deadline_ns);
-    if (st != KVRT_OK)
-        return st;
-    if (got != sizeof(msg))
+    if (bytes != HELLO_BYTES)
         return KVRT_ERR_PROTOCOL;
-    kvrt_xfer_hello_t hello;
-    memset(&hello, 0, sizeof(hello));
-    hello.version = kvrt_load_le32(msg);
-    hello.backend = kvrt_load_le32(msg + 4);
-    hello.conn_index = kvrt_load_le32(msg + 8);
-    hello.protection = kvrt_load_le32(msg + 12);
-    memcpy(hello.session, msg + 16, KVRT_XFER_SESSION_BYTES);
-    const uint8_t *nonce_c = msg + 16 + KVRT_XFER_SESSION_BYTES;
-    name_from_wire(hello.name, nonce_c + NONCE_BYTES);
+    memcpy(s->hello, hello, HELLO_BYTES);
+    kvrt_xfer_hello_t *h = &s->parsed;
+    memset(h, 0, sizeof(*h));
+    h->version = kvrt_load_le32(hello);
+    h->backend = kvrt_load_le32(hello + 4);
+    h->conn_index = kvrt_load_le32(hello + 8);
+    h->protection = kvrt_load_le32(hello + 12);
+    memcpy(h->session, hello + 16, KVRT_XFER_SESSION_BYTES);
+    const uint8_t *nonce_c = hello + 16 + KVRT_XFER_SESSION_BYTES;
+    name_from_wire(h->name, nonce_c + NONCE_BYTES);
 
-    uint8_t ch[CHALLENGE_BYTES];
+    uint8_t *ch = s->challenge;
     randombytes_buf(ch, NONCE_BYTES);
     memset(ch + NONCE_BYTES, 0, KVRT_XFER_NAME_MAX);
     memcpy(ch + NONCE_BYTES, server_name, strnlen(server_name, KVRT_XFER_NAME_MAX - 1));
     uint8_t th[HASH_BYTES];
-    transcript(msg, NULL, th);
+    transcript(s->hello, NULL, th);
     handshake_mac(key, "kvrt-xfer-srv", th, HASH_BYTES, ch, CHALLENGE_SIGNED,
                   ch + CHALLENGE_SIGNED);
-    st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_CHALLENGE, ch, sizeof(ch), deadline_ns);
-    if (st != KVRT_OK)
-        return st;
-
-    uint8_t proof[crypto_auth_hmacsha256_BYTES];
-    st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_PROOF, proof, sizeof(proof), &got,
-                           deadline_ns);
-    if (st != KVRT_OK)
-        return st;
-    uint8_t expect[crypto_auth_hmacsha256_BYTES];
-    transcript(msg, ch, th);
-    handshake_mac(key, "kvrt-xfer-cli", th, HASH_BYTES, NULL, 0, expect);
-    kvrt_status_t verdict = KVRT_OK;
-    if (got != sizeof(proof) || crypto_verify_32(expect, proof) != 0)
-        verdict = KVRT_ERR_AUTH;
-    else if (hello.version != KVRT_XFER_SC_VERSION || hello.backend != backend ||
-             hello.protection != protection)
-        verdict = KVRT_ERR_PROTOCOL;
-    else if (admit)
-        verdict = admit(admit_arg, &hello);
-    uint8_t result[4];
-    kvrt_store_le32(result, (uint32_t)(int32_t)verdict);
-    st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_RESULT, result, sizeof(result), deadline_ns);
-    if (verdict != KVRT_OK)
-        return verdict;
-    if (st != KVRT_OK)
-        return st;
-    if (keys_out)
-        session_keys(key, th, false, protection, keys_out);
-    *hello_out = hello;
     return KVRT_OK;
 }
 
-enum { QP_INFO_BYTES = 32 };
+kvrt_status_t kvrt_xfer_sc_server_proof(kvrt_xfer_sc_server_t *s, const kvrt_xfer_key_t *key,
+                                        uint32_t backend, uint32_t protection,
+                                        kvrt_xfer_sc_admit_fn admit, void *admit_arg,
+                                        const uint8_t *proof, uint32_t bytes,
+                                        kvrt_xfer_sc_keys_t *keys_out)
+{
+    uint8_t th[HASH_BYTES], expect[crypto_auth_hmacsha256_BYTES];
+    transcript(s->hello, s->challenge, th);
+    handshake_mac(key, "kvrt-xfer-cli", th, HASH_BYTES, NULL, 0, expect);
+    const kvrt_xfer_hello_t *h = &s->parsed;
+    kvrt_status_t verdict = KVRT_OK;
+    if (bytes != sizeof(expect) || crypto_verify_32(expect, proof) != 0)
+        verdict = KVRT_ERR_AUTH;
+    else if (h->version != KVRT_XFER_SC_VERSION || h->backend != backend ||
+             h->protection != protection)
+        verdict = KVRT_ERR_PROTOCOL;
+    else if (admit)
+        verdict = admit(admit_arg, h);
+    if (verdict == KVRT_OK && keys_out)
+        session_keys(key, th, false, protection, keys_out);
+    return verdict;
+}
+
+enum { QP_INFO_BYTES = 32, QP_INFO_MAC_BYTES = 32 };
 
 static void qp_encode(const kvrt_xfer_sc_qp_info_t *q, uint8_t *p)
 {
@@ -452,21 +458,40 @@ static bool qp_decode(const uint8_t *p, kvrt_xfer_sc_qp_info_t *q)
     return q->psn <= 0xffffffu && q->mtu <= 5 && kvrt_load_le32(p + 28) == 0;
 }
 
-kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer,
+/* The MAC a QP_INFO frame ends with: keyed BLAKE2b-256 (the sender's
+ * direction key of this socket) over a label, the count and the entries.
+ * The label keeps it apart from every other use of the key. */
+static void qp_info_mac(const uint8_t key[KVRT_XFER_KEY_BYTES], const uint8_t *entries,
+                        uint32_t count, uint8_t mac[QP_INFO_MAC_BYTES])
+{
+    static const uint8_t label[] = "kvrt-xfer-qp-info";
+    uint8_t n[4];
+    kvrt_store_le32(n, count);
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, key, KVRT_XFER_KEY_BYTES, QP_INFO_MAC_BYTES);
+    crypto_generichash_update(&h, label, sizeof(label));
+    crypto_generichash_update(&h, n, sizeof(n));
+    crypto_generichash_update(&h, entries, (size_t)count * QP_INFO_BYTES);
+    crypto_generichash_final(&h, mac, QP_INFO_MAC_BYTES);
+}
+
+kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer, const kvrt_xfer_sc_keys_t *keys,
                                             const kvrt_xfer_sc_qp_info_t *local,
                                             kvrt_xfer_sc_qp_info_t *remote,
                                             uint32_t count, uint64_t deadline_ns)
 {
-    if (count == 0 || count > KVRT_XFER_SC_QP_MAX || !local || !remote)
+    if (count == 0 || count > KVRT_XFER_SC_QP_MAX || !keys || !local || !remote)
         return KVRT_ERR_INVALID_ARG;
-    uint8_t out[KVRT_XFER_SC_QP_MAX * QP_INFO_BYTES];
-    uint8_t in[KVRT_XFER_SC_QP_MAX * QP_INFO_BYTES];
+    uint8_t out[KVRT_XFER_SC_QP_MAX * QP_INFO_BYTES + QP_INFO_MAC_BYTES];
+    uint8_t in[KVRT_XFER_SC_QP_MAX * QP_INFO_BYTES + QP_INFO_MAC_BYTES];
     for (uint32_t i = 0; i < count; i++)
         qp_encode(&local[i], out + i * QP_INFO_BYTES);
     uint32_t bytes = count * QP_INFO_BYTES, got = 0;
+    qp_info_mac(keys->tx, out, count, out + bytes);
     kvrt_status_t st;
     if (dialer) {
-        st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_QP_INFO, out, bytes, deadline_ns);
+        st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_QP_INFO, out, bytes + QP_INFO_MAC_BYTES,
+                               deadline_ns);
         if (st == KVRT_OK)
             st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_QP_INFO, in, sizeof(in), &got,
                                    deadline_ns);
@@ -474,12 +499,17 @@ kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer,
         st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_QP_INFO, in, sizeof(in), &got,
                                deadline_ns);
         if (st == KVRT_OK)
-            st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_QP_INFO, out, bytes, deadline_ns);
+            st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_QP_INFO, out, bytes + QP_INFO_MAC_BYTES,
+                                   deadline_ns);
     }
     if (st != KVRT_OK)
         return st;
-    if (got != bytes)
+    if (got != bytes + QP_INFO_MAC_BYTES)
         return KVRT_ERR_PROTOCOL;
+    uint8_t expect[QP_INFO_MAC_BYTES];
+    qp_info_mac(keys->rx, in, count, expect);
+    if (crypto_verify_32(expect, in + bytes) != 0)
+        return KVRT_ERR_AUTH;
     for (uint32_t i = 0; i < count; i++)
         if (!qp_decode(in + i * QP_INFO_BYTES, &remote[i]))
             return KVRT_ERR_PROTOCOL;

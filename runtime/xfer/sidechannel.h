@@ -6,7 +6,10 @@
  *
  * All functions block at most until a deadline on the kvrt_now_ns() clock,
  * take no locks and are safe from any thread (each socket is used by one
- * thread at a time).
+ * thread at a time). The listening side of the handshake does no I/O at
+ * all: it is two steps (kvrt_xfer_sc_server_hello / _proof) an event loop
+ * feeds with received frames (accept.c), so that no peer can make the
+ * listener wait.
  *
  * Frames: [u32 magic "KVSC"][u16 type][u16 zero][u32 length][payload],
  * little-endian, payload <= KVRT_XFER_SC_PAYLOAD_MAX. Anything else is a
@@ -30,7 +33,8 @@
  *
  * Session keys: BLAKE2b-512 keyed with K over "kvrt-xfer-frames" and
  * H(HELLO CHALLENGE); the first 32 bytes key the frames client -> server,
- * the last 32 server -> client (tcp/frame_auth.h). Every socket has its own.
+ * the last 32 server -> client (tcp/frame_auth.h; the verbs backend's
+ * QP_INFO frames below). Every socket has its own.
   */
 #ifndef KVRT_XFER_SIDECHANNEL_H
 #define KVRT_XFER_SIDECHANNEL_H
@@ -44,9 +48,15 @@
 #include "kvrt/xfer.h"
 
 #define KVRT_XFER_SC_VERSION 2
+#define KVRT_XFER_SC_HEADER_BYTES 12
 #define KVRT_XFER_SC_PAYLOAD_MAX 4096
 #define KVRT_XFER_SESSION_BYTES 16
 #define KVRT_XFER_KEY_BYTES 32
+/* Handshake payloads (every one has exactly this size). */
+#define KVRT_XFER_SC_HELLO_BYTES (16 + KVRT_XFER_SESSION_BYTES + 32 + KVRT_XFER_NAME_MAX)
+#define KVRT_XFER_SC_CHALLENGE_BYTES (32 + KVRT_XFER_NAME_MAX + 32)
+#define KVRT_XFER_SC_PROOF_BYTES 32
+#define KVRT_XFER_SC_RESULT_BYTES 4
 
 /* Side-channel frame types. Values >= 64 are free for backends (the verbs
  * backend's QP exchange uses KVRT_XFER_SC_QP_INFO). */
@@ -85,6 +95,15 @@ kvrt_status_t kvrt_xfer_sc_write_all(int fd, const void *buf, size_t bytes,
                                      uint64_t deadline_ns);
 kvrt_status_t kvrt_xfer_sc_read_all(int fd, void *buf, size_t bytes,
                                     uint64_t deadline_ns);
+
+/* A frame header for `bytes` payload bytes of `type`. */
+void kvrt_xfer_sc_header_encode(uint8_t hdr[KVRT_XFER_SC_HEADER_BYTES], uint16_t type,
+                                uint32_t bytes);
+/* Checks a received frame header: magic, type `type`, payload at most
+ * `capacity` (and KVRT_XFER_SC_PAYLOAD_MAX); *bytes_out gets its length.
+ * Errors: KVRT_ERR_PROTOCOL. */
+kvrt_status_t kvrt_xfer_sc_header_check(const uint8_t hdr[KVRT_XFER_SC_HEADER_BYTES],
+                                        uint16_t type, uint32_t capacity, uint32_t *bytes_out);
 
 /* One framed message each way. recv checks the magic and that the type is
  * `type`; *bytes_out gets the payload length (<= capacity).
@@ -141,19 +160,32 @@ kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
 typedef kvrt_status_t (*kvrt_xfer_sc_admit_fn)(void *arg, const kvrt_xfer_hello_t *hello);
 
 /*
- * Listening side. Checks the client's proof and that the HELLO's version,
- * backend and protection equal ours, then asks admit (may be NULL);
- * answers RESULT either way.
- * *keys_out (may be NULL) gets the socket's frame keys. Errors: as for the
- * client.
+ * Listening side, as two steps without I/O. The caller reads the HELLO
+ * frame (at most KVRT_XFER_SC_HELLO_BYTES of payload) and passes its
+ * payload to kvrt_xfer_sc_server_hello(), which parses it into s->parsed
+ * (name sanitized) and writes the CHALLENGE payload to s->challenge
+ * (Errors: KVRT_ERR_PROTOCOL, a HELLO of another size). The caller sends
+ * it, reads the PROOF frame (at most KVRT_XFER_SC_PROOF_BYTES) and passes
+ * it to kvrt_xfer_sc_server_proof(), which returns the verdict to send in
+ * RESULT: KVRT_OK, KVRT_ERR_AUTH (a wrong or short proof),
+ * KVRT_ERR_PROTOCOL (another version, backend or protection than ours), or
+ * what admit (may be NULL) answered for the authenticated HELLO. On
+ * KVRT_OK *keys_out (may be NULL) gets the socket's frame keys.
  */
-kvrt_status_t kvrt_xfer_sc_auth_server(int fd, const kvrt_xfer_key_t *key,
-                                       uint32_t backend, uint32_t protection,
-                                       kvrt_xfer_sc_admit_fn admit, void *admit_arg,
-                                       const char *server_name,
-                                       kvrt_xfer_hello_t *hello_out,
-                                       kvrt_xfer_sc_keys_t *keys_out,
-                                       uint64_t deadline_ns);
+typedef struct kvrt_xfer_sc_server {
+    uint8_t hello[KVRT_XFER_SC_HELLO_BYTES];
+    uint8_t challenge[KVRT_XFER_SC_CHALLENGE_BYTES];
+    kvrt_xfer_hello_t parsed;
+} kvrt_xfer_sc_server_t;
+
+kvrt_status_t kvrt_xfer_sc_server_hello(kvrt_xfer_sc_server_t *s, const kvrt_xfer_key_t *key,
+                                        const char *server_name, const uint8_t *hello,
+                                        uint32_t bytes);
+kvrt_status_t kvrt_xfer_sc_server_proof(kvrt_xfer_sc_server_t *s, const kvrt_xfer_key_t *key,
+                                        uint32_t backend, uint32_t protection,
+                                        kvrt_xfer_sc_admit_fn admit, void *admit_arg,
+                                        const uint8_t *proof, uint32_t bytes,
+                                        kvrt_xfer_sc_keys_t *keys_out);
 
 /*
  * What the two ends of a verbs RC queue pair tell each other. The path MTU
@@ -175,11 +207,17 @@ typedef struct kvrt_xfer_sc_qp_info {
 /*
  * Sends `count` local QP infos and receives the peer's (the dialing side
  * sends first, the listening side receives first, so `dialer` says which
- * this is). The peer must send the same count.
- * Errors: KVRT_ERR_INVALID_ARG (count 0 or > KVRT_XFER_SC_QP_MAX),
- * KVRT_ERR_PROTOCOL (other count, malformed), and the I/O errors above.
+ * this is). The peer must send the same count. Each side's frame ends with
+ * a MAC under its direction key of this socket (`keys`, from the
+ * handshake: keyed BLAKE2b-256 over "kvrt-xfer-qp-info", the count and the
+ * entries), so QP numbers, PSNs and GIDs cannot be changed or replayed on
+ * the path: only the two authenticated ends decide which queue pairs are
+ * connected.
+ * Errors: KVRT_ERR_INVALID_ARG (count 0 or > KVRT_XFER_SC_QP_MAX, NULL),
+ * KVRT_ERR_AUTH (the peer's MAC does not check), KVRT_ERR_PROTOCOL (other
+ * count, malformed), and the I/O errors above.
  */
-kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer,
+kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer, const kvrt_xfer_sc_keys_t *keys,
                                             const kvrt_xfer_sc_qp_info_t *local,
                                             kvrt_xfer_sc_qp_info_t *remote,
                                             uint32_t count, uint64_t deadline_ns);

@@ -3,6 +3,7 @@ kvrt_add_test(integration test_xfer_security DEPS xfer LABELS threads TIMEOUT 60
 kvrt_add_test(integration test_xfer_mitm DEPS xfer LABELS threads TIMEOUT 60)
 kvrt_add_test(integration test_xfer_emfile DEPS xfer LABELS threads TIMEOUT 60)
 kvrt_add_test(integration test_xfer_limits DEPS xfer LABELS threads TIMEOUT 60)
+kvrt_add_test(integration test_xfer_preauth DEPS xfer LABELS threads TIMEOUT 240)
 kvrt_add_test(integration test_xfer_process DEPS xfer LABELS threads TIMEOUT 120)
 kvrt_add_test(integration test_xfer_netns DEPS xfer LABELS threads TIMEOUT 60)
 kvrt_add_test(integration test_xfer_lifetime DEPS xfer LABELS threads TIMEOUT 120)

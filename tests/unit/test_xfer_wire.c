@@ -99,8 +99,21 @@ Test(xfer_wire, keys)
     cr_assert(memcmp(&k1, &k2, sizeof(k1)) != 0);
 }
 
+/* The two ends' keys of one socket: each one's tx is the other's rx. */
+static void qp_keys(kvrt_xfer_sc_keys_t *dialer, kvrt_xfer_sc_keys_t *listener)
+{
+    memset(dialer, 0, sizeof(*dialer));
+    memset(dialer->tx, 0x11, sizeof(dialer->tx));
+    memset(dialer->rx, 0x22, sizeof(dialer->rx));
+    *listener = *dialer;
+    memcpy(listener->tx, dialer->rx, sizeof(listener->tx));
+    memcpy(listener->rx, dialer->tx, sizeof(listener->rx));
+}
+
 Test(xfer_wire, qp_info_exchange_and_mtu)
 {
+    kvrt_xfer_sc_keys_t kd, kl;
+    qp_keys(&kd, &kl);
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     kvrt_xfer_sc_qp_info_t mine[2] = {{.qp_num = 11, .psn = 0xabcdef, .lid = 3, .mtu = 5, .port = 1},
@@ -112,13 +125,13 @@ Test(xfer_wire, qp_info_exchange_and_mtu)
         kvrt_xfer_sc_qp_info_t theirs[2] = {{.qp_num = 21, .psn = 7, .mtu = 3, .port = 2},
                                             {.qp_num = 22, .psn = 8, .mtu = 3, .port = 2}};
         kvrt_xfer_sc_qp_info_t got[2];
-        _exit(kvrt_xfer_sc_exchange_qp_info(sv[1], false, theirs, got, 2, deadline) == KVRT_OK &&
+        _exit(kvrt_xfer_sc_exchange_qp_info(sv[1], false, &kl, theirs, got, 2, deadline) == KVRT_OK &&
                       got[0].qp_num == 11 && got[0].gid[15] == 9 && got[0].lid == 3
                   ? 0
                   : 1);
     }
     kvrt_xfer_sc_qp_info_t got[2];
-    cr_assert_eq(kvrt_xfer_sc_exchange_qp_info(sv[0], true, mine, got, 2, deadline), KVRT_OK);
+    cr_assert_eq(kvrt_xfer_sc_exchange_qp_info(sv[0], true, &kd, mine, got, 2, deadline), KVRT_OK);
     cr_assert_eq(got[1].qp_num, 22);
     cr_assert_eq(got[0].psn, 7);
     int status = 0;
@@ -128,4 +141,71 @@ Test(xfer_wire, qp_info_exchange_and_mtu)
     cr_assert_eq(kvrt_xfer_sc_mtu_min(0, 4), 4);
     close(sv[0]);
     close(sv[1]);
+}
+
+/* The dialer's QP_INFO frame as it would cross the wire. */
+static uint32_t qp_frame(const kvrt_xfer_sc_keys_t *keys, uint8_t *frame, uint32_t capacity)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    kvrt_xfer_sc_qp_info_t mine = {.qp_num = 11, .psn = 5, .mtu = 5, .port = 1}, got;
+    pid_t pid = fork();
+    if (pid == 0) /* sends, then waits for an answer that never comes */
+        _exit(kvrt_xfer_sc_exchange_qp_info(sv[1], true, keys, &mine, &got, 1,
+                                            kvrt_now_ns() + 200000000ull) == KVRT_ERR_TIMEOUT
+                  ? 0
+                  : 1);
+    uint32_t bytes = 0;
+    cr_assert_eq(kvrt_xfer_sc_recv(sv[0], KVRT_XFER_SC_QP_INFO, frame, capacity, &bytes,
+                                   kvrt_now_ns() + 2000000000ull),
+                 KVRT_OK);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(sv[0]);
+    close(sv[1]);
+    return bytes;
+}
+
+/* The listening side's verdict on a QP_INFO frame. */
+static kvrt_status_t qp_receive(const kvrt_xfer_sc_keys_t *keys, const uint8_t *frame,
+                                uint32_t bytes, kvrt_xfer_sc_qp_info_t *got)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    uint64_t deadline = kvrt_now_ns() + 2000000000ull;
+    cr_assert_eq(kvrt_xfer_sc_send(sv[0], KVRT_XFER_SC_QP_INFO, frame, bytes, deadline), KVRT_OK);
+    kvrt_xfer_sc_qp_info_t mine = {.qp_num = 21, .psn = 7, .mtu = 3, .port = 2};
+    kvrt_status_t st = kvrt_xfer_sc_exchange_qp_info(sv[1], false, keys, &mine, got, 1, deadline);
+    close(sv[0]);
+    close(sv[1]);
+    return st;
+}
+
+Test(xfer_wire, qp_info_altered_replayed_or_foreign_is_refused)
+{
+    kvrt_xfer_sc_keys_t kd, kl;
+    qp_keys(&kd, &kl);
+    uint8_t frame[4096], bad[4096];
+    uint32_t bytes = qp_frame(&kd, frame, sizeof(frame));
+    cr_assert_eq(bytes, 32 + 32); /* one entry and its MAC */
+    kvrt_xfer_sc_qp_info_t got;
+    cr_assert_eq(qp_receive(&kl, frame, bytes, &got), KVRT_OK);
+    cr_assert_eq(got.qp_num, 11);
+    /* Any bit of the entries or of the MAC changed on the path. */
+    for (uint32_t bit = 0; bit < bytes * 8; bit += 7) {
+        memcpy(bad, frame, bytes);
+        bad[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        cr_assert_eq(qp_receive(&kl, bad, bytes, &got), KVRT_ERR_AUTH, "bit %u", bit);
+    }
+    /* Another socket's keys (a frame replayed from another session), or the
+     * listener's own frame reflected back to it. */
+    kvrt_xfer_sc_keys_t other = kl;
+    other.rx[0] ^= 1;
+    cr_assert_eq(qp_receive(&other, frame, bytes, &got), KVRT_ERR_AUTH);
+    cr_assert_eq(qp_receive(&kd, frame, bytes, &got), KVRT_ERR_AUTH);
+    /* Without its MAC the frame is malformed. */
+    cr_assert_eq(qp_receive(&kl, frame, 32, &got), KVRT_ERR_PROTOCOL);
+    cr_assert_eq(kvrt_xfer_sc_exchange_qp_info(0, true, NULL, &got, &got, 1, 0),
+                 KVRT_ERR_INVALID_ARG);
 }

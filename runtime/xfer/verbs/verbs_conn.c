@@ -7,7 +7,8 @@
  *   SETUP  {version, QPs wanted}        both use the smaller count
  *   create a CQ per device, the QPs (RESET -> INIT), the message buffers,
  *   and post the receives
- *   QP_INFO {qpn, psn, gid, lid, mtu, port} per QP (sidechannel.h)
+ *   QP_INFO {qpn, psn, gid, lid, mtu, port} per QP, then a MAC under the
+ *           socket's handshake keys (sidechannel.h)
  *   INIT -> RTR with path MTU = min(ours, theirs), RTR -> RTS
  *   READY  {status}                      neither side sends before both
  *                                        are in RTS
@@ -30,7 +31,8 @@
 
 #include "verbs_internal.h"
 
-#define VB_SETUP_VERSION 1
+/* 2: QP_INFO frames carry a MAC (sidechannel.h) */
+#define VB_SETUP_VERSION 2
 #define MSG_REQUEST 1
 #define MSG_REPLY 2
 
@@ -239,8 +241,8 @@ static kvrt_status_t swap_frame(int fd, bool dialer, uint16_t type, const uint8_
 }
 
 static kvrt_status_t establish(vb_backend_t *b, kvrt_xfer_bk_peer_t *peer, int fd,
-                               bool dialer, uint64_t deadline_ns, void **conn_out,
-                               char *why, size_t n)
+                               const kvrt_xfer_sc_keys_t *keys, bool dialer,
+                               uint64_t deadline_ns, void **conn_out, char *why, size_t n)
 {
     vb_conn_t *c = calloc(1, sizeof(*c));
     if (!c) {
@@ -274,7 +276,7 @@ static kvrt_status_t establish(vb_backend_t *b, kvrt_xfer_bk_peer_t *peer, int f
                                                 .mtu = (uint8_t)dv->mtu, .port = dv->port};
             memcpy(local[k].gid, dv->gid.raw, 16);
         }
-        st = kvrt_xfer_sc_exchange_qp_info(fd, dialer, local, remote, nqp, deadline_ns);
+        st = kvrt_xfer_sc_exchange_qp_info(fd, dialer, keys, local, remote, nqp, deadline_ns);
         if (st != KVRT_OK && why[0] == 0)
             snprintf(why, n, "verbs: QP exchange: %s", kvrt_status_str(st));
     }
@@ -318,9 +320,10 @@ kvrt_status_t vb_connect(void *state, kvrt_xfer_bk_peer_t *peer, int fd,
                          uint64_t deadline_ns, void **conn_out, char *why,
                          size_t why_bytes)
 {
-    (void)keys; /* the data path is the NIC's: the rkey and QP are the capability */
+    /* The keys authenticate the QP exchange; the data path is the NIC's
+     * (the rkey and QP are the capability). */
     why[0] = 0;
-    return establish(state, peer, fd, true, deadline_ns, conn_out, why, why_bytes);
+    return establish(state, peer, fd, keys, true, deadline_ns, conn_out, why, why_bytes);
 }
 
 kvrt_status_t vb_accept(void *state, kvrt_xfer_bk_peer_t *peer, void *conn, int fd,
@@ -328,7 +331,6 @@ kvrt_status_t vb_accept(void *state, kvrt_xfer_bk_peer_t *peer, void *conn, int 
                         uint32_t conn_index, void **conn_out, char *why,
                         size_t why_bytes)
 {
-    (void)keys;
     why[0] = 0;
     if (conn || conn_index != 0) {
         /* this backend dials no extra sockets; one claiming to be part of
@@ -339,7 +341,7 @@ kvrt_status_t vb_accept(void *state, kvrt_xfer_bk_peer_t *peer, void *conn, int 
     }
     /* A bounded wait: the dialer drives set-up right after authenticating. */
     uint64_t deadline = kvrt_now_ns() + 10ull * 1000000000ull;
-    return establish(state, peer, fd, false, deadline, conn_out, why, why_bytes);
+    return establish(state, peer, fd, keys, false, deadline, conn_out, why, why_bytes);
 }
 
 /* Progress thread, no lock held: after this nothing of the connection's
