@@ -2,7 +2,9 @@
  * tier_internal.h - the parts of runtime/tier, shared by its files only:
  * the slot directory each tier keeps (slot_dir.c), the SSD file and its
  * block headers (ssd_file.c), the copy/I-O thread (tier_worker.c) and the
- * tier stack itself (tier.c).
+ * tier stack itself: lifecycle and poll (tier.c), moving blocks down
+ * (tier_offload.c), bringing them back (tier_onload.c) and onload through
+ * the scheduler (tier_admit.c).
  *
  * Ownership and threads: the directories, the onload tickets and every
  * counter belong to the engine thread (the pool's thread). The worker
@@ -166,13 +168,108 @@ void tier_worker_stop(tier_worker_t *w);
 /* Hands a job over; false when the ring is full. */
 bool tier_worker_submit(tier_worker_t *w, const tier_job_t *job);
 
-/* ---- the tier stack (tier.c), for kvrt_tier_admit (tier_admit.c) -------- */
+/* ---- the tier stack (tier.c, tier_offload.c, tier_onload.c, tier_admit.c) - */
 
 typedef struct tier_admit_stats {
     uint64_t admitted;      /* requests put in WAITING_KV with an onload */
     uint64_t landed_blocks; /* blocks their onloads brought back */
     uint64_t failed;        /* onloads that landed fewer blocks than asked */
 } tier_admit_stats_t;
+
+#define MAX_TICKETS 64u
+/* Clean-ahead looks at most this many queue depths of victims ahead: about
+ * what a long prompt's allocation evicts at once. */
+#define AHEAD_WINDOW 16u
+#define MAX_ONLOAD_BLOCKS 65536u
+
+/* A clean-ahead copy of a block the cache still holds (no reference): if
+ * the cache evicts it meanwhile, the sink keeps it until the copy is done,
+ * or, when it may not keep it, marks the copy torn (the block is reused at
+ * once) so the copy is thrown away. */
+enum ahead_state { AHEAD_NONE = 0, AHEAD_COPYING = 1, AHEAD_KEPT = 2, AHEAD_TORN = 3 };
+
+typedef enum block_fate { FATE_PENDING = 0, FATE_LANDED = 1, FATE_FAILED = 2 } block_fate_t;
+
+typedef struct ticket {
+    uint64_t id;             /* 0: free */
+    uint32_t count, accepted, pending;
+    uint32_t next;           /* first block not started yet (< accepted: retried in poll) */
+    kvrt_tier_miss_t miss;   /* of the first block not accepted */
+    int32_t *blocks;
+    kvrt_cache_block_name_t *names;
+    uint8_t *fate;
+    kvrt_tier_miss_t *misses;
+    kvrt_sched_t *sched;     /* kvrt_tier_admit: the arrival this ticket completes */
+    kvrt_arrival_id_t arrival;
+} ticket_t;
+
+struct kvrt_tier {
+    kvrt_owned_t owned;      /* first: kvrt_ctx_destroy() tears a forgotten tier down */
+    kvrt_ctx_t *ctx;
+    kvrt_cache_t *cache;
+    kvrt_pool_t *pool;
+    uint32_t group_id;
+    uint32_t queue_depth;
+    kvrt_block_hash_t root;
+    slot_dir_t host, ssd;
+    bool has_ssd;
+    ssd_file_t file;
+    bool file_lost;
+    char ssd_dir[4096];
+    void *slab_raw;          /* what kvrt_host_alloc returned */
+    uint8_t *slab;           /* host slots: slab_raw rounded up to 2 MiB */
+    bool slab_pinned;        /* by the device's pin (device pools) */
+    tier_worker_t worker;
+    tier_job_t *done;        /* poll's buffer */
+    uint32_t in_flight;
+    uint32_t writebacks;     /* host slots on their way to SSD */
+    uint32_t demotes;        /* pool -> host copies in flight */
+    uint8_t *ahead;          /* per pool block: enum ahead_state */
+    uint32_t ahead_backoff;  /* polls clean-ahead pauses after a failed copy */
+    uint32_t ahead_skip;     /* polls left in the current pause */
+    uint32_t wt_hits;        /* write-through after this many pool hits (0: off) */
+    uint16_t *hit_count;     /* per pool block: pool hits kvrt_tier_match saw ... */
+    uint64_t *hit_key;       /* ... for the block cached under this key */
+    bool ahead_settled;      /* the last scan left nothing to copy ... */
+    uint64_t ahead_sig[8];   /* ... in this state of cache and tiers */
+    int32_t *peek_blocks;    /* clean-ahead candidates, AHEAD_WINDOW x queue_depth */
+    kvrt_cache_block_name_t *peek_names;
+    kvrt_tier_level_stats_t host_stats, ssd_stats;
+    ticket_t tickets[MAX_TICKETS];
+    uint64_t next_ticket;
+    kvrt_tier_completion_t *ready; /* finished tickets not yet reported */
+    uint32_t ready_count;
+    tier_admit_stats_t admit_stats;
+    uint64_t write_throughs; /* blocks copied by write-through */
+};
+
+/* tier.c */
+/* Hands a job to the worker and counts it in flight; false when full. */
+bool tier_submit(kvrt_tier_t *t, const tier_job_t *job);
+void tier_refresh_used(kvrt_tier_t *t);
+
+/* tier_offload.c: the eviction sink, clean-ahead, write-through,
+ * write-back and their completions. */
+kvrt_cache_sink_verdict_t tier_sink(void *user, const kvrt_cache_victim_t *victim);
+/* Frees or starts freeing host slots until queue_depth are free or on
+ * their way out (write-back). */
+void tier_make_room(kvrt_tier_t *t);
+bool tier_copy_ahead(kvrt_tier_t *t, int32_t b, const kvrt_cache_block_name_t *name);
+void tier_clean_ahead(kvrt_tier_t *t);
+void tier_write_through(kvrt_tier_t *t, const int32_t *blocks,
+                        const kvrt_block_hash_t *contents, uint32_t n,
+                        const kvrt_hash_keys_t *keys);
+void tier_log_ssd_failure(kvrt_tier_t *t, const tier_job_t *job, const char *what);
+void tier_finish_demote(kvrt_tier_t *t, const tier_job_t *job);
+void tier_finish_write(kvrt_tier_t *t, const tier_job_t *job);
+/* Drops the SSD tier's blocks when its file was deleted or replaced, and
+ * creates the file again once nothing is in flight. */
+void tier_check_file(kvrt_tier_t *t);
+
+/* tier_onload.c: tickets and their completions. */
+void tier_advance(kvrt_tier_t *t, ticket_t *k);
+void tier_finish_read(kvrt_tier_t *t, const tier_job_t *job);
+void tier_finish_land(kvrt_tier_t *t, const tier_job_t *job);
 
 /* kvrt_tier_onload; with sched != NULL the ticket is not reported by poll
  * but completes `arrival` (kvrt_arrival_complete with the blocks landed). */
