@@ -17,7 +17,8 @@
  *        commit of a serving loop whose finished requests' blocks are
  *        evicted into the tier, against the same loop without (<= 1.1x).
  *
- * KVRT_BENCH_TIER_ONLY=overhead runs the last two only (for callgrind).
+ * KVRT_BENCH_TIER_ONLY=ssd, host, onload or overhead runs one group (overhead:
+ * the last two, for callgrind).
  *
  * Model: 8 layers, 8 KV heads of 128, FP16, 256 tokens per block (4 MiB
  * blocks, 128 blocks per 32k prefix); --quick uses 64-token blocks.
@@ -545,29 +546,36 @@ static int bench_step_commit(const bench_options_t *o, int n)
     return 0;
 }
 
+/* KVRT_BENCH_TIER_ONLY=ssd|host|onload|overhead runs one group of figures
+ * (overhead: what one runs under callgrind). */
+static bool wanted(const char *group)
+{
+    const char *only = getenv("KVRT_BENCH_TIER_ONLY");
+    return !only || !*only || !strcmp(only, group);
+}
+
 static int run_tier(const bench_options_t *o)
 {
     int n = o->quick ? 1 : (o->repeats > 5 ? 5 : o->repeats);
     uint32_t tpb = o->quick ? 64 : 256;
-    /* KVRT_BENCH_TIER_ONLY=overhead: only the engine-thread cost figures
-     * (what one runs under callgrind). */
-    const char *only = getenv("KVRT_BENCH_TIER_ONLY");
-    if (only && !strcmp(only, "overhead"))
-        return bench_overhead(o, n) ? -1 : bench_step_commit(o, n);
-    rig_t r;
-    if (rig_open(&r, tpb, 65, 0, 0) != 0)
-        return -1;
-    int rc = bench_ssd(&r, o, n);
-    if (rc == 0)
-        rc = bench_host(&r, n);
-    rig_close(&r);
-    if (rc == 0)
+    int rc = 0;
+    if (wanted("ssd") || wanted("host")) {
+        rig_t r;
+        if (rig_open(&r, tpb, 65, 0, 0) != 0)
+            return -1;
+        if (wanted("ssd"))
+            rc = bench_ssd(&r, o, n);
+        if (rc == 0 && wanted("host"))
+            rc = bench_host(&r, n);
+        rig_close(&r);
+    }
+    if (rc == 0 && wanted("onload"))
         rc = bench_onload(o, tpb, false);
-    if (rc == 0)
+    if (rc == 0 && wanted("onload"))
         rc = bench_onload(o, tpb, true);
-    if (rc == 0)
+    if (rc == 0 && wanted("overhead"))
         rc = bench_overhead(o, n);
-    if (rc == 0)
+    if (rc == 0 && wanted("overhead"))
         rc = bench_step_commit(o, n);
     return rc;
 }
