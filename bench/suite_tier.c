@@ -200,7 +200,7 @@ static int io_rates(rig_t *r, uint32_t blocks, double *write_out, double *read_o
     tier_ssd_reserve(r->ctx, &io.f, blocks);
     if (io.f.buffered)
         fprintf(stderr, "tier: %s refuses O_DIRECT; figures are buffered I/O\n", r->dir);
-    uint64_t stride = (r->block_bytes + TIER_ALIGN - 1) / TIER_ALIGN * TIER_ALIGN;
+    uint64_t stride = tier_slot_bytes(r->block_bytes);
     if (posix_memalign(&io.slab, 2u << 20, stride * blocks) != 0)
         return -1;
     memset(io.slab, 0x3c, stride * blocks);
@@ -228,18 +228,18 @@ static int io_rates(rig_t *r, uint32_t blocks, double *write_out, double *read_o
 static int bench_ssd(rig_t *r, const bench_options_t *o, int n)
 {
     uint32_t blocks = (uint32_t)(((o->quick ? 128ull : 512ull) << 20) / r->block_bytes);
-    uint64_t bs = TIER_HEADER_BYTES + r->block_bytes; /* what the tier moves per block */
+    uint64_t bs = tier_slot_bytes(r->block_bytes); /* what the tier moves per block */
     double ow[5], fw[5], orr[5], fr[5];
     for (int i = 0; i < n; i++) {
         if (io_rates(r, blocks, &ow[i], &orr[i]) != 0)
             return -1;
-        fw[i] = fio_bytes_per_second(r->dir, "write", bs, bs * blocks, 64);
-        fr[i] = fio_bytes_per_second(r->dir, "read", bs, bs * blocks, 64);
+        fw[i] = fio_bytes_per_second(r->dir, "write", bs, bs * blocks, 32);
+        fr[i] = fio_bytes_per_second(r->dir, "read", bs, bs * blocks, 32);
         unlink_fio(r->dir);
     }
     char note[200];
-    snprintf(note, sizeof(note), "%u blocks of %llu bytes in %s; fio bs=%llu iodepth=64 "
-             "O_DIRECT io_uring (the tier: 32 blocks x 2 ops)", blocks,
+    snprintf(note, sizeof(note), "%u blocks of %llu bytes in %s; fio bs=%llu iodepth=32 "
+             "O_DIRECT io_uring (the tier: 32 slots in flight, one op each)", blocks,
              (unsigned long long)r->block_bytes, bench_dir(), (unsigned long long)bs);
     report_pair("tier.ssd.write", "GB/s", bench_median(ow, n) / 1e9, "fio write",
                 bench_median(fw, n) / 1e9, 0.9, false, note);

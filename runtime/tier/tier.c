@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <xxhash.h>
 
@@ -238,7 +239,7 @@ static void tier_free(kvrt_tier_t *t)
 static kvrt_status_t setup(kvrt_tier_t *t, const kvrt_tier_params_t *p,
                            const kvrt_pool_info_t *info, const kvrt_kv_layout_t *layout)
 {
-    uint64_t stride = (info->block_bytes + TIER_ALIGN - 1) / TIER_ALIGN * TIER_ALIGN;
+    uint64_t stride = tier_slot_bytes(info->block_bytes);
     if (tier_dir_init(&t->host, p->host_blocks) != KVRT_OK)
         return kvrt_fail(t->ctx, KVRT_ERR_NO_MEMORY, "tier: host directory");
     /* Hugepage aligned whatever the allocator returns for this size: O_DIRECT
@@ -246,6 +247,13 @@ static kvrt_status_t setup(kvrt_tier_t *t, const kvrt_tier_params_t *p,
     t->slab_raw = kvrt_host_alloc(t->ctx, (size_t)(stride * p->host_blocks + HUGEPAGE));
     if (t->slab_raw)
         t->slab = (uint8_t *)(((uintptr_t)t->slab_raw + HUGEPAGE - 1) & ~(uintptr_t)(HUGEPAGE - 1));
+#ifdef MADV_POPULATE_WRITE
+    /* Fault the slots in now, not on the tier's first pass over them: an
+     * offload into a fresh page would pay the kernel's zeroing and fault
+     * (a third of its time). Best effort: old kernels refuse it. */
+    if (t->slab)
+        (void)madvise(t->slab, stride * p->host_blocks, MADV_POPULATE_WRITE);
+#endif
     t->done = calloc(4 * t->queue_depth, sizeof(*t->done));
     t->ready = calloc(MAX_TICKETS, sizeof(*t->ready));
     t->ahead = calloc(info->num_blocks, sizeof(*t->ahead));

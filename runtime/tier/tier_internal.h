@@ -32,6 +32,15 @@
 #define TIER_HEADER_BYTES 4096u
 #define TIER_MAX_QUEUE_DEPTH 256u
 
+/* A slot, in host memory and on SSD alike: a TIER_HEADER_BYTES header page
+ * then the block's bytes padded to TIER_ALIGN. Host slots carry the header
+ * page too, so an SSD write or read of a block is one aligned I/O of the
+ * whole slot straight from or into its host slot. */
+static inline uint64_t tier_slot_bytes(uint64_t block_bytes)
+{
+    return TIER_HEADER_BYTES + (block_bytes + TIER_ALIGN - 1) / TIER_ALIGN * TIER_ALIGN;
+}
+
 /* ---- slot directory (slot_dir.c) ------------------------------------------
  * The slots of one tier: a key -> slot index (open addressing, linear
  * probing, backward-shift deletion), each slot's block name, a free list,
@@ -147,14 +156,12 @@ typedef struct tier_worker {
     kvrt_cq_t *done;          /* finished jobs, to the engine thread */
     struct io_uring uring;
     bool uring_ready;
-    bool fixed_buffers;       /* host slab and headers registered */
-    uint32_t host_buffers;    /* registered slab chunks */
-    uint64_t chunk_bytes;     /* slab bytes per registered chunk */
-    uint8_t *headers;         /* queue_depth headers, TIER_ALIGN aligned */
+    bool fixed_buffers;       /* host slab registered */
+    uint64_t chunk_bytes;     /* slab bytes per registered chunk (whole slots) */
     uint32_t queue_depth;
     /* what jobs touch, read-only for the worker */
     kvrt_kv_cache_t pool_view;
-    uint8_t *host_base;
+    uint8_t *host_base;       /* host slots of host_stride = tier_slot_bytes() */
     uint64_t host_stride;
     const ssd_file_t *ssd;
     tier_fault_fn fault;

@@ -283,6 +283,7 @@ void tier_check_file(kvrt_tier_t *t)
         tier_ssd_close(&t->file);
         t->file = fresh;
         t->file_lost = false;
+        tier_ssd_reserve(t->ctx, &t->file, t->ssd.num_slots);
         kvrt_log(t->ctx, KVRT_LOG_WARN, "tier: %s created again", t->file.path);
     }
 }
