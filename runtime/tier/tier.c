@@ -112,12 +112,16 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_poll(kvrt_tier_t *tier, kvrt_tier_completion
         return tier ? kvrt_fail(tier->ctx, KVRT_ERR_INVALID_ARG,
                                 "count_out is required, and out when capacity > 0")
                     : KVRT_ERR_INVALID_ARG;
+    /* Called once per engine step: what it costs with nothing moving is
+     * a few compares. No lock unless something is in flight, no ticket
+     * scan unless one is open, the file checked at most every 10 ms. */
     uint32_t n;
-    while ((n = kvrt_cq_poll(tier->worker.done, tier->done, tier->worker.ring_capacity)))
-        for (uint32_t i = 0; i < n; i++)
-            apply(tier, &tier->done[i]);
+    if (tier->in_flight)
+        while ((n = kvrt_cq_poll(tier->worker.done, tier->done, tier->worker.ring_capacity)))
+            for (uint32_t i = 0; i < n; i++)
+                apply(tier, &tier->done[i]);
     tier_check_file(tier);
-    for (uint32_t i = 0; i < MAX_TICKETS; i++)
+    for (uint32_t i = 0; tier->open_tickets && i < MAX_TICKETS; i++)
         if (tier->tickets[i].id && tier->tickets[i].next < tier->tickets[i].accepted)
             tier_advance(tier, &tier->tickets[i]);
     tier_make_room(tier);
@@ -339,6 +343,7 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_create(kvrt_cache_t *cache, const kvrt_tier_
     t->cache = cache;
     t->pool = pool;
     t->group_id = info.group_id;
+    t->tokens_per_block = info.tokens_per_block;
     t->queue_depth = (params->field_mask & KVRT_TIER_PARAM_QUEUE_DEPTH) ? params->queue_depth
                                                                         : 32;
     t->has_ssd = params->field_mask & KVRT_TIER_PARAM_SSD;

@@ -237,8 +237,12 @@ struct kvrt_tier {
     uint32_t wt_hits;        /* write-through after this many pool hits (0: off) */
     uint16_t *hit_count;     /* per pool block: pool hits kvrt_tier_match saw ... */
     uint64_t *hit_key;       /* ... for the block cached under this key */
-    bool ahead_settled;      /* the last scan left nothing to copy ... */
-    uint64_t ahead_sig[8];   /* ... in this state of cache and tiers */
+    bool ahead_settled;      /* the last scan reached the window's end ... */
+    uint64_t ahead_clock;    /* ... at this count of changes (tier_clean_ahead) */
+    bool ahead_file_lost;    /* ... with the SSD file in this state */
+    uint32_t tokens_per_block;
+    uint32_t open_tickets;   /* tickets not finished: poll advances them */
+    uint64_t next_file_check_ns; /* poll checks the SSD file from then on */
     int32_t *peek_blocks;    /* clean-ahead candidates, AHEAD_WINDOW x queue_depth */
     kvrt_cache_block_name_t *peek_names;
     kvrt_tier_level_stats_t host_stats, ssd_stats;

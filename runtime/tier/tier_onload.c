@@ -50,6 +50,7 @@ static void finish_ticket(kvrt_tier_t *t, ticket_t *k)
     free(k->fate);
     free(k->misses);
     memset(k, 0, sizeof(*k));
+    t->open_tickets--;
 }
 
 /* A ticket whose last block just completed ends here. */
@@ -181,6 +182,7 @@ static kvrt_status_t ticket_open(kvrt_tier_t *t, uint32_t count, ticket_t **out)
     }
     k->id = ++t->next_ticket;
     k->count = count;
+    t->open_tickets++;
     *out = k;
     return KVRT_OK;
 }

@@ -205,8 +205,13 @@ Test(tier_ssd, a_deleted_file_drops_the_tier_and_is_created_again)
     char path[512];
     snprintf(path, sizeof(path), "%s", data_file());
     cr_assert_eq(unlink(path), 0);
+    /* Poll checks the file at most every 10 ms: poll for up to 2 s. */
     uint32_t n;
-    ASSERT_OK(ctx, kvrt_tier_poll(tier, NULL, 0, &n));
+    for (int i = 0; i < 2000 && !stats().ssd.errors; i++) {
+        ASSERT_OK(ctx, kvrt_tier_poll(tier, NULL, 0, &n));
+        usleep(1000);
+    }
+    ASSERT_OK(ctx, kvrt_tier_poll(tier, NULL, 0, &n)); /* created again, nothing in flight */
     kvrt_tier_stats_t s = stats();
     cr_assert_eq(s.ssd.used_blocks, 0);
     cr_assert_eq(s.ssd.errors, 1);
