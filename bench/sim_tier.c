@@ -255,35 +255,6 @@ static int queue_push(sim_tier_t *t, const onload_t *o)
     return 0;
 }
 
-/* Blocks gpu..gpu+n-1 of the prompt found in the host or SSD directory, in
- * order; stops at the first block in neither. */
-static uint32_t follow_below(sim_tier_t *t, const int32_t *prompt, uint32_t gpu,
-                             uint32_t max_blocks)
-{
-    uint32_t tpb = t->tokens_per_block, n = 0;
-    kvrt_block_hash_t parent;
-    if (gpu)
-        parent = t->hashes[gpu - 1];
-    else
-        kvrt_cache_root(t->cache, &parent);
-    for (uint32_t i = gpu; i < max_blocks; i++, n++) {
-        kvrt_block_hash_t content, key;
-        if (kvrt_block_hash(&parent, prompt + (size_t)i * tpb, tpb, i * tpb, NULL, &content) !=
-                KVRT_OK ||
-            kvrt_block_key(&content, NULL, &key) != KVRT_OK)
-            break;
-        if (tier_dir_find(&t->host, &key) >= 0)
-            t->from_ssd[i] = 0;
-        else if (t->has_ssd && tier_dir_find(&t->ssd, &key) >= 0)
-            t->from_ssd[i] = 1;
-        else
-            break;
-        t->hashes[i] = content;
-        parent = content;
-    }
-    return n;
-}
-
 /* Whether an onload for a request of `need` blocks may start. Requests an
  * onload gave blocks wait with them until admitted, in their place in the
  * queue, and the scheduler never takes those blocks back: if they leave no
@@ -347,12 +318,15 @@ int sim_tier_admit(sim_tier_t *t, kvrt_seq_id_t id, const int32_t *prompt, uint3
     }
     if (m.num_blocks) /* the scheduler takes its own references */
         kvrt_pool_free(t->pool, m.num_blocks, t->hits);
-    uint32_t below = follow_below(t, prompt, m.num_blocks, max_blocks);
+    kvrt_block_hash_t root;
+    kvrt_cache_root(t->cache, &root);
+    uint32_t from_ssd;
+    uint32_t below = tier_follow_below(&t->host, t->has_ssd ? &t->ssd : NULL,
+                                       m.num_blocks ? &t->hashes[m.num_blocks - 1] : &root,
+                                       prompt, t->tokens_per_block, m.num_blocks, max_blocks,
+                                       NULL, t->hashes, t->from_ssd, &from_ssd);
     if (!below)
         return 0;
-    uint32_t from_ssd = 0;
-    for (uint32_t i = m.num_blocks; i < m.num_blocks + below; i++)
-        from_ssd += t->from_ssd[i];
     /* The two stages on their FIFO links. */
     double ssd_end = now_us;
     if (from_ssd) {

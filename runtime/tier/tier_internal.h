@@ -278,6 +278,17 @@ void tier_finish_write(kvrt_tier_t *t, const tier_job_t *job);
 void tier_check_file(kvrt_tier_t *t);
 
 /* tier_onload.c: tickets and their completions. */
+/* Follows a prompt's blocks from..to-1 (each chained on the content hash
+ * before it, *parent before the first) through the host directory, then
+ * the SSD one (NULL: none), and stops at the first block in neither.
+ * Writes each found block's content hash to hashes[i] and, with in_ssd,
+ * whether it was found on SSD. Returns how many were found; *ssd_count_out
+ * of them on SSD. (kvrt_tier_match; kvrt-sim's tier model.) */
+uint32_t tier_follow_below(const slot_dir_t *host, const slot_dir_t *ssd,
+                           const kvrt_block_hash_t *parent, const int32_t *tokens,
+                           uint32_t tokens_per_block, uint32_t from, uint32_t to,
+                           const kvrt_hash_keys_t *keys, kvrt_block_hash_t *hashes,
+                           uint8_t *in_ssd, uint32_t *ssd_count_out);
 void tier_advance(kvrt_tier_t *t, ticket_t *k);
 void tier_finish_read(kvrt_tier_t *t, const tier_job_t *job);
 void tier_finish_land(kvrt_tier_t *t, const tier_job_t *job);

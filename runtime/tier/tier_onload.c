@@ -105,6 +105,36 @@ void tier_finish_land(kvrt_tier_t *t, const tier_job_t *job)
     ticket_check(t, job);
 }
 
+uint32_t tier_follow_below(const slot_dir_t *host, const slot_dir_t *ssd,
+                           const kvrt_block_hash_t *parent, const int32_t *tokens,
+                           uint32_t tokens_per_block, uint32_t from, uint32_t to,
+                           const kvrt_hash_keys_t *keys, kvrt_block_hash_t *hashes,
+                           uint8_t *in_ssd, uint32_t *ssd_count_out)
+{
+    uint32_t tpb = tokens_per_block, n = 0;
+    kvrt_block_hash_t prev = *parent;
+    *ssd_count_out = 0;
+    for (uint32_t i = from; i < to; i++, n++) {
+        kvrt_block_hash_t content, key;
+        if (kvrt_block_hash(&prev, tokens + (size_t)i * tpb, tpb, i * tpb, keys, &content) !=
+                KVRT_OK ||
+            kvrt_block_key(&content, keys, &key) != KVRT_OK)
+            break;
+        bool on_ssd = false;
+        if (tier_dir_find(host, &key) < 0) {
+            if (!ssd || tier_dir_find(ssd, &key) < 0)
+                break;
+            on_ssd = true;
+        }
+        *ssd_count_out += on_ssd;
+        if (in_ssd)
+            in_ssd[i] = on_ssd;
+        hashes[i] = content;
+        prev = content;
+    }
+    return n;
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_tier_match(kvrt_tier_t *tier, const int32_t *tokens,
                                           uint32_t num_tokens, const kvrt_hash_keys_t *keys,
                                           uint32_t max_blocks, int32_t *blocks_out,
@@ -129,24 +159,11 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_match(kvrt_tier_t *tier, const int32_t *toke
     uint32_t tpb = info.tokens_per_block, full = num_tokens / tpb;
     if (full > max_blocks)
         full = max_blocks;
-    kvrt_block_hash_t parent = tier->root;
-    if (m.num_blocks)
-        parent = hashes_out[m.num_blocks - 1];
-    for (uint32_t i = m.num_blocks; i < full; i++) {
-        kvrt_block_hash_t content, key;
-        if (kvrt_block_hash(&parent, tokens + (size_t)i * tpb, tpb, i * tpb, keys, &content) !=
-                KVRT_OK ||
-            kvrt_block_key(&content, keys, &key) != KVRT_OK)
-            break;
-        if (tier_dir_find(&tier->host, &key) >= 0)
-            r.host_blocks++;
-        else if (tier->has_ssd && tier_dir_find(&tier->ssd, &key) >= 0)
-            r.ssd_blocks++;
-        else
-            break;
-        hashes_out[i] = content;
-        parent = content;
-    }
+    uint32_t below = tier_follow_below(&tier->host, tier->has_ssd ? &tier->ssd : NULL,
+                                       m.num_blocks ? &hashes_out[m.num_blocks - 1] : &tier->root,
+                                       tokens, tpb, m.num_blocks, full, keys, hashes_out, NULL,
+                                       &r.ssd_blocks);
+    r.host_blocks = below - r.ssd_blocks;
     tier->host_stats.hits += r.host_blocks;
     tier->ssd_stats.hits += r.ssd_blocks;
     *match_out = r;
