@@ -22,10 +22,15 @@ target_link_libraries(kvrt_sim_model PUBLIC PkgConfig::CJSON m)
 # The engine loop and the report, over the real scheduler, cache and pool.
 add_library(kvrt_sim_engine STATIC
   ${KVRT_SIM_DIR}/sim_engine.c
+  ${KVRT_SIM_DIR}/sim_tier.c
   ${KVRT_SIM_DIR}/sim_report.c
   ${KVRT_SIM_DIR}/sim_cluster.c
   ${KVRT_SIM_DIR}/sim_cluster_report.c)
 target_link_libraries(kvrt_sim_engine PUBLIC kvrt_sim_model kvrt_static)
+# The tier model keeps its blocks in the tier's own slot directories under
+# the cache's eviction sink: it alone sees the tier's view.
+set_property(SOURCE ${KVRT_SIM_DIR}/sim_tier.c APPEND PROPERTY
+             INCLUDE_DIRECTORIES $<TARGET_PROPERTY:kvrt_tier,KVRT_VIEW>)
 
 if(KVRT_BUILD_BENCH)
   add_executable(kvrt-sim ${KVRT_SIM_DIR}/sim_main.c ${KVRT_SIM_DIR}/sim_metrics.c

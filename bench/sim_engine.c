@@ -46,6 +46,7 @@ typedef struct engine {
     kvrt_pool_t *pool;
     kvrt_cache_t *cache;
     kvrt_sched_t *sched;
+    sim_tier_t *tier;           /* NULL: no tiers below the GPU */
     record_t *recs;
     uint64_t num_recs;
     uint64_t *running;          /* records seen in a plan and not since
@@ -118,6 +119,7 @@ sim_config_t sim_config_default(void)
         .adaptive_draft = 1,
         .draft_accept = 0.7,
         .seed = 1,
+        .tier = sim_tier_config_default(),
     };
 }
 
@@ -163,6 +165,12 @@ int sim_config_validate(const sim_config_t *c, char *error, size_t error_size)
     }
     if (c->spec == SIM_SPEC_DRAFT && !(c->draft_accept >= 0.0 && c->draft_accept <= 1.0)) {
         snprintf(error, error_size, "draft acceptance must be in [0, 1]");
+        return -1;
+    }
+    if (sim_tier_config_validate(&c->tier, error, error_size) != 0)
+        return -1;
+    if (c->tier.host_gb > 0.0 && !c->prefix_cache) {
+        snprintf(error, error_size, "tiers below the GPU need the prefix cache");
         return -1;
     }
     /* Scheduler limits (batch tokens, sequences, n-gram range) are checked
@@ -228,7 +236,8 @@ static int open_kvrt(engine_t *e)
     }
     if ((st = kvrt_sched_create(e->ctx, e->pool, e->cache, &sp, &e->sched)) != KVRT_OK)
         return fail_kvrt(e, "kvrt_sched_create", st);
-    return 0;
+    return sim_tier_open(&c->tier, e->cache, e->sched, block_bytes_of(c),
+                         c->cost.prefill_us_per_token, &e->tier, e->error, e->error_size);
 }
 
 /* ---- bookkeeping ------------------------------------------------------------- */
@@ -354,6 +363,9 @@ static int add_request(engine_t *e, sim_request_t *req)
         return fail_kvrt(e, "kvrt_seq_add", st);
     e->live++;
     e->waiting++;
+    if (e->tier && sim_tier_admit(e->tier, r->seq, req->prompt, req->prompt_len, e->now_us,
+                                  e->error, e->error_size) != 0)
+        return -1;
     if (isfinite(req->abort_us))
         return abort_push(e, req->abort_us, req->id);
     return 0;
@@ -607,13 +619,14 @@ static double next_event_us(const engine_t *e)
         next = sim_workload_next_arrival(e->workload);
     if (e->num_aborts > 0 && e->aborts[0].at_us < next)
         next = e->aborts[0].at_us;
-    return next;
+    return fmin(next, sim_tier_next_us(e->tier));
 }
 
 static int loop(engine_t *e, sim_progress_fn progress, void *user)
 {
     for (;;) {
-        if (admit_arrivals(e) != 0 || apply_aborts(e) != 0 || drain(e) != 0)
+        if ((e->tier && sim_tier_land(e->tier, e->now_us, e->error, e->error_size) != 0) ||
+            admit_arrivals(e) != 0 || apply_aborts(e) != 0 || drain(e) != 0)
             return -1;
         if (e->live == 0 && sim_workload_exhausted(e->workload))
             return 0;
@@ -657,6 +670,10 @@ static int loop(engine_t *e, sim_progress_fn progress, void *user)
 static int collect(engine_t *e)
 {
     sim_results_t *res = e->res;
+    /* Onloads of requests aborted while their KV arrived still hold blocks. */
+    if (e->tier && sim_tier_land(e->tier, INFINITY, e->error, e->error_size) != 0)
+        return -1;
+    sim_tier_results(e->tier, &res->tier);
     kvrt_sched_stats_t s;
     kvrt_sched_stats(e->sched, &s);
     if (s.output_tokens != res->output_tokens)
@@ -704,6 +721,7 @@ static int collect(engine_t *e)
 
 static void close_engine(engine_t *e)
 {
+    sim_tier_close(e->tier);
     kvrt_sched_destroy(e->sched);
     kvrt_cache_destroy(e->cache);
     kvrt_ctx_destroy(e->ctx);

@@ -25,6 +25,7 @@
 #include "kvrt/kvrt.h"
 #include "sim_cost_model.h"
 #include "sim_stats.h"
+#include "sim_tier.h"
 #include "sim_workload.h"
 
 typedef enum sim_spec_mode {
@@ -57,6 +58,8 @@ typedef struct sim_config {
     double draft_accept;           /* SIM_SPEC_DRAFT: chance each draft token
                                       matches the reference */
     uint64_t seed;                 /* SIM_SPEC_DRAFT's randomness */
+    /* Tiers below the GPU (sim_tier.h); none by default. */
+    sim_tier_config_t tier;
 } sim_config_t;
 
 /* kvrt-sim's defaults (docs/simulator.md). */
@@ -95,6 +98,12 @@ typedef struct sim_results {
     uint32_t peak_used_blocks;
     /* Speculation. */
     uint64_t spec_proposed, spec_accepted, spec_verifications;
+    /* Tiers below the GPU (tier.enabled 0 without --host-gb), and the same
+     * workload's figures without them (kvrt-sim runs it when tiers are on). */
+    sim_tier_results_t tier;
+    int without_tiers;             /* the two below are set */
+    sim_latency_t ttft_no_tier_ms;
+    uint64_t prefill_tokens_no_tier;
     /* The simulator itself (wall clock: not deterministic). */
     double wall_s;
     double sched_cpu_us_per_step;  /* kvrt step + commit, mean */

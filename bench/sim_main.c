@@ -80,6 +80,15 @@ static void usage(FILE *out)
 "  --layers N --kv-heads N --head-dim N   KV shape, fp16 [%u %u %u]\n"
 "  --block-tokens N        tokens per KV block [%u]\n"
 "\n"
+"tiers below the GPU (docs/simulator.md; the summary then also shows TTFT\n"
+"of the same run without them)\n"
+"  --host-gb X             host-DRAM tier, 10^9 bytes [0: none]\n"
+"  --ssd-gb X              SSD tier under it, 10^9 bytes [0: none]\n"
+"  --host-gbps X           host -> GPU bandwidth, 10^9 bytes/s [%g]\n"
+"  --host-latency-us X     fixed cost of one onload from host [%g]\n"
+"  --ssd-gbps X            SSD read bandwidth, 10^9 bytes/s [%g]\n"
+"  --ssd-latency-us X      fixed cost of one SSD read [%g]\n"
+"\n"
 "scheduler\n"
 "  --max-batch-tokens N    token budget per step [%u]\n"
 "  --max-seqs N            sequences per step [%u]\n"
@@ -120,7 +129,8 @@ static void usage(FILE *out)
             c.cost.overhead_us, c.cost.per_seq_us, c.cost.prefill_us_per_token,
             c.cost.weights_ms, c.cost.kv_read_ns_per_token, c.cost.attn_ns_per_pair,
             c.cost.draft_us_per_position, c.kv_gb, c.num_layers, c.num_kv_heads, c.head_dim,
-            c.block_tokens, c.max_batch_tokens, c.max_seqs, c.max_waiting, c.spec_k,
+            c.block_tokens, c.tier.host_gbps, c.tier.host_latency_us, c.tier.ssd_gbps,
+            c.tier.ssd_latency_us, c.max_batch_tokens, c.max_seqs, c.max_waiting, c.spec_k,
             c.ngram_min, c.ngram_max, c.draft_accept);
 }
 
@@ -167,7 +177,8 @@ enum {
     OPT_NO_ADAPTIVE, OPT_DRAFT_ACCEPT, OPT_JSON, OPT_NO_PROGRESS, OPT_METRICS_OUT,
     OPT_METRICS_PORT, OPT_METRICS_HOLD, OPT_HELP,
     OPT_NODES, OPT_ROUTER, OPT_ROUTE_PREFILL, OPT_ROUTE_DECODE, OPT_SHARING, OPT_DISAGG,
-    OPT_NET_GBPS, OPT_NET_LATENCY
+    OPT_NET_GBPS, OPT_NET_LATENCY,
+    OPT_HOST_GB, OPT_SSD_GB, OPT_HOST_GBPS, OPT_HOST_LATENCY, OPT_SSD_GBPS, OPT_SSD_LATENCY
 };
 
 static const struct option long_options[] = {
@@ -228,6 +239,12 @@ static const struct option long_options[] = {
     {"disaggregate", required_argument, NULL, OPT_DISAGG},
     {"net-gbps", required_argument, NULL, OPT_NET_GBPS},
     {"net-latency-us", required_argument, NULL, OPT_NET_LATENCY},
+    {"host-gb", required_argument, NULL, OPT_HOST_GB},
+    {"ssd-gb", required_argument, NULL, OPT_SSD_GB},
+    {"host-gbps", required_argument, NULL, OPT_HOST_GBPS},
+    {"host-latency-us", required_argument, NULL, OPT_HOST_LATENCY},
+    {"ssd-gbps", required_argument, NULL, OPT_SSD_GBPS},
+    {"ssd-latency-us", required_argument, NULL, OPT_SSD_LATENCY},
     {NULL, 0, NULL, 0},
 };
 
@@ -292,6 +309,14 @@ static int apply_option(options_t *o, int opt, const char *arg)
     case OPT_DRAFT_US:
         return parse_double("draft-us", arg, 0.0, big, &c->cost.draft_us_per_position);
     case OPT_KV_GB: return parse_double("kv-gb", arg, 1e-6, 1e6, &c->kv_gb);
+    case OPT_HOST_GB: return parse_double("host-gb", arg, 0.0, 1e6, &c->tier.host_gb);
+    case OPT_SSD_GB: return parse_double("ssd-gb", arg, 0.0, 1e7, &c->tier.ssd_gb);
+    case OPT_HOST_GBPS: return parse_double("host-gbps", arg, 1e-3, 1e4, &c->tier.host_gbps);
+    case OPT_HOST_LATENCY:
+        return parse_double("host-latency-us", arg, 0.0, 1e9, &c->tier.host_latency_us);
+    case OPT_SSD_GBPS: return parse_double("ssd-gbps", arg, 1e-3, 1e4, &c->tier.ssd_gbps);
+    case OPT_SSD_LATENCY:
+        return parse_double("ssd-latency-us", arg, 0.0, 1e9, &c->tier.ssd_latency_us);
     case OPT_LAYERS: return parse_u32("layers", arg, 1, 1024, &c->num_layers);
     case OPT_KV_HEADS: return parse_u32("kv-heads", arg, 1, 1024, &c->num_kv_heads);
     case OPT_HEAD_DIM: return parse_u32("head-dim", arg, 1, 1024, &c->head_dim);
@@ -416,6 +441,10 @@ static int parse_options(int argc, char **argv, options_t *o)
     }
     if (o->cluster.prefill_nodes && o->cluster.nodes == 1)
         o->cluster.nodes = o->cluster.prefill_nodes + o->cluster.decode_nodes;
+    if (o->cluster.nodes > 1 && o->config.tier.host_gb > 0.0) {
+        fprintf(stderr, "kvrt-sim: --host-gb/--ssd-gb are single-node only for now\n");
+        return -1;
+    }
     if (o->requests)
         o->synthetic.num_requests = o->requests;
     o->synthetic.deadline_ms = o->deadline_ms;
@@ -455,6 +484,33 @@ static int make_workload(const options_t *o, trace_t *trace, sim_workload_t **wo
              o->trace_path, trace->format == TRACE_FORMAT_AZURE ? "azure" : "mooncake",
              (unsigned long long)sim_workload_planned(*workload), o->time_scale);
     return 0;
+}
+
+/* With tiers: the same workload again without them, for the TTFT they
+ * gain (deterministic: the same flags give the same baseline). */
+static int run_without_tiers(const options_t *o, sim_results_t *with, char *error,
+                             size_t error_size)
+{
+    options_t plain = *o;
+    plain.config.tier.host_gb = plain.config.tier.ssd_gb = 0.0;
+    trace_t trace = {0};
+    sim_workload_t *workload = NULL;
+    char describe[512];
+    if (make_workload(&plain, &trace, &workload, describe, sizeof describe) != 0) {
+        trace_free(&trace);
+        snprintf(error, error_size, "the workload again, for the run without tiers");
+        return -1;
+    }
+    sim_results_t without;
+    int rc = sim_run(&plain.config, workload, NULL, NULL, &without, error, error_size);
+    sim_workload_destroy(workload);
+    trace_free(&trace);
+    if (rc == 0) {
+        with->without_tiers = 1;
+        with->ttft_no_tier_ms = without.ttft_ms;
+        with->prefill_tokens_no_tier = without.prefill_tokens;
+    }
+    return rc;
 }
 
 /* --nodes N > 1 or --disaggregate: the multi-node simulator (sim_cluster.h). */
@@ -518,6 +574,8 @@ int main(int argc, char **argv)
                      sizeof error);
     sim_workload_destroy(workload);
     trace_free(&trace);
+    if (rc == 0 && results.tier.enabled)
+        rc = run_without_tiers(&o, &results, error, sizeof error);
     if (rc != 0) {
         fprintf(stderr, "%skvrt-sim: %s\n", bar.drawn ? "\r\033[K" : "", error);
         sim_metrics_close(&metrics, NULL, 0);

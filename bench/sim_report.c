@@ -66,6 +66,30 @@ static void latency_line(FILE *out, const char *name, const sim_latency_t *l)
             duration(d, l->mean));
 }
 
+/* The tiers' lines: what they held and brought back, and TTFT without them. */
+static void tier_text(FILE *out, const sim_config_t *c, const sim_results_t *r)
+{
+    const sim_tier_results_t *t = &r->tier;
+    char a[32], b[32], d[32], f[32], g[32];
+    fprintf(out, "tiers         host %.0f GB (%s blocks, %g GB/s), SSD %.0f GB (%s blocks, "
+                 "%g GB/s); %s offloaded, %s written back\n",
+            c->tier.host_gb, count(a, t->host_blocks), c->tier.host_gbps, c->tier.ssd_gb,
+            count(b, t->ssd_blocks), c->tier.ssd_gbps, count(d, (double)t->offloaded_blocks),
+            count(f, (double)t->written_back_blocks));
+    fprintf(out, "onload        %s requests waited for KV: %s blocks from host, %s from SSD, "
+                 "%.1f ms mean (max %.1f); %s recomputed instead (faster), %s without room\n",
+            count(a, (double)t->onloads), count(b, (double)t->host_hit_blocks),
+            count(d, (double)t->ssd_hit_blocks), t->onload_ms_mean, t->onload_ms_max,
+            count(f, (double)t->recompute_cheaper), count(g, (double)t->no_room));
+    if (r->without_tiers) {
+        latency_line(out, "TTFT no tier", &r->ttft_no_tier_ms);
+        fprintf(out, "computed      %s prompt tokens with tiers, %s without (%.1f%% less)\n",
+                count(a, (double)r->prefill_tokens), count(b, (double)r->prefill_tokens_no_tier),
+                100.0 * (1.0 - ratio((double)r->prefill_tokens,
+                                     (double)r->prefill_tokens_no_tier)));
+    }
+}
+
 void sim_report_text(FILE *out, const char *workload, const sim_config_t *c,
                      const sim_results_t *r)
 {
@@ -112,6 +136,8 @@ void sim_report_text(FILE *out, const char *workload, const sim_config_t *c,
     if (r->deadline_misses)
         fprintf(out, ", %s TTFT deadlines missed", count(b, (double)r->deadline_misses));
     fprintf(out, "\n");
+    if (r->tier.enabled)
+        tier_text(out, c, r);
     if (c->spec != SIM_SPEC_OFF)
         fprintf(out, "speculation   %s drafts verified, %s accepted (%.1f%%), %.2f accepted per "
                      "verification\n",
@@ -203,6 +229,34 @@ int sim_report_json(FILE *out, const char *workload, const sim_config_t *c,
     cJSON_AddNumberToObject(kv, "block_tokens", r->block_tokens);
     cJSON_AddNumberToObject(kv, "peak_used_blocks", r->peak_used_blocks);
     cJSON_AddNumberToObject(kv, "preemptions", (double)r->preemptions);
+    if (r->tier.enabled) {
+        const sim_tier_results_t *tr = &r->tier;
+        cJSON *ti = cJSON_AddObjectToObject(root, "tiers");
+        cJSON_AddNumberToObject(ti, "host_gb", c->tier.host_gb);
+        cJSON_AddNumberToObject(ti, "ssd_gb", c->tier.ssd_gb);
+        cJSON_AddNumberToObject(ti, "host_gbps", c->tier.host_gbps);
+        cJSON_AddNumberToObject(ti, "host_latency_us", c->tier.host_latency_us);
+        cJSON_AddNumberToObject(ti, "ssd_gbps", c->tier.ssd_gbps);
+        cJSON_AddNumberToObject(ti, "ssd_latency_us", c->tier.ssd_latency_us);
+        cJSON_AddNumberToObject(ti, "host_blocks", tr->host_blocks);
+        cJSON_AddNumberToObject(ti, "ssd_blocks", tr->ssd_blocks);
+        cJSON_AddNumberToObject(ti, "offloaded_blocks", (double)tr->offloaded_blocks);
+        cJSON_AddNumberToObject(ti, "written_back_blocks", (double)tr->written_back_blocks);
+        cJSON *hb = cJSON_AddObjectToObject(ti, "onloaded_blocks_by_tier");
+        cJSON_AddNumberToObject(hb, "host", (double)tr->host_hit_blocks);
+        cJSON_AddNumberToObject(hb, "ssd", (double)tr->ssd_hit_blocks);
+        cJSON_AddNumberToObject(ti, "onloads", (double)tr->onloads);
+        cJSON_AddNumberToObject(ti, "recompute_cheaper", (double)tr->recompute_cheaper);
+        cJSON_AddNumberToObject(ti, "no_room", (double)tr->no_room);
+        cJSON_AddNumberToObject(ti, "onload_ms_mean", tr->onload_ms_mean);
+        cJSON_AddNumberToObject(ti, "onload_ms_max", tr->onload_ms_max);
+        if (r->without_tiers) {
+            cJSON_AddItemToObject(ti, "ttft_ms_without_tiers",
+                                  sim_report_latency_json(&r->ttft_no_tier_ms));
+            cJSON_AddNumberToObject(ti, "prefill_computed_tokens_without_tiers",
+                                    (double)r->prefill_tokens_no_tier);
+        }
+    }
     cJSON *sp = cJSON_AddObjectToObject(root, "speculation");
     cJSON_AddStringToObject(sp, "mode", spec_name(c->spec));
     cJSON_AddNumberToObject(sp, "proposed", (double)r->spec_proposed);

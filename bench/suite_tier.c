@@ -17,7 +17,8 @@
  *        commit of a serving loop whose finished requests' blocks are
  *        evicted into the tier, against the same loop without (<= 1.1x).
  *
- * KVRT_BENCH_TIER_ONLY=overhead runs the last two only (for callgrind).
+ * KVRT_BENCH_TIER_ONLY=ssd, host, onload or overhead runs one group (overhead:
+ * the last two, for callgrind).
  *
  * Model: 8 layers, 8 KV heads of 128, FP16, 256 tokens per block (4 MiB
  * blocks, 128 blocks per 32k prefix); --quick uses 64-token blocks.
@@ -199,7 +200,7 @@ static int io_rates(rig_t *r, uint32_t blocks, double *write_out, double *read_o
     tier_ssd_reserve(r->ctx, &io.f, blocks);
     if (io.f.buffered)
         fprintf(stderr, "tier: %s refuses O_DIRECT; figures are buffered I/O\n", r->dir);
-    uint64_t stride = (r->block_bytes + TIER_ALIGN - 1) / TIER_ALIGN * TIER_ALIGN;
+    uint64_t stride = tier_slot_bytes(r->block_bytes);
     if (posix_memalign(&io.slab, 2u << 20, stride * blocks) != 0)
         return -1;
     memset(io.slab, 0x3c, stride * blocks);
@@ -227,18 +228,18 @@ static int io_rates(rig_t *r, uint32_t blocks, double *write_out, double *read_o
 static int bench_ssd(rig_t *r, const bench_options_t *o, int n)
 {
     uint32_t blocks = (uint32_t)(((o->quick ? 128ull : 512ull) << 20) / r->block_bytes);
-    uint64_t bs = TIER_HEADER_BYTES + r->block_bytes; /* what the tier moves per block */
+    uint64_t bs = tier_slot_bytes(r->block_bytes); /* what the tier moves per block */
     double ow[5], fw[5], orr[5], fr[5];
     for (int i = 0; i < n; i++) {
         if (io_rates(r, blocks, &ow[i], &orr[i]) != 0)
             return -1;
-        fw[i] = fio_bytes_per_second(r->dir, "write", bs, bs * blocks, 64);
-        fr[i] = fio_bytes_per_second(r->dir, "read", bs, bs * blocks, 64);
+        fw[i] = fio_bytes_per_second(r->dir, "write", bs, bs * blocks, 32);
+        fr[i] = fio_bytes_per_second(r->dir, "read", bs, bs * blocks, 32);
         unlink_fio(r->dir);
     }
     char note[200];
-    snprintf(note, sizeof(note), "%u blocks of %llu bytes in %s; fio bs=%llu iodepth=64 "
-             "O_DIRECT io_uring (the tier: 32 blocks x 2 ops)", blocks,
+    snprintf(note, sizeof(note), "%u blocks of %llu bytes in %s; fio bs=%llu iodepth=32 "
+             "O_DIRECT io_uring (the tier: 32 slots in flight, one op each)", blocks,
              (unsigned long long)r->block_bytes, bench_dir(), (unsigned long long)bs);
     report_pair("tier.ssd.write", "GB/s", bench_median(ow, n) / 1e9, "fio write",
                 bench_median(fw, n) / 1e9, 0.9, false, note);
@@ -451,14 +452,23 @@ static int bench_overhead(const bench_options_t *o, int n)
 /* A serving loop: 32 requests live (64-token prompts, 32 output tokens,
  * new prompts as others end, so the finished ones' cached blocks are
  * evicted into the tier), and per step the engine-thread CPU of tier poll
- * (when attached) + step + commit. Requests are added and drained outside
- * the timed part. */
-static double step_commit_ns(rig_t *r, uint32_t steps)
+ * (when attached) + step + commit, mean; and the median of the steps' wall
+ * times (*wall_out): reading a thread's CPU clock is a system call whose
+ * cost grows while another thread of the process runs, the monotonic
+ * clock is not. Requests are added and drained outside the timed part. */
+static inline __attribute__((always_inline)) double step_commit_ns(rig_t *r, uint32_t steps,
+                                                                   double *wall_out)
 {
+    double *wall = malloc(steps * sizeof(*wall));
+    *wall_out = 0;
+    if (!wall)
+        return 0;
     kvrt_sched_t *sched;
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK, .use_watermark = 0};
-    if (kvrt_sched_create(r->ctx, r->pool, r->cache, &sp, &sched) != KVRT_OK)
+    if (kvrt_sched_create(r->ctx, r->pool, r->cache, &sp, &sched) != KVRT_OK) {
+        free(wall);
         return 0;
+    }
     int32_t prompt[64], tokens[256];
     uint32_t next = 0;
     uint64_t cpu = 0;
@@ -475,7 +485,7 @@ static double step_commit_ns(rig_t *r, uint32_t steps)
                 break;
             next++;
         }
-        uint64_t t0 = thread_cpu_ns();
+        uint64_t t0 = thread_cpu_ns(), w0 = bench_now_ns();
         if (r->tier) {
             uint32_t n;
             kvrt_tier_poll(r->tier, NULL, 0, &n);
@@ -490,6 +500,7 @@ static double step_commit_ns(rig_t *r, uint32_t steps)
         kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = k,
                            .tokens = tokens};
         kvrt_sched_commit(sched, &c);
+        wall[step] = (double)(bench_now_ns() - w0);
         cpu += thread_cpu_ns() - t0;
         uint32_t got;
         kvrt_sched_drain_ended(sched, ended, 64, &got);
@@ -499,36 +510,48 @@ static double step_commit_ns(rig_t *r, uint32_t steps)
         uint32_t n;
         kvrt_tier_drain(r->tier, 60000, NULL, 0, &n);
     }
+    *wall_out = bench_median(wall, (int)steps);
+    free(wall);
     return (double)cpu / steps;
 }
 
 /* Two names for the same loop, so that callgrind separates the runs
- * (valgrind --tool=callgrind --toggle-collect='step_commit_*'). */
-static __attribute__((noinline)) double step_commit_no_tier(rig_t *r, uint32_t steps)
+ * (valgrind --tool=callgrind --toggle-collect='step_commit_*'); each
+ * leaves its own mark, or the compiler folds the two into one. */
+static volatile int step_commit_mark;
+
+static __attribute__((noinline)) double step_commit_no_tier(rig_t *r, uint32_t steps,
+                                                           double *wall_out)
 {
-    double ns = step_commit_ns(r, steps);
-    __asm__ volatile("" ::: "memory"); /* no tail call: callgrind sees the exit */
+    double ns = step_commit_ns(r, steps, wall_out);
+    step_commit_mark = 1; /* also: no tail call, callgrind sees the exit */
     return ns;
 }
 
-static __attribute__((noinline)) double step_commit_tier(rig_t *r, uint32_t steps)
+static __attribute__((noinline)) double step_commit_tier(rig_t *r, uint32_t steps,
+                                                        double *wall_out)
 {
-    double ns = step_commit_ns(r, steps);
-    __asm__ volatile("" ::: "memory"); /* no tail call: callgrind sees the exit */
+    double ns = step_commit_ns(r, steps, wall_out);
+    step_commit_mark = 2;
     return ns;
 }
 
 static int bench_step_commit(const bench_options_t *o, int n)
 {
-    double with[16], without[16];
+    double with[16], without[16], wall_with[16], wall_without[16];
     uint32_t steps = o->quick ? 500 : 5000;
     uint64_t offloads = 0;
     for (int i = 0; i < n; i++) {
         rig_t a, b;
         if (rig_open(&a, 16, 257, 0, 0) || rig_open(&b, 16, 257, 1024, 0))
             return -1;
-        without[i] = step_commit_no_tier(&a, steps);
-        with[i] = step_commit_tier(&b, steps);
+        if (i % 2) {
+            without[i] = step_commit_no_tier(&a, steps, &wall_without[i]);
+            with[i] = step_commit_tier(&b, steps, &wall_with[i]);
+        } else {
+            with[i] = step_commit_tier(&b, steps, &wall_with[i]);
+            without[i] = step_commit_no_tier(&a, steps, &wall_without[i]);
+        }
         kvrt_tier_stats_t s;
         kvrt_tier_stats(b.tier, &s);
         offloads += s.host.offloads;
@@ -542,32 +565,42 @@ static int bench_step_commit(const bench_options_t *o, int n)
              (unsigned long long)(offloads / (uint64_t)n));
     report_pair("tier.step_commit", "ns/step", bench_median(with, n), "no tier",
                 bench_median(without, n), 1.1, true, note);
+    report_pair("tier.step_commit.wall", "ns/step", bench_median(wall_with, n), "no tier",
+                bench_median(wall_without, n), 1.1, true,
+                "median wall time of a step, same loop and runs");
     return 0;
+}
+
+/* KVRT_BENCH_TIER_ONLY=ssd|host|onload|overhead runs one group of figures
+ * (overhead: what one runs under callgrind). */
+static bool wanted(const char *group)
+{
+    const char *only = getenv("KVRT_BENCH_TIER_ONLY");
+    return !only || !*only || !strcmp(only, group);
 }
 
 static int run_tier(const bench_options_t *o)
 {
     int n = o->quick ? 1 : (o->repeats > 5 ? 5 : o->repeats);
     uint32_t tpb = o->quick ? 64 : 256;
-    /* KVRT_BENCH_TIER_ONLY=overhead: only the engine-thread cost figures
-     * (what one runs under callgrind). */
-    const char *only = getenv("KVRT_BENCH_TIER_ONLY");
-    if (only && !strcmp(only, "overhead"))
-        return bench_overhead(o, n) ? -1 : bench_step_commit(o, n);
-    rig_t r;
-    if (rig_open(&r, tpb, 65, 0, 0) != 0)
-        return -1;
-    int rc = bench_ssd(&r, o, n);
-    if (rc == 0)
-        rc = bench_host(&r, n);
-    rig_close(&r);
-    if (rc == 0)
+    int rc = 0;
+    if (wanted("ssd") || wanted("host")) {
+        rig_t r;
+        if (rig_open(&r, tpb, 65, 0, 0) != 0)
+            return -1;
+        if (wanted("ssd"))
+            rc = bench_ssd(&r, o, n);
+        if (rc == 0 && wanted("host"))
+            rc = bench_host(&r, n);
+        rig_close(&r);
+    }
+    if (rc == 0 && wanted("onload"))
         rc = bench_onload(o, tpb, false);
-    if (rc == 0)
+    if (rc == 0 && wanted("onload"))
         rc = bench_onload(o, tpb, true);
-    if (rc == 0)
+    if (rc == 0 && wanted("overhead"))
         rc = bench_overhead(o, n);
-    if (rc == 0)
+    if (rc == 0 && wanted("overhead"))
         rc = bench_step_commit(o, n);
     return rc;
 }

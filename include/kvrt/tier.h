@@ -119,7 +119,8 @@ typedef struct kvrt_tier_params {
 /*
  * kvrt_tier_create - builds the tier stack under `cache` and attaches it as
  * the cache's eviction sink. Host slots come from kvrt's hugepage-aligned
- * host memory (one region per tier, registrable for RDMA once). With an SSD
+ * host memory (one region per tier, registrable for RDMA once; each slot is
+ * the block padded to 4 KiB plus a 4 KiB header page, faulted in here). With an SSD
  * tier, opens or creates ssd_dir/kvrt-<root>-<layout>.kvblk and rebuilds
  * its index (blocks whose header does not verify are not indexed).
  * The tier holds the cache: kvrt_cache_destroy refuses (KVRT_ERR_BUSY)

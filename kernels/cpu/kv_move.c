@@ -172,7 +172,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cpu_read_kv(kvrt_ctx_t *ctx, const kvrt_kv_cache_
  * non-temporal stores (SSE2, part of x86-64), then one fence.
  */
 #if defined(__x86_64__)
-#include <emmintrin.h>
+#include <immintrin.h>
 #include <unistd.h>
 
 static uint64_t streaming_threshold(void)
@@ -185,13 +185,58 @@ static uint64_t streaming_threshold(void)
     return (uint64_t)llc / (uint64_t)cpus * 3 / 4;
 }
 
+/* Wide streaming stores where the CPU has them (AVX-512, else AVX2), over
+ * four 4 KiB pages at a time as glibc's large memcpy does (the four
+ * streams' DRAM pages stay open): 0.9-1.0x of glibc's streaming memcpy on
+ * the reference machine, against 0.83x for SSE2 stores one page after the
+ * other. STREAM_128 moves one 128-byte chunk. */
+#define STREAMING_COPY(name, isa, STREAM_128)                                              \
+    __attribute__((target(isa))) static void name(char *dst, const char *src, size_t len) \
+    {                                                                                      \
+        enum { PAGE = 4096, STREAMS = 4 };                                                 \
+        for (; len >= STREAMS * PAGE;                                                      \
+             dst += STREAMS * PAGE, src += STREAMS * PAGE, len -= STREAMS * PAGE)          \
+            for (size_t off = 0; off < PAGE; off += 128)                                   \
+                for (size_t p = 0; p < STREAMS; p++)                                       \
+                    STREAM_128(dst + p * PAGE + off, src + p * PAGE + off);                \
+        for (; len >= 128; dst += 128, src += 128, len -= 128)                             \
+            STREAM_128(dst, src);                                                          \
+        memcpy(dst, src, len);                                                             \
+    }
+
+#define STREAM_128_AVX512(d, s)                                                            \
+    do {                                                                                   \
+        __m512i a_ = _mm512_loadu_si512((const void *)(s));                                \
+        __m512i b_ = _mm512_loadu_si512((const void *)((s) + 64));                         \
+        _mm512_stream_si512((void *)(d), a_);                                              \
+        _mm512_stream_si512((void *)((d) + 64), b_);                                       \
+    } while (0)
+
+#define STREAM_128_AVX2(d, s)                                                              \
+    do {                                                                                   \
+        for (int q_ = 0; q_ < 4; q_++)                                                     \
+            _mm256_stream_si256((__m256i *)((d) + 32 * q_),                                \
+                                _mm256_loadu_si256((const __m256i *)((s) + 32 * q_)));     \
+    } while (0)
+
+STREAMING_COPY(copy_streaming_avx512, "avx512f", STREAM_128_AVX512)
+STREAMING_COPY(copy_streaming_avx2, "avx2", STREAM_128_AVX2)
+
 static void copy_streaming(char *dst, const char *src, size_t len)
 {
-    size_t head = (16 - ((uintptr_t)dst & 15)) & 15;
+    size_t head = (64 - ((uintptr_t)dst & 63)) & 63;
     if (head > len)
         head = len;
     memcpy(dst, src, head);
     dst += head, src += head, len -= head;
+    if (__builtin_cpu_supports("avx512f")) {
+        copy_streaming_avx512(dst, src, len);
+        return;
+    }
+    if (__builtin_cpu_supports("avx2")) {
+        copy_streaming_avx2(dst, src, len);
+        return;
+    }
     for (; len >= 64; dst += 64, src += 64, len -= 64) {
         __m128i a = _mm_loadu_si128((const __m128i *)src);
         __m128i b = _mm_loadu_si128((const __m128i *)(src + 16));
@@ -221,10 +266,18 @@ typedef struct copy_run {
     bool streaming; /* the whole move is past streaming_threshold() */
 } copy_run_t;
 
-static void run_start(copy_run_t *run, uint64_t total_bytes)
+/* Staging is written to leave: to disk, to the network, to a lower tier,
+ * read next by a DMA engine or much later, not by this core now. Gathers
+ * into it stream from this size on (below it the fence is not worth it),
+ * whatever the cache share: a tier offloading one 8 MiB block at a time
+ * otherwise runs at 2/3 of memcpy. */
+#define STAGING_STREAMING_BYTES (1ull << 20)
+
+static void run_start(copy_run_t *run, uint64_t total_bytes, bool to_staging)
 {
     memset(run, 0, sizeof *run);
-    run->streaming = total_bytes >= streaming_threshold();
+    run->streaming = total_bytes >= streaming_threshold() ||
+                     (to_staging && total_bytes >= STAGING_STREAMING_BYTES);
 }
 
 static void run_copy(const copy_run_t *run)
@@ -273,7 +326,7 @@ static void move_blocks(const kv_geometry_t *g, char *base, char *staging,
                         const int32_t *blocks, uint32_t count, bool to_staging)
 {
     copy_run_t run;
-    run_start(&run, g->block_bytes * count);
+    run_start(&run, g->block_bytes * count, to_staging);
     char *stage = staging;
     for (uint32_t i = 0; i < count; i++) {
         for (uint32_t layer = 0; layer < g->num_layers; layer++) {
@@ -378,7 +431,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cpu_copy_blocks(kvrt_ctx_t *ctx, const kvrt_kv_ca
     char *base = cache->base;
     bool block_scales = g.fp8 && g.scale_mode == KVRT_SCALE_PER_BLOCK;
     copy_run_t run;
-    run_start(&run, g.block_bytes * count);
+    run_start(&run, g.block_bytes * count, false);
     for (uint32_t i = 0; i < count; i++) {
         uint64_t s = (uint64_t)copies[i].src_block, d = (uint64_t)copies[i].dst_block;
         if (s == d)

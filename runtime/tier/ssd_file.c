@@ -107,7 +107,7 @@ kvrt_status_t tier_ssd_open(kvrt_ctx_t *ctx, ssd_file_t *f, const char *dir,
     f->root = *root;
     f->layout_hash = layout_hash;
     f->block_bytes = block_bytes;
-    f->slot_bytes = TIER_HEADER_BYTES + (block_bytes + TIER_ALIGN - 1) / TIER_ALIGN * TIER_ALIGN;
+    f->slot_bytes = tier_slot_bytes(block_bytes);
     int n = snprintf(f->path, sizeof(f->path), "%s/kvrt-%016" PRIx64 "%016" PRIx64 "-%016" PRIx64
                      ".kvblk", dir, root->hi, root->lo, layout_hash);
     if (n < 0 || (size_t)n >= sizeof(f->path))
@@ -130,11 +130,20 @@ kvrt_status_t tier_ssd_open(kvrt_ctx_t *ctx, ssd_file_t *f, const char *dir,
 
 void tier_ssd_reserve(kvrt_ctx_t *ctx, const ssd_file_t *f, uint32_t slots)
 {
-    int rc = fallocate(f->fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)(slots * f->slot_bytes));
-    if (rc != 0)
-        kvrt_log(ctx, KVRT_LOG_WARN, "tier: cannot reserve %llu bytes for %s (%s); blocks "
-                 "that do not fit will fail to write and be dropped",
-                 (unsigned long long)(slots * f->slot_bytes), f->path, strerror(errno));
+    /* The file's size too, not only its space: an O_DIRECT write past the
+     * end of the file extends it, which ext4 runs synchronously under the
+     * inode lock (one write at a time whatever the queue depth). The
+     * reserved blocks are unwritten extents, holes to SEEK_DATA, so the
+     * rebuild at the next start still reads only slots written. */
+    uint64_t bytes = (uint64_t)slots * f->slot_bytes;
+    if (fallocate(f->fd, 0, 0, (off_t)bytes) == 0)
+        return;
+    int err = errno;
+    if (err == EOPNOTSUPP && ftruncate(f->fd, (off_t)bytes) == 0)
+        return; /* no fallocate: at least writes never extend */
+    kvrt_log(ctx, KVRT_LOG_WARN, "tier: cannot reserve %llu bytes for %s (%s); blocks "
+             "that do not fit will fail to write and be dropped",
+             (unsigned long long)bytes, f->path, strerror(err));
 }
 
 void tier_ssd_close(ssd_file_t *f)
@@ -162,8 +171,31 @@ uint32_t tier_ssd_rebuild(kvrt_ctx_t *ctx, const ssd_file_t *f, slot_dir_t *dir)
     uint32_t found = 0, rejected = 0;
     if (fd < 0 || posix_memalign((void **)&h, TIER_ALIGN, TIER_HEADER_BYTES) != 0)
         goto out;
+    /* Only slots in data: a reserved file is mostly holes (SEEK_DATA skips
+     * unwritten extents), and reading their zeros would fill the page
+     * cache. Where SEEK_DATA is not supported every slot is read. */
+    off_t data = 0, hole = 0;
     for (uint32_t slot = 0; slot < dir->num_slots; slot++) {
-        ssize_t got = pread(fd, h, TIER_HEADER_BYTES, (off_t)(slot * f->slot_bytes));
+        off_t at = (off_t)(slot * f->slot_bytes);
+        if (at >= hole) {
+            data = lseek(fd, at, SEEK_DATA);
+            if (data < 0 && errno == ENXIO)
+                break; /* nothing written past here */
+            if (data < 0)
+                data = at, hole = INT64_MAX;
+            else
+                hole = lseek(fd, data, SEEK_HOLE);
+            if (hole < 0)
+                hole = INT64_MAX;
+            if (data > at) { /* resume at the first slot starting in data */
+                uint64_t next = ((uint64_t)data + f->slot_bytes - 1) / f->slot_bytes;
+                if (next >= dir->num_slots)
+                    break;
+                slot = (uint32_t)next - 1;
+                continue;
+            }
+        }
+        ssize_t got = pread(fd, h, TIER_HEADER_BYTES, at);
         if (got <= 0)
             break; /* end of file */
         kvrt_cache_block_name_t name;

@@ -2,7 +2,9 @@
  * tier_internal.h - the parts of runtime/tier, shared by its files only:
  * the slot directory each tier keeps (slot_dir.c), the SSD file and its
  * block headers (ssd_file.c), the copy/I-O thread (tier_worker.c) and the
- * tier stack itself (tier.c).
+ * tier stack itself: lifecycle and poll (tier.c), moving blocks down
+ * (tier_offload.c), bringing them back (tier_onload.c) and onload through
+ * the scheduler (tier_admit.c).
  *
  * Ownership and threads: the directories, the onload tickets and every
  * counter belong to the engine thread (the pool's thread). The worker
@@ -29,6 +31,15 @@
 #define TIER_ALIGN 4096u
 #define TIER_HEADER_BYTES 4096u
 #define TIER_MAX_QUEUE_DEPTH 256u
+
+/* A slot, in host memory and on SSD alike: a TIER_HEADER_BYTES header page
+ * then the block's bytes padded to TIER_ALIGN. Host slots carry the header
+ * page too, so an SSD write or read of a block is one aligned I/O of the
+ * whole slot straight from or into its host slot. */
+static inline uint64_t tier_slot_bytes(uint64_t block_bytes)
+{
+    return TIER_HEADER_BYTES + (block_bytes + TIER_ALIGN - 1) / TIER_ALIGN * TIER_ALIGN;
+}
 
 /* ---- slot directory (slot_dir.c) ------------------------------------------
  * The slots of one tier: a key -> slot index (open addressing, linear
@@ -145,14 +156,12 @@ typedef struct tier_worker {
     kvrt_cq_t *done;          /* finished jobs, to the engine thread */
     struct io_uring uring;
     bool uring_ready;
-    bool fixed_buffers;       /* host slab and headers registered */
-    uint32_t host_buffers;    /* registered slab chunks */
-    uint64_t chunk_bytes;     /* slab bytes per registered chunk */
-    uint8_t *headers;         /* queue_depth headers, TIER_ALIGN aligned */
+    bool fixed_buffers;       /* host slab registered */
+    uint64_t chunk_bytes;     /* slab bytes per registered chunk (whole slots) */
     uint32_t queue_depth;
     /* what jobs touch, read-only for the worker */
     kvrt_kv_cache_t pool_view;
-    uint8_t *host_base;
+    uint8_t *host_base;       /* host slots of host_stride = tier_slot_bytes() */
     uint64_t host_stride;
     const ssd_file_t *ssd;
     tier_fault_fn fault;
@@ -166,13 +175,123 @@ void tier_worker_stop(tier_worker_t *w);
 /* Hands a job over; false when the ring is full. */
 bool tier_worker_submit(tier_worker_t *w, const tier_job_t *job);
 
-/* ---- the tier stack (tier.c), for kvrt_tier_admit (tier_admit.c) -------- */
+/* ---- the tier stack (tier.c, tier_offload.c, tier_onload.c, tier_admit.c) - */
 
 typedef struct tier_admit_stats {
     uint64_t admitted;      /* requests put in WAITING_KV with an onload */
     uint64_t landed_blocks; /* blocks their onloads brought back */
     uint64_t failed;        /* onloads that landed fewer blocks than asked */
 } tier_admit_stats_t;
+
+#define MAX_TICKETS 64u
+/* Clean-ahead looks at most this many queue depths of victims ahead: about
+ * what a long prompt's allocation evicts at once. */
+#define AHEAD_WINDOW 16u
+#define MAX_ONLOAD_BLOCKS 65536u
+
+/* A clean-ahead copy of a block the cache still holds (no reference): if
+ * the cache evicts it meanwhile, the sink keeps it until the copy is done,
+ * or, when it may not keep it, marks the copy torn (the block is reused at
+ * once) so the copy is thrown away. */
+enum ahead_state { AHEAD_NONE = 0, AHEAD_COPYING = 1, AHEAD_KEPT = 2, AHEAD_TORN = 3 };
+
+typedef enum block_fate { FATE_PENDING = 0, FATE_LANDED = 1, FATE_FAILED = 2 } block_fate_t;
+
+typedef struct ticket {
+    uint64_t id;             /* 0: free */
+    uint32_t count, accepted, pending;
+    uint32_t next;           /* first block not started yet (< accepted: retried in poll) */
+    kvrt_tier_miss_t miss;   /* of the first block not accepted */
+    int32_t *blocks;
+    kvrt_cache_block_name_t *names;
+    uint8_t *fate;
+    kvrt_tier_miss_t *misses;
+    kvrt_sched_t *sched;     /* kvrt_tier_admit: the arrival this ticket completes */
+    kvrt_arrival_id_t arrival;
+} ticket_t;
+
+struct kvrt_tier {
+    kvrt_owned_t owned;      /* first: kvrt_ctx_destroy() tears a forgotten tier down */
+    kvrt_ctx_t *ctx;
+    kvrt_cache_t *cache;
+    kvrt_pool_t *pool;
+    uint32_t group_id;
+    uint32_t queue_depth;
+    kvrt_block_hash_t root;
+    slot_dir_t host, ssd;
+    bool has_ssd;
+    ssd_file_t file;
+    bool file_lost;
+    char ssd_dir[4096];
+    void *slab_raw;          /* what kvrt_host_alloc returned */
+    uint8_t *slab;           /* host slots: slab_raw rounded up to 2 MiB */
+    bool slab_pinned;        /* by the device's pin (device pools) */
+    tier_worker_t worker;
+    tier_job_t *done;        /* poll's buffer */
+    uint32_t in_flight;
+    uint32_t writebacks;     /* host slots on their way to SSD */
+    uint32_t demotes;        /* pool -> host copies in flight */
+    uint8_t *ahead;          /* per pool block: enum ahead_state */
+    uint32_t ahead_backoff;  /* polls clean-ahead pauses after a failed copy */
+    uint32_t ahead_skip;     /* polls left in the current pause */
+    uint32_t wt_hits;        /* write-through after this many pool hits (0: off) */
+    uint16_t *hit_count;     /* per pool block: pool hits kvrt_tier_match saw ... */
+    uint64_t *hit_key;       /* ... for the block cached under this key */
+    bool ahead_settled;      /* the last scan reached the window's end ... */
+    uint64_t ahead_clock;    /* ... at this count of changes (tier_clean_ahead) */
+    bool ahead_file_lost;    /* ... with the SSD file in this state */
+    uint32_t tokens_per_block;
+    uint32_t open_tickets;   /* tickets not finished: poll advances them */
+    uint64_t next_file_check_ns; /* poll checks the SSD file from then on */
+    int32_t *peek_blocks;    /* clean-ahead candidates, AHEAD_WINDOW x queue_depth */
+    kvrt_cache_block_name_t *peek_names;
+    kvrt_tier_level_stats_t host_stats, ssd_stats;
+    ticket_t tickets[MAX_TICKETS];
+    uint64_t next_ticket;
+    kvrt_tier_completion_t *ready; /* finished tickets not yet reported */
+    uint32_t ready_count;
+    tier_admit_stats_t admit_stats;
+    uint64_t write_throughs; /* blocks copied by write-through */
+};
+
+/* tier.c */
+/* Hands a job to the worker and counts it in flight; false when full. */
+bool tier_submit(kvrt_tier_t *t, const tier_job_t *job);
+void tier_refresh_used(kvrt_tier_t *t);
+
+/* tier_offload.c: the eviction sink, clean-ahead, write-through,
+ * write-back and their completions. */
+kvrt_cache_sink_verdict_t tier_sink(void *user, const kvrt_cache_victim_t *victim);
+/* Frees or starts freeing host slots until queue_depth are free or on
+ * their way out (write-back). */
+void tier_make_room(kvrt_tier_t *t);
+bool tier_copy_ahead(kvrt_tier_t *t, int32_t b, const kvrt_cache_block_name_t *name);
+void tier_clean_ahead(kvrt_tier_t *t);
+void tier_write_through(kvrt_tier_t *t, const int32_t *blocks,
+                        const kvrt_block_hash_t *contents, uint32_t n,
+                        const kvrt_hash_keys_t *keys);
+void tier_log_ssd_failure(kvrt_tier_t *t, const tier_job_t *job, const char *what);
+void tier_finish_demote(kvrt_tier_t *t, const tier_job_t *job);
+void tier_finish_write(kvrt_tier_t *t, const tier_job_t *job);
+/* Drops the SSD tier's blocks when its file was deleted or replaced, and
+ * creates the file again once nothing is in flight. */
+void tier_check_file(kvrt_tier_t *t);
+
+/* tier_onload.c: tickets and their completions. */
+/* Follows a prompt's blocks from..to-1 (each chained on the content hash
+ * before it, *parent before the first) through the host directory, then
+ * the SSD one (NULL: none), and stops at the first block in neither.
+ * Writes each found block's content hash to hashes[i] and, with in_ssd,
+ * whether it was found on SSD. Returns how many were found; *ssd_count_out
+ * of them on SSD. (kvrt_tier_match; kvrt-sim's tier model.) */
+uint32_t tier_follow_below(const slot_dir_t *host, const slot_dir_t *ssd,
+                           const kvrt_block_hash_t *parent, const int32_t *tokens,
+                           uint32_t tokens_per_block, uint32_t from, uint32_t to,
+                           const kvrt_hash_keys_t *keys, kvrt_block_hash_t *hashes,
+                           uint8_t *in_ssd, uint32_t *ssd_count_out);
+void tier_advance(kvrt_tier_t *t, ticket_t *k);
+void tier_finish_read(kvrt_tier_t *t, const tier_job_t *job);
+void tier_finish_land(kvrt_tier_t *t, const tier_job_t *job);
 
 /* kvrt_tier_onload; with sched != NULL the ticket is not reported by poll
  * but completes `arrival` (kvrt_arrival_complete with the blocks landed). */

@@ -4,19 +4,18 @@
  * completion queue (core/completion_queue.h) the engine thread polls.
  *
  * Copies (pool <-> host, in the staging order of kvrt_cpu_gather_blocks/
- * scatter_blocks) run at once; SSD jobs become two io_uring operations each
- * (header page, block bytes) and up to queue_depth jobs stay in flight, a
- * new one started whenever one completes, so the device sees up to
- * 2 x queue_depth requests all the time. With registered buffers (the host slab
- * in chunks of at most 1 GiB, and the header pages) they are READ_FIXED /
+ * scatter_blocks) run at once; an SSD job is one io_uring operation of the
+ * whole slot (header page and block bytes, contiguous in the host slot as
+ * on disk), and up to queue_depth jobs stay in flight, a new one started
+ * whenever one completes. With registered buffers (the host slab in chunks
+ * of at most 1 GiB, each a whole number of slots) they are READ_FIXED /
  * WRITE_FIXED; if registration is refused (memlock limit) plain READ/WRITE,
  * logged once at start.
  *
  * The worker touches only what a job names: the pool block, the host slot
- * and the SSD slot the engine thread reserved for that job, and its own
- * header page (one per job of a batch). Every completion slot was reserved
- * by the engine thread before the job was handed over, so reporting never
- * fails.
+ * (its header page included) and the SSD slot the engine thread reserved
+ * for that job. Every completion slot was reserved by the engine thread
+ * before the job was handed over, so reporting never fails.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -27,9 +26,15 @@
 
 #define MAX_CHUNK_BYTES (1ull << 30)
 
+/* A host slot's header page; its block's bytes follow it. */
 static uint8_t *host_slot(const tier_worker_t *w, int32_t slot)
 {
     return w->host_base + (uint64_t)slot * w->host_stride;
+}
+
+static uint8_t *host_block(const tier_worker_t *w, int32_t slot)
+{
+    return host_slot(w, slot) + TIER_HEADER_BYTES;
 }
 
 /* Registered buffer index and address checks for a host slot. */
@@ -51,16 +56,10 @@ static void prep_io(tier_worker_t *w, struct io_uring_sqe *sqe, bool write, int 
         io_uring_prep_read(sqe, fd, buf, len, offset);
 }
 
-static uint32_t payload_len(const tier_worker_t *w)
-{
-    return (uint32_t)(w->ssd->slot_bytes - TIER_HEADER_BYTES);
-}
-
-/* Queues the two operations of an SSD job; false when it failed up front. */
+/* Queues an SSD job's operation; false when it failed up front. */
 static bool prepare_ssd(tier_worker_t *w, tier_job_t *job, uint32_t index)
 {
-    uint8_t *header = w->headers + (uint64_t)index * TIER_HEADER_BYTES;
-    uint8_t *payload = host_slot(w, job->host_slot);
+    uint8_t *header = host_slot(w, job->host_slot);
     bool write = job->kind == JOB_WRITE;
     if (w->fault) {
         int err = w->fault(w->fault_user, job->kind, job->ssd_slot);
@@ -72,26 +71,22 @@ static bool prepare_ssd(tier_worker_t *w, tier_job_t *job, uint32_t index)
     }
     if (write)
         tier_ssd_header_write(w->ssd, &job->name,
-                              tier_checksum(payload, w->ssd->block_bytes), header);
-    uint64_t offset = (uint64_t)job->ssd_slot * w->ssd->slot_bytes;
-    struct io_uring_sqe *a = io_uring_get_sqe(&w->uring);
-    struct io_uring_sqe *b = io_uring_get_sqe(&w->uring);
-    prep_io(w, a, write, w->ssd->fd, header, TIER_HEADER_BYTES, offset, (int)w->host_buffers);
-    prep_io(w, b, write, w->ssd->fd, payload, payload_len(w), offset + TIER_HEADER_BYTES,
-            host_buffer_index(w, job->host_slot));
-    io_uring_sqe_set_data64(a, (uint64_t)index << 1);
-    io_uring_sqe_set_data64(b, ((uint64_t)index << 1) | 1);
+                              tier_checksum(header + TIER_HEADER_BYTES, w->ssd->block_bytes),
+                              header);
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->uring);
+    prep_io(w, sqe, write, w->ssd->fd, header, (uint32_t)w->ssd->slot_bytes,
+            (uint64_t)job->ssd_slot * w->ssd->slot_bytes, host_buffer_index(w, job->host_slot));
+    io_uring_sqe_set_data64(sqe, index);
     return true;
 }
 
 /* A read's result: the header names the expected block and the bytes
  * match the checksum it carries. */
-static void verify_read(tier_worker_t *w, tier_job_t *job, uint32_t index)
+static void verify_read(tier_worker_t *w, tier_job_t *job)
 {
     uint64_t checksum;
-    const uint8_t *header = w->headers + (uint64_t)index * TIER_HEADER_BYTES;
-    if (!tier_ssd_header_check(w->ssd, header, &job->name, &checksum) ||
-        tier_checksum(host_slot(w, job->host_slot), w->ssd->block_bytes) != checksum)
+    if (!tier_ssd_header_check(w->ssd, host_slot(w, job->host_slot), &job->name, &checksum) ||
+        tier_checksum(host_block(w, job->host_slot), w->ssd->block_bytes) != checksum)
         job->miss = KVRT_TIER_MISS_CHECKSUM;
 }
 
@@ -102,9 +97,9 @@ static void run_device_copy(tier_worker_t *w, tier_job_t *job)
     kvrt_status_t status =
         job->kind == JOB_DEMOTE
             ? kvrt_cuda_gather_blocks_to_host(NULL, &w->pool_view, &job->block, 1,
-                                              host_slot(w, job->host_slot), w->device.stream)
+                                              host_block(w, job->host_slot), w->device.stream)
             : kvrt_cuda_scatter_blocks_from_host(NULL, &w->pool_view,
-                                                 host_slot(w, job->host_slot), &job->block, 1,
+                                                 host_block(w, job->host_slot), &job->block, 1,
                                                  w->device.stream);
     /* Copies enqueued before a refusal may still run: wait for them too. */
     int sync_err = w->device.sync(w->device.user, w->device.stream);
@@ -124,18 +119,17 @@ static void run_copy(tier_worker_t *w, tier_job_t *job)
     }
     if (job->kind == JOB_DEMOTE)
         kvrt_cpu_gather_blocks(NULL, &w->pool_view, &job->block, 1,
-                               host_slot(w, job->host_slot));
+                               host_block(w, job->host_slot));
     else
-        kvrt_cpu_scatter_blocks(NULL, &w->pool_view, host_slot(w, job->host_slot),
+        kvrt_cpu_scatter_blocks(NULL, &w->pool_view, host_block(w, job->host_slot),
                                 &job->block, 1);
     kvrt_cq_push_reserved(w->done, job);
 }
 
-/* SSD jobs in flight: each holds one of queue_depth entries (its index
- * picks its header page) until both of its operations completed. */
+/* SSD jobs in flight: each holds one of queue_depth entries until its
+ * operation completed. */
 typedef struct in_flight {
     tier_job_t *jobs;
-    uint8_t *ops_left;
     uint32_t *free_index;
     uint32_t free_count;
     uint32_t busy;
@@ -145,7 +139,7 @@ static void finish_ssd(tier_worker_t *w, in_flight_t *f, uint32_t index)
 {
     tier_job_t *job = &f->jobs[index];
     if (job->kind == JOB_READ && !job->err)
-        verify_read(w, job, index);
+        verify_read(w, job);
     kvrt_cq_push_reserved(w->done, job);
     f->free_index[f->free_count++] = index;
     f->busy--;
@@ -156,11 +150,8 @@ static void start_ssd(tier_worker_t *w, in_flight_t *f, const tier_job_t *job)
     uint32_t index = f->free_index[--f->free_count];
     f->jobs[index] = *job;
     f->busy++;
-    if (!prepare_ssd(w, &f->jobs[index], index)) {
+    if (!prepare_ssd(w, &f->jobs[index], index))
         finish_ssd(w, f, index);
-        return;
-    }
-    f->ops_left[index] = 2;
 }
 
 static void reap(tier_worker_t *w, in_flight_t *f, bool block)
@@ -169,10 +160,9 @@ static void reap(tier_worker_t *w, in_flight_t *f, bool block)
     if (block ? io_uring_wait_cqe(&w->uring, &cqe) != 0 : io_uring_peek_cqe(&w->uring, &cqe) != 0)
         return;
     do {
-        uint64_t data = io_uring_cqe_get_data64(cqe);
-        uint32_t index = (uint32_t)(data >> 1);
+        uint32_t index = (uint32_t)io_uring_cqe_get_data64(cqe);
         tier_job_t *job = &f->jobs[index];
-        uint32_t want = (data & 1) ? payload_len(w) : TIER_HEADER_BYTES;
+        uint32_t want = (uint32_t)w->ssd->slot_bytes;
         if (cqe->res < 0 && !job->err) {
             job->err = -cqe->res;
             job->miss = KVRT_TIER_MISS_IO;
@@ -182,8 +172,7 @@ static void reap(tier_worker_t *w, in_flight_t *f, bool block)
             job->miss = job->kind == JOB_WRITE ? KVRT_TIER_MISS_IO : KVRT_TIER_MISS_TRUNCATED;
         }
         io_uring_cqe_seen(&w->uring, cqe);
-        if (--f->ops_left[index] == 0)
-            finish_ssd(w, f, index);
+        finish_ssd(w, f, index);
     } while (io_uring_peek_cqe(&w->uring, &cqe) == 0);
 }
 
@@ -194,13 +183,12 @@ static void *worker_main(void *arg)
     tier_worker_t *w = arg;
     in_flight_t f = {
         .jobs = calloc(w->queue_depth, sizeof(*f.jobs)),
-        .ops_left = calloc(w->queue_depth, sizeof(*f.ops_left)),
         .free_index = calloc(w->queue_depth, sizeof(*f.free_index)),
         .free_count = w->queue_depth,
     };
     for (uint32_t i = 0; i < w->queue_depth && f.free_index; i++)
         f.free_index[i] = w->queue_depth - 1 - i;
-    bool ok = f.jobs && f.ops_left && f.free_index;
+    bool ok = f.jobs && f.free_index;
     pthread_mutex_lock(&w->lock);
     for (;;) {
         while (!w->count && !f.busy && !w->stop)
@@ -235,7 +223,6 @@ static void *worker_main(void *arg)
     }
     pthread_mutex_unlock(&w->lock);
     free(f.jobs);
-    free(f.ops_left);
     free(f.free_index);
     return NULL;
 }
@@ -245,7 +232,7 @@ static void register_buffers(kvrt_ctx_t *ctx, tier_worker_t *w, uint32_t host_sl
     uint64_t per_chunk = MAX_CHUNK_BYTES / w->host_stride;
     w->chunk_bytes = per_chunk * w->host_stride;
     uint32_t chunks = (uint32_t)((host_slots + per_chunk - 1) / per_chunk);
-    struct iovec *iov = calloc((size_t)chunks + 1, sizeof(*iov));
+    struct iovec *iov = calloc(chunks, sizeof(*iov));
     if (!iov)
         return;
     uint64_t total = (uint64_t)host_slots * w->host_stride;
@@ -254,13 +241,10 @@ static void register_buffers(kvrt_ctx_t *ctx, tier_worker_t *w, uint32_t host_sl
         iov[c].iov_base = w->host_base + start;
         iov[c].iov_len = total - start < w->chunk_bytes ? total - start : w->chunk_bytes;
     }
-    iov[chunks].iov_base = w->headers;
-    iov[chunks].iov_len = (size_t)w->queue_depth * TIER_HEADER_BYTES;
-    int rc = io_uring_register_buffers(&w->uring, iov, chunks + 1);
+    int rc = io_uring_register_buffers(&w->uring, iov, chunks);
     free(iov);
     if (rc == 0) {
         w->fixed_buffers = true;
-        w->host_buffers = chunks;
     } else {
         kvrt_log(ctx, KVRT_LOG_WARN, "tier: io_uring refused to register %llu bytes of "
                  "buffers (%s); SSD I/O goes unregistered",
@@ -272,15 +256,14 @@ kvrt_status_t tier_worker_start(kvrt_ctx_t *ctx, tier_worker_t *w, uint32_t host
 {
     w->ring_capacity = 4 * w->queue_depth;
     w->ring = calloc(w->ring_capacity, sizeof(*w->ring));
-    if (!w->ring || posix_memalign((void **)&w->headers, TIER_ALIGN,
-                                   (size_t)w->queue_depth * TIER_HEADER_BYTES) != 0)
+    if (!w->ring)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "tier: job ring");
     kvrt_status_t status = kvrt_cq_create(ctx, w->ring_capacity, sizeof(tier_job_t), 0, -1,
                                           &w->done);
     if (status != KVRT_OK)
         return status;
     if (w->ssd) {
-        int rc = io_uring_queue_init(2 * w->queue_depth, &w->uring, 0);
+        int rc = io_uring_queue_init(w->queue_depth, &w->uring, 0);
         if (rc < 0)
             return kvrt_fail(ctx, KVRT_ERR_IO, "tier: io_uring_queue_init: %s", strerror(-rc));
         w->uring_ready = true;
@@ -315,9 +298,7 @@ void tier_worker_stop(tier_worker_t *w)
     kvrt_cq_destroy(w->done);
     w->done = NULL;
     free(w->ring);
-    free(w->headers);
     w->ring = NULL;
-    w->headers = NULL;
 }
 
 bool tier_worker_submit(tier_worker_t *w, const tier_job_t *job)

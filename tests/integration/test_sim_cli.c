@@ -41,7 +41,9 @@ Test(sim_cli, help_lists_every_flag)
                            "--kv-heads", "--head-dim", "--block-tokens", "--max-batch-tokens",
                            "--max-seqs", "--chunk", "--no-watermark", "--max-waiting",
                            "--cache", "--spec", "--spec-k", "--ngram-min", "--ngram-max",
-                           "--no-adaptive-draft", "--draft-accept", "--json", "--no-progress"};
+                           "--no-adaptive-draft", "--draft-accept", "--json", "--no-progress",
+                           "--host-gb", "--ssd-gb", "--host-gbps", "--host-latency-us",
+                           "--ssd-gbps", "--ssd-latency-us"};
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         cr_assert(strstr(o.out, flags[i]) != NULL, "--help does not mention %s", flags[i]);
     release(&o);
@@ -60,6 +62,8 @@ Test(sim_cli, bad_flags_and_values_exit_2)
     expect_usage_error((const char *const[]){"--ngram-min", "4", "--ngram-max", "2", NULL},
                        "--ngram-min");
     expect_usage_error((const char *const[]){"--kv-gb", "0.001", NULL}, "fewer than 16");
+    expect_usage_error((const char *const[]){"--ssd-gb", "10", NULL}, "host tier");
+    expect_usage_error((const char *const[]){"--host-gbps", "0", NULL}, "--host-gbps");
     expect_usage_error((const char *const[]){"stray", NULL}, "unexpected argument 'stray'");
     expect_usage_error((const char *const[]){"--rate", NULL}, "needs a value");
     expect_usage_error((const char *const[]){"--trace", "/nonexistent/trace.jsonl", NULL},
@@ -113,5 +117,29 @@ Test(sim_cli, summary_is_readable)
     for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
         cr_assert(strstr(o.out, lines[i]) != NULL, "summary lacks '%s':\n%s", lines[i], o.out);
     cr_assert(strstr(o.out, "40 submitted") != NULL, "%s", o.out);
+    release(&o);
+}
+
+Test(sim_cli, tiers_report_ttft_with_and_without)
+{
+    output_t o = run((const char *const[]){"--requests", "200", "--kv-gb", "1", "--system-len",
+                                           "1500", "--host-gb", "2", "--ssd-gb", "20", "--json",
+                                           NULL});
+    cr_assert_eq(o.status, 0, "stderr: %s", o.err);
+    cJSON *root = cJSON_Parse(o.out);
+    cr_assert_not_null(root, "not JSON: %s", o.out);
+    const cJSON *tiers = cJSON_GetObjectItem(root, "tiers");
+    cr_assert_not_null(tiers, "no tiers object: %s", o.out);
+    cr_assert_eq(cJSON_GetObjectItem(tiers, "host_blocks")->valuedouble, 953.0);
+    const cJSON *without = cJSON_GetObjectItem(tiers, "ttft_ms_without_tiers");
+    cr_assert_not_null(without);
+    cr_assert_eq(cJSON_GetObjectItem(without, "count")->valuedouble,
+                 cJSON_GetObjectItem(cJSON_GetObjectItem(root, "ttft_ms"), "count")->valuedouble);
+    cr_assert_not_null(cJSON_GetObjectItem(tiers, "onloaded_blocks_by_tier"));
+    cJSON_Delete(root);
+    release(&o);
+    o = run((const char *const[]){"--requests", "40", "--host-gb", "1", NULL});
+    cr_assert_eq(o.status, 0, "stderr: %s", o.err);
+    cr_assert(strstr(o.out, "TTFT no tier") && strstr(o.out, "onload"), "%s", o.out);
     release(&o);
 }

@@ -437,3 +437,35 @@ Test(kernels_move, bad_input_is_refused_with_nothing_written)
     fixture_fini(&e.f);
     kvrt_ctx_destroy(e.ctx);
 }
+
+/* Gathers of 1 MiB and more stream past the cache (non-temporal stores,
+ * four pages at a time where the CPU has wide stores): same bytes as the
+ * oracle with a page that is no multiple of the store width and a staging
+ * buffer that is not aligned to it. */
+Test(kernels_move, large_gather_streams_the_same_bytes)
+{
+    uint64_t rng = 77;
+    kvrt_kv_layout_t l = {.num_layers = 3, .num_kv_heads = 5, .head_dim = 72,
+                          .tokens_per_block = 64}; /* pages of 46,080 bytes */
+    fixture_t f;
+    fixture_init(&f, &rng, &l, 9, KVRT_SCALE_PER_HEAD);
+    uint64_t page = 0, block_bytes = 0;
+    kvrt_layout_page_bytes(&l, &page);
+    kvrt_layout_block_bytes(&l, &block_bytes);
+    int32_t blocks[8] = {8, 0, 3, 3, 5, 1, 7, 2};
+    cr_assert_geq(8 * block_bytes, 1u << 20, "large enough to stream");
+    char *raw = malloc(8 * block_bytes + 64), *want = malloc(8 * block_bytes);
+    char *staging = raw + 8; /* 8-byte aligned only */
+    cr_assert_eq(kvrt_cpu_gather_blocks(NULL, &f.desc, blocks, 8, staging), KVRT_OK);
+    for (uint32_t i = 0; i < 8; i++)
+        for (uint32_t layer = 0; layer < l.num_layers; layer++)
+            for (int half = 0; half < 2; half++)
+                memcpy(want + ((i * l.num_layers + layer) * 2 + half) * page,
+                       f.cache + oracle_elem_offset(&l, f.num_blocks, (uint32_t)blocks[i],
+                                                    layer, half, 0, 0),
+                       page);
+    cr_assert_eq(memcmp(staging, want, 8 * block_bytes), 0);
+    free(raw);
+    free(want);
+    fixture_fini(&f);
+}
