@@ -60,6 +60,10 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
  * block once in its life (hashes survive preemption). */
 void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q)
 {
+    if (KVRT_UNLIKELY(s->hybrid)) {
+        sched_groups_cache_full(s, q);
+        return;
+    }
     if (q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE)
         return;
     uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
@@ -224,11 +228,13 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
              * Drafts the pool's table was never told of just leave the lag. */
             if (rejected <= q->lag) {
                 q->lag -= rejected;
+            } else if (KVRT_UNLIKELY(s->hybrid)) {
+                sched_groups_truncate(s, q); /* no lag there */
             } else {
                 q->lag = 0;
                 kvrt_table_truncate(s->pool, q->table, q->computed);
                 if (sched_blocks_for(s, q->computed) != q->row_blocks)
-                    sched_row_sync(s, q, false);
+                    sched_row_sync(s, q, 0, false);
             }
         }
         kvrt_seq_end_reason_t reason = KVRT_END_NONE;

@@ -90,6 +90,8 @@ typedef struct seq {
     uint32_t arrival;       /* its outstanding arrival, SCHED_NONE when none */
     uint32_t match_tokens;  /* prefix-cache hits of its last match, counted at
                                admission */
+    uint32_t released;      /* group 0: leading table blocks released (out of
+                               a sliding window) or holes (groups.c) */
     bool landed;            /* its table holds K/V that arrived (arrival.c) */
     kvrt_status_t status;
     uint64_t deadline_ns;   /* UINT64_MAX without a deadline */
@@ -106,6 +108,27 @@ typedef struct seq {
  * its commit. */
 _Static_assert(offsetof(seq_t, user_tag) == 64, "seq_t's hot fields outgrew one cache line");
 _Static_assert(offsetof(seq_t, keys) == 128, "seq_t's second line outgrew 64 bytes");
+
+/* A request's state in cache group g >= 1 (group 0's is in seq_t: table,
+ * row_blocks, released, num_hashed, num_inserted, hashes). */
+typedef struct seq_group {
+    kvrt_table_id_t table;
+    uint32_t row_blocks;
+    uint32_t released;
+    uint32_t num_hashed;
+    uint32_t num_inserted;
+    kvrt_block_hash_t *hashes;
+} seq_group_t;
+
+/* Pointers to a request's state in one group, whichever group it is. */
+typedef struct seq_gref {
+    kvrt_table_id_t *table;
+    uint32_t *row_blocks;
+    uint32_t *released;
+    uint32_t *num_hashed;
+    uint32_t *num_inserted;
+    kvrt_block_hash_t *hashes;
+} seq_gref_t;
 
 /* A waiting-queue entry: the ordering key, copied out of the request. */
 typedef struct heap_entry {
@@ -150,6 +173,29 @@ typedef struct plan_buffers {
 /* Most plans in flight (KVRT_SCHED_MAX_PLANS_IN_FLIGHT): plan slots. */
 #define SCHED_PLAN_SLOTS KVRT_SCHED_MAX_PLANS_IN_FLIGHT
 
+/* A cache group (kvrt_sched_create_groups). Group 0's pool, cache, block
+ * size, rows and plan buffers are also s->pool, s->cache, s->rows and
+ * s->bufs, which the single-group paths read; the per-plan-slot arrays
+ * here serve groups 1 and up. */
+typedef struct sched_group {
+    kvrt_pool_t *pool;
+    kvrt_cache_t *cache;
+    kvrt_block_hash_t root;
+    uint32_t tokens_per_block;
+    uint32_t block_shift;
+    uint32_t window;        /* sliding window in tokens; 0: full attention */
+    uint32_t row_stride;
+    int32_t *rows;          /* [max_seqs][row_stride] */
+    int32_t *match_blocks;  /* [row_stride]: hits of one admission */
+    int64_t *slot_mapping[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+    kvrt_block_copy_t *copies[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+    uint32_t *copy_owner[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+    uint32_t num_copies[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+    int32_t *csr_offsets[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+    int32_t *csr_ids[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+    uint32_t csr_capacity[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+} sched_group_t;
+
 /* Rows changed since the last published plan. One buffer per plan slot
  * plus the one accumulating, so a plan's list stays intact while it is in
  * flight. */
@@ -183,6 +229,10 @@ struct kvrt_sched {
     uint32_t ngram_max;
     uint32_t tokens_per_block;
     uint32_t block_shift;
+    /* Tokens a decode may add inside its tail block without the slow path:
+     * tokens_per_block, or 0 when several groups or a window need every
+     * append seen (groups.c). */
+    uint32_t fast_tail;
     uint32_t pool_blocks;       /* usable blocks (num_blocks - 1) */
     /* draft_threshold[j]: the least acceptance p with p^j >= 1/4 */
     float draft_threshold[KVRT_SCHED_MAX_DRAFT + 1];
@@ -250,6 +300,16 @@ struct kvrt_sched {
     uint64_t spec_by_drafts[KVRT_SCHED_MAX_DRAFT + 1];
     uint64_t spec_by_accepted[KVRT_SCHED_MAX_DRAFT + 1];
 
+    /* Cache groups: groups[0] mirrors pool/cache/rows above. hybrid: more
+     * than one group, or a sliding window (the paths of groups.c). */
+    uint32_t num_groups;
+    bool hybrid;
+    uint32_t hit_unit;          /* a prefix hit is a multiple of it (the
+                                   largest block size) */
+    sched_group_t groups[KVRT_SCHED_MAX_GROUPS];
+    seq_group_t *xgroups;       /* [max_requests][num_groups - 1] */
+    kvrt_plan_group_t plan_groups[KVRT_SCHED_MAX_PLANS_IN_FLIGHT][KVRT_SCHED_MAX_GROUPS];
+
     kvrt_sched_stats_t stats;
 };
 
@@ -299,6 +359,28 @@ static inline uint32_t sched_blocks_for(const kvrt_sched_t *s, uint64_t tokens)
     return (uint32_t)((tokens + s->tokens_per_block - 1) >> s->block_shift);
 }
 
+/* The request's state in group g. */
+static inline seq_gref_t sched_gref(const kvrt_sched_t *s, seq_t *q, uint32_t g)
+{
+    if (g == 0)
+        return (seq_gref_t){&q->table, &q->row_blocks, &q->released, &q->num_hashed,
+                            &q->num_inserted, q->hashes};
+    seq_group_t *x = &s->xgroups[(size_t)sched_slot(s, q) * (s->num_groups - 1) + g - 1];
+    return (seq_gref_t){&x->table, &x->row_blocks, &x->released, &x->num_hashed,
+                        &x->num_inserted, x->hashes};
+}
+
+/* Group g's slot mapping in the plan slot being built or committed. */
+static inline int64_t *sched_group_slots(kvrt_sched_t *s, uint32_t g)
+{
+    return g ? s->groups[g].slot_mapping[__builtin_ctz(s->plan_bit)] : s->buf->slot_mapping;
+}
+
+static inline uint32_t sched_group_blocks_for(const sched_group_t *gr, uint64_t tokens)
+{
+    return (uint32_t)((tokens + gr->tokens_per_block - 1) >> gr->block_shift);
+}
+
 /* ---- request.c ------------------------------------------------------------ */
 
 void sched_heap_push(kvrt_sched_t *s, seq_t *q);
@@ -323,8 +405,9 @@ void sched_slot_free(kvrt_sched_t *s, seq_t *q);
 void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q);
 /* Marks row r as changed since the last published plan. */
 void sched_row_changed(kvrt_sched_t *s, uint32_t row);
-/* Brings row entries in line with the table after an append or truncate. */
-void sched_row_sync(kvrt_sched_t *s, seq_t *q, bool last_replaced);
+/* Brings group g's row entries in line with its table after an append or
+ * truncate. */
+void sched_row_sync(kvrt_sched_t *s, seq_t *q, uint32_t g, bool last_replaced);
 void sched_row_release(kvrt_sched_t *s, seq_t *q);
 /* Tells the pool's table the tokens appended lazily inside q's tail block. */
 static inline void sched_table_sync(kvrt_sched_t *s, seq_t *q)
@@ -358,6 +441,49 @@ void sched_free_arrivals(kvrt_sched_t *s);
  * be admitted last lets its blocks go (into the prefix cache, when there is
  * one, where it may find them again). False when there is none. */
 bool sched_release_landed(kvrt_sched_t *s);
+
+/* ---- groups.c ------------------------------------------------------------- */
+
+/* Reads and checks the groups, sets s->groups, s->num_groups, s->hybrid,
+ * s->hit_unit and group 0's mirror fields. */
+kvrt_status_t sched_groups_read(kvrt_sched_t *s, uint32_t num_groups,
+                                const kvrt_sched_group_params_t *const *groups);
+/* Allocates the per-group arrays (after the scheduler's sizes are known). */
+bool sched_groups_alloc(kvrt_sched_t *s);
+void sched_groups_free(kvrt_sched_t *s);
+/* Points each plan slot's group descriptors at their arrays. */
+void sched_groups_init_plans(kvrt_sched_t *s);
+/* Refreshes the plan's group descriptors at the end of a step. */
+void sched_groups_publish(kvrt_sched_t *s);
+/* Most blocks group g can hold for a request of `capacity` tokens. */
+uint32_t sched_group_worst_blocks(const kvrt_sched_t *s, uint32_t g, uint32_t capacity);
+/* Bytes of a request's hashes in groups >= 1, and setting them up. */
+size_t sched_groups_hash_bytes(const kvrt_sched_t *s, uint32_t capacity);
+void sched_groups_init_seq(kvrt_sched_t *s, seq_t *q, char *memory, uint32_t capacity);
+/* Destroys q's tables of every group (tail first) and clears its rows. */
+void sched_groups_release(kvrt_sched_t *s, seq_t *q);
+/* Blocks every group needs for n more tokens of q fit (above the
+ * watermark when `watermark`). */
+bool sched_groups_fit(const kvrt_sched_t *s, seq_t *q, uint32_t n, bool watermark);
+/* Appends n tokens of q to every group (after sched_groups_fit): slots at
+ * the plan's end, rows synced. Releases blocks out of each window first.
+ * On error (not NO_BLOCKS) returns it; tables may then be longer than
+ * planned, which the caller's ending of q makes harmless. */
+kvrt_status_t sched_groups_append(kvrt_sched_t *s, seq_t *q, uint32_t n);
+/* Rollback in every group to q->computed. */
+void sched_groups_truncate(kvrt_sched_t *s, seq_t *q);
+/* Prefix match over every group (the hybrid rule in kvrt/sched.h); q
+ * holds no table. On error q holds no table and nothing changed. */
+kvrt_status_t sched_groups_match(kvrt_sched_t *s, seq_t *q, uint32_t *hit_tokens_out);
+/* Offers newly full blocks of every group to its cache. */
+void sched_groups_cache_full(kvrt_sched_t *s, seq_t *q);
+/* Drops plan entry data of groups >= 1 for an entry leaving the plan. */
+void sched_groups_unplan(kvrt_sched_t *s, uint32_t slot, uint32_t t0, uint32_t n,
+                         uint32_t tail);
+/* Resets the per-step counts of groups >= 1. */
+void sched_groups_begin_step(kvrt_sched_t *s);
+/* CSR tables of groups >= 1. */
+void sched_groups_csr(kvrt_sched_t *s);
 
 /* ---- ngram.c -------------------------------------------------------------- */
 

@@ -25,22 +25,24 @@ void sched_row_changed(kvrt_sched_t *s, uint32_t row)
     rc->changed[rc->accumulating][rc->num_changed[rc->accumulating]++] = (int32_t)row;
 }
 
-void sched_row_sync(kvrt_sched_t *s, seq_t *q, bool last_replaced)
+void sched_row_sync(kvrt_sched_t *s, seq_t *q, uint32_t g, bool last_replaced)
 {
+    const sched_group_t *gr = &s->groups[g];
+    seq_gref_t r = sched_gref(s, q, g);
     const int32_t *blocks;
     uint32_t nb;
-    kvrt_table_view(s->pool, q->table, &blocks, &nb, NULL);
-    int32_t *row = s->rows + (size_t)q->row * s->row_stride;
-    uint32_t from = q->row_blocks;
+    kvrt_table_view(gr->pool, *r.table, &blocks, &nb, NULL);
+    int32_t *row = gr->rows + (size_t)q->row * gr->row_stride;
+    uint32_t from = *r.row_blocks;
     if (last_replaced && from > 0)
         from--; /* copy-on-write swapped the tail block */
     if (nb > from)
         memcpy(row + from, blocks + from, (size_t)(nb - from) * sizeof(int32_t));
-    else if (nb < q->row_blocks)
-        memset(row + nb, 0, (size_t)(q->row_blocks - nb) * sizeof(int32_t));
+    else if (nb < *r.row_blocks)
+        memset(row + nb, 0, (size_t)(*r.row_blocks - nb) * sizeof(int32_t));
     else if (!last_replaced)
         return;
-    q->row_blocks = nb;
+    *r.row_blocks = nb;
     sched_row_changed(s, q->row);
 }
 
@@ -48,13 +50,19 @@ void sched_row_release(kvrt_sched_t *s, seq_t *q)
 {
     if (q->row == SCHED_NONE)
         return;
-    int32_t *row = s->rows + (size_t)q->row * s->row_stride;
-    memset(row, 0, (size_t)q->row_blocks * sizeof(int32_t));
-    if (q->row_blocks)
+    bool changed = false;
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        uint32_t *row_blocks = sched_gref(s, q, g).row_blocks;
+        memset(gr->rows + (size_t)q->row * gr->row_stride, 0,
+               (size_t)*row_blocks * sizeof(int32_t));
+        changed = changed || *row_blocks;
+        *row_blocks = 0;
+    }
+    if (changed)
         sched_row_changed(s, q->row);
     s->free_rows[s->num_free_rows++] = q->row;
     q->row = SCHED_NONE;
-    q->row_blocks = 0;
 }
 
 static inline bool running_valid(const kvrt_sched_t *s, uint32_t i, seq_t **q_out)
@@ -117,6 +125,8 @@ static void unplan(kvrt_sched_t *s, seq_t *v, uint32_t *budget)
     memmove(b->input_tokens + t0, b->input_tokens + t0 + n, (size_t)tail * sizeof(int32_t));
     memmove(b->positions + t0, b->positions + t0 + n, (size_t)tail * sizeof(int32_t));
     memmove(b->slot_mapping + t0, b->slot_mapping + t0 + n, (size_t)tail * sizeof(int64_t));
+    if (s->num_groups > 1)
+        sched_groups_unplan(s, slot, t0, n, tail);
     p->max_seq_len = 0;
     for (uint32_t j = 0; j + 1 < p->num_seqs; j++) {
         if (j >= i) {
@@ -167,12 +177,68 @@ static void preempt(kvrt_sched_t *s, seq_t *q, uint32_t *budget)
     s->stats.preemptions++;
 }
 
-/* Appends n slots to q's table, written at the plan's end. When blocks run
- * out:
- * a pinned waiting head, then queued arrived K/V give up their blocks,
- * then victims are preempted until the append fits (an admission, `admitting`,
- * preempts nobody but itself). Returns false when q is not to be planned
- * this step: preempted, failed, or waiting for arrivals to give blocks back. */
+/* Blocks ran out for q: a pinned waiting head, then queued arrived K/V
+ * give up their blocks, then a victim is preempted (an admission,
+ * `admitting`, preempts nobody but itself). Returns true to try again,
+ * false when q is not to be planned this step: preempted, failed, or
+ * waiting for arrivals or plans in flight to give blocks back. */
+static bool relieve(kvrt_sched_t *s, seq_t *q, uint32_t *budget, bool admitting)
+{
+    if (s->pinned != SCHED_NONE) { /* a waiting head's hits go first */
+        sched_unpin(s);
+        return true;
+    }
+    if (sched_release_landed(s)) /* then queued K/V that arrived */
+        return true;
+    seq_t *victim = admitting ? q : pick_victim(s);
+    if (victim->in_plan & ~sched_plan_bit(s))
+        return false; /* in flight (async): q waits for that plan's commit */
+    if (victim == q) {
+        if (s->running_live == 1 && (s->num_awaiting || s->num_given_up || s->num_pending))
+            return false; /* arrivals or plans in flight hold blocks */
+        if (s->running_live == 1) {
+            kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
+                      "request 0x%llx cannot grow even alone in the pool",
+                      (unsigned long long)sched_id(s, q));
+            sched_end(s, q, KVRT_END_FAILED, KVRT_ERR_NO_BLOCKS);
+        } else {
+            preempt(s, q, budget);
+        }
+        return false;
+    }
+    preempt(s, victim, budget);
+    return true;
+}
+
+/* grow() for several cache groups or a window (groups.c): every group
+ * appends, or none. */
+static bool grow_groups(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
+                        bool admitting)
+{
+    kvrt_batch_plan_t *const p = s->plan;
+    const uint32_t t0 = p->num_tokens;
+    for (;;) {
+        kvrt_status_t st = KVRT_ERR_NO_BLOCKS;
+        if (sched_groups_fit(s, q, n, false))
+            st = sched_groups_append(s, q, n);
+        if (KVRT_LIKELY(st == KVRT_OK)) {
+            if (KVRT_UNLIKELY(p->num_tokens != t0)) /* a victim left the plan */
+                memmove(s->buf->input_tokens + p->num_tokens, s->buf->input_tokens + t0,
+                        (size_t)n * sizeof(int32_t));
+            return true;
+        }
+        if (st != KVRT_ERR_NO_BLOCKS) {
+            sched_end(s, q, KVRT_END_FAILED, st);
+            return false;
+        }
+        if (!relieve(s, q, budget, admitting))
+            return false;
+    }
+}
+
+/* Appends n slots to q's table, written at the plan's end; when blocks run
+ * out, relieve() makes room. Returns false when q is not to be planned
+ * this step. */
 static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
                         bool admitting)
 {
@@ -181,7 +247,8 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
     const uint32_t t0 = p->num_tokens; /* where the caller put its inputs */
     const uint32_t c = q->computed + q->ahead; /* where this plan starts for q */
     const uint32_t off = c & (s->tokens_per_block - 1);
-    if (KVRT_LIKELY(off != 0 && off + n <= s->tokens_per_block)) {
+    /* fast_tail is 0 with several groups or a window: all appends below. */
+    if (KVRT_LIKELY(off != 0 && off + n <= s->fast_tail)) {
         /* Most decodes: the tokens fit in the tail block, which is private
          * (a partial block is never shared: the cache holds full blocks and
          * the scheduler forks nothing). The slots come from q's row, and the
@@ -195,6 +262,8 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
         q->lag += n;
         return true;
     }
+    if (KVRT_UNLIKELY(s->hybrid))
+        return grow_groups(s, q, n, budget, admitting);
     sched_table_sync(s, q);
     for (;;) {
         kvrt_block_copy_t copy;
@@ -211,36 +280,15 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
             }
             uint32_t nb = sched_blocks_for(s, c + n);
             if (nb != q->row_blocks || num_copies)
-                sched_row_sync(s, q, num_copies != 0);
+                sched_row_sync(s, q, 0, num_copies != 0);
             return true;
         }
         if (st != KVRT_ERR_NO_BLOCKS) {
             sched_end(s, q, KVRT_END_FAILED, st);
             return false;
         }
-        if (s->pinned != SCHED_NONE) { /* a waiting head's hits go first */
-            sched_unpin(s);
-            continue;
-        }
-        if (sched_release_landed(s)) /* then queued K/V that arrived */
-            continue;
-        seq_t *victim = admitting ? q : pick_victim(s);
-        if (victim->in_plan & ~sched_plan_bit(s))
-            return false; /* in flight (async): q waits for that plan's commit */
-        if (victim == q) {
-            if (s->running_live == 1 && (s->num_awaiting || s->num_given_up || s->num_pending))
-                return false; /* arrivals or plans in flight hold blocks */
-            if (s->running_live == 1) {
-                kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
-                          "request 0x%llx cannot grow even alone in the pool",
-                          (unsigned long long)sched_id(s, q));
-                sched_end(s, q, KVRT_END_FAILED, KVRT_ERR_NO_BLOCKS);
-            } else {
-                preempt(s, q, budget);
-            }
+        if (!relieve(s, q, budget, admitting))
             return false;
-        }
-        preempt(s, victim, budget);
     }
 }
 
@@ -484,9 +532,32 @@ void sched_unpin(kvrt_sched_t *s)
 
 /* Gives q (which has no table) a table holding its prefix hits. On error q
  * holds no table and nothing else changed. */
+/* Counts one admission's query: totals and the recent window. */
+static void count_match(kvrt_sched_t *s, uint32_t hit, uint32_t offered)
+{
+    s->stats.prefix_query_tokens += offered;
+    /* The recent window: the oldest admission's tokens leave it. */
+    uint32_t w = s->window_next;
+    s->window_next = (w + 1) % KVRT_SCHED_HIT_WINDOW;
+    s->stats.window_hit_tokens += hit - s->window[w].hit;
+    s->stats.window_query_tokens += offered - s->window[w].offered;
+    s->window[w].hit = hit;
+    s->window[w].offered = offered;
+}
+
 kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
 {
     sched_unpin(s);
+    q->match_tokens = 0;
+    if (s->hybrid) {
+        uint32_t hit = 0;
+        kvrt_status_t rc = sched_groups_match(s, q, &hit);
+        if (rc == KVRT_OK && s->cache && !(q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ)) {
+            q->match_tokens = hit;
+            count_match(s, hit, q->num_tokens - 1);
+        }
+        return rc;
+    }
     kvrt_table_id_t table = 0;
     kvrt_status_t rc = kvrt_table_create(s->pool, &table);
     if (rc != KVRT_OK)
@@ -500,7 +571,6 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
         return rc;
     }
     q->table = table;
-    q->match_tokens = 0;
     if (!s->cache || (q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ))
         return KVRT_OK;
     /* All but the last token: it is recomputed for its logits. */
@@ -525,14 +595,7 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
     q->computed = m.num_blocks << s->block_shift;
     q->match_tokens = q->computed;
     q->num_inserted = m.num_blocks;
-    s->stats.prefix_query_tokens += offered;
-    /* The recent window: the oldest admission's tokens leave it. */
-    uint32_t w = s->window_next;
-    s->window_next = (w + 1) % KVRT_SCHED_HIT_WINDOW;
-    s->stats.window_hit_tokens += q->computed - s->window[w].hit;
-    s->stats.window_query_tokens += offered - s->window[w].offered;
-    s->window[w].hit = q->computed;
-    s->window[w].offered = offered;
+    count_match(s, q->computed, offered);
     return KVRT_OK;
 }
 
@@ -553,9 +616,15 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     uint32_t hit_tokens = q->match_tokens;
     uint32_t remaining = q->num_tokens - q->computed;
     uint32_t n = prefill_chunk(s, q, st->budget);
-    uint32_t need = sched_blocks_for(s, (uint64_t)q->computed + n) -
-                    sched_blocks_for(s, q->computed);
-    if (n == 0 || !sched_blocks_available(s, need)) {
+    bool fits;
+    if (s->hybrid) {
+        fits = sched_groups_fit(s, q, n, s->use_watermark);
+    } else {
+        uint32_t need = sched_blocks_for(s, (uint64_t)q->computed + n) -
+                        sched_blocks_for(s, q->computed);
+        fits = sched_blocks_available(s, need);
+    }
+    if (n == 0 || !fits) {
         if (n == 0)
             st->budget_bound = true;
         if (!q->landed) /* arrived K/V is never given up for a retry */
@@ -572,9 +641,9 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     q->state = KVRT_SEQ_RUNNING;
     q->in_prefill = 1;
     q->row = s->free_rows[--s->num_free_rows];
-    q->row_blocks = 0;
     if (q->computed) /* hits or arrived K/V: the row starts with them */
-        sched_row_sync(s, q, false);
+        for (uint32_t g = 0; g < s->num_groups; g++)
+            sched_row_sync(s, q, g, false);
     q->running_pos = s->num_running;
     s->running[s->num_running++] = sched_slot(s, q);
     s->running_live++;
@@ -691,6 +760,8 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
     p->num_preempted = 0;
     p->block_table_offsets = NULL;
     p->block_table_ids = NULL;
+    if (s->num_groups > 1)
+        sched_groups_begin_step(s);
 
     sched_expire_arrivals(s, now_ns);
     step_state_t st = {.budget = s->max_batch_tokens, .budget_bound = false};
@@ -699,9 +770,13 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
     schedule_admissions(s, &st, s->match_blocks);
     sched_compact_running(s);
 
-    if (s->csr_tables)
+    if (s->csr_tables) {
         build_csr(s);
+        if (s->num_groups > 1)
+            sched_groups_csr(s);
+    }
     publish_rows_changed(s);
+    sched_groups_publish(s);
     if (p->num_seqs) {
         s->num_pending++;
         s->stats.steps++;
