@@ -37,15 +37,24 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
                              "tokens run out at entry %u: %u given, at least %llu needed", i,
                              c->num_tokens, (unsigned long long)total + 1 + a);
         const int32_t *drafts = b->input_tokens + b->query_start_loc[i] + 1;
-        for (uint32_t j = 0; j <= a; j++) {
-            int32_t t = c->tokens[total + j];
-            if (t < 0)
-                return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                                 "entry %u: token %u is negative (%d)", i, j, t);
-            if (j < a && t != drafts[j])
-                return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                                 "entry %u: accepted token %u is %d but the draft was %d", i,
-                                 j, t, drafts[j]);
+        const int32_t *given = c->tokens + total;
+        /* One test for all: any sign bit, any accepted token unlike its draft. */
+        int32_t any = given[a];
+        uint32_t differ = 0;
+        for (uint32_t j = 0; j < a; j++) {
+            any |= given[j];
+            differ |= (uint32_t)(given[j] ^ drafts[j]);
+        }
+        if (KVRT_UNLIKELY(any < 0 || differ)) {
+            for (uint32_t j = 0; j <= a; j++) {
+                if (given[j] < 0)
+                    return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                                     "entry %u: token %u is negative (%d)", i, j, given[j]);
+                if (j < a && given[j] != drafts[j])
+                    return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                                     "entry %u: accepted token %u is %d but the draft was %d",
+                                     i, j, given[j], drafts[j]);
+            }
         }
         total += 1 + a;
     }
@@ -110,7 +119,7 @@ static void adapt_draft(kvrt_sched_t *s, seq_t *q, uint32_t drafts, uint32_t acc
 
 /* Appends sampled tokens; returns the end reason (NONE to go on). */
 static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int32_t *tokens,
-                                            uint32_t count)
+                                            uint32_t count, size_t readable)
 {
     bool first = q->num_tokens == q->prompt_len;
     kvrt_seq_end_reason_t reason = KVRT_END_NONE;
@@ -126,9 +135,10 @@ static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int
             }
     }
     int32_t *at = q->tokens + q->num_tokens;
-    at[0] = tokens[0]; /* n >= 1: one token is the plain decode's whole case */
-    for (uint32_t j = 1; j < n; j++)
-        at[j] = tokens[j];
+    if (KVRT_LIKELY(n == 1)) /* the plain decode's whole case */
+        at[0] = tokens[0];
+    else /* room before the stop set, which follows the capacity */
+        sched_copy32(at, q->capacity - q->num_tokens, tokens, readable, n);
     q->num_tokens += n;
     if (reason == KVRT_END_NONE && q->num_tokens >= q->max_tokens)
         reason = KVRT_END_LENGTH;
@@ -233,8 +243,14 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
             } else {
                 q->lag = 0;
                 kvrt_table_truncate(s->pool, q->table, q->computed);
-                if (sched_blocks_for(s, q->computed) != q->row_blocks)
-                    sched_row_sync(s, q, 0, false);
+                uint32_t nb = sched_blocks_for(s, q->computed);
+                if (nb != q->row_blocks) { /* the row loses its tail entries */
+                    int32_t *row = s->rows + (size_t)q->row * s->row_stride;
+                    for (uint32_t j = nb; j < q->row_blocks; j++)
+                        row[j] = KVRT_NULL_BLOCK;
+                    q->row_blocks = nb;
+                    sched_row_changed(s, q->row);
+                }
             }
         }
         kvrt_seq_end_reason_t reason = KVRT_END_NONE;
@@ -251,7 +267,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
                 if (s->adaptive_draft)
                     adapt_draft(s, q, e->num_drafts, a);
             }
-            reason = append_sampled(s, q, c->tokens + off, given);
+            reason = append_sampled(s, q, c->tokens + off, given, c->num_tokens - off);
             if (q->in_prefill) {
                 q->in_prefill = 0;
                 s->running_prefill--;

@@ -366,18 +366,23 @@ static seq_t *check_draft(kvrt_sched_t *s, kvrt_seq_id_t id, const int32_t *toke
                             (unsigned long long)id, (int)q->state);
         return NULL;
     }
+    int32_t any = 0; /* the sign bit of any token: one test for all */
     for (uint32_t i = 0; i < count; i++)
-        if (KVRT_UNLIKELY(tokens[i] < 0)) {
-            *status = kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "draft token %u is negative", i);
-            return NULL;
-        }
+        any |= tokens[i];
+    if (KVRT_UNLIKELY(any < 0)) {
+        uint32_t i = 0;
+        while (tokens[i] >= 0)
+            i++;
+        *status = kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "draft token %u is negative", i);
+        return NULL;
+    }
     return q;
 }
 
 static inline void store_draft(seq_t *q, const int32_t *tokens, uint32_t count)
 {
-    if (count)
-        memcpy(q->draft, tokens, (size_t)count * sizeof(int32_t));
+    for (uint32_t i = 0; i < count; i++) /* a few tokens: no memcpy call */
+        q->draft[i] = tokens[i];
     q->engine_drafts = (uint8_t)count;
 }
 
@@ -408,23 +413,43 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_set_drafts(kvrt_sched_t *s, uint32_t num_se
                          "speculation is off (max_draft_tokens 0)");
     if (KVRT_UNLIKELY(num_seqs && (!ids || !counts)))
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "ids and counts are required");
-    /* Pass 1 checks everything (and warms each request's line for pass 2). */
+    /* Pass 1 checks every entry (and warms each request's line for pass
+     * 2); a failing entry is checked again by check_draft for its message. */
     kvrt_status_t status = KVRT_OK;
-    const int32_t *at = tokens;
+    uint64_t total = 0;
     for (uint32_t i = 0; i < num_seqs; i++) {
         if (i + SCHED_PREFETCH < num_seqs) {
             uint32_t ahead = (uint32_t)ids[i + SCHED_PREFETCH] - 1;
             if (ahead < s->max_requests)
                 __builtin_prefetch(&s->seqs[ahead]);
         }
-        if (!check_draft(s, ids[i], at, counts[i], &status))
+        const seq_t *q = sched_lookup(s, ids[i]);
+        if (KVRT_UNLIKELY(!q || counts[i] > s->max_draft || (counts[i] && !tokens) ||
+                          q->state != KVRT_SEQ_RUNNING || q->in_prefill)) {
+            check_draft(s, ids[i], tokens + total, counts[i], &status);
             return kvrt_fail(s->ctx, status, "entry %u: %s", i, kvrt_ctx_last_error(s->ctx));
-        at += counts[i];
+        }
+        total += counts[i];
     }
-    at = tokens;
+    /* The tokens, all in one loop over their concatenation. */
+    int32_t any = 0;
+    for (uint64_t k = 0; k < total; k++)
+        any |= tokens[k];
+    if (KVRT_UNLIKELY(any < 0)) {
+        const int32_t *at = tokens;
+        for (uint32_t i = 0; i < num_seqs; at += counts[i++])
+            if (!check_draft(s, ids[i], at, counts[i], &status))
+                return kvrt_fail(s->ctx, status, "entry %u: %s", i,
+                                 kvrt_ctx_last_error(s->ctx));
+    }
+    const int32_t *at = tokens;
     for (uint32_t i = 0; i < num_seqs; i++) {
-        store_draft(sched_lookup(s, ids[i]), at, counts[i]);
-        at += counts[i];
+        seq_t *q = sched_lookup(s, ids[i]);
+        const uint32_t n = counts[i];
+        /* 16 bytes at once when the caller's array has them. */
+        sched_copy32(q->draft, KVRT_SCHED_MAX_DRAFT, at, (size_t)(tokens + total - at), n);
+        q->engine_drafts = (uint8_t)n;
+        at += n;
     }
     return KVRT_OK;
 }

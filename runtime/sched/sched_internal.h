@@ -13,6 +13,7 @@
 #define KVRT_SCHED_INTERNAL_H
 
 #include <stddef.h>
+#include <string.h>
 
 #include "cache/hooks.h"
 #include "core/core.h"
@@ -352,6 +353,58 @@ static inline void sched_use_slot(kvrt_sched_t *s, uint32_t k)
     s->plan = &s->plans[k];
     s->buf = &s->bufs[k];
     s->plan_bit = (uint8_t)(1u << k);
+}
+
+/* Short runs on the per-token hot paths (a decode writes 1 entry, a k = 4
+ * speculation 5): whole vectors instead of a loop, when the destination
+ * has room for 8 entries (the ones past n are scratch that later entries
+ * overwrite). */
+typedef int32_t sched_v4i32 __attribute__((vector_size(16)));
+typedef int64_t sched_v2i64 __attribute__((vector_size(16)));
+
+/* out[k] = v + k for k < n; room: entries writable from out. */
+static inline void sched_iota32(int32_t *out, size_t room, int32_t v, uint32_t n)
+{
+    if (KVRT_LIKELY(n == 1)) { /* a plain decode */
+        out[0] = v;
+        return;
+    }
+    if (KVRT_LIKELY(n <= 8 && room >= 8)) {
+        sched_v4i32 lo = {v, v + 1, v + 2, v + 3}, hi = lo + 4;
+        memcpy(out, &lo, sizeof(lo));
+        memcpy(out + 4, &hi, sizeof(hi));
+        return;
+    }
+    for (uint32_t k = 0; k < n; k++)
+        out[k] = v + (int32_t)k;
+}
+
+static inline void sched_iota64(int64_t *out, size_t room, int64_t v, uint32_t n)
+{
+    if (KVRT_LIKELY(n == 1)) {
+        out[0] = v;
+        return;
+    }
+    if (KVRT_LIKELY(n <= 8 && room >= 8)) {
+        sched_v2i64 a = {v, v + 1}, two = {2, 2};
+        for (uint32_t k = 0; k < 8; k += 2, a += two)
+            memcpy(out + k, &a, sizeof(a));
+        return;
+    }
+    for (uint32_t k = 0; k < n; k++)
+        out[k] = v + (int64_t)k;
+}
+
+/* out[k] = in[k] for k < n; out has room for 8, in holds 8 readable. */
+static inline void sched_copy32(int32_t *out, size_t room, const int32_t *in, size_t readable,
+                                uint32_t n)
+{
+    if (KVRT_LIKELY(n <= 4 && room >= 4 && readable >= 4)) {
+        memcpy(out, in, 4 * sizeof(int32_t));
+        return;
+    }
+    for (uint32_t k = 0; k < n; k++)
+        out[k] = in[k];
 }
 
 static inline uint32_t sched_blocks_for(const kvrt_sched_t *s, uint64_t tokens)

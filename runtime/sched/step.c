@@ -239,12 +239,13 @@ static bool grow_groups(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
 /* Appends n slots to q's table, written at the plan's end; when blocks run
  * out, relieve() makes room. Returns false when q is not to be planned
  * this step. */
-static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
-                        bool admitting)
+static __attribute__((noinline)) bool grow_slow(kvrt_sched_t *s, seq_t *q, uint32_t n,
+                                                uint32_t *budget, bool admitting);
+
+static KVRT_ALWAYS_INLINE bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
+                                   bool admitting)
 {
-    kvrt_batch_plan_t *const p = s->plan;
-    plan_buffers_t *const b = s->buf;
-    const uint32_t t0 = p->num_tokens; /* where the caller put its inputs */
+    const uint32_t t0 = s->plan->num_tokens; /* where the caller put its inputs */
     const uint32_t c = q->computed + q->ahead; /* where this plan starts for q */
     const uint32_t off = c & (s->tokens_per_block - 1);
     /* fast_tail is 0 with several groups or a window: all appends below. */
@@ -256,12 +257,20 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
          * table nor the pool. */
         int32_t tail = s->rows[(size_t)q->row * s->row_stride + (c >> s->block_shift)];
         int64_t base = ((int64_t)tail << s->block_shift) | off;
-        int64_t *slots = b->slot_mapping + t0;
-        for (uint32_t k = 0; k < n; k++)
-            slots[k] = base + k;
+        sched_iota64(s->buf->slot_mapping + t0, s->max_batch_tokens - t0, base, n);
         q->lag += n;
         return true;
     }
+    return grow_slow(s, q, n, budget, admitting);
+}
+
+/* grow() past the tail block: the pool's table appends (new blocks). */
+static bool grow_slow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget, bool admitting)
+{
+    kvrt_batch_plan_t *const p = s->plan;
+    plan_buffers_t *const b = s->buf;
+    const uint32_t t0 = p->num_tokens;
+    const uint32_t c = q->computed + q->ahead;
     if (KVRT_UNLIKELY(s->hybrid))
         return grow_groups(s, q, n, budget, admitting);
     sched_table_sync(s, q);
@@ -279,8 +288,17 @@ static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
                 b->copies[p->num_copies++] = copy;
             }
             uint32_t nb = sched_blocks_for(s, c + n);
-            if (nb != q->row_blocks || num_copies)
-                sched_row_sync(s, q, 0, num_copies != 0);
+            if (KVRT_UNLIKELY(num_copies)) {
+                sched_row_sync(s, q, 0, true);
+            } else if (nb != q->row_blocks) {
+                /* The new blocks are in the slots just written: the first
+                 * slot of each names it, so the row needs no table view. */
+                int32_t *row = s->rows + (size_t)q->row * s->row_stride;
+                for (uint32_t j = q->row_blocks; j < nb; j++)
+                    row[j] = (int32_t)(slots[(j << s->block_shift) - c] >> s->block_shift);
+                q->row_blocks = nb;
+                sched_row_changed(s, q->row);
+            }
             return true;
         }
         if (st != KVRT_ERR_NO_BLOCKS) {
@@ -318,8 +336,7 @@ static inline void plan_add(kvrt_sched_t *s, seq_t *q, kvrt_plan_kind_t kind, ui
     if (len > p->max_seq_len)
         p->max_seq_len = len;
     uint32_t t0 = p->num_tokens;
-    for (uint32_t k = 0; k < n; k++)
-        b->positions[t0 + k] = (int32_t)(c + k);
+    sched_iota32(b->positions + t0, s->max_batch_tokens - t0, (int32_t)c, n);
     p->num_tokens += n;
     b->query_start_loc[i + 1] = (int32_t)p->num_tokens;
     q->in_plan |= sched_plan_bit(s);
@@ -410,7 +427,8 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
             uint32_t limit = min_u32(min_u32(want, draft_cap), st->budget - 1 - reserve);
             if (q->engine_drafts) {
                 drafts = min_u32(q->engine_drafts, limit);
-                memcpy(input + 1, q->draft, (size_t)drafts * sizeof(int32_t));
+                sched_copy32(input + 1, s->max_batch_tokens - t0 - 1, q->draft,
+                             KVRT_SCHED_MAX_DRAFT, drafts);
                 if (q->engine_drafts > limit && limit < want)
                     s->stats.spec_backoff_tokens += min_u32(q->engine_drafts, want) - limit;
                 q->engine_drafts = 0;
