@@ -199,6 +199,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
     const kvrt_plan_seq_t *const entries = s->buf->seqs;
     const uint32_t *const slot_of = s->buf->slot_of;
     seq_t *const seqs = s->seqs;
+    const bool async = s->async;
     for (uint32_t i = 0; i < num_seqs; i++) {
         if (i + SCHED_PREFETCH < num_seqs)
             __builtin_prefetch(&seqs[slot_of[i + SCHED_PREFETCH]]);
@@ -213,10 +214,12 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         uint32_t a = acc ? acc[i] : 0;
         uint32_t given = e->sample ? 1 + a : 0;
         q->in_plan &= (uint8_t)~bit;
-        q->ahead -= e->num_new_tokens;
-        q->pending_samples -= e->sample;
-        if (e->kind == KVRT_PLAN_SPEC)
-            q->pending_spec = 0;
+        if (async) {
+            q->ahead -= e->num_new_tokens;
+            q->pending_samples -= e->sample;
+            if (e->kind == KVRT_PLAN_SPEC)
+                q->pending_spec = 0;
+        }
         if (q->release_at_commit) {
             /* Ended while the engine ran it: its blocks are free once the
              * last plan holding it is committed. */

@@ -165,6 +165,7 @@ static kvrt_status_t read_params(kvrt_sched_t *s, const kvrt_sched_params_t *p)
     s->adaptive_draft = (m & KVRT_SCHED_PARAM_ADAPTIVE_DRAFT) ? p->adaptive_draft != 0 : true;
     s->csr_tables = (m & KVRT_SCHED_PARAM_CSR_TABLES) ? p->csr_block_tables != 0 : false;
     s->max_in_flight = (m & KVRT_SCHED_PARAM_PLANS_IN_FLIGHT) ? p->max_plans_in_flight : 1;
+    s->async = s->max_in_flight > 1;
     if (s->max_in_flight == 0 || s->max_in_flight > KVRT_SCHED_MAX_PLANS_IN_FLIGHT)
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "max_plans_in_flight %u out of 1..%u",
                          s->max_in_flight, KVRT_SCHED_MAX_PLANS_IN_FLIGHT);

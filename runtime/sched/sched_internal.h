@@ -285,6 +285,10 @@ struct kvrt_sched {
     kvrt_batch_plan_t plans[SCHED_PLAN_SLOTS];
     plan_buffers_t bufs[SCHED_PLAN_SLOTS];
     uint32_t max_in_flight;     /* 1: synchronous steps */
+    /* max_in_flight > 1. Synchronous schedulers keep ahead, pending_samples
+     * and pending_spec at 0 (a plan is committed before the next is
+     * built), so their step and commit skip that bookkeeping. */
+    bool async;
     uint32_t num_pending;
     uint32_t pending_head;
     uint64_t step_count;        /* numbers plans */

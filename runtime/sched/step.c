@@ -156,9 +156,11 @@ static void unplan(kvrt_sched_t *s, seq_t *v, uint32_t *budget)
         }
     p->num_copies = kept;
     v->in_plan &= (uint8_t)~sched_plan_bit(s);
-    v->ahead -= n;
-    v->pending_samples -= e.sample;
-    v->pending_spec = 0;
+    if (s->async) {
+        v->ahead -= n;
+        v->pending_samples -= e.sample;
+        v->pending_spec = 0;
+    }
     *budget += n;
 }
 
@@ -340,9 +342,11 @@ static inline void plan_add(kvrt_sched_t *s, seq_t *q, kvrt_plan_kind_t kind, ui
     p->num_tokens += n;
     b->query_start_loc[i + 1] = (int32_t)p->num_tokens;
     q->in_plan |= sched_plan_bit(s);
-    q->ahead += n;
-    q->pending_samples += sample;
-    q->pending_spec = kind == KVRT_PLAN_SPEC;
+    if (s->async) { /* what the next plan, built before this commit, starts from */
+        q->ahead += n;
+        q->pending_samples += sample;
+        q->pending_spec = kind == KVRT_PLAN_SPEC;
+    }
     if (kind == KVRT_PLAN_PREFILL) {
         p->num_prefill_seqs++;
         p->num_prefill_tokens += n;
@@ -388,6 +392,7 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         draft_cap = share < s->max_draft ? (uint32_t)share : s->max_draft;
     }
     uint32_t decodes_left = decodes;
+    const bool async = s->async;
     for (uint32_t i = 0; i < s->num_running; i++) {
         /* Requests are scattered in the slot array: fetch ahead. */
         if (i + SCHED_PREFETCH < s->num_running)
@@ -408,7 +413,7 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         /* In an uncommitted plan (async): a decode after its placeholder
          * token, unless drafts are being verified (length unknown) or that
          * token reaches the length limit. */
-        if (KVRT_UNLIKELY(q->in_plan) &&
+        if (async && KVRT_UNLIKELY(q->in_plan) &&
             (q->pending_spec || q->num_tokens + q->pending_samples >= q->max_tokens))
             continue;
         if (decodes_left)
@@ -443,8 +448,9 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         uint32_t n = 1 + drafts;
         if (!grow(s, q, n, &st->budget, false))
             continue;
-        b->input_tokens[p->num_tokens] =
-            KVRT_UNLIKELY(q->pending_samples) ? KVRT_TOKEN_PLACEHOLDER : q->tokens[q->num_tokens - 1];
+        b->input_tokens[p->num_tokens] = async && KVRT_UNLIKELY(q->pending_samples)
+                                             ? KVRT_TOKEN_PLACEHOLDER
+                                             : q->tokens[q->num_tokens - 1];
         plan_add(s, q, drafts ? KVRT_PLAN_SPEC : KVRT_PLAN_DECODE, n, drafts, true);
         st->budget -= n;
     }
