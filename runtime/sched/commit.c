@@ -140,6 +140,7 @@ static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int
     else /* room before the stop set, which follows the capacity */
         sched_copy32(at, q->capacity - q->num_tokens, tokens, readable, n);
     q->num_tokens += n;
+    q->last_token = tokens[n - 1];
     if (reason == KVRT_END_NONE && q->num_tokens >= q->max_tokens)
         reason = KVRT_END_LENGTH;
     s->stats.output_tokens += n;
@@ -201,8 +202,11 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
     seq_t *const seqs = s->seqs;
     const bool async = s->async;
     for (uint32_t i = 0; i < num_seqs; i++) {
-        if (i + SCHED_PREFETCH < num_seqs)
-            __builtin_prefetch(&seqs[slot_of[i + SCHED_PREFETCH]]);
+        if (i + SCHED_PREFETCH < num_seqs) {
+            const char *ahead = (const char *)&seqs[slot_of[i + SCHED_PREFETCH]];
+            __builtin_prefetch(ahead, 1);
+            __builtin_prefetch(ahead + 64, 1);
+        }
         if (i + SCHED_PREFETCH / 2 < num_seqs) {
             const seq_t *ahead = &seqs[slot_of[i + SCHED_PREFETCH / 2]];
             __builtin_prefetch(ahead->tokens + ahead->num_tokens, 1);
@@ -252,6 +256,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
                     for (uint32_t j = nb; j < q->row_blocks; j++)
                         row[j] = KVRT_NULL_BLOCK;
                     q->row_blocks = nb;
+                    sched_tail_update(s, q);
                     sched_row_changed(s, q->row);
                 }
             }

@@ -304,6 +304,7 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
 
     q->state = KVRT_SEQ_WAITING;
     q->num_tokens = p->prompt_len;
+    q->last_token = p->prompt[p->prompt_len - 1];
     q->prompt_len = p->prompt_len;
     q->max_tokens = capacity;
     q->capacity = capacity;

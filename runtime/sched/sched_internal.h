@@ -64,23 +64,28 @@ typedef struct seq {
      * plan starts at computed + ahead. */
     uint32_t ahead;
     int32_t *tokens;        /* [capacity]; stop tokens follow at tokens + capacity */
-    kvrt_table_id_t table;  /* 0 when the request holds no blocks */
+    /* Copies that spare a decode step two scattered lines: the last token
+     * (tokens[num_tokens - 1], the next input) and the block of the last
+     * row entry (group 0; the tail block the fast path writes into). */
+    int32_t last_token;
+    int32_t tail_block;
 
     /* ---- second line ---- */
     uint64_t user_tag;
     uint32_t prompt_len;
-    uint32_t heap_pos;      /* index in sched->heap, SCHED_NONE when none */
     int32_t priority;
     float accept_ewma;      /* per-draft acceptance estimate */
     uint32_t capacity;
-    uint32_t num_hashed;    /* hashes[0, num_hashed) known */
-    kvrt_block_hash_t *hashes; /* content hash of each full block, once known */
+    kvrt_table_id_t table;  /* 0 when the request holds no blocks */
     uint64_t spec_proposed;
     uint64_t spec_accepted;
     uint32_t min_tokens;    /* outputs before a stop token counts */
     uint32_t num_inserted;  /* table blocks [0, num_inserted) offered to the cache */
 
     /* ---- cold ---- */
+    uint32_t heap_pos;      /* index in sched->heap, SCHED_NONE when none */
+    uint32_t num_hashed;    /* hashes[0, num_hashed) known */
+    kvrt_block_hash_t *hashes; /* content hash of each full block, once known */
     kvrt_hash_keys_t keys;     /* points into salt and the allocation */
     uint8_t salt[KVRT_CACHE_SALT_MAX];
     int32_t draft[KVRT_SCHED_MAX_DRAFT];
@@ -108,7 +113,7 @@ typedef struct seq {
 /* The layout the hot loops rely on: one line for a decode, one more for
  * its commit. */
 _Static_assert(offsetof(seq_t, user_tag) == 64, "seq_t's hot fields outgrew one cache line");
-_Static_assert(offsetof(seq_t, keys) == 128, "seq_t's second line outgrew 64 bytes");
+_Static_assert(offsetof(seq_t, heap_pos) <= 128, "seq_t's second line outgrew 64 bytes");
 
 /* A request's state in cache group g >= 1 (group 0's is in seq_t: table,
  * row_blocks, released, num_hashed, num_inserted, hashes). */
@@ -349,6 +354,13 @@ static inline kvrt_seq_id_t sched_id(const kvrt_sched_t *s, const seq_t *q)
 static inline uint8_t sched_plan_bit(const kvrt_sched_t *s)
 {
     return s->plan_bit;
+}
+
+/* Refreshes q->tail_block after group 0's row changed length or tail. */
+static inline void sched_tail_update(const kvrt_sched_t *s, seq_t *q)
+{
+    q->tail_block =
+        q->row_blocks ? s->rows[(size_t)q->row * s->row_stride + q->row_blocks - 1] : 0;
 }
 
 /* Points s->plan and s->buf at plan slot k. */

@@ -43,6 +43,8 @@ void sched_row_sync(kvrt_sched_t *s, seq_t *q, uint32_t g, bool last_replaced)
     else if (!last_replaced)
         return;
     *r.row_blocks = nb;
+    if (g == 0)
+        sched_tail_update(s, q);
     sched_row_changed(s, q->row);
 }
 
@@ -257,8 +259,7 @@ static KVRT_ALWAYS_INLINE bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint3
          * the scheduler forks nothing). The slots come from q's row, and the
          * pool's table is told later (lag), so a decode touches neither the
          * table nor the pool. */
-        int32_t tail = s->rows[(size_t)q->row * s->row_stride + (c >> s->block_shift)];
-        int64_t base = ((int64_t)tail << s->block_shift) | off;
+        int64_t base = ((int64_t)q->tail_block << s->block_shift) | off;
         sched_iota64(s->buf->slot_mapping + t0, s->max_batch_tokens - t0, base, n);
         q->lag += n;
         return true;
@@ -299,6 +300,7 @@ static bool grow_slow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget, b
                 for (uint32_t j = q->row_blocks; j < nb; j++)
                     row[j] = (int32_t)(slots[(j << s->block_shift) - c] >> s->block_shift);
                 q->row_blocks = nb;
+                q->tail_block = row[nb - 1];
                 sched_row_changed(s, q->row);
             }
             return true;
@@ -394,18 +396,13 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
     uint32_t decodes_left = decodes;
     const bool async = s->async;
     for (uint32_t i = 0; i < s->num_running; i++) {
-        /* Requests are scattered in the slot array: fetch ahead. */
-        if (i + SCHED_PREFETCH < s->num_running)
-            __builtin_prefetch(&s->seqs[s->running[i + SCHED_PREFETCH]]);
-        if (i + SCHED_PREFETCH / 2 < s->num_running) {
-            /* Its line has arrived: fetch what it points at, the last token
-             * and the row entry of its tail block (a random line of the
-             * rows, one per decode, the rest of the step being streams). */
-            const seq_t *ahead = &s->seqs[s->running[i + SCHED_PREFETCH / 2]];
-            __builtin_prefetch(ahead->tokens + ahead->num_tokens - 1);
-            if (ahead->row != SCHED_NONE)
-                __builtin_prefetch(s->rows + (size_t)ahead->row * s->row_stride +
-                                   ((ahead->computed + ahead->ahead) >> s->block_shift));
+        /* Requests are scattered in the slot array: fetch ahead. A decode
+         * reads only the request's two lines (its last token and tail block
+         * are copied there), the rest of the step being streams. */
+        if (i + SCHED_PREFETCH < s->num_running) {
+            const char *ahead = (const char *)&s->seqs[s->running[i + SCHED_PREFETCH]];
+            __builtin_prefetch(ahead);
+            __builtin_prefetch(ahead + 64);
         }
         seq_t *q;
         if (!running_valid(s, i, &q) || (q->in_prefill && !q->pending_samples))
@@ -448,9 +445,8 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         uint32_t n = 1 + drafts;
         if (!grow(s, q, n, &st->budget, false))
             continue;
-        b->input_tokens[p->num_tokens] = async && KVRT_UNLIKELY(q->pending_samples)
-                                             ? KVRT_TOKEN_PLACEHOLDER
-                                             : q->tokens[q->num_tokens - 1];
+        b->input_tokens[p->num_tokens] =
+            async && KVRT_UNLIKELY(q->pending_samples) ? KVRT_TOKEN_PLACEHOLDER : q->last_token;
         plan_add(s, q, drafts ? KVRT_PLAN_SPEC : KVRT_PLAN_DECODE, n, drafts, true);
         st->budget -= n;
     }
