@@ -214,32 +214,6 @@ static bool relieve(kvrt_sched_t *s, seq_t *q, uint32_t *budget, bool admitting)
     return true;
 }
 
-/* grow() for several cache groups or a window (groups.c): every group
- * appends, or none. */
-static bool grow_groups(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
-                        bool admitting)
-{
-    kvrt_batch_plan_t *const p = s->plan;
-    const uint32_t t0 = p->num_tokens;
-    for (;;) {
-        kvrt_status_t st = KVRT_ERR_NO_BLOCKS;
-        if (sched_groups_fit(s, q, n, false))
-            st = sched_groups_append(s, q, n);
-        if (KVRT_LIKELY(st == KVRT_OK)) {
-            if (KVRT_UNLIKELY(p->num_tokens != t0)) /* a victim left the plan */
-                memmove(s->buf->input_tokens + p->num_tokens, s->buf->input_tokens + t0,
-                        (size_t)n * sizeof(int32_t));
-            return true;
-        }
-        if (st != KVRT_ERR_NO_BLOCKS) {
-            sched_end(s, q, KVRT_END_FAILED, st);
-            return false;
-        }
-        if (!relieve(s, q, budget, admitting))
-            return false;
-    }
-}
-
 /* Appends n slots to q's table, written at the plan's end; when blocks run
  * out, relieve() makes room. Returns false when q is not to be planned
  * this step. */
@@ -267,42 +241,58 @@ static KVRT_ALWAYS_INLINE bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint3
     return grow_slow(s, q, n, budget, admitting);
 }
 
-/* grow() past the tail block: the pool's table appends (new blocks). */
-static bool grow_slow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget, bool admitting)
+/* One group's append past the tail block: the pool's table takes the
+ * tokens (new blocks), their slots go to the plan's end, and the row
+ * learns the new blocks. */
+static kvrt_status_t append_one(kvrt_sched_t *s, seq_t *q, uint32_t n)
 {
     kvrt_batch_plan_t *const p = s->plan;
     plan_buffers_t *const b = s->buf;
-    const uint32_t t0 = p->num_tokens;
     const uint32_t c = q->computed + q->ahead;
-    if (KVRT_UNLIKELY(s->hybrid))
-        return grow_groups(s, q, n, budget, admitting);
-    sched_table_sync(s, q);
+    kvrt_block_copy_t copy;
+    uint32_t num_copies = 0;
+    int64_t *slots = b->slot_mapping + p->num_tokens;
+    kvrt_status_t st = kvrt_table_append(s->pool, q->table, n, slots, &copy, &num_copies);
+    if (KVRT_UNLIKELY(st != KVRT_OK))
+        return st;
+    uint32_t nb = sched_blocks_for(s, c + n);
+    if (KVRT_UNLIKELY(num_copies)) {
+        b->copy_owner[p->num_copies] = sched_slot(s, q);
+        b->copies[p->num_copies++] = copy;
+        sched_row_sync(s, q, 0, true);
+    } else if (nb != q->row_blocks) {
+        /* The new blocks are in the slots just written: the first slot of
+         * each names it, so the row needs no table view. */
+        int32_t *row = s->rows + (size_t)q->row * s->row_stride;
+        for (uint32_t j = q->row_blocks; j < nb; j++)
+            row[j] = (int32_t)(slots[(j << s->block_shift) - c] >> s->block_shift);
+        q->row_blocks = nb;
+        q->tail_block = row[nb - 1];
+        sched_row_changed(s, q->row);
+    }
+    return KVRT_OK;
+}
+
+/* grow() past the tail block, or with several groups or a window (every
+ * group appends, or none: groups.c). */
+static bool grow_slow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget, bool admitting)
+{
+    kvrt_batch_plan_t *const p = s->plan;
+    const uint32_t t0 = p->num_tokens;
+    if (!s->hybrid)
+        sched_table_sync(s, q);
     for (;;) {
-        kvrt_block_copy_t copy;
-        uint32_t num_copies = 0;
-        int64_t *slots = b->slot_mapping + p->num_tokens;
-        kvrt_status_t st = kvrt_table_append(s->pool, q->table, n, slots, &copy, &num_copies);
+        kvrt_status_t st;
+        if (!s->hybrid)
+            st = append_one(s, q, n);
+        else if (sched_groups_fit(s, q, n, false))
+            st = sched_groups_append(s, q, n);
+        else
+            st = KVRT_ERR_NO_BLOCKS;
         if (KVRT_LIKELY(st == KVRT_OK)) {
             if (KVRT_UNLIKELY(p->num_tokens != t0)) /* a victim left the plan */
-                memmove(b->input_tokens + p->num_tokens, b->input_tokens + t0,
+                memmove(s->buf->input_tokens + p->num_tokens, s->buf->input_tokens + t0,
                         (size_t)n * sizeof(int32_t));
-            if (KVRT_UNLIKELY(num_copies)) {
-                b->copy_owner[p->num_copies] = sched_slot(s, q);
-                b->copies[p->num_copies++] = copy;
-            }
-            uint32_t nb = sched_blocks_for(s, c + n);
-            if (KVRT_UNLIKELY(num_copies)) {
-                sched_row_sync(s, q, 0, true);
-            } else if (nb != q->row_blocks) {
-                /* The new blocks are in the slots just written: the first
-                 * slot of each names it, so the row needs no table view. */
-                int32_t *row = s->rows + (size_t)q->row * s->row_stride;
-                for (uint32_t j = q->row_blocks; j < nb; j++)
-                    row[j] = (int32_t)(slots[(j << s->block_shift) - c] >> s->block_shift);
-                q->row_blocks = nb;
-                q->tail_block = row[nb - 1];
-                sched_row_changed(s, q->row);
-            }
             return true;
         }
         if (st != KVRT_ERR_NO_BLOCKS) {
