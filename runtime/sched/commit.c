@@ -121,7 +121,9 @@ static void adapt_draft(kvrt_sched_t *s, seq_t *q, uint32_t drafts, uint32_t acc
 static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int32_t *tokens,
                                             uint32_t count, size_t readable)
 {
-    bool first = q->num_tokens == q->prompt_len;
+    /* No output yet: only in a prefill (which spares a decode the line of
+     * prompt_len). */
+    bool first = q->in_prefill && q->num_tokens == q->prompt_len;
     kvrt_seq_end_reason_t reason = KVRT_END_NONE;
     uint32_t room = q->max_tokens - q->num_tokens; /* >= 1 while it runs */
     uint32_t n = count < room ? count : room;
@@ -201,11 +203,13 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
     const uint32_t *const slot_of = s->buf->slot_of;
     seq_t *const seqs = s->seqs;
     const bool async = s->async;
+    const bool second_line = s->max_draft || s->cache;
     for (uint32_t i = 0; i < num_seqs; i++) {
         if (i + SCHED_PREFETCH < num_seqs) {
             const char *ahead = (const char *)&seqs[slot_of[i + SCHED_PREFETCH]];
             __builtin_prefetch(ahead, 1);
-            __builtin_prefetch(ahead + 64, 1);
+            if (second_line) /* speculation and caching use it */
+                __builtin_prefetch(ahead + 64, 1);
         }
         if (i + SCHED_PREFETCH / 2 < num_seqs) {
             const seq_t *ahead = &seqs[slot_of[i + SCHED_PREFETCH / 2]];

@@ -106,6 +106,7 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
     }
     sched_row_release(s, q);
     if (q->running_pos != SCHED_NONE) {
+        s->running[q->running_pos] = SCHED_NONE; /* the step skips it */
         q->running_pos = SCHED_NONE;
         s->running_live--;
         if (q->in_prefill)

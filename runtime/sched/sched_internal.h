@@ -51,12 +51,11 @@ typedef struct seq {
     uint32_t computed;      /* tokens whose K/V is in the table */
     uint32_t max_tokens;    /* num_tokens limit: prompt + max_new, capped */
     uint32_t row;           /* block_rows row, SCHED_NONE when none */
-    uint32_t row_blocks;    /* entries of the row in use */
-    uint32_t running_pos;   /* index in sched->running, SCHED_NONE when none */
     uint16_t num_stop;
     uint8_t pending_samples;/* entries of uncommitted plans that sample: each
                                assumes one placeholder token (async steps) */
     uint8_t pending_spec;   /* an uncommitted plan verifies its drafts */
+    uint64_t user_tag;
     /* Tokens appended inside the tail block that the pool's table has not
      * been told yet (step.c: sched_table_sync). */
     uint32_t lag;
@@ -70,8 +69,9 @@ typedef struct seq {
     int32_t last_token;
     int32_t tail_block;
 
-    /* ---- second line ---- */
-    uint64_t user_tag;
+    /* ---- second line: speculation, prefix caching, the slow paths ---- */
+    uint32_t row_blocks;    /* entries of the row in use */
+    uint32_t running_pos;   /* index in sched->running, SCHED_NONE when none */
     uint32_t prompt_len;
     int32_t priority;
     float accept_ewma;      /* per-draft acceptance estimate */
@@ -110,9 +110,9 @@ typedef struct seq {
     bool counted_prompt;    /* prompt counted in stats at first admission */
     void *allocation;       /* tokens, stop tokens, hashes, mm items, ngram */
 } __attribute__((aligned(64))) seq_t;
-/* The layout the hot loops rely on: one line for a decode, one more for
- * its commit. */
-_Static_assert(offsetof(seq_t, user_tag) == 64, "seq_t's hot fields outgrew one cache line");
+/* The layout the hot loops rely on: a plain decode's step and commit read
+ * and write the first line only (and the commit its token's line). */
+_Static_assert(offsetof(seq_t, row_blocks) == 64, "seq_t's hot fields outgrew one cache line");
 _Static_assert(offsetof(seq_t, heap_pos) <= 128, "seq_t's second line outgrew 64 bytes");
 
 /* A request's state in cache group g >= 1 (group 0's is in seq_t: table,

@@ -67,11 +67,15 @@ void sched_row_release(kvrt_sched_t *s, seq_t *q)
     q->row = SCHED_NONE;
 }
 
+/* Entry i of the running array, unless its request left the running set
+ * (sched_release marks the entry) or ended while a plan holds it. */
 static inline bool running_valid(const kvrt_sched_t *s, uint32_t i, seq_t **q_out)
 {
-    seq_t *q = &s->seqs[s->running[i]];
-    *q_out = q;
-    return q->state == KVRT_SEQ_RUNNING && q->running_pos == i;
+    const uint32_t slot = s->running[i];
+    if (KVRT_UNLIKELY(slot == SCHED_NONE))
+        return false;
+    *q_out = &s->seqs[slot];
+    return (*q_out)->state == KVRT_SEQ_RUNNING;
 }
 
 void sched_compact_running(kvrt_sched_t *s)
@@ -80,11 +84,13 @@ void sched_compact_running(kvrt_sched_t *s)
         return;
     uint32_t kept = 0;
     for (uint32_t i = 0; i < s->num_running; i++) {
-        seq_t *q;
-        if (!running_valid(s, i, &q))
+        /* Entries released are marked; one that ended while a plan holds
+         * it stays until that commit releases it. */
+        const uint32_t slot = s->running[i];
+        if (slot == SCHED_NONE)
             continue;
-        q->running_pos = kept;
-        s->running[kept++] = s->running[i];
+        s->seqs[slot].running_pos = kept;
+        s->running[kept++] = slot;
     }
     s->num_running = kept;
     s->running_dirty = false;
@@ -387,12 +393,12 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
     const bool async = s->async;
     for (uint32_t i = 0; i < s->num_running; i++) {
         /* Requests are scattered in the slot array: fetch ahead. A decode
-         * reads only the request's two lines (its last token and tail block
-         * are copied there), the rest of the step being streams. */
+         * reads only the request's first line (its last token and tail
+         * block are copied there), the rest of the step being streams. */
         if (i + SCHED_PREFETCH < s->num_running) {
-            const char *ahead = (const char *)&s->seqs[s->running[i + SCHED_PREFETCH]];
-            __builtin_prefetch(ahead);
-            __builtin_prefetch(ahead + 64);
+            const uint32_t ahead = s->running[i + SCHED_PREFETCH];
+            if (ahead != SCHED_NONE)
+                __builtin_prefetch(&s->seqs[ahead]);
         }
         seq_t *q;
         if (!running_valid(s, i, &q) || (q->in_prefill && !q->pending_samples))
