@@ -516,6 +516,49 @@ Test(sched_hybrid, bad_groups_are_refused)
     kvrt_ctx_destroy(ctx);
 }
 
+Test(sched_hybrid, a_single_window_group_releases_its_past_and_hits_with_holes)
+{
+    /* A model of sliding-window layers only: group 0 itself has a window. */
+    static const uint32_t blocks[1] = {64}, tpb[1] = {8}, window[1] = {16};
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_CHUNK, .prefill_chunk_tokens = 16};
+    hybrid_t h = hybrid_open(1, blocks, tpb, window, true, &sp);
+    int32_t prompt[121];
+    for (int i = 0; i < 121; i++)
+        prompt[i] = (i * 5) % 97;
+    kvrt_seq_id_t first = add_prompt(&h, prompt, 121, 30);
+    uint32_t most = 0;
+    for (uint32_t step = 0; step < 100; step++) {
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(h.ctx, kvrt_sched_step(h.sched, step, &plan));
+        if (!plan->num_seqs)
+            break;
+        check_plan_groups(&h, plan);
+        commit_model(&h, plan);
+        verify_all(&h);
+        if (used_blocks(&h, 0) > most)
+            most = used_blocks(&h, 0);
+    }
+    /* 16 tokens of window before 16 new ones, a block each end: 5 of 8. */
+    cr_assert_leq(most, 5, "a window of 16 held %u blocks", most);
+    kvrt_seq_info_t ev[1];
+    uint32_t n;
+    ASSERT_OK(h.ctx, kvrt_sched_drain_ended(h.sched, ev, 1, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ev[0].id, first);
+    cr_assert_eq(ev[0].output_tokens, 30);
+    /* The same prompt again: 120 tokens hit, the first blocks as holes. */
+    kvrt_seq_id_t id;
+    cr_assert_eq(hit_of(&h, prompt, 121, &id), 120);
+    const int32_t *bl;
+    uint32_t nb;
+    ASSERT_OK(h.ctx, kvrt_seq_blocks(h.sched, id, &bl, &nb, NULL));
+    cr_assert_eq(bl[0], KVRT_NULL_BLOCK);
+    cr_assert_gt(bl[14], 0);
+    run_to_end(&h, 50);
+    drain_all(&h);
+    hybrid_close(&h);
+}
+
 /* ---- randomized ------------------------------------------------------------ */
 
 #define RND_REQ 400
