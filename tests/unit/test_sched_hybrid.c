@@ -155,20 +155,29 @@ static kvrt_seq_id_t add_prompt(hybrid_t *h, const int32_t *prompt, uint32_t len
     return id;
 }
 
+/* One step, checked in every group, committed and verified; false when
+ * the plan was empty. */
+static bool checked_step(hybrid_t *h, uint64_t now)
+{
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(h->ctx, kvrt_sched_step(h->sched, now, &plan));
+    if (!plan->num_seqs)
+        return false;
+    check_plan_groups(h, plan);
+    commit_model(h, plan);
+    verify_all(h);
+    return true;
+}
+
 /* Steps until nothing is left (bounded), checking every plan. */
 static void run_to_end(hybrid_t *h, uint32_t max_steps)
 {
     for (uint32_t step = 0; step < max_steps; step++) {
-        const kvrt_batch_plan_t *plan;
-        ASSERT_OK(h->ctx, kvrt_sched_step(h->sched, step, &plan));
+        bool ran = checked_step(h, step);
         kvrt_sched_stats_t st;
         ASSERT_OK(h->ctx, kvrt_sched_stats(h->sched, &st));
-        if (!plan->num_seqs && !st.running && !st.waiting)
+        if (!ran && !st.running && !st.waiting)
             return;
-        check_plan_groups(h, plan);
-        if (plan->num_seqs)
-            commit_model(h, plan);
-        verify_all(h);
     }
     cr_assert_fail("still running after %u steps", max_steps);
 }
@@ -230,14 +239,7 @@ Test(sched_hybrid, window_release_returns_blocks_to_the_pool_and_verify_passes)
         prompt[i] = i % 97;
     kvrt_seq_id_t id = add_prompt(&h, prompt, 200, 100);
     uint32_t most_window_blocks = 0;
-    for (uint32_t step = 0; step < 200; step++) {
-        const kvrt_batch_plan_t *plan;
-        ASSERT_OK(h.ctx, kvrt_sched_step(h.sched, step, &plan));
-        if (!plan->num_seqs)
-            break;
-        check_plan_groups(&h, plan);
-        commit_model(&h, plan);
-        verify_all(&h);
+    for (uint32_t step = 0; step < 200 && checked_step(&h, step); step++) {
         uint32_t used = used_blocks(&h, 1);
         if (used > most_window_blocks)
             most_window_blocks = used;
@@ -527,17 +529,9 @@ Test(sched_hybrid, a_single_window_group_releases_its_past_and_hits_with_holes)
         prompt[i] = (i * 5) % 97;
     kvrt_seq_id_t first = add_prompt(&h, prompt, 121, 30);
     uint32_t most = 0;
-    for (uint32_t step = 0; step < 100; step++) {
-        const kvrt_batch_plan_t *plan;
-        ASSERT_OK(h.ctx, kvrt_sched_step(h.sched, step, &plan));
-        if (!plan->num_seqs)
-            break;
-        check_plan_groups(&h, plan);
-        commit_model(&h, plan);
-        verify_all(&h);
+    for (uint32_t step = 0; step < 100 && checked_step(&h, step); step++)
         if (used_blocks(&h, 0) > most)
             most = used_blocks(&h, 0);
-    }
     /* 16 tokens of window before 16 new ones, a block each end: 5 of 8. */
     cr_assert_leq(most, 5, "a window of 16 held %u blocks", most);
     kvrt_seq_info_t ev[1];
