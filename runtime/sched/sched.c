@@ -208,6 +208,7 @@ static void sched_free(kvrt_sched_t *s)
 {
     if (s->seqs)
         sched_free_requests(s);
+    sched_arena_destroy(&s->arena);
     free(s->seqs);
     free(s->heap);
     free(s->running);
