@@ -80,9 +80,12 @@ kvrt_status_t kvrt_table_append(kvrt_pool_t *pool, kvrt_table_id_t table,
  * table. The table's length must be a multiple of tokens_per_block; it grows
  * by count * tokens_per_block tokens.
  * A block may be listed several times only if the caller holds that many
- * references to it.
- * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_UNKNOWN_TABLE, KVRT_ERR_BAD_STATE
- * (table ends in a partial block), KVRT_ERR_UNKNOWN_BLOCK (a block not in
+ * references to it. A KVRT_NULL_BLOCK entry is a hole: its tokens count in
+ * the table's length but hold nothing (a sliding window's tokens before a
+ * prefix hit, as kvrt_table_release_front leaves them); the last entry
+ * must be a real block.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, count 0, a hole last), KVRT_ERR_UNKNOWN_TABLE,
+ * KVRT_ERR_BAD_STATE (table ends in a partial block), KVRT_ERR_UNKNOWN_BLOCK (a block not in
  * use, or listed more often than it is referenced), KVRT_ERR_TABLE_TOO_LONG,
  * KVRT_ERR_NO_MEMORY. Unchanged on error.
  */
@@ -98,6 +101,22 @@ kvrt_status_t kvrt_table_adopt(kvrt_pool_t *pool, kvrt_table_id_t table,
  */
 kvrt_status_t kvrt_table_truncate(kvrt_pool_t *pool, kvrt_table_id_t table,
                                   uint32_t num_tokens);
+
+/*
+ * kvrt_table_release_front - drops the table's reference on its first
+ * num_blocks blocks and names them KVRT_NULL_BLOCK from then on; the
+ * table keeps its length and its later blocks. For a sliding-window
+ * attention layer, whose tokens before the window are never read again.
+ * Entries already KVRT_NULL_BLOCK are left as they are (repeating a call
+ * is harmless). A released entry reads as KVRT_NULL_BLOCK in views and
+ * exports, and kvrt_table_slots gives its tokens slots of the null block:
+ * nothing may write or read them. Only whole blocks before the last one
+ * can go (appends go on writing the last).
+ * Errors: KVRT_ERR_INVALID_ARG (NULL pool, num_blocks above the table's
+ * full blocks or reaching its last block), KVRT_ERR_UNKNOWN_TABLE.
+ */
+kvrt_status_t kvrt_table_release_front(kvrt_pool_t *pool, kvrt_table_id_t table,
+                                       uint32_t num_blocks);
 
 /*
  * kvrt_table_fork - makes num_children new tables with the parent's tokens.
@@ -151,7 +170,8 @@ kvrt_status_t kvrt_table_slots(const kvrt_pool_t *pool, kvrt_table_id_t table,
  * kvrt_pool_verify - checks every invariant of the pool and its tables:
  * each block in exactly one state, counters that add up, every used block's
  * reference count at least the number of table entries naming it, no table
- * naming a free or cached block, no duplicate block in the free list.
+ * naming a free or cached block (entries before the last may be
+ * KVRT_NULL_BLOCK: released or holes), no duplicate block in the free list.
  * O(blocks + table entries); for tests and soak runs.
  * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_NO_MEMORY (scratch space),
  * KVRT_ERR_INTERNAL (with the first broken invariant in

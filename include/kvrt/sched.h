@@ -211,6 +211,75 @@ kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t
                                 const kvrt_sched_params_t *params,
                                 kvrt_sched_t **sched_out);
 
+/* ---- hybrid models: several cache groups ------------------------------------
+ *
+ * A model whose layers keep K/V differently (full attention and
+ * sliding-window layers, as Gemma 2/3, Mistral, gpt-oss; each kind with
+ * its own block size) has one pool per kind: a *cache group*. One
+ * scheduler drives them all: every request holds one block table per
+ * group, and the plan carries one slot mapping and one set of block-table
+ * rows per group (kvrt_batch_plan_t.groups). Group 0 is also what the
+ * plan's single-group fields (slot_mapping, block_rows, copies, CSR
+ * tables, tokens_per_block) describe.
+ *
+ * Policies:
+ *   - A step plans a request only when every group has the blocks its
+ *     tokens need; preemption, watermark and failure apply to the groups
+ *     together (a victim frees its blocks in every group).
+ *   - Sliding window W (tokens): the query at position p reads positions
+ *     [p - W + 1, p]. A block whose tokens all lie before
+ *     computed - W + 1 (computed: the request's committed length, so an
+ *     uncommitted plan never loses what it reads) is released when the
+ *     table next needs a block, and its row entry becomes
+ *     KVRT_NULL_BLOCK (rows_changed lists the row). With a prefix cache
+ *     the released block stays cached (evictable) like any other.
+ *   - Prefix hits: a hit of H tokens is used only if every group can
+ *     serve it: H is a multiple of every group's block size; a
+ *     full-attention group holds all of its first H tokens' blocks in the
+ *     cache; a sliding-window group holds the blocks of tokens
+ *     [H - W + 1, H) (the window the first recomputed token reads; earlier
+ *     blocks may have been evicted and become holes, KVRT_NULL_BLOCK, in
+ *     its table). H is the largest length that satisfies every group.
+ *     KVRT_SEQ_CACHE_DROP_LAST_HIT drops the last multiple of the largest
+ *     block size.
+ *   - Either every group has a prefix cache or none.
+ *   - Waiting for KV (kvrt_seq_await_kv) is refused with
+ *     KVRT_ERR_UNSUPPORTED: an arrival names one group's blocks.
+ */
+
+/* Most cache groups of one scheduler. */
+#define KVRT_SCHED_MAX_GROUPS 8u
+
+enum kvrt_sched_group_field {
+    KVRT_SCHED_GROUP_CACHE = 1u << 0, /* cache */
+    KVRT_SCHED_GROUP_WINDOW = 1u << 1 /* sliding_window */
+};
+
+/* One cache group. pool is always read, the rest by field_mask. */
+typedef struct kvrt_sched_group_params {
+    uint64_t field_mask;
+    kvrt_pool_t *pool;       /* the group's pool (its block size is the group's) */
+    kvrt_cache_t *cache;     /* the prefix cache attached to pool; default none */
+    uint32_t sliding_window; /* tokens a query reads back, itself included,
+                                1..KVRT_TABLE_MAX_TOKENS; 0 (default): full
+                                attention */
+} kvrt_sched_group_params_t;
+
+/*
+ * kvrt_sched_create_groups - a scheduler over num_groups cache groups
+ * (1..KVRT_SCHED_MAX_GROUPS), groups[g] describing group g; everything is
+ * copied. kvrt_sched_create(ctx, pool, cache, params, out) is this call
+ * with one full-attention group. Every pool and cache is held as by
+ * kvrt_sched_create. Errors: as kvrt_sched_create, and
+ * KVRT_ERR_INVALID_ARG for NULL groups, a count out of range, unknown
+ * group field bits, a pool named twice or of another context, a cache
+ * attached to another pool, caches on some groups only.
+ */
+kvrt_status_t kvrt_sched_create_groups(kvrt_ctx_t *ctx, uint32_t num_groups,
+                                       const kvrt_sched_group_params_t *const *groups,
+                                       const kvrt_sched_params_t *params,
+                                       kvrt_sched_t **sched_out);
+
 /*
  * kvrt_sched_destroy - ends every live request (without events), frees
  * their blocks and the scheduler. NULL is a no-op. Errors: none.
@@ -412,6 +481,16 @@ kvrt_status_t kvrt_seq_blocks(const kvrt_sched_t *sched, kvrt_seq_id_t id,
                               uint32_t *num_tokens_out);
 
 /*
+ * kvrt_seq_group_blocks - kvrt_seq_blocks for cache group `group` (0 is
+ * kvrt_seq_blocks). In a sliding-window group the blocks that left the
+ * window read KVRT_NULL_BLOCK. Errors: KVRT_ERR_INVALID_ARG (NULL sched,
+ * group out of range), KVRT_ERR_UNKNOWN_REQUEST.
+ */
+kvrt_status_t kvrt_seq_group_blocks(const kvrt_sched_t *sched, kvrt_seq_id_t id,
+                                    uint32_t group, const int32_t **blocks_out,
+                                    uint32_t *num_blocks_out, uint32_t *num_tokens_out);
+
+/*
  * kvrt_sched_drain_ended_sized - moves up to `capacity` end events (oldest
  * first) into events_out and their count to *count_out; the drained
  * requests are forgotten (their ids become unknown). Each request's end is
@@ -500,7 +579,9 @@ typedef struct kvrt_arrival_params {
  * bits, num_tokens 0 or not below the request's token count),
  * KVRT_ERR_UNKNOWN_REQUEST, KVRT_ERR_BAD_STATE (the request is not queued,
  * or holds KV that arrived earlier), KVRT_ERR_NO_BLOCKS (not enough blocks
- * above the watermark), KVRT_ERR_NO_TABLES, KVRT_ERR_NO_MEMORY.
+ * above the watermark), KVRT_ERR_NO_TABLES, KVRT_ERR_NO_MEMORY,
+ * KVRT_ERR_UNSUPPORTED (a scheduler of several cache groups, or of a
+ * sliding-window group).
  */
 kvrt_status_t kvrt_seq_await_kv(kvrt_sched_t *sched, kvrt_seq_id_t id,
                                 const kvrt_arrival_params_t *params,
@@ -548,6 +629,25 @@ typedef struct kvrt_plan_seq {
                                      that is not the last */
     uint32_t row;                 /* this sequence's row in block_rows */
 } kvrt_plan_seq_t;
+
+/*
+ * One cache group's part of a plan (kvrt_sched_create_groups). Frozen: an
+ * array element. Rows are indexed like block_rows (a request's row number
+ * is the same in every group; rows_changed covers every group).
+ */
+typedef struct kvrt_plan_group {
+    uint32_t tokens_per_block;
+    uint32_t sliding_window;        /* 0: full attention */
+    const int64_t *slot_mapping;    /* [num_tokens], plan order */
+    const int32_t *block_rows;      /* [num_rows][row_stride]; entries of
+                                       blocks out of the window are
+                                       KVRT_NULL_BLOCK */
+    uint32_t row_stride;
+    uint32_t num_copies;
+    const kvrt_block_copy_t *copies;
+    const int32_t *block_table_offsets; /* NULL unless csr_block_tables */
+    const int32_t *block_table_ids;
+} kvrt_plan_group_t;
 
 /*
  * The batch plan: owned by the scheduler, valid until the next step after
@@ -607,6 +707,10 @@ typedef struct kvrt_batch_plan {
     uint32_t num_copies;
     uint32_t num_preempted;
     const kvrt_seq_id_t *preempted;
+    /* Cache groups: 1 unless the scheduler was made by
+     * kvrt_sched_create_groups. groups[0] repeats group 0's fields above. */
+    uint32_t num_groups;
+    const kvrt_plan_group_t *groups;
 } kvrt_batch_plan_t;
 
 /*

@@ -147,6 +147,19 @@ class kvrt_plan_seq_t(Struct):
                 ("row", u32)]
 
 
+class kvrt_sched_group_params_t(Struct):
+    _fields_ = [("field_mask", u64), ("pool", C.c_void_p), ("cache", C.c_void_p),
+                ("sliding_window", u32)]
+
+
+class kvrt_plan_group_t(Struct):
+    _fields_ = [("tokens_per_block", u32), ("sliding_window", u32),
+                ("slot_mapping", C.POINTER(i64)), ("block_rows", C.POINTER(i32)),
+                ("row_stride", u32), ("num_copies", u32),
+                ("copies", C.POINTER(kvrt_block_copy_t)),
+                ("block_table_offsets", C.POINTER(i32)), ("block_table_ids", C.POINTER(i32))]
+
+
 class kvrt_batch_plan_t(Struct):
     _fields_ = [("step", u64), ("now_ns", u64), ("num_seqs", u32), ("num_tokens", u32),
                 ("num_prefill_seqs", u32), ("num_decode_seqs", u32),
@@ -160,7 +173,8 @@ class kvrt_batch_plan_t(Struct):
                 ("num_rows_changed", u32), ("block_table_offsets", C.POINTER(i32)),
                 ("block_table_ids", C.POINTER(i32)),
                 ("copies", C.POINTER(kvrt_block_copy_t)), ("num_copies", u32),
-                ("num_preempted", u32), ("preempted", C.POINTER(u64))]
+                ("num_preempted", u32), ("preempted", C.POINTER(u64)),
+                ("num_groups", u32), ("groups", C.POINTER(kvrt_plan_group_t))]
 
 
 class kvrt_commit_t(Struct):

@@ -116,7 +116,8 @@ KVRT_EXPORT kvrt_status_t kvrt_table_create(kvrt_pool_t *pool, kvrt_table_id_t *
 static void release_blocks(kvrt_pool_t *pool, const int32_t *blocks, uint32_t count)
 {
     for (uint32_t i = count; i-- > 0;)
-        kvrt_pool_release_one(pool, blocks[i]);
+        if (blocks[i] != KVRT_NULL_BLOCK) /* released already (a window's past) */
+            kvrt_pool_release_one(pool, blocks[i]);
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_table_destroy(kvrt_pool_t *pool, kvrt_table_id_t id)
@@ -258,9 +259,12 @@ KVRT_EXPORT kvrt_status_t kvrt_table_adopt(kvrt_pool_t *pool, kvrt_table_id_t id
      * back, so a block listed more often than it is held is refused. */
     for (uint32_t i = 0; i < count; i++) {
         int32_t b = blocks[i];
+        if (b == KVRT_NULL_BLOCK)
+            continue; /* a hole: tokens no kernel reads, holding nothing */
         if (!block_in_range(pool, b) || pool->meta[b].refcount <= 0) {
             for (uint32_t j = 0; j < i; j++)
-                pool->meta[blocks[j]].refcount++;
+                if (blocks[j] != KVRT_NULL_BLOCK)
+                    pool->meta[blocks[j]].refcount++;
             return kvrt_fail(pool->ctx, KVRT_ERR_UNKNOWN_BLOCK,
                              "block %d (entry %u) is not in use, or listed more often "
                              "than it is held",
@@ -269,7 +273,11 @@ KVRT_EXPORT kvrt_status_t kvrt_table_adopt(kvrt_pool_t *pool, kvrt_table_id_t id
         pool->meta[b].refcount--;
     }
     for (uint32_t i = 0; i < count; i++)
-        pool->meta[blocks[i]].refcount++;
+        if (blocks[i] != KVRT_NULL_BLOCK)
+            pool->meta[blocks[i]].refcount++;
+    if (count && blocks[count - 1] == KVRT_NULL_BLOCK)
+        return kvrt_fail(pool->ctx, KVRT_ERR_INVALID_ARG,
+                         "the last adopted entry is a hole: a table ends in a real block");
     kvrt_status_t status = ensure_capacity(pool, t, (uint64_t)t->num_blocks + count);
     if (status != KVRT_OK)
         return status;
@@ -294,6 +302,28 @@ KVRT_EXPORT kvrt_status_t kvrt_table_truncate(kvrt_pool_t *pool, kvrt_table_id_t
     release_blocks(pool, t->blocks + keep, t->num_blocks - keep);
     t->num_blocks = keep;
     t->num_tokens = num_tokens;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_table_release_front(kvrt_pool_t *pool, kvrt_table_id_t id,
+                                                   uint32_t num_blocks)
+{
+    CHECK_POOL(pool);
+    table_slot_t *t = lookup(pool, id);
+    if (!t)
+        return unknown_table(pool, id);
+    uint32_t full = t->num_tokens >> pool->block_shift;
+    /* Never the block holding the last token: appends go on writing it. */
+    if (num_blocks > full || (num_blocks == t->num_blocks && num_blocks))
+        return kvrt_fail(pool->ctx, KVRT_ERR_INVALID_ARG,
+                         "cannot release %u leading blocks of a table of %u tokens (%u "
+                         "full blocks, the last one kept)",
+                         num_blocks, t->num_tokens, full);
+    for (uint32_t i = 0; i < num_blocks; i++)
+        if (t->blocks[i] != KVRT_NULL_BLOCK) {
+            kvrt_pool_release_one(pool, t->blocks[i]);
+            t->blocks[i] = KVRT_NULL_BLOCK;
+        }
     return KVRT_OK;
 }
 
@@ -343,7 +373,8 @@ KVRT_EXPORT kvrt_status_t kvrt_table_fork(kvrt_pool_t *pool, kvrt_table_id_t par
         table_slot_t *child = lookup(pool, children_out[c]);
         for (uint32_t i = 0; i < shared; i++) {
             child->blocks[i] = parent->blocks[i];
-            pool->meta[parent->blocks[i]].refcount++;
+            if (parent->blocks[i] != KVRT_NULL_BLOCK)
+                pool->meta[parent->blocks[i]].refcount++;
         }
         if (partial) {
             kvrt_pool_take(pool, 1, &child->blocks[shared]);
@@ -477,6 +508,8 @@ KVRT_EXPORT kvrt_status_t kvrt_pool_verify(const kvrt_pool_t *pool)
                "table %u: %u blocks for %u tokens", i, t->num_blocks, t->num_tokens);
         for (uint32_t k = 0; k < t->num_blocks; k++) {
             int32_t b = t->blocks[k];
+            if (b == KVRT_NULL_BLOCK && k + 1 < t->num_blocks)
+                continue; /* released (kvrt_table_release_front) or a hole */
             VERIFY(block_in_range(pool, b) && pool->meta[b].state == BLOCK_USED,
                    "table %u entry %u names block %d, which is not in use", i, k, b);
             seen[b]++;

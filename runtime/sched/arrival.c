@@ -178,6 +178,10 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_await_kv(kvrt_sched_t *s, kvrt_seq_id_t id,
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
                          "params, arrival_out, first_block_out and num_blocks_out are "
                          "required");
+    if (s->hybrid)
+        return kvrt_fail(s->ctx, KVRT_ERR_UNSUPPORTED,
+                         "waiting for KV names one group's blocks: not with several cache "
+                         "groups or a sliding window");
     seq_t *q = sched_lookup(s, id);
     kvrt_status_t st = check_await(s, q, id, p);
     if (st != KVRT_OK)

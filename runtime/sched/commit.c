@@ -37,15 +37,24 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
                              "tokens run out at entry %u: %u given, at least %llu needed", i,
                              c->num_tokens, (unsigned long long)total + 1 + a);
         const int32_t *drafts = b->input_tokens + b->query_start_loc[i] + 1;
-        for (uint32_t j = 0; j <= a; j++) {
-            int32_t t = c->tokens[total + j];
-            if (t < 0)
-                return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                                 "entry %u: token %u is negative (%d)", i, j, t);
-            if (j < a && t != drafts[j])
-                return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                                 "entry %u: accepted token %u is %d but the draft was %d", i,
-                                 j, t, drafts[j]);
+        const int32_t *given = c->tokens + total;
+        /* One test for all: any sign bit, any accepted token unlike its draft. */
+        int32_t any = given[a];
+        uint32_t differ = 0;
+        for (uint32_t j = 0; j < a; j++) {
+            any |= given[j];
+            differ |= (uint32_t)(given[j] ^ drafts[j]);
+        }
+        if (KVRT_UNLIKELY(any < 0 || differ)) {
+            for (uint32_t j = 0; j <= a; j++) {
+                if (given[j] < 0)
+                    return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                                     "entry %u: token %u is negative (%d)", i, j, given[j]);
+                if (j < a && given[j] != drafts[j])
+                    return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                                     "entry %u: accepted token %u is %d but the draft was %d",
+                                     i, j, given[j], drafts[j]);
+            }
         }
         total += 1 + a;
     }
@@ -60,6 +69,10 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
  * block once in its life (hashes survive preemption). */
 void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q)
 {
+    if (KVRT_UNLIKELY(s->hybrid)) {
+        sched_groups_cache_full(s, q);
+        return;
+    }
     if (q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE)
         return;
     uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
@@ -106,9 +119,11 @@ static void adapt_draft(kvrt_sched_t *s, seq_t *q, uint32_t drafts, uint32_t acc
 
 /* Appends sampled tokens; returns the end reason (NONE to go on). */
 static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int32_t *tokens,
-                                            uint32_t count)
+                                            uint32_t count, size_t readable)
 {
-    bool first = q->num_tokens == q->prompt_len;
+    /* No output yet: only in a prefill (which spares a decode the line of
+     * prompt_len). */
+    bool first = q->in_prefill && q->num_tokens == q->prompt_len;
     kvrt_seq_end_reason_t reason = KVRT_END_NONE;
     uint32_t room = q->max_tokens - q->num_tokens; /* >= 1 while it runs */
     uint32_t n = count < room ? count : room;
@@ -122,10 +137,12 @@ static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int
             }
     }
     int32_t *at = q->tokens + q->num_tokens;
-    at[0] = tokens[0]; /* n >= 1: one token is the plain decode's whole case */
-    for (uint32_t j = 1; j < n; j++)
-        at[j] = tokens[j];
+    if (KVRT_LIKELY(n == 1)) /* the plain decode's whole case */
+        at[0] = tokens[0];
+    else /* room before the stop set, which follows the capacity */
+        sched_copy32(at, q->capacity - q->num_tokens, tokens, readable, n);
     q->num_tokens += n;
+    q->last_token = tokens[n - 1];
     if (reason == KVRT_END_NONE && q->num_tokens >= q->max_tokens)
         reason = KVRT_END_LENGTH;
     s->stats.output_tokens += n;
@@ -185,9 +202,15 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
     const kvrt_plan_seq_t *const entries = s->buf->seqs;
     const uint32_t *const slot_of = s->buf->slot_of;
     seq_t *const seqs = s->seqs;
+    const bool async = s->async;
+    const bool second_line = s->max_draft || s->cache;
     for (uint32_t i = 0; i < num_seqs; i++) {
-        if (i + SCHED_PREFETCH < num_seqs)
-            __builtin_prefetch(&seqs[slot_of[i + SCHED_PREFETCH]]);
+        if (i + SCHED_PREFETCH < num_seqs) {
+            const char *ahead = (const char *)&seqs[slot_of[i + SCHED_PREFETCH]];
+            __builtin_prefetch(ahead, 1);
+            if (second_line) /* speculation and caching use it */
+                __builtin_prefetch(ahead + 64, 1);
+        }
         if (i + SCHED_PREFETCH / 2 < num_seqs) {
             const seq_t *ahead = &seqs[slot_of[i + SCHED_PREFETCH / 2]];
             __builtin_prefetch(ahead->tokens + ahead->num_tokens, 1);
@@ -199,10 +222,12 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         uint32_t a = acc ? acc[i] : 0;
         uint32_t given = e->sample ? 1 + a : 0;
         q->in_plan &= (uint8_t)~bit;
-        q->ahead -= e->num_new_tokens;
-        q->pending_samples -= e->sample;
-        if (e->kind == KVRT_PLAN_SPEC)
-            q->pending_spec = 0;
+        if (async) {
+            q->ahead -= e->num_new_tokens;
+            q->pending_samples -= e->sample;
+            if (e->kind == KVRT_PLAN_SPEC)
+                q->pending_spec = 0;
+        }
         if (q->release_at_commit) {
             /* Ended while the engine ran it: its blocks are free once the
              * last plan holding it is committed. */
@@ -224,11 +249,20 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
              * Drafts the pool's table was never told of just leave the lag. */
             if (rejected <= q->lag) {
                 q->lag -= rejected;
+            } else if (KVRT_UNLIKELY(s->hybrid)) {
+                sched_groups_truncate(s, q); /* no lag there */
             } else {
                 q->lag = 0;
                 kvrt_table_truncate(s->pool, q->table, q->computed);
-                if (sched_blocks_for(s, q->computed) != q->row_blocks)
-                    sched_row_sync(s, q, false);
+                uint32_t nb = sched_blocks_for(s, q->computed);
+                if (nb != q->row_blocks) { /* the row loses its tail entries */
+                    int32_t *row = s->rows + (size_t)q->row * s->row_stride;
+                    for (uint32_t j = nb; j < q->row_blocks; j++)
+                        row[j] = KVRT_NULL_BLOCK;
+                    q->row_blocks = nb;
+                    sched_tail_update(s, q);
+                    sched_row_changed(s, q->row);
+                }
             }
         }
         kvrt_seq_end_reason_t reason = KVRT_END_NONE;
@@ -245,7 +279,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
                 if (s->adaptive_draft)
                     adapt_draft(s, q, e->num_drafts, a);
             }
-            reason = append_sampled(s, q, c->tokens + off, given);
+            reason = append_sampled(s, q, c->tokens + off, given, c->num_tokens - off);
             if (q->in_prefill) {
                 q->in_prefill = 0;
                 s->running_prefill--;

@@ -90,7 +90,9 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
         s->pinned = SCHED_NONE;
     if (q->arrival != SCHED_NONE)
         sched_abandon_arrival(s, q); /* its blocks may still be written */
-    if (q->table) {
+    if (KVRT_UNLIKELY(s->hybrid)) {
+        sched_groups_release(s, q);
+    } else if (q->table) {
         /* Tail first: the prefix cache sees a request's last blocks go idle
          * first, so under LRU its deep blocks are evicted before its root
          * and a recomputation still finds the shared prefix. */
@@ -104,6 +106,7 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
     }
     sched_row_release(s, q);
     if (q->running_pos != SCHED_NONE) {
+        s->running[q->running_pos] = SCHED_NONE; /* the step skips it */
         q->running_pos = SCHED_NONE;
         s->running_live--;
         if (q->in_prefill)
@@ -236,15 +239,18 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     uint32_t capacity = limit > s->max_seq_tokens ? s->max_seq_tokens : (uint32_t)limit;
     /* The most blocks it can ever hold: every token but the last has K/V,
      * plus the slots of one step's drafts. */
-    uint32_t worst = sched_blocks_for(s, (uint64_t)capacity + s->max_draft);
-    kvrt_pool_info_t info;
-    kvrt_pool_info(s->pool, &info);
-    uint32_t reserve = s->use_watermark ? info.watermark_blocks : 0;
-    if ((uint64_t)worst + reserve > s->pool_blocks)
-        return kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
-                         "a request of up to %u tokens needs %u blocks (+%u watermark); "
-                         "the pool has %u",
-                         capacity, worst, reserve, s->pool_blocks);
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        /* A sliding-window group holds only its window's blocks. */
+        uint32_t worst = sched_group_worst_blocks(s, g, capacity);
+        kvrt_pool_info_t info;
+        kvrt_pool_info(s->groups[g].pool, &info);
+        uint32_t reserve = s->use_watermark ? info.watermark_blocks : 0;
+        if ((uint64_t)worst + reserve > info.num_blocks - 1)
+            return kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
+                             "a request of up to %u tokens needs %u blocks (+%u watermark) "
+                             "in group %u; its pool has %u",
+                             capacity, worst, reserve, g, info.num_blocks - 1);
+    }
     if (s->free_head == SCHED_NONE)
         return kvrt_fail(s->ctx, KVRT_ERR_REQUEST_LIMIT, "all %u request slots are in use",
                          s->max_requests);
@@ -255,10 +261,11 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     uint32_t max_blocks = s->cache ? capacity >> s->block_shift : 0;
     /* One allocation: hashes (16-byte aligned) first, then tokens, stop
      * tokens, mm items, the n-gram index. */
-    size_t bytes = (size_t)max_blocks * sizeof(kvrt_block_hash_t) +
+    size_t group_hashes = sched_groups_hash_bytes(s, capacity);
+    size_t bytes = (size_t)max_blocks * sizeof(kvrt_block_hash_t) + group_hashes +
                    ((size_t)capacity + num_stop) * sizeof(int32_t) +
                    (size_t)num_mm * sizeof(kvrt_mm_item_t) + 8 + ngram_bytes(s, capacity);
-    char *mem = malloc(bytes);
+    char *mem = sched_arena_alloc(&s->arena, bytes);
     if (!mem)
         return kvrt_fail(s->ctx, KVRT_ERR_NO_MEMORY, "request of %u tokens", capacity);
 
@@ -270,7 +277,9 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     q->generation = generation;
     q->allocation = mem;
     q->hashes = (kvrt_block_hash_t *)mem;
-    q->tokens = (int32_t *)(mem + (size_t)max_blocks * sizeof(kvrt_block_hash_t));
+    sched_groups_init_seq(s, q, mem + (size_t)max_blocks * sizeof(kvrt_block_hash_t), capacity);
+    q->tokens = (int32_t *)(mem + (size_t)max_blocks * sizeof(kvrt_block_hash_t) +
+                            group_hashes);
     memcpy(q->tokens, p->prompt, (size_t)p->prompt_len * sizeof(int32_t));
     if (num_stop)
         memcpy(q->tokens + capacity, p->stop_tokens, (size_t)num_stop * sizeof(int32_t));
@@ -296,6 +305,7 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
 
     q->state = KVRT_SEQ_WAITING;
     q->num_tokens = p->prompt_len;
+    q->last_token = p->prompt[p->prompt_len - 1];
     q->prompt_len = p->prompt_len;
     q->max_tokens = capacity;
     q->capacity = capacity;
@@ -358,18 +368,23 @@ static seq_t *check_draft(kvrt_sched_t *s, kvrt_seq_id_t id, const int32_t *toke
                             (unsigned long long)id, (int)q->state);
         return NULL;
     }
+    int32_t any = 0; /* the sign bit of any token: one test for all */
     for (uint32_t i = 0; i < count; i++)
-        if (KVRT_UNLIKELY(tokens[i] < 0)) {
-            *status = kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "draft token %u is negative", i);
-            return NULL;
-        }
+        any |= tokens[i];
+    if (KVRT_UNLIKELY(any < 0)) {
+        uint32_t i = 0;
+        while (tokens[i] >= 0)
+            i++;
+        *status = kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "draft token %u is negative", i);
+        return NULL;
+    }
     return q;
 }
 
 static inline void store_draft(seq_t *q, const int32_t *tokens, uint32_t count)
 {
-    if (count)
-        memcpy(q->draft, tokens, (size_t)count * sizeof(int32_t));
+    for (uint32_t i = 0; i < count; i++) /* a few tokens: no memcpy call */
+        q->draft[i] = tokens[i];
     q->engine_drafts = (uint8_t)count;
 }
 
@@ -400,23 +415,43 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_set_drafts(kvrt_sched_t *s, uint32_t num_se
                          "speculation is off (max_draft_tokens 0)");
     if (KVRT_UNLIKELY(num_seqs && (!ids || !counts)))
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "ids and counts are required");
-    /* Pass 1 checks everything (and warms each request's line for pass 2). */
+    /* Pass 1 checks every entry (and warms each request's line for pass
+     * 2); a failing entry is checked again by check_draft for its message. */
     kvrt_status_t status = KVRT_OK;
-    const int32_t *at = tokens;
+    uint64_t total = 0;
     for (uint32_t i = 0; i < num_seqs; i++) {
         if (i + SCHED_PREFETCH < num_seqs) {
             uint32_t ahead = (uint32_t)ids[i + SCHED_PREFETCH] - 1;
             if (ahead < s->max_requests)
                 __builtin_prefetch(&s->seqs[ahead]);
         }
-        if (!check_draft(s, ids[i], at, counts[i], &status))
+        const seq_t *q = sched_lookup(s, ids[i]);
+        if (KVRT_UNLIKELY(!q || counts[i] > s->max_draft || (counts[i] && !tokens) ||
+                          q->state != KVRT_SEQ_RUNNING || q->in_prefill)) {
+            check_draft(s, ids[i], tokens + total, counts[i], &status);
             return kvrt_fail(s->ctx, status, "entry %u: %s", i, kvrt_ctx_last_error(s->ctx));
-        at += counts[i];
+        }
+        total += counts[i];
     }
-    at = tokens;
+    /* The tokens, all in one loop over their concatenation. */
+    int32_t any = 0;
+    for (uint64_t k = 0; k < total; k++)
+        any |= tokens[k];
+    if (KVRT_UNLIKELY(any < 0)) {
+        const int32_t *at = tokens;
+        for (uint32_t i = 0; i < num_seqs; at += counts[i++])
+            if (!check_draft(s, ids[i], at, counts[i], &status))
+                return kvrt_fail(s->ctx, status, "entry %u: %s", i,
+                                 kvrt_ctx_last_error(s->ctx));
+    }
+    const int32_t *at = tokens;
     for (uint32_t i = 0; i < num_seqs; i++) {
-        store_draft(sched_lookup(s, ids[i]), at, counts[i]);
-        at += counts[i];
+        seq_t *q = sched_lookup(s, ids[i]);
+        const uint32_t n = counts[i];
+        /* 16 bytes at once when the caller's array has them. */
+        sched_copy32(q->draft, KVRT_SCHED_MAX_DRAFT, at, (size_t)(tokens + total - at), n);
+        q->engine_drafts = (uint8_t)n;
+        at += n;
     }
     return KVRT_OK;
 }
@@ -477,16 +512,28 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_blocks(const kvrt_sched_t *s, kvrt_seq_id_t i
                                           const int32_t **blocks_out,
                                           uint32_t *num_blocks_out, uint32_t *num_tokens_out)
 {
+    return kvrt_seq_group_blocks(s, id, 0, blocks_out, num_blocks_out, num_tokens_out);
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_seq_group_blocks(const kvrt_sched_t *s, kvrt_seq_id_t id,
+                                                uint32_t group, const int32_t **blocks_out,
+                                                uint32_t *num_blocks_out,
+                                                uint32_t *num_tokens_out)
+{
     if (!s)
         return KVRT_ERR_INVALID_ARG;
-    const seq_t *q = sched_lookup(s, id);
+    if (group >= s->num_groups)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "group %u of %u", group,
+                         s->num_groups);
+    seq_t *q = sched_lookup(s, id);
     if (!q)
         return unknown_request(s, id);
     static const int32_t none[1] = {KVRT_NULL_BLOCK};
     const int32_t *blocks = none;
     uint32_t nb = 0, nt = 0;
-    if (q->table && !q->release_at_commit) {
-        kvrt_table_view(s->pool, q->table, &blocks, &nb, &nt);
+    kvrt_table_id_t table = *sched_gref(s, q, group).table;
+    if (table && !q->release_at_commit) {
+        kvrt_table_view(s->groups[group].pool, table, &blocks, &nb, &nt);
         nt += q->lag; /* tokens the pool's table has not been told of yet */
     }
     if (blocks_out)
@@ -530,7 +577,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_drain_ended_sized(kvrt_sched_t *s,
                          "event_size (%zu) at least %u",
                          event_size, KVRT_SEQ_INFO_SIZE_1_0);
     for (uint32_t i = 0; i < s->num_drained_memory; i++)
-        free(s->drained_memory[i]);
+        sched_arena_free(&s->arena, s->drained_memory[i]);
     s->num_drained_memory = 0;
     uint32_t n = 0;
     while (n < capacity && s->ended_count) {
@@ -547,15 +594,18 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_drain_ended_sized(kvrt_sched_t *s,
 void sched_free_requests(kvrt_sched_t *s)
 {
     for (uint32_t i = 0; i < s->num_drained_memory; i++)
-        free(s->drained_memory[i]);
+        sched_arena_free(&s->arena, s->drained_memory[i]);
     s->num_drained_memory = 0;
     /* Live requests, and drained ones whose blocks wait for a commit. */
     for (uint32_t i = 0; i < s->max_requests; i++) {
         seq_t *q = &s->seqs[i];
-        if (q->table)
-            kvrt_table_destroy(s->pool, q->table);
-        q->table = 0;
-        free(q->allocation);
+        for (uint32_t g = 0; g < s->num_groups; g++) {
+            kvrt_table_id_t *table = sched_gref(s, q, g).table;
+            if (*table)
+                kvrt_table_destroy(s->groups[g].pool, *table);
+            *table = 0;
+        }
+        sched_arena_free(&s->arena, q->allocation);
         q->allocation = NULL;
     }
 }

@@ -6,10 +6,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "sched_internal.h"
 
 /* Rows are max_seqs x row_stride int32: refuse shapes past 512 MiB. */
+/* Transparent huge pages. */
+#define SCHED_HUGE_PAGE ((size_t)2 << 20)
 #define SCHED_MAX_ROW_ENTRIES (1ull << 27)
 
 /* ---- statistics and ctl ------------------------------------------------------ */
@@ -165,6 +168,7 @@ static kvrt_status_t read_params(kvrt_sched_t *s, const kvrt_sched_params_t *p)
     s->adaptive_draft = (m & KVRT_SCHED_PARAM_ADAPTIVE_DRAFT) ? p->adaptive_draft != 0 : true;
     s->csr_tables = (m & KVRT_SCHED_PARAM_CSR_TABLES) ? p->csr_block_tables != 0 : false;
     s->max_in_flight = (m & KVRT_SCHED_PARAM_PLANS_IN_FLIGHT) ? p->max_plans_in_flight : 1;
+    s->async = s->max_in_flight > 1;
     if (s->max_in_flight == 0 || s->max_in_flight > KVRT_SCHED_MAX_PLANS_IN_FLIGHT)
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "max_plans_in_flight %u out of 1..%u",
                          s->max_in_flight, KVRT_SCHED_MAX_PLANS_IN_FLIGHT);
@@ -204,6 +208,7 @@ static void sched_free(kvrt_sched_t *s)
 {
     if (s->seqs)
         sched_free_requests(s);
+    sched_arena_destroy(&s->arena);
     free(s->seqs);
     free(s->heap);
     free(s->running);
@@ -235,6 +240,7 @@ static void sched_free(kvrt_sched_t *s)
         free(s->rc.changed[k]);
     free(s->rc.row_mark);
     free(s->match_blocks);
+    sched_groups_free(s);
     free(s);
 }
 
@@ -242,9 +248,11 @@ static void sched_destroy_owned(kvrt_owned_t *owned)
 {
     kvrt_sched_t *s = (kvrt_sched_t *)owned;
     kvrt_ctl_unregister(s->ctx, s);
-    if (s->cache)
-        kvrt_cache_unhold(s->cache);
-    kvrt_pool_unhold(s->pool);
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        if (s->groups[g].cache)
+            kvrt_cache_unhold(s->groups[g].cache);
+        kvrt_pool_unhold(s->groups[g].pool);
+    }
     sched_free(s);
 }
 
@@ -270,10 +278,21 @@ static bool alloc_plan_buffers(plan_buffers_t *b, size_t seqs, size_t toks)
 static bool alloc_arrays(kvrt_sched_t *s)
 {
     size_t seqs = s->max_seqs, toks = s->max_batch_tokens, reqs = s->max_requests;
-    /* 64-byte aligned, so each request's hot fields are one cache line. */
-    s->seqs = aligned_alloc(64, reqs * sizeof(*s->seqs));
+    /* 64-byte aligned, so each request's hot fields are one cache line.
+     * Tens of thousands of requests span megabytes, one scattered line of
+     * which every decode reads: on 2 MiB pages (where the host grants
+     * transparent huge pages) those reads do not also miss the TLB. */
+    size_t seq_bytes = reqs * sizeof(*s->seqs);
+    if (seq_bytes >= SCHED_HUGE_PAGE) {
+        seq_bytes = (seq_bytes + SCHED_HUGE_PAGE - 1) & ~(size_t)(SCHED_HUGE_PAGE - 1);
+        s->seqs = aligned_alloc(SCHED_HUGE_PAGE, seq_bytes);
+        if (s->seqs)
+            (void)madvise(s->seqs, seq_bytes, MADV_HUGEPAGE);
+    } else {
+        s->seqs = aligned_alloc(64, seq_bytes);
+    }
     if (s->seqs)
-        memset(s->seqs, 0, reqs * sizeof(*s->seqs));
+        memset(s->seqs, 0, seq_bytes);
     s->heap = malloc(reqs * sizeof(*s->heap));
     s->ended = malloc(reqs * sizeof(*s->ended));
     s->arrivals = calloc(reqs, sizeof(*s->arrivals));
@@ -294,7 +313,7 @@ static bool alloc_arrays(kvrt_sched_t *s)
     s->match_blocks = malloc((size_t)s->row_stride * sizeof(int32_t));
     return ok && s->seqs && s->heap && s->ended && s->arrivals && s->window &&
            s->drained_memory && s->running && s->rows && s->free_rows && s->rc.row_mark &&
-           s->match_blocks;
+           s->match_blocks && sched_groups_alloc(s);
 }
 
 static void init_plan(kvrt_sched_t *s)
@@ -317,6 +336,7 @@ static void init_plan(kvrt_sched_t *s)
         p->copies = b->copies;
         p->preempted = b->preempted;
     }
+    sched_groups_init_plans(s);
     sched_use_slot(s, 0);
     s->rc.epoch = 1;
 }
@@ -335,35 +355,50 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool,
     if (cache && kvrt_cache_pool(cache) != pool)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
                          "the cache is attached to another pool than the scheduler's");
+    const kvrt_sched_group_params_t group = {
+        .field_mask = cache ? KVRT_SCHED_GROUP_CACHE : 0, .pool = pool, .cache = cache};
+    const kvrt_sched_group_params_t *groups[1] = {&group};
+    return kvrt_sched_create_groups(ctx, 1, groups, params, sched_out);
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_sched_create_groups(
+    kvrt_ctx_t *ctx, uint32_t num_groups, const kvrt_sched_group_params_t *const *groups,
+    const kvrt_sched_params_t *params, kvrt_sched_t **sched_out)
+{
+    if (!ctx)
+        return KVRT_ERR_INVALID_ARG;
+    if (!sched_out)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "sched_out is required");
     kvrt_sched_t *s = calloc(1, sizeof(*s));
     if (!s)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "scheduler struct");
     s->ctx = ctx;
-    s->pool = pool;
-    s->cache = cache;
     kvrt_status_t status = read_params(s, params);
+    if (status == KVRT_OK)
+        status = sched_groups_read(s, num_groups, groups);
     if (status != KVRT_OK) {
         free(s);
         return status;
     }
     kvrt_pool_info_t info;
-    kvrt_pool_info(pool, &info);
+    kvrt_pool_info(s->pool, &info);
     s->tokens_per_block = info.tokens_per_block;
     s->block_shift = (uint32_t)__builtin_ctz(info.tokens_per_block);
+    s->fast_tail = s->hybrid ? 0 : s->tokens_per_block;
     s->pool_blocks = info.num_blocks - 1;
-    s->row_stride = sched_blocks_for(s, (uint64_t)s->max_seq_tokens + s->max_draft);
-    if ((uint64_t)s->row_stride * s->max_seqs > SCHED_MAX_ROW_ENTRIES) {
-        kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
-                  "block-table rows of %u sequences x %u blocks exceed %llu entries; "
-                  "lower max_seqs or max_seq_tokens",
-                  s->max_seqs, s->row_stride, SCHED_MAX_ROW_ENTRIES);
-        free(s);
-        return KVRT_ERR_INVALID_ARG;
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        sched_group_t *gr = &s->groups[g];
+        gr->row_stride = sched_group_blocks_for(gr, (uint64_t)s->max_seq_tokens + s->max_draft);
+        if ((uint64_t)gr->row_stride * s->max_seqs > SCHED_MAX_ROW_ENTRIES) {
+            kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
+                      "block-table rows of %u sequences x %u blocks (group %u) exceed %llu "
+                      "entries; lower max_seqs or max_seq_tokens",
+                      s->max_seqs, gr->row_stride, g, SCHED_MAX_ROW_ENTRIES);
+            free(s);
+            return KVRT_ERR_INVALID_ARG;
+        }
     }
-    if (cache && kvrt_cache_root(cache, &s->root) != KVRT_OK) {
-        free(s);
-        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "cache is not a valid prefix cache");
-    }
+    s->row_stride = s->groups[0].row_stride;
     for (uint32_t j = 1; j <= KVRT_SCHED_MAX_DRAFT; j++)
         s->draft_threshold[j] = (float)pow(0.25, 1.0 / j);
     if (!alloc_arrays(s)) {
@@ -391,15 +426,19 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool,
         sched_free(s);
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "ctl registration");
     }
-    kvrt_pool_hold(pool);
-    if (cache)
-        kvrt_cache_hold(cache);
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        kvrt_pool_hold(s->groups[g].pool);
+        if (s->groups[g].cache)
+            kvrt_cache_hold(s->groups[g].cache);
+    }
     s->owned.rank = KVRT_TEARDOWN_SCHED;
     kvrt_ctx_own(ctx, &s->owned, sched_destroy_owned);
     kvrt_log(ctx, KVRT_LOG_INFO,
-             "sched %u: budget %u tokens, %u sequences, chunk %u, drafts %u%s%s", s->index,
-             s->max_batch_tokens, s->max_seqs, s->chunk_tokens, s->max_draft,
-             s->ngram_min ? " (n-gram)" : "", cache ? ", prefix cache" : "");
+             "sched %u: budget %u tokens, %u sequences, chunk %u, drafts %u%s%s, %u cache "
+             "group(s)",
+             s->index, s->max_batch_tokens, s->max_seqs, s->chunk_tokens, s->max_draft,
+             s->ngram_min ? " (n-gram)" : "", s->cache ? ", prefix cache" : "",
+             s->num_groups);
     *sched_out = s;
     return KVRT_OK;
 }

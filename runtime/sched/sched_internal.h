@@ -13,6 +13,7 @@
 #define KVRT_SCHED_INTERNAL_H
 
 #include <stddef.h>
+#include <string.h>
 
 #include "cache/hooks.h"
 #include "core/core.h"
@@ -50,12 +51,11 @@ typedef struct seq {
     uint32_t computed;      /* tokens whose K/V is in the table */
     uint32_t max_tokens;    /* num_tokens limit: prompt + max_new, capped */
     uint32_t row;           /* block_rows row, SCHED_NONE when none */
-    uint32_t row_blocks;    /* entries of the row in use */
-    uint32_t running_pos;   /* index in sched->running, SCHED_NONE when none */
     uint16_t num_stop;
     uint8_t pending_samples;/* entries of uncommitted plans that sample: each
                                assumes one placeholder token (async steps) */
     uint8_t pending_spec;   /* an uncommitted plan verifies its drafts */
+    uint64_t user_tag;
     /* Tokens appended inside the tail block that the pool's table has not
      * been told yet (step.c: sched_table_sync). */
     uint32_t lag;
@@ -63,23 +63,29 @@ typedef struct seq {
      * plan starts at computed + ahead. */
     uint32_t ahead;
     int32_t *tokens;        /* [capacity]; stop tokens follow at tokens + capacity */
-    kvrt_table_id_t table;  /* 0 when the request holds no blocks */
+    /* Copies that spare a decode step two scattered lines: the last token
+     * (tokens[num_tokens - 1], the next input) and the block of the last
+     * row entry (group 0; the tail block the fast path writes into). */
+    int32_t last_token;
+    int32_t tail_block;
 
-    /* ---- second line ---- */
-    uint64_t user_tag;
+    /* ---- second line: speculation, prefix caching, the slow paths ---- */
+    uint32_t row_blocks;    /* entries of the row in use */
+    uint32_t running_pos;   /* index in sched->running, SCHED_NONE when none */
     uint32_t prompt_len;
-    uint32_t heap_pos;      /* index in sched->heap, SCHED_NONE when none */
     int32_t priority;
     float accept_ewma;      /* per-draft acceptance estimate */
     uint32_t capacity;
-    uint32_t num_hashed;    /* hashes[0, num_hashed) known */
-    kvrt_block_hash_t *hashes; /* content hash of each full block, once known */
+    kvrt_table_id_t table;  /* 0 when the request holds no blocks */
     uint64_t spec_proposed;
     uint64_t spec_accepted;
     uint32_t min_tokens;    /* outputs before a stop token counts */
     uint32_t num_inserted;  /* table blocks [0, num_inserted) offered to the cache */
 
     /* ---- cold ---- */
+    uint32_t heap_pos;      /* index in sched->heap, SCHED_NONE when none */
+    uint32_t num_hashed;    /* hashes[0, num_hashed) known */
+    kvrt_block_hash_t *hashes; /* content hash of each full block, once known */
     kvrt_hash_keys_t keys;     /* points into salt and the allocation */
     uint8_t salt[KVRT_CACHE_SALT_MAX];
     int32_t draft[KVRT_SCHED_MAX_DRAFT];
@@ -90,6 +96,8 @@ typedef struct seq {
     uint32_t arrival;       /* its outstanding arrival, SCHED_NONE when none */
     uint32_t match_tokens;  /* prefix-cache hits of its last match, counted at
                                admission */
+    uint32_t released;      /* group 0: leading table blocks released (out of
+                               a sliding window) or holes (groups.c) */
     bool landed;            /* its table holds K/V that arrived (arrival.c) */
     kvrt_status_t status;
     uint64_t deadline_ns;   /* UINT64_MAX without a deadline */
@@ -102,10 +110,31 @@ typedef struct seq {
     bool counted_prompt;    /* prompt counted in stats at first admission */
     void *allocation;       /* tokens, stop tokens, hashes, mm items, ngram */
 } __attribute__((aligned(64))) seq_t;
-/* The layout the hot loops rely on: one line for a decode, one more for
- * its commit. */
-_Static_assert(offsetof(seq_t, user_tag) == 64, "seq_t's hot fields outgrew one cache line");
-_Static_assert(offsetof(seq_t, keys) == 128, "seq_t's second line outgrew 64 bytes");
+/* The layout the hot loops rely on: a plain decode's step and commit read
+ * and write the first line only (and the commit its token's line). */
+_Static_assert(offsetof(seq_t, row_blocks) == 64, "seq_t's hot fields outgrew one cache line");
+_Static_assert(offsetof(seq_t, heap_pos) <= 128, "seq_t's second line outgrew 64 bytes");
+
+/* A request's state in cache group g >= 1 (group 0's is in seq_t: table,
+ * row_blocks, released, num_hashed, num_inserted, hashes). */
+typedef struct seq_group {
+    kvrt_table_id_t table;
+    uint32_t row_blocks;
+    uint32_t released;
+    uint32_t num_hashed;
+    uint32_t num_inserted;
+    kvrt_block_hash_t *hashes;
+} seq_group_t;
+
+/* Pointers to a request's state in one group, whichever group it is. */
+typedef struct seq_gref {
+    kvrt_table_id_t *table;
+    uint32_t *row_blocks;
+    uint32_t *released;
+    uint32_t *num_hashed;
+    uint32_t *num_inserted;
+    kvrt_block_hash_t *hashes;
+} seq_gref_t;
 
 /* A waiting-queue entry: the ordering key, copied out of the request. */
 typedef struct heap_entry {
@@ -150,6 +179,40 @@ typedef struct plan_buffers {
 /* Most plans in flight (KVRT_SCHED_MAX_PLANS_IN_FLIGHT): plan slots. */
 #define SCHED_PLAN_SLOTS KVRT_SCHED_MAX_PLANS_IN_FLIGHT
 
+/* Requests' memory on huge pages (arena.c). */
+#define SCHED_ARENA_CLASSES 45u
+typedef struct sched_arena {
+    void *free_list[SCHED_ARENA_CLASSES];
+    char *cursor;           /* where the current chunk is carved */
+    size_t left;
+    void **chunks;
+    uint32_t num_chunks;
+    uint32_t chunk_capacity;
+} sched_arena_t;
+
+/* A cache group (kvrt_sched_create_groups). Group 0's pool, cache, block
+ * size, rows and plan buffers are also s->pool, s->cache, s->rows and
+ * s->bufs, which the single-group paths read; the per-plan-slot arrays
+ * here serve groups 1 and up. */
+typedef struct sched_group {
+    kvrt_pool_t *pool;
+    kvrt_cache_t *cache;
+    kvrt_block_hash_t root;
+    uint32_t tokens_per_block;
+    uint32_t block_shift;
+    uint32_t window;        /* sliding window in tokens; 0: full attention */
+    uint32_t row_stride;
+    int32_t *rows;          /* [max_seqs][row_stride] */
+    int32_t *match_blocks;  /* [row_stride]: hits of one admission */
+    int64_t *slot_mapping[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+    kvrt_block_copy_t *copies[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+    uint32_t *copy_owner[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+    uint32_t num_copies[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+    int32_t *csr_offsets[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+    int32_t *csr_ids[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+    uint32_t csr_capacity[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+} sched_group_t;
+
 /* Rows changed since the last published plan. One buffer per plan slot
  * plus the one accumulating, so a plan's list stays intact while it is in
  * flight. */
@@ -183,6 +246,10 @@ struct kvrt_sched {
     uint32_t ngram_max;
     uint32_t tokens_per_block;
     uint32_t block_shift;
+    /* Tokens a decode may add inside its tail block without the slow path:
+     * tokens_per_block, or 0 when several groups or a window need every
+     * append seen (groups.c). */
+    uint32_t fast_tail;
     uint32_t pool_blocks;       /* usable blocks (num_blocks - 1) */
     /* draft_threshold[j]: the least acceptance p with p^j >= 1/4 */
     float draft_threshold[KVRT_SCHED_MAX_DRAFT + 1];
@@ -234,6 +301,10 @@ struct kvrt_sched {
     kvrt_batch_plan_t plans[SCHED_PLAN_SLOTS];
     plan_buffers_t bufs[SCHED_PLAN_SLOTS];
     uint32_t max_in_flight;     /* 1: synchronous steps */
+    /* max_in_flight > 1. Synchronous schedulers keep ahead, pending_samples
+     * and pending_spec at 0 (a plan is committed before the next is
+     * built), so their step and commit skip that bookkeeping. */
+    bool async;
     uint32_t num_pending;
     uint32_t pending_head;
     uint64_t step_count;        /* numbers plans */
@@ -249,6 +320,18 @@ struct kvrt_sched {
      * more than j accepted (one increment each per entry at commit). */
     uint64_t spec_by_drafts[KVRT_SCHED_MAX_DRAFT + 1];
     uint64_t spec_by_accepted[KVRT_SCHED_MAX_DRAFT + 1];
+
+    /* Cache groups: groups[0] mirrors pool/cache/rows above. hybrid: more
+     * than one group, or a sliding window (the paths of groups.c). */
+    uint32_t num_groups;
+    bool hybrid;
+    uint32_t hit_unit;          /* a prefix hit is a multiple of it (the
+                                   largest block size) */
+    sched_group_t groups[KVRT_SCHED_MAX_GROUPS];
+    seq_group_t *xgroups;       /* [max_requests][num_groups - 1] */
+    kvrt_plan_group_t plan_groups[KVRT_SCHED_MAX_PLANS_IN_FLIGHT][KVRT_SCHED_MAX_GROUPS];
+
+    sched_arena_t arena;        /* request memory (arena.c) */
 
     kvrt_sched_stats_t stats;
 };
@@ -286,6 +369,13 @@ static inline uint8_t sched_plan_bit(const kvrt_sched_t *s)
     return s->plan_bit;
 }
 
+/* Refreshes q->tail_block after group 0's row changed length or tail. */
+static inline void sched_tail_update(const kvrt_sched_t *s, seq_t *q)
+{
+    q->tail_block =
+        q->row_blocks ? s->rows[(size_t)q->row * s->row_stride + q->row_blocks - 1] : 0;
+}
+
 /* Points s->plan and s->buf at plan slot k. */
 static inline void sched_use_slot(kvrt_sched_t *s, uint32_t k)
 {
@@ -294,9 +384,83 @@ static inline void sched_use_slot(kvrt_sched_t *s, uint32_t k)
     s->plan_bit = (uint8_t)(1u << k);
 }
 
+/* Short runs on the per-token hot paths (a decode writes 1 entry, a k = 4
+ * speculation 5): whole vectors instead of a loop, when the destination
+ * has room for 8 entries (the ones past n are scratch that later entries
+ * overwrite). */
+typedef int32_t sched_v4i32 __attribute__((vector_size(16)));
+typedef int64_t sched_v2i64 __attribute__((vector_size(16)));
+
+/* out[k] = v + k for k < n; room: entries writable from out. */
+static inline void sched_iota32(int32_t *out, size_t room, int32_t v, uint32_t n)
+{
+    if (KVRT_LIKELY(n == 1)) { /* a plain decode */
+        out[0] = v;
+        return;
+    }
+    if (KVRT_LIKELY(n <= 8 && room >= 8)) {
+        sched_v4i32 lo = {v, v + 1, v + 2, v + 3}, hi = lo + 4;
+        memcpy(out, &lo, sizeof(lo));
+        memcpy(out + 4, &hi, sizeof(hi));
+        return;
+    }
+    for (uint32_t k = 0; k < n; k++)
+        out[k] = v + (int32_t)k;
+}
+
+static inline void sched_iota64(int64_t *out, size_t room, int64_t v, uint32_t n)
+{
+    if (KVRT_LIKELY(n == 1)) {
+        out[0] = v;
+        return;
+    }
+    if (KVRT_LIKELY(n <= 8 && room >= 8)) {
+        sched_v2i64 a = {v, v + 1}, two = {2, 2};
+        for (uint32_t k = 0; k < 8; k += 2, a += two)
+            memcpy(out + k, &a, sizeof(a));
+        return;
+    }
+    for (uint32_t k = 0; k < n; k++)
+        out[k] = v + (int64_t)k;
+}
+
+/* out[k] = in[k] for k < n; out has room for 8, in holds 8 readable. */
+static inline void sched_copy32(int32_t *out, size_t room, const int32_t *in, size_t readable,
+                                uint32_t n)
+{
+    if (KVRT_LIKELY(n <= 4 && room >= 4 && readable >= 4)) {
+        memcpy(out, in, 4 * sizeof(int32_t));
+        return;
+    }
+    for (uint32_t k = 0; k < n; k++)
+        out[k] = in[k];
+}
+
 static inline uint32_t sched_blocks_for(const kvrt_sched_t *s, uint64_t tokens)
 {
     return (uint32_t)((tokens + s->tokens_per_block - 1) >> s->block_shift);
+}
+
+/* The request's state in group g. */
+static inline seq_gref_t sched_gref(const kvrt_sched_t *s, seq_t *q, uint32_t g)
+{
+    if (g == 0)
+        return (seq_gref_t){&q->table, &q->row_blocks, &q->released, &q->num_hashed,
+                            &q->num_inserted, q->hashes};
+    seq_group_t *x = &s->xgroups[(size_t)sched_slot(s, q) * (s->num_groups - 1) + g - 1];
+    return (seq_gref_t){&x->table, &x->row_blocks, &x->released, &x->num_hashed,
+                        &x->num_inserted, x->hashes};
+}
+
+/* Group g's slot mapping in the plan slot being built or committed. */
+static inline int64_t *sched_group_slots(kvrt_sched_t *s, uint32_t g)
+{
+    return g ? s->groups[g].slot_mapping[__builtin_ctz(s->plan_bit)] : s->buf->slot_mapping;
+}
+
+static inline uint32_t sched_group_blocks_for(const sched_group_t *gr, uint64_t tokens)
+{
+    return (uint32_t)((tokens + gr->tokens_per_block - 1) >> gr->block_shift);
 }
 
 /* ---- request.c ------------------------------------------------------------ */
@@ -323,8 +487,9 @@ void sched_slot_free(kvrt_sched_t *s, seq_t *q);
 void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q);
 /* Marks row r as changed since the last published plan. */
 void sched_row_changed(kvrt_sched_t *s, uint32_t row);
-/* Brings row entries in line with the table after an append or truncate. */
-void sched_row_sync(kvrt_sched_t *s, seq_t *q, bool last_replaced);
+/* Brings group g's row entries in line with its table after an append or
+ * truncate. */
+void sched_row_sync(kvrt_sched_t *s, seq_t *q, uint32_t g, bool last_replaced);
 void sched_row_release(kvrt_sched_t *s, seq_t *q);
 /* Tells the pool's table the tokens appended lazily inside q's tail block. */
 static inline void sched_table_sync(kvrt_sched_t *s, seq_t *q)
@@ -358,6 +523,57 @@ void sched_free_arrivals(kvrt_sched_t *s);
  * be admitted last lets its blocks go (into the prefix cache, when there is
  * one, where it may find them again). False when there is none. */
 bool sched_release_landed(kvrt_sched_t *s);
+
+/* ---- groups.c ------------------------------------------------------------- */
+
+/* Reads and checks the groups, sets s->groups, s->num_groups, s->hybrid,
+ * s->hit_unit and group 0's mirror fields. */
+kvrt_status_t sched_groups_read(kvrt_sched_t *s, uint32_t num_groups,
+                                const kvrt_sched_group_params_t *const *groups);
+/* Allocates the per-group arrays (after the scheduler's sizes are known). */
+bool sched_groups_alloc(kvrt_sched_t *s);
+void sched_groups_free(kvrt_sched_t *s);
+/* Points each plan slot's group descriptors at their arrays. */
+void sched_groups_init_plans(kvrt_sched_t *s);
+/* Refreshes the plan's group descriptors at the end of a step. */
+void sched_groups_publish(kvrt_sched_t *s);
+/* Most blocks group g can hold for a request of `capacity` tokens. */
+uint32_t sched_group_worst_blocks(const kvrt_sched_t *s, uint32_t g, uint32_t capacity);
+/* Bytes of a request's hashes in groups >= 1, and setting them up. */
+size_t sched_groups_hash_bytes(const kvrt_sched_t *s, uint32_t capacity);
+void sched_groups_init_seq(kvrt_sched_t *s, seq_t *q, char *memory, uint32_t capacity);
+/* Destroys q's tables of every group (tail first) and clears its rows. */
+void sched_groups_release(kvrt_sched_t *s, seq_t *q);
+/* Blocks every group needs for n more tokens of q fit (above the
+ * watermark when `watermark`). */
+bool sched_groups_fit(const kvrt_sched_t *s, seq_t *q, uint32_t n, bool watermark);
+/* Appends n tokens of q to every group (after sched_groups_fit): slots at
+ * the plan's end, rows synced. Releases blocks out of each window first.
+ * On error (not NO_BLOCKS) returns it; tables may then be longer than
+ * planned, which the caller's ending of q makes harmless. */
+kvrt_status_t sched_groups_append(kvrt_sched_t *s, seq_t *q, uint32_t n);
+/* Rollback in every group to q->computed. */
+void sched_groups_truncate(kvrt_sched_t *s, seq_t *q);
+/* Prefix match over every group (the hybrid rule in kvrt/sched.h); q
+ * holds no table. On error q holds no table and nothing changed. */
+kvrt_status_t sched_groups_match(kvrt_sched_t *s, seq_t *q, uint32_t *hit_tokens_out);
+/* Offers newly full blocks of every group to its cache. */
+void sched_groups_cache_full(kvrt_sched_t *s, seq_t *q);
+/* Drops plan entry data of groups >= 1 for an entry leaving the plan. */
+void sched_groups_unplan(kvrt_sched_t *s, uint32_t slot, uint32_t t0, uint32_t n,
+                         uint32_t tail);
+/* Resets the per-step counts of groups >= 1. */
+void sched_groups_begin_step(kvrt_sched_t *s);
+/* CSR tables of groups >= 1. */
+void sched_groups_csr(kvrt_sched_t *s);
+
+/* ---- arena.c -------------------------------------------------------------- */
+
+/* A block of at least `bytes`, 16-byte aligned; NULL without memory. */
+void *sched_arena_alloc(sched_arena_t *a, size_t bytes);
+/* Gives a block back (NULL is a no-op). */
+void sched_arena_free(sched_arena_t *a, void *memory);
+void sched_arena_destroy(sched_arena_t *a);
 
 /* ---- ngram.c -------------------------------------------------------------- */
 

@@ -25,22 +25,26 @@ void sched_row_changed(kvrt_sched_t *s, uint32_t row)
     rc->changed[rc->accumulating][rc->num_changed[rc->accumulating]++] = (int32_t)row;
 }
 
-void sched_row_sync(kvrt_sched_t *s, seq_t *q, bool last_replaced)
+void sched_row_sync(kvrt_sched_t *s, seq_t *q, uint32_t g, bool last_replaced)
 {
+    const sched_group_t *gr = &s->groups[g];
+    seq_gref_t r = sched_gref(s, q, g);
     const int32_t *blocks;
     uint32_t nb;
-    kvrt_table_view(s->pool, q->table, &blocks, &nb, NULL);
-    int32_t *row = s->rows + (size_t)q->row * s->row_stride;
-    uint32_t from = q->row_blocks;
+    kvrt_table_view(gr->pool, *r.table, &blocks, &nb, NULL);
+    int32_t *row = gr->rows + (size_t)q->row * gr->row_stride;
+    uint32_t from = *r.row_blocks;
     if (last_replaced && from > 0)
         from--; /* copy-on-write swapped the tail block */
     if (nb > from)
         memcpy(row + from, blocks + from, (size_t)(nb - from) * sizeof(int32_t));
-    else if (nb < q->row_blocks)
-        memset(row + nb, 0, (size_t)(q->row_blocks - nb) * sizeof(int32_t));
+    else if (nb < *r.row_blocks)
+        memset(row + nb, 0, (size_t)(*r.row_blocks - nb) * sizeof(int32_t));
     else if (!last_replaced)
         return;
-    q->row_blocks = nb;
+    *r.row_blocks = nb;
+    if (g == 0)
+        sched_tail_update(s, q);
     sched_row_changed(s, q->row);
 }
 
@@ -48,20 +52,30 @@ void sched_row_release(kvrt_sched_t *s, seq_t *q)
 {
     if (q->row == SCHED_NONE)
         return;
-    int32_t *row = s->rows + (size_t)q->row * s->row_stride;
-    memset(row, 0, (size_t)q->row_blocks * sizeof(int32_t));
-    if (q->row_blocks)
+    bool changed = false;
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        uint32_t *row_blocks = sched_gref(s, q, g).row_blocks;
+        memset(gr->rows + (size_t)q->row * gr->row_stride, 0,
+               (size_t)*row_blocks * sizeof(int32_t));
+        changed = changed || *row_blocks;
+        *row_blocks = 0;
+    }
+    if (changed)
         sched_row_changed(s, q->row);
     s->free_rows[s->num_free_rows++] = q->row;
     q->row = SCHED_NONE;
-    q->row_blocks = 0;
 }
 
+/* Entry i of the running array, unless its request left the running set
+ * (sched_release marks the entry) or ended while a plan holds it. */
 static inline bool running_valid(const kvrt_sched_t *s, uint32_t i, seq_t **q_out)
 {
-    seq_t *q = &s->seqs[s->running[i]];
-    *q_out = q;
-    return q->state == KVRT_SEQ_RUNNING && q->running_pos == i;
+    const uint32_t slot = s->running[i];
+    if (KVRT_UNLIKELY(slot == SCHED_NONE))
+        return false;
+    *q_out = &s->seqs[slot];
+    return (*q_out)->state == KVRT_SEQ_RUNNING;
 }
 
 void sched_compact_running(kvrt_sched_t *s)
@@ -70,11 +84,13 @@ void sched_compact_running(kvrt_sched_t *s)
         return;
     uint32_t kept = 0;
     for (uint32_t i = 0; i < s->num_running; i++) {
-        seq_t *q;
-        if (!running_valid(s, i, &q))
+        /* Entries released are marked; one that ended while a plan holds
+         * it stays until that commit releases it. */
+        const uint32_t slot = s->running[i];
+        if (slot == SCHED_NONE)
             continue;
-        q->running_pos = kept;
-        s->running[kept++] = s->running[i];
+        s->seqs[slot].running_pos = kept;
+        s->running[kept++] = slot;
     }
     s->num_running = kept;
     s->running_dirty = false;
@@ -117,6 +133,8 @@ static void unplan(kvrt_sched_t *s, seq_t *v, uint32_t *budget)
     memmove(b->input_tokens + t0, b->input_tokens + t0 + n, (size_t)tail * sizeof(int32_t));
     memmove(b->positions + t0, b->positions + t0 + n, (size_t)tail * sizeof(int32_t));
     memmove(b->slot_mapping + t0, b->slot_mapping + t0 + n, (size_t)tail * sizeof(int64_t));
+    if (s->num_groups > 1)
+        sched_groups_unplan(s, slot, t0, n, tail);
     p->max_seq_len = 0;
     for (uint32_t j = 0; j + 1 < p->num_seqs; j++) {
         if (j >= i) {
@@ -146,9 +164,11 @@ static void unplan(kvrt_sched_t *s, seq_t *v, uint32_t *budget)
         }
     p->num_copies = kept;
     v->in_plan &= (uint8_t)~sched_plan_bit(s);
-    v->ahead -= n;
-    v->pending_samples -= e.sample;
-    v->pending_spec = 0;
+    if (s->async) {
+        v->ahead -= n;
+        v->pending_samples -= e.sample;
+        v->pending_spec = 0;
+    }
     *budget += n;
 }
 
@@ -167,80 +187,126 @@ static void preempt(kvrt_sched_t *s, seq_t *q, uint32_t *budget)
     s->stats.preemptions++;
 }
 
-/* Appends n slots to q's table, written at the plan's end. When blocks run
- * out:
- * a pinned waiting head, then queued arrived K/V give up their blocks,
- * then victims are preempted until the append fits (an admission, `admitting`,
- * preempts nobody but itself). Returns false when q is not to be planned
- * this step: preempted, failed, or waiting for arrivals to give blocks back. */
-static inline bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
-                        bool admitting)
+/* Blocks ran out for q: a pinned waiting head, then queued arrived K/V
+ * give up their blocks, then a victim is preempted (an admission,
+ * `admitting`, preempts nobody but itself). Returns true to try again,
+ * false when q is not to be planned this step: preempted, failed, or
+ * waiting for arrivals or plans in flight to give blocks back. */
+static bool relieve(kvrt_sched_t *s, seq_t *q, uint32_t *budget, bool admitting)
 {
-    kvrt_batch_plan_t *const p = s->plan;
-    plan_buffers_t *const b = s->buf;
-    const uint32_t t0 = p->num_tokens; /* where the caller put its inputs */
+    if (s->pinned != SCHED_NONE) { /* a waiting head's hits go first */
+        sched_unpin(s);
+        return true;
+    }
+    if (sched_release_landed(s)) /* then queued K/V that arrived */
+        return true;
+    seq_t *victim = admitting ? q : pick_victim(s);
+    if (victim->in_plan & ~sched_plan_bit(s))
+        return false; /* in flight (async): q waits for that plan's commit */
+    if (victim == q) {
+        if (s->running_live == 1 && (s->num_awaiting || s->num_given_up || s->num_pending))
+            return false; /* arrivals or plans in flight hold blocks */
+        if (s->running_live == 1) {
+            kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
+                      "request 0x%llx cannot grow even alone in the pool",
+                      (unsigned long long)sched_id(s, q));
+            sched_end(s, q, KVRT_END_FAILED, KVRT_ERR_NO_BLOCKS);
+        } else {
+            preempt(s, q, budget);
+        }
+        return false;
+    }
+    preempt(s, victim, budget);
+    return true;
+}
+
+/* Appends n slots to q's table, written at the plan's end; when blocks run
+ * out, relieve() makes room. Returns false when q is not to be planned
+ * this step. */
+static __attribute__((noinline)) bool grow_slow(kvrt_sched_t *s, seq_t *q, uint32_t n,
+                                                uint32_t *budget, bool admitting);
+
+static KVRT_ALWAYS_INLINE bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
+                                   bool admitting)
+{
+    const uint32_t t0 = s->plan->num_tokens; /* where the caller put its inputs */
     const uint32_t c = q->computed + q->ahead; /* where this plan starts for q */
     const uint32_t off = c & (s->tokens_per_block - 1);
-    if (KVRT_LIKELY(off != 0 && off + n <= s->tokens_per_block)) {
+    /* fast_tail is 0 with several groups or a window: all appends below. */
+    if (KVRT_LIKELY(off != 0 && off + n <= s->fast_tail)) {
         /* Most decodes: the tokens fit in the tail block, which is private
          * (a partial block is never shared: the cache holds full blocks and
          * the scheduler forks nothing). The slots come from q's row, and the
          * pool's table is told later (lag), so a decode touches neither the
          * table nor the pool. */
-        int32_t tail = s->rows[(size_t)q->row * s->row_stride + (c >> s->block_shift)];
-        int64_t base = ((int64_t)tail << s->block_shift) | off;
-        int64_t *slots = b->slot_mapping + t0;
-        for (uint32_t k = 0; k < n; k++)
-            slots[k] = base + k;
+        int64_t base = ((int64_t)q->tail_block << s->block_shift) | off;
+        sched_iota64(s->buf->slot_mapping + t0, s->max_batch_tokens - t0, base, n);
         q->lag += n;
         return true;
     }
-    sched_table_sync(s, q);
+    return grow_slow(s, q, n, budget, admitting);
+}
+
+/* One group's append past the tail block: the pool's table takes the
+ * tokens (new blocks), their slots go to the plan's end, and the row
+ * learns the new blocks. */
+static kvrt_status_t append_one(kvrt_sched_t *s, seq_t *q, uint32_t n)
+{
+    kvrt_batch_plan_t *const p = s->plan;
+    plan_buffers_t *const b = s->buf;
+    const uint32_t c = q->computed + q->ahead;
+    kvrt_block_copy_t copy;
+    uint32_t num_copies = 0;
+    int64_t *slots = b->slot_mapping + p->num_tokens;
+    kvrt_status_t st = kvrt_table_append(s->pool, q->table, n, slots, &copy, &num_copies);
+    if (KVRT_UNLIKELY(st != KVRT_OK))
+        return st;
+    uint32_t nb = sched_blocks_for(s, c + n);
+    if (KVRT_UNLIKELY(num_copies)) {
+        b->copy_owner[p->num_copies] = sched_slot(s, q);
+        b->copies[p->num_copies++] = copy;
+        sched_row_sync(s, q, 0, true);
+    } else if (nb != q->row_blocks) {
+        /* The new blocks are in the slots just written: the first slot of
+         * each names it, so the row needs no table view. */
+        int32_t *row = s->rows + (size_t)q->row * s->row_stride;
+        for (uint32_t j = q->row_blocks; j < nb; j++)
+            row[j] = (int32_t)(slots[(j << s->block_shift) - c] >> s->block_shift);
+        q->row_blocks = nb;
+        q->tail_block = row[nb - 1];
+        sched_row_changed(s, q->row);
+    }
+    return KVRT_OK;
+}
+
+/* grow() past the tail block, or with several groups or a window (every
+ * group appends, or none: groups.c). */
+static bool grow_slow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget, bool admitting)
+{
+    kvrt_batch_plan_t *const p = s->plan;
+    const uint32_t t0 = p->num_tokens;
+    if (!s->hybrid)
+        sched_table_sync(s, q);
     for (;;) {
-        kvrt_block_copy_t copy;
-        uint32_t num_copies = 0;
-        int64_t *slots = b->slot_mapping + p->num_tokens;
-        kvrt_status_t st = kvrt_table_append(s->pool, q->table, n, slots, &copy, &num_copies);
+        kvrt_status_t st;
+        if (!s->hybrid)
+            st = append_one(s, q, n);
+        else if (sched_groups_fit(s, q, n, false))
+            st = sched_groups_append(s, q, n);
+        else
+            st = KVRT_ERR_NO_BLOCKS;
         if (KVRT_LIKELY(st == KVRT_OK)) {
             if (KVRT_UNLIKELY(p->num_tokens != t0)) /* a victim left the plan */
-                memmove(b->input_tokens + p->num_tokens, b->input_tokens + t0,
+                memmove(s->buf->input_tokens + p->num_tokens, s->buf->input_tokens + t0,
                         (size_t)n * sizeof(int32_t));
-            if (KVRT_UNLIKELY(num_copies)) {
-                b->copy_owner[p->num_copies] = sched_slot(s, q);
-                b->copies[p->num_copies++] = copy;
-            }
-            uint32_t nb = sched_blocks_for(s, c + n);
-            if (nb != q->row_blocks || num_copies)
-                sched_row_sync(s, q, num_copies != 0);
             return true;
         }
         if (st != KVRT_ERR_NO_BLOCKS) {
             sched_end(s, q, KVRT_END_FAILED, st);
             return false;
         }
-        if (s->pinned != SCHED_NONE) { /* a waiting head's hits go first */
-            sched_unpin(s);
-            continue;
-        }
-        if (sched_release_landed(s)) /* then queued K/V that arrived */
-            continue;
-        seq_t *victim = admitting ? q : pick_victim(s);
-        if (victim->in_plan & ~sched_plan_bit(s))
-            return false; /* in flight (async): q waits for that plan's commit */
-        if (victim == q) {
-            if (s->running_live == 1 && (s->num_awaiting || s->num_given_up || s->num_pending))
-                return false; /* arrivals or plans in flight hold blocks */
-            if (s->running_live == 1) {
-                kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
-                          "request 0x%llx cannot grow even alone in the pool",
-                          (unsigned long long)sched_id(s, q));
-                sched_end(s, q, KVRT_END_FAILED, KVRT_ERR_NO_BLOCKS);
-            } else {
-                preempt(s, q, budget);
-            }
+        if (!relieve(s, q, budget, admitting))
             return false;
-        }
-        preempt(s, victim, budget);
     }
 }
 
@@ -270,14 +336,15 @@ static inline void plan_add(kvrt_sched_t *s, seq_t *q, kvrt_plan_kind_t kind, ui
     if (len > p->max_seq_len)
         p->max_seq_len = len;
     uint32_t t0 = p->num_tokens;
-    for (uint32_t k = 0; k < n; k++)
-        b->positions[t0 + k] = (int32_t)(c + k);
+    sched_iota32(b->positions + t0, s->max_batch_tokens - t0, (int32_t)c, n);
     p->num_tokens += n;
     b->query_start_loc[i + 1] = (int32_t)p->num_tokens;
     q->in_plan |= sched_plan_bit(s);
-    q->ahead += n;
-    q->pending_samples += sample;
-    q->pending_spec = kind == KVRT_PLAN_SPEC;
+    if (s->async) { /* what the next plan, built before this commit, starts from */
+        q->ahead += n;
+        q->pending_samples += sample;
+        q->pending_spec = kind == KVRT_PLAN_SPEC;
+    }
     if (kind == KVRT_PLAN_PREFILL) {
         p->num_prefill_seqs++;
         p->num_prefill_tokens += n;
@@ -323,19 +390,15 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         draft_cap = share < s->max_draft ? (uint32_t)share : s->max_draft;
     }
     uint32_t decodes_left = decodes;
+    const bool async = s->async;
     for (uint32_t i = 0; i < s->num_running; i++) {
-        /* Requests are scattered in the slot array: fetch ahead. */
-        if (i + SCHED_PREFETCH < s->num_running)
-            __builtin_prefetch(&s->seqs[s->running[i + SCHED_PREFETCH]]);
-        if (i + SCHED_PREFETCH / 2 < s->num_running) {
-            /* Its line has arrived: fetch what it points at, the last token
-             * and the row entry of its tail block (a random line of the
-             * rows, one per decode, the rest of the step being streams). */
-            const seq_t *ahead = &s->seqs[s->running[i + SCHED_PREFETCH / 2]];
-            __builtin_prefetch(ahead->tokens + ahead->num_tokens - 1);
-            if (ahead->row != SCHED_NONE)
-                __builtin_prefetch(s->rows + (size_t)ahead->row * s->row_stride +
-                                   ((ahead->computed + ahead->ahead) >> s->block_shift));
+        /* Requests are scattered in the slot array: fetch ahead. A decode
+         * reads only the request's first line (its last token and tail
+         * block are copied there), the rest of the step being streams. */
+        if (i + SCHED_PREFETCH < s->num_running) {
+            const uint32_t ahead = s->running[i + SCHED_PREFETCH];
+            if (ahead != SCHED_NONE)
+                __builtin_prefetch(&s->seqs[ahead]);
         }
         seq_t *q;
         if (!running_valid(s, i, &q) || (q->in_prefill && !q->pending_samples))
@@ -343,7 +406,7 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         /* In an uncommitted plan (async): a decode after its placeholder
          * token, unless drafts are being verified (length unknown) or that
          * token reaches the length limit. */
-        if (KVRT_UNLIKELY(q->in_plan) &&
+        if (async && KVRT_UNLIKELY(q->in_plan) &&
             (q->pending_spec || q->num_tokens + q->pending_samples >= q->max_tokens))
             continue;
         if (decodes_left)
@@ -362,7 +425,8 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
             uint32_t limit = min_u32(min_u32(want, draft_cap), st->budget - 1 - reserve);
             if (q->engine_drafts) {
                 drafts = min_u32(q->engine_drafts, limit);
-                memcpy(input + 1, q->draft, (size_t)drafts * sizeof(int32_t));
+                sched_copy32(input + 1, s->max_batch_tokens - t0 - 1, q->draft,
+                             KVRT_SCHED_MAX_DRAFT, drafts);
                 if (q->engine_drafts > limit && limit < want)
                     s->stats.spec_backoff_tokens += min_u32(q->engine_drafts, want) - limit;
                 q->engine_drafts = 0;
@@ -378,7 +442,7 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         if (!grow(s, q, n, &st->budget, false))
             continue;
         b->input_tokens[p->num_tokens] =
-            KVRT_UNLIKELY(q->pending_samples) ? KVRT_TOKEN_PLACEHOLDER : q->tokens[q->num_tokens - 1];
+            async && KVRT_UNLIKELY(q->pending_samples) ? KVRT_TOKEN_PLACEHOLDER : q->last_token;
         plan_add(s, q, drafts ? KVRT_PLAN_SPEC : KVRT_PLAN_DECODE, n, drafts, true);
         st->budget -= n;
     }
@@ -484,9 +548,32 @@ void sched_unpin(kvrt_sched_t *s)
 
 /* Gives q (which has no table) a table holding its prefix hits. On error q
  * holds no table and nothing else changed. */
+/* Counts one admission's query: totals and the recent window. */
+static void count_match(kvrt_sched_t *s, uint32_t hit, uint32_t offered)
+{
+    s->stats.prefix_query_tokens += offered;
+    /* The recent window: the oldest admission's tokens leave it. */
+    uint32_t w = s->window_next;
+    s->window_next = (w + 1) % KVRT_SCHED_HIT_WINDOW;
+    s->stats.window_hit_tokens += hit - s->window[w].hit;
+    s->stats.window_query_tokens += offered - s->window[w].offered;
+    s->window[w].hit = hit;
+    s->window[w].offered = offered;
+}
+
 kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
 {
     sched_unpin(s);
+    q->match_tokens = 0;
+    if (s->hybrid) {
+        uint32_t hit = 0;
+        kvrt_status_t rc = sched_groups_match(s, q, &hit);
+        if (rc == KVRT_OK && s->cache && !(q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ)) {
+            q->match_tokens = hit;
+            count_match(s, hit, q->num_tokens - 1);
+        }
+        return rc;
+    }
     kvrt_table_id_t table = 0;
     kvrt_status_t rc = kvrt_table_create(s->pool, &table);
     if (rc != KVRT_OK)
@@ -500,7 +587,6 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
         return rc;
     }
     q->table = table;
-    q->match_tokens = 0;
     if (!s->cache || (q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ))
         return KVRT_OK;
     /* All but the last token: it is recomputed for its logits. */
@@ -525,14 +611,7 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
     q->computed = m.num_blocks << s->block_shift;
     q->match_tokens = q->computed;
     q->num_inserted = m.num_blocks;
-    s->stats.prefix_query_tokens += offered;
-    /* The recent window: the oldest admission's tokens leave it. */
-    uint32_t w = s->window_next;
-    s->window_next = (w + 1) % KVRT_SCHED_HIT_WINDOW;
-    s->stats.window_hit_tokens += q->computed - s->window[w].hit;
-    s->stats.window_query_tokens += offered - s->window[w].offered;
-    s->window[w].hit = q->computed;
-    s->window[w].offered = offered;
+    count_match(s, q->computed, offered);
     return KVRT_OK;
 }
 
@@ -553,9 +632,15 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     uint32_t hit_tokens = q->match_tokens;
     uint32_t remaining = q->num_tokens - q->computed;
     uint32_t n = prefill_chunk(s, q, st->budget);
-    uint32_t need = sched_blocks_for(s, (uint64_t)q->computed + n) -
-                    sched_blocks_for(s, q->computed);
-    if (n == 0 || !sched_blocks_available(s, need)) {
+    bool fits;
+    if (s->hybrid) {
+        fits = sched_groups_fit(s, q, n, s->use_watermark);
+    } else {
+        uint32_t need = sched_blocks_for(s, (uint64_t)q->computed + n) -
+                        sched_blocks_for(s, q->computed);
+        fits = sched_blocks_available(s, need);
+    }
+    if (n == 0 || !fits) {
         if (n == 0)
             st->budget_bound = true;
         if (!q->landed) /* arrived K/V is never given up for a retry */
@@ -572,9 +657,9 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     q->state = KVRT_SEQ_RUNNING;
     q->in_prefill = 1;
     q->row = s->free_rows[--s->num_free_rows];
-    q->row_blocks = 0;
     if (q->computed) /* hits or arrived K/V: the row starts with them */
-        sched_row_sync(s, q, false);
+        for (uint32_t g = 0; g < s->num_groups; g++)
+            sched_row_sync(s, q, g, false);
     q->running_pos = s->num_running;
     s->running[s->num_running++] = sched_slot(s, q);
     s->running_live++;
@@ -691,6 +776,8 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
     p->num_preempted = 0;
     p->block_table_offsets = NULL;
     p->block_table_ids = NULL;
+    if (s->num_groups > 1)
+        sched_groups_begin_step(s);
 
     sched_expire_arrivals(s, now_ns);
     step_state_t st = {.budget = s->max_batch_tokens, .budget_bound = false};
@@ -699,9 +786,13 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
     schedule_admissions(s, &st, s->match_blocks);
     sched_compact_running(s);
 
-    if (s->csr_tables)
+    if (s->csr_tables) {
         build_csr(s);
+        if (s->num_groups > 1)
+            sched_groups_csr(s);
+    }
     publish_rows_changed(s);
+    sched_groups_publish(s);
     if (p->num_seqs) {
         s->num_pending++;
         s->stats.steps++;

@@ -1,0 +1,624 @@
+/*
+ * groups.c - hybrid models: one scheduler over several cache groups (full
+ * attention and sliding-window layers, each kind with its own pool and
+ * block size; kvrt_sched_create_groups). Every request holds one block
+ * table per group; the plan carries one slot mapping and one set of rows
+ * per group.
+ *
+ * The single-group paths of step.c and commit.c stay as they are (group 0
+ * is mirrored in s->pool, s->rows, s->bufs, and a request's group-0 state
+ * in its seq_t); a scheduler with several groups, or with a sliding window,
+ * is `hybrid` and takes the paths here instead: every append goes through
+ * each group's table (no tail-block shortcut), after blocks that left a
+ * window are released.
+ *
+ * Sliding windows: a block whose tokens all lie before computed - W + 1 is
+ * released (kvrt_table_release_front: its table entry becomes the null
+ * block) when the table next needs a block. `computed` is the committed
+ * length, so a plan in flight, which reads from there, never loses a
+ * block it reads.
+ *
+ * Prefix hits: H tokens count only when every group can serve them; a
+ * full-attention group needs all blocks of [0, H), a sliding-window group
+ * only those of the window the first recomputed token reads,
+ * [H - W + 1, H). Full-attention hits are prefix-closed (any shorter H is
+ * served too), window hits are not, so H is found as a fixed point: start
+ * from the shortest full-attention hit and let each window group lower it
+ * to the longest length it serves, until none lowers it.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "sched_internal.h"
+
+/* ---- creation ----------------------------------------------------------------- */
+
+kvrt_status_t sched_groups_read(kvrt_sched_t *s, uint32_t n,
+                                const kvrt_sched_group_params_t *const *groups)
+{
+    const uint64_t known = KVRT_SCHED_GROUP_CACHE | KVRT_SCHED_GROUP_WINDOW;
+    if (!groups || n == 0 || n > KVRT_SCHED_MAX_GROUPS)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "groups is NULL or %u groups (1..%u)", n, KVRT_SCHED_MAX_GROUPS);
+    uint32_t with_cache = 0;
+    bool windowed = false;
+    s->hit_unit = 0;
+    for (uint32_t g = 0; g < n; g++) {
+        const kvrt_sched_group_params_t *p = groups[g];
+        sched_group_t *gr = &s->groups[g];
+        if (!p || !p->pool)
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "group %u: NULL params or pool", g);
+        if (p->field_mask & ~known)
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                             "group %u: unknown field_mask bits 0x%llx", g,
+                             (unsigned long long)(p->field_mask & ~known));
+        if (kvrt_pool_ctx(p->pool) != s->ctx)
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                             "group %u: the pool belongs to another context", g);
+        for (uint32_t h = 0; h < g; h++)
+            if (s->groups[h].pool == p->pool)
+                return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                                 "groups %u and %u name the same pool", h, g);
+        kvrt_cache_t *cache = (p->field_mask & KVRT_SCHED_GROUP_CACHE) ? p->cache : NULL;
+        if (cache && kvrt_cache_pool(cache) != p->pool)
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                             "group %u: the cache is attached to another pool", g);
+        if (cache && kvrt_cache_root(cache, &gr->root) != KVRT_OK)
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                             "group %u: cache is not a valid prefix cache", g);
+        uint32_t window = (p->field_mask & KVRT_SCHED_GROUP_WINDOW) ? p->sliding_window : 0;
+        if (window > KVRT_TABLE_MAX_TOKENS)
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                             "group %u: sliding_window %u above %u", g, window,
+                             KVRT_TABLE_MAX_TOKENS);
+        gr->pool = p->pool;
+        gr->cache = cache;
+        gr->window = window;
+        gr->tokens_per_block = kvrt_pool_tokens_per_block(p->pool);
+        gr->block_shift = (uint32_t)__builtin_ctz(gr->tokens_per_block);
+        /* Block sizes are powers of two: their lcm is the largest. */
+        if (gr->tokens_per_block > s->hit_unit)
+            s->hit_unit = gr->tokens_per_block;
+        with_cache += cache != NULL;
+        windowed = windowed || window;
+    }
+    if (with_cache && with_cache != n)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "%u of %u groups have a prefix cache: a hit needs every group, so "
+                         "all or none",
+                         with_cache, n);
+    s->num_groups = n;
+    s->hybrid = n > 1 || windowed;
+    s->pool = s->groups[0].pool;
+    s->cache = s->groups[0].cache;
+    s->root = s->groups[0].root;
+    return KVRT_OK;
+}
+
+bool sched_groups_alloc(kvrt_sched_t *s)
+{
+    s->groups[0].rows = s->rows;
+    s->groups[0].row_stride = s->row_stride;
+    s->groups[0].match_blocks = s->match_blocks;
+    if (s->num_groups > 1) {
+        s->xgroups = calloc((size_t)s->max_requests * (s->num_groups - 1), sizeof(seq_group_t));
+        if (!s->xgroups)
+            return false;
+    }
+    for (uint32_t g = 1; g < s->num_groups; g++) {
+        sched_group_t *gr = &s->groups[g];
+        gr->rows = calloc((size_t)s->max_seqs * gr->row_stride, sizeof(int32_t));
+        gr->match_blocks = malloc((size_t)gr->row_stride * sizeof(int32_t));
+        if (!gr->rows || !gr->match_blocks)
+            return false;
+        for (uint32_t k = 0; k < s->max_in_flight; k++) {
+            gr->slot_mapping[k] = malloc((size_t)s->max_batch_tokens * sizeof(int64_t));
+            gr->copies[k] = malloc((size_t)s->max_seqs * sizeof(kvrt_block_copy_t));
+            gr->copy_owner[k] = malloc((size_t)s->max_seqs * sizeof(uint32_t));
+            gr->csr_offsets[k] = calloc((size_t)s->max_seqs + 1, sizeof(int32_t));
+            if (!gr->slot_mapping[k] || !gr->copies[k] || !gr->copy_owner[k] ||
+                !gr->csr_offsets[k])
+                return false;
+        }
+    }
+    return true;
+}
+
+void sched_groups_free(kvrt_sched_t *s)
+{
+    for (uint32_t g = 1; g < s->num_groups; g++) {
+        sched_group_t *gr = &s->groups[g];
+        free(gr->rows);
+        free(gr->match_blocks);
+        for (uint32_t k = 0; k < KVRT_SCHED_MAX_PLANS_IN_FLIGHT; k++) {
+            free(gr->slot_mapping[k]);
+            free(gr->copies[k]);
+            free(gr->copy_owner[k]);
+            free(gr->csr_offsets[k]);
+            free(gr->csr_ids[k]);
+        }
+    }
+    free(s->xgroups);
+}
+
+void sched_groups_init_plans(kvrt_sched_t *s)
+{
+    for (uint32_t k = 0; k < s->max_in_flight; k++) {
+        kvrt_plan_group_t *pg = s->plan_groups[k];
+        for (uint32_t g = 0; g < s->num_groups; g++) {
+            const sched_group_t *gr = &s->groups[g];
+            pg[g] = (kvrt_plan_group_t){
+                .tokens_per_block = gr->tokens_per_block,
+                .sliding_window = gr->window,
+                .slot_mapping = g ? gr->slot_mapping[k] : s->bufs[k].slot_mapping,
+                .block_rows = gr->rows,
+                .row_stride = gr->row_stride,
+                .copies = g ? gr->copies[k] : s->bufs[k].copies,
+            };
+        }
+        s->plans[k].num_groups = s->num_groups;
+        s->plans[k].groups = pg;
+    }
+}
+
+/* The plan slot being built or committed. */
+static inline uint32_t plan_slot(const kvrt_sched_t *s)
+{
+    return (uint32_t)__builtin_ctz(s->plan_bit);
+}
+
+void sched_groups_publish(kvrt_sched_t *s)
+{
+    kvrt_batch_plan_t *p = s->plan;
+    const uint32_t k = plan_slot(s);
+    kvrt_plan_group_t *pg = s->plan_groups[k];
+    pg[0].num_copies = p->num_copies;
+    pg[0].block_table_offsets = p->block_table_offsets;
+    pg[0].block_table_ids = p->block_table_ids;
+    for (uint32_t g = 1; g < s->num_groups; g++) {
+        pg[g].num_copies = s->groups[g].num_copies[k];
+        if (!s->csr_tables || !p->block_table_offsets) {
+            pg[g].block_table_offsets = NULL;
+            pg[g].block_table_ids = NULL;
+        }
+    }
+}
+
+/* ---- requests ------------------------------------------------------------------- */
+
+uint32_t sched_group_worst_blocks(const kvrt_sched_t *s, uint32_t g, uint32_t capacity)
+{
+    const sched_group_t *gr = &s->groups[g];
+    uint32_t all = sched_group_blocks_for(gr, (uint64_t)capacity + s->max_draft);
+    if (!gr->window)
+        return all;
+    /* The window before the oldest uncommitted token, every plan in flight's
+     * tokens after it, and a block each end for alignment. */
+    uint64_t span = (uint64_t)gr->window + (uint64_t)s->max_in_flight * s->max_batch_tokens;
+    uint32_t windowed = sched_group_blocks_for(gr, span) + 1;
+    return windowed < all ? windowed : all;
+}
+
+size_t sched_groups_hash_bytes(const kvrt_sched_t *s, uint32_t capacity)
+{
+    size_t bytes = 0;
+    for (uint32_t g = 1; g < s->num_groups; g++)
+        if (s->groups[g].cache)
+            bytes += (size_t)(capacity >> s->groups[g].block_shift) * sizeof(kvrt_block_hash_t);
+    return bytes;
+}
+
+void sched_groups_init_seq(kvrt_sched_t *s, seq_t *q, char *memory, uint32_t capacity)
+{
+    for (uint32_t g = 1; g < s->num_groups; g++) {
+        seq_group_t *x = &s->xgroups[(size_t)sched_slot(s, q) * (s->num_groups - 1) + g - 1];
+        memset(x, 0, sizeof(*x));
+        if (s->groups[g].cache) {
+            x->hashes = (kvrt_block_hash_t *)memory;
+            memory += (size_t)(capacity >> s->groups[g].block_shift) * sizeof(kvrt_block_hash_t);
+        }
+    }
+}
+
+void sched_groups_release(kvrt_sched_t *s, seq_t *q)
+{
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        seq_gref_t r = sched_gref(s, q, g);
+        if (*r.table) {
+            /* Tail first, as for one group (request.c, sched_release). */
+            uint32_t nb = 0;
+            kvrt_table_view(gr->pool, *r.table, NULL, &nb, NULL);
+            if (gr->cache)
+                while (nb-- > 1)
+                    kvrt_table_truncate(gr->pool, *r.table, nb << gr->block_shift);
+            kvrt_table_destroy(gr->pool, *r.table);
+            *r.table = 0;
+        }
+        *r.released = 0;
+        *r.num_inserted = 0;
+    }
+}
+
+/* ---- appends -------------------------------------------------------------------- */
+
+static bool pool_has(const kvrt_pool_t *pool, uint32_t need, bool watermark)
+{
+    if (watermark) {
+        int ok = 0;
+        kvrt_pool_above_watermark(pool, need, &ok);
+        return ok;
+    }
+    return (uint64_t)kvrt_pool_free_count(pool) + kvrt_pool_cached_count(pool) >= need;
+}
+
+bool sched_groups_fit(const kvrt_sched_t *s, seq_t *q, uint32_t n, bool watermark)
+{
+    const uint32_t c = q->computed + q->ahead;
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        uint32_t need = sched_group_blocks_for(gr, (uint64_t)c + n) -
+                        sched_group_blocks_for(gr, c);
+        if (need && !pool_has(gr->pool, need, watermark))
+            return false;
+    }
+    return true;
+}
+
+/* Releases q's blocks that every window has left behind (see the top). */
+static void release_windows(kvrt_sched_t *s, seq_t *q)
+{
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        if (!gr->window || q->computed < gr->window)
+            continue;
+        seq_gref_t r = sched_gref(s, q, g);
+        uint32_t gone = (q->computed - gr->window + 1) >> gr->block_shift;
+        uint32_t nb = 0;
+        kvrt_table_view(gr->pool, *r.table, NULL, &nb, NULL);
+        if (gone >= nb) /* a window of one token: the last block stays */
+            gone = nb ? nb - 1 : 0;
+        if (gone <= *r.released)
+            continue;
+        kvrt_table_release_front(gr->pool, *r.table, gone);
+        if (q->row != SCHED_NONE) {
+            int32_t *row = gr->rows + (size_t)q->row * gr->row_stride;
+            uint32_t end = gone < *r.row_blocks ? gone : *r.row_blocks;
+            for (uint32_t j = *r.released; j < end; j++)
+                row[j] = KVRT_NULL_BLOCK;
+            sched_row_changed(s, q->row);
+        }
+        *r.released = gone;
+    }
+}
+
+kvrt_status_t sched_groups_append(kvrt_sched_t *s, seq_t *q, uint32_t n)
+{
+    kvrt_batch_plan_t *p = s->plan;
+    const uint32_t c = q->computed + q->ahead, t0 = p->num_tokens, k = plan_slot(s);
+    uint32_t copied[KVRT_SCHED_MAX_GROUPS];
+    release_windows(s, q);
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        sched_group_t *gr = &s->groups[g];
+        seq_gref_t r = sched_gref(s, q, g);
+        kvrt_block_copy_t copy;
+        copied[g] = 0;
+        kvrt_status_t st = kvrt_table_append(gr->pool, *r.table, n, sched_group_slots(s, g) + t0,
+                                             &copy, &copied[g]);
+        if (st != KVRT_OK) {
+            /* All groups or none: the groups before give their tokens back. */
+            for (uint32_t h = 0; h < g; h++)
+                kvrt_table_truncate(s->groups[h].pool, *sched_gref(s, q, h).table, c);
+            return st;
+        }
+        if (copied[g]) {
+            /* Never in practice (a scheduler's partial tail block is private),
+             * but a copy reported is a copy the engine must run. */
+            if (g == 0) {
+                s->buf->copy_owner[p->num_copies] = sched_slot(s, q);
+                s->buf->copies[p->num_copies++] = copy;
+            } else {
+                gr->copy_owner[k][gr->num_copies[k]] = sched_slot(s, q);
+                gr->copies[k][gr->num_copies[k]++] = copy;
+            }
+        }
+    }
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        seq_gref_t r = sched_gref(s, q, g);
+        if (sched_group_blocks_for(&s->groups[g], (uint64_t)c + n) != *r.row_blocks || copied[g])
+            sched_row_sync(s, q, g, copied[g] != 0);
+    }
+    return KVRT_OK;
+}
+
+void sched_groups_truncate(kvrt_sched_t *s, seq_t *q)
+{
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        seq_gref_t r = sched_gref(s, q, g);
+        kvrt_table_truncate(gr->pool, *r.table, q->computed);
+        if (sched_group_blocks_for(gr, q->computed) != *r.row_blocks)
+            sched_row_sync(s, q, g, false);
+    }
+}
+
+void sched_groups_unplan(kvrt_sched_t *s, uint32_t slot, uint32_t t0, uint32_t n,
+                         uint32_t tail)
+{
+    const uint32_t k = plan_slot(s);
+    for (uint32_t g = 1; g < s->num_groups; g++) {
+        sched_group_t *gr = &s->groups[g];
+        int64_t *slots = gr->slot_mapping[k];
+        memmove(slots + t0, slots + t0 + n, (size_t)tail * sizeof(int64_t));
+        uint32_t kept = 0;
+        for (uint32_t i = 0; i < gr->num_copies[k]; i++)
+            if (gr->copy_owner[k][i] != slot) {
+                gr->copies[k][kept] = gr->copies[k][i];
+                gr->copy_owner[k][kept++] = gr->copy_owner[k][i];
+            }
+        gr->num_copies[k] = kept;
+    }
+}
+
+void sched_groups_begin_step(kvrt_sched_t *s)
+{
+    const uint32_t k = plan_slot(s);
+    for (uint32_t g = 1; g < s->num_groups; g++)
+        s->groups[g].num_copies[k] = 0;
+}
+
+void sched_groups_csr(kvrt_sched_t *s)
+{
+    const uint32_t k = plan_slot(s);
+    const plan_buffers_t *b = s->buf;
+    kvrt_plan_group_t *pg = s->plan_groups[k];
+    for (uint32_t g = 1; g < s->num_groups; g++) {
+        sched_group_t *gr = &s->groups[g];
+        uint32_t total = 0;
+        for (uint32_t i = 0; i < s->plan->num_seqs; i++)
+            total += *sched_gref(s, &s->seqs[b->slot_of[i]], g).row_blocks;
+        if (total > gr->csr_capacity[k]) {
+            uint32_t capacity = gr->csr_capacity[k] ? gr->csr_capacity[k] : 1024;
+            while (capacity < total)
+                capacity *= 2;
+            int32_t *grown = realloc(gr->csr_ids[k], (size_t)capacity * sizeof(int32_t));
+            if (!grown) { /* as for group 0 (step.c): rows carry the same */
+                pg[g].block_table_offsets = NULL;
+                pg[g].block_table_ids = NULL;
+                continue;
+            }
+            gr->csr_ids[k] = grown;
+            gr->csr_capacity[k] = capacity;
+        }
+        uint32_t at = 0;
+        gr->csr_offsets[k][0] = 0;
+        for (uint32_t i = 0; i < s->plan->num_seqs; i++) {
+            seq_t *q = &s->seqs[b->slot_of[i]];
+            uint32_t nb = *sched_gref(s, q, g).row_blocks;
+            memcpy(gr->csr_ids[k] + at, gr->rows + (size_t)q->row * gr->row_stride,
+                   (size_t)nb * sizeof(int32_t));
+            at += nb;
+            gr->csr_offsets[k][i + 1] = (int32_t)at;
+        }
+        pg[g].block_table_offsets = gr->csr_offsets[k];
+        pg[g].block_table_ids = gr->csr_ids[k];
+    }
+}
+
+/* ---- prefix hits ------------------------------------------------------------------ */
+
+static inline uint32_t round_down(uint32_t tokens, uint32_t unit)
+{
+    return tokens / unit * unit;
+}
+
+/* First block of the window the token at position h reads (group g):
+ * tokens [h - W + 1, h), at least the block before h. */
+static uint32_t window_first_block(const sched_group_t *gr, uint32_t h)
+{
+    uint32_t start = h + 1 > gr->window ? h + 1 - gr->window : 0;
+    uint32_t first = start >> gr->block_shift, last = (h >> gr->block_shift) - 1;
+    return first < last ? first : last;
+}
+
+/* Is block j of q (content hash known) in group g's cache? Asks by taking
+ * a reference and giving it back. */
+static bool cached(const sched_group_t *gr, const seq_t *q, const kvrt_block_hash_t *hash)
+{
+    int32_t block = KVRT_NULL_BLOCK;
+    if (kvrt_cache_lookup(gr->cache, hash, &q->keys, &block) != KVRT_OK ||
+        block == KVRT_NULL_BLOCK)
+        return false;
+    kvrt_pool_free(gr->pool, 1, &block);
+    return true;
+}
+
+/* The longest hit of at most h tokens (a multiple of the hit unit) whose
+ * window a sliding-window group holds. */
+static uint32_t window_servable(const kvrt_sched_t *s, const sched_group_t *gr, const seq_t *q,
+                                const kvrt_block_hash_t *hashes, uint32_t h)
+{
+    while (h > 0) {
+        uint32_t first = window_first_block(gr, h), j = h >> gr->block_shift;
+        while (j > first && cached(gr, q, &hashes[j - 1]))
+            j--;
+        if (j == first)
+            return h;
+        h = round_down((j - 1) << gr->block_shift, s->hit_unit); /* below the miss */
+    }
+    return 0;
+}
+
+/* Lowers h until every window group serves it. */
+static uint32_t servable_by_all(const kvrt_sched_t *s, seq_t *q, uint32_t h)
+{
+    bool lowered = true;
+    while (lowered && h > 0) {
+        lowered = false;
+        for (uint32_t g = 0; g < s->num_groups; g++) {
+            const sched_group_t *gr = &s->groups[g];
+            if (!gr->window)
+                continue;
+            uint32_t served = window_servable(s, gr, q, sched_gref(s, q, g).hashes, h);
+            if (served < h) {
+                h = served;
+                lowered = true;
+            }
+        }
+    }
+    return h;
+}
+
+/* Gives back what each group holds in match_blocks[0, held[g]). */
+static void give_back(kvrt_sched_t *s, const uint32_t *held)
+{
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        for (uint32_t j = 0; j < held[g]; j++)
+            if (gr->match_blocks[j] != KVRT_NULL_BLOCK)
+                kvrt_pool_free(gr->pool, 1, &gr->match_blocks[j]);
+    }
+}
+
+/* Matches every group and settles the hit h; on success each group holds
+ * its hit blocks of [0, h) in match_blocks (holes before a window as the
+ * null block) and *hit_out = h. */
+static kvrt_status_t match_all(kvrt_sched_t *s, seq_t *q, uint32_t *hit_out)
+{
+    const uint32_t offered = q->num_tokens - 1; /* the last token is recomputed */
+    uint32_t held[KVRT_SCHED_MAX_GROUPS] = {0};
+    uint32_t h = round_down(offered, s->hit_unit);
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        sched_group_t *gr = &s->groups[g];
+        seq_gref_t r = sched_gref(s, q, g);
+        const uint32_t blocks = offered >> gr->block_shift;
+        if (!gr->window) {
+            kvrt_cache_match_t m;
+            kvrt_status_t rc = kvrt_cache_match(gr->cache, q->tokens, offered, &q->keys, blocks,
+                                                gr->match_blocks, r.hashes, &m);
+            if (rc != KVRT_OK) {
+                give_back(s, held);
+                return rc;
+            }
+            held[g] = m.num_blocks;
+            if (m.num_blocks > *r.num_hashed)
+                *r.num_hashed = m.num_blocks;
+            uint32_t served = round_down(m.num_blocks << gr->block_shift, s->hit_unit);
+            if (served < h)
+                h = served;
+            continue;
+        }
+        /* A window group looks blocks up by hash: it needs them all. */
+        for (uint32_t j = *r.num_hashed; j < blocks; j++)
+            kvrt_block_hash(j ? &r.hashes[j - 1] : &gr->root,
+                            q->tokens + ((size_t)j << gr->block_shift), gr->tokens_per_block,
+                            j << gr->block_shift, &q->keys, &r.hashes[j]);
+        if (blocks > *r.num_hashed)
+            *r.num_hashed = blocks;
+    }
+    h = servable_by_all(s, q, h);
+    if (h && (q->cache_flags & KVRT_SEQ_CACHE_DROP_LAST_HIT))
+        h = servable_by_all(s, q, h - s->hit_unit); /* EAGLE/MTP: recompute the last */
+    /* Keep exactly what serves h. */
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        sched_group_t *gr = &s->groups[g];
+        const uint32_t keep = h >> gr->block_shift;
+        if (!gr->window) {
+            if (held[g] > keep)
+                kvrt_pool_free(gr->pool, held[g] - keep, gr->match_blocks + keep);
+            held[g] = keep;
+            continue;
+        }
+        if (!keep)
+            continue;
+        const kvrt_block_hash_t *hashes = sched_gref(s, q, g).hashes;
+        const uint32_t first = window_first_block(gr, h);
+        for (uint32_t j = 0; j < first; j++)
+            gr->match_blocks[j] = KVRT_NULL_BLOCK;
+        held[g] = first;
+        for (uint32_t j = first; j < keep; j++) {
+            int32_t block = KVRT_NULL_BLOCK;
+            kvrt_status_t rc = kvrt_cache_lookup(gr->cache, &hashes[j], &q->keys, &block);
+            if (rc != KVRT_OK || block == KVRT_NULL_BLOCK) {
+                /* Nothing is evicted between the probe and here (no block
+                 * is allocated), so this is a broken invariant. */
+                give_back(s, held);
+                return rc != KVRT_OK ? rc
+                                     : kvrt_fail(s->ctx, KVRT_ERR_INTERNAL,
+                                                 "group %u: block %u left the cache "
+                                                 "during a match",
+                                                 g, j);
+            }
+            gr->match_blocks[j] = block;
+            held[g] = j + 1;
+        }
+    }
+    *hit_out = h;
+    return KVRT_OK;
+}
+
+kvrt_status_t sched_groups_match(kvrt_sched_t *s, seq_t *q, uint32_t *hit_tokens_out)
+{
+    kvrt_status_t rc = KVRT_OK;
+    uint32_t g = 0;
+    for (; g < s->num_groups && rc == KVRT_OK; g++) {
+        sched_group_t *gr = &s->groups[g];
+        kvrt_table_id_t *table = sched_gref(s, q, g).table;
+        rc = kvrt_table_create(gr->pool, table);
+        if (rc == KVRT_OK) {
+            /* Sized for the longest request, so appends never reallocate. */
+            rc = kvrt_table_reserve(gr->pool, *table, gr->row_stride);
+            if (rc != KVRT_OK) {
+                kvrt_table_destroy(gr->pool, *table);
+                *table = 0;
+            }
+        }
+    }
+    uint32_t h = 0;
+    if (rc == KVRT_OK && s->cache && !(q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ))
+        rc = match_all(s, q, &h);
+    if (rc != KVRT_OK) {
+        sched_groups_release(s, q);
+        return rc;
+    }
+    for (g = 0; g < s->num_groups && h; g++) {
+        sched_group_t *gr = &s->groups[g];
+        seq_gref_t r = sched_gref(s, q, g);
+        const uint32_t keep = h >> gr->block_shift;
+        kvrt_table_adopt(gr->pool, *r.table, keep, gr->match_blocks);
+        *r.num_inserted = keep;
+        *r.released = gr->window ? window_first_block(gr, h) : 0;
+    }
+    q->computed = h;
+    *hit_tokens_out = h;
+    return KVRT_OK;
+}
+
+void sched_groups_cache_full(kvrt_sched_t *s, seq_t *q)
+{
+    if (q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE)
+        return;
+    const uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        seq_gref_t r = sched_gref(s, q, g);
+        const uint32_t full = valid >> gr->block_shift;
+        if (full <= *r.num_inserted)
+            continue;
+        const int32_t *blocks;
+        kvrt_table_view(gr->pool, *r.table, &blocks, NULL, NULL);
+        for (uint32_t j = *r.num_inserted; j < full; j++) {
+            if (j >= *r.num_hashed) {
+                kvrt_block_hash(j ? &r.hashes[j - 1] : &gr->root,
+                                q->tokens + ((size_t)j << gr->block_shift),
+                                gr->tokens_per_block, j << gr->block_shift, &q->keys,
+                                &r.hashes[j]);
+                *r.num_hashed = j + 1;
+            }
+            if (blocks[j] != KVRT_NULL_BLOCK)
+                kvrt_cache_insert_chained(gr->cache, blocks[j], &r.hashes[j],
+                                          j ? &r.hashes[j - 1] : NULL, &q->keys, j, NULL);
+        }
+        *r.num_inserted = full;
+    }
+}

@@ -1,0 +1,751 @@
+/*
+ * test_sched_hybrid.c - one scheduler over several cache groups (hybrid
+ * models): a full-attention group and a sliding-window group with
+ * different block sizes. The plan carries one table per group, windows
+ * release their past blocks to the pool, a prefix hit counts only as far
+ * as every group serves it, preemption and ends free every group, and a
+ * randomized run keeps every invariant in every group.
+ */
+#include <string.h>
+
+#include "test_helpers.h"
+
+#define MAX_GROUPS 3
+
+typedef struct hybrid {
+    kvrt_ctx_t *ctx;
+    uint32_t num_groups;
+    kvrt_pool_t *pool[MAX_GROUPS];
+    kvrt_cache_t *cache[MAX_GROUPS];
+    uint32_t tpb[MAX_GROUPS];
+    uint32_t window[MAX_GROUPS];
+    kvrt_sched_t *sched;
+} hybrid_t;
+
+/* Groups g: blocks[g] blocks of tpb[g] tokens, window[g] (0: full). */
+static hybrid_t hybrid_open(uint32_t n, const uint32_t *blocks, const uint32_t *tpb,
+                            const uint32_t *window, bool cache, const kvrt_sched_params_t *sp)
+{
+    hybrid_t h = {.num_groups = n};
+    cr_assert_eq(kvrt_ctx_create(NULL, &h.ctx), KVRT_OK);
+    kvrt_sched_group_params_t gp[MAX_GROUPS];
+    const kvrt_sched_group_params_t *gpp[MAX_GROUPS];
+    for (uint32_t g = 0; g < n; g++) {
+        h.pool[g] = test_pool(h.ctx, blocks[g], tpb[g]);
+        h.tpb[g] = tpb[g];
+        h.window[g] = window[g];
+        if (cache)
+            ASSERT_OK(h.ctx, kvrt_cache_create(h.pool[g], NULL, &h.cache[g]));
+        gp[g] = (kvrt_sched_group_params_t){
+            .field_mask = (cache ? KVRT_SCHED_GROUP_CACHE : 0) |
+                          (window[g] ? KVRT_SCHED_GROUP_WINDOW : 0),
+            .pool = h.pool[g],
+            .cache = h.cache[g],
+            .sliding_window = window[g]};
+        gpp[g] = &gp[g];
+    }
+    ASSERT_OK(h.ctx, kvrt_sched_create_groups(h.ctx, n, gpp, sp, &h.sched));
+    return h;
+}
+
+static uint32_t used_blocks(const hybrid_t *h, uint32_t g)
+{
+    kvrt_pool_info_t info;
+    ASSERT_OK(h->ctx, kvrt_pool_info(h->pool[g], &info));
+    return info.used_blocks;
+}
+
+static void verify_all(const hybrid_t *h)
+{
+    for (uint32_t g = 0; g < h->num_groups; g++) {
+        ASSERT_OK(h->ctx, kvrt_pool_verify(h->pool[g]));
+        if (h->cache[g])
+            ASSERT_OK(h->ctx, kvrt_cache_verify(h->cache[g]));
+    }
+}
+
+/* Verifies, requires nothing used and no table in any group, destroys. */
+static void hybrid_close(hybrid_t *h)
+{
+    verify_all(h);
+    for (uint32_t g = 0; g < h->num_groups; g++) {
+        kvrt_pool_info_t info;
+        ASSERT_OK(h->ctx, kvrt_pool_info(h->pool[g], &info));
+        cr_assert_eq(info.used_blocks, 0, "group %u: %u blocks leaked", g, info.used_blocks);
+        cr_assert_eq(info.live_tables, 0, "group %u: %u tables leaked", g, info.live_tables);
+    }
+    ASSERT_OK(h->ctx, kvrt_sched_destroy(h->sched));
+    for (uint32_t g = 0; g < h->num_groups; g++)
+        ASSERT_OK(h->ctx, kvrt_cache_destroy(h->cache[g]));
+    kvrt_ctx_destroy(h->ctx);
+}
+
+/* The engine's model: the token after `prev`. */
+static int32_t model(int32_t prev) { return (prev * 31 + 7) % 97; }
+
+/* Commits the model's token for every sampling entry (no draft accepted). */
+static void commit_model(hybrid_t *h, const kvrt_batch_plan_t *plan)
+{
+    int32_t tokens[512];
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < plan->num_seqs; i++) {
+        const kvrt_plan_seq_t *e = &plan->seqs[i];
+        if (!e->sample)
+            continue;
+        int32_t last = plan->input_tokens[plan->query_start_loc[i + 1] - 1];
+        tokens[n++] = model(last);
+    }
+    kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = n,
+                       .tokens = tokens};
+    ASSERT_OK(h->ctx, kvrt_sched_commit(h->sched, &c));
+}
+
+/*
+ * Every planned token's slot, in every group, lies in its row at its
+ * position; no slot is written twice in a group; a row holds real blocks
+ * for every block the window of the entry's queries reads and the null
+ * block past its length. Returns nothing; asserts.
+ */
+static void check_plan_groups(const hybrid_t *h, const kvrt_batch_plan_t *plan)
+{
+    cr_assert_eq(plan->num_groups, h->num_groups);
+    cr_assert_eq(plan->groups[0].slot_mapping, plan->slot_mapping);
+    cr_assert_eq(plan->groups[0].block_rows, plan->block_rows);
+    cr_assert_eq(plan->groups[0].row_stride, plan->row_stride);
+    cr_assert_eq(plan->groups[0].tokens_per_block, plan->tokens_per_block);
+    static int64_t seen[MAX_GROUPS][4096];
+    for (uint32_t g = 0; g < h->num_groups; g++) {
+        const kvrt_plan_group_t *pg = &plan->groups[g];
+        cr_assert_eq(pg->tokens_per_block, h->tpb[g]);
+        cr_assert_eq(pg->sliding_window, h->window[g]);
+        cr_assert_eq(pg->num_copies, 0);
+        uint32_t num_seen = 0;
+        for (uint32_t i = 0; i < plan->num_seqs; i++) {
+            const kvrt_plan_seq_t *e = &plan->seqs[i];
+            const int32_t *row = pg->block_rows + (size_t)e->row * pg->row_stride;
+            uint32_t c = e->num_computed_tokens, end = c + e->num_new_tokens;
+            uint32_t blocks = (end + h->tpb[g] - 1) / h->tpb[g];
+            uint32_t read_from = h->window[g] && c + 1 > h->window[g] ? c + 1 - h->window[g] : 0;
+            for (uint32_t b = read_from / h->tpb[g]; b < blocks; b++)
+                cr_assert_gt(row[b], 0, "group %u row %u entry %u (tokens %u..%u) is null", g,
+                             e->row, b, read_from, end);
+            for (uint32_t b = blocks; b < pg->row_stride; b++)
+                cr_assert_eq(row[b], 0, "group %u row %u not padded at %u", g, e->row, b);
+            for (uint32_t k = 0; k < e->num_new_tokens; k++) {
+                uint32_t tok = (uint32_t)plan->query_start_loc[i] + k, pos = c + k;
+                int64_t slot = pg->slot_mapping[tok];
+                cr_assert_eq(slot, (int64_t)row[pos / h->tpb[g]] * h->tpb[g] + pos % h->tpb[g],
+                             "group %u token %u", g, tok);
+                for (uint32_t j = 0; j < num_seen; j++)
+                    cr_assert_neq(seen[g][j], slot, "group %u slot %lld twice", g,
+                                  (long long)slot);
+                cr_assert_lt(num_seen, 4096);
+                seen[g][num_seen++] = slot;
+            }
+        }
+    }
+}
+
+static kvrt_seq_id_t add_prompt(hybrid_t *h, const int32_t *prompt, uint32_t len,
+                                uint32_t max_new)
+{
+    kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = len, .max_new_tokens = max_new};
+    kvrt_seq_id_t id;
+    ASSERT_OK(h->ctx, kvrt_seq_add(h->sched, &p, &id));
+    return id;
+}
+
+/* One step, checked in every group, committed and verified; false when
+ * the plan was empty. */
+static bool checked_step(hybrid_t *h, uint64_t now)
+{
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(h->ctx, kvrt_sched_step(h->sched, now, &plan));
+    if (!plan->num_seqs)
+        return false;
+    check_plan_groups(h, plan);
+    commit_model(h, plan);
+    verify_all(h);
+    return true;
+}
+
+/* Steps until nothing is left (bounded), checking every plan. */
+static void run_to_end(hybrid_t *h, uint32_t max_steps)
+{
+    for (uint32_t step = 0; step < max_steps; step++) {
+        bool ran = checked_step(h, step);
+        kvrt_sched_stats_t st;
+        ASSERT_OK(h->ctx, kvrt_sched_stats(h->sched, &st));
+        if (!ran && !st.running && !st.waiting)
+            return;
+    }
+    cr_assert_fail("still running after %u steps", max_steps);
+}
+
+static void drain_all(hybrid_t *h)
+{
+    kvrt_seq_info_t ev[16];
+    uint32_t n;
+    do
+        ASSERT_OK(h->ctx, kvrt_sched_drain_ended(h->sched, ev, 16, &n));
+    while (n == 16);
+}
+
+static const uint32_t two_blocks[2] = {64, 64};
+static const uint32_t two_tpb[2] = {16, 8};    /* full: 16-token blocks; window: 8 */
+static const uint32_t two_window[2] = {0, 24}; /* the window group reads 24 tokens */
+
+Test(sched_hybrid, plan_carries_one_table_per_group)
+{
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_CSR_TABLES, .csr_block_tables = 1};
+    hybrid_t h = hybrid_open(2, two_blocks, two_tpb, two_window, false, &sp);
+    int32_t prompt[40];
+    for (int i = 0; i < 40; i++)
+        prompt[i] = i;
+    kvrt_seq_id_t id = add_prompt(&h, prompt, 40, 4);
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(h.ctx, kvrt_sched_step(h.sched, 0, &plan));
+    cr_assert_eq(plan->num_seqs, 1);
+    cr_assert_eq(plan->num_tokens, 40);
+    check_plan_groups(&h, plan);
+    /* Each group's blocks, as its own table and its own CSR view. */
+    for (uint32_t g = 0; g < 2; g++) {
+        const int32_t *blocks;
+        uint32_t nb, nt;
+        ASSERT_OK(h.ctx, kvrt_seq_group_blocks(h.sched, id, g, &blocks, &nb, &nt));
+        cr_assert_eq(nb, (40 + two_tpb[g] - 1) / two_tpb[g], "group %u: %u blocks", g, nb);
+        cr_assert_eq(nt, 40);
+        const kvrt_plan_group_t *pg = &plan->groups[g];
+        cr_assert_not_null(pg->block_table_offsets);
+        cr_assert_eq(pg->block_table_offsets[1], (int32_t)nb);
+        cr_assert_eq(memcmp(pg->block_table_ids, blocks, nb * sizeof(int32_t)), 0);
+        cr_assert_eq(used_blocks(&h, g), nb);
+    }
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_group_blocks(h.sched, id, 2, NULL, NULL, NULL));
+    commit_model(&h, plan);
+    run_to_end(&h, 20);
+    drain_all(&h);
+    hybrid_close(&h);
+}
+
+Test(sched_hybrid, window_release_returns_blocks_to_the_pool_and_verify_passes)
+{
+    /* Chunks of 16 tokens: the window slides during prefill and decode. */
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_MAX_BATCH_TOKENS,
+                              .prefill_chunk_tokens = 16, .max_batch_tokens = 16};
+    hybrid_t h = hybrid_open(2, two_blocks, two_tpb, two_window, false, &sp);
+    int32_t prompt[200];
+    for (int i = 0; i < 200; i++)
+        prompt[i] = i % 97;
+    kvrt_seq_id_t id = add_prompt(&h, prompt, 200, 100);
+    uint32_t most_window_blocks = 0;
+    for (uint32_t step = 0; step < 200 && checked_step(&h, step); step++) {
+        uint32_t used = used_blocks(&h, 1);
+        if (used > most_window_blocks)
+            most_window_blocks = used;
+        kvrt_seq_info_t info;
+        ASSERT_OK(h.ctx, kvrt_seq_info(h.sched, id, &info));
+        if (info.state != KVRT_SEQ_RUNNING)
+            break;
+        /* The full group holds every token; the window group its window
+         * (24 tokens before the oldest uncommitted one, 16 new, a block of
+         * alignment each end: 7 blocks of 8). */
+        cr_assert_eq(used_blocks(&h, 0), (info.computed_tokens + 15) / 16);
+        cr_assert_leq(used, 7, "window group holds %u blocks at %u tokens", used,
+                      info.computed_tokens);
+        const int32_t *blocks;
+        uint32_t nb;
+        ASSERT_OK(h.ctx, kvrt_seq_group_blocks(h.sched, id, 1, &blocks, &nb, NULL));
+        if (info.computed_tokens > 64)
+            cr_assert_eq(blocks[0], KVRT_NULL_BLOCK, "block 0 left the window, not released");
+    }
+    cr_assert_geq(most_window_blocks, 3);
+    kvrt_seq_info_t ev[1];
+    uint32_t n;
+    ASSERT_OK(h.ctx, kvrt_sched_drain_ended(h.sched, ev, 1, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ev[0].end_reason, KVRT_END_LENGTH);
+    cr_assert_eq(ev[0].output_tokens, 100);
+    int32_t prev = prompt[199];
+    for (uint32_t i = 0; i < 100; i++) {
+        cr_assert_eq(ev[0].output[i], model(prev));
+        prev = ev[0].output[i];
+    }
+    hybrid_close(&h);
+}
+
+Test(sched_hybrid, released_table_entries_pass_pool_verify)
+{
+    kvrt_ctx_t *ctx;
+    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
+    kvrt_pool_t *pool = test_pool(ctx, 16, 4);
+    kvrt_table_id_t t;
+    ASSERT_OK(ctx, kvrt_table_create(pool, &t));
+    ASSERT_OK(ctx, kvrt_table_append(pool, t, 14, NULL, NULL, NULL)); /* 4 blocks */
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_table_release_front(pool, t, 4));
+    ASSERT_OK(ctx, kvrt_table_release_front(pool, t, 2));
+    ASSERT_OK(ctx, kvrt_table_release_front(pool, t, 2)); /* again: nothing more */
+    ASSERT_OK(ctx, kvrt_pool_verify(pool));
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    cr_assert_eq(info.used_blocks, 2);
+    const int32_t *blocks;
+    uint32_t nb, nt;
+    ASSERT_OK(ctx, kvrt_table_view(pool, t, &blocks, &nb, &nt));
+    cr_assert_eq(nb, 4);
+    cr_assert_eq(nt, 14);
+    cr_assert_eq(blocks[0], KVRT_NULL_BLOCK);
+    cr_assert_eq(blocks[1], KVRT_NULL_BLOCK);
+    /* Growing, rolling back and forking a table with released blocks. */
+    ASSERT_OK(ctx, kvrt_table_append(pool, t, 6, NULL, NULL, NULL));
+    ASSERT_OK(ctx, kvrt_table_truncate(pool, t, 13));
+    kvrt_table_id_t child;
+    kvrt_block_copy_t copy;
+    uint32_t copies;
+    ASSERT_OK(ctx, kvrt_table_fork(pool, t, 1, &child, &copy, &copies));
+    ASSERT_OK(ctx, kvrt_pool_verify(pool));
+    /* Holes adopted before real blocks; never a hole last. */
+    kvrt_table_id_t u;
+    int32_t got[2];
+    ASSERT_OK(ctx, kvrt_table_create(pool, &u));
+    ASSERT_OK(ctx, kvrt_pool_alloc(pool, 1, got));
+    int32_t adopt[3] = {KVRT_NULL_BLOCK, KVRT_NULL_BLOCK, got[0]};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_table_adopt(pool, u, 2, adopt));
+    ASSERT_OK(ctx, kvrt_table_adopt(pool, u, 3, adopt));
+    ASSERT_OK(ctx, kvrt_pool_verify(pool));
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, t));
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, child));
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, u));
+    ASSERT_OK(ctx, kvrt_pool_verify(pool));
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    cr_assert_eq(info.used_blocks, 0);
+    kvrt_ctx_destroy(ctx);
+}
+
+/* Runs `prompt` alone to its end (so its blocks are cached in every group). */
+static void run_once(hybrid_t *h, const int32_t *prompt, uint32_t len)
+{
+    add_prompt(h, prompt, len, 2);
+    run_to_end(h, 100);
+    drain_all(h);
+}
+
+/* The hit a new request with `prompt` gets at admission. */
+static uint32_t hit_of(hybrid_t *h, const int32_t *prompt, uint32_t len, kvrt_seq_id_t *id_out)
+{
+    kvrt_seq_id_t id = add_prompt(h, prompt, len, 2);
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(h->ctx, kvrt_sched_step(h->sched, 0, &plan));
+    cr_assert_eq(plan->num_seqs, 1);
+    check_plan_groups(h, plan);
+    commit_model(h, plan);
+    kvrt_seq_info_t info;
+    ASSERT_OK(h->ctx, kvrt_seq_info(h->sched, id, &info));
+    *id_out = id;
+    return info.cached_tokens;
+}
+
+static hybrid_t cached_pair(void)
+{
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_CHUNK, .prefill_chunk_tokens = 32};
+    static const uint32_t blocks[2] = {64, 64};
+    return hybrid_open(2, blocks, two_tpb, two_window, true, &sp);
+}
+
+Test(sched_hybrid, prefix_hit_needs_only_the_window_of_a_sliding_window_group)
+{
+    hybrid_t h = cached_pair();
+    int32_t prompt[161];
+    for (int i = 0; i < 161; i++)
+        prompt[i] = (i * 7) % 97;
+    run_once(&h, prompt, 161);
+    /* The window group released its early blocks first, so they are the
+     * first evicted: take exactly those out of its cache. */
+    kvrt_pool_info_t info;
+    ASSERT_OK(h.ctx, kvrt_pool_info(h.pool[1], &info));
+    uint32_t evict = 6; /* blocks 0-5 (tokens 0..47) */
+    int32_t taken[64];
+    ASSERT_OK(h.ctx, kvrt_pool_alloc(h.pool[1], info.free_blocks + evict, taken));
+    ASSERT_OK(h.ctx, kvrt_pool_free(h.pool[1], info.free_blocks + evict, taken));
+    /* The hit: 160 tokens (all but the last, in 16-token units); the window
+     * group needs only tokens 137..159, still cached. */
+    kvrt_seq_id_t id;
+    cr_assert_eq(hit_of(&h, prompt, 161, &id), 160);
+    const int32_t *blocks;
+    uint32_t nb;
+    ASSERT_OK(h.ctx, kvrt_seq_group_blocks(h.sched, id, 1, &blocks, &nb, NULL));
+    cr_assert_eq(blocks[0], KVRT_NULL_BLOCK, "an evicted block outside the window is a hole");
+    cr_assert_gt(blocks[19], 0);
+    ASSERT_OK(h.ctx, kvrt_seq_group_blocks(h.sched, id, 0, &blocks, &nb, NULL));
+    for (uint32_t b = 0; b < 10; b++)
+        cr_assert_gt(blocks[b], 0, "full attention needs every block");
+    run_to_end(&h, 50);
+    drain_all(&h);
+    hybrid_close(&h);
+}
+
+Test(sched_hybrid, prefix_hit_limited_to_the_common_servable_length)
+{
+    hybrid_t h = cached_pair();
+    int32_t prompt[161], other[161];
+    for (int i = 0; i < 161; i++)
+        prompt[i] = other[i] = (i * 7) % 97;
+    run_once(&h, prompt, 161);
+    /* The window group loses its whole cache: no hit, although the full
+     * group holds the prefix. */
+    ASSERT_OK(h.ctx, kvrt_cache_reset(h.cache[1], 0));
+    kvrt_seq_id_t id;
+    cr_assert_eq(hit_of(&h, prompt, 161, &id), 0);
+    run_to_end(&h, 50);
+    drain_all(&h);
+    /* Now the full group loses its cache (the window group has it back from
+     * the run just made): no hit either. */
+    ASSERT_OK(h.ctx, kvrt_cache_reset(h.cache[0], 0));
+    cr_assert_eq(hit_of(&h, prompt, 161, &id), 0);
+    run_to_end(&h, 50);
+    drain_all(&h);
+    /* Both hold it; a request that shares only 100 tokens hits the largest
+     * multiple of 16 both serve: 96. */
+    for (int i = 100; i < 161; i++)
+        other[i] = 96;
+    cr_assert_eq(hit_of(&h, other, 161, &id), 96);
+    run_to_end(&h, 50);
+    drain_all(&h);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(h.ctx, kvrt_sched_stats(h.sched, &st));
+    cr_assert_eq(st.prefix_hit_tokens, 96);
+    hybrid_close(&h);
+}
+
+Test(sched_hybrid, preemption_and_request_end_free_all_groups_blocks)
+{
+    /* The window group has room to spare; the full group runs out, so the
+     * later request is preempted and must give back its blocks in both. */
+    static const uint32_t blocks[2] = {9, 64};
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK, .use_watermark = 0};
+    hybrid_t h = hybrid_open(2, blocks, two_tpb, two_window, false, &sp);
+    int32_t prompt[60];
+    for (int i = 0; i < 60; i++)
+        prompt[i] = i;
+    kvrt_seq_id_t a = add_prompt(&h, prompt, 60, 40);
+    kvrt_seq_id_t b = add_prompt(&h, prompt + 1, 50, 40);
+    bool preempted = false;
+    for (uint32_t step = 0; step < 400; step++) {
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(h.ctx, kvrt_sched_step(h.sched, step, &plan));
+        if (plan->num_preempted) {
+            cr_assert_eq(plan->preempted[0], b, "the later arrival is the victim");
+            const int32_t *bl;
+            uint32_t nb;
+            for (uint32_t g = 0; g < 2; g++) {
+                ASSERT_OK(h.ctx, kvrt_seq_group_blocks(h.sched, b, g, &bl, &nb, NULL));
+                cr_assert_eq(nb, 0, "group %u: the victim still holds %u blocks", g, nb);
+            }
+            preempted = true;
+        }
+        if (!plan->num_seqs)
+            break;
+        check_plan_groups(&h, plan);
+        commit_model(&h, plan);
+        verify_all(&h);
+    }
+    cr_assert(preempted, "the full-attention pool is meant to run out");
+    /* Abort mid-run frees every group as well. */
+    kvrt_seq_id_t c = add_prompt(&h, prompt, 60, 40);
+    for (uint32_t step = 0; step < 3; step++) {
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(h.ctx, kvrt_sched_step(h.sched, step, &plan));
+        if (plan->num_seqs)
+            commit_model(&h, plan);
+    }
+    cr_assert_gt(used_blocks(&h, 0), 0);
+    cr_assert_gt(used_blocks(&h, 1), 0);
+    ASSERT_OK(h.ctx, kvrt_seq_abort(h.sched, c));
+    cr_assert_eq(used_blocks(&h, 0), 0);
+    cr_assert_eq(used_blocks(&h, 1), 0);
+    kvrt_seq_info_t ev[4];
+    uint32_t n;
+    ASSERT_OK(h.ctx, kvrt_sched_drain_ended(h.sched, ev, 4, &n));
+    cr_assert_eq(n, 3);
+    for (uint32_t i = 0; i < n; i++)
+        if (ev[i].id != c)
+            cr_assert_eq(ev[i].end_reason, KVRT_END_LENGTH);
+    (void)a;
+    hybrid_close(&h);
+}
+
+Test(sched_hybrid, bad_groups_are_refused)
+{
+    kvrt_ctx_t *ctx;
+    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
+    kvrt_pool_t *p0 = test_pool(ctx, 16, 16), *p1 = test_pool(ctx, 16, 8);
+    kvrt_cache_t *c0;
+    ASSERT_OK(ctx, kvrt_cache_create(p0, NULL, &c0));
+    kvrt_sched_group_params_t g0 = {.pool = p0}, g1 = {.pool = p1};
+    const kvrt_sched_group_params_t *both[2] = {&g0, &g1}, *twice[2] = {&g0, &g0};
+    kvrt_sched_t *s = NULL;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create_groups(ctx, 0, both, NULL, &s));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create_groups(ctx, 2, NULL, NULL, &s));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create_groups(ctx, 2, twice, NULL, &s));
+    g1.field_mask = 1u << 7;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create_groups(ctx, 2, both, NULL, &s));
+    g1.field_mask = 0;
+    g0.field_mask = KVRT_SCHED_GROUP_CACHE; /* a cache on one group only */
+    g0.cache = c0;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create_groups(ctx, 2, both, NULL, &s));
+    g1.field_mask = KVRT_SCHED_GROUP_CACHE; /* a cache of another pool */
+    g1.cache = c0;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create_groups(ctx, 2, both, NULL, &s));
+    cr_assert_null(s);
+    /* Waiting for KV names one group's blocks: refused. */
+    g0.field_mask = g1.field_mask = 0;
+    ASSERT_OK(ctx, kvrt_sched_create_groups(ctx, 2, both, NULL, &s));
+    int32_t prompt[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = 8, .max_new_tokens = 1};
+    kvrt_seq_id_t id;
+    ASSERT_OK(ctx, kvrt_seq_add(s, &p, &id));
+    kvrt_arrival_params_t ap = {.num_tokens = 4};
+    kvrt_arrival_id_t arrival;
+    uint32_t first, count;
+    ASSERT_STATUS(KVRT_ERR_UNSUPPORTED,
+                  kvrt_seq_await_kv(s, id, &ap, &arrival, &first, &count));
+    /* A request too long for the smaller pool is refused at add. */
+    int32_t longer[200] = {0};
+    p.prompt = longer;
+    p.prompt_len = 200;
+    ASSERT_STATUS(KVRT_ERR_NO_BLOCKS, kvrt_seq_add(s, &p, &id));
+    ASSERT_OK(ctx, kvrt_sched_destroy(s));
+    kvrt_ctx_destroy(ctx);
+}
+
+Test(sched_hybrid, a_single_window_group_releases_its_past_and_hits_with_holes)
+{
+    /* A model of sliding-window layers only: group 0 itself has a window. */
+    static const uint32_t blocks[1] = {64}, tpb[1] = {8}, window[1] = {16};
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_CHUNK, .prefill_chunk_tokens = 16};
+    hybrid_t h = hybrid_open(1, blocks, tpb, window, true, &sp);
+    int32_t prompt[121];
+    for (int i = 0; i < 121; i++)
+        prompt[i] = (i * 5) % 97;
+    kvrt_seq_id_t first = add_prompt(&h, prompt, 121, 30);
+    uint32_t most = 0;
+    for (uint32_t step = 0; step < 100 && checked_step(&h, step); step++)
+        if (used_blocks(&h, 0) > most)
+            most = used_blocks(&h, 0);
+    /* 16 tokens of window before 16 new ones, a block each end: 5 of 8. */
+    cr_assert_leq(most, 5, "a window of 16 held %u blocks", most);
+    kvrt_seq_info_t ev[1];
+    uint32_t n;
+    ASSERT_OK(h.ctx, kvrt_sched_drain_ended(h.sched, ev, 1, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ev[0].id, first);
+    cr_assert_eq(ev[0].output_tokens, 30);
+    /* The same prompt again: 120 tokens hit, the first blocks as holes. */
+    kvrt_seq_id_t id;
+    cr_assert_eq(hit_of(&h, prompt, 121, &id), 120);
+    const int32_t *bl;
+    uint32_t nb;
+    ASSERT_OK(h.ctx, kvrt_seq_blocks(h.sched, id, &bl, &nb, NULL));
+    cr_assert_eq(bl[0], KVRT_NULL_BLOCK);
+    cr_assert_gt(bl[14], 0);
+    run_to_end(&h, 50);
+    drain_all(&h);
+    hybrid_close(&h);
+}
+
+/* ---- randomized ------------------------------------------------------------ */
+
+#define RND_REQ 400
+#define RND_BUDGET 48u
+#define RND_SEQS 8u
+
+typedef struct rnd_req {
+    kvrt_seq_id_t id;
+    int state; /* 0 unused, 1 live, 2 ended */
+    bool aborted;
+    int32_t stop;
+    uint32_t prompt_len, max_new;
+    int32_t prompt[80];
+} rnd_req_t;
+
+/* The engine: verifies drafts against the model, samples the bonus. A
+ * placeholder input is the token it sampled last for that request. */
+static void rnd_commit(hybrid_t *h, const kvrt_batch_plan_t *plan, int32_t *last_sampled)
+{
+    int32_t tokens[RND_BUDGET + RND_SEQS];
+    uint32_t acc[RND_SEQS], n = 0;
+    for (uint32_t i = 0; i < plan->num_seqs; i++) {
+        const kvrt_plan_seq_t *e = &plan->seqs[i];
+        acc[i] = 0;
+        if (!e->sample)
+            continue;
+        const int32_t *in = plan->input_tokens + plan->query_start_loc[i];
+        uint32_t last = e->num_new_tokens - 1 - e->num_drafts;
+        int32_t prev = in[last] == KVRT_TOKEN_PLACEHOLDER ? last_sampled[e->user_tag] : in[last];
+        while (acc[i] < e->num_drafts && in[last + 1 + acc[i]] == model(prev)) {
+            prev = in[last + 1 + acc[i]];
+            tokens[n++] = prev;
+            acc[i]++;
+        }
+        tokens[n++] = model(prev);
+        last_sampled[e->user_tag] = model(prev);
+    }
+    kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step,
+                       .num_seqs = plan->num_seqs, .num_tokens = n, .tokens = tokens,
+                       .num_accepted = acc};
+    ASSERT_OK(h->ctx, kvrt_sched_commit(h->sched, &c));
+}
+
+static void rnd_drain(hybrid_t *h, rnd_req_t *req, uint32_t *checked)
+{
+    kvrt_seq_info_t ev[16];
+    uint32_t n;
+    do {
+        ASSERT_OK(h->ctx, kvrt_sched_drain_ended(h->sched, ev, 16, &n));
+        for (uint32_t i = 0; i < n; i++) {
+            rnd_req_t *t = &req[ev[i].user_tag];
+            cr_assert_eq(t->id, ev[i].id);
+            cr_assert_eq(t->state, 1, "request %llu ended twice",
+                         (unsigned long long)ev[i].user_tag);
+            t->state = 2;
+            if (ev[i].end_reason == KVRT_END_ABORTED) {
+                cr_assert(t->aborted);
+                continue;
+            }
+            cr_assert(ev[i].end_reason == KVRT_END_LENGTH || ev[i].end_reason == KVRT_END_STOP,
+                      "request %llu: end %d status %d", (unsigned long long)ev[i].user_tag,
+                      ev[i].end_reason, ev[i].status);
+            int32_t prev = t->prompt[t->prompt_len - 1];
+            for (uint32_t k = 0; k < ev[i].output_tokens; k++) {
+                cr_assert_eq(ev[i].output[k], model(prev), "request %llu token %u",
+                             (unsigned long long)ev[i].user_tag, k);
+                prev = ev[i].output[k];
+            }
+            if (ev[i].end_reason == KVRT_END_LENGTH)
+                cr_assert_eq(ev[i].output_tokens, t->max_new);
+            (*checked)++;
+        }
+    } while (n == 16);
+}
+
+/* A randomized run over three groups; with `async`, two plans in flight. */
+static void randomized_run(uint32_t plans_in_flight, uint64_t seed)
+{
+    /* Full attention in 8-token blocks, windows of 12 tokens in 4-token
+     * blocks and of 40 in 16-token blocks; pools small enough to preempt. */
+    static const uint32_t tpb[3] = {8, 4, 16}, window[3] = {0, 12, 40};
+    /* Plans in flight are never preempted: tighter pools then. */
+    const uint32_t blocks[3] = {plans_in_flight > 1 ? 36 : 60, 90, 40};
+    kvrt_sched_params_t sp = {
+        .field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS | KVRT_SCHED_PARAM_MAX_SEQS |
+                      KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_DRAFT | KVRT_SCHED_PARAM_NGRAM |
+                      KVRT_SCHED_PARAM_CSR_TABLES | KVRT_SCHED_PARAM_PLANS_IN_FLIGHT,
+        .max_plans_in_flight = plans_in_flight,
+        .max_batch_tokens = RND_BUDGET,
+        .max_seqs = RND_SEQS,
+        .prefill_chunk_tokens = 20,
+        .max_draft_tokens = 3,
+        .ngram_min = 1,
+        .ngram_max = 3,
+        .csr_block_tables = 1,
+    };
+    hybrid_t h = hybrid_open(3, blocks, tpb, window, true, &sp);
+    static rnd_req_t req[RND_REQ];
+    memset(req, 0, sizeof(req));
+    uint32_t num_req = 0, checked = 0;
+    static int32_t last_sampled[RND_REQ];
+    const kvrt_batch_plan_t *in_flight[2];
+    uint32_t num_in_flight = 0;
+    uint64_t rng = seed;
+    int32_t system[2][48];
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < 48; i++)
+            system[s][i] = (int32_t)test_rand_below(&rng, 97);
+    uint64_t preemptions = 0;
+    for (uint32_t step = 0; step < 6000; step++) {
+        if (step < 4000 && num_req < RND_REQ && test_rand_below(&rng, 5) < 2) {
+            rnd_req_t *t = &req[num_req];
+            uint32_t n = 0, sys = test_rand_below(&rng, 3);
+            if (sys < 2) {
+                n = 8 + test_rand_below(&rng, 41);
+                memcpy(t->prompt, system[sys], n * sizeof(int32_t));
+            }
+            for (uint32_t tail = 1 + test_rand_below(&rng, 30); tail; tail--)
+                t->prompt[n++] = (int32_t)test_rand_below(&rng, 97);
+            t->prompt_len = n;
+            t->max_new = 1 + test_rand_below(&rng, 40);
+            t->stop = test_rand_below(&rng, 3) == 0 ? (int32_t)test_rand_below(&rng, 97) : -1;
+            kvrt_seq_params_t p = {
+                .field_mask = KVRT_SEQ_PARAM_PRIORITY | KVRT_SEQ_PARAM_USER_TAG |
+                              (t->stop >= 0 ? KVRT_SEQ_PARAM_STOP : 0),
+                .prompt = t->prompt, .prompt_len = n, .max_new_tokens = t->max_new,
+                .stop_tokens = &t->stop, .num_stop_tokens = 1,
+                .priority = (int32_t)test_rand_below(&rng, 2), .user_tag = num_req};
+            ASSERT_OK(h.ctx, kvrt_seq_add(h.sched, &p, &t->id));
+            t->state = 1;
+            num_req++;
+        }
+        if (num_req && test_rand_below(&rng, 10) == 0) {
+            rnd_req_t *t = &req[test_rand_below(&rng, num_req)];
+            kvrt_seq_info_t info;
+            if (t->state == 1 && kvrt_seq_info(h.sched, t->id, &info) == KVRT_OK &&
+                info.state != KVRT_SEQ_ENDED) {
+                ASSERT_OK(h.ctx, kvrt_seq_abort(h.sched, t->id));
+                t->aborted = true;
+            }
+        }
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(h.ctx, kvrt_sched_step(h.sched, step, &plan));
+        cr_assert_leq(plan->num_tokens, RND_BUDGET);
+        preemptions += plan->num_preempted;
+        check_plan_groups(&h, plan);
+        for (uint32_t g = 0; g < 3; g++) /* CSR equals the rows */
+            for (uint32_t i = 0; i < plan->num_seqs; i++) {
+                const kvrt_plan_group_t *pg = &plan->groups[g];
+                uint32_t from = (uint32_t)pg->block_table_offsets[i];
+                uint32_t nb = (uint32_t)pg->block_table_offsets[i + 1] - from;
+                cr_assert_eq(memcmp(pg->block_table_ids + from,
+                                    pg->block_rows + (size_t)plan->seqs[i].row * pg->row_stride,
+                                    nb * sizeof(int32_t)),
+                             0);
+            }
+        if (plan->num_seqs)
+            in_flight[num_in_flight++] = plan;
+        if (num_in_flight == plans_in_flight || (num_in_flight && step >= 4000)) {
+            rnd_commit(&h, in_flight[0], last_sampled);
+            in_flight[0] = in_flight[1];
+            num_in_flight--;
+        }
+        verify_all(&h);
+        rnd_drain(&h, req, &checked);
+        kvrt_sched_stats_t st;
+        ASSERT_OK(h.ctx, kvrt_sched_stats(h.sched, &st));
+        if (step >= 4000 && !st.running && !st.waiting && !st.ended_undrained && !num_in_flight)
+            break;
+    }
+    for (uint32_t i = 0; i < num_req; i++)
+        cr_assert_eq(req[i].state, 2, "request %u never ended", i);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(h.ctx, kvrt_sched_stats(h.sched, &st));
+    cr_assert_eq(st.failed, 0);
+    cr_assert_gt(preemptions, 0, "the pools are meant to be too small");
+    cr_assert_gt(st.prefix_hit_tokens, 0);
+    cr_assert_gt(st.spec_accepted, 0);
+    cr_assert_gt(checked, 150);
+    cr_log_info("hybrid, %u plan(s) in flight: %u requests, %llu preemptions, hits %llu/%llu, spec %llu/%llu",
+                plans_in_flight, num_req,
+                (unsigned long long)preemptions, (unsigned long long)st.prefix_hit_tokens,
+                (unsigned long long)st.prefix_query_tokens, (unsigned long long)st.spec_accepted,
+                (unsigned long long)st.spec_proposed);
+    hybrid_close(&h);
+}
+
+Test(sched_hybrid, randomized_run_keeps_every_invariant_in_every_group, .timeout = 120)
+{
+    randomized_run(1, 0xfeedbeef1234ull);
+}
+
+Test(sched_hybrid, randomized_async_run_keeps_every_invariant_in_every_group, .timeout = 120)
+{
+    randomized_run(2, 0xa5a5f00d77ull);
+}
