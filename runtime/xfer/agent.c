@@ -40,6 +40,18 @@ STAT_GETTER(refused)
 STAT_GETTER(auth_failures)
 STAT_GETTER(reconnects)
 STAT_GETTER(integrity_failures)
+STAT_GETTER(revocations)
+STAT_GETTER(hash_refused)
+
+static void get_queued_bytes(void *obj, kvrt_ctl_value_t *v)
+{
+    v->u64 = atomic_load_explicit(&((kvrt_xfer_agent_t *)obj)->queued_bytes, memory_order_relaxed);
+}
+
+static void get_reads_paused(void *obj, kvrt_ctl_value_t *v)
+{
+    v->u64 = atomic_load_explicit(&((kvrt_xfer_agent_t *)obj)->reads_paused, memory_order_relaxed);
+}
 
 static void get_notifications_dropped(void *obj, kvrt_ctl_value_t *v)
 {
@@ -98,6 +110,14 @@ static const kvrt_ctl_node_t stat_nodes[] = {
      "Payloads whose checksum did not match."},
     {"notifications_dropped", KVRT_CTL_U64, get_notifications_dropped, NULL, KVRT_CTL_METRIC_COUNTER,
      "Notifications dropped because the queue was full."},
+    {"queued_bytes", KVRT_CTL_U64, get_queued_bytes, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Bytes held for replies peers have not taken yet."},
+    {"reads_paused", KVRT_CTL_U64, get_reads_paused, NULL, KVRT_CTL_METRIC_COUNTER,
+     "Times reading from a peer stopped because it did not take its replies."},
+    {"revocations", KVRT_CTL_U64, get_revocations, NULL, KVRT_CTL_METRIC_COUNTER,
+     "Peers revoked (by call, by deregistration, or for stalled accesses)."},
+    {"hash_refused", KVRT_CTL_U64, get_hash_refused, NULL, KVRT_CTL_METRIC_COUNTER,
+     "KV checksum messages refused: too much work or over the peer's budget."},
 };
 
 /* ---- peers ---------------------------------------------------------------- */
@@ -146,7 +166,7 @@ void xfer_peer_put(kvrt_xfer_peer_t *p)
 
 /* Detaches p's connection for closing (lock held, p held): no new backend
  * op starts on it, and those running have returned. */
-static void *peer_take_conn(kvrt_xfer_peer_t *p)
+void *peer_take_conn(kvrt_xfer_peer_t *p)
 {
     kvrt_xfer_agent_t *a = p->agent;
     void *conn = p->conn;
@@ -159,7 +179,7 @@ static void *peer_take_conn(kvrt_xfer_peer_t *p)
 /* Starts closing a listed peer (lock held): unlists it, fails its
  * requests, takes a hold and its connection. The caller closes the
  * connection unlocked, then drops the hold with xfer_peer_put(). */
-static void *peer_shut(kvrt_xfer_peer_t *p, kvrt_status_t status)
+void *peer_shut(kvrt_xfer_peer_t *p, kvrt_status_t status)
 {
     kvrt_xfer_agent_t *a = p->agent;
     p->closing = true;
@@ -171,7 +191,7 @@ static void *peer_shut(kvrt_xfer_peer_t *p, kvrt_status_t status)
 }
 
 /* Closes conn (if any) of held peer p, then drops the hold. Unlocked. */
-static void peer_close_put(kvrt_xfer_peer_t *p, void *conn)
+void peer_close_put(kvrt_xfer_peer_t *p, void *conn)
 {
     kvrt_xfer_agent_t *a = p->agent;
     /* close() completes every batch still on the connection, so after it
@@ -360,6 +380,16 @@ void kvrt_xfer_bk_count_bytes(kvrt_xfer_agent_t *a, uint64_t written, uint64_t r
     a->stats.bytes_written += written;
     a->stats.bytes_read += read;
     pthread_mutex_unlock(&a->lock);
+}
+
+void kvrt_xfer_bk_queued(kvrt_xfer_agent_t *a, int64_t delta)
+{
+    atomic_fetch_add_explicit(&a->queued_bytes, (uint_fast64_t)delta, memory_order_relaxed);
+}
+
+void kvrt_xfer_bk_paused(kvrt_xfer_agent_t *a)
+{
+    atomic_fetch_add_explicit(&a->reads_paused, 1, memory_order_relaxed);
 }
 
 bool xfer_refusal_log_ok(kvrt_xfer_agent_t *a, uint64_t *suppressed_out)
@@ -627,6 +657,9 @@ static void *upkeep_main(void *arg)
         if (stop)
             break;
         xfer_requests_expire(a, kvrt_now_ns());
+        pthread_mutex_lock(&a->lock);
+        xfer_revoke_stalled(a, a->access_deadline_ns, KVRT_ERR_TIMEOUT);
+        pthread_mutex_unlock(&a->lock);
         for (int i = 0; i < 64 && upkeep_peers(a); i++)
             ;
     }
@@ -643,7 +676,9 @@ static void agent_owned_destroy(kvrt_owned_t *self)
 static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_params_t *p,
                                  kvrt_xfer_backend_kind_t *kind, const char **listen)
 {
-    const uint64_t known = (KVRT_XFER_AGENT_PARAM_MAX_PEERS << 1) - 1;
+    const uint64_t known = ((KVRT_XFER_AGENT_PARAM_MAX_PEERS << 1) - 1) |
+                           KVRT_XFER_AGENT_PARAM_MAX_QUEUED |
+                           KVRT_XFER_AGENT_PARAM_ACCESS_DEADLINE | KVRT_XFER_AGENT_PARAM_HASH_BUDGET;
     if (p->field_mask & ~known)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits");
     if (!p->cluster_key || p->cluster_key_bytes < KVRT_XFER_KEY_MIN)
@@ -674,6 +709,19 @@ static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_par
     if (a->max_peers < 1 || a->max_peers > 65536)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "max_peers %u outside 1..65536",
                          a->max_peers);
+    a->max_queued_bytes = (m & KVRT_XFER_AGENT_PARAM_MAX_QUEUED) ? p->max_queued_bytes
+                                                                 : XFER_MAX_QUEUED_DEFAULT;
+    uint32_t deadline_ms = (m & KVRT_XFER_AGENT_PARAM_ACCESS_DEADLINE) ? p->access_deadline_ms
+                                                                      : XFER_ACCESS_DEADLINE_MS;
+    a->access_deadline_ns = (uint64_t)deadline_ms * 1000000ull;
+    a->hash_budget = (m & KVRT_XFER_AGENT_PARAM_HASH_BUDGET) ? p->hash_budget_bytes
+                                                             : XFER_HASH_BUDGET_DEFAULT;
+    if (a->max_queued_bytes < 4096 || a->max_queued_bytes > (1ull << 30) || deadline_ms < 10 ||
+        deadline_ms > 3600000 || a->hash_budget < XFER_HASH_WORK_MAX)
+        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG,
+                         "max_queued_bytes (4 KiB..1 GiB), access_deadline_ms (10..3600000) or "
+                         "hash_budget_bytes (>= %llu) out of range",
+                         (unsigned long long)XFER_HASH_WORK_MAX);
     if (a->protection != KVRT_XFER_PROTECT_MAC && a->protection != KVRT_XFER_PROTECT_AEAD)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown frame protection %d",
                          (int)a->protection);
@@ -745,7 +793,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
     if (st == KVRT_OK) {
         kvrt_xfer_bk_env_t env = {.ctx = ctx, .agent = a, .name = a->name,
                                   .connections_per_peer = a->connections,
-                                  .zerocopy_threshold = a->zerocopy_threshold};
+                                  .zerocopy_threshold = a->zerocopy_threshold,
+                                  .max_queued_bytes = a->max_queued_bytes};
         if (a->backend->init(&env, &a->bk_state, why, sizeof(why)) != KVRT_OK)
             st = kvrt_fail(ctx, KVRT_ERR_IO, "%s backend: %s", a->backend->name, why);
     }

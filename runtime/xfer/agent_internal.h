@@ -37,6 +37,7 @@
 #define KVRT_XFER_AGENT_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -61,6 +62,13 @@
 #define XFER_RESERVED_REQUESTS 256u
 /* Operations longer than this are split; it is also a TCP frame's limit. */
 #define XFER_OP_SPLIT (16ull << 20)
+/* What one peer may make the agent hold or do, by default (agent params). */
+#define XFER_MAX_QUEUED_DEFAULT (16ull << 20)
+#define XFER_ACCESS_DEADLINE_MS 5000u
+#define XFER_HASH_BUDGET_DEFAULT (1ull << 30)
+/* KV checksum work one message may ask for (blocks x block bytes), unless
+ * it names a single block; senders cut their messages to fit. */
+#define XFER_HASH_WORK_MAX (256ull << 20)
 
 typedef struct xfer_link {
     struct xfer_link *prev, *next;
@@ -86,7 +94,7 @@ static inline void xfer_list_del(xfer_link_t *l)
 
 typedef struct xfer_stats {
     uint64_t bytes_written, bytes_read, ops, requests, requests_failed, refused,
-        auth_failures, reconnects, integrity_failures;
+        auth_failures, reconnects, integrity_failures, revocations, hash_refused;
 } xfer_stats_t;
 
 struct kvrt_xfer_region {
@@ -135,6 +143,12 @@ struct kvrt_xfer_peer {
     xfer_link_t requests;    /* outstanding, in post order */
     xfer_link_t remotes;
     uint64_t next_seq;
+    /* Incoming accesses in progress (kvrt_xfer_bk_pin) and when one last
+     * began or ended: pins with no progress for the access deadline get
+     * the peer revoked. */
+    uint32_t pins;
+    uint64_t progress_ns;
+    uint64_t hash_work;      /* KV checksum bytes admitted, not yet served */
 };
 
 typedef enum xfer_phase {
@@ -207,6 +221,10 @@ struct kvrt_xfer_agent {
     uint64_t zerocopy_threshold;
     kvrt_xfer_protection_t protection;
     uint32_t max_peers;        /* passive peers held at most */
+    uint64_t max_queued_bytes; /* per peer, for the backend */
+    uint64_t access_deadline_ns;
+    uint64_t hash_budget;      /* KV checksum bytes queued per peer at most */
+    atomic_uint_fast64_t queued_bytes, reads_paused; /* backend-reported */
 
     pthread_mutex_t lock;
     pthread_cond_t cond;       /* completions, unpins, peer changes */
@@ -249,6 +267,24 @@ bool xfer_refusal_log_ok(kvrt_xfer_agent_t *a, uint64_t *suppressed_out);
 /* Drops a hold on p (lock held); frees p when it was the last hold of a
  * closing peer. */
 void xfer_peer_put(kvrt_xfer_peer_t *p);
+/* Detaches p's connection for closing (lock held, p held), waiting until
+ * no backend op runs on it. */
+void *peer_take_conn(kvrt_xfer_peer_t *p);
+/* Starts closing a listed peer (lock held): unlists it, fails its requests
+ * with status, takes a hold and its connection for peer_close_put(). */
+void *peer_shut(kvrt_xfer_peer_t *p, kvrt_status_t status);
+/* Closes conn (if any) of held peer p, then drops the hold. Unlocked. */
+void peer_close_put(kvrt_xfer_peer_t *p, void *conn);
+
+/* ---- revoke.c ---------------------------------------------------------- */
+/* Revokes listed peer p (lock held; returns with it held, having dropped
+ * it meanwhile): fails its requests, closes its connection (so its pins
+ * go), drops it if passive, else leaves it RECONNECTING. */
+void xfer_peer_revoke(kvrt_xfer_peer_t *p, kvrt_status_t why);
+/* Revokes every listed peer holding pins that made no progress for
+ * idle_ns (0: every peer holding pins). Lock held (dropped meanwhile).
+ * Returns how many. */
+uint32_t xfer_revoke_stalled(kvrt_xfer_agent_t *agent, uint64_t idle_ns, kvrt_status_t why);
 
 /* ---- region.c ---------------------------------------------------------- */
 void xfer_regions_destroy_all(kvrt_xfer_agent_t *agent);

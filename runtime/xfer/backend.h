@@ -47,7 +47,7 @@
 #include "kvrt/xfer.h"
 #include "sidechannel.h"
 
-#define KVRT_XFER_BACKEND_VERSION 1
+#define KVRT_XFER_BACKEND_VERSION 2
 
 /* Largest backend key blob inside a region descriptor (verbs: rkeys and
  * addresses of up to 16 MR pieces). */
@@ -122,6 +122,9 @@ typedef struct kvrt_xfer_bk_env {
     const char *name;                /* the agent's name */
     uint32_t connections_per_peer;
     uint64_t zerocopy_threshold;
+    /* Bytes a connection may hold for replies its peer has not taken; at
+     * that much it stops reading from the peer until they drain. */
+    uint64_t max_queued_bytes;
 } kvrt_xfer_bk_env_t;
 
 typedef struct kvrt_xfer_backend {
@@ -242,7 +245,12 @@ void kvrt_xfer_bk_conn_failed(kvrt_xfer_bk_peer_t *peer, kvrt_status_t status,
 kvrt_status_t kvrt_xfer_bk_pin(kvrt_xfer_bk_peer_t *peer, uint32_t id,
                                uint32_t access, uint64_t offset, uint64_t length,
                                uint8_t **address_out, void **pin_out);
-void kvrt_xfer_bk_unpin(kvrt_xfer_agent_t *agent, void *pin);
+/* Ends an access pinned for `peer`. Pins count per region and per peer:
+ * a peer holding pins that has released none for the agent's access
+ * deadline is revoked (its connection closed), and deregistration revokes
+ * peers whose pins keep a region. So a backend unpins every pin of a
+ * connection before its `close` returns. */
+void kvrt_xfer_bk_unpin(kvrt_xfer_bk_peer_t *peer, void *pin);
 
 /* Counts and logs an incoming message refused as malformed (the backend
  * then drops the connection). */
@@ -266,6 +274,11 @@ const char *kvrt_xfer_bk_peer_name(const kvrt_xfer_bk_peer_t *peer);
 /* Counts bytes moved (for the agent's statistics). */
 void kvrt_xfer_bk_count_bytes(kvrt_xfer_agent_t *agent, uint64_t written,
                               uint64_t read);
+/* Reply bytes held for peers changed by delta; a connection stopped
+ * reading because its peer does not take its replies. Lock-free (the
+ * "queued_bytes" and "reads_paused" statistics). */
+void kvrt_xfer_bk_queued(kvrt_xfer_agent_t *agent, int64_t delta);
+void kvrt_xfer_bk_paused(kvrt_xfer_agent_t *agent);
 
 /* ---- the backend table (backends.c) ------------------------------------- */
 

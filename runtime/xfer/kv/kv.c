@@ -419,7 +419,7 @@ static kvrt_status_t kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const u
             st = KVRT_ERR_INTEGRITY;
     }
     XXH3_freeState(s);
-    kvrt_xfer_bk_unpin(a, pin);
+    kvrt_xfer_bk_unpin(peer, pin);
     if (st == KVRT_OK && !verify)
         *reply_bytes_out = 8 * n;
     if (verify && (st == KVRT_ERR_INTEGRITY || (st == KVRT_OK && last && nb))) {

@@ -33,7 +33,7 @@ static void reply(tcp_sock_t *s, uint8_t type, int32_t status, uint64_t tag,
         tcp_conn_fail(s->conn, KVRT_ERR_NO_MEMORY, "no memory for a reply frame");
         return;
     }
-    tcp_enqueue(s, f);
+    tcp_enqueue_reply(s, f);
 }
 
 /* The slot an answer names, or UINT32_MAX when it names none of ours. */
@@ -92,12 +92,12 @@ static void on_header(tcp_sock_t *s)
                                          .length = h->length};
             tcp_frame_t *f = tcp_frame_new(c->st, &r, addr, h->length);
             if (!f) {
-                kvrt_xfer_bk_unpin(c->st->env.agent, pin);
+                kvrt_xfer_bk_unpin(c->peer, pin);
                 tcp_conn_fail(c, KVRT_ERR_NO_MEMORY, "no memory for a read response");
                 return;
             }
             f->pin = pin;
-            tcp_enqueue(s, f);
+            tcp_enqueue_reply(s, f);
         } else {
             reply(s, KVRT_XFER_WIRE_READ_RESP, st, h->tag, NULL, 0);
         }
@@ -153,7 +153,7 @@ static void on_payload(tcp_sock_t *s)
     kvrt_xfer_wire_header_t *h = &s->h;
     switch (h->type) {
     case KVRT_XFER_WIRE_WRITE:
-        kvrt_xfer_bk_unpin(c->st->env.agent, s->pin);
+        kvrt_xfer_bk_unpin(c->peer, s->pin);
         s->pin = NULL;
         reply(s, KVRT_XFER_WIRE_ACK, 0, h->tag, NULL, 0);
         break;
@@ -185,7 +185,7 @@ static void on_payload(tcp_sock_t *s)
             tcp_conn_fail(c, KVRT_ERR_NO_MEMORY, "no memory for a message reply");
         } else {
             f->owned = out;
-            tcp_enqueue(s, f);
+            tcp_enqueue_reply(s, f);
         }
         free(s->msg);
         s->msg = NULL;
@@ -248,8 +248,7 @@ static bool open_frame(tcp_sock_t *s)
     return true;
 }
 
-/* Consumes what is staged: whole authentic frames. */
-static void drain_stage(tcp_sock_t *s)
+void tcp_rx_drain(tcp_sock_t *s)
 {
     tcp_conn_t *c = s->conn;
     while (!c->failed) {
@@ -260,6 +259,15 @@ static void drain_stage(tcp_sock_t *s)
         uint32_t avail = s->stage_end - s->stage_start;
         const uint8_t *at = s->stage + s->stage_start;
         if (s->phase == RX_HEADER) {
+            /* Backpressure: a peer that does not read our replies gets no
+             * more served. The rest stays staged (and the socket unread)
+             * until its replies drain; a frame in progress always ends. */
+            if (tcp_conn_full(c)) {
+                if (!s->rx_paused)
+                    kvrt_xfer_bk_paused(c->st->env.agent);
+                s->rx_paused = true;
+                break;
+            }
             if (!open_frame(s))
                 break;
             memcpy(s->hdr, at, sizeof(s->hdr));
@@ -301,13 +309,13 @@ void tcp_rx_complete(tcp_sock_t *s, int res)
         return;
     }
     s->stage_end += (uint32_t)res;
-    drain_stage(s);
+    tcp_rx_drain(s);
 }
 
 void tcp_rx_release(tcp_sock_t *s)
 {
     if (s->pin)
-        kvrt_xfer_bk_unpin(s->conn->st->env.agent, s->pin);
+        kvrt_xfer_bk_unpin(s->conn->peer, s->pin);
     s->pin = NULL;
     free(s->msg);
     s->msg = NULL;
