@@ -88,8 +88,7 @@ enum kvrt_xfer_agent_params_field {
     KVRT_XFER_AGENT_PARAM_MAX_PEERS = 1u << 9,    /* max_peers */
     /* Bounds on what one authenticated peer can make the agent hold or do. */
     KVRT_XFER_AGENT_PARAM_MAX_QUEUED = 1u << 12,      /* max_queued_bytes */
-    KVRT_XFER_AGENT_PARAM_ACCESS_DEADLINE = 1u << 13, /* access_deadline_ms */
-    KVRT_XFER_AGENT_PARAM_HASH_BUDGET = 1u << 14      /* hash_budget_bytes */
+    KVRT_XFER_AGENT_PARAM_ACCESS_DEADLINE = 1u << 13  /* access_deadline_ms */
 };
 
 /*
@@ -148,10 +147,6 @@ typedef struct kvrt_xfer_agent_params {
      * it does not drain) that completes none of them for this long is
      * revoked: its connection is closed. 10..3,600,000 ms, default 5000. */
     uint32_t access_deadline_ms;
-    /* Bytes of KV checksum work (integrity checks) queued for one peer at
-     * most; a message beyond it is refused with KVRT_ERR_BUSY. At least
-     * 256 MiB (one message's work), default 1 GiB. */
-    uint64_t hash_budget_bytes;
 } kvrt_xfer_agent_params_t;
 
 /*

@@ -678,7 +678,7 @@ static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_par
 {
     const uint64_t known = ((KVRT_XFER_AGENT_PARAM_MAX_PEERS << 1) - 1) |
                            KVRT_XFER_AGENT_PARAM_MAX_QUEUED |
-                           KVRT_XFER_AGENT_PARAM_ACCESS_DEADLINE | KVRT_XFER_AGENT_PARAM_HASH_BUDGET;
+                           KVRT_XFER_AGENT_PARAM_ACCESS_DEADLINE;
     if (p->field_mask & ~known)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits");
     if (!p->cluster_key || p->cluster_key_bytes < KVRT_XFER_KEY_MIN)
@@ -714,14 +714,11 @@ static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_par
     uint32_t deadline_ms = (m & KVRT_XFER_AGENT_PARAM_ACCESS_DEADLINE) ? p->access_deadline_ms
                                                                       : XFER_ACCESS_DEADLINE_MS;
     a->access_deadline_ns = (uint64_t)deadline_ms * 1000000ull;
-    a->hash_budget = (m & KVRT_XFER_AGENT_PARAM_HASH_BUDGET) ? p->hash_budget_bytes
-                                                             : XFER_HASH_BUDGET_DEFAULT;
     if (a->max_queued_bytes < 4096 || a->max_queued_bytes > (1ull << 30) || deadline_ms < 10 ||
-        deadline_ms > 3600000 || a->hash_budget < XFER_HASH_WORK_MAX)
+        deadline_ms > 3600000)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG,
-                         "max_queued_bytes (4 KiB..1 GiB), access_deadline_ms (10..3600000) or "
-                         "hash_budget_bytes (>= %llu) out of range",
-                         (unsigned long long)XFER_HASH_WORK_MAX);
+                         "max_queued_bytes (4 KiB..1 GiB) or access_deadline_ms (10..3600000) "
+                         "out of range");
     if (a->protection != KVRT_XFER_PROTECT_MAC && a->protection != KVRT_XFER_PROTECT_AEAD)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown frame protection %d",
                          (int)a->protection);

@@ -65,10 +65,12 @@
 /* What one peer may make the agent hold or do, by default (agent params). */
 #define XFER_MAX_QUEUED_DEFAULT (16ull << 20)
 #define XFER_ACCESS_DEADLINE_MS 5000u
-#define XFER_HASH_BUDGET_DEFAULT (1ull << 30)
 /* KV checksum work one message may ask for (blocks x block bytes), unless
- * it names a single block; senders cut their messages to fit. */
+ * it names a single block, and what one peer may have queued with an
+ * agent. Senders cut their messages to fit the first and keep within the
+ * second, so only a hostile peer is refused. */
 #define XFER_HASH_WORK_MAX (256ull << 20)
+#define XFER_HASH_BUDGET (1ull << 30)
 
 typedef struct xfer_link {
     struct xfer_link *prev, *next;
@@ -148,7 +150,8 @@ struct kvrt_xfer_peer {
      * the peer revoked. */
     uint32_t pins;
     uint64_t progress_ns;
-    uint64_t hash_work;      /* KV checksum bytes admitted, not yet served */
+    uint64_t hash_work;      /* KV checksum bytes of its messages admitted, not served */
+    uint64_t hash_work_out;  /* ... of our messages to it, not yet answered */
 };
 
 typedef enum xfer_phase {
@@ -204,6 +207,10 @@ struct xfer_msg {
     kvrt_xfer_bk_msg_t bk;     /* first */
     kvrt_xfer_agent_t *agent;
     kvrt_xfer_request_t *request; /* NULL once the request let go */
+    /* Work it asks of the peer (counted in peer->hash_work_out until it
+     * is answered; the peer outlives every message on its connection). */
+    kvrt_xfer_peer_t *peer;
+    uint64_t work;
     uint8_t payload[];
 };
 
@@ -223,7 +230,6 @@ struct kvrt_xfer_agent {
     uint32_t max_peers;        /* passive peers held at most */
     uint64_t max_queued_bytes; /* per peer, for the backend */
     uint64_t access_deadline_ns;
-    uint64_t hash_budget;      /* KV checksum bytes queued per peer at most */
     atomic_uint_fast64_t queued_bytes, reads_paused; /* backend-reported */
 
     pthread_mutex_t lock;
@@ -255,6 +261,7 @@ struct kvrt_xfer_agent {
     uint64_t refusal_window_ns, refusals_suppressed;
     uint32_t refusal_lines;
     xfer_msg_serve_fn handlers[XFER_MSG_TYPES]; /* dispatch.c; fixed after create */
+    xfer_msg_work_fn work_of[XFER_MSG_TYPES];   /* NULL: cheap, served at once */
 };
 
 /* ---- agent.c ----------------------------------------------------------- */

@@ -216,13 +216,33 @@ void kvrt_xfer_bk_msg_done(kvrt_xfer_bk_msg_t *msg, kvrt_status_t status,
 /*
  * A message arrived from `peer`. The agent handles it and writes a reply of
  * at most reply_capacity bytes; the returned status goes back to the sender.
- * Called from the backend's progress thread; it may compute checksums over
- * registered memory, so it can take a while for large KV transfers.
+ * It may compute checksums over registered memory, bounded per message
+ * (XFER_HASH_WORK_MAX) and per peer (XFER_HASH_BUDGET): admit + serve in
+ * one call, for a backend that serves messages where they arrive.
  */
 kvrt_status_t kvrt_xfer_bk_deliver_msg(kvrt_xfer_bk_peer_t *peer, uint32_t type,
                                        const uint8_t *payload, uint32_t bytes,
                                        uint8_t *reply, uint32_t reply_capacity,
                                        uint32_t *reply_bytes_out);
+
+/*
+ * The same in two steps, so that long work runs off the I/O thread:
+ * admit_msg (cheap; may be called with backend locks held) judges the
+ * work a message asks for and reserves it against the peer's budget
+ * (*work_out; 0: serve it at once). A refused message (KVRT_ERR_BUSY over
+ * budget, KVRT_ERR_REQUEST_LIMIT too much for one message) is answered
+ * with that status. serve_msg (no backend lock held) serves it and gives
+ * the work back; drop_msg gives it back for a message that will not be
+ * served (its connection went).
+ */
+kvrt_status_t kvrt_xfer_bk_admit_msg(kvrt_xfer_bk_peer_t *peer, uint32_t type,
+                                     const uint8_t *payload, uint32_t bytes,
+                                     uint64_t *work_out);
+kvrt_status_t kvrt_xfer_bk_serve_msg(kvrt_xfer_bk_peer_t *peer, uint32_t type,
+                                     const uint8_t *payload, uint32_t bytes, uint64_t work,
+                                     uint8_t *reply, uint32_t reply_capacity,
+                                     uint32_t *reply_bytes_out);
+void kvrt_xfer_bk_drop_msg(kvrt_xfer_bk_peer_t *peer, uint64_t work);
 
 /*
  * A connection broke (EOF, reset, error completion). The backend must still

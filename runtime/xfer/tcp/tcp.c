@@ -541,7 +541,7 @@ static void *progress_main(void *arg)
         /* Failed connections whose submissions all came back can give up
          * their slots; their completions go out with the others below. */
         for (tcp_conn_t *c = st->conns; c; c = c->next)
-            if (c->failed && c->sqes == 0 && !c->finalized)
+            if (c->failed && c->sqes == 0 && c->jobs == 0 && !c->finalized)
                 conn_finalize(c);
         deliver(st);
         bool signal = false;
@@ -600,8 +600,11 @@ static kvrt_status_t tcp_init(const kvrt_xfer_bk_env_t *env, void **state_out, c
     st->wake_fd = eventfd(0, EFD_CLOEXEC);
     pthread_mutex_init(&st->lock, NULL);
     pthread_cond_init(&st->cond, NULL);
-    if (st->wake_fd < 0 || pthread_create(&st->thread, NULL, progress_main, st) != 0) {
-        snprintf(why, why_bytes, "cannot start the progress thread");
+    bool worker = st->wake_fd >= 0 && tcp_worker_start(st);
+    if (!worker || pthread_create(&st->thread, NULL, progress_main, st) != 0) {
+        snprintf(why, why_bytes, "cannot start the progress and worker threads");
+        if (worker)
+            tcp_worker_stop(st);
         if (st->wake_fd >= 0)
             close(st->wake_fd);
         io_uring_queue_exit(&st->ring);
@@ -624,6 +627,7 @@ static kvrt_status_t tcp_init(const kvrt_xfer_bk_env_t *env, void **state_out, c
 static void tcp_fini(void *state)
 {
     tcp_state_t *st = state;
+    tcp_worker_stop(st);
     pthread_mutex_lock(&st->lock);
     st->stopping = true;
     pthread_mutex_unlock(&st->lock);

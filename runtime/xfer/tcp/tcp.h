@@ -35,6 +35,7 @@
 typedef struct tcp_state tcp_state_t;
 typedef struct tcp_conn tcp_conn_t;
 typedef struct tcp_sock tcp_sock_t;
+typedef struct tcp_job tcp_job_t;
 
 /* An outgoing frame: header, then an optional payload that stays valid
  * until the frame is freed (registered memory, or `owned`). */
@@ -168,6 +169,12 @@ struct tcp_state {
      * when they arrive, or after the ring is gone at fini. */
     tcp_send_t *orphans;
     uint8_t reply[KVRT_XFER_WIRE_MSG_MAX]; /* a message's reply, before it is sized */
+    /* Messages that work long, served by the worker (tcp_worker.c). */
+    pthread_t worker;
+    pthread_cond_t work_cond;
+    bool worker_stopping;
+    tcp_job_t *jobs, *jobs_tail;
+    uint8_t work_reply[KVRT_XFER_WIRE_MSG_MAX]; /* the worker's, unlocked */
 };
 
 /*
@@ -213,6 +220,15 @@ static inline bool tcp_conn_full(const tcp_conn_t *c)
 {
     return c->queued >= c->st->env.max_queued_bytes;
 }
+
+/* tcp_worker.c: the thread serving admitted messages that work long. */
+bool tcp_worker_start(tcp_state_t *st);
+/* Joins it; no connection is left, so neither is a job. */
+void tcp_worker_stop(tcp_state_t *st);
+/* Hands a message admitted with `work` to the worker (st->lock held); it
+ * takes payload over. False without memory (nothing changed). */
+bool tcp_worker_queue(tcp_sock_t *s, uint32_t type, uint64_t tag, uint64_t work,
+                      uint8_t *payload, uint32_t bytes);
 
 /* tcp_rx.c: handles a finished recv of `res` bytes on s. */
 void tcp_rx_complete(tcp_sock_t *s, int res);

@@ -161,15 +161,26 @@ static void on_payload(tcp_sock_t *s)
         tcp_slot_finish(c, s->slot, KVRT_OK, NULL, 0);
         break;
     case KVRT_XFER_WIRE_MSG: {
-        /* The agent handles it now (it may checksum KV blocks); the lock
-         * is ours, but the agent never calls back into the backend here.
-         * The reply is written to the state's buffer (this thread's, under
-         * the lock) and copied out at its real size: a queued reply costs
-         * what it says, not the largest message. */
-        uint32_t out_bytes = 0;
-        kvrt_status_t st = kvrt_xfer_bk_deliver_msg(c->peer, h->region, s->msg,
-                                                    (uint32_t)h->length, c->st->reply,
-                                                    KVRT_XFER_WIRE_MSG_MAX, &out_bytes);
+        /* Admitted first (the work it asks for, against the peer's budget).
+         * Long work (KV checksums) goes to the worker; the rest is served
+         * now: the lock is ours, but the agent never calls back into the
+         * backend here. The reply is written to the state's buffer (this
+         * thread's, under the lock) and copied out at its real size: a
+         * queued reply costs what it says, not the largest message. */
+        uint32_t len = (uint32_t)h->length, out_bytes = 0;
+        uint64_t work = 0;
+        kvrt_status_t st = kvrt_xfer_bk_admit_msg(c->peer, h->region, s->msg, len, &work);
+        if (st == KVRT_OK && work) {
+            if (tcp_worker_queue(s, h->region, h->tag, work, s->msg, len)) {
+                s->msg = NULL;
+                break;
+            }
+            kvrt_xfer_bk_drop_msg(c->peer, work);
+            st = KVRT_ERR_NO_MEMORY;
+        }
+        if (st == KVRT_OK)
+            st = kvrt_xfer_bk_serve_msg(c->peer, h->region, s->msg, len, 0, c->st->reply,
+                                        KVRT_XFER_WIRE_MSG_MAX, &out_bytes);
         uint8_t *out = out_bytes ? malloc(out_bytes) : NULL;
         if (out)
             memcpy(out, c->st->reply, out_bytes);
