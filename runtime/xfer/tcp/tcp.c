@@ -15,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -236,13 +238,14 @@ static void conn_free(tcp_conn_t *c)
         upcalls_unreserve(c->st);
         pthread_mutex_unlock(&c->st->lock);
     }
-    /* Pages of zero-copy sends stay referenced while unsent data waits in
-     * the socket, which a graceful close keeps for as long as the peer
-     * does not read: an abortive close drops it, so their notifications
-     * come at once and the records are freed now, not at fini. */
+    /* Data still unsent when a connection closes (replies a stalled or
+     * revoked peer did not take) would stay in the kernel for as long as
+     * the peer keeps its window shut, and with it the pages of zero-copy
+     * sends and their notifications: an abortive close (RST) drops it. */
     struct linger abort_close = {.l_onoff = 1, .l_linger = 0};
     for (uint32_t i = 0; i < c->nsocks; i++) {
-        if (c->zerocopy)
+        int unsent = 0;
+        if (ioctl(c->socks[i]->fd, SIOCOUTQ, &unsent) == 0 && unsent > 0)
             setsockopt(c->socks[i]->fd, SOL_SOCKET, SO_LINGER, &abort_close,
                        sizeof(abort_close));
         close(c->socks[i]->fd);
