@@ -20,8 +20,11 @@
  * agent posts the next window of a request from there), so a backend must
  * not hold its own locks while calling those two or conn_failed: collect
  * completions under the lock, deliver them after unlocking. The others
- * (pin, unpin, refuse, deliver_msg, dial, count_bytes, ctx, peer_name) never
- * call into the backend and may be called with its locks held.
+ * (pin, unpin, refuse, admit_msg, deliver_msg, serve_msg, drop_msg, dial,
+ * count_bytes, queued, paused, ctx, peer_name) never call into the backend
+ * and may be called with its locks held; deliver_msg and serve_msg may
+ * work long (KV checksums), so a backend should not hold its locks across
+ * them.
  *
  * Connection set-up. Both backends start from a TCP side channel
  * (sidechannel.h): the dialing agent connects, both ends authenticate with
