@@ -12,14 +12,15 @@
 #define BATCH 1000u
 #define FLOOD_MS 4000u
 /* Resident memory growth allowed: AddressSanitizer keeps freed memory in
- * quarantine (each message's buffer, freed at once), so its RSS says
- * nothing about what the agent holds; the queued_bytes bound still does. */
+ * quarantine (each message's buffer, freed at once) and ThreadSanitizer
+ * maps shadow memory for what is touched, so under them RSS says nothing
+ * about what the agent holds; the queued_bytes bound still does. */
 #if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define __SANITIZE_ADDRESS__ 1
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define TXF_SANITIZED 1
 #endif
 #endif
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(TXF_SANITIZED)
 #define RSS_GROWTH_MAX (256ull << 20)
 #else
 #define RSS_GROWTH_MAX (8ull << 20)
