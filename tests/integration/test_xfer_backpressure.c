@@ -30,39 +30,16 @@
  * its send buffer takes some replies): only an agent that stops reading
  * makes the flooder's writes stall. */
 
-typedef struct victim {
-    kvrt_ctx_t *ctx;
-    kvrt_xfer_agent_t *agent;
-    uint8_t *mem;
-    kvrt_xfer_region_t *rw;
-} victim_t;
-
-static void victim_up(victim_t *v)
+static void victim_up(txf_victim_t *v)
 {
-    v->ctx = txu_ctx();
-    kvrt_xfer_agent_params_t p = {
-        .field_mask = KVRT_XFER_AGENT_PARAM_BACKEND | KVRT_XFER_AGENT_PARAM_TIMEOUT |
-                      KVRT_XFER_AGENT_PARAM_MAX_QUEUED,
-        .cluster_key = test_xfer_key, .cluster_key_bytes = 32,
-        .backend = KVRT_XFER_BACKEND_TCP, .default_timeout_ms = 5000,
-        .max_queued_bytes = CAP};
-    ASSERT_OK(v->ctx, kvrt_xfer_agent_create(v->ctx, &p, &v->agent));
-    v->mem = aligned_alloc(4096, 1u << 20);
-    txu_fill(v->mem, 1u << 20, 3);
-    v->rw = txu_register(v->ctx, v->agent, v->mem, 1u << 20,
-                         KVRT_XFER_REMOTE_READ | KVRT_XFER_REMOTE_WRITE);
-}
-
-static void victim_down(victim_t *v)
-{
-    ASSERT_OK(v->ctx, kvrt_xfer_deregister(v->rw));
-    ASSERT_OK(v->ctx, kvrt_xfer_agent_destroy(v->agent));
-    kvrt_ctx_destroy(v->ctx);
-    free(v->mem);
+    txf_victim_up(v,
+                  (kvrt_xfer_agent_params_t){.field_mask = KVRT_XFER_AGENT_PARAM_MAX_QUEUED,
+                                             .max_queued_bytes = CAP},
+                  1u << 20);
 }
 
 /* A legitimate peer's write to the victim while the flooder is held. */
-static void other_peer_is_served(victim_t *v)
+static void other_peer_is_served(txf_victim_t *v)
 {
     kvrt_ctx_t *ctx = txu_ctx();
     kvrt_xfer_agent_t *a = txu_agent(ctx, 5000);
@@ -89,7 +66,7 @@ static void other_peer_is_served(victim_t *v)
 static void flood(kvrt_xfer_wire_header_t (*make)(uint32_t id, uint32_t i), const void *payload,
                   uint32_t payload_bytes, uint32_t frames)
 {
-    victim_t v;
+    txf_victim_t v;
     victim_up(&v);
     uint32_t id = txu_region_id(v.ctx, v.rw);
     /* Warm: the agent's threads, rings and caches exist before the baseline. */
@@ -140,7 +117,7 @@ static void flood(kvrt_xfer_wire_header_t (*make)(uint32_t id, uint32_t i), cons
     uint64_t rss1 = txf_rss();
     cr_assert_lt(rss1 > rss0 ? rss1 - rss0 : 0, RSS_GROWTH_MAX, "resident memory after: +%llu bytes",
                  (unsigned long long)(rss1 > rss0 ? rss1 - rss0 : 0));
-    victim_down(&v);
+    txf_victim_down(&v);
 }
 
 static uint8_t note[KVRT_XFER_NOTIFY_MAX];

@@ -17,24 +17,6 @@
 
 #include "test_xfer_raw.h"
 
-/* The handshake on a connected socket `fd` (MAC frames). */
-static inline txr_t txf_handshake(int fd, const char *name)
-{
-    txr_t r = {.fd = fd};
-    kvrt_xfer_key_t key;
-    cr_assert_eq(kvrt_xfer_key_derive(test_xfer_key, 32, &key), KVRT_OK);
-    kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION, .backend = KVRT_XFER_BACKEND_TCP,
-                               .protection = KVRT_XFER_PROTECT_MAC};
-    snprintf(hello.name, sizeof(hello.name), "%s", name);
-    randombytes_buf(hello.session, sizeof(hello.session));
-    kvrt_xfer_sc_keys_t keys;
-    cr_assert_eq(kvrt_xfer_sc_auth_client(r.fd, &key, &hello, NULL, &keys, txr_deadline()),
-                 KVRT_OK);
-    memcpy(r.tx.key, keys.tx, sizeof(r.tx.key));
-    memcpy(r.rx.key, keys.rx, sizeof(r.rx.key));
-    return r;
-}
-
 /* A peer that keeps what the agent sends it unread: a receive buffer as
  * small as the kernel allows, so the agent's replies back up in the agent
  * rather than in the kernel. */
@@ -64,6 +46,21 @@ static inline void txf_seal(txr_t *r, uint8_t *buf, size_t capacity, size_t *at,
     *at += KVRT_XFER_WIRE_HEADER_BYTES + n + KVRT_XFER_FRAME_TAG_BYTES;
 }
 
+/* Seals `count` READ_REQs of `length` bytes each, back to back from
+ * offset 0 of region `id`; returns the bytes sealed into buf. */
+static inline size_t txf_seal_reads(txr_t *r, uint8_t *buf, size_t capacity, uint32_t id,
+                                    uint32_t count, uint64_t length)
+{
+    size_t at = 0;
+    for (uint32_t i = 0; i < count; i++)
+        txf_seal(r, buf, capacity, &at,
+                 (kvrt_xfer_wire_header_t){.type = KVRT_XFER_WIRE_READ_REQ, .region = id,
+                                           .tag = i, .offset = (uint64_t)i * length,
+                                           .length = length},
+                 NULL);
+    return at;
+}
+
 /* Writes buf without blocking for longer than stall_ms at a time. Returns
  * the bytes written: all of them, or fewer once the agent has stopped
  * taking them for stall_ms (or the connection broke). */
@@ -89,6 +86,40 @@ static inline size_t txf_write(int fd, const uint8_t *buf, size_t bytes, uint32_
     }
     fcntl(fd, F_SETFL, flags);
     return done;
+}
+
+/* An agent on 127.0.0.1 (TCP, 5 s request timeout, the test key, plus
+ * what `extra` sets by its field_mask) with `bytes` of memory registered
+ * for remote read and write. */
+typedef struct txf_victim {
+    kvrt_ctx_t *ctx;
+    kvrt_xfer_agent_t *agent;
+    uint8_t *mem;
+    kvrt_xfer_region_t *rw;  /* NULL once deregistered */
+} txf_victim_t;
+
+static inline void txf_victim_up(txf_victim_t *v, kvrt_xfer_agent_params_t extra, uint32_t bytes)
+{
+    v->ctx = txu_ctx();
+    extra.field_mask |= KVRT_XFER_AGENT_PARAM_BACKEND | KVRT_XFER_AGENT_PARAM_TIMEOUT;
+    extra.cluster_key = test_xfer_key;
+    extra.cluster_key_bytes = 32;
+    extra.backend = KVRT_XFER_BACKEND_TCP;
+    extra.default_timeout_ms = 5000;
+    ASSERT_OK(v->ctx, kvrt_xfer_agent_create(v->ctx, &extra, &v->agent));
+    v->mem = aligned_alloc(4096, bytes);
+    txu_fill(v->mem, bytes, 11);
+    v->rw = txu_register(v->ctx, v->agent, v->mem, bytes,
+                         KVRT_XFER_REMOTE_READ | KVRT_XFER_REMOTE_WRITE);
+}
+
+static inline void txf_victim_down(txf_victim_t *v)
+{
+    if (v->rw)
+        ASSERT_OK(v->ctx, kvrt_xfer_deregister(v->rw));
+    ASSERT_OK(v->ctx, kvrt_xfer_agent_destroy(v->agent));
+    kvrt_ctx_destroy(v->ctx);
+    free(v->mem);
 }
 
 /* Resident memory of this process, bytes. */

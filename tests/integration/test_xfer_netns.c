@@ -219,16 +219,10 @@ Test(xfer_netns, destroy_after_zero_copy_sends_is_prompt, .fini = teardown)
     kvrt_xfer_addr_t addr;
     cr_assert_eq(kvrt_xfer_addr_parse(text, &addr), KVRT_OK);
     cr_assert_eq(connect(fd, (struct sockaddr *)&addr.ss, addr.len), 0);
-    txr_t r = txf_handshake(fd, "reader");
+    txr_t r = txr_handshake(fd, "reader");
     enum { N = 32 };
     static uint8_t buf[N * 64];
-    size_t at = 0;
-    for (uint32_t i = 0; i < N; i++)
-        txf_seal(&r, buf, sizeof(buf), &at,
-                 (kvrt_xfer_wire_header_t){.type = KVRT_XFER_WIRE_READ_REQ, .region = id,
-                                           .tag = i, .offset = (uint64_t)i * (256u << 10),
-                                           .length = 256u << 10},
-                 NULL);
+    size_t at = txf_seal_reads(&r, buf, sizeof(buf), id, N, 256u << 10);
     cr_assert_eq(txf_write(fd, buf, at, 2000), at);
     cr_assert_gt(txf_stat_reaches(ctx, "xfer.0.queued_bytes", 1, 5000), 0);
 

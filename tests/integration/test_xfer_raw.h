@@ -27,13 +27,10 @@ typedef struct txr {
     kvrt_xfer_frame_key_t tx, rx;
 } txr_t;
 
-/* An authenticated raw session to the agent at `address` (MAC frames). */
-static inline txr_t txr_connect(const char *address, const char *name)
+/* The handshake on a connected socket `fd` (MAC frames). */
+static inline txr_t txr_handshake(int fd, const char *name)
 {
-    kvrt_xfer_addr_t addr;
-    cr_assert_eq(kvrt_xfer_addr_parse(address, &addr), KVRT_OK);
-    txr_t r = {.fd = -1};
-    cr_assert_eq(kvrt_xfer_sc_dial(&addr, txr_deadline(), &r.fd), KVRT_OK);
+    txr_t r = {.fd = fd};
     kvrt_xfer_key_t key;
     cr_assert_eq(kvrt_xfer_key_derive(test_xfer_key, 32, &key), KVRT_OK);
     kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION, .backend = KVRT_XFER_BACKEND_TCP,
@@ -46,6 +43,16 @@ static inline txr_t txr_connect(const char *address, const char *name)
     memcpy(r.tx.key, keys.tx, sizeof(r.tx.key));
     memcpy(r.rx.key, keys.rx, sizeof(r.rx.key));
     return r;
+}
+
+/* An authenticated raw session to the agent at `address` (MAC frames). */
+static inline txr_t txr_connect(const char *address, const char *name)
+{
+    kvrt_xfer_addr_t addr;
+    cr_assert_eq(kvrt_xfer_addr_parse(address, &addr), KVRT_OK);
+    int fd = -1;
+    cr_assert_eq(kvrt_xfer_sc_dial(&addr, txr_deadline(), &fd), KVRT_OK);
+    return txr_handshake(fd, name);
 }
 
 /* Sends one sealed frame. */

@@ -13,53 +13,24 @@
 
 #define REGION (4u << 20)
 
-typedef struct victim {
-    kvrt_ctx_t *ctx;
-    kvrt_xfer_agent_t *agent;
-    uint8_t *mem;
-    kvrt_xfer_region_t *rw;
-} victim_t;
-
-static void victim_up(victim_t *v, uint32_t deadline_ms)
+static void victim_up(txf_victim_t *v, uint32_t deadline_ms)
 {
-    v->ctx = txu_ctx();
-    kvrt_xfer_agent_params_t p = {
-        .field_mask = KVRT_XFER_AGENT_PARAM_BACKEND | KVRT_XFER_AGENT_PARAM_TIMEOUT |
-                      KVRT_XFER_AGENT_PARAM_ACCESS_DEADLINE | KVRT_XFER_AGENT_PARAM_NAME,
-        .cluster_key = test_xfer_key, .cluster_key_bytes = 32, .name = "victim",
-        .backend = KVRT_XFER_BACKEND_TCP, .default_timeout_ms = 5000,
-        .access_deadline_ms = deadline_ms};
-    ASSERT_OK(v->ctx, kvrt_xfer_agent_create(v->ctx, &p, &v->agent));
-    v->mem = aligned_alloc(4096, REGION);
-    txu_fill(v->mem, REGION, 11);
-    v->rw = txu_register(v->ctx, v->agent, v->mem, REGION,
-                         KVRT_XFER_REMOTE_READ | KVRT_XFER_REMOTE_WRITE);
-}
-
-static void victim_down(victim_t *v)
-{
-    if (v->rw)
-        ASSERT_OK(v->ctx, kvrt_xfer_deregister(v->rw));
-    ASSERT_OK(v->ctx, kvrt_xfer_agent_destroy(v->agent));
-    kvrt_ctx_destroy(v->ctx);
-    free(v->mem);
+    txf_victim_up(v,
+                  (kvrt_xfer_agent_params_t){.field_mask = KVRT_XFER_AGENT_PARAM_ACCESS_DEADLINE |
+                                                           KVRT_XFER_AGENT_PARAM_NAME,
+                                             .name = "victim", .access_deadline_ms = deadline_ms},
+                  REGION);
 }
 
 /* A peer that asks for all of the region, 256 KiB at a time, and reads
  * none of it: READ responses wait in the victim, pinning the region. */
-static txr_t stalled_reader(victim_t *v, const char *name)
+static txr_t stalled_reader(txf_victim_t *v, const char *name)
 {
     txr_t r = txf_connect_silent(v->ctx, v->agent, name);
     uint32_t id = txu_region_id(v->ctx, v->rw);
     enum { N = REGION / (256u << 10) };
     static uint8_t buf[N * 64];
-    size_t at = 0;
-    for (uint32_t i = 0; i < N; i++)
-        txf_seal(&r, buf, sizeof(buf), &at,
-                 (kvrt_xfer_wire_header_t){.type = KVRT_XFER_WIRE_READ_REQ, .region = id,
-                                           .tag = i, .offset = (uint64_t)i * (256u << 10),
-                                           .length = 256u << 10},
-                 NULL);
+    size_t at = txf_seal_reads(&r, buf, sizeof(buf), id, N, 256u << 10);
     cr_assert_eq(txf_write(r.fd, buf, at, 2000), at);
     /* Served and stuck: replies are held for it. */
     cr_assert_gt(txf_stat_reaches(v->ctx, "xfer.0.queued_bytes", 1, 5000), 0);
@@ -68,7 +39,7 @@ static txr_t stalled_reader(victim_t *v, const char *name)
 
 Test(xfer_revoke, deregistration_revokes_a_peer_that_does_not_drain_reads)
 {
-    victim_t v;
+    txf_victim_t v;
     victim_up(&v, 3600000); /* no access deadline: deregistration must do it */
     txr_t r = stalled_reader(&v, "hoarder");
     /* Before: deregistration waited 1 s for the pins and gave up (BUSY). */
@@ -80,12 +51,12 @@ Test(xfer_revoke, deregistration_revokes_a_peer_that_does_not_drain_reads)
     cr_assert_eq(txu_stat_drained(v.ctx, "xfer.0.peers", 5000), 0);
     cr_assert_eq(txu_stat_drained(v.ctx, "xfer.0.queued_bytes", 5000), 0);
     close(r.fd);
-    victim_down(&v);
+    txf_victim_down(&v);
 }
 
 Test(xfer_revoke, access_deadline_revokes_a_stalled_reader)
 {
-    victim_t v;
+    txf_victim_t v;
     victim_up(&v, 200);
     txr_t r = stalled_reader(&v, "staller");
     /* No call: the upkeep thread finds accesses without progress. */
@@ -96,12 +67,12 @@ Test(xfer_revoke, access_deadline_revokes_a_stalled_reader)
     ASSERT_OK(v.ctx, kvrt_xfer_deregister(v.rw));
     v.rw = NULL;
     close(r.fd);
-    victim_down(&v);
+    txf_victim_down(&v);
 }
 
 Test(xfer_revoke, revoke_by_name_drops_passive_peers)
 {
-    victim_t v;
+    txf_victim_t v;
     victim_up(&v, 3600000);
     txr_t r = stalled_reader(&v, "prefill-7");
     /* A legitimate peer of another name is left alone. */
@@ -135,7 +106,7 @@ Test(xfer_revoke, revoke_by_name_drops_passive_peers)
     ASSERT_OK(ctx, kvrt_xfer_agent_destroy(a));
     kvrt_ctx_destroy(ctx);
     close(r.fd);
-    victim_down(&v);
+    txf_victim_down(&v);
 }
 
 /* A listener that authenticates one connection and then answers nothing,

@@ -230,7 +230,11 @@ void tcp_worker_stop(tcp_state_t *st);
 bool tcp_worker_queue(tcp_sock_t *s, uint32_t type, uint64_t tag, uint64_t work,
                       uint8_t *payload, uint32_t bytes);
 
-/* tcp_rx.c: handles a finished recv of `res` bytes on s. */
+/* tcp_rx.c: queues the reply to message `tag` on s: status, and `bytes`
+ * of reply copied out at their real size (st->lock held). */
+void tcp_reply_msg(tcp_sock_t *s, uint64_t tag, kvrt_status_t status, const uint8_t *reply,
+                   uint32_t bytes);
+/* Handles a finished recv of `res` bytes on s. */
 void tcp_rx_complete(tcp_sock_t *s, int res);
 /* Prepares the next recv of s into the ring. */
 void tcp_rx_arm(tcp_sock_t *s, struct io_uring_sqe *sqe);

@@ -36,6 +36,26 @@ static void reply(tcp_sock_t *s, uint8_t type, int32_t status, uint64_t tag,
     tcp_enqueue_reply(s, f);
 }
 
+void tcp_reply_msg(tcp_sock_t *s, uint64_t tag, kvrt_status_t status, const uint8_t *reply,
+                   uint32_t bytes)
+{
+    uint8_t *out = bytes ? malloc(bytes) : NULL;
+    if (out)
+        memcpy(out, reply, bytes);
+    else if (bytes)
+        status = KVRT_ERR_NO_MEMORY;
+    kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_MSG_REPLY, .status = status, .tag = tag,
+                                 .length = out ? bytes : 0};
+    tcp_frame_t *f = tcp_frame_new(s->conn->st, &h, out, h.length);
+    if (!f) {
+        free(out);
+        tcp_conn_fail(s->conn, KVRT_ERR_NO_MEMORY, "no memory for a message reply");
+        return;
+    }
+    f->owned = out;
+    tcp_enqueue_reply(s, f);
+}
+
 /* The slot an answer names, or UINT32_MAX when it names none of ours. */
 static uint32_t answered_slot(tcp_sock_t *s, tcp_slot_kind_t kind)
 {
@@ -181,23 +201,7 @@ static void on_payload(tcp_sock_t *s)
         if (st == KVRT_OK)
             st = kvrt_xfer_bk_serve_msg(c->peer, h->region, s->msg, len, 0, c->st->reply,
                                         KVRT_XFER_WIRE_MSG_MAX, &out_bytes);
-        uint8_t *out = out_bytes ? malloc(out_bytes) : NULL;
-        if (out)
-            memcpy(out, c->st->reply, out_bytes);
-        else if (out_bytes) {
-            st = KVRT_ERR_NO_MEMORY;
-            out_bytes = 0;
-        }
-        kvrt_xfer_wire_header_t r = {.type = KVRT_XFER_WIRE_MSG_REPLY, .status = st,
-                                     .tag = h->tag, .length = out_bytes};
-        tcp_frame_t *f = tcp_frame_new(c->st, &r, out, out_bytes);
-        if (!f) {
-            free(out);
-            tcp_conn_fail(c, KVRT_ERR_NO_MEMORY, "no memory for a message reply");
-        } else {
-            f->owned = out;
-            tcp_enqueue_reply(s, f);
-        }
+        tcp_reply_msg(s, h->tag, st, c->st->reply, out_bytes);
         free(s->msg);
         s->msg = NULL;
         break;

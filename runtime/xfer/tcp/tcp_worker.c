@@ -79,23 +79,8 @@ static void job_finish(tcp_state_t *st, tcp_job_t *j, kvrt_status_t status, uint
 {
     tcp_sock_t *s = j->sock;
     tcp_conn_t *c = s->conn;
-    if (!c->failed) {
-        uint8_t *out = reply_bytes ? malloc(reply_bytes) : NULL;
-        if (out)
-            memcpy(out, st->work_reply, reply_bytes);
-        else if (reply_bytes)
-            status = KVRT_ERR_NO_MEMORY;
-        kvrt_xfer_wire_header_t r = {.type = KVRT_XFER_WIRE_MSG_REPLY, .status = status,
-                                     .tag = j->tag, .length = out ? reply_bytes : 0};
-        tcp_frame_t *f = tcp_frame_new(st, &r, out, r.length);
-        if (!f) {
-            free(out);
-            tcp_conn_fail(c, KVRT_ERR_NO_MEMORY, "no memory for a message reply");
-        } else {
-            f->owned = out;
-            tcp_enqueue_reply(s, f);
-        }
-    }
+    if (!c->failed)
+        tcp_reply_msg(s, j->tag, status, st->work_reply, reply_bytes);
     c->queued -= j->cost;
     kvrt_xfer_bk_queued(st->env.agent, -(int64_t)j->cost);
     c->jobs--;
