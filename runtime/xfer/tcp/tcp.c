@@ -61,11 +61,15 @@ void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f)
 char kvrt_xfer_tcp_wire_order;
 #endif
 
-/* Frames are sealed when their sendmsg is gathered (send_start), in the
- * socket's send order: an AEAD frame's ciphertext buffer then exists only
- * while it is in flight, not for as long as it waits in the queue. */
+/* Frames are sealed in the socket's send order: with MAC when they are
+ * queued (by the thread that queues them, as posters do), with AEAD when
+ * their sendmsg is gathered (send_start), so that a frame's ciphertext
+ * buffer exists only while it is in flight, not while it waits. */
 void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f)
 {
+    if (s->protection != KVRT_XFER_PROTECT_AEAD)
+        kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, NULL, f->length,
+                             f->tag);
     TCP_WIRE_RELEASE();
     f->next = NULL;
     if (s->txq_tail)
@@ -271,33 +275,31 @@ static void send_prep(tcp_state_t *st, tcp_send_t *t, struct io_uring_sqe *sqe)
     t->sock->conn->sqes++;
 }
 
-/* Seals f, the next frame out on s (AEAD: into a buffer of its own). False
+/* Seals f, the next AEAD frame out on s, into a buffer of its own (the
+ * payload is registered memory, or the frame already owns it). False
  * without memory for the ciphertext; f is then left as it was. */
-static bool frame_seal(tcp_sock_t *s, tcp_frame_t *f)
+static bool frame_seal_aead(tcp_sock_t *s, tcp_frame_t *f)
 {
-    if (s->protection == KVRT_XFER_PROTECT_AEAD && f->length) {
-        /* The payload is registered memory, or the frame already owns it. */
-        uint8_t *out = f->owned ? f->owned : malloc(f->length);
-        if (!out)
-            return false;
-        if (f->cost && !f->owned) {
-            f->cost += (uint32_t)f->length;
-            s->conn->queued += f->length;
-            kvrt_xfer_bk_queued(s->conn->st->env.agent, (int64_t)f->length);
-        }
-        kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, out, f->length,
-                             f->tag);
-        f->owned = out;
-        f->payload = out;
-    } else {
-        kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, NULL, f->length,
-                             f->tag);
+    if (!f->length) {
+        kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, NULL, NULL, 0, f->tag);
+        return true;
     }
+    uint8_t *out = f->owned ? f->owned : malloc(f->length);
+    if (!out)
+        return false;
+    if (f->cost && !f->owned) {
+        f->cost += (uint32_t)f->length;
+        s->conn->queued += f->length;
+        kvrt_xfer_bk_queued(s->conn->st->env.agent, (int64_t)f->length);
+    }
+    kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, out, f->length, f->tag);
+    f->owned = out;
+    f->payload = out;
     return true;
 }
 
-/* Gathers queued frames of s into one sendmsg, sealing them; NULL without
- * memory for even the first. */
+/* Gathers queued frames of s into one sendmsg (sealing AEAD ones); NULL
+ * without memory for even the first. */
 static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
 {
     tcp_send_t *t = kvrt_free_list_take(&st->sends);
@@ -310,7 +312,7 @@ static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
     while (s->txq && t->iov_count + 3 <= TCP_IOV_MAX &&
            !(aead && t->frames && sealed + s->txq->length > TCP_SEAL_GATHER)) {
         tcp_frame_t *f = s->txq;
-        if (!frame_seal(s, f))
+        if (aead && !frame_seal_aead(s, f))
             break;
         sealed += f->length;
         s->txq = f->next;

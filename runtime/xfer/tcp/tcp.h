@@ -55,7 +55,7 @@ typedef struct tcp_frame {
 
 /* What a queued reply frame holds besides its payload. */
 #define TCP_FRAME_COST ((uint32_t)sizeof(tcp_frame_t))
-/* Ciphertext one AEAD sendmsg gathers at most (one frame always): queued
+/* Ciphertext one AEAD sendmsg gathers at most (one frame always): AEAD
  * frames are sealed as they go out, so their buffers exist only in flight. */
 #define TCP_SEAL_GATHER (1u << 20)
 
@@ -202,7 +202,8 @@ tcp_frame_t *tcp_frame_new(tcp_state_t *st, const kvrt_xfer_wire_header_t *h,
                            const uint8_t *payload, uint64_t length);
 /* Frees f (st->lock held); a reply must be settled first. */
 void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f);
-/* Queues f on s (st->lock held); it is sealed when it goes out. */
+/* Seals f and queues it on s (st->lock held); AEAD frames are sealed
+ * when they go out instead. */
 void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f);
 void tcp_upcall(tcp_state_t *st, tcp_upcall_t up);
 void tcp_conn_fail(tcp_conn_t *c, kvrt_status_t status, const char *why);
