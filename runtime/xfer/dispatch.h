@@ -75,7 +75,7 @@ kvrt_status_t xfer_layers_register(kvrt_xfer_agent_t *agent);
 /*
  * The sending side of a layer. A request made by a layer carries these ops
  * and the layer's state; the request code calls them with the agent lock
- * held and knows nothing else of the layer.
+ * held (on_reply excepted) and knows nothing else of the layer.
  */
 typedef struct xfer_request_layer {
     /* The request's next closing message once its data landed (use
@@ -85,7 +85,10 @@ typedef struct xfer_request_layer {
      * error the request fails with. */
     xfer_msg_t *(*next_msg)(kvrt_xfer_request_t *r, kvrt_status_t *status_out);
     /* Judges the reply to the last closing message (status is what the
-     * peer answered); returns what the request continues or fails with. */
+     * peer answered); returns what the request continues or fails with
+     * (KVRT_ERR_INTEGRITY is counted in integrity_failures). Called
+     * WITHOUT the agent lock, the request held: it may read the request's
+     * layer state and regions, and checksum for a while. */
     kvrt_status_t (*on_reply)(kvrt_xfer_request_t *r, kvrt_status_t status,
                               const uint8_t *reply, uint32_t bytes);
     /* Frees the layer's state with the request. */

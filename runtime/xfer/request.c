@@ -282,11 +282,27 @@ void kvrt_xfer_bk_msg_done(kvrt_xfer_bk_msg_t *bk, kvrt_status_t status,
     kvrt_xfer_peer_t *p = r ? r->peer : m->work ? m->peer : NULL;
     if (p)
         p->busy++;
+    kvrt_status_t st = status;
+    if (r && r->layer) {
+        /* The layer judges the reply unlocked: it may checksum what a READ
+         * brought (up to XFER_HASH_WORK_MAX bytes), and nothing else should
+         * wait for that. The request is held and its message stays
+         * attached meanwhile, so no other closing message of it starts,
+         * and an abort or timeout lets go of it instead. */
+        r->busy++;
+        pthread_mutex_unlock(&a->lock);
+        st = r->layer->on_reply(r, status, reply, reply_bytes);
+        pthread_mutex_lock(&a->lock);
+        r->busy--;
+        if (st == KVRT_ERR_INTEGRITY)
+            a->stats.integrity_failures++;
+        if (m->request != r) { /* completed meanwhile */
+            request_maybe_free(r);
+            r = NULL;
+        }
+    }
     if (r) {
         r->msg = NULL;
-        kvrt_status_t st = status;
-        if (r->layer)
-            st = r->layer->on_reply(r, status, reply, reply_bytes);
         if (st != KVRT_OK)
             request_fail(r, st);
         else if (r->error != KVRT_OK)

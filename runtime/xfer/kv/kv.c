@@ -355,8 +355,6 @@ static kvrt_status_t kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
                                  const uint8_t *reply, uint32_t bytes)
 {
     struct xfer_kv *kv = r->layer_state;
-    if (status == KVRT_ERR_INTEGRITY) /* the receiver's verdict on a VERIFY */
-        r->agent->stats.integrity_failures++;
     if (status != KVRT_OK || !kv->integrity || kv->opcode != KVRT_XFER_READ ||
         kv->chunk_count == 0)
         return status;
@@ -378,11 +376,9 @@ static kvrt_status_t kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
             st = KVRT_ERR_INTEGRITY;
     }
     XXH3_freeState(s);
-    if (st == KVRT_ERR_INTEGRITY) {
-        r->agent->stats.integrity_failures++;
+    if (st == KVRT_ERR_INTEGRITY)
         kvrt_log(r->agent->ctx, KVRT_LOG_WARN, "xfer %s: KV read from %s failed its checksum",
                  r->agent->name, r->peer ? r->peer->name : "?");
-    }
     return st;
 }
 
