@@ -46,16 +46,17 @@ static inline void txf_seal(txr_t *r, uint8_t *buf, size_t capacity, size_t *at,
     *at += KVRT_XFER_WIRE_HEADER_BYTES + n + KVRT_XFER_FRAME_TAG_BYTES;
 }
 
-/* Seals `count` READ_REQs of `length` bytes each, back to back from
- * offset 0 of region `id`; returns the bytes sealed into buf. */
+/* Seals `count` READ_REQs of `length` bytes each, back to back over the
+ * first `span` bytes of region `id` (again from 0 past its end); returns
+ * the bytes sealed into buf. */
 static inline size_t txf_seal_reads(txr_t *r, uint8_t *buf, size_t capacity, uint32_t id,
-                                    uint32_t count, uint64_t length)
+                                    uint32_t count, uint64_t length, uint64_t span)
 {
     size_t at = 0;
     for (uint32_t i = 0; i < count; i++)
         txf_seal(r, buf, capacity, &at,
                  (kvrt_xfer_wire_header_t){.type = KVRT_XFER_WIRE_READ_REQ, .region = id,
-                                           .tag = i, .offset = (uint64_t)i * length,
+                                           .tag = i, .offset = (uint64_t)i * length % span,
                                            .length = length},
                  NULL);
     return at;

@@ -222,7 +222,7 @@ Test(xfer_netns, destroy_after_zero_copy_sends_is_prompt, .fini = teardown)
     txr_t r = txr_handshake(fd, "reader");
     enum { N = 32 };
     static uint8_t buf[N * 64];
-    size_t at = txf_seal_reads(&r, buf, sizeof(buf), id, N, 256u << 10);
+    size_t at = txf_seal_reads(&r, buf, sizeof(buf), id, N, 256u << 10, bytes);
     cr_assert_eq(txf_write(fd, buf, at, 2000), at);
     cr_assert_gt(txf_stat_reaches(ctx, "xfer.0.queued_bytes", 1, 5000), 0);
 
