@@ -551,7 +551,11 @@ typedef struct kvrt_xfer_kv_params {
      * verifies before delivering the notification, for READ this side
      * verifies against the holder's checksums. A mismatch fails the request
      * with KVRT_ERR_INTEGRITY. Checksums are computed on the CPU, so either
-     * pool being device (dmabuf) memory makes it KVRT_ERR_UNSUPPORTED. */
+     * pool being device (dmabuf) memory makes it KVRT_ERR_UNSUPPORTED.
+     * A checksum message asks the peer for at most 256 MiB of hashing
+     * (fewer blocks per message when blocks are large), and at most 1 GiB
+     * of it is outstanding per peer: further messages wait for answers.
+     * The receiver refuses more (KVRT_ERR_REQUEST_LIMIT, KVRT_ERR_BUSY). */
     int integrity;
     const void *notify;                 /* copied; 1..KVRT_XFER_NOTIFY_MAX
                                            bytes, delivered once all landed */
