@@ -87,7 +87,10 @@ enum kvrt_xfer_agent_params_field {
     KVRT_XFER_AGENT_PARAM_PROTECTION = 1u << 8,   /* frame_protection */
     KVRT_XFER_AGENT_PARAM_MAX_PEERS = 1u << 9,    /* max_peers */
     /* max_pending_handshakes, handshake_timeout_ms */
-    KVRT_XFER_AGENT_PARAM_HANDSHAKES = 1u << 10
+    KVRT_XFER_AGENT_PARAM_HANDSHAKES = 1u << 10,
+    /* Bounds on what one authenticated peer can make the agent hold or do. */
+    KVRT_XFER_AGENT_PARAM_MAX_QUEUED = 1u << 11,      /* max_queued_bytes */
+    KVRT_XFER_AGENT_PARAM_ACCESS_DEADLINE = 1u << 12  /* access_deadline_ms */
 };
 
 /*
@@ -146,6 +149,14 @@ typedef struct kvrt_xfer_agent_params {
      * from its accept (10..60000 ms, default 1000); then it is closed, however
      * slowly it was still sending. */
     uint32_t handshake_timeout_ms;
+    /* Bytes the agent may hold for replies a peer has not taken (frame
+     * records, reply payloads, ciphertext), per peer; at that much it stops
+     * reading from the peer until they drain. 4 KiB..1 GiB, default 16 MiB. */
+    uint64_t max_queued_bytes;
+    /* A peer holding incoming accesses (pinned memory, e.g. READ responses
+     * it does not drain) that completes none of them for this long is
+     * revoked: its connection is closed. 10..3,600,000 ms, default 5000. */
+    uint32_t access_deadline_ms;
 } kvrt_xfer_agent_params_t;
 
 /*
@@ -248,12 +259,15 @@ kvrt_status_t kvrt_xfer_register(kvrt_xfer_agent_t *agent,
 /*
  * kvrt_xfer_deregister - removes a registration. Peers' later accesses to it
  * are refused (KVRT_ERR_UNKNOWN_REGION). Requests of this agent that use
- * the region make it fail at once; peers' accesses already in progress
- * are waited for, up to 1 s. While it waits, the region is refused to new
+ * the region make it fail at once. Peers' accesses already in progress
+ * are waited for; a peer whose accesses make no progress for 100 ms is
+ * revoked (as kvrt_xfer_peer_revoke: its connection is closed), and after
+ * 1 s every peer still holding the region is, so a peer cannot keep a
+ * region registered. While it waits, the region is refused to new
  * requests (KVRT_ERR_INVALID_ARG) and to peers. NULL is a no-op.
- * Errors: KVRT_ERR_BUSY (outstanding requests of this agent use it, a
- * peer's access was still in progress after 1 s, or another deregistration
- * of it is in progress; the registration stays as it was).
+ * Errors: KVRT_ERR_BUSY (outstanding requests of this agent use it,
+ * another deregistration of it is in progress, or accesses outlived even
+ * the revocations by 1 s; the registration stays as it was).
  */
 kvrt_status_t kvrt_xfer_deregister(kvrt_xfer_region_t *region);
 
@@ -311,6 +325,31 @@ kvrt_status_t kvrt_xfer_connect(kvrt_xfer_agent_t *agent, const char *address,
  * Errors: none.
  */
 kvrt_status_t kvrt_xfer_disconnect(kvrt_xfer_peer_t *peer);
+
+/*
+ * kvrt_xfer_peer_revoke - takes back everything the peer was given, now:
+ * its outstanding requests complete with KVRT_ERR_CANCELED, its incoming
+ * accesses in progress (READs being served, pinned memory) are dropped and
+ * its connection is closed, so no later frame of it is served. The peer
+ * stays (RECONNECTING, last_error KVRT_ERR_CANCELED) and reconnects with
+ * backoff as after a broken connection; disconnect it to be rid of it.
+ * Returns once the connection is closed: nothing of the peer's pins
+ * memory afterwards. A peer that is down already only has its requests
+ * failed. Thread-safe (any thread). Errors: KVRT_ERR_INVALID_ARG (NULL).
+ */
+kvrt_status_t kvrt_xfer_peer_revoke(kvrt_xfer_peer_t *peer);
+
+/*
+ * kvrt_xfer_revoke_name - revokes every peer named `name` (the name it
+ * gave in its handshake; peers that connected to this agent as well as
+ * those it connected to), as kvrt_xfer_peer_revoke() does. A peer that
+ * connected to this agent is dropped; if it connects again it is a new
+ * peer. *revoked_out (may be NULL) gets how many were revoked.
+ * Thread-safe. Errors: KVRT_ERR_INVALID_ARG (NULL agent or name),
+ * KVRT_ERR_NOT_FOUND (no peer of that name; nothing changed).
+ */
+kvrt_status_t kvrt_xfer_revoke_name(kvrt_xfer_agent_t *agent, const char *name,
+                                    uint32_t *revoked_out);
 
 /*
  * kvrt_xfer_peer_info - state and counters, into the caller's struct (set
@@ -522,7 +561,11 @@ typedef struct kvrt_xfer_kv_params {
      * verifies before delivering the notification, for READ this side
      * verifies against the holder's checksums. A mismatch fails the request
      * with KVRT_ERR_INTEGRITY. Checksums are computed on the CPU, so either
-     * pool being device (dmabuf) memory makes it KVRT_ERR_UNSUPPORTED. */
+     * pool being device (dmabuf) memory makes it KVRT_ERR_UNSUPPORTED.
+     * A checksum message asks the peer for at most 256 MiB of hashing
+     * (fewer blocks per message when blocks are large), and at most 1 GiB
+     * of it is outstanding per peer: further messages wait for answers.
+     * The receiver refuses more (KVRT_ERR_REQUEST_LIMIT, KVRT_ERR_BUSY). */
     int integrity;
     const void *notify;                 /* copied; 1..KVRT_XFER_NOTIFY_MAX
                                            bytes, delivered once all landed */
@@ -549,7 +592,11 @@ kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
  * context): bytes_written, bytes_read, ops, requests, requests_failed,
  * refused (incoming operations refused), auth_failures, regions,
  * outstanding, peers, reconnects, integrity_failures,
- * notifications_dropped; all u64, read-only.
+ * notifications_dropped, queued_bytes (held for replies peers have not
+ * taken, all peers), reads_paused (times a peer's reading stopped for
+ * that), revocations (peers revoked: by call, deregistration or access
+ * deadline), hash_refused (KV checksum messages refused for size or
+ * budget); all u64, read-only.
  */
 
 #ifdef __cplusplus

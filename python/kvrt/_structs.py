@@ -238,7 +238,8 @@ class kvrt_xfer_agent_params_t(Struct):
                 ("reconnect_initial_ms", u32), ("reconnect_max_ms", u32),
                 ("reconnect_attempts", u32), ("zerocopy_threshold", u64),
                 ("frame_protection", enum), ("max_peers", u32),
-                ("max_pending_handshakes", u32), ("handshake_timeout_ms", u32)]
+                ("max_pending_handshakes", u32), ("handshake_timeout_ms", u32),
+                ("max_queued_bytes", u64), ("access_deadline_ms", u32)]
 
 
 class kvrt_xfer_register_params_t(Struct):

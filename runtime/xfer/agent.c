@@ -45,6 +45,18 @@ STAT_GETTER(reconnects)
 STAT_GETTER(integrity_failures)
 STAT_GETTER(handshakes_pending)
 STAT_GETTER(handshakes_dropped)
+STAT_GETTER(revocations)
+STAT_GETTER(hash_refused)
+
+static void get_queued_bytes(void *obj, kvrt_ctl_value_t *v)
+{
+    v->u64 = atomic_load_explicit(&((kvrt_xfer_agent_t *)obj)->queued_bytes, memory_order_relaxed);
+}
+
+static void get_reads_paused(void *obj, kvrt_ctl_value_t *v)
+{
+    v->u64 = atomic_load_explicit(&((kvrt_xfer_agent_t *)obj)->reads_paused, memory_order_relaxed);
+}
 
 static void get_notifications_dropped(void *obj, kvrt_ctl_value_t *v)
 {
@@ -107,6 +119,14 @@ static const kvrt_ctl_node_t stat_nodes[] = {
      "Incoming connections not yet authenticated."},
     {"handshakes_dropped", KVRT_CTL_U64, get_handshakes_dropped, NULL, KVRT_CTL_METRIC_COUNTER,
      "Incoming connections closed before authenticating: deadline passed, or displaced."},
+    {"queued_bytes", KVRT_CTL_U64, get_queued_bytes, NULL, KVRT_CTL_METRIC_GAUGE,
+     "Bytes held for replies peers have not taken yet."},
+    {"reads_paused", KVRT_CTL_U64, get_reads_paused, NULL, KVRT_CTL_METRIC_COUNTER,
+     "Times reading from a peer stopped because it did not take its replies."},
+    {"revocations", KVRT_CTL_U64, get_revocations, NULL, KVRT_CTL_METRIC_COUNTER,
+     "Peers revoked (by call, by deregistration, or for stalled accesses)."},
+    {"hash_refused", KVRT_CTL_U64, get_hash_refused, NULL, KVRT_CTL_METRIC_COUNTER,
+     "KV checksum messages refused: too much work or over the peer's budget."},
 };
 
 /* ---- peers ---------------------------------------------------------------- */
@@ -155,7 +175,7 @@ void xfer_peer_put(kvrt_xfer_peer_t *p)
 
 /* Detaches p's connection for closing (lock held, p held): no new backend
  * op starts on it, and those running have returned. */
-static void *peer_take_conn(kvrt_xfer_peer_t *p)
+void *peer_take_conn(kvrt_xfer_peer_t *p)
 {
     kvrt_xfer_agent_t *a = p->agent;
     void *conn = p->conn;
@@ -168,7 +188,7 @@ static void *peer_take_conn(kvrt_xfer_peer_t *p)
 /* Starts closing a listed peer (lock held): unlists it, fails its
  * requests, takes a hold and its connection. The caller closes the
  * connection unlocked, then drops the hold with xfer_peer_put(). */
-static void *peer_shut(kvrt_xfer_peer_t *p, kvrt_status_t status)
+void *peer_shut(kvrt_xfer_peer_t *p, kvrt_status_t status)
 {
     kvrt_xfer_agent_t *a = p->agent;
     p->closing = true;
@@ -180,7 +200,7 @@ static void *peer_shut(kvrt_xfer_peer_t *p, kvrt_status_t status)
 }
 
 /* Closes conn (if any) of held peer p, then drops the hold. Unlocked. */
-static void peer_close_put(kvrt_xfer_peer_t *p, void *conn)
+void peer_close_put(kvrt_xfer_peer_t *p, void *conn)
 {
     kvrt_xfer_agent_t *a = p->agent;
     /* close() completes every batch still on the connection, so after it
@@ -369,6 +389,16 @@ void kvrt_xfer_bk_count_bytes(kvrt_xfer_agent_t *a, uint64_t written, uint64_t r
     a->stats.bytes_written += written;
     a->stats.bytes_read += read;
     pthread_mutex_unlock(&a->lock);
+}
+
+void kvrt_xfer_bk_queued(kvrt_xfer_agent_t *a, int64_t delta)
+{
+    atomic_fetch_add_explicit(&a->queued_bytes, (uint_fast64_t)delta, memory_order_relaxed);
+}
+
+void kvrt_xfer_bk_paused(kvrt_xfer_agent_t *a)
+{
+    atomic_fetch_add_explicit(&a->reads_paused, 1, memory_order_relaxed);
 }
 
 bool xfer_refusal_log_ok(kvrt_xfer_agent_t *a, uint64_t *suppressed_out)
@@ -580,6 +610,9 @@ static void *upkeep_main(void *arg)
         if (stop)
             break;
         xfer_requests_expire(a, kvrt_now_ns());
+        pthread_mutex_lock(&a->lock);
+        xfer_revoke_stalled(a, a->access_deadline_ns, KVRT_ERR_TIMEOUT);
+        pthread_mutex_unlock(&a->lock);
         for (int i = 0; i < 64 && upkeep_peers(a); i++)
             ;
     }
@@ -596,7 +629,7 @@ static void agent_owned_destroy(kvrt_owned_t *self)
 static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_params_t *p,
                                  kvrt_xfer_backend_kind_t *kind, const char **listen)
 {
-    const uint64_t known = (KVRT_XFER_AGENT_PARAM_HANDSHAKES << 1) - 1;
+    const uint64_t known = (KVRT_XFER_AGENT_PARAM_ACCESS_DEADLINE << 1) - 1;
     if (p->field_mask & ~known)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits");
     if (!p->cluster_key || p->cluster_key_bytes < KVRT_XFER_KEY_MIN)
@@ -639,6 +672,16 @@ static kvrt_status_t read_params(kvrt_xfer_agent_t *a, const kvrt_xfer_agent_par
                          "max_pending_handshakes %u outside 1..65536 or handshake_timeout_ms "
                          "%u outside 10..60000",
                          a->max_pending, a->handshake_timeout_ms);
+    a->max_queued_bytes = (m & KVRT_XFER_AGENT_PARAM_MAX_QUEUED) ? p->max_queued_bytes
+                                                                 : XFER_MAX_QUEUED_DEFAULT;
+    uint32_t deadline_ms = (m & KVRT_XFER_AGENT_PARAM_ACCESS_DEADLINE) ? p->access_deadline_ms
+                                                                      : XFER_ACCESS_DEADLINE_MS;
+    a->access_deadline_ns = (uint64_t)deadline_ms * 1000000ull;
+    if (a->max_queued_bytes < 4096 || a->max_queued_bytes > (1ull << 30) || deadline_ms < 10 ||
+        deadline_ms > 3600000)
+        return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG,
+                         "max_queued_bytes (4 KiB..1 GiB) or access_deadline_ms (10..3600000) "
+                         "out of range");
     if (a->protection != KVRT_XFER_PROTECT_MAC && a->protection != KVRT_XFER_PROTECT_AEAD)
         return kvrt_fail(a->ctx, KVRT_ERR_INVALID_ARG, "unknown frame protection %d",
                          (int)a->protection);
@@ -720,7 +763,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
     if (st == KVRT_OK) {
         kvrt_xfer_bk_env_t env = {.ctx = ctx, .agent = a, .name = a->name,
                                   .connections_per_peer = a->connections,
-                                  .zerocopy_threshold = a->zerocopy_threshold};
+                                  .zerocopy_threshold = a->zerocopy_threshold,
+                                  .max_queued_bytes = a->max_queued_bytes};
         if (a->backend->init(&env, &a->bk_state, why, sizeof(why)) != KVRT_OK)
             st = kvrt_fail(ctx, KVRT_ERR_IO, "%s backend: %s", a->backend->name, why);
     }

@@ -37,6 +37,7 @@
 #define KVRT_XFER_AGENT_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -61,6 +62,15 @@
 #define XFER_RESERVED_REQUESTS 256u
 /* Operations longer than this are split; it is also a TCP frame's limit. */
 #define XFER_OP_SPLIT (16ull << 20)
+/* What one peer may make the agent hold or do, by default (agent params). */
+#define XFER_MAX_QUEUED_DEFAULT (16ull << 20)
+#define XFER_ACCESS_DEADLINE_MS 5000u
+/* KV checksum work one message may ask for (blocks x block bytes), unless
+ * it names a single block, and what one peer may have queued with an
+ * agent. Senders cut their messages to fit the first and keep within the
+ * second, so only a hostile peer is refused. */
+#define XFER_HASH_WORK_MAX (256ull << 20)
+#define XFER_HASH_BUDGET (1ull << 30)
 
 typedef struct xfer_link {
     struct xfer_link *prev, *next;
@@ -86,7 +96,7 @@ static inline void xfer_list_del(xfer_link_t *l)
 
 typedef struct xfer_stats {
     uint64_t bytes_written, bytes_read, ops, requests, requests_failed, refused,
-        auth_failures, reconnects, integrity_failures;
+        auth_failures, reconnects, integrity_failures, revocations, hash_refused;
     uint64_t handshakes_pending;  /* gauge, written by the accept thread */
     uint64_t handshakes_dropped;  /* timed out or displaced before authenticating */
 } xfer_stats_t;
@@ -137,6 +147,13 @@ struct kvrt_xfer_peer {
     xfer_link_t requests;    /* outstanding, in post order */
     xfer_link_t remotes;
     uint64_t next_seq;
+    /* Incoming accesses in progress (kvrt_xfer_bk_pin) and when one last
+     * began or ended: pins with no progress for the access deadline get
+     * the peer revoked. */
+    uint32_t pins;
+    uint64_t progress_ns;
+    uint64_t hash_work;      /* KV checksum bytes of its messages admitted, not served */
+    uint64_t hash_work_out;  /* ... of our messages to it, not yet answered */
 };
 
 typedef enum xfer_phase {
@@ -192,6 +209,10 @@ struct xfer_msg {
     kvrt_xfer_bk_msg_t bk;     /* first */
     kvrt_xfer_agent_t *agent;
     kvrt_xfer_request_t *request; /* NULL once the request let go */
+    /* Work it asks of the peer (counted in peer->hash_work_out until it
+     * is answered; the peer outlives every message on its connection). */
+    kvrt_xfer_peer_t *peer;
+    uint64_t work;
     uint8_t payload[];
 };
 
@@ -211,6 +232,9 @@ struct kvrt_xfer_agent {
     uint32_t max_peers;        /* passive peers held at most */
     uint32_t max_pending;      /* unauthenticated connections held at most */
     uint32_t handshake_timeout_ms; /* pre-authentication deadline */
+    uint64_t max_queued_bytes; /* per peer, for the backend */
+    uint64_t access_deadline_ns;
+    atomic_uint_fast64_t queued_bytes, reads_paused; /* backend-reported */
 
     pthread_mutex_t lock;
     pthread_cond_t cond;       /* completions, unpins, peer changes */
@@ -242,6 +266,7 @@ struct kvrt_xfer_agent {
     uint64_t refusal_window_ns, refusals_suppressed;
     uint32_t refusal_lines;
     xfer_msg_serve_fn handlers[XFER_MSG_TYPES]; /* dispatch.c; fixed after create */
+    xfer_msg_work_fn work_of[XFER_MSG_TYPES];   /* NULL: cheap, served at once */
 };
 
 /* ---- agent.c ----------------------------------------------------------- */
@@ -254,6 +279,24 @@ bool xfer_refusal_log_ok(kvrt_xfer_agent_t *a, uint64_t *suppressed_out);
 /* Drops a hold on p (lock held); frees p when it was the last hold of a
  * closing peer. */
 void xfer_peer_put(kvrt_xfer_peer_t *p);
+/* Detaches p's connection for closing (lock held, p held), waiting until
+ * no backend op runs on it. */
+void *peer_take_conn(kvrt_xfer_peer_t *p);
+/* Starts closing a listed peer (lock held): unlists it, fails its requests
+ * with status, takes a hold and its connection for peer_close_put(). */
+void *peer_shut(kvrt_xfer_peer_t *p, kvrt_status_t status);
+/* Closes conn (if any) of held peer p, then drops the hold. Unlocked. */
+void peer_close_put(kvrt_xfer_peer_t *p, void *conn);
+
+/* ---- revoke.c ---------------------------------------------------------- */
+/* Revokes listed peer p (lock held; returns with it held, having dropped
+ * it meanwhile): fails its requests, closes its connection (so its pins
+ * go), drops it if passive, else leaves it RECONNECTING. */
+void xfer_peer_revoke(kvrt_xfer_peer_t *p, kvrt_status_t why);
+/* Revokes every listed peer holding pins that made no progress for
+ * idle_ns (0: every peer holding pins). Lock held (dropped meanwhile).
+ * Returns how many. */
+uint32_t xfer_revoke_stalled(kvrt_xfer_agent_t *agent, uint64_t idle_ns, kvrt_status_t why);
 
 /* The listener's admission of an authenticated HELLO (a kvrt_xfer_sc_admit_fn
  * with the agent as arg): KVRT_ERR_BUSY for a new session beyond

@@ -20,8 +20,11 @@
  * agent posts the next window of a request from there), so a backend must
  * not hold its own locks while calling those two or conn_failed: collect
  * completions under the lock, deliver them after unlocking. The others
- * (pin, unpin, refuse, deliver_msg, dial, count_bytes, ctx, peer_name) never
- * call into the backend and may be called with its locks held.
+ * (pin, unpin, refuse, admit_msg, deliver_msg, serve_msg, drop_msg, dial,
+ * count_bytes, queued, paused, ctx, peer_name) never call into the backend
+ * and may be called with its locks held; deliver_msg and serve_msg may
+ * work long (KV checksums), so a backend should not hold its locks across
+ * them.
  *
  * Connection set-up. Both backends start from a TCP side channel
  * (sidechannel.h): the dialing agent connects, both ends authenticate with
@@ -47,7 +50,7 @@
 #include "kvrt/xfer.h"
 #include "sidechannel.h"
 
-#define KVRT_XFER_BACKEND_VERSION 1
+#define KVRT_XFER_BACKEND_VERSION 2
 
 /* Largest backend key blob inside a region descriptor (verbs: rkeys and
  * addresses of up to 16 MR pieces). */
@@ -122,6 +125,9 @@ typedef struct kvrt_xfer_bk_env {
     const char *name;                /* the agent's name */
     uint32_t connections_per_peer;
     uint64_t zerocopy_threshold;
+    /* Bytes a connection may hold for replies its peer has not taken; at
+     * that much it stops reading from the peer until they drain. */
+    uint64_t max_queued_bytes;
 } kvrt_xfer_bk_env_t;
 
 typedef struct kvrt_xfer_backend {
@@ -213,13 +219,33 @@ void kvrt_xfer_bk_msg_done(kvrt_xfer_bk_msg_t *msg, kvrt_status_t status,
 /*
  * A message arrived from `peer`. The agent handles it and writes a reply of
  * at most reply_capacity bytes; the returned status goes back to the sender.
- * Called from the backend's progress thread; it may compute checksums over
- * registered memory, so it can take a while for large KV transfers.
+ * It may compute checksums over registered memory, bounded per message
+ * (XFER_HASH_WORK_MAX) and per peer (XFER_HASH_BUDGET): admit + serve in
+ * one call, for a backend that serves messages where they arrive.
  */
 kvrt_status_t kvrt_xfer_bk_deliver_msg(kvrt_xfer_bk_peer_t *peer, uint32_t type,
                                        const uint8_t *payload, uint32_t bytes,
                                        uint8_t *reply, uint32_t reply_capacity,
                                        uint32_t *reply_bytes_out);
+
+/*
+ * The same in two steps, so that long work runs off the I/O thread:
+ * admit_msg (cheap; may be called with backend locks held) judges the
+ * work a message asks for and reserves it against the peer's budget
+ * (*work_out; 0: serve it at once). A refused message (KVRT_ERR_BUSY over
+ * budget, KVRT_ERR_REQUEST_LIMIT too much for one message) is answered
+ * with that status. serve_msg (no backend lock held) serves it and gives
+ * the work back; drop_msg gives it back for a message that will not be
+ * served (its connection went).
+ */
+kvrt_status_t kvrt_xfer_bk_admit_msg(kvrt_xfer_bk_peer_t *peer, uint32_t type,
+                                     const uint8_t *payload, uint32_t bytes,
+                                     uint64_t *work_out);
+kvrt_status_t kvrt_xfer_bk_serve_msg(kvrt_xfer_bk_peer_t *peer, uint32_t type,
+                                     const uint8_t *payload, uint32_t bytes, uint64_t work,
+                                     uint8_t *reply, uint32_t reply_capacity,
+                                     uint32_t *reply_bytes_out);
+void kvrt_xfer_bk_drop_msg(kvrt_xfer_bk_peer_t *peer, uint64_t work);
 
 /*
  * A connection broke (EOF, reset, error completion). The backend must still
@@ -242,7 +268,12 @@ void kvrt_xfer_bk_conn_failed(kvrt_xfer_bk_peer_t *peer, kvrt_status_t status,
 kvrt_status_t kvrt_xfer_bk_pin(kvrt_xfer_bk_peer_t *peer, uint32_t id,
                                uint32_t access, uint64_t offset, uint64_t length,
                                uint8_t **address_out, void **pin_out);
-void kvrt_xfer_bk_unpin(kvrt_xfer_agent_t *agent, void *pin);
+/* Ends an access pinned for `peer`. Pins count per region and per peer:
+ * a peer holding pins that has released none for the agent's access
+ * deadline is revoked (its connection closed), and deregistration revokes
+ * peers whose pins keep a region. So a backend unpins every pin of a
+ * connection before its `close` returns. */
+void kvrt_xfer_bk_unpin(kvrt_xfer_bk_peer_t *peer, void *pin);
 
 /* Counts and logs an incoming message refused as malformed (the backend
  * then drops the connection). */
@@ -266,6 +297,11 @@ const char *kvrt_xfer_bk_peer_name(const kvrt_xfer_bk_peer_t *peer);
 /* Counts bytes moved (for the agent's statistics). */
 void kvrt_xfer_bk_count_bytes(kvrt_xfer_agent_t *agent, uint64_t written,
                               uint64_t read);
+/* Reply bytes held for peers changed by delta; a connection stopped
+ * reading because its peer does not take its replies. Lock-free (the
+ * "queued_bytes" and "reads_paused" statistics). */
+void kvrt_xfer_bk_queued(kvrt_xfer_agent_t *agent, int64_t delta);
+void kvrt_xfer_bk_paused(kvrt_xfer_agent_t *agent);
 
 /* ---- the backend table (backends.c) ------------------------------------- */
 

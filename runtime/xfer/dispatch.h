@@ -45,10 +45,28 @@ typedef kvrt_status_t (*xfer_msg_serve_fn)(kvrt_xfer_peer_t *peer, uint32_t type
                                            uint8_t *reply, uint32_t capacity,
                                            uint32_t *reply_bytes_out);
 
-/* Registers the handler of `type` on agent (during create only).
- * KVRT_ERR_INVALID_ARG for a type out of range or taken. */
+/*
+ * The work a received message asks for, in bytes its handler will read
+ * (KV checksums), judged before it is queued, on the backend's I/O thread:
+ * it must be cheap. KVRT_OK with *work_out 0 for a message served at once
+ * (malformed ones too: the handler refuses them quickly); an error refuses
+ * the message with that status (KVRT_ERR_REQUEST_LIMIT: more than
+ * XFER_HASH_WORK_MAX). Admitted work counts against the peer's budget
+ * (XFER_HASH_BUDGET) until served; beyond it a message is refused with
+ * KVRT_ERR_BUSY.
+ */
+typedef kvrt_status_t (*xfer_msg_work_fn)(kvrt_xfer_peer_t *peer, uint32_t type,
+                                          const uint8_t *payload, uint32_t bytes,
+                                          uint64_t *work_out);
+
+/* Registers the handler of `type` on agent (during create only), and for
+ * handlers that may work long, what a message asks of them (work may be
+ * NULL: every message is cheap). KVRT_ERR_INVALID_ARG for a type out of
+ * range or taken. */
 kvrt_status_t xfer_dispatch_register(kvrt_xfer_agent_t *agent, uint32_t type,
                                      xfer_msg_serve_fn serve);
+kvrt_status_t xfer_dispatch_register_work(kvrt_xfer_agent_t *agent, uint32_t type,
+                                          xfer_msg_serve_fn serve, xfer_msg_work_fn work);
 
 /* Registers every layer's handlers: the list of layers lives in
  * dispatch.c. */
@@ -57,15 +75,20 @@ kvrt_status_t xfer_layers_register(kvrt_xfer_agent_t *agent);
 /*
  * The sending side of a layer. A request made by a layer carries these ops
  * and the layer's state; the request code calls them with the agent lock
- * held and knows nothing else of the layer.
+ * held (on_reply excepted) and knows nothing else of the layer.
  */
 typedef struct xfer_request_layer {
     /* The request's next closing message once its data landed (use
-     * xfer_msg_new); NULL when none is left, with *status_out KVRT_OK, or an
+     * xfer_msg_new); NULL when none is left, with *status_out KVRT_OK,
+     * KVRT_INPROGRESS when one must wait (the peer is asked for as much
+     * work as it takes: asked again when a message completes), or an
      * error the request fails with. */
     xfer_msg_t *(*next_msg)(kvrt_xfer_request_t *r, kvrt_status_t *status_out);
     /* Judges the reply to the last closing message (status is what the
-     * peer answered); returns what the request continues or fails with. */
+     * peer answered); returns what the request continues or fails with
+     * (KVRT_ERR_INTEGRITY is counted in integrity_failures). Called
+     * WITHOUT the agent lock, the request held: it may read the request's
+     * layer state and regions, and checksum for a while. */
     kvrt_status_t (*on_reply)(kvrt_xfer_request_t *r, kvrt_status_t status,
                               const uint8_t *reply, uint32_t bytes);
     /* Frees the layer's state with the request. */

@@ -25,6 +25,12 @@
 #define DESC_LAYOUT 32
 #define DESC_FLAG_LAYOUT 1u
 #define DESC_FLAG_DEVICE 2u
+/* Deregistration: how long a peer's access may make no progress before it
+ * is revoked, when every holder is, and how long the revoked accesses may
+ * then take to end. */
+#define DEREG_GRACE_NS (100ull * 1000000ull)
+#define DEREG_WAIT_NS (1000ull * 1000000ull)
+#define DEREG_AFTER_REVOKE_NS (1000ull * 1000000ull)
 
 kvrt_xfer_region_t *xfer_region_lookup(kvrt_xfer_agent_t *a, uint32_t id)
 {
@@ -165,14 +171,29 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_deregister(kvrt_xfer_region_t *r)
                          users);
     }
     /* Dying, the region is refused to peers and to new requests, and keeps
-     * its slot; then the peers' accesses in progress finish with it. */
+     * its slot; then the peers' accesses in progress finish with it. A
+     * peer that stalls them cannot keep it: after DEREG_GRACE_NS without
+     * progress its access is revoked, and after DEREG_WAIT_NS every peer
+     * still holding the region is. */
     r->dying = true;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += 1;
-    while (r->pins)
-        if (pthread_cond_timedwait(&a->cond, &a->lock, &ts) == ETIMEDOUT)
+    uint64_t start = kvrt_now_ns();
+    while (r->pins) {
+        uint64_t waited = kvrt_now_ns() - start;
+        if (waited >= DEREG_WAIT_NS + DEREG_AFTER_REVOKE_NS)
             break;
+        if (waited >= DEREG_GRACE_NS)
+            xfer_revoke_stalled(a, waited >= DEREG_WAIT_NS ? 0 : DEREG_GRACE_NS, KVRT_ERR_CANCELED);
+        if (!r->pins)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 10000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&a->cond, &a->lock, &ts);
+    }
     if (r->pins || r->users) {
         r->dying = false;
         pthread_mutex_unlock(&a->lock);
@@ -342,6 +363,8 @@ kvrt_status_t kvrt_xfer_bk_pin(kvrt_xfer_bk_peer_t *peer, uint32_t id, uint32_t 
                  length, id, r->bk.length);
     } else {
         r->pins++;
+        if (peer->pins++ == 0)
+            peer->progress_ns = kvrt_now_ns();
         *address_out = r->bk.base + offset;
         *pin_out = r;
     }
@@ -359,10 +382,13 @@ kvrt_status_t kvrt_xfer_bk_pin(kvrt_xfer_bk_peer_t *peer, uint32_t id, uint32_t 
     return st;
 }
 
-void kvrt_xfer_bk_unpin(kvrt_xfer_agent_t *a, void *pin)
+void kvrt_xfer_bk_unpin(kvrt_xfer_bk_peer_t *peer, void *pin)
 {
+    kvrt_xfer_agent_t *a = peer->agent;
     kvrt_xfer_region_t *r = pin;
     pthread_mutex_lock(&a->lock);
+    peer->pins--;
+    peer->progress_ns = kvrt_now_ns();
     if (--r->pins == 0)
         pthread_cond_broadcast(&a->cond);
     pthread_mutex_unlock(&a->lock);

@@ -261,6 +261,15 @@ void kvrt_xfer_bk_batch_done(kvrt_xfer_bk_batch_t *bk, kvrt_status_t status)
         peer_pump_release(p);
 }
 
+/* Frees a closing message (lock held), giving back the work it asked of
+ * its peer. */
+static void msg_free(xfer_msg_t *m)
+{
+    if (m->work)
+        m->peer->hash_work_out -= m->work;
+    free(m);
+}
+
 void kvrt_xfer_bk_msg_done(kvrt_xfer_bk_msg_t *bk, kvrt_status_t status,
                            const uint8_t *reply, uint32_t reply_bytes)
 {
@@ -268,21 +277,39 @@ void kvrt_xfer_bk_msg_done(kvrt_xfer_bk_msg_t *bk, kvrt_status_t status,
     kvrt_xfer_agent_t *a = m->agent;
     pthread_mutex_lock(&a->lock);
     kvrt_xfer_request_t *r = m->request;
-    kvrt_xfer_peer_t *p = r ? r->peer : NULL;
+    /* The peer is pumped again: a request of it may wait for the work
+     * this message gives back. */
+    kvrt_xfer_peer_t *p = r ? r->peer : m->work ? m->peer : NULL;
     if (p)
         p->busy++;
+    kvrt_status_t st = status;
+    if (r && r->layer) {
+        /* The layer judges the reply unlocked: it may checksum what a READ
+         * brought (up to XFER_HASH_WORK_MAX bytes), and nothing else should
+         * wait for that. The request is held and its message stays
+         * attached meanwhile, so no other closing message of it starts,
+         * and an abort or timeout lets go of it instead. */
+        r->busy++;
+        pthread_mutex_unlock(&a->lock);
+        st = r->layer->on_reply(r, status, reply, reply_bytes);
+        pthread_mutex_lock(&a->lock);
+        r->busy--;
+        if (st == KVRT_ERR_INTEGRITY)
+            a->stats.integrity_failures++;
+        if (m->request != r) { /* completed meanwhile */
+            request_maybe_free(r);
+            r = NULL;
+        }
+    }
     if (r) {
         r->msg = NULL;
-        kvrt_status_t st = status;
-        if (r->layer)
-            st = r->layer->on_reply(r, status, reply, reply_bytes);
         if (st != KVRT_OK)
             request_fail(r, st);
         else if (r->error != KVRT_OK)
             request_fail(r, r->error);
     }
+    msg_free(m);
     pthread_mutex_unlock(&a->lock);
-    free(m);
     if (p)
         peer_pump_release(p);
 }
@@ -328,6 +355,8 @@ restart:
             *msg = m;
             return WORK_MSG;
         }
+        if (st == KVRT_INPROGRESS)
+            continue; /* asked again when the peer has room */
         request_complete(r, st);
         goto restart; /* the list changed */
     }
@@ -371,7 +400,7 @@ void xfer_peer_pump(kvrt_xfer_peer_t *p)
         } else if (st != KVRT_OK) {
             if (r->msg == m)
                 r->msg = NULL;
-            free(m);
+            msg_free(m);
             request_fail(r, st);
         }
         r->busy--;

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/endian.h"
 #include "test_xfer_util.h"
 #include "xfer/sidechannel.h"
 #include "xfer/tcp/frame_auth.h"
@@ -27,13 +28,10 @@ typedef struct txr {
     kvrt_xfer_frame_key_t tx, rx;
 } txr_t;
 
-/* An authenticated raw session to the agent at `address` (MAC frames). */
-static inline txr_t txr_connect(const char *address, const char *name)
+/* The handshake on a connected socket `fd` (MAC frames). */
+static inline txr_t txr_handshake(int fd, const char *name)
 {
-    kvrt_xfer_addr_t addr;
-    cr_assert_eq(kvrt_xfer_addr_parse(address, &addr), KVRT_OK);
-    txr_t r = {.fd = -1};
-    cr_assert_eq(kvrt_xfer_sc_dial(&addr, txr_deadline(), &r.fd), KVRT_OK);
+    txr_t r = {.fd = fd};
     kvrt_xfer_key_t key;
     cr_assert_eq(kvrt_xfer_key_derive(test_xfer_key, 32, &key), KVRT_OK);
     kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION, .backend = KVRT_XFER_BACKEND_TCP,
@@ -46,6 +44,48 @@ static inline txr_t txr_connect(const char *address, const char *name)
     memcpy(r.tx.key, keys.tx, sizeof(r.tx.key));
     memcpy(r.rx.key, keys.rx, sizeof(r.rx.key));
     return r;
+}
+
+/* The listening side of the handshake on an accepted socket `fd`, blocking
+ * (TCP backend, MAC frames), the way the agent's accept loop answers:
+ * HELLO -> CHALLENGE, PROOF -> RESULT. Returns the verdict it sent. */
+static inline kvrt_status_t txr_accept_handshake(int fd, const char *name,
+                                                 kvrt_xfer_sc_keys_t *keys_out)
+{
+    kvrt_xfer_key_t key;
+    cr_assert_eq(kvrt_xfer_key_derive(test_xfer_key, 32, &key), KVRT_OK);
+    kvrt_xfer_sc_server_t s;
+    uint8_t hello[KVRT_XFER_SC_HELLO_BYTES], proof[KVRT_XFER_SC_PROOF_BYTES];
+    uint32_t got = 0;
+    uint64_t deadline = txr_deadline();
+    kvrt_status_t st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_HELLO, hello, sizeof(hello), &got,
+                                         deadline);
+    if (st == KVRT_OK)
+        st = kvrt_xfer_sc_server_hello(&s, &key, name, hello, got);
+    if (st == KVRT_OK)
+        st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_CHALLENGE, s.challenge, sizeof(s.challenge),
+                               deadline);
+    if (st == KVRT_OK)
+        st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_PROOF, proof, sizeof(proof), &got, deadline);
+    if (st != KVRT_OK)
+        return st;
+    kvrt_status_t verdict = kvrt_xfer_sc_server_proof(&s, &key, KVRT_XFER_BACKEND_TCP,
+                                                      KVRT_XFER_PROTECT_MAC, NULL, NULL, proof,
+                                                      got, keys_out);
+    uint8_t result[KVRT_XFER_SC_RESULT_BYTES];
+    kvrt_store_le32(result, (uint32_t)(int32_t)verdict);
+    st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_RESULT, result, sizeof(result), deadline);
+    return verdict != KVRT_OK ? verdict : st;
+}
+
+/* An authenticated raw session to the agent at `address` (MAC frames). */
+static inline txr_t txr_connect(const char *address, const char *name)
+{
+    kvrt_xfer_addr_t addr;
+    cr_assert_eq(kvrt_xfer_addr_parse(address, &addr), KVRT_OK);
+    int fd = -1;
+    cr_assert_eq(kvrt_xfer_sc_dial(&addr, txr_deadline(), &fd), KVRT_OK);
+    return txr_handshake(fd, name);
 }
 
 /* Sends one sealed frame. */

@@ -23,7 +23,8 @@
 #include "core/endian.h"
 
 /* Blocks per closing message: 16 bytes each in a VERIFY, within
- * KVRT_XFER_MSG_MAX with room for the header and a notification. */
+ * KVRT_XFER_MSG_MAX with room for the header and a notification; fewer
+ * when their checksums would be more than XFER_HASH_WORK_MAX to compute. */
 #define KV_CHUNK 4000u
 #define KV_VERIFY_HEAD 16u
 
@@ -277,12 +278,33 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
     return KVRT_OK;
 }
 
+/* Blocks one checksum message may name: KV_CHUNK, fewer when that many
+ * blocks of this size would be more work than a peer takes per message. */
+static uint32_t kv_chunk_blocks(const kvrt_kv_layout_t *l)
+{
+    uint64_t block = 0;
+    kvrt_layout_block_bytes(l, &block);
+    uint64_t n = block ? XFER_HASH_WORK_MAX / block : KV_CHUNK;
+    return n < 1 ? 1 : n > KV_CHUNK ? KV_CHUNK : (uint32_t)n;
+}
+
 static xfer_msg_t *kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out)
 {
     struct xfer_kv *kv = r->layer_state;
     xfer_msg_t *m = NULL;
     if (kv->integrity && kv->next < kv->count) {
-        uint32_t n = kv->count - kv->next < KV_CHUNK ? kv->count - kv->next : KV_CHUNK;
+        uint32_t chunk = kv_chunk_blocks(&kv->local->layout);
+        uint32_t n = kv->count - kv->next < chunk ? kv->count - kv->next : chunk;
+        uint64_t block = 0;
+        kvrt_layout_block_bytes(&kv->local->layout, &block);
+        uint64_t work = (uint64_t)n * block;
+        /* The peer takes at most XFER_HASH_BUDGET of checksum work from us
+         * at once: wait for answers rather than be refused. */
+        kvrt_xfer_peer_t *peer = r->peer;
+        if (peer->hash_work_out && work > XFER_HASH_BUDGET - peer->hash_work_out) {
+            *status_out = KVRT_INPROGRESS;
+            return NULL;
+        }
         bool last = kv->next + n == kv->count;
         kv->chunk_first = kv->next;
         kv->chunk_count = n;
@@ -314,6 +336,11 @@ static xfer_msg_t *kv_next_msg(kvrt_xfer_request_t *r, kvrt_status_t *status_out
                     kvrt_store_le32(m->payload + 8 + 4 * i, (uint32_t)kv->remote_blocks[kv->chunk_first + i]);
             }
         }
+        if (m) {
+            m->peer = peer;
+            m->work = work;
+            peer->hash_work_out += work;
+        }
     } else if (r->notify_bytes && !r->notify_sent) {
         m = xfer_notify_msg(r);
     } else {
@@ -328,8 +355,6 @@ static kvrt_status_t kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
                                  const uint8_t *reply, uint32_t bytes)
 {
     struct xfer_kv *kv = r->layer_state;
-    if (status == KVRT_ERR_INTEGRITY) /* the receiver's verdict on a VERIFY */
-        r->agent->stats.integrity_failures++;
     if (status != KVRT_OK || !kv->integrity || kv->opcode != KVRT_XFER_READ ||
         kv->chunk_count == 0)
         return status;
@@ -351,11 +376,9 @@ static kvrt_status_t kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
             st = KVRT_ERR_INTEGRITY;
     }
     XXH3_freeState(s);
-    if (st == KVRT_ERR_INTEGRITY) {
-        r->agent->stats.integrity_failures++;
+    if (st == KVRT_ERR_INTEGRITY)
         kvrt_log(r->agent->ctx, KVRT_LOG_WARN, "xfer %s: KV read from %s failed its checksum",
                  r->agent->name, r->peer ? r->peer->name : "?");
-    }
     return st;
 }
 
@@ -419,7 +442,7 @@ static kvrt_status_t kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const u
             st = KVRT_ERR_INTEGRITY;
     }
     XXH3_freeState(s);
-    kvrt_xfer_bk_unpin(a, pin);
+    kvrt_xfer_bk_unpin(peer, pin);
     if (st == KVRT_OK && !verify)
         *reply_bytes_out = 8 * n;
     if (verify && (st == KVRT_ERR_INTEGRITY || (st == KVRT_OK && last && nb))) {
@@ -435,8 +458,36 @@ static kvrt_status_t kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const u
     return st;
 }
 
+/* Receiver side, on the I/O thread: the checksum work a message asks for
+ * (blocks named x the pool's block size). Malformed messages count as no
+ * work; kv_serve_msg refuses them at once. */
+static kvrt_status_t kv_work(kvrt_xfer_peer_t *peer, uint32_t type, const uint8_t *payload,
+                             uint32_t bytes, uint64_t *work_out)
+{
+    *work_out = 0;
+    if (bytes < 8)
+        return KVRT_OK;
+    uint32_t id = kvrt_load_le32(payload), n = kvrt_load_le32(payload + 4);
+    kvrt_xfer_agent_t *a = peer->agent;
+    pthread_mutex_lock(&a->lock);
+    kvrt_xfer_region_t *region = xfer_region_lookup(a, id);
+    uint64_t block = 0;
+    if (region && region->has_pool)
+        kvrt_layout_block_bytes(&region->layout, &block);
+    pthread_mutex_unlock(&a->lock);
+    if (n == 0 || n > KV_CHUNK || !block)
+        return KVRT_OK;
+    uint64_t work = (uint64_t)n * block;
+    (void)type;
+    if (n > 1 && work > XFER_HASH_WORK_MAX)
+        return KVRT_ERR_REQUEST_LIMIT;
+    *work_out = work;
+    return KVRT_OK;
+}
+
 kvrt_status_t xfer_kv_register(kvrt_xfer_agent_t *a)
 {
-    kvrt_status_t st = xfer_dispatch_register(a, XFER_MSG_KV_VERIFY, kv_serve_msg);
-    return st == KVRT_OK ? xfer_dispatch_register(a, XFER_MSG_KV_HASHES, kv_serve_msg) : st;
+    kvrt_status_t st = xfer_dispatch_register_work(a, XFER_MSG_KV_VERIFY, kv_serve_msg, kv_work);
+    return st == KVRT_OK ? xfer_dispatch_register_work(a, XFER_MSG_KV_HASHES, kv_serve_msg, kv_work)
+                         : st;
 }

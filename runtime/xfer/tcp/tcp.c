@@ -15,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -51,8 +53,6 @@ tcp_frame_t *tcp_frame_new(tcp_state_t *st, const kvrt_xfer_wire_header_t *h,
 
 void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f)
 {
-    if (f->pin)
-        kvrt_xfer_bk_unpin(st->env.agent, f->pin);
     free(f->owned);
     kvrt_free_list_give(&st->frames, f);
 }
@@ -61,26 +61,15 @@ void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f)
 char kvrt_xfer_tcp_wire_order;
 #endif
 
+/* Frames are sealed in the socket's send order: with MAC when they are
+ * queued (by the thread that queues them, as posters do), with AEAD when
+ * their sendmsg is gathered (send_start), so that a frame's ciphertext
+ * buffer exists only while it is in flight, not while it waits. */
 void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f)
 {
-    tcp_state_t *st = s->conn->st;
-    if (s->protection == KVRT_XFER_PROTECT_AEAD && f->length) {
-        /* The ciphertext goes to a buffer of the frame's own: the payload
-         * is registered memory, or the frame already owns it. */
-        uint8_t *out = f->owned ? f->owned : malloc(f->length);
-        if (!out) {
-            tcp_frame_free(st, f);
-            tcp_conn_fail(s->conn, KVRT_ERR_NO_MEMORY, "no memory to encrypt a frame");
-            return;
-        }
-        kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, out, f->length,
-                             f->tag);
-        f->owned = out;
-        f->payload = out;
-    } else {
+    if (s->protection != KVRT_XFER_PROTECT_AEAD)
         kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, NULL, f->length,
                              f->tag);
-    }
     TCP_WIRE_RELEASE();
     f->next = NULL;
     if (s->txq_tail)
@@ -89,6 +78,27 @@ void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f)
         s->txq = f;
     s->txq_tail = f;
     s->txq_bytes += TCP_FRAME_WIRE(f->length);
+}
+
+void tcp_enqueue_reply(tcp_sock_t *s, tcp_frame_t *f)
+{
+    tcp_conn_t *c = s->conn;
+    f->cost = TCP_FRAME_COST + (f->owned ? (uint32_t)f->length : 0);
+    c->queued += f->cost;
+    kvrt_xfer_bk_queued(c->st->env.agent, (int64_t)f->cost);
+    tcp_enqueue(s, f);
+}
+
+void tcp_frame_settle(tcp_conn_t *c, tcp_frame_t *f)
+{
+    if (f->pin)
+        kvrt_xfer_bk_unpin(c->peer, f->pin);
+    f->pin = NULL;
+    if (f->cost) {
+        c->queued -= f->cost;
+        kvrt_xfer_bk_queued(c->st->env.agent, -(int64_t)f->cost);
+        f->cost = 0;
+    }
 }
 
 /* Reserves n upcall entries (lock held); false without memory. */
@@ -215,6 +225,7 @@ static void conn_finalize(tcp_conn_t *c)
         while (s->txq) {
             tcp_frame_t *f = s->txq;
             s->txq = f->next;
+            tcp_frame_settle(c, f);
             tcp_frame_free(c->st, f);
         }
         s->txq_tail = NULL;
@@ -231,7 +242,16 @@ static void conn_free(tcp_conn_t *c)
         upcalls_unreserve(c->st);
         pthread_mutex_unlock(&c->st->lock);
     }
+    /* Data still unsent when a connection closes (replies a stalled or
+     * revoked peer did not take) would stay in the kernel for as long as
+     * the peer keeps its window shut, and with it the pages of zero-copy
+     * sends and their notifications: an abortive close (RST) drops it. */
+    struct linger abort_close = {.l_onoff = 1, .l_linger = 0};
     for (uint32_t i = 0; i < c->nsocks; i++) {
+        int unsent = 0;
+        if (ioctl(c->socks[i]->fd, SIOCOUTQ, &unsent) == 0 && unsent > 0)
+            setsockopt(c->socks[i]->fd, SOL_SOCKET, SO_LINGER, &abort_close,
+                       sizeof(abort_close));
         close(c->socks[i]->fd);
         free(c->socks[i]->stage);
         free(c->socks[i]);
@@ -255,7 +275,31 @@ static void send_prep(tcp_state_t *st, tcp_send_t *t, struct io_uring_sqe *sqe)
     t->sock->conn->sqes++;
 }
 
-/* Gathers queued frames of s into one sendmsg. */
+/* Seals f, the next AEAD frame out on s, into a buffer of its own (the
+ * payload is registered memory, or the frame already owns it). False
+ * without memory for the ciphertext; f is then left as it was. */
+static bool frame_seal_aead(tcp_sock_t *s, tcp_frame_t *f)
+{
+    if (!f->length) {
+        kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, NULL, NULL, 0, f->tag);
+        return true;
+    }
+    uint8_t *out = f->owned ? f->owned : malloc(f->length);
+    if (!out)
+        return false;
+    if (f->cost && !f->owned) {
+        f->cost += (uint32_t)f->length;
+        s->conn->queued += f->length;
+        kvrt_xfer_bk_queued(s->conn->st->env.agent, (int64_t)f->length);
+    }
+    kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, out, f->length, f->tag);
+    f->owned = out;
+    f->payload = out;
+    return true;
+}
+
+/* Gathers queued frames of s into one sendmsg (sealing AEAD ones); NULL
+ * without memory for even the first. */
 static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
 {
     tcp_send_t *t = kvrt_free_list_take(&st->sends);
@@ -263,8 +307,14 @@ static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
         return NULL;
     t->sock = s;
     tcp_frame_t **tail = &t->frames;
-    while (s->txq && t->iov_count + 3 <= TCP_IOV_MAX) {
+    uint64_t sealed = 0;
+    bool aead = s->protection == KVRT_XFER_PROTECT_AEAD;
+    while (s->txq && t->iov_count + 3 <= TCP_IOV_MAX &&
+           !(aead && t->frames && sealed + s->txq->length > TCP_SEAL_GATHER)) {
         tcp_frame_t *f = s->txq;
+        if (aead && !frame_seal_aead(s, f))
+            break;
+        sealed += f->length;
         s->txq = f->next;
         s->txq_bytes -= TCP_FRAME_WIRE(f->length);
         f->next = NULL;
@@ -281,6 +331,10 @@ static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
     }
     if (!s->txq)
         s->txq_tail = NULL;
+    if (!t->frames) {
+        kvrt_free_list_give(&st->sends, t);
+        return NULL;
+    }
     s->sending = true;
     return t;
 }
@@ -295,18 +349,29 @@ static void send_free(tcp_state_t *st, tcp_send_t *t)
     kvrt_free_list_give(&st->sends, t);
 }
 
-/* Ends a sendmsg: its socket may send again. Zero-copy notifications may
- * come after the connection is gone (the kernel lets go of the pages when
- * the socket is closed): from here on the record stands alone. */
+/* Ends a sendmsg: its socket may send again, and its frames' pins and
+ * costs are settled while the connection is still there. The kernel may
+ * still read zero-copy pages until its notifications (after the
+ * connection is gone if it closes first): from here on the record stands
+ * alone, on st->orphans until then. Unpinning before that is safe: the
+ * kernel holds its own references to those pages, and the frame's tag
+ * already covers the bytes the peer must get. */
 static void send_finish(tcp_state_t *st, tcp_send_t *t)
 {
+    for (tcp_frame_t *f = t->frames; f; f = f->next)
+        tcp_frame_settle(t->sock->conn, f);
     t->finished = true;
     t->sock->sending = false;
     t->sock = NULL;
-    if (t->notifs == 0)
+    if (t->notifs == 0) {
         send_free(st, t);
-    else
-        st->zc_orphans++;
+        return;
+    }
+    t->next = st->orphans;
+    if (t->next)
+        t->next->prev = t;
+    t->prev = NULL;
+    st->orphans = t;
 }
 
 /* A sendmsg completed with res bytes or an error. Returns true when t must
@@ -365,7 +430,14 @@ static void prepare(tcp_state_t *st)
             continue;
         for (uint32_t i = 0; i < c->nsocks; i++) {
             tcp_sock_t *s = c->socks[i];
-            if (!s->armed) {
+            if (s->rx_paused && !tcp_conn_full(c)) {
+                /* Its replies drained: serve what is staged, then read on. */
+                s->rx_paused = false;
+                tcp_rx_drain(s);
+                if (c->failed)
+                    break;
+            }
+            if (!s->armed && !s->rx_paused) {
                 struct io_uring_sqe *sqe = sqe_get(st);
                 if (!sqe)
                     return;
@@ -409,9 +481,13 @@ static void handle_cqe(tcp_state_t *st, struct io_uring_cqe *cqe)
         tcp_send_t *t = (tcp_send_t *)(data & ~(uintptr_t)7);
         if (cqe->flags & IORING_CQE_F_NOTIF) {
             if (--t->notifs == 0 && t->finished) {
+                if (t->prev)
+                    t->prev->next = t->next;
+                else
+                    st->orphans = t->next;
+                if (t->next)
+                    t->next->prev = t->prev;
                 send_free(st, t);
-                st->zc_orphans--;
-                pthread_cond_broadcast(&st->cond);
             }
             return;
         }
@@ -470,7 +546,7 @@ static void *progress_main(void *arg)
         /* Failed connections whose submissions all came back can give up
          * their slots; their completions go out with the others below. */
         for (tcp_conn_t *c = st->conns; c; c = c->next)
-            if (c->failed && c->sqes == 0 && !c->finalized)
+            if (c->failed && c->sqes == 0 && c->jobs == 0 && !c->finalized)
                 conn_finalize(c);
         deliver(st);
         bool signal = false;
@@ -529,8 +605,11 @@ static kvrt_status_t tcp_init(const kvrt_xfer_bk_env_t *env, void **state_out, c
     st->wake_fd = eventfd(0, EFD_CLOEXEC);
     pthread_mutex_init(&st->lock, NULL);
     pthread_cond_init(&st->cond, NULL);
-    if (st->wake_fd < 0 || pthread_create(&st->thread, NULL, progress_main, st) != 0) {
-        snprintf(why, why_bytes, "cannot start the progress thread");
+    bool worker = st->wake_fd >= 0 && tcp_worker_start(st);
+    if (!worker || pthread_create(&st->thread, NULL, progress_main, st) != 0) {
+        snprintf(why, why_bytes, "cannot start the progress and worker threads");
+        if (worker)
+            tcp_worker_stop(st);
         if (st->wake_fd >= 0)
             close(st->wake_fd);
         io_uring_queue_exit(&st->ring);
@@ -553,15 +632,8 @@ static kvrt_status_t tcp_init(const kvrt_xfer_bk_env_t *env, void **state_out, c
 static void tcp_fini(void *state)
 {
     tcp_state_t *st = state;
+    tcp_worker_stop(st);
     pthread_mutex_lock(&st->lock);
-    /* Closed sockets release their zero-copy pages promptly; give the
-     * notifications a moment so their records are freed, not leaked. */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 1;
-    while (st->zc_orphans > 0)
-        if (pthread_cond_timedwait(&st->cond, &st->lock, &ts) != 0)
-            break;
     st->stopping = true;
     pthread_mutex_unlock(&st->lock);
     wake(st);
@@ -569,6 +641,13 @@ static void tcp_fini(void *state)
     /* Every connection was closed before fini, so nothing is in flight but
      * the wake read, which exiting the ring cancels. */
     io_uring_queue_exit(&st->ring);
+    /* With the ring gone no notification can name a record any more; the
+     * kernel keeps its own references to the pages it may still send. */
+    while (st->orphans) {
+        tcp_send_t *t = st->orphans;
+        st->orphans = t->next;
+        send_free(st, t);
+    }
     close(st->wake_fd);
     free(st->ups);
     kvrt_free_list_drain(&st->frames);

@@ -35,6 +35,7 @@
 typedef struct tcp_state tcp_state_t;
 typedef struct tcp_conn tcp_conn_t;
 typedef struct tcp_sock tcp_sock_t;
+typedef struct tcp_job tcp_job_t;
 
 /* An outgoing frame: header, then an optional payload that stays valid
  * until the frame is freed (registered memory, or `owned`). */
@@ -46,10 +47,21 @@ typedef struct tcp_frame {
     uint8_t tag[KVRT_XFER_FRAME_TAG_BYTES]; /* sealed when queued */
     void *pin;                 /* served READ_RESP: unpinned once sent */
     uint8_t *owned;            /* freed with the frame */
+    /* A reply to the peer (ACK, READ_RESP, MSG_REPLY): the memory it holds
+     * (record, owned payload or ciphertext), counted in its connection's
+     * `queued` from when it is queued until its sendmsg finishes. */
+    uint32_t cost;
 } tcp_frame_t;
+
+/* What a queued reply frame holds besides its payload. */
+#define TCP_FRAME_COST ((uint32_t)sizeof(tcp_frame_t))
+/* Ciphertext one AEAD sendmsg gathers at most (one frame always): AEAD
+ * frames are sealed as they go out, so their buffers exist only in flight. */
+#define TCP_SEAL_GATHER (1u << 20)
 
 /* One sendmsg in flight on a socket (several frames). */
 typedef struct tcp_send {
+    struct tcp_send *next, *prev; /* in st->orphans once finished, notifications due */
     tcp_sock_t *sock;
     tcp_frame_t *frames;
     struct iovec iov[TCP_IOV_MAX];
@@ -78,6 +90,7 @@ struct tcp_sock {
     tcp_conn_t *conn;
     int fd;
     bool armed;                /* a recv is in flight */
+    bool rx_paused;            /* reading stopped: the peer's replies are not drained */
     bool sending;              /* a tcp_send is in flight */
     /* receive state */
     tcp_rx_phase_t phase;
@@ -116,6 +129,10 @@ struct tcp_conn {
     bool drained;              /* everything completed and delivered */
     bool finalized;
     bool fail_reserved;        /* holds an upcall entry for its failure report */
+    /* Bytes held for replies to this peer (frame costs). At max_queued the
+     * connection stops reading from the peer until they drain. */
+    uint64_t queued;
+    uint32_t jobs;             /* messages with the worker (tcp_worker.c) */
 };
 
 /* A completion to deliver once the lock is dropped. */
@@ -148,8 +165,16 @@ struct tcp_state {
     kvrt_free_list_t frames;   /* freed frames kept for reuse */
     kvrt_free_list_t sends;    /* freed sendmsg records kept for reuse */
     uint64_t written, read;    /* bytes completed, reported in batches */
-    uint32_t zc_orphans;       /* finished sends awaiting zero-copy notifications */
+    /* Finished sends whose zero-copy notifications are still due; freed
+     * when they arrive, or after the ring is gone at fini. */
+    tcp_send_t *orphans;
     uint8_t reply[KVRT_XFER_WIRE_MSG_MAX]; /* a message's reply, before it is sized */
+    /* Messages that work long, served by the worker (tcp_worker.c). */
+    pthread_t worker;
+    pthread_cond_t work_cond;
+    bool worker_stopping;
+    tcp_job_t *jobs, *jobs_tail;
+    uint8_t work_reply[KVRT_XFER_WIRE_MSG_MAX]; /* the worker's, unlocked */
 };
 
 /*
@@ -175,9 +200,10 @@ _Static_assert(TCP_FRAME_WIRE(KVRT_XFER_WIRE_FRAME_MAX) <= TCP_STAGE,
 /* A frame from the state's cache (st->lock held); NULL without memory. */
 tcp_frame_t *tcp_frame_new(tcp_state_t *st, const kvrt_xfer_wire_header_t *h,
                            const uint8_t *payload, uint64_t length);
+/* Frees f (st->lock held); a reply must be settled first. */
 void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f);
-/* Seals f and queues it on s (st->lock held). Without memory (AEAD needs a
- * buffer for the ciphertext) frees f and fails the connection. */
+/* Seals f and queues it on s (st->lock held); AEAD frames are sealed
+ * when they go out instead. */
 void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f);
 void tcp_upcall(tcp_state_t *st, tcp_upcall_t up);
 void tcp_conn_fail(tcp_conn_t *c, kvrt_status_t status, const char *why);
@@ -185,11 +211,38 @@ void tcp_conn_fail(tcp_conn_t *c, kvrt_status_t status, const char *why);
 void tcp_slot_finish(tcp_conn_t *c, uint32_t index, kvrt_status_t status,
                      uint8_t *reply, uint32_t reply_bytes);
 
-/* tcp_rx.c: handles a finished recv of `res` bytes on s. */
+/* Queues a reply frame on s, counting its cost against the peer
+ * (st->lock held). */
+void tcp_enqueue_reply(tcp_sock_t *s, tcp_frame_t *f);
+/* Drops a frame's pin and its cost from c (st->lock held, c alive). */
+void tcp_frame_settle(tcp_conn_t *c, tcp_frame_t *f);
+/* Whether c holds as many reply bytes as it may (reads stop). */
+static inline bool tcp_conn_full(const tcp_conn_t *c)
+{
+    return c->queued >= c->st->env.max_queued_bytes;
+}
+
+/* tcp_worker.c: the thread serving admitted messages that work long. */
+bool tcp_worker_start(tcp_state_t *st);
+/* Joins it; no connection is left, so neither is a job. */
+void tcp_worker_stop(tcp_state_t *st);
+/* Hands a message admitted with `work` to the worker (st->lock held); it
+ * takes payload over. False without memory (nothing changed). */
+bool tcp_worker_queue(tcp_sock_t *s, uint32_t type, uint64_t tag, uint64_t work,
+                      uint8_t *payload, uint32_t bytes);
+
+/* tcp_rx.c: queues the reply to message `tag` on s: status, and `bytes`
+ * of reply copied out at their real size (st->lock held). */
+void tcp_reply_msg(tcp_sock_t *s, uint64_t tag, kvrt_status_t status, const uint8_t *reply,
+                   uint32_t bytes);
+/* Handles a finished recv of `res` bytes on s. */
 void tcp_rx_complete(tcp_sock_t *s, int res);
 /* Prepares the next recv of s into the ring. */
 void tcp_rx_arm(tcp_sock_t *s, struct io_uring_sqe *sqe);
 /* Releases what s's receive side holds (on connection teardown). */
 void tcp_rx_release(tcp_sock_t *s);
+/* Consumes whole frames staged on s, stopping at a frame boundary while
+ * the connection is full (s->rx_paused). */
+void tcp_rx_drain(tcp_sock_t *s);
 
 #endif /* KVRT_XFER_TCP_H */

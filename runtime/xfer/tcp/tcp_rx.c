@@ -33,7 +33,27 @@ static void reply(tcp_sock_t *s, uint8_t type, int32_t status, uint64_t tag,
         tcp_conn_fail(s->conn, KVRT_ERR_NO_MEMORY, "no memory for a reply frame");
         return;
     }
-    tcp_enqueue(s, f);
+    tcp_enqueue_reply(s, f);
+}
+
+void tcp_reply_msg(tcp_sock_t *s, uint64_t tag, kvrt_status_t status, const uint8_t *reply,
+                   uint32_t bytes)
+{
+    uint8_t *out = bytes ? malloc(bytes) : NULL;
+    if (out)
+        memcpy(out, reply, bytes);
+    else if (bytes)
+        status = KVRT_ERR_NO_MEMORY;
+    kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_MSG_REPLY, .status = status, .tag = tag,
+                                 .length = out ? bytes : 0};
+    tcp_frame_t *f = tcp_frame_new(s->conn->st, &h, out, h.length);
+    if (!f) {
+        free(out);
+        tcp_conn_fail(s->conn, KVRT_ERR_NO_MEMORY, "no memory for a message reply");
+        return;
+    }
+    f->owned = out;
+    tcp_enqueue_reply(s, f);
 }
 
 /* The slot an answer names, or UINT32_MAX when it names none of ours. */
@@ -92,12 +112,12 @@ static void on_header(tcp_sock_t *s)
                                          .length = h->length};
             tcp_frame_t *f = tcp_frame_new(c->st, &r, addr, h->length);
             if (!f) {
-                kvrt_xfer_bk_unpin(c->st->env.agent, pin);
+                kvrt_xfer_bk_unpin(c->peer, pin);
                 tcp_conn_fail(c, KVRT_ERR_NO_MEMORY, "no memory for a read response");
                 return;
             }
             f->pin = pin;
-            tcp_enqueue(s, f);
+            tcp_enqueue_reply(s, f);
         } else {
             reply(s, KVRT_XFER_WIRE_READ_RESP, st, h->tag, NULL, 0);
         }
@@ -153,7 +173,7 @@ static void on_payload(tcp_sock_t *s)
     kvrt_xfer_wire_header_t *h = &s->h;
     switch (h->type) {
     case KVRT_XFER_WIRE_WRITE:
-        kvrt_xfer_bk_unpin(c->st->env.agent, s->pin);
+        kvrt_xfer_bk_unpin(c->peer, s->pin);
         s->pin = NULL;
         reply(s, KVRT_XFER_WIRE_ACK, 0, h->tag, NULL, 0);
         break;
@@ -161,32 +181,27 @@ static void on_payload(tcp_sock_t *s)
         tcp_slot_finish(c, s->slot, KVRT_OK, NULL, 0);
         break;
     case KVRT_XFER_WIRE_MSG: {
-        /* The agent handles it now (it may checksum KV blocks); the lock
-         * is ours, but the agent never calls back into the backend here.
-         * The reply is written to the state's buffer (this thread's, under
-         * the lock) and copied out at its real size: a queued reply costs
-         * what it says, not the largest message. */
-        uint32_t out_bytes = 0;
-        kvrt_status_t st = kvrt_xfer_bk_deliver_msg(c->peer, h->region, s->msg,
-                                                    (uint32_t)h->length, c->st->reply,
-                                                    KVRT_XFER_WIRE_MSG_MAX, &out_bytes);
-        uint8_t *out = out_bytes ? malloc(out_bytes) : NULL;
-        if (out)
-            memcpy(out, c->st->reply, out_bytes);
-        else if (out_bytes) {
+        /* Admitted first (the work it asks for, against the peer's budget).
+         * Long work (KV checksums) goes to the worker; the rest is served
+         * now: the lock is ours, but the agent never calls back into the
+         * backend here. The reply is written to the state's buffer (this
+         * thread's, under the lock) and copied out at its real size: a
+         * queued reply costs what it says, not the largest message. */
+        uint32_t len = (uint32_t)h->length, out_bytes = 0;
+        uint64_t work = 0;
+        kvrt_status_t st = kvrt_xfer_bk_admit_msg(c->peer, h->region, s->msg, len, &work);
+        if (st == KVRT_OK && work) {
+            if (tcp_worker_queue(s, h->region, h->tag, work, s->msg, len)) {
+                s->msg = NULL;
+                break;
+            }
+            kvrt_xfer_bk_drop_msg(c->peer, work);
             st = KVRT_ERR_NO_MEMORY;
-            out_bytes = 0;
         }
-        kvrt_xfer_wire_header_t r = {.type = KVRT_XFER_WIRE_MSG_REPLY, .status = st,
-                                     .tag = h->tag, .length = out_bytes};
-        tcp_frame_t *f = tcp_frame_new(c->st, &r, out, out_bytes);
-        if (!f) {
-            free(out);
-            tcp_conn_fail(c, KVRT_ERR_NO_MEMORY, "no memory for a message reply");
-        } else {
-            f->owned = out;
-            tcp_enqueue(s, f);
-        }
+        if (st == KVRT_OK)
+            st = kvrt_xfer_bk_serve_msg(c->peer, h->region, s->msg, len, 0, c->st->reply,
+                                        KVRT_XFER_WIRE_MSG_MAX, &out_bytes);
+        tcp_reply_msg(s, h->tag, st, c->st->reply, out_bytes);
         free(s->msg);
         s->msg = NULL;
         break;
@@ -248,8 +263,7 @@ static bool open_frame(tcp_sock_t *s)
     return true;
 }
 
-/* Consumes what is staged: whole authentic frames. */
-static void drain_stage(tcp_sock_t *s)
+void tcp_rx_drain(tcp_sock_t *s)
 {
     tcp_conn_t *c = s->conn;
     while (!c->failed) {
@@ -260,6 +274,15 @@ static void drain_stage(tcp_sock_t *s)
         uint32_t avail = s->stage_end - s->stage_start;
         const uint8_t *at = s->stage + s->stage_start;
         if (s->phase == RX_HEADER) {
+            /* Backpressure: a peer that does not read our replies gets no
+             * more served. The rest stays staged (and the socket unread)
+             * until its replies drain; a frame in progress always ends. */
+            if (tcp_conn_full(c)) {
+                if (!s->rx_paused)
+                    kvrt_xfer_bk_paused(c->st->env.agent);
+                s->rx_paused = true;
+                break;
+            }
             if (!open_frame(s))
                 break;
             memcpy(s->hdr, at, sizeof(s->hdr));
@@ -301,13 +324,13 @@ void tcp_rx_complete(tcp_sock_t *s, int res)
         return;
     }
     s->stage_end += (uint32_t)res;
-    drain_stage(s);
+    tcp_rx_drain(s);
 }
 
 void tcp_rx_release(tcp_sock_t *s)
 {
     if (s->pin)
-        kvrt_xfer_bk_unpin(s->conn->st->env.agent, s->pin);
+        kvrt_xfer_bk_unpin(s->conn->peer, s->pin);
     s->pin = NULL;
     free(s->msg);
     s->msg = NULL;
