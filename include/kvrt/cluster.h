@@ -46,6 +46,7 @@
 #include "kvrt/context.h"
 #include "kvrt/pool.h"
 #include "kvrt/sched.h"
+#include "kvrt/tier.h"
 #include "kvrt/xfer.h"
 
 #ifdef __cplusplus
@@ -147,6 +148,27 @@ kvrt_status_t kvrt_kv_events_attach(kvrt_kv_events_t *events, kvrt_cache_t *cach
 /* kvrt_kv_events_detach - stops following the cache. Errors:
  * KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_NOT_FOUND (not attached). */
 kvrt_status_t kvrt_kv_events_detach(kvrt_kv_events_t *events);
+
+/*
+ * kvrt_kv_events_attach_tier - feeds the publisher from a tier stack
+ * (kvrt/tier.h): every block its host level indexes is recorded as STORED
+ * in KVRT_KV_TIER_HOST, every block its SSD level indexes in
+ * KVRT_KV_TIER_DISK, and REMOVED when it leaves that level (evicted,
+ * written back, failed). What the tier holds when attached (an SSD tier
+ * rebuilt from its file included) is recorded at once. When the tier is
+ * destroyed its keys are REMOVED and the publisher is detached from it.
+ * A CLEARED of the attached cache then removes only the cache's tier. One
+ * tier stack per publisher, one publisher per tier stack. Recording runs
+ * inside the tier's calls on the engine thread, as for a cache.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_BUSY (the publisher
+ * follows a tier stack already, or the tier stack has an observer).
+ */
+kvrt_status_t kvrt_kv_events_attach_tier(kvrt_kv_events_t *events, kvrt_tier_t *tier);
+
+/* kvrt_kv_events_detach_tier - stops following the tier stack; its keys are
+ * recorded as REMOVED (the node no longer vouches for them). Errors:
+ * KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_NOT_FOUND (not attached). */
+kvrt_status_t kvrt_kv_events_detach_tier(kvrt_kv_events_t *events);
 
 /*
  * kvrt_kv_events_take - moves up to `capacity` of the oldest untaken events
@@ -812,24 +834,51 @@ enum kvrt_cluster_pull_cost_field {
     KVRT_PULL_COST_NET_GBPS = 1u << 0,  /* net_gbps */
     KVRT_PULL_COST_LATENCY = 1u << 1,   /* latency_us */
     KVRT_PULL_COST_PREFILL = 1u << 2,   /* prefill_us_per_token */
-    KVRT_PULL_COST_TIER_MASK = 1u << 3  /* tier_mask */
+    KVRT_PULL_COST_TIER_MASK = 1u << 3, /* tier_mask */
+    KVRT_PULL_COST_HOST = 1u << 4,      /* host_gbps, host_latency_us */
+    KVRT_PULL_COST_DISK = 1u << 5       /* disk_gbps, disk_latency_us */
 };
 
-/* block_bytes and tokens_per_block are always read, the rest by field_mask.
- * A pull of B blocks costs latency_us + B * block_bytes * 8 / (net_gbps *
- * 1e3) microseconds; recomputing them B * tokens_per_block *
- * prefill_us_per_token (kvrt-sim's model; docs/cluster.md). */
+/*
+ * The cost model of a pull (one formula, used by kvrt_cluster_pull_plan and
+ * kvrt-sim). block_bytes and tokens_per_block are always read, the rest by
+ * field_mask. Moving B blocks of which H come from the peer's host memory
+ * and D from its SSD costs, in microseconds,
+ *   latency_us + B * bits / (net_gbps * 1e3)
+ *   + (H + D > 0: host_latency_us + (H + D) * bits / (host_gbps * 1e3))
+ *   + (D > 0:     disk_latency_us + D * bits / (disk_gbps * 1e3))
+ * with bits = block_bytes * 8: the peer brings those blocks back into its
+ * pool (SSD -> host -> pool) before it sends them. Recomputing them costs
+ * B * tokens_per_block * prefill_us_per_token. docs/cluster.md.
+ */
 typedef struct kvrt_cluster_pull_cost {
     uint64_t field_mask;
     uint64_t block_bytes;        /* one block, every layer (kvrt_pool_info) */
     uint32_t tokens_per_block;
     uint32_t tier_mask;          /* tiers a peer serves pulls from; default
-                                    GPU only (kvrt_cluster_pull_serve reads
-                                    the peer's prefix cache) */
+                                    all (kvrt_cluster_pull_serve with the
+                                    peer's tier stack) */
     double net_gbps;             /* default 200 */
     double latency_us;           /* default 20 */
     double prefill_us_per_token; /* default 40 (an 8B model on one H100) */
+    double host_gbps;            /* host -> pool copies; default 400 */
+    double host_latency_us;      /* default 10 */
+    double disk_gbps;            /* SSD reads; default 50 */
+    double disk_latency_us;      /* default 100 */
 } kvrt_cluster_pull_cost_t;
+
+/*
+ * kvrt_cluster_pull_cost_us - the cost model above for blocks[t] blocks
+ * served from tier t (kvrt_kv_tier_t): *transfer_us_out and
+ * *recompute_us_out (either may be NULL). Pure; any thread.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL cost/blocks, unknown bits,
+ * block_bytes or tokens_per_block 0, a non-positive or non-finite
+ * bandwidth, negative or non-finite latencies or prefill cost, bad tier
+ * bits).
+ */
+kvrt_status_t kvrt_cluster_pull_cost_us(const kvrt_cluster_pull_cost_t *cost,
+                                        const uint32_t blocks[KVRT_KV_TIERS],
+                                        double *transfer_us_out, double *recompute_us_out);
 
 /* The answer of kvrt_cluster_pull_plan. */
 typedef struct kvrt_cluster_pull_plan {
@@ -840,17 +889,20 @@ typedef struct kvrt_cluster_pull_plan {
     double transfer_us;    /* moving blocks [local_blocks, peer_blocks) */
     double recompute_us;   /* prefilling their tokens */
     uint32_t worth;        /* 1: transfer_us < recompute_us */
-    uint32_t reserved;
+    /* Of [local_blocks, peer_blocks), the blocks served from the peer's
+     * GPU, host and disk tiers (its leading GPU run, then host, then the
+     * rest, as the directory sees them). */
+    uint32_t tier_blocks[KVRT_KV_TIERS];
 } kvrt_cluster_pull_plan_t;
 
 /*
  * kvrt_cluster_pull_plan - for a prompt's block keys (in order), the peer of
  * `model` (other than local_node, which may be 0) holding the longest prefix
  * in cost->tier_mask, and whether pulling the blocks this node lacks is
- * cheaper than recomputing them. Resyncing nodes count as holding nothing.
- * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown bits, block_bytes or
- * tokens_per_block 0, a non-positive or non-finite bandwidth, negative
- * costs, bad tier bits), KVRT_ERR_UNKNOWN_MODEL.
+ * cheaper than recomputing them (kvrt_cluster_pull_cost_us). Resyncing
+ * nodes count as holding nothing.
+ * Errors: those of kvrt_cluster_pull_cost_us, KVRT_ERR_INVALID_ARG (NULL),
+ * KVRT_ERR_UNKNOWN_MODEL.
  */
 kvrt_status_t kvrt_cluster_pull_plan(const kvrt_cluster_dir_t *dir,
                                      const kvrt_block_hash_t *model, uint64_t local_node,
@@ -860,25 +912,50 @@ kvrt_status_t kvrt_cluster_pull_plan(const kvrt_cluster_dir_t *dir,
 
 /*
  * kvrt_cluster_pull_serve - the peer's side of a pull: begins a send for the
- * ticket (as kvrt_cluster_handoff_send_begin), finds the blocks it names in
- * `cache` by their content hashes contents[first .. first + n) (the
- * prompt's full blocks from the first, under `keys`, which may be NULL),
- * takes a reference on each (they cannot be evicted while read), stopping
- * at the first one the cache lacks, and posts them all. Then, as for any
- * send: kvrt_cluster_handoff_send_test() until not KVRT_INPROGRESS (KVRT_OK
- * once what it holds landed), and kvrt_cluster_handoff_send_end(), which
- * gives the references back and, when it held fewer blocks than the ticket
- * names, tells the puller it gave up. pool is the cache's pool, the one the
- * sender's region registers. contents is read during the call only.
+ * ticket (as kvrt_cluster_handoff_send_begin) and finds the blocks it names
+ * by their content hashes contents[first .. first + n) (the prompt's full
+ * blocks from the first, under `keys`, which may be NULL):
+ *  - the leading run `cache` holds: a reference is taken on each (they
+ *    cannot be evicted while read) and they are posted at once;
+ *  - with `tier` (may be NULL: the prefix cache only), the run that
+ *    continues in its host memory or on its SSD: pool blocks are allocated
+ *    and the tier brings the blocks back into them (kvrt_tier_onload); they
+ *    are posted when the engine passes the tier's report of that onload to
+ *    kvrt_cluster_pull_onloaded(). A node stages at most 16384 blocks for
+ *    all its pulls at once; beyond that, or when the pool has no room, the
+ *    pull ends after the cached run.
+ * It stops at the first block it lacks. Then, as for any send:
+ * kvrt_cluster_handoff_send_test() until not KVRT_INPROGRESS (KVRT_OK once
+ * what it holds landed), and kvrt_cluster_handoff_send_end(), which gives
+ * the blocks back (staged ones stay cached) and, when it held fewer blocks
+ * than the ticket names, tells the puller it gave up. A send ended while
+ * its onload runs keeps the staged blocks until the tier reports it.
+ * pool is the cache's (and tier's) pool, the one the sender's region
+ * registers. contents is read during the call only.
  * Errors: those of kvrt_cluster_handoff_send_begin and
  * kvrt_cluster_handoff_send_blocks, KVRT_ERR_INVALID_ARG (NULL, a ticket
  * naming blocks beyond num_contents); nothing is left held.
  */
 kvrt_status_t kvrt_cluster_pull_serve(kvrt_cluster_handoff_sender_t *sender, kvrt_pool_t *pool,
-                                      kvrt_cache_t *cache, const kvrt_hash_keys_t *keys,
+                                      kvrt_cache_t *cache, kvrt_tier_t *tier,
+                                      const kvrt_hash_keys_t *keys,
                                       const kvrt_block_hash_t *contents, uint32_t num_contents,
                                       const void *ticket, size_t length,
                                       kvrt_cluster_handoff_send_t **send_out);
+
+/*
+ * kvrt_cluster_pull_onloaded - hands the sender the onloads `tier` reported
+ * (kvrt_tier_poll or kvrt_tier_drain: pass every completion; those that are
+ * not a pull's are ignored). A pull's staged blocks that landed are posted
+ * (a block that did not ends the pull there, as a block the cache lacks
+ * does). Call it on the sender's thread. kvrt_cluster_handoff_sender_destroy
+ * gives back the blocks of ended pulls not reported yet: destroy the tier
+ * stack first, or pass it every report.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL sender/tier, NULL done with count > 0).
+ */
+kvrt_status_t kvrt_cluster_pull_onloaded(kvrt_cluster_handoff_sender_t *sender,
+                                         const kvrt_tier_t *tier,
+                                         const kvrt_tier_completion_t *done, uint32_t count);
 
 /*
  * kvrt_cluster_pull_forget - after a pull from node_id ended with

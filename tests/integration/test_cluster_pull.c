@@ -184,7 +184,7 @@ static kvrt_handoff_completion_t pull(world_t *w, kvrt_seq_id_t seq,
     ASSERT_OK(w->ctx, kvrt_cluster_handoff_ticket(w->recv, h, ticket, sizeof(ticket), &len));
     /* ... the ticket and the prompt's block hashes travel to the peer ... */
     kvrt_cluster_handoff_send_t *send = NULL;
-    ASSERT_OK(w->ctx, kvrt_cluster_pull_serve(w->sender, w->holder.pool, w->holder.cache, NULL,
+    ASSERT_OK(w->ctx, kvrt_cluster_pull_serve(w->sender, w->holder.pool, w->holder.cache, NULL, NULL,
                                               w->keys, PROMPT / TPB, ticket, len, &send));
     uint64_t end = txu_now_ms() + 10000;
     while (kvrt_cluster_handoff_send_test(send) == KVRT_INPROGRESS && txu_now_ms() < end)
