@@ -354,6 +354,36 @@ static void slot_closed(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s, kvrt_
     slot_release(r, s, kept);
 }
 
+/* Whether the hand-off's sender is cut off from this agent, so that
+ * nothing it posted can still land in the slot's blocks. Revoking a peer
+ * by name (the transfer engine's revocation, once it has one) closes its
+ * connections and fails what it has in flight: the blocks may then go
+ * back at once. A sender that never closed a batch is unknown (whoever
+ * holds the ticket may write), so only the time bound covers it. */
+static bool sender_cut_off(kvrt_cluster_handoff_recv_t *r, const handoff_slot_t *s)
+{
+    (void)r;
+    if (!s->sender_bound)
+        return false;
+    /* The transfer engine's public API cannot revoke a peer yet. */
+    return false;
+}
+
+/* The deadline passed and the request is decided, but the sender may
+ * still write: hold the blocks until its closing message arrives or the
+ * quarantine time passes, unless it is cut off now. */
+static void quarantine(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s)
+{
+    if (sender_cut_off(r, s)) {
+        slot_release(r, s, 0);
+        return;
+    }
+    s->state = SLOT_QUARANTINED;
+    s->release_ns = r->now_ns + r->quarantine_ns;
+    r->stats.live--;
+    r->stats.quarantined++;
+}
+
 static void on_message(kvrt_cluster_handoff_recv_t *r, const kvrt_xfer_notification_t *n)
 {
     handoff_msg_t m;
@@ -421,13 +451,9 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t 
         if (s->state == SLOT_LIVE && s->num_blocks == 0) {
             slot_closed(recv, s, KVRT_OK);
         } else if (s->state == SLOT_LIVE && now_ns >= s->deadline_ns) {
-            /* The sender may still write: decide now, hold the blocks. */
             push_ended(recv, s, fail_request(recv, s),
                        s->failure != KVRT_OK ? s->failure : KVRT_ERR_TIMEOUT, 0);
-            s->state = SLOT_QUARANTINED;
-            s->release_ns = now_ns + recv->quarantine_ns;
-            recv->stats.live--;
-            recv->stats.quarantined++;
+            quarantine(recv, s);
         } else if (s->state == SLOT_QUARANTINED && now_ns >= s->release_ns) {
             slot_release(recv, s, 0);
         }
