@@ -971,6 +971,144 @@ kvrt_status_t kvrt_cluster_pull_forget(kvrt_cluster_dir_t *dir, uint64_t node_id
                                        const kvrt_block_hash_t *keys, uint32_t num_keys,
                                        const kvrt_handoff_completion_t *completion);
 
+/* ---- the cluster channel: tickets and pull requests over the transfer engine
+ *
+ * What a node ships to a peer besides KV blocks: a hand-off ticket (decode
+ * node -> prefill node) and a pull request (puller -> the peer holding
+ * the prefix: the ticket and the prompt's block content hashes). A channel
+ * carries them as tagged notifications of its agent (kvrt_xfer_notify,
+ * 256 bytes each: a message is cut into fragments and put back together
+ * on arrival) and hands the hand-off receiver of the same agent its own
+ * messages, so one agent serves both. Carrying tickets with the engine's
+ * own requests (kvrt_cluster_handoff_ticket + kvrt_cluster_handoff_send_begin)
+ * remains possible.
+ *
+ * Everything received is untrusted and bounded: a message longer than
+ * max_message_bytes, a fragment that does not fit its message, more than
+ * max_pending_per_peer messages of one peer being put together or waiting
+ * to be taken, more than max_buffered_bytes held in all, a message not
+ * complete within deadline_ms, a ticket that does not parse, a pull whose
+ * ticket names blocks beyond its hashes: each is dropped and counted, and
+ * changes nothing else. Threads: one thread at a time per channel (the
+ * engine's, with the receiver it feeds).
+ */
+
+typedef struct kvrt_cluster_channel kvrt_cluster_channel_t;
+
+typedef enum kvrt_cluster_msg_kind {
+    KVRT_CLUSTER_MSG_TICKET = 1, /* a hand-off ticket, for a prefill node */
+    KVRT_CLUSTER_MSG_PULL = 2    /* a pull request, for the prefix's holder */
+} kvrt_cluster_msg_kind_t;
+
+enum kvrt_cluster_channel_params_field {
+    KVRT_CHANNEL_PARAM_RECV = 1u << 0,          /* recv */
+    KVRT_CHANNEL_PARAM_MAX_MESSAGE = 1u << 1,   /* max_message_bytes */
+    KVRT_CHANNEL_PARAM_MAX_PENDING = 1u << 2,   /* max_pending_per_peer */
+    KVRT_CHANNEL_PARAM_MAX_BUFFERED = 1u << 3,  /* max_buffered_bytes */
+    KVRT_CHANNEL_PARAM_DEADLINE = 1u << 4,      /* deadline_ms */
+    KVRT_CHANNEL_PARAM_CONNECT_TIMEOUT = 1u << 5 /* connect_timeout_ms */
+};
+
+/* agent is always read; the rest by field_mask. */
+typedef struct kvrt_cluster_channel_params {
+    uint64_t field_mask;
+    kvrt_xfer_agent_t *agent; /* the node's agent; must outlive the channel */
+    /* The agent's hand-off receiver, if it has one: the channel takes the
+     * agent's notifications and gives it the hand-off messages among them
+     * (its kvrt_cluster_handoff_poll then reads no notification itself).
+     * Must outlive the channel. */
+    kvrt_cluster_handoff_recv_t *recv;
+    uint32_t max_message_bytes;    /* 64 .. 16 MiB; default 1 MiB */
+    uint32_t max_pending_per_peer; /* 1 .. 1024; default 8 */
+    uint64_t max_buffered_bytes;   /* >= max_message_bytes; default 16 MiB */
+    uint32_t deadline_ms;          /* first fragment to taken, 1 .. 600000;
+                                      default 5000 */
+    uint32_t connect_timeout_ms;   /* dialing a destination; default 5000 */
+} kvrt_cluster_channel_params_t;
+
+/*
+ * kvrt_cluster_channel_create - a channel over params->agent.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown bits, out of range; a recv
+ * over another agent), KVRT_ERR_BUSY (recv is fed by a channel already),
+ * KVRT_ERR_NO_MEMORY.
+ */
+kvrt_status_t kvrt_cluster_channel_create(kvrt_ctx_t *ctx,
+                                          const kvrt_cluster_channel_params_t *params,
+                                          kvrt_cluster_channel_t **channel_out);
+
+/* kvrt_cluster_channel_destroy - frees the channel and what it holds; its
+ * receiver reads the agent's notifications itself again. NULL: no-op. */
+kvrt_status_t kvrt_cluster_channel_destroy(kvrt_cluster_channel_t *channel);
+
+/*
+ * kvrt_cluster_channel_send_ticket - sends a hand-off ticket (as
+ * kvrt_cluster_handoff_ticket wrote it) to the agent at `address`
+ * (kvrt_xfer_agent_address form), dialing it if need be (blocking at most
+ * connect_timeout_ms). Returns once every fragment is queued; they arrive
+ * in order after what this agent posted to that peer before.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, empty), KVRT_ERR_PARSE (not a
+ * ticket), KVRT_ERR_OVERFLOW (longer than max_message_bytes), those of
+ * kvrt_xfer_connect and kvrt_xfer_notify (KVRT_ERR_REQUEST_LIMIT: too many
+ * notifications in flight; the peer drops the part that came at its
+ * deadline).
+ */
+kvrt_status_t kvrt_cluster_channel_send_ticket(kvrt_cluster_channel_t *channel,
+                                               const char *address, const void *ticket,
+                                               size_t length);
+
+/*
+ * kvrt_cluster_channel_send_pull - sends a pull request: the ticket (as
+ * kvrt_cluster_handoff_ticket wrote it) and the prompt's full blocks'
+ * content hashes contents[0 .. num_contents) that kvrt_cluster_pull_serve
+ * needs. Errors: as kvrt_cluster_channel_send_ticket, and
+ * KVRT_ERR_INVALID_ARG (the ticket names blocks beyond num_contents).
+ */
+kvrt_status_t kvrt_cluster_channel_send_pull(kvrt_cluster_channel_t *channel,
+                                             const char *address, const void *ticket,
+                                             size_t length, const kvrt_block_hash_t *contents,
+                                             uint32_t num_contents);
+
+/* A message taken from a channel. Its pointers stay valid until the next
+ * kvrt_cluster_channel_poll or destroy. Frozen (output array element). */
+typedef struct kvrt_cluster_msg {
+    uint32_t kind;                    /* kvrt_cluster_msg_kind_t */
+    uint32_t num_contents;            /* PULL: content hashes */
+    char from[KVRT_XFER_NAME_MAX];    /* the sending agent's name */
+    const uint8_t *ticket;            /* parsed and checked */
+    uint64_t ticket_bytes;
+    const kvrt_block_hash_t *contents; /* PULL; NULL for TICKET */
+} kvrt_cluster_msg_t;
+
+/*
+ * kvrt_cluster_channel_poll - takes the agent's notifications: fragments
+ * of channel messages are put together, hand-off messages go to the
+ * receiver (call this before kvrt_cluster_handoff_poll each step), others
+ * are counted as foreign and dropped; drops partial messages past their
+ * deadline (now_ns on the caller's clock); then writes up to `capacity`
+ * complete messages, oldest first, to msgs_out[0 .. *count_out). Never
+ * blocks. Errors: KVRT_ERR_INVALID_ARG (NULL channel/count_out, NULL
+ * msgs_out with capacity > 0).
+ */
+kvrt_status_t kvrt_cluster_channel_poll(kvrt_cluster_channel_t *channel, uint64_t now_ns,
+                                        kvrt_cluster_msg_t *msgs_out, uint32_t capacity,
+                                        uint32_t *count_out);
+
+/* Counters of a channel. Frozen. */
+typedef struct kvrt_cluster_channel_stats {
+    uint64_t sent;          /* messages sent */
+    uint64_t received;      /* messages complete and valid */
+    uint64_t refused;       /* fragments or messages dropped as malformed */
+    uint64_t over_limit;    /* dropped for a bound (size, pending, buffered) */
+    uint64_t expired;       /* partial messages dropped at their deadline */
+    uint64_t foreign;       /* notifications neither channel nor hand-off */
+    uint64_t handoff_notes; /* hand-off messages given to the receiver */
+    uint64_t buffered_bytes; /* held now */
+} kvrt_cluster_channel_stats_t;
+
+/* kvrt_cluster_channel_stats - Errors: KVRT_ERR_INVALID_ARG. */
+kvrt_status_t kvrt_cluster_channel_stats(const kvrt_cluster_channel_t *channel,
+                                         kvrt_cluster_channel_stats_t *stats_out);
+
 #ifdef __cplusplus
 }
 #endif

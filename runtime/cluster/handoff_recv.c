@@ -53,6 +53,7 @@ struct kvrt_cluster_handoff_recv {
     uint32_t max_handoffs;
     uint32_t high_water; /* slots [0, high_water) were ever used */
     uint64_t now_ns;     /* of the poll in progress */
+    bool fed;            /* a channel takes the agent's notifications */
     handoff_slot_t *slots;
     /* Ended hand-offs not yet taken by a poll: a ring of max_handoffs. */
     kvrt_handoff_completion_t *ended;
@@ -438,7 +439,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t 
     if (!recv || !count_out || (!completions_out && capacity > 0))
         return kvrt_fail(recv ? recv->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
     recv->now_ns = now_ns;
-    for (uint32_t round = 0; round < RECV_NOTE_ROUNDS; round++) {
+    for (uint32_t round = 0; !recv->fed && round < RECV_NOTE_ROUNDS; round++) {
         uint32_t n = 0;
         kvrt_xfer_notifications(recv->agent, recv->notes, RECV_NOTE_BATCH, &n);
         for (uint32_t i = 0; i < n; i++)
@@ -466,6 +467,24 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t 
     }
     *count_out = taken;
     return KVRT_OK;
+}
+
+kvrt_status_t handoff_recv_feed(kvrt_cluster_handoff_recv_t *recv,
+                                const kvrt_xfer_agent_t *agent, bool fed)
+{
+    if (fed && recv->agent != agent)
+        return kvrt_fail(recv->ctx, KVRT_ERR_INVALID_ARG, "the receiver is on another agent");
+    if (fed && recv->fed)
+        return kvrt_fail(recv->ctx, KVRT_ERR_BUSY, "a channel feeds the receiver already");
+    recv->fed = fed;
+    return KVRT_OK;
+}
+
+void handoff_recv_deliver(kvrt_cluster_handoff_recv_t *recv, uint64_t now_ns,
+                          const kvrt_xfer_notification_t *note)
+{
+    recv->now_ns = now_ns;
+    on_message(recv, note);
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_recv_stats(const kvrt_cluster_handoff_recv_t *recv,

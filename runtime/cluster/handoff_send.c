@@ -40,7 +40,8 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_sender_create(
     s->region = params->region;
     s->integrity = (m & KVRT_HANDOFF_SENDER_PARAM_INTEGRITY) ? params->integrity != 0 : 0;
     s->timeout_ms = timeout_ms;
-    s->connect_timeout_ms = connect_ms;
+    s->peers = (peer_cache_t){
+        .ctx = ctx, .agent = params->agent, .connect_timeout_ms = connect_ms};
     *sender_out = s;
     return KVRT_OK;
 }
@@ -52,15 +53,14 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_sender_destroy(kvrt_cluster_hando
     if (sender->sends > 0)
         return kvrt_fail(sender->ctx, KVRT_ERR_BUSY, "%u sends not ended", sender->sends);
     pull_sources_abandon(sender);
-    for (uint32_t i = 0; i < SENDER_MAX_PEERS; i++)
-        kvrt_xfer_disconnect(sender->peers[i].peer);
+    peer_cache_close(&sender->peers);
     free(sender);
     return KVRT_OK;
 }
 
 /* Checks every field of the ticket against its length. */
-static kvrt_status_t ticket_parse(kvrt_ctx_t *ctx, const uint8_t *p, size_t length,
-                                  handoff_ticket_t *t)
+kvrt_status_t handoff_ticket_parse(kvrt_ctx_t *ctx, const uint8_t *p, size_t length,
+                                   handoff_ticket_t *t)
 {
     if (length < HANDOFF_TICKET_HEAD || length > KVRT_HANDOFF_TICKET_MAX)
         return kvrt_fail(ctx, KVRT_ERR_PARSE, "ticket of %zu bytes", length);
@@ -89,55 +89,6 @@ static kvrt_status_t ticket_parse(kvrt_ctx_t *ctx, const uint8_t *p, size_t leng
     return KVRT_OK;
 }
 
-/* The connection to `address`: kept from an earlier send while it is up,
- * else dialed (evicting the oldest when all places are taken). */
-static kvrt_status_t sender_peer(kvrt_cluster_handoff_sender_t *s, const char *address,
-                                 kvrt_xfer_peer_t **peer_out)
-{
-    sender_peer_t *place = NULL;
-    for (uint32_t i = 0; i < SENDER_MAX_PEERS && !place; i++)
-        if (s->peers[i].peer && strcmp(s->peers[i].address, address) == 0)
-            place = &s->peers[i];
-    if (place) {
-        kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
-        if (kvrt_xfer_peer_info(place->peer, &info) == KVRT_OK &&
-            (info.state == KVRT_XFER_PEER_CONNECTED || info.state == KVRT_XFER_PEER_RECONNECTING)) {
-            *peer_out = place->peer;
-            return KVRT_OK;
-        }
-        if (info.outstanding > 0)
-            return kvrt_fail(s->ctx, KVRT_ERR_PEER_FAILED, "%s is down", address);
-        kvrt_xfer_disconnect(place->peer);
-        place->peer = NULL;
-    }
-    for (uint32_t i = 0; i < SENDER_MAX_PEERS && !place; i++)
-        if (!s->peers[i].peer)
-            place = &s->peers[i];
-    if (!place) {
-        /* A peer still carrying requests is not evicted. */
-        for (uint32_t tries = 0; tries < SENDER_MAX_PEERS && !place; tries++) {
-            sender_peer_t *c = &s->peers[s->next_evict];
-            s->next_evict = (s->next_evict + 1) % SENDER_MAX_PEERS;
-            kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
-            if (kvrt_xfer_peer_info(c->peer, &info) == KVRT_OK && info.outstanding == 0) {
-                kvrt_xfer_disconnect(c->peer);
-                c->peer = NULL;
-                place = c;
-            }
-        }
-        if (!place)
-            return kvrt_fail(s->ctx, KVRT_ERR_BUSY, "%u decode nodes in use", SENDER_MAX_PEERS);
-    }
-    kvrt_xfer_peer_t *peer = NULL;
-    kvrt_status_t st = kvrt_xfer_connect(s->agent, address, s->connect_timeout_ms, &peer);
-    if (st != KVRT_OK)
-        return st;
-    snprintf(place->address, sizeof(place->address), "%s", address);
-    place->peer = peer;
-    *peer_out = peer;
-    return KVRT_OK;
-}
-
 KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_sender_t *sender,
                                                           const void *ticket, size_t length,
                                                           kvrt_cluster_handoff_send_t **send_out)
@@ -148,7 +99,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_s
     kvrt_cluster_handoff_send_t *send = calloc(1, sizeof(*send));
     if (!send)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "send");
-    kvrt_status_t st = ticket_parse(ctx, ticket, length, &send->ticket);
+    kvrt_status_t st = handoff_ticket_parse(ctx, ticket, length, &send->ticket);
     uint32_t n = send->ticket.num_blocks;
     if (st == KVRT_OK && n > 0) {
         send->remote_blocks = malloc(n * sizeof(int32_t));
@@ -159,7 +110,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_s
             send->remote_blocks[i] = (int32_t)kvrt_load_le32(send->ticket.blocks + 4u * i);
     }
     if (st == KVRT_OK)
-        st = sender_peer(sender, send->ticket.address, &send->peer);
+        st = peer_cache_get(&sender->peers, send->ticket.address, &send->peer);
     if (st == KVRT_OK)
         st = kvrt_xfer_import(send->peer, send->ticket.descriptor, send->ticket.descriptor_bytes,
                               &send->remote);

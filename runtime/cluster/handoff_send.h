@@ -9,16 +9,11 @@
 
 #include "cluster_internal.h"
 #include "handoff_wire.h"
+#include "peer_cache.h"
 
-#define SENDER_MAX_PEERS 64u
 /* Blocks all of a sender's pulls may hold onloading from its tier stack at
  * once: pullers cannot make a node give more of its pool to staging. */
 #define SENDER_MAX_STAGED 16384u
-
-typedef struct sender_peer {
-    char address[HANDOFF_ADDRESS_MAX + 1];
-    kvrt_xfer_peer_t *peer;
-} sender_peer_t;
 
 struct kvrt_cluster_handoff_sender {
     kvrt_ctx_t *ctx;
@@ -26,10 +21,8 @@ struct kvrt_cluster_handoff_sender {
     const kvrt_xfer_region_t *region;
     int integrity;
     uint32_t timeout_ms; /* 0: the agent's */
-    uint32_t connect_timeout_ms;
-    uint32_t sends; /* begun and not ended */
-    sender_peer_t peers[SENDER_MAX_PEERS];
-    uint32_t next_evict;
+    uint32_t sends;      /* begun and not ended */
+    peer_cache_t peers;  /* one connection per decode node */
     /* Pulls whose blocks the tier stack is still bringing back, ended or
      * not (an ended one keeps its blocks until then). */
     kvrt_cluster_handoff_send_t *onloading;

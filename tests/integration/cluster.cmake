@@ -5,3 +5,4 @@ kvrt_add_test(integration test_cluster_handoff DEPS cluster LABELS threads TIMEO
 kvrt_add_test(integration test_cluster_handoff_hostile DEPS cluster LABELS threads TIMEOUT 120)
 kvrt_add_test(integration test_cluster_pull DEPS cluster LABELS threads TIMEOUT 120)
 kvrt_add_test(integration test_cluster_pull_tier DEPS cluster LABELS threads TIMEOUT 120)
+kvrt_add_test(integration test_cluster_channel DEPS cluster LABELS threads TIMEOUT 120)
