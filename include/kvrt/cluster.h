@@ -554,7 +554,8 @@ kvrt_status_t kvrt_cluster_etcd_stats(kvrt_cluster_etcd_t *member,
  * The ticket (at most KVRT_HANDOFF_TICKET_MAX bytes, opaque) carries the
  * decode agent's address, its pool region's descriptor, the block ids to
  * fill and a random 64-bit token; the embedder ships it with the request
- * (as a router does). Each batch of blocks travels as one KV transfer
+ * (as a router does), or the cluster channel carries it
+ * (kvrt_cluster_channel_send_ticket). Each batch of blocks travels as one KV transfer
  * (kvrt_xfer_kv_post, checksummed when integrity is on) whose notification
  * names the token and the batch; the decode node counts a block as landed
  * only when its batch's notification arrives (after the checksums matched).
