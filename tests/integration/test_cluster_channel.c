@@ -73,13 +73,8 @@ static void pair_down(pair_t *p)
     ASSERT_OK(p->ctx, kvrt_cluster_handoff_recv_stats(p->recv, &rs));
     cr_assert_eq(rs.live + rs.quarantined, 0);
     ASSERT_OK(p->ctx, kvrt_cluster_handoff_recv_destroy(p->recv));
-    kvrt_pool_t *pools[2] = {p->pool, p->prefill_pool};
-    for (int i = 0; i < 2; i++) {
-        kvrt_pool_info_t info;
-        ASSERT_OK(p->ctx, kvrt_pool_info(pools[i], &info));
-        cr_assert_eq(info.used_blocks, 0, "blocks stranded: %u", info.used_blocks);
-        ASSERT_OK(p->ctx, kvrt_pool_verify(pools[i]));
-    }
+    tch_pool_clean(p->ctx, p->pool, NULL);
+    tch_pool_clean(p->ctx, p->prefill_pool, NULL);
     cr_assert_eq(txu_stat_drained(p->ctx, "xfer.0.outstanding", 5000), 0);
     cr_assert_eq(txu_stat_drained(p->ctx, "xfer.1.outstanding", 5000), 0);
     ASSERT_OK(p->ctx, kvrt_xfer_deregister(p->decode_region));
@@ -136,15 +131,7 @@ static void give_up(pair_t *p, const kvrt_cluster_msg_t *m)
     ASSERT_OK(p->ctx,
               kvrt_cluster_handoff_send_begin(p->sender, m->ticket, m->ticket_bytes, &send));
     ASSERT_OK(p->ctx, kvrt_cluster_handoff_send_end(send));
-    kvrt_handoff_completion_t c;
-    uint32_t got = 0;
-    uint64_t end = txu_now_ms() + 10000;
-    while (got == 0 && txu_now_ms() < end) {
-        uint32_t n = 0;
-        ASSERT_OK(p->ctx, kvrt_cluster_channel_poll(p->decode_ch, tch_now_ns(), NULL, 0, &n));
-        ASSERT_OK(p->ctx, kvrt_cluster_handoff_poll(p->recv, tch_now_ns(), &c, 1, &got));
-    }
-    cr_assert_eq(got, 1, "the abandoned hand-off did not end");
+    kvrt_handoff_completion_t c = tch_wait_one(p->ctx, p->recv, p->decode_ch);
     cr_assert_eq(c.status, KVRT_ERR_CANCELED);
 }
 
@@ -189,15 +176,7 @@ Test(cluster_channel, a_ticket_over_the_channel_drives_a_handoff_that_lands, .ti
     ASSERT_OK(p.ctx, kvrt_cluster_handoff_send_blocks(send, local, nb));
 
     /* The decode node: its channel feeds the receiver the batch message. */
-    kvrt_handoff_completion_t c = {0};
-    uint32_t got = 0;
-    uint64_t end = txu_now_ms() + 10000;
-    while (got == 0 && txu_now_ms() < end) {
-        uint32_t n = 0;
-        ASSERT_OK(p.ctx, kvrt_cluster_channel_poll(p.decode_ch, tch_now_ns(), NULL, 0, &n));
-        ASSERT_OK(p.ctx, kvrt_cluster_handoff_poll(p.recv, tch_now_ns(), &c, 1, &got));
-    }
-    cr_assert_eq(got, 1, "the hand-off did not end");
+    kvrt_handoff_completion_t c = tch_wait_one(p.ctx, p.recv, p.decode_ch);
     cr_assert_eq(c.handoff, h);
     cr_assert_eq(c.outcome, KVRT_HANDOFF_LANDED, "outcome %u status %d", c.outcome, c.status);
     cr_assert_geq(ch_stats(p.decode_ch).handoff_notes, 1);
@@ -208,11 +187,7 @@ Test(cluster_channel, a_ticket_over_the_channel_drives_a_handoff_that_lands, .ti
     ASSERT_OK(p.ctx, kvrt_seq_blocks(p.sched, seq, &blocks, NULL, NULL));
     for (uint32_t b = 0; b < nb; b++)
         cr_assert(tch_block_pattern(p.pool, blocks[b], b, false), "block %u differs", b);
-    end = txu_now_ms() + 10000;
-    while (kvrt_cluster_handoff_send_test(send) == KVRT_INPROGRESS && txu_now_ms() < end)
-        ;
-    ASSERT_OK(p.ctx, kvrt_cluster_handoff_send_test(send));
-    ASSERT_OK(p.ctx, kvrt_cluster_handoff_send_end(send));
+    tch_send_finish(p.ctx, p.sender, NULL, send);
     ASSERT_OK(p.ctx, kvrt_pool_free(p.prefill_pool, nb, local));
 
     /* A pull request: the ticket and every hash arrive intact. */

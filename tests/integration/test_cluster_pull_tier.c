@@ -9,11 +9,11 @@
  * match what the holder computed. A block gone from every tier ends the
  * pull cleanly and its entries leave the directory. Nothing stays held.
  */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "../test_dirs.h"
 #include "kvrt/tier.h"
 #include "test_cluster_handoff_util.h"
 
@@ -70,23 +70,6 @@ static uint32_t holder_prefix(world_t *w, uint32_t mask)
         if (m[i].node_id == HOLDER)
             return m[i].prefix_blocks;
     return 0;
-}
-
-/* Removes the SSD tier's directory and its file. */
-static void remove_dir(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d)
-        return;
-    struct dirent *e;
-    char file[512];
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.') {
-            snprintf(file, sizeof(file), "%s/%s", path, e->d_name);
-            unlink(file);
-        }
-    closedir(d);
-    rmdir(path);
 }
 
 static void hsettle(world_t *w)
@@ -241,22 +224,8 @@ static kvrt_handoff_completion_t pull(world_t *w, kvrt_seq_id_t seq, uint32_t bl
     kvrt_cluster_handoff_send_t *send = NULL;
     ASSERT_OK(w->ctx, kvrt_cluster_pull_serve(w->sender, w->hpool, w->hcache, w->htier, NULL,
                                               w->keys, PKEYS, ticket, len, &send));
-    uint64_t end = txu_now_ms() + 10000;
-    kvrt_status_t st;
-    while ((st = kvrt_cluster_handoff_send_test(send)) == KVRT_INPROGRESS && txu_now_ms() < end) {
-        kvrt_tier_completion_t done[8];
-        uint32_t n = 0;
-        ASSERT_OK(w->ctx, kvrt_tier_poll(w->htier, done, 8, &n));
-        ASSERT_OK(w->ctx, kvrt_cluster_pull_onloaded(w->sender, w->htier, done, n));
-    }
-    ASSERT_OK(w->ctx, st);
-    ASSERT_OK(w->ctx, kvrt_cluster_handoff_send_end(send));
-    kvrt_handoff_completion_t c = {0};
-    uint32_t n = 0;
-    end = txu_now_ms() + 10000;
-    while (n == 0 && txu_now_ms() < end)
-        ASSERT_OK(w->ctx, kvrt_cluster_handoff_poll(w->recv, tch_now_ns(), &c, 1, &n));
-    cr_assert_eq(n, 1, "the pull did not end");
+    tch_send_finish(w->ctx, w->sender, w->htier, send);
+    kvrt_handoff_completion_t c = tch_wait_one(w->ctx, w->recv, NULL);
     cr_assert_eq(c.handoff, h);
     return c;
 }
@@ -310,13 +279,8 @@ static void world_down(world_t *w)
     kvrt_kv_events_destroy(w->events);
     kvrt_pool_t *pools[2] = {w->hpool, w->ppool};
     kvrt_cache_t *caches[2] = {w->hcache, w->pcache};
-    for (int i = 0; i < 2; i++) {
-        kvrt_pool_info_t info;
-        ASSERT_OK(ctx, kvrt_pool_info(pools[i], &info));
-        cr_assert_eq(info.used_blocks, 0, "node %d: %u blocks stranded", i, info.used_blocks);
-        ASSERT_OK(ctx, kvrt_pool_verify(pools[i]));
-        ASSERT_OK(ctx, kvrt_cache_verify(caches[i]));
-    }
+    for (int i = 0; i < 2; i++)
+        tch_pool_clean(ctx, pools[i], caches[i]);
     cr_assert_eq(txu_stat_drained(ctx, "xfer.0.outstanding", 5000), 0);
     cr_assert_eq(txu_stat_drained(ctx, "xfer.1.outstanding", 5000), 0);
     ASSERT_OK(ctx, kvrt_xfer_deregister(w->hregion));
