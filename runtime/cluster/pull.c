@@ -86,7 +86,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_pull_cost_us(const kvrt_cluster_pull_cost
 {
     if (!cost || !blocks)
         return kvrt_fail(NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
-    pull_model_t m;
+    pull_model_t m = {0};
     kvrt_status_t st = model_of(NULL, cost, &m);
     if (st != KVRT_OK)
         return st;
@@ -113,7 +113,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_pull_plan(const kvrt_cluster_dir_t *dir,
     kvrt_ctx_t *ctx = dir ? cluster_dir_ctx(dir) : NULL;
     if (!dir || !model || (!keys && num_keys > 0) || !cost || !plan_out)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "NULL argument");
-    pull_model_t m;
+    pull_model_t m = {0};
     kvrt_status_t st = model_of(ctx, cost, &m);
     if (st != KVRT_OK)
         return st;
