@@ -1020,7 +1020,7 @@ typedef struct kvrt_cluster_channel_params {
      * Must outlive the channel. */
     kvrt_cluster_handoff_recv_t *recv;
     uint32_t max_message_bytes;    /* 64 .. 16 MiB; default 1 MiB */
-    uint32_t max_pending_per_peer; /* 1 .. 1024; default 8 */
+    uint32_t max_pending_per_peer; /* 1 .. 1024; default 64 */
     uint64_t max_buffered_bytes;   /* >= max_message_bytes; default 16 MiB */
     uint32_t deadline_ms;          /* first fragment to taken, 1 .. 600000;
                                       default 5000 */

@@ -95,7 +95,8 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_channel_create(kvrt_ctx_t *ctx,
                          (unsigned long long)(f & ~known));
     uint32_t max_message =
         (f & KVRT_CHANNEL_PARAM_MAX_MESSAGE) ? params->max_message_bytes : 1u << 20;
-    uint32_t max_pending = (f & KVRT_CHANNEL_PARAM_MAX_PENDING) ? params->max_pending_per_peer : 8u;
+    uint32_t max_pending =
+        (f & KVRT_CHANNEL_PARAM_MAX_PENDING) ? params->max_pending_per_peer : 64u;
     uint64_t max_buffered =
         (f & KVRT_CHANNEL_PARAM_MAX_BUFFERED) ? params->max_buffered_bytes : 16ull << 20;
     uint32_t deadline_ms = (f & KVRT_CHANNEL_PARAM_DEADLINE) ? params->deadline_ms : 5000u;
