@@ -356,17 +356,19 @@ static void slot_closed(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s, kvrt_
 }
 
 /* Whether the hand-off's sender is cut off from this agent, so that
- * nothing it posted can still land in the slot's blocks. Revoking a peer
- * by name (the transfer engine's revocation, once it has one) closes its
- * connections and fails what it has in flight: the blocks may then go
- * back at once. A sender that never closed a batch is unknown (whoever
- * holds the ticket may write), so only the time bound covers it. */
+ * nothing it posted or will post can land in the slot's blocks and they
+ * may go back at once. That takes a revocation that closes the sender's
+ * connections, fails what it has in flight and refuses it (by name) for
+ * at least the quarantine time: a revoked peer that may dial again as a
+ * new peer could, once resumed, write its next batches into blocks given
+ * to another request. A sender that never closed a batch is unknown
+ * (whoever holds the ticket may write), so only the time bound covers it. */
 static bool sender_cut_off(kvrt_cluster_handoff_recv_t *r, const handoff_slot_t *s)
 {
     (void)r;
     if (!s->sender_bound)
         return false;
-    /* The transfer engine's public API cannot revoke a peer yet. */
+    /* The transfer engine's public API has no such revocation yet. */
     return false;
 }
 
