@@ -577,7 +577,9 @@ kvrt_status_t kvrt_cluster_etcd_stats(kvrt_cluster_etcd_t *member,
  * time); a sender and its sends are used by one thread at a time. Both
  * take an agent that outlives them; the receiver drains the agent's
  * notifications (other notifications are counted and dropped), so an agent
- * serves one receiver and nothing else that reads notifications.
+ * serves one receiver and nothing else that reads notifications, unless a
+ * cluster channel on the agent feeds the receiver (then the channel reads
+ * them and hands the receiver its own: kvrt_cluster_channel_create).
  */
 
 /* Largest ticket kvrt_cluster_handoff_ticket() writes. */
