@@ -703,8 +703,10 @@ typedef struct kvrt_handoff_completion {
 } kvrt_handoff_completion_t;
 
 /*
- * kvrt_cluster_handoff_poll - takes the agent's notifications, advances the
- * hand-offs they name, ends those that landed (kvrt_arrival_complete),
+ * kvrt_cluster_handoff_poll - takes the agent's notifications (when a
+ * channel feeds the receiver, kvrt_cluster_channel_poll has delivered its
+ * messages already: poll the channel first), advances the hand-offs they
+ * name, ends those that landed (kvrt_arrival_complete),
  * failed or passed their deadline (see the policies), releases quarantined
  * blocks whose time came, and writes up to `capacity` ended hand-offs to
  * completions_out[0 .. *count_out). Ended hand-offs beyond capacity wait
