@@ -114,6 +114,25 @@ static void hprefill(world_t *w, int32_t seed, uint32_t nb)
     }
 }
 
+/* The holder's tier stack (host memory; with an SSD directory, a small
+ * host tier over SSD), followed by its publisher. */
+static void htier_up(world_t *w)
+{
+    kvrt_tier_params_t tp = {.field_mask =
+                                 KVRT_TIER_PARAM_HOST_BLOCKS | KVRT_TIER_PARAM_QUEUE_DEPTH,
+                             .host_blocks = 64,
+                             .queue_depth = 4};
+    if (w->ssd_dir[0]) {
+        tp.field_mask |= KVRT_TIER_PARAM_SSD | KVRT_TIER_PARAM_FLAGS;
+        tp.host_blocks = 16; /* the least recent go on to SSD */
+        tp.ssd_blocks = 64;
+        tp.ssd_dir = w->ssd_dir;
+        tp.flags = KVRT_TIER_SSD_BUFFERED;
+    }
+    ASSERT_OK(w->ctx, kvrt_tier_create(w->hcache, &tp, &w->htier));
+    ASSERT_OK(w->ctx, kvrt_kv_events_attach_tier(w->events, w->htier));
+}
+
 static world_t world_up(bool ssd)
 {
     world_t w = {0};
@@ -122,21 +141,11 @@ static world_t world_up(bool ssd)
     ASSERT_OK(w.ctx, kvrt_cache_create(w.hpool, NULL, &w.hcache));
     ASSERT_OK(w.ctx, kvrt_kv_events_create(w.ctx, NULL, &w.events));
     ASSERT_OK(w.ctx, kvrt_kv_events_attach(w.events, w.hcache, KVRT_KV_TIER_GPU));
-    kvrt_tier_params_t tp = {.field_mask =
-                                 KVRT_TIER_PARAM_HOST_BLOCKS | KVRT_TIER_PARAM_QUEUE_DEPTH,
-                             .host_blocks = 64,
-                             .queue_depth = 4};
     if (ssd) {
         snprintf(w.ssd_dir, sizeof(w.ssd_dir), "/tmp/kvrt-pull-tier-XXXXXX");
         cr_assert_not_null(mkdtemp(w.ssd_dir));
-        tp.field_mask |= KVRT_TIER_PARAM_SSD | KVRT_TIER_PARAM_FLAGS;
-        tp.host_blocks = 16; /* the least recent go on to SSD */
-        tp.ssd_blocks = 64;
-        tp.ssd_dir = w.ssd_dir;
-        tp.flags = KVRT_TIER_SSD_BUFFERED;
     }
-    ASSERT_OK(w.ctx, kvrt_tier_create(w.hcache, &tp, &w.htier));
-    ASSERT_OK(w.ctx, kvrt_kv_events_attach_tier(w.events, w.htier));
+    htier_up(&w);
     ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_kv_events_attach_tier(w.events, w.htier));
     w.hagent = txu_agent(w.ctx, 3000);
     w.hregion = txu_register_pool(w.ctx, w.hagent, w.hpool);
@@ -378,5 +387,34 @@ Test(cluster_pull_tier, a_block_gone_from_every_tier_fails_the_pull_and_leaves_t
     cr_assert_eq(first.num_computed_tokens, 0);
     publish(&w);
     cr_assert_eq(holder_prefix(&w, KVRT_KV_TIER_MASK_ALL), 0);
+    world_down(&w);
+}
+
+Test(cluster_pull_tier, a_restarted_tier_announces_what_its_ssd_file_holds_and_serves_it,
+     .timeout = 60)
+{
+    world_t w = world_up(true);
+    push_down(&w, KVRT_KV_TIER_DISK);
+    /* The tier stack goes: its keys leave the directory with it. */
+    hsettle(&w);
+    ASSERT_OK(w.ctx, kvrt_tier_destroy(w.htier));
+    publish(&w);
+    cr_assert_eq(holder_prefix(&w, KVRT_KV_TIER_MASK_ALL), 0);
+    /* A new one over the same SSD file rebuilds its index; attaching the
+     * publisher announces what it found. */
+    htier_up(&w);
+    publish(&w);
+    cr_assert_eq(holder_prefix(&w, 1u << KVRT_KV_TIER_DISK), PKEYS);
+    kvrt_cluster_pull_plan_t plan = plan_for(&w);
+    cr_assert_eq(plan.tier_blocks[KVRT_KV_TIER_DISK], PKEYS);
+    kvrt_seq_id_t seq = padd(&w);
+    kvrt_handoff_completion_t c = pull(&w, seq, plan.peer_blocks);
+    cr_assert_eq(c.outcome, KVRT_HANDOFF_LANDED, "outcome %u status %d", c.outcome, c.status);
+    const int32_t *blocks = NULL;
+    ASSERT_OK(w.ctx, kvrt_seq_blocks(w.psched, seq, &blocks, NULL, NULL));
+    for (uint32_t b = 0; b < PKEYS; b++)
+        cr_assert(tch_block_pattern(w.ppool, blocks[b], b, false),
+                  "block %u read back from the SSD file differs", b);
+    prun(&w, seq);
     world_down(&w);
 }
