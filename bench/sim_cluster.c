@@ -81,6 +81,7 @@ typedef struct cluster {
     kvrt_seq_info_t ended[EVENT_BATCH];
     sim_samples_t ttft, tpot, e2e;
     uint64_t block_bytes;
+    kvrt_cluster_pull_cost_t pull_cost; /* the network and prefill model, kvrt's formula */
     sim_cluster_results_t *res;
     char *error;
     size_t error_size;
@@ -273,6 +274,15 @@ static void report_load(cluster_t *c, node_t *node)
 
 /* ---- transfers ---------------------------------------------------------------------- */
 
+/* Moving `blocks` from a peer's pool and recomputing them, in us: the
+ * cluster layer's pull cost (kvrt_cluster_pull_cost_us), so the simulator
+ * decides and times pulls with the formula nodes use. */
+static void pull_cost(const cluster_t *c, uint32_t blocks, double *move_us, double *recompute_us)
+{
+    const uint32_t from_gpu[KVRT_KV_TIERS] = {blocks, 0, 0};
+    kvrt_cluster_pull_cost_us(&c->pull_cost, from_gpu, move_us, recompute_us);
+}
+
 /* When a transfer of `blocks` between two nodes that may start at now_us
  * ends; both NICs are busy until then. */
 static double transfer(cluster_t *c, node_t *from, node_t *to, uint32_t blocks, double now_us)
@@ -283,7 +293,9 @@ static double transfer(cluster_t *c, node_t *from, node_t *to, uint32_t blocks, 
     if (to->nic_free_us > start)
         start = to->nic_free_us;
     uint64_t bytes = (uint64_t)blocks * c->block_bytes;
-    double end = start + c->cc->net_latency_us + (double)bytes * 8.0 / (c->cc->net_gbps * 1e3);
+    double move_us = 0;
+    pull_cost(c, blocks, &move_us, NULL);
+    double end = start + move_us;
     from->nic_free_us = to->nic_free_us = end;
     from->res.blocks_out += blocks;
     to->res.blocks_in += blocks;
@@ -412,10 +424,8 @@ static int arrive(cluster_t *c, sim_request_t *req, double now_us)
         choice.best_node_id != choice.node_id) {
         uint32_t first = choice.cached_blocks, want = choice.best_blocks - first;
         node_t *peer = node_by_id(c, choice.best_node_id);
-        double recompute_us = (double)want * c->cfg->block_tokens *
-                              c->cfg->cost.prefill_us_per_token;
-        double move_us = c->cc->net_latency_us +
-                         (double)want * (double)c->block_bytes * 8.0 / (c->cc->net_gbps * 1e3);
+        double move_us = 0, recompute_us = 0;
+        pull_cost(c, want, &move_us, &recompute_us);
         if (move_us < recompute_us) {
             uint32_t have = peer_holds(peer, c->keys, first, want);
             if (have < want) {
@@ -811,6 +821,13 @@ int sim_cluster_run(const sim_config_t *config, const sim_cluster_config_t *cc,
                    .res = &res, .error = error, .error_size = error_size};
     c.block_bytes = (uint64_t)config->num_layers * config->num_kv_heads * config->head_dim *
                     2u * 2u * config->block_tokens;
+    c.pull_cost = (kvrt_cluster_pull_cost_t){
+        .field_mask = KVRT_PULL_COST_NET_GBPS | KVRT_PULL_COST_LATENCY | KVRT_PULL_COST_PREFILL,
+        .block_bytes = c.block_bytes,
+        .tokens_per_block = config->block_tokens,
+        .net_gbps = cc->net_gbps,
+        .latency_us = cc->net_latency_us,
+        .prefill_us_per_token = config->cost.prefill_us_per_token};
     c.num_recs = sim_workload_planned(workload);
     c.recs = calloc(c.num_recs ? c.num_recs : 1, sizeof(*c.recs));
     c.nodes = calloc(cc->nodes, sizeof(*c.nodes));

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "kvrt/tier.h"
+#include "test_dirs.h"
 
 #define TPB 4
 
@@ -160,23 +161,6 @@ __attribute__((unused)) static void squeeze_past_free(uint32_t extra)
     kvrt_pool_info_t info;
     ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
     squeeze(info.free_blocks + extra);
-}
-
-/* Removes a test's SSD directory and the files in it. */
-__attribute__((unused)) static void remove_dir(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d)
-        return;
-    struct dirent *e;
-    char file[512];
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.') {
-            snprintf(file, sizeof(file), "%s/%s", path, e->d_name);
-            unlink(file);
-        }
-    closedir(d);
-    rmdir(path);
 }
 
 #endif /* KVRT_TESTS_TIER_HELPERS_H */

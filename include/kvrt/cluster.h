@@ -46,6 +46,7 @@
 #include "kvrt/context.h"
 #include "kvrt/pool.h"
 #include "kvrt/sched.h"
+#include "kvrt/tier.h"
 #include "kvrt/xfer.h"
 
 #ifdef __cplusplus
@@ -147,6 +148,27 @@ kvrt_status_t kvrt_kv_events_attach(kvrt_kv_events_t *events, kvrt_cache_t *cach
 /* kvrt_kv_events_detach - stops following the cache. Errors:
  * KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_NOT_FOUND (not attached). */
 kvrt_status_t kvrt_kv_events_detach(kvrt_kv_events_t *events);
+
+/*
+ * kvrt_kv_events_attach_tier - feeds the publisher from a tier stack
+ * (kvrt/tier.h): every block its host level indexes is recorded as STORED
+ * in KVRT_KV_TIER_HOST, every block its SSD level indexes in
+ * KVRT_KV_TIER_DISK, and REMOVED when it leaves that level (evicted,
+ * written back, failed). What the tier holds when attached (an SSD tier
+ * rebuilt from its file included) is recorded at once. When the tier is
+ * destroyed its keys are REMOVED and the publisher is detached from it.
+ * A CLEARED of the attached cache then removes only the cache's tier. One
+ * tier stack per publisher, one publisher per tier stack. Recording runs
+ * inside the tier's calls on the engine thread, as for a cache.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_BUSY (the publisher
+ * follows a tier stack already, or the tier stack has an observer).
+ */
+kvrt_status_t kvrt_kv_events_attach_tier(kvrt_kv_events_t *events, kvrt_tier_t *tier);
+
+/* kvrt_kv_events_detach_tier - stops following the tier stack; its keys are
+ * recorded as REMOVED (the node no longer vouches for them). Errors:
+ * KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_NOT_FOUND (not attached). */
+kvrt_status_t kvrt_kv_events_detach_tier(kvrt_kv_events_t *events);
 
 /*
  * kvrt_kv_events_take - moves up to `capacity` of the oldest untaken events
@@ -532,7 +554,8 @@ kvrt_status_t kvrt_cluster_etcd_stats(kvrt_cluster_etcd_t *member,
  * The ticket (at most KVRT_HANDOFF_TICKET_MAX bytes, opaque) carries the
  * decode agent's address, its pool region's descriptor, the block ids to
  * fill and a random 64-bit token; the embedder ships it with the request
- * (as a router does). Each batch of blocks travels as one KV transfer
+ * (as a router does), or the cluster channel carries it
+ * (kvrt_cluster_channel_send_ticket). Each batch of blocks travels as one KV transfer
  * (kvrt_xfer_kv_post, checksummed when integrity is on) whose notification
  * names the token and the batch; the decode node counts a block as landed
  * only when its batch's notification arrives (after the checksums matched).
@@ -554,7 +577,9 @@ kvrt_status_t kvrt_cluster_etcd_stats(kvrt_cluster_etcd_t *member,
  * time); a sender and its sends are used by one thread at a time. Both
  * take an agent that outlives them; the receiver drains the agent's
  * notifications (other notifications are counted and dropped), so an agent
- * serves one receiver and nothing else that reads notifications.
+ * serves one receiver and nothing else that reads notifications, unless a
+ * cluster channel on the agent feeds the receiver (then the channel reads
+ * them and hands the receiver its own: kvrt_cluster_channel_create).
  */
 
 /* Largest ticket kvrt_cluster_handoff_ticket() writes. */
@@ -678,8 +703,10 @@ typedef struct kvrt_handoff_completion {
 } kvrt_handoff_completion_t;
 
 /*
- * kvrt_cluster_handoff_poll - takes the agent's notifications, advances the
- * hand-offs they name, ends those that landed (kvrt_arrival_complete),
+ * kvrt_cluster_handoff_poll - takes the agent's notifications (when a
+ * channel feeds the receiver, kvrt_cluster_channel_poll has delivered its
+ * messages already: poll the channel first), advances the hand-offs they
+ * name, ends those that landed (kvrt_arrival_complete),
  * failed or passed their deadline (see the policies), releases quarantined
  * blocks whose time came, and writes up to `capacity` ended hand-offs to
  * completions_out[0 .. *count_out). Ended hand-offs beyond capacity wait
@@ -812,24 +839,51 @@ enum kvrt_cluster_pull_cost_field {
     KVRT_PULL_COST_NET_GBPS = 1u << 0,  /* net_gbps */
     KVRT_PULL_COST_LATENCY = 1u << 1,   /* latency_us */
     KVRT_PULL_COST_PREFILL = 1u << 2,   /* prefill_us_per_token */
-    KVRT_PULL_COST_TIER_MASK = 1u << 3  /* tier_mask */
+    KVRT_PULL_COST_TIER_MASK = 1u << 3, /* tier_mask */
+    KVRT_PULL_COST_HOST = 1u << 4,      /* host_gbps, host_latency_us */
+    KVRT_PULL_COST_DISK = 1u << 5       /* disk_gbps, disk_latency_us */
 };
 
-/* block_bytes and tokens_per_block are always read, the rest by field_mask.
- * A pull of B blocks costs latency_us + B * block_bytes * 8 / (net_gbps *
- * 1e3) microseconds; recomputing them B * tokens_per_block *
- * prefill_us_per_token (kvrt-sim's model; docs/cluster.md). */
+/*
+ * The cost model of a pull (one formula, used by kvrt_cluster_pull_plan and
+ * kvrt-sim). block_bytes and tokens_per_block are always read, the rest by
+ * field_mask. Moving B blocks of which H come from the peer's host memory
+ * and D from its SSD costs, in microseconds,
+ *   latency_us + B * bits / (net_gbps * 1e3)
+ *   + (H + D > 0: host_latency_us + (H + D) * bits / (host_gbps * 1e3))
+ *   + (D > 0:     disk_latency_us + D * bits / (disk_gbps * 1e3))
+ * with bits = block_bytes * 8: the peer brings those blocks back into its
+ * pool (SSD -> host -> pool) before it sends them. Recomputing them costs
+ * B * tokens_per_block * prefill_us_per_token. docs/cluster.md.
+ */
 typedef struct kvrt_cluster_pull_cost {
     uint64_t field_mask;
     uint64_t block_bytes;        /* one block, every layer (kvrt_pool_info) */
     uint32_t tokens_per_block;
     uint32_t tier_mask;          /* tiers a peer serves pulls from; default
-                                    GPU only (kvrt_cluster_pull_serve reads
-                                    the peer's prefix cache) */
+                                    all (kvrt_cluster_pull_serve with the
+                                    peer's tier stack) */
     double net_gbps;             /* default 200 */
     double latency_us;           /* default 20 */
     double prefill_us_per_token; /* default 40 (an 8B model on one H100) */
+    double host_gbps;            /* host -> pool copies; default 400 */
+    double host_latency_us;      /* default 10 */
+    double disk_gbps;            /* SSD reads; default 50 */
+    double disk_latency_us;      /* default 100 */
 } kvrt_cluster_pull_cost_t;
+
+/*
+ * kvrt_cluster_pull_cost_us - the cost model above for blocks[t] blocks
+ * served from tier t (kvrt_kv_tier_t): *transfer_us_out and
+ * *recompute_us_out (either may be NULL). Pure; any thread.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL cost/blocks, unknown bits,
+ * block_bytes or tokens_per_block 0, a non-positive or non-finite
+ * bandwidth, negative or non-finite latencies or prefill cost, bad tier
+ * bits).
+ */
+kvrt_status_t kvrt_cluster_pull_cost_us(const kvrt_cluster_pull_cost_t *cost,
+                                        const uint32_t blocks[KVRT_KV_TIERS],
+                                        double *transfer_us_out, double *recompute_us_out);
 
 /* The answer of kvrt_cluster_pull_plan. */
 typedef struct kvrt_cluster_pull_plan {
@@ -840,17 +894,20 @@ typedef struct kvrt_cluster_pull_plan {
     double transfer_us;    /* moving blocks [local_blocks, peer_blocks) */
     double recompute_us;   /* prefilling their tokens */
     uint32_t worth;        /* 1: transfer_us < recompute_us */
-    uint32_t reserved;
+    /* Of [local_blocks, peer_blocks), the blocks served from the peer's
+     * GPU, host and disk tiers (its leading GPU run, then host, then the
+     * rest, as the directory sees them). */
+    uint32_t tier_blocks[KVRT_KV_TIERS];
 } kvrt_cluster_pull_plan_t;
 
 /*
  * kvrt_cluster_pull_plan - for a prompt's block keys (in order), the peer of
  * `model` (other than local_node, which may be 0) holding the longest prefix
  * in cost->tier_mask, and whether pulling the blocks this node lacks is
- * cheaper than recomputing them. Resyncing nodes count as holding nothing.
- * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown bits, block_bytes or
- * tokens_per_block 0, a non-positive or non-finite bandwidth, negative
- * costs, bad tier bits), KVRT_ERR_UNKNOWN_MODEL.
+ * cheaper than recomputing them (kvrt_cluster_pull_cost_us). Resyncing
+ * nodes count as holding nothing.
+ * Errors: those of kvrt_cluster_pull_cost_us, KVRT_ERR_INVALID_ARG (NULL),
+ * KVRT_ERR_UNKNOWN_MODEL.
  */
 kvrt_status_t kvrt_cluster_pull_plan(const kvrt_cluster_dir_t *dir,
                                      const kvrt_block_hash_t *model, uint64_t local_node,
@@ -860,25 +917,50 @@ kvrt_status_t kvrt_cluster_pull_plan(const kvrt_cluster_dir_t *dir,
 
 /*
  * kvrt_cluster_pull_serve - the peer's side of a pull: begins a send for the
- * ticket (as kvrt_cluster_handoff_send_begin), finds the blocks it names in
- * `cache` by their content hashes contents[first .. first + n) (the
- * prompt's full blocks from the first, under `keys`, which may be NULL),
- * takes a reference on each (they cannot be evicted while read), stopping
- * at the first one the cache lacks, and posts them all. Then, as for any
- * send: kvrt_cluster_handoff_send_test() until not KVRT_INPROGRESS (KVRT_OK
- * once what it holds landed), and kvrt_cluster_handoff_send_end(), which
- * gives the references back and, when it held fewer blocks than the ticket
- * names, tells the puller it gave up. pool is the cache's pool, the one the
- * sender's region registers. contents is read during the call only.
+ * ticket (as kvrt_cluster_handoff_send_begin) and finds the blocks it names
+ * by their content hashes contents[first .. first + n) (the prompt's full
+ * blocks from the first, under `keys`, which may be NULL):
+ *  - the leading run `cache` holds: a reference is taken on each (they
+ *    cannot be evicted while read) and they are posted at once;
+ *  - with `tier` (may be NULL: the prefix cache only), the run that
+ *    continues in its host memory or on its SSD: pool blocks are allocated
+ *    and the tier brings the blocks back into them (kvrt_tier_onload); they
+ *    are posted when the engine passes the tier's report of that onload to
+ *    kvrt_cluster_pull_onloaded(). A node stages at most 16384 blocks for
+ *    all its pulls at once; beyond that, or when the pool has no room, the
+ *    pull ends after the cached run.
+ * It stops at the first block it lacks. Then, as for any send:
+ * kvrt_cluster_handoff_send_test() until not KVRT_INPROGRESS (KVRT_OK once
+ * what it holds landed), and kvrt_cluster_handoff_send_end(), which gives
+ * the blocks back (staged ones stay cached) and, when it held fewer blocks
+ * than the ticket names, tells the puller it gave up. A send ended while
+ * its onload runs keeps the staged blocks until the tier reports it.
+ * pool is the cache's (and tier's) pool, the one the sender's region
+ * registers. contents is read during the call only.
  * Errors: those of kvrt_cluster_handoff_send_begin and
  * kvrt_cluster_handoff_send_blocks, KVRT_ERR_INVALID_ARG (NULL, a ticket
  * naming blocks beyond num_contents); nothing is left held.
  */
 kvrt_status_t kvrt_cluster_pull_serve(kvrt_cluster_handoff_sender_t *sender, kvrt_pool_t *pool,
-                                      kvrt_cache_t *cache, const kvrt_hash_keys_t *keys,
+                                      kvrt_cache_t *cache, kvrt_tier_t *tier,
+                                      const kvrt_hash_keys_t *keys,
                                       const kvrt_block_hash_t *contents, uint32_t num_contents,
                                       const void *ticket, size_t length,
                                       kvrt_cluster_handoff_send_t **send_out);
+
+/*
+ * kvrt_cluster_pull_onloaded - hands the sender the onloads `tier` reported
+ * (kvrt_tier_poll or kvrt_tier_drain: pass every completion; those that are
+ * not a pull's are ignored). A pull's staged blocks that landed are posted
+ * (a block that did not ends the pull there, as a block the cache lacks
+ * does). Call it on the sender's thread. kvrt_cluster_handoff_sender_destroy
+ * gives back the blocks of ended pulls not reported yet: destroy the tier
+ * stack first, or pass it every report.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL sender/tier, NULL done with count > 0).
+ */
+kvrt_status_t kvrt_cluster_pull_onloaded(kvrt_cluster_handoff_sender_t *sender,
+                                         const kvrt_tier_t *tier,
+                                         const kvrt_tier_completion_t *done, uint32_t count);
 
 /*
  * kvrt_cluster_pull_forget - after a pull from node_id ended with
@@ -893,6 +975,144 @@ kvrt_status_t kvrt_cluster_pull_serve(kvrt_cluster_handoff_sender_t *sender, kvr
 kvrt_status_t kvrt_cluster_pull_forget(kvrt_cluster_dir_t *dir, uint64_t node_id,
                                        const kvrt_block_hash_t *keys, uint32_t num_keys,
                                        const kvrt_handoff_completion_t *completion);
+
+/* ---- the cluster channel: tickets and pull requests over the transfer engine
+ *
+ * What a node ships to a peer besides KV blocks: a hand-off ticket (decode
+ * node -> prefill node) and a pull request (puller -> the peer holding
+ * the prefix: the ticket and the prompt's block content hashes). A channel
+ * carries them as tagged notifications of its agent (kvrt_xfer_notify,
+ * 256 bytes each: a message is cut into fragments and put back together
+ * on arrival) and hands the hand-off receiver of the same agent its own
+ * messages, so one agent serves both. Carrying tickets with the engine's
+ * own requests (kvrt_cluster_handoff_ticket + kvrt_cluster_handoff_send_begin)
+ * remains possible.
+ *
+ * Everything received is untrusted and bounded: a message longer than
+ * max_message_bytes, a fragment that does not fit its message, more than
+ * max_pending_per_peer messages of one peer being put together or waiting
+ * to be taken, more than max_buffered_bytes held in all, a message not
+ * complete within deadline_ms, a ticket that does not parse, a pull whose
+ * ticket names blocks beyond its hashes: each is dropped and counted, and
+ * changes nothing else. Threads: one thread at a time per channel (the
+ * engine's, with the receiver it feeds).
+ */
+
+typedef struct kvrt_cluster_channel kvrt_cluster_channel_t;
+
+typedef enum kvrt_cluster_msg_kind {
+    KVRT_CLUSTER_MSG_TICKET = 1, /* a hand-off ticket, for a prefill node */
+    KVRT_CLUSTER_MSG_PULL = 2    /* a pull request, for the prefix's holder */
+} kvrt_cluster_msg_kind_t;
+
+enum kvrt_cluster_channel_params_field {
+    KVRT_CHANNEL_PARAM_RECV = 1u << 0,          /* recv */
+    KVRT_CHANNEL_PARAM_MAX_MESSAGE = 1u << 1,   /* max_message_bytes */
+    KVRT_CHANNEL_PARAM_MAX_PENDING = 1u << 2,   /* max_pending_per_peer */
+    KVRT_CHANNEL_PARAM_MAX_BUFFERED = 1u << 3,  /* max_buffered_bytes */
+    KVRT_CHANNEL_PARAM_DEADLINE = 1u << 4,      /* deadline_ms */
+    KVRT_CHANNEL_PARAM_CONNECT_TIMEOUT = 1u << 5 /* connect_timeout_ms */
+};
+
+/* agent is always read; the rest by field_mask. */
+typedef struct kvrt_cluster_channel_params {
+    uint64_t field_mask;
+    kvrt_xfer_agent_t *agent; /* the node's agent; must outlive the channel */
+    /* The agent's hand-off receiver, if it has one: the channel takes the
+     * agent's notifications and gives it the hand-off messages among them
+     * (its kvrt_cluster_handoff_poll then reads no notification itself).
+     * Must outlive the channel. */
+    kvrt_cluster_handoff_recv_t *recv;
+    uint32_t max_message_bytes;    /* 64 .. 16 MiB; default 1 MiB */
+    uint32_t max_pending_per_peer; /* 1 .. 1024; default 64 */
+    uint64_t max_buffered_bytes;   /* >= max_message_bytes; default 16 MiB */
+    uint32_t deadline_ms;          /* first fragment to taken, 1 .. 600000;
+                                      default 5000 */
+    uint32_t connect_timeout_ms;   /* dialing a destination; default 5000 */
+} kvrt_cluster_channel_params_t;
+
+/*
+ * kvrt_cluster_channel_create - a channel over params->agent.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown bits, out of range; a recv
+ * over another agent), KVRT_ERR_BUSY (recv is fed by a channel already),
+ * KVRT_ERR_NO_MEMORY.
+ */
+kvrt_status_t kvrt_cluster_channel_create(kvrt_ctx_t *ctx,
+                                          const kvrt_cluster_channel_params_t *params,
+                                          kvrt_cluster_channel_t **channel_out);
+
+/* kvrt_cluster_channel_destroy - frees the channel and what it holds; its
+ * receiver reads the agent's notifications itself again. NULL: no-op. */
+kvrt_status_t kvrt_cluster_channel_destroy(kvrt_cluster_channel_t *channel);
+
+/*
+ * kvrt_cluster_channel_send_ticket - sends a hand-off ticket (as
+ * kvrt_cluster_handoff_ticket wrote it) to the agent at `address`
+ * (kvrt_xfer_agent_address form), dialing it if need be (blocking at most
+ * connect_timeout_ms). Returns once every fragment is queued; they arrive
+ * in order after what this agent posted to that peer before.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, empty), KVRT_ERR_PARSE (not a
+ * ticket), KVRT_ERR_OVERFLOW (longer than max_message_bytes), those of
+ * kvrt_xfer_connect and kvrt_xfer_notify (KVRT_ERR_REQUEST_LIMIT: too many
+ * notifications in flight; the peer drops the part that came at its
+ * deadline).
+ */
+kvrt_status_t kvrt_cluster_channel_send_ticket(kvrt_cluster_channel_t *channel,
+                                               const char *address, const void *ticket,
+                                               size_t length);
+
+/*
+ * kvrt_cluster_channel_send_pull - sends a pull request: the ticket (as
+ * kvrt_cluster_handoff_ticket wrote it) and the prompt's full blocks'
+ * content hashes contents[0 .. num_contents) that kvrt_cluster_pull_serve
+ * needs. Errors: as kvrt_cluster_channel_send_ticket, and
+ * KVRT_ERR_INVALID_ARG (the ticket names blocks beyond num_contents).
+ */
+kvrt_status_t kvrt_cluster_channel_send_pull(kvrt_cluster_channel_t *channel,
+                                             const char *address, const void *ticket,
+                                             size_t length, const kvrt_block_hash_t *contents,
+                                             uint32_t num_contents);
+
+/* A message taken from a channel. Its pointers stay valid until the next
+ * kvrt_cluster_channel_poll or destroy. Frozen (output array element). */
+typedef struct kvrt_cluster_msg {
+    uint32_t kind;                    /* kvrt_cluster_msg_kind_t */
+    uint32_t num_contents;            /* PULL: content hashes */
+    char from[KVRT_XFER_NAME_MAX];    /* the sending agent's name */
+    const uint8_t *ticket;            /* parsed and checked */
+    uint64_t ticket_bytes;
+    const kvrt_block_hash_t *contents; /* PULL; NULL for TICKET */
+} kvrt_cluster_msg_t;
+
+/*
+ * kvrt_cluster_channel_poll - takes the agent's notifications: fragments
+ * of channel messages are put together, hand-off messages go to the
+ * receiver (call this before kvrt_cluster_handoff_poll each step), others
+ * are counted as foreign and dropped; drops partial messages past their
+ * deadline (now_ns on the caller's clock); then writes up to `capacity`
+ * complete messages, oldest first, to msgs_out[0 .. *count_out). Never
+ * blocks. Errors: KVRT_ERR_INVALID_ARG (NULL channel/count_out, NULL
+ * msgs_out with capacity > 0).
+ */
+kvrt_status_t kvrt_cluster_channel_poll(kvrt_cluster_channel_t *channel, uint64_t now_ns,
+                                        kvrt_cluster_msg_t *msgs_out, uint32_t capacity,
+                                        uint32_t *count_out);
+
+/* Counters of a channel. Frozen. */
+typedef struct kvrt_cluster_channel_stats {
+    uint64_t sent;          /* messages sent */
+    uint64_t received;      /* messages complete and valid */
+    uint64_t refused;       /* fragments or messages dropped as malformed */
+    uint64_t over_limit;    /* dropped for a bound (size, pending, buffered) */
+    uint64_t expired;       /* partial messages dropped at their deadline */
+    uint64_t foreign;       /* notifications neither channel nor hand-off */
+    uint64_t handoff_notes; /* hand-off messages given to the receiver */
+    uint64_t buffered_bytes; /* held now */
+} kvrt_cluster_channel_stats_t;
+
+/* kvrt_cluster_channel_stats - Errors: KVRT_ERR_INVALID_ARG. */
+kvrt_status_t kvrt_cluster_channel_stats(const kvrt_cluster_channel_t *channel,
+                                         kvrt_cluster_channel_stats_t *stats_out);
 
 #ifdef __cplusplus
 }

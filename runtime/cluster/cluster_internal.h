@@ -41,4 +41,13 @@ void cluster_dir_mark_synced(kvrt_cluster_dir_t *dir, uint64_t node_id);
 /* Node ids that a sync added, into ids[0..64); returns their count. */
 uint32_t cluster_dir_synced_nodes(const kvrt_cluster_dir_t *dir, uint64_t *ids);
 
+/* handoff_recv.c, for a channel (channel.c): fed, the receiver reads no
+ * notification itself and the channel delivers its hand-off messages.
+ * Feeding: KVRT_ERR_INVALID_ARG (recv on another agent), KVRT_ERR_BUSY
+ * (fed already). */
+kvrt_status_t handoff_recv_feed(kvrt_cluster_handoff_recv_t *recv,
+                                const kvrt_xfer_agent_t *agent, bool fed);
+void handoff_recv_deliver(kvrt_cluster_handoff_recv_t *recv, uint64_t now_ns,
+                          const kvrt_xfer_notification_t *note);
+
 #endif /* KVRT_CLUSTER_INTERNAL_H */

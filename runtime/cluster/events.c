@@ -16,6 +16,7 @@
 #include "cache/hooks.h"
 #include "cluster/cluster_internal.h"
 #include "cluster/keytable.h"
+#include "tier/hooks.h"
 
 #define DEFAULT_CAPACITY 65536u
 #define MIN_CAPACITY 16u
@@ -35,9 +36,12 @@ struct kvrt_kv_events {
     uint64_t held_per_tier[KVRT_KV_TIERS];
     kvrt_cache_t *cache;           /* followed through its observer hook */
     kvrt_kv_tier_t cache_tier;
+    kvrt_tier_t *tier;             /* host and SSD levels, through theirs */
 };
 
 static void on_cache_event(void *user, const kvrt_cache_event_t *event);
+static void on_tier_event(void *user, kvrt_tier_level_t level, bool stored,
+                          const kvrt_cache_block_name_t *name);
 
 static void events_free(kvrt_kv_events_t *ev)
 {
@@ -45,6 +49,8 @@ static void events_free(kvrt_kv_events_t *ev)
         kvrt_cache_unobserve(ev->cache, on_cache_event, ev);
         kvrt_cache_unhold(ev->cache);
     }
+    if (ev->tier)
+        kvrt_tier_unobserve(ev->tier, on_tier_event, ev);
     keytable_free(&ev->held);
     free(ev->ring);
     free(ev);
@@ -171,16 +177,100 @@ KVRT_EXPORT kvrt_status_t kvrt_kv_events_record(kvrt_kv_events_t *events,
     return KVRT_OK;
 }
 
-/* ---- following a cache --------------------------------------------------- */
+/* ---- following a cache and a tier stack ---------------------------------- */
+
+/* Everything held in `tier` is gone, the other tiers stay: one REMOVED per
+ * key (CLEARED when nothing else is held). */
+static void clear_tier(kvrt_kv_events_t *ev, kvrt_kv_tier_t tier)
+{
+    uint64_t n = ev->held_per_tier[tier];
+    if (n == 0)
+        return;
+    if (n == ev->held.count) {
+        bool others = false;
+        for (int t = 0; t < KVRT_KV_TIERS; t++)
+            others |= t != (int)tier && ev->held_per_tier[t] > 0;
+        if (!others) {
+            kvrt_kv_events_record(ev, KVRT_KV_EVENT_CLEARED, tier, NULL);
+            return;
+        }
+    }
+    kvrt_block_hash_t *keys = malloc(n * sizeof(*keys));
+    if (!keys) {
+        /* Forget everything and skip an id: consumers resync from a
+         * snapshot that lacks what was held (missed hits, no stale entry). */
+        keytable_reset(&ev->held);
+        memset(ev->held_per_tier, 0, sizeof(ev->held_per_tier));
+        ev->last_id++;
+        return;
+    }
+    uint64_t k = 0;
+    for (uint64_t i = 0; i < ev->held.capacity && k < n; i++)
+        if (ev->held.slots[i].mask[tier])
+            keys[k++] = (kvrt_block_hash_t){ev->held.slots[i].lo, ev->held.slots[i].hi};
+    for (uint64_t i = 0; i < k; i++)
+        kvrt_kv_events_record(ev, KVRT_KV_EVENT_REMOVED, tier, &keys[i]);
+    free(keys);
+}
 
 static void on_cache_event(void *user, const kvrt_cache_event_t *event)
 {
     kvrt_kv_events_t *ev = user;
-    kvrt_kv_event_kind_t kind = event->kind == KVRT_CACHE_EVENT_STORED    ? KVRT_KV_EVENT_STORED
-                                : event->kind == KVRT_CACHE_EVENT_REMOVED ? KVRT_KV_EVENT_REMOVED
-                                                                          : KVRT_KV_EVENT_CLEARED;
+    if (event->kind == KVRT_CACHE_EVENT_CLEARED) {
+        /* The cache's blocks are gone; what the tiers below hold is not. */
+        clear_tier(ev, ev->cache_tier);
+        return;
+    }
+    kvrt_kv_event_kind_t kind =
+        event->kind == KVRT_CACHE_EVENT_STORED ? KVRT_KV_EVENT_STORED : KVRT_KV_EVENT_REMOVED;
     if (kvrt_kv_events_record(ev, kind, ev->cache_tier, &event->name.key) != KVRT_OK)
-        ev->last_id++; /* a gap: consumers resync from a snapshot without this key */
+        ev->last_id++; /* a gap: consumers resync from a snapshot without this key
+                        */
+}
+
+static void on_tier_event(void *user, kvrt_tier_level_t level, bool stored,
+                          const kvrt_cache_block_name_t *name)
+{
+    kvrt_kv_events_t *ev = user;
+    kvrt_kv_tier_t tier = level == KVRT_TIER_LEVEL_HOST ? KVRT_KV_TIER_HOST : KVRT_KV_TIER_DISK;
+    if (!name) {
+        /* The tier stack is being destroyed: it detaches itself. */
+        clear_tier(ev, tier);
+        ev->tier = NULL;
+        return;
+    }
+    if (kvrt_kv_events_record(ev, stored ? KVRT_KV_EVENT_STORED : KVRT_KV_EVENT_REMOVED, tier,
+                              &name->key) != KVRT_OK)
+        ev->last_id++;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_kv_events_attach_tier(kvrt_kv_events_t *events, kvrt_tier_t *tier)
+{
+    if (!events || !tier)
+        return events ? kvrt_fail(events->ctx, KVRT_ERR_INVALID_ARG, "tier is required")
+                      : KVRT_ERR_INVALID_ARG;
+    if (events->tier)
+        return kvrt_fail(events->ctx, KVRT_ERR_BUSY, "already attached to a tier stack");
+    kvrt_status_t st = kvrt_tier_observe(tier, on_tier_event, events);
+    if (st != KVRT_OK)
+        return st == KVRT_ERR_BUSY
+                   ? kvrt_fail(events->ctx, st, "the tier stack is observed already")
+                   : st;
+    events->tier = tier;
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_kv_events_detach_tier(kvrt_kv_events_t *events)
+{
+    if (!events)
+        return KVRT_ERR_INVALID_ARG;
+    if (!events->tier)
+        return kvrt_fail(events->ctx, KVRT_ERR_NOT_FOUND, "not attached to a tier stack");
+    kvrt_tier_unobserve(events->tier, on_tier_event, events);
+    clear_tier(events, KVRT_KV_TIER_HOST);
+    clear_tier(events, KVRT_KV_TIER_DISK);
+    events->tier = NULL;
+    return KVRT_OK;
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_kv_events_attach(kvrt_kv_events_t *events, kvrt_cache_t *cache,

@@ -53,6 +53,7 @@ struct kvrt_cluster_handoff_recv {
     uint32_t max_handoffs;
     uint32_t high_water; /* slots [0, high_water) were ever used */
     uint64_t now_ns;     /* of the poll in progress */
+    bool fed;            /* a channel takes the agent's notifications */
     handoff_slot_t *slots;
     /* Ended hand-offs not yet taken by a poll: a ring of max_handoffs. */
     kvrt_handoff_completion_t *ended;
@@ -354,6 +355,38 @@ static void slot_closed(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s, kvrt_
     slot_release(r, s, kept);
 }
 
+/* Whether the hand-off's sender is cut off from this agent, so that
+ * nothing it posted or will post can land in the slot's blocks and they
+ * may go back at once. That takes a revocation that closes the sender's
+ * connections, fails what it has in flight and refuses it (by name) for
+ * at least the quarantine time: a revoked peer that may dial again as a
+ * new peer could, once resumed, write its next batches into blocks given
+ * to another request. A sender that never closed a batch is unknown
+ * (whoever holds the ticket may write), so only the time bound covers it. */
+static bool sender_cut_off(kvrt_cluster_handoff_recv_t *r, const handoff_slot_t *s)
+{
+    (void)r;
+    if (!s->sender_bound)
+        return false;
+    /* The transfer engine's public API has no such revocation yet. */
+    return false;
+}
+
+/* The deadline passed and the request is decided, but the sender may
+ * still write: hold the blocks until its closing message arrives or the
+ * quarantine time passes, unless it is cut off now. */
+static void quarantine(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s)
+{
+    if (sender_cut_off(r, s)) {
+        slot_release(r, s, 0);
+        return;
+    }
+    s->state = SLOT_QUARANTINED;
+    s->release_ns = r->now_ns + r->quarantine_ns;
+    r->stats.live--;
+    r->stats.quarantined++;
+}
+
 static void on_message(kvrt_cluster_handoff_recv_t *r, const kvrt_xfer_notification_t *n)
 {
     handoff_msg_t m;
@@ -408,7 +441,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t 
     if (!recv || !count_out || (!completions_out && capacity > 0))
         return kvrt_fail(recv ? recv->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
     recv->now_ns = now_ns;
-    for (uint32_t round = 0; round < RECV_NOTE_ROUNDS; round++) {
+    for (uint32_t round = 0; !recv->fed && round < RECV_NOTE_ROUNDS; round++) {
         uint32_t n = 0;
         kvrt_xfer_notifications(recv->agent, recv->notes, RECV_NOTE_BATCH, &n);
         for (uint32_t i = 0; i < n; i++)
@@ -421,13 +454,9 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t 
         if (s->state == SLOT_LIVE && s->num_blocks == 0) {
             slot_closed(recv, s, KVRT_OK);
         } else if (s->state == SLOT_LIVE && now_ns >= s->deadline_ns) {
-            /* The sender may still write: decide now, hold the blocks. */
             push_ended(recv, s, fail_request(recv, s),
                        s->failure != KVRT_OK ? s->failure : KVRT_ERR_TIMEOUT, 0);
-            s->state = SLOT_QUARANTINED;
-            s->release_ns = now_ns + recv->quarantine_ns;
-            recv->stats.live--;
-            recv->stats.quarantined++;
+            quarantine(recv, s);
         } else if (s->state == SLOT_QUARANTINED && now_ns >= s->release_ns) {
             slot_release(recv, s, 0);
         }
@@ -440,6 +469,24 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t 
     }
     *count_out = taken;
     return KVRT_OK;
+}
+
+kvrt_status_t handoff_recv_feed(kvrt_cluster_handoff_recv_t *recv,
+                                const kvrt_xfer_agent_t *agent, bool fed)
+{
+    if (fed && recv->agent != agent)
+        return kvrt_fail(recv->ctx, KVRT_ERR_INVALID_ARG, "the receiver is on another agent");
+    if (fed && recv->fed)
+        return kvrt_fail(recv->ctx, KVRT_ERR_BUSY, "a channel feeds the receiver already");
+    recv->fed = fed;
+    return KVRT_OK;
+}
+
+void handoff_recv_deliver(kvrt_cluster_handoff_recv_t *recv, uint64_t now_ns,
+                          const kvrt_xfer_notification_t *note)
+{
+    recv->now_ns = now_ns;
+    on_message(recv, note);
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_recv_stats(const kvrt_cluster_handoff_recv_t *recv,

@@ -10,43 +10,7 @@
 #include <string.h>
 
 #include "cluster_internal.h"
-#include "handoff_wire.h"
-
-#define SENDER_MAX_PEERS 64u
-
-typedef struct sender_peer {
-    char address[HANDOFF_ADDRESS_MAX + 1];
-    kvrt_xfer_peer_t *peer;
-} sender_peer_t;
-
-struct kvrt_cluster_handoff_sender {
-    kvrt_ctx_t *ctx;
-    kvrt_xfer_agent_t *agent;
-    const kvrt_xfer_region_t *region;
-    int integrity;
-    uint32_t timeout_ms; /* 0: the agent's */
-    uint32_t connect_timeout_ms;
-    uint32_t sends; /* begun and not ended */
-    sender_peer_t peers[SENDER_MAX_PEERS];
-    uint32_t next_evict;
-};
-
-struct kvrt_cluster_handoff_send {
-    kvrt_cluster_handoff_sender_t *sender;
-    kvrt_xfer_peer_t *peer;
-    kvrt_xfer_remote_t *remote;
-    handoff_ticket_t ticket;
-    int32_t *remote_blocks;
-    uint32_t posted;   /* ticket blocks posted so far */
-    uint32_t limit;    /* blocks this send will post (a pull source
-                                    may hold fewer than the ticket names) */
-    kvrt_pool_t *pool; /* a pull source's pinned cached blocks */
-    int32_t *pinned;
-    uint32_t num_pinned;
-    kvrt_xfer_request_t **requests;
-    uint32_t num_requests;
-    kvrt_status_t failure; /* first failed batch, else OK */
-};
+#include "handoff_send.h"
 
 KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_sender_create(
     kvrt_ctx_t *ctx, const kvrt_cluster_handoff_sender_params_t *params,
@@ -76,7 +40,8 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_sender_create(
     s->region = params->region;
     s->integrity = (m & KVRT_HANDOFF_SENDER_PARAM_INTEGRITY) ? params->integrity != 0 : 0;
     s->timeout_ms = timeout_ms;
-    s->connect_timeout_ms = connect_ms;
+    s->peers = (peer_cache_t){
+        .ctx = ctx, .agent = params->agent, .connect_timeout_ms = connect_ms};
     *sender_out = s;
     return KVRT_OK;
 }
@@ -87,15 +52,15 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_sender_destroy(kvrt_cluster_hando
         return KVRT_OK;
     if (sender->sends > 0)
         return kvrt_fail(sender->ctx, KVRT_ERR_BUSY, "%u sends not ended", sender->sends);
-    for (uint32_t i = 0; i < SENDER_MAX_PEERS; i++)
-        kvrt_xfer_disconnect(sender->peers[i].peer);
+    pull_sources_abandon(sender);
+    peer_cache_close(&sender->peers);
     free(sender);
     return KVRT_OK;
 }
 
 /* Checks every field of the ticket against its length. */
-static kvrt_status_t ticket_parse(kvrt_ctx_t *ctx, const uint8_t *p, size_t length,
-                                  handoff_ticket_t *t)
+kvrt_status_t handoff_ticket_parse(kvrt_ctx_t *ctx, const uint8_t *p, size_t length,
+                                   handoff_ticket_t *t)
 {
     if (length < HANDOFF_TICKET_HEAD || length > KVRT_HANDOFF_TICKET_MAX)
         return kvrt_fail(ctx, KVRT_ERR_PARSE, "ticket of %zu bytes", length);
@@ -124,55 +89,6 @@ static kvrt_status_t ticket_parse(kvrt_ctx_t *ctx, const uint8_t *p, size_t leng
     return KVRT_OK;
 }
 
-/* The connection to `address`: kept from an earlier send while it is up,
- * else dialed (evicting the oldest when all places are taken). */
-static kvrt_status_t sender_peer(kvrt_cluster_handoff_sender_t *s, const char *address,
-                                 kvrt_xfer_peer_t **peer_out)
-{
-    sender_peer_t *place = NULL;
-    for (uint32_t i = 0; i < SENDER_MAX_PEERS && !place; i++)
-        if (s->peers[i].peer && strcmp(s->peers[i].address, address) == 0)
-            place = &s->peers[i];
-    if (place) {
-        kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
-        if (kvrt_xfer_peer_info(place->peer, &info) == KVRT_OK &&
-            (info.state == KVRT_XFER_PEER_CONNECTED || info.state == KVRT_XFER_PEER_RECONNECTING)) {
-            *peer_out = place->peer;
-            return KVRT_OK;
-        }
-        if (info.outstanding > 0)
-            return kvrt_fail(s->ctx, KVRT_ERR_PEER_FAILED, "%s is down", address);
-        kvrt_xfer_disconnect(place->peer);
-        place->peer = NULL;
-    }
-    for (uint32_t i = 0; i < SENDER_MAX_PEERS && !place; i++)
-        if (!s->peers[i].peer)
-            place = &s->peers[i];
-    if (!place) {
-        /* A peer still carrying requests is not evicted. */
-        for (uint32_t tries = 0; tries < SENDER_MAX_PEERS && !place; tries++) {
-            sender_peer_t *c = &s->peers[s->next_evict];
-            s->next_evict = (s->next_evict + 1) % SENDER_MAX_PEERS;
-            kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
-            if (kvrt_xfer_peer_info(c->peer, &info) == KVRT_OK && info.outstanding == 0) {
-                kvrt_xfer_disconnect(c->peer);
-                c->peer = NULL;
-                place = c;
-            }
-        }
-        if (!place)
-            return kvrt_fail(s->ctx, KVRT_ERR_BUSY, "%u decode nodes in use", SENDER_MAX_PEERS);
-    }
-    kvrt_xfer_peer_t *peer = NULL;
-    kvrt_status_t st = kvrt_xfer_connect(s->agent, address, s->connect_timeout_ms, &peer);
-    if (st != KVRT_OK)
-        return st;
-    snprintf(place->address, sizeof(place->address), "%s", address);
-    place->peer = peer;
-    *peer_out = peer;
-    return KVRT_OK;
-}
-
 KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_sender_t *sender,
                                                           const void *ticket, size_t length,
                                                           kvrt_cluster_handoff_send_t **send_out)
@@ -183,7 +99,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_s
     kvrt_cluster_handoff_send_t *send = calloc(1, sizeof(*send));
     if (!send)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "send");
-    kvrt_status_t st = ticket_parse(ctx, ticket, length, &send->ticket);
+    kvrt_status_t st = handoff_ticket_parse(ctx, ticket, length, &send->ticket);
     uint32_t n = send->ticket.num_blocks;
     if (st == KVRT_OK && n > 0) {
         send->remote_blocks = malloc(n * sizeof(int32_t));
@@ -194,7 +110,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_s
             send->remote_blocks[i] = (int32_t)kvrt_load_le32(send->ticket.blocks + 4u * i);
     }
     if (st == KVRT_OK)
-        st = sender_peer(sender, send->ticket.address, &send->peer);
+        st = peer_cache_get(&sender->peers, send->ticket.address, &send->peer);
     if (st == KVRT_OK)
         st = kvrt_xfer_import(send->peer, send->ticket.descriptor, send->ticket.descriptor_bytes,
                               &send->remote);
@@ -274,7 +190,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_test(kvrt_cluster_handoff_se
 {
     if (!send)
         return kvrt_fail(NULL, KVRT_ERR_INVALID_ARG, "NULL send");
-    bool pending = send->posted < send->limit;
+    bool pending = send->posted < send->limit || send->src.onloading;
     for (uint32_t i = 0; i < send->num_requests; i++) {
         kvrt_status_t st = kvrt_xfer_request_test(send->requests[i]);
         if (st == KVRT_INPROGRESS)
@@ -315,59 +231,13 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_end(kvrt_cluster_handoff_sen
         kvrt_xfer_notify(send->peer, note, sizeof(note));
     }
     kvrt_xfer_remote_release(send->remote);
-    if (send->num_pinned)
-        kvrt_pool_free(send->pool, send->num_pinned, send->pinned);
-    free(send->pinned);
+    send->remote = NULL;
     send->sender->sends--;
     free(send->remote_blocks);
     free(send->requests);
-    free(send);
-    return KVRT_OK;
-}
-
-KVRT_EXPORT kvrt_status_t kvrt_cluster_pull_serve(
-    kvrt_cluster_handoff_sender_t *sender, kvrt_pool_t *pool, kvrt_cache_t *cache,
-    const kvrt_hash_keys_t *keys, const kvrt_block_hash_t *contents, uint32_t num_contents,
-    const void *ticket, size_t length, kvrt_cluster_handoff_send_t **send_out)
-{
-    if (!sender || !pool || !cache || (!contents && num_contents > 0) || !ticket || !send_out)
-        return kvrt_fail(sender ? sender->ctx : NULL, KVRT_ERR_INVALID_ARG, "NULL argument");
-    kvrt_cluster_handoff_send_t *send = NULL;
-    kvrt_status_t st = kvrt_cluster_handoff_send_begin(sender, ticket, length, &send);
-    if (st != KVRT_OK)
-        return st;
-    uint32_t first = send->ticket.first_block, n = send->ticket.num_blocks;
-    if (first > num_contents || n > num_contents - first) {
-        kvrt_cluster_handoff_send_end(send);
-        return kvrt_fail(sender->ctx, KVRT_ERR_INVALID_ARG,
-                         "the ticket names blocks %u..%u of a prompt of %u blocks", first,
-                         first + n, num_contents);
-    }
-    if (n > 0 && !(send->pinned = malloc(n * sizeof(int32_t)))) {
-        kvrt_cluster_handoff_send_end(send);
-        return kvrt_fail(sender->ctx, KVRT_ERR_NO_MEMORY, "pull of %u blocks", n);
-    }
-    send->pool = pool;
-    /* Each hit takes a reference: the block cannot be evicted or reused
-     * while it is read; send_end gives them back. */
-    while (send->num_pinned < n) {
-        int32_t block = KVRT_NULL_BLOCK;
-        if (kvrt_cache_lookup(cache, &contents[first + send->num_pinned], keys, &block) !=
-                KVRT_OK ||
-            block == KVRT_NULL_BLOCK)
-            break;
-        send->pinned[send->num_pinned++] = block;
-    }
-    send->limit = send->num_pinned;
-    for (uint32_t at = 0; at < send->num_pinned && st == KVRT_OK; at += HANDOFF_BATCH_MAX) {
-        uint32_t count = send->num_pinned - at;
-        st = kvrt_cluster_handoff_send_blocks(
-            send, send->pinned + at, count < HANDOFF_BATCH_MAX ? count : HANDOFF_BATCH_MAX);
-    }
-    if (st != KVRT_OK) {
-        kvrt_cluster_handoff_send_end(send);
-        return st;
-    }
-    *send_out = send;
+    send->remote_blocks = NULL;
+    send->requests = NULL;
+    if (pull_source_release(send))
+        free(send);
     return KVRT_OK;
 }

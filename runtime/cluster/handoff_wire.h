@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "core/core.h"
 #include "core/endian.h"
 #include "kvrt/xfer.h"
 
@@ -58,6 +59,11 @@ typedef struct handoff_msg {
     uint32_t count;
     uint64_t token;
 } handoff_msg_t;
+
+/* Checks every field of a ticket against its length (handoff_send.c);
+ * descriptor and blocks point into p. KVRT_ERR_PARSE with a message. */
+kvrt_status_t handoff_ticket_parse(kvrt_ctx_t *ctx, const uint8_t *p, size_t length,
+                                   handoff_ticket_t *t);
 
 static inline void handoff_msg_encode(uint8_t out[HANDOFF_MSG_BYTES], const handoff_msg_t *m)
 {

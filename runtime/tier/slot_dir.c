@@ -48,6 +48,8 @@ kvrt_status_t tier_dir_init(slot_dir_t *d, uint32_t n)
 
 void tier_dir_destroy(slot_dir_t *d)
 {
+    if (d->observe)
+        d->observe(d->observe_user, d->level, false, NULL);
     free(d->state);
     free(d->pins);
     free(d->evicting);
@@ -81,11 +83,15 @@ static void index_add(slot_dir_t *d, int32_t slot)
     while (d->index[i])
         i = (i + 1) & d->index_mask;
     d->index[i] = slot + 1;
+    if (d->observe)
+        d->observe(d->observe_user, d->level, true, &d->names[slot]);
 }
 
 /* Backward-shift deletion: no tombstones, probe runs stay short. */
 static void index_remove(slot_dir_t *d, int32_t slot)
 {
+    if (d->observe)
+        d->observe(d->observe_user, d->level, false, &d->names[slot]);
     uint64_t i = d->names[slot].key.lo & d->index_mask;
     while (d->index[i] != slot + 1)
         i = (i + 1) & d->index_mask;

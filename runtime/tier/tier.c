@@ -428,6 +428,11 @@ kvrt_pool_t *tier_pool(const kvrt_tier_t *tier)
     return tier->pool;
 }
 
+slot_dir_t *tier_level_dir(kvrt_tier_t *tier, kvrt_tier_level_t level)
+{
+    return level == KVRT_TIER_LEVEL_HOST ? &tier->host : &tier->ssd;
+}
+
 tier_admit_stats_t *tier_admit_stats(kvrt_tier_t *tier)
 {
     return &tier->admit_stats;

@@ -27,6 +27,7 @@
 #include "kvrt/kernels.h"
 #include "kvrt/sched.h"
 #include "kvrt/tier.h"
+#include "tier/hooks.h"
 
 #define TIER_ALIGN 4096u
 #define TIER_HEADER_BYTES 4096u
@@ -64,6 +65,10 @@ typedef struct slot_dir {
     uint32_t free_count;
     int32_t *index;                 /* key -> slot + 1; 0 empty */
     uint64_t index_mask;
+    /* told of every key indexed and unindexed (tier/hooks.h); NULL: none */
+    kvrt_tier_observer_fn observe;
+    void *observe_user;
+    kvrt_tier_level_t level;
 } slot_dir_t;
 
 kvrt_status_t tier_dir_init(slot_dir_t *d, uint32_t num_slots);
@@ -302,6 +307,8 @@ kvrt_status_t tier_onload_start(kvrt_tier_t *tier, uint32_t first_index, uint32_
                                 kvrt_arrival_id_t arrival, uint64_t *ticket_out,
                                 uint32_t *accepted_out);
 kvrt_pool_t *tier_pool(const kvrt_tier_t *tier);
+/* The slot directory of a level, for kvrt_tier_observe (tier_observe.c). */
+slot_dir_t *tier_level_dir(kvrt_tier_t *tier, kvrt_tier_level_t level);
 tier_admit_stats_t *tier_admit_stats(kvrt_tier_t *tier);
 
 /* Tests: installs a fault hook (NULL removes it); call with nothing in

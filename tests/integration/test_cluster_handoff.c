@@ -30,7 +30,9 @@
 #define ARRIVING 196u   /* all but the last token: 13 blocks */
 #define BATCH 4u
 
-enum child_mode { MODE_NORMAL = 'n', MODE_KILL = 'k', MODE_STALL = 's' };
+/* MODE_CHANNEL: as MODE_NORMAL, but the ticket comes over the cluster
+ * channel (the child reports its agent's address first). */
+enum child_mode { MODE_NORMAL = 'n', MODE_KILL = 'k', MODE_STALL = 's', MODE_CHANNEL = 'c' };
 
 /* ---- the prefill node (child process) ----------------------------------- */
 
@@ -64,7 +66,7 @@ static void prefill_main(int cmd, int report)
     uint32_t ticket_len = 0;
     if (!read_all(cmd, &mode, 1) || !read_all(cmd, &ticket_len, 4) || ticket_len > 65536u)
         _exit(0);
-    uint8_t *ticket = malloc(ticket_len);
+    uint8_t *ticket = malloc(ticket_len ? ticket_len : KVRT_HANDOFF_TICKET_MAX);
     if (!ticket || !read_all(cmd, ticket, ticket_len))
         _exit(2);
     kvrt_ctx_params_t cp = {.field_mask = KVRT_CTX_PARAM_LOG_LEVEL, .log_level = KVRT_LOG_ERROR};
@@ -81,6 +83,30 @@ static void prefill_main(int cmd, int report)
     kvrt_cluster_handoff_sender_t *sender = NULL;
     if (kvrt_cluster_handoff_sender_create(ctx, &sp, &sender) != KVRT_OK)
         _exit(4);
+    kvrt_cluster_channel_t *channel = NULL;
+    if (mode == MODE_CHANNEL) {
+        kvrt_cluster_channel_params_t chp = {.agent = agent};
+        char address[256];
+        if (kvrt_cluster_channel_create(ctx, &chp, &channel) != KVRT_OK ||
+            kvrt_xfer_agent_address(agent, address, sizeof(address)) != KVRT_OK)
+            _exit(13);
+        uint16_t alen = (uint16_t)strlen(address);
+        if (write(report, &alen, 2) != 2 || write(report, address, alen) != alen)
+            _exit(14);
+        kvrt_cluster_msg_t m = {0};
+        uint32_t got = 0;
+        uint64_t end = txu_now_ms() + 10000;
+        while (got == 0 && txu_now_ms() < end) {
+            kvrt_cluster_channel_poll(channel, tch_now_ns(), &m, 1, &got);
+            if (got == 0)
+                tch_nap_ms(1);
+        }
+        if (got != 1 || m.kind != KVRT_CLUSTER_MSG_TICKET)
+            _exit(15);
+        ticket_len = (uint32_t)m.ticket_bytes;
+        memcpy(ticket, m.ticket, ticket_len);
+        mode = MODE_NORMAL;
+    }
     kvrt_cluster_handoff_send_t *send = NULL;
     if (kvrt_cluster_handoff_send_begin(sender, ticket, ticket_len, &send) != KVRT_OK)
         _exit(5);
@@ -124,6 +150,7 @@ static void prefill_main(int cmd, int report)
     char c;
     while (read(cmd, &c, 1) > 0)
         ;
+    kvrt_cluster_channel_destroy(channel);
     int bad = kvrt_cluster_handoff_sender_destroy(sender) != KVRT_OK;
     bad |= kvrt_xfer_deregister(region) != KVRT_OK;
     kvrt_xfer_agent_destroy(agent);
@@ -193,7 +220,17 @@ typedef struct decode {
     kvrt_xfer_agent_t *agent;
     kvrt_xfer_region_t *region;
     kvrt_cluster_handoff_recv_t *recv;
+    kvrt_cluster_channel_t *channel; /* NULL: the ticket travels by pipe */
 } decode_t;
+
+/* The decode node's channel polled first when it has one: it feeds the
+ * receiver the batch messages. */
+static void decode_poll_channel(decode_t *d)
+{
+    uint32_t n = 0;
+    if (d->channel)
+        ASSERT_OK(d->ctx, kvrt_cluster_channel_poll(d->channel, tch_now_ns(), NULL, 0, &n));
+}
 
 static decode_t decode_up(kvrt_handoff_failure_policy_t policy, uint32_t timeout_ms,
                           uint32_t quarantine_ms)
@@ -247,6 +284,7 @@ static kvrt_handoff_completion_t wait_handoff(decode_t *d, uint32_t timeout_ms)
     kvrt_handoff_completion_t c = {0};
     uint32_t n = 0;
     while (n == 0 && txu_now_ms() < end) {
+        decode_poll_channel(d);
         ASSERT_OK(d->ctx, kvrt_cluster_handoff_poll(d->recv, tch_now_ns(), &c, 1, &n));
         if (n == 0)
             tch_nap_ms(2);
@@ -259,6 +297,7 @@ static uint32_t quarantined(decode_t *d)
 {
     kvrt_handoff_recv_stats_t st;
     uint32_t n = 0;
+    decode_poll_channel(d);
     ASSERT_OK(d->ctx, kvrt_cluster_handoff_poll(d->recv, tch_now_ns(), NULL, 0, &n));
     ASSERT_OK(d->ctx, kvrt_cluster_handoff_recv_stats(d->recv, &st));
     return st.quarantined;
@@ -284,6 +323,7 @@ static kvrt_seq_info_t run_to_end(decode_t *d)
  * no hand-off, block, table, registration or transfer. */
 static void decode_down(decode_t *d)
 {
+    ASSERT_OK(d->ctx, kvrt_cluster_channel_destroy(d->channel));
     kvrt_handoff_recv_stats_t st;
     ASSERT_OK(d->ctx, kvrt_cluster_handoff_recv_stats(d->recv, &st));
     cr_assert_eq(st.live, 0);
@@ -450,6 +490,49 @@ Test(cluster_handoff, stalled_prefill_node_makes_the_request_recompute_and_its_b
     ASSERT_OK(d.ctx, kvrt_cluster_handoff_recv_stats(d.recv, &st));
     cr_assert_eq(st.recomputed, 1);
     cr_assert_eq(st.landed, 0);
+    prefill_end(&p);
+    decode_down(&d);
+}
+
+Test(cluster_handoff, a_ticket_carried_by_the_cluster_channel_lands_across_processes,
+     .timeout = 60)
+{
+    prefill_t p = prefill_fork();
+    decode_t d = decode_up(KVRT_HANDOFF_FAIL, 10000, 20000);
+    kvrt_cluster_channel_params_t chp = {
+        .field_mask = KVRT_CHANNEL_PARAM_RECV, .agent = d.agent, .recv = d.recv};
+    ASSERT_OK(d.ctx, kvrt_cluster_channel_create(d.ctx, &chp, &d.channel));
+    prefill_start(&p, MODE_CHANNEL, NULL, 0);
+    struct pollfd pfd = {.fd = p.report, .events = POLLIN};
+    cr_assert_eq(poll(&pfd, 1, 15000), 1, "the prefill node did not give its address");
+    uint16_t alen = 0;
+    char address[256] = {0};
+    cr_assert(read_all(p.report, &alen, 2) && alen < sizeof(address) &&
+              read_all(p.report, address, alen));
+
+    kvrt_seq_id_t seq = add_request(&d);
+    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
+    kvrt_handoff_id_t h = 0;
+    uint32_t len = accept_and_ticket(&d, seq, ticket, &h);
+    ASSERT_OK(d.ctx, kvrt_cluster_channel_send_ticket(d.channel, address, ticket, len));
+
+    kvrt_handoff_completion_t c = wait_handoff(&d, 15000);
+    cr_assert_eq(c.handoff, h);
+    cr_assert_eq(c.outcome, KVRT_HANDOFF_LANDED, "outcome %u status %d", c.outcome, c.status);
+    cr_assert_eq(c.landed_blocks, 13);
+    cr_assert_eq(prefill_report(&p, 15000), 'D');
+    const int32_t *blocks = NULL;
+    uint32_t num_blocks = 0;
+    ASSERT_OK(d.ctx, kvrt_seq_blocks(d.sched, seq, &blocks, &num_blocks, NULL));
+    for (uint32_t i = 0; i < num_blocks; i++)
+        cr_assert(tch_block_pattern(d.pool, blocks[i], i, false), "block %u differs", i);
+    kvrt_seq_info_t ended = run_to_end(&d);
+    cr_assert_eq(ended.end_reason, KVRT_END_LENGTH);
+    kvrt_cluster_channel_stats_t cs;
+    ASSERT_OK(d.ctx, kvrt_cluster_channel_stats(d.channel, &cs));
+    cr_assert_eq(cs.sent, 1);
+    cr_assert_geq(cs.handoff_notes, 1);
+    cr_assert_eq(cs.foreign + cs.refused, 0);
     prefill_end(&p);
     decode_down(&d);
 }

@@ -67,4 +67,55 @@ static inline bool tch_block_pattern(kvrt_pool_t *pool, int32_t block, uint32_t 
     return true;
 }
 
+/* Waits (bounded, 10 s) until `send` is no longer in progress, polling
+ * `tier` (may be NULL) and handing its reports to the sender as a serving
+ * engine's loop does; asserts that it succeeded, and ends it. */
+static inline void tch_send_finish(kvrt_ctx_t *ctx, kvrt_cluster_handoff_sender_t *sender,
+                                   kvrt_tier_t *tier, kvrt_cluster_handoff_send_t *send)
+{
+    uint64_t end = txu_now_ms() + 10000;
+    kvrt_status_t st;
+    while ((st = kvrt_cluster_handoff_send_test(send)) == KVRT_INPROGRESS && txu_now_ms() < end) {
+        kvrt_tier_completion_t done[8];
+        uint32_t n = 0;
+        if (tier) {
+            ASSERT_OK(ctx, kvrt_tier_poll(tier, done, 8, &n));
+            ASSERT_OK(ctx, kvrt_cluster_pull_onloaded(sender, tier, done, n));
+        }
+    }
+    ASSERT_OK(ctx, st);
+    ASSERT_OK(ctx, kvrt_cluster_handoff_send_end(send));
+}
+
+/* Polls (bounded, 10 s) the receiver, after its channel when it has one,
+ * until a hand-off ended; returns its completion. */
+static inline kvrt_handoff_completion_t
+tch_wait_one(kvrt_ctx_t *ctx, kvrt_cluster_handoff_recv_t *recv, kvrt_cluster_channel_t *channel)
+{
+    kvrt_handoff_completion_t c = {0};
+    uint32_t got = 0;
+    uint64_t end = txu_now_ms() + 10000;
+    while (got == 0 && txu_now_ms() < end) {
+        uint32_t n = 0;
+        if (channel)
+            ASSERT_OK(ctx, kvrt_cluster_channel_poll(channel, tch_now_ns(), NULL, 0, &n));
+        ASSERT_OK(ctx, kvrt_cluster_handoff_poll(recv, tch_now_ns(), &c, 1, &got));
+    }
+    cr_assert_eq(got, 1, "the hand-off did not end");
+    return c;
+}
+
+/* A node's pool holds no block or table and verifies, and its cache (may
+ * be NULL) verifies. */
+static inline void tch_pool_clean(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t *cache)
+{
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    cr_assert_eq(info.used_blocks, 0, "blocks stranded: %u", info.used_blocks);
+    cr_assert_eq(info.live_tables, 0, "tables stranded: %u", info.live_tables);
+    ASSERT_OK(ctx, kvrt_pool_verify(pool));
+    if (cache)
+        ASSERT_OK(ctx, kvrt_cache_verify(cache));
+}
+
 #endif /* KVRT_TEST_CLUSTER_HANDOFF_UTIL_H */

@@ -141,12 +141,7 @@ static world_t world_up(uint32_t held, uint32_t announced)
 
 static void node_down(kvrt_ctx_t *ctx, node_t *n, const char *agent)
 {
-    kvrt_pool_info_t info;
-    ASSERT_OK(ctx, kvrt_pool_info(n->pool, &info));
-    cr_assert_eq(info.used_blocks, 0, "blocks stranded: %u", info.used_blocks);
-    cr_assert_eq(info.live_tables, 0);
-    ASSERT_OK(ctx, kvrt_pool_verify(n->pool));
-    ASSERT_OK(ctx, kvrt_cache_verify(n->cache));
+    tch_pool_clean(ctx, n->pool, n->cache);
     char name[64];
     snprintf(name, sizeof(name), "%s.outstanding", agent);
     cr_assert_eq(txu_stat_drained(ctx, name, 5000), 0);
@@ -184,19 +179,10 @@ static kvrt_handoff_completion_t pull(world_t *w, kvrt_seq_id_t seq,
     ASSERT_OK(w->ctx, kvrt_cluster_handoff_ticket(w->recv, h, ticket, sizeof(ticket), &len));
     /* ... the ticket and the prompt's block hashes travel to the peer ... */
     kvrt_cluster_handoff_send_t *send = NULL;
-    ASSERT_OK(w->ctx, kvrt_cluster_pull_serve(w->sender, w->holder.pool, w->holder.cache, NULL,
+    ASSERT_OK(w->ctx, kvrt_cluster_pull_serve(w->sender, w->holder.pool, w->holder.cache, NULL, NULL,
                                               w->keys, PROMPT / TPB, ticket, len, &send));
-    uint64_t end = txu_now_ms() + 10000;
-    while (kvrt_cluster_handoff_send_test(send) == KVRT_INPROGRESS && txu_now_ms() < end)
-        ;
-    ASSERT_OK(w->ctx, kvrt_cluster_handoff_send_test(send));
-    ASSERT_OK(w->ctx, kvrt_cluster_handoff_send_end(send));
-    kvrt_handoff_completion_t c = {0};
-    uint32_t n = 0;
-    end = txu_now_ms() + 10000;
-    while (n == 0 && txu_now_ms() < end)
-        ASSERT_OK(w->ctx, kvrt_cluster_handoff_poll(w->recv, tch_now_ns(), &c, 1, &n));
-    cr_assert_eq(n, 1, "the pull did not end");
+    tch_send_finish(w->ctx, w->sender, NULL, send);
+    kvrt_handoff_completion_t c = tch_wait_one(w->ctx, w->recv, NULL);
     cr_assert_eq(c.handoff, h);
     return c;
 }
