@@ -10,6 +10,7 @@ if(KVRT_BUILD_BENCH)
     ${CMAKE_CURRENT_LIST_DIR}/soak_cluster.c
     ${CMAKE_CURRENT_LIST_DIR}/soak_disk.c
     ${CMAKE_CURRENT_LIST_DIR}/soak_faults.c
+    ${CMAKE_CURRENT_LIST_DIR}/soak_handoff.c
     ${CMAKE_CURRENT_LIST_DIR}/soak_netns.c
     ${CMAKE_CURRENT_LIST_DIR}/soak_node.c
     ${CMAKE_CURRENT_LIST_DIR}/soak_report.c)

@@ -27,6 +27,11 @@ typedef struct options {
     uint32_t lease_ttl_s;
     const char *plot_dir, *trace, *plot_script;
     int faults[SOAK_FAULT_KINDS];
+    /* Hand-offs: nodes [0, prefill_nodes) prefill, the rest decode (0: a
+     * mix, where handoff_share of the requests are handed over). */
+    uint32_t prefill_nodes, decode_nodes;
+    double handoff_share;
+    int handoff_fail;
 } options_t;
 
 typedef enum node_state { NODE_DOWN = 0, NODE_STARTING, NODE_UP, NODE_DONE } node_state_t;
@@ -40,6 +45,7 @@ typedef struct node_proc {
     double restart_at;
     soak_msg_peer_t hello;
     soak_node_counters_t last;      /* latest cumulative counters of this process */
+    uint64_t prefills_live;         /* prefills for peers in progress, at the last stats */
     uint64_t epoch;                 /* KV event epoch of this process */
     uint64_t dead_epoch;            /* of the killed process, until checked */
     double dir_check_at;            /* when its directory entries must be gone */
@@ -59,6 +65,8 @@ typedef struct fault {
     double heal_at, next_at;
     uint32_t turn;
     uint64_t corrupt_base;      /* blocks damaged before a corrupt fault */
+    uint64_t ssd_onloads_base;  /* the diskfull victim's SSD onloads at the fault */
+    uint32_t generation;        /* the diskfull victim's incarnation */
     soak_fault_kind_t order[SOAK_FAULT_KINDS];
     uint32_t num_kinds;
 } fault_t;

@@ -29,6 +29,11 @@ static void usage(FILE *out)
             "  --loopback             no namespaces, even as root\n"
             "  --no-etcd              no etcd membership, directory or router\n"
             "  --lease-ttl S          the nodes' etcd lease (default 2)\n"
+            "  --disaggregate P:D     P prefill nodes hand every request over to one of D\n"
+            "                         decode nodes (sets --nodes); default: a mix\n"
+            "  --handoff-share X      in the mix, the share of requests handed over (0.25)\n"
+            "  --handoff-failure F    recompute (default) or fail a request whose hand-off\n"
+            "                         failed\n"
             "  --json                 the report as JSON on stdout (summary on stderr)\n"
             "  --plot DIR             soak.json and soak.png into DIR\n"
             "Exit status: 0 when every invariant held, 1 when one broke, 2 on a usage or\n"
@@ -71,12 +76,28 @@ static int parse_number(const char *name, const char *text, double lo, double hi
     return 0;
 }
 
+/* --disaggregate P:D, both at least 1. */
+static int parse_split(const char *text, options_t *o)
+{
+    unsigned p = 0, d = 0;
+    char tail = 0;
+    if (sscanf(text, "%u:%u%c", &p, &d, &tail) != 2 || p < 1 || d < 1 ||
+        p + d > SOAK_MAX_NODES) {
+        fprintf(stderr, "kvrt-soak: --disaggregate wants P:D, each at least 1, P + D <= %u\n",
+                SOAK_MAX_NODES);
+        return -1;
+    }
+    o->prefill_nodes = p;
+    o->decode_nodes = d;
+    return 0;
+}
+
 int soak_parse_args(int argc, char **argv, options_t *o)
 {
     *o = (options_t){.nodes = 4, .duration_s = 150, .rate = 6, .request_timeout_s = 30,
                      .fault_interval_s = 8, .fault_length_s = 5, .time_scale = 1, .seed = 1,
                      .transfer_timeout_ms = 2000, .pool_blocks = 4096, .rss_limit_mb = 512,
-                     .lease_ttl_s = 2};
+                     .lease_ttl_s = 2, .handoff_share = 0.25};
     parse_faults("all", o->faults);
     static const struct option longs[] = {
         {"nodes", 1, 0, 'n'}, {"duration", 1, 0, 'd'}, {"seed", 1, 0, 's'},
@@ -84,15 +105,16 @@ int soak_parse_args(int argc, char **argv, options_t *o)
         {"rate", 1, 0, 'r'}, {"trace", 1, 0, 't'}, {"time-scale", 1, 0, 'x'},
         {"request-timeout", 1, 0, 'q'}, {"transfer-timeout-ms", 1, 0, 'm'},
         {"pool-blocks", 1, 0, 'b'}, {"rss-limit-mb", 1, 0, 'R'}, {"loopback", 0, 0, 'L'},
-        {"no-etcd", 0, 0, 'E'}, {"lease-ttl", 1, 0, 'T'},
+        {"no-etcd", 0, 0, 'E'}, {"lease-ttl", 1, 0, 'T'}, {"disaggregate", 1, 0, 'D'},
+        {"handoff-share", 1, 0, 'H'}, {"handoff-failure", 1, 0, 'F'},
         {"json", 0, 0, 'j'}, {"plot", 1, 0, 'p'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    int c, which = 0;
+    int c, which = 0, nodes_set = 0;
     double v = 0;
     while ((c = getopt_long(argc, argv, "", longs, &which)) != -1) {
         const char *name = longs[which].name;
         int bad = 0;
         switch (c) {
-        case 'n': bad = parse_number(name, optarg, 2, SOAK_MAX_NODES, &v); o->nodes = (uint32_t)v; break;
+        case 'n': bad = parse_number(name, optarg, 2, SOAK_MAX_NODES, &v); o->nodes = (uint32_t)v; nodes_set = 1; break;
         case 'd': bad = parse_number(name, optarg, 5, 7 * 86400, &o->duration_s); break;
         case 's': bad = parse_number(name, optarg, 0, 9e15, &v); o->seed = (uint64_t)v; break;
         case 'f': bad = parse_faults(optarg, o->faults); break;
@@ -108,6 +130,14 @@ int soak_parse_args(int argc, char **argv, options_t *o)
         case 'L': o->loopback = 1; break;
         case 'E': o->no_etcd = 1; break;
         case 'T': bad = parse_number(name, optarg, 2, 60, &v); o->lease_ttl_s = (uint32_t)v; break;
+        case 'D': bad = parse_split(optarg, o); break;
+        case 'H': bad = parse_number(name, optarg, 0, 1, &o->handoff_share); break;
+        case 'F':
+            o->handoff_fail = strcmp(optarg, "fail") == 0;
+            bad = !o->handoff_fail && strcmp(optarg, "recompute") != 0;
+            if (bad)
+                fprintf(stderr, "kvrt-soak: --handoff-failure is recompute or fail\n");
+            break;
         case 'j': o->json = 1; break;
         case 'p': o->plot_dir = optarg; break;
         case 'h': usage(stdout); exit(0);
@@ -120,6 +150,12 @@ int soak_parse_args(int argc, char **argv, options_t *o)
         usage(stderr);
         return -1;
     }
+    if (o->prefill_nodes && nodes_set && o->prefill_nodes + o->decode_nodes != o->nodes) {
+        fprintf(stderr, "kvrt-soak: --disaggregate P:D needs P + D = --nodes (%u)\n", o->nodes);
+        return -1;
+    }
+    if (o->prefill_nodes)
+        o->nodes = o->prefill_nodes + o->decode_nodes;
     return 0;
 }
 

@@ -35,16 +35,31 @@ void soak_fault_plan(soak_t *s)
     f->next_at = s->o.duration_s * 0.05 < 3.0 ? s->o.duration_s * 0.05 : 3.0;
 }
 
-static int victim(soak_t *s, uint32_t *out)
+/*
+ * A node that is up, never the last one standing. Half the kills and stops
+ * go to a node that is prefilling for peers (at its last statistics), so
+ * hand-offs meet their sender's death or stall mid-transfer.
+ */
+static int victim(soak_t *s, soak_fault_kind_t kind, uint32_t *out)
 {
-    uint32_t up[SOAK_MAX_NODES], n = 0;
+    uint32_t up[SOAK_MAX_NODES], n = 0, busy[SOAK_MAX_NODES], nb = 0;
     for (uint32_t i = 0; i < s->o.nodes; i++)
-        if (s->nodes[i].state == NODE_UP && s->nodes[i].pid > 0)
+        if (s->nodes[i].state == NODE_UP && s->nodes[i].pid > 0) {
             up[n++] = i;
-    /* Never take the last node standing. */
+            if (s->nodes[i].prefills_live > 0)
+                busy[nb++] = i;
+        }
     if (n < 2)
         return -1;
+    int handoff_kind = kind == SOAK_FAULT_KILL || kind == SOAK_FAULT_STOP;
+    if (handoff_kind && nb > 0 && sim_rng_unit(&s->rng) < 0.5) {
+        *out = busy[sim_rng_below(&s->rng, nb)];
+        s->rep->handoff_fault_hits++;
+        return 0;
+    }
     *out = up[sim_rng_below(&s->rng, n)];
+    if (handoff_kind && s->nodes[*out].prefills_live > 0)
+        s->rep->handoff_fault_hits++;
     return 0;
 }
 
@@ -84,6 +99,8 @@ static int inject(soak_t *s, soak_fault_kind_t kind, uint32_t node, double *leng
     case SOAK_FAULT_ETCD:
         return soak_cluster_etcd_kill(&s->cluster);
     case SOAK_FAULT_DISKFULL:
+        s->fault.ssd_onloads_base = np->last.onload_ssd_blocks;
+        s->fault.generation = np->generation;
         return soak_disk_fill(&s->disk, node);
     default:
         return -1;
@@ -114,6 +131,11 @@ void soak_fault_heal(soak_t *s)
         corrupter(s, 0);
         break;
     case SOAK_FAULT_DISKFULL:
+        /* SSD onloads the node made while its disk was full (reads go on
+         * while writes fail). */
+        if (np->generation == f->generation &&
+            np->last.onload_ssd_blocks > f->ssd_onloads_base)
+            s->rep->diskfull_ssd_onloads += np->last.onload_ssd_blocks - f->ssd_onloads_base;
         soak_disk_free(&s->disk, f->node);
         break;
     case SOAK_FAULT_ETCD:
@@ -154,7 +176,7 @@ void soak_fault_tick(soak_t *s, double t)
     soak_fault_kind_t kind = f->order[f->turn % f->num_kinds];
     uint32_t node = 0;
     double length = 0;
-    if (victim(s, &node) != 0) {
+    if (victim(s, kind, &node) != 0) {
         f->next_at = t + 0.5;
         return;
     }

@@ -25,6 +25,8 @@ typedef struct soak_node_config {
     const char *etcd_endpoint;  /* NULL: no membership on etcd */
     const char *ssd_dir;        /* the SSD tier's directory; NULL: no tiers */
     uint32_t lease_ttl_s;
+    uint32_t handoff_timeout_ms;    /* accept to last block landed */
+    int handoff_fail;               /* 1: a failed hand-off aborts; 0: recompute */
 } soak_node_config_t;
 
 /* Runs until FINISH (returns 0 after reporting) or a fatal error (1). */

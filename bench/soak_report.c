@@ -36,6 +36,9 @@ int soak_report_ok(const soak_report_t *r, FILE *out)
         {r->ended_twice > 0, "no request ended twice"},
         {r->hung > 0, "no request outlived its timeout"},
         {r->counters.corrupt_used > 0, "no corrupt KV used"},
+        {r->counters.handoff_bad > 0, "every handed-over block held its content"},
+        {r->counters.onload_bad > 0, "every onloaded block held its content"},
+        {r->handoffs_left > 0, "no hand-off or send left at the end"},
         {r->leaked_blocks > 0, "no blocks in use at the end (apart from the caches)"},
         {r->leaked_registrations > 0, "no transfer registrations at the end"},
         {r->outstanding_transfers > 0, "no outstanding transfers at the end"},
@@ -111,6 +114,23 @@ void soak_report_print(const soak_report_t *r, FILE *out)
     fprintf(out, "SSD tier: %llu blocks offloaded, %llu dropped, %llu errors\n",
             (unsigned long long)c->ssd_offloads, (unsigned long long)c->ssd_drops,
             (unsigned long long)c->ssd_errors);
+    fprintf(out, "onloads: %llu admissions, %llu blocks from host, %llu from SSD (%llu with "
+                 "the disk full), %llu given up at their deadline, %llu bad\n",
+            (unsigned long long)c->onloads, (unsigned long long)c->onload_host_blocks,
+            (unsigned long long)c->onload_ssd_blocks,
+            (unsigned long long)r->diskfull_ssd_onloads,
+            (unsigned long long)c->onload_timeouts, (unsigned long long)c->onload_bad);
+    fprintf(out, "hand-offs: %llu accepted, %llu landed, %llu recomputed, %llu failed; %llu "
+                 "blocks verified, %llu bad; %llu tickets relayed (%llu undeliverable); "
+                 "prefills %llu, sends %llu ok, %llu failed; %llu kill/stop faults hit a "
+                 "prefill node mid-hand-off\n",
+            (unsigned long long)c->handoffs, (unsigned long long)c->handoffs_landed,
+            (unsigned long long)c->handoffs_recomputed, (unsigned long long)c->handoffs_failed,
+            (unsigned long long)c->handoff_blocks, (unsigned long long)c->handoff_bad,
+            (unsigned long long)r->tickets_relayed, (unsigned long long)r->tickets_dropped,
+            (unsigned long long)c->prefills, (unsigned long long)c->prefill_sends_ok,
+            (unsigned long long)c->prefill_sends_failed,
+            (unsigned long long)r->handoff_fault_hits);
     fprintf(out, "cluster: %llu requests routed by the directory's router, %llu KV events "
                  "applied, %llu resyncs, %llu dead-node directory checks\n",
             (unsigned long long)r->routed, (unsigned long long)r->events_applied,
@@ -166,6 +186,25 @@ void soak_report_json(const soak_report_t *r, FILE *out)
             (unsigned long long)r->resyncs, (unsigned long long)r->directory_checks,
             (unsigned long long)r->stale_directory_nodes, (unsigned long long)c->ssd_offloads,
             (unsigned long long)c->ssd_drops, (unsigned long long)c->ssd_errors);
+    fprintf(out, "  \"onloads\": {\"admissions\": %llu, \"host_blocks\": %llu, "
+                 "\"ssd_blocks\": %llu, \"ssd_blocks_disk_full\": %llu, \"timeouts\": %llu, "
+                 "\"bad_blocks\": %llu},\n",
+            (unsigned long long)c->onloads, (unsigned long long)c->onload_host_blocks,
+            (unsigned long long)c->onload_ssd_blocks,
+            (unsigned long long)r->diskfull_ssd_onloads,
+            (unsigned long long)c->onload_timeouts, (unsigned long long)c->onload_bad);
+    fprintf(out, "  \"handoffs\": {\"accepted\": %llu, \"landed\": %llu, \"recomputed\": "
+                 "%llu, \"failed\": %llu, \"blocks_verified\": %llu, \"bad_blocks\": %llu, "
+                 "\"tickets_relayed\": %llu, \"tickets_dropped\": %llu, \"prefills\": %llu, "
+                 "\"sends_ok\": %llu, \"sends_failed\": %llu, \"fault_hits\": %llu, "
+                 "\"left\": %llu},\n",
+            (unsigned long long)c->handoffs, (unsigned long long)c->handoffs_landed,
+            (unsigned long long)c->handoffs_recomputed, (unsigned long long)c->handoffs_failed,
+            (unsigned long long)c->handoff_blocks, (unsigned long long)c->handoff_bad,
+            (unsigned long long)r->tickets_relayed, (unsigned long long)r->tickets_dropped,
+            (unsigned long long)c->prefills, (unsigned long long)c->prefill_sends_ok,
+            (unsigned long long)c->prefill_sends_failed,
+            (unsigned long long)r->handoff_fault_hits, (unsigned long long)r->handoffs_left);
     window_t w[SOAK_SERIES_MAX / WINDOW_S + 1];
     uint32_t nw = windows(r, w, SOAK_SERIES_MAX / WINDOW_S + 1);
     fprintf(out, "  \"window_s\": %u,\n  \"series\": [", WINDOW_S);

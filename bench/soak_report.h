@@ -49,6 +49,11 @@ typedef struct soak_report {
     uint64_t max_rss_bytes, rss_limit_bytes;
     uint64_t directory_checks, stale_directory_nodes;
     uint64_t routed, events_applied, resyncs;
+    /* Hand-offs: tickets the supervisor relayed to prefill nodes and could
+     * not deliver, kill/stop faults that hit a node with prefills for
+     * peers in progress, and hand-offs or sends left at the end. */
+    uint64_t tickets_relayed, tickets_dropped, handoff_fault_hits, handoffs_left;
+    uint64_t diskfull_ssd_onloads;  /* SSD blocks onloaded on a node with a full disk */
     soak_bucket_t series[SOAK_SERIES_MAX];
     uint32_t num_buckets;
     soak_event_t events[SOAK_EVENTS_MAX];
