@@ -45,7 +45,6 @@ typedef struct node_proc {
     double restart_at;
     soak_msg_peer_t hello;
     soak_node_counters_t last;      /* latest cumulative counters of this process */
-    uint64_t prefills_live;         /* prefills for peers in progress, at the last stats */
     uint64_t epoch;                 /* KV event epoch of this process */
     uint64_t dead_epoch;            /* of the killed process, until checked */
     double dir_check_at;            /* when its directory entries must be gone */
@@ -66,7 +65,13 @@ typedef struct fault {
     uint32_t turn;
     uint64_t corrupt_base;      /* blocks damaged before a corrupt fault */
     uint64_t ssd_onloads_base;  /* the diskfull victim's SSD onloads at the fault */
+    uint64_t ssd_errors_base;   /* and its SSD write errors and drops */
     uint32_t generation;        /* the diskfull victim's incarnation */
+    /* A kill or stop waiting for a ticket: it strikes strike_node at
+     * strike_at, or a random node when no ticket came by strike_until. */
+    int strike_armed;
+    uint32_t strike_node;
+    double strike_at, strike_until;
     soak_fault_kind_t order[SOAK_FAULT_KINDS];
     uint32_t num_kinds;
 } fault_t;
@@ -116,5 +121,7 @@ void soak_send(soak_t *s, uint32_t i, const void *msg, size_t len);
 void soak_fault_plan(soak_t *s);
 void soak_fault_tick(soak_t *s, double t);
 void soak_fault_heal(soak_t *s);
+/* A ticket went to prefill_node: an armed kill or stop strikes it. */
+void soak_fault_ticket_relayed(soak_t *s, uint32_t prefill_node);
 
 #endif /* KVRT_BENCH_SOAK_H */

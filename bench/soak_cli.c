@@ -24,7 +24,7 @@ static void usage(FILE *out)
             "  --time-scale X         trace arrival times are multiplied by X (default 1)\n"
             "  --request-timeout S    a request not ended after S seconds is hung (30)\n"
             "  --transfer-timeout-ms N  every KV transfer's deadline (default 2000)\n"
-            "  --pool-blocks N        KV blocks per node (default 4096)\n"
+            "  --pool-blocks N        KV blocks per node (default 512)\n"
             "  --rss-limit-mb N       bound on every node's RSS (default 512)\n"
             "  --loopback             no namespaces, even as root\n"
             "  --no-etcd              no etcd membership, directory or router\n"
@@ -96,7 +96,7 @@ int soak_parse_args(int argc, char **argv, options_t *o)
 {
     *o = (options_t){.nodes = 4, .duration_s = 150, .rate = 6, .request_timeout_s = 30,
                      .fault_interval_s = 8, .fault_length_s = 5, .time_scale = 1, .seed = 1,
-                     .transfer_timeout_ms = 2000, .pool_blocks = 4096, .rss_limit_mb = 512,
+                     .transfer_timeout_ms = 2000, .pool_blocks = 512, .rss_limit_mb = 512,
                      .lease_ttl_s = 2, .handoff_share = 0.25};
     parse_faults("all", o->faults);
     static const struct option longs[] = {

@@ -219,14 +219,6 @@ uint64_t handoff_pending(node_t *n)
     return (uint64_t)s.live + s.quarantined + n->num_sends;
 }
 
-uint64_t handoff_prefills_live(node_t *n)
-{
-    uint64_t live = n->num_sends;
-    for (uint32_t i = 0; i < MAX_LIVE; i++)
-        live += n->live[i].used && n->live[i].role == ROLE_PREFILL;
-    return live;
-}
-
 void handoff_close_sends(node_t *n)
 {
     for (uint32_t i = 0; i < n->num_sends; i++)

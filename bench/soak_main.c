@@ -65,7 +65,7 @@ void soak_node_start(soak_t *s, uint32_t i)
              s->o.pool_blocks, s->o.transfer_timeout_ms, s->o.time_scale,
              (unsigned long long)(s->o.seed * 1000003u + i * 7919u + np->generation),
              s->o.lease_ttl_s, s->etcd ? s->cluster.endpoint : "-",
-             s->tiers ? s->disk.dir[i] : "-", s->o.transfer_timeout_ms * 3u, s->o.handoff_fail);
+             s->tiers ? s->disk.dir[i] : "-", s->o.transfer_timeout_ms, s->o.handoff_fail);
     char *const argv[] = {s->argv0, "--node", spec, NULL};
     fflush(NULL);
     pid_t pid = fork();
@@ -253,6 +253,8 @@ static void relay_ticket(soak_t *s, uint32_t from, uint8_t *buf, size_t len)
     if (np->state != NODE_UP ||
         send(np->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)len)
         s->rep->tickets_dropped++;
+    else
+        soak_fault_ticket_relayed(s, to);
 }
 
 static void on_node_message(soak_t *s, uint32_t i, uint8_t *buf, size_t len)
@@ -285,7 +287,6 @@ static void on_node_message(soak_t *s, uint32_t i, uint8_t *buf, size_t len)
         soak_msg_stats_t m;
         memcpy(&m, buf, sizeof(m));
         np->last = m.counters;
-        np->prefills_live = m.prefills_live;
         soak_cluster_load(&s->cluster, i, &m);
     } else if (type == SOAK_MSG_REPORT && len == sizeof(soak_msg_report_t)) {
         soak_msg_report_t m;

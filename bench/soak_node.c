@@ -998,8 +998,7 @@ int soak_node_main(const soak_node_config_t *cfg)
             kvrt_pool_info(n->pool, &pi);
             soak_msg_stats_t s = {.type = SOAK_MSG_STATS, .counters = n->c,
                                   .running = ss.running, .waiting = ss.waiting,
-                                  .free_blocks = pi.free_blocks + pi.cached_blocks,
-                                  .prefills_live = handoff_prefills_live(n)};
+                                  .free_blocks = pi.free_blocks + pi.cached_blocks};
             node_send(n, &s, sizeof(s));
             next_stats = t + 1.0;
         }

@@ -158,8 +158,6 @@ void handoff_serve(node_t *n, request_t *r, const kvrt_seq_info_t *ev);
 void handoff_progress(node_t *n);
 /* Hand-offs still live or quarantined, and unended sends. */
 uint64_t handoff_pending(node_t *n);
-/* Prefills for peers queued, running or sending. */
-uint64_t handoff_prefills_live(node_t *n);
 /* At the end: ends every send, destroys the sender. */
 void handoff_close_sends(node_t *n);
 

@@ -152,7 +152,6 @@ typedef struct soak_msg_stats {
     uint32_t pad;
     soak_node_counters_t counters;
     uint64_t running, waiting, free_blocks;   /* load, for the router */
-    uint64_t prefills_live;   /* prefills for peers queued, running or sending */
 } soak_msg_stats_t;
 
 /* The end-of-run check of a surviving node. */

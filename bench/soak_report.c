@@ -115,14 +115,16 @@ void soak_report_print(const soak_report_t *r, FILE *out)
             (unsigned long long)c->ssd_offloads, (unsigned long long)c->ssd_drops,
             (unsigned long long)c->ssd_errors);
     fprintf(out, "onloads: %llu admissions, %llu blocks from host, %llu from SSD (%llu with "
-                 "the disk full), %llu given up at their deadline, %llu bad\n",
+                 "the disk full, while %llu SSD writes failed), %llu given up at their "
+                 "deadline, %llu bad\n",
             (unsigned long long)c->onloads, (unsigned long long)c->onload_host_blocks,
             (unsigned long long)c->onload_ssd_blocks,
             (unsigned long long)r->diskfull_ssd_onloads,
+            (unsigned long long)r->diskfull_ssd_failures,
             (unsigned long long)c->onload_timeouts, (unsigned long long)c->onload_bad);
     fprintf(out, "hand-offs: %llu accepted, %llu landed, %llu recomputed, %llu failed; %llu "
                  "blocks verified, %llu bad; %llu tickets relayed (%llu undeliverable); "
-                 "prefills %llu, sends %llu ok, %llu failed; %llu kill/stop faults hit a "
+                 "prefills %llu, sends %llu ok, %llu failed; %llu kill/stop faults struck a "
                  "prefill node mid-hand-off\n",
             (unsigned long long)c->handoffs, (unsigned long long)c->handoffs_landed,
             (unsigned long long)c->handoffs_recomputed, (unsigned long long)c->handoffs_failed,
@@ -187,11 +189,13 @@ void soak_report_json(const soak_report_t *r, FILE *out)
             (unsigned long long)r->stale_directory_nodes, (unsigned long long)c->ssd_offloads,
             (unsigned long long)c->ssd_drops, (unsigned long long)c->ssd_errors);
     fprintf(out, "  \"onloads\": {\"admissions\": %llu, \"host_blocks\": %llu, "
-                 "\"ssd_blocks\": %llu, \"ssd_blocks_disk_full\": %llu, \"timeouts\": %llu, "
+                 "\"ssd_blocks\": %llu, \"ssd_blocks_disk_full\": %llu, "
+                 "\"ssd_write_failures_disk_full\": %llu, \"timeouts\": %llu, "
                  "\"bad_blocks\": %llu},\n",
             (unsigned long long)c->onloads, (unsigned long long)c->onload_host_blocks,
             (unsigned long long)c->onload_ssd_blocks,
             (unsigned long long)r->diskfull_ssd_onloads,
+            (unsigned long long)r->diskfull_ssd_failures,
             (unsigned long long)c->onload_timeouts, (unsigned long long)c->onload_bad);
     fprintf(out, "  \"handoffs\": {\"accepted\": %llu, \"landed\": %llu, \"recomputed\": "
                  "%llu, \"failed\": %llu, \"blocks_verified\": %llu, \"bad_blocks\": %llu, "
