@@ -107,6 +107,8 @@ static int inject(soak_t *s, soak_fault_kind_t kind, uint32_t node, double *leng
         return soak_net_qdisc(&s->net, node, SOAK_NETEM);
     case SOAK_FAULT_SLOW:
         return soak_net_qdisc(&s->net, node, SOAK_SLOW);
+    case SOAK_FAULT_LOSS:
+        return soak_net_lossy(&s->net, node, 1, NULL, NULL);
     case SOAK_FAULT_CORRUPT:
         return corrupter(s, 1);
     case SOAK_FAULT_ETCD:
@@ -141,6 +143,13 @@ void soak_fault_heal(soak_t *s)
     case SOAK_FAULT_SLOW:
         soak_net_qdisc(&s->net, f->node, NULL);
         break;
+    case SOAK_FAULT_LOSS: {
+        uint64_t dropped = 0, delayed = 0;
+        soak_net_lossy(&s->net, f->node, 0, &dropped, &delayed);
+        s->rep->loss_dropped += dropped;
+        s->rep->loss_delayed += delayed;
+        break;
+    }
     case SOAK_FAULT_CORRUPT:
         corrupter(s, 0);
         break;

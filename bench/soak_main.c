@@ -777,12 +777,19 @@ int main(int argc, char **argv)
     report.rss_limit_bytes = s->o.rss_limit_mb << 20;
     int have_netem = s->netns && soak_net_has_qdisc(&s->net, SOAK_NETEM);
     int have_tbf = s->netns && soak_net_has_qdisc(&s->net, SOAK_SLOW);
+    int have_lossy = s->netns && soak_net_has_lossy(&s->net);
+    if (s->netns && !have_netem)
+        report.why_not[SOAK_FAULT_NETEM] = "tc refuses netem: no sch_netem in this kernel; "
+                                           "'loss' injects loss and reordering instead";
+    if (s->netns && !have_lossy)
+        report.why_not[SOAK_FAULT_LOSS] = "needs nft (Debian's nftables) and sch_htb";
     for (int k = 0; k < SOAK_FAULT_KINDS; k++) {
         report.enabled[k] = s->o.faults[k];
         report.available[k] = k == SOAK_FAULT_KILL || k == SOAK_FAULT_STOP ||
                               k == SOAK_FAULT_CORRUPT || (k == SOAK_FAULT_LINK && s->netns) ||
                               (k == SOAK_FAULT_NETEM && have_netem) ||
                               (k == SOAK_FAULT_SLOW && have_tbf) ||
+                              (k == SOAK_FAULT_LOSS && have_lossy) ||
                               (k == SOAK_FAULT_ETCD && s->etcd) ||
                               (k == SOAK_FAULT_DISKFULL && s->tiers && s->disk.mounted);
     }

@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 const char *const soak_fault_names[SOAK_FAULT_KINDS] = {
-    "kill", "link", "netem", "slow", "corrupt", "diskfull", "etcd", "stop"};
+    "kill", "link", "netem", "slow", "corrupt", "diskfull", "etcd", "stop", "loss"};
 
 /* Seconds per window of the time series in --json and the plots. */
 #define WINDOW_S 10u
@@ -97,13 +97,18 @@ void soak_report_print(const soak_report_t *r, FILE *out)
             (unsigned long long)r->hung);
     fprintf(out, "faults:");
     for (int k = 0; k < SOAK_FAULT_KINDS; k++) {
-        if (!r->available[k])
+        if (!r->available[k] && r->why_not[k])
+            fprintf(out, " %s=not available (%s)", soak_fault_names[k], r->why_not[k]);
+        else if (!r->available[k])
             fprintf(out, " %s=not available", soak_fault_names[k]);
         else if (!r->enabled[k])
             fprintf(out, " %s=off", soak_fault_names[k]);
         else
             fprintf(out, " %s=%llu", soak_fault_names[k], (unsigned long long)r->faults[k]);
     }
+    if (r->faults[SOAK_FAULT_LOSS])
+        fprintf(out, " (loss: %llu packets dropped, %llu delayed and reordered)",
+                (unsigned long long)r->loss_dropped, (unsigned long long)r->loss_delayed);
     const soak_node_counters_t *c = &r->counters;
     fprintf(out, "\npulls: %llu (%llu failed), %llu blocks pulled, %llu stale; corrupt "
                  "blocks: %llu injected, %llu rejected, %llu used; %llu blocks verified at use\n",
@@ -168,6 +173,15 @@ void soak_report_json(const soak_report_t *r, FILE *out)
         else
             fprintf(out, "\"not available\"");
     }
+    fprintf(out, "},\n  \"faults_not_available\": {");
+    for (int k = 0, first = 1; k < SOAK_FAULT_KINDS; k++)
+        if (!r->available[k]) {
+            fprintf(out, "%s\"%s\": \"%s\"", first ? "" : ", ", soak_fault_names[k],
+                    r->why_not[k] ? r->why_not[k] : "");
+            first = 0;
+        }
+    fprintf(out, "},\n  \"loss\": {\"packets_dropped\": %llu, \"packets_delayed\": %llu",
+            (unsigned long long)r->loss_dropped, (unsigned long long)r->loss_delayed);
     fprintf(out, "},\n  \"leaked_blocks\": %llu,\n  \"leaked_registrations\": %llu,\n"
                  "  \"outstanding_transfers\": %llu,\n  \"corrupt_deliveries\": %llu,\n"
                  "  \"corrupt_rejected\": %llu,\n  \"corrupt_injected\": %llu,\n"
