@@ -48,6 +48,7 @@ typedef struct node_proc {
     uint64_t epoch;                 /* KV event epoch of this process */
     uint64_t dead_epoch;            /* of the killed process, until checked */
     double dir_check_at;            /* when its directory entries must be gone */
+    double died_at;                 /* when the killed process was reaped */
 } node_proc_t;
 
 typedef struct record {

@@ -70,10 +70,10 @@ void soak_fault_ticket_relayed(soak_t *s, uint32_t prefill_node)
     fault_t *f = &s->fault;
     if (!f->strike_armed || f->strike_node != SOAK_NO_NODE)
         return;
-    /* Somewhere between the ticket's arrival and the end of its send: the
-     * prefill itself takes a few milliseconds here. */
+    /* Within 10 ms of the ticket's arrival: the prefill alone (two model
+     * steps) takes longer here, so the send is still to come or under way. */
     f->strike_node = prefill_node;
-    f->strike_at = soak_now() - s->t0 + sim_rng_unit(&s->rng) * 0.03;
+    f->strike_at = soak_now() - s->t0 + sim_rng_unit(&s->rng) * 0.01;
 }
 
 /* Arms (or disarms) the receive-path corrupter of every node, so whichever
@@ -190,11 +190,11 @@ void soak_fault_tick(soak_t *s, double t)
         corrupted(s) == f->corrupt_base && t < f->heal_at + 20.0)
         return;
     /* A disk-full fault lasts until its node onloaded from its SSD, at
-     * most 20 s past its length. */
+     * most four lengths past its length. */
     node_proc_t *fp = &s->nodes[f->node];
     if (f->active && f->kind == SOAK_FAULT_DISKFULL && t >= f->heal_at &&
         fp->generation == f->generation && fp->last.onload_ssd_blocks == f->ssd_onloads_base &&
-        t < f->heal_at + 20.0)
+        t < f->heal_at + 4.0 * s->o.fault_length_s)
         return;
     if (f->active && t >= f->heal_at) {
         soak_fault_heal(s);
