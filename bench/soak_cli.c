@@ -115,7 +115,11 @@ int soak_parse_args(int argc, char **argv, options_t *o)
         const char *name = longs[which].name;
         int bad = 0;
         switch (c) {
-        case 'n': bad = parse_number(name, optarg, 2, SOAK_MAX_NODES, &v); o->nodes = (uint32_t)v; nodes_set = 1; break;
+        case 'n':
+            bad = parse_number(name, optarg, 2, SOAK_MAX_NODES, &v);
+            o->nodes = (uint32_t)v;
+            nodes_set = 1;
+            break;
         case 'd': bad = parse_number(name, optarg, 5, 7 * 86400, &o->duration_s); break;
         case 's': bad = parse_number(name, optarg, 0, 9e15, &v); o->seed = (uint64_t)v; break;
         case 'f': bad = parse_faults(optarg, o->faults); break;

@@ -25,7 +25,7 @@
 
 #include "soak_node_internal.h"
 
-int handoff_open(node_t *n)
+int soak_handoff_open(node_t *n)
 {
     kvrt_cluster_handoff_recv_params_t rp = {
         .field_mask = KVRT_HANDOFF_RECV_PARAM_TIMEOUT | KVRT_HANDOFF_RECV_PARAM_POLICY,
@@ -34,22 +34,22 @@ int handoff_open(node_t *n)
         .on_failure = n->cfg->handoff_fail ? KVRT_HANDOFF_FAIL : KVRT_HANDOFF_RECOMPUTE};
     kvrt_status_t st = kvrt_cluster_handoff_recv_create(n->ctx, &rp, &n->recv);
     if (st != KVRT_OK)
-        return node_die(n, "kvrt_cluster_handoff_recv_create", st);
+        return soak_node_die(n, "kvrt_cluster_handoff_recv_create", st);
     kvrt_cluster_handoff_sender_params_t sp = {
         .field_mask = KVRT_HANDOFF_SENDER_PARAM_INTEGRITY | KVRT_HANDOFF_SENDER_PARAM_TIMEOUT |
                       KVRT_HANDOFF_SENDER_PARAM_CONNECT_TIMEOUT,
         .agent = n->agent, .region = n->pool_region, .integrity = 1,
         .timeout_ms = n->cfg->transfer_timeout_ms, .connect_timeout_ms = 500};
     if ((st = kvrt_cluster_handoff_sender_create(n->ctx, &sp, &n->sender)) != KVRT_OK)
-        return node_die(n, "kvrt_cluster_handoff_sender_create", st);
+        return soak_node_die(n, "kvrt_cluster_handoff_sender_create", st);
     n->ticket_msg = malloc(sizeof(soak_msg_prefill_t) + SOAK_MAX_PROMPT * 4u +
                            KVRT_HANDOFF_TICKET_MAX);
-    return n->ticket_msg ? 0 : node_die(n, "allocation", KVRT_ERR_NO_MEMORY);
+    return n->ticket_msg ? 0 : soak_node_die(n, "allocation", KVRT_ERR_NO_MEMORY);
 }
 
 /* ---- decode side ---------------------------------------------------------------- */
 
-int handoff_accept(node_t *n, request_t *r, double now)
+int soak_handoff_accept(node_t *n, request_t *r, double now)
 {
     /* Whole blocks before the prompt's last token arrive; the last token
      * is computed here, as its logits are. */
@@ -72,7 +72,7 @@ int handoff_accept(node_t *n, request_t *r, double now)
     m.ticket_len = (uint32_t)len;
     memcpy(n->ticket_msg, &m, sizeof(m));
     memcpy(n->ticket_msg + sizeof(m), r->tokens, (size_t)r->prompt_len * 4u);
-    node_send(n, n->ticket_msg, head + len);
+    soak_node_send(n, n->ticket_msg, head + len);
     return 0;
 }
 
@@ -90,15 +90,15 @@ static void verify_landed(node_t *n, request_t *r, uint32_t first, uint32_t coun
         first + count > nb || first + count > r->full_blocks)
         return;
     uint32_t damaged = first + (uint32_t)(soak_splitmix(&n->rng) % count);
-    int injected = node_corrupt_maybe(n, blocks[damaged]);
+    int injected = soak_node_corrupt_maybe(n, blocks[damaged]);
     int bad = 0;
     for (uint32_t b = first; b < first + count; b++) {
-        soak_verdict_t v = node_block_check(n, blocks[b], &r->hashes[b]);
+        soak_verdict_t v = soak_node_block_check(n, blocks[b], &r->hashes[b]);
         if (v == SOAK_BLOCK_OK) {
             n->c.handoff_blocks++;
         } else if (injected && b == damaged && v == SOAK_BLOCK_CORRUPT) {
             n->c.corrupt_rejected++;
-            node_block_fill(n, blocks[b], &r->hashes[b]);
+            soak_node_block_fill(n, blocks[b], &r->hashes[b]);
         } else {
             n->c.handoff_bad++;
             bad = 1;
@@ -112,7 +112,7 @@ static void verify_landed(node_t *n, request_t *r, uint32_t first, uint32_t coun
         kvrt_seq_abort(n->sched, r->seq);
 }
 
-void handoff_poll(node_t *n, double now)
+void soak_handoff_poll(node_t *n, double now)
 {
     kvrt_handoff_completion_t done[32];
     uint32_t got = 0;
@@ -143,7 +143,7 @@ void handoff_poll(node_t *n, double now)
 
 /* ---- prefill side ---------------------------------------------------------------- */
 
-void handoff_prefill(node_t *n, const uint8_t *buf, size_t len)
+void soak_handoff_prefill(node_t *n, const uint8_t *buf, size_t len)
 {
     soak_msg_prefill_t m;
     memcpy(&m, buf, sizeof(m));
@@ -153,7 +153,7 @@ void handoff_prefill(node_t *n, const uint8_t *buf, size_t len)
         fprintf(stderr, "kvrt-soak node %u: malformed prefill job\n", n->cfg->index);
         _exit(4);
     }
-    request_t *r = node_request_slot(n);
+    request_t *r = soak_node_request_slot(n);
     if (!r || n->finishing) {
         /* No room: the decode node's hand-off runs into its deadline. */
         n->c.prefill_sends_failed++;
@@ -167,7 +167,7 @@ void handoff_prefill(node_t *n, const uint8_t *buf, size_t len)
         _exit(5);
     memcpy(tokens, buf + sizeof(m), (size_t)m.prompt_len * 4u);
     tokens[m.prompt_len] = tokens[m.prompt_len + 1] = tokens[0];
-    int bad = node_request_init(n, r, tokens, m.prompt_len, 2);
+    int bad = soak_node_request_init(n, r, tokens, m.prompt_len, 2);
     free(tokens);
     if (bad != 0 || !(r->ticket = malloc(m.ticket_len ? m.ticket_len : 1)))
         _exit(5);
@@ -177,12 +177,12 @@ void handoff_prefill(node_t *n, const uint8_t *buf, size_t len)
     r->role = ROLE_PREFILL;
     r->id = m.id;
     r->home = n->cfg->index;
-    r->arrival_s = node_now_s();
+    r->arrival_s = soak_node_now_s();
     n->c.prefills++;
-    node_admit_later(n, r);
+    soak_node_admit_later(n, r);
 }
 
-void handoff_serve(node_t *n, request_t *r, const kvrt_seq_info_t *ev)
+void soak_handoff_serve(node_t *n, request_t *r, const kvrt_seq_info_t *ev)
 {
     kvrt_cluster_handoff_send_t *send = NULL;
     if ((ev->end_reason != KVRT_END_STOP && ev->end_reason != KVRT_END_LENGTH) ||
@@ -195,7 +195,7 @@ void handoff_serve(node_t *n, request_t *r, const kvrt_seq_info_t *ev)
     n->sends[n->num_sends++] = send;
 }
 
-void handoff_progress(node_t *n)
+void soak_handoff_progress(node_t *n)
 {
     for (uint32_t i = 0; i < n->num_sends;) {
         kvrt_status_t st = kvrt_cluster_handoff_send_test(n->sends[i]);
@@ -212,14 +212,14 @@ void handoff_progress(node_t *n)
     }
 }
 
-uint64_t handoff_pending(node_t *n)
+uint64_t soak_handoff_pending(node_t *n)
 {
     kvrt_handoff_recv_stats_t s = {0};
     kvrt_cluster_handoff_recv_stats(n->recv, &s);
     return (uint64_t)s.live + s.quarantined + n->num_sends;
 }
 
-void handoff_close_sends(node_t *n)
+void soak_handoff_close_sends(node_t *n)
 {
     for (uint32_t i = 0; i < n->num_sends; i++)
         kvrt_cluster_handoff_send_end(n->sends[i]);

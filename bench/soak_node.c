@@ -23,21 +23,21 @@
 /* The agents of a soak share this key (a test deployment's secret). */
 static const uint8_t soak_cluster_key[32] = "kvrt-soak cluster key, 32 bytes";
 
-double node_now_s(void)
+double soak_node_now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-int node_die(node_t *n, const char *what, kvrt_status_t st)
+int soak_node_die(node_t *n, const char *what, kvrt_status_t st)
 {
     fprintf(stderr, "kvrt-soak node %u: %s: %s (%s)\n", n->cfg->index, what,
             kvrt_status_str(st), n->ctx ? kvrt_ctx_last_error(n->ctx) : "");
     return 1;
 }
 
-void node_send(node_t *n, const void *msg, size_t len)
+void soak_node_send(node_t *n, const void *msg, size_t len)
 {
     /* The supervisor always reads; a failed send means it is gone. */
     if (send(n->cfg->control_fd, msg, len, MSG_NOSIGNAL) != (ssize_t)len)
@@ -53,7 +53,7 @@ static uint8_t *page_of(node_t *n, int32_t block, uint32_t page)
     return a;
 }
 
-soak_verdict_t node_block_check(node_t *n, int32_t block, const kvrt_block_hash_t *h)
+soak_verdict_t soak_node_block_check(node_t *n, int32_t block, const kvrt_block_hash_t *h)
 {
     for (uint32_t p = 0; p < SOAK_LAYERS * 2; p++) {
         soak_verdict_t v = soak_payload_check(h, p, page_of(n, block, p), n->page_bytes);
@@ -63,7 +63,7 @@ soak_verdict_t node_block_check(node_t *n, int32_t block, const kvrt_block_hash_
     return SOAK_BLOCK_OK;
 }
 
-void node_block_fill(node_t *n, int32_t block, const kvrt_block_hash_t *h)
+void soak_node_block_fill(node_t *n, int32_t block, const kvrt_block_hash_t *h)
 {
     for (uint32_t p = 0; p < SOAK_LAYERS * 2; p++)
         soak_payload_fill(h, p, page_of(n, block, p), n->page_bytes);
@@ -71,7 +71,7 @@ void node_block_fill(node_t *n, int32_t block, const kvrt_block_hash_t *h)
 
 /* A block going back to the pool without being cached loses its header, so
  * stale bytes can never pass for a later block of the same content. */
-void node_block_scrub(node_t *n, int32_t block)
+void soak_node_block_scrub(node_t *n, int32_t block)
 {
     memset(page_of(n, block, 0), 0, sizeof(kvrt_block_hash_t));
 }
@@ -104,7 +104,7 @@ static void fill_computed_blocks(node_t *n, request_t *r, const kvrt_plan_seq_t 
     for (uint32_t b = (uint32_t)(lo / SOAK_BLOCK_TOKENS); b < r->total_blocks && b < nb; b++) {
         if ((uint64_t)(b + 1) * SOAK_BLOCK_TOKENS > hi)
             break;
-        node_block_fill(n, blocks[b], &r->hashes[b]);
+        soak_node_block_fill(n, blocks[b], &r->hashes[b]);
     }
 }
 
@@ -123,7 +123,7 @@ static void use_prompt_blocks(node_t *n, request_t *r)
         return;
     uint32_t full = r->full_blocks < nb ? r->full_blocks : nb;
     for (uint32_t b = 0; b < full; b++) {
-        soak_verdict_t v = node_block_check(n, blocks[b], &r->hashes[b]);
+        soak_verdict_t v = soak_node_block_check(n, blocks[b], &r->hashes[b]);
         n->c.blocks_checked++;
         if (v != SOAK_BLOCK_OK) {
             n->c.corrupt_used++;
@@ -137,7 +137,7 @@ static void use_prompt_blocks(node_t *n, request_t *r)
 
 /* ---- request slots -------------------------------------------------------------- */
 
-request_t *node_request_slot(node_t *n)
+request_t *soak_node_request_slot(node_t *n)
 {
     for (uint32_t i = 0; i < MAX_LIVE; i++)
         if (!n->live[i].used)
@@ -147,7 +147,7 @@ request_t *node_request_slot(node_t *n)
 
 /* Copies the prompt and the answer (the tokens the model will emit) and
  * hashes their full blocks. Returns 0 or -1 (no memory). */
-int node_request_init(node_t *n, request_t *r, const int32_t *tokens, uint32_t prompt_len,
+int soak_node_request_init(node_t *n, request_t *r, const int32_t *tokens, uint32_t prompt_len,
                       uint32_t answer_len)
 {
     r->prompt_len = prompt_len;
@@ -169,7 +169,7 @@ int node_request_init(node_t *n, request_t *r, const int32_t *tokens, uint32_t p
     return 0;
 }
 
-void node_request_free(request_t *r)
+void soak_node_request_free(request_t *r)
 {
     free(r->tokens);
     free(r->hashes);
@@ -191,7 +191,7 @@ static void peer_drop(node_t *n, peer_t *p)
     p->peer = NULL;
     p->connected = 0;
     p->dropping = 0;
-    p->retry_at = node_now_s() + 0.5;
+    p->retry_at = soak_node_now_s() + 0.5;
     (void)n;
 }
 
@@ -214,9 +214,9 @@ static peer_t *peer_ready(node_t *n, uint32_t index)
             p->dropping = 1;
         return NULL;
     }
-    if (node_now_s() < p->retry_at)
+    if (soak_node_now_s() < p->retry_at)
         return NULL;
-    p->retry_at = node_now_s() + 1.0;
+    p->retry_at = soak_node_now_s() + 1.0;
     if (kvrt_xfer_connect(n->agent, p->id.address, 500, &p->peer) != KVRT_OK) {
         p->peer = NULL;
         return NULL;
@@ -261,8 +261,8 @@ static void request_end(node_t *n, request_t *r, uint32_t reason, kvrt_status_t 
                         .status = status, .prompt_len = r->prompt_len,
                         .cached_tokens = cached, .output_tokens = output,
                         .ttft_ms = r->first_s > 0 ? (r->first_s - r->arrival_s) * 1e3 : -1.0};
-    node_send(n, &m, sizeof(m));
-    node_request_free(r);
+    soak_node_send(n, &m, sizeof(m));
+    soak_node_request_free(r);
 }
 
 /*
@@ -273,10 +273,10 @@ static void request_end(node_t *n, request_t *r, uint32_t reason, kvrt_status_t 
 static void pull_release(node_t *n, pull_t *pl, uint32_t landed)
 {
     for (uint32_t k = landed; k < pl->count; k++)
-        node_block_scrub(n, pl->local_blocks[k]);
+        soak_node_block_scrub(n, pl->local_blocks[k]);
     kvrt_status_t st = kvrt_arrival_complete(n->sched, pl->arrival, landed);
     if (st != KVRT_OK)
-        node_die(n, "kvrt_arrival_complete", st);
+        soak_node_die(n, "kvrt_arrival_complete", st);
     if (pl->xreq)
         kvrt_xfer_request_release(pl->xreq);
     pl->xreq = NULL;
@@ -309,7 +309,8 @@ static void pull_start(node_t *n, uint32_t slot)
         return;
     kvrt_arrival_params_t ap = {
         .field_mask = KVRT_ARRIVAL_PARAM_DEADLINE, .num_tokens = want * SOAK_BLOCK_TOKENS,
-        .deadline_ns = (uint64_t)((node_now_s() + 2.0 * n->cfg->transfer_timeout_ms / 1e3) * 1e9)};
+        .deadline_ns =
+            (uint64_t)((soak_node_now_s() + 2.0 * n->cfg->transfer_timeout_ms / 1e3) * 1e9)};
     uint32_t first = 0, count = 0;
     const int32_t *blocks = NULL;
     if (kvrt_seq_await_kv(n->sched, r->seq, &ap, &pl->arrival, &first, &count) != KVRT_OK)
@@ -358,7 +359,8 @@ static void pull_blocks(node_t *n, pull_t *pl)
     for (uint32_t k = 0; k < pl->count; k++) {
         const soak_dir_entry_t *e = &n->landing[(uint64_t)idx * MAX_PULL_BLOCKS + k];
         const kvrt_block_hash_t *h = &n->live[pl->live].hashes[pl->first + k];
-        if (e->lo != h->lo || e->hi != h->hi || e->check != soak_dir_check(e->lo, e->hi, e->block) ||
+        if (e->lo != h->lo || e->hi != h->hi ||
+            e->check != soak_dir_check(e->lo, e->hi, e->block) ||
             e->block <= 0 || e->block >= (int64_t)n->cfg->pool_blocks)
             break;
         pl->remote_blocks[found++] = (int32_t)e->block;
@@ -389,7 +391,7 @@ static void pull_blocks(node_t *n, pull_t *pl)
  * hand-off that lands has one byte past a block's header flipped before
  * the node verifies it, as a damaged delivery would.
  */
-int node_corrupt_maybe(node_t *n, int32_t block)
+int soak_node_corrupt_maybe(node_t *n, int32_t block)
 {
     if (!n->corrupt_armed)
         return 0;
@@ -404,10 +406,10 @@ int node_corrupt_maybe(node_t *n, int32_t block)
 /* The blocks landed: the verified leading ones count as computed. */
 static void pull_land(node_t *n, pull_t *pl)
 {
-    node_corrupt_maybe(n, pl->local_blocks[soak_splitmix(&n->rng) % pl->found]);
+    soak_node_corrupt_maybe(n, pl->local_blocks[soak_splitmix(&n->rng) % pl->found]);
     uint32_t good = 0;
     for (; good < pl->found; good++) {
-        soak_verdict_t v = node_block_check(n, pl->local_blocks[good],
+        soak_verdict_t v = soak_node_block_check(n, pl->local_blocks[good],
                                             &n->live[pl->live].hashes[pl->first + good]);
         if (v == SOAK_BLOCK_STALE)
             n->c.blocks_stale++;
@@ -440,87 +442,6 @@ static void pulls_progress(node_t *n)
     }
 }
 
-/* ---- onloads from the tiers ------------------------------------------------------ */
-
-/*
- * A queued request whose prefix continues below the pool (host memory or
- * SSD): kvrt_tier_admit puts it in waiting for KV and starts the onload;
- * kvrt_tier_poll completes the arrival. Returns 1 when an onload started.
- */
-static int onload_start(node_t *n, request_t *r)
-{
-    if (!n->tier)
-        return 0;
-    kvrt_tier_admission_t a;
-    uint64_t deadline = (uint64_t)((node_now_s() + 2.0 * n->cfg->transfer_timeout_ms / 1e3) * 1e9);
-    if (kvrt_tier_admit(n->tier, n->sched, r->seq, r->tokens, r->prompt_len, NULL, deadline,
-                        &a) != KVRT_OK ||
-        a.arrival == 0)
-        return 0;
-    n->c.onloads++;
-    r->onloading = 1;
-    r->onload_first = a.match.gpu_blocks;
-    r->onload_count = a.onload_blocks;
-    r->onload_host = a.match.host_blocks < a.onload_blocks ? a.match.host_blocks
-                                                            : a.onload_blocks;
-    return 1;
-}
-
-/*
- * Before each step: onloads whose arrival kvrt_tier_poll completed. The
- * blocks the request now counts as computed past its pool hits are the
- * landed ones; each must hold its content (onload_bad counts those that do
- * not, and the request is aborted before it could read them).
- */
-static void onloads_landed(node_t *n)
-{
-    for (uint32_t i = 0; i < MAX_LIVE; i++) {
-        request_t *r = &n->live[i];
-        kvrt_seq_info_t info;
-        if (!r->used || !r->onloading || kvrt_seq_info(n->sched, r->seq, &info) != KVRT_OK ||
-            info.state == KVRT_SEQ_WAITING_KV)
-            continue;
-        r->onloading = 0;
-        const int32_t *blocks = NULL;
-        uint32_t nb = 0, end = info.computed_tokens / SOAK_BLOCK_TOKENS;
-        if (end > r->onload_first + r->onload_count)
-            end = r->onload_first + r->onload_count;
-        if (end <= r->onload_first ||
-            kvrt_seq_blocks(n->sched, r->seq, &blocks, &nb, NULL) != KVRT_OK || end > nb)
-            continue;
-        int bad = 0;
-        for (uint32_t b = r->onload_first; b < end; b++) {
-            if (node_block_check(n, blocks[b], &r->hashes[b]) != SOAK_BLOCK_OK) {
-                bad = 1;
-                n->c.onload_bad++;
-                fprintf(stderr, "kvrt-soak node %u: onloaded block %u of request %llu (pool %d) "
-                                "does not hold its content\n",
-                        n->cfg->index, b, (unsigned long long)r->id, blocks[b]);
-            } else if (b - r->onload_first < r->onload_host) {
-                n->c.onload_host_blocks++;
-            } else {
-                n->c.onload_ssd_blocks++;
-            }
-        }
-        if (bad)
-            kvrt_seq_abort(n->sched, r->seq);
-    }
-}
-
-/* After each step: onloads the scheduler gave up at their deadline. */
-static void onloads_given_up(node_t *n)
-{
-    for (uint32_t i = 0; i < MAX_LIVE; i++) {
-        request_t *r = &n->live[i];
-        kvrt_seq_info_t info;
-        if (r->used && r->onloading && kvrt_seq_info(n->sched, r->seq, &info) == KVRT_OK &&
-            info.state != KVRT_SEQ_WAITING_KV) {
-            r->onloading = 0;
-            n->c.onload_timeouts++;
-        }
-    }
-}
-
 /* ---- admission -------------------------------------------------------------------- */
 
 static void admit_later(node_t *n, uint32_t slot)
@@ -535,7 +456,7 @@ static void admit_later(node_t *n, uint32_t slot)
  */
 static void admit(node_t *n)
 {
-    double now = node_now_s();
+    double now = soak_node_now_s();
     for (uint32_t i = 0; i < n->num_waiting_admission; i++) {
         uint32_t slot = n->waiting_admission[i];
         request_t *r = &n->live[slot];
@@ -545,14 +466,14 @@ static void admit(node_t *n)
         kvrt_status_t st = kvrt_seq_add(n->sched, &sp, &r->seq);
         if (st != KVRT_OK) {
             if (r->role == ROLE_PREFILL)
-                node_request_free(r); /* the decode node's hand-off times out */
+                soak_node_request_free(r); /* the decode node's hand-off times out */
             else
                 request_end(n, r, KVRT_END_FAILED, st, 0, 0);
             continue;
         }
-        if (r->prefill != SOAK_NO_NODE && handoff_accept(n, r, now) == 0)
+        if (r->prefill != SOAK_NO_NODE && soak_handoff_accept(n, r, now) == 0)
             continue;
-        if (onload_start(n, r))
+        if (soak_tier_onload_start(n, r))
             continue;
         if (r->role == ROLE_CLIENT && r->home != n->cfg->index)
             pull_start(n, slot);
@@ -570,25 +491,25 @@ static void on_request(node_t *n, const uint8_t *buf, size_t len)
         fprintf(stderr, "kvrt-soak node %u: malformed request\n", n->cfg->index);
         _exit(4);
     }
-    request_t *r = node_request_slot(n);
+    request_t *r = soak_node_request_slot(n);
     if (!r || n->finishing) {
         request_t tmp = {.id = m.id, .prompt_len = m.prompt_len};
         request_end(n, &tmp, KVRT_END_FAILED, KVRT_ERR_REQUEST_LIMIT, 0, 0);
         return;
     }
     const int32_t *tokens = (const int32_t *)(const void *)(buf + sizeof(m));
-    if (node_request_init(n, r, tokens, m.prompt_len, m.answer_len) != 0)
+    if (soak_node_request_init(n, r, tokens, m.prompt_len, m.answer_len) != 0)
         _exit(5);
     r->used = 1;
     r->role = ROLE_CLIENT;
     r->id = m.id;
     r->home = m.home;
     r->prefill = m.prefill == n->cfg->index ? SOAK_NO_NODE : m.prefill;
-    r->arrival_s = node_now_s();
+    r->arrival_s = soak_node_now_s();
     admit_later(n, (uint32_t)(r - n->live));
 }
 
-void node_admit_later(node_t *n, request_t *r)
+void soak_node_admit_later(node_t *n, request_t *r)
 {
     admit_later(n, (uint32_t)(r - n->live));
 }
@@ -602,14 +523,14 @@ static int drain(node_t *n)
         uint32_t got = 0;
         kvrt_status_t st = kvrt_sched_drain_ended(n->sched, ev, 64, &got);
         if (st != KVRT_OK)
-            return node_die(n, "kvrt_sched_drain_ended", st);
+            return soak_node_die(n, "kvrt_sched_drain_ended", st);
         for (uint32_t i = 0; i < got; i++) {
             if (ev[i].user_tag >= MAX_LIVE || !n->live[ev[i].user_tag].used)
-                return node_die(n, "end event of an unknown request", KVRT_ERR_INTERNAL);
+                return soak_node_die(n, "end event of an unknown request", KVRT_ERR_INTERNAL);
             request_t *r = &n->live[ev[i].user_tag];
             if (r->role == ROLE_PREFILL) {
-                handoff_serve(n, r, &ev[i]);
-                node_request_free(r);
+                soak_handoff_serve(n, r, &ev[i]);
+                soak_node_request_free(r);
             } else {
                 request_end(n, r, ev[i].end_reason, ev[i].status, ev[i].cached_tokens,
                             ev[i].output_tokens);
@@ -636,8 +557,8 @@ static int commit(node_t *n)
                        .tokens = n->commit_tokens};
     kvrt_status_t st = kvrt_sched_commit(n->sched, &c);
     if (st != KVRT_OK)
-        return node_die(n, "kvrt_sched_commit", st);
-    double t = node_now_s();
+        return soak_node_die(n, "kvrt_sched_commit", st);
+    double t = soak_node_now_s();
     for (uint32_t i = 0; i < plan->num_seqs; i++) {
         if (!plan->seqs[i].sample)
             continue;
@@ -655,13 +576,13 @@ static int commit(node_t *n)
 static int step(node_t *n)
 {
     const kvrt_batch_plan_t *plan = NULL;
-    double t = node_now_s();
-    handoff_poll(n, t);
-    onloads_landed(n);
+    double t = soak_node_now_s();
+    soak_handoff_poll(n, t);
+    soak_tier_onloads_landed(n);
     kvrt_status_t st = kvrt_sched_step(n->sched, (uint64_t)(t * 1e9), &plan);
     if (st != KVRT_OK)
-        return node_die(n, "kvrt_sched_step", st);
-    onloads_given_up(n);
+        return soak_node_die(n, "kvrt_sched_step", st);
+    soak_tier_onloads_given_up(n);
     if (drain(n) != 0)
         return 1;
     if (plan->num_seqs == 0)
@@ -679,98 +600,6 @@ static int step(node_t *n)
     return 0;
 }
 
-/* ---- tiers ---------------------------------------------------------------------------- */
-
-/* Moves offloads and onloads along (admissions complete their arrivals
- * here; the soak starts no onload of its own, so no ticket is reported) and
- * keeps the SSD tier's counters. */
-static void tier_poll(node_t *n)
-{
-    if (!n->tier)
-        return;
-    kvrt_tier_completion_t done[16];
-    uint32_t got = 0;
-    kvrt_tier_poll(n->tier, done, 16, &got);
-    kvrt_tier_stats_t ts;
-    if (kvrt_tier_stats(n->tier, &ts) == KVRT_OK) {
-        n->c.ssd_offloads = ts.ssd.offloads;
-        n->c.ssd_drops = ts.ssd.drops;
-        n->c.ssd_errors = ts.ssd.errors;
-    }
-}
-
-/* ---- the cluster: membership and KV events ------------------------------------------ */
-
-/* Registers on etcd under a lease of lease_ttl_s; etcd may be down for a
- * moment (its own fault), so the first registration is retried for 15 s. */
-static int join_etcd(node_t *n, const kvrt_kv_layout_t *layout, const char *address)
-{
-    kvrt_cluster_etcd_params_t ep = {
-        .field_mask = KVRT_ETCD_PARAM_ENDPOINT | KVRT_ETCD_PARAM_ADDRESS |
-                      KVRT_ETCD_PARAM_LEASE_TTL | KVRT_ETCD_PARAM_POLL_MS |
-                      KVRT_ETCD_PARAM_TIMEOUT_MS | KVRT_ETCD_PARAM_MAX_BACKOFF_MS,
-        .node_id = n->cfg->index + 1u, .epoch = n->epoch, .endpoint = n->cfg->etcd_endpoint,
-        .address = address, .lease_ttl_s = n->cfg->lease_ttl_s, .poll_ms = 250,
-        .timeout_ms = 500, .max_backoff_ms = 1000};
-    kvrt_status_t st = kvrt_model_fingerprint("kvrt-soak/model", layout, &ep.model);
-    double give_up = node_now_s() + 15.0;
-    while (st == KVRT_OK) {
-        st = kvrt_cluster_etcd_create(n->ctx, &ep, &n->member);
-        if (st != KVRT_ERR_COORDINATOR || node_now_s() > give_up)
-            break;
-        usleep(200 * 1000);
-    }
-    return st == KVRT_OK ? 0 : node_die(n, "kvrt_cluster_etcd_create", st);
-}
-
-/* Ships the cache's new KV events to the supervisor's directory. */
-static void ship_events(node_t *n)
-{
-    soak_msg_events_t *m = n->events_msg;
-    for (int k = 0; k < 16; k++) {
-        uint32_t got = 0;
-        if (kvrt_kv_events_take(n->events, m->events, SOAK_EVENTS_PER_MSG, &got, &m->epoch) !=
-                KVRT_OK ||
-            got == 0)
-            return;
-        m->type = SOAK_MSG_EVENTS;
-        m->count = got;
-        m->snapshot = 0;
-        node_send(n, m, offsetof(soak_msg_events_t, events) + got * sizeof(kvrt_kv_event_t));
-    }
-}
-
-/* The directory lost track of this node: everything the cache holds now,
- * in pieces. Events already shipped with larger ids follow it. */
-static void ship_snapshot(node_t *n)
-{
-    ship_events(n);
-    uint32_t need = 0;
-    uint64_t last = 0;
-    kvrt_kv_events_snapshot(n->events, NULL, 0, &need, &last);
-    kvrt_kv_event_t *all = malloc(((size_t)need + 1) * sizeof(*all));
-    if (!all || kvrt_kv_events_snapshot(n->events, all, need + 1, &need, &last) != KVRT_OK) {
-        free(all);
-        return;
-    }
-    soak_msg_events_t *m = n->events_msg;
-    uint32_t off = 0;
-    do {
-        uint32_t c = need - off < SOAK_EVENTS_PER_MSG ? need - off : SOAK_EVENTS_PER_MSG;
-        m->type = SOAK_MSG_EVENTS;
-        m->snapshot = 1;
-        m->epoch = n->epoch;
-        m->total = need;
-        m->offset = off;
-        m->count = c;
-        m->last_event_id = last;
-        memcpy(m->events, all + off, c * sizeof(*all));
-        node_send(n, m, offsetof(soak_msg_events_t, events) + c * sizeof(kvrt_kv_event_t));
-        off += c;
-    } while (off < need);
-    free(all);
-}
-
 /* ---- setup, messages, finish --------------------------------------------------------- */
 
 static int open_node(node_t *n)
@@ -779,19 +608,19 @@ static int open_node(node_t *n)
     kvrt_ctx_params_t cp = {.field_mask = KVRT_CTX_PARAM_LOG_LEVEL, .log_level = KVRT_LOG_ERROR};
     kvrt_status_t st = kvrt_ctx_create(&cp, &n->ctx);
     if (st != KVRT_OK)
-        return node_die(n, "kvrt_ctx_create", st);
+        return soak_node_die(n, "kvrt_ctx_create", st);
     kvrt_pool_params_t pp = {.layout = {.num_layers = SOAK_LAYERS, .num_kv_heads = SOAK_KV_HEADS,
                                         .head_dim = SOAK_HEAD_DIM,
                                         .tokens_per_block = SOAK_BLOCK_TOKENS},
                              .num_blocks = cfg->pool_blocks};
     if ((st = kvrt_pool_create(n->ctx, &pp, &n->pool)) != KVRT_OK)
-        return node_die(n, "kvrt_pool_create", st);
+        return soak_node_die(n, "kvrt_pool_create", st);
     kvrt_cache_params_t cap = {.field_mask = KVRT_CACHE_PARAM_FINGERPRINT};
     if ((st = kvrt_model_fingerprint("kvrt-soak/model", &pp.layout,
                                      &cap.model_fingerprint)) != KVRT_OK ||
         (st = kvrt_cache_create(n->pool, &cap, &n->cache)) != KVRT_OK ||
         (st = kvrt_cache_root(n->cache, &n->root)) != KVRT_OK)
-        return node_die(n, "kvrt_cache_create", st);
+        return soak_node_die(n, "kvrt_cache_create", st);
     /* Evicted blocks go to host DRAM, then to an SSD file on the node's
      * own small file system (the diskfull fault fills it). */
     kvrt_tier_params_t tp = {.field_mask = KVRT_TIER_PARAM_HOST_BLOCKS | KVRT_TIER_PARAM_SSD |
@@ -799,18 +628,18 @@ static int open_node(node_t *n)
                              .host_blocks = 256, .ssd_blocks = 1024, .ssd_dir = cfg->ssd_dir,
                              .flags = KVRT_TIER_SSD_BUFFERED};
     if (cfg->ssd_dir && (st = kvrt_tier_create(n->cache, &tp, &n->tier)) != KVRT_OK)
-        return node_die(n, "kvrt_tier_create", st);
+        return soak_node_die(n, "kvrt_tier_create", st);
     if ((st = kvrt_kv_events_create(n->ctx, NULL, &n->events)) != KVRT_OK ||
         (st = kvrt_kv_events_attach(n->events, n->cache, KVRT_KV_TIER_GPU)) != KVRT_OK ||
         (st = kvrt_kv_events_epoch(n->events, &n->epoch, NULL)) != KVRT_OK)
-        return node_die(n, "kvrt_kv_events", st);
+        return soak_node_die(n, "kvrt_kv_events", st);
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
                                             KVRT_SCHED_PARAM_MAX_SEQS |
                                             KVRT_SCHED_PARAM_MAX_REQUESTS,
                               .max_batch_tokens = 4096, .max_seqs = 64,
                               .max_requests = MAX_LIVE};
     if ((st = kvrt_sched_create(n->ctx, n->pool, n->cache, &sp, &n->sched)) != KVRT_OK)
-        return node_die(n, "kvrt_sched_create", st);
+        return soak_node_die(n, "kvrt_sched_create", st);
     kvrt_pool_info_t info;
     kvrt_pool_info(n->pool, &info);
     n->page_bytes = info.block_bytes / (SOAK_LAYERS * 2);
@@ -822,32 +651,32 @@ static int open_node(node_t *n)
         .default_timeout_ms = cfg->transfer_timeout_ms,
         .reconnect_initial_ms = 50, .reconnect_max_ms = 500, .reconnect_attempts = 4};
     if ((st = kvrt_xfer_agent_create(n->ctx, &ap, &n->agent)) != KVRT_OK)
-        return node_die(n, "kvrt_xfer_agent_create", st);
+        return soak_node_die(n, "kvrt_xfer_agent_create", st);
     n->dir = aligned_alloc(4096, SOAK_DIR_SLOTS * sizeof(soak_dir_entry_t));
     n->landing = aligned_alloc(4096, MAX_PULLS * MAX_PULL_BLOCKS * sizeof(soak_dir_entry_t));
     n->commit_tokens = malloc(sizeof(int32_t) * 64);
     n->msg = malloc(MSG_MAX);
     n->events_msg = malloc(sizeof(*n->events_msg));
     if (!n->dir || !n->landing || !n->commit_tokens || !n->msg || !n->events_msg)
-        return node_die(n, "allocation", KVRT_ERR_NO_MEMORY);
+        return soak_node_die(n, "allocation", KVRT_ERR_NO_MEMORY);
     memset(n->dir, 0, SOAK_DIR_SLOTS * sizeof(soak_dir_entry_t));
     kvrt_xfer_register_params_t rp = {.field_mask = KVRT_XFER_REGISTER_PARAM_POOL |
                                                     KVRT_XFER_REGISTER_PARAM_ACCESS,
                                       .access = KVRT_XFER_REMOTE_READ | KVRT_XFER_REMOTE_WRITE,
                                       .pool = n->pool};
     if ((st = kvrt_xfer_register(n->agent, &rp, &n->pool_region)) != KVRT_OK)
-        return node_die(n, "kvrt_xfer_register(pool)", st);
+        return soak_node_die(n, "kvrt_xfer_register(pool)", st);
     rp = (kvrt_xfer_register_params_t){.field_mask = KVRT_XFER_REGISTER_PARAM_ACCESS,
                                        .address = n->dir,
                                        .length = SOAK_DIR_SLOTS * sizeof(soak_dir_entry_t),
                                        .access = KVRT_XFER_REMOTE_READ};
     if ((st = kvrt_xfer_register(n->agent, &rp, &n->dir_region)) != KVRT_OK)
-        return node_die(n, "kvrt_xfer_register(directory)", st);
+        return soak_node_die(n, "kvrt_xfer_register(directory)", st);
     rp = (kvrt_xfer_register_params_t){
         .address = n->landing, .length = MAX_PULLS * MAX_PULL_BLOCKS * sizeof(soak_dir_entry_t)};
     if ((st = kvrt_xfer_register(n->agent, &rp, &n->landing_region)) != KVRT_OK)
-        return node_die(n, "kvrt_xfer_register(landing)", st);
-    if (handoff_open(n) != 0)
+        return soak_node_die(n, "kvrt_xfer_register(landing)", st);
+    if (soak_handoff_open(n) != 0)
         return 1;
     soak_msg_peer_t hello = {.type = SOAK_MSG_HELLO, .index = cfg->index};
     size_t len = 0;
@@ -857,9 +686,9 @@ static int open_node(node_t *n)
     kvrt_xfer_region_descriptor(n->dir_region, hello.dir_desc, sizeof(hello.dir_desc), &len);
     hello.dir_desc_len = (uint32_t)len;
     hello.epoch = n->epoch;
-    if (cfg->etcd_endpoint && join_etcd(n, &pp.layout, hello.address) != 0)
+    if (cfg->etcd_endpoint && soak_node_join_etcd(n, &pp.layout, hello.address) != 0)
         return 1;
-    node_send(n, &hello, sizeof(hello));
+    soak_node_send(n, &hello, sizeof(hello));
     return 0;
 }
 
@@ -879,9 +708,9 @@ static void on_message(node_t *n, const uint8_t *buf, size_t len)
         memcpy(&m, buf, sizeof(m));
         n->corrupt_armed = m.armed != 0;
     } else if (type == SOAK_MSG_PREFILL && len >= sizeof(soak_msg_prefill_t)) {
-        handoff_prefill(n, buf, len);
+        soak_handoff_prefill(n, buf, len);
     } else if (type == SOAK_MSG_SNAPSHOT) {
-        ship_snapshot(n);
+        soak_node_ship_snapshot(n);
     } else if (type == SOAK_MSG_FINISH) {
         n->finishing = 1;
     } else {
@@ -892,7 +721,7 @@ static void on_message(node_t *n, const uint8_t *buf, size_t len)
 
 static int busy(node_t *n)
 {
-    if (n->plan || n->num_waiting_admission || handoff_pending(n))
+    if (n->plan || n->num_waiting_admission || soak_handoff_pending(n))
         return 1;
     for (uint32_t i = 0; i < MAX_PULLS; i++)
         if (n->pulls[i].stage != PULL_FREE)
@@ -908,8 +737,8 @@ static int finish(node_t *n)
     soak_msg_report_t rep = {.type = SOAK_MSG_REPORT};
     for (uint32_t i = 0; i < MAX_LIVE; i++)
         rep.unfinished += n->live[i].used;
-    rep.handoffs_left = handoff_pending(n);
-    handoff_close_sends(n);
+    rep.handoffs_left = soak_handoff_pending(n);
+    soak_handoff_close_sends(n);
     for (uint32_t i = 0; i < SOAK_MAX_NODES; i++)
         if (n->peers[i].connected)
             peer_drop(n, &n->peers[i]);
@@ -918,7 +747,7 @@ static int finish(node_t *n)
         kvrt_tier_completion_t done[16];
         uint32_t got = 0;
         kvrt_tier_drain(n->tier, 10000, done, 16, &got);
-        tier_poll(n);
+        soak_tier_poll(n);
     }
     kvrt_xfer_deregister(n->pool_region);
     kvrt_xfer_deregister(n->dir_region);
@@ -935,7 +764,7 @@ static int finish(node_t *n)
     rep.pool_verify = kvrt_pool_verify(n->pool);
     rep.cache_verify = kvrt_cache_verify(n->cache);
     rep.counters = n->c;
-    node_send(n, &rep, sizeof(rep));
+    soak_node_send(n, &rep, sizeof(rep));
     kvrt_cluster_etcd_destroy(n->member);
     kvrt_kv_events_destroy(n->events);
     kvrt_tier_destroy(n->tier);
@@ -960,9 +789,9 @@ int soak_node_main(const soak_node_config_t *cfg)
     *n = (node_t){.cfg = cfg, .cost = sim_cost_model_default(), .rng = cfg->seed};
     if (open_node(n) != 0)
         return 1;
-    double next_stats = node_now_s() + 1.0, finish_by = INFINITY;
+    double next_stats = soak_node_now_s() + 1.0, finish_by = INFINITY;
     for (;;) {
-        double t = node_now_s();
+        double t = soak_node_now_s();
         int wait_ms = n->plan ? (int)ceil((n->busy_until - t) * 1e3) : 2;
         if (wait_ms < 0)
             wait_ms = 0;
@@ -979,7 +808,7 @@ int soak_node_main(const soak_node_config_t *cfg)
                 break;
             on_message(n, n->msg, (size_t)got);
         }
-        t = node_now_s();
+        t = soak_node_now_s();
         if (n->plan && t >= n->busy_until && commit(n) != 0)
             return 1;
         if (!n->plan) {
@@ -988,9 +817,9 @@ int soak_node_main(const soak_node_config_t *cfg)
             if (step(n) != 0)
                 return 1;
         }
-        handoff_progress(n);
-        ship_events(n);
-        tier_poll(n);
+        soak_handoff_progress(n);
+        soak_node_ship_events(n);
+        soak_tier_poll(n);
         if (t >= next_stats) {
             kvrt_sched_stats_t ss;
             kvrt_pool_info_t pi;
@@ -999,7 +828,7 @@ int soak_node_main(const soak_node_config_t *cfg)
             soak_msg_stats_t s = {.type = SOAK_MSG_STATS, .counters = n->c,
                                   .running = ss.running, .waiting = ss.waiting,
                                   .free_blocks = pi.free_blocks + pi.cached_blocks};
-            node_send(n, &s, sizeof(s));
+            soak_node_send(n, &s, sizeof(s));
             next_stats = t + 1.0;
         }
         if (n->finishing && !isfinite(finish_by))

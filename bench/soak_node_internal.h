@@ -116,49 +116,70 @@ typedef struct node {
 /* ---- soak_node.c ---- */
 
 /* Seconds on CLOCK_MONOTONIC; the step clock is this times 1e9. */
-double node_now_s(void);
+double soak_node_now_s(void);
 /* Prints a fatal error; returns 1. */
-int node_die(node_t *n, const char *what, kvrt_status_t st);
+int soak_node_die(node_t *n, const char *what, kvrt_status_t st);
 /* A message to the supervisor; a node whose supervisor is gone exits. */
-void node_send(node_t *n, const void *msg, size_t len);
-soak_verdict_t node_block_check(node_t *n, int32_t block, const kvrt_block_hash_t *h);
+void soak_node_send(node_t *n, const void *msg, size_t len);
+soak_verdict_t soak_node_block_check(node_t *n, int32_t block, const kvrt_block_hash_t *h);
 /* Writes the content of hash h into block (as computing it would). */
-void node_block_fill(node_t *n, int32_t block, const kvrt_block_hash_t *h);
+void soak_node_block_fill(node_t *n, int32_t block, const kvrt_block_hash_t *h);
 /* A block that goes back to the pool unverified loses its header. */
-void node_block_scrub(node_t *n, int32_t block);
+void soak_node_block_scrub(node_t *n, int32_t block);
 /* Flips one byte past a block's header when the corrupter is armed;
  * returns 1 when it did. */
-int node_corrupt_maybe(node_t *n, int32_t block);
+int soak_node_corrupt_maybe(node_t *n, int32_t block);
 /* A free request slot, or NULL. */
-request_t *node_request_slot(node_t *n);
+request_t *soak_node_request_slot(node_t *n);
 /* Copies prompt_len + answer_len tokens (prompt, then the answer the model
  * will emit) and hashes their full blocks. Returns 0 or -1 (no memory). */
-int node_request_init(node_t *n, request_t *r, const int32_t *tokens, uint32_t prompt_len,
+int soak_node_request_init(node_t *n, request_t *r, const int32_t *tokens, uint32_t prompt_len,
                       uint32_t answer_len);
 /* Frees a request without telling the supervisor (prefill jobs). */
-void node_request_free(request_t *r);
+void soak_node_request_free(request_t *r);
 /* Queues request r (used, initialised) for kvrt_seq_add before the next step. */
-void node_admit_later(node_t *n, request_t *r);
+void soak_node_admit_later(node_t *n, request_t *r);
+
+/* ---- soak_node_cluster.c ---- */
+
+/* Registers on etcd under the node's lease (retried for 15 s: etcd may be
+ * down for a moment). Returns 0 or 1 after a message. */
+int soak_node_join_etcd(node_t *n, const kvrt_kv_layout_t *layout, const char *address);
+/* Ships the cache's new KV events to the supervisor. */
+void soak_node_ship_events(node_t *n);
+/* Ships a snapshot of what the cache holds, in pieces. */
+void soak_node_ship_snapshot(node_t *n);
+
+/* ---- soak_node_tier.c ---- */
+
+/* Moves offloads and onloads along; keeps the SSD tier's counters. */
+void soak_tier_poll(node_t *n);
+/* Offers a queued request to kvrt_tier_admit; 1 when an onload started. */
+int soak_tier_onload_start(node_t *n, request_t *r);
+/* Before a step: onloads that landed, their blocks verified. */
+void soak_tier_onloads_landed(node_t *n);
+/* After a step: onloads the scheduler gave up at their deadline. */
+void soak_tier_onloads_given_up(node_t *n);
 
 /* ---- soak_handoff.c ---- */
 
 /* Creates the receiver (decode side) and the sender (prefill side). */
-int handoff_open(node_t *n);
+int soak_handoff_open(node_t *n);
 /* A client request with a prefill node: accepts its hand-off and ships the
  * ticket; returns 0, or -1 when the request is prefilled here instead. */
-int handoff_accept(node_t *n, request_t *r, double now);
+int soak_handoff_accept(node_t *n, request_t *r, double now);
 /* Decode side, every step before kvrt_sched_step: ended hand-offs, their
  * blocks verified. */
-void handoff_poll(node_t *n, double now);
+void soak_handoff_poll(node_t *n, double now);
 /* Prefill side: a PREFILL message (a peer's prompt and ticket). */
-void handoff_prefill(node_t *n, const uint8_t *buf, size_t len);
+void soak_handoff_prefill(node_t *n, const uint8_t *buf, size_t len);
 /* Prefill side: the prefill of job r ended (ev): serve its ticket. */
-void handoff_serve(node_t *n, request_t *r, const kvrt_seq_info_t *ev);
+void soak_handoff_serve(node_t *n, request_t *r, const kvrt_seq_info_t *ev);
 /* Prefill side: sends that completed are ended. */
-void handoff_progress(node_t *n);
+void soak_handoff_progress(node_t *n);
 /* Hand-offs still live or quarantined, and unended sends. */
-uint64_t handoff_pending(node_t *n);
+uint64_t soak_handoff_pending(node_t *n);
 /* At the end: ends every send, destroys the sender. */
-void handoff_close_sends(node_t *n);
+void soak_handoff_close_sends(node_t *n);
 
 #endif /* KVRT_BENCH_SOAK_NODE_INTERNAL_H */
