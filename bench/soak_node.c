@@ -731,12 +731,54 @@ static int busy(node_t *n)
     return s.waiting + s.running + s.ended_undrained > 0;
 }
 
+/* Requests left inside at the end: what the scheduler, pool and tier say,
+ * on stderr, so a stuck node can be understood from the soak's output. */
+static void dump_stuck(node_t *n)
+{
+    kvrt_sched_stats_t ss;
+    kvrt_pool_info_t pi;
+    kvrt_tier_stats_t ts = {0};
+    kvrt_sched_stats(n->sched, &ss);
+    kvrt_pool_info(n->pool, &pi);
+    if (n->tier)
+        kvrt_tier_stats(n->tier, &ts);
+    fprintf(stderr, "kvrt-soak node %u stuck: waiting %llu running %llu awaiting_kv %llu "
+                    "(arrivals %llu, expired %llu, failed %llu) preemptions %llu; pool: %u used "
+                    "%u cached %u free; tier in flight %u; pulls",
+            n->cfg->index, (unsigned long long)ss.waiting, (unsigned long long)ss.running,
+            (unsigned long long)ss.awaiting_kv, (unsigned long long)ss.arrivals,
+            (unsigned long long)ss.arrivals_expired, (unsigned long long)ss.arrivals_failed,
+            (unsigned long long)ss.preemptions, pi.used_blocks, pi.cached_blocks,
+            pi.free_blocks, ts.in_flight);
+    for (uint32_t i = 0; i < MAX_PULLS; i++)
+        if (n->pulls[i].stage != PULL_FREE)
+            fprintf(stderr, " [%u: stage %d peer %u]", i, n->pulls[i].stage, n->pulls[i].peer);
+    fprintf(stderr, "\n");
+    for (uint32_t i = 0, shown = 0; i < MAX_LIVE && shown < 8; i++) {
+        request_t *r = &n->live[i];
+        kvrt_seq_info_t info;
+        const int32_t *blocks = NULL;
+        uint32_t nb = 0;
+        if (!r->used || kvrt_seq_info(n->sched, r->seq, &info) != KVRT_OK)
+            continue;
+        kvrt_seq_blocks(n->sched, r->seq, &blocks, &nb, NULL);
+        fprintf(stderr, "  request %llu (%s): state %d, prompt %u, computed %u, output %u, "
+                        "%u blocks, hand-off %llu, onloading %d\n",
+                (unsigned long long)r->id, r->role == ROLE_PREFILL ? "prefill" : "client",
+                (int)info.state, r->prompt_len, info.computed_tokens, info.output_tokens, nb,
+                (unsigned long long)r->handoff, r->onloading);
+        shown++;
+    }
+}
+
 /* Everything ended: give every resource back and say what was left. */
 static int finish(node_t *n)
 {
     soak_msg_report_t rep = {.type = SOAK_MSG_REPORT};
     for (uint32_t i = 0; i < MAX_LIVE; i++)
         rep.unfinished += n->live[i].used;
+    if (rep.unfinished)
+        dump_stuck(n);
     rep.handoffs_left = soak_handoff_pending(n);
     soak_handoff_close_sends(n);
     for (uint32_t i = 0; i < SOAK_MAX_NODES; i++)
