@@ -66,7 +66,7 @@ typedef struct fault {
     uint32_t turn;
     uint64_t corrupt_base;      /* blocks damaged before a corrupt fault */
     uint64_t ssd_onloads_base;  /* the diskfull victim's SSD onloads at the fault */
-    uint64_t ssd_errors_base;   /* and its SSD write errors and drops */
+    uint64_t ssd_errors_base;   /* and its SSD tier's errors */
     uint32_t generation;        /* the diskfull victim's incarnation */
     /* A kill or stop waiting for a ticket: it strikes strike_node at
      * strike_at, or a random node when no ticket came by strike_until. */

@@ -25,7 +25,7 @@ static void usage(FILE *out)
             "  --time-scale X         trace arrival times are multiplied by X (default 1)\n"
             "  --request-timeout S    a request not ended after S seconds is hung (30)\n"
             "  --transfer-timeout-ms N  every KV transfer's deadline (default 2000)\n"
-            "  --pool-blocks N        KV blocks per node (default 512)\n"
+            "  --pool-blocks N        KV blocks per node (default 512; 4096 with --trace)\n"
             "  --rss-limit-mb N       bound on every node's RSS (default 512)\n"
             "  --loopback             no namespaces, even as root\n"
             "  --no-etcd              no etcd membership, directory or router\n"
@@ -109,7 +109,7 @@ int soak_parse_args(int argc, char **argv, options_t *o)
         {"no-etcd", 0, 0, 'E'}, {"lease-ttl", 1, 0, 'T'}, {"disaggregate", 1, 0, 'D'},
         {"handoff-share", 1, 0, 'H'}, {"handoff-failure", 1, 0, 'F'},
         {"json", 0, 0, 'j'}, {"plot", 1, 0, 'p'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    int c, which = 0, nodes_set = 0;
+    int c, which = 0, nodes_set = 0, pool_set = 0;
     double v = 0;
     while ((c = getopt_long(argc, argv, "", longs, &which)) != -1) {
         const char *name = longs[which].name;
@@ -130,7 +130,11 @@ int soak_parse_args(int argc, char **argv, options_t *o)
         case 'x': bad = parse_number(name, optarg, 1e-6, 1e6, &o->time_scale); break;
         case 'q': bad = parse_number(name, optarg, 1, 3600, &o->request_timeout_s); break;
         case 'm': bad = parse_number(name, optarg, 50, 600000, &v); o->transfer_timeout_ms = (uint32_t)v; break;
-        case 'b': bad = parse_number(name, optarg, 256, 1 << 20, &v); o->pool_blocks = (uint32_t)v; break;
+        case 'b':
+            bad = parse_number(name, optarg, 256, 1 << 20, &v);
+            o->pool_blocks = (uint32_t)v;
+            pool_set = 1;
+            break;
         case 'R': bad = parse_number(name, optarg, 16, 1 << 20, &v); o->rss_limit_mb = (uint64_t)v; break;
         case 'L': o->loopback = 1; break;
         case 'E': o->no_etcd = 1; break;
@@ -161,6 +165,9 @@ int soak_parse_args(int argc, char **argv, options_t *o)
     }
     if (o->prefill_nodes)
         o->nodes = o->prefill_nodes + o->decode_nodes;
+    /* A trace's prompts run to 32K tokens: a pool that holds a few. */
+    if (o->trace && !pool_set)
+        o->pool_blocks = 4096;
     return 0;
 }
 

@@ -115,7 +115,7 @@ static int inject(soak_t *s, soak_fault_kind_t kind, uint32_t node, double *leng
         return soak_cluster_etcd_kill(&s->cluster);
     case SOAK_FAULT_DISKFULL:
         s->fault.ssd_onloads_base = np->last.onload_ssd_blocks;
-        s->fault.ssd_errors_base = np->last.ssd_errors + np->last.ssd_drops;
+        s->fault.ssd_errors_base = np->last.ssd_errors;
         s->fault.generation = np->generation;
         return soak_disk_fill(&s->disk, node);
     default:
@@ -158,8 +158,7 @@ void soak_fault_heal(soak_t *s)
          * while writes fail). */
         if (np->generation == f->generation) {
             s->rep->diskfull_ssd_onloads += np->last.onload_ssd_blocks - f->ssd_onloads_base;
-            s->rep->diskfull_ssd_failures +=
-                np->last.ssd_errors + np->last.ssd_drops - f->ssd_errors_base;
+            s->rep->diskfull_ssd_errors += np->last.ssd_errors - f->ssd_errors_base;
         }
         soak_disk_free(&s->disk, f->node);
         break;

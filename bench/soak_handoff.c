@@ -108,6 +108,7 @@ static void verify_landed(node_t *n, request_t *r, uint32_t first, uint32_t coun
                     v == SOAK_BLOCK_STALE ? "another block" : "corrupt");
         }
     }
+    r->handed_end = first + count;
     if (bad)
         kvrt_seq_abort(n->sched, r->seq);
 }

@@ -127,9 +127,13 @@ static void use_prompt_blocks(node_t *n, request_t *r)
         n->c.blocks_checked++;
         if (v != SOAK_BLOCK_OK) {
             n->c.corrupt_used++;
-            fprintf(stderr, "kvrt-soak node %u: request %llu used %s block %u (pool %d)\n",
+            fprintf(stderr, "kvrt-soak node %u: request %llu (%s) used %s block %u (pool %d); "
+                            "prompt %u, first prefill at %u computed; pulled, handed over, "
+                            "onloaded up to block %u, %u, %u\n",
                     n->cfg->index, (unsigned long long)r->id,
-                    v == SOAK_BLOCK_STALE ? "a wrong" : "a corrupt", b, blocks[b]);
+                    r->role == ROLE_PREFILL ? "prefill" : "client",
+                    v == SOAK_BLOCK_STALE ? "a wrong" : "a corrupt", b, blocks[b], r->prompt_len,
+                    r->first_computed, r->pulled_end, r->handed_end, r->onloaded_end);
         }
         dir_publish(n, &r->hashes[b], blocks[b]);
     }
@@ -166,6 +170,7 @@ int soak_node_request_init(node_t *n, request_t *r, const int32_t *tokens, uint3
         parent = r->hashes[b];
     }
     r->prefill = SOAK_NO_NODE;
+    r->first_computed = UINT32_MAX;
     return 0;
 }
 
@@ -419,6 +424,8 @@ static void pull_land(node_t *n, pull_t *pl)
             break;
     }
     n->c.blocks_pulled += good;
+    if (good)
+        n->live[pl->live].pulled_end = pl->first + good;
     pull_release(n, pl, good);
 }
 
@@ -546,10 +553,12 @@ static int commit(node_t *n)
     const kvrt_batch_plan_t *plan = n->plan;
     uint32_t nt = 0;
     for (uint32_t i = 0; i < plan->num_seqs; i++) {
-        fill_computed_blocks(n, &n->live[plan->seqs[i].user_tag], &plan->seqs[i]);
+        request_t *r = &n->live[plan->seqs[i].user_tag];
+        if (r->first_computed == UINT32_MAX)
+            r->first_computed = plan->seqs[i].num_computed_tokens;
+        fill_computed_blocks(n, r, &plan->seqs[i]);
         if (!plan->seqs[i].sample)
             continue;
-        request_t *r = &n->live[plan->seqs[i].user_tag];
         uint32_t e = r->emitted < r->answer_len ? r->emitted : r->answer_len - 1;
         n->commit_tokens[nt++] = r->tokens[r->prompt_len + e];
     }
@@ -587,6 +596,13 @@ static int step(node_t *n)
         return 1;
     if (plan->num_seqs == 0)
         return 0;
+    /* Copy-on-write of shared blocks, before the step writes (as an engine
+     * runs plan->copies first). */
+    for (uint32_t i = 0; i < plan->num_copies; i++)
+        for (uint32_t p = 0; p < SOAK_LAYERS * 2; p++)
+            memcpy(page_of(n, plan->copies[i].dst_block, p),
+                   page_of(n, plan->copies[i].src_block, p), n->page_bytes);
+    n->c.block_copies += plan->num_copies;
     sim_step_shape_t shape = {0};
     for (uint32_t i = 0; i < plan->num_seqs; i++) {
         const kvrt_plan_seq_t *s = &plan->seqs[i];

@@ -61,6 +61,11 @@ typedef struct request {
      * them from host memory, the rest from SSD. */
     int onloading;
     uint32_t onload_first, onload_count, onload_host;
+    /* Where its blocks came from, for the message when one is wrong: the
+     * end (block index) of what was pulled, handed over and onloaded, and
+     * the computed tokens of its first prefill (cache hits and arrivals);
+     * UINT32_MAX before it. */
+    uint32_t pulled_end, handed_end, onloaded_end, first_computed;
 } request_t;
 
 typedef enum pull_stage { PULL_FREE = 0, PULL_DIR, PULL_BLOCKS } pull_stage_t;

@@ -88,6 +88,7 @@ void soak_tier_onloads_landed(node_t *n)
                 n->c.onload_ssd_blocks++;
             }
         }
+        r->onloaded_end = end;
         if (bad)
             kvrt_seq_abort(n->sched, r->seq);
     }

@@ -131,6 +131,7 @@ typedef struct soak_node_counters {
     uint64_t corrupt_used;       /* blocks that failed verification at use: must stay 0 */
     uint64_t blocks_checked;     /* blocks verified at use */
     uint64_t steps;
+    uint64_t block_copies;       /* the plans' copy-on-write copies, run */
     uint64_t ssd_offloads, ssd_drops, ssd_errors;   /* the SSD tier's */
     /* Onloads through kvrt_tier_admit: admissions that started one, blocks
      * that landed from host memory and from SSD (each verified against its

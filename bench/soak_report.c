@@ -120,12 +120,12 @@ void soak_report_print(const soak_report_t *r, FILE *out)
             (unsigned long long)c->ssd_offloads, (unsigned long long)c->ssd_drops,
             (unsigned long long)c->ssd_errors);
     fprintf(out, "onloads: %llu admissions, %llu blocks from host, %llu from SSD (%llu with "
-                 "the disk full, while %llu SSD writes failed), %llu given up at their "
+                 "the disk full, while it had %llu SSD errors), %llu given up at their "
                  "deadline, %llu bad\n",
             (unsigned long long)c->onloads, (unsigned long long)c->onload_host_blocks,
             (unsigned long long)c->onload_ssd_blocks,
             (unsigned long long)r->diskfull_ssd_onloads,
-            (unsigned long long)r->diskfull_ssd_failures,
+            (unsigned long long)r->diskfull_ssd_errors,
             (unsigned long long)c->onload_timeouts, (unsigned long long)c->onload_bad);
     fprintf(out, "hand-offs: %llu accepted, %llu landed, %llu recomputed, %llu failed; %llu "
                  "blocks verified, %llu bad; %llu tickets relayed (%llu undeliverable); "
@@ -187,7 +187,8 @@ void soak_report_json(const soak_report_t *r, FILE *out)
                  "  \"corrupt_rejected\": %llu,\n  \"corrupt_injected\": %llu,\n"
                  "  \"blocks_verified_at_use\": %llu,\n  \"verify_failures\": %llu,\n"
                  "  \"pulls\": {\"started\": %llu, \"failed\": %llu, \"blocks\": %llu, "
-                 "\"stale\": %llu},\n  \"max_rss_bytes\": %llu,\n  \"rss_limit_bytes\": %llu,\n"
+                 "\"stale\": %llu},\n  \"block_copies\": %llu,\n  \"max_rss_bytes\": %llu,\n"
+                 "  \"rss_limit_bytes\": %llu,\n"
                  "  \"cluster\": {\"routed\": %llu, \"events_applied\": %llu, \"resyncs\": %llu, "
                  "\"directory_checks\": %llu, \"stale_directory_nodes\": %llu},\n"
                  "  \"ssd_tier\": {\"offloads\": %llu, \"drops\": %llu, \"errors\": %llu},\n",
@@ -197,19 +198,20 @@ void soak_report_json(const soak_report_t *r, FILE *out)
             (unsigned long long)c->blocks_checked, (unsigned long long)r->verify_failures,
             (unsigned long long)c->pulls, (unsigned long long)c->pull_failures,
             (unsigned long long)c->blocks_pulled, (unsigned long long)c->blocks_stale,
-            (unsigned long long)r->max_rss_bytes, (unsigned long long)r->rss_limit_bytes,
+            (unsigned long long)c->block_copies, (unsigned long long)r->max_rss_bytes,
+            (unsigned long long)r->rss_limit_bytes,
             (unsigned long long)r->routed, (unsigned long long)r->events_applied,
             (unsigned long long)r->resyncs, (unsigned long long)r->directory_checks,
             (unsigned long long)r->stale_directory_nodes, (unsigned long long)c->ssd_offloads,
             (unsigned long long)c->ssd_drops, (unsigned long long)c->ssd_errors);
     fprintf(out, "  \"onloads\": {\"admissions\": %llu, \"host_blocks\": %llu, "
                  "\"ssd_blocks\": %llu, \"ssd_blocks_disk_full\": %llu, "
-                 "\"ssd_write_failures_disk_full\": %llu, \"timeouts\": %llu, "
+                 "\"ssd_errors_disk_full\": %llu, \"timeouts\": %llu, "
                  "\"bad_blocks\": %llu},\n",
             (unsigned long long)c->onloads, (unsigned long long)c->onload_host_blocks,
             (unsigned long long)c->onload_ssd_blocks,
             (unsigned long long)r->diskfull_ssd_onloads,
-            (unsigned long long)r->diskfull_ssd_failures,
+            (unsigned long long)r->diskfull_ssd_errors,
             (unsigned long long)c->onload_timeouts, (unsigned long long)c->onload_bad);
     fprintf(out, "  \"handoffs\": {\"accepted\": %llu, \"landed\": %llu, \"recomputed\": "
                  "%llu, \"failed\": %llu, \"blocks_verified\": %llu, \"bad_blocks\": %llu, "

@@ -55,7 +55,7 @@ typedef struct soak_report {
      * peers in progress, and hand-offs or sends left at the end. */
     uint64_t tickets_relayed, tickets_dropped, handoff_fault_hits, handoffs_left;
     uint64_t diskfull_ssd_onloads;  /* SSD blocks onloaded on a node with a full disk */
-    uint64_t diskfull_ssd_failures; /* its SSD tier's write errors and drops meanwhile */
+    uint64_t diskfull_ssd_errors;   /* its SSD tier's I/O errors meanwhile */
     uint64_t loss_dropped, loss_delayed;  /* packets the loss fault dropped, queued late */
     soak_bucket_t series[SOAK_SERIES_MAX];
     uint32_t num_buckets;
