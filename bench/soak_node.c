@@ -2,9 +2,11 @@
  * soak_node.c - one kvrt-soak node (soak_node.h).
  *
  * Single-threaded loop: read the supervisor's messages, commit the step in
- * flight once its simulated GPU time has passed, move pulls forward, admit
- * pulled requests, plan the next step. Pulls and admissions happen only
- * between a commit and the next step, never under an uncommitted plan.
+ * flight once its simulated GPU time has passed (writing the blocks it
+ * computed), move pulls forward, admit new requests (hand-off, onload or
+ * pull), end hand-offs and onloads, plan the next step; end prefill sends
+ * that completed. Pulls, hand-offs and admissions happen only between a
+ * commit and the next step, never under an uncommitted plan.
  */
 #include "soak_node.h"
 
