@@ -180,6 +180,15 @@ static uint64_t corrupted(const soak_t *s)
     return n;
 }
 
+/* Some node up now has onloaded from its SSD. */
+static int ssd_onloads_seen(const soak_t *s)
+{
+    for (uint32_t i = 0; i < s->o.nodes; i++)
+        if (s->nodes[i].state == NODE_UP && s->nodes[i].last.onload_ssd_blocks > 0)
+            return 1;
+    return 0;
+}
+
 void soak_fault_tick(soak_t *s, double t)
 {
     fault_t *f = &s->fault;
@@ -204,7 +213,17 @@ void soak_fault_tick(soak_t *s, double t)
     if (f->active || f->num_kinds == 0 || t < f->next_at ||
         t > s->o.duration_s - s->o.fault_length_s - 3.0)
         return;
-    soak_fault_kind_t kind = f->order[f->turn % f->num_kinds];
+    /* A full disk should meet onloads from SSD: while no node has onloaded
+     * from its SSD yet (the first half of the run at most), the next kind
+     * goes first. */
+    uint32_t at = f->turn % f->num_kinds;
+    if (f->order[at] == SOAK_FAULT_DISKFULL && f->num_kinds > 1 && !ssd_onloads_seen(s) &&
+        t < s->o.duration_s * 0.5) {
+        uint32_t next = (f->turn + 1) % f->num_kinds;
+        f->order[at] = f->order[next];
+        f->order[next] = SOAK_FAULT_DISKFULL;
+    }
+    soak_fault_kind_t kind = f->order[at];
     uint32_t node = 0;
     double length = 0;
     if (strikes_handoff(s, kind) && !f->strike_armed) {
