@@ -31,7 +31,7 @@ typedef struct options {
      * mix, where handoff_share of the requests are handed over). */
     uint32_t prefill_nodes, decode_nodes;
     double handoff_share;
-    int handoff_fail;
+    int handoff_fail, handoff_no_expiry;
 } options_t;
 
 typedef enum node_state { NODE_DOWN = 0, NODE_STARTING, NODE_UP, NODE_DONE } node_state_t;

@@ -35,6 +35,7 @@ static void usage(FILE *out)
             "  --handoff-share X      in the mix, the share of requests handed over (0.25)\n"
             "  --handoff-failure F    recompute (default) or fail a request whose hand-off\n"
             "                         failed\n"
+            "  --handoff-no-expiry    prefill nodes serve tickets past their deadline\n"
             "  --json                 the report as JSON on stdout (summary on stderr)\n"
             "  --plot DIR             soak.json and soak.png into DIR\n"
             "Exit status: 0 when every invariant held, 1 when one broke, 2 on a usage or\n"
@@ -108,6 +109,7 @@ int soak_parse_args(int argc, char **argv, options_t *o)
         {"pool-blocks", 1, 0, 'b'}, {"rss-limit-mb", 1, 0, 'R'}, {"loopback", 0, 0, 'L'},
         {"no-etcd", 0, 0, 'E'}, {"lease-ttl", 1, 0, 'T'}, {"disaggregate", 1, 0, 'D'},
         {"handoff-share", 1, 0, 'H'}, {"handoff-failure", 1, 0, 'F'},
+        {"handoff-no-expiry", 0, 0, 'X'},
         {"json", 0, 0, 'j'}, {"plot", 1, 0, 'p'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int c, which = 0, nodes_set = 0, pool_set = 0;
     double v = 0;
@@ -147,6 +149,7 @@ int soak_parse_args(int argc, char **argv, options_t *o)
             if (bad)
                 fprintf(stderr, "kvrt-soak: --handoff-failure is recompute or fail\n");
             break;
+        case 'X': o->handoff_no_expiry = 1; break;
         case 'j': o->json = 1; break;
         case 'p': o->plot_dir = optarg; break;
         case 'h': usage(stdout); exit(0);

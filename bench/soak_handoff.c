@@ -17,7 +17,15 @@
  * when it ends, kvrt_cluster_pull_serve finds its blocks in the prefix
  * cache by content hash, holds them and writes them into the decode
  * node's pool (checksummed); the send is ended once it completes or fails.
+ *
+ * The prefill node drops a job, and cancels a send, whose hand-off is past
+ * its deadline (the ticket's time left, counted from its arrival): kvrt's
+ * ticket does not carry the deadline, and a sender that writes after the
+ * decode node gave the blocks back (deadline + quarantine) writes into
+ * other requests' blocks (docs/soak.md, "What the soak found").
+ * --handoff-no-expiry turns this off, to show that.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +71,8 @@ int soak_handoff_accept(node_t *n, request_t *r, double now)
     n->c.handoffs++;
     r->handoff = h;
     soak_msg_prefill_t m = {.type = SOAK_MSG_TICKET, .node = r->prefill, .id = r->id,
-                            .prompt_len = r->prompt_len};
+                            .prompt_len = r->prompt_len,
+                            .ttl_ms = n->cfg->handoff_expiry ? n->cfg->handoff_timeout_ms : 0};
     size_t head = sizeof(m) + (size_t)r->prompt_len * 4u, len = 0;
     /* A ticket that cannot be written leaves the hand-off to its deadline. */
     if (kvrt_cluster_handoff_ticket(n->recv, h, n->ticket_msg + head, KVRT_HANDOFF_TICKET_MAX,
@@ -174,6 +183,7 @@ void soak_handoff_prefill(node_t *n, const uint8_t *buf, size_t len)
         _exit(5);
     memcpy(r->ticket, buf + sizeof(m) + (size_t)m.prompt_len * 4u, m.ticket_len);
     r->ticket_len = m.ticket_len;
+    r->expires_s = m.ttl_ms ? soak_node_now_s() + m.ttl_ms / 1e3 : INFINITY;
     r->used = 1;
     r->role = ROLE_PREFILL;
     r->id = m.id;
@@ -186,6 +196,10 @@ void soak_handoff_prefill(node_t *n, const uint8_t *buf, size_t len)
 void soak_handoff_serve(node_t *n, request_t *r, const kvrt_seq_info_t *ev)
 {
     kvrt_cluster_handoff_send_t *send = NULL;
+    if (soak_node_now_s() >= r->expires_s) {
+        n->c.prefills_expired++;
+        return;
+    }
     if ((ev->end_reason != KVRT_END_STOP && ev->end_reason != KVRT_END_LENGTH) ||
         n->num_sends == MAX_SENDS ||
         kvrt_cluster_pull_serve(n->sender, n->pool, n->cache, NULL, r->hashes, r->full_blocks,
@@ -193,23 +207,29 @@ void soak_handoff_serve(node_t *n, request_t *r, const kvrt_seq_info_t *ev)
         n->c.prefill_sends_failed++;
         return;
     }
+    n->send_expires_s[n->num_sends] = r->expires_s;
     n->sends[n->num_sends++] = send;
 }
 
 void soak_handoff_progress(node_t *n)
 {
+    double now = soak_node_now_s();
     for (uint32_t i = 0; i < n->num_sends;) {
         kvrt_status_t st = kvrt_cluster_handoff_send_test(n->sends[i]);
-        if (st == KVRT_INPROGRESS) {
+        if (st == KVRT_INPROGRESS && now < n->send_expires_s[i]) {
             i++;
             continue;
         }
         if (st == KVRT_OK)
             n->c.prefill_sends_ok++;
+        else if (st == KVRT_INPROGRESS)
+            n->c.prefills_expired++; /* send_end cancels what is in flight */
         else
             n->c.prefill_sends_failed++;
         kvrt_cluster_handoff_send_end(n->sends[i]);
-        n->sends[i] = n->sends[--n->num_sends];
+        n->num_sends--;
+        n->sends[i] = n->sends[n->num_sends];
+        n->send_expires_s[i] = n->send_expires_s[n->num_sends];
     }
 }
 

@@ -60,12 +60,13 @@ void soak_node_start(soak_t *s, uint32_t i)
     /* The node is this program again (--node), exec'd: the supervisor has
      * threads (kvrt's etcd member), and a forked child may only exec. */
     char spec[512];
-    snprintf(spec, sizeof(spec), "%u,%s:%s,%u,%u,%.6f,%llu,%u,%s,%s,%u,%d", i,
+    snprintf(spec, sizeof(spec), "%u,%s:%s,%u,%u,%.6f,%llu,%u,%s,%s,%u,%d,%d", i,
              s->netns ? s->net.address[i] : "127.0.0.1", s->netns ? "7100" : "0",
              s->o.pool_blocks, s->o.transfer_timeout_ms, s->o.time_scale,
              (unsigned long long)(s->o.seed * 1000003u + i * 7919u + np->generation),
              s->o.lease_ttl_s, s->etcd ? s->cluster.endpoint : "-",
-             s->tiers ? s->disk.dir[i] : "-", s->o.transfer_timeout_ms, s->o.handoff_fail);
+             s->tiers ? s->disk.dir[i] : "-", s->o.transfer_timeout_ms, s->o.handoff_fail,
+             !s->o.handoff_no_expiry);
     char *const argv[] = {s->argv0, "--node", spec, NULL};
     fflush(NULL);
     pid_t pid = fork();
@@ -94,12 +95,12 @@ static int node_process(const char *spec)
 {
     static char listen[128], etcd[128], ssd[128];
     unsigned index = 0, pool = 0, timeout = 0, ttl = 0, handoff_timeout = 0;
-    int handoff_fail = 0;
+    int handoff_fail = 0, handoff_expiry = 1;
     unsigned long long seed = 0;
     double scale = 1;
-    if (sscanf(spec, "%u,%127[^,],%u,%u,%lf,%llu,%u,%127[^,],%127[^,],%u,%d", &index, listen,
+    if (sscanf(spec, "%u,%127[^,],%u,%u,%lf,%llu,%u,%127[^,],%127[^,],%u,%d,%d", &index, listen,
                &pool, &timeout, &scale, &seed, &ttl, etcd, ssd, &handoff_timeout,
-               &handoff_fail) != 11 ||
+               &handoff_fail, &handoff_expiry) != 12 ||
         index >= SOAK_MAX_NODES)
         return 2;
     signal(SIGINT, SIG_IGN);
@@ -110,7 +111,8 @@ static int node_process(const char *spec)
                               .etcd_endpoint = strcmp(etcd, "-") ? etcd : NULL,
                               .ssd_dir = strcmp(ssd, "-") ? ssd : NULL,
                               .handoff_timeout_ms = handoff_timeout,
-                              .handoff_fail = handoff_fail};
+                              .handoff_fail = handoff_fail,
+                              .handoff_expiry = handoff_expiry};
     return soak_node_main(&cfg);
 }
 

@@ -29,6 +29,7 @@ typedef struct soak_node_config {
     uint32_t lease_ttl_s;
     uint32_t handoff_timeout_ms;    /* accept to last block landed */
     int handoff_fail;               /* 1: a failed hand-off aborts; 0: recompute */
+    int handoff_expiry;             /* 1: prefill sends stop at the hand-off's deadline */
 } soak_node_config_t;
 
 /* Runs until FINISH (returns 0 after reporting) or a fatal error (1). */

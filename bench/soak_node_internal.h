@@ -53,9 +53,11 @@ typedef struct request {
     /* Decode side of a hand-off: the prefill node and the hand-off. */
     uint32_t prefill;
     kvrt_handoff_id_t handoff;
-    /* Prefill side: the decode node's ticket. */
+    /* Prefill side: the decode node's ticket, and when its hand-off's
+     * deadline passes (INFINITY: none). */
     uint8_t *ticket;
     uint32_t ticket_len;
+    double expires_s;
     /* An onload through kvrt_tier_admit: blocks [onload_first,
      * onload_first + onload_count) come back, the first onload_host of
      * them from host memory, the rest from SSD. */
@@ -95,6 +97,7 @@ typedef struct node {
     kvrt_cluster_handoff_recv_t *recv;      /* decode side */
     kvrt_cluster_handoff_sender_t *sender;  /* prefill side */
     kvrt_cluster_handoff_send_t *sends[MAX_SENDS];
+    double send_expires_s[MAX_SENDS];
     uint32_t num_sends;
     uint8_t *ticket_msg;                    /* a TICKET message being built */
     soak_msg_events_t *events_msg;

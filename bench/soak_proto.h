@@ -90,6 +90,9 @@ typedef struct soak_msg_prefill {
     uint64_t id;            /* the request's id (for logs only) */
     uint32_t prompt_len;
     uint32_t ticket_len;
+    uint32_t ttl_ms;        /* the hand-off's time left when the ticket left
+                               the decode node; 0: no limit */
+    uint32_t pad;
 } soak_msg_prefill_t;
 
 /* A peer's identity; sent at start and whenever a node (re)starts. */
@@ -146,6 +149,7 @@ typedef struct soak_node_counters {
     /* Prefill side: prompts prefilled for a peer, sends that completed,
      * sends that failed or were given up. */
     uint64_t prefills, prefill_sends_ok, prefill_sends_failed;
+    uint64_t prefills_expired;   /* dropped or canceled at their hand-off's deadline */
 } soak_node_counters_t;
 
 typedef struct soak_msg_stats {

@@ -47,7 +47,8 @@ int soak_report_ok(const soak_report_t *r, FILE *out)
         {r->missing_reports > 0, "every surviving node reported"},
         {r->node_crashes > 0, "no node died unless killed"},
         {r->max_rss_bytes > r->rss_limit_bytes, "every node's RSS within its bound"},
-        {r->stale_directory_nodes > 0, "no directory entry for a dead node after its lease expired"},
+        {r->stale_directory_nodes > 0,
+         "no directory entry for a dead node after its lease expired"},
     };
     int ok = 1;
     for (size_t i = 0; i < sizeof(checks) / sizeof(checks[0]); i++) {
@@ -129,15 +130,15 @@ void soak_report_print(const soak_report_t *r, FILE *out)
             (unsigned long long)c->onload_timeouts, (unsigned long long)c->onload_bad);
     fprintf(out, "hand-offs: %llu accepted, %llu landed, %llu recomputed, %llu failed; %llu "
                  "blocks verified, %llu bad; %llu tickets relayed (%llu undeliverable); "
-                 "prefills %llu, sends %llu ok, %llu failed; %llu kill/stop faults struck a "
-                 "prefill node mid-hand-off\n",
+                 "prefills %llu, sends %llu ok, %llu failed, %llu past their deadline; %llu "
+                 "kill/stop faults struck a prefill node mid-hand-off\n",
             (unsigned long long)c->handoffs, (unsigned long long)c->handoffs_landed,
             (unsigned long long)c->handoffs_recomputed, (unsigned long long)c->handoffs_failed,
             (unsigned long long)c->handoff_blocks, (unsigned long long)c->handoff_bad,
             (unsigned long long)r->tickets_relayed, (unsigned long long)r->tickets_dropped,
             (unsigned long long)c->prefills, (unsigned long long)c->prefill_sends_ok,
             (unsigned long long)c->prefill_sends_failed,
-            (unsigned long long)r->handoff_fault_hits);
+            (unsigned long long)c->prefills_expired, (unsigned long long)r->handoff_fault_hits);
     fprintf(out, "cluster: %llu requests routed by the directory's router, %llu KV events "
                  "applied, %llu resyncs, %llu dead-node directory checks\n",
             (unsigned long long)r->routed, (unsigned long long)r->events_applied,
@@ -216,14 +217,15 @@ void soak_report_json(const soak_report_t *r, FILE *out)
     fprintf(out, "  \"handoffs\": {\"accepted\": %llu, \"landed\": %llu, \"recomputed\": "
                  "%llu, \"failed\": %llu, \"blocks_verified\": %llu, \"bad_blocks\": %llu, "
                  "\"tickets_relayed\": %llu, \"tickets_dropped\": %llu, \"prefills\": %llu, "
-                 "\"sends_ok\": %llu, \"sends_failed\": %llu, \"fault_hits\": %llu, "
+                 "\"sends_ok\": %llu, \"sends_failed\": %llu, \"expired\": %llu, "
+                 "\"fault_hits\": %llu, "
                  "\"left\": %llu},\n",
             (unsigned long long)c->handoffs, (unsigned long long)c->handoffs_landed,
             (unsigned long long)c->handoffs_recomputed, (unsigned long long)c->handoffs_failed,
             (unsigned long long)c->handoff_blocks, (unsigned long long)c->handoff_bad,
             (unsigned long long)r->tickets_relayed, (unsigned long long)r->tickets_dropped,
             (unsigned long long)c->prefills, (unsigned long long)c->prefill_sends_ok,
-            (unsigned long long)c->prefill_sends_failed,
+            (unsigned long long)c->prefill_sends_failed, (unsigned long long)c->prefills_expired,
             (unsigned long long)r->handoff_fault_hits, (unsigned long long)r->handoffs_left);
     window_t w[SOAK_SERIES_MAX / WINDOW_S + 1];
     uint32_t nw = windows(r, w, SOAK_SERIES_MAX / WINDOW_S + 1);
