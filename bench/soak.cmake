@@ -10,8 +10,11 @@ if(KVRT_BUILD_BENCH)
     ${CMAKE_CURRENT_LIST_DIR}/soak_cluster.c
     ${CMAKE_CURRENT_LIST_DIR}/soak_disk.c
     ${CMAKE_CURRENT_LIST_DIR}/soak_faults.c
+    ${CMAKE_CURRENT_LIST_DIR}/soak_handoff.c
     ${CMAKE_CURRENT_LIST_DIR}/soak_netns.c
     ${CMAKE_CURRENT_LIST_DIR}/soak_node.c
+    ${CMAKE_CURRENT_LIST_DIR}/soak_node_cluster.c
+    ${CMAKE_CURRENT_LIST_DIR}/soak_node_tier.c
     ${CMAKE_CURRENT_LIST_DIR}/soak_report.c)
   target_link_libraries(kvrt-soak PRIVATE kvrt_sim_model kvrt_static m)
   target_compile_definitions(kvrt-soak PRIVATE

@@ -27,6 +27,11 @@ typedef struct options {
     uint32_t lease_ttl_s;
     const char *plot_dir, *trace, *plot_script;
     int faults[SOAK_FAULT_KINDS];
+    /* Hand-offs: nodes [0, prefill_nodes) prefill, the rest decode (0: a
+     * mix, where handoff_share of the requests are handed over). */
+    uint32_t prefill_nodes, decode_nodes;
+    double handoff_share;
+    int handoff_fail, handoff_no_expiry;
 } options_t;
 
 typedef enum node_state { NODE_DOWN = 0, NODE_STARTING, NODE_UP, NODE_DONE } node_state_t;
@@ -43,6 +48,7 @@ typedef struct node_proc {
     uint64_t epoch;                 /* KV event epoch of this process */
     uint64_t dead_epoch;            /* of the killed process, until checked */
     double dir_check_at;            /* when its directory entries must be gone */
+    double died_at;                 /* when the killed process was reaped */
 } node_proc_t;
 
 typedef struct record {
@@ -59,6 +65,14 @@ typedef struct fault {
     double heal_at, next_at;
     uint32_t turn;
     uint64_t corrupt_base;      /* blocks damaged before a corrupt fault */
+    uint64_t ssd_onloads_base;  /* the diskfull victim's SSD onloads at the fault */
+    uint64_t ssd_errors_base;   /* and its SSD tier's errors */
+    uint32_t generation;        /* the diskfull victim's incarnation */
+    /* A kill or stop waiting for a ticket: it strikes strike_node at
+     * strike_at, or a random node when no ticket came by strike_until. */
+    int strike_armed;
+    uint32_t strike_node;
+    double strike_at, strike_until;
     soak_fault_kind_t order[SOAK_FAULT_KINDS];
     uint32_t num_kinds;
 } fault_t;
@@ -108,5 +122,7 @@ void soak_send(soak_t *s, uint32_t i, const void *msg, size_t len);
 void soak_fault_plan(soak_t *s);
 void soak_fault_tick(soak_t *s, double t);
 void soak_fault_heal(soak_t *s);
+/* A ticket went to prefill_node: an armed kill or stop strikes it. */
+void soak_fault_ticket_relayed(soak_t *s, uint32_t prefill_node);
 
 #endif /* KVRT_BENCH_SOAK_H */

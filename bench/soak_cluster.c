@@ -40,7 +40,7 @@ static int etcd_spawn(soak_cluster_t *c)
 const char *soak_cluster_start(soak_cluster_t *c, const char *host, unsigned port_base,
                                uint32_t lease_ttl_s)
 {
-    *c = (soak_cluster_t){.lease_ttl_s = lease_ttl_s};
+    *c = (soak_cluster_t){.lease_ttl_s = lease_ttl_s, .serving_since = -1.0};
     if (access("/usr/bin/etcd", X_OK) != 0)
         return "no /usr/bin/etcd (Debian's etcd-server)";
     snprintf(c->etcd_dir, sizeof(c->etcd_dir), "/tmp/kvrt-soak-etcd-XXXXXX");
@@ -109,6 +109,18 @@ void soak_cluster_tick(soak_cluster_t *c, double now)
         return;
     c->next_sync = now + 0.2;
     kvrt_cluster_etcd_sync(c->member, c->dir, NULL, NULL);
+    kvrt_cluster_etcd_stats_t st;
+    int ok = kvrt_cluster_etcd_stats(c->member, &st) == KVRT_OK && st.connected &&
+             st.last_ok_age_ms < 1000;
+    if (!ok)
+        c->serving_since = -1.0;
+    else if (c->serving_since < 0)
+        c->serving_since = now;
+}
+
+double soak_cluster_serving_since(const soak_cluster_t *c)
+{
+    return c->serving_since;
 }
 
 int soak_cluster_events(soak_cluster_t *c, uint32_t node, const soak_msg_events_t *m)

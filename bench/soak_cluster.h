@@ -27,6 +27,7 @@ typedef struct soak_cluster {
     kvrt_cluster_etcd_t *member;     /* the supervisor's own view */
     kvrt_block_hash_t model, root;
     double next_sync;
+    double serving_since;            /* since when etcd answers; < 0: it does not */
     /* per node: waiting for a snapshot, and the one being assembled */
     int awaiting[SOAK_MAX_NODES];
     kvrt_kv_event_t *snap[SOAK_MAX_NODES];
@@ -45,6 +46,10 @@ int soak_cluster_etcd_restart(soak_cluster_t *c);
 
 /* Brings the directory's node set to etcd's view (every 200 ms). */
 void soak_cluster_tick(soak_cluster_t *c, double now);
+
+/* Since when (soak_now seconds) etcd has answered the supervisor without a
+ * break; < 0 while it does not. */
+double soak_cluster_serving_since(const soak_cluster_t *c);
 
 /* A node's KV events or snapshot piece. Returns 1 when the node must be
  * asked for a snapshot (SOAK_MSG_SNAPSHOT). */

@@ -40,7 +40,7 @@ double soak_now(void)
 }
 
 #define MSG_MAX (sizeof(soak_msg_request_t) + (SOAK_MAX_PROMPT + SOAK_MAX_ANSWER) * 4u + \
-                 sizeof(soak_msg_events_t))
+                 sizeof(soak_msg_events_t) + KVRT_HANDOFF_TICKET_MAX)
 
 /* ---- node processes ------------------------------------------------------------ */
 
@@ -60,12 +60,13 @@ void soak_node_start(soak_t *s, uint32_t i)
     /* The node is this program again (--node), exec'd: the supervisor has
      * threads (kvrt's etcd member), and a forked child may only exec. */
     char spec[512];
-    snprintf(spec, sizeof(spec), "%u,%s:%s,%u,%u,%.6f,%llu,%u,%s,%s", i,
+    snprintf(spec, sizeof(spec), "%u,%s:%s,%u,%u,%.6f,%llu,%u,%s,%s,%u,%d,%d", i,
              s->netns ? s->net.address[i] : "127.0.0.1", s->netns ? "7100" : "0",
              s->o.pool_blocks, s->o.transfer_timeout_ms, s->o.time_scale,
              (unsigned long long)(s->o.seed * 1000003u + i * 7919u + np->generation),
              s->o.lease_ttl_s, s->etcd ? s->cluster.endpoint : "-",
-             s->tiers ? s->disk.dir[i] : "-");
+             s->tiers ? s->disk.dir[i] : "-", s->o.transfer_timeout_ms, s->o.handoff_fail,
+             !s->o.handoff_no_expiry);
     char *const argv[] = {s->argv0, "--node", spec, NULL};
     fflush(NULL);
     pid_t pid = fork();
@@ -93,11 +94,13 @@ void soak_node_start(soak_t *s, uint32_t i)
 static int node_process(const char *spec)
 {
     static char listen[128], etcd[128], ssd[128];
-    unsigned index = 0, pool = 0, timeout = 0, ttl = 0;
+    unsigned index = 0, pool = 0, timeout = 0, ttl = 0, handoff_timeout = 0;
+    int handoff_fail = 0, handoff_expiry = 1;
     unsigned long long seed = 0;
     double scale = 1;
-    if (sscanf(spec, "%u,%127[^,],%u,%u,%lf,%llu,%u,%127[^,],%127s", &index, listen, &pool,
-               &timeout, &scale, &seed, &ttl, etcd, ssd) != 9 ||
+    if (sscanf(spec, "%u,%127[^,],%u,%u,%lf,%llu,%u,%127[^,],%127[^,],%u,%d,%d", &index, listen,
+               &pool, &timeout, &scale, &seed, &ttl, etcd, ssd, &handoff_timeout,
+               &handoff_fail, &handoff_expiry) != 12 ||
         index >= SOAK_MAX_NODES)
         return 2;
     signal(SIGINT, SIG_IGN);
@@ -106,7 +109,10 @@ static int node_process(const char *spec)
                               .pool_blocks = pool, .transfer_timeout_ms = timeout,
                               .time_scale = scale, .seed = seed, .lease_ttl_s = ttl,
                               .etcd_endpoint = strcmp(etcd, "-") ? etcd : NULL,
-                              .ssd_dir = strcmp(ssd, "-") ? ssd : NULL};
+                              .ssd_dir = strcmp(ssd, "-") ? ssd : NULL,
+                              .handoff_timeout_ms = handoff_timeout,
+                              .handoff_fail = handoff_fail,
+                              .handoff_expiry = handoff_expiry};
     return soak_node_main(&cfg);
 }
 
@@ -121,20 +127,18 @@ void soak_send(soak_t *s, uint32_t i, const void *msg, size_t len)
         return;
 }
 
+/* Every counter is a uint64_t: they add up field by field. */
+_Static_assert(sizeof(soak_node_counters_t) % sizeof(uint64_t) == 0,
+               "soak_node_counters_t holds uint64_t counters only");
+
 static void counters_add(soak_node_counters_t *sum, const soak_node_counters_t *c)
 {
-    sum->pulls += c->pulls;
-    sum->pull_failures += c->pull_failures;
-    sum->blocks_pulled += c->blocks_pulled;
-    sum->blocks_stale += c->blocks_stale;
-    sum->corrupt_injected += c->corrupt_injected;
-    sum->corrupt_rejected += c->corrupt_rejected;
-    sum->corrupt_used += c->corrupt_used;
-    sum->blocks_checked += c->blocks_checked;
-    sum->steps += c->steps;
-    sum->ssd_offloads += c->ssd_offloads;
-    sum->ssd_drops += c->ssd_drops;
-    sum->ssd_errors += c->ssd_errors;
+    uint64_t a[sizeof(*c) / sizeof(uint64_t)], b[sizeof(*c) / sizeof(uint64_t)];
+    memcpy(a, sum, sizeof(a));
+    memcpy(b, c, sizeof(b));
+    for (size_t k = 0; k < sizeof(a) / sizeof(a[0]); k++)
+        a[k] += b[k];
+    memcpy(sum, a, sizeof(a));
 }
 
 static void record_end(soak_t *s, record_t *r, const soak_msg_end_t *m)
@@ -196,7 +200,8 @@ static void node_lost(soak_t *s, uint32_t i, int status)
         np->restart_at = soak_now() + down_s;
         if (s->etcd && np->killed_on_purpose) {
             np->dead_epoch = np->epoch;
-            np->dir_check_at = soak_now() + s->o.lease_ttl_s + 2.0;
+            np->died_at = soak_now();
+            np->dir_check_at = np->died_at + s->o.lease_ttl_s + 2.0;
         }
         np->generation++;
     }
@@ -229,7 +234,33 @@ static void on_hello(soak_t *s, uint32_t i, const soak_msg_peer_t *m)
     }
 }
 
-static void on_node_message(soak_t *s, uint32_t i, const uint8_t *buf, size_t len)
+/* A decode node's hand-off ticket goes to its prefill node, as a router
+ * would carry it; one that cannot be delivered (the node is down, stopped
+ * with a full socket) is dropped and the hand-off meets its deadline. */
+static void relay_ticket(soak_t *s, uint32_t from, uint8_t *buf, size_t len)
+{
+    soak_msg_prefill_t m;
+    memcpy(&m, buf, sizeof(m));
+    if (m.node >= s->o.nodes || m.node == from ||
+        len != sizeof(m) + (size_t)m.prompt_len * 4u + m.ticket_len) {
+        fprintf(stderr, "kvrt-soak: node %u sent a malformed ticket\n", from);
+        s->rep->node_crashes++;
+        return;
+    }
+    s->rep->tickets_relayed++;
+    uint32_t to = m.node;
+    m.type = SOAK_MSG_PREFILL;
+    m.node = from;
+    memcpy(buf, &m, sizeof(m));
+    node_proc_t *np = &s->nodes[to];
+    if (np->state != NODE_UP ||
+        send(np->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)len)
+        s->rep->tickets_dropped++;
+    else
+        soak_fault_ticket_relayed(s, to);
+}
+
+static void on_node_message(soak_t *s, uint32_t i, uint8_t *buf, size_t len)
 {
     node_proc_t *np = &s->nodes[i];
     uint32_t type = 0;
@@ -270,12 +301,18 @@ static void on_node_message(soak_t *s, uint32_t i, const uint8_t *buf, size_t le
         rep->leaked_registrations += m.registrations;
         rep->outstanding_transfers += m.outstanding;
         rep->unfinished += m.unfinished;
+        rep->handoffs_left += m.handoffs_left;
         rep->verify_failures += (m.pool_verify != KVRT_OK) + (m.cache_verify != KVRT_OK);
-        if (m.used_blocks || m.registrations || m.outstanding || m.pool_verify || m.cache_verify)
+        if (m.used_blocks || m.registrations || m.outstanding || m.pool_verify ||
+            m.cache_verify || m.handoffs_left)
             fprintf(stderr, "kvrt-soak: node %u at the end: %u blocks used, %llu "
-                            "registrations, %llu transfers outstanding, verify %d/%d\n",
+                            "registrations, %llu transfers outstanding, %llu hand-offs, "
+                            "verify %d/%d\n",
                     i, m.used_blocks, (unsigned long long)m.registrations,
-                    (unsigned long long)m.outstanding, m.pool_verify, m.cache_verify);
+                    (unsigned long long)m.outstanding, (unsigned long long)m.handoffs_left,
+                    m.pool_verify, m.cache_verify);
+    } else if (type == SOAK_MSG_TICKET && len >= sizeof(soak_msg_prefill_t)) {
+        relay_ticket(s, i, buf, len);
     } else {
         fprintf(stderr, "kvrt-soak: node %u sent an unknown message (%u, %zu bytes)\n", i, type,
                 len);
@@ -331,6 +368,32 @@ static int pick_node(soak_t *s, uint32_t home)
     return (int)up[sim_rng_below(&s->rng, n)];
 }
 
+/* A node of one role (prefill: 1, decode: 0) that is up: `prefer` when it
+ * is one, else one drawn at random; -1 when none is up. */
+static int pick_role(soak_t *s, int prefill, uint32_t prefer)
+{
+    uint32_t up[SOAK_MAX_NODES], n = 0;
+    for (uint32_t i = 0; i < s->o.nodes; i++)
+        if (s->nodes[i].state == NODE_UP && (i < s->o.prefill_nodes) == (prefill != 0))
+            up[n++] = i;
+    if (n == 0)
+        return -1;
+    for (uint32_t k = 0; k < n; k++)
+        if (up[k] == prefer)
+            return (int)prefer;
+    return (int)up[sim_rng_below(&s->rng, n)];
+}
+
+/* A node that is up other than `not`, or -1. */
+static int pick_other(soak_t *s, uint32_t not)
+{
+    uint32_t up[SOAK_MAX_NODES], n = 0;
+    for (uint32_t i = 0; i < s->o.nodes; i++)
+        if (s->nodes[i].state == NODE_UP && i != not)
+            up[n++] = i;
+    return n ? (int)up[sim_rng_below(&s->rng, n)] : -1;
+}
+
 static void submit_arrivals(soak_t *s, double t)
 {
     int any_up = 0;
@@ -350,10 +413,28 @@ static void submit_arrivals(soak_t *s, double t)
             free(req.answer);
             continue;
         }
-        uint32_t home = home_of(s, &req), routed = 0, source = 0;
+        uint32_t home = home_of(s, &req), routed = 0, source = 0, prefill = SOAK_NO_NODE;
         int target = -1;
-        if (soak_cluster_route(&s->cluster, req.prompt, req.prompt_len, &routed, &source) == 0 &&
-            routed < s->o.nodes && s->nodes[routed].state == NODE_UP) {
+        int have_route =
+            soak_cluster_route(&s->cluster, req.prompt, req.prompt_len, &routed, &source) == 0 &&
+            routed < s->o.nodes && s->nodes[routed].state == NODE_UP;
+        if (s->o.prefill_nodes) {
+            /* Disaggregated: a decode node takes the request, a prefill
+             * node (the router's, when it chose one) computes its prompt. */
+            uint32_t prefer = have_route ? routed : s->o.nodes;
+            target = pick_role(s, 0, prefer);
+            int p = pick_role(s, 1, prefer);
+            prefill = p < 0 ? SOAK_NO_NODE : (uint32_t)p;
+            home = target < 0 ? 0 : (uint32_t)target;
+        } else if (sim_rng_unit(&s->rng) < s->o.handoff_share) {
+            /* The node the prefix belongs to prefills, another decodes. */
+            int p = have_route ? (int)routed : pick_node(s, home);
+            target = p < 0 ? -1 : pick_other(s, (uint32_t)p);
+            prefill = target < 0 ? SOAK_NO_NODE : (uint32_t)p;
+            if (target < 0)
+                target = p;
+            home = target < 0 ? 0 : (uint32_t)target;
+        } else if (have_route) {
             /* The router's choice, or, for a share of the traffic, another
              * node that then pulls the prefix from where the router saw
              * most of it. */
@@ -373,7 +454,8 @@ static void submit_arrivals(soak_t *s, double t)
             continue;
         }
         soak_msg_request_t m = {.type = SOAK_MSG_REQUEST, .home = home, .id = req.id,
-                                .prompt_len = req.prompt_len, .answer_len = req.answer_len};
+                                .prompt_len = req.prompt_len, .answer_len = req.answer_len,
+                                .prefill = prefill};
         memcpy(s->buf, &m, sizeof(m));
         memcpy(s->buf + sizeof(m), req.prompt, req.prompt_len * 4u);
         memcpy(s->buf + sizeof(m) + req.prompt_len * 4u, req.answer, req.answer_len * 4u);
@@ -404,19 +486,30 @@ static void check_hung(soak_t *s, double t)
     }
 }
 
-/* A killed node's lease has expired: the directory must hold nothing of
- * that incarnation any more. */
+/*
+ * A killed node's lease has expired: the directory must hold nothing of
+ * that incarnation any more. A lease runs out on a live etcd only: one
+ * that restarts extends every lease by its TTL from when it serves again,
+ * so the check waits until etcd has answered the supervisor for TTL + 2 s.
+ */
 static void check_directory(soak_t *s)
 {
+    double now = soak_now();
     for (uint32_t i = 0; i < s->o.nodes; i++) {
         node_proc_t *np = &s->nodes[i];
-        if (!np->dead_epoch || soak_now() < np->dir_check_at)
+        if (!np->dead_epoch || now < np->dir_check_at)
             continue;
+        double serving = soak_cluster_serving_since(&s->cluster);
+        if (serving < 0 || now < serving + s->o.lease_ttl_s + 2.0) {
+            np->dir_check_at = now + 0.5;
+            continue;
+        }
         s->rep->directory_checks++;
         if (soak_cluster_holds(&s->cluster, i, np->dead_epoch)) {
             s->rep->stale_directory_nodes++;
-            fprintf(stderr, "kvrt-soak: the directory still holds node %u's entries %.0f s "
-                            "after its death\n", i, s->o.lease_ttl_s + 2.0);
+            fprintf(stderr, "kvrt-soak: the directory still holds node %u's entries %.1f s "
+                            "after its death (etcd serving for %.1f s)\n",
+                    i, now - np->died_at, now - serving);
         }
         np->dead_epoch = 0;
     }
@@ -698,12 +791,19 @@ int main(int argc, char **argv)
     report.rss_limit_bytes = s->o.rss_limit_mb << 20;
     int have_netem = s->netns && soak_net_has_qdisc(&s->net, SOAK_NETEM);
     int have_tbf = s->netns && soak_net_has_qdisc(&s->net, SOAK_SLOW);
+    int have_lossy = s->netns && soak_net_has_lossy(&s->net);
+    if (s->netns && !have_netem)
+        report.why_not[SOAK_FAULT_NETEM] = "tc refuses netem: no sch_netem in this kernel; "
+                                           "'loss' injects loss and reordering instead";
+    if (s->netns && !have_lossy)
+        report.why_not[SOAK_FAULT_LOSS] = "needs nft (Debian's nftables) and sch_htb";
     for (int k = 0; k < SOAK_FAULT_KINDS; k++) {
         report.enabled[k] = s->o.faults[k];
         report.available[k] = k == SOAK_FAULT_KILL || k == SOAK_FAULT_STOP ||
                               k == SOAK_FAULT_CORRUPT || (k == SOAK_FAULT_LINK && s->netns) ||
                               (k == SOAK_FAULT_NETEM && have_netem) ||
                               (k == SOAK_FAULT_SLOW && have_tbf) ||
+                              (k == SOAK_FAULT_LOSS && have_lossy) ||
                               (k == SOAK_FAULT_ETCD && s->etcd) ||
                               (k == SOAK_FAULT_DISKFULL && s->tiers && s->disk.mounted);
     }

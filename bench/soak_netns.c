@@ -10,12 +10,13 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 int soak_sh(const char *fmt, ...)
 {
-    char cmd[512], quiet[600];
+    char cmd[1024], quiet[1100];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(cmd, sizeof(cmd), fmt, ap);
@@ -61,6 +62,7 @@ const char *soak_net_up(soak_net_t *net, uint32_t nodes)
         snprintf(net->address[i], sizeof(net->address[i]), "10.231.%u.%u", sub, i + 10);
         char br_end[32], node_end[32];
         snprintf(br_end, sizeof(br_end), "ks%ub%u", net->tag % 100000u, i);
+        snprintf(net->bridge_if[i], sizeof(net->bridge_if[i]), "%.15s", br_end);
         snprintf(node_end, sizeof(node_end), "ks%un%u", net->tag % 100000u, i);
         if (soak_sh("ip netns add %s", net->node_ns[i]) != 0 ||
             soak_sh("ip link add %s netns %s type veth peer name %s netns %s", node_end,
@@ -111,5 +113,92 @@ int soak_net_has_qdisc(const soak_net_t *net, const char *qdisc)
     if (!net->made || soak_net_qdisc(net, 0, qdisc) != 0)
         return 0;
     soak_net_qdisc(net, 0, NULL);
+    return 1;
+}
+
+/*
+ * Without sch_netem: loss with nftables' random numbers at the ingress of
+ * both ends of the node's veth (so it looks like loss on the wire to both
+ * sides), and reordering by sending LOSSY_REORDER_PCT of the node's
+ * outbound packets through a slow HTB class (skb priority 1:20, set by
+ * nftables): they queue behind and arrive late, delayed and out of order.
+ */
+#define LOSSY_LOSS_PCT 3
+#define LOSSY_REORDER_PCT 10
+#define LOSSY_SLOW_CLASS "20mbit"
+
+/* Sums the "counter packets N" of an nft listing. */
+static uint64_t nft_packets(const char *cmd)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return 0;
+    char line[512];
+    uint64_t sum = 0;
+    while (fgets(line, sizeof(line), p)) {
+        const char *c = strstr(line, "counter packets ");
+        if (c)
+            sum += strtoull(c + strlen("counter packets "), NULL, 10);
+    }
+    pclose(p);
+    return sum;
+}
+
+int soak_net_lossy(const soak_net_t *net, uint32_t node, int on, uint64_t *dropped,
+                   uint64_t *delayed)
+{
+    const char *ns = net->node_ns[node], *br = net->bridge_ns;
+    if (!on && dropped && delayed) {
+        char cmd[256];
+        snprintf(cmd, sizeof(cmd), "ip netns exec %s nft list table netdev kvrtsoak 2>/dev/null",
+                 ns);
+        *dropped = nft_packets(cmd);
+        snprintf(cmd, sizeof(cmd),
+                 "ip netns exec %s nft list table netdev kvrtsoak_n%u 2>/dev/null", br, node);
+        *dropped += nft_packets(cmd);
+        snprintf(cmd, sizeof(cmd), "ip netns exec %s nft list table inet kvrtsoak 2>/dev/null",
+                 ns);
+        *delayed = nft_packets(cmd);
+    }
+    if (!on) {
+        int rc = soak_sh("tc -n %s qdisc del dev eth0 root", ns);
+        rc |= soak_sh("ip netns exec %s nft 'delete table netdev kvrtsoak; "
+                      "delete table inet kvrtsoak'", ns);
+        rc |= soak_sh("ip netns exec %s nft 'delete table netdev kvrtsoak_n%u'", br, node);
+        return rc;
+    }
+    int rc = soak_sh("tc -n %s qdisc replace dev eth0 root handle 1: htb default 10", ns);
+    if (rc == 0)
+        rc = soak_sh("tc -n %s class add dev eth0 parent 1: classid 1:10 htb rate 100gbit", ns);
+    if (rc == 0)
+        rc = soak_sh("tc -n %s class add dev eth0 parent 1: classid 1:20 htb rate %s ceil %s",
+                     ns, LOSSY_SLOW_CLASS, LOSSY_SLOW_CLASS);
+    if (rc == 0)
+        rc = soak_sh("ip netns exec %s nft 'add table netdev kvrtsoak; "
+                     "add chain netdev kvrtsoak in { type filter hook ingress device \"eth0\" "
+                     "priority 0; }; "
+                     "add rule netdev kvrtsoak in numgen random mod 100 < %d counter drop; "
+                     "add table inet kvrtsoak; "
+                     "add chain inet kvrtsoak out { type filter hook output priority 0; }; "
+                     "add rule inet kvrtsoak out oifname \"eth0\" numgen random mod 100 < %d "
+                     "counter meta priority set 1:20'",
+                     ns, LOSSY_LOSS_PCT, LOSSY_REORDER_PCT);
+    if (rc == 0)
+        rc = soak_sh("ip netns exec %s nft 'add table netdev kvrtsoak_n%u; "
+                     "add chain netdev kvrtsoak_n%u in { type filter hook ingress device "
+                     "\"%s\" priority 0; }; "
+                     "add rule netdev kvrtsoak_n%u in numgen random mod 100 < %d counter drop'",
+                     br, node, node, net->bridge_if[node], node, LOSSY_LOSS_PCT);
+    if (rc != 0)
+        soak_net_lossy(net, node, 0, NULL, NULL);
+    return rc;
+}
+
+int soak_net_has_lossy(const soak_net_t *net)
+{
+    if (!net->made || soak_sh("nft --version") != 0 ||
+        soak_net_lossy(net, 0, 1, NULL, NULL) != 0)
+        return 0;
+    soak_net_lossy(net, 0, 0, NULL, NULL);
     return 1;
 }

@@ -20,6 +20,7 @@ typedef struct soak_net {
     char node_ns[SOAK_MAX_NODES][40];
     char node_if[SOAK_MAX_NODES][16];  /* the node's end, inside its namespace */
     char address[SOAK_MAX_NODES][32];  /* the node's address, no port */
+    char bridge_if[SOAK_MAX_NODES][16];  /* the bridge's end of the node's veth */
     char bridge_address[32];
 } soak_net_t;
 
@@ -50,5 +51,17 @@ int soak_net_qdisc(const soak_net_t *net, uint32_t node, const char *qdisc);
 /* 1 when the kernel offers this qdisc (tried on node 0's link, then
  * removed): sch_netem is a module many kernels leave out. */
 int soak_net_has_qdisc(const soak_net_t *net, const char *qdisc);
+
+/* Loss (3% each way) and reordering (10% of the node's outbound packets
+ * delayed behind a 20 Mbit/s HTB class) on the node's link with nftables
+ * and HTB, for kernels without sch_netem; on = 0 removes both, first
+ * writing the packets dropped and delayed to *dropped and *delayed (when
+ * not NULL). Returns 0 or a failing command's status. */
+int soak_net_lossy(const soak_net_t *net, uint32_t node, int on, uint64_t *dropped,
+                   uint64_t *delayed);
+
+/* 1 when nft and HTB are there and the lossy link can be set up (tried on
+ * node 0's link, then removed). */
+int soak_net_has_lossy(const soak_net_t *net);
 
 #endif /* KVRT_BENCH_SOAK_NETNS_H */

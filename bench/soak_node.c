@@ -2,9 +2,11 @@
  * soak_node.c - one kvrt-soak node (soak_node.h).
  *
  * Single-threaded loop: read the supervisor's messages, commit the step in
- * flight once its simulated GPU time has passed, move pulls forward, admit
- * pulled requests, plan the next step. Pulls and admissions happen only
- * between a commit and the next step, never under an uncommitted plan.
+ * flight once its simulated GPU time has passed (writing the blocks it
+ * computed), move pulls forward, admit new requests (hand-off, onload or
+ * pull), end hand-offs and onloads, plan the next step; end prefill sends
+ * that completed. Pulls, hand-offs and admissions happen only between a
+ * commit and the next step, never under an uncommitted plan.
  */
 #include "soak_node.h"
 
@@ -18,97 +20,26 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kvrt/tier.h"
-#include "sim_cost_model.h"
-#include "soak_proto.h"
-
-#define MAX_LIVE 1024u
-#define MAX_PULLS 16u
-#define MAX_PULL_BLOCKS 64u
-#define MSG_MAX (sizeof(soak_msg_request_t) + (SOAK_MAX_PROMPT + SOAK_MAX_ANSWER) * 4u)
+#include "soak_node_internal.h"
 
 /* The agents of a soak share this key (a test deployment's secret). */
 static const uint8_t soak_cluster_key[32] = "kvrt-soak cluster key, 32 bytes";
 
-typedef struct peer {
-    int known, connected, dropping;
-    uint32_t generation, users;
-    soak_msg_peer_t id;
-    kvrt_xfer_peer_t *peer;
-    kvrt_xfer_remote_t *pool_remote, *dir_remote;
-    double retry_at;
-} peer_t;
-
-typedef struct request {
-    int used;
-    uint64_t id;
-    uint32_t home, prompt_len, answer_len, emitted;
-    int32_t *tokens;            /* prompt then answer */
-    double arrival_s, first_s;
-    kvrt_seq_id_t seq;
-} request_t;
-
-typedef enum pull_stage { PULL_FREE = 0, PULL_DIR, PULL_BLOCKS } pull_stage_t;
-
-typedef struct pull {
-    pull_stage_t stage;
-    uint32_t live;              /* request slot */
-    uint32_t peer;
-    uint32_t first, want;       /* table index of the first block to fill; prefix blocks */
-    uint32_t count;             /* blocks the arrival holds */
-    uint32_t found;             /* of those, named by the holder's directory */
-    kvrt_arrival_id_t arrival;
-    kvrt_block_hash_t hashes[MAX_PULL_BLOCKS];
-    int32_t remote_blocks[MAX_PULL_BLOCKS], local_blocks[MAX_PULL_BLOCKS];
-    kvrt_xfer_request_t *xreq;
-} pull_t;
-
-typedef struct node {
-    const soak_node_config_t *cfg;
-    kvrt_ctx_t *ctx;
-    kvrt_pool_t *pool;
-    kvrt_cache_t *cache;
-    kvrt_sched_t *sched;
-    kvrt_xfer_agent_t *agent;
-    kvrt_kv_events_t *events;
-    kvrt_tier_t *tier;
-    kvrt_cluster_etcd_t *member;
-    soak_msg_events_t *events_msg;
-    uint64_t epoch;
-    kvrt_xfer_region_t *pool_region, *dir_region, *landing_region;
-    soak_dir_entry_t *dir;      /* SOAK_DIR_SLOTS, published */
-    soak_dir_entry_t *landing;  /* MAX_PULLS * MAX_PULL_BLOCKS */
-    uint64_t page_bytes;
-    kvrt_block_hash_t root;
-    sim_cost_model_t cost;
-    peer_t peers[SOAK_MAX_NODES];
-    request_t live[MAX_LIVE];
-    pull_t pulls[MAX_PULLS];
-    uint32_t waiting_admission[MAX_LIVE], num_waiting_admission;
-    const kvrt_batch_plan_t *plan;  /* in flight until busy_until */
-    double busy_until;
-    int32_t *commit_tokens;
-    int corrupt_armed, finishing;
-    uint64_t rng;
-    soak_node_counters_t c;
-    uint8_t *msg;
-} node_t;
-
-static double now_s(void)
+double soak_node_now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int die(node_t *n, const char *what, kvrt_status_t st)
+int soak_node_die(node_t *n, const char *what, kvrt_status_t st)
 {
     fprintf(stderr, "kvrt-soak node %u: %s: %s (%s)\n", n->cfg->index, what,
             kvrt_status_str(st), n->ctx ? kvrt_ctx_last_error(n->ctx) : "");
     return 1;
 }
 
-static void send_msg(node_t *n, const void *msg, size_t len)
+void soak_node_send(node_t *n, const void *msg, size_t len)
 {
     /* The supervisor always reads; a failed send means it is gone. */
     if (send(n->cfg->control_fd, msg, len, MSG_NOSIGNAL) != (ssize_t)len)
@@ -124,7 +55,7 @@ static uint8_t *page_of(node_t *n, int32_t block, uint32_t page)
     return a;
 }
 
-static soak_verdict_t block_check(node_t *n, int32_t block, const kvrt_block_hash_t *h)
+soak_verdict_t soak_node_block_check(node_t *n, int32_t block, const kvrt_block_hash_t *h)
 {
     for (uint32_t p = 0; p < SOAK_LAYERS * 2; p++) {
         soak_verdict_t v = soak_payload_check(h, p, page_of(n, block, p), n->page_bytes);
@@ -134,7 +65,7 @@ static soak_verdict_t block_check(node_t *n, int32_t block, const kvrt_block_has
     return SOAK_BLOCK_OK;
 }
 
-static void block_fill(node_t *n, int32_t block, const kvrt_block_hash_t *h)
+void soak_node_block_fill(node_t *n, int32_t block, const kvrt_block_hash_t *h)
 {
     for (uint32_t p = 0; p < SOAK_LAYERS * 2; p++)
         soak_payload_fill(h, p, page_of(n, block, p), n->page_bytes);
@@ -142,7 +73,7 @@ static void block_fill(node_t *n, int32_t block, const kvrt_block_hash_t *h)
 
 /* A block going back to the pool without being cached loses its header, so
  * stale bytes can never pass for a later block of the same content. */
-static void block_scrub(node_t *n, int32_t block)
+void soak_node_block_scrub(node_t *n, int32_t block)
 {
     memset(page_of(n, block, 0), 0, sizeof(kvrt_block_hash_t));
 }
@@ -159,22 +90,32 @@ static void dir_publish(node_t *n, const kvrt_block_hash_t *h, int32_t block)
     e->check = soak_dir_check(h->lo, h->hi, block);
 }
 
-/* Content hashes of the first `count` full blocks of tokens. */
-static void hash_chain(node_t *n, const int32_t *tokens, uint32_t count, kvrt_block_hash_t *out)
+/*
+ * The blocks a step computed: full blocks of the request's tokens (prompt,
+ * then answer) that became complete in [computed, computed + new) get
+ * their content now, before the commit may cache them, so every cached
+ * block holds its content (a later turn's prompt hits the answer's blocks).
+ */
+static void fill_computed_blocks(node_t *n, request_t *r, const kvrt_plan_seq_t *ps)
 {
-    kvrt_block_hash_t parent = n->root;
-    for (uint32_t b = 0; b < count; b++) {
-        kvrt_block_hash(&parent, tokens + (uint64_t)b * SOAK_BLOCK_TOKENS, SOAK_BLOCK_TOKENS,
-                        b * SOAK_BLOCK_TOKENS, NULL, &out[b]);
-        parent = out[b];
+    const int32_t *blocks = NULL;
+    uint32_t nb = 0;
+    if (kvrt_seq_blocks(n->sched, r->seq, &blocks, &nb, NULL) != KVRT_OK)
+        return;
+    uint64_t lo = ps->num_computed_tokens, hi = lo + ps->num_new_tokens;
+    for (uint32_t b = (uint32_t)(lo / SOAK_BLOCK_TOKENS); b < r->total_blocks && b < nb; b++) {
+        if ((uint64_t)(b + 1) * SOAK_BLOCK_TOKENS > hi)
+            break;
+        soak_node_block_fill(n, blocks[b], &r->hashes[b]);
     }
 }
 
 /*
  * The moment attention would read a request's prompt KV (its first token):
- * blocks that came from the cache or a peer must hold their content
- * (corrupt_used counts those that do not); blocks this request computed are
- * written now and published for peers.
+ * every full prompt block, computed here, found in the cache, pulled,
+ * onloaded or handed over, must hold its content (corrupt_used counts
+ * those that do not: a wrong block is as bad as a damaged one). Then they
+ * are published for peers.
  */
 static void use_prompt_blocks(node_t *n, request_t *r)
 {
@@ -182,27 +123,65 @@ static void use_prompt_blocks(node_t *n, request_t *r)
     uint32_t nb = 0, ntok = 0;
     if (kvrt_seq_blocks(n->sched, r->seq, &blocks, &nb, &ntok) != KVRT_OK)
         return;
-    uint32_t full = r->prompt_len / SOAK_BLOCK_TOKENS;
-    if (full > nb)
-        full = nb;
-    kvrt_block_hash_t parent = n->root, h;
+    uint32_t full = r->full_blocks < nb ? r->full_blocks : nb;
     for (uint32_t b = 0; b < full; b++) {
-        kvrt_block_hash(&parent, r->tokens + (uint64_t)b * SOAK_BLOCK_TOKENS,
-                        SOAK_BLOCK_TOKENS, b * SOAK_BLOCK_TOKENS, NULL, &h);
-        parent = h;
-        soak_verdict_t v = block_check(n, blocks[b], &h);
-        if (v == SOAK_BLOCK_STALE) {
-            block_fill(n, blocks[b], &h);
-        } else {
-            n->c.blocks_checked++;
-            if (v == SOAK_BLOCK_CORRUPT) {
-                n->c.corrupt_used++;
-                fprintf(stderr, "kvrt-soak node %u: request %llu used corrupt block %d\n",
-                        n->cfg->index, (unsigned long long)r->id, blocks[b]);
-            }
+        soak_verdict_t v = soak_node_block_check(n, blocks[b], &r->hashes[b]);
+        n->c.blocks_checked++;
+        if (v != SOAK_BLOCK_OK) {
+            n->c.corrupt_used++;
+            fprintf(stderr, "kvrt-soak node %u: request %llu (%s) used %s block %u (pool %d); "
+                            "prompt %u, first prefill at %u computed; pulled, handed over, "
+                            "onloaded up to block %u, %u, %u\n",
+                    n->cfg->index, (unsigned long long)r->id,
+                    r->role == ROLE_PREFILL ? "prefill" : "client",
+                    v == SOAK_BLOCK_STALE ? "a wrong" : "a corrupt", b, blocks[b], r->prompt_len,
+                    r->first_computed, r->pulled_end, r->handed_end, r->onloaded_end);
         }
-        dir_publish(n, &h, blocks[b]);
+        dir_publish(n, &r->hashes[b], blocks[b]);
     }
+}
+
+/* ---- request slots -------------------------------------------------------------- */
+
+request_t *soak_node_request_slot(node_t *n)
+{
+    for (uint32_t i = 0; i < MAX_LIVE; i++)
+        if (!n->live[i].used)
+            return &n->live[i];
+    return NULL;
+}
+
+/* Copies the prompt and the answer (the tokens the model will emit) and
+ * hashes their full blocks. Returns 0 or -1 (no memory). */
+int soak_node_request_init(node_t *n, request_t *r, const int32_t *tokens, uint32_t prompt_len,
+                      uint32_t answer_len)
+{
+    r->prompt_len = prompt_len;
+    r->answer_len = answer_len;
+    r->full_blocks = prompt_len / SOAK_BLOCK_TOKENS;
+    r->total_blocks = (prompt_len + answer_len) / SOAK_BLOCK_TOKENS;
+    r->tokens = malloc(((size_t)prompt_len + answer_len) * 4u);
+    r->hashes = malloc(((size_t)r->total_blocks + 1) * sizeof(kvrt_block_hash_t));
+    if (!r->tokens || !r->hashes)
+        return -1;
+    memcpy(r->tokens, tokens, ((size_t)prompt_len + answer_len) * 4u);
+    kvrt_block_hash_t parent = n->root;
+    for (uint32_t b = 0; b < r->total_blocks; b++) {
+        kvrt_block_hash(&parent, r->tokens + (uint64_t)b * SOAK_BLOCK_TOKENS, SOAK_BLOCK_TOKENS,
+                        b * SOAK_BLOCK_TOKENS, NULL, &r->hashes[b]);
+        parent = r->hashes[b];
+    }
+    r->prefill = SOAK_NO_NODE;
+    r->first_computed = UINT32_MAX;
+    return 0;
+}
+
+void soak_node_request_free(request_t *r)
+{
+    free(r->tokens);
+    free(r->hashes);
+    free(r->ticket);
+    *r = (request_t){0};
 }
 
 /* ---- peers ---------------------------------------------------------------------- */
@@ -219,7 +198,7 @@ static void peer_drop(node_t *n, peer_t *p)
     p->peer = NULL;
     p->connected = 0;
     p->dropping = 0;
-    p->retry_at = now_s() + 0.5;
+    p->retry_at = soak_node_now_s() + 0.5;
     (void)n;
 }
 
@@ -242,9 +221,9 @@ static peer_t *peer_ready(node_t *n, uint32_t index)
             p->dropping = 1;
         return NULL;
     }
-    if (now_s() < p->retry_at)
+    if (soak_node_now_s() < p->retry_at)
         return NULL;
-    p->retry_at = now_s() + 1.0;
+    p->retry_at = soak_node_now_s() + 1.0;
     if (kvrt_xfer_connect(n->agent, p->id.address, 500, &p->peer) != KVRT_OK) {
         p->peer = NULL;
         return NULL;
@@ -289,9 +268,8 @@ static void request_end(node_t *n, request_t *r, uint32_t reason, kvrt_status_t 
                         .status = status, .prompt_len = r->prompt_len,
                         .cached_tokens = cached, .output_tokens = output,
                         .ttft_ms = r->first_s > 0 ? (r->first_s - r->arrival_s) * 1e3 : -1.0};
-    send_msg(n, &m, sizeof(m));
-    free(r->tokens);
-    *r = (request_t){0};
+    soak_node_send(n, &m, sizeof(m));
+    soak_node_request_free(r);
 }
 
 /*
@@ -302,10 +280,10 @@ static void request_end(node_t *n, request_t *r, uint32_t reason, kvrt_status_t 
 static void pull_release(node_t *n, pull_t *pl, uint32_t landed)
 {
     for (uint32_t k = landed; k < pl->count; k++)
-        block_scrub(n, pl->local_blocks[k]);
+        soak_node_block_scrub(n, pl->local_blocks[k]);
     kvrt_status_t st = kvrt_arrival_complete(n->sched, pl->arrival, landed);
     if (st != KVRT_OK)
-        die(n, "kvrt_arrival_complete", st);
+        soak_node_die(n, "kvrt_arrival_complete", st);
     if (pl->xreq)
         kvrt_xfer_request_release(pl->xreq);
     pl->xreq = NULL;
@@ -338,7 +316,8 @@ static void pull_start(node_t *n, uint32_t slot)
         return;
     kvrt_arrival_params_t ap = {
         .field_mask = KVRT_ARRIVAL_PARAM_DEADLINE, .num_tokens = want * SOAK_BLOCK_TOKENS,
-        .deadline_ns = (uint64_t)((now_s() + 2.0 * n->cfg->transfer_timeout_ms / 1e3) * 1e9)};
+        .deadline_ns =
+            (uint64_t)((soak_node_now_s() + 2.0 * n->cfg->transfer_timeout_ms / 1e3) * 1e9)};
     uint32_t first = 0, count = 0;
     const int32_t *blocks = NULL;
     if (kvrt_seq_await_kv(n->sched, r->seq, &ap, &pl->arrival, &first, &count) != KVRT_OK)
@@ -357,7 +336,6 @@ static void pull_start(node_t *n, uint32_t slot)
     }
     memcpy(pl->local_blocks, blocks + first, count * sizeof(int32_t));
     pl->want = first + count;
-    hash_chain(n, r->tokens, pl->want, pl->hashes);
     uint32_t idx = (uint32_t)(pl - n->pulls);
     kvrt_xfer_op_t ops[MAX_PULL_BLOCKS];
     for (uint32_t k = 0; k < count; k++)
@@ -366,7 +344,7 @@ static void pull_start(node_t *n, uint32_t slot)
             .local_offset = ((uint64_t)idx * MAX_PULL_BLOCKS + k) * sizeof(soak_dir_entry_t),
             .remote = p->dir_remote,
             .remote_offset =
-                (pl->hashes[first + k].lo % SOAK_DIR_SLOTS) * sizeof(soak_dir_entry_t),
+                (r->hashes[first + k].lo % SOAK_DIR_SLOTS) * sizeof(soak_dir_entry_t),
             .length = sizeof(soak_dir_entry_t)};
     kvrt_xfer_post_params_t pp = {.field_mask = KVRT_XFER_POST_PARAM_TIMEOUT,
                                   .timeout_ms = n->cfg->transfer_timeout_ms};
@@ -387,8 +365,9 @@ static void pull_blocks(node_t *n, pull_t *pl)
     uint32_t found = 0;
     for (uint32_t k = 0; k < pl->count; k++) {
         const soak_dir_entry_t *e = &n->landing[(uint64_t)idx * MAX_PULL_BLOCKS + k];
-        const kvrt_block_hash_t *h = &pl->hashes[pl->first + k];
-        if (e->lo != h->lo || e->hi != h->hi || e->check != soak_dir_check(e->lo, e->hi, e->block) ||
+        const kvrt_block_hash_t *h = &n->live[pl->live].hashes[pl->first + k];
+        if (e->lo != h->lo || e->hi != h->hi ||
+            e->check != soak_dir_check(e->lo, e->hi, e->block) ||
             e->block <= 0 || e->block >= (int64_t)n->cfg->pool_blocks)
             break;
         pl->remote_blocks[found++] = (int32_t)e->block;
@@ -415,30 +394,30 @@ static void pull_blocks(node_t *n, pull_t *pl)
 }
 
 /*
- * The test-only corrupter on the receive path: while armed, every pull
- * that lands has one byte past a block's header flipped before the node
- * verifies it, as a damaged delivery would.
+ * The test-only corrupter on the receive path: while armed, every pull or
+ * hand-off that lands has one byte past a block's header flipped before
+ * the node verifies it, as a damaged delivery would.
  */
-static void corrupt_on_arrival(node_t *n, pull_t *pl)
+int soak_node_corrupt_maybe(node_t *n, int32_t block)
 {
     if (!n->corrupt_armed)
-        return;
-    uint32_t k = (uint32_t)(soak_splitmix(&n->rng) % pl->found);
+        return 0;
     uint32_t page = (uint32_t)(soak_splitmix(&n->rng) % (SOAK_LAYERS * 2));
     uint64_t off = sizeof(kvrt_block_hash_t) +
                    soak_splitmix(&n->rng) % (n->page_bytes - sizeof(kvrt_block_hash_t));
-    page_of(n, pl->local_blocks[k], page)[off] ^= 0x5a;
+    page_of(n, block, page)[off] ^= 0x5a;
     n->c.corrupt_injected++;
+    return 1;
 }
 
 /* The blocks landed: the verified leading ones count as computed. */
 static void pull_land(node_t *n, pull_t *pl)
 {
-    corrupt_on_arrival(n, pl);
+    soak_node_corrupt_maybe(n, pl->local_blocks[soak_splitmix(&n->rng) % pl->found]);
     uint32_t good = 0;
     for (; good < pl->found; good++) {
-        soak_verdict_t v =
-            block_check(n, pl->local_blocks[good], &pl->hashes[pl->first + good]);
+        soak_verdict_t v = soak_node_block_check(n, pl->local_blocks[good],
+                                            &n->live[pl->live].hashes[pl->first + good]);
         if (v == SOAK_BLOCK_STALE)
             n->c.blocks_stale++;
         if (v == SOAK_BLOCK_CORRUPT)
@@ -447,6 +426,8 @@ static void pull_land(node_t *n, pull_t *pl)
             break;
     }
     n->c.blocks_pulled += good;
+    if (good)
+        n->live[pl->live].pulled_end = pl->first + good;
     pull_release(n, pl, good);
 }
 
@@ -470,13 +451,21 @@ static void pulls_progress(node_t *n)
     }
 }
 
+/* ---- admission -------------------------------------------------------------------- */
+
 static void admit_later(node_t *n, uint32_t slot)
 {
     n->waiting_admission[n->num_waiting_admission++] = slot;
 }
 
+/*
+ * A new request gets its prefix, in this order, from a prefill node's
+ * hand-off, from this node's tiers, or from its home node's pool; what
+ * none of them brings is computed here.
+ */
 static void admit(node_t *n)
 {
+    double now = soak_node_now_s();
     for (uint32_t i = 0; i < n->num_waiting_admission; i++) {
         uint32_t slot = n->waiting_admission[i];
         request_t *r = &n->live[slot];
@@ -484,9 +473,18 @@ static void admit(node_t *n)
                                 .prompt = r->tokens, .prompt_len = r->prompt_len,
                                 .max_new_tokens = r->answer_len, .user_tag = slot};
         kvrt_status_t st = kvrt_seq_add(n->sched, &sp, &r->seq);
-        if (st != KVRT_OK)
-            request_end(n, r, KVRT_END_FAILED, st, 0, 0);
-        else if (r->home != n->cfg->index)
+        if (st != KVRT_OK) {
+            if (r->role == ROLE_PREFILL)
+                soak_node_request_free(r); /* the decode node's hand-off times out */
+            else
+                request_end(n, r, KVRT_END_FAILED, st, 0, 0);
+            continue;
+        }
+        if (r->prefill != SOAK_NO_NODE && soak_handoff_accept(n, r, now) == 0)
+            continue;
+        if (soak_tier_onload_start(n, r))
+            continue;
+        if (r->role == ROLE_CLIENT && r->home != n->cfg->index)
             pull_start(n, slot);
     }
     n->num_waiting_admission = 0;
@@ -502,22 +500,27 @@ static void on_request(node_t *n, const uint8_t *buf, size_t len)
         fprintf(stderr, "kvrt-soak node %u: malformed request\n", n->cfg->index);
         _exit(4);
     }
-    uint32_t slot = 0;
-    while (slot < MAX_LIVE && n->live[slot].used)
-        slot++;
-    request_t tmp = {.id = m.id, .prompt_len = m.prompt_len};
-    if (slot == MAX_LIVE || n->finishing) {
+    request_t *r = soak_node_request_slot(n);
+    if (!r || n->finishing) {
+        request_t tmp = {.id = m.id, .prompt_len = m.prompt_len};
         request_end(n, &tmp, KVRT_END_FAILED, KVRT_ERR_REQUEST_LIMIT, 0, 0);
         return;
     }
-    request_t *r = &n->live[slot];
-    *r = (request_t){.used = 1, .id = m.id, .home = m.home, .prompt_len = m.prompt_len,
-                     .answer_len = m.answer_len, .arrival_s = now_s()};
-    r->tokens = malloc(((size_t)m.prompt_len + m.answer_len) * 4u);
-    if (!r->tokens)
+    const int32_t *tokens = (const int32_t *)(const void *)(buf + sizeof(m));
+    if (soak_node_request_init(n, r, tokens, m.prompt_len, m.answer_len) != 0)
         _exit(5);
-    memcpy(r->tokens, buf + sizeof(m), ((size_t)m.prompt_len + m.answer_len) * 4u);
-    admit_later(n, slot);
+    r->used = 1;
+    r->role = ROLE_CLIENT;
+    r->id = m.id;
+    r->home = m.home;
+    r->prefill = m.prefill == n->cfg->index ? SOAK_NO_NODE : m.prefill;
+    r->arrival_s = soak_node_now_s();
+    admit_later(n, (uint32_t)(r - n->live));
+}
+
+void soak_node_admit_later(node_t *n, request_t *r)
+{
+    admit_later(n, (uint32_t)(r - n->live));
 }
 
 /* ---- steps ------------------------------------------------------------------------ */
@@ -529,12 +532,18 @@ static int drain(node_t *n)
         uint32_t got = 0;
         kvrt_status_t st = kvrt_sched_drain_ended(n->sched, ev, 64, &got);
         if (st != KVRT_OK)
-            return die(n, "kvrt_sched_drain_ended", st);
+            return soak_node_die(n, "kvrt_sched_drain_ended", st);
         for (uint32_t i = 0; i < got; i++) {
             if (ev[i].user_tag >= MAX_LIVE || !n->live[ev[i].user_tag].used)
-                return die(n, "end event of an unknown request", KVRT_ERR_INTERNAL);
-            request_end(n, &n->live[ev[i].user_tag], ev[i].end_reason, ev[i].status,
-                        ev[i].cached_tokens, ev[i].output_tokens);
+                return soak_node_die(n, "end event of an unknown request", KVRT_ERR_INTERNAL);
+            request_t *r = &n->live[ev[i].user_tag];
+            if (r->role == ROLE_PREFILL) {
+                soak_handoff_serve(n, r, &ev[i]);
+                soak_node_request_free(r);
+            } else {
+                request_end(n, r, ev[i].end_reason, ev[i].status, ev[i].cached_tokens,
+                            ev[i].output_tokens);
+            }
         }
         if (got < 64)
             return 0;
@@ -546,9 +555,12 @@ static int commit(node_t *n)
     const kvrt_batch_plan_t *plan = n->plan;
     uint32_t nt = 0;
     for (uint32_t i = 0; i < plan->num_seqs; i++) {
+        request_t *r = &n->live[plan->seqs[i].user_tag];
+        if (r->first_computed == UINT32_MAX)
+            r->first_computed = plan->seqs[i].num_computed_tokens;
+        fill_computed_blocks(n, r, &plan->seqs[i]);
         if (!plan->seqs[i].sample)
             continue;
-        request_t *r = &n->live[plan->seqs[i].user_tag];
         uint32_t e = r->emitted < r->answer_len ? r->emitted : r->answer_len - 1;
         n->commit_tokens[nt++] = r->tokens[r->prompt_len + e];
     }
@@ -556,8 +568,8 @@ static int commit(node_t *n)
                        .tokens = n->commit_tokens};
     kvrt_status_t st = kvrt_sched_commit(n->sched, &c);
     if (st != KVRT_OK)
-        return die(n, "kvrt_sched_commit", st);
-    double t = now_s();
+        return soak_node_die(n, "kvrt_sched_commit", st);
+    double t = soak_node_now_s();
     for (uint32_t i = 0; i < plan->num_seqs; i++) {
         if (!plan->seqs[i].sample)
             continue;
@@ -575,14 +587,24 @@ static int commit(node_t *n)
 static int step(node_t *n)
 {
     const kvrt_batch_plan_t *plan = NULL;
-    double t = now_s();
+    double t = soak_node_now_s();
+    soak_handoff_poll(n, t);
+    soak_tier_onloads_landed(n);
     kvrt_status_t st = kvrt_sched_step(n->sched, (uint64_t)(t * 1e9), &plan);
     if (st != KVRT_OK)
-        return die(n, "kvrt_sched_step", st);
+        return soak_node_die(n, "kvrt_sched_step", st);
+    soak_tier_onloads_given_up(n);
     if (drain(n) != 0)
         return 1;
     if (plan->num_seqs == 0)
         return 0;
+    /* Copy-on-write of shared blocks, before the step writes (as an engine
+     * runs plan->copies first). */
+    for (uint32_t i = 0; i < plan->num_copies; i++)
+        for (uint32_t p = 0; p < SOAK_LAYERS * 2; p++)
+            memcpy(page_of(n, plan->copies[i].dst_block, p),
+                   page_of(n, plan->copies[i].src_block, p), n->page_bytes);
+    n->c.block_copies += plan->num_copies;
     sim_step_shape_t shape = {0};
     for (uint32_t i = 0; i < plan->num_seqs; i++) {
         const kvrt_plan_seq_t *s = &plan->seqs[i];
@@ -596,97 +618,6 @@ static int step(node_t *n)
     return 0;
 }
 
-/* ---- tiers ---------------------------------------------------------------------------- */
-
-/* Moves offloads along (the soak does not onload yet: no ticket is ever
- * reported) and keeps the SSD tier's counters. */
-static void tier_poll(node_t *n)
-{
-    if (!n->tier)
-        return;
-    kvrt_tier_completion_t done[16];
-    uint32_t got = 0;
-    kvrt_tier_poll(n->tier, done, 16, &got);
-    kvrt_tier_stats_t ts;
-    if (kvrt_tier_stats(n->tier, &ts) == KVRT_OK) {
-        n->c.ssd_offloads = ts.ssd.offloads;
-        n->c.ssd_drops = ts.ssd.drops;
-        n->c.ssd_errors = ts.ssd.errors;
-    }
-}
-
-/* ---- the cluster: membership and KV events ------------------------------------------ */
-
-/* Registers on etcd under a lease of lease_ttl_s; etcd may be down for a
- * moment (its own fault), so the first registration is retried for 15 s. */
-static int join_etcd(node_t *n, const kvrt_kv_layout_t *layout, const char *address)
-{
-    kvrt_cluster_etcd_params_t ep = {
-        .field_mask = KVRT_ETCD_PARAM_ENDPOINT | KVRT_ETCD_PARAM_ADDRESS |
-                      KVRT_ETCD_PARAM_LEASE_TTL | KVRT_ETCD_PARAM_POLL_MS |
-                      KVRT_ETCD_PARAM_TIMEOUT_MS | KVRT_ETCD_PARAM_MAX_BACKOFF_MS,
-        .node_id = n->cfg->index + 1u, .epoch = n->epoch, .endpoint = n->cfg->etcd_endpoint,
-        .address = address, .lease_ttl_s = n->cfg->lease_ttl_s, .poll_ms = 250,
-        .timeout_ms = 500, .max_backoff_ms = 1000};
-    kvrt_status_t st = kvrt_model_fingerprint("kvrt-soak/model", layout, &ep.model);
-    double give_up = now_s() + 15.0;
-    while (st == KVRT_OK) {
-        st = kvrt_cluster_etcd_create(n->ctx, &ep, &n->member);
-        if (st != KVRT_ERR_COORDINATOR || now_s() > give_up)
-            break;
-        usleep(200 * 1000);
-    }
-    return st == KVRT_OK ? 0 : die(n, "kvrt_cluster_etcd_create", st);
-}
-
-/* Ships the cache's new KV events to the supervisor's directory. */
-static void ship_events(node_t *n)
-{
-    soak_msg_events_t *m = n->events_msg;
-    for (int k = 0; k < 16; k++) {
-        uint32_t got = 0;
-        if (kvrt_kv_events_take(n->events, m->events, SOAK_EVENTS_PER_MSG, &got, &m->epoch) !=
-                KVRT_OK ||
-            got == 0)
-            return;
-        m->type = SOAK_MSG_EVENTS;
-        m->count = got;
-        m->snapshot = 0;
-        send_msg(n, m, offsetof(soak_msg_events_t, events) + got * sizeof(kvrt_kv_event_t));
-    }
-}
-
-/* The directory lost track of this node: everything the cache holds now,
- * in pieces. Events already shipped with larger ids follow it. */
-static void ship_snapshot(node_t *n)
-{
-    ship_events(n);
-    uint32_t need = 0;
-    uint64_t last = 0;
-    kvrt_kv_events_snapshot(n->events, NULL, 0, &need, &last);
-    kvrt_kv_event_t *all = malloc(((size_t)need + 1) * sizeof(*all));
-    if (!all || kvrt_kv_events_snapshot(n->events, all, need + 1, &need, &last) != KVRT_OK) {
-        free(all);
-        return;
-    }
-    soak_msg_events_t *m = n->events_msg;
-    uint32_t off = 0;
-    do {
-        uint32_t c = need - off < SOAK_EVENTS_PER_MSG ? need - off : SOAK_EVENTS_PER_MSG;
-        m->type = SOAK_MSG_EVENTS;
-        m->snapshot = 1;
-        m->epoch = n->epoch;
-        m->total = need;
-        m->offset = off;
-        m->count = c;
-        m->last_event_id = last;
-        memcpy(m->events, all + off, c * sizeof(*all));
-        send_msg(n, m, offsetof(soak_msg_events_t, events) + c * sizeof(kvrt_kv_event_t));
-        off += c;
-    } while (off < need);
-    free(all);
-}
-
 /* ---- setup, messages, finish --------------------------------------------------------- */
 
 static int open_node(node_t *n)
@@ -695,19 +626,19 @@ static int open_node(node_t *n)
     kvrt_ctx_params_t cp = {.field_mask = KVRT_CTX_PARAM_LOG_LEVEL, .log_level = KVRT_LOG_ERROR};
     kvrt_status_t st = kvrt_ctx_create(&cp, &n->ctx);
     if (st != KVRT_OK)
-        return die(n, "kvrt_ctx_create", st);
+        return soak_node_die(n, "kvrt_ctx_create", st);
     kvrt_pool_params_t pp = {.layout = {.num_layers = SOAK_LAYERS, .num_kv_heads = SOAK_KV_HEADS,
                                         .head_dim = SOAK_HEAD_DIM,
                                         .tokens_per_block = SOAK_BLOCK_TOKENS},
                              .num_blocks = cfg->pool_blocks};
     if ((st = kvrt_pool_create(n->ctx, &pp, &n->pool)) != KVRT_OK)
-        return die(n, "kvrt_pool_create", st);
+        return soak_node_die(n, "kvrt_pool_create", st);
     kvrt_cache_params_t cap = {.field_mask = KVRT_CACHE_PARAM_FINGERPRINT};
     if ((st = kvrt_model_fingerprint("kvrt-soak/model", &pp.layout,
                                      &cap.model_fingerprint)) != KVRT_OK ||
         (st = kvrt_cache_create(n->pool, &cap, &n->cache)) != KVRT_OK ||
         (st = kvrt_cache_root(n->cache, &n->root)) != KVRT_OK)
-        return die(n, "kvrt_cache_create", st);
+        return soak_node_die(n, "kvrt_cache_create", st);
     /* Evicted blocks go to host DRAM, then to an SSD file on the node's
      * own small file system (the diskfull fault fills it). */
     kvrt_tier_params_t tp = {.field_mask = KVRT_TIER_PARAM_HOST_BLOCKS | KVRT_TIER_PARAM_SSD |
@@ -715,18 +646,18 @@ static int open_node(node_t *n)
                              .host_blocks = 256, .ssd_blocks = 1024, .ssd_dir = cfg->ssd_dir,
                              .flags = KVRT_TIER_SSD_BUFFERED};
     if (cfg->ssd_dir && (st = kvrt_tier_create(n->cache, &tp, &n->tier)) != KVRT_OK)
-        return die(n, "kvrt_tier_create", st);
+        return soak_node_die(n, "kvrt_tier_create", st);
     if ((st = kvrt_kv_events_create(n->ctx, NULL, &n->events)) != KVRT_OK ||
         (st = kvrt_kv_events_attach(n->events, n->cache, KVRT_KV_TIER_GPU)) != KVRT_OK ||
         (st = kvrt_kv_events_epoch(n->events, &n->epoch, NULL)) != KVRT_OK)
-        return die(n, "kvrt_kv_events", st);
+        return soak_node_die(n, "kvrt_kv_events", st);
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
                                             KVRT_SCHED_PARAM_MAX_SEQS |
                                             KVRT_SCHED_PARAM_MAX_REQUESTS,
                               .max_batch_tokens = 4096, .max_seqs = 64,
                               .max_requests = MAX_LIVE};
     if ((st = kvrt_sched_create(n->ctx, n->pool, n->cache, &sp, &n->sched)) != KVRT_OK)
-        return die(n, "kvrt_sched_create", st);
+        return soak_node_die(n, "kvrt_sched_create", st);
     kvrt_pool_info_t info;
     kvrt_pool_info(n->pool, &info);
     n->page_bytes = info.block_bytes / (SOAK_LAYERS * 2);
@@ -738,30 +669,33 @@ static int open_node(node_t *n)
         .default_timeout_ms = cfg->transfer_timeout_ms,
         .reconnect_initial_ms = 50, .reconnect_max_ms = 500, .reconnect_attempts = 4};
     if ((st = kvrt_xfer_agent_create(n->ctx, &ap, &n->agent)) != KVRT_OK)
-        return die(n, "kvrt_xfer_agent_create", st);
+        return soak_node_die(n, "kvrt_xfer_agent_create", st);
     n->dir = aligned_alloc(4096, SOAK_DIR_SLOTS * sizeof(soak_dir_entry_t));
     n->landing = aligned_alloc(4096, MAX_PULLS * MAX_PULL_BLOCKS * sizeof(soak_dir_entry_t));
     n->commit_tokens = malloc(sizeof(int32_t) * 64);
     n->msg = malloc(MSG_MAX);
     n->events_msg = malloc(sizeof(*n->events_msg));
     if (!n->dir || !n->landing || !n->commit_tokens || !n->msg || !n->events_msg)
-        return die(n, "allocation", KVRT_ERR_NO_MEMORY);
+        return soak_node_die(n, "allocation", KVRT_ERR_NO_MEMORY);
     memset(n->dir, 0, SOAK_DIR_SLOTS * sizeof(soak_dir_entry_t));
     kvrt_xfer_register_params_t rp = {.field_mask = KVRT_XFER_REGISTER_PARAM_POOL |
                                                     KVRT_XFER_REGISTER_PARAM_ACCESS,
-                                      .access = KVRT_XFER_REMOTE_READ, .pool = n->pool};
+                                      .access = KVRT_XFER_REMOTE_READ | KVRT_XFER_REMOTE_WRITE,
+                                      .pool = n->pool};
     if ((st = kvrt_xfer_register(n->agent, &rp, &n->pool_region)) != KVRT_OK)
-        return die(n, "kvrt_xfer_register(pool)", st);
+        return soak_node_die(n, "kvrt_xfer_register(pool)", st);
     rp = (kvrt_xfer_register_params_t){.field_mask = KVRT_XFER_REGISTER_PARAM_ACCESS,
                                        .address = n->dir,
                                        .length = SOAK_DIR_SLOTS * sizeof(soak_dir_entry_t),
                                        .access = KVRT_XFER_REMOTE_READ};
     if ((st = kvrt_xfer_register(n->agent, &rp, &n->dir_region)) != KVRT_OK)
-        return die(n, "kvrt_xfer_register(directory)", st);
+        return soak_node_die(n, "kvrt_xfer_register(directory)", st);
     rp = (kvrt_xfer_register_params_t){
         .address = n->landing, .length = MAX_PULLS * MAX_PULL_BLOCKS * sizeof(soak_dir_entry_t)};
     if ((st = kvrt_xfer_register(n->agent, &rp, &n->landing_region)) != KVRT_OK)
-        return die(n, "kvrt_xfer_register(landing)", st);
+        return soak_node_die(n, "kvrt_xfer_register(landing)", st);
+    if (soak_handoff_open(n) != 0)
+        return 1;
     soak_msg_peer_t hello = {.type = SOAK_MSG_HELLO, .index = cfg->index};
     size_t len = 0;
     kvrt_xfer_agent_address(n->agent, hello.address, sizeof(hello.address));
@@ -770,9 +704,9 @@ static int open_node(node_t *n)
     kvrt_xfer_region_descriptor(n->dir_region, hello.dir_desc, sizeof(hello.dir_desc), &len);
     hello.dir_desc_len = (uint32_t)len;
     hello.epoch = n->epoch;
-    if (cfg->etcd_endpoint && join_etcd(n, &pp.layout, hello.address) != 0)
+    if (cfg->etcd_endpoint && soak_node_join_etcd(n, &pp.layout, hello.address) != 0)
         return 1;
-    send_msg(n, &hello, sizeof(hello));
+    soak_node_send(n, &hello, sizeof(hello));
     return 0;
 }
 
@@ -791,8 +725,10 @@ static void on_message(node_t *n, const uint8_t *buf, size_t len)
         soak_msg_corrupt_t m;
         memcpy(&m, buf, sizeof(m));
         n->corrupt_armed = m.armed != 0;
+    } else if (type == SOAK_MSG_PREFILL && len >= sizeof(soak_msg_prefill_t)) {
+        soak_handoff_prefill(n, buf, len);
     } else if (type == SOAK_MSG_SNAPSHOT) {
-        ship_snapshot(n);
+        soak_node_ship_snapshot(n);
     } else if (type == SOAK_MSG_FINISH) {
         n->finishing = 1;
     } else {
@@ -801,9 +737,9 @@ static void on_message(node_t *n, const uint8_t *buf, size_t len)
     }
 }
 
-static int busy(const node_t *n)
+static int busy(node_t *n)
 {
-    if (n->plan || n->num_waiting_admission)
+    if (n->plan || n->num_waiting_admission || soak_handoff_pending(n))
         return 1;
     for (uint32_t i = 0; i < MAX_PULLS; i++)
         if (n->pulls[i].stage != PULL_FREE)
@@ -813,12 +749,56 @@ static int busy(const node_t *n)
     return s.waiting + s.running + s.ended_undrained > 0;
 }
 
+/* Requests left inside at the end: what the scheduler, pool and tier say,
+ * on stderr, so a stuck node can be understood from the soak's output. */
+static void dump_stuck(node_t *n)
+{
+    kvrt_sched_stats_t ss;
+    kvrt_pool_info_t pi;
+    kvrt_tier_stats_t ts = {0};
+    kvrt_sched_stats(n->sched, &ss);
+    kvrt_pool_info(n->pool, &pi);
+    if (n->tier)
+        kvrt_tier_stats(n->tier, &ts);
+    fprintf(stderr, "kvrt-soak node %u stuck: waiting %llu running %llu awaiting_kv %llu "
+                    "(arrivals %llu, expired %llu, failed %llu) preemptions %llu; pool: %u used "
+                    "%u cached %u free; tier in flight %u; pulls",
+            n->cfg->index, (unsigned long long)ss.waiting, (unsigned long long)ss.running,
+            (unsigned long long)ss.awaiting_kv, (unsigned long long)ss.arrivals,
+            (unsigned long long)ss.arrivals_expired, (unsigned long long)ss.arrivals_failed,
+            (unsigned long long)ss.preemptions, pi.used_blocks, pi.cached_blocks,
+            pi.free_blocks, ts.in_flight);
+    for (uint32_t i = 0; i < MAX_PULLS; i++)
+        if (n->pulls[i].stage != PULL_FREE)
+            fprintf(stderr, " [%u: stage %d peer %u]", i, n->pulls[i].stage, n->pulls[i].peer);
+    fprintf(stderr, "\n");
+    for (uint32_t i = 0, shown = 0; i < MAX_LIVE && shown < 8; i++) {
+        request_t *r = &n->live[i];
+        kvrt_seq_info_t info;
+        const int32_t *blocks = NULL;
+        uint32_t nb = 0;
+        if (!r->used || kvrt_seq_info(n->sched, r->seq, &info) != KVRT_OK)
+            continue;
+        kvrt_seq_blocks(n->sched, r->seq, &blocks, &nb, NULL);
+        fprintf(stderr, "  request %llu (%s): state %d, prompt %u, computed %u, output %u, "
+                        "%u blocks, hand-off %llu, onloading %d\n",
+                (unsigned long long)r->id, r->role == ROLE_PREFILL ? "prefill" : "client",
+                (int)info.state, r->prompt_len, info.computed_tokens, info.output_tokens, nb,
+                (unsigned long long)r->handoff, r->onloading);
+        shown++;
+    }
+}
+
 /* Everything ended: give every resource back and say what was left. */
 static int finish(node_t *n)
 {
     soak_msg_report_t rep = {.type = SOAK_MSG_REPORT};
     for (uint32_t i = 0; i < MAX_LIVE; i++)
         rep.unfinished += n->live[i].used;
+    if (rep.unfinished)
+        dump_stuck(n);
+    rep.handoffs_left = soak_handoff_pending(n);
+    soak_handoff_close_sends(n);
     for (uint32_t i = 0; i < SOAK_MAX_NODES; i++)
         if (n->peers[i].connected)
             peer_drop(n, &n->peers[i]);
@@ -827,7 +807,7 @@ static int finish(node_t *n)
         kvrt_tier_completion_t done[16];
         uint32_t got = 0;
         kvrt_tier_drain(n->tier, 10000, done, 16, &got);
-        tier_poll(n);
+        soak_tier_poll(n);
     }
     kvrt_xfer_deregister(n->pool_region);
     kvrt_xfer_deregister(n->dir_region);
@@ -844,11 +824,13 @@ static int finish(node_t *n)
     rep.pool_verify = kvrt_pool_verify(n->pool);
     rep.cache_verify = kvrt_cache_verify(n->cache);
     rep.counters = n->c;
-    send_msg(n, &rep, sizeof(rep));
+    soak_node_send(n, &rep, sizeof(rep));
     kvrt_cluster_etcd_destroy(n->member);
     kvrt_kv_events_destroy(n->events);
     kvrt_tier_destroy(n->tier);
     kvrt_xfer_agent_destroy(n->agent);
+    /* After the agent: no peer writes into the pool any more. */
+    kvrt_cluster_handoff_recv_destroy(n->recv);
     kvrt_sched_destroy(n->sched);
     kvrt_cache_destroy(n->cache);
     kvrt_ctx_destroy(n->ctx);
@@ -867,9 +849,9 @@ int soak_node_main(const soak_node_config_t *cfg)
     *n = (node_t){.cfg = cfg, .cost = sim_cost_model_default(), .rng = cfg->seed};
     if (open_node(n) != 0)
         return 1;
-    double next_stats = now_s() + 1.0, finish_by = INFINITY;
+    double next_stats = soak_node_now_s() + 1.0, finish_by = INFINITY;
     for (;;) {
-        double t = now_s();
+        double t = soak_node_now_s();
         int wait_ms = n->plan ? (int)ceil((n->busy_until - t) * 1e3) : 2;
         if (wait_ms < 0)
             wait_ms = 0;
@@ -886,7 +868,7 @@ int soak_node_main(const soak_node_config_t *cfg)
                 break;
             on_message(n, n->msg, (size_t)got);
         }
-        t = now_s();
+        t = soak_node_now_s();
         if (n->plan && t >= n->busy_until && commit(n) != 0)
             return 1;
         if (!n->plan) {
@@ -895,8 +877,9 @@ int soak_node_main(const soak_node_config_t *cfg)
             if (step(n) != 0)
                 return 1;
         }
-        ship_events(n);
-        tier_poll(n);
+        soak_handoff_progress(n);
+        soak_node_ship_events(n);
+        soak_tier_poll(n);
         if (t >= next_stats) {
             kvrt_sched_stats_t ss;
             kvrt_pool_info_t pi;
@@ -905,7 +888,7 @@ int soak_node_main(const soak_node_config_t *cfg)
             soak_msg_stats_t s = {.type = SOAK_MSG_STATS, .counters = n->c,
                                   .running = ss.running, .waiting = ss.waiting,
                                   .free_blocks = pi.free_blocks + pi.cached_blocks};
-            send_msg(n, &s, sizeof(s));
+            soak_node_send(n, &s, sizeof(s));
             next_stats = t + 1.0;
         }
         if (n->finishing && !isfinite(finish_by))

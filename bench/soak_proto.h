@@ -40,13 +40,18 @@ typedef enum soak_msg_type {
     SOAK_MSG_CORRUPT = 3,   /* arms or disarms the receive-path corrupter */
     SOAK_MSG_FINISH = 4,    /* no more requests: drain, check, report, exit */
     SOAK_MSG_SNAPSHOT = 5,  /* send a snapshot of what the cache holds */
+    SOAK_MSG_PREFILL = 6,   /* prefill a prompt and hand its KV over (a ticket) */
     /* node -> supervisor */
     SOAK_MSG_HELLO = 16,
     SOAK_MSG_END = 17,
     SOAK_MSG_STATS = 18,
     SOAK_MSG_REPORT = 19,
     SOAK_MSG_EVENTS = 20,   /* KV events, or a piece of a snapshot */
+    SOAK_MSG_TICKET = 21,   /* a hand-off's ticket, for the prefill node `node` */
 } soak_msg_type_t;
+
+/* No prefill node: the receiving node prefills the request itself. */
+#define SOAK_NO_NODE UINT32_MAX
 
 #define SOAK_EVENTS_PER_MSG 1024u
 
@@ -71,7 +76,24 @@ typedef struct soak_msg_request {
     uint64_t id;
     uint32_t prompt_len;
     uint32_t answer_len;    /* the tokens the simulated model emits */
+    uint32_t prefill;       /* node that prefills it and hands the KV over;
+                               SOAK_NO_NODE: none */
+    uint32_t pad;
 } soak_msg_request_t;
+
+/* A prefill/decode hand-off: the decode node sends TICKET (node = the
+ * prefill node), the supervisor relays it as PREFILL (node = the decode
+ * node). prompt_len int32 tokens, then ticket_len ticket bytes follow. */
+typedef struct soak_msg_prefill {
+    uint32_t type;
+    uint32_t node;
+    uint64_t id;            /* the request's id (for logs only) */
+    uint32_t prompt_len;
+    uint32_t ticket_len;
+    uint32_t ttl_ms;        /* the hand-off's time left when the ticket left
+                               the decode node; 0: no limit */
+    uint32_t pad;
+} soak_msg_prefill_t;
 
 /* A peer's identity; sent at start and whenever a node (re)starts. */
 typedef struct soak_msg_peer {
@@ -112,7 +134,22 @@ typedef struct soak_node_counters {
     uint64_t corrupt_used;       /* blocks that failed verification at use: must stay 0 */
     uint64_t blocks_checked;     /* blocks verified at use */
     uint64_t steps;
+    uint64_t block_copies;       /* the plans' copy-on-write copies, run */
     uint64_t ssd_offloads, ssd_drops, ssd_errors;   /* the SSD tier's */
+    /* Onloads through kvrt_tier_admit: admissions that started one, blocks
+     * that landed from host memory and from SSD (each verified against its
+     * content), admissions the scheduler gave up at their deadline, and
+     * onloaded blocks that did not verify (must stay 0). */
+    uint64_t onloads, onload_host_blocks, onload_ssd_blocks, onload_timeouts, onload_bad;
+    /* Hand-offs, decode side: accepted, landed, recomputed, failed (request
+     * aborted), blocks landed and verified, landed blocks that did not
+     * verify (must stay 0 unless the corrupter damaged them). */
+    uint64_t handoffs, handoffs_landed, handoffs_recomputed, handoffs_failed;
+    uint64_t handoff_blocks, handoff_bad;
+    /* Prefill side: prompts prefilled for a peer, sends that completed,
+     * sends that failed or were given up. */
+    uint64_t prefills, prefill_sends_ok, prefill_sends_failed;
+    uint64_t prefills_expired;   /* dropped or canceled at their hand-off's deadline */
 } soak_node_counters_t;
 
 typedef struct soak_msg_stats {
@@ -133,6 +170,7 @@ typedef struct soak_msg_report {
     uint64_t registrations;      /* xfer regions left after deregistering */
     uint64_t outstanding;        /* transfer requests not completed */
     uint64_t unfinished;         /* requests still in the scheduler */
+    uint64_t handoffs_left;      /* live or quarantined hand-offs, unended sends */
     soak_node_counters_t counters;
 } soak_msg_report_t;
 

@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 const char *const soak_fault_names[SOAK_FAULT_KINDS] = {
-    "kill", "link", "netem", "slow", "corrupt", "diskfull", "etcd", "stop"};
+    "kill", "link", "netem", "slow", "corrupt", "diskfull", "etcd", "stop", "loss"};
 
 /* Seconds per window of the time series in --json and the plots. */
 #define WINDOW_S 10u
@@ -36,6 +36,9 @@ int soak_report_ok(const soak_report_t *r, FILE *out)
         {r->ended_twice > 0, "no request ended twice"},
         {r->hung > 0, "no request outlived its timeout"},
         {r->counters.corrupt_used > 0, "no corrupt KV used"},
+        {r->counters.handoff_bad > 0, "every handed-over block held its content"},
+        {r->counters.onload_bad > 0, "every onloaded block held its content"},
+        {r->handoffs_left > 0, "no hand-off or send left at the end"},
         {r->leaked_blocks > 0, "no blocks in use at the end (apart from the caches)"},
         {r->leaked_registrations > 0, "no transfer registrations at the end"},
         {r->outstanding_transfers > 0, "no outstanding transfers at the end"},
@@ -44,7 +47,8 @@ int soak_report_ok(const soak_report_t *r, FILE *out)
         {r->missing_reports > 0, "every surviving node reported"},
         {r->node_crashes > 0, "no node died unless killed"},
         {r->max_rss_bytes > r->rss_limit_bytes, "every node's RSS within its bound"},
-        {r->stale_directory_nodes > 0, "no directory entry for a dead node after its lease expired"},
+        {r->stale_directory_nodes > 0,
+         "no directory entry for a dead node after its lease expired"},
     };
     int ok = 1;
     for (size_t i = 0; i < sizeof(checks) / sizeof(checks[0]); i++) {
@@ -94,13 +98,18 @@ void soak_report_print(const soak_report_t *r, FILE *out)
             (unsigned long long)r->hung);
     fprintf(out, "faults:");
     for (int k = 0; k < SOAK_FAULT_KINDS; k++) {
-        if (!r->available[k])
+        if (!r->available[k] && r->why_not[k])
+            fprintf(out, " %s=not available (%s)", soak_fault_names[k], r->why_not[k]);
+        else if (!r->available[k])
             fprintf(out, " %s=not available", soak_fault_names[k]);
         else if (!r->enabled[k])
             fprintf(out, " %s=off", soak_fault_names[k]);
         else
             fprintf(out, " %s=%llu", soak_fault_names[k], (unsigned long long)r->faults[k]);
     }
+    if (r->faults[SOAK_FAULT_LOSS])
+        fprintf(out, " (loss: %llu packets dropped, %llu delayed and reordered)",
+                (unsigned long long)r->loss_dropped, (unsigned long long)r->loss_delayed);
     const soak_node_counters_t *c = &r->counters;
     fprintf(out, "\npulls: %llu (%llu failed), %llu blocks pulled, %llu stale; corrupt "
                  "blocks: %llu injected, %llu rejected, %llu used; %llu blocks verified at use\n",
@@ -111,6 +120,25 @@ void soak_report_print(const soak_report_t *r, FILE *out)
     fprintf(out, "SSD tier: %llu blocks offloaded, %llu dropped, %llu errors\n",
             (unsigned long long)c->ssd_offloads, (unsigned long long)c->ssd_drops,
             (unsigned long long)c->ssd_errors);
+    fprintf(out, "onloads: %llu admissions, %llu blocks from host, %llu from SSD (%llu with "
+                 "the disk full, while it had %llu SSD errors), %llu given up at their "
+                 "deadline, %llu bad\n",
+            (unsigned long long)c->onloads, (unsigned long long)c->onload_host_blocks,
+            (unsigned long long)c->onload_ssd_blocks,
+            (unsigned long long)r->diskfull_ssd_onloads,
+            (unsigned long long)r->diskfull_ssd_errors,
+            (unsigned long long)c->onload_timeouts, (unsigned long long)c->onload_bad);
+    fprintf(out, "hand-offs: %llu accepted, %llu landed, %llu recomputed, %llu failed; %llu "
+                 "blocks verified, %llu bad; %llu tickets relayed (%llu undeliverable); "
+                 "prefills %llu, sends %llu ok, %llu failed, %llu past their deadline; %llu "
+                 "kill/stop faults struck a prefill node mid-hand-off\n",
+            (unsigned long long)c->handoffs, (unsigned long long)c->handoffs_landed,
+            (unsigned long long)c->handoffs_recomputed, (unsigned long long)c->handoffs_failed,
+            (unsigned long long)c->handoff_blocks, (unsigned long long)c->handoff_bad,
+            (unsigned long long)r->tickets_relayed, (unsigned long long)r->tickets_dropped,
+            (unsigned long long)c->prefills, (unsigned long long)c->prefill_sends_ok,
+            (unsigned long long)c->prefill_sends_failed,
+            (unsigned long long)c->prefills_expired, (unsigned long long)r->handoff_fault_hits);
     fprintf(out, "cluster: %llu requests routed by the directory's router, %llu KV events "
                  "applied, %llu resyncs, %llu dead-node directory checks\n",
             (unsigned long long)r->routed, (unsigned long long)r->events_applied,
@@ -146,12 +174,22 @@ void soak_report_json(const soak_report_t *r, FILE *out)
         else
             fprintf(out, "\"not available\"");
     }
+    fprintf(out, "},\n  \"faults_not_available\": {");
+    for (int k = 0, first = 1; k < SOAK_FAULT_KINDS; k++)
+        if (!r->available[k]) {
+            fprintf(out, "%s\"%s\": \"%s\"", first ? "" : ", ", soak_fault_names[k],
+                    r->why_not[k] ? r->why_not[k] : "");
+            first = 0;
+        }
+    fprintf(out, "},\n  \"loss\": {\"packets_dropped\": %llu, \"packets_delayed\": %llu",
+            (unsigned long long)r->loss_dropped, (unsigned long long)r->loss_delayed);
     fprintf(out, "},\n  \"leaked_blocks\": %llu,\n  \"leaked_registrations\": %llu,\n"
                  "  \"outstanding_transfers\": %llu,\n  \"corrupt_deliveries\": %llu,\n"
                  "  \"corrupt_rejected\": %llu,\n  \"corrupt_injected\": %llu,\n"
                  "  \"blocks_verified_at_use\": %llu,\n  \"verify_failures\": %llu,\n"
                  "  \"pulls\": {\"started\": %llu, \"failed\": %llu, \"blocks\": %llu, "
-                 "\"stale\": %llu},\n  \"max_rss_bytes\": %llu,\n  \"rss_limit_bytes\": %llu,\n"
+                 "\"stale\": %llu},\n  \"block_copies\": %llu,\n  \"max_rss_bytes\": %llu,\n"
+                 "  \"rss_limit_bytes\": %llu,\n"
                  "  \"cluster\": {\"routed\": %llu, \"events_applied\": %llu, \"resyncs\": %llu, "
                  "\"directory_checks\": %llu, \"stale_directory_nodes\": %llu},\n"
                  "  \"ssd_tier\": {\"offloads\": %llu, \"drops\": %llu, \"errors\": %llu},\n",
@@ -161,11 +199,34 @@ void soak_report_json(const soak_report_t *r, FILE *out)
             (unsigned long long)c->blocks_checked, (unsigned long long)r->verify_failures,
             (unsigned long long)c->pulls, (unsigned long long)c->pull_failures,
             (unsigned long long)c->blocks_pulled, (unsigned long long)c->blocks_stale,
-            (unsigned long long)r->max_rss_bytes, (unsigned long long)r->rss_limit_bytes,
+            (unsigned long long)c->block_copies, (unsigned long long)r->max_rss_bytes,
+            (unsigned long long)r->rss_limit_bytes,
             (unsigned long long)r->routed, (unsigned long long)r->events_applied,
             (unsigned long long)r->resyncs, (unsigned long long)r->directory_checks,
             (unsigned long long)r->stale_directory_nodes, (unsigned long long)c->ssd_offloads,
             (unsigned long long)c->ssd_drops, (unsigned long long)c->ssd_errors);
+    fprintf(out, "  \"onloads\": {\"admissions\": %llu, \"host_blocks\": %llu, "
+                 "\"ssd_blocks\": %llu, \"ssd_blocks_disk_full\": %llu, "
+                 "\"ssd_errors_disk_full\": %llu, \"timeouts\": %llu, "
+                 "\"bad_blocks\": %llu},\n",
+            (unsigned long long)c->onloads, (unsigned long long)c->onload_host_blocks,
+            (unsigned long long)c->onload_ssd_blocks,
+            (unsigned long long)r->diskfull_ssd_onloads,
+            (unsigned long long)r->diskfull_ssd_errors,
+            (unsigned long long)c->onload_timeouts, (unsigned long long)c->onload_bad);
+    fprintf(out, "  \"handoffs\": {\"accepted\": %llu, \"landed\": %llu, \"recomputed\": "
+                 "%llu, \"failed\": %llu, \"blocks_verified\": %llu, \"bad_blocks\": %llu, "
+                 "\"tickets_relayed\": %llu, \"tickets_dropped\": %llu, \"prefills\": %llu, "
+                 "\"sends_ok\": %llu, \"sends_failed\": %llu, \"expired\": %llu, "
+                 "\"fault_hits\": %llu, "
+                 "\"left\": %llu},\n",
+            (unsigned long long)c->handoffs, (unsigned long long)c->handoffs_landed,
+            (unsigned long long)c->handoffs_recomputed, (unsigned long long)c->handoffs_failed,
+            (unsigned long long)c->handoff_blocks, (unsigned long long)c->handoff_bad,
+            (unsigned long long)r->tickets_relayed, (unsigned long long)r->tickets_dropped,
+            (unsigned long long)c->prefills, (unsigned long long)c->prefill_sends_ok,
+            (unsigned long long)c->prefill_sends_failed, (unsigned long long)c->prefills_expired,
+            (unsigned long long)r->handoff_fault_hits, (unsigned long long)r->handoffs_left);
     window_t w[SOAK_SERIES_MAX / WINDOW_S + 1];
     uint32_t nw = windows(r, w, SOAK_SERIES_MAX / WINDOW_S + 1);
     fprintf(out, "  \"window_s\": %u,\n  \"series\": [", WINDOW_S);

@@ -14,7 +14,7 @@
 typedef enum soak_fault_kind {
     SOAK_FAULT_KILL, SOAK_FAULT_LINK, SOAK_FAULT_NETEM, SOAK_FAULT_SLOW,
     SOAK_FAULT_CORRUPT, SOAK_FAULT_DISKFULL, SOAK_FAULT_ETCD, SOAK_FAULT_STOP,
-    SOAK_FAULT_KINDS
+    SOAK_FAULT_LOSS, SOAK_FAULT_KINDS
 } soak_fault_kind_t;
 
 extern const char *const soak_fault_names[SOAK_FAULT_KINDS];
@@ -43,12 +43,20 @@ typedef struct soak_report {
     uint64_t faults[SOAK_FAULT_KINDS];
     int available[SOAK_FAULT_KINDS];
     int enabled[SOAK_FAULT_KINDS];
+    const char *why_not[SOAK_FAULT_KINDS];  /* why an unavailable kind is not (or NULL) */
     soak_node_counters_t counters;  /* all nodes, all generations */
     uint64_t leaked_blocks, leaked_registrations, outstanding_transfers, unfinished;
     uint64_t verify_failures, missing_reports, node_crashes;
     uint64_t max_rss_bytes, rss_limit_bytes;
     uint64_t directory_checks, stale_directory_nodes;
     uint64_t routed, events_applied, resyncs;
+    /* Hand-offs: tickets the supervisor relayed to prefill nodes and could
+     * not deliver, kill/stop faults that hit a node with prefills for
+     * peers in progress, and hand-offs or sends left at the end. */
+    uint64_t tickets_relayed, tickets_dropped, handoff_fault_hits, handoffs_left;
+    uint64_t diskfull_ssd_onloads;  /* SSD blocks onloaded on a node with a full disk */
+    uint64_t diskfull_ssd_errors;   /* its SSD tier's I/O errors meanwhile */
+    uint64_t loss_dropped, loss_delayed;  /* packets the loss fault dropped, queued late */
     soak_bucket_t series[SOAK_SERIES_MAX];
     uint32_t num_buckets;
     soak_event_t events[SOAK_EVENTS_MAX];

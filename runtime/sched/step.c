@@ -619,6 +619,7 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
  * when admission must stop (the head does not fit). */
 static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_blocks)
 {
+retry:
     if (!q->table) {
         kvrt_status_t rc = sched_match_prefix(s, q, hit_blocks);
         if (rc == KVRT_ERR_NO_TABLES || rc == KVRT_ERR_NO_MEMORY)
@@ -641,6 +642,11 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
         fits = sched_blocks_available(s, need);
     }
     if (n == 0 || !fits) {
+        /* Nothing runs, so no growth will ever give queued arrived K/V up:
+         * it gives way to the head here (the worst first, as in grow()),
+         * or the head would wait for good. */
+        if (n && !s->running_live && sched_release_landed(s))
+            goto retry;
         if (n == 0)
             st->budget_bound = true;
         if (!q->landed) /* arrived K/V is never given up for a retry */

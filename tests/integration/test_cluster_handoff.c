@@ -536,3 +536,58 @@ Test(cluster_handoff, a_ticket_carried_by_the_cluster_channel_lands_across_proce
     prefill_end(&p);
     decode_down(&d);
 }
+
+/*
+ * Found by kvrt-soak (a prefill node that got its ticket late and prefilled
+ * a long prompt past the decode node's deadline + quarantine): the decode
+ * node gave the hand-off's blocks back, another request took them, and the
+ * sender's writes then landed in them. A sender past the hand-off's
+ * deadline must write nothing into the decode node's pool.
+ *
+ * Disabled while it fails: the ticket does not carry the deadline, so the
+ * sender cannot know it, and the decode node cannot revoke a sender's
+ * writes into its registered pool. Enable it with the fix.
+ */
+Test(cluster_handoff, a_sender_past_deadline_and_quarantine_writes_nothing, .timeout = 60,
+     .disabled = true)
+{
+    prefill_t p = prefill_fork();
+    decode_t d = decode_up(KVRT_HANDOFF_FAIL, 100, 100);
+    kvrt_seq_id_t seq = add_request(&d);
+    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
+    kvrt_handoff_id_t h = 0;
+    uint32_t len = accept_and_ticket(&d, seq, ticket, &h);
+    const int32_t *view = NULL;
+    uint32_t nb = 0;
+    ASSERT_OK(d.ctx, kvrt_seq_blocks(d.sched, seq, &view, &nb, NULL));
+    kvrt_handoff_completion_t c = wait_handoff(&d, 5000);
+    cr_assert_eq(c.outcome, KVRT_HANDOFF_FAILED);
+    int32_t given[POOL_BLOCKS];
+    memcpy(given, view + c.first_block, c.blocks * sizeof(int32_t));
+    uint64_t end = txu_now_ms() + 5000;
+    while (quarantined(&d) > 0 && txu_now_ms() < end)
+        tch_nap_ms(5);
+    cr_assert_eq(quarantined(&d), 0);
+    kvrt_seq_info_t ended;
+    uint32_t n = 0;
+    ASSERT_OK(d.ctx, kvrt_sched_drain_ended(d.sched, &ended, 1, &n));
+    /* Someone else's blocks now: every free block, marked. */
+    kvrt_pool_info_t info;
+    ASSERT_OK(d.ctx, kvrt_pool_info(d.pool, &info));
+    int32_t all[POOL_BLOCKS];
+    uint32_t nfree = info.free_blocks + info.cached_blocks;
+    ASSERT_OK(d.ctx, kvrt_pool_alloc(d.pool, nfree, all));
+    for (uint32_t i = 0; i < c.blocks; i++)
+        tch_block_pattern(d.pool, given[i], 1000 + i, true);
+    /* The late sender. */
+    prefill_start(&p, MODE_NORMAL, ticket, len);
+    prefill_report(&p, 15000);
+    tch_nap_ms(300);
+    for (uint32_t i = 0; i < c.blocks; i++)
+        cr_assert(tch_block_pattern(d.pool, given[i], 1000 + i, false),
+                  "a sender past the deadline wrote into block %d, given back %u ms before",
+                  given[i], 100u);
+    ASSERT_OK(d.ctx, kvrt_pool_free(d.pool, nfree, all));
+    prefill_end(&p);
+    decode_down(&d);
+}

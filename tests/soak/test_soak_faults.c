@@ -167,6 +167,50 @@ Test(soak, every_available_fault_and_every_invariant, .timeout = 150)
     /* As root every node has an SSD tier on a tmpfs of its own. */
     if (netns)
         cr_assert_geq(num(faults, "diskfull"), 1, "diskfull never injected");
+    /* A quarter of the requests were handed over from a prefill node; every
+     * block that landed was verified and none was wrong; nothing was left. */
+    const cJSON *ho = cJSON_GetObjectItem(root, "handoffs");
+    cr_assert_gt(num(ho, "accepted"), 0);
+    cr_assert_gt(num(ho, "blocks_verified"), 0);
+    cr_assert_eq(num(ho, "bad_blocks"), 0);
+    cr_assert_eq(num(ho, "left"), 0);
+    cr_assert_eq(num(cJSON_GetObjectItem(root, "onloads"), "bad_blocks"), 0);
+    cJSON_Delete(root);
+    assert_torn_down(r.pid);
+}
+
+/*
+ * Disaggregated: two prefill nodes hand every request over to two decode
+ * nodes; every other stop strikes a prefill node right after it got a
+ * ticket, for longer than the hand-off's deadline. Under the FAIL policy
+ * a failed hand-off aborts its request and nothing else does: aborted
+ * requests == failed hand-offs (>= 1), each ended once. (Stops, not kills:
+ * a killed node's last counters may miss a failure it already reported.)
+ */
+Test(soak, disaggregated_handoffs_end_each_request_once, .timeout = 150)
+{
+    static soak_run_t r;
+    soak_run(&r, (const char *const[]){"--disaggregate", "2:2", "--duration", "30",
+                                       "--faults", "stop", "--fault-interval", "1",
+                                       "--handoff-failure", "fail", "--seed", "3", "--json",
+                                       NULL},
+             0, 140);
+    cr_assert_eq(r.status, 0, "an invariant broke (stderr has the summary); exit %d", r.status);
+    cJSON *root = cJSON_Parse(r.out);
+    cr_assert_not_null(root, "not JSON: %s", r.out);
+    const cJSON *req = cJSON_GetObjectItem(root, "requests");
+    const cJSON *ho = cJSON_GetObjectItem(root, "handoffs");
+    cr_assert_gt(num(ho, "accepted"), 10);
+    cr_assert_eq(num(ho, "recomputed"), 0, "the FAIL policy never recomputes");
+    cr_assert_eq(num(req, "aborted"), num(ho, "failed"));
+    cr_assert_geq(num(ho, "failed"), 1, "no hand-off met a stopped prefill node");
+    cr_assert_geq(num(ho, "fault_hits"), 1, "no fault struck a prefill node");
+    cr_assert_eq(num(ho, "bad_blocks"), 0);
+    cr_assert_eq(num(ho, "left"), 0);
+    cr_assert_eq(num(req, "lost"), 0);
+    cr_assert_eq(num(root, "leaked_blocks"), 0);
+    /* Decode nodes never prefill for a peer: no pulls either. */
+    cr_assert_eq(num(cJSON_GetObjectItem(root, "pulls"), "started"), 0);
     cJSON_Delete(root);
     assert_torn_down(r.pid);
 }
@@ -206,5 +250,11 @@ Test(soak, bad_flags_exit_2, .timeout = 30)
     soak_run(&r, (const char *const[]){"--faults", "kill,meteor", NULL}, 0, 20);
     cr_assert_eq(r.status, 2);
     soak_run(&r, (const char *const[]){"--nodes", "1", NULL}, 0, 20);
+    cr_assert_eq(r.status, 2);
+    soak_run(&r, (const char *const[]){"--disaggregate", "2", NULL}, 0, 20);
+    cr_assert_eq(r.status, 2);
+    soak_run(&r, (const char *const[]){"--nodes", "3", "--disaggregate", "2:2", NULL}, 0, 20);
+    cr_assert_eq(r.status, 2);
+    soak_run(&r, (const char *const[]){"--handoff-failure", "maybe", NULL}, 0, 20);
     cr_assert_eq(r.status, 2);
 }

@@ -397,3 +397,35 @@ Test(sched_arrival, queued_arrived_kv_is_given_up_under_pressure_before_any_pree
     run_to_end(&f, 100);
     close_fixture(&f);
 }
+
+/*
+ * Found by kvrt-soak: nothing runs, the head of the queue needs more blocks
+ * than are free, and a request behind it holds arrived K/V. Before, no step
+ * ever freed anything (only a running request's growth gave arrived K/V
+ * up), so the node stalled for good. The queued K/V must give way: the
+ * head runs, the other request recomputes, both finish, nothing leaks.
+ */
+Test(sched_arrival, arrived_kv_behind_a_head_that_cannot_fit_gives_way_when_nothing_runs)
+{
+    fixture_t f = open_fixture(12, false);
+    kvrt_seq_id_t head = add(&f, 36, 100); /* 9 blocks */
+    kvrt_seq_id_t behind = add(&f, 21, 500);
+    uint32_t first, count;
+    kvrt_arrival_id_t arr = await_kv(&f, behind, 20, 0, &first, &count);
+    cr_assert_eq(count, 5);
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arr, count));
+    cr_assert_eq(used_blocks(&f), 5, "the arrived K/V is held while queued");
+    int planned = 0;
+    for (int i = 0; i < 50 && !planned; i++) {
+        const kvrt_batch_plan_t *plan = step(&f, 10 + (uint64_t)i);
+        planned = plan_index(plan, head) >= 0;
+        if (plan->num_seqs)
+            commit(&f, plan);
+    }
+    cr_assert(planned, "the head never ran: queued arrived K/V kept it out");
+    run_to_end(&f, 100);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.finished_length, 2, "both requests finish");
+    close_fixture(&f);
+}
