@@ -249,6 +249,7 @@ KVRT_EXPORT kvrt_status_t kvrt_arrival_complete(kvrt_sched_t *s, kvrt_arrival_id
         q->computed = end;
         q->landed = true;
         s->num_landed++;
+        s->landed_blocks += sched_blocks_for(s, end);
         /* Cached now, so that giving the blocks up under pressure
          * (sched_release_landed) keeps them findable. */
         if (s->cache)
@@ -260,15 +261,24 @@ KVRT_EXPORT kvrt_status_t kvrt_arrival_complete(kvrt_sched_t *s, kvrt_arrival_id
     return KVRT_OK;
 }
 
-bool sched_release_landed(kvrt_sched_t *s)
+void sched_unland(kvrt_sched_t *s, seq_t *q)
 {
-    if (!s->num_landed)
+    if (!q->landed)
+        return;
+    q->landed = false;
+    s->num_landed--;
+    s->landed_blocks -= sched_blocks_for(s, q->computed);
+}
+
+bool sched_release_landed(kvrt_sched_t *s, const seq_t *keep)
+{
+    if (s->num_landed <= (keep && keep->landed))
         return false;
     /* Rare: a scan of the waiting queue for the entry admitted last. */
     const heap_entry_t *worst = NULL;
     for (uint32_t i = 0; i < s->heap_size; i++) {
         const heap_entry_t *e = &s->heap[i];
-        if (!s->seqs[e->index].landed)
+        if (!s->seqs[e->index].landed || &s->seqs[e->index] == keep)
             continue;
         if (!worst || e->priority < worst->priority ||
             (e->priority == worst->priority &&
