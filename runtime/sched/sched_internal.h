@@ -99,6 +99,7 @@ typedef struct seq {
     uint32_t released;      /* group 0: leading table blocks released (out of
                                a sliding window) or holes (groups.c) */
     bool landed;            /* its table holds K/V that arrived (arrival.c) */
+    uint32_t landed_pos;    /* index in sched->landed_slots while landed */
     kvrt_status_t status;
     uint64_t deadline_ns;   /* UINT64_MAX without a deadline */
     uint64_t order;         /* arrival number: FCFS */
@@ -277,7 +278,8 @@ struct kvrt_sched {
     uint32_t num_awaiting;      /* requests in WAITING_KV */
     uint32_t num_given_up;      /* given-up arrivals still holding blocks */
     uint32_t num_landed;        /* queued requests holding arrived K/V */
-    uint64_t landed_blocks;     /* table blocks those requests hold */
+    uint32_t *landed_slots;     /* [max_requests]: those requests, unordered */
+    uint64_t landed_blocks;     /* table blocks they hold */
     uint64_t next_deadline;     /* no awaiting deadline before it */
 
     uint32_t *ended;            /* ring of slots with an undrained end */
