@@ -535,11 +535,18 @@ typedef struct onload {
 
 /* Random requests, onloads started for random queued ones (in any order,
  * so later requests' K/V lands before older heads run) and landing whole,
- * in part or not at all: every request ends, within a bound of steps, and
+ * in part or not at all, with and without a prefix cache, synchronous or
+ * with a plan in flight: every request ends, within a bound of steps, and
  * no planned token is written into a block an onload may still write. */
-static void random_onloads(bool cache, uint64_t seed)
+static void random_onloads(bool cache, uint64_t seed, bool async)
 {
-    fixture_t f = open_fixture(24, cache); /* 23 usable blocks */
+    /* async: the engine asks for step N + 1 before committing step N. */
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK |
+                                            (async ? KVRT_SCHED_PARAM_PLANS_IN_FLIGHT : 0),
+                              .use_watermark = 0,
+                              .max_plans_in_flight = 2};
+    fixture_t f = sched_fixture_open(24, TPB, cache, &sp); /* 23 usable blocks */
+    const kvrt_batch_plan_t *in_flight = NULL;
     uint64_t rng = seed;
     kvrt_seq_id_t ids[640];
     uint32_t num_ids = 0;
@@ -598,7 +605,12 @@ static void random_onloads(bool cache, uint64_t seed)
         const kvrt_batch_plan_t *plan = step(&f, step_no);
         for (uint32_t i = 0; i < num_inflight; i++)
             assert_plan_avoids(plan, inflight[i].blocks, inflight[i].count);
-        if (plan->num_seqs)
+        if (in_flight)
+            commit(&f, in_flight);
+        in_flight = NULL;
+        if (plan->num_seqs && async)
+            in_flight = plan;
+        else if (plan->num_seqs)
             commit(&f, plan);
         ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
         kvrt_seq_info_t ev[64];
@@ -606,6 +618,8 @@ static void random_onloads(bool cache, uint64_t seed)
             ;
     }
     cr_assert_eq(num_inflight, 0);
+    if (in_flight)
+        commit(&f, in_flight);
     /* Nothing new: whatever is queued must drain. A request runs at most
      * 40 + 6 tokens in steps of at least one token; in series they
      * take fewer than 46 steps each. */
@@ -626,7 +640,8 @@ static void random_onloads(bool cache, uint64_t seed)
 Test(sched_arrival, onload_stall_randomized_onloads_never_stall_the_queue)
 {
     for (uint64_t seed = 1; seed <= 8; seed++) {
-        random_onloads(false, 0x9e3779b97f4a7c15ull * seed);
-        random_onloads(true, 0xc2b2ae3d27d4eb4full * seed);
+        random_onloads(false, 0x9e3779b97f4a7c15ull * seed, false);
+        random_onloads(true, 0xc2b2ae3d27d4eb4full * seed, false);
+        random_onloads(true, 0x165667b19e3779f9ull * seed, true);
     }
 }
