@@ -16,13 +16,6 @@
 
 #define MAX_SLOTS (1u << 26) /* the slot directory's range, as kvrt's SSD tier */
 
-/* A request given blocks by an onload that has not run yet: until it does,
- * the blocks it holds and the rest of its prompt are spoken for. */
-typedef struct held {
-    kvrt_seq_id_t id;
-    uint32_t need; /* blocks of its whole prompt */
-} held_t;
-
 typedef struct onload {
     double start_us, done_us;
     kvrt_arrival_id_t arrival;
@@ -40,15 +33,12 @@ struct sim_tier {
     slot_dir_t host, ssd;
     bool has_ssd;
     double host_link_free_us, ssd_link_free_us; /* FIFO links: free from then on */
-    held_t *held;
-    size_t held_count, held_capacity;
     onload_t *queue;    /* in flight, by done_us (the host link is FIFO) */
     size_t head, count, capacity;
     int32_t *hits;      /* admission scratch: pool hits, hashes, tier of each block */
     kvrt_block_hash_t *hashes;
     uint8_t *from_ssd;
     uint32_t scratch_blocks;
-    uint32_t largest_need; /* blocks of the longest prompt admitted so far */
     double onload_ms_sum;
     sim_tier_results_t res;
 };
@@ -208,7 +198,6 @@ void sim_tier_close(sim_tier_t *t)
     tier_dir_destroy(&t->host);
     tier_dir_destroy(&t->ssd);
     free(t->queue);
-    free(t->held);
     free(t->hits);
     free(t->hashes);
     free(t->from_ssd);
@@ -255,52 +244,9 @@ static int queue_push(sim_tier_t *t, const onload_t *o)
     return 0;
 }
 
-/* Whether an onload for a request of `need` blocks may start. Requests an
- * onload gave blocks wait with them until admitted, in their place in the
- * queue, and the scheduler never takes those blocks back: if they leave no
- * room for an older request at the head of the queue, nothing is ever
- * admitted again. So the blocks spoken for (held and to come) by requests
- * that have not run yet, this one's included, must leave room for the
- * largest request seen so far, and fit in what is free or reclaimable now. */
-static bool room_for(sim_tier_t *t, uint32_t need)
-{
-    uint64_t reserved = 0;
-    size_t kept = 0;
-    for (size_t i = 0; i < t->held_count; i++) {
-        kvrt_seq_info_t info;
-        if (kvrt_seq_info(t->sched, t->held[i].id, &info) != KVRT_OK ||
-            info.state == KVRT_SEQ_RUNNING || info.state == KVRT_SEQ_ENDED)
-            continue; /* running or gone: its blocks are in use, not idle */
-        reserved += t->held[i].need;
-        t->held[kept++] = t->held[i];
-    }
-    t->held_count = kept;
-    kvrt_pool_info_t info;
-    kvrt_pool_info(t->pool, &info);
-    return (uint64_t)info.free_blocks + info.cached_blocks >= reserved + need &&
-           reserved + need + t->largest_need <= (uint64_t)info.num_blocks - 1;
-}
-
-static int hold(sim_tier_t *t, kvrt_seq_id_t id, uint32_t need)
-{
-    if (t->held_count == t->held_capacity) {
-        size_t cap = t->held_capacity ? 2 * t->held_capacity : 64;
-        held_t *h = realloc(t->held, cap * sizeof(*h));
-        if (!h)
-            return -1;
-        t->held = h;
-        t->held_capacity = cap;
-    }
-    t->held[t->held_count++] = (held_t){.id = id, .need = need};
-    return 0;
-}
-
 int sim_tier_admit(sim_tier_t *t, kvrt_seq_id_t id, const int32_t *prompt, uint32_t prompt_len,
                    double now_us, char *error, size_t error_size)
 {
-    uint32_t need = prompt_len / t->tokens_per_block + 1;
-    if (need > t->largest_need)
-        t->largest_need = need;
     /* Whole blocks before the last token, as kvrt_tier_admit. */
     uint32_t max_blocks = prompt_len ? (prompt_len - 1) / t->tokens_per_block : 0;
     if (!max_blocks)
@@ -341,14 +287,13 @@ int sim_tier_admit(sim_tier_t *t, kvrt_seq_id_t id, const int32_t *prompt, uint3
         t->res.recompute_cheaper++;
         return 0;
     }
-    if (!room_for(t, need)) {
-        t->res.no_room++;
-        return 0;
-    }
     kvrt_arrival_params_t ap = {.num_tokens = (m.num_blocks + below) * t->tokens_per_block};
     kvrt_arrival_id_t arrival;
     uint32_t first, count;
     st = kvrt_seq_await_kv(t->sched, id, &ap, &arrival, &first, &count);
+    /* Landed requests wait in their queue place with their blocks; the
+     * scheduler takes them back when an older head needs them, so any
+     * onload the pool has room for may start. */
     if (st == KVRT_ERR_NO_BLOCKS || st == KVRT_ERR_REQUEST_LIMIT) {
         t->res.no_room++;
         return 0;
@@ -379,7 +324,7 @@ int sim_tier_admit(sim_tier_t *t, kvrt_seq_id_t id, const int32_t *prompt, uint3
     t->res.ssd_hit_blocks += from_ssd;
     t->res.onloads++;
     onload_t o = {.start_us = now_us, .done_us = done, .arrival = arrival, .blocks = count};
-    if (queue_push(t, &o) != 0 || hold(t, id, need) != 0) {
+    if (queue_push(t, &o) != 0) {
         kvrt_arrival_complete(t->sched, arrival, 0);
         snprintf(error, error_size, "tier model: out of memory");
         return -1;

@@ -29,7 +29,14 @@
  * kvrt_seq_add). A preempted request keeps its place (its original
  * priority, deadline and arrival), so it is readmitted before later ones.
  * Admission stops at the first request that does not fit (no skipping:
- * a large request is never starved by smaller ones behind it).
+ * a large request is never starved by smaller ones behind it). Blocks
+ * that requests behind the head hold while queued never keep it waiting:
+ * when it lacks blocks, a request behind it holding pinned prefix hits
+ * gives them up, then queued requests holding arrived K/V (see "waiting
+ * for KV") give it up, the one the admission order reaches last first,
+ * until the head fits, provided the pool's free and idle-cached blocks and
+ * all of theirs could make it fit (otherwise their K/V is kept and the head
+ * waits for running requests).
  *
  * Step order and budget accounting. Every step spends at most
  * max_batch_tokens query tokens on at most max_seqs sequences:
@@ -534,8 +541,14 @@ static inline kvrt_status_t kvrt_sched_drain_ended(kvrt_sched_t *sched,
  * as computed and the request returns to the waiting queue with its place
  * (priority, deadline, arrival) and its blocks, and starts at the next step
  * that admits it; blocks that did not land are dropped and their tokens
- * recomputed. The landed blocks enter the prefix cache at the request's
- * first commit, like computed ones.
+ * recomputed. With a prefix cache the landed full blocks are inserted at
+ * once. While queued, a request holding landed K/V gives it up (its tokens
+ * are then matched and recomputed at admission) under block pressure: to
+ * a running request that needs a block, before anyone is preempted, and to
+ * a head of the queue ahead of it that lacks blocks, when that can make
+ * the head fit (admission order above). So landed K/V never stalls the
+ * queue: with nothing running, a head that fits in the pool less the
+ * blocks of outstanding arrivals is admitted.
  *
  * The blocks of an arrival are never reused while the caller may still be
  * writing them: when the arrival's deadline passes (checked at every step)

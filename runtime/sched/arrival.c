@@ -248,7 +248,9 @@ KVRT_EXPORT kvrt_status_t kvrt_arrival_complete(kvrt_sched_t *s, kvrt_arrival_id
         s->stats.arrived_tokens += end - q->computed;
         q->computed = end;
         q->landed = true;
-        s->num_landed++;
+        q->landed_pos = s->num_landed;
+        s->landed_slots[s->num_landed++] = sched_slot(s, q);
+        s->landed_blocks += sched_blocks_for(s, end);
         /* Cached now, so that giving the blocks up under pressure
          * (sched_release_landed) keeps them findable. */
         if (s->cache)
@@ -260,24 +262,34 @@ KVRT_EXPORT kvrt_status_t kvrt_arrival_complete(kvrt_sched_t *s, kvrt_arrival_id
     return KVRT_OK;
 }
 
-bool sched_release_landed(kvrt_sched_t *s)
+void sched_unland(kvrt_sched_t *s, seq_t *q)
 {
-    if (!s->num_landed)
-        return false;
-    /* Rare: a scan of the waiting queue for the entry admitted last. */
-    const heap_entry_t *worst = NULL;
-    for (uint32_t i = 0; i < s->heap_size; i++) {
-        const heap_entry_t *e = &s->heap[i];
-        if (!s->seqs[e->index].landed)
+    if (!q->landed)
+        return;
+    q->landed = false;
+    uint32_t last = s->landed_slots[--s->num_landed];
+    s->landed_slots[q->landed_pos] = last;
+    s->seqs[last].landed_pos = q->landed_pos;
+    s->landed_blocks -= sched_blocks_for(s, q->computed);
+}
+
+bool sched_release_landed(kvrt_sched_t *s, const seq_t *keep)
+{
+    /* The one the admission order reaches last: lowest priority, latest
+     * deadline (none is latest), latest arrival. O(landed requests). */
+    seq_t *worst = NULL;
+    for (uint32_t i = 0; i < s->num_landed; i++) {
+        seq_t *q = &s->seqs[s->landed_slots[i]];
+        if (q == keep)
             continue;
-        if (!worst || e->priority < worst->priority ||
-            (e->priority == worst->priority &&
-             (e->deadline > worst->deadline ||
-              (e->deadline == worst->deadline && e->order > worst->order))))
-            worst = e;
+        if (!worst || q->priority < worst->priority ||
+            (q->priority == worst->priority &&
+             (q->deadline_ns > worst->deadline_ns ||
+              (q->deadline_ns == worst->deadline_ns && q->order > worst->order))))
+            worst = q;
     }
     if (!worst)
         return false;
-    sched_release(s, &s->seqs[worst->index]);
+    sched_release(s, worst);
     return true;
 }

@@ -90,6 +90,7 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
         s->pinned = SCHED_NONE;
     if (q->arrival != SCHED_NONE)
         sched_abandon_arrival(s, q); /* its blocks may still be written */
+    sched_unland(s, q);
     if (KVRT_UNLIKELY(s->hybrid)) {
         sched_groups_release(s, q);
     } else if (q->table) {
@@ -120,10 +121,6 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
     q->lag = 0;
     q->num_inserted = 0;
     q->match_tokens = 0;
-    if (q->landed) {
-        q->landed = false;
-        s->num_landed--;
-    }
 }
 
 void sched_end(kvrt_sched_t *s, seq_t *q, kvrt_seq_end_reason_t reason,

@@ -216,6 +216,7 @@ static void sched_free(kvrt_sched_t *s)
         sched_free_arrivals(s);
     free(s->window);
     free(s->arrivals);
+    free(s->landed_slots);
     free(s->ended);
     free(s->drained_memory);
     free(s->rows);
@@ -296,6 +297,7 @@ static bool alloc_arrays(kvrt_sched_t *s)
     s->heap = malloc(reqs * sizeof(*s->heap));
     s->ended = malloc(reqs * sizeof(*s->ended));
     s->arrivals = calloc(reqs, sizeof(*s->arrivals));
+    s->landed_slots = malloc(reqs * sizeof(*s->landed_slots));
     s->window = calloc(KVRT_SCHED_HIT_WINDOW, sizeof(*s->window));
     s->drained_memory = malloc(reqs * sizeof(*s->drained_memory));
     s->running = malloc(seqs * sizeof(*s->running));
@@ -311,7 +313,7 @@ static bool alloc_arrays(kvrt_sched_t *s)
     }
     s->rc.row_mark = calloc(seqs, sizeof(uint64_t));
     s->match_blocks = malloc((size_t)s->row_stride * sizeof(int32_t));
-    return ok && s->seqs && s->heap && s->ended && s->arrivals && s->window &&
+    return ok && s->seqs && s->heap && s->ended && s->arrivals && s->landed_slots && s->window &&
            s->drained_memory && s->running && s->rows && s->free_rows && s->rc.row_mark &&
            s->match_blocks && sched_groups_alloc(s);
 }

@@ -99,6 +99,7 @@ typedef struct seq {
     uint32_t released;      /* group 0: leading table blocks released (out of
                                a sliding window) or holes (groups.c) */
     bool landed;            /* its table holds K/V that arrived (arrival.c) */
+    uint32_t landed_pos;    /* index in sched->landed_slots while landed */
     kvrt_status_t status;
     uint64_t deadline_ns;   /* UINT64_MAX without a deadline */
     uint64_t order;         /* arrival number: FCFS */
@@ -277,6 +278,8 @@ struct kvrt_sched {
     uint32_t num_awaiting;      /* requests in WAITING_KV */
     uint32_t num_given_up;      /* given-up arrivals still holding blocks */
     uint32_t num_landed;        /* queued requests holding arrived K/V */
+    uint32_t *landed_slots;     /* [max_requests]: those requests, unordered */
+    uint64_t landed_blocks;     /* table blocks they hold */
     uint64_t next_deadline;     /* no awaiting deadline before it */
 
     uint32_t *ended;            /* ring of slots with an undrained end */
@@ -520,9 +523,13 @@ void sched_expire_arrivals(kvrt_sched_t *s, uint64_t now_ns);
 void sched_abandon_arrival(kvrt_sched_t *s, seq_t *q);
 void sched_free_arrivals(kvrt_sched_t *s);
 /* Under block pressure: the queued request holding arrived K/V that would
- * be admitted last lets its blocks go (into the prefix cache, when there is
- * one, where it may find them again). False when there is none. */
-bool sched_release_landed(kvrt_sched_t *s);
+ * be admitted last, other than `keep` (NULL: any), lets its blocks go (into
+ * the prefix cache, when there is one, where it may find them again).
+ * False when there is none. */
+bool sched_release_landed(kvrt_sched_t *s, const seq_t *keep);
+/* q no longer holds K/V that arrived while queued (admitted, or its blocks
+ * released). */
+void sched_unland(kvrt_sched_t *s, seq_t *q);
 
 /* ---- groups.c ------------------------------------------------------------- */
 

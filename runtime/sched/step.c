@@ -198,7 +198,7 @@ static bool relieve(kvrt_sched_t *s, seq_t *q, uint32_t *budget, bool admitting)
         sched_unpin(s);
         return true;
     }
-    if (sched_release_landed(s)) /* then queued K/V that arrived */
+    if (sched_release_landed(s, NULL)) /* then queued K/V that arrived */
         return true;
     seq_t *victim = admitting ? q : pick_victim(s);
     if (victim->in_plan & ~sched_plan_bit(s))
@@ -615,11 +615,56 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
     return KVRT_OK;
 }
 
+/* The blocks of q's first chunk of n tokens, in every group, leave the
+ * pool above its watermark (when in use). */
+static bool head_fits(const kvrt_sched_t *s, seq_t *q, uint32_t n)
+{
+    if (s->hybrid)
+        return sched_groups_fit(s, q, n, s->use_watermark);
+    uint32_t need = sched_blocks_for(s, (uint64_t)q->computed + n) -
+                    sched_blocks_for(s, q->computed);
+    return sched_blocks_available(s, need);
+}
+
+/*
+ * The head q does not fit: blocks that requests behind it hold while
+ * queued never keep it waiting (or the queue could stall for good: with
+ * nothing running, nobody else would ever give them back). A request
+ * behind q that pinned its hits as an earlier head (q then waited for KV)
+ * gives them up; then queued requests holding arrived K/V give it up, the
+ * one the admission order reaches last first, until q fits, but only when
+ * all of theirs and what is available could make it fit (else q waits for
+ * running requests, and the arrived K/V is kept). With a prefix cache their
+ * blocks stay cached and idle, likely hits at their own admission. Blocks
+ * of arrivals still outstanding are never touched: they may be written.
+ */
+static bool make_room_for_head(kvrt_sched_t *s, seq_t *q, uint32_t n)
+{
+    if (s->pinned != SCHED_NONE && s->pinned != sched_slot(s, q)) {
+        sched_unpin(s);
+        if (head_fits(s, q, n))
+            return true;
+    }
+    if (s->num_landed <= q->landed || s->hybrid)
+        return false;
+    uint64_t behind = s->landed_blocks - (q->landed ? sched_blocks_for(s, q->computed) : 0);
+    uint64_t need = sched_blocks_for(s, (uint64_t)q->computed + n) -
+                    sched_blocks_for(s, q->computed);
+    kvrt_pool_info_t info;
+    kvrt_pool_info(s->pool, &info);
+    if ((uint64_t)info.free_blocks + info.cached_blocks + behind <
+        need + (s->use_watermark ? info.watermark_blocks : 0))
+        return false; /* a shared block counts in `behind`: an estimate */
+    while (sched_release_landed(s, q))
+        if (head_fits(s, q, n))
+            return true;
+    return false;
+}
+
 /* Admits the head of the waiting queue with its first chunk. Returns false
  * when admission must stop (the head does not fit). */
 static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_blocks)
 {
-retry:
     if (!q->table) {
         kvrt_status_t rc = sched_match_prefix(s, q, hit_blocks);
         if (rc == KVRT_ERR_NO_TABLES || rc == KVRT_ERR_NO_MEMORY)
@@ -633,20 +678,7 @@ retry:
     uint32_t hit_tokens = q->match_tokens;
     uint32_t remaining = q->num_tokens - q->computed;
     uint32_t n = prefill_chunk(s, q, st->budget);
-    bool fits;
-    if (s->hybrid) {
-        fits = sched_groups_fit(s, q, n, s->use_watermark);
-    } else {
-        uint32_t need = sched_blocks_for(s, (uint64_t)q->computed + n) -
-                        sched_blocks_for(s, q->computed);
-        fits = sched_blocks_available(s, need);
-    }
-    if (n == 0 || !fits) {
-        /* Nothing runs, so no growth will ever give queued arrived K/V up:
-         * it gives way to the head here (the worst first, as in grow()),
-         * or the head would wait for good. */
-        if (n && !s->running_live && sched_release_landed(s))
-            goto retry;
+    if (n == 0 || !(head_fits(s, q, n) || make_room_for_head(s, q, n))) {
         if (n == 0)
             st->budget_bound = true;
         if (!q->landed) /* arrived K/V is never given up for a retry */
@@ -656,10 +688,7 @@ retry:
     if (s->pinned == sched_slot(s, q))
         s->pinned = SCHED_NONE;
     sched_heap_remove(s, q);
-    if (q->landed) { /* no longer queued: its K/V is its running prefix */
-        q->landed = false;
-        s->num_landed--;
-    }
+    sched_unland(s, q); /* no longer queued: its K/V is its running prefix */
     q->state = KVRT_SEQ_RUNNING;
     q->in_prefill = 1;
     q->row = s->free_rows[--s->num_free_rows];

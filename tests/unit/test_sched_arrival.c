@@ -429,3 +429,251 @@ Test(sched_arrival, arrived_kv_behind_a_head_that_cannot_fit_gives_way_when_noth
     cr_assert_eq(st.finished_length, 2, "both requests finish");
     close_fixture(&f);
 }
+
+/* ---- the onload stall ---------------------------------------------------- */
+
+/* Steps (committing token 7) until every request has ended, at most
+ * max_steps; returns the steps taken, or max_steps + 1 when requests are
+ * still live then: the scheduler stopped making progress. */
+static uint32_t steps_to_drain(fixture_t *f, uint64_t now, uint32_t max_steps)
+{
+    for (uint32_t i = 0; i < max_steps; i++) {
+        kvrt_sched_stats_t st;
+        ASSERT_OK(f->ctx, kvrt_sched_stats(f->sched, &st));
+        if (st.running + st.waiting + st.awaiting_kv == 0)
+            return i;
+        const kvrt_batch_plan_t *plan = step(f, now + i);
+        if (plan->num_seqs)
+            commit(f, plan);
+    }
+    return max_steps + 1;
+}
+
+Test(sched_arrival, onload_stall_landed_requests_behind_the_head_give_up_its_blocks)
+{
+    fixture_t f = open_fixture(8, false); /* 7 usable blocks, no watermark */
+    kvrt_seq_id_t head = add(&f, 17, 100); /* its first chunk needs 5 blocks */
+    kvrt_seq_id_t b = add(&f, 9, 200);
+    kvrt_seq_id_t c = add(&f, 9, 300);
+    uint32_t first, count;
+    /* Onloads for the later two land while the head has not run yet. */
+    kvrt_arrival_id_t ab = await_kv(&f, b, 8, 0, &first, &count);
+    kvrt_arrival_id_t ac = await_kv(&f, c, 8, 0, &first, &count);
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, ab, count));
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, ac, count));
+    cr_assert_eq(used_blocks(&f), 4, "3 blocks free: the head does not fit");
+
+    const kvrt_batch_plan_t *plan = step(&f, 1);
+    cr_assert_eq(plan->num_seqs, 1, "nothing was admitted: the queue stalled");
+    cr_assert_eq(plan->seqs[0].id, head, "the head goes first");
+    kvrt_seq_info_t info;
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, c, &info));
+    cr_assert_eq(info.computed_tokens, 0, "the one admitted last gave its K/V up");
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, b, &info));
+    cr_assert_eq(info.computed_tokens, 8, "one release was enough: b keeps its K/V");
+    commit(&f, plan);
+
+    uint32_t steps = steps_to_drain(&f, 2, 50);
+    cr_assert_leq(steps, 50, "requests still live after 50 steps");
+    kvrt_seq_info_t ev[4];
+    cr_assert_eq(sched_fixture_drain(&f, ev, 4), 3);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(ev[i].end_reason, KVRT_END_LENGTH);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.preemptions, 0);
+    cr_assert_eq(st.failed, 0);
+    cr_assert_eq(st.arrived_tokens, 16, "both arrivals landed");
+    close_fixture(&f);
+}
+
+Test(sched_arrival, onload_stall_landed_kv_is_kept_when_giving_it_up_would_not_admit_the_head)
+{
+    fixture_t f = open_fixture(8, false); /* 7 usable blocks */
+    int32_t prompt[12];
+    for (int i = 0; i < 12; i++)
+        prompt[i] = 900 + i;
+    kvrt_seq_params_t rp = {.prompt = prompt, .prompt_len = 12, .max_new_tokens = 3};
+    kvrt_seq_id_t r;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &rp, &r));
+    commit(&f, step(&f, 1)); /* r runs, 3 blocks */
+    kvrt_seq_id_t head = add(&f, 17, 100); /* needs 5 */
+    kvrt_seq_id_t l = add(&f, 9, 200);
+    uint32_t first, count;
+    kvrt_arrival_id_t al = await_kv(&f, l, 8, 0, &first, &count);
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, al, count));
+    /* 2 free + 2 that l holds < 5: giving l's K/V up would not help. */
+    const kvrt_batch_plan_t *plan = step(&f, 2);
+    cr_assert_eq(plan->num_seqs, 1);
+    cr_assert_eq(plan->seqs[0].id, r);
+    kvrt_seq_info_t info;
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, l, &info));
+    cr_assert_eq(info.computed_tokens, 8, "l's arrived K/V was given up for nothing");
+    commit(&f, plan);
+    cr_assert_leq(steps_to_drain(&f, 3, 50), 50, "requests still live after 50 steps");
+    kvrt_seq_info_t ev[4];
+    cr_assert_eq(sched_fixture_drain(&f, ev, 4), 3);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.prefill_tokens, 12 + 17 + 1, "l prefilled only its last token");
+    (void)head;
+    close_fixture(&f);
+}
+
+/* A request that pinned its prefix hits as the head while a
+ * higher-priority request waited for KV is behind that request once its K/V
+ * lands: it gives its hits up when they are what the new head lacks. */
+Test(sched_arrival, onload_stall_a_pinned_request_behind_a_landed_head_gives_up_its_hits)
+{
+    fixture_t f = open_fixture(12, true); /* 11 usable blocks */
+    add(&f, 21, 500);
+    run_to_end(&f, 1); /* 5 blocks of 500.. cached, idle */
+    int32_t prompt[25];
+    for (int i = 0; i < 25; i++)
+        prompt[i] = 700 + i;
+    kvrt_seq_params_t hp = {.field_mask = KVRT_SEQ_PARAM_PRIORITY, .prompt = prompt,
+                            .prompt_len = 25, .max_new_tokens = 2, .priority = 1};
+    kvrt_seq_id_t h;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &hp, &h));
+    uint32_t first, count;
+    kvrt_arrival_id_t ah = await_kv(&f, h, 24, 0, &first, &count); /* 6 free blocks */
+    kvrt_seq_id_t p = add(&f, 41, 500); /* 5 hits, 6 more blocks: does not fit */
+    cr_assert_eq(step(&f, 2)->num_seqs, 0);
+    const int32_t *blocks;
+    uint32_t nb;
+    ASSERT_OK(f.ctx, kvrt_seq_blocks(f.sched, p, &blocks, &nb, NULL));
+    cr_assert_eq(nb, 5, "the waiting head keeps its hits");
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, ah, count));
+    /* h (priority 1) heads the queue and lacks one block; p's hits hold
+     * the only ones. */
+    const kvrt_batch_plan_t *plan = step(&f, 3);
+    cr_assert_eq(plan->num_seqs, 1, "nothing was admitted: the queue stalled");
+    cr_assert_eq(plan->seqs[0].id, h);
+    cr_assert_eq(plan->seqs[0].num_computed_tokens, 24, "h keeps its arrived K/V");
+    commit(&f, plan);
+    cr_assert_leq(steps_to_drain(&f, 4, 50), 50, "requests still live after 50 steps");
+    kvrt_seq_info_t ev[4];
+    cr_assert_eq(sched_fixture_drain(&f, ev, 4), 2);
+    close_fixture(&f);
+}
+
+/* An onload the randomized test has in flight. */
+typedef struct onload {
+    kvrt_arrival_id_t id;
+    uint32_t count;
+    uint32_t due;
+    int32_t blocks[16];
+} onload_t;
+
+/* Random requests, onloads started for random queued ones (in any order,
+ * so later requests' K/V lands before older heads run) and landing whole,
+ * in part or not at all, with and without a prefix cache, synchronous or
+ * with a plan in flight: every request ends, within a bound of steps, and
+ * no planned token is written into a block an onload may still write. */
+static void random_onloads(bool cache, uint64_t seed, bool async)
+{
+    /* async: the engine asks for step N + 1 before committing step N. */
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK |
+                                            (async ? KVRT_SCHED_PARAM_PLANS_IN_FLIGHT : 0),
+                              .use_watermark = 0,
+                              .max_plans_in_flight = 2};
+    fixture_t f = sched_fixture_open(24, TPB, cache, &sp); /* 23 usable blocks */
+    const kvrt_batch_plan_t *in_flight = NULL;
+    uint64_t rng = seed;
+    kvrt_seq_id_t ids[640];
+    uint32_t num_ids = 0;
+    onload_t inflight[8];
+    uint32_t num_inflight = 0;
+    uint32_t step_no = 0;
+    for (; step_no < 400; step_no++) {
+        for (uint32_t a = test_rand_below(&rng, 3); step_no < 300 && a && num_ids < 640; a--) {
+            int32_t prompt[48];
+            uint32_t len = 2 + test_rand_below(&rng, 39);
+            int32_t base = 100 * (int32_t)test_rand_below(&rng, 4);
+            for (uint32_t i = 0; i < len; i++)
+                prompt[i] = base + (int32_t)i;
+            kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_PRIORITY,
+                                   .prompt = prompt,
+                                   .prompt_len = len,
+                                   .max_new_tokens = 1 + test_rand_below(&rng, 6),
+                                   .priority = (int32_t)test_rand_below(&rng, 3)};
+            ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &ids[num_ids++]));
+        }
+        if (step_no < 300 && num_ids && num_inflight < 8 && test_rand_below(&rng, 2)) {
+            /* Among the latest: the ones likely still queued. */
+            kvrt_seq_id_t id = ids[num_ids - 1 - test_rand_below(&rng, num_ids < 16 ? num_ids : 16)];
+            kvrt_seq_info_t info;
+            if (kvrt_seq_info(f.sched, id, &info) == KVRT_OK &&
+                (info.state == KVRT_SEQ_WAITING || info.state == KVRT_SEQ_PREEMPTED)) {
+                uint32_t total = info.prompt_tokens + info.output_tokens;
+                kvrt_arrival_params_t ap = {.num_tokens = 1 + test_rand_below(&rng, total - 1)};
+                onload_t *o = &inflight[num_inflight];
+                uint32_t first;
+                kvrt_status_t st =
+                    kvrt_seq_await_kv(f.sched, id, &ap, &o->id, &first, &o->count);
+                if (st == KVRT_OK) {
+                    const int32_t *blocks;
+                    ASSERT_OK(f.ctx, kvrt_seq_blocks(f.sched, id, &blocks, NULL, NULL));
+                    cr_assert_leq(o->count, 16);
+                    memcpy(o->blocks, blocks + first, o->count * sizeof(int32_t));
+                    o->due = step_no + test_rand_below(&rng, 5);
+                    num_inflight++;
+                } else {
+                    cr_assert(st == KVRT_ERR_NO_BLOCKS || st == KVRT_ERR_BAD_STATE,
+                              "await_kv: %s", kvrt_status_str(st));
+                }
+            }
+        }
+        for (uint32_t i = 0; i < num_inflight;) {
+            if (inflight[i].due > step_no) {
+                i++;
+                continue;
+            }
+            uint32_t landed = test_rand_below(&rng, 4) ? inflight[i].count
+                                                       : test_rand_below(&rng, inflight[i].count + 1);
+            ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, inflight[i].id, landed));
+            inflight[i] = inflight[--num_inflight];
+        }
+        const kvrt_batch_plan_t *plan = step(&f, step_no);
+        for (uint32_t i = 0; i < num_inflight; i++)
+            assert_plan_avoids(plan, inflight[i].blocks, inflight[i].count);
+        if (in_flight)
+            commit(&f, in_flight);
+        in_flight = NULL;
+        if (plan->num_seqs && async)
+            in_flight = plan;
+        else if (plan->num_seqs)
+            commit(&f, plan);
+        ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
+        kvrt_seq_info_t ev[64];
+        while (sched_fixture_drain(&f, ev, 64) == 64)
+            ;
+    }
+    cr_assert_eq(num_inflight, 0);
+    if (in_flight)
+        commit(&f, in_flight);
+    /* Nothing new: whatever is queued must drain. A request runs at most
+     * 40 + 6 tokens in steps of at least one token; in series they
+     * take fewer than 46 steps each. */
+    uint32_t bound = num_ids * 46;
+    uint32_t steps = steps_to_drain(&f, step_no, bound);
+    cr_assert_leq(steps, bound, "seed %llx: requests still live after %u steps: stalled",
+                  (unsigned long long)seed, bound);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.finished_length + st.finished_stop, num_ids);
+    cr_assert_gt(st.arrived_tokens, 0);
+    kvrt_seq_info_t ev[64];
+    while (sched_fixture_drain(&f, ev, 64) == 64)
+        ;
+    close_fixture(&f);
+}
+
+Test(sched_arrival, onload_stall_randomized_onloads_never_stall_the_queue)
+{
+    for (uint64_t seed = 1; seed <= 8; seed++) {
+        random_onloads(false, 0x9e3779b97f4a7c15ull * seed, false);
+        random_onloads(true, 0xc2b2ae3d27d4eb4full * seed, false);
+        random_onloads(true, 0x165667b19e3779f9ull * seed, true);
+    }
+}
