@@ -30,6 +30,7 @@ typedef struct handoff_slot {
     kvrt_seq_id_t seq;
     kvrt_arrival_id_t arrival;
     uint64_t token;
+    uint64_t accept_ns;
     uint64_t deadline_ns;
     uint64_t release_ns; /* QUARANTINED: when the blocks go back anyway */
     uint32_t first_block;
@@ -259,6 +260,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_accept(kvrt_cluster_handoff_recv_
                           .seq = seq,
                           .arrival = arrival,
                           .token = token,
+                          .accept_ns = now_ns,
                           .deadline_ns = now_ns + timeout_ns,
                           .first_block = first,
                           .num_blocks = count,
@@ -299,6 +301,12 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_ticket(const kvrt_cluster_handoff
     kvrt_store_le32(p + 20, s->first_block);
     kvrt_store_le32(p + 24, s->num_blocks);
     kvrt_store_le16(p + 28, (uint16_t)recv->descriptor_bytes);
+    /* The budget: what is left to the deadline at the latest step clock
+     * the receiver saw (accept or poll); the sender counts it from when it
+     * reads the ticket. */
+    uint64_t now = recv->now_ns > s->accept_ns ? recv->now_ns : s->accept_ns;
+    uint64_t budget_ms = now < s->deadline_ns ? (s->deadline_ns - now) / 1000000u : 0;
+    kvrt_store_le32(p + 32, (uint32_t)budget_ms);
     p += HANDOFF_TICKET_HEAD;
     memcpy(p, recv->address, address_bytes);
     p += address_bytes;
@@ -355,32 +363,38 @@ static void slot_closed(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s, kvrt_
     slot_release(r, s, kept);
 }
 
-/* Whether the hand-off's sender is cut off from this agent, so that
- * nothing it posted or will post can land in the slot's blocks and they
- * may go back at once. That takes a revocation that closes the sender's
- * connections, fails what it has in flight and refuses it (by name) for
- * at least the quarantine time: a revoked peer that may dial again as a
- * new peer could, once resumed, write its next batches into blocks given
- * to another request. A sender that never closed a batch is unknown
- * (whoever holds the ticket may write), so only the time bound covers it. */
-static bool sender_cut_off(kvrt_cluster_handoff_recv_t *r, const handoff_slot_t *s)
+/* The quarantine ends and the sender never closed the hand-off: it is
+ * dead, stalled or ignores its ticket's deadline. Before the blocks go to
+ * other requests, cut it off with the transfer engine: its connections
+ * close (a frame of it being applied lands before this returns, none
+ * after) and its name is refused for another quarantine time, so that a
+ * stalled sender that resumes and dials again as a new peer writes
+ * nothing into them; an honest one stopped at its own deadline long
+ * before. A sender that never closed a batch is unknown (whoever holds the
+ * ticket may write): only its ticket's budget covers it. */
+static void cut_off_sender(kvrt_cluster_handoff_recv_t *r, const handoff_slot_t *s)
 {
-    (void)r;
     if (!s->sender_bound)
-        return false;
-    /* The transfer engine's public API has no such revocation yet. */
-    return false;
+        return;
+    uint64_t refuse_ms = r->quarantine_ns / 1000000u;
+    if (refuse_ms < 1)
+        refuse_ms = 1;
+    if (refuse_ms > KVRT_XFER_REFUSE_MAX_MS)
+        refuse_ms = KVRT_XFER_REFUSE_MAX_MS;
+    uint32_t revoked = 0;
+    kvrt_status_t st = kvrt_xfer_refuse_name(r->agent, s->sender, (uint32_t)refuse_ms, &revoked);
+    kvrt_log(r->ctx, st == KVRT_OK ? KVRT_LOG_WARN : KVRT_LOG_ERROR,
+             "hand-off sender %.64s closed nothing by the end of its quarantine: %s (%u "
+             "connections revoked, refused for %llu ms)",
+             s->sender, st == KVRT_OK ? "revoked" : kvrt_status_str(st), revoked,
+             (unsigned long long)refuse_ms);
 }
 
 /* The deadline passed and the request is decided, but the sender may
  * still write: hold the blocks until its closing message arrives or the
- * quarantine time passes, unless it is cut off now. */
+ * quarantine time passes (then it is cut off). */
 static void quarantine(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s)
 {
-    if (sender_cut_off(r, s)) {
-        slot_release(r, s, 0);
-        return;
-    }
     s->state = SLOT_QUARANTINED;
     s->release_ns = r->now_ns + r->quarantine_ns;
     r->stats.live--;
@@ -458,6 +472,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t 
                        s->failure != KVRT_OK ? s->failure : KVRT_ERR_TIMEOUT, 0);
             quarantine(recv, s);
         } else if (s->state == SLOT_QUARANTINED && now_ns >= s->release_ns) {
+            cut_off_sender(recv, s);
             slot_release(recv, s, 0);
         }
     }

@@ -65,7 +65,16 @@ Test(cluster_handoff_hostile, tickets_that_do_not_add_up_are_refused, .timeout =
     kvrt_store_le32(bad + 24, 0xffffffffu); /* block count that overflows */
     ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, bad, len, &send));
     memcpy(bad, ticket, len);
-    bad[33] = '\0'; /* a NUL inside the address */
+    bad[41] = '\0'; /* a NUL inside the address */
+    ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, bad, len, &send));
+    memcpy(bad, ticket, len);
+    kvrt_store_le32(bad + 32, 3600001u); /* a budget past any deadline allowed */
+    ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, bad, len, &send));
+    memcpy(bad, ticket, len);
+    kvrt_store_le32(bad + 36, 1); /* reserved */
+    ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, bad, len, &send));
+    memcpy(bad, ticket, len);
+    kvrt_store_le16(bad + 4, 1); /* version 1: no deadline, refused */
     ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, bad, len, &send));
     memcpy(bad, ticket, len);
     kvrt_store_le32(bad + len - 4, 0x80000000u); /* a block id no pool has */
