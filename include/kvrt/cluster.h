@@ -602,7 +602,8 @@ enum kvrt_cluster_handoff_recv_params_field {
     KVRT_HANDOFF_RECV_PARAM_TIMEOUT = 1u << 0,    /* timeout_ms */
     KVRT_HANDOFF_RECV_PARAM_POLICY = 1u << 1,     /* on_failure */
     KVRT_HANDOFF_RECV_PARAM_QUARANTINE = 1u << 2, /* quarantine_ms */
-    KVRT_HANDOFF_RECV_PARAM_MAX_HANDOFFS = 1u << 3
+    KVRT_HANDOFF_RECV_PARAM_MAX_HANDOFFS = 1u << 3,
+    KVRT_HANDOFF_RECV_PARAM_REFUSE = 1u << 4      /* refuse_ms */
 };
 
 /* ctx, agent, region and sched are always read; the rest by field_mask. */
@@ -619,6 +620,11 @@ typedef struct kvrt_cluster_handoff_recv_params {
      * closing message; default 2 * timeout_ms, 0 .. 3600000. */
     uint32_t quarantine_ms;
     uint32_t max_handoffs;             /* live at once, 1 .. 65536; default 1024 */
+    /* How long a sender cut off at the end of a quarantine stays refused
+     * by the agent (kvrt_xfer_refuse_name): it covers a stalled sender
+     * that resumes and dials again. Default timeout_ms + quarantine_ms
+     * (at most 3600000), 1 .. 3600000. */
+    uint32_t refuse_ms;
 } kvrt_cluster_handoff_recv_params_t;
 
 /*

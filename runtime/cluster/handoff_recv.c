@@ -50,6 +50,7 @@ struct kvrt_cluster_handoff_recv {
     kvrt_sched_t *sched;
     uint64_t timeout_ns;
     uint64_t quarantine_ns;
+    uint32_t refuse_ms; /* a cut-off sender's refusal */
     kvrt_handoff_failure_policy_t policy;
     uint32_t max_handoffs;
     uint32_t high_water; /* slots [0, high_water) were ever used */
@@ -90,7 +91,7 @@ kvrt_cluster_handoff_recv_create(kvrt_ctx_t *ctx, const kvrt_cluster_handoff_rec
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "NULL argument");
     const uint64_t known = KVRT_HANDOFF_RECV_PARAM_TIMEOUT | KVRT_HANDOFF_RECV_PARAM_POLICY |
                            KVRT_HANDOFF_RECV_PARAM_QUARANTINE |
-                           KVRT_HANDOFF_RECV_PARAM_MAX_HANDOFFS;
+                           KVRT_HANDOFF_RECV_PARAM_MAX_HANDOFFS | KVRT_HANDOFF_RECV_PARAM_REFUSE;
     uint64_t m = params->field_mask;
     if (m & ~known)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
@@ -106,6 +107,13 @@ kvrt_cluster_handoff_recv_create(kvrt_ctx_t *ctx, const kvrt_cluster_handoff_rec
         (m & KVRT_HANDOFF_RECV_PARAM_POLICY) ? params->on_failure : KVRT_HANDOFF_RECOMPUTE;
     if (policy != KVRT_HANDOFF_RECOMPUTE && policy != KVRT_HANDOFF_FAIL)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "unknown failure policy %d", (int)policy);
+    uint64_t refuse_default = (uint64_t)timeout_ms + quarantine_ms;
+    uint32_t refuse_ms = (m & KVRT_HANDOFF_RECV_PARAM_REFUSE) ? params->refuse_ms
+                         : refuse_default > KVRT_XFER_REFUSE_MAX_MS ? KVRT_XFER_REFUSE_MAX_MS
+                                                                    : (uint32_t)refuse_default;
+    if (refuse_ms < 1 || refuse_ms > KVRT_XFER_REFUSE_MAX_MS)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "refuse_ms %u outside 1..%u", refuse_ms,
+                         KVRT_XFER_REFUSE_MAX_MS);
     uint32_t max = (m & KVRT_HANDOFF_RECV_PARAM_MAX_HANDOFFS) ? params->max_handoffs : 1024u;
     if (max < 1 || max > 65536u)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "max_handoffs %u outside 1..65536", max);
@@ -135,6 +143,7 @@ kvrt_cluster_handoff_recv_create(kvrt_ctx_t *ctx, const kvrt_cluster_handoff_rec
     r->sched = params->sched;
     r->timeout_ns = (uint64_t)timeout_ms * 1000000u;
     r->quarantine_ns = (uint64_t)quarantine_ms * 1000000u;
+    r->refuse_ms = refuse_ms;
     r->policy = policy;
     r->max_handoffs = max;
     *recv_out = r;
@@ -367,27 +376,22 @@ static void slot_closed(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s, kvrt_
  * dead, stalled or ignores its ticket's deadline. Before the blocks go to
  * other requests, cut it off with the transfer engine: its connections
  * close (a frame of it being applied lands before this returns, none
- * after) and its name is refused for another quarantine time, so that a
- * stalled sender that resumes and dials again as a new peer writes
- * nothing into them; an honest one stopped at its own deadline long
- * before. A sender that never closed a batch is unknown (whoever holds the
+ * after) and its name is refused for refuse_ms, so that a stalled sender
+ * that resumes and dials again as a new peer writes nothing into them; an
+ * honest one stopped at its own deadline long before. (No bounded refusal
+ * stops a sender that ignores its deadline for longer: refuse_ms sets how
+ * long is enough.) A sender that never closed a batch is unknown (whoever holds the
  * ticket may write): only its ticket's budget covers it. */
 static void cut_off_sender(kvrt_cluster_handoff_recv_t *r, const handoff_slot_t *s)
 {
     if (!s->sender_bound)
         return;
-    uint64_t refuse_ms = r->quarantine_ns / 1000000u;
-    if (refuse_ms < 1)
-        refuse_ms = 1;
-    if (refuse_ms > KVRT_XFER_REFUSE_MAX_MS)
-        refuse_ms = KVRT_XFER_REFUSE_MAX_MS;
     uint32_t revoked = 0;
-    kvrt_status_t st = kvrt_xfer_refuse_name(r->agent, s->sender, (uint32_t)refuse_ms, &revoked);
+    kvrt_status_t st = kvrt_xfer_refuse_name(r->agent, s->sender, r->refuse_ms, &revoked);
     kvrt_log(r->ctx, st == KVRT_OK ? KVRT_LOG_WARN : KVRT_LOG_ERROR,
              "hand-off sender %.64s closed nothing by the end of its quarantine: %s (%u "
-             "connections revoked, refused for %llu ms)",
-             s->sender, st == KVRT_OK ? "revoked" : kvrt_status_str(st), revoked,
-             (unsigned long long)refuse_ms);
+             "connections revoked, refused for %u ms)",
+             s->sender, st == KVRT_OK ? "revoked" : kvrt_status_str(st), revoked, r->refuse_ms);
 }
 
 /* The deadline passed and the request is decided, but the sender may

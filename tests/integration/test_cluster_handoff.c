@@ -250,8 +250,9 @@ static void decode_poll_channel(decode_t *d)
         ASSERT_OK(d->ctx, kvrt_cluster_channel_poll(d->channel, tch_now_ns(), NULL, 0, &n));
 }
 
-static decode_t decode_up(kvrt_handoff_failure_policy_t policy, uint32_t timeout_ms,
-                          uint32_t quarantine_ms)
+/* refuse_ms 0: the receiver's default. */
+static decode_t decode_up_refusing(kvrt_handoff_failure_policy_t policy, uint32_t timeout_ms,
+                                   uint32_t quarantine_ms, uint32_t refuse_ms)
 {
     decode_t d = {0};
     d.ctx = txu_ctx();
@@ -265,9 +266,17 @@ static decode_t decode_up(kvrt_handoff_failure_policy_t policy, uint32_t timeout
         .field_mask = KVRT_HANDOFF_RECV_PARAM_TIMEOUT | KVRT_HANDOFF_RECV_PARAM_POLICY |
                       KVRT_HANDOFF_RECV_PARAM_QUARANTINE,
         .agent = d.agent, .region = d.region, .sched = d.sched, .timeout_ms = timeout_ms,
-        .on_failure = policy, .quarantine_ms = quarantine_ms};
+        .on_failure = policy, .quarantine_ms = quarantine_ms, .refuse_ms = refuse_ms};
+    if (refuse_ms)
+        rp.field_mask |= KVRT_HANDOFF_RECV_PARAM_REFUSE;
     ASSERT_OK(d.ctx, kvrt_cluster_handoff_recv_create(d.ctx, &rp, &d.recv));
     return d;
+}
+
+static decode_t decode_up(kvrt_handoff_failure_policy_t policy, uint32_t timeout_ms,
+                          uint32_t quarantine_ms)
+{
+    return decode_up_refusing(policy, timeout_ms, quarantine_ms, 0);
 }
 
 static kvrt_seq_id_t add_request(decode_t *d)
@@ -658,7 +667,7 @@ Test(cluster_handoff, a_sender_past_deadline_and_quarantine_writes_nothing, .tim
 Test(cluster_handoff, a_stalled_sender_that_ignores_its_deadline_is_cut_off, .timeout = 60)
 {
     prefill_t p = prefill_fork();
-    decode_t d = decode_up(KVRT_HANDOFF_FAIL, 2000, 300);
+    decode_t d = decode_up_refusing(KVRT_HANDOFF_FAIL, 2000, 300, 60000);
     kvrt_seq_id_t seq = add_request(&d);
     static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
     kvrt_handoff_id_t h = 0;
@@ -679,6 +688,8 @@ Test(cluster_handoff, a_stalled_sender_that_ignores_its_deadline_is_cut_off, .ti
     int32_t all[POOL_BLOCKS];
     uint32_t nfree = 0;
     give_away(&d, given, nb, all, &nfree);
+    /* Its agent dials again meanwhile (reconnect backoff 20..200 ms). */
+    tch_nap_ms(600);
 
     char go = 'g';
     cr_assert_eq(write(p.cmd, &go, 1), 1);

@@ -206,6 +206,11 @@ Test(cluster_handoff_hostile, limits_and_wrong_calls_answer_with_a_status, .time
     rp.field_mask = KVRT_HANDOFF_RECV_PARAM_POLICY;
     rp.on_failure = (kvrt_handoff_failure_policy_t)7;
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_recv_create(p.ctx, &rp, &r));
+    rp.field_mask = KVRT_HANDOFF_RECV_PARAM_REFUSE;
+    rp.refuse_ms = 0;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_recv_create(p.ctx, &rp, &r));
+    rp.refuse_ms = 3600001u;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_recv_create(p.ctx, &rp, &r));
     rp.field_mask = 0;
     rp.sched = NULL;
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_recv_create(p.ctx, &rp, &r));
