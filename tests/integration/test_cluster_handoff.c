@@ -589,15 +589,36 @@ static void assert_untouched(decode_t *d, const int32_t *given, uint32_t count)
                   given[i]);
 }
 
-/* The hand-off's blocks in the decode pool, copied at accept. */
-static uint32_t handoff_blocks(decode_t *d, kvrt_seq_id_t seq, int32_t *out)
+/* Admits a request, starts the child in `mode` on its ticket and waits
+ * for its first report; given[] gets the hand-off's blocks in the decode
+ * pool (copied at accept). Returns how many. */
+static uint32_t start_late_sender(decode_t *d, prefill_t *p, char mode, int32_t *given)
 {
+    kvrt_seq_id_t seq = add_request(d);
+    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
+    kvrt_handoff_id_t h = 0;
+    uint32_t len = accept_and_ticket(d, seq, ticket, &h);
     const int32_t *view = NULL;
     uint32_t nb = 0;
     ASSERT_OK(d->ctx, kvrt_seq_blocks(d->sched, seq, &view, &nb, NULL));
     cr_assert_eq(nb, 13);
-    memcpy(out, view, nb * sizeof(int32_t));
+    memcpy(given, view, nb * sizeof(int32_t));
+    prefill_start(p, mode, ticket, len);
+    cr_assert_eq(prefill_report(p, 10000), '1');
     return nb;
+}
+
+/* Lets the late sender go on: it must report failure and land nothing in
+ * the given-away blocks, which then go back. */
+static void finish_late_sender(decode_t *d, prefill_t *p, const int32_t *given, uint32_t nb,
+                               int32_t *all, uint32_t nfree)
+{
+    char go = 'g';
+    cr_assert_eq(write(p->cmd, &go, 1), 1);
+    cr_assert_eq(prefill_report(p, 15000), 'F');
+    tch_nap_ms(300);
+    assert_untouched(d, given, nb);
+    ASSERT_OK(d->ctx, kvrt_pool_free(d->pool, nfree, all));
 }
 
 static void wait_released(decode_t *d)
@@ -624,14 +645,8 @@ Test(cluster_handoff, a_sender_past_deadline_and_quarantine_writes_nothing, .tim
     const uint32_t timeout_ms = 300;
     prefill_t p = prefill_fork();
     decode_t d = decode_up(KVRT_HANDOFF_FAIL, timeout_ms, 100);
-    kvrt_seq_id_t seq = add_request(&d);
-    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
-    kvrt_handoff_id_t h = 0;
-    uint32_t len = accept_and_ticket(&d, seq, ticket, &h);
     int32_t given[POOL_BLOCKS];
-    uint32_t nb = handoff_blocks(&d, seq, given);
-    prefill_start(&p, MODE_SLOW, ticket, len);
-    cr_assert_eq(prefill_report(&p, 10000), '1'); /* it holds the ticket */
+    uint32_t nb = start_late_sender(&d, &p, MODE_SLOW, given); /* it holds the ticket */
     uint64_t begun = txu_now_ms();
 
     kvrt_handoff_completion_t c = wait_handoff(&d, 5000);
@@ -646,14 +661,9 @@ Test(cluster_handoff, a_sender_past_deadline_and_quarantine_writes_nothing, .tim
     give_away(&d, given, nb, all, &nfree);
 
     /* The prefill ends: the sender posts nothing and says so. */
-    char go = 'g';
-    cr_assert_eq(write(p.cmd, &go, 1), 1);
-    cr_assert_eq(prefill_report(&p, 15000), 'F');
-    tch_nap_ms(300);
-    assert_untouched(&d, given, nb);
+    finish_late_sender(&d, &p, given, nb, all, nfree);
     /* An honest sender needed no revocation. */
     cr_assert_eq(txu_stat(d.ctx, "xfer.0.revocations"), 0);
-    ASSERT_OK(d.ctx, kvrt_pool_free(d.pool, nfree, all));
     prefill_end(&p);
     decode_down(&d);
 }
@@ -668,14 +678,8 @@ Test(cluster_handoff, a_stalled_sender_that_ignores_its_deadline_is_cut_off, .ti
 {
     prefill_t p = prefill_fork();
     decode_t d = decode_up_refusing(KVRT_HANDOFF_FAIL, 2000, 300, 60000);
-    kvrt_seq_id_t seq = add_request(&d);
-    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
-    kvrt_handoff_id_t h = 0;
-    uint32_t len = accept_and_ticket(&d, seq, ticket, &h);
     int32_t given[POOL_BLOCKS];
-    uint32_t nb = handoff_blocks(&d, seq, given);
-    prefill_start(&p, MODE_LIAR, ticket, len);
-    cr_assert_eq(prefill_report(&p, 10000), '1'); /* its first batch landed */
+    uint32_t nb = start_late_sender(&d, &p, MODE_LIAR, given); /* its first batch landed */
 
     kvrt_handoff_completion_t c = wait_handoff(&d, 10000);
     cr_assert_eq(c.outcome, KVRT_HANDOFF_FAILED);
@@ -691,13 +695,8 @@ Test(cluster_handoff, a_stalled_sender_that_ignores_its_deadline_is_cut_off, .ti
     /* Its agent dials again meanwhile (reconnect backoff 20..200 ms). */
     tch_nap_ms(600);
 
-    char go = 'g';
-    cr_assert_eq(write(p.cmd, &go, 1), 1);
-    cr_assert_eq(prefill_report(&p, 15000), 'F');
-    tch_nap_ms(300);
-    assert_untouched(&d, given, nb);
+    finish_late_sender(&d, &p, given, nb, all, nfree);
     cr_assert_eq(txu_stat(d.ctx, "xfer.0.peers"), 0, "the refused sender came back");
-    ASSERT_OK(d.ctx, kvrt_pool_free(d.pool, nfree, all));
     prefill_end(&p);
     decode_down(&d);
 }
