@@ -792,7 +792,9 @@ kvrt_status_t kvrt_cluster_handoff_sender_destroy(kvrt_cluster_handoff_sender_t 
  * describes (copied; untrusted: every field is checked). Connects to the
  * decode node if need be (blocking at most connect_timeout_ms) and imports
  * its pool region.
- * The ticket's budget starts counting now.
+ * The ticket's budget starts counting now: call it when the ticket
+ * arrives, not after the prefill (kvrt_cluster_pull_serve, which finds its
+ * blocks at begin, counts from its call too).
  * Errors: KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_PARSE (malformed ticket,
  * another ticket version, a budget over 3600000 ms), those of
  * kvrt_xfer_connect and kvrt_xfer_import, KVRT_ERR_NO_MEMORY.
