@@ -553,7 +553,9 @@ kvrt_status_t kvrt_cluster_etcd_stats(kvrt_cluster_etcd_t *member,
  *
  * The ticket (at most KVRT_HANDOFF_TICKET_MAX bytes, opaque) carries the
  * decode agent's address, its pool region's descriptor, the block ids to
- * fill and a random 64-bit token; the embedder ships it with the request
+ * fill, a random 64-bit token and the time left to the hand-off's deadline
+ * when it was written (hosts' clocks differ: the sender counts it from
+ * when it reads the ticket); the embedder ships it with the request
  * (as a router does), or the cluster channel carries it
  * (kvrt_cluster_channel_send_ticket). Each batch of blocks travels as one KV transfer
  * (kvrt_xfer_kv_post, checksummed when integrity is on) whose notification
@@ -569,9 +571,19 @@ kvrt_status_t kvrt_cluster_etcd_stats(kvrt_cluster_etcd_t *member,
  * sender's closing message arrives (its abort, or every batch) or the
  * quarantine time passes; only then do they return to the pool. Nothing a
  * peer sends can make the decode node hold a block past deadline +
- * quarantine. Messages with a wrong token, from another sender than the
- * first, naming batches outside the ticket, or repeating a batch are
- * counted as refused and change nothing.
+ * quarantine. The sender posts nothing past the ticket's deadline, and a
+ * batch in flight then is canceled; the decode node does not rely on that:
+ * when a quarantine ends without the closing message, a sender that closed
+ * a batch before is revoked and its name refused for refuse_ms
+ * (kvrt_xfer_refuse_name) before the blocks go back, so nothing of it
+ * lands in them afterwards, even if it resumes and dials again. (That cuts
+ * off the sender's other hand-offs to this node too: they fail at their
+ * deadlines.) A ticket holder that never closed a batch is unknown to the
+ * decode node; only the ticket's budget bounds it, counted from when it
+ * read the ticket, so a ticket delivered later than the quarantine after
+ * it was written is the embedder's to drop. Messages with a wrong token,
+ * from another sender than the first, naming batches outside the ticket,
+ * or repeating a batch are counted as refused and change nothing.
  *
  * Threads: a receiver follows its scheduler's thread (one thread at a
  * time); a sender and its sends are used by one thread at a time. Both
@@ -602,7 +614,8 @@ enum kvrt_cluster_handoff_recv_params_field {
     KVRT_HANDOFF_RECV_PARAM_TIMEOUT = 1u << 0,    /* timeout_ms */
     KVRT_HANDOFF_RECV_PARAM_POLICY = 1u << 1,     /* on_failure */
     KVRT_HANDOFF_RECV_PARAM_QUARANTINE = 1u << 2, /* quarantine_ms */
-    KVRT_HANDOFF_RECV_PARAM_MAX_HANDOFFS = 1u << 3
+    KVRT_HANDOFF_RECV_PARAM_MAX_HANDOFFS = 1u << 3,
+    KVRT_HANDOFF_RECV_PARAM_REFUSE = 1u << 4      /* refuse_ms */
 };
 
 /* ctx, agent, region and sched are always read; the rest by field_mask. */
@@ -619,6 +632,11 @@ typedef struct kvrt_cluster_handoff_recv_params {
      * closing message; default 2 * timeout_ms, 0 .. 3600000. */
     uint32_t quarantine_ms;
     uint32_t max_handoffs;             /* live at once, 1 .. 65536; default 1024 */
+    /* How long a sender cut off at the end of a quarantine stays refused
+     * by the agent (kvrt_xfer_refuse_name): it covers a stalled sender
+     * that resumes and dials again. Default timeout_ms + quarantine_ms
+     * (at most 3600000), 1 .. 3600000. */
+    uint32_t refuse_ms;
 } kvrt_cluster_handoff_recv_params_t;
 
 /*
@@ -749,7 +767,8 @@ typedef struct kvrt_cluster_handoff_sender_params {
     const kvrt_xfer_region_t *region;  /* its pool, registered with the POOL bit */
     int integrity;          /* checksum every block (kvrt_xfer_kv_params_t);
                                default 0 */
-    uint32_t timeout_ms;    /* per batch; default the agent's */
+    uint32_t timeout_ms;    /* per batch, never past the hand-off's deadline;
+                               default: the time left to it */
     uint32_t connect_timeout_ms; /* default 5000 */
 } kvrt_cluster_handoff_sender_params_t;
 
@@ -773,8 +792,12 @@ kvrt_status_t kvrt_cluster_handoff_sender_destroy(kvrt_cluster_handoff_sender_t 
  * describes (copied; untrusted: every field is checked). Connects to the
  * decode node if need be (blocking at most connect_timeout_ms) and imports
  * its pool region.
- * Errors: KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_PARSE (malformed ticket),
- * those of kvrt_xfer_connect and kvrt_xfer_import, KVRT_ERR_NO_MEMORY.
+ * The ticket's budget starts counting now: call it when the ticket
+ * arrives, not after the prefill (kvrt_cluster_pull_serve, which finds its
+ * blocks at begin, counts from its call too).
+ * Errors: KVRT_ERR_INVALID_ARG (NULL), KVRT_ERR_PARSE (malformed ticket,
+ * another ticket version, a budget over 3600000 ms), those of
+ * kvrt_xfer_connect and kvrt_xfer_import, KVRT_ERR_NO_MEMORY.
  */
 kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_sender_t *sender,
                                               const void *ticket, size_t length,
@@ -795,9 +818,13 @@ kvrt_status_t kvrt_cluster_handoff_send_info(const kvrt_cluster_handoff_send_t *
  * ticket, whose K/V is in local blocks local_blocks[0 .. count) (copied),
  * as one KV write (at most 1024 blocks). The local blocks must stay
  * allocated and unchanged until kvrt_cluster_handoff_send_end() returns.
+ * A batch's transfer timeout is the sender's timeout_ms or the time left
+ * to the hand-off's deadline, whichever is shorter.
  * Errors: KVRT_ERR_INVALID_ARG (NULL, count 0 or over 1024, more blocks
- * than the ticket has left), KVRT_ERR_BAD_STATE (a batch failed before:
- * end the send), those of kvrt_xfer_kv_post.
+ * than the ticket has left), KVRT_ERR_TIMEOUT (the hand-off's deadline
+ * passed: nothing was posted; end the send, which tells the decode node),
+ * KVRT_ERR_BAD_STATE (a batch failed before: end the send), those of
+ * kvrt_xfer_kv_post.
  */
 kvrt_status_t kvrt_cluster_handoff_send_blocks(kvrt_cluster_handoff_send_t *send,
                                                const int32_t *local_blocks, uint32_t count);
@@ -806,7 +833,8 @@ kvrt_status_t kvrt_cluster_handoff_send_blocks(kvrt_cluster_handoff_send_t *send
  * kvrt_cluster_handoff_send_test - KVRT_OK once every block of the ticket
  * was posted and every batch completed, KVRT_INPROGRESS before, or the
  * error the first failed batch completed with (KVRT_ERR_TIMEOUT,
- * KVRT_ERR_PEER_FAILED, ...). Never blocks.
+ * KVRT_ERR_PEER_FAILED, ...); KVRT_ERR_TIMEOUT also once the hand-off's
+ * deadline passed with blocks not yet posted. Never blocks.
  */
 kvrt_status_t kvrt_cluster_handoff_send_test(kvrt_cluster_handoff_send_t *send);
 

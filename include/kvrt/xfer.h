@@ -351,6 +351,44 @@ kvrt_status_t kvrt_xfer_peer_revoke(kvrt_xfer_peer_t *peer);
 kvrt_status_t kvrt_xfer_revoke_name(kvrt_xfer_agent_t *agent, const char *name,
                                     uint32_t *revoked_out);
 
+/* Longest refusal kvrt_xfer_refuse_name() takes. */
+#define KVRT_XFER_REFUSE_MAX_MS 3600000u
+
+/*
+ * kvrt_xfer_refuse_name - refuses the agent name `name` for refuse_ms and
+ * revokes every peer of that name now (as kvrt_xfer_revoke_name), so that
+ * neither a frame it sent before nor a connection it makes during the
+ * refusal reaches this agent's memory: a cluster uses it before it gives a
+ * dead or stalled node's blocks to other requests. While refused, the
+ * listener closes a connection whose handshake names `name` before it
+ * becomes a peer (its kvrt_xfer_connect fails with KVRT_ERR_BUSY), and
+ * a dialed peer that answers with that name fails its
+ * (re)connect like an unreachable one (KVRT_ERR_CONNECT, retried with
+ * backoff). A second call moves the end to the later of the two;
+ * refuse_ms 0 lifts the refusal (and revokes nothing).
+ *
+ * What it guarantees once it returns: every connection of a peer of that
+ * name is closed, and the backend finished with it (backend.h `close`):
+ * the TCP backend applies incoming WRITE frames on its progress thread
+ * under its lock, and its close takes that lock and waits until the
+ * progress thread let go of the connection, so a frame being applied when
+ * the call began has landed before it returns and none lands after;
+ * connections that passed the name check just before the refusal are
+ * waited for (at most their handshake deadline) and revoked too. A verbs
+ * connection's queue pairs are destroyed at close, after which the NIC
+ * accepts none of their writes (not exercised without an RDMA NIC).
+ *
+ * At most 256 names are refused at once (refusals that ran out are
+ * forgotten). Thread-safe (any thread; blocks for the revocations, as
+ * kvrt_xfer_peer_revoke). *revoked_out (may be NULL) gets how many peers
+ * were revoked (0 is not an error). Errors: KVRT_ERR_INVALID_ARG (NULL, a
+ * name of 0 or 64+ bytes, refuse_ms over KVRT_XFER_REFUSE_MAX_MS),
+ * KVRT_ERR_REQUEST_LIMIT (256 names refused; nothing changed),
+ * KVRT_ERR_NO_MEMORY (the refusal holds, no peer was revoked: call again).
+ */
+kvrt_status_t kvrt_xfer_refuse_name(kvrt_xfer_agent_t *agent, const char *name,
+                                    uint32_t refuse_ms, uint32_t *revoked_out);
+
 /*
  * kvrt_xfer_peer_info - state and counters, into the caller's struct (set
  * info_out->struct_size first). Errors: KVRT_ERR_INVALID_ARG (NULL, or a

@@ -30,6 +30,7 @@ typedef struct handoff_slot {
     kvrt_seq_id_t seq;
     kvrt_arrival_id_t arrival;
     uint64_t token;
+    uint64_t accept_ns;
     uint64_t deadline_ns;
     uint64_t release_ns; /* QUARANTINED: when the blocks go back anyway */
     uint32_t first_block;
@@ -49,6 +50,7 @@ struct kvrt_cluster_handoff_recv {
     kvrt_sched_t *sched;
     uint64_t timeout_ns;
     uint64_t quarantine_ns;
+    uint32_t refuse_ms; /* a cut-off sender's refusal */
     kvrt_handoff_failure_policy_t policy;
     uint32_t max_handoffs;
     uint32_t high_water; /* slots [0, high_water) were ever used */
@@ -89,7 +91,7 @@ kvrt_cluster_handoff_recv_create(kvrt_ctx_t *ctx, const kvrt_cluster_handoff_rec
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "NULL argument");
     const uint64_t known = KVRT_HANDOFF_RECV_PARAM_TIMEOUT | KVRT_HANDOFF_RECV_PARAM_POLICY |
                            KVRT_HANDOFF_RECV_PARAM_QUARANTINE |
-                           KVRT_HANDOFF_RECV_PARAM_MAX_HANDOFFS;
+                           KVRT_HANDOFF_RECV_PARAM_MAX_HANDOFFS | KVRT_HANDOFF_RECV_PARAM_REFUSE;
     uint64_t m = params->field_mask;
     if (m & ~known)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
@@ -105,6 +107,13 @@ kvrt_cluster_handoff_recv_create(kvrt_ctx_t *ctx, const kvrt_cluster_handoff_rec
         (m & KVRT_HANDOFF_RECV_PARAM_POLICY) ? params->on_failure : KVRT_HANDOFF_RECOMPUTE;
     if (policy != KVRT_HANDOFF_RECOMPUTE && policy != KVRT_HANDOFF_FAIL)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "unknown failure policy %d", (int)policy);
+    uint64_t refuse_default = (uint64_t)timeout_ms + quarantine_ms;
+    uint32_t refuse_ms = (m & KVRT_HANDOFF_RECV_PARAM_REFUSE) ? params->refuse_ms
+                         : refuse_default > KVRT_XFER_REFUSE_MAX_MS ? KVRT_XFER_REFUSE_MAX_MS
+                                                                    : (uint32_t)refuse_default;
+    if (refuse_ms < 1 || refuse_ms > KVRT_XFER_REFUSE_MAX_MS)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "refuse_ms %u outside 1..%u", refuse_ms,
+                         KVRT_XFER_REFUSE_MAX_MS);
     uint32_t max = (m & KVRT_HANDOFF_RECV_PARAM_MAX_HANDOFFS) ? params->max_handoffs : 1024u;
     if (max < 1 || max > 65536u)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "max_handoffs %u outside 1..65536", max);
@@ -134,6 +143,7 @@ kvrt_cluster_handoff_recv_create(kvrt_ctx_t *ctx, const kvrt_cluster_handoff_rec
     r->sched = params->sched;
     r->timeout_ns = (uint64_t)timeout_ms * 1000000u;
     r->quarantine_ns = (uint64_t)quarantine_ms * 1000000u;
+    r->refuse_ms = refuse_ms;
     r->policy = policy;
     r->max_handoffs = max;
     *recv_out = r;
@@ -259,6 +269,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_accept(kvrt_cluster_handoff_recv_
                           .seq = seq,
                           .arrival = arrival,
                           .token = token,
+                          .accept_ns = now_ns,
                           .deadline_ns = now_ns + timeout_ns,
                           .first_block = first,
                           .num_blocks = count,
@@ -299,6 +310,12 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_ticket(const kvrt_cluster_handoff
     kvrt_store_le32(p + 20, s->first_block);
     kvrt_store_le32(p + 24, s->num_blocks);
     kvrt_store_le16(p + 28, (uint16_t)recv->descriptor_bytes);
+    /* The budget: what is left to the deadline at the latest step clock
+     * the receiver saw (accept or poll); the sender counts it from when it
+     * reads the ticket. */
+    uint64_t now = recv->now_ns > s->accept_ns ? recv->now_ns : s->accept_ns;
+    uint64_t budget_ms = now < s->deadline_ns ? (s->deadline_ns - now) / 1000000u : 0;
+    kvrt_store_le32(p + 32, (uint32_t)budget_ms);
     p += HANDOFF_TICKET_HEAD;
     memcpy(p, recv->address, address_bytes);
     p += address_bytes;
@@ -355,32 +372,33 @@ static void slot_closed(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s, kvrt_
     slot_release(r, s, kept);
 }
 
-/* Whether the hand-off's sender is cut off from this agent, so that
- * nothing it posted or will post can land in the slot's blocks and they
- * may go back at once. That takes a revocation that closes the sender's
- * connections, fails what it has in flight and refuses it (by name) for
- * at least the quarantine time: a revoked peer that may dial again as a
- * new peer could, once resumed, write its next batches into blocks given
- * to another request. A sender that never closed a batch is unknown
- * (whoever holds the ticket may write), so only the time bound covers it. */
-static bool sender_cut_off(kvrt_cluster_handoff_recv_t *r, const handoff_slot_t *s)
+/* The quarantine ends and the sender never closed the hand-off: it is
+ * dead, stalled or ignores its ticket's deadline. Before the blocks go to
+ * other requests, cut it off with the transfer engine: its connections
+ * close (a frame of it being applied lands before this returns, none
+ * after) and its name is refused for refuse_ms, so that a stalled sender
+ * that resumes and dials again as a new peer writes nothing into them; an
+ * honest one stopped at its own deadline long before. (No bounded refusal
+ * stops a sender that ignores its deadline for longer: refuse_ms sets how
+ * long is enough.) A sender that never closed a batch is unknown (whoever holds the
+ * ticket may write): only its ticket's budget covers it. */
+static void cut_off_sender(kvrt_cluster_handoff_recv_t *r, const handoff_slot_t *s)
 {
-    (void)r;
     if (!s->sender_bound)
-        return false;
-    /* The transfer engine's public API has no such revocation yet. */
-    return false;
+        return;
+    uint32_t revoked = 0;
+    kvrt_status_t st = kvrt_xfer_refuse_name(r->agent, s->sender, r->refuse_ms, &revoked);
+    kvrt_log(r->ctx, st == KVRT_OK ? KVRT_LOG_WARN : KVRT_LOG_ERROR,
+             "hand-off sender %.64s closed nothing by the end of its quarantine: %s (%u "
+             "connections revoked, refused for %u ms)",
+             s->sender, st == KVRT_OK ? "revoked" : kvrt_status_str(st), revoked, r->refuse_ms);
 }
 
 /* The deadline passed and the request is decided, but the sender may
  * still write: hold the blocks until its closing message arrives or the
- * quarantine time passes, unless it is cut off now. */
+ * quarantine time passes (then it is cut off). */
 static void quarantine(kvrt_cluster_handoff_recv_t *r, handoff_slot_t *s)
 {
-    if (sender_cut_off(r, s)) {
-        slot_release(r, s, 0);
-        return;
-    }
     s->state = SLOT_QUARANTINED;
     s->release_ns = r->now_ns + r->quarantine_ns;
     r->stats.live--;
@@ -458,6 +476,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_poll(kvrt_cluster_handoff_recv_t 
                        s->failure != KVRT_OK ? s->failure : KVRT_ERR_TIMEOUT, 0);
             quarantine(recv, s);
         } else if (s->state == SLOT_QUARANTINED && now_ns >= s->release_ns) {
+            cut_off_sender(recv, s);
             slot_release(recv, s, 0);
         }
     }

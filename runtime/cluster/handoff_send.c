@@ -72,6 +72,12 @@ kvrt_status_t handoff_ticket_parse(kvrt_ctx_t *ctx, const uint8_t *p, size_t len
     t->first_block = kvrt_load_le32(p + 20);
     t->num_blocks = kvrt_load_le32(p + 24);
     t->descriptor_bytes = kvrt_load_le16(p + 28);
+    t->budget_ms = kvrt_load_le32(p + 32);
+    if (kvrt_load_le16(p + 30) != 0 || kvrt_load_le32(p + 36) != 0)
+        return kvrt_fail(ctx, KVRT_ERR_PARSE, "ticket reserved fields are not zero");
+    if (t->budget_ms > HANDOFF_BUDGET_MAX_MS)
+        return kvrt_fail(ctx, KVRT_ERR_PARSE, "ticket budget of %u ms over %u", t->budget_ms,
+                         HANDOFF_BUDGET_MAX_MS);
     if (address_bytes == 0 || address_bytes > HANDOFF_ADDRESS_MAX || t->descriptor_bytes == 0 ||
         t->descriptor_bytes > KVRT_XFER_DESCRIPTOR_MAX || t->num_blocks > KVRT_HANDOFF_MAX_BLOCKS ||
         length !=
@@ -125,6 +131,10 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_s
     }
     send->sender = sender;
     send->limit = send->ticket.num_blocks;
+    /* The budget counts from now, when this node first saw the ticket: a
+     * ticket that travelled long is covered by the decode node's
+     * quarantine and, past that, by its revocation of this agent. */
+    send->deadline_ns = kvrt_now_ns() + (uint64_t)send->ticket.budget_ms * 1000000ull;
     sender->sends++;
     *send_out = send;
     return KVRT_OK;
@@ -157,6 +167,19 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_blocks(kvrt_cluster_handoff_
     if (send->failure != KVRT_OK)
         return kvrt_fail(s->ctx, KVRT_ERR_BAD_STATE, "an earlier batch failed (%s)",
                          kvrt_status_str(send->failure));
+    /* Past the deadline the decode node has decided the request and may
+     * have given these blocks to another: write nothing. A batch may take
+     * until the deadline, no longer (the transfer engine cancels it). */
+    uint64_t now = kvrt_now_ns();
+    if (now >= send->deadline_ns) {
+        send->failure = KVRT_ERR_TIMEOUT;
+        return kvrt_fail(s->ctx, KVRT_ERR_TIMEOUT,
+                         "the hand-off's deadline passed %llu ms ago: nothing posted",
+                         (unsigned long long)((now - send->deadline_ns) / 1000000ull));
+    }
+    uint64_t left_ms = (send->deadline_ns - now + 999999ull) / 1000000ull;
+    uint32_t timeout_ms = s->timeout_ms && s->timeout_ms < left_ms ? s->timeout_ms
+                                                                    : (uint32_t)left_ms;
     uint8_t note[HANDOFF_MSG_BYTES];
     handoff_msg_t msg = {.kind = HANDOFF_MSG_BATCH,
                          .slot = send->ticket.slot,
@@ -166,7 +189,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_blocks(kvrt_cluster_handoff_
     handoff_msg_encode(note, &msg);
     kvrt_xfer_kv_params_t kp = {.field_mask = KVRT_XFER_KV_PARAM_NOTIFY |
                                               KVRT_XFER_KV_PARAM_INTEGRITY |
-                                              (s->timeout_ms ? KVRT_XFER_KV_PARAM_TIMEOUT : 0),
+                                              KVRT_XFER_KV_PARAM_TIMEOUT,
                                 .opcode = KVRT_XFER_WRITE,
                                 .local = s->region,
                                 .remote = send->remote,
@@ -176,7 +199,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_blocks(kvrt_cluster_handoff_
                                 .integrity = s->integrity,
                                 .notify = note,
                                 .notify_bytes = HANDOFF_MSG_BYTES,
-                                .timeout_ms = s->timeout_ms};
+                                .timeout_ms = timeout_ms};
     kvrt_xfer_request_t *req = NULL;
     kvrt_status_t st = kvrt_xfer_kv_post(send->peer, &kp, &req);
     if (st != KVRT_OK)
@@ -198,6 +221,10 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_test(kvrt_cluster_handoff_se
         else if (st != KVRT_OK && send->failure == KVRT_OK)
             send->failure = st;
     }
+    /* Blocks left unposted at the deadline never will be. */
+    if (send->failure == KVRT_OK && send->posted < send->limit &&
+        kvrt_now_ns() >= send->deadline_ns)
+        send->failure = KVRT_ERR_TIMEOUT;
     if (send->failure != KVRT_OK)
         return send->failure;
     return pending ? KVRT_INPROGRESS : KVRT_OK;

@@ -53,6 +53,7 @@ struct kvrt_cluster_handoff_send {
     uint32_t posted; /* ticket blocks posted so far */
     uint32_t limit;  /* blocks this send will post (a pull source may hold
                         fewer than the ticket names) */
+    uint64_t deadline_ns; /* local clock: send_begin + the ticket's budget */
     pull_source_t src;
     kvrt_xfer_request_t **requests;
     uint32_t num_requests;

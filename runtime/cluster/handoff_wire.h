@@ -4,10 +4,15 @@
  * Everything is little-endian. Internal.
  *
  * Ticket (decode -> prefill, shipped by the embedder):
- *   0  u32 magic "KVHT"      4  u16 version (1)    6  u16 address bytes A
+ *   0  u32 magic "KVHT"      4  u16 version (2)    6  u16 address bytes A
  *   8  u64 token            16  u32 slot          20  u32 first block index
  *  24  u32 block count N    28  u16 descriptor bytes D   30 u16 0
- *  32  address (A bytes, no NUL), descriptor (D bytes), N x u32 block ids
+ *  32  u32 budget ms        36  u32 0
+ *  40  address (A bytes, no NUL), descriptor (D bytes), N x u32 block ids
+ * The budget is the time that was left to the hand-off's deadline when the
+ * decode node wrote the ticket (0 .. 3600000): hosts' clocks differ, so the
+ * sender counts it from the moment it reads the ticket and posts nothing
+ * once it ran out. (Version 1 had no budget and a 32-byte head.)
  *
  * Message (prefill -> decode, a transfer notification of 32 bytes):
  *   0  u32 magic "KVHN"      4  u16 kind (BATCH, ABORT)   6 u16 0
@@ -31,8 +36,9 @@
 
 #define HANDOFF_TICKET_MAGIC 0x5448564bu /* "KVHT" */
 #define HANDOFF_MSG_MAGIC 0x4e48564bu    /* "KVHN" */
-#define HANDOFF_VERSION 1u
-#define HANDOFF_TICKET_HEAD 32u
+#define HANDOFF_VERSION 2u
+#define HANDOFF_TICKET_HEAD 40u
+#define HANDOFF_BUDGET_MAX_MS 3600000u
 #define HANDOFF_ADDRESS_MAX 255u
 #define HANDOFF_MSG_BYTES 32u
 /* Blocks per KV write: one closing message of the transfer engine's KV
@@ -46,6 +52,7 @@ typedef struct handoff_ticket {
     uint32_t slot;
     uint32_t first_block;
     uint32_t num_blocks;
+    uint32_t budget_ms; /* left to the deadline when the ticket was written */
     char address[HANDOFF_ADDRESS_MAX + 1];
     const uint8_t *descriptor; /* into the ticket bytes */
     uint32_t descriptor_bytes;

@@ -244,6 +244,7 @@ struct kvrt_tier {
     uint64_t *hit_key;       /* ... for the block cached under this key */
     bool ahead_settled;      /* the last scan reached the window's end ... */
     uint64_t ahead_clock;    /* ... at this count of changes (tier_clean_ahead) */
+    uint32_t ahead_slack;    /* changes before the next scan (tier_clean_ahead) */
     bool ahead_file_lost;    /* ... with the SSD file in this state */
     uint32_t tokens_per_block;
     uint32_t open_tickets;   /* tickets not finished: poll advances them */

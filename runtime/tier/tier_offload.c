@@ -158,9 +158,8 @@ void tier_clean_ahead(kvrt_tier_t *t)
     uint64_t clock = cs.inserts + cs.evictions + cs.hit_tokens / t->tokens_per_block +
                      t->host_stats.evictions + t->host_stats.errors + t->ssd_stats.evictions +
                      t->ssd_stats.errors + t->ssd_stats.drops;
-    uint32_t slack = window / 4 ? window / 4 : 1;
     if (t->ahead_settled && t->ahead_file_lost == t->file_lost &&
-        clock - t->ahead_clock < slack)
+        clock - t->ahead_clock < t->ahead_slack)
         return;
     t->ahead_settled = false;
     uint32_t n = kvrt_cache_peek_victims(t->cache, t->peek_blocks, t->peek_names, window);
@@ -175,6 +174,11 @@ void tier_clean_ahead(kvrt_tier_t *t)
             return;
     }
     if (i == n) {
+        /* A scan that found fewer victims than the window saw every
+         * evictable block: the next one inserted is in the window at
+         * once, near its front, and an allocation may take it before a
+         * rescan copied it. Then any change brings a rescan. */
+        t->ahead_slack = n < window ? 1 : (window / 4 ? window / 4 : 1);
         t->ahead_settled = true;
         t->ahead_clock = clock;
         t->ahead_file_lost = t->file_lost;

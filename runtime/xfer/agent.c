@@ -223,7 +223,8 @@ static kvrt_xfer_peer_t *peer_by_session(kvrt_xfer_agent_t *a, const uint8_t *se
 }
 
 /* Dials, authenticates and sets up the backend connection of a dialed peer
- * (first connect and reconnects). Called without the lock. */
+ * (first connect and reconnects). Called without the lock. On success the
+ * connection counts in a->settling until the caller attached or closed it. */
 static kvrt_status_t peer_establish(kvrt_xfer_peer_t *p, uint64_t deadline_ns,
                                     void **conn_out, char *why, size_t why_bytes)
 {
@@ -238,6 +239,11 @@ static kvrt_status_t peer_establish(kvrt_xfer_peer_t *p, uint64_t deadline_ns,
     kvrt_xfer_agent_t *a = p->agent;
     st = a->backend->connect(a->bk_state, p, fd, &keys, deadline_ns, conn_out, why, why_bytes);
     sodium_memzero(&keys, sizeof(keys));
+    if (st != KVRT_OK) {
+        pthread_mutex_lock(&a->lock);
+        xfer_settled(a);
+        pthread_mutex_unlock(&a->lock);
+    }
     return st;
 }
 
@@ -269,8 +275,16 @@ kvrt_status_t kvrt_xfer_bk_dial(kvrt_xfer_bk_peer_t *p, uint32_t conn_index,
     }
     if (conn_index == 0) {
         pthread_mutex_lock(&a->lock);
-        memcpy(p->name, server, sizeof(p->name));
+        bool refused = xfer_name_refused(a, server);
+        if (!refused) {
+            memcpy(p->name, server, sizeof(p->name));
+            a->settling++; /* until the caller attached or closed it */
+        }
         pthread_mutex_unlock(&a->lock);
+        if (refused) {
+            close(fd);
+            return KVRT_ERR_CONNECT;
+        }
     }
     *fd_out = fd;
     return KVRT_OK;
@@ -299,6 +313,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_connect(kvrt_xfer_agent_t *agent, const char
         return kvrt_fail(agent->ctx, st, "connecting to %s: %s", address, why);
     }
     pthread_mutex_lock(&agent->lock);
+    xfer_settled(agent);
     p->conn = conn;
     p->connections = agent->connections;
     p->backoff_ms = agent->reconnect_initial_ms;
@@ -450,7 +465,13 @@ kvrt_status_t xfer_admit_peer(void *arg, const kvrt_xfer_hello_t *hello)
         passive += !p->dialed && !p->closing;
         known = known || memcmp(p->session, hello->session, sizeof(p->session)) == 0;
     }
+    /* A refused name hears so in RESULT (its connect fails with
+     * KVRT_ERR_BUSY, as from a full listener); xfer_accept_authenticated
+     * checks again, under the lock a refusal is installed with. */
+    bool refused = hello->conn_index == 0 && xfer_name_refused(a, hello->name);
     pthread_mutex_unlock(&a->lock);
+    if (refused)
+        return KVRT_ERR_BUSY;
     return hello->conn_index != 0 || known || passive < a->max_peers ? KVRT_OK : KVRT_ERR_BUSY;
 }
 
@@ -461,7 +482,13 @@ void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hel
     void *old = NULL, *conn = NULL;
     pthread_mutex_lock(&a->lock);
     kvrt_xfer_peer_t *p = peer_by_session(a, hello->session);
-    if (!extra && p) {
+    /* Checked with the lock that kvrt_xfer_refuse_name holds while it
+     * installs a refusal: a connection is refused here, or counted in
+     * settling and revoked there once attached. */
+    bool refused = !extra && xfer_name_refused(a, hello->name);
+    if (refused) {
+        p = NULL;
+    } else if (!extra && p) {
         /* The dialer reconnects: whatever we still hold of its last
          * session is stale. */
         p->busy++;
@@ -487,7 +514,12 @@ void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hel
     }
     if (p && !extra && !p->closing)
         p->state = KVRT_XFER_PEER_CONNECTED;
+    if (p && !extra)
+        a->settling++;
     pthread_mutex_unlock(&a->lock);
+    if (refused)
+        kvrt_log(a->ctx, KVRT_LOG_INFO, "xfer %s: refused %.63s (kvrt_xfer_refuse_name)",
+                 a->name, hello->name);
     if (old)
         a->backend->close(a->bk_state, old);
     if (!p) {
@@ -524,6 +556,11 @@ void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hel
         kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: accepting from %s failed: %s", a->name,
                  hello->name, why);
     peer_close_put(p, stale);
+    if (!extra) {
+        pthread_mutex_lock(&a->lock);
+        xfer_settled(a);
+        pthread_mutex_unlock(&a->lock);
+    }
 }
 
 /* ---- the upkeep thread ---------------------------------------------------- */
@@ -588,6 +625,11 @@ static bool upkeep_peers(kvrt_xfer_agent_t *a)
             kvrt_log(a->ctx, st == KVRT_OK ? KVRT_LOG_INFO : KVRT_LOG_DEBUG,
                      "xfer %s: reconnect to %s: %s %s", a->name, name, kvrt_status_str(st), why);
             peer_close_put(p, stale);
+            if (st == KVRT_OK) {
+                pthread_mutex_lock(&a->lock);
+                xfer_settled(a);
+                pthread_mutex_unlock(&a->lock);
+            }
             return true;
         }
     }

@@ -216,6 +216,13 @@ struct xfer_msg {
     uint8_t payload[];
 };
 
+/* A peer name refused until until_ns (revoke.c). */
+#define XFER_REFUSED_NAMES_MAX 256u
+typedef struct xfer_refusal {
+    char name[KVRT_XFER_NAME_MAX];
+    uint64_t until_ns;
+} xfer_refusal_t;
+
 struct kvrt_xfer_agent {
     kvrt_owned_t owned;
     kvrt_ctx_t *ctx;
@@ -267,6 +274,13 @@ struct kvrt_xfer_agent {
     uint32_t refusal_lines;
     xfer_msg_serve_fn handlers[XFER_MSG_TYPES]; /* dispatch.c; fixed after create */
     xfer_msg_work_fn work_of[XFER_MSG_TYPES];   /* NULL: cheap, served at once */
+    /* Names refused at the handshake until a time (kvrt_xfer_refuse_name;
+     * revoke.c). */
+    xfer_refusal_t refused_names[XFER_REFUSED_NAMES_MAX];
+    uint32_t nrefused_names;
+    /* Connections past the name check and not yet attached to their peer
+     * or closed: kvrt_xfer_refuse_name waits for none to be left. */
+    uint32_t settling;
 };
 
 /* ---- agent.c ----------------------------------------------------------- */
@@ -297,6 +311,11 @@ void xfer_peer_revoke(kvrt_xfer_peer_t *p, kvrt_status_t why);
  * idle_ns (0: every peer holding pins). Lock held (dropped meanwhile).
  * Returns how many. */
 uint32_t xfer_revoke_stalled(kvrt_xfer_agent_t *agent, uint64_t idle_ns, kvrt_status_t why);
+/* Whether a peer naming itself `name` is refused now (kvrt_xfer_refuse_name;
+ * lock held). Forgets refusals that ran out. */
+bool xfer_name_refused(kvrt_xfer_agent_t *a, const char *name);
+/* A connection counted in a->settling is attached or closed (lock held). */
+void xfer_settled(kvrt_xfer_agent_t *a);
 
 /* The listener's admission of an authenticated HELLO (a kvrt_xfer_sc_admit_fn
  * with the agent as arg): KVRT_ERR_BUSY for a new session beyond

@@ -31,8 +31,19 @@
 #define BATCH 4u
 
 /* MODE_CHANNEL: as MODE_NORMAL, but the ticket comes over the cluster
- * channel (the child reports its agent's address first). */
-enum child_mode { MODE_NORMAL = 'n', MODE_KILL = 'k', MODE_STALL = 's', MODE_CHANNEL = 'c' };
+ * channel (the child reports its agent's address first). MODE_SLOW: the
+ * send begins, then the prefill takes until the test says go before the
+ * first batch. MODE_LIAR: as MODE_STALL (without the signals), with the
+ * ticket's budget rewritten to an hour: a sender that ignores its
+ * deadline. */
+enum child_mode {
+    MODE_NORMAL = 'n',
+    MODE_KILL = 'k',
+    MODE_STALL = 's',
+    MODE_CHANNEL = 'c',
+    MODE_SLOW = 'w',
+    MODE_LIAR = 'l'
+};
 
 /* ---- the prefill node (child process) ----------------------------------- */
 
@@ -107,6 +118,8 @@ static void prefill_main(int cmd, int report)
         memcpy(ticket, m.ticket, ticket_len);
         mode = MODE_NORMAL;
     }
+    if (mode == MODE_LIAR && ticket_len >= 40)
+        kvrt_store_le32(ticket + 32, 3600000u); /* the budget (handoff_wire.h) */
     kvrt_cluster_handoff_send_t *send = NULL;
     if (kvrt_cluster_handoff_send_begin(sender, ticket, ticket_len, &send) != KVRT_OK)
         _exit(5);
@@ -118,10 +131,16 @@ static void prefill_main(int cmd, int report)
     for (uint32_t i = 0; i < n; i++)
         tch_block_pattern(pool, blocks[i], first + i, true);
 
+    if (mode == MODE_SLOW) {
+        char one = '1', go;
+        if (write(report, &one, 1) != 1 || !read_all(cmd, &go, 1))
+            _exit(8);
+    }
     /* The first batch, as the first chunk of prefill completes. */
-    if (kvrt_cluster_handoff_send_blocks(send, blocks, BATCH) != KVRT_OK)
+    bool failed = kvrt_cluster_handoff_send_blocks(send, blocks, BATCH) != KVRT_OK;
+    if (failed && mode != MODE_SLOW)
         _exit(7);
-    if (mode != MODE_NORMAL) {
+    if (mode != MODE_NORMAL && mode != MODE_SLOW) {
         txu_stat_drained(ctx, "xfer.0.outstanding", 5000);
         char one = '1';
         if (write(report, &one, 1) != 1)
@@ -136,13 +155,12 @@ static void prefill_main(int cmd, int report)
         if (!read_all(cmd, &go, 1)) /* after SIGSTOP and SIGCONT */
             _exit(10);
     }
-    for (uint32_t at = BATCH; at < n; at += BATCH) {
+    for (uint32_t at = BATCH; at < n && !failed; at += BATCH) {
         tch_nap_ms(2); /* the next chunk of prefill */
         uint32_t count = n - at < BATCH ? n - at : BATCH;
-        if (kvrt_cluster_handoff_send_blocks(send, blocks + at, count) != KVRT_OK)
-            break;
+        failed = kvrt_cluster_handoff_send_blocks(send, blocks + at, count) != KVRT_OK;
     }
-    char verdict = send_wait(send, 10000) == KVRT_OK ? 'D' : 'F';
+    char verdict = !failed && send_wait(send, 10000) == KVRT_OK ? 'D' : 'F';
     kvrt_cluster_handoff_send_end(send);
     kvrt_pool_free(pool, n, blocks);
     if (write(report, &verdict, 1) != 1)
@@ -232,8 +250,9 @@ static void decode_poll_channel(decode_t *d)
         ASSERT_OK(d->ctx, kvrt_cluster_channel_poll(d->channel, tch_now_ns(), NULL, 0, &n));
 }
 
-static decode_t decode_up(kvrt_handoff_failure_policy_t policy, uint32_t timeout_ms,
-                          uint32_t quarantine_ms)
+/* refuse_ms 0: the receiver's default. */
+static decode_t decode_up_refusing(kvrt_handoff_failure_policy_t policy, uint32_t timeout_ms,
+                                   uint32_t quarantine_ms, uint32_t refuse_ms)
 {
     decode_t d = {0};
     d.ctx = txu_ctx();
@@ -247,9 +266,17 @@ static decode_t decode_up(kvrt_handoff_failure_policy_t policy, uint32_t timeout
         .field_mask = KVRT_HANDOFF_RECV_PARAM_TIMEOUT | KVRT_HANDOFF_RECV_PARAM_POLICY |
                       KVRT_HANDOFF_RECV_PARAM_QUARANTINE,
         .agent = d.agent, .region = d.region, .sched = d.sched, .timeout_ms = timeout_ms,
-        .on_failure = policy, .quarantine_ms = quarantine_ms};
+        .on_failure = policy, .quarantine_ms = quarantine_ms, .refuse_ms = refuse_ms};
+    if (refuse_ms)
+        rp.field_mask |= KVRT_HANDOFF_RECV_PARAM_REFUSE;
     ASSERT_OK(d.ctx, kvrt_cluster_handoff_recv_create(d.ctx, &rp, &d.recv));
     return d;
+}
+
+static decode_t decode_up(kvrt_handoff_failure_policy_t policy, uint32_t timeout_ms,
+                          uint32_t quarantine_ms)
+{
+    return decode_up_refusing(policy, timeout_ms, quarantine_ms, 0);
 }
 
 static kvrt_seq_id_t add_request(decode_t *d)
@@ -537,57 +564,139 @@ Test(cluster_handoff, a_ticket_carried_by_the_cluster_channel_lands_across_proce
     decode_down(&d);
 }
 
+/* Marks every free block of the decode pool as someone else's (allocated,
+ * the pattern of 1000 + i for the hand-off's i-th block); *nfree gets how
+ * many were taken into all[]. */
+static void give_away(decode_t *d, const int32_t *given, uint32_t count, int32_t *all,
+                      uint32_t *nfree)
+{
+    kvrt_seq_info_t ended;
+    uint32_t n = 0;
+    ASSERT_OK(d->ctx, kvrt_sched_drain_ended(d->sched, &ended, 1, &n));
+    kvrt_pool_info_t info;
+    ASSERT_OK(d->ctx, kvrt_pool_info(d->pool, &info));
+    *nfree = info.free_blocks + info.cached_blocks;
+    ASSERT_OK(d->ctx, kvrt_pool_alloc(d->pool, *nfree, all));
+    for (uint32_t i = 0; i < count; i++)
+        tch_block_pattern(d->pool, given[i], 1000 + i, true);
+}
+
+static void assert_untouched(decode_t *d, const int32_t *given, uint32_t count)
+{
+    for (uint32_t i = 0; i < count; i++)
+        cr_assert(tch_block_pattern(d->pool, given[i], 1000 + i, false),
+                  "a sender past the deadline wrote into block %d, given to another request",
+                  given[i]);
+}
+
+/* Admits a request, starts the child in `mode` on its ticket and waits
+ * for its first report; given[] gets the hand-off's blocks in the decode
+ * pool (copied at accept). Returns how many. */
+static uint32_t start_late_sender(decode_t *d, prefill_t *p, char mode, int32_t *given)
+{
+    kvrt_seq_id_t seq = add_request(d);
+    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
+    kvrt_handoff_id_t h = 0;
+    uint32_t len = accept_and_ticket(d, seq, ticket, &h);
+    const int32_t *view = NULL;
+    uint32_t nb = 0;
+    ASSERT_OK(d->ctx, kvrt_seq_blocks(d->sched, seq, &view, &nb, NULL));
+    cr_assert_eq(nb, 13);
+    memcpy(given, view, nb * sizeof(int32_t));
+    prefill_start(p, mode, ticket, len);
+    cr_assert_eq(prefill_report(p, 10000), '1');
+    return nb;
+}
+
+/* Lets the late sender go on: it must report failure and land nothing in
+ * the given-away blocks, which then go back. */
+static void finish_late_sender(decode_t *d, prefill_t *p, const int32_t *given, uint32_t nb,
+                               int32_t *all, uint32_t nfree)
+{
+    char go = 'g';
+    cr_assert_eq(write(p->cmd, &go, 1), 1);
+    cr_assert_eq(prefill_report(p, 15000), 'F');
+    tch_nap_ms(300);
+    assert_untouched(d, given, nb);
+    ASSERT_OK(d->ctx, kvrt_pool_free(d->pool, nfree, all));
+}
+
+static void wait_released(decode_t *d)
+{
+    uint64_t end = txu_now_ms() + 10000;
+    while (quarantined(d) > 0 && txu_now_ms() < end)
+        tch_nap_ms(5);
+    cr_assert_eq(quarantined(d), 0);
+}
+
 /*
  * Found by kvrt-soak (a prefill node that got its ticket late and prefilled
  * a long prompt past the decode node's deadline + quarantine): the decode
  * node gave the hand-off's blocks back, another request took them, and the
- * sender's writes then landed in them. A sender past the hand-off's
- * deadline must write nothing into the decode node's pool.
- *
- * Disabled while it fails: the ticket does not carry the deadline, so the
- * sender cannot know it, and the decode node cannot revoke a sender's
- * writes into its registered pool. Enable it with the fix.
+ * sender's writes then landed in them. The ticket carries the time left to
+ * the deadline, which the sender counts from when it reads the ticket, so
+ * a prefill that ends past it posts nothing. (A ticket that reaches the
+ * prefill node later than the quarantine after it was written is beyond
+ * what the budget can tell: hosts' clocks differ. That is what the
+ * quarantine is for.)
  */
-Test(cluster_handoff, a_sender_past_deadline_and_quarantine_writes_nothing, .timeout = 60,
-     .disabled = true)
+Test(cluster_handoff, a_sender_past_deadline_and_quarantine_writes_nothing, .timeout = 60)
 {
+    const uint32_t timeout_ms = 300;
     prefill_t p = prefill_fork();
-    decode_t d = decode_up(KVRT_HANDOFF_FAIL, 100, 100);
-    kvrt_seq_id_t seq = add_request(&d);
-    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
-    kvrt_handoff_id_t h = 0;
-    uint32_t len = accept_and_ticket(&d, seq, ticket, &h);
-    const int32_t *view = NULL;
-    uint32_t nb = 0;
-    ASSERT_OK(d.ctx, kvrt_seq_blocks(d.sched, seq, &view, &nb, NULL));
+    decode_t d = decode_up(KVRT_HANDOFF_FAIL, timeout_ms, 100);
+    int32_t given[POOL_BLOCKS];
+    uint32_t nb = start_late_sender(&d, &p, MODE_SLOW, given); /* it holds the ticket */
+    uint64_t begun = txu_now_ms();
+
     kvrt_handoff_completion_t c = wait_handoff(&d, 5000);
     cr_assert_eq(c.outcome, KVRT_HANDOFF_FAILED);
-    int32_t given[POOL_BLOCKS];
-    memcpy(given, view + c.first_block, c.blocks * sizeof(int32_t));
-    uint64_t end = txu_now_ms() + 5000;
-    while (quarantined(&d) > 0 && txu_now_ms() < end)
+    cr_assert_eq(c.blocks, nb);
+    wait_released(&d);
+    /* Its own count of the budget ran out too (it began after accept). */
+    while (txu_now_ms() < begun + timeout_ms + 20)
         tch_nap_ms(5);
-    cr_assert_eq(quarantined(&d), 0);
-    kvrt_seq_info_t ended;
-    uint32_t n = 0;
-    ASSERT_OK(d.ctx, kvrt_sched_drain_ended(d.sched, &ended, 1, &n));
-    /* Someone else's blocks now: every free block, marked. */
-    kvrt_pool_info_t info;
-    ASSERT_OK(d.ctx, kvrt_pool_info(d.pool, &info));
     int32_t all[POOL_BLOCKS];
-    uint32_t nfree = info.free_blocks + info.cached_blocks;
-    ASSERT_OK(d.ctx, kvrt_pool_alloc(d.pool, nfree, all));
-    for (uint32_t i = 0; i < c.blocks; i++)
-        tch_block_pattern(d.pool, given[i], 1000 + i, true);
-    /* The late sender. */
-    prefill_start(&p, MODE_NORMAL, ticket, len);
-    prefill_report(&p, 15000);
-    tch_nap_ms(300);
-    for (uint32_t i = 0; i < c.blocks; i++)
-        cr_assert(tch_block_pattern(d.pool, given[i], 1000 + i, false),
-                  "a sender past the deadline wrote into block %d, given back %u ms before",
-                  given[i], 100u);
-    ASSERT_OK(d.ctx, kvrt_pool_free(d.pool, nfree, all));
+    uint32_t nfree = 0;
+    give_away(&d, given, nb, all, &nfree);
+
+    /* The prefill ends: the sender posts nothing and says so. */
+    finish_late_sender(&d, &p, given, nb, all, nfree);
+    /* An honest sender needed no revocation. */
+    cr_assert_eq(txu_stat(d.ctx, "xfer.0.revocations"), 0);
+    prefill_end(&p);
+    decode_down(&d);
+}
+
+/*
+ * The decode node does not rely on the sender's honesty: a sender that
+ * wrote a batch, stalled, and ignores its deadline is revoked when its
+ * quarantine ends, before the blocks go back, and its name is refused for
+ * a while; resumed, it dials again and lands nothing.
+ */
+Test(cluster_handoff, a_stalled_sender_that_ignores_its_deadline_is_cut_off, .timeout = 60)
+{
+    prefill_t p = prefill_fork();
+    decode_t d = decode_up_refusing(KVRT_HANDOFF_FAIL, 2000, 300, 60000);
+    int32_t given[POOL_BLOCKS];
+    uint32_t nb = start_late_sender(&d, &p, MODE_LIAR, given); /* its first batch landed */
+
+    kvrt_handoff_completion_t c = wait_handoff(&d, 10000);
+    cr_assert_eq(c.outcome, KVRT_HANDOFF_FAILED);
+    cr_assert_eq(c.status, KVRT_ERR_TIMEOUT);
+    cr_assert_eq(quarantined(&d), 1);
+    cr_assert_eq(txu_stat(d.ctx, "xfer.0.revocations"), 0);
+    wait_released(&d);
+    cr_assert_eq(txu_stat(d.ctx, "xfer.0.revocations"), 1, "the sender was not revoked");
+    cr_assert_eq(txu_stat(d.ctx, "xfer.0.peers"), 0);
+    int32_t all[POOL_BLOCKS];
+    uint32_t nfree = 0;
+    give_away(&d, given, nb, all, &nfree);
+    /* Its agent dials again meanwhile (reconnect backoff 20..200 ms). */
+    tch_nap_ms(600);
+
+    finish_late_sender(&d, &p, given, nb, all, nfree);
+    cr_assert_eq(txu_stat(d.ctx, "xfer.0.peers"), 0, "the refused sender came back");
     prefill_end(&p);
     decode_down(&d);
 }

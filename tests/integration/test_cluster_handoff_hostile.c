@@ -65,7 +65,16 @@ Test(cluster_handoff_hostile, tickets_that_do_not_add_up_are_refused, .timeout =
     kvrt_store_le32(bad + 24, 0xffffffffu); /* block count that overflows */
     ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, bad, len, &send));
     memcpy(bad, ticket, len);
-    bad[33] = '\0'; /* a NUL inside the address */
+    bad[41] = '\0'; /* a NUL inside the address */
+    ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, bad, len, &send));
+    memcpy(bad, ticket, len);
+    kvrt_store_le32(bad + 32, 3600001u); /* a budget past any deadline allowed */
+    ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, bad, len, &send));
+    memcpy(bad, ticket, len);
+    kvrt_store_le32(bad + 36, 1); /* reserved */
+    ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, bad, len, &send));
+    memcpy(bad, ticket, len);
+    kvrt_store_le16(bad + 4, 1); /* version 1: no deadline, refused */
     ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_cluster_handoff_send_begin(p.sender, bad, len, &send));
     memcpy(bad, ticket, len);
     kvrt_store_le32(bad + len - 4, 0x80000000u); /* a block id no pool has */
@@ -196,6 +205,11 @@ Test(cluster_handoff_hostile, limits_and_wrong_calls_answer_with_a_status, .time
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_recv_create(p.ctx, &rp, &r));
     rp.field_mask = KVRT_HANDOFF_RECV_PARAM_POLICY;
     rp.on_failure = (kvrt_handoff_failure_policy_t)7;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_recv_create(p.ctx, &rp, &r));
+    rp.field_mask = KVRT_HANDOFF_RECV_PARAM_REFUSE;
+    rp.refuse_ms = 0;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_recv_create(p.ctx, &rp, &r));
+    rp.refuse_ms = 3600001u;
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_recv_create(p.ctx, &rp, &r));
     rp.field_mask = 0;
     rp.sched = NULL;

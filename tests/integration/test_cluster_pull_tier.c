@@ -372,13 +372,21 @@ Test(cluster_pull_tier, a_block_gone_from_every_tier_fails_the_pull_and_leaves_t
         hprefill(&w, 50 + round, 2);
         hsqueeze(&w);
     }
+    /* The other keys went into host memory (copied ahead of the pool's
+     * evictions) and pushed the prompt's blocks out of it. */
+    kvrt_tier_stats_t ts;
+    ASSERT_OK(w.ctx, kvrt_tier_stats(w.htier, &ts));
+    cr_assert_geq(ts.host.evictions, PKEYS, "host memory evicted %llu blocks (offloads %llu, "
+                  "drops %llu)", (unsigned long long)ts.host.evictions,
+                  (unsigned long long)ts.host.offloads, (unsigned long long)ts.host.drops);
     kvrt_cluster_pull_plan_t plan = plan_for(&w);
     cr_assert_eq(plan.node_id, HOLDER);
     cr_assert_eq(plan.tier_blocks[KVRT_KV_TIER_HOST], PKEYS);
 
     kvrt_seq_id_t seq = padd(&w);
     kvrt_handoff_completion_t c = pull(&w, seq, plan.peer_blocks);
-    cr_assert_eq(c.outcome, KVRT_HANDOFF_RECOMPUTED);
+    cr_assert_eq(c.outcome, KVRT_HANDOFF_RECOMPUTED, "outcome %u status %d: the pull landed "
+                 "blocks the holder no longer has", c.outcome, c.status);
     cr_assert_eq(c.status, KVRT_ERR_CANCELED);
     cr_assert_eq(c.landed_blocks, 0);
     ASSERT_OK(w.ctx, kvrt_cluster_pull_forget(w.dir, HOLDER, w.keys, PKEYS, &c));

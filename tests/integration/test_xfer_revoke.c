@@ -205,3 +205,129 @@ Test(xfer_revoke, revoke_by_handle_cancels_requests_and_closes_the_connection)
     close(srv.listen_fd);
     free(mem);
 }
+
+/* An agent named `name` that reconnects quickly (as txu_agent). */
+static kvrt_xfer_agent_t *named_agent(kvrt_ctx_t *ctx, const char *name)
+{
+    kvrt_xfer_agent_params_t p = {
+        .field_mask = KVRT_XFER_AGENT_PARAM_BACKEND | KVRT_XFER_AGENT_PARAM_TIMEOUT |
+                      KVRT_XFER_AGENT_PARAM_RECONNECT | KVRT_XFER_AGENT_PARAM_NAME,
+        .cluster_key = test_xfer_key, .cluster_key_bytes = 32,
+        .backend = KVRT_XFER_BACKEND_TCP, .default_timeout_ms = 3000,
+        .reconnect_initial_ms = 20, .reconnect_max_ms = 100, .reconnect_attempts = 1000,
+        .name = name};
+    kvrt_xfer_agent_t *a = NULL;
+    ASSERT_OK(ctx, kvrt_xfer_agent_create(ctx, &p, &a));
+    return a;
+}
+
+/* Writes 64 KiB of `byte` at the start of the victim's region through
+ * peer; the request's final status. */
+static kvrt_status_t write_byte(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *peer,
+                                const kvrt_xfer_region_t *local, uint8_t *mem,
+                                const txf_victim_t *v, uint8_t byte)
+{
+    memset(mem, byte, 65536);
+    uint8_t desc[KVRT_XFER_DESCRIPTOR_MAX];
+    size_t len = 0;
+    ASSERT_OK(v->ctx, kvrt_xfer_region_descriptor(v->rw, desc, sizeof(desc), &len));
+    kvrt_xfer_remote_t *rem = NULL;
+    kvrt_status_t st = kvrt_xfer_import(peer, desc, len, &rem);
+    kvrt_xfer_request_t *req = NULL;
+    kvrt_xfer_op_t op = {.opcode = KVRT_XFER_WRITE, .local = local, .remote = rem,
+                         .length = 65536};
+    if (st == KVRT_OK)
+        st = kvrt_xfer_post(peer, &op, 1, NULL, &req);
+    if (st == KVRT_OK) {
+        st = kvrt_xfer_request_wait(req, 10000);
+        ASSERT_OK(ctx, kvrt_xfer_request_release(req));
+    }
+    if (rem)
+        ASSERT_OK(ctx, kvrt_xfer_remote_release(rem));
+    return st;
+}
+
+static bool region_is(const txf_victim_t *v, uint8_t byte)
+{
+    for (uint32_t i = 0; i < 65536; i++)
+        if (((const uint8_t *)v->mem)[i] != byte)
+            return false;
+    return true;
+}
+
+Test(xfer_revoke, a_refused_name_lands_nothing_until_the_refusal_ends, .timeout = 60)
+{
+    txf_victim_t v;
+    victim_up(&v, 3600000);
+    kvrt_ctx_t *ctx = txu_ctx();
+    uint8_t *mem = aligned_alloc(4096, 65536);
+    kvrt_xfer_agent_t *w = named_agent(ctx, "prefill-3");
+    kvrt_xfer_region_t *local = txu_register(ctx, w, mem, 65536, KVRT_XFER_REMOTE_READ);
+    kvrt_xfer_peer_t *peer = txu_connect(ctx, w, v.agent);
+    ASSERT_OK(ctx, write_byte(ctx, peer, local, mem, &v, 0x5a));
+    cr_assert(region_is(&v, 0x5a));
+
+    /* The victim gives the bytes to someone else, and keeps the writer out. */
+    memset(v.mem, 0x11, 65536);
+    uint32_t n = 99;
+    ASSERT_OK(v.ctx, kvrt_xfer_refuse_name(v.agent, "prefill-3", 60000, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(txu_stat(v.ctx, "xfer.0.peers"), 0);
+    /* The writer's handle dials again and is turned away: its write fails. */
+    cr_assert_neq(write_byte(ctx, peer, local, mem, &v, 0x77), KVRT_OK);
+    /* So does a new agent of that name; another name is served. */
+    kvrt_xfer_agent_t *again = named_agent(ctx, "prefill-3");
+    kvrt_xfer_agent_t *other = named_agent(ctx, "decode-2");
+    char addr[96];
+    ASSERT_OK(v.ctx, kvrt_xfer_agent_address(v.agent, addr, sizeof(addr)));
+    kvrt_xfer_peer_t *p2 = NULL;
+    ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_xfer_connect(again, addr, 5000, &p2));
+    kvrt_xfer_region_t *olocal = txu_register(ctx, other, mem, 65536, KVRT_XFER_REMOTE_READ);
+    kvrt_xfer_peer_t *p3 = txu_connect(ctx, other, v.agent);
+    cr_assert(region_is(&v, 0x11), "a refused writer's bytes landed");
+    ASSERT_OK(ctx, write_byte(ctx, p3, olocal, mem, &v, 0x33));
+    cr_assert(region_is(&v, 0x33));
+
+    /* Lifted: the name is served again, and nothing was revoked. */
+    ASSERT_OK(v.ctx, kvrt_xfer_refuse_name(v.agent, "prefill-3", 0, &n));
+    cr_assert_eq(n, 0);
+    kvrt_xfer_region_t *alocal = txu_register(ctx, again, mem, 65536, KVRT_XFER_REMOTE_READ);
+    p2 = txu_connect(ctx, again, v.agent);
+    ASSERT_OK(ctx, write_byte(ctx, p2, alocal, mem, &v, 0x44));
+    cr_assert(region_is(&v, 0x44));
+
+    /* Bad arguments, and the bound on refused names. */
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_refuse_name(NULL, "x", 10, NULL));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_refuse_name(v.agent, NULL, 10, NULL));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_refuse_name(v.agent, "", 10, NULL));
+    char longname[KVRT_XFER_NAME_MAX + 1];
+    memset(longname, 'n', KVRT_XFER_NAME_MAX);
+    longname[KVRT_XFER_NAME_MAX] = '\0';
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_refuse_name(v.agent, longname, 10, NULL));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
+                  kvrt_xfer_refuse_name(v.agent, "x", KVRT_XFER_REFUSE_MAX_MS + 1, NULL));
+    uint32_t refused = 0;
+    kvrt_status_t st = KVRT_OK;
+    for (; refused < 1000 && st == KVRT_OK; refused++) {
+        char name[32];
+        snprintf(name, sizeof(name), "node-%u", refused);
+        st = kvrt_xfer_refuse_name(v.agent, name, 60000, &n);
+    }
+    cr_assert_eq(st, KVRT_ERR_REQUEST_LIMIT);
+    cr_assert_eq(refused, 257);
+    /* Extending a refused name needs no new entry. */
+    ASSERT_OK(v.ctx, kvrt_xfer_refuse_name(v.agent, "node-3", 120000, NULL));
+
+    ASSERT_OK(ctx, kvrt_xfer_disconnect(peer));
+    ASSERT_OK(ctx, kvrt_xfer_disconnect(p2));
+    ASSERT_OK(ctx, kvrt_xfer_disconnect(p3));
+    ASSERT_OK(ctx, kvrt_xfer_deregister(local));
+    ASSERT_OK(ctx, kvrt_xfer_deregister(alocal));
+    ASSERT_OK(ctx, kvrt_xfer_deregister(olocal));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(w));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(again));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(other));
+    kvrt_ctx_destroy(ctx);
+    free(mem);
+    txf_victim_down(&v);
+}
