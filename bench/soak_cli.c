@@ -1,10 +1,13 @@
 /*
  * soak_cli.c - kvrt-soak's command line (docs/soak.md).
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "soak.h"
 
@@ -37,7 +40,7 @@ static void usage(FILE *out)
             "                         failed\n"
             "  --handoff-no-expiry    prefill nodes serve tickets past their deadline\n"
             "  --json                 the report as JSON on stdout (summary on stderr)\n"
-            "  --plot DIR             soak.json and soak.png into DIR\n"
+            "  --plot DIR             soak.json and soak.png into DIR (made if missing)\n"
             "Exit status: 0 when every invariant held, 1 when one broke, 2 on a usage or\n"
             "setup error, 3 when interrupted.\n",
             SOAK_MAX_NODES);
@@ -168,6 +171,13 @@ int soak_parse_args(int argc, char **argv, options_t *o)
     }
     if (o->prefill_nodes)
         o->nodes = o->prefill_nodes + o->decode_nodes;
+    /* The plot folder is made (or refused) now, not after an hour of traffic. */
+    if (o->plot_dir && ((mkdir(o->plot_dir, 0755) != 0 && errno != EEXIST) ||
+                        access(o->plot_dir, W_OK) != 0)) {
+        fprintf(stderr, "kvrt-soak: --plot %s: cannot write there (%s)\n", o->plot_dir,
+                strerror(errno));
+        return -1;
+    }
     /* A trace's prompts run to 32K tokens: a pool that holds a few. */
     if (o->trace && !pool_set)
         o->pool_blocks = 4096;

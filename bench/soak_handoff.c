@@ -20,10 +20,10 @@
  *
  * The prefill node drops a job, and cancels a send, whose hand-off is past
  * its deadline (the ticket's time left, counted from its arrival): kvrt's
- * ticket does not carry the deadline, and a sender that writes after the
- * decode node gave the blocks back (deadline + quarantine) writes into
- * other requests' blocks (docs/soak.md, "What the soak found").
- * --handoff-no-expiry turns this off, to show that.
+ * ticket budget counts from send_begin, which comes after the prefill here,
+ * and a sender that writes after the decode node gave the blocks back
+ * (deadline + quarantine) writes into other requests' blocks (docs/soak.md,
+ * "What the soak found"). --handoff-no-expiry turns this off, to show that.
  */
 #include <math.h>
 #include <stdio.h>

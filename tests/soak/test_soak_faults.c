@@ -257,4 +257,7 @@ Test(soak, bad_flags_exit_2, .timeout = 30)
     cr_assert_eq(r.status, 2);
     soak_run(&r, (const char *const[]){"--handoff-failure", "maybe", NULL}, 0, 20);
     cr_assert_eq(r.status, 2);
+    /* Refused before any traffic, not after it: the folder cannot be made. */
+    soak_run(&r, (const char *const[]){"--plot", "/nonexistent-kvrt-soak/plots", NULL}, 0, 20);
+    cr_assert_eq(r.status, 2);
 }
