@@ -10,7 +10,7 @@
 
 #define CAP (64u << 10)
 #define BATCH 1000u
-#define FLOOD_MS 4000u
+#define FLOOD_MS 15000u
 /* Resident memory growth allowed: AddressSanitizer keeps freed memory in
  * quarantine (each message's buffer, freed at once) and ThreadSanitizer
  * maps shadow memory for what is touched, so under them RSS says nothing
@@ -79,8 +79,10 @@ static void flood(kvrt_xfer_wire_header_t (*make)(uint32_t id, uint32_t i), cons
     uint8_t *buf = malloc(capacity);
     uint32_t sent = 0;
     bool stopped = false;
-    /* An agent that reads on takes it all in well under FLOOD_MS; one that
-     * stopped lets only what the kernel frees trickle in. */
+    /* An agent that stopped reading lets only what the kernel frees trickle
+     * in. FLOOD_MS is generous: the agent pauses only once the kernel's
+     * socket buffers (megabytes) are full of replies, which a loaded
+     * machine takes seconds to produce. */
     uint64_t end = txu_now_ms() + FLOOD_MS;
     while (sent < frames && !stopped) {
         if (txu_now_ms() >= end) {
