@@ -330,6 +330,26 @@ static uint32_t quarantined(decode_t *d)
     return st.quarantined;
 }
 
+/* Polls (bounded by `ms`) until no hand-off's blocks are quarantined. */
+static void wait_quarantine_drained(decode_t *d, uint64_t ms, const char *why)
+{
+    uint64_t end = txu_now_ms() + ms;
+    while (quarantined(d) > 0 && txu_now_ms() < end)
+        tch_nap_ms(5);
+    cr_assert_eq(quarantined(d), 0, "%s", why);
+}
+
+/* Accepts a hand-off for `seq` and starts the prefill child on its ticket
+ * in `mode`. */
+static kvrt_handoff_id_t hand_off(decode_t *d, prefill_t *p, kvrt_seq_id_t seq, char mode)
+{
+    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
+    kvrt_handoff_id_t h = 0;
+    uint32_t len = accept_and_ticket(d, seq, ticket, &h);
+    prefill_start(p, mode, ticket, len);
+    return h;
+}
+
 /* Steps (bounded) until every request ended; returns the last end event. */
 static kvrt_seq_info_t run_to_end(decode_t *d)
 {
@@ -377,10 +397,7 @@ Test(cluster_handoff, blocks_land_verified_and_the_request_decodes_from_them, .t
     prefill_t p = prefill_fork();
     decode_t d = decode_up(KVRT_HANDOFF_FAIL, 10000, 20000);
     kvrt_seq_id_t seq = add_request(&d);
-    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
-    kvrt_handoff_id_t h = 0;
-    uint32_t len = accept_and_ticket(&d, seq, ticket, &h);
-    prefill_start(&p, MODE_NORMAL, ticket, len);
+    kvrt_handoff_id_t h = hand_off(&d, &p, seq, MODE_NORMAL);
 
     kvrt_handoff_completion_t c = wait_handoff(&d, 15000);
     cr_assert_eq(c.handoff, h);
@@ -415,6 +432,7 @@ Test(cluster_handoff, blocks_land_verified_and_the_request_decodes_from_them, .t
     ASSERT_OK(d.ctx, kvrt_cluster_handoff_poll(d.recv, tch_now_ns(), NULL, 0, &n));
     cr_assert_eq(n, 0);
     size_t tl = 0;
+    uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
     ASSERT_STATUS(KVRT_ERR_NOT_FOUND,
                   kvrt_cluster_handoff_ticket(d.recv, h, ticket, sizeof(ticket), &tl));
     kvrt_handoff_recv_stats_t st;
@@ -433,11 +451,8 @@ Test(cluster_handoff, prefill_node_killed_mid_transfer_fails_the_request_by_its_
     const uint32_t timeout_ms = 1500;
     decode_t d = decode_up(KVRT_HANDOFF_FAIL, timeout_ms, 500);
     kvrt_seq_id_t seq = add_request(&d);
-    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
-    kvrt_handoff_id_t h = 0;
     uint64_t start = txu_now_ms();
-    uint32_t len = accept_and_ticket(&d, seq, ticket, &h);
-    prefill_start(&p, MODE_KILL, ticket, len);
+    kvrt_handoff_id_t h = hand_off(&d, &p, seq, MODE_KILL);
     cr_assert_eq(prefill_report(&p, 10000), '1');
     cr_assert_eq(kill(p.pid, SIGKILL), 0);
     cr_assert_eq(waitpid(p.pid, NULL, 0), p.pid);
@@ -461,10 +476,7 @@ Test(cluster_handoff, prefill_node_killed_mid_transfer_fails_the_request_by_its_
 
     /* Its blocks are held until the quarantine ends, then returned. */
     cr_assert_eq(quarantined(&d), 1);
-    uint64_t end = txu_now_ms() + 10000;
-    while (quarantined(&d) > 0 && txu_now_ms() < end)
-        tch_nap_ms(5);
-    cr_assert_eq(quarantined(&d), 0);
+    wait_quarantine_drained(&d, 10000, "the quarantine did not end");
     decode_down(&d);
 }
 
@@ -477,10 +489,7 @@ Test(cluster_handoff, stalled_prefill_node_makes_the_request_recompute_and_its_b
      * sender's closing messages, not the clock. */
     decode_t d = decode_up(KVRT_HANDOFF_RECOMPUTE, timeout_ms, 600000);
     kvrt_seq_id_t seq = add_request(&d);
-    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
-    kvrt_handoff_id_t h = 0;
-    uint32_t len = accept_and_ticket(&d, seq, ticket, &h);
-    prefill_start(&p, MODE_STALL, ticket, len);
+    kvrt_handoff_id_t h = hand_off(&d, &p, seq, MODE_STALL);
     cr_assert_eq(prefill_report(&p, 10000), '1');
     cr_assert_eq(kill(p.pid, SIGSTOP), 0);
 
@@ -509,10 +518,7 @@ Test(cluster_handoff, stalled_prefill_node_makes_the_request_recompute_and_its_b
     char go = 'c';
     cr_assert_eq(write(p.cmd, &go, 1), 1);
     cr_assert_neq(prefill_report(&p, 20000), 0);
-    uint64_t end = txu_now_ms() + 20000;
-    while (quarantined(&d) > 0 && txu_now_ms() < end)
-        tch_nap_ms(5);
-    cr_assert_eq(quarantined(&d), 0, "the resumed sender's closing did not release the blocks");
+    wait_quarantine_drained(&d, 20000, "the resumed sender's closing did not release the blocks");
     kvrt_handoff_recv_stats_t st;
     ASSERT_OK(d.ctx, kvrt_cluster_handoff_recv_stats(d.recv, &st));
     cr_assert_eq(st.recomputed, 1);
@@ -595,15 +601,12 @@ static void assert_untouched(decode_t *d, const int32_t *given, uint32_t count)
 static uint32_t start_late_sender(decode_t *d, prefill_t *p, char mode, int32_t *given)
 {
     kvrt_seq_id_t seq = add_request(d);
-    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
-    kvrt_handoff_id_t h = 0;
-    uint32_t len = accept_and_ticket(d, seq, ticket, &h);
+    hand_off(d, p, seq, mode);
     const int32_t *view = NULL;
     uint32_t nb = 0;
     ASSERT_OK(d->ctx, kvrt_seq_blocks(d->sched, seq, &view, &nb, NULL));
     cr_assert_eq(nb, 13);
     memcpy(given, view, nb * sizeof(int32_t));
-    prefill_start(p, mode, ticket, len);
     cr_assert_eq(prefill_report(p, 10000), '1');
     return nb;
 }
