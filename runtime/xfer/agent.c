@@ -466,7 +466,7 @@ kvrt_status_t xfer_admit_peer(void *arg, const kvrt_xfer_hello_t *hello)
         known = known || memcmp(p->session, hello->session, sizeof(p->session)) == 0;
     }
     /* A refused name hears so in RESULT (its connect fails with
-     * KVRT_ERR_BUSY, as from a full listener); xfer_accept_authenticated
+     * KVRT_ERR_BUSY, as from a full listener); xfer_incoming_claim
      * checks again, under the lock a refusal is installed with. */
     bool refused = hello->conn_index == 0 && xfer_name_refused(a, hello->name);
     pthread_mutex_unlock(&a->lock);
@@ -475,8 +475,8 @@ kvrt_status_t xfer_admit_peer(void *arg, const kvrt_xfer_hello_t *hello)
     return hello->conn_index != 0 || known || passive < a->max_peers ? KVRT_OK : KVRT_ERR_BUSY;
 }
 
-void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hello_t *hello,
-                               kvrt_xfer_sc_keys_t *keys)
+bool xfer_incoming_claim(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hello_t *hello,
+                         const kvrt_xfer_sc_keys_t *keys, xfer_incoming_t *in)
 {
     bool extra = hello->conn_index != 0;
     void *old = NULL, *conn = NULL;
@@ -524,13 +524,24 @@ void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hel
         a->backend->close(a->bk_state, old);
     if (!p) {
         close(fd);
-        return;
+        return false;
     }
+    *in = (xfer_incoming_t){.agent = a, .peer = p, .conn = conn, .fd = fd, .keys = *keys,
+                            .conn_index = hello->conn_index};
+    memcpy(in->name, hello->name, sizeof(in->name));
+    return true;
+}
+
+void xfer_incoming_setup(xfer_incoming_t *in)
+{
+    kvrt_xfer_agent_t *a = in->agent;
+    kvrt_xfer_peer_t *p = in->peer;
+    bool extra = in->conn_index != 0;
     char why[256] = "";
-    void *made = conn;
-    kvrt_status_t st = a->backend->accept(a->bk_state, p, conn, fd, keys, hello->conn_index,
-                                          &made, why, sizeof(why));
-    sodium_memzero(keys, sizeof(*keys));
+    void *made = in->conn;
+    kvrt_status_t st = a->backend->accept(a->bk_state, p, in->conn, in->fd, &in->keys,
+                                          in->conn_index, &made, why, sizeof(why));
+    sodium_memzero(&in->keys, sizeof(in->keys));
     void *stale = NULL;
     pthread_mutex_lock(&a->lock);
     if (extra) {
@@ -554,7 +565,7 @@ void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hel
     pthread_mutex_unlock(&a->lock);
     if (st != KVRT_OK)
         kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: accepting from %s failed: %s", a->name,
-                 hello->name, why);
+                 in->name, why);
     peer_close_put(p, stale);
     if (!extra) {
         pthread_mutex_lock(&a->lock);
