@@ -144,6 +144,7 @@ struct kvrt_xfer_peer {
     uint32_t connections;
     uint32_t reconnects, attempts, backoff_ms;
     uint64_t next_attempt_ns;
+    bool dialing;            /* a reconnection attempt's thread holds it */
     xfer_link_t requests;    /* outstanding, in post order */
     xfer_link_t remotes;
     uint64_t next_seq;
@@ -281,6 +282,9 @@ struct kvrt_xfer_agent {
     /* Connections past the name check and not yet attached to their peer
      * or closed: kvrt_xfer_refuse_name waits for none to be left. */
     uint32_t settling;
+    /* Reconnection attempts under way, each on a detached thread (agent.c);
+     * destroy waits for none to be left. */
+    uint32_t dialers;
 };
 
 /* ---- agent.c ----------------------------------------------------------- */
