@@ -113,7 +113,7 @@ Test(verbs_soft_accept, a_stalled_setup_delays_no_other_peer, .timeout = 60)
     kvrt_xfer_agent_t *a = verbs_agent(ctx, 0), *b = verbs_agent(ctx, 0);
     int staller = stalled_dialer(b);
     /* Its peer is made: the set-up is waiting for its SETUP (10 s). */
-    cr_assert_eq(wait_stat(ctx, "xfer.1.peers", 1, 3000), 1);
+    cr_assert_eq(txf_stat_reaches(ctx, "xfer.1.peers", 1, 3000), 1);
     /* Before: the accept thread ran that set-up, so this handshake waited
      * behind it and the connect timed out. Now it takes milliseconds. */
     char text[96];
