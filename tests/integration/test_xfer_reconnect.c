@@ -84,6 +84,21 @@ static kvrt_xfer_agent_t *dialer(kvrt_ctx_t *ctx)
     return a;
 }
 
+/* A socket listening on `text` (the address an agent just left; retried
+ * for up to a second) that nobody answers on. */
+static int silent_listener(const char *text)
+{
+    kvrt_xfer_addr_t addr, bound;
+    cr_assert_eq(kvrt_xfer_addr_parse(text, &addr), KVRT_OK);
+    int fd = -1;
+    for (int i = 0; i < 100 && kvrt_xfer_sc_listen(&addr, &bound, &fd) != KVRT_OK; i++) {
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_geq(fd, 0, "cannot listen on %s again", text);
+    return fd;
+}
+
 static kvrt_xfer_peer_state_t peer_state(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *peer)
 {
     kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
@@ -116,14 +131,7 @@ Test(xfer_reconnect, a_silent_address_holds_no_timeout_back, .timeout = 90)
 
     /* b goes; a socket that never answers takes its address. */
     ASSERT_OK(ctx, kvrt_xfer_agent_destroy(b));
-    kvrt_xfer_addr_t b_addr, bound;
-    cr_assert_eq(kvrt_xfer_addr_parse(b_text, &b_addr), KVRT_OK);
-    int silent = -1;
-    for (int i = 0; i < 100 && kvrt_xfer_sc_listen(&b_addr, &bound, &silent) != KVRT_OK; i++) {
-        struct timespec ts = {0, 10000000};
-        nanosleep(&ts, NULL);
-    }
-    cr_assert_geq(silent, 0, "cannot listen on %s again", b_text);
+    int silent = silent_listener(b_text);
     cr_assert(wait_state(ctx, to_b, KVRT_XFER_PEER_RECONNECTING, 5000));
 
     uint8_t *mem = aligned_alloc(4096, 65536);
@@ -216,14 +224,7 @@ Test(xfer_reconnect, destroy_during_an_attempt, .timeout = 60)
     ASSERT_OK(ctx, kvrt_xfer_agent_address(b, b_text, sizeof(b_text)));
     kvrt_xfer_peer_t *to_b = txu_connect(ctx, a, b);
     ASSERT_OK(ctx, kvrt_xfer_agent_destroy(b));
-    kvrt_xfer_addr_t b_addr, bound;
-    cr_assert_eq(kvrt_xfer_addr_parse(b_text, &b_addr), KVRT_OK);
-    int silent = -1;
-    for (int i = 0; i < 100 && kvrt_xfer_sc_listen(&b_addr, &bound, &silent) != KVRT_OK; i++) {
-        struct timespec ts = {0, 10000000};
-        nanosleep(&ts, NULL);
-    }
-    cr_assert_geq(silent, 0);
+    int silent = silent_listener(b_text);
     struct pollfd p = {.fd = silent, .events = POLLIN};
     cr_assert_eq(poll(&p, 1, 5000), 1);
     int held = accept(silent, NULL, NULL);
