@@ -233,10 +233,13 @@ static void setups_reap(acceptor_t *ac, bool all)
 static void setup_start(acceptor_t *ac, xfer_incoming_t *in)
 {
     kvrt_xfer_agent_t *a = ac->a;
+    /* Set-ups that just finished do not count (nor get aborted: their
+     * connection may be live by now). */
+    setups_reap(ac, false);
     if (ac->nsetups >= a->max_pending) {
         for (xfer_link_t *l = ac->setups.next; l != &ac->setups; l = l->next) {
             setup_t *old = XFER_CONTAINER(l, setup_t, link);
-            if (!old->aborted) {
+            if (!old->aborted && !atomic_load(&old->finished)) {
                 setup_abort(old);
                 break;
             }
