@@ -397,7 +397,9 @@ kvrt_status_t vb_accept(void *state, kvrt_xfer_bk_peer_t *peer, void *conn, int 
         snprintf(why, why_bytes, "verbs: unexpected extra side-channel socket");
         return KVRT_ERR_PROTOCOL;
     }
-    /* A bounded wait: the dialer drives set-up right after authenticating. */
+    /* A bounded wait: the dialer drives set-up right after authenticating.
+     * The agent runs this on a set-up thread (accept_waits) and aborts it
+     * by shutting the socket down, which fails the next read at once. */
     uint64_t deadline = kvrt_now_ns() + 10ull * 1000000000ull;
     return establish(state, peer, fd, keys, false, deadline, conn_out, why, why_bytes);
 }
