@@ -7,7 +7,13 @@
  * (handshake_timeout_ms, counted from accept, however slowly bytes
  * trickle in), and at most max_pending connections wait at once; one more
  * closes the oldest. Once a handshake succeeds the socket goes back to
- * blocking mode and to the agent (xfer_accept_authenticated).
+ * blocking mode and to the agent (xfer_incoming_claim), then to the
+ * backend: at once when its accept does not wait on the peer (TCP), else
+ * (the verbs QP set-up) on a set-up thread of its own, so that a key
+ * holder stalling its set-up holds that thread only, never this loop or
+ * another peer's set-up. Set-ups are bounded like handshakes: each by the
+ * backend's deadline, and at most max_pending at once; one more aborts the
+ * oldest (its socket is shut down, so the backend fails it at once).
  *
  * Everything here belongs to the accept thread; only the two statistics
  * are published under the agent's lock.
@@ -15,11 +21,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <sodium.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -69,9 +78,25 @@ typedef struct pending {
     kvrt_xfer_sc_keys_t keys;
 } pending_t;
 
-typedef struct acceptor {
+typedef struct acceptor acceptor_t;
+
+/* A backend set-up running on its own thread. */
+typedef struct setup {
+    xfer_link_t link;       /* in acceptor.setups, oldest first */
+    acceptor_t *ac;
+    pthread_t thread;
+    int abort_fd;           /* a dup of the socket: shutting it down aborts the set-up */
+    bool aborted;
+    atomic_bool finished;   /* the thread is done; join it */
+    xfer_incoming_t in;
+} setup_t;
+
+struct acceptor {
     kvrt_xfer_agent_t *a;
     int ep;
+    int reap_fd;            /* eventfd: a set-up thread finished (-1: the tick finds it) */
+    xfer_link_t setups;     /* oldest first */
+    uint32_t nsetups;       /* not aborted */
     xfer_link_t pending;   /* oldest first: deadlines are in this order too */
     xfer_link_t dead;      /* dropped this round, freed at its end */
     uint32_t count;
@@ -79,7 +104,7 @@ typedef struct acceptor {
     bool listening;        /* the listener is in the epoll set */
     int backoff_ms;
     uint64_t resume_ns;    /* when the listener rejoins the set */
-} acceptor_t;
+};
 
 static const char *drop_text(hs_drop_t why)
 {
@@ -161,24 +186,119 @@ static bool flush(acceptor_t *ac, pending_t *p)
     return true;
 }
 
+/* ---- backend set-ups --------------------------------------------------- */
+
+static void *setup_main(void *arg)
+{
+    setup_t *s = arg;
+    xfer_incoming_setup(&s->in);
+    atomic_store(&s->finished, true);
+    if (s->ac->reap_fd >= 0) {
+        uint64_t one = 1;
+        (void)!write(s->ac->reap_fd, &one, sizeof(one));
+    }
+    return NULL;
+}
+
+static void setup_abort(setup_t *s)
+{
+    if (s->aborted)
+        return;
+    s->aborted = true;
+    s->ac->nsetups--;
+    shutdown(s->abort_fd, SHUT_RDWR);
+}
+
+/* Joins the set-up threads that finished (all of them, with `all`). */
+static void setups_reap(acceptor_t *ac, bool all)
+{
+    for (xfer_link_t *l = ac->setups.next, *next; l != &ac->setups; l = next) {
+        next = l->next;
+        setup_t *s = XFER_CONTAINER(l, setup_t, link);
+        if (!all && !atomic_load(&s->finished))
+            continue;
+        pthread_join(s->thread, NULL);
+        if (!s->aborted)
+            ac->nsetups--;
+        close(s->abort_fd);
+        xfer_list_del(&s->link);
+        free(s);
+    }
+}
+
+/* Starts the backend's set-up of a claimed socket on a thread of its own;
+ * at max_pending set-ups the oldest is aborted first. Without the means
+ * to (memory, descriptors, threads) the set-up fails at once, on this
+ * thread, its socket shut down first so that nothing waits. */
+static void setup_start(acceptor_t *ac, xfer_incoming_t *in)
+{
+    kvrt_xfer_agent_t *a = ac->a;
+    /* Set-ups that just finished do not count (nor get aborted: their
+     * connection may be live by now). */
+    setups_reap(ac, false);
+    if (ac->nsetups >= a->max_pending) {
+        for (xfer_link_t *l = ac->setups.next; l != &ac->setups; l = l->next) {
+            setup_t *old = XFER_CONTAINER(l, setup_t, link);
+            if (!old->aborted && !atomic_load(&old->finished)) {
+                setup_abort(old);
+                break;
+            }
+        }
+        uint64_t suppressed = 0;
+        pthread_mutex_lock(&a->lock);
+        bool log = xfer_refusal_log_ok(a, &suppressed);
+        pthread_mutex_unlock(&a->lock);
+        if (log)
+            kvrt_log(a->ctx, KVRT_LOG_WARN,
+                     "xfer %s: %u backend set-ups pending, the oldest aborted (%" PRIu64
+                     " similar lines suppressed)",
+                     a->name, a->max_pending, suppressed);
+    }
+    setup_t *s = calloc(1, sizeof(*s));
+    if (s) {
+        s->ac = ac;
+        s->in = *in;
+        s->abort_fd = fcntl(in->fd, F_DUPFD_CLOEXEC, 0);
+    }
+    if (s && s->abort_fd >= 0 && pthread_create(&s->thread, NULL, setup_main, s) == 0) {
+        sodium_memzero(&in->keys, sizeof(in->keys));
+        xfer_list_push(&ac->setups, &s->link);
+        ac->nsetups++;
+        return;
+    }
+    if (s && s->abort_fd >= 0)
+        close(s->abort_fd);
+    if (s)
+        sodium_memzero(&s->in.keys, sizeof(s->in.keys));
+    free(s);
+    shutdown(in->fd, SHUT_RDWR);
+    xfer_incoming_setup(in);
+}
+
 /* The handshake succeeded and RESULT is out: the socket becomes the
- * agent's. */
+ * agent's, then the backend's. */
 static void hand_over(acceptor_t *ac, pending_t *p)
 {
+    kvrt_xfer_agent_t *a = ac->a;
     int fd = p->fd;
     epoll_ctl(ac->ep, EPOLL_CTL_DEL, fd, NULL);
     int flags = fcntl(fd, F_GETFL);
     fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
     kvrt_xfer_hello_t hello = p->hs.parsed;
-    kvrt_xfer_sc_keys_t keys = p->keys;
-    sodium_memzero(&p->keys, sizeof(p->keys));
     /* Unlisted like a drop, without closing: the fd is passed on. */
     p->dead = true;
     xfer_list_del(&p->link);
     xfer_list_push(&ac->dead, &p->link);
     ac->count--;
-    xfer_accept_authenticated(ac->a, fd, &hello, &keys);
-    sodium_memzero(&keys, sizeof(keys));
+    xfer_incoming_t in;
+    bool claimed = xfer_incoming_claim(a, fd, &hello, &p->keys, &in);
+    sodium_memzero(&p->keys, sizeof(p->keys));
+    if (!claimed)
+        return;
+    if (a->backend->accept_waits && in.conn_index == 0)
+        setup_start(ac, &in);
+    else
+        xfer_incoming_setup(&in);
 }
 
 /* A whole frame is in p->in: the next step of the handshake. */
@@ -362,7 +482,15 @@ void *xfer_accept_main(void *arg)
     kvrt_xfer_agent_t *a = ac.a;
     xfer_list_init(&ac.pending);
     xfer_list_init(&ac.dead);
+    xfer_list_init(&ac.setups);
     listener_resume(&ac);
+    /* Set-up threads signal it when done; its events carry &ac.reap_fd. */
+    ac.reap_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    struct epoll_event rev = {.events = EPOLLIN, .data.ptr = &ac.reap_fd};
+    if (ac.reap_fd >= 0 && epoll_ctl(ac.ep, EPOLL_CTL_ADD, ac.reap_fd, &rev) != 0) {
+        close(ac.reap_fd);
+        ac.reap_fd = -1;
+    }
     uint64_t published = 0;
     for (;;) {
         struct epoll_event ev[64];
@@ -373,11 +501,16 @@ void *xfer_accept_main(void *arg)
         if (stop)
             break;
         for (int i = 0; i < n; i++) {
-            if (ev[i].data.ptr)
+            if (ev[i].data.ptr == &ac.reap_fd) {
+                uint64_t v;
+                (void)!read(ac.reap_fd, &v, sizeof(v));
+            } else if (ev[i].data.ptr) {
                 on_event(&ac, ev[i].data.ptr, ev[i].events);
-            else if (ac.listening)
+            } else if (ac.listening) {
                 on_listener(&ac);
+            }
         }
+        setups_reap(&ac, false);
         uint64_t now = kvrt_now_ns();
         while (!xfer_list_empty(&ac.pending)) {
             pending_t *oldest = XFER_CONTAINER(ac.pending.next, pending_t, link);
@@ -400,5 +533,13 @@ void *xfer_accept_main(void *arg)
     while (!xfer_list_empty(&ac.pending))
         drop(&ac, XFER_CONTAINER(ac.pending.next, pending_t, link), DROP_SHUTDOWN, KVRT_OK);
     free_dead(&ac);
+    /* Set-ups under way fail at once with their sockets shut down. */
+    for (xfer_link_t *l = ac.setups.next; l != &ac.setups; l = l->next)
+        setup_abort(XFER_CONTAINER(l, setup_t, link));
+    setups_reap(&ac, true);
+    if (ac.reap_fd >= 0) {
+        epoll_ctl(ac.ep, EPOLL_CTL_DEL, ac.reap_fd, NULL);
+        close(ac.reap_fd);
+    }
     return NULL;
 }

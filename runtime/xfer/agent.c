@@ -1,7 +1,8 @@
 /*
  * agent.c - the transfer agent: creation and teardown, its two threads
  * (accept, in accept.c: authenticate incoming sockets; upkeep: close broken
- * connections, reconnect with backoff, expire requests), peers and their
+ * connections, start reconnection attempts with backoff, each on a thread
+ * of its own, expire requests), peers and their
  * states, what an authenticated incoming socket becomes, and the upcalls a
  * backend uses for connections.
  */
@@ -19,7 +20,8 @@
 
 #include "agent_internal.h"
 
-/* How long one reconnection (dial, handshake, backend set-up) may take. */
+/* How long one reconnection attempt (dial, handshake, backend set-up) may
+ * take; it runs on a thread of its own. */
 #define HANDSHAKE_NS (2000ull * 1000000ull)
 /* How often the upkeep thread looks at timeouts when nothing wakes it. */
 #define UPKEEP_PERIOD_NS (5ull * 1000000ull)
@@ -466,7 +468,7 @@ kvrt_status_t xfer_admit_peer(void *arg, const kvrt_xfer_hello_t *hello)
         known = known || memcmp(p->session, hello->session, sizeof(p->session)) == 0;
     }
     /* A refused name hears so in RESULT (its connect fails with
-     * KVRT_ERR_BUSY, as from a full listener); xfer_accept_authenticated
+     * KVRT_ERR_BUSY, as from a full listener); xfer_incoming_claim
      * checks again, under the lock a refusal is installed with. */
     bool refused = hello->conn_index == 0 && xfer_name_refused(a, hello->name);
     pthread_mutex_unlock(&a->lock);
@@ -475,8 +477,8 @@ kvrt_status_t xfer_admit_peer(void *arg, const kvrt_xfer_hello_t *hello)
     return hello->conn_index != 0 || known || passive < a->max_peers ? KVRT_OK : KVRT_ERR_BUSY;
 }
 
-void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hello_t *hello,
-                               kvrt_xfer_sc_keys_t *keys)
+bool xfer_incoming_claim(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hello_t *hello,
+                         const kvrt_xfer_sc_keys_t *keys, xfer_incoming_t *in)
 {
     bool extra = hello->conn_index != 0;
     void *old = NULL, *conn = NULL;
@@ -524,13 +526,24 @@ void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hel
         a->backend->close(a->bk_state, old);
     if (!p) {
         close(fd);
-        return;
+        return false;
     }
+    *in = (xfer_incoming_t){.agent = a, .peer = p, .conn = conn, .fd = fd, .keys = *keys,
+                            .conn_index = hello->conn_index};
+    memcpy(in->name, hello->name, sizeof(in->name));
+    return true;
+}
+
+void xfer_incoming_setup(xfer_incoming_t *in)
+{
+    kvrt_xfer_agent_t *a = in->agent;
+    kvrt_xfer_peer_t *p = in->peer;
+    bool extra = in->conn_index != 0;
     char why[256] = "";
-    void *made = conn;
-    kvrt_status_t st = a->backend->accept(a->bk_state, p, conn, fd, keys, hello->conn_index,
-                                          &made, why, sizeof(why));
-    sodium_memzero(keys, sizeof(*keys));
+    void *made = in->conn;
+    kvrt_status_t st = a->backend->accept(a->bk_state, p, in->conn, in->fd, &in->keys,
+                                          in->conn_index, &made, why, sizeof(why));
+    sodium_memzero(&in->keys, sizeof(in->keys));
     void *stale = NULL;
     pthread_mutex_lock(&a->lock);
     if (extra) {
@@ -554,7 +567,7 @@ void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hel
     pthread_mutex_unlock(&a->lock);
     if (st != KVRT_OK)
         kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: accepting from %s failed: %s", a->name,
-                 hello->name, why);
+                 in->name, why);
     peer_close_put(p, stale);
     if (!extra) {
         pthread_mutex_lock(&a->lock);
@@ -565,8 +578,70 @@ void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hel
 
 /* ---- the upkeep thread ---------------------------------------------------- */
 
-/* Closes broken connections and reconnects dialed peers whose backoff ran
- * out. One action per call, without the lock during backend calls. */
+/* The end of a reconnection attempt (on its thread): attaches the
+ * connection, or counts the failure and sets the next attempt's time;
+ * then lets go of the peer and the attempt. */
+static void reconnect_finish(kvrt_xfer_peer_t *p, kvrt_status_t st, void *conn, const char *why)
+{
+    kvrt_xfer_agent_t *a = p->agent;
+    void *stale = NULL;
+    pthread_mutex_lock(&a->lock);
+    if (p->closing) {
+        stale = conn; /* disconnected while we dialed */
+    } else if (st == KVRT_OK) {
+        p->conn = conn;
+        p->state = KVRT_XFER_PEER_CONNECTED;
+        p->reconnects++;
+        p->attempts = 0;
+        p->backoff_ms = a->reconnect_initial_ms;
+        a->stats.reconnects++;
+    } else if (st == KVRT_ERR_AUTH || ++p->attempts >= a->reconnect_attempts) {
+        p->state = KVRT_XFER_PEER_FAILED;
+        p->last_error = st;
+    } else {
+        /* Exponential backoff with up to 25% jitter, so that many
+         * peers losing one node do not all knock at once. */
+        uint32_t next = p->backoff_ms * 2;
+        if (next > a->reconnect_max_ms)
+            next = a->reconnect_max_ms;
+        p->backoff_ms = next;
+        uint32_t jitter = randombytes_uniform(next / 4 + 1);
+        p->next_attempt_ns = kvrt_now_ns() + (uint64_t)(next + jitter) * 1000000ull;
+    }
+    char name[KVRT_XFER_NAME_MAX];
+    memcpy(name, p->name, sizeof(name));
+    pthread_mutex_unlock(&a->lock);
+    kvrt_log(a->ctx, st == KVRT_OK ? KVRT_LOG_INFO : KVRT_LOG_DEBUG,
+             "xfer %s: reconnect to %s: %s %s", a->name, name, kvrt_status_str(st), why);
+    if (stale)
+        a->backend->close(a->bk_state, stale);
+    pthread_mutex_lock(&a->lock);
+    if (st == KVRT_OK)
+        xfer_settled(a);
+    p->dialing = false;
+    xfer_peer_put(p);
+    /* The last touch of the agent: destroy waits for dialers == 0. */
+    a->dialers--;
+    pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&a->lock);
+}
+
+/* One reconnection attempt (dial, handshakes, backend set-up; at most
+ * HANDSHAKE_NS) on a thread of its own, holding the peer: an unreachable
+ * or silent address holds this thread only, never the upkeep thread. */
+static void *reconnect_main(void *arg)
+{
+    kvrt_xfer_peer_t *p = arg;
+    char why[256] = "";
+    void *conn = NULL;
+    kvrt_status_t st = peer_establish(p, kvrt_now_ns() + HANDSHAKE_NS, &conn, why, sizeof(why));
+    reconnect_finish(p, st, conn, why);
+    return NULL;
+}
+
+/* Closes broken connections and starts reconnection attempts of dialed
+ * peers whose backoff ran out. One action per call; never waits on a
+ * peer: backend closes run unlocked, attempts on their own threads. */
 static bool upkeep_peers(kvrt_xfer_agent_t *a)
 {
     uint64_t now = kvrt_now_ns();
@@ -588,48 +663,22 @@ static bool upkeep_peers(kvrt_xfer_agent_t *a)
             peer_close_put(p, conn);
             return true;
         }
-        if (p->dialed && p->state == KVRT_XFER_PEER_RECONNECTING && !p->conn &&
+        if (p->dialed && p->state == KVRT_XFER_PEER_RECONNECTING && !p->conn && !p->dialing &&
             now >= p->next_attempt_ns) {
             p->busy++;
+            p->dialing = true;
+            a->dialers++;
             pthread_mutex_unlock(&a->lock);
-            char why[256] = "";
-            void *conn = NULL;
-            kvrt_status_t st = peer_establish(p, now + HANDSHAKE_NS, &conn, why, sizeof(why));
-            void *stale = NULL;
-            pthread_mutex_lock(&a->lock);
-            if (p->closing) {
-                stale = conn; /* disconnected while we dialed */
-            } else if (st == KVRT_OK) {
-                p->conn = conn;
-                p->state = KVRT_XFER_PEER_CONNECTED;
-                p->reconnects++;
-                p->attempts = 0;
-                p->backoff_ms = a->reconnect_initial_ms;
-                a->stats.reconnects++;
-            } else if (st == KVRT_ERR_AUTH || ++p->attempts >= a->reconnect_attempts) {
-                p->state = KVRT_XFER_PEER_FAILED;
-                p->last_error = st;
-            } else {
-                /* Exponential backoff with up to 25% jitter, so that many
-                 * peers losing one node do not all knock at once. */
-                uint32_t next = p->backoff_ms * 2;
-                if (next > a->reconnect_max_ms)
-                    next = a->reconnect_max_ms;
-                p->backoff_ms = next;
-                uint32_t jitter = randombytes_uniform(next / 4 + 1);
-                p->next_attempt_ns = kvrt_now_ns() + (uint64_t)(next + jitter) * 1000000ull;
+            pthread_t t;
+            pthread_attr_t attr;
+            bool started = pthread_attr_init(&attr) == 0;
+            if (started) {
+                pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+                started = pthread_create(&t, &attr, reconnect_main, p) == 0;
+                pthread_attr_destroy(&attr);
             }
-            char name[KVRT_XFER_NAME_MAX];
-            memcpy(name, p->name, sizeof(name));
-            pthread_mutex_unlock(&a->lock);
-            kvrt_log(a->ctx, st == KVRT_OK ? KVRT_LOG_INFO : KVRT_LOG_DEBUG,
-                     "xfer %s: reconnect to %s: %s %s", a->name, name, kvrt_status_str(st), why);
-            peer_close_put(p, stale);
-            if (st == KVRT_OK) {
-                pthread_mutex_lock(&a->lock);
-                xfer_settled(a);
-                pthread_mutex_unlock(&a->lock);
-            }
+            if (!started)
+                reconnect_finish(p, KVRT_ERR_NO_MEMORY, NULL, "(no thread for the attempt)");
             return true;
         }
     }
@@ -893,6 +942,12 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_destroy(kvrt_xfer_agent_t *a)
         pthread_join(a->control, NULL);
         pthread_join(a->upkeep, NULL);
     }
+    /* A reconnection attempt under way ends within HANDSHAKE_NS; its
+     * connection, if any, goes to a closing peer and is closed. */
+    pthread_mutex_lock(&a->lock);
+    while (a->dialers)
+        pthread_cond_wait(&a->cond, &a->lock);
+    pthread_mutex_unlock(&a->lock);
     /* The threads may have accepted a peer in the meantime. */
     close_all_peers(a);
     /* With the threads stopped and every connection closed, no hold is

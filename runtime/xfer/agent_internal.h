@@ -144,6 +144,7 @@ struct kvrt_xfer_peer {
     uint32_t connections;
     uint32_t reconnects, attempts, backoff_ms;
     uint64_t next_attempt_ns;
+    bool dialing;            /* a reconnection attempt's thread holds it */
     xfer_link_t requests;    /* outstanding, in post order */
     xfer_link_t remotes;
     uint64_t next_seq;
@@ -281,6 +282,9 @@ struct kvrt_xfer_agent {
     /* Connections past the name check and not yet attached to their peer
      * or closed: kvrt_xfer_refuse_name waits for none to be left. */
     uint32_t settling;
+    /* Reconnection attempts under way, each on a detached thread (agent.c);
+     * destroy waits for none to be left. */
+    uint32_t dialers;
 };
 
 /* ---- agent.c ----------------------------------------------------------- */
@@ -321,10 +325,28 @@ void xfer_settled(kvrt_xfer_agent_t *a);
  * with the agent as arg): KVRT_ERR_BUSY for a new session beyond
  * max_peers. */
 kvrt_status_t xfer_admit_peer(void *agent, const kvrt_xfer_hello_t *hello);
-/* Makes the authenticated socket fd (blocking; ownership passes) a passive
- * peer's connection or an extra socket of one (accept thread, unlocked). */
-void xfer_accept_authenticated(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hello_t *hello,
-                               kvrt_xfer_sc_keys_t *keys);
+/* An authenticated incoming socket on its way to becoming a passive
+ * peer's connection (or an extra socket of one): claimed on the accept
+ * thread, set up by the backend there or on a set-up thread. */
+typedef struct xfer_incoming {
+    kvrt_xfer_agent_t *agent;
+    kvrt_xfer_peer_t *peer;  /* held (and counted in settling for a first socket) */
+    void *conn;              /* the connection an extra socket joins, else NULL */
+    int fd;                  /* blocking; the backend's from xfer_incoming_setup */
+    uint32_t conn_index;
+    kvrt_xfer_sc_keys_t keys;
+    char name[KVRT_XFER_NAME_MAX];
+} xfer_incoming_t;
+/* Finds or makes the peer the socket fd (blocking; ownership passes) is
+ * for, and holds it in *in (accept thread, unlocked: admission and the
+ * peer's creation stay on that one thread). false: nothing to set up (a
+ * refused name, an extra socket of no live session), fd closed. */
+bool xfer_incoming_claim(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hello_t *hello,
+                         const kvrt_xfer_sc_keys_t *keys, xfer_incoming_t *in);
+/* Runs the backend's accept on a claimed socket and attaches the result
+ * to its peer, or drops the peer if the set-up failed; lets go of what
+ * the claim held. Any thread, unlocked; blocks while the backend does. */
+void xfer_incoming_setup(xfer_incoming_t *in);
 
 /* ---- accept.c ------------------------------------------------------------ */
 /* The accept thread (started by agent create, stopped by `stopping`):

@@ -50,7 +50,7 @@
 #include "kvrt/xfer.h"
 #include "sidechannel.h"
 
-#define KVRT_XFER_BACKEND_VERSION 2
+#define KVRT_XFER_BACKEND_VERSION 3
 
 /* Largest backend key blob inside a region descriptor (verbs: rkeys and
  * addresses of up to 16 MR pieces). */
@@ -203,6 +203,14 @@ typedef struct kvrt_xfer_backend {
      * resets the connection (reporting kvrt_xfer_bk_conn_failed) to make
      * that true. A batch that already completed is ignored. */
     void (*cancel)(void *state, void *conn, kvrt_xfer_bk_batch_t *batch);
+
+    /* Whether `accept` of a session's first socket waits on the peer (the
+     * verbs QP set-up, bounded by its own deadline). The agent then runs
+     * it on a set-up thread, so that a slow or stalled peer delays no
+     * other; it must fail soon after its socket is shut down (the agent's
+     * way to abort it). False: `accept` returns without waiting on the
+     * peer (TCP) and runs on the accept thread, in arrival order. */
+    bool accept_waits;
 } kvrt_xfer_backend_t;
 
 /* ---- upcalls: what a backend may call on the agent ---------------------- */

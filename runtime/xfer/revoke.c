@@ -138,7 +138,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_revoke_name(kvrt_xfer_agent_t *agent, const 
  * sender that was only stalled writes into them once resumed. Refusals live
  * in a small table of the agent (XFER_REFUSED_NAMES_MAX), checked under the
  * agent lock where a connection is attached to a peer: at the listener's
- * accept (xfer_accept_authenticated) and after a dial's handshake
+ * accept (xfer_incoming_claim) and after a dial's handshake
  * (kvrt_xfer_bk_dial). */
 
 bool xfer_name_refused(kvrt_xfer_agent_t *a, const char *name)

@@ -433,7 +433,7 @@ kvrt_status_t kvrt_xfer_sc_server_proof(kvrt_xfer_sc_server_t *s, const kvrt_xfe
     return verdict;
 }
 
-enum { QP_INFO_BYTES = 32, QP_INFO_MAC_BYTES = 32 };
+enum { QP_INFO_BYTES = 32, QP_INFO_MAC_BYTES = KVRT_XFER_SC_MAC_BYTES };
 
 static void qp_encode(const kvrt_xfer_sc_qp_info_t *q, uint8_t *p)
 {
@@ -458,21 +458,46 @@ static bool qp_decode(const uint8_t *p, kvrt_xfer_sc_qp_info_t *q)
     return q->psn <= 0xffffffu && q->mtu <= 5 && kvrt_load_le32(p + 28) == 0;
 }
 
-/* The MAC a QP_INFO frame ends with: keyed BLAKE2b-256 (the sender's
- * direction key of this socket) over a label, the count and the entries.
- * The label keeps it apart from every other use of the key. */
+/* Keyed BLAKE2b-256 over label (with its NUL), head and body. */
+static void keyed_mac(const uint8_t key[KVRT_XFER_KEY_BYTES], const char *label,
+                      const uint8_t *head, size_t head_bytes, const uint8_t *body,
+                      size_t body_bytes, uint8_t mac[KVRT_XFER_SC_MAC_BYTES])
+{
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, key, KVRT_XFER_KEY_BYTES, KVRT_XFER_SC_MAC_BYTES);
+    crypto_generichash_update(&h, (const uint8_t *)label, strlen(label) + 1);
+    if (head_bytes)
+        crypto_generichash_update(&h, head, head_bytes);
+    if (body_bytes)
+        crypto_generichash_update(&h, body, body_bytes);
+    crypto_generichash_final(&h, mac, KVRT_XFER_SC_MAC_BYTES);
+}
+
+void kvrt_xfer_sc_frame_mac(const uint8_t key[KVRT_XFER_KEY_BYTES], const char *label,
+                            const uint8_t *payload, uint32_t bytes,
+                            uint8_t mac[KVRT_XFER_SC_MAC_BYTES])
+{
+    keyed_mac(key, label, payload, bytes, NULL, 0, mac);
+}
+
+bool kvrt_xfer_sc_frame_mac_ok(const uint8_t key[KVRT_XFER_KEY_BYTES], const char *label,
+                               const uint8_t *payload, uint32_t bytes,
+                               const uint8_t mac[KVRT_XFER_SC_MAC_BYTES])
+{
+    uint8_t expect[KVRT_XFER_SC_MAC_BYTES];
+    keyed_mac(key, label, payload, bytes, NULL, 0, expect);
+    return crypto_verify_32(expect, mac) == 0;
+}
+
+/* The MAC a QP_INFO frame ends with: the sender's direction key of this
+ * socket over a label, the count and the entries. */
 static void qp_info_mac(const uint8_t key[KVRT_XFER_KEY_BYTES], const uint8_t *entries,
                         uint32_t count, uint8_t mac[QP_INFO_MAC_BYTES])
 {
-    static const uint8_t label[] = "kvrt-xfer-qp-info";
     uint8_t n[4];
     kvrt_store_le32(n, count);
-    crypto_generichash_state h;
-    crypto_generichash_init(&h, key, KVRT_XFER_KEY_BYTES, QP_INFO_MAC_BYTES);
-    crypto_generichash_update(&h, label, sizeof(label));
-    crypto_generichash_update(&h, n, sizeof(n));
-    crypto_generichash_update(&h, entries, (size_t)count * QP_INFO_BYTES);
-    crypto_generichash_final(&h, mac, QP_INFO_MAC_BYTES);
+    keyed_mac(key, "kvrt-xfer-qp-info", n, sizeof(n), entries, (size_t)count * QP_INFO_BYTES,
+              mac);
 }
 
 kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer, const kvrt_xfer_sc_keys_t *keys,

@@ -34,7 +34,7 @@
  * Session keys: BLAKE2b-512 keyed with K over "kvrt-xfer-frames" and
  * H(HELLO CHALLENGE); the first 32 bytes key the frames client -> server,
  * the last 32 server -> client (tcp/frame_auth.h; the verbs backend's
- * QP_INFO frames below). Every socket has its own.
+ * SETUP, QP_INFO and READY frames below). Every socket has its own.
   */
 #ifndef KVRT_XFER_SIDECHANNEL_H
 #define KVRT_XFER_SIDECHANNEL_H
@@ -221,6 +221,24 @@ kvrt_status_t kvrt_xfer_sc_exchange_qp_info(int fd, bool dialer, const kvrt_xfer
                                             const kvrt_xfer_sc_qp_info_t *local,
                                             kvrt_xfer_sc_qp_info_t *remote,
                                             uint32_t count, uint64_t deadline_ns);
+
+/*
+ * A MAC for a backend's own side-channel frames after the handshake (the
+ * verbs backend's SETUP and READY): keyed BLAKE2b-256 under one direction
+ * key of the socket (`keys->tx` to send, `keys->rx` to check) over a
+ * label, which keeps each kind of frame apart from every other use of the
+ * key, and the payload. Each label is used once per socket and direction,
+ * so a frame can be neither replayed within the socket nor taken from
+ * another socket or reflected. kvrt_xfer_sc_frame_mac writes the MAC;
+ * kvrt_xfer_sc_frame_mac_ok checks one in constant time.
+ */
+#define KVRT_XFER_SC_MAC_BYTES 32
+void kvrt_xfer_sc_frame_mac(const uint8_t key[KVRT_XFER_KEY_BYTES], const char *label,
+                            const uint8_t *payload, uint32_t bytes,
+                            uint8_t mac[KVRT_XFER_SC_MAC_BYTES]);
+bool kvrt_xfer_sc_frame_mac_ok(const uint8_t key[KVRT_XFER_KEY_BYTES], const char *label,
+                               const uint8_t *payload, uint32_t bytes,
+                               const uint8_t mac[KVRT_XFER_SC_MAC_BYTES]);
 
 /* The smaller of two ibv_mtu enum values (0 counts as unset: the other wins). */
 static inline uint8_t kvrt_xfer_sc_mtu_min(uint8_t a, uint8_t b)

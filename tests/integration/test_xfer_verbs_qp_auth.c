@@ -4,8 +4,9 @@
  * relay on the side channel: a relay that only forwards is invisible (the
  * peers connect and move data), while one that changes a QP number in the
  * dialer's QP_INFO frame (to connect the listener's queue pair to a queue
- * pair of its choosing) makes the listener refuse the connection, which
- * then never comes up; the device is left with no object.
+ * pair of its choosing), or any bit of its SETUP or READY frames, makes
+ * the listener refuse the connection, which then never comes up; the
+ * listener holds no peer and the device is left with no object.
  */
 #include <stdlib.h>
 
@@ -27,26 +28,31 @@ static kvrt_xfer_agent_t *verbs_agent(kvrt_ctx_t *ctx)
     return a;
 }
 
-/* Byte offset, in the dialer's side-channel stream, of the first QP
- * number it sends: HELLO and PROOF frames, the verbs SETUP frame (8 bytes
- * of payload), then the QP_INFO frame's header. */
-#define QP_NUM_AT                                                                    \
-    (4 * KVRT_XFER_SC_HEADER_BYTES + KVRT_XFER_SC_HELLO_BYTES + KVRT_XFER_SC_PROOF_BYTES + 8)
+/* Byte offsets, in the dialer's side-channel stream, of what the relay
+ * changes: after the HELLO and PROOF frames come the verbs SETUP frame
+ * (version, QP count, MAC), the QP_INFO frame (2 entries, MAC) and the
+ * READY frame (status, MAC). */
+#define SETUP_AT (3 * KVRT_XFER_SC_HEADER_BYTES + KVRT_XFER_SC_HELLO_BYTES + KVRT_XFER_SC_PROOF_BYTES)
+#define SETUP_COUNT_AT (SETUP_AT + 4)
+#define QP_NUM_AT (SETUP_AT + 8 + KVRT_XFER_SC_MAC_BYTES + KVRT_XFER_SC_HEADER_BYTES)
+#define READY_AT (QP_NUM_AT + 2 * 32 + KVRT_XFER_SC_MAC_BYTES + KVRT_XFER_SC_HEADER_BYTES)
+#define NO_TAMPER (-1)
 
-static void run(bool tamper)
+static void run(long flip_at)
 {
     cr_assert_eq(soft_verbs_start(NULL), 0);
     kvrt_ctx_t *ctx = txu_ctx();
     kvrt_xfer_agent_t *a = verbs_agent(ctx), *b = verbs_agent(ctx);
     relay_t relay;
     relay_start(&relay, ctx, b);
+    bool tamper = flip_at != NO_TAMPER;
     if (tamper)
-        atomic_store(&relay.flip_at, QP_NUM_AT);
+        atomic_store(&relay.flip_at, flip_at);
     kvrt_xfer_peer_t *peer = NULL;
     kvrt_status_t st = kvrt_xfer_connect(a, relay.address, 3000, &peer);
     if (tamper) {
-        cr_assert_eq(atomic_load(&relay.done), 1, "the relay never changed the QP number");
-        cr_assert_neq(st, KVRT_OK, "a connection with an altered QP number came up");
+        cr_assert_eq(atomic_load(&relay.done), 1, "the relay never changed byte %ld", flip_at);
+        cr_assert_neq(st, KVRT_OK, "a connection with byte %ld altered came up", flip_at);
         cr_assert_null(peer);
         cr_assert_eq(txu_stat_drained(ctx, "xfer.1.peers", 3000), 0);
     } else {
@@ -84,6 +90,15 @@ static void run(bool tamper)
     cr_assert_eq(s.live_qps + s.live_cqs + s.live_mrs + s.live_pds, 0);
 }
 
-Test(verbs_soft_qp_auth, a_forwarding_relay_is_invisible, .timeout = 60) { run(false); }
+Test(verbs_soft_qp_auth, a_forwarding_relay_is_invisible, .timeout = 60) { run(NO_TAMPER); }
 
-Test(verbs_soft_qp_auth, an_altered_qp_number_is_refused, .timeout = 60) { run(true); }
+Test(verbs_soft_qp_auth, an_altered_qp_number_is_refused, .timeout = 60) { run(QP_NUM_AT); }
+
+/* The QP count asked for (2 -> 3): unauthenticated, both sides would
+ * still have agreed on 2 and connected; now the MAC fails. */
+Test(verbs_soft_qp_auth, an_altered_setup_frame_is_refused, .timeout = 60)
+{
+    run(SETUP_COUNT_AT);
+}
+
+Test(verbs_soft_qp_auth, an_altered_ready_frame_is_refused, .timeout = 60) { run(READY_AT); }

@@ -16,4 +16,6 @@ if(KVRT_VERBS)
                 LABELS threads TIMEOUT 180)
   kvrt_add_test(integration test_xfer_verbs_qp_auth DEPS xfer LIBS kvrt_soft_verbs
                 LABELS threads TIMEOUT 120)
+  kvrt_add_test(integration test_xfer_verbs_accept DEPS xfer LIBS kvrt_soft_verbs
+                LABELS threads TIMEOUT 120)
 endif()

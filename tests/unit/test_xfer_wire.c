@@ -209,3 +209,38 @@ Test(xfer_wire, qp_info_altered_replayed_or_foreign_is_refused)
     cr_assert_eq(kvrt_xfer_sc_exchange_qp_info(0, true, NULL, &got, &got, 1, 0),
                  KVRT_ERR_INVALID_ARG);
 }
+
+/* The MAC of a backend's own side-channel frames (verbs SETUP and READY):
+ * it checks under the same key and label, and fails for any flipped bit of
+ * the payload or the MAC, another label (another kind of frame), another
+ * key (the other direction, or another socket) and a shorter payload. */
+Test(xfer_wire, frame_mac_binds_key_label_and_payload)
+{
+    uint8_t k1[KVRT_XFER_KEY_BYTES], k2[KVRT_XFER_KEY_BYTES], payload[8];
+    for (uint32_t i = 0; i < sizeof(k1); i++) {
+        k1[i] = (uint8_t)i;
+        k2[i] = (uint8_t)(i + 1);
+    }
+    for (uint32_t i = 0; i < sizeof(payload); i++)
+        payload[i] = (uint8_t)(0xa0 + i);
+    uint8_t mac[KVRT_XFER_SC_MAC_BYTES];
+    kvrt_xfer_sc_frame_mac(k1, "kvrt-verbs-setup", payload, sizeof(payload), mac);
+    cr_assert(kvrt_xfer_sc_frame_mac_ok(k1, "kvrt-verbs-setup", payload, sizeof(payload), mac));
+    cr_assert(!kvrt_xfer_sc_frame_mac_ok(k1, "kvrt-verbs-ready", payload, sizeof(payload), mac));
+    cr_assert(!kvrt_xfer_sc_frame_mac_ok(k2, "kvrt-verbs-setup", payload, sizeof(payload), mac));
+    cr_assert(!kvrt_xfer_sc_frame_mac_ok(k1, "kvrt-verbs-setup", payload, 4, mac));
+    for (uint32_t bit = 0; bit < 8 * sizeof(payload); bit++) {
+        payload[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        cr_assert(!kvrt_xfer_sc_frame_mac_ok(k1, "kvrt-verbs-setup", payload, sizeof(payload),
+                                             mac),
+                  "payload bit %u flipped passed", bit);
+        payload[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+    }
+    for (uint32_t bit = 0; bit < 8 * sizeof(mac); bit += 7) {
+        mac[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        cr_assert(!kvrt_xfer_sc_frame_mac_ok(k1, "kvrt-verbs-setup", payload, sizeof(payload),
+                                             mac),
+                  "MAC bit %u flipped passed", bit);
+        mac[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+    }
+}

@@ -458,4 +458,5 @@ const kvrt_xfer_backend_t kvrt_xfer_verbs_backend = {
     .post = vb_post,
     .send_msg = vb_send_msg,
     .cancel = vb_cancel,
+    .accept_waits = true,
 };

@@ -3,12 +3,14 @@
  * authenticated side channel, torn down without leaving work behind, and
  * the small request/reply messages the agent exchanges over QP 0.
  *
- * Set-up (both sides, the dialer speaking first at every step):
- *   SETUP  {version, QPs wanted}        both use the smaller count
+ * Set-up (both sides, the dialer speaking first at every step; SETUP,
+ * QP_INFO and READY each end with a MAC under the sender's direction key
+ * of the socket from the handshake, sidechannel.h):
+ *   SETUP  {version 3, QPs wanted}      both use the smaller count; an
+ *                                       older version is refused
  *   create a CQ per device, the QPs (RESET -> INIT), the message buffers,
  *   and post the receives
- *   QP_INFO {qpn, psn, gid, lid, mtu, port} per QP, then a MAC under the
- *           socket's handshake keys (sidechannel.h)
+ *   QP_INFO {qpn, psn, gid, lid, mtu, port} per QP
  *   INIT -> RTR with path MTU = min(ours, theirs), RTR -> RTS
  *   READY  {status}                      neither side sends before both
  *                                        are in RTS
@@ -31,8 +33,10 @@
 
 #include "verbs_internal.h"
 
-/* 2: QP_INFO frames carry a MAC (sidechannel.h) */
-#define VB_SETUP_VERSION 2
+/* 2: QP_INFO frames carry a MAC (sidechannel.h); 3: so do SETUP and READY */
+#define VB_SETUP_VERSION 3
+#define VB_SETUP_BYTES 8     /* SETUP payload before its MAC */
+#define VB_SC_SEALED_MAX 8   /* the longest SETUP/READY payload */
 #define MSG_REQUEST 1
 #define MSG_REPLY 2
 
@@ -220,23 +224,83 @@ static kvrt_status_t to_rts(vb_conn_t *c, const kvrt_xfer_sc_qp_info_t *remote,
     return KVRT_OK;
 }
 
-/* Sends ours then reads theirs (dialer), or the reverse. */
-static kvrt_status_t swap_frame(int fd, bool dialer, uint16_t type, const uint8_t *out,
-                                uint8_t *in, uint32_t bytes, uint64_t deadline_ns)
+/* Receives a SETUP or READY frame of `bytes` payload and checks its MAC.
+ * *got_out gets the payload length, and `theirs` as much of it as fits,
+ * even when short: an older peer's SETUP is told apart. */
+static kvrt_status_t recv_sealed(int fd, uint16_t type, const char *label,
+                                 const kvrt_xfer_sc_keys_t *keys, uint8_t *theirs,
+                                 uint32_t bytes, uint32_t *got_out, uint64_t deadline_ns)
 {
+    uint8_t in[VB_SC_SEALED_MAX + KVRT_XFER_SC_MAC_BYTES];
+    *got_out = 0;
+    kvrt_status_t st = kvrt_xfer_sc_recv(fd, type, in, bytes + KVRT_XFER_SC_MAC_BYTES,
+                                         got_out, deadline_ns);
+    memcpy(theirs, in, *got_out < bytes ? *got_out : bytes);
+    if (st != KVRT_OK)
+        return st;
+    if (*got_out != bytes + KVRT_XFER_SC_MAC_BYTES)
+        return KVRT_ERR_PROTOCOL;
+    if (!kvrt_xfer_sc_frame_mac_ok(keys->rx, label, in, bytes, in + bytes))
+        return KVRT_ERR_AUTH;
+    return KVRT_OK;
+}
+
+/* Swaps one SETUP or READY frame of `bytes` payload, each side's sealed
+ * with a MAC under its direction key of the socket (sidechannel.h), the
+ * label naming the frame. The dialer sends first; the listener checks
+ * the dialer's frame before it answers, so a frame altered on the path
+ * gets no answer. Errors: KVRT_ERR_AUTH (their MAC does not check),
+ * KVRT_ERR_PROTOCOL (another length), the side channel's. */
+static kvrt_status_t swap_sealed(int fd, bool dialer, uint16_t type, const char *label,
+                                 const kvrt_xfer_sc_keys_t *keys, const uint8_t *mine,
+                                 uint8_t *theirs, uint32_t bytes, uint32_t *got_out,
+                                 uint64_t deadline_ns)
+{
+    uint8_t out[VB_SC_SEALED_MAX + KVRT_XFER_SC_MAC_BYTES];
+    memcpy(out, mine, bytes);
+    kvrt_xfer_sc_frame_mac(keys->tx, label, out, bytes, out + bytes);
+    kvrt_status_t st = KVRT_OK;
+    if (dialer)
+        st = kvrt_xfer_sc_send(fd, type, out, bytes + KVRT_XFER_SC_MAC_BYTES, deadline_ns);
+    if (st == KVRT_OK)
+        st = recv_sealed(fd, type, label, keys, theirs, bytes, got_out, deadline_ns);
+    if (st == KVRT_OK && !dialer)
+        st = kvrt_xfer_sc_send(fd, type, out, bytes + KVRT_XFER_SC_MAC_BYTES, deadline_ns);
+    return st;
+}
+
+/* The SETUP exchange: both sides' version and QP count; *nqp_out gets the
+ * smaller count. A peer of an older set-up version is refused with a
+ * reason that says so. */
+static kvrt_status_t swap_setup(vb_backend_t *b, int fd, bool dialer,
+                                const kvrt_xfer_sc_keys_t *keys, uint32_t *nqp_out,
+                                uint64_t deadline_ns, char *why, size_t n)
+{
+    uint8_t mine[VB_SETUP_BYTES], theirs[VB_SETUP_BYTES] = {0};
+    kvrt_store_le32(mine, VB_SETUP_VERSION);
+    kvrt_store_le32(mine + 4, b->tuning.qps_per_peer);
     uint32_t got = 0;
-    kvrt_status_t st;
-    if (dialer) {
-        st = kvrt_xfer_sc_send(fd, type, out, bytes, deadline_ns);
-        if (st == KVRT_OK)
-            st = kvrt_xfer_sc_recv(fd, type, in, bytes, &got, deadline_ns);
-    } else {
-        st = kvrt_xfer_sc_recv(fd, type, in, bytes, &got, deadline_ns);
-        if (st == KVRT_OK)
-            st = kvrt_xfer_sc_send(fd, type, out, bytes, deadline_ns);
+    kvrt_status_t st = swap_sealed(fd, dialer, VB_SC_SETUP, "kvrt-verbs-setup", keys, mine,
+                                   theirs, VB_SETUP_BYTES, &got, deadline_ns);
+    uint32_t version = kvrt_load_le32(theirs), nqp = kvrt_load_le32(theirs + 4);
+    if (got == VB_SETUP_BYTES && version < VB_SETUP_VERSION) {
+        /* Versions before 3 sent SETUP (8 bytes) and READY without a MAC. */
+        snprintf(why, n,
+                 "verbs: peer speaks set-up version %u, without authenticated SETUP/READY "
+                 "frames; version %d is required",
+                 version, VB_SETUP_VERSION);
+        return KVRT_ERR_PROTOCOL;
     }
-    if (st == KVRT_OK && got != bytes)
+    if (st == KVRT_ERR_AUTH) {
+        snprintf(why, n, "verbs: peer's SETUP frame failed authentication");
+        return st;
+    }
+    if (st == KVRT_OK && (version != VB_SETUP_VERSION || nqp == 0)) {
+        snprintf(why, n, "verbs: peer's set-up frame is version %u with %u QPs, not version %d",
+                 version, nqp, VB_SETUP_VERSION);
         st = KVRT_ERR_PROTOCOL;
+    }
+    *nqp_out = nqp > b->tuning.qps_per_peer ? b->tuning.qps_per_peer : nqp;
     return st;
 }
 
@@ -253,20 +317,10 @@ static kvrt_status_t establish(vb_backend_t *b, kvrt_xfer_bk_peer_t *peer, int f
     c->peer = peer;
     c->fd = fd;
     pthread_mutex_init(&c->lock, NULL);
-    uint8_t mine[8], theirs[8];
-    kvrt_store_le32(mine, VB_SETUP_VERSION);
-    kvrt_store_le32(mine + 4, b->tuning.qps_per_peer);
-    kvrt_status_t st = swap_frame(fd, dialer, VB_SC_SETUP, mine, theirs, 8, deadline_ns);
-    uint32_t nqp = kvrt_load_le32(theirs + 4);
-    if (st == KVRT_OK && (kvrt_load_le32(theirs) != VB_SETUP_VERSION || nqp == 0)) {
-        snprintf(why, n, "verbs: peer's set-up frame is not version %d", VB_SETUP_VERSION);
-        st = KVRT_ERR_PROTOCOL;
-    }
-    if (st == KVRT_OK) {
-        if (nqp > b->tuning.qps_per_peer)
-            nqp = b->tuning.qps_per_peer;
+    uint32_t nqp = 0;
+    kvrt_status_t st = swap_setup(b, fd, dialer, keys, &nqp, deadline_ns, why, n);
+    if (st == KVRT_OK)
         st = create_objects(c, nqp, why, n);
-    }
     kvrt_xfer_sc_qp_info_t local[VB_MAX_QPS], remote[VB_MAX_QPS];
     if (st == KVRT_OK) {
         for (uint32_t k = 0; k < nqp; k++) {
@@ -283,8 +337,12 @@ static kvrt_status_t establish(vb_backend_t *b, kvrt_xfer_bk_peer_t *peer, int f
     if (st == KVRT_OK)
         st = to_rts(c, remote, why, n);
     if (st == KVRT_OK) {
-        uint8_t ready[4] = {0}, peer_ready[4];
-        st = swap_frame(fd, dialer, VB_SC_READY, ready, peer_ready, 4, deadline_ns);
+        uint8_t ready[4] = {0}, peer_ready[4] = {0};
+        uint32_t got = 0;
+        st = swap_sealed(fd, dialer, VB_SC_READY, "kvrt-verbs-ready", keys, ready, peer_ready,
+                         sizeof(ready), &got, deadline_ns);
+        if (st == KVRT_ERR_AUTH)
+            snprintf(why, n, "verbs: peer's READY frame failed authentication");
         if (st == KVRT_OK && kvrt_load_le32(peer_ready) != 0)
             st = KVRT_ERR_CONNECT;
     }
@@ -339,7 +397,9 @@ kvrt_status_t vb_accept(void *state, kvrt_xfer_bk_peer_t *peer, void *conn, int 
         snprintf(why, why_bytes, "verbs: unexpected extra side-channel socket");
         return KVRT_ERR_PROTOCOL;
     }
-    /* A bounded wait: the dialer drives set-up right after authenticating. */
+    /* A bounded wait: the dialer drives set-up right after authenticating.
+     * The agent runs this on a set-up thread (accept_waits) and aborts it
+     * by shutting the socket down, which fails the next read at once. */
     uint64_t deadline = kvrt_now_ns() + 10ull * 1000000000ull;
     return establish(state, peer, fd, keys, false, deadline, conn_out, why, why_bytes);
 }
