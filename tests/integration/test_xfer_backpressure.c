@@ -92,8 +92,20 @@ static void flood(kvrt_xfer_wire_header_t (*make)(uint32_t id, uint32_t i), cons
         size_t at = 0;
         for (uint32_t i = 0; i < BATCH; i++)
             txf_seal(&r, buf, capacity, &at, make(id, sent + i), payload);
-        size_t n = txf_write(r.fd, buf, at, 300);
-        stopped = n < at;
+        /* A write that stalls 300 ms proves a pause only once the agent
+         * says it paused: on a loaded machine its progress thread may just
+         * not have run. Until then the rest of the batch goes on (a frame
+         * cut in half would end the session). */
+        size_t n = 0;
+        for (;;) {
+            n += txf_write(r.fd, buf + n, at - n, 300);
+            if (n == at)
+                break;
+            if (txu_stat(v.ctx, "xfer.0.reads_paused") >= 1 || txu_now_ms() >= end) {
+                stopped = true;
+                break;
+            }
+        }
         sent += (uint32_t)(n / frame);
         uint64_t q = txu_stat(v.ctx, "xfer.0.queued_bytes");
         queued_max = q > queued_max ? q : queued_max;
