@@ -276,15 +276,9 @@ Test(kernels_cuda, decode_attention_splits_long_sequences_like_the_cpu)
             cr_assert_leq(fabs(x - y), 1e-3 * (1 + fabs(x)), "case %d elem %zu: %g vs %g", c,
                           i, x, y);
         }
-        cudaFree(ws);
-        cudaFree(d_query);
-        cudaFree(d_out);
-        cudaFree(d_tables);
-        cudaFree(d_lens);
-        free(tables);
-        free(query);
-        free(out_cpu);
-        free(out_gpu);
+        cudaFree(ws); /* NULL when the simple path does not split */
+        free_buffers((void *[]){d_query, d_out, d_tables, d_lens, NULL},
+                     (void *[]){tables, query, out_cpu, out_gpu, NULL});
         twin_fini(&t);
     }
 }

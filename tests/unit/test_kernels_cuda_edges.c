@@ -231,14 +231,8 @@ static void run_attention_case(const attn_case_t *k, uint64_t *rng)
         assert_out_close(out_cpu, out_gpu, k->q_dtype, n, what);
         cudaFree(ws);
     }
-    cudaFree(d_query);
-    cudaFree(d_out);
-    cudaFree(d_tables);
-    cudaFree(d_lens);
-    free(tables);
-    free(query);
-    free(out_cpu);
-    free(out_gpu);
+    free_buffers((void *[]){d_query, d_out, d_tables, d_lens, NULL},
+                 (void *[]){tables, query, out_cpu, out_gpu, NULL});
     twin_fini(&t);
 }
 

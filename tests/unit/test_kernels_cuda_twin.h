@@ -133,6 +133,15 @@ static inline double kv_ref_f16(uint16_t h)
     return (double)v;
 }
 
+/* Frees NULL-terminated lists of device and host buffers. */
+static inline void free_buffers(void *const *dev, void *const *host)
+{
+    for (; *dev; dev++)
+        cudaFree(*dev);
+    for (; *host; host++)
+        free(*host);
+}
+
 /* GPU attention agrees with the CPU reference to 1e-4 relative. */
 static inline void assert_close(const float *cpu, const float *gpu, size_t n, uint64_t seed)
 {
