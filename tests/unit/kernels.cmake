@@ -6,3 +6,7 @@ foreach(stem test_kernels_numeric test_kernels_layout test_kernels_move
   # The internal headers under kernels/ (kv_numeric.h, kv_args.h).
   target_include_directories(${stem} PRIVATE ${PROJECT_SOURCE_DIR})
 endforeach()
+
+# scripts/gpu-check's verdict from the files a GPU run leaves (python3).
+kvrt_add_test(unit test_kernels_gpu_check DEPS core)
+target_compile_definitions(test_kernels_gpu_check PRIVATE KVRT_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
