@@ -276,7 +276,8 @@ typedef struct kvrt_decode_attention {
 /*
  * kvrt_cpu_decode_attention / kvrt_cuda_decode_attention - softmax(q K^T *
  * scale) V per sequence and query head, accumulated in fp32. A sequence of
- * length 0 gives zeros. The CUDA variant takes head_dim up to 256
+ * length 0 gives zeros; num_seqs 0 is a no-op (and needs no workspace).
+ * The CUDA variant takes head_dim up to 256
  * (KVRT_ERR_UNSUPPORTED above).
  *
  * The CUDA variant reads each KV head of a sequence once for all the query
