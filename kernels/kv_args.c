@@ -31,6 +31,18 @@ uint32_t kv_io_dtype_bytes(kvrt_dtype_t dtype)
     }
 }
 
+/*
+ * A GPU faults (and loses its context) on a load not aligned to its size,
+ * and the CPU references' typed loads are undefined behaviour there too, so
+ * every array the kernels index must start on a multiple of its element
+ * size. Allocators always give that; an odd offset into a byte buffer is a
+ * caller's mistake, refused here the same way on both sides.
+ */
+static bool misaligned(const void *p, uint32_t elem_bytes)
+{
+    return elem_bytes > 1 && ((uintptr_t)p % elem_bytes) != 0;
+}
+
 static uint64_t page_offset_of(const kvrt_kv_layout_t *layout, uint32_t num_blocks,
                                uint32_t block, uint32_t layer, kvrt_kv_half_t half)
 {
@@ -58,6 +70,10 @@ kvrt_status_t kv_geometry_init(kvrt_ctx_t *ctx, const char *func,
     const kvrt_kv_layout_t *l = &cache->layout;
     g->dtype = kvrt_layout_resolved(l).dtype;
     g->elem_bytes = kvrt_dtype_size(g->dtype);
+    if (misaligned(cache->base, g->elem_bytes))
+        return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG,
+                          "cache base %p is not aligned to its %u-byte elements", cache->base,
+                          g->elem_bytes);
     g->num_layers = l->num_layers;
     g->num_kv_heads = l->num_kv_heads;
     g->head_dim = l->head_dim;
@@ -85,6 +101,10 @@ kvrt_status_t kv_geometry_init(kvrt_ctx_t *ctx, const char *func,
             !cache->v_scales)
             return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG,
                               "an FP8 cache needs k_scales and v_scales");
+        if (misaligned(cache->k_scales, sizeof(float)) ||
+            misaligned(cache->v_scales, sizeof(float)))
+            return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG,
+                              "k_scales or v_scales is not aligned to 4 bytes");
         if ((unsigned)cache->scale_mode > KVRT_SCALE_PER_BLOCK)
             return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG, "unknown scale_mode %d",
                               (int)cache->scale_mode);
@@ -129,6 +149,12 @@ kvrt_status_t kv_rows_check(kvrt_ctx_t *ctx, const char *func, const kv_geometry
     if (rows->num_tokens > 0 && (!rows->slot_mapping || !key || !value))
         return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG,
                           "slot_mapping, key or value is NULL");
+    uint32_t io_bytes = kv_io_dtype_bytes(rows->dtype);
+    if (rows->num_tokens > 0 &&
+        (misaligned(rows->slot_mapping, sizeof(int64_t)) || misaligned(key, io_bytes) ||
+         misaligned(value, io_bytes)))
+        return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG,
+                          "slot_mapping, key or value is not aligned to its element size");
     *token_stride_out = stride;
     return KVRT_OK;
 }
@@ -138,8 +164,20 @@ kvrt_status_t kv_blocks_check(kvrt_ctx_t *ctx, const char *func, const kv_geomet
 {
     if (count > 0 && (!blocks || !staging))
         return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG, "blocks or staging is NULL");
+    if (count > 0 && misaligned(blocks, sizeof(int32_t)))
+        return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG, "blocks is not aligned to 4 bytes");
     if (count > 0 && g->block_bytes > UINT64_MAX / count)
         return kvrt_fail_(ctx, func, KVRT_ERR_OVERFLOW, "staging size overflows 64 bits");
+    return KVRT_OK;
+}
+
+kvrt_status_t kv_copies_check(kvrt_ctx_t *ctx, const char *func,
+                              const kvrt_block_copy_t *copies, uint32_t count)
+{
+    if (count > 0 && !copies)
+        return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG, "copies is NULL");
+    if (count > 0 && misaligned(copies, sizeof(int32_t)))
+        return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG, "copies is not aligned to 4 bytes");
     return KVRT_OK;
 }
 
@@ -181,6 +219,13 @@ kvrt_status_t kv_attention_check(kvrt_ctx_t *ctx, const char *func, const kv_geo
         (!a->query || !a->block_tables || !a->seq_lens || !a->out || a->table_stride == 0))
         return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG,
                           "query, block_tables, seq_lens or out is NULL, or table_stride 0");
+    if (a->num_seqs > 0 &&
+        (misaligned(a->query, kv_io_dtype_bytes(a->q_dtype)) ||
+         misaligned(a->out, kv_io_dtype_bytes(out_dtype)) ||
+         misaligned(a->block_tables, sizeof(int32_t)) || misaligned(a->seq_lens, sizeof(int32_t))))
+        return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG,
+                          "query, out, block_tables or seq_lens is not aligned to its element "
+                          "size");
     if ((uint64_t)a->table_stride * g->tokens_per_block > INT32_MAX)
         return kvrt_fail_(ctx, func, KVRT_ERR_INVALID_ARG,
                           "table_stride %u covers more than 2^31 tokens", a->table_stride);

@@ -89,6 +89,10 @@ kvrt_status_t kv_rows_check(kvrt_ctx_t *ctx, const char *func, const kv_geometry
 kvrt_status_t kv_blocks_check(kvrt_ctx_t *ctx, const char *func, const kv_geometry_t *g,
                               const int32_t *blocks, uint32_t count, const void *staging);
 
+/* Checks a copy list's pointer (its ids are the caller's to check). */
+kvrt_status_t kv_copies_check(kvrt_ctx_t *ctx, const char *func,
+                              const kvrt_block_copy_t *copies, uint32_t count);
+
 /*
  * Checks a decode-attention call except the contents of its index arrays;
  * *out_dtype_out and *scale_out are the effective output dtype and softmax

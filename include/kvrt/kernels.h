@@ -27,8 +27,11 @@
  * Errors and the context: ctx may be NULL; when given, a failure's detail
  * text goes to kvrt_ctx_last_error(ctx) (so concurrent calls must not share
  * a non-NULL ctx). Every function checks its arguments before touching
- * memory and returns KVRT_ERR_INVALID_ARG (NULL pointers, a field out of
- * range, an index out of range, unknown field_mask bits),
+ * memory and returns KVRT_ERR_INVALID_ARG (NULL pointers, a pointer not
+ * aligned to its element size - the cache base to its dtype, scales to 4
+ * bytes, rows, queries and outputs to their dtype, index arrays to their
+ * integer size -, a field out of range, an index out of range, unknown
+ * field_mask bits),
  * KVRT_ERR_BAD_LAYOUT (the cache's layout fails kvrt_layout_validate()),
  * KVRT_ERR_OVERFLOW (sizes whose byte counts would not fit 64 bits),
  * KVRT_ERR_UNSUPPORTED (a dtype combination the kernel does not handle) or,
@@ -273,7 +276,8 @@ typedef struct kvrt_decode_attention {
 /*
  * kvrt_cpu_decode_attention / kvrt_cuda_decode_attention - softmax(q K^T *
  * scale) V per sequence and query head, accumulated in fp32. A sequence of
- * length 0 gives zeros. The CUDA variant takes head_dim up to 256
+ * length 0 gives zeros; num_seqs 0 is a no-op (and needs no workspace).
+ * The CUDA variant takes head_dim up to 256
  * (KVRT_ERR_UNSUPPORTED above).
  *
  * The CUDA variant reads each KV head of a sequence once for all the query

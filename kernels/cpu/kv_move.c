@@ -421,8 +421,8 @@ KVRT_EXPORT kvrt_status_t kvrt_cpu_copy_blocks(kvrt_ctx_t *ctx, const kvrt_kv_ca
 {
     kv_geometry_t g;
     kvrt_status_t status = kv_geometry_init(ctx, __func__, cache, &g);
-    if (status == KVRT_OK && count > 0 && !copies)
-        status = kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "copies is NULL");
+    if (status == KVRT_OK)
+        status = kv_copies_check(ctx, __func__, copies, count);
     if (status == KVRT_OK)
         status = check_copies(ctx, __func__, &g, copies, count);
     if (status != KVRT_OK)

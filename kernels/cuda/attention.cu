@@ -65,17 +65,19 @@ __global__ void simple_attention_kernel(attn_args a)
         acc[j] = 0.0f;
     }
 
-    int32_t len = a.seq_lens[seq];
-    int64_t max_len = (int64_t)a.table_stride * g.tokens_per_block;
-    if (len < 0 || len > max_len)
-        len = 0; /* out of range: read nothing rather than past the table */
+    /* Unsigned token indices: len can be 2^31 - 1, and t + SIMPLE_WARPS
+     * must not wrap (see attention_gqa.cuh). Out of range: read nothing
+     * rather than past the table. */
+    int32_t seq_len = a.seq_lens[seq];
+    uint64_t max_len = (uint64_t)a.table_stride * g.tokens_per_block;
+    uint32_t len = seq_len < 0 || (uint64_t)seq_len > max_len ? 0 : (uint32_t)seq_len;
     const int32_t *table = a.block_tables + (uint64_t)seq * a.table_stride;
     float run_max = -INFINITY, run_sum = 0.0f;
-    for (int32_t t = (int32_t)warp; t < len; t += SIMPLE_WARPS) {
-        int32_t block = table[(uint32_t)t / g.tokens_per_block];
+    for (uint32_t t = warp; t < len; t += SIMPLE_WARPS) {
+        int32_t block = table[t / g.tokens_per_block];
         if (block < 0 || (uint32_t)block >= g.num_blocks)
             continue; /* an invalid id contributes nothing */
-        uint64_t row = ((uint32_t)t % g.tokens_per_block) * g.row_bytes +
+        uint64_t row = (uint64_t)(t % g.tokens_per_block) * g.row_bytes +
                        (uint64_t)kv_head * dim * g.elem_bytes;
         const char *k = a.base + kv_page_offset(&g, (uint64_t)block, a.layer, KVRT_K) + row;
         const char *v = a.base + kv_page_offset(&g, (uint64_t)block, a.layer, KVRT_V) + row;
@@ -214,6 +216,8 @@ static kvrt_status_t plan_attention(kvrt_ctx_t *ctx, const char *func, const kv_
     if (attn->field_mask & KVRT_ATTN_FIELD_MAX_SEQ_LEN)
         max_len = attn->max_seq_len;
     p->split_bytes = (uint64_t)attn->num_seqs * attn->num_q_heads * (g->head_dim + 2) * 4;
+    if (p->split_bytes == 0)
+        return KVRT_OK; /* no sequences: nothing to split (and nothing to divide by) */
     int device = 0, sms = 0;
     if (cudaGetDevice(&device) != cudaSuccess ||
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {

@@ -192,12 +192,15 @@ __global__ void __launch_bounds__(GQA_THREADS) gqa_attention_kernel(gqa_args a)
         run_sum[h] = 0.0f;
     }
 
-    int32_t len = a.seq_lens[seq];
-    int64_t max_len = (int64_t)a.table_stride * g.tokens_per_block;
-    if (len < 0 || len > max_len)
-        len = 0; /* out of range: read nothing rather than past the table */
-    int32_t t_begin = (int32_t)min((int64_t)piece * a.split_tokens, (int64_t)len);
-    int32_t t_end = piece + 1 == a.splits ? len : min(len, t_begin + (int32_t)a.split_tokens);
+    /* Token indices are unsigned 32-bit: a sequence has at most 2^31 - 1
+     * tokens (kv_attention_check), so an index plus the lookahead below
+     * (a few hundred) never wraps, where int32 would turn negative and
+     * index before the table. */
+    int32_t seq_len = a.seq_lens[seq];
+    uint64_t max_len = (uint64_t)a.table_stride * g.tokens_per_block;
+    uint32_t len = seq_len < 0 || (uint64_t)seq_len > max_len ? 0 : (uint32_t)seq_len;
+    uint32_t t_begin = (uint32_t)min((uint64_t)piece * a.split_tokens, (uint64_t)len);
+    uint32_t t_end = piece + 1 == a.splits ? len : min(len, t_begin + a.split_tokens);
     const int32_t *table = a.block_tables + (uint64_t)seq * a.table_stride;
     const uint32_t tpb_shift = __ffs(g.tokens_per_block) - 1; /* a power of two */
     const char *head_base = a.base + (uint64_t)a.layer * g.layer_stride +
@@ -206,17 +209,17 @@ __global__ void __launch_bounds__(GQA_THREADS) gqa_attention_kernel(gqa_args a)
     /* The block ids of a step's tokens are loaded one step ahead, so each
      * step waits for one round trip to memory (K/V), not two (id, then
      * K/V). -1 marks a token past the piece. */
-    constexpr int32_t STEP = GROUPS * UNROLL;
+    constexpr uint32_t STEP = GROUPS * UNROLL;
     int32_t next_block[UNROLL];
 #pragma unroll
     for (int u = 0; u < UNROLL; u++) {
-        int32_t t = t_begin + warp * TPW + sub + u * GROUPS;
+        uint32_t t = t_begin + warp * TPW + sub + u * GROUPS;
         next_block[u] = t < t_end ? __ldg(&table[t >> tpb_shift]) : -1;
     }
 
     /* t_warp is the same in every lane of a warp, so the shuffles below
      * always run with the whole warp. */
-    for (int32_t t_warp = t_begin + warp * TPW; t_warp < t_end; t_warp += STEP) {
+    for (uint32_t t_warp = t_begin + warp * TPW; t_warp < t_end; t_warp += STEP) {
         typename vec::raw_t kr[UNROLL][CH], vr[UNROLL][CH];
         bool ok[UNROLL];
         float k_scale[UNROLL], v_scale[UNROLL];
@@ -224,12 +227,12 @@ __global__ void __launch_bounds__(GQA_THREADS) gqa_attention_kernel(gqa_args a)
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             step_block[u] = next_block[u];
-            int32_t t_next = t_warp + STEP + sub + u * GROUPS;
+            uint32_t t_next = t_warp + STEP + sub + u * GROUPS;
             next_block[u] = t_next < t_end ? __ldg(&table[t_next >> tpb_shift]) : -1;
         }
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
-            int32_t t = t_warp + sub + u * GROUPS;
+            uint32_t t = t_warp + sub + u * GROUPS;
             int32_t block = step_block[u];
             ok[u] = block >= 0 && (uint32_t)block < g.num_blocks; /* invalid ids add nothing */
             k_scale[u] = v_scale[u] = 1.0f;

@@ -290,8 +290,8 @@ extern "C" KVRT_EXPORT kvrt_status_t kvrt_cuda_copy_blocks(kvrt_ctx_t *ctx,
 {
     kv_geometry_t g;
     kvrt_status_t status = kv_geometry_init(ctx, __func__, cache, &g);
-    if (status == KVRT_OK && count > 0 && !copies)
-        status = kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "copies is NULL");
+    if (status == KVRT_OK)
+        status = kv_copies_check(ctx, __func__, copies, count);
     if (status == KVRT_OK)
         status = kv_cuda_ready(ctx, __func__);
     if (status != KVRT_OK || count == 0)

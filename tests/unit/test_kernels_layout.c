@@ -19,7 +19,7 @@ Test(kernels_layout, strides_reproduce_page_offsets_for_every_arrangement)
         l.format = (kvrt_kv_format_t)(trial & 1);
         l.order = (kvrt_kv_order_t)((trial >> 1) & 1);
         uint32_t num_blocks = 1 + test_rand_below(&rng, 9);
-        char dummy;
+        uint64_t dummy; /* aligned like any allocation */
         kvrt_kv_cache_t cache = {.layout = l, .num_blocks = num_blocks, .base = &dummy};
         kv_geometry_t g;
         cr_assert_eq(kv_geometry_init(NULL, "test", &cache, &g), KVRT_OK);

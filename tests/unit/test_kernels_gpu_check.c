@@ -1,0 +1,150 @@
+/*
+ * test_kernels_gpu_check.c - scripts/gpu-check's verdict, from the files a
+ * GPU run leaves: a failed test or a sanitizer error fails the run, skips
+ * are reported as skips (never as passes), a GPU run whose kernels bench
+ * has no CUDA figures fails, and the attention figures come out beside
+ * PyTorch SDPA's with both targets checked. The GPU run itself needs a GPU;
+ * what it leaves is written here by hand, in the formats Criterion,
+ * compute-sanitizer, kvrt-bench --json and bench/sdpa_baseline.py print.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "support/tool_run.h"
+
+#define GPU_CHECK KVRT_SOURCE_DIR "/scripts/gpu-check"
+
+static void put(const char *dir, const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "%s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* A fresh folder holding what every run leaves: the step list and env. */
+static char *run_folder(const char *steps)
+{
+    char *dir = strdup("/tmp/kvrt-gpu-check-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    put(dir, "steps.txt", steps);
+    put(dir, "env.txt", "gpu: NVIDIA H200, 580.159.04, 143771 MiB\n");
+    return dir;
+}
+
+static void remove_folder(char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+    free(dir);
+}
+
+static tool_output_t report(const char *dir, bool gpu)
+{
+    const char *args[] = {"report", "--out", dir, gpu ? "--gpu" : NULL, NULL};
+    return tool_run(GPU_CHECK, args);
+}
+
+static const char bench_figures[] =
+    "[\n"
+    "  {\"name\": \"kernels.cpu.gather_blocks\", \"unit\": \"GB/s\", \"value\": 9.1, "
+    "\"baseline\": \"memcpy\", \"baseline_value\": 9.3, \"ratio\": 0.978},\n"
+    "  {\"name\": \"kernels.cuda.gather_blocks\", \"unit\": \"GB/s\", \"value\": 1800, "
+    "\"baseline\": \"cudaMemcpy.d2d\", \"baseline_value\": 1900, \"ratio\": 0.947},\n"
+    "  {\"name\": \"kernels.cuda.decode_attention.s64.len1024\", \"unit\": \"GB/s\", "
+    "\"value\": 2600, \"baseline\": \"copy_bandwidth.d2d\", \"baseline_value\": 4200},\n"
+    "  {\"name\": \"kernels.cuda.decode_attention.s256.len4096\", \"unit\": \"GB/s\", "
+    "\"value\": 2000, \"baseline\": \"copy_bandwidth.d2d\", \"baseline_value\": 4200}\n"
+    "]\n";
+
+static const char sdpa_lines[] =
+    "{\"device\": \"NVIDIA H200\", \"torch\": \"2.11.0\"}\n"
+    "{\"name\": \"torch.copy_bandwidth.d2d\", \"unit\": \"GB/s\", \"value\": 4200}\n"
+    "{\"name\": \"torch.sdpa.s64.len1024\", \"unit\": \"GB/s\", \"value\": 3900}\n"
+    "{\"name\": \"torch.sdpa.s256.len4096\", \"unit\": \"GB/s\", \"value\": 4400}\n";
+
+Test(kernels_gpu_check, a_clean_gpu_run_puts_attention_beside_sdpa_and_checks_both_targets)
+{
+    char *dir = run_folder("test:test_kernels_cuda 77 12\nbench 0 40\nsdpa 0 20\n"
+                           "memcheck:test_kernels_cuda 77 90\n");
+    put(dir, "test-test_kernels_cuda.txt.err",
+        "[RUN ] kernels_cuda::movement\n[PASS] kernels_cuda::movement: (0.20s)\n"
+        "[SKIP] kernels_cuda::without_a_gpu_every_call_says_no_gpu: a GPU is present\n"
+        "[====] Synthesis: Tested: 1 | Passing: 1 | Failing: 0 | Crashing: 0\n");
+    put(dir, "memcheck-test_kernels_cuda.txt",
+        "========= ERROR SUMMARY: 0 errors\n========= ERROR SUMMARY: 0 errors\n");
+    put(dir, "kernels-bench.json", bench_figures);
+    put(dir, "sdpa.jsonl", sdpa_lines);
+    tool_output_t o = report(dir, true);
+    cr_assert_eq(o.status, 0, "%s%s", o.out, o.err);
+    cr_assert_not_null(strstr(o.out, "1 passed, 0 failed, 1 skipped"), "%s", o.out);
+    cr_assert_not_null(strstr(o.out, "SKIP kernels_cuda::without_a_gpu_every_call_says_no_gpu"));
+    cr_assert_not_null(strstr(o.out, "1 tests skipped (not verified)"), "%s", o.out);
+    char path[512];
+    snprintf(path, sizeof path, "%s/gpu-check.json", dir);
+    char *json = tool_slurp(path);
+    /* 2600 of 4200 copy and of 3900 SDPA: both targets met; 2000 of 4200
+     * and 4400: neither. */
+    cr_assert_not_null(strstr(json, "\"vs_sdpa\": 0.667"), "%s", json);
+    cr_assert_not_null(strstr(json, "\"meets_targets\": true"), "%s", json);
+    cr_assert_not_null(strstr(json, "\"vs_sdpa\": 0.455"), "%s", json);
+    cr_assert_not_null(strstr(json, "\"meets_targets\": false"), "%s", json);
+    free(json);
+    tool_output_free(&o);
+    remove_folder(dir);
+}
+
+Test(kernels_gpu_check, a_failed_test_or_a_sanitizer_error_fails_the_run)
+{
+    char *dir = run_folder("test:test_kernels_cuda_edges 1 30\n"
+                           "memcheck:test_kernels_cuda_edges 0 120\n"
+                           "racecheck:attention -1 0 the time budget is spent\n");
+    put(dir, "test-test_kernels_cuda_edges.txt.err",
+        "[FAIL] kernels_cuda_edges::an_empty_batch_is_a_no_op: CRASH!\n"
+        "[====] Synthesis: Tested: 1 | Passing: 0 | Failing: 1 | Crashing: 1\n");
+    put(dir, "memcheck-test_kernels_cuda_edges.txt", "========= ERROR SUMMARY: 3 errors\n");
+    tool_output_t o = report(dir, true);
+    cr_assert_eq(o.status, 1, "%s%s", o.out, o.err);
+    cr_assert_not_null(strstr(o.out, "FAIL kernels_cuda_edges::an_empty_batch_is_a_no_op"));
+    cr_assert_not_null(strstr(o.out, "memcheck:test_kernels_cuda_edges: 3 errors"), "%s", o.out);
+    cr_assert_not_null(strstr(o.out, "racecheck:attention: not run: the time budget is spent"),
+                       "%s", o.out);
+    cr_assert_null(strstr(o.out, "racecheck:attention: exit"), "a step not run is no failure");
+    tool_output_free(&o);
+    remove_folder(dir);
+}
+
+Test(kernels_gpu_check, a_gpu_run_whose_bench_has_no_cuda_figures_fails)
+{
+    char *dir = run_folder("bench 0 10\n");
+    put(dir, "kernels-bench.json", "[\n  {\"name\": \"kernels.cpu.gather_blocks\", "
+                                   "\"unit\": \"GB/s\", \"value\": 9.1}\n]\n");
+    put(dir, "kernels-bench.json.err", "kernels: CUDA figures skipped: kvrt built without CUDA\n");
+    tool_output_t o = report(dir, true);
+    cr_assert_eq(o.status, 1, "%s%s", o.out, o.err);
+    cr_assert_not_null(strstr(o.out, "no CUDA figures"), "%s", o.out);
+    tool_output_free(&o);
+    /* Without a GPU the same run is fine: the figures could not exist. */
+    o = report(dir, false);
+    cr_assert_eq(o.status, 0, "%s%s", o.out, o.err);
+    cr_assert_not_null(strstr(o.out, "CUDA figures skipped"), "%s", o.out);
+    tool_output_free(&o);
+    remove_folder(dir);
+}
+
+Test(kernels_gpu_check, bad_usage_exits_2)
+{
+    const char *none[] = {NULL}, *unknown[] = {"run", "--budget", "soon", NULL};
+    tool_output_t o = tool_run(GPU_CHECK, none);
+    cr_assert_eq(o.status, 2);
+    tool_output_free(&o);
+    o = tool_run(GPU_CHECK, unknown);
+    cr_assert_eq(o.status, 2);
+    cr_assert_not_null(strstr(o.err, "gpu-check"), "usage on stderr: %s", o.err);
+    tool_output_free(&o);
+}
