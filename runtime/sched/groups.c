@@ -102,7 +102,9 @@ bool sched_groups_alloc(kvrt_sched_t *s)
     s->groups[0].match_blocks = s->match_blocks;
     if (s->num_groups > 1) {
         s->xgroups = calloc((size_t)s->max_requests * (s->num_groups - 1), sizeof(seq_group_t));
-        if (!s->xgroups)
+        s->xarrivals =
+            calloc((size_t)s->max_requests * (s->num_groups - 1), sizeof(arrival_group_t));
+        if (!s->xgroups || !s->xarrivals)
             return false;
     }
     for (uint32_t g = 1; g < s->num_groups; g++) {
@@ -139,6 +141,7 @@ void sched_groups_free(kvrt_sched_t *s)
         }
     }
     free(s->xgroups);
+    free(s->xarrivals);
 }
 
 void sched_groups_init_plans(kvrt_sched_t *s)
@@ -413,11 +416,11 @@ static inline uint32_t round_down(uint32_t tokens, uint32_t unit)
 }
 
 /* First block of the window the token at position h reads (group g):
- * tokens [h - W + 1, h), at least the block before h. */
+ * tokens [h - W + 1, h), at least the block of token h - 1. */
 static uint32_t window_first_block(const sched_group_t *gr, uint32_t h)
 {
     uint32_t start = h + 1 > gr->window ? h + 1 - gr->window : 0;
-    uint32_t first = start >> gr->block_shift, last = (h >> gr->block_shift) - 1;
+    uint32_t first = start >> gr->block_shift, last = sched_group_blocks_for(gr, h) - 1;
     return first < last ? first : last;
 }
 
@@ -621,4 +624,93 @@ void sched_groups_cache_full(kvrt_sched_t *s, seq_t *q)
         }
         *r.num_inserted = full;
     }
+}
+
+/* ---- arrivals (arrival.c) ------------------------------------------------------- */
+
+uint32_t sched_group_held_blocks(const kvrt_sched_t *s, seq_t *q, uint32_t g)
+{
+    seq_gref_t r = sched_gref(s, q, g);
+    uint32_t nb = 0;
+    if (*r.table)
+        kvrt_table_view(s->groups[g].pool, *r.table, NULL, &nb, NULL);
+    return nb > *r.released ? nb - *r.released : 0;
+}
+
+/* First block of group g an arrival of tokens [computed, end) fills: a
+ * sliding-window group skips what the window of the token at `end` does
+ * not read. */
+static uint32_t arrival_first_block(const sched_group_t *gr, uint32_t computed, uint32_t end)
+{
+    uint32_t first = computed >> gr->block_shift;
+    if (gr->window) {
+        uint32_t window = window_first_block(gr, end);
+        if (window > first)
+            first = window;
+    }
+    return first;
+}
+
+kvrt_status_t sched_groups_extend_for_arrival(kvrt_sched_t *s, seq_t *q, uint32_t end,
+                                              uint32_t *first, uint32_t *count)
+{
+    const uint32_t c = q->computed;
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        first[g] = arrival_first_block(gr, c, end);
+        count[g] = sched_group_blocks_for(gr, end) - first[g];
+        if (count[g] && !pool_has(gr->pool, count[g], s->use_watermark))
+            return kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
+                             "group %u: an arrival of %u blocks would leave the pool below "
+                             "its watermark",
+                             g, count[g]);
+    }
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        sched_group_t *gr = &s->groups[g];
+        seq_gref_t r = sched_gref(s, q, g);
+        uint32_t from = c >> gr->block_shift;
+        if (first[g] > from) {
+            /* Holes up to the window: its hits (the window of `computed`)
+             * are read by no token after `end`, and go idle in the cache. */
+            kvrt_table_truncate(gr->pool, *r.table, 0);
+            from = 0;
+            *r.released = first[g];
+        }
+        int32_t *ids = gr->match_blocks; /* scratch: row_stride entries */
+        for (uint32_t j = from; j < first[g]; j++)
+            ids[j - from] = KVRT_NULL_BLOCK;
+        kvrt_status_t st = kvrt_pool_alloc(gr->pool, count[g], ids + (first[g] - from));
+        if (st != KVRT_OK)
+            return st;
+        st = kvrt_table_adopt(gr->pool, *r.table, first[g] + count[g] - from, ids);
+        if (st != KVRT_OK) {
+            kvrt_pool_free(gr->pool, count[g], ids + (first[g] - from));
+            return st;
+        }
+        kvrt_table_truncate(gr->pool, *r.table, end); /* the last block may be partial */
+    }
+    return KVRT_OK;
+}
+
+uint32_t sched_groups_arrival_served(const kvrt_sched_t *s, seq_t *q, uint32_t end,
+                                     const uint32_t *first, const uint32_t *count,
+                                     const uint32_t *landed)
+{
+    uint32_t t = end;
+    for (uint32_t g = 0; g < s->num_groups; g++)
+        if (landed[g] < count[g]) {
+            uint32_t served = (first[g] + landed[g]) << s->groups[g].block_shift;
+            if (served < t)
+                t = served;
+        }
+    if (t <= q->computed)
+        return q->computed;
+    /* A window group holds blocks from `released` on: t is served only if
+     * its window starts there (a shorter t reads blocks never allocated). */
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        if (gr->window && window_first_block(gr, t) < *sched_gref(s, q, g).released)
+            return q->computed;
+    }
+    return t;
 }
