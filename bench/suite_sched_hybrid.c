@@ -219,4 +219,4 @@ static int run_sched_hybrid(const bench_options_t *o)
 KVRT_BENCH_SUITE(sched_hybrid,
                  "step + commit per sequence on 2 and 4 cache groups (sliding windows), "
                  "1K-16K decodes, against one group",
-                 run_sched_hybrid, true)
+                 run_sched_hybrid, false)
