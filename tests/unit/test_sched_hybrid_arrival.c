@@ -362,6 +362,38 @@ Test(sched_hybrid_arrival, landed_kv_gives_way_to_the_head_in_every_group)
     hybrid_close(&h);
 }
 
+Test(sched_hybrid_arrival, one_window_group_takes_the_one_group_calls_with_holes_first)
+{
+    /* A model of sliding-window layers only: one group, so kvrt_seq_await_kv
+     * and kvrt_arrival_complete serve it; only the window arrives. */
+    static const uint32_t blocks[1] = {32}, tpb[1] = {8}, window[1] = {24};
+    hybrid_t h = hybrid_open(1, blocks, tpb, window, false, NULL);
+    int32_t prompt[100];
+    prompt_of(prompt, 100, 53);
+    kvrt_seq_id_t id = add_prompt(&h, prompt, 100, 3);
+    kvrt_arrival_params_t ap = {.num_tokens = 90};
+    kvrt_arrival_id_t arrival;
+    uint32_t first, count;
+    ASSERT_OK(h.ctx, kvrt_seq_await_kv(h.sched, id, &ap, &arrival, &first, &count));
+    /* The token at 90 reads 67..90: blocks 8..11 (the last one partial). */
+    cr_assert_eq(first, 8);
+    cr_assert_eq(count, 4);
+    cr_assert_eq(used_blocks(&h, 0), 4);
+    const int32_t *view;
+    uint32_t nb, nt;
+    ASSERT_OK(h.ctx, kvrt_seq_blocks(h.sched, id, &view, &nb, &nt));
+    cr_assert_eq(nb, 12);
+    cr_assert_eq(nt, 90);
+    cr_assert_eq(view[7], KVRT_NULL_BLOCK);
+    cr_assert_gt(view[8], 0);
+    verify_all(&h);
+    ASSERT_OK(h.ctx, kvrt_arrival_complete(h.sched, arrival, count));
+    cr_assert_eq(info_of(&h, id).computed_tokens, 90);
+    run_to_end(&h, 30);
+    expect_model_output(&h, id, prompt, 100, 3);
+    hybrid_close(&h);
+}
+
 /* ---- randomized ------------------------------------------------------------ */
 
 #define RA_REQ 300
