@@ -277,6 +277,8 @@ static void release_windows(kvrt_sched_t *s, seq_t *q)
             continue;
         seq_gref_t r = sched_gref(s, q, g);
         uint32_t gone = (q->computed - gr->window + 1) >> gr->block_shift;
+        if (gone <= *r.released)
+            continue; /* most decodes: nothing new left the window */
         uint32_t nb = 0;
         kvrt_table_view(gr->pool, *r.table, NULL, &nb, NULL);
         if (gone >= nb) /* a window of one token: the last block stays */
