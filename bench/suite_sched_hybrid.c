@@ -217,6 +217,5 @@ static int run_sched_hybrid(const bench_options_t *o)
 }
 
 KVRT_BENCH_SUITE(sched_hybrid,
-                 "step + commit per sequence on 2 and 4 cache groups (sliding windows), "
-                 "1K-16K decodes, against one group",
+                 "step + commit per sequence, 1K-16K decodes: 2 and 4 cache groups vs one",
                  run_sched_hybrid, false)
