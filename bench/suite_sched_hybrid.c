@@ -150,8 +150,10 @@ __attribute__((noinline)) static int hy_measured_steps(hybrid_fixture_t *f, uint
     return 0;
 }
 
-/* Median ns per sequence of step + commit at n over `groups` groups. */
-static int hy_run(const bench_options_t *o, uint32_t n, uint32_t groups, double *ns_out)
+/* Median ns per sequence of step + commit at n over `groups` groups: wall
+ * in *ns_out, this thread's CPU time in *cpu_ns_out. */
+static int hy_run(const bench_options_t *o, uint32_t n, uint32_t groups, double *ns_out,
+                  double *cpu_ns_out)
 {
     hybrid_fixture_t f;
     if (hy_open(&f, n, groups) || hy_measured_steps(&f, 10)) {
@@ -159,9 +161,9 @@ static int hy_run(const bench_options_t *o, uint32_t n, uint32_t groups, double 
         return -1;
     }
     const uint32_t iters = o->quick ? 10 : 20;
-    double ns[1000];
+    double ns[1000], cpu_ns[1000];
     for (int r = 0; r < o->repeats; r++) {
-        uint64_t start = bench_now_ns();
+        uint64_t start = bench_now_ns(), cpu_start = bench_thread_cpu_ns();
         if (hy_measured_steps(&f, iters)) {
             fprintf(stderr, "sched_hybrid (%u, %u groups): %s\n", n, groups,
                     kvrt_ctx_last_error(f.ctx));
@@ -169,11 +171,13 @@ static int hy_run(const bench_options_t *o, uint32_t n, uint32_t groups, double 
             return -1;
         }
         ns[r] = (double)(bench_now_ns() - start) / iters / n;
+        cpu_ns[r] = (double)(bench_thread_cpu_ns() - cpu_start) / iters / n;
     }
     kvrt_sched_stats_t st;
     kvrt_sched_stats(f.sched, &st);
     int rc = st.waiting == HY_WAITING && st.running == n && !st.preemptions ? 0 : -1;
     *ns_out = bench_median(ns, o->repeats);
+    *cpu_ns_out = bench_median(cpu_ns, o->repeats);
     hy_close(&f);
     return rc;
 }
@@ -187,26 +191,28 @@ static int run_sched_hybrid(const bench_options_t *o)
      * (1 is the one-group baseline), e.g. under callgrind. */
     const char *only = getenv("KVRT_BENCH_SCHED_HYBRID");
     for (int i = 0; i < count; i++) {
-        double single = 0;
+        double single = 0, single_cpu = 0;
         char config[32];
         snprintf(config, sizeof(config), "1.%u", sizes[i]);
-        if ((!only || strcmp(only, config) == 0) && hy_run(o, sizes[i], 1, &single))
+        if ((!only || strcmp(only, config) == 0) &&
+            hy_run(o, sizes[i], 1, &single, &single_cpu))
             return -1;
         for (int k = 0; k < 2; k++) {
             const uint32_t groups = group_counts[k];
             snprintf(config, sizeof(config), "%u.%u", groups, sizes[i]);
             if (only && strcmp(only, config) != 0)
                 continue;
-            double ns;
-            if (hy_run(o, sizes[i], groups, &ns))
+            double ns, cpu_ns;
+            if (hy_run(o, sizes[i], groups, &ns, &cpu_ns))
                 return -1;
-            char name[64], note[200];
+            char name[64], note[300];
             snprintf(name, sizeof(name), "sched_hybrid.step_commit.%ugroups.%u", groups,
                      sizes[i]);
             snprintf(note, sizeof(note),
                      "%u running decodes (1-2K context), %u waiting; 1 full-attention group + "
-                     "%u sliding-window groups (window %u tokens, blocks of %u)",
-                     sizes[i], HY_WAITING, groups - 1, HY_WINDOW, HY_TPB);
+                     "%u sliding-window groups (window %u tokens, blocks of %u); thread CPU "
+                     "time %.1f ns/seq, one group %.1f",
+                     sizes[i], HY_WAITING, groups - 1, HY_WINDOW, HY_TPB, cpu_ns, single_cpu);
             bench_report(&(bench_figure_t){
                 .name = name, .unit = "ns/seq", .value = ns,
                 .baseline_name = "one_group_same_n", .baseline_value = single,
