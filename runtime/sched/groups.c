@@ -8,9 +8,10 @@
  * The single-group paths of step.c and commit.c stay as they are (group 0
  * is mirrored in s->pool, s->rows, s->bufs, and a request's group-0 state
  * in its seq_t); a scheduler with several groups, or with a sliding window,
- * is `hybrid` and takes the paths here instead: every append goes through
- * each group's table (no tail-block shortcut), after blocks that left a
- * window are released.
+ * is `hybrid` and takes the paths here instead: an append inside every
+ * group's tail block takes its slots from the rows and leaves the tables
+ * to be told later (q->lag, for every group); any other goes through each
+ * group's table, after blocks that left a window are released.
  *
  * Sliding windows: a block whose tokens all lie before computed - W + 1 is
  * released (kvrt_table_release_front: its table entry becomes the null
@@ -297,12 +298,53 @@ static void release_windows(kvrt_sched_t *s, seq_t *q)
     }
 }
 
+/* Most decodes: every group's n new tokens stay inside its tail block,
+ * which is partly written and private (a cache holds full blocks only). The
+ * slots come from each group's row, and the tables are told later: q->lag
+ * counts the tokens no group's table has been told of (the groups hold the
+ * same tokens, so one count serves them all), as step.c does for one group.
+ * False when some group needs a block. */
+static bool append_in_tails(kvrt_sched_t *s, seq_t *q, uint32_t n)
+{
+    const uint32_t c = q->computed + q->ahead, t0 = s->plan->num_tokens;
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const uint32_t off = c & (s->groups[g].tokens_per_block - 1);
+        if (!off || off + n > s->groups[g].tokens_per_block)
+            return false;
+    }
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        /* Group 0's tail is kept in the request's first line. */
+        const int32_t tail = g ? gr->rows[(size_t)q->row * gr->row_stride +
+                                          *sched_gref(s, q, g).row_blocks - 1]
+                               : q->tail_block;
+        const int64_t base = ((int64_t)tail << gr->block_shift) | (c & (gr->tokens_per_block - 1));
+        sched_iota64(sched_group_slots(s, g) + t0, s->max_batch_tokens - t0, base, n);
+    }
+    q->lag += n;
+    return true;
+}
+
+/* Tells every group's table the tokens appended inside its tail block. */
+static void sync_lag(kvrt_sched_t *s, seq_t *q)
+{
+    if (!q->lag)
+        return;
+    for (uint32_t g = 0; g < s->num_groups; g++) /* private tail blocks: no copy */
+        kvrt_table_append(s->groups[g].pool, *sched_gref(s, q, g).table, q->lag, NULL, NULL,
+                          NULL);
+    q->lag = 0;
+}
+
 kvrt_status_t sched_groups_append(kvrt_sched_t *s, seq_t *q, uint32_t n)
 {
     kvrt_batch_plan_t *p = s->plan;
     const uint32_t c = q->computed + q->ahead, t0 = p->num_tokens, k = plan_slot(s);
     uint32_t copied[KVRT_SCHED_MAX_GROUPS];
     release_windows(s, q);
+    if (append_in_tails(s, q, n))
+        return KVRT_OK;
+    sync_lag(s, q);
     for (uint32_t g = 0; g < s->num_groups; g++) {
         sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
@@ -338,6 +380,10 @@ kvrt_status_t sched_groups_append(kvrt_sched_t *s, seq_t *q, uint32_t n)
 
 void sched_groups_truncate(kvrt_sched_t *s, seq_t *q)
 {
+    /* The rollback reaches below what the tables were told (the commit
+     * drops rejected drafts inside the lag without a truncate), so the
+     * lagging tokens go with it. */
+    q->lag = 0;
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);

@@ -57,7 +57,8 @@ typedef struct seq {
     uint8_t pending_spec;   /* an uncommitted plan verifies its drafts */
     uint64_t user_tag;
     /* Tokens appended inside the tail block that the pool's table has not
-     * been told yet (step.c: sched_table_sync). */
+     * been told yet (step.c: sched_table_sync; with several groups or a
+     * window, every group's table: groups.c). */
     uint32_t lag;
     /* Tokens of uncommitted plans' entries, not yet in computed: the next
      * plan starts at computed + ahead. */
