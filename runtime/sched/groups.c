@@ -190,6 +190,19 @@ void sched_groups_publish(kvrt_sched_t *s)
 
 /* ---- requests ------------------------------------------------------------------- */
 
+/* Group g's (g >= 1) record of request q. */
+static inline seq_group_t *xgroup(const kvrt_sched_t *s, const seq_t *q, uint32_t g)
+{
+    return &s->xgroups[(size_t)sched_slot(s, q) * (s->num_groups - 1) + g - 1];
+}
+
+/* q's rows or tables of groups >= 1 changed: the cached tails are stale. */
+static void forget_tails(kvrt_sched_t *s, const seq_t *q)
+{
+    for (uint32_t g = 1; g < s->num_groups; g++)
+        xgroup(s, q, g)->tail_block = KVRT_NULL_BLOCK;
+}
+
 uint32_t sched_group_worst_blocks(const kvrt_sched_t *s, uint32_t g, uint32_t capacity)
 {
     const sched_group_t *gr = &s->groups[g];
@@ -215,7 +228,7 @@ size_t sched_groups_hash_bytes(const kvrt_sched_t *s, uint32_t capacity)
 void sched_groups_init_seq(kvrt_sched_t *s, seq_t *q, char *memory, uint32_t capacity)
 {
     for (uint32_t g = 1; g < s->num_groups; g++) {
-        seq_group_t *x = &s->xgroups[(size_t)sched_slot(s, q) * (s->num_groups - 1) + g - 1];
+        seq_group_t *x = xgroup(s, q, g);
         memset(x, 0, sizeof(*x));
         if (s->groups[g].cache) {
             x->hashes = (kvrt_block_hash_t *)memory;
@@ -226,6 +239,7 @@ void sched_groups_init_seq(kvrt_sched_t *s, seq_t *q, char *memory, uint32_t cap
 
 void sched_groups_release(kvrt_sched_t *s, seq_t *q)
 {
+    forget_tails(s, q);
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
@@ -314,10 +328,16 @@ static bool append_in_tails(kvrt_sched_t *s, seq_t *q, uint32_t n)
     }
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
-        /* Group 0's tail is kept in the request's first line. */
-        const int32_t tail = g ? gr->rows[(size_t)q->row * gr->row_stride +
-                                          *sched_gref(s, q, g).row_blocks - 1]
-                               : q->tail_block;
+        /* The tail block from the request's own records: group 0's in its
+         * first line, the others' in their group record (read from the
+         * row once per block), sparing a row line per group. */
+        int32_t tail = q->tail_block;
+        if (g) {
+            seq_group_t *x = xgroup(s, q, g);
+            if (x->tail_block == KVRT_NULL_BLOCK)
+                x->tail_block = gr->rows[(size_t)q->row * gr->row_stride + x->row_blocks - 1];
+            tail = x->tail_block;
+        }
         const int64_t base = ((int64_t)tail << gr->block_shift) | (c & (gr->tokens_per_block - 1));
         sched_iota64(sched_group_slots(s, g) + t0, s->max_batch_tokens - t0, base, n);
     }
@@ -375,6 +395,7 @@ kvrt_status_t sched_groups_append(kvrt_sched_t *s, seq_t *q, uint32_t n)
         if (sched_group_blocks_for(&s->groups[g], (uint64_t)c + n) != *r.row_blocks || copied[g])
             sched_row_sync(s, q, g, copied[g] != 0);
     }
+    forget_tails(s, q);
     return KVRT_OK;
 }
 
@@ -384,6 +405,7 @@ void sched_groups_truncate(kvrt_sched_t *s, seq_t *q)
      * drops rejected drafts inside the lag without a truncate), so the
      * lagging tokens go with it. */
     q->lag = 0;
+    forget_tails(s, q);
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
@@ -610,6 +632,7 @@ static kvrt_status_t match_all(kvrt_sched_t *s, seq_t *q, uint32_t *hit_out)
 
 kvrt_status_t sched_groups_match(kvrt_sched_t *s, seq_t *q, uint32_t *hit_tokens_out)
 {
+    forget_tails(s, q);
     kvrt_status_t rc = KVRT_OK;
     uint32_t g = 0;
     for (; g < s->num_groups && rc == KVRT_OK; g++) {
@@ -703,6 +726,7 @@ kvrt_status_t sched_groups_extend_for_arrival(kvrt_sched_t *s, seq_t *q, uint32_
                                               uint32_t *first, uint32_t *count)
 {
     const uint32_t c = q->computed;
+    forget_tails(s, q);
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
         first[g] = arrival_first_block(gr, c, end);

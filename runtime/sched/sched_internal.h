@@ -121,6 +121,8 @@ _Static_assert(offsetof(seq_t, heap_pos) <= 128, "seq_t's second line outgrew 64
  * row_blocks, released, num_hashed, num_inserted, hashes). */
 typedef struct seq_group {
     kvrt_table_id_t table;
+    int32_t tail_block;     /* the row's last entry, cached by groups.c for
+                               appends inside it; 0 (the null block): unknown */
     uint32_t row_blocks;
     uint32_t released;
     uint32_t num_hashed;
