@@ -314,7 +314,7 @@ static void release_windows(kvrt_sched_t *s, seq_t *q)
 
 /* Most decodes: every group's n new tokens stay inside its tail block,
  * which is partly written and private (a cache holds full blocks only). The
- * slots come from each group's row, and the tables are told later: q->lag
+ * slots come from each group's tail block, and the tables are told later: q->lag
  * counts the tokens no group's table has been told of (the groups hold the
  * same tokens, so one count serves them all), as step.c does for one group.
  * False when some group needs a block. */
