@@ -420,7 +420,10 @@ typedef struct ra_world {
     uint32_t num_req;
     ra_arrival_t arr[RA_INFLIGHT];
     uint32_t num_arr;
-    uint32_t finished, landed_groups;
+    uint32_t finished;
+    int32_t last_sampled[RA_REQ];
+    const kvrt_batch_plan_t *in_flight[2];
+    uint32_t num_in_flight;
 } ra_world_t;
 
 static void ra_start_arrival(ra_world_t *w, uint64_t now)
@@ -481,7 +484,6 @@ static void ra_report(ra_world_t *w, uint64_t now, bool all)
                                   : test_rand_below(&w->rng, a->count[g] + 1);
             ASSERT_OK(w->h.ctx, kvrt_arrival_group_complete(w->h.sched, a->id, g, landed));
             a->reported[g] = true;
-            w->landed_groups++;
         }
         if (left) {
             i++;
@@ -540,22 +542,72 @@ static void ra_add(ra_world_t *w, const int32_t (*system)[32])
     w->num_req++;
 }
 
-Test(sched_hybrid_arrival, randomized_run_with_arrivals_keeps_every_pool_verified, .timeout = 120)
+/* The engine: the model's next token for every sampling entry. A
+ * placeholder input (a plan built before the previous one was committed)
+ * stands for the token it sampled last for that request. */
+static void ra_commit(ra_world_t *w, const kvrt_batch_plan_t *plan)
+{
+    int32_t tokens[64];
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < plan->num_seqs; i++) {
+        const kvrt_plan_seq_t *e = &plan->seqs[i];
+        if (!e->sample)
+            continue;
+        int32_t prev = test_input_before_drafts(plan, i);
+        if (prev == KVRT_TOKEN_PLACEHOLDER)
+            prev = w->last_sampled[e->user_tag];
+        test_verify_drafts(plan, i, prev, model, tokens, &n);
+        w->last_sampled[e->user_tag] = tokens[n - 1];
+    }
+    kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = n,
+                       .tokens = tokens};
+    ASSERT_OK(w->h.ctx, kvrt_sched_commit(w->h.sched, &c));
+}
+
+/* One step, every group's plan checked; the oldest plan committed once
+ * plans_in_flight are held (at once when `flush`); every pool and cache
+ * verified. False when the plan was empty and none is in flight. */
+static bool ra_step(ra_world_t *w, uint64_t now, uint32_t plans_in_flight, bool flush)
+{
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(w->h.ctx, kvrt_sched_step(w->h.sched, now, &plan));
+    if (plan->num_seqs) {
+        check_plan_groups(&w->h, plan);
+        w->in_flight[w->num_in_flight++] = plan;
+    }
+    bool ran = w->num_in_flight > 0;
+    if (w->num_in_flight == plans_in_flight || (flush && w->num_in_flight)) {
+        ra_commit(w, w->in_flight[0]);
+        w->in_flight[0] = w->in_flight[1];
+        w->num_in_flight--;
+    }
+    verify_all(&w->h);
+    return ran;
+}
+
+/* A randomized run over three groups with arrivals: requests added,
+ * awaited (with and without deadlines), each group reporting on its own
+ * step with all, some or none of its blocks, aborts; with plans_in_flight
+ * 2, asynchronous steps. */
+static void ra_run(uint32_t plans_in_flight, uint64_t seed)
 {
     /* Full attention in 8-token blocks, windows of 12 tokens in 4-token
      * blocks and of 40 in 16-token blocks, prefix caches on; pools small
-     * enough that arrivals, preemption and the give-way rule all happen. */
-    static const uint32_t blocks[3] = {48, 80, 36}, tpb[3] = {8, 4, 16}, window[3] = {0, 12, 40};
+     * enough that arrivals, preemption and the give-way rule all happen
+     * (plans in flight are never preempted: tighter then). */
+    static const uint32_t tpb[3] = {8, 4, 16}, window[3] = {0, 12, 40};
+    const uint32_t blocks[3] = {plans_in_flight > 1 ? 40 : 48, 80, 36};
     kvrt_sched_params_t sp = {
         .field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS | KVRT_SCHED_PARAM_MAX_SEQS |
-                      KVRT_SCHED_PARAM_CHUNK,
+                      KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_PLANS_IN_FLIGHT,
         .max_batch_tokens = 48,
         .max_seqs = 8,
         .prefill_chunk_tokens = 20,
+        .max_plans_in_flight = plans_in_flight,
     };
     static ra_world_t w;
     memset(&w, 0, sizeof(w));
-    w.rng = 0x6a11e7ull;
+    w.rng = seed;
     w.h = hybrid_open(3, blocks, tpb, window, true, &sp);
     int32_t system[2][32];
     for (int s = 0; s < 2; s++)
@@ -577,12 +629,12 @@ Test(sched_hybrid_arrival, randomized_run_with_arrivals_keeps_every_pool_verifie
             }
         }
         ra_report(&w, now, false);
-        checked_step(&w.h, now); /* kvrt_pool_verify and cache verify in every group */
+        ra_step(&w, now, plans_in_flight, false);
         ra_drain(&w);
     }
     ra_report(&w, now, true);
     for (uint32_t step = 0; step < 4000; step++) {
-        bool ran = checked_step(&w.h, now++);
+        bool ran = ra_step(&w, now++, plans_in_flight, true);
         ra_drain(&w);
         kvrt_sched_stats_t st;
         ASSERT_OK(w.h.ctx, kvrt_sched_stats(w.h.sched, &st));
@@ -593,16 +645,28 @@ Test(sched_hybrid_arrival, randomized_run_with_arrivals_keeps_every_pool_verifie
         cr_assert(!w.req[i].live, "request %u never ended", i);
     kvrt_sched_stats_t st;
     ASSERT_OK(w.h.ctx, kvrt_sched_stats(w.h.sched, &st));
+    cr_assert_eq(st.failed, 0);
     cr_assert_gt(st.arrivals, 100, "only %llu arrivals", (unsigned long long)st.arrivals);
     cr_assert_gt(st.arrived_tokens, 0);
     cr_assert_gt(st.arrivals_failed, 0);
     cr_assert_gt(st.arrivals_expired, 0);
     cr_assert_gt(st.preemptions, 0);
     cr_assert_gt(w.finished, w.num_req / 2);
-    cr_log_info("hybrid arrivals: %u requests, %llu arrivals (%llu failed, %llu expired), "
-                "%llu tokens arrived, %llu preemptions",
-                w.num_req, (unsigned long long)st.arrivals,
+    cr_log_info("hybrid arrivals, %u plan(s) in flight: %u requests, %llu arrivals (%llu "
+                "failed, %llu expired), %llu tokens arrived, %llu preemptions",
+                plans_in_flight, w.num_req, (unsigned long long)st.arrivals,
                 (unsigned long long)st.arrivals_failed, (unsigned long long)st.arrivals_expired,
                 (unsigned long long)st.arrived_tokens, (unsigned long long)st.preemptions);
     hybrid_close(&w.h);
+}
+
+Test(sched_hybrid_arrival, randomized_run_with_arrivals_keeps_every_pool_verified, .timeout = 120)
+{
+    ra_run(1, 0x6a11e7ull);
+}
+
+Test(sched_hybrid_arrival, randomized_async_run_with_arrivals_keeps_every_pool_verified,
+     .timeout = 120)
+{
+    ra_run(2, 0x6a11e8ull);
 }
