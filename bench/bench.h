@@ -51,6 +51,9 @@ void bench_report(const bench_figure_t *figure);
 
 /* Monotonic nanoseconds. */
 uint64_t bench_now_ns(void);
+/* This thread's CPU time in nanoseconds: on a shared machine the wall
+ * clock also counts the time other processes hold the core. */
+uint64_t bench_thread_cpu_ns(void);
 /* Median of n samples (sorts them in place). */
 double bench_median(double *samples, int n);
 /* Defeats dead-code elimination of a benchmarked result. */

@@ -80,4 +80,32 @@ static inline uint32_t test_rand_below(uint64_t *state, uint32_t bound)
     return bound ? (uint32_t)(test_rand(state) % bound) : 0;
 }
 
+/* The engine of the randomized scheduler tests: a model next = model(prev)
+ * verifies plan entry i greedily. prev is the input before the entry's
+ * drafts (test_input_before_drafts, or the caller's stand-in for a
+ * placeholder). Appends the accepted drafts and the model's bonus token to
+ * tokens[*n ..] and returns how many drafts were accepted. */
+static inline uint32_t test_verify_drafts(const kvrt_batch_plan_t *plan, uint32_t i,
+                                          int32_t prev, int32_t (*model)(int32_t),
+                                          int32_t *tokens, uint32_t *n)
+{
+    const kvrt_plan_seq_t *e = &plan->seqs[i];
+    const int32_t *drafts = plan->input_tokens + plan->query_start_loc[i] +
+                            (e->num_new_tokens - e->num_drafts);
+    uint32_t accepted = 0;
+    while (accepted < e->num_drafts && drafts[accepted] == model(prev)) {
+        prev = drafts[accepted++];
+        tokens[(*n)++] = prev;
+    }
+    tokens[(*n)++] = model(prev);
+    return accepted;
+}
+
+/* The input token of plan entry i just before its drafts. */
+static inline int32_t test_input_before_drafts(const kvrt_batch_plan_t *plan, uint32_t i)
+{
+    const kvrt_plan_seq_t *e = &plan->seqs[i];
+    return plan->input_tokens[plan->query_start_loc[i] + e->num_new_tokens - 1 - e->num_drafts];
+}
+
 #endif /* KVRT_TEST_HELPERS_H */

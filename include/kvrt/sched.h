@@ -250,8 +250,13 @@ kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t
  *     KVRT_SEQ_CACHE_DROP_LAST_HIT drops the last multiple of the largest
  *     block size.
  *   - Either every group has a prefix cache or none.
- *   - Waiting for KV (kvrt_seq_await_kv) is refused with
- *     KVRT_ERR_UNSUPPORTED: an arrival names one group's blocks.
+ *   - Waiting for KV: kvrt_seq_await_kv_groups allocates blocks in every
+ *     group (a sliding-window group only those of the window the first
+ *     recomputed token reads; its earlier entries are KVRT_NULL_BLOCK) and
+ *     names each group's blocks to fill; each group reports what landed
+ *     (kvrt_arrival_group_complete) and the request waits until all have.
+ *     kvrt_seq_await_kv, which names one group's blocks, is refused with
+ *     KVRT_ERR_UNSUPPORTED when there are several groups.
  */
 
 /* Most cache groups of one scheduler. */
@@ -558,6 +563,23 @@ static inline kvrt_status_t kvrt_sched_drain_ended(kvrt_sched_t *sched,
  * every arrival it started (after stopping or finishing its writes).
  * kvrt_sched_destroy frees every held block: stop all writes before it.
  * Bounds: one arrival per request; at most max_requests arrivals exist.
+ *
+ * Several cache groups (kvrt_sched_create_groups): the K/V of each group
+ * arrives into that group's table, often on its own transfer:
+ *
+ *     kvrt_seq_await_kv_groups(sched, id, &params, num_groups, &arrival,
+ *                              first, count);            (arrays [num_groups])
+ *     for each group g:
+ *         kvrt_seq_group_blocks(sched, id, g, &blocks, NULL, NULL);
+ *         ... write blocks[first[g] .. first[g] + count[g]) ...
+ *         kvrt_arrival_group_complete(sched, arrival, g, landed_g);
+ *
+ * The request stays in WAITING_KV until every group has reported; then
+ * the longest prefix that every group holds (a full-attention group all
+ * blocks of it, a sliding-window group the blocks of the window the next
+ * token reads) becomes computed, as kvrt_arrival_complete does for one
+ * group. A deadline or an abort gives the arrival up as above; each
+ * group's blocks stay held until that group reports.
  */
 
 /* An arrival's id: generational, like request ids; 0 is never valid. */
@@ -591,15 +613,59 @@ typedef struct kvrt_arrival_params {
  * Errors: KVRT_ERR_INVALID_ARG (NULL sched/params/outputs, unknown field
  * bits, num_tokens 0 or not below the request's token count),
  * KVRT_ERR_UNKNOWN_REQUEST, KVRT_ERR_BAD_STATE (the request is not queued,
- * or holds KV that arrived earlier), KVRT_ERR_NO_BLOCKS (not enough blocks
- * above the watermark), KVRT_ERR_NO_TABLES, KVRT_ERR_NO_MEMORY,
- * KVRT_ERR_UNSUPPORTED (a scheduler of several cache groups, or of a
- * sliding-window group).
+ * or holds KV that arrived earlier), KVRT_ERR_REQUEST_LIMIT (max_requests
+ * arrivals outstanding), KVRT_ERR_NO_BLOCKS (not enough blocks above the
+ * watermark), KVRT_ERR_NO_TABLES, KVRT_ERR_NO_MEMORY, KVRT_ERR_UNSUPPORTED
+ * (a scheduler of several cache groups: kvrt_seq_await_kv_groups). On one
+ * sliding-window group the blocks before *first_block_out are
+ * KVRT_NULL_BLOCK: only the window the first recomputed token reads
+ * arrives.
  */
 kvrt_status_t kvrt_seq_await_kv(kvrt_sched_t *sched, kvrt_seq_id_t id,
                                 const kvrt_arrival_params_t *params,
                                 kvrt_arrival_id_t *arrival_out, uint32_t *first_block_out,
                                 uint32_t *num_blocks_out);
+
+/*
+ * kvrt_seq_await_kv_groups - kvrt_seq_await_kv over every cache group:
+ * num_groups must be the scheduler's group count, and first_blocks_out[g]
+ * and num_blocks_out[g] (arrays of num_groups, written only on success)
+ * are the table indexes of group g's blocks to fill
+ * (kvrt_seq_group_blocks). A full-attention group gets blocks for tokens
+ * [its prefix hit, params->num_tokens); a sliding-window group of window W
+ * only those of tokens [num_tokens - W + 1, num_tokens) past its hit, its
+ * earlier entries being KVRT_NULL_BLOCK. The blocks of every group are
+ * allocated or none (each group above its pool's watermark when the
+ * scheduler uses one); nothing is preempted. With one group it is
+ * kvrt_seq_await_kv. Not thread-safe: the scheduler's thread, like every
+ * call on it. No pointer is kept after the call.
+ * Errors: those of kvrt_seq_await_kv but KVRT_ERR_UNSUPPORTED, and
+ * KVRT_ERR_INVALID_ARG for num_groups other than the scheduler's.
+ */
+kvrt_status_t kvrt_seq_await_kv_groups(kvrt_sched_t *sched, kvrt_seq_id_t id,
+                                       const kvrt_arrival_params_t *params,
+                                       uint32_t num_groups, kvrt_arrival_id_t *arrival_out,
+                                       uint32_t *first_blocks_out, uint32_t *num_blocks_out);
+
+/*
+ * kvrt_arrival_group_complete - cache group `group` of an arrival is over:
+ * landed_blocks of the group's blocks, counted from its first, hold valid
+ * K/V (all: success; fewer: it failed after those). The caller writes no
+ * more into that group's blocks. When it is the last group to report, the
+ * arrival ends as kvrt_arrival_complete: the longest prefix that every
+ * group holds becomes computed (none: the request's hits are dropped and
+ * matched again at admission) and the request is queued again; the id is
+ * then dead. Until then the request stays in WAITING_KV (never planned).
+ * For an arrival given up (deadline passed, request aborted or drained)
+ * the group's blocks are freed now and landed_blocks is ignored. Each
+ * group reports once. Not thread-safe (the scheduler's thread).
+ * Errors: KVRT_ERR_INVALID_ARG (NULL sched, group out of range,
+ * landed_blocks above the group's block count), KVRT_ERR_UNKNOWN_REQUEST
+ * (an unknown or ended arrival), KVRT_ERR_BAD_STATE (the group has
+ * reported already). Nothing changes on error.
+ */
+kvrt_status_t kvrt_arrival_group_complete(kvrt_sched_t *sched, kvrt_arrival_id_t arrival,
+                                          uint32_t group, uint32_t landed_blocks);
 
 /*
  * kvrt_arrival_complete - ends an arrival: landed_blocks of its blocks,
@@ -609,9 +675,13 @@ kvrt_status_t kvrt_seq_await_kv(kvrt_sched_t *sched, kvrt_seq_id_t id,
  * the request is queued again; the rest of its blocks are freed. For an
  * arrival given up (deadline passed, request aborted or drained) its blocks
  * are freed now and landed_blocks is ignored. The id is dead afterwards.
+ * With several cache groups it reports every group that has not reported
+ * (kvrt_arrival_group_complete) at once, and landed_blocks must be 0
+ * (nothing more landed: the usual way to give an arrival up).
  * Errors: KVRT_ERR_INVALID_ARG (NULL sched, landed_blocks above the
- * arrival's block count), KVRT_ERR_UNKNOWN_REQUEST (an unknown or already
- * completed arrival id).
+ * arrival's block count, or not 0 with several groups),
+ * KVRT_ERR_UNKNOWN_REQUEST (an unknown or already completed arrival id).
+ * Nothing changes on error.
  */
 kvrt_status_t kvrt_arrival_complete(kvrt_sched_t *sched, kvrt_arrival_id_t arrival,
                                     uint32_t landed_blocks);

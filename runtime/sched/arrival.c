@@ -10,9 +10,16 @@
  *
  * The rule that shapes the code: blocks the caller may still be writing are
  * never handed to anyone else. When a request lets go of its arrival early
- * (deadline, abort), its table moves into the arrival record and is
- * destroyed only when the caller completes the arrival. Arrivals therefore
- * have their own generational ids and outlive the requests they served.
+ * (deadline, abort), its tables move into the arrival record and each is
+ * destroyed only when the caller reports that group's writes over.
+ * Arrivals therefore have their own generational ids and outlive the
+ * requests they served.
+ *
+ * Hybrid schedulers (several cache groups, sliding windows): the K/V
+ * arrives into every group's table, each group's part reported on its own
+ * (kvrt_arrival_group_complete); the request waits until every group has
+ * reported and then computes from the longest prefix all groups hold
+ * (groups.c: a sliding-window group needs only the window's blocks).
  */
 #include <string.h>
 
@@ -33,6 +40,14 @@ static arrival_t *arrival_lookup(const kvrt_sched_t *s, kvrt_arrival_id_t id)
     return a->generation == generation ? a : NULL;
 }
 
+/* Group g's part of arrival a. */
+static inline arrival_group_t *arrival_part(const kvrt_sched_t *s, arrival_t *a, uint32_t g)
+{
+    if (g == 0)
+        return &a->group0;
+    return &s->xarrivals[(size_t)(a - s->arrivals) * (s->num_groups - 1) + g - 1];
+}
+
 void sched_arrivals_init(kvrt_sched_t *s)
 {
     for (uint32_t i = 0; i < s->max_requests; i++)
@@ -41,26 +56,47 @@ void sched_arrivals_init(kvrt_sched_t *s)
     s->next_deadline = UINT64_MAX;
 }
 
+/* Does the given-up arrival a still hold a table in some group? */
+static bool arrival_holds_blocks(const kvrt_sched_t *s, arrival_t *a)
+{
+    for (uint32_t g = 0; g < s->num_groups; g++)
+        if (arrival_part(s, a, g)->table)
+            return true;
+    return false;
+}
+
 static void arrival_free(kvrt_sched_t *s, arrival_t *a)
 {
-    if (a->table) {
-        kvrt_table_destroy(s->pool, a->table);
-        s->num_given_up--;
-    }
-    a->table = 0;
     a->generation++; /* odd -> even: the id is dead */
     a->next_free = s->arrival_free;
     s->arrival_free = (uint32_t)(a - s->arrivals);
 }
 
-void sched_free_arrivals(kvrt_sched_t *s)
+/* The caller's writes into group g of the given-up arrival a are over. */
+static void release_given_up_part(kvrt_sched_t *s, arrival_t *a, uint32_t g)
 {
-    for (uint32_t i = 0; i < s->max_requests; i++)
-        if (s->arrivals[i].table)
-            kvrt_table_destroy(s->pool, s->arrivals[i].table);
+    arrival_group_t *part = arrival_part(s, a, g);
+    if (!part->table)
+        return;
+    kvrt_table_destroy(s->groups[g].pool, part->table);
+    part->table = 0;
+    if (!arrival_holds_blocks(s, a))
+        s->num_given_up--;
 }
 
-/* Takes q out of WAITING_KV; it keeps its table unless the caller moves it. */
+void sched_free_arrivals(kvrt_sched_t *s)
+{
+    /* Groups 1 and up only once their records exist (creation may fail). */
+    const uint32_t groups = s->xarrivals ? s->num_groups : 1;
+    for (uint32_t i = 0; i < s->max_requests; i++)
+        for (uint32_t g = 0; g < groups; g++) {
+            arrival_group_t *part = arrival_part(s, &s->arrivals[i], g);
+            if (part->table)
+                kvrt_table_destroy(s->groups[g].pool, part->table);
+        }
+}
+
+/* Takes q out of WAITING_KV; it keeps its tables unless the caller moves them. */
 static void stop_awaiting(kvrt_sched_t *s, seq_t *q)
 {
     q->arrival = SCHED_NONE;
@@ -70,11 +106,19 @@ static void stop_awaiting(kvrt_sched_t *s, seq_t *q)
 void sched_abandon_arrival(kvrt_sched_t *s, seq_t *q)
 {
     arrival_t *a = &s->arrivals[q->arrival];
-    a->table = q->table;
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        arrival_group_t *part = arrival_part(s, a, g);
+        kvrt_table_id_t *table = sched_gref(s, q, g).table;
+        /* A group that reported is written no more: its blocks go with the
+         * request's; the others wait for their report. */
+        if (part->landed == ARRIVAL_UNREPORTED) {
+            part->table = *table;
+            *table = 0;
+        }
+    }
     a->seq = SCHED_NONE;
-    if (a->table)
+    if (arrival_holds_blocks(s, a))
         s->num_given_up++;
-    q->table = 0;
     stop_awaiting(s, q);
 }
 
@@ -136,34 +180,68 @@ static kvrt_status_t check_await(kvrt_sched_t *s, const seq_t *q, kvrt_seq_id_t 
     return KVRT_OK;
 }
 
-/* Gives q's table the blocks of tokens [computed, end). Unchanged on error
- * (a table made here for the call is released). */
-static kvrt_status_t allocate_arrival(kvrt_sched_t *s, seq_t *q, uint32_t end)
+/* Gives q's tables the blocks of tokens [computed, end) (first[g], count[g]
+ * per group). Unchanged on error, but for prefix hits a failure past the
+ * block check may have cost (they are matched again at admission). */
+static kvrt_status_t allocate_arrival(kvrt_sched_t *s, seq_t *q, uint32_t end, uint32_t *first,
+                                      uint32_t *count)
 {
     bool had_table = q->table != 0;
     kvrt_status_t st = KVRT_OK;
     if (!had_table)
         st = sched_match_prefix(s, q, s->match_blocks);
-    if (st == KVRT_OK && end > q->computed) {
-        uint32_t need = sched_blocks_for(s, end) - sched_blocks_for(s, q->computed);
-        if (!sched_blocks_available(s, need)) {
-            st = kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
-                           "an arrival of %u blocks would leave the pool below its "
-                           "watermark",
-                           need);
-        } else {
-            kvrt_block_copy_t copy;
-            uint32_t copies = 0;
-            /* The table ends on a block boundary (hits are whole blocks):
-             * nothing shared is written, so no copy can be asked for. */
-            st = kvrt_table_append(s->pool, q->table, end - q->computed, NULL, &copy,
-                                   &copies);
+    if (st != KVRT_OK)
+        return st;
+    if (end <= q->computed) { /* the local cache holds it all */
+        for (uint32_t g = 0; g < s->num_groups; g++) {
+            first[g] = q->computed >> s->groups[g].block_shift;
+            count[g] = 0;
         }
+        return KVRT_OK;
     }
-    if (st != KVRT_OK && !had_table && q->table) {
+    st = sched_groups_extend_for_arrival(s, q, end, first, count);
+    if (st != KVRT_OK && (!had_table || st != KVRT_ERR_NO_BLOCKS))
         sched_release(s, q);
-    }
     return st;
+}
+
+static kvrt_status_t await_kv(kvrt_sched_t *s, kvrt_seq_id_t id, const kvrt_arrival_params_t *p,
+                              kvrt_arrival_id_t *arrival_out, uint32_t *first_out,
+                              uint32_t *count_out)
+{
+    seq_t *q = sched_lookup(s, id);
+    kvrt_status_t st = check_await(s, q, id, p);
+    if (st != KVRT_OK)
+        return st;
+    uint32_t first[KVRT_SCHED_MAX_GROUPS], count[KVRT_SCHED_MAX_GROUPS];
+    st = allocate_arrival(s, q, p->num_tokens, first, count);
+    if (st != KVRT_OK)
+        return st;
+
+    uint32_t index = s->arrival_free;
+    arrival_t *a = &s->arrivals[index];
+    s->arrival_free = a->next_free;
+    a->generation++; /* even -> odd: live */
+    a->seq = sched_slot(s, q);
+    a->end_tokens = p->num_tokens > q->computed ? p->num_tokens : q->computed;
+    a->groups_left = s->num_groups;
+    for (uint32_t g = 0; g < s->num_groups; g++)
+        *arrival_part(s, a, g) = (arrival_group_t){
+            .first_block = first[g], .num_blocks = count[g], .landed = ARRIVAL_UNREPORTED};
+    a->deadline_ns = (p->field_mask & KVRT_ARRIVAL_PARAM_DEADLINE) ? p->deadline_ns : UINT64_MAX;
+    if (s->pinned == sched_slot(s, q))
+        s->pinned = SCHED_NONE; /* its tables now serve the arrival */
+    sched_heap_remove(s, q);
+    q->state = KVRT_SEQ_WAITING_KV;
+    q->arrival = index;
+    s->num_awaiting++;
+    if (a->deadline_ns < s->next_deadline)
+        s->next_deadline = a->deadline_ns;
+    s->stats.arrivals++;
+    *arrival_out = arrival_id(s, a);
+    memcpy(first_out, first, s->num_groups * sizeof(*first));
+    memcpy(count_out, count, s->num_groups * sizeof(*count));
+    return KVRT_OK;
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_seq_await_kv(kvrt_sched_t *s, kvrt_seq_id_t id,
@@ -178,79 +256,67 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_await_kv(kvrt_sched_t *s, kvrt_seq_id_t id,
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
                          "params, arrival_out, first_block_out and num_blocks_out are "
                          "required");
-    if (s->hybrid)
+    if (s->num_groups > 1)
         return kvrt_fail(s->ctx, KVRT_ERR_UNSUPPORTED,
-                         "waiting for KV names one group's blocks: not with several cache "
-                         "groups or a sliding window");
-    seq_t *q = sched_lookup(s, id);
-    kvrt_status_t st = check_await(s, q, id, p);
-    if (st != KVRT_OK)
-        return st;
-    st = allocate_arrival(s, q, p->num_tokens);
-    if (st != KVRT_OK)
-        return st;
-
-    uint32_t index = s->arrival_free;
-    arrival_t *a = &s->arrivals[index];
-    s->arrival_free = a->next_free;
-    a->generation++; /* even -> odd: live */
-    a->seq = sched_slot(s, q);
-    a->first_block = q->computed >> s->block_shift;
-    a->end_tokens = p->num_tokens > q->computed ? p->num_tokens : q->computed;
-    a->num_blocks = sched_blocks_for(s, a->end_tokens) - a->first_block;
-    a->table = 0;
-    a->deadline_ns = (p->field_mask & KVRT_ARRIVAL_PARAM_DEADLINE) ? p->deadline_ns : UINT64_MAX;
-    if (s->pinned == sched_slot(s, q))
-        s->pinned = SCHED_NONE; /* its table now serves the arrival */
-    sched_heap_remove(s, q);
-    q->state = KVRT_SEQ_WAITING_KV;
-    q->arrival = index;
-    s->num_awaiting++;
-    if (a->deadline_ns < s->next_deadline)
-        s->next_deadline = a->deadline_ns;
-    s->stats.arrivals++;
-    *arrival_out = arrival_id(s, a);
-    *first_block_out = a->first_block;
-    *num_blocks_out = a->num_blocks;
-    return KVRT_OK;
+                         "kvrt_seq_await_kv gives one group's blocks to fill, and this "
+                         "scheduler has %u cache groups: kvrt_seq_await_kv_groups names "
+                         "each group's",
+                         s->num_groups);
+    return await_kv(s, id, p, arrival_out, first_block_out, num_blocks_out);
 }
 
-KVRT_EXPORT kvrt_status_t kvrt_arrival_complete(kvrt_sched_t *s, kvrt_arrival_id_t id,
-                                                uint32_t landed_blocks)
+KVRT_EXPORT kvrt_status_t kvrt_seq_await_kv_groups(kvrt_sched_t *s, kvrt_seq_id_t id,
+                                                   const kvrt_arrival_params_t *p,
+                                                   uint32_t num_groups,
+                                                   kvrt_arrival_id_t *arrival_out,
+                                                   uint32_t *first_blocks_out,
+                                                   uint32_t *num_blocks_out)
 {
     if (!s)
         return KVRT_ERR_INVALID_ARG;
-    arrival_t *a = arrival_lookup(s, id);
-    if (!a)
-        return kvrt_fail(s->ctx, KVRT_ERR_UNKNOWN_REQUEST,
-                         "arrival 0x%llx is unknown or already completed",
-                         (unsigned long long)id);
-    if (a->seq == SCHED_NONE) { /* given up: only the blocks are left */
-        arrival_free(s, a);
-        return KVRT_OK;
-    }
-    if (landed_blocks > a->num_blocks)
+    if (!p || !arrival_out || !first_blocks_out || !num_blocks_out)
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                         "%u blocks landed of an arrival of %u", landed_blocks,
-                         a->num_blocks);
+                         "params, arrival_out, first_blocks_out and num_blocks_out are "
+                         "required");
+    if (num_groups != s->num_groups)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "num_groups %u: the scheduler has %u cache groups", num_groups,
+                         s->num_groups);
+    return await_kv(s, id, p, arrival_out, first_blocks_out, num_blocks_out);
+}
+
+/* Every group of a's request has reported: the tokens every group holds
+ * become computed and the request is queued again. */
+static void land(kvrt_sched_t *s, arrival_t *a)
+{
     seq_t *q = &s->seqs[a->seq];
     stop_awaiting(s, q);
-    uint32_t end = (a->first_block + landed_blocks) << s->block_shift;
-    if (end > a->end_tokens)
-        end = a->end_tokens;
-    if (landed_blocks < a->num_blocks)
+    uint32_t first[KVRT_SCHED_MAX_GROUPS], count[KVRT_SCHED_MAX_GROUPS],
+        landed[KVRT_SCHED_MAX_GROUPS];
+    bool failed = false;
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const arrival_group_t *part = arrival_part(s, a, g);
+        first[g] = part->first_block;
+        count[g] = part->num_blocks;
+        landed[g] = part->landed;
+        failed = failed || landed[g] < count[g];
+    }
+    if (failed)
         s->stats.arrivals_failed++;
-    if (landed_blocks == 0) {
+    uint32_t end = sched_groups_arrival_served(s, q, a->end_tokens, first, count, landed);
+    if (end <= q->computed) {
         /* Nothing usable: matched again at admission, like any request. */
         sched_release(s, q);
     } else {
-        kvrt_table_truncate(s->pool, q->table, end);
+        for (uint32_t g = 0; g < s->num_groups; g++) {
+            kvrt_table_truncate(s->groups[g].pool, *sched_gref(s, q, g).table, end);
+            s->groups[g].landed_blocks += sched_group_held_blocks(s, q, g);
+        }
         s->stats.arrived_tokens += end - q->computed;
         q->computed = end;
         q->landed = true;
         q->landed_pos = s->num_landed;
         s->landed_slots[s->num_landed++] = sched_slot(s, q);
-        s->landed_blocks += sched_blocks_for(s, end);
         /* Cached now, so that giving the blocks up under pressure
          * (sched_release_landed) keeps them findable. */
         if (s->cache)
@@ -259,6 +325,79 @@ KVRT_EXPORT kvrt_status_t kvrt_arrival_complete(kvrt_sched_t *s, kvrt_arrival_id
     a->seq = SCHED_NONE;
     arrival_free(s, a);
     requeue(s, q);
+}
+
+static arrival_t *find_arrival(kvrt_sched_t *s, kvrt_arrival_id_t id)
+{
+    arrival_t *a = arrival_lookup(s, id);
+    if (!a)
+        kvrt_fail(s->ctx, KVRT_ERR_UNKNOWN_REQUEST, "arrival 0x%llx is unknown or already completed",
+                  (unsigned long long)id);
+    return a;
+}
+
+/* Group g of a (live or given up) reports `landed` blocks, checked. */
+static void report(kvrt_sched_t *s, arrival_t *a, uint32_t g, uint32_t landed)
+{
+    arrival_part(s, a, g)->landed = landed;
+    a->groups_left--;
+    if (a->seq == SCHED_NONE) { /* given up: only the blocks are left */
+        release_given_up_part(s, a, g);
+        if (!a->groups_left)
+            arrival_free(s, a);
+    } else if (!a->groups_left) {
+        land(s, a);
+    }
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_arrival_group_complete(kvrt_sched_t *s, kvrt_arrival_id_t id,
+                                                      uint32_t group, uint32_t landed_blocks)
+{
+    if (!s)
+        return KVRT_ERR_INVALID_ARG;
+    arrival_t *a = find_arrival(s, id);
+    if (!a)
+        return KVRT_ERR_UNKNOWN_REQUEST;
+    if (group >= s->num_groups)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "group %u of %u", group,
+                         s->num_groups);
+    arrival_group_t *part = arrival_part(s, a, group);
+    if (part->landed != ARRIVAL_UNREPORTED)
+        return kvrt_fail(s->ctx, KVRT_ERR_BAD_STATE,
+                         "group %u of arrival 0x%llx has already reported", group,
+                         (unsigned long long)id);
+    if (a->seq != SCHED_NONE && landed_blocks > part->num_blocks)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "group %u: %u blocks landed of an arrival of %u", group, landed_blocks,
+                         part->num_blocks);
+    report(s, a, group, landed_blocks);
+    return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_arrival_complete(kvrt_sched_t *s, kvrt_arrival_id_t id,
+                                                uint32_t landed_blocks)
+{
+    if (!s)
+        return KVRT_ERR_INVALID_ARG;
+    arrival_t *a = find_arrival(s, id);
+    if (!a)
+        return KVRT_ERR_UNKNOWN_REQUEST;
+    if (a->seq != SCHED_NONE) {
+        if (s->num_groups > 1 && landed_blocks)
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                             "with %u cache groups landed blocks are counted per group "
+                             "(kvrt_arrival_group_complete); kvrt_arrival_complete ends the "
+                             "rest with 0",
+                             s->num_groups);
+        if (landed_blocks > a->group0.num_blocks)
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                             "%u blocks landed of an arrival of %u", landed_blocks,
+                             a->group0.num_blocks);
+    }
+    /* Every group that has not reported, in one go: the last report lands. */
+    for (uint32_t g = 0; g < s->num_groups; g++)
+        if (arrival_part(s, a, g)->landed == ARRIVAL_UNREPORTED)
+            report(s, a, g, landed_blocks);
     return KVRT_OK;
 }
 
@@ -270,7 +409,24 @@ void sched_unland(kvrt_sched_t *s, seq_t *q)
     uint32_t last = s->landed_slots[--s->num_landed];
     s->landed_slots[q->landed_pos] = last;
     s->seqs[last].landed_pos = q->landed_pos;
-    s->landed_blocks -= sched_blocks_for(s, q->computed);
+    for (uint32_t g = 0; g < s->num_groups; g++)
+        s->groups[g].landed_blocks -= sched_group_held_blocks(s, q, g);
+}
+
+bool sched_landed_could_fit(const kvrt_sched_t *s, seq_t *q, uint32_t n)
+{
+    const uint32_t c = q->computed;
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        uint64_t behind = gr->landed_blocks - (q->landed ? sched_group_held_blocks(s, q, g) : 0);
+        uint64_t need = sched_group_blocks_for(gr, (uint64_t)c + n) - sched_group_blocks_for(gr, c);
+        kvrt_pool_info_t info;
+        kvrt_pool_info(gr->pool, &info);
+        if ((uint64_t)info.free_blocks + info.cached_blocks + behind <
+            need + (s->use_watermark ? info.watermark_blocks : 0))
+            return false;
+    }
+    return true;
 }
 
 bool sched_release_landed(kvrt_sched_t *s, const seq_t *keep)

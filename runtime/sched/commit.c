@@ -250,7 +250,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
             if (rejected <= q->lag) {
                 q->lag -= rejected;
             } else if (KVRT_UNLIKELY(s->hybrid)) {
-                sched_groups_truncate(s, q); /* no lag there */
+                sched_groups_truncate(s, q); /* every group; drops the lag */
             } else {
                 q->lag = 0;
                 kvrt_table_truncate(s->pool, q->table, q->computed);

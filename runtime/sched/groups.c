@@ -8,9 +8,10 @@
  * The single-group paths of step.c and commit.c stay as they are (group 0
  * is mirrored in s->pool, s->rows, s->bufs, and a request's group-0 state
  * in its seq_t); a scheduler with several groups, or with a sliding window,
- * is `hybrid` and takes the paths here instead: every append goes through
- * each group's table (no tail-block shortcut), after blocks that left a
- * window are released.
+ * is `hybrid` and takes the paths here instead: an append inside every
+ * group's tail block takes its slots from the rows and leaves the tables
+ * to be told later (q->lag, for every group); any other goes through each
+ * group's table, after blocks that left a window are released.
  *
  * Sliding windows: a block whose tokens all lie before computed - W + 1 is
  * released (kvrt_table_release_front: its table entry becomes the null
@@ -102,7 +103,9 @@ bool sched_groups_alloc(kvrt_sched_t *s)
     s->groups[0].match_blocks = s->match_blocks;
     if (s->num_groups > 1) {
         s->xgroups = calloc((size_t)s->max_requests * (s->num_groups - 1), sizeof(seq_group_t));
-        if (!s->xgroups)
+        s->xarrivals =
+            calloc((size_t)s->max_requests * (s->num_groups - 1), sizeof(arrival_group_t));
+        if (!s->xgroups || !s->xarrivals)
             return false;
     }
     for (uint32_t g = 1; g < s->num_groups; g++) {
@@ -139,6 +142,7 @@ void sched_groups_free(kvrt_sched_t *s)
         }
     }
     free(s->xgroups);
+    free(s->xarrivals);
 }
 
 void sched_groups_init_plans(kvrt_sched_t *s)
@@ -186,6 +190,19 @@ void sched_groups_publish(kvrt_sched_t *s)
 
 /* ---- requests ------------------------------------------------------------------- */
 
+/* Group g's (g >= 1) record of request q. */
+static inline seq_group_t *xgroup(const kvrt_sched_t *s, const seq_t *q, uint32_t g)
+{
+    return &s->xgroups[(size_t)sched_slot(s, q) * (s->num_groups - 1) + g - 1];
+}
+
+/* q's rows or tables of groups >= 1 changed: the cached tails are stale. */
+static void forget_tails(kvrt_sched_t *s, const seq_t *q)
+{
+    for (uint32_t g = 1; g < s->num_groups; g++)
+        xgroup(s, q, g)->tail_block = KVRT_NULL_BLOCK;
+}
+
 uint32_t sched_group_worst_blocks(const kvrt_sched_t *s, uint32_t g, uint32_t capacity)
 {
     const sched_group_t *gr = &s->groups[g];
@@ -211,7 +228,7 @@ size_t sched_groups_hash_bytes(const kvrt_sched_t *s, uint32_t capacity)
 void sched_groups_init_seq(kvrt_sched_t *s, seq_t *q, char *memory, uint32_t capacity)
 {
     for (uint32_t g = 1; g < s->num_groups; g++) {
-        seq_group_t *x = &s->xgroups[(size_t)sched_slot(s, q) * (s->num_groups - 1) + g - 1];
+        seq_group_t *x = xgroup(s, q, g);
         memset(x, 0, sizeof(*x));
         if (s->groups[g].cache) {
             x->hashes = (kvrt_block_hash_t *)memory;
@@ -222,6 +239,7 @@ void sched_groups_init_seq(kvrt_sched_t *s, seq_t *q, char *memory, uint32_t cap
 
 void sched_groups_release(kvrt_sched_t *s, seq_t *q)
 {
+    forget_tails(s, q);
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
@@ -274,6 +292,8 @@ static void release_windows(kvrt_sched_t *s, seq_t *q)
             continue;
         seq_gref_t r = sched_gref(s, q, g);
         uint32_t gone = (q->computed - gr->window + 1) >> gr->block_shift;
+        if (gone <= *r.released)
+            continue; /* most decodes: nothing new left the window */
         uint32_t nb = 0;
         kvrt_table_view(gr->pool, *r.table, NULL, &nb, NULL);
         if (gone >= nb) /* a window of one token: the last block stays */
@@ -292,12 +312,59 @@ static void release_windows(kvrt_sched_t *s, seq_t *q)
     }
 }
 
+/* Most decodes: every group's n new tokens stay inside its tail block,
+ * which is partly written and private (a cache holds full blocks only). The
+ * slots come from each group's tail block, and the tables are told later: q->lag
+ * counts the tokens no group's table has been told of (the groups hold the
+ * same tokens, so one count serves them all), as step.c does for one group.
+ * False when some group needs a block. */
+static bool append_in_tails(kvrt_sched_t *s, seq_t *q, uint32_t n)
+{
+    const uint32_t c = q->computed + q->ahead, t0 = s->plan->num_tokens;
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const uint32_t off = c & (s->groups[g].tokens_per_block - 1);
+        if (!off || off + n > s->groups[g].tokens_per_block)
+            return false;
+    }
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        /* The tail block from the request's own records: group 0's in its
+         * first line, the others' in their group record (read from the
+         * row once per block), sparing a row line per group. */
+        int32_t tail = q->tail_block;
+        if (g) {
+            seq_group_t *x = xgroup(s, q, g);
+            if (x->tail_block == KVRT_NULL_BLOCK)
+                x->tail_block = gr->rows[(size_t)q->row * gr->row_stride + x->row_blocks - 1];
+            tail = x->tail_block;
+        }
+        const int64_t base = ((int64_t)tail << gr->block_shift) | (c & (gr->tokens_per_block - 1));
+        sched_iota64(sched_group_slots(s, g) + t0, s->max_batch_tokens - t0, base, n);
+    }
+    q->lag += n;
+    return true;
+}
+
+/* Tells every group's table the tokens appended inside its tail block. */
+static void sync_lag(kvrt_sched_t *s, seq_t *q)
+{
+    if (!q->lag)
+        return;
+    for (uint32_t g = 0; g < s->num_groups; g++) /* private tail blocks: no copy */
+        kvrt_table_append(s->groups[g].pool, *sched_gref(s, q, g).table, q->lag, NULL, NULL,
+                          NULL);
+    q->lag = 0;
+}
+
 kvrt_status_t sched_groups_append(kvrt_sched_t *s, seq_t *q, uint32_t n)
 {
     kvrt_batch_plan_t *p = s->plan;
     const uint32_t c = q->computed + q->ahead, t0 = p->num_tokens, k = plan_slot(s);
     uint32_t copied[KVRT_SCHED_MAX_GROUPS];
     release_windows(s, q);
+    if (append_in_tails(s, q, n))
+        return KVRT_OK;
+    sync_lag(s, q);
     for (uint32_t g = 0; g < s->num_groups; g++) {
         sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
@@ -328,11 +395,17 @@ kvrt_status_t sched_groups_append(kvrt_sched_t *s, seq_t *q, uint32_t n)
         if (sched_group_blocks_for(&s->groups[g], (uint64_t)c + n) != *r.row_blocks || copied[g])
             sched_row_sync(s, q, g, copied[g] != 0);
     }
+    forget_tails(s, q);
     return KVRT_OK;
 }
 
 void sched_groups_truncate(kvrt_sched_t *s, seq_t *q)
 {
+    /* The rollback reaches below what the tables were told (the commit
+     * drops rejected drafts inside the lag without a truncate), so the
+     * lagging tokens go with it. */
+    q->lag = 0;
+    forget_tails(s, q);
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
@@ -413,11 +486,11 @@ static inline uint32_t round_down(uint32_t tokens, uint32_t unit)
 }
 
 /* First block of the window the token at position h reads (group g):
- * tokens [h - W + 1, h), at least the block before h. */
+ * tokens [h - W + 1, h), at least the block of token h - 1. */
 static uint32_t window_first_block(const sched_group_t *gr, uint32_t h)
 {
     uint32_t start = h + 1 > gr->window ? h + 1 - gr->window : 0;
-    uint32_t first = start >> gr->block_shift, last = (h >> gr->block_shift) - 1;
+    uint32_t first = start >> gr->block_shift, last = sched_group_blocks_for(gr, h) - 1;
     return first < last ? first : last;
 }
 
@@ -559,6 +632,7 @@ static kvrt_status_t match_all(kvrt_sched_t *s, seq_t *q, uint32_t *hit_out)
 
 kvrt_status_t sched_groups_match(kvrt_sched_t *s, seq_t *q, uint32_t *hit_tokens_out)
 {
+    forget_tails(s, q);
     kvrt_status_t rc = KVRT_OK;
     uint32_t g = 0;
     for (; g < s->num_groups && rc == KVRT_OK; g++) {
@@ -621,4 +695,94 @@ void sched_groups_cache_full(kvrt_sched_t *s, seq_t *q)
         }
         *r.num_inserted = full;
     }
+}
+
+/* ---- arrivals (arrival.c) ------------------------------------------------------- */
+
+uint32_t sched_group_held_blocks(const kvrt_sched_t *s, seq_t *q, uint32_t g)
+{
+    seq_gref_t r = sched_gref(s, q, g);
+    uint32_t nb = 0;
+    if (*r.table)
+        kvrt_table_view(s->groups[g].pool, *r.table, NULL, &nb, NULL);
+    return nb > *r.released ? nb - *r.released : 0;
+}
+
+/* First block of group g an arrival of tokens [computed, end) fills: a
+ * sliding-window group skips what the window of the token at `end` does
+ * not read. */
+static uint32_t arrival_first_block(const sched_group_t *gr, uint32_t computed, uint32_t end)
+{
+    uint32_t first = computed >> gr->block_shift;
+    if (gr->window) {
+        uint32_t window = window_first_block(gr, end);
+        if (window > first)
+            first = window;
+    }
+    return first;
+}
+
+kvrt_status_t sched_groups_extend_for_arrival(kvrt_sched_t *s, seq_t *q, uint32_t end,
+                                              uint32_t *first, uint32_t *count)
+{
+    const uint32_t c = q->computed;
+    forget_tails(s, q);
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        first[g] = arrival_first_block(gr, c, end);
+        count[g] = sched_group_blocks_for(gr, end) - first[g];
+        if (count[g] && !pool_has(gr->pool, count[g], s->use_watermark))
+            return kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
+                             "group %u: an arrival of %u blocks would leave the pool below "
+                             "its watermark",
+                             g, count[g]);
+    }
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        sched_group_t *gr = &s->groups[g];
+        seq_gref_t r = sched_gref(s, q, g);
+        uint32_t from = c >> gr->block_shift;
+        if (first[g] > from) {
+            /* Holes up to the window: its hits (the window of `computed`)
+             * are read by no token after `end`, and go idle in the cache. */
+            kvrt_table_truncate(gr->pool, *r.table, 0);
+            from = 0;
+            *r.released = first[g];
+        }
+        int32_t *ids = gr->match_blocks; /* scratch: row_stride entries */
+        for (uint32_t j = from; j < first[g]; j++)
+            ids[j - from] = KVRT_NULL_BLOCK;
+        kvrt_status_t st = kvrt_pool_alloc(gr->pool, count[g], ids + (first[g] - from));
+        if (st != KVRT_OK)
+            return st;
+        st = kvrt_table_adopt(gr->pool, *r.table, first[g] + count[g] - from, ids);
+        if (st != KVRT_OK) {
+            kvrt_pool_free(gr->pool, count[g], ids + (first[g] - from));
+            return st;
+        }
+        kvrt_table_truncate(gr->pool, *r.table, end); /* the last block may be partial */
+    }
+    return KVRT_OK;
+}
+
+uint32_t sched_groups_arrival_served(const kvrt_sched_t *s, seq_t *q, uint32_t end,
+                                     const uint32_t *first, const uint32_t *count,
+                                     const uint32_t *landed)
+{
+    uint32_t t = end;
+    for (uint32_t g = 0; g < s->num_groups; g++)
+        if (landed[g] < count[g]) {
+            uint32_t served = (first[g] + landed[g]) << s->groups[g].block_shift;
+            if (served < t)
+                t = served;
+        }
+    if (t <= q->computed)
+        return q->computed;
+    /* A window group holds blocks from `released` on: t is served only if
+     * its window starts there (a shorter t reads blocks never allocated). */
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        if (gr->window && window_first_block(gr, t) < *sched_gref(s, q, g).released)
+            return q->computed;
+    }
+    return t;
 }

@@ -57,7 +57,8 @@ typedef struct seq {
     uint8_t pending_spec;   /* an uncommitted plan verifies its drafts */
     uint64_t user_tag;
     /* Tokens appended inside the tail block that the pool's table has not
-     * been told yet (step.c: sched_table_sync). */
+     * been told yet (step.c: sched_table_sync; with several groups or a
+     * window, every group's table: groups.c). */
     uint32_t lag;
     /* Tokens of uncommitted plans' entries, not yet in computed: the next
      * plan starts at computed + ahead. */
@@ -120,6 +121,8 @@ _Static_assert(offsetof(seq_t, heap_pos) <= 128, "seq_t's second line outgrew 64
  * row_blocks, released, num_hashed, num_inserted, hashes). */
 typedef struct seq_group {
     kvrt_table_id_t table;
+    int32_t tail_block;     /* the row's last entry, cached by groups.c for
+                               appends inside it; 0 (the null block): unknown */
     uint32_t row_blocks;
     uint32_t released;
     uint32_t num_hashed;
@@ -145,18 +148,30 @@ typedef struct heap_entry {
     uint64_t order;
 } heap_entry_t;
 
+/* One cache group's part of an arrival (arrival.c): blocks
+ * [first_block, first_block + num_blocks) of the group's table. */
+typedef struct arrival_group {
+    kvrt_table_id_t table;  /* held for a given-up arrival, else 0 */
+    uint32_t first_block;
+    uint32_t num_blocks;
+    uint32_t landed;        /* blocks reported landed; ARRIVAL_UNREPORTED until
+                               the group reports */
+} arrival_group_t;
+#define ARRIVAL_UNREPORTED UINT32_MAX
+
 /* An arrival of a request's prefix K/V (arrival.c). While the request
- * waits for it, the blocks are in the request's table; once given up
- * (deadline, abort), the table moves here and is freed at completion. */
+ * waits for it, the blocks are in the request's tables; once given up
+ * (deadline, abort), the tables move here and each group's is freed when
+ * that group reports. Group 0's part is here, groups 1 and up are in
+ * sched->xarrivals. */
 typedef struct arrival {
     uint32_t generation;    /* odd while the id is live */
     uint32_t seq;           /* request slot; SCHED_NONE once given up */
-    uint32_t first_block;
-    uint32_t num_blocks;
     uint32_t end_tokens;    /* the arrival's num_tokens */
     uint32_t next_free;
-    kvrt_table_id_t table;  /* held for a given-up arrival, else 0 */
+    uint32_t groups_left;   /* groups that have not reported */
     uint64_t deadline_ns;   /* UINT64_MAX: none */
+    arrival_group_t group0;
 } arrival_t;
 
 /* Plan arrays, sized at creation (max_seqs / max_batch_tokens). */
@@ -212,6 +227,8 @@ typedef struct sched_group {
     int32_t *csr_offsets[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
     int32_t *csr_ids[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
     uint32_t csr_capacity[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
+    uint64_t landed_blocks; /* blocks queued requests hold with K/V that
+                               arrived (arrival.c) */
 } sched_group_t;
 
 /* Rows changed since the last published plan. One buffer per plan slot
@@ -278,8 +295,8 @@ struct kvrt_sched {
     uint32_t num_awaiting;      /* requests in WAITING_KV */
     uint32_t num_given_up;      /* given-up arrivals still holding blocks */
     uint32_t num_landed;        /* queued requests holding arrived K/V */
-    uint32_t *landed_slots;     /* [max_requests]: those requests, unordered */
-    uint64_t landed_blocks;     /* table blocks they hold */
+    uint32_t *landed_slots;     /* [max_requests]: those requests, unordered
+                                   (their blocks: groups[g].landed_blocks) */
     uint64_t next_deadline;     /* no awaiting deadline before it */
 
     uint32_t *ended;            /* ring of slots with an undrained end */
@@ -332,6 +349,7 @@ struct kvrt_sched {
                                    largest block size) */
     sched_group_t groups[KVRT_SCHED_MAX_GROUPS];
     seq_group_t *xgroups;       /* [max_requests][num_groups - 1] */
+    arrival_group_t *xarrivals; /* [max_requests][num_groups - 1] */
     kvrt_plan_group_t plan_groups[KVRT_SCHED_MAX_PLANS_IN_FLIGHT][KVRT_SCHED_MAX_GROUPS];
 
     sched_arena_t arena;        /* request memory (arena.c) */
@@ -530,6 +548,10 @@ bool sched_release_landed(kvrt_sched_t *s, const seq_t *keep);
 /* q no longer holds K/V that arrived while queued (admitted, or its blocks
  * released). */
 void sched_unland(kvrt_sched_t *s, seq_t *q);
+/* Could the blocks that queued requests other than q hold with arrived K/V,
+ * given up, make q's next n tokens fit in every group (above the watermark
+ * when in use)? An estimate: a block shared with the cache counts. */
+bool sched_landed_could_fit(const kvrt_sched_t *s, seq_t *q, uint32_t n);
 
 /* ---- groups.c ------------------------------------------------------------- */
 
@@ -566,6 +588,24 @@ void sched_groups_truncate(kvrt_sched_t *s, seq_t *q);
 kvrt_status_t sched_groups_match(kvrt_sched_t *s, seq_t *q, uint32_t *hit_tokens_out);
 /* Offers newly full blocks of every group to its cache. */
 void sched_groups_cache_full(kvrt_sched_t *s, seq_t *q);
+/* Blocks q's table of group g holds (its entries less the released ones
+ * before a window). */
+uint32_t sched_group_held_blocks(const kvrt_sched_t *s, seq_t *q, uint32_t g);
+/* Extends q's table in every group to `end` tokens (> q->computed, which
+ * is a multiple of every block size) for K/V that arrives: group g gets blocks
+ * first[g] .. first[g] + count[g] - 1 (a sliding-window group only the
+ * window the token at `end` reads; entries before are holes). Returns
+ * KVRT_ERR_NO_BLOCKS, with nothing changed, when a group lacks the blocks
+ * (above the watermark when in use); any other error may leave q's tables
+ * changed, and the caller releases them. */
+kvrt_status_t sched_groups_extend_for_arrival(kvrt_sched_t *s, seq_t *q, uint32_t end,
+                                              uint32_t *first, uint32_t *count);
+/* The longest prefix, at most `end` tokens, whose K/V every group of q
+ * holds once group g has landed landed[g] of its blocks first[g] ..
+ * first[g] + count[g] - 1; q->computed when the arrival adds nothing. */
+uint32_t sched_groups_arrival_served(const kvrt_sched_t *s, seq_t *q, uint32_t end,
+                                     const uint32_t *first, const uint32_t *count,
+                                     const uint32_t *landed);
 /* Drops plan entry data of groups >= 1 for an entry leaving the plan. */
 void sched_groups_unplan(kvrt_sched_t *s, uint32_t slot, uint32_t t0, uint32_t n,
                          uint32_t tail);

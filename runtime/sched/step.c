@@ -645,16 +645,8 @@ static bool make_room_for_head(kvrt_sched_t *s, seq_t *q, uint32_t n)
         if (head_fits(s, q, n))
             return true;
     }
-    if (s->num_landed <= q->landed || s->hybrid)
+    if (s->num_landed <= q->landed || !sched_landed_could_fit(s, q, n))
         return false;
-    uint64_t behind = s->landed_blocks - (q->landed ? sched_blocks_for(s, q->computed) : 0);
-    uint64_t need = sched_blocks_for(s, (uint64_t)q->computed + n) -
-                    sched_blocks_for(s, q->computed);
-    kvrt_pool_info_t info;
-    kvrt_pool_info(s->pool, &info);
-    if ((uint64_t)info.free_blocks + info.cached_blocks + behind <
-        need + (s->use_watermark ? info.watermark_blocks : 0))
-        return false; /* a shared block counts in `behind`: an estimate */
     while (sched_release_landed(s, q))
         if (head_fits(s, q, n))
             return true;

@@ -158,17 +158,8 @@ static void engine_commit(world_t *w, const kvrt_batch_plan_t *plan)
         acc[i] = 0;
         if (!e->sample)
             continue;
-        const int32_t *in = plan->input_tokens + plan->query_start_loc[i];
-        uint32_t last = e->num_new_tokens - 1 - e->num_drafts; /* the input before drafts */
-        int32_t prev = in[last];
-        uint32_t a = 0;
-        while (a < e->num_drafts && in[last + 1 + a] == model(prev)) {
-            prev = in[last + 1 + a];
-            tokens[n++] = prev;
-            a++;
-        }
-        tokens[n++] = model(prev);
-        acc[i] = a;
+        acc[i] = test_verify_drafts(plan, i, test_input_before_drafts(plan, i), model, tokens,
+                                    &n);
     }
     kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step,
                        .num_seqs = plan->num_seqs, .num_tokens = n, .tokens = tokens,
