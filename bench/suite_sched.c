@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "bench.h"
+#include "sched_bench.h"
 #include "kvrt/kvrt.h"
 
 #define TPB 16u
@@ -43,14 +44,6 @@ typedef struct fixture {
     uint64_t now;
 } fixture_t;
 
-static uint64_t rng_next(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-
 static void fixture_close(fixture_t *f)
 {
     kvrt_sched_destroy(f->sched);
@@ -64,16 +57,6 @@ static void fixture_close(fixture_t *f)
         free(f->accepted[p]);
         free(f->spec_tokens[p]);
     }
-}
-
-static int commit_plain(fixture_t *f, const kvrt_batch_plan_t *plan)
-{
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < plan->num_seqs; i++)
-        n += plan->seqs[i].sample;
-    kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = n,
-                       .tokens = f->tokens};
-    return kvrt_sched_commit(f->sched, &c) == KVRT_OK ? 0 : -1;
 }
 
 /* N running decodes with 1-2K tokens of context, WAITING more queued. */
@@ -117,9 +100,9 @@ static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache)
     static int32_t prompt[2048];
     uint64_t rng = 0x1234567ull + n;
     for (uint32_t i = 0; i < n + WAITING; i++) {
-        uint32_t len = 1024 + (uint32_t)(rng_next(&rng) % 1024);
+        uint32_t len = 1024 + (uint32_t)(sched_bench_rng_next(&rng) % 1024);
         for (uint32_t t = 0; t < len; t++)
-            prompt[t] = (int32_t)(rng_next(&rng) % 32000);
+            prompt[t] = (int32_t)(sched_bench_rng_next(&rng) % 32000);
         kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = len,
                                .max_new_tokens = MAX_SEQ_TOKENS - len};
         if (kvrt_seq_add(f->sched, &p, &f->ids[i]) != KVRT_OK)
@@ -130,7 +113,7 @@ static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache)
                 const kvrt_batch_plan_t *plan;
                 if (kvrt_sched_step(f->sched, f->now++, &plan) != KVRT_OK)
                     return -1;
-                if (commit_plain(f, plan))
+                if (sched_bench_commit_plain(f->sched, plan, f->tokens))
                     return -1;
                 if (plan->num_prefill_seqs == 0)
                     break;
@@ -155,7 +138,7 @@ static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache)
             f->spec_tokens[p] = malloc((size_t)n * (1 + DRAFTS) * sizeof(int32_t));
             uint32_t at = 0;
             for (uint32_t i = 0; i < n; i++) {
-                uint32_t a = (uint32_t)(rng_next(&rng) % (DRAFTS + 1));
+                uint32_t a = (uint32_t)(sched_bench_rng_next(&rng) % (DRAFTS + 1));
                 f->accepted[p][i] = a;
                 for (uint32_t j = 0; j < a; j++)
                     f->spec_tokens[p][at++] = 100 + (int32_t)j; /* = the drafts */
@@ -183,7 +166,7 @@ static int iterate(fixture_t *f, bool spec, uint32_t k, const kvrt_batch_plan_t 
                            .tokens = f->spec_tokens[p], .num_accepted = f->accepted[p]};
         if (kvrt_sched_commit(f->sched, &c) != KVRT_OK)
             return -1;
-    } else if (commit_plain(f, plan)) {
+    } else if (sched_bench_commit_plain(f->sched, plan, f->tokens)) {
         return -1;
     }
     *plan_out = plan;
@@ -234,13 +217,6 @@ __attribute__((noinline)) static int measured_steps(fixture_t *f, bool spec, uin
 
 /* This thread's CPU time: on a shared machine the wall clock also counts
  * the time other processes hold the core. */
-static uint64_t thread_cpu_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* Median ns per sequence of step + commit at n (wall, and this thread's
  * CPU time in *cpu_ns_out); *memcpy_ns_out the baseline copy of the plan's
  * arrays, per sequence. */
@@ -260,11 +236,11 @@ static int run_size(const bench_options_t *o, uint32_t n, bool spec, bool cache,
     double step_ns[1000], cpu_ns[1000], base_ns[1000];
     uint32_t k = 0;
     for (int r = 0; r < o->repeats; r++) {
-        uint64_t start = bench_now_ns(), cpu_start = thread_cpu_ns();
+        uint64_t start = bench_now_ns(), cpu_start = bench_thread_cpu_ns();
         if (measured_steps(&f, spec, iters, &k, &plan))
             goto fail;
         step_ns[r] = (double)(bench_now_ns() - start) / iters / n;
-        cpu_ns[r] = (double)(thread_cpu_ns() - cpu_start) / iters / n;
+        cpu_ns[r] = (double)(bench_thread_cpu_ns() - cpu_start) / iters / n;
         base_ns[r] = time_memcpy(plan, iters) / n;
     }
     kvrt_sched_stats_t st;

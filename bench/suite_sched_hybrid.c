@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "sched_bench.h"
 #include "kvrt/kvrt.h"
 
 #define HY_TPB 16u
@@ -37,29 +38,11 @@ typedef struct hybrid_fixture {
     uint64_t now;
 } hybrid_fixture_t;
 
-static uint64_t hy_rng_next(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-
 static void hy_close(hybrid_fixture_t *f)
 {
     kvrt_sched_destroy(f->sched);
     kvrt_ctx_destroy(f->ctx); /* and every pool */
     free(f->tokens);
-}
-
-static int hy_commit(hybrid_fixture_t *f, const kvrt_batch_plan_t *plan)
-{
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < plan->num_seqs; i++)
-        n += plan->seqs[i].sample;
-    kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = n,
-                       .tokens = f->tokens};
-    return kvrt_sched_commit(f->sched, &c) == KVRT_OK ? 0 : -1;
 }
 
 /* N running decodes (1-2K context) and HY_WAITING queued, over `groups`
@@ -111,9 +94,9 @@ static int hy_open(hybrid_fixture_t *f, uint32_t n, uint32_t groups)
     static int32_t prompt[2048];
     uint64_t rng = 0x1234567ull + n;
     for (uint32_t i = 0; i < n + HY_WAITING; i++) {
-        uint32_t len = 1024 + (uint32_t)(hy_rng_next(&rng) % 1024);
+        uint32_t len = 1024 + (uint32_t)(sched_bench_rng_next(&rng) % 1024);
         for (uint32_t t = 0; t < len; t++)
-            prompt[t] = (int32_t)(hy_rng_next(&rng) % 32000);
+            prompt[t] = (int32_t)(sched_bench_rng_next(&rng) % 32000);
         kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = len,
                                .max_new_tokens = HY_MAX_SEQ_TOKENS - len};
         kvrt_seq_id_t id;
@@ -124,7 +107,8 @@ static int hy_open(hybrid_fixture_t *f, uint32_t n, uint32_t groups)
         /* Prefill the first n before queueing the rest. */
         for (int guard = 0; guard < 100000; guard++) {
             const kvrt_batch_plan_t *plan;
-            if (kvrt_sched_step(f->sched, f->now++, &plan) != KVRT_OK || hy_commit(f, plan))
+            if (kvrt_sched_step(f->sched, f->now++, &plan) != KVRT_OK ||
+                sched_bench_commit_plain(f->sched, plan, f->tokens))
                 goto fail;
             if (plan->num_prefill_seqs == 0)
                 break;
@@ -144,7 +128,7 @@ __attribute__((noinline)) static int hy_measured_steps(hybrid_fixture_t *f, uint
     for (uint32_t i = 0; i < iters; i++) {
         const kvrt_batch_plan_t *plan;
         if (kvrt_sched_step(f->sched, f->now++, &plan) != KVRT_OK || plan->num_seqs != f->n ||
-            hy_commit(f, plan))
+            sched_bench_commit_plain(f->sched, plan, f->tokens))
             return -1;
     }
     return 0;
