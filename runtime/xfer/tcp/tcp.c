@@ -67,7 +67,7 @@ char kvrt_xfer_tcp_wire_order;
  * buffer exists only while it is in flight, not while it waits. */
 void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f)
 {
-    if (s->protection != KVRT_XFER_PROTECT_AEAD)
+    if (kvrt_xfer_frame_mode(s->protection) != KVRT_XFER_PROTECT_AEAD)
         kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, NULL, f->length,
                              f->tag);
     TCP_WIRE_RELEASE();
@@ -253,6 +253,8 @@ static void conn_free(tcp_conn_t *c)
             setsockopt(c->socks[i]->fd, SOL_SOCKET, SO_LINGER, &abort_close,
                        sizeof(abort_close));
         close(c->socks[i]->fd);
+        kvrt_xfer_frame_key_clear(&c->socks[i]->tx_key);
+        kvrt_xfer_frame_key_clear(&c->socks[i]->rx_key);
         free(c->socks[i]->stage);
         free(c->socks[i]);
     }
@@ -308,7 +310,7 @@ static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
     t->sock = s;
     tcp_frame_t **tail = &t->frames;
     uint64_t sealed = 0;
-    bool aead = s->protection == KVRT_XFER_PROTECT_AEAD;
+    bool aead = kvrt_xfer_frame_mode(s->protection) == KVRT_XFER_PROTECT_AEAD;
     while (s->txq && t->iov_count + 3 <= TCP_IOV_MAX &&
            !(aead && t->frames && sealed + s->txq->length > TCP_SEAL_GATHER)) {
         tcp_frame_t *f = s->txq;
@@ -688,15 +690,21 @@ static tcp_sock_t *sock_new(tcp_conn_t *c, int fd, const kvrt_xfer_sc_keys_t *ke
     tcp_sock_t *s = calloc(1, sizeof(*s));
     if (s)
         s->stage = malloc(TCP_STAGE);
-    if (!s || !s->stage) {
+    if (!s || !s->stage || !kvrt_xfer_frame_key_init(&s->tx_key, keys->protection, keys->tx)) {
+        if (s)
+            free(s->stage);
+        free(s);
+        return NULL;
+    }
+    if (!kvrt_xfer_frame_key_init(&s->rx_key, keys->protection, keys->rx)) {
+        kvrt_xfer_frame_key_clear(&s->tx_key);
+        free(s->stage);
         free(s);
         return NULL;
     }
     s->conn = c;
     s->fd = fd;
     s->protection = keys->protection;
-    memcpy(s->tx_key.key, keys->tx, sizeof(s->tx_key.key));
-    memcpy(s->rx_key.key, keys->rx, sizeof(s->rx_key.key));
     return s;
 }
 

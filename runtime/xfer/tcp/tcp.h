@@ -108,7 +108,7 @@ struct tcp_sock {
     tcp_frame_t *txq, *txq_tail;
     uint64_t txq_bytes;
     /* frame authentication: each direction has its key and sequence */
-    uint32_t protection;       /* kvrt_xfer_protection_t */
+    uint32_t protection;       /* mode and suite, as agreed (frame_auth.h) */
     kvrt_xfer_frame_key_t tx_key, rx_key;
     bool tag_pending;          /* the verified frame's tag is at stage[tag_at] */
     uint32_t tag_at;
