@@ -13,6 +13,10 @@
  * section measures its own baseline just before it and notes the load
  * average, and reports the median of its ratios from 4 MiB up
  * ("xfer.tcp<section>.write.median_ratio", target 0.8).
+ *
+ * Before them, the frame suites alone (xfer/tcp/frame_auth.h), one thread:
+ * seal + open of 256 KiB and 16 KiB frames (GB/s of payload) and of an
+ * empty frame such as an ACK (µs), for each mode and suite.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +32,8 @@
 
 #include "bench.h"
 #include "kvrt/kvrt.h"
+#include "xfer/tcp/frame_auth.h"
+#include "xfer/tcp/wire.h"
 
 #define CONNECTIONS 4
 
@@ -396,6 +402,79 @@ static int registration(const bench_options_t *o)
     return 0;
 }
 
+/* ---- frame suites ------------------------------------------------------------ */
+
+/* Seals and opens `length`-byte frames for about `seconds`; seconds per
+ * frame, or -1 when a frame fails to open (a broken suite). */
+static double seal_open(uint32_t word, uint8_t *payload, uint64_t length, double seconds)
+{
+    static const uint8_t key[KVRT_XFER_FRAME_KEY_BYTES] = "kvrt-bench-frame-key-0123456789";
+    kvrt_xfer_frame_key_t tx, rx;
+    if (!kvrt_xfer_frame_key_init(&tx, word, key))
+        return -1;
+    if (!kvrt_xfer_frame_key_init(&rx, word, key)) {
+        kvrt_xfer_frame_key_clear(&tx);
+        return -1;
+    }
+    uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES], tag[KVRT_XFER_FRAME_TAG_BYTES];
+    kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_WRITE, .region = 1, .length = length};
+    kvrt_xfer_wire_encode(&h, hdr);
+    uint64_t frames = 0, t0 = bench_now_ns(), t = t0;
+    bool ok = true;
+    while (ok && (double)(t - t0) < seconds * 1e9) {
+        for (int i = 0; i < 16 && ok; i++, frames++) {
+            kvrt_xfer_frame_seal(&tx, word, hdr, payload, payload, length, tag);
+            ok = kvrt_xfer_frame_open(&rx, word, hdr, payload, length, tag);
+        }
+        t = bench_now_ns();
+    }
+    kvrt_xfer_frame_key_clear(&tx);
+    kvrt_xfer_frame_key_clear(&rx);
+    return ok ? (double)(t - t0) / 1e9 / (double)frames : -1;
+}
+
+static int frame_suites(const bench_options_t *o)
+{
+    static const struct {
+        const char *name;
+        uint32_t word;
+    } suites[] = {
+        {"mac.aes", KVRT_XFER_PROTECT_MAC | KVRT_XFER_SUITE_AES << KVRT_XFER_FRAME_SUITE_SHIFT},
+        {"mac.chacha", KVRT_XFER_PROTECT_MAC},
+        {"aead.aes", KVRT_XFER_PROTECT_AEAD | KVRT_XFER_SUITE_AES << KVRT_XFER_FRAME_SUITE_SHIFT},
+        {"aead.chacha", KVRT_XFER_PROTECT_AEAD},
+    };
+    static const uint64_t lengths[] = {256u << 10, 16u << 10, 0};
+    uint8_t *payload = malloc(256u << 10);
+    if (!payload)
+        return -1;
+    memset(payload, 0x5a, 256u << 10);
+    double seconds = o->quick ? 0.1 : 0.4;
+    for (size_t s = 0; s < sizeof(suites) / sizeof(suites[0]); s++)
+        for (size_t l = 0; l < sizeof(lengths) / sizeof(lengths[0]); l++) {
+            double per = seal_open(suites[s].word, payload, lengths[l], seconds);
+            if (per <= 0) {
+                free(payload);
+                return -1;
+            }
+            char name[96];
+            if (lengths[l]) {
+                snprintf(name, sizeof(name), "xfer.frame.%s.seal_open.%llukb", suites[s].name,
+                         (unsigned long long)(lengths[l] >> 10));
+                bench_report(&(bench_figure_t){
+                    .name = name, .unit = "GB/s", .value = (double)lengths[l] / per / 1e9,
+                    .note = "one thread; each payload byte sealed once and opened once"});
+            } else {
+                snprintf(name, sizeof(name), "xfer.frame.%s.seal_open.empty", suites[s].name);
+                bench_report(&(bench_figure_t){.name = name, .unit = "us", .value = per * 1e6,
+                                               .lower_is_better = true,
+                                               .note = "a header-only frame (an ACK)"});
+            }
+        }
+    free(payload);
+    return 0;
+}
+
 /* The baseline, measured now: bytes/s into *base, its name and a note
  * with the load average. */
 static void baseline_now(const bench_options_t *o, double *base, const char **name,
@@ -430,7 +509,7 @@ static int run_xfer(const bench_options_t *o)
         {".chacha", KVRT_XFER_PROTECT_MAC, "chacha", false},
         {".chacha.aead", KVRT_XFER_PROTECT_AEAD, "chacha", false},
     };
-    int rc = 0;
+    int rc = frame_suites(o);
     for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]) && rc == 0; i++) {
         double base;
         const char *base_name;
