@@ -9,7 +9,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "test_xfer_flood.h"
@@ -125,13 +124,10 @@ static void *listener_main(void *arg)
 static uint32_t offered_by_agent(const char *suite)
 {
     listener_t l = {0};
-    l.fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(l.fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    cr_assert_eq(listen(l.fd, 4), 0);
-    socklen_t len = sizeof(sa);
-    cr_assert_eq(getsockname(l.fd, (struct sockaddr *)&sa, &len), 0);
-    snprintf(l.address, sizeof(l.address), "127.0.0.1:%u", ntohs(sa.sin_port));
+    kvrt_xfer_addr_t any, bound;
+    cr_assert_eq(kvrt_xfer_addr_parse("127.0.0.1:0", &any), KVRT_OK);
+    cr_assert_eq(kvrt_xfer_sc_listen(&any, &bound, &l.fd), KVRT_OK);
+    kvrt_xfer_addr_format(&bound, l.address, sizeof(l.address));
     cr_assert_eq(pthread_create(&l.thread, NULL, listener_main, &l), 0);
 
     kvrt_ctx_t *ctx = txu_ctx();
