@@ -45,6 +45,8 @@ kvrt_xfer_frame_suite_t kvrt_xfer_frame_suite_offer(void)
         return KVRT_XFER_SUITE_CHACHA;
     if (forced && strcmp(forced, "aes") == 0)
         return KVRT_XFER_SUITE_AES;
+    if (sodium_init() < 0) /* it detects the CPU's features */
+        return KVRT_XFER_SUITE_CHACHA;
     /* Without AES-NI OpenSSL's AES is several times slower than ChaCha20
      * (and table-based on the oldest CPUs): the portable suite then. */
     return sodium_runtime_has_aesni() && sodium_runtime_has_pclmul() ? KVRT_XFER_SUITE_AES
@@ -55,6 +57,9 @@ bool kvrt_xfer_frame_key_init(kvrt_xfer_frame_key_t *k, uint32_t protection,
                               const uint8_t key[KVRT_XFER_FRAME_KEY_BYTES])
 {
     memset(k, 0, sizeof(*k));
+    /* libsodium picks its fast code (SSE, AVX2) only once initialized. */
+    if (sodium_init() < 0)
+        return false;
     memcpy(k->key, key, sizeof(k->key));
     if (kvrt_xfer_frame_suite(protection) != KVRT_XFER_SUITE_AES)
         return true;

@@ -73,8 +73,8 @@ typedef struct kvrt_xfer_frame_key {
 /*
  * Makes k ready for `protection` (the handshake's word): copies key, resets
  * the sequence and, for suite AES, expands the key once. False without
- * memory (k then holds nothing to clear). A zeroed key with the key bytes
- * set is ready for suite CHACHA without this call.
+ * memory (k then holds nothing to clear). Initializes libsodium (once per
+ * process), without which it runs its slow portable code.
  */
 bool kvrt_xfer_frame_key_init(kvrt_xfer_frame_key_t *k, uint32_t protection,
                               const uint8_t key[KVRT_XFER_FRAME_KEY_BYTES]);
