@@ -178,15 +178,8 @@ void kvrt_xfer_frame_seal(kvrt_xfer_frame_key_t *k, uint32_t protection,
                           uint8_t *cipher_out, uint64_t length,
                           uint8_t tag[KVRT_XFER_FRAME_TAG_BYTES])
 {
-    kvrt_xfer_frame_seal_at(k, k->seq++, protection, hdr, payload, cipher_out, length, tag);
-}
-
-void kvrt_xfer_frame_seal_at(kvrt_xfer_frame_key_t *k, uint64_t seq, uint32_t protection,
-                             const uint8_t *hdr, const uint8_t *payload, uint8_t *cipher_out,
-                             uint64_t length, uint8_t tag[KVRT_XFER_FRAME_TAG_BYTES])
-{
     uint8_t nonce[NONCE_BYTES];
-    frame_nonce(seq, nonce);
+    frame_nonce(k->seq++, nonce);
     bool aead = kvrt_xfer_frame_mode(protection) == KVRT_XFER_PROTECT_AEAD;
     if (kvrt_xfer_frame_suite(protection) != KVRT_XFER_SUITE_AES) {
         chacha_seal(k, aead, nonce, hdr, payload, cipher_out, length, tag);

@@ -93,14 +93,6 @@ void kvrt_xfer_frame_seal(kvrt_xfer_frame_key_t *k, uint32_t protection,
                           uint8_t tag[KVRT_XFER_FRAME_TAG_BYTES]);
 
 /*
- * Seals the frame numbered `seq` (k->seq untouched), for a sender that
- * numbers frames as it queues them and seals them later, elsewhere.
- */
-void kvrt_xfer_frame_seal_at(kvrt_xfer_frame_key_t *k, uint64_t seq, uint32_t protection,
-                             const uint8_t *hdr, const uint8_t *payload, uint8_t *cipher_out,
-                             uint64_t length, uint8_t tag[KVRT_XFER_FRAME_TAG_BYTES]);
-
-/*
  * Checks the next incoming frame's tag; with AEAD decrypts the payload in
  * place (the plaintext counts only when the tag is good: on false the
  * payload bytes are garbage). False when the frame is not authentic.

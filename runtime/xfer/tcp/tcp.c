@@ -30,9 +30,6 @@
 #define TAG_RECV 1u
 #define TAG_SEND 2u
 #define TAG_WAKE 3u
-/* A poster sealing its frames wakes the progress thread after this many
- * bytes, so the first are on the wire while it seals the rest. */
-#define SEAL_WAKE_BYTES (512u << 10)
 
 static void wake(tcp_state_t *st)
 {
@@ -49,7 +46,6 @@ tcp_frame_t *tcp_frame_new(tcp_state_t *st, const kvrt_xfer_wire_header_t *h,
     if (!f)
         return NULL;
     kvrt_xfer_wire_encode(h, f->hdr);
-    atomic_store_explicit(&f->ready, true, memory_order_relaxed);
     f->payload = payload;
     f->length = payload ? length : 0;
     return f;
@@ -65,11 +61,13 @@ void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f)
 char kvrt_xfer_tcp_wire_order;
 #endif
 
-/* Frames are sealed in the socket's send order: with MAC when they are
- * queued (by the thread that queues them, as posters do), with AEAD when
- * their sendmsg is gathered (send_start), so that a frame's ciphertext
- * buffer exists only while it is in flight, not while it waits. */
-static void queue_frame(tcp_sock_t *s, tcp_frame_t *f)
+/* Frames are sealed in the socket's send order as their sendmsg is
+ * gathered (send_start): by the progress thread, 1 MiB at a time, just
+ * before the kernel copies the same bytes. Sealing a posted batch's MAC
+ * frames earlier, on the posting thread once it had dropped the lock, made
+ * large batches about 20% slower on two cores (docs/benchmarks.md, "Frame
+ * suites"): the bytes had left the cache by the time they were sent. */
+void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f)
 {
     TCP_WIRE_RELEASE();
     f->next = NULL;
@@ -79,56 +77,6 @@ static void queue_frame(tcp_sock_t *s, tcp_frame_t *f)
         s->txq = f;
     s->txq_tail = f;
     s->txq_bytes += TCP_FRAME_WIRE(f->length);
-}
-
-void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f)
-{
-    if (kvrt_xfer_frame_mode(s->protection) != KVRT_XFER_PROTECT_AEAD)
-        kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, NULL, f->length,
-                             f->tag);
-    queue_frame(s, f);
-}
-
-/* Queues f on s numbered but unsealed (lock held); its poster seals it
- * after dropping the lock (seal_posted). MAC mode: AEAD frames are sealed
- * as they go out. */
-static void enqueue_unsealed(tcp_sock_t *s, tcp_frame_t *f)
-{
-    f->seq = s->tx_key.seq++;
-    f->seal_sock = s;
-    atomic_store_explicit(&f->ready, false, memory_order_relaxed);
-    queue_frame(s, f);
-}
-
-/*
- * Seals the chain of frames a poster queued unsealed, without the backend
- * lock: the progress thread meanwhile sends what is ready and serves
- * everything else. Each frame is reached before it is marked ready (after
- * that it may be sent and freed); the connection cannot be finalized, nor
- * its sockets freed, while c->sealing counts this poster.
- */
-static void seal_posted(tcp_state_t *st, tcp_conn_t *c, tcp_frame_t *f)
-{
-    uint64_t unannounced = 0;
-    while (f) {
-        tcp_frame_t *next = f->seal_next;
-        tcp_sock_t *s = f->seal_sock;
-        pthread_mutex_lock(&s->seal_lock);
-        kvrt_xfer_frame_seal_at(&s->seal_key, f->seq, s->protection, f->hdr, f->payload, NULL,
-                                f->length, f->tag);
-        pthread_mutex_unlock(&s->seal_lock);
-        unannounced += TCP_FRAME_WIRE(f->length);
-        atomic_store_explicit(&f->ready, true, memory_order_release);
-        if (unannounced >= SEAL_WAKE_BYTES && next) {
-            wake(st);
-            unannounced = 0;
-        }
-        f = next;
-    }
-    pthread_mutex_lock(&st->lock);
-    c->sealing--;
-    pthread_mutex_unlock(&st->lock);
-    wake(st);
 }
 
 void tcp_enqueue_reply(tcp_sock_t *s, tcp_frame_t *f)
@@ -286,17 +234,6 @@ static void conn_finalize(tcp_conn_t *c)
     c->finalized = true;
 }
 
-/* Frees s (its fd is the caller's): keys wiped, stage and lock gone. */
-static void sock_free(tcp_sock_t *s)
-{
-    kvrt_xfer_frame_key_clear(&s->tx_key);
-    kvrt_xfer_frame_key_clear(&s->seal_key);
-    kvrt_xfer_frame_key_clear(&s->rx_key);
-    pthread_mutex_destroy(&s->seal_lock);
-    free(s->stage);
-    free(s);
-}
-
 static void conn_free(tcp_conn_t *c)
 {
     if (c->fail_reserved) {
@@ -315,7 +252,10 @@ static void conn_free(tcp_conn_t *c)
             setsockopt(c->socks[i]->fd, SOL_SOCKET, SO_LINGER, &abort_close,
                        sizeof(abort_close));
         close(c->socks[i]->fd);
-        sock_free(c->socks[i]);
+        kvrt_xfer_frame_key_clear(&c->socks[i]->tx_key);
+        kvrt_xfer_frame_key_clear(&c->socks[i]->rx_key);
+        free(c->socks[i]->stage);
+        free(c->socks[i]);
     }
     free(c->slots);
     free(c);
@@ -359,8 +299,8 @@ static bool frame_seal_aead(tcp_sock_t *s, tcp_frame_t *f)
     return true;
 }
 
-/* Gathers queued frames of s into one sendmsg (sealing AEAD ones); NULL
- * without memory for even the first. */
+/* Gathers queued frames of s into one sendmsg, sealing each; NULL without
+ * memory for even the first (AEAD). */
 static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
 {
     tcp_send_t *t = kvrt_free_list_take(&st->sends);
@@ -370,12 +310,14 @@ static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
     tcp_frame_t **tail = &t->frames;
     uint64_t sealed = 0;
     bool aead = kvrt_xfer_frame_mode(s->protection) == KVRT_XFER_PROTECT_AEAD;
-    while (s->txq && atomic_load_explicit(&s->txq->ready, memory_order_acquire) &&
-           t->iov_count + 3 <= TCP_IOV_MAX &&
-           !(aead && t->frames && sealed + s->txq->length > TCP_SEAL_GATHER)) {
+    while (s->txq && t->iov_count + 3 <= TCP_IOV_MAX &&
+           !(t->frames && sealed + s->txq->length > TCP_SEAL_GATHER)) {
         tcp_frame_t *f = s->txq;
         if (aead && !frame_seal_aead(s, f))
             break;
+        if (!aead)
+            kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, NULL, f->length,
+                                 f->tag);
         sealed += f->length;
         s->txq = f->next;
         s->txq_bytes -= TCP_FRAME_WIRE(f->length);
@@ -508,9 +450,7 @@ static void prepare(tcp_state_t *st)
                 s->armed = true;
                 c->sqes++;
             }
-            /* A frame its poster is still sealing waits (it wakes us). */
-            if (!s->sending && s->txq &&
-                atomic_load_explicit(&s->txq->ready, memory_order_acquire)) {
+            if (!s->sending && s->txq) {
                 struct io_uring_sqe *sqe = sqe_get(st);
                 if (!sqe)
                     return;
@@ -610,7 +550,7 @@ static void *progress_main(void *arg)
         /* Failed connections whose submissions all came back can give up
          * their slots; their completions go out with the others below. */
         for (tcp_conn_t *c = st->conns; c; c = c->next)
-            if (c->failed && c->sqes == 0 && c->jobs == 0 && c->sealing == 0 && !c->finalized)
+            if (c->failed && c->sqes == 0 && c->jobs == 0 && !c->finalized)
                 conn_finalize(c);
         deliver(st);
         bool signal = false;
@@ -750,15 +690,18 @@ static tcp_sock_t *sock_new(tcp_conn_t *c, int fd, const kvrt_xfer_sc_keys_t *ke
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     tcp_sock_t *s = calloc(1, sizeof(*s));
-    if (!s)
+    if (s)
+        s->stage = malloc(TCP_STAGE);
+    if (!s || !s->stage || !kvrt_xfer_frame_key_init(&s->tx_key, keys->protection, keys->tx)) {
+        if (s)
+            free(s->stage);
+        free(s);
         return NULL;
-    pthread_mutex_init(&s->seal_lock, NULL);
-    s->stage = malloc(TCP_STAGE);
-    /* The three keys start wiped (calloc), so sock_free clears them all. */
-    if (!s->stage || !kvrt_xfer_frame_key_init(&s->tx_key, keys->protection, keys->tx) ||
-        !kvrt_xfer_frame_key_init(&s->seal_key, keys->protection, keys->tx) ||
-        !kvrt_xfer_frame_key_init(&s->rx_key, keys->protection, keys->rx)) {
-        sock_free(s);
+    }
+    if (!kvrt_xfer_frame_key_init(&s->rx_key, keys->protection, keys->rx)) {
+        kvrt_xfer_frame_key_clear(&s->tx_key);
+        free(s->stage);
+        free(s);
         return NULL;
     }
     s->conn = c;
@@ -939,9 +882,6 @@ static kvrt_status_t tcp_post(void *state, void *conn, kvrt_xfer_bk_batch_t *bat
         frames += op_frames(batch->ops[i].length);
     batch->backend_data[0] = (void *)(uintptr_t)frames;
     batch->backend_data[1] = (void *)(intptr_t)KVRT_OK;
-    /* MAC frames are sealed by this thread once the lock is dropped. */
-    bool seal_later = kvrt_xfer_frame_mode(c->socks[0]->protection) != KVRT_XFER_PROTECT_AEAD;
-    tcp_frame_t *to_seal = NULL, **seal_tail = &to_seal;
     uint64_t queued = 0;
     for (uint32_t i = 0; i < batch->count && queued < frames; i++) {
         const kvrt_xfer_bk_op_t *op = &batch->ops[i];
@@ -984,26 +924,15 @@ static kvrt_status_t tcp_post(void *state, void *conn, kvrt_xfer_bk_batch_t *bat
                                            .sock = s, .batch = batch,
                                            .dest = write ? NULL : local,
                                            .length = n, .next_free = UINT32_MAX};
-            if (seal_later) {
-                enqueue_unsealed(s, f);
-                *seal_tail = f;
-                seal_tail = &f->seal_next;
-            } else {
-                tcp_enqueue(s, f);
-            }
+            tcp_enqueue(s, f);
             queued++;
             at += n;
             if (n == 0)
                 break;
         }
     }
-    if (to_seal)
-        c->sealing++;
     pthread_mutex_unlock(&st->lock);
-    if (to_seal)
-        seal_posted(st, c, to_seal);
-    else
-        wake(st);
+    wake(st);
     return KVRT_OK;
 }
 
