@@ -6,6 +6,17 @@
  * 1 GiB. Both agents live in this process, as iperf3's client and server
  * share the machine. Without iperf3 the baseline is a plain loopback TCP
  * stream measured here, and the note says so.
+ *
+ * Sections: MAC frames and AEAD frames with the suite this CPU gets
+ * (".aead"), then both with the portable ChaCha20/Poly1305 suite forced
+ * (".chacha", ".chacha.aead"; 1-16 MiB batches) for comparison. Each
+ * section measures its own baseline just before it and notes the load
+ * average, and reports the median of its ratios from 4 MiB up
+ * ("xfer.tcp<section>.write.median_ratio", target 0.8).
+ *
+ * Before them, the frame suites alone (xfer/tcp/frame_auth.h), one thread:
+ * seal + open of 256 KiB and 16 KiB frames (GB/s of payload) and of an
+ * empty frame such as an ACK (µs), for each mode and suite.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +32,8 @@
 
 #include "bench.h"
 #include "kvrt/kvrt.h"
+#include "xfer/tcp/frame_auth.h"
+#include "xfer/tcp/wire.h"
 
 #define CONNECTIONS 4
 
@@ -245,13 +258,14 @@ static double one_batch(rig_t *r, kvrt_xfer_op_t *ops, uint64_t batch, uint64_t 
     return st == KVRT_OK ? dt : -1;
 }
 
-static int throughput(rig_t *r, const bench_options_t *o, double baseline, const char *base_name,
-                      const char *base_note, const char *mode)
+static int throughput(rig_t *r, const bench_options_t *o, int nbatches, double baseline,
+                      const char *base_name, const char *base_note, const char *mode)
 {
     static const uint64_t mib = 1u << 20;
     static const uint64_t batches[] = {1, 4, 16, 64, 256};
     static const uint64_t blocks[] = {16u << 10, 256u << 10, 2u << 20};
-    int nbatches = o->quick ? 3 : 5;
+    double ratios[16];
+    int nratios = 0;
     kvrt_xfer_op_t *ops = malloc((256 * mib / (16u << 10)) * sizeof(*ops));
     if (!ops)
         return -1;
@@ -303,8 +317,17 @@ static int throughput(rig_t *r, const bench_options_t *o, double baseline, const
                                 .target = batches[bi] >= 4 ? 0.8 * baseline : 0,
                                 .note = note};
             bench_report(&f);
+            if (batches[bi] >= 4 && baseline > 0)
+                ratios[nratios++] = value / baseline;
         }
     free(ops);
+    if (nratios) {
+        char name[96];
+        snprintf(name, sizeof(name), "xfer.tcp%s.write.median_ratio", mode);
+        bench_report(&(bench_figure_t){.name = name, .unit = "x", .value =
+                                           bench_median(ratios, nratios),
+                                       .target = 0.8, .note = base_note});
+    }
     return 0;
 }
 
@@ -379,34 +402,135 @@ static int registration(const bench_options_t *o)
     return 0;
 }
 
+/* ---- frame suites ------------------------------------------------------------ */
+
+/* Seals and opens `length`-byte frames for about `seconds`; seconds per
+ * frame, or -1 when a frame fails to open (a broken suite). */
+static double seal_open(uint32_t word, uint8_t *payload, uint64_t length, double seconds)
+{
+    static const uint8_t key[KVRT_XFER_FRAME_KEY_BYTES] = "kvrt-bench-frame-key-0123456789";
+    kvrt_xfer_frame_key_t tx, rx;
+    if (!kvrt_xfer_frame_key_init(&tx, word, key))
+        return -1;
+    if (!kvrt_xfer_frame_key_init(&rx, word, key)) {
+        kvrt_xfer_frame_key_clear(&tx);
+        return -1;
+    }
+    uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES], tag[KVRT_XFER_FRAME_TAG_BYTES];
+    kvrt_xfer_wire_header_t h = {.type = KVRT_XFER_WIRE_WRITE, .region = 1, .length = length};
+    kvrt_xfer_wire_encode(&h, hdr);
+    uint64_t frames = 0, t0 = bench_now_ns(), t = t0;
+    bool ok = true;
+    while (ok && (double)(t - t0) < seconds * 1e9) {
+        for (int i = 0; i < 16 && ok; i++, frames++) {
+            kvrt_xfer_frame_seal(&tx, word, hdr, payload, payload, length, tag);
+            ok = kvrt_xfer_frame_open(&rx, word, hdr, payload, length, tag);
+        }
+        t = bench_now_ns();
+    }
+    kvrt_xfer_frame_key_clear(&tx);
+    kvrt_xfer_frame_key_clear(&rx);
+    return ok ? (double)(t - t0) / 1e9 / (double)frames : -1;
+}
+
+static int frame_suites(const bench_options_t *o)
+{
+    static const struct {
+        const char *name;
+        uint32_t word;
+    } suites[] = {
+        {"mac.aes", KVRT_XFER_PROTECT_MAC | KVRT_XFER_SUITE_AES << KVRT_XFER_FRAME_SUITE_SHIFT},
+        {"mac.chacha", KVRT_XFER_PROTECT_MAC},
+        {"aead.aes", KVRT_XFER_PROTECT_AEAD | KVRT_XFER_SUITE_AES << KVRT_XFER_FRAME_SUITE_SHIFT},
+        {"aead.chacha", KVRT_XFER_PROTECT_AEAD},
+    };
+    static const uint64_t lengths[] = {256u << 10, 16u << 10, 0};
+    uint8_t *payload = malloc(256u << 10);
+    if (!payload)
+        return -1;
+    memset(payload, 0x5a, 256u << 10);
+    double seconds = o->quick ? 0.1 : 0.4;
+    for (size_t s = 0; s < sizeof(suites) / sizeof(suites[0]); s++)
+        for (size_t l = 0; l < sizeof(lengths) / sizeof(lengths[0]); l++) {
+            double per = seal_open(suites[s].word, payload, lengths[l], seconds);
+            if (per <= 0) {
+                free(payload);
+                return -1;
+            }
+            char name[96];
+            if (lengths[l]) {
+                snprintf(name, sizeof(name), "xfer.frame.%s.seal_open.%llukb", suites[s].name,
+                         (unsigned long long)(lengths[l] >> 10));
+                bench_report(&(bench_figure_t){
+                    .name = name, .unit = "GB/s", .value = (double)lengths[l] / per / 1e9,
+                    .note = "one thread; each payload byte sealed once and opened once"});
+            } else {
+                snprintf(name, sizeof(name), "xfer.frame.%s.seal_open.empty", suites[s].name);
+                bench_report(&(bench_figure_t){.name = name, .unit = "us", .value = per * 1e6,
+                                               .lower_is_better = true,
+                                               .note = "a header-only frame (an ACK)"});
+            }
+        }
+    free(payload);
+    return 0;
+}
+
+/* The baseline, measured now: bytes/s into *base, its name and a note
+ * with the load average. */
+static void baseline_now(const bench_options_t *o, double *base, const char **name,
+                         char *note, size_t note_bytes)
+{
+    double load[1] = {0};
+    *base = iperf3_loopback(o->quick ? 1 : 2);
+    *name = "iperf3.loopback.P4";
+    const char *what = "iperf3 -P 4 on loopback, same run, just before";
+    if (*base <= 0) {
+        *base = raw_loopback(o->quick ? 0.5 : 1.5);
+        *name = "raw_tcp.loopback";
+        what = "iperf3 not found: one plain loopback TCP stream, same run";
+    }
+    *base /= 1e9;
+    if (getloadavg(load, 1) != 1)
+        load[0] = -1;
+    snprintf(note, note_bytes, "baseline: %s (%.2f GB/s); load average %.2f", what, *base,
+             load[0]);
+}
+
 static int run_xfer(const bench_options_t *o)
 {
-    double base = iperf3_loopback(o->quick ? 1 : 2);
-    const char *base_name = "iperf3.loopback.P4";
-    const char *base_note = "baseline: iperf3 -P 4 on loopback, same run";
-    if (base <= 0) {
-        base = raw_loopback(o->quick ? 0.5 : 1.5);
-        base_name = "raw_tcp.loopback";
-        base_note = "iperf3 not found: baseline is one plain loopback TCP stream measured here";
-    }
-    base /= 1e9;
-    /* Frames are authenticated (Poly1305, the default); ".aead" figures
-     * also encrypt them (ChaCha20-Poly1305). */
-    rig_t r;
-    if (rig_up(&r, 256u << 20, KVRT_XFER_PROTECT_MAC) != 0) {
-        fprintf(stderr, "suite_xfer: setting up two agents failed\n");
-        return -1;
-    }
-    int rc = throughput(&r, o, base, base_name, base_note, "");
-    if (rc == 0)
-        rc = latency(&r, o);
-    rig_down(&r);
-    if (rc == 0 && rig_up(&r, 256u << 20, KVRT_XFER_PROTECT_AEAD) != 0) {
-        fprintf(stderr, "suite_xfer: setting up two AEAD agents failed\n");
-        return -1;
-    }
-    if (rc == 0) {
-        rc = throughput(&r, o, base, base_name, base_note, ".aead");
+    static const struct {
+        const char *mode;
+        kvrt_xfer_protection_t protection;
+        const char *suite; /* KVRT_XFER_FRAME_SUITE while connecting; NULL: the CPU's */
+        bool full;         /* every batch size (not only 1-16 MiB) */
+    } sections[] = {
+        {"", KVRT_XFER_PROTECT_MAC, NULL, true},
+        {".aead", KVRT_XFER_PROTECT_AEAD, NULL, true},
+        {".chacha", KVRT_XFER_PROTECT_MAC, "chacha", false},
+        {".chacha.aead", KVRT_XFER_PROTECT_AEAD, "chacha", false},
+    };
+    int rc = frame_suites(o);
+    for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]) && rc == 0; i++) {
+        double base;
+        const char *base_name;
+        char base_note[192];
+        baseline_now(o, &base, &base_name, base_note, sizeof(base_note));
+        /* Nothing else runs in this process now: the variable is read by
+         * the one dial below (and by no reconnection: none happens). */
+        if (sections[i].suite)
+            setenv("KVRT_XFER_FRAME_SUITE", sections[i].suite, 1);
+        rig_t r;
+        rc = rig_up(&r, 256u << 20, sections[i].protection);
+        unsetenv("KVRT_XFER_FRAME_SUITE");
+        if (rc != 0) {
+            fprintf(stderr, "suite_xfer: setting up two agents (%s) failed\n",
+                    sections[i].mode[0] ? sections[i].mode : "mac");
+            return -1;
+        }
+        int nbatches = sections[i].full && !o->quick ? 5 : 3;
+        rc = throughput(&r, o, nbatches, base, base_name, base_note, sections[i].mode);
+        if (rc == 0 && i == 0)
+            rc = latency(&r, o);
         rig_down(&r);
     }
     if (rc == 0)

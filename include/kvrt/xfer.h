@@ -97,15 +97,18 @@ enum kvrt_xfer_agent_params_field {
  * How the TCP backend protects each frame after the handshake. Both ends
  * of a connection must use the same; a mismatch is refused at the
  * handshake with KVRT_ERR_PROTOCOL. The keys are fresh per socket, derived
- * from the cluster key and the handshake transcript. (The verbs backend's
- * data path is the NIC's: see docs/transfer.md, threat model.)
+ * from the cluster key and the handshake transcript. The primitives are
+ * agreed per socket: AES-256-GCM / GMAC where the dialer's CPU has AES-NI,
+ * ChaCha20-Poly1305 / Poly1305 otherwise (docs/transfer.md, Security).
+ * (The verbs backend's data path is the NIC's: see docs/transfer.md,
+ * threat model.)
  */
 typedef enum kvrt_xfer_protection {
-    /* Every frame header and payload authenticated (Poly1305); data in the
-     * clear. A forged, altered, replayed or reordered frame is dropped and
-     * the connection closed. The default. */
+    /* Every frame header and payload authenticated (GMAC or Poly1305);
+     * data in the clear. A forged, altered, replayed or reordered frame is
+     * dropped and the connection closed. The default. */
     KVRT_XFER_PROTECT_MAC = 0,
-    /* As MAC, and payloads encrypted (ChaCha20-Poly1305). */
+    /* As MAC, and payloads encrypted (AES-256-GCM or ChaCha20-Poly1305). */
     KVRT_XFER_PROTECT_AEAD = 1
 } kvrt_xfer_protection_t;
 

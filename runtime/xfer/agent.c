@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "agent_internal.h"
+#include "tcp/frame_auth.h"
 
 /* How long one reconnection attempt (dial, handshake, backend set-up) may
  * take; it runs on a thread of its own. */
@@ -261,7 +262,11 @@ kvrt_status_t kvrt_xfer_bk_dial(kvrt_xfer_bk_peer_t *p, uint32_t conn_index,
     kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION,
                                .backend = (uint32_t)a->backend->kind,
                                .conn_index = conn_index,
-                               .protection = (uint32_t)a->protection};
+                               /* the mode asked for, and the suite this CPU
+                                * runs fastest (the listener takes it) */
+                               .protection = (uint32_t)a->protection |
+                                             (uint32_t)kvrt_xfer_frame_suite_offer()
+                                                 << KVRT_XFER_FRAME_SUITE_SHIFT};
     memcpy(hello.session, p->session, KVRT_XFER_SESSION_BYTES);
     snprintf(hello.name, sizeof(hello.name), "%s", a->name);
     char server[KVRT_XFER_NAME_MAX];

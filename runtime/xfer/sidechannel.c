@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "core/endian.h"
+#include "tcp/frame_auth.h"
 
 #define SC_MAGIC 0x4353564bu /* "KVSC" little-endian */
 #define NONCE_BYTES 32
@@ -424,12 +425,13 @@ kvrt_status_t kvrt_xfer_sc_server_proof(kvrt_xfer_sc_server_t *s, const kvrt_xfe
     if (bytes != sizeof(expect) || crypto_verify_32(expect, proof) != 0)
         verdict = KVRT_ERR_AUTH;
     else if (h->version != KVRT_XFER_SC_VERSION || h->backend != backend ||
-             h->protection != protection)
-        verdict = KVRT_ERR_PROTOCOL;
+             kvrt_xfer_frame_mode(h->protection) != protection ||
+             !kvrt_xfer_frame_protection_known(h->protection))
+        verdict = KVRT_ERR_PROTOCOL; /* the dialer's suite is taken when known */
     else if (admit)
         verdict = admit(admit_arg, h);
     if (verdict == KVRT_OK && keys_out)
-        session_keys(key, th, false, protection, keys_out);
+        session_keys(key, th, false, h->protection, keys_out);
     return verdict;
 }
 

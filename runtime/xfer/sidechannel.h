@@ -24,7 +24,9 @@
  *   client    checks the server's MAC (a wrong key fails here: KVRT_ERR_AUTH)
  *   client -> PROOF  {HMAC(K, "kvrt-xfer-cli" H(HELLO CHALLENGE))}
  *   server    checks it, answers RESULT {status}: KVRT_OK, KVRT_ERR_AUTH, or
- *             KVRT_ERR_PROTOCOL (different backend, version or protection)
+ *             KVRT_ERR_PROTOCOL (different backend, version or protection
+ *             mode; the frame suite in protection's bits 8-15 is the
+ *             client's choice, taken when known: tcp/frame_auth.h)
  * Both nonces are fresh random 32-byte values, so a recorded exchange cannot
  * be replayed; the two MACs carry different labels, so one side's answer
  * can never be reflected as the other's; and they cover every byte of

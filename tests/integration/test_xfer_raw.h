@@ -26,23 +26,46 @@ static inline uint64_t txr_deadline(void)
 typedef struct txr {
     int fd;
     kvrt_xfer_frame_key_t tx, rx;
+    uint32_t protection;       /* what frames are sealed with (frame_auth.h) */
 } txr_t;
 
-/* The handshake on a connected socket `fd` (MAC frames). */
-static inline txr_t txr_handshake(int fd, const char *name)
+/* The handshake on a connected socket `fd`, offering protection word
+ * `offer` (mode | suite << KVRT_XFER_FRAME_SUITE_SHIFT); KVRT_OK or the
+ * handshake's status. Frames are then sealed as offered; txr_clear frees
+ * the keys. */
+static inline kvrt_status_t txr_handshake_offer(int fd, const char *name, uint32_t offer,
+                                                txr_t *out)
 {
-    txr_t r = {.fd = fd};
+    txr_t r = {.fd = fd, .protection = offer};
     kvrt_xfer_key_t key;
     cr_assert_eq(kvrt_xfer_key_derive(test_xfer_key, 32, &key), KVRT_OK);
     kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION, .backend = KVRT_XFER_BACKEND_TCP,
-                               .protection = KVRT_XFER_PROTECT_MAC};
+                               .protection = offer};
     snprintf(hello.name, sizeof(hello.name), "%s", name);
     randombytes_buf(hello.session, sizeof(hello.session));
     kvrt_xfer_sc_keys_t keys;
-    cr_assert_eq(kvrt_xfer_sc_auth_client(r.fd, &key, &hello, NULL, &keys, txr_deadline()),
-                 KVRT_OK);
-    memcpy(r.tx.key, keys.tx, sizeof(r.tx.key));
-    memcpy(r.rx.key, keys.rx, sizeof(r.rx.key));
+    kvrt_status_t st = kvrt_xfer_sc_auth_client(r.fd, &key, &hello, NULL, &keys, txr_deadline());
+    if (st != KVRT_OK)
+        return st;
+    cr_assert_eq(keys.protection, offer);
+    cr_assert(kvrt_xfer_frame_key_init(&r.tx, offer, keys.tx));
+    cr_assert(kvrt_xfer_frame_key_init(&r.rx, offer, keys.rx));
+    *out = r;
+    return KVRT_OK;
+}
+
+static inline void txr_clear(txr_t *r)
+{
+    kvrt_xfer_frame_key_clear(&r->tx);
+    kvrt_xfer_frame_key_clear(&r->rx);
+}
+
+/* The handshake on a connected socket `fd` (MAC frames, ChaCha20/Poly1305:
+ * the suite every kvrt listener speaks, and no key to clear). */
+static inline txr_t txr_handshake(int fd, const char *name)
+{
+    txr_t r;
+    cr_assert_eq(txr_handshake_offer(fd, name, KVRT_XFER_PROTECT_MAC, &r), KVRT_OK);
     return r;
 }
 
@@ -94,7 +117,7 @@ static inline void txr_send(txr_t *r, kvrt_xfer_wire_header_t h, const void *pay
     uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES], tag[KVRT_XFER_FRAME_TAG_BYTES];
     kvrt_xfer_wire_encode(&h, hdr);
     uint64_t n = payload ? h.length : 0;
-    kvrt_xfer_frame_seal(&r->tx, KVRT_XFER_PROTECT_MAC, hdr, payload, NULL, n, tag);
+    kvrt_xfer_frame_seal(&r->tx, r->protection, hdr, payload, NULL, n, tag);
     cr_assert_eq(kvrt_xfer_sc_write_all(r->fd, hdr, sizeof(hdr), txr_deadline()), KVRT_OK);
     if (n)
         cr_assert_eq(kvrt_xfer_sc_write_all(r->fd, payload, n, txr_deadline()), KVRT_OK);
@@ -113,7 +136,7 @@ static inline kvrt_xfer_wire_header_t txr_recv(txr_t *r, void *payload, size_t c
     if (n)
         cr_assert_eq(kvrt_xfer_sc_read_all(r->fd, payload, n, txr_deadline()), KVRT_OK);
     cr_assert_eq(kvrt_xfer_sc_read_all(r->fd, tag, sizeof(tag), txr_deadline()), KVRT_OK);
-    cr_assert(kvrt_xfer_frame_open(&r->rx, KVRT_XFER_PROTECT_MAC, hdr, payload, n, tag),
+    cr_assert(kvrt_xfer_frame_open(&r->rx, r->protection, hdr, payload, n, tag),
               "a frame from the agent failed authentication");
     return h;
 }

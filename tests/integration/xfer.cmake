@@ -1,5 +1,6 @@
 kvrt_add_test(integration test_xfer_agents DEPS xfer LABELS threads TIMEOUT 120)
 kvrt_add_test(integration test_xfer_security DEPS xfer LABELS threads TIMEOUT 60)
+kvrt_add_test(integration test_xfer_suites DEPS xfer LABELS threads TIMEOUT 120)
 kvrt_add_test(integration test_xfer_mitm DEPS xfer LABELS threads TIMEOUT 60)
 kvrt_add_test(integration test_xfer_emfile DEPS xfer LABELS threads TIMEOUT 60)
 kvrt_add_test(integration test_xfer_limits DEPS xfer LABELS threads TIMEOUT 60)

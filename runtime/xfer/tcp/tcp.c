@@ -61,15 +61,14 @@ void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f)
 char kvrt_xfer_tcp_wire_order;
 #endif
 
-/* Frames are sealed in the socket's send order: with MAC when they are
- * queued (by the thread that queues them, as posters do), with AEAD when
- * their sendmsg is gathered (send_start), so that a frame's ciphertext
- * buffer exists only while it is in flight, not while it waits. */
+/* Frames are sealed in the socket's send order as their sendmsg is
+ * gathered (send_start): by the progress thread, 1 MiB at a time, just
+ * before the kernel copies the same bytes. Sealing a posted batch's MAC
+ * frames earlier, on the posting thread once it had dropped the lock, made
+ * large batches about 20% slower on two cores (docs/benchmarks.md, "Frame
+ * suites"): the bytes had left the cache by the time they were sent. */
 void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f)
 {
-    if (s->protection != KVRT_XFER_PROTECT_AEAD)
-        kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, NULL, f->length,
-                             f->tag);
     TCP_WIRE_RELEASE();
     f->next = NULL;
     if (s->txq_tail)
@@ -253,6 +252,8 @@ static void conn_free(tcp_conn_t *c)
             setsockopt(c->socks[i]->fd, SOL_SOCKET, SO_LINGER, &abort_close,
                        sizeof(abort_close));
         close(c->socks[i]->fd);
+        kvrt_xfer_frame_key_clear(&c->socks[i]->tx_key);
+        kvrt_xfer_frame_key_clear(&c->socks[i]->rx_key);
         free(c->socks[i]->stage);
         free(c->socks[i]);
     }
@@ -298,8 +299,8 @@ static bool frame_seal_aead(tcp_sock_t *s, tcp_frame_t *f)
     return true;
 }
 
-/* Gathers queued frames of s into one sendmsg (sealing AEAD ones); NULL
- * without memory for even the first. */
+/* Gathers queued frames of s into one sendmsg, sealing each; NULL without
+ * memory for even the first (AEAD). */
 static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
 {
     tcp_send_t *t = kvrt_free_list_take(&st->sends);
@@ -308,12 +309,15 @@ static tcp_send_t *send_start(tcp_state_t *st, tcp_sock_t *s)
     t->sock = s;
     tcp_frame_t **tail = &t->frames;
     uint64_t sealed = 0;
-    bool aead = s->protection == KVRT_XFER_PROTECT_AEAD;
+    bool aead = kvrt_xfer_frame_mode(s->protection) == KVRT_XFER_PROTECT_AEAD;
     while (s->txq && t->iov_count + 3 <= TCP_IOV_MAX &&
-           !(aead && t->frames && sealed + s->txq->length > TCP_SEAL_GATHER)) {
+           !(t->frames && sealed + s->txq->length > TCP_SEAL_GATHER)) {
         tcp_frame_t *f = s->txq;
         if (aead && !frame_seal_aead(s, f))
             break;
+        if (!aead)
+            kvrt_xfer_frame_seal(&s->tx_key, s->protection, f->hdr, f->payload, NULL, f->length,
+                                 f->tag);
         sealed += f->length;
         s->txq = f->next;
         s->txq_bytes -= TCP_FRAME_WIRE(f->length);
@@ -688,15 +692,21 @@ static tcp_sock_t *sock_new(tcp_conn_t *c, int fd, const kvrt_xfer_sc_keys_t *ke
     tcp_sock_t *s = calloc(1, sizeof(*s));
     if (s)
         s->stage = malloc(TCP_STAGE);
-    if (!s || !s->stage) {
+    if (!s || !s->stage || !kvrt_xfer_frame_key_init(&s->tx_key, keys->protection, keys->tx)) {
+        if (s)
+            free(s->stage);
+        free(s);
+        return NULL;
+    }
+    if (!kvrt_xfer_frame_key_init(&s->rx_key, keys->protection, keys->rx)) {
+        kvrt_xfer_frame_key_clear(&s->tx_key);
+        free(s->stage);
         free(s);
         return NULL;
     }
     s->conn = c;
     s->fd = fd;
     s->protection = keys->protection;
-    memcpy(s->tx_key.key, keys->tx, sizeof(s->tx_key.key));
-    memcpy(s->rx_key.key, keys->rx, sizeof(s->rx_key.key));
     return s;
 }
 

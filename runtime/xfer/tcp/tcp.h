@@ -44,7 +44,7 @@ typedef struct tcp_frame {
     uint8_t hdr[KVRT_XFER_WIRE_HEADER_BYTES];
     const uint8_t *payload;
     uint64_t length;
-    uint8_t tag[KVRT_XFER_FRAME_TAG_BYTES]; /* sealed when queued */
+    uint8_t tag[KVRT_XFER_FRAME_TAG_BYTES]; /* sealed as it goes out */
     void *pin;                 /* served READ_RESP: unpinned once sent */
     uint8_t *owned;            /* freed with the frame */
     /* A reply to the peer (ACK, READ_RESP, MSG_REPLY): the memory it holds
@@ -55,8 +55,10 @@ typedef struct tcp_frame {
 
 /* What a queued reply frame holds besides its payload. */
 #define TCP_FRAME_COST ((uint32_t)sizeof(tcp_frame_t))
-/* Ciphertext one AEAD sendmsg gathers at most (one frame always): AEAD
- * frames are sealed as they go out, so their buffers exist only in flight. */
+/* Payload one sendmsg seals at most (one frame always). Frames are sealed
+ * as they go out: the bytes a tag was just computed over are still in
+ * cache when the kernel copies them, and AEAD ciphertext buffers exist
+ * only in flight. */
 #define TCP_SEAL_GATHER (1u << 20)
 
 /* One sendmsg in flight on a socket (several frames). */
@@ -108,7 +110,7 @@ struct tcp_sock {
     tcp_frame_t *txq, *txq_tail;
     uint64_t txq_bytes;
     /* frame authentication: each direction has its key and sequence */
-    uint32_t protection;       /* kvrt_xfer_protection_t */
+    uint32_t protection;       /* mode and suite, as agreed (frame_auth.h) */
     kvrt_xfer_frame_key_t tx_key, rx_key;
     bool tag_pending;          /* the verified frame's tag is at stage[tag_at] */
     uint32_t tag_at;
@@ -202,8 +204,7 @@ tcp_frame_t *tcp_frame_new(tcp_state_t *st, const kvrt_xfer_wire_header_t *h,
                            const uint8_t *payload, uint64_t length);
 /* Frees f (st->lock held); a reply must be settled first. */
 void tcp_frame_free(tcp_state_t *st, tcp_frame_t *f);
-/* Seals f and queues it on s (st->lock held); AEAD frames are sealed
- * when they go out instead. */
+/* Queues f on s (st->lock held); it is sealed when it goes out. */
 void tcp_enqueue(tcp_sock_t *s, tcp_frame_t *f);
 void tcp_upcall(tcp_state_t *st, tcp_upcall_t up);
 void tcp_conn_fail(tcp_conn_t *c, kvrt_status_t status, const char *why);
