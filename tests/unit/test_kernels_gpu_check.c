@@ -137,6 +137,31 @@ Test(kernels_gpu_check, a_gpu_run_whose_bench_has_no_cuda_figures_fails)
     remove_folder(dir);
 }
 
+Test(kernels_gpu_check, a_gpu_run_whose_cuda_tests_find_no_device_fails)
+{
+    /* nvidia-smi sees a GPU, the tests do not (a CUDA runtime the driver
+     * is too old for, say): nothing was verified, so the run fails. */
+    char *dir = run_folder("test:test_kernels_cuda_edges 0 5\n");
+    put(dir, "test-test_kernels_cuda_edges.txt.err",
+        "[SKIP] kernels_cuda_edges::an_empty_batch_is_a_no_op: no CUDA device (or kvrt built "
+        "without CUDA)\n"
+        "[PASS] kernels_cuda_edges::misaligned_pointers_are_refused_before_any_work: (0.00s)\n"
+        "[====] Synthesis: Tested: 1 | Passing: 1 | Failing: 0 | Crashing: 0\n");
+    tool_output_t o = report(dir, true);
+    cr_assert_eq(o.status, 1, "%s%s", o.out, o.err);
+    cr_assert_not_null(strstr(o.out, "SKIP kernels_cuda_edges::an_empty_batch_is_a_no_op"),
+                       "still reported as a skip: %s", o.out);
+    cr_assert_not_null(strstr(o.out, "a GPU is present but 1 tests found no CUDA device"),
+                       "%s", o.out);
+    tool_output_free(&o);
+    /* Without a GPU the same skips are the expected answer. */
+    o = report(dir, false);
+    cr_assert_eq(o.status, 0, "%s%s", o.out, o.err);
+    cr_assert_not_null(strstr(o.out, "1 tests skipped (not verified)"), "%s", o.out);
+    tool_output_free(&o);
+    remove_folder(dir);
+}
+
 Test(kernels_gpu_check, bad_usage_exits_2)
 {
     const char *none[] = {NULL}, *unknown[] = {"run", "--budget", "soon", NULL};
