@@ -51,6 +51,15 @@ static tool_output_t report(const char *dir, bool gpu)
     return tool_run(GPU_CHECK, args);
 }
 
+/* Runs report on dir; it must exit with `status` and print `text`. */
+static void expect_report(const char *dir, bool gpu, int status, const char *text)
+{
+    tool_output_t o = report(dir, gpu);
+    cr_assert_eq(o.status, status, "%s%s", o.out, o.err);
+    cr_assert_not_null(strstr(o.out, text), "%s", o.out);
+    tool_output_free(&o);
+}
+
 static const char bench_figures[] =
     "[\n"
     "  {\"name\": \"kernels.cpu.gather_blocks\", \"unit\": \"GB/s\", \"value\": 9.1, "
@@ -126,15 +135,9 @@ Test(kernels_gpu_check, a_gpu_run_whose_bench_has_no_cuda_figures_fails)
     put(dir, "kernels-bench.json", "[\n  {\"name\": \"kernels.cpu.gather_blocks\", "
                                    "\"unit\": \"GB/s\", \"value\": 9.1}\n]\n");
     put(dir, "kernels-bench.json.err", "kernels: CUDA figures skipped: kvrt built without CUDA\n");
-    tool_output_t o = report(dir, true);
-    cr_assert_eq(o.status, 1, "%s%s", o.out, o.err);
-    cr_assert_not_null(strstr(o.out, "no CUDA figures"), "%s", o.out);
-    tool_output_free(&o);
+    expect_report(dir, true, 1, "no CUDA figures");
     /* Without a GPU the same run is fine: the figures could not exist. */
-    o = report(dir, false);
-    cr_assert_eq(o.status, 0, "%s%s", o.out, o.err);
-    cr_assert_not_null(strstr(o.out, "CUDA figures skipped"), "%s", o.out);
-    tool_output_free(&o);
+    expect_report(dir, false, 0, "CUDA figures skipped");
     remove_folder(dir);
 }
 
@@ -148,18 +151,11 @@ Test(kernels_gpu_check, a_gpu_run_whose_cuda_tests_find_no_device_fails)
         "without CUDA)\n"
         "[PASS] kernels_cuda_edges::misaligned_pointers_are_refused_before_any_work: (0.00s)\n"
         "[====] Synthesis: Tested: 1 | Passing: 1 | Failing: 0 | Crashing: 0\n");
-    tool_output_t o = report(dir, true);
-    cr_assert_eq(o.status, 1, "%s%s", o.out, o.err);
-    cr_assert_not_null(strstr(o.out, "SKIP kernels_cuda_edges::an_empty_batch_is_a_no_op"),
-                       "still reported as a skip: %s", o.out);
-    cr_assert_not_null(strstr(o.out, "a GPU is present but 1 tests found no CUDA device"),
-                       "%s", o.out);
-    tool_output_free(&o);
+    expect_report(dir, true, 1, "a GPU is present but 1 tests found no CUDA device");
+    /* Still reported as a skip, with its reason. */
+    expect_report(dir, true, 1, "SKIP kernels_cuda_edges::an_empty_batch_is_a_no_op: no CUDA");
     /* Without a GPU the same skips are the expected answer. */
-    o = report(dir, false);
-    cr_assert_eq(o.status, 0, "%s%s", o.out, o.err);
-    cr_assert_not_null(strstr(o.out, "1 tests skipped (not verified)"), "%s", o.out);
-    tool_output_free(&o);
+    expect_report(dir, false, 0, "1 tests skipped (not verified)");
     remove_folder(dir);
 }
 
