@@ -521,8 +521,10 @@ bool xfer_incoming_claim(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hello_t *
     }
     if (p && !extra && !p->closing)
         p->state = KVRT_XFER_PEER_CONNECTED;
-    if (p && !extra)
+    if (p && !extra) {
         a->settling++;
+        p->setups++;
+    }
     pthread_mutex_unlock(&a->lock);
     if (refused)
         kvrt_log(a->ctx, KVRT_LOG_INFO, "xfer %s: refused %.63s (kvrt_xfer_refuse_name)",
@@ -551,6 +553,8 @@ void xfer_incoming_setup(xfer_incoming_t *in)
     sodium_memzero(&in->keys, sizeof(in->keys));
     void *stale = NULL;
     pthread_mutex_lock(&a->lock);
+    if (!extra)
+        p->setups--;
     if (extra) {
         p->conn_users--;
         pthread_cond_broadcast(&a->cond);
@@ -561,11 +565,13 @@ void xfer_incoming_setup(xfer_incoming_t *in)
     } else if (st == KVRT_OK) {
         p->conn = made;
         p->connections = 1;
-    } else if (!p->closing && !p->conn) {
+    } else if (!p->closing && !p->conn && p->setups == 0) {
         /* The backend could not set the connection up (a refused verbs QP
          * exchange, say): a peer without one must not stay listed, holding
          * a place under max_peers. peer_shut's hold goes at once, ours
-         * below. */
+         * below. Unless another set-up of its session is under way (on a
+         * set-up thread: the dialer reconnected meanwhile): the peer is
+         * that one's, and goes with it if it fails too. */
         (void)peer_shut(p, KVRT_ERR_PEER_FAILED);
         xfer_peer_put(p);
     }

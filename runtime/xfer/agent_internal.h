@@ -145,6 +145,7 @@ struct kvrt_xfer_peer {
     uint32_t reconnects, attempts, backoff_ms;
     uint64_t next_attempt_ns;
     bool dialing;            /* a reconnection attempt's thread holds it */
+    uint32_t setups;         /* claimed first sockets still being set up (passive) */
     xfer_link_t requests;    /* outstanding, in post order */
     xfer_link_t remotes;
     uint64_t next_seq;

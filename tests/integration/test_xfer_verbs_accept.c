@@ -6,7 +6,8 @@
  * or speak an older set-up. A stalled set-up delays no other peer's
  * connect; set-ups beyond the pending cap abort the oldest; agent destroy
  * does not wait out a stalled set-up; a SETUP of version 2 is refused at
- * once, with a log line that says why. Real agents run on the software
+ * once, with a log line that says why; of two set-ups of one session, the
+ * first failing leaves the peer to the second. Real agents run on the software
  * RDMA device (support/soft_verbs.h), which executes the backend's code;
  * at the end the device holds no object.
  */
@@ -54,8 +55,10 @@ static kvrt_xfer_agent_t *verbs_agent(kvrt_ctx_t *ctx, uint32_t max_pending)
 }
 
 /* A key holder that dials `to`, completes the handshake as a verbs dialer
- * and then sends nothing more: its set-up stalls. Returns the socket. */
-static int stalled_dialer(kvrt_xfer_agent_t *to)
+ * of `session` (its keys to *keys_out, if not NULL) and then sends nothing
+ * more: its set-up stalls. Returns the socket. */
+static int stalled_dialer_of(kvrt_xfer_agent_t *to, const uint8_t *session,
+                             kvrt_xfer_sc_keys_t *keys_out)
 {
     char text[96];
     cr_assert_eq(kvrt_xfer_agent_address(to, text, sizeof(text)), KVRT_OK);
@@ -70,10 +73,17 @@ static int stalled_dialer(kvrt_xfer_agent_t *to)
                                .backend = KVRT_XFER_BACKEND_VERBS,
                                .protection = KVRT_XFER_PROTECT_MAC};
     snprintf(hello.name, sizeof(hello.name), "staller");
-    randombytes_buf(hello.session, sizeof(hello.session));
-    kvrt_status_t st = kvrt_xfer_sc_auth_client(fd, &key, &hello, NULL, NULL, deadline);
+    memcpy(hello.session, session, sizeof(hello.session));
+    kvrt_status_t st = kvrt_xfer_sc_auth_client(fd, &key, &hello, NULL, keys_out, deadline);
     cr_assert_eq(st, KVRT_OK, "the handshake of a key holder failed: %s", kvrt_status_str(st));
     return fd;
+}
+
+static int stalled_dialer(kvrt_xfer_agent_t *to)
+{
+    uint8_t session[KVRT_XFER_SESSION_BYTES];
+    randombytes_buf(session, sizeof(session));
+    return stalled_dialer_of(to, session, NULL);
 }
 
 /* Waits (bounded) until the ctl node `name` reads `want`; what it reads last. */
@@ -162,6 +172,52 @@ Test(verbs_soft_accept, setups_beyond_the_cap_abort_the_oldest, .timeout = 60)
     /* The closed stallers' peers go with their set-ups. */
     cr_assert_eq(txu_stat_drained(ctx, "xfer.1.peers", 3000), 0);
     ASSERT_OK(ctx, kvrt_xfer_agent_destroy(a));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(b));
+    kvrt_ctx_destroy(ctx);
+    device_empty();
+}
+
+/* Two set-ups of one session at once: a dialer that reconnects while the
+ * listener still sets up its earlier attempt (whose end it has not seen
+ * yet, as after a partition). The earlier one failing leaves the peer to
+ * the later one; before, it dropped the peer, and the later set-up's
+ * connection was closed as it came up. */
+Test(verbs_soft_accept, a_failed_setup_leaves_the_peer_to_a_later_one_of_its_session,
+     .timeout = 60)
+{
+    cr_assert_eq(soft_verbs_start(NULL), 0);
+    kvrt_ctx_t *ctx = txu_ctx();
+    kvrt_xfer_agent_t *b = verbs_agent(ctx, 0);
+    uint8_t session[KVRT_XFER_SESSION_BYTES];
+    randombytes_buf(session, sizeof(session));
+    int first = stalled_dialer_of(b, session, NULL);
+    cr_assert_eq(txf_stat_reaches(ctx, "xfer.0.peers", 1, 3000), 1);
+    kvrt_xfer_sc_keys_t keys;
+    int later = stalled_dialer_of(b, session, &keys);
+    /* The later one's SETUP (version 3, 2 QPs, its MAC) is answered: its
+     * set-up is under way, on the peer of the first. */
+    uint8_t setup[8 + KVRT_XFER_SC_MAC_BYTES], theirs[8 + KVRT_XFER_SC_MAC_BYTES];
+    kvrt_store_le32(setup, 3);
+    kvrt_store_le32(setup + 4, 2);
+    kvrt_xfer_sc_frame_mac(keys.tx, "kvrt-verbs-setup", setup, 8, setup + 8);
+    uint64_t deadline = kvrt_now_ns() + 3000000000ull;
+    cr_assert_eq(kvrt_xfer_sc_send(later, SETUP_TYPE, setup, sizeof(setup), deadline), KVRT_OK);
+    uint32_t got = 0;
+    cr_assert_eq(kvrt_xfer_sc_recv(later, SETUP_TYPE, theirs, sizeof(theirs), &got, deadline),
+                 KVRT_OK);
+    cr_assert_eq(got, sizeof(theirs));
+    cr_assert_eq(txu_stat(ctx, "xfer.0.peers"), 1);
+    /* The first attempt ends: its set-up fails and is over once the agent
+     * has let go of its socket. */
+    shutdown(first, SHUT_WR);
+    cr_assert(txf_closed_by_agent(first, 3000), "the first set-up did not end");
+    cr_assert_eq(txu_stat(ctx, "xfer.0.peers"), 1,
+                 "the peer went with the first set-up while the later one was under way");
+    cr_assert(still_open(later), "the later set-up was given up");
+    /* The later one failing too takes the peer with it. */
+    close(later);
+    cr_assert_eq(txu_stat_drained(ctx, "xfer.0.peers", 3000), 0);
+    close(first);
     ASSERT_OK(ctx, kvrt_xfer_agent_destroy(b));
     kvrt_ctx_destroy(ctx);
     device_empty();
