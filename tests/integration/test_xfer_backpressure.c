@@ -10,7 +10,7 @@
 
 #define CAP (64u << 10)
 #define BATCH 1000u
-#define FLOOD_MS 15000u
+#define FLOOD_MS 60000u
 /* Resident memory growth allowed: AddressSanitizer keeps freed memory in
  * quarantine (each message's buffer, freed at once) and ThreadSanitizer
  * maps shadow memory for what is touched, so under them RSS says nothing
@@ -80,9 +80,11 @@ static void flood(kvrt_xfer_wire_header_t (*make)(uint32_t id, uint32_t i), cons
     uint32_t sent = 0;
     bool stopped = false;
     /* An agent that stopped reading lets only what the kernel frees trickle
-     * in. FLOOD_MS is generous: the agent pauses only once the kernel's
-     * socket buffers (megabytes) are full of replies, which a loaded
-     * machine takes seconds to produce. */
+     * in. The flood is bounded by its size (`frames`, far more than the
+     * kernel can buffer) and FLOOD_MS only stops a run that no longer
+     * moves: the agent pauses once the kernel's socket buffers (megabytes)
+     * are full of replies, a few seconds on a quiet machine and tens of
+     * seconds with several test programs on two cores. */
     uint64_t end = txu_now_ms() + FLOOD_MS;
     while (sent < frames && !stopped) {
         if (txu_now_ms() >= end) {

@@ -16,7 +16,7 @@ if(TARGET test_xfer_allocations)
   target_link_options(test_xfer_allocations PRIVATE
                       -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc)
 endif()
-kvrt_add_test(integration test_xfer_backpressure DEPS xfer LABELS threads TIMEOUT 120)
+kvrt_add_test(integration test_xfer_backpressure DEPS xfer LABELS threads TIMEOUT 400)
 kvrt_add_test(integration test_xfer_revoke DEPS xfer LABELS threads TIMEOUT 120)
 kvrt_add_test(integration test_xfer_reconnect DEPS xfer LABELS threads TIMEOUT 120)
 kvrt_add_test(integration test_xfer_hashing DEPS xfer LABELS threads TIMEOUT 120)
