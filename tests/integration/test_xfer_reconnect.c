@@ -162,7 +162,9 @@ Test(xfer_reconnect, a_silent_address_holds_no_timeout_back, .timeout = 90)
             kvrt_status_t st = kvrt_xfer_request_wait(req, 5000);
             uint64_t took = txu_now_ms() - t0;
             ASSERT_STATUS(KVRT_ERR_TIMEOUT, st);
-            cr_assert_lt(took, 1000, "a 200 ms timeout fired after %llu ms",
+            /* An attempt holds for 2 s: anything under 1.5 s means the
+             * timeout did not wait for it, with room for a loaded machine. */
+            cr_assert_lt(took, 1500, "a 200 ms timeout fired after %llu ms",
                          (unsigned long long)took);
             ASSERT_OK(ctx, kvrt_xfer_request_release(req));
         } else {
@@ -179,7 +181,7 @@ Test(xfer_reconnect, a_silent_address_holds_no_timeout_back, .timeout = 90)
             }
             uint64_t took = txu_now_ms() - t0;
             cr_assert_eq(info.connections, 0);
-            cr_assert_lt(took, 1000, "a broken connection took %llu ms to close",
+            cr_assert_lt(took, 1500, "a broken connection took %llu ms to close",
                          (unsigned long long)took);
         }
     }
