@@ -1,7 +1,7 @@
 /*
  * sched_bench.h - what the scheduler suites (suite_sched.c,
- * suite_sched_hybrid.c) share: the prompts' random numbers and the commit
- * of a plan without drafts. Both suites draw the same prompts from the same
+ * suite_sched_hybrid.c) share: their prompts and the commit of a plan
+ * without drafts. Both suites draw the same prompts from the same
  * seed, so their figures compare.
  */
 #ifndef KVRT_BENCH_SCHED_BENCH_H
@@ -18,6 +18,16 @@ static inline uint64_t sched_bench_rng_next(uint64_t *s)
     *s ^= *s >> 7;
     *s ^= *s << 17;
     return *s;
+}
+
+/* The suites' prompts: 1-2K tokens drawn from `rng` into prompt[2048];
+ * returns the length. */
+static inline uint32_t sched_bench_prompt(uint64_t *rng, int32_t prompt[2048])
+{
+    uint32_t len = 1024 + (uint32_t)(sched_bench_rng_next(rng) % 1024);
+    for (uint32_t t = 0; t < len; t++)
+        prompt[t] = (int32_t)(sched_bench_rng_next(rng) % 32000);
+    return len;
 }
 
 /* Commits `plan` with one token from `tokens` per sampled sequence (no

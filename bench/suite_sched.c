@@ -100,9 +100,7 @@ static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache)
     static int32_t prompt[2048];
     uint64_t rng = 0x1234567ull + n;
     for (uint32_t i = 0; i < n + WAITING; i++) {
-        uint32_t len = 1024 + (uint32_t)(sched_bench_rng_next(&rng) % 1024);
-        for (uint32_t t = 0; t < len; t++)
-            prompt[t] = (int32_t)(sched_bench_rng_next(&rng) % 32000);
+        uint32_t len = sched_bench_prompt(&rng, prompt);
         kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = len,
                                .max_new_tokens = MAX_SEQ_TOKENS - len};
         if (kvrt_seq_add(f->sched, &p, &f->ids[i]) != KVRT_OK)

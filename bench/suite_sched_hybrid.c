@@ -94,9 +94,7 @@ static int hy_open(hybrid_fixture_t *f, uint32_t n, uint32_t groups)
     static int32_t prompt[2048];
     uint64_t rng = 0x1234567ull + n;
     for (uint32_t i = 0; i < n + HY_WAITING; i++) {
-        uint32_t len = 1024 + (uint32_t)(sched_bench_rng_next(&rng) % 1024);
-        for (uint32_t t = 0; t < len; t++)
-            prompt[t] = (int32_t)(sched_bench_rng_next(&rng) % 32000);
+        uint32_t len = sched_bench_prompt(&rng, prompt);
         kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = len,
                                .max_new_tokens = HY_MAX_SEQ_TOKENS - len};
         kvrt_seq_id_t id;
