@@ -145,6 +145,20 @@ static inline int64_t slot_of(const kvrt_pool_t *pool, const table_slot_t *t, ui
            (int64_t)(pos & (pool->tokens_per_block - 1));
 }
 
+void kvrt_table_prefetch(const kvrt_pool_t *pool, kvrt_table_id_t id)
+{
+    uint32_t index = (uint32_t)id - 1;
+    if (index < pool->max_tables)
+        __builtin_prefetch(&pool->tables[index], 1);
+}
+
+void kvrt_table_prefetch_end(const kvrt_pool_t *pool, kvrt_table_id_t id)
+{
+    const table_slot_t *t = lookup(pool, id);
+    if (t && t->num_blocks)
+        __builtin_prefetch(t->blocks + t->num_blocks - 1, 1);
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_table_append(kvrt_pool_t *pool, kvrt_table_id_t id,
                                             uint32_t num_tokens, int64_t *slots_out,
                                             kvrt_block_copy_t *copy_out,

@@ -493,3 +493,9 @@ void kvrt_pool_prefetch_block(const kvrt_pool_t *pool, int32_t block)
     if (block_in_range(pool, block))
         __builtin_prefetch(&pool->meta[block], 1);
 }
+
+void kvrt_pool_prefetch_free(const kvrt_pool_t *pool, uint32_t depth)
+{
+    if (depth < pool->free_count)
+        __builtin_prefetch(&pool->meta[pool->free_stack[pool->free_count - 1 - depth]], 1);
+}

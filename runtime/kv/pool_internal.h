@@ -48,6 +48,16 @@ bool kvrt_pool_ref_cached(kvrt_pool_t *pool, int32_t block);
 bool kvrt_pool_is_cached(const kvrt_pool_t *pool, int32_t block);
 /* Warms the block's bookkeeping before a batch of kvrt_pool_ref_cached(). */
 void kvrt_pool_prefetch_block(const kvrt_pool_t *pool, int32_t block);
+/* Warms the bookkeeping of the block `depth` entries below the top of the
+ * free list: the (depth + 1)-th block the next allocations take. No effect
+ * when the free list is shorter. */
+void kvrt_pool_prefetch_free(const kvrt_pool_t *pool, uint32_t depth);
+/* Warms a table's slot before a batch of kvrt_table_append() calls. */
+void kvrt_table_prefetch(const kvrt_pool_t *pool, kvrt_table_id_t table);
+/* Warms the end of a table's block array, where an append reads its tail
+ * and writes new blocks. Reads the slot, so call it after
+ * kvrt_table_prefetch() has had time to land. */
+void kvrt_table_prefetch_end(const kvrt_pool_t *pool, kvrt_table_id_t table);
 
 /* Holds keep kvrt_pool_destroy() from freeing a pool that a scheduler or a
  * transfer-engine registration still uses (it answers KVRT_ERR_BUSY). */

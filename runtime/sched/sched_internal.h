@@ -174,6 +174,19 @@ typedef struct arrival {
     arrival_group_t group0;
 } arrival_t;
 
+/* A running decode's append past its tail block, deferred to the batch
+ * that runs at the end of the decode pass (crossing.c). */
+typedef struct sched_crossing {
+    uint32_t slot;          /* request slot */
+    uint32_t t0;            /* its first token in the plan */
+    uint32_t c;             /* tokens in its table before the append */
+    uint32_t n;             /* tokens appended */
+} sched_crossing_t;
+/* Crossings gathered before the batch runs: enough for the fetches of one
+ * to overlap the work of others, few enough that the requests' lines read
+ * while gathering are still cached when the batch runs. */
+#define SCHED_CROSSINGS 256u
+
 /* Plan arrays, sized at creation (max_seqs / max_batch_tokens). */
 typedef struct plan_buffers {
     kvrt_plan_seq_t *seqs;
@@ -330,6 +343,13 @@ struct kvrt_sched {
     uint64_t step_count;        /* numbers plans */
     row_changes_t rc;
     int32_t *match_blocks;      /* [row_stride]: prefix hits of one admission */
+
+    /* Deferred crossings (crossing.c) and the blocks they may take, out of
+     * crossing_room, what the pool could give when the batch opened. */
+    sched_crossing_t crossings[SCHED_CROSSINGS];
+    uint32_t num_crossings;
+    uint32_t crossing_blocks;
+    uint32_t crossing_room;
 
     /* The last KVRT_SCHED_HIT_WINDOW admissions' (hit, offered) tokens. */
     struct { uint32_t hit, offered; } *window;
@@ -529,6 +549,28 @@ bool sched_blocks_available(const kvrt_sched_t *s, uint32_t need);
 void sched_unpin(kvrt_sched_t *s);
 /* Drops stale entries of the running array, keeping admission order. */
 void sched_compact_running(kvrt_sched_t *s);
+
+/* Takes q's entry out of the plan being built (q is preempted or failed):
+ * later entries move up, its tokens go back to *budget. */
+void sched_unplan(kvrt_sched_t *s, seq_t *q, uint32_t *budget);
+
+/* ---- crossing.c ----------------------------------------------------------- */
+
+/* Appends n tokens to q's table (which holds c, the pool's table told of
+ * every lazy token: sched_table_sync) past its tail block: their slots go
+ * to `slots`, new blocks to q's row, a copy-on-write to the plan's copies.
+ * Errors: kvrt_table_append's (nothing changed). */
+kvrt_status_t sched_append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, int64_t *slots,
+                                uint32_t n);
+/* Defers a running decode's append of n tokens (its plan entry comes
+ * next, at the plan's current end) to the crossing batch. Returns false
+ * when the batch is full or the blocks the append may need are not
+ * certainly free: the caller takes the slow path, which runs the batch
+ * first. Single-group schedulers only. */
+bool sched_crossing_defer(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n);
+/* Runs the deferred appends, in the order they were deferred. Must run
+ * before anything else takes blocks or moves plan entries. */
+void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget);
 
 /* ---- arrival.c ------------------------------------------------------------ */
 

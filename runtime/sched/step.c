@@ -119,7 +119,7 @@ static seq_t *pick_victim(kvrt_sched_t *s)
 /* Takes v's entry out of the plan built so far (v is about to be
  * preempted): later entries and their tokens move up, its tokens go back
  * to the budget, its block copies are dropped. O(plan); preemption only. */
-static void unplan(kvrt_sched_t *s, seq_t *v, uint32_t *budget)
+void sched_unplan(kvrt_sched_t *s, seq_t *v, uint32_t *budget)
 {
     plan_buffers_t *b = s->buf;
     kvrt_batch_plan_t *p = s->plan;
@@ -175,7 +175,7 @@ static void unplan(kvrt_sched_t *s, seq_t *v, uint32_t *budget)
 static void preempt(kvrt_sched_t *s, seq_t *q, uint32_t *budget)
 {
     if (q->in_plan)
-        unplan(s, q, budget);
+        sched_unplan(s, q, budget);
     sched_release(s, q);
     q->state = KVRT_SEQ_PREEMPTED;
     q->in_prefill = 0;
@@ -226,57 +226,51 @@ static bool relieve(kvrt_sched_t *s, seq_t *q, uint32_t *budget, bool admitting)
 static __attribute__((noinline)) bool grow_slow(kvrt_sched_t *s, seq_t *q, uint32_t n,
                                                 uint32_t *budget, bool admitting);
 
+/* Whether n tokens from position c fit in the tail block. fast_tail is 0
+ * with several groups or a window: every append goes the slow way. */
+static KVRT_ALWAYS_INLINE bool fits_tail(const kvrt_sched_t *s, uint32_t c, uint32_t n)
+{
+    const uint32_t off = c & (s->tokens_per_block - 1);
+    return off != 0 && off + n <= s->fast_tail;
+}
+
+/* Most decodes: the tokens fit in the tail block, which is private (a
+ * partial block is never shared: the cache holds full blocks and the
+ * scheduler forks nothing). The slots come from q's row, and the pool's
+ * table is told later (lag), so a decode touches neither the table nor
+ * the pool. */
+static KVRT_ALWAYS_INLINE void take_in_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)
+{
+    const uint32_t t0 = s->plan->num_tokens; /* where the caller put its inputs */
+    int64_t base = ((int64_t)q->tail_block << s->block_shift) | (c & (s->tokens_per_block - 1));
+    sched_iota64(s->buf->slot_mapping + t0, s->max_batch_tokens - t0, base, n);
+    q->lag += n;
+}
+
 static KVRT_ALWAYS_INLINE bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
                                    bool admitting)
 {
-    const uint32_t t0 = s->plan->num_tokens; /* where the caller put its inputs */
     const uint32_t c = q->computed + q->ahead; /* where this plan starts for q */
-    const uint32_t off = c & (s->tokens_per_block - 1);
-    /* fast_tail is 0 with several groups or a window: all appends below. */
-    if (KVRT_LIKELY(off != 0 && off + n <= s->fast_tail)) {
-        /* Most decodes: the tokens fit in the tail block, which is private
-         * (a partial block is never shared: the cache holds full blocks and
-         * the scheduler forks nothing). The slots come from q's row, and the
-         * pool's table is told later (lag), so a decode touches neither the
-         * table nor the pool. */
-        int64_t base = ((int64_t)q->tail_block << s->block_shift) | off;
-        sched_iota64(s->buf->slot_mapping + t0, s->max_batch_tokens - t0, base, n);
-        q->lag += n;
+    if (KVRT_LIKELY(fits_tail(s, c, n))) {
+        take_in_tail(s, q, c, n);
         return true;
     }
     return grow_slow(s, q, n, budget, admitting);
 }
 
-/* One group's append past the tail block: the pool's table takes the
- * tokens (new blocks), their slots go to the plan's end, and the row
- * learns the new blocks. */
-static kvrt_status_t append_one(kvrt_sched_t *s, seq_t *q, uint32_t n)
+/* grow() for a running decode: a crossing into a new block joins the batch
+ * that runs at the end of the decode pass (crossing.c). */
+static KVRT_ALWAYS_INLINE bool grow_decode(kvrt_sched_t *s, seq_t *q, uint32_t n,
+                                          uint32_t *budget)
 {
-    kvrt_batch_plan_t *const p = s->plan;
-    plan_buffers_t *const b = s->buf;
     const uint32_t c = q->computed + q->ahead;
-    kvrt_block_copy_t copy;
-    uint32_t num_copies = 0;
-    int64_t *slots = b->slot_mapping + p->num_tokens;
-    kvrt_status_t st = kvrt_table_append(s->pool, q->table, n, slots, &copy, &num_copies);
-    if (KVRT_UNLIKELY(st != KVRT_OK))
-        return st;
-    uint32_t nb = sched_blocks_for(s, c + n);
-    if (KVRT_UNLIKELY(num_copies)) {
-        b->copy_owner[p->num_copies] = sched_slot(s, q);
-        b->copies[p->num_copies++] = copy;
-        sched_row_sync(s, q, 0, true);
-    } else if (nb != q->row_blocks) {
-        /* The new blocks are in the slots just written: the first slot of
-         * each names it, so the row needs no table view. */
-        int32_t *row = s->rows + (size_t)q->row * s->row_stride;
-        for (uint32_t j = q->row_blocks; j < nb; j++)
-            row[j] = (int32_t)(slots[(j << s->block_shift) - c] >> s->block_shift);
-        q->row_blocks = nb;
-        q->tail_block = row[nb - 1];
-        sched_row_changed(s, q->row);
+    if (KVRT_LIKELY(fits_tail(s, c, n))) {
+        take_in_tail(s, q, c, n);
+        return true;
     }
-    return KVRT_OK;
+    if (s->fast_tail && sched_crossing_defer(s, q, c, n))
+        return true;
+    return grow_slow(s, q, n, budget, false);
 }
 
 /* grow() past the tail block, or with several groups or a window (every
@@ -285,12 +279,16 @@ static bool grow_slow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget, b
 {
     kvrt_batch_plan_t *const p = s->plan;
     const uint32_t t0 = p->num_tokens;
+    /* Deferred crossings first, so blocks are taken in plan order (a
+     * failed one may take its entry out of the plan: t0 moves, below). */
+    sched_crossings_flush(s, budget);
     if (!s->hybrid)
         sched_table_sync(s, q);
     for (;;) {
         kvrt_status_t st;
         if (!s->hybrid)
-            st = append_one(s, q, n);
+            st = sched_append_tail(s, q, q->computed + q->ahead,
+                                   s->buf->slot_mapping + p->num_tokens, n);
         else if (sched_groups_fit(s, q, n, false))
             st = sched_groups_append(s, q, n);
         else
@@ -439,13 +437,14 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
             }
         }
         uint32_t n = 1 + drafts;
-        if (!grow(s, q, n, &st->budget, false))
+        if (!grow_decode(s, q, n, &st->budget))
             continue;
         b->input_tokens[p->num_tokens] =
             async && KVRT_UNLIKELY(q->pending_samples) ? KVRT_TOKEN_PLACEHOLDER : q->last_token;
         plan_add(s, q, drafts ? KVRT_PLAN_SPEC : KVRT_PLAN_DECODE, n, drafts, true);
         st->budget -= n;
     }
+    sched_crossings_flush(s, &st->budget);
 }
 
 /*

@@ -1,0 +1,131 @@
+/*
+ * crossing.c - appends past a request's tail block: one at a time
+ * (sched_append_tail, from the step's slow path), or, for running decodes,
+ * gathered during the step and run as one batch.
+ *
+ * Why batch: inside its tail block a decode touches only its request's
+ * first line and the plan (step.c, grow_in_tail). The append that crosses
+ * into a new block walks a chain of lines that depend on each other: the
+ * request's second line (its table id), the pool's table slot, the end of
+ * the table's block array, the tail block's and the new block's
+ * bookkeeping, the block-table row and its change mark. One crossing at a
+ * time, every link of that chain is a cache miss once tens of thousands of
+ * requests are running, and the step waits for each in turn. Gathered,
+ * the links of many crossings are fetched in stages (software pipelining,
+ * as a hash join probes a batch of keys), so the misses overlap instead of
+ * adding up.
+ *
+ * A crossing is deferred only when the blocks it can need are certainly
+ * there (counted against the free and reclaimable blocks seen when the
+ * batch opened), and the batch is run before anything else in the step can
+ * take blocks or reorder the plan (a slow-path append, preemption, the end
+ * of the decode pass). So the batch takes the same blocks, in the same
+ * order, as the appends would have one at a time: the plan, the rows and
+ * every request's table are the same either way.
+ */
+#include "sched_internal.h"
+
+/* Records between two stages of the batch: each stage's fetches have the
+ * time of SCHED_CROSS_DISTANCE records' work to land. */
+#define SCHED_CROSS_DISTANCE 4u
+
+kvrt_status_t sched_append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, int64_t *slots,
+                                uint32_t n)
+{
+    plan_buffers_t *const b = s->buf;
+    kvrt_batch_plan_t *const p = s->plan;
+    kvrt_block_copy_t copy;
+    uint32_t num_copies = 0;
+    kvrt_status_t st = kvrt_table_append(s->pool, q->table, n, slots, &copy, &num_copies);
+    if (KVRT_UNLIKELY(st != KVRT_OK))
+        return st;
+    uint32_t nb = sched_blocks_for(s, c + n);
+    if (KVRT_UNLIKELY(num_copies)) {
+        b->copy_owner[p->num_copies] = sched_slot(s, q);
+        b->copies[p->num_copies++] = copy;
+        sched_row_sync(s, q, 0, true);
+    } else if (nb != q->row_blocks) {
+        /* The new blocks are in the slots just written: the first slot of
+         * each names it, so the row needs no table view. */
+        int32_t *row = s->rows + (size_t)q->row * s->row_stride;
+        for (uint32_t j = q->row_blocks; j < nb; j++)
+            row[j] = (int32_t)(slots[(j << s->block_shift) - c] >> s->block_shift);
+        q->row_blocks = nb;
+        q->tail_block = row[nb - 1];
+        sched_row_changed(s, q->row);
+    }
+    return KVRT_OK;
+}
+
+bool sched_crossing_defer(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)
+{
+    if (s->num_crossings == SCHED_CROSSINGS)
+        return false;
+    if (s->num_crossings == 0) /* a new batch: what the pool can give it */
+        s->crossing_room = kvrt_pool_free_count(s->pool) + kvrt_pool_cached_count(s->pool);
+    /* New blocks, plus one when the append starts inside the tail block:
+     * a copy-on-write would take it (a shared tail; the scheduler's own
+     * tails are private, but the margin costs nothing). */
+    const uint32_t need = sched_blocks_for(s, (uint64_t)c + n) - sched_blocks_for(s, c) +
+                          ((c & (s->tokens_per_block - 1)) != 0);
+    if (s->crossing_blocks + need > s->crossing_room)
+        return false; /* the slow path decides, after the batch has run */
+    s->crossings[s->num_crossings++] =
+        (sched_crossing_t){.slot = sched_slot(s, q), .t0 = s->plan->num_tokens, .c = c, .n = n};
+    s->crossing_blocks += need;
+    return true;
+}
+
+/* Stage 1 read the request's lines; this one what they point at. */
+static inline void warm_links(kvrt_sched_t *s, const seq_t *q, uint32_t depth)
+{
+    kvrt_table_prefetch(s->pool, q->table);
+    kvrt_pool_prefetch_block(s->pool, q->tail_block); /* the append checks it */
+    kvrt_pool_prefetch_free(s->pool, depth);           /* the block it will take */
+    __builtin_prefetch(s->rows + (size_t)q->row * s->row_stride + q->row_blocks, 1);
+    __builtin_prefetch(&s->rc.row_mark[q->row], 1);
+}
+
+void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
+{
+    const uint32_t m = s->num_crossings;
+    if (m == 0)
+        return;
+    s->num_crossings = 0;
+    s->crossing_blocks = 0;
+    const sched_crossing_t *x = s->crossings;
+    const uint32_t d = SCHED_CROSS_DISTANCE;
+    uint32_t depth = 0;   /* free-list depth of stage 2's record's block */
+    uint32_t removed = 0; /* plan tokens taken out by failed appends */
+    /* Record i is at stage 1 in round i, stage 2 in round i + d, stage 3
+     * in round i + 2d and is appended in round i + 3d. */
+    for (uint32_t r = 0; r < m + 3 * d; r++) {
+        if (r < m) {
+            const seq_t *q = &s->seqs[x[r].slot];
+            __builtin_prefetch(q, 1);
+            __builtin_prefetch((const char *)q + 64, 1);
+        }
+        if (r >= d && r - d < m) {
+            const sched_crossing_t *e = &x[r - d];
+            warm_links(s, &s->seqs[e->slot], depth);
+            depth += sched_blocks_for(s, (uint64_t)e->c + e->n) - sched_blocks_for(s, e->c);
+        }
+        if (r >= 2 * d && r - 2 * d < m)
+            kvrt_table_prefetch_end(s->pool, s->seqs[x[r - 2 * d].slot].table);
+        if (r >= 3 * d) {
+            const sched_crossing_t *e = &x[r - 3 * d];
+            seq_t *q = &s->seqs[e->slot];
+            sched_table_sync(s, q);
+            kvrt_status_t st =
+                sched_append_tail(s, q, e->c, s->buf->slot_mapping + e->t0 - removed, e->n);
+            if (KVRT_UNLIKELY(st != KVRT_OK)) {
+                /* Not for want of blocks (counted at deferral): a table
+                 * limit. As on the slow path, the request fails; its entry
+                 * leaves the plan and later entries move up. */
+                sched_unplan(s, q, budget);
+                removed += e->n;
+                sched_end(s, q, KVRT_END_FAILED, st);
+            }
+        }
+    }
+}
