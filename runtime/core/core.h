@@ -127,6 +127,18 @@ void kvrt_ctl_unregister(kvrt_ctx_t *ctx, void *obj);
 void *kvrt_host_alloc(kvrt_ctx_t *ctx, size_t bytes);
 void kvrt_host_free(kvrt_ctx_t *ctx, void *ptr);
 
+/*
+ * kvrt_calloc_large - a zeroed bookkeeping array of count * size bytes,
+ * 64-byte aligned. From 2 MiB up it is mapped 2 MiB aligned and advised as
+ * transparent huge pages, so arrays that hot paths index at random (block
+ * metadata, block-table rows, requests) cost one TLB entry per 2 MiB, not
+ * per 4 KiB; pages are faulted in when first touched, as with calloc.
+ * kvrt_free_large releases it, given the same count and size (NULL: no-op).
+ * NULL on overflow or no memory.
+ */
+void *kvrt_calloc_large(size_t count, size_t size);
+void kvrt_free_large(void *ptr, size_t count, size_t size);
+
 typedef struct kvrt_host_region {
     void *base;
     size_t bytes;

@@ -35,6 +35,22 @@ static size_t round_up(size_t value, size_t align)
     return (value + align - 1) & ~(align - 1);
 }
 
+void *kvrt_map_aligned(size_t bytes)
+{
+    /* Over-map by one huge page, then trim to a 2 MiB aligned window. */
+    size_t span = bytes + KVRT_HUGE_PAGE;
+    char *raw = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED)
+        return NULL;
+    char *aligned = (char *)round_up((uintptr_t)raw, KVRT_HUGE_PAGE);
+    if (aligned > raw)
+        munmap(raw, (size_t)(aligned - raw));
+    char *end = aligned + bytes;
+    if (raw + span > end)
+        munmap(end, (size_t)(raw + span - end));
+    return aligned;
+}
+
 /* Maps `bytes` (a multiple of 2 MiB) aligned to 2 MiB, prefaulted. */
 static void *map_region(kvrt_region_set_t *set, size_t bytes, bool *hugetlb_out)
 {
@@ -58,17 +74,9 @@ static void *map_region(kvrt_region_set_t *set, size_t bytes, bool *hugetlb_out)
                  "no hugetlb pages for %zu bytes (%s); using THP-advised pages", bytes,
                  strerror(errno));
     }
-    /* Over-map by one huge page, then trim to a 2 MiB aligned window. */
-    size_t span = bytes + KVRT_HUGE_PAGE;
-    char *raw = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED)
+    char *aligned = kvrt_map_aligned(bytes);
+    if (!aligned)
         return NULL;
-    char *aligned = (char *)round_up((uintptr_t)raw, KVRT_HUGE_PAGE);
-    if (aligned > raw)
-        munmap(raw, (size_t)(aligned - raw));
-    char *end = aligned + bytes;
-    if (raw + span > end)
-        munmap(end, (size_t)(raw + span - end));
     if (set->mode != KVRT_HUGEPAGE_OFF)
         (void)madvise(aligned, bytes, MADV_HUGEPAGE);
     /* Prefault now so the first engine step does not pay for page faults. */

@@ -1,7 +1,8 @@
 /*
  * host_regions.h - large 2 MiB aligned, prefaulted host regions that kvrt
  * maps itself, and a first-fit allocator over them. Internal to
- * runtime/core: host_memory.c is the only user. Not thread-safe; the caller
+ * runtime/core: host_memory.c is the only user (large_alloc.c maps with
+ * kvrt_map_aligned()). Not thread-safe; the caller
  * holds its lock.
  */
 #ifndef KVRT_HOST_REGIONS_H
@@ -14,6 +15,11 @@
 #include "core.h"
 
 #define KVRT_HUGE_PAGE ((size_t)2 << 20)
+
+/* Anonymous memory of `bytes` (a multiple of 2 MiB) at a 2 MiB aligned
+ * address, zero, not yet faulted in; munmap() releases it. NULL when
+ * mmap fails. */
+void *kvrt_map_aligned(size_t bytes);
 
 /* One live allocation inside a region, as an offset from its base. */
 typedef struct kvrt_region_extent {

@@ -16,7 +16,7 @@
 
 kvrt_status_t kvrt_pool_tables_init(kvrt_pool_t *pool, uint32_t max_tables)
 {
-    pool->tables = calloc(max_tables, sizeof(*pool->tables));
+    pool->tables = kvrt_calloc_large(max_tables, sizeof(*pool->tables));
     if (!pool->tables)
         return KVRT_ERR_NO_MEMORY;
     pool->max_tables = max_tables;
@@ -32,8 +32,9 @@ void kvrt_pool_tables_destroy(kvrt_pool_t *pool)
     if (!pool->tables)
         return;
     for (uint32_t i = 0; i < pool->max_tables; i++)
-        free(pool->tables[i].blocks);
-    free(pool->tables);
+        kvrt_arena_free(&pool->table_arena, pool->tables[i].blocks);
+    kvrt_arena_destroy(&pool->table_arena);
+    kvrt_free_large(pool->tables, pool->max_tables, sizeof(*pool->tables));
     pool->tables = NULL;
 }
 
@@ -73,10 +74,16 @@ static kvrt_status_t ensure_capacity(kvrt_pool_t *pool, table_slot_t *t, uint64_
     uint64_t capacity = t->capacity ? t->capacity : TABLE_INITIAL_CAPACITY;
     while (capacity < blocks)
         capacity *= 2;
-    int32_t *grown = realloc(t->blocks, (size_t)capacity * sizeof(int32_t));
+    /* From the pool's arena: a block-boundary crossing reads and writes the
+     * end of its table's array, and thousands of arrays on huge pages keep
+     * those accesses from missing the TLB. */
+    int32_t *grown = kvrt_arena_alloc(&pool->table_arena, (size_t)capacity * sizeof(int32_t));
     if (!grown)
         return kvrt_fail(pool->ctx, KVRT_ERR_NO_MEMORY, "block table of %llu blocks",
                          (unsigned long long)capacity);
+    if (t->blocks)
+        memcpy(grown, t->blocks, (size_t)t->num_blocks * sizeof(int32_t));
+    kvrt_arena_free(&pool->table_arena, t->blocks);
     t->blocks = grown;
     t->capacity = (uint32_t)capacity;
     return KVRT_OK;

@@ -81,8 +81,8 @@ static void pool_free_memory(kvrt_pool_t *pool)
     kvrt_pool_tables_destroy(pool);
     if (pool->host_owned)
         kvrt_host_free(pool->ctx, pool->base);
-    free(pool->meta);
-    free(pool->free_stack);
+    kvrt_free_large(pool->meta, pool->num_blocks, sizeof(*pool->meta));
+    kvrt_free_large(pool->free_stack, pool->num_blocks, sizeof(*pool->free_stack));
     free(pool);
 }
 
@@ -180,8 +180,9 @@ KVRT_EXPORT kvrt_status_t kvrt_pool_create(kvrt_ctx_t *ctx, const kvrt_pool_para
     pool->block_shift = (uint32_t)__builtin_ctz(pool->tokens_per_block);
     pool->watermark =
         KVRT_PARAM_OR(p, KVRT_POOL_PARAM_WATERMARK, watermark_blocks, p->num_blocks / 100);
-    pool->meta = calloc(p->num_blocks, sizeof(*pool->meta));
-    pool->free_stack = malloc((size_t)p->num_blocks * sizeof(*pool->free_stack));
+    /* Both indexed at random by every allocation and release. */
+    pool->meta = kvrt_calloc_large(p->num_blocks, sizeof(*pool->meta));
+    pool->free_stack = kvrt_calloc_large(p->num_blocks, sizeof(*pool->free_stack));
     uint32_t max_tables =
         KVRT_PARAM_OR(p, KVRT_POOL_PARAM_MAX_TABLES, max_tables, KVRT_DEFAULT_MAX_TABLES);
     if (!pool->meta || !pool->free_stack ||

@@ -4,6 +4,7 @@
 #ifndef KVRT_POOL_TYPES_H
 #define KVRT_POOL_TYPES_H
 
+#include "core/arena.h"
 #include "pool_internal.h"
 
 enum block_state { BLOCK_FREE = 0, BLOCK_USED = 1, BLOCK_IDLE = 2 };
@@ -52,6 +53,7 @@ struct kvrt_pool {
     uint32_t holders; /* schedulers and transfer registrations using the pool */
 
     table_slot_t *tables;
+    kvrt_arena_t table_arena;  /* the tables' block arrays */
     uint32_t max_tables;
     uint32_t live_tables;
     uint32_t free_table_head; /* UINT32_MAX when empty */

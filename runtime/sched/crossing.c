@@ -76,6 +76,11 @@ bool sched_crossing_defer(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)
     return true;
 }
 
+static inline uint32_t new_blocks(const kvrt_sched_t *s, const sched_crossing_t *e)
+{
+    return sched_blocks_for(s, (uint64_t)e->c + e->n) - sched_blocks_for(s, e->c);
+}
+
 /* Stage 1 read the request's lines; this one what they point at. */
 static inline void warm_links(kvrt_sched_t *s, const seq_t *q, uint32_t depth)
 {
@@ -95,7 +100,9 @@ void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
     s->crossing_blocks = 0;
     const sched_crossing_t *x = s->crossings;
     const uint32_t d = SCHED_CROSS_DISTANCE;
-    uint32_t depth = 0;   /* free-list depth of stage 2's record's block */
+    /* Blocks the records before stage 2's take, and those appended so far
+     * took: the difference is how deep in the free list its block lies. */
+    uint32_t ahead = 0, taken = 0;
     uint32_t removed = 0; /* plan tokens taken out by failed appends */
     /* Record i is at stage 1 in round i, stage 2 in round i + d, stage 3
      * in round i + 2d and is appended in round i + 3d. */
@@ -107,8 +114,8 @@ void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
         }
         if (r >= d && r - d < m) {
             const sched_crossing_t *e = &x[r - d];
-            warm_links(s, &s->seqs[e->slot], depth);
-            depth += sched_blocks_for(s, (uint64_t)e->c + e->n) - sched_blocks_for(s, e->c);
+            warm_links(s, &s->seqs[e->slot], ahead - taken);
+            ahead += new_blocks(s, e);
         }
         if (r >= 2 * d && r - 2 * d < m)
             kvrt_table_prefetch_end(s->pool, s->seqs[x[r - 2 * d].slot].table);
@@ -118,7 +125,9 @@ void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
             sched_table_sync(s, q);
             kvrt_status_t st =
                 sched_append_tail(s, q, e->c, s->buf->slot_mapping + e->t0 - removed, e->n);
-            if (KVRT_UNLIKELY(st != KVRT_OK)) {
+            if (KVRT_LIKELY(st == KVRT_OK)) {
+                taken += new_blocks(s, e);
+            } else {
                 /* Not for want of blocks (counted at deferral): a table
                  * limit. As on the slow path, the request fails; its entry
                  * leaves the plan and later entries move up. */

@@ -262,7 +262,7 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     size_t bytes = (size_t)max_blocks * sizeof(kvrt_block_hash_t) + group_hashes +
                    ((size_t)capacity + num_stop) * sizeof(int32_t) +
                    (size_t)num_mm * sizeof(kvrt_mm_item_t) + 8 + ngram_bytes(s, capacity);
-    char *mem = sched_arena_alloc(&s->arena, bytes);
+    char *mem = kvrt_arena_alloc(&s->arena, bytes);
     if (!mem)
         return kvrt_fail(s->ctx, KVRT_ERR_NO_MEMORY, "request of %u tokens", capacity);
 
@@ -574,7 +574,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_drain_ended_sized(kvrt_sched_t *s,
                          "event_size (%zu) at least %u",
                          event_size, KVRT_SEQ_INFO_SIZE_1_0);
     for (uint32_t i = 0; i < s->num_drained_memory; i++)
-        sched_arena_free(&s->arena, s->drained_memory[i]);
+        kvrt_arena_free(&s->arena, s->drained_memory[i]);
     s->num_drained_memory = 0;
     uint32_t n = 0;
     while (n < capacity && s->ended_count) {
@@ -591,7 +591,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_drain_ended_sized(kvrt_sched_t *s,
 void sched_free_requests(kvrt_sched_t *s)
 {
     for (uint32_t i = 0; i < s->num_drained_memory; i++)
-        sched_arena_free(&s->arena, s->drained_memory[i]);
+        kvrt_arena_free(&s->arena, s->drained_memory[i]);
     s->num_drained_memory = 0;
     /* Live requests, and drained ones whose blocks wait for a commit. */
     for (uint32_t i = 0; i < s->max_requests; i++) {
@@ -602,7 +602,7 @@ void sched_free_requests(kvrt_sched_t *s)
                 kvrt_table_destroy(s->groups[g].pool, *table);
             *table = 0;
         }
-        sched_arena_free(&s->arena, q->allocation);
+        kvrt_arena_free(&s->arena, q->allocation);
         q->allocation = NULL;
     }
 }

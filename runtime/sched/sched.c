@@ -6,13 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "sched_internal.h"
 
 /* Rows are max_seqs x row_stride int32: refuse shapes past 512 MiB. */
-/* Transparent huge pages. */
-#define SCHED_HUGE_PAGE ((size_t)2 << 20)
 #define SCHED_MAX_ROW_ENTRIES (1ull << 27)
 
 /* ---- statistics and ctl ------------------------------------------------------ */
@@ -208,8 +205,8 @@ static void sched_free(kvrt_sched_t *s)
 {
     if (s->seqs)
         sched_free_requests(s);
-    sched_arena_destroy(&s->arena);
-    free(s->seqs);
+    kvrt_arena_destroy(&s->arena);
+    kvrt_free_large(s->seqs, s->max_requests, sizeof(*s->seqs));
     free(s->heap);
     free(s->running);
     if (s->arrivals)
@@ -219,7 +216,7 @@ static void sched_free(kvrt_sched_t *s)
     free(s->landed_slots);
     free(s->ended);
     free(s->drained_memory);
-    free(s->rows);
+    kvrt_free_large(s->rows, (size_t)s->max_seqs * s->row_stride, sizeof(*s->rows));
     free(s->free_rows);
     for (uint32_t k = 0; k < SCHED_PLAN_SLOTS; k++) {
         plan_buffers_t *b = &s->bufs[k];
@@ -279,21 +276,10 @@ static bool alloc_plan_buffers(plan_buffers_t *b, size_t seqs, size_t toks)
 static bool alloc_arrays(kvrt_sched_t *s)
 {
     size_t seqs = s->max_seqs, toks = s->max_batch_tokens, reqs = s->max_requests;
-    /* 64-byte aligned, so each request's hot fields are one cache line.
-     * Tens of thousands of requests span megabytes, one scattered line of
-     * which every decode reads: on 2 MiB pages (where the host grants
-     * transparent huge pages) those reads do not also miss the TLB. */
-    size_t seq_bytes = reqs * sizeof(*s->seqs);
-    if (seq_bytes >= SCHED_HUGE_PAGE) {
-        seq_bytes = (seq_bytes + SCHED_HUGE_PAGE - 1) & ~(size_t)(SCHED_HUGE_PAGE - 1);
-        s->seqs = aligned_alloc(SCHED_HUGE_PAGE, seq_bytes);
-        if (s->seqs)
-            (void)madvise(s->seqs, seq_bytes, MADV_HUGEPAGE);
-    } else {
-        s->seqs = aligned_alloc(64, seq_bytes);
-    }
-    if (s->seqs)
-        memset(s->seqs, 0, seq_bytes);
+    /* 64-byte aligned, so each request's hot fields are one cache line;
+     * on huge pages from 2 MiB up (kvrt_calloc_large), since every decode
+     * reads one scattered line of it. */
+    s->seqs = kvrt_calloc_large(reqs, sizeof(*s->seqs));
     s->heap = malloc(reqs * sizeof(*s->heap));
     s->ended = malloc(reqs * sizeof(*s->ended));
     s->arrivals = calloc(reqs, sizeof(*s->arrivals));
@@ -301,7 +287,7 @@ static bool alloc_arrays(kvrt_sched_t *s)
     s->window = calloc(KVRT_SCHED_HIT_WINDOW, sizeof(*s->window));
     s->drained_memory = malloc(reqs * sizeof(*s->drained_memory));
     s->running = malloc(seqs * sizeof(*s->running));
-    s->rows = calloc(seqs * s->row_stride, sizeof(*s->rows));
+    s->rows = kvrt_calloc_large(seqs * s->row_stride, sizeof(*s->rows));
     s->free_rows = malloc(seqs * sizeof(*s->free_rows));
     bool ok = true;
     /* Synchronous steps use one plan slot; asynchronous ones all. */

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "cache/hooks.h"
+#include "core/arena.h"
 #include "core/core.h"
 #include "kv/pool_internal.h"
 #include "kvrt/sched.h"
@@ -208,17 +209,6 @@ typedef struct plan_buffers {
 /* Most plans in flight (KVRT_SCHED_MAX_PLANS_IN_FLIGHT): plan slots. */
 #define SCHED_PLAN_SLOTS KVRT_SCHED_MAX_PLANS_IN_FLIGHT
 
-/* Requests' memory on huge pages (arena.c). */
-#define SCHED_ARENA_CLASSES 45u
-typedef struct sched_arena {
-    void *free_list[SCHED_ARENA_CLASSES];
-    char *cursor;           /* where the current chunk is carved */
-    size_t left;
-    void **chunks;
-    uint32_t num_chunks;
-    uint32_t chunk_capacity;
-} sched_arena_t;
-
 /* A cache group (kvrt_sched_create_groups). Group 0's pool, cache, block
  * size, rows and plan buffers are also s->pool, s->cache, s->rows and
  * s->bufs, which the single-group paths read; the per-plan-slot arrays
@@ -372,7 +362,7 @@ struct kvrt_sched {
     arrival_group_t *xarrivals; /* [max_requests][num_groups - 1] */
     kvrt_plan_group_t plan_groups[KVRT_SCHED_MAX_PLANS_IN_FLIGHT][KVRT_SCHED_MAX_GROUPS];
 
-    sched_arena_t arena;        /* request memory (arena.c) */
+    kvrt_arena_t arena;         /* request memory (core/arena.c) */
 
     kvrt_sched_stats_t stats;
 };
@@ -655,14 +645,6 @@ void sched_groups_unplan(kvrt_sched_t *s, uint32_t slot, uint32_t t0, uint32_t n
 void sched_groups_begin_step(kvrt_sched_t *s);
 /* CSR tables of groups >= 1. */
 void sched_groups_csr(kvrt_sched_t *s);
-
-/* ---- arena.c -------------------------------------------------------------- */
-
-/* A block of at least `bytes`, 16-byte aligned; NULL without memory. */
-void *sched_arena_alloc(sched_arena_t *a, size_t bytes);
-/* Gives a block back (NULL is a no-op). */
-void sched_arena_free(sched_arena_t *a, void *memory);
-void sched_arena_destroy(sched_arena_t *a);
 
 /* ---- ngram.c -------------------------------------------------------------- */
 

@@ -1,35 +1,36 @@
 /*
- * arena.c - the memory of requests (token array, stop set, block hashes,
- * multimodal items, n-gram index: one block per request, kvrt_seq_add) on
- * transparent huge pages.
+ * arena.c - many small arrays that hot paths reach at random, on
+ * transparent huge pages: the scheduler's per-request memory (token array,
+ * stop set, block hashes, multimodal items, n-gram index: one block per
+ * request) and the pool's per-table block arrays.
  *
  * Why: every commit writes the output token into its request's token
- * array. With one malloc per request, tens of thousands of running
- * requests are tens of thousands of 4 KiB pages, and each commit misses
+ * array, and every block-boundary crossing reads and writes the end of its
+ * table's block array. With one malloc each, tens of thousands of running
+ * requests are tens of thousands of 4 KiB pages, and each access misses
  * the TLB (docs/benchmarks.md, Scheduler). Carved out of 2 MiB chunks
- * advised as huge pages, a hundred requests share a page.
+ * advised as huge pages, hundreds of arrays share a page.
  *
- * Blocks come in size classes, four per power of two from 512 bytes to
+ * Blocks come in size classes, four per power of two from 64 bytes to
  * 1 MiB (at most a quarter wasted); freed blocks go on their class's list
  * and serve the next request of that class, so chunks are kept until the
- * scheduler is destroyed (memory peaks, it does not churn). A larger
+ * owner is destroyed (memory peaks, it does not churn). A larger
  * request gets its own malloc. Each block starts with a 16-byte header
  * naming its class, so the payload keeps 16-byte alignment.
  */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
-#include "sched_internal.h"
+#include "arena.h"
 
 #define ARENA_CHUNK ((size_t)2 << 20)
-#define ARENA_MIN_SHIFT 9u  /* 512 bytes */
+#define ARENA_MIN_SHIFT 6u  /* 64 bytes */
 #define ARENA_MAX_SHIFT 20u /* 1 MiB */
 #define ARENA_HEADER 16u
 #define ARENA_MALLOC 0xffu  /* header class of a block from malloc */
 
-_Static_assert(SCHED_ARENA_CLASSES == 4 * (ARENA_MAX_SHIFT - ARENA_MIN_SHIFT) + 1,
-               "one class for 512 bytes, then four per power of two up to 1 MiB");
+_Static_assert(KVRT_ARENA_CLASSES == 4 * (ARENA_MAX_SHIFT - ARENA_MIN_SHIFT) + 1,
+               "one class for 64 bytes, then four per power of two up to 1 MiB");
 
 /* The class of an n-byte block (header included) and its size; -1 above
  * the largest class. */
@@ -48,7 +49,7 @@ static int size_class(size_t n, size_t *class_bytes)
     return (int)((k - ARENA_MIN_SHIFT) * 4 + sub + 1);
 }
 
-static bool new_chunk(sched_arena_t *a)
+static bool new_chunk(kvrt_arena_t *a)
 {
     if (a->num_chunks == a->chunk_capacity) {
         uint32_t capacity = a->chunk_capacity ? 2 * a->chunk_capacity : 16;
@@ -58,17 +59,16 @@ static bool new_chunk(sched_arena_t *a)
         a->chunks = grown;
         a->chunk_capacity = capacity;
     }
-    char *chunk = aligned_alloc(ARENA_CHUNK, ARENA_CHUNK);
+    char *chunk = kvrt_calloc_large(ARENA_CHUNK, 1); /* huge pages where granted */
     if (!chunk)
         return false;
-    (void)madvise(chunk, ARENA_CHUNK, MADV_HUGEPAGE); /* a hint: 4 KiB pages still work */
     a->chunks[a->num_chunks++] = chunk;
     a->cursor = chunk;
     a->left = ARENA_CHUNK;
     return true;
 }
 
-void *sched_arena_alloc(sched_arena_t *a, size_t bytes)
+void *kvrt_arena_alloc(kvrt_arena_t *a, size_t bytes)
 {
     size_t class_bytes = 0;
     int c = size_class(bytes + ARENA_HEADER, &class_bytes);
@@ -94,7 +94,7 @@ void *sched_arena_alloc(sched_arena_t *a, size_t bytes)
     return block + ARENA_HEADER;
 }
 
-void sched_arena_free(sched_arena_t *a, void *memory)
+void kvrt_arena_free(kvrt_arena_t *a, void *memory)
 {
     if (!memory)
         return;
@@ -103,15 +103,15 @@ void sched_arena_free(sched_arena_t *a, void *memory)
         free(block);
         return;
     }
-    /* The list link lives in the payload, which is the request's no more. */
+    /* The list link lives in the payload, which its owner no longer uses. */
     memcpy(memory, &a->free_list[block[0]], sizeof(void *));
     a->free_list[block[0]] = block;
 }
 
-void sched_arena_destroy(sched_arena_t *a)
+void kvrt_arena_destroy(kvrt_arena_t *a)
 {
     for (uint32_t i = 0; i < a->num_chunks; i++)
-        free(a->chunks[i]);
+        kvrt_free_large(a->chunks[i], ARENA_CHUNK, 1);
     free(a->chunks);
     memset(a, 0, sizeof(*a));
 }

@@ -1,0 +1,295 @@
+/*
+ * test_sched_crossings.c - running decodes that cross into a new block in
+ * the same step (the scheduler gathers those appends and runs them as one
+ * batch) get exactly the slots and blocks that appends one at a time
+ * would give them, in plan order; when the pool cannot give every
+ * crossing a block, preemption follows the documented victim order.
+ *
+ * The reference for "one at a time" is a second pool of the same size,
+ * whose tables take each plan entry's tokens in plan order through the
+ * public kvrt_table_append.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "sched_fixture.h"
+
+#define TPB 16u
+#define MANY 700u   /* more crossings in one step than one batch holds */
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Every planned token's slot is its row's block at its position, rows are
+ * padded with the null block, and no slot appears twice. */
+static void check_slots(const kvrt_batch_plan_t *plan)
+{
+    int64_t *all = calloc(plan->num_tokens ? plan->num_tokens : 1, sizeof(int64_t));
+    cr_assert_not_null(all);
+    for (uint32_t i = 0; i < plan->num_seqs; i++) {
+        const kvrt_plan_seq_t *e = &plan->seqs[i];
+        const int32_t *row = plan->block_rows + (size_t)e->row * plan->row_stride;
+        uint32_t blocks = (e->num_computed_tokens + e->num_new_tokens + TPB - 1) / TPB;
+        for (uint32_t b = 0; b < plan->row_stride; b++)
+            cr_assert((b < blocks) == (row[b] != KVRT_NULL_BLOCK),
+                      "row %u entry %u: block %d with %u blocks in use", e->row, b, row[b],
+                      blocks);
+        for (uint32_t k = 0; k < e->num_new_tokens; k++) {
+            uint32_t t = (uint32_t)plan->query_start_loc[i] + k;
+            uint32_t pos = e->num_computed_tokens + k;
+            cr_assert_eq((uint32_t)plan->positions[t], pos);
+            cr_assert_eq(plan->slot_mapping[t], (int64_t)row[pos / TPB] * TPB + pos % TPB,
+                         "entry %u token %u: slot %lld is not its row's", i, k,
+                         (long long)plan->slot_mapping[t]);
+            all[t] = plan->slot_mapping[t];
+        }
+    }
+    qsort(all, plan->num_tokens, sizeof(int64_t), cmp_i64);
+    for (uint32_t t = 1; t < plan->num_tokens; t++)
+        cr_assert_neq(all[t], all[t - 1], "slot %lld planned twice", (long long)all[t]);
+    free(all);
+}
+
+static uint32_t index_of(const kvrt_seq_id_t *ids, uint32_t n, kvrt_seq_id_t id)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (ids[i] == id)
+            return i;
+    cr_assert_fail("the plan names an unknown request");
+    return 0;
+}
+
+static void add_requests(sched_fixture_t *f, uint32_t n, uint32_t prompt_len, uint32_t max_new,
+                         kvrt_seq_id_t *ids, const int32_t *priorities)
+{
+    int32_t prompt[64];
+    cr_assert_leq(prompt_len, 64);
+    for (uint32_t i = 0; i < n; i++) {
+        test_prompt(prompt, prompt_len, (int32_t)(i * 7));
+        kvrt_seq_params_t p = {.field_mask = priorities ? KVRT_SEQ_PARAM_PRIORITY : 0,
+                               .prompt = prompt, .prompt_len = prompt_len,
+                               .max_new_tokens = max_new,
+                               .priority = priorities ? priorities[i] : 0};
+        ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &ids[i]));
+    }
+}
+
+static void commit_plain(sched_fixture_t *f, const kvrt_batch_plan_t *plan)
+{
+    int32_t *tokens = calloc(plan->num_seqs + 1, sizeof(int32_t));
+    cr_assert_not_null(tokens);
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < plan->num_seqs; i++)
+        if (plan->seqs[i].sample)
+            tokens[n++] = 5 + (int32_t)(i % 50);
+    kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = n,
+                       .tokens = tokens};
+    ASSERT_OK(f->ctx, kvrt_sched_commit(f->sched, &c));
+    free(tokens);
+}
+
+Test(sched_crossings, many_decodes_crossing_together_get_the_slots_of_appends_one_at_a_time)
+{
+    const uint32_t blocks = MANY * 4 + 16;
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                            KVRT_SCHED_PARAM_MAX_SEQS |
+                                            KVRT_SCHED_PARAM_MAX_REQUESTS,
+                              .max_batch_tokens = MANY * TPB,
+                              .max_seqs = MANY,
+                              .max_requests = MANY};
+    sched_fixture_t f = sched_fixture_open(blocks, TPB, false, &sp);
+    /* The reference: the same pool, appends in plan order, one at a time. */
+    kvrt_pool_t *ref = test_pool(f.ctx, blocks, TPB);
+    kvrt_seq_id_t ids[MANY];
+    kvrt_table_id_t tables[MANY];
+    /* Prompts of one whole block: every decode crosses at positions 16,
+     * 32 and 48, all in the same steps. */
+    add_requests(&f, MANY, TPB, 3 * TPB + 1, ids, NULL);
+    for (uint32_t i = 0; i < MANY; i++)
+        ASSERT_OK(f.ctx, kvrt_table_create(ref, &tables[i]));
+    int64_t *expect = calloc(MANY * TPB, sizeof(int64_t));
+    cr_assert_not_null(expect);
+    uint32_t crossing_steps = 0;
+    for (uint32_t step = 0; step < 3 * TPB + 8; step++) {
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, step, &plan));
+        if (plan->num_seqs == 0)
+            break;
+        uint32_t crossing = 0;
+        for (uint32_t i = 0; i < plan->num_seqs; i++) {
+            const kvrt_plan_seq_t *e = &plan->seqs[i];
+            uint32_t r = index_of(ids, MANY, e->id);
+            int64_t *out = expect + plan->query_start_loc[i];
+            ASSERT_OK(f.ctx, kvrt_table_append(ref, tables[r], e->num_new_tokens, out, NULL,
+                                               NULL));
+            crossing += e->kind == KVRT_PLAN_DECODE && e->num_computed_tokens % TPB == 0;
+        }
+        for (uint32_t t = 0; t < plan->num_tokens; t++)
+            cr_assert_eq(plan->slot_mapping[t], expect[t],
+                         "step %u token %u: slot %lld, one at a time %lld", step, t,
+                         (long long)plan->slot_mapping[t], (long long)expect[t]);
+        check_slots(plan);
+        if (crossing) {
+            cr_assert_eq(crossing, MANY, "step %u: %u of %u decodes crossed", step, crossing,
+                         MANY);
+            crossing_steps++;
+        }
+        commit_plain(&f, plan);
+        ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
+    }
+    cr_assert_eq(crossing_steps, 3, "decodes crossed together in %u steps", crossing_steps);
+    kvrt_seq_info_t ev[64];
+    uint32_t ended = 0;
+    for (uint32_t n; (n = sched_fixture_drain(&f, ev, 64)) > 0;)
+        ended += n;
+    cr_assert_eq(ended, MANY);
+    for (uint32_t i = 0; i < MANY; i++)
+        ASSERT_OK(f.ctx, kvrt_table_destroy(ref, tables[i]));
+    ASSERT_OK(f.ctx, kvrt_pool_destroy(ref));
+    free(expect);
+    sched_fixture_close(&f);
+}
+
+Test(sched_crossings, crossings_past_the_free_blocks_preempt_the_lowest_priority_latest_first)
+{
+    enum { N = 300, FREE_AFTER_PREFILL = 120 };
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                            KVRT_SCHED_PARAM_MAX_SEQS |
+                                            KVRT_SCHED_PARAM_MAX_REQUESTS,
+                              .max_batch_tokens = N * TPB,
+                              .max_seqs = N,
+                              .max_requests = N};
+    /* The pool's block 0 is the null block: N prompt blocks and the free
+     * ones, fewer than the N decodes that cross next. */
+    sched_fixture_t f = sched_fixture_open(1 + N + FREE_AFTER_PREFILL, TPB, false, &sp);
+    kvrt_seq_id_t ids[N];
+    int32_t prio[N];
+    uint64_t rng = 0xc0551ull;
+    for (uint32_t i = 0; i < N; i++)
+        prio[i] = (int32_t)test_rand_below(&rng, 4);
+    add_requests(&f, N, TPB, 8, ids, prio);
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 1, &plan));
+    cr_assert_eq(plan->num_prefill_seqs, N, "every prompt is prefilled in one step");
+    commit_plain(&f, plan);
+
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 2, &plan));
+    check_slots(plan);
+    bool planned[N] = {0}, preempted[N] = {0};
+    for (uint32_t i = 0; i < plan->num_seqs; i++)
+        planned[index_of(ids, N, plan->seqs[i].id)] = true;
+    for (uint32_t i = 0; i < plan->num_preempted; i++)
+        preempted[index_of(ids, N, plan->preempted[i])] = true;
+    uint32_t num_planned = 0, num_preempted = 0;
+    for (uint32_t i = 0; i < N; i++) {
+        cr_assert(planned[i] != preempted[i], "request %u: planned %d, preempted %d", i,
+                  planned[i], preempted[i]);
+        num_planned += planned[i];
+        num_preempted += preempted[i];
+    }
+    cr_assert_gt(num_preempted, 0);
+    cr_assert_leq(num_planned, FREE_AFTER_PREFILL + num_preempted,
+                  "more crossings than blocks");
+    /* Victims: the lowest priority first, the latest arrival among equals. */
+    for (uint32_t v = 0; v < N; v++)
+        for (uint32_t k = 0; preempted[v] && k < N; k++)
+            if (planned[k])
+                cr_assert(prio[v] < prio[k] || (prio[v] == prio[k] && v > k),
+                          "request %u (priority %d) preempted while %u (priority %d) runs",
+                          v, prio[v], k, prio[k]);
+    ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
+    /* Every running request holds its prompt block and its new one. */
+    cr_assert_eq(sched_fixture_used_blocks(&f), 2 * num_planned);
+    commit_plain(&f, plan);
+    for (uint32_t i = 0; i < N; i++)
+        ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, ids[i]));
+    kvrt_seq_info_t ev[64];
+    uint32_t ended = 0;
+    for (uint32_t n; (n = sched_fixture_drain(&f, ev, 64)) > 0;)
+        ended += n;
+    cr_assert_eq(ended, N);
+    sched_fixture_close(&f);
+}
+
+/* Random prompt lengths, drafts, rejections, aborts and a pool too small
+ * for everyone: crossings are gathered in some steps and run one at a
+ * time in others, and the plan must always agree with its rows. */
+Test(sched_crossings, randomized_crossings_keep_slots_rows_and_pool_consistent, .timeout = 120)
+{
+    enum { N = 400, STEPS = 300 };
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                            KVRT_SCHED_PARAM_MAX_SEQS |
+                                            KVRT_SCHED_PARAM_MAX_REQUESTS |
+                                            KVRT_SCHED_PARAM_DRAFT,
+                              .max_batch_tokens = 2048,
+                              .max_seqs = 320,
+                              .max_requests = N,
+                              .max_draft_tokens = 4};
+    sched_fixture_t f = sched_fixture_open(600, TPB, false, &sp);
+    uint64_t rng = 0xfeedull;
+    kvrt_seq_id_t ids[N];
+    int32_t prompt[64];
+    for (uint32_t i = 0; i < N; i++) {
+        uint32_t len = 1 + test_rand_below(&rng, 64);
+        test_prompt(prompt, len, (int32_t)i);
+        kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_PRIORITY,
+                               .prompt = prompt, .prompt_len = len,
+                               .max_new_tokens = 8 + test_rand_below(&rng, 120),
+                               .priority = (int32_t)test_rand_below(&rng, 3)};
+        ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &ids[i]));
+    }
+    static int32_t tokens[2048 * 2];
+    static uint32_t accepted[2048];
+    static kvrt_seq_id_t draft_ids[320];
+    uint64_t preemptions = 0;
+    for (uint32_t step = 0; step < STEPS; step++) {
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, step, &plan));
+        check_slots(plan);
+        preemptions += plan->num_preempted;
+        uint32_t n = 0, nd = 0;
+        for (uint32_t i = 0; i < plan->num_seqs; i++) {
+            const kvrt_plan_seq_t *e = &plan->seqs[i];
+            accepted[i] = e->num_drafts ? test_rand_below(&rng, e->num_drafts + 1) : 0;
+            if (e->sample) { /* the accepted drafts, then a bonus token */
+                const int32_t *d = plan->input_tokens + plan->query_start_loc[i] +
+                                   (e->num_new_tokens - e->num_drafts);
+                for (uint32_t k = 0; k < accepted[i]; k++)
+                    tokens[n++] = d[k];
+                tokens[n++] = 100 + (int32_t)test_rand_below(&rng, 50);
+            }
+            if (e->kind != KVRT_PLAN_PREFILL && test_rand_below(&rng, 2))
+                draft_ids[nd++] = e->id;
+        }
+        kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step,
+                           .num_seqs = plan->num_seqs, .num_tokens = n, .tokens = tokens,
+                           .num_accepted = accepted};
+        if (plan->num_seqs)
+            ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+        for (uint32_t d = 0; d < nd; d++) { /* 1-4 drafts; ended ones refuse */
+            int32_t draft[4];
+            uint32_t count = 1 + test_rand_below(&rng, 4);
+            for (uint32_t k = 0; k < count; k++)
+                draft[k] = 100 + (int32_t)test_rand_below(&rng, 50);
+            kvrt_status_t st = kvrt_seq_set_draft(f.sched, draft_ids[d], draft, count);
+            cr_assert(st == KVRT_OK || st == KVRT_ERR_BAD_STATE, "set_draft: %s",
+                      kvrt_ctx_last_error(f.ctx));
+        }
+        if (test_rand_below(&rng, 8) == 0) /* an abort now and then */
+            kvrt_seq_abort(f.sched, ids[test_rand_below(&rng, N)]);
+        ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
+        kvrt_seq_info_t ev[64];
+        while (sched_fixture_drain(&f, ev, 64) > 0)
+            ;
+    }
+    cr_assert_gt(preemptions, 0, "the pool is meant to be too small");
+    for (uint32_t i = 0; i < N; i++)
+        kvrt_seq_abort(f.sched, ids[i]); /* ended ones answer an error */
+    kvrt_seq_info_t ev[64];
+    while (sched_fixture_drain(&f, ev, 64) > 0)
+        ;
+    sched_fixture_close(&f);
+}
