@@ -16,7 +16,7 @@ kvrt_status_t kvrt_cache_index_init(cache_index_t *index, uint32_t num_blocks)
     uint64_t capacity = 16;
     while (capacity < 2ull * num_blocks)
         capacity <<= 1;
-    index->slots = calloc(capacity, sizeof(*index->slots));
+    index->slots = kvrt_calloc_large(capacity, sizeof(*index->slots));
     if (!index->slots)
         return KVRT_ERR_NO_MEMORY;
     index->mask = capacity - 1;
@@ -26,7 +26,7 @@ kvrt_status_t kvrt_cache_index_init(cache_index_t *index, uint32_t num_blocks)
 
 void kvrt_cache_index_destroy(cache_index_t *index)
 {
-    free(index->slots);
+    kvrt_free_large(index->slots);
     index->slots = NULL;
 }
 

@@ -30,15 +30,15 @@
 
 static kvrt_status_t freq_init(cache_policy_t *p, uint32_t num_blocks)
 {
-    p->heap = malloc((size_t)num_blocks * sizeof(*p->heap));
-    p->heap_pos = calloc(num_blocks, sizeof(*p->heap_pos));
-    p->freq = calloc(num_blocks, sizeof(*p->freq));
-    p->depth = calloc(num_blocks, sizeof(*p->depth));
-    p->key_lo = calloc(num_blocks, sizeof(*p->key_lo));
+    p->heap = kvrt_calloc_large(num_blocks, sizeof(*p->heap));
+    p->heap_pos = kvrt_calloc_large(num_blocks, sizeof(*p->heap_pos));
+    p->freq = kvrt_calloc_large(num_blocks, sizeof(*p->freq));
+    p->depth = kvrt_calloc_large(num_blocks, sizeof(*p->depth));
+    p->key_lo = kvrt_calloc_large(num_blocks, sizeof(*p->key_lo));
     uint64_t slots = HISTORY_MIN_SLOTS;
     while (slots < 4ull * num_blocks)
         slots <<= 1;
-    p->history = calloc(slots, sizeof(*p->history));
+    p->history = kvrt_calloc_large(slots, sizeof(*p->history));
     p->history_mask = slots - 1;
     if (!p->heap || !p->heap_pos || !p->freq || !p->depth || !p->key_lo || !p->history)
         return KVRT_ERR_NO_MEMORY;
@@ -59,12 +59,12 @@ static kvrt_status_t lfu_aged_init(cache_policy_t *p, uint32_t num_blocks)
 
 static void freq_destroy(cache_policy_t *p)
 {
-    free(p->heap);
-    free(p->heap_pos);
-    free(p->freq);
-    free(p->depth);
-    free(p->key_lo);
-    free(p->history);
+    kvrt_free_large(p->heap);
+    kvrt_free_large(p->heap_pos);
+    kvrt_free_large(p->freq);
+    kvrt_free_large(p->depth);
+    kvrt_free_large(p->key_lo);
+    kvrt_free_large(p->history);
     p->heap = NULL;
     p->heap_pos = p->freq = p->depth = NULL;
     p->key_lo = p->history = NULL;

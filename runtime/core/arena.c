@@ -14,9 +14,11 @@
  * Blocks come in size classes, four per power of two from 64 bytes to
  * 1 MiB (at most a quarter wasted); freed blocks go on their class's list
  * and serve the next request of that class, so chunks are kept until the
- * owner is destroyed (memory peaks, it does not churn). A larger
- * request gets its own malloc. Each block starts with a 16-byte header
- * naming its class, so the payload keeps 16-byte alignment.
+ * owner is destroyed (memory peaks, it does not churn). A larger request
+ * gets its own malloc, and so does every request in builds under
+ * AddressSanitizer, which then checks each block's bounds. Each block
+ * starts with a 16-byte header naming its class, so the payload keeps
+ * 16-byte alignment.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -59,12 +61,13 @@ static bool new_chunk(kvrt_arena_t *a)
         a->chunks = grown;
         a->chunk_capacity = capacity;
     }
-    char *chunk = kvrt_calloc_large(ARENA_CHUNK, 1); /* huge pages where granted */
+    /* One huge page where granted, its header included. */
+    char *chunk = kvrt_calloc_large(ARENA_CHUNK - KVRT_LARGE_HEADER, 1);
     if (!chunk)
         return false;
     a->chunks[a->num_chunks++] = chunk;
     a->cursor = chunk;
-    a->left = ARENA_CHUNK;
+    a->left = ARENA_CHUNK - KVRT_LARGE_HEADER;
     return true;
 }
 
@@ -73,7 +76,7 @@ void *kvrt_arena_alloc(kvrt_arena_t *a, size_t bytes)
     size_t class_bytes = 0;
     int c = size_class(bytes + ARENA_HEADER, &class_bytes);
     uint8_t *block;
-    if (c < 0) {
+    if (c < 0 || KVRT_ASAN) { /* too large, or a sanitizer to show bounds to */
         block = malloc(bytes + ARENA_HEADER);
         if (!block)
             return NULL;
@@ -111,7 +114,7 @@ void kvrt_arena_free(kvrt_arena_t *a, void *memory)
 void kvrt_arena_destroy(kvrt_arena_t *a)
 {
     for (uint32_t i = 0; i < a->num_chunks; i++)
-        kvrt_free_large(a->chunks[i], ARENA_CHUNK, 1);
+        kvrt_free_large(a->chunks[i]);
     free(a->chunks);
     memset(a, 0, sizeof(*a));
 }

@@ -15,6 +15,21 @@
 #include "params.h"
 
 #define KVRT_EXPORT __attribute__((visibility("default")))
+
+/* 1 in builds under AddressSanitizer: kvrt's own allocators (arena.c,
+ * large_alloc.c) then hand every array to the heap, where the sanitizer
+ * sees its bounds. */
+#if defined(__SANITIZE_ADDRESS__)
+#define KVRT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KVRT_ASAN 1
+#endif
+#endif
+#ifndef KVRT_ASAN
+#define KVRT_ASAN 0
+#endif
+
 #define KVRT_LIKELY(x) __builtin_expect(!!(x), 1)
 #define KVRT_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define KVRT_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
@@ -133,11 +148,14 @@ void kvrt_host_free(kvrt_ctx_t *ctx, void *ptr);
  * transparent huge pages, so arrays that hot paths index at random (block
  * metadata, block-table rows, requests) cost one TLB entry per 2 MiB, not
  * per 4 KiB; pages are faulted in when first touched, as with calloc.
- * kvrt_free_large releases it, given the same count and size (NULL: no-op).
- * NULL on overflow or no memory.
+ * kvrt_free_large releases it (NULL: no-op). NULL on overflow or no
+ * memory.
  */
 void *kvrt_calloc_large(size_t count, size_t size);
-void kvrt_free_large(void *ptr, size_t count, size_t size);
+void kvrt_free_large(void *ptr);
+/* Bytes kvrt_calloc_large keeps before each array: an array of
+ * 2 MiB - KVRT_LARGE_HEADER bytes takes exactly one huge page. */
+#define KVRT_LARGE_HEADER 64u
 
 typedef struct kvrt_host_region {
     void *base;

@@ -23,51 +23,47 @@
 #include "core.h"
 #include "host_regions.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define LARGE_ALLOC_MAPS 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define LARGE_ALLOC_MAPS 0
-#endif
-#endif
-#ifndef LARGE_ALLOC_MAPS
-#define LARGE_ALLOC_MAPS 1
-#endif
-
-/* The mapped size of a large array; 0 for one that calloc serves. */
-static size_t mapped_bytes(size_t count, size_t size)
-{
-    size_t bytes = count * size;
-    if (!LARGE_ALLOC_MAPS || bytes < KVRT_HUGE_PAGE)
-        return 0;
-    return (bytes + KVRT_HUGE_PAGE - 1) & ~(KVRT_HUGE_PAGE - 1);
-}
+/* Every array is preceded by this header (one cache line, so the array
+ * keeps 64-byte alignment): how its memory was obtained. */
+typedef struct large_header {
+    size_t mapped; /* bytes mapped from the header on; 0: from the heap */
+} large_header_t;
+#define LARGE_HEADER KVRT_LARGE_HEADER
+_Static_assert(sizeof(large_header_t) <= LARGE_HEADER && LARGE_HEADER % 64 == 0,
+               "the header fits whole lines");
 
 void *kvrt_calloc_large(size_t count, size_t size)
 {
-    if (size && count > (SIZE_MAX - KVRT_HUGE_PAGE) / size)
+    if (size && count > (SIZE_MAX - 2 * KVRT_HUGE_PAGE) / size)
         return NULL;
-    size_t bytes = mapped_bytes(count, size);
-    if (!bytes) { /* heap memory, 64-byte aligned (calloc gives 16) */
-        size_t padded = (count * size + 63) & ~(size_t)63;
-        void *p = aligned_alloc(64, padded ? padded : 64);
-        if (p)
-            memset(p, 0, padded);
-        return p;
+    size_t bytes = LARGE_HEADER + count * size;
+    char *base;
+    size_t mapped = 0;
+    if (KVRT_ASAN || bytes < KVRT_HUGE_PAGE) { /* the heap, 64-byte aligned */
+        bytes = (bytes + 63) & ~(size_t)63;
+        base = aligned_alloc(64, bytes);
+        if (base)
+            memset(base, 0, bytes);
+    } else {
+        mapped = (bytes + KVRT_HUGE_PAGE - 1) & ~(KVRT_HUGE_PAGE - 1);
+        base = kvrt_map_aligned(mapped);
+        if (base)
+            (void)madvise(base, mapped, MADV_HUGEPAGE); /* before the first touch */
     }
-    void *p = kvrt_map_aligned(bytes);
-    if (p)
-        (void)madvise(p, bytes, MADV_HUGEPAGE); /* before the first touch */
-    return p;
+    if (!base)
+        return NULL;
+    ((large_header_t *)base)->mapped = mapped;
+    return base + LARGE_HEADER;
 }
 
-void kvrt_free_large(void *ptr, size_t count, size_t size)
+void kvrt_free_large(void *ptr)
 {
     if (!ptr)
         return;
-    size_t bytes = mapped_bytes(count, size);
-    if (bytes)
-        munmap(ptr, bytes);
+    char *base = (char *)ptr - LARGE_HEADER;
+    size_t mapped = ((const large_header_t *)base)->mapped;
+    if (mapped)
+        munmap(base, mapped);
     else
-        free(ptr);
+        free(base);
 }

@@ -34,7 +34,7 @@ void kvrt_pool_tables_destroy(kvrt_pool_t *pool)
     for (uint32_t i = 0; i < pool->max_tables; i++)
         kvrt_arena_free(&pool->table_arena, pool->tables[i].blocks);
     kvrt_arena_destroy(&pool->table_arena);
-    kvrt_free_large(pool->tables, pool->max_tables, sizeof(*pool->tables));
+    kvrt_free_large(pool->tables);
     pool->tables = NULL;
 }
 

@@ -81,8 +81,8 @@ static void pool_free_memory(kvrt_pool_t *pool)
     kvrt_pool_tables_destroy(pool);
     if (pool->host_owned)
         kvrt_host_free(pool->ctx, pool->base);
-    kvrt_free_large(pool->meta, pool->num_blocks, sizeof(*pool->meta));
-    kvrt_free_large(pool->free_stack, pool->num_blocks, sizeof(*pool->free_stack));
+    kvrt_free_large(pool->meta);
+    kvrt_free_large(pool->free_stack);
     free(pool);
 }
 

@@ -131,7 +131,7 @@ void sched_groups_free(kvrt_sched_t *s)
 {
     for (uint32_t g = 1; g < s->num_groups; g++) {
         sched_group_t *gr = &s->groups[g];
-        kvrt_free_large(gr->rows, (size_t)s->max_seqs * gr->row_stride, sizeof(int32_t));
+        kvrt_free_large(gr->rows);
         free(gr->match_blocks);
         for (uint32_t k = 0; k < KVRT_SCHED_MAX_PLANS_IN_FLIGHT; k++) {
             free(gr->slot_mapping[k]);

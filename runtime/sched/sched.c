@@ -206,7 +206,7 @@ static void sched_free(kvrt_sched_t *s)
     if (s->seqs)
         sched_free_requests(s);
     kvrt_arena_destroy(&s->arena);
-    kvrt_free_large(s->seqs, s->max_requests, sizeof(*s->seqs));
+    kvrt_free_large(s->seqs);
     free(s->heap);
     free(s->running);
     if (s->arrivals)
@@ -216,7 +216,7 @@ static void sched_free(kvrt_sched_t *s)
     free(s->landed_slots);
     free(s->ended);
     free(s->drained_memory);
-    kvrt_free_large(s->rows, (size_t)s->max_seqs * s->row_stride, sizeof(*s->rows));
+    kvrt_free_large(s->rows);
     free(s->free_rows);
     for (uint32_t k = 0; k < SCHED_PLAN_SLOTS; k++) {
         plan_buffers_t *b = &s->bufs[k];
