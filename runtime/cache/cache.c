@@ -589,6 +589,24 @@ kvrt_status_t kvrt_cache_insert_chained(kvrt_cache_t *cache, int32_t block,
                           cached_out);
 }
 
+void kvrt_cache_prefetch_insert(const kvrt_cache_t *cache, int32_t block,
+                                const kvrt_block_hash_t *content, const kvrt_hash_keys_t *keys)
+{
+    call_keys_t ck;
+    if (!cache || !content || block <= 0 || (uint32_t)block >= cache->num_blocks ||
+        !call_keys_init(&ck, keys))
+        return;
+    kvrt_block_hash_t key = key_of(&ck, content);
+    __builtin_prefetch(&cache->index.slots[key.lo & cache->index.mask], 1);
+    __builtin_prefetch(&cache->names[block], 1);
+    __builtin_prefetch(&cache->explain[content->lo & cache->explain_mask], 1);
+    if (cache->policy.depth)
+        __builtin_prefetch(&cache->policy.depth[block], 1);
+    if (cache->policy.key_lo)
+        __builtin_prefetch(&cache->policy.key_lo[block], 1);
+    kvrt_pool_prefetch_block(cache->pool, block);
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_cache_insert(kvrt_cache_t *cache, int32_t block,
                                             const kvrt_block_hash_t *content,
                                             const kvrt_hash_keys_t *keys, uint32_t block_index,

@@ -66,6 +66,16 @@ kvrt_status_t kvrt_cache_insert_chained(kvrt_cache_t *cache, int32_t block,
                                         int32_t *cached_out);
 
 /*
+ * kvrt_cache_prefetch_insert - starts fetching what
+ * kvrt_cache_insert_chained() of this block, content and keys will touch
+ * (its index slot, name, explain entry, policy entry and pool metadata), so
+ * that a batch of inserts overlaps those misses. Changes nothing; invalid
+ * arguments are ignored.
+ */
+void kvrt_cache_prefetch_insert(const kvrt_cache_t *cache, int32_t block,
+                                const kvrt_block_hash_t *content, const kvrt_hash_keys_t *keys);
+
+/*
  * kvrt_cache_insert_named - caches `block` (used, held by the caller) under
  * a name known already, e.g. a block a tier has just brought back from host
  * memory or SSD: the tier keeps names, not salts. Otherwise as

@@ -4,7 +4,8 @@
  * prefix grows, rejected drafts are rolled back (table truncated to the
  * accepted length, before any block is offered to the cache), tokens are
  * appended with their stop conditions, newly full blocks are hashed once
- * and inserted into the prefix cache, and ended requests free their blocks.
+ * and inserted into the prefix cache (in batches: full_blocks.c), and ended
+ * requests free their blocks.
  */
 #include <string.h>
 
@@ -38,12 +39,20 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
                              c->num_tokens, (unsigned long long)total + 1 + a);
         const int32_t *drafts = b->input_tokens + b->query_start_loc[i] + 1;
         const int32_t *given = c->tokens + total;
-        /* One test for all: any sign bit, any accepted token unlike its draft. */
+        /* One test for all: any sign bit, any accepted token unlike its
+         * draft. The loop runs over the drafts (a count an engine keeps
+         * steady), masking those past the accepted ones, so that a random
+         * accepted count costs no mispredicted loop exit; it reads no
+         * token past the commit's own. */
         int32_t any = given[a];
         uint32_t differ = 0;
-        for (uint32_t j = 0; j < a; j++) {
-            any |= given[j];
-            differ |= (uint32_t)(given[j] ^ drafts[j]);
+        uint32_t span = e->num_drafts;
+        if (span > c->num_tokens - total)
+            span = c->num_tokens - total;
+        for (uint32_t j = 0; j < span; j++) {
+            int32_t in = -(int32_t)(j < a);
+            any |= given[j] & in;
+            differ |= (uint32_t)((given[j] ^ drafts[j]) & in);
         }
         if (KVRT_UNLIKELY(any < 0 || differ)) {
             for (uint32_t j = 0; j <= a; j++) {
@@ -63,38 +72,6 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
                          "the plan and accepted counts take %u tokens, %u given", total,
                          c->num_tokens);
     return KVRT_OK;
-}
-
-/* Offers the request's newly full blocks to the prefix cache, hashing each
- * block once in its life (hashes survive preemption). */
-void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q)
-{
-    if (KVRT_UNLIKELY(s->hybrid)) {
-        sched_groups_cache_full(s, q);
-        return;
-    }
-    if (q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE)
-        return;
-    uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
-    uint32_t full = valid >> s->block_shift;
-    if (full <= q->num_inserted)
-        return;
-    const int32_t *blocks;
-    kvrt_table_view(s->pool, q->table, &blocks, NULL, NULL);
-    const uint32_t tpb = s->tokens_per_block;
-    for (uint32_t j = q->num_inserted; j < full; j++) {
-        if (j >= q->num_hashed) {
-            const kvrt_block_hash_t *parent = j ? &q->hashes[j - 1] : &s->root;
-            kvrt_block_hash(parent, q->tokens + (size_t)j * tpb, tpb, j * tpb, &q->keys,
-                            &q->hashes[j]);
-            q->num_hashed = j + 1;
-        }
-        /* A key cached already under another block is not an error: this
-         * block simply stays private. */
-        kvrt_cache_insert_chained(s->cache, blocks[j], &q->hashes[j],
-                                  j ? &q->hashes[j - 1] : NULL, &q->keys, j, NULL);
-    }
-    q->num_inserted = full;
 }
 
 static inline bool is_stop(const seq_t *q, int32_t token)
@@ -236,6 +213,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
                 continue;
             }
             q->release_at_commit = 0;
+            sched_inserts_flush(s); /* blocks are offered before any leave */
             sched_release(s, q);
             if (!(q->generation & 1))
                 sched_slot_free(s, q); /* already drained */
@@ -244,25 +222,24 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         }
         uint32_t rejected = e->num_drafts - a;
         q->computed += e->num_new_tokens - rejected;
-        if (rejected) {
-            /* Rollback: as if the rejected drafts had never been appended.
-             * Drafts the pool's table was never told of just leave the lag. */
-            if (rejected <= q->lag) {
-                q->lag -= rejected;
-            } else if (KVRT_UNLIKELY(s->hybrid)) {
-                sched_groups_truncate(s, q); /* every group; drops the lag */
-            } else {
-                q->lag = 0;
-                kvrt_table_truncate(s->pool, q->table, q->computed);
-                uint32_t nb = sched_blocks_for(s, q->computed);
-                if (nb != q->row_blocks) { /* the row loses its tail entries */
-                    int32_t *row = s->rows + (size_t)q->row * s->row_stride;
-                    for (uint32_t j = nb; j < q->row_blocks; j++)
-                        row[j] = KVRT_NULL_BLOCK;
-                    q->row_blocks = nb;
-                    sched_tail_update(s, q);
-                    sched_row_changed(s, q->row);
-                }
+        /* Rollback: as if the rejected drafts had never been appended.
+         * Drafts the pool's table was never told of just leave the lag (no
+         * draft rejected: a subtraction of 0, one branch for both). */
+        if (KVRT_LIKELY(rejected <= q->lag)) {
+            q->lag -= rejected;
+        } else if (KVRT_UNLIKELY(s->hybrid)) {
+            sched_groups_truncate(s, q); /* every group; drops the lag */
+        } else {
+            q->lag = 0;
+            kvrt_table_truncate(s->pool, q->table, q->computed);
+            uint32_t nb = sched_blocks_for(s, q->computed);
+            if (nb != q->row_blocks) { /* the row loses its tail entries */
+                int32_t *row = s->rows + (size_t)q->row * s->row_stride;
+                for (uint32_t j = nb; j < q->row_blocks; j++)
+                    row[j] = KVRT_NULL_BLOCK;
+                q->row_blocks = nb;
+                sched_tail_update(s, q);
+                sched_row_changed(s, q->row);
             }
         }
         kvrt_seq_end_reason_t reason = KVRT_END_NONE;
@@ -287,10 +264,13 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         }
         off += given;
         if (s->cache)
-            sched_cache_full_blocks(s, q);
-        if (reason != KVRT_END_NONE)
+            sched_insert_defer(s, q);
+        if (reason != KVRT_END_NONE) {
+            sched_inserts_flush(s); /* its own blocks included */
             sched_end(s, q, reason, KVRT_OK);
+        }
     }
+    sched_inserts_flush(s);
     sched_compact_running(s);
     s->num_pending--;
     s->pending_head = (s->pending_head + 1) % s->max_in_flight;

@@ -187,6 +187,8 @@ typedef struct sched_crossing {
  * to overlap the work of others, few enough that the requests' lines read
  * while gathering are still cached when the batch runs. */
 #define SCHED_CROSSINGS 256u
+/* Requests gathered before the commit's insert batch runs. */
+#define SCHED_INSERTS 256u
 
 /* Plan arrays, sized at creation (max_seqs / max_batch_tokens). */
 typedef struct plan_buffers {
@@ -340,6 +342,10 @@ struct kvrt_sched {
     uint32_t num_crossings;
     uint32_t crossing_blocks;
     uint32_t crossing_room;
+    /* Requests whose full blocks the commit's insert batch offers to the
+     * prefix cache (full_blocks.c). */
+    uint32_t inserts[SCHED_INSERTS];
+    uint32_t num_inserts;
 
     /* The last KVRT_SCHED_HIT_WINDOW admissions' (hit, offered) tokens. */
     struct { uint32_t hit, offered; } *window;
@@ -514,8 +520,7 @@ void sched_slot_free(kvrt_sched_t *s, seq_t *q);
 
 /* ---- step.c / commit.c ---------------------------------------------------- */
 
-/* Offers the request's newly full blocks to the prefix cache. */
-void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q);
+
 /* Marks row r as changed since the last published plan. */
 void sched_row_changed(kvrt_sched_t *s, uint32_t row);
 /* Brings group g's row entries in line with its table after an append or
@@ -561,6 +566,18 @@ bool sched_crossing_defer(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n);
 /* Runs the deferred appends, in the order they were deferred. Must run
  * before anything else takes blocks or moves plan entries. */
 void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget);
+
+/* ---- full_blocks.c -------------------------------------------------------- */
+
+/* Offers the request's newly full blocks to the prefix cache now (hashing
+ * each block once in its life: hashes survive preemption). */
+void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q);
+/* The same, deferred to the commit's insert batch (at once on hybrid
+ * schedulers, or when the batch is full). */
+void sched_insert_defer(kvrt_sched_t *s, seq_t *q);
+/* Runs the deferred inserts, in the order they were deferred. Must run
+ * before anything in the commit releases blocks or ends a request. */
+void sched_inserts_flush(kvrt_sched_t *s);
 
 /* ---- arrival.c ------------------------------------------------------------ */
 

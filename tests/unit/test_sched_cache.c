@@ -4,10 +4,11 @@
  * tenants apart) and preemption (the latest request is the victim, it is
  * recomputed mostly from the cache, priorities decide the victim even when
  * it is already planned, and every preempted request still finishes with
- * the right tokens).
+ * the right tokens), and the order in which a commit stores full blocks.
  */
 #include <string.h>
 
+#include "cache/hooks.h"
 #include "sched_fixture.h"
 
 typedef sched_fixture_t fixture_t;
@@ -19,8 +20,9 @@ static int32_t model_at(uint32_t pos) { return (int32_t)(1000 + pos); }
 
 static void commit_model(fixture_t *f, const kvrt_batch_plan_t *plan)
 {
-    int32_t tokens[256];
+    int32_t tokens[1024];
     uint32_t n = 0;
+    cr_assert_leq(plan->num_seqs, 1024);
     for (uint32_t i = 0; i < plan->num_seqs; i++)
         if (plan->seqs[i].sample)
             tokens[n++] = model_at((uint32_t)plan->seq_lens[i]);
@@ -248,5 +250,86 @@ Test(sched_cache, a_request_is_never_preempted_for_one_of_lower_priority)
     cr_assert_eq(high_preempted, 0);
     cr_assert_gt(low_preempted, 0, "the pool was meant to run out");
     run_to_end(&f, 2);
+    close_fixture(&f);
+}
+
+/* What the observer of the next test saw: STORED blocks, in order. */
+typedef struct stored_log {
+    int32_t blocks[1024];
+    uint32_t count;
+} stored_log_t;
+
+static void log_stored(void *user_data, const kvrt_cache_event_t *ev)
+{
+    stored_log_t *log = user_data;
+    if (ev->kind == KVRT_CACHE_EVENT_STORED && log->count < 1024)
+        log->blocks[log->count++] = ev->block;
+}
+
+/* One commit fills a block in more requests than one insert batch holds,
+ * and some of them end in that commit: every block is stored, in plan
+ * order, and an ending request's block is stored before it is released. */
+Test(sched_cache, a_commits_full_blocks_are_stored_in_plan_order_before_any_end)
+{
+    enum { N = 300, TPB = 16 };
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                            KVRT_SCHED_PARAM_MAX_SEQS |
+                                            KVRT_SCHED_PARAM_MAX_REQUESTS,
+                              .max_batch_tokens = N * TPB,
+                              .max_seqs = N,
+                              .max_requests = N};
+    fixture_t f = open_fixture(4 * N, TPB, true, &sp);
+    stored_log_t log = {0};
+    ASSERT_OK(f.ctx, kvrt_cache_observe(f.cache, log_stored, &log));
+    /* Prompts of 15 tokens: the first decode fills block 0. Every third
+     * request stops on the token that decode samples. */
+    const int32_t stop = model_at(TPB);
+    for (uint32_t i = 0; i < N; i++) {
+        int32_t prompt[TPB - 1];
+        test_prompt(prompt, TPB - 1, (int32_t)(i * 100));
+        kvrt_seq_params_t p = {.field_mask = i % 3 == 0 ? KVRT_SEQ_PARAM_STOP : 0,
+                               .prompt = prompt, .prompt_len = TPB - 1,
+                               .max_new_tokens = 8, .stop_tokens = &stop,
+                               .num_stop_tokens = 1};
+        kvrt_seq_id_t id;
+        ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &id));
+    }
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 1, &plan));
+    cr_assert_eq(plan->num_prefill_seqs, N);
+    commit_model(&f, plan);
+    cr_assert_eq(log.count, 0, "no block is full after the prefill");
+
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 2, &plan));
+    cr_assert_eq(plan->num_decode_seqs, N);
+    int32_t expect[N];
+    for (uint32_t i = 0; i < N; i++)
+        expect[i] = plan->block_rows[(size_t)plan->seqs[i].row * plan->row_stride];
+    int32_t tokens[N];
+    for (uint32_t i = 0; i < N; i++)
+        tokens[i] = model_at((uint32_t)plan->seq_lens[i]);
+    kvrt_commit_t c = {.step = plan->step, .num_seqs = N, .num_tokens = N, .tokens = tokens};
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+    cr_assert_eq(log.count, N, "%u of %u full blocks stored", log.count, N);
+    for (uint32_t i = 0; i < N; i++)
+        cr_assert_eq(log.blocks[i], expect[i], "store %u: block %d, plan order says %d", i,
+                     log.blocks[i], expect[i]);
+    ASSERT_OK(f.ctx, kvrt_cache_verify(f.cache));
+    ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
+    kvrt_seq_info_t ev[N];
+    uint32_t ended = sched_fixture_drain(&f, ev, N);
+    cr_assert_eq(ended, N / 3, "every third request stopped");
+    /* The stopped requests' blocks stayed cached, now idle. */
+    kvrt_pool_info_t info;
+    ASSERT_OK(f.ctx, kvrt_pool_info(f.pool, &info));
+    cr_assert_geq(info.cached_blocks, N / 3);
+    for (uint32_t step = 3; step < 20; step++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, step, &plan));
+        if (!plan->num_seqs)
+            break;
+        commit_model(&f, plan);
+    }
+    while (sched_fixture_drain(&f, ev, N) > 0)
+        ;
     close_fixture(&f);
 }

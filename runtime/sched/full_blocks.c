@@ -1,0 +1,123 @@
+/*
+ * full_blocks.c - a request's newly full blocks, hashed once in its life
+ * and offered to the prefix cache: one request at a time
+ * (sched_cache_full_blocks, after arrivals and on hybrid schedulers), or,
+ * during a commit, gathered and run as one batch.
+ *
+ * Why batch: an insert touches a handful of lines that nothing else near it
+ * does (the cache's index slot, the block's name, its policy entry, the
+ * explain entry, the block's metadata), each at random in arrays sized for
+ * the whole pool, after hashing the block's tokens and reading its parent's
+ * hash. One at a time, the commit waits for each miss in turn; gathered,
+ * they are fetched in stages a few requests apart (as crossing.c does for
+ * appends), so the misses overlap.
+ *
+ * Same order as one at a time: the batch runs before the commit does
+ * anything else that changes the cache or the pool (a request's end or
+ * release), and inserts in plan order. Hashes are computed in the batch
+ * too, from tokens the commit has already written.
+ */
+#include "sched_internal.h"
+
+/* Requests between two stages of the batch. */
+#define SCHED_INSERT_DISTANCE 4u
+
+/* Hashes q's blocks [num_hashed, full), each chained to the previous. */
+static void hash_blocks(kvrt_sched_t *s, seq_t *q, uint32_t full)
+{
+    const uint32_t tpb = s->tokens_per_block;
+    for (uint32_t j = q->num_hashed; j < full; j++) {
+        const kvrt_block_hash_t *parent = j ? &q->hashes[j - 1] : &s->root;
+        kvrt_block_hash(parent, q->tokens + (size_t)j * tpb, tpb, j * tpb, &q->keys,
+                        &q->hashes[j]);
+    }
+    if (full > q->num_hashed)
+        q->num_hashed = full;
+}
+
+/* Blocks of q that are full and hold computed tokens. */
+static inline uint32_t full_blocks(const kvrt_sched_t *s, const seq_t *q)
+{
+    uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
+    return valid >> s->block_shift;
+}
+
+/* Inserts q's hashed blocks [num_inserted, full). A key cached already
+ * under another block is not an error: that block simply stays private. */
+static void insert_blocks(kvrt_sched_t *s, seq_t *q, const int32_t *blocks, uint32_t full)
+{
+    for (uint32_t j = q->num_inserted; j < full; j++)
+        kvrt_cache_insert_chained(s->cache, blocks[j], &q->hashes[j],
+                                  j ? &q->hashes[j - 1] : NULL, &q->keys, j, NULL);
+    q->num_inserted = full;
+}
+
+void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q)
+{
+    if (KVRT_UNLIKELY(s->hybrid)) {
+        sched_groups_cache_full(s, q);
+        return;
+    }
+    if (q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE)
+        return;
+    uint32_t full = full_blocks(s, q);
+    if (full <= q->num_inserted)
+        return;
+    const int32_t *blocks;
+    kvrt_table_view(s->pool, q->table, &blocks, NULL, NULL);
+    hash_blocks(s, q, full);
+    insert_blocks(s, q, blocks, full);
+}
+
+void sched_insert_defer(kvrt_sched_t *s, seq_t *q)
+{
+    if (KVRT_UNLIKELY(s->hybrid || q->row == SCHED_NONE) || s->num_inserts == SCHED_INSERTS) {
+        sched_inserts_flush(s);
+        sched_cache_full_blocks(s, q);
+        return;
+    }
+    if ((q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE) || full_blocks(s, q) <= q->num_inserted)
+        return;
+    s->inserts[s->num_inserts++] = sched_slot(s, q);
+}
+
+void sched_inserts_flush(kvrt_sched_t *s)
+{
+    const uint32_t m = s->num_inserts;
+    if (m == 0)
+        return;
+    s->num_inserts = 0;
+    const uint32_t *x = s->inserts;
+    const uint32_t d = SCHED_INSERT_DISTANCE;
+    /* Request i: its second and third lines (table, counts, hashes) in
+     * round i, its tokens, parent hash and row in round i + d, hashed and
+     * its insert's lines fetched in round i + 2d, inserted in round i + 3d.
+     * Its first line was read by the commit just before. */
+    for (uint32_t r = 0; r < m + 3 * d; r++) {
+        if (r < m) {
+            const char *q = (const char *)&s->seqs[x[r]];
+            __builtin_prefetch(q + 64);
+            __builtin_prefetch(q + 128);
+        }
+        if (r >= d && r - d < m) {
+            const seq_t *q = &s->seqs[x[r - d]];
+            uint32_t j = q->num_hashed;
+            __builtin_prefetch(q->tokens + (size_t)j * s->tokens_per_block);
+            if (j)
+                __builtin_prefetch(&q->hashes[j - 1], 1);
+            __builtin_prefetch(s->rows + (size_t)q->row * s->row_stride + q->num_inserted);
+        }
+        if (r >= 2 * d && r - 2 * d < m) {
+            seq_t *q = &s->seqs[x[r - 2 * d]];
+            uint32_t full = full_blocks(s, q);
+            hash_blocks(s, q, full);
+            const int32_t *row = s->rows + (size_t)q->row * s->row_stride;
+            for (uint32_t j = q->num_inserted; j < full; j++)
+                kvrt_cache_prefetch_insert(s->cache, row[j], &q->hashes[j], &q->keys);
+        }
+        if (r >= 3 * d) {
+            seq_t *q = &s->seqs[x[r - 3 * d]];
+            insert_blocks(s, q, s->rows + (size_t)q->row * s->row_stride, full_blocks(s, q));
+        }
+    }
+}
