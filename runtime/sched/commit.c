@@ -94,9 +94,10 @@ static void adapt_draft(kvrt_sched_t *s, seq_t *q, uint32_t drafts, uint32_t acc
     q->draft_len = (uint8_t)len;
 }
 
-/* Appends sampled tokens; returns the end reason (NONE to go on). */
+/* Appends sampled tokens (one, or for a speculative entry 1 + accepted);
+ * returns the end reason (NONE to go on). */
 static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int32_t *tokens,
-                                            uint32_t count, size_t readable)
+                                            uint32_t count, size_t readable, bool spec)
 {
     /* No output yet: only in a prefill (which spares a decode the line of
      * prompt_len). */
@@ -114,7 +115,7 @@ static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int
             }
     }
     int32_t *at = q->tokens + q->num_tokens;
-    if (KVRT_LIKELY(n == 1)) /* the plain decode's whole case */
+    if (KVRT_LIKELY(!spec)) /* one token: a decode's or a prefill's */
         at[0] = tokens[0];
     else /* room before the stop set, which follows the capacity */
         sched_copy32(at, q->capacity - q->num_tokens, tokens, readable, n);
@@ -256,7 +257,8 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
                 if (s->adaptive_draft)
                     adapt_draft(s, q, e->num_drafts, a);
             }
-            reason = append_sampled(s, q, c->tokens + off, given, c->num_tokens - off);
+            reason = append_sampled(s, q, c->tokens + off, given, c->num_tokens - off,
+                                    e->kind == KVRT_PLAN_SPEC);
             if (q->in_prefill) {
                 q->in_prefill = 0;
                 s->running_prefill--;

@@ -23,6 +23,8 @@
  * order, as the appends would have one at a time: the plan, the rows and
  * every request's table are the same either way.
  */
+#include <string.h>
+
 #include "sched_internal.h"
 
 /* Records between two stages of the batch: each stage's fetches have the
@@ -30,29 +32,44 @@
 #define SCHED_CROSS_DISTANCE 4u
 
 kvrt_status_t sched_append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, int64_t *slots,
-                                uint32_t n)
+                                size_t room, uint32_t n)
 {
     plan_buffers_t *const b = s->buf;
     kvrt_batch_plan_t *const p = s->plan;
+    /* The pool's table holds c - lag tokens: one append tells it the lazy
+     * ones and takes the new ones. It writes no slots; they come from the
+     * row below, which costs the pool's table no second call. */
     kvrt_block_copy_t copy;
     uint32_t num_copies = 0;
-    kvrt_status_t st = kvrt_table_append(s->pool, q->table, n, slots, &copy, &num_copies);
+    kvrt_status_t st =
+        kvrt_table_append(s->pool, q->table, q->lag + n, NULL, &copy, &num_copies);
     if (KVRT_UNLIKELY(st != KVRT_OK))
-        return st;
-    uint32_t nb = sched_blocks_for(s, c + n);
+        return st; /* nothing changed: the lag is still owed */
+    q->lag = 0;
+    uint32_t nb = sched_blocks_for(s, (uint64_t)c + n);
+    int32_t *row = s->rows + (size_t)q->row * s->row_stride;
     if (KVRT_UNLIKELY(num_copies)) {
         b->copy_owner[p->num_copies] = sched_slot(s, q);
         b->copies[p->num_copies++] = copy;
         sched_row_sync(s, q, 0, true);
     } else if (nb != q->row_blocks) {
-        /* The new blocks are in the slots just written: the first slot of
-         * each names it, so the row needs no table view. */
-        int32_t *row = s->rows + (size_t)q->row * s->row_stride;
-        for (uint32_t j = q->row_blocks; j < nb; j++)
-            row[j] = (int32_t)(slots[(j << s->block_shift) - c] >> s->block_shift);
+        const int32_t *blocks;
+        kvrt_table_view(s->pool, q->table, &blocks, NULL, NULL);
+        memcpy(row + q->row_blocks, blocks + q->row_blocks,
+               (size_t)(nb - q->row_blocks) * sizeof(int32_t));
         q->row_blocks = nb;
         q->tail_block = row[nb - 1];
         sched_row_changed(s, q->row);
+    }
+    /* The slots, one run per block. */
+    const uint32_t mask = s->tokens_per_block - 1;
+    for (uint32_t done = 0; done < n;) {
+        uint32_t pos = c + done, off = pos & mask;
+        uint32_t run = n - done < s->tokens_per_block - off ? n - done
+                                                            : s->tokens_per_block - off;
+        sched_iota64(slots + done, room - done,
+                     ((int64_t)row[pos >> s->block_shift] << s->block_shift) | off, run);
+        done += run;
     }
     return KVRT_OK;
 }
@@ -122,9 +139,9 @@ void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
         if (r >= 3 * d) {
             const sched_crossing_t *e = &x[r - 3 * d];
             seq_t *q = &s->seqs[e->slot];
-            sched_table_sync(s, q);
-            kvrt_status_t st =
-                sched_append_tail(s, q, e->c, s->buf->slot_mapping + e->t0 - removed, e->n);
+            /* Exactly n slots: the entries after them are planned already. */
+            kvrt_status_t st = sched_append_tail(
+                s, q, e->c, s->buf->slot_mapping + e->t0 - removed, e->n, e->n);
             if (KVRT_LIKELY(st == KVRT_OK)) {
                 taken += new_blocks(s, e);
             } else {

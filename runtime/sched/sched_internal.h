@@ -58,8 +58,8 @@ typedef struct seq {
     uint8_t pending_spec;   /* an uncommitted plan verifies its drafts */
     uint64_t user_tag;
     /* Tokens appended inside the tail block that the pool's table has not
-     * been told yet (step.c: sched_table_sync; with several groups or a
-     * window, every group's table: groups.c). */
+     * been told yet (told by the next append past it: crossing.c; with
+     * several groups or a window, every group's table: groups.c). */
     uint32_t lag;
     /* Tokens of uncommitted plans' entries, not yet in computed: the next
      * plan starts at computed + ahead. */
@@ -461,11 +461,18 @@ static inline void sched_iota64(int64_t *out, size_t room, int64_t v, uint32_t n
         out[k] = v + (int64_t)k;
 }
 
-/* out[k] = in[k] for k < n; out has room for 8, in holds 8 readable. */
+/* out[k] = in[k] for k < n; room: entries writable from out, readable:
+ * entries readable from in. Up to 8 entries move as two 16-byte vectors
+ * whatever n is, so a count that varies at random (accepted drafts) costs
+ * no mispredicted branch. */
 static inline void sched_copy32(int32_t *out, size_t room, const int32_t *in, size_t readable,
                                 uint32_t n)
 {
-    if (KVRT_LIKELY(n <= 4 && room >= 4 && readable >= 4)) {
+    if (KVRT_LIKELY(n <= 8 && room >= 8 && readable >= 8)) {
+        memcpy(out, in, 8 * sizeof(int32_t));
+        return;
+    }
+    if (n <= 4 && room >= 4 && readable >= 4) {
         memcpy(out, in, 4 * sizeof(int32_t));
         return;
     }
@@ -527,15 +534,6 @@ void sched_row_changed(kvrt_sched_t *s, uint32_t row);
  * truncate. */
 void sched_row_sync(kvrt_sched_t *s, seq_t *q, uint32_t g, bool last_replaced);
 void sched_row_release(kvrt_sched_t *s, seq_t *q);
-/* Tells the pool's table the tokens appended lazily inside q's tail block. */
-static inline void sched_table_sync(kvrt_sched_t *s, seq_t *q)
-{
-    if (q->lag) {
-        /* Inside a private tail block: the pool's fast path, no allocation. */
-        kvrt_table_append(s->pool, q->table, q->lag, NULL, NULL, NULL);
-        q->lag = 0;
-    }
-}
 /* Gives q (holding no table) a table with its prefix-cache hits. */
 kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks);
 /* Enough blocks for `need` more, above the watermark when it is in use. */
@@ -551,12 +549,13 @@ void sched_unplan(kvrt_sched_t *s, seq_t *q, uint32_t *budget);
 
 /* ---- crossing.c ----------------------------------------------------------- */
 
-/* Appends n tokens to q's table (which holds c, the pool's table told of
- * every lazy token: sched_table_sync) past its tail block: their slots go
- * to `slots`, new blocks to q's row, a copy-on-write to the plan's copies.
- * Errors: kvrt_table_append's (nothing changed). */
+/* Appends n tokens past q's tail block at position c (the pool's table
+ * holds c - q->lag and is told the lag too): their slots go to `slots`
+ * (room entries writable, those past n being scratch), new blocks to q's
+ * row, a copy-on-write to the plan's copies. Errors: kvrt_table_append's
+ * (nothing changed). */
 kvrt_status_t sched_append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, int64_t *slots,
-                                uint32_t n);
+                                size_t room, uint32_t n);
 /* Defers a running decode's append of n tokens (its plan entry comes
  * next, at the plan's current end) to the crossing batch. Returns false
  * when the batch is full or the blocks the append may need are not

@@ -282,13 +282,12 @@ static bool grow_slow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget, b
     /* Deferred crossings first, so blocks are taken in plan order (a
      * failed one may take its entry out of the plan: t0 moves, below). */
     sched_crossings_flush(s, budget);
-    if (!s->hybrid)
-        sched_table_sync(s, q);
     for (;;) {
         kvrt_status_t st;
         if (!s->hybrid)
             st = sched_append_tail(s, q, q->computed + q->ahead,
-                                   s->buf->slot_mapping + p->num_tokens, n);
+                                   s->buf->slot_mapping + p->num_tokens,
+                                   s->max_batch_tokens - p->num_tokens, n);
         else if (sched_groups_fit(s, q, n, false))
             st = sched_groups_append(s, q, n);
         else
