@@ -14,6 +14,18 @@ typedef struct sched_fixture {
     kvrt_sched_t *sched;
 } sched_fixture_t;
 
+/* Parameters for n requests all running at once, each with a prompt
+ * chunk of up to tpb tokens in one step. */
+static inline kvrt_sched_params_t sched_fixture_params_for(uint32_t n, uint32_t tpb)
+{
+    return (kvrt_sched_params_t){.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                               KVRT_SCHED_PARAM_MAX_SEQS |
+                                               KVRT_SCHED_PARAM_MAX_REQUESTS,
+                                 .max_batch_tokens = n * tpb,
+                                 .max_seqs = n,
+                                 .max_requests = n};
+}
+
 /* A pool of `blocks` blocks of `tpb` tokens (no watermark); sp may be NULL. */
 static inline sched_fixture_t sched_fixture_open(uint32_t blocks, uint32_t tpb, bool cache,
                                                  const kvrt_sched_params_t *sp)

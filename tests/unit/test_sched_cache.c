@@ -272,12 +272,7 @@ static void log_stored(void *user_data, const kvrt_cache_event_t *ev)
 Test(sched_cache, a_commits_full_blocks_are_stored_in_plan_order_before_any_end)
 {
     enum { N = 300, TPB = 16 };
-    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
-                                            KVRT_SCHED_PARAM_MAX_SEQS |
-                                            KVRT_SCHED_PARAM_MAX_REQUESTS,
-                              .max_batch_tokens = N * TPB,
-                              .max_seqs = N,
-                              .max_requests = N};
+    kvrt_sched_params_t sp = sched_fixture_params_for(N, TPB);
     fixture_t f = open_fixture(4 * N, TPB, true, &sp);
     stored_log_t log = {0};
     ASSERT_OK(f.ctx, kvrt_cache_observe(f.cache, log_stored, &log));

@@ -94,12 +94,7 @@ static void commit_plain(sched_fixture_t *f, const kvrt_batch_plan_t *plan)
 Test(sched_crossings, many_decodes_crossing_together_get_the_slots_of_appends_one_at_a_time)
 {
     const uint32_t blocks = MANY * 4 + 16;
-    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
-                                            KVRT_SCHED_PARAM_MAX_SEQS |
-                                            KVRT_SCHED_PARAM_MAX_REQUESTS,
-                              .max_batch_tokens = MANY * TPB,
-                              .max_seqs = MANY,
-                              .max_requests = MANY};
+    kvrt_sched_params_t sp = sched_fixture_params_for(MANY, TPB);
     sched_fixture_t f = sched_fixture_open(blocks, TPB, false, &sp);
     /* The reference: the same pool, appends in plan order, one at a time. */
     kvrt_pool_t *ref = test_pool(f.ctx, blocks, TPB);
@@ -156,12 +151,7 @@ Test(sched_crossings, many_decodes_crossing_together_get_the_slots_of_appends_on
 Test(sched_crossings, crossings_past_the_free_blocks_preempt_the_lowest_priority_latest_first)
 {
     enum { N = 300, FREE_AFTER_PREFILL = 120 };
-    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
-                                            KVRT_SCHED_PARAM_MAX_SEQS |
-                                            KVRT_SCHED_PARAM_MAX_REQUESTS,
-                              .max_batch_tokens = N * TPB,
-                              .max_seqs = N,
-                              .max_requests = N};
+    kvrt_sched_params_t sp = sched_fixture_params_for(N, TPB);
     /* The pool's block 0 is the null block: N prompt blocks and the free
      * ones, fewer than the N decodes that cross next. */
     sched_fixture_t f = sched_fixture_open(1 + N + FREE_AFTER_PREFILL, TPB, false, &sp);
