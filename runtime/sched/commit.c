@@ -265,7 +265,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
             }
         }
         off += given;
-        if (s->cache)
+        if (s->cache && sched_full_blocks(s, q) > q->num_inserted)
             sched_insert_defer(s, q);
         if (reason != KVRT_END_NONE) {
             sched_inserts_flush(s); /* its own blocks included */

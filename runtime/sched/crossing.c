@@ -116,7 +116,8 @@ void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
     s->num_crossings = 0;
     s->crossing_blocks = 0;
     const sched_crossing_t *x = s->crossings;
-    const uint32_t d = SCHED_CROSS_DISTANCE;
+    /* Too few to overlap: no stages, one append after the other. */
+    const uint32_t d = m >= SCHED_STAGE_MIN ? SCHED_CROSS_DISTANCE : 0;
     /* Blocks the records before stage 2's take, and those appended so far
      * took: the difference is how deep in the free list its block lies. */
     uint32_t ahead = 0, taken = 0;
@@ -124,17 +125,17 @@ void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
     /* Record i is at stage 1 in round i, stage 2 in round i + d, stage 3
      * in round i + 2d and is appended in round i + 3d. */
     for (uint32_t r = 0; r < m + 3 * d; r++) {
-        if (r < m) {
+        if (d && r < m) {
             const seq_t *q = &s->seqs[x[r].slot];
             __builtin_prefetch(q, 1);
             __builtin_prefetch((const char *)q + 64, 1);
         }
-        if (r >= d && r - d < m) {
+        if (d && r >= d && r - d < m) {
             const sched_crossing_t *e = &x[r - d];
             warm_links(s, &s->seqs[e->slot], ahead - taken);
             ahead += new_blocks(s, e);
         }
-        if (r >= 2 * d && r - 2 * d < m)
+        if (d && r >= 2 * d && r - 2 * d < m)
             kvrt_table_prefetch_end(s->pool, s->seqs[x[r - 2 * d].slot].table);
         if (r >= 3 * d) {
             const sched_crossing_t *e = &x[r - 3 * d];

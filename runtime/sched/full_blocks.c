@@ -35,13 +35,6 @@ static void hash_blocks(kvrt_sched_t *s, seq_t *q, uint32_t full)
         q->num_hashed = full;
 }
 
-/* Blocks of q that are full and hold computed tokens. */
-static inline uint32_t full_blocks(const kvrt_sched_t *s, const seq_t *q)
-{
-    uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
-    return valid >> s->block_shift;
-}
-
 /* Inserts q's hashed blocks [num_inserted, full). A key cached already
  * under another block is not an error: that block simply stays private. */
 static void insert_blocks(kvrt_sched_t *s, seq_t *q, const int32_t *blocks, uint32_t full)
@@ -60,7 +53,7 @@ void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q)
     }
     if (q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE)
         return;
-    uint32_t full = full_blocks(s, q);
+    uint32_t full = sched_full_blocks(s, q);
     if (full <= q->num_inserted)
         return;
     const int32_t *blocks;
@@ -76,9 +69,8 @@ void sched_insert_defer(kvrt_sched_t *s, seq_t *q)
         sched_cache_full_blocks(s, q);
         return;
     }
-    if ((q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE) || full_blocks(s, q) <= q->num_inserted)
-        return;
-    s->inserts[s->num_inserts++] = sched_slot(s, q);
+    if (!(q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE))
+        s->inserts[s->num_inserts++] = sched_slot(s, q);
 }
 
 void sched_inserts_flush(kvrt_sched_t *s)
@@ -88,18 +80,19 @@ void sched_inserts_flush(kvrt_sched_t *s)
         return;
     s->num_inserts = 0;
     const uint32_t *x = s->inserts;
-    const uint32_t d = SCHED_INSERT_DISTANCE;
+    /* Too few to overlap: no stages, one insert after the other. */
+    const uint32_t d = m >= SCHED_STAGE_MIN ? SCHED_INSERT_DISTANCE : 0;
     /* Request i: its second and third lines (table, counts, hashes) in
      * round i, its tokens, parent hash and row in round i + d, hashed and
      * its insert's lines fetched in round i + 2d, inserted in round i + 3d.
      * Its first line was read by the commit just before. */
     for (uint32_t r = 0; r < m + 3 * d; r++) {
-        if (r < m) {
+        if (d && r < m) {
             const char *q = (const char *)&s->seqs[x[r]];
             __builtin_prefetch(q + 64);
             __builtin_prefetch(q + 128);
         }
-        if (r >= d && r - d < m) {
+        if (d && r >= d && r - d < m) {
             const seq_t *q = &s->seqs[x[r - d]];
             uint32_t j = q->num_hashed;
             __builtin_prefetch(q->tokens + (size_t)j * s->tokens_per_block);
@@ -107,9 +100,9 @@ void sched_inserts_flush(kvrt_sched_t *s)
                 __builtin_prefetch(&q->hashes[j - 1], 1);
             __builtin_prefetch(s->rows + (size_t)q->row * s->row_stride + q->num_inserted);
         }
-        if (r >= 2 * d && r - 2 * d < m) {
+        if (d && r >= 2 * d && r - 2 * d < m) {
             seq_t *q = &s->seqs[x[r - 2 * d]];
-            uint32_t full = full_blocks(s, q);
+            uint32_t full = sched_full_blocks(s, q);
             hash_blocks(s, q, full);
             const int32_t *row = s->rows + (size_t)q->row * s->row_stride;
             for (uint32_t j = q->num_inserted; j < full; j++)
@@ -117,7 +110,9 @@ void sched_inserts_flush(kvrt_sched_t *s)
         }
         if (r >= 3 * d) {
             seq_t *q = &s->seqs[x[r - 3 * d]];
-            insert_blocks(s, q, s->rows + (size_t)q->row * s->row_stride, full_blocks(s, q));
+            uint32_t full = sched_full_blocks(s, q);
+            hash_blocks(s, q, full); /* done in the stage before, unless unstaged */
+            insert_blocks(s, q, s->rows + (size_t)q->row * s->row_stride, full);
         }
     }
 }

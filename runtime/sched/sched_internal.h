@@ -189,6 +189,9 @@ typedef struct sched_crossing {
 #define SCHED_CROSSINGS 256u
 /* Requests gathered before the commit's insert batch runs. */
 #define SCHED_INSERTS 256u
+/* Fewer gathered records than this run without staged fetches: there is
+ * too little to overlap for the stages to pay for themselves. */
+#define SCHED_STAGE_MIN 8u
 
 /* Plan arrays, sized at creation (max_seqs / max_batch_tokens). */
 typedef struct plan_buffers {
@@ -568,11 +571,18 @@ void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget);
 
 /* ---- full_blocks.c -------------------------------------------------------- */
 
+/* Blocks of q that are full and hold computed tokens. */
+static inline uint32_t sched_full_blocks(const kvrt_sched_t *s, const seq_t *q)
+{
+    uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
+    return valid >> s->block_shift;
+}
 /* Offers the request's newly full blocks to the prefix cache now (hashing
  * each block once in its life: hashes survive preemption). */
 void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q);
 /* The same, deferred to the commit's insert batch (at once on hybrid
- * schedulers, or when the batch is full). */
+ * schedulers, or when the batch is full). Call only when q has a block
+ * to offer (sched_full_blocks() > num_inserted). */
 void sched_insert_defer(kvrt_sched_t *s, seq_t *q);
 /* Runs the deferred inserts, in the order they were deferred. Must run
  * before anything in the commit releases blocks or ends a request. */
