@@ -222,6 +222,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
             continue;
         }
         uint32_t rejected = e->num_drafts - a;
+        const uint32_t full_before = sched_full_blocks(s, q);
         q->computed += e->num_new_tokens - rejected;
         /* Rollback: as if the rejected drafts had never been appended.
          * Drafts the pool's table was never told of just leave the lag (no
@@ -265,7 +266,12 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
             }
         }
         off += given;
-        if (s->cache && sched_full_blocks(s, q) > q->num_inserted)
+        /* Every full block was offered by the time the last commit ended
+         * (or at admission or arrival), so only a block that became full
+         * now can be new: decided from the first line, without reading
+         * num_inserted in the second. Groups of other block sizes decide
+         * for themselves (groups.c). */
+        if (s->cache && (s->hybrid || sched_full_blocks(s, q) > full_before))
             sched_insert_defer(s, q);
         if (reason != KVRT_END_NONE) {
             sched_inserts_flush(s); /* its own blocks included */

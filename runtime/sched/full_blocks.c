@@ -69,7 +69,7 @@ void sched_insert_defer(kvrt_sched_t *s, seq_t *q)
         sched_cache_full_blocks(s, q);
         return;
     }
-    if (!(q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE))
+    if (!(q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE) && sched_full_blocks(s, q) > q->num_inserted)
         s->inserts[s->num_inserts++] = sched_slot(s, q);
 }
 

@@ -581,8 +581,8 @@ static inline uint32_t sched_full_blocks(const kvrt_sched_t *s, const seq_t *q)
  * each block once in its life: hashes survive preemption). */
 void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q);
 /* The same, deferred to the commit's insert batch (at once on hybrid
- * schedulers, or when the batch is full). Call only when q has a block
- * to offer (sched_full_blocks() > num_inserted). */
+ * schedulers, or when the batch is full); nothing when q has no new full
+ * block. */
 void sched_insert_defer(kvrt_sched_t *s, seq_t *q);
 /* Runs the deferred inserts, in the order they were deferred. Must run
  * before anything in the commit releases blocks or ends a request. */
