@@ -291,6 +291,34 @@ Test(sched_hybrid, preemption_and_request_end_free_all_groups_blocks)
     hybrid_close(&h);
 }
 
+/* A group of smaller blocks fills its blocks between group 0's block
+ * boundaries: each commit offers them to that group's cache at once. */
+Test(sched_hybrid, a_group_of_smaller_blocks_caches_each_block_the_commit_fills)
+{
+    const uint32_t blocks[2] = {64, 256}, tpb[2] = {16, 4}, window[2] = {0, 0};
+    hybrid_t h = hybrid_open(2, blocks, tpb, window, true, NULL);
+    int32_t prompt[6];
+    test_prompt(prompt, 6, 300);
+    add_prompt(&h, prompt, 6, 20);
+    for (uint64_t step = 1; step <= 12; step++) {
+        cr_assert(checked_step(&h, step));
+        /* Computed tokens: the prompt, then one per decode before the last. */
+        kvrt_sched_stats_t st;
+        ASSERT_OK(h.ctx, kvrt_sched_stats(h.sched, &st));
+        uint32_t computed = 6 + (uint32_t)step - 1;
+        kvrt_cache_stats_t cs[2];
+        for (uint32_t g = 0; g < 2; g++)
+            ASSERT_OK(h.ctx, kvrt_cache_stats(h.cache[g], &cs[g]));
+        cr_assert_eq(cs[1].inserts, computed / 4, "step %llu: %llu of %u small blocks cached",
+                     (unsigned long long)step, (unsigned long long)cs[1].inserts,
+                     computed / 4);
+        cr_assert_eq(cs[0].inserts, computed / 16);
+    }
+    run_to_end(&h, 64);
+    drain_all(&h);
+    hybrid_close(&h);
+}
+
 Test(sched_hybrid, bad_groups_are_refused)
 {
     kvrt_ctx_t *ctx;
