@@ -4,7 +4,7 @@
  * gathered during the step and run as one batch.
  *
  * Why batch: inside its tail block a decode touches only its request's
- * first line and the plan (step.c, grow_in_tail). The append that crosses
+ * first line and the plan (step.c, take_in_tail). The append that crosses
  * into a new block walks a chain of lines that depend on each other: the
  * request's second line (its table id), the pool's table slot, the end of
  * the table's block array, the tail block's and the new block's
