@@ -25,6 +25,11 @@ kvrt_status_t kvrt_cache_set_sink(kvrt_cache_t *cache, kvrt_cache_sink_fn fn, vo
     return KVRT_OK;
 }
 
+bool kvrt_cache_has_sink(const kvrt_cache_t *cache)
+{
+    return cache && kvrt_cache_hooks((kvrt_cache_t *)cache)->sink;
+}
+
 static int find_observer(const cache_hooks_t *h, kvrt_cache_observer_fn fn, void *user_data)
 {
     for (uint32_t i = 0; i < h->num_observers; i++)

@@ -148,6 +148,14 @@ typedef kvrt_cache_sink_verdict_t (*kvrt_cache_sink_fn)(void *user_data,
  */
 kvrt_status_t kvrt_cache_set_sink(kvrt_cache_t *cache, kvrt_cache_sink_fn fn, void *user_data);
 
+/*
+ * kvrt_cache_has_sink - whether an eviction sink is attached. Without one,
+ * every idle block reclaimed is one block freed; with one, an allocation
+ * may use up several idle blocks for each it takes (those the sink keeps
+ * stay used), so only free blocks can be counted on. NULL: false.
+ */
+bool kvrt_cache_has_sink(const kvrt_cache_t *cache);
+
 /* ---- observers -------------------------------------------------------------
  *
  * STORED   a block was newly indexed (duplicates of a key already indexed

@@ -13,8 +13,9 @@
  * Why mmap and not aligned_alloc + memset: zeroing would fault in every
  * page at creation, and block-table rows are sized for the longest request
  * in every row; mapped memory is zero and faulted in as it is used, like
- * the calloc it replaces. Under AddressSanitizer everything goes through
- * calloc, so the sanitizer still sees every array.
+ * the calloc it replaces. Under AddressSanitizer every array is heap
+ * memory (aligned_alloc, zeroed, so resident from the start in those
+ * builds), so the sanitizer still checks its bounds.
  */
 #include <stdlib.h>
 #include <string.h>

@@ -16,8 +16,8 @@
  * adding up.
  *
  * A crossing is deferred only when the blocks it can need are certainly
- * there (counted against the free and reclaimable blocks seen when the
- * batch opened), and the batch is run before anything else in the step can
+ * there (counted against the free blocks seen when the batch opened, and
+ * the reclaimable ones unless an eviction sink may keep victims), and the batch is run before anything else in the step can
  * take blocks or reorder the plan (a slow-path append, preemption, the end
  * of the decode pass). So the batch takes the same blocks, in the same
  * order, as the appends would have one at a time: the plan, the rows and
@@ -52,7 +52,7 @@ kvrt_status_t sched_append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, int64_t *
         b->copy_owner[p->num_copies] = sched_slot(s, q);
         b->copies[p->num_copies++] = copy;
         sched_row_sync(s, q, 0, true);
-    } else if (nb != q->row_blocks) {
+    } else if (nb > q->row_blocks) {
         const int32_t *blocks;
         kvrt_table_view(s->pool, q->table, &blocks, NULL, NULL);
         memcpy(row + q->row_blocks, blocks + q->row_blocks,
@@ -78,13 +78,19 @@ bool sched_crossing_defer(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)
 {
     if (s->num_crossings == SCHED_CROSSINGS)
         return false;
-    if (s->num_crossings == 0) /* a new batch: what the pool can give it */
-        s->crossing_room = kvrt_pool_free_count(s->pool) + kvrt_pool_cached_count(s->pool);
-    /* New blocks, plus one when the append starts inside the tail block:
-     * a copy-on-write would take it (a shared tail; the scheduler's own
-     * tails are private, but the margin costs nothing). */
+    if (s->num_crossings == 0) {
+        /* A new batch: what the pool can certainly give it. Idle cached
+         * blocks count one for one only without an eviction sink, which
+         * may keep several victims for each block an allocation takes. */
+        s->crossing_room = kvrt_pool_free_count(s->pool);
+        if (!kvrt_cache_has_sink(s->cache))
+            s->crossing_room += kvrt_pool_cached_count(s->pool);
+    }
+    /* New blocks, plus one when the table's own tail is partial (lazy
+     * tokens in it, or c inside a block): a copy-on-write would take one
+     * if that tail were shared. */
     const uint32_t need = sched_blocks_for(s, (uint64_t)c + n) - sched_blocks_for(s, c) +
-                          ((c & (s->tokens_per_block - 1)) != 0);
+                          (q->lag != 0 || (c & (s->tokens_per_block - 1)) != 0);
     if (s->crossing_blocks + need > s->crossing_room)
         return false; /* the slow path decides, after the batch has run */
     s->crossings[s->num_crossings++] =
@@ -146,9 +152,10 @@ void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
             if (KVRT_LIKELY(st == KVRT_OK)) {
                 taken += new_blocks(s, e);
             } else {
-                /* Not for want of blocks (counted at deferral): a table
-                 * limit. As on the slow path, the request fails; its entry
-                 * leaves the plan and later entries move up. */
+                /* Not for want of blocks (those that certainly exist were
+                 * counted at deferral): a table limit. As on the slow path,
+                 * the request fails; its entry leaves the plan and later
+                 * entries move up. */
                 sched_unplan(s, q, budget);
                 removed += e->n;
                 sched_end(s, q, KVRT_END_FAILED, st);

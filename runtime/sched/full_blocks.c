@@ -12,9 +12,9 @@
  * they are fetched in stages a few requests apart (as crossing.c does for
  * appends), so the misses overlap.
  *
- * Same order as one at a time: the batch runs before the commit does
- * anything else that changes the cache or the pool (a request's end or
- * release), and inserts in plan order. Hashes are computed in the batch
+ * Same order as one at a time: the batch runs before the commit ends or
+ * releases a request (a rollback's truncation releases only blocks past
+ * the computed tokens, never offered), and inserts in plan order. Hashes are computed in the batch
  * too, from tokens the commit has already written.
  */
 #include "sched_internal.h"

@@ -3,7 +3,8 @@
  * the same step (the scheduler gathers those appends and runs them as one
  * batch) get exactly the slots and blocks that appends one at a time
  * would give them, in plan order; when the pool cannot give every
- * crossing a block, preemption follows the documented victim order.
+ * crossing a block, preemption follows the documented victim order, also
+ * when an eviction sink keeps the victims reclaiming would free.
  *
  * The reference for "one at a time" is a second pool of the same size,
  * whose tables take each plan entry's tokens in plan order through the
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache/hooks.h"
 #include "sched_fixture.h"
 
 #define TPB 16u
@@ -281,5 +283,87 @@ Test(sched_crossings, randomized_crossings_keep_slots_rows_and_pool_consistent, 
     kvrt_seq_info_t ev[64];
     while (sched_fixture_drain(&f, ev, 64) > 0)
         ;
+    sched_fixture_close(&f);
+}
+
+/* An eviction sink that keeps every victim it may (as a busy host tier
+ * would), so one allocation can use up many idle cached blocks. */
+typedef struct keeper {
+    int32_t kept[4096];
+    uint32_t count;
+} keeper_t;
+
+static kvrt_cache_sink_verdict_t keep_all(void *user_data, const kvrt_cache_victim_t *victim)
+{
+    keeper_t *k = user_data;
+    if (!victim->may_keep || k->count == 4096)
+        return KVRT_CACHE_SINK_DROP;
+    k->kept[k->count++] = victim->block;
+    return KVRT_CACHE_SINK_KEEP;
+}
+
+Test(sched_crossings, crossings_into_idle_blocks_a_sink_keeps_preempt_instead_of_failing)
+{
+    enum { FINISHED = 100, N = 100 };
+    kvrt_sched_params_t sp = sched_fixture_params_for(N, 2 * TPB);
+    /* Block 0 is the null block; the rest: the finished requests' two
+     * cached blocks each, then exactly the running prompts' blocks. */
+    sched_fixture_t f = sched_fixture_open(1 + 2 * FINISHED + N, TPB, true, &sp);
+    static keeper_t k;
+    k.count = 0;
+    ASSERT_OK(f.ctx, kvrt_cache_set_sink(f.cache, keep_all, &k));
+    kvrt_seq_id_t ids[N];
+    add_requests(&f, FINISHED, 2 * TPB, 1, ids, NULL); /* ids reused below */
+    for (uint64_t step = 1; step < 10; step++) {
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, step, &plan));
+        if (!plan->num_seqs)
+            break;
+        commit_plain(&f, plan);
+    }
+    kvrt_seq_info_t ev[64];
+    while (sched_fixture_drain(&f, ev, 64) > 0)
+        ;
+    kvrt_pool_info_t info;
+    ASSERT_OK(f.ctx, kvrt_pool_info(f.pool, &info));
+    cr_assert_eq(info.cached_blocks, 2 * FINISHED, "the finished prompts are cached, idle");
+    /* N prompts of 15 tokens take the free blocks; their second decode
+     * crosses into a block only eviction can give. */
+    int32_t prompt[TPB];
+    for (uint32_t i = 0; i < N; i++) {
+        test_prompt(prompt, TPB - 1, (int32_t)(100000 + i * 50));
+        kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_PRIORITY, .prompt = prompt,
+                               .prompt_len = TPB - 1, .max_new_tokens = 4,
+                               .priority = (int32_t)(i % 3)};
+        ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &ids[i]));
+    }
+    uint64_t preempted = 0;
+    for (uint64_t step = 10; step < 400; step++) {
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, step, &plan));
+        check_slots(plan);
+        preempted += plan->num_preempted;
+        if (plan->num_seqs)
+            commit_plain(&f, plan);
+        ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
+        /* The sink copies in the background, then gives its blocks back. */
+        if (k.count)
+            ASSERT_OK(f.ctx, kvrt_pool_free(f.pool, k.count, k.kept));
+        k.count = 0;
+        while (sched_fixture_drain(&f, ev, 64) > 0)
+            ;
+        kvrt_sched_stats_t st;
+        ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+        cr_assert_eq(st.failed, 0, "step %llu: a request failed for want of a block",
+                     (unsigned long long)step);
+        if (st.running + st.waiting == 0)
+            break;
+    }
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.running + st.waiting, 0, "every request finished");
+    cr_assert_eq(st.finished_length, FINISHED + N);
+    cr_assert_gt(preempted, 0, "the sink was meant to starve the crossings");
+    ASSERT_OK(f.ctx, kvrt_cache_set_sink(f.cache, NULL, NULL));
     sched_fixture_close(&f);
 }
