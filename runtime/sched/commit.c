@@ -181,6 +181,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
     const uint32_t *const slot_of = s->buf->slot_of;
     seq_t *const seqs = s->seqs;
     const bool async = s->async;
+    const bool hybrid = s->hybrid;
     const bool second_line = s->max_draft || s->cache;
     for (uint32_t i = 0; i < num_seqs; i++) {
         if (i + SCHED_PREFETCH < num_seqs) {
@@ -222,7 +223,6 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
             continue;
         }
         uint32_t rejected = e->num_drafts - a;
-        const uint32_t full_before = sched_full_blocks(s, q);
         q->computed += e->num_new_tokens - rejected;
         /* Rollback: as if the rejected drafts had never been appended.
          * Drafts the pool's table was never told of just leave the lag (no
@@ -266,12 +266,9 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
             }
         }
         off += given;
-        /* Every full block was offered by the time the last commit ended
-         * (or at admission or arrival), so only a block that became full
-         * now can be new: decided from the first line, without reading
-         * num_inserted in the second. Groups of other block sizes decide
-         * for themselves (groups.c). */
-        if (s->cache && (s->hybrid || sched_full_blocks(s, q) > full_before))
+        /* Groups of other block sizes fill blocks at other boundaries:
+         * hybrid schedulers let every group decide (groups.c). */
+        if (s->cache && (hybrid || sched_full_blocks(s, q) > q->num_inserted))
             sched_insert_defer(s, q);
         if (reason != KVRT_END_NONE) {
             sched_inserts_flush(s); /* its own blocks included */

@@ -78,19 +78,22 @@ bool sched_crossing_defer(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)
 {
     if (s->num_crossings == SCHED_CROSSINGS)
         return false;
-    if (s->num_crossings == 0) {
-        /* A new batch: what the pool can certainly give it. Idle cached
-         * blocks count one for one only without an eviction sink, which
-         * may keep several victims for each block an allocation takes. */
+    if (s->num_crossings == 0) { /* a new batch: what the pool can certainly give */
         s->crossing_room = kvrt_pool_free_count(s->pool);
-        if (!kvrt_cache_has_sink(s->cache))
-            s->crossing_room += kvrt_pool_cached_count(s->pool);
+        s->crossing_idle_counted = false;
     }
     /* New blocks, plus one when the table's own tail is partial (lazy
      * tokens in it, or c inside a block): a copy-on-write would take one
      * if that tail were shared. */
     const uint32_t need = sched_blocks_for(s, (uint64_t)c + n) - sched_blocks_for(s, c) +
                           (q->lag != 0 || (c & (s->tokens_per_block - 1)) != 0);
+    if (s->crossing_blocks + need > s->crossing_room && !s->crossing_idle_counted) {
+        /* Idle cached blocks count one for one only without an eviction
+         * sink, which may keep several victims for each block taken. */
+        s->crossing_idle_counted = true;
+        if (!kvrt_cache_has_sink(s->cache))
+            s->crossing_room += kvrt_pool_cached_count(s->pool);
+    }
     if (s->crossing_blocks + need > s->crossing_room)
         return false; /* the slow path decides, after the batch has run */
     s->crossings[s->num_crossings++] =

@@ -340,11 +340,13 @@ struct kvrt_sched {
     int32_t *match_blocks;      /* [row_stride]: prefix hits of one admission */
 
     /* Deferred crossings (crossing.c) and the blocks they may take, out of
-     * crossing_room, what the pool could give when the batch opened. */
+     * crossing_room, what the pool can certainly give (free blocks when
+     * the batch opened, idle ones added once the free ones run short). */
     sched_crossing_t crossings[SCHED_CROSSINGS];
     uint32_t num_crossings;
     uint32_t crossing_blocks;
     uint32_t crossing_room;
+    bool crossing_idle_counted; /* idle cached blocks added to the room */
     /* Requests whose full blocks the commit's insert batch offers to the
      * prefix cache (full_blocks.c). */
     uint32_t inserts[SCHED_INSERTS];
