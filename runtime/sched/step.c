@@ -4,9 +4,10 @@
  * requests), with preemption when blocks run out and the persistent
  * block-table rows the plan hands to attention kernels.
  *
- * Cost: O(1) per running decode (one table append, a few plan writes, a
- * row entry only when the table crossed a block boundary); O(blocks) only
- * at admission, preemption and end. Nothing here allocates once the CSR
+ * Cost: O(1) per running decode (a few plan writes; inside the tail block
+ * no table call at all, and a crossing into a new block one table append
+ * and a row entry, run with the step's other crossings as one batch:
+ * crossing.c); O(blocks) only at admission, preemption and end. Nothing here allocates once the CSR
  * buffer (when asked for) has grown to its working size.
  */
 #include <stdlib.h>
