@@ -104,9 +104,10 @@
  * A speculative entry queries 1 + d tokens (the last sampled token and d
  * drafts) with a KV slot for each. Commit takes the accepted count a
  * (0..d) and a + 1 tokens (the accepted drafts, which must equal the
- * drafts, then the bonus token); the slots of the d - a rejected drafts
- * are rolled back (the block table is truncated as if they had never been
- * appended). Adaptive draft length (default on): each sequence keeps an
+ * drafts, then the bonus token); the d - a rejected drafts are rolled
+ * back: their positions are planned again, and the blocks only they used
+ * stay with the request for its next tokens (its row shows them past its
+ * tokens' blocks; kvrt_seq_blocks and the CSR tables do not). Adaptive draft length (default on): each sequence keeps an
  * EWMA p of its per-draft acceptance and proposes
  * clamp(floor(ln 0.25 / ln p), 1, k) drafts, so drafts whose chance of
  * acceptance falls below 1/4 are not proposed. Back-off: draft tokens only
@@ -485,7 +486,9 @@ static inline kvrt_status_t kvrt_seq_info(const kvrt_sched_t *sched, kvrt_seq_id
  * transfer its KV, or to fill an arrival): block ids, their count and the
  * tokens they hold, valid until the next step, commit, abort or arrival
  * call. Running requests, requests waiting for KV and queued requests that
- * hold hits or arrived KV have blocks; others give 0 blocks.
+ * hold hits or arrived KV have blocks; others give 0 blocks. The view
+ * ends with the blocks of its tokens: blocks kept past them for the next
+ * tokens (after rejected drafts) are not listed.
  * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_UNKNOWN_REQUEST.
  */
 kvrt_status_t kvrt_seq_blocks(const kvrt_sched_t *sched, kvrt_seq_id_t id,
@@ -753,7 +756,8 @@ typedef struct kvrt_plan_group {
  *
  * Block tables come as persistent padded rows: block_rows is
  * [max_seqs][row_stride] int32, row r holding the blocks of the running
- * sequence that owns it, padded with KVRT_NULL_BLOCK past its length. A
+ * sequence that owns it, padded with KVRT_NULL_BLOCK past them (which may
+ * go past seq_lens by the blocks rejected drafts left, see speculation). A
  * sequence keeps its row from admission to preemption or end, and each step
  * writes only the entries that changed (a new block, a rollback), so
  * rebuilding costs nothing; an engine mirroring rows on the device applies

@@ -1,8 +1,8 @@
 /*
  * commit.c - kvrt_sched_commit: the engine's sampled tokens for the current
  * plan. Checked whole before anything changes; then per entry: the computed
- * prefix grows, rejected drafts are rolled back (table truncated to the
- * accepted length, before any block is offered to the cache), tokens are
+ * prefix grows, rejected drafts are rolled back (their positions are planned
+ * again; the blocks they took stay with the request), tokens are
  * appended with their stop conditions, newly full blocks are hashed once
  * and inserted into the prefix cache (in batches: full_blocks.c), and ended
  * requests free their blocks.
@@ -224,25 +224,22 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         }
         uint32_t rejected = e->num_drafts - a;
         q->computed += e->num_new_tokens - rejected;
-        /* Rollback: as if the rejected drafts had never been appended.
-         * Drafts the pool's table was never told of just leave the lag (no
-         * draft rejected: a subtraction of 0, one branch for both). */
-        if (KVRT_LIKELY(rejected <= q->lag)) {
-            q->lag -= rejected;
-        } else if (KVRT_UNLIKELY(s->hybrid)) {
-            sched_groups_truncate(s, q); /* every group; drops the lag */
+        /* Rollback: the rejected drafts' positions are planned again. The
+         * blocks the step gave them stay with the request for its next
+         * tokens (the pool's table runs ahead of the plan: a negative lag),
+         * so a rollback frees nothing and the next step takes nothing; only
+         * the tail block moves back when the last token is in an earlier
+         * block. No draft rejected: a subtraction of 0 and no move. */
+        if (KVRT_LIKELY(!hybrid)) {
+            q->lag -= (int32_t)rejected;
+            const uint32_t end = q->computed + q->ahead; /* >= 1: it sampled */
+            if (KVRT_UNLIKELY(((end - 1) ^ (end + rejected - 1)) >> s->block_shift))
+                q->tail_block = s->rows[(size_t)q->row * s->row_stride +
+                                        ((end - 1) >> s->block_shift)];
+        } else if ((int32_t)rejected <= q->lag) {
+            q->lag -= (int32_t)rejected; /* only drafts the tables were not told of */
         } else {
-            q->lag = 0;
-            kvrt_table_truncate(s->pool, q->table, q->computed);
-            uint32_t nb = sched_blocks_for(s, q->computed);
-            if (nb != q->row_blocks) { /* the row loses its tail entries */
-                int32_t *row = s->rows + (size_t)q->row * s->row_stride;
-                for (uint32_t j = nb; j < q->row_blocks; j++)
-                    row[j] = KVRT_NULL_BLOCK;
-                q->row_blocks = nb;
-                sched_tail_update(s, q);
-                sched_row_changed(s, q->row);
-            }
+            sched_groups_truncate(s, q); /* every group; drops the lag */
         }
         kvrt_seq_end_reason_t reason = KVRT_END_NONE;
         if (e->sample) {

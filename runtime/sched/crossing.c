@@ -32,20 +32,27 @@
 #define SCHED_CROSS_DISTANCE 4u
 
 kvrt_status_t sched_append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, int64_t *slots,
-                                size_t room, uint32_t n)
+                                size_t room, uint32_t n, bool keep_rest)
 {
     plan_buffers_t *const b = s->buf;
     kvrt_batch_plan_t *const p = s->plan;
     /* The pool's table holds c - lag tokens: one append tells it the lazy
      * ones and takes the new ones. It writes no slots; they come from the
-     * row below, which costs the pool's table no second call. */
+     * row below, which costs the pool's table no second call. A table
+     * ahead of the plan (rejected drafts' positions) is told nothing until
+     * the plan passes it. */
     kvrt_block_copy_t copy;
     uint32_t num_copies = 0;
-    kvrt_status_t st =
-        kvrt_table_append(s->pool, q->table, q->lag + n, NULL, &copy, &num_copies);
-    if (KVRT_UNLIKELY(st != KVRT_OK))
-        return st; /* nothing changed: the lag is still owed */
-    q->lag = 0;
+    const int32_t owed = q->lag + (int32_t)n;
+    if (KVRT_LIKELY(owed > 0)) {
+        kvrt_status_t st =
+            kvrt_table_append(s->pool, q->table, (uint32_t)owed, NULL, &copy, &num_copies);
+        if (KVRT_UNLIKELY(st != KVRT_OK))
+            return st; /* nothing changed: the lag is still owed */
+        q->lag = 0;
+    } else {
+        q->lag = owed;
+    }
     uint32_t nb = sched_blocks_for(s, (uint64_t)c + n);
     int32_t *row = s->rows + (size_t)q->row * s->row_stride;
     if (KVRT_UNLIKELY(num_copies)) {
@@ -58,20 +65,65 @@ kvrt_status_t sched_append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, int64_t *
         memcpy(row + q->row_blocks, blocks + q->row_blocks,
                (size_t)(nb - q->row_blocks) * sizeof(int32_t));
         q->row_blocks = nb;
-        q->tail_block = row[nb - 1];
         sched_row_changed(s, q->row);
     }
-    /* The slots, one run per block. */
-    const uint32_t mask = s->tokens_per_block - 1;
-    for (uint32_t done = 0; done < n;) {
-        uint32_t pos = c + done, off = pos & mask;
-        uint32_t run = n - done < s->tokens_per_block - off ? n - done
-                                                            : s->tokens_per_block - off;
-        sched_iota64(slots + done, room - done,
-                     ((int64_t)row[pos >> s->block_shift] << s->block_shift) | off, run);
+    q->tail_block = row[nb - 1]; /* not the row's last entry when the table is ahead */
+    sched_row_slots(s, row, c, slots, room, n, keep_rest);
+    return KVRT_OK;
+}
+
+/* lanes_below[k][j]: all ones for j < k. */
+static const int64_t lanes_below[9][8] = {
+    {0, 0, 0, 0, 0, 0, 0, 0},         {-1, 0, 0, 0, 0, 0, 0, 0},
+    {-1, -1, 0, 0, 0, 0, 0, 0},       {-1, -1, -1, 0, 0, 0, 0, 0},
+    {-1, -1, -1, -1, 0, 0, 0, 0},     {-1, -1, -1, -1, -1, 0, 0, 0},
+    {-1, -1, -1, -1, -1, -1, 0, 0},   {-1, -1, -1, -1, -1, -1, -1, 0},
+    {-1, -1, -1, -1, -1, -1, -1, -1},
+};
+
+void sched_row_slots(const kvrt_sched_t *s, const int32_t *row, uint32_t c, int64_t *slots,
+                     size_t room, uint32_t n, bool keep_rest)
+{
+    const uint32_t tpb = s->tokens_per_block, off = c & (tpb - 1);
+    if (KVRT_LIKELY(n <= 8 && n <= tpb && room >= 8)) {
+        /* Two blocks at most: slot k is first + k for k < split (c's
+         * block), second + k after. Eight lanes written with masks, so
+         * where the boundary falls (at random, after a rollback) costs no
+         * branch; with keep_rest the lanes past n keep what they held. */
+        const uint32_t split = tpb - off < 8 ? tpb - off : 8;
+        const int64_t first = ((int64_t)row[c >> s->block_shift] << s->block_shift) | off;
+        const int64_t second =
+            ((int64_t)row[(c + n - 1) >> s->block_shift] << s->block_shift) - (tpb - off);
+        const sched_v2i64 step = {2, 2}, gap = {first - second, first - second};
+        const int64_t *in_first = lanes_below[split];
+        const int64_t *in_run = lanes_below[keep_rest ? n : 8];
+        sched_v2i64 at = {second, second + 1};
+        for (uint32_t j = 0; j < 8; j += 2, at += step) {
+            sched_v2i64 m, r, old, v;
+            memcpy(&m, in_first + j, sizeof(m));
+            memcpy(&r, in_run + j, sizeof(r));
+            memcpy(&old, slots + j, sizeof(old));
+            v = at + (gap & m);
+            v = old + ((v - old) & r);
+            memcpy(slots + j, &v, sizeof(v));
+        }
+        return;
+    }
+    for (uint32_t done = 0; done < n;) { /* one run per block */
+        uint32_t pos = c + done, at = pos & (tpb - 1);
+        uint32_t run = n - done < tpb - at ? n - done : tpb - at;
+        sched_iota64(slots + done, keep_rest ? run : room - done,
+                     ((int64_t)row[pos >> s->block_shift] << s->block_shift) | at, run);
         done += run;
     }
-    return KVRT_OK;
+}
+
+/* Blocks an append of n tokens at c takes: those past the row's (which
+ * holds c's block, and more when the table is ahead of the plan). */
+static inline uint32_t new_blocks(const kvrt_sched_t *s, const seq_t *q, uint32_t c, uint32_t n)
+{
+    const uint32_t nb = sched_blocks_for(s, (uint64_t)c + n);
+    return nb > q->row_blocks ? nb - q->row_blocks : 0;
 }
 
 bool sched_crossing_defer(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)
@@ -82,10 +134,10 @@ bool sched_crossing_defer(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)
         s->crossing_room = kvrt_pool_free_count(s->pool);
         s->crossing_idle_counted = false;
     }
-    /* New blocks, plus one when the table's own tail is partial (lazy
-     * tokens in it, or c inside a block): a copy-on-write would take one
-     * if that tail were shared. */
-    const uint32_t need = sched_blocks_for(s, (uint64_t)c + n) - sched_blocks_for(s, c) +
+    /* New blocks (past those the row holds), plus one when the table's own
+     * tail is partial (lazy tokens in it, or c inside a block): a
+     * copy-on-write would take one if that tail were shared. */
+    const uint32_t need = new_blocks(s, q, c, n) +
                           (q->lag != 0 || (c & (s->tokens_per_block - 1)) != 0);
     if (s->crossing_blocks + need > s->crossing_room && !s->crossing_idle_counted) {
         /* Idle cached blocks count one for one only without an eviction
@@ -102,10 +154,6 @@ bool sched_crossing_defer(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)
     return true;
 }
 
-static inline uint32_t new_blocks(const kvrt_sched_t *s, const sched_crossing_t *e)
-{
-    return sched_blocks_for(s, (uint64_t)e->c + e->n) - sched_blocks_for(s, e->c);
-}
 
 /* Stage 1 read the request's lines; this one what they point at. */
 static inline void warm_links(kvrt_sched_t *s, const seq_t *q, uint32_t depth)
@@ -141,19 +189,22 @@ void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
         }
         if (d && r >= d && r - d < m) {
             const sched_crossing_t *e = &x[r - d];
-            warm_links(s, &s->seqs[e->slot], ahead - taken);
-            ahead += new_blocks(s, e);
+            const seq_t *q = &s->seqs[e->slot];
+            warm_links(s, q, ahead - taken);
+            ahead += new_blocks(s, q, e->c, e->n);
         }
         if (d && r >= 2 * d && r - 2 * d < m)
             kvrt_table_prefetch_end(s->pool, s->seqs[x[r - 2 * d].slot].table);
         if (r >= 3 * d) {
             const sched_crossing_t *e = &x[r - 3 * d];
             seq_t *q = &s->seqs[e->slot];
-            /* Exactly n slots: the entries after them are planned already. */
-            kvrt_status_t st = sched_append_tail(
-                s, q, e->c, s->buf->slot_mapping + e->t0 - removed, e->n, e->n);
+            const uint32_t took = new_blocks(s, q, e->c, e->n);
+            /* The entries after its n slots are planned already: kept. */
+            const uint32_t t0 = e->t0 - removed;
+            kvrt_status_t st = sched_append_tail(s, q, e->c, s->buf->slot_mapping + t0,
+                                                 s->max_batch_tokens - t0, e->n, true);
             if (KVRT_LIKELY(st == KVRT_OK)) {
-                taken += new_blocks(s, e);
+                taken += took;
             } else {
                 /* Not for want of blocks (those that certainly exist were
                  * counted at deferral): a table limit. As on the slow path,

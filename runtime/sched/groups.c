@@ -351,7 +351,7 @@ static void sync_lag(kvrt_sched_t *s, seq_t *q)
     if (!q->lag)
         return;
     for (uint32_t g = 0; g < s->num_groups; g++) /* private tail blocks: no copy */
-        kvrt_table_append(s->groups[g].pool, *sched_gref(s, q, g).table, q->lag, NULL, NULL,
+        kvrt_table_append(s->groups[g].pool, *sched_gref(s, q, g).table, (uint32_t)q->lag, NULL, NULL,
                           NULL);
     q->lag = 0;
 }

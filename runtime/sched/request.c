@@ -531,7 +531,12 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_group_blocks(const kvrt_sched_t *s, kvrt_seq_
     kvrt_table_id_t table = *sched_gref(s, q, group).table;
     if (table && !q->release_at_commit) {
         kvrt_table_view(s->groups[group].pool, table, &blocks, &nb, &nt);
-        nt += q->lag; /* tokens the pool's table has not been told of yet */
+        nt += (uint32_t)q->lag; /* tokens the pool's table has not been told of yet */
+        /* A table ahead (q->lag < 0) holds blocks for the next tokens too:
+         * the view stops at the blocks of the request's own tokens. */
+        uint32_t own = sched_group_blocks_for(&s->groups[group], nt);
+        if (nb > own)
+            nb = own;
     }
     if (blocks_out)
         *blocks_out = blocks;

@@ -57,17 +57,23 @@ typedef struct seq {
                                assumes one placeholder token (async steps) */
     uint8_t pending_spec;   /* an uncommitted plan verifies its drafts */
     uint64_t user_tag;
-    /* Tokens appended inside the tail block that the pool's table has not
-     * been told yet (told by the next append past it: crossing.c; with
-     * several groups or a window, every group's table: groups.c). */
-    uint32_t lag;
+    /* The plan's length (computed + ahead) minus the pool's table's.
+     * Positive: tokens appended inside blocks the request holds that the
+     * table has not been told yet (told by the next append past them:
+     * crossing.c; with several groups or a window, every group's table:
+     * groups.c). Negative (one group only): rejected drafts' positions,
+     * which the table still holds, and their blocks with them, for the
+     * request's next tokens (commit.c). */
+    int32_t lag;
     /* Tokens of uncommitted plans' entries, not yet in computed: the next
      * plan starts at computed + ahead. */
     uint32_t ahead;
     int32_t *tokens;        /* [capacity]; stop tokens follow at tokens + capacity */
     /* Copies that spare a decode step two scattered lines: the last token
-     * (tokens[num_tokens - 1], the next input) and the block of the last
-     * row entry (group 0; the tail block the fast path writes into). */
+     * (tokens[num_tokens - 1], the next input) and the block holding the
+     * plan's last position, computed + ahead - 1 (group 0; the tail block
+     * the fast path writes into: the row's last entry unless the table
+     * holds blocks past it, lag < 0). */
     int32_t last_token;
     int32_t tail_block;
 
@@ -555,12 +561,17 @@ void sched_unplan(kvrt_sched_t *s, seq_t *q, uint32_t *budget);
 /* ---- crossing.c ----------------------------------------------------------- */
 
 /* Appends n tokens past q's tail block at position c (the pool's table
- * holds c - q->lag and is told the lag too): their slots go to `slots`
- * (room entries writable, those past n being scratch), new blocks to q's
- * row, a copy-on-write to the plan's copies. Errors: kvrt_table_append's
- * (nothing changed). */
+ * holds c - q->lag and is told the lag too, unless it holds them already):
+ * their slots go to `slots`, new blocks to q's row, a copy-on-write to the
+ * plan's copies. room: entries writable from slots; those past n are
+ * scratch, or, with keep_rest, other entries' slots that must not change.
+ * Errors: kvrt_table_append's (nothing changed). */
 kvrt_status_t sched_append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, int64_t *slots,
-                                size_t room, uint32_t n);
+                                size_t room, uint32_t n, bool keep_rest);
+/* The slots of positions [c, c + n) from a row that holds their blocks;
+ * room and keep_rest as for sched_append_tail. */
+void sched_row_slots(const kvrt_sched_t *s, const int32_t *row, uint32_t c, int64_t *slots,
+                     size_t room, uint32_t n, bool keep_rest);
 /* Defers a running decode's append of n tokens (its plan entry comes
  * next, at the plan's current end) to the crossing batch. Returns false
  * when the batch is full or the blocks the append may need are not

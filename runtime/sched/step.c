@@ -245,7 +245,7 @@ static KVRT_ALWAYS_INLINE void take_in_tail(kvrt_sched_t *s, seq_t *q, uint32_t 
     const uint32_t t0 = s->plan->num_tokens; /* where the caller put its inputs */
     int64_t base = ((int64_t)q->tail_block << s->block_shift) | (c & (s->tokens_per_block - 1));
     sched_iota64(s->buf->slot_mapping + t0, s->max_batch_tokens - t0, base, n);
-    q->lag += n;
+    q->lag += (int32_t)n;
 }
 
 static KVRT_ALWAYS_INLINE bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget,
@@ -259,6 +259,18 @@ static KVRT_ALWAYS_INLINE bool grow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint3
     return grow_slow(s, q, n, budget, admitting);
 }
 
+/* Tokens past the tail block that the request's row holds already: blocks
+ * a rolled-back draft left (commit.c). Their slots come from the row and
+ * the table is told later, as inside the tail block. */
+static void take_in_row(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)
+{
+    const uint32_t t0 = s->plan->num_tokens;
+    const int32_t *row = s->rows + (size_t)q->row * s->row_stride;
+    sched_row_slots(s, row, c, s->buf->slot_mapping + t0, s->max_batch_tokens - t0, n, false);
+    q->tail_block = row[(c + n - 1) >> s->block_shift];
+    q->lag += (int32_t)n;
+}
+
 /* grow() for a running decode: a crossing into a new block joins the batch
  * that runs at the end of the decode pass (crossing.c). */
 static KVRT_ALWAYS_INLINE bool grow_decode(kvrt_sched_t *s, seq_t *q, uint32_t n,
@@ -269,8 +281,14 @@ static KVRT_ALWAYS_INLINE bool grow_decode(kvrt_sched_t *s, seq_t *q, uint32_t n
         take_in_tail(s, q, c, n);
         return true;
     }
-    if (s->fast_tail && sched_crossing_defer(s, q, c, n))
-        return true;
+    if (s->fast_tail) {
+        if ((uint64_t)c + n <= (uint64_t)q->row_blocks << s->block_shift) {
+            take_in_row(s, q, c, n);
+            return true;
+        }
+        if (sched_crossing_defer(s, q, c, n))
+            return true;
+    }
     return grow_slow(s, q, n, budget, false);
 }
 
@@ -288,7 +306,7 @@ static bool grow_slow(kvrt_sched_t *s, seq_t *q, uint32_t n, uint32_t *budget, b
         if (!s->hybrid)
             st = sched_append_tail(s, q, q->computed + q->ahead,
                                    s->buf->slot_mapping + p->num_tokens,
-                                   s->max_batch_tokens - p->num_tokens, n);
+                                   s->max_batch_tokens - p->num_tokens, n, false);
         else if (sched_groups_fit(s, q, n, false))
             st = sched_groups_append(s, q, n);
         else
@@ -727,12 +745,21 @@ static void schedule_admissions(kvrt_sched_t *s, step_state_t *st, int32_t *hit_
     }
 }
 
+/* Entry i's blocks in the CSR tables: those of its tokens, not the blocks
+ * its row holds past them (left by rolled-back drafts: commit.c). */
+static uint32_t csr_blocks(const kvrt_sched_t *s, uint32_t i)
+{
+    const uint32_t own = sched_blocks_for(s, (uint32_t)s->buf->seq_lens[i]);
+    const uint32_t held = s->seqs[s->buf->slot_of[i]].row_blocks;
+    return own < held ? own : held;
+}
+
 static void build_csr(kvrt_sched_t *s)
 {
     plan_buffers_t *b = s->buf;
     uint32_t total = 0;
     for (uint32_t i = 0; i < s->plan->num_seqs; i++)
-        total += s->seqs[b->slot_of[i]].row_blocks;
+        total += csr_blocks(s, i);
     if (total > b->csr_capacity) {
         uint32_t capacity = b->csr_capacity ? b->csr_capacity : 1024;
         while (capacity < total)
@@ -754,9 +781,10 @@ static void build_csr(kvrt_sched_t *s)
     b->csr_offsets[0] = 0;
     for (uint32_t i = 0; i < s->plan->num_seqs; i++) {
         const seq_t *q = &s->seqs[b->slot_of[i]];
+        const uint32_t nb = csr_blocks(s, i);
         memcpy(b->csr_ids + at, s->rows + (size_t)q->row * s->row_stride,
-               (size_t)q->row_blocks * sizeof(int32_t));
-        at += q->row_blocks;
+               (size_t)nb * sizeof(int32_t));
+        at += nb;
         b->csr_offsets[i + 1] = (int32_t)at;
     }
     s->plan->block_table_offsets = b->csr_offsets;

@@ -26,8 +26,10 @@ static int cmp_i64(const void *a, const void *b)
 }
 
 /* Every planned token's slot is its row's block at its position, rows are
- * padded with the null block, and no slot appears twice. */
-static void check_slots(const kvrt_batch_plan_t *plan)
+ * padded with the null block (past their tokens' blocks and those that
+ * rolled-back drafts of up to max_draft positions left), and no slot
+ * appears twice. */
+static void check_slots(const kvrt_batch_plan_t *plan, uint32_t max_draft)
 {
     int64_t *all = calloc(plan->num_tokens ? plan->num_tokens : 1, sizeof(int64_t));
     cr_assert_not_null(all);
@@ -35,8 +37,12 @@ static void check_slots(const kvrt_batch_plan_t *plan)
         const kvrt_plan_seq_t *e = &plan->seqs[i];
         const int32_t *row = plan->block_rows + (size_t)e->row * plan->row_stride;
         uint32_t blocks = (e->num_computed_tokens + e->num_new_tokens + TPB - 1) / TPB;
+        uint32_t kept = (e->num_computed_tokens + max_draft + TPB - 1) / TPB;
+        uint32_t held = blocks;
+        while (held < kept && row[held] != KVRT_NULL_BLOCK)
+            held++;
         for (uint32_t b = 0; b < plan->row_stride; b++)
-            cr_assert((b < blocks) == (row[b] != KVRT_NULL_BLOCK),
+            cr_assert((b < held) == (row[b] != KVRT_NULL_BLOCK),
                       "row %u entry %u: block %d with %u blocks in use", e->row, b, row[b],
                       blocks);
         for (uint32_t k = 0; k < e->num_new_tokens; k++) {
@@ -128,7 +134,7 @@ Test(sched_crossings, many_decodes_crossing_together_get_the_slots_of_appends_on
             cr_assert_eq(plan->slot_mapping[t], expect[t],
                          "step %u token %u: slot %lld, one at a time %lld", step, t,
                          (long long)plan->slot_mapping[t], (long long)expect[t]);
-        check_slots(plan);
+        check_slots(plan, 0);
         if (crossing) {
             cr_assert_eq(crossing, MANY, "step %u: %u of %u decodes crossed", step, crossing,
                          MANY);
@@ -169,7 +175,7 @@ Test(sched_crossings, crossings_past_the_free_blocks_preempt_the_lowest_priority
     commit_plain(&f, plan);
 
     ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 2, &plan));
-    check_slots(plan);
+    check_slots(plan, 0);
     bool planned[N] = {0}, preempted[N] = {0};
     for (uint32_t i = 0; i < plan->num_seqs; i++)
         planned[index_of(ids, N, plan->seqs[i].id)] = true;
@@ -240,7 +246,7 @@ Test(sched_crossings, randomized_crossings_keep_slots_rows_and_pool_consistent, 
     for (uint32_t step = 0; step < STEPS; step++) {
         const kvrt_batch_plan_t *plan;
         ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, step, &plan));
-        check_slots(plan);
+        check_slots(plan, sp.max_draft_tokens);
         preemptions += plan->num_preempted;
         uint32_t n = 0, nd = 0;
         for (uint32_t i = 0; i < plan->num_seqs; i++) {
@@ -341,7 +347,7 @@ Test(sched_crossings, crossings_into_idle_blocks_a_sink_keeps_preempt_instead_of
     for (uint64_t step = 10; step < 400; step++) {
         const kvrt_batch_plan_t *plan;
         ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, step, &plan));
-        check_slots(plan);
+        check_slots(plan, 0);
         preempted += plan->num_preempted;
         if (plan->num_seqs)
             commit_plain(&f, plan);
