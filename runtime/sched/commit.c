@@ -7,6 +7,7 @@
  * and inserted into the prefix cache (in batches: full_blocks.c), and ended
  * requests free their blocks.
  */
+#include <stdint.h>
 #include <string.h>
 
 #include "sched_internal.h"
@@ -37,24 +38,48 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
             return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT,
                              "tokens run out at entry %u: %u given, at least %llu needed", i,
                              c->num_tokens, (unsigned long long)total + 1 + a);
-        const int32_t *drafts = b->input_tokens + b->query_start_loc[i] + 1;
+        const uint32_t at = (uint32_t)b->query_start_loc[i] + 1;
+        const int32_t *drafts = b->input_tokens + at;
         const int32_t *given = c->tokens + total;
         /* One test for all: any sign bit, any accepted token unlike its
-         * draft. The loop runs over the drafts (a count an engine keeps
-         * steady), masking those past the accepted ones, so that a random
-         * accepted count costs no mispredicted loop exit; it reads no
-         * token past the commit's own. */
-        int32_t any = given[a];
-        uint32_t differ = 0;
-        uint32_t span = e->num_drafts;
-        if (span > c->num_tokens - total)
-            span = c->num_tokens - total;
-        for (uint32_t j = 0; j < span; j++) {
-            int32_t in = -(int32_t)(j < a);
-            any |= given[j] & in;
-            differ |= (uint32_t)((given[j] ^ drafts[j]) & in);
+         * draft, over the drafts' count (which an engine keeps steady) with
+         * those past the accepted ones masked, so that a random accepted
+         * count costs no mispredicted loop exit. Up to 8 drafts go as two
+         * vectors when both arrays have 8 entries to read; otherwise a
+         * loop reads no token past the commit's own. */
+        uint32_t bad = (uint32_t)given[a] >> 31;
+        if (e->num_drafts == 0) {
+            /* a decode or a prefill: its one token's sign is all */
+        } else if (KVRT_LIKELY(e->num_drafts <= 8 && c->num_tokens - total >= 8 &&
+                               s->max_batch_tokens - at >= 8)) {
+            const sched_v4i32 lane = {0, 1, 2, 3}, four = {4, 4, 4, 4};
+            const sched_v4i32 acc_v = {(int32_t)a, (int32_t)a, (int32_t)a, (int32_t)a};
+            sched_v4i32 g0, g1, d0, d1;
+            memcpy(&g0, given, sizeof(g0));
+            memcpy(&g1, given + 4, sizeof(g1));
+            memcpy(&d0, drafts, sizeof(d0));
+            memcpy(&d1, drafts + 4, sizeof(d1));
+            const sched_v4i32 m0 = lane < acc_v, m1 = lane + four < acc_v;
+            /* A lane fails with its sign bit or any bit that differs. */
+            const sched_v4i32 sign = {INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN};
+            sched_v4i32 f = (((g0 & sign) | (g0 ^ d0)) & m0) | (((g1 & sign) | (g1 ^ d1)) & m1);
+            uint64_t half[2];
+            memcpy(half, &f, sizeof(half));
+            bad |= (half[0] | half[1]) != 0;
+        } else {
+            uint32_t span = e->num_drafts;
+            if (span > c->num_tokens - total)
+                span = c->num_tokens - total;
+            int32_t any = 0;
+            uint32_t differ = 0;
+            for (uint32_t j = 0; j < span; j++) {
+                int32_t in = -(int32_t)(j < a);
+                any |= given[j] & in;
+                differ |= (uint32_t)((given[j] ^ drafts[j]) & in);
+            }
+            bad |= any < 0 || differ;
         }
-        if (KVRT_UNLIKELY(any < 0 || differ)) {
+        if (KVRT_UNLIKELY(bad)) {
             for (uint32_t j = 0; j <= a; j++) {
                 if (given[j] < 0)
                     return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
@@ -230,7 +255,9 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
          * so a rollback frees nothing and the next step takes nothing; only
          * the tail block moves back when the last token is in an earlier
          * block. No draft rejected: a subtraction of 0 and no move. */
-        if (KVRT_LIKELY(!hybrid)) {
+        if (e->num_drafts == 0) {
+            /* nothing to roll back */
+        } else if (KVRT_LIKELY(!hybrid)) {
             q->lag -= (int32_t)rejected;
             const uint32_t end = q->computed + q->ahead; /* >= 1: it sampled */
             if (KVRT_UNLIKELY(((end - 1) ^ (end + rejected - 1)) >> s->block_shift))

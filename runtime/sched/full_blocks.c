@@ -82,15 +82,15 @@ void sched_inserts_flush(kvrt_sched_t *s)
     const uint32_t *x = s->inserts;
     /* Too few to overlap: no stages, one insert after the other. */
     const uint32_t d = m >= SCHED_STAGE_MIN ? SCHED_INSERT_DISTANCE : 0;
-    /* Request i: its second and third lines (table, counts, hashes) in
+    /* Request i: its second line and that of its hashes and keys in
      * round i, its tokens, parent hash and row in round i + d, hashed and
      * its insert's lines fetched in round i + 2d, inserted in round i + 3d.
      * Its first line was read by the commit just before. */
     for (uint32_t r = 0; r < m + 3 * d; r++) {
         if (d && r < m) {
-            const char *q = (const char *)&s->seqs[x[r]];
-            __builtin_prefetch(q + 64);
-            __builtin_prefetch(q + 128);
+            const seq_t *q = &s->seqs[x[r]];
+            __builtin_prefetch((const char *)q + 64);
+            __builtin_prefetch(&q->hashes); /* and keys, on the same line */
         }
         if (d && r >= d && r - d < m) {
             const seq_t *q = &s->seqs[x[r - d]];

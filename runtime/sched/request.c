@@ -419,8 +419,10 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_set_drafts(kvrt_sched_t *s, uint32_t num_se
     for (uint32_t i = 0; i < num_seqs; i++) {
         if (i + SCHED_PREFETCH < num_seqs) {
             uint32_t ahead = (uint32_t)ids[i + SCHED_PREFETCH] - 1;
-            if (ahead < s->max_requests)
+            if (ahead < s->max_requests) { /* its first line, and its drafts' */
                 __builtin_prefetch(&s->seqs[ahead]);
+                __builtin_prefetch(s->seqs[ahead].draft, 1);
+            }
         }
         const seq_t *q = sched_lookup(s, ids[i]);
         if (KVRT_UNLIKELY(!q || counts[i] > s->max_draft || (counts[i] && !tokens) ||
@@ -443,7 +445,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_set_drafts(kvrt_sched_t *s, uint32_t num_se
     }
     const int32_t *at = tokens;
     for (uint32_t i = 0; i < num_seqs; i++) {
-        seq_t *q = sched_lookup(s, ids[i]);
+        seq_t *q = &s->seqs[(uint32_t)ids[i] - 1]; /* looked up in pass 1 */
         const uint32_t n = counts[i];
         /* 16 bytes at once when the caller's array has them. */
         sched_copy32(q->draft, KVRT_SCHED_MAX_DRAFT, at, (size_t)(tokens + total - at), n);

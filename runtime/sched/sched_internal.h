@@ -89,14 +89,18 @@ typedef struct seq {
     uint64_t spec_accepted;
     uint32_t min_tokens;    /* outputs before a stop token counts */
     uint32_t num_inserted;  /* table blocks [0, num_inserted) offered to the cache */
-
-    /* ---- cold ---- */
+    /* (cold, filling the second line) */
     uint32_t heap_pos;      /* index in sched->heap, SCHED_NONE when none */
     uint32_t num_hashed;    /* hashes[0, num_hashed) known */
+
+    /* ---- third line: the engine's drafts for the next step, written by
+     * kvrt_sched_set_drafts and read by the step (one line each) ---- */
+    int32_t draft[KVRT_SCHED_MAX_DRAFT];
+
+    /* ---- cold ---- */
     kvrt_block_hash_t *hashes; /* content hash of each full block, once known */
     kvrt_hash_keys_t keys;     /* points into salt and the allocation */
     uint8_t salt[KVRT_CACHE_SALT_MAX];
-    int32_t draft[KVRT_SCHED_MAX_DRAFT];
     ngram_index_t ngram;
     uint32_t preemptions;
     uint32_t cached_tokens;
@@ -122,6 +126,11 @@ typedef struct seq {
 /* The layout the hot loops rely on: a plain decode's step and commit read
  * and write the first line only (and the commit its token's line). */
 _Static_assert(offsetof(seq_t, row_blocks) == 64, "seq_t's hot fields outgrew one cache line");
+_Static_assert(offsetof(seq_t, draft) == 128 && sizeof(((seq_t *)0)->draft) == 64,
+               "a request's drafts are one cache line");
+_Static_assert(offsetof(seq_t, hashes) / 64 ==
+                   (offsetof(seq_t, keys) + sizeof(kvrt_hash_keys_t) - 1) / 64,
+               "a request's hashes and keys share a line (one prefetch: full_blocks.c)");
 _Static_assert(offsetof(seq_t, heap_pos) <= 128, "seq_t's second line outgrew 64 bytes");
 
 /* A request's state in cache group g >= 1 (group 0's is in seq_t: table,

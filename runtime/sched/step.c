@@ -410,11 +410,15 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
     for (uint32_t i = 0; i < s->num_running; i++) {
         /* Requests are scattered in the slot array: fetch ahead. A decode
          * reads only the request's first line (its last token and tail
-         * block are copied there), the rest of the step being streams. */
+         * block are copied there) and, when speculating, the line of its
+         * drafts; the rest of the step is streams. */
         if (i + SCHED_PREFETCH < s->num_running) {
             const uint32_t ahead = s->running[i + SCHED_PREFETCH];
-            if (ahead != SCHED_NONE)
+            if (ahead != SCHED_NONE) {
                 __builtin_prefetch(&s->seqs[ahead]);
+                if (s->max_draft) /* the engine's drafts, its third line */
+                    __builtin_prefetch(s->seqs[ahead].draft);
+            }
         }
         seq_t *q;
         if (!running_valid(s, i, &q) || (q->in_prefill && !q->pending_samples))
