@@ -412,8 +412,11 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_set_drafts(kvrt_sched_t *s, uint32_t num_se
                          "speculation is off (max_draft_tokens 0)");
     if (KVRT_UNLIKELY(num_seqs && (!ids || !counts)))
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "ids and counts are required");
-    /* Pass 1 checks every entry (and warms each request's line for pass
-     * 2); a failing entry is checked again by check_draft for its message. */
+    /* Pass 1 checks every entry and copies its drafts into a request
+     * whose previous ones were consumed (engine_drafts 0: the step ignores
+     * its draft line, so a call refused later has changed nothing anyone
+     * reads); pass 2 publishes the counts, copying the rest. A failing
+     * entry is checked again by check_draft for its message. */
     kvrt_status_t status = KVRT_OK;
     uint64_t total = 0;
     for (uint32_t i = 0; i < num_seqs; i++) {
@@ -424,12 +427,14 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_set_drafts(kvrt_sched_t *s, uint32_t num_se
                 __builtin_prefetch(s->seqs[ahead].draft, 1);
             }
         }
-        const seq_t *q = sched_lookup(s, ids[i]);
+        seq_t *q = sched_lookup(s, ids[i]);
         if (KVRT_UNLIKELY(!q || counts[i] > s->max_draft || (counts[i] && !tokens) ||
                           q->state != KVRT_SEQ_RUNNING || q->in_prefill)) {
             check_draft(s, ids[i], tokens + total, counts[i], &status);
             return kvrt_fail(s->ctx, status, "entry %u: %s", i, kvrt_ctx_last_error(s->ctx));
         }
+        if (KVRT_LIKELY(!q->engine_drafts)) /* 16 bytes at once when the array has them */
+            sched_copy32(q->draft, KVRT_SCHED_MAX_DRAFT, tokens + total, counts[i], counts[i]);
         total += counts[i];
     }
     /* The tokens, all in one loop over their concatenation. */
@@ -447,8 +452,8 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_set_drafts(kvrt_sched_t *s, uint32_t num_se
     for (uint32_t i = 0; i < num_seqs; i++) {
         seq_t *q = &s->seqs[(uint32_t)ids[i] - 1]; /* looked up in pass 1 */
         const uint32_t n = counts[i];
-        /* 16 bytes at once when the caller's array has them. */
-        sched_copy32(q->draft, KVRT_SCHED_MAX_DRAFT, at, (size_t)(tokens + total - at), n);
+        if (KVRT_UNLIKELY(q->engine_drafts)) /* drafts set twice before a step */
+            sched_copy32(q->draft, KVRT_SCHED_MAX_DRAFT, at, (size_t)(tokens + total - at), n);
         q->engine_drafts = (uint8_t)n;
         at += n;
     }

@@ -275,6 +275,68 @@ Test(sched_spec, a_rolled_back_draft_keeps_its_block_for_the_next_tokens)
     close_fixture(&f);
 }
 
+/* The drafts a plan entry carries (empty for a plain decode). */
+static uint32_t planned_drafts(const kvrt_batch_plan_t *plan, kvrt_seq_id_t id, int32_t *out)
+{
+    for (uint32_t i = 0; i < plan->num_seqs; i++)
+        if (plan->seqs[i].id == id) {
+            const kvrt_plan_seq_t *e = &plan->seqs[i];
+            memcpy(out, plan->input_tokens + plan->query_start_loc[i] + 1,
+                   e->num_drafts * sizeof(int32_t));
+            return e->num_drafts;
+        }
+    cr_assert_fail("request not planned");
+    return 0;
+}
+
+Test(sched_spec, set_drafts_for_many_requests_is_all_or_nothing)
+{
+    fixture_t f = open_fixture(4, false, 8192);
+    int32_t prompt[3] = {1, 2, 3};
+    kvrt_seq_id_t id[3];
+    for (int r = 0; r < 3; r++)
+        id[r] = add(&f, prompt, 3, 20);
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 0, &plan));
+    int32_t bonus[3] = {7, 7, 7};
+    kvrt_commit_t c = {.step = plan->step, .num_seqs = 3, .num_tokens = 3, .tokens = bonus};
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+    /* Request 0 gets drafts; then a call naming 0 and 1 fails on 1's
+     * negative token, another on an unknown id: 0 keeps its drafts, 1 has
+     * none. */
+    uint32_t two[2] = {2, 2};
+    int32_t first[2] = {11, 12};
+    ASSERT_OK(f.ctx, kvrt_sched_set_drafts(f.sched, 1, id, two, first));
+    int32_t bad[4] = {21, 22, 31, -1};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_set_drafts(f.sched, 2, id, two, bad));
+    kvrt_seq_id_t unknown[2] = {id[1], id[2] + 0x200000000ull};
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST,
+                  kvrt_sched_set_drafts(f.sched, 2, unknown, two, bad));
+    /* Request 2 is named twice: the later drafts win, as with two calls. */
+    kvrt_seq_id_t twice[2] = {id[2], id[2]};
+    uint32_t counts[2] = {3, 1};
+    int32_t tokens[4] = {41, 42, 43, 51};
+    ASSERT_OK(f.ctx, kvrt_sched_set_drafts(f.sched, 2, twice, counts, tokens));
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 1, &plan));
+    int32_t got[4];
+    cr_assert_eq(planned_drafts(plan, id[0], got), 2);
+    cr_assert_eq(got[0], 11);
+    cr_assert_eq(got[1], 12);
+    cr_assert_eq(planned_drafts(plan, id[1], got), 0, "a refused call set no drafts");
+    cr_assert_eq(planned_drafts(plan, id[2], got), 1);
+    cr_assert_eq(got[0], 51);
+    uint32_t none[3] = {0, 0, 0};
+    c = (kvrt_commit_t){.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step, .num_seqs = 3,
+                        .num_tokens = 3, .tokens = bonus, .num_accepted = none};
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+    for (int r = 0; r < 3; r++)
+        kvrt_seq_abort(f.sched, id[r]);
+    uint32_t n;
+    kvrt_seq_info_t ev[3];
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 3, &n));
+    close_fixture(&f);
+}
+
 Test(sched_spec, ngram_proposer_continues_the_latest_longest_match)
 {
     fixture_t f = open_fixture(3, true, 8192);
