@@ -85,6 +85,10 @@ void sched_row_slots(const kvrt_sched_t *s, const int32_t *row, uint32_t c, int6
                      size_t room, uint32_t n, bool keep_rest)
 {
     const uint32_t tpb = s->tokens_per_block, off = c & (tpb - 1);
+    if (n == 1) { /* a plain decode's crossing */
+        slots[0] = ((int64_t)row[c >> s->block_shift] << s->block_shift) | off;
+        return;
+    }
     if (KVRT_LIKELY(n <= 8 && n <= tpb && room >= 8)) {
         /* Two blocks at most: slot k is first + k for k < split (c's
          * block), second + k after. Eight lanes written with masks, so
