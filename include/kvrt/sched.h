@@ -107,7 +107,10 @@
  * drafts, then the bonus token); the d - a rejected drafts are rolled
  * back: their positions are planned again, and the blocks only they used
  * stay with the request for its next tokens (its row shows them past its
- * tokens' blocks; kvrt_seq_blocks and the CSR tables do not). Adaptive draft length (default on): each sequence keeps an
+ * tokens' blocks; kvrt_seq_blocks and the CSR tables do not). The engine's
+ * drafts for the next step may come with the commit (KVRT_COMMIT_DRAFTS),
+ * as a draft model proposes them right after verification.
+ * Adaptive draft length (default on): each sequence keeps an
  * EWMA p of its per-draft acceptance and proposes
  * clamp(floor(ln 0.25 / ln p), 1, k) drafts, so drafts whose chance of
  * acceptance falls below 1/4 are not proposed. Back-off: draft tokens only
@@ -831,7 +834,8 @@ kvrt_status_t kvrt_sched_step(kvrt_sched_t *sched, uint64_t now_ns,
                               const kvrt_batch_plan_t **plan_out);
 
 enum kvrt_commit_field {
-    KVRT_COMMIT_ACCEPTED = 1u << 0 /* num_accepted */
+    KVRT_COMMIT_ACCEPTED = 1u << 0, /* num_accepted */
+    KVRT_COMMIT_DRAFTS = 1u << 1    /* num_next_drafts, next_drafts */
 };
 
 /*
@@ -839,7 +843,16 @@ enum kvrt_commit_field {
  * tokens only when seqs[i].sample is 1: 1 + num_accepted[i] tokens (the
  * accepted drafts, equal to the drafts, then the bonus token); without
  * KVRT_COMMIT_ACCEPTED every num_accepted is 0. tokens holds them in plan
- * order, num_tokens in all. Nothing is retained after the call.
+ * order, num_tokens in all.
+ *
+ * With KVRT_COMMIT_DRAFTS the commit also carries the draft tokens the
+ * engine proposes for each sequence's next step (a draft model runs right
+ * after verification, so they are at hand): num_next_drafts[i] tokens,
+ * 0..max_draft_tokens, taken in plan order from next_drafts (their
+ * concatenation), exactly as kvrt_sched_set_drafts would set them once the
+ * commit has applied. Only sampling entries may carry drafts; those of a
+ * request that ends at this commit are dropped. Nothing is retained after
+ * the call.
  */
 typedef struct kvrt_commit {
     uint64_t field_mask;
@@ -848,6 +861,8 @@ typedef struct kvrt_commit {
     uint32_t num_tokens;           /* length of tokens */
     const int32_t *tokens;
     const uint32_t *num_accepted;  /* [num_seqs], 0..seqs[i].num_drafts */
+    const uint32_t *num_next_drafts; /* [num_seqs], KVRT_COMMIT_DRAFTS */
+    const int32_t *next_drafts;      /* sum(num_next_drafts) tokens */
 } kvrt_commit_t;
 
 /*
@@ -855,14 +870,17 @@ typedef struct kvrt_commit {
  * plan (plans commit in step order): the
  * computed prefix grows by the planned tokens (minus rejected drafts, whose
  * slots are rolled back), sampled tokens are appended, newly full blocks go
- * into the prefix cache, stop conditions end requests. All or nothing:
- * every entry is checked before anything changes.
- * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown field bits, a negative token,
- * an accepted token that differs from its draft), KVRT_ERR_NO_STEP (no
+ * into the prefix cache, stop conditions end requests; next drafts, when
+ * given, are set. All or nothing: every entry is checked before anything
+ * changes.
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown field bits, a negative token
+ * or next draft, an accepted token that differs from its draft, NULL
+ * num_next_drafts, NULL next_drafts with drafts), KVRT_ERR_NO_STEP (no
  * uncommitted plan, or step does not name the oldest), KVRT_ERR_TOKEN_COUNT
  * (num_seqs differs from the plan, an accepted count above the entry's
  * drafts or on a non-sampling entry, num_tokens not the sum the plan and
- * counts give).
+ * counts give, next drafts above max_draft_tokens or on a non-sampling
+ * entry), KVRT_ERR_UNSUPPORTED (next drafts with speculation off).
  */
 kvrt_status_t kvrt_sched_commit(kvrt_sched_t *sched, const kvrt_commit_t *commit);
 

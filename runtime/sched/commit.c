@@ -1,6 +1,7 @@
 /*
  * commit.c - kvrt_sched_commit: the engine's sampled tokens for the current
- * plan. Checked whole before anything changes; then per entry: the computed
+ * plan (and, optionally, the engine's drafts for the next step). Checked
+ * whole before anything changes; then per entry: the computed
  * prefix grows, rejected drafts are rolled back (their positions are planned
  * again; the blocks they took stay with the request), tokens are
  * appended with their stop conditions, newly full blocks are hashed once
@@ -99,6 +100,48 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
     return KVRT_OK;
 }
 
+/* The next drafts (KVRT_COMMIT_DRAFTS): counts within max_draft, only on
+ * sampling entries, no negative token. *total_out: their sum. Nothing
+ * changes here. */
+static kvrt_status_t validate_next_drafts(kvrt_sched_t *s, const kvrt_commit_t *c,
+                                          uint32_t *total_out)
+{
+    const kvrt_plan_seq_t *entries = s->buf->seqs;
+    const uint32_t *counts = c->num_next_drafts;
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < c->num_seqs; i++) {
+        if (KVRT_LIKELY(counts[i] <= s->max_draft && (entries[i].sample || !counts[i]))) {
+            total += counts[i];
+            continue;
+        }
+        if (s->max_draft == 0)
+            return kvrt_fail(s->ctx, KVRT_ERR_UNSUPPORTED,
+                             "entry %u: next drafts, but speculation is off "
+                             "(max_draft_tokens 0)", i);
+        return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT,
+                         entries[i].sample ? "entry %u: %u next drafts (at most %u)"
+                                           : "entry %u: %u next drafts on a prefill chunk "
+                                             "that samples nothing (at most %u: 0)",
+                         i, counts[i], entries[i].sample ? s->max_draft : 0);
+    }
+    if (total && !c->next_drafts)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "next_drafts is NULL with %llu next drafts",
+                         (unsigned long long)total);
+    int32_t any = 0; /* the sign bit of any draft: one test for all */
+    for (uint64_t k = 0; k < total; k++)
+        any |= c->next_drafts[k];
+    if (KVRT_UNLIKELY(any < 0)) {
+        uint64_t k = 0;
+        while (c->next_drafts[k] >= 0)
+            k++;
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "next draft %llu is negative (%d)",
+                         (unsigned long long)k, c->next_drafts[k]);
+    }
+    *total_out = (uint32_t)total;
+    return KVRT_OK;
+}
+
 static inline bool is_stop(const seq_t *q, int32_t token)
 {
     const int32_t *stop = q->tokens + q->capacity;
@@ -159,15 +202,39 @@ static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int
     return reason;
 }
 
+/* The next drafts, once the plan's entries are applied: as
+ * kvrt_sched_set_drafts would set them, for the requests still running (a
+ * pass of its own, so that commits without drafts pay nothing for them). */
+static void store_next_drafts(kvrt_sched_t *s, const kvrt_commit_t *c, uint32_t total)
+{
+    const uint32_t *const counts = c->num_next_drafts;
+    const uint32_t *const slot_of = s->buf->slot_of;
+    uint32_t from = 0;
+    for (uint32_t i = 0; i < c->num_seqs; i++) {
+        if (i + SCHED_PREFETCH < c->num_seqs)
+            __builtin_prefetch(s->seqs[slot_of[i + SCHED_PREFETCH]].draft, 1);
+        seq_t *q = &s->seqs[slot_of[i]];
+        const uint32_t n = counts[i];
+        if (KVRT_LIKELY(q->state == KVRT_SEQ_RUNNING)) { /* not ended at this commit */
+            if (n)
+                sched_copy32(q->draft, KVRT_SCHED_MAX_DRAFT, c->next_drafts + from,
+                             total - from, n);
+            q->engine_drafts = (uint8_t)n;
+        }
+        from += n;
+    }
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t *c)
 {
     if (KVRT_UNLIKELY(!s))
         return KVRT_ERR_INVALID_ARG;
     if (KVRT_UNLIKELY(!c))
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "commit is NULL");
-    if (KVRT_UNLIKELY(c->field_mask & ~(uint64_t)KVRT_COMMIT_ACCEPTED))
+    const uint64_t known = KVRT_COMMIT_ACCEPTED | KVRT_COMMIT_DRAFTS;
+    if (KVRT_UNLIKELY(c->field_mask & ~known))
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
-                         (unsigned long long)(c->field_mask & ~(uint64_t)KVRT_COMMIT_ACCEPTED));
+                         (unsigned long long)(c->field_mask & ~known));
     const kvrt_batch_plan_t *oldest = &s->plans[s->pending_head];
     if (KVRT_UNLIKELY(!s->num_pending || c->step != oldest->step))
         return kvrt_fail(s->ctx, KVRT_ERR_NO_STEP,
@@ -181,15 +248,21 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT, "commit of %u sequences, plan has %u",
                          c->num_seqs, oldest->num_seqs);
     if (KVRT_UNLIKELY((c->num_tokens && !c->tokens) ||
-                      ((c->field_mask & KVRT_COMMIT_ACCEPTED) && !c->num_accepted)))
+                      ((c->field_mask & KVRT_COMMIT_ACCEPTED) && !c->num_accepted) ||
+                      ((c->field_mask & KVRT_COMMIT_DRAFTS) && !c->num_next_drafts)))
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                         "tokens (num_tokens > 0) and num_accepted (when flagged) are "
-                         "required");
+                         "tokens (num_tokens > 0), num_accepted and num_next_drafts (when "
+                         "flagged) are required");
     /* The commit works on the oldest plan's slot, then points back at the
      * last plan built (its now_ns dates ends between steps). */
     const uint32_t last_slot = (uint32_t)(s->plan - s->plans);
     sched_use_slot(s, s->pending_head);
+    const uint32_t *next_counts =
+        (c->field_mask & KVRT_COMMIT_DRAFTS) ? c->num_next_drafts : NULL;
+    uint32_t next_total = 0;
     kvrt_status_t status = validate(s, c);
+    if (status == KVRT_OK && next_counts)
+        status = validate_next_drafts(s, c, &next_total);
     if (status != KVRT_OK) {
         sched_use_slot(s, last_slot);
         return status;
@@ -300,6 +373,8 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         }
     }
     sched_inserts_flush(s);
+    if (next_counts)
+        store_next_drafts(s, c, next_total);
     sched_compact_running(s);
     s->num_pending--;
     s->pending_head = (s->pending_head + 1) % s->max_in_flight;

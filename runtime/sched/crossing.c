@@ -72,15 +72,11 @@ kvrt_status_t sched_append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, int64_t *
     return KVRT_OK;
 }
 
-/* lanes_below[k][j]: all ones for j < k. */
-static const int64_t lanes_below[9][8] = {
-    {0, 0, 0, 0, 0, 0, 0, 0},         {-1, 0, 0, 0, 0, 0, 0, 0},
-    {-1, -1, 0, 0, 0, 0, 0, 0},       {-1, -1, -1, 0, 0, 0, 0, 0},
-    {-1, -1, -1, -1, 0, 0, 0, 0},     {-1, -1, -1, -1, -1, 0, 0, 0},
-    {-1, -1, -1, -1, -1, -1, 0, 0},   {-1, -1, -1, -1, -1, -1, -1, 0},
-    {-1, -1, -1, -1, -1, -1, -1, -1},
-};
-
+/* Not vectorized (GCC): for the few slots of a decode, setting up vector
+ * lanes costs more than the slots. */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-vectorize")))
+#endif
 void sched_row_slots(const kvrt_sched_t *s, const int32_t *row, uint32_t c, int64_t *slots,
                      size_t room, uint32_t n, bool keep_rest)
 {
@@ -89,28 +85,19 @@ void sched_row_slots(const kvrt_sched_t *s, const int32_t *row, uint32_t c, int6
         slots[0] = ((int64_t)row[c >> s->block_shift] << s->block_shift) | off;
         return;
     }
-    if (KVRT_LIKELY(n <= 8 && n <= tpb && room >= 8)) {
+    if (KVRT_LIKELY(n <= tpb)) {
         /* Two blocks at most: slot k is first + k for k < split (c's
-         * block), second + k after. Eight lanes written with masks, so
-         * where the boundary falls (at random, after a rollback) costs no
-         * branch; with keep_rest the lanes past n keep what they held. */
-        const uint32_t split = tpb - off < 8 ? tpb - off : 8;
+         * block), second + k after. One select per slot, no branch on
+         * where the boundary falls (at random, after a rollback); the loop
+         * runs n times, a count an engine keeps steady. Exactly n slots:
+         * nothing past them changes, keep_rest or not. */
+        const uint32_t split = tpb - off;
         const int64_t first = ((int64_t)row[c >> s->block_shift] << s->block_shift) | off;
         const int64_t second =
-            ((int64_t)row[(c + n - 1) >> s->block_shift] << s->block_shift) - (tpb - off);
-        const sched_v2i64 step = {2, 2}, gap = {first - second, first - second};
-        const int64_t *in_first = lanes_below[split];
-        const int64_t *in_run = lanes_below[keep_rest ? n : 8];
-        sched_v2i64 at = {second, second + 1};
-        for (uint32_t j = 0; j < 8; j += 2, at += step) {
-            sched_v2i64 m, r, old, v;
-            memcpy(&m, in_first + j, sizeof(m));
-            memcpy(&r, in_run + j, sizeof(r));
-            memcpy(&old, slots + j, sizeof(old));
-            v = at + (gap & m);
-            v = old + ((v - old) & r);
-            memcpy(slots + j, &v, sizeof(v));
-        }
+            ((int64_t)row[(c + n - 1) >> s->block_shift] << s->block_shift) - split;
+        const int64_t gap = first - second;
+        for (uint32_t k = 0; k < n; k++) /* a mask, not a branch the compiler could split on */
+            slots[k] = second + k + (gap & -(int64_t)(k < split));
         return;
     }
     for (uint32_t done = 0; done < n;) { /* one run per block */

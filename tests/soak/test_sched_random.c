@@ -155,23 +155,39 @@ static void check_plan(world_t *w, const kvrt_batch_plan_t *plan)
     }
 }
 
-/* The engine: verifies drafts against the model, samples the bonus. */
+/* The engine: verifies drafts against the model, samples the bonus; half
+ * the commits, at random, also carry drafts for the next step (a draft
+ * model's, right 70% of the time). */
 static void engine_commit(world_t *w, const kvrt_batch_plan_t *plan)
 {
     static int32_t tokens[BUDGET + MAX_SEQS];
-    static uint32_t acc[MAX_SEQS];
-    uint32_t n = 0;
+    static uint32_t acc[MAX_SEQS], next_counts[MAX_SEQS];
+    static int32_t next[MAX_SEQS * MAX_DRAFT];
+    const bool with_drafts = test_rand_below(&w->rng, 2);
+    uint32_t n = 0, num_next = 0;
     for (uint32_t i = 0; i < plan->num_seqs; i++) {
         const kvrt_plan_seq_t *e = &plan->seqs[i];
         acc[i] = 0;
+        next_counts[i] = 0;
         if (!e->sample)
             continue;
         acc[i] = test_verify_drafts(plan, i, test_input_before_drafts(plan, i), model, tokens,
                                     &n);
+        if (!with_drafts)
+            continue;
+        next_counts[i] = test_rand_below(&w->rng, MAX_DRAFT + 1);
+        int32_t prev = tokens[n - 1];
+        for (uint32_t j = 0; j < next_counts[i]; j++) {
+            prev = test_rand_below(&w->rng, 10) < 7 ? model(prev)
+                                                    : (int32_t)test_rand_below(&w->rng, VOCAB);
+            next[num_next++] = prev;
+        }
     }
-    kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step,
-                       .num_seqs = plan->num_seqs, .num_tokens = n, .tokens = tokens,
-                       .num_accepted = acc};
+    kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED |
+                                     (with_drafts ? KVRT_COMMIT_DRAFTS : 0),
+                       .step = plan->step, .num_seqs = plan->num_seqs, .num_tokens = n,
+                       .tokens = tokens, .num_accepted = acc,
+                       .num_next_drafts = next_counts, .next_drafts = next};
     ASSERT_OK(w->ctx, kvrt_sched_commit(w->sched, &c));
 }
 

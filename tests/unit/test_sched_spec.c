@@ -337,6 +337,122 @@ Test(sched_spec, set_drafts_for_many_requests_is_all_or_nothing)
     close_fixture(&f);
 }
 
+Test(sched_spec, drafts_that_come_with_the_commit_are_the_next_steps)
+{
+    fixture_t f = open_fixture(4, false, 8192);
+    int32_t prompt[3] = {1, 2, 3};
+    kvrt_seq_id_t id[3];
+    id[0] = add(&f, prompt, 3, 20);
+    id[1] = add(&f, prompt, 3, 20);
+    id[2] = add(&f, prompt, 3, 1); /* ends at its first token */
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 0, &plan));
+    for (int r = 0; r < 3; r++)
+        cr_assert_eq(plan->seqs[r].id, id[r], "prefills in arrival order");
+    int32_t bonus[3] = {7, 8, 9};
+    uint32_t counts[3] = {2, 0, 3};
+    int32_t next[5] = {11, 12, 31, 32, 33};
+    kvrt_commit_t c = {.field_mask = KVRT_COMMIT_DRAFTS, .step = plan->step, .num_seqs = 3,
+                       .num_tokens = 3, .tokens = bonus, .num_next_drafts = counts,
+                       .next_drafts = next};
+    /* Refused whole, each time with nothing changed. */
+    counts[2] = 5;
+    ASSERT_STATUS(KVRT_ERR_TOKEN_COUNT, kvrt_sched_commit(f.sched, &c)); /* 5 > 4 */
+    counts[2] = 3;
+    next[3] = -1;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_commit(f.sched, &c));
+    next[3] = 32;
+    c.next_drafts = NULL;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_commit(f.sched, &c));
+    c.next_drafts = next;
+    c.num_next_drafts = NULL;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_commit(f.sched, &c));
+    c.num_next_drafts = counts;
+    kvrt_seq_info_t info;
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, id[0], &info));
+    cr_assert_eq(info.output_tokens, 0, "a refused commit changed a request");
+    /* Request 2 ends at this commit: its drafts are dropped. */
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 1, &plan));
+    cr_assert_eq(plan->num_seqs, 2);
+    int32_t got[4];
+    cr_assert_eq(planned_drafts(plan, id[0], got), 2);
+    cr_assert_eq(got[0], 11);
+    cr_assert_eq(got[1], 12);
+    cr_assert_eq(planned_drafts(plan, id[1], got), 0);
+    /* Accept request 0's first draft; the commit gives 1 its drafts. */
+    uint32_t acc[2] = {1, 0}, counts2[2] = {0, 1};
+    int32_t tokens2[3] = {11, 50, 60}, next2[1] = {61};
+    c = (kvrt_commit_t){.field_mask = KVRT_COMMIT_ACCEPTED | KVRT_COMMIT_DRAFTS,
+                        .step = plan->step, .num_seqs = 2, .num_tokens = 3, .tokens = tokens2,
+                        .num_accepted = acc, .num_next_drafts = counts2, .next_drafts = next2};
+    if (plan->seqs[0].id != id[0]) { /* plan order */
+        acc[0] = 0;
+        acc[1] = 1;
+        counts2[0] = 1;
+        counts2[1] = 0;
+        tokens2[0] = 60;
+        tokens2[1] = 11;
+        tokens2[2] = 50;
+    }
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, id[0], &info));
+    cr_assert_eq(info.output_tokens, 3);
+    cr_assert_eq(info.output[2], 50);
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 2, &plan));
+    cr_assert_eq(planned_drafts(plan, id[0], got), 0, "consumed by the step that used them");
+    cr_assert_eq(planned_drafts(plan, id[1], got), 1);
+    cr_assert_eq(got[0], 61);
+    uint32_t none[2] = {0, 0};
+    int32_t tokens3[2] = {70, 71};
+    c = (kvrt_commit_t){.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step, .num_seqs = 2,
+                        .num_tokens = 2, .tokens = tokens3, .num_accepted = none};
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+    for (int r = 0; r < 2; r++)
+        kvrt_seq_abort(f.sched, id[r]);
+    uint32_t n;
+    kvrt_seq_info_t ev[3];
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 3, &n));
+    close_fixture(&f);
+}
+
+Test(sched_spec, next_drafts_on_a_chunk_that_samples_nothing_or_without_speculation_are_refused)
+{
+    fixture_t f = open_fixture(4, false, 4); /* 4 tokens a step: chunked prefill */
+    int32_t prompt[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+    kvrt_seq_id_t id = add(&f, prompt, 10, 5);
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 0, &plan));
+    cr_assert_eq(plan->seqs[0].sample, 0);
+    uint32_t counts[1] = {1};
+    int32_t next[1] = {5};
+    kvrt_commit_t c = {.field_mask = KVRT_COMMIT_DRAFTS, .step = plan->step, .num_seqs = 1,
+                       .num_tokens = 0, .num_next_drafts = counts, .next_drafts = next};
+    ASSERT_STATUS(KVRT_ERR_TOKEN_COUNT, kvrt_sched_commit(f.sched, &c));
+    counts[0] = 0;
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+    kvrt_seq_abort(f.sched, id);
+    uint32_t n;
+    kvrt_seq_info_t ev[1];
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 1, &n));
+    close_fixture(&f);
+
+    fixture_t off = open_fixture(0, false, 8192); /* speculation off */
+    id = add(&off, prompt, 3, 5);
+    ASSERT_OK(off.ctx, kvrt_sched_step(off.sched, 0, &plan));
+    counts[0] = 1;
+    int32_t bonus[1] = {4};
+    c = (kvrt_commit_t){.field_mask = KVRT_COMMIT_DRAFTS, .step = plan->step, .num_seqs = 1,
+                        .num_tokens = 1, .tokens = bonus, .num_next_drafts = counts,
+                        .next_drafts = next};
+    ASSERT_STATUS(KVRT_ERR_UNSUPPORTED, kvrt_sched_commit(off.sched, &c));
+    counts[0] = 0;
+    ASSERT_OK(off.ctx, kvrt_sched_commit(off.sched, &c));
+    kvrt_seq_abort(off.sched, id);
+    ASSERT_OK(off.ctx, kvrt_sched_drain_ended(off.sched, ev, 1, &n));
+    close_fixture(&off);
+}
+
 Test(sched_spec, ngram_proposer_continues_the_latest_longest_match)
 {
     fixture_t f = open_fixture(3, true, 8192);
