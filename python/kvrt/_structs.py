@@ -179,7 +179,8 @@ class kvrt_batch_plan_t(Struct):
 
 class kvrt_commit_t(Struct):
     _fields_ = [("field_mask", u64), ("step", u64), ("num_seqs", u32), ("num_tokens", u32),
-                ("tokens", C.POINTER(i32)), ("num_accepted", C.POINTER(u32))]
+                ("tokens", C.POINTER(i32)), ("num_accepted", C.POINTER(u32)),
+                ("num_next_drafts", C.POINTER(u32)), ("next_drafts", C.POINTER(i32))]
 
 
 SCHED_STAT_U64 = (

@@ -32,6 +32,7 @@ _ARRIVAL_DEADLINE = 1
 # Per-request prefix-cache control (enum kvrt_seq_cache_flags): add(cache_flags=...).
 CACHE_SKIP_READ, CACHE_SKIP_WRITE, CACHE_DROP_LAST_HIT = 1, 2, 4
 _COMMIT_ACCEPTED = 1
+_COMMIT_DRAFTS = 2
 
 
 def _view(pointer, count):
@@ -272,9 +273,12 @@ class Scheduler(Handle):
         self._plan = Plan(self, plan, self._generation)
         return self._plan
 
-    def commit(self, plan, tokens, num_accepted=None):
+    def commit(self, plan, tokens, num_accepted=None, next_drafts=None):
         """Commits the sampled tokens of plan (in plan order: for each
-        sampling entry, its accepted drafts then one bonus token)."""
+        sampling entry, its accepted drafts then one bonus token).
+        next_drafts, one token list per plan entry (empty for none), sets
+        each request's drafts for the next step with the commit
+        (KVRT_COMMIT_DRAFTS), as set_drafts would."""
         if not isinstance(plan, Plan) or plan._sched is not self:
             raise _lib.bad_arg("plan must be a Plan of this scheduler", "commit")
         raw = plan._check("commit")
@@ -285,6 +289,17 @@ class Scheduler(Handle):
             accepted = np.ascontiguousarray(num_accepted, dtype=np.uint32)
             c.field_mask |= _COMMIT_ACCEPTED
             c.num_accepted = accepted.ctypes.data_as(_lib.u32p)
+        if next_drafts is not None:
+            if len(next_drafts) != raw.num_seqs:
+                raise _lib.bad_arg("next_drafts needs one list per plan entry (%d), got %d"
+                                   % (raw.num_seqs, len(next_drafts)), "commit")
+            parts = [_tokens(t, "next_drafts[%d]" % i, "commit", allow_empty=True)
+                     for i, t in enumerate(next_drafts)]
+            counts = np.fromiter((len(t) for t in parts), dtype=np.uint32, count=len(parts))
+            drafts = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+            c.field_mask |= _COMMIT_DRAFTS
+            c.num_next_drafts = counts.ctypes.data_as(_lib.u32p)
+            c.next_drafts = drafts.ctypes.data_as(_lib.i32p)
         self._call("kvrt_sched_commit", self._handle("commit"), C.byref(c))
         self._generation += 1
 

@@ -113,6 +113,25 @@ def test_batch_drafts_are_verified_and_counted_per_position(ctx, pool):
     assert sched.step(0).seqs[0]["num_drafts"] == 0, "a refused batch set a draft"
 
 
+def test_drafts_can_come_with_the_commit(ctx, pool):
+    sched = kvrt.Scheduler(pool, max_draft_tokens=3, adaptive_draft=0)
+    ids = [sched.add([5, 6, 7], max_new_tokens=20) for _ in range(2)]
+    plan = sched.step(0)
+    sched.commit(plan, [100, 100], next_drafts=[[100, 100], []])  # prefill, then drafts
+    plan = sched.step(0)
+    assert [s["num_drafts"] for s in plan.seqs] == [2, 0]
+    with pytest.raises(kvrt.KvrtError) as e:  # all or nothing
+        sched.commit(plan, [100] * 4, [2, 0], next_drafts=[[1], [-1]])
+    assert e.value.name == "KVRT_ERR_INVALID_ARG"
+    with pytest.raises(kvrt.KvrtError) as e:
+        sched.commit(plan, [100] * 4, [2, 0], next_drafts=[[1]])
+    assert e.value.name == "KVRT_ERR_INVALID_ARG"
+    sched.commit(plan, [100] * 4, [2, 0], next_drafts=[[], [100, 100, 100]])
+    assert sched.info(ids[0])["output_tokens"] == 4
+    plan = sched.step(0)
+    assert [s["num_drafts"] for s in plan.seqs] == [0, 3]
+
+
 def test_waiting_for_kv_that_lands(ctx, pool):
     sched = kvrt.Scheduler(pool, kvrt.PrefixCache(pool))
     rid = sched.add(list(range(1, 50)), max_new_tokens=2)

@@ -1,8 +1,9 @@
 /*
  * test_sched_no_alloc.c - once warm, kvrt_sched_step, kvrt_sched_commit and
  * kvrt_sched_set_drafts allocate nothing: a steady mix of admissions, chunked
- * prefills, decodes, speculation with rollback, prefix-cache inserts and
- * ends runs for 2,000 steps under a counting malloc.
+ * prefills, decodes, speculation with rollback (drafts set by
+ * kvrt_sched_set_drafts, or carried by every other commit), prefix-cache
+ * inserts and ends runs for 2,000 steps under a counting malloc.
  *
  * The counter is an interposer: this executable defines malloc and friends,
  * forwarding to glibc's, so every allocation in the process (kvrt's
@@ -82,7 +83,7 @@ Test(sched_no_alloc, warm_steps_and_commits_allocate_nothing)
     static kvrt_seq_id_t ids[512];
     static uint32_t counts[512];
     static int32_t drafts[512 * 3], tokens[1024];
-    static uint32_t accepted[512];
+    static uint32_t accepted[512], next_counts[512];
     kvrt_seq_info_t ev[64];
     unsigned long counted_steps = 0;
     for (int step = 0; step < 3000; step++) {
@@ -114,6 +115,7 @@ Test(sched_no_alloc, warm_steps_and_commits_allocate_nothing)
         for (uint32_t i = 0; i < plan->num_seqs; i++) {
             const kvrt_plan_seq_t *e = &plan->seqs[i];
             accepted[i] = 0;
+            next_counts[i] = 0;
             if (!e->sample)
                 continue;
             const int32_t *in = plan->input_tokens + plan->query_start_loc[i];
@@ -135,17 +137,21 @@ Test(sched_no_alloc, warm_steps_and_commits_allocate_nothing)
                 drafts[at + j] = test_rand_below(&rng, 4) ? d : (int32_t)VOCAB - 1;
                 d = next_token(d);
             }
+            next_counts[i] = counts[num_drafts];
             at += counts[num_drafts++];
         }
+        const bool drafts_in_commit = step & 1;
         if (plan->num_seqs) {
-            kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step,
-                               .num_seqs = plan->num_seqs, .num_tokens = total,
-                               .tokens = tokens, .num_accepted = accepted};
+            kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED |
+                                             (drafts_in_commit ? KVRT_COMMIT_DRAFTS : 0),
+                               .step = plan->step, .num_seqs = plan->num_seqs,
+                               .num_tokens = total, .tokens = tokens, .num_accepted = accepted,
+                               .num_next_drafts = next_counts, .next_drafts = drafts};
             ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
         }
         /* Requests that just ended cannot take drafts: keep the running. */
         uint32_t kept = 0, from = 0, to = 0;
-        for (uint32_t i = 0; i < num_drafts; i++) {
+        for (uint32_t i = 0; i < num_drafts && !drafts_in_commit; i++) {
             kvrt_seq_info_t info;
             counting = 0;
             ASSERT_OK(ctx, kvrt_seq_info(sched, ids[i], &info));
@@ -160,7 +166,8 @@ Test(sched_no_alloc, warm_steps_and_commits_allocate_nothing)
             }
             from += counts[i];
         }
-        ASSERT_OK(ctx, kvrt_sched_set_drafts(sched, kept, ids, counts, drafts));
+        if (!drafts_in_commit)
+            ASSERT_OK(ctx, kvrt_sched_set_drafts(sched, kept, ids, counts, drafts));
         /* The offset locates the caller: nm's kvrt_sched_step + offset. */
         cr_assert_eq(allocations, before,
                      "step %d allocated %lu times (caller at kvrt_sched_step%+td)", step,
