@@ -118,11 +118,12 @@ static kvrt_status_t validate_next_drafts(kvrt_sched_t *s, const kvrt_commit_t *
             return kvrt_fail(s->ctx, KVRT_ERR_UNSUPPORTED,
                              "entry %u: next drafts, but speculation is off "
                              "(max_draft_tokens 0)", i);
-        return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT,
-                         entries[i].sample ? "entry %u: %u next drafts (at most %u)"
-                                           : "entry %u: %u next drafts on a prefill chunk "
-                                             "that samples nothing (at most %u: 0)",
-                         i, counts[i], entries[i].sample ? s->max_draft : 0);
+        if (!entries[i].sample)
+            return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT,
+                             "entry %u: %u next drafts on a prefill chunk that samples "
+                             "nothing", i, counts[i]);
+        return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT, "entry %u: %u next drafts (at most %u)",
+                         i, counts[i], s->max_draft);
     }
     if (total && !c->next_drafts)
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,

@@ -109,12 +109,14 @@ void sched_row_slots(const kvrt_sched_t *s, const int32_t *row, uint32_t c, int6
     }
 }
 
-/* Blocks an append of n tokens at c takes: those past the row's (which
- * holds c's block, and more when the table is ahead of the plan). */
+/* Blocks an append of n tokens at c takes: those past the row's. The row
+ * holds c's block, and more only when the table is ahead of the plan
+ * (lag < 0): otherwise its length is known from the first line. */
 static inline uint32_t new_blocks(const kvrt_sched_t *s, const seq_t *q, uint32_t c, uint32_t n)
 {
     const uint32_t nb = sched_blocks_for(s, (uint64_t)c + n);
-    return nb > q->row_blocks ? nb - q->row_blocks : 0;
+    const uint32_t held = KVRT_LIKELY(q->lag >= 0) ? sched_blocks_for(s, c) : q->row_blocks;
+    return nb > held ? nb - held : 0;
 }
 
 bool sched_crossing_defer(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)

@@ -282,7 +282,9 @@ static KVRT_ALWAYS_INLINE bool grow_decode(kvrt_sched_t *s, seq_t *q, uint32_t n
         return true;
     }
     if (s->fast_tail) {
-        if ((uint64_t)c + n <= (uint64_t)q->row_blocks << s->block_shift) {
+        /* Only a table ahead of the plan holds blocks past c's (and only
+         * then is the row's length, on the second line, read). */
+        if (q->lag < 0 && (uint64_t)c + n <= (uint64_t)q->row_blocks << s->block_shift) {
             take_in_row(s, q, c, n);
             return true;
         }
