@@ -289,6 +289,28 @@ static uint32_t planned_drafts(const kvrt_batch_plan_t *plan, kvrt_seq_id_t id, 
     return 0;
 }
 
+/* Commits plan with one token per entry (every draft rejected), then
+ * aborts the requests, drains them and closes f: nothing may leak. */
+static void commit_and_close(fixture_t *f, const kvrt_batch_plan_t *plan,
+                             const kvrt_seq_id_t *ids, uint32_t num_ids)
+{
+    int32_t tokens[16];
+    uint32_t none[16] = {0};
+    cr_assert_leq(plan->num_seqs, 16);
+    for (uint32_t i = 0; i < plan->num_seqs; i++)
+        tokens[i] = 70 + (int32_t)i;
+    kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step,
+                       .num_seqs = plan->num_seqs, .num_tokens = plan->num_seqs,
+                       .tokens = tokens, .num_accepted = none};
+    ASSERT_OK(f->ctx, kvrt_sched_commit(f->sched, &c));
+    for (uint32_t r = 0; r < num_ids; r++)
+        kvrt_seq_abort(f->sched, ids[r]);
+    uint32_t n;
+    kvrt_seq_info_t ev[16];
+    ASSERT_OK(f->ctx, kvrt_sched_drain_ended(f->sched, ev, 16, &n));
+    close_fixture(f);
+}
+
 Test(sched_spec, set_drafts_for_many_requests_is_all_or_nothing)
 {
     fixture_t f = open_fixture(4, false, 8192);
@@ -325,16 +347,7 @@ Test(sched_spec, set_drafts_for_many_requests_is_all_or_nothing)
     cr_assert_eq(planned_drafts(plan, id[1], got), 0, "a refused call set no drafts");
     cr_assert_eq(planned_drafts(plan, id[2], got), 1);
     cr_assert_eq(got[0], 51);
-    uint32_t none[3] = {0, 0, 0};
-    c = (kvrt_commit_t){.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step, .num_seqs = 3,
-                        .num_tokens = 3, .tokens = bonus, .num_accepted = none};
-    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
-    for (int r = 0; r < 3; r++)
-        kvrt_seq_abort(f.sched, id[r]);
-    uint32_t n;
-    kvrt_seq_info_t ev[3];
-    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 3, &n));
-    close_fixture(&f);
+    commit_and_close(&f, plan, id, 3);
 }
 
 Test(sched_spec, drafts_that_come_with_the_commit_are_the_next_steps)
@@ -403,17 +416,7 @@ Test(sched_spec, drafts_that_come_with_the_commit_are_the_next_steps)
     cr_assert_eq(planned_drafts(plan, id[0], got), 0, "consumed by the step that used them");
     cr_assert_eq(planned_drafts(plan, id[1], got), 1);
     cr_assert_eq(got[0], 61);
-    uint32_t none[2] = {0, 0};
-    int32_t tokens3[2] = {70, 71};
-    c = (kvrt_commit_t){.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step, .num_seqs = 2,
-                        .num_tokens = 2, .tokens = tokens3, .num_accepted = none};
-    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
-    for (int r = 0; r < 2; r++)
-        kvrt_seq_abort(f.sched, id[r]);
-    uint32_t n;
-    kvrt_seq_info_t ev[3];
-    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 3, &n));
-    close_fixture(&f);
+    commit_and_close(&f, plan, id, 3); /* 2 already ended */
 }
 
 Test(sched_spec, next_drafts_on_a_chunk_that_samples_nothing_or_without_speculation_are_refused)
