@@ -81,6 +81,11 @@ typedef struct call_keys {
 
 static bool call_keys_init(call_keys_t *ck, const kvrt_hash_keys_t *keys)
 {
+    if (KVRT_LIKELY(!keys || keys->field_mask == 0)) {
+        /* No keys at all (most requests): valid and empty, no call. */
+        *ck = (call_keys_t){.keys = keys, .empty = true, .tag = 1u};
+        return true;
+    }
     if (!kvrt_cache_keys_valid(keys))
         return false;
     ck->keys = keys;
