@@ -320,6 +320,6 @@ static int run_sched(const bench_options_t *o)
 }
 
 KVRT_BENCH_SUITE(sched,
-                 "step + commit per sequence, 1K-32K decodes: plain, prefix cache, k=4 drafts "
-                 "(set, or carried by the commit)",
+                 "step + commit per sequence, 1K-32K decodes: plain, prefix cache, "
+                 "k=4 drafts (set, in commit)",
                  run_sched, true)
