@@ -3,7 +3,8 @@
  * the step of N+1 before the commit of N plans one placeholder token per
  * decoding sequence of N, commits apply in order, a request that ends in N
  * is dropped from N+1 cleanly, and a randomized engine running two plans in
- * flight produces exactly the outputs of a synchronous one.
+ * flight produces exactly the outputs of a synchronous one, both
+ * speculating with drafts their commits carry (rejected ones rolled back).
  */
 #include <string.h>
 
@@ -264,6 +265,7 @@ static int32_t model(uint64_t tag, uint32_t len)
 
 typedef struct run_result {
     uint64_t preemptions;
+    uint64_t spec_accepted, rolled_back;
     uint64_t placeholders;
     uint32_t out_len[REQS];
     int32_t out[REQS][MAX_OUT];
@@ -278,12 +280,25 @@ static uint64_t rng_next(uint64_t *s)
     return *s;
 }
 
+#define DRAFTS 3u
+
+/* What the engine commits for a plan: tokens, accepted drafts, and drafts
+ * for each request's next step. */
+typedef struct engine_out {
+    int32_t tokens[64];
+    uint32_t accepted[64];
+    uint32_t next_counts[64];
+    int32_t next[64 * DRAFTS];
+} engine_out_t;
+
 /* Samples for plan p, checking the placeholder contract: a placeholder is
- * at the position the previous sampling of that request produced. */
+ * at the position the previous sampling of that request produced. Drafts
+ * are verified against the model and accepted while they match; each
+ * sampling entry gets 0-3 drafts for its next step, right 70% of the time. */
 static uint32_t sample_plan(const kvrt_batch_plan_t *p, uint32_t *last_sampled_len,
-                            int32_t *tokens, run_result_t *r)
+                            engine_out_t *o, uint64_t *rng, run_result_t *r)
 {
-    uint32_t n = 0;
+    uint32_t n = 0, num_next = 0;
     for (uint32_t i = 0; i < p->num_seqs; i++) {
         const kvrt_plan_seq_t *e = &p->seqs[i];
         uint64_t tag = e->user_tag;
@@ -294,24 +309,38 @@ static uint32_t sample_plan(const kvrt_batch_plan_t *p, uint32_t *last_sampled_l
             cr_assert_eq(last_sampled_len[tag], pos,
                          "placeholder of request %llu at position %u, last sample made %u",
                          (unsigned long long)tag, pos, last_sampled_len[tag]);
+        o->accepted[i] = 0;
+        o->next_counts[i] = 0;
         if (!e->sample)
             continue;
-        uint32_t len = (uint32_t)p->seq_lens[i];
-        last_sampled_len[tag] = len;
-        tokens[n++] = model(tag, len);
+        /* The first token is sampled at context length seq_len - drafts. */
+        const uint32_t first = (uint32_t)p->seq_lens[i] - e->num_drafts;
+        const int32_t *d = p->input_tokens + p->query_start_loc[i] + 1;
+        uint32_t a = 0;
+        while (a < e->num_drafts && d[a] == model(tag, first + a))
+            o->tokens[n++] = d[a++];
+        o->tokens[n++] = model(tag, first + a);
+        o->accepted[i] = a;
+        last_sampled_len[tag] = first + a;
+        o->next_counts[i] = (uint32_t)(rng_next(rng) % (DRAFTS + 1));
+        for (uint32_t j = 0; j < o->next_counts[i]; j++)
+            o->next[num_next++] = rng_next(rng) % 10 < 7 ? model(tag, first + a + 1 + j)
+                                                         : (int32_t)(rng_next(rng) % 50);
     }
     return n;
 }
 
 /* Samples and commits the oldest plan in flight. */
 static void commit_oldest(fixture_t *f, const kvrt_batch_plan_t **fifo, uint32_t *pending,
-                          uint32_t *last_sampled_len, run_result_t *r)
+                          uint32_t *last_sampled_len, uint64_t *rng, run_result_t *r)
 {
-    int32_t tokens[64];
+    static engine_out_t o;
     const kvrt_batch_plan_t *p = fifo[0];
-    uint32_t n = sample_plan(p, last_sampled_len, tokens, r);
-    kvrt_commit_t c = {.step = p->step, .num_seqs = p->num_seqs, .num_tokens = n,
-                       .tokens = tokens};
+    uint32_t n = sample_plan(p, last_sampled_len, &o, rng, r);
+    kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED | KVRT_COMMIT_DRAFTS,
+                       .step = p->step, .num_seqs = p->num_seqs, .num_tokens = n,
+                       .tokens = o.tokens, .num_accepted = o.accepted,
+                       .num_next_drafts = o.next_counts, .next_drafts = o.next};
     ASSERT_OK(f->ctx, kvrt_sched_commit(f->sched, &c));
     fifo[0] = fifo[1];
     (*pending)--;
@@ -322,14 +351,18 @@ static void run(uint64_t seed, uint32_t in_flight, run_result_t *r)
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_CHUNK |
                                             KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
                                             KVRT_SCHED_PARAM_MAX_SEQS |
-                                            KVRT_SCHED_PARAM_PLANS_IN_FLIGHT,
+                                            KVRT_SCHED_PARAM_PLANS_IN_FLIGHT |
+                                            KVRT_SCHED_PARAM_DRAFT |
+                                            KVRT_SCHED_PARAM_ADAPTIVE_DRAFT,
                               .prefill_chunk_tokens = 24, .max_batch_tokens = 64,
-                              .max_seqs = 16, .max_plans_in_flight = in_flight};
+                              .max_seqs = 16, .max_plans_in_flight = in_flight,
+                              .max_draft_tokens = DRAFTS, .adaptive_draft = 0};
     /* Few blocks: preemption happens. */
     fixture_t f = sched_fixture_open(72, 4, seed & 1, &sp);
     memset(r, 0, sizeof(*r));
     uint64_t rng = seed * 2654435761u + 1;    /* the workload: same in both runs */
     uint64_t engine = seed * 0x9e3779b9u + 7; /* when the async engine commits */
+    uint64_t drafter = seed * 0x85ebca6bu + 3; /* the engine's drafts */
     uint32_t added = 0, ended = 0;
     uint32_t last_sampled_len[REQS] = {0};
     const kvrt_batch_plan_t *fifo[2];
@@ -360,7 +393,7 @@ static void run(uint64_t seed, uint32_t in_flight, run_result_t *r)
             if (p->num_seqs)
                 fifo[pending++] = p;
         } else {
-            commit_oldest(&f, fifo, &pending, last_sampled_len, r);
+            commit_oldest(&f, fifo, &pending, last_sampled_len, &drafter, r);
         }
         kvrt_seq_info_t ev[16];
         uint32_t got;
@@ -380,10 +413,12 @@ static void run(uint64_t seed, uint32_t in_flight, run_result_t *r)
     cr_assert_eq(ended, REQS, "every request ended (seed %llu, %u in flight)",
                  (unsigned long long)seed, in_flight);
     while (pending) /* plans still holding ended requests */
-        commit_oldest(&f, fifo, &pending, last_sampled_len, r);
+        commit_oldest(&f, fifo, &pending, last_sampled_len, &drafter, r);
     kvrt_sched_stats_t st;
     ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
     r->preemptions = st.preemptions;
+    r->spec_accepted = st.spec_accepted;
+    r->rolled_back = st.spec_proposed - st.spec_accepted;
     kvrt_sched_destroy(f.sched);
     f.sched = NULL;
     if (f.cache)
@@ -394,13 +429,15 @@ static void run(uint64_t seed, uint32_t in_flight, run_result_t *r)
 Test(sched_async, randomized_async_outputs_equal_sync_outputs, .timeout = 120)
 {
     static run_result_t sync, async;
-    uint64_t preemptions = 0, placeholders = 0;
+    uint64_t preemptions = 0, placeholders = 0, accepted = 0, rolled_back = 0;
     for (uint64_t seed = 1; seed <= 12; seed++) {
         run(seed, 1, &sync);
         run(seed, 2, &async);
         cr_assert_eq(sync.placeholders, 0);
         preemptions += async.preemptions;
         placeholders += async.placeholders;
+        accepted += async.spec_accepted + sync.spec_accepted;
+        rolled_back += async.rolled_back + sync.rolled_back;
         for (uint32_t t = 0; t < REQS; t++) {
             cr_assert_eq(async.out_len[t], sync.out_len[t], "seed %llu request %u",
                          (unsigned long long)seed, t);
@@ -412,4 +449,6 @@ Test(sched_async, randomized_async_outputs_equal_sync_outputs, .timeout = 120)
     cr_assert_gt(preemptions, 0, "no preemption under async steps");
     cr_assert_gt(placeholders, 1000, "only %llu placeholder decodes",
                  (unsigned long long)placeholders);
+    cr_assert_gt(accepted, 1000, "drafts were accepted");
+    cr_assert_gt(rolled_back, 1000, "drafts were rolled back");
 }
