@@ -852,7 +852,8 @@ enum kvrt_commit_field {
  * concatenation), exactly as kvrt_sched_set_drafts would set them once the
  * commit has applied. Only sampling entries may carry drafts; those of a
  * request that ends at this commit are dropped. Nothing is retained after
- * the call.
+ * the call. step, num_seqs, num_tokens and tokens are always read, the
+ * rest by field_mask; the struct grows by appending fields with new bits.
  */
 typedef struct kvrt_commit {
     uint64_t field_mask;

@@ -58,6 +58,14 @@ def _tokens(values, name, function, allow_empty=False):
     return array
 
 
+def _token_lists(items, name, function):
+    """(key, token ids) pairs as (counts uint32, their concatenation int32);
+    a bad list is named name[key]."""
+    parts = [_tokens(t, "%s[%d]" % (name, k), function, allow_empty=True) for k, t in items]
+    counts = np.fromiter((len(t) for t in parts), dtype=np.uint32, count=len(parts))
+    return counts, (np.concatenate(parts) if parts else np.zeros(0, np.int32))
+
+
 def _info_dict(info, copy_output=True):
     d = {f[0]: getattr(info, f[0]) for f in info._fields_ if f[0] != "output"}
     d["state"] = SEQ_STATES.get(info.state, info.state)
@@ -211,10 +219,7 @@ class Scheduler(Handle):
         drafts maps a request id to its draft tokens (empty clears it). All or
         nothing: a bad entry raises and no draft changes."""
         ids = np.fromiter((int(i) for i in drafts), dtype=np.uint64, count=len(drafts))
-        parts = [_tokens(t, "drafts[%d]" % i, "set_drafts", allow_empty=True)
-                 for i, t in drafts.items()]
-        counts = np.fromiter((len(t) for t in parts), dtype=np.uint32, count=len(parts))
-        tokens = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        counts, tokens = _token_lists(drafts.items(), "drafts", "set_drafts")
         self._call("kvrt_sched_set_drafts", self._handle("set_drafts"), len(ids),
                    ids.ctypes.data_as(_lib.u64p), counts.ctypes.data_as(_lib.u32p),
                    tokens.ctypes.data_as(_lib.i32p))
@@ -293,10 +298,7 @@ class Scheduler(Handle):
             if len(next_drafts) != raw.num_seqs:
                 raise _lib.bad_arg("next_drafts needs one list per plan entry (%d), got %d"
                                    % (raw.num_seqs, len(next_drafts)), "commit")
-            parts = [_tokens(t, "next_drafts[%d]" % i, "commit", allow_empty=True)
-                     for i, t in enumerate(next_drafts)]
-            counts = np.fromiter((len(t) for t in parts), dtype=np.uint32, count=len(parts))
-            drafts = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+            counts, drafts = _token_lists(enumerate(next_drafts), "next_drafts", "commit")
             c.field_mask |= _COMMIT_DRAFTS
             c.num_next_drafts = counts.ctypes.data_as(_lib.u32p)
             c.next_drafts = drafts.ctypes.data_as(_lib.i32p)
