@@ -13,6 +13,27 @@
 
 #include "sched_internal.h"
 
+/* Whether any of the four tokens from given[from], those before given[a]
+ * (the accepted drafts), is negative or unlike its draft (drafts[from]..):
+ * one vector test, lanes at or past a masked out. Reads four entries of
+ * each array. */
+static inline uint32_t accepted_differ(const int32_t *given, const int32_t *drafts, uint32_t a,
+                                       uint32_t from)
+{
+    const sched_v4i32 lane = {(int32_t)from, (int32_t)from + 1, (int32_t)from + 2,
+                              (int32_t)from + 3};
+    const sched_v4i32 acc_v = {(int32_t)a, (int32_t)a, (int32_t)a, (int32_t)a};
+    const sched_v4i32 sign = {INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN};
+    sched_v4i32 g, d;
+    memcpy(&g, given + from, sizeof(g));
+    memcpy(&d, drafts + from, sizeof(d));
+    /* A lane fails with its sign bit or any bit that differs. */
+    const sched_v4i32 f = ((g & sign) | (g ^ d)) & (lane < acc_v);
+    uint64_t half[2];
+    memcpy(half, &f, sizeof(half));
+    return (half[0] | half[1]) != 0;
+}
+
 /* Per-entry checks: counts, drafts, token ids. Nothing changes here. */
 static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
 {
@@ -45,40 +66,29 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
         /* One test for all: any sign bit, any accepted token unlike its
          * draft, over the drafts' count (which an engine keeps steady) with
          * those past the accepted ones masked, so that a random accepted
-         * count costs no mispredicted loop exit. Up to 8 drafts go as two
-         * vectors when both arrays have 8 entries to read; otherwise a
-         * loop reads no token past the commit's own. */
+         * count costs no mispredicted loop exit. Up to 4 drafts go as one
+         * vector, up to 8 as two, when both arrays have that many entries
+         * to read; otherwise a loop reads no token past the commit's own. */
         uint32_t bad = (uint32_t)given[a] >> 31;
-        if (e->num_drafts == 0) {
-            /* a decode or a prefill: its one token's sign is all */
-        } else if (KVRT_LIKELY(e->num_drafts <= 8 && c->num_tokens - total >= 8 &&
-                               s->max_batch_tokens - at >= 8)) {
-            const sched_v4i32 lane = {0, 1, 2, 3}, four = {4, 4, 4, 4};
-            const sched_v4i32 acc_v = {(int32_t)a, (int32_t)a, (int32_t)a, (int32_t)a};
-            sched_v4i32 g0, g1, d0, d1;
-            memcpy(&g0, given, sizeof(g0));
-            memcpy(&g1, given + 4, sizeof(g1));
-            memcpy(&d0, drafts, sizeof(d0));
-            memcpy(&d1, drafts + 4, sizeof(d1));
-            const sched_v4i32 m0 = lane < acc_v, m1 = lane + four < acc_v;
-            /* A lane fails with its sign bit or any bit that differs. */
-            const sched_v4i32 sign = {INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN};
-            sched_v4i32 f = (((g0 & sign) | (g0 ^ d0)) & m0) | (((g1 & sign) | (g1 ^ d1)) & m1);
-            uint64_t half[2];
-            memcpy(half, &f, sizeof(half));
-            bad |= (half[0] | half[1]) != 0;
-        } else {
-            uint32_t span = e->num_drafts;
-            if (span > c->num_tokens - total)
-                span = c->num_tokens - total;
-            int32_t any = 0;
-            uint32_t differ = 0;
-            for (uint32_t j = 0; j < span; j++) {
-                int32_t in = -(int32_t)(j < a);
-                any |= given[j] & in;
-                differ |= (uint32_t)((given[j] ^ drafts[j]) & in);
+        if (e->num_drafts) { /* (a decode's or a prefill's one token: its sign is all) */
+            const uint32_t given_left = c->num_tokens - total;
+            const uint32_t planned_left = s->max_batch_tokens - at;
+            if (KVRT_LIKELY(e->num_drafts <= 4 && given_left >= 4 && planned_left >= 4)) {
+                bad |= accepted_differ(given, drafts, a, 0);
+            } else if (e->num_drafts <= 8 && given_left >= 8 && planned_left >= 8) {
+                bad |= accepted_differ(given, drafts, a, 0) |
+                       accepted_differ(given, drafts, a, 4);
+            } else {
+                uint32_t span = e->num_drafts < given_left ? e->num_drafts : given_left;
+                int32_t any = 0;
+                uint32_t differ = 0;
+                for (uint32_t j = 0; j < span; j++) {
+                    int32_t in = -(int32_t)(j < a);
+                    any |= given[j] & in;
+                    differ |= (uint32_t)((given[j] ^ drafts[j]) & in);
+                }
+                bad |= any < 0 || differ;
             }
-            bad |= any < 0 || differ;
         }
         if (KVRT_UNLIKELY(bad)) {
             for (uint32_t j = 0; j <= a; j++) {
@@ -347,10 +357,8 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
             if (e->kind == KVRT_PLAN_SPEC) {
                 q->spec_proposed += e->num_drafts;
                 q->spec_accepted += a;
-                s->stats.spec_proposed += e->num_drafts;
-                s->stats.spec_accepted += a;
-                s->stats.spec_verifications++;
-                /* Per-position counts are derived when read (sched.c). */
+                /* The totals and per-position counts are derived from
+                 * these two when read (sched.c). */
                 s->spec_by_drafts[e->num_drafts]++;
                 s->spec_by_accepted[a]++;
                 if (s->adaptive_draft)

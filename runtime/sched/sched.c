@@ -23,21 +23,32 @@ static inline double ratio(uint64_t num, uint64_t den) { return den ? (double)nu
 static void fill_stats(const kvrt_sched_t *s, kvrt_sched_stats_t *out)
 {
     *out = s->stats;
+    /* The commit counts verifications by drafts and by accepted drafts
+     * only (sched_internal.h); the totals are sums of those. */
+    uint64_t verifications = 0, proposed = 0, accepted = 0;
+    for (uint32_t j = 1; j <= KVRT_SCHED_MAX_DRAFT; j++) {
+        verifications += s->spec_by_drafts[j];
+        proposed += (uint64_t)j * s->spec_by_drafts[j];
+        accepted += (uint64_t)j * s->spec_by_accepted[j];
+    }
+    out->spec_verifications = verifications;
+    out->spec_proposed = proposed;
+    out->spec_accepted = accepted;
     out->waiting = s->heap_size;
     out->running = s->running_live;
     out->ended_undrained = s->ended_count;
     out->awaiting_kv = s->num_awaiting;
-    out->spec_acceptance = ratio(s->stats.spec_accepted, s->stats.spec_proposed);
-    out->spec_mean_accepted = ratio(s->stats.spec_accepted, s->stats.spec_verifications);
+    out->spec_acceptance = ratio(accepted, proposed);
+    out->spec_mean_accepted = ratio(accepted, verifications);
     out->prefix_hit_rate = ratio(s->stats.prefix_hit_tokens, s->stats.prefix_query_tokens);
     out->prefix_hit_rate_window =
         ratio(s->stats.window_hit_tokens, s->stats.window_query_tokens);
-    uint64_t proposed = 0, accepted = 0;
+    uint64_t at_proposed = 0, at_accepted = 0;
     for (uint32_t j = KVRT_SCHED_DRAFT_POSITIONS; j-- > 0;) {
-        proposed += s->spec_by_drafts[j + 1];
-        accepted += s->spec_by_accepted[j + 1];
-        out->spec_proposed_at[j] = proposed;
-        out->spec_accepted_at[j] = accepted;
+        at_proposed += s->spec_by_drafts[j + 1];
+        at_accepted += s->spec_by_accepted[j + 1];
+        out->spec_proposed_at[j] = at_proposed;
+        out->spec_accepted_at[j] = at_accepted;
     }
 }
 

@@ -373,7 +373,9 @@ struct kvrt_sched {
 
     /* Verifications by draft count and by accepted count: position j was
      * proposed by those with more than j drafts, accepted by those with
-     * more than j accepted (one increment each per entry at commit). */
+     * more than j accepted (one increment each per entry at commit). The
+     * stats' spec_verifications, spec_proposed and spec_accepted are their
+     * sums, taken when read (stats.spec_* stay 0). */
     uint64_t spec_by_drafts[KVRT_SCHED_MAX_DRAFT + 1];
     uint64_t spec_by_accepted[KVRT_SCHED_MAX_DRAFT + 1];
 

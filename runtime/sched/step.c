@@ -401,11 +401,17 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
     if (!decodes && !s->num_pending) /* in flight, a last chunk makes a decode */
         return;
     uint32_t draft_cap = 0;
+    /* Budget for 1 + max_draft tokens of every running request (async
+     * steps may plan a decode for one still in prefill), after the prefill
+     * demand: then neither the share nor the reserve below can bind, and
+     * no request needs them. */
+    bool ample = false;
     if (s->max_draft && decodes) {
-        uint64_t demand = decodes + prefill_demand(s);
+        uint64_t prefill = prefill_demand(s), demand = decodes + prefill;
         uint64_t slack = st->budget > demand ? st->budget - demand : 0;
         uint64_t share = slack / decodes;
         draft_cap = share < s->max_draft ? (uint32_t)share : s->max_draft;
+        ample = st->budget >= (uint64_t)s->running_live * (1 + s->max_draft) + prefill;
     }
     uint32_t decodes_left = decodes;
     const bool async = s->async;
@@ -443,8 +449,11 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         if (s->max_draft && !q->in_plan) {
             uint32_t room = q->max_tokens - q->num_tokens - 1; /* outputs after the bonus */
             uint32_t want = min_u32(s->adaptive_draft ? q->draft_len : s->max_draft, room);
-            uint32_t reserve = decodes_left < st->budget - 1 ? decodes_left : st->budget - 1;
-            uint32_t limit = min_u32(min_u32(want, draft_cap), st->budget - 1 - reserve);
+            uint32_t limit = want;
+            if (!ample) { /* its share, and a token kept for each decode after it */
+                uint32_t reserve = decodes_left < st->budget - 1 ? decodes_left : st->budget - 1;
+                limit = min_u32(min_u32(want, draft_cap), st->budget - 1 - reserve);
+            }
             if (q->engine_drafts) {
                 drafts = min_u32(q->engine_drafts, limit);
                 sched_copy32(input + 1, s->max_batch_tokens - t0 - 1, q->draft,

@@ -553,6 +553,84 @@ Test(sched_spec, drafts_back_off_when_the_budget_binds)
     close_fixture(&f);
 }
 
+/* Every accepted draft is checked, at any position and whatever the
+ * number of drafts (up to 4 and up to 8 are checked as vectors, more or
+ * near the end of the tokens one by one): a wrong or negative one is
+ * refused, nothing changes, and the right commit still goes through. */
+Test(sched_spec, a_wrong_or_negative_accepted_draft_is_refused_at_any_position)
+{
+    fixture_t f = open_fixture(12, false, 8192);
+    int32_t prompt[5] = {1, 2, 3, 4, 5};
+    const uint32_t counts[3] = {12, 6, 3};
+    kvrt_seq_id_t ids[3];
+    for (uint32_t r = 0; r < 3; r++)
+        ids[r] = add(&f, prompt, 5, 40);
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 0, &plan));
+    int32_t first[3] = {7, 7, 7};
+    kvrt_commit_t prefill = {.step = plan->step, .num_seqs = 3, .num_tokens = 3,
+                             .tokens = first};
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &prefill));
+    int32_t drafts[21];
+    for (uint32_t k = 0; k < 21; k++)
+        drafts[k] = 200 + (int32_t)k;
+    ASSERT_OK(f.ctx, kvrt_sched_set_drafts(f.sched, 3, ids, counts, drafts));
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 1, &plan));
+    cr_assert_eq(plan->num_seqs, 3);
+    /* All drafts accepted, then a bonus token: 24 tokens. */
+    int32_t good[24];
+    uint32_t acc[3], total = 0;
+    for (uint32_t i = 0; i < 3; i++) {
+        const kvrt_plan_seq_t *e = &plan->seqs[i];
+        cr_assert_eq(e->kind, KVRT_PLAN_SPEC);
+        acc[i] = e->num_drafts;
+        const int32_t *planned = plan->input_tokens + plan->query_start_loc[i] + 1;
+        for (uint32_t j = 0; j < e->num_drafts; j++)
+            good[total++] = planned[j];
+        good[total++] = 77;
+    }
+    cr_assert_eq(total, 24);
+    kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step, .num_seqs = 3,
+                       .num_tokens = total, .num_accepted = acc};
+    int32_t bad[24];
+    uint32_t refused = 0;
+    for (uint32_t k = 0; k < total; k++) {
+        for (int how = 0; how < 2; how++) {
+            if (good[k] == 77 && how == 0)
+                continue; /* the bonus token may be anything but negative */
+            memcpy(bad, good, sizeof(bad));
+            bad[k] = how ? -1 - (int32_t)k : good[k] + 1;
+            c.tokens = bad;
+            ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_commit(f.sched, &c));
+            refused++;
+        }
+    }
+    cr_assert_eq(refused, 21 * 2 + 3);
+    kvrt_seq_info_t info;
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, ids[0], &info));
+    cr_assert_eq(info.output_tokens, 1, "refused commits changed nothing");
+    c.tokens = good;
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.spec_verifications, 3);
+    cr_assert_eq(st.spec_proposed, 21);
+    cr_assert_eq(st.spec_accepted, 21);
+    cr_assert_eq(st.spec_proposed_at[11], 1);
+    cr_assert_eq(st.spec_proposed_at[5], 2);
+    cr_assert_eq(st.spec_accepted_at[0], 3);
+    for (uint32_t r = 0; r < 3; r++) {
+        ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, ids[r], &info));
+        cr_assert_eq(info.output_tokens, 2 + counts[r]);
+        cr_assert_eq(info.spec_accepted, counts[r]);
+        ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, ids[r]));
+    }
+    uint32_t n;
+    kvrt_seq_info_t ev[3];
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 3, &n));
+    close_fixture(&f);
+}
+
 Test(sched_spec, bad_speculative_calls_are_refused)
 {
     fixture_t f = open_fixture(2, false, 8192);
