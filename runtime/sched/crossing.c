@@ -130,8 +130,8 @@ bool sched_crossing_defer(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)
     /* New blocks (past those the row holds), plus one when the table's own
      * tail is partial (lazy tokens in it, or c inside a block): a
      * copy-on-write would take one if that tail were shared. */
-    const uint32_t need = new_blocks(s, q, c, n) +
-                          (q->lag != 0 || (c & (s->tokens_per_block - 1)) != 0);
+    const uint32_t took = new_blocks(s, q, c, n);
+    const uint32_t need = took + (q->lag != 0 || (c & (s->tokens_per_block - 1)) != 0);
     if (s->crossing_blocks + need > s->crossing_room && !s->crossing_idle_counted) {
         /* Idle cached blocks count one for one only without an eviction
          * sink, which may keep several victims for each block taken. */
@@ -141,8 +141,8 @@ bool sched_crossing_defer(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)
     }
     if (s->crossing_blocks + need > s->crossing_room)
         return false; /* the slow path decides, after the batch has run */
-    s->crossings[s->num_crossings++] =
-        (sched_crossing_t){.slot = sched_slot(s, q), .t0 = s->plan->num_tokens, .c = c, .n = n};
+    s->crossings[s->num_crossings++] = (sched_crossing_t){
+        .slot = sched_slot(s, q), .t0 = s->plan->num_tokens, .c = c, .n = n, .took = took};
     s->crossing_blocks += need;
     return true;
 }
@@ -184,20 +184,19 @@ void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
             const sched_crossing_t *e = &x[r - d];
             const seq_t *q = &s->seqs[e->slot];
             warm_links(s, q, ahead - taken);
-            ahead += new_blocks(s, q, e->c, e->n);
+            ahead += e->took;
         }
         if (d && r >= 2 * d && r - 2 * d < m)
             kvrt_table_prefetch_end(s->pool, s->seqs[x[r - 2 * d].slot].table);
         if (r >= 3 * d) {
             const sched_crossing_t *e = &x[r - 3 * d];
             seq_t *q = &s->seqs[e->slot];
-            const uint32_t took = new_blocks(s, q, e->c, e->n);
             /* The entries after its n slots are planned already: kept. */
             const uint32_t t0 = e->t0 - removed;
             kvrt_status_t st = sched_append_tail(s, q, e->c, s->buf->slot_mapping + t0,
                                                  s->max_batch_tokens - t0, e->n, true);
             if (KVRT_LIKELY(st == KVRT_OK)) {
-                taken += took;
+                taken += e->took;
             } else {
                 /* Not for want of blocks (those that certainly exist were
                  * counted at deferral): a table limit. As on the slow path,

@@ -197,6 +197,7 @@ typedef struct sched_crossing {
     uint32_t t0;            /* its first token in the plan */
     uint32_t c;             /* tokens in its table before the append */
     uint32_t n;             /* tokens appended */
+    uint32_t took;          /* blocks it takes: those past the row's */
 } sched_crossing_t;
 /* Crossings gathered before the batch runs: enough for the fetches of one
  * to overlap the work of others, few enough that the requests' lines read
