@@ -77,7 +77,8 @@
  * first a waiting head gives up its prefix hits, then queued requests
  * holding K/V that arrived give it up (see "waiting for KV"; the one the
  * admission order reaches last goes first; with a prefix cache the blocks
- * stay cached, idle).
+ * stay cached, idle), then other running sequences give back the blocks
+ * only rejected drafts used (see speculation).
  * Then the scheduler preempts a *victim*: among all running sequences (the
  * one in need included, whether or not already placed in this step's
  * plan), the lowest priority, then the latest arrival (kvrt_seq_add order).
@@ -107,7 +108,9 @@
  * drafts, then the bonus token); the d - a rejected drafts are rolled
  * back: their positions are planned again, and the blocks only they used
  * stay with the request for its next tokens (its row shows them past its
- * tokens' blocks; kvrt_seq_blocks and the CSR tables do not). The engine's
+ * tokens' blocks; kvrt_seq_blocks and the CSR tables do not) until a
+ * running sequence needs a block the pool does not have free: then they go
+ * back first, before anyone is preempted. The engine's
  * drafts for the next step may come with the commit (KVRT_COMMIT_DRAFTS),
  * as a draft model proposes them right after verification.
  * Adaptive draft length (default on): each sequence keeps an

@@ -188,8 +188,37 @@ static void preempt(kvrt_sched_t *s, seq_t *q, uint32_t *budget)
     s->stats.preemptions++;
 }
 
+/* Blocks that rejected drafts left with running requests other than
+ * `except` go back to the pool: a table ahead of its plan (lag < 0) is cut
+ * to the plan's length (committed tokens, those of plans in flight and
+ * those planned this step, whose slots stay where they are), which frees
+ * the blocks past it, and the row follows. Those blocks hold no token
+ * anyone computed (never offered to the cache). Returns whether a block
+ * came back. O(running): only when blocks ran out. */
+static bool trim_kept_blocks(kvrt_sched_t *s, const seq_t *except)
+{
+    bool freed = false;
+    for (uint32_t i = 0; i < s->num_running; i++) {
+        seq_t *q;
+        if (!running_valid(s, i, &q) || q == except || q->lag >= 0)
+            continue; /* (a hybrid scheduler's lag never goes negative) */
+        uint32_t table_blocks, table_tokens;
+        kvrt_table_view(s->pool, q->table, NULL, &table_blocks, &table_tokens);
+        const uint32_t plan_tokens = table_tokens - (uint32_t)-q->lag;
+        if (sched_blocks_for(s, plan_tokens) == table_blocks)
+            continue; /* its kept positions are all in its tail block */
+        if (kvrt_table_truncate(s->pool, q->table, plan_tokens) != KVRT_OK)
+            continue; /* cannot fail on a live table it shortens */
+        q->lag = 0;
+        sched_row_sync(s, q, 0, false);
+        freed = true;
+    }
+    return freed;
+}
+
 /* Blocks ran out for q: a pinned waiting head, then queued arrived K/V
- * give up their blocks, then a victim is preempted (an admission,
+ * give up their blocks, then (for a running request) the blocks rejected
+ * drafts left with others, then a victim is preempted (an admission,
  * `admitting`, preempts nobody but itself). Returns true to try again,
  * false when q is not to be planned this step: preempted, failed, or
  * waiting for arrivals or plans in flight to give blocks back. */
@@ -200,6 +229,8 @@ static bool relieve(kvrt_sched_t *s, seq_t *q, uint32_t *budget, bool admitting)
         return true;
     }
     if (sched_release_landed(s, NULL)) /* then queued K/V that arrived */
+        return true;
+    if (!admitting && trim_kept_blocks(s, q)) /* then positions no one computed */
         return true;
     seq_t *victim = admitting ? q : pick_victim(s);
     if (victim->in_plan & ~sched_plan_bit(s))

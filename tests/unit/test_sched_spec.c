@@ -311,6 +311,92 @@ static void commit_and_close(fixture_t *f, const kvrt_batch_plan_t *plan,
     close_fixture(f);
 }
 
+/* Blocks that only rejected drafts used go back to the pool before any
+ * request is preempted for want of blocks: A rolls its drafts back and
+ * keeps a block past its tokens; B, the latest arrival (the victim), then
+ * needs a block from a pool with none free, and gets A's instead of being
+ * preempted. */
+Test(sched_spec, kept_blocks_go_back_before_anyone_is_preempted)
+{
+    kvrt_ctx_t *ctx;
+    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
+    kvrt_pool_t *pool = test_pool(ctx, 7, 4); /* 6 blocks of 4 tokens */
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_DRAFT,
+                              .max_draft_tokens = 4};
+    kvrt_sched_t *sched;
+    ASSERT_OK(ctx, kvrt_sched_create(ctx, pool, NULL, &sp, &sched));
+    int32_t prompt_a[4] = {1, 2, 3, 4}, prompt_b[7] = {11, 12, 13, 14, 15, 16, 17};
+    kvrt_seq_params_t pa = {.prompt = prompt_a, .prompt_len = 4, .max_new_tokens = 12};
+    kvrt_seq_params_t pb = {.prompt = prompt_b, .prompt_len = 7, .max_new_tokens = 9};
+    kvrt_seq_id_t ids[2];
+    ASSERT_OK(ctx, kvrt_seq_add(sched, &pa, &ids[0]));
+    ASSERT_OK(ctx, kvrt_seq_add(sched, &pb, &ids[1]));
+    /* Step 1: both prompts (1 + 2 blocks). */
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(ctx, kvrt_sched_step(sched, 0, &plan));
+    cr_assert_eq(plan->num_seqs, 2);
+    int32_t first[2] = {5, 18};
+    kvrt_commit_t c = {.step = plan->step, .num_seqs = 2, .num_tokens = 2, .tokens = first};
+    ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
+    /* Step 2: 4 drafts each. A (positions 4-8) takes 2 blocks and rejects
+     * them all; B (7-11) takes 1 and accepts them all. 6 blocks in use. */
+    uint32_t four[2] = {4, 4};
+    int32_t drafts[8] = {6, 7, 8, 9, 19, 20, 21, 22};
+    ASSERT_OK(ctx, kvrt_sched_set_drafts(sched, 2, ids, four, drafts));
+    ASSERT_OK(ctx, kvrt_sched_step(sched, 1, &plan));
+    cr_assert_eq(plan->num_seqs, 2);
+    cr_assert_eq(plan->seqs[0].id, ids[0]);
+    uint32_t accepted[2] = {0, 4};
+    int32_t tokens[6] = {60, 19, 20, 21, 22, 23};
+    c = (kvrt_commit_t){.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step, .num_seqs = 2,
+                        .num_tokens = 6, .tokens = tokens, .num_accepted = accepted};
+    ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    cr_assert_eq(info.used_blocks, 6);
+    cr_assert_eq(info.free_blocks, 0);
+    const int32_t kept = plan->block_rows[(size_t)plan->seqs[0].row * plan->row_stride + 2];
+    cr_assert_neq(kept, KVRT_NULL_BLOCK, "A keeps the block its rejected drafts took");
+    /* Step 3: A decodes inside its tail block; B crosses into position 12
+     * with no block free. */
+    ASSERT_OK(ctx, kvrt_sched_step(sched, 2, &plan));
+    cr_assert_eq(plan->num_preempted, 0, "a kept block was free to give");
+    cr_assert_eq(plan->num_seqs, 2);
+    const kvrt_plan_seq_t *b = &plan->seqs[1];
+    cr_assert_eq(b->id, ids[1]);
+    cr_assert_eq(b->num_computed_tokens, 12);
+    cr_assert_eq(plan->slot_mapping[plan->query_start_loc[1]], (int64_t)kept * 4,
+                 "B's position 12 is in the block A gave back");
+    const int32_t *row_a = plan->block_rows + (size_t)plan->seqs[0].row * plan->row_stride;
+    cr_assert_eq(row_a[2], KVRT_NULL_BLOCK, "A's row no longer names it");
+    uint32_t nb, nt;
+    ASSERT_OK(ctx, kvrt_seq_blocks(sched, ids[0], NULL, &nb, &nt));
+    cr_assert_eq(nb, 2);
+    ASSERT_OK(ctx, kvrt_pool_verify(pool));
+    /* A goes on as if its drafts had never been: its next token lands in
+     * its own tail block, and blocks run out again only when it crosses. */
+    int32_t bonus[2] = {61, 24};
+    c = (kvrt_commit_t){.step = plan->step, .num_seqs = 2, .num_tokens = 2, .tokens = bonus};
+    ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
+    kvrt_seq_info_t sa;
+    ASSERT_OK(ctx, kvrt_seq_info(sched, ids[0], &sa));
+    cr_assert_eq(sa.computed_tokens, 6);
+    cr_assert_eq(sa.output_tokens, 3);
+    cr_assert_eq(sa.output[1], 60);
+    cr_assert_eq(sa.output[2], 61);
+    for (int r = 0; r < 2; r++)
+        ASSERT_OK(ctx, kvrt_seq_abort(sched, ids[r]));
+    uint32_t n;
+    kvrt_seq_info_t ev[2];
+    ASSERT_OK(ctx, kvrt_sched_drain_ended(sched, ev, 2, &n));
+    ASSERT_OK(ctx, kvrt_pool_verify(pool));
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    cr_assert_eq(info.used_blocks, 0);
+    kvrt_sched_destroy(sched);
+    kvrt_pool_destroy(pool);
+    kvrt_ctx_destroy(ctx);
+}
+
 Test(sched_spec, set_drafts_for_many_requests_is_all_or_nothing)
 {
     fixture_t f = open_fixture(4, false, 8192);
