@@ -291,12 +291,16 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
     seq_t *const seqs = s->seqs;
     const bool async = s->async;
     const bool hybrid = s->hybrid;
-    const bool second_line = s->max_draft || s->cache;
+    const bool caching = s->cache != NULL;
+    const uint32_t block_mask = s->tokens_per_block - 1;
+    /* Speculation's counters; a prefill chunk's cache check reads it too,
+     * without a prefetch (prefill entries are few). */
+    const bool second_line = s->max_draft != 0;
     for (uint32_t i = 0; i < num_seqs; i++) {
         if (i + SCHED_PREFETCH < num_seqs) {
             const char *ahead = (const char *)&seqs[slot_of[i + SCHED_PREFETCH]];
             __builtin_prefetch(ahead, 1);
-            if (second_line) /* speculation and caching use it */
+            if (second_line)
                 __builtin_prefetch(ahead + 64, 1);
         }
         if (i + SCHED_PREFETCH / 2 < num_seqs) {
@@ -332,7 +336,8 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
             continue;
         }
         uint32_t rejected = e->num_drafts - a;
-        q->computed += e->num_new_tokens - rejected;
+        const uint32_t advanced = e->num_new_tokens - rejected;
+        q->computed += advanced;
         /* Rollback: the rejected drafts' positions are planned again. The
          * blocks the step gave them stay with the request for its next
          * tokens (the pool's table runs ahead of the plan: a negative lag),
@@ -372,9 +377,16 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
             }
         }
         off += given;
-        /* Groups of other block sizes fill blocks at other boundaries:
-         * hybrid schedulers let every group decide (groups.c). */
-        if (s->cache && (hybrid || sched_full_blocks(s, q) > q->num_inserted))
+        /* Whether the entry may have filled a block to offer (the defer
+         * checks on the second line). A decoding request has offered every
+         * full block already (each commit's batch inserts them all), so
+         * only a computed count that passed a block boundary can, which
+         * the first line tells. A prefill chunk is always checked (prefix
+         * hits and arrived K/V count as offered). Groups of other block
+         * sizes fill blocks at other boundaries: hybrid schedulers let
+         * every group decide (groups.c). */
+        if (caching && (hybrid || e->kind == KVRT_PLAN_PREFILL ||
+                        (q->computed & block_mask) < advanced))
             sched_insert_defer(s, q);
         if (reason != KVRT_END_NONE) {
             sched_inserts_flush(s); /* its own blocks included */
