@@ -70,7 +70,7 @@ static kvrt_status_t validate(kvrt_sched_t *s, const kvrt_commit_t *c)
          * vector, up to 8 as two, when both arrays have that many entries
          * to read; otherwise a loop reads no token past the commit's own. */
         uint32_t bad = (uint32_t)given[a] >> 31;
-        if (e->num_drafts) { /* (a decode's or a prefill's one token: its sign is all) */
+        if (e->num_drafts) { /* (without drafts, the one token's sign is all) */
             const uint32_t given_left = c->num_tokens - total;
             const uint32_t planned_left = s->max_batch_tokens - at;
             if (KVRT_LIKELY(e->num_drafts <= 4 && given_left >= 4 && planned_left >= 4)) {
