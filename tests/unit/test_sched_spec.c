@@ -3,9 +3,10 @@
  * with KV slots, acceptance and bonus tokens, rollback that leaves the
  * request's tokens, its block table's view and the prefix cache exactly as
  * if the rejected drafts had never been appended (the blocks they took stay
- * with the request and serve its next tokens), the n-gram proposer,
- * adaptive draft length, back-off under the token budget, and refused bad
- * speculative calls.
+ * with the request and serve its next tokens, or go back before anyone is
+ * preempted), the n-gram proposer, adaptive draft length, back-off under
+ * the token budget, and refused bad speculative calls (a wrong accepted
+ * draft at any position among them).
  */
 #include <string.h>
 
@@ -397,18 +398,31 @@ Test(sched_spec, kept_blocks_go_back_before_anyone_is_preempted)
     kvrt_ctx_destroy(ctx);
 }
 
+/* Adds n (<= 16) requests of the same prompt and runs their prefill step:
+ * each samples its first token, 7, and decodes from then on. */
+static void add_and_prefill(fixture_t *f, const int32_t *prompt, uint32_t len,
+                            uint32_t max_new, kvrt_seq_id_t *ids, uint32_t n)
+{
+    cr_assert_leq(n, 16);
+    for (uint32_t r = 0; r < n; r++)
+        ids[r] = add(f, prompt, len, max_new);
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f->ctx, kvrt_sched_step(f->sched, 0, &plan));
+    cr_assert_eq(plan->num_seqs, n);
+    int32_t first[16];
+    for (uint32_t r = 0; r < n; r++)
+        first[r] = 7;
+    kvrt_commit_t c = {.step = plan->step, .num_seqs = n, .num_tokens = n, .tokens = first};
+    ASSERT_OK(f->ctx, kvrt_sched_commit(f->sched, &c));
+}
+
 Test(sched_spec, set_drafts_for_many_requests_is_all_or_nothing)
 {
     fixture_t f = open_fixture(4, false, 8192);
     int32_t prompt[3] = {1, 2, 3};
     kvrt_seq_id_t id[3];
-    for (int r = 0; r < 3; r++)
-        id[r] = add(&f, prompt, 3, 20);
+    add_and_prefill(&f, prompt, 3, 20, id, 3);
     const kvrt_batch_plan_t *plan;
-    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 0, &plan));
-    int32_t bonus[3] = {7, 7, 7};
-    kvrt_commit_t c = {.step = plan->step, .num_seqs = 3, .num_tokens = 3, .tokens = bonus};
-    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
     /* Request 0 gets drafts; then a call naming 0 and 1 fails on 1's
      * negative token, another on an unknown id: 0 keeps its drafts, 1 has
      * none. */
@@ -649,18 +663,12 @@ Test(sched_spec, a_wrong_or_negative_accepted_draft_is_refused_at_any_position)
     int32_t prompt[5] = {1, 2, 3, 4, 5};
     const uint32_t counts[3] = {12, 6, 3};
     kvrt_seq_id_t ids[3];
-    for (uint32_t r = 0; r < 3; r++)
-        ids[r] = add(&f, prompt, 5, 40);
-    const kvrt_batch_plan_t *plan;
-    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 0, &plan));
-    int32_t first[3] = {7, 7, 7};
-    kvrt_commit_t prefill = {.step = plan->step, .num_seqs = 3, .num_tokens = 3,
-                             .tokens = first};
-    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &prefill));
+    add_and_prefill(&f, prompt, 5, 40, ids, 3);
     int32_t drafts[21];
     for (uint32_t k = 0; k < 21; k++)
         drafts[k] = 200 + (int32_t)k;
     ASSERT_OK(f.ctx, kvrt_sched_set_drafts(f.sched, 3, ids, counts, drafts));
+    const kvrt_batch_plan_t *plan;
     ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 1, &plan));
     cr_assert_eq(plan->num_seqs, 3);
     /* All drafts accepted, then a bonus token: 24 tokens. */
