@@ -141,8 +141,9 @@ bool sched_crossing_defer(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)
     }
     if (s->crossing_blocks + need > s->crossing_room)
         return false; /* the slow path decides, after the batch has run */
-    s->crossings[s->num_crossings++] = (sched_crossing_t){
-        .slot = sched_slot(s, q), .t0 = s->plan->num_tokens, .c = c, .n = n, .took = took};
+    s->crossings[s->num_crossings++] =
+        (sched_crossing_t){.slot = sched_slot(s, q), .t0 = s->plan->num_tokens, .c = c,
+                           .n = (uint16_t)n, .took = (uint16_t)took};
     s->crossing_blocks += need;
     return true;
 }

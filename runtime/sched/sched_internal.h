@@ -196,9 +196,11 @@ typedef struct sched_crossing {
     uint32_t slot;          /* request slot */
     uint32_t t0;            /* its first token in the plan */
     uint32_t c;             /* tokens in its table before the append */
-    uint32_t n;             /* tokens appended */
-    uint32_t took;          /* blocks it takes: those past the row's */
+    uint16_t n;             /* tokens appended: a decode's, 1 + drafts */
+    uint16_t took;          /* blocks it takes: those past the row's */
 } sched_crossing_t;
+_Static_assert(1 + KVRT_SCHED_MAX_DRAFT <= UINT16_MAX && sizeof(sched_crossing_t) == 16,
+               "a crossing record is a decode's: four records a line");
 /* Crossings gathered before the batch runs: enough for the fetches of one
  * to overlap the work of others, few enough that the requests' lines read
  * while gathering are still cached when the batch runs. */
@@ -584,8 +586,8 @@ kvrt_status_t sched_append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, int64_t *
  * room and keep_rest as for sched_append_tail. */
 void sched_row_slots(const kvrt_sched_t *s, const int32_t *row, uint32_t c, int64_t *slots,
                      size_t room, uint32_t n, bool keep_rest);
-/* Defers a running decode's append of n tokens (its plan entry comes
- * next, at the plan's current end) to the crossing batch. Returns false
+/* Defers a running decode's append of n (1 + drafts) tokens (its plan
+ * entry comes next, at the plan's current end) to the crossing batch. Returns false
  * when the batch is full or the blocks the append may need are not
  * certainly free: the caller takes the slow path, which runs the batch
  * first. Single-group schedulers only. */
