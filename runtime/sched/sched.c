@@ -20,17 +20,26 @@ _Static_assert(sizeof(kvrt_sched_stats_t) == KVRT_SCHED_STATS_SIZE_1_0,
 
 static inline double ratio(uint64_t num, uint64_t den) { return den ? (double)num / den : 0; }
 
+_Static_assert(KVRT_SCHED_DRAFT_POSITIONS == KVRT_SCHED_MAX_DRAFT,
+               "every draft position is counted: the speculation totals are their sums");
+
 static void fill_stats(const kvrt_sched_t *s, kvrt_sched_stats_t *out)
 {
     *out = s->stats;
     /* The commit counts verifications by drafts and by accepted drafts
-     * only (sched_internal.h); the totals are sums of those. */
-    uint64_t verifications = 0, proposed = 0, accepted = 0;
-    for (uint32_t j = 1; j <= KVRT_SCHED_MAX_DRAFT; j++) {
-        verifications += s->spec_by_drafts[j];
-        proposed += (uint64_t)j * s->spec_by_drafts[j];
-        accepted += (uint64_t)j * s->spec_by_accepted[j];
+     * only (sched_internal.h). Position j was proposed (accepted) by those
+     * with more than j; the totals are the sums over positions, and every
+     * verification proposed position 0. */
+    uint64_t at_proposed = 0, at_accepted = 0, proposed = 0, accepted = 0;
+    for (uint32_t j = KVRT_SCHED_DRAFT_POSITIONS; j-- > 0;) {
+        at_proposed += s->spec_by_drafts[j + 1];
+        at_accepted += s->spec_by_accepted[j + 1];
+        out->spec_proposed_at[j] = at_proposed;
+        out->spec_accepted_at[j] = at_accepted;
+        proposed += at_proposed;
+        accepted += at_accepted;
     }
+    const uint64_t verifications = out->spec_proposed_at[0];
     out->spec_verifications = verifications;
     out->spec_proposed = proposed;
     out->spec_accepted = accepted;
@@ -43,13 +52,6 @@ static void fill_stats(const kvrt_sched_t *s, kvrt_sched_stats_t *out)
     out->prefix_hit_rate = ratio(s->stats.prefix_hit_tokens, s->stats.prefix_query_tokens);
     out->prefix_hit_rate_window =
         ratio(s->stats.window_hit_tokens, s->stats.window_query_tokens);
-    uint64_t at_proposed = 0, at_accepted = 0;
-    for (uint32_t j = KVRT_SCHED_DRAFT_POSITIONS; j-- > 0;) {
-        at_proposed += s->spec_by_drafts[j + 1];
-        at_accepted += s->spec_by_accepted[j + 1];
-        out->spec_proposed_at[j] = at_proposed;
-        out->spec_accepted_at[j] = at_accepted;
-    }
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_sched_stats_sized(const kvrt_sched_t *s,
