@@ -61,8 +61,10 @@ static void fixture_close(fixture_t *f)
     }
 }
 
-/* N running decodes with 1-2K tokens of context, WAITING more queued. */
-static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache)
+/* N running decodes with 1-2K tokens of context, WAITING more queued;
+ * stops: every request has two stop tokens (as an engine's EOS tokens),
+ * which the commit checks and no sampled token matches. */
+static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache, bool stops)
 {
     memset(f, 0, sizeof(*f));
     f->n = n;
@@ -100,11 +102,14 @@ static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache)
     f->ids = calloc(n + WAITING, sizeof(*f->ids));
     f->tokens = calloc((size_t)n * (1 + DRAFTS), sizeof(int32_t));
     static int32_t prompt[2048];
+    static const int32_t stop_tokens[2] = {2, 31999};
     uint64_t rng = 0x1234567ull + n;
     for (uint32_t i = 0; i < n + WAITING; i++) {
         uint32_t len = sched_bench_prompt(&rng, prompt);
-        kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = len,
-                               .max_new_tokens = MAX_SEQ_TOKENS - len};
+        kvrt_seq_params_t p = {.field_mask = stops ? KVRT_SEQ_PARAM_STOP : 0,
+                               .prompt = prompt, .prompt_len = len,
+                               .max_new_tokens = MAX_SEQ_TOKENS - len,
+                               .stop_tokens = stop_tokens, .num_stop_tokens = 2};
         if (kvrt_seq_add(f->sched, &p, &f->ids[i]) != KVRT_OK)
             return -1;
         if (i + 1 == n) {
@@ -225,14 +230,24 @@ __attribute__((noinline)) static int measured_steps(fixture_t *f, drafts_t spec,
 
 /* This thread's CPU time: on a shared machine the wall clock also counts
  * the time other processes hold the core. */
+/* One configuration of the suite. */
+typedef struct variant {
+    const char *name;  /* KVRT_BENCH_SCHED=<name>.<n> */
+    drafts_t drafts;
+    bool cache;
+    bool stops;
+    const char *note;
+} variant_t;
+
 /* Median ns per sequence of step + commit at n (wall, and this thread's
  * CPU time in *cpu_ns_out); *memcpy_ns_out the baseline copy of the plan's
  * arrays, per sequence. */
-static int run_size(const bench_options_t *o, uint32_t n, drafts_t spec, bool cache,
-                    double *ns_out, double *cpu_ns_out, double *memcpy_ns_out)
+static int run_size(const bench_options_t *o, uint32_t n, const variant_t *v, double *ns_out,
+                    double *cpu_ns_out, double *memcpy_ns_out)
 {
+    const drafts_t spec = v->drafts;
     fixture_t f;
-    if (fixture_open(&f, n, spec != NO_DRAFTS, cache)) {
+    if (fixture_open(&f, n, spec != NO_DRAFTS, v->cache, v->stops)) {
         fixture_close(&f);
         return -1;
     }
@@ -265,54 +280,63 @@ static int run_size(const bench_options_t *o, uint32_t n, drafts_t spec, bool ca
     fixture_close(&f);
     return 0;
 fail:
-    fprintf(stderr, "sched bench (%u%s): %s\n", n, spec ? ", spec" : "",
-            kvrt_ctx_last_error(f.ctx));
+    fprintf(stderr, "sched bench (%s.%u): %s\n", v->name, n, kvrt_ctx_last_error(f.ctx));
     fixture_close(&f);
     return -1;
 }
 
 #define NUM_SIZES 5
+#define NUM_VARIANTS 5
 
 static int run_sched(const bench_options_t *o)
 {
     const uint32_t sizes[NUM_SIZES] = {1024, 4096, 8192, 16384, 32768};
     const int count = o->quick && !getenv("KVRT_BENCH_SCHED") ? 2 : NUM_SIZES;
-    double plain[NUM_SIZES];
-    static const char *const variants[4] = {"plain", "cache", "spec4", "spec4c"};
-    static const char *const kinds[4] = {"", "cache.", "spec4.", "spec4c."};
-    static const drafts_t drafts[4] = {NO_DRAFTS, NO_DRAFTS, DRAFTS_SET, DRAFTS_IN_COMMIT};
-    /* KVRT_BENCH_SCHED=<variant>.<n> (variant plain, cache, spec4 or
-     * spec4c) runs that one configuration, e.g. under callgrind. */
+    /* plain and stop: flat per sequence against their own 1K figure;
+     * the others against plain at the same size. */
+    static const variant_t variants[NUM_VARIANTS] = {
+        {"plain", NO_DRAFTS, false, false, ""},
+        {"cache", NO_DRAFTS, true, false,
+         "; prefix cache on (~n/16 blocks hashed + inserted per step)"},
+        {"spec4", DRAFTS_SET, false, false,
+         "; 4 drafts each via kvrt_sched_set_drafts, 0-4 accepted"},
+        {"spec4c", DRAFTS_IN_COMMIT, false, false,
+         "; 4 drafts each carried by the commit, 0-4 accepted"},
+        {"stop", NO_DRAFTS, false, true, "; 2 stop tokens each (checked, never sampled)"},
+    };
+    double plain[NUM_SIZES], stop[NUM_SIZES];
+    /* KVRT_BENCH_SCHED=<variant>.<n> runs that one configuration, e.g.
+     * under callgrind. */
     const char *only = getenv("KVRT_BENCH_SCHED");
-    for (int v = 0; v < 4; v++) {
+    for (int vi = 0; vi < NUM_VARIANTS; vi++) {
+        const variant_t *v = &variants[vi];
+        const bool flat = v->drafts == NO_DRAFTS && !v->cache;
         for (int i = 0; i < count; i++) {
             char config[32];
-            snprintf(config, sizeof(config), "%s.%u", variants[v], sizes[i]);
+            snprintf(config, sizeof(config), "%s.%u", v->name, sizes[i]);
             if (only && strcmp(only, config) != 0)
                 continue;
             double ns, cpu_ns, copy_ns;
-            if (run_size(o, sizes[i], drafts[v], v == 1, &ns, &cpu_ns, &copy_ns))
+            if (run_size(o, sizes[i], v, &ns, &cpu_ns, &copy_ns))
                 return -1;
-            if (v == 0)
-                plain[i] = ns;
-            char name[64], note[200];
-            snprintf(name, sizeof(name), "sched.step_commit.%s%u", kinds[v], sizes[i]);
+            double *own = v->stops ? stop : plain;
+            if (flat)
+                own[i] = ns;
+            char name[64], note[200], baseline[32];
+            snprintf(name, sizeof(name), "sched.step_commit.%s%s%u", vi ? v->name : "",
+                     vi ? "." : "", sizes[i]);
             snprintf(note, sizeof(note),
                      "%u running decodes (1-2K context), %u waiting%s; thread CPU time "
                      "%.1f ns/seq; memcpy of the plan arrays %.2f ns/seq",
-                     sizes[i], WAITING,
-                     v == 1   ? "; prefix cache on (~n/16 blocks hashed + inserted per step)"
-                     : v == 2 ? "; 4 drafts each via kvrt_sched_set_drafts, 0-4 accepted"
-                     : v == 3 ? "; 4 drafts each carried by the commit, 0-4 accepted"
-                              : "",
-                     cpu_ns, copy_ns);
-            /* plain: flat per sequence against 1K; cache and speculation
-             * against plain at the same size. */
-            double base = only ? 0 : v == 0 ? plain[0] : plain[i];
+                     sizes[i], WAITING, v->note, cpu_ns, copy_ns);
+            snprintf(baseline, sizeof(baseline), "%s", flat ? "" : "plain_same_n");
+            if (flat)
+                snprintf(baseline, sizeof(baseline), "%s_at_1024", v->name);
+            double base = only ? 0 : flat ? own[0] : plain[i];
             bench_report(&(bench_figure_t){
-                .name = name, .unit = "ns/seq", .value = ns,
-                .baseline_name = v == 0 ? "plain_at_1024" : "plain_same_n",
-                .baseline_value = base, .target = base * (v >= 2 ? 2.0 : 1.3),
+                .name = name, .unit = "ns/seq", .value = ns, .baseline_name = baseline,
+                .baseline_value = base,
+                .target = base * (v->drafts != NO_DRAFTS ? 2.0 : 1.3),
                 .lower_is_better = true, .note = note});
         }
     }
@@ -320,6 +344,6 @@ static int run_sched(const bench_options_t *o)
 }
 
 KVRT_BENCH_SUITE(sched,
-                 "step + commit per sequence, 1K-32K decodes: plain, prefix cache, "
-                 "k=4 drafts (set, in commit)",
+                 "step + commit per sequence, 1K-32K decodes: plain, cache, "
+                 "k=4 drafts (set, in commit), stops",
                  run_sched, true)

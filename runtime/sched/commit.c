@@ -153,11 +153,10 @@ static kvrt_status_t validate_next_drafts(kvrt_sched_t *s, const kvrt_commit_t *
     return KVRT_OK;
 }
 
-static inline bool is_stop(const seq_t *q, int32_t token)
+static inline bool is_stop(const seq_t *q, const stop_area_t *area, int32_t token)
 {
-    const int32_t *stop = q->tokens + q->capacity;
     for (uint32_t k = 0; k < q->num_stop; k++)
-        if (stop[k] == token)
+        if (area->tokens[k] == token)
             return true;
     return false;
 }
@@ -178,29 +177,32 @@ static void adapt_draft(kvrt_sched_t *s, seq_t *q, uint32_t drafts, uint32_t acc
 static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int32_t *tokens,
                                             uint32_t count, size_t readable, bool spec)
 {
+    /* Fields in locals: the token stores below may alias them (int32_t),
+     * which would make the compiler load each again. */
+    const uint32_t num = q->num_tokens, max = q->max_tokens;
     /* No output yet: only in a prefill (which spares a decode the line of
      * prompt_len). */
-    bool first = q->in_prefill && q->num_tokens == q->prompt_len;
+    bool first = q->in_prefill && num == q->prompt_len;
     kvrt_seq_end_reason_t reason = KVRT_END_NONE;
-    uint32_t room = q->max_tokens - q->num_tokens; /* >= 1 while it runs */
+    uint32_t room = max - num; /* >= 1 while it runs */
     uint32_t n = count < room ? count : room;
     if (q->num_stop) {
-        uint32_t outputs = q->num_tokens - q->prompt_len;
+        const stop_area_t *area = sched_stop_area(q);
         for (uint32_t j = 0; j < n; j++)
-            if (outputs + j + 1 > q->min_tokens && is_stop(q, tokens[j])) {
+            if (num + j + 1 >= area->from && is_stop(q, area, tokens[j])) {
                 n = j + 1; /* the stop token is kept, nothing after it */
                 reason = KVRT_END_STOP;
                 break;
             }
     }
-    int32_t *at = q->tokens + q->num_tokens;
+    int32_t *at = q->tokens + num;
     if (KVRT_LIKELY(!spec)) /* one token: a decode's or a prefill's */
         at[0] = tokens[0];
-    else /* room before the stop set, which follows the capacity */
-        sched_copy32(at, q->capacity - q->num_tokens, tokens, readable, n);
-    q->num_tokens += n;
+    else /* room before the stop area, which follows the capacity */
+        sched_copy32(at, room, tokens, readable, n);
+    q->num_tokens = num + n;
     q->last_token = tokens[n - 1];
-    if (reason == KVRT_END_NONE && q->num_tokens >= q->max_tokens)
+    if (reason == KVRT_END_NONE && num + n >= max)
         reason = KVRT_END_LENGTH;
     s->stats.output_tokens += n;
     if (first) {
@@ -306,8 +308,8 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         if (i + SCHED_PREFETCH / 2 < num_seqs) {
             const seq_t *ahead = &seqs[slot_of[i + SCHED_PREFETCH / 2]];
             __builtin_prefetch(ahead->tokens + ahead->num_tokens, 1);
-            if (ahead->num_stop) /* the stop set lives after the token capacity */
-                __builtin_prefetch(ahead->tokens + ahead->capacity);
+            if (ahead->num_stop) /* the stop area follows the token capacity */
+                __builtin_prefetch(sched_stop_area(ahead));
         }
         const kvrt_plan_seq_t *e = &entries[i];
         seq_t *q = &seqs[slot_of[i]];

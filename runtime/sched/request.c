@@ -256,11 +256,12 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     const kvrt_hash_keys_t *keys = (p->field_mask & KVRT_SEQ_PARAM_KEYS) ? p->keys : NULL;
     uint32_t num_mm = keys && (keys->field_mask & KVRT_HASH_KEY_MM) ? keys->num_mm_items : 0;
     uint32_t max_blocks = s->cache ? capacity >> s->block_shift : 0;
-    /* One allocation: hashes (16-byte aligned) first, then tokens, stop
-     * tokens, mm items, the n-gram index. */
+    /* One allocation: hashes (16-byte aligned) first, then tokens, the
+     * stop area (sched_stop_area), mm items, the n-gram index. */
+    size_t stop_area = num_stop ? sizeof(stop_area_t) + num_stop * sizeof(int32_t) : 0;
     size_t group_hashes = sched_groups_hash_bytes(s, capacity);
     size_t bytes = (size_t)max_blocks * sizeof(kvrt_block_hash_t) + group_hashes +
-                   ((size_t)capacity + num_stop) * sizeof(int32_t) +
+                   (size_t)capacity * sizeof(int32_t) + stop_area +
                    (size_t)num_mm * sizeof(kvrt_mm_item_t) + 8 + ngram_bytes(s, capacity);
     char *mem = kvrt_arena_alloc(&s->arena, bytes);
     if (!mem)
@@ -278,9 +279,7 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     q->tokens = (int32_t *)(mem + (size_t)max_blocks * sizeof(kvrt_block_hash_t) +
                             group_hashes);
     memcpy(q->tokens, p->prompt, (size_t)p->prompt_len * sizeof(int32_t));
-    if (num_stop)
-        memcpy(q->tokens + capacity, p->stop_tokens, (size_t)num_stop * sizeof(int32_t));
-    char *tail = (char *)(q->tokens + capacity + num_stop);
+    char *tail = (char *)(q->tokens + capacity) + stop_area;
     tail += (8 - ((uintptr_t)tail & 7)) & 7;
     if (keys) {
         q->keys.field_mask = keys->field_mask;
@@ -305,8 +304,14 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     q->last_token = p->prompt[p->prompt_len - 1];
     q->prompt_len = p->prompt_len;
     q->max_tokens = capacity;
-    q->capacity = capacity;
     q->num_stop = num_stop;
+    if (num_stop) {
+        stop_area_t *area = sched_stop_area(q);
+        uint64_t from = (uint64_t)p->prompt_len + 1 +
+                        ((p->field_mask & KVRT_SEQ_PARAM_MIN_TOKENS) ? p->min_tokens : 0);
+        area->from = from < UINT32_MAX ? (uint32_t)from : UINT32_MAX;
+        memcpy(area->tokens, p->stop_tokens, (size_t)num_stop * sizeof(int32_t));
+    }
     q->row = SCHED_NONE;
     q->running_pos = SCHED_NONE;
     q->heap_pos = SCHED_NONE;
@@ -315,7 +320,6 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     q->deadline_ns = (p->field_mask & KVRT_SEQ_PARAM_DEADLINE) ? p->deadline_ns : UINT64_MAX;
     q->user_tag = (p->field_mask & KVRT_SEQ_PARAM_USER_TAG) ? p->user_tag : 0;
     q->cache_flags = (p->field_mask & KVRT_SEQ_PARAM_CACHE_FLAGS) ? (uint8_t)p->cache_flags : 0;
-    q->min_tokens = (p->field_mask & KVRT_SEQ_PARAM_MIN_TOKENS) ? p->min_tokens : 0;
     q->order = s->next_order++;
     q->draft_len = (uint8_t)s->max_draft;
     q->accept_ewma = 1.0f; /* optimistic: start at full length, learn down */

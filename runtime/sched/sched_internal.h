@@ -50,7 +50,8 @@ typedef struct seq {
     uint8_t end_reason;     /* kvrt_seq_end_reason_t */
     uint32_t num_tokens;    /* prompt + output */
     uint32_t computed;      /* tokens whose K/V is in the table */
-    uint32_t max_tokens;    /* num_tokens limit: prompt + max_new, capped */
+    uint32_t max_tokens;    /* num_tokens limit: prompt + max_new, capped; also
+                               the token array's capacity */
     uint32_t row;           /* block_rows row, SCHED_NONE when none */
     uint16_t num_stop;
     uint8_t pending_samples;/* entries of uncommitted plans that sample: each
@@ -68,7 +69,7 @@ typedef struct seq {
     /* Tokens of uncommitted plans' entries, not yet in computed: the next
      * plan starts at computed + ahead. */
     uint32_t ahead;
-    int32_t *tokens;        /* [capacity]; stop tokens follow at tokens + capacity */
+    int32_t *tokens;        /* [max_tokens], then the stop area (sched_stop_area) */
     /* Copies that spare a decode step two scattered lines: the last token
      * (tokens[num_tokens - 1], the next input) and the block holding the
      * plan's last position, computed + ahead - 1 (group 0; the tail block
@@ -83,13 +84,13 @@ typedef struct seq {
     uint32_t prompt_len;
     int32_t priority;
     float accept_ewma;      /* per-draft acceptance estimate */
-    uint32_t capacity;
+    uint32_t preemptions;   /* (cold, filling the hole before table) */
     kvrt_table_id_t table;  /* 0 when the request holds no blocks */
     uint64_t spec_proposed;
     uint64_t spec_accepted;
-    uint32_t min_tokens;    /* outputs before a stop token counts */
     uint32_t num_inserted;  /* table blocks [0, num_inserted) offered to the cache */
     /* (cold, filling the second line) */
+    uint32_t cached_tokens;
     uint32_t heap_pos;      /* index in sched->heap, SCHED_NONE when none */
     uint32_t num_hashed;    /* hashes[0, num_hashed) known */
 
@@ -102,8 +103,6 @@ typedef struct seq {
     kvrt_hash_keys_t keys;     /* points into salt and the allocation */
     uint8_t salt[KVRT_CACHE_SALT_MAX];
     ngram_index_t ngram;
-    uint32_t preemptions;
-    uint32_t cached_tokens;
     uint32_t next_free;     /* free-slot list link */
     uint32_t arrival;       /* its outstanding arrival, SCHED_NONE when none */
     uint32_t match_tokens;  /* prefix-cache hits of its last match, counted at
@@ -436,6 +435,20 @@ static inline void sched_tail_update(const kvrt_sched_t *s, seq_t *q)
 {
     q->tail_block =
         q->row_blocks ? s->rows[(size_t)q->row * s->row_stride + q->row_blocks - 1] : 0;
+}
+
+/* A request with stop tokens keeps, after its token capacity, the first
+ * num_tokens at which a stop token ends it (prompt_len + min_tokens + 1,
+ * saturated), then its num_stop stop tokens: the commit's stop check reads
+ * that line and the request's first, not its second. */
+typedef struct stop_area {
+    uint32_t from;
+    int32_t tokens[];
+} stop_area_t;
+
+static inline stop_area_t *sched_stop_area(const seq_t *q)
+{
+    return (stop_area_t *)(q->tokens + q->max_tokens);
 }
 
 /* Points s->plan and s->buf at plan slot k. */

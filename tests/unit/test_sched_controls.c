@@ -148,6 +148,40 @@ Test(sched_controls, stop_tokens_are_ignored_until_min_tokens_are_produced)
     close_fixture(&f);
 }
 
+Test(sched_controls, a_min_tokens_past_the_length_limit_never_lets_a_stop_end_a_request)
+{
+    /* prompt + 1 + min_tokens overflows 32 bits: the threshold saturates,
+     * and the request runs to its length limit (max_seq_tokens 16). */
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_SEQ_TOKENS,
+                              .max_seq_tokens = 16};
+    fixture_t f = open_fixture(false, &sp);
+    int32_t prompt[3] = {1, 2, 3}, stops[2] = {42, 43};
+    kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_STOP | KVRT_SEQ_PARAM_MIN_TOKENS,
+                           .prompt = prompt, .prompt_len = 3, .max_new_tokens = UINT32_MAX,
+                           .stop_tokens = stops, .num_stop_tokens = 2,
+                           .min_tokens = UINT32_MAX - 1};
+    kvrt_seq_id_t id;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &id));
+    const kvrt_batch_plan_t *plan;
+    int k = 0;
+    for (; k < 20; k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
+        if (!plan->num_seqs)
+            break;
+        commit_token(&f, plan, 42 + (k & 1));
+    }
+    cr_assert_eq(k, 13, "16 tokens: 13 outputs, then nothing to plan");
+    kvrt_seq_info_t ev[2];
+    uint32_t n;
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 2, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ev[0].end_reason, KVRT_END_LENGTH);
+    cr_assert_eq(ev[0].output_tokens, 13);
+    for (uint32_t j = 0; j < 13; j++)
+        cr_assert_eq(ev[0].output[j], 42 + (int32_t)(j & 1), "output %u", j);
+    close_fixture(&f);
+}
+
 /* Prefill chunks of a request with items at [10, 30) and [40, 44) under
  * chunk limit 16 and budget `budget`; writes each chunk's length. */
 static uint32_t mm_chunks(uint32_t budget, uint32_t *chunks, uint32_t max_chunks)
