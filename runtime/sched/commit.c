@@ -180,9 +180,6 @@ static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int
     /* Fields in locals: the token stores below may alias them (int32_t),
      * which would make the compiler load each again. */
     const uint32_t num = q->num_tokens, max = q->max_tokens;
-    /* No output yet: only in a prefill (which spares a decode the line of
-     * prompt_len). */
-    bool first = q->in_prefill && num == q->prompt_len;
     kvrt_seq_end_reason_t reason = KVRT_END_NONE;
     uint32_t room = max - num; /* >= 1 while it runs */
     uint32_t n = count < room ? count : room;
@@ -205,7 +202,9 @@ static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int
     if (reason == KVRT_END_NONE && num + n >= max)
         reason = KVRT_END_LENGTH;
     s->stats.output_tokens += n;
-    if (first) {
+    /* The first output: only in a prefill (which spares a decode the line
+     * of prompt_len). */
+    if (q->in_prefill && num == q->prompt_len) {
         q->first_token_ns = s->plan->now_ns;
         if (q->deadline_ns != UINT64_MAX && s->plan->now_ns > q->deadline_ns) {
             q->deadline_missed = true;
