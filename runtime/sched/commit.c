@@ -174,8 +174,10 @@ static void adapt_draft(kvrt_sched_t *s, seq_t *q, uint32_t drafts, uint32_t acc
 
 /* Appends sampled tokens (one, or for a speculative entry 1 + accepted);
  * returns the end reason (NONE to go on). */
-static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int32_t *tokens,
-                                            uint32_t count, size_t readable, bool spec)
+static KVRT_ALWAYS_INLINE kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q,
+                                                                const int32_t *tokens,
+                                                                uint32_t count,
+                                                                size_t readable, bool spec)
 {
     /* Fields in locals: the token stores below may alias them (int32_t),
      * which would make the compiler load each again. */
@@ -214,75 +216,15 @@ static kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, seq_t *q, const int
     return reason;
 }
 
-/* The next drafts, once the plan's entries are applied: as
- * kvrt_sched_set_drafts would set them, for the requests still running (a
- * pass of its own, so that commits without drafts pay nothing for them). */
-static void store_next_drafts(kvrt_sched_t *s, const kvrt_commit_t *c, uint32_t total)
+/* Applies the plan's entries in order (the commit, once checked).
+ * with_next: the commit carries the next drafts, stored for each request
+ * still running as its entry is applied, while its lines are at hand; a
+ * constant at both calls, so that the loop without them carries no trace
+ * of them. */
+static KVRT_ALWAYS_INLINE void apply_entries(kvrt_sched_t *s, const kvrt_commit_t *c,
+                                             uint8_t bit, uint32_t next_total, bool with_next)
 {
-    const uint32_t *const counts = c->num_next_drafts;
-    const uint32_t *const slot_of = s->buf->slot_of;
-    uint32_t from = 0;
-    for (uint32_t i = 0; i < c->num_seqs; i++) {
-        if (i + SCHED_PREFETCH < c->num_seqs)
-            __builtin_prefetch(s->seqs[slot_of[i + SCHED_PREFETCH]].draft, 1);
-        seq_t *q = &s->seqs[slot_of[i]];
-        const uint32_t n = counts[i];
-        if (KVRT_LIKELY(q->state == KVRT_SEQ_RUNNING)) { /* not ended at this commit */
-            if (n)
-                sched_copy32(q->draft, KVRT_SCHED_MAX_DRAFT, c->next_drafts + from,
-                             total - from, n);
-            q->engine_drafts = (uint8_t)n;
-        }
-        from += n;
-    }
-}
-
-KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t *c)
-{
-    if (KVRT_UNLIKELY(!s))
-        return KVRT_ERR_INVALID_ARG;
-    if (KVRT_UNLIKELY(!c))
-        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "commit is NULL");
-    const uint64_t known = KVRT_COMMIT_ACCEPTED | KVRT_COMMIT_DRAFTS;
-    if (KVRT_UNLIKELY(c->field_mask & ~known))
-        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
-                         (unsigned long long)(c->field_mask & ~known));
-    const kvrt_batch_plan_t *oldest = &s->plans[s->pending_head];
-    if (KVRT_UNLIKELY(!s->num_pending || c->step != oldest->step))
-        return kvrt_fail(s->ctx, KVRT_ERR_NO_STEP,
-                         s->num_pending ? "commit names step %llu; the plan to commit is "
-                                          "step %llu"
-                                        : "commit of step %llu, but no plan awaits one "
-                                          "(last step %llu)",
-                         (unsigned long long)c->step,
-                         (unsigned long long)(s->num_pending ? oldest->step : s->plan->step));
-    if (KVRT_UNLIKELY(c->num_seqs != oldest->num_seqs))
-        return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT, "commit of %u sequences, plan has %u",
-                         c->num_seqs, oldest->num_seqs);
-    if (KVRT_UNLIKELY((c->num_tokens && !c->tokens) ||
-                      ((c->field_mask & KVRT_COMMIT_ACCEPTED) && !c->num_accepted) ||
-                      ((c->field_mask & KVRT_COMMIT_DRAFTS) && !c->num_next_drafts)))
-        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                         "tokens (num_tokens > 0), num_accepted and num_next_drafts (when "
-                         "flagged) are required");
-    /* The commit works on the oldest plan's slot, then points back at the
-     * last plan built (its now_ns dates ends between steps). */
-    const uint32_t last_slot = (uint32_t)(s->plan - s->plans);
-    sched_use_slot(s, s->pending_head);
-    const uint32_t *next_counts =
-        (c->field_mask & KVRT_COMMIT_DRAFTS) ? c->num_next_drafts : NULL;
-    uint32_t next_total = 0;
-    kvrt_status_t status = validate(s, c);
-    if (status == KVRT_OK && next_counts)
-        status = validate_next_drafts(s, c, &next_total);
-    if (status != KVRT_OK) {
-        sched_use_slot(s, last_slot);
-        return status;
-    }
-    const uint8_t bit = sched_plan_bit(s);
-
-    uint64_t t_start = kvrt_now_ns();
-    const uint32_t *acc = (c->field_mask & KVRT_COMMIT_ACCEPTED) ? c->num_accepted : NULL;
+    const uint32_t *const acc = (c->field_mask & KVRT_COMMIT_ACCEPTED) ? c->num_accepted : NULL;
     uint32_t off = 0;
     /* Loop invariants in locals: stores through the requests' byte fields
      * would otherwise make the compiler reload them every entry. */
@@ -297,12 +239,16 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
     /* Speculation's counters; a prefill chunk's cache check reads it too,
      * without a prefetch (prefill entries are few). */
     const bool second_line = s->max_draft != 0;
+    const uint32_t *const next_counts = c->num_next_drafts;
+    uint32_t next_at = 0; /* the entry's first next draft */
     for (uint32_t i = 0; i < num_seqs; i++) {
         if (i + SCHED_PREFETCH < num_seqs) {
             const char *ahead = (const char *)&seqs[slot_of[i + SCHED_PREFETCH]];
             __builtin_prefetch(ahead, 1);
             if (second_line)
                 __builtin_prefetch(ahead + 64, 1);
+            if (with_next)
+                __builtin_prefetch(ahead + offsetof(seq_t, draft), 1);
         }
         if (i + SCHED_PREFETCH / 2 < num_seqs) {
             const seq_t *ahead = &seqs[slot_of[i + SCHED_PREFETCH / 2]];
@@ -314,6 +260,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         seq_t *q = &seqs[slot_of[i]];
         uint32_t a = acc ? acc[i] : 0;
         uint32_t given = e->sample ? 1 + a : 0;
+        const uint32_t next_n = with_next ? next_counts[i] : 0;
         q->in_plan &= (uint8_t)~bit;
         if (async) {
             q->ahead -= e->num_new_tokens;
@@ -326,6 +273,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
              * last plan holding it is committed. */
             if (q->in_plan) {
                 off += given;
+                next_at += next_n;
                 continue;
             }
             q->release_at_commit = 0;
@@ -334,6 +282,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
             if (!(q->generation & 1))
                 sched_slot_free(s, q); /* already drained */
             off += given;
+            next_at += next_n;
             continue;
         }
         uint32_t rejected = e->num_drafts - a;
@@ -392,11 +341,66 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
         if (reason != KVRT_END_NONE) {
             sched_inserts_flush(s); /* its own blocks included */
             sched_end(s, q, reason, KVRT_OK);
+        } else if (with_next) { /* as kvrt_sched_set_drafts would set them */
+            if (next_n)
+                sched_copy32(q->draft, KVRT_SCHED_MAX_DRAFT, c->next_drafts + next_at,
+                             next_total - next_at, next_n);
+            q->engine_drafts = (uint8_t)next_n;
         }
+        next_at += next_n;
     }
-    sched_inserts_flush(s);
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t *c)
+{
+    if (KVRT_UNLIKELY(!s))
+        return KVRT_ERR_INVALID_ARG;
+    if (KVRT_UNLIKELY(!c))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "commit is NULL");
+    const uint64_t known = KVRT_COMMIT_ACCEPTED | KVRT_COMMIT_DRAFTS;
+    if (KVRT_UNLIKELY(c->field_mask & ~known))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
+                         (unsigned long long)(c->field_mask & ~known));
+    const kvrt_batch_plan_t *oldest = &s->plans[s->pending_head];
+    if (KVRT_UNLIKELY(!s->num_pending || c->step != oldest->step))
+        return kvrt_fail(s->ctx, KVRT_ERR_NO_STEP,
+                         s->num_pending ? "commit names step %llu; the plan to commit is "
+                                          "step %llu"
+                                        : "commit of step %llu, but no plan awaits one "
+                                          "(last step %llu)",
+                         (unsigned long long)c->step,
+                         (unsigned long long)(s->num_pending ? oldest->step : s->plan->step));
+    if (KVRT_UNLIKELY(c->num_seqs != oldest->num_seqs))
+        return kvrt_fail(s->ctx, KVRT_ERR_TOKEN_COUNT, "commit of %u sequences, plan has %u",
+                         c->num_seqs, oldest->num_seqs);
+    if (KVRT_UNLIKELY((c->num_tokens && !c->tokens) ||
+                      ((c->field_mask & KVRT_COMMIT_ACCEPTED) && !c->num_accepted) ||
+                      ((c->field_mask & KVRT_COMMIT_DRAFTS) && !c->num_next_drafts)))
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "tokens (num_tokens > 0), num_accepted and num_next_drafts (when "
+                         "flagged) are required");
+    /* The commit works on the oldest plan's slot, then points back at the
+     * last plan built (its now_ns dates ends between steps). */
+    const uint32_t last_slot = (uint32_t)(s->plan - s->plans);
+    sched_use_slot(s, s->pending_head);
+    const uint32_t *next_counts =
+        (c->field_mask & KVRT_COMMIT_DRAFTS) ? c->num_next_drafts : NULL;
+    uint32_t next_total = 0;
+    kvrt_status_t status = validate(s, c);
+    if (status == KVRT_OK && next_counts)
+        status = validate_next_drafts(s, c, &next_total);
+    if (status != KVRT_OK) {
+        sched_use_slot(s, last_slot);
+        return status;
+    }
+    const uint8_t bit = sched_plan_bit(s);
+
+    uint64_t t_start = kvrt_now_ns();
     if (next_counts)
-        store_next_drafts(s, c, next_total);
+        apply_entries(s, c, bit, next_total, true);
+    else
+        apply_entries(s, c, bit, 0, false);
+    sched_inserts_flush(s);
     sched_compact_running(s);
     s->num_pending--;
     s->pending_head = (s->pending_head + 1) % s->max_in_flight;
