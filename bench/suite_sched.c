@@ -228,8 +228,6 @@ __attribute__((noinline)) static int measured_steps(fixture_t *f, drafts_t spec,
     return 0;
 }
 
-/* This thread's CPU time: on a shared machine the wall clock also counts
- * the time other processes hold the core. */
 /* One configuration of the suite. */
 typedef struct variant {
     const char *name;  /* KVRT_BENCH_SCHED=<name>.<n> */
@@ -240,8 +238,9 @@ typedef struct variant {
 } variant_t;
 
 /* Median ns per sequence of step + commit at n (wall, and this thread's
- * CPU time in *cpu_ns_out); *memcpy_ns_out the baseline copy of the plan's
- * arrays, per sequence. */
+ * CPU time in *cpu_ns_out: on a shared machine the wall clock also counts
+ * the time other processes hold the core); *memcpy_ns_out the baseline
+ * copy of the plan's arrays, per sequence. */
 static int run_size(const bench_options_t *o, uint32_t n, const variant_t *v, double *ns_out,
                     double *cpu_ns_out, double *memcpy_ns_out)
 {
@@ -329,9 +328,10 @@ static int run_sched(const bench_options_t *o)
                      "%u running decodes (1-2K context), %u waiting%s; thread CPU time "
                      "%.1f ns/seq; memcpy of the plan arrays %.2f ns/seq",
                      sizes[i], WAITING, v->note, cpu_ns, copy_ns);
-            snprintf(baseline, sizeof(baseline), "%s", flat ? "" : "plain_same_n");
             if (flat)
                 snprintf(baseline, sizeof(baseline), "%s_at_1024", v->name);
+            else
+                snprintf(baseline, sizeof(baseline), "plain_same_n");
             double base = only ? 0 : flat ? own[0] : plain[i];
             bench_report(&(bench_figure_t){
                 .name = name, .unit = "ns/seq", .value = ns, .baseline_name = baseline,
