@@ -172,9 +172,7 @@ Test(sched_controls, a_min_tokens_past_the_length_limit_never_lets_a_stop_end_a_
     }
     cr_assert_eq(k, 13, "16 tokens: 13 outputs, then nothing to plan");
     kvrt_seq_info_t ev[2];
-    uint32_t n;
-    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 2, &n));
-    cr_assert_eq(n, 1);
+    cr_assert_eq(sched_fixture_drain(&f, ev, 2), 1);
     cr_assert_eq(ev[0].end_reason, KVRT_END_LENGTH);
     cr_assert_eq(ev[0].output_tokens, 13);
     for (uint32_t j = 0; j < 13; j++)
