@@ -153,10 +153,10 @@ static kvrt_status_t validate_next_drafts(kvrt_sched_t *s, const kvrt_commit_t *
     return KVRT_OK;
 }
 
-static inline bool is_stop(const seq_t *q, const stop_area_t *area, int32_t token)
+static inline bool is_stop(const int32_t *stops, uint32_t num_stop, int32_t token)
 {
-    for (uint32_t k = 0; k < q->num_stop; k++)
-        if (area->tokens[k] == token)
+    for (uint32_t k = 0; k < num_stop; k++)
+        if (stops[k] == token)
             return true;
     return false;
 }
@@ -186,9 +186,19 @@ static KVRT_ALWAYS_INLINE kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, 
     uint32_t room = max - num; /* >= 1 while it runs */
     uint32_t n = count < room ? count : room;
     if (q->num_stop) {
-        const stop_area_t *area = sched_stop_area(q);
-        for (uint32_t j = 0; j < n; j++)
-            if (num + j + 1 >= area->from && is_stop(q, area, tokens[j])) {
+        /* Token j counts once num + j + 1 reaches the area's from; a
+         * shared set's count from the first output. */
+        const int32_t *stops;
+        uint32_t j = 0;
+        if (KVRT_LIKELY(q->stop_set)) {
+            stops = s->stop_sets[q->stop_set - 1].tokens;
+        } else {
+            const stop_area_t *area = sched_stop_area(q);
+            stops = area->tokens;
+            j = area->from > num + 1 ? area->from - num - 1 : 0;
+        }
+        for (; j < n; j++)
+            if (is_stop(stops, q->num_stop, tokens[j])) {
                 n = j + 1; /* the stop token is kept, nothing after it */
                 reason = KVRT_END_STOP;
                 break;
@@ -253,7 +263,7 @@ static KVRT_ALWAYS_INLINE void apply_entries(kvrt_sched_t *s, const kvrt_commit_
         if (i + SCHED_PREFETCH / 2 < num_seqs) {
             const seq_t *ahead = &seqs[slot_of[i + SCHED_PREFETCH / 2]];
             __builtin_prefetch(ahead->tokens + ahead->num_tokens, 1);
-            if (ahead->num_stop) /* the stop area follows the token capacity */
+            if (ahead->num_stop && !ahead->stop_set) /* its own stop area */
                 __builtin_prefetch(sched_stop_area(ahead));
         }
         const kvrt_plan_seq_t *e = &entries[i];

@@ -222,6 +222,23 @@ static kvrt_status_t check_seq_params(kvrt_sched_t *s, const kvrt_seq_params_t *
     return KVRT_OK;
 }
 
+/* The shared stop set equal to tokens[0, n): 1 + its index. When none is,
+ * 1 + the index a new one would take (*fresh: the caller fills it in once
+ * the request is added), or 0 when SCHED_STOP_SETS are taken. */
+static uint32_t stop_set_for(const kvrt_sched_t *s, const int32_t *tokens, uint32_t n,
+                             bool *fresh)
+{
+    *fresh = false;
+    for (uint32_t k = 0; k < s->num_stop_sets; k++)
+        if (s->stop_sets[k].num == n &&
+            memcmp(s->stop_sets[k].tokens, tokens, (size_t)n * sizeof(int32_t)) == 0)
+            return k + 1;
+    if (s->num_stop_sets == SCHED_STOP_SETS)
+        return 0;
+    *fresh = true;
+    return s->num_stop_sets + 1;
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t *p,
                                        kvrt_seq_id_t *id_out)
 {
@@ -256,9 +273,18 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     const kvrt_hash_keys_t *keys = (p->field_mask & KVRT_SEQ_PARAM_KEYS) ? p->keys : NULL;
     uint32_t num_mm = keys && (keys->field_mask & KVRT_HASH_KEY_MM) ? keys->num_mm_items : 0;
     uint32_t max_blocks = s->cache ? capacity >> s->block_shift : 0;
+    const uint32_t min_tokens =
+        (p->field_mask & KVRT_SEQ_PARAM_MIN_TOKENS) ? p->min_tokens : 0;
+    /* Without min_tokens a stop counts from the first output, so the
+     * request needs nothing of its own to check its stop set: a shared
+     * set serves. */
+    bool fresh_set = false;
+    const uint32_t stop_set =
+        num_stop && !min_tokens ? stop_set_for(s, p->stop_tokens, num_stop, &fresh_set) : 0;
     /* One allocation: hashes (16-byte aligned) first, then tokens, the
      * stop area (sched_stop_area), mm items, the n-gram index. */
-    size_t stop_area = num_stop ? sizeof(stop_area_t) + num_stop * sizeof(int32_t) : 0;
+    size_t stop_area =
+        num_stop && !stop_set ? sizeof(stop_area_t) + num_stop * sizeof(int32_t) : 0;
     size_t group_hashes = sched_groups_hash_bytes(s, capacity);
     size_t bytes = (size_t)max_blocks * sizeof(kvrt_block_hash_t) + group_hashes +
                    (size_t)capacity * sizeof(int32_t) + stop_area +
@@ -304,11 +330,15 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     q->last_token = p->prompt[p->prompt_len - 1];
     q->prompt_len = p->prompt_len;
     q->max_tokens = capacity;
-    q->num_stop = num_stop;
-    if (num_stop) {
+    q->num_stop = (uint8_t)num_stop;
+    q->stop_set = (uint8_t)stop_set;
+    if (fresh_set) {
+        sched_stop_set_t *set = &s->stop_sets[s->num_stop_sets++];
+        set->num = num_stop;
+        memcpy(set->tokens, p->stop_tokens, (size_t)num_stop * sizeof(int32_t));
+    } else if (num_stop && !stop_set) {
         stop_area_t *area = sched_stop_area(q);
-        uint64_t from = (uint64_t)p->prompt_len + 1 +
-                        ((p->field_mask & KVRT_SEQ_PARAM_MIN_TOKENS) ? p->min_tokens : 0);
+        uint64_t from = (uint64_t)p->prompt_len + 1 + min_tokens;
         area->from = from < UINT32_MAX ? (uint32_t)from : UINT32_MAX;
         memcpy(area->tokens, p->stop_tokens, (size_t)num_stop * sizeof(int32_t));
     }

@@ -53,7 +53,9 @@ typedef struct seq {
     uint32_t max_tokens;    /* num_tokens limit: prompt + max_new, capped; also
                                the token array's capacity */
     uint32_t row;           /* block_rows row, SCHED_NONE when none */
-    uint16_t num_stop;
+    uint8_t num_stop;
+    uint8_t stop_set;       /* 1 + its shared stop set (sched_stop_sets), or
+                               0: its stop area (sched_stop_area) */
     uint8_t pending_samples;/* entries of uncommitted plans that sample: each
                                assumes one placeholder token (async steps) */
     uint8_t pending_spec;   /* an uncommitted plan verifies its drafts */
@@ -267,6 +269,18 @@ typedef struct row_changes {
     uint64_t epoch;
 } row_changes_t;
 
+/* A stop set that requests share: the set most requests of a model
+ * carry (its EOS tokens), for requests without min_tokens, whose stops
+ * count from their first output. Kept until the scheduler is destroyed; at
+ * most SCHED_STOP_SETS distinct sets, later ones stay per request. */
+#define SCHED_STOP_SETS 16u
+typedef struct sched_stop_set {
+    uint32_t num;
+    int32_t tokens[KVRT_SEQ_MAX_STOP_TOKENS];
+} sched_stop_set_t;
+_Static_assert(KVRT_SEQ_MAX_STOP_TOKENS <= UINT8_MAX && SCHED_STOP_SETS < UINT8_MAX,
+               "num_stop and stop_set fit a byte");
+
 struct kvrt_sched {
     kvrt_owned_t owned;
     kvrt_ctx_t *ctx;
@@ -393,6 +407,10 @@ struct kvrt_sched {
     kvrt_plan_group_t plan_groups[KVRT_SCHED_MAX_PLANS_IN_FLIGHT][KVRT_SCHED_MAX_GROUPS];
 
     kvrt_arena_t arena;         /* request memory (core/arena.c) */
+    /* Stop sets requests share (sched_stop_sets): each kept once, on
+     * lines every commit reads, instead of a line per request. */
+    sched_stop_set_t stop_sets[SCHED_STOP_SETS];
+    uint32_t num_stop_sets;
 
     kvrt_sched_stats_t stats;
 };
@@ -437,10 +455,11 @@ static inline void sched_tail_update(const kvrt_sched_t *s, seq_t *q)
         q->row_blocks ? s->rows[(size_t)q->row * s->row_stride + q->row_blocks - 1] : 0;
 }
 
-/* A request with stop tokens keeps, after its token capacity, the first
- * num_tokens at which a stop token ends it (prompt_len + min_tokens + 1,
- * saturated), then its num_stop stop tokens: the commit's stop check reads
- * that line and the request's first, not its second. */
+/* A request with stop tokens of its own keeps, after its token capacity,
+ * the first num_tokens at which a stop token ends it (prompt_len +
+ * min_tokens + 1, saturated), then its num_stop stop tokens: the commit's
+ * stop check reads that line and the request's first, not its second. A
+ * request whose stop set is shared (stop_set) has no stop area. */
 typedef struct stop_area {
     uint32_t from;
     int32_t tokens[];

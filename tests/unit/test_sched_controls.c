@@ -1,8 +1,9 @@
 /*
  * test_sched_controls.c - what a request asks of the scheduler beyond its
  * prompt: prefix-cache control (skip read, skip write, drop the last hit
- * for EAGLE/MTP), min_tokens before a stop token counts, and multimodal
- * items that a prefill chunk never cuts.
+ * for EAGLE/MTP), stop sets (shared or a request's own) and min_tokens
+ * before a stop token counts, and multimodal items that a prefill chunk
+ * never cuts.
  */
 #include <string.h>
 
@@ -177,6 +178,61 @@ Test(sched_controls, a_min_tokens_past_the_length_limit_never_lets_a_stop_end_a_
     cr_assert_eq(ev[0].output_tokens, 13);
     for (uint32_t j = 0; j < 13; j++)
         cr_assert_eq(ev[0].output[j], 42 + (int32_t)(j & 1), "output %u", j);
+    close_fixture(&f);
+}
+
+/* The stop set of request i in the next test, its length and min_tokens. */
+static uint32_t stop_set_of(int i, int32_t stops[2], uint32_t *min_tokens)
+{
+    *min_tokens = i == 2 ? 2 : 0;
+    stops[0] = i < 4 ? 100 : 97 + i;
+    stops[1] = 103;
+    return i == 2 || i == 3 ? 2 : 1;
+}
+
+Test(sched_controls, requests_sharing_stop_sets_or_past_sixteen_sets_each_stop_on_their_own)
+{
+    /* Requests 0 and 1 share {100}; 2 has {100, 103} with min_tokens 2
+     * (its own area: min_tokens); 3 shares nothing yet {100, 103} makes a
+     * second set; 4..22 have {101}..{119}, of which the first 14 fill the
+     * 16 shared sets and the last 5 keep their own. Every step samples
+     * 100 + step for everyone. */
+    enum { ALL = 23 };
+    kvrt_sched_params_t sp = sched_fixture_params_for(ALL, TPB);
+    fixture_t f = open_fixture(false, &sp);
+    int32_t prompt[2] = {1, 2};
+    kvrt_seq_id_t ids[ALL];
+    for (int i = 0; i < ALL; i++) {
+        int32_t stops[2];
+        uint32_t min_tokens;
+        uint32_t num = stop_set_of(i, stops, &min_tokens);
+        kvrt_seq_params_t p = {
+            .field_mask = KVRT_SEQ_PARAM_STOP | KVRT_SEQ_PARAM_MIN_TOKENS, .prompt = prompt,
+            .prompt_len = 2, .max_new_tokens = 40, .stop_tokens = stops,
+            .num_stop_tokens = num, .min_tokens = min_tokens};
+        ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &ids[i]));
+    }
+    const kvrt_batch_plan_t *plan;
+    int k = 0;
+    for (; k < 50; k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
+        if (!plan->num_seqs)
+            break;
+        commit_token(&f, plan, 100 + k);
+    }
+    cr_assert_eq(k, 20, "the last request stops at its 20th output (119)");
+    kvrt_seq_info_t ev[ALL];
+    cr_assert_eq(sched_fixture_drain(&f, ev, ALL), ALL);
+    for (int e = 0; e < ALL; e++) {
+        int i = 0;
+        while (ids[i] != ev[e].id)
+            i++;
+        /* Its first counted stop: 100 + outputs - 1. */
+        uint32_t outputs = i == 2 ? 4 : i < 4 ? 1 : (uint32_t)i - 2;
+        cr_assert_eq(ev[e].end_reason, KVRT_END_STOP, "request %d", i);
+        cr_assert_eq(ev[e].output_tokens, outputs, "request %d", i);
+        cr_assert_eq(ev[e].output[outputs - 1], 100 + (int32_t)outputs - 1, "request %d", i);
+    }
     close_fixture(&f);
 }
 
