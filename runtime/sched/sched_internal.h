@@ -54,8 +54,9 @@ typedef struct seq {
                                the token array's capacity */
     uint32_t row;           /* block_rows row, SCHED_NONE when none */
     uint8_t num_stop;
-    uint8_t stop_set;       /* 1 + its shared stop set (sched_stop_sets), or
-                               0: its stop area (sched_stop_area) */
+    uint8_t stop_set;       /* 1 + its index in the scheduler's shared
+                               stop_sets, or 0: its own stop area
+                               (sched_stop_area) */
     uint8_t pending_samples;/* entries of uncommitted plans that sample: each
                                assumes one placeholder token (async steps) */
     uint8_t pending_spec;   /* an uncommitted plan verifies its drafts */
@@ -407,7 +408,7 @@ struct kvrt_sched {
     kvrt_plan_group_t plan_groups[KVRT_SCHED_MAX_PLANS_IN_FLIGHT][KVRT_SCHED_MAX_GROUPS];
 
     kvrt_arena_t arena;         /* request memory (core/arena.c) */
-    /* Stop sets requests share (sched_stop_sets): each kept once, on
+    /* Stop sets requests share (sched_stop_set_t): each kept once, on
      * lines every commit reads, instead of a line per request. */
     sched_stop_set_t stop_sets[SCHED_STOP_SETS];
     uint32_t num_stop_sets;
