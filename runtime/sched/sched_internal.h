@@ -123,7 +123,7 @@ typedef struct seq {
     uint64_t end_ns;
     bool deadline_missed;
     bool counted_prompt;    /* prompt counted in stats at first admission */
-    void *allocation;       /* tokens, stop tokens, hashes, mm items, ngram */
+    void *allocation;       /* hashes, tokens, stop area, mm items, ngram */
 } __attribute__((aligned(64))) seq_t;
 /* The layout the hot loops rely on: a plain decode's step and commit read
  * and write the first line only (and the commit its token's line). */

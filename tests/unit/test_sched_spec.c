@@ -5,8 +5,8 @@
  * if the rejected drafts had never been appended (the blocks they took stay
  * with the request and serve its next tokens, or go back before anyone is
  * preempted), the n-gram proposer, adaptive draft length, back-off under
- * the token budget, and refused bad speculative calls (a wrong accepted
- * draft at any position among them).
+ * the token budget, stop tokens among accepted drafts, and refused bad
+ * speculative calls (a wrong accepted draft at any position among them).
  */
 #include <string.h>
 
@@ -722,6 +722,49 @@ Test(sched_spec, a_wrong_or_negative_accepted_draft_is_refused_at_any_position)
     uint32_t n;
     kvrt_seq_info_t ev[3];
     ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 3, &n));
+    close_fixture(&f);
+}
+
+/* Adds a request with stop tokens {42} (and min_tokens when nonzero),
+ * prefills it (its first output 10), sets drafts, and commits them all
+ * accepted with the bonus 42; returns its end event. */
+static kvrt_seq_info_t stop_in_drafts(fixture_t *f, uint32_t min_tokens, const int32_t drafts[4])
+{
+    int32_t prompt[6] = {1, 2, 3, 4, 5, 6}, stop = 42;
+    kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_STOP | KVRT_SEQ_PARAM_MIN_TOKENS,
+                           .prompt = prompt, .prompt_len = 6, .max_new_tokens = 20,
+                           .stop_tokens = &stop, .num_stop_tokens = 1,
+                           .min_tokens = min_tokens};
+    kvrt_seq_id_t id;
+    ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &id));
+    step_one(f, 0, 10);
+    ASSERT_OK(f->ctx, kvrt_seq_set_draft(f->sched, id, drafts, 4));
+    const kvrt_batch_plan_t *plan = step_one(f, UINT32_MAX, 42);
+    cr_assert_eq(plan->seqs[0].num_drafts, 4);
+    kvrt_seq_info_t ev[1];
+    uint32_t n;
+    ASSERT_OK(f->ctx, kvrt_sched_drain_ended(f->sched, ev, 1, &n));
+    cr_assert_eq(n, 1, "the stop among the accepted drafts ends the request");
+    cr_assert_eq(ev[0].end_reason, KVRT_END_STOP);
+    return ev[0];
+}
+
+Test(sched_spec, a_stop_among_accepted_drafts_ends_the_request_once_min_tokens_are_out)
+{
+    fixture_t f = open_fixture(4, false, 8192);
+    /* min_tokens 2 (the request's own stop area): outputs 10, 42 (the 2nd
+     * output: ignored), 42 (the 3rd: counts); nothing after it is kept. */
+    const int32_t all_stops[4] = {42, 42, 42, 42};
+    kvrt_seq_info_t e = stop_in_drafts(&f, 2, all_stops);
+    cr_assert_eq(e.output_tokens, 3);
+    cr_assert_eq(e.output[1], 42);
+    cr_assert_eq(e.output[2], 42);
+    /* No min_tokens (the shared set): the 2nd draft is the stop. */
+    const int32_t second[4] = {5, 42, 7, 8};
+    e = stop_in_drafts(&f, 0, second);
+    cr_assert_eq(e.output_tokens, 3);
+    cr_assert_eq(e.output[1], 5);
+    cr_assert_eq(e.output[2], 42);
     close_fixture(&f);
 }
 
