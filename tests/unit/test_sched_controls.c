@@ -149,6 +149,21 @@ Test(sched_controls, stop_tokens_are_ignored_until_min_tokens_are_produced)
     close_fixture(&f);
 }
 
+/* Steps and commits until a plan is empty (at most max steps), every
+ * sampled token at step k being base + k % period; returns the steps that
+ * planned something. */
+static int steps_until_idle(fixture_t *f, int max, int32_t base, int period)
+{
+    const kvrt_batch_plan_t *plan;
+    for (int k = 0; k < max; k++) {
+        ASSERT_OK(f->ctx, kvrt_sched_step(f->sched, (uint64_t)k, &plan));
+        if (!plan->num_seqs)
+            return k;
+        commit_token(f, plan, base + k % period);
+    }
+    return max;
+}
+
 Test(sched_controls, a_min_tokens_past_the_length_limit_never_lets_a_stop_end_a_request)
 {
     /* prompt + 1 + min_tokens overflows 32 bits: the threshold saturates,
@@ -163,15 +178,8 @@ Test(sched_controls, a_min_tokens_past_the_length_limit_never_lets_a_stop_end_a_
                            .min_tokens = UINT32_MAX - 1};
     kvrt_seq_id_t id;
     ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &id));
-    const kvrt_batch_plan_t *plan;
-    int k = 0;
-    for (; k < 20; k++) {
-        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
-        if (!plan->num_seqs)
-            break;
-        commit_token(&f, plan, 42 + (k & 1));
-    }
-    cr_assert_eq(k, 13, "16 tokens: 13 outputs, then nothing to plan");
+    cr_assert_eq(steps_until_idle(&f, 20, 42, 2), 13,
+                 "16 tokens: 13 outputs, then nothing to plan");
     kvrt_seq_info_t ev[2];
     cr_assert_eq(sched_fixture_drain(&f, ev, 2), 1);
     cr_assert_eq(ev[0].end_reason, KVRT_END_LENGTH);
@@ -212,15 +220,8 @@ Test(sched_controls, requests_sharing_stop_sets_or_past_sixteen_sets_each_stop_o
             .num_stop_tokens = num, .min_tokens = min_tokens};
         ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &ids[i]));
     }
-    const kvrt_batch_plan_t *plan;
-    int k = 0;
-    for (; k < 50; k++) {
-        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
-        if (!plan->num_seqs)
-            break;
-        commit_token(&f, plan, 100 + k);
-    }
-    cr_assert_eq(k, 20, "the last request stops at its 20th output (119)");
+    cr_assert_eq(steps_until_idle(&f, 50, 100, 50), 20,
+                 "the last request stops at its 20th output (119)");
     kvrt_seq_info_t ev[ALL];
     cr_assert_eq(sched_fixture_drain(&f, ev, ALL), ALL);
     for (int e = 0; e < ALL; e++) {
