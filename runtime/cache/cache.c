@@ -304,13 +304,13 @@ static kvrt_status_t cache_setup(kvrt_cache_t *cache, const kvrt_cache_params_t 
     if (cache->policy.ops->init(&cache->policy, cache->num_blocks) != KVRT_OK ||
         kvrt_cache_index_init(&cache->index, cache->num_blocks) != KVRT_OK)
         return KVRT_ERR_NO_MEMORY;
-    cache->names = kvrt_calloc_large(cache->num_blocks, sizeof(*cache->names));
+    cache->names = kvrt_calloc_large_resident(cache->num_blocks, sizeof(*cache->names));
     /* Twice the index (and at least 64k slots, 512 KiB) so the reasons of
      * recent evictions survive the churn of a small cache. */
     cache->explain_mask = 2 * cache->index.mask + 1;
     if (cache->explain_mask < EXPLAIN_MIN_SLOTS - 1)
         cache->explain_mask = EXPLAIN_MIN_SLOTS - 1;
-    cache->explain = kvrt_calloc_large(cache->explain_mask + 1, sizeof(*cache->explain));
+    cache->explain = kvrt_calloc_large_resident(cache->explain_mask + 1, sizeof(*cache->explain));
     if (!cache->names || !cache->explain)
         return KVRT_ERR_NO_MEMORY;
     return KVRT_OK;

@@ -16,7 +16,7 @@ kvrt_status_t kvrt_cache_index_init(cache_index_t *index, uint32_t num_blocks)
     uint64_t capacity = 16;
     while (capacity < 2ull * num_blocks)
         capacity <<= 1;
-    index->slots = kvrt_calloc_large(capacity, sizeof(*index->slots));
+    index->slots = kvrt_calloc_large_resident(capacity, sizeof(*index->slots));
     if (!index->slots)
         return KVRT_ERR_NO_MEMORY;
     index->mask = capacity - 1;

@@ -35,15 +35,15 @@ static inline int32_t sentinel_of(const cache_policy_t *p, int list)
 static kvrt_status_t adaptive_init(cache_policy_t *p, uint32_t num_blocks)
 {
     /* One more slot in the link arrays: the protected list's sentinel. */
-    p->prev = kvrt_calloc_large((size_t)num_blocks + 1, sizeof(*p->prev));
-    p->next = kvrt_calloc_large((size_t)num_blocks + 1, sizeof(*p->next));
-    p->depth = kvrt_calloc_large(num_blocks, sizeof(*p->depth));
-    p->protected = kvrt_calloc_large(num_blocks, sizeof(*p->protected));
-    p->key_lo = kvrt_calloc_large(num_blocks, sizeof(*p->key_lo));
+    p->prev = kvrt_calloc_large_resident((size_t)num_blocks + 1, sizeof(*p->prev));
+    p->next = kvrt_calloc_large_resident((size_t)num_blocks + 1, sizeof(*p->next));
+    p->depth = kvrt_calloc_large_resident(num_blocks, sizeof(*p->depth));
+    p->protected = kvrt_calloc_large_resident(num_blocks, sizeof(*p->protected));
+    p->key_lo = kvrt_calloc_large_resident(num_blocks, sizeof(*p->key_lo));
     uint64_t slots = HISTORY_MIN_SLOTS;
     while (slots < 2ull * num_blocks)
         slots <<= 1;
-    p->history = kvrt_calloc_large(slots, sizeof(*p->history));
+    p->history = kvrt_calloc_large_resident(slots, sizeof(*p->history));
     p->history_mask = slots - 1;
     if (!p->prev || !p->next || !p->depth || !p->protected || !p->key_lo || !p->history)
         return KVRT_ERR_NO_MEMORY;

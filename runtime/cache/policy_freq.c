@@ -30,15 +30,15 @@
 
 static kvrt_status_t freq_init(cache_policy_t *p, uint32_t num_blocks)
 {
-    p->heap = kvrt_calloc_large(num_blocks, sizeof(*p->heap));
-    p->heap_pos = kvrt_calloc_large(num_blocks, sizeof(*p->heap_pos));
-    p->freq = kvrt_calloc_large(num_blocks, sizeof(*p->freq));
-    p->depth = kvrt_calloc_large(num_blocks, sizeof(*p->depth));
-    p->key_lo = kvrt_calloc_large(num_blocks, sizeof(*p->key_lo));
+    p->heap = kvrt_calloc_large_resident(num_blocks, sizeof(*p->heap));
+    p->heap_pos = kvrt_calloc_large_resident(num_blocks, sizeof(*p->heap_pos));
+    p->freq = kvrt_calloc_large_resident(num_blocks, sizeof(*p->freq));
+    p->depth = kvrt_calloc_large_resident(num_blocks, sizeof(*p->depth));
+    p->key_lo = kvrt_calloc_large_resident(num_blocks, sizeof(*p->key_lo));
     uint64_t slots = HISTORY_MIN_SLOTS;
     while (slots < 4ull * num_blocks)
         slots <<= 1;
-    p->history = kvrt_calloc_large(slots, sizeof(*p->history));
+    p->history = kvrt_calloc_large_resident(slots, sizeof(*p->history));
     p->history_mask = slots - 1;
     if (!p->heap || !p->heap_pos || !p->freq || !p->depth || !p->key_lo || !p->history)
         return KVRT_ERR_NO_MEMORY;

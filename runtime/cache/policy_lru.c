@@ -29,8 +29,8 @@
 
 static kvrt_status_t lru_init(cache_policy_t *p, uint32_t num_blocks)
 {
-    p->prev = kvrt_calloc_large(num_blocks, sizeof(*p->prev));
-    p->next = kvrt_calloc_large(num_blocks, sizeof(*p->next));
+    p->prev = kvrt_calloc_large_resident(num_blocks, sizeof(*p->prev));
+    p->next = kvrt_calloc_large_resident(num_blocks, sizeof(*p->next));
     if (!p->prev || !p->next)
         return KVRT_ERR_NO_MEMORY;
     for (uint32_t b = 0; b < num_blocks; b++)
@@ -41,7 +41,7 @@ static kvrt_status_t lru_init(cache_policy_t *p, uint32_t num_blocks)
 
 static kvrt_status_t lru_leaf_init(cache_policy_t *p, uint32_t num_blocks)
 {
-    p->depth = kvrt_calloc_large(num_blocks, sizeof(*p->depth));
+    p->depth = kvrt_calloc_large_resident(num_blocks, sizeof(*p->depth));
     p->run[0].first = SENTINEL;
     if (!p->depth)
         return KVRT_ERR_NO_MEMORY;

@@ -148,10 +148,14 @@ void kvrt_host_free(kvrt_ctx_t *ctx, void *ptr);
  * transparent huge pages, so arrays that hot paths index at random (block
  * metadata, block-table rows, requests) cost one TLB entry per 2 MiB, not
  * per 4 KiB; pages are faulted in when first touched, as with calloc.
- * kvrt_free_large releases it (NULL: no-op). NULL on overflow or no
- * memory.
+ * kvrt_calloc_large_resident is the same with every page faulted in
+ * before it returns: for arrays indexed by block id or hash, which are
+ * used whole once a pool has cycled, so that no step takes their page
+ * faults (large_alloc.c). kvrt_free_large releases either (NULL: no-op).
+ * NULL on overflow or no memory.
  */
 void *kvrt_calloc_large(size_t count, size_t size);
+void *kvrt_calloc_large_resident(size_t count, size_t size);
 void kvrt_free_large(void *ptr);
 /* Bytes kvrt_calloc_large keeps before each array: an array of
  * 2 MiB - KVRT_LARGE_HEADER bytes takes exactly one huge page. */

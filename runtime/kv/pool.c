@@ -180,9 +180,10 @@ KVRT_EXPORT kvrt_status_t kvrt_pool_create(kvrt_ctx_t *ctx, const kvrt_pool_para
     pool->block_shift = (uint32_t)__builtin_ctz(pool->tokens_per_block);
     pool->watermark =
         KVRT_PARAM_OR(p, KVRT_POOL_PARAM_WATERMARK, watermark_blocks, p->num_blocks / 100);
-    /* Both indexed at random by every allocation and release. */
-    pool->meta = kvrt_calloc_large(p->num_blocks, sizeof(*pool->meta));
-    pool->free_stack = kvrt_calloc_large(p->num_blocks, sizeof(*pool->free_stack));
+    /* Both indexed at random by every allocation and release; resident
+     * from the start, so that no step faults in a page of either. */
+    pool->meta = kvrt_calloc_large_resident(p->num_blocks, sizeof(*pool->meta));
+    pool->free_stack = kvrt_calloc_large_resident(p->num_blocks, sizeof(*pool->free_stack));
     uint32_t max_tables =
         KVRT_PARAM_OR(p, KVRT_POOL_PARAM_MAX_TABLES, max_tables, KVRT_DEFAULT_MAX_TABLES);
     if (!pool->meta || !pool->free_stack ||

@@ -3,15 +3,19 @@
  * kvrt_sched_set_drafts allocate nothing: a steady mix of admissions, chunked
  * prefills, decodes, speculation with rollback (drafts set by
  * kvrt_sched_set_drafts, or carried by every other commit), prefix-cache
- * inserts and ends runs for 2,000 steps under a counting malloc.
+ * inserts and ends runs for 2,000 steps under a counting malloc. Nor does
+ * the kernel allocate for them: steps that cache never-used blocks of a
+ * large pool take no page fault.
  *
  * The counter is an interposer: this executable defines malloc and friends,
  * forwarding to glibc's, so every allocation in the process (kvrt's
  * included) goes through it. It cannot run beside a sanitizer's own
  * interposer, so the test is labelled nosanitize.
  */
+#define _GNU_SOURCE /* RUSAGE_THREAD */
 #include <stddef.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "test_helpers.h"
 
@@ -182,6 +186,84 @@ Test(sched_no_alloc, warm_steps_and_commits_allocate_nothing)
     cr_assert_gt(st.spec_proposed, st.spec_accepted, "rollbacks happened");
     cr_assert_gt(st.prefix_hit_tokens, 0);
     cr_assert_gt(st.finished_length, 100);
+    kvrt_sched_destroy(sched);
+    kvrt_cache_destroy(cache);
+    kvrt_ctx_destroy(ctx);
+}
+
+/* Minor page faults this thread has taken so far. */
+static long thread_minor_faults(void)
+{
+    struct rusage ru;
+    cr_assert_eq(getrusage(RUSAGE_THREAD, &ru), 0);
+    return ru.ru_minflt;
+}
+
+Test(sched_no_alloc, warm_steps_caching_fresh_blocks_take_no_page_fault)
+{
+    /* Large enough that the pool's and the cache's per-block arrays are
+     * mapped memory (2 MiB and up), not heap memory zeroed up front. Every
+     * prompt is new and long, so each step caches about 200 blocks the
+     * pool never handed out before, reaching new pages of the block names
+     * and metadata, until the pool has cycled once. */
+    kvrt_ctx_t *ctx;
+    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
+    kvrt_pool_t *pool = test_pool(ctx, 131072, 4);
+    kvrt_cache_t *cache;
+    ASSERT_OK(ctx, kvrt_cache_create(pool, NULL, &cache));
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                            KVRT_SCHED_PARAM_MAX_SEQ_TOKENS,
+                              .max_batch_tokens = 1024, .max_seq_tokens = 512};
+    kvrt_sched_t *sched;
+    ASSERT_OK(ctx, kvrt_sched_create(ctx, pool, cache, &sp, &sched));
+    static int32_t tokens[1024];
+    for (uint32_t i = 0; i < 1024; i++)
+        tokens[i] = 1 + (int32_t)(i % VOCAB);
+    uint64_t rng = 7;
+    long faults = 0;
+    kvrt_cache_stats_t warm;
+    for (int step = 0; step < 500; step++) {
+        kvrt_sched_stats_t st;
+        ASSERT_OK(ctx, kvrt_sched_stats(sched, &st));
+        for (uint64_t live = st.running + st.waiting; live < LIVE; live++) {
+            int32_t prompt[256];
+            uint32_t len = 150 + test_rand_below(&rng, 100);
+            for (uint32_t i = 0; i < len; i++)
+                prompt[i] = (int32_t)test_rand_below(&rng, 1u << 30);
+            kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = len,
+                                   .max_new_tokens = 1 + test_rand_below(&rng, 8)};
+            kvrt_seq_id_t id;
+            ASSERT_OK(ctx, kvrt_seq_add(sched, &p, &id));
+        }
+        kvrt_seq_info_t ev[64];
+        uint32_t n = 0;
+        ASSERT_OK(ctx, kvrt_sched_drain_ended(sched, ev, 64, &n));
+        if (step == 100) /* warm-up: buffers at working size */
+            ASSERT_OK(ctx, kvrt_cache_stats(cache, &warm));
+        const kvrt_batch_plan_t *plan;
+        long before = thread_minor_faults();
+        kvrt_status_t stepped = kvrt_sched_step(sched, (uint64_t)step, &plan);
+        kvrt_status_t committed = KVRT_OK;
+        if (stepped == KVRT_OK && plan->num_seqs) {
+            uint32_t samples = 0;
+            for (uint32_t i = 0; i < plan->num_seqs; i++)
+                samples += plan->seqs[i].sample;
+            kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs,
+                               .num_tokens = samples, .tokens = tokens};
+            committed = kvrt_sched_commit(sched, &c);
+        }
+        if (step >= 100)
+            faults += thread_minor_faults() - before;
+        ASSERT_OK(ctx, stepped);
+        ASSERT_OK(ctx, committed);
+    }
+    kvrt_cache_stats_t end;
+    ASSERT_OK(ctx, kvrt_cache_stats(cache, &end));
+    /* Past two 2 MiB pages of block names while counted. */
+    uint64_t counted = end.inserts - warm.inserts;
+    cr_assert_gt(counted, (4u << 20) / sizeof(kvrt_cache_block_name_t),
+                 "%llu blocks cached while counted", (unsigned long long)counted);
+    cr_assert_eq(faults, 0, "400 warm steps took %ld page faults", faults);
     kvrt_sched_destroy(sched);
     kvrt_cache_destroy(cache);
     kvrt_ctx_destroy(ctx);
