@@ -220,37 +220,37 @@ static void sched_free(kvrt_sched_t *s)
         sched_free_requests(s);
     kvrt_arena_destroy(&s->arena);
     kvrt_free_large(s->seqs);
-    free(s->heap);
-    free(s->running);
+    kvrt_free_large(s->heap);
+    kvrt_free_large(s->running);
     if (s->arrivals)
         sched_free_arrivals(s);
-    free(s->window);
-    free(s->arrivals);
-    free(s->landed_slots);
-    free(s->ended);
-    free(s->drained_memory);
+    kvrt_free_large(s->window);
+    kvrt_free_large(s->arrivals);
+    kvrt_free_large(s->landed_slots);
+    kvrt_free_large(s->ended);
+    kvrt_free_large(s->drained_memory);
     kvrt_free_large(s->rows);
-    free(s->free_rows);
+    kvrt_free_large(s->free_rows);
     for (uint32_t k = 0; k < SCHED_PLAN_SLOTS; k++) {
         plan_buffers_t *b = &s->bufs[k];
-        free(b->seqs);
-        free(b->slot_of);
-        free(b->query_start_loc);
-        free(b->seq_lens);
-        free(b->row_index);
-        free(b->input_tokens);
-        free(b->positions);
-        free(b->slot_mapping);
-        free(b->copies);
-        free(b->copy_owner);
-        free(b->preempted);
-        free(b->csr_offsets);
+        kvrt_free_large(b->seqs);
+        kvrt_free_large(b->slot_of);
+        kvrt_free_large(b->query_start_loc);
+        kvrt_free_large(b->seq_lens);
+        kvrt_free_large(b->row_index);
+        kvrt_free_large(b->input_tokens);
+        kvrt_free_large(b->positions);
+        kvrt_free_large(b->slot_mapping);
+        kvrt_free_large(b->copies);
+        kvrt_free_large(b->copy_owner);
+        kvrt_free_large(b->preempted);
+        kvrt_free_large(b->csr_offsets);
         free(b->csr_ids);
     }
     for (uint32_t k = 0; k <= SCHED_PLAN_SLOTS; k++)
-        free(s->rc.changed[k]);
-    free(s->rc.row_mark);
-    free(s->match_blocks);
+        kvrt_free_large(s->rc.changed[k]);
+    kvrt_free_large(s->rc.row_mark);
+    kvrt_free_large(s->match_blocks);
     sched_groups_free(s);
     free(s);
 }
@@ -269,18 +269,18 @@ static void sched_destroy_owned(kvrt_owned_t *owned)
 
 static bool alloc_plan_buffers(plan_buffers_t *b, size_t seqs, size_t toks)
 {
-    b->seqs = malloc(seqs * sizeof(*b->seqs));
-    b->slot_of = malloc(seqs * sizeof(*b->slot_of));
-    b->query_start_loc = calloc(seqs + 1, sizeof(int32_t));
-    b->seq_lens = malloc(seqs * sizeof(int32_t));
-    b->row_index = malloc(seqs * sizeof(int32_t));
-    b->input_tokens = malloc(toks * sizeof(int32_t));
-    b->positions = malloc(toks * sizeof(int32_t));
-    b->slot_mapping = malloc(toks * sizeof(int64_t));
-    b->copies = malloc(seqs * sizeof(*b->copies));
-    b->copy_owner = malloc(seqs * sizeof(*b->copy_owner));
-    b->preempted = malloc(seqs * sizeof(*b->preempted));
-    b->csr_offsets = calloc(seqs + 1, sizeof(int32_t));
+    b->seqs = kvrt_calloc_large_resident(seqs, sizeof(*b->seqs));
+    b->slot_of = kvrt_calloc_large_resident(seqs, sizeof(*b->slot_of));
+    b->query_start_loc = kvrt_calloc_large_resident(seqs + 1, sizeof(int32_t));
+    b->seq_lens = kvrt_calloc_large_resident(seqs, sizeof(int32_t));
+    b->row_index = kvrt_calloc_large_resident(seqs, sizeof(int32_t));
+    b->input_tokens = kvrt_calloc_large_resident(toks, sizeof(int32_t));
+    b->positions = kvrt_calloc_large_resident(toks, sizeof(int32_t));
+    b->slot_mapping = kvrt_calloc_large_resident(toks, sizeof(int64_t));
+    b->copies = kvrt_calloc_large_resident(seqs, sizeof(*b->copies));
+    b->copy_owner = kvrt_calloc_large_resident(seqs, sizeof(*b->copy_owner));
+    b->preempted = kvrt_calloc_large_resident(seqs, sizeof(*b->preempted));
+    b->csr_offsets = kvrt_calloc_large_resident(seqs + 1, sizeof(int32_t));
     return b->seqs && b->slot_of && b->query_start_loc && b->seq_lens && b->row_index &&
            b->input_tokens && b->positions && b->slot_mapping && b->copies && b->copy_owner &&
            b->preempted && b->csr_offsets;
@@ -293,25 +293,31 @@ static bool alloc_arrays(kvrt_sched_t *s)
      * on huge pages from 2 MiB up (kvrt_calloc_large), since every decode
      * reads one scattered line of it. */
     s->seqs = kvrt_calloc_large(reqs, sizeof(*s->seqs));
-    s->heap = malloc(reqs * sizeof(*s->heap));
-    s->ended = malloc(reqs * sizeof(*s->ended));
-    s->arrivals = calloc(reqs, sizeof(*s->arrivals));
-    s->landed_slots = malloc(reqs * sizeof(*s->landed_slots));
-    s->window = calloc(KVRT_SCHED_HIT_WINDOW, sizeof(*s->window));
-    s->drained_memory = malloc(reqs * sizeof(*s->drained_memory));
-    s->running = malloc(seqs * sizeof(*s->running));
+    /* The rest is resident from the start: plan buffers and rings that
+     * advance one entry per request would otherwise fault a page in at its
+     * first touch, long after warm-up. Block-table rows are the exception:
+     * sized for the longest request in every row, they fault in as requests
+     * first grow into them. Request slots are first touched by
+     * kvrt_seq_add, never by a step. */
+    s->heap = kvrt_calloc_large_resident(reqs, sizeof(*s->heap));
+    s->ended = kvrt_calloc_large_resident(reqs, sizeof(*s->ended));
+    s->arrivals = kvrt_calloc_large_resident(reqs, sizeof(*s->arrivals));
+    s->landed_slots = kvrt_calloc_large_resident(reqs, sizeof(*s->landed_slots));
+    s->window = kvrt_calloc_large_resident(KVRT_SCHED_HIT_WINDOW, sizeof(*s->window));
+    s->drained_memory = kvrt_calloc_large_resident(reqs, sizeof(*s->drained_memory));
+    s->running = kvrt_calloc_large_resident(seqs, sizeof(*s->running));
     s->rows = kvrt_calloc_large(seqs * s->row_stride, sizeof(*s->rows));
-    s->free_rows = malloc(seqs * sizeof(*s->free_rows));
+    s->free_rows = kvrt_calloc_large_resident(seqs, sizeof(*s->free_rows));
     bool ok = true;
     /* Synchronous steps use one plan slot; asynchronous ones all. */
     for (uint32_t k = 0; k < s->max_in_flight; k++)
         ok = alloc_plan_buffers(&s->bufs[k], seqs, toks) && ok;
     for (uint32_t k = 0; k <= SCHED_PLAN_SLOTS; k++) {
-        s->rc.changed[k] = malloc(seqs * sizeof(int32_t));
+        s->rc.changed[k] = kvrt_calloc_large_resident(seqs, sizeof(int32_t));
         ok = ok && s->rc.changed[k];
     }
-    s->rc.row_mark = calloc(seqs, sizeof(uint64_t));
-    s->match_blocks = malloc((size_t)s->row_stride * sizeof(int32_t));
+    s->rc.row_mark = kvrt_calloc_large_resident(seqs, sizeof(uint64_t));
+    s->match_blocks = kvrt_calloc_large_resident(s->row_stride, sizeof(int32_t));
     return ok && s->seqs && s->heap && s->ended && s->arrivals && s->landed_slots && s->window &&
            s->drained_memory && s->running && s->rows && s->free_rows && s->rc.row_mark &&
            s->match_blocks && sched_groups_alloc(s);
