@@ -90,6 +90,9 @@ typedef struct kvrt_pool_info {
  * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown field bits, num_blocks out of
  * range, base_bytes too small, watermark >= num_blocks), KVRT_ERR_BAD_LAYOUT,
  * KVRT_ERR_OVERFLOW (num_blocks * block_bytes overflows), KVRT_ERR_NO_MEMORY.
+ * The per-block bookkeeping (metadata and free stack, 12 bytes a block) is
+ * made resident here, so that no later allocation or release faults in a
+ * page of it.
  * Destroy with kvrt_pool_destroy() or with the context.
  */
 kvrt_status_t kvrt_pool_create(kvrt_ctx_t *ctx, const kvrt_pool_params_t *params,
