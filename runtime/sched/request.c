@@ -9,6 +9,10 @@
 
 #include "sched_internal.h"
 
+/* Alignment of a request's token array within its allocation (whose
+ * start is 16-byte aligned). */
+#define TOKENS_ALIGN 64u
+
 /* ---- the waiting heap ------------------------------------------------------ */
 
 /* True when a runs before b. */
@@ -281,14 +285,17 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     bool fresh_set = false;
     const uint32_t stop_set =
         num_stop && !min_tokens ? stop_set_for(s, p->stop_tokens, num_stop, &fresh_set) : 0;
-    /* One allocation: hashes (16-byte aligned) first, then tokens, the
-     * stop area (sched_stop_area), mm items, the n-gram index. */
+    /* One allocation: hashes (16-byte aligned) first, then tokens (64-byte
+     * aligned, so that a block of 16 tokens is the one line its last
+     * token's commit just wrote when the block is hashed), the stop area
+     * (sched_stop_area), mm items, the n-gram index. */
     size_t stop_area =
         num_stop && !stop_set ? sizeof(stop_area_t) + num_stop * sizeof(int32_t) : 0;
     size_t group_hashes = sched_groups_hash_bytes(s, capacity);
     size_t bytes = (size_t)max_blocks * sizeof(kvrt_block_hash_t) + group_hashes +
                    (size_t)capacity * sizeof(int32_t) + stop_area +
-                   (size_t)num_mm * sizeof(kvrt_mm_item_t) + 8 + ngram_bytes(s, capacity);
+                   (size_t)num_mm * sizeof(kvrt_mm_item_t) + 8 + ngram_bytes(s, capacity) +
+                   TOKENS_ALIGN - 16;
     char *mem = kvrt_arena_alloc(&s->arena, bytes);
     if (!mem)
         return kvrt_fail(s->ctx, KVRT_ERR_NO_MEMORY, "request of %u tokens", capacity);
@@ -302,8 +309,9 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     q->allocation = mem;
     q->hashes = (kvrt_block_hash_t *)mem;
     sched_groups_init_seq(s, q, mem + (size_t)max_blocks * sizeof(kvrt_block_hash_t), capacity);
-    q->tokens = (int32_t *)(mem + (size_t)max_blocks * sizeof(kvrt_block_hash_t) +
-                            group_hashes);
+    uintptr_t tokens_at =
+        (uintptr_t)(mem + (size_t)max_blocks * sizeof(kvrt_block_hash_t) + group_hashes);
+    q->tokens = (int32_t *)((tokens_at + TOKENS_ALIGN - 1) & ~(uintptr_t)(TOKENS_ALIGN - 1));
     memcpy(q->tokens, p->prompt, (size_t)p->prompt_len * sizeof(int32_t));
     char *tail = (char *)(q->tokens + capacity) + stop_area;
     tail += (8 - ((uintptr_t)tail & 7)) & 7;
