@@ -16,7 +16,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
-#include "test_helpers.h"
+#include "sched_fixture.h"
 
 extern void *__libc_malloc(size_t size);
 extern void *__libc_calloc(size_t n, size_t size);
@@ -69,18 +69,14 @@ static int32_t next_token(int32_t prev) { return (prev * 7 + 3) % VOCAB; }
 
 Test(sched_no_alloc, warm_steps_and_commits_allocate_nothing)
 {
-    kvrt_ctx_t *ctx;
-    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
-    kvrt_pool_t *pool = test_pool(ctx, 2048, 4);
-    kvrt_cache_t *cache;
-    ASSERT_OK(ctx, kvrt_cache_create(pool, NULL, &cache));
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
                                             KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_DRAFT |
                                             KVRT_SCHED_PARAM_MAX_SEQ_TOKENS,
                               .max_batch_tokens = 256, .prefill_chunk_tokens = 32,
                               .max_draft_tokens = 3, .max_seq_tokens = 256};
-    kvrt_sched_t *sched;
-    ASSERT_OK(ctx, kvrt_sched_create(ctx, pool, cache, &sp, &sched));
+    sched_fixture_t f = sched_fixture_open(2048, 4, true, &sp);
+    kvrt_ctx_t *ctx = f.ctx;
+    kvrt_sched_t *sched = f.sched;
 
     uint64_t rng = 42;
     static kvrt_seq_id_t ids[512];
@@ -185,9 +181,9 @@ Test(sched_no_alloc, warm_steps_and_commits_allocate_nothing)
     cr_assert_gt(st.spec_proposed, st.spec_accepted, "rollbacks happened");
     cr_assert_gt(st.prefix_hit_tokens, 0);
     cr_assert_gt(st.finished_length, 100);
-    kvrt_sched_destroy(sched);
-    kvrt_cache_destroy(cache);
-    kvrt_ctx_destroy(ctx);
+    kvrt_sched_destroy(sched); /* its requests' blocks go back */
+    f.sched = NULL;
+    sched_fixture_close(&f);
 }
 
 /* Minor page faults this thread has taken so far. */
@@ -205,16 +201,10 @@ Test(sched_no_alloc, warm_steps_caching_fresh_blocks_take_no_page_fault)
      * prompt is new and long, so each step caches about 200 blocks the
      * pool never handed out before, reaching new pages of the block names
      * and metadata, until the pool has cycled once. */
-    kvrt_ctx_t *ctx;
-    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
-    kvrt_pool_t *pool = test_pool(ctx, 131072, 4);
-    kvrt_cache_t *cache;
-    ASSERT_OK(ctx, kvrt_cache_create(pool, NULL, &cache));
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
                                             KVRT_SCHED_PARAM_MAX_SEQ_TOKENS,
                               .max_batch_tokens = 1024, .max_seq_tokens = 512};
-    kvrt_sched_t *sched;
-    ASSERT_OK(ctx, kvrt_sched_create(ctx, pool, cache, &sp, &sched));
+    sched_fixture_t f = sched_fixture_open(131072, 4, true, &sp);
     static int32_t tokens[1024];
     for (uint32_t i = 0; i < 1024; i++)
         tokens[i] = 1 + (int32_t)(i % VOCAB);
@@ -223,7 +213,7 @@ Test(sched_no_alloc, warm_steps_caching_fresh_blocks_take_no_page_fault)
     kvrt_cache_stats_t warm;
     for (int step = 0; step < 500; step++) {
         kvrt_sched_stats_t st;
-        ASSERT_OK(ctx, kvrt_sched_stats(sched, &st));
+        ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
         for (uint64_t live = st.running + st.waiting; live < LIVE; live++) {
             int32_t prompt[256];
             uint32_t len = 150 + test_rand_below(&rng, 100);
@@ -232,16 +222,16 @@ Test(sched_no_alloc, warm_steps_caching_fresh_blocks_take_no_page_fault)
             kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = len,
                                    .max_new_tokens = 1 + test_rand_below(&rng, 8)};
             kvrt_seq_id_t id;
-            ASSERT_OK(ctx, kvrt_seq_add(sched, &p, &id));
+            ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &id));
         }
         kvrt_seq_info_t ev[64];
-        uint32_t n = 0;
-        ASSERT_OK(ctx, kvrt_sched_drain_ended(sched, ev, 64, &n));
+        sched_fixture_drain(&f, ev, 64);
         if (step == 100) /* warm-up: buffers at working size */
-            ASSERT_OK(ctx, kvrt_cache_stats(cache, &warm));
+            ASSERT_OK(f.ctx, kvrt_cache_stats(f.cache, &warm));
+        /* Only the scheduler's calls are counted: no assertion between. */
         const kvrt_batch_plan_t *plan;
         long before = thread_minor_faults();
-        kvrt_status_t stepped = kvrt_sched_step(sched, (uint64_t)step, &plan);
+        kvrt_status_t stepped = kvrt_sched_step(f.sched, (uint64_t)step, &plan);
         kvrt_status_t committed = KVRT_OK;
         if (stepped == KVRT_OK && plan->num_seqs) {
             uint32_t samples = 0;
@@ -249,21 +239,21 @@ Test(sched_no_alloc, warm_steps_caching_fresh_blocks_take_no_page_fault)
                 samples += plan->seqs[i].sample;
             kvrt_commit_t c = {.step = plan->step, .num_seqs = plan->num_seqs,
                                .num_tokens = samples, .tokens = tokens};
-            committed = kvrt_sched_commit(sched, &c);
+            committed = kvrt_sched_commit(f.sched, &c);
         }
         if (step >= 100)
             faults += thread_minor_faults() - before;
-        ASSERT_OK(ctx, stepped);
-        ASSERT_OK(ctx, committed);
+        ASSERT_OK(f.ctx, stepped);
+        ASSERT_OK(f.ctx, committed);
     }
     kvrt_cache_stats_t end;
-    ASSERT_OK(ctx, kvrt_cache_stats(cache, &end));
+    ASSERT_OK(f.ctx, kvrt_cache_stats(f.cache, &end));
     /* Past two 2 MiB pages of block names (56 bytes each) while counted. */
     uint64_t counted = end.inserts - warm.inserts;
     cr_assert_gt(counted, (4u << 20) / 56,
                  "%llu blocks cached while counted", (unsigned long long)counted);
     cr_assert_eq(faults, 0, "400 warm steps took %ld page faults", faults);
-    kvrt_sched_destroy(sched);
-    kvrt_cache_destroy(cache);
-    kvrt_ctx_destroy(ctx);
+    kvrt_sched_destroy(f.sched); /* its requests' blocks go back */
+    f.sched = NULL;
+    sched_fixture_close(&f);
 }
