@@ -108,17 +108,18 @@ bool sched_groups_alloc(kvrt_sched_t *s)
         if (!s->xgroups || !s->xarrivals)
             return false;
     }
+    /* As in sched.c: plan buffers resident, rows faulted in as used. */
     for (uint32_t g = 1; g < s->num_groups; g++) {
         sched_group_t *gr = &s->groups[g];
         gr->rows = kvrt_calloc_large((size_t)s->max_seqs * gr->row_stride, sizeof(int32_t));
-        gr->match_blocks = malloc((size_t)gr->row_stride * sizeof(int32_t));
+        gr->match_blocks = kvrt_calloc_large_resident(gr->row_stride, sizeof(int32_t));
         if (!gr->rows || !gr->match_blocks)
             return false;
         for (uint32_t k = 0; k < s->max_in_flight; k++) {
-            gr->slot_mapping[k] = malloc((size_t)s->max_batch_tokens * sizeof(int64_t));
-            gr->copies[k] = malloc((size_t)s->max_seqs * sizeof(kvrt_block_copy_t));
-            gr->copy_owner[k] = malloc((size_t)s->max_seqs * sizeof(uint32_t));
-            gr->csr_offsets[k] = calloc((size_t)s->max_seqs + 1, sizeof(int32_t));
+            gr->slot_mapping[k] = kvrt_calloc_large_resident(s->max_batch_tokens, sizeof(int64_t));
+            gr->copies[k] = kvrt_calloc_large_resident(s->max_seqs, sizeof(kvrt_block_copy_t));
+            gr->copy_owner[k] = kvrt_calloc_large_resident(s->max_seqs, sizeof(uint32_t));
+            gr->csr_offsets[k] = kvrt_calloc_large_resident((size_t)s->max_seqs + 1, sizeof(int32_t));
             if (!gr->slot_mapping[k] || !gr->copies[k] || !gr->copy_owner[k] ||
                 !gr->csr_offsets[k])
                 return false;
@@ -132,12 +133,12 @@ void sched_groups_free(kvrt_sched_t *s)
     for (uint32_t g = 1; g < s->num_groups; g++) {
         sched_group_t *gr = &s->groups[g];
         kvrt_free_large(gr->rows);
-        free(gr->match_blocks);
+        kvrt_free_large(gr->match_blocks);
         for (uint32_t k = 0; k < KVRT_SCHED_MAX_PLANS_IN_FLIGHT; k++) {
-            free(gr->slot_mapping[k]);
-            free(gr->copies[k]);
-            free(gr->copy_owner[k]);
-            free(gr->csr_offsets[k]);
+            kvrt_free_large(gr->slot_mapping[k]);
+            kvrt_free_large(gr->copies[k]);
+            kvrt_free_large(gr->copy_owner[k]);
+            kvrt_free_large(gr->csr_offsets[k]);
             free(gr->csr_ids[k]);
         }
     }
