@@ -337,7 +337,7 @@ static KVRT_ALWAYS_INLINE void apply_entries(kvrt_sched_t *s, const kvrt_commit_
             }
         }
         off += given;
-        /* Whether the entry may have filled a block to offer (the defer
+        /* Whether the entry may have filled a block to offer (the batch
          * checks on the second line). A decoding request has offered every
          * full block already (each commit's batch inserts them all), so
          * only a computed count that passed a block boundary can, which

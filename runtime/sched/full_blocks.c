@@ -39,6 +39,8 @@ static void hash_blocks(kvrt_sched_t *s, seq_t *q, uint32_t full)
  * under another block is not an error: that block simply stays private. */
 static void insert_blocks(kvrt_sched_t *s, seq_t *q, const int32_t *blocks, uint32_t full)
 {
+    if (full <= q->num_inserted) /* deferred with nothing new (see the defer) */
+        return;
     for (uint32_t j = q->num_inserted; j < full; j++)
         kvrt_cache_insert_chained(s->cache, blocks[j], &q->hashes[j],
                                   j ? &q->hashes[j - 1] : NULL, &q->keys, j, NULL);
@@ -69,7 +71,11 @@ void sched_insert_defer(kvrt_sched_t *s, seq_t *q)
         sched_cache_full_blocks(s, q);
         return;
     }
-    if (!(q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE) && sched_full_blocks(s, q) > q->num_inserted)
+    /* Whether it has a block not yet offered is left to the batch, which
+     * fetches the second line (num_inserted) a stage ahead. Read here, that
+     * line is a miss the commit waits for, once per block filled, with
+     * thousands of requests running. */
+    if (!(q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE))
         s->inserts[s->num_inserts++] = sched_slot(s, q);
 }
 

@@ -641,8 +641,8 @@ static inline uint32_t sched_full_blocks(const kvrt_sched_t *s, const seq_t *q)
  * each block once in its life: hashes survive preemption). */
 void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q);
 /* The same, deferred to the commit's insert batch (at once on hybrid
- * schedulers, or when the batch is full); nothing when q has no new full
- * block. */
+ * schedulers, or when the batch is full). A request without a new full
+ * block takes a place in the batch and is skipped there. */
 void sched_insert_defer(kvrt_sched_t *s, seq_t *q);
 /* Runs the deferred inserts, in the order they were deferred. Must run
  * before anything in the commit releases blocks or ends a request. */
