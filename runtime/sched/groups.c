@@ -119,7 +119,8 @@ bool sched_groups_alloc(kvrt_sched_t *s)
             gr->slot_mapping[k] = kvrt_calloc_large_resident(s->max_batch_tokens, sizeof(int64_t));
             gr->copies[k] = kvrt_calloc_large_resident(s->max_seqs, sizeof(kvrt_block_copy_t));
             gr->copy_owner[k] = kvrt_calloc_large_resident(s->max_seqs, sizeof(uint32_t));
-            gr->csr_offsets[k] = kvrt_calloc_large_resident((size_t)s->max_seqs + 1, sizeof(int32_t));
+            gr->csr_offsets[k] =
+                kvrt_calloc_large_resident((size_t)s->max_seqs + 1, sizeof(int32_t));
             if (!gr->slot_mapping[k] || !gr->copies[k] || !gr->copy_owner[k] ||
                 !gr->csr_offsets[k])
                 return false;
