@@ -7,7 +7,9 @@
  *            registered regions, the peers and the completion queue. Two
  *            background threads run per agent: a control thread (accepting,
  *            authenticating, reconnecting, enforcing timeouts) and the
- *            backend's progress thread.
+ *            backend's progress thread, plus short-lived ones for waits on
+ *            one peer (a reconnection attempt, a verbs set-up); destroy
+ *            joins them all.
  *   region   local memory registered for transfers (host memory, or GPU
  *            memory given as a dmabuf fd). Its *descriptor* is a compact byte
  *            string a peer imports to address it remotely.
@@ -164,13 +166,19 @@ typedef struct kvrt_xfer_agent_params {
 
 /*
  * kvrt_xfer_agent_create - creates an agent in ctx, binds and listens, and
- * starts its threads. params is not retained.
+ * starts its threads. params is not retained. Initializes libsodium and
+ * OpenSSL's libcrypto (frame tags) first, on the calling thread; if the
+ * process had not initialized libcrypto yet, its exit handler
+ * (OPENSSL_cleanup) is registered then. The agent must be destroyed before
+ * that handler runs: before exit(), or from an exit handler registered
+ * after this call. One registered earlier runs after OPENSSL_cleanup, when
+ * the agent's threads' libcrypto state can no longer be freed.
  * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown field bits, key too short,
  * out-of-range values, unparsable address), KVRT_ERR_NO_DEVICE (VERBS asked
  * for and no device or no verbs backend), KVRT_ERR_IO (bind/listen/io_uring
  * setup failed; the text says why), KVRT_ERR_NO_MEMORY, KVRT_ERR_INTERNAL
- * (libsodium failed to initialise). A failed create leaves the context as
- * it was (the next agent is still "xfer.<n>" with the same n).
+ * (libsodium or libcrypto failed to initialise). A failed create leaves the
+ * context as it was (the next agent is still "xfer.<n>" with the same n).
  * Destroy with kvrt_xfer_agent_destroy() or with the context.
  */
 kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
@@ -181,9 +189,11 @@ kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
  * kvrt_xfer_agent_destroy - disconnects every peer, completes every
  * outstanding request with KVRT_ERR_CANCELED, frees every request (released
  * or not: request handles die with their agent, so no call may name one
- * afterwards), deregisters every region and stops the threads. NULL is a
- * no-op. No other call on the agent, its peers, regions, remotes or
- * requests may run concurrently or follow. Errors: none.
+ * afterwards), deregisters every region, and stops and joins every thread
+ * the agent started (a reconnection attempt under way first ends, within
+ * its 2 s): none of them outlives the call. NULL is a no-op. No other call
+ * on the agent, its peers, regions, remotes or requests may run
+ * concurrently or follow. Errors: none.
  */
 kvrt_status_t kvrt_xfer_agent_destroy(kvrt_xfer_agent_t *agent);
 

@@ -589,10 +589,20 @@ void xfer_incoming_setup(xfer_incoming_t *in)
 
 /* ---- the upkeep thread ---------------------------------------------------- */
 
-/* The end of a reconnection attempt (on its thread): attaches the
- * connection, or counts the failure and sets the next attempt's time;
- * then lets go of the peer and the attempt. */
-static void reconnect_finish(kvrt_xfer_peer_t *p, kvrt_status_t st, void *conn, const char *why)
+/* A reconnection attempt's thread, listed in agent.dialers until joined. */
+typedef struct xfer_dialer {
+    xfer_link_t link;
+    pthread_t thread;
+    kvrt_xfer_peer_t *peer;  /* held (busy, dialing) by the attempt */
+    bool done;               /* (lock) the attempt let go of the agent: join it */
+} xfer_dialer_t;
+
+/* The end of a reconnection attempt (on its thread, d; on the upkeep
+ * thread, d NULL, when no thread could be had): attaches the connection,
+ * or counts the failure and sets the next attempt's time; then lets go of
+ * the peer and the attempt. */
+static void reconnect_finish(kvrt_xfer_peer_t *p, kvrt_status_t st, void *conn, const char *why,
+                             xfer_dialer_t *d)
 {
     kvrt_xfer_agent_t *a = p->agent;
     void *stale = NULL;
@@ -631,9 +641,9 @@ static void reconnect_finish(kvrt_xfer_peer_t *p, kvrt_status_t st, void *conn, 
         xfer_settled(a);
     p->dialing = false;
     xfer_peer_put(p);
-    /* The last touch of the agent: destroy waits for dialers == 0. */
-    a->dialers--;
-    pthread_cond_broadcast(&a->cond);
+    /* The last touch of the agent: the thread only returns after this. */
+    if (d)
+        d->done = true;
     pthread_mutex_unlock(&a->lock);
 }
 
@@ -642,12 +652,57 @@ static void reconnect_finish(kvrt_xfer_peer_t *p, kvrt_status_t st, void *conn, 
  * or silent address holds this thread only, never the upkeep thread. */
 static void *reconnect_main(void *arg)
 {
-    kvrt_xfer_peer_t *p = arg;
+    xfer_dialer_t *d = arg;
     char why[256] = "";
     void *conn = NULL;
-    kvrt_status_t st = peer_establish(p, kvrt_now_ns() + HANDSHAKE_NS, &conn, why, sizeof(why));
-    reconnect_finish(p, st, conn, why);
+    kvrt_status_t st = peer_establish(d->peer, kvrt_now_ns() + HANDSHAKE_NS, &conn, why,
+                                      sizeof(why));
+    reconnect_finish(d->peer, st, conn, why, d);
     return NULL;
+}
+
+/* Starts the attempt of p (held, dialing) on a thread of its own, or fails
+ * it at once without one. */
+static void dialer_start(kvrt_xfer_agent_t *a, kvrt_xfer_peer_t *p)
+{
+    xfer_dialer_t *d = calloc(1, sizeof(*d));
+    if (d)
+        d->peer = p;
+    if (!d || pthread_create(&d->thread, NULL, reconnect_main, d) != 0) {
+        free(d);
+        reconnect_finish(p, KVRT_ERR_NO_MEMORY, NULL, "(no thread for the attempt)", NULL);
+        return;
+    }
+    /* Listed once started: this (upkeep) thread lists and joins them, and
+     * destroy only once it has stopped, so no one reads d->thread early. */
+    pthread_mutex_lock(&a->lock);
+    xfer_list_push(&a->dialers, &d->link);
+    pthread_mutex_unlock(&a->lock);
+}
+
+/* Joins the attempts' threads that are done (on the upkeep thread), or all
+ * of them (destroy, once the upkeep thread has stopped: an attempt under
+ * way ends within HANDSHAKE_NS). Joined unlocked: an attempt needs the
+ * lock to finish. */
+static void dialers_join(kvrt_xfer_agent_t *a, bool all)
+{
+    xfer_link_t ended;
+    xfer_list_init(&ended);
+    pthread_mutex_lock(&a->lock);
+    for (xfer_link_t *l = a->dialers.next, *next; l != &a->dialers; l = next) {
+        next = l->next;
+        if (all || XFER_CONTAINER(l, xfer_dialer_t, link)->done) {
+            xfer_list_del(l);
+            xfer_list_push(&ended, l);
+        }
+    }
+    pthread_mutex_unlock(&a->lock);
+    while (!xfer_list_empty(&ended)) {
+        xfer_dialer_t *d = XFER_CONTAINER(ended.next, xfer_dialer_t, link);
+        xfer_list_del(&d->link);
+        pthread_join(d->thread, NULL);
+        free(d);
+    }
 }
 
 /* Closes broken connections and starts reconnection attempts of dialed
@@ -678,18 +733,8 @@ static bool upkeep_peers(kvrt_xfer_agent_t *a)
             now >= p->next_attempt_ns) {
             p->busy++;
             p->dialing = true;
-            a->dialers++;
             pthread_mutex_unlock(&a->lock);
-            pthread_t t;
-            pthread_attr_t attr;
-            bool started = pthread_attr_init(&attr) == 0;
-            if (started) {
-                pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-                started = pthread_create(&t, &attr, reconnect_main, p) == 0;
-                pthread_attr_destroy(&attr);
-            }
-            if (!started)
-                reconnect_finish(p, KVRT_ERR_NO_MEMORY, NULL, "(no thread for the attempt)");
+            dialer_start(a, p);
             return true;
         }
     }
@@ -717,6 +762,7 @@ static void *upkeep_main(void *arg)
         pthread_mutex_unlock(&a->lock);
         for (int i = 0; i < 64 && upkeep_peers(a); i++)
             ;
+        dialers_join(a, false);
     }
     return NULL;
 }
@@ -807,6 +853,9 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "ctx, params and agent_out are required");
     if (sodium_init() < 0)
         return kvrt_fail(ctx, KVRT_ERR_INTERNAL, "libsodium failed to initialise");
+    /* Here, before any of the agent's threads can be first to use it. */
+    if (!kvrt_xfer_frame_crypto_init())
+        return kvrt_fail(ctx, KVRT_ERR_INTERNAL, "OpenSSL's libcrypto failed to initialise");
     kvrt_xfer_agent_t *a = calloc(1, sizeof(*a));
     if (!a)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "agent");
@@ -814,6 +863,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
     a->listen_fd = a->wake_fd = a->accept_epoll = -1;
     xfer_list_init(&a->peers);
     xfer_list_init(&a->owned_requests);
+    xfer_list_init(&a->dialers);
     pthread_mutex_init(&a->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -955,10 +1005,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_destroy(kvrt_xfer_agent_t *a)
     }
     /* A reconnection attempt under way ends within HANDSHAKE_NS; its
      * connection, if any, goes to a closing peer and is closed. */
-    pthread_mutex_lock(&a->lock);
-    while (a->dialers)
-        pthread_cond_wait(&a->cond, &a->lock);
-    pthread_mutex_unlock(&a->lock);
+    dialers_join(a, true);
     /* The threads may have accepted a peer in the meantime. */
     close_all_peers(a);
     /* With the threads stopped and every connection closed, no hold is

@@ -283,9 +283,10 @@ struct kvrt_xfer_agent {
     /* Connections past the name check and not yet attached to their peer
      * or closed: kvrt_xfer_refuse_name waits for none to be left. */
     uint32_t settling;
-    /* Reconnection attempts under way, each on a detached thread (agent.c);
-     * destroy waits for none to be left. */
-    uint32_t dialers;
+    /* The threads of reconnection attempts (xfer_dialer_t, agent.c), under
+     * the lock: the upkeep thread joins those whose attempt is done, and
+     * destroy the rest, so that no thread of the agent outlives it. */
+    xfer_link_t dialers;
 };
 
 /* ---- agent.c ----------------------------------------------------------- */

@@ -172,6 +172,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         die("register pool");
     g.ids[3] = region_id(pr);
     memcpy(g.expect, g.arena, g.arena_bytes);
+    /* Registered after the agent exists, so it runs before libcrypto's own
+     * exit handler, which the agent's create registered (xfer.h). */
     atexit(teardown);
     return 0;
 }

@@ -64,6 +64,12 @@ SEEDS = {
     # a HELLO with other version, backend, an extra socket of no session
     "hello_fields": b"\x01\x00" + b"\x01" + struct.pack("<I", 1) + b"\x01" + struct.pack("<I", 9) +
                     b"\x01" + struct.pack("<I", 3) + b"\x00" + bytes(16) + b"\x05\x1b[31m",
+    # a HELLO choosing the AES suite (MAC mode): the agent's threads key
+    # OpenSSL's AES-GCM for the socket, and the first frame (sealed with
+    # CHACHA, as every frame of the harness) fails its tag there
+    "hello_suite_aes": b"\x01\x00" + b"\x00\x00\x00" + b"\x01" + struct.pack("<I", 0x100) +
+                       bytes(16) + b"\x03aes" +
+                       frame(WRITE, RW, small(0), small(16), b"A" * 16) + read_replies(),
     "notify_flood": session([b"\x07\xc7", b"\x07\xc7", read_replies(19)]),
     "half_write": session([half_write(40 + 100, 4096, b"\x41" * 200)]),
     # KV HASHES of the pool's blocks 1..3 and a VERIFY with a wrong checksum

@@ -10,6 +10,7 @@
  * timeouts, revocations and clean-up behind it for up to 2 s. The peer
  * reconnects once a real listener is back on its address.
  */
+#include <dirent.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -216,10 +217,26 @@ Test(xfer_reconnect, a_silent_address_holds_no_timeout_back, .timeout = 90)
     free(mem);
 }
 
+/* The threads of this process now. */
+static int threads_now(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    cr_assert_not_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
 /* Agent destroy while an attempt waits on a silent address: it waits for
- * that attempt (at most its 2 s), and nothing is left behind. */
+ * that attempt (at most its 2 s), and nothing is left behind: not even the
+ * attempt's thread, which destroy joins (a thread still running once its
+ * agent is gone could outlive the code it runs, or the process's exit
+ * checks). */
 Test(xfer_reconnect, destroy_during_an_attempt, .timeout = 60)
 {
+    int threads_before = threads_now();
     kvrt_ctx_t *ctx = txu_ctx();
     kvrt_xfer_agent_t *a = dialer(ctx), *b = txu_agent(ctx, 3000);
     char b_text[96];
@@ -234,6 +251,7 @@ Test(xfer_reconnect, destroy_during_an_attempt, .timeout = 60)
     uint64_t t0 = txu_now_ms();
     ASSERT_OK(ctx, kvrt_xfer_agent_destroy(a));
     cr_assert_lt(txu_now_ms() - t0, 5000);
+    cr_assert_eq(threads_now(), threads_before, "a thread of the agents outlived their destroy");
     close(held);
     close(silent);
     kvrt_ctx_destroy(ctx);

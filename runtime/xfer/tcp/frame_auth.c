@@ -53,6 +53,11 @@ kvrt_xfer_frame_suite_t kvrt_xfer_frame_suite_offer(void)
                                                                       : KVRT_XFER_SUITE_CHACHA;
 }
 
+bool kvrt_xfer_frame_crypto_init(void)
+{
+    return OPENSSL_init_crypto(OPENSSL_INIT_LOAD_CONFIG, NULL) == 1;
+}
+
 bool kvrt_xfer_frame_key_init(kvrt_xfer_frame_key_t *k, uint32_t protection,
                               const uint8_t key[KVRT_XFER_FRAME_KEY_BYTES])
 {

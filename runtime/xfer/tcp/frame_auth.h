@@ -64,6 +64,22 @@ bool kvrt_xfer_frame_protection_known(uint32_t protection);
  */
 kvrt_xfer_frame_suite_t kvrt_xfer_frame_suite_offer(void);
 
+/*
+ * Initializes OpenSSL's libcrypto (with its configuration file, as its
+ * own first use would) on the calling thread; false when it fails. The
+ * agent calls it when created, before its threads start. Left to itself,
+ * libcrypto initializes at its first use, on whichever agent thread keys
+ * the first AES socket, and registers its exit handler (OPENSSL_cleanup)
+ * only then: after any handler the application registered once the agent
+ * existed, so at exit it would run first. It frees the per-thread state
+ * (error queue) of the thread that calls exit only, and forgets every
+ * other thread's; agent threads joined after it, by a handler that
+ * destroys the agent, would leave theirs behind, and the agent would free
+ * its cipher contexts into a stopped library. Initialized here, the
+ * handler runs after every handler registered once the agent exists.
+ */
+bool kvrt_xfer_frame_crypto_init(void);
+
 typedef struct kvrt_xfer_frame_key {
     uint8_t key[KVRT_XFER_FRAME_KEY_BYTES];
     uint64_t seq;          /* the next frame's nonce */
