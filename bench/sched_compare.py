@@ -8,8 +8,9 @@ Each round runs every build on every configuration in turn
 reads the thread CPU time per sequence from the figure's note, so that
 stretches of a loaded machine hit every build of a round alike; compare
 ratios within a round. A build that lacks a configuration is skipped for
-it. Prints medians (and minimums) per build and configuration, then every
-figure as JSON on the last line.
+it. Prints medians (and minimums) per build and configuration, the median
+(and range) of each later build's within-round ratio to the first, then
+every figure as JSON on the last line.
 """
 import json
 import os
@@ -47,6 +48,16 @@ def main(argv):
             v = figures[(name, c)]
             cells.append(f'{statistics.median(v):.1f} ({min(v):.1f})' if v else '-')
         print(c + ' | ' + ' | '.join(cells))
+    # Within-round ratios: a stretch of a loaded machine slows every build
+    # of a round, so these spread less than the figures themselves.
+    base = builds[0][0]
+    for name, _ in builds[1:]:
+        print(f'{name} / {base}, median (range) of within-round ratios')
+        for c in configs:
+            ratios = [x / b for x, b in zip(figures[(name, c)], figures[(base, c)]) if b]
+            if ratios:
+                print(f'{c} | {statistics.median(ratios):.3f} '
+                      f'({min(ratios):.2f}-{max(ratios):.2f})')
     print(json.dumps({f'{name}:{c}': v for (name, c), v in figures.items()}))
 
 
