@@ -653,6 +653,7 @@ static void reconnect_finish(kvrt_xfer_peer_t *p, kvrt_status_t st, void *conn, 
 static void *reconnect_main(void *arg)
 {
     xfer_dialer_t *d = arg;
+    pthread_setname_np(pthread_self(), "kvrt-reconnect"); /* (for ps, gdb and tests) */
     char why[256] = "";
     void *conn = NULL;
     kvrt_status_t st = peer_establish(d->peer, kvrt_now_ns() + HANDSHAKE_NS, &conn, why,
