@@ -226,6 +226,22 @@ static KVRT_ALWAYS_INLINE kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, 
     return reason;
 }
 
+/* The block of position pos, one of plan entry i's (e), from the plan's
+ * slots: a stream at hand, where the row is a line no one has fetched.
+ * Out of line: a rollback needs it about once in eight, and inlined it
+ * lengthened every entry's loop. */
+static __attribute__((noinline)) int32_t block_of_entry_position(const kvrt_sched_t *s,
+                                                                 const kvrt_plan_seq_t *e,
+                                                                 uint32_t i, uint32_t pos,
+                                                                 uint32_t row)
+{
+    const uint32_t k = pos - e->num_computed_tokens;
+    if (KVRT_LIKELY(k < e->num_new_tokens))
+        return (int32_t)(s->buf->slot_mapping[s->buf->query_start_loc[i] + k] >>
+                         s->block_shift);
+    return s->rows[(size_t)row * s->row_stride + (pos >> s->block_shift)];
+}
+
 /* Applies the plan's entries in order (the commit, once checked).
  * with_next: the commit carries the next drafts, stored for each request
  * still running as its entry is applied, while its lines are at hand; a
@@ -310,8 +326,7 @@ static KVRT_ALWAYS_INLINE void apply_entries(kvrt_sched_t *s, const kvrt_commit_
             q->lag -= (int32_t)rejected;
             const uint32_t end = q->computed + q->ahead; /* >= 1: it sampled */
             if (KVRT_UNLIKELY(((end - 1) ^ (end + rejected - 1)) >> s->block_shift))
-                q->tail_block = s->rows[(size_t)q->row * s->row_stride +
-                                        ((end - 1) >> s->block_shift)];
+                q->tail_block = block_of_entry_position(s, e, i, end - 1, q->row);
         } else if ((int32_t)rejected <= q->lag) {
             q->lag -= (int32_t)rejected; /* only drafts the tables were not told of */
         } else {

@@ -24,6 +24,13 @@
 #define SCHED_NONE UINT32_MAX
 /* How many requests ahead the step and commit loops prefetch. */
 #define SCHED_PREFETCH 8u
+/* Running requests from which lines a step reads only sometimes (a
+ * speculating request's second line and row after a rollback) are fetched
+ * ahead. A step touches about five lines a request, 5 MiB at 16K requests:
+ * from there they come from memory rather than a cache, and fetching them
+ * early saved 10-20% of a speculating step; at 4K and 8K requests it
+ * saved nothing and cost its instructions (docs/benchmarks.md). */
+#define SCHED_DEEP_RUNNING 16384u
 
 /* Per-request n-gram index: hash chains over the positions of the request's
  * tokens, keyed by the ngram_min tokens ending at each position (the zlib

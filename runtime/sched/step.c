@@ -423,8 +423,11 @@ typedef struct step_state {
     bool budget_bound;
 } step_state_t;
 
-/* Pass 1: every running decode, with its drafts when speculating. */
-static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
+/* Pass 1: every running decode, with its drafts when speculating.
+ * fetch_rows: fetch ahead the lines a request with rejected drafts' blocks
+ * reads (SCHED_DEEP_RUNNING); a constant at both calls, so that the loop
+ * without it carries no trace of it. */
+static KVRT_ALWAYS_INLINE void decode_pass(kvrt_sched_t *s, step_state_t *st, bool fetch_rows)
 {
     kvrt_batch_plan_t *const p = s->plan;
     plan_buffers_t *const b = s->buf;
@@ -457,6 +460,19 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
                 __builtin_prefetch(&s->seqs[ahead]);
                 if (s->max_draft) /* the engine's drafts, its third line */
                     __builtin_prefetch(s->seqs[ahead].draft);
+            }
+        }
+        /* A request whose table holds rejected drafts' blocks (lag < 0)
+         * plans its next tokens into them from its row, after reading the
+         * row's length on its second line (grow_decode): with their first
+         * line in by now, those two lines are fetched too. */
+        if (fetch_rows && i + SCHED_PREFETCH / 2 < s->num_running) {
+            const uint32_t ahead = s->running[i + SCHED_PREFETCH / 2];
+            if (ahead != SCHED_NONE && s->seqs[ahead].lag < 0) { /* (it has a row) */
+                const seq_t *a = &s->seqs[ahead];
+                __builtin_prefetch((const char *)a + 64);
+                __builtin_prefetch(s->rows + (size_t)a->row * s->row_stride +
+                                   ((a->computed + a->ahead) >> s->block_shift));
             }
         }
         seq_t *q;
@@ -509,6 +525,14 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         st->budget -= n;
     }
     sched_crossings_flush(s, &st->budget);
+}
+
+static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
+{
+    if (s->max_draft && s->num_running >= SCHED_DEEP_RUNNING)
+        decode_pass(s, st, true);
+    else
+        decode_pass(s, st, false);
 }
 
 /*
