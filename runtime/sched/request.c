@@ -358,6 +358,8 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     q->deadline_ns = (p->field_mask & KVRT_SEQ_PARAM_DEADLINE) ? p->deadline_ns : UINT64_MAX;
     q->user_tag = (p->field_mask & KVRT_SEQ_PARAM_USER_TAG) ? p->user_tag : 0;
     q->cache_flags = (p->field_mask & KVRT_SEQ_PARAM_CACHE_FLAGS) ? (uint8_t)p->cache_flags : 0;
+    if (q->keys.field_mask == 0)
+        q->cache_flags |= SCHED_CACHE_NO_KEYS;
     q->order = s->next_order++;
     q->draft_len = (uint8_t)s->max_draft;
     q->accept_ewma = 1.0f; /* optimistic: start at full length, learn down */

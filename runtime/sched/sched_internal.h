@@ -94,13 +94,14 @@ typedef struct seq {
     uint32_t prompt_len;
     int32_t priority;
     float accept_ewma;      /* per-draft acceptance estimate */
-    uint32_t preemptions;   /* (cold, filling the hole before table) */
+    uint32_t num_inserted;  /* table blocks [0, num_inserted) offered to the cache */
     kvrt_table_id_t table;  /* 0 when the request holds no blocks */
     uint64_t spec_proposed;
     uint64_t spec_accepted;
-    uint32_t num_inserted;  /* table blocks [0, num_inserted) offered to the cache */
-    /* (cold, filling the second line) */
-    uint32_t cached_tokens;
+    /* Beside the counts the insert batch reads, so that a request without
+     * keys (SCHED_CACHE_NO_KEYS) offers a block reading no line of its
+     * slot but the first two (full_blocks.c). */
+    kvrt_block_hash_t *hashes; /* content hash of each full block, once known */
     uint32_t heap_pos;      /* index in sched->heap, SCHED_NONE when none */
     uint32_t num_hashed;    /* hashes[0, num_hashed) known */
 
@@ -109,8 +110,9 @@ typedef struct seq {
     int32_t draft[KVRT_SCHED_MAX_DRAFT];
 
     /* ---- cold ---- */
-    kvrt_block_hash_t *hashes; /* content hash of each full block, once known */
     kvrt_hash_keys_t keys;     /* points into salt and the allocation */
+    uint32_t preemptions;
+    uint32_t cached_tokens;
     uint8_t salt[KVRT_CACHE_SALT_MAX];
     ngram_index_t ngram;
     uint32_t next_free;     /* free-slot list link */
@@ -137,10 +139,23 @@ typedef struct seq {
 _Static_assert(offsetof(seq_t, row_blocks) == 64, "seq_t's hot fields outgrew one cache line");
 _Static_assert(offsetof(seq_t, draft) == 128 && sizeof(((seq_t *)0)->draft) == 64,
                "a request's drafts are one cache line");
-_Static_assert(offsetof(seq_t, hashes) / 64 ==
-                   (offsetof(seq_t, keys) + sizeof(kvrt_hash_keys_t) - 1) / 64,
-               "a request's hashes and keys share a line (one prefetch: full_blocks.c)");
+_Static_assert(offsetof(seq_t, hashes) / 64 == 1 && offsetof(seq_t, num_inserted) / 64 == 1,
+               "the insert batch's fields share the second line (full_blocks.c)");
 _Static_assert(offsetof(seq_t, heap_pos) <= 128, "seq_t's second line outgrew 64 bytes");
+
+/* seq_t.cache_flags above the public kvrt_seq_cache_flags: the request was
+ * added without hash keys (keys.field_mask 0), so hashing and inserting
+ * its blocks takes NULL keys, the same keys to the cache, without reading
+ * the line that holds them. */
+#define SCHED_CACHE_NO_KEYS 0x80u
+_Static_assert((KVRT_SEQ_CACHE_SKIP_READ | KVRT_SEQ_CACHE_SKIP_WRITE |
+                KVRT_SEQ_CACHE_DROP_LAST_HIT) < SCHED_CACHE_NO_KEYS,
+               "an internal cache flag shares a bit with kvrt_seq_cache_flags");
+
+static inline const kvrt_hash_keys_t *sched_seq_keys(const seq_t *q)
+{
+    return (q->cache_flags & SCHED_CACHE_NO_KEYS) ? NULL : &q->keys;
+}
 
 /* A request's state in cache group g >= 1 (group 0's is in seq_t: table,
  * row_blocks, released, num_hashed, num_inserted, hashes). */
@@ -389,6 +404,11 @@ struct kvrt_sched {
     /* Requests whose full blocks the commit's insert batch offers to the
      * prefix cache (full_blocks.c). */
     uint32_t inserts[SCHED_INSERTS];
+    /* Per deferral: the block holding the request's last full position
+     * when the commit could name it from the request's first line (its
+     * tail block), else the null block. Spares the batch a read of the
+     * request's row in the common case, a decode that filled one block. */
+    int32_t insert_filled[SCHED_INSERTS];
     uint32_t num_inserts;
 
     /* The last KVRT_SCHED_HIT_WINDOW admissions' (hit, offered) tokens. */

@@ -328,3 +328,119 @@ Test(sched_cache, a_commits_full_blocks_are_stored_in_plan_order_before_any_end)
         ;
     close_fixture(&f);
 }
+
+/* What the observer of the next tests saw: each STORED block and its
+ * position in its sequence. */
+typedef struct named_log {
+    struct { int32_t block; uint32_t depth; } stored[256];
+    uint32_t count;
+} named_log_t;
+
+static void log_named(void *user_data, const kvrt_cache_event_t *ev)
+{
+    named_log_t *log = user_data;
+    if (ev->kind == KVRT_CACHE_EVENT_STORED && log->count < 256) {
+        log->stored[log->count].block = ev->block;
+        log->stored[log->count++].depth = ev->name.depth;
+    }
+}
+
+enum { ROWS_N = 12, ROWS_TPB = 16, ROWS_MAX = 64 };
+
+/* A plan's rows as its step gave them. */
+typedef struct plan_rows {
+    const kvrt_batch_plan_t *plan;
+    uint32_t entries;
+    uint32_t lens[ROWS_N];
+    int32_t rows[ROWS_N][ROWS_MAX];
+} plan_rows_t;
+
+static void take_rows(plan_rows_t *r, const kvrt_batch_plan_t *plan)
+{
+    cr_assert_leq(plan->num_seqs, ROWS_N);
+    r->plan = plan;
+    r->entries = plan->num_seqs;
+    for (uint32_t i = 0; i < plan->num_seqs; i++) {
+        r->lens[i] = ((uint32_t)plan->seq_lens[i] + ROWS_TPB - 1) / ROWS_TPB;
+        cr_assert_leq(r->lens[i], ROWS_MAX);
+        memcpy(r->rows[i], plan->block_rows + (size_t)plan->seqs[i].row * plan->row_stride,
+               r->lens[i] * sizeof(int32_t));
+    }
+}
+
+/* Commits r's plan; every block the commit stores is the one a row of
+ * the plan holds at the stored position. Returns how many it stored. */
+static uint32_t commit_checking_stores(fixture_t *f, named_log_t *log, const plan_rows_t *r)
+{
+    log->count = 0;
+    commit_model(f, r->plan);
+    for (uint32_t k = 0; k < log->count; k++) {
+        bool found = false;
+        for (uint32_t i = 0; i < r->entries && !found; i++)
+            found = log->stored[k].depth < r->lens[i] &&
+                    r->rows[i][log->stored[k].depth] == log->stored[k].block;
+        cr_assert(found, "step %llu: block %d stored at position %u, which no row holds there",
+                  (unsigned long long)r->plan->step, log->stored[k].block,
+                  log->stored[k].depth);
+    }
+    kvrt_seq_info_t ev[ROWS_N];
+    sched_fixture_drain(f, ev, ROWS_N);
+    return log->count;
+}
+
+/* Prefill chunks that end inside a block, chunks that fill several, and
+ * decodes that fill one, with one plan in flight or two (the step of N+1
+ * before the commit of N): every block a commit stores is the one holding
+ * its tokens, and every full block is stored. The commit names the block a
+ * decode filled from the request's tail block when no later plan is in
+ * flight, the batch reads the rest from the row. */
+static void stores_the_blocks_holding_their_tokens(bool async)
+{
+    kvrt_sched_params_t sp = sched_fixture_params_for(ROWS_N, ROWS_TPB);
+    sp.max_batch_tokens = 37; /* chunks end at every offset in a block */
+    if (async) {
+        sp.field_mask |= KVRT_SCHED_PARAM_PLANS_IN_FLIGHT;
+        sp.max_plans_in_flight = 2;
+    }
+    fixture_t f = open_fixture(64 * ROWS_N, ROWS_TPB, true, &sp);
+    named_log_t log = {0};
+    ASSERT_OK(f.ctx, kvrt_cache_observe(f.cache, log_named, &log));
+    uint32_t expect = 0;
+    for (uint32_t i = 0; i < ROWS_N; i++) {
+        int32_t prompt[100];
+        uint32_t n = 20 + 7 * i, max_new = 40;
+        test_prompt(prompt, n, (int32_t)(i * 1000));
+        add(&f, prompt, n, max_new, NULL);
+        expect += (n + max_new - 1) / ROWS_TPB; /* the last token is never computed */
+    }
+    static plan_rows_t taken[2]; /* the plans in flight, oldest first */
+    uint32_t stored = 0, pending = 0;
+    for (uint64_t step = 0; step < 1000; step++) {
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, step, &plan));
+        if (plan->num_seqs)
+            take_rows(&taken[pending++], plan);
+        else if (pending == 0)
+            break;
+        /* Async: the next step comes before this commit, unless it has
+         * nothing to plan until the commit. */
+        if (pending == (async ? 2u : 1u) || !plan->num_seqs) {
+            stored += commit_checking_stores(&f, &log, &taken[0]);
+            taken[0] = taken[1];
+            pending--;
+        }
+    }
+    cr_assert_eq(pending, 0);
+    cr_assert_eq(stored, expect, "%u blocks stored, %u full", stored, expect);
+    close_fixture(&f);
+}
+
+Test(sched_cache, every_stored_block_is_the_one_holding_its_tokens)
+{
+    stores_the_blocks_holding_their_tokens(false);
+}
+
+Test(sched_cache, every_stored_block_is_the_one_holding_its_tokens_with_two_plans_in_flight)
+{
+    stores_the_blocks_holding_their_tokens(true);
+}
