@@ -35,27 +35,16 @@ static void hash_blocks(kvrt_sched_t *s, seq_t *q, uint32_t full)
         q->num_hashed = full;
 }
 
-/* Block j of q, of `full`: the deferral's filled block when it is the
- * last (see kvrt_sched_t.insert_filled), else the row's entry. */
-static inline int32_t block_at(const kvrt_sched_t *s, const seq_t *q, uint32_t j, uint32_t full,
-                               int32_t filled)
-{
-    if (filled != KVRT_NULL_BLOCK && j + 1 == full)
-        return filled;
-    return s->rows[(size_t)q->row * s->row_stride + j];
-}
-
 /* Inserts q's hashed blocks [num_inserted, full). A key cached already
  * under another block is not an error: that block simply stays private. */
-static void insert_blocks(kvrt_sched_t *s, seq_t *q, const int32_t *blocks, uint32_t full,
-                          int32_t filled)
+static void insert_blocks(kvrt_sched_t *s, seq_t *q, const int32_t *blocks, uint32_t full)
 {
     if (full <= q->num_inserted) /* deferred with nothing new (see the defer) */
         return;
     const kvrt_hash_keys_t *keys = sched_seq_keys(q);
     for (uint32_t j = q->num_inserted; j < full; j++)
-        kvrt_cache_insert_chained(s->cache, blocks ? blocks[j] : block_at(s, q, j, full, filled),
-                                  &q->hashes[j], j ? &q->hashes[j - 1] : NULL, keys, j, NULL);
+        kvrt_cache_insert_chained(s->cache, blocks[j], &q->hashes[j],
+                                  j ? &q->hashes[j - 1] : NULL, keys, j, NULL);
     q->num_inserted = full;
 }
 
@@ -73,20 +62,7 @@ void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q)
     const int32_t *blocks;
     kvrt_table_view(s->pool, q->table, &blocks, NULL, NULL);
     hash_blocks(s, q, full);
-    insert_blocks(s, q, blocks, full, KVRT_NULL_BLOCK);
-}
-
-/* The block holding q's last full position, when the first line names it:
- * the tail block holds position computed + ahead - 1 (seq_t), which with
- * no later plan in flight is the last full position exactly when computed
- * ends a block. Else the null block: the batch reads the row. */
-static inline int32_t block_just_filled(const kvrt_sched_t *s, const seq_t *q)
-{
-    const uint32_t c = q->computed;
-    /* One test for ahead == 0 and a block boundary, one for 1 <= c <= num_tokens. */
-    if (((c & (s->tokens_per_block - 1)) | q->ahead) == 0 && c - 1 < q->num_tokens)
-        return q->tail_block;
-    return KVRT_NULL_BLOCK;
+    insert_blocks(s, q, blocks, full);
 }
 
 void sched_insert_defer(kvrt_sched_t *s, seq_t *q)
@@ -100,10 +76,8 @@ void sched_insert_defer(kvrt_sched_t *s, seq_t *q)
      * fetches the second line (num_inserted) a stage ahead. Read here, that
      * line is a miss the commit waits for, once per block filled, with
      * thousands of requests running. */
-    if (!(q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE)) {
-        s->insert_filled[s->num_inserts] = block_just_filled(s, q);
+    if (!(q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE))
         s->inserts[s->num_inserts++] = sched_slot(s, q);
-    }
 }
 
 void sched_inserts_flush(kvrt_sched_t *s)
@@ -115,12 +89,10 @@ void sched_inserts_flush(kvrt_sched_t *s)
     const uint32_t *x = s->inserts;
     /* Too few to overlap: no stages, one insert after the other. */
     const uint32_t d = m >= SCHED_STAGE_MIN ? SCHED_INSERT_DISTANCE : 0;
-    const int32_t *filled = s->insert_filled;
     /* Request i: its second line (and its keys' line, if it has keys) in
-     * round i, its tokens, parent hash and (without a filled block) row in
-     * round i + d, hashed and its insert's lines fetched in round i + 2d,
-     * inserted in round i + 3d. Its first line was read by the commit just
-     * before. */
+     * round i, its tokens, parent hash and row in round i + d, hashed and
+     * its insert's lines fetched in round i + 2d, inserted in round i + 3d.
+     * Its first line was read by the commit just before. */
     for (uint32_t r = 0; r < m + 3 * d; r++) {
         if (d && r < m) {
             const seq_t *q = &s->seqs[x[r]];
@@ -134,23 +106,22 @@ void sched_inserts_flush(kvrt_sched_t *s)
             __builtin_prefetch(q->tokens + (size_t)j * s->tokens_per_block);
             if (j)
                 __builtin_prefetch(&q->hashes[j - 1], 1);
-            if (filled[r - d] == KVRT_NULL_BLOCK)
-                __builtin_prefetch(s->rows + (size_t)q->row * s->row_stride + q->num_inserted);
+            __builtin_prefetch(s->rows + (size_t)q->row * s->row_stride + q->num_inserted);
         }
         if (d && r >= 2 * d && r - 2 * d < m) {
             seq_t *q = &s->seqs[x[r - 2 * d]];
             uint32_t full = sched_full_blocks(s, q);
             hash_blocks(s, q, full);
+            const int32_t *row = s->rows + (size_t)q->row * s->row_stride;
             const kvrt_hash_keys_t *keys = sched_seq_keys(q);
             for (uint32_t j = q->num_inserted; j < full; j++)
-                kvrt_cache_prefetch_insert(s->cache, block_at(s, q, j, full, filled[r - 2 * d]),
-                                           &q->hashes[j], keys);
+                kvrt_cache_prefetch_insert(s->cache, row[j], &q->hashes[j], keys);
         }
         if (r >= 3 * d) {
             seq_t *q = &s->seqs[x[r - 3 * d]];
             uint32_t full = sched_full_blocks(s, q);
             hash_blocks(s, q, full); /* done in the stage before, unless unstaged */
-            insert_blocks(s, q, NULL, full, filled[r - 3 * d]);
+            insert_blocks(s, q, s->rows + (size_t)q->row * s->row_stride, full);
         }
     }
 }

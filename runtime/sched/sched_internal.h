@@ -404,11 +404,6 @@ struct kvrt_sched {
     /* Requests whose full blocks the commit's insert batch offers to the
      * prefix cache (full_blocks.c). */
     uint32_t inserts[SCHED_INSERTS];
-    /* Per deferral: the block holding the request's last full position
-     * when the commit could name it from the request's first line (its
-     * tail block), else the null block. Spares the batch a read of the
-     * request's row in the common case, a decode that filled one block. */
-    int32_t insert_filled[SCHED_INSERTS];
     uint32_t num_inserts;
 
     /* The last KVRT_SCHED_HIT_WINDOW admissions' (hit, offered) tokens. */

@@ -391,9 +391,7 @@ static uint32_t commit_checking_stores(fixture_t *f, named_log_t *log, const pla
 /* Prefill chunks that end inside a block, chunks that fill several, and
  * decodes that fill one, with one plan in flight or two (the step of N+1
  * before the commit of N): every block a commit stores is the one holding
- * its tokens, and every full block is stored. The commit names the block a
- * decode filled from the request's tail block when no later plan is in
- * flight, the batch reads the rest from the row. */
+ * its tokens, and every full block is stored. */
 static void stores_the_blocks_holding_their_tokens(bool async)
 {
     kvrt_sched_params_t sp = sched_fixture_params_for(ROWS_N, ROWS_TPB);
