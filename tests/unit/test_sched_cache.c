@@ -4,7 +4,8 @@
  * tenants apart) and preemption (the latest request is the victim, it is
  * recomputed mostly from the cache, priorities decide the victim even when
  * it is already planned, and every preempted request still finishes with
- * the right tokens), and the order in which a commit stores full blocks.
+ * the right tokens), the order in which a commit stores full blocks, and
+ * that each stored block is the one holding its tokens.
  */
 #include <string.h>
 
@@ -374,6 +375,7 @@ static uint32_t commit_checking_stores(fixture_t *f, named_log_t *log, const pla
 {
     log->count = 0;
     commit_model(f, r->plan);
+    cr_assert_lt(log->count, 256, "more stores in one commit than the log holds");
     for (uint32_t k = 0; k < log->count; k++) {
         bool found = false;
         for (uint32_t i = 0; i < r->entries && !found; i++)
