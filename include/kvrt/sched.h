@@ -916,7 +916,9 @@ typedef struct kvrt_sched_stats {
     uint64_t aborted;
     uint64_t failed;
     uint64_t waiting;            /* now: WAITING + PREEMPTED */
-    uint64_t running;            /* now */
+    uint64_t running;            /* now: RUNNING (a request ended while a
+                                    plan holds it is not, though its row and
+                                    place count until that plan commits) */
     uint64_t ended_undrained;    /* now */
     uint64_t output_tokens;      /* committed */
     uint64_t prompt_tokens;      /* of admitted requests, at first admission */

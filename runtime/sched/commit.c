@@ -303,6 +303,8 @@ static KVRT_ALWAYS_INLINE void apply_entries(kvrt_sched_t *s, const kvrt_commit_
                 continue;
             }
             q->release_at_commit = 0;
+            if (q->running_pos != SCHED_NONE)
+                s->running_ended--;
             sched_inserts_flush(s); /* blocks are offered before any leave */
             sched_release(s, q);
             if (!(q->generation & 1))

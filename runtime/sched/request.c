@@ -132,9 +132,11 @@ void sched_end(kvrt_sched_t *s, seq_t *q, kvrt_seq_end_reason_t reason,
 {
     if (q->heap_pos != SCHED_NONE)
         sched_heap_remove(s, q);
-    if (q->in_plan)
+    if (q->in_plan) {
         q->release_at_commit = 1; /* the engine may still write its blocks */
-    else
+        if (q->running_pos != SCHED_NONE)
+            s->running_ended++; /* it keeps its running place until then */
+    } else
         sched_release(s, q);
     q->state = KVRT_SEQ_ENDED;
     q->end_reason = (uint8_t)reason;

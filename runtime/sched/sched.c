@@ -44,7 +44,7 @@ static void fill_stats(const kvrt_sched_t *s, kvrt_sched_stats_t *out)
     out->spec_proposed = proposed;
     out->spec_accepted = accepted;
     out->waiting = s->heap_size;
-    out->running = s->running_live;
+    out->running = s->running_live - s->running_ended;
     out->ended_undrained = s->ended_count;
     out->awaiting_kv = s->num_awaiting;
     out->spec_acceptance = ratio(accepted, proposed);

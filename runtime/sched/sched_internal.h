@@ -348,7 +348,9 @@ struct kvrt_sched {
 
     uint32_t *running;          /* [max_seqs] slot indices, admission order */
     uint32_t num_running;       /* entries, some possibly stale */
-    uint32_t running_live;      /* RUNNING requests */
+    uint32_t running_live;      /* RUNNING requests, and ENDED ones whose
+                                   release waits for a plan's commit */
+    uint32_t running_ended;     /* those ENDED ones (not in stats.running) */
     uint32_t running_prefill;   /* RUNNING and in_prefill */
     bool running_dirty;         /* stale entries to compact */
 

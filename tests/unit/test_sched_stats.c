@@ -2,7 +2,8 @@
  * test_sched_stats.c - the scheduler's statistics: acceptance counted per
  * draft position, a prefix-hit rate over the recent window beside the
  * total, and outputs that grow without breaking callers compiled against
- * another size of kvrt_sched_stats_t / kvrt_seq_info_t.
+ * another size of kvrt_sched_stats_t / kvrt_seq_info_t; request counts that
+ * add up, also while plans in flight hold a request that ended.
  */
 #include <string.h>
 
@@ -163,5 +164,59 @@ Test(sched_stats, outputs_grow_without_breaking_callers_of_another_size)
     cr_assert_eq(events[0].info.id, id, "elements are event_size apart");
     cr_assert_eq(events[0].info.end_reason, KVRT_END_LENGTH);
     cr_assert_eq(events[0].newer, 0xababababababababull);
+    close_fixture(&f);
+}
+
+/* Request counts add up at every moment: added = ended + waiting + running
+ * + awaiting KV. */
+static void expect_counts(const fixture_t *f, uint64_t running, uint64_t aborted)
+{
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f->ctx, kvrt_sched_stats(f->sched, &st));
+    cr_assert_eq(st.running, running, "running %llu, expected %llu",
+                 (unsigned long long)st.running, (unsigned long long)running);
+    cr_assert_eq(st.aborted, aborted);
+    cr_assert_eq(st.added, st.finished_length + st.finished_stop + st.aborted + st.failed +
+                               st.waiting + st.running + st.awaiting_kv);
+}
+
+Test(sched_stats, a_request_aborted_while_plans_hold_it_no_longer_counts_as_running)
+{
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_PLANS_IN_FLIGHT,
+                              .max_plans_in_flight = 2};
+    fixture_t f = sched_fixture_open(1024, 4, true, &sp);
+    int32_t prompt[6] = {1, 2, 3, 4, 5, 6};
+    kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = 6, .max_new_tokens = 50};
+    kvrt_seq_id_t ids[2];
+    for (int i = 0; i < 2; i++)
+        ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &ids[i]));
+    const kvrt_batch_plan_t *first, *second;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 0, &first));
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 1, &second));
+    cr_assert_eq(second->num_seqs, 2, "both plans hold both requests");
+    uint32_t used = sched_fixture_used_blocks(&f);
+    expect_counts(&f, 2, 0);
+
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, ids[0]));
+    expect_counts(&f, 1, 1);
+    cr_assert_eq(sched_fixture_used_blocks(&f), used, "its blocks wait for the plans");
+    sched_fixture_commit(&f, first, 7);
+    expect_counts(&f, 1, 1);
+    sched_fixture_commit(&f, second, 7);
+    expect_counts(&f, 1, 1);
+    cr_assert_lt(sched_fixture_used_blocks(&f), used, "freed once the last plan committed");
+
+    /* Its place is free again: a third request runs beside the second. */
+    kvrt_seq_id_t third;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &third));
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 2, &plan));
+    cr_assert_eq(plan->num_seqs, 2);
+    sched_fixture_commit(&f, plan, 7);
+    expect_counts(&f, 2, 1);
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, ids[1]));
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, third));
+    expect_counts(&f, 0, 3);
+    drain_all(&f);
     close_fixture(&f);
 }
