@@ -621,8 +621,10 @@ typedef struct kvrt_arrival_params {
  * the whole prefix; the arrival must still be completed); the ids are in
  * kvrt_seq_blocks(). The blocks come out of the free and idle-cached pool
  * above its watermark (when the scheduler uses one); nothing is preempted.
- * Outputs are written only on success; on error nothing changes and the
- * request stays queued.
+ * Outputs are written only on success; on error the request stays queued
+ * holding what it held, no other request loses anything (a pinned head
+ * keeps its hits) and the scheduler's counters do not change; the prefix
+ * cache has seen the lookup (its statistics and recency order).
  * Errors: KVRT_ERR_INVALID_ARG (NULL sched/params/outputs, unknown field
  * bits, num_tokens 0 or not below the request's token count),
  * KVRT_ERR_UNKNOWN_REQUEST, KVRT_ERR_BAD_STATE (the request is not queued,

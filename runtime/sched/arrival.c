@@ -181,8 +181,10 @@ static kvrt_status_t check_await(kvrt_sched_t *s, const seq_t *q, kvrt_seq_id_t 
 }
 
 /* Gives q's tables the blocks of tokens [computed, end) (first[g], count[g]
- * per group). Unchanged on error, but for prefix hits a failure past the
- * block check may have cost (they are matched again at admission). */
+ * per group). On error q holds what it held before (a pinned head keeps
+ * its hits; hits found here are given back) and the scheduler's counts
+ * are unchanged: the query is counted only when q keeps its hits. The
+ * cache itself has seen the lookup (its statistics, its recency order). */
 static kvrt_status_t allocate_arrival(kvrt_sched_t *s, seq_t *q, uint32_t end, uint32_t *first,
                                       uint32_t *count)
 {
@@ -197,11 +199,13 @@ static kvrt_status_t allocate_arrival(kvrt_sched_t *s, seq_t *q, uint32_t end, u
             first[g] = q->computed >> s->groups[g].block_shift;
             count[g] = 0;
         }
-        return KVRT_OK;
+    } else {
+        st = sched_groups_extend_for_arrival(s, q, end, first, count);
     }
-    st = sched_groups_extend_for_arrival(s, q, end, first, count);
     if (st != KVRT_OK && (!had_table || st != KVRT_ERR_NO_BLOCKS))
         sched_release(s, q);
+    else if (st == KVRT_OK && !had_table)
+        sched_count_match(s, q);
     return st;
 }
 

@@ -633,11 +633,13 @@ void sched_unpin(kvrt_sched_t *s)
     sched_release(s, q);
 }
 
-/* Gives q (which has no table) a table holding its prefix hits. On error q
- * holds no table and nothing else changed. */
-/* Counts one admission's query: totals and the recent window. */
-static void count_match(kvrt_sched_t *s, uint32_t hit, uint32_t offered)
+/* Counts q's query of the cache (its match_tokens hit): totals and the
+ * recent window. Once per request that a match left holding its hits. */
+void sched_count_match(kvrt_sched_t *s, const seq_t *q)
 {
+    if (!s->cache || (q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ))
+        return;
+    uint32_t hit = q->match_tokens, offered = q->num_tokens - 1;
     s->stats.prefix_query_tokens += offered;
     /* The recent window: the oldest admission's tokens leave it. */
     uint32_t w = s->window_next;
@@ -648,17 +650,17 @@ static void count_match(kvrt_sched_t *s, uint32_t hit, uint32_t offered)
     s->window[w].offered = offered;
 }
 
+/* Gives q (which has no table) a table holding its prefix hits. On error q
+ * holds no table and nothing else changed. Counts nothing: the caller
+ * counts the query once q keeps what it found (sched_count_match). */
 kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
 {
-    sched_unpin(s);
     q->match_tokens = 0;
     if (s->hybrid) {
         uint32_t hit = 0;
         kvrt_status_t rc = sched_groups_match(s, q, &hit);
-        if (rc == KVRT_OK && s->cache && !(q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ)) {
+        if (rc == KVRT_OK && s->cache && !(q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ))
             q->match_tokens = hit;
-            count_match(s, hit, q->num_tokens - 1);
-        }
         return rc;
     }
     kvrt_table_id_t table = 0;
@@ -698,7 +700,6 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
     q->computed = m.num_blocks << s->block_shift;
     q->match_tokens = q->computed;
     q->num_inserted = m.num_blocks;
-    count_match(s, q->computed, offered);
     return KVRT_OK;
 }
 
@@ -745,6 +746,7 @@ static bool make_room_for_head(kvrt_sched_t *s, seq_t *q, uint32_t n)
 static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_blocks)
 {
     if (!q->table) {
+        sched_unpin(s); /* q becomes the one holding its hits */
         kvrt_status_t rc = sched_match_prefix(s, q, hit_blocks);
         if (rc == KVRT_ERR_NO_TABLES || rc == KVRT_ERR_NO_MEMORY)
             return false; /* wait for a table */
@@ -752,6 +754,7 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
             sched_end(s, q, KVRT_END_FAILED, rc);
             return true; /* a failed head is skipped */
         }
+        sched_count_match(s, q);
     }
     /* computed: prefix-cache hits, plus K/V that arrived (arrival.c). */
     uint32_t hit_tokens = q->match_tokens;

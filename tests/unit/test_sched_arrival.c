@@ -356,6 +356,75 @@ Test(sched_arrival, refused_calls_change_nothing)
     close_fixture(&f);
 }
 
+/* A request of prompt 100..107 followed by `extra` tokens from `first`. */
+static kvrt_seq_id_t add_sharing(fixture_t *f, uint32_t extra, int32_t first, uint32_t max_new)
+{
+    int32_t prompt[64];
+    for (uint32_t i = 0; i < 8 + extra; i++)
+        prompt[i] = i < 8 ? 100 + (int32_t)i : first + (int32_t)i;
+    kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = 8 + extra,
+                           .max_new_tokens = max_new};
+    kvrt_seq_id_t id = 0;
+    ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &id));
+    return id;
+}
+
+Test(sched_arrival, a_refused_arrival_counts_no_query_and_leaves_the_pinned_head_its_hits)
+{
+    fixture_t f = open_fixture(16, true); /* 15 usable blocks of 4 tokens */
+    add_sharing(&f, 0, 0, 1);
+    run_to_end(&f, 1); /* caches blocks of 100..103 and 104..107 */
+    int32_t own[36];
+    for (int i = 0; i < 36; i++)
+        own[i] = 900 + i;
+    kvrt_seq_params_t rp = {.prompt = own, .prompt_len = 36, .max_new_tokens = 4};
+    kvrt_seq_id_t running;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &rp, &running)); /* will hold 10 blocks */
+    int32_t token = 7;
+    const kvrt_batch_plan_t *plan = step(&f, 10);
+    sched_fixture_commit(&f, plan, token);
+    /* The head shares the cached prefix and needs 5 blocks past it: it
+     * keeps its 2 hits while it waits (3 blocks are free). */
+    kvrt_seq_id_t head = add_sharing(&f, 20, 500, 4);
+    kvrt_seq_id_t other = add_sharing(&f, 24, 700, 4);
+    plan = step(&f, 11);
+    cr_assert_eq(plan->num_seqs, 1, "only the running request runs");
+    sched_fixture_commit(&f, plan, token);
+    uint32_t head_blocks = 0;
+    ASSERT_OK(f.ctx, kvrt_seq_blocks(f.sched, head, NULL, &head_blocks, NULL));
+    cr_assert_eq(head_blocks, 2, "the head holds its hits");
+
+    kvrt_sched_stats_t before, after;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &before));
+    uint32_t used = used_blocks(&f);
+    /* The other request hits the same 2 blocks but needs 6 more. */
+    kvrt_arrival_params_t p = {.num_tokens = 31};
+    kvrt_arrival_id_t arr = 0;
+    uint32_t first = 0, count = 0;
+    ASSERT_STATUS(KVRT_ERR_NO_BLOCKS,
+                  kvrt_seq_await_kv(f.sched, other, &p, &arr, &first, &count));
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &after));
+    cr_assert_eq(after.prefix_query_tokens, before.prefix_query_tokens,
+                 "a refused arrival counts no query (its request is matched again later)");
+    cr_assert_eq(after.window_query_tokens, before.window_query_tokens);
+    cr_assert_eq(after.window_hit_tokens, before.window_hit_tokens);
+    cr_assert_eq(used_blocks(&f), used, "the head keeps its hits, the refused one has none");
+    ASSERT_OK(f.ctx, kvrt_seq_blocks(f.sched, head, NULL, &head_blocks, NULL));
+    cr_assert_eq(head_blocks, 2);
+    uint32_t other_blocks = 9;
+    ASSERT_OK(f.ctx, kvrt_seq_blocks(f.sched, other, NULL, &other_blocks, NULL));
+    cr_assert_eq(other_blocks, 0);
+    cr_assert_eq(state_of(&f, other), KVRT_SEQ_WAITING);
+
+    /* Room again: both are admitted, each query counted once. */
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, running));
+    run_to_end(&f, 12);
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &after));
+    cr_assert_eq(after.prefix_query_tokens, before.prefix_query_tokens + 31);
+    cr_assert_eq(after.prefix_hit_tokens, before.prefix_hit_tokens + 8 + 8);
+    close_fixture(&f);
+}
+
 Test(sched_arrival, queued_arrived_kv_is_given_up_under_pressure_before_any_preemption)
 {
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK |
