@@ -1,0 +1,672 @@
+/*
+ * fuzz_sched_api.c - libFuzzer target that drives a scheduler through its
+ * public API the way a careless or broken engine would: requests of any
+ * shape (unknown field bits, bad keys, negative tokens, stop tokens the
+ * commits then sample), steps at any time, commits honest or wrong (stale
+ * step, wrong counts, negative tokens, accepted tokens that differ from
+ * their drafts, too many next drafts), drafts one by one and in batches,
+ * aborts of live, ended and made-up ids, arrivals of KV completed with any
+ * count or left to expire, prefix-cache resets; with or without a prefix
+ * cache, one or two plans in flight, one or two cache groups (the second
+ * a sliding window of another block size).
+ *
+ * After every call: the pools and caches verify; the request counts add
+ * up; a refused call left a message and changed nothing an engine can
+ * see (the scheduler's counters but its CPU time, every pool's counts);
+ * a plan respects its budget, and each of its tokens has a slot of its
+ * own in a block its row holds at its position, in every group. At the
+ * end every plan is committed, every request aborted and drained and
+ * every arrival completed: no block, table or request is left. A breach
+ * aborts, as does a sanitizer report.
+ *
+ * Input: 10 or 11 bytes of configuration (see open_world), then
+ * operations, one byte each and their arguments (see run_op); a short
+ * input ends with zeros, which are valid arguments. Choices that depend on
+ * the scheduler's state come from a generator seeded by the input, so an
+ * operation reads the same bytes whatever happened before it.
+ * tests/fuzz/make_sched_seeds.py writes the seed corpus;
+ * test_sched_careless_engine replays it in every build. Compiled with
+ * -DFUZZ_TRACE, every judged call prints its status and the counts.
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvrt/kvrt.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define MAX_OPS 400
+#define MAX_IDS 48
+#define MAX_ARRIVALS 16
+#define MAX_SEQS 16
+#define MAX_PROMPT 160
+#define MAX_GROUPS 2
+#define ALPHABET 8 /* token ids 0..7: prompts share prefixes, commits hit stops */
+
+typedef struct input {
+    const uint8_t *p;
+    size_t n;
+} input_t;
+
+/* The next `bytes` bytes as a little-endian number; 0 past the end. */
+static uint32_t take(input_t *in, uint32_t bytes)
+{
+    uint32_t v = 0;
+    for (uint32_t i = 0; i < bytes; i++) {
+        uint32_t b = 0;
+        if (in->n) {
+            b = *in->p++;
+            in->n--;
+        }
+        v |= b << (8 * i);
+    }
+    return v;
+}
+
+static uint32_t pick(input_t *in, uint32_t n) { return take(in, 1) % n; }
+
+/* Choices that depend on what the scheduler did (a plan's entries, a
+ * prompt's tokens) come from a generator seeded by one input byte, so that
+ * every operation reads a fixed number of bytes and a mutation of one
+ * operation does not shift the ones after it. */
+typedef struct gen {
+    uint32_t s;
+} gen_t;
+
+static gen_t gen_seed(input_t *in) { return (gen_t){0x9e3779b9u ^ (take(in, 1) * 0x01000193u)}; }
+
+static uint32_t gen_pick(gen_t *g, uint32_t n)
+{
+    g->s ^= g->s << 13;
+    g->s ^= g->s >> 17;
+    g->s ^= g->s << 5;
+    return g->s % n;
+}
+
+#define breach(...)                                                                          \
+    do {                                                                                     \
+        fprintf(stderr, "fuzz_sched_api: " __VA_ARGS__);                                     \
+        fputc('\n', stderr);                                                                 \
+        abort();                                                                             \
+    } while (0)
+
+typedef struct world {
+    kvrt_ctx_t *ctx;
+    uint32_t num_groups;
+    kvrt_pool_t *pools[MAX_GROUPS];
+    kvrt_cache_t *caches[MAX_GROUPS];
+    kvrt_sched_t *sched;
+    kvrt_sched_params_t params;
+    uint64_t now;
+    uint64_t tag;
+    kvrt_seq_id_t ids[MAX_IDS]; /* every id added, live or not (ring) */
+    uint32_t num_ids, next_id;
+    kvrt_arrival_id_t arrivals[MAX_ARRIVALS];
+    uint32_t num_arrivals;
+    const kvrt_batch_plan_t *plans[KVRT_SCHED_MAX_PLANS_IN_FLIGHT]; /* oldest first */
+    uint32_t num_plans;
+} world_t;
+
+/* What an engine can see of the scheduler and its pools. */
+typedef struct snapshot {
+    kvrt_sched_stats_t stats;
+    kvrt_pool_info_t pools[MAX_GROUPS];
+} snapshot_t;
+
+static void snap(const world_t *w, snapshot_t *s)
+{
+    memset(s, 0, sizeof(*s));
+    if (kvrt_sched_stats(w->sched, &s->stats) != KVRT_OK)
+        breach("stats refused: %s", kvrt_ctx_last_error(w->ctx));
+    s->stats.step_cpu_ns = s->stats.commit_cpu_ns = 0;
+    for (uint32_t g = 0; g < w->num_groups; g++)
+        if (kvrt_pool_info(w->pools[g], &s->pools[g]) != KVRT_OK)
+            breach("pool info refused");
+}
+
+static void verify(const world_t *w, const char *what)
+{
+    for (uint32_t g = 0; g < w->num_groups; g++) {
+        if (kvrt_pool_verify(w->pools[g]) != KVRT_OK)
+            breach("after %s: pool %u: %s", what, g, kvrt_ctx_last_error(w->ctx));
+        if (w->caches[g] && kvrt_cache_verify(w->caches[g]) != KVRT_OK)
+            breach("after %s: cache %u: %s", what, g, kvrt_ctx_last_error(w->ctx));
+    }
+    snapshot_t s;
+    snap(w, &s);
+    const kvrt_sched_stats_t *t = &s.stats;
+    uint64_t ended = t->finished_length + t->finished_stop + t->aborted + t->failed;
+    if (t->added != ended + t->waiting + t->running + t->awaiting_kv)
+        breach("after %s: %llu added but %llu ended, %llu waiting, %llu running, %llu awaiting KV",
+               what, (unsigned long long)t->added, (unsigned long long)ended,
+               (unsigned long long)t->waiting, (unsigned long long)t->running,
+               (unsigned long long)t->awaiting_kv);
+    if (t->running > w->params.max_seqs)
+        breach("after %s: %llu running, max_seqs %u", what, (unsigned long long)t->running,
+               w->params.max_seqs);
+}
+
+/* A call's outcome: refused calls change nothing and say why. */
+static void judge(const world_t *w, kvrt_status_t st, const snapshot_t *before,
+                  const char *what)
+{
+#ifdef FUZZ_TRACE
+    snapshot_t t;
+    snap(w, &t);
+    fprintf(stderr, "%s: %s; running %llu waiting %llu awaiting %llu; used %u cached %u free %u\n",
+            what, kvrt_status_str(st), (unsigned long long)t.stats.running,
+            (unsigned long long)t.stats.waiting, (unsigned long long)t.stats.awaiting_kv,
+            t.pools[0].used_blocks, t.pools[0].cached_blocks, t.pools[0].free_blocks);
+#endif
+    if (st != KVRT_OK) {
+        snapshot_t after;
+        snap(w, &after);
+        if (memcmp(&after, before, sizeof(after)) != 0) {
+            /* Name every count that moved: the stats' u64 fields, then each
+             * pool's u32 fields. */
+            const uint64_t *a = (const uint64_t *)&after.stats;
+            const uint64_t *b = (const uint64_t *)&before->stats;
+            for (size_t i = 0; i < offsetof(kvrt_sched_stats_t, spec_acceptance) / 8; i++)
+                if (a[i] != b[i])
+                    fprintf(stderr, "stats word %zu: %llu -> %llu\n", i,
+                            (unsigned long long)b[i], (unsigned long long)a[i]);
+            for (uint32_t g = 0; g < MAX_GROUPS; g++) {
+                const uint32_t *x = (const uint32_t *)&after.pools[g],
+                               *y = (const uint32_t *)&before->pools[g];
+                for (size_t i = 0; i < offsetof(kvrt_pool_info_t, block_bytes) / 4; i++)
+                    if (x[i] != y[i])
+                        fprintf(stderr, "pool %u word %zu: %u -> %u\n", g, i, y[i], x[i]);
+            }
+            breach("%s refused (%s) but changed the scheduler's or a pool's counts", what,
+                   kvrt_status_str(st));
+        }
+        const char *msg = kvrt_ctx_last_error(w->ctx);
+        if (!msg || !*msg)
+            breach("%s refused (%s) without a message", what, kvrt_status_str(st));
+    }
+    verify(w, what);
+}
+
+static int cmp_slot(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* A plan's arrays agree with each other and with the rows, group by group. */
+static void check_plan(const world_t *w, const kvrt_batch_plan_t *p)
+{
+    if (p->num_seqs > w->params.max_seqs || p->num_tokens > w->params.max_batch_tokens)
+        breach("plan of %u sequences, %u tokens over its limits", p->num_seqs, p->num_tokens);
+    if (p->num_groups != w->num_groups || p->query_start_loc[0] != 0 ||
+        (uint32_t)p->query_start_loc[p->num_seqs] != p->num_tokens)
+        breach("plan: groups or query offsets wrong");
+    for (uint32_t i = 0; i < p->num_seqs; i++) {
+        const kvrt_plan_seq_t *q = &p->seqs[i];
+        uint32_t first = (uint32_t)p->query_start_loc[i];
+        uint32_t n = (uint32_t)p->query_start_loc[i + 1] - first;
+        if (n == 0 || n != q->num_new_tokens ||
+            (uint32_t)p->seq_lens[i] != q->num_computed_tokens + n || q->row >= p->num_rows ||
+            (uint32_t)p->row_index[i] != q->row)
+            breach("plan entry %u: lengths or row wrong", i);
+        if (q->kind == KVRT_PLAN_SPEC ? q->num_drafts == 0 || n != 1 + q->num_drafts
+                                      : q->num_drafts != 0)
+            breach("plan entry %u: kind %u with %u drafts", i, q->kind, q->num_drafts);
+        for (uint32_t t = first; t < first + n; t++) {
+            uint32_t pos = q->num_computed_tokens + (t - first);
+            if ((uint32_t)p->positions[t] != pos)
+                breach("plan entry %u: token %u at position %d, not %u", i, t,
+                       p->positions[t], pos);
+            if (p->input_tokens[t] < 0 && p->input_tokens[t] != KVRT_TOKEN_PLACEHOLDER)
+                breach("plan entry %u: input token %d", i, p->input_tokens[t]);
+            for (uint32_t g = 0; g < p->num_groups; g++) {
+                const kvrt_plan_group_t *gr = &p->groups[g];
+                int64_t slot = gr->slot_mapping[t];
+                int32_t block = (int32_t)(slot / gr->tokens_per_block);
+                int32_t in_row = gr->block_rows[(size_t)q->row * gr->row_stride +
+                                                pos / gr->tokens_per_block];
+                if (slot < 0 || block == KVRT_NULL_BLOCK || block != in_row ||
+                    (uint32_t)(slot % gr->tokens_per_block) != pos % gr->tokens_per_block)
+                    breach("plan entry %u, group %u: token at %u has slot %lld, its row "
+                           "holds block %d there",
+                           i, g, pos, (long long)slot, in_row);
+            }
+        }
+    }
+    static int64_t slots[1u << 12];
+    for (uint32_t g = 0; g < p->num_groups && p->num_tokens <= (1u << 12); g++) {
+        memcpy(slots, p->groups[g].slot_mapping, p->num_tokens * sizeof(int64_t));
+        qsort(slots, p->num_tokens, sizeof(int64_t), cmp_slot);
+        for (uint32_t t = 1; t < p->num_tokens; t++)
+            if (slots[t] == slots[t - 1])
+                breach("plan: two tokens write slot %lld of group %u", (long long)slots[t], g);
+    }
+}
+
+/* One byte: an id added earlier (live, ended or drained), or one made up. */
+static kvrt_seq_id_t pick_id(const world_t *w, input_t *in)
+{
+    uint32_t b = take(in, 1);
+    if (b == 255)
+        return 0;
+    if (w->num_ids == 0 || b >= 240)
+        return (uint64_t)b * 0x9e3779b97f4a7c15ull; /* any index, any generation */
+    return w->ids[b % w->num_ids];
+}
+
+static void remember_id(world_t *w, kvrt_seq_id_t id)
+{
+    w->ids[w->next_id] = id;
+    w->next_id = (w->next_id + 1) % MAX_IDS;
+    if (w->num_ids < MAX_IDS)
+        w->num_ids++;
+}
+
+/* A request from the input, valid more often than not. */
+static void op_add(world_t *w, input_t *in)
+{
+    static int32_t prompt[MAX_PROMPT];
+    int32_t stops[KVRT_SEQ_MAX_STOP_TOKENS + 2];
+    uint8_t salt[KVRT_CACHE_SALT_MAX + 1];
+    kvrt_mm_item_t items[3];
+    uint32_t shape = take(in, 1);
+    uint32_t len = 1 + take(in, 1) % MAX_PROMPT;
+    uint32_t shared = take(in, 1) % (len + 1); /* a common prefix: 0, 1, 2, ... */
+    gen_t g = gen_seed(in);
+    for (uint32_t i = 0; i < len; i++)
+        prompt[i] = (int32_t)(i < shared ? i % ALPHABET : gen_pick(&g, ALPHABET));
+    if (shape & 1u)
+        prompt[gen_pick(&g, len)] = -1 - (int32_t)gen_pick(&g, 256);
+    /* One field at a time: the input is read in this order (initializers
+     * of one struct are not sequenced). */
+    kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = (shape & 2u) ? 0 : len,
+                           .stop_tokens = stops, .user_tag = ++w->tag};
+    p.field_mask = take(in, 1) | ((shape & 4u) ? 1u << 9 : 0); /* bit 9: unknown */
+    p.max_new_tokens = take(in, 1) % 40;
+    uint32_t num_stops = take(in, 1) % 4;
+    p.num_stop_tokens = (shape & 8u) ? KVRT_SEQ_MAX_STOP_TOKENS + 1 : num_stops;
+    p.priority = (int8_t)take(in, 1);
+    p.deadline_ns = w->now + take(in, 1);
+    p.cache_flags = take(in, 1) & 0xfu;
+    p.min_tokens = take(in, 1) % 24;
+    for (uint32_t i = 0; i < KVRT_SEQ_MAX_STOP_TOKENS + 2; i++)
+        stops[i] = (int32_t)(i < 4 ? pick(in, ALPHABET) : i % ALPHABET);
+    kvrt_hash_keys_t keys = {.salt = salt, .mm_items = items};
+    keys.field_mask = take(in, 1) & 0xfu;
+    keys.adapter_id = take(in, 1);
+    keys.salt_bytes = take(in, 1) % (KVRT_CACHE_SALT_MAX + 2);
+    keys.num_mm_items = take(in, 1) % 4;
+    memset(salt, (int)take(in, 1), sizeof(salt));
+    for (uint32_t i = 0; i < keys.num_mm_items && i < 3; i++) {
+        items[i].content_hash = (kvrt_block_hash_t){take(in, 1), 1};
+        items[i].offset = take(in, 1);
+        items[i].length = take(in, 1) % 64;
+    }
+    p.keys = (shape & 16u) ? NULL : &keys;
+    snapshot_t before;
+    snap(w, &before);
+    kvrt_seq_id_t id = 0;
+    kvrt_status_t st = kvrt_seq_add(w->sched, &p, &id);
+    judge(w, st, &before, "kvrt_seq_add");
+    if (st == KVRT_OK)
+        remember_id(w, id);
+}
+
+static void op_step(world_t *w, input_t *in)
+{
+    w->now += take(in, 1);
+    snapshot_t before;
+    snap(w, &before);
+    const kvrt_batch_plan_t *plan = NULL;
+    kvrt_status_t st = kvrt_sched_step(w->sched, w->now, &plan);
+    if (st == KVRT_OK) {
+        verify(w, "kvrt_sched_step");
+        if (plan->num_seqs > 0) {
+            if (w->num_plans == KVRT_SCHED_MAX_PLANS_IN_FLIGHT)
+                breach("a step beyond %u plans in flight was accepted", w->num_plans);
+            check_plan(w, plan);
+            w->plans[w->num_plans++] = plan;
+        }
+        return;
+    }
+    if (w->num_plans < w->params.max_plans_in_flight)
+        breach("step refused with %u of %u plans in flight: %s", w->num_plans,
+               w->params.max_plans_in_flight, kvrt_ctx_last_error(w->ctx));
+    judge(w, st, &before, "kvrt_sched_step");
+}
+
+/* The results of the oldest plan in flight; honest unless `hostile`, in
+ * which case one thing is wrong and the commit must be refused. */
+static void op_commit(world_t *w, input_t *in, bool hostile)
+{
+    uint32_t choice = take(in, 1);
+    gen_t g = gen_seed(in);
+    if (w->num_plans == 0)
+        return;
+    const kvrt_batch_plan_t *p = w->plans[0];
+    static int32_t tokens[MAX_SEQS * (1 + KVRT_SCHED_MAX_DRAFT) + 8];
+    static int32_t next[MAX_SEQS * KVRT_SCHED_MAX_DRAFT + 8];
+    uint32_t accepted[MAX_SEQS + 1] = {0}, num_next[MAX_SEQS + 1] = {0};
+    uint32_t n = 0, total_next = 0, k = w->params.max_draft_tokens;
+    bool drafts = k > 0 && (choice & 1u);
+    int first_accepted = -1;
+    for (uint32_t i = 0; i < p->num_seqs; i++) {
+        const kvrt_plan_seq_t *q = &p->seqs[i];
+        if (!q->sample)
+            continue;
+        accepted[i] = gen_pick(&g, q->num_drafts + 1);
+        const int32_t *d = p->input_tokens + p->query_start_loc[i + 1] - q->num_drafts;
+        for (uint32_t j = 0; j < accepted[i]; j++)
+            tokens[n++] = d[j];
+        if (accepted[i] && first_accepted < 0)
+            first_accepted = (int)(n - 1);
+        tokens[n++] = (int32_t)gen_pick(&g, ALPHABET);
+        if (drafts) {
+            num_next[i] = gen_pick(&g, k + 1);
+            for (uint32_t j = 0; j < num_next[i]; j++)
+                next[total_next++] = (int32_t)gen_pick(&g, ALPHABET);
+        }
+    }
+    kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED | (drafts ? KVRT_COMMIT_DRAFTS : 0),
+                       .step = p->step,
+                       .num_seqs = p->num_seqs,
+                       .num_tokens = n,
+                       .tokens = tokens,
+                       .num_accepted = accepted,
+                       .num_next_drafts = num_next,
+                       .next_drafts = next};
+    const char *what = "honest kvrt_sched_commit";
+    if (hostile) {
+        uint32_t wrong = (choice >> 1) % 6;
+        if ((wrong == 4 && first_accepted < 0) || (wrong == 3 && n == 0))
+            wrong = 0;
+        switch (wrong) {
+        case 0: c.step += 1 + gen_pick(&g, 3); what = "commit of another step"; break;
+        case 1: c.num_seqs++; what = "commit with one sequence too many"; break;
+        case 2: tokens[c.num_tokens++] = 1; what = "commit with one token too many"; break;
+        case 3:
+            tokens[gen_pick(&g, n)] = -1 - (int32_t)gen_pick(&g, 4);
+            what = "commit with a negative token";
+            break;
+        case 4: tokens[first_accepted] ^= 1; what = "commit accepting a token not drafted"; break;
+        default: c.field_mask |= 1u << 7; what = "commit with an unknown field bit"; break;
+        }
+    }
+    snapshot_t before;
+    snap(w, &before);
+    kvrt_status_t st = kvrt_sched_commit(w->sched, &c);
+    if (hostile && st == KVRT_OK)
+        breach("%s was accepted", what);
+    if (!hostile && st != KVRT_OK)
+        breach("%s refused: %s", what, kvrt_ctx_last_error(w->ctx));
+    judge(w, st, &before, what);
+    if (st == KVRT_OK) {
+        w->plans[0] = w->plans[1];
+        w->num_plans--;
+    }
+}
+
+static void op_abort(world_t *w, input_t *in)
+{
+    snapshot_t before;
+    snap(w, &before);
+    judge(w, kvrt_seq_abort(w->sched, pick_id(w, in)), &before, "kvrt_seq_abort");
+}
+
+static void op_drafts(world_t *w, input_t *in, bool batch)
+{
+    int32_t tokens[MAX_SEQS * (KVRT_SCHED_MAX_DRAFT + 1)];
+    kvrt_seq_id_t ids[MAX_SEQS];
+    uint32_t counts[MAX_SEQS], n = batch ? pick(in, MAX_SEQS) : 1, total = 0;
+    gen_t g = gen_seed(in);
+    for (uint32_t i = 0; i < n; i++) {
+        ids[i] = pick_id(w, in);
+        counts[i] = pick(in, w->params.max_draft_tokens + 2); /* one above the limit too */
+        for (uint32_t j = 0; j < counts[i]; j++) {
+            int32_t t = (int32_t)gen_pick(&g, ALPHABET + 1);
+            tokens[total++] = t == ALPHABET ? -1 : t; /* a negative one at times */
+        }
+    }
+    snapshot_t before;
+    snap(w, &before);
+    kvrt_status_t st = batch ? kvrt_sched_set_drafts(w->sched, n, ids, counts, tokens)
+                             : kvrt_seq_set_draft(w->sched, ids[0], tokens, counts[0]);
+    judge(w, st, &before, batch ? "kvrt_sched_set_drafts" : "kvrt_seq_set_draft");
+}
+
+static void op_drain(world_t *w, input_t *in)
+{
+    kvrt_seq_info_t events[8];
+    uint32_t capacity = pick(in, 9), count = 0;
+    size_t size = take(in, 1) == 255 ? 8 : sizeof(events[0]);
+    snapshot_t before;
+    snap(w, &before);
+    kvrt_status_t st = kvrt_sched_drain_ended_sized(w->sched, events, size, capacity, &count);
+    judge(w, st, &before, "kvrt_sched_drain_ended");
+    for (uint32_t i = 0; st == KVRT_OK && i < count; i++)
+        if (events[i].state != KVRT_SEQ_ENDED || events[i].end_reason == KVRT_END_NONE ||
+            (events[i].output_tokens && !events[i].output))
+            breach("drained an event of state %d, end reason %d", events[i].state,
+                   events[i].end_reason);
+}
+
+/* Reads: a request's state and blocks, which must agree. */
+static void op_look(world_t *w, input_t *in)
+{
+    kvrt_seq_id_t id = pick_id(w, in);
+    uint32_t group = pick(in, MAX_GROUPS + 1);
+    kvrt_seq_info_t info;
+    const int32_t *blocks = NULL;
+    uint32_t num_blocks = 0, num_tokens = 0;
+    snapshot_t before;
+    snap(w, &before);
+    kvrt_status_t st = kvrt_seq_info(w->sched, id, &info);
+    judge(w, st, &before, "kvrt_seq_info");
+    kvrt_status_t sb =
+        kvrt_seq_group_blocks(w->sched, id, group, &blocks, &num_blocks, &num_tokens);
+    judge(w, sb, &before, "kvrt_seq_group_blocks");
+    if (st == KVRT_OK && info.output_tokens > 0 && !info.output)
+        breach("request with %u output tokens and no output", info.output_tokens);
+    if (sb == KVRT_OK && group < w->num_groups) {
+        kvrt_pool_info_t pi;
+        kvrt_pool_info(w->pools[group], &pi);
+        if ((uint64_t)num_blocks * pi.tokens_per_block < num_tokens)
+            breach("%u blocks of %u tokens hold %u tokens", num_blocks, pi.tokens_per_block,
+                   num_tokens);
+        for (uint32_t i = 0; i < num_blocks; i++)
+            if (blocks[i] < 0 || (uint32_t)blocks[i] >= pi.num_blocks)
+                breach("block %d out of the pool", blocks[i]);
+    }
+}
+
+static void op_await(world_t *w, input_t *in)
+{
+    kvrt_arrival_params_t ap = {.field_mask = take(in, 1) & 3u};
+    ap.num_tokens = take(in, 1);
+    ap.deadline_ns = w->now + take(in, 1);
+    kvrt_seq_id_t id = pick_id(w, in);
+    kvrt_arrival_id_t arrival = 0;
+    uint32_t first[MAX_GROUPS + 1], count[MAX_GROUPS + 1];
+    snapshot_t before;
+    snap(w, &before);
+    kvrt_status_t st;
+    if (w->num_groups == 1 && !(ap.field_mask & 2u)) {
+        st = kvrt_seq_await_kv(w->sched, id, &ap, &arrival, first, count);
+    } else {
+        ap.field_mask &= 1u;
+        uint32_t groups = w->num_groups + (take(in, 1) == 255);
+        st = kvrt_seq_await_kv_groups(w->sched, id, &ap, groups, &arrival, first, count);
+    }
+    judge(w, st, &before, "kvrt_seq_await_kv");
+    if (st == KVRT_OK && w->num_arrivals < MAX_ARRIVALS)
+        w->arrivals[w->num_arrivals++] = arrival;
+    else if (st == KVRT_OK) /* no room to remember it: complete it now */
+        kvrt_arrival_complete(w->sched, arrival, 0);
+}
+
+static void op_complete(world_t *w, input_t *in)
+{
+    uint32_t which = take(in, 1);
+    uint32_t landed = pick(in, 12);
+    uint32_t group = pick(in, MAX_GROUPS + 1);
+    bool per_group = (take(in, 1) & 1u) && w->num_groups > 1;
+    if (w->num_arrivals == 0)
+        return;
+    uint32_t i = which % w->num_arrivals;
+    snapshot_t before;
+    snap(w, &before);
+    kvrt_status_t st =
+        per_group ? kvrt_arrival_group_complete(w->sched, w->arrivals[i], group, landed)
+                  : kvrt_arrival_complete(w->sched, w->arrivals[i], landed);
+    judge(w, st, &before, "kvrt_arrival_complete");
+    /* Completed arrivals stay listed: completing one again must be refused,
+     * and the end completes every one that is not. */
+}
+
+static void op_reset(world_t *w, input_t *in)
+{
+    uint32_t b = take(in, 1), g = b % w->num_groups;
+    if (!w->caches[g] || (b & 0x80u)) /* at times only */
+        return;
+    uint32_t flags = (b >> 1) % 3 == 2 ? 1u << 3 : (b >> 3) & KVRT_CACHE_RESET_FORGET_BUSY;
+    snapshot_t before;
+    snap(w, &before);
+    judge(w, kvrt_cache_reset(w->caches[g], flags), &before, "kvrt_cache_reset");
+}
+
+static void run_op(world_t *w, input_t *in)
+{
+    switch (pick(in, 12)) {
+    case 0: case 1: op_add(w, in); break;
+    case 2: case 3: op_step(w, in); break;
+    case 4: case 5: op_commit(w, in, false); break;
+    case 6: op_commit(w, in, true); break;
+    case 7: op_abort(w, in); break;
+    case 8: op_drafts(w, in, take(in, 1) & 1u); break;
+    case 9: op_drain(w, in); break;
+    case 10: op_look(w, in); op_reset(w, in); break;
+    default: pick(in, 2) ? op_await(w, in) : op_complete(w, in); break;
+    }
+}
+
+/* Configuration bytes: flags, block sizes, pool size, batch tokens,
+ * sequences, requests, tokens per request, drafts, window, policy. */
+static bool open_world(world_t *w, input_t *in)
+{
+    static const uint32_t tpbs[] = {1, 2, 4, 16};
+    uint32_t flags = take(in, 1), sizes = take(in, 1);
+    memset(w, 0, sizeof(*w));
+    w->num_groups = (flags & 1u) ? 2 : 1;
+    if (kvrt_ctx_create(NULL, &w->ctx) != KVRT_OK)
+        breach("no context");
+    uint32_t blocks = 4 + take(in, 1);
+    for (uint32_t g = 0; g < w->num_groups; g++) {
+        kvrt_kv_layout_t layout = {.num_layers = 1, .num_kv_heads = 1, .head_dim = 8,
+                                   .tokens_per_block = tpbs[(sizes >> (2 * g)) & 3u]};
+        uint64_t block_bytes = 0;
+        kvrt_layout_block_bytes(&layout, &block_bytes);
+        /* Bookkeeping only: nothing reads or writes the blocks' memory. */
+        kvrt_pool_params_t pp = {.field_mask = KVRT_POOL_PARAM_BASE | KVRT_POOL_PARAM_MAX_TABLES,
+                                 .layout = layout,
+                                 .max_tables = 64,
+                                 .num_blocks = blocks,
+                                 .base = (void *)(uintptr_t)0x100000000ull,
+                                 .base_bytes = block_bytes * blocks};
+        if (kvrt_pool_create(w->ctx, &pp, &w->pools[g]) != KVRT_OK)
+            breach("pool: %s", kvrt_ctx_last_error(w->ctx));
+        kvrt_cache_params_t cp = {.field_mask = KVRT_CACHE_PARAM_POLICY,
+                                  .policy = (kvrt_cache_policy_t)((flags >> 5) % 5)};
+        if ((flags & 2u) && kvrt_cache_create(w->pools[g], &cp, &w->caches[g]) != KVRT_OK)
+            breach("cache: %s", kvrt_ctx_last_error(w->ctx));
+    }
+    uint32_t k = (flags & 4u) ? 1 + pick(in, 4) : 0;
+    kvrt_sched_params_t *sp = &w->params;
+    sp->field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS | KVRT_SCHED_PARAM_MAX_SEQS |
+                     KVRT_SCHED_PARAM_MAX_REQUESTS | KVRT_SCHED_PARAM_MAX_SEQ_TOKENS |
+                     KVRT_SCHED_PARAM_PLANS_IN_FLIGHT | KVRT_SCHED_PARAM_DRAFT |
+                     KVRT_SCHED_PARAM_WATERMARK | KVRT_SCHED_PARAM_CSR_TABLES |
+                     KVRT_SCHED_PARAM_CHUNK | (k && (sizes & 0x10u) ? KVRT_SCHED_PARAM_NGRAM : 0);
+    sp->max_batch_tokens = 1 + take(in, 1);
+    sp->max_seqs = 1 + pick(in, MAX_SEQS);
+    sp->max_requests = 1 + pick(in, 40);
+    sp->max_seq_tokens = 2 + take(in, 1) * 2;
+    sp->prefill_chunk_tokens = 1 + take(in, 1);
+    sp->max_plans_in_flight = (flags & 8u) ? 2 : 1;
+    sp->max_draft_tokens = k;
+    sp->use_watermark = (sizes >> 5) & 1u;
+    sp->csr_block_tables = (sizes >> 6) & 1u;
+    sp->ngram_min = 1;
+    sp->ngram_max = 1 + (sizes >> 7) * 3;
+    if (w->params.prefill_chunk_tokens > w->params.max_batch_tokens)
+        w->params.prefill_chunk_tokens = w->params.max_batch_tokens;
+    kvrt_sched_group_params_t groups[MAX_GROUPS];
+    const kvrt_sched_group_params_t *group_ptrs[MAX_GROUPS];
+    for (uint32_t g = 0; g < w->num_groups; g++) {
+        uint32_t window = 1 + take(in, 1) % 48;
+        groups[g] = (kvrt_sched_group_params_t){
+            .field_mask = (w->caches[g] ? KVRT_SCHED_GROUP_CACHE : 0) |
+                          (g ? KVRT_SCHED_GROUP_WINDOW : 0),
+            .pool = w->pools[g],
+            .cache = w->caches[g],
+            .sliding_window = window};
+        group_ptrs[g] = &groups[g];
+    }
+    kvrt_status_t st = kvrt_sched_create_groups(w->ctx, w->num_groups, group_ptrs, &w->params,
+                                                &w->sched);
+    if (st != KVRT_OK) {
+        const char *msg = kvrt_ctx_last_error(w->ctx);
+        if (!msg || !*msg)
+            breach("kvrt_sched_create refused without a message");
+        kvrt_ctx_destroy(w->ctx);
+        return false;
+    }
+    return true;
+}
+
+/* Everything back: plans committed, requests aborted and drained, arrivals
+ * completed; then nothing may hold a block or a table. */
+static void close_world(world_t *w)
+{
+    input_t none = {0};
+    for (uint32_t guard = 0; w->num_plans && guard < 4; guard++)
+        op_commit(w, &none, false);
+    for (uint32_t i = 0; i < w->num_ids; i++)
+        kvrt_seq_abort(w->sched, w->ids[i]);
+    for (uint32_t i = 0; i < w->num_arrivals; i++)
+        kvrt_arrival_complete(w->sched, w->arrivals[i], 0);
+    verify(w, "the end's aborts");
+    kvrt_seq_info_t events[16];
+    uint32_t count = 1;
+    for (uint32_t guard = 0; count && guard < 1000; guard++)
+        if (kvrt_sched_drain_ended(w->sched, events, 16, &count) != KVRT_OK)
+            breach("drain refused: %s", kvrt_ctx_last_error(w->ctx));
+    snapshot_t s;
+    snap(w, &s);
+    if (s.stats.running || s.stats.waiting || s.stats.awaiting_kv || s.stats.ended_undrained)
+        breach("left: %llu running, %llu waiting, %llu awaiting KV, %llu undrained",
+               (unsigned long long)s.stats.running, (unsigned long long)s.stats.waiting,
+               (unsigned long long)s.stats.awaiting_kv,
+               (unsigned long long)s.stats.ended_undrained);
+    for (uint32_t g = 0; g < w->num_groups; g++)
+        if (s.pools[g].used_blocks || s.pools[g].live_tables)
+            breach("pool %u: %u blocks and %u tables left in use", g, s.pools[g].used_blocks,
+                   s.pools[g].live_tables);
+    kvrt_sched_destroy(w->sched);
+    kvrt_ctx_destroy(w->ctx);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    input_t in = {data, size};
+    world_t w;
+    if (!open_world(&w, &in))
+        return 0;
+    for (uint32_t op = 0; op < MAX_OPS && in.n; op++)
+        run_op(&w, &in);
+    close_world(&w);
+    return 0;
+}
