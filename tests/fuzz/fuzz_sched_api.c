@@ -14,10 +14,12 @@
  * up; a refused call left a message and changed nothing an engine can
  * see (the scheduler's counters but its CPU time, every pool's counts);
  * a plan respects its budget, and each of its tokens has a slot of its
- * own in a block its row holds at its position, in every group. At the
- * end every plan is committed, every request aborted and drained and
- * every arrival completed: no block, table or request is left. A breach
- * aborts, as does a sanitizer report.
+ * own in a block its row holds at its position, in every group. Every
+ * drained request's output is tokens the commits sampled, stops at its
+ * first stop token past min_tokens and ends by length exactly at its
+ * limit. At the end every plan is committed, every request aborted and
+ * drained and every arrival completed: no block, table or request is
+ * left. A breach aborts, as does a sanitizer report.
  *
  * Input: 10 or 11 bytes of configuration (see open_world), then
  * operations, one byte each and their arguments (see run_op); a short
@@ -94,6 +96,15 @@ static uint32_t gen_pick(gen_t *g, uint32_t n)
         abort();                                                                             \
     } while (0)
 
+/* What the harness knows of a request it added: enough to check its end. */
+typedef struct request {
+    kvrt_seq_id_t id;
+    uint32_t limit;      /* output tokens it may produce: max_new_tokens, or
+                            fewer under max_seq_tokens */
+    uint32_t min_tokens; /* outputs before a stop token counts */
+    uint32_t stops;      /* bit t: token t ends it */
+} request_t;
+
 typedef struct world {
     kvrt_ctx_t *ctx;
     uint32_t num_groups;
@@ -103,7 +114,7 @@ typedef struct world {
     kvrt_sched_params_t params;
     uint64_t now;
     uint64_t tag;
-    kvrt_seq_id_t ids[MAX_IDS]; /* every id added, live or not (ring) */
+    request_t requests[MAX_IDS]; /* every request added, live or not (ring) */
     uint32_t num_ids, next_id;
     kvrt_arrival_id_t arrivals[MAX_ARRIVALS];
     uint32_t num_arrivals;
@@ -255,15 +266,47 @@ static kvrt_seq_id_t pick_id(const world_t *w, input_t *in)
         return 0;
     if (w->num_ids == 0 || b >= 240)
         return (uint64_t)b * 0x9e3779b97f4a7c15ull; /* any index, any generation */
-    return w->ids[b % w->num_ids];
+    return w->requests[b % w->num_ids].id;
 }
 
-static void remember_id(world_t *w, kvrt_seq_id_t id)
+static void remember(world_t *w, const request_t *r)
 {
-    w->ids[w->next_id] = id;
+    w->requests[w->next_id] = *r;
     w->next_id = (w->next_id + 1) % MAX_IDS;
     if (w->num_ids < MAX_IDS)
         w->num_ids++;
+}
+
+/* An ended request's output against what it was asked: commits sample
+ * tokens of the alphabet only; it stops at the first stop token past
+ * min_tokens outputs, and ends by length exactly at its limit. */
+static void check_output(const world_t *w, const kvrt_seq_info_t *e)
+{
+    const request_t *r = NULL;
+    for (uint32_t i = 0; i < w->num_ids && !r; i++)
+        if (w->requests[i].id == e->id)
+            r = &w->requests[i];
+    if (!r) /* its record was overwritten */
+        return;
+    uint32_t n = e->output_tokens;
+    if (n > r->limit)
+        breach("request 0x%llx: %u output tokens, its limit %u", (unsigned long long)e->id, n,
+               r->limit);
+    for (uint32_t i = 0; i < n; i++) {
+        if (e->output[i] < 0 || e->output[i] >= (int32_t)ALPHABET)
+            breach("request 0x%llx: output token %d never sampled", (unsigned long long)e->id,
+                   e->output[i]);
+        bool stops = (r->stops >> e->output[i]) & 1u && i >= r->min_tokens;
+        if (stops && i + 1 < n)
+            breach("request 0x%llx: went on past stop token %d at output %u of %u",
+                   (unsigned long long)e->id, e->output[i], i, n);
+        if (i + 1 == n && e->end_reason == KVRT_END_STOP && !stops)
+            breach("request 0x%llx: ended by stop on token %d at output %u (min_tokens %u)",
+                   (unsigned long long)e->id, e->output[i], i, r->min_tokens);
+    }
+    if (e->end_reason == KVRT_END_LENGTH && n != r->limit)
+        breach("request 0x%llx: ended by length after %u of %u tokens", (unsigned long long)e->id,
+               n, r->limit);
 }
 
 /* A request from the input, valid more often than not. */
@@ -312,8 +355,16 @@ static void op_add(world_t *w, input_t *in)
     kvrt_seq_id_t id = 0;
     kvrt_status_t st = kvrt_seq_add(w->sched, &p, &id);
     judge(w, st, &before, "kvrt_seq_add");
-    if (st == KVRT_OK)
-        remember_id(w, id);
+    if (st == KVRT_OK) {
+        request_t r = {.id = id, .limit = p.max_new_tokens};
+        if (len + r.limit > w->params.max_seq_tokens)
+            r.limit = w->params.max_seq_tokens - len;
+        if (p.field_mask & KVRT_SEQ_PARAM_MIN_TOKENS)
+            r.min_tokens = p.min_tokens;
+        for (uint32_t i = 0; (p.field_mask & KVRT_SEQ_PARAM_STOP) && i < p.num_stop_tokens; i++)
+            r.stops |= 1u << stops[i];
+        remember(w, &r);
+    }
 }
 
 static void op_step(world_t *w, input_t *in)
@@ -447,11 +498,13 @@ static void op_drain(world_t *w, input_t *in)
     snap(w, &before);
     kvrt_status_t st = kvrt_sched_drain_ended_sized(w->sched, events, size, capacity, &count);
     judge(w, st, &before, "kvrt_sched_drain_ended");
-    for (uint32_t i = 0; st == KVRT_OK && i < count; i++)
+    for (uint32_t i = 0; st == KVRT_OK && i < count; i++) {
         if (events[i].state != KVRT_SEQ_ENDED || events[i].end_reason == KVRT_END_NONE ||
             (events[i].output_tokens && !events[i].output))
             breach("drained an event of state %d, end reason %d", events[i].state,
                    events[i].end_reason);
+        check_output(w, &events[i]);
+    }
 }
 
 /* Reads: a request's state and blocks, which must agree. */
@@ -635,15 +688,18 @@ static void close_world(world_t *w)
     for (uint32_t guard = 0; w->num_plans && guard < 4; guard++)
         op_commit(w, &none, false);
     for (uint32_t i = 0; i < w->num_ids; i++)
-        kvrt_seq_abort(w->sched, w->ids[i]);
+        kvrt_seq_abort(w->sched, w->requests[i].id);
     for (uint32_t i = 0; i < w->num_arrivals; i++)
         kvrt_arrival_complete(w->sched, w->arrivals[i], 0);
     verify(w, "the end's aborts");
     kvrt_seq_info_t events[16];
     uint32_t count = 1;
-    for (uint32_t guard = 0; count && guard < 1000; guard++)
+    for (uint32_t guard = 0; count && guard < 1000; guard++) {
         if (kvrt_sched_drain_ended(w->sched, events, 16, &count) != KVRT_OK)
             breach("drain refused: %s", kvrt_ctx_last_error(w->ctx));
+        for (uint32_t i = 0; i < count; i++)
+            check_output(w, &events[i]);
+    }
     snapshot_t s;
     snap(w, &s);
     if (s.stats.running || s.stats.waiting || s.stats.awaiting_kv || s.stats.ended_undrained)
