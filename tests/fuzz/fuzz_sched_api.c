@@ -14,7 +14,9 @@
  * up; a refused call left a message and changed nothing an engine can
  * see (the scheduler's counters but its CPU time, every pool's counts);
  * a plan respects its budget, and each of its tokens has a slot of its
- * own in a block its row holds at its position, in every group. Every
+ * own in a block its row holds at its position, in every group; the
+ * blocks a plan writes are held by no other request, by no arrival still
+ * being written and by no other plan in flight. Every
  * drained request's output is tokens the commits sampled, stops at its
  * first stop token past min_tokens and ends by length exactly at its
  * limit. At the end every plan is committed, every request aborted and
@@ -48,6 +50,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define MAX_PROMPT 160
 #define MAX_GROUPS 2
 #define ALPHABET 8 /* token ids 0..7: prompts share prefixes, commits hit stops */
+#define MAX_POOL_BLOCKS 260    /* 4 + 255, the most open_world makes */
+#define MAX_ARRIVAL_BLOCKS 256 /* an arrival of up to 255 tokens */
 
 typedef struct input {
     const uint8_t *p;
@@ -105,6 +109,15 @@ typedef struct request {
     uint32_t stops;      /* bit t: token t ends it */
 } request_t;
 
+/* An arrival the harness started: per group, the blocks its caller may be
+ * writing until that group reports. */
+typedef struct arrival {
+    kvrt_arrival_id_t id;
+    uint32_t open_groups; /* bit g: group g has not reported */
+    uint32_t count[MAX_GROUPS];
+    int32_t blocks[MAX_GROUPS][MAX_ARRIVAL_BLOCKS];
+} arrival_t;
+
 typedef struct world {
     kvrt_ctx_t *ctx;
     uint32_t num_groups;
@@ -116,7 +129,7 @@ typedef struct world {
     uint64_t tag;
     request_t requests[MAX_IDS]; /* every request added, live or not (ring) */
     uint32_t num_ids, next_id;
-    kvrt_arrival_id_t arrivals[MAX_ARRIVALS];
+    arrival_t arrivals[MAX_ARRIVALS];
     uint32_t num_arrivals;
     const kvrt_batch_plan_t *plans[KVRT_SCHED_MAX_PLANS_IN_FLIGHT]; /* oldest first */
     uint32_t num_plans;
@@ -258,6 +271,77 @@ static void check_plan(const world_t *w, const kvrt_batch_plan_t *p)
     }
 }
 
+/* The blocks a plan writes belong to the request writing them alone: no
+ * other request's table lists one (a block another request reads is never
+ * written), no arrival whose group has not reported holds one (its caller
+ * may still be writing it), and no other plan in flight writes one. */
+static void check_plan_blocks(const world_t *w, const kvrt_batch_plan_t *p)
+{
+    static uint8_t holders[MAX_GROUPS][MAX_POOL_BLOCKS];
+    static uint32_t own[MAX_GROUPS][MAX_POOL_BLOCKS]; /* entry + 1 whose table lists it */
+    memset(holders, 0, sizeof(holders));
+    memset(own, 0, sizeof(own));
+    for (uint32_t g = 0; g < w->num_groups; g++) {
+        for (uint32_t r = 0; r < w->num_ids; r++) {
+            const int32_t *blocks;
+            uint32_t nb = 0;
+            if (kvrt_seq_group_blocks(w->sched, w->requests[r].id, g, &blocks, &nb, NULL) != KVRT_OK)
+                continue; /* drained */
+            for (uint32_t j = 0; j < nb; j++)
+                if (blocks[j] != KVRT_NULL_BLOCK)
+                    holders[g][blocks[j]]++;
+        }
+        for (uint32_t i = 0; i < p->num_seqs; i++) {
+            const int32_t *blocks;
+            uint32_t nb = 0;
+            if (kvrt_seq_group_blocks(w->sched, p->seqs[i].id, g, &blocks, &nb, NULL) != KVRT_OK)
+                breach("planned request 0x%llx is unknown", (unsigned long long)p->seqs[i].id);
+            for (uint32_t j = 0; j < nb; j++)
+                if (blocks[j] != KVRT_NULL_BLOCK)
+                    own[g][blocks[j]] = i + 1;
+        }
+    }
+    for (uint32_t i = 0; i < p->num_seqs; i++) {
+        for (int32_t t = p->query_start_loc[i]; t < p->query_start_loc[i + 1]; t++) {
+            for (uint32_t g = 0; g < p->num_groups; g++) {
+                int32_t b = (int32_t)(p->groups[g].slot_mapping[t] /
+                                      p->groups[g].tokens_per_block);
+                uint32_t others = holders[g][b] - (own[g][b] == i + 1);
+                if (others)
+                    breach("plan entry %u writes block %d of group %u, which %u other "
+                           "request(s) hold", i, b, g, others);
+                for (uint32_t a = 0; a < w->num_arrivals; a++)
+                    for (uint32_t j = 0; (w->arrivals[a].open_groups >> g & 1u) &&
+                                         j < w->arrivals[a].count[g]; j++)
+                        if (w->arrivals[a].blocks[g][j] == b)
+                            breach("plan entry %u writes block %d of group %u, which an "
+                                   "arrival not yet reported holds", i, b, g);
+            }
+        }
+    }
+    static int64_t mine[1u << 12], theirs[1u << 12];
+    for (uint32_t k = 0; k < w->num_plans; k++) { /* the plans in flight before p */
+        const kvrt_batch_plan_t *o = w->plans[k];
+        for (uint32_t g = 0; g < p->num_groups; g++) {
+            if (p->num_tokens > (1u << 12) || o->num_tokens > (1u << 12))
+                breach("plans of %u and %u tokens", p->num_tokens, o->num_tokens);
+            memcpy(mine, p->groups[g].slot_mapping, p->num_tokens * sizeof(int64_t));
+            memcpy(theirs, o->groups[g].slot_mapping, o->num_tokens * sizeof(int64_t));
+            qsort(mine, p->num_tokens, sizeof(int64_t), cmp_slot);
+            qsort(theirs, o->num_tokens, sizeof(int64_t), cmp_slot);
+            for (uint32_t x = 0, y = 0; x < p->num_tokens && y < o->num_tokens;) {
+                if (mine[x] == theirs[y])
+                    breach("two plans in flight write slot %lld of group %u",
+                           (long long)mine[x], g);
+                if (mine[x] < theirs[y])
+                    x++;
+                else
+                    y++;
+            }
+        }
+    }
+}
+
 /* One byte: an id added earlier (live, ended or drained), or one made up. */
 static kvrt_seq_id_t pick_id(const world_t *w, input_t *in)
 {
@@ -380,6 +464,7 @@ static void op_step(world_t *w, input_t *in)
             if (w->num_plans == KVRT_SCHED_MAX_PLANS_IN_FLIGHT)
                 breach("a step beyond %u plans in flight was accepted", w->num_plans);
             check_plan(w, plan);
+            check_plan_blocks(w, plan);
             w->plans[w->num_plans++] = plan;
         }
         return;
@@ -555,10 +640,25 @@ static void op_await(world_t *w, input_t *in)
         st = kvrt_seq_await_kv_groups(w->sched, id, &ap, groups, &arrival, first, count);
     }
     judge(w, st, &before, "kvrt_seq_await_kv");
-    if (st == KVRT_OK && w->num_arrivals < MAX_ARRIVALS)
-        w->arrivals[w->num_arrivals++] = arrival;
-    else if (st == KVRT_OK) /* no room to remember it: complete it now */
+    if (st != KVRT_OK)
+        return;
+    if (w->num_arrivals == MAX_ARRIVALS) { /* no room to remember it */
         kvrt_arrival_complete(w->sched, arrival, 0);
+        return;
+    }
+    arrival_t *a = &w->arrivals[w->num_arrivals++];
+    a->id = arrival;
+    a->open_groups = (1u << w->num_groups) - 1;
+    for (uint32_t g = 0; g < w->num_groups; g++) {
+        const int32_t *blocks = NULL;
+        uint32_t nb = 0;
+        if (kvrt_seq_group_blocks(w->sched, id, g, &blocks, &nb, NULL) != KVRT_OK ||
+            first[g] + count[g] > nb || count[g] > MAX_ARRIVAL_BLOCKS)
+            breach("arrival of blocks [%u, %u) in group %u, its request lists %u", first[g],
+                   first[g] + count[g], g, nb);
+        a->count[g] = count[g];
+        memcpy(a->blocks[g], blocks + first[g], count[g] * sizeof(int32_t));
+    }
 }
 
 static void op_complete(world_t *w, input_t *in)
@@ -572,10 +672,12 @@ static void op_complete(world_t *w, input_t *in)
     uint32_t i = which % w->num_arrivals;
     snapshot_t before;
     snap(w, &before);
-    kvrt_status_t st =
-        per_group ? kvrt_arrival_group_complete(w->sched, w->arrivals[i], group, landed)
-                  : kvrt_arrival_complete(w->sched, w->arrivals[i], landed);
+    arrival_t *a = &w->arrivals[i];
+    kvrt_status_t st = per_group ? kvrt_arrival_group_complete(w->sched, a->id, group, landed)
+                                 : kvrt_arrival_complete(w->sched, a->id, landed);
     judge(w, st, &before, "kvrt_arrival_complete");
+    if (st == KVRT_OK)
+        a->open_groups &= per_group ? ~(1u << group) : 0u;
     /* Completed arrivals stay listed: completing one again must be refused,
      * and the end completes every one that is not. */
 }
@@ -690,7 +792,7 @@ static void close_world(world_t *w)
     for (uint32_t i = 0; i < w->num_ids; i++)
         kvrt_seq_abort(w->sched, w->requests[i].id);
     for (uint32_t i = 0; i < w->num_arrivals; i++)
-        kvrt_arrival_complete(w->sched, w->arrivals[i], 0);
+        kvrt_arrival_complete(w->sched, w->arrivals[i].id, 0);
     verify(w, "the end's aborts");
     kvrt_seq_info_t events[16];
     uint32_t count = 1;
