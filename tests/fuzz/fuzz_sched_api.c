@@ -16,7 +16,8 @@
  * a plan respects its budget, and each of its tokens has a slot of its
  * own in a block its row holds at its position, in every group; the
  * blocks a plan writes are held by no other request, by no arrival still
- * being written and by no other plan in flight. Every
+ * being written and by no other plan in flight; a request a step
+ * preempts was the lowest of the running ones. Every
  * drained request's output is tokens the commits sampled, stops at its
  * first stop token past min_tokens and ends by length exactly at its
  * limit. At the end every plan is committed, every request aborted and
@@ -107,6 +108,8 @@ typedef struct request {
                             fewer under max_seq_tokens */
     uint32_t min_tokens; /* outputs before a stop token counts */
     uint32_t stops;      /* bit t: token t ends it */
+    int32_t priority;
+    uint64_t order;      /* kvrt_seq_add order */
 } request_t;
 
 /* An arrival the harness started: per group, the blocks its caller may be
@@ -342,6 +345,39 @@ static void check_plan_blocks(const world_t *w, const kvrt_batch_plan_t *p)
     }
 }
 
+static const request_t *find_request(const world_t *w, kvrt_seq_id_t id)
+{
+    for (uint32_t i = 0; i < w->num_ids; i++)
+        if (w->requests[i].id == id)
+            return &w->requests[i];
+    return NULL;
+}
+
+/* A request preempted by a step was the lowest of all running ones then:
+ * every request still running has a higher priority, or the same priority
+ * and an earlier arrival. */
+static void check_preempted(const world_t *w, const kvrt_batch_plan_t *p)
+{
+    for (uint32_t i = 0; i < p->num_preempted; i++) {
+        const request_t *v = find_request(w, p->preempted[i]);
+        if (!v)
+            continue;
+        for (uint32_t r = 0; r < w->num_ids; r++) {
+            const request_t *o = &w->requests[r];
+            kvrt_seq_info_t info;
+            if (kvrt_seq_info(w->sched, o->id, &info) != KVRT_OK ||
+                info.state != KVRT_SEQ_RUNNING)
+                continue;
+            if (o->priority < v->priority ||
+                (o->priority == v->priority && o->order > v->order))
+                breach("preempted request 0x%llx (priority %d, arrival %llu) while 0x%llx "
+                       "(priority %d, arrival %llu) runs",
+                       (unsigned long long)v->id, v->priority, (unsigned long long)v->order,
+                       (unsigned long long)o->id, o->priority, (unsigned long long)o->order);
+        }
+    }
+}
+
 /* One byte: an id added earlier (live, ended or drained), or one made up. */
 static kvrt_seq_id_t pick_id(const world_t *w, input_t *in)
 {
@@ -366,10 +402,7 @@ static void remember(world_t *w, const request_t *r)
  * min_tokens outputs, and ends by length exactly at its limit. */
 static void check_output(const world_t *w, const kvrt_seq_info_t *e)
 {
-    const request_t *r = NULL;
-    for (uint32_t i = 0; i < w->num_ids && !r; i++)
-        if (w->requests[i].id == e->id)
-            r = &w->requests[i];
+    const request_t *r = find_request(w, e->id);
     if (!r) /* its record was overwritten */
         return;
     uint32_t n = e->output_tokens;
@@ -440,7 +473,9 @@ static void op_add(world_t *w, input_t *in)
     kvrt_status_t st = kvrt_seq_add(w->sched, &p, &id);
     judge(w, st, &before, "kvrt_seq_add");
     if (st == KVRT_OK) {
-        request_t r = {.id = id, .limit = p.max_new_tokens};
+        request_t r = {.id = id, .limit = p.max_new_tokens, .order = w->tag};
+        if (p.field_mask & KVRT_SEQ_PARAM_PRIORITY)
+            r.priority = p.priority;
         if (len + r.limit > w->params.max_seq_tokens)
             r.limit = w->params.max_seq_tokens - len;
         if (p.field_mask & KVRT_SEQ_PARAM_MIN_TOKENS)
@@ -460,6 +495,7 @@ static void op_step(world_t *w, input_t *in)
     kvrt_status_t st = kvrt_sched_step(w->sched, w->now, &plan);
     if (st == KVRT_OK) {
         verify(w, "kvrt_sched_step");
+        check_preempted(w, plan);
         if (plan->num_seqs > 0) {
             if (w->num_plans == KVRT_SCHED_MAX_PLANS_IN_FLIGHT)
                 breach("a step beyond %u plans in flight was accepted", w->num_plans);
