@@ -353,20 +353,33 @@ static const request_t *find_request(const world_t *w, kvrt_seq_id_t id)
     return NULL;
 }
 
-/* A request preempted by a step was the lowest of all running ones then:
- * every request still running has a higher priority, or the same priority
- * and an earlier arrival. */
-static void check_preempted(const world_t *w, const kvrt_batch_plan_t *p)
+/* Bit r: requests[r] is running. */
+static uint64_t running_mask(const world_t *w)
 {
+    uint64_t mask = 0;
+    for (uint32_t r = 0; r < w->num_ids; r++) {
+        kvrt_seq_info_t info;
+        if (kvrt_seq_info(w->sched, w->requests[r].id, &info) == KVRT_OK &&
+            info.state == KVRT_SEQ_RUNNING)
+            mask |= 1ull << r;
+    }
+    return mask;
+}
+
+/* A request preempted by a step was the lowest of the running ones: every
+ * request that ran before the step and still runs has a higher priority,
+ * or the same priority and an earlier arrival. (One admitted by the same
+ * step may come later: admission orders by deadline before arrival.) */
+static void check_preempted(const world_t *w, const kvrt_batch_plan_t *p, uint64_t ran)
+{
+    ran &= running_mask(w);
     for (uint32_t i = 0; i < p->num_preempted; i++) {
         const request_t *v = find_request(w, p->preempted[i]);
         if (!v)
             continue;
         for (uint32_t r = 0; r < w->num_ids; r++) {
             const request_t *o = &w->requests[r];
-            kvrt_seq_info_t info;
-            if (kvrt_seq_info(w->sched, o->id, &info) != KVRT_OK ||
-                info.state != KVRT_SEQ_RUNNING)
+            if (!(ran >> r & 1u))
                 continue;
             if (o->priority < v->priority ||
                 (o->priority == v->priority && o->order > v->order))
@@ -492,10 +505,11 @@ static void op_step(world_t *w, input_t *in)
     snapshot_t before;
     snap(w, &before);
     const kvrt_batch_plan_t *plan = NULL;
+    uint64_t ran = running_mask(w);
     kvrt_status_t st = kvrt_sched_step(w->sched, w->now, &plan);
     if (st == KVRT_OK) {
         verify(w, "kvrt_sched_step");
-        check_preempted(w, plan);
+        check_preempted(w, plan, ran);
         if (plan->num_seqs > 0) {
             if (w->num_plans == KVRT_SCHED_MAX_PLANS_IN_FLIGHT)
                 breach("a step beyond %u plans in flight was accepted", w->num_plans);
