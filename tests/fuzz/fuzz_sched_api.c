@@ -136,6 +136,7 @@ typedef struct world {
     uint32_t num_arrivals;
     const kvrt_batch_plan_t *plans[KVRT_SCHED_MAX_PLANS_IN_FLIGHT]; /* oldest first */
     uint32_t num_plans;
+    bool abrupt_end; /* destroy the scheduler as it is, plans and arrivals open */
 } world_t;
 
 /* What an engine can see of the scheduler and its pools. */
@@ -758,14 +759,18 @@ static void run_op(world_t *w, input_t *in)
     }
 }
 
-/* Configuration bytes: flags, block sizes, pool size, batch tokens,
- * sequences, requests, tokens per request, drafts, window, policy. */
+/* Configuration bytes: flags (bit 0 two cache groups, 1 prefix caches,
+ * 2 speculation, 3 two plans in flight, 4 an abrupt end, 5-7 the cache
+ * policy), block sizes and scheduler switches, pool blocks, drafts (with
+ * speculation), batch tokens, sequences, requests, tokens per request,
+ * prefill chunk, then each group's sliding window (group 1 only uses it). */
 static bool open_world(world_t *w, input_t *in)
 {
     static const uint32_t tpbs[] = {1, 2, 4, 16};
     uint32_t flags = take(in, 1), sizes = take(in, 1);
     memset(w, 0, sizeof(*w));
     w->num_groups = (flags & 1u) ? 2 : 1;
+    w->abrupt_end = (flags & 0x10u) != 0;
     if (kvrt_ctx_create(NULL, &w->ctx) != KVRT_OK)
         breach("no context");
     uint32_t blocks = 4 + take(in, 1);
@@ -836,6 +841,20 @@ static bool open_world(world_t *w, input_t *in)
  * completed; then nothing may hold a block or a table. */
 static void close_world(world_t *w)
 {
+    if (w->abrupt_end) {
+        /* kvrt_sched_destroy frees every block it holds, those of plans in
+         * flight and of open arrivals included; the cache keeps its own. */
+        kvrt_sched_destroy(w->sched);
+        for (uint32_t g = 0; g < w->num_groups; g++) {
+            kvrt_pool_info_t info;
+            kvrt_pool_info(w->pools[g], &info);
+            if (kvrt_pool_verify(w->pools[g]) != KVRT_OK || info.used_blocks || info.live_tables)
+                breach("after kvrt_sched_destroy, pool %u: %u blocks and %u tables in use (%s)", g,
+                       info.used_blocks, info.live_tables, kvrt_ctx_last_error(w->ctx));
+        }
+        kvrt_ctx_destroy(w->ctx);
+        return;
+    }
     input_t none = {0};
     for (uint32_t guard = 0; w->num_plans && guard < 4; guard++)
         op_commit(w, &none, false);

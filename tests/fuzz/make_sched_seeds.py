@@ -10,7 +10,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "corpus", "sched_api")
 
 # open_world's flags
-TWO_GROUPS, CACHE, SPEC, ASYNC = 1, 2, 4, 8
+TWO_GROUPS, CACHE, SPEC, ASYNC, ABRUPT_END = 1, 2, 4, 8, 16
 # run_op's operation bytes (the byte modulo 12)
 ADD, STEP, COMMIT, HOSTILE, ABORT, DRAFTS, DRAIN, LOOK, ARRIVAL = 0, 2, 4, 6, 7, 8, 9, 10, 11
 
@@ -96,6 +96,8 @@ def main():
                              + add(10, 0, min_tokens=20, max_new=5) + cycle(4))
     seeds["stops_and_min_tokens"] = (config(0) + b"".join(
         add(12, 0, seed=i, stops=3, min_tokens=i, max_new=30) for i in range(6)) + cycle(60))
+    seeds["abrupt_destroy_in_flight"] = (config(CACHE | ASYNC | ABRUPT_END) + adds + cycle(6)
+                                         + bytes([ARRIVAL, 1, 0, 30, 200, 7]) + step() + step())
     for name, data in seeds.items():
         with open(os.path.join(OUT, name), "wb") as f:
             f.write(data)
