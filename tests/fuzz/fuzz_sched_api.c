@@ -19,7 +19,7 @@
  * the scheduler is destroyed as it stands: either way no block, table or
  * request may be left. A breach aborts, as does a sanitizer report.
  *
- * Input: 10 or 11 bytes of configuration (see open_world), then
+ * Input: 11 or 12 bytes of configuration (see open_world), then
  * operations, one byte each and their arguments (see run_op); a short
  * input ends with zeros, which are valid arguments. Choices that depend on
  * the scheduler's state come from a generator seeded by the input, so an
@@ -422,8 +422,8 @@ static void run_op(world_t *w, input_t *in)
 
 /* Configuration bytes: flags (bit 0 two cache groups, 1 prefix caches,
  * 2 speculation, 3 two plans in flight, 4 an abrupt end, 5-7 the cache
- * policy), block sizes and scheduler switches, pool blocks, drafts (with
- * speculation), batch tokens, sequences, requests, tokens per request,
+ * policy), block sizes and scheduler switches, pool blocks, tables per
+ * pool, drafts (with speculation), batch tokens, sequences, requests, tokens per request,
  * prefill chunk, then each group's sliding window (group 1 only uses it). */
 static bool open_world(world_t *w, input_t *in)
 {
@@ -435,6 +435,9 @@ static bool open_world(world_t *w, input_t *in)
     if (kvrt_ctx_create(NULL, &w->ctx) != KVRT_OK)
         breach("no context");
     uint32_t blocks = 4 + take(in, 1);
+    /* Tables: at times fewer than requests, so that admissions and
+     * arrivals meet KVRT_ERR_NO_TABLES. */
+    uint32_t tables = 2 + take(in, 1) % 63;
     for (uint32_t g = 0; g < w->num_groups; g++) {
         kvrt_kv_layout_t layout = {.num_layers = 1, .num_kv_heads = 1, .head_dim = 8,
                                    .tokens_per_block = tpbs[(sizes >> (2 * g)) & 3u]};
@@ -443,7 +446,7 @@ static bool open_world(world_t *w, input_t *in)
         /* Bookkeeping only: nothing reads or writes the blocks' memory. */
         kvrt_pool_params_t pp = {.field_mask = KVRT_POOL_PARAM_BASE | KVRT_POOL_PARAM_MAX_TABLES,
                                  .layout = layout,
-                                 .max_tables = 64,
+                                 .max_tables = tables,
                                  .num_blocks = blocks,
                                  .base = (void *)(uintptr_t)0x100000000ull,
                                  .base_bytes = block_bytes * blocks};

@@ -15,10 +15,10 @@ TWO_GROUPS, CACHE, SPEC, ASYNC, ABRUPT_END = 1, 2, 4, 8, 16
 ADD, STEP, COMMIT, HOSTILE, ABORT, DRAFTS, DRAIN, LOOK, ARRIVAL = 0, 2, 4, 6, 7, 8, 9, 10, 11
 
 
-def config(flags, tpb_sizes=3, blocks=60, k=4, batch=64, seqs=8, requests=24,
+def config(flags, tpb_sizes=3, blocks=60, tables=64, k=4, batch=64, seqs=8, requests=24,
            seq_tokens=100, chunk=32, windows=(16, 16), policy=0):
-    """The 10 or 11 configuration bytes (k only when SPEC is set)."""
-    b = [flags | (policy << 5), tpb_sizes, blocks - 4]
+    """The 11 or 12 configuration bytes (k only when SPEC is set)."""
+    b = [flags | (policy << 5), tpb_sizes, blocks - 4, tables - 2]
     if flags & SPEC:
         b.append(k - 1)
     b += [batch - 1, seqs - 1, requests - 1, (seq_tokens - 2) // 2, chunk - 1]
@@ -96,8 +96,16 @@ def main():
                              + add(10, 0, min_tokens=20, max_new=5) + cycle(4))
     seeds["stops_and_min_tokens"] = (config(0) + b"".join(
         add(12, 0, seed=i, stops=3, min_tokens=i, max_new=30) for i in range(6)) + cycle(60))
+    seeds["ngram_proposer"] = (config(SPEC | CACHE, tpb_sizes=3 | 0x10 | 0x80, k=4)
+                               + b"".join(add(40, 40, seed=i, max_new=30) for i in range(4))
+                               + cycle(40))
+    seeds["arrival_deadlines_and_groups"] = (
+        config(TWO_GROUPS | CACHE | ASYNC, tpb_sizes=0b0110, windows=(0, 9)) + adds
+        + b"".join(bytes([ARRIVAL, 1, 3, 20 + i, 2, i]) + step(5) for i in range(4))
+        + b"".join(bytes([ARRIVAL, 0, i, 3, i % 2, 1]) for i in range(4)) + cycle(20))
     seeds["abrupt_destroy_in_flight"] = (config(CACHE | ASYNC | ABRUPT_END) + adds + cycle(6)
                                          + bytes([ARRIVAL, 1, 0, 30, 200, 7]) + step() + step())
+    seeds["few_tables"] = config(CACHE | ASYNC, tables=5) + adds + cycle(20) + adds + cycle(20)
     for name, data in seeds.items():
         with open(os.path.join(OUT, name), "wb") as f:
             f.write(data)
