@@ -217,6 +217,13 @@ static kvrt_status_t check_seq_params(kvrt_sched_t *s, const kvrt_seq_params_t *
                     (i && mm[i].offset < mm[i - 1].offset + mm[i - 1].length))
                     return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
                                      "multimodal item %u empty, unsorted or overlapping", i);
+                if ((uint64_t)mm[i].offset + mm[i].length > p->prompt_len)
+                    return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                                     "multimodal item %u [%u, %llu) ends past the prompt of "
+                                     "%u tokens",
+                                     i, mm[i].offset,
+                                     (unsigned long long)mm[i].offset + mm[i].length,
+                                     p->prompt_len);
                 if (mm[i].length > s->max_batch_tokens)
                     return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
                                      "multimodal item %u of %u tokens is longer than "

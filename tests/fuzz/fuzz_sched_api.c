@@ -136,10 +136,13 @@ static void op_add(world_t *w, input_t *in)
     keys.salt_bytes = take(in, 1) % (KVRT_CACHE_SALT_MAX + 2);
     keys.num_mm_items = take(in, 1) % 4;
     memset(salt, (int)take(in, 1), sizeof(salt));
-    for (uint32_t i = 0; i < keys.num_mm_items && i < 3; i++) {
+    /* Items in order, apart, mostly inside the prompt (or not: refused). */
+    for (uint32_t i = 0, at = 0; i < keys.num_mm_items && i < 3; i++) {
         items[i].content_hash = (kvrt_block_hash_t){take(in, 1), 1};
-        items[i].offset = take(in, 1);
-        items[i].length = take(in, 1) % 64;
+        at += take(in, 1) % 48;
+        items[i].offset = at;
+        items[i].length = take(in, 1) % 40;
+        at += items[i].length;
     }
     p.keys = (shape & 16u) ? NULL : &keys;
     snapshot_t before;
@@ -157,6 +160,10 @@ static void op_add(world_t *w, input_t *in)
             r.min_tokens = p.min_tokens;
         for (uint32_t i = 0; (p.field_mask & KVRT_SEQ_PARAM_STOP) && i < p.num_stop_tokens; i++)
             r.stops |= 1u << stops[i];
+        if ((p.field_mask & KVRT_SEQ_PARAM_KEYS) && (keys.field_mask & KVRT_HASH_KEY_MM)) {
+            r.num_items = keys.num_mm_items;
+            memcpy(r.items, items, r.num_items * sizeof(items[0]));
+        }
         remember(w, &r);
     }
 }
@@ -177,6 +184,7 @@ static void op_step(world_t *w, input_t *in)
                 breach("a step beyond %u plans in flight was accepted", w->num_plans);
             check_plan(w, plan);
             check_plan_blocks(w, plan);
+            check_chunks(w, plan);
             w->plans[w->num_plans++] = plan;
         }
         return;

@@ -27,13 +27,16 @@ def config(flags, tpb_sizes=3, blocks=60, tables=64, k=4, batch=64, seqs=8, requ
 
 
 def add(length, shared, seed=1, max_new=12, stops=0, priority=0, cache_flags=0,
-        min_tokens=0, mask=0x7f, salt_bytes=0, shape=0):
+        min_tokens=0, mask=0x7f, salt_bytes=0, shape=0, items=()):
     """kvrt_seq_add: a prompt of `length` tokens whose first `shared` are
-    the common prefix, the rest drawn from `seed`."""
+    the common prefix, the rest drawn from `seed`; multimodal items as
+    (gap after the previous one, length)."""
+    keys = (2 if salt_bytes else 0) | (4 if items else 0)
+    item_bytes = b"".join(bytes([9, gap, n]) for gap, n in items)
     return bytes([ADD, shape, length - 1, shared, seed & 0xff, mask, max_new, stops,
                   priority & 0xff, 200, cache_flags, min_tokens,
                   1, 2, 3, 4,  # stop tokens
-                  2 if salt_bytes else 0, 0, salt_bytes, 0, 7])
+                  keys, 0, salt_bytes, len(items), 7]) + item_bytes
 
 
 def step(dt=1):
@@ -105,6 +108,10 @@ def main():
         + b"".join(bytes([ARRIVAL, 0, i, 3, i % 2, 1]) for i in range(4)) + cycle(20))
     seeds["abrupt_destroy_in_flight"] = (config(CACHE | ASYNC | ABRUPT_END) + adds + cycle(6)
                                          + bytes([ARRIVAL, 1, 0, 30, 200, 7]) + step() + step())
+    seeds["multimodal_items"] = (config(CACHE, batch=40, chunk=16, seq_tokens=200)
+                                 + b"".join(add(120, 0, seed=i, items=((5 + i, 30), (3, 12)))
+                                            for i in range(4))
+                                 + cycle(40))
     seeds["few_tables"] = config(CACHE | ASYNC, tables=5) + adds + cycle(20) + adds + cycle(20)
     for name, data in seeds.items():
         with open(os.path.join(OUT, name), "wb") as f:

@@ -44,6 +44,8 @@ typedef struct request {
     uint32_t stops;      /* bit t: token t ends it */
     int32_t priority;
     uint64_t order;      /* kvrt_seq_add order */
+    uint32_t num_items;  /* multimodal items */
+    kvrt_mm_item_t items[3];
 } request_t;
 
 /* An arrival the harness started: per group, the blocks its caller may be
@@ -286,6 +288,23 @@ static const request_t *find_request(const world_t *w, kvrt_seq_id_t id)
         if (w->requests[i].id == id)
             return &w->requests[i];
     return NULL;
+}
+
+/* A prefill chunk never ends inside a multimodal item of its request
+ * (the encoder's output is consumed whole). */
+static void check_chunks(const world_t *w, const kvrt_batch_plan_t *p)
+{
+    for (uint32_t i = 0; i < p->num_seqs; i++) {
+        const request_t *r = find_request(w, p->seqs[i].id);
+        if (!r || p->seqs[i].kind != KVRT_PLAN_PREFILL)
+            continue;
+        uint32_t end = p->seqs[i].num_computed_tokens + p->seqs[i].num_new_tokens;
+        for (uint32_t k = 0; k < r->num_items; k++)
+            if (r->items[k].offset < end && end < r->items[k].offset + r->items[k].length)
+                breach("a chunk of request 0x%llx ends at %u, inside its item [%u, %u)",
+                       (unsigned long long)r->id, end, r->items[k].offset,
+                       r->items[k].offset + r->items[k].length);
+    }
 }
 
 /* Bit r: requests[r] is running. */

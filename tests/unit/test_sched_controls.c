@@ -336,3 +336,29 @@ Test(sched_controls, an_item_beyond_the_budget_left_waits_and_one_beyond_any_ste
     kvrt_sched_destroy(small);
     close_fixture(&f);
 }
+
+Test(sched_controls, an_item_past_the_prompt_is_refused)
+{
+    fixture_t f = open_fixture(false, NULL);
+    int32_t prompt[30] = {0};
+    kvrt_mm_item_t items[2] = {{.offset = 4, .length = 8}, {.offset = 21, .length = 10}};
+    kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 2,
+                             .mm_items = items};
+    kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_KEYS, .prompt = prompt,
+                           .prompt_len = 30, .max_new_tokens = 4, .keys = &keys};
+    kvrt_seq_id_t id = 0;
+    /* [21, 31) ends one token past a prompt of 30: no chunk could hold it
+     * whole before the output starts. */
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_add(f.sched, &p, &id));
+    cr_assert_eq(id, 0);
+    cr_assert_str_not_empty(kvrt_ctx_last_error(f.ctx));
+    items[1].offset = 40;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_add(f.sched, &p, &id));
+    items[1] = (kvrt_mm_item_t){.offset = 20, .length = 10}; /* ends at the prompt's end */
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &id));
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, id));
+    kvrt_seq_info_t ev[1];
+    uint32_t n;
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 1, &n));
+    close_fixture(&f);
+}
