@@ -369,8 +369,9 @@ typedef struct kvrt_seq_params {
  * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown field bits, prompt_len or
  * max_new_tokens 0, a negative token id, too many stop tokens, NULL or bad
  * keys, a multimodal item longer than max_batch_tokens (it could never be
- * scheduled whole) or ending past the prompt, unknown cache flags, min_tokens above max_new_tokens, a
- * prompt that leaves no room for one output token under max_seq_tokens),
+ * scheduled whole) or ending past the prompt, unknown cache flags,
+ * min_tokens above max_new_tokens, a prompt that leaves no room for one
+ * output token under max_seq_tokens),
  * KVRT_ERR_NO_BLOCKS (the request could not fit in the pool even alone),
  * KVRT_ERR_REQUEST_LIMIT (max_requests live), KVRT_ERR_NO_MEMORY.
  */

@@ -3,7 +3,8 @@
  * drives (the requests and arrivals it started, the plans in flight) and
  * the invariants it checks after every call: pools and caches verify,
  * request counts add up, refused calls change nothing and say why, plans
- * agree with their rows and write only their own blocks, preemption takes
+ * agree with their rows, write only their own blocks and end no chunk
+ * inside a multimodal item, preemption takes
  * the lowest running request, outputs stop and end where they must.
  * Included by fuzz_sched_api.c only.
  */
