@@ -535,40 +535,50 @@ static void schedule_decodes(kvrt_sched_t *s, step_state_t *st)
         decode_pass(s, st, false);
 }
 
+/* The first of q's multimodal items (sorted, disjoint) that ends after
+ * position p; num_mm_items when none does. */
+static uint32_t item_ending_after(const seq_t *q, uint32_t p)
+{
+    const kvrt_mm_item_t *items = q->keys.mm_items;
+    uint32_t lo = 0, hi = q->keys.num_mm_items;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (items[mid].offset + items[mid].length <= p)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 /*
  * The next prefill chunk of q: at most min(its uncomputed tokens,
  * prefill_chunk_tokens, budget) tokens, cut so that it never ends inside a
  * multimodal item (the engine consumes an item's encoder output whole):
- * a chunk that would end inside an item ends before it instead; a chunk
- * that starts at (or, after a prefix hit, inside) an item takes the rest of
- * the item whole, past prefill_chunk_tokens if need be. 0 when that does
- * not fit in the budget left: q waits for a step with room for it.
+ * a chunk that starts at (or, after a prefix hit, inside) an item takes the
+ * rest of that item whole, past prefill_chunk_tokens if need be; a chunk
+ * whose end would fall inside an item (that one or a later one) ends
+ * before it instead. 0 when the item it starts in does not fit in the
+ * budget left: q waits for a step with room for it.
  */
 static uint32_t prefill_chunk(const kvrt_sched_t *s, const seq_t *q, uint32_t budget)
 {
     const uint32_t c = q->computed + q->ahead;
     uint32_t n = min_u32(min_u32(q->num_tokens - c, s->chunk_tokens), budget);
+    const uint32_t num_items = q->keys.num_mm_items;
+    if (KVRT_LIKELY(num_items == 0))
+        return n;
     const kvrt_mm_item_t *items = q->keys.mm_items;
-    uint32_t lo = 0, hi = q->keys.num_mm_items;
-    if (KVRT_LIKELY(hi == 0))
-        return n;
-    /* Items are sorted and disjoint: the first one ending after c. */
-    while (lo < hi) {
-        uint32_t mid = (lo + hi) / 2;
-        if (items[mid].offset + items[mid].length <= c)
-            lo = mid + 1;
-        else
-            hi = mid;
+    uint32_t k = item_ending_after(q, c);
+    if (k < num_items && items[k].offset <= c) { /* c is in item k */
+        uint32_t rest = min_u32(items[k].offset + items[k].length, q->num_tokens) - c;
+        if (n < rest)
+            return rest <= budget ? rest : 0;
     }
-    if (lo == q->keys.num_mm_items)
-        return n;
-    uint32_t start = items[lo].offset;
-    uint32_t end = min_u32(items[lo].offset + items[lo].length, q->num_tokens);
-    if (c + n <= start || c + n >= end)
-        return n; /* ends before the item, or covers all of it that is left */
-    if (start > c)
-        return start - c;
-    return end - c <= budget ? end - c : 0;
+    uint32_t j = item_ending_after(q, c + n);
+    if (j < num_items && items[j].offset < c + n) /* the end falls inside item j */
+        return items[j].offset - c; /* > 0: item j starts after c (see above) */
+    return n;
 }
 
 /* Pass 2: the next chunk of every running request still in prefill. */

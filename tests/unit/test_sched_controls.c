@@ -362,3 +362,33 @@ Test(sched_controls, an_item_past_the_prompt_is_refused)
     ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 1, &n));
     close_fixture(&f);
 }
+
+Test(sched_controls, a_chunk_that_covers_one_item_does_not_end_inside_the_next)
+{
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_CHUNK, .prefill_chunk_tokens = 32};
+    fixture_t f = open_fixture(false, &sp);
+    int32_t prompt[65] = {0};
+    kvrt_mm_item_t items[2] = {{.offset = 1, .length = 4}, {.offset = 22, .length = 16}};
+    kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 2,
+                             .mm_items = items};
+    kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_KEYS, .prompt = prompt,
+                           .prompt_len = 65, .max_new_tokens = 1, .keys = &keys};
+    kvrt_seq_id_t id;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &id));
+    /* 32 tokens from 0 would cover [1, 5) and end inside [22, 38): the
+     * chunk stops at 22; the next starts at the item and takes 32. */
+    const uint32_t ends[] = {22, 54, 65};
+    for (int k = 0; k < 3; k++) {
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
+        cr_assert_eq(plan->num_seqs, 1);
+        uint32_t end = plan->seqs[0].num_computed_tokens + plan->seqs[0].num_new_tokens;
+        cr_assert_eq(end, ends[k], "chunk %d ends at %u, not %u", k, end, ends[k]);
+        commit_token(&f, plan, 1);
+    }
+    kvrt_seq_info_t ev[1];
+    uint32_t n;
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 1, &n));
+    cr_assert_eq(n, 1);
+    close_fixture(&f);
+}
