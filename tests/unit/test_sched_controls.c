@@ -237,23 +237,23 @@ Test(sched_controls, requests_sharing_stop_sets_or_past_sixteen_sets_each_stop_o
     close_fixture(&f);
 }
 
-/* Prefill chunks of a request with items at [10, 30) and [40, 44) under
- * chunk limit 16 and budget `budget`; writes each chunk's length. */
-static uint32_t mm_chunks(uint32_t budget, uint32_t *chunks, uint32_t max_chunks)
+/* Prefill chunks of a request of prompt_len tokens (at most 80) with
+ * items[2] under chunk limit `chunk` and budget `budget`; writes each
+ * chunk's length. */
+static uint32_t mm_chunks(uint32_t budget, uint32_t chunk, uint32_t prompt_len,
+                          const kvrt_mm_item_t *items, uint32_t *chunks, uint32_t max_chunks)
 {
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
                                             KVRT_SCHED_PARAM_CHUNK,
-                              .max_batch_tokens = budget, .prefill_chunk_tokens = 16};
+                              .max_batch_tokens = budget, .prefill_chunk_tokens = chunk};
     fixture_t f = open_fixture(false, &sp);
-    int32_t prompt[50];
-    for (int i = 0; i < 50; i++)
+    int32_t prompt[80];
+    for (int i = 0; i < 80; i++)
         prompt[i] = i;
-    kvrt_mm_item_t items[2] = {{.content_hash = {1, 2}, .offset = 10, .length = 20},
-                               {.content_hash = {3, 4}, .offset = 40, .length = 4}};
     kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 2,
                              .mm_items = items};
     kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_KEYS, .prompt = prompt,
-                           .prompt_len = 50, .max_new_tokens = 1, .keys = &keys};
+                           .prompt_len = prompt_len, .max_new_tokens = 1, .keys = &keys};
     kvrt_seq_id_t id;
     ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &id));
     uint32_t n = 0;
@@ -276,8 +276,10 @@ static uint32_t mm_chunks(uint32_t budget, uint32_t *chunks, uint32_t max_chunks
 
 Test(sched_controls, a_prefill_chunk_never_ends_inside_a_multimodal_item)
 {
+    const kvrt_mm_item_t items[2] = {{.content_hash = {1, 2}, .offset = 10, .length = 20},
+                                     {.content_hash = {3, 4}, .offset = 40, .length = 4}};
     uint32_t chunks[8];
-    uint32_t n = mm_chunks(64, chunks, 8);
+    uint32_t n = mm_chunks(64, 16, 50, items, chunks, 8);
     /* [0,10) stops before the first item (16 would end inside it); [10,30)
      * is that item whole, past the chunk limit of 16; [30,46) holds the
      * second item whole; [46,50) is the rest. */
@@ -365,30 +367,12 @@ Test(sched_controls, an_item_past_the_prompt_is_refused)
 
 Test(sched_controls, a_chunk_that_covers_one_item_does_not_end_inside_the_next)
 {
-    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_CHUNK, .prefill_chunk_tokens = 32};
-    fixture_t f = open_fixture(false, &sp);
-    int32_t prompt[65] = {0};
-    kvrt_mm_item_t items[2] = {{.offset = 1, .length = 4}, {.offset = 22, .length = 16}};
-    kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 2,
-                             .mm_items = items};
-    kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_KEYS, .prompt = prompt,
-                           .prompt_len = 65, .max_new_tokens = 1, .keys = &keys};
-    kvrt_seq_id_t id;
-    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &id));
+    const kvrt_mm_item_t items[2] = {{.offset = 1, .length = 4}, {.offset = 22, .length = 16}};
+    uint32_t chunks[8];
+    uint32_t n = mm_chunks(8192, 32, 65, items, chunks, 8);
     /* 32 tokens from 0 would cover [1, 5) and end inside [22, 38): the
-     * chunk stops at 22; the next starts at the item and takes 32. */
-    const uint32_t ends[] = {22, 54, 65};
-    for (int k = 0; k < 3; k++) {
-        const kvrt_batch_plan_t *plan;
-        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
-        cr_assert_eq(plan->num_seqs, 1);
-        uint32_t end = plan->seqs[0].num_computed_tokens + plan->seqs[0].num_new_tokens;
-        cr_assert_eq(end, ends[k], "chunk %d ends at %u, not %u", k, end, ends[k]);
-        commit_token(&f, plan, 1);
-    }
-    kvrt_seq_info_t ev[1];
-    uint32_t n;
-    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 1, &n));
-    cr_assert_eq(n, 1);
-    close_fixture(&f);
+     * chunk stops at 22; the next starts at that item and takes 32. */
+    uint32_t want[] = {22, 32, 11};
+    cr_assert_eq(n, 3, "%u chunks", n);
+    cr_assert_arr_eq(chunks, want, sizeof(want));
 }
