@@ -162,6 +162,17 @@ static int cmp_slot(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+#define MAX_PLAN_TOKENS (1u << 12) /* above any budget open_world makes */
+
+/* Group g's slots of plan p, sorted, into out[MAX_PLAN_TOKENS]. */
+static void sorted_slots(const kvrt_batch_plan_t *p, uint32_t g, int64_t *out)
+{
+    if (p->num_tokens > MAX_PLAN_TOKENS)
+        breach("a plan of %u tokens, over its budget", p->num_tokens);
+    memcpy(out, p->groups[g].slot_mapping, p->num_tokens * sizeof(int64_t));
+    qsort(out, p->num_tokens, sizeof(int64_t), cmp_slot);
+}
+
 /* A plan's arrays agree with each other and with the rows, group by group. */
 static void check_plan(const world_t *w, const kvrt_batch_plan_t *p)
 {
@@ -202,10 +213,9 @@ static void check_plan(const world_t *w, const kvrt_batch_plan_t *p)
             }
         }
     }
-    static int64_t slots[1u << 12];
-    for (uint32_t g = 0; g < p->num_groups && p->num_tokens <= (1u << 12); g++) {
-        memcpy(slots, p->groups[g].slot_mapping, p->num_tokens * sizeof(int64_t));
-        qsort(slots, p->num_tokens, sizeof(int64_t), cmp_slot);
+    static int64_t slots[MAX_PLAN_TOKENS];
+    for (uint32_t g = 0; g < p->num_groups; g++) {
+        sorted_slots(p, g, slots);
         for (uint32_t t = 1; t < p->num_tokens; t++)
             if (slots[t] == slots[t - 1])
                 breach("plan: two tokens write slot %lld of group %u", (long long)slots[t], g);
@@ -260,16 +270,12 @@ static void check_plan_blocks(const world_t *w, const kvrt_batch_plan_t *p)
             }
         }
     }
-    static int64_t mine[1u << 12], theirs[1u << 12];
+    static int64_t mine[MAX_PLAN_TOKENS], theirs[MAX_PLAN_TOKENS];
     for (uint32_t k = 0; k < w->num_plans; k++) { /* the plans in flight before p */
         const kvrt_batch_plan_t *o = w->plans[k];
         for (uint32_t g = 0; g < p->num_groups; g++) {
-            if (p->num_tokens > (1u << 12) || o->num_tokens > (1u << 12))
-                breach("plans of %u and %u tokens", p->num_tokens, o->num_tokens);
-            memcpy(mine, p->groups[g].slot_mapping, p->num_tokens * sizeof(int64_t));
-            memcpy(theirs, o->groups[g].slot_mapping, o->num_tokens * sizeof(int64_t));
-            qsort(mine, p->num_tokens, sizeof(int64_t), cmp_slot);
-            qsort(theirs, o->num_tokens, sizeof(int64_t), cmp_slot);
+            sorted_slots(p, g, mine);
+            sorted_slots(o, g, theirs);
             for (uint32_t x = 0, y = 0; x < p->num_tokens && y < o->num_tokens;) {
                 if (mine[x] == theirs[y])
                     breach("two plans in flight write slot %lld of group %u",
