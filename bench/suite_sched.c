@@ -13,7 +13,9 @@
  * N against plain at 1K (target: within 1.3x, a flat cost per sequence),
  * the cache variant against plain at the same N (within 1.3x), the
  * speculative one against plain at the same N (within 2x). The bare memcpy
- * of the plan's arrays is in the note.
+ * of the plan's arrays and the ideal loop at the same N (sched_ideal.c:
+ * the memory a decode step and commit cannot avoid, no scheduler) are in
+ * the note, the ideal loop with its ratio to its own figure at 1K.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +24,7 @@
 
 #include "bench.h"
 #include "sched_bench.h"
+#include "sched_ideal.h"
 #include "kvrt/kvrt.h"
 
 #define TPB 16u
@@ -303,7 +306,7 @@ static int run_sched(const bench_options_t *o)
          "; 4 drafts each carried by the commit, 0-4 accepted"},
         {"stop", NO_DRAFTS, false, true, "; 2 stop tokens each (checked, never sampled)"},
     };
-    double plain[NUM_SIZES], stop[NUM_SIZES];
+    double plain[NUM_SIZES], stop[NUM_SIZES], ideal[NUM_SIZES] = {0};
     /* KVRT_BENCH_SCHED=<variant>.<n> runs that one configuration, e.g.
      * under callgrind. */
     const char *only = getenv("KVRT_BENCH_SCHED");
@@ -321,13 +324,21 @@ static int run_sched(const bench_options_t *o)
             double *own = v->stops ? stop : plain;
             if (flat)
                 own[i] = ns;
-            char name[64], note[200], baseline[32];
+            /* Once per size, before its first figure's note. */
+            if (ideal[i] == 0 &&
+                sched_ideal_ns(sizes[i], o->quick ? 10 : 20, o->repeats, &ideal[i]))
+                return -1;
+            char ideal_ratio[32] = "";
+            if (ideal[0] > 0 && i > 0)
+                snprintf(ideal_ratio, sizeof(ideal_ratio), ", %.2fx its 1K", ideal[i] / ideal[0]);
+            char name[64], note[280], baseline[32];
             snprintf(name, sizeof(name), "sched.step_commit.%s%s%u", vi ? v->name : "",
                      vi ? "." : "", sizes[i]);
             snprintf(note, sizeof(note),
                      "%u running decodes (1-2K context), %u waiting%s; thread CPU time "
-                     "%.1f ns/seq; memcpy of the plan arrays %.2f ns/seq",
-                     sizes[i], WAITING, v->note, cpu_ns, copy_ns);
+                     "%.1f ns/seq; memcpy of the plan arrays %.2f ns/seq; ideal loop %.2f "
+                     "ns/seq%s",
+                     sizes[i], WAITING, v->note, cpu_ns, copy_ns, ideal[i], ideal_ratio);
             if (flat)
                 snprintf(baseline, sizeof(baseline), "%s_at_1024", v->name);
             else
