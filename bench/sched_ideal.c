@@ -110,8 +110,8 @@ static int ideal_open(ideal_t *d, uint32_t n, uint32_t steps)
         return -1;
     for (uint32_t b = 0; b < d->num_free; b++)
         d->free_stack[b] = (int32_t)(d->num_free - b);
-    /* Lengths spread over the block so that crossings spread over steps;
-     * token arrays start low enough for every timed step's append. */
+    /* Lengths spread over a block's positions so that crossings spread
+     * over the steps (appends wrap inside the token array: ideal_commit). */
     for (uint32_t i = 0; i < n; i++) {
         ideal_record_t *r = &d->records[i];
         r->num_tokens = 1 + (i * 7) % (IDEAL_TOKENS / 2);

@@ -12,7 +12,7 @@
  * one untimed run), of this thread's CPU time per sequence in ns, at n
  * sequences, into *ns_out. Returns 0, or -1 on a zero n or iters, repeats
  * outside 1..1000, or no memory (*ns_out unchanged). Allocates and frees
- * about 4.6 KiB per sequence. */
+ * about 5 KiB per sequence. */
 int sched_ideal_ns(uint32_t n, uint32_t iters, int repeats, double *ns_out);
 
 #endif
