@@ -4,8 +4,8 @@
  * the invariants it checks after every call: pools and caches verify,
  * request counts add up, refused calls change nothing and say why, plans
  * agree with their rows, write only their own blocks and end no chunk
- * inside a multimodal item, preemption takes
- * the lowest running request, outputs stop and end where they must.
+ * inside a multimodal item, preemption takes the lowest running request,
+ * outputs stop and end where they must.
  * Included by fuzz_sched_api.c only.
  */
 #ifndef KVRT_FUZZ_SCHED_API_CHECKS_H
