@@ -58,6 +58,19 @@ double bench_median(double *samples, int n)
 
 void bench_consume(const void *p) { __asm__ volatile("" : : "r"(p) : "memory"); }
 
+bool bench_list_has(const char *list, const char *name)
+{
+    const size_t len = strlen(name);
+    for (const char *p = list; p && *p;) {
+        const char *comma = strchr(p, ',');
+        const size_t item = comma ? (size_t)(comma - p) : strlen(p);
+        if (item == len && strncmp(p, name, len) == 0)
+            return true;
+        p = comma ? comma + 1 : NULL;
+    }
+    return false;
+}
+
 /* A JSON string: quotes, backslashes and control characters escaped. */
 static void json_string(const char *s)
 {

@@ -58,6 +58,8 @@ uint64_t bench_thread_cpu_ns(void);
 double bench_median(double *samples, int n);
 /* Defeats dead-code elimination of a benchmarked result. */
 void bench_consume(const void *p);
+/* Whether name is an item of list, a comma-separated list ("a,b,c"). */
+bool bench_list_has(const char *list, const char *name);
 
 /* For kvrt_bench.c (the runner) only. */
 bench_suite_t *bench_suites(void);

@@ -90,17 +90,9 @@ static bool selected(const char *name, char **wanted, int n_wanted, bool default
 {
     if (n_wanted == 0)
         return default_on;
-    for (int i = 0; i < n_wanted; i++) {
-        char *list = wanted[i];
-        size_t len = strlen(name);
-        for (char *p = list; p && *p;) {
-            char *comma = strchr(p, ',');
-            size_t item = comma ? (size_t)(comma - p) : strlen(p);
-            if ((item == len && strncmp(p, name, len) == 0) || (item == 3 && !strncmp(p, "all", 3)))
-                return true;
-            p = comma ? comma + 1 : NULL;
-        }
-    }
+    for (int i = 0; i < n_wanted; i++)
+        if (bench_list_has(wanted[i], name) || bench_list_has(wanted[i], "all"))
+            return true;
     return false;
 }
 

@@ -306,9 +306,11 @@ static int run_sched(const bench_options_t *o)
          "; 4 drafts each carried by the commit, 0-4 accepted"},
         {"stop", NO_DRAFTS, false, true, "; 2 stop tokens each (checked, never sampled)"},
     };
-    double plain[NUM_SIZES], stop[NUM_SIZES], ideal[NUM_SIZES] = {0};
-    /* KVRT_BENCH_SCHED=<variant>.<n> runs that one configuration, e.g.
-     * under callgrind. */
+    double plain[NUM_SIZES] = {0}, stop[NUM_SIZES] = {0}, ideal[NUM_SIZES] = {0};
+    /* KVRT_BENCH_SCHED=<variant>.<n>[,...] runs those configurations only,
+     * e.g. one under callgrind, or a ratio and its baseline in one process
+     * (plain.32768,spec4.32768); a figure whose baseline did not run has
+     * none. */
     const char *only = getenv("KVRT_BENCH_SCHED");
     for (int vi = 0; vi < NUM_VARIANTS; vi++) {
         const variant_t *v = &variants[vi];
@@ -316,7 +318,7 @@ static int run_sched(const bench_options_t *o)
         for (int i = 0; i < count; i++) {
             char config[32];
             snprintf(config, sizeof(config), "%s.%u", v->name, sizes[i]);
-            if (only && strcmp(only, config) != 0)
+            if (only && !bench_list_has(only, config))
                 continue;
             double ns, cpu_ns, copy_ns;
             if (run_size(o, sizes[i], v, &ns, &cpu_ns, &copy_ns))
@@ -343,7 +345,7 @@ static int run_sched(const bench_options_t *o)
                 snprintf(baseline, sizeof(baseline), "%s_at_1024", v->name);
             else
                 snprintf(baseline, sizeof(baseline), "plain_same_n");
-            double base = only ? 0 : flat ? own[0] : plain[i];
+            double base = flat ? own[0] : plain[i]; /* 0: it did not run */
             bench_report(&(bench_figure_t){
                 .name = name, .unit = "ns/seq", .value = ns, .baseline_name = baseline,
                 .baseline_value = base,

@@ -169,20 +169,20 @@ static int run_sched_hybrid(const bench_options_t *o)
     static const uint32_t sizes[3] = {1024, 4096, 16384};
     static const uint32_t group_counts[2] = {2, 4};
     const int count = o->quick && !getenv("KVRT_BENCH_SCHED_HYBRID") ? 2 : 3;
-    /* KVRT_BENCH_SCHED_HYBRID=<groups>.<n> runs that one configuration
-     * (1 is the one-group baseline), e.g. under callgrind. */
+    /* KVRT_BENCH_SCHED_HYBRID=<groups>.<n>[,...] runs those configurations
+     * only (1 is the one-group baseline), e.g. one under callgrind. */
     const char *only = getenv("KVRT_BENCH_SCHED_HYBRID");
     for (int i = 0; i < count; i++) {
         double single = 0, single_cpu = 0;
         char config[32];
         snprintf(config, sizeof(config), "1.%u", sizes[i]);
-        if ((!only || strcmp(only, config) == 0) &&
+        if ((!only || bench_list_has(only, config)) &&
             hy_run(o, sizes[i], 1, &single, &single_cpu))
             return -1;
         for (int k = 0; k < 2; k++) {
             const uint32_t groups = group_counts[k];
             snprintf(config, sizeof(config), "%u.%u", groups, sizes[i]);
-            if (only && strcmp(only, config) != 0)
+            if (only && !bench_list_has(only, config))
                 continue;
             double ns, cpu_ns;
             if (hy_run(o, sizes[i], groups, &ns, &cpu_ns))
