@@ -410,8 +410,8 @@ kvrt_status_t kvrt_seq_set_draft(kvrt_sched_t *sched, kvrt_seq_id_t id,
  * call (what an engine with a draft model does every step): sequence
  * ids[i] gets counts[i] draft tokens, taken in order from tokens (their
  * concatenation, sum(counts) long). Copied; nothing is retained. All or
- * nothing: every entry is checked before any draft changes. An id listed
- * twice keeps its last entry.
+ * nothing: a call refused (at any entry) leaves every request's drafts as
+ * they were. An id listed twice keeps its last entry.
  * Errors: as kvrt_seq_set_draft (naming the first bad entry), and
  * KVRT_ERR_INVALID_ARG for NULL ids/counts with num_seqs > 0.
  */

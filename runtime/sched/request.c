@@ -465,48 +465,72 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_set_drafts(kvrt_sched_t *s, uint32_t num_se
                          "speculation is off (max_draft_tokens 0)");
     if (KVRT_UNLIKELY(num_seqs && (!ids || !counts)))
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "ids and counts are required");
-    /* Pass 1 checks every entry and copies its drafts into a request
-     * whose previous ones were consumed (engine_drafts 0: the step ignores
-     * its draft line, so a call refused later has changed nothing anyone
-     * reads); pass 2 publishes the counts, copying the rest. A failing
-     * entry is checked again by check_draft for its message. */
+    /* One pass checks every entry and gives a request its drafts when
+     * its previous ones were consumed (count 0); the rest (drafts not yet
+     * consumed, or an id given twice) wait for a second pass, which runs
+     * only when there are any: most steps the engine sets each request's
+     * drafts once, and a second walk over tens of thousands of requests
+     * would fetch each one's line again. A call refused midway takes back
+     * the counts it gave (drafts_published), which were 0 before it; what
+     * those requests' draft lines now hold no one reads at count 0. A
+     * failing entry is checked again by check_draft for its message. */
+    uint32_t *const published = s->drafts_published;
+    uint32_t num_published = 0, waiting = 0, failed = num_seqs;
     kvrt_status_t status = KVRT_OK;
     uint64_t total = 0;
     for (uint32_t i = 0; i < num_seqs; i++) {
         if (i + SCHED_PREFETCH < num_seqs) {
             uint32_t ahead = (uint32_t)ids[i + SCHED_PREFETCH] - 1;
             if (ahead < s->max_requests) { /* its first line, and its drafts' */
-                __builtin_prefetch(&s->seqs[ahead]);
+                __builtin_prefetch(&s->seqs[ahead], 1);
                 __builtin_prefetch(s->seqs[ahead].draft, 1);
             }
         }
         seq_t *q = sched_lookup(s, ids[i]);
-        if (KVRT_UNLIKELY(!q || counts[i] > s->max_draft || (counts[i] && !tokens) ||
+        const uint32_t n = counts[i];
+        if (KVRT_UNLIKELY(!q || n > s->max_draft || (n && !tokens) ||
                           q->state != KVRT_SEQ_RUNNING || q->in_prefill)) {
-            check_draft(s, ids[i], tokens + total, counts[i], &status);
-            return kvrt_fail(s->ctx, status, "entry %u: %s", i, kvrt_ctx_last_error(s->ctx));
+            check_draft(s, ids[i], tokens + total, n, &status);
+            failed = i;
+            break;
         }
-        if (KVRT_LIKELY(!q->engine_drafts)) /* 16 bytes at once when the array has them */
-            sched_copy32(q->draft, KVRT_SCHED_MAX_DRAFT, tokens + total, counts[i], counts[i]);
-        total += counts[i];
+        if (KVRT_LIKELY(!q->engine_drafts && num_published < s->max_seqs)) {
+            if (n) { /* (a count of 0 changes nothing: none to take back) */
+                sched_copy32(q->draft, KVRT_SCHED_MAX_DRAFT, tokens + total, n, n);
+                q->engine_drafts = (uint8_t)n;
+                published[num_published++] = sched_slot(s, q);
+            }
+        } else {
+            waiting++;
+        }
+        total += n;
     }
-    /* The tokens, all in one loop over their concatenation. */
-    int32_t any = 0;
-    for (uint64_t k = 0; k < total; k++)
-        any |= tokens[k];
-    if (KVRT_UNLIKELY(any < 0)) {
-        const int32_t *at = tokens;
-        for (uint32_t i = 0; i < num_seqs; at += counts[i++])
-            if (!check_draft(s, ids[i], at, counts[i], &status))
-                return kvrt_fail(s->ctx, status, "entry %u: %s", i,
-                                 kvrt_ctx_last_error(s->ctx));
+    if (KVRT_LIKELY(failed == num_seqs)) {
+        /* The tokens, all in one loop over their concatenation. */
+        int32_t any = 0;
+        for (uint64_t k = 0; k < total; k++)
+            any |= tokens[k];
+        if (KVRT_UNLIKELY(any < 0)) {
+            const int32_t *at = tokens;
+            for (uint32_t i = 0; i < num_seqs && failed == num_seqs; at += counts[i++])
+                if (!check_draft(s, ids[i], at, counts[i], &status))
+                    failed = i;
+        }
     }
+    if (KVRT_UNLIKELY(failed != num_seqs)) {
+        for (uint32_t k = 0; k < num_published; k++)
+            s->seqs[published[k]].engine_drafts = 0;
+        return kvrt_fail(s->ctx, status, "entry %u: %s", failed, kvrt_ctx_last_error(s->ctx));
+    }
+    if (KVRT_LIKELY(waiting == 0))
+        return KVRT_OK;
+    /* Every entry again, in order, so that an id given twice keeps its
+     * last drafts. */
     const int32_t *at = tokens;
     for (uint32_t i = 0; i < num_seqs; i++) {
-        seq_t *q = &s->seqs[(uint32_t)ids[i] - 1]; /* looked up in pass 1 */
+        seq_t *q = &s->seqs[(uint32_t)ids[i] - 1]; /* looked up above */
         const uint32_t n = counts[i];
-        if (KVRT_UNLIKELY(q->engine_drafts)) /* drafts set twice before a step */
-            sched_copy32(q->draft, KVRT_SCHED_MAX_DRAFT, at, (size_t)(tokens + total - at), n);
+        sched_copy32(q->draft, KVRT_SCHED_MAX_DRAFT, at, (size_t)(tokens + total - at), n);
         q->engine_drafts = (uint8_t)n;
         at += n;
     }

@@ -222,6 +222,7 @@ static void sched_free(kvrt_sched_t *s)
     kvrt_free_large(s->seqs);
     kvrt_free_large(s->heap);
     kvrt_free_large(s->running);
+    kvrt_free_large(s->drafts_published);
     if (s->arrivals)
         sched_free_arrivals(s);
     kvrt_free_large(s->window);
@@ -306,6 +307,7 @@ static bool alloc_arrays(kvrt_sched_t *s)
     s->window = kvrt_calloc_large_resident(KVRT_SCHED_HIT_WINDOW, sizeof(*s->window));
     s->drained_memory = kvrt_calloc_large_resident(reqs, sizeof(*s->drained_memory));
     s->running = kvrt_calloc_large_resident(seqs, sizeof(*s->running));
+    s->drafts_published = kvrt_calloc_large_resident(seqs, sizeof(*s->drafts_published));
     s->rows = kvrt_calloc_large(seqs * s->row_stride, sizeof(*s->rows));
     s->free_rows = kvrt_calloc_large_resident(seqs, sizeof(*s->free_rows));
     bool ok = true;
@@ -319,7 +321,7 @@ static bool alloc_arrays(kvrt_sched_t *s)
     s->rc.row_mark = kvrt_calloc_large_resident(seqs, sizeof(uint64_t));
     s->match_blocks = kvrt_calloc_large_resident(s->row_stride, sizeof(int32_t));
     return ok && s->seqs && s->heap && s->ended && s->arrivals && s->landed_slots && s->window &&
-           s->drained_memory && s->running && s->rows && s->free_rows && s->rc.row_mark &&
+           s->drained_memory && s->running && s->drafts_published && s->rows && s->free_rows && s->rc.row_mark &&
            s->match_blocks && sched_groups_alloc(s);
 }
 

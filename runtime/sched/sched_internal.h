@@ -347,6 +347,10 @@ struct kvrt_sched {
                                    (see step.c), SCHED_NONE when none */
 
     uint32_t *running;          /* [max_seqs] slot indices, admission order */
+    /* [max_seqs] kvrt_sched_set_drafts: the requests one call has given
+     * drafts so far, whose count it takes back if it is refused. Only
+     * running requests take drafts, each once a call: max_seqs. */
+    uint32_t *drafts_published;
     uint32_t num_running;       /* entries, some possibly stale */
     uint32_t running_live;      /* RUNNING requests, and ENDED ones whose
                                    release waits for a plan's commit */

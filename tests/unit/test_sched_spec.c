@@ -434,6 +434,13 @@ Test(sched_spec, set_drafts_for_many_requests_is_all_or_nothing)
     kvrt_seq_id_t unknown[2] = {id[1], id[2] + 0x200000000ull};
     ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST,
                   kvrt_sched_set_drafts(f.sched, 2, unknown, two, bad));
+    /* Refused at its last entry, a call that named 1 twice and cleared 0
+     * (count 0) leaves both as they were. */
+    kvrt_seq_id_t mixed[4] = {id[1], id[1], id[0], id[2] + 0x200000000ull};
+    uint32_t mixed_counts[4] = {2, 1, 0, 1};
+    int32_t mixed_tokens[4] = {61, 62, 63, 64};
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST,
+                  kvrt_sched_set_drafts(f.sched, 4, mixed, mixed_counts, mixed_tokens));
     /* Request 2 is named twice: the later drafts win, as with two calls. */
     kvrt_seq_id_t twice[2] = {id[2], id[2]};
     uint32_t counts[2] = {3, 1};
