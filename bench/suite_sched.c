@@ -7,12 +7,16 @@
  * sequence with a varying accepted count (rollback included), set in one
  * kvrt_sched_set_drafts call (spec4) or carried by the commit before
  * (spec4c, KVRT_COMMIT_DRAFTS, as an engine whose draft model runs right
- * after verification would).
+ * after verification would); and the plain one with requests ending
+ * (ends: n/1024 running requests aborted before each step, and drained
+ * after its commit, as an engine whose requests finish all the time; no
+ * queue behind them, so nobody takes their places).
  *
  * Figures are per sequence, with baselines from the same run: plain at
  * N against plain at 1K (target: within 1.3x, a flat cost per sequence),
  * the cache variant against plain at the same N (within 1.3x), the
- * speculative one against plain at the same N (within 2x). The bare memcpy
+ * speculative one against plain at the same N (within 2x), the one with
+ * ends against plain at the same N (within 1.3x; per planned sequence). The bare memcpy
  * of the plan's arrays and the ideal loop at the same N (sched_ideal.c:
  * the memory a decode step and commit cannot avoid, no scheduler) are in
  * the note, the ideal loop with its ratio to its own figure at 1K.
@@ -47,6 +51,11 @@ typedef struct fixture {
     uint32_t *draft_counts;   /* DRAFTS for every sequence */
     int32_t *draft_all;       /* draft_tokens, once per sequence */
     uint64_t now;
+    uint32_t waiting;         /* queued behind the running ones */
+    uint32_t ends;            /* requests aborted before each step */
+    uint32_t next_end;        /* the next one's index in ids */
+    uint32_t ended;
+    uint64_t planned;         /* plan entries so far */
 } fixture_t;
 
 static void fixture_close(fixture_t *f)
@@ -64,13 +73,16 @@ static void fixture_close(fixture_t *f)
     }
 }
 
-/* N running decodes with 1-2K tokens of context, WAITING more queued;
- * stops: every request has two stop tokens (as an engine's EOS tokens),
- * which the commit checks and no sampled token matches. */
-static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache, bool stops)
+/* N running decodes with 1-2K tokens of context, WAITING more queued
+ * (none with ends); stops: every request has two stop tokens (as an
+ * engine's EOS tokens), which the commit checks and no sampled token
+ * matches. */
+static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache, bool stops, bool ends)
 {
     memset(f, 0, sizeof(*f));
     f->n = n;
+    f->waiting = ends ? 0 : WAITING;
+    f->ends = ends ? (n + 1023) / 1024 : 0;
     kvrt_kv_layout_t layout = {.num_layers = 32, .num_kv_heads = 8, .head_dim = 128,
                                .tokens_per_block = TPB};
     uint64_t block_bytes = 0;
@@ -90,7 +102,7 @@ static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache, bool st
                       (spec ? KVRT_SCHED_PARAM_DRAFT | KVRT_SCHED_PARAM_ADAPTIVE_DRAFT : 0),
         .max_batch_tokens = budget < 65536 ? 65536 : budget,
         .max_seqs = n,
-        .max_requests = n + WAITING + 64,
+        .max_requests = n + f->waiting + 64,
         .max_seq_tokens = MAX_SEQ_TOKENS,
         .max_draft_tokens = DRAFTS,
         .adaptive_draft = 0,
@@ -102,12 +114,12 @@ static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache, bool st
         fprintf(stderr, "sched fixture: %s\n", kvrt_ctx_last_error(f->ctx));
         return -1;
     }
-    f->ids = calloc(n + WAITING, sizeof(*f->ids));
+    f->ids = calloc(n + f->waiting, sizeof(*f->ids));
     f->tokens = calloc((size_t)n * (1 + DRAFTS), sizeof(int32_t));
     static int32_t prompt[2048];
     static const int32_t stop_tokens[2] = {2, 31999};
     uint64_t rng = 0x1234567ull + n;
-    for (uint32_t i = 0; i < n + WAITING; i++) {
+    for (uint32_t i = 0; i < n + f->waiting; i++) {
         uint32_t len = sched_bench_prompt(&rng, prompt);
         kvrt_seq_params_t p = {.field_mask = stops ? KVRT_SEQ_PARAM_STOP : 0,
                                .prompt = prompt, .prompt_len = len,
@@ -161,15 +173,43 @@ static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache, bool st
 /* How the drafts reach the scheduler. */
 typedef enum { NO_DRAFTS, DRAFTS_SET, DRAFTS_IN_COMMIT } drafts_t;
 
+/* f->ends requests aborted, spread over the running ones: n is a power of
+ * two, so an odd stride visits every index once in n ends. */
+static int end_some(fixture_t *f)
+{
+    for (uint32_t e = 0; e < f->ends && f->ended < f->n; e++, f->ended++) {
+        if (kvrt_seq_abort(f->sched, f->ids[f->next_end]) != KVRT_OK)
+            return -1;
+        f->next_end = (f->next_end + 2 * (f->n / 3) + 1) & (f->n - 1);
+    }
+    return 0;
+}
+
+/* What an engine does with the ends after a commit: drains them. */
+static int drain_ends(fixture_t *f)
+{
+    kvrt_seq_info_t events[64];
+    uint32_t got;
+    do {
+        if (kvrt_sched_drain_ended(f->sched, events, 64, &got) != KVRT_OK)
+            return -1;
+    } while (got == 64);
+    return 0;
+}
+
 /* One timed iteration; returns the plan for the baseline's sizes. */
 static int iterate(fixture_t *f, drafts_t spec, uint32_t k, const kvrt_batch_plan_t **plan_out)
 {
     const kvrt_batch_plan_t *plan;
+    if (f->ends && end_some(f))
+        return -1;
     if (spec == DRAFTS_SET && kvrt_sched_set_drafts(f->sched, f->n, f->ids, f->draft_counts,
                                                     f->draft_all) != KVRT_OK)
         return -1;
-    if (kvrt_sched_step(f->sched, f->now++, &plan) != KVRT_OK || plan->num_seqs != f->n)
+    if (kvrt_sched_step(f->sched, f->now++, &plan) != KVRT_OK ||
+        plan->num_seqs != f->n - f->ended)
         return -1;
+    f->planned += plan->num_seqs;
     if (spec) {
         uint32_t p = k % PATTERNS;
         /* The plan lists the running requests in the same order every step,
@@ -185,6 +225,8 @@ static int iterate(fixture_t *f, drafts_t spec, uint32_t k, const kvrt_batch_pla
     } else if (sched_bench_commit_plain(f->sched, plan, f->tokens)) {
         return -1;
     }
+    if (f->ends && drain_ends(f))
+        return -1;
     *plan_out = plan;
     return 0;
 }
@@ -237,6 +279,7 @@ typedef struct variant {
     drafts_t drafts;
     bool cache;
     bool stops;
+    bool ends;
     const char *note;
 } variant_t;
 
@@ -249,7 +292,7 @@ static int run_size(const bench_options_t *o, uint32_t n, const variant_t *v, do
 {
     const drafts_t spec = v->drafts;
     fixture_t f;
-    if (fixture_open(&f, n, spec != NO_DRAFTS, v->cache, v->stops)) {
+    if (fixture_open(&f, n, spec != NO_DRAFTS, v->cache, v->stops, v->ends)) {
         fixture_close(&f);
         return -1;
     }
@@ -266,15 +309,17 @@ static int run_size(const bench_options_t *o, uint32_t n, const variant_t *v, do
     uint32_t k = 0;
     for (int r = 0; r < o->repeats; r++) {
         uint64_t start = bench_now_ns(), cpu_start = bench_thread_cpu_ns();
+        const uint64_t planned = f.planned;
         if (measured_steps(&f, spec, iters, &k, &plan))
             goto fail;
-        step_ns[r] = (double)(bench_now_ns() - start) / iters / n;
-        cpu_ns[r] = (double)(bench_thread_cpu_ns() - cpu_start) / iters / n;
+        const double seqs = (double)(f.planned - planned); /* iters * n without ends */
+        step_ns[r] = (double)(bench_now_ns() - start) / seqs;
+        cpu_ns[r] = (double)(bench_thread_cpu_ns() - cpu_start) / seqs;
         base_ns[r] = time_memcpy(plan, iters) / n;
     }
     kvrt_sched_stats_t st;
     kvrt_sched_stats(f.sched, &st);
-    if (st.waiting != WAITING || st.running != n || st.preemptions)
+    if (st.waiting != f.waiting || st.running != n - f.ended || st.preemptions)
         goto fail;
     *ns_out = bench_median(step_ns, o->repeats);
     *cpu_ns_out = bench_median(cpu_ns, o->repeats);
@@ -288,7 +333,7 @@ fail:
 }
 
 #define NUM_SIZES 5
-#define NUM_VARIANTS 5
+#define NUM_VARIANTS 6
 
 static int run_sched(const bench_options_t *o)
 {
@@ -297,14 +342,16 @@ static int run_sched(const bench_options_t *o)
     /* plain and stop: flat per sequence against their own 1K figure;
      * the others against plain at the same size. */
     static const variant_t variants[NUM_VARIANTS] = {
-        {"plain", NO_DRAFTS, false, false, ""},
-        {"cache", NO_DRAFTS, true, false,
+        {"plain", NO_DRAFTS, false, false, false, ""},
+        {"cache", NO_DRAFTS, true, false, false,
          "; prefix cache on (~n/16 blocks hashed + inserted per step)"},
-        {"spec4", DRAFTS_SET, false, false,
+        {"spec4", DRAFTS_SET, false, false, false,
          "; 4 drafts each via kvrt_sched_set_drafts, 0-4 accepted"},
-        {"spec4c", DRAFTS_IN_COMMIT, false, false,
+        {"spec4c", DRAFTS_IN_COMMIT, false, false, false,
          "; 4 drafts each carried by the commit, 0-4 accepted"},
-        {"stop", NO_DRAFTS, false, true, "; 2 stop tokens each (checked, never sampled)"},
+        {"stop", NO_DRAFTS, false, true, false, "; 2 stop tokens each (checked, never sampled)"},
+        {"ends", NO_DRAFTS, false, false, true,
+         "; n/1024 aborted before each step and drained after it, none waiting"},
     };
     double plain[NUM_SIZES] = {0}, stop[NUM_SIZES] = {0}, ideal[NUM_SIZES] = {0};
     /* KVRT_BENCH_SCHED=<variant>.<n>[,...] runs those configurations only,
@@ -314,7 +361,7 @@ static int run_sched(const bench_options_t *o)
     const char *only = getenv("KVRT_BENCH_SCHED");
     for (int vi = 0; vi < NUM_VARIANTS; vi++) {
         const variant_t *v = &variants[vi];
-        const bool flat = v->drafts == NO_DRAFTS && !v->cache;
+        const bool flat = v->drafts == NO_DRAFTS && !v->cache && !v->ends;
         for (int i = 0; i < count; i++) {
             char config[32];
             snprintf(config, sizeof(config), "%s.%u", v->name, sizes[i]);
@@ -340,7 +387,8 @@ static int run_sched(const bench_options_t *o)
                      "%u running decodes (1-2K context), %u waiting%s; thread CPU time "
                      "%.1f ns/seq; memcpy of the plan arrays %.2f ns/seq; ideal loop %.2f "
                      "ns/seq%s",
-                     sizes[i], WAITING, v->note, cpu_ns, copy_ns, ideal[i], ideal_ratio);
+                     sizes[i], v->ends ? 0u : WAITING, v->note, cpu_ns, copy_ns, ideal[i],
+                     ideal_ratio);
             if (flat)
                 snprintf(baseline, sizeof(baseline), "%s_at_1024", v->name);
             else
@@ -358,5 +406,5 @@ static int run_sched(const bench_options_t *o)
 
 KVRT_BENCH_SUITE(sched,
                  "step + commit per sequence, 1K-32K decodes: plain, cache, "
-                 "k=4 drafts (set, in commit), stops",
+                 "k=4 drafts (set, in commit), stops, ends",
                  run_sched, true)

@@ -428,7 +428,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
     else
         apply_entries(s, c, bit, 0, false);
     sched_inserts_flush(s);
-    sched_compact_running(s);
+    sched_compact_running(s, false);
     s->num_pending--;
     s->pending_head = (s->pending_head + 1) % s->max_in_flight;
     sched_use_slot(s, last_slot);

@@ -116,7 +116,7 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
         s->running_live--;
         if (q->in_prefill)
             s->running_prefill--;
-        s->running_dirty = true;
+        s->running_holes++;
     }
     q->computed = 0;
     q->ahead = 0;

@@ -356,7 +356,8 @@ struct kvrt_sched {
                                    release waits for a plan's commit */
     uint32_t running_ended;     /* those ENDED ones (not in stats.running) */
     uint32_t running_prefill;   /* RUNNING and in_prefill */
-    bool running_dirty;         /* stale entries to compact */
+    uint32_t running_holes;     /* entries released (SCHED_NONE), not yet
+                                   compacted away */
 
     arrival_t *arrivals;        /* [max_requests] */
     uint32_t arrival_free;      /* free-list head */
@@ -629,8 +630,10 @@ void sched_count_match(kvrt_sched_t *s, const seq_t *q);
 bool sched_blocks_available(const kvrt_sched_t *s, uint32_t need);
 /* Releases the waiting request that holds its prefix hits, if any. */
 void sched_unpin(kvrt_sched_t *s);
-/* Drops stale entries of the running array, keeping admission order. */
-void sched_compact_running(kvrt_sched_t *s);
+/* Drops released entries of the running array, keeping admission order:
+ * when they are an eighth of it or more, or, with force, when there is
+ * any (step.c says why it waits). */
+void sched_compact_running(kvrt_sched_t *s, bool force);
 
 /* Takes q's entry out of the plan being built (q is preempted or failed):
  * later entries move up, its tokens go back to *budget. */

@@ -79,22 +79,35 @@ static inline bool running_valid(const kvrt_sched_t *s, uint32_t i, seq_t **q_ou
     return (*q_out)->state == KVRT_SEQ_RUNNING;
 }
 
-void sched_compact_running(kvrt_sched_t *s)
+/* Compacting writes the position of every request after the first hole,
+ * a line of each (running_pos, the second): a walk over nearly every
+ * running request's line, and with tens of thousands running some request
+ * ends in nearly every commit. Every walk over the array skips holes (a
+ * test on a dense array), so compaction waits until they are an eighth of
+ * it; its cost is then spread over the steps that made them. Forced when
+ * the array is full and a request is to be admitted. */
+void sched_compact_running(kvrt_sched_t *s, bool force)
 {
-    if (!s->running_dirty)
+    if (s->running_holes == 0 || (!force && s->running_holes < s->num_running / 8))
         return;
     uint32_t kept = 0;
     for (uint32_t i = 0; i < s->num_running; i++) {
+        if (i + SCHED_PREFETCH < s->num_running) {
+            const uint32_t ahead = s->running[i + SCHED_PREFETCH];
+            if (ahead != SCHED_NONE)
+                __builtin_prefetch(&s->seqs[ahead].running_pos, 1);
+        }
         /* Entries released are marked; one that ended while a plan holds
          * it stays until that commit releases it. */
         const uint32_t slot = s->running[i];
         if (slot == SCHED_NONE)
             continue;
-        s->seqs[slot].running_pos = kept;
+        if (kept != i) /* (before the first hole nothing moves) */
+            s->seqs[slot].running_pos = kept;
         s->running[kept++] = slot;
     }
     s->num_running = kept;
-    s->running_dirty = false;
+    s->running_holes = 0;
 }
 
 /* ---- preemption ------------------------------------------------------------ */
@@ -787,6 +800,8 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     if (q->computed) /* hits or arrived K/V: the row starts with them */
         for (uint32_t g = 0; g < s->num_groups; g++)
             sched_row_sync(s, q, g, false);
+    if (KVRT_UNLIKELY(s->num_running == s->max_seqs))
+        sched_compact_running(s, true); /* running_live < max_seqs: a hole */
     q->running_pos = s->num_running;
     s->running[s->num_running++] = sched_slot(s, q);
     s->running_live++;
@@ -812,7 +827,7 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
 /* Pass 3: waiting requests in admission order while they fit. */
 static void schedule_admissions(kvrt_sched_t *s, step_state_t *st, int32_t *hit_blocks)
 {
-    sched_compact_running(s);
+    sched_compact_running(s, false);
     seq_t *q;
     while ((q = sched_heap_top(s)) && s->plan->num_seqs < s->max_seqs &&
            s->running_live < s->max_seqs) {
@@ -901,7 +916,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
     uint64_t t_start = kvrt_now_ns();
     const uint32_t slot = (s->pending_head + s->num_pending) % s->max_in_flight;
     sched_use_slot(s, slot);
-    sched_compact_running(s);
+    sched_compact_running(s, false);
     kvrt_batch_plan_t *p = s->plan;
     p->step = ++s->step_count;
     p->now_ns = now_ns;
@@ -921,7 +936,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
     schedule_decodes(s, &st);
     schedule_prefills(s, &st);
     schedule_admissions(s, &st, s->match_blocks);
-    sched_compact_running(s);
+    sched_compact_running(s, false);
 
     if (s->csr_tables) {
         build_csr(s);

@@ -1,8 +1,9 @@
 /*
  * test_sched_requests.c - a request's life through the scheduler: plan
  * layout, chunked prefill, stop tokens and length, abort in every state,
- * priorities / EDF / FCFS order, the token budget and max_seqs, and bad
- * calls that must be refused without changing anything.
+ * priorities / EDF / FCFS order, the token budget and max_seqs, plan order
+ * while requests end among many running, and bad calls that must be
+ * refused without changing anything.
  */
 #include <string.h>
 
@@ -258,6 +259,66 @@ Test(sched_requests, abort_in_every_state_frees_everything)
     ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
     cr_assert_eq(st.aborted, 3);
     cr_assert_eq(st.running + st.waiting + st.ended_undrained, 0);
+    close_fixture(&f);
+}
+
+/* Requests ending at every few steps (by length, and aborts, one while
+ * the engine runs it) among 40 running: the running array keeps their
+ * places until they are an eighth of it, and an admission into a full
+ * array compacts it first. Every step plans every running request once, in
+ * admission order (FCFS: the order they were added, told by user_tag). */
+Test(sched_requests, ends_among_many_running_keep_the_plan_in_admission_order)
+{
+    enum { MAX_SEQS = 40, TOTAL = 72 };
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_SEQS |
+                                            KVRT_SCHED_PARAM_MAX_BATCH_TOKENS,
+                              .max_seqs = MAX_SEQS, .max_batch_tokens = 1024};
+    fixture_t f = open_fixture(4096, 4, &sp);
+    kvrt_seq_id_t ids[TOTAL];
+    for (uint32_t i = 0; i < TOTAL; i++) {
+        int32_t prompt[4] = {(int32_t)i, 1, 2, 3};
+        kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_USER_TAG,
+                               .prompt = prompt, .prompt_len = 4,
+                               .max_new_tokens = 3 + (i * 7) % 29, .user_tag = i};
+        ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &ids[i]));
+    }
+    uint32_t ended = 0, aborted = 0;
+    const kvrt_batch_plan_t *plan;
+    for (uint32_t step = 0; step < 400 && ended < TOTAL; step++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, step, &plan));
+        kvrt_sched_stats_t st;
+        ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+        cr_assert_eq(plan->num_seqs, st.running, "step %u: %u planned of %llu running", step,
+                     plan->num_seqs, (unsigned long long)st.running);
+        cr_assert_leq(plan->num_seqs, MAX_SEQS);
+        for (uint32_t i = 1; i < plan->num_seqs; i++)
+            cr_assert_lt(plan->seqs[i - 1].user_tag, plan->seqs[i].user_tag,
+                         "step %u: entry %u (tag %llu) after tag %llu", step, i,
+                         (unsigned long long)plan->seqs[i].user_tag,
+                         (unsigned long long)plan->seqs[i - 1].user_tag);
+        /* Every fifth step, an abort: of a request in this plan (it ends
+         * now, its place is released at the commit) or of a waiting one. */
+        if (step % 5 == 4 && plan->num_seqs > 2) {
+            const kvrt_seq_id_t victim =
+                step % 10 == 4 ? plan->seqs[plan->num_seqs / 2].id : ids[TOTAL - 1 - aborted];
+            kvrt_seq_info_t info; /* (a drained one is unknown) */
+            if (kvrt_seq_info(f.sched, victim, &info) == KVRT_OK &&
+                info.state != KVRT_SEQ_ENDED) {
+                ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, victim));
+                aborted++;
+            }
+        }
+        commit_all(&f, plan, 1);
+        kvrt_seq_info_t ev[TOTAL];
+        ended += drain(&f, ev, TOTAL);
+    }
+    cr_assert_eq(ended, TOTAL);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.aborted, aborted);
+    cr_assert_gt(aborted, 4);
+    cr_assert_eq(st.finished_length + st.aborted, TOTAL);
+    cr_assert_eq(st.preemptions, 0);
     close_fixture(&f);
 }
 
