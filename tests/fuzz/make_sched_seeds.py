@@ -113,6 +113,15 @@ def main():
                                             for i in range(4))
                                  + cycle(40))
     seeds["few_tables"] = config(CACHE | ASYNC, tables=5) + adds + cycle(20) + adds + cycle(20)
+    # 32 running that end at different steps (lengths, aborts): holes the
+    # running array keeps, then admissions into a full array.
+    many = b"".join(add(rnd.randint(6, 14), 4, seed=i, max_new=3 + (i * 7) % 23)
+                    for i in range(32))
+    seeds["many_running_ends"] = (config(CACHE, blocks=259, tables=64, seqs=32, requests=40,
+                                         batch=256)
+                                  + many + cycle(6) + bytes([ABORT, 3, ABORT, 9])
+                                  + many[:8 * len(many) // 32] + cycle(36)
+                                  + bytes([DRAIN, 8, 0]) * 6)
     for name, data in seeds.items():
         with open(os.path.join(OUT, name), "wb") as f:
             f.write(data)

@@ -22,7 +22,7 @@
 
 #define MAX_IDS 48
 #define MAX_ARRIVALS 16
-#define MAX_SEQS 16
+#define MAX_SEQS 32
 #define MAX_PROMPT 160
 #define MAX_GROUPS 2
 #define ALPHABET 8 /* token ids 0..7: prompts share prefixes, commits hit stops */
