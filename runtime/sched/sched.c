@@ -321,8 +321,8 @@ static bool alloc_arrays(kvrt_sched_t *s)
     s->rc.row_mark = kvrt_calloc_large_resident(seqs, sizeof(uint64_t));
     s->match_blocks = kvrt_calloc_large_resident(s->row_stride, sizeof(int32_t));
     return ok && s->seqs && s->heap && s->ended && s->arrivals && s->landed_slots && s->window &&
-           s->drained_memory && s->running && s->drafts_published && s->rows && s->free_rows && s->rc.row_mark &&
-           s->match_blocks && sched_groups_alloc(s);
+           s->drained_memory && s->running && s->drafts_published && s->rows && s->free_rows &&
+           s->rc.row_mark && s->match_blocks && sched_groups_alloc(s);
 }
 
 static void init_plan(kvrt_sched_t *s)

@@ -79,10 +79,10 @@ static inline bool running_valid(const kvrt_sched_t *s, uint32_t i, seq_t **q_ou
     return (*q_out)->state == KVRT_SEQ_RUNNING;
 }
 
-/* Compacting writes the position of every request after the first hole,
- * a line of each (running_pos, the second): a walk over nearly every
- * running request's line, and with tens of thousands running some request
- * ends in nearly every commit. Every walk over the array skips holes (a
+/* Compacting writes the position of every request after the first hole
+ * into that request's second line (running_pos): a walk over nearly every
+ * running request, and with tens of thousands running some request ends
+ * in nearly every commit. Every walk over the array skips holes (a
  * test on a dense array), so compaction waits until they are an eighth of
  * it; its cost is then spread over the steps that made them. Forced when
  * the array is full and a request is to be admitted. */
