@@ -282,7 +282,7 @@ Test(sched_requests, ends_among_many_running_keep_the_plan_in_admission_order)
                                .max_new_tokens = 3 + (i * 7) % 29, .user_tag = i};
         ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &ids[i]));
     }
-    uint32_t ended = 0, aborted = 0;
+    uint32_t ended = 0, aborted = 0, last = TOTAL; /* waiting ones are taken from the end */
     const kvrt_batch_plan_t *plan;
     for (uint32_t step = 0; step < 400 && ended < TOTAL; step++) {
         ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, step, &plan));
@@ -300,7 +300,7 @@ Test(sched_requests, ends_among_many_running_keep_the_plan_in_admission_order)
          * now, its place is released at the commit) or of a waiting one. */
         if (step % 5 == 4 && plan->num_seqs > 2) {
             const kvrt_seq_id_t victim =
-                step % 10 == 4 ? plan->seqs[plan->num_seqs / 2].id : ids[TOTAL - 1 - aborted];
+                step % 10 == 4 ? plan->seqs[plan->num_seqs / 2].id : ids[--last];
             kvrt_seq_info_t info; /* (a drained one is unknown) */
             if (kvrt_seq_info(f.sched, victim, &info) == KVRT_OK &&
                 info.state != KVRT_SEQ_ENDED) {
