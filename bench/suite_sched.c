@@ -406,5 +406,5 @@ static int run_sched(const bench_options_t *o)
 
 KVRT_BENCH_SUITE(sched,
                  "step + commit per sequence, 1K-32K decodes: plain, cache, "
-                 "k=4 drafts (set, in commit), stops, ends",
+                 "k=4 (set, in commit), stops, ends",
                  run_sched, true)
