@@ -51,8 +51,10 @@ typedef struct kvrt_block_copy {
 kvrt_status_t kvrt_table_create(kvrt_pool_t *pool, kvrt_table_id_t *table_out);
 
 /*
- * kvrt_table_destroy - drops the table's reference on each of its blocks and
- * retires its id. Table id 0 (never valid) is a no-op, like destroy(NULL).
+ * kvrt_table_destroy - drops the table's reference on each of its blocks,
+ * the last first (a prefix cache sees a sequence's deepest block go idle
+ * first, its root last), and retires its id. Table id 0 (never valid) is a
+ * no-op, like destroy(NULL).
  * Errors: KVRT_ERR_INVALID_ARG (NULL pool), KVRT_ERR_UNKNOWN_TABLE.
  */
 kvrt_status_t kvrt_table_destroy(kvrt_pool_t *pool, kvrt_table_id_t table);
@@ -94,8 +96,8 @@ kvrt_status_t kvrt_table_adopt(kvrt_pool_t *pool, kvrt_table_id_t table,
 
 /*
  * kvrt_table_truncate - shortens the table to num_tokens tokens (<= its
- * length), dropping its reference on blocks past the new end. Used for
- * speculative rollback and preemption.
+ * length), dropping its reference on blocks past the new end, the last
+ * first. Used for speculative rollback and preemption.
  * Errors: KVRT_ERR_INVALID_ARG (num_tokens above the length),
  * KVRT_ERR_UNKNOWN_TABLE.
  */

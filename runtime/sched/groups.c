@@ -246,12 +246,7 @@ void sched_groups_release(kvrt_sched_t *s, seq_t *q)
         const sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
         if (*r.table) {
-            /* Tail first, as for one group (request.c, sched_release). */
-            uint32_t nb = 0;
-            kvrt_table_view(gr->pool, *r.table, NULL, &nb, NULL);
-            if (gr->cache)
-                while (nb-- > 1)
-                    kvrt_table_truncate(gr->pool, *r.table, nb << gr->block_shift);
+            /* Deepest first, as for one group (request.c, sched_release). */
             kvrt_table_destroy(gr->pool, *r.table);
             *r.table = 0;
         }

@@ -98,14 +98,10 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
     if (KVRT_UNLIKELY(s->hybrid)) {
         sched_groups_release(s, q);
     } else if (q->table) {
-        /* Tail first: the prefix cache sees a request's last blocks go idle
-         * first, so under LRU its deep blocks are evicted before its root
-         * and a recomputation still finds the shared prefix. */
-        uint32_t nb = 0;
-        kvrt_table_view(s->pool, q->table, NULL, &nb, NULL);
-        if (s->cache)
-            while (nb-- > 1)
-                kvrt_table_truncate(s->pool, q->table, nb << s->block_shift);
+        /* The table gives its blocks back deepest first, so the prefix
+         * cache sees a request's last blocks go idle first: under LRU its
+         * deep blocks are evicted before its root and a recomputation
+         * still finds the shared prefix. */
         kvrt_table_destroy(s->pool, q->table);
         q->table = 0;
     }

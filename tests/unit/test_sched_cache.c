@@ -4,8 +4,9 @@
  * tenants apart) and preemption (the latest request is the victim, it is
  * recomputed mostly from the cache, priorities decide the victim even when
  * it is already planned, and every preempted request still finishes with
- * the right tokens), the order in which a commit stores full blocks, and
- * that each stored block is the one holding its tokens.
+ * the right tokens), the order in which a commit stores full blocks, that
+ * each stored block is the one holding its tokens, and that an ended
+ * request's blocks go idle deepest first.
  */
 #include <string.h>
 
@@ -104,6 +105,37 @@ Test(sched_cache, hits_cost_no_budget_and_the_last_token_is_recomputed)
     cr_assert_eq(st.prefix_hit_tokens, 32 + 32 + 28);
     cr_assert_eq(st.prefix_query_tokens, 32 + 38 + 32 + 31);
     cr_assert_eq(st.prefill_tokens, 33 + 7 + 1 + 4);
+    close_fixture(&f);
+}
+
+/* An ended request's blocks go idle deepest first, so under plain LRU
+ * (which evicts in release order, no leaf-first rule) the blocks another
+ * request evicts are its deepest, and its root and the blocks right after
+ * still serve a recomputation of its prompt. */
+Test(sched_cache, an_ended_requests_blocks_go_idle_deepest_first)
+{
+    sched_fixture_t f = {0};
+    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
+    f.pool = test_pool(f.ctx, 13, 4); /* 12 usable blocks of 4 tokens */
+    kvrt_cache_params_t cp = {.field_mask = KVRT_CACHE_PARAM_POLICY, .policy = KVRT_CACHE_LRU};
+    ASSERT_OK(f.ctx, kvrt_cache_create(f.pool, &cp, &f.cache));
+    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, f.cache, NULL, &f.sched));
+    int32_t a[16], b[40];
+    for (int i = 0; i < 16; i++)
+        a[i] = 100 + i;
+    for (int i = 0; i < 40; i++)
+        b[i] = 500 + i;
+    add(&f, a, 16, 1, NULL); /* 4 full blocks, idle in the cache once it ends */
+    admit_one(&f);
+    run_to_end(&f, 1);
+    add(&f, b, 40, 1, NULL); /* 10 blocks: 8 free, and 2 of a's evicted */
+    admit_one(&f);
+    run_to_end(&f, 1);
+    add(&f, a, 16, 1, NULL);
+    kvrt_plan_seq_t e = admit_one(&f);
+    cr_assert_eq(e.num_computed_tokens, 8, "a's first two blocks survive (%u tokens hit)",
+                 e.num_computed_tokens);
+    run_to_end(&f, 1);
     close_fixture(&f);
 }
 
