@@ -26,17 +26,26 @@ static inline kvrt_sched_params_t sched_fixture_params_for(uint32_t n, uint32_t 
                                  .max_requests = n};
 }
 
-/* A pool of `blocks` blocks of `tpb` tokens (no watermark); sp may be NULL. */
-static inline sched_fixture_t sched_fixture_open(uint32_t blocks, uint32_t tpb, bool cache,
-                                                 const kvrt_sched_params_t *sp)
+/* A pool of `blocks` blocks of `tpb` tokens (no watermark), with a cache
+ * created with cp (NULL: its defaults) when `cache`; sp may be NULL. */
+static inline sched_fixture_t sched_fixture_open_cache(uint32_t blocks, uint32_t tpb, bool cache,
+                                                       const kvrt_cache_params_t *cp,
+                                                       const kvrt_sched_params_t *sp)
 {
     sched_fixture_t f = {0};
     cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
     f.pool = test_pool(f.ctx, blocks, tpb);
     if (cache)
-        ASSERT_OK(f.ctx, kvrt_cache_create(f.pool, NULL, &f.cache));
+        ASSERT_OK(f.ctx, kvrt_cache_create(f.pool, cp, &f.cache));
     ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, f.cache, sp, &f.sched));
     return f;
+}
+
+/* The same with the cache's defaults. */
+static inline sched_fixture_t sched_fixture_open(uint32_t blocks, uint32_t tpb, bool cache,
+                                                 const kvrt_sched_params_t *sp)
+{
+    return sched_fixture_open_cache(blocks, tpb, cache, NULL, sp);
 }
 
 static inline uint32_t sched_fixture_used_blocks(const sched_fixture_t *f)

@@ -114,12 +114,8 @@ Test(sched_cache, hits_cost_no_budget_and_the_last_token_is_recomputed)
  * still serve a recomputation of its prompt. */
 Test(sched_cache, an_ended_requests_blocks_go_idle_deepest_first)
 {
-    sched_fixture_t f = {0};
-    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
-    f.pool = test_pool(f.ctx, 13, 4); /* 12 usable blocks of 4 tokens */
     kvrt_cache_params_t cp = {.field_mask = KVRT_CACHE_PARAM_POLICY, .policy = KVRT_CACHE_LRU};
-    ASSERT_OK(f.ctx, kvrt_cache_create(f.pool, &cp, &f.cache));
-    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, f.cache, NULL, &f.sched));
+    fixture_t f = sched_fixture_open_cache(13, 4, true, &cp, NULL); /* 12 usable, 4 tokens */
     int32_t a[16], b[40];
     for (int i = 0; i < 16; i++)
         a[i] = 100 + i;
