@@ -12,14 +12,18 @@
  * after its commit, as an engine whose requests finish all the time; no
  * queue behind them, so nobody takes their places).
  *
- * Figures are per sequence, with baselines from the same run: plain at
- * N against plain at 1K (target: within 1.3x, a flat cost per sequence),
- * the cache variant against plain at the same N (within 1.3x), the
- * speculative one against plain at the same N (within 2x), the one with
- * ends against plain at the same N (within 1.3x; per planned sequence). The bare memcpy
- * of the plan's arrays and the ideal loop at the same N (sched_ideal.c:
- * the memory a decode step and commit cannot avoid, no scheduler) are in
- * the note, the ideal loop with its ratio to its own figure at 1K.
+ * Figures are per sequence, each with its baseline measured beside it:
+ * plain at N against plain at 1K (target: within 1.3x, a flat cost per
+ * sequence), the cache variant against plain at the same N (within 1.3x),
+ * the speculative ones against plain at the same N (within 2x), the one
+ * with ends against plain at the same N (within 1.3x; per planned
+ * sequence). Both fixtures are open at once and their repeats alternate,
+ * so that a loaded stretch of a shared machine slows both: the note gives
+ * the ratio of each pair of repeats (median and range), the spread a
+ * reader should expect. The bare memcpy of the plan's arrays and the ideal
+ * loop at the same N (sched_ideal.c: the memory a decode step and commit
+ * cannot avoid, no scheduler) are in the note too, the ideal loop with its
+ * ratio to its own figure at 1K.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -273,6 +277,18 @@ __attribute__((noinline)) static int measured_steps(fixture_t *f, drafts_t spec,
     return 0;
 }
 
+/* The same for a figure's baseline, timed beside it: outside what
+ * --toggle-collect=measured_steps counts. */
+__attribute__((noinline)) static int baseline_steps(fixture_t *f, drafts_t spec, uint32_t iters,
+                                                    uint32_t *k,
+                                                    const kvrt_batch_plan_t **plan_out)
+{
+    for (uint32_t i = 0; i < iters; i++)
+        if (iterate(f, spec, (*k)++, plan_out))
+            return -1;
+    return 0;
+}
+
 /* One configuration of the suite. */
 typedef struct variant {
     const char *name;  /* KVRT_BENCH_SCHED=<name>.<n> */
@@ -283,53 +299,125 @@ typedef struct variant {
     const char *note;
 } variant_t;
 
-/* Median ns per sequence of step + commit at n (wall, and this thread's
- * CPU time in *cpu_ns_out: on a shared machine the wall clock also counts
- * the time other processes hold the core); *memcpy_ns_out the baseline
- * copy of the plan's arrays, per sequence. */
-static int run_size(const bench_options_t *o, uint32_t n, const variant_t *v, double *ns_out,
-                    double *cpu_ns_out, double *memcpy_ns_out)
-{
-    const drafts_t spec = v->drafts;
+#define MAX_REPEATS 1000
+
+/* One configuration's fixture and its per-repeat figures, per sequence:
+ * wall, this thread's CPU time (on a shared machine the wall clock also
+ * counts the time other processes hold the core) and the baseline copy of
+ * the plan's arrays. */
+typedef struct run {
     fixture_t f;
-    if (fixture_open(&f, n, spec != NO_DRAFTS, v->cache, v->stops, v->ends)) {
-        fixture_close(&f);
+    const variant_t *v;
+    uint32_t n, iters, k;
+    bool is_baseline;
+    double wall[MAX_REPEATS], cpu[MAX_REPEATS], copy[MAX_REPEATS];
+} run_t;
+
+static int run_open(run_t *r, const bench_options_t *o, uint32_t n, const variant_t *v,
+                    bool is_baseline)
+{
+    r->v = v;
+    r->n = n;
+    r->iters = o->quick ? 10 : 20;
+    r->k = 0;
+    r->is_baseline = is_baseline;
+    const drafts_t spec = v->drafts;
+    if (fixture_open(&r->f, n, spec != NO_DRAFTS, v->cache, v->stops, v->ends))
         return -1;
-    }
-    const uint32_t iters = o->quick ? 10 : 20;
-    const kvrt_batch_plan_t *plan = NULL;
     /* Commits carry the drafts of the step after: the first are set. */
     if (spec == DRAFTS_IN_COMMIT &&
-        kvrt_sched_set_drafts(f.sched, n, f.ids, f.draft_counts, f.draft_all) != KVRT_OK)
-        goto fail;
+        kvrt_sched_set_drafts(r->f.sched, n, r->f.ids, r->f.draft_counts, r->f.draft_all) !=
+            KVRT_OK)
+        return -1;
+    const kvrt_batch_plan_t *plan;
     for (uint32_t w = 0; w < 10; w++)
-        if (iterate(&f, spec, w, &plan))
-            goto fail;
-    double step_ns[1000], cpu_ns[1000], base_ns[1000];
-    uint32_t k = 0;
-    for (int r = 0; r < o->repeats; r++) {
-        uint64_t start = bench_now_ns(), cpu_start = bench_thread_cpu_ns();
-        const uint64_t planned = f.planned;
-        if (measured_steps(&f, spec, iters, &k, &plan))
-            goto fail;
-        const double seqs = (double)(f.planned - planned); /* iters * n without ends */
-        step_ns[r] = (double)(bench_now_ns() - start) / seqs;
-        cpu_ns[r] = (double)(bench_thread_cpu_ns() - cpu_start) / seqs;
-        base_ns[r] = time_memcpy(plan, iters) / n;
-    }
-    kvrt_sched_stats_t st;
-    kvrt_sched_stats(f.sched, &st);
-    if (st.waiting != f.waiting || st.running != n - f.ended || st.preemptions)
-        goto fail;
-    *ns_out = bench_median(step_ns, o->repeats);
-    *cpu_ns_out = bench_median(cpu_ns, o->repeats);
-    *memcpy_ns_out = bench_median(base_ns, o->repeats);
-    fixture_close(&f);
+        if (iterate(&r->f, spec, r->k++, &plan))
+            return -1;
     return 0;
-fail:
-    fprintf(stderr, "sched bench (%s.%u): %s\n", v->name, n, kvrt_ctx_last_error(f.ctx));
-    fixture_close(&f);
-    return -1;
+}
+
+static int run_repeat(run_t *r, int rep)
+{
+    const kvrt_batch_plan_t *plan = NULL;
+    uint64_t start = bench_now_ns(), cpu_start = bench_thread_cpu_ns();
+    const uint64_t planned = r->f.planned;
+    if ((r->is_baseline ? baseline_steps : measured_steps)(&r->f, r->v->drafts, r->iters, &r->k,
+                                                           &plan))
+        return -1;
+    const double seqs = (double)(r->f.planned - planned); /* iters * n without ends */
+    r->wall[rep] = (double)(bench_now_ns() - start) / seqs;
+    r->cpu[rep] = (double)(bench_thread_cpu_ns() - cpu_start) / seqs;
+    r->copy[rep] = time_memcpy(plan, r->iters) / r->n;
+    return 0;
+}
+
+/* Every request is still where the fixture put it: nothing was preempted. */
+static int run_check(const run_t *r)
+{
+    kvrt_sched_stats_t st;
+    kvrt_sched_stats(r->f.sched, &st);
+    return st.waiting != r->f.waiting || st.running != r->n - r->f.ended || st.preemptions ? -1
+                                                                                          : 0;
+}
+
+/* A figure, and its baseline when it has one (base_v at base_n): both
+ * fixtures are open at once and their repeats alternate, so that a stretch
+ * of a loaded machine slows both alike; the ratio of each pair of repeats
+ * (thread CPU time) is kept too. */
+typedef struct figure_runs {
+    double wall, cpu, copy;          /* the figure's medians */
+    double base_wall;                /* its baseline's median wall time; 0 without one */
+    double ratio, ratio_min, ratio_max; /* CPU time / baseline's, per pair of repeats */
+} figure_runs_t;
+
+static int run_figure(const bench_options_t *o, uint32_t n, const variant_t *v,
+                      const variant_t *base_v, uint32_t base_n, figure_runs_t *out)
+{
+    static run_t runs[2];
+    run_t *fig = &runs[0], *base = base_v ? &runs[1] : NULL;
+    memset(fig, 0, sizeof(*fig));
+    if (base)
+        memset(base, 0, sizeof(*base));
+    const int repeats = o->repeats < MAX_REPEATS ? o->repeats : MAX_REPEATS;
+    int rc = -1;
+    if (run_open(fig, o, n, v, false) || (base && run_open(base, o, base_n, base_v, true)))
+        goto out;
+    double ratios[MAX_REPEATS];
+    for (int r = 0; r < repeats; r++) {
+        /* Which goes first alternates: neither always follows the other's
+         * use of the caches. */
+        run_t *first = base && (r & 1) ? base : fig, *second = first == fig ? base : fig;
+        if (run_repeat(first, r) || (second && run_repeat(second, r)))
+            goto out;
+        if (base)
+            ratios[r] = fig->cpu[r] / base->cpu[r];
+    }
+    if (run_check(fig) || (base && run_check(base)))
+        goto out;
+    *out = (figure_runs_t){.wall = bench_median(fig->wall, repeats),
+                           .cpu = bench_median(fig->cpu, repeats),
+                           .copy = bench_median(fig->copy, repeats)};
+    if (base) {
+        out->base_wall = bench_median(base->wall, repeats);
+        out->ratio_min = out->ratio_max = ratios[0];
+        for (int r = 1; r < repeats; r++) {
+            out->ratio_min = ratios[r] < out->ratio_min ? ratios[r] : out->ratio_min;
+            out->ratio_max = ratios[r] > out->ratio_max ? ratios[r] : out->ratio_max;
+        }
+        out->ratio = bench_median(ratios, repeats);
+    }
+    rc = 0;
+out:
+    if (rc) {
+        const run_t *failed = base && base->f.ctx && *kvrt_ctx_last_error(base->f.ctx) ? base : fig;
+        fprintf(stderr, "sched bench (%s.%u): %s\n", failed->v ? failed->v->name : v->name,
+                failed->n ? failed->n : n,
+                failed->f.ctx ? kvrt_ctx_last_error(failed->f.ctx) : "out of memory");
+    }
+    fixture_close(&fig->f);
+    if (base)
+        fixture_close(&base->f);
+    return rc;
 }
 
 #define NUM_SIZES 5
@@ -353,11 +441,11 @@ static int run_sched(const bench_options_t *o)
         {"ends", NO_DRAFTS, false, false, true,
          "; n/1024 aborted before each step and drained after it, none waiting"},
     };
-    double plain[NUM_SIZES] = {0}, stop[NUM_SIZES] = {0}, ideal[NUM_SIZES] = {0};
-    /* KVRT_BENCH_SCHED=<variant>.<n>[,...] runs those configurations only,
-     * e.g. one under callgrind, or a ratio and its baseline in one process
-     * (plain.32768,spec4.32768); a figure whose baseline did not run has
-     * none. */
+    double ideal[NUM_SIZES] = {0};
+    /* KVRT_BENCH_SCHED=<variant>.<n>[,...] runs those configurations only
+     * (each with its baseline beside it), e.g. one under callgrind, whose
+     * --toggle-collect=measured_steps counts the configuration's
+     * iterations and not its baseline's. */
     const char *only = getenv("KVRT_BENCH_SCHED");
     for (int vi = 0; vi < NUM_VARIANTS; vi++) {
         const variant_t *v = &variants[vi];
@@ -367,35 +455,41 @@ static int run_sched(const bench_options_t *o)
             snprintf(config, sizeof(config), "%s.%u", v->name, sizes[i]);
             if (only && !bench_list_has(only, config))
                 continue;
-            double ns, cpu_ns, copy_ns;
-            if (run_size(o, sizes[i], v, &ns, &cpu_ns, &copy_ns))
+            /* Flat ones against themselves at 1K (which has none), the
+             * others against plain at the same N. */
+            const variant_t *base_v = flat ? (i > 0 ? v : NULL) : &variants[0];
+            const uint32_t base_n = flat ? sizes[0] : sizes[i];
+            figure_runs_t fr = {0};
+            if (run_figure(o, sizes[i], v, base_v, base_n, &fr))
                 return -1;
-            double *own = v->stops ? stop : plain;
-            if (flat)
-                own[i] = ns;
             /* Once per size, before its first figure's note. */
             if (ideal[i] == 0 &&
                 sched_ideal_ns(sizes[i], o->quick ? 10 : 20, o->repeats, &ideal[i]))
                 return -1;
-            char ideal_ratio[32] = "";
+            char ideal_ratio[32] = "", paired[96] = "";
             if (ideal[0] > 0 && i > 0)
                 snprintf(ideal_ratio, sizeof(ideal_ratio), ", %.2fx its 1K", ideal[i] / ideal[0]);
-            char name[64], note[280], baseline[32];
+            if (base_v)
+                snprintf(paired, sizeof(paired),
+                         "; thread CPU time over the baseline's, repeat by repeat: %.2f "
+                         "(%.2f-%.2f)",
+                         fr.ratio, fr.ratio_min, fr.ratio_max);
+            char name[64], note[400], baseline[32];
             snprintf(name, sizeof(name), "sched.step_commit.%s%s%u", vi ? v->name : "",
                      vi ? "." : "", sizes[i]);
             snprintf(note, sizeof(note),
                      "%u running decodes (1-2K context), %u waiting%s; thread CPU time "
-                     "%.1f ns/seq; memcpy of the plan arrays %.2f ns/seq; ideal loop %.2f "
+                     "%.1f ns/seq%s; memcpy of the plan arrays %.2f ns/seq; ideal loop %.2f "
                      "ns/seq%s",
-                     sizes[i], v->ends ? 0u : WAITING, v->note, cpu_ns, copy_ns, ideal[i],
-                     ideal_ratio);
+                     sizes[i], v->ends ? 0u : WAITING, v->note, fr.cpu, paired, fr.copy,
+                     ideal[i], ideal_ratio);
             if (flat)
                 snprintf(baseline, sizeof(baseline), "%s_at_1024", v->name);
             else
                 snprintf(baseline, sizeof(baseline), "plain_same_n");
-            double base = flat ? own[0] : plain[i]; /* 0: it did not run */
+            const double base = base_v ? fr.base_wall : fr.wall; /* 1K: its own */
             bench_report(&(bench_figure_t){
-                .name = name, .unit = "ns/seq", .value = ns, .baseline_name = baseline,
+                .name = name, .unit = "ns/seq", .value = fr.wall, .baseline_name = baseline,
                 .baseline_value = base,
                 .target = base * (v->drafts != NO_DRAFTS ? 2.0 : 1.3),
                 .lower_is_better = true, .note = note});
