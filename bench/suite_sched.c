@@ -17,10 +17,12 @@
  * sequence), the cache variant against plain at the same N (within 1.3x),
  * the speculative ones against plain at the same N (within 2x), the one
  * with ends against plain at the same N (within 1.3x; per planned
- * sequence). Both fixtures are open at once and their repeats alternate,
- * so that a loaded stretch of a shared machine slows both: the note gives
- * the ratio of each pair of repeats (median and range), the spread a
- * reader should expect. The bare memcpy of the plan's arrays and the ideal
+ * sequence); plain and stop at 1K are their own. Both fixtures are open
+ * at once and their repeats alternate, so that a loaded stretch of a
+ * shared machine slows both: the note gives the ratio of thread CPU time
+ * of each pair of repeats (median and range). Part of that range is the
+ * order (in each pair one of the two follows the other's use of the
+ * caches), the rest the machine. The bare memcpy of the plan's arrays and the ideal
  * loop at the same N (sched_ideal.c: the memory a decode step and commit
  * cannot avoid, no scheduler) are in the note too, the ideal loop with its
  * ratio to its own figure at 1K.
@@ -201,7 +203,8 @@ static int drain_ends(fixture_t *f)
     return 0;
 }
 
-/* One timed iteration; returns the plan for the baseline's sizes. */
+/* One timed iteration; returns the plan, whose sizes the memcpy of the
+ * plan's arrays copies. */
 static int iterate(fixture_t *f, drafts_t spec, uint32_t k, const kvrt_batch_plan_t **plan_out)
 {
     const kvrt_batch_plan_t *plan;
@@ -235,7 +238,7 @@ static int iterate(fixture_t *f, drafts_t spec, uint32_t k, const kvrt_batch_pla
     return 0;
 }
 
-/* The baseline: copying out what the plan hands over. */
+/* The memcpy of the plan's arrays: copying out what the plan hands over. */
 static double time_memcpy(const kvrt_batch_plan_t *plan, uint32_t reps)
 {
     size_t seqs = plan->num_seqs, toks = plan->num_tokens;
@@ -265,11 +268,19 @@ static double time_memcpy(const kvrt_batch_plan_t *plan, uint32_t reps)
     return ns;
 }
 
+/* Kept out of line and apart from its twin below: folding the two into
+ * one (identical code folding) would put the baseline's iterations into
+ * what callgrind counts. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define STEPS_FUNCTION __attribute__((noinline, noipa))
+#else
+#define STEPS_FUNCTION __attribute__((noinline))
+#endif
+
 /* The measured iterations, in a function of their own so that callgrind
  * can count exactly them: --toggle-collect=measured_steps. */
-__attribute__((noinline)) static int measured_steps(fixture_t *f, drafts_t spec, uint32_t iters,
-                                                    uint32_t *k,
-                                                    const kvrt_batch_plan_t **plan_out)
+STEPS_FUNCTION static int measured_steps(fixture_t *f, drafts_t spec, uint32_t iters,
+                                         uint32_t *k, const kvrt_batch_plan_t **plan_out)
 {
     for (uint32_t i = 0; i < iters; i++)
         if (iterate(f, spec, (*k)++, plan_out))
@@ -279,9 +290,8 @@ __attribute__((noinline)) static int measured_steps(fixture_t *f, drafts_t spec,
 
 /* The same for a figure's baseline, timed beside it: outside what
  * --toggle-collect=measured_steps counts. */
-__attribute__((noinline)) static int baseline_steps(fixture_t *f, drafts_t spec, uint32_t iters,
-                                                    uint32_t *k,
-                                                    const kvrt_batch_plan_t **plan_out)
+STEPS_FUNCTION static int baseline_steps(fixture_t *f, drafts_t spec, uint32_t iters,
+                                         uint32_t *k, const kvrt_batch_plan_t **plan_out)
 {
     for (uint32_t i = 0; i < iters; i++)
         if (iterate(f, spec, (*k)++, plan_out))
@@ -303,8 +313,8 @@ typedef struct variant {
 
 /* One configuration's fixture and its per-repeat figures, per sequence:
  * wall, this thread's CPU time (on a shared machine the wall clock also
- * counts the time other processes hold the core) and the baseline copy of
- * the plan's arrays. */
+ * counts the time other processes hold the core) and the memcpy of the
+ * plan's arrays. */
 typedef struct run {
     fixture_t f;
     const variant_t *v;
@@ -331,7 +341,7 @@ static int run_open(run_t *r, const bench_options_t *o, uint32_t n, const varian
         return -1;
     const kvrt_batch_plan_t *plan;
     for (uint32_t w = 0; w < 10; w++)
-        if (iterate(&r->f, spec, r->k++, &plan))
+        if (iterate(&r->f, spec, w, &plan))
             return -1;
     return 0;
 }
@@ -356,22 +366,24 @@ static int run_check(const run_t *r)
 {
     kvrt_sched_stats_t st;
     kvrt_sched_stats(r->f.sched, &st);
-    return st.waiting != r->f.waiting || st.running != r->n - r->f.ended || st.preemptions ? -1
-                                                                                          : 0;
+    if (st.waiting == r->f.waiting && st.running == r->n - r->f.ended && !st.preemptions)
+        return 0;
+    fprintf(stderr, "sched bench (%s.%u): requests moved or preempted\n", r->v->name, r->n);
+    return -1;
 }
 
 /* A figure, and its baseline when it has one (base_v at base_n): both
  * fixtures are open at once and their repeats alternate, so that a stretch
  * of a loaded machine slows both alike; the ratio of each pair of repeats
  * (thread CPU time) is kept too. */
-typedef struct figure_runs {
-    double wall, cpu, copy;          /* the figure's medians */
-    double base_wall;                /* its baseline's median wall time; 0 without one */
+typedef struct figure_result {
+    double wall, cpu, copy;             /* the figure's medians */
+    double base_wall;                   /* its baseline's median wall time; 0 without one */
     double ratio, ratio_min, ratio_max; /* CPU time / baseline's, per pair of repeats */
-} figure_runs_t;
+} figure_result_t;
 
 static int run_figure(const bench_options_t *o, uint32_t n, const variant_t *v,
-                      const variant_t *base_v, uint32_t base_n, figure_runs_t *out)
+                      const variant_t *base_v, uint32_t base_n, figure_result_t *out)
 {
     static run_t runs[2];
     run_t *fig = &runs[0], *base = base_v ? &runs[1] : NULL;
@@ -379,22 +391,33 @@ static int run_figure(const bench_options_t *o, uint32_t n, const variant_t *v,
     if (base)
         memset(base, 0, sizeof(*base));
     const int repeats = o->repeats < MAX_REPEATS ? o->repeats : MAX_REPEATS;
+    if (repeats < 1)
+        return -1;
     int rc = -1;
-    if (run_open(fig, o, n, v, false) || (base && run_open(base, o, base_n, base_v, true)))
+    const run_t *failed = fig; /* the run whose context says why */
+    if (run_open(fig, o, n, v, false))
+        goto out;
+    failed = base;
+    if (base && run_open(base, o, base_n, base_v, true))
         goto out;
     double ratios[MAX_REPEATS];
     for (int r = 0; r < repeats; r++) {
         /* Which goes first alternates: neither always follows the other's
          * use of the caches. */
         run_t *first = base && (r & 1) ? base : fig, *second = first == fig ? base : fig;
-        if (run_repeat(first, r) || (second && run_repeat(second, r)))
+        failed = first;
+        if (run_repeat(first, r))
+            goto out;
+        failed = second;
+        if (second && run_repeat(second, r))
             goto out;
         if (base)
             ratios[r] = fig->cpu[r] / base->cpu[r];
     }
+    failed = NULL; /* the checks say why themselves */
     if (run_check(fig) || (base && run_check(base)))
         goto out;
-    *out = (figure_runs_t){.wall = bench_median(fig->wall, repeats),
+    *out = (figure_result_t){.wall = bench_median(fig->wall, repeats),
                            .cpu = bench_median(fig->cpu, repeats),
                            .copy = bench_median(fig->copy, repeats)};
     if (base) {
@@ -408,12 +431,9 @@ static int run_figure(const bench_options_t *o, uint32_t n, const variant_t *v,
     }
     rc = 0;
 out:
-    if (rc) {
-        const run_t *failed = base && base->f.ctx && *kvrt_ctx_last_error(base->f.ctx) ? base : fig;
-        fprintf(stderr, "sched bench (%s.%u): %s\n", failed->v ? failed->v->name : v->name,
-                failed->n ? failed->n : n,
-                failed->f.ctx ? kvrt_ctx_last_error(failed->f.ctx) : "out of memory");
-    }
+    if (rc && failed && failed->f.ctx && *kvrt_ctx_last_error(failed->f.ctx))
+        fprintf(stderr, "sched bench (%s.%u): %s\n", failed->v->name, failed->n,
+                kvrt_ctx_last_error(failed->f.ctx));
     fixture_close(&fig->f);
     if (base)
         fixture_close(&base->f);
@@ -443,10 +463,15 @@ static int run_sched(const bench_options_t *o)
     };
     double ideal[NUM_SIZES] = {0};
     /* KVRT_BENCH_SCHED=<variant>.<n>[,...] runs those configurations only
-     * (each with its baseline beside it), e.g. one under callgrind, whose
-     * --toggle-collect=measured_steps counts the configuration's
-     * iterations and not its baseline's. */
+     * (each with its baseline beside it, if it has one), e.g. one under
+     * callgrind, whose --toggle-collect=measured_steps counts the
+     * configuration's instructions and not its baseline's. The baseline's
+     * repeats still pass through the simulated caches in between:
+     * KVRT_BENCH_SCHED_ALONE=1 runs every figure without its baseline (no
+     * ratio, no target), for miss counts comparable with a run alone. */
     const char *only = getenv("KVRT_BENCH_SCHED");
+    const char *alone = getenv("KVRT_BENCH_SCHED_ALONE");
+    const bool with_baselines = !alone || strcmp(alone, "1") != 0;
     for (int vi = 0; vi < NUM_VARIANTS; vi++) {
         const variant_t *v = &variants[vi];
         const bool flat = v->drafts == NO_DRAFTS && !v->cache && !v->ends;
@@ -457,9 +482,10 @@ static int run_sched(const bench_options_t *o)
                 continue;
             /* Flat ones against themselves at 1K (which has none), the
              * others against plain at the same N. */
-            const variant_t *base_v = flat ? (i > 0 ? v : NULL) : &variants[0];
+            const variant_t *base_v =
+                !with_baselines ? NULL : flat ? (i > 0 ? v : NULL) : &variants[0];
             const uint32_t base_n = flat ? sizes[0] : sizes[i];
-            figure_runs_t fr = {0};
+            figure_result_t fr = {0};
             if (run_figure(o, sizes[i], v, base_v, base_n, &fr))
                 return -1;
             /* Once per size, before its first figure's note. */
@@ -487,9 +513,10 @@ static int run_sched(const bench_options_t *o)
                 snprintf(baseline, sizeof(baseline), "%s_at_1024", v->name);
             else
                 snprintf(baseline, sizeof(baseline), "plain_same_n");
-            const double base = base_v ? fr.base_wall : fr.wall; /* 1K: its own */
+            /* 1K flat: its own; alone: none */
+            const double base = base_v ? fr.base_wall : flat && i == 0 ? fr.wall : 0;
             bench_report(&(bench_figure_t){
-                .name = name, .unit = "ns/seq", .value = fr.wall, .baseline_name = baseline,
+                .name = name, .unit = "ns/seq", .value = fr.wall, .baseline_name = base > 0 ? baseline : NULL,
                 .baseline_value = base,
                 .target = base * (v->drafts != NO_DRAFTS ? 2.0 : 1.3),
                 .lower_is_better = true, .note = note});

@@ -280,10 +280,14 @@ static KVRT_ALWAYS_INLINE void apply_entries(kvrt_sched_t *s, const kvrt_commit_
             const seq_t *ahead = &seqs[slot_of[i + SCHED_PREFETCH / 2]];
             __builtin_prefetch(ahead->tokens + ahead->num_tokens, 1);
             /* A speculative entry's tokens are copied 8 at a time
-             * (sched_copy32): half the time the copy reaches the next line,
-             * which the request's next steps write anyway. */
+             * (sched_copy32): nearly half the time the copy reaches the
+             * next line, which the request's next steps write anyway. The
+             * address is formed as an integer: near the end of the array
+             * it may lie past it (a prefetch never faults). */
             if (second_line)
-                __builtin_prefetch(ahead->tokens + ahead->num_tokens + 7, 1);
+                __builtin_prefetch((const void *)((uintptr_t)(ahead->tokens + ahead->num_tokens) +
+                                                  7 * sizeof(int32_t)),
+                                   1);
             if (ahead->num_stop && !ahead->stop_set) /* its own stop area */
                 __builtin_prefetch(sched_stop_area(ahead));
         }
