@@ -22,10 +22,10 @@
  * shared machine slows both: the note gives the ratio of thread CPU time
  * of each pair of repeats (median and range). Part of that range is the
  * order (in each pair one of the two follows the other's use of the
- * caches), the rest the machine. The bare memcpy of the plan's arrays and the ideal
- * loop at the same N (sched_ideal.c: the memory a decode step and commit
- * cannot avoid, no scheduler) are in the note too, the ideal loop with its
- * ratio to its own figure at 1K.
+ * caches), the rest the machine. The bare memcpy of the plan's arrays and
+ * the ideal loop at the same N (sched_ideal.c: the memory a decode step and
+ * commit cannot avoid, no scheduler) are in the note too, the ideal loop
+ * with its ratio to its own figure at 1K.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -421,8 +421,8 @@ static int run_figure(const bench_options_t *o, uint32_t n, const variant_t *v,
     if (run_check(fig) || (base && run_check(base)))
         goto out;
     *out = (figure_result_t){.wall = bench_median(fig->wall, repeats),
-                           .cpu = bench_median(fig->cpu, repeats),
-                           .copy = bench_median(fig->copy, repeats)};
+                             .cpu = bench_median(fig->cpu, repeats),
+                             .copy = bench_median(fig->copy, repeats)};
     if (base) {
         out->base_wall = bench_median(base->wall, repeats);
         out->ratio_min = out->ratio_max = ratios[0];
@@ -484,7 +484,7 @@ static int run_sched(const bench_options_t *o)
             if (only && !bench_list_has(only, config))
                 continue;
             /* Flat ones against themselves at 1K (which has none), the
-             * others against plain at the same N. */
+             * others against plain at the same N; none alone. */
             const variant_t *base_v =
                 !with_baselines ? NULL : flat ? (i > 0 ? v : NULL) : &variants[0];
             const uint32_t base_n = flat ? sizes[0] : sizes[i];
@@ -519,8 +519,8 @@ static int run_sched(const bench_options_t *o)
             /* 1K flat: its own; alone: none */
             const double base = base_v ? fr.base_wall : flat && i == 0 ? fr.wall : 0;
             bench_report(&(bench_figure_t){
-                .name = name, .unit = "ns/seq", .value = fr.wall, .baseline_name = base > 0 ? baseline : NULL,
-                .baseline_value = base,
+                .name = name, .unit = "ns/seq", .value = fr.wall,
+                .baseline_name = base > 0 ? baseline : NULL, .baseline_value = base,
                 .target = base * (v->drafts != NO_DRAFTS ? 2.0 : 1.3),
                 .lower_is_better = true, .note = note});
         }
