@@ -1,15 +1,74 @@
 /*
  * sched_bench.h - what the scheduler suites (suite_sched.c,
- * suite_sched_hybrid.c) share: their prompts and the commit of a plan
- * without drafts. Both suites draw the same prompts from the same
- * seed, so their figures compare.
+ * suite_sched_hybrid.c) share: their prompts, the commit of a plan
+ * without drafts, and timing a figure beside its baseline. Both suites
+ * draw the same prompts from the same seed, so their figures compare.
  */
 #ifndef KVRT_BENCH_SCHED_BENCH_H
 #define KVRT_BENCH_SCHED_BENCH_H
 
 #include <stdint.h>
 
+#include "bench.h"
 #include "kvrt/kvrt.h"
+
+/* For the functions that run a figure's timed iterations and its
+ * baseline's: kept out of line so that callgrind can count one and not the
+ * other (--toggle-collect), and apart: folding the two identical bodies
+ * into one (identical code folding) would put the baseline's iterations
+ * into what callgrind counts. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define SCHED_BENCH_STEPS __attribute__((noinline, noipa))
+#else
+#define SCHED_BENCH_STEPS __attribute__((noinline))
+#endif
+
+#define SCHED_BENCH_MAX_REPEATS 1000
+
+/* A figure's thread CPU time over its baseline's, pair of repeats by pair:
+ * median and range. */
+typedef struct sched_bench_ratio {
+    double median, min, max;
+} sched_bench_ratio_t;
+
+/* Times `repeats` repeats (1..SCHED_BENCH_MAX_REPEATS) of the run `fig`
+ * and, unless `base` is NULL, of the run `base`, alternately: both
+ * fixtures are open at once, so that a loaded stretch of a shared machine
+ * slows both, and which goes first alternates too (neither always follows
+ * the other's use of the caches). repeat(run, r) times repeat r of a run,
+ * leaving its thread CPU time per sequence in fig_cpu[r] or base_cpu[r].
+ * With a base, *ratio gets fig_cpu over base_cpu pair by pair. Returns 0,
+ * or -1 with *failed the run whose repeat failed. */
+static inline int sched_bench_alternate(int repeats, int (*repeat)(void *run, int r), void *fig,
+                                        const double *fig_cpu, void *base,
+                                        const double *base_cpu, sched_bench_ratio_t *ratio,
+                                        void **failed)
+{
+    double ratios[SCHED_BENCH_MAX_REPEATS];
+    if (repeats < 1 || repeats > SCHED_BENCH_MAX_REPEATS)
+        return -1;
+    for (int r = 0; r < repeats; r++) {
+        void *first = base && (r & 1) ? base : fig, *second = first == fig ? base : fig;
+        *failed = first;
+        if (repeat(first, r))
+            return -1;
+        *failed = second;
+        if (second && repeat(second, r))
+            return -1;
+        if (base)
+            ratios[r] = fig_cpu[r] / base_cpu[r];
+    }
+    *failed = NULL;
+    if (!base)
+        return 0;
+    ratio->min = ratio->max = ratios[0];
+    for (int r = 1; r < repeats; r++) {
+        ratio->min = ratios[r] < ratio->min ? ratios[r] : ratio->min;
+        ratio->max = ratios[r] > ratio->max ? ratios[r] : ratio->max;
+    }
+    ratio->median = bench_median(ratios, repeats);
+    return 0;
+}
 
 /* xorshift64: cheap and reproducible; quality is irrelevant here. */
 static inline uint64_t sched_bench_rng_next(uint64_t *s)

@@ -268,9 +268,12 @@ static double time_memcpy(const kvrt_batch_plan_t *plan, uint32_t reps)
     return ns;
 }
 
-/* iters timed iterations. */
-static int steps(fixture_t *f, drafts_t spec, uint32_t iters, uint32_t *k,
-                 const kvrt_batch_plan_t **plan_out)
+/* iters timed iterations; inlined, so that each entry point below has
+ * the loop in its own body (a tail call into a shared one would blur
+ * where callgrind's toggle stops). */
+__attribute__((always_inline)) static inline int steps(fixture_t *f, drafts_t spec,
+                                                       uint32_t iters, uint32_t *k,
+                                                       const kvrt_batch_plan_t **plan_out)
 {
     for (uint32_t i = 0; i < iters; i++)
         if (iterate(f, spec, (*k)++, plan_out))
@@ -278,25 +281,16 @@ static int steps(fixture_t *f, drafts_t spec, uint32_t iters, uint32_t *k,
     return 0;
 }
 
-/* The two entry points below are kept out of line and apart: folding them
- * into one (identical code folding) would put the baseline's iterations
- * into what callgrind counts. */
-#if defined(__GNUC__) && !defined(__clang__)
-#define STEPS_FUNCTION __attribute__((noinline, noipa))
-#else
-#define STEPS_FUNCTION __attribute__((noinline))
-#endif
-
 /* A figure's iterations, in a function of their own so that callgrind can
  * count exactly them: --toggle-collect=measured_steps. */
-STEPS_FUNCTION static int measured_steps(fixture_t *f, drafts_t spec, uint32_t iters,
+SCHED_BENCH_STEPS static int measured_steps(fixture_t *f, drafts_t spec, uint32_t iters,
                                          uint32_t *k, const kvrt_batch_plan_t **plan_out)
 {
     return steps(f, spec, iters, k, plan_out);
 }
 
 /* Its baseline's, timed beside it: outside what callgrind counts. */
-STEPS_FUNCTION static int baseline_steps(fixture_t *f, drafts_t spec, uint32_t iters,
+SCHED_BENCH_STEPS static int baseline_steps(fixture_t *f, drafts_t spec, uint32_t iters,
                                          uint32_t *k, const kvrt_batch_plan_t **plan_out)
 {
     return steps(f, spec, iters, k, plan_out);
@@ -312,8 +306,6 @@ typedef struct variant {
     const char *note;
 } variant_t;
 
-#define MAX_REPEATS 1000
-
 /* One configuration's fixture and its per-repeat figures, per sequence:
  * wall, this thread's CPU time (on a shared machine the wall clock also
  * counts the time other processes hold the core) and the memcpy of the
@@ -323,7 +315,8 @@ typedef struct run {
     const variant_t *v;
     uint32_t n, iters, k;
     bool is_baseline;
-    double wall[MAX_REPEATS], cpu[MAX_REPEATS], copy[MAX_REPEATS];
+    double wall[SCHED_BENCH_MAX_REPEATS], cpu[SCHED_BENCH_MAX_REPEATS],
+        copy[SCHED_BENCH_MAX_REPEATS];
 } run_t;
 
 static int run_open(run_t *r, const bench_options_t *o, uint32_t n, const variant_t *v,
@@ -349,8 +342,9 @@ static int run_open(run_t *r, const bench_options_t *o, uint32_t n, const varian
     return 0;
 }
 
-static int run_repeat(run_t *r, int rep)
+static int run_repeat(void *run, int rep)
 {
+    run_t *r = run;
     const kvrt_batch_plan_t *plan = NULL;
     uint64_t start = bench_now_ns(), cpu_start = bench_thread_cpu_ns();
     const uint64_t planned = r->f.planned;
@@ -375,14 +369,20 @@ static int run_check(const run_t *r)
     return -1;
 }
 
-/* A figure, and its baseline when it has one (base_v at base_n): both
- * fixtures are open at once and their repeats alternate, so that a stretch
- * of a loaded machine slows both alike; the ratio of each pair of repeats
- * (thread CPU time) is kept too. */
+/* Why r failed, when its context knows (a failed check has said so). */
+static void run_say_why(const run_t *r)
+{
+    if (r && r->f.ctx && *kvrt_ctx_last_error(r->f.ctx))
+        fprintf(stderr, "sched bench (%s.%u): %s\n", r->v->name, r->n,
+                kvrt_ctx_last_error(r->f.ctx));
+}
+
+/* A figure, and its baseline when it has one (base_v at base_n), timed
+ * alternately (sched_bench_alternate). */
 typedef struct figure_result {
-    double wall, cpu, copy;             /* the figure's medians */
-    double base_wall;                   /* its baseline's median wall time; 0 without one */
-    double ratio, ratio_min, ratio_max; /* CPU time / baseline's, per pair of repeats */
+    double wall, cpu, copy;    /* the figure's medians */
+    double base_wall;          /* its baseline's median wall time; 0 without one */
+    sched_bench_ratio_t ratio; /* CPU time / baseline's, per pair of repeats */
 } figure_result_t;
 
 static int run_figure(const bench_options_t *o, uint32_t n, const variant_t *v,
@@ -393,50 +393,28 @@ static int run_figure(const bench_options_t *o, uint32_t n, const variant_t *v,
     memset(fig, 0, sizeof(*fig));
     if (base)
         memset(base, 0, sizeof(*base));
-    const int repeats = o->repeats < MAX_REPEATS ? o->repeats : MAX_REPEATS;
-    if (repeats < 1)
-        return -1;
+    const int repeats = o->repeats;
     int rc = -1;
-    const run_t *failed = fig; /* the run whose context says why */
+    void *failed = fig; /* the run that failed */
     if (run_open(fig, o, n, v, false))
         goto out;
     failed = base;
     if (base && run_open(base, o, base_n, base_v, true))
         goto out;
-    double ratios[MAX_REPEATS];
-    for (int r = 0; r < repeats; r++) {
-        /* Which goes first alternates: neither always follows the other's
-         * use of the caches. */
-        run_t *first = base && (r & 1) ? base : fig, *second = first == fig ? base : fig;
-        failed = first;
-        if (run_repeat(first, r))
-            goto out;
-        failed = second;
-        if (second && run_repeat(second, r))
-            goto out;
-        if (base)
-            ratios[r] = fig->cpu[r] / base->cpu[r];
-    }
-    failed = NULL; /* the checks say why themselves */
-    if (run_check(fig) || (base && run_check(base)))
+    if (sched_bench_alternate(repeats, run_repeat, fig, fig->cpu, base, base ? base->cpu : NULL,
+                              &out->ratio, &failed))
         goto out;
-    *out = (figure_result_t){.wall = bench_median(fig->wall, repeats),
-                             .cpu = bench_median(fig->cpu, repeats),
-                             .copy = bench_median(fig->copy, repeats)};
-    if (base) {
+    if (run_check(fig) || (base && run_check(base)))
+        goto out; /* (failed is NULL: the checks say why) */
+    out->wall = bench_median(fig->wall, repeats);
+    out->cpu = bench_median(fig->cpu, repeats);
+    out->copy = bench_median(fig->copy, repeats);
+    if (base)
         out->base_wall = bench_median(base->wall, repeats);
-        out->ratio_min = out->ratio_max = ratios[0];
-        for (int r = 1; r < repeats; r++) {
-            out->ratio_min = ratios[r] < out->ratio_min ? ratios[r] : out->ratio_min;
-            out->ratio_max = ratios[r] > out->ratio_max ? ratios[r] : out->ratio_max;
-        }
-        out->ratio = bench_median(ratios, repeats);
-    }
     rc = 0;
 out:
-    if (rc && failed && failed->f.ctx && *kvrt_ctx_last_error(failed->f.ctx))
-        fprintf(stderr, "sched bench (%s.%u): %s\n", failed->v->name, failed->n,
-                kvrt_ctx_last_error(failed->f.ctx));
+    if (rc)
+        run_say_why(failed);
     fixture_close(&fig->f);
     if (base)
         fixture_close(&base->f);
@@ -502,7 +480,7 @@ static int run_sched(const bench_options_t *o)
                 snprintf(paired, sizeof(paired),
                          "; thread CPU time over the baseline's, repeat by repeat: %.2f "
                          "(%.2f-%.2f)",
-                         fr.ratio, fr.ratio_min, fr.ratio_max);
+                         fr.ratio.median, fr.ratio.min, fr.ratio.max);
             char name[64], note[400], baseline[32];
             snprintf(name, sizeof(name), "sched.step_commit.%s%s%u", vi ? v->name : "",
                      vi ? "." : "", sizes[i]);

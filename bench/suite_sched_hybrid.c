@@ -10,10 +10,12 @@
  * 16 decoded tokens a block leaves each window and goes back to its pool
  * during the measured steps. Block size 16 in every group.
  *
- * Baseline from the same run: the same workload on one full-attention
- * group (kvrt_sched_create_groups with one group, which takes the
- * single-group fast path). The target is a flat cost per group: G groups
- * within G times the one-group figure.
+ * Baseline, measured beside each figure (its fixture open at the same
+ * time, repeats alternating: sched_bench_alternate): the same workload on
+ * one full-attention group (kvrt_sched_create_groups with one group, which
+ * takes the single-group fast path). The target is a flat cost per group:
+ * G groups within G times the one-group figure. The note gives the ratio
+ * of thread CPU time of each pair of repeats, median and range.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,9 +121,10 @@ fail:
     return -1;
 }
 
-/* The measured iterations, in a function of their own so that callgrind
- * can count exactly them: --toggle-collect=hy_measured_steps. */
-__attribute__((noinline)) static int hy_measured_steps(hybrid_fixture_t *f, uint32_t iters)
+/* iters timed iterations; inlined, so that each entry point below has
+ * the loop in its own body (a tail call into a shared one would blur
+ * where callgrind's toggle stops). */
+__attribute__((always_inline)) static inline int hy_steps(hybrid_fixture_t *f, uint32_t iters)
 {
     for (uint32_t i = 0; i < iters; i++) {
         const kvrt_batch_plan_t *plan;
@@ -132,35 +135,91 @@ __attribute__((noinline)) static int hy_measured_steps(hybrid_fixture_t *f, uint
     return 0;
 }
 
-/* Median ns per sequence of step + commit at n over `groups` groups: wall
- * in *ns_out, this thread's CPU time in *cpu_ns_out. */
-static int hy_run(const bench_options_t *o, uint32_t n, uint32_t groups, double *ns_out,
-                  double *cpu_ns_out)
+/* A figure's iterations, in a function of their own so that callgrind can
+ * count exactly them: --toggle-collect=hy_measured_steps. */
+SCHED_BENCH_STEPS static int hy_measured_steps(hybrid_fixture_t *f, uint32_t iters)
 {
+    return hy_steps(f, iters);
+}
+
+/* The one-group baseline's, timed beside it: outside what callgrind
+ * counts. */
+SCHED_BENCH_STEPS static int hy_baseline_steps(hybrid_fixture_t *f, uint32_t iters)
+{
+    return hy_steps(f, iters);
+}
+
+/* One fixture and its per-repeat figures, per sequence: wall and this
+ * thread's CPU time (on a shared machine the wall clock also counts the
+ * time other processes hold the core). */
+typedef struct hy_run {
     hybrid_fixture_t f;
-    if (hy_open(&f, n, groups) || hy_measured_steps(&f, 10)) {
-        hy_close(&f);
+    uint32_t groups, iters;
+    double wall[SCHED_BENCH_MAX_REPEATS], cpu[SCHED_BENCH_MAX_REPEATS];
+} hy_run_t;
+
+static int hy_run_open(hy_run_t *r, const bench_options_t *o, uint32_t n, uint32_t groups)
+{
+    r->groups = groups;
+    r->iters = o->quick ? 10 : 20;
+    return hy_open(&r->f, n, groups) || hy_steps(&r->f, 10) ? -1 : 0;
+}
+
+static int hy_run_repeat(void *run, int rep)
+{
+    hy_run_t *r = run;
+    uint64_t start = bench_now_ns(), cpu_start = bench_thread_cpu_ns();
+    if ((r->groups == 1 ? hy_baseline_steps : hy_measured_steps)(&r->f, r->iters))
         return -1;
-    }
-    const uint32_t iters = o->quick ? 10 : 20;
-    double ns[1000], cpu_ns[1000];
-    for (int r = 0; r < o->repeats; r++) {
-        uint64_t start = bench_now_ns(), cpu_start = bench_thread_cpu_ns();
-        if (hy_measured_steps(&f, iters)) {
-            fprintf(stderr, "sched_hybrid (%u, %u groups): %s\n", n, groups,
-                    kvrt_ctx_last_error(f.ctx));
-            hy_close(&f);
-            return -1;
-        }
-        ns[r] = (double)(bench_now_ns() - start) / iters / n;
-        cpu_ns[r] = (double)(bench_thread_cpu_ns() - cpu_start) / iters / n;
-    }
+    r->wall[rep] = (double)(bench_now_ns() - start) / r->iters / r->f.n;
+    r->cpu[rep] = (double)(bench_thread_cpu_ns() - cpu_start) / r->iters / r->f.n;
+    return 0;
+}
+
+/* Every request is where the fixture put it: nothing was preempted. */
+static int hy_run_check(const hy_run_t *r)
+{
     kvrt_sched_stats_t st;
-    kvrt_sched_stats(f.sched, &st);
-    int rc = st.waiting == HY_WAITING && st.running == n && !st.preemptions ? 0 : -1;
-    *ns_out = bench_median(ns, o->repeats);
-    *cpu_ns_out = bench_median(cpu_ns, o->repeats);
-    hy_close(&f);
+    kvrt_sched_stats(r->f.sched, &st);
+    if (st.waiting == HY_WAITING && st.running == r->f.n && !st.preemptions)
+        return 0;
+    fprintf(stderr, "sched_hybrid (%u, %u groups): requests moved or preempted\n", r->f.n,
+            r->groups);
+    return -1;
+}
+
+/* `groups` groups at n beside one group at n: medians of wall time in
+ * *ns_out and *single_out, of CPU time in *cpu_ns_out and *single_cpu_out,
+ * the pairs' ratio in *ratio. */
+static int hy_run_pair(const bench_options_t *o, uint32_t n, uint32_t groups, double *ns_out,
+                       double *cpu_ns_out, double *single_out, double *single_cpu_out,
+                       sched_bench_ratio_t *ratio)
+{
+    static hy_run_t runs[2];
+    hy_run_t *fig = &runs[0], *base = &runs[1];
+    memset(runs, 0, sizeof(runs));
+    void *failed = NULL;
+    int rc = -1;
+    if (hy_run_open(fig, o, n, groups) || hy_run_open(base, o, n, 1))
+        goto out;
+    if (sched_bench_alternate(o->repeats, hy_run_repeat, fig, fig->cpu, base, base->cpu, ratio,
+                              &failed)) {
+        const hy_run_t *why = failed;
+        if (why)
+            fprintf(stderr, "sched_hybrid (%u, %u groups): %s\n", n, why->groups,
+                    kvrt_ctx_last_error(why->f.ctx));
+        goto out;
+    }
+    if (hy_run_check(fig) || hy_run_check(base))
+        goto out;
+    *ns_out = bench_median(fig->wall, o->repeats);
+    *cpu_ns_out = bench_median(fig->cpu, o->repeats);
+    *single_out = bench_median(base->wall, o->repeats);
+    *single_cpu_out = bench_median(base->cpu, o->repeats);
+    rc = 0;
+out:
+    hy_close(&fig->f);
+    hy_close(&base->f);
     return rc;
 }
 
@@ -170,31 +229,31 @@ static int run_sched_hybrid(const bench_options_t *o)
     static const uint32_t group_counts[2] = {2, 4};
     const int count = o->quick && !getenv("KVRT_BENCH_SCHED_HYBRID") ? 2 : 3;
     /* KVRT_BENCH_SCHED_HYBRID=<groups>.<n>[,...] runs those configurations
-     * only (1 is the one-group baseline), e.g. one under callgrind. */
+     * only (2 or 4 groups, each with its one-group baseline beside it),
+     * e.g. one under callgrind: --toggle-collect=hy_measured_steps counts
+     * its instructions, not its baseline's. */
     const char *only = getenv("KVRT_BENCH_SCHED_HYBRID");
     for (int i = 0; i < count; i++) {
-        double single = 0, single_cpu = 0;
-        char config[32];
-        snprintf(config, sizeof(config), "1.%u", sizes[i]);
-        if ((!only || bench_list_has(only, config)) &&
-            hy_run(o, sizes[i], 1, &single, &single_cpu))
-            return -1;
         for (int k = 0; k < 2; k++) {
             const uint32_t groups = group_counts[k];
+            char config[32];
             snprintf(config, sizeof(config), "%u.%u", groups, sizes[i]);
             if (only && !bench_list_has(only, config))
                 continue;
-            double ns, cpu_ns;
-            if (hy_run(o, sizes[i], groups, &ns, &cpu_ns))
+            double ns, cpu_ns, single, single_cpu;
+            sched_bench_ratio_t ratio;
+            if (hy_run_pair(o, sizes[i], groups, &ns, &cpu_ns, &single, &single_cpu, &ratio))
                 return -1;
-            char name[64], note[300];
+            char name[64], note[360];
             snprintf(name, sizeof(name), "sched_hybrid.step_commit.%ugroups.%u", groups,
                      sizes[i]);
             snprintf(note, sizeof(note),
                      "%u running decodes (1-2K context), %u waiting; 1 full-attention group + "
                      "%u sliding-window groups (window %u tokens, blocks of %u); thread CPU "
-                     "time %.1f ns/seq, one group %.1f",
-                     sizes[i], HY_WAITING, groups - 1, HY_WINDOW, HY_TPB, cpu_ns, single_cpu);
+                     "time %.1f ns/seq, one group %.1f; over one group's, repeat by repeat: "
+                     "%.2f (%.2f-%.2f)",
+                     sizes[i], HY_WAITING, groups - 1, HY_WINDOW, HY_TPB, cpu_ns, single_cpu,
+                     ratio.median, ratio.min, ratio.max);
             bench_report(&(bench_figure_t){
                 .name = name, .unit = "ns/seq", .value = ns,
                 .baseline_name = "one_group_same_n", .baseline_value = single,
