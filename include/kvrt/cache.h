@@ -182,10 +182,10 @@ typedef struct kvrt_cache_params {
  * pool). params may be NULL (defaults). Registers ctl nodes "cache.<N>.*"
  * (N = the pool's group id; see kvrt_cache_stats_t for the list).
  * Destroy with kvrt_cache_destroy() before the pool, or with the context.
- * Its index, block names, policy and explain arrays are sized from the
- * pool's block count and made resident here (150-230 bytes a block with
- * the default policy, as the index rounds up to a power of two), so that
- * no insert or lookup faults in a page.
+ * Its index (with the explain entries), block names and policy arrays are
+ * sized from the pool's block count and made resident here (136-200 bytes
+ * a block with the default policy, as the index rounds up to a power of
+ * two; at least 2 MiB), so that no insert or lookup faults in a page.
  * Errors: KVRT_ERR_INVALID_ARG (NULL pool/cache_out, unknown field bits,
  * unknown policy), KVRT_ERR_BUSY (the pool already has a cache),
  * KVRT_ERR_NO_MEMORY (including memory that could not be made resident).

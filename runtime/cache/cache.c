@@ -9,7 +9,9 @@
  *                events and eviction sink know what it was
  *   policy       the evictable set (policy_*.c)
  *   explain      a direct-mapped table, content hash -> (content tag, keys
- *                tag) of the last block inserted with that content. It
+ *                tag) of the last block inserted with that content, one
+ *                entry in each index slot (cache_internal.h), so that an
+ *                unsalted insert writes both in one line. It
  *                turns a miss into a reason: our keys there means the block
  *                was cached and evicted; other keys mean the same tokens are
  *                cached for another tenant or adapter; nothing means never
@@ -35,9 +37,7 @@ struct kvrt_cache {
     kvrt_block_hash_t root;
     cache_index_t index;
     cache_policy_t policy;
-    kvrt_cache_block_name_t *names;
-    uint64_t *explain;
-    uint64_t explain_mask;
+    cache_name_t *names; /* block -> its name (cache_internal.h) */
     kvrt_cache_stats_t stats;
     kvrt_pool_cache_ops_t pool_ops;
     uint32_t holders; /* schedulers built on this cache */
@@ -51,7 +51,7 @@ uint32_t kvrt_cache_peek_victims(const kvrt_cache_t *cache, int32_t *blocks_out,
 {
     uint32_t n = cache->policy.ops->peek(&cache->policy, blocks_out, max);
     for (uint32_t i = 0; i < n; i++)
-        names_out[i] = cache->names[blocks_out[i]];
+        names_out[i] = cache->names[blocks_out[i]].name;
     return n;
 }
 cache_hooks_t *kvrt_cache_hooks(kvrt_cache_t *cache) { return &cache->hooks; }
@@ -66,7 +66,6 @@ static const cache_policy_ops_t *const policy_table[] = {
     [KVRT_CACHE_ADAPTIVE] = &kvrt_cache_policy_adaptive,
 };
 #define NUM_POLICIES (sizeof(policy_table) / sizeof(policy_table[0]))
-#define EXPLAIN_MIN_SLOTS (1u << 16)
 #define MATCH_WINDOW 16u /* blocks hashed ahead of their lookups in a match */
 
 /* ---- keys of one call ----------------------------------------------------- */
@@ -109,7 +108,7 @@ static kvrt_cache_miss_reason_t explain_miss(const kvrt_cache_t *cache,
                                              const kvrt_block_hash_t *content,
                                              const call_keys_t *ck)
 {
-    uint64_t e = cache->explain[content->lo & cache->explain_mask];
+    uint64_t e = *kvrt_cache_index_explain(&cache->index, content);
     if ((e & 0xffffffff00000000ull) != (content->hi & 0xffffffff00000000ull) || e == 0)
         return KVRT_CACHE_MISS_NEVER_CACHED;
     return (uint32_t)e == ck->tag ? KVRT_CACHE_MISS_EVICTED : KVRT_CACHE_MISS_KEY_MISMATCH;
@@ -138,7 +137,7 @@ static bool sink_keeps(kvrt_cache_t *cache, int32_t block, uint32_t needed)
         .block = block,
         /* Keeping this one leaves policy.evictable others for the rest. */
         .may_keep = cache->policy.evictable >= needed,
-        .name = cache->names[block],
+        .name = cache->names[block].name,
     };
     kvrt_cache_sink_verdict_t verdict = cache->hooks.sink(cache->hooks.sink_data, &victim);
     return verdict == KVRT_CACHE_SINK_KEEP && victim.may_keep;
@@ -150,7 +149,7 @@ static void hook_evict(void *obj, uint32_t count)
     uint32_t freed = 0;
     while (freed < count) {
         int32_t block = cache->policy.ops->victim(&cache->policy);
-        const kvrt_cache_block_name_t *name = &cache->names[block];
+        const kvrt_cache_block_name_t *name = &cache->names[block].name;
         kvrt_cache_index_remove(&cache->index, &name->key);
         cache->stats.evictions++;
         bool kept = KVRT_UNLIKELY(cache->hooks.sink != NULL) &&
@@ -262,7 +261,6 @@ static void cache_free(kvrt_cache_t *cache)
         cache->policy.ops->destroy(&cache->policy);
     kvrt_cache_index_destroy(&cache->index);
     kvrt_free_large(cache->names);
-    kvrt_free_large(cache->explain);
     free(cache);
 }
 
@@ -301,17 +299,10 @@ static kvrt_status_t cache_setup(kvrt_cache_t *cache, const kvrt_cache_params_t 
     cache->policy_kind = KVRT_PARAM_OR(p, KVRT_CACHE_PARAM_POLICY, policy, KVRT_CACHE_LRU_LEAF);
     cache->policy.ops = policy_table[cache->policy_kind];
     cache->policy.num_blocks = cache->num_blocks;
-    if (cache->policy.ops->init(&cache->policy, cache->num_blocks) != KVRT_OK ||
-        kvrt_cache_index_init(&cache->index, cache->num_blocks) != KVRT_OK)
-        return KVRT_ERR_NO_MEMORY;
     cache->names = kvrt_calloc_large_resident(cache->num_blocks, sizeof(*cache->names));
-    /* Twice the index (and at least 64k slots, 512 KiB) so the reasons of
-     * recent evictions survive the churn of a small cache. */
-    cache->explain_mask = 2 * cache->index.mask + 1;
-    if (cache->explain_mask < EXPLAIN_MIN_SLOTS - 1)
-        cache->explain_mask = EXPLAIN_MIN_SLOTS - 1;
-    cache->explain = kvrt_calloc_large_resident(cache->explain_mask + 1, sizeof(*cache->explain));
-    if (!cache->names || !cache->explain)
+    cache->policy.names = cache->names;
+    if (!cache->names || cache->policy.ops->init(&cache->policy, cache->num_blocks) != KVRT_OK ||
+        kvrt_cache_index_init(&cache->index, cache->num_blocks) != KVRT_OK)
         return KVRT_ERR_NO_MEMORY;
     return KVRT_OK;
 }
@@ -545,7 +536,7 @@ static KVRT_ALWAYS_INLINE kvrt_status_t insert_name(kvrt_cache_t *cache, int32_t
     } else {
         existing = block;
         kvrt_cache_index_add(&cache->index, key, block);
-        kvrt_cache_block_name_t *name = &cache->names[block];
+        kvrt_cache_block_name_t *name = &cache->names[block].name;
         name->key = *key;
         name->content = *content;
         name->parent_key = parent_key ? *parent_key : (kvrt_block_hash_t){0, 0};
@@ -554,7 +545,7 @@ static KVRT_ALWAYS_INLINE kvrt_status_t insert_name(kvrt_cache_t *cache, int32_t
         kvrt_pool_mark_cached(cache->pool, block);
         cache->policy.ops->inserted(&cache->policy, block, depth, key);
         if (explain)
-            cache->explain[content->lo & cache->explain_mask] = explain;
+            *kvrt_cache_index_explain(&cache->index, content) = explain;
         cache->stats.inserts++;
         kvrt_cache_emit(&cache->hooks, KVRT_CACHE_EVENT_STORED, 0, block, name);
     }
@@ -604,11 +595,7 @@ void kvrt_cache_prefetch_insert(const kvrt_cache_t *cache, int32_t block,
     kvrt_block_hash_t key = key_of(&ck, content);
     __builtin_prefetch(&cache->index.slots[key.lo & cache->index.mask], 1);
     __builtin_prefetch(&cache->names[block], 1);
-    __builtin_prefetch(&cache->explain[content->lo & cache->explain_mask], 1);
-    if (cache->policy.depth)
-        __builtin_prefetch(&cache->policy.depth[block], 1);
-    if (cache->policy.key_lo)
-        __builtin_prefetch(&cache->policy.key_lo[block], 1);
+    __builtin_prefetch(kvrt_cache_index_explain(&cache->index, content), 1); /* same line unsalted */
     kvrt_pool_prefetch_block(cache->pool, block);
 }
 
@@ -674,14 +661,14 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_verify(const kvrt_cache_t *cache)
         return KVRT_ERR_INVALID_ARG;
     uint64_t indexed = 0;
     for (uint64_t i = 0; i <= cache->index.mask; i++) {
-        const cache_slot_t *s = &cache->index.slots[i];
+        const cache_entry_t *s = &cache->index.slots[i].entry;
         if (s->block == KVRT_NULL_BLOCK)
             continue;
         indexed++;
         if (!kvrt_pool_is_cached(cache->pool, s->block))
             return broken(cache, "cache %s: indexed block %d is not cached in the pool",
                           cache->name, s->block);
-        if (!hash_equal(&cache->names[s->block].key, &s->key))
+        if (!hash_equal(&cache->names[s->block].name.key, &s->key))
             return broken(cache, "cache %s: block %d indexed under a key it does not hold",
                           cache->name, s->block);
         if (kvrt_cache_index_find(&cache->index, &s->key) != s->block)
@@ -721,5 +708,5 @@ void kvrt_cache_parts(kvrt_cache_t *cache, cache_parts_t *parts_out)
 {
     *parts_out = (cache_parts_t){cache->ctx,          cache->pool,   cache->name,
                                  cache->num_blocks,   &cache->index, &cache->policy,
-                                 cache->names,        cache->explain, cache->explain_mask};
+                                 cache->names};
 }

@@ -44,20 +44,44 @@ static inline bool hash_equal(const kvrt_block_hash_t *a, const kvrt_block_hash_
  * slot is picked from the key's low bits (the key is already a good hash).
  * Deletion shifts the following run back instead of leaving tombstones, so
  * probe lengths never degrade. Capacity is a power of two at least twice
- * the pool's block count, so the load factor stays <= 0.5 and an insert
- * always finds a slot. Block 0 (the null block) marks an empty slot.
+ * the pool's block count (and at least INDEX_MIN_SLOTS), so the load
+ * factor stays <= 0.5 and an insert always finds a slot. Block 0 (the null
+ * block) marks an empty slot.
+ *
+ * Each slot carries one entry of the cache's explain table (cache.c),
+ * which is indexed by content hash the same way the index is by key: for
+ * a block without salt or adapter (its key is its content hash) the insert
+ * writes its index entry and its explain entry in one cache line, where
+ * two arrays would cost two lines at random. Entries move between slots
+ * (backward shift); explain entries stay where their hash put them.
  */
-typedef struct cache_slot {
+#define INDEX_MIN_SLOTS (1u << 16) /* so a small cache's explain entries survive churn */
+
+typedef struct cache_entry {
     kvrt_block_hash_t key;
     int32_t block;
     uint32_t unused;
+} cache_entry_t;
+
+typedef struct cache_slot {
+    cache_entry_t entry;
+    uint64_t explain; /* cache.c: (content tag << 32) | keys tag, 0 when empty */
 } cache_slot_t;
+_Static_assert(sizeof(cache_slot_t) == 32, "two slots to a cache line");
 
 typedef struct cache_index {
     cache_slot_t *slots;
-    uint64_t mask;  /* capacity - 1 */
+    uint64_t mask;  /* slots - 1 */
     uint64_t count;
 } cache_index_t;
+
+/* The explain-table entry of a content hash: in the slot an index key
+ * equal to it would start probing at. */
+static inline uint64_t *kvrt_cache_index_explain(const cache_index_t *index,
+                                                 const kvrt_block_hash_t *content)
+{
+    return &index->slots[content->lo & index->mask].explain;
+}
 
 kvrt_status_t kvrt_cache_index_init(cache_index_t *index, uint32_t num_blocks);
 void kvrt_cache_index_destroy(cache_index_t *index);
@@ -73,11 +97,25 @@ void kvrt_cache_index_add(cache_index_t *index, const kvrt_block_hash_t *key, in
 /* Removes key; returns false when it was not present. */
 bool kvrt_cache_index_remove(cache_index_t *index, const kvrt_block_hash_t *key);
 
+/* ---- names -----------------------------------------------------------------
+ * A cached block's name, one per block and one cache line each: an insert
+ * writes it and an eviction reads it, at random in an array sized for the
+ * whole pool. Unpadded (56 bytes) six names in eight would straddle two
+ * lines, the second a miss nobody prefetched.
+ */
+typedef struct cache_name {
+    _Alignas(64) kvrt_cache_block_name_t name;
+} cache_name_t;
+_Static_assert(sizeof(cache_name_t) == 64, "a name is one cache line");
+
 /* ---- eviction policies (policy_lru.c, policy_freq.c) -----------------------
  * A policy keeps the *evictable* set: cached blocks with no reference. The
  * cache tells it when a block is indexed (inserted), gains a reference on a
  * hit (hit), drops into the set (idle) or leaves it (busy); victim() takes
- * the next block out of the set. No operation allocates.
+ * the next block out of the set. No operation allocates. A cached block's
+ * depth and key are read from the cache's names (written before inserted()
+ * is called), not kept again: an insert then writes one line fewer at
+ * random.
  */
 typedef struct cache_policy cache_policy_t;
 
@@ -123,12 +161,14 @@ struct cache_policy {
     uint32_t num_blocks;
     uint32_t evictable;
     uint64_t tick;       /* advanced by the cache once per query */
+    const cache_name_t *names; /* the cache's, block -> name; set before init */
     /* LRU: an intrusive list threaded through block ids, block 0 (never
      * cached) as the sentinel; next[0] is the least recently used. */
     int32_t *prev;
     int32_t *next;
     /* Leaf-first lists (lru-leaf, adaptive): the open release run of each
      * list (policy_lru.c). */
+    bool leaf_first;
     policy_run_t run[2];
     /* Adaptive: blocks per list (0 probation, 1 protected), the target
      * length of probation, and each block's list. */
@@ -139,9 +179,7 @@ struct cache_policy {
     policy_heap_entry_t *heap;
     uint32_t *heap_pos;  /* 1-based position in heap, 0 when absent */
     uint32_t *freq;      /* uses since the block was indexed */
-    uint32_t *depth;     /* block position in its sequence */
     uint64_t age;        /* LFU-DA: priority of the last victim */
-    uint64_t *key_lo;    /* low half of each cached block's key */
     /* Frequency history of evicted keys, direct-mapped by key: (32-bit tag
      * << 32) | count; 0 when empty. Lossy by design. */
     uint64_t *history;
@@ -217,9 +255,7 @@ typedef struct cache_parts {
     uint32_t num_blocks;
     cache_index_t *index;
     cache_policy_t *policy;
-    const kvrt_cache_block_name_t *names;
-    uint64_t *explain;
-    uint64_t explain_mask;
+    const cache_name_t *names;
 } cache_parts_t;
 void kvrt_cache_parts(kvrt_cache_t *cache, cache_parts_t *parts_out);
 

@@ -68,7 +68,7 @@ kvrt_status_t kvrt_cache_insert_chained(kvrt_cache_t *cache, int32_t block,
 /*
  * kvrt_cache_prefetch_insert - starts fetching what
  * kvrt_cache_insert_chained() of this block, content and keys will touch
- * (its index slot, name, explain entry, policy entry and pool metadata), so
+ * (its index slot and explain entry, its name and pool metadata), so
  * that a batch of inserts overlaps those misses. Changes nothing; invalid
  * arguments are ignored.
  */

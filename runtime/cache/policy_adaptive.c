@@ -37,15 +37,13 @@ static kvrt_status_t adaptive_init(cache_policy_t *p, uint32_t num_blocks)
     /* One more slot in the link arrays: the protected list's sentinel. */
     p->prev = kvrt_calloc_large_resident((size_t)num_blocks + 1, sizeof(*p->prev));
     p->next = kvrt_calloc_large_resident((size_t)num_blocks + 1, sizeof(*p->next));
-    p->depth = kvrt_calloc_large_resident(num_blocks, sizeof(*p->depth));
     p->protected = kvrt_calloc_large_resident(num_blocks, sizeof(*p->protected));
-    p->key_lo = kvrt_calloc_large_resident(num_blocks, sizeof(*p->key_lo));
     uint64_t slots = HISTORY_MIN_SLOTS;
     while (slots < 2ull * num_blocks)
         slots <<= 1;
     p->history = kvrt_calloc_large_resident(slots, sizeof(*p->history));
     p->history_mask = slots - 1;
-    if (!p->prev || !p->next || !p->depth || !p->protected || !p->key_lo || !p->history)
+    if (!p->prev || !p->next || !p->protected || !p->history)
         return KVRT_ERR_NO_MEMORY;
     for (uint32_t b = 0; b <= num_blocks; b++)
         p->prev[b] = p->next[b] = ABSENT;
@@ -55,6 +53,7 @@ static kvrt_status_t adaptive_init(cache_policy_t *p, uint32_t num_blocks)
         p->run[list].first = 0;
     }
     p->target = num_blocks / 2;
+    p->leaf_first = true;
     return KVRT_OK;
 }
 
@@ -62,14 +61,11 @@ static void adaptive_destroy(cache_policy_t *p)
 {
     kvrt_free_large(p->prev);
     kvrt_free_large(p->next);
-    kvrt_free_large(p->depth);
     kvrt_free_large(p->protected);
-    kvrt_free_large(p->key_lo);
     kvrt_free_large(p->history);
     p->prev = p->next = NULL;
-    p->depth = NULL;
     p->protected = NULL;
-    p->key_lo = p->history = NULL;
+    p->history = NULL;
 }
 
 static inline uint64_t history_tag(uint64_t key_lo) { return key_lo & ~0xffull; }
@@ -79,8 +75,6 @@ static void adaptive_inserted(cache_policy_t *p, int32_t block, uint32_t depth,
 {
     uint64_t *slot = &p->history[key->lo & p->history_mask];
     bool returning = *slot && (*slot & ~0xffull) == history_tag(key->lo);
-    p->depth[block] = depth;
-    p->key_lo[block] = key->lo;
     p->protected[block] = returning;
     if (returning) {
         bool from_probation = (*slot & 0xff) == PROBATION + 1;
@@ -116,7 +110,7 @@ static int32_t adaptive_victim(cache_policy_t *p)
     int32_t block = p->next[sentinel_of(p, list)];
     kvrt_policy_list_unlink(p, &p->run[list], block);
     p->list_count[list]--;
-    uint64_t k = p->key_lo[block];
+    uint64_t k = p->names[block].name.key.lo;
     p->history[k & p->history_mask] = history_tag(k) | (uint64_t)(list + 1);
     return block;
 }

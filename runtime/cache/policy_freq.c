@@ -33,14 +33,12 @@ static kvrt_status_t freq_init(cache_policy_t *p, uint32_t num_blocks)
     p->heap = kvrt_calloc_large_resident(num_blocks, sizeof(*p->heap));
     p->heap_pos = kvrt_calloc_large_resident(num_blocks, sizeof(*p->heap_pos));
     p->freq = kvrt_calloc_large_resident(num_blocks, sizeof(*p->freq));
-    p->depth = kvrt_calloc_large_resident(num_blocks, sizeof(*p->depth));
-    p->key_lo = kvrt_calloc_large_resident(num_blocks, sizeof(*p->key_lo));
     uint64_t slots = HISTORY_MIN_SLOTS;
     while (slots < 4ull * num_blocks)
         slots <<= 1;
     p->history = kvrt_calloc_large_resident(slots, sizeof(*p->history));
     p->history_mask = slots - 1;
-    if (!p->heap || !p->heap_pos || !p->freq || !p->depth || !p->key_lo || !p->history)
+    if (!p->heap || !p->heap_pos || !p->freq || !p->history)
         return KVRT_ERR_NO_MEMORY;
     return KVRT_OK;
 }
@@ -62,12 +60,10 @@ static void freq_destroy(cache_policy_t *p)
     kvrt_free_large(p->heap);
     kvrt_free_large(p->heap_pos);
     kvrt_free_large(p->freq);
-    kvrt_free_large(p->depth);
-    kvrt_free_large(p->key_lo);
     kvrt_free_large(p->history);
     p->heap = NULL;
-    p->heap_pos = p->freq = p->depth = NULL;
-    p->key_lo = p->history = NULL;
+    p->heap_pos = p->freq = NULL;
+    p->history = NULL;
 }
 
 static inline bool before(const policy_heap_entry_t *a, const policy_heap_entry_t *b)
@@ -141,8 +137,6 @@ static void freq_inserted(cache_policy_t *p, int32_t block, uint32_t depth,
     uint64_t e = p->history[key->lo & p->history_mask];
     uint32_t remembered = e && (e & 0xffffffff00000000ull) == history_tag(key->lo) ? (uint32_t)e : 0;
     p->freq[block] = remembered < UINT32_MAX ? remembered + 1 : UINT32_MAX;
-    p->depth[block] = depth;
-    p->key_lo[block] = key->lo;
 }
 
 static void freq_hit(cache_policy_t *p, int32_t block)
@@ -156,7 +150,7 @@ static void freq_idle(cache_policy_t *p, int32_t block)
     policy_heap_entry_t e = {
         .priority = p->freq[block] + (p->aged ? p->age : 0),
         .tick = p->tick,
-        .depth = p->depth[block],
+        .depth = p->names[block].name.depth,
         .block = block,
     };
     uint32_t i = p->evictable++;
@@ -175,7 +169,7 @@ static int32_t freq_victim(cache_policy_t *p)
     heap_remove_at(p, 0);
     if (p->aged)
         p->age = top.priority;
-    uint64_t k = p->key_lo[top.block];
+    uint64_t k = p->names[top.block].name.key.lo;
     p->history[k & p->history_mask] = history_tag(k) | p->freq[top.block];
     return top.block;
 }

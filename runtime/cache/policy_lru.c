@@ -41,10 +41,8 @@ static kvrt_status_t lru_init(cache_policy_t *p, uint32_t num_blocks)
 
 static kvrt_status_t lru_leaf_init(cache_policy_t *p, uint32_t num_blocks)
 {
-    p->depth = kvrt_calloc_large_resident(num_blocks, sizeof(*p->depth));
+    p->leaf_first = true;
     p->run[0].first = SENTINEL;
-    if (!p->depth)
-        return KVRT_ERR_NO_MEMORY;
     return lru_init(p, num_blocks);
 }
 
@@ -52,21 +50,13 @@ static void lru_destroy(cache_policy_t *p)
 {
     kvrt_free_large(p->prev);
     kvrt_free_large(p->next);
-    kvrt_free_large(p->depth);
     p->prev = p->next = NULL;
-    p->depth = NULL;
 }
 
 static void lru_inserted(cache_policy_t *p, int32_t block, uint32_t depth,
                          const kvrt_block_hash_t *key)
 {
 }
-static void lru_leaf_inserted(cache_policy_t *p, int32_t block, uint32_t depth,
-                              const kvrt_block_hash_t *key)
-{
-    p->depth[block] = depth;
-}
-
 static void lru_hit(cache_policy_t *p, int32_t block) {}
 
 /* Links block in front of `at` (at == a sentinel: at that list's tail). */
@@ -85,7 +75,7 @@ static void lru_idle(cache_policy_t *p, int32_t block) { link_before(p, block, S
 void kvrt_policy_list_idle(cache_policy_t *p, policy_run_t *run, int32_t sentinel,
                            int32_t block)
 {
-    uint32_t depth = p->depth[block];
+    uint32_t depth = p->names[block].name.depth;
     bool continues = run->first != SENTINEL && run->tick == p->tick && depth == run->depth + 1;
     if (continues) {
         link_before(p, block, run->first);
@@ -114,7 +104,7 @@ static void lru_leaf_idle(cache_policy_t *p, int32_t block)
 
 static void lru_unlink(cache_policy_t *p, int32_t block)
 {
-    kvrt_policy_list_unlink(p, p->depth ? &p->run[0] : NULL, block);
+    kvrt_policy_list_unlink(p, p->leaf_first ? &p->run[0] : NULL, block);
 }
 
 static void lru_busy(cache_policy_t *p, int32_t block) { lru_unlink(p, block); }
@@ -162,7 +152,7 @@ const cache_policy_ops_t kvrt_cache_policy_lru_leaf = {
     .name = "lru-leaf",
     .init = lru_leaf_init,
     .destroy = lru_destroy,
-    .inserted = lru_leaf_inserted,
+    .inserted = lru_inserted,
     .hit = lru_hit,
     .idle = lru_leaf_idle,
     .busy = lru_busy,

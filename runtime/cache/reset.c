@@ -35,7 +35,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_reset(kvrt_cache_t *cache, uint32_t flags)
     /* Idle blocks: out of the policy and the index, onto the free list. */
     while (c.policy->evictable) {
         int32_t block = c.policy->ops->victim(c.policy);
-        kvrt_cache_index_remove(c.index, &c.names[block].key);
+        kvrt_cache_index_remove(c.index, &c.names[block].name.key);
         kvrt_pool_uncache(c.pool, block);
     }
     /* Referenced blocks: out of the index; their holders keep them as
@@ -43,12 +43,13 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_reset(kvrt_cache_t *cache, uint32_t flags)
     for (uint32_t b = 1; busy && b < c.num_blocks; b++) {
         if (!kvrt_pool_is_cached(c.pool, (int32_t)b))
             continue;
-        kvrt_cache_index_remove(c.index, &c.names[b].key);
+        kvrt_cache_index_remove(c.index, &c.names[b].name.key);
         kvrt_pool_uncache(c.pool, (int32_t)b);
         busy--;
     }
     /* Misses after a reset read "never cached", not "evicted". */
-    memset(c.explain, 0, (c.explain_mask + 1) * sizeof(*c.explain));
+    for (uint64_t i = 0; i <= c.index->mask; i++)
+        c.index->slots[i].explain = 0;
     kvrt_cache_emit_cleared(cache);
     kvrt_log(c.ctx, KVRT_LOG_INFO, "cache %s: reset", c.name);
     return KVRT_OK;

@@ -5,6 +5,7 @@
  * never share, and every missed token is explained in the metrics.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "test_helpers.h"
@@ -152,6 +153,56 @@ Test(cache_prefix, released_blocks_stay_cached_until_an_allocation_needs_them)
                                   "and its first half still hits");
     cr_assert_eq(m.miss_reason, KVRT_CACHE_MISS_EVICTED);
     ASSERT_OK(ctx, kvrt_pool_verify(pool));
+}
+
+/* The explain table remembers, per content hash, the keys of the newest
+ * block cached with it, in a slot chosen by the hash's low bits (one per
+ * index slot), whatever happens to the index around it. With the index
+ * half full, evictions shift index entries back (backward-shift deletion)
+ * all the time; a miss on an evicted block must still read "evicted"
+ * unless a newer content took its slot, and then "never cached". */
+Test(cache_prefix, an_evicted_block_reads_evicted_however_the_index_shifts)
+{
+    enum { BLOCKS = 32768, FIRST = 20000, SECOND = 20000, ASKED = 5000 };
+    make(BLOCKS, KVRT_CACHE_LRU);
+    const uint64_t mask = stats().index_capacity - 1;
+    cr_assert_eq(mask + 1, 65536, "index sized for %u blocks", BLOCKS);
+    int32_t *newest = calloc(mask + 1, sizeof(int32_t)); /* 1 + sequence, 0: none */
+    cr_assert_not_null(newest);
+    kvrt_block_hash_t root, h;
+    ASSERT_OK(ctx, kvrt_cache_root(cache, &root));
+    int32_t t[TPB];
+    /* One-block prompts, released in order: the second set evicts most of
+     * the first, oldest first. */
+    for (int32_t i = 0; i < FIRST + SECOND; i++) {
+        for (int32_t k = 0; k < TPB; k++)
+            t[k] = i * TPB + k + 1;
+        ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(t, TPB, NULL, NULL)));
+        ASSERT_OK(ctx, kvrt_block_hash(&root, t, TPB, 0, NULL, &h));
+        newest[h.lo & mask] = i + 1;
+    }
+    cr_assert_gt(stats().evictions, ASKED);
+    uint32_t evicted = 0, overwritten = 0;
+    for (int32_t i = 0; i < ASKED; i++) {
+        for (int32_t k = 0; k < TPB; k++)
+            t[k] = i * TPB + k + 1;
+        int32_t hit;
+        kvrt_cache_match_t m;
+        ASSERT_OK(ctx, kvrt_cache_match(cache, t, TPB, NULL, 1, &hit, NULL, &m));
+        cr_assert_eq(m.num_blocks, 0, "prompt %d outlived %u evictions", i, stats().evictions);
+        ASSERT_OK(ctx, kvrt_block_hash(&root, t, TPB, 0, NULL, &h));
+        bool own = newest[h.lo & mask] == i + 1;
+        cr_assert_eq(m.miss_reason,
+                     own ? KVRT_CACHE_MISS_EVICTED : KVRT_CACHE_MISS_NEVER_CACHED,
+                     "prompt %d: reason %d, its explain slot %s", i, (int)m.miss_reason,
+                     own ? "its own" : "taken by a newer prompt");
+        evicted += own;
+        overwritten += !own;
+    }
+    cr_assert_gt(evicted, ASKED / 2, "most slots are their own (%u)", evicted);
+    cr_assert_gt(overwritten, 0, "some slots were taken over: the check can tell");
+    free(newest);
+    ASSERT_OK(ctx, kvrt_cache_verify(cache));
 }
 
 Test(cache_prefix, a_held_block_is_never_evicted)
