@@ -185,7 +185,8 @@ typedef struct kvrt_cache_params {
  * Its index (with the explain entries), block names and policy arrays are
  * sized from the pool's block count and made resident here (136-200 bytes
  * a block with the default policy, as the index rounds up to a power of
- * two; at least 2 MiB), so that no insert or lookup faults in a page.
+ * two; the index at least 1 MiB), so that no insert or lookup faults in a
+ * page.
  * Errors: KVRT_ERR_INVALID_ARG (NULL pool/cache_out, unknown field bits,
  * unknown policy), KVRT_ERR_BUSY (the pool already has a cache),
  * KVRT_ERR_NO_MEMORY (including memory that could not be made resident).

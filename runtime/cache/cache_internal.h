@@ -55,7 +55,10 @@ static inline bool hash_equal(const kvrt_block_hash_t *a, const kvrt_block_hash_
  * two arrays would cost two lines at random. Entries move between slots
  * (backward shift); explain entries stay where their hash put them.
  */
-#define INDEX_MIN_SLOTS (1u << 16) /* so a small cache's explain entries survive churn */
+/* So a small cache's explain entries survive churn; 1 MiB, below the huge
+ * page size, so a small cache's index stays on the heap (an array of 2 MiB
+ * and its header would map 4). */
+#define INDEX_MIN_SLOTS (1u << 15)
 
 typedef struct cache_entry {
     kvrt_block_hash_t key;
@@ -167,7 +170,7 @@ struct cache_policy {
     int32_t *prev;
     int32_t *next;
     /* Leaf-first lists (lru-leaf, adaptive): the open release run of each
-     * list (policy_lru.c). */
+     * list (policy_lru.c); leaf_first tells lru-leaf from plain LRU. */
     bool leaf_first;
     policy_run_t run[2];
     /* Adaptive: blocks per list (0 probation, 1 protected), the target

@@ -53,7 +53,6 @@ static kvrt_status_t adaptive_init(cache_policy_t *p, uint32_t num_blocks)
         p->run[list].first = 0;
     }
     p->target = num_blocks / 2;
-    p->leaf_first = true;
     return KVRT_OK;
 }
 

@@ -4,8 +4,6 @@
  * so that no block computed before the reset is matched after it. Works
  * while schedulers are built on the cache; a whole-cache walk, O(blocks).
  */
-#include <string.h>
-
 #include "cache/cache_internal.h"
 
 KVRT_EXPORT kvrt_status_t kvrt_cache_reset(kvrt_cache_t *cache, uint32_t flags)

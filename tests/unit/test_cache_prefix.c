@@ -189,7 +189,8 @@ Test(cache_prefix, an_evicted_block_reads_evicted_however_the_index_shifts)
         int32_t hit;
         kvrt_cache_match_t m;
         ASSERT_OK(ctx, kvrt_cache_match(cache, t, TPB, NULL, 1, &hit, NULL, &m));
-        cr_assert_eq(m.num_blocks, 0, "prompt %d outlived %u evictions", i, stats().evictions);
+        cr_assert_eq(m.num_blocks, 0, "prompt %d outlived %llu evictions", i,
+                     (unsigned long long)stats().evictions);
         ASSERT_OK(ctx, kvrt_block_hash(&root, t, TPB, 0, NULL, &h));
         bool own = newest[h.lo & mask] == i + 1;
         cr_assert_eq(m.miss_reason,
@@ -202,6 +203,33 @@ Test(cache_prefix, an_evicted_block_reads_evicted_however_the_index_shifts)
     cr_assert_gt(evicted, ASKED / 2, "most slots are their own (%u)", evicted);
     cr_assert_gt(overwritten, 0, "some slots were taken over: the check can tell");
     free(newest);
+    ASSERT_OK(ctx, kvrt_cache_verify(cache));
+}
+
+/* A reset forgets the reasons too: a block cached before it was not
+ * evicted, and its miss must not say so. */
+Test(cache_prefix, after_a_reset_a_miss_reads_never_cached)
+{
+    make(9, KVRT_CACHE_LRU);
+    int32_t a[64], b[64], hits[4];
+    test_prompt(a, 64, 0);
+    test_prompt(b, 64, 1000);
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(a, 64, NULL, NULL)));
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(b, 64, NULL, NULL)));
+    int32_t c[64];
+    test_prompt(c, 64, 5000);
+    ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(c, 64, NULL, NULL)));
+    kvrt_cache_match_t m;
+    ASSERT_OK(ctx, kvrt_cache_match(cache, a, 64, NULL, 4, hits, NULL, &m));
+    cr_assert_eq(m.num_blocks, 0);
+    cr_assert_eq(m.miss_reason, KVRT_CACHE_MISS_EVICTED, "before the reset: evicted");
+    ASSERT_OK(ctx, kvrt_cache_reset(cache, 0));
+    for (int k = 0; k < 2; k++) {
+        ASSERT_OK(ctx, kvrt_cache_match(cache, k ? b : a, 64, NULL, 4, hits, NULL, &m));
+        cr_assert_eq(m.num_blocks, 0, "a block cached before the reset hit after it");
+        cr_assert_eq(m.miss_reason, KVRT_CACHE_MISS_NEVER_CACHED, "prompt %d: reason %d", k,
+                     (int)m.miss_reason);
+    }
     ASSERT_OK(ctx, kvrt_cache_verify(cache));
 }
 
