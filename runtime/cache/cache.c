@@ -9,8 +9,8 @@
  *                events and eviction sink know what it was
  *   policy       the evictable set (policy_*.c)
  *   explain      a direct-mapped table, content hash -> (content tag, keys
- *                tag) of the last block inserted with that content, one
- *                entry in each index slot (cache_internal.h), so that an
+ *                tag) of the last block inserted with that content, two
+ *                entries in each index slot (cache_internal.h), so that an
  *                unsalted insert writes both in one line. It
  *                turns a miss into a reason: our keys there means the block
  *                was cached and evicted; other keys mean the same tokens are
@@ -75,7 +75,7 @@ typedef struct call_keys {
     const kvrt_hash_keys_t *keys;
     bool empty;
     kvrt_block_hash_t digest;
-    uint32_t tag; /* explain-table tag of these keys: odd, 1 for empty keys */
+    uint16_t tag; /* explain-table tag of these keys: odd, 1 for empty keys */
 } call_keys_t;
 
 static bool call_keys_init(call_keys_t *ck, const kvrt_hash_keys_t *keys)
@@ -90,7 +90,7 @@ static bool call_keys_init(call_keys_t *ck, const kvrt_hash_keys_t *keys)
     ck->keys = keys;
     ck->empty = kvrt_cache_keys_empty(keys);
     ck->digest = ck->empty ? (kvrt_block_hash_t){0, 0} : kvrt_cache_keys_digest(keys);
-    ck->tag = ck->empty ? 1u : ((uint32_t)ck->digest.lo | 1u);
+    ck->tag = ck->empty ? 1u : (uint16_t)(ck->digest.lo | 1u);
     return true;
 }
 
@@ -99,19 +99,14 @@ static inline kvrt_block_hash_t key_of(const call_keys_t *ck, const kvrt_block_h
     return ck->empty ? *content : kvrt_cache_block_key(content, &ck->digest);
 }
 
-static inline uint64_t explain_entry(const kvrt_block_hash_t *content, const call_keys_t *ck)
-{
-    return (content->hi & 0xffffffff00000000ull) | ck->tag;
-}
-
 static kvrt_cache_miss_reason_t explain_miss(const kvrt_cache_t *cache,
                                              const kvrt_block_hash_t *content,
                                              const call_keys_t *ck)
 {
-    uint64_t e = *kvrt_cache_index_explain(&cache->index, content);
-    if ((e & 0xffffffff00000000ull) != (content->hi & 0xffffffff00000000ull) || e == 0)
+    uint16_t tag = kvrt_cache_explain_get(&cache->index, content);
+    if (tag == 0)
         return KVRT_CACHE_MISS_NEVER_CACHED;
-    return (uint32_t)e == ck->tag ? KVRT_CACHE_MISS_EVICTED : KVRT_CACHE_MISS_KEY_MISMATCH;
+    return tag == ck->tag ? KVRT_CACHE_MISS_EVICTED : KVRT_CACHE_MISS_KEY_MISMATCH;
 }
 
 /* ---- pool hooks ----------------------------------------------------------- */
@@ -512,14 +507,14 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_lookup(kvrt_cache_t *cache, const kvrt_bloc
 
 /* Indexes block under its name unless the key is indexed already; the
  * name's parts come separately (parent_key NULL when unknown) so that they
- * are written once, into names[block]. explain is the explain-table entry
- * of its content under the caller's keys, or 0 when the keys are unknown
+ * are written once, into names[block]. keys_tag is the explain-table tag
+ * of the caller's keys, or 0 when the keys are unknown
  * (kvrt_cache_insert_named). */
 static KVRT_ALWAYS_INLINE kvrt_status_t insert_name(kvrt_cache_t *cache, int32_t block,
                                                     const kvrt_block_hash_t *key,
                                                     const kvrt_block_hash_t *content,
                                                     const kvrt_block_hash_t *parent_key,
-                                                    uint32_t depth, uint64_t explain,
+                                                    uint32_t depth, uint16_t keys_tag,
                                                     int32_t *cached_out)
 {
     uint32_t refs = 0;
@@ -544,8 +539,8 @@ static KVRT_ALWAYS_INLINE kvrt_status_t insert_name(kvrt_cache_t *cache, int32_t
         name->flags = parent_key ? KVRT_CACHE_NAME_HAS_PARENT : 0;
         kvrt_pool_mark_cached(cache->pool, block);
         cache->policy.ops->inserted(&cache->policy, block, depth, key);
-        if (explain)
-            *kvrt_cache_index_explain(&cache->index, content) = explain;
+        if (keys_tag)
+            kvrt_cache_explain_set(&cache->index, content, keys_tag);
         cache->stats.inserts++;
         kvrt_cache_emit(&cache->hooks, KVRT_CACHE_EVENT_STORED, 0, block, name);
     }
@@ -572,7 +567,7 @@ static KVRT_ALWAYS_INLINE kvrt_status_t insert_chained(kvrt_cache_t *cache, int3
     if (has_parent)
         parent_key = key_of(&ck, parent_content);
     return insert_name(cache, block, &key, content, has_parent ? &parent_key : NULL,
-                       block_index, explain_entry(content, &ck), cached_out);
+                       block_index, ck.tag, cached_out);
 }
 
 kvrt_status_t kvrt_cache_insert_chained(kvrt_cache_t *cache, int32_t block,
@@ -595,7 +590,7 @@ void kvrt_cache_prefetch_insert(const kvrt_cache_t *cache, int32_t block,
     kvrt_block_hash_t key = key_of(&ck, content);
     __builtin_prefetch(&cache->index.slots[key.lo & cache->index.mask], 1);
     __builtin_prefetch(&cache->names[block], 1);
-    __builtin_prefetch(kvrt_cache_index_explain(&cache->index, content), 1); /* same line unsalted */
+    __builtin_prefetch(kvrt_cache_explain_slot(&cache->index, content), 1); /* same unsalted */
     kvrt_pool_prefetch_block(cache->pool, block);
 }
 
@@ -617,14 +612,11 @@ kvrt_status_t kvrt_cache_insert_named(kvrt_cache_t *cache, int32_t block,
         return kvrt_fail(cache->ctx, KVRT_ERR_INVALID_ARG,
                          "name is required and may hold only known flags");
     /* Without the keys only an unsalted block's explain entry is known:
-     * its key is its content. */
-    static const call_keys_t no_keys = {.empty = true, .tag = 1u};
-    uint64_t explain = hash_equal(&name->key, &name->content)
-                           ? explain_entry(&name->content, &no_keys)
-                           : 0;
+     * its key is its content, its keys tag 1. */
+    uint16_t keys_tag = hash_equal(&name->key, &name->content) ? 1u : 0u;
     bool has_parent = name->flags & KVRT_CACHE_NAME_HAS_PARENT;
     return insert_name(cache, block, &name->key, &name->content,
-                       has_parent ? &name->parent_key : NULL, name->depth, explain, cached_out);
+                       has_parent ? &name->parent_key : NULL, name->depth, keys_tag, cached_out);
 }
 
 /* ---- stats and verification -------------------------------------------------- */
@@ -661,7 +653,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_verify(const kvrt_cache_t *cache)
         return KVRT_ERR_INVALID_ARG;
     uint64_t indexed = 0;
     for (uint64_t i = 0; i <= cache->index.mask; i++) {
-        const cache_entry_t *s = &cache->index.slots[i].entry;
+        const cache_slot_t *s = &cache->index.slots[i];
         if (s->block == KVRT_NULL_BLOCK)
             continue;
         indexed++;

@@ -48,27 +48,27 @@ static inline bool hash_equal(const kvrt_block_hash_t *a, const kvrt_block_hash_
  * factor stays <= 0.5 and an insert always finds a slot. Block 0 (the null
  * block) marks an empty slot.
  *
- * Each slot carries one entry of the cache's explain table (cache.c),
- * which is indexed by content hash the same way the index is by key: for
- * a block without salt or adapter (its key is its content hash) the insert
- * writes its index entry and its explain entry in one cache line, where
- * two arrays would cost two lines at random. Entries move between slots
- * (backward shift); explain entries stay where their hash put them.
+ * Each slot also carries two entries of the cache's explain table, which
+ * is indexed by content hash the way the index is by key (cache.c says
+ * what it is for): for a block without salt or adapter (its key is its
+ * content hash) the insert writes its index entry and its explain entry in
+ * one cache line, where two arrays would cost two lines at random. Index
+ * entries move between slots (backward shift); explain entries stay where
+ * their hash put them.
  */
-/* So a small cache's explain entries survive churn; 1 MiB, below the huge
- * page size, so a small cache's index stays on the heap (an array of 2 MiB
- * and its header would map 4). */
+/* 64K explain entries at least, so a small cache's miss reasons survive
+ * churn; 1 MiB, below the huge page size, so a small cache's index stays
+ * on the heap (an array of 2 MiB and its header would map 4). */
 #define INDEX_MIN_SLOTS (1u << 15)
 
-typedef struct cache_entry {
+typedef struct cache_slot {
     kvrt_block_hash_t key;
     int32_t block;
-    uint32_t unused;
-} cache_entry_t;
-
-typedef struct cache_slot {
-    cache_entry_t entry;
-    uint64_t explain; /* cache.c: (content tag << 32) | keys tag, 0 when empty */
+    /* Explain entries, chosen by bit 0 of content.hi: the keys tag (odd;
+     * 0 when empty) and the content tag (content.hi >> 32) of the newest
+     * block cached with a content hash homed here. */
+    uint16_t explain_keys[2];
+    uint32_t explain_content[2];
 } cache_slot_t;
 _Static_assert(sizeof(cache_slot_t) == 32, "two slots to a cache line");
 
@@ -78,12 +78,31 @@ typedef struct cache_index {
     uint64_t count;
 } cache_index_t;
 
-/* The explain-table entry of a content hash: in the slot an index key
+/* The slot holding a content hash's explain entry: the one an index key
  * equal to it would start probing at. */
-static inline uint64_t *kvrt_cache_index_explain(const cache_index_t *index,
-                                                 const kvrt_block_hash_t *content)
+static inline cache_slot_t *kvrt_cache_explain_slot(const cache_index_t *index,
+                                                    const kvrt_block_hash_t *content)
 {
-    return &index->slots[content->lo & index->mask].explain;
+    return &index->slots[content->lo & index->mask];
+}
+
+/* Remembers that content was last cached under keys_tag (odd). */
+static inline void kvrt_cache_explain_set(cache_index_t *index, const kvrt_block_hash_t *content,
+                                          uint16_t keys_tag)
+{
+    cache_slot_t *s = kvrt_cache_explain_slot(index, content);
+    s->explain_keys[content->hi & 1] = keys_tag;
+    s->explain_content[content->hi & 1] = (uint32_t)(content->hi >> 32);
+}
+
+/* The keys tag content was last cached under, or 0 when the entry holds
+ * nothing or another content's. */
+static inline uint16_t kvrt_cache_explain_get(const cache_index_t *index,
+                                              const kvrt_block_hash_t *content)
+{
+    const cache_slot_t *s = kvrt_cache_explain_slot(index, content);
+    bool ours = s->explain_content[content->hi & 1] == (uint32_t)(content->hi >> 32);
+    return ours ? s->explain_keys[content->hi & 1] : 0;
 }
 
 kvrt_status_t kvrt_cache_index_init(cache_index_t *index, uint32_t num_blocks);

@@ -34,21 +34,21 @@ void kvrt_cache_index_destroy(cache_index_t *index)
 int32_t kvrt_cache_index_find(const cache_index_t *index, const kvrt_block_hash_t *key)
 {
     for (uint64_t i = key->lo & index->mask;; i = (i + 1) & index->mask) {
-        const cache_entry_t *e = &index->slots[i].entry;
-        if (e->block == KVRT_NULL_BLOCK)
+        const cache_slot_t *s = &index->slots[i];
+        if (s->block == KVRT_NULL_BLOCK)
             return KVRT_NULL_BLOCK;
-        if (hash_equal(&e->key, key))
-            return e->block;
+        if (hash_equal(&s->key, key))
+            return s->block;
     }
 }
 
 void kvrt_cache_index_add(cache_index_t *index, const kvrt_block_hash_t *key, int32_t block)
 {
     uint64_t i = key->lo & index->mask;
-    while (index->slots[i].entry.block != KVRT_NULL_BLOCK)
+    while (index->slots[i].block != KVRT_NULL_BLOCK)
         i = (i + 1) & index->mask;
-    index->slots[i].entry.key = *key;
-    index->slots[i].entry.block = block;
+    index->slots[i].key = *key;
+    index->slots[i].block = block;
     index->count++;
 }
 
@@ -57,26 +57,27 @@ bool kvrt_cache_index_remove(cache_index_t *index, const kvrt_block_hash_t *key)
     uint64_t mask = index->mask;
     uint64_t hole = key->lo & mask;
     for (;; hole = (hole + 1) & mask) {
-        if (index->slots[hole].entry.block == KVRT_NULL_BLOCK)
+        if (index->slots[hole].block == KVRT_NULL_BLOCK)
             return false;
-        if (hash_equal(&index->slots[hole].entry.key, key))
+        if (hash_equal(&index->slots[hole].key, key))
             break;
     }
     /* Backward shift: walk the run after the hole; an entry moves into the
      * hole when its home slot is not cyclically inside (hole, here], i.e.
      * when the hole lies on its probe path. Explain entries stay. */
     for (uint64_t j = (hole + 1) & mask;; j = (j + 1) & mask) {
-        cache_entry_t *e = &index->slots[j].entry;
-        if (e->block == KVRT_NULL_BLOCK)
+        const cache_slot_t *s = &index->slots[j];
+        if (s->block == KVRT_NULL_BLOCK)
             break;
-        uint64_t home = e->key.lo & mask;
+        uint64_t home = s->key.lo & mask;
         bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
         if (!stays) {
-            index->slots[hole].entry = *e;
+            index->slots[hole].key = s->key;
+            index->slots[hole].block = s->block;
             hole = j;
         }
     }
-    index->slots[hole].entry.block = KVRT_NULL_BLOCK;
+    index->slots[hole].block = KVRT_NULL_BLOCK;
     index->count--;
     return true;
 }

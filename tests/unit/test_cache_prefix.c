@@ -156,18 +156,19 @@ Test(cache_prefix, released_blocks_stay_cached_until_an_allocation_needs_them)
 }
 
 /* The explain table remembers, per content hash, the keys of the newest
- * block cached with it, in a slot chosen by the hash's low bits (one per
- * index slot), whatever happens to the index around it. With the index
- * half full, evictions shift index entries back (backward-shift deletion)
- * all the time; a miss on an evicted block must still read "evicted"
- * unless a newer content took its slot, and then "never cached". */
+ * block cached with it, in an entry chosen by the hash (two per index
+ * slot: the slot of the low bits, the entry of bit 0 of the high half),
+ * whatever happens to the index around it. With the index half full,
+ * evictions shift index entries back (backward-shift deletion) all the
+ * time; a miss on an evicted block must still read "evicted" unless a
+ * newer content took its entry, and then "never cached". */
 Test(cache_prefix, an_evicted_block_reads_evicted_however_the_index_shifts)
 {
     enum { BLOCKS = 32768, FIRST = 20000, SECOND = 20000, ASKED = 5000 };
     make(BLOCKS, KVRT_CACHE_LRU);
     const uint64_t mask = stats().index_capacity - 1;
     cr_assert_eq(mask + 1, 65536, "index sized for %u blocks", BLOCKS);
-    int32_t *newest = calloc(mask + 1, sizeof(int32_t)); /* 1 + sequence, 0: none */
+    int32_t *newest = calloc(2 * (mask + 1), sizeof(int32_t)); /* 1 + prompt, 0: none */
     cr_assert_not_null(newest);
     kvrt_block_hash_t root, h;
     ASSERT_OK(ctx, kvrt_cache_root(cache, &root));
@@ -179,7 +180,7 @@ Test(cache_prefix, an_evicted_block_reads_evicted_however_the_index_shifts)
             t[k] = i * TPB + k + 1;
         ASSERT_OK(ctx, kvrt_table_destroy(pool, prefill(t, TPB, NULL, NULL)));
         ASSERT_OK(ctx, kvrt_block_hash(&root, t, TPB, 0, NULL, &h));
-        newest[h.lo & mask] = i + 1;
+        newest[(h.lo & mask) * 2 + (h.hi & 1)] = i + 1;
     }
     cr_assert_gt(stats().evictions, ASKED);
     uint32_t evicted = 0, overwritten = 0;
@@ -192,16 +193,16 @@ Test(cache_prefix, an_evicted_block_reads_evicted_however_the_index_shifts)
         cr_assert_eq(m.num_blocks, 0, "prompt %d outlived %llu evictions", i,
                      (unsigned long long)stats().evictions);
         ASSERT_OK(ctx, kvrt_block_hash(&root, t, TPB, 0, NULL, &h));
-        bool own = newest[h.lo & mask] == i + 1;
+        bool own = newest[(h.lo & mask) * 2 + (h.hi & 1)] == i + 1;
         cr_assert_eq(m.miss_reason,
                      own ? KVRT_CACHE_MISS_EVICTED : KVRT_CACHE_MISS_NEVER_CACHED,
-                     "prompt %d: reason %d, its explain slot %s", i, (int)m.miss_reason,
+                     "prompt %d: reason %d, its explain entry %s", i, (int)m.miss_reason,
                      own ? "its own" : "taken by a newer prompt");
         evicted += own;
         overwritten += !own;
     }
-    cr_assert_gt(evicted, ASKED / 2, "most slots are their own (%u)", evicted);
-    cr_assert_gt(overwritten, 0, "some slots were taken over: the check can tell");
+    cr_assert_gt(evicted, ASKED / 2, "most entries are their own (%u)", evicted);
+    cr_assert_gt(overwritten, 0, "some entries were taken over: the check can tell");
     free(newest);
     ASSERT_OK(ctx, kvrt_cache_verify(cache));
 }
