@@ -3,7 +3,10 @@
  * kvrt_sched_commit with N running decode sequences (contexts of 1-2K
  * tokens) and 256 requests waiting, for N = 1K, 4K, 8K, 16K and 32K; the
  * same with a prefix cache attached (full blocks hashed and inserted as
- * they fill); and the speculative variant, k = 4 engine drafts per
+ * they fill), in a roomy pool (cache: no block taken evicts) and in a full
+ * one (cachefull: the pool's free blocks all cached and idle, so that each
+ * block taken evicts one, as in a server's steady state); and the
+ * speculative variant, k = 4 engine drafts per
  * sequence with a varying accepted count (rollback included), set in one
  * kvrt_sched_set_drafts call (spec4) or carried by the commit before
  * (spec4c, KVRT_COMMIT_DRAFTS, as an engine whose draft model runs right
@@ -14,7 +17,7 @@
  *
  * Figures are per sequence, each with its baseline measured beside it:
  * plain at N against plain at 1K (target: within 1.3x, a flat cost per
- * sequence), the cache variant against plain at the same N (within 1.3x),
+ * sequence), the cache variants against plain at the same N (within 1.3x),
  * the speculative ones against plain at the same N (within 2x), the one
  * with ends against plain at the same N (within 1.3x; per planned
  * sequence); plain and stop at 1K are their own. Both fixtures are open
@@ -83,7 +86,50 @@ static void fixture_close(fixture_t *f)
  * (none with ends); stops: every request has two stop tokens (as an
  * engine's EOS tokens), which the commit checks and no sampled token
  * matches. */
-static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache, bool stops, bool ends)
+/* Whether a prefix cache is attached, and how full the pool is. */
+typedef enum {
+    NO_CACHE,
+    CACHE_ROOMY,  /* about 2M free blocks at 32K: no block taken evicts */
+    CACHE_FULL,   /* none free: each block taken evicts an idle one */
+} cache_use_t;
+
+/* Fills every free block of f's pool with an idle cached block of its own
+ * content, released in a random order: from then on each block a decode
+ * takes evicts the least recently released one, and the free list hands
+ * out the evicted blocks, scattered over the pool (a server's steady
+ * state with a prefix cache: a full pool of cached blocks). */
+static int fill_with_idle(fixture_t *f, uint64_t *rng)
+{
+    kvrt_pool_info_t info;
+    if (kvrt_pool_info(f->pool, &info) != KVRT_OK)
+        return -1;
+    const uint32_t count = info.free_blocks;
+    int32_t *blocks = malloc((count ? count : 1) * sizeof(int32_t));
+    int rc = -1;
+    if (!blocks || (count && kvrt_pool_alloc(f->pool, count, blocks) != KVRT_OK))
+        goto out;
+    for (uint32_t i = 0; i < count; i++) {
+        kvrt_block_hash_t content = {sched_bench_rng_next(rng), sched_bench_rng_next(rng)};
+        if (kvrt_cache_insert(f->cache, blocks[i], &content, NULL, 0, NULL) != KVRT_OK)
+            goto out;
+    }
+    for (uint32_t i = count; i > 1; i--) { /* Fisher-Yates */
+        uint32_t j = (uint32_t)(sched_bench_rng_next(rng) % i);
+        int32_t t = blocks[i - 1];
+        blocks[i - 1] = blocks[j];
+        blocks[j] = t;
+    }
+    if (kvrt_pool_free(f->pool, count, blocks) == KVRT_OK &&
+        kvrt_pool_info(f->pool, &info) == KVRT_OK && info.free_blocks == 0 &&
+        info.cached_blocks >= count)
+        rc = 0;
+out:
+    free(blocks);
+    return rc;
+}
+
+static int fixture_open(fixture_t *f, uint32_t n, bool spec, cache_use_t cache, bool stops,
+                        bool ends)
 {
     memset(f, 0, sizeof(*f));
     f->n = n;
@@ -148,6 +194,10 @@ static int fixture_open(fixture_t *f, uint32_t n, bool spec, bool cache, bool st
     }
     for (uint32_t i = 0; i < n * (1 + DRAFTS); i++)
         f->tokens[i] = 7 + (int32_t)(i % 100);
+    if (cache == CACHE_FULL && fill_with_idle(f, &rng)) {
+        fprintf(stderr, "sched fixture: filling the pool: %s\n", kvrt_ctx_last_error(f->ctx));
+        return -1;
+    }
     if (spec) {
         f->draft_counts = malloc(n * sizeof(uint32_t));
         f->draft_all = malloc((size_t)n * DRAFTS * sizeof(int32_t));
@@ -300,7 +350,7 @@ SCHED_BENCH_STEPS static int baseline_steps(fixture_t *f, drafts_t spec, uint32_
 typedef struct variant {
     const char *name;  /* KVRT_BENCH_SCHED=<name>.<n> */
     drafts_t drafts;
-    bool cache;
+    cache_use_t cache;
     bool stops;
     bool ends;
     const char *note;
@@ -422,7 +472,7 @@ out:
 }
 
 #define NUM_SIZES 5
-#define NUM_VARIANTS 6
+#define NUM_VARIANTS 7
 
 static int run_sched(const bench_options_t *o)
 {
@@ -431,15 +481,19 @@ static int run_sched(const bench_options_t *o)
     /* plain and stop: flat per sequence against their own 1K figure;
      * the others against plain at the same size. */
     static const variant_t variants[NUM_VARIANTS] = {
-        {"plain", NO_DRAFTS, false, false, false, ""},
-        {"cache", NO_DRAFTS, true, false, false,
+        {"plain", NO_DRAFTS, NO_CACHE, false, false, ""},
+        {"cache", NO_DRAFTS, CACHE_ROOMY, false, false,
          "; prefix cache on (~n/16 blocks hashed + inserted per step)"},
-        {"spec4", DRAFTS_SET, false, false, false,
+        {"cachefull", NO_DRAFTS, CACHE_FULL, false, false,
+         "; prefix cache on, pool full of idle cached blocks (~n/16 evicted, hashed + "
+         "inserted per step)"},
+        {"spec4", DRAFTS_SET, NO_CACHE, false, false,
          "; 4 drafts each via kvrt_sched_set_drafts, 0-4 accepted"},
-        {"spec4c", DRAFTS_IN_COMMIT, false, false, false,
+        {"spec4c", DRAFTS_IN_COMMIT, NO_CACHE, false, false,
          "; 4 drafts each carried by the commit, 0-4 accepted"},
-        {"stop", NO_DRAFTS, false, true, false, "; 2 stop tokens each (checked, never sampled)"},
-        {"ends", NO_DRAFTS, false, false, true,
+        {"stop", NO_DRAFTS, NO_CACHE, true, false,
+         "; 2 stop tokens each (checked, never sampled)"},
+        {"ends", NO_DRAFTS, NO_CACHE, false, true,
          "; n/1024 aborted before each step and drained after it, none waiting"},
     };
     double ideal[NUM_SIZES] = {0};
@@ -507,6 +561,6 @@ static int run_sched(const bench_options_t *o)
 }
 
 KVRT_BENCH_SUITE(sched,
-                 "step + commit per sequence, 1K-32K decodes: plain, cache, "
-                 "k=4 (set, in commit), stops, ends",
+                 "step + commit per sequence, 1K-32K decodes: plain, cache (roomy, full), "
+                 "k=4, stops, ends",
                  run_sched, true)

@@ -111,7 +111,10 @@ kvrt_status_t kvrt_pool_destroy(kvrt_pool_t *pool);
  * kvrt_pool_alloc - allocates `count` blocks, each with reference count 1,
  * writing their ids to blocks_out[0..count). All or nothing: when fewer than
  * `count` blocks are free or reclaimable, nothing changes. Cached blocks are
- * reclaimed (evicted from the prefix cache) only when the free list runs out.
+ * reclaimed (evicted from the prefix cache) only when the free list runs out:
+ * the free blocks come first, then the victims in the order the cache
+ * evicted them, so one call for n blocks returns what n calls for one
+ * would.
  * Errors: KVRT_ERR_INVALID_ARG (NULL pool/blocks_out, count 0),
  * KVRT_ERR_NO_BLOCKS.
  */

@@ -242,10 +242,33 @@ KVRT_EXPORT kvrt_status_t kvrt_pool_destroy(kvrt_pool_t *pool)
 
 /* ---- block operations (the hot path) ---------------------------------- */
 
+static void reverse_blocks(int32_t *blocks, uint32_t n)
+{
+    for (uint32_t i = 0, j = n; i + 1 < j; i++, j--) {
+        int32_t t = blocks[i];
+        blocks[i] = blocks[j - 1];
+        blocks[j - 1] = t;
+    }
+}
+
+void kvrt_pool_reclaim(kvrt_pool_t *pool, uint32_t count)
+{
+    const uint32_t had = pool->free_count;
+    if (KVRT_LIKELY(had >= count))
+        return;
+    pool->cache_ops->evict(pool->cache, count - had); /* pushes the victims */
+    /* [free blocks, victims in eviction order] becomes [victims reversed,
+     * free blocks]: pops hand out the free blocks (top first), then the
+     * victims in the order they were evicted, however the takes are
+     * grouped, as if each take had evicted what it lacked. */
+    reverse_blocks(pool->free_stack, pool->free_count);
+    reverse_blocks(pool->free_stack + pool->free_count - had, had);
+}
+
 void kvrt_pool_take(kvrt_pool_t *pool, uint32_t count, int32_t *blocks_out)
 {
     if (KVRT_UNLIKELY(pool->free_count < count))
-        pool->cache_ops->evict(pool->cache, count - pool->free_count);
+        kvrt_pool_reclaim(pool, count);
     for (uint32_t i = 0; i < count; i++) {
         int32_t b = pool->free_stack[--pool->free_count];
         pool->meta[b].refcount = 1;

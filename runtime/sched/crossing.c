@@ -17,11 +17,15 @@
  *
  * A crossing is deferred only when the blocks it can need are certainly
  * there (counted against the free blocks seen when the batch opened, and
- * the reclaimable ones unless an eviction sink may keep victims), and the batch is run before anything else in the step can
- * take blocks or reorder the plan (a slow-path append, preemption, the end
- * of the decode pass). So the batch takes the same blocks, in the same
- * order, as the appends would have one at a time: the plan, the rows and
- * every request's table are the same either way.
+ * the reclaimable ones unless an eviction sink may keep victims), and the
+ * batch is run before anything else in the step can take blocks or
+ * reorder the plan (a slow-path append, preemption, the end of the decode
+ * pass). So the batch takes the same blocks, in the same order, as the
+ * appends would have one at a time: the plan, the rows and every
+ * request's table are the same either way. When the free blocks fall
+ * short, the blocks the batch takes are evicted for the whole batch
+ * before its appends (kvrt_pool_reclaim hands them out in the order
+ * appends one at a time would have evicted them).
  */
 #include <string.h>
 
@@ -159,6 +163,22 @@ static inline void warm_links(kvrt_sched_t *s, const seq_t *q, uint32_t depth)
     __builtin_prefetch(&s->rc.row_mark[q->row], 1);
 }
 
+/* The blocks the m records' appends take, evicted now, all at once
+ * (kvrt_pool_reclaim), rather than one by one inside the appends. Each
+ * eviction is a chain of misses (the policy's links, the victim's name,
+ * its index slot); inside an append, the append waited for it, and the
+ * stage before had warmed no block to take (the free list was empty). The
+ * appends then take the same blocks in the same order. Out of line: most
+ * batches find the blocks free. */
+static __attribute__((noinline)) void reclaim_for(kvrt_sched_t *s, const sched_crossing_t *x,
+                                                  uint32_t m)
+{
+    uint32_t taking = 0;
+    for (uint32_t i = 0; i < m; i++)
+        taking += x[i].took;
+    kvrt_pool_reclaim(s->pool, taking);
+}
+
 void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
 {
     const uint32_t m = s->num_crossings;
@@ -169,6 +189,8 @@ void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
     const sched_crossing_t *x = s->crossings;
     /* Too few to overlap: no stages, one append after the other. */
     const uint32_t d = m >= SCHED_STAGE_MIN ? SCHED_CROSS_DISTANCE : 0;
+    if (s->crossing_idle_counted) /* free blocks short of the batch's */
+        reclaim_for(s, x, m);
     /* Blocks the records before stage 2's take, and those appended so far
      * took: the difference is how deep in the free list its block lies. */
     uint32_t ahead = 0, taken = 0;

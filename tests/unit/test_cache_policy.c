@@ -235,3 +235,50 @@ Test(cache_policy, peek_names_the_victims_in_order_adaptive)
 {
     peek_is_the_eviction_order(KVRT_CACHE_ADAPTIVE);
 }
+
+/* A pool of 8 usable blocks, 6 of them cached and idle (released in a
+ * scrambled order) and 2 free. */
+static void two_free_six_idle(kvrt_pool_t *p, kvrt_cache_t *c)
+{
+    int32_t blocks[8];
+    ASSERT_OK(ctx, kvrt_pool_alloc(p, 8, blocks));
+    for (uint32_t i = 0; i < 6; i++) {
+        kvrt_block_hash_t content = {100u + i, 7u};
+        ASSERT_OK(ctx, kvrt_cache_insert(c, blocks[i], &content, NULL, 0, NULL));
+    }
+    const int32_t order[8] = {blocks[3], blocks[6], blocks[1], blocks[5],
+                              blocks[0], blocks[7], blocks[2], blocks[4]};
+    for (uint32_t i = 0; i < 8; i++)
+        ASSERT_OK(ctx, kvrt_pool_free(p, 1, &order[i]));
+}
+
+/* An allocation short of free blocks evicts what it lacks and hands out
+ * the free blocks, then the victims in the order they were evicted: the
+ * blocks that allocations of one block each would hand out, in the same
+ * order, however the blocks are asked for. */
+Test(cache_policy, an_allocation_that_evicts_hands_out_what_single_allocations_would)
+{
+    make(9, 0, KVRT_CACHE_LRU_LEAF);
+    kvrt_pool_t *twin_pool = test_pool(ctx, 9, TPB);
+    kvrt_cache_t *twin;
+    ASSERT_OK(ctx, kvrt_cache_create(twin_pool, NULL, &twin));
+    two_free_six_idle(pool, cache);
+    two_free_six_idle(twin_pool, twin);
+    int32_t victims[8];
+    kvrt_cache_block_name_t names[8];
+    cr_assert_eq(kvrt_cache_peek_victims(cache, victims, names, 8), 6);
+    int32_t together[7], one_by_one[7];
+    ASSERT_OK(ctx, kvrt_pool_alloc(pool, 7, together));
+    for (uint32_t i = 0; i < 7; i++)
+        ASSERT_OK(ctx, kvrt_pool_alloc(twin_pool, 1, &one_by_one[i]));
+    for (uint32_t i = 0; i < 7; i++)
+        cr_assert_eq(together[i], one_by_one[i], "block %u: %d, one at a time %d", i,
+                     together[i], one_by_one[i]);
+    for (uint32_t i = 2; i < 7; i++)
+        cr_assert_eq(together[i], victims[i - 2], "block %u is not victim %u", i, i - 2);
+    ASSERT_OK(ctx, kvrt_pool_free(pool, 7, together));
+    ASSERT_OK(ctx, kvrt_pool_free(twin_pool, 7, one_by_one));
+    test_expect_only_cache_holds(ctx, twin_pool, twin);
+    ASSERT_OK(ctx, kvrt_cache_destroy(twin));
+    ASSERT_OK(ctx, kvrt_pool_destroy(twin_pool));
+}

@@ -156,6 +156,103 @@ Test(sched_crossings, many_decodes_crossing_together_get_the_slots_of_appends_on
     sched_fixture_close(&f);
 }
 
+/* Every free block of `pool` made an idle cached block of its own content,
+ * released in an order drawn from `seed`: from then on each block taken
+ * evicts one. Two pools of the same size filled with the same seed hold
+ * the same victims in the same order. */
+static void fill_with_idle(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t *cache,
+                           uint64_t seed)
+{
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    const uint32_t n = info.free_blocks;
+    int32_t *blocks = calloc(n, sizeof(int32_t));
+    cr_assert_not_null(blocks);
+    ASSERT_OK(ctx, kvrt_pool_alloc(pool, n, blocks));
+    uint64_t rng = seed;
+    for (uint32_t i = 0; i < n; i++) {
+        kvrt_block_hash_t content = {test_rand_below(&rng, UINT32_MAX), 1000u + i};
+        ASSERT_OK(ctx, kvrt_cache_insert(cache, blocks[i], &content, NULL, 0, NULL));
+    }
+    for (uint32_t i = n; i > 1; i--) {
+        uint32_t j = (uint32_t)test_rand_below(&rng, i);
+        int32_t t = blocks[i - 1];
+        blocks[i - 1] = blocks[j];
+        blocks[j] = t;
+    }
+    ASSERT_OK(ctx, kvrt_pool_free(pool, n, blocks));
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    cr_assert_eq(info.free_blocks, 0);
+    cr_assert_eq(info.cached_blocks, n);
+    free(blocks);
+}
+
+/* A full pool (every block cached and idle): a batch of crossings evicts
+ * the blocks it takes before its appends, all at once, and still hands
+ * each decode the block that appends one at a time, each evicting what it
+ * lacks, would have. */
+Test(sched_crossings, crossings_in_a_full_pool_evict_what_appends_one_at_a_time_would)
+{
+    const uint32_t blocks = MANY * 4 + 16;
+    kvrt_sched_params_t sp = sched_fixture_params_for(MANY, TPB);
+    sched_fixture_t f = sched_fixture_open(blocks, TPB, true, &sp);
+    kvrt_pool_t *ref = test_pool(f.ctx, blocks, TPB);
+    kvrt_cache_t *ref_cache;
+    ASSERT_OK(f.ctx, kvrt_cache_create(ref, NULL, &ref_cache));
+    fill_with_idle(f.ctx, f.pool, f.cache, 0xf111ull);
+    fill_with_idle(f.ctx, ref, ref_cache, 0xf111ull);
+    kvrt_seq_id_t ids[MANY];
+    kvrt_table_id_t tables[MANY];
+    add_requests(&f, MANY, TPB, 3 * TPB + 1, ids, NULL);
+    for (uint32_t i = 0; i < MANY; i++)
+        ASSERT_OK(f.ctx, kvrt_table_create(ref, &tables[i]));
+    int64_t *expect = calloc(MANY * TPB, sizeof(int64_t));
+    cr_assert_not_null(expect);
+    uint32_t crossing_steps = 0;
+    for (uint32_t step = 0; step < 3 * TPB + 8; step++) {
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, step, &plan));
+        if (plan->num_seqs == 0)
+            break;
+        uint32_t crossing = 0;
+        for (uint32_t i = 0; i < plan->num_seqs; i++) {
+            const kvrt_plan_seq_t *e = &plan->seqs[i];
+            uint32_t r = index_of(ids, MANY, e->id);
+            ASSERT_OK(f.ctx, kvrt_table_append(ref, tables[r], e->num_new_tokens,
+                                               expect + plan->query_start_loc[i], NULL,
+                                               NULL));
+            crossing += e->kind == KVRT_PLAN_DECODE && e->num_computed_tokens % TPB == 0;
+        }
+        for (uint32_t t = 0; t < plan->num_tokens; t++)
+            cr_assert_eq(plan->slot_mapping[t], expect[t],
+                         "step %u token %u: slot %lld, one at a time %lld", step, t,
+                         (long long)plan->slot_mapping[t], (long long)expect[t]);
+        check_slots(plan, 0);
+        crossing_steps += crossing == MANY;
+        commit_plain(&f, plan);
+        ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
+        ASSERT_OK(f.ctx, kvrt_cache_verify(f.cache));
+    }
+    cr_assert_eq(crossing_steps, 3, "decodes crossed together in %u steps", crossing_steps);
+    /* Prompt blocks and 3 crossings each, every one an eviction. */
+    kvrt_cache_stats_t st, ref_st;
+    ASSERT_OK(f.ctx, kvrt_cache_stats(f.cache, &st));
+    ASSERT_OK(f.ctx, kvrt_cache_stats(ref_cache, &ref_st));
+    cr_assert_eq(st.evictions, 4 * MANY);
+    cr_assert_eq(ref_st.evictions, st.evictions);
+    kvrt_seq_info_t ev[64];
+    uint32_t ended = 0;
+    for (uint32_t n; (n = sched_fixture_drain(&f, ev, 64)) > 0;)
+        ended += n;
+    cr_assert_eq(ended, MANY);
+    for (uint32_t i = 0; i < MANY; i++)
+        ASSERT_OK(f.ctx, kvrt_table_destroy(ref, tables[i]));
+    ASSERT_OK(f.ctx, kvrt_cache_destroy(ref_cache));
+    ASSERT_OK(f.ctx, kvrt_pool_destroy(ref));
+    free(expect);
+    sched_fixture_close(&f);
+}
+
 Test(sched_crossings, crossings_past_the_free_blocks_preempt_the_lowest_priority_latest_first)
 {
     enum { N = 300, FREE_AFTER_PREFILL = 120 };
