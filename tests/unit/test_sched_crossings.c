@@ -99,26 +99,24 @@ static void commit_plain(sched_fixture_t *f, const kvrt_batch_plan_t *plan)
     free(tokens);
 }
 
-Test(sched_crossings, many_decodes_crossing_together_get_the_slots_of_appends_one_at_a_time)
+/* MANY requests with prompts of one whole block decode 3 blocks more:
+ * every decode crosses at positions 16, 32 and 48, all in the same steps.
+ * Each plan's slots must be those that `ref`, a pool of the same size
+ * whose tables take each entry's tokens in plan order one append at a
+ * time, hands out. */
+static void decode_against_one_at_a_time(sched_fixture_t *f, kvrt_pool_t *ref)
 {
-    const uint32_t blocks = MANY * 4 + 16;
-    kvrt_sched_params_t sp = sched_fixture_params_for(MANY, TPB);
-    sched_fixture_t f = sched_fixture_open(blocks, TPB, false, &sp);
-    /* The reference: the same pool, appends in plan order, one at a time. */
-    kvrt_pool_t *ref = test_pool(f.ctx, blocks, TPB);
     kvrt_seq_id_t ids[MANY];
     kvrt_table_id_t tables[MANY];
-    /* Prompts of one whole block: every decode crosses at positions 16,
-     * 32 and 48, all in the same steps. */
-    add_requests(&f, MANY, TPB, 3 * TPB + 1, ids, NULL);
+    add_requests(f, MANY, TPB, 3 * TPB + 1, ids, NULL);
     for (uint32_t i = 0; i < MANY; i++)
-        ASSERT_OK(f.ctx, kvrt_table_create(ref, &tables[i]));
+        ASSERT_OK(f->ctx, kvrt_table_create(ref, &tables[i]));
     int64_t *expect = calloc(MANY * TPB, sizeof(int64_t));
     cr_assert_not_null(expect);
     uint32_t crossing_steps = 0;
     for (uint32_t step = 0; step < 3 * TPB + 8; step++) {
         const kvrt_batch_plan_t *plan;
-        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, step, &plan));
+        ASSERT_OK(f->ctx, kvrt_sched_step(f->sched, step, &plan));
         if (plan->num_seqs == 0)
             break;
         uint32_t crossing = 0;
@@ -126,8 +124,8 @@ Test(sched_crossings, many_decodes_crossing_together_get_the_slots_of_appends_on
             const kvrt_plan_seq_t *e = &plan->seqs[i];
             uint32_t r = index_of(ids, MANY, e->id);
             int64_t *out = expect + plan->query_start_loc[i];
-            ASSERT_OK(f.ctx, kvrt_table_append(ref, tables[r], e->num_new_tokens, out, NULL,
-                                               NULL));
+            ASSERT_OK(f->ctx, kvrt_table_append(ref, tables[r], e->num_new_tokens, out, NULL,
+                                                NULL));
             crossing += e->kind == KVRT_PLAN_DECODE && e->num_computed_tokens % TPB == 0;
         }
         for (uint32_t t = 0; t < plan->num_tokens; t++)
@@ -140,20 +138,20 @@ Test(sched_crossings, many_decodes_crossing_together_get_the_slots_of_appends_on
                          MANY);
             crossing_steps++;
         }
-        commit_plain(&f, plan);
-        ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
+        commit_plain(f, plan);
+        ASSERT_OK(f->ctx, kvrt_pool_verify(f->pool));
+        if (f->cache)
+            ASSERT_OK(f->ctx, kvrt_cache_verify(f->cache));
     }
     cr_assert_eq(crossing_steps, 3, "decodes crossed together in %u steps", crossing_steps);
     kvrt_seq_info_t ev[64];
     uint32_t ended = 0;
-    for (uint32_t n; (n = sched_fixture_drain(&f, ev, 64)) > 0;)
+    for (uint32_t n; (n = sched_fixture_drain(f, ev, 64)) > 0;)
         ended += n;
     cr_assert_eq(ended, MANY);
     for (uint32_t i = 0; i < MANY; i++)
-        ASSERT_OK(f.ctx, kvrt_table_destroy(ref, tables[i]));
-    ASSERT_OK(f.ctx, kvrt_pool_destroy(ref));
+        ASSERT_OK(f->ctx, kvrt_table_destroy(ref, tables[i]));
     free(expect);
-    sched_fixture_close(&f);
 }
 
 /* Every free block of `pool` made an idle cached block of its own content,
@@ -187,70 +185,44 @@ static void fill_with_idle(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t *cac
     free(blocks);
 }
 
-/* A full pool (every block cached and idle): a batch of crossings evicts
- * the blocks it takes before its appends, all at once, and still hands
- * each decode the block that appends one at a time, each evicting what it
- * lacks, would have. */
-Test(sched_crossings, crossings_in_a_full_pool_evict_what_appends_one_at_a_time_would)
+/* decode_against_one_at_a_time in a pool of its own, against a reference
+ * pool of the same size. full_pool: both pools have a prefix cache and
+ * are full of the same idle cached blocks, so every block taken evicts
+ * one; the batch evicts for all its appends before the first. */
+static void crossings_against_one_at_a_time(bool full_pool)
 {
     const uint32_t blocks = MANY * 4 + 16;
     kvrt_sched_params_t sp = sched_fixture_params_for(MANY, TPB);
-    sched_fixture_t f = sched_fixture_open(blocks, TPB, true, &sp);
+    sched_fixture_t f = sched_fixture_open(blocks, TPB, full_pool, &sp);
     kvrt_pool_t *ref = test_pool(f.ctx, blocks, TPB);
-    kvrt_cache_t *ref_cache;
-    ASSERT_OK(f.ctx, kvrt_cache_create(ref, NULL, &ref_cache));
-    fill_with_idle(f.ctx, f.pool, f.cache, 0xf111ull);
-    fill_with_idle(f.ctx, ref, ref_cache, 0xf111ull);
-    kvrt_seq_id_t ids[MANY];
-    kvrt_table_id_t tables[MANY];
-    add_requests(&f, MANY, TPB, 3 * TPB + 1, ids, NULL);
-    for (uint32_t i = 0; i < MANY; i++)
-        ASSERT_OK(f.ctx, kvrt_table_create(ref, &tables[i]));
-    int64_t *expect = calloc(MANY * TPB, sizeof(int64_t));
-    cr_assert_not_null(expect);
-    uint32_t crossing_steps = 0;
-    for (uint32_t step = 0; step < 3 * TPB + 8; step++) {
-        const kvrt_batch_plan_t *plan;
-        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, step, &plan));
-        if (plan->num_seqs == 0)
-            break;
-        uint32_t crossing = 0;
-        for (uint32_t i = 0; i < plan->num_seqs; i++) {
-            const kvrt_plan_seq_t *e = &plan->seqs[i];
-            uint32_t r = index_of(ids, MANY, e->id);
-            ASSERT_OK(f.ctx, kvrt_table_append(ref, tables[r], e->num_new_tokens,
-                                               expect + plan->query_start_loc[i], NULL,
-                                               NULL));
-            crossing += e->kind == KVRT_PLAN_DECODE && e->num_computed_tokens % TPB == 0;
-        }
-        for (uint32_t t = 0; t < plan->num_tokens; t++)
-            cr_assert_eq(plan->slot_mapping[t], expect[t],
-                         "step %u token %u: slot %lld, one at a time %lld", step, t,
-                         (long long)plan->slot_mapping[t], (long long)expect[t]);
-        check_slots(plan, 0);
-        crossing_steps += crossing == MANY;
-        commit_plain(&f, plan);
-        ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
-        ASSERT_OK(f.ctx, kvrt_cache_verify(f.cache));
+    kvrt_cache_t *ref_cache = NULL;
+    if (full_pool) {
+        ASSERT_OK(f.ctx, kvrt_cache_create(ref, NULL, &ref_cache));
+        fill_with_idle(f.ctx, f.pool, f.cache, 0xf111ull);
+        fill_with_idle(f.ctx, ref, ref_cache, 0xf111ull);
     }
-    cr_assert_eq(crossing_steps, 3, "decodes crossed together in %u steps", crossing_steps);
-    /* Prompt blocks and 3 crossings each, every one an eviction. */
-    kvrt_cache_stats_t st, ref_st;
-    ASSERT_OK(f.ctx, kvrt_cache_stats(f.cache, &st));
-    ASSERT_OK(f.ctx, kvrt_cache_stats(ref_cache, &ref_st));
-    cr_assert_eq(st.evictions, 4 * MANY);
-    cr_assert_eq(ref_st.evictions, st.evictions);
-    kvrt_seq_info_t ev[64];
-    uint32_t ended = 0;
-    for (uint32_t n; (n = sched_fixture_drain(&f, ev, 64)) > 0;)
-        ended += n;
-    cr_assert_eq(ended, MANY);
-    for (uint32_t i = 0; i < MANY; i++)
-        ASSERT_OK(f.ctx, kvrt_table_destroy(ref, tables[i]));
-    ASSERT_OK(f.ctx, kvrt_cache_destroy(ref_cache));
+    decode_against_one_at_a_time(&f, ref);
+    if (full_pool) {
+        /* Prompt blocks and 3 crossings each, every one an eviction. */
+        kvrt_cache_stats_t st, ref_st;
+        ASSERT_OK(f.ctx, kvrt_cache_stats(f.cache, &st));
+        ASSERT_OK(f.ctx, kvrt_cache_stats(ref_cache, &ref_st));
+        cr_assert_eq(st.evictions, 4 * MANY);
+        cr_assert_eq(ref_st.evictions, st.evictions);
+        ASSERT_OK(f.ctx, kvrt_cache_destroy(ref_cache));
+    }
     ASSERT_OK(f.ctx, kvrt_pool_destroy(ref));
-    free(expect);
     sched_fixture_close(&f);
+}
+
+Test(sched_crossings, many_decodes_crossing_together_get_the_slots_of_appends_one_at_a_time)
+{
+    crossings_against_one_at_a_time(false);
+}
+
+Test(sched_crossings, crossings_in_a_full_pool_evict_what_appends_one_at_a_time_would)
+{
+    crossings_against_one_at_a_time(true);
 }
 
 Test(sched_crossings, crossings_past_the_free_blocks_preempt_the_lowest_priority_latest_first)
