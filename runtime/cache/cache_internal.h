@@ -161,6 +161,14 @@ typedef struct cache_policy_ops {
     bool (*contains)(const cache_policy_t *policy, int32_t block);
 } cache_policy_ops_t;
 
+/* A block's neighbours in an LRU list, side by side: unlinking a block
+ * writes its own entry and its neighbours', one line each, and the next
+ * victim's entry is the line an eviction reads to find it. */
+typedef struct policy_link {
+    int32_t prev;
+    int32_t next;
+} policy_link_t;
+
 /* A heap entry of the frequency policies: lower evicts first. */
 typedef struct policy_heap_entry {
     uint64_t priority;
@@ -185,9 +193,8 @@ struct cache_policy {
     uint64_t tick;       /* advanced by the cache once per query */
     const cache_name_t *names; /* the cache's, block -> name; set before init */
     /* LRU: an intrusive list threaded through block ids, block 0 (never
-     * cached) as the sentinel; next[0] is the least recently used. */
-    int32_t *prev;
-    int32_t *next;
+     * cached) as the sentinel; links[0].next is the least recently used. */
+    policy_link_t *links;
     /* Leaf-first lists (lru-leaf, adaptive): the open release run of each
      * list (policy_lru.c); leaf_first tells lru-leaf from plain LRU. */
     bool leaf_first;
@@ -212,10 +219,8 @@ struct cache_policy {
 /* Warms what a hit on `block` will touch in any policy's arrays. */
 static inline void kvrt_cache_policy_prefetch(const cache_policy_t *p, int32_t block)
 {
-    if (p->prev) {
-        __builtin_prefetch(&p->prev[block], 1);
-        __builtin_prefetch(&p->next[block], 1);
-    }
+    if (p->links)
+        __builtin_prefetch(&p->links[block], 1);
     if (p->heap_pos) {
         __builtin_prefetch(&p->heap_pos[block], 1);
         __builtin_prefetch(&p->freq[block], 1);

@@ -34,22 +34,21 @@ static inline int32_t sentinel_of(const cache_policy_t *p, int list)
 
 static kvrt_status_t adaptive_init(cache_policy_t *p, uint32_t num_blocks)
 {
-    /* One more slot in the link arrays: the protected list's sentinel. */
-    p->prev = kvrt_calloc_large_resident((size_t)num_blocks + 1, sizeof(*p->prev));
-    p->next = kvrt_calloc_large_resident((size_t)num_blocks + 1, sizeof(*p->next));
+    /* One more entry in the links: the protected list's sentinel. */
+    p->links = kvrt_calloc_large_resident((size_t)num_blocks + 1, sizeof(*p->links));
     p->protected = kvrt_calloc_large_resident(num_blocks, sizeof(*p->protected));
     uint64_t slots = HISTORY_MIN_SLOTS;
     while (slots < 2ull * num_blocks)
         slots <<= 1;
     p->history = kvrt_calloc_large_resident(slots, sizeof(*p->history));
     p->history_mask = slots - 1;
-    if (!p->prev || !p->next || !p->protected || !p->history)
+    if (!p->links || !p->protected || !p->history)
         return KVRT_ERR_NO_MEMORY;
     for (uint32_t b = 0; b <= num_blocks; b++)
-        p->prev[b] = p->next[b] = ABSENT;
+        p->links[b] = (policy_link_t){ABSENT, ABSENT};
     for (int list = PROBATION; list <= PROTECTED; list++) {
         int32_t s = sentinel_of(p, list);
-        p->prev[s] = p->next[s] = s;
+        p->links[s] = (policy_link_t){s, s};
         p->run[list].first = 0;
     }
     p->target = num_blocks / 2;
@@ -58,11 +57,10 @@ static kvrt_status_t adaptive_init(cache_policy_t *p, uint32_t num_blocks)
 
 static void adaptive_destroy(cache_policy_t *p)
 {
-    kvrt_free_large(p->prev);
-    kvrt_free_large(p->next);
+    kvrt_free_large(p->links);
     kvrt_free_large(p->protected);
     kvrt_free_large(p->history);
-    p->prev = p->next = NULL;
+    p->links = NULL;
     p->protected = NULL;
     p->history = NULL;
 }
@@ -106,7 +104,7 @@ static int32_t adaptive_victim(cache_policy_t *p)
     uint32_t probation = p->list_count[PROBATION];
     int list = probation && (probation > p->target || !p->list_count[PROTECTED]) ? PROBATION
                                                                                  : PROTECTED;
-    int32_t block = p->next[sentinel_of(p, list)];
+    int32_t block = p->links[sentinel_of(p, list)].next;
     kvrt_policy_list_unlink(p, &p->run[list], block);
     p->list_count[list]--;
     uint64_t k = p->names[block].name.key.lo;
@@ -125,7 +123,7 @@ static uint32_t adaptive_peek(const cache_policy_t *p, int32_t *out, uint32_t ma
 
 static bool adaptive_contains(const cache_policy_t *p, int32_t block)
 {
-    return block > 0 && (uint32_t)block < p->num_blocks && p->next[block] != ABSENT;
+    return block > 0 && (uint32_t)block < p->num_blocks && p->links[block].next != ABSENT;
 }
 
 const cache_policy_ops_t kvrt_cache_policy_adaptive = {

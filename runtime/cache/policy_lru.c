@@ -1,9 +1,9 @@
 /*
  * policy_lru.c - least recently used eviction, the default.
  *
- * The evictable blocks form one doubly linked list threaded through two
- * int32 arrays indexed by block id, with block 0 (the null block, never
- * cached) as the sentinel: a block joins at the tail when its last
+ * The evictable blocks form one doubly linked list threaded through an
+ * array of links (a block's previous and next, side by side) indexed by
+ * block id, with block 0 (the null block, never cached) as the sentinel: a block joins at the tail when its last
  * reference goes, leaves from anywhere in O(1) when a hit takes it back,
  * and victims come from the head. "Recently used" therefore means "recently
  * released": a block held by a running sequence is not evictable at all,
@@ -29,13 +29,12 @@
 
 static kvrt_status_t lru_init(cache_policy_t *p, uint32_t num_blocks)
 {
-    p->prev = kvrt_calloc_large_resident(num_blocks, sizeof(*p->prev));
-    p->next = kvrt_calloc_large_resident(num_blocks, sizeof(*p->next));
-    if (!p->prev || !p->next)
+    p->links = kvrt_calloc_large_resident(num_blocks, sizeof(*p->links));
+    if (!p->links)
         return KVRT_ERR_NO_MEMORY;
     for (uint32_t b = 0; b < num_blocks; b++)
-        p->prev[b] = p->next[b] = ABSENT;
-    p->prev[SENTINEL] = p->next[SENTINEL] = SENTINEL;
+        p->links[b] = (policy_link_t){ABSENT, ABSENT};
+    p->links[SENTINEL] = (policy_link_t){SENTINEL, SENTINEL};
     return KVRT_OK;
 }
 
@@ -48,9 +47,8 @@ static kvrt_status_t lru_leaf_init(cache_policy_t *p, uint32_t num_blocks)
 
 static void lru_destroy(cache_policy_t *p)
 {
-    kvrt_free_large(p->prev);
-    kvrt_free_large(p->next);
-    p->prev = p->next = NULL;
+    kvrt_free_large(p->links);
+    p->links = NULL;
 }
 
 static void lru_inserted(cache_policy_t *p, int32_t block, uint32_t depth,
@@ -62,11 +60,11 @@ static void lru_hit(cache_policy_t *p, int32_t block) {}
 /* Links block in front of `at` (at == a sentinel: at that list's tail). */
 static void link_before(cache_policy_t *p, int32_t block, int32_t at)
 {
-    int32_t before = p->prev[at];
-    p->prev[block] = before;
-    p->next[block] = at;
-    p->next[before] = block;
-    p->prev[at] = block;
+    policy_link_t *const links = p->links;
+    int32_t before = links[at].prev;
+    links[block] = (policy_link_t){before, at};
+    links[before].next = block;
+    links[at].prev = block;
     p->evictable++;
 }
 
@@ -91,9 +89,11 @@ void kvrt_policy_list_unlink(cache_policy_t *p, policy_run_t *run, int32_t block
 {
     if (run && block == run->first)
         run->first = SENTINEL; /* the run's anchor left: the run ends */
-    p->next[p->prev[block]] = p->next[block];
-    p->prev[p->next[block]] = p->prev[block];
-    p->prev[block] = p->next[block] = ABSENT;
+    policy_link_t *const links = p->links;
+    const policy_link_t at = links[block];
+    links[at.prev].next = at.next;
+    links[at.next].prev = at.prev;
+    links[block] = (policy_link_t){ABSENT, ABSENT};
     p->evictable--;
 }
 
@@ -111,7 +111,7 @@ static void lru_busy(cache_policy_t *p, int32_t block) { lru_unlink(p, block); }
 
 static int32_t lru_victim(cache_policy_t *p)
 {
-    int32_t block = p->next[SENTINEL];
+    int32_t block = p->links[SENTINEL].next;
     lru_unlink(p, block);
     return block;
 }
@@ -120,7 +120,7 @@ uint32_t kvrt_policy_list_peek(const cache_policy_t *p, int32_t sentinel, int32_
                                uint32_t max)
 {
     uint32_t n = 0;
-    for (int32_t b = p->next[sentinel]; b != sentinel && n < max; b = p->next[b])
+    for (int32_t b = p->links[sentinel].next; b != sentinel && n < max; b = p->links[b].next)
         out[n++] = b;
     return n;
 }
@@ -132,7 +132,7 @@ static uint32_t lru_peek(const cache_policy_t *p, int32_t *out, uint32_t max)
 
 static bool lru_contains(const cache_policy_t *p, int32_t block)
 {
-    return block > 0 && (uint32_t)block < p->num_blocks && p->next[block] != ABSENT;
+    return block > 0 && (uint32_t)block < p->num_blocks && p->links[block].next != ABSENT;
 }
 
 const cache_policy_ops_t kvrt_cache_policy_lru = {
