@@ -3,12 +3,13 @@
  *
  * The evictable blocks form one doubly linked list threaded through an
  * array of links (a block's previous and next, side by side) indexed by
- * block id, with block 0 (the null block, never cached) as the sentinel: a block joins at the tail when its last
- * reference goes, leaves from anywhere in O(1) when a hit takes it back,
- * and victims come from the head. "Recently used" therefore means "recently
- * released": a block held by a running sequence is not evictable at all,
- * and the order of release inside one sequence (first block first) makes
- * its deepest block the most recent, as in the reference replay semantics.
+ * block id, with block 0 (the null block, never cached) as the sentinel:
+ * a block joins at the tail when its last reference goes, leaves from
+ * anywhere in O(1) when a hit takes it back, and victims come from the
+ * head. "Recently used" therefore means "recently released": a block
+ * held by a running sequence is not evictable at all, and the order of
+ * release inside one sequence (first block first) makes its deepest block
+ * the most recent, as in the reference replay semantics.
  *
  * Leaf-first LRU ("lru-leaf") is the same list with one rule for runs: a
  * chain released root first (depth d, d+1, ... within one query tick, as

@@ -52,12 +52,12 @@ void kvrt_pool_prefetch_block(const kvrt_pool_t *pool, int32_t block);
  * free list: the (depth + 1)-th block the next allocations take. No effect
  * when the free list is shorter. */
 void kvrt_pool_prefetch_free(const kvrt_pool_t *pool, uint32_t depth);
-/* Evicts what the free list lacks for `count` blocks (at most the free
- * plus the idle ones) in one call to the cache's evict, which overlaps the
- * victims' misses; the takes that follow hand out the free blocks and then
- * the victims in the order takes of one block each would have, evicting
- * as they went. A batch of appends calls it first with the blocks it will
- * take (sched's crossing.c). */
+/* Evicts what the free list lacks for `count` blocks (the caller knows
+ * that many are free or idle) in one call to the cache's evict; the takes
+ * that follow hand out the free blocks and then the victims in the order
+ * takes of one block each would have, evicting as they went. A batch of
+ * appends calls it before its first with the blocks they will take
+ * (sched's crossing.c), so that no append waits for an eviction. */
 void kvrt_pool_reclaim(kvrt_pool_t *pool, uint32_t count);
 /* Warms a table's slot before a batch of kvrt_table_append() calls. */
 void kvrt_table_prefetch(const kvrt_pool_t *pool, kvrt_table_id_t table);

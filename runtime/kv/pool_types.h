@@ -68,7 +68,8 @@ static inline bool block_in_range(const kvrt_pool_t *pool, int32_t block)
 /* Drops one reference; at zero the block becomes free or idle. */
 void kvrt_pool_release_one(kvrt_pool_t *pool, int32_t block);
 /* Pops `count` blocks (refcount 1 each), evicting when short
- * (kvrt_pool_reclaim, pool_internal.h). The caller checked kvrt_pool_available() first. */
+ * (kvrt_pool_reclaim, pool_internal.h). The caller checked
+ * kvrt_pool_available() first. */
 void kvrt_pool_take(kvrt_pool_t *pool, uint32_t count, int32_t *blocks_out);
 static inline uint32_t kvrt_pool_available(const kvrt_pool_t *pool)
 {
