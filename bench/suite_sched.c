@@ -6,8 +6,8 @@
  * they fill), in a roomy pool (cache: no block taken evicts) and in a full
  * one (cachefull: the pool's free blocks all cached and idle, so that each
  * block taken evicts one, as in a server's steady state); and the
- * speculative variant, k = 4 engine drafts per
- * sequence with a varying accepted count (rollback included), set in one
+ * speculative variant, k = 4 engine drafts per sequence with a varying
+ * accepted count (rollback included), set in one
  * kvrt_sched_set_drafts call (spec4) or carried by the commit before
  * (spec4c, KVRT_COMMIT_DRAFTS, as an engine whose draft model runs right
  * after verification would); and the plain one with requests ending
@@ -82,10 +82,6 @@ static void fixture_close(fixture_t *f)
     }
 }
 
-/* N running decodes with 1-2K tokens of context, WAITING more queued
- * (none with ends); stops: every request has two stop tokens (as an
- * engine's EOS tokens), which the commit checks and no sampled token
- * matches. */
 /* Whether a prefix cache is attached, and how full the pool is. */
 typedef enum {
     NO_CACHE,
@@ -120,14 +116,22 @@ static int fill_with_idle(fixture_t *f, uint64_t *rng)
         blocks[j] = t;
     }
     if (kvrt_pool_free(f->pool, count, blocks) == KVRT_OK &&
-        kvrt_pool_info(f->pool, &info) == KVRT_OK && info.free_blocks == 0 &&
-        info.cached_blocks >= count)
-        rc = 0;
+        kvrt_pool_info(f->pool, &info) == KVRT_OK) {
+        if (info.free_blocks == 0 && info.cached_blocks >= count)
+            rc = 0;
+        else
+            fprintf(stderr, "sched fixture: %u blocks free, %u cached after the fill\n",
+                    info.free_blocks, info.cached_blocks);
+    }
 out:
     free(blocks);
     return rc;
 }
 
+/* N running decodes with 1-2K tokens of context, WAITING more queued
+ * (none with ends); stops: every request has two stop tokens (as an
+ * engine's EOS tokens), which the commit checks and no sampled token
+ * matches. */
 static int fixture_open(fixture_t *f, uint32_t n, bool spec, cache_use_t cache, bool stops,
                         bool ends)
 {

@@ -114,7 +114,8 @@ kvrt_status_t kvrt_pool_destroy(kvrt_pool_t *pool);
  * reclaimed (evicted from the prefix cache) only when the free list runs out:
  * the free blocks come first, then the victims in the order the cache
  * evicted them, so one call for n blocks returns what n calls for one
- * would.
+ * would (without an eviction sink, which may keep different victims when
+ * asked for n at once).
  * Errors: KVRT_ERR_INVALID_ARG (NULL pool/blocks_out, count 0),
  * KVRT_ERR_NO_BLOCKS.
  */

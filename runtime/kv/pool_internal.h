@@ -55,7 +55,8 @@ void kvrt_pool_prefetch_free(const kvrt_pool_t *pool, uint32_t depth);
 /* Evicts what the free list lacks for `count` blocks (the caller knows
  * that many are free or idle) in one call to the cache's evict; the takes
  * that follow hand out the free blocks and then the victims in the order
- * takes of one block each would have, evicting as they went. A batch of
+ * takes of one block each would have, evicting as they went (an eviction
+ * sink may keep other victims than single takes would). A batch of
  * appends calls it before its first with the blocks they will take
  * (sched's crossing.c), so that no append waits for an eviction. */
 void kvrt_pool_reclaim(kvrt_pool_t *pool, uint32_t count);

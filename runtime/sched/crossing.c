@@ -168,8 +168,10 @@ static inline void warm_links(kvrt_sched_t *s, const seq_t *q, uint32_t depth)
  * eviction is a chain of misses (the policy's links, the victim's name,
  * its index slot); inside an append, the append waited for it, and the
  * stage before had warmed no block to take (the free list was empty). The
- * appends then take the same blocks in the same order. Out of line: most
- * batches find the blocks free. */
+ * appends then take the same blocks in the same order (unless one fails
+ * for a table limit: the blocks evicted for it stay free). Out of line:
+ * most batches find the blocks free. The deferral counted them: never
+ * more than the free and idle blocks. */
 static __attribute__((noinline)) void reclaim_for(kvrt_sched_t *s, const sched_crossing_t *x,
                                                   uint32_t m)
 {
@@ -189,7 +191,7 @@ void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
     const sched_crossing_t *x = s->crossings;
     /* Too few to overlap: no stages, one append after the other. */
     const uint32_t d = m >= SCHED_STAGE_MIN ? SCHED_CROSS_DISTANCE : 0;
-    if (s->crossing_idle_counted) /* free blocks short of the batch's */
+    if (s->crossing_idle_counted) /* free blocks fell short at deferral */
         reclaim_for(s, x, m);
     /* Blocks the records before stage 2's take, and those appended so far
      * took: the difference is how deep in the free list its block lies. */

@@ -407,7 +407,8 @@ struct kvrt_sched {
     uint32_t num_crossings;
     uint32_t crossing_blocks;
     uint32_t crossing_room;
-    bool crossing_idle_counted; /* idle cached blocks added to the room */
+    bool crossing_idle_counted; /* free blocks fell short of the batch's needs (idle
+                                   cached ones added to the room, without a sink) */
     /* Requests whose full blocks the commit's insert batch offers to the
      * prefix cache (full_blocks.c). */
     uint32_t inserts[SCHED_INSERTS];
