@@ -7,8 +7,8 @@
  * one (cachefull: the pool's free blocks all cached and idle, so that each
  * block taken evicts one, as in a server's steady state); and the
  * speculative variant, k = 4 engine drafts per sequence with a varying
- * accepted count (rollback included), set in one
- * kvrt_sched_set_drafts call (spec4) or carried by the commit before
+ * accepted count (rollback included), set in one kvrt_sched_set_drafts
+ * call (spec4) or carried by the commit before
  * (spec4c, KVRT_COMMIT_DRAFTS, as an engine whose draft model runs right
  * after verification would); and the plain one with requests ending
  * (ends: n/1024 running requests aborted before each step, and drained

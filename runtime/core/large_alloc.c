@@ -21,8 +21,8 @@
  * Why some arrays are resident from the start: an array indexed by block
  * id or by hash (block metadata, the prefix cache's index with its
  * explain entries, names and policy state) is in use page by page once the
- * pool has cycled through its blocks, so faulting it in lazily saves nothing for long. It
- * only moves the kernel's work into the step that first touches a page:
+ * pool has cycled through its blocks, so faulting it in lazily saves
+ * nothing for long. It only moves the kernel's work into the step that first touches a page:
  * zeroing 2 MiB, and, when huge pages are fragmented, compaction, which
  * took milliseconds per fault on a 32K-request scheduler with a cache.
  * Those arrays are populated at creation instead (MADV_POPULATE_WRITE,
