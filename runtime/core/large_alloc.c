@@ -22,9 +22,10 @@
  * id or by hash (block metadata, the prefix cache's index with its
  * explain entries, names and policy state) is in use page by page once the
  * pool has cycled through its blocks, so faulting it in lazily saves
- * nothing for long. It only moves the kernel's work into the step that first touches a page:
- * zeroing 2 MiB, and, when huge pages are fragmented, compaction, which
- * took milliseconds per fault on a 32K-request scheduler with a cache.
+ * nothing for long. It only moves the kernel's work into the step that
+ * first touches a page: zeroing 2 MiB, and, when huge pages are
+ * fragmented, compaction, which took milliseconds per fault on a
+ * 32K-request scheduler with a cache.
  * Those arrays are populated at creation instead (MADV_POPULATE_WRITE,
  * Linux 5.14; a write per page where the kernel lacks it).
  */
