@@ -631,14 +631,31 @@ void sched_count_match(kvrt_sched_t *s, const seq_t *q);
 bool sched_blocks_available(const kvrt_sched_t *s, uint32_t need);
 /* Releases the waiting request that holds its prefix hits, if any. */
 void sched_unpin(kvrt_sched_t *s);
+/* Entry i of the running array, unless its request left the running set
+ * (sched_release marks the entry) or ended while a plan holds it. */
+static inline bool sched_running_valid(const kvrt_sched_t *s, uint32_t i, seq_t **q_out)
+{
+    const uint32_t slot = s->running[i];
+    if (KVRT_UNLIKELY(slot == SCHED_NONE))
+        return false;
+    *q_out = &s->seqs[slot];
+    return (*q_out)->state == KVRT_SEQ_RUNNING;
+}
 /* Drops released entries of the running array, keeping admission order:
  * when they are an eighth of it or more, or, with force, when there is
  * any (step.c says why it waits). */
 void sched_compact_running(kvrt_sched_t *s, bool force);
 
+/* ---- preempt.c ------------------------------------------------------------ */
+
 /* Takes q's entry out of the plan being built (q is preempted or failed):
  * later entries move up, its tokens go back to *budget. */
 void sched_unplan(kvrt_sched_t *s, seq_t *q, uint32_t *budget);
+/* Blocks ran out for q (running, or being admitted when `admitting`):
+ * frees some the cheapest way left, preempting when nothing else can.
+ * Returns true to try again, false when q is not to be planned this step
+ * (preempted, failed, or waiting for blocks held elsewhere). */
+bool sched_relieve(kvrt_sched_t *s, seq_t *q, uint32_t *budget, bool admitting);
 
 /* ---- crossing.c ----------------------------------------------------------- */
 
