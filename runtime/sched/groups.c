@@ -281,7 +281,7 @@ bool sched_groups_fit(const kvrt_sched_t *s, seq_t *q, uint32_t n, bool watermar
 }
 
 /* Releases q's blocks that every window has left behind (see the top). */
-static void release_windows(kvrt_sched_t *s, seq_t *q)
+static KVRT_ALWAYS_INLINE void release_windows(kvrt_sched_t *s, seq_t *q)
 {
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
@@ -315,7 +315,7 @@ static void release_windows(kvrt_sched_t *s, seq_t *q)
  * counts the tokens no group's table has been told of (the groups hold the
  * same tokens, so one count serves them all), as step.c does for one group.
  * False when some group needs a block. */
-static bool append_in_tails(kvrt_sched_t *s, seq_t *q, uint32_t n)
+static KVRT_ALWAYS_INLINE bool append_in_tails(kvrt_sched_t *s, seq_t *q, uint32_t n)
 {
     const uint32_t c = q->computed + q->ahead, t0 = s->plan->num_tokens;
     for (uint32_t g = 0; g < s->num_groups; g++) {
@@ -353,13 +353,18 @@ static void sync_lag(kvrt_sched_t *s, seq_t *q)
     q->lag = 0;
 }
 
+bool sched_groups_take_in_tails(kvrt_sched_t *s, seq_t *q, uint32_t n)
+{
+    release_windows(s, q);
+    return append_in_tails(s, q, n);
+}
+
 kvrt_status_t sched_groups_append(kvrt_sched_t *s, seq_t *q, uint32_t n)
 {
     kvrt_batch_plan_t *p = s->plan;
     const uint32_t c = q->computed + q->ahead, t0 = p->num_tokens, k = plan_slot(s);
     uint32_t copied[KVRT_SCHED_MAX_GROUPS];
-    release_windows(s, q);
-    if (append_in_tails(s, q, n))
+    if (sched_groups_take_in_tails(s, q, n))
         return KVRT_OK;
     sync_lag(s, q);
     for (uint32_t g = 0; g < s->num_groups; g++) {

@@ -746,6 +746,12 @@ void sched_groups_release(kvrt_sched_t *s, seq_t *q);
 /* Blocks every group needs for n more tokens of q fit (above the
  * watermark when `watermark`). */
 bool sched_groups_fit(const kvrt_sched_t *s, seq_t *q, uint32_t n, bool watermark);
+/* The append of n tokens of q when they stay inside every group's tail
+ * block (most decodes): blocks out of each window released, slots at the
+ * plan's end from the tails, the tables told later (q->lag). Takes no
+ * block, so it needs no sched_groups_fit; false, with only the windows'
+ * blocks released, when some group needs a block. */
+bool sched_groups_take_in_tails(kvrt_sched_t *s, seq_t *q, uint32_t n);
 /* Appends n tokens of q to every group (after sched_groups_fit): slots at
  * the plan's end, rows synced. Releases blocks out of each window first.
  * On error (not NO_BLOCKS) returns it; tables may then be longer than

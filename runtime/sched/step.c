@@ -151,7 +151,9 @@ static void take_in_row(kvrt_sched_t *s, seq_t *q, uint32_t c, uint32_t n)
 }
 
 /* grow() for a running decode: a crossing into a new block joins the batch
- * that runs at the end of the decode pass (crossing.c). */
+ * that runs at the end of the decode pass (crossing.c). On a hybrid
+ * scheduler, tokens inside every group's tail block need no group's pool
+ * checked (grow_slow's sched_groups_fit): they take their slots here. */
 static KVRT_ALWAYS_INLINE bool grow_decode(kvrt_sched_t *s, seq_t *q, uint32_t n,
                                           uint32_t *budget)
 {
@@ -169,6 +171,8 @@ static KVRT_ALWAYS_INLINE bool grow_decode(kvrt_sched_t *s, seq_t *q, uint32_t n
         }
         if (sched_crossing_defer(s, q, c, n))
             return true;
+    } else if (sched_groups_take_in_tails(s, q, n)) {
+        return true; /* hybrid: inside every group's tail block */
     }
     return grow_slow(s, q, n, budget, false);
 }
