@@ -182,8 +182,8 @@ static kvrt_status_t check_await(kvrt_sched_t *s, const seq_t *q, kvrt_seq_id_t 
 
 /* Gives q's tables the blocks of tokens [computed, end) (first[g], count[g]
  * per group). On error q holds what it held before (a pinned head keeps
- * its hits; hits found here are given back) and the scheduler's counts
- * are unchanged: the query is counted only when q keeps its hits. The
+ * its hits; hits found here are given back). The scheduler's counts do not
+ * change either way: the query and its hit are counted at admission. The
  * cache itself has seen the lookup (its statistics, its recency order). */
 static kvrt_status_t allocate_arrival(kvrt_sched_t *s, seq_t *q, uint32_t end, uint32_t *first,
                                       uint32_t *count)
@@ -204,8 +204,6 @@ static kvrt_status_t allocate_arrival(kvrt_sched_t *s, seq_t *q, uint32_t end, u
     }
     if (st != KVRT_OK && (!had_table || st != KVRT_ERR_NO_BLOCKS))
         sched_release(s, q);
-    else if (st == KVRT_OK && !had_table)
-        sched_count_match(s, q);
     return st;
 }
 

@@ -623,10 +623,8 @@ void sched_row_changed(kvrt_sched_t *s, uint32_t row);
 void sched_row_sync(kvrt_sched_t *s, seq_t *q, uint32_t g, bool last_replaced);
 void sched_row_release(kvrt_sched_t *s, seq_t *q);
 /* Gives q (holding no table) a table with its prefix-cache hits; unpins
- * nobody and counts nothing. */
+ * nobody and counts nothing (admission counts the query and its hit). */
 kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks);
-/* Counts q's query of the cache in the statistics, once q keeps its hits. */
-void sched_count_match(kvrt_sched_t *s, const seq_t *q);
 /* Enough blocks for `need` more, above the watermark when it is in use. */
 bool sched_blocks_available(const kvrt_sched_t *s, uint32_t need);
 /* Releases the waiting request that holds its prefix hits, if any. */

@@ -495,13 +495,17 @@ void sched_unpin(kvrt_sched_t *s)
     sched_release(s, q);
 }
 
-/* Counts q's query of the cache (its match_tokens hit): totals and the
- * recent window. Once per request that a match left holding its hits. */
-void sched_count_match(kvrt_sched_t *s, const seq_t *q)
+/* Counts q's query of the cache and its hit (match_tokens) at q's
+ * admission: totals and the recent window, both from the same admissions,
+ * so the two rates compare. A head matched again after giving up its hits
+ * counts once; a preempted request, readmitted, counts again (its hits
+ * are adopted again). */
+static void count_match(kvrt_sched_t *s, const seq_t *q)
 {
     if (!s->cache || (q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ))
         return;
     uint32_t hit = q->match_tokens, offered = q->num_tokens - 1;
+    s->stats.prefix_hit_tokens += hit;
     s->stats.prefix_query_tokens += offered;
     /* The recent window: the oldest admission's tokens leave it. */
     uint32_t w = s->window_next;
@@ -513,8 +517,8 @@ void sched_count_match(kvrt_sched_t *s, const seq_t *q)
 }
 
 /* Gives q (which has no table) a table holding its prefix hits. On error q
- * holds no table and nothing else changed. Counts nothing: the caller
- * counts the query once q keeps what it found (sched_count_match). */
+ * holds no table and nothing else changed. Counts nothing: admission
+ * counts the query and its hit (count_match). */
 kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
 {
     q->match_tokens = 0;
@@ -616,7 +620,6 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
             sched_end(s, q, KVRT_END_FAILED, rc);
             return true; /* a failed head is skipped */
         }
-        sched_count_match(s, q);
     }
     /* computed: prefix-cache hits, plus K/V that arrived (arrival.c). */
     uint32_t hit_tokens = q->match_tokens;
@@ -646,7 +649,7 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     s->running_live++;
     s->running_prefill++;
     q->cached_tokens += hit_tokens;
-    s->stats.prefix_hit_tokens += hit_tokens;
+    count_match(s, q);
     if (!q->counted_prompt) {
         q->counted_prompt = true;
         s->stats.prompt_tokens += q->prompt_len;

@@ -416,11 +416,13 @@ Test(sched_arrival, a_refused_arrival_counts_no_query_and_leaves_the_pinned_head
     cr_assert_eq(other_blocks, 0);
     cr_assert_eq(state_of(&f, other), KVRT_SEQ_WAITING);
 
-    /* Room again: both are admitted, each query counted once. */
+    /* Room again: both are admitted, each counting its query (27 and 31
+     * tokens offered) and its hit once, at its admission. */
     ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, running));
     run_to_end(&f, 12);
     ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &after));
-    cr_assert_eq(after.prefix_query_tokens, before.prefix_query_tokens + 31);
+    cr_assert_eq(after.prefix_query_tokens, before.prefix_query_tokens + 27 + 31);
+    cr_assert_eq(after.window_query_tokens, after.prefix_query_tokens);
     cr_assert_eq(after.prefix_hit_tokens, before.prefix_hit_tokens + 8 + 8);
     close_fixture(&f);
 }

@@ -123,6 +123,65 @@ Test(sched_stats, hit_rate_window_covers_only_recent_admissions)
     close_fixture(&f);
 }
 
+/* Adds a request of `len` tokens first, first + 1, ...; its id. */
+static kvrt_seq_id_t add_run(fixture_t *f, uint32_t len, int32_t first, int32_t priority,
+                             uint32_t new_tokens)
+{
+    int32_t prompt[64];
+    cr_assert_leq(len, 64);
+    for (uint32_t i = 0; i < len; i++)
+        prompt[i] = first + (int32_t)i;
+    kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_PRIORITY, .prompt = prompt,
+                           .prompt_len = len, .max_new_tokens = new_tokens,
+                           .priority = priority};
+    kvrt_seq_id_t id;
+    ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &id));
+    return id;
+}
+
+Test(sched_stats, a_head_matched_again_after_giving_up_its_hits_counts_its_query_once)
+{
+    /* 12 blocks of 4 tokens. A 9-token prompt leaves 2 blocks cached; a
+     * long request then holds every other block. A, the cached prompt
+     * again, matches its 2 blocks but finds none for its last token: the
+     * pinned head. B, of higher priority, becomes the head and A gives its
+     * hits up; both are admitted once the long request ends, A asking the
+     * cache a second time. Each admission counts one query and its hit (at
+     * its first match 2 blocks, whatever the second finds), in the totals
+     * and in the window alike. */
+    fixture_t f = sched_fixture_open(12, 4, true, NULL);
+    admit_wave(&f, 1, true, 0); /* tokens 5..13, as A's below */
+    add_run(&f, 36, 500, 0, 4);
+    cr_assert_eq(step_accept(&f, 0), 1, "the long request's prefill");
+    add_run(&f, 9, 5, 0, 1); /* A */
+    cr_assert_eq(step_accept(&f, 0), 1, "A does not fit beside it");
+    add_run(&f, 13, 900, 1, 1); /* B */
+    for (int k = 0; k < 100 && step_accept(&f, 0); k++)
+        ;
+    kvrt_seq_info_t ev[8];
+    uint32_t n = sched_fixture_drain(&f, ev, 8);
+    cr_assert_eq(n, 3);
+    uint64_t offered = 8, hits = 0; /* the first wave's request */
+    for (uint32_t i = 0; i < n; i++) {
+        cr_assert_eq(ev[i].end_reason, KVRT_END_LENGTH);
+        offered += ev[i].prompt_tokens - 1;
+        hits += ev[i].cached_tokens;
+    }
+    kvrt_cache_stats_t cs;
+    ASSERT_OK(f.ctx, kvrt_cache_stats(f.cache, &cs));
+    cr_assert_eq(cs.queries, 5, "A asked the cache twice (%llu queries)",
+                 (unsigned long long)cs.queries);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.preemptions, 0);
+    cr_assert_eq(st.prefix_query_tokens, offered, "%llu tokens offered",
+                 (unsigned long long)st.prefix_query_tokens);
+    cr_assert_eq(st.prefix_hit_tokens, hits);
+    cr_assert_eq(st.window_query_tokens, st.prefix_query_tokens);
+    cr_assert_eq(st.window_hit_tokens, st.prefix_hit_tokens);
+    close_fixture(&f);
+}
+
 Test(sched_stats, outputs_grow_without_breaking_callers_of_another_size)
 {
     fixture_t f = open_fixture(0);
