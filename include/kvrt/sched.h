@@ -43,7 +43,8 @@
  *   1. running decodes, 1 token each (1 + drafts when speculating);
  *   2. running sequences still in prefill, one chunk each;
  *   3. waiting requests, in admission order, while a sequence slot, budget
- *      and blocks remain.
+ *      and blocks remain, and fewer than max_batch_tokens requests run (so
+ *      that every running decode has its token in the budget).
  * A prefill chunk is min(uncomputed tokens, prefill_chunk_tokens, budget
  * left); a prompt longer than that is split over several steps (chunked
  * prefill), interleaved with other sequences' decodes. Only uncomputed
@@ -53,7 +54,11 @@
  * starts at an item (or inside it, after a prefix hit) takes the rest of
  * the item whole, beyond prefill_chunk_tokens if need be, or waits for a
  * step with that much budget left (an item longer than max_batch_tokens is
- * refused at kvrt_seq_add).
+ * refused at kvrt_seq_add). That wait is one step: the first request in a
+ * step whose item did not fit has its chunk held for it in the next step,
+ * before decodes (those that do not fit in what is left wait that step).
+ * The cache's query and hit of a request count in kvrt_sched_stats_t at
+ * its admission.
  *
  * Prefix caching (when the scheduler has a cache; per request see
  * kvrt_seq_cache_flags: skip read, skip write, drop the last hit). At

@@ -345,6 +345,11 @@ struct kvrt_sched {
     uint64_t waiting_tokens;    /* sum of num_tokens over the heap */
     uint32_t pinned;            /* waiting request holding its prefix hits
                                    (see step.c), SCHED_NONE when none */
+    /* A prefill whose multimodal item found no room in a step's budget
+     * left (its id; 0: none), and the tokens its chunk needs: the next
+     * step holds them for it (step.c, hold_for_item). */
+    kvrt_seq_id_t item_waiting;
+    uint32_t item_need;
 
     uint32_t *running;          /* [max_seqs] slot indices, admission order */
     /* [max_seqs] kvrt_sched_set_drafts: the requests one call has given

@@ -273,6 +273,10 @@ static inline uint32_t min_u32(uint32_t a, uint32_t b) { return a < b ? a : b; }
 typedef struct step_state {
     uint32_t budget;
     bool budget_bound;
+    /* Budget held for item_owner (hold_for_item) until its chunk is
+     * planned: the decodes and the other prefills see budget - held. */
+    uint32_t held;
+    const seq_t *item_owner;
 } step_state_t;
 
 /* Pass 1: every running decode, with its drafts when speculating.
@@ -410,27 +414,72 @@ static uint32_t item_ending_after(const seq_t *q, uint32_t p)
  * a chunk that starts at (or, after a prefix hit, inside) an item takes the
  * rest of that item whole, past prefill_chunk_tokens if need be; a chunk
  * whose end would fall inside an item (that one or a later one) ends
- * before it instead. 0 when the item it starts in does not fit in the
- * budget left: q waits for a step with room for it.
+ * before it instead. 0 when the budget is 0, or when the item it starts in
+ * does not fit in the budget: then *item_need is the chunk that item needs
+ * (else 0), which the next step holds for q (hold_for_item).
  */
-static uint32_t prefill_chunk(const kvrt_sched_t *s, const seq_t *q, uint32_t budget)
+static uint32_t prefill_chunk(const kvrt_sched_t *s, const seq_t *q, uint32_t budget,
+                              uint32_t *item_need)
 {
     const uint32_t c = q->computed + q->ahead;
     uint32_t n = min_u32(min_u32(q->num_tokens - c, s->chunk_tokens), budget);
     const uint32_t num_items = q->keys.num_mm_items;
+    *item_need = 0;
     if (KVRT_LIKELY(num_items == 0))
         return n;
     const kvrt_mm_item_t *items = q->keys.mm_items;
     uint32_t k = item_ending_after(q, c);
     if (k < num_items && items[k].offset <= c) { /* c is in item k */
         uint32_t rest = min_u32(items[k].offset + items[k].length, q->num_tokens) - c;
-        if (n < rest)
-            return rest <= budget ? rest : 0;
+        if (n < rest) {
+            if (rest <= budget)
+                return rest;
+            *item_need = rest;
+            return 0;
+        }
     }
     uint32_t j = item_ending_after(q, c + n);
     if (j < num_items && items[j].offset < c + n) /* the end falls inside item j */
         return items[j].offset - c; /* > 0: item j starts after c (see above) */
     return n;
+}
+
+/*
+ * A multimodal item is never split, so a chunk that starts in one waits
+ * for a step whose budget left holds the rest of the item; with requests
+ * decoding every step, the budget they leave may never be enough. So the
+ * first request in a step that waited so (note_item_wait) has its chunk
+ * held for it in the next step: the decodes and the other prefills plan
+ * in what is left, and it is planned in the rest (in its place: a running
+ * prefill in the prefill pass, a queued head at admission). An item waits
+ * one step per item waiting before it, at most; the decodes that do not
+ * fit in that step wait one step.
+ */
+static void note_item_wait(kvrt_sched_t *s, const seq_t *q, uint32_t need)
+{
+    if (!s->item_waiting) {
+        s->item_waiting = sched_id(s, q);
+        s->item_need = need;
+    }
+}
+
+static void hold_for_item(kvrt_sched_t *s, step_state_t *st)
+{
+    if (KVRT_LIKELY(!s->item_waiting))
+        return;
+    const seq_t *q = sched_lookup(s, s->item_waiting);
+    s->item_waiting = 0;
+    if (!q || !(q->state == KVRT_SEQ_WAITING || (q->state == KVRT_SEQ_RUNNING && q->in_prefill)))
+        return; /* it ended, was aborted or has started decoding since */
+    st->held = min_u32(s->item_need, st->budget);
+    st->item_owner = q;
+}
+
+/* The hold ends: its owner was planned, or the passes it applies to are over. */
+static void release_hold(step_state_t *st)
+{
+    st->held = 0;
+    st->item_owner = NULL;
 }
 
 /* Pass 2: the next chunk of every running request still in prefill. */
@@ -447,15 +496,21 @@ static void schedule_prefills(kvrt_sched_t *s, step_state_t *st)
             st->budget_bound = true;
             break;
         }
+        const bool owner = q == st->item_owner;
+        const uint32_t budget = owner ? st->budget : st->budget - st->held;
         const uint32_t c = q->computed + q->ahead; /* after chunks in flight */
-        uint32_t remaining = q->num_tokens - c;
-        uint32_t n = prefill_chunk(s, q, st->budget);
-        if (n < remaining && n == st->budget)
+        uint32_t remaining = q->num_tokens - c, need;
+        uint32_t n = prefill_chunk(s, q, budget, &need);
+        if (n < remaining && n == budget)
             st->budget_bound = true;
-        if (n == 0) { /* a multimodal item that needs more budget */
+        if (n == 0) { /* budget held for another, or an item that needs more */
             st->budget_bound = true;
+            if (need)
+                note_item_wait(s, q, need);
             continue;
         }
+        if (owner)
+            release_hold(st);
         if (!grow(s, q, n, &st->budget, false))
             continue;
         memcpy(s->buf->input_tokens + s->plan->num_tokens, q->tokens + c,
@@ -624,10 +679,13 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     /* computed: prefix-cache hits, plus K/V that arrived (arrival.c). */
     uint32_t hit_tokens = q->match_tokens;
     uint32_t remaining = q->num_tokens - q->computed;
-    uint32_t n = prefill_chunk(s, q, st->budget);
+    uint32_t need;
+    uint32_t n = prefill_chunk(s, q, st->budget, &need);
     if (n == 0 || !(head_fits(s, q, n) || make_room_for_head(s, q, n))) {
         if (n == 0)
             st->budget_bound = true;
+        if (need)
+            note_item_wait(s, q, need);
         if (!q->landed) /* arrived K/V is never given up for a retry */
             s->pinned = sched_slot(s, q);
         return false;
@@ -671,8 +729,10 @@ static void schedule_admissions(kvrt_sched_t *s, step_state_t *st, int32_t *hit_
 {
     sched_compact_running(s, false);
     seq_t *q;
+    /* At most max_batch_tokens running: each gets a token every step. */
+    const uint32_t max_running = min_u32(s->max_seqs, s->max_batch_tokens);
     while ((q = sched_heap_top(s)) && s->plan->num_seqs < s->max_seqs &&
-           s->running_live < s->max_seqs) {
+           s->running_live < max_running) {
         if (st->budget == 0) {
             st->budget_bound = true;
             break;
@@ -775,8 +835,12 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
 
     sched_expire_arrivals(s, now_ns);
     step_state_t st = {.budget = s->max_batch_tokens, .budget_bound = false};
+    hold_for_item(s, &st);
+    st.budget -= st.held; /* the decodes plan in what is left */
     schedule_decodes(s, &st);
+    st.budget += st.held;
     schedule_prefills(s, &st);
+    release_hold(&st); /* a queued head, the owner or not, takes what is left */
     schedule_admissions(s, &st, s->match_blocks);
     sched_compact_running(s, false);
 

@@ -339,6 +339,65 @@ Test(sched_controls, an_item_beyond_the_budget_left_waits_and_one_beyond_any_ste
     close_fixture(&f);
 }
 
+Test(sched_controls, an_item_that_never_fits_beside_the_decodes_gets_the_next_step)
+{
+    /* Budget 24: 12 long requests decode every step and leave 12 tokens,
+     * never enough for A's 16-token item. The step after A first waits,
+     * the item is held its 16 tokens: the first 8 decodes run beside it,
+     * the other 4 wait that step and run in the next. */
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS,
+                              .max_batch_tokens = 24};
+    fixture_t f = open_fixture(false, &sp);
+    int32_t prompt[24] = {0};
+    kvrt_seq_params_t pd = {.prompt = prompt, .prompt_len = 2, .max_new_tokens = 60};
+    kvrt_seq_id_t decoders[12], a;
+    for (int i = 0; i < 12; i++)
+        ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pd, &decoders[i]));
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 0, &plan));
+    cr_assert_eq(plan->num_seqs, 12, "the decoders' prefills");
+    commit_token(&f, plan, 1);
+    kvrt_mm_item_t item = {.offset = 4, .length = 16};
+    kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 1,
+                             .mm_items = &item};
+    kvrt_seq_params_t pa = {.field_mask = KVRT_SEQ_PARAM_KEYS, .prompt = prompt,
+                            .prompt_len = 24, .max_new_tokens = 1, .keys = &keys};
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pa, &a));
+    /* Step 2: A's first chunk [0, 4) ends before the item. Step 3: the
+     * item does not fit in the 12 tokens left. Step 4: it is held. */
+    uint32_t item_step = 0, skipped = 0;
+    for (uint32_t k = 2; k <= 6 && !item_step; k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, k, &plan));
+        for (uint32_t i = 0; i < plan->num_seqs; i++) {
+            const kvrt_plan_seq_t *e = &plan->seqs[i];
+            if (e->id == a && e->num_computed_tokens <= 4 &&
+                e->num_computed_tokens + e->num_new_tokens >= 20) {
+                item_step = k;
+                skipped = 13 - plan->num_seqs;
+            }
+        }
+        commit_token(&f, plan, 1);
+    }
+    cr_assert_eq(item_step, 4, "the item ran in step %u", item_step);
+    cr_assert_eq(skipped, 4, "%u decodes waited beside the item", skipped);
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 7, &plan));
+    cr_assert_eq(plan->num_seqs, 13, "every decode, and A's last token");
+    commit_token(&f, plan, 1);
+    for (int i = 0; i < 12; i++)
+        ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, decoders[i]));
+    for (int k = 0; k < 10; k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 8, &plan));
+        if (!plan->num_seqs)
+            break;
+        commit_token(&f, plan, 1);
+    }
+    kvrt_seq_info_t ev[16];
+    uint32_t n;
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 16, &n));
+    cr_assert_eq(n, 13);
+    close_fixture(&f);
+}
+
 Test(sched_controls, an_item_past_the_prompt_is_refused)
 {
     fixture_t f = open_fixture(false, NULL);

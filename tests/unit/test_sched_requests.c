@@ -193,6 +193,48 @@ Test(sched_requests, budget_and_max_seqs_are_respected)
     close_fixture(&f);
 }
 
+Test(sched_requests, no_more_run_than_the_budget_so_every_decode_gets_a_token_each_step)
+{
+    /* 16 sequence slots but a budget of 3 tokens. With two plans in
+     * flight, the next plan admits requests in the budget that those whose
+     * first token is still in flight leave it: were 6 running once all
+     * decode, the budget would let only the first 3 decode, each step,
+     * until they ended. At most 3 run; with one plan in flight each of
+     * them gets its token every step. */
+    for (uint32_t in_flight = 1; in_flight <= 2; in_flight++) {
+        kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                                KVRT_SCHED_PARAM_MAX_SEQS |
+                                                KVRT_SCHED_PARAM_PLANS_IN_FLIGHT,
+                                  .max_batch_tokens = 3, .max_seqs = 16,
+                                  .max_plans_in_flight = in_flight};
+        fixture_t f = open_fixture(512, 4, &sp);
+        for (int i = 0; i < 16; i++)
+            add(&f, 1, 8, 100 * i);
+        const kvrt_batch_plan_t *plans[2];
+        uint32_t ended = 0, in_air = 0;
+        for (int k = 0; k < 400 && ended < 16; k++) {
+            ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plans[in_air]));
+            kvrt_sched_stats_t st;
+            ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+            cr_assert_leq(st.running, 3, "step %d: %u running", k, st.running);
+            if (in_flight == 1 && st.running == plans[0]->num_decode_seqs)
+                cr_assert_eq(plans[0]->num_seqs, st.running, "step %d: %u of %u planned", k,
+                             plans[0]->num_seqs, st.running);
+            const bool empty = !plans[in_air]->num_seqs;
+            in_air += !empty;
+            if (in_air && (in_air == in_flight || empty)) {
+                commit_all(&f, plans[0], 1); /* the oldest first */
+                plans[0] = plans[1];
+                in_air--;
+            }
+            kvrt_seq_info_t ev[16];
+            ended += drain(&f, ev, 16);
+        }
+        cr_assert_eq(ended, 16, "%u plans in flight: %u ended", in_flight, ended);
+        close_fixture(&f);
+    }
+}
+
 Test(sched_requests, priority_then_deadline_then_arrival)
 {
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_SEQS, .max_seqs = 1};
