@@ -115,7 +115,9 @@
  * stay with the request for its next tokens (its row shows them past its
  * tokens' blocks; kvrt_seq_blocks and the CSR tables do not) until a
  * running sequence needs a block the pool does not have free: then they go
- * back first, before anyone is preempted. The engine's
+ * back first, before anyone is preempted (on one group; a hybrid
+ * scheduler truncates every group's table to the computed length at the
+ * rollback, so those blocks go back to the pools at once). The engine's
  * drafts for the next step may come with the commit (KVRT_COMMIT_DRAFTS),
  * as a draft model proposes them right after verification.
  * Adaptive draft length (default on): each sequence keeps an
@@ -136,7 +138,9 @@
  * the waiting heap, per-sequence token arrays sized at kvrt_seq_add), so
  * once warm, step and commit never allocate.
  * Threads: the context's rule (one thread at a time for a scheduler, its
- * pool and its cache).
+ * pool and its cache). It holds for every function below; none takes a
+ * lock or starts a thread, and kvrt_seq_await_kv_groups says what another
+ * thread may do while K/V arrives.
  */
 #ifndef KVRT_SCHED_H
 #define KVRT_SCHED_H
@@ -194,9 +198,13 @@ enum kvrt_sched_params_field {
 typedef struct kvrt_sched_params {
     uint64_t field_mask;
     uint32_t max_batch_tokens;     /* token budget per step, 1..2^24; default 8192 */
-    uint32_t max_seqs;             /* sequences per step (and running), 1..65536;
-                                      default 256 */
-    uint32_t prefill_chunk_tokens; /* longest prefill chunk, default max_batch_tokens */
+    uint32_t max_seqs;             /* sequences per step (and running, at most
+                                      max_batch_tokens of them), 1..65536;
+                                      default 256; max_seqs times a request's
+                                      most blocks (max_seq_tokens +
+                                      max_draft_tokens, per group) at most 2^27 */
+    uint32_t prefill_chunk_tokens; /* longest prefill chunk, 1..max_batch_tokens;
+                                      default max_batch_tokens */
     int use_watermark;             /* 0 or 1, default 1 */
     uint32_t max_requests;         /* live requests (added, not yet drained),
                                       1..2^24; default 65536 */
@@ -224,7 +232,8 @@ typedef struct kvrt_sched_params {
  * kvrt_sched_destroy() first, or let kvrt_ctx_destroy() free all three.
  * Errors: KVRT_ERR_INVALID_ARG (NULL ctx/pool/sched_out, a pool of another
  * context, a cache attached to another pool, unknown field bits, a value
- * out of its range, ngram without drafts), KVRT_ERR_NO_MEMORY.
+ * out of its range, ngram without drafts, block-table rows past 2^27
+ * entries: see max_seqs), KVRT_ERR_NO_MEMORY.
  */
 kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t *cache,
                                 const kvrt_sched_params_t *params,
@@ -248,8 +257,8 @@ kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t
  *   - Sliding window W (tokens): the query at position p reads positions
  *     [p - W + 1, p]. A block whose tokens all lie before
  *     computed - W + 1 (computed: the request's committed length, so an
- *     uncommitted plan never loses what it reads) is released when the
- *     table next needs a block, and its row entry becomes
+ *     uncommitted plan never loses what it reads) is released the next
+ *     time the request is planned (decode or chunk), and its row entry becomes
  *     KVRT_NULL_BLOCK (rows_changed lists the row). With a prefix cache
  *     the released block stays cached (evictable) like any other.
  *   - Prefix hits: a hit of H tokens is used only if every group can
@@ -306,7 +315,10 @@ kvrt_status_t kvrt_sched_create_groups(kvrt_ctx_t *ctx, uint32_t num_groups,
 
 /*
  * kvrt_sched_destroy - ends every live request (without events), frees
- * their blocks and the scheduler. NULL is a no-op. Errors: none.
+ * their blocks, those of outstanding arrivals included (stop writing K/V
+ * into them first), and the scheduler. Plans not yet committed, their
+ * arrays and the arrays of drained end events stop being valid. NULL is a
+ * no-op. Errors: none.
  */
 kvrt_status_t kvrt_sched_destroy(kvrt_sched_t *sched);
 
@@ -377,7 +389,8 @@ typedef struct kvrt_seq_params {
  * scheduled whole) or ending past the prompt, unknown cache flags,
  * min_tokens above max_new_tokens, a prompt that leaves no room for one
  * output token under max_seq_tokens),
- * KVRT_ERR_NO_BLOCKS (the request could not fit in the pool even alone),
+ * KVRT_ERR_NO_BLOCKS (the request could not fit in the pool even alone,
+ * above the pool's watermark when use_watermark is on),
  * KVRT_ERR_REQUEST_LIMIT (max_requests live), KVRT_ERR_NO_MEMORY.
  */
 kvrt_status_t kvrt_seq_add(kvrt_sched_t *sched, const kvrt_seq_params_t *params,

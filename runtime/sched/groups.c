@@ -15,7 +15,7 @@
  *
  * Sliding windows: a block whose tokens all lie before computed - W + 1 is
  * released (kvrt_table_release_front: its table entry becomes the null
- * block) when the table next needs a block. `computed` is the committed
+ * block) the next time the request is planned. `computed` is the committed
  * length, so a plan in flight, which reads from there, never loses a
  * block it reads.
  *
