@@ -316,9 +316,9 @@ kvrt_status_t kvrt_sched_create_groups(kvrt_ctx_t *ctx, uint32_t num_groups,
 /*
  * kvrt_sched_destroy - ends every live request (without events), frees
  * their blocks, those of outstanding arrivals included (stop writing K/V
- * into them first), and the scheduler. Plans not yet committed, their
- * arrays and the arrays of drained end events stop being valid. NULL is a
- * no-op. Errors: none.
+ * into them first), and the scheduler. Plans not yet committed (their
+ * arrays) and the `output` of drained end events stop being valid. NULL
+ * is a no-op. Errors: none.
  */
 kvrt_status_t kvrt_sched_destroy(kvrt_sched_t *sched);
 
