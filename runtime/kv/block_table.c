@@ -166,20 +166,17 @@ void kvrt_table_prefetch_end(const kvrt_pool_t *pool, kvrt_table_id_t id)
         __builtin_prefetch(t->blocks + t->num_blocks - 1, 1);
 }
 
-KVRT_EXPORT kvrt_status_t kvrt_table_append(kvrt_pool_t *pool, kvrt_table_id_t id,
-                                            uint32_t num_tokens, int64_t *slots_out,
-                                            kvrt_block_copy_t *copy_out,
-                                            uint32_t *num_copies_out)
+/* Appends num_tokens to t after counting `filled` tokens its owner wrote
+ * in its tail block already (kvrt_table_append_filled; 0 for a plain
+ * append): the copy-on-write check looks at the tail those leave. */
+static KVRT_ALWAYS_INLINE kvrt_status_t append(kvrt_pool_t *pool, table_slot_t *t, uint32_t filled,
+                            uint32_t num_tokens, int64_t *slots_out,
+                            kvrt_block_copy_t *copy_out, uint32_t *num_copies_out)
 {
-    CHECK_POOL(pool);
-    table_slot_t *t = lookup(pool, id);
-    if (KVRT_UNLIKELY(!t))
-        return unknown_table(pool, id);
-    if (KVRT_UNLIKELY(num_tokens == 0))
-        return kvrt_fail(pool->ctx, KVRT_ERR_INVALID_ARG, "num_tokens is 0");
+    const uint32_t told = t->num_tokens + filled;
     /* Fast path, most decode steps: the tokens fit in the private tail block,
      * so nothing is allocated or copied. */
-    uint32_t offset = t->num_tokens & (pool->tokens_per_block - 1);
+    uint32_t offset = told & (pool->tokens_per_block - 1);
     if (KVRT_LIKELY(offset != 0 && num_tokens <= pool->tokens_per_block - offset)) {
         int32_t tail = t->blocks[t->num_blocks - 1];
         if (KVRT_LIKELY(pool->meta[tail].refcount == 1)) {
@@ -190,11 +187,11 @@ KVRT_EXPORT kvrt_status_t kvrt_table_append(kvrt_pool_t *pool, kvrt_table_id_t i
             }
             if (num_copies_out)
                 *num_copies_out = 0;
-            t->num_tokens += num_tokens;
+            t->num_tokens = told + num_tokens;
             return KVRT_OK;
         }
     }
-    uint64_t new_tokens = (uint64_t)t->num_tokens + num_tokens;
+    uint64_t new_tokens = (uint64_t)told + num_tokens;
     if (KVRT_UNLIKELY(new_tokens > KVRT_TABLE_MAX_TOKENS))
         return kvrt_fail(pool->ctx, KVRT_ERR_TABLE_TOO_LONG,
                          "table would hold %llu tokens (limit %u)",
@@ -230,7 +227,7 @@ KVRT_EXPORT kvrt_status_t kvrt_table_append(kvrt_pool_t *pool, kvrt_table_id_t i
     if (grow)
         kvrt_pool_take(pool, grow, t->blocks + t->num_blocks);
     t->num_blocks = new_blocks;
-    uint32_t first = t->num_tokens;
+    uint32_t first = told;
     t->num_tokens = (uint32_t)new_tokens;
     if (slots_out) {
         /* Walk block by block: one table read per block, not per token. */
@@ -247,6 +244,41 @@ KVRT_EXPORT kvrt_status_t kvrt_table_append(kvrt_pool_t *pool, kvrt_table_id_t i
         }
     }
     return KVRT_OK;
+}
+
+KVRT_EXPORT kvrt_status_t kvrt_table_append(kvrt_pool_t *pool, kvrt_table_id_t id,
+                                            uint32_t num_tokens, int64_t *slots_out,
+                                            kvrt_block_copy_t *copy_out,
+                                            uint32_t *num_copies_out)
+{
+    CHECK_POOL(pool);
+    table_slot_t *t = lookup(pool, id);
+    if (KVRT_UNLIKELY(!t))
+        return unknown_table(pool, id);
+    if (KVRT_UNLIKELY(num_tokens == 0))
+        return kvrt_fail(pool->ctx, KVRT_ERR_INVALID_ARG, "num_tokens is 0");
+    return append(pool, t, 0, num_tokens, slots_out, copy_out, num_copies_out);
+}
+
+kvrt_status_t kvrt_table_append_filled(kvrt_pool_t *pool, kvrt_table_id_t id, uint32_t filled,
+                                       uint32_t num_tokens, int64_t *slots_out,
+                                       kvrt_block_copy_t *copy_out, uint32_t *num_copies_out)
+{
+    table_slot_t *t = lookup(pool, id);
+    if (KVRT_UNLIKELY(!t))
+        return unknown_table(pool, id);
+    const uint32_t offset = t->num_tokens & (pool->tokens_per_block - 1);
+    if (KVRT_UNLIKELY(filled && (offset == 0 || filled > pool->tokens_per_block - offset)))
+        return kvrt_fail(pool->ctx, KVRT_ERR_INVALID_ARG,
+                         "%u tokens do not fit in the tail block (%u of %u used)", filled,
+                         offset, pool->tokens_per_block);
+    if (num_tokens == 0) {
+        t->num_tokens += filled;
+        if (num_copies_out)
+            *num_copies_out = 0;
+        return KVRT_OK;
+    }
+    return append(pool, t, filled, num_tokens, slots_out, copy_out, num_copies_out);
 }
 
 kvrt_status_t kvrt_table_reserve(kvrt_pool_t *pool, kvrt_table_id_t id, uint32_t num_blocks)

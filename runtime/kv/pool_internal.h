@@ -60,6 +60,18 @@ void kvrt_pool_prefetch_free(const kvrt_pool_t *pool, uint32_t depth);
  * appends calls it before its first with the blocks they will take
  * (sched's crossing.c), so that no append waits for an eviction. */
 void kvrt_pool_reclaim(kvrt_pool_t *pool, uint32_t count);
+/* kvrt_table_append() after counting `filled` tokens that the table's
+ * owner already wrote in its tail block, without telling it, while the
+ * block was its own (a scheduler's decodes inside the tail block: sched's
+ * q->lag). Those need no copy even if the block is shared by now (a block
+ * they filled, offered to the cache and adopted, or referenced by the
+ * engine): the holders took it with them in it. The copy-on-write check
+ * applies to the num_tokens new ones, which may be 0. All or nothing.
+ * Errors: those of kvrt_table_append(), and KVRT_ERR_INVALID_ARG when
+ * `filled` does not fit in the tail block. */
+kvrt_status_t kvrt_table_append_filled(kvrt_pool_t *pool, kvrt_table_id_t table, uint32_t filled,
+                                       uint32_t num_tokens, int64_t *slots_out,
+                                       kvrt_block_copy_t *copy_out, uint32_t *num_copies_out);
 /* Warms a table's slot before a batch of kvrt_table_append() calls. */
 void kvrt_table_prefetch(const kvrt_pool_t *pool, kvrt_table_id_t table);
 /* Warms the end of a table's block array, where an append reads its tail

@@ -35,22 +35,29 @@
  * time of SCHED_CROSS_DISTANCE records' work to land. */
 #define SCHED_CROSS_DISTANCE 4u
 
-kvrt_status_t sched_append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, int64_t *slots,
-                                size_t room, uint32_t n, bool keep_rest)
+/* sched_append_tail's body, inlined into the batch (sched_crossings_flush)
+ * as well. */
+static KVRT_ALWAYS_INLINE kvrt_status_t append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c,
+                                                   int64_t *slots, size_t room, uint32_t n,
+                                                   bool keep_rest)
 {
     plan_buffers_t *const b = s->buf;
     kvrt_batch_plan_t *const p = s->plan;
     /* The pool's table holds c - lag tokens: one append tells it the lazy
-     * ones and takes the new ones. It writes no slots; they come from the
-     * row below, which costs the pool's table no second call. A table
-     * ahead of the plan (rejected drafts' positions) is told nothing until
-     * the plan passes it. */
+     * ones (written in its tail block while the block was q's own, so no
+     * copy for them even if the block filled and is shared by now) and
+     * takes the new ones. It writes no slots; they come from the row
+     * below, which costs the pool's table no second call. A table ahead of
+     * the plan (rejected drafts' positions) is told nothing until the plan
+     * passes it. */
     kvrt_block_copy_t copy;
     uint32_t num_copies = 0;
     const int32_t owed = q->lag + (int32_t)n;
     if (KVRT_LIKELY(owed > 0)) {
-        kvrt_status_t st =
-            kvrt_table_append(s->pool, q->table, (uint32_t)owed, NULL, &copy, &num_copies);
+        const bool behind = q->lag >= 0;
+        kvrt_status_t st = kvrt_table_append_filled(
+            s->pool, q->table, behind ? (uint32_t)q->lag : 0, behind ? n : (uint32_t)owed, NULL,
+            &copy, &num_copies);
         if (KVRT_UNLIKELY(st != KVRT_OK))
             return st; /* nothing changed: the lag is still owed */
         q->lag = 0;
@@ -74,6 +81,12 @@ kvrt_status_t sched_append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, int64_t *
     q->tail_block = row[nb - 1]; /* not the row's last entry when the table is ahead */
     sched_row_slots(s, row, c, slots, room, n, keep_rest);
     return KVRT_OK;
+}
+
+kvrt_status_t sched_append_tail(kvrt_sched_t *s, seq_t *q, uint32_t c, int64_t *slots,
+                                size_t room, uint32_t n, bool keep_rest)
+{
+    return append_tail(s, q, c, slots, room, n, keep_rest);
 }
 
 /* Not vectorized (GCC): for the few slots of a decode, setting up vector
@@ -218,8 +231,8 @@ void sched_crossings_flush(kvrt_sched_t *s, uint32_t *budget)
             seq_t *q = &s->seqs[e->slot];
             /* The entries after its n slots are planned already: kept. */
             const uint32_t t0 = e->t0 - removed;
-            kvrt_status_t st = sched_append_tail(s, q, e->c, s->buf->slot_mapping + t0,
-                                                 s->max_batch_tokens - t0, e->n, true);
+            kvrt_status_t st = append_tail(s, q, e->c, s->buf->slot_mapping + t0,
+                                           s->max_batch_tokens - t0, e->n, true);
             if (KVRT_LIKELY(st == KVRT_OK)) {
                 taken += e->took;
             } else {

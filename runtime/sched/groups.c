@@ -342,17 +342,6 @@ static KVRT_ALWAYS_INLINE bool append_in_tails(kvrt_sched_t *s, seq_t *q, uint32
     return true;
 }
 
-/* Tells every group's table the tokens appended inside its tail block. */
-static void sync_lag(kvrt_sched_t *s, seq_t *q)
-{
-    if (!q->lag)
-        return;
-    for (uint32_t g = 0; g < s->num_groups; g++) /* private tail blocks: no copy */
-        kvrt_table_append(s->groups[g].pool, *sched_gref(s, q, g).table, (uint32_t)q->lag, NULL, NULL,
-                          NULL);
-    q->lag = 0;
-}
-
 bool sched_groups_take_in_tails(kvrt_sched_t *s, seq_t *q, uint32_t n)
 {
     release_windows(s, q);
@@ -366,18 +355,30 @@ kvrt_status_t sched_groups_append(kvrt_sched_t *s, seq_t *q, uint32_t n)
     uint32_t copied[KVRT_SCHED_MAX_GROUPS];
     if (sched_groups_take_in_tails(s, q, n))
         return KVRT_OK;
-    sync_lag(s, q);
+    /* Each table is told the tokens planned inside its tail block since
+     * (q->lag, written there while the block was the request's own: no
+     * copy for them, even if the block filled and is shared by now), then
+     * takes the n new ones. */
+    const uint32_t told = c - (uint32_t)q->lag;
     for (uint32_t g = 0; g < s->num_groups; g++) {
         sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
         kvrt_block_copy_t copy;
         copied[g] = 0;
-        kvrt_status_t st = kvrt_table_append(gr->pool, *r.table, n, sched_group_slots(s, g) + t0,
-                                             &copy, &copied[g]);
+        kvrt_status_t st =
+            kvrt_table_append_filled(gr->pool, *r.table, (uint32_t)q->lag, n,
+                                     sched_group_slots(s, g) + t0, &copy, &copied[g]);
         if (st != KVRT_OK) {
-            /* All groups or none: the groups before give their tokens back. */
-            for (uint32_t h = 0; h < g; h++)
-                kvrt_table_truncate(s->groups[h].pool, *sched_gref(s, q, h).table, c);
+            /* All groups or none: the groups before give back what they were
+             * told, the lag included (it stays owed). A tail one of them
+             * copied stays copied (the copy is in the plan): its row takes
+             * the copy. */
+            for (uint32_t h = 0; h < g; h++) {
+                kvrt_table_truncate(s->groups[h].pool, *sched_gref(s, q, h).table, told);
+                if (copied[h])
+                    sched_row_sync(s, q, h, true);
+            }
+            forget_tails(s, q);
             return st;
         }
         if (copied[g]) {
@@ -392,6 +393,7 @@ kvrt_status_t sched_groups_append(kvrt_sched_t *s, seq_t *q, uint32_t n)
             }
         }
     }
+    q->lag = 0;
     for (uint32_t g = 0; g < s->num_groups; g++) {
         seq_gref_t r = sched_gref(s, q, g);
         if (sched_group_blocks_for(&s->groups[g], (uint64_t)c + n) != *r.row_blocks || copied[g])

@@ -756,9 +756,10 @@ bool sched_groups_fit(const kvrt_sched_t *s, seq_t *q, uint32_t n, bool watermar
  * blocks released, when some group needs a block. */
 bool sched_groups_take_in_tails(kvrt_sched_t *s, seq_t *q, uint32_t n);
 /* Appends n tokens of q to every group (after sched_groups_fit): slots at
- * the plan's end, rows synced. Releases blocks out of each window first.
- * On error (not NO_BLOCKS) returns it; tables may then be longer than
- * planned, which the caller's ending of q makes harmless. */
+ * the plan's end, rows synced; the tables are told q->lag first. Releases
+ * blocks out of each window first. On error returns it, every table
+ * holding what it held (a tail block one copied stays copied: the copy
+ * is in the plan and the row) and q->lag still owed. */
 kvrt_status_t sched_groups_append(kvrt_sched_t *s, seq_t *q, uint32_t n);
 /* Rollback in every group to q->computed. */
 void sched_groups_truncate(kvrt_sched_t *s, seq_t *q);

@@ -284,6 +284,54 @@ Test(sched_crossings, crossings_past_the_free_blocks_preempt_the_lowest_priority
 /* Random prompt lengths, drafts, rejections, aborts and a pool too small
  * for everyone: crossings are gathered in some steps and run one at a
  * time in others, and the plan must always agree with its rows. */
+Test(sched_crossings, a_tail_block_filled_then_referenced_is_crossed_without_a_copy)
+{
+    /* A prompt of 2 blocks and 2 tokens as a chunk of 30, then 2 tokens
+     * inside the tail block (its table told only at the next crossing);
+     * that commit fills the block, on which the engine then takes a
+     * reference. The next decode crosses into a new block: no copy of the
+     * full block, and the table holds every token. */
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_CHUNK, .prefill_chunk_tokens = 30};
+    sched_fixture_t f = sched_fixture_open(64, TPB, false, &sp);
+    int32_t prompt[32];
+    for (int i = 0; i < 32; i++)
+        prompt[i] = 3 * i + 1;
+    kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = 32, .max_new_tokens = 4};
+    kvrt_seq_id_t id;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &id));
+    const kvrt_batch_plan_t *plan;
+    for (uint64_t k = 0; k < 2; k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, k, &plan));
+        cr_assert_eq(plan->num_seqs, 1);
+        sched_fixture_commit(&f, plan, 5);
+    }
+    const int32_t *bl;
+    uint32_t nb = 0, tokens = 0;
+    ASSERT_OK(f.ctx, kvrt_seq_blocks(f.sched, id, &bl, &nb, &tokens));
+    cr_assert_eq(nb, 2);
+    int32_t full = bl[1];
+    ASSERT_OK(f.ctx, kvrt_pool_ref(f.pool, 1, &full));
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 2, &plan));
+    cr_assert_eq(plan->num_seqs, 1);
+    cr_assert_eq(plan->num_copies, 0, "the full block was copied");
+    check_slots(plan, 0);
+    cr_assert_neq(plan->slot_mapping[0] / TPB, full);
+    sched_fixture_commit(&f, plan, 5);
+    ASSERT_OK(f.ctx, kvrt_seq_blocks(f.sched, id, &bl, &nb, &tokens));
+    cr_assert_eq(tokens, 33);
+    cr_assert_eq(bl[1], full);
+    ASSERT_OK(f.ctx, kvrt_pool_free(f.pool, 1, &full));
+    for (uint64_t k = 3; k < 20; k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, k, &plan));
+        if (!plan->num_seqs)
+            break;
+        sched_fixture_commit(&f, plan, 5);
+    }
+    kvrt_seq_info_t ev[1];
+    cr_assert_eq(sched_fixture_drain(&f, ev, 1), 1);
+    sched_fixture_close(&f);
+}
+
 Test(sched_crossings, randomized_crossings_keep_slots_rows_and_pool_consistent, .timeout = 120)
 {
     enum { N = 400, STEPS = 300 };

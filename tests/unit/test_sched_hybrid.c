@@ -580,6 +580,91 @@ static void randomized_run(uint32_t plans_in_flight, uint64_t seed)
     hybrid_close(&h);
 }
 
+/* A's tables are told its last 2 prompt tokens only at its next append:
+ * a chunk of 14 of a 16-token prompt, then 2 inside the tail block. That
+ * commit fills the block; `share` then gives it another holder before A's
+ * next step. A's decode must land in a new block of its own in every
+ * group, its rows naming it, with no copy (checked_step), and its tables
+ * must hold all its tokens. */
+static void fill_then_share(hybrid_t *h, void (*share)(hybrid_t *h, kvrt_seq_id_t a))
+{
+    int32_t prompt[20];
+    for (int i = 0; i < 20; i++)
+        prompt[i] = (i * 5) % 97;
+    kvrt_seq_id_t a = add_prompt(h, prompt, 16, 8);
+    cr_assert(checked_step(h, 0));
+    cr_assert(checked_step(h, 1));
+    share(h, a);
+    cr_assert(checked_step(h, 2));
+    for (uint32_t g = 0; g < h->num_groups; g++) {
+        uint32_t tokens = 0;
+        ASSERT_OK(h->ctx, kvrt_seq_group_blocks(h->sched, a, g, NULL, NULL, &tokens));
+        cr_assert_eq(tokens, 17, "group %u holds %u tokens", g, tokens);
+    }
+}
+
+static kvrt_seq_id_t waiting_b;
+static kvrt_arrival_id_t arrival_b;
+
+/* B, sharing A's prompt, awaits K/V (a hand-off): it adopts the cached
+ * blocks, A's full tail among them. */
+static void share_by_arrival(hybrid_t *h, kvrt_seq_id_t a)
+{
+    (void)a;
+    int32_t prompt[20];
+    for (int i = 0; i < 20; i++)
+        prompt[i] = (i * 5) % 97;
+    waiting_b = add_prompt(h, prompt, 20, 4);
+    kvrt_arrival_params_t ap = {.num_tokens = 8};
+    uint32_t first = 0, count = 0;
+    ASSERT_OK(h->ctx, kvrt_seq_await_kv(h->sched, waiting_b, &ap, &arrival_b, &first, &count));
+    const int32_t *bl;
+    uint32_t nb = 0;
+    ASSERT_OK(h->ctx, kvrt_seq_blocks(h->sched, waiting_b, &bl, &nb, NULL));
+    cr_assert_eq(nb, 4, "B adopted A's 4 prompt blocks (%u)", nb);
+}
+
+static int32_t held[MAX_GROUPS];
+
+/* The engine takes a reference on A's full tail block in every group (to
+ * send it elsewhere, say). */
+static void share_by_reference(hybrid_t *h, kvrt_seq_id_t a)
+{
+    for (uint32_t g = 0; g < h->num_groups; g++) {
+        const int32_t *bl;
+        uint32_t nb = 0;
+        ASSERT_OK(h->ctx, kvrt_seq_group_blocks(h->sched, a, g, &bl, &nb, NULL));
+        held[g] = bl[16 / h->tpb[g] - 1];
+        ASSERT_OK(h->ctx, kvrt_pool_ref(h->pool[g], 1, &held[g]));
+    }
+}
+
+Test(sched_hybrid, a_tail_block_filled_then_shared_keeps_its_tokens_without_a_copy)
+{
+    /* One sliding-window group (hybrid), a prefix cache, a hand-off. */
+    static const uint32_t blocks1[1] = {64}, tpb1[1] = {4}, window1[1] = {54};
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_CHUNK |
+                                            KVRT_SCHED_PARAM_MAX_SEQS,
+                              .prefill_chunk_tokens = 14, .max_seqs = 1};
+    hybrid_t h = hybrid_open(1, blocks1, tpb1, window1, true, &sp);
+    fill_then_share(&h, share_by_arrival);
+    ASSERT_OK(h.ctx, kvrt_arrival_complete(h.sched, arrival_b, 0));
+    run_to_end(&h, 60);
+    drain_all(&h);
+    hybrid_close(&h);
+
+    /* Full attention in blocks of 4 and 8 with a window, the engine holding
+     * the tail blocks. */
+    static const uint32_t blocks2[2] = {64, 64}, tpb2[2] = {4, 8}, window2[2] = {0, 40};
+    h = hybrid_open(2, blocks2, tpb2, window2, false, &sp);
+    fill_then_share(&h, share_by_reference);
+    for (uint32_t g = 0; g < h.num_groups; g++)
+        ASSERT_OK(h.ctx, kvrt_pool_free(h.pool[g], 1, &held[g]));
+    run_to_end(&h, 60);
+    drain_all(&h);
+    hybrid_close(&h);
+}
+
 Test(sched_hybrid, randomized_run_keeps_every_invariant_in_every_group, .timeout = 120)
 {
     randomized_run(1, 0xfeedbeef1234ull);
