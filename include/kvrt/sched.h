@@ -160,7 +160,10 @@ extern "C" {
 typedef struct kvrt_sched kvrt_sched_t;
 
 /* A request's id: generational, so a stale or made-up id is refused with
- * KVRT_ERR_UNKNOWN_REQUEST. 0 is never a valid id. */
+ * KVRT_ERR_UNKNOWN_REQUEST; so is an arrival's id, and an id of another
+ * scheduler of this process (ids carry six bits of a count of schedulers
+ * created, so only two created 64 apart can take each other's ids). 0 is
+ * never a valid id. Opaque: compare them, never decode them. */
 typedef uint64_t kvrt_seq_id_t;
 
 /* Most draft tokens per sequence per step. */
@@ -614,7 +617,9 @@ static inline kvrt_status_t kvrt_sched_drain_ended(kvrt_sched_t *sched,
  * group's blocks stay held until that group reports.
  */
 
-/* An arrival's id: generational, like request ids; 0 is never valid. */
+/* An arrival's id: generational and tagged, like request ids (a request's
+ * id or another scheduler's arrival id is refused as unknown); 0 is never
+ * valid. */
 typedef uint64_t kvrt_arrival_id_t;
 
 enum kvrt_arrival_params_field {

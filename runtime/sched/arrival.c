@@ -50,8 +50,10 @@ static inline arrival_group_t *arrival_part(const kvrt_sched_t *s, arrival_t *a,
 
 void sched_arrivals_init(kvrt_sched_t *s)
 {
-    for (uint32_t i = 0; i < s->max_requests; i++)
+    for (uint32_t i = 0; i < s->max_requests; i++) {
         s->arrivals[i].next_free = i + 1 < s->max_requests ? i + 1 : SCHED_NONE;
+        s->arrivals[i].generation = s->id_tag | SCHED_GEN_ARRIVAL; /* (ids) */
+    }
     s->arrival_free = 0;
     s->next_deadline = UINT64_MAX;
 }
@@ -67,7 +69,7 @@ static bool arrival_holds_blocks(const kvrt_sched_t *s, arrival_t *a)
 
 static void arrival_free(kvrt_sched_t *s, arrival_t *a)
 {
-    a->generation++; /* odd -> even: the id is dead */
+    a->generation = sched_next_generation(a->generation); /* odd -> even: dead */
     a->next_free = s->arrival_free;
     s->arrival_free = (uint32_t)(a - s->arrivals);
 }
@@ -223,7 +225,7 @@ static kvrt_status_t await_kv(kvrt_sched_t *s, kvrt_seq_id_t id, const kvrt_arri
     uint32_t index = s->arrival_free;
     arrival_t *a = &s->arrivals[index];
     s->arrival_free = a->next_free;
-    a->generation++; /* even -> odd: live */
+    a->generation = sched_next_generation(a->generation); /* even -> odd: live */
     a->seq = sched_slot(s, q);
     a->end_tokens = p->num_tokens > q->computed ? p->num_tokens : q->computed;
     a->groups_left = s->num_groups;

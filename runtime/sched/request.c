@@ -308,7 +308,7 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     uint32_t index = s->free_head;
     seq_t *q = &s->seqs[index];
     s->free_head = q->next_free;
-    uint32_t generation = q->generation + 1;
+    uint32_t generation = sched_next_generation(q->generation);
     memset(q, 0, sizeof(*q));
     q->generation = generation;
     q->allocation = mem;
@@ -641,7 +641,7 @@ static void forget(kvrt_sched_t *s, seq_t *q)
 {
     s->drained_memory[s->num_drained_memory++] = q->allocation;
     q->allocation = NULL;
-    q->generation++; /* odd -> even: the id is dead */
+    q->generation = sched_next_generation(q->generation); /* odd -> even: dead */
     if (!q->release_at_commit)
         sched_slot_free(s, q);
 }

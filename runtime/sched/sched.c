@@ -153,6 +153,10 @@ static const kvrt_ctl_node_t sched_nodes[] = {
 
 /* ---- create / destroy -------------------------------------------------------- */
 
+/* Schedulers created in this process: six bits of the count tag each one's
+ * ids (sched_internal.h, ids). */
+static uint32_t schedulers_created;
+
 static kvrt_status_t read_params(kvrt_sched_t *s, const kvrt_sched_params_t *p)
 {
     const uint64_t known =
@@ -382,6 +386,8 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_create_groups(
     if (!s)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "scheduler struct");
     s->ctx = ctx;
+    s->id_tag = (__atomic_fetch_add(&schedulers_created, 1, __ATOMIC_RELAXED) & 63u)
+                << SCHED_GEN_TAG_SHIFT;
     kvrt_status_t status = read_params(s, params);
     if (status == KVRT_OK)
         status = sched_groups_read(s, num_groups, groups);
@@ -416,8 +422,10 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_create_groups(
                          "requests, %u tokens)", s->max_seqs, s->max_requests,
                          s->max_batch_tokens);
     }
-    for (uint32_t i = 0; i < s->max_requests; i++)
+    for (uint32_t i = 0; i < s->max_requests; i++) {
         s->seqs[i].next_free = i + 1 < s->max_requests ? i + 1 : SCHED_NONE;
+        s->seqs[i].generation = s->id_tag; /* (ids in sched_internal.h) */
+    }
     s->free_head = 0;
     s->pinned = SCHED_NONE;
     sched_arrivals_init(s);

@@ -320,6 +320,7 @@ struct kvrt_sched {
     bool adaptive_draft;
     bool csr_tables;
     uint32_t max_requests;
+    uint32_t id_tag;            /* this scheduler's tag in generation words (ids) */
     uint32_t max_seq_tokens;
     uint32_t max_draft;
     uint32_t ngram_min;         /* 0: proposer off */
@@ -452,6 +453,26 @@ struct kvrt_sched {
 };
 
 /* ---- ids ------------------------------------------------------------------- */
+
+/*
+ * An id is a slot's generation word in its high 32 bits and index + 1 in
+ * its low 32. The word counts in its low 25 bits (odd while the id is
+ * live) and carries a tag in the rest: bits 25-30 a number of the
+ * scheduler (six bits of a count of schedulers created in the process),
+ * bit 31 set for an arrival. So an id of another scheduler, or an
+ * arrival's given as a request's or the other way round, matches no
+ * slot's word and is refused as unknown, at no cost to the lookup (unless
+ * two schedulers created 64 apart are mixed up).
+ */
+#define SCHED_GEN_COUNT ((1u << 25) - 1u)
+#define SCHED_GEN_TAG_SHIFT 25u
+#define SCHED_GEN_ARRIVAL (1u << 31)
+
+/* The generation word after g: the count advances, the tag stays. */
+static inline uint32_t sched_next_generation(uint32_t g)
+{
+    return (g & ~SCHED_GEN_COUNT) | ((g + 1u) & SCHED_GEN_COUNT);
+}
 
 static inline kvrt_seq_id_t sched_make_id(uint32_t index, uint32_t generation)
 {

@@ -438,6 +438,44 @@ Test(sched_requests, bad_calls_are_refused_and_change_nothing)
     close_fixture(&f);
 }
 
+Test(sched_requests, an_id_of_another_scheduler_or_of_an_arrival_is_refused)
+{
+    /* Two schedulers on one pool: each one's first request sits in slot 0,
+     * yet neither answers to the other's id; an arrival's id names no
+     * request and a request's id no arrival. */
+    fixture_t f = open_fixture(64, 4, NULL);
+    kvrt_sched_t *other;
+    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, NULL, NULL, &other));
+    int32_t prompt[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = 8, .max_new_tokens = 2};
+    kvrt_seq_id_t mine, theirs;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &mine));
+    ASSERT_OK(f.ctx, kvrt_seq_add(other, &p, &theirs));
+    cr_assert_neq(mine, theirs);
+    kvrt_seq_info_t info;
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST, kvrt_seq_info(f.sched, theirs, &info));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST, kvrt_seq_abort(other, mine));
+    kvrt_arrival_params_t ap = {.num_tokens = 4};
+    kvrt_arrival_id_t arrival = 0;
+    uint32_t first = 0, count = 0;
+    ASSERT_OK(f.ctx, kvrt_seq_await_kv(f.sched, mine, &ap, &arrival, &first, &count));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST, kvrt_seq_info(f.sched, arrival, &info));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST, kvrt_arrival_complete(f.sched, mine, count));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST, kvrt_arrival_complete(other, arrival, count));
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, mine, &info));
+    cr_assert_eq(info.state, KVRT_SEQ_WAITING_KV, "nothing happened to it");
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arrival, count));
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, mine));
+    ASSERT_OK(f.ctx, kvrt_seq_abort(other, theirs));
+    kvrt_seq_info_t ev[2];
+    cr_assert_eq(drain(&f, ev, 2), 1);
+    uint32_t n = 0;
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(other, ev, 2, &n));
+    cr_assert_eq(n, 1);
+    ASSERT_OK(f.ctx, kvrt_sched_destroy(other));
+    close_fixture(&f);
+}
+
 Test(sched_requests, ctl_nodes_report_the_counters)
 {
     fixture_t f = open_fixture(64, 4, NULL);
