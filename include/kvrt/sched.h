@@ -799,7 +799,9 @@ typedef struct kvrt_plan_group {
  * rebuilding costs nothing; an engine mirroring rows on the device applies
  * the same changes (rows_changed lists the rows touched this step). With
  * csr_block_tables, block_table_offsets[num_seqs+1] and block_table_ids
- * also give each planned sequence's blocks as CSR, rebuilt every step.
+ * also give each planned sequence's blocks as CSR, rebuilt every step;
+ * when their buffer cannot grow (no memory) the step leaves them NULL
+ * and logs a warning rather than fail: the rows hold the same blocks.
  */
 typedef struct kvrt_batch_plan {
     uint64_t step;                 /* step number, passed back in the commit */
