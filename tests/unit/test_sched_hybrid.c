@@ -502,7 +502,43 @@ static void randomized_run(uint32_t plans_in_flight, uint64_t seed)
         for (int i = 0; i < 48; i++)
             system[s][i] = (int32_t)test_rand_below(&rng, 97);
     uint64_t preemptions = 0;
+    /* References the engine holds for a few steps (to send a block
+     * elsewhere, say) on full blocks of requests in the last plan, mostly
+     * on their last full block, which their tables may not have been told
+     * is full (tokens planned inside a tail block are told at the next
+     * append). */
+    struct {
+        uint32_t group;
+        int32_t block;
+    } held[8];
+    uint32_t num_held = 0, num_planned = 0;
+    kvrt_seq_id_t planned[16];
     for (uint32_t step = 0; step < 6000; step++) {
+        if (num_planned && num_held < 8 && test_rand_below(&rng, 3) == 0) {
+            const kvrt_seq_id_t id = planned[test_rand_below(&rng, num_planned)];
+            const uint32_t g = test_rand_below(&rng, 3);
+            kvrt_seq_info_t info;
+            const int32_t *bl;
+            uint32_t nb = 0;
+            if (kvrt_seq_info(h.sched, id, &info) == KVRT_OK &&
+                info.state == KVRT_SEQ_RUNNING &&
+                kvrt_seq_group_blocks(h.sched, id, g, &bl, &nb, NULL) == KVRT_OK) {
+                uint32_t full = info.computed_tokens / tpb[g];
+                full = full < nb ? full : nb;
+                uint32_t back = test_rand_below(&rng, 4);
+                uint32_t j = full ? full - 1 - (back < full && back < 2 ? back : 0) : 0;
+                if (full && bl[j] != KVRT_NULL_BLOCK) {
+                    ASSERT_OK(h.ctx, kvrt_pool_ref(h.pool[g], 1, &bl[j]));
+                    held[num_held].group = g;
+                    held[num_held++].block = bl[j];
+                }
+            }
+        }
+        if (num_held && (test_rand_below(&rng, 3) == 0 || step >= 4000)) {
+            num_held--;
+            ASSERT_OK(h.ctx, kvrt_pool_free(h.pool[held[num_held].group], 1,
+                                            &held[num_held].block));
+        }
         if (step < 4000 && num_req < RND_REQ && test_rand_below(&rng, 5) < 2) {
             rnd_req_t *t = &req[num_req];
             uint32_t n = 0, sys = test_rand_below(&rng, 3);
@@ -549,6 +585,9 @@ static void randomized_run(uint32_t plans_in_flight, uint64_t seed)
                                     nb * sizeof(int32_t)),
                              0);
             }
+        num_planned = plan->num_seqs < 16 ? plan->num_seqs : 16;
+        for (uint32_t i = 0; i < num_planned; i++)
+            planned[i] = plan->seqs[i].id;
         if (plan->num_seqs)
             in_flight[num_in_flight++] = plan;
         if (num_in_flight == plans_in_flight || (num_in_flight && step >= 4000)) {
@@ -560,7 +599,8 @@ static void randomized_run(uint32_t plans_in_flight, uint64_t seed)
         rnd_drain(&h, req, &checked);
         kvrt_sched_stats_t st;
         ASSERT_OK(h.ctx, kvrt_sched_stats(h.sched, &st));
-        if (step >= 4000 && !st.running && !st.waiting && !st.ended_undrained && !num_in_flight)
+        if (step >= 4000 && !st.running && !st.waiting && !st.ended_undrained && !num_in_flight &&
+            !num_held)
             break;
     }
     for (uint32_t i = 0; i < num_req; i++)
