@@ -169,9 +169,10 @@ void kvrt_table_prefetch_end(const kvrt_pool_t *pool, kvrt_table_id_t id)
 /* Appends num_tokens to t after counting `filled` tokens its owner wrote
  * in its tail block already (kvrt_table_append_filled; 0 for a plain
  * append): the copy-on-write check looks at the tail those leave. */
-static KVRT_ALWAYS_INLINE kvrt_status_t append(kvrt_pool_t *pool, table_slot_t *t, uint32_t filled,
-                            uint32_t num_tokens, int64_t *slots_out,
-                            kvrt_block_copy_t *copy_out, uint32_t *num_copies_out)
+static KVRT_ALWAYS_INLINE kvrt_status_t append(kvrt_pool_t *pool, table_slot_t *t,
+                                               uint32_t filled, uint32_t num_tokens,
+                                               int64_t *slots_out, kvrt_block_copy_t *copy_out,
+                                               uint32_t *num_copies_out)
 {
     const uint32_t told = t->num_tokens + filled;
     /* Fast path, most decode steps: the tokens fit in the private tail block,

@@ -664,7 +664,7 @@ static void share_by_arrival(hybrid_t *h, kvrt_seq_id_t a)
     cr_assert_eq(nb, 4, "B adopted A's 4 prompt blocks (%u)", nb);
 }
 
-static int32_t held[MAX_GROUPS];
+static int32_t tail_refs[MAX_GROUPS];
 
 /* The engine takes a reference on A's full tail block in every group (to
  * send it elsewhere, say). */
@@ -674,8 +674,8 @@ static void share_by_reference(hybrid_t *h, kvrt_seq_id_t a)
         const int32_t *bl;
         uint32_t nb = 0;
         ASSERT_OK(h->ctx, kvrt_seq_group_blocks(h->sched, a, g, &bl, &nb, NULL));
-        held[g] = bl[16 / h->tpb[g] - 1];
-        ASSERT_OK(h->ctx, kvrt_pool_ref(h->pool[g], 1, &held[g]));
+        tail_refs[g] = bl[16 / h->tpb[g] - 1];
+        ASSERT_OK(h->ctx, kvrt_pool_ref(h->pool[g], 1, &tail_refs[g]));
     }
 }
 
@@ -699,7 +699,7 @@ Test(sched_hybrid, a_tail_block_filled_then_shared_keeps_its_tokens_without_a_co
     h = hybrid_open(2, blocks2, tpb2, window2, false, &sp);
     fill_then_share(&h, share_by_reference);
     for (uint32_t g = 0; g < h.num_groups; g++)
-        ASSERT_OK(h.ctx, kvrt_pool_free(h.pool[g], 1, &held[g]));
+        ASSERT_OK(h.ctx, kvrt_pool_free(h.pool[g], 1, &tail_refs[g]));
     run_to_end(&h, 60);
     drain_all(&h);
     hybrid_close(&h);
