@@ -288,10 +288,29 @@ Test(sched_controls, a_prefill_chunk_never_ends_inside_a_multimodal_item)
     cr_assert_arr_eq(chunks, want, sizeof(want));
 }
 
+/* A request of len tokens of `prompt`, one output, with one multimodal
+ * item [offset, offset + length); params point into the struct. */
+typedef struct item_request {
+    kvrt_mm_item_t item;
+    kvrt_hash_keys_t keys;
+    kvrt_seq_params_t params;
+} item_request_t;
+
+static void item_request(item_request_t *r, const int32_t *prompt, uint32_t len, uint32_t offset,
+                         uint32_t length)
+{
+    r->item = (kvrt_mm_item_t){.offset = offset, .length = length};
+    r->keys = (kvrt_hash_keys_t){.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 1,
+                                 .mm_items = &r->item};
+    r->params = (kvrt_seq_params_t){.field_mask = KVRT_SEQ_PARAM_KEYS, .prompt = prompt,
+                                    .prompt_len = len, .max_new_tokens = 1, .keys = &r->keys};
+}
+
 Test(sched_controls, an_item_beyond_the_budget_left_waits_and_one_beyond_any_step_is_refused)
 {
-    /* Budget 20: B decodes one token a step, so the 20-token item of A only
-     * fits in a step of its own, once B has ended. */
+    /* Budget 20: B decodes one token a step, so the 20-token item of A
+     * never fits beside it: the step after A first waits for it, the item
+     * is held the whole budget and runs alone, B waiting that step. */
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS,
                               .max_batch_tokens = 20};
     fixture_t f = open_fixture(false, &sp);
@@ -299,12 +318,9 @@ Test(sched_controls, an_item_beyond_the_budget_left_waits_and_one_beyond_any_ste
     kvrt_seq_params_t pb = {.prompt = prompt, .prompt_len = 4, .max_new_tokens = 6};
     kvrt_seq_id_t a, b;
     ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pb, &b));
-    kvrt_mm_item_t item = {.offset = 10, .length = 20};
-    kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 1,
-                             .mm_items = &item};
-    kvrt_seq_params_t pa = {.field_mask = KVRT_SEQ_PARAM_KEYS, .prompt = prompt,
-                            .prompt_len = 50, .max_new_tokens = 1, .keys = &keys};
-    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pa, &a));
+    item_request_t ra;
+    item_request(&ra, prompt, 50, 10, 20);
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &ra.params, &a));
     bool item_ran = false;
     const kvrt_batch_plan_t *plan;
     for (int k = 0; k < 40; k++) {
@@ -320,6 +336,9 @@ Test(sched_controls, an_item_beyond_the_budget_left_waits_and_one_beyond_any_ste
             if (from <= 10 && to >= 30) {
                 item_ran = true;
                 cr_assert_eq(plan->num_seqs, 1, "the item runs alone");
+                kvrt_seq_info_t info;
+                ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, b, &info));
+                cr_assert_eq(info.state, KVRT_SEQ_RUNNING, "B, still decoding, waited");
             }
         }
         commit_token(&f, plan, 1);
@@ -334,7 +353,7 @@ Test(sched_controls, an_item_beyond_the_budget_left_waits_and_one_beyond_any_ste
     kvrt_sched_t *small;
     ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, NULL, &sp, &small));
     kvrt_seq_id_t id = 0;
-    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_add(small, &pa, &id));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_seq_add(small, &ra.params, &id));
     kvrt_sched_destroy(small);
     close_fixture(&f);
 }
@@ -357,12 +376,9 @@ Test(sched_controls, an_item_that_never_fits_beside_the_decodes_gets_the_next_st
     ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 0, &plan));
     cr_assert_eq(plan->num_seqs, 12, "the decoders' prefills");
     commit_token(&f, plan, 1);
-    kvrt_mm_item_t item = {.offset = 4, .length = 16};
-    kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 1,
-                             .mm_items = &item};
-    kvrt_seq_params_t pa = {.field_mask = KVRT_SEQ_PARAM_KEYS, .prompt = prompt,
-                            .prompt_len = 24, .max_new_tokens = 1, .keys = &keys};
-    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pa, &a));
+    item_request_t ra;
+    item_request(&ra, prompt, 24, 4, 16);
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &ra.params, &a));
     /* Step 2: A's first chunk [0, 4) ends before the item. Step 3: the
      * item does not fit in the 12 tokens left. Step 4: it is held. */
     uint32_t item_step = 0, skipped = 0;
