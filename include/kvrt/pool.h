@@ -124,6 +124,11 @@ kvrt_status_t kvrt_pool_alloc(kvrt_pool_t *pool, uint32_t count,
 
 /*
  * kvrt_pool_ref - takes one more reference on each listed used block.
+ * A reference keeps the block's K/V as it is only for full blocks of a
+ * scheduler's running request: the scheduler writes a request's next
+ * tokens into its partial last block, taking it for the request's own
+ * (kvrt/sched.h; docs/scheduler.md, *Cost*); hold one on such a block
+ * only while that request does not run.
  * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_UNKNOWN_BLOCK (a block that is free,
  * cached, the null block or out of range; nothing changes), KVRT_ERR_OVERFLOW
  * (a reference count would pass 2^31-1).
