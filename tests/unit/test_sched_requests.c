@@ -217,7 +217,7 @@ Test(sched_requests, no_more_run_than_the_budget_so_every_decode_gets_a_token_ea
             kvrt_sched_stats_t st;
             ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
             cr_assert_leq(st.running, 3, "step %d: %u running", k, st.running);
-            if (in_flight == 1 && st.running == plans[0]->num_decode_seqs)
+            if (in_flight == 1) /* every running request has its token */
                 cr_assert_eq(plans[0]->num_seqs, st.running, "step %d: %u of %u planned", k,
                              plans[0]->num_seqs, st.running);
             const bool empty = !plans[in_air]->num_seqs;
