@@ -266,8 +266,13 @@ Test(cluster_handoff_hostile, blocks_that_land_after_the_deadline_are_not_used, 
 {
     pair_t p = pair_up(16);
     kvrt_seq_id_t seq = add(&p);
+    /* The sender counts the ticket's budget on its own clock and gives up
+     * when it runs out, so the budget must outlast a send on a loaded
+     * machine (50 ms did not, under ThreadSanitizer); the receiver's
+     * deadline is judged on the step clock the poll is given. */
+    const uint32_t timeout_ms = 5000;
     kvrt_handoff_accept_params_t ap = {.field_mask = KVRT_HANDOFF_ACCEPT_PARAM_TIMEOUT,
-                                       .num_tokens = PROMPT - 1, .timeout_ms = 50};
+                                       .num_tokens = PROMPT - 1, .timeout_ms = timeout_ms};
     uint64_t start = tch_now_ns();
     kvrt_handoff_id_t h = 0;
     ASSERT_OK(p.ctx, kvrt_cluster_handoff_accept(p.recv, seq, &ap, start, &h));
@@ -291,7 +296,8 @@ Test(cluster_handoff_hostile, blocks_that_land_after_the_deadline_are_not_used, 
      * in flight any more the blocks go back at once. */
     kvrt_handoff_completion_t c;
     uint32_t n = 0;
-    ASSERT_OK(p.ctx, kvrt_cluster_handoff_poll(p.recv, start + 60000000ull, &c, 1, &n));
+    const uint64_t past_deadline = start + (timeout_ms + 10) * 1000000ull;
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_poll(p.recv, past_deadline, &c, 1, &n));
     cr_assert_eq(n, 1);
     cr_assert_eq(c.outcome, KVRT_HANDOFF_RECOMPUTED);
     cr_assert_eq(c.status, KVRT_ERR_TIMEOUT);
