@@ -475,7 +475,8 @@ kvrt_status_t xfer_admit_peer(void *arg, const kvrt_xfer_hello_t *hello)
     /* A refused name hears so in RESULT (its connect fails with
      * KVRT_ERR_BUSY, as from a full listener); xfer_incoming_claim
      * checks again, under the lock a refusal is installed with. */
-    bool refused = hello->conn_index == 0 && xfer_name_refused(a, hello->name);
+    bool refused = a->destroying ||
+                   (hello->conn_index == 0 && xfer_name_refused(a, hello->name));
     pthread_mutex_unlock(&a->lock);
     if (refused)
         return KVRT_ERR_BUSY;
@@ -488,6 +489,11 @@ bool xfer_incoming_claim(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hello_t *
     bool extra = hello->conn_index != 0;
     void *old = NULL, *conn = NULL;
     pthread_mutex_lock(&a->lock);
+    if (a->destroying) { /* admitted before destroy began */
+        pthread_mutex_unlock(&a->lock);
+        close(fd);
+        return false;
+    }
     kvrt_xfer_peer_t *p = peer_by_session(a, hello->session);
     /* Checked with the lock that kvrt_xfer_refuse_name holds while it
      * installs a refusal: a connection is refused here, or counted in
@@ -992,8 +998,12 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_destroy(kvrt_xfer_agent_t *a)
 {
     if (!a)
         return KVRT_OK;
-    /* Peers first: closing their connections completes every batch, so
+    /* No new connection from here on (the accept thread refuses them),
+     * then peers: closing their connections completes every batch, so
      * the requests end and the regions lose their users. */
+    pthread_mutex_lock(&a->lock);
+    a->destroying = true;
+    pthread_mutex_unlock(&a->lock);
     close_all_peers(a);
     pthread_mutex_lock(&a->lock);
     a->stopping = true;

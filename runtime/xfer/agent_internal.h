@@ -251,6 +251,10 @@ struct kvrt_xfer_agent {
     int accept_epoll;          /* the accept thread's: listener + handshakes */
     pthread_t control, upkeep;
     bool control_started, stopping;
+    /* kvrt_xfer_agent_destroy has begun: no incoming connection is taken
+     * any more, so a peer that keeps dialing cannot keep it closing
+     * connections for ever. */
+    bool destroying;
 
     kvrt_xfer_region_t **regions;
     uint16_t *generations;

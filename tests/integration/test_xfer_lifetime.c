@@ -97,10 +97,16 @@ typedef struct hammer {
     int rounds;
 } hammer_t;
 
+/* Most connections one hammer makes: it stops there, when told, or when
+ * the agent no longer answers (destroy refuses new connections from its
+ * start, and then closes the listener). */
+#define HAMMER_MAX_ROUNDS 200
+
 static void *hammer_main(void *arg)
 {
     hammer_t *h = arg;
-    while (!__atomic_load_n(&h->stop, __ATOMIC_ACQUIRE)) {
+    while (!__atomic_load_n(&h->stop, __ATOMIC_ACQUIRE) &&
+           __atomic_load_n(&h->rounds, __ATOMIC_RELAXED) < HAMMER_MAX_ROUNDS) {
         int fd = raw_connect_text(h->text);
         if (fd < 0)
             break; /* the agent is gone */
