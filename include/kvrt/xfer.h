@@ -186,7 +186,9 @@ kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
                                      kvrt_xfer_agent_t **agent_out);
 
 /*
- * kvrt_xfer_agent_destroy - disconnects every peer, completes every
+ * kvrt_xfer_agent_destroy - refuses new connections from its start (a
+ * peer dialing meanwhile is answered busy, so one that keeps dialing
+ * cannot prolong the call), disconnects every peer, completes every
  * outstanding request with KVRT_ERR_CANCELED, frees every request (released
  * or not: request handles die with their agent, so no call may name one
  * afterwards), deregisters every region, and stops and joins every thread
