@@ -109,7 +109,7 @@ static void *hammer_main(void *arg)
            __atomic_load_n(&h->rounds, __ATOMIC_RELAXED) < HAMMER_MAX_ROUNDS) {
         int fd = raw_connect_text(h->text);
         if (fd < 0)
-            break; /* the agent is gone */
+            break; /* the agent is being destroyed, or gone */
         if (__atomic_fetch_add(&h->rounds, 1, __ATOMIC_RELAXED) % 2)
             send_malformed(fd);
         close(fd);
