@@ -161,9 +161,12 @@ typedef struct kvrt_sched kvrt_sched_t;
 
 /* A request's id: generational, so a stale or made-up id is refused with
  * KVRT_ERR_UNKNOWN_REQUEST; so is an arrival's id, and an id of another
- * scheduler of this process (ids carry six bits of a count of schedulers
- * created, so only two created 64 apart can take each other's ids). 0 is
- * never a valid id. Opaque: compare them, never decode them. */
+ * scheduler of this process, live or destroyed (ids carry six bits of a
+ * count of schedulers created, and each scheduler starts its generation
+ * counts at a random point, so two created a multiple of 64 apart take
+ * each other's ids only if their counts happen to meet). 0 is never a
+ * valid id. Opaque: compare them, never decode them; their values differ
+ * from run to run. */
 typedef uint64_t kvrt_seq_id_t;
 
 /* Most draft tokens per sequence per step. */

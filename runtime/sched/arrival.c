@@ -52,7 +52,7 @@ void sched_arrivals_init(kvrt_sched_t *s)
 {
     for (uint32_t i = 0; i < s->max_requests; i++) {
         s->arrivals[i].next_free = i + 1 < s->max_requests ? i + 1 : SCHED_NONE;
-        s->arrivals[i].generation = s->id_tag | SCHED_GEN_ARRIVAL; /* (ids) */
+        s->arrivals[i].generation = s->first_generation | SCHED_GEN_ARRIVAL; /* (ids) */
     }
     s->arrival_free = 0;
     s->next_deadline = UINT64_MAX;

@@ -320,7 +320,8 @@ struct kvrt_sched {
     bool adaptive_draft;
     bool csr_tables;
     uint32_t max_requests;
-    uint32_t id_tag;            /* this scheduler's tag in generation words (ids) */
+    uint32_t first_generation;  /* every slot's first generation word: this
+                                   scheduler's tag and a random count (ids) */
     uint32_t max_seq_tokens;
     uint32_t max_draft;
     uint32_t ngram_min;         /* 0: proposer off */
@@ -461,8 +462,12 @@ struct kvrt_sched {
  * scheduler (six bits of a count of schedulers created in the process),
  * bit 31 set for an arrival. So an id of another scheduler, or an
  * arrival's given as a request's or the other way round, matches no
- * slot's word and is refused as unknown, at no cost to the lookup (unless
- * two schedulers created 64 apart are mixed up).
+ * slot's word and is refused as unknown, at no cost to the lookup. Two
+ * schedulers created a multiple of 64 apart share a tag; each starts its
+ * counts at a random even point (first_generation), so an id of one
+ * matches a slot of the other only if their counts happen to meet: an
+ * engine that recreates its scheduler every episode and keeps a stale
+ * id does not reach a request of a later one.
  */
 #define SCHED_GEN_COUNT ((1u << 25) - 1u)
 #define SCHED_GEN_TAG_SHIFT 25u

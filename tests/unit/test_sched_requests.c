@@ -476,6 +476,38 @@ Test(sched_requests, an_id_of_another_scheduler_or_of_an_arrival_is_refused)
     close_fixture(&f);
 }
 
+Test(sched_requests, an_id_of_a_scheduler_created_64_before_is_refused)
+{
+    /* An engine that recreates its scheduler (every RL episode, every
+     * weight update) and keeps a stale id: 64 schedulers later the tag in
+     * ids repeats, and the stale id must still name no request. */
+    fixture_t f = open_fixture(64, 4, NULL);
+    const kvrt_sched_params_t small = {.field_mask = KVRT_SCHED_PARAM_MAX_REQUESTS,
+                                       .max_requests = 4};
+    int32_t prompt[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = 8, .max_new_tokens = 2};
+    kvrt_sched_t *old = NULL, *other = NULL;
+    kvrt_seq_id_t stale;
+    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, NULL, &small, &old));
+    ASSERT_OK(f.ctx, kvrt_seq_add(old, &p, &stale));
+    ASSERT_OK(f.ctx, kvrt_sched_destroy(old));
+    for (int i = 0; i < 63; i++) {
+        ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, NULL, &small, &other));
+        ASSERT_OK(f.ctx, kvrt_sched_destroy(other));
+    }
+    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, NULL, &small, &other));
+    kvrt_seq_id_t fresh;
+    ASSERT_OK(f.ctx, kvrt_seq_add(other, &p, &fresh)); /* the same slot as stale's */
+    cr_assert_neq(fresh, stale);
+    kvrt_seq_info_t info;
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST, kvrt_seq_info(other, stale, &info));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST, kvrt_seq_abort(other, stale));
+    ASSERT_OK(f.ctx, kvrt_seq_info(other, fresh, &info));
+    cr_assert_eq(info.state, KVRT_SEQ_WAITING, "nothing happened to it");
+    ASSERT_OK(f.ctx, kvrt_sched_destroy(other));
+    close_fixture(&f);
+}
+
 Test(sched_requests, ctl_nodes_report_the_counters)
 {
     fixture_t f = open_fixture(64, 4, NULL);
