@@ -8,7 +8,10 @@
  *
  * Tables are named by kvrt_table_id_t: a generational id, so a stale or
  * made-up id is refused with KVRT_ERR_UNKNOWN_TABLE instead of touching
- * another table. 0 is never a valid id.
+ * another table; so is an id of another pool, live or destroyed (each pool
+ * starts its generations at a random point, so two pools take each other's
+ * ids only by chance). 0 is never a valid id; id values differ from run to
+ * run.
  *
  * Sharing: full blocks may be shared by several tables (fork, prefix cache).
  * A table never writes into a shared block: appending to a table whose last,

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "core.h"
@@ -67,6 +68,16 @@ uint64_t kvrt_now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint32_t kvrt_generation_start(void)
+{
+    uint32_t r;
+    if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r)) {
+        uint64_t t = kvrt_now_ns();
+        r = (uint32_t)t * 2654435761u ^ (uint32_t)(t >> 32);
+    }
+    return r & ~1u;
 }
 
 static void stderr_log(void *user_data, kvrt_log_level_t level, const char *message)

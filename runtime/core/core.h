@@ -177,4 +177,12 @@ void kvrt_host_usage(const kvrt_ctx_t *ctx, uint32_t *regions_out,
 /* Monotonic clock in nanoseconds. */
 uint64_t kvrt_now_ns(void);
 
+/* A random even 32-bit value: where a new object starts the generation
+ * counts of its generational ids (odd while an id is live), so that an id
+ * of another object of the same kind, live or destroyed (another pool's
+ * table, a recreated scheduler's request), matches one of this object's
+ * slots only by chance. Not a secret: the clock stands in when the kernel
+ * has no randomness to give yet. Any thread. */
+uint32_t kvrt_generation_start(void);
+
 #endif /* KVRT_CORE_H */

@@ -20,9 +20,15 @@ kvrt_status_t kvrt_pool_tables_init(kvrt_pool_t *pool, uint32_t max_tables)
     if (!pool->tables)
         return KVRT_ERR_NO_MEMORY;
     pool->max_tables = max_tables;
-    /* Thread every slot onto the free list, lowest index first. */
-    for (uint32_t i = 0; i < max_tables; i++)
+    /* Thread every slot onto the free list, lowest index first. Every
+     * slot's generation starts at this pool's random even point, so a
+     * table id of another pool (or of a pool destroyed before this one)
+     * names none of its tables but by chance. */
+    const uint32_t generation = kvrt_generation_start();
+    for (uint32_t i = 0; i < max_tables; i++) {
         pool->tables[i].next_free = i + 1 < max_tables ? i + 1 : NO_SLOT;
+        pool->tables[i].generation = generation;
+    }
     pool->free_table_head = 0;
     return KVRT_OK;
 }

@@ -6,8 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <time.h>
 
 #include "sched_internal.h"
 
@@ -158,22 +156,6 @@ static const kvrt_ctl_node_t sched_nodes[] = {
 /* Schedulers created in this process: six bits of the count tag each one's
  * ids (sched_internal.h, ids). */
 static uint32_t schedulers_created;
-
-/* The generation word every slot of a new scheduler starts at: its tag
- * and an even count drawn at random, so that an id of a scheduler created
- * a multiple of 64 earlier (same tag) matches a slot of this one only if
- * the two counts happen to meet (sched_internal.h, ids). Not a secret:
- * the clock stands in when the kernel has no randomness to give yet. */
-static uint32_t first_generation(uint32_t tag)
-{
-    uint32_t r;
-    if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r)) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        r = (uint32_t)ts.tv_nsec * 2654435761u ^ (uint32_t)ts.tv_sec;
-    }
-    return tag | (r & SCHED_GEN_COUNT & ~1u);
-}
 
 static kvrt_status_t read_params(kvrt_sched_t *s, const kvrt_sched_params_t *p)
 {
@@ -404,9 +386,9 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_create_groups(
     if (!s)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "scheduler struct");
     s->ctx = ctx;
-    s->first_generation = first_generation(
-        (__atomic_fetch_add(&schedulers_created, 1, __ATOMIC_RELAXED) & 63u)
-        << SCHED_GEN_TAG_SHIFT);
+    const uint32_t tag = __atomic_fetch_add(&schedulers_created, 1, __ATOMIC_RELAXED) & 63u;
+    s->first_generation = (tag << SCHED_GEN_TAG_SHIFT) |
+                          (kvrt_generation_start() & SCHED_GEN_COUNT); /* (ids) */
     kvrt_status_t status = read_params(s, params);
     if (status == KVRT_OK)
         status = sched_groups_read(s, num_groups, groups);

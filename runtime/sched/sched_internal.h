@@ -464,7 +464,7 @@ struct kvrt_sched {
  * arrival's given as a request's or the other way round, matches no
  * slot's word and is refused as unknown, at no cost to the lookup. Two
  * schedulers created a multiple of 64 apart share a tag; each starts its
- * counts at a random even point (first_generation), so an id of one
+ * counts at a random even point (kvrt_generation_start), so an id of one
  * matches a slot of the other only if their counts happen to meet: an
  * engine that recreates its scheduler every episode and keeps a stale
  * id does not reach a request of a later one.

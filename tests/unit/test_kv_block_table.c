@@ -202,6 +202,34 @@ Test(kv_block_table, stale_and_made_up_ids_are_refused)
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_table_create(pool, NULL));
 }
 
+Test(kv_block_table, a_table_id_of_another_pool_is_refused)
+{
+    /* Two pools of one engine (a hybrid model's full-attention and
+     * sliding-window groups) and a pool recreated after the first was
+     * destroyed: each pool's first table sits in slot 0, yet no pool
+     * answers to another's id. */
+    kvrt_pool_t *full = test_pool(ctx, 16, 4), *window = test_pool(ctx, 16, 4);
+    kvrt_table_id_t a, b;
+    ASSERT_OK(ctx, kvrt_table_create(full, &a));
+    ASSERT_OK(ctx, kvrt_table_create(window, &b));
+    cr_assert_neq(a, b);
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_TABLE, kvrt_table_append(window, a, 1, NULL, NULL, NULL));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_TABLE, kvrt_table_destroy(full, b));
+    ASSERT_OK(ctx, kvrt_table_append(full, a, 5, NULL, NULL, NULL));
+    ASSERT_OK(ctx, kvrt_pool_destroy(full));
+    kvrt_pool_t *again = test_pool(ctx, 16, 4);
+    kvrt_table_id_t c;
+    ASSERT_OK(ctx, kvrt_table_create(again, &c));
+    cr_assert_neq(c, a);
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_TABLE, kvrt_table_truncate(again, a, 0));
+    const int32_t *blocks;
+    uint32_t nb;
+    cr_assert_eq(tokens_of(window, b, &blocks, &nb), 0, "nothing happened to it");
+    cr_assert_eq(tokens_of(again, c, &blocks, &nb), 0);
+    ASSERT_OK(ctx, kvrt_pool_verify(window));
+    ASSERT_OK(ctx, kvrt_pool_verify(again));
+}
+
 Test(kv_block_table, table_limit_is_enforced)
 {
     kvrt_pool_params_t p = {.field_mask = KVRT_POOL_PARAM_MAX_TABLES, .layout = test_layout(4),
