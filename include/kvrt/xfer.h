@@ -415,6 +415,11 @@ kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,
 /*
  * kvrt_xfer_import - imports a peer's region descriptor. The remote is owned
  * by the peer (freed with it) or released with kvrt_xfer_remote_release().
+ * A descriptor names one instance of the agent that wrote it (an agent
+ * created again, in a restarted process or not, is another instance, even
+ * on the same address): the remote is usable only while the peer is
+ * connected to that instance (kvrt_xfer_post), so after the peer restarts,
+ * import its new descriptor.
  * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_PARSE (malformed descriptor,
  * including sizes that do not add up or overflow), KVRT_ERR_UNSUPPORTED
  * (descriptor of another backend), KVRT_ERR_NO_MEMORY.
@@ -475,7 +480,9 @@ typedef struct kvrt_xfer_post_params {
  * Errors (nothing is posted): KVRT_ERR_INVALID_ARG (NULL, count 0, bad
  * opcode, bad params, regions of another agent or peer, a region being
  * deregistered), KVRT_ERR_REMOTE_ACCESS (an
- * operation out of a region's bounds or rights), KVRT_ERR_PEER_FAILED (the
+ * operation out of a region's bounds or rights), KVRT_ERR_UNKNOWN_REGION (a
+ * remote whose descriptor is of another instance of the peer's agent than
+ * the one connected: the peer restarted), KVRT_ERR_PEER_FAILED (the
  * peer is down), KVRT_ERR_REQUEST_LIMIT (outstanding requests plus
  * unpolled completions reached max_requests, 4096 by default: a completion
  * is never dropped, so posting fails until kvrt_xfer_poll() takes some),

@@ -308,7 +308,8 @@ static void on_frame(acceptor_t *ac, pending_t *p)
     const uint8_t *payload = p->in + KVRT_XFER_SC_HEADER_BYTES;
     uint32_t bytes = p->have - KVRT_XFER_SC_HEADER_BYTES;
     if (p->state == HS_HELLO) {
-        if (kvrt_xfer_sc_server_hello(&p->hs, &a->key, a->name, payload, bytes) != KVRT_OK) {
+        if (kvrt_xfer_sc_server_hello(&p->hs, &a->key, a->name, a->instance, payload,
+                                      bytes) != KVRT_OK) {
             drop(ac, p, DROP_PROTOCOL, KVRT_ERR_PROTOCOL);
             return;
         }

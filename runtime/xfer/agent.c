@@ -270,7 +270,9 @@ kvrt_status_t kvrt_xfer_bk_dial(kvrt_xfer_bk_peer_t *p, uint32_t conn_index,
     memcpy(hello.session, p->session, KVRT_XFER_SESSION_BYTES);
     snprintf(hello.name, sizeof(hello.name), "%s", a->name);
     char server[KVRT_XFER_NAME_MAX];
-    st = kvrt_xfer_sc_auth_client(fd, &a->key, &hello, server, keys_out, deadline_ns);
+    uint64_t instance = 0;
+    st = kvrt_xfer_sc_auth_client(fd, &a->key, &hello, server, &instance, keys_out,
+                                  deadline_ns);
     if (st != KVRT_OK) {
         close(fd);
         if (st == KVRT_ERR_AUTH) {
@@ -285,6 +287,9 @@ kvrt_status_t kvrt_xfer_bk_dial(kvrt_xfer_bk_peer_t *p, uint32_t conn_index,
         bool refused = xfer_name_refused(a, server);
         if (!refused) {
             memcpy(p->name, server, sizeof(p->name));
+            /* Set before the connection is attached, so every request
+             * admitted on it is checked against this instance. */
+            p->remote_instance = instance;
             a->settling++; /* until the caller attached or closed it */
         }
         pthread_mutex_unlock(&a->lock);
@@ -867,6 +872,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_agent_create(kvrt_ctx_t *ctx,
     if (!a)
         return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "agent");
     a->ctx = ctx;
+    randombytes_buf(&a->instance, sizeof(a->instance));
     a->listen_fd = a->wake_fd = a->accept_epoll = -1;
     xfer_list_init(&a->peers);
     xfer_list_init(&a->owned_requests);

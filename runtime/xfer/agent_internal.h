@@ -120,6 +120,7 @@ struct kvrt_xfer_remote {
     kvrt_xfer_peer_t *peer;
     xfer_link_t link;        /* in peer->remotes */
     kvrt_xfer_bk_remote_t bk;
+    uint64_t instance;       /* of the agent that registered it (descriptor) */
     bool has_pool;
     bool device;             /* the peer's region is device (dmabuf) memory */
     kvrt_kv_layout_t layout;
@@ -137,6 +138,9 @@ struct kvrt_xfer_peer {
     kvrt_xfer_addr_t addr;
     uint8_t session[KVRT_XFER_SESSION_BYTES];
     char name[KVRT_XFER_NAME_MAX];
+    /* A dialed peer's remote agent instance, as its listener stated it in
+     * the last handshake: only remotes of that instance are posted to. */
+    uint64_t remote_instance;
     kvrt_xfer_peer_state_t state;
     kvrt_status_t last_error;
     void *conn;              /* backend connection, NULL while down */
@@ -232,6 +236,7 @@ struct kvrt_xfer_agent {
     char name[KVRT_XFER_NAME_MAX];
     char address[96];
     kvrt_xfer_key_t key;
+    uint64_t instance;         /* random; see sidechannel.h, "Instances" */
     const kvrt_xfer_backend_t *backend;
     void *bk_state;
     uint32_t timeout_ms, connections, max_requests;
@@ -364,6 +369,11 @@ void xfer_regions_destroy_all(kvrt_xfer_agent_t *agent);
 /* Looks a region up by wire id; caller holds the lock. Dying or not yet
  * ready regions are not found. */
 kvrt_xfer_region_t *xfer_region_lookup(kvrt_xfer_agent_t *agent, uint32_t id);
+/* KVRT_OK if remote r's descriptor is of the instance its peer is
+ * connected to; else KVRT_ERR_UNKNOWN_REGION, with a message naming op
+ * (the op's index in its request). Caller holds the lock, in the section
+ * that admits the request, so no reconnection can come between. */
+kvrt_status_t xfer_remote_current(const kvrt_xfer_remote_t *r, uint32_t op);
 
 /* ---- request.c --------------------------------------------------------- */
 /* Checks that a request can be admitted to peer and reserves its completion

@@ -3,10 +3,17 @@
  * check every incoming one-sided access goes through.
  *
  * Descriptor (little-endian): u32 magic "KVRD", u8 version, u8 backend,
- * u8 flags (bit 0: carries a KV layout; bit 1: device memory), u8 zero, u32 region id, u32 access,
- * u64 length, then with the layout bit 8 u32 (num_layers, num_kv_heads,
- * head_dim, tokens_per_block, dtype, format, order, num_blocks), then u32 key
- * bytes and the backend's key blob.
+ * u8 flags (bit 0: carries a KV layout; bit 1: device memory), u8 zero,
+ * u32 region id, u32 access, u64 length, u64 instance of the registering
+ * agent, then with the layout bit 8 u32 (num_layers, num_kv_heads,
+ * head_dim, tokens_per_block, dtype, format, order, num_blocks), then u32
+ * key bytes and the backend's key blob.
+ *
+ * A region id is a slot and a generation, both starting over in every
+ * agent, so the id alone cannot tell a region from one of another process
+ * on the same address; the instance can. A remote is posted to only while
+ * its peer is connected to the instance named in its descriptor
+ * (xfer_remote_current).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -20,8 +27,8 @@
 #include "kv/pool_internal.h"
 
 #define DESC_MAGIC 0x4452564bu /* "KVRD" */
-#define DESC_VERSION 1
-#define DESC_FIXED 24
+#define DESC_VERSION 2
+#define DESC_FIXED 32
 #define DESC_LAYOUT 32
 #define DESC_FLAG_LAYOUT 1u
 #define DESC_FLAG_DEVICE 2u
@@ -239,6 +246,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_region_descriptor(const kvrt_xfer_region_t *
     kvrt_store_le32(p + 8, r->bk.id);
     kvrt_store_le32(p + 12, r->bk.access);
     kvrt_store_le64(p + 16, r->bk.length);
+    kvrt_store_le64(p + 24, r->agent->instance);
     p += DESC_FIXED;
     if (r->has_pool) {
         const kvrt_kv_layout_t *l = &r->layout;
@@ -274,6 +282,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_import(kvrt_xfer_peer_t *peer, const void *d
     r->bk.id = kvrt_load_le32(p + 8);
     r->bk.access = kvrt_load_le32(p + 12);
     r->bk.length = kvrt_load_le64(p + 16);
+    r->instance = kvrt_load_le64(p + 24);
     r->device = (p[6] & DESC_FLAG_DEVICE) != 0;
     size_t at = DESC_FIXED;
     kvrt_status_t st = KVRT_OK;
@@ -319,6 +328,17 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_import(kvrt_xfer_peer_t *peer, const void *d
     pthread_mutex_unlock(&a->lock);
     *remote_out = r;
     return KVRT_OK;
+}
+
+kvrt_status_t xfer_remote_current(const kvrt_xfer_remote_t *r, uint32_t op)
+{
+    kvrt_xfer_peer_t *p = r->peer;
+    if (r->instance == p->remote_instance)
+        return KVRT_OK;
+    return kvrt_fail(p->agent->ctx, KVRT_ERR_UNKNOWN_REGION,
+                     "op %u: the remote's descriptor is of another instance of %s than the one "
+                     "connected (the peer restarted): import its current descriptor",
+                     op, p->name);
 }
 
 KVRT_EXPORT kvrt_status_t kvrt_xfer_remote_release(kvrt_xfer_remote_t *r)

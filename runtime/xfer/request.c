@@ -531,7 +531,7 @@ static kvrt_status_t check_op(kvrt_xfer_peer_t *p, const kvrt_xfer_op_t *op, uin
         return kvrt_fail(a->ctx, KVRT_ERR_REMOTE_ACCESS,
                          "op %u: out of a region's bounds or without remote %s rights", i,
                          need == KVRT_XFER_REMOTE_WRITE ? "write" : "read");
-    return KVRT_OK;
+    return xfer_remote_current(r, i);
 }
 
 /* Copies ops into backend ops, splitting long ones: into `room` (of

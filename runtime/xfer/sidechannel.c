@@ -288,7 +288,8 @@ static void name_from_wire(char *dst, const uint8_t *src)
 
 enum {
     HELLO_BYTES = KVRT_XFER_SC_HELLO_BYTES,
-    CHALLENGE_SIGNED = NONCE_BYTES + KVRT_XFER_NAME_MAX,
+    CHALLENGE_INSTANCE_AT = NONCE_BYTES + KVRT_XFER_NAME_MAX,
+    CHALLENGE_SIGNED = CHALLENGE_INSTANCE_AT + 8,
     CHALLENGE_BYTES = KVRT_XFER_SC_CHALLENGE_BYTES,
     HASH_BYTES = 32
 };
@@ -329,8 +330,8 @@ static void session_keys(const kvrt_xfer_key_t *key, const uint8_t th[HASH_BYTES
 
 kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
                                        const kvrt_xfer_hello_t *hello,
-                                       char *server_name_out, kvrt_xfer_sc_keys_t *keys_out,
-                                       uint64_t deadline_ns)
+                                       char *server_name_out, uint64_t *server_instance_out,
+                                       kvrt_xfer_sc_keys_t *keys_out, uint64_t deadline_ns)
 {
     uint8_t msg[HELLO_BYTES];
     uint8_t *nonce_c = msg + 16 + KVRT_XFER_SESSION_BYTES;
@@ -378,14 +379,16 @@ kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
         return remote == KVRT_ERR_AUTH || remote == KVRT_ERR_BUSY ? remote : KVRT_ERR_PROTOCOL;
     if (server_name_out)
         name_from_wire(server_name_out, ch + NONCE_BYTES);
+    if (server_instance_out)
+        *server_instance_out = kvrt_load_le64(ch + CHALLENGE_INSTANCE_AT);
     if (keys_out)
         session_keys(key, th, true, hello->protection, keys_out);
     return KVRT_OK;
 }
 
 kvrt_status_t kvrt_xfer_sc_server_hello(kvrt_xfer_sc_server_t *s, const kvrt_xfer_key_t *key,
-                                        const char *server_name, const uint8_t *hello,
-                                        uint32_t bytes)
+                                        const char *server_name, uint64_t server_instance,
+                                        const uint8_t *hello, uint32_t bytes)
 {
     if (bytes != HELLO_BYTES)
         return KVRT_ERR_PROTOCOL;
@@ -404,6 +407,7 @@ kvrt_status_t kvrt_xfer_sc_server_hello(kvrt_xfer_sc_server_t *s, const kvrt_xfe
     randombytes_buf(ch, NONCE_BYTES);
     memset(ch + NONCE_BYTES, 0, KVRT_XFER_NAME_MAX);
     memcpy(ch + NONCE_BYTES, server_name, strnlen(server_name, KVRT_XFER_NAME_MAX - 1));
+    kvrt_store_le64(ch + CHALLENGE_INSTANCE_AT, server_instance);
     uint8_t th[HASH_BYTES];
     transcript(s->hello, NULL, th);
     handshake_mac(key, "kvrt-xfer-srv", th, HASH_BYTES, ch, CHALLENGE_SIGNED,

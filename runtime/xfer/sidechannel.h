@@ -20,7 +20,8 @@
  * (libsodium):
  *   client -> HELLO  {version, backend, conn index, protection, session[16],
  *                     nonce_c, name}
- *   server -> CHALLENGE {nonce_s, name, HMAC(K, "kvrt-xfer-srv" H(HELLO) nonce_s name)}
+ *   server -> CHALLENGE {nonce_s, name, instance,
+ *                        HMAC(K, "kvrt-xfer-srv" H(HELLO) nonce_s name instance)}
  *   client    checks the server's MAC (a wrong key fails here: KVRT_ERR_AUTH)
  *   client -> PROOF  {HMAC(K, "kvrt-xfer-cli" H(HELLO CHALLENGE))}
  *   server    checks it, answers RESULT {status}: KVRT_OK, KVRT_ERR_AUTH, or
@@ -32,6 +33,15 @@
  * can never be reflected as the other's; and they cover every byte of
  * HELLO and CHALLENGE, so nothing in them (names, protection) can be
  * changed on the path.
+ *
+ * Instances: the listener states its agent's instance, 64 random bits
+ * drawn when the agent is created. A region descriptor carries the
+ * instance of the agent that registered it, and a dialer posts nothing
+ * with a remote of another instance than the one at the far end of its
+ * connection: a peer restarted on the same address (a new process, whose
+ * region ids start over) is never written through a descriptor of its
+ * predecessor. (Only dialed peers post, so the dialer need not state its
+ * own.)
  *
  * Session keys: BLAKE2b-512 keyed with K over "kvrt-xfer-frames" and
  * H(HELLO CHALLENGE); the first 32 bytes key the frames client -> server,
@@ -49,14 +59,14 @@
 #include "core/core.h"
 #include "kvrt/xfer.h"
 
-#define KVRT_XFER_SC_VERSION 2
+#define KVRT_XFER_SC_VERSION 3
 #define KVRT_XFER_SC_HEADER_BYTES 12
 #define KVRT_XFER_SC_PAYLOAD_MAX 4096
 #define KVRT_XFER_SESSION_BYTES 16
 #define KVRT_XFER_KEY_BYTES 32
 /* Handshake payloads (every one has exactly this size). */
 #define KVRT_XFER_SC_HELLO_BYTES (16 + KVRT_XFER_SESSION_BYTES + 32 + KVRT_XFER_NAME_MAX)
-#define KVRT_XFER_SC_CHALLENGE_BYTES (32 + KVRT_XFER_NAME_MAX + 32)
+#define KVRT_XFER_SC_CHALLENGE_BYTES (32 + KVRT_XFER_NAME_MAX + 8 + 32)
 #define KVRT_XFER_SC_PROOF_BYTES 32
 #define KVRT_XFER_SC_RESULT_BYTES 4
 
@@ -146,16 +156,17 @@ typedef struct kvrt_xfer_sc_keys {
 /*
  * Dialing side of the handshake on a connected socket. *server_name_out
  * (KVRT_XFER_NAME_MAX bytes, may be NULL) gets the listener's name (as
- * every name from the wire: bytes outside printable ASCII become '?') and
- * *keys_out (may be NULL) the socket's frame keys.
+ * every name from the wire: bytes outside printable ASCII become '?'),
+ * *server_instance_out (may be NULL) its agent's instance and *keys_out
+ * (may be NULL) the socket's frame keys.
  * Errors: KVRT_ERR_AUTH (the server proved a different key, or refused
  * ours), KVRT_ERR_BUSY (the listener holds as many peers as it takes), KVRT_ERR_PROTOCOL (not a kvrt agent, other backend or version),
  * KVRT_ERR_TIMEOUT, KVRT_ERR_PEER_FAILED.
  */
 kvrt_status_t kvrt_xfer_sc_auth_client(int fd, const kvrt_xfer_key_t *key,
                                        const kvrt_xfer_hello_t *hello,
-                                       char *server_name_out, kvrt_xfer_sc_keys_t *keys_out,
-                                       uint64_t deadline_ns);
+                                       char *server_name_out, uint64_t *server_instance_out,
+                                       kvrt_xfer_sc_keys_t *keys_out, uint64_t deadline_ns);
 
 /* Whether the listener takes an authenticated HELLO (KVRT_OK) or refuses it
  * with the status returned (sent to the dialer in RESULT). */
@@ -165,7 +176,8 @@ typedef kvrt_status_t (*kvrt_xfer_sc_admit_fn)(void *arg, const kvrt_xfer_hello_
  * Listening side, as two steps without I/O. The caller reads the HELLO
  * frame (at most KVRT_XFER_SC_HELLO_BYTES of payload) and passes its
  * payload to kvrt_xfer_sc_server_hello(), which parses it into s->parsed
- * (name sanitized) and writes the CHALLENGE payload to s->challenge
+ * (name sanitized) and writes the CHALLENGE payload, stating the
+ * listener's name and `server_instance`, to s->challenge
  * (Errors: KVRT_ERR_PROTOCOL, a HELLO of another size). The caller sends
  * it, reads the PROOF frame (at most KVRT_XFER_SC_PROOF_BYTES) and passes
  * it to kvrt_xfer_sc_server_proof(), which returns the verdict to send in
@@ -181,8 +193,8 @@ typedef struct kvrt_xfer_sc_server {
 } kvrt_xfer_sc_server_t;
 
 kvrt_status_t kvrt_xfer_sc_server_hello(kvrt_xfer_sc_server_t *s, const kvrt_xfer_key_t *key,
-                                        const char *server_name, const uint8_t *hello,
-                                        uint32_t bytes);
+                                        const char *server_name, uint64_t server_instance,
+                                        const uint8_t *hello, uint32_t bytes);
 kvrt_status_t kvrt_xfer_sc_server_proof(kvrt_xfer_sc_server_t *s, const kvrt_xfer_key_t *key,
                                         uint32_t backend, uint32_t protection,
                                         kvrt_xfer_sc_admit_fn admit, void *admit_arg,

@@ -431,7 +431,7 @@ static bool handshake_from_input(session_t *s, input_t *in)
     take(in, (uint8_t *)hello.name, u8(in) % KVRT_XFER_NAME_MAX);
     hello.name[KVRT_XFER_NAME_MAX - 1] = 0;
     kvrt_xfer_sc_keys_t keys;
-    if (kvrt_xfer_sc_auth_client(s->fd, &g.key, &hello, NULL, &keys,
+    if (kvrt_xfer_sc_auth_client(s->fd, &g.key, &hello, NULL, NULL, &keys,
                                  kvrt_now_ns() + IO_NS) != KVRT_OK)
         return false;
     memcpy(s->tx.key, keys.tx, sizeof(s->tx.key));
@@ -449,7 +449,7 @@ static bool handshake_proper(session_t *s, input_t *in)
     take(in, (uint8_t *)hello.name, u8(in) % KVRT_XFER_NAME_MAX);
     hello.name[KVRT_XFER_NAME_MAX - 1] = 0;
     kvrt_xfer_sc_keys_t keys;
-    if (kvrt_xfer_sc_auth_client(s->fd, &g.key, &hello, NULL, &keys,
+    if (kvrt_xfer_sc_auth_client(s->fd, &g.key, &hello, NULL, NULL, &keys,
                                  kvrt_now_ns() + IO_NS) != KVRT_OK)
         die("a legitimate handshake failed beside the silent sockets");
     memcpy(s->tx.key, keys.tx, sizeof(s->tx.key));

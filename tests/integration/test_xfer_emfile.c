@@ -72,7 +72,7 @@ static int child(void)
     kvrt_xfer_key_derive(test_xfer_key, 32, &key);
     kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION,
                                .backend = KVRT_XFER_BACKEND_TCP, .name = "late"};
-    if (kvrt_xfer_sc_auth_client(fd, &key, &hello, NULL, NULL,
+    if (kvrt_xfer_sc_auth_client(fd, &key, &hello, NULL, NULL, NULL,
                                  kvrt_now_ns() + 3000000000ull) != KVRT_OK)
         return 4;
     close(fd);

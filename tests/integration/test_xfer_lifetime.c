@@ -46,7 +46,7 @@ static int raw_connect_text(const char *text)
     kvrt_xfer_hello_t hello = {.version = KVRT_XFER_SC_VERSION, .backend = KVRT_XFER_BACKEND_TCP,
                                .name = "raw"};
     randombytes_buf(hello.session, sizeof(hello.session));
-    if (kvrt_xfer_sc_auth_client(fd, &key, &hello, NULL, NULL, DEADLINE) != KVRT_OK) {
+    if (kvrt_xfer_sc_auth_client(fd, &key, &hello, NULL, NULL, NULL, DEADLINE) != KVRT_OK) {
         close(fd);
         return -1;
     }
@@ -408,8 +408,8 @@ Test(xfer_lifetime, descriptor_whose_pool_size_wraps_is_malformed)
     uint32_t at[5] = {0, 4, 8, 12, 28};
     for (int i = 0; i < 5; i++)
         for (int k = 0; k < 4; k++)
-            desc[24 + at[i] + k] = (uint8_t)(v[i] >> (8 * k));
-    cr_assert_eq(desc[24 + 16], KVRT_DTYPE_FP16);
+            desc[32 + at[i] + k] = (uint8_t)(v[i] >> (8 * k));
+    cr_assert_eq(desc[32 + 16], KVRT_DTYPE_FP16);
     kvrt_xfer_remote_t *rem = NULL;
     ASSERT_STATUS(KVRT_ERR_PARSE, kvrt_xfer_import(p.peer, desc, len, &rem));
     ASSERT_OK(p.ctx, kvrt_xfer_deregister(r));

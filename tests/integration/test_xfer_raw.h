@@ -23,6 +23,25 @@ static inline uint64_t txr_deadline(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + 3000000000ull;
 }
 
+/* The agent instance the raw listener (txr_accept_handshake) states. */
+#define TXR_INSTANCE 0x7761722d7472766bull
+
+/* Imports region r (of the dialing agent itself) into `peer`, a raw
+ * listener, as if that listener had registered it: a stand-in remote for
+ * tests whose listener ignores what it is sent. The descriptor's instance
+ * (bytes 24..31) is the raw listener's, or no post would pass. */
+static inline kvrt_xfer_remote_t *txr_import(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *peer,
+                                             const kvrt_xfer_region_t *r)
+{
+    uint8_t desc[KVRT_XFER_DESCRIPTOR_MAX];
+    size_t len = 0;
+    ASSERT_OK(ctx, kvrt_xfer_region_descriptor(r, desc, sizeof(desc), &len));
+    kvrt_store_le64(desc + 24, TXR_INSTANCE);
+    kvrt_xfer_remote_t *rem = NULL;
+    ASSERT_OK(ctx, kvrt_xfer_import(peer, desc, len, &rem));
+    return rem;
+}
+
 typedef struct txr {
     int fd;
     kvrt_xfer_frame_key_t tx, rx;
@@ -44,7 +63,8 @@ static inline kvrt_status_t txr_handshake_offer(int fd, const char *name, uint32
     snprintf(hello.name, sizeof(hello.name), "%s", name);
     randombytes_buf(hello.session, sizeof(hello.session));
     kvrt_xfer_sc_keys_t keys;
-    kvrt_status_t st = kvrt_xfer_sc_auth_client(r.fd, &key, &hello, NULL, &keys, txr_deadline());
+    kvrt_status_t st = kvrt_xfer_sc_auth_client(r.fd, &key, &hello, NULL, NULL, &keys,
+                                                 txr_deadline());
     if (st != KVRT_OK)
         return st;
     cr_assert_eq(keys.protection, offer);
@@ -84,7 +104,7 @@ static inline kvrt_status_t txr_accept_handshake(int fd, const char *name,
     kvrt_status_t st = kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_HELLO, hello, sizeof(hello), &got,
                                          deadline);
     if (st == KVRT_OK)
-        st = kvrt_xfer_sc_server_hello(&s, &key, name, hello, got);
+        st = kvrt_xfer_sc_server_hello(&s, &key, name, TXR_INSTANCE, hello, got);
     if (st == KVRT_OK)
         st = kvrt_xfer_sc_send(fd, KVRT_XFER_SC_CHALLENGE, s.challenge, sizeof(s.challenge),
                                deadline);

@@ -140,7 +140,7 @@ Test(xfer_reconnect, a_silent_address_holds_no_timeout_back, .timeout = 90)
     uint8_t *mem = aligned_alloc(4096, 65536);
     memset(mem, 1, 65536);
     kvrt_xfer_region_t *local = txu_register(ctx, a, mem, 65536, KVRT_XFER_REMOTE_WRITE);
-    kvrt_xfer_remote_t *rem = txu_import(ctx, to_mute, local);
+    kvrt_xfer_remote_t *rem = txr_import(ctx, to_mute, local);
     int held[4];
     for (int round = 0; round < 4; round++) {
         /* A timed-out write resets its connection: the mute peer comes

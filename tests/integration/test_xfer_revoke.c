@@ -175,7 +175,7 @@ Test(xfer_revoke, revoke_by_handle_cancels_requests_and_closes_the_connection)
     uint8_t *mem = aligned_alloc(4096, 65536);
     memset(mem, 1, 65536);
     kvrt_xfer_region_t *local = txu_register(ctx, a, mem, 65536, KVRT_XFER_REMOTE_WRITE);
-    kvrt_xfer_remote_t *rem = txu_import(ctx, peer, local);
+    kvrt_xfer_remote_t *rem = txr_import(ctx, peer, local);
     kvrt_xfer_op_t op = {.opcode = KVRT_XFER_WRITE, .local = local, .remote = rem,
                          .length = 65536};
     kvrt_xfer_request_t *req = NULL;

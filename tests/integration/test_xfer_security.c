@@ -162,7 +162,7 @@ Test(xfer_security, wrong_key_proof_is_refused_by_the_listener)
     randombytes_buf(hello + 16, 48);
     cr_assert_eq(kvrt_xfer_sc_send(fd, KVRT_XFER_SC_HELLO, hello, sizeof(hello), DEADLINE),
                  KVRT_OK);
-    uint8_t ch[32 + 64 + 32];
+    uint8_t ch[32 + 64 + 8 + 32];
     uint32_t got = 0;
     cr_assert_eq(kvrt_xfer_sc_recv(fd, KVRT_XFER_SC_CHALLENGE, ch, sizeof(ch), &got, DEADLINE),
                  KVRT_OK);

@@ -74,7 +74,8 @@ static int stalled_dialer_of(kvrt_xfer_agent_t *to, const uint8_t *session,
                                .protection = KVRT_XFER_PROTECT_MAC};
     snprintf(hello.name, sizeof(hello.name), "staller");
     memcpy(hello.session, session, sizeof(hello.session));
-    kvrt_status_t st = kvrt_xfer_sc_auth_client(fd, &key, &hello, NULL, keys_out, deadline);
+    kvrt_status_t st = kvrt_xfer_sc_auth_client(fd, &key, &hello, NULL, NULL, keys_out,
+                                                 deadline);
     cr_assert_eq(st, KVRT_OK, "the handshake of a key holder failed: %s", kvrt_status_str(st));
     return fd;
 }

@@ -180,7 +180,7 @@ static kvrt_status_t kv_check(kvrt_xfer_peer_t *peer, const kvrt_xfer_kv_params_
             return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "block pair %u (%d -> %d) out of range", i,
                              p->local_blocks[i], p->remote_blocks[i]);
     *page_out = lp;
-    return KVRT_OK;
+    return xfer_remote_current(p->remote, 0);
 }
 
 /* Drops the hold kvrt_xfer_kv_post keeps on both regions while it builds
@@ -252,7 +252,10 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_kv_post(kvrt_xfer_peer_t *peer,
     uint64_t m = p->field_mask;
     pthread_mutex_lock(&a->lock);
     kv_unhold(p);
-    st = xfer_request_admit(peer);
+    /* Checked again: the peer may have reconnected while we hashed. */
+    st = xfer_remote_current(p->remote, 0);
+    if (st == KVRT_OK)
+        st = xfer_request_admit(peer);
     kvrt_xfer_request_t *r = NULL;
     if (st == KVRT_OK) {
         r = xfer_request_new(peer, ops, nops, (m & KVRT_XFER_KV_PARAM_TIMEOUT) ? p->timeout_ms : 0,

@@ -1,0 +1,194 @@
+/*
+ * test_xfer_restart.c - a descriptor names one instance of its agent. A
+ * listener restarted on the same address is a new process whose region
+ * ids start over, so its first region has the id its predecessor's first
+ * region had. A dialer reconnects to it on its own; writes through a
+ * remote imported before the restart (or from a descriptor the old
+ * process handed out, such as a hand-off ticket still in flight) must be
+ * refused, not land in the new process's memory, and a descriptor of the
+ * new process must work at once.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "test_xfer_util.h"
+
+#define BYTES 65536u
+
+/* An agent listening on `address` (retried for up to 2 s while the old
+ * listener's socket goes away). */
+static kvrt_xfer_agent_t *listener_at(kvrt_ctx_t *ctx, const char *address)
+{
+    kvrt_xfer_agent_params_t p = {
+        .field_mask = KVRT_XFER_AGENT_PARAM_BACKEND | KVRT_XFER_AGENT_PARAM_LISTEN,
+        .cluster_key = test_xfer_key, .cluster_key_bytes = 32,
+        .backend = KVRT_XFER_BACKEND_TCP, .listen_address = address};
+    kvrt_xfer_agent_t *a = NULL;
+    for (int i = 0; i < 200; i++) {
+        if (kvrt_xfer_agent_create(ctx, &p, &a) == KVRT_OK)
+            return a;
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_fail("cannot listen on %s again", address);
+    return NULL;
+}
+
+/* Waits (bounded) until the dialer reconnected at least once. */
+static void wait_reconnected(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *peer)
+{
+    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
+    uint64_t end = txu_now_ms() + 10000;
+    do {
+        struct timespec ts = {0, 5000000};
+        nanosleep(&ts, NULL);
+        ASSERT_OK(ctx, kvrt_xfer_peer_info(peer, &info));
+    } while (!(info.state == KVRT_XFER_PEER_CONNECTED && info.reconnects >= 1) &&
+             txu_now_ms() < end);
+    cr_assert_eq(info.state, KVRT_XFER_PEER_CONNECTED, "not reconnected: state %d (%s)",
+                 (int)info.state, kvrt_status_str(info.last_error));
+    cr_assert_geq(info.reconnects, 1);
+}
+
+/* One write of `length` bytes from local to remote; the final status (the
+ * post's when it is refused). */
+static kvrt_status_t write_all(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *peer,
+                               const kvrt_xfer_region_t *local, const kvrt_xfer_remote_t *remote)
+{
+    kvrt_xfer_op_t op = {.opcode = KVRT_XFER_WRITE, .local = local, .remote = remote,
+                         .length = BYTES};
+    kvrt_xfer_request_t *req = NULL;
+    kvrt_status_t st = kvrt_xfer_post(peer, &op, 1, NULL, &req);
+    if (st != KVRT_OK)
+        return st;
+    st = kvrt_xfer_request_wait(req, 10000);
+    ASSERT_OK(ctx, kvrt_xfer_request_release(req));
+    return st;
+}
+
+static bool all_bytes(const uint8_t *p, size_t n, uint8_t v)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != v)
+            return false;
+    return true;
+}
+
+Test(xfer_restart, a_remote_of_the_listener_before_its_restart_is_refused, .timeout = 60)
+{
+    kvrt_ctx_t *ctx = txu_ctx();
+    kvrt_xfer_agent_t *dialer = txu_agent(ctx, 5000);
+    kvrt_xfer_agent_t *old = listener_at(ctx, "127.0.0.1:0");
+    char address[96];
+    ASSERT_OK(ctx, kvrt_xfer_agent_address(old, address, sizeof(address)));
+
+    uint8_t *src = malloc(BYTES), *old_mem = calloc(1, BYTES), *new_mem = calloc(1, BYTES);
+    cr_assert(src && old_mem && new_mem);
+    memset(src, 0xab, BYTES);
+    kvrt_xfer_region_t *local = txu_register(ctx, dialer, src, BYTES, 0);
+    kvrt_xfer_region_t *old_region =
+        txu_register(ctx, old, old_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+    uint32_t old_id = txu_region_id(ctx, old_region);
+    uint8_t old_desc[KVRT_XFER_DESCRIPTOR_MAX];
+    size_t old_len = 0;
+    ASSERT_OK(ctx, kvrt_xfer_region_descriptor(old_region, old_desc, sizeof(old_desc), &old_len));
+    kvrt_xfer_peer_t *peer = NULL;
+    ASSERT_OK(ctx, kvrt_xfer_connect(dialer, address, 5000, &peer));
+    kvrt_xfer_remote_t *before = NULL;
+    ASSERT_OK(ctx, kvrt_xfer_import(peer, old_desc, old_len, &before));
+    ASSERT_OK(ctx, write_all(ctx, peer, local, before));
+    cr_assert(all_bytes(old_mem, BYTES, 0xab), "the write before the restart did not land");
+
+    /* The listener's process is replaced: same address, and a first
+     * region with the same id. */
+    ASSERT_OK(ctx, kvrt_xfer_deregister(old_region));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(old));
+    kvrt_xfer_agent_t *fresh = listener_at(ctx, address);
+    kvrt_xfer_region_t *new_region =
+        txu_register(ctx, fresh, new_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+    cr_assert_eq(txu_region_id(ctx, new_region), old_id,
+                 "the restarted listener's region must reuse the id for this test to mean much");
+    wait_reconnected(ctx, peer);
+
+    /* Through the remote imported before, and through the old descriptor
+     * imported now (a ticket that was in flight): refused, nothing lands. */
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REGION, write_all(ctx, peer, local, before));
+    kvrt_xfer_remote_t *late = NULL;
+    ASSERT_OK(ctx, kvrt_xfer_import(peer, old_desc, old_len, &late));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REGION, write_all(ctx, peer, local, late));
+    struct timespec settle = {0, 50000000};
+    nanosleep(&settle, NULL);
+    cr_assert(all_bytes(new_mem, BYTES, 0), "a stale descriptor wrote into the new process");
+
+    /* The new process's own descriptor works on the same peer. */
+    kvrt_xfer_remote_t *current = txu_import(ctx, peer, new_region);
+    ASSERT_OK(ctx, write_all(ctx, peer, local, current));
+    cr_assert(all_bytes(new_mem, BYTES, 0xab));
+
+    ASSERT_OK(ctx, kvrt_xfer_remote_release(before));
+    ASSERT_OK(ctx, kvrt_xfer_remote_release(late));
+    ASSERT_OK(ctx, kvrt_xfer_remote_release(current));
+    ASSERT_OK(ctx, kvrt_xfer_deregister(local));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(dialer));
+    ASSERT_OK(ctx, kvrt_xfer_deregister(new_region));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(fresh));
+    kvrt_ctx_destroy(ctx);
+    free(src);
+    free(old_mem);
+    free(new_mem);
+}
+
+Test(xfer_restart, a_kv_transfer_to_the_pool_before_a_restart_is_refused, .timeout = 60)
+{
+    kvrt_ctx_t *ctx = txu_ctx();
+    kvrt_xfer_agent_t *dialer = txu_agent(ctx, 5000);
+    kvrt_xfer_agent_t *old = listener_at(ctx, "127.0.0.1:0");
+    char address[96];
+    ASSERT_OK(ctx, kvrt_xfer_agent_address(old, address, sizeof(address)));
+    kvrt_pool_t *src = txu_pool(ctx, 8, KVRT_ORDER_BLOCK_MAJOR, KVRT_KV_FUSED);
+    kvrt_pool_t *old_pool = txu_pool(ctx, 8, KVRT_ORDER_BLOCK_MAJOR, KVRT_KV_FUSED);
+    kvrt_pool_t *new_pool = txu_pool(ctx, 8, KVRT_ORDER_BLOCK_MAJOR, KVRT_KV_FUSED);
+    kvrt_pool_info_t si, ni;
+    ASSERT_OK(ctx, kvrt_pool_info(src, &si));
+    ASSERT_OK(ctx, kvrt_pool_info(new_pool, &ni));
+    size_t pool_bytes = (size_t)ni.num_blocks * ni.block_bytes;
+    memset(si.base, 0x5c, (size_t)si.num_blocks * si.block_bytes);
+    memset(ni.base, 0, pool_bytes);
+
+    kvrt_xfer_region_t *local = txu_register_pool(ctx, dialer, src);
+    kvrt_xfer_region_t *old_region = txu_register_pool(ctx, old, old_pool);
+    kvrt_xfer_peer_t *peer = txu_connect(ctx, dialer, old);
+    kvrt_xfer_remote_t *before = txu_import(ctx, peer, old_region);
+
+    ASSERT_OK(ctx, kvrt_xfer_deregister(old_region));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(old));
+    kvrt_xfer_agent_t *fresh = listener_at(ctx, address);
+    kvrt_xfer_region_t *new_region = txu_register_pool(ctx, fresh, new_pool);
+    wait_reconnected(ctx, peer);
+
+    int32_t blocks[3] = {1, 2, 3};
+    kvrt_xfer_kv_params_t kp = {.opcode = KVRT_XFER_WRITE, .local = local, .remote = before,
+                                .local_blocks = blocks, .remote_blocks = blocks, .count = 3};
+    kvrt_xfer_request_t *req = NULL;
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REGION, kvrt_xfer_kv_post(peer, &kp, &req));
+    cr_assert_null(req);
+    cr_assert(all_bytes(ni.base, pool_bytes, 0), "a stale KV transfer wrote into the new pool");
+
+    kp.remote = txu_import(ctx, peer, new_region);
+    ASSERT_OK(ctx, kvrt_xfer_kv_post(peer, &kp, &req));
+    ASSERT_OK(ctx, kvrt_xfer_request_wait(req, 10000));
+    ASSERT_OK(ctx, kvrt_xfer_request_release(req));
+    /* Block-major fused: blocks 1..3 are one contiguous extent. */
+    const uint8_t *landed = (const uint8_t *)ni.base + ni.block_bytes;
+    cr_assert(all_bytes(landed, 3 * (size_t)ni.block_bytes, 0x5c));
+
+    ASSERT_OK(ctx, kvrt_xfer_deregister(local));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(dialer)); /* frees the remotes */
+    ASSERT_OK(ctx, kvrt_xfer_deregister(new_region));
+    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(fresh));
+    ASSERT_OK(ctx, kvrt_pool_destroy(src));
+    ASSERT_OK(ctx, kvrt_pool_destroy(old_pool));
+    ASSERT_OK(ctx, kvrt_pool_destroy(new_pool));
+    kvrt_ctx_destroy(ctx);
+}
