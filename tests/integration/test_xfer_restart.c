@@ -67,6 +67,42 @@ static kvrt_status_t write_all(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *peer,
     return st;
 }
 
+/* A dialer connected to a listener that the test restarts. */
+typedef struct restart {
+    kvrt_ctx_t *ctx;
+    kvrt_xfer_agent_t *dialer;
+    kvrt_xfer_agent_t *listener; /* the current one */
+    char address[96];
+} restart_t;
+
+static restart_t restart_up(void)
+{
+    restart_t f = {.ctx = txu_ctx()};
+    f.dialer = txu_agent(f.ctx, 5000);
+    f.listener = listener_at(f.ctx, "127.0.0.1:0");
+    ASSERT_OK(f.ctx, kvrt_xfer_agent_address(f.listener, f.address, sizeof(f.address)));
+    return f;
+}
+
+/* The listener's process is replaced: its region deregistered, a new
+ * agent on the same address. */
+static void restart_listener(restart_t *f, kvrt_xfer_region_t *region)
+{
+    ASSERT_OK(f->ctx, kvrt_xfer_deregister(region));
+    ASSERT_OK(f->ctx, kvrt_xfer_agent_destroy(f->listener));
+    f->listener = listener_at(f->ctx, f->address);
+}
+
+/* Deregisters each side's region (nothing may still use them), then
+ * destroys the agents, which frees the remotes. */
+static void restart_down(restart_t *f, kvrt_xfer_region_t *local, kvrt_xfer_region_t *listened)
+{
+    ASSERT_OK(f->ctx, kvrt_xfer_deregister(local));
+    ASSERT_OK(f->ctx, kvrt_xfer_deregister(listened));
+    ASSERT_OK(f->ctx, kvrt_xfer_agent_destroy(f->dialer));
+    ASSERT_OK(f->ctx, kvrt_xfer_agent_destroy(f->listener));
+}
+
 static bool all_bytes(const uint8_t *p, size_t n, uint8_t v)
 {
     for (size_t i = 0; i < n; i++)
@@ -77,36 +113,29 @@ static bool all_bytes(const uint8_t *p, size_t n, uint8_t v)
 
 Test(xfer_restart, a_remote_of_the_listener_before_its_restart_is_refused, .timeout = 60)
 {
-    kvrt_ctx_t *ctx = txu_ctx();
-    kvrt_xfer_agent_t *dialer = txu_agent(ctx, 5000);
-    kvrt_xfer_agent_t *old = listener_at(ctx, "127.0.0.1:0");
-    char address[96];
-    ASSERT_OK(ctx, kvrt_xfer_agent_address(old, address, sizeof(address)));
-
+    restart_t f = restart_up();
+    kvrt_ctx_t *ctx = f.ctx;
     uint8_t *src = malloc(BYTES), *old_mem = calloc(1, BYTES), *new_mem = calloc(1, BYTES);
     cr_assert(src && old_mem && new_mem);
     memset(src, 0xab, BYTES);
-    kvrt_xfer_region_t *local = txu_register(ctx, dialer, src, BYTES, 0);
+    kvrt_xfer_region_t *local = txu_register(ctx, f.dialer, src, BYTES, 0);
     kvrt_xfer_region_t *old_region =
-        txu_register(ctx, old, old_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+        txu_register(ctx, f.listener, old_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
     uint32_t old_id = txu_region_id(ctx, old_region);
     uint8_t old_desc[KVRT_XFER_DESCRIPTOR_MAX];
     size_t old_len = 0;
     ASSERT_OK(ctx, kvrt_xfer_region_descriptor(old_region, old_desc, sizeof(old_desc), &old_len));
     kvrt_xfer_peer_t *peer = NULL;
-    ASSERT_OK(ctx, kvrt_xfer_connect(dialer, address, 5000, &peer));
+    ASSERT_OK(ctx, kvrt_xfer_connect(f.dialer, f.address, 5000, &peer));
     kvrt_xfer_remote_t *before = NULL;
     ASSERT_OK(ctx, kvrt_xfer_import(peer, old_desc, old_len, &before));
     ASSERT_OK(ctx, write_all(ctx, peer, local, before));
     cr_assert(all_bytes(old_mem, BYTES, 0xab), "the write before the restart did not land");
 
-    /* The listener's process is replaced: same address, and a first
-     * region with the same id. */
-    ASSERT_OK(ctx, kvrt_xfer_deregister(old_region));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(old));
-    kvrt_xfer_agent_t *fresh = listener_at(ctx, address);
+    /* The new process's first region has the old one's id. */
+    restart_listener(&f, old_region);
     kvrt_xfer_region_t *new_region =
-        txu_register(ctx, fresh, new_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+        txu_register(ctx, f.listener, new_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
     cr_assert_eq(txu_region_id(ctx, new_region), old_id,
                  "the restarted listener's region must reuse the id for this test to mean much");
     wait_reconnected(ctx, peer);
@@ -129,10 +158,7 @@ Test(xfer_restart, a_remote_of_the_listener_before_its_restart_is_refused, .time
     ASSERT_OK(ctx, kvrt_xfer_remote_release(before));
     ASSERT_OK(ctx, kvrt_xfer_remote_release(late));
     ASSERT_OK(ctx, kvrt_xfer_remote_release(current));
-    ASSERT_OK(ctx, kvrt_xfer_deregister(local));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(dialer));
-    ASSERT_OK(ctx, kvrt_xfer_deregister(new_region));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(fresh));
+    restart_down(&f, local, new_region);
     kvrt_ctx_destroy(ctx);
     free(src);
     free(old_mem);
@@ -141,11 +167,8 @@ Test(xfer_restart, a_remote_of_the_listener_before_its_restart_is_refused, .time
 
 Test(xfer_restart, a_kv_transfer_to_the_pool_before_a_restart_is_refused, .timeout = 60)
 {
-    kvrt_ctx_t *ctx = txu_ctx();
-    kvrt_xfer_agent_t *dialer = txu_agent(ctx, 5000);
-    kvrt_xfer_agent_t *old = listener_at(ctx, "127.0.0.1:0");
-    char address[96];
-    ASSERT_OK(ctx, kvrt_xfer_agent_address(old, address, sizeof(address)));
+    restart_t f = restart_up();
+    kvrt_ctx_t *ctx = f.ctx;
     kvrt_pool_t *src = txu_pool(ctx, 8, KVRT_ORDER_BLOCK_MAJOR, KVRT_KV_FUSED);
     kvrt_pool_t *old_pool = txu_pool(ctx, 8, KVRT_ORDER_BLOCK_MAJOR, KVRT_KV_FUSED);
     kvrt_pool_t *new_pool = txu_pool(ctx, 8, KVRT_ORDER_BLOCK_MAJOR, KVRT_KV_FUSED);
@@ -156,15 +179,13 @@ Test(xfer_restart, a_kv_transfer_to_the_pool_before_a_restart_is_refused, .timeo
     memset(si.base, 0x5c, (size_t)si.num_blocks * si.block_bytes);
     memset(ni.base, 0, pool_bytes);
 
-    kvrt_xfer_region_t *local = txu_register_pool(ctx, dialer, src);
-    kvrt_xfer_region_t *old_region = txu_register_pool(ctx, old, old_pool);
-    kvrt_xfer_peer_t *peer = txu_connect(ctx, dialer, old);
+    kvrt_xfer_region_t *local = txu_register_pool(ctx, f.dialer, src);
+    kvrt_xfer_region_t *old_region = txu_register_pool(ctx, f.listener, old_pool);
+    kvrt_xfer_peer_t *peer = txu_connect(ctx, f.dialer, f.listener);
     kvrt_xfer_remote_t *before = txu_import(ctx, peer, old_region);
 
-    ASSERT_OK(ctx, kvrt_xfer_deregister(old_region));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(old));
-    kvrt_xfer_agent_t *fresh = listener_at(ctx, address);
-    kvrt_xfer_region_t *new_region = txu_register_pool(ctx, fresh, new_pool);
+    restart_listener(&f, old_region);
+    kvrt_xfer_region_t *new_region = txu_register_pool(ctx, f.listener, new_pool);
     wait_reconnected(ctx, peer);
 
     int32_t blocks[3] = {1, 2, 3};
@@ -183,10 +204,7 @@ Test(xfer_restart, a_kv_transfer_to_the_pool_before_a_restart_is_refused, .timeo
     const uint8_t *landed = (const uint8_t *)ni.base + ni.block_bytes;
     cr_assert(all_bytes(landed, 3 * (size_t)ni.block_bytes, 0x5c));
 
-    ASSERT_OK(ctx, kvrt_xfer_deregister(local));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(dialer)); /* frees the remotes */
-    ASSERT_OK(ctx, kvrt_xfer_deregister(new_region));
-    ASSERT_OK(ctx, kvrt_xfer_agent_destroy(fresh));
+    restart_down(&f, local, new_region);
     ASSERT_OK(ctx, kvrt_pool_destroy(src));
     ASSERT_OK(ctx, kvrt_pool_destroy(old_pool));
     ASSERT_OK(ctx, kvrt_pool_destroy(new_pool));
