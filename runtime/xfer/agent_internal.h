@@ -1,6 +1,6 @@
 /*
- * agent_internal.h - the agent's objects as agent.c, region.c, request.c
- * and kv.c share them. Internal: nothing here is ABI.
+ * agent_internal.h - the agent's objects as agent.c, peer.c, upkeep.c,
+ * accept.c, region.c, request.c, revoke.c and kv.c share them. Internal: nothing here is ABI.
  *
  * Locking: one mutex per agent (agent->lock) guards every field below that
  * changes after creation: the region table, peers and their states,
@@ -20,7 +20,7 @@
  *    by then closes that connection itself.
  *  - a peer's connection: besides holding the peer, p->conn_users++ while a
  *    backend op (post, send_msg, cancel, accept of an extra socket) runs on
- *    p->conn. Only peer_take_conn() (agent.c) detaches a connection for closing,
+ *    p->conn. Only peer_take_conn() (peer.c) detaches a connection for closing,
  *    and it waits until no op uses it.
  *  - a region: `users` counts operations of outstanding requests, taken in
  *    the same locked section that validates the region; `pins` counts
@@ -292,13 +292,13 @@ struct kvrt_xfer_agent {
     /* Connections past the name check and not yet attached to their peer
      * or closed: kvrt_xfer_refuse_name waits for none to be left. */
     uint32_t settling;
-    /* The threads of reconnection attempts (xfer_dialer_t, agent.c), under
+    /* The threads of reconnection attempts (xfer_dialer_t, upkeep.c), under
      * the lock: the upkeep thread joins those whose attempt is done, and
      * destroy the rest, so that no thread of the agent outlives it. */
     xfer_link_t dialers;
 };
 
-/* ---- agent.c ----------------------------------------------------------- */
+/* ---- peer.c ------------------------------------------------------------ */
 #define XFER_REFUSAL_LINES 10
 /* Whether a refusal may be logged now (lock held): a peer can make the
  * agent refuse as fast as it sends, and each refusal must not cost a log
@@ -316,6 +316,20 @@ void *peer_take_conn(kvrt_xfer_peer_t *p);
 void *peer_shut(kvrt_xfer_peer_t *p, kvrt_status_t status);
 /* Closes conn (if any) of held peer p, then drops the hold. Unlocked. */
 void peer_close_put(kvrt_xfer_peer_t *p, void *conn);
+/* A new, unlisted peer in state CONNECTED; NULL on no memory. */
+kvrt_xfer_peer_t *xfer_peer_new(kvrt_xfer_agent_t *agent, bool dialed);
+/* Dials, authenticates and sets up the backend connection of dialed peer
+ * p (first connect and reconnects), unlocked. On success the connection
+ * counts in agent->settling until the caller attached or closed it. */
+kvrt_status_t xfer_peer_establish(kvrt_xfer_peer_t *p, uint64_t deadline_ns,
+                                  void **conn_out, char *why, size_t why_bytes);
+
+/* ---- upkeep.c ---------------------------------------------------------- */
+/* The upkeep thread (started by agent create, stopped by `stopping`). */
+void *xfer_upkeep_main(void *agent);
+/* Joins the reconnection attempts' threads that are done, or all of them
+ * (agent destroy, once the upkeep thread has stopped). Unlocked. */
+void xfer_dialers_join(kvrt_xfer_agent_t *agent, bool all);
 
 /* ---- revoke.c ---------------------------------------------------------- */
 /* Revokes listed peer p (lock held; returns with it held, having dropped
@@ -332,6 +346,7 @@ bool xfer_name_refused(kvrt_xfer_agent_t *a, const char *name);
 /* A connection counted in a->settling is attached or closed (lock held). */
 void xfer_settled(kvrt_xfer_agent_t *a);
 
+/* ---- agent.c ----------------------------------------------------------- */
 /* The listener's admission of an authenticated HELLO (a kvrt_xfer_sc_admit_fn
  * with the agent as arg): KVRT_ERR_BUSY for a new session beyond
  * max_peers. */
