@@ -207,10 +207,10 @@ static peer_t *peer_ready(node_t *n, uint32_t index)
     if (index >= SOAK_MAX_NODES || index == n->cfg->index)
         return NULL;
     peer_t *p = &n->peers[index];
-    if (!p->known || p->dropping)
+    if (!p->known || p->dropping || p->stale)
         return NULL;
     if (p->connected) {
-        kvrt_xfer_peer_info_t info;
+        kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
         if (kvrt_xfer_peer_info(p->peer, &info) == KVRT_OK &&
             (info.state == KVRT_XFER_PEER_CONNECTED ||
              info.state == KVRT_XFER_PEER_RECONNECTING))
@@ -256,6 +256,7 @@ static void peer_learn(node_t *n, const soak_msg_peer_t *m)
     p->id = *m;
     p->generation = m->generation;
     p->known = 1;
+    p->stale = 0;
     p->retry_at = 0;
 }
 
@@ -349,8 +350,10 @@ static void pull_start(node_t *n, uint32_t slot)
     kvrt_xfer_post_params_t pp = {.field_mask = KVRT_XFER_POST_PARAM_TIMEOUT,
                                   .timeout_ms = n->cfg->transfer_timeout_ms};
     pl->count = count; /* blocks held for the arrival, scrubbed unless landed */
-    if (kvrt_xfer_post(p->peer, ops, count, &pp, &pl->xreq) != KVRT_OK) {
+    kvrt_status_t st = kvrt_xfer_post(p->peer, ops, count, &pp, &pl->xreq);
+    if (st != KVRT_OK) {
         pl->xreq = NULL;
+        p->stale = st == KVRT_ERR_UNKNOWN_REGION;
         n->c.pull_failures++;
         pull_release(n, pl, 0);
     }
@@ -384,8 +387,10 @@ static void pull_blocks(node_t *n, pull_t *pl)
         .opcode = KVRT_XFER_READ, .local = n->pool_region, .remote = p->pool_remote,
         .local_blocks = pl->local_blocks, .remote_blocks = pl->remote_blocks, .count = found,
         .integrity = 1, .timeout_ms = n->cfg->transfer_timeout_ms};
-    if (kvrt_xfer_kv_post(p->peer, &kp, &pl->xreq) != KVRT_OK) {
+    kvrt_status_t st = kvrt_xfer_kv_post(p->peer, &kp, &pl->xreq);
+    if (st != KVRT_OK) {
         pl->xreq = NULL;
+        p->stale = st == KVRT_ERR_UNKNOWN_REGION;
         n->c.pull_failures++;
         pull_release(n, pl, 0);
         return;

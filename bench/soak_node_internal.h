@@ -27,6 +27,9 @@
 
 typedef struct peer {
     int known, connected, dropping;
+    /* Its regions were refused as another instance's: it restarted, and
+     * nothing is pulled from it until its announcement names the new ones. */
+    int stale;
     uint32_t generation, users;
     soak_msg_peer_t id;
     kvrt_xfer_peer_t *peer;

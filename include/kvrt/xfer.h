@@ -480,10 +480,10 @@ typedef struct kvrt_xfer_post_params {
  * Errors (nothing is posted): KVRT_ERR_INVALID_ARG (NULL, count 0, bad
  * opcode, bad params, regions of another agent or peer, a region being
  * deregistered), KVRT_ERR_REMOTE_ACCESS (an
- * operation out of a region's bounds or rights), KVRT_ERR_UNKNOWN_REGION (a
- * remote whose descriptor is of another instance of the peer's agent than
- * the one connected: the peer restarted), KVRT_ERR_PEER_FAILED (the
- * peer is down), KVRT_ERR_REQUEST_LIMIT (outstanding requests plus
+ * operation out of a region's bounds or rights), KVRT_ERR_PEER_FAILED (the
+ * peer is down), KVRT_ERR_UNKNOWN_REGION (the peer is connected to another
+ * instance of its agent than the one a remote's descriptor names: it
+ * restarted), KVRT_ERR_REQUEST_LIMIT (outstanding requests plus
  * unpolled completions reached max_requests, 4096 by default: a completion
  * is never dropped, so posting fails until kvrt_xfer_poll() takes some),
  * KVRT_ERR_NO_MEMORY.

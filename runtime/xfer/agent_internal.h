@@ -299,6 +299,12 @@ struct kvrt_xfer_agent {
 };
 
 /* ---- peer.c ------------------------------------------------------------ */
+/* Whether requests can be admitted to p now (lock held): connected, with a
+ * live connection, not closing. */
+static inline bool xfer_peer_up(const kvrt_xfer_peer_t *p)
+{
+    return !p->closing && p->state == KVRT_XFER_PEER_CONNECTED && p->conn && !p->conn_broken;
+}
 #define XFER_REFUSAL_LINES 10
 /* Whether a refusal may be logged now (lock held): a peer can make the
  * agent refuse as fast as it sends, and each refusal must not cost a log
@@ -384,10 +390,11 @@ void xfer_regions_destroy_all(kvrt_xfer_agent_t *agent);
 /* Looks a region up by wire id; caller holds the lock. Dying or not yet
  * ready regions are not found. */
 kvrt_xfer_region_t *xfer_region_lookup(kvrt_xfer_agent_t *agent, uint32_t id);
-/* KVRT_OK if remote r's descriptor is of the instance its peer is
- * connected to; else KVRT_ERR_UNKNOWN_REGION, with a message naming op
- * (the op's index in its request). Caller holds the lock, in the section
- * that admits the request, so no reconnection can come between. */
+/* KVRT_ERR_UNKNOWN_REGION, with a message naming op (the op's index in
+ * its request), if r's peer is connected to another instance than the
+ * one r's descriptor names; else KVRT_OK (a peer that is down is refused
+ * by the admission instead). Caller holds the lock, in the section that
+ * admits the request, so no reconnection can come between. */
 kvrt_status_t xfer_remote_current(const kvrt_xfer_remote_t *r, uint32_t op);
 
 /* ---- request.c --------------------------------------------------------- */

@@ -149,7 +149,16 @@ kvrt_status_t kvrt_xfer_bk_dial(kvrt_xfer_bk_peer_t *p, uint32_t conn_index,
         }
         return st == KVRT_ERR_TIMEOUT || st == KVRT_ERR_PEER_FAILED ? KVRT_ERR_CONNECT : st;
     }
-    if (conn_index == 0) {
+    if (conn_index != 0) {
+        /* An extra socket must reach the instance the first one did. */
+        pthread_mutex_lock(&a->lock);
+        bool other = instance != p->remote_instance;
+        pthread_mutex_unlock(&a->lock);
+        if (other) {
+            close(fd);
+            return KVRT_ERR_CONNECT;
+        }
+    } else {
         pthread_mutex_lock(&a->lock);
         bool refused = xfer_name_refused(a, server);
         if (!refused) {

@@ -333,7 +333,10 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_import(kvrt_xfer_peer_t *peer, const void *d
 kvrt_status_t xfer_remote_current(const kvrt_xfer_remote_t *r, uint32_t op)
 {
     kvrt_xfer_peer_t *p = r->peer;
-    if (r->instance == p->remote_instance)
+    /* While the peer is down, remote_instance is the last connection's:
+     * the admission that follows answers KVRT_ERR_PEER_FAILED, whichever
+     * instance the descriptor names. */
+    if (r->instance == p->remote_instance || !xfer_peer_up(p))
         return KVRT_OK;
     return kvrt_fail(p->agent->ctx, KVRT_ERR_UNKNOWN_REGION,
                      "op %u: the remote's descriptor is of another instance of %s than the one "

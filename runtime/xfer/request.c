@@ -132,7 +132,7 @@ static void request_fail_now(kvrt_xfer_request_t *r, kvrt_status_t status)
 kvrt_status_t xfer_request_admit(kvrt_xfer_peer_t *p)
 {
     kvrt_xfer_agent_t *a = p->agent;
-    if (p->closing || p->state != KVRT_XFER_PEER_CONNECTED || !p->conn || p->conn_broken)
+    if (!xfer_peer_up(p))
         return kvrt_fail(a->ctx, KVRT_ERR_PEER_FAILED, "peer %s is %s", p->name,
                          p->state == KVRT_XFER_PEER_FAILED ? "failed" : "not connected");
     if (kvrt_cq_reserve(a->completions) != KVRT_OK)

@@ -6,7 +6,8 @@
  * remote imported before the restart (or from a descriptor the old
  * process handed out, such as a hand-off ticket still in flight) must be
  * refused, not land in the new process's memory, and a descriptor of the
- * new process must work at once.
+ * new process must work as soon as the dialer has reconnected (before
+ * that, a post is refused as to any peer that is down).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -75,10 +76,21 @@ typedef struct restart {
     char address[96];
 } restart_t;
 
-static restart_t restart_up(void)
+/* reconnect_ms: the dialer's pause before each reconnection attempt (0:
+ * the test default, 20 ms growing to 200). */
+static restart_t restart_up(uint32_t reconnect_ms)
 {
     restart_t f = {.ctx = txu_ctx()};
-    f.dialer = txu_agent(f.ctx, 5000);
+    if (reconnect_ms) {
+        kvrt_xfer_agent_params_t p = {
+            .field_mask = KVRT_XFER_AGENT_PARAM_BACKEND | KVRT_XFER_AGENT_PARAM_RECONNECT,
+            .cluster_key = test_xfer_key, .cluster_key_bytes = 32,
+            .backend = KVRT_XFER_BACKEND_TCP, .reconnect_initial_ms = reconnect_ms,
+            .reconnect_max_ms = reconnect_ms, .reconnect_attempts = 20};
+        ASSERT_OK(f.ctx, kvrt_xfer_agent_create(f.ctx, &p, &f.dialer));
+    } else {
+        f.dialer = txu_agent(f.ctx, 5000);
+    }
     f.listener = listener_at(f.ctx, "127.0.0.1:0");
     ASSERT_OK(f.ctx, kvrt_xfer_agent_address(f.listener, f.address, sizeof(f.address)));
     return f;
@@ -113,7 +125,7 @@ static bool all_bytes(const uint8_t *p, size_t n, uint8_t v)
 
 Test(xfer_restart, a_remote_of_the_listener_before_its_restart_is_refused, .timeout = 60)
 {
-    restart_t f = restart_up();
+    restart_t f = restart_up(0);
     kvrt_ctx_t *ctx = f.ctx;
     uint8_t *src = malloc(BYTES), *old_mem = calloc(1, BYTES), *new_mem = calloc(1, BYTES);
     cr_assert(src && old_mem && new_mem);
@@ -167,7 +179,7 @@ Test(xfer_restart, a_remote_of_the_listener_before_its_restart_is_refused, .time
 
 Test(xfer_restart, a_kv_transfer_to_the_pool_before_a_restart_is_refused, .timeout = 60)
 {
-    restart_t f = restart_up();
+    restart_t f = restart_up(0);
     kvrt_ctx_t *ctx = f.ctx;
     kvrt_pool_t *src = txu_pool(ctx, 8, KVRT_ORDER_BLOCK_MAJOR, KVRT_KV_FUSED);
     kvrt_pool_t *old_pool = txu_pool(ctx, 8, KVRT_ORDER_BLOCK_MAJOR, KVRT_KV_FUSED);
@@ -183,9 +195,11 @@ Test(xfer_restart, a_kv_transfer_to_the_pool_before_a_restart_is_refused, .timeo
     kvrt_xfer_region_t *old_region = txu_register_pool(ctx, f.listener, old_pool);
     kvrt_xfer_peer_t *peer = txu_connect(ctx, f.dialer, f.listener);
     kvrt_xfer_remote_t *before = txu_import(ctx, peer, old_region);
+    uint32_t old_id = txu_region_id(ctx, old_region);
 
     restart_listener(&f, old_region);
     kvrt_xfer_region_t *new_region = txu_register_pool(ctx, f.listener, new_pool);
+    cr_assert_eq(txu_region_id(ctx, new_region), old_id);
     wait_reconnected(ctx, peer);
 
     int32_t blocks[3] = {1, 2, 3};
@@ -209,4 +223,45 @@ Test(xfer_restart, a_kv_transfer_to_the_pool_before_a_restart_is_refused, .timeo
     ASSERT_OK(ctx, kvrt_pool_destroy(old_pool));
     ASSERT_OK(ctx, kvrt_pool_destroy(new_pool));
     kvrt_ctx_destroy(ctx);
+}
+
+/* The other order: the dialer has the new process's descriptor before it
+ * has reconnected. The post is refused as for any peer that is down, not
+ * as a descriptor of the wrong instance, and works once reconnected. */
+Test(xfer_restart, a_descriptor_of_the_new_listener_waits_for_the_reconnection, .timeout = 60)
+{
+    /* Attempts 3 s apart: the peer stays down while the test posts. */
+    restart_t f = restart_up(3000);
+    kvrt_ctx_t *ctx = f.ctx;
+    uint8_t *src = malloc(BYTES), *old_mem = calloc(1, BYTES), *new_mem = calloc(1, BYTES);
+    cr_assert(src && old_mem && new_mem);
+    memset(src, 0x3c, BYTES);
+    kvrt_xfer_region_t *local = txu_register(ctx, f.dialer, src, BYTES, 0);
+    kvrt_xfer_region_t *old_region =
+        txu_register(ctx, f.listener, old_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+    kvrt_xfer_peer_t *peer = txu_connect(ctx, f.dialer, f.listener);
+
+    restart_listener(&f, old_region);
+    kvrt_xfer_region_t *new_region =
+        txu_register(ctx, f.listener, new_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+    kvrt_xfer_remote_t *current = txu_import(ctx, peer, new_region);
+    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
+    uint64_t end = txu_now_ms() + 5000;
+    do {
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+        ASSERT_OK(ctx, kvrt_xfer_peer_info(peer, &info));
+    } while (info.state == KVRT_XFER_PEER_CONNECTED && txu_now_ms() < end);
+    cr_assert_eq(info.state, KVRT_XFER_PEER_RECONNECTING);
+    ASSERT_STATUS(KVRT_ERR_PEER_FAILED, write_all(ctx, peer, local, current));
+
+    wait_reconnected(ctx, peer);
+    ASSERT_OK(ctx, write_all(ctx, peer, local, current));
+    cr_assert(all_bytes(new_mem, BYTES, 0x3c));
+
+    restart_down(&f, local, new_region);
+    kvrt_ctx_destroy(ctx);
+    free(src);
+    free(old_mem);
+    free(new_mem);
 }
