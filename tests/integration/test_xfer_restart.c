@@ -36,20 +36,26 @@ static kvrt_xfer_agent_t *listener_at(kvrt_ctx_t *ctx, const char *address)
     return NULL;
 }
 
-/* Waits (bounded) until the dialer reconnected at least once. */
-static void wait_reconnected(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *peer)
+/* Waits (bounded, 10 s) until the dialer's peer is in `state` with at
+ * least `reconnects` reconnections behind it. */
+static void wait_peer(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *peer, kvrt_xfer_peer_state_t state,
+                      uint32_t reconnects)
 {
     kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
     uint64_t end = txu_now_ms() + 10000;
     do {
-        struct timespec ts = {0, 5000000};
+        struct timespec ts = {0, 2000000};
         nanosleep(&ts, NULL);
         ASSERT_OK(ctx, kvrt_xfer_peer_info(peer, &info));
-    } while (!(info.state == KVRT_XFER_PEER_CONNECTED && info.reconnects >= 1) &&
-             txu_now_ms() < end);
-    cr_assert_eq(info.state, KVRT_XFER_PEER_CONNECTED, "not reconnected: state %d (%s)",
-                 (int)info.state, kvrt_status_str(info.last_error));
-    cr_assert_geq(info.reconnects, 1);
+    } while (!(info.state == state && info.reconnects >= reconnects) && txu_now_ms() < end);
+    cr_assert_eq(info.state, state, "peer in state %d, not %d (%s)", (int)info.state,
+                 (int)state, kvrt_status_str(info.last_error));
+    cr_assert_geq(info.reconnects, reconnects);
+}
+
+static void wait_reconnected(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *peer)
+{
+    wait_peer(ctx, peer, KVRT_XFER_PEER_CONNECTED, 1);
 }
 
 /* One write of `length` bytes from local to remote; the final status (the
@@ -115,6 +121,32 @@ static void restart_down(restart_t *f, kvrt_xfer_region_t *local, kvrt_xfer_regi
     ASSERT_OK(f->ctx, kvrt_xfer_agent_destroy(f->listener));
 }
 
+/* Host memory for the plain-write tests: a source on the dialer filled
+ * with `fill`, registered; zeroed memory for the listener before and
+ * after its restart, the first registered there. */
+typedef struct buffers {
+    uint8_t *src, *old_mem, *new_mem;
+    kvrt_xfer_region_t *local, *old_region;
+} buffers_t;
+
+static buffers_t buffers_up(restart_t *f, uint8_t fill)
+{
+    buffers_t b = {.src = malloc(BYTES), .old_mem = calloc(1, BYTES),
+                   .new_mem = calloc(1, BYTES)};
+    cr_assert(b.src && b.old_mem && b.new_mem);
+    memset(b.src, fill, BYTES);
+    b.local = txu_register(f->ctx, f->dialer, b.src, BYTES, 0);
+    b.old_region = txu_register(f->ctx, f->listener, b.old_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+    return b;
+}
+
+static void buffers_free(buffers_t *b)
+{
+    free(b->src);
+    free(b->old_mem);
+    free(b->new_mem);
+}
+
 static bool all_bytes(const uint8_t *p, size_t n, uint8_t v)
 {
     for (size_t i = 0; i < n; i++)
@@ -127,54 +159,48 @@ Test(xfer_restart, a_remote_of_the_listener_before_its_restart_is_refused, .time
 {
     restart_t f = restart_up(0);
     kvrt_ctx_t *ctx = f.ctx;
-    uint8_t *src = malloc(BYTES), *old_mem = calloc(1, BYTES), *new_mem = calloc(1, BYTES);
-    cr_assert(src && old_mem && new_mem);
-    memset(src, 0xab, BYTES);
-    kvrt_xfer_region_t *local = txu_register(ctx, f.dialer, src, BYTES, 0);
-    kvrt_xfer_region_t *old_region =
-        txu_register(ctx, f.listener, old_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
-    uint32_t old_id = txu_region_id(ctx, old_region);
+    buffers_t b = buffers_up(&f, 0xab);
+    uint32_t old_id = txu_region_id(ctx, b.old_region);
     uint8_t old_desc[KVRT_XFER_DESCRIPTOR_MAX];
     size_t old_len = 0;
-    ASSERT_OK(ctx, kvrt_xfer_region_descriptor(old_region, old_desc, sizeof(old_desc), &old_len));
+    ASSERT_OK(ctx,
+              kvrt_xfer_region_descriptor(b.old_region, old_desc, sizeof(old_desc), &old_len));
     kvrt_xfer_peer_t *peer = NULL;
     ASSERT_OK(ctx, kvrt_xfer_connect(f.dialer, f.address, 5000, &peer));
     kvrt_xfer_remote_t *before = NULL;
     ASSERT_OK(ctx, kvrt_xfer_import(peer, old_desc, old_len, &before));
-    ASSERT_OK(ctx, write_all(ctx, peer, local, before));
-    cr_assert(all_bytes(old_mem, BYTES, 0xab), "the write before the restart did not land");
+    ASSERT_OK(ctx, write_all(ctx, peer, b.local, before));
+    cr_assert(all_bytes(b.old_mem, BYTES, 0xab), "the write before the restart did not land");
 
     /* The new process's first region has the old one's id. */
-    restart_listener(&f, old_region);
+    restart_listener(&f, b.old_region);
     kvrt_xfer_region_t *new_region =
-        txu_register(ctx, f.listener, new_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+        txu_register(ctx, f.listener, b.new_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
     cr_assert_eq(txu_region_id(ctx, new_region), old_id,
                  "the restarted listener's region must reuse the id for this test to mean much");
     wait_reconnected(ctx, peer);
 
     /* Through the remote imported before, and through the old descriptor
      * imported now (a ticket that was in flight): refused, nothing lands. */
-    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REGION, write_all(ctx, peer, local, before));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REGION, write_all(ctx, peer, b.local, before));
     kvrt_xfer_remote_t *late = NULL;
     ASSERT_OK(ctx, kvrt_xfer_import(peer, old_desc, old_len, &late));
-    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REGION, write_all(ctx, peer, local, late));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REGION, write_all(ctx, peer, b.local, late));
     struct timespec settle = {0, 50000000};
     nanosleep(&settle, NULL);
-    cr_assert(all_bytes(new_mem, BYTES, 0), "a stale descriptor wrote into the new process");
+    cr_assert(all_bytes(b.new_mem, BYTES, 0), "a stale descriptor wrote into the new process");
 
     /* The new process's own descriptor works on the same peer. */
     kvrt_xfer_remote_t *current = txu_import(ctx, peer, new_region);
-    ASSERT_OK(ctx, write_all(ctx, peer, local, current));
-    cr_assert(all_bytes(new_mem, BYTES, 0xab));
+    ASSERT_OK(ctx, write_all(ctx, peer, b.local, current));
+    cr_assert(all_bytes(b.new_mem, BYTES, 0xab));
 
     ASSERT_OK(ctx, kvrt_xfer_remote_release(before));
     ASSERT_OK(ctx, kvrt_xfer_remote_release(late));
     ASSERT_OK(ctx, kvrt_xfer_remote_release(current));
-    restart_down(&f, local, new_region);
+    restart_down(&f, b.local, new_region);
     kvrt_ctx_destroy(ctx);
-    free(src);
-    free(old_mem);
-    free(new_mem);
+    buffers_free(&b);
 }
 
 Test(xfer_restart, a_kv_transfer_to_the_pool_before_a_restart_is_refused, .timeout = 60)
@@ -233,35 +259,21 @@ Test(xfer_restart, a_descriptor_of_the_new_listener_waits_for_the_reconnection, 
     /* Attempts 3 s apart: the peer stays down while the test posts. */
     restart_t f = restart_up(3000);
     kvrt_ctx_t *ctx = f.ctx;
-    uint8_t *src = malloc(BYTES), *old_mem = calloc(1, BYTES), *new_mem = calloc(1, BYTES);
-    cr_assert(src && old_mem && new_mem);
-    memset(src, 0x3c, BYTES);
-    kvrt_xfer_region_t *local = txu_register(ctx, f.dialer, src, BYTES, 0);
-    kvrt_xfer_region_t *old_region =
-        txu_register(ctx, f.listener, old_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+    buffers_t b = buffers_up(&f, 0x3c);
     kvrt_xfer_peer_t *peer = txu_connect(ctx, f.dialer, f.listener);
 
-    restart_listener(&f, old_region);
+    restart_listener(&f, b.old_region);
     kvrt_xfer_region_t *new_region =
-        txu_register(ctx, f.listener, new_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+        txu_register(ctx, f.listener, b.new_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
     kvrt_xfer_remote_t *current = txu_import(ctx, peer, new_region);
-    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
-    uint64_t end = txu_now_ms() + 5000;
-    do {
-        struct timespec ts = {0, 2000000};
-        nanosleep(&ts, NULL);
-        ASSERT_OK(ctx, kvrt_xfer_peer_info(peer, &info));
-    } while (info.state == KVRT_XFER_PEER_CONNECTED && txu_now_ms() < end);
-    cr_assert_eq(info.state, KVRT_XFER_PEER_RECONNECTING);
-    ASSERT_STATUS(KVRT_ERR_PEER_FAILED, write_all(ctx, peer, local, current));
+    wait_peer(ctx, peer, KVRT_XFER_PEER_RECONNECTING, 0);
+    ASSERT_STATUS(KVRT_ERR_PEER_FAILED, write_all(ctx, peer, b.local, current));
 
     wait_reconnected(ctx, peer);
-    ASSERT_OK(ctx, write_all(ctx, peer, local, current));
-    cr_assert(all_bytes(new_mem, BYTES, 0x3c));
+    ASSERT_OK(ctx, write_all(ctx, peer, b.local, current));
+    cr_assert(all_bytes(b.new_mem, BYTES, 0x3c));
 
-    restart_down(&f, local, new_region);
+    restart_down(&f, b.local, new_region);
     kvrt_ctx_destroy(ctx);
-    free(src);
-    free(old_mem);
-    free(new_mem);
+    buffers_free(&b);
 }
