@@ -353,7 +353,8 @@ static void pull_start(node_t *n, uint32_t slot)
     kvrt_status_t st = kvrt_xfer_post(p->peer, ops, count, &pp, &pl->xreq);
     if (st != KVRT_OK) {
         pl->xreq = NULL;
-        p->stale = st == KVRT_ERR_UNKNOWN_REGION;
+        if (st == KVRT_ERR_UNKNOWN_REGION)
+            p->stale = 1;
         n->c.pull_failures++;
         pull_release(n, pl, 0);
     }
@@ -390,7 +391,8 @@ static void pull_blocks(node_t *n, pull_t *pl)
     kvrt_status_t st = kvrt_xfer_kv_post(p->peer, &kp, &pl->xreq);
     if (st != KVRT_OK) {
         pl->xreq = NULL;
-        p->stale = st == KVRT_ERR_UNKNOWN_REGION;
+        if (st == KVRT_ERR_UNKNOWN_REGION)
+            p->stale = 1;
         n->c.pull_failures++;
         pull_release(n, pl, 0);
         return;
