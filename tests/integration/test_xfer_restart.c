@@ -2,10 +2,10 @@
  * test_xfer_restart.c - a descriptor names one instance of its agent. A
  * listener restarted on the same address is a new process whose region
  * ids start over, so its first region has the id its predecessor's first
- * region had. A dialer reconnects to it on its own; writes through a
- * remote imported before the restart (or from a descriptor the old
- * process handed out, such as a hand-off ticket still in flight) must be
- * refused, not land in the new process's memory, and a descriptor of the
+ * region had. A dialer reconnects to it on its own; writes and reads
+ * through a remote imported before the restart (or from a descriptor the
+ * old process handed out, such as a hand-off ticket still in flight) must
+ * be refused, not touch the new process's memory, and a descriptor of the
  * new process must work as soon as the dialer has reconnected (before
  * that, a post is refused as to any peer that is down).
  */
@@ -16,6 +16,7 @@
 #include "test_xfer_util.h"
 
 #define BYTES 65536u
+#define LISTENER_ACCESS (KVRT_XFER_REMOTE_READ | KVRT_XFER_REMOTE_WRITE)
 
 /* An agent listening on `address` (retried for up to 2 s while the old
  * listener's socket goes away). */
@@ -58,13 +59,12 @@ static void wait_reconnected(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *peer)
     wait_peer(ctx, peer, KVRT_XFER_PEER_CONNECTED, 1);
 }
 
-/* One write of `length` bytes from local to remote; the final status (the
- * post's when it is refused). */
-static kvrt_status_t write_all(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *peer,
-                               const kvrt_xfer_region_t *local, const kvrt_xfer_remote_t *remote)
+/* One WRITE (local to remote) or READ (back) of BYTES bytes; the final
+ * status (the post's when it is refused). */
+static kvrt_status_t move_all(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *peer, kvrt_xfer_opcode_t opcode,
+                              const kvrt_xfer_region_t *local, const kvrt_xfer_remote_t *remote)
 {
-    kvrt_xfer_op_t op = {.opcode = KVRT_XFER_WRITE, .local = local, .remote = remote,
-                         .length = BYTES};
+    kvrt_xfer_op_t op = {.opcode = opcode, .local = local, .remote = remote, .length = BYTES};
     kvrt_xfer_request_t *req = NULL;
     kvrt_status_t st = kvrt_xfer_post(peer, &op, 1, NULL, &req);
     if (st != KVRT_OK)
@@ -136,7 +136,7 @@ static buffers_t buffers_up(restart_t *f, uint8_t fill)
     cr_assert(b.src && b.old_mem && b.new_mem);
     memset(b.src, fill, BYTES);
     b.local = txu_register(f->ctx, f->dialer, b.src, BYTES, 0);
-    b.old_region = txu_register(f->ctx, f->listener, b.old_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+    b.old_region = txu_register(f->ctx, f->listener, b.old_mem, BYTES, LISTENER_ACCESS);
     return b;
 }
 
@@ -169,30 +169,34 @@ Test(xfer_restart, a_remote_of_the_listener_before_its_restart_is_refused, .time
     ASSERT_OK(ctx, kvrt_xfer_connect(f.dialer, f.address, 5000, &peer));
     kvrt_xfer_remote_t *before = NULL;
     ASSERT_OK(ctx, kvrt_xfer_import(peer, old_desc, old_len, &before));
-    ASSERT_OK(ctx, write_all(ctx, peer, b.local, before));
+    ASSERT_OK(ctx, move_all(ctx, peer, KVRT_XFER_WRITE, b.local, before));
     cr_assert(all_bytes(b.old_mem, BYTES, 0xab), "the write before the restart did not land");
 
     /* The new process's first region has the old one's id. */
     restart_listener(&f, b.old_region);
     kvrt_xfer_region_t *new_region =
-        txu_register(ctx, f.listener, b.new_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+        txu_register(ctx, f.listener, b.new_mem, BYTES, LISTENER_ACCESS);
     cr_assert_eq(txu_region_id(ctx, new_region), old_id,
                  "the restarted listener's region must reuse the id for this test to mean much");
     wait_reconnected(ctx, peer);
 
     /* Through the remote imported before, and through the old descriptor
      * imported now (a ticket that was in flight): refused, nothing lands. */
-    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REGION, write_all(ctx, peer, b.local, before));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REGION, move_all(ctx, peer, KVRT_XFER_WRITE, b.local, before));
     kvrt_xfer_remote_t *late = NULL;
     ASSERT_OK(ctx, kvrt_xfer_import(peer, old_desc, old_len, &late));
-    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REGION, write_all(ctx, peer, b.local, late));
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REGION, move_all(ctx, peer, KVRT_XFER_WRITE, b.local, late));
     struct timespec settle = {0, 50000000};
     nanosleep(&settle, NULL);
     cr_assert(all_bytes(b.new_mem, BYTES, 0), "a stale descriptor wrote into the new process");
+    /* Nor is the new process's memory read through it (into b.src, which
+     * would turn to its zeroes). */
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REGION, move_all(ctx, peer, KVRT_XFER_READ, b.local, late));
+    cr_assert(all_bytes(b.src, BYTES, 0xab), "a stale descriptor read the new process's memory");
 
     /* The new process's own descriptor works on the same peer. */
     kvrt_xfer_remote_t *current = txu_import(ctx, peer, new_region);
-    ASSERT_OK(ctx, write_all(ctx, peer, b.local, current));
+    ASSERT_OK(ctx, move_all(ctx, peer, KVRT_XFER_WRITE, b.local, current));
     cr_assert(all_bytes(b.new_mem, BYTES, 0xab));
 
     ASSERT_OK(ctx, kvrt_xfer_remote_release(before));
@@ -264,13 +268,13 @@ Test(xfer_restart, a_descriptor_of_the_new_listener_waits_for_the_reconnection, 
 
     restart_listener(&f, b.old_region);
     kvrt_xfer_region_t *new_region =
-        txu_register(ctx, f.listener, b.new_mem, BYTES, KVRT_XFER_REMOTE_WRITE);
+        txu_register(ctx, f.listener, b.new_mem, BYTES, LISTENER_ACCESS);
     kvrt_xfer_remote_t *current = txu_import(ctx, peer, new_region);
     wait_peer(ctx, peer, KVRT_XFER_PEER_RECONNECTING, 0);
-    ASSERT_STATUS(KVRT_ERR_PEER_FAILED, write_all(ctx, peer, b.local, current));
+    ASSERT_STATUS(KVRT_ERR_PEER_FAILED, move_all(ctx, peer, KVRT_XFER_WRITE, b.local, current));
 
     wait_reconnected(ctx, peer);
-    ASSERT_OK(ctx, write_all(ctx, peer, b.local, current));
+    ASSERT_OK(ctx, move_all(ctx, peer, KVRT_XFER_WRITE, b.local, current));
     cr_assert(all_bytes(b.new_mem, BYTES, 0x3c));
 
     restart_down(&f, b.local, new_region);
