@@ -320,6 +320,13 @@ typedef struct kvrt_xfer_peer_info {
     uint32_t reconnects;           /* successful reconnections so far */
     uint32_t outstanding;          /* requests not yet completed */
     char name[KVRT_XFER_NAME_MAX]; /* the remote agent's name */
+    /* Appended in the second version. The instance of the remote agent at
+     * the far end, as its listener stated it in the last handshake: 64
+     * random bits its agent drew at creation. It changes when the peer
+     * reconnects to a restarted agent (a new process on the same address),
+     * whose regions must be imported again: a remote of the old instance
+     * is refused (kvrt_xfer_post). Kept while the peer is down. */
+    uint64_t instance;
 } kvrt_xfer_peer_info_t;
 
 /*
@@ -405,8 +412,9 @@ kvrt_status_t kvrt_xfer_refuse_name(kvrt_xfer_agent_t *agent, const char *name,
                                     uint32_t refuse_ms, uint32_t *revoked_out);
 
 /*
- * kvrt_xfer_peer_info - state and counters, into the caller's struct (set
- * info_out->struct_size first). Errors: KVRT_ERR_INVALID_ARG (NULL, or a
+ * kvrt_xfer_peer_info - state, counters and the remote agent's instance,
+ * into the caller's struct (set info_out->struct_size first; a struct of
+ * the first version, which ends at `name`, gets no instance). Errors: KVRT_ERR_INVALID_ARG (NULL, or a
  * struct_size smaller than the first version of the struct).
  */
 kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,

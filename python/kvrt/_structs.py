@@ -251,7 +251,7 @@ class kvrt_xfer_register_params_t(Struct):
 class kvrt_xfer_peer_info_t(Struct):
     _fields_ = [("struct_size", u32), ("state", enum), ("last_error", enum), ("connections", u32),
                 ("reconnects", u32), ("outstanding", u32),
-                ("name", C.c_char * XFER_NAME_MAX)]
+                ("name", C.c_char * XFER_NAME_MAX), ("instance", u64)]
 
 
 class kvrt_xfer_op_t(Struct):

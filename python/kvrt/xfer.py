@@ -144,7 +144,8 @@ class Peer(_AgentChild):
         self._call("kvrt_xfer_peer_info", self._handle("info"), C.byref(out))
         return {"state": out.state, "last_error": out.last_error,
                 "connections": out.connections, "reconnects": out.reconnects,
-                "outstanding": out.outstanding, "name": out.name.decode()}
+                "outstanding": out.outstanding, "name": out.name.decode(),
+                "instance": out.instance}
 
     def import_region(self, descriptor):
         ptr = C.c_void_p()

@@ -214,6 +214,8 @@ def test_log_callback_from_kvrt_threads_holds_the_gil():
         server = kvrt.xfer.Agent(a, key)
         client = kvrt.xfer.Agent(b, key)
         peer = client.connect(server.address())
+        info = peer.info()
+        assert info["outstanding"] == 0 and info["instance"] != 0
         buf = np.arange(4096, dtype=np.uint8)
         dst = np.zeros(4096, dtype=np.uint8)
         remote_region = server.register(buf)

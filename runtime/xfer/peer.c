@@ -253,6 +253,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,
     for (xfer_link_t *l = peer->requests.next; l != &peer->requests; l = l->next)
         info.outstanding++;
     memcpy(info.name, peer->name, sizeof(info.name));
+    info.instance = peer->remote_instance;
     pthread_mutex_unlock(&a->lock);
     memcpy(info_out, &info, info.struct_size < sizeof(info) ? info.struct_size : sizeof(info));
     return KVRT_OK;

@@ -7,6 +7,7 @@
  * caller polls. (Requests caught in flight, canceled and waited on are in
  * test_xfer_verbs_agents.c, where the software device can hold them.)
  */
+#include <stddef.h>
 #include <stdlib.h>
 
 #include "test_xfer_util.h"
@@ -167,6 +168,17 @@ Test(xfer_requests, peer_info_writes_only_the_size_the_caller_declares)
     cr_assert_eq(out.info.outstanding, 0);
     for (size_t i = 0; i < sizeof(out.guard); i++)
         cr_assert_eq(out.guard[i], 0xab, "byte %zu past the struct was written", i);
+    cr_assert_neq(out.info.instance, 0xababababababababull, "no instance was written");
+    /* A caller built against the first version (ending at `name`) gets
+     * every field it knows and nothing after them. */
+    const size_t first_size = offsetof(kvrt_xfer_peer_info_t, instance);
+    memset(&out, 0xab, sizeof(out));
+    out.info.struct_size = (uint32_t)first_size;
+    ASSERT_OK(r.ctx, kvrt_xfer_peer_info(r.peer, &out.info));
+    cr_assert_eq(out.info.state, KVRT_XFER_PEER_CONNECTED);
+    const uint8_t *bytes = (const uint8_t *)&out;
+    for (size_t i = first_size; i < sizeof(out); i++)
+        cr_assert_eq(bytes[i], 0xab, "byte %zu past the first version was written", i);
     kvrt_xfer_peer_info_t small = {.struct_size = 4, .state = KVRT_XFER_PEER_CLOSED};
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_xfer_peer_info(r.peer, &small));
     cr_assert_eq(small.state, KVRT_XFER_PEER_CLOSED, "a refused call writes nothing");

@@ -281,3 +281,39 @@ Test(xfer_restart, a_descriptor_of_the_new_listener_waits_for_the_reconnection, 
     kvrt_ctx_destroy(ctx);
     buffers_free(&b);
 }
+
+static uint64_t peer_instance(kvrt_ctx_t *ctx, kvrt_xfer_peer_t *peer)
+{
+    kvrt_xfer_peer_info_t info = {.struct_size = sizeof(info)};
+    ASSERT_OK(ctx, kvrt_xfer_peer_info(peer, &info));
+    return info.instance;
+}
+
+/* What tells a caller that its peer's regions must be imported again: the
+ * instance in the peer's info stays through a reconnection to the same
+ * process and changes with a restart. */
+Test(xfer_restart, the_peer_reports_the_instance_it_is_connected_to, .timeout = 60)
+{
+    restart_t f = restart_up(0);
+    kvrt_ctx_t *ctx = f.ctx;
+    buffers_t b = buffers_up(&f, 0x5a);
+    kvrt_xfer_peer_t *peer = txu_connect(ctx, f.dialer, f.listener);
+    uint64_t first = peer_instance(ctx, peer);
+
+    /* The connection breaks; the same process takes the dialer back. */
+    ASSERT_OK(ctx, kvrt_xfer_peer_revoke(peer));
+    wait_reconnected(ctx, peer);
+    cr_assert_eq(peer_instance(ctx, peer), first, "the same listener read as another instance");
+
+    restart_listener(&f, b.old_region);
+    kvrt_xfer_region_t *new_region =
+        txu_register(ctx, f.listener, b.new_mem, BYTES, LISTENER_ACCESS);
+    wait_peer(ctx, peer, KVRT_XFER_PEER_CONNECTED, 2);
+    uint64_t second = peer_instance(ctx, peer);
+    cr_assert_neq(second, first, "a restarted listener read as the same instance");
+    cr_assert(first != 0 && second != 0);
+
+    restart_down(&f, b.local, new_region);
+    kvrt_ctx_destroy(ctx);
+    buffers_free(&b);
+}
