@@ -320,12 +320,14 @@ typedef struct kvrt_xfer_peer_info {
     uint32_t reconnects;           /* successful reconnections so far */
     uint32_t outstanding;          /* requests not yet completed */
     char name[KVRT_XFER_NAME_MAX]; /* the remote agent's name */
-    /* Appended in the second version. The instance of the remote agent at
-     * the far end, as its listener stated it in the last handshake: 64
-     * random bits its agent drew at creation. It changes when the peer
-     * reconnects to a restarted agent (a new process on the same address),
-     * whose regions must be imported again: a remote of the old instance
-     * is refused (kvrt_xfer_post). Kept while the peer is down. */
+    /* Appended in the second version. The instance of the remote agent
+     * this peer's connection reached (its listener states it in the
+     * handshake): 64 random bits the agent drew at creation. It changes
+     * when the peer has reconnected to a restarted agent (a new process on
+     * the same address), whose regions must be imported again: a remote
+     * of the old instance is refused (kvrt_xfer_post). While the peer is
+     * down, the last connection's (a reconnection attempt that fails
+     * after its handshake changes nothing). */
     uint64_t instance;
 } kvrt_xfer_peer_info_t;
 

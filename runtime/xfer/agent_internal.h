@@ -141,6 +141,10 @@ struct kvrt_xfer_peer {
     /* A dialed peer's remote agent instance, as its listener stated it in
      * the last handshake: only remotes of that instance are posted to. */
     uint64_t remote_instance;
+    /* The instance of the last connection attached (what peer info
+     * reports): remote_instance is set by a handshake, before the backend
+     * is set up, and an attempt may still fail after it. */
+    uint64_t attached_instance;
     kvrt_xfer_peer_state_t state;
     kvrt_status_t last_error;
     void *conn;              /* backend connection, NULL while down */

@@ -203,6 +203,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_connect(kvrt_xfer_agent_t *agent, const char
     pthread_mutex_lock(&agent->lock);
     xfer_settled(agent);
     p->conn = conn;
+    p->attached_instance = p->remote_instance;
     p->connections = agent->connections;
     p->backoff_ms = agent->reconnect_initial_ms;
     xfer_list_push(&agent->peers, &p->link);
@@ -253,7 +254,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,
     for (xfer_link_t *l = peer->requests.next; l != &peer->requests; l = l->next)
         info.outstanding++;
     memcpy(info.name, peer->name, sizeof(info.name));
-    info.instance = peer->remote_instance;
+    info.instance = peer->attached_instance;
     pthread_mutex_unlock(&a->lock);
     memcpy(info_out, &info, info.struct_size < sizeof(info) ? info.struct_size : sizeof(info));
     return KVRT_OK;

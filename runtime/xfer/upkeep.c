@@ -40,6 +40,7 @@ static void reconnect_finish(kvrt_xfer_peer_t *p, kvrt_status_t st, void *conn, 
         stale = conn; /* disconnected while we dialed */
     } else if (st == KVRT_OK) {
         p->conn = conn;
+        p->attached_instance = p->remote_instance;
         p->state = KVRT_XFER_PEER_CONNECTED;
         p->reconnects++;
         p->attempts = 0;
