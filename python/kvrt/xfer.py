@@ -140,6 +140,9 @@ class Peer(_AgentChild):
     _kind = "transfer peer"
 
     def info(self):
+        """State, counters and "instance", the remote agent's: it changes
+        when the peer has reconnected to a restarted agent, whose regions
+        must be imported again (kvrt_xfer_peer_info)."""
         out = S.kvrt_xfer_peer_info_t(struct_size=C.sizeof(S.kvrt_xfer_peer_info_t))
         self._call("kvrt_xfer_peer_info", self._handle("info"), C.byref(out))
         return {"state": out.state, "last_error": out.last_error,
