@@ -416,8 +416,9 @@ kvrt_status_t kvrt_xfer_refuse_name(kvrt_xfer_agent_t *agent, const char *name,
 /*
  * kvrt_xfer_peer_info - state, counters and the remote agent's instance,
  * into the caller's struct (set info_out->struct_size first; a struct of
- * the first version, which ends at `name`, gets no instance). Errors: KVRT_ERR_INVALID_ARG (NULL, or a
- * struct_size smaller than the first version of the struct).
+ * the first version, which ends at `name`, gets no instance).
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, or a struct_size smaller than the
+ * first version of the struct).
  */
 kvrt_status_t kvrt_xfer_peer_info(const kvrt_xfer_peer_t *peer,
                                   kvrt_xfer_peer_info_t *info_out);

@@ -7,7 +7,8 @@
  * old process handed out, such as a hand-off ticket still in flight) must
  * be refused, not touch the new process's memory, and a descriptor of the
  * new process must work as soon as the dialer has reconnected (before
- * that, a post is refused as to any peer that is down).
+ * that, a post is refused as to any peer that is down). The peer's info
+ * tells a caller which instance its connection reached.
  */
 #include <poll.h>
 #include <pthread.h>
