@@ -6,7 +6,12 @@
 #ifndef KVRT_TEST_XFER_RAW_H
 #define KVRT_TEST_XFER_RAW_H
 
+#include <poll.h>
+#include <pthread.h>
 #include <sodium.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -159,6 +164,73 @@ static inline kvrt_xfer_wire_header_t txr_recv(txr_t *r, void *payload, size_t c
     cr_assert(kvrt_xfer_frame_open(&r->rx, r->protection, hdr, payload, n, tag),
               "a frame from the agent failed authentication");
     return h;
+}
+
+/* A raw listener on a thread of its own. Of the connections it accepts,
+ * every `every`-th one from the first (1: all of them) gets the listening
+ * side of the handshake and is then held, never read or answered; the
+ * others are closed at once. It stops accepting after TXR_HOLDER_MAX. */
+#define TXR_HOLDER_MAX 64
+typedef struct txr_holder {
+    int listen_fd;
+    char address[96];
+    uint32_t every;
+    pthread_t thread;
+    atomic_bool stop;
+    atomic_uint handshakes; /* completed, so held */
+    uint32_t accepted;
+    int held[TXR_HOLDER_MAX];
+} txr_holder_t;
+
+static inline void *txr_holder_main(void *arg)
+{
+    txr_holder_t *h = arg;
+    while (!atomic_load(&h->stop) && h->accepted < TXR_HOLDER_MAX) {
+        struct pollfd p = {.fd = h->listen_fd, .events = POLLIN};
+        if (poll(&p, 1, 20) <= 0)
+            continue;
+        int fd = accept(h->listen_fd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        kvrt_xfer_sc_keys_t keys;
+        unsigned n = atomic_load(&h->handshakes);
+        if (h->accepted++ % h->every == 0 && txr_accept_handshake(fd, "raw", &keys) == KVRT_OK) {
+            h->held[n] = fd;
+            atomic_store(&h->handshakes, n + 1);
+        } else {
+            close(fd);
+        }
+    }
+    return NULL;
+}
+
+/* Starts a holder on `address` ("127.0.0.1:0" for any port; an address an
+ * agent just left is retried for up to 2 s); h->address is where it
+ * listens. */
+static inline void txr_holder_start(txr_holder_t *h, const char *address, uint32_t every)
+{
+    memset(h, 0, sizeof(*h));
+    h->every = every;
+    kvrt_xfer_addr_t addr, bound;
+    cr_assert_eq(kvrt_xfer_addr_parse(address, &addr), KVRT_OK);
+    h->listen_fd = -1;
+    for (int i = 0; i < 200 && kvrt_xfer_sc_listen(&addr, &bound, &h->listen_fd) != KVRT_OK;
+         i++) {
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_geq(h->listen_fd, 0, "cannot listen on %s", address);
+    kvrt_xfer_addr_format(&bound, h->address, sizeof(h->address));
+    cr_assert_eq(pthread_create(&h->thread, NULL, txr_holder_main, h), 0);
+}
+
+static inline void txr_holder_stop(txr_holder_t *h)
+{
+    atomic_store(&h->stop, true);
+    pthread_join(h->thread, NULL);
+    for (unsigned i = 0; i < atomic_load(&h->handshakes); i++)
+        close(h->held[i]);
+    close(h->listen_fd);
 }
 
 #endif /* KVRT_TEST_XFER_RAW_H */

@@ -22,56 +22,6 @@
 
 #include "test_xfer_flood.h"
 
-/* A listener that completes the handshake for every connection (up to
- * MUTE_MAX), then holds them without reading or answering. */
-#define MUTE_MAX 8
-typedef struct mute_server {
-    int listen_fd;
-    char address[96];
-    pthread_t thread;
-    atomic_bool stop;
-    int fds[MUTE_MAX];
-    uint32_t count;
-} mute_server_t;
-
-static void *mute_main(void *arg)
-{
-    mute_server_t *s = arg;
-    while (!atomic_load(&s->stop) && s->count < MUTE_MAX) {
-        struct pollfd p = {.fd = s->listen_fd, .events = POLLIN};
-        if (poll(&p, 1, 20) <= 0)
-            continue;
-        int fd = accept(s->listen_fd, NULL, NULL);
-        if (fd < 0)
-            continue;
-        kvrt_xfer_sc_keys_t keys;
-        if (txr_accept_handshake(fd, "mute", &keys) == KVRT_OK)
-            s->fds[s->count++] = fd;
-        else
-            close(fd);
-    }
-    return NULL;
-}
-
-static void mute_start(mute_server_t *s)
-{
-    memset(s, 0, sizeof(*s));
-    kvrt_xfer_addr_t any, bound;
-    cr_assert_eq(kvrt_xfer_addr_parse("127.0.0.1:0", &any), KVRT_OK);
-    cr_assert_eq(kvrt_xfer_sc_listen(&any, &bound, &s->listen_fd), KVRT_OK);
-    kvrt_xfer_addr_format(&bound, s->address, sizeof(s->address));
-    cr_assert_eq(pthread_create(&s->thread, NULL, mute_main, s), 0);
-}
-
-static void mute_stop(mute_server_t *s)
-{
-    atomic_store(&s->stop, true);
-    pthread_join(s->thread, NULL);
-    for (uint32_t i = 0; i < s->count; i++)
-        close(s->fds[i]);
-    close(s->listen_fd);
-}
-
 static kvrt_xfer_agent_t *dialer(kvrt_ctx_t *ctx)
 {
     kvrt_xfer_agent_params_t p = {
@@ -127,8 +77,9 @@ Test(xfer_reconnect, a_silent_address_holds_no_timeout_back, .timeout = 90)
     char b_text[96];
     ASSERT_OK(ctx, kvrt_xfer_agent_address(b, b_text, sizeof(b_text)));
     kvrt_xfer_peer_t *to_b = txu_connect(ctx, a, b), *to_c = txu_connect(ctx, a, c);
-    mute_server_t mute;
-    mute_start(&mute);
+    /* A listener that completes every handshake, then never answers. */
+    txr_holder_t mute;
+    txr_holder_start(&mute, "127.0.0.1:0", 1);
     kvrt_xfer_peer_t *to_mute = NULL;
     ASSERT_OK(ctx, kvrt_xfer_connect(a, mute.address, 5000, &to_mute));
 
@@ -210,7 +161,7 @@ Test(xfer_reconnect, a_silent_address_holds_no_timeout_back, .timeout = 90)
     ASSERT_OK(ctx, kvrt_xfer_disconnect(to_mute));
     ASSERT_OK(ctx, kvrt_xfer_disconnect(to_b));
     ASSERT_OK(ctx, kvrt_xfer_disconnect(to_c));
-    mute_stop(&mute);
+    txr_holder_stop(&mute);
     ASSERT_OK(ctx, kvrt_xfer_deregister(local));
     cr_assert_eq(txu_stat(ctx, "xfer.0.outstanding"), 0);
     ASSERT_OK(ctx, kvrt_xfer_agent_destroy(a));

@@ -10,12 +10,8 @@
  * that, a post is refused as to any peer that is down). The peer's info
  * tells a caller which instance its connection reached.
  */
-#include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 
 #include "test_xfer_raw.h"
@@ -323,68 +319,6 @@ Test(xfer_restart, the_peer_reports_the_instance_it_is_connected_to, .timeout = 
     buffers_free(&b);
 }
 
-/* A listener (a raw one, stating TXR_INSTANCE) that completes the
- * handshake of every connection's first socket and closes every extra
- * one, so each reconnection attempt fails after its handshake. */
-#define HALF_MAX 64
-typedef struct half_listener {
-    int listen_fd;
-    pthread_t thread;
-    atomic_bool stop;
-    atomic_uint handshakes;
-    int held[HALF_MAX];
-    uint32_t accepted, num_held;
-} half_listener_t;
-
-static void *half_main(void *arg)
-{
-    half_listener_t *h = arg;
-    while (!atomic_load(&h->stop) && h->accepted < HALF_MAX) {
-        struct pollfd p = {.fd = h->listen_fd, .events = POLLIN};
-        if (poll(&p, 1, 20) <= 0)
-            continue;
-        int fd = accept(h->listen_fd, NULL, NULL);
-        if (fd < 0)
-            continue;
-        /* A dialer sends an attempt's extra sockets only after its first
-         * one's handshake: they alternate here. */
-        kvrt_xfer_sc_keys_t keys;
-        if (h->accepted++ % 2 == 0 && txr_accept_handshake(fd, "half", &keys) == KVRT_OK) {
-            h->held[h->num_held++] = fd;
-            atomic_fetch_add(&h->handshakes, 1);
-        } else {
-            close(fd);
-        }
-    }
-    return NULL;
-}
-
-/* Listens on `address` (retried for up to 2 s while the agent that had it
- * lets go). */
-static void half_start(half_listener_t *h, const char *address)
-{
-    memset(h, 0, sizeof(*h));
-    kvrt_xfer_addr_t addr, bound;
-    cr_assert_eq(kvrt_xfer_addr_parse(address, &addr), KVRT_OK);
-    h->listen_fd = -1;
-    for (int i = 0; i < 200 && kvrt_xfer_sc_listen(&addr, &bound, &h->listen_fd) != KVRT_OK;
-         i++) {
-        struct timespec ts = {0, 10000000};
-        nanosleep(&ts, NULL);
-    }
-    cr_assert_geq(h->listen_fd, 0, "cannot listen on %s again", address);
-    cr_assert_eq(pthread_create(&h->thread, NULL, half_main, h), 0);
-}
-
-static void half_stop(half_listener_t *h)
-{
-    atomic_store(&h->stop, true);
-    pthread_join(h->thread, NULL);
-    for (uint32_t i = 0; i < h->num_held; i++)
-        close(h->held[i]);
-    close(h->listen_fd);
-}
-
 /* The instance is the attached connection's, not the last handshake's: an
  * attempt whose handshake reached another agent and whose extra sockets
  * then failed left the peer down, and the caller must not read a restart
@@ -399,8 +333,12 @@ Test(xfer_restart, an_attempt_that_fails_after_its_handshake_changes_no_instance
 
     ASSERT_OK(ctx, kvrt_xfer_agent_destroy(f.listener));
     f.listener = NULL;
-    half_listener_t h;
-    half_start(&h, f.address);
+    /* A raw listener (stating TXR_INSTANCE) in its place completes the
+     * handshake of each attempt's first socket and closes the extra one:
+     * a dialer sends an attempt's extra sockets only after its first
+     * one's handshake, so they alternate. */
+    txr_holder_t h;
+    txr_holder_start(&h, f.address, 2);
     /* Two handshakes: the first attempt has failed after its own. */
     uint64_t end = txu_now_ms() + 10000;
     while (atomic_load(&h.handshakes) < 2 && txu_now_ms() < end) {
@@ -414,6 +352,6 @@ Test(xfer_restart, an_attempt_that_fails_after_its_handshake_changes_no_instance
     cr_assert_eq(info.instance, first, "an attempt that failed changed the instance");
 
     ASSERT_OK(ctx, kvrt_xfer_agent_destroy(f.dialer));
-    half_stop(&h);
+    txr_holder_stop(&h);
     kvrt_ctx_destroy(ctx);
 }
