@@ -365,9 +365,9 @@ typedef struct kvrt_seq_params {
     uint32_t prompt_len;          /* >= 1 */
     uint32_t max_new_tokens;      /* >= 1 */
     /* Ends the request when sampled; copied. Requests without min_tokens
-     * whose set equals an earlier one (the first 16 distinct sets) share
-     * the scheduler's copy, which keeps each commit's stop check off the
-     * request's own memory (docs/scheduler.md, "Cost"). */
+     * share the scheduler's copy of their set (it keeps the first 16
+     * distinct sets it is given), which keeps each commit's stop check off
+     * the request's own memory (docs/scheduler.md, "Cost"). */
     const int32_t *stop_tokens;
     uint32_t num_stop_tokens;     /* 0..KVRT_SEQ_MAX_STOP_TOKENS */
     int32_t priority;             /* higher runs first; default 0 */

@@ -469,8 +469,14 @@ static void hold_for_item(kvrt_sched_t *s, step_state_t *st)
         return;
     const seq_t *q = sched_lookup(s, s->item_waiting);
     s->item_waiting = 0;
-    if (!q || !(q->state == KVRT_SEQ_WAITING || (q->state == KVRT_SEQ_RUNNING && q->in_prefill)))
-        return; /* it ended, was aborted or has started decoding since */
+    if (!q)
+        return; /* it ended or was aborted */
+    /* Queued (for the first time, or again after a preemption) or in its
+     * prefill: not once it has started decoding. */
+    const bool waits = q->state == KVRT_SEQ_WAITING || q->state == KVRT_SEQ_PREEMPTED ||
+                       (q->state == KVRT_SEQ_RUNNING && q->in_prefill);
+    if (!waits)
+        return;
     st->held = min_u32(s->item_need, st->budget);
     st->item_owner = q;
 }

@@ -10,6 +10,11 @@
 #include "sched_fixture.h"
 
 #define TPB 4u
+/* For the preempted item below: 13 blocks besides the null block. A
+ * holds 6 once decoding, the three decoders 1 each, then one more every 4
+ * tokens: their third blocks find none free, and A (of lower priority)
+ * is preempted. */
+#define ITEM_POOL_BLOCKS 14u
 
 typedef sched_fixture_t fixture_t;
 
@@ -450,4 +455,74 @@ Test(sched_controls, a_chunk_that_covers_one_item_does_not_end_inside_the_next)
     uint32_t want[] = {22, 32, 11};
     cr_assert_eq(n, 3, "%u chunks", n);
     cr_assert_arr_eq(chunks, want, sizeof(want));
+}
+
+/* A request preempted while decoding recomputes its prompt from its first
+ * token; with its item there, its first chunk is the item whole. Three
+ * decoders leave 15 of the 18 tokens a step, never the item's 16, so the
+ * preempted request must have the item held for it the step after it
+ * first waits, as a request queued for the first time would. */
+Test(sched_controls, a_preempted_request_waiting_for_its_item_gets_the_next_step)
+{
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS,
+                              .max_batch_tokens = 18};
+    fixture_t f = sched_fixture_open(ITEM_POOL_BLOCKS, TPB, false, &sp);
+    int32_t prompt[20] = {0};
+    item_request_t ra;
+    item_request(&ra, prompt, 20, 0, 16);
+    ra.params.field_mask |= KVRT_SEQ_PARAM_PRIORITY;
+    ra.params.priority = -1; /* the victim when blocks run out */
+    ra.params.max_new_tokens = 16;
+    kvrt_seq_id_t a, decoders[3];
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &ra.params, &a));
+    const kvrt_batch_plan_t *plan;
+    uint32_t k = 1;
+    for (; k <= 2; k++) { /* A's prompt: 18 tokens, then 2 */
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, k, &plan));
+        commit_token(&f, plan, 1);
+    }
+    kvrt_seq_params_t pd = {.prompt = prompt, .prompt_len = 2, .max_new_tokens = 26};
+    for (int i = 0; i < 3; i++)
+        ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pd, &decoders[i]));
+    /* Steps until A is preempted (the decoders' blocks run out), then
+     * until its item is planned. */
+    uint32_t preempted_at = 0, waited_at = 0, item_at = 0;
+    for (; k <= 40 && !item_at && (!preempted_at || k <= preempted_at + 4); k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, k, &plan));
+        bool planned = false;
+        for (uint32_t i = 0; i < plan->num_seqs; i++)
+            if (plan->seqs[i].id == a) {
+                planned = true;
+                if (preempted_at && plan->seqs[i].num_computed_tokens == 0 &&
+                    plan->seqs[i].num_new_tokens >= 16)
+                    item_at = k;
+            }
+        kvrt_seq_info_t info;
+        ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, a, &info));
+        if (!preempted_at && info.state == KVRT_SEQ_PREEMPTED)
+            preempted_at = k;
+        /* Not readmitted in the step that preempted it: it first waits
+         * for its item in the next. */
+        if (preempted_at && k > preempted_at && !planned && !waited_at)
+            waited_at = k;
+        if (k > 3) /* the decoders' prompts ran in step 3 */
+            cr_assert_geq(plan->num_decode_seqs, item_at == k ? 2u : 3u,
+                          "the decoders run on: step %u planned %u decodes", k,
+                          plan->num_decode_seqs);
+        commit_token(&f, plan, 1);
+    }
+    cr_assert(preempted_at, "A was never preempted");
+    cr_assert(waited_at, "A's item never waited");
+    cr_assert_eq(item_at, waited_at + 1, "preempted at step %u, waited at %u, item at %u",
+                 preempted_at, waited_at, item_at);
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, a));
+    for (int i = 0; i < 3; i++)
+        ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, decoders[i]));
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, k, &plan));
+    cr_assert_eq(plan->num_seqs, 0);
+    kvrt_seq_info_t ev[8];
+    uint32_t n;
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 8, &n));
+    cr_assert_eq(n, 4);
+    close_fixture(&f);
 }
