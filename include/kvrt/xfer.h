@@ -319,7 +319,10 @@ typedef struct kvrt_xfer_peer_info {
     uint32_t connections;          /* live backend connections */
     uint32_t reconnects;           /* successful reconnections so far */
     uint32_t outstanding;          /* requests not yet completed */
-    char name[KVRT_XFER_NAME_MAX]; /* the remote agent's name */
+    /* The remote agent's name, as stated in the handshake of the
+     * connection attached (kept, like the instance, while the peer is
+     * down and through attempts that fail). */
+    char name[KVRT_XFER_NAME_MAX];
     /* Appended in the second version. The instance of the remote agent
      * this peer's connection reached (its listener states it in the
      * handshake): 64 random bits the agent drew at creation. It changes

@@ -191,6 +191,7 @@ bool xfer_incoming_claim(kvrt_xfer_agent_t *a, int fd, const kvrt_xfer_hello_t *
         if (p) {
             memcpy(p->session, hello->session, sizeof(p->session));
             memcpy(p->name, hello->name, sizeof(p->name));
+            memcpy(p->remote_name, hello->name, sizeof(p->remote_name));
             xfer_list_push(&a->peers, &p->link);
             a->npeers++;
             a->peers_alive++;

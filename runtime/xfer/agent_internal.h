@@ -137,7 +137,11 @@ struct kvrt_xfer_peer {
     uint32_t conn_users;     /* backend ops running on conn */
     kvrt_xfer_addr_t addr;
     uint8_t session[KVRT_XFER_SESSION_BYTES];
+    /* The name the remote agent stated in the handshake of the connection
+     * attached (peer info, logs, notifications); remote_name is the last
+     * handshake's, which the backend setting up that connection names. */
     char name[KVRT_XFER_NAME_MAX];
+    char remote_name[KVRT_XFER_NAME_MAX];
     /* A dialed peer's remote agent instance, as its listener stated it in
      * the last handshake: only remotes of that instance are posted to. */
     uint64_t remote_instance;

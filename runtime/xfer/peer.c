@@ -162,7 +162,7 @@ kvrt_status_t kvrt_xfer_bk_dial(kvrt_xfer_bk_peer_t *p, uint32_t conn_index,
         pthread_mutex_lock(&a->lock);
         bool refused = xfer_name_refused(a, server);
         if (!refused) {
-            memcpy(p->name, server, sizeof(p->name));
+            memcpy(p->remote_name, server, sizeof(p->remote_name));
             /* Set before the connection is attached, so every request
              * admitted on it is checked against this instance. */
             p->remote_instance = instance;
@@ -204,6 +204,7 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_connect(kvrt_xfer_agent_t *agent, const char
     xfer_settled(agent);
     p->conn = conn;
     p->attached_instance = p->remote_instance;
+    memcpy(p->name, p->remote_name, sizeof(p->name));
     p->connections = agent->connections;
     p->backoff_ms = agent->reconnect_initial_ms;
     xfer_list_push(&agent->peers, &p->link);
@@ -266,7 +267,9 @@ void kvrt_xfer_bk_conn_failed(kvrt_xfer_bk_peer_t *p, kvrt_status_t status,
                               const char *why)
 {
     kvrt_xfer_agent_t *a = p->agent;
+    char name[KVRT_XFER_NAME_MAX];
     pthread_mutex_lock(&a->lock);
+    memcpy(name, p->name, sizeof(name)); /* an attach may rewrite it */
     bool first = !p->conn_broken && p->state == KVRT_XFER_PEER_CONNECTED;
     if (first) {
         p->conn_broken = true;
@@ -278,7 +281,7 @@ void kvrt_xfer_bk_conn_failed(kvrt_xfer_bk_peer_t *p, kvrt_status_t status,
     if (first) {
         /* A dialer going away is normal for the listening side. */
         kvrt_log(a->ctx, p->dialed ? KVRT_LOG_WARN : KVRT_LOG_INFO,
-                 "xfer %s: connection to %s lost (%s): %s", a->name, p->name,
+                 "xfer %s: connection to %s lost (%s): %s", a->name, name,
                  kvrt_status_str(status), why ? why : "");
         uint64_t one = 1;
         (void)!write(a->wake_fd, &one, sizeof(one));
@@ -286,7 +289,7 @@ void kvrt_xfer_bk_conn_failed(kvrt_xfer_bk_peer_t *p, kvrt_status_t status,
 }
 
 kvrt_ctx_t *kvrt_xfer_bk_ctx(const kvrt_xfer_bk_peer_t *p) { return p->agent->ctx; }
-const char *kvrt_xfer_bk_peer_name(const kvrt_xfer_bk_peer_t *p) { return p->name; }
+const char *kvrt_xfer_bk_peer_name(const kvrt_xfer_bk_peer_t *p) { return p->remote_name; }
 
 void kvrt_xfer_bk_count_bytes(kvrt_xfer_agent_t *a, uint64_t written, uint64_t read)
 {
@@ -327,12 +330,14 @@ void kvrt_xfer_bk_refuse(kvrt_xfer_bk_peer_t *p, kvrt_status_t status, const cha
 {
     kvrt_xfer_agent_t *a = p->agent;
     uint64_t suppressed = 0;
+    char name[KVRT_XFER_NAME_MAX];
     pthread_mutex_lock(&a->lock);
     a->stats.refused++;
     bool log = xfer_refusal_log_ok(a, &suppressed);
+    memcpy(name, p->name, sizeof(name));
     pthread_mutex_unlock(&a->lock);
     if (log)
         kvrt_log(a->ctx, KVRT_LOG_WARN,
                  "xfer %s: refused from %s (%s): %s (%" PRIu64 " similar lines suppressed)",
-                 a->name, p->name, kvrt_status_str(status), why, suppressed);
+                 a->name, name, kvrt_status_str(status), why, suppressed);
 }

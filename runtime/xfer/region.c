@@ -393,15 +393,17 @@ kvrt_status_t kvrt_xfer_bk_pin(kvrt_xfer_bk_peer_t *peer, uint32_t id, uint32_t 
     }
     uint64_t suppressed = 0;
     bool log = false;
+    char name[KVRT_XFER_NAME_MAX];
     if (st != KVRT_OK) {
         a->stats.refused++;
         log = xfer_refusal_log_ok(a, &suppressed);
+        memcpy(name, peer->name, sizeof(name));
     }
     pthread_mutex_unlock(&a->lock);
     if (log)
         kvrt_log(a->ctx, KVRT_LOG_WARN,
                  "xfer %s: refused access from %s: %s (%" PRIu64 " similar lines suppressed)",
-                 a->name, peer->name, why, suppressed);
+                 a->name, name, why, suppressed);
     return st;
 }
 

@@ -41,6 +41,7 @@ static void reconnect_finish(kvrt_xfer_peer_t *p, kvrt_status_t st, void *conn, 
     } else if (st == KVRT_OK) {
         p->conn = conn;
         p->attached_instance = p->remote_instance;
+        memcpy(p->name, p->remote_name, sizeof(p->name));
         p->state = KVRT_XFER_PEER_CONNECTED;
         p->reconnects++;
         p->attempts = 0;

@@ -319,17 +319,20 @@ Test(xfer_restart, the_peer_reports_the_instance_it_is_connected_to, .timeout = 
     buffers_free(&b);
 }
 
-/* The instance is the attached connection's, not the last handshake's: an
- * attempt whose handshake reached another agent and whose extra sockets
- * then failed left the peer down, and the caller must not read a restart
- * into it. */
+/* The instance (and the name) are the attached connection's, not the last
+ * handshake's: an attempt whose handshake reached another agent and whose
+ * extra sockets then failed left the peer down, and the caller must not
+ * read a restart into it. */
 Test(xfer_restart, an_attempt_that_fails_after_its_handshake_changes_no_instance, .timeout = 60)
 {
     restart_t f = restart_up(0);
     kvrt_ctx_t *ctx = f.ctx;
     kvrt_xfer_peer_t *peer = txu_connect(ctx, f.dialer, f.listener);
-    uint64_t first = peer_instance(ctx, peer);
+    kvrt_xfer_peer_info_t before = {.struct_size = sizeof(before)};
+    ASSERT_OK(ctx, kvrt_xfer_peer_info(peer, &before));
+    uint64_t first = before.instance;
     cr_assert_neq(first, TXR_INSTANCE);
+    cr_assert(strcmp(before.name, "raw") != 0);
 
     ASSERT_OK(ctx, kvrt_xfer_agent_destroy(f.listener));
     f.listener = NULL;
@@ -350,6 +353,7 @@ Test(xfer_restart, an_attempt_that_fails_after_its_handshake_changes_no_instance
     ASSERT_OK(ctx, kvrt_xfer_peer_info(peer, &info));
     cr_assert_neq(info.state, KVRT_XFER_PEER_CONNECTED);
     cr_assert_eq(info.instance, first, "an attempt that failed changed the instance");
+    cr_assert_str_eq(info.name, before.name, "an attempt that failed changed the name");
 
     ASSERT_OK(ctx, kvrt_xfer_agent_destroy(f.dialer));
     txr_holder_stop(&h);

@@ -379,9 +379,15 @@ static kvrt_status_t kv_on_reply(kvrt_xfer_request_t *r, kvrt_status_t status,
             st = KVRT_ERR_INTEGRITY;
     }
     XXH3_freeState(s);
-    if (st == KVRT_ERR_INTEGRITY)
+    if (st == KVRT_ERR_INTEGRITY) {
+        char name[KVRT_XFER_NAME_MAX] = "?";
+        pthread_mutex_lock(&r->agent->lock);
+        if (r->peer)
+            memcpy(name, r->peer->name, sizeof(name));
+        pthread_mutex_unlock(&r->agent->lock);
         kvrt_log(r->agent->ctx, KVRT_LOG_WARN, "xfer %s: KV read from %s failed its checksum",
-                 r->agent->name, r->peer ? r->peer->name : "?");
+                 r->agent->name, name);
+    }
     return st;
 }
 
@@ -449,14 +455,16 @@ static kvrt_status_t kv_serve_msg(kvrt_xfer_peer_t *peer, uint32_t type, const u
     if (st == KVRT_OK && !verify)
         *reply_bytes_out = 8 * n;
     if (verify && (st == KVRT_ERR_INTEGRITY || (st == KVRT_OK && last && nb))) {
+        char name[KVRT_XFER_NAME_MAX];
         pthread_mutex_lock(&a->lock);
         if (st == KVRT_ERR_INTEGRITY)
             a->stats.integrity_failures++;
         xfer_notification_push(a, peer->name, st, payload + head, nb);
+        memcpy(name, peer->name, sizeof(name));
         pthread_mutex_unlock(&a->lock);
         if (st == KVRT_ERR_INTEGRITY)
             kvrt_log(a->ctx, KVRT_LOG_WARN, "xfer %s: KV blocks from %s failed their checksum",
-                     a->name, peer->name);
+                     a->name, name);
     }
     return st;
 }
