@@ -97,7 +97,10 @@
  * When the victim is the sequence in need itself, it is the one preempted.
  * A sequence that cannot get a block even when it is the only one running
  * (the caller holds the rest of the pool) ends FAILED with
- * KVRT_ERR_NO_BLOCKS; while arrivals hold blocks it waits for them instead.
+ * KVRT_ERR_NO_BLOCKS; while arrivals or plans in flight hold blocks it
+ * waits for them instead (a request that ended while a plan in flight
+ * still holds it does not count as running: its blocks come back when
+ * that plan commits).
  * New admissions never preempt running sequences.
  *
  * Speculation (max_draft_tokens k > 0). Before each step a decoding sequence

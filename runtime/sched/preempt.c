@@ -151,9 +151,12 @@ bool sched_relieve(kvrt_sched_t *s, seq_t *q, uint32_t *budget, bool admitting)
     if (victim->in_plan & ~sched_plan_bit(s))
         return false; /* in flight (async): q waits for that plan's commit */
     if (victim == q) {
-        if (s->running_live == 1 && (s->num_awaiting || s->num_given_up || s->num_pending))
+        /* Alone among requests that have not ended: an ended one still
+         * running holds blocks that its plan's commit gives back. */
+        const bool alone = s->running_live - s->running_ended == 1;
+        if (alone && (s->num_awaiting || s->num_given_up || s->num_pending))
             return false; /* arrivals or plans in flight hold blocks */
-        if (s->running_live == 1) {
+        if (alone) {
             kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
                       "request 0x%llx cannot grow even alone in the pool",
                       (unsigned long long)sched_id(s, q));

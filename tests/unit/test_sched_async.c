@@ -186,6 +186,70 @@ Test(sched_async, abort_in_two_plans_frees_at_the_last_commit)
     sched_fixture_close(&f);
 }
 
+/* A request that cannot grow, alone but for one that ended while a plan
+ * in flight still holds it, waits for that plan's commit (which frees the
+ * ended one's blocks) instead of being preempted and recomputing. */
+Test(sched_async, a_request_alone_but_for_an_ended_one_in_flight_waits_for_its_blocks)
+{
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_DRAFT, .max_draft_tokens = 2};
+    fixture_t f = open_async(16, 4, &sp);
+    kvrt_seq_id_t a = add(&f, 2, 20, -1);
+    kvrt_seq_id_t b = add(&f, 2, 20, -1);
+    const kvrt_batch_plan_t *p1, *p2, *p3, *p4, *p5;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 1, &p1));
+    sched_fixture_commit(&f, p1, 7);
+    /* The caller holds every other block: a's next block can only be
+     * one b gives back. */
+    kvrt_pool_info_t pi;
+    ASSERT_OK(f.ctx, kvrt_pool_info(f.pool, &pi));
+    int32_t held[16];
+    cr_assert_leq(pi.free_blocks, 16);
+    ASSERT_OK(f.ctx, kvrt_pool_alloc(f.pool, pi.free_blocks, held));
+    int32_t draft = 8;
+    ASSERT_OK(f.ctx, kvrt_seq_set_draft(f.sched, a, &draft, 1));
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 2, &p2)); /* a verifies, b decodes */
+    cr_assert_eq(p2->num_seqs, 2);
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 3, &p3)); /* b alone: a's check in flight */
+    cr_assert_eq(p3->num_seqs, 1);
+    cr_assert_eq(p3->seqs[0].id, b);
+    /* a accepts its draft: its next token opens a block. */
+    int32_t toks[3];
+    uint32_t accepted[2], n = 0;
+    for (uint32_t i = 0; i < 2; i++) {
+        bool is_a = p2->seqs[i].id == a;
+        accepted[i] = is_a;
+        if (is_a)
+            toks[n++] = 8;
+        toks[n++] = 9;
+    }
+    kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = p2->step, .num_seqs = 2,
+                       .num_tokens = n, .tokens = toks, .num_accepted = accepted};
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, b));
+    kvrt_seq_info_t ev[2];
+    cr_assert_eq(drain(&f, ev, 2), 1);
+
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 4, &p4));
+    cr_assert_eq(p4->num_seqs, 0, "no block for a until plan 3 commits");
+    cr_assert_eq(p4->num_preempted, 0, "a is alone but for b, which plan 3 still holds");
+    kvrt_seq_info_t info;
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, a, &info));
+    cr_assert_eq(info.state, KVRT_SEQ_RUNNING);
+    cr_assert_eq(info.preemptions, 0);
+    cr_assert_eq(info.computed_tokens, 4);
+
+    sched_fixture_commit(&f, p3, 5); /* b's blocks come back */
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 5, &p5));
+    cr_assert_eq(p5->num_seqs, 1);
+    cr_assert_eq(p5->seqs[0].id, a);
+    cr_assert_eq(p5->seqs[0].num_computed_tokens, 4, "nothing recomputed");
+    sched_fixture_commit(&f, p5, 6);
+    ASSERT_OK(f.ctx, kvrt_pool_free(f.pool, pi.free_blocks, held));
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, a));
+    cr_assert_eq(drain(&f, ev, 2), 1);
+    sched_fixture_close(&f);
+}
+
 Test(sched_async, placeholder_that_reaches_the_length_limit_is_not_planned)
 {
     fixture_t f = open_async(64, 4, NULL);
