@@ -803,7 +803,9 @@ typedef struct kvrt_plan_group {
  * sequence keeps its row from admission to preemption or end, and each step
  * writes only the entries that changed (a new block, a rollback), so
  * rebuilding costs nothing; an engine mirroring rows on the device applies
- * the same changes (rows_changed lists the rows touched this step). With
+ * the same changes (rows_changed lists the rows touched since the last
+ * plan that was not empty, so an empty plan's rows are listed again by the
+ * next one; each list stays intact while its plan is in flight). With
  * csr_block_tables, block_table_offsets[num_seqs+1] and block_table_ids
  * also give each planned sequence's blocks as CSR, rebuilt every step;
  * when their buffer cannot grow (no memory) the step leaves them NULL

@@ -797,12 +797,18 @@ static void build_csr(kvrt_sched_t *s)
     s->plan->block_table_ids = b->csr_ids;
 }
 
-/* Publishes the rows changed since the last plan and starts a new set. */
+/* Publishes the rows changed since the last plan and, after a plan that
+ * goes in flight, starts a new set. An empty plan is not in flight: its
+ * set goes on growing into the next plan's (which lists its rows again),
+ * so that the buffers of plans in flight are never reached by the
+ * rotation however many empty steps come between. */
 static void publish_rows_changed(kvrt_sched_t *s)
 {
     row_changes_t *rc = &s->rc;
     s->plan->rows_changed = rc->changed[rc->accumulating];
     s->plan->num_rows_changed = rc->num_changed[rc->accumulating];
+    if (!s->plan->num_seqs)
+        return;
     /* The next buffer: the lists of plans still in flight are older. */
     rc->accumulating = (rc->accumulating + 1) % (SCHED_PLAN_SLOTS + 1);
     rc->num_changed[rc->accumulating] = 0;

@@ -186,6 +186,44 @@ Test(sched_async, abort_in_two_plans_frees_at_the_last_commit)
     sched_fixture_close(&f);
 }
 
+/* Plans one request to the end of its prompt, takes `empty` empty steps
+ * while its last token is in flight, then plans another request. */
+static void rows_changed_across_empty_steps(uint32_t empty)
+{
+    fixture_t f = open_async(64, 4, NULL);
+    add(&f, 6, 1, -1); /* its first token is its last: nothing follows it */
+    const kvrt_batch_plan_t *p1, *none, *next;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 1, &p1));
+    cr_assert_eq(p1->num_rows_changed, 1);
+    const int32_t first_row = p1->rows_changed[0];
+    for (uint32_t i = 0; i < empty; i++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 2 + i, &none));
+        cr_assert_eq(none->num_seqs, 0);
+    }
+    kvrt_seq_id_t b = add(&f, 6, 4, -1);
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 2 + empty, &next));
+    cr_assert_eq(next->num_seqs, 1);
+    cr_assert_eq(next->seqs[0].id, b);
+    cr_assert_eq(next->num_rows_changed, 1);
+    cr_assert_eq(next->rows_changed[0], (int32_t)next->seqs[0].row);
+    cr_assert_neq(next->seqs[0].row, (uint32_t)first_row);
+    cr_assert_eq(p1->num_rows_changed, 1);
+    cr_assert_eq(p1->rows_changed[0], first_row,
+                 "plan 1's list changed while in flight (%u empty steps)", empty);
+    sched_fixture_commit(&f, p1, 1);
+    sched_fixture_commit(&f, next, 2);
+    close_running(&f);
+}
+
+/* Empty steps (nothing to plan while the only request's last token is in
+ * flight) do not reuse the rows_changed list of the plan in flight, however
+ * many come between. */
+Test(sched_async, empty_steps_leave_the_rows_changed_list_of_a_plan_in_flight)
+{
+    for (uint32_t empty = 0; empty <= 4; empty++)
+        rows_changed_across_empty_steps(empty);
+}
+
 /* A request that cannot grow, alone but for one that ended while a plan
  * in flight still holds it, waits for that plan's commit (which frees the
  * ended one's blocks) instead of being preempted and recomputing. */
