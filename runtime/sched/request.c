@@ -501,16 +501,22 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_set_drafts(kvrt_sched_t *s, uint32_t num_se
         }
         total += n;
     }
+    /* The entries before `failed` passed every check but their tokens':
+     * the first of them with a negative draft is the first bad entry. */
+    uint32_t scan = failed;
     if (KVRT_LIKELY(failed == num_seqs)) {
         /* The tokens, all in one loop over their concatenation. */
         int32_t any = 0;
         for (uint64_t k = 0; k < total; k++)
             any |= tokens[k];
-        if (KVRT_UNLIKELY(any < 0)) {
-            const int32_t *at = tokens;
-            for (uint32_t i = 0; i < num_seqs && failed == num_seqs; at += counts[i++])
-                if (!check_draft(s, ids[i], at, counts[i], &status))
-                    failed = i;
+        if (KVRT_LIKELY(any >= 0))
+            scan = 0;
+    }
+    const int32_t *entry_tokens = tokens;
+    for (uint32_t i = 0; i < scan; entry_tokens += counts[i++]) {
+        if (!check_draft(s, ids[i], entry_tokens, counts[i], &status)) {
+            failed = i;
+            break;
         }
     }
     if (KVRT_UNLIKELY(failed != num_seqs)) {

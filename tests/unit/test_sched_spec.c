@@ -457,6 +457,35 @@ Test(sched_spec, set_drafts_for_many_requests_is_all_or_nothing)
     commit_and_close(&f, plan, id, 3);
 }
 
+/* A refused call names its first bad entry, whichever check it fails:
+ * a negative draft before an unknown id is the one reported. */
+Test(sched_spec, a_refused_set_drafts_names_its_first_bad_entry)
+{
+    fixture_t f = open_fixture(4, false, 8192);
+    int32_t prompt[3] = {1, 2, 3};
+    kvrt_seq_id_t id[3];
+    add_and_prefill(&f, prompt, 3, 20, id, 3);
+    const kvrt_seq_id_t gone = id[2] + 0x200000000ull;
+    uint32_t counts[3] = {1, 1, 1};
+    int32_t negative_second[3] = {5, -3, 6};
+    kvrt_seq_id_t ids[3] = {id[0], id[1], gone};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
+                  kvrt_sched_set_drafts(f.sched, 3, ids, counts, negative_second));
+    cr_assert(strstr(kvrt_ctx_last_error(f.ctx), "entry 1:") != NULL, "%s",
+              kvrt_ctx_last_error(f.ctx));
+    int32_t negative_third[3] = {5, 6, -3};
+    ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST,
+                  kvrt_sched_set_drafts(f.sched, 3, ids, counts, negative_third));
+    cr_assert(strstr(kvrt_ctx_last_error(f.ctx), "entry 2:") != NULL, "%s",
+              kvrt_ctx_last_error(f.ctx));
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 1, &plan));
+    int32_t got[4];
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(planned_drafts(plan, id[i], got), 0, "a refused call set no drafts");
+    commit_and_close(&f, plan, id, 3);
+}
+
 Test(sched_spec, drafts_that_come_with_the_commit_are_the_next_steps)
 {
     fixture_t f = open_fixture(4, false, 8192);
