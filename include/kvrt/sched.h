@@ -648,7 +648,8 @@ typedef struct kvrt_arrival_params {
  * and appends blocks up to params->num_tokens tokens to its block table.
  * *first_block_out is the table index of the first block the caller must
  * fill and *num_blocks_out how many (0 when the local cache already holds
- * the whole prefix; the arrival must still be completed); the ids are in
+ * the whole prefix; the arrival must still be completed, and its
+ * completion keeps the hits as computed); the ids are in
  * kvrt_seq_blocks(). The blocks come out of the free and idle-cached pool
  * above its watermark (when the scheduler uses one); nothing is preempted.
  * Outputs are written only on success; on error the request stays queued

@@ -297,18 +297,21 @@ static void land(kvrt_sched_t *s, arrival_t *a)
     stop_awaiting(s, q);
     uint32_t first[KVRT_SCHED_MAX_GROUPS], count[KVRT_SCHED_MAX_GROUPS],
         landed[KVRT_SCHED_MAX_GROUPS];
-    bool failed = false;
+    bool failed = false, none_to_land = true;
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const arrival_group_t *part = arrival_part(s, a, g);
         first[g] = part->first_block;
         count[g] = part->num_blocks;
         landed[g] = part->landed;
         failed = failed || landed[g] < count[g];
+        none_to_land = none_to_land && count[g] == 0;
     }
     if (failed)
         s->stats.arrivals_failed++;
     uint32_t end = sched_groups_arrival_served(s, q, a->end_tokens, first, count, landed);
-    if (end <= q->computed) {
+    /* An arrival of no blocks (the local cache held the whole prefix)
+     * keeps the hits it found, as one whose blocks all landed would. */
+    if (end < q->computed || (end == q->computed && !(none_to_land && end))) {
         /* Nothing usable: matched again at admission, like any request. */
         sched_release(s, q);
     } else {

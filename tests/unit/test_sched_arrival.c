@@ -285,6 +285,37 @@ Test(sched_arrival, local_cache_hits_are_kept_and_only_the_rest_arrives)
     close_fixture(&f);
 }
 
+/* An arrival of no blocks (the local cache already holds more than the
+ * caller would send) still has to be completed, and completing it keeps
+ * the hits: the request prefills only what they do not cover. */
+Test(sched_arrival, an_arrival_of_no_blocks_keeps_the_local_hits)
+{
+    fixture_t f = open_fixture(64, true);
+    add(&f, 13, 100);
+    run_to_end(&f, 1); /* 3 full blocks of the prompt are cached */
+    kvrt_seq_id_t a = add(&f, 13, 100);
+    uint32_t first, count;
+    kvrt_arrival_id_t arr = await_kv(&f, a, 8, 0, &first, &count);
+    cr_assert_eq(count, 0, "the cache holds the 8 tokens already");
+    cr_assert_eq(first, 3);
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arr, 0));
+    const int32_t *blocks;
+    uint32_t num_blocks, num_tokens;
+    ASSERT_OK(f.ctx, kvrt_seq_blocks(f.sched, a, &blocks, &num_blocks, &num_tokens));
+    cr_assert_eq(num_blocks, 3, "the hits are kept");
+    const kvrt_batch_plan_t *plan = step(&f, 100);
+    int i = plan_index(plan, a);
+    cr_assert_geq(i, 0);
+    cr_assert_eq(plan->seqs[i].num_computed_tokens, 12);
+    cr_assert_eq(plan->seqs[i].num_new_tokens, 1, "only the last token is computed");
+    commit(&f, plan);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.arrivals_failed, 0);
+    run_to_end(&f, 200);
+    close_fixture(&f);
+}
+
 Test(sched_arrival, landed_blocks_enter_the_prefix_cache_at_first_commit)
 {
     fixture_t f = open_fixture(64, true);
