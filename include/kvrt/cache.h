@@ -296,8 +296,11 @@ enum kvrt_cache_reset_flags {
  * cached block is still referenced (a running request, a waiting request
  * holding its hits or arrived K/V); with KVRT_CACHE_RESET_FORGET_BUSY those
  * blocks leave the index at once and stay with their holders as ordinary
- * used blocks. Counters are not reset (kvrt_cache_reset_stats); misses of
- * blocks cached before read as never cached. O(pool blocks).
+ * used blocks. A scheduler built on the cache then offers none of the
+ * blocks of a request that held K/V at the reset, those it fills later
+ * included, until it recomputes (docs/scheduler.md). Counters are not
+ * reset (kvrt_cache_reset_stats); misses of blocks cached before read as
+ * never cached. O(pool blocks).
  * Errors: KVRT_ERR_INVALID_ARG (NULL cache, unknown flag bits),
  * KVRT_ERR_BUSY (flags 0 and referenced blocks; nothing changes).
  */

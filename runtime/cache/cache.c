@@ -41,6 +41,7 @@ struct kvrt_cache {
     kvrt_cache_stats_t stats;
     kvrt_pool_cache_ops_t pool_ops;
     uint32_t holders; /* schedulers built on this cache */
+    uint64_t resets;  /* kvrt_cache_reset calls that emptied it */
     cache_hooks_t hooks;
 };
 
@@ -56,6 +57,8 @@ uint32_t kvrt_cache_peek_victims(const kvrt_cache_t *cache, int32_t *blocks_out,
 }
 cache_hooks_t *kvrt_cache_hooks(kvrt_cache_t *cache) { return &cache->hooks; }
 void kvrt_cache_hold(kvrt_cache_t *cache) { cache->holders++; }
+uint64_t kvrt_cache_resets(const kvrt_cache_t *cache) { return cache->resets; }
+void kvrt_cache_count_reset(kvrt_cache_t *cache) { cache->resets++; }
 void kvrt_cache_unhold(kvrt_cache_t *cache) { cache->holders--; }
 
 static const cache_policy_ops_t *const policy_table[] = {

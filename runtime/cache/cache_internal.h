@@ -285,6 +285,8 @@ typedef struct cache_parts {
     const cache_name_t *names;
 } cache_parts_t;
 void kvrt_cache_parts(kvrt_cache_t *cache, cache_parts_t *parts_out);
+/* Counts a completed reset (kvrt_cache_resets). */
+void kvrt_cache_count_reset(kvrt_cache_t *cache);
 
 extern const cache_policy_ops_t kvrt_cache_policy_lru;
 extern const cache_policy_ops_t kvrt_cache_policy_lfu;

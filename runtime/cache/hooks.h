@@ -35,6 +35,10 @@
 kvrt_pool_t *kvrt_cache_pool(const kvrt_cache_t *cache);
 void kvrt_cache_hold(kvrt_cache_t *cache);
 void kvrt_cache_unhold(kvrt_cache_t *cache);
+/* How many times kvrt_cache_reset has emptied the cache: a holder that
+ * keeps K/V computed before a reset (a scheduler's running requests, a
+ * tier's copies) compares it with the count it last saw. */
+uint64_t kvrt_cache_resets(const kvrt_cache_t *cache);
 
 /* ---- naming a cached block ------------------------------------------------ */
 

@@ -48,6 +48,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_reset(kvrt_cache_t *cache, uint32_t flags)
     /* Misses after a reset read "never cached", not "evicted". */
     for (uint64_t i = 0; i <= c.index->mask; i++)
         c.index->slots[i].explain_keys[0] = c.index->slots[i].explain_keys[1] = 0;
+    kvrt_cache_count_reset(cache);
     kvrt_cache_emit_cleared(cache);
     kvrt_log(c.ctx, KVRT_LOG_INFO, "cache %s: reset", c.name);
     return KVRT_OK;

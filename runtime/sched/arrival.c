@@ -293,6 +293,7 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_await_kv_groups(kvrt_sched_t *s, kvrt_seq_id_
  * become computed and the request is queued again. */
 static void land(kvrt_sched_t *s, arrival_t *a)
 {
+    sched_sync_cache_resets(s);
     seq_t *q = &s->seqs[a->seq];
     stop_awaiting(s, q);
     uint32_t first[KVRT_SCHED_MAX_GROUPS], count[KVRT_SCHED_MAX_GROUPS],

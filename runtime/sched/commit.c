@@ -432,6 +432,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_commit(kvrt_sched_t *s, const kvrt_commit_t
     const uint8_t bit = sched_plan_bit(s);
 
     uint64_t t_start = kvrt_now_ns();
+    sched_sync_cache_resets(s);
     if (next_counts)
         apply_entries(s, c, bit, next_total, true);
     else

@@ -54,7 +54,7 @@ void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q)
         sched_groups_cache_full(s, q);
         return;
     }
-    if (q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE)
+    if (q->cache_flags & SCHED_CACHE_NO_WRITE)
         return;
     uint32_t full = sched_full_blocks(s, q);
     if (full <= q->num_inserted)
@@ -76,7 +76,7 @@ void sched_insert_defer(kvrt_sched_t *s, seq_t *q)
      * fetches the second line (num_inserted) a stage ahead. Read here, that
      * line is a miss the commit waits for, once per block filled, with
      * thousands of requests running. */
-    if (!(q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE))
+    if (!(q->cache_flags & SCHED_CACHE_NO_WRITE))
         s->inserts[s->num_inserts++] = sched_slot(s, q);
 }
 
@@ -123,5 +123,30 @@ void sched_inserts_flush(kvrt_sched_t *s)
             hash_blocks(s, q, full); /* done in the stage before, unless unstaged */
             insert_blocks(s, q, s->rows + (size_t)q->row * s->row_stride, full);
         }
+    }
+}
+
+uint64_t sched_cache_resets(const kvrt_sched_t *s)
+{
+    uint64_t n = 0;
+    for (uint32_t g = 0; g < s->num_groups; g++)
+        if (s->groups[g].cache)
+            n += kvrt_cache_resets(s->groups[g].cache);
+    return n;
+}
+
+void sched_sync_cache_resets(kvrt_sched_t *s)
+{
+    const uint64_t resets = sched_cache_resets(s);
+    if (KVRT_LIKELY(resets == s->cache_resets))
+        return;
+    s->cache_resets = resets;
+    /* Whatever a request holds was computed (or landed) before the reset:
+     * running ones, a pinned head's hits, arrived or arriving K/V, and
+     * ended requests whose plan in flight still holds their blocks. */
+    for (uint32_t i = 0; i < s->max_requests; i++) {
+        seq_t *q = &s->seqs[i];
+        if (q->table || q->computed || q->arrival != SCHED_NONE)
+            q->cache_flags |= SCHED_CACHE_STALE;
     }
 }

@@ -674,7 +674,7 @@ kvrt_status_t sched_groups_match(kvrt_sched_t *s, seq_t *q, uint32_t *hit_tokens
 
 void sched_groups_cache_full(kvrt_sched_t *s, seq_t *q)
 {
-    if (q->cache_flags & KVRT_SEQ_CACHE_SKIP_WRITE)
+    if (q->cache_flags & SCHED_CACHE_NO_WRITE)
         return;
     const uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
     for (uint32_t g = 0; g < s->num_groups; g++) {

@@ -121,6 +121,7 @@ void sched_release(kvrt_sched_t *s, seq_t *q)
     q->lag = 0;
     q->num_inserted = 0;
     q->match_tokens = 0;
+    q->cache_flags &= (uint8_t)~SCHED_CACHE_STALE; /* it recomputes from here */
 }
 
 void sched_end(kvrt_sched_t *s, seq_t *q, kvrt_seq_end_reason_t reason,

@@ -434,6 +434,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_create_groups(
         s->free_rows[r] = s->max_seqs - 1 - r; /* row 0 is handed out first */
     s->num_free_rows = s->max_seqs;
     init_plan(s);
+    s->cache_resets = sched_cache_resets(s);
 
     s->index = kvrt_ctx_next_index(ctx, "sched");
     char prefix[32];

@@ -148,8 +148,15 @@ _Static_assert(offsetof(seq_t, heap_pos) <= 128, "seq_t's second line outgrew 64
  * its blocks takes NULL keys, the same keys to the cache, without reading
  * the line that holds them. */
 #define SCHED_CACHE_NO_KEYS 0x80u
+/* The request held K/V when the cache was reset (weights changed): none of
+ * its blocks, those it fills later included (their attention read the old
+ * K/V), is offered to the cache until it lets go of them all and
+ * recomputes (sched_release). */
+#define SCHED_CACHE_STALE 0x40u
+/* What keeps a request's blocks out of the cache. */
+#define SCHED_CACHE_NO_WRITE (KVRT_SEQ_CACHE_SKIP_WRITE | SCHED_CACHE_STALE)
 _Static_assert((KVRT_SEQ_CACHE_SKIP_READ | KVRT_SEQ_CACHE_SKIP_WRITE |
-                KVRT_SEQ_CACHE_DROP_LAST_HIT) < SCHED_CACHE_NO_KEYS,
+                KVRT_SEQ_CACHE_DROP_LAST_HIT) < SCHED_CACHE_STALE,
                "an internal cache flag shares a bit with kvrt_seq_cache_flags");
 
 static inline const kvrt_hash_keys_t *sched_seq_keys(const seq_t *q)
@@ -420,6 +427,9 @@ struct kvrt_sched {
      * prefix cache (full_blocks.c). */
     uint32_t inserts[SCHED_INSERTS];
     uint32_t num_inserts;
+    /* The caches' resets seen (kvrt_cache_resets, summed over the groups):
+     * a new one marks the requests holding K/V stale (full_blocks.c). */
+    uint64_t cache_resets;
 
     /* The last KVRT_SCHED_HIT_WINDOW admissions' (hit, offered) tokens. */
     struct { uint32_t hit, offered; } *window;
@@ -728,6 +738,13 @@ void sched_insert_defer(kvrt_sched_t *s, seq_t *q);
 /* Runs the deferred inserts, in the order they were deferred. Must run
  * before anything in the commit releases blocks or ends a request. */
 void sched_inserts_flush(kvrt_sched_t *s);
+/* When a cache was reset since the last call, marks every request holding
+ * K/V SCHED_CACHE_STALE. Called where a scheduler call may go on to insert
+ * or adopt blocks (step, commit, arrival completion): one load per cache
+ * group when nothing was reset, O(max_requests) after a reset. */
+void sched_sync_cache_resets(kvrt_sched_t *s);
+/* The caches' resets so far, summed over the groups. */
+uint64_t sched_cache_resets(const kvrt_sched_t *s);
 
 /* ---- arrival.c ------------------------------------------------------------ */
 

@@ -828,6 +828,7 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_step(kvrt_sched_t *s, uint64_t now_ns,
                          (unsigned long long)s->plans[s->pending_head].step,
                          s->max_in_flight);
     uint64_t t_start = kvrt_now_ns();
+    sched_sync_cache_resets(s);
     const uint32_t slot = (s->pending_head + s->num_pending) % s->max_in_flight;
     sched_use_slot(s, slot);
     sched_compact_running(s, false);

@@ -2,7 +2,9 @@
  * test_sched_cache_reset.c - kvrt_cache_reset with a scheduler built on the
  * cache: it empties the cache so later requests miss, refuses while cached
  * blocks are referenced (changing nothing), and with FORGET_BUSY unindexes
- * referenced blocks, which their holders keep until they end.
+ * referenced blocks, which their holders keep until they end. K/V a
+ * request held at a reset (computed with the old weights) never reaches the
+ * cache afterwards, not even in blocks it fills later.
  */
 #include "sched_fixture.h"
 
@@ -111,6 +113,71 @@ Test(sched_cache_reset, forget_busy_unindexes_referenced_blocks_which_their_hold
     kvrt_sched_stats_t st;
     ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
     cr_assert_eq(st.prefix_hit_tokens, 0, "the second request found nothing from before");
+    ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
+    close_fixture(&f);
+}
+
+/* Admits a request of `len` tokens starting at `first`, steps once and
+ * returns its prefix hit (the step's computed tokens for it). */
+static uint32_t hit_of(fixture_t *f, int32_t first, uint32_t len, const int32_t *tail,
+                       uint32_t tail_len)
+{
+    int32_t prompt[64];
+    cr_assert_leq(len + tail_len, 64);
+    for (uint32_t i = 0; i < len; i++)
+        prompt[i] = first + (int32_t)i;
+    for (uint32_t i = 0; i < tail_len; i++)
+        prompt[len + i] = tail[i];
+    kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = len + tail_len, .max_new_tokens = 1};
+    kvrt_seq_id_t id;
+    ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &id));
+    uint32_t hit = step_commit(f, 1000);
+    run_to_end(f);
+    return hit;
+}
+
+/* A reset with flags 0 succeeds while a request runs inside its first
+ * block (nothing of it is cached yet); the block it fills afterwards holds
+ * K/V computed before the reset and is not offered, while a request
+ * admitted after the reset fills the cache as usual. */
+Test(sched_cache_reset, a_block_filled_after_the_reset_by_a_request_running_before_is_not_cached)
+{
+    fixture_t f = open_fixture();
+    int32_t two[2] = {100, 101};
+    kvrt_seq_params_t p = {.prompt = two, .prompt_len = 2, .max_new_tokens = 6};
+    kvrt_seq_id_t old;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &old));
+    step_commit(&f, 1); /* K/V of 100, 101 */
+    ASSERT_OK(f.ctx, kvrt_cache_reset(f.cache, 0));
+    int32_t fresh[8] = {300, 301, 302, 303, 304, 305, 306, 307};
+    p = (kvrt_seq_params_t){.prompt = fresh, .prompt_len = 8, .max_new_tokens = 2};
+    kvrt_seq_id_t young;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &young));
+    run_to_end(&f); /* the old request fills its blocks 0 and 1 */
+    cr_assert_eq(cache_stats(&f).cached_blocks, 2, "the young request's two blocks only");
+    int32_t after[3] = {5, 5, 5};
+    cr_assert_eq(hit_of(&f, 100, 2, after, 3), 0, "K/V from before the reset was matched");
+    cr_assert_eq(hit_of(&f, 300, 8, NULL, 0), 4, "the young request's blocks are served");
+    close_fixture(&f);
+}
+
+/* With FORGET_BUSY a running request keeps its K/V; the blocks it fills
+ * after the reset chain onto its prefix, and once a later request has
+ * cached the same prefix afresh they would be found through it: they are
+ * never offered. */
+Test(sched_cache_reset, blocks_filled_after_a_forget_busy_reset_are_not_found_through_a_new_prefix)
+{
+    fixture_t f = open_fixture();
+    add(&f, 8); /* 17 prompt tokens, then 5 as every output */
+    step_commit(&f, 1);
+    ASSERT_OK(f.ctx, kvrt_cache_reset(f.cache, KVRT_CACHE_RESET_FORGET_BUSY));
+    run_to_end(&f); /* fills blocks 4 and 5: 116 5 5 5 | 5 5 5 5 */
+    cr_assert_eq(cache_stats(&f).cached_blocks, 0);
+    /* The same 16-token prefix, computed after the reset, is cached. */
+    cr_assert_eq(hit_of(&f, 100, 16, NULL, 0), 0);
+    cr_assert_eq(cache_stats(&f).cached_blocks, 4, "blocks 0-3 of the new request");
+    int32_t tail[6] = {115, 116, 5, 5, 5, 5};
+    cr_assert_eq(hit_of(&f, 100, 15, tail, 6), 16, "only what was computed after the reset");
     ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
     close_fixture(&f);
 }
