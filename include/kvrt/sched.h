@@ -108,8 +108,10 @@
  * e.g. from a draft model) or, when the engine set none and the n-gram
  * proposer is on, proposed by matching the sequence's last n tokens (n from
  * ngram_max down to ngram_min) against its earlier tokens and taking the
- * continuation of the longest, most recent match (a hash-chain index per
- * sequence, so a proposal costs O(1) amortized, not O(context)).
+ * continuation of the longest, most recent match among the 16 most recent
+ * candidate positions (a hash-chain index per sequence walked at most 16
+ * deep, so a proposal costs O(1) amortized, not O(context); an older,
+ * longer match past them is not found).
  * A speculative entry queries 1 + d tokens (the last sampled token and d
  * drafts) with a KV slot for each. Commit takes the accepted count a
  * (0..d) and a + 1 tokens (the accepted drafts, which must equal the
@@ -215,8 +217,10 @@ typedef struct kvrt_sched_params {
     uint32_t prefill_chunk_tokens; /* longest prefill chunk, 1..max_batch_tokens;
                                       default max_batch_tokens */
     int use_watermark;             /* 0 or 1, default 1 */
-    uint32_t max_requests;         /* live requests (added, not yet drained),
-                                      1..2^24; default 65536 */
+    uint32_t max_requests;         /* live requests (added, not yet drained;
+                                      one drained while an uncommitted plan
+                                      names it keeps its place until that
+                                      commit), 1..2^24; default 65536 */
     uint32_t max_seq_tokens;       /* prompt + output limit per request,
                                       2..KVRT_TABLE_MAX_TOKENS; default 131072 */
     uint32_t max_draft_tokens;     /* k, 0..KVRT_SCHED_MAX_DRAFT; default 0 (off) */
@@ -267,7 +271,8 @@ kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t
  *     [p - W + 1, p]. A block whose tokens all lie before
  *     computed - W + 1 (computed: the request's committed length, so an
  *     uncommitted plan never loses what it reads) is released the next
- *     time the request is planned (decode or chunk), and its row entry becomes
+ *     time a step comes to plan the request (decode or chunk; released
+ *     even if the request then waits or is preempted), and its row entry becomes
  *     KVRT_NULL_BLOCK (rows_changed lists the row). With a prefix cache
  *     the released block stays cached (evictable) like any other.
  *   - Prefix hits: a hit of H tokens is used only if every group can
@@ -400,7 +405,8 @@ typedef struct kvrt_seq_params {
  * output token under max_seq_tokens),
  * KVRT_ERR_NO_BLOCKS (the request could not fit in the pool even alone,
  * above the pool's watermark when use_watermark is on),
- * KVRT_ERR_REQUEST_LIMIT (max_requests live), KVRT_ERR_NO_MEMORY.
+ * KVRT_ERR_REQUEST_LIMIT (max_requests live, counting drained requests an
+ * uncommitted plan still names), KVRT_ERR_NO_MEMORY.
  */
 kvrt_status_t kvrt_seq_add(kvrt_sched_t *sched, const kvrt_seq_params_t *params,
                            kvrt_seq_id_t *id_out);
@@ -706,7 +712,8 @@ kvrt_status_t kvrt_seq_await_kv_groups(kvrt_sched_t *sched, kvrt_seq_id_t id,
  * the group's blocks are freed now and landed_blocks is ignored. Each
  * group reports once. Not thread-safe (the scheduler's thread).
  * Errors: KVRT_ERR_INVALID_ARG (NULL sched, group out of range,
- * landed_blocks above the group's block count), KVRT_ERR_UNKNOWN_REQUEST
+ * landed_blocks above the group's block count, unless the arrival was
+ * given up), KVRT_ERR_UNKNOWN_REQUEST
  * (an unknown or ended arrival), KVRT_ERR_BAD_STATE (the group has
  * reported already). Nothing changes on error.
  */
@@ -725,7 +732,8 @@ kvrt_status_t kvrt_arrival_group_complete(kvrt_sched_t *sched, kvrt_arrival_id_t
  * (kvrt_arrival_group_complete) at once, and landed_blocks must be 0
  * (nothing more landed: the usual way to give an arrival up).
  * Errors: KVRT_ERR_INVALID_ARG (NULL sched, landed_blocks above the
- * arrival's block count, or not 0 with several groups),
+ * arrival's block count, or not 0 with several groups; neither checked
+ * for an arrival given up),
  * KVRT_ERR_UNKNOWN_REQUEST (an unknown or already completed arrival id).
  * Nothing changes on error.
  */
