@@ -267,19 +267,6 @@ static bool pool_has(const kvrt_pool_t *pool, uint32_t need, bool watermark)
     return (uint64_t)kvrt_pool_free_count(pool) + kvrt_pool_cached_count(pool) >= need;
 }
 
-bool sched_groups_fit(const kvrt_sched_t *s, seq_t *q, uint32_t n, bool watermark)
-{
-    const uint32_t c = q->computed + q->ahead;
-    for (uint32_t g = 0; g < s->num_groups; g++) {
-        const sched_group_t *gr = &s->groups[g];
-        uint32_t need = sched_group_blocks_for(gr, (uint64_t)c + n) -
-                        sched_group_blocks_for(gr, c);
-        if (need && !pool_has(gr->pool, need, watermark))
-            return false;
-    }
-    return true;
-}
-
 /* Releases q's blocks that every window has left behind (see the top). */
 static KVRT_ALWAYS_INLINE void release_windows(kvrt_sched_t *s, seq_t *q)
 {
@@ -307,6 +294,23 @@ static KVRT_ALWAYS_INLINE void release_windows(kvrt_sched_t *s, seq_t *q)
         }
         *r.released = gone;
     }
+}
+
+bool sched_groups_fit(kvrt_sched_t *s, seq_t *q, uint32_t n, bool watermark)
+{
+    /* The blocks the windows have left go first, as the append would
+     * release them: counted as held, a long prefill in a small pool would
+     * read as not fitting even alone. */
+    release_windows(s, q);
+    const uint32_t c = q->computed + q->ahead;
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        const sched_group_t *gr = &s->groups[g];
+        uint32_t need = sched_group_blocks_for(gr, (uint64_t)c + n) -
+                        sched_group_blocks_for(gr, c);
+        if (need && !pool_has(gr->pool, need, watermark))
+            return false;
+    }
+    return true;
 }
 
 /* Most decodes: every group's n new tokens stay inside its tail block,

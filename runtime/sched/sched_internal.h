@@ -789,9 +789,10 @@ size_t sched_groups_hash_bytes(const kvrt_sched_t *s, uint32_t capacity);
 void sched_groups_init_seq(kvrt_sched_t *s, seq_t *q, char *memory, uint32_t capacity);
 /* Destroys q's tables of every group (tail first) and clears its rows. */
 void sched_groups_release(kvrt_sched_t *s, seq_t *q);
-/* Blocks every group needs for n more tokens of q fit (above the
- * watermark when `watermark`). */
-bool sched_groups_fit(const kvrt_sched_t *s, seq_t *q, uint32_t n, bool watermark);
+/* Releases q's blocks out of each window, then: the blocks every group
+ * needs for n more tokens of q fit (above the watermark when
+ * `watermark`). */
+bool sched_groups_fit(kvrt_sched_t *s, seq_t *q, uint32_t n, bool watermark);
 /* The append of n tokens of q when they stay inside every group's tail
  * block (most decodes): blocks out of each window released, slots at the
  * plan's end from the tails, the tables told later (q->lag). Takes no

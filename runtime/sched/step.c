@@ -632,7 +632,7 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
 
 /* The blocks of q's first chunk of n tokens, in every group, leave the
  * pool above its watermark (when in use). */
-static bool head_fits(const kvrt_sched_t *s, seq_t *q, uint32_t n)
+static bool head_fits(kvrt_sched_t *s, seq_t *q, uint32_t n)
 {
     if (s->hybrid)
         return sched_groups_fit(s, q, n, s->use_watermark);

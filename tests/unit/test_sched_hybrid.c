@@ -398,6 +398,34 @@ Test(sched_hybrid, a_single_window_group_releases_its_past_and_hits_with_holes)
     hybrid_close(&h);
 }
 
+/* A prefill chunk is checked for blocks after the window's past has been
+ * released, as its append releases it: a long prompt through a window in a
+ * pool much smaller than the prompt runs alone to its end (it was failed
+ * with KVRT_ERR_NO_BLOCKS, its own out-of-window blocks counted as held). */
+Test(sched_hybrid, a_long_prefill_through_a_window_fits_a_pool_smaller_than_its_prompt)
+{
+    static const uint32_t blocks[1] = {41}, tpb[1] = {1}, window[1] = {4};
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                            KVRT_SCHED_PARAM_WATERMARK,
+                              .max_batch_tokens = 30, .use_watermark = 0};
+    hybrid_t h = hybrid_open(1, blocks, tpb, window, false, &sp);
+    int32_t prompt[90];
+    for (int i = 0; i < 90; i++)
+        prompt[i] = i % 97;
+    kvrt_seq_id_t id = add_prompt(&h, prompt, 90, 4);
+    for (uint32_t step = 0; step < 20 && checked_step(&h, step); step++)
+        cr_assert_leq(used_blocks(&h, 0), 34, "the window's past was not released");
+    kvrt_seq_info_t ev[1];
+    uint32_t n;
+    ASSERT_OK(h.ctx, kvrt_sched_drain_ended(h.sched, ev, 1, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ev[0].id, id);
+    cr_assert_eq(ev[0].end_reason, KVRT_END_LENGTH, "ended %d: %s", ev[0].end_reason,
+                 kvrt_status_str(ev[0].status));
+    cr_assert_eq(ev[0].output_tokens, 4);
+    hybrid_close(&h);
+}
+
 /* ---- randomized ------------------------------------------------------------ */
 
 #define RND_REQ 400
