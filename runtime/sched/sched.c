@@ -172,6 +172,16 @@ static kvrt_status_t read_params(kvrt_sched_t *s, const kvrt_sched_params_t *p)
     if (m & ~known)
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "unknown field_mask bits 0x%llx",
                          (unsigned long long)(m & ~known));
+    /* Switches are 0 or 1: another value is more likely a field mixed up
+     * with its neighbour than a wish. */
+    const struct { uint64_t bit; int value; const char *name; } flags[] = {
+        {KVRT_SCHED_PARAM_WATERMARK, p->use_watermark, "use_watermark"},
+        {KVRT_SCHED_PARAM_ADAPTIVE_DRAFT, p->adaptive_draft, "adaptive_draft"},
+        {KVRT_SCHED_PARAM_CSR_TABLES, p->csr_block_tables, "csr_block_tables"}};
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+        if ((m & flags[i].bit) && (flags[i].value & ~1))
+            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "%s %d is not 0 or 1",
+                             flags[i].name, flags[i].value);
     s->max_batch_tokens = (m & KVRT_SCHED_PARAM_MAX_BATCH_TOKENS) ? p->max_batch_tokens : 8192;
     s->max_seqs = (m & KVRT_SCHED_PARAM_MAX_SEQS) ? p->max_seqs : 256;
     s->chunk_tokens = (m & KVRT_SCHED_PARAM_CHUNK) ? p->prefill_chunk_tokens : s->max_batch_tokens;

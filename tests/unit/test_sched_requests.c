@@ -434,6 +434,15 @@ Test(sched_requests, bad_calls_are_refused_and_change_nothing)
     bad = (kvrt_sched_params_t){.field_mask = KVRT_SCHED_PARAM_NGRAM, .ngram_min = 1,
                                 .ngram_max = 2};
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create(f.ctx, f.pool, NULL, &bad, &other));
+    /* A switch other than 0 or 1 (a field mixed up with its neighbour). */
+    bad = (kvrt_sched_params_t){.field_mask = KVRT_SCHED_PARAM_WATERMARK, .use_watermark = 2};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create(f.ctx, f.pool, NULL, &bad, &other));
+    bad = (kvrt_sched_params_t){.field_mask = KVRT_SCHED_PARAM_ADAPTIVE_DRAFT,
+                                .adaptive_draft = -1};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create(f.ctx, f.pool, NULL, &bad, &other));
+    bad = (kvrt_sched_params_t){.field_mask = KVRT_SCHED_PARAM_CSR_TABLES,
+                                .csr_block_tables = 3};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create(f.ctx, f.pool, NULL, &bad, &other));
     cr_assert_null(other);
     close_fixture(&f);
 }
