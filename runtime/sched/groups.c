@@ -208,7 +208,9 @@ static void forget_tails(kvrt_sched_t *s, const seq_t *q)
 uint32_t sched_group_worst_blocks(const kvrt_sched_t *s, uint32_t g, uint32_t capacity)
 {
     const sched_group_t *gr = &s->groups[g];
-    uint32_t all = sched_group_blocks_for(gr, (uint64_t)capacity + s->max_draft);
+    /* Every token but the last has K/V; drafts and placeholders are
+     * clamped below the length limit, so no slot lies past capacity - 2. */
+    uint32_t all = sched_group_blocks_for(gr, capacity - 1);
     if (!gr->window)
         return all;
     /* The window before the oldest uncommitted token, every plan in flight's

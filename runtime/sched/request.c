@@ -261,8 +261,9 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
         return status;
     uint64_t limit = (uint64_t)p->prompt_len + p->max_new_tokens;
     uint32_t capacity = limit > s->max_seq_tokens ? s->max_seq_tokens : (uint32_t)limit;
-    /* The most blocks it can ever hold: every token but the last has K/V,
-     * plus the slots of one step's drafts. */
+    /* The most blocks it can ever hold: every token but the last has K/V
+     * (a step's drafts are clamped to the tokens the request may still
+     * produce). */
     for (uint32_t g = 0; g < s->num_groups; g++) {
         /* A sliding-window group holds only its window's blocks. */
         uint32_t worst = sched_group_worst_blocks(s, g, capacity);

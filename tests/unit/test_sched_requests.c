@@ -364,6 +364,51 @@ Test(sched_requests, ends_among_many_running_keep_the_plan_in_admission_order)
     close_fixture(&f);
 }
 
+/* Runs one request of prompt_len + max_new tokens alone, with k drafts
+ * set before every step (all rejected), to its end; returns the most
+ * blocks the pool had in use. */
+static uint32_t run_alone(fixture_t *f, uint32_t prompt_len, uint32_t max_new, uint32_t k)
+{
+    kvrt_seq_id_t id = add(f, prompt_len, max_new, 1);
+    uint32_t most = 0;
+    for (uint64_t step = 0; step < 200; step++) {
+        int32_t drafts[4] = {9, 9, 9, 9};
+        if (k)
+            (void)kvrt_seq_set_draft(f->sched, id, drafts, k); /* refused in its prefill */
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(f->ctx, kvrt_sched_step(f->sched, step, &plan));
+        if (!plan->num_seqs)
+            break;
+        uint32_t used = sched_fixture_used_blocks(f);
+        most = used > most ? used : most;
+        commit_all(f, plan, 7);
+    }
+    kvrt_seq_info_t ev[1];
+    cr_assert_eq(drain(f, ev, 1), 1);
+    cr_assert_eq(ev[0].end_reason, KVRT_END_LENGTH, "ended %d: %s", ev[0].end_reason,
+                 kvrt_status_str(ev[0].status));
+    cr_assert_eq(ev[0].output_tokens, max_new);
+    return most;
+}
+
+/* A request whose K/V fills the pool exactly is accepted and runs alone to
+ * its end: its last token has no K/V, and drafts never reach past the
+ * length limit, so neither needs a block (one more token is refused). */
+Test(sched_requests, a_request_that_fits_the_pool_exactly_is_accepted_and_runs_alone)
+{
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK |
+                                            KVRT_SCHED_PARAM_DRAFT,
+                              .use_watermark = 0, .max_draft_tokens = 4};
+    fixture_t f = open_fixture(9, 16, &sp); /* 8 blocks: K/V of 128 tokens */
+    cr_assert_eq(run_alone(&f, 100, 29, 0), 8, "128 tokens with K/V");
+    cr_assert_eq(run_alone(&f, 100, 25, 4), 8, "drafts up to the limit");
+    int32_t prompt[100] = {0};
+    kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = 100, .max_new_tokens = 30};
+    kvrt_seq_id_t id;
+    ASSERT_STATUS(KVRT_ERR_NO_BLOCKS, kvrt_seq_add(f.sched, &p, &id));
+    close_fixture(&f);
+}
+
 Test(sched_requests, bad_calls_are_refused_and_change_nothing)
 {
     fixture_t f = open_fixture(64, 4, NULL);
