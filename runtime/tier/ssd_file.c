@@ -168,7 +168,7 @@ uint32_t tier_ssd_rebuild(kvrt_ctx_t *ctx, const ssd_file_t *f, slot_dir_t *dir)
      * once, at start. */
     int fd = open(f->path, O_RDONLY | O_CLOEXEC);
     uint8_t *h = NULL;
-    uint32_t found = 0, rejected = 0;
+    uint32_t found = 0, rejected = 0, duplicates = 0;
     if (fd < 0 || posix_memalign((void **)&h, TIER_ALIGN, TIER_HEADER_BYTES) != 0)
         goto out;
     /* Only slots in data: a reserved file is mostly holes (SEEK_DATA skips
@@ -204,6 +204,14 @@ uint32_t tier_ssd_rebuild(kvrt_ctx_t *ctx, const ssd_file_t *f, slot_dir_t *dir)
             rejected += got == TIER_HEADER_BYTES && h[0] != 0;
             continue;
         }
+        /* A slot let go of keeps its header on disk (an eviction, a failed
+         * read), and its key may have been written again elsewhere since:
+         * the first copy is indexed, the others' slots are free. Either
+         * holds the block's bytes or fails its checksum at onload. */
+        if (tier_dir_find(dir, &name.key) >= 0) {
+            duplicates++;
+            continue;
+        }
         dir->state[slot] = SLOT_FILLING;
         dir->used++;
         tier_dir_publish(dir, (int32_t)slot, &name);
@@ -214,8 +222,9 @@ uint32_t tier_ssd_rebuild(kvrt_ctx_t *ctx, const ssd_file_t *f, slot_dir_t *dir)
     for (uint32_t slot = dir->num_slots; slot-- > 0;)
         if (dir->state[slot] == SLOT_FREE)
             dir->free_stack[dir->free_count++] = (int32_t)slot;
-    kvrt_log(ctx, KVRT_LOG_INFO, "tier: %s: %u blocks indexed, %u headers rejected", f->path,
-             found, rejected);
+    kvrt_log(ctx, KVRT_LOG_INFO,
+             "tier: %s: %u blocks indexed, %u headers rejected, %u older copies dropped",
+             f->path, found, rejected, duplicates);
 out:
     free(h);
     if (fd >= 0)

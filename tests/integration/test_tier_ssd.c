@@ -309,3 +309,40 @@ Test(tier_ssd, rebuild_finds_a_block_past_reserved_holes)
     free(slot);
     tier_ssd_close(&f);
 }
+
+/* A slot let go of keeps its header, and its key may be written again to
+ * another slot: at the next start the first copy is indexed and the other
+ * slots are free, counted once each (the free list used to take them a
+ * second time, past its end). */
+Test(tier_ssd, rebuild_indexes_one_copy_of_a_key_written_to_several_slots)
+{
+    ssd_file_t f;
+    kvrt_block_hash_t root = {11, 12};
+    const uint64_t block_bytes = 6000;
+    ASSERT_OK(ctx, tier_ssd_open(ctx, &f, dir, &root, 99, block_bytes, true));
+    uint8_t *slot = calloc(1, f.slot_bytes);
+    cr_assert_not_null(slot);
+    memset(slot + TIER_HEADER_BYTES, 0x5c, block_bytes);
+    kvrt_cache_block_name_t name = {.key = {40, 41}, .content = {42, 43}, .depth = 3};
+    tier_ssd_header_write(&f, &name, tier_checksum(slot + TIER_HEADER_BYTES, block_bytes), slot);
+    static const uint32_t copies[3] = {2, 5, 7};
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(pwrite(f.fd, slot, f.slot_bytes, (off_t)(copies[i] * f.slot_bytes)),
+                     (ssize_t)f.slot_bytes);
+    cr_assert_eq(fsync(f.fd), 0);
+    slot_dir_t d;
+    cr_assert_eq(tier_dir_init(&d, 8), KVRT_OK);
+    cr_assert_eq(tier_ssd_rebuild(ctx, &f, &d), 1);
+    cr_assert_eq(tier_dir_find(&d, &name.key), 2, "the first copy");
+    cr_assert_eq(d.used, 1);
+    cr_assert_eq(d.free_count, 7);
+    uint32_t taken = 0;
+    for (int32_t s = tier_dir_take(&d); s >= 0; s = tier_dir_take(&d)) {
+        cr_assert_neq(s, 2, "the indexed slot is handed out");
+        taken++;
+    }
+    cr_assert_eq(taken, 7);
+    tier_dir_destroy(&d);
+    free(slot);
+    tier_ssd_close(&f);
+}
