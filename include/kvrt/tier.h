@@ -122,7 +122,9 @@ typedef struct kvrt_tier_params {
  * host memory (one region per tier, registrable for RDMA once; each slot is
  * the block padded to 4 KiB plus a 4 KiB header page, faulted in here). With an SSD
  * tier, opens or creates ssd_dir/kvrt-<root>-<layout>.kvblk and rebuilds
- * its index (blocks whose header does not verify are not indexed).
+ * its index (blocks whose header does not verify are not indexed); the
+ * file stays locked (flock) until kvrt_tier_destroy, so no second tier,
+ * in this process or another, shares it.
  * The tier holds the cache: kvrt_cache_destroy refuses (KVRT_ERR_BUSY)
  * until kvrt_tier_destroy; kvrt_ctx_destroy destroys a tier left alive
  * before the caches.
@@ -131,7 +133,9 @@ typedef struct kvrt_tier_params {
  * pool kvrt allocated in host memory), KVRT_ERR_UNSUPPORTED (a pool of
  * engine memory with neither KVRT_TIER_HOST_POOL nor a device),
  * KVRT_ERR_DEVICE (pin failed),
- * KVRT_ERR_BUSY (the cache already has a sink), KVRT_ERR_NO_MEMORY,
+ * KVRT_ERR_BUSY (the cache already has a sink, or another tier, in this
+ * process or another, has the SSD file open: give each its own ssd_dir),
+ * KVRT_ERR_NO_MEMORY,
  * KVRT_ERR_IO (the SSD file or io_uring could not be set up).
  */
 kvrt_status_t kvrt_tier_create(kvrt_cache_t *cache, const kvrt_tier_params_t *params,

@@ -6,7 +6,9 @@
  * The file is ssd_dir/kvrt-<root>-<layout>.kvblk: the root content hash
  * (derived from the model fingerprint) and a hash of the layout are in the
  * name, so two models or layouts never share a file, and again in every
- * header, so a file renamed or copied from elsewhere serves nothing.
+ * header, so a file renamed or copied from elsewhere serves nothing. A
+ * tier holds an exclusive flock on its file while it is open: a second
+ * tier on the same file is refused.
  *
  * Header (TIER_HEADER_BYTES, little-endian, the rest zero):
  *   0 magic "KVRTBLK1"   8 version (u32)   12 header bytes (u32)
@@ -21,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -125,6 +128,24 @@ kvrt_status_t tier_ssd_open(kvrt_ctx_t *ctx, ssd_file_t *f, const char *dir,
     }
     if (f->fd < 0)
         return kvrt_fail(ctx, KVRT_ERR_IO, "tier: cannot open %s: %s", f->path, strerror(errno));
+    /* One tier per file: two (two ranks or replicas given one directory,
+     * an old and a new process overlapping) would hand out the same slots
+     * from their own directories, and one would serve the other's bytes
+     * under its key, checksums and all. The lock goes with the descriptor
+     * (a crashed process leaves none behind). */
+    if (flock(f->fd, LOCK_EX | LOCK_NB) != 0) {
+        int err = errno;
+        if (err == EWOULDBLOCK) {
+            close(f->fd);
+            f->fd = -1;
+            return kvrt_fail(ctx, KVRT_ERR_BUSY,
+                             "tier: %s is in use by another tier (in this process or "
+                             "another); give each its own ssd_dir",
+                             f->path);
+        }
+        kvrt_log(ctx, KVRT_LOG_WARN, "tier: cannot lock %s (%s); nothing keeps another tier "
+                 "from sharing it", f->path, strerror(err));
+    }
     return KVRT_OK;
 }
 

@@ -149,6 +149,33 @@ Test(tier_ssd, a_restarted_process_finds_what_it_offloaded_and_another_model_doe
     close_tier();
 }
 
+/* Two tier stacks of one model given one directory (two ranks, or an old
+ * and a new process overlapping) would hand out the same slots and serve
+ * each other's bytes: the second is refused while the first has the file,
+ * and its cache is left as it was. */
+Test(tier_ssd, a_second_tier_on_the_same_file_is_refused_while_the_first_has_it)
+{
+    open_tier(dir, "model-a");
+    kvrt_cache_params_t cp = {.field_mask = KVRT_CACHE_PARAM_FINGERPRINT};
+    kvrt_kv_layout_t layout = test_layout(TPB);
+    ASSERT_OK(ctx, kvrt_model_fingerprint("model-a", &layout, &cp.model_fingerprint));
+    kvrt_pool_t *pool2 = test_pool(ctx, 17, TPB);
+    kvrt_cache_t *cache2 = NULL;
+    ASSERT_OK(ctx, kvrt_cache_create(pool2, &cp, &cache2));
+    kvrt_tier_params_t p = {.field_mask = KVRT_TIER_PARAM_HOST_BLOCKS | KVRT_TIER_PARAM_SSD,
+                            .host_blocks = 4, .ssd_blocks = 64, .ssd_dir = dir};
+    kvrt_tier_t *tier2 = NULL;
+    ASSERT_STATUS(KVRT_ERR_BUSY, kvrt_tier_create(cache2, &p, &tier2));
+    cr_assert_null(tier2);
+    cr_assert(strstr(kvrt_ctx_last_error(ctx), "in use by another tier") != NULL, "%s",
+              kvrt_ctx_last_error(ctx));
+    close_tier();
+    ASSERT_OK(ctx, kvrt_tier_create(cache2, &p, &tier2)); /* the file is free now */
+    ASSERT_OK(ctx, kvrt_tier_destroy(tier2));
+    ASSERT_OK(ctx, kvrt_cache_destroy(cache2));
+    ASSERT_OK(ctx, kvrt_pool_destroy(pool2));
+}
+
 /* Flips one byte of the block in slot `slot` (past the header). */
 static void corrupt_slot(uint32_t slot, uint64_t slot_bytes)
 {
