@@ -258,8 +258,9 @@ kvrt_status_t kvrt_tier_drain(kvrt_tier_t *tier, uint32_t timeout_ms,
  * completes their arrivals with 0 blocks; kvrt_ctx_destroy tears tiers
  * down before schedulers).
  * Errors: KVRT_ERR_INVALID_ARG (NULL tier/sched/tokens, num_tokens not the
- * request's prompt length, blocks that are not the request's fresh blocks
- * of the tier's pool), those of
+ * request's prompt length, a scheduler not over the tier's pool and cache
+ * or of several cache groups, blocks that are not the request's fresh
+ * blocks of the tier's pool), those of
  * kvrt_tier_match and kvrt_seq_await_kv (then nothing changed), and
  * KVRT_ERR_REQUEST_LIMIT (onload queue full: the arrival is completed with
  * 0 blocks and the request is queued again, to recompute), KVRT_ERR_NO_MEMORY.

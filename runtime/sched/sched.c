@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sched/hooks.h"
 #include "sched_internal.h"
 
 /* Rows are max_seqs x row_stride int32: refuse shapes past 512 MiB. */
@@ -479,4 +480,16 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_destroy(kvrt_sched_t *s)
     kvrt_ctx_disown(s->ctx, &s->owned);
     sched_destroy_owned(&s->owned);
     return KVRT_OK;
+}
+
+uint32_t kvrt_sched_num_groups(const kvrt_sched_t *s) { return s->num_groups; }
+
+kvrt_pool_t *kvrt_sched_group_pool(const kvrt_sched_t *s, uint32_t g)
+{
+    return g < s->num_groups ? s->groups[g].pool : NULL;
+}
+
+kvrt_cache_t *kvrt_sched_group_cache(const kvrt_sched_t *s, uint32_t g)
+{
+    return g < s->num_groups ? s->groups[g].cache : NULL;
 }

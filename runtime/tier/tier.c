@@ -428,6 +428,11 @@ kvrt_pool_t *tier_pool(const kvrt_tier_t *tier)
     return tier->pool;
 }
 
+kvrt_cache_t *tier_cache(const kvrt_tier_t *tier)
+{
+    return tier->cache;
+}
+
 slot_dir_t *tier_level_dir(kvrt_tier_t *tier, kvrt_tier_level_t level)
 {
     return level == KVRT_TIER_LEVEL_HOST ? &tier->host : &tier->ssd;

@@ -11,6 +11,7 @@
 
 #include "kv/pool_internal.h"
 
+#include "sched/hooks.h"
 #include "tier/tier_internal.h"
 
 KVRT_EXPORT kvrt_status_t kvrt_tier_admit(kvrt_tier_t *tier, kvrt_sched_t *sched,
@@ -24,6 +25,13 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_admit(kvrt_tier_t *tier, kvrt_sched_t *sched
     kvrt_ctx_t *ctx = kvrt_pool_ctx(pool);
     if (!sched || !tokens || !num_tokens)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "tier admit needs sched and tokens");
+    /* The blocks the scheduler allocates are onloaded into by id: of
+     * another pool, they would name blocks someone else holds here. */
+    if (kvrt_sched_num_groups(sched) != 1 || kvrt_sched_group_pool(sched, 0) != pool ||
+        kvrt_sched_group_cache(sched, 0) != tier_cache(tier))
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
+                         "tier admit: the scheduler is not over the tier's pool and cache "
+                         "(one cache group)");
     kvrt_seq_info_t info;
     kvrt_status_t status = kvrt_seq_info(sched, id, &info);
     if (status != KVRT_OK)

@@ -308,6 +308,7 @@ kvrt_status_t tier_onload_start(kvrt_tier_t *tier, uint32_t first_index, uint32_
                                 kvrt_arrival_id_t arrival, uint64_t *ticket_out,
                                 uint32_t *accepted_out);
 kvrt_pool_t *tier_pool(const kvrt_tier_t *tier);
+kvrt_cache_t *tier_cache(const kvrt_tier_t *tier);
 /* The slot directory of a level, for kvrt_tier_observe (tier_observe.c). */
 slot_dir_t *tier_level_dir(kvrt_tier_t *tier, kvrt_tier_level_t level);
 tier_admit_stats_t *tier_admit_stats(kvrt_tier_t *tier);

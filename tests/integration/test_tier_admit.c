@@ -338,6 +338,32 @@ Test(tier_admit, bad_arguments_change_nothing)
     cr_assert_eq(kvrt_tier_admit(tier, sched, a + 1000, ta, PROMPT, NULL, 0, &adm),
                  KVRT_ERR_UNKNOWN_REQUEST);
     cr_assert_eq(info_of(a).state, KVRT_SEQ_WAITING);
+    /* A scheduler over another pool (its block ids would name blocks of
+     * the tier's pool that others hold), or without the tier's cache. */
+    kvrt_pool_info_t before;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &before));
+    kvrt_pool_t *other_pool = test_pool(ctx, 33, TPB);
+    kvrt_cache_t *other_cache;
+    ASSERT_OK(ctx, kvrt_cache_create(other_pool, NULL, &other_cache));
+    kvrt_sched_t *elsewhere[2];
+    ASSERT_OK(ctx, kvrt_sched_create(ctx, other_pool, other_cache, NULL, &elsewhere[0]));
+    ASSERT_OK(ctx, kvrt_sched_create(ctx, pool, NULL, NULL, &elsewhere[1]));
+    for (int i = 0; i < 2; i++) {
+        kvrt_seq_params_t sp = {.prompt = ta, .prompt_len = PROMPT, .max_new_tokens = 2};
+        kvrt_seq_id_t id;
+        ASSERT_OK(ctx, kvrt_seq_add(elsewhere[i], &sp, &id));
+        cr_assert_eq(kvrt_tier_admit(tier, elsewhere[i], id, ta, PROMPT, NULL, 0, &adm),
+                     KVRT_ERR_INVALID_ARG);
+        kvrt_seq_info_t info;
+        ASSERT_OK(ctx, kvrt_seq_info(elsewhere[i], id, &info));
+        cr_assert_eq(info.state, KVRT_SEQ_WAITING);
+        ASSERT_OK(ctx, kvrt_sched_destroy(elsewhere[i]));
+    }
+    kvrt_pool_info_t after;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &after));
+    cr_assert_eq(after.used_blocks, before.used_blocks);
+    ASSERT_OK(ctx, kvrt_cache_destroy(other_cache));
+    ASSERT_OK(ctx, kvrt_pool_destroy(other_pool));
     /* Admitting twice: the second finds the request waiting for KV. */
     adm = admit(a, ta, 0);
     cr_assert_neq(adm.arrival, 0);
