@@ -198,7 +198,10 @@ typedef enum kvrt_tier_miss {
     KVRT_TIER_MISS_CHECKSUM = 2,  /* SSD header or bytes did not verify */
     KVRT_TIER_MISS_TRUNCATED = 3, /* the SSD file ended before the block */
     KVRT_TIER_MISS_IO = 4,        /* the read failed */
-    KVRT_TIER_MISS_NO_SLOT = 5    /* no host slot for the SSD read */
+    KVRT_TIER_MISS_NO_SLOT = 5,   /* no host slot for the SSD read */
+    KVRT_TIER_MISS_RESET = 6      /* the cache was reset (kvrt_cache_reset) while
+                                     it was on its way: K/V of before is not
+                                     served after */
 } kvrt_tier_miss_t;
 
 typedef struct kvrt_tier_completion {

@@ -25,7 +25,8 @@ from .pool import _u32
 
 _HOST_BLOCKS, _SSD, _QUEUE_DEPTH, _FLAGS = 1, 2, 4, 8
 SSD_BUFFERED, HOST_POOL = 1, 2  # enum kvrt_tier_flags
-MISS_REASONS = {0: "none", 1: "gone", 2: "checksum", 3: "truncated", 4: "io", 5: "no_slot"}
+MISS_REASONS = {0: "none", 1: "gone", 2: "checksum", 3: "truncated", 4: "io", 5: "no_slot",
+                6: "reset"}
 
 # pool_blocks: the pool hits (a reference held on each, as PrefixCache.match);
 # host_blocks / ssd_blocks: how far the prefix continues in each tier;

@@ -177,8 +177,25 @@ void tier_dir_pin(slot_dir_t *d, int32_t slot)
 
 void tier_dir_unpin(slot_dir_t *d, int32_t slot)
 {
-    if (--d->pins[slot] == 0 && d->state[slot] == SLOT_READY && !d->evicting[slot])
+    if (--d->pins[slot])
+        return;
+    if (d->state[slot] == SLOT_READY && !d->evicting[slot])
         lru_link(d, slot);
+    else if (d->state[slot] == SLOT_STALE)
+        tier_dir_release(d, slot);
+}
+
+void tier_dir_forget(slot_dir_t *d, int32_t slot)
+{
+    if (d->state[slot] != SLOT_READY)
+        return;
+    if (!d->pins[slot]) {
+        tier_dir_release(d, slot);
+        return;
+    }
+    index_remove(d, slot);
+    lru_unlink(d, slot);
+    d->state[slot] = SLOT_STALE;
 }
 
 void tier_dir_release(slot_dir_t *d, int32_t slot)

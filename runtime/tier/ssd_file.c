@@ -167,6 +167,18 @@ void tier_ssd_reserve(kvrt_ctx_t *ctx, const ssd_file_t *f, uint32_t slots)
              (unsigned long long)bytes, f->path, strerror(err));
 }
 
+void tier_ssd_discard(kvrt_ctx_t *ctx, const ssd_file_t *f, uint32_t first, uint32_t count)
+{
+    /* Zeroed (unwritten extents, holes to SEEK_DATA, as a reserved file
+     * is), else punched: either way a header no longer reads back. */
+    off_t at = (off_t)((uint64_t)first * f->slot_bytes), len = (off_t)(count * f->slot_bytes);
+    if (fallocate(f->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, at, len) == 0 ||
+        fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, len) == 0)
+        return;
+    kvrt_log(ctx, KVRT_LOG_WARN, "tier: cannot clear slots %u..%u of %s (%s); a restart may "
+             "index their blocks again", first, first + count - 1, f->path, strerror(errno));
+}
+
 void tier_ssd_close(ssd_file_t *f)
 {
     if (f->fd >= 0)

@@ -70,7 +70,9 @@ void tier_refresh_used(kvrt_tier_t *t)
 
 bool tier_submit(kvrt_tier_t *t, const tier_job_t *job)
 {
-    if (!tier_worker_submit(&t->worker, job))
+    tier_job_t stamped = *job;
+    stamped.epoch = t->resets;
+    if (!tier_worker_submit(&t->worker, &stamped))
         return false;
     t->in_flight++;
     return true;
@@ -115,6 +117,7 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_poll(kvrt_tier_t *tier, kvrt_tier_completion
     /* Called once per engine step: what it costs with nothing moving is
      * a few compares. No lock unless something is in flight, no ticket
      * scan unless one is open, the file checked at most every 10 ms. */
+    tier_sync_reset(tier);
     uint32_t n;
     if (tier->in_flight)
         while ((n = kvrt_cq_poll(tier->worker.done, tier->done, tier->worker.ring_capacity)))

@@ -50,7 +50,8 @@ static inline uint64_t tier_slot_bytes(uint64_t block_bytes)
 typedef enum slot_state {
     SLOT_FREE = 0,
     SLOT_FILLING = 1, /* reserved for a block being written; not indexed */
-    SLOT_READY = 2    /* indexed; evictable when pins == 0 */
+    SLOT_READY = 2,   /* indexed; evictable when pins == 0 */
+    SLOT_STALE = 3    /* unindexed while pinned (a reset): freed by its last unpin */
 } slot_state_t;
 
 typedef struct slot_dir {
@@ -89,6 +90,9 @@ void tier_dir_pin(slot_dir_t *d, int32_t slot);
 void tier_dir_unpin(slot_dir_t *d, int32_t slot);
 /* Unindexes the slot (if indexed) and frees it. */
 void tier_dir_release(slot_dir_t *d, int32_t slot);
+/* Unindexes a READY slot at once: frees it, or, while copies read it,
+ * makes it STALE, freed by its last unpin. */
+void tier_dir_forget(slot_dir_t *d, int32_t slot);
 
 /* ---- the SSD file (ssd_file.c) ---------------------------------------------
  * One file of fixed slots: slot i at i * slot_bytes, a TIER_HEADER_BYTES
@@ -110,6 +114,9 @@ kvrt_status_t tier_ssd_open(kvrt_ctx_t *ctx, ssd_file_t *f, const char *dir,
                             const kvrt_block_hash_t *root, uint64_t layout_hash,
                             uint64_t block_bytes, bool want_buffered);
 void tier_ssd_close(ssd_file_t *f);
+/* Clears slots [first, first + count) on disk so that no header there
+ * reads back (a restart does not index them); a failure is logged. */
+void tier_ssd_discard(kvrt_ctx_t *ctx, const ssd_file_t *f, uint32_t first, uint32_t count);
 /* Allocates the file's space up front (overwrites, not extending writes,
  * which ext4 and XFS serialize under O_DIRECT); a failure is logged. */
 void tier_ssd_reserve(kvrt_ctx_t *ctx, const ssd_file_t *f, uint32_t slots);
@@ -142,6 +149,7 @@ typedef struct tier_job {
     uint32_t ticket_slot;     /* onloads: index in the ticket table */
     uint32_t position;        /* onloads: block index within the ticket */
     bool ahead;               /* JOB_DEMOTE of a block still cached (clean-ahead) */
+    uint64_t epoch;           /* the cache's resets when submitted (tier_submit) */
     kvrt_cache_block_name_t name;
     /* results, set by the worker */
     int err;                  /* 0 or a positive errno */
@@ -213,6 +221,7 @@ typedef struct ticket {
     kvrt_tier_miss_t *misses;
     kvrt_sched_t *sched;     /* kvrt_tier_admit: the arrival this ticket completes */
     kvrt_arrival_id_t arrival;
+    uint64_t epoch;          /* the cache's resets when it was opened */
 } ticket_t;
 
 struct kvrt_tier {
@@ -258,11 +267,22 @@ struct kvrt_tier {
     uint32_t ready_count;
     tier_admit_stats_t admit_stats;
     uint64_t write_throughs; /* blocks copied by write-through */
+    uint64_t resets;         /* the cache's resets seen (tier_sync_reset) */
 };
 
 /* tier.c */
-/* Hands a job to the worker and counts it in flight; false when full. */
+/* Hands a job to the worker (stamped with the reset epoch) and counts it
+ * in flight; false when full. */
 bool tier_submit(kvrt_tier_t *t, const tier_job_t *job);
+/* When the cache was reset since the last call (kvrt_cache_resets): every
+ * block the levels hold was computed before it, so each is unindexed at
+ * once (slots copies still read are freed when they end), the SSD file's
+ * space for them is given back, and jobs and tickets of the old epoch
+ * publish nothing. Called first by every entry point: the sink, poll,
+ * match and onload. One compare when nothing was reset. */
+void tier_sync_reset(kvrt_tier_t *t);
+/* A job or ticket of an epoch before the last reset. */
+static inline bool tier_stale(const kvrt_tier_t *t, uint64_t epoch) { return epoch != t->resets; }
 void tier_refresh_used(kvrt_tier_t *t);
 
 /* tier_offload.c: the eviction sink, clean-ahead, write-through,

@@ -70,6 +70,7 @@ void tier_make_room(kvrt_tier_t *t)
 kvrt_cache_sink_verdict_t tier_sink(void *user, const kvrt_cache_victim_t *victim)
 {
     kvrt_tier_t *t = user;
+    tier_sync_reset(t);
     const kvrt_cache_block_name_t *name = &victim->name;
     uint8_t *ahead = &t->ahead[victim->block];
     if (*ahead == AHEAD_COPYING) {
@@ -229,7 +230,11 @@ void tier_log_ssd_failure(kvrt_tier_t *t, const tier_job_t *job, const char *wha
 
 void tier_finish_write(kvrt_tier_t *t, const tier_job_t *job)
 {
-    if (!job->err) {
+    if (tier_stale(t, job->epoch)) { /* a block of before a reset: not indexed */
+        tier_ssd_discard(t->ctx, &t->file, (uint32_t)job->ssd_slot, 1);
+        tier_dir_release(&t->ssd, job->ssd_slot);
+        t->ssd_stats.drops++;
+    } else if (!job->err) {
         tier_dir_publish(&t->ssd, job->ssd_slot, &job->name);
         t->ssd_stats.offloads++;
     } else {
@@ -240,8 +245,8 @@ void tier_finish_write(kvrt_tier_t *t, const tier_job_t *job)
     t->writebacks--;
     int32_t h = job->host_slot;
     t->host.evicting[h] = 0;
-    tier_dir_unpin(&t->host, h);
-    if (!t->host.pins[h]) { /* nobody started reading it meanwhile */
+    tier_dir_unpin(&t->host, h); /* one a reset forgot is freed here */
+    if (!t->host.pins[h] && t->host.state[h] != SLOT_FREE) { /* nobody reads it meanwhile */
         tier_dir_release(&t->host, h);
         t->host_stats.evictions++;
     }
@@ -264,7 +269,10 @@ void tier_finish_demote(kvrt_tier_t *t, const tier_job_t *job)
     } else if (job->ahead) {
         t->ahead_backoff = 0;
     }
-    if (state == AHEAD_TORN || job->err) {
+    /* Torn, failed, or of before a reset: the cache's reset frees idle
+     * blocks without asking the sink, so a copy still running may have
+     * read a block already reused. */
+    if (state == AHEAD_TORN || job->err || tier_stale(t, job->epoch)) {
         tier_dir_release(&t->host, job->host_slot);
         t->host_stats.drops++;
         t->host_stats.errors += job->err != 0;
@@ -311,4 +319,41 @@ void tier_check_file(kvrt_tier_t *t)
         tier_ssd_reserve(t->ctx, &t->file, t->ssd.num_slots);
         kvrt_log(t->ctx, KVRT_LOG_WARN, "tier: %s created again", t->file.path);
     }
+}
+
+/* Forgets every READY slot of d; returns how many. With `file`, the disk
+ * range of each is given back too, in runs, so that a restart does not
+ * index them again (a run still being read reads zeros, and fails as it
+ * would anyway: its job is of the old epoch). */
+static uint32_t forget_level(kvrt_tier_t *t, slot_dir_t *d, const ssd_file_t *file)
+{
+    uint32_t forgotten = 0, run = 0;
+    for (uint32_t s = 0; s <= d->num_slots; s++) {
+        if (s < d->num_slots && d->state[s] == SLOT_READY) {
+            tier_dir_forget(d, (int32_t)s);
+            forgotten++;
+            run++;
+            continue;
+        }
+        if (run && file)
+            tier_ssd_discard(t->ctx, file, s - run, run);
+        run = 0;
+    }
+    return forgotten;
+}
+
+void tier_sync_reset(kvrt_tier_t *t)
+{
+    const uint64_t resets = kvrt_cache_resets(t->cache);
+    if (KVRT_LIKELY(resets == t->resets))
+        return;
+    t->resets = resets;
+    uint32_t host = forget_level(t, &t->host, NULL);
+    uint32_t ssd = t->has_ssd ? forget_level(t, &t->ssd, t->file_lost ? NULL : &t->file) : 0;
+    t->host_stats.drops += host;
+    t->ssd_stats.drops += ssd;
+    /* The pool's blocks are not the ones clean-ahead last looked at. */
+    t->ahead_settled = false;
+    kvrt_log(t->ctx, KVRT_LOG_INFO, "tier: the cache was reset; %u host and %u SSD blocks "
+             "of before it dropped", host, ssd);
 }

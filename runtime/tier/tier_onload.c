@@ -31,6 +31,12 @@ static void finish_ticket(kvrt_tier_t *t, ticket_t *k)
     kvrt_tier_miss_t miss = landed < k->accepted ? k->misses[landed]
                           : landed < k->count    ? k->miss
                                                  : KVRT_TIER_MISS_NONE;
+    if (tier_stale(t, k->epoch)) {
+        /* Blocks that landed before the reset hold K/V of before it: none
+         * is cached or counted as landed; the caller recomputes them. */
+        landed = 0;
+        miss = KVRT_TIER_MISS_RESET;
+    }
     for (uint32_t i = 0; i < landed; i++)
         kvrt_cache_insert_named(t->cache, k->blocks[i], &k->names[i], NULL);
     if (k->sched) {
@@ -63,7 +69,12 @@ static void ticket_check(kvrt_tier_t *t, const tier_job_t *job)
 
 static void read_done(kvrt_tier_t *t, const tier_job_t *job)
 {
-    tier_dir_unpin(&t->ssd, job->ssd_slot);
+    tier_dir_unpin(&t->ssd, job->ssd_slot); /* a slot forgotten by a reset goes */
+    if (tier_stale(t, job->epoch)) {
+        tier_dir_release(&t->host, job->host_slot);
+        fail_block(t, job, KVRT_TIER_MISS_RESET);
+        return;
+    }
     if (job->err || job->miss != KVRT_TIER_MISS_NONE) {
         if (!t->ssd.pins[job->ssd_slot])
             tier_dir_release(&t->ssd, job->ssd_slot);
@@ -93,7 +104,9 @@ void tier_finish_read(kvrt_tier_t *t, const tier_job_t *job)
 void tier_finish_land(kvrt_tier_t *t, const tier_job_t *job)
 {
     tier_dir_unpin(&t->host, job->host_slot);
-    if (job->err) { /* the device copy failed: recomputed */
+    if (tier_stale(t, job->epoch)) {
+        fail_block(t, job, KVRT_TIER_MISS_RESET);
+    } else if (job->err) { /* the device copy failed: recomputed */
         t->host_stats.errors++;
         fail_block(t, job, KVRT_TIER_MISS_IO);
     } else {
@@ -146,6 +159,7 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_match(kvrt_tier_t *tier, const int32_t *toke
     if (!hashes_out || !match_out)
         return kvrt_fail(tier->ctx, KVRT_ERR_INVALID_ARG, "hashes_out and match_out are "
                                                           "required");
+    tier_sync_reset(tier);
     kvrt_cache_match_t m;
     kvrt_status_t status = kvrt_cache_match(tier->cache, tokens, num_tokens, keys, max_blocks,
                                             blocks_out, hashes_out, &m);
@@ -199,6 +213,7 @@ static kvrt_status_t ticket_open(kvrt_tier_t *t, uint32_t count, ticket_t **out)
     }
     k->id = ++t->next_ticket;
     k->count = count;
+    k->epoch = t->resets;
     t->open_tickets++;
     *out = k;
     return KVRT_OK;
@@ -302,6 +317,7 @@ kvrt_status_t tier_onload_start(kvrt_tier_t *tier, uint32_t first_index, uint32_
         return kvrt_fail(tier->ctx, KVRT_ERR_INVALID_ARG,
                          "onload needs ticket_out, contents and blocks for %u blocks (at most "
                          "%u), and parent when first_index > 0", count, MAX_ONLOAD_BLOCKS);
+    tier_sync_reset(tier);
     kvrt_block_hash_t prev_key = {0, 0};
     if (kvrt_block_key(first_index ? parent : &prev_key, keys, &prev_key) != KVRT_OK)
         return kvrt_fail(tier->ctx, KVRT_ERR_INVALID_ARG, "keys are not valid");

@@ -3,7 +3,9 @@
  * host memory and onload from SSD byte for byte; a restarted process finds
  * what the previous one offloaded, and another model finds nothing of it;
  * and the faults: a corrupted block, a truncated file, a deleted file, I/O
- * errors (a fault hook) and a full disk (a small tmpfs this test mounts).
+ * errors (a fault hook) and a full disk (a small tmpfs this test mounts);
+ * and a reset of the cache, after which nothing from before is served, in
+ * this process or the next.
  * Each is counted, the block dropped, the engine keeps running, nothing
  * leaks.
  */
@@ -44,7 +46,7 @@ static void ssd_teardown(void)
 
 TestSuite(tier_ssd, .init = ssd_setup, .fini = ssd_teardown);
 
-static void open_tier(const char *ssd_dir, const char *model)
+static void open_tier_sized(const char *ssd_dir, const char *model, uint32_t host_blocks)
 {
     kvrt_cache_params_t cp = {.field_mask = KVRT_CACHE_PARAM_FINGERPRINT};
     kvrt_kv_layout_t layout = test_layout(TPB);
@@ -55,7 +57,7 @@ static void open_tier(const char *ssd_dir, const char *model)
      * they fill, so whatever is offloaded ends on SSD. */
     kvrt_tier_params_t p = {.field_mask = KVRT_TIER_PARAM_HOST_BLOCKS | KVRT_TIER_PARAM_SSD |
                                           KVRT_TIER_PARAM_QUEUE_DEPTH,
-                            .host_blocks = 4,
+                            .host_blocks = host_blocks,
                             .ssd_blocks = 64,
                             .ssd_dir = ssd_dir,
                             .queue_depth = 4};
@@ -64,6 +66,11 @@ static void open_tier(const char *ssd_dir, const char *model)
         p.flags = KVRT_TIER_SSD_BUFFERED;
     }
     ASSERT_OK(ctx, kvrt_tier_create(cache, &p, &tier));
+}
+
+static void open_tier(const char *ssd_dir, const char *model)
+{
+    open_tier_sized(ssd_dir, model, 4);
 }
 
 static void close_tier(void)
@@ -372,4 +379,93 @@ Test(tier_ssd, rebuild_indexes_one_copy_of_a_key_written_to_several_slots)
     tier_dir_destroy(&d);
     free(slot);
     tier_ssd_close(&f);
+}
+
+/* A reset of the cache (new weights) reaches the tiers: what they held is
+ * not matched after it, and the next process does not index it again
+ * from the file. (The host level of this suite's tiers writes back at
+ * once: test_tier_host has its own.) */
+Test(tier_ssd, a_cache_reset_drops_what_the_tiers_hold_here_and_in_the_file)
+{
+    open_tier(dir, "model-a");
+    offload_prompt(100);
+    offload_prompt(300);
+    cr_assert_geq(stats().ssd.used_blocks, 8);
+    ASSERT_OK(ctx, kvrt_cache_reset(cache, 0));
+    kvrt_tier_match_t m;
+    cr_assert_eq(bring_back(100, 4, &m, NULL), 0);
+    cr_assert_eq(m.ssd_blocks + m.host_blocks, 0, "K/V of before the reset was matched");
+    cr_assert_eq(bring_back(300, 4, &m, NULL), 0);
+    cr_assert_eq(m.ssd_blocks + m.host_blocks, 0, "K/V of before the reset was matched");
+    kvrt_tier_stats_t after = stats();
+    cr_assert_eq(after.ssd.used_blocks, 0);
+    cr_assert_eq(after.host.used_blocks, 0);
+    close_tier();
+    open_tier(dir, "model-a");
+    cr_assert_eq(stats().ssd.used_blocks, 0, "the file still held blocks of before the reset");
+    offload_prompt(100); /* and the tiers work on */
+    cr_assert_eq(bring_back(100, 4, &m, NULL), 4);
+    close_tier();
+}
+
+static int slow_read(void *user, tier_job_kind_t kind, int32_t slot)
+{
+    (void)user;
+    (void)slot;
+    if (kind == JOB_READ)
+        usleep(300 * 1000);
+    return 0;
+}
+
+/* A reset frees the cache's idle blocks at once, without its sink: copies
+ * still reading them (clean-ahead) and onloads under way must publish or
+ * land nothing, since the blocks may already hold another request's bytes
+ * (they used to come back under their old names). The worker is held in a
+ * slow SSD read so that the copies are still queued when the reset
+ * comes. */
+Test(tier_ssd, copies_under_way_at_a_cache_reset_publish_and_land_nothing)
+{
+    open_tier(dir, "model-a");
+    offload_prompt(300); /* on SSD for the next process */
+    close_tier();
+    open_tier_sized(dir, "model-a", 32); /* room for clean-ahead */
+    prefill(100, 4);
+    prefill(200, 4);
+    kvrt_tier_set_fault_hook(tier, slow_read, NULL);
+    int32_t t[16], hits[4], fresh[1];
+    kvrt_block_hash_t hashes[4];
+    kvrt_tier_match_t m;
+    prompt(t, 16, 300);
+    ASSERT_OK(ctx, kvrt_tier_match(tier, t, 16, NULL, 4, hits, hashes, &m));
+    cr_assert_geq(m.ssd_blocks, 1);
+    ASSERT_OK(ctx, kvrt_pool_alloc(pool, 1, fresh));
+    uint64_t ticket;
+    uint32_t accepted, n;
+    ASSERT_OK(ctx, kvrt_tier_onload(tier, 0, 1, hashes, NULL, NULL, fresh, &ticket, &accepted));
+    struct timespec pause = {0, 20 * 1000 * 1000};
+    nanosleep(&pause, NULL); /* the worker is in the read */
+    ASSERT_OK(ctx, kvrt_tier_poll(tier, NULL, 0, &n)); /* clean-ahead queues 100's blocks */
+    cr_assert_gt(stats().in_flight, 1, "no clean-ahead copy queued behind the read");
+    ASSERT_OK(ctx, kvrt_cache_reset(cache, 0));
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    int32_t all[16];
+    uint32_t nall = info.free_blocks;
+    cr_assert_leq(nall, 16);
+    ASSERT_OK(ctx, kvrt_pool_alloc(pool, nall, all));
+    for (uint32_t i = 0; i < nall; i++)
+        fill_block(all[i], 999, i); /* another request's bytes */
+    kvrt_tier_completion_t done[4];
+    ASSERT_OK(ctx, kvrt_tier_drain(tier, 10000, done, 4, &n));
+    kvrt_tier_set_fault_hook(tier, NULL, NULL);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(done[0].ticket, ticket);
+    cr_assert_eq(done[0].landed, 0, "an onload under way at the reset landed");
+    cr_assert_eq(done[0].miss, KVRT_TIER_MISS_RESET);
+    ASSERT_OK(ctx, kvrt_pool_free(pool, nall, all));
+    ASSERT_OK(ctx, kvrt_pool_free(pool, 1, fresh));
+    cr_assert_eq(stats().host.offloads, 0, "a copy of before the reset was published");
+    cr_assert_eq(bring_back(100, 4, &m, NULL), 0);
+    cr_assert_eq(m.host_blocks + m.ssd_blocks, 0);
+    close_tier();
 }
