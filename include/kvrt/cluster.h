@@ -644,9 +644,9 @@ typedef struct kvrt_cluster_handoff_recv_params {
  * address and the region's descriptor once (for tickets). Nothing in
  * params is retained but the three handles, which must outlive the
  * receiver. Destroy with kvrt_cluster_handoff_recv_destroy().
- * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown bits, values out of range),
- * KVRT_ERR_NO_MEMORY. (A region registered without the POOL bit is refused
- * by the sender's transfers, which then fail.)
+ * Errors: KVRT_ERR_INVALID_ARG (NULL, unknown bits, values out of range,
+ * a region not registered for the scheduler's pool, a scheduler of several
+ * cache groups), KVRT_ERR_NO_MEMORY.
  */
 kvrt_status_t kvrt_cluster_handoff_recv_create(kvrt_ctx_t *ctx,
                                                const kvrt_cluster_handoff_recv_params_t *params,

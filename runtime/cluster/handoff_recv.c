@@ -15,6 +15,8 @@
 
 #include "cluster_internal.h"
 #include "handoff_wire.h"
+#include "sched/hooks.h"
+#include "xfer/hooks.h"
 
 /* Notifications taken per kvrt_xfer_notifications() call; a poll takes at
  * most what the agent keeps (4096) plus one batch. */
@@ -89,6 +91,13 @@ kvrt_cluster_handoff_recv_create(kvrt_ctx_t *ctx, const kvrt_cluster_handoff_rec
 {
     if (!ctx || !params || !recv_out || !params->agent || !params->region || !params->sched)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "NULL argument");
+    /* Senders write the blocks the scheduler hands out by id into the
+     * region: of another pool, the ids would name blocks others hold. */
+    if (kvrt_sched_num_groups(params->sched) != 1 ||
+        kvrt_xfer_region_pool(params->region) != kvrt_sched_group_pool(params->sched, 0))
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
+                         "the region must be registered for the scheduler's pool (one cache "
+                         "group)");
     const uint64_t known = KVRT_HANDOFF_RECV_PARAM_TIMEOUT | KVRT_HANDOFF_RECV_PARAM_POLICY |
                            KVRT_HANDOFF_RECV_PARAM_QUARANTINE |
                            KVRT_HANDOFF_RECV_PARAM_MAX_HANDOFFS | KVRT_HANDOFF_RECV_PARAM_REFUSE;

@@ -25,6 +25,7 @@
 #include "agent_internal.h"
 #include "core/endian.h"
 #include "kv/pool_internal.h"
+#include "xfer/hooks.h"
 
 #define DESC_MAGIC 0x4452564bu /* "KVRD" */
 #define DESC_VERSION 2
@@ -153,6 +154,8 @@ KVRT_EXPORT kvrt_status_t kvrt_xfer_register(kvrt_xfer_agent_t *a,
     *region_out = r;
     return KVRT_OK;
 }
+
+kvrt_pool_t *kvrt_xfer_region_pool(const kvrt_xfer_region_t *r) { return r->pool; }
 
 static void region_release(kvrt_xfer_region_t *r)
 {

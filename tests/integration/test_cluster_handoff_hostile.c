@@ -214,6 +214,14 @@ Test(cluster_handoff_hostile, limits_and_wrong_calls_answer_with_a_status, .time
     rp.field_mask = 0;
     rp.sched = NULL;
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_recv_create(p.ctx, &rp, &r));
+    /* A region of another pool than the scheduler's: senders would write
+     * the scheduler's block ids into blocks of that pool others hold. */
+    rp.sched = p.sched;
+    kvrt_xfer_region_t *other = txu_register_pool(p.ctx, p.decode_agent, p.prefill_pool);
+    rp.region = other;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_handoff_recv_create(p.ctx, &rp, &r));
+    ASSERT_OK(p.ctx, kvrt_xfer_deregister(other));
+    rp.region = p.decode_region;
     cr_assert_null(r);
     kvrt_cluster_handoff_sender_t *s = NULL;
     kvrt_cluster_handoff_sender_params_t sp = {.field_mask = 1u << 9, .agent = p.prefill_agent,
