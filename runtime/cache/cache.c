@@ -703,5 +703,5 @@ void kvrt_cache_parts(kvrt_cache_t *cache, cache_parts_t *parts_out)
 {
     *parts_out = (cache_parts_t){cache->ctx,          cache->pool,   cache->name,
                                  cache->num_blocks,   &cache->index, &cache->policy,
-                                 cache->names};
+                                 cache->names,        cache->hooks.sink, cache->hooks.sink_data};
 }

@@ -283,6 +283,8 @@ typedef struct cache_parts {
     cache_index_t *index;
     cache_policy_t *policy;
     const cache_name_t *names;
+    kvrt_cache_sink_fn sink; /* NULL: none */
+    void *sink_data;
 } cache_parts_t;
 void kvrt_cache_parts(kvrt_cache_t *cache, cache_parts_t *parts_out);
 /* Counts a completed reset (kvrt_cache_resets). */

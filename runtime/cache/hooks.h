@@ -126,6 +126,13 @@ uint32_t kvrt_cache_peek_victims(const kvrt_cache_t *cache, int32_t *blocks_out,
  * other evictable block is left for it); KEEP is then read as DROP, so an
  * allocation that was possible when it started never fails because of a
  * sink. A block kept by a sink counts as used (kvrt_pool_info) until freed.
+ *
+ * kvrt_cache_reset offers every block it unindexes too, with
+ * victim->discard set: its K/V is of before the reset and must not be kept
+ * below. The sink answers KEEP only to finish a copy already reading the
+ * block (which must then publish nothing), so that the block is not reused
+ * under it; it takes one reference of its own (beside the holders' of a
+ * referenced block) and frees it as for an eviction.
  * One sink per cache; the tier under it chains further tiers itself.
  */
 typedef enum kvrt_cache_sink_verdict {
@@ -136,6 +143,7 @@ typedef enum kvrt_cache_sink_verdict {
 typedef struct kvrt_cache_victim {
     int32_t block;                /* in the cache's pool; bytes intact */
     bool may_keep;
+    bool discard;                 /* a reset: not to be kept below (above) */
     kvrt_cache_block_name_t name;
 } kvrt_cache_victim_t;
 

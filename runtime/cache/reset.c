@@ -6,6 +6,22 @@
  */
 #include "cache/cache_internal.h"
 
+/* Takes `block`, just unindexed, out of the cache. An eviction sink is
+ * told first (hooks.h): a tier copying the block below keeps a reference
+ * until its copy ends, so that the block is not reused while it is read. */
+static void uncache(const cache_parts_t *c, int32_t block)
+{
+    if (c->sink) {
+        kvrt_cache_victim_t victim = {.block = block, .may_keep = true, .discard = true,
+                                      .name = c->names[block].name};
+        if (c->sink(c->sink_data, &victim) == KVRT_CACHE_SINK_KEEP) {
+            kvrt_pool_uncache_held(c->pool, block);
+            return;
+        }
+    }
+    kvrt_pool_uncache(c->pool, block);
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_cache_reset(kvrt_cache_t *cache, uint32_t flags)
 {
     if (!cache)
@@ -30,11 +46,12 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_reset(kvrt_cache_t *cache, uint32_t flags)
                          "queued requests); release them, or pass "
                          "KVRT_CACHE_RESET_FORGET_BUSY",
                          c.name, busy);
-    /* Idle blocks: out of the policy and the index, onto the free list. */
+    /* Idle blocks: out of the policy and the index, onto the free list
+     * unless the sink finishes a copy from one first. */
     while (c.policy->evictable) {
         int32_t block = c.policy->ops->victim(c.policy);
         kvrt_cache_index_remove(c.index, &c.names[block].name.key);
-        kvrt_pool_uncache(c.pool, block);
+        uncache(&c, block);
     }
     /* Referenced blocks: out of the index; their holders keep them as
      * ordinary used blocks, freed when the last reference goes. */
@@ -42,7 +59,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_reset(kvrt_cache_t *cache, uint32_t flags)
         if (!kvrt_pool_is_cached(c.pool, (int32_t)b))
             continue;
         kvrt_cache_index_remove(c.index, &c.names[b].name.key);
-        kvrt_pool_uncache(c.pool, (int32_t)b);
+        uncache(&c, (int32_t)b);
         busy--;
     }
     /* Misses after a reset read "never cached", not "evicted". */

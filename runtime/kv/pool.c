@@ -485,6 +485,10 @@ void kvrt_pool_uncache_held(kvrt_pool_t *pool, int32_t block)
 {
     block_meta_t *m = &pool->meta[block];
     m->cached = 0;
+    if (m->state == BLOCK_USED) {
+        m->refcount++;
+        return;
+    }
     m->state = BLOCK_USED;
     m->refcount = 1;
     pool->idle_count--;

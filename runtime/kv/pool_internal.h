@@ -38,9 +38,11 @@ void kvrt_pool_detach_cache(kvrt_pool_t *pool);
 bool kvrt_pool_mark_cached(kvrt_pool_t *pool, int32_t block);
 /* Clears the cached flag; an idle block goes to the free list. */
 void kvrt_pool_uncache(kvrt_pool_t *pool, int32_t block);
-/* Clears the cached flag of an idle block and hands it, used with one
- * reference, to whoever the cache gives it to (an eviction sink), who frees
- * it later with kvrt_pool_free(). */
+/* Clears the cached flag of a block and hands one reference of it to
+ * whoever the cache gives it to (an eviction sink), who frees it later with
+ * kvrt_pool_free(): an idle block becomes used with that one reference; a
+ * used one (a cache reset's referenced blocks) gains it beside its
+ * holders'. */
 void kvrt_pool_uncache_held(kvrt_pool_t *pool, int32_t block);
 /* Takes a reference on a cached block, idle or used (a prefix hit). Returns
  * false when the block is not cached or its count would overflow. */

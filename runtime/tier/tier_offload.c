@@ -70,9 +70,17 @@ void tier_make_room(kvrt_tier_t *t)
 kvrt_cache_sink_verdict_t tier_sink(void *user, const kvrt_cache_victim_t *victim)
 {
     kvrt_tier_t *t = user;
+    uint8_t *ahead = &t->ahead[victim->block];
+    if (victim->discard) {
+        /* A reset: nothing of it goes below. A copy reading it keeps it
+         * until it ends (it is then of the old epoch: published nowhere). */
+        if (*ahead != AHEAD_COPYING)
+            return KVRT_CACHE_SINK_DROP;
+        *ahead = AHEAD_KEPT;
+        return KVRT_CACHE_SINK_KEEP;
+    }
     tier_sync_reset(t);
     const kvrt_cache_block_name_t *name = &victim->name;
-    uint8_t *ahead = &t->ahead[victim->block];
     if (*ahead == AHEAD_COPYING) {
         *ahead = victim->may_keep ? AHEAD_KEPT : AHEAD_TORN;
         return victim->may_keep ? KVRT_CACHE_SINK_KEEP : KVRT_CACHE_SINK_DROP;
