@@ -192,8 +192,11 @@ static kvrt_status_t send_message(kvrt_cluster_channel_t *ch, const char *addres
         body(user, at, n, frag + CHAN_HEAD);
         st = kvrt_xfer_notify(peer, frag, CHAN_HEAD + n);
         if (st != KVRT_OK)
-            return st;
+            break;
     }
+    peer_cache_put(&ch->peers, peer);
+    if (st != KVRT_OK)
+        return st;
     ch->stats.sent++;
     return KVRT_OK;
 }

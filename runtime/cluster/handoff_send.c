@@ -124,6 +124,8 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_begin(kvrt_cluster_handoff_s
     send->ticket.descriptor = NULL;
     send->ticket.blocks = NULL;
     if (st != KVRT_OK) {
+        if (send->peer)
+            peer_cache_put(&sender->peers, send->peer);
         free(send->remote_blocks);
         free(send->requests);
         free(send);
@@ -259,6 +261,8 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_handoff_send_end(kvrt_cluster_handoff_sen
     }
     kvrt_xfer_remote_release(send->remote);
     send->remote = NULL;
+    peer_cache_put(&send->sender->peers, send->peer);
+    send->peer = NULL;
     send->sender->sends--;
     free(send->remote_blocks);
     free(send->requests);

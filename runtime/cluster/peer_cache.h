@@ -15,6 +15,7 @@
 typedef struct peer_place {
     char address[PEER_ADDRESS_MAX + 1];
     kvrt_xfer_peer_t *peer;
+    uint32_t users; /* gets not yet put: the peer is not closed under them */
 } peer_place_t;
 
 typedef struct peer_cache {
@@ -26,10 +27,13 @@ typedef struct peer_cache {
 } peer_cache_t;
 
 /* The connection to `address` (blocking at most connect_timeout_ms to
- * dial). Errors: KVRT_ERR_PEER_FAILED (down with requests still in
- * flight), KVRT_ERR_BUSY (every place carries requests), those of
- * kvrt_xfer_connect. */
+ * dial), held until peer_cache_put: it is neither closed nor evicted
+ * meanwhile. Errors: KVRT_ERR_PEER_FAILED (down with requests still in
+ * flight or held by a get not yet put), KVRT_ERR_BUSY (every place carries
+ * requests or is held), those of kvrt_xfer_connect. */
 kvrt_status_t peer_cache_get(peer_cache_t *pc, const char *address, kvrt_xfer_peer_t **peer_out);
+/* Lets go of a peer peer_cache_get returned. */
+void peer_cache_put(peer_cache_t *pc, kvrt_xfer_peer_t *peer);
 /* Disconnects every peer. */
 void peer_cache_close(peer_cache_t *pc);
 

@@ -322,3 +322,63 @@ Test(cluster_handoff_hostile, blocks_that_land_after_the_deadline_are_not_used, 
     ASSERT_OK(p.ctx, kvrt_sched_drain_ended(p.sched, &ended, 1, &n));
     pair_down(&p);
 }
+
+/* A send holds the connection its sender's cache gave it, and the remote
+ * it imported from it, until it ends: when its decode node goes away and
+ * the connection fails, another ticket to the same address must not close
+ * that connection under it (which freed both: a use after free), but is
+ * refused until the first send has ended. */
+Test(cluster_handoff_hostile, a_connection_a_send_still_holds_is_not_closed_under_it,
+     .timeout = 60)
+{
+    pair_t p = pair_up(4);
+    kvrt_seq_id_t seq = add(&p);
+    static uint8_t ticket[KVRT_HANDOFF_TICKET_MAX];
+    size_t len = 0;
+    accept(&p, seq, ticket, &len);
+    kvrt_cluster_handoff_send_t *first = NULL;
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_send_begin(p.sender, ticket, len, &first));
+    /* The decode node goes away before the prefill posts anything. */
+    ASSERT_OK(p.ctx, kvrt_xfer_agent_destroy(p.decode_agent));
+    p.decode_agent = NULL;
+    kvrt_status_t st = KVRT_OK;
+    kvrt_cluster_handoff_send_t *second = NULL;
+    uint64_t end = txu_now_ms() + 20000;
+    while (txu_now_ms() < end) {
+        st = kvrt_cluster_handoff_send_begin(p.sender, ticket, len, &second);
+        if (st == KVRT_OK) { /* still reconnecting: the same connection, held */
+            ASSERT_OK(p.ctx, kvrt_cluster_handoff_send_end(second));
+            second = NULL;
+        } else if (st == KVRT_ERR_PEER_FAILED) {
+            break; /* failed, and held by the first send */
+        }
+        tch_nap_ms(20);
+    }
+    cr_assert_eq(st, KVRT_ERR_PEER_FAILED, "%s", kvrt_ctx_last_error(p.ctx));
+    cr_assert_null(second);
+    int32_t local[5];
+    ASSERT_OK(p.ctx, kvrt_pool_alloc(p.prefill_pool, 5, local));
+    cr_assert_neq(kvrt_cluster_handoff_send_blocks(first, local, 5), KVRT_OK);
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_send_end(first));
+    ASSERT_OK(p.ctx, kvrt_pool_free(p.prefill_pool, 5, local));
+    /* Once it has ended, the connection may go: the next ticket dials
+     * again (and finds nobody there). */
+    st = kvrt_cluster_handoff_send_begin(p.sender, ticket, len, &second);
+    cr_assert(st != KVRT_OK && st != KVRT_ERR_PEER_FAILED, "%d: %s", st,
+              kvrt_ctx_last_error(p.ctx));
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_sender_destroy(p.sender));
+    ASSERT_OK(p.ctx, kvrt_cluster_handoff_recv_destroy(p.recv));
+    kvrt_seq_info_t ended;
+    uint32_t n = 0;
+    ASSERT_OK(p.ctx, kvrt_seq_abort(p.sched, seq));
+    ASSERT_OK(p.ctx, kvrt_sched_drain_ended(p.sched, &ended, 1, &n));
+    ASSERT_OK(p.ctx, kvrt_xfer_deregister(p.prefill_region));
+    kvrt_xfer_agent_destroy(p.prefill_agent); /* (the decode agent took its region) */
+    kvrt_pool_info_t info;
+    ASSERT_OK(p.ctx, kvrt_pool_info(p.pool, &info));
+    cr_assert_eq(info.used_blocks, 0, "blocks stranded: %u", info.used_blocks);
+    kvrt_sched_destroy(p.sched);
+    kvrt_pool_destroy(p.pool);
+    kvrt_pool_destroy(p.prefill_pool);
+    kvrt_ctx_destroy(p.ctx);
+}
