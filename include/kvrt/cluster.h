@@ -510,8 +510,12 @@ kvrt_status_t kvrt_cluster_etcd_members(kvrt_cluster_etcd_t *member,
  * with them), and moves a node whose epoch changed to the new epoch
  * (restart: its old entries are dropped and late events of the old epoch
  * are refused with KVRT_ERR_STALE_EPOCH); a restart counts as one added
- * and one removed. Nodes the directory holds that were never added by
- * a sync are left alone. Writes the nodes added and removed (may be NULL).
+ * and one removed. A view that shows an epoch the node had before its
+ * current one (the node's own events brought the newer one first: the view
+ * is refreshed every poll_ms) changes nothing. A node back with another
+ * model is removed and added again under it (nothing of the old model is
+ * kept, its old epoch stays stale). Nodes the directory holds that were
+ * never added by a sync are left alone, unless their model changed. Writes the nodes added and removed (may be NULL).
  * Call from dir's thread. Errors: KVRT_ERR_INVALID_ARG, those of
  * kvrt_cluster_dir_add_node (the sync stops there; nodes changed before stay
  * changed and the next sync continues).

@@ -30,14 +30,16 @@ uint64_t cluster_dir_slot_node_id(const kvrt_cluster_dir_t *dir, uint32_t slot);
 const kvrt_cluster_load_t *cluster_dir_slot_load(const kvrt_cluster_dir_t *dir, uint32_t slot);
 kvrt_ctx_t *cluster_dir_ctx(const kvrt_cluster_dir_t *dir);
 
-/* Node lookup by id for the etcd sync: its epoch, and whether a sync added it. */
-bool cluster_dir_node_epoch(const kvrt_cluster_dir_t *dir, uint64_t node_id,
-                            uint64_t *epoch_out, bool *synced_out);
-/* The node restarted with `epoch` (seen in membership before any event):
- * entries dropped, the old epoch remembered as stale, next id 1. */
-void cluster_dir_restart_node(kvrt_cluster_dir_t *dir, uint64_t node_id, uint64_t epoch);
-/* Marks a node as added by an etcd sync (so a later sync may remove it). */
-void cluster_dir_mark_synced(kvrt_cluster_dir_t *dir, uint64_t node_id);
+/* One member of the etcd view, applied (kvrt_cluster_etcd_sync): a new
+ * node is added; one back with another epoch is restarted (its entries
+ * dropped, the old epoch remembered as stale), unless the view's epoch is
+ * one the node had before its current (the view lags its events: nothing
+ * changes); one back serving another model is removed and added again
+ * under it. Nodes added or restarted here are marked as the sync's, which
+ * a later sync removes when they leave the view. Counts into *added and
+ * *removed; errors of kvrt_cluster_dir_add_node. */
+kvrt_status_t cluster_dir_sync_member(kvrt_cluster_dir_t *dir, const kvrt_cluster_member_t *m,
+                                      uint32_t *added, uint32_t *removed);
 /* Node ids that a sync added, into ids[0..64); returns their count. */
 uint32_t cluster_dir_synced_nodes(const kvrt_cluster_dir_t *dir, uint64_t *ids);
 

@@ -612,32 +612,54 @@ const kvrt_cluster_load_t *cluster_dir_slot_load(const kvrt_cluster_dir_t *dir, 
 
 kvrt_ctx_t *cluster_dir_ctx(const kvrt_cluster_dir_t *dir) { return dir->ctx; }
 
-bool cluster_dir_node_epoch(const kvrt_cluster_dir_t *dir, uint64_t node_id,
-                            uint64_t *epoch_out, bool *synced_out)
+kvrt_status_t cluster_dir_sync_member(kvrt_cluster_dir_t *dir, const kvrt_cluster_member_t *m,
+                                      uint32_t *added, uint32_t *removed)
 {
-    int slot = node_slot(dir, node_id);
-    if (slot < 0)
-        return false;
-    *epoch_out = dir->nodes[slot].epoch;
-    *synced_out = dir->nodes[slot].synced;
-    return true;
-}
-
-void cluster_dir_restart_node(kvrt_cluster_dir_t *dir, uint64_t node_id, uint64_t epoch)
-{
-    int slot = node_slot(dir, node_id);
-    if (slot < 0 || dir->nodes[slot].epoch == epoch)
-        return;
-    new_epoch(dir, slot, epoch);
-    dir->nodes[slot].resyncing = false;
-    dir->resyncing &= ~(1ull << slot);
-}
-
-void cluster_dir_mark_synced(kvrt_cluster_dir_t *dir, uint64_t node_id)
-{
-    int slot = node_slot(dir, node_id);
-    if (slot >= 0)
-        dir->nodes[slot].synced = true;
+    int slot = node_slot(dir, m->node_id);
+    if (slot < 0) { /* new */
+        kvrt_status_t st = kvrt_cluster_dir_add_node(dir, m->node_id, &m->model, m->epoch);
+        if (st == KVRT_OK) {
+            dir->nodes[node_slot(dir, m->node_id)].synced = true;
+            (*added)++;
+        }
+        return st;
+    }
+    dir_node_t *n = &dir->nodes[slot];
+    /* An epoch the node had before its current one: the view lags the
+     * node's own event stream (it is refreshed every poll_ms, and not at
+     * all while etcd is unreachable). Going back to it would refuse the
+     * live incarnation's events and accept the dead one's. */
+    if (epoch_is_old(n, m->epoch))
+        return KVRT_OK;
+    const kvrt_block_hash_t *model = &dir->models[n->model].fingerprint;
+    if (model->lo != m->model.lo || model->hi != m->model.hi) {
+        /* Back serving another model (a node id is e.g. its address's
+         * hash): nothing it held is the new model's, and it must be
+         * routed for the model it serves now. */
+        const uint64_t was = n->epoch;
+        kvrt_cluster_dir_remove_node(dir, m->node_id);
+        (*removed)++;
+        kvrt_status_t st = kvrt_cluster_dir_add_node(dir, m->node_id, &m->model, m->epoch);
+        if (st != KVRT_OK)
+            return st;
+        n = &dir->nodes[node_slot(dir, m->node_id)];
+        n->synced = true;
+        if (was != m->epoch)
+            n->old_epochs[n->num_old++ % OLD_EPOCHS] = was; /* its late events are stale */
+        (*added)++;
+        return KVRT_OK;
+    }
+    if (n->epoch != m->epoch) {
+        /* Restarted: same slot, old entries dropped, and the old epoch
+         * stays known as stale so its late events are refused. */
+        new_epoch(dir, slot, m->epoch);
+        n->resyncing = false;
+        dir->resyncing &= ~(1ull << slot);
+        n->synced = true;
+        (*added)++;
+        (*removed)++;
+    }
+    return KVRT_OK;
 }
 
 uint32_t cluster_dir_synced_nodes(const kvrt_cluster_dir_t *dir, uint64_t *ids)

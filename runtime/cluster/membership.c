@@ -408,27 +408,9 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_etcd_sync(kvrt_cluster_etcd_t *member,
             removed++;
         }
     }
-    /* New, or back with a new epoch (restarted): (re-)add. */
-    for (uint32_t i = 0; i < n && st == KVRT_OK; i++) {
-        uint64_t epoch = 0;
-        bool was_synced = false;
-        if (cluster_dir_node_epoch(dir, view[i].node_id, &epoch, &was_synced)) {
-            /* Restarted: same slot, old entries dropped, and the old epoch
-             * stays known as stale so its late events are refused. */
-            if (epoch != view[i].epoch) {
-                cluster_dir_restart_node(dir, view[i].node_id, view[i].epoch);
-                cluster_dir_mark_synced(dir, view[i].node_id);
-                added++;
-                removed++;
-            }
-            continue;
-        }
-        st = kvrt_cluster_dir_add_node(dir, view[i].node_id, &view[i].model, view[i].epoch);
-        if (st == KVRT_OK) {
-            cluster_dir_mark_synced(dir, view[i].node_id);
-            added++;
-        }
-    }
+    /* New, restarted, or back with another model: (re-)add. */
+    for (uint32_t i = 0; i < n && st == KVRT_OK; i++)
+        st = cluster_dir_sync_member(dir, &view[i], &added, &removed);
     if (added_out)
         *added_out = added;
     if (removed_out)

@@ -4,10 +4,13 @@
  * against an oracle built from the publishers' own key sets), every node's
  * longest prefix is what it really holds; gaps, restarts, late events of a
  * dead incarnation, duplicates, unknown nodes and models, and bad events
- * are each answered as documented, and never with stale entries.
+ * are each answered as documented, and never with stale entries; and the
+ * etcd view applied member by member never takes a node back to a dead
+ * epoch, nor keeps it under a model it no longer serves.
  */
 #include <string.h>
 
+#include "cluster/cluster_internal.h"
 #include "test_helpers.h"
 
 #define NODES 5
@@ -197,6 +200,67 @@ Test(cluster_directory, restart_drops_old_entries_and_late_events_are_refused)
     ASSERT_OK(ctx, kvrt_cluster_dir_node_info(dir, 9, &info));
     cr_assert_eq(info.next_event_id, 5);
     cr_assert_eq(info.epoch, 0xC3);
+}
+
+static uint32_t sync_one(uint64_t node, uint64_t epoch, const kvrt_block_hash_t *m)
+{
+    kvrt_cluster_member_t member = {.node_id = node, .epoch = epoch, .model = *m};
+    uint32_t added = 0, removed = 0;
+    ASSERT_OK(ctx, cluster_dir_sync_member(dir, &member, &added, &removed));
+    return added + removed;
+}
+
+/* The etcd view is refreshed every poll_ms (not at all while etcd is out
+ * of reach), so it may still show the epoch a node had before the one its
+ * own events brought: applying it must change nothing (it used to take the
+ * node back, refusing the live incarnation's events and taking the dead
+ * one's). */
+Test(cluster_directory, a_lagging_view_never_takes_a_node_back_to_a_dead_epoch)
+{
+    const uint64_t e1 = 0xA1, e2 = 0xB2;
+    cr_assert_eq(sync_one(9, e1, &model), 1, "added");
+    kvrt_block_hash_t keys[4];
+    kvrt_kv_event_t ev[4];
+    for (int i = 0; i < 4; i++) {
+        keys[i] = key(i);
+        ev[i] = stored((uint64_t)i + 1, (uint64_t)i, KVRT_KV_TIER_GPU);
+    }
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, e1, ev, 2));
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, e2, ev, 1)); /* restarted */
+    cr_assert_eq(sync_one(9, e1, &model), 0, "a lagging view changed the node");
+    kvrt_cluster_node_info_t info;
+    ASSERT_OK(ctx, kvrt_cluster_dir_node_info(dir, 9, &info));
+    cr_assert_eq(info.epoch, e2);
+    cr_assert_eq(prefix_of(9, keys, 4, 0), 1);
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, e2, ev + 1, 1)); /* the live stream */
+    ASSERT_STATUS(KVRT_ERR_STALE_EPOCH, kvrt_cluster_dir_apply(dir, 9, e1, ev + 2, 1));
+    cr_assert_eq(prefix_of(9, keys, 4, 0), 2);
+    cr_assert_eq(sync_one(9, e2, &model), 0, "the view caught up: nothing to do");
+    cr_assert_eq(sync_one(9, 0xC3, &model), 2, "a newer epoch restarts it");
+    cr_assert_eq(prefix_of(9, keys, 4, 0), 0);
+}
+
+/* A node id outlives a redeployment (it is, say, a hash of the address): a
+ * node back serving another model is listed under that model only, with
+ * nothing of the old one, and the old incarnation's late events are
+ * refused. */
+Test(cluster_directory, a_node_back_with_another_model_is_matched_for_that_model_only)
+{
+    const uint64_t e1 = 0xA1, e2 = 0xB2;
+    sync_one(9, e1, &model);
+    kvrt_block_hash_t keys[2] = {key(0), key(1)};
+    kvrt_kv_event_t ev[2] = {stored(1, 0, KVRT_KV_TIER_GPU), stored(2, 1, KVRT_KV_TIER_GPU)};
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, e1, ev, 2));
+    cr_assert_eq(prefix_of(9, keys, 2, 0), 2);
+    cr_assert_eq(sync_one(9, e2, &other_model), 2, "removed and added again");
+    cr_assert_eq(prefix_of(9, keys, 2, 0), UINT32_MAX, "still listed for the old model");
+    kvrt_cluster_match_t m[2];
+    uint32_t count = 0;
+    ASSERT_OK(ctx, kvrt_cluster_dir_match(dir, &other_model, keys, 2, 0, m, 2, &count));
+    cr_assert_eq(count, 1);
+    cr_assert_eq(m[0].node_id, 9);
+    cr_assert_eq(m[0].prefix_blocks, 0, "entries of the old model carried over");
+    ASSERT_STATUS(KVRT_ERR_STALE_EPOCH, kvrt_cluster_dir_apply(dir, 9, e1, ev, 1));
 }
 
 Test(cluster_directory, bad_input_changes_nothing)
