@@ -462,10 +462,12 @@ typedef struct kvrt_cluster_etcd_params {
                                  text, up to 255 bytes), default "" */
     uint32_t lease_ttl_s;     /* 2 .. 3600, default 10 */
     uint32_t poll_ms;         /* view refresh and keepalive tick, 20 .. 60000,
-                                 default 500 */
+                                 and at most a third of the lease; default
+                                 500 */
     uint32_t timeout_ms;      /* per HTTP request, 50 .. 60000, default 2000 */
     uint32_t max_backoff_ms;  /* retry ceiling while etcd is unreachable,
-                                 default 5000 */
+                                 >= poll_ms; default 5000, or poll_ms when
+                                 longer */
 } kvrt_cluster_etcd_params_t;
 
 /*

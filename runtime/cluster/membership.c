@@ -35,7 +35,9 @@ struct kvrt_cluster_etcd {
     char endpoint[256];
     char prefix[256];
     char key[320];
-    char value[640];
+    /* The record: an address of 255 bytes may grow 6 times as JSON escapes
+     * (\u00XX), beside about 150 bytes of the rest. */
+    char value[2048];
     etcd_client_t *client; /* the thread's after create */
     int64_t lease;
     pthread_t thread;
@@ -282,6 +284,8 @@ static kvrt_status_t check_params(kvrt_ctx_t *ctx, const kvrt_cluster_etcd_param
         p->timeout_ms = in->timeout_ms;
     if (f & KVRT_ETCD_PARAM_MAX_BACKOFF_MS)
         p->max_backoff_ms = in->max_backoff_ms;
+    else if (p->max_backoff_ms < p->poll_ms)
+        p->max_backoff_ms = p->poll_ms; /* the default follows a long poll */
     if (p->node_id == 0 || p->epoch == 0)
         return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG, "node_id and epoch must be non-zero");
     if (!p->endpoint || strncmp(p->endpoint, "http", 4) != 0 || strlen(p->endpoint) > 200)
@@ -296,6 +300,13 @@ static kvrt_status_t check_params(kvrt_ctx_t *ctx, const kvrt_cluster_etcd_param
                          "lease_ttl_s %u, poll_ms %u, timeout_ms %u or max_backoff_ms %u "
                          "out of range",
                          p->lease_ttl_s, p->poll_ms, p->timeout_ms, p->max_backoff_ms);
+    /* The keepalive runs every poll_ms: a lease that outlives fewer than
+     * three of them would lapse between two, and peers would drop a live
+     * node again and again. */
+    if ((uint64_t)p->poll_ms * 3 > (uint64_t)p->lease_ttl_s * 1000)
+        return kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
+                         "poll_ms %u: the lease of %u s must last at least three polls",
+                         p->poll_ms, p->lease_ttl_s);
     return KVRT_OK;
 }
 
@@ -331,7 +342,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_etcd_create(kvrt_ctx_t *ctx,
     const char *address = (params->field_mask & KVRT_ETCD_PARAM_ADDRESS) ? params->address : "";
     if (!m->client || member_record(&p, address, m->value, sizeof(m->value)) != 0) {
         member_free(m);
-        return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "etcd client");
+        return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "etcd client or member record");
     }
     if (do_register(m) != 0 || refresh_view(m) != 0) {
         st = kvrt_fail(ctx, KVRT_ERR_COORDINATOR, "etcd at %s: %s", m->endpoint,

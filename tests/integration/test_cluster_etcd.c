@@ -148,6 +148,32 @@ Test(cluster_etcd, unreachable_at_start_is_a_clear_error)
                        kvrt_ctx_last_error(ctx));
     p.node_id = 0;
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_etcd_create(ctx, &p, &m));
+    /* A keepalive tick the lease would not outlive three times: the node
+     * would drop out of its peers' views between two ticks, again and
+     * again. */
+    p = params(1, 1, 2);
+    p.endpoint = endpoint;
+    p.poll_ms = 700;
+    p.max_backoff_ms = 700;
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_cluster_etcd_create(ctx, &p, &m));
+    cr_assert_not_null(strstr(kvrt_ctx_last_error(ctx), "three polls"), "%s",
+                       kvrt_ctx_last_error(ctx));
+    /* A long poll without a backoff ceiling of its own: the default
+     * ceiling follows it (the request then fails only on the endpoint). */
+    p = params(1, 1, 60);
+    p.endpoint = endpoint;
+    p.field_mask &= ~(uint64_t)KVRT_ETCD_PARAM_MAX_BACKOFF_MS;
+    p.poll_ms = 10000;
+    ASSERT_STATUS(KVRT_ERR_COORDINATOR, kvrt_cluster_etcd_create(ctx, &p, &m));
+    /* An address of 255 bytes that JSON escapes six times over. */
+    char address[256];
+    memset(address, 0x01, 255);
+    address[255] = 0;
+    p = params(1, 1, 5);
+    p.endpoint = endpoint;
+    p.field_mask |= KVRT_ETCD_PARAM_ADDRESS;
+    p.address = address;
+    ASSERT_STATUS(KVRT_ERR_COORDINATOR, kvrt_cluster_etcd_create(ctx, &p, &m));
 }
 
 Test(cluster_etcd, dead_node_leaves_with_its_entries_and_restart_brings_a_new_epoch)
