@@ -250,7 +250,12 @@ kvrt_status_t kvrt_cluster_dir_remove_node(kvrt_cluster_dir_t *dir, uint64_t nod
 /*
  * kvrt_cluster_dir_apply - applies events[0 .. count) of node_id under
  * `epoch`, in order. Events with ids the node has already passed
- * (duplicates, replays) are skipped and counted. Errors:
+ * (duplicates, replays) are skipped and counted. A CLEARED walks the
+ * model's whole table when the node holds entries (O(table slots)), so a
+ * batch pays it once: the events before its last CLEARED only move the
+ * ids on, their effect being wiped by it. The table grows, before
+ * anything is applied, for the keys the accepted batch stores after that
+ * CLEARED (a refused or duplicate batch grows nothing). Errors:
  *  KVRT_ERR_INVALID_ARG   NULL, an unknown kind or tier (nothing applied);
  *  KVRT_ERR_UNKNOWN_NODE  node_id is not a member (nothing applied);
  *  KVRT_ERR_STALE_EPOCH   epoch is one the node had before its current

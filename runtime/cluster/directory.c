@@ -334,27 +334,43 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_apply(kvrt_cluster_dir_t *dir, uint64
                          (unsigned long long)node_id);
     dir_node_t *n = &dir->nodes[slot];
     /* Validate the whole batch before anything changes. */
-    uint64_t stores = 0;
     for (uint32_t i = 0; i < count; i++) {
         const kvrt_kv_event_t *e = &events[i];
         if (e->kind < KVRT_KV_EVENT_STORED || e->kind > KVRT_KV_EVENT_CLEARED ||
             e->tier >= KVRT_KV_TIERS)
             return kvrt_fail(dir->ctx, KVRT_ERR_INVALID_ARG,
                              "event %u: kind %u tier %u", i, e->kind, e->tier);
-        stores += e->kind == KVRT_KV_EVENT_STORED;
     }
+    const bool restart = epoch != n->epoch;
+    if (restart && (epoch == 0 || epoch_is_old(n, epoch))) {
+        dir->stats.stale_refused++;
+        return kvrt_fail(dir->ctx, KVRT_ERR_STALE_EPOCH,
+                         "node %016llx: epoch %016llx is older than %016llx",
+                         (unsigned long long)node_id, (unsigned long long)epoch,
+                         (unsigned long long)n->epoch);
+    }
+    if (!restart && n->resyncing)
+        return kvrt_fail(dir->ctx, KVRT_ERR_RESYNC, "node %016llx waits for a snapshot",
+                         (unsigned long long)node_id);
+    /* What the batch will apply: from the node's next id (1 for a new
+     * epoch), after its last CLEARED, which wipes whatever the events
+     * before it did: those only move the ids on, and a batch pays at most
+     * one clear (a walk of the model's whole table). Only then is the
+     * table grown, for the keys the batch stores (a refused or duplicate
+     * batch grows nothing). */
+    const uint64_t from = restart ? 1 : n->next_id;
+    uint32_t last_clear = UINT32_MAX;
+    uint64_t stores = 0;
+    for (uint32_t i = 0; i < count; i++)
+        if (events[i].event_id >= from && events[i].kind == KVRT_KV_EVENT_CLEARED)
+            last_clear = i;
+    for (uint32_t i = last_clear == UINT32_MAX ? 0 : last_clear; i < count; i++)
+        stores += events[i].event_id >= from && events[i].kind == KVRT_KV_EVENT_STORED;
     keytable_t *table = &dir->models[n->model].table;
     if (!keytable_reserve(table, stores))
         return kvrt_fail(dir->ctx, KVRT_ERR_NO_MEMORY, "table growth for %llu keys",
                          (unsigned long long)stores);
-    if (epoch != n->epoch) {
-        if (epoch == 0 || epoch_is_old(n, epoch)) {
-            dir->stats.stale_refused++;
-            return kvrt_fail(dir->ctx, KVRT_ERR_STALE_EPOCH,
-                             "node %016llx: epoch %016llx is older than %016llx",
-                             (unsigned long long)node_id, (unsigned long long)epoch,
-                             (unsigned long long)n->epoch);
-        }
+    if (restart) {
         new_epoch(dir, slot, epoch);
         /* A new publisher holds nothing before its id 1; a stream of the
          * new epoch already past it needs a snapshot (an empty batch can
@@ -365,9 +381,6 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_apply(kvrt_cluster_dir_t *dir, uint64
         n->resyncing = false;
         dir->resyncing &= ~(1ull << slot);
     }
-    if (n->resyncing)
-        return kvrt_fail(dir->ctx, KVRT_ERR_RESYNC, "node %016llx waits for a snapshot",
-                         (unsigned long long)node_id);
     for (uint32_t i = 0; i < count; i++) {
         const kvrt_kv_event_t *e = &events[i];
         if (i + PREFETCH_AHEAD < count)
@@ -378,7 +391,8 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_apply(kvrt_cluster_dir_t *dir, uint64
         }
         if (e->event_id > n->next_id)
             return start_resync(dir, slot, "gap in event ids", e->event_id);
-        apply_one(dir, slot, table, e);
+        if (last_clear == UINT32_MAX || i >= last_clear) /* (a gap drops all anyway) */
+            apply_one(dir, slot, table, e);
         n->next_id++;
         dir->stats.events_applied++;
     }

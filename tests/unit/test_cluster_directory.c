@@ -8,6 +8,7 @@
  * etcd view applied member by member never takes a node back to a dead
  * epoch, nor keeps it under a model it no longer serves.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "cluster/cluster_internal.h"
@@ -261,6 +262,42 @@ Test(cluster_directory, a_node_back_with_another_model_is_matched_for_that_model
     cr_assert_eq(m[0].node_id, 9);
     cr_assert_eq(m[0].prefix_blocks, 0, "entries of the old model carried over");
     ASSERT_STATUS(KVRT_ERR_STALE_EPOCH, kvrt_cluster_dir_apply(dir, 9, e1, ev, 1));
+}
+
+static uint64_t table_bytes(void)
+{
+    kvrt_cluster_dir_stats_t st;
+    ASSERT_OK(ctx, kvrt_cluster_dir_stats(dir, &st));
+    return st.table_bytes;
+}
+
+/* The table grows for what a batch will store, once it is accepted: a
+ * batch refused for its stale epoch, or of events already applied, grows
+ * nothing (a peer could make it grow to any size and it never shrinks). */
+Test(cluster_directory, a_refused_or_duplicate_batch_grows_no_table)
+{
+    const uint32_t n = 200000;
+    kvrt_kv_event_t *ev = malloc(n * sizeof(*ev));
+    cr_assert_not_null(ev);
+    for (uint32_t i = 0; i < n; i++)
+        ev[i] = stored(i + 1, i, KVRT_KV_TIER_GPU);
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 9, &model, 0xA1));
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, 0xA1, ev, 1));
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, 0xB2, ev, 1)); /* 0xA1 is stale now */
+    const uint64_t before = table_bytes();
+    ASSERT_STATUS(KVRT_ERR_STALE_EPOCH, kvrt_cluster_dir_apply(dir, 9, 0xA1, ev, n));
+    cr_assert_eq(table_bytes(), before, "a refused batch grew the table");
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, 0xB2, ev, 1)); /* id 1 again */
+    cr_assert_eq(table_bytes(), before, "a batch of duplicates grew the table");
+    /* Stores the batch's last CLEARED wipes count for nothing either. */
+    for (uint32_t i = 0; i < n; i++)
+        ev[i].event_id = i + 2;
+    ev[n - 1] = (kvrt_kv_event_t){.event_id = n + 1, .kind = KVRT_KV_EVENT_CLEARED};
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, 0xB2, ev, n));
+    cr_assert_eq(table_bytes(), before, "stores wiped by the batch's clear grew the table");
+    kvrt_block_hash_t keys[2] = {key(0), key(1)};
+    cr_assert_eq(prefix_of(9, keys, 2, 0), 0);
+    free(ev);
 }
 
 Test(cluster_directory, bad_input_changes_nothing)
