@@ -431,7 +431,8 @@ typedef struct kvrt_route_choice {
  * kvrt_cluster_router_pick - chooses a node of `model` for a prompt of
  * prompt_tokens tokens whose full blocks have keys[0 .. num_keys). Nodes
  * that are resyncing count as holding nothing. Ties go to the node with
- * more free blocks, then to the one added first.
+ * more free blocks, then to the lower node id (the same choice on every
+ * router, whatever order its directory added the nodes in).
  * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_UNKNOWN_MODEL, KVRT_ERR_NOT_FOUND
  * (the model has no node now).
  */

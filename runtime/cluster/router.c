@@ -137,10 +137,15 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_router_pick(kvrt_cluster_router_t *router
             double cost = node_cost(router, (uint32_t)s,
                                     router->p.policy == KVRT_ROUTE_CACHE_AWARE ? uncached : 0);
             bool better = best_slot < 0 || cost < best.cost;
-            if (!better && cost == best.cost &&
-                cluster_dir_slot_load(dir, (uint32_t)s)->free_blocks >
-                    cluster_dir_slot_load(dir, (uint32_t)best_slot)->free_blocks)
-                better = true;
+            if (!better && cost == best.cost) {
+                /* More free blocks, then the lower node id: the same choice
+                 * on every router, whatever slots their directories gave. */
+                uint64_t mine = cluster_dir_slot_load(dir, (uint32_t)s)->free_blocks;
+                uint64_t theirs = cluster_dir_slot_load(dir, (uint32_t)best_slot)->free_blocks;
+                better = mine > theirs ||
+                         (mine == theirs && cluster_dir_slot_node_id(dir, (uint32_t)s) <
+                                                cluster_dir_slot_node_id(dir, (uint32_t)best_slot));
+            }
             if (better) {
                 best_slot = s;
                 best.cost = cost;

@@ -113,3 +113,25 @@ Test(cluster_router, bad_input)
     ASSERT_STATUS(KVRT_ERR_NOT_FOUND, kvrt_cluster_router_pick(r, &model, keys, 4, 64, &c));
     kvrt_cluster_router_destroy(r);
 }
+
+/* Equal cost and free blocks: the lower node id, whatever slot the
+ * directory gave each node (slots of removed nodes are reused), so that
+ * every router picks alike. */
+Test(cluster_router, ties_go_to_the_lower_node_id_whatever_the_slots)
+{
+    static const kvrt_block_hash_t other = {7, 7};
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 30, &other, 1));
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 20, &other, 1));
+    kvrt_cluster_router_t *r = router(KVRT_ROUTE_LEAST_LOADED);
+    kvrt_route_choice_t c;
+    ASSERT_OK(ctx, kvrt_cluster_router_pick(r, &other, keys, 4, 64, &c));
+    cr_assert_eq(c.node_id, 20);
+    ASSERT_OK(ctx, kvrt_cluster_dir_remove_node(dir, 30));
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 40, &other, 1)); /* takes 30's slot */
+    ASSERT_OK(ctx, kvrt_cluster_router_pick(r, &other, keys, 4, 64, &c));
+    cr_assert_eq(c.node_id, 20, "the node in the lower slot won the tie");
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 10, &other, 1));
+    ASSERT_OK(ctx, kvrt_cluster_router_pick(r, &other, keys, 4, 64, &c));
+    cr_assert_eq(c.node_id, 10);
+    kvrt_cluster_router_destroy(r);
+}
