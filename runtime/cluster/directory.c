@@ -352,20 +352,28 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_apply(kvrt_cluster_dir_t *dir, uint64
     if (!restart && n->resyncing)
         return kvrt_fail(dir->ctx, KVRT_ERR_RESYNC, "node %016llx waits for a snapshot",
                          (unsigned long long)node_id);
-    /* What the batch will apply: from the node's next id (1 for a new
-     * epoch), after its last CLEARED, which wipes whatever the events
-     * before it did: those only move the ids on, and a batch pays at most
-     * one clear (a walk of the model's whole table). Only then is the
-     * table grown, for the keys the batch stores (a refused or duplicate
-     * batch grows nothing). */
-    const uint64_t from = restart ? 1 : n->next_id;
+    /* What the batch will apply: the events from the node's next id (1
+     * for a new epoch) up to a gap, and of those only what follows the
+     * last CLEARED, which wipes whatever the events before it did: they
+     * only move the ids on, and a batch pays at most one clear (a walk of
+     * the model's whole table). The table grows for the keys stored after
+     * it, and for nothing a refused, duplicate or gapped batch carries. */
+    uint64_t expect = restart ? 1 : n->next_id, stores = 0;
     uint32_t last_clear = UINT32_MAX;
-    uint64_t stores = 0;
-    for (uint32_t i = 0; i < count; i++)
-        if (events[i].event_id >= from && events[i].kind == KVRT_KV_EVENT_CLEARED)
+    for (uint32_t i = 0; i < count; i++) {
+        const kvrt_kv_event_t *e = &events[i];
+        if (e->event_id < expect)
+            continue; /* a duplicate */
+        if (e->event_id > expect)
+            break; /* a gap: nothing past it applies */
+        expect++;
+        if (e->kind == KVRT_KV_EVENT_CLEARED) {
             last_clear = i;
-    for (uint32_t i = last_clear == UINT32_MAX ? 0 : last_clear; i < count; i++)
-        stores += events[i].event_id >= from && events[i].kind == KVRT_KV_EVENT_STORED;
+            stores = 0;
+        } else {
+            stores += e->kind == KVRT_KV_EVENT_STORED;
+        }
+    }
     keytable_t *table = &dir->models[n->model].table;
     if (!keytable_reserve(table, stores))
         return kvrt_fail(dir->ctx, KVRT_ERR_NO_MEMORY, "table growth for %llu keys",

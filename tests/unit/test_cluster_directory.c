@@ -272,8 +272,9 @@ static uint64_t table_bytes(void)
 }
 
 /* The table grows for what a batch will store, once it is accepted: a
- * batch refused for its stale epoch, or of events already applied, grows
- * nothing (a peer could make it grow to any size and it never shrinks). */
+ * batch refused for its stale epoch, of events already applied, or past a
+ * gap grows nothing (a peer could make it grow to any size and it never
+ * shrinks). */
 Test(cluster_directory, a_refused_or_duplicate_batch_grows_no_table)
 {
     const uint32_t n = 200000;
@@ -297,6 +298,11 @@ Test(cluster_directory, a_refused_or_duplicate_batch_grows_no_table)
     cr_assert_eq(table_bytes(), before, "stores wiped by the batch's clear grew the table");
     kvrt_block_hash_t keys[2] = {key(0), key(1)};
     cr_assert_eq(prefix_of(9, keys, 2, 0), 0);
+    /* Nor a batch past a gap (it resyncs the node, applying nothing). */
+    for (uint32_t i = 0; i < n; i++)
+        ev[i] = stored(n + 10 + i, i, KVRT_KV_TIER_GPU);
+    ASSERT_STATUS(KVRT_ERR_RESYNC, kvrt_cluster_dir_apply(dir, 9, 0xB2, ev, n));
+    cr_assert_eq(table_bytes(), before, "a batch past a gap grew the table");
     free(ev);
 }
 
