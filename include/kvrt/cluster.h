@@ -522,9 +522,9 @@ kvrt_status_t kvrt_cluster_etcd_members(kvrt_cluster_etcd_t *member,
  * current one (the node's own events brought the newer one first: the view
  * is refreshed every poll_ms) changes nothing. A node back with another
  * model is removed and added again under it (nothing of the old model is
- * kept, its old epoch stays stale). Nodes the directory holds that were
- * never added by a sync are left alone, unless their model changed. Writes the nodes added and removed (may be NULL).
- * Call from dir's thread. Errors: KVRT_ERR_INVALID_ARG, those of
+ * kept, its old epoch stays stale). Nodes the directory holds that a sync
+ * never added are not removed for missing from the view. Writes the nodes
+ * added and removed (may be NULL). Call from dir's thread. Errors: KVRT_ERR_INVALID_ARG, those of
  * kvrt_cluster_dir_add_node (the sync stops there; nodes changed before stay
  * changed and the next sync continues).
  */
