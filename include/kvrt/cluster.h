@@ -524,9 +524,10 @@ kvrt_status_t kvrt_cluster_etcd_members(kvrt_cluster_etcd_t *member,
  * model is removed and added again under it (nothing of the old model is
  * kept, its old epoch stays stale). Nodes the directory holds that a sync
  * never added are not removed for missing from the view. Writes the nodes
- * added and removed (may be NULL). Call from dir's thread. Errors: KVRT_ERR_INVALID_ARG, those of
- * kvrt_cluster_dir_add_node (the sync stops there; nodes changed before stay
- * changed and the next sync continues).
+ * added and removed (may be NULL). Call from dir's thread.
+ * Errors: KVRT_ERR_INVALID_ARG, those of kvrt_cluster_dir_add_node (the
+ * sync stops there; nodes changed before stay changed and the next sync
+ * continues).
  */
 kvrt_status_t kvrt_cluster_etcd_sync(kvrt_cluster_etcd_t *member, kvrt_cluster_dir_t *dir,
                                      uint32_t *added_out, uint32_t *removed_out);
