@@ -242,7 +242,8 @@ kvrt_status_t kvrt_cluster_dir_add_node(kvrt_cluster_dir_t *dir, uint64_t node_i
 
 /*
  * kvrt_cluster_dir_remove_node - the node leaves; every entry it held is
- * dropped. O(table slots of its model). Errors: KVRT_ERR_INVALID_ARG,
+ * dropped: O(the keys it held), as a CLEARED (kvrt_cluster_dir_apply).
+ * Errors: KVRT_ERR_INVALID_ARG,
  * KVRT_ERR_UNKNOWN_NODE.
  */
 kvrt_status_t kvrt_cluster_dir_remove_node(kvrt_cluster_dir_t *dir, uint64_t node_id);
@@ -250,10 +251,12 @@ kvrt_status_t kvrt_cluster_dir_remove_node(kvrt_cluster_dir_t *dir, uint64_t nod
 /*
  * kvrt_cluster_dir_apply - applies events[0 .. count) of node_id under
  * `epoch`, in order. Events with ids the node has already passed
- * (duplicates, replays) are skipped and counted. A CLEARED walks the
- * model's whole table when the node holds entries (O(table slots)), so a
- * batch pays it once: the events before its last CLEARED only move the
- * ids on, their effect being wiped by it. The table grows, before
+ * (duplicates, replays) are skipped and counted. A CLEARED drops the
+ * node's entries through the list of keys it was given (O(its keys); one
+ * walk of the model's table when the list is long against the table, or
+ * was given up under churn: at most one walk per table-slots / 64 keys
+ * stored), and a batch pays it once: the events before its last CLEARED
+ * only move the ids on, their effect being wiped by it. The table grows, before
  * anything is applied, for the keys the accepted batch stores after that
  * CLEARED (a refused or duplicate batch grows nothing). Errors:
  *  KVRT_ERR_INVALID_ARG   NULL, an unknown kind or tier (nothing applied);
@@ -347,7 +350,7 @@ typedef struct kvrt_cluster_dir_stats {
     uint64_t models;
     uint64_t entries;          /* distinct keys tracked, all models */
     uint64_t table_slots;      /* all models */
-    uint64_t table_bytes;
+    uint64_t table_bytes;      /* the tables and the nodes' key lists */
     uint64_t events_applied;
     uint64_t events_duplicate; /* skipped: id already passed */
     uint64_t resyncs;          /* gaps and new epochs */

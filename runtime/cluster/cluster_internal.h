@@ -29,6 +29,9 @@ void cluster_dir_prefixes(const kvrt_cluster_dir_t *dir, int model,
 uint64_t cluster_dir_slot_node_id(const kvrt_cluster_dir_t *dir, uint32_t slot);
 const kvrt_cluster_load_t *cluster_dir_slot_load(const kvrt_cluster_dir_t *dir, uint32_t slot);
 kvrt_ctx_t *cluster_dir_ctx(const kvrt_cluster_dir_t *dir);
+/* How many times dropping a node's entries walked its model's whole table
+ * instead of looking up the node's own keys (tests). */
+uint64_t cluster_dir_table_walks(const kvrt_cluster_dir_t *dir);
 
 /* One member of the etcd view, applied (kvrt_cluster_etcd_sync): a new
  * node is added; one back with another epoch is restarted (its entries

@@ -24,6 +24,8 @@
 #define MAX_EXPECTED (1ull << 30)
 #define OLD_EPOCHS 8u
 #define PREFETCH_AHEAD 12u /* events: enough misses in flight to hide DRAM latency */
+#define KEYS_MIN 1024u      /* a node's key list: first size, and slack over its bound */
+#define WALK_RATIO 8u       /* a table slot walked costs about 1/8 of a key looked up */
 
 typedef struct dir_node {
     uint64_t node_id; /* 0: slot free */
@@ -36,6 +38,16 @@ typedef struct dir_node {
     bool synced; /* added by kvrt_cluster_etcd_sync */
     uint64_t blocks[KVRT_KV_TIERS];
     kvrt_cluster_load_t load;
+    /* The keys the node holds, each listed when it gets its first tier and
+     * left listed when it loses them (a lookup finds no bit then), so that
+     * dropping the node's entries costs its own keys, not a walk of the
+     * model's table: a peer that clears or restarts at every batch cannot
+     * make the engine thread walk millions of slots per batch. keys_lost:
+     * the list outgrew its bound (churn) or memory; the next drop walks
+     * the table once and the list starts again. */
+    kvrt_block_hash_t *keys;
+    uint64_t num_keys, cap_keys;
+    bool keys_lost;
 } dir_node_t;
 
 typedef struct dir_model {
@@ -53,6 +65,7 @@ struct kvrt_cluster_dir {
     dir_model_t models[KVRT_CLUSTER_MAX_NODES];
     uint32_t num_models;
     uint64_t resyncing; /* slot bits */
+    uint64_t table_walks; /* drops that walked a table (cluster_dir_table_walks) */
     kvrt_cluster_dir_stats_t stats;
 };
 
@@ -64,6 +77,8 @@ static void dir_free(kvrt_cluster_dir_t *dir)
     kvrt_ctx_release_index(dir->ctx, "cluster.dir", dir->index);
     for (uint32_t m = 0; m < dir->num_models; m++)
         keytable_free(&dir->models[m].table);
+    for (int i = 0; i < KVRT_CLUSTER_MAX_NODES; i++)
+        free(dir->nodes[i].keys);
     free(dir);
 }
 
@@ -204,17 +219,83 @@ static int model_get(kvrt_cluster_dir_t *dir, const kvrt_block_hash_t *fp)
     return m;
 }
 
-/* Forgets every entry of a node (its epoch and ids stay). */
-static void drop_entries(kvrt_cluster_dir_t *dir, int slot)
+static uint64_t node_held(const dir_node_t *n)
 {
-    dir_node_t *n = &dir->nodes[slot];
     uint64_t held = 0;
     for (int t = 0; t < KVRT_KV_TIERS; t++)
         held += n->blocks[t];
-    if (held) {
-        uint64_t cleared[KVRT_KV_TIERS];
-        keytable_clear_bits(&dir->models[n->model].table, 1ull << slot, cleared);
+    return held;
+}
+
+static void keys_lose(dir_node_t *n)
+{
+    free(n->keys);
+    n->keys = NULL;
+    n->num_keys = n->cap_keys = 0;
+    n->keys_lost = true;
+}
+
+/* Lists a key the node just got its first tier of. The list holds at most
+ * twice the node's entries plus 1/64 of the table's slots (keys it lost
+ * since its last drop stay listed): past that it is given up, and the one
+ * walk of the table the next drop then pays comes after at least that
+ * many stores, 64 or more per slot walked. */
+static void keys_add(dir_node_t *n, const keytable_t *table, const kvrt_block_hash_t *key)
+{
+    if (n->keys_lost)
+        return;
+    if (n->num_keys >= 2 * node_held(n) + table->capacity / 64 + KEYS_MIN) {
+        keys_lose(n);
+        return;
     }
+    if (n->num_keys == n->cap_keys) {
+        uint64_t cap = n->cap_keys ? 2 * n->cap_keys : KEYS_MIN;
+        kvrt_block_hash_t *keys = realloc(n->keys, cap * sizeof(*keys));
+        if (!keys) {
+            keys_lose(n);
+            return;
+        }
+        n->keys = keys;
+        n->cap_keys = cap;
+    }
+    n->keys[n->num_keys++] = *key;
+}
+
+static bool slot_has_node(const keytable_slot_t *s, uint64_t bit)
+{
+    uint64_t any = 0;
+    for (int t = 0; t < KVRT_KV_TIERS; t++)
+        any |= s->mask[t];
+    return (any & bit) != 0;
+}
+
+/* Forgets every entry of a node (its epoch and ids stay): through its key
+ * list when that is complete and short against the table, else by one
+ * walk of the table. */
+static void drop_entries(kvrt_cluster_dir_t *dir, int slot)
+{
+    dir_node_t *n = &dir->nodes[slot];
+    keytable_t *table = &dir->models[n->model].table;
+    const uint64_t bit = 1ull << slot;
+    if (node_held(n) && (n->keys_lost || n->num_keys >= table->capacity / WALK_RATIO)) {
+        uint64_t cleared[KVRT_KV_TIERS];
+        keytable_clear_bits(table, bit, cleared);
+        dir->table_walks++;
+    } else if (node_held(n)) {
+        for (uint64_t i = 0; i < n->num_keys; i++) {
+            if (i + PREFETCH_AHEAD < n->num_keys)
+                keytable_prefetch(table, &n->keys[i + PREFETCH_AHEAD]);
+            keytable_slot_t *s = keytable_find(table, &n->keys[i]);
+            if (!s || !slot_has_node(s, bit))
+                continue;
+            for (int t = 0; t < KVRT_KV_TIERS; t++)
+                s->mask[t] &= ~bit;
+            if (!keytable_slot_used(s))
+                keytable_erase(table, s);
+        }
+    }
+    n->num_keys = 0;
+    n->keys_lost = false;
     memset(n->blocks, 0, sizeof(n->blocks));
 }
 
@@ -238,8 +319,11 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_add_node(kvrt_cluster_dir_t *dir, uin
     int m = model_get(dir, model);
     if (m < 0)
         return kvrt_fail(dir->ctx, KVRT_ERR_NO_MEMORY, "table for a new model");
-    dir->nodes[slot] = (dir_node_t){.node_id = node_id, .epoch = epoch, .next_id = 1,
-                                    .model = m};
+    dir_node_t *n = &dir->nodes[slot];
+    kvrt_block_hash_t *keys = n->keys; /* kept from the slot's last node */
+    const uint64_t cap_keys = n->cap_keys;
+    *n = (dir_node_t){.node_id = node_id, .epoch = epoch, .next_id = 1, .model = m,
+                      .keys = keys, .cap_keys = cap_keys};
     dir->models[m].nodes |= 1ull << slot;
     dir->stats.nodes++;
     return KVRT_OK;
@@ -257,7 +341,14 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_remove_node(kvrt_cluster_dir_t *dir,
     drop_entries(dir, slot);
     dir->models[dir->nodes[slot].model].nodes &= ~(1ull << slot);
     dir->resyncing &= ~(1ull << slot);
-    memset(&dir->nodes[slot], 0, sizeof(dir->nodes[slot]));
+    /* The slot keeps its key list's memory for the next node it takes,
+     * as the model's table keeps its slots: no page is faulted in twice. */
+    dir_node_t *n = &dir->nodes[slot];
+    kvrt_block_hash_t *keys = n->keys;
+    const uint64_t cap_keys = n->cap_keys;
+    memset(n, 0, sizeof(*n));
+    n->keys = keys;
+    n->cap_keys = cap_keys;
     dir->stats.nodes--;
     return KVRT_OK;
 }
@@ -304,8 +395,11 @@ static void apply_one(kvrt_cluster_dir_t *dir, int slot, keytable_t *table,
     if (e->kind == KVRT_KV_EVENT_STORED) {
         keytable_slot_t *s = keytable_claim(table, &e->key);
         if (!(s->mask[e->tier] & bit)) {
+            const bool listed = slot_has_node(s, bit);
             s->mask[e->tier] |= bit;
             n->blocks[e->tier]++;
+            if (!listed)
+                keys_add(n, table, &e->key);
         }
     } else if (e->kind == KVRT_KV_EVENT_REMOVED) {
         keytable_slot_t *s = keytable_find(table, &e->key);
@@ -355,8 +449,8 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_apply(kvrt_cluster_dir_t *dir, uint64
     /* What the batch will apply: the events from the node's next id (1
      * for a new epoch) up to a gap, and of those only what follows the
      * last CLEARED, which wipes whatever the events before it did: they
-     * only move the ids on, and a batch pays at most one clear (a walk of
-     * the model's whole table). The table grows for the keys stored after
+     * only move the ids on, and a batch pays at most one clear. The
+     * table grows for the keys stored after
      * it, and for nothing a refused, duplicate or gapped batch carries. */
     uint64_t expect = restart ? 1 : n->next_id, stores = 0;
     uint32_t last_clear = UINT32_MAX;
@@ -616,6 +710,8 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_stats(const kvrt_cluster_dir_t *dir,
         s.table_slots += dir->models[m].table.capacity;
     }
     s.table_bytes = s.table_slots * sizeof(keytable_slot_t);
+    for (int i = 0; i < KVRT_CLUSTER_MAX_NODES; i++)
+        s.table_bytes += dir->nodes[i].cap_keys * sizeof(kvrt_block_hash_t);
     *stats_out = s;
     return KVRT_OK;
 }
@@ -633,6 +729,8 @@ const kvrt_cluster_load_t *cluster_dir_slot_load(const kvrt_cluster_dir_t *dir, 
 }
 
 kvrt_ctx_t *cluster_dir_ctx(const kvrt_cluster_dir_t *dir) { return dir->ctx; }
+
+uint64_t cluster_dir_table_walks(const kvrt_cluster_dir_t *dir) { return dir->table_walks; }
 
 kvrt_status_t cluster_dir_sync_member(kvrt_cluster_dir_t *dir, const kvrt_cluster_member_t *m,
                                       uint32_t *added, uint32_t *removed)

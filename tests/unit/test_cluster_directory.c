@@ -306,6 +306,72 @@ Test(cluster_directory, a_refused_or_duplicate_batch_grows_no_table)
     free(ev);
 }
 
+/* A peer that clears (or restarts) at every batch, beside a node holding
+ * many keys: each drop looks up the peer's own keys; the big node's
+ * entries stay. Churn that outgrows the peer's key list costs one walk,
+ * and the list serves the drops after it again. */
+Test(cluster_directory, a_node_that_clears_at_every_batch_never_walks_the_table)
+{
+    const uint32_t big = 100000;
+    kvrt_kv_event_t *ev = malloc(big * sizeof(*ev));
+    cr_assert_not_null(ev);
+    for (uint32_t i = 0; i < big; i++)
+        ev[i] = stored(i + 1, i, KVRT_KV_TIER_GPU);
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 1, &model, 0xA1));
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 1, 0xA1, ev, big));
+    ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 2, &model, 0xB1));
+    uint64_t id = 1, epoch = 0xB1;
+    const uint64_t peer_key = 1u << 30;
+    for (uint32_t b = 0; b < 2000; b++) {
+        if (b % 4 == 3) { /* a restart: a new epoch from id 1 */
+            epoch++;
+            id = 1;
+        }
+        kvrt_kv_event_t batch[3] = {
+            {.event_id = id, .kind = KVRT_KV_EVENT_CLEARED},
+            stored(id + 1, peer_key + b, KVRT_KV_TIER_HOST),
+            stored(id + 2, b % 7, KVRT_KV_TIER_GPU), /* also one of the big node's */
+        };
+        ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 2, epoch, batch, 3));
+        id += 3;
+    }
+    cr_assert_eq(cluster_dir_table_walks(dir), 0, "a drop walked the table");
+    kvrt_cluster_node_info_t info;
+    ASSERT_OK(ctx, kvrt_cluster_dir_node_info(dir, 2, &info));
+    cr_assert_eq(info.blocks[KVRT_KV_TIER_HOST] + info.blocks[KVRT_KV_TIER_GPU], 2);
+    kvrt_block_hash_t keys[8];
+    for (int i = 0; i < 8; i++)
+        keys[i] = key(i);
+    cr_assert_eq(prefix_of(1, keys, 8, 0), 8, "the big node lost entries");
+    kvrt_block_hash_t last[2] = {key(peer_key + 1999), key(1999 % 7)};
+    cr_assert_eq(prefix_of(2, last, 2, 0), 2);
+    cr_assert_eq(prefix_of(2, keys, 1, 0), 0, "an entry of before the clear survived");
+    /* The same key stored and removed over and over outgrows the list. */
+    const uint32_t churn = 20000;
+    for (uint32_t i = 0; i < churn; i++)
+        ev[i] = (kvrt_kv_event_t){.event_id = id + i,
+                                  .kind = i % 2 ? KVRT_KV_EVENT_REMOVED : KVRT_KV_EVENT_STORED,
+                                  .tier = KVRT_KV_TIER_DISK, .key = key(3)};
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 2, epoch, ev, churn));
+    id += churn;
+    kvrt_kv_event_t clear = {.event_id = id++, .kind = KVRT_KV_EVENT_CLEARED};
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 2, epoch, &clear, 1));
+    cr_assert_eq(cluster_dir_table_walks(dir), 1, "a given-up list did not walk once");
+    cr_assert_eq(prefix_of(2, last, 1, 0), 0);
+    kvrt_kv_event_t again[2] = {stored(id, 5, KVRT_KV_TIER_GPU),
+                                {.event_id = id + 1, .kind = KVRT_KV_EVENT_CLEARED}};
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 2, epoch, again, 1));
+    ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 2, epoch, again + 1, 1));
+    cr_assert_eq(cluster_dir_table_walks(dir), 1, "the list did not start again");
+    ASSERT_OK(ctx, kvrt_cluster_dir_node_info(dir, 2, &info));
+    cr_assert_eq(info.blocks[0] + info.blocks[1] + info.blocks[2], 0);
+    cr_assert_eq(prefix_of(1, keys, 8, 0), 8, "the big node lost entries");
+    kvrt_cluster_dir_stats_t s;
+    ASSERT_OK(ctx, kvrt_cluster_dir_stats(dir, &s));
+    cr_assert_eq(s.entries, big, "a dropped entry stayed, or the big node lost one");
+    free(ev);
+}
+
 Test(cluster_directory, bad_input_changes_nothing)
 {
     ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 1, &model, 5));
