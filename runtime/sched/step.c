@@ -571,8 +571,10 @@ static void count_match(kvrt_sched_t *s, const seq_t *q)
     /* The recent window: the oldest admission's tokens leave it. */
     uint32_t w = s->window_next;
     s->window_next = (w + 1) % KVRT_SCHED_HIT_WINDOW;
-    s->stats.window_hit_tokens += hit - s->window[w].hit;
-    s->stats.window_query_tokens += offered - s->window[w].offered;
+    s->stats.window_hit_tokens -= s->window[w].hit; /* (64-bit: never below zero) */
+    s->stats.window_hit_tokens += hit;
+    s->stats.window_query_tokens -= s->window[w].offered;
+    s->stats.window_query_tokens += offered;
     s->window[w].hit = hit;
     s->window[w].offered = offered;
 }

@@ -182,6 +182,36 @@ Test(sched_stats, a_head_matched_again_after_giving_up_its_hits_counts_its_query
     close_fixture(&f);
 }
 
+/* Admissions that hit, then ones that miss with shorter prompts: the
+ * window's figures go down as the hitting ones leave it (and never wrap
+ * below zero), the totals keep everything. */
+Test(sched_stats, the_window_lets_hits_and_tokens_go_as_admissions_leave_it)
+{
+    fixture_t f = open_fixture(0);
+    admit_wave(&f, 1, true, 0); /* caches the shared prompt */
+    admit_wave(&f, KVRT_SCHED_HIT_WINDOW, true, 0); /* the window: all hits */
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.window_hit_tokens, 8ull * KVRT_SCHED_HIT_WINDOW);
+    for (int32_t r = 0; r < 3; r++)
+        add_run(&f, 5, 20000 + 5 * r, 0, 1); /* 4 tokens offered, no hit */
+    for (int k = 0; k < 100 && step_accept(&f, 0); k++)
+        ;
+    drain_all(&f);
+    ASSERT_OK(f.ctx, kvrt_sched_stats(f.sched, &st));
+    cr_assert_eq(st.window_hit_tokens, 8ull * (KVRT_SCHED_HIT_WINDOW - 3), "%llu",
+                 (unsigned long long)st.window_hit_tokens);
+    cr_assert_eq(st.window_query_tokens, 8ull * (KVRT_SCHED_HIT_WINDOW - 3) + 3 * 4, "%llu",
+                 (unsigned long long)st.window_query_tokens);
+    cr_assert_leq(st.prefix_hit_rate_window, 1.0);
+    cr_assert_gt(st.prefix_hit_rate_window, 0.99);
+    uint64_t node = 0;
+    ASSERT_OK(f.ctx, kvrt_ctl_get_u64(f.ctx, "sched.0.window_hit_tokens", &node));
+    cr_assert_eq(node, st.window_hit_tokens);
+    cr_assert_eq(st.prefix_hit_tokens, 8ull * KVRT_SCHED_HIT_WINDOW);
+    close_fixture(&f);
+}
+
 Test(sched_stats, outputs_grow_without_breaking_callers_of_another_size)
 {
     fixture_t f = open_fixture(0);
