@@ -139,13 +139,17 @@ typedef enum kvrt_cache_policy {
     /* Least recently released first, in release order (the reference
      * semantics of kvrt-replay). */
     KVRT_CACHE_LRU = 0,
-    /* Least frequently used first (hits since insertion), ties broken by
-     * least recent use. No ageing: old hot blocks stay. */
+    /* Least frequently used first (hits since insertion). Ties go to the
+     * block released before the older cache query: recency counts in
+     * queries (kvrt_cache_match, kvrt_cache_lookup), so blocks released
+     * between the same two queries tie, whatever their order, and among
+     * those the deepest block of its sequence goes first (a chain loses
+     * its leaves before its root; two chains released then lose their
+     * blocks depth by depth, interleaved). No ageing: old hot blocks stay. */
     KVRT_CACHE_LFU = 1,
     /* LFU with dynamic ageing (LFU-DA): priority = frequency + the priority
-     * of the last victim, so frequency earned long ago decays; ties go to
-     * the least recently used, then to the deepest block of its sequence
-     * (a chain loses its leaves before its root). */
+     * of the last victim, so frequency earned long ago decays; ties as for
+     * KVRT_CACHE_LFU (older query tick, then the deepest block). */
     KVRT_CACHE_LFU_AGED = 2,
     /* LRU that evicts a chain's leaves before its root: blocks of one
      * sequence released root first in one call or query (kvrt_pool_free of
@@ -239,7 +243,8 @@ typedef struct kvrt_cache_match {
  * hashing from hashes_out[num_blocks - 1] (or the root) without rehashing.
  * An engine that needs the logits of the last prompt token passes
  * num_tokens - 1. Counts one query in the metrics, with hit tokens and miss
- * tokens by reason (tokens after the first miss take its reason).
+ * tokens by reason: the full blocks after the first miss take its reason,
+ * the tokens of a trailing partial block count as partial (never cacheable).
  * Errors: KVRT_ERR_INVALID_ARG (NULL cache/match_out, NULL tokens with
  * num_tokens > 0, NULL blocks_out with max_blocks > 0, bad keys; see
  * kvrt_block_hash), KVRT_ERR_OVERFLOW (a hit block's reference count is at

@@ -867,7 +867,11 @@ typedef struct kvrt_batch_plan {
  *     KVRT_TOKEN_PLACEHOLDER (the engine substitutes the token it sampled
  *     for it) at the next position; it gets no drafts (engine drafts wait
  *     for a later step), and is not planned
- *     when that token will reach its length limit;
+ *     when that token will reach its length limit. So a request the
+ *     engine keeps in every plan (two plans always in flight) never
+ *     verifies drafts: speculative decoding needs steps taken with the
+ *     previous plan committed (for example one plan in flight while
+ *     drafts are pending);
  *   - a sequence whose uncommitted entry verifies drafts (SPEC) is not
  *     planned until that commit (its length is unknown);
  *   - a prefill continues with its next chunk;
