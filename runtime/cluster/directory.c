@@ -449,9 +449,9 @@ KVRT_EXPORT kvrt_status_t kvrt_cluster_dir_apply(kvrt_cluster_dir_t *dir, uint64
     /* What the batch will apply: the events from the node's next id (1
      * for a new epoch) up to a gap, and of those only what follows the
      * last CLEARED, which wipes whatever the events before it did: they
-     * only move the ids on, and a batch pays at most one clear. The
-     * table grows for the keys stored after
-     * it, and for nothing a refused, duplicate or gapped batch carries. */
+     * only move the ids on, and a batch pays at most one clear. The table
+     * grows for the keys stored after it, and for nothing a refused,
+     * duplicate or gapped batch carries. */
     uint64_t expect = restart ? 1 : n->next_id, stores = 0;
     uint32_t last_clear = UINT32_MAX;
     for (uint32_t i = 0; i < count; i++) {
