@@ -242,7 +242,9 @@ kvrt_status_t kvrt_cluster_dir_add_node(kvrt_cluster_dir_t *dir, uint64_t node_i
 
 /*
  * kvrt_cluster_dir_remove_node - the node leaves; every entry it held is
- * dropped: O(the keys it held), as a CLEARED (kvrt_cluster_dir_apply).
+ * dropped, as by a CLEARED (kvrt_cluster_dir_apply: O(the keys it was
+ * given since its last drop), or one walk of the model's table). The slot
+ * keeps the node's key list's memory for the next node it takes.
  * Errors: KVRT_ERR_INVALID_ARG,
  * KVRT_ERR_UNKNOWN_NODE.
  */
@@ -252,13 +254,14 @@ kvrt_status_t kvrt_cluster_dir_remove_node(kvrt_cluster_dir_t *dir, uint64_t nod
  * kvrt_cluster_dir_apply - applies events[0 .. count) of node_id under
  * `epoch`, in order. Events with ids the node has already passed
  * (duplicates, replays) are skipped and counted. A CLEARED drops the
- * node's entries through the list of keys it was given (O(its keys); one
- * walk of the model's table when the list is long against the table, or
- * was given up under churn: at most one walk per table-slots / 64 keys
- * stored), and a batch pays it once: the events before its last CLEARED
- * only move the ids on, their effect being wiped by it. The table grows, before
- * anything is applied, for the keys the accepted batch stores after that
- * CLEARED (a refused or duplicate batch grows nothing). Errors:
+ * node's entries through the list of keys it was given since its last
+ * drop (O(those keys)), or by one walk of the model's table when that list
+ * is a twelfth of the table's slots or more, or was given up (churn past
+ * its bound, or no memory: docs/cluster.md, *Memory*); and a batch pays it
+ * once: the events before its last CLEARED only move the ids on, their
+ * effect being wiped by it. The table grows, before anything is applied,
+ * for the STORED events of the accepted batch after that CLEARED (a
+ * refused or duplicate batch grows nothing). Errors:
  *  KVRT_ERR_INVALID_ARG   NULL, an unknown kind or tier (nothing applied);
  *  KVRT_ERR_UNKNOWN_NODE  node_id is not a member (nothing applied);
  *  KVRT_ERR_STALE_EPOCH   epoch is one the node had before its current
