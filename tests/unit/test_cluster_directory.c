@@ -271,6 +271,16 @@ static uint64_t table_bytes(void)
     return st.table_bytes;
 }
 
+/* n events storing keys 0 .. n-1 on GPU, ids 1 .. n (free() them). */
+static kvrt_kv_event_t *stores_of(uint32_t n)
+{
+    kvrt_kv_event_t *ev = malloc(n * sizeof(*ev));
+    cr_assert_not_null(ev);
+    for (uint32_t i = 0; i < n; i++)
+        ev[i] = stored(i + 1, i, KVRT_KV_TIER_GPU);
+    return ev;
+}
+
 /* The table grows for what a batch will store, once it is accepted: a
  * batch refused for its stale epoch, of events already applied, or past a
  * gap grows nothing (a peer could make it grow to any size and it never
@@ -278,10 +288,7 @@ static uint64_t table_bytes(void)
 Test(cluster_directory, a_refused_or_duplicate_batch_grows_no_table)
 {
     const uint32_t n = 200000;
-    kvrt_kv_event_t *ev = malloc(n * sizeof(*ev));
-    cr_assert_not_null(ev);
-    for (uint32_t i = 0; i < n; i++)
-        ev[i] = stored(i + 1, i, KVRT_KV_TIER_GPU);
+    kvrt_kv_event_t *ev = stores_of(n);
     ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 9, &model, 0xA1));
     ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, 0xA1, ev, 1));
     ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, 0xB2, ev, 1)); /* 0xA1 is stale now */
@@ -313,10 +320,7 @@ Test(cluster_directory, a_refused_or_duplicate_batch_grows_no_table)
 Test(cluster_directory, a_node_that_clears_at_every_batch_never_walks_the_table)
 {
     const uint32_t big = 100000;
-    kvrt_kv_event_t *ev = malloc(big * sizeof(*ev));
-    cr_assert_not_null(ev);
-    for (uint32_t i = 0; i < big; i++)
-        ev[i] = stored(i + 1, i, KVRT_KV_TIER_GPU);
+    kvrt_kv_event_t *ev = stores_of(big);
     ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 1, &model, 0xA1));
     ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 1, 0xA1, ev, big));
     ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 2, &model, 0xB1));
