@@ -145,8 +145,11 @@ kvrt_status_t kvrt_tier_create(kvrt_cache_t *cache, const kvrt_tier_params_t *pa
  * kvrt_tier_destroy - waits for copies and I/O in flight (bounded by the
  * queue depth), frees every pool block the tier held, detaches from the
  * cache, closes the SSD file (its blocks stay for the next process) and
- * frees the host slots. Onloads not yet reported complete are abandoned:
- * their destination blocks stay the caller's. NULL is a no-op.
+ * frees the host slots. Onloads not yet reported are abandoned: nothing
+ * they copied is cached or reported, and their destination blocks are the
+ * caller's again, to free or reuse. Requests kvrt_tier_admit admitted are
+ * completed: with the leading blocks that landed when every block of the
+ * ticket had been started, else with 0 (they recompute). NULL is a no-op.
  */
 kvrt_status_t kvrt_tier_destroy(kvrt_tier_t *tier);
 
@@ -182,7 +185,8 @@ kvrt_status_t kvrt_tier_match(kvrt_tier_t *tier, const int32_t *tokens, uint32_t
  * many leading blocks were started: a block no longer in any tier, or no
  * host slot free for an SSD read, ends the run; 0 still yields a ticket.
  * The caller must neither read nor free `blocks` until the ticket is
- * reported. Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_REQUEST_LIMIT (queue
+ * reported. Errors: KVRT_ERR_INVALID_ARG (also: a block given twice,
+ * indexes past 2^32 - 1), KVRT_ERR_NO_MEMORY, KVRT_ERR_REQUEST_LIMIT (queue
  * full: try later), KVRT_ERR_BAD_STATE (the tier's thread failed).
  */
 kvrt_status_t kvrt_tier_onload(kvrt_tier_t *tier, uint32_t first_index, uint32_t count,
@@ -258,8 +262,8 @@ kvrt_status_t kvrt_tier_drain(kvrt_tier_t *tier, uint32_t timeout_ms,
  * queued as it was) and the blocks being brought back.
  * Rules: the scheduler must be over the tier's pool and cache; destroy the
  * tier before any scheduler it admitted requests to (kvrt_tier_destroy
- * completes their arrivals with 0 blocks; kvrt_ctx_destroy tears tiers
- * down before schedulers).
+ * completes their arrivals, with what landed or 0: see there;
+ * kvrt_ctx_destroy tears tiers down before schedulers).
  * Errors: KVRT_ERR_INVALID_ARG (NULL tier/sched/tokens, num_tokens not the
  * request's prompt length, a scheduler not over the tier's pool and cache
  * or of several cache groups, blocks that are not the request's fresh

@@ -395,7 +395,10 @@ KVRT_EXPORT kvrt_status_t kvrt_tier_destroy(kvrt_tier_t *tier)
         return KVRT_OK;
     kvrt_cache_set_sink(tier->cache, NULL, NULL);
     /* Jobs finish on their own (local copies and I/O); bounded by the
-     * device, not by peers. */
+     * device, not by peers. Onload tickets they end are abandoned: their
+     * blocks are the caller's again, to reuse, so nothing they hold may
+     * be indexed under the names they were to get. */
+    tier->destroying = true;
     uint32_t ignored;
     while (tier->in_flight)
         if (kvrt_tier_drain(tier, 60000, NULL, 0, &ignored) == KVRT_ERR_TIMEOUT)

@@ -268,6 +268,7 @@ struct kvrt_tier {
     tier_admit_stats_t admit_stats;
     uint64_t write_throughs; /* blocks copied by write-through */
     uint64_t resets;         /* the cache's resets seen (tier_sync_reset) */
+    bool destroying;         /* kvrt_tier_destroy: onloads it abandons publish nothing */
 };
 
 /* tier.c */

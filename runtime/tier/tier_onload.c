@@ -37,6 +37,8 @@ static void finish_ticket(kvrt_tier_t *t, ticket_t *k)
         landed = 0;
         miss = KVRT_TIER_MISS_RESET;
     }
+    if (t->destroying && !k->sched)
+        landed = 0; /* abandoned (kvrt_tier_destroy): the caller reuses the blocks */
     for (uint32_t i = 0; i < landed; i++)
         kvrt_cache_insert_named(t->cache, k->blocks[i], &k->names[i], NULL);
     if (k->sched) {
@@ -76,8 +78,13 @@ static void read_done(kvrt_tier_t *t, const tier_job_t *job)
         return;
     }
     if (job->err || job->miss != KVRT_TIER_MISS_NONE) {
-        if (!t->ssd.pins[job->ssd_slot])
+        if (!t->ssd.pins[job->ssd_slot]) {
+            /* Zeroed, so that the next process does not index it again
+             * only to fail the same check. */
+            if (job->miss == KVRT_TIER_MISS_CHECKSUM)
+                tier_ssd_discard(t->ctx, &t->file, (uint32_t)job->ssd_slot, 1);
             tier_dir_release(&t->ssd, job->ssd_slot);
+        }
         tier_log_ssd_failure(t, job, "read");
         tier_dir_release(&t->host, job->host_slot);
         fail_block(t, job, job->miss != KVRT_TIER_MISS_NONE ? job->miss : KVRT_TIER_MISS_IO);
@@ -293,6 +300,32 @@ void tier_advance(kvrt_tier_t *t, ticket_t *k)
         finish_ticket(t, k);
 }
 
+static int compare_block_ids(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Two destinations that are one block would publish one block's bytes
+ * under two names. */
+static kvrt_status_t distinct_blocks(kvrt_ctx_t *ctx, const int32_t *blocks, uint32_t count)
+{
+    if (count < 2)
+        return KVRT_OK;
+    int32_t *sorted = malloc((size_t)count * sizeof(*sorted));
+    if (!sorted)
+        return kvrt_fail(ctx, KVRT_ERR_NO_MEMORY, "onload: %u block ids", count);
+    memcpy(sorted, blocks, (size_t)count * sizeof(*sorted));
+    qsort(sorted, count, sizeof(*sorted), compare_block_ids);
+    kvrt_status_t status = KVRT_OK;
+    for (uint32_t i = 1; i < count && status == KVRT_OK; i++)
+        if (sorted[i] == sorted[i - 1])
+            status = kvrt_fail(ctx, KVRT_ERR_INVALID_ARG,
+                               "onload: block %d is given twice", sorted[i]);
+    free(sorted);
+    return status;
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_tier_onload(kvrt_tier_t *tier, uint32_t first_index,
                                            uint32_t count, const kvrt_block_hash_t *contents,
                                            const kvrt_block_hash_t *parent,
@@ -312,11 +345,19 @@ kvrt_status_t tier_onload_start(kvrt_tier_t *tier, uint32_t first_index, uint32_
 {
     if (!tier)
         return KVRT_ERR_INVALID_ARG;
+    kvrt_status_t status;
     if (!ticket_out || (count && (!contents || !blocks)) || count > MAX_ONLOAD_BLOCKS ||
         (first_index && !parent))
         return kvrt_fail(tier->ctx, KVRT_ERR_INVALID_ARG,
                          "onload needs ticket_out, contents and blocks for %u blocks (at most "
                          "%u), and parent when first_index > 0", count, MAX_ONLOAD_BLOCKS);
+    if (first_index > UINT32_MAX - count)
+        return kvrt_fail(tier->ctx, KVRT_ERR_INVALID_ARG,
+                         "blocks %u..%u: past the last block index", first_index,
+                         first_index + count - 1);
+    status = distinct_blocks(tier->ctx, blocks, count);
+    if (status != KVRT_OK)
+        return status;
     tier_sync_reset(tier);
     kvrt_block_hash_t prev_key = {0, 0};
     if (kvrt_block_key(first_index ? parent : &prev_key, keys, &prev_key) != KVRT_OK)
@@ -329,7 +370,7 @@ kvrt_status_t tier_onload_start(kvrt_tier_t *tier, uint32_t first_index, uint32_
                              "block %d is not a used, uncached block of the pool", blocks[i]);
     }
     ticket_t *k = NULL;
-    kvrt_status_t status = ticket_open(tier, count, &k);
+    status = ticket_open(tier, count, &k);
     if (status != KVRT_OK)
         return status;
     for (uint32_t i = 0; i < count; i++) {

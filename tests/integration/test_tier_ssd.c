@@ -215,6 +215,12 @@ Test(tier_ssd, a_corrupted_block_is_a_miss_with_a_reason_never_data)
     cr_assert_eq(bring_back(100, 4, &m, NULL), 0);
     cr_assert_eq(m.ssd_blocks, 0, "blocks that failed verification stay indexed");
     close_tier();
+    /* Nor does the next process index them again, only to fail the check. */
+    open_tier(dir, "model-a");
+    cr_assert_eq(bring_back(100, 4, &m, NULL), 0);
+    cr_assert_eq(m.ssd_blocks, 0, "a slot that failed verification was indexed at restart");
+    cr_assert_eq(stats().ssd.errors, 0);
+    close_tier();
 }
 
 Test(tier_ssd, a_truncated_file_is_a_miss_and_the_tier_keeps_working)

@@ -141,6 +141,18 @@ Test(tier_host, every_public_function_refuses_bad_input)
     int32_t t[8] = {0};
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_tier_match(tier, t, 8, NULL, 2, &block, NULL, &m));
     cr_assert_eq(kvrt_tier_destroy(NULL), KVRT_OK);
+    /* One block given twice would get two names' bytes; block indexes
+     * past 2^32 - 1 do not exist. */
+    int32_t used[2];
+    ASSERT_OK(ctx, kvrt_pool_alloc(pool, 1, used));
+    used[1] = used[0];
+    kvrt_block_hash_t two[2] = {{1, 2}, {3, 4}};
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
+                  kvrt_tier_onload(tier, 0, 2, two, NULL, NULL, used, &ticket, NULL));
+    cr_assert(strstr(kvrt_ctx_last_error(ctx), "twice"), "%s", kvrt_ctx_last_error(ctx));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
+                  kvrt_tier_onload(tier, UINT32_MAX, 2, two, &h, NULL, used, &ticket, NULL));
+    ASSERT_OK(ctx, kvrt_pool_free(pool, 1, used));
     /* An onload of nothing still yields a ticket, reported once. */
     ASSERT_OK(ctx, kvrt_tier_onload(tier, 0, 0, NULL, NULL, NULL, NULL, &ticket, NULL));
     kvrt_tier_completion_t done[2];
@@ -256,4 +268,44 @@ Test(tier_host, without_write_through_blocks_in_use_stay_only_in_the_pool)
     cr_assert_eq(s.host.used_blocks, 0);
     ASSERT_OK(ctx, kvrt_pool_free(pool, 4, second));
     ASSERT_OK(ctx, kvrt_pool_free(pool, 4, first));
+}
+
+/* Destroying the tier abandons onloads not yet reported: their blocks are
+ * the caller's again, and whatever it writes into them must never be
+ * found under the names the onload was to give them. */
+Test(tier_host, an_onload_the_destroy_abandons_leaves_nothing_in_the_cache)
+{
+    make(17, 32, 8);
+    prefill(100, 4);
+    settle(); /* copied ahead while idle */
+    /* Prompt 100 goes down to host memory, a block at a time. */
+    int32_t held[16];
+    ASSERT_OK(ctx, kvrt_pool_alloc(pool, 12, held));
+    for (int i = 0; i < 4; i++) {
+        ASSERT_OK(ctx, kvrt_pool_alloc(pool, 1, &held[12 + i]));
+        settle();
+    }
+    ASSERT_OK(ctx, kvrt_pool_free(pool, 16, held));
+    int32_t t[17], hits[4], fresh[4];
+    kvrt_block_hash_t hashes[4];
+    kvrt_tier_match_t m;
+    prompt(t, 17, 100); /* the last token's block is never matched */
+    ASSERT_OK(ctx, kvrt_tier_match(tier, t, 17, NULL, 4, hits, hashes, &m));
+    cr_assert_eq(m.gpu_blocks, 0);
+    cr_assert_eq(m.host_blocks, 4, "gpu %u host %u", m.gpu_blocks, m.host_blocks);
+    ASSERT_OK(ctx, kvrt_pool_alloc(pool, 4, fresh));
+    uint64_t ticket;
+    uint32_t accepted;
+    ASSERT_OK(ctx, kvrt_tier_onload(tier, 0, 4, hashes, NULL, NULL, fresh, &ticket, &accepted));
+    cr_assert_eq(accepted, 4);
+    ASSERT_OK(ctx, kvrt_tier_destroy(tier)); /* before any poll reports it */
+    tier = NULL;
+    for (uint32_t i = 0; i < 4; i++)
+        fill_block(fresh[i], 999, i); /* reused for another request */
+    kvrt_cache_match_t cm;
+    ASSERT_OK(ctx, kvrt_cache_match(cache, t, 17, NULL, 4, hits, NULL, &cm));
+    cr_assert_eq(cm.num_blocks, 0, "an abandoned onload's block was cached (%u found)",
+                 cm.num_blocks);
+    ASSERT_OK(ctx, kvrt_pool_free(pool, 4, fresh));
+    ASSERT_OK(ctx, kvrt_pool_verify(pool));
 }
