@@ -9,6 +9,8 @@ import ctypes as C
 import os
 import threading
 
+import numpy as np
+
 from . import _structs as S
 from .errors import KvrtError, ERR_NOT_FOUND, ERR_VERSION_MISMATCH, ERR_INVALID_ARG
 
@@ -241,10 +243,71 @@ def check(status, ctx_ptr, name):
     raise KvrtError(status, detail, name)
 
 
+# Threads inside a kvrt call (ident -> depth): each thread writes only its
+# own key, and a dict's item set and delete are atomic under the GIL.
+_inside = {}
+
+
+def threads_inside():
+    """Idents of the threads inside a kvrt call now."""
+    return set(_inside)
+
+
 def call(ctx_ptr, name, *args):
     """Calls kvrt function `name` and raises on failure."""
-    return check(fn(name)(*args), ctx_ptr, name)
+    me = threading.get_ident()
+    _inside[me] = _inside.get(me, 0) + 1
+    try:
+        return check(fn(name)(*args), ctx_ptr, name)
+    finally:
+        depth = _inside[me] - 1
+        if depth:
+            _inside[me] = depth
+        else:
+            del _inside[me]
 
 
 def bad_arg(detail, function=None):
     return KvrtError(ERR_INVALID_ARG, detail, function)
+
+
+def uint(value, name, function, bits=32, low=0):
+    """value as a Python int in low..2**bits - 1; KvrtError otherwise (ctypes
+    would wrap 2**32 + 7 to 7, a float would be truncated)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise bad_arg("%s must be an int, not %s" % (name, type(value).__name__), function)
+    if not low <= int(value) < 2 ** bits:
+        raise bad_arg("%s=%d out of range %d..2**%d - 1" % (name, value, low, bits), function)
+    return int(value)
+
+
+def sint(value, name, function, bits=32):
+    """value as a Python int in -2**(bits-1)..2**(bits-1) - 1; KvrtError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise bad_arg("%s must be an int, not %s" % (name, type(value).__name__), function)
+    if not -2 ** (bits - 1) <= int(value) < 2 ** (bits - 1):
+        raise bad_arg("%s=%d out of range for int%d" % (name, value, bits), function)
+    return int(value)
+
+
+def int_array(values, dtype, name, function, ndim=1):
+    """values as a C-contiguous numpy array of dtype (an integer type) with
+    ndim dimensions (None: any); KvrtError for floats, other shapes or values out of
+    the type's range (numpy's cast would wrap or truncate them)."""
+    if type(values).__module__.startswith("torch"):
+        values = values.detach().cpu().numpy()
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise bad_arg("%s: %s" % (name, e), function)
+    if array.size == 0:
+        return np.zeros(array.shape if ndim is None else (0,) * ndim, dtype=dtype)
+    if array.dtype.kind not in "iu":
+        raise bad_arg("%s must hold integers, not %s" % (name, array.dtype), function)
+    if ndim is not None and array.ndim != ndim:
+        raise bad_arg("%s must have %d dimension(s), not shape %s" % (name, ndim, array.shape),
+                      function)
+    limits = np.iinfo(dtype)
+    if int(array.min()) < limits.min or int(array.max()) > limits.max:
+        raise bad_arg("%s holds values outside %s" % (name, np.dtype(dtype).name), function)
+    return np.ascontiguousarray(array, dtype=dtype)

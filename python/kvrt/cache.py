@@ -37,8 +37,14 @@ def hash_keys(adapter_id=None, salt=None, mm_items=None, function=None):
     keys = S.kvrt_hash_keys_t()
     if adapter_id is not None:
         keys.field_mask |= _KEY_ADAPTER
-        keys.adapter_id = int(adapter_id)
+        keys.adapter_id = _lib.uint(adapter_id, "adapter_id", function, bits=64)
     if salt is not None:
+        if isinstance(salt, str):
+            salt = salt.encode()
+        if not isinstance(salt, (bytes, bytearray, memoryview)):
+            # bytes(3) would be three zero bytes: numeric tenant ids would collide
+            raise _lib.bad_arg("salt must be bytes or str, not %s" % type(salt).__name__,
+                               function)
         keys._salt = bytes(salt)
         keys.field_mask |= _KEY_SALT
         keys.salt = C.cast(C.c_char_p(keys._salt), C.c_void_p)
@@ -117,9 +123,10 @@ class PrefixCache(Handle):
     def match(self, tokens, max_blocks=None):
         """Looks tokens up: (block ids with a reference taken each, which the
         caller must free or adopt; the miss reason)."""
-        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        tokens = _lib.int_array(tokens, np.int32, "tokens", "match")
         tpb = self.pool.layout.tokens_per_block
-        cap = len(tokens) // tpb if max_blocks is None else int(max_blocks)
+        cap = (len(tokens) // tpb if max_blocks is None
+               else _lib.uint(max_blocks, "max_blocks", "match"))
         blocks = np.zeros(max(cap, 1), dtype=np.int32)
         hashes = (S.kvrt_block_hash_t * max(cap, 1))()
         m = S.kvrt_cache_match_t()

@@ -3,6 +3,7 @@ import atexit
 import ctypes as C
 import logging
 import sys
+import threading
 import weakref
 
 from . import _lib
@@ -27,6 +28,11 @@ _open_contexts = weakref.WeakSet()
 
 @atexit.register
 def _close_open_contexts():
+    if _lib.threads_inside() - {threading.get_ident()}:
+        # A thread (a daemon: the others were joined) is inside a kvrt call:
+        # freeing its objects under it would crash the exit. The process
+        # ends; the system takes the memory back.
+        return
     for context in list(_open_contexts):
         context.close()
 

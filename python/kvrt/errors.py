@@ -38,6 +38,9 @@ class KvrtError(Exception):
         where = "%s: " % function if function else ""
         super().__init__("%s%s%s" % (where, self.name, ": " + detail if detail else ""))
 
+    def __reduce__(self):  # pickle and copy: across processes (multiprocessing, Ray)
+        return (type(self), (self.status, self.detail, self.function))
+
 
 def status_name(status):
     return STATUS.get(int(status), "KVRT_STATUS_%d" % int(status))

@@ -32,9 +32,13 @@ def _torch_dtypes():
     return {torch.float16: DTYPE_FP16, torch.bfloat16: DTYPE_BF16, torch.float32: DTYPE_FP32}
 
 
-def buffer(obj, name, device, function, dtype=None, min_elements=0, any_dtype=False):
+def buffer(obj, name, device, function, dtype=None, min_elements=0, any_dtype=False,
+           writable=False, rows=None):
     """(address, kvrt dtype, row stride in elements or None) of a buffer.
-    any_dtype: raw memory (a pool's base), whose element type is irrelevant."""
+    any_dtype: raw memory (a pool's base), whose element type is irrelevant;
+    writable: an output (a read-only array is refused); rows: (count,
+    elements) a buffer with strided rows must hold (its first dimension is
+    the rows')."""
     if isinstance(obj, (int, np.integer)) and not isinstance(obj, bool):
         return int(obj), dtype, None
     if isinstance(obj, np.ndarray):
@@ -45,6 +49,8 @@ def buffer(obj, name, device, function, dtype=None, min_elements=0, any_dtype=Fa
         if (kd is None and not any_dtype) or not obj.flags.c_contiguous:
             raise _lib.bad_arg("%s must be a C-contiguous float16/float32 array" % name,
                                function)
+        if writable and not obj.flags.writeable:
+            raise _lib.bad_arg("%s is read-only; an output must be writable" % name, function)
         n, address, stride = obj.size, obj.ctypes.data, None
     elif type(obj).__module__.startswith("torch"):
         kd = _torch_dtypes().get(obj.dtype)
@@ -59,6 +65,12 @@ def buffer(obj, name, device, function, dtype=None, min_elements=0, any_dtype=Fa
             # rows may be strided (a slice of a fused QKV tensor) if each row is dense
             if obj.dim() < 2 or not obj[0].is_contiguous():
                 raise _lib.bad_arg("%s must have dense rows" % name, function)
+            if rows is None:
+                raise _lib.bad_arg("%s must be contiguous" % name, function)
+            if obj.shape[0] < rows[0] or obj[0].numel() != rows[1]:
+                raise _lib.bad_arg("%s: strided rows must be [%d][%d] (one row per token), "
+                                   "not %s" % (name, rows[0], rows[1], tuple(obj.shape)),
+                                   function)
             stride = obj.stride(0)
         n, address = obj.numel(), obj.data_ptr()
     else:
@@ -70,15 +82,6 @@ def buffer(obj, name, device, function, dtype=None, min_elements=0, any_dtype=Fa
         raise _lib.bad_arg("%s holds %d elements, needs %d" % (name, n, min_elements),
                            function)
     return address, kd, stride
-
-
-def _int_array(values, dtype, name, function):
-    if type(values).__module__.startswith("torch"):
-        values = values.detach().cpu().numpy()
-    try:
-        return np.ascontiguousarray(values, dtype=dtype)
-    except (TypeError, ValueError) as e:
-        raise _lib.bad_arg("%s: %s" % (name, e), function)
 
 
 def _stream(stream):
@@ -144,14 +147,15 @@ class KVCache:
         """(kept object, address, shape) of an index array in this cache's
         memory space: the CUDA kernels read indices from device memory."""
         if self.device == "cpu":
-            array = _int_array(values, np_dtype, name, function)
+            array = _lib.int_array(values, np_dtype, name, function, ndim=None)
             return array, array.ctypes.data, array.shape
         import torch
         tdtype = {np.int32: torch.int32, np.int64: torch.int64}[np_dtype]
         if type(values).__module__.startswith("torch"):
             t = values.to(device="cuda", dtype=tdtype).contiguous()
         else:
-            t = torch.as_tensor(_int_array(values, np_dtype, name, function), device="cuda")
+            t = torch.as_tensor(_lib.int_array(values, np_dtype, name, function, ndim=None),
+                                device="cuda")
         return t, t.data_ptr(), tuple(t.shape)
 
     def _rows(self, layer, slot_mapping, dtype, stride, function):
@@ -177,8 +181,11 @@ class KVCache:
     def _move_rows(self, kernel, layer, slot_mapping, key, value, names, stream):
         n = len(slot_mapping)
         per = self.layout.num_kv_heads * self.layout.head_dim
-        k, kd, ks = buffer(key, names[0], self.device, kernel, min_elements=n * per)
-        v, _, vs = buffer(value, names[1], self.device, kernel, dtype=kd, min_elements=n * per)
+        out = kernel == "read_kv"
+        k, kd, ks = buffer(key, names[0], self.device, kernel, min_elements=n * per,
+                           writable=out, rows=(n, per))
+        v, _, vs = buffer(value, names[1], self.device, kernel, dtype=kd, min_elements=n * per,
+                          writable=out, rows=(n, per))
         if ks != vs:
             raise _lib.bad_arg("%s and %s must have the same row stride" % names, kernel)
         rows, keep = self._rows(layer, slot_mapping, kd, ks, kernel)
@@ -196,7 +203,8 @@ class KVCache:
     def gather_blocks(self, blocks, staging_out, stream=None):
         """Packs the given blocks into staging_out (block_bytes each)."""
         ids, ids_address, shape = self._indices(blocks, np.int32, "blocks", "gather_blocks")
-        address, _, _ = buffer(staging_out, "staging_out", self.device, "gather_blocks")
+        address, _, _ = buffer(staging_out, "staging_out", self.device, "gather_blocks",
+                               writable=True)
         self._check_bytes(staging_out, shape[0], "gather_blocks")
         self._run("gather_blocks", C.cast(ids_address, _lib.i32p), shape[0], address,
                   stream=stream)
@@ -229,11 +237,12 @@ class KVCache:
                                "len(seq_lens)", "decode_attention")
         num_seqs = lshape[0]
         q, qd, _ = buffer(query, "query", self.device, "decode_attention")
-        o, od, _ = buffer(out, "out", self.device, "decode_attention")
         qn = query.numel() if hasattr(query, "numel") else np.size(query)
         heads = qn // max(num_seqs * self.layout.head_dim, 1)
         if heads * num_seqs * self.layout.head_dim != qn:
             raise _lib.bad_arg("query is not [num_seqs][heads][head_dim]", "decode_attention")
+        o, od, _ = buffer(out, "out", self.device, "decode_attention", min_elements=qn,
+                          writable=True)
         a = S.kvrt_decode_attention_t(
             field_mask=_ATTN_OUT_DTYPE, layer=int(layer), num_seqs=num_seqs,
             num_q_heads=heads, q_dtype=qd, query=q, block_tables=C.cast(tables_address,

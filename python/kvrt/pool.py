@@ -17,12 +17,7 @@ _POOL_BASE, _POOL_WATERMARK, _POOL_NAME, _POOL_MAX_TABLES = 1, 2, 4, 8
 DTYPE_NAMES = {"float16": DTYPE_FP16, "bfloat16": DTYPE_BF16, "float32": DTYPE_FP32}
 
 
-def _u32(value, name, function, low=0):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise _lib.bad_arg("%s must be an int, not %s" % (name, type(value).__name__), function)
-    if not low <= int(value) < 2 ** 32:
-        raise _lib.bad_arg("%s=%d out of range" % (name, value), function)
-    return int(value)
+_u32 = _lib.uint  # (value, name, function): an int in 0..2**32 - 1
 
 
 class Layout:
@@ -113,7 +108,7 @@ class Pool(Handle):
         return blocks
 
     def free(self, blocks):
-        blocks = np.ascontiguousarray(blocks, dtype=np.int32)
+        blocks = _lib.int_array(blocks, np.int32, "blocks", "free")
         self._call("kvrt_pool_free", self._handle("free"), len(blocks),
                    blocks.ctypes.data_as(_lib.i32p))
 

@@ -35,11 +35,14 @@ _COMMIT_ACCEPTED = 1
 _COMMIT_DRAFTS = 2
 
 
-def _view(pointer, count):
-    """A read-only numpy view of count elements at a ctypes pointer."""
+def _view(pointer, count, owner=None):
+    """A read-only numpy view of count elements at a ctypes pointer; the
+    view keeps owner (the object whose memory it shows) alive."""
     if count == 0 or not pointer:
         return np.zeros(0, dtype=_dtype_of(pointer))
-    array = np.ctypeslib.as_array(pointer, (count,))
+    memory = (pointer._type_ * count).from_address(C.addressof(pointer.contents))
+    memory._kvrt_owner = owner
+    array = np.ctypeslib.as_array(memory)
     array.flags.writeable = False
     return array
 
@@ -49,10 +52,7 @@ def _dtype_of(pointer):
 
 
 def _tokens(values, name, function, allow_empty=False):
-    try:
-        array = np.ascontiguousarray(values, dtype=np.int32)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise _lib.bad_arg("%s: %s" % (name, e), function)
+    array = _lib.int_array(values, np.int32, name, function)
     if array.ndim != 1 or (len(array) == 0 and not allow_empty):
         raise _lib.bad_arg("%s must be a non-empty 1-D sequence of token ids" % name, function)
     return array
@@ -113,18 +113,19 @@ class Plan:
         plan = self._check(name)
         if name in self._ARRAYS:
             field, length = self._ARRAYS[name]
-            return _view(getattr(plan, field), length(plan))
+            return _view(getattr(plan, field), length(plan), self._sched)
         if name == "block_rows":
             n = plan.num_rows * plan.row_stride
-            return _view(plan.block_rows, n).reshape(plan.num_rows, plan.row_stride) \
+            return _view(plan.block_rows, n, self._sched).reshape(plan.num_rows,
+                                                                  plan.row_stride) \
                 if n else np.zeros((0, 0), np.int32)
         if name in ("block_table_offsets", "block_table_ids"):  # csr_block_tables only
             if not plan.block_table_offsets:
                 return None
-            offsets = _view(plan.block_table_offsets, plan.num_seqs + 1)
+            offsets = _view(plan.block_table_offsets, plan.num_seqs + 1, self._sched)
             if name == "block_table_offsets":
                 return offsets
-            return _view(plan.block_table_ids, int(offsets[-1]))
+            return _view(plan.block_table_ids, int(offsets[-1]), self._sched)
         if name == "copies":
             return [(plan.copies[i].src_block, plan.copies[i].dst_block)
                     for i in range(plan.num_copies)]
@@ -193,7 +194,12 @@ class Scheduler(Handle):
         S.set_masked(p, {"priority": _SEQ_PRIORITY, "deadline_ns": _SEQ_DEADLINE,
                          "user_tag": _SEQ_USER_TAG, "cache_flags": _SEQ_CACHE_FLAGS,
                          "min_tokens": _SEQ_MIN_TOKENS},
-                     priority=priority, deadline_ns=deadline_ns, user_tag=user_tag,
+                     priority=None if priority is None else
+                     _lib.sint(priority, "priority", "add"),
+                     deadline_ns=None if deadline_ns is None else
+                     _lib.uint(deadline_ns, "deadline_ns", "add", bits=64),
+                     user_tag=None if user_tag is None else
+                     _lib.uint(user_tag, "user_tag", "add", bits=64),
                      cache_flags=None if cache_flags is None else
                      _u32(cache_flags, "cache_flags", "add"),
                      min_tokens=None if min_tokens is None else
@@ -207,11 +213,13 @@ class Scheduler(Handle):
         return seq.value
 
     def abort(self, seq_id):
-        self._call("kvrt_seq_abort", self._handle("abort"), int(seq_id))
+        self._call("kvrt_seq_abort", self._handle("abort"),
+                   _lib.uint(seq_id, "seq_id", "abort", bits=64))
 
     def set_draft(self, seq_id, tokens):
         tokens = _tokens(tokens, "tokens", "set_draft", allow_empty=True)
-        self._call("kvrt_seq_set_draft", self._handle("set_draft"), int(seq_id),
+        self._call("kvrt_seq_set_draft", self._handle("set_draft"),
+                   _lib.uint(seq_id, "seq_id", "set_draft", bits=64),
                    tokens.ctypes.data_as(_lib.i32p), len(tokens))
 
     def set_drafts(self, drafts):
@@ -232,27 +240,31 @@ class Scheduler(Handle):
         p = S.kvrt_arrival_params_t(num_tokens=_u32(num_tokens, "num_tokens", "await_kv"))
         if deadline_ns is not None:
             p.field_mask |= _ARRIVAL_DEADLINE
-            p.deadline_ns = int(deadline_ns)
+            p.deadline_ns = _lib.uint(deadline_ns, "deadline_ns", "await_kv", bits=64)
         arrival, first, count = C.c_uint64(), C.c_uint32(), C.c_uint32()
-        self._call("kvrt_seq_await_kv", self._handle("await_kv"), int(seq_id), C.byref(p),
+        self._call("kvrt_seq_await_kv", self._handle("await_kv"),
+                   _lib.uint(seq_id, "seq_id", "await_kv", bits=64), C.byref(p),
                    C.byref(arrival), C.byref(first), C.byref(count))
         blocks, _ = self.seq_blocks(seq_id)
         return arrival.value, blocks[first.value:first.value + count.value]
 
     def arrival_complete(self, arrival, landed_blocks):
         """Ends an arrival: its first landed_blocks blocks hold valid K/V."""
-        self._call("kvrt_arrival_complete", self._handle("arrival_complete"), int(arrival),
+        self._call("kvrt_arrival_complete", self._handle("arrival_complete"),
+                   _lib.uint(arrival, "arrival", "arrival_complete", bits=64),
                    _u32(landed_blocks, "landed_blocks", "arrival_complete"))
 
     def info(self, seq_id):
         out = S.kvrt_seq_info_t()
-        self._call("kvrt_seq_info_sized", self._handle("info"), int(seq_id), C.byref(out),
+        self._call("kvrt_seq_info_sized", self._handle("info"),
+                   _lib.uint(seq_id, "seq_id", "info", bits=64), C.byref(out),
                    C.sizeof(out))
         return _info_dict(out)
 
     def seq_blocks(self, seq_id):
         ids, nblocks, ntokens = _lib.i32p(), C.c_uint32(), C.c_uint32()
-        self._call("kvrt_seq_blocks", self._handle("seq_blocks"), int(seq_id), C.byref(ids),
+        self._call("kvrt_seq_blocks", self._handle("seq_blocks"),
+                   _lib.uint(seq_id, "seq_id", "seq_blocks", bits=64), C.byref(ids),
                    C.byref(nblocks), C.byref(ntokens))
         return _view(ids, nblocks.value).copy(), ntokens.value
 
@@ -272,7 +284,7 @@ class Scheduler(Handle):
     def step(self, now_ns=None):
         """The next batch plan (a Plan; len(plan) == 0 when nothing runs)."""
         plan = C.POINTER(S.kvrt_batch_plan_t)()
-        now = time.monotonic_ns() if now_ns is None else int(now_ns)
+        now = time.monotonic_ns() if now_ns is None else _lib.uint(now_ns, "now_ns", "step", bits=64)
         self._call("kvrt_sched_step", self._handle("step"), now, C.byref(plan))
         self._generation += 1
         self._plan = Plan(self, plan, self._generation)
@@ -291,7 +303,10 @@ class Scheduler(Handle):
         c = S.kvrt_commit_t(step=raw.step, num_seqs=raw.num_seqs, num_tokens=len(tokens),
                             tokens=tokens.ctypes.data_as(_lib.i32p))
         if num_accepted is not None:
-            accepted = np.ascontiguousarray(num_accepted, dtype=np.uint32)
+            accepted = _lib.int_array(num_accepted, np.uint32, "num_accepted", "commit")
+            if len(accepted) != raw.num_seqs:
+                raise _lib.bad_arg("num_accepted needs one count per plan entry (%d), got %d"
+                                   % (raw.num_seqs, len(accepted)), "commit")
             c.field_mask |= _COMMIT_ACCEPTED
             c.num_accepted = accepted.ctypes.data_as(_lib.u32p)
         if next_drafts is not None:

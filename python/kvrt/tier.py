@@ -65,9 +65,9 @@ class Tier(Handle):
 
     def match(self, tokens, max_blocks=None, adapter_id=None, salt=None, mm_items=None):
         """How far tokens' prefix goes in the pool, then host, then SSD."""
-        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        tokens = _lib.int_array(tokens, np.int32, "tokens", "Tier.match")
         cap = (len(tokens) // self.cache.pool.layout.tokens_per_block
-               if max_blocks is None else int(max_blocks))
+               if max_blocks is None else _lib.uint(max_blocks, "max_blocks", "Tier.match"))
         blocks = np.zeros(max(cap, 1), dtype=np.int32)
         hashes = (S.kvrt_block_hash_t * max(cap, 1))()
         keys = hash_keys(adapter_id, salt, mm_items, "Tier.match")
@@ -88,7 +88,7 @@ class Tier(Handle):
         Returns (ticket, blocks started); poll() reports the ticket once.
         Neither read nor free `blocks` until then."""
         contents = (S.kvrt_block_hash_t * len(contents))(*contents)
-        blocks = np.ascontiguousarray(blocks, dtype=np.int32)
+        blocks = _lib.int_array(blocks, np.int32, "blocks", "Tier.onload")
         if len(blocks) != len(contents):
             raise _lib.bad_arg("blocks and contents differ in length", "Tier.onload")
         keys = hash_keys(adapter_id, salt, mm_items, "Tier.onload")
