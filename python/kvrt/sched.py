@@ -25,7 +25,7 @@ MAX_DRAFT = 16
 
 _P = dict(max_batch_tokens=1, max_seqs=2, prefill_chunk_tokens=4, use_watermark=8,
           max_requests=16, max_seq_tokens=32, max_draft_tokens=64, ngram=128,
-          adaptive_draft=256, csr_block_tables=512)
+          adaptive_draft=256, csr_block_tables=512, max_plans_in_flight=1024)
 _SEQ_STOP, _SEQ_PRIORITY, _SEQ_DEADLINE, _SEQ_KEYS, _SEQ_USER_TAG = 1, 2, 4, 8, 16
 _SEQ_CACHE_FLAGS, _SEQ_MIN_TOKENS = 32, 64
 _ARRIVAL_DEADLINE = 1
@@ -90,21 +90,31 @@ class Plan:
         "seqs": ("seqs", lambda p: p.num_seqs),
     }
 
-    def __init__(self, sched, plan_ptr, generation):
+    def __init__(self, sched, plan_ptr):
         self._sched = sched
         self._plan = plan_ptr.contents
-        self._generation = generation
+        self._life = sched._life
+        self._taken_at = sched._steps
+        self._committed_at = None
+        self._empty = self._plan.num_seqs == 0
         self._step = self._plan.step
 
     @property
     def valid(self):
-        return (self._sched._generation == self._generation and not self._sched.closed)
+        """kvrt's rule (sched.h): a plan is valid until it is committed and
+        the step after; an empty plan (no commit needed) until the next step."""
+        s = self._sched
+        if s.closed or s._life != self._life:
+            return False
+        if self._committed_at is not None:
+            return s._steps == self._committed_at
+        return not self._empty or s._steps == self._taken_at
 
     def _check(self, what):
         if not self.valid:
             raise KvrtError(ERR_BAD_STATE, "plan of step %d used (%s) after the scheduler "
-                            "moved on: plans are valid until the next step or commit" %
-                            (self._step, what), "Plan")
+                            "moved on: a plan is valid until it is committed and the step "
+                            "after" % (self._step, what), "Plan")
         return self._plan
 
     def __getattr__(self, name):
@@ -147,7 +157,7 @@ class Scheduler(Handle):
     def __init__(self, pool, cache=None, max_batch_tokens=None, max_seqs=None,
                  prefill_chunk_tokens=None, use_watermark=None, max_requests=None,
                  max_seq_tokens=None, max_draft_tokens=None, ngram=None, adaptive_draft=None,
-                 csr_block_tables=None):
+                 csr_block_tables=None, max_plans_in_flight=None):
         if not isinstance(pool, Pool):
             raise _lib.bad_arg("pool must be a kvrt.Pool", "Scheduler")
         if cache is not None and not isinstance(cache, PrefixCache):
@@ -157,7 +167,7 @@ class Scheduler(Handle):
                      prefill_chunk_tokens=prefill_chunk_tokens, use_watermark=use_watermark,
                      max_requests=max_requests, max_seq_tokens=max_seq_tokens,
                      max_draft_tokens=max_draft_tokens, adaptive_draft=adaptive_draft,
-                     csr_block_tables=csr_block_tables)
+                     csr_block_tables=csr_block_tables, max_plans_in_flight=max_plans_in_flight)
         S.set_masked(p, _P, **{name: None if value is None else _u32(value, name, "Scheduler")
                                for name, value in given.items()})
         if ngram is not None:
@@ -169,7 +179,8 @@ class Scheduler(Handle):
                   C.byref(p), C.byref(ptr))
         super().__init__(pool._context, ptr.value)
         self.pool, self.cache = pool, cache
-        self._generation = 0
+        self._life = 0   # moves at close: every plan of before is stale
+        self._steps = 0  # steps taken: a committed plan is valid until the next
         self._plan = None
         self._drain_buffer = (S.kvrt_seq_info_t * 64)()
 
@@ -284,10 +295,11 @@ class Scheduler(Handle):
     def step(self, now_ns=None):
         """The next batch plan (a Plan; len(plan) == 0 when nothing runs)."""
         plan = C.POINTER(S.kvrt_batch_plan_t)()
-        now = time.monotonic_ns() if now_ns is None else _lib.uint(now_ns, "now_ns", "step", bits=64)
+        now = (time.monotonic_ns() if now_ns is None
+               else _lib.uint(now_ns, "now_ns", "step", bits=64))
         self._call("kvrt_sched_step", self._handle("step"), now, C.byref(plan))
-        self._generation += 1
-        self._plan = Plan(self, plan, self._generation)
+        self._steps += 1
+        self._plan = Plan(self, plan)
         return self._plan
 
     def commit(self, plan, tokens, num_accepted=None, next_drafts=None):
@@ -299,6 +311,9 @@ class Scheduler(Handle):
         if not isinstance(plan, Plan) or plan._sched is not self:
             raise _lib.bad_arg("plan must be a Plan of this scheduler", "commit")
         raw = plan._check("commit")
+        if plan._committed_at is not None:
+            raise KvrtError(ERR_BAD_STATE, "plan of step %d is already committed" % plan._step,
+                            "commit")
         tokens = _tokens(tokens, "tokens", "commit", allow_empty=True)
         c = S.kvrt_commit_t(step=raw.step, num_seqs=raw.num_seqs, num_tokens=len(tokens),
                             tokens=tokens.ctypes.data_as(_lib.i32p))
@@ -318,7 +333,7 @@ class Scheduler(Handle):
             c.num_next_drafts = counts.ctypes.data_as(_lib.u32p)
             c.next_drafts = drafts.ctypes.data_as(_lib.i32p)
         self._call("kvrt_sched_commit", self._handle("commit"), C.byref(c))
-        self._generation += 1
+        plan._committed_at = self._steps
 
     def stats(self):
         """kvrt_sched_stats_t as a dict; spec_proposed_at and
@@ -331,9 +346,9 @@ class Scheduler(Handle):
     _destroy = "kvrt_sched_destroy"
 
     def close(self):
-        self._generation += 1
+        self._life += 1
         super().close()
 
     def _forget(self):
-        self._generation += 1
+        self._life += 1
         super()._forget()

@@ -110,6 +110,11 @@ def test_stale_plan_and_bad_commit_are_refused(ctx, pool):
         sched.commit(plan, [1, 2, 3])
     assert e.value.name == "KVRT_ERR_TOKEN_COUNT"
     sched.commit(plan, [9])
+    assert plan.input_tokens.tolist() == [1, 2, 3]  # valid until the next step
+    with pytest.raises(kvrt.KvrtError) as e:
+        sched.commit(plan, [1])
+    assert e.value.name == "KVRT_ERR_BAD_STATE" and "already committed" in e.value.detail
+    sched.step(0)
     for attempt in (lambda: plan.input_tokens, lambda: sched.commit(plan, [1])):
         with pytest.raises(kvrt.KvrtError) as e:
             attempt()

@@ -134,3 +134,29 @@ def test_exit_with_a_daemon_thread_inside_kvrt_does_not_crash():
     codes = [subprocess.run([sys.executable, "-c", _DAEMON_AT_EXIT], env=env, timeout=60,
                             capture_output=True).returncode for _ in range(6)]
     assert codes == [0] * 6, codes
+
+
+def test_two_plans_in_flight_from_python(pool):
+    """Asynchronous scheduling (docs/scheduler.md): step N+1 before committing
+    N; N+1 decodes a placeholder for N's token; commits go in step order."""
+    sched = kvrt.Scheduler(pool, max_plans_in_flight=2)
+    seq = sched.add([1, 2, 3, 4, 5], 3)
+    first = sched.step(0)
+    second = sched.step(0)
+    assert first.valid and second.valid
+    assert second.input_tokens.tolist() == [-1]  # KVRT_TOKEN_PLACEHOLDER
+    with pytest.raises(kvrt.KvrtError) as e:
+        sched.step(0)  # a third plan in flight
+    assert e.value.name == "KVRT_ERR_BAD_STATE"
+    with pytest.raises(kvrt.KvrtError):
+        sched.commit(second, [8])  # out of step order
+    sched.commit(first, [7])
+    sched.commit(second, [8])
+    third = sched.step(0)
+    assert third.input_tokens.tolist() == [8] and not first.valid
+    sched.commit(third, [9])
+    ended = sched.drain()
+    assert [e["id"] for e in ended] == [seq]
+    assert ended[0]["output"] == [7, 8, 9]
+    sched.close()
+    assert pool.info()["used_blocks"] == 0
