@@ -26,5 +26,12 @@ from .tier import Tier
 from . import cluster
 from . import xfer
 
+from . import _lib
+
+_lib.kvrt_errors_only(globals(), __name__)
+for _module in (cluster, xfer):
+    _lib.kvrt_errors_only(vars(_module), __name__)
+del _module
+
 __version__ = "1.0.0"
 __all__ = [name for name in dir() if not name.startswith("_")]

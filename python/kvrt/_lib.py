@@ -6,6 +6,8 @@ first use, so `import kvrt` never fails for want of it; the first call
 raises KvrtError(KVRT_ERR_NOT_FOUND) with what was tried.
 """
 import ctypes as C
+import functools
+import inspect
 import os
 import threading
 
@@ -311,3 +313,41 @@ def int_array(values, dtype, name, function, ndim=1):
     if int(array.min()) < limits.min or int(array.max()) > limits.max:
         raise bad_arg("%s holds values outside %s" % (name, np.dtype(dtype).name), function)
     return np.ascontiguousarray(array, dtype=dtype)
+
+
+# What Python raises for an argument of the wrong type or shape while a
+# public call prepares its C arguments (a C failure is already a KvrtError).
+_ARGUMENT_ERRORS = (TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError,
+                    IndexError, C.ArgumentError)
+
+
+def _as_kvrt_errors(function, where):
+    if getattr(function, "_kvrt_errors_only", False):
+        return function
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except KvrtError:
+            raise
+        except _ARGUMENT_ERRORS as e:
+            raise bad_arg("%s: %s" % (type(e).__name__, e), where) from e
+    checked._kvrt_errors_only = True
+    return checked
+
+
+def kvrt_errors_only(namespace, package):
+    """Makes every public function and method (and __init__) of the
+    package's classes and functions in namespace raise KvrtError, as
+    docs/python.md promises, for what Python itself would raise on a bad
+    argument (TypeError, ValueError, ...). The original stays the cause."""
+    for name, value in list(namespace.items()):
+        if name.startswith("_") or getattr(value, "__module__", "").split(".")[0] != package:
+            continue
+        if inspect.isclass(value):
+            for attr, member in list(vars(value).items()):
+                if inspect.isfunction(member) and (attr == "__init__" or
+                                                   not attr.startswith("_")):
+                    setattr(value, attr, _as_kvrt_errors(member, "%s.%s" % (name, attr)))
+        elif inspect.isfunction(value):
+            namespace[name] = _as_kvrt_errors(value, name)

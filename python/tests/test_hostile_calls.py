@@ -160,3 +160,16 @@ def test_two_plans_in_flight_from_python(pool):
     assert ended[0]["output"] == [7, 8, 9]
     sched.close()
     assert pool.info()["used_blocks"] == 0
+
+
+def test_wrong_python_types_are_kvrt_errors(pool):
+    sched = kvrt.Scheduler(pool)
+    rid = sched.add([1, 2, 3], 2)
+    for call in (lambda: sched.set_drafts([rid]), lambda: sched.set_drafts(None),
+                 lambda: kvrt.Scheduler(pool, ngram=(5,)),
+                 lambda: kvrt.KVCache(pool).write(0, None, np.zeros(4), np.zeros(4)),
+                 lambda: kvrt.KvEvents(None)):
+        refused(call)
+    sched.abort(rid)
+    sched.drain()
+    sched.close()
