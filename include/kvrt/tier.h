@@ -289,12 +289,15 @@ kvrt_status_t kvrt_tier_admit(kvrt_tier_t *tier, kvrt_sched_t *sched, kvrt_seq_i
 typedef struct kvrt_tier_level_stats {
     uint64_t capacity_blocks;
     uint64_t used_blocks;   /* slots holding a block (or being filled) */
-    uint64_t hits;          /* blocks kvrt_tier_match found here */
-    uint64_t offloads;      /* blocks written into this tier */
-    uint64_t onloads;       /* blocks read out of it toward the pool */
+    uint64_t hits;          /* blocks kvrt_tier_match found here (first here) */
+    uint64_t offloads;      /* blocks written into this tier from the pool */
+    uint64_t onloads;       /* blocks read out of it toward the pool: an SSD
+                             * block lands through a host slot, so it counts
+                             * in ssd.onloads and in host.onloads */
     uint64_t drops;         /* blocks it could not take (busy, full, failed) */
     uint64_t errors;        /* I/O errors, verify failures, lost files */
-    uint64_t evictions;     /* blocks pushed out (to the next tier or away) */
+    uint64_t evictions;     /* blocks pushed out (to the next tier or away),
+                             * host: also for the slot an SSD read takes */
 } kvrt_tier_level_stats_t;
 
 typedef struct kvrt_tier_stats {
