@@ -42,6 +42,15 @@ static kvrt_kv_event_t stored(uint64_t id, uint64_t k, uint32_t tier)
                              .key = key(k)};
 }
 
+/* Keys 0 .. n-1 and the events storing them on GPU, ids 1 .. n. */
+static void chain_of(uint32_t n, kvrt_block_hash_t *keys, kvrt_kv_event_t *ev)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        keys[i] = key(i);
+        ev[i] = stored((uint64_t)i + 1, i, KVRT_KV_TIER_GPU);
+    }
+}
+
 /* Longest prefix of node n per the directory. */
 static uint32_t prefix_of(uint64_t node, const kvrt_block_hash_t *keys, uint32_t n,
                           uint32_t tiers)
@@ -180,10 +189,7 @@ Test(cluster_directory, restart_drops_old_entries_and_late_events_are_refused)
     ASSERT_OK(ctx, kvrt_cluster_dir_add_node(dir, 9, &model, e1));
     kvrt_block_hash_t keys[8];
     kvrt_kv_event_t ev[8];
-    for (int i = 0; i < 8; i++) {
-        keys[i] = key(i);
-        ev[i] = stored((uint64_t)i + 1, (uint64_t)i, KVRT_KV_TIER_GPU);
-    }
+    chain_of(8, keys, ev);
     ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, e1, ev, 8));
     cr_assert_eq(prefix_of(9, keys, 8, 0), 8);
     /* The node restarts: its new stream starts at 1 and holds key 0 only. */
@@ -222,10 +228,7 @@ Test(cluster_directory, a_lagging_view_never_takes_a_node_back_to_a_dead_epoch)
     cr_assert_eq(sync_one(9, e1, &model), 1, "added");
     kvrt_block_hash_t keys[4];
     kvrt_kv_event_t ev[4];
-    for (int i = 0; i < 4; i++) {
-        keys[i] = key(i);
-        ev[i] = stored((uint64_t)i + 1, (uint64_t)i, KVRT_KV_TIER_GPU);
-    }
+    chain_of(4, keys, ev);
     ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, e1, ev, 2));
     ASSERT_OK(ctx, kvrt_cluster_dir_apply(dir, 9, e2, ev, 1)); /* restarted */
     cr_assert_eq(sync_one(9, e1, &model), 0, "a lagging view changed the node");
