@@ -353,8 +353,8 @@ kvrt_status_t tier_onload_start(kvrt_tier_t *tier, uint32_t first_index, uint32_
                          "%u), and parent when first_index > 0", count, MAX_ONLOAD_BLOCKS);
     if (first_index > UINT32_MAX - count)
         return kvrt_fail(tier->ctx, KVRT_ERR_INVALID_ARG,
-                         "blocks %u..%u: past the last block index", first_index,
-                         first_index + count - 1);
+                         "first_index %u + count %u passes the last block index (2^32 - 1)",
+                         first_index, count);
     status = distinct_blocks(tier->ctx, blocks, count);
     if (status != KVRT_OK)
         return status;
