@@ -285,11 +285,7 @@ def uint(value, name, function, bits=32, low=0):
 
 def sint(value, name, function, bits=32):
     """value as a Python int in -2**(bits-1)..2**(bits-1) - 1; KvrtError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise bad_arg("%s must be an int, not %s" % (name, type(value).__name__), function)
-    if not -2 ** (bits - 1) <= int(value) < 2 ** (bits - 1):
-        raise bad_arg("%s=%d out of range for int%d" % (name, value, bits), function)
-    return int(value)
+    return uint(value, name, function, bits - 1, low=-2 ** (bits - 1))
 
 
 def int_array(values, dtype, name, function, ndim=1):
