@@ -204,11 +204,26 @@ static KVRT_ALWAYS_INLINE kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, 
                 break;
             }
     }
-    int32_t *at = q->tokens + num;
-    if (KVRT_LIKELY(!spec)) /* one token: a decode's or a prefill's */
-        at[0] = tokens[0];
-    else /* room before the stop area, which follows the capacity */
-        sched_copy32(at, room, tokens, readable, n);
+    /* Into the request's own line of recent tokens; a line of the token
+     * array is written once its 16 tokens are known (seq_t.recent). */
+    const uint32_t in_line = num & (SCHED_RECENT - 1);
+    if (KVRT_LIKELY(!spec)) { /* one token: a decode's or a prefill's */
+        q->recent[in_line] = tokens[0];
+        if (KVRT_UNLIKELY(in_line == SCHED_RECENT - 1))
+            memcpy(q->token_array + (num - in_line), q->recent, sizeof(q->recent));
+    } else if (in_line + n < SCHED_RECENT) {
+        sched_copy32(q->recent + in_line, SCHED_RECENT - in_line, tokens, readable, n);
+    } else {
+        /* The line completes: it goes to the token array whole, the
+         * tokens after it (those past the line's end overwrite what it
+         * held there), and recent takes the tokens past the line. Copies
+         * of fixed sizes, 8 tokens at a time: anything written past the
+         * tokens, in recent or in the array's room, is past num_tokens. */
+        const uint32_t to_end = SCHED_RECENT - in_line;
+        memcpy(q->token_array + (num - in_line), q->recent, sizeof(q->recent));
+        sched_copy32(q->token_array + num, room, tokens, readable, n);
+        sched_copy32(q->recent, SCHED_RECENT, tokens + to_end, readable - to_end, n - to_end);
+    }
     q->num_tokens = num + n;
     q->last_token = tokens[n - 1];
     if (reason == KVRT_END_NONE && num + n >= max)
@@ -266,11 +281,16 @@ static KVRT_ALWAYS_INLINE void apply_entries(kvrt_sched_t *s, const kvrt_commit_
      * without a prefetch (prefill entries are few). */
     const bool second_line = s->max_draft != 0;
     const uint32_t *const next_counts = c->num_next_drafts;
+    /* Tokens in the line of recent tokens from which an entry's (1 + up
+     * to max_draft) may complete it. */
+    const uint32_t completes_line =
+        s->max_draft < SCHED_RECENT - 1 ? SCHED_RECENT - 1 - s->max_draft : 0;
     uint32_t next_at = 0; /* the entry's first next draft */
     for (uint32_t i = 0; i < num_seqs; i++) {
         if (i + SCHED_PREFETCH < num_seqs) {
             const char *ahead = (const char *)&seqs[slot_of[i + SCHED_PREFETCH]];
             __builtin_prefetch(ahead, 1);
+            __builtin_prefetch(ahead + offsetof(seq_t, recent), 1);
             if (second_line)
                 __builtin_prefetch(ahead + 64, 1);
             if (with_next)
@@ -278,16 +298,10 @@ static KVRT_ALWAYS_INLINE void apply_entries(kvrt_sched_t *s, const kvrt_commit_
         }
         if (i + SCHED_PREFETCH / 2 < num_seqs) {
             const seq_t *ahead = &seqs[slot_of[i + SCHED_PREFETCH / 2]];
-            __builtin_prefetch(ahead->tokens + ahead->num_tokens, 1);
-            /* A speculative entry's tokens are copied 8 at a time
-             * (sched_copy32): nearly half the time the copy reaches the
-             * next line, which the request's next steps write anyway. The
-             * address is formed as an integer: near the end of the array
-             * it may lie past it (a prefetch never faults). */
-            if (second_line)
-                __builtin_prefetch((const void *)((uintptr_t)(ahead->tokens + ahead->num_tokens) +
-                                                  7 * sizeof(int32_t)),
-                                   1);
+            /* The token array's line, when the entry's tokens may
+             * complete it. */
+            if ((ahead->num_tokens & (SCHED_RECENT - 1)) >= completes_line)
+                __builtin_prefetch(ahead->token_array + ahead->num_tokens, 1);
             if (ahead->num_stop && !ahead->stop_set) /* its own stop area */
                 __builtin_prefetch(sched_stop_area(ahead));
         }

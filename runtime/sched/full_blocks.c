@@ -25,14 +25,16 @@
 /* Hashes q's blocks [num_hashed, full), each chained to the previous. */
 static void hash_blocks(kvrt_sched_t *s, seq_t *q, uint32_t full)
 {
+    if (full <= q->num_hashed)
+        return;
     const uint32_t tpb = s->tokens_per_block;
+    const int32_t *tokens = sched_seq_tokens(q, full * tpb);
     for (uint32_t j = q->num_hashed; j < full; j++) {
         const kvrt_block_hash_t *parent = j ? &q->hashes[j - 1] : &s->root;
-        kvrt_block_hash(parent, q->tokens + (size_t)j * tpb, tpb, j * tpb, sched_seq_keys(q),
+        kvrt_block_hash(parent, tokens + (size_t)j * tpb, tpb, j * tpb, sched_seq_keys(q),
                         &q->hashes[j]);
     }
-    if (full > q->num_hashed)
-        q->num_hashed = full;
+    q->num_hashed = full;
 }
 
 /* Inserts q's hashed blocks [num_inserted, full). A key cached already
@@ -103,7 +105,7 @@ void sched_inserts_flush(kvrt_sched_t *s)
         if (d && r >= d && r - d < m) {
             const seq_t *q = &s->seqs[x[r - d]];
             uint32_t j = q->num_hashed;
-            __builtin_prefetch(q->tokens + (size_t)j * s->tokens_per_block);
+            __builtin_prefetch(q->token_array + (size_t)j * s->tokens_per_block);
             if (j)
                 __builtin_prefetch(&q->hashes[j - 1], 1);
             __builtin_prefetch(s->rows + (size_t)q->row * s->row_stride + q->num_inserted);

@@ -569,6 +569,7 @@ static void give_back(kvrt_sched_t *s, const uint32_t *held)
 static kvrt_status_t match_all(kvrt_sched_t *s, seq_t *q, uint32_t *hit_out)
 {
     const uint32_t offered = q->num_tokens - 1; /* the last token is recomputed */
+    const int32_t *tokens = sched_seq_tokens(q, offered);
     uint32_t held[KVRT_SCHED_MAX_GROUPS] = {0};
     uint32_t h = round_down(offered, s->hit_unit);
     for (uint32_t g = 0; g < s->num_groups; g++) {
@@ -577,7 +578,7 @@ static kvrt_status_t match_all(kvrt_sched_t *s, seq_t *q, uint32_t *hit_out)
         const uint32_t blocks = offered >> gr->block_shift;
         if (!gr->window) {
             kvrt_cache_match_t m;
-            kvrt_status_t rc = kvrt_cache_match(gr->cache, q->tokens, offered, &q->keys, blocks,
+            kvrt_status_t rc = kvrt_cache_match(gr->cache, tokens, offered, &q->keys, blocks,
                                                 gr->match_blocks, r.hashes, &m);
             if (rc != KVRT_OK) {
                 give_back(s, held);
@@ -594,7 +595,7 @@ static kvrt_status_t match_all(kvrt_sched_t *s, seq_t *q, uint32_t *hit_out)
         /* A window group looks blocks up by hash: it needs them all. */
         for (uint32_t j = *r.num_hashed; j < blocks; j++)
             kvrt_block_hash(j ? &r.hashes[j - 1] : &gr->root,
-                            q->tokens + ((size_t)j << gr->block_shift), gr->tokens_per_block,
+                            tokens + ((size_t)j << gr->block_shift), gr->tokens_per_block,
                             j << gr->block_shift, &q->keys, &r.hashes[j]);
         if (blocks > *r.num_hashed)
             *r.num_hashed = blocks;
@@ -683,6 +684,7 @@ void sched_groups_cache_full(kvrt_sched_t *s, seq_t *q)
     if (q->cache_flags & SCHED_CACHE_NO_WRITE)
         return;
     const uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
+    const int32_t *tokens = sched_seq_tokens(q, valid);
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
@@ -694,7 +696,7 @@ void sched_groups_cache_full(kvrt_sched_t *s, seq_t *q)
         for (uint32_t j = *r.num_inserted; j < full; j++) {
             if (j >= *r.num_hashed) {
                 kvrt_block_hash(j ? &r.hashes[j - 1] : &gr->root,
-                                q->tokens + ((size_t)j << gr->block_shift),
+                                tokens + ((size_t)j << gr->block_shift),
                                 gr->tokens_per_block, j << gr->block_shift, &q->keys,
                                 &r.hashes[j]);
                 *r.num_hashed = j + 1;

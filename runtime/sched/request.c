@@ -293,14 +293,14 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     const uint32_t stop_set =
         num_stop && !min_tokens ? stop_set_for(s, p->stop_tokens, num_stop, &fresh_set) : 0;
     /* One allocation: hashes (16-byte aligned) first, then tokens (64-byte
-     * aligned, so that a block of 16 tokens is the one line its last
-     * token's commit just wrote when the block is hashed), the stop area
-     * (sched_stop_area), mm items, the n-gram index. */
+     * aligned, so that a block of 16 tokens is one line of the array, and
+     * with room for the line of recent tokens: sched_token_room), the stop
+     * area (sched_stop_area), mm items, the n-gram index. */
     size_t stop_area =
         num_stop && !stop_set ? sizeof(stop_area_t) + num_stop * sizeof(int32_t) : 0;
     size_t group_hashes = sched_groups_hash_bytes(s, capacity);
     size_t bytes = (size_t)max_blocks * sizeof(kvrt_block_hash_t) + group_hashes +
-                   (size_t)capacity * sizeof(int32_t) + stop_area +
+                   (size_t)sched_token_room(capacity) * sizeof(int32_t) + stop_area +
                    (size_t)num_mm * sizeof(kvrt_mm_item_t) + 8 + ngram_bytes(s, capacity) +
                    TOKENS_ALIGN - 16;
     char *mem = kvrt_arena_alloc(&s->arena, bytes);
@@ -318,9 +318,12 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     sched_groups_init_seq(s, q, mem + (size_t)max_blocks * sizeof(kvrt_block_hash_t), capacity);
     uintptr_t tokens_at =
         (uintptr_t)(mem + (size_t)max_blocks * sizeof(kvrt_block_hash_t) + group_hashes);
-    q->tokens = (int32_t *)((tokens_at + TOKENS_ALIGN - 1) & ~(uintptr_t)(TOKENS_ALIGN - 1));
-    memcpy(q->tokens, p->prompt, (size_t)p->prompt_len * sizeof(int32_t));
-    char *tail = (char *)(q->tokens + capacity) + stop_area;
+    q->token_array =
+        (int32_t *)((tokens_at + TOKENS_ALIGN - 1) & ~(uintptr_t)(TOKENS_ALIGN - 1));
+    memcpy(q->token_array, p->prompt, (size_t)p->prompt_len * sizeof(int32_t));
+    const uint32_t line = p->prompt_len & ~(SCHED_RECENT - 1);
+    memcpy(q->recent, p->prompt + line, (p->prompt_len - line) * sizeof(int32_t));
+    char *tail = (char *)(q->token_array + sched_token_room(capacity)) + stop_area;
     tail += (8 - ((uintptr_t)tail & 7)) & 7;
     if (keys) {
         q->keys.field_mask = keys->field_mask;
@@ -562,7 +565,7 @@ static void fill_info(const kvrt_sched_t *s, const seq_t *q, kvrt_seq_info_t *ou
         .first_token_ns = q->first_token_ns,
         .end_ns = q->end_ns,
         .deadline_missed = q->deadline_missed,
-        .output = q->tokens + q->prompt_len,
+        .output = sched_seq_tokens(q, q->num_tokens) + q->prompt_len,
     };
 }
 

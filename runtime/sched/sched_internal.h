@@ -22,6 +22,8 @@
 #include "kvrt/sched.h"
 
 #define SCHED_NONE UINT32_MAX
+/* Tokens in a request's line of recent tokens (seq_t.recent): 64 bytes. */
+#define SCHED_RECENT 16u
 /* How many requests ahead the step and commit loops prefetch. */
 #define SCHED_PREFETCH 8u
 /* Running requests from which lines a step reads only sometimes (a
@@ -45,7 +47,8 @@ typedef struct ngram_index {
 
 typedef struct seq {
     /* ---- hot: the first 64 bytes are all a decode step and its commit
-     * read or write (the array is 64-byte aligned) ---- */
+     * read or write but the line of recent tokens (the array is 64-byte
+     * aligned) ---- */
     uint32_t generation;    /* odd while the id is live */
     uint8_t state;          /* kvrt_seq_state_t */
     uint8_t in_plan;        /* bit k: in the uncommitted plan of plan slot k */
@@ -79,7 +82,9 @@ typedef struct seq {
     /* Tokens of uncommitted plans' entries, not yet in computed: the next
      * plan starts at computed + ahead. */
     uint32_t ahead;
-    int32_t *tokens;        /* [max_tokens], then the stop area (sched_stop_area) */
+    /* [max_tokens], then the stop area (sched_stop_area); complete below
+     * num_tokens & ~15, the rest in recent (sched_seq_tokens) */
+    int32_t *token_array;
     /* Copies that spare a decode step two scattered lines: the last token
      * (tokens[num_tokens - 1], the next input) and the block holding the
      * plan's last position, computed + ahead - 1 (group 0; the tail block
@@ -109,6 +114,16 @@ typedef struct seq {
      * kvrt_sched_set_drafts and read by the step (one line each) ---- */
     int32_t draft[KVRT_SCHED_MAX_DRAFT];
 
+    /* ---- fourth line: the newest tokens, positions [num_tokens & ~15,
+     * num_tokens), which token_array may not hold yet. A commit writes its
+     * tokens here and the 16 of a line to token_array once they are all
+     * known (commit.c), so that a decode writes into its request's own
+     * lines, not into a page of its own: at 32K running requests their
+     * token arrays span hundreds of MiB and every commit's write there
+     * missed the TLB. Readers of token_array take it through
+     * sched_seq_tokens(). ---- */
+    int32_t recent[SCHED_RECENT];
+
     /* ---- cold ---- */
     kvrt_hash_keys_t keys;     /* points into salt and the allocation */
     uint32_t preemptions;
@@ -135,10 +150,13 @@ typedef struct seq {
     void *allocation;       /* hashes, tokens, stop area, mm items, ngram */
 } __attribute__((aligned(64))) seq_t;
 /* The layout the hot loops rely on: a plain decode's step and commit read
- * and write the first line only (and the commit its token's line). */
+ * and write the first line only (and the commit its line of recent
+ * tokens). */
 _Static_assert(offsetof(seq_t, row_blocks) == 64, "seq_t's hot fields outgrew one cache line");
 _Static_assert(offsetof(seq_t, draft) == 128 && sizeof(((seq_t *)0)->draft) == 64,
                "a request's drafts are one cache line");
+_Static_assert(offsetof(seq_t, recent) == 192 && sizeof(((seq_t *)0)->recent) == 64,
+               "a request's newest tokens are one cache line");
 _Static_assert(offsetof(seq_t, hashes) / 64 == 1 && offsetof(seq_t, num_inserted) / 64 == 1,
                "the insert batch's fields share the second line (full_blocks.c)");
 _Static_assert(offsetof(seq_t, heap_pos) <= 128, "seq_t's second line outgrew 64 bytes");
@@ -537,9 +555,29 @@ typedef struct stop_area {
     int32_t tokens[];
 } stop_area_t;
 
+/* Entries of a token array for a capacity of max_tokens: room for the
+ * line of recent tokens whole at any num_tokens <= max_tokens, so that it
+ * is always written back as one 64-byte copy. */
+static inline uint32_t sched_token_room(uint32_t max_tokens)
+{
+    return (max_tokens + SCHED_RECENT) & ~(SCHED_RECENT - 1);
+}
+
 static inline stop_area_t *sched_stop_area(const seq_t *q)
 {
-    return (stop_area_t *)(q->tokens + q->max_tokens);
+    return (stop_area_t *)(q->token_array + sched_token_room(q->max_tokens));
+}
+
+/* q's token array, complete for positions [0, end), end <= num_tokens:
+ * the line of recent tokens is written back when end reaches past the
+ * last full line (its entries past num_tokens are the array's room; the
+ * tokens stay in recent too, so no state changes). */
+static inline const int32_t *sched_seq_tokens(const seq_t *q, uint32_t end)
+{
+    const uint32_t line = q->num_tokens & ~(SCHED_RECENT - 1);
+    if (end > line)
+        memcpy(q->token_array + line, q->recent, sizeof(q->recent));
+    return q->token_array;
 }
 
 /* Points s->plan and s->buf at plan slot k. */

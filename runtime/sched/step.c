@@ -366,8 +366,9 @@ static KVRT_ALWAYS_INLINE void decode_pass(kvrt_sched_t *s, step_state_t *st, bo
                 q->engine_drafts = 0;
             } else if (s->ngram_min) {
                 if (limit)
-                    drafts = ngram_propose(s, &q->ngram, q->tokens, q->num_tokens, limit,
-                                           input + 1);
+                    drafts = ngram_propose(s, &q->ngram,
+                                           sched_seq_tokens(q, q->num_tokens),
+                                           q->num_tokens, limit, input + 1);
                 if (limit < want)
                     s->stats.spec_backoff_tokens += want - limit;
             }
@@ -519,7 +520,7 @@ static void schedule_prefills(kvrt_sched_t *s, step_state_t *st)
             release_hold(st);
         if (!grow(s, q, n, &st->budget, false))
             continue;
-        memcpy(s->buf->input_tokens + s->plan->num_tokens, q->tokens + c,
+        memcpy(s->buf->input_tokens + s->plan->num_tokens, sched_seq_tokens(q, c + n) + c,
                (size_t)n * sizeof(int32_t));
         plan_add(s, q, KVRT_PLAN_PREFILL, n, 0, c + n == q->num_tokens);
         st->budget -= n;
@@ -610,8 +611,8 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
     /* All but the last token: it is recomputed for its logits. */
     uint32_t offered = q->num_tokens - 1;
     kvrt_cache_match_t m;
-    rc = kvrt_cache_match(s->cache, q->tokens, offered, &q->keys, offered >> s->block_shift,
-                          hit_blocks, q->hashes, &m);
+    rc = kvrt_cache_match(s->cache, sched_seq_tokens(q, offered), offered, &q->keys,
+                          offered >> s->block_shift, hit_blocks, q->hashes, &m);
     if (rc != KVRT_OK) {
         kvrt_table_destroy(s->pool, table);
         q->table = 0;
@@ -725,8 +726,8 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
         st->budget_bound = true;
     if (!grow(s, q, n, &st->budget, true))
         return true;
-    memcpy(s->buf->input_tokens + s->plan->num_tokens, q->tokens + q->computed,
-           (size_t)n * sizeof(int32_t));
+    memcpy(s->buf->input_tokens + s->plan->num_tokens,
+           sched_seq_tokens(q, q->computed + n) + q->computed, (size_t)n * sizeof(int32_t));
     plan_add(s, q, KVRT_PLAN_PREFILL, n, 0, q->computed + n == q->num_tokens);
     st->budget -= n;
     return true;

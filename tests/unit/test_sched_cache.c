@@ -5,7 +5,9 @@
  * recomputed mostly from the cache, priorities decide the victim even when
  * it is already planned, and every preempted request still finishes with
  * the right tokens), the order in which a commit stores full blocks, that
- * each stored block is the one holding its tokens, and that an ended
+ * each stored block is the one holding its tokens, that the blocks outputs
+ * fill are cached and matched under their tokens (the newest of which sit
+ * in the request's own line) at every block size, and that an ended
  * request's blocks go idle deepest first.
  */
 #include <string.h>
@@ -471,4 +473,113 @@ Test(sched_cache, every_stored_block_is_the_one_holding_its_tokens)
 Test(sched_cache, every_stored_block_is_the_one_holding_its_tokens_with_two_plans_in_flight)
 {
     stores_the_blocks_holding_their_tokens(true);
+}
+
+/* A run to the end of a request of prompt_len tokens and max_new outputs;
+ * then a request of exactly its tokens (prompt and outputs, as drained)
+ * must hit every block the first one computed. The outputs' newest tokens
+ * sit in the request's own line until 16 of them are known: the blocks
+ * they fill are hashed from there. */
+static void outputs_are_cached_under_their_tokens(uint32_t tpb)
+{
+    fixture_t f = open_fixture(128, tpb, true, NULL);
+    int32_t tokens[64];
+    const uint32_t prompt_len = 13, max_new = 48, total = prompt_len + max_new;
+    test_prompt(tokens, prompt_len, 500);
+    add(&f, tokens, prompt_len, max_new, NULL);
+    const kvrt_batch_plan_t *plan;
+    for (int k = 0; k < 100; k++) {
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
+        if (!plan->num_seqs)
+            break;
+        commit_model(&f, plan);
+    }
+    kvrt_seq_info_t ev[2];
+    uint32_t n;
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 2, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ev[0].output_tokens, max_new);
+    for (uint32_t t = 0; t < max_new; t++) {
+        cr_assert_eq(ev[0].output[t], model_at(prompt_len + t), "output %u", t);
+        tokens[prompt_len + t] = ev[0].output[t];
+    }
+    /* Its last token was never computed: the blocks of total - 1. */
+    const uint32_t expect = (total - 1) / tpb * tpb;
+    if (tpb <= 8) /* blocks inside the last line of 16 tokens are checked */
+        cr_assert_gt(expect, 48);
+    add(&f, tokens, total, 1, NULL);
+    kvrt_plan_seq_t e = admit_one(&f);
+    cr_assert_eq(e.num_computed_tokens, expect, "blocks of %u tokens: %u hit, %u computed",
+                 tpb, e.num_computed_tokens, expect);
+    run_to_end(&f, 1);
+    close_fixture(&f);
+}
+
+Test(sched_cache, the_blocks_of_outputs_are_cached_under_their_tokens_at_every_block_size)
+{
+    for (uint32_t tpb = 2; tpb <= 32; tpb *= 2)
+        outputs_are_cached_under_their_tokens(tpb);
+}
+
+/* A (priority 0) and H (priority 1) decode until H needs a block the pool
+ * no longer has: A is preempted with tokens its line of recent tokens
+ * holds, H ends, and A is matched again: it must hit every block of its
+ * tokens still cached, which the test finds with its own match of A's
+ * tokens just before that step. */
+static void a_preempted_request_hits_its_own_outputs(uint32_t tpb)
+{
+    /* A and H hold about 2 * 30 / tpb blocks when the pool runs out. */
+    const uint32_t usable = 60 / tpb;
+    fixture_t f = open_fixture(usable + 1, tpb, true, NULL);
+    int32_t pa[64], ph[8];
+    test_prompt(pa, 6, 700);
+    test_prompt(ph, 6, 800);
+    kvrt_seq_id_t a = add_priority(&f, pa, 6, 48, 0);
+    add_priority(&f, ph, 6, 26, 1); /* H */
+    const kvrt_batch_plan_t *plan;
+    uint32_t a_tokens = 0;
+    bool preempted = false, readmitted = false;
+    for (int k = 0; k < 200 && !readmitted; k++) {
+        kvrt_seq_info_t info;
+        ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, a, &info));
+        uint32_t expect = 0;
+        if (preempted) {
+            /* A's tokens, from the model; match them, give the hits back. */
+            for (uint32_t t = 6; t < a_tokens; t++)
+                pa[t] = model_at(t);
+            int32_t hit_blocks[64];
+            kvrt_cache_match_t m;
+            ASSERT_OK(f.ctx, kvrt_cache_match(f.cache, pa, a_tokens - 1, NULL, 64, hit_blocks,
+                                              NULL, &m));
+            ASSERT_OK(f.ctx, kvrt_pool_free(f.pool, m.num_blocks, hit_blocks));
+            expect = m.num_tokens;
+        }
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
+        for (uint32_t i = 0; i < plan->num_preempted; i++)
+            if (plan->preempted[i] == a) {
+                preempted = true;
+                a_tokens = info.prompt_tokens + info.output_tokens;
+            }
+        for (uint32_t i = 0; i < plan->num_seqs; i++)
+            if (preempted && plan->seqs[i].id == a && plan->seqs[i].kind == KVRT_PLAN_PREFILL) {
+                readmitted = true;
+                /* Blocks of A's newest 16 tokens are among them. */
+                cr_assert_gt(expect, a_tokens / 16 * 16,
+                             "blocks of %u tokens: the test reaches the recent line", tpb);
+                cr_assert_eq(plan->seqs[i].num_computed_tokens, expect,
+                             "blocks of %u tokens: %u hit, %u cached", tpb,
+                             plan->seqs[i].num_computed_tokens, expect);
+            }
+        if (plan->num_seqs)
+            commit_model(&f, plan);
+    }
+    cr_assert(readmitted, "blocks of %u tokens: A was preempted and admitted again", tpb);
+    run_to_end(&f, 2);
+    close_fixture(&f);
+}
+
+Test(sched_cache, a_preempted_request_hits_the_blocks_of_its_newest_outputs)
+{
+    for (uint32_t tpb = 2; tpb <= 8; tpb *= 2)
+        a_preempted_request_hits_its_own_outputs(tpb);
 }

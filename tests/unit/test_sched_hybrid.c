@@ -3,8 +3,9 @@
  * models): a full-attention group and a sliding-window group with
  * different block sizes. The plan carries one table per group, windows
  * release their past blocks to the pool, a prefix hit counts only as far
- * as every group serves it, preemption and ends free every group, and a
- * randomized run keeps every invariant in every group.
+ * as every group serves it, preemption and ends free every group, the
+ * blocks outputs fill are cached under their tokens in every group, and
+ * a randomized run keeps every invariant in every group.
  */
 #include "sched_hybrid_fixture.h"
 
@@ -315,6 +316,30 @@ Test(sched_hybrid, a_group_of_smaller_blocks_caches_each_block_the_commit_fills)
         cr_assert_eq(cs[0].inserts, computed / 16);
     }
     run_to_end(&h, 64);
+    drain_all(&h);
+    hybrid_close(&h);
+}
+
+Test(sched_hybrid, the_blocks_of_outputs_are_cached_under_their_tokens_in_every_group)
+{
+    /* Blocks of 4 and 8 tokens: both fill blocks inside the last line of
+     * 16 tokens, whose newest tokens the request's own line holds. */
+    const uint32_t blocks[2] = {64, 64}, tpb[2] = {4, 8}, window[2] = {0, 0};
+    hybrid_t h = hybrid_open(2, blocks, tpb, window, true, NULL);
+    int32_t tokens[64];
+    test_prompt(tokens, 13, 400);
+    add_prompt(&h, tokens, 13, 48);
+    run_to_end(&h, 100);
+    kvrt_seq_info_t ev[2];
+    uint32_t n;
+    ASSERT_OK(h.ctx, kvrt_sched_drain_ended(h.sched, ev, 2, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ev[0].output_tokens, 48);
+    memcpy(tokens + 13, ev[0].output, 48 * sizeof(int32_t));
+    /* 60 tokens were computed: both groups serve 56. */
+    kvrt_seq_id_t id;
+    cr_assert_eq(hit_of(&h, tokens, 61, &id), 56);
+    run_to_end(&h, 10);
     drain_all(&h);
     hybrid_close(&h);
 }
