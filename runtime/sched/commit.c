@@ -214,11 +214,12 @@ static KVRT_ALWAYS_INLINE kvrt_seq_end_reason_t append_sampled(kvrt_sched_t *s, 
     } else if (in_line + n < SCHED_RECENT) {
         sched_copy32(q->recent + in_line, SCHED_RECENT - in_line, tokens, readable, n);
     } else {
-        /* The line completes: it goes to the token array whole, the
-         * tokens after it (those past the line's end overwrite what it
-         * held there), and recent takes the tokens past the line. Copies
-         * of fixed sizes, 8 tokens at a time: anything written past the
-         * tokens, in recent or in the array's room, is past num_tokens. */
+        /* The line completes: it goes to the token array whole (its
+         * entries from num on are stale), then the tokens, from num
+         * (replacing those), and recent takes the tokens past the line's
+         * end. Up to 8 tokens move as two vectors (sched_copy32), with no
+         * call: anything written past the tokens, in recent or in the
+         * array's room, lies past num_tokens. */
         const uint32_t to_end = SCHED_RECENT - in_line;
         memcpy(q->token_array + (num - in_line), q->recent, sizeof(q->recent));
         sched_copy32(q->token_array + num, room, tokens, readable, n);

@@ -684,7 +684,7 @@ void sched_groups_cache_full(kvrt_sched_t *s, seq_t *q)
     if (q->cache_flags & SCHED_CACHE_NO_WRITE)
         return;
     const uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
-    const int32_t *tokens = sched_seq_tokens(q, valid);
+    const int32_t *tokens = NULL; /* taken when a block is hashed: most commits hash none */
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
@@ -695,6 +695,8 @@ void sched_groups_cache_full(kvrt_sched_t *s, seq_t *q)
         kvrt_table_view(gr->pool, *r.table, &blocks, NULL, NULL);
         for (uint32_t j = *r.num_inserted; j < full; j++) {
             if (j >= *r.num_hashed) {
+                if (!tokens)
+                    tokens = sched_seq_tokens(q, valid);
                 kvrt_block_hash(j ? &r.hashes[j - 1] : &gr->root,
                                 tokens + ((size_t)j << gr->block_shift),
                                 gr->tokens_per_block, j << gr->block_shift, &q->keys,

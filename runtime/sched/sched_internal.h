@@ -60,8 +60,8 @@ typedef struct seq {
     uint8_t end_reason;     /* kvrt_seq_end_reason_t */
     uint32_t num_tokens;    /* prompt + output */
     uint32_t computed;      /* tokens whose K/V is in the table */
-    uint32_t max_tokens;    /* num_tokens limit: prompt + max_new, capped; also
-                               the token array's capacity */
+    uint32_t max_tokens;    /* num_tokens limit: prompt + max_new, capped; the
+                               token array has sched_token_room() entries */
     uint32_t row;           /* block_rows row, SCHED_NONE when none */
     uint8_t num_stop;
     uint8_t stop_set;       /* 1 + its index in the scheduler's shared
@@ -82,11 +82,12 @@ typedef struct seq {
     /* Tokens of uncommitted plans' entries, not yet in computed: the next
      * plan starts at computed + ahead. */
     uint32_t ahead;
-    /* [max_tokens], then the stop area (sched_stop_area); complete below
-     * num_tokens & ~15, the rest in recent (sched_seq_tokens) */
+    /* [sched_token_room(max_tokens)], then the stop area
+     * (sched_stop_area); complete below num_tokens & ~15, the rest in
+     * recent (sched_seq_tokens) */
     int32_t *token_array;
     /* Copies that spare a decode step two scattered lines: the last token
-     * (tokens[num_tokens - 1], the next input) and the block holding the
+     * (at num_tokens - 1, the next input) and the block holding the
      * plan's last position, computed + ahead - 1 (group 0; the tail block
      * the fast path writes into: the row's last entry unless the table
      * holds blocks past it, lag < 0). */
