@@ -282,10 +282,6 @@ static KVRT_ALWAYS_INLINE void apply_entries(kvrt_sched_t *s, const kvrt_commit_
      * without a prefetch (prefill entries are few). */
     const bool second_line = s->max_draft != 0;
     const uint32_t *const next_counts = c->num_next_drafts;
-    /* Tokens in the line of recent tokens from which an entry's (1 + up
-     * to max_draft) may complete it. */
-    const uint32_t completes_line =
-        s->max_draft < SCHED_RECENT - 1 ? SCHED_RECENT - 1 - s->max_draft : 0;
     uint32_t next_at = 0; /* the entry's first next draft */
     for (uint32_t i = 0; i < num_seqs; i++) {
         if (i + SCHED_PREFETCH < num_seqs) {
@@ -299,10 +295,6 @@ static KVRT_ALWAYS_INLINE void apply_entries(kvrt_sched_t *s, const kvrt_commit_
         }
         if (i + SCHED_PREFETCH / 2 < num_seqs) {
             const seq_t *ahead = &seqs[slot_of[i + SCHED_PREFETCH / 2]];
-            /* The token array's line, when the entry's tokens may
-             * complete it. */
-            if ((ahead->num_tokens & (SCHED_RECENT - 1)) >= completes_line)
-                __builtin_prefetch(ahead->token_array + ahead->num_tokens, 1);
             if (ahead->num_stop && !ahead->stop_set) /* its own stop area */
                 __builtin_prefetch(sched_stop_area(ahead));
         }
