@@ -525,28 +525,44 @@ Test(sched_cache, the_blocks_of_outputs_are_cached_under_their_tokens_at_every_b
  * no longer has: A is preempted with tokens its line of recent tokens
  * holds, H ends, and A is matched again: it must hit every block of its
  * tokens still cached, which the test finds with its own match of A's
- * tokens just before that step. */
-static void a_preempted_request_hits_its_own_outputs(uint32_t tpb)
+ * tokens just before that step. With skip_write, A caches nothing of its
+ * own (so nothing hashed its tokens before the match): a twin with its
+ * prompt ran first, and the test holds the twin's blocks, which hold A's
+ * tokens too (the model's token depends on the position only). */
+static void a_preempted_request_hits_its_own_outputs(uint32_t tpb, bool skip_write)
 {
-    /* A and H hold about 2 * 30 / tpb blocks when the pool runs out. */
-    const uint32_t usable = 60 / tpb;
+    /* A and H hold about 2 * 30 / tpb blocks when the pool runs out; the
+     * test holds the twin's blocks of 53 computed tokens, of which A's
+     * prompt hits those of 5. */
+    const uint32_t usable = 60 / tpb + (skip_write ? 53 / tpb - 5 / tpb : 0);
     fixture_t f = open_fixture(usable + 1, tpb, true, NULL);
     int32_t pa[64], ph[8];
     test_prompt(pa, 6, 700);
     test_prompt(ph, 6, 800);
-    kvrt_seq_id_t a = add_priority(&f, pa, 6, 48, 0);
+    for (uint32_t t = 6; t < 64; t++)
+        pa[t] = model_at(t); /* A's tokens, and the twin's */
+    int32_t twin_blocks[32];
+    kvrt_cache_match_t twin = {0};
+    if (skip_write) {
+        add(&f, pa, 6, 48, NULL);
+        run_to_end(&f, 1);
+        ASSERT_OK(f.ctx, kvrt_cache_match(f.cache, pa, 53, NULL, 32, twin_blocks, NULL, &twin));
+        cr_assert_eq(twin.num_tokens, 53 / tpb * tpb);
+    }
+    kvrt_seq_params_t ap = {.field_mask = KVRT_SEQ_PARAM_PRIORITY | KVRT_SEQ_PARAM_CACHE_FLAGS,
+                            .prompt = pa, .prompt_len = 6, .max_new_tokens = 48,
+                            .cache_flags = skip_write ? KVRT_SEQ_CACHE_SKIP_WRITE : 0};
+    kvrt_seq_id_t a;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &ap, &a));
     add_priority(&f, ph, 6, 26, 1); /* H */
     const kvrt_batch_plan_t *plan;
-    uint32_t a_tokens = 0;
+    /* A's token count, followed through the plans: kvrt_seq_info would
+     * write its recent tokens back, which the match must do itself. */
+    uint32_t a_tokens = 6;
     bool preempted = false, readmitted = false;
     for (int k = 0; k < 200 && !readmitted; k++) {
-        kvrt_seq_info_t info;
-        ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, a, &info));
         uint32_t expect = 0;
-        if (preempted) {
-            /* A's tokens, from the model; match them, give the hits back. */
-            for (uint32_t t = 6; t < a_tokens; t++)
-                pa[t] = model_at(t);
+        if (preempted) { /* match A's tokens, give the hits back */
             int32_t hit_blocks[64];
             kvrt_cache_match_t m;
             ASSERT_OK(f.ctx, kvrt_cache_match(f.cache, pa, a_tokens - 1, NULL, 64, hit_blocks,
@@ -556,30 +572,36 @@ static void a_preempted_request_hits_its_own_outputs(uint32_t tpb)
         }
         ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, (uint64_t)k, &plan));
         for (uint32_t i = 0; i < plan->num_preempted; i++)
-            if (plan->preempted[i] == a) {
-                preempted = true;
-                a_tokens = info.prompt_tokens + info.output_tokens;
-            }
-        for (uint32_t i = 0; i < plan->num_seqs; i++)
-            if (preempted && plan->seqs[i].id == a && plan->seqs[i].kind == KVRT_PLAN_PREFILL) {
+            preempted |= plan->preempted[i] == a;
+        for (uint32_t i = 0; i < plan->num_seqs; i++) {
+            if (plan->seqs[i].id != a)
+                continue;
+            if (!preempted && plan->seqs[i].sample) /* its token count after the commit */
+                a_tokens = (uint32_t)plan->seq_lens[i] + 1;
+            if (preempted && plan->seqs[i].kind == KVRT_PLAN_PREFILL) {
                 readmitted = true;
                 /* Blocks of A's newest 16 tokens are among them. */
                 cr_assert_gt(expect, a_tokens / 16 * 16,
                              "blocks of %u tokens: the test reaches the recent line", tpb);
                 cr_assert_eq(plan->seqs[i].num_computed_tokens, expect,
-                             "blocks of %u tokens: %u hit, %u cached", tpb,
+                             "blocks of %u tokens%s: %u hit, %u cached", tpb,
+                             skip_write ? ", skip write" : "",
                              plan->seqs[i].num_computed_tokens, expect);
             }
+        }
         if (plan->num_seqs)
             commit_model(&f, plan);
     }
     cr_assert(readmitted, "blocks of %u tokens: A was preempted and admitted again", tpb);
+    ASSERT_OK(f.ctx, kvrt_pool_free(f.pool, twin.num_blocks, twin_blocks));
     run_to_end(&f, 2);
     close_fixture(&f);
 }
 
 Test(sched_cache, a_preempted_request_hits_the_blocks_of_its_newest_outputs)
 {
-    for (uint32_t tpb = 2; tpb <= 8; tpb *= 2)
-        a_preempted_request_hits_its_own_outputs(tpb);
+    for (uint32_t tpb = 2; tpb <= 8; tpb *= 2) {
+        a_preempted_request_hits_its_own_outputs(tpb, false);
+        a_preempted_request_hits_its_own_outputs(tpb, true);
+    }
 }
