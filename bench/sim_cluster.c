@@ -169,12 +169,13 @@ static int open_node(cluster_t *c, uint32_t n)
     kvrt_sched_params_t sp = {
         .field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS | KVRT_SCHED_PARAM_MAX_SEQS |
                       KVRT_SCHED_PARAM_WATERMARK | KVRT_SCHED_PARAM_MAX_REQUESTS |
-                      KVRT_SCHED_PARAM_MAX_SEQ_TOKENS,
+                      KVRT_SCHED_PARAM_MAX_SEQ_TOKENS | KVRT_SCHED_PARAM_SHARED_PREFILL,
         .max_batch_tokens = cfg->max_batch_tokens,
         .max_seqs = cfg->max_seqs,
         .use_watermark = cfg->watermark,
         .max_requests = max_requests > (1u << 24) ? (1u << 24) : (uint32_t)max_requests,
         .max_seq_tokens = 1u << 20,
+        .shared_prefill_min_tokens = cfg->shared_prefill_min_tokens,
     };
     if (cfg->chunk_tokens) {
         sp.field_mask |= KVRT_SCHED_PARAM_CHUNK;

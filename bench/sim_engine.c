@@ -112,6 +112,7 @@ sim_config_t sim_config_default(void)
         .chunk_tokens = 0,
         .watermark = 1,
         .max_waiting = 1024,
+        .shared_prefill_min_tokens = 256,
         .spec = SIM_SPEC_NGRAM,
         .spec_k = 4,
         .ngram_min = 2,
@@ -213,12 +214,13 @@ static int open_kvrt(engine_t *e)
     kvrt_sched_params_t sp = {
         .field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS | KVRT_SCHED_PARAM_MAX_SEQS |
                       KVRT_SCHED_PARAM_WATERMARK | KVRT_SCHED_PARAM_MAX_REQUESTS |
-                      KVRT_SCHED_PARAM_MAX_SEQ_TOKENS,
+                      KVRT_SCHED_PARAM_MAX_SEQ_TOKENS | KVRT_SCHED_PARAM_SHARED_PREFILL,
         .max_batch_tokens = c->max_batch_tokens,
         .max_seqs = c->max_seqs,
         .use_watermark = c->watermark,
         .max_requests = max_requests > (1u << 24) ? (1u << 24) : (uint32_t)max_requests,
         .max_seq_tokens = 1u << 20,
+        .shared_prefill_min_tokens = c->shared_prefill_min_tokens,
     };
     if (c->chunk_tokens) {
         sp.field_mask |= KVRT_SCHED_PARAM_CHUNK;

@@ -50,6 +50,7 @@ typedef struct sim_config {
     int watermark;
     uint32_t max_waiting;          /* requests queued in kvrt at once; later
                                       arrivals wait in arrival order */
+    uint32_t shared_prefill_min_tokens; /* kvrt_sched_params_t's */
     /* Speculation. */
     sim_spec_mode_t spec;
     uint32_t spec_k;

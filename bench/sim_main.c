@@ -95,6 +95,8 @@ static void usage(FILE *out)
 "  --chunk N               longest prefill chunk [the token budget]\n"
 "  --no-watermark          admit new requests down to the last free block\n"
 "  --max-waiting N         requests queued in kvrt; later ones wait in order [%u]\n"
+"  --shared-prefill N      a request waits for the next N+ tokens of its prompt\n"
+"                          that another is computing, then hits them; 0: never [%u]\n"
 "  --cache P               prefix cache policy: lru, lfu, lfu-aged or off [lru]\n"
 "  --spec M                speculation: off, ngram (kvrt's prompt lookup) or draft\n"
 "                          (a simulated draft model) [ngram]\n"
@@ -130,7 +132,8 @@ static void usage(FILE *out)
             c.cost.weights_ms, c.cost.kv_read_ns_per_token, c.cost.attn_ns_per_pair,
             c.cost.draft_us_per_position, c.kv_gb, c.num_layers, c.num_kv_heads, c.head_dim,
             c.block_tokens, c.tier.host_gbps, c.tier.host_latency_us, c.tier.ssd_gbps,
-            c.tier.ssd_latency_us, c.max_batch_tokens, c.max_seqs, c.max_waiting, c.spec_k,
+            c.tier.ssd_latency_us, c.max_batch_tokens, c.max_seqs, c.max_waiting,
+            c.shared_prefill_min_tokens, c.spec_k,
             c.ngram_min, c.ngram_max, c.draft_accept);
 }
 
@@ -172,7 +175,7 @@ enum {
     OPT_MAX_OUTPUT, OPT_MAX_PROMPT, OPT_THINK, OPT_COPY, OPT_ABORT_PROB, OPT_ABORT_AFTER,
     OPT_HIGH_PRIORITY, OPT_DEADLINE, OPT_OVERHEAD, OPT_PER_SEQ, OPT_PREFILL, OPT_WEIGHTS,
     OPT_KV_READ, OPT_ATTN, OPT_DRAFT_US, OPT_KV_GB, OPT_LAYERS, OPT_KV_HEADS, OPT_HEAD_DIM,
-    OPT_BLOCK_TOKENS, OPT_BATCH_TOKENS, OPT_MAX_SEQS, OPT_CHUNK, OPT_NO_WATERMARK,
+    OPT_BLOCK_TOKENS, OPT_BATCH_TOKENS, OPT_MAX_SEQS, OPT_CHUNK, OPT_NO_WATERMARK, OPT_SHARED_PREFILL,
     OPT_MAX_WAITING, OPT_CACHE, OPT_SPEC, OPT_SPEC_K, OPT_NGRAM_MIN, OPT_NGRAM_MAX,
     OPT_NO_ADAPTIVE, OPT_DRAFT_ACCEPT, OPT_JSON, OPT_NO_PROGRESS, OPT_METRICS_OUT,
     OPT_METRICS_PORT, OPT_METRICS_HOLD, OPT_HELP,
@@ -217,6 +220,7 @@ static const struct option long_options[] = {
     {"max-seqs", required_argument, NULL, OPT_MAX_SEQS},
     {"chunk", required_argument, NULL, OPT_CHUNK},
     {"no-watermark", no_argument, NULL, OPT_NO_WATERMARK},
+    {"shared-prefill", required_argument, NULL, OPT_SHARED_PREFILL},
     {"max-waiting", required_argument, NULL, OPT_MAX_WAITING},
     {"cache", required_argument, NULL, OPT_CACHE},
     {"spec", required_argument, NULL, OPT_SPEC},
@@ -332,6 +336,8 @@ static int apply_option(options_t *o, int opt, const char *arg)
     case OPT_MAX_SEQS: return parse_u32("max-seqs", arg, 1, 65536, &c->max_seqs);
     case OPT_CHUNK: return parse_u32("chunk", arg, 1, 1u << 24, &c->chunk_tokens);
     case OPT_NO_WATERMARK: c->watermark = 0; return 0;
+    case OPT_SHARED_PREFILL:
+        return parse_u32("shared-prefill", arg, 0, 1u << 30, &c->shared_prefill_min_tokens);
     case OPT_MAX_WAITING: return parse_u32("max-waiting", arg, 1, 1u << 22, &c->max_waiting);
     case OPT_CACHE: {
         static const char *const names[] = {"lru", "lfu", "lfu-aged", "off"};

@@ -181,6 +181,7 @@ static cJSON *config_json(const sim_config_t *c)
                                                                : c->max_batch_tokens);
     cJSON_AddBoolToObject(o, "watermark", c->watermark);
     cJSON_AddNumberToObject(o, "max_waiting", c->max_waiting);
+    cJSON_AddNumberToObject(o, "shared_prefill_min_tokens", c->shared_prefill_min_tokens);
     cJSON_AddStringToObject(o, "speculation", spec_name(c->spec));
     cJSON_AddNumberToObject(o, "spec_k", c->spec_k);
     return o;

@@ -199,7 +199,8 @@ enum kvrt_sched_params_field {
                                                     the n-gram proposer on */
     KVRT_SCHED_PARAM_ADAPTIVE_DRAFT = 1u << 8,   /* adaptive_draft */
     KVRT_SCHED_PARAM_CSR_TABLES = 1u << 9,       /* csr_block_tables */
-    KVRT_SCHED_PARAM_PLANS_IN_FLIGHT = 1u << 10  /* max_plans_in_flight */
+    KVRT_SCHED_PARAM_PLANS_IN_FLIGHT = 1u << 10, /* max_plans_in_flight */
+    KVRT_SCHED_PARAM_SHARED_PREFILL = 1u << 11   /* shared_prefill_min_tokens */
 };
 
 /*
@@ -234,6 +235,18 @@ typedef struct kvrt_sched_params {
      * default 1 (each step waits for the previous commit). 2: asynchronous
      * scheduling, see kvrt_sched_step. */
     uint32_t max_plans_in_flight;
+    /* Prompts that share a prefix, computed once (with a prefix cache, one
+     * group): a request coming up for admission whose next uncached block
+     * is the one another running request's prefill is computing (the
+     * block at that request's committed length), and whose next
+     * shared_prefill_min_tokens tokens (rounded up to whole blocks) are
+     * that request's too, waits in the queue, keeping its place, until
+     * those blocks are committed and cached, then hits them; admission
+     * goes on with the requests behind it meanwhile. 0: never wait (every
+     * request computes what is not cached when it is admitted). Default
+     * 256. At most max_seqs requests wait so in one step; admission stops
+     * there. See kvrt_sched_stats_t.shared_prefill_waits. */
+    uint32_t shared_prefill_min_tokens;
 } kvrt_sched_params_t;
 
 /*
@@ -1000,6 +1013,10 @@ typedef struct kvrt_sched_stats {
     double spec_mean_accepted;   /* spec_accepted / spec_verifications */
     double prefix_hit_rate;      /* prefix_hit_tokens / prefix_query_tokens */
     double prefix_hit_rate_window; /* window_hit_tokens / window_query_tokens */
+    /* Steps a request came up for admission and waited for blocks another
+     * request is computing (shared_prefill_min_tokens): one per request and
+     * step. Not in KVRT_SCHED_STATS_SIZE_1_0. */
+    uint64_t shared_prefill_waits;
 } kvrt_sched_stats_t;
 
 #define KVRT_SCHED_STATS_SIZE_1_0 544u

@@ -121,7 +121,8 @@ class kvrt_sched_params_t(Struct):
                 ("prefill_chunk_tokens", u32), ("use_watermark", C.c_int),
                 ("max_requests", u32), ("max_seq_tokens", u32), ("max_draft_tokens", u32),
                 ("ngram_min", u32), ("ngram_max", u32), ("adaptive_draft", C.c_int),
-                ("csr_block_tables", C.c_int), ("max_plans_in_flight", u32)]
+                ("csr_block_tables", C.c_int), ("max_plans_in_flight", u32),
+                ("shared_prefill_min_tokens", u32)]
 
 
 class kvrt_seq_params_t(Struct):
@@ -202,7 +203,8 @@ class kvrt_sched_stats_t(Struct):
         ("spec_accepted_at", u64 * SCHED_DRAFT_POSITIONS),
         ("window_hit_tokens", u64), ("window_query_tokens", u64),
         ("spec_acceptance", C.c_double), ("spec_mean_accepted", C.c_double),
-        ("prefix_hit_rate", C.c_double), ("prefix_hit_rate_window", C.c_double)]
+        ("prefix_hit_rate", C.c_double), ("prefix_hit_rate_window", C.c_double),
+        ("shared_prefill_waits", u64)]
 
 
 class kvrt_arrival_params_t(Struct):

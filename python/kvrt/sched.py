@@ -25,7 +25,8 @@ MAX_DRAFT = 16
 
 _P = dict(max_batch_tokens=1, max_seqs=2, prefill_chunk_tokens=4, use_watermark=8,
           max_requests=16, max_seq_tokens=32, max_draft_tokens=64, ngram=128,
-          adaptive_draft=256, csr_block_tables=512, max_plans_in_flight=1024)
+          adaptive_draft=256, csr_block_tables=512, max_plans_in_flight=1024,
+          shared_prefill_min_tokens=2048)
 _SEQ_STOP, _SEQ_PRIORITY, _SEQ_DEADLINE, _SEQ_KEYS, _SEQ_USER_TAG = 1, 2, 4, 8, 16
 _SEQ_CACHE_FLAGS, _SEQ_MIN_TOKENS = 32, 64
 _ARRIVAL_DEADLINE = 1
@@ -157,7 +158,8 @@ class Scheduler(Handle):
     def __init__(self, pool, cache=None, max_batch_tokens=None, max_seqs=None,
                  prefill_chunk_tokens=None, use_watermark=None, max_requests=None,
                  max_seq_tokens=None, max_draft_tokens=None, ngram=None, adaptive_draft=None,
-                 csr_block_tables=None, max_plans_in_flight=None):
+                 csr_block_tables=None, max_plans_in_flight=None,
+                 shared_prefill_min_tokens=None):
         if not isinstance(pool, Pool):
             raise _lib.bad_arg("pool must be a kvrt.Pool", "Scheduler")
         if cache is not None and not isinstance(cache, PrefixCache):
@@ -167,7 +169,8 @@ class Scheduler(Handle):
                      prefill_chunk_tokens=prefill_chunk_tokens, use_watermark=use_watermark,
                      max_requests=max_requests, max_seq_tokens=max_seq_tokens,
                      max_draft_tokens=max_draft_tokens, adaptive_draft=adaptive_draft,
-                     csr_block_tables=csr_block_tables, max_plans_in_flight=max_plans_in_flight)
+                     csr_block_tables=csr_block_tables, max_plans_in_flight=max_plans_in_flight,
+                     shared_prefill_min_tokens=shared_prefill_min_tokens)
         S.set_masked(p, _P, **{name: None if value is None else _u32(value, name, "Scheduler")
                                for name, value in given.items()})
         if ngram is not None:

@@ -81,6 +81,28 @@ def test_per_request_cache_flags(ctx, pool):
     assert e.value.name == "KVRT_ERR_INVALID_ARG"
 
 
+def test_parallel_samples_compute_their_prompt_once(ctx, pool):
+    cache = kvrt.PrefixCache(pool)
+    sched = kvrt.Scheduler(pool, cache, shared_prefill_min_tokens=32)
+    prompt = list(range(1, 70))  # 4 full blocks of 16 + 5
+    ids = [sched.add(prompt, max_new_tokens=2) for _ in range(4)]  # n = 4
+    plan = sched.step(0)
+    assert [s["id"] for s in plan.seqs] == ids[:1], "the other samples wait"
+    assert sched.stats()["shared_prefill_waits"] == 3
+    sched.commit(plan, [100])
+    plan = sched.step(0)
+    computed = {s["id"]: s["num_computed_tokens"] for s in plan.seqs}
+    assert [computed[i] for i in ids[1:]] == [64, 64, 64], computed
+    assert cache.stats()["queries"] == 4, "one query per admission"
+    sched.commit(plan, [100] * len(plan))
+    run(sched)
+    assert ctx.ctl("sched.0.shared_prefill_waits") == 3
+    with pytest.raises(kvrt.KvrtError) as e:
+        kvrt.Scheduler(pool, shared_prefill_min_tokens=-1)
+    assert e.value.name == "KVRT_ERR_INVALID_ARG"
+    pool.verify()
+
+
 def test_min_tokens_keeps_early_stop_tokens_as_output(ctx, pool):
     sched = kvrt.Scheduler(pool)
     early = sched.add([1, 2, 3], max_new_tokens=6, stop=[7])

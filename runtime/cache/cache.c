@@ -405,6 +405,25 @@ static void count_query(kvrt_cache_t *cache, uint32_t queried_tokens, uint32_t h
         s->miss_never_cached += missed;
 }
 
+void kvrt_cache_forget_query(kvrt_cache_t *cache, uint32_t num_tokens,
+                             const kvrt_cache_match_t *match)
+{
+    if (!cache || !match)
+        return;
+    kvrt_cache_stats_t *s = &cache->stats;
+    s->queries--;
+    s->query_tokens -= num_tokens;
+    s->hit_tokens -= match->num_tokens;
+    s->miss_partial -= match->partial_tokens;
+    uint64_t missed = num_tokens - match->num_tokens - match->partial_tokens;
+    if (match->miss_reason == KVRT_CACHE_MISS_EVICTED)
+        s->miss_evicted -= missed;
+    else if (match->miss_reason == KVRT_CACHE_MISS_KEY_MISMATCH)
+        s->miss_key_mismatch -= missed;
+    else
+        s->miss_never_cached -= missed;
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_cache_match(kvrt_cache_t *cache, const int32_t *tokens,
                                            uint32_t num_tokens, const kvrt_hash_keys_t *keys,
                                            uint32_t max_blocks, int32_t *blocks_out,

@@ -92,6 +92,18 @@ kvrt_status_t kvrt_cache_insert_named(kvrt_cache_t *cache, int32_t block,
                                       const kvrt_cache_block_name_t *name,
                                       int32_t *cached_out);
 
+/*
+ * kvrt_cache_forget_query - takes back the counts of one kvrt_cache_match
+ * (num_tokens: the tokens it queried, those passed unless max_blocks capped
+ * them; *match as it returned) whose hits the caller
+ * gave back unused because it will match the same tokens again: a
+ * scheduler that lets a request wait for blocks another is computing
+ * counts its query once, when it is matched for admission. The policy's
+ * record of the hits stays (they were used). NULL arguments are ignored.
+ */
+void kvrt_cache_forget_query(kvrt_cache_t *cache, uint32_t num_tokens,
+                             const kvrt_cache_match_t *match);
+
 /* ---- what is next in line for eviction -----------------------------------
  *
  * kvrt_cache_peek_victims - up to max evictable blocks in the order the

@@ -15,9 +15,10 @@
 
 /* ---- statistics and ctl ------------------------------------------------------ */
 
-/* Structs of the first release are this size: later fields are appended. */
-_Static_assert(sizeof(kvrt_sched_stats_t) == KVRT_SCHED_STATS_SIZE_1_0,
-               "kvrt_sched_stats_t changed size: append fields and keep the 1.0 size");
+/* Structs of the first release are KVRT_SCHED_STATS_SIZE_1_0 bytes; later
+ * fields are appended (shared_prefill_waits, the first). */
+_Static_assert(offsetof(kvrt_sched_stats_t, shared_prefill_waits) == KVRT_SCHED_STATS_SIZE_1_0,
+               "kvrt_sched_stats_t's 1.0 fields changed: append fields, keep the 1.0 size");
 
 static inline double ratio(uint64_t num, uint64_t den) { return den ? (double)num / den : 0; }
 
@@ -131,6 +132,7 @@ _Static_assert(KVRT_SCHED_DRAFT_POSITIONS == 16, "POSITIONS lists 16 draft posit
     U(arrivals_expired, C, "KV arrivals past their deadline; recomputed.")        \
     U(window_hit_tokens, G, "Prefix-cache hit tokens over the recent window.")    \
     U(window_query_tokens, G, "Prompt tokens offered to the cache over the recent window.") \
+    U(shared_prefill_waits, C, "Admissions put off a step for blocks another request computes.") \
     F(spec_acceptance, G, "Accepted / proposed draft tokens.")                  \
     F(spec_mean_accepted, G, "Accepted draft tokens per verification.")         \
     F(prefix_hit_rate, G, "Prefix-cache hit tokens / prompt tokens offered, all time.") \
@@ -165,7 +167,7 @@ static kvrt_status_t read_params(kvrt_sched_t *s, const kvrt_sched_params_t *p)
         KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_WATERMARK | KVRT_SCHED_PARAM_MAX_REQUESTS |
         KVRT_SCHED_PARAM_MAX_SEQ_TOKENS | KVRT_SCHED_PARAM_DRAFT | KVRT_SCHED_PARAM_NGRAM |
         KVRT_SCHED_PARAM_ADAPTIVE_DRAFT | KVRT_SCHED_PARAM_CSR_TABLES |
-        KVRT_SCHED_PARAM_PLANS_IN_FLIGHT;
+        KVRT_SCHED_PARAM_PLANS_IN_FLIGHT | KVRT_SCHED_PARAM_SHARED_PREFILL;
     kvrt_sched_params_t zero = {0};
     if (!p)
         p = &zero;
@@ -194,6 +196,8 @@ static kvrt_status_t read_params(kvrt_sched_t *s, const kvrt_sched_params_t *p)
     s->csr_tables = (m & KVRT_SCHED_PARAM_CSR_TABLES) ? p->csr_block_tables != 0 : false;
     s->max_in_flight = (m & KVRT_SCHED_PARAM_PLANS_IN_FLIGHT) ? p->max_plans_in_flight : 1;
     s->async = s->max_in_flight > 1;
+    /* In tokens until the block size is known (kvrt_sched_create_groups). */
+    s->share_blocks = (m & KVRT_SCHED_PARAM_SHARED_PREFILL) ? p->shared_prefill_min_tokens : 256;
     if (s->max_in_flight == 0 || s->max_in_flight > KVRT_SCHED_MAX_PLANS_IN_FLIGHT)
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG, "max_plans_in_flight %u out of 1..%u",
                          s->max_in_flight, KVRT_SCHED_MAX_PLANS_IN_FLIGHT);
@@ -267,6 +271,7 @@ static void sched_free(kvrt_sched_t *s)
         kvrt_free_large(s->rc.changed[k]);
     kvrt_free_large(s->rc.row_mark);
     kvrt_free_large(s->match_blocks);
+    sched_shared_free(s);
     sched_groups_free(s);
     free(s);
 }
@@ -337,7 +342,7 @@ static bool alloc_arrays(kvrt_sched_t *s)
     s->match_blocks = kvrt_calloc_large_resident(s->row_stride, sizeof(int32_t));
     return ok && s->seqs && s->heap && s->ended && s->arrivals && s->landed_slots && s->window &&
            s->drained_memory && s->running && s->drafts_published && s->rows && s->free_rows &&
-           s->rc.row_mark && s->match_blocks && sched_groups_alloc(s);
+           s->rc.row_mark && s->match_blocks && sched_groups_alloc(s) && sched_shared_alloc(s);
 }
 
 static void init_plan(kvrt_sched_t *s)
@@ -413,6 +418,8 @@ KVRT_EXPORT kvrt_status_t kvrt_sched_create_groups(
     s->block_shift = (uint32_t)__builtin_ctz(info.tokens_per_block);
     s->fast_tail = s->hybrid ? 0 : s->tokens_per_block;
     s->pool_blocks = info.num_blocks - 1;
+    s->share_blocks = (uint32_t)(((uint64_t)s->share_blocks + s->tokens_per_block - 1) >>
+                                 s->block_shift);
     for (uint32_t g = 0; g < s->num_groups; g++) {
         sched_group_t *gr = &s->groups[g];
         gr->row_stride = sched_group_blocks_for(gr, (uint64_t)s->max_seq_tokens + s->max_draft);

@@ -279,6 +279,14 @@ typedef struct plan_buffers {
     uint32_t csr_capacity;
 } plan_buffers_t;
 
+/* A block a prefilling request computes, noted in one step for requests
+ * sharing it to wait for (shared_prefill.c). */
+typedef struct shared_key {
+    kvrt_block_hash_t key;  /* the block's index key */
+    uint32_t slot;          /* the request computing it */
+    uint32_t epoch;         /* noted in the step of this epoch; 0: never */
+} shared_key_t;
+
 /* Most plans in flight (KVRT_SCHED_MAX_PLANS_IN_FLIGHT): plan slots. */
 #define SCHED_PLAN_SLOTS KVRT_SCHED_MAX_PLANS_IN_FLIGHT
 
@@ -449,6 +457,19 @@ struct kvrt_sched {
     /* The caches' resets seen (kvrt_cache_resets, summed over the groups):
      * a new one marks the requests holding K/V stale (full_blocks.c). */
     uint64_t cache_resets;
+
+    /* Prompts sharing a prefix (shared_prefill.c): share_blocks (0: off)
+     * blocks must be shared for a request to wait; the keys noted this
+     * step; the requests waiting in it, out of the heap until admission
+     * ends; the match of the last admission (sched_match_prefix). */
+    uint32_t share_blocks;
+    uint32_t shared_mask;
+    shared_key_t *shared;       /* [shared_mask + 1] */
+    uint32_t shared_epoch;
+    uint64_t shared_step;       /* the step shared_epoch's keys were noted in */
+    uint32_t *share_waiting;    /* [max_seqs] slots */
+    uint32_t num_share_waiting;
+    kvrt_cache_match_t admit_match;
 
     /* The last KVRT_SCHED_HIT_WINDOW admissions' (hit, offered) tokens. */
     struct { uint32_t hit, offered; } *window;
@@ -707,6 +728,34 @@ void sched_row_release(kvrt_sched_t *s, seq_t *q);
 kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks);
 /* Enough blocks for `need` more, above the watermark when it is in use. */
 bool sched_blocks_available(const kvrt_sched_t *s, uint32_t need);
+
+/* ---- shared_prefill.c: prompts sharing a prefix, computed once ------------ */
+
+/* The table of noted keys, when share_blocks, a cache and one group (else
+ * share_blocks becomes 0). False: out of memory. */
+bool sched_shared_alloc(kvrt_sched_t *s);
+void sched_shared_free(kvrt_sched_t *s);
+/* q, running and prefilling, is planned in this step (or has a chunk in
+ * flight): requests sharing the block at its committed length may wait.
+ * Only while requests are queued. */
+void sched_shared_note_slow(kvrt_sched_t *s, seq_t *q);
+static inline void sched_shared_note(kvrt_sched_t *s, seq_t *q)
+{
+    if (s->share_blocks && s->heap_size)
+        sched_shared_note_slow(s, q);
+}
+/* q was just matched for admission (offered tokens, s->admit_match): when
+ * another request computes its next blocks, q gives its hits back, leaves
+ * the heap until sched_shared_requeue and true is returned. Only when keys
+ * were noted in this step. */
+bool sched_shared_wait_slow(kvrt_sched_t *s, seq_t *q, uint32_t offered);
+static inline bool sched_shared_wait(kvrt_sched_t *s, seq_t *q, uint32_t offered)
+{
+    return s->share_blocks && s->shared_step == s->step_count &&
+           sched_shared_wait_slow(s, q, offered);
+}
+/* Puts the requests that waited back into the heap (after admission). */
+void sched_shared_requeue(kvrt_sched_t *s);
 /* Releases the waiting request that holds its prefix hits, if any. */
 void sched_unpin(kvrt_sched_t *s);
 /* Entry i of the running array, unless its request left the running set

@@ -494,10 +494,14 @@ static void schedule_prefills(kvrt_sched_t *s, step_state_t *st)
 {
     if (!s->running_prefill)
         return;
+    const bool note = s->share_blocks && s->heap_size; /* (sched_shared_note) */
     for (uint32_t i = 0; i < s->num_running; i++) {
         seq_t *q;
-        if (!sched_running_valid(s, i, &q) || !q->in_prefill || q->pending_samples ||
-            (q->in_plan & sched_plan_bit(s)))
+        if (!sched_running_valid(s, i, &q) || !q->in_prefill)
+            continue;
+        if (note) /* planned now or in flight: computing its next block */
+            sched_shared_note_slow(s, q);
+        if (q->pending_samples || (q->in_plan & sched_plan_bit(s)))
             continue;
         if (st->budget == 0 || s->plan->num_seqs == s->max_seqs) {
             st->budget_bound = true;
@@ -618,6 +622,7 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
         q->table = 0;
         return rc;
     }
+    s->admit_match = m; /* as counted, for a request that then waits */
     if (m.num_blocks > q->num_hashed)
         q->num_hashed = m.num_blocks; /* the hash of a dropped hit stays known */
     if (m.num_blocks && (q->cache_flags & KVRT_SEQ_CACHE_DROP_LAST_HIT)) {
@@ -684,6 +689,8 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
             sched_end(s, q, KVRT_END_FAILED, rc);
             return true; /* a failed head is skipped */
         }
+        if (sched_shared_wait(s, q, q->num_tokens - 1))
+            return true; /* out of the heap for this step: the next one comes up */
     }
     /* computed: prefix-cache hits, plus K/V that arrived (arrival.c). */
     uint32_t hit_tokens = q->match_tokens;
@@ -730,6 +737,7 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
            sched_seq_tokens(q, q->computed + n) + q->computed, (size_t)n * sizeof(int32_t));
     plan_add(s, q, KVRT_PLAN_PREFILL, n, 0, q->computed + n == q->num_tokens);
     st->budget -= n;
+    sched_shared_note(s, q);
     return true;
 }
 
@@ -741,7 +749,7 @@ static void schedule_admissions(kvrt_sched_t *s, step_state_t *st, int32_t *hit_
     /* At most max_batch_tokens running: each gets a token every step. */
     const uint32_t max_running = min_u32(s->max_seqs, s->max_batch_tokens);
     while ((q = sched_heap_top(s)) && s->plan->num_seqs < s->max_seqs &&
-           s->running_live < max_running) {
+           s->running_live < max_running && s->num_share_waiting < s->max_seqs) {
         if (st->budget == 0) {
             st->budget_bound = true;
             break;
@@ -752,6 +760,8 @@ static void schedule_admissions(kvrt_sched_t *s, step_state_t *st, int32_t *hit_
         if (!admit(s, q, st, hit_blocks))
             break;
     }
+    if (s->num_share_waiting)
+        sched_shared_requeue(s);
 }
 
 /* Entry i's blocks in the CSR tables: those of its tokens, not the blocks

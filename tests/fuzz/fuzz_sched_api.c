@@ -471,7 +471,8 @@ static bool open_world(world_t *w, input_t *in)
                      KVRT_SCHED_PARAM_MAX_REQUESTS | KVRT_SCHED_PARAM_MAX_SEQ_TOKENS |
                      KVRT_SCHED_PARAM_PLANS_IN_FLIGHT | KVRT_SCHED_PARAM_DRAFT |
                      KVRT_SCHED_PARAM_WATERMARK | KVRT_SCHED_PARAM_CSR_TABLES |
-                     KVRT_SCHED_PARAM_CHUNK | (k && (sizes & 0x10u) ? KVRT_SCHED_PARAM_NGRAM : 0);
+                     KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_SHARED_PREFILL |
+                     (k && (sizes & 0x10u) ? KVRT_SCHED_PARAM_NGRAM : 0);
     sp->max_batch_tokens = 1 + take(in, 1);
     sp->max_seqs = 1 + pick(in, MAX_SEQS);
     sp->max_requests = 1 + pick(in, 40);
@@ -483,6 +484,9 @@ static bool open_world(world_t *w, input_t *in)
     sp->csr_block_tables = (sizes >> 6) & 1u;
     sp->ngram_min = 1;
     sp->ngram_max = 1 + (sizes >> 7) * 3;
+    /* From bytes taken already (the corpus keeps its meaning): mostly a
+     * few tokens, so that short prompts sharing a prefix wait; at times 0. */
+    sp->shared_prefill_min_tokens = (blocks & 3u) ? 1 + tables % 40 : 0;
     if (w->params.prefill_chunk_tokens > w->params.max_batch_tokens)
         w->params.prefill_chunk_tokens = w->params.max_batch_tokens;
     kvrt_sched_group_params_t groups[MAX_GROUPS];

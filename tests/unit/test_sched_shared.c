@@ -1,0 +1,336 @@
+/*
+ * test_sched_shared.c - prompts that share a prefix are computed once
+ * (shared_prefill_min_tokens): a request whose next blocks another request
+ * is computing waits for them, keeps its place, then hits them; it waits
+ * only while they are being computed, and never when the shared part is
+ * short, when it skips the cache, or when the other request leaves nothing
+ * in the cache. The cache and the scheduler count one query per admission.
+ */
+#include "cache/hooks.h"
+#include "sched_fixture.h"
+
+#define TPB 16u
+#define PREFIX 128u /* eight blocks */
+#define SUFFIX 20u
+
+typedef sched_fixture_t fixture_t;
+
+/* Scheduler parameters: min_tokens to wait for (0: never), the chunk. */
+static kvrt_sched_params_t params(uint32_t min_tokens, uint32_t chunk, uint32_t in_flight)
+{
+    return (kvrt_sched_params_t){
+        .field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS | KVRT_SCHED_PARAM_MAX_SEQS |
+                      KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_SHARED_PREFILL |
+                      KVRT_SCHED_PARAM_PLANS_IN_FLIGHT,
+        .max_batch_tokens = 1024,
+        .max_seqs = 16,
+        .prefill_chunk_tokens = chunk,
+        .shared_prefill_min_tokens = min_tokens,
+        .max_plans_in_flight = in_flight};
+}
+
+static fixture_t open_with(const kvrt_sched_params_t *sp)
+{
+    return sched_fixture_open(512, TPB, true, sp);
+}
+
+/* A prompt of `shared` tokens every caller has, then SUFFIX of `variant`'s. */
+static void make_prompt(int32_t *prompt, uint32_t shared, uint32_t variant)
+{
+    for (uint32_t i = 0; i < shared; i++)
+        prompt[i] = (int32_t)(100 + 7 * i);
+    for (uint32_t i = 0; i < SUFFIX; i++)
+        prompt[shared + i] = (int32_t)(50000 + 1000 * variant + i);
+}
+
+static kvrt_seq_id_t add_flags(fixture_t *f, uint32_t shared, uint32_t variant,
+                               uint32_t cache_flags, const kvrt_hash_keys_t *keys)
+{
+    int32_t prompt[PREFIX + SUFFIX];
+    make_prompt(prompt, shared, variant);
+    kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_CACHE_FLAGS |
+                                         (keys ? KVRT_SEQ_PARAM_KEYS : 0),
+                           .prompt = prompt, .prompt_len = shared + SUFFIX,
+                           .max_new_tokens = 4, .cache_flags = cache_flags, .keys = keys};
+    kvrt_seq_id_t id;
+    ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &p, &id));
+    return id;
+}
+
+static kvrt_seq_id_t add(fixture_t *f, uint32_t variant)
+{
+    return add_flags(f, PREFIX, variant, 0, NULL);
+}
+
+static const kvrt_batch_plan_t *step(fixture_t *f)
+{
+    static uint64_t now;
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(f->ctx, kvrt_sched_step(f->sched, ++now, &plan));
+    return plan;
+}
+
+/* The plan's entry for id, or NULL. */
+static const kvrt_plan_seq_t *entry(const kvrt_batch_plan_t *plan, kvrt_seq_id_t id)
+{
+    for (uint32_t i = 0; i < plan->num_seqs; i++)
+        if (plan->seqs[i].id == id)
+            return &plan->seqs[i];
+    return NULL;
+}
+
+static kvrt_sched_stats_t stats(fixture_t *f)
+{
+    kvrt_sched_stats_t st;
+    ASSERT_OK(f->ctx, kvrt_sched_stats(f->sched, &st));
+    return st;
+}
+
+static kvrt_cache_stats_t cache_stats(fixture_t *f)
+{
+    kvrt_cache_stats_t st;
+    ASSERT_OK(f->ctx, kvrt_cache_stats(f->cache, &st));
+    return st;
+}
+
+/* Steps and commits until nothing is planned; every request ends. */
+static void run_to_end(fixture_t *f, uint32_t requests)
+{
+    for (int k = 0; k < 200; k++) {
+        const kvrt_batch_plan_t *plan = step(f);
+        if (!plan->num_seqs)
+            break;
+        sched_fixture_commit(f, plan, 9);
+    }
+    kvrt_seq_info_t ev[64];
+    cr_assert_leq(requests, 64);
+    cr_assert_eq(sched_fixture_drain(f, ev, 64), requests);
+    for (uint32_t i = 0; i < requests; i++)
+        cr_assert_eq(ev[i].end_reason, KVRT_END_LENGTH);
+}
+
+Test(sched_shared, prompts_sharing_a_prefix_admitted_together_compute_it_once)
+{
+    kvrt_sched_params_t sp = params(64, 1024, 1);
+    fixture_t f = open_with(&sp);
+    kvrt_seq_id_t id[4];
+    for (uint32_t i = 0; i < 4; i++)
+        id[i] = add(&f, i);
+
+    const kvrt_batch_plan_t *plan = step(&f);
+    cr_assert_eq(plan->num_seqs, 1, "the others wait for the shared blocks");
+    cr_assert_eq(plan->seqs[0].id, id[0]);
+    cr_assert_eq(plan->num_prefill_tokens, PREFIX + SUFFIX);
+    cr_assert_eq(stats(&f).shared_prefill_waits, 3);
+    sched_fixture_commit(&f, plan, 9);
+
+    plan = step(&f);
+    cr_assert_eq(plan->num_seqs, 4);
+    for (uint32_t i = 1; i < 4; i++) {
+        const kvrt_plan_seq_t *e = entry(plan, id[i]);
+        cr_assert_not_null(e);
+        cr_assert_eq(e->kind, KVRT_PLAN_PREFILL);
+        cr_assert_eq(e->num_computed_tokens, PREFIX, "request %u hit %u", i,
+                     e->num_computed_tokens);
+        cr_assert_eq(e->num_new_tokens, SUFFIX);
+    }
+    cr_assert_eq(plan->num_prefill_tokens, 3 * SUFFIX);
+    sched_fixture_commit(&f, plan, 9);
+
+    /* One query per admission, in the cache and in the scheduler. */
+    kvrt_cache_stats_t cs = cache_stats(&f);
+    cr_assert_eq(cs.queries, 4);
+    cr_assert_eq(cs.hit_tokens, 3 * PREFIX);
+    kvrt_sched_stats_t st = stats(&f);
+    cr_assert_eq(st.prefix_hit_tokens, 3 * PREFIX);
+    cr_assert_eq(st.prefix_query_tokens, 4 * (PREFIX + SUFFIX - 1));
+    cr_assert_eq(st.shared_prefill_waits, 3);
+    run_to_end(&f, 4);
+    sched_fixture_close(&f);
+}
+
+Test(sched_shared, with_the_option_off_every_request_computes_its_prompt)
+{
+    kvrt_sched_params_t sp = params(0, 1024, 1);
+    fixture_t f = open_with(&sp);
+    for (uint32_t i = 0; i < 4; i++)
+        add(&f, i);
+    const kvrt_batch_plan_t *plan = step(&f);
+    cr_assert_eq(plan->num_seqs, 4);
+    cr_assert_eq(plan->num_prefill_tokens, 4 * (PREFIX + SUFFIX));
+    cr_assert_eq(stats(&f).shared_prefill_waits, 0);
+    sched_fixture_commit(&f, plan, 9);
+    run_to_end(&f, 4);
+    sched_fixture_close(&f);
+}
+
+Test(sched_shared, a_request_waits_while_another_prefills_the_prefix_in_chunks)
+{
+    kvrt_sched_params_t sp = params(64, 32, 1);
+    fixture_t f = open_with(&sp);
+    kvrt_seq_id_t a = add(&f, 0), b = add(&f, 1);
+    uint32_t steps_waited = 0;
+    const kvrt_plan_seq_t *eb = NULL;
+    const kvrt_batch_plan_t *plan = NULL;
+    for (int k = 0; k < 20 && !eb; k++) {
+        plan = step(&f);
+        eb = entry(plan, b);
+        if (!eb) {
+            steps_waited++;
+            const kvrt_plan_seq_t *ea = entry(plan, a);
+            cr_assert_not_null(ea);
+            cr_assert_eq(ea->kind, KVRT_PLAN_PREFILL, "b waits only while a prefills");
+            sched_fixture_commit(&f, plan, 9);
+        }
+    }
+    cr_assert_not_null(eb);
+    /* a computes the prefix in chunks of 32 tokens; b waits while 64 or more
+     * of them are left to share, then hits what a committed (96) and
+     * computes the rest itself. */
+    cr_assert_eq(steps_waited, 3);
+    cr_assert_eq(eb->num_computed_tokens, 96);
+    cr_assert_eq(stats(&f).shared_prefill_waits, 3);
+    cr_assert_eq(cache_stats(&f).queries, 2);
+    sched_fixture_commit(&f, plan, 9);
+    run_to_end(&f, 2);
+    sched_fixture_close(&f);
+}
+
+Test(sched_shared, a_request_stops_waiting_when_the_other_is_aborted)
+{
+    kvrt_sched_params_t sp = params(64, 32, 1);
+    fixture_t f = open_with(&sp);
+    kvrt_seq_id_t a = add(&f, 0), b = add(&f, 1);
+    const kvrt_batch_plan_t *plan = step(&f);
+    cr_assert_not_null(entry(plan, a));
+    cr_assert_null(entry(plan, b));
+    sched_fixture_commit(&f, plan, 9);
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, a));
+
+    plan = step(&f);
+    const kvrt_plan_seq_t *eb = entry(plan, b);
+    cr_assert_not_null(eb, "nobody computes b's next blocks any more");
+    cr_assert_eq(eb->num_computed_tokens, 32, "b hits what a committed");
+    cr_assert_eq(stats(&f).shared_prefill_waits, 1);
+    sched_fixture_commit(&f, plan, 9);
+    for (int k = 0; k < 50; k++) {
+        plan = step(&f);
+        if (!plan->num_seqs)
+            break;
+        sched_fixture_commit(&f, plan, 9);
+    }
+    kvrt_seq_info_t ev[4];
+    cr_assert_eq(sched_fixture_drain(&f, ev, 4), 2);
+    sched_fixture_close(&f);
+}
+
+Test(sched_shared, short_prefixes_and_requests_that_skip_the_cache_never_wait)
+{
+    kvrt_sched_params_t sp = params(64, 1024, 1);
+    static const uint8_t salt_a[] = {1, 2, 3}, salt_b[] = {4, 5, 6};
+    const kvrt_hash_keys_t ka = {.field_mask = KVRT_HASH_KEY_SALT, .salt = salt_a,
+                                 .salt_bytes = 3};
+    const kvrt_hash_keys_t kb = {.field_mask = KVRT_HASH_KEY_SALT, .salt = salt_b,
+                                 .salt_bytes = 3};
+    struct {
+        const char *what;
+        uint32_t shared, flags_a, flags_b;
+        const kvrt_hash_keys_t *keys_a, *keys_b;
+    } cases[] = {
+        {"48 shared tokens, 64 asked", 48, 0, 0, NULL, NULL},
+        {"the second skips reading the cache", PREFIX, 0, KVRT_SEQ_CACHE_SKIP_READ, NULL, NULL},
+        {"the first writes nothing to the cache", PREFIX, KVRT_SEQ_CACHE_SKIP_WRITE, 0, NULL,
+         NULL},
+        {"different salts", PREFIX, 0, 0, &ka, &kb},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        fixture_t f = open_with(&sp);
+        add_flags(&f, cases[c].shared, 0, cases[c].flags_a, cases[c].keys_a);
+        add_flags(&f, cases[c].shared, 1, cases[c].flags_b, cases[c].keys_b);
+        const kvrt_batch_plan_t *plan = step(&f);
+        cr_assert_eq(plan->num_seqs, 2, "%s: both admitted", cases[c].what);
+        cr_assert_eq(stats(&f).shared_prefill_waits, 0, "%s", cases[c].what);
+        sched_fixture_commit(&f, plan, 9);
+        run_to_end(&f, 2);
+        sched_fixture_close(&f);
+    }
+}
+
+Test(sched_shared, a_waiting_request_keeps_its_place_in_the_queue)
+{
+    kvrt_sched_params_t sp = params(64, 1024, 1);
+    fixture_t f = open_with(&sp);
+    kvrt_seq_id_t a = add(&f, 0), b = add(&f, 1);
+    kvrt_seq_id_t c = add_flags(&f, 0, 2, 0, NULL); /* shares nothing */
+    kvrt_seq_id_t d = add(&f, 3);
+    const kvrt_batch_plan_t *plan = step(&f);
+    cr_assert_eq(plan->num_seqs, 2);
+    cr_assert_eq(plan->seqs[0].id, a);
+    cr_assert_eq(plan->seqs[1].id, c, "admission goes on past a waiting request");
+    sched_fixture_commit(&f, plan, 9);
+    kvrt_seq_id_t e = add(&f, 4); /* arrives later than b and d: shares, but hits */
+
+    plan = step(&f);
+    /* The decodes of a and c, then b, d and e in arrival order. */
+    cr_assert_eq(plan->num_seqs, 5);
+    cr_assert_eq(plan->seqs[2].id, b);
+    cr_assert_eq(plan->seqs[3].id, d);
+    cr_assert_eq(plan->seqs[4].id, e);
+    for (uint32_t i = 2; i < 5; i++)
+        cr_assert_eq(plan->seqs[i].num_computed_tokens, PREFIX);
+    sched_fixture_commit(&f, plan, 9);
+    run_to_end(&f, 5);
+    sched_fixture_close(&f);
+}
+
+Test(sched_shared, with_two_plans_in_flight_the_waiting_request_hits_the_committed_prefix)
+{
+    kvrt_sched_params_t sp = params(64, 1024, 2);
+    fixture_t f = open_with(&sp);
+    kvrt_seq_id_t a = add(&f, 0), b = add(&f, 1);
+    const kvrt_batch_plan_t *p1 = step(&f);
+    cr_assert_eq(p1->num_seqs, 1);
+    cr_assert_eq(p1->seqs[0].id, a);
+    /* Step 2 before step 1's commit: a's prompt is still in flight. */
+    const kvrt_batch_plan_t *p2 = step(&f);
+    cr_assert_null(entry(p2, b), "b waits for the blocks a plan in flight computes");
+    sched_fixture_commit(&f, p1, 9);
+    if (p2->num_seqs)
+        sched_fixture_commit(&f, p2, 9);
+    const kvrt_batch_plan_t *p3 = step(&f);
+    const kvrt_plan_seq_t *eb = entry(p3, b);
+    cr_assert_not_null(eb);
+    cr_assert_eq(eb->num_computed_tokens, PREFIX);
+    cr_assert_eq(stats(&f).shared_prefill_waits, 2);
+    sched_fixture_commit(&f, p3, 9);
+    run_to_end(&f, 2);
+    sched_fixture_close(&f);
+}
+
+/* Many requests with one prompt (parallel sampling): at most max_seqs wait
+ * in a step, every one of them hits the prompt once it is cached, and the
+ * pool holds one copy of it. */
+Test(sched_shared, many_copies_of_one_prompt_hold_one_copy_of_its_blocks)
+{
+    kvrt_sched_params_t sp = params(64, 1024, 1);
+    sp.max_requests = 64;
+    sp.field_mask |= KVRT_SCHED_PARAM_MAX_REQUESTS;
+    fixture_t f = open_with(&sp);
+    kvrt_seq_id_t ids[40];
+    for (uint32_t i = 0; i < 40; i++)
+        ids[i] = add(&f, 0); /* the same prompt 40 times */
+    const kvrt_batch_plan_t *plan = step(&f);
+    cr_assert_eq(plan->num_seqs, 1);
+    cr_assert_eq(stats(&f).shared_prefill_waits, 16, "at most max_seqs wait in one step");
+    sched_fixture_commit(&f, plan, 9);
+    plan = step(&f);
+    cr_assert_eq(plan->num_seqs, 16, "max_seqs");
+    for (uint32_t i = 1; i < 16; i++)
+        cr_assert_eq(plan->seqs[i].num_computed_tokens, PREFIX + 16, "a whole block of the suffix too");
+    /* One copy of the prompt's full blocks, and a tail block each. */
+    cr_assert_eq(sched_fixture_used_blocks(&f), (PREFIX + SUFFIX) / TPB + 16);
+    (void)ids;
+    sched_fixture_commit(&f, plan, 9);
+    run_to_end(&f, 40);
+    sched_fixture_close(&f);
+}
