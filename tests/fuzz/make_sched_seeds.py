@@ -122,6 +122,17 @@ def main():
                                   + many + cycle(6) + bytes([ABORT, 3, ABORT, 9])
                                   + many[:8 * len(many) // 32] + cycle(36)
                                   + bytes([DRAIN, 8, 0]) * 6)
+    # One prompt added many times, then prompts sharing 60 tokens: with
+    # blocks % 4 != 0 shared_prefill_min_tokens is 1 + tables % 40 (25
+    # here), so requests wait for blocks others compute (in chunks of 16).
+    same = b"".join(add(80, 80, seed=i) for i in range(6))
+    near = b"".join(add(90, 60, seed=10 + i) for i in range(4))
+    seeds["shared_prompts_wait"] = (config(CACHE, blocks=61, chunk=16) + same + cycle(30)
+                                    + near + cycle(30) + bytes([DRAIN, 8, 0]) * 2)
+    seeds["shared_prompts_wait_async"] = (config(CACHE | ASYNC, blocks=61, chunk=16) + same
+                                          + b"".join(step() + step() + commit(i) + commit(i + 1)
+                                                     for i in range(15))
+                                          + near + cycle(30))
     for name, data in seeds.items():
         with open(os.path.join(OUT, name), "wb") as f:
             f.write(data)
