@@ -344,6 +344,93 @@ Test(sched_hybrid, the_blocks_of_outputs_are_cached_under_their_tokens_in_every_
     hybrid_close(&h);
 }
 
+/* A request preempted with outputs in its own line (sched_seq_tokens) is
+ * matched again in every group under its tokens, those included: its
+ * readmission hits what a match of its tokens made by the test just before
+ * finds (blocks of 4 and 8 tokens, both full attention). With skip_write
+ * the request hashes nothing itself (its token array is then behind its
+ * line), and a twin run before it, whose blocks the test holds, is what
+ * it hits. */
+static void a_preempted_request_hits_its_own_outputs(bool skip_write)
+{
+    /* The twin holds the blocks of 53 computed tokens; A's prompt hits 1. */
+    const uint32_t blocks[2] = {16 + (skip_write ? 12 : 0), 64}, tpb[2] = {4, 8};
+    const uint32_t window[2] = {0, 0};
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK, .use_watermark = 0};
+    hybrid_t h = hybrid_open(2, blocks, tpb, window, true, &sp);
+    int32_t ta[64], th[8];
+    test_prompt(ta, 6, 700);
+    test_prompt(th, 6, 800);
+    for (uint32_t t = 6; t < 64; t++)
+        ta[t] = model(ta[t - 1]); /* A's outputs, and the twin's */
+    int32_t twin[2][16];
+    kvrt_cache_match_t twin_match[2] = {{0}, {0}};
+    if (skip_write) {
+        add_prompt(&h, ta, 6, 48);
+        run_to_end(&h, 100);
+        drain_all(&h);
+        for (uint32_t g = 0; g < 2; g++)
+            ASSERT_OK(h.ctx, kvrt_cache_match(h.cache[g], ta, 53, NULL, 16, twin[g], NULL,
+                                              &twin_match[g]));
+    }
+    kvrt_seq_params_t pa = {.field_mask = KVRT_SEQ_PARAM_CACHE_FLAGS, .prompt = ta,
+                            .prompt_len = 6, .max_new_tokens = 48,
+                            .cache_flags = skip_write ? KVRT_SEQ_CACHE_SKIP_WRITE : 0};
+    kvrt_seq_params_t ph = {.field_mask = KVRT_SEQ_PARAM_PRIORITY, .prompt = th,
+                            .prompt_len = 6, .max_new_tokens = 26, .priority = 1};
+    kvrt_seq_id_t a, hi;
+    ASSERT_OK(h.ctx, kvrt_seq_add(h.sched, &pa, &a));
+    ASSERT_OK(h.ctx, kvrt_seq_add(h.sched, &ph, &hi));
+    uint32_t a_tokens = 6; /* followed through the plans (kvrt_seq_info writes back) */
+    bool preempted = false, readmitted = false;
+    for (uint64_t k = 0; k < 200 && !readmitted; k++) {
+        uint32_t expect = UINT32_MAX;
+        for (uint32_t g = 0; preempted && g < 2; g++) { /* both groups must serve it */
+            int32_t hits[64];
+            kvrt_cache_match_t m;
+            ASSERT_OK(h.ctx, kvrt_cache_match(h.cache[g], ta, a_tokens - 1, NULL, 64, hits,
+                                              NULL, &m));
+            ASSERT_OK(h.ctx, kvrt_pool_free(h.pool[g], m.num_blocks, hits));
+            expect = m.num_tokens / 8 * 8 < expect ? m.num_tokens / 8 * 8 : expect;
+        }
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(h.ctx, kvrt_sched_step(h.sched, k, &plan));
+        for (uint32_t i = 0; i < plan->num_preempted; i++)
+            preempted |= plan->preempted[i] == a;
+        for (uint32_t i = 0; i < plan->num_seqs; i++) {
+            if (plan->seqs[i].id != a)
+                continue;
+            if (!preempted && plan->seqs[i].sample)
+                a_tokens = (uint32_t)plan->seq_lens[i] + 1;
+            if (preempted && plan->seqs[i].kind == KVRT_PLAN_PREFILL) {
+                readmitted = true;
+                cr_assert_gt(expect, a_tokens / 16 * 16, "the test reaches the recent line");
+                cr_assert_eq(plan->seqs[i].num_computed_tokens, expect,
+                             "%s: %u hit, %u cached", skip_write ? "skip write" : "plain",
+                             plan->seqs[i].num_computed_tokens, expect);
+            }
+        }
+        if (plan->num_seqs) {
+            check_plan_groups(&h, plan);
+            commit_model(&h, plan);
+        }
+        verify_all(&h);
+    }
+    cr_assert(readmitted, "A was preempted and admitted again");
+    (void)hi;
+    for (uint32_t g = 0; g < 2; g++)
+        ASSERT_OK(h.ctx, kvrt_pool_free(h.pool[g], twin_match[g].num_blocks, twin[g]));
+    run_to_end(&h, 200);
+    drain_all(&h);
+    hybrid_close(&h);
+}
+
+Test(sched_hybrid, a_preempted_request_hits_the_blocks_of_its_newest_outputs_in_every_group)
+{
+    a_preempted_request_hits_its_own_outputs(false);
+    a_preempted_request_hits_its_own_outputs(true);
+}
+
 Test(sched_hybrid, bad_groups_are_refused)
 {
     kvrt_ctx_t *ctx;
