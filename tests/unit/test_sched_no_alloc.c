@@ -1,9 +1,10 @@
 /*
  * test_sched_no_alloc.c - once warm, kvrt_sched_step, kvrt_sched_commit and
- * kvrt_sched_set_drafts allocate nothing: a steady mix of admissions, chunked
- * prefills, decodes, speculation with rollback (drafts set by
- * kvrt_sched_set_drafts, or carried by every other commit), prefix-cache
- * inserts and ends runs for 2,000 steps under a counting malloc. Nor does
+ * kvrt_sched_set_drafts allocate nothing: a steady mix of admissions (some
+ * waiting for prompt blocks others compute), chunked prefills, decodes,
+ * speculation with rollback (drafts set by kvrt_sched_set_drafts, or
+ * carried by every other commit), prefix-cache inserts and ends runs for
+ * 2,000 steps under a counting malloc. Nor does
  * the kernel allocate for them: steps that cache never-used blocks of a
  * large pool take no page fault.
  *
@@ -71,9 +72,12 @@ Test(sched_no_alloc, warm_steps_and_commits_allocate_nothing)
 {
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
                                             KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_DRAFT |
-                                            KVRT_SCHED_PARAM_MAX_SEQ_TOKENS,
+                                            KVRT_SCHED_PARAM_MAX_SEQ_TOKENS |
+                                            KVRT_SCHED_PARAM_SHARED_PREFILL,
                               .max_batch_tokens = 256, .prefill_chunk_tokens = 32,
-                              .max_draft_tokens = 3, .max_seq_tokens = 256};
+                              .max_draft_tokens = 3, .max_seq_tokens = 256,
+                              /* families share 16 tokens: requests wait for them */
+                              .shared_prefill_min_tokens = 8};
     sched_fixture_t f = sched_fixture_open(2048, 4, true, &sp);
     kvrt_ctx_t *ctx = f.ctx;
     kvrt_sched_t *sched = f.sched;
@@ -85,6 +89,7 @@ Test(sched_no_alloc, warm_steps_and_commits_allocate_nothing)
     static uint32_t accepted[512], next_counts[512];
     kvrt_seq_info_t ev[64];
     unsigned long counted_steps = 0;
+    uint64_t waits_warm = 0;
     for (int step = 0; step < 3000; step++) {
         /* Outside the counted calls: keep LIVE requests alive, sharing
          * prefixes, and drain ends (kvrt_seq_add allocates per request). */
@@ -93,7 +98,8 @@ Test(sched_no_alloc, warm_steps_and_commits_allocate_nothing)
         for (uint64_t live = st.running + st.waiting; live < LIVE; live++) {
             int32_t prompt[80];
             uint32_t len = 20 + test_rand_below(&rng, 60);
-            int32_t family = (int32_t)test_rand_below(&rng, 4);
+            /* Four families of prompts at a time, new ones every 100 steps. */
+            int32_t family = (int32_t)((uint32_t)step / 100 * 4 + test_rand_below(&rng, 4)) * 16;
             for (uint32_t i = 0; i < len; i++)
                 prompt[i] = i < 16 ? family + (int32_t)i : (int32_t)test_rand_below(&rng, VOCAB);
             kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = len,
@@ -105,6 +111,8 @@ Test(sched_no_alloc, warm_steps_and_commits_allocate_nothing)
         ASSERT_OK(ctx, kvrt_sched_drain_ended(sched, ev, 64, &n));
 
         counting = step >= 1000; /* warm-up: tables and buffers at working size */
+        if (step == 1000)
+            waits_warm = st.shared_prefill_waits;
         unsigned long before = allocations;
         /* The engine: verifies drafts, samples, and drafts the next step. */
         uint32_t num_drafts = 0, at = 0;
@@ -180,6 +188,9 @@ Test(sched_no_alloc, warm_steps_and_commits_allocate_nothing)
     cr_assert_gt(st.spec_accepted, 0);
     cr_assert_gt(st.spec_proposed, st.spec_accepted, "rollbacks happened");
     cr_assert_gt(st.prefix_hit_tokens, 0);
+    cr_assert_gt(st.shared_prefill_waits, waits_warm + 20,
+                 "requests waited for shared blocks in the counted steps: %llu",
+                 (unsigned long long)(st.shared_prefill_waits - waits_warm));
     cr_assert_gt(st.finished_length, 100);
     kvrt_sched_destroy(sched); /* its requests' blocks go back */
     f.sched = NULL;
