@@ -137,6 +137,12 @@ typedef struct seq {
                                admission */
     uint32_t released;      /* group 0: leading table blocks released (out of
                                a sliding window) or holes (groups.c) */
+    /* shared_prefill.c: while it waits for blocks another request computes,
+     * that request (slot and id; share_id 0: none) and the full blocks
+     * their prompts share from the start. */
+    uint32_t share_slot;
+    uint32_t share_end;
+    kvrt_seq_id_t share_id;
     bool landed;            /* its table holds K/V that arrived (arrival.c) */
     uint32_t landed_pos;    /* index in sched->landed_slots while landed */
     kvrt_status_t status;
@@ -282,9 +288,12 @@ typedef struct plan_buffers {
 /* A block a prefilling request computes, noted in one step for requests
  * sharing it to wait for (shared_prefill.c). */
 typedef struct shared_key {
-    kvrt_block_hash_t key;  /* the block's index key */
+    kvrt_block_hash_t near; /* cheap key: what precedes the block, its first tokens */
+    kvrt_block_hash_t run;  /* the key that decides, once run_known */
     uint32_t slot;          /* the request computing it */
+    uint32_t block;         /* its index in that request */
     uint32_t epoch;         /* noted in the step of this epoch; 0: never */
+    bool run_known;
 } shared_key_t;
 
 /* Most plans in flight (KVRT_SCHED_MAX_PLANS_IN_FLIGHT): plan slots. */
@@ -466,6 +475,7 @@ struct kvrt_sched {
     uint32_t shared_mask;
     shared_key_t *shared;       /* [shared_mask + 1] */
     uint32_t shared_epoch;
+    uint32_t shared_notes;      /* entries noted in shared_step */
     uint64_t shared_step;       /* the step shared_epoch's keys were noted in */
     uint32_t *share_waiting;    /* [max_seqs] slots */
     uint32_t num_share_waiting;
@@ -735,9 +745,10 @@ bool sched_blocks_available(const kvrt_sched_t *s, uint32_t need);
  * share_blocks becomes 0). False: out of memory. */
 bool sched_shared_alloc(kvrt_sched_t *s);
 void sched_shared_free(kvrt_sched_t *s);
-/* q, running and prefilling, is planned in this step (or has a chunk in
- * flight): requests sharing the block at its committed length may wait.
- * Only while requests are queued. */
+/* q, running and prefilling (planned in this step, in a plan in flight, or
+ * left out of this step for want of budget or blocks): requests sharing
+ * the block at its committed length may wait for it. Only while requests
+ * are queued. */
 void sched_shared_note_slow(kvrt_sched_t *s, seq_t *q);
 static inline void sched_shared_note(kvrt_sched_t *s, seq_t *q)
 {
@@ -753,6 +764,14 @@ static inline bool sched_shared_wait(kvrt_sched_t *s, seq_t *q, uint32_t offered
 {
     return s->share_blocks && s->shared_step == s->step_count &&
            sched_shared_wait_slow(s, q, offered);
+}
+/* q, about to be matched for admission, waited in an earlier step: while
+ * the request it waits for has share_blocks or more of their shared blocks
+ * left to commit, q leaves the heap again without being matched (true). */
+bool sched_shared_still_waits_slow(kvrt_sched_t *s, seq_t *q);
+static inline bool sched_shared_still_waits(kvrt_sched_t *s, seq_t *q)
+{
+    return q->share_id && sched_shared_still_waits_slow(s, q);
 }
 /* Puts the requests that waited back into the heap (after admission). */
 void sched_shared_requeue(kvrt_sched_t *s);

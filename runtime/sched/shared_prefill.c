@@ -12,29 +12,40 @@
  * forward pass, which kvrt's plan does not promise. Instead the request
  * waits (SGLang's scheduler defers such requests too):
  *
- *   - every prefilling request planned in a step notes the key of the
- *     block at its committed length (the first of its blocks not yet
- *     cached: blocks before it were cached at the commits that filled
- *     them), when it writes to the cache and has at least share_blocks
- *     full blocks from there;
- *   - a request coming up for admission is matched as usual; when the key
- *     of the block after its hits is one noted this step, and its next
- *     share_blocks blocks hold the same content as the noting request's,
- *     it gives its hits back, leaves the heap for the rest of the step and
- *     takes its place again after admission (sched_shared_requeue): the
- *     next step matches it again, past the blocks just committed.
+ *   - every prefilling running request notes, once a step, the block at
+ *     its committed length j (the first of its blocks not yet cached:
+ *     blocks before it were cached at the commits that filled them), when
+ *     it writes to the cache and has share_blocks full blocks from there;
+ *   - a request coming up for admission is matched as usual; when the
+ *     block after its hits is such a j, and its blocks [j, j +
+ *     share_blocks) are the noting request's (the same index key at the
+ *     last: the content chain covers every token and multimodal item
+ *     before it, the key the salt and adapter), it gives its hits back,
+ *     leaves the heap for the rest of the step and takes its place again
+ *     after admission (sched_shared_requeue);
+ *   - it remembers whom it waits for and how many blocks their prompts
+ *     share from the start, so that the next steps put it off again
+ *     without matching or hashing it (a 32K-token prompt would otherwise
+ *     be hashed every step) while that request has share_blocks or more
+ *     of them left to commit; then it is matched, past the blocks
+ *     committed meanwhile, and waits again only for another run.
  *
  * A request waits only while another computes its next blocks, so each
- * wait is bounded by that request's progress: when it ends, is preempted
- * or has committed them, nothing is noted for them and the waiting
- * request is admitted (or waits for the next shared blocks). The cache
- * counts one query per admission: a waiting request's match is taken back
- * (kvrt_cache_forget_query), as are the scheduler's own counts (they are
- * made at admission only).
+ * wait is bounded by that request's progress: when it ends or is
+ * preempted, nothing is noted for it and the waiting request is matched.
+ * The cache counts one query per admission: a waiting request's match is
+ * taken back (kvrt_cache_forget_query), and the scheduler's own counts are
+ * made at admission only.
  *
- * Noted keys live in an open-addressing table sized for max_seqs entries
- * (each planned request notes at most one key a step) at half load, valid
- * for the step whose epoch they carry, so nothing is cleared per step.
+ * The noted blocks live in an open-addressing table, valid for the step
+ * whose epoch they carry (nothing is cleared per step), at most half full:
+ * a step notes at most half its slots (at least max_seqs). An entry's key
+ * is cheap (the hash of everything before the block, which the request
+ * knows, mixed with the block's first four tokens); the key that decides,
+ * of the last block of the run, takes share_blocks hashes, so it is
+ * computed only when a request coming up meets the entry, once per entry
+ * and step. Two prompts that share a template block both stay in the
+ * table (entries with equal cheap keys are all visited).
  */
 #include "sched_internal.h"
 
@@ -44,7 +55,7 @@ bool sched_shared_alloc(kvrt_sched_t *s)
         s->share_blocks = 0; /* one group with a cache only (sched.h) */
         return true;
     }
-    uint32_t capacity = 2;
+    uint32_t capacity = 4;
     while (capacity < 2 * s->max_seqs)
         capacity *= 2;
     s->shared = kvrt_calloc_large_resident(capacity, sizeof(*s->shared));
@@ -74,47 +85,36 @@ static void content_of(const kvrt_sched_t *s, seq_t *q, uint32_t j, kvrt_block_h
     *out = h;
 }
 
-/* What everything before q's block j hashes to: the root, or block j - 1's
- * content hash (known once q's blocks before j are hashed, as they are for
- * a request's hits and its committed blocks). */
-static void parent_of(const kvrt_sched_t *s, seq_t *q, uint32_t j, kvrt_block_hash_t *out)
-{
-    if (j == 0)
-        *out = s->root;
-    else
-        content_of(s, q, j - 1, out);
-}
-
-/* The table's key of q's block j: its parent's hash mixed with the block's
- * first four tokens. No hash of the block itself: requests it brings
- * together are compared token by token (share_next_blocks), and two with
- * the same parent but other next tokens rarely meet in one probe run. */
-static void key_of(const kvrt_sched_t *s, seq_t *q, uint32_t j, kvrt_block_hash_t *key)
+/* The cheap key of q's block j: the hash of everything before it (known
+ * for a request's hits and its committed blocks) mixed with its first
+ * four tokens. Equal for requests that may share the block. */
+static void near_key(const kvrt_sched_t *s, seq_t *q, uint32_t j, kvrt_block_hash_t *key)
 {
     const uint32_t tpb = s->tokens_per_block;
     const int32_t *t = sched_seq_tokens(q, (j + 1) * tpb) + (size_t)j * tpb;
     uint64_t head = (uint32_t)t[0];
     if (tpb >= 4)
-        head |= (uint64_t)(uint32_t)t[1] << 32 ^ (uint64_t)(uint32_t)t[2] * 0x9E3779B97F4A7C15ull ^
+        head ^= (uint64_t)(uint32_t)t[1] << 32 ^ (uint64_t)(uint32_t)t[2] * 0x9E3779B97F4A7C15ull ^
                 (uint64_t)(uint32_t)t[3] << 17;
-    parent_of(s, q, j, key);
+    if (j == 0)
+        *key = s->root;
+    else
+        content_of(s, q, j - 1, key);
     key->lo ^= head * 0xC2B2AE3D27D4EB4Full;
+}
+
+/* The key that decides: the index key of q's block j + share_blocks - 1
+ * (its content chain and q's salt and adapter). */
+static void run_key(const kvrt_sched_t *s, seq_t *q, uint32_t j, kvrt_block_hash_t *key)
+{
+    kvrt_block_hash_t content;
+    content_of(s, q, j + s->share_blocks - 1, &content);
+    kvrt_block_key(&content, sched_seq_keys(q), key);
 }
 
 static inline bool same_hash(const kvrt_block_hash_t *a, const kvrt_block_hash_t *b)
 {
     return a->lo == b->lo && a->hi == b->hi;
-}
-
-/* The table's entry for key: the one holding it, or the empty one where it
- * would go. */
-static shared_key_t *probe(const kvrt_sched_t *s, const kvrt_block_hash_t *key)
-{
-    for (uint32_t i = (uint32_t)key->lo & s->shared_mask;; i = (i + 1) & s->shared_mask) {
-        shared_key_t *e = &s->shared[i];
-        if (e->epoch != s->shared_epoch || same_hash(&e->key, key))
-            return e;
-    }
 }
 
 void sched_shared_note_slow(kvrt_sched_t *s, seq_t *q)
@@ -124,45 +124,98 @@ void sched_shared_note_slow(kvrt_sched_t *s, seq_t *q)
     const uint32_t j = q->computed >> s->block_shift;
     if (((uint64_t)j + s->share_blocks) * s->tokens_per_block > q->num_tokens)
         return; /* fewer than share_blocks full blocks left to share */
-    if (s->shared_step != s->step_count) { /* the step's first key */
+    if (s->shared_step != s->step_count) { /* the step's first note */
         s->shared_step = s->step_count;
+        s->shared_notes = 0;
         if (++s->shared_epoch == 0) { /* wrapped: old epochs could come back */
             memset(s->shared, 0, (size_t)(s->shared_mask + 1) * sizeof(*s->shared));
             s->shared_epoch = 1;
         }
     }
+    if (s->shared_notes == (s->shared_mask + 1) / 2)
+        return; /* half full: probe runs stay short */
     kvrt_block_hash_t key;
-    key_of(s, q, j, &key);
-    shared_key_t *e = probe(s, &key);
-    if (e->epoch == s->shared_epoch)
-        return; /* another request computes this block too: the first noted stays */
-    *e = (shared_key_t){.key = key, .slot = sched_slot(s, q), .epoch = s->shared_epoch};
+    near_key(s, q, j, &key);
+    uint32_t i = (uint32_t)key.lo & s->shared_mask;
+    while (s->shared[i].epoch == s->shared_epoch)
+        i = (i + 1) & s->shared_mask;
+    s->shared[i] = (shared_key_t){
+        .near = key, .slot = sched_slot(s, q), .block = j, .epoch = s->shared_epoch};
+    s->shared_notes++;
 }
 
-/* Whether q's blocks [j, j + share_blocks) hold what o's do: the same
- * parent under the same salt and adapter (the index keys of block j - 1),
- * the same tokens, and where either request has multimodal items (whose
- * content the tokens do not show), the same content hash at the last. */
-static bool share_next_blocks(const kvrt_sched_t *s, seq_t *q, seq_t *o, uint32_t j)
+/* o, noted at block j, still computes it: a request noted earlier in the
+ * step may have been preempted since by a later one's growth. */
+static bool computes(const kvrt_sched_t *s, const seq_t *o, uint32_t j)
 {
-    const uint32_t tpb = s->tokens_per_block, last = j + s->share_blocks - 1;
-    const size_t from = (size_t)j * tpb, end = (size_t)(last + 1) * tpb;
-    const int32_t *a = sched_seq_tokens(q, (uint32_t)end);
-    const int32_t *b = sched_seq_tokens(o, (uint32_t)end);
-    if (memcmp(a + from, b + from, (end - from) * sizeof(int32_t)) != 0)
-        return false;
+    return o->state == KVRT_SEQ_RUNNING && o->in_prefill && (o->computed >> s->block_shift) == j;
+}
+
+/* The request noted at q's block j whose next share_blocks blocks are q's,
+ * or NULL. */
+static seq_t *find_sharer(kvrt_sched_t *s, seq_t *q, uint32_t j)
+{
+    kvrt_block_hash_t near, mine;
+    near_key(s, q, j, &near);
+    bool mine_known = false;
+    for (uint32_t i = (uint32_t)near.lo & s->shared_mask; s->shared[i].epoch == s->shared_epoch;
+         i = (i + 1) & s->shared_mask) {
+        shared_key_t *e = &s->shared[i];
+        seq_t *o = &s->seqs[e->slot];
+        if (!same_hash(&e->near, &near) || e->block != j || o == q || !computes(s, o, j))
+            continue;
+        if (!mine_known) {
+            run_key(s, q, j, &mine);
+            mine_known = true;
+        }
+        if (!e->run_known) {
+            run_key(s, o, j, &e->run);
+            e->run_known = true;
+        }
+        if (same_hash(&e->run, &mine))
+            return o;
+    }
+    return NULL;
+}
+
+/* How many full blocks q and o share from the start, given that they share
+ * [0, from): more are counted by their tokens, unless either has
+ * multimodal items (whose content the tokens do not show). At most what q
+ * offers the cache and what o will compute. */
+static uint32_t shared_run_end(const kvrt_sched_t *s, seq_t *q, seq_t *o, uint32_t from,
+                               uint32_t offered)
+{
     const kvrt_hash_keys_t *qk = sched_seq_keys(q), *ok = sched_seq_keys(o);
-    kvrt_block_hash_t pq, po, kq, ko;
-    parent_of(s, q, j, &pq);
-    parent_of(s, o, j, &po);
-    if (kvrt_block_key(&pq, qk, &kq) != KVRT_OK || kvrt_block_key(&po, ok, &ko) != KVRT_OK ||
-        !same_hash(&kq, &ko))
-        return false;
-    if ((!qk || !qk->num_mm_items) && (!ok || !ok->num_mm_items))
+    if ((qk && qk->num_mm_items) || (ok && ok->num_mm_items))
+        return from;
+    const uint32_t tpb = s->tokens_per_block;
+    uint32_t limit = offered / tpb < o->num_tokens / tpb ? offered / tpb : o->num_tokens / tpb;
+    const int32_t *a = sched_seq_tokens(q, limit * tpb), *b = sched_seq_tokens(o, limit * tpb);
+    uint32_t end = from;
+    while (end < limit &&
+           memcmp(a + (size_t)end * tpb, b + (size_t)end * tpb, tpb * sizeof(int32_t)) == 0)
+        end++;
+    return end;
+}
+
+/* q leaves the heap until sched_shared_requeue; one wait counted. */
+static void put_off(kvrt_sched_t *s, seq_t *q)
+{
+    sched_heap_remove(s, q);
+    s->share_waiting[s->num_share_waiting++] = sched_slot(s, q);
+    s->stats.shared_prefill_waits++;
+}
+
+bool sched_shared_still_waits_slow(kvrt_sched_t *s, seq_t *q)
+{
+    seq_t *o = &s->seqs[q->share_slot];
+    if (sched_id(s, o) == q->share_id && o->state == KVRT_SEQ_RUNNING && o->in_prefill &&
+        (o->computed >> s->block_shift) + s->share_blocks <= q->share_end) {
+        put_off(s, q);
         return true;
-    content_of(s, q, last, &pq);
-    content_of(s, o, last, &po);
-    return same_hash(&pq, &po);
+    }
+    q->share_id = 0; /* matched now, past what o committed */
+    return false;
 }
 
 bool sched_shared_wait_slow(kvrt_sched_t *s, seq_t *q, uint32_t offered)
@@ -172,23 +225,15 @@ bool sched_shared_wait_slow(kvrt_sched_t *s, seq_t *q, uint32_t offered)
     const uint32_t j = q->computed >> s->block_shift;
     if (((uint64_t)j + s->share_blocks) * s->tokens_per_block > offered)
         return false; /* the blocks it would wait for are not all offered to the cache */
-    kvrt_block_hash_t key;
-    key_of(s, q, j, &key);
-    const shared_key_t *e = probe(s, &key);
-    if (e->epoch != s->shared_epoch)
+    seq_t *o = find_sharer(s, q, j);
+    if (!o)
         return false;
-    seq_t *o = &s->seqs[e->slot];
-    /* Still computing it: a request noted earlier in this step may have
-     * been preempted since (admissions preempt nobody, but a running
-     * request's growth may have, before the admissions). */
-    if (o == q || o->state != KVRT_SEQ_RUNNING || !o->in_prefill ||
-        (o->computed >> s->block_shift) != j || !share_next_blocks(s, q, o, j))
-        return false;
+    q->share_slot = sched_slot(s, o);
+    q->share_id = sched_id(s, o);
+    q->share_end = shared_run_end(s, q, o, j + s->share_blocks, offered);
     kvrt_cache_forget_query(s->cache, offered, &s->admit_match);
     sched_release(s, q);
-    sched_heap_remove(s, q);
-    s->share_waiting[s->num_share_waiting++] = sched_slot(s, q);
-    s->stats.shared_prefill_waits++;
+    put_off(s, q);
     return true;
 }
 

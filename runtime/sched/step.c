@@ -681,6 +681,8 @@ static bool make_room_for_head(kvrt_sched_t *s, seq_t *q, uint32_t n)
 static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_blocks)
 {
     if (!q->table) {
+        if (sched_shared_still_waits(s, q))
+            return true; /* out of the heap for this step, unmatched */
         sched_unpin(s); /* q becomes the one holding its hits */
         kvrt_status_t rc = sched_match_prefix(s, q, hit_blocks);
         if (rc == KVRT_ERR_NO_TABLES || rc == KVRT_ERR_NO_MEMORY)

@@ -232,6 +232,13 @@ Test(sched_shared, short_prefixes_and_requests_that_skip_the_cache_never_wait)
                                  .salt_bytes = 3};
     const kvrt_hash_keys_t kb = {.field_mask = KVRT_HASH_KEY_SALT, .salt = salt_b,
                                  .salt_bytes = 3};
+    /* Two images behind the same placeholder tokens (16..47). */
+    const kvrt_mm_item_t image_a = {.content_hash = {1, 2}, .offset = 16, .length = 32};
+    const kvrt_mm_item_t image_b = {.content_hash = {3, 4}, .offset = 16, .length = 32};
+    const kvrt_hash_keys_t ma = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 1,
+                                 .mm_items = &image_a};
+    const kvrt_hash_keys_t mb = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 1,
+                                 .mm_items = &image_b};
     struct {
         const char *what;
         uint32_t shared, flags_a, flags_b;
@@ -242,6 +249,7 @@ Test(sched_shared, short_prefixes_and_requests_that_skip_the_cache_never_wait)
         {"the first writes nothing to the cache", PREFIX, KVRT_SEQ_CACHE_SKIP_WRITE, 0, NULL,
          NULL},
         {"different salts", PREFIX, 0, 0, &ka, &kb},
+        {"different images behind the same tokens", PREFIX, 0, 0, &ma, &mb},
     };
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         fixture_t f = open_with(&sp);
@@ -332,5 +340,204 @@ Test(sched_shared, many_copies_of_one_prompt_hold_one_copy_of_its_blocks)
     (void)ids;
     sched_fixture_commit(&f, plan, 9);
     run_to_end(&f, 40);
+    sched_fixture_close(&f);
+}
+
+/* Prompts that share a cached system prompt and then a block of template
+ * tokens (the first tokens of the block where they part): the samples of
+ * each still wait for their own prompt's first request. */
+Test(sched_shared, samples_of_prompts_sharing_a_template_block_wait_for_their_own)
+{
+    kvrt_sched_params_t sp = params(32, 1024, 1);
+    fixture_t f = open_with(&sp);
+    int32_t system[PREFIX + SUFFIX];
+    make_prompt(system, PREFIX, 9);
+    kvrt_seq_params_t sys = {.prompt = system, .prompt_len = PREFIX + 1, .max_new_tokens = 1};
+    kvrt_seq_id_t sys_id;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &sys, &sys_id));
+    run_to_end(&f, 1); /* the system prompt's 8 blocks are cached */
+    int32_t prompt[2][PREFIX + 64];
+    for (uint32_t v = 0; v < 2; v++) {
+        make_prompt(prompt[v], PREFIX, 0);
+        for (uint32_t i = 0; i < 64; i++) /* 6 template tokens, then the prompt's own */
+            prompt[v][PREFIX + i] = i < 6 ? 7000 + (int32_t)i : (int32_t)(8000 + 100 * v + i);
+    }
+    kvrt_seq_id_t id[2][4];
+    for (uint32_t k = 0; k < 4; k++)
+        for (uint32_t v = 0; v < 2; v++) {
+            kvrt_seq_params_t p = {.prompt = prompt[v], .prompt_len = PREFIX + 64,
+                                   .max_new_tokens = 2};
+            ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &id[v][k]));
+        }
+    const kvrt_batch_plan_t *plan = step(&f);
+    cr_assert_eq(plan->num_seqs, 2, "one request of each prompt computes it");
+    cr_assert_not_null(entry(plan, id[0][0]));
+    cr_assert_not_null(entry(plan, id[1][0]));
+    cr_assert_eq(stats(&f).shared_prefill_waits, 6);
+    sched_fixture_commit(&f, plan, 9);
+    plan = step(&f);
+    for (uint32_t v = 0; v < 2; v++)
+        for (uint32_t k = 1; k < 4; k++) {
+            const kvrt_plan_seq_t *e = entry(plan, id[v][k]);
+            cr_assert_not_null(e);
+            cr_assert_eq(e->num_computed_tokens, PREFIX + 48, "prompt %u sample %u", v, k);
+        }
+    sched_fixture_commit(&f, plan, 9);
+    run_to_end(&f, 8);
+    sched_fixture_close(&f);
+}
+
+/* A prompt that is the start of another's waits for it and hits all of
+ * its own full blocks; a request whose shared run is longer than one
+ * chunk waits until it is committed, matched only when it comes to an end
+ * (the cache counts two queries: the admission and the first match is
+ * taken back). */
+Test(sched_shared, a_prompt_that_begins_another_waits_for_it_across_chunks)
+{
+    kvrt_sched_params_t sp = params(32, 32, 1);
+    fixture_t f = open_with(&sp);
+    int32_t prompt[PREFIX + SUFFIX];
+    make_prompt(prompt, PREFIX, 0);
+    kvrt_seq_params_t pa = {.prompt = prompt, .prompt_len = PREFIX + SUFFIX,
+                            .max_new_tokens = 2};
+    kvrt_seq_params_t pb = {.prompt = prompt, .prompt_len = 100, .max_new_tokens = 2};
+    kvrt_seq_id_t a, b;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pa, &a));
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pb, &b));
+    const kvrt_plan_seq_t *eb = NULL;
+    const kvrt_batch_plan_t *plan = NULL;
+    uint32_t waited = 0;
+    for (int k = 0; k < 20 && !eb; k++) {
+        plan = step(&f);
+        if (!(eb = entry(plan, b))) {
+            waited++;
+            sched_fixture_commit(&f, plan, 9);
+        }
+    }
+    cr_assert_not_null(eb);
+    /* b offers 99 tokens: 6 full blocks, of which a commits 2 a step; b
+     * waits while 2 or more are left to commit (steps 1 to 3), then hits
+     * all 6. */
+    cr_assert_eq(waited, 3);
+    cr_assert_eq(eb->num_computed_tokens, 96);
+    cr_assert_eq(stats(&f).shared_prefill_waits, 3);
+    cr_assert_eq(cache_stats(&f).queries, 2);
+    sched_fixture_commit(&f, plan, 9);
+    run_to_end(&f, 2);
+    sched_fixture_close(&f);
+}
+
+/* Requests that drop their last hit (EAGLE/MTP) wait as others do and
+ * hit all but their last block; the cache counts one query each. */
+Test(sched_shared, requests_dropping_their_last_hit_wait_and_are_counted_once)
+{
+    kvrt_sched_params_t sp = params(64, 1024, 1);
+    fixture_t f = open_with(&sp);
+    kvrt_seq_id_t a = add(&f, 0), b[3];
+    for (uint32_t i = 0; i < 3; i++)
+        b[i] = add_flags(&f, PREFIX, 1 + i, KVRT_SEQ_CACHE_DROP_LAST_HIT, NULL);
+    const kvrt_batch_plan_t *plan = step(&f);
+    cr_assert_eq(plan->num_seqs, 1);
+    cr_assert_eq(plan->seqs[0].id, a);
+    sched_fixture_commit(&f, plan, 9);
+    plan = step(&f);
+    for (uint32_t i = 0; i < 3; i++) {
+        const kvrt_plan_seq_t *e = entry(plan, b[i]);
+        cr_assert_not_null(e);
+        cr_assert_eq(e->num_computed_tokens, PREFIX - TPB);
+    }
+    sched_fixture_commit(&f, plan, 9);
+    kvrt_cache_stats_t cs = cache_stats(&f);
+    cr_assert_eq(cs.queries, 4);
+    cr_assert_eq(cs.hit_tokens, 3 * PREFIX, "hits as matched, before the drop");
+    cr_assert_eq(cs.query_tokens, 4 * (PREFIX + SUFFIX - 1));
+    run_to_end(&f, 4);
+    sched_fixture_close(&f);
+}
+
+/* A request whose K/V dates from before a cache reset leaves nothing in
+ * the cache: nobody waits for it. */
+Test(sched_shared, nobody_waits_for_a_request_that_holds_kv_from_before_a_reset)
+{
+    kvrt_sched_params_t sp = params(64, 32, 1);
+    fixture_t f = open_with(&sp);
+    kvrt_seq_id_t a = add(&f, 0);
+    sched_fixture_commit(&f, step(&f), 9); /* a computed 32 tokens */
+    ASSERT_OK(f.ctx, kvrt_cache_reset(f.cache, KVRT_CACHE_RESET_FORGET_BUSY));
+    kvrt_seq_id_t b = add(&f, 1);
+    const kvrt_batch_plan_t *plan = step(&f);
+    cr_assert_not_null(entry(plan, a));
+    cr_assert_not_null(entry(plan, b), "b computes its prompt itself");
+    cr_assert_eq(stats(&f).shared_prefill_waits, 0);
+    sched_fixture_commit(&f, plan, 9);
+    run_to_end(&f, 2);
+    sched_fixture_close(&f);
+}
+
+/* Several cache groups (a hybrid model): nobody waits. */
+Test(sched_shared, a_scheduler_of_several_groups_never_waits)
+{
+    kvrt_ctx_t *ctx;
+    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
+    kvrt_pool_t *pools[2] = {test_pool(ctx, 256, TPB), test_pool(ctx, 256, 8)};
+    kvrt_cache_t *caches[2];
+    kvrt_sched_group_params_t gp[2];
+    const kvrt_sched_group_params_t *gpp[2];
+    for (uint32_t g = 0; g < 2; g++) {
+        ASSERT_OK(ctx, kvrt_cache_create(pools[g], NULL, &caches[g]));
+        gp[g] = (kvrt_sched_group_params_t){.field_mask = KVRT_SCHED_GROUP_CACHE,
+                                            .pool = pools[g], .cache = caches[g]};
+        gpp[g] = &gp[g];
+    }
+    kvrt_sched_params_t sp = params(32, 1024, 1);
+    fixture_t f = {.ctx = ctx, .pool = pools[0]};
+    ASSERT_OK(ctx, kvrt_sched_create_groups(ctx, 2, gpp, &sp, &f.sched));
+    for (uint32_t i = 0; i < 3; i++)
+        add(&f, i);
+    const kvrt_batch_plan_t *plan = step(&f);
+    cr_assert_eq(plan->num_seqs, 3);
+    cr_assert_eq(stats(&f).shared_prefill_waits, 0);
+    sched_fixture_commit(&f, plan, 9);
+    run_to_end(&f, 3);
+    ASSERT_OK(ctx, kvrt_sched_destroy(f.sched));
+    kvrt_ctx_destroy(ctx);
+}
+
+/* A request noted in a step and then preempted in it (a request of higher
+ * priority planned after it needed its blocks) is not waited for: the
+ * request sharing its prompt is matched and, finding no room, waits as
+ * the queue's head, not for it. */
+Test(sched_shared, nobody_waits_for_a_request_preempted_in_the_same_step)
+{
+    kvrt_sched_params_t sp = params(32, 32, 1);
+    sp.max_batch_tokens = 64;
+    sp.field_mask |= KVRT_SCHED_PARAM_WATERMARK;
+    sp.use_watermark = 0;
+    fixture_t f = sched_fixture_open(11, TPB, true, &sp); /* 10 usable blocks */
+    kvrt_seq_id_t a1 = add(&f, 0);
+    int32_t other[PREFIX + SUFFIX];
+    make_prompt(other, PREFIX, 7);
+    other[0] = 1; /* shares nothing with the others */
+    kvrt_seq_params_t p2 = {.field_mask = KVRT_SEQ_PARAM_PRIORITY, .prompt = other,
+                            .prompt_len = PREFIX + SUFFIX, .max_new_tokens = 2, .priority = 5};
+    kvrt_seq_id_t a2;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p2, &a2));
+    sched_fixture_commit(&f, step(&f), 9); /* a1 and a2: 2 blocks each */
+    sched_fixture_commit(&f, step(&f), 9); /* 4 each */
+    int32_t prompt[PREFIX + SUFFIX];
+    make_prompt(prompt, PREFIX, 1);
+    kvrt_seq_params_t pb = {.field_mask = KVRT_SEQ_PARAM_PRIORITY, .prompt = prompt,
+                            .prompt_len = PREFIX + SUFFIX, .max_new_tokens = 2, .priority = 3};
+    kvrt_seq_id_t b;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pb, &b));
+    const kvrt_batch_plan_t *plan = step(&f);
+    bool a1_preempted = false;
+    for (uint32_t i = 0; i < plan->num_preempted; i++)
+        a1_preempted |= plan->preempted[i] == a1;
+    cr_assert(a1_preempted, "a2's chunk took a1's blocks");
+    cr_assert_null(entry(plan, b));
+    cr_assert_eq(stats(&f).shared_prefill_waits, 0, "b did not wait for a preempted request");
+    sched_fixture_commit(&f, plan, 9);
+    run_to_end(&f, 3);
     sched_fixture_close(&f);
 }
