@@ -12,6 +12,7 @@ prefix"). Deterministic (seed 7).
   cold_burst.jsonl  600 requests in the first second over 8 new system
                     prompts of 3 blocks, 1-4 blocks of their own
   fewshot.jsonl     one 6-block few-shot prefix, 20 requests/s, one block each
+  long_copies.jsonl 200 copies of one 32,768-token prompt at once, 16 outputs
 
 usage: shared_prompt_traces.py OUT_DIR
 """
@@ -77,12 +78,18 @@ def fewshot(rng, blocks):
     return out
 
 
+def long_copies(rng, blocks):
+    ids = blocks.take(64)
+    return [{"timestamp": 0, "input_length": 512 * len(ids), "output_length": 16,
+             "hash_ids": ids} for _ in range(200)]
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     os.makedirs(sys.argv[1], exist_ok=True)
     rng, blocks = random.Random(7), Blocks()
-    for make in (grpo, chat_n4, cold_burst, fewshot):
+    for make in (grpo, chat_n4, cold_burst, fewshot, long_copies):
         rows = sorted(make(rng, blocks), key=lambda r: r["timestamp"])
         path = os.path.join(sys.argv[1], make.__name__ + ".jsonl")
         with open(path, "w") as f:

@@ -29,7 +29,10 @@
  * kvrt_seq_add). A preempted request keeps its place (its original
  * priority, deadline and arrival), so it is readmitted before later ones.
  * Admission stops at the first request that does not fit (no skipping:
- * a large request is never starved by smaller ones behind it). Blocks
+ * a large request is never starved by smaller ones behind it; the one
+ * exception is a request that waits for prompt blocks another request is
+ * computing, shared_prefill_min_tokens below, which keeps its place while
+ * admission goes on behind it). Blocks
  * that requests behind the head hold while queued never keep it waiting:
  * when it lacks blocks, a request behind it holding pinned prefix hits
  * gives them up, then queued requests holding arrived K/V (see "waiting
@@ -235,17 +238,20 @@ typedef struct kvrt_sched_params {
      * default 1 (each step waits for the previous commit). 2: asynchronous
      * scheduling, see kvrt_sched_step. */
     uint32_t max_plans_in_flight;
-    /* Prompts that share a prefix, computed once (with a prefix cache, one
-     * group): a request coming up for admission whose next uncached block
-     * is the one another running request's prefill is computing (the
-     * block at that request's committed length), and whose next
-     * shared_prefill_min_tokens tokens (rounded up to whole blocks) are
-     * that request's too, waits in the queue, keeping its place, until
-     * those blocks are committed and cached, then hits them; admission
-     * goes on with the requests behind it meanwhile. 0: never wait (every
-     * request computes what is not cached when it is admitted). Default
-     * 256. At most max_seqs requests wait so in one step; admission stops
-     * there. See kvrt_sched_stats_t.shared_prefill_waits. */
+    /* Prompts that share a prefix, computed once (with a prefix cache and
+     * one cache group): a request coming up for admission whose next
+     * uncached block is the block at the committed length of a running
+     * request still in prefill (that writes to the cache), and whose
+     * blocks from there hold that request's next shared_prefill_min_tokens
+     * tokens (rounded up to whole blocks: the same tokens, salt, adapter
+     * and multimodal items), waits in the queue, keeping its place, while
+     * that request has that many of their shared blocks left to commit;
+     * then it is matched and hits what was committed. Admission goes on
+     * with the requests behind it meanwhile. 0: never wait (every request
+     * computes what is not cached when it is admitted). Default 256, also
+     * for callers that do not set the bit. At most max_seqs requests wait
+     * in one step; admission stops there. docs/scheduler.md, "Prompts
+     * sharing a prefix"; kvrt_sched_stats_t.shared_prefill_waits. */
     uint32_t shared_prefill_min_tokens;
 } kvrt_sched_params_t;
 

@@ -98,8 +98,9 @@ kvrt_status_t kvrt_cache_insert_named(kvrt_cache_t *cache, int32_t block,
  * them; *match as it returned) whose hits the caller
  * gave back unused because it will match the same tokens again: a
  * scheduler that lets a request wait for blocks another is computing
- * counts its query once, when it is matched for admission. The policy's
- * record of the hits stays (they were used). NULL arguments are ignored.
+ * counts its query once, when it is matched for admission. The eviction
+ * policy still counts the match's use of the hits (recency; LFU frequency
+ * once per match). NULL arguments are ignored.
  */
 void kvrt_cache_forget_query(kvrt_cache_t *cache, uint32_t num_tokens,
                              const kvrt_cache_match_t *match);

@@ -541,3 +541,36 @@ Test(sched_shared, nobody_waits_for_a_request_preempted_in_the_same_step)
     run_to_end(&f, 3);
     sched_fixture_close(&f);
 }
+
+/* Two requests with the same tokens and different images behind them
+ * (blocks 4 and 5): the one that comes second waits for the blocks before
+ * the image, in runs, and computes from the image on. */
+Test(sched_shared, a_request_waits_only_for_the_blocks_before_a_different_image)
+{
+    kvrt_sched_params_t sp = params(32, 32, 1);
+    fixture_t f = open_with(&sp);
+    const kvrt_mm_item_t image_a = {.content_hash = {1, 2}, .offset = 64, .length = 32};
+    const kvrt_mm_item_t image_b = {.content_hash = {3, 4}, .offset = 64, .length = 32};
+    const kvrt_hash_keys_t ka = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 1,
+                                 .mm_items = &image_a};
+    const kvrt_hash_keys_t kb = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 1,
+                                 .mm_items = &image_b};
+    kvrt_seq_id_t a = add_flags(&f, PREFIX, 0, 0, &ka), b = add_flags(&f, PREFIX, 0, 0, &kb);
+    const kvrt_plan_seq_t *eb = NULL;
+    const kvrt_batch_plan_t *plan = NULL;
+    uint32_t steps = 0;
+    for (; steps < 20 && !eb; steps++) {
+        plan = step(&f);
+        cr_assert_not_null(entry(plan, a));
+        if (!(eb = entry(plan, b)))
+            sched_fixture_commit(&f, plan, 9);
+    }
+    cr_assert_not_null(eb);
+    /* Blocks 0-1, then 2-3, each waited for in the step a computed them. */
+    cr_assert_eq(steps, 3);
+    cr_assert_eq(stats(&f).shared_prefill_waits, 2);
+    cr_assert_eq(eb->num_computed_tokens, 64);
+    sched_fixture_commit(&f, plan, 9);
+    run_to_end(&f, 2);
+    sched_fixture_close(&f);
+}
