@@ -109,6 +109,30 @@ static void run_to_end(fixture_t *f, uint32_t requests)
         cr_assert_eq(ev[i].end_reason, KVRT_END_LENGTH);
 }
 
+/* Steps, committing, until b is planned; in every step before, a is
+ * planned prefilling (b waits only while a computes). Returns b's entry of
+ * the plan *plan_out, not committed, and the steps b waited. */
+static kvrt_plan_seq_t wait_for_entry(fixture_t *f, kvrt_seq_id_t b, kvrt_seq_id_t a,
+                                      const kvrt_batch_plan_t **plan_out, uint32_t *waited)
+{
+    *waited = 0;
+    for (int k = 0; k < 20; k++) {
+        const kvrt_batch_plan_t *plan = step(f);
+        const kvrt_plan_seq_t *eb = entry(plan, b);
+        if (eb) {
+            *plan_out = plan;
+            return *eb;
+        }
+        const kvrt_plan_seq_t *ea = entry(plan, a);
+        cr_assert_not_null(ea);
+        cr_assert_eq(ea->kind, KVRT_PLAN_PREFILL, "b waits only while a prefills");
+        sched_fixture_commit(f, plan, 9);
+        ++*waited;
+    }
+    cr_assert_fail("b was never planned");
+    return (kvrt_plan_seq_t){0};
+}
+
 Test(sched_shared, prompts_sharing_a_prefix_admitted_together_compute_it_once)
 {
     kvrt_sched_params_t sp = params(64, 1024, 1);
@@ -164,36 +188,41 @@ Test(sched_shared, with_the_option_off_every_request_computes_its_prompt)
     sched_fixture_close(&f);
 }
 
+/* a computes its prompt in chunks of 32 tokens (two blocks); b waits while
+ * 32 or more tokens they share are left for a to commit, put off without a
+ * match after the first step (the cache counts a's query and b's
+ * admission), then hits what a committed and computes the rest itself.
+ * With its own suffix b shares a's 8 prefix blocks: it waits 4 steps and
+ * hits 128 tokens; with a prompt that is the start of a's (100 tokens, 99
+ * offered: 6 full blocks) it waits 3 and hits 96. */
 Test(sched_shared, a_request_waits_while_another_prefills_the_prefix_in_chunks)
 {
-    kvrt_sched_params_t sp = params(64, 32, 1);
-    fixture_t f = open_with(&sp);
-    kvrt_seq_id_t a = add(&f, 0), b = add(&f, 1);
-    uint32_t steps_waited = 0;
-    const kvrt_plan_seq_t *eb = NULL;
-    const kvrt_batch_plan_t *plan = NULL;
-    for (int k = 0; k < 20 && !eb; k++) {
-        plan = step(&f);
-        eb = entry(plan, b);
-        if (!eb) {
-            steps_waited++;
-            const kvrt_plan_seq_t *ea = entry(plan, a);
-            cr_assert_not_null(ea);
-            cr_assert_eq(ea->kind, KVRT_PLAN_PREFILL, "b waits only while a prefills");
-            sched_fixture_commit(&f, plan, 9);
-        }
+    const struct { uint32_t len, variant, waits, hit; } cases[] = {
+        {PREFIX + SUFFIX, 1, 4, PREFIX}, {100, 0, 3, 96}};
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        kvrt_sched_params_t sp = params(32, 32, 1);
+        fixture_t f = open_with(&sp);
+        int32_t prompt[2][PREFIX + SUFFIX];
+        make_prompt(prompt[0], PREFIX, 0);
+        make_prompt(prompt[1], PREFIX, cases[c].variant);
+        kvrt_seq_params_t pa = {.prompt = prompt[0], .prompt_len = PREFIX + SUFFIX,
+                                .max_new_tokens = 2};
+        kvrt_seq_params_t pb = {.prompt = prompt[1], .prompt_len = cases[c].len,
+                                .max_new_tokens = 2};
+        kvrt_seq_id_t a, b;
+        ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pa, &a));
+        ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pb, &b));
+        const kvrt_batch_plan_t *plan;
+        uint32_t waited;
+        kvrt_plan_seq_t eb = wait_for_entry(&f, b, a, &plan, &waited);
+        cr_assert_eq(waited, cases[c].waits, "b of %u tokens: %u waits", cases[c].len, waited);
+        cr_assert_eq(eb.num_computed_tokens, cases[c].hit);
+        cr_assert_eq(stats(&f).shared_prefill_waits, cases[c].waits);
+        cr_assert_eq(cache_stats(&f).queries, 2);
+        sched_fixture_commit(&f, plan, 9);
+        run_to_end(&f, 2);
+        sched_fixture_close(&f);
     }
-    cr_assert_not_null(eb);
-    /* a computes the prefix in chunks of 32 tokens; b waits while 64 or more
-     * of them are left to share, then hits what a committed (96) and
-     * computes the rest itself. */
-    cr_assert_eq(steps_waited, 3);
-    cr_assert_eq(eb->num_computed_tokens, 96);
-    cr_assert_eq(stats(&f).shared_prefill_waits, 3);
-    cr_assert_eq(cache_stats(&f).queries, 2);
-    sched_fixture_commit(&f, plan, 9);
-    run_to_end(&f, 2);
-    sched_fixture_close(&f);
 }
 
 Test(sched_shared, a_request_stops_waiting_when_the_other_is_aborted)
@@ -324,9 +353,8 @@ Test(sched_shared, many_copies_of_one_prompt_hold_one_copy_of_its_blocks)
     sp.max_requests = 64;
     sp.field_mask |= KVRT_SCHED_PARAM_MAX_REQUESTS;
     fixture_t f = open_with(&sp);
-    kvrt_seq_id_t ids[40];
     for (uint32_t i = 0; i < 40; i++)
-        ids[i] = add(&f, 0); /* the same prompt 40 times */
+        add(&f, 0); /* the same prompt 40 times */
     const kvrt_batch_plan_t *plan = step(&f);
     cr_assert_eq(plan->num_seqs, 1);
     cr_assert_eq(stats(&f).shared_prefill_waits, 16, "at most max_seqs wait in one step");
@@ -334,10 +362,10 @@ Test(sched_shared, many_copies_of_one_prompt_hold_one_copy_of_its_blocks)
     plan = step(&f);
     cr_assert_eq(plan->num_seqs, 16, "max_seqs");
     for (uint32_t i = 1; i < 16; i++)
-        cr_assert_eq(plan->seqs[i].num_computed_tokens, PREFIX + 16, "a whole block of the suffix too");
+        cr_assert_eq(plan->seqs[i].num_computed_tokens, PREFIX + 16,
+                     "a whole block of the suffix too");
     /* One copy of the prompt's full blocks, and a tail block each. */
     cr_assert_eq(sched_fixture_used_blocks(&f), (PREFIX + SUFFIX) / TPB + 16);
-    (void)ids;
     sched_fixture_commit(&f, plan, 9);
     run_to_end(&f, 40);
     sched_fixture_close(&f);
@@ -384,46 +412,6 @@ Test(sched_shared, samples_of_prompts_sharing_a_template_block_wait_for_their_ow
         }
     sched_fixture_commit(&f, plan, 9);
     run_to_end(&f, 8);
-    sched_fixture_close(&f);
-}
-
-/* A prompt that is the start of another's waits for it and hits all of
- * its own full blocks; a request whose shared run is longer than one
- * chunk waits until it is committed, matched only when it comes to an end
- * (the cache counts two queries: the admission and the first match is
- * taken back). */
-Test(sched_shared, a_prompt_that_begins_another_waits_for_it_across_chunks)
-{
-    kvrt_sched_params_t sp = params(32, 32, 1);
-    fixture_t f = open_with(&sp);
-    int32_t prompt[PREFIX + SUFFIX];
-    make_prompt(prompt, PREFIX, 0);
-    kvrt_seq_params_t pa = {.prompt = prompt, .prompt_len = PREFIX + SUFFIX,
-                            .max_new_tokens = 2};
-    kvrt_seq_params_t pb = {.prompt = prompt, .prompt_len = 100, .max_new_tokens = 2};
-    kvrt_seq_id_t a, b;
-    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pa, &a));
-    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pb, &b));
-    const kvrt_plan_seq_t *eb = NULL;
-    const kvrt_batch_plan_t *plan = NULL;
-    uint32_t waited = 0;
-    for (int k = 0; k < 20 && !eb; k++) {
-        plan = step(&f);
-        if (!(eb = entry(plan, b))) {
-            waited++;
-            sched_fixture_commit(&f, plan, 9);
-        }
-    }
-    cr_assert_not_null(eb);
-    /* b offers 99 tokens: 6 full blocks, of which a commits 2 a step; b
-     * waits while 2 or more are left to commit (steps 1 to 3), then hits
-     * all 6. */
-    cr_assert_eq(waited, 3);
-    cr_assert_eq(eb->num_computed_tokens, 96);
-    cr_assert_eq(stats(&f).shared_prefill_waits, 3);
-    cr_assert_eq(cache_stats(&f).queries, 2);
-    sched_fixture_commit(&f, plan, 9);
-    run_to_end(&f, 2);
     sched_fixture_close(&f);
 }
 
@@ -556,20 +544,13 @@ Test(sched_shared, a_request_waits_only_for_the_blocks_before_a_different_image)
     const kvrt_hash_keys_t kb = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 1,
                                  .mm_items = &image_b};
     kvrt_seq_id_t a = add_flags(&f, PREFIX, 0, 0, &ka), b = add_flags(&f, PREFIX, 0, 0, &kb);
-    const kvrt_plan_seq_t *eb = NULL;
-    const kvrt_batch_plan_t *plan = NULL;
-    uint32_t steps = 0;
-    for (; steps < 20 && !eb; steps++) {
-        plan = step(&f);
-        cr_assert_not_null(entry(plan, a));
-        if (!(eb = entry(plan, b)))
-            sched_fixture_commit(&f, plan, 9);
-    }
-    cr_assert_not_null(eb);
+    const kvrt_batch_plan_t *plan;
+    uint32_t waited;
+    kvrt_plan_seq_t eb = wait_for_entry(&f, b, a, &plan, &waited);
     /* Blocks 0-1, then 2-3, each waited for in the step a computed them. */
-    cr_assert_eq(steps, 3);
+    cr_assert_eq(waited, 2);
     cr_assert_eq(stats(&f).shared_prefill_waits, 2);
-    cr_assert_eq(eb->num_computed_tokens, 64);
+    cr_assert_eq(eb.num_computed_tokens, 64);
     sched_fixture_commit(&f, plan, 9);
     run_to_end(&f, 2);
     sched_fixture_close(&f);
