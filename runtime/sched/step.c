@@ -499,7 +499,7 @@ static void schedule_prefills(kvrt_sched_t *s, step_state_t *st)
         seq_t *q;
         if (!sched_running_valid(s, i, &q) || !q->in_prefill)
             continue;
-        if (note) /* planned now or in flight: computing its next block */
+        if (note) /* computing its next block: now, in flight, or when there is room */
             sched_shared_note_slow(s, q);
         if (q->pending_samples || (q->in_plan & sched_plan_bit(s)))
             continue;
