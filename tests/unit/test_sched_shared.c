@@ -2,9 +2,12 @@
  * test_sched_shared.c - prompts that share a prefix are computed once
  * (shared_prefill_min_tokens): a request whose next blocks another request
  * is computing waits for them, keeps its place, then hits them; it waits
- * only while they are being computed, and never when the shared part is
- * short, when it skips the cache, or when the other request leaves nothing
- * in the cache. The cache and the scheduler count one query per admission.
+ * only while they are being computed (in chunks, with plans in flight, not
+ * for a request aborted or preempted), for its own prompt's blocks when
+ * prompts share a template block, and never when the shared part is short,
+ * when it skips the cache, when the other request leaves nothing in the
+ * cache, when salts or images differ, or with several cache groups. The
+ * cache and the scheduler count one query per admission.
  */
 #include "cache/hooks.h"
 #include "sched_fixture.h"
@@ -15,7 +18,8 @@
 
 typedef sched_fixture_t fixture_t;
 
-/* Scheduler parameters: min_tokens to wait for (0: never), the chunk. */
+/* Scheduler parameters: the tokens to wait for (0: never), the chunk, the
+ * plans in flight. */
 static kvrt_sched_params_t params(uint32_t min_tokens, uint32_t chunk, uint32_t in_flight)
 {
     return (kvrt_sched_params_t){
