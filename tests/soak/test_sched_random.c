@@ -385,7 +385,8 @@ Test(sched_soak, randomized_run_keeps_every_invariant, .timeout = 240)
     kvrt_sched_params_t sp = {
         .field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS | KVRT_SCHED_PARAM_MAX_SEQS |
                       KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_DRAFT |
-                      KVRT_SCHED_PARAM_NGRAM | KVRT_SCHED_PARAM_CSR_TABLES,
+                      KVRT_SCHED_PARAM_NGRAM | KVRT_SCHED_PARAM_CSR_TABLES |
+                      KVRT_SCHED_PARAM_SHARED_PREFILL,
         .max_batch_tokens = BUDGET,
         .max_seqs = MAX_SEQS,
         .prefill_chunk_tokens = 24,
@@ -393,6 +394,8 @@ Test(sched_soak, randomized_run_keeps_every_invariant, .timeout = 240)
         .ngram_min = 1,
         .ngram_max = 3,
         .csr_block_tables = 1,
+        /* system prompts are shared: requests wait for their blocks */
+        .shared_prefill_min_tokens = 8,
     };
     ASSERT_OK(w.ctx, kvrt_sched_create(w.ctx, w.pool, w.cache, &sp, &w.sched));
     for (int s = 0; s < 3; s++)
@@ -424,6 +427,7 @@ Test(sched_soak, randomized_run_keeps_every_invariant, .timeout = 240)
     cr_assert_eq(st.failed, 0);
     cr_assert_gt(st.preemptions, 0, "the pool is meant to be too small");
     cr_assert_gt(st.prefix_hit_tokens, 0);
+    cr_assert_gt(st.shared_prefill_waits, 0);
     cr_assert_gt(st.spec_accepted, 0);
     cr_assert_gt(w.finished_checked, 100);
     cr_assert_gt(st.arrived_tokens, 0);
@@ -436,14 +440,15 @@ Test(sched_soak, randomized_run_keeps_every_invariant, .timeout = 240)
     cr_assert_eq(info.live_tables, 0);
     cr_log_info("requests %u, preemptions %llu, prefix hits %llu/%llu, spec %llu/%llu, "
                 "budget-bound steps %llu, arrivals %llu (%llu tokens, %llu expired, "
-                "%llu failed)",
+                "%llu failed), shared-prefill waits %llu",
                 w.num_req, (unsigned long long)st.preemptions,
                 (unsigned long long)st.prefix_hit_tokens,
                 (unsigned long long)st.prefix_query_tokens,
                 (unsigned long long)st.spec_accepted, (unsigned long long)st.spec_proposed,
                 (unsigned long long)st.budget_bound_steps, (unsigned long long)st.arrivals,
                 (unsigned long long)st.arrived_tokens, (unsigned long long)st.arrivals_expired,
-                (unsigned long long)st.arrivals_failed);
+                (unsigned long long)st.arrivals_failed,
+                (unsigned long long)st.shared_prefill_waits);
     ASSERT_OK(w.ctx, kvrt_sched_destroy(w.sched));
     ASSERT_OK(w.ctx, kvrt_cache_destroy(w.cache));
     kvrt_ctx_destroy(w.ctx);
