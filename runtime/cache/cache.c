@@ -635,7 +635,7 @@ kvrt_status_t kvrt_cache_insert_named(kvrt_cache_t *cache, int32_t block,
                          "name is required and may hold only known flags");
     /* Without the keys only an unsalted block's explain entry is known:
      * its key is its content, its keys tag 1. */
-    uint16_t keys_tag = hash_equal(&name->key, &name->content) ? 1u : 0u;
+    uint16_t keys_tag = kvrt_block_hash_equal(&name->key, &name->content) ? 1u : 0u;
     bool has_parent = name->flags & KVRT_CACHE_NAME_HAS_PARENT;
     return insert_name(cache, block, &name->key, &name->content,
                        has_parent ? &name->parent_key : NULL, name->depth, keys_tag, cached_out);
@@ -682,7 +682,7 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_verify(const kvrt_cache_t *cache)
         if (!kvrt_pool_is_cached(cache->pool, s->block))
             return broken(cache, "cache %s: indexed block %d is not cached in the pool",
                           cache->name, s->block);
-        if (!hash_equal(&cache->names[s->block].name.key, &s->key))
+        if (!kvrt_block_hash_equal(&cache->names[s->block].name.key, &s->key))
             return broken(cache, "cache %s: block %d indexed under a key it does not hold",
                           cache->name, s->block);
         if (kvrt_cache_index_find(&cache->index, &s->key) != s->block)

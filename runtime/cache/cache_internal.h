@@ -34,11 +34,6 @@ void kvrt_cache_hash_run(const kvrt_block_hash_t *parent, const int32_t *tokens,
                          uint32_t num_blocks, uint32_t first_token,
                          const kvrt_hash_keys_t *keys, kvrt_block_hash_t *hashes_out);
 
-static inline bool hash_equal(const kvrt_block_hash_t *a, const kvrt_block_hash_t *b)
-{
-    return a->lo == b->lo && a->hi == b->hi;
-}
-
 /* ---- index (index.c) ------------------------------------------------------
  * Open addressing with linear probing keyed by the 128-bit block key; the
  * slot is picked from the key's low bits (the key is already a good hash).

@@ -27,6 +27,12 @@
 
 #include "kvrt/cache.h"
 
+/* Whether two block hashes (keys, content hashes, fingerprints) are equal. */
+static inline bool kvrt_block_hash_equal(const kvrt_block_hash_t *a, const kvrt_block_hash_t *b)
+{
+    return a->lo == b->lo && a->hi == b->hi;
+}
+
 /* ---- building on a cache ------------------------------------------------- */
 
 /* The pool a cache sits on, and holds that keep kvrt_cache_destroy() from
@@ -100,7 +106,9 @@ kvrt_status_t kvrt_cache_insert_named(kvrt_cache_t *cache, int32_t block,
  * scheduler that lets a request wait for blocks another is computing
  * counts its query once, when it is matched for admission. The eviction
  * policy still counts the match's use of the hits (recency; LFU frequency
- * once per match). NULL arguments are ignored.
+ * once per match). The pool's thread, as kvrt_cache_match. No errors:
+ * NULL arguments are ignored; a match it does not describe corrupts the
+ * counts (the caller passes what kvrt_cache_match gave it).
  */
 void kvrt_cache_forget_query(kvrt_cache_t *cache, uint32_t num_tokens,
                              const kvrt_cache_match_t *match);

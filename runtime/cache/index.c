@@ -37,7 +37,7 @@ int32_t kvrt_cache_index_find(const cache_index_t *index, const kvrt_block_hash_
         const cache_slot_t *s = &index->slots[i];
         if (s->block == KVRT_NULL_BLOCK)
             return KVRT_NULL_BLOCK;
-        if (hash_equal(&s->key, key))
+        if (kvrt_block_hash_equal(&s->key, key))
             return s->block;
     }
 }
@@ -59,7 +59,7 @@ bool kvrt_cache_index_remove(cache_index_t *index, const kvrt_block_hash_t *key)
     for (;; hole = (hole + 1) & mask) {
         if (index->slots[hole].block == KVRT_NULL_BLOCK)
             return false;
-        if (hash_equal(&index->slots[hole].key, key))
+        if (kvrt_block_hash_equal(&index->slots[hole].key, key))
             break;
     }
     /* Backward shift: walk the run after the hole; an entry moves into the

@@ -22,8 +22,7 @@
 /* Requests between two stages of the batch. */
 #define SCHED_INSERT_DISTANCE 4u
 
-/* Hashes q's blocks [num_hashed, full), each chained to the previous. */
-static void hash_blocks(kvrt_sched_t *s, seq_t *q, uint32_t full)
+void sched_hash_blocks(kvrt_sched_t *s, seq_t *q, uint32_t full)
 {
     if (full <= q->num_hashed)
         return;
@@ -63,7 +62,7 @@ void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q)
         return;
     const int32_t *blocks;
     kvrt_table_view(s->pool, q->table, &blocks, NULL, NULL);
-    hash_blocks(s, q, full);
+    sched_hash_blocks(s, q, full);
     insert_blocks(s, q, blocks, full);
 }
 
@@ -113,7 +112,7 @@ void sched_inserts_flush(kvrt_sched_t *s)
         if (d && r >= 2 * d && r - 2 * d < m) {
             seq_t *q = &s->seqs[x[r - 2 * d]];
             uint32_t full = sched_full_blocks(s, q);
-            hash_blocks(s, q, full);
+            sched_hash_blocks(s, q, full);
             const int32_t *row = s->rows + (size_t)q->row * s->row_stride;
             const kvrt_hash_keys_t *keys = sched_seq_keys(q);
             for (uint32_t j = q->num_inserted; j < full; j++)
@@ -122,7 +121,7 @@ void sched_inserts_flush(kvrt_sched_t *s)
         if (r >= 3 * d) {
             seq_t *q = &s->seqs[x[r - 3 * d]];
             uint32_t full = sched_full_blocks(s, q);
-            hash_blocks(s, q, full); /* done in the stage before, unless unstaged */
+            sched_hash_blocks(s, q, full); /* done in the stage before, unless unstaged */
             insert_blocks(s, q, s->rows + (size_t)q->row * s->row_stride, full);
         }
     }

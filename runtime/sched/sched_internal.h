@@ -835,6 +835,10 @@ static inline uint32_t sched_full_blocks(const kvrt_sched_t *s, const seq_t *q)
     uint32_t valid = q->computed < q->num_tokens ? q->computed : q->num_tokens;
     return valid >> s->block_shift;
 }
+/* Hashes q's blocks [num_hashed, full), each chained to the previous (full
+ * blocks of tokens q has: (full) * tokens_per_block <= num_tokens). Hashes
+ * of blocks not yet computed are kept too: a block's hash is its tokens'. */
+void sched_hash_blocks(kvrt_sched_t *s, seq_t *q, uint32_t full);
 /* Offers the request's newly full blocks to the prefix cache now (hashing
  * each block once in its life: hashes survive preemption). */
 void sched_cache_full_blocks(kvrt_sched_t *s, seq_t *q);

@@ -42,9 +42,10 @@
  * a step notes at most half its slots (at least max_seqs). An entry's key
  * is cheap (the hash of everything before the block, which the request
  * knows, mixed with the block's first four tokens); the key that decides,
- * of the last block of the run, takes share_blocks hashes, so it is
+ * of the last block of the run, may take share_blocks hashes, so it is
  * computed only when a request coming up meets the entry, once per entry
- * and step. Two prompts that share a template block both stay in the
+ * and step (the hashes are kept in the request's array: the commit that
+ * fills those blocks, or a later match, finds them hashed). Two prompts that share a template block both stay in the
  * table (entries with equal cheap keys are all visited).
  */
 #include "sched_internal.h"
@@ -70,25 +71,18 @@ void sched_shared_free(kvrt_sched_t *s)
     kvrt_free_large(s->share_waiting);
 }
 
-/* The content hash of q's full block j, chained from the last q knows. */
-static void content_of(const kvrt_sched_t *s, seq_t *q, uint32_t j, kvrt_block_hash_t *out)
+/* The content hash of q's full block j (hashed once: the commit that fills
+ * it finds it hashed). */
+static const kvrt_block_hash_t *content_of(kvrt_sched_t *s, seq_t *q, uint32_t j)
 {
-    if (j < q->num_hashed) {
-        *out = q->hashes[j];
-        return;
-    }
-    const uint32_t tpb = s->tokens_per_block;
-    const int32_t *tokens = sched_seq_tokens(q, (j + 1) * tpb);
-    kvrt_block_hash_t h = q->num_hashed ? q->hashes[q->num_hashed - 1] : s->root;
-    for (uint32_t k = q->num_hashed; k <= j; k++)
-        kvrt_block_hash(&h, tokens + (size_t)k * tpb, tpb, k * tpb, sched_seq_keys(q), &h);
-    *out = h;
+    sched_hash_blocks(s, q, j + 1);
+    return &q->hashes[j];
 }
 
 /* The cheap key of q's block j: the hash of everything before it (known
  * for a request's hits and its committed blocks) mixed with its first
  * four tokens. Equal for requests that may share the block. */
-static void near_key(const kvrt_sched_t *s, seq_t *q, uint32_t j, kvrt_block_hash_t *key)
+static void near_key(kvrt_sched_t *s, seq_t *q, uint32_t j, kvrt_block_hash_t *key)
 {
     const uint32_t tpb = s->tokens_per_block;
     const int32_t *t = sched_seq_tokens(q, (j + 1) * tpb) + (size_t)j * tpb;
@@ -96,25 +90,15 @@ static void near_key(const kvrt_sched_t *s, seq_t *q, uint32_t j, kvrt_block_has
     if (tpb >= 4)
         head ^= (uint64_t)(uint32_t)t[1] << 32 ^ (uint64_t)(uint32_t)t[2] * 0x9E3779B97F4A7C15ull ^
                 (uint64_t)(uint32_t)t[3] << 17;
-    if (j == 0)
-        *key = s->root;
-    else
-        content_of(s, q, j - 1, key);
+    *key = j ? *content_of(s, q, j - 1) : s->root;
     key->lo ^= head * 0xC2B2AE3D27D4EB4Full;
 }
 
 /* The key that decides: the index key of q's block j + share_blocks - 1
  * (its content chain and q's salt and adapter). */
-static void run_key(const kvrt_sched_t *s, seq_t *q, uint32_t j, kvrt_block_hash_t *key)
+static void run_key(kvrt_sched_t *s, seq_t *q, uint32_t j, kvrt_block_hash_t *key)
 {
-    kvrt_block_hash_t content;
-    content_of(s, q, j + s->share_blocks - 1, &content);
-    kvrt_block_key(&content, sched_seq_keys(q), key);
-}
-
-static inline bool same_hash(const kvrt_block_hash_t *a, const kvrt_block_hash_t *b)
-{
-    return a->lo == b->lo && a->hi == b->hi;
+    kvrt_block_key(content_of(s, q, j + s->share_blocks - 1), sched_seq_keys(q), key);
 }
 
 void sched_shared_note_slow(kvrt_sched_t *s, seq_t *q)
@@ -162,7 +146,7 @@ static seq_t *find_sharer(kvrt_sched_t *s, seq_t *q, uint32_t j)
          i = (i + 1) & s->shared_mask) {
         shared_key_t *e = &s->shared[i];
         seq_t *o = &s->seqs[e->slot];
-        if (!same_hash(&e->near, &near) || e->block != j || o == q || !computes(s, o, j))
+        if (!kvrt_block_hash_equal(&e->near, &near) || e->block != j || o == q || !computes(s, o, j))
             continue;
         if (!mine_known) {
             run_key(s, q, j, &mine);
@@ -172,7 +156,7 @@ static seq_t *find_sharer(kvrt_sched_t *s, seq_t *q, uint32_t j)
             run_key(s, o, j, &e->run);
             e->run_known = true;
         }
-        if (same_hash(&e->run, &mine))
+        if (kvrt_block_hash_equal(&e->run, &mine))
             return o;
     }
     return NULL;
@@ -220,7 +204,9 @@ bool sched_shared_still_waits_slow(kvrt_sched_t *s, seq_t *q)
 
 bool sched_shared_wait_slow(kvrt_sched_t *s, seq_t *q, uint32_t offered)
 {
-    if ((q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ) || q->landed || q->arrival != SCHED_NONE)
+    /* (A request holding arrived K/V or waiting for it has a table: it is
+     * never matched, so it never comes here.) */
+    if (q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ)
         return false;
     const uint32_t j = q->computed >> s->block_shift;
     if (((uint64_t)j + s->share_blocks) * s->tokens_per_block > offered)

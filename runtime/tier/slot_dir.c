@@ -61,18 +61,13 @@ void tier_dir_destroy(slot_dir_t *d)
     memset(d, 0, sizeof(*d));
 }
 
-static inline bool key_equal(const kvrt_block_hash_t *a, const kvrt_block_hash_t *b)
-{
-    return a->lo == b->lo && a->hi == b->hi;
-}
-
 int32_t tier_dir_find(const slot_dir_t *d, const kvrt_block_hash_t *key)
 {
     for (uint64_t i = key->lo & d->index_mask;; i = (i + 1) & d->index_mask) {
         int32_t s = d->index[i];
         if (!s)
             return -1;
-        if (key_equal(&d->names[s - 1].key, key))
+        if (kvrt_block_hash_equal(&d->names[s - 1].key, key))
             return s - 1;
     }
 }
