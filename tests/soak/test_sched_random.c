@@ -14,7 +14,11 @@
  * outstanding arrival holds, the pool and cache verify. At the
  * end: every request ended exactly once, preempted ones finished, no block
  * or table is left.
+ *
+ * The run is one seed's; KVRT_SCHED_SOAK_SEED (decimal or 0x hex) runs
+ * another, which the log line names so that a failure can be replayed.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "test_helpers.h"
@@ -375,6 +379,10 @@ Test(sched_soak, randomized_run_keeps_every_invariant, .timeout = 240)
     static world_t w;
     memset(&w, 0, sizeof(w));
     w.rng = 0x5eed1234abcdull;
+    const char *seed = getenv("KVRT_SCHED_SOAK_SEED");
+    if (seed && *seed)
+        w.rng = strtoull(seed, NULL, 0) | 1; /* the generator needs a non-zero state */
+    const uint64_t first_seed = w.rng;
     cr_assert_eq(kvrt_ctx_create(NULL, &w.ctx), KVRT_OK);
     kvrt_pool_params_t pp = {.field_mask = KVRT_POOL_PARAM_WATERMARK,
                              .layout = test_layout(TPB),
@@ -438,10 +446,10 @@ Test(sched_soak, randomized_run_keeps_every_invariant, .timeout = 240)
     ASSERT_OK(w.ctx, kvrt_pool_info(w.pool, &info));
     cr_assert_eq(info.used_blocks, 0, "%u blocks still used", info.used_blocks);
     cr_assert_eq(info.live_tables, 0);
-    cr_log_info("requests %u, preemptions %llu, prefix hits %llu/%llu, spec %llu/%llu, "
+    cr_log_info("seed 0x%llx: requests %u, preemptions %llu, prefix hits %llu/%llu, spec %llu/%llu, "
                 "budget-bound steps %llu, arrivals %llu (%llu tokens, %llu expired, "
                 "%llu failed), shared-prefill waits %llu",
-                w.num_req, (unsigned long long)st.preemptions,
+                (unsigned long long)first_seed, w.num_req, (unsigned long long)st.preemptions,
                 (unsigned long long)st.prefix_hit_tokens,
                 (unsigned long long)st.prefix_query_tokens,
                 (unsigned long long)st.spec_accepted, (unsigned long long)st.spec_proposed,
