@@ -32,7 +32,7 @@ static const struct {
 } run_times[] = {
     {"cache", 6, 2},   {"cluster", 19, 1}, {"core", 15, 1}, {"kernels", 6, 5},
     {"pool", 1, 1},    {"sched", 5, 1},    {"tier", 36, 10}, {"xfer", 19, 4},
-    {"sched_hybrid", 6, 2},
+    {"sched_hybrid", 6, 2}, {"memory", 25, 5},
 };
 
 static void run_time(const char *suite, char *out, size_t size)
