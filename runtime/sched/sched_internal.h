@@ -470,7 +470,9 @@ struct kvrt_sched {
     /* Prompts sharing a prefix (shared_prefill.c): share_blocks (0: off)
      * blocks must be shared for a request to wait; the keys noted this
      * step; the requests waiting in it, out of the heap until admission
-     * ends; the match of the last admission (sched_match_prefix). */
+     * ends, and the tokens of those that waited in the last step (the
+     * prefill demand of the next step's drafts leaves them out); the
+     * match of the last admission (sched_match_prefix). */
     uint32_t share_blocks;
     uint32_t shared_mask;
     shared_key_t *shared;       /* [shared_mask + 1] */
@@ -479,6 +481,7 @@ struct kvrt_sched {
     uint64_t shared_step;       /* the step shared_epoch's keys were noted in */
     uint32_t *share_waiting;    /* [max_seqs] slots */
     uint32_t num_share_waiting;
+    uint64_t share_waited_tokens;
     kvrt_cache_match_t admit_match;
 
     /* The last KVRT_SCHED_HIT_WINDOW admissions' (hit, offered) tokens. */
@@ -741,7 +744,7 @@ bool sched_blocks_available(const kvrt_sched_t *s, uint32_t need);
 
 /* ---- shared_prefill.c: prompts sharing a prefix, computed once ------------ */
 
-/* The table of noted keys, when share_blocks, a cache and one group (else
+/* The table of noted keys, when share_blocks, a cache and not hybrid (else
  * share_blocks becomes 0). False: out of memory. */
 bool sched_shared_alloc(kvrt_sched_t *s);
 void sched_shared_free(kvrt_sched_t *s);
@@ -773,7 +776,8 @@ static inline bool sched_shared_still_waits(kvrt_sched_t *s, seq_t *q)
 {
     return q->share_id && sched_shared_still_waits_slow(s, q);
 }
-/* Puts the requests that waited back into the heap (after admission). */
+/* Puts the requests that waited back into the heap (after admission) and
+ * sets share_waited_tokens to their tokens (0 when none waited). */
 void sched_shared_requeue(kvrt_sched_t *s);
 /* Releases the waiting request that holds its prefix hits, if any. */
 void sched_unpin(kvrt_sched_t *s);

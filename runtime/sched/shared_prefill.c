@@ -31,8 +31,9 @@
  *     committed meanwhile, and waits again only for another run.
  *
  * A request waits only while another computes its next blocks, so each
- * wait is bounded by that request's progress: when it ends or is
- * preempted, nothing is noted for it and the waiting request is matched.
+ * wait is bounded by that request's progress: when it ends, is preempted
+ * or stops writing to the cache (a reset), nothing is noted for it and the
+ * waiting request is matched.
  * The cache counts one query per admission: a waiting request's match is
  * taken back (kvrt_cache_forget_query), and the scheduler's own counts are
  * made at admission only.
@@ -53,7 +54,7 @@
 bool sched_shared_alloc(kvrt_sched_t *s)
 {
     if (!s->share_blocks || !s->cache || s->hybrid) {
-        s->share_blocks = 0; /* one group with a cache only (sched.h) */
+        s->share_blocks = 0; /* one group, a cache, no window only (sched.h) */
         return true;
     }
     uint32_t capacity = 4;
@@ -193,7 +194,10 @@ static void put_off(kvrt_sched_t *s, seq_t *q)
 bool sched_shared_still_waits_slow(kvrt_sched_t *s, seq_t *q)
 {
     seq_t *o = &s->seqs[q->share_slot];
+    /* o may have stopped writing to the cache since (a reset made its K/V
+     * stale): then nothing it computes will be a hit. */
     if (sched_id(s, o) == q->share_id && o->state == KVRT_SEQ_RUNNING && o->in_prefill &&
+        !(o->cache_flags & SCHED_CACHE_NO_WRITE) &&
         (o->computed >> s->block_shift) + s->share_blocks <= q->share_end) {
         put_off(s, q);
         return true;
@@ -225,7 +229,12 @@ bool sched_shared_wait_slow(kvrt_sched_t *s, seq_t *q, uint32_t offered)
 
 void sched_shared_requeue(kvrt_sched_t *s)
 {
-    for (uint32_t i = 0; i < s->num_share_waiting; i++)
-        sched_heap_push(s, &s->seqs[s->share_waiting[i]]);
+    uint64_t tokens = 0;
+    for (uint32_t i = 0; i < s->num_share_waiting; i++) {
+        seq_t *q = &s->seqs[s->share_waiting[i]];
+        sched_heap_push(s, q);
+        tokens += q->num_tokens;
+    }
     s->num_share_waiting = 0;
+    s->share_waited_tokens = tokens;
 }

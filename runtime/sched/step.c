@@ -256,14 +256,19 @@ static inline void plan_add(kvrt_sched_t *s, seq_t *q, kvrt_plan_kind_t kind, ui
 }
 
 /* Prefill work that could run this step, an upper bound: drafts use only
- * what is left after it. */
+ * what is left after it. Requests that waited for another's prompt blocks
+ * in the last step are left out: they most likely wait in this one too
+ * (when one does not, its first chunk is smaller for one step). */
 static uint64_t prefill_demand(const kvrt_sched_t *s)
 {
     uint64_t demand = (uint64_t)s->running_prefill * s->chunk_tokens;
     uint32_t free_seqs = s->max_seqs - s->running_live;
     if (free_seqs && s->heap_size) {
         uint64_t admissible = (uint64_t)free_seqs * s->chunk_tokens;
-        demand += s->waiting_tokens < admissible ? s->waiting_tokens : admissible;
+        uint64_t waiting = s->waiting_tokens > s->share_waited_tokens
+                               ? s->waiting_tokens - s->share_waited_tokens
+                               : 0; /* ended since */
+        demand += waiting < admissible ? waiting : admissible;
     }
     return demand;
 }
@@ -683,16 +688,22 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     if (!q->table) {
         if (sched_shared_still_waits(s, q))
             return true; /* out of the heap for this step, unmatched */
-        sched_unpin(s); /* q becomes the one holding its hits */
         kvrt_status_t rc = sched_match_prefix(s, q, hit_blocks);
+        if ((rc == KVRT_ERR_NO_TABLES || rc == KVRT_ERR_NO_MEMORY) && s->pinned != SCHED_NONE) {
+            sched_unpin(s); /* its table may be the one q needs */
+            rc = sched_match_prefix(s, q, hit_blocks);
+        }
         if (rc == KVRT_ERR_NO_TABLES || rc == KVRT_ERR_NO_MEMORY)
             return false; /* wait for a table */
         if (rc != KVRT_OK) {
             sched_end(s, q, KVRT_END_FAILED, rc);
             return true; /* a failed head is skipped */
         }
+        /* A request that waits keeps nothing: the one pinned keeps its
+         * hits (matched again, the cache would count its query twice). */
         if (sched_shared_wait(s, q, q->num_tokens - 1))
             return true; /* out of the heap for this step: the next one comes up */
+        sched_unpin(s); /* q becomes the one holding its hits */
     }
     /* computed: prefix-cache hits, plus K/V that arrived (arrival.c). */
     uint32_t hit_tokens = q->match_tokens;
@@ -762,7 +773,7 @@ static void schedule_admissions(kvrt_sched_t *s, step_state_t *st, int32_t *hit_
         if (!admit(s, q, st, hit_blocks))
             break;
     }
-    if (s->num_share_waiting)
+    if (s->num_share_waiting || s->share_waited_tokens)
         sched_shared_requeue(s);
 }
 

@@ -3,11 +3,14 @@
  * (shared_prefill_min_tokens): a request whose next blocks another request
  * is computing waits for them, keeps its place, then hits them; it waits
  * only while they are being computed (in chunks, with plans in flight, not
- * for a request aborted or preempted), for its own prompt's blocks when
+ * for a request aborted or preempted, nor past a reset that leaves the
+ * other's blocks out of the cache), for its own prompt's blocks when
  * prompts share a template block, and never when the shared part is short,
  * when it skips the cache, when the other request leaves nothing in the
  * cache, when salts or images differ, or with several cache groups. The
- * cache and the scheduler count one query per admission.
+ * cache and the scheduler count one query per admission, a pinned head
+ * keeps its hits while a request ahead of it waits, and waiting requests
+ * leave running decodes the budget for their drafts.
  */
 #include "cache/hooks.h"
 #include "sched_fixture.h"
@@ -463,6 +466,134 @@ Test(sched_shared, nobody_waits_for_a_request_that_holds_kv_from_before_a_reset)
     cr_assert_eq(stats(&f).shared_prefill_waits, 0);
     sched_fixture_commit(&f, plan, 9);
     run_to_end(&f, 2);
+    sched_fixture_close(&f);
+}
+
+/* A request already waiting stops when a reset leaves the one it waits
+ * for out of the cache (its K/V predates the reset): it is admitted in the
+ * next step and computes its prompt. */
+Test(sched_shared, a_waiting_request_stops_when_a_reset_leaves_the_other_out_of_the_cache)
+{
+    kvrt_sched_params_t sp = params(64, 32, 1);
+    fixture_t f = open_with(&sp);
+    kvrt_seq_id_t a = add(&f, 0), b = add(&f, 1);
+    const kvrt_batch_plan_t *plan = step(&f);
+    cr_assert_not_null(entry(plan, a));
+    cr_assert_null(entry(plan, b), "b waits for a's blocks");
+    sched_fixture_commit(&f, plan, 9);
+    ASSERT_OK(f.ctx, kvrt_cache_reset(f.cache, KVRT_CACHE_RESET_FORGET_BUSY));
+    plan = step(&f);
+    const kvrt_plan_seq_t *e = entry(plan, b);
+    cr_assert_not_null(e, "b waited for blocks a will never cache");
+    cr_assert_eq(e->num_computed_tokens, 0);
+    cr_assert_eq(stats(&f).shared_prefill_waits, 1);
+    sched_fixture_commit(&f, plan, 9);
+    run_to_end(&f, 2);
+    sched_fixture_close(&f);
+}
+
+/* Requests waiting for another's prompt blocks are not prefill this step
+ * can run: a running decode's drafts keep the budget they would have
+ * without them. */
+Test(sched_shared, waiting_requests_leave_the_budget_to_the_drafts_of_running_decodes)
+{
+    uint64_t drafts[2] = {0};
+    for (int with_waiters = 0; with_waiters < 2; with_waiters++) {
+        kvrt_sched_params_t sp = params(32, 32, 1);
+        sp.field_mask |= KVRT_SCHED_PARAM_DRAFT | KVRT_SCHED_PARAM_ADAPTIVE_DRAFT;
+        sp.max_batch_tokens = 256;
+        sp.max_draft_tokens = 4;
+        sp.adaptive_draft = 0;
+        fixture_t f = open_with(&sp);
+        int32_t prompt[20];
+        for (int i = 0; i < 20; i++)
+            prompt[i] = 60000 + i;
+        kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = 20, .max_new_tokens = 40};
+        kvrt_seq_id_t decoding;
+        ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &decoding));
+        sched_fixture_commit(&f, step(&f), 9);
+        add(&f, 0); /* prefills in chunks of 32 */
+        for (int k = 0; with_waiters && k < 8; k++)
+            add(&f, 1 + (uint32_t)k); /* wait for its blocks */
+        for (int k = 0; k < 3; k++) {
+            const int32_t d[4] = {1, 2, 3, 4};
+            ASSERT_OK(f.ctx, kvrt_seq_set_draft(f.sched, decoding, d, 4));
+            const kvrt_batch_plan_t *plan = step(&f);
+            cr_assert_eq(plan->num_seqs, 2, "the waiting requests wait");
+            if (k > 0) /* (in the first, they came up after the decodes were planned) */
+                drafts[with_waiters] += plan->num_draft_tokens;
+            sched_fixture_commit(&f, plan, 9);
+        }
+        if (with_waiters)
+            cr_assert_eq(stats(&f).shared_prefill_waits, 24);
+        run_to_end(&f, with_waiters ? 10 : 2);
+        sched_fixture_close(&f);
+    }
+    cr_assert_eq(drafts[0], 8);
+    cr_assert_eq(drafts[1], drafts[0], "drafts %llu with waiting requests, %llu without",
+                 (unsigned long long)drafts[1], (unsigned long long)drafts[0]);
+}
+
+/* A head that did not fit holds its hits (pinned); a request ahead of it
+ * that comes up and waits leaves them to it, so it is not matched again:
+ * the cache counts one query per admission. Images at token 64 make the
+ * waiting request wait twice, matched before each: for blocks 0-1, then
+ * for 2-3 (the blocks before its image), while the head stays pinned. */
+Test(sched_shared, a_request_that_waits_leaves_the_pinned_head_its_hits)
+{
+    kvrt_ctx_t *ctx;
+    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
+    kvrt_pool_params_t pp = {.field_mask = KVRT_POOL_PARAM_WATERMARK,
+                             .layout = test_layout(TPB),
+                             .num_blocks = 41,
+                             .watermark_blocks = 20};
+    fixture_t f = {.ctx = ctx};
+    ASSERT_OK(ctx, kvrt_pool_create(ctx, &pp, &f.pool));
+    ASSERT_OK(ctx, kvrt_cache_create(f.pool, NULL, &f.cache));
+    kvrt_sched_params_t sp = params(32, 32, 1);
+    sp.max_batch_tokens = 128;
+    ASSERT_OK(ctx, kvrt_sched_create(ctx, f.pool, f.cache, &sp, &f.sched));
+    /* A long request holds most blocks, so a later head does not fit. */
+    int32_t long_prompt[256];
+    for (int i = 0; i < 256; i++)
+        long_prompt[i] = 30000 + i;
+    kvrt_seq_params_t lp = {.prompt = long_prompt, .prompt_len = 256, .max_new_tokens = 30};
+    kvrt_seq_id_t holder;
+    ASSERT_OK(ctx, kvrt_seq_add(f.sched, &lp, &holder));
+    for (int k = 0; k < 9; k++)
+        sched_fixture_commit(&f, step(&f), 9);
+    const kvrt_mm_item_t image_a = {.content_hash = {1, 2}, .offset = 64, .length = 32};
+    const kvrt_mm_item_t image_w = {.content_hash = {3, 4}, .offset = 64, .length = 32};
+    const kvrt_hash_keys_t ka = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 1,
+                                 .mm_items = &image_a};
+    const kvrt_hash_keys_t kw = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 1,
+                                 .mm_items = &image_w};
+    kvrt_seq_id_t a = add_flags(&f, PREFIX, 0, 0, &ka);
+    kvrt_seq_id_t w = add_flags(&f, PREFIX, 0, 0, &kw);
+    int32_t other[PREFIX + SUFFIX];
+    for (uint32_t i = 0; i < PREFIX + SUFFIX; i++)
+        other[i] = 40000 + (int32_t)i;
+    kvrt_seq_params_t hp = {.prompt = other, .prompt_len = PREFIX + SUFFIX, .max_new_tokens = 4};
+    kvrt_seq_id_t head;
+    ASSERT_OK(ctx, kvrt_seq_add(f.sched, &hp, &head));
+    const uint64_t queries = cache_stats(&f).queries;
+    for (int k = 0; k < 2; k++) {
+        const kvrt_batch_plan_t *plan = step(&f);
+        cr_assert_not_null(entry(plan, a));
+        cr_assert_null(entry(plan, w));
+        cr_assert_null(entry(plan, head), "the head does not fit while a prefills");
+        sched_fixture_commit(&f, plan, 9);
+    }
+    cr_assert_eq(stats(&f).shared_prefill_waits, 2, "w matched and waited twice");
+    cr_assert_eq(cache_stats(&f).queries - queries, 2, "a and the head, each matched once");
+    for (int k = 0; k < 400; k++) {
+        const kvrt_batch_plan_t *plan = step(&f);
+        if (!plan->num_seqs)
+            break;
+        sched_fixture_commit(&f, plan, 9);
+    }
+    kvrt_seq_info_t ev[4];
+    cr_assert_eq(sched_fixture_drain(&f, ev, 4), 4);
     sched_fixture_close(&f);
 }
 
