@@ -585,6 +585,7 @@ static kvrt_status_t match_all(kvrt_sched_t *s, seq_t *q, uint32_t *hit_out)
                 return rc;
             }
             held[g] = m.num_blocks;
+            gr->admit_match = m; /* as counted, for a request that then waits */
             if (m.num_blocks > *r.num_hashed)
                 *r.num_hashed = m.num_blocks;
             uint32_t served = round_down(m.num_blocks << gr->block_shift, s->hit_unit);

@@ -322,6 +322,10 @@ typedef struct sched_group {
     uint32_t csr_capacity[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
     uint64_t landed_blocks; /* blocks queued requests hold with K/V that
                                arrived (arrival.c) */
+    /* The last admission's match of this group's cache, as the cache
+     * counted it: taken back when the request then waits (full attention
+     * only: window groups look blocks up, which counts no query). */
+    kvrt_cache_match_t admit_match;
 } sched_group_t;
 
 /* Rows changed since the last published plan. One buffer per plan slot
@@ -471,8 +475,7 @@ struct kvrt_sched {
      * blocks must be shared for a request to wait; the keys noted this
      * step; the requests waiting in it, out of the heap until admission
      * ends, and the tokens of those that waited in the last step (the
-     * prefill demand of the next step's drafts leaves them out); the
-     * match of the last admission (sched_match_prefix). */
+     * prefill demand of the next step's drafts leaves them out). */
     uint32_t share_blocks;
     uint32_t shared_mask;
     shared_key_t *shared;       /* [shared_mask + 1] */
@@ -482,7 +485,6 @@ struct kvrt_sched {
     uint32_t *share_waiting;    /* [max_seqs] slots */
     uint32_t num_share_waiting;
     uint64_t share_waited_tokens;
-    kvrt_cache_match_t admit_match;
 
     /* The last KVRT_SCHED_HIT_WINDOW admissions' (hit, offered) tokens. */
     struct { uint32_t hit, offered; } *window;
@@ -744,8 +746,8 @@ bool sched_blocks_available(const kvrt_sched_t *s, uint32_t need);
 
 /* ---- shared_prefill.c: prompts sharing a prefix, computed once ------------ */
 
-/* The table of noted keys, when share_blocks, a cache and not hybrid (else
- * share_blocks becomes 0). False: out of memory. */
+/* The table of noted keys, when share_blocks and a cache (else share_blocks
+ * becomes 0). False: out of memory. */
 bool sched_shared_alloc(kvrt_sched_t *s);
 void sched_shared_free(kvrt_sched_t *s);
 /* q, running and prefilling (planned in this step, in a plan in flight, or

@@ -38,6 +38,13 @@
  * taken back (kvrt_cache_forget_query), and the scheduler's own counts are
  * made at admission only.
  *
+ * Hybrid schedulers (several cache groups, sliding windows) note and
+ * compare group 0's blocks: every group's blocks hold the same tokens and
+ * keys chain over all of them, so requests that share group 0's blocks
+ * share every group's. When the blocks are committed, the waiting
+ * request's match counts what every group serves (groups.c); when it
+ * waits, its queries of every full-attention group's cache are taken back.
+ *
  * The noted blocks live in an open-addressing table, valid for the step
  * whose epoch they carry (nothing is cleared per step), at most half full:
  * a step notes at most half its slots (at least max_seqs). An entry's key
@@ -53,8 +60,8 @@
 
 bool sched_shared_alloc(kvrt_sched_t *s)
 {
-    if (!s->share_blocks || !s->cache || s->hybrid) {
-        s->share_blocks = 0; /* one group, a cache, no window only (sched.h) */
+    if (!s->share_blocks || !s->cache) {
+        s->share_blocks = 0;
         return true;
     }
     uint32_t capacity = 4;
@@ -221,7 +228,9 @@ bool sched_shared_wait_slow(kvrt_sched_t *s, seq_t *q, uint32_t offered)
     q->share_slot = sched_slot(s, o);
     q->share_id = sched_id(s, o);
     q->share_end = shared_run_end(s, q, o, j + s->share_blocks, offered);
-    kvrt_cache_forget_query(s->cache, offered, &s->admit_match);
+    for (uint32_t g = 0; g < s->num_groups; g++)
+        if (!s->groups[g].window)
+            kvrt_cache_forget_query(s->groups[g].cache, offered, &s->groups[g].admit_match);
     sched_release(s, q);
     put_off(s, q);
     return true;

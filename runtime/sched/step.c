@@ -627,7 +627,7 @@ kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks)
         q->table = 0;
         return rc;
     }
-    s->admit_match = m; /* as counted, for a request that then waits */
+    s->groups[0].admit_match = m; /* as counted, for a request that then waits */
     if (m.num_blocks > q->num_hashed)
         q->num_hashed = m.num_blocks; /* the hash of a dropped hit stays known */
     if (m.num_blocks && (q->cache_flags & KVRT_SEQ_CACHE_DROP_LAST_HIT)) {

@@ -7,7 +7,7 @@
  * other's blocks out of the cache), for its own prompt's blocks when
  * prompts share a template block, and never when the shared part is short,
  * when it skips the cache, when the other request leaves nothing in the
- * cache, when salts or images differ, or with several cache groups. The
+ * cache, or when salts or images differ; hybrid models wait as well. The
  * cache and the scheduler count one query per admission, a pinned head
  * keeps its hits while a request ahead of it waits, and waiting requests
  * leave running decodes the budget for their drafts.
@@ -597,12 +597,15 @@ Test(sched_shared, a_request_that_waits_leaves_the_pinned_head_its_hits)
     sched_fixture_close(&f);
 }
 
-/* Several cache groups (a hybrid model): nobody waits. */
-Test(sched_shared, a_scheduler_of_several_groups_never_waits)
+/* A hybrid model (a full-attention group of 16-token blocks, a 64-token
+ * sliding window over 8-token blocks): copies of a prompt wait while the
+ * first computes it, then hit it in both groups; each group's cache counts
+ * one query per admission. */
+Test(sched_shared, hybrid_schedulers_compute_a_shared_prompt_once_in_every_group)
 {
     kvrt_ctx_t *ctx;
     cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
-    kvrt_pool_t *pools[2] = {test_pool(ctx, 256, TPB), test_pool(ctx, 256, 8)};
+    kvrt_pool_t *pools[2] = {test_pool(ctx, 256, TPB), test_pool(ctx, 512, 8)};
     kvrt_cache_t *caches[2];
     kvrt_sched_group_params_t gp[2];
     const kvrt_sched_group_params_t *gpp[2];
@@ -612,17 +615,35 @@ Test(sched_shared, a_scheduler_of_several_groups_never_waits)
                                             .pool = pools[g], .cache = caches[g]};
         gpp[g] = &gp[g];
     }
-    kvrt_sched_params_t sp = params(32, 1024, 1);
+    gp[1].field_mask |= KVRT_SCHED_GROUP_WINDOW;
+    gp[1].sliding_window = 64;
+    kvrt_sched_params_t sp = params(32, 32, 1);
     fixture_t f = {.ctx = ctx, .pool = pools[0]};
     ASSERT_OK(ctx, kvrt_sched_create_groups(ctx, 2, gpp, &sp, &f.sched));
-    for (uint32_t i = 0; i < 3; i++)
-        add(&f, i);
-    const kvrt_batch_plan_t *plan = step(&f);
-    cr_assert_eq(plan->num_seqs, 3);
-    cr_assert_eq(stats(&f).shared_prefill_waits, 0);
+    kvrt_seq_id_t a = add(&f, 0), b[2] = {add(&f, 1), add(&f, 2)};
+    const kvrt_batch_plan_t *plan = NULL;
+    uint32_t waited = 0;
+    kvrt_plan_seq_t eb = wait_for_entry(&f, b[0], a, &plan, &waited);
+    cr_assert_eq(waited, PREFIX / 32, "b waits while a computes the shared run: %u", waited);
+    cr_assert_eq(eb.num_computed_tokens, PREFIX, "b hits the shared prompt in both groups");
+    const kvrt_plan_seq_t *e = entry(plan, b[1]);
+    cr_assert_not_null(e);
+    cr_assert_eq(e->num_computed_tokens, PREFIX);
+    cr_assert_eq(stats(&f).shared_prefill_waits, 2 * waited);
     sched_fixture_commit(&f, plan, 9);
+    for (uint32_t g = 0; g < 2; g++) {
+        kvrt_cache_stats_t cs;
+        ASSERT_OK(ctx, kvrt_cache_stats(caches[g], &cs));
+        /* (the window group's blocks are looked up, not matched) */
+        cr_assert_eq(cs.queries, g == 0 ? 3 : 0, "group %u: %llu queries", g,
+                     (unsigned long long)cs.queries);
+    }
     run_to_end(&f, 3);
     ASSERT_OK(ctx, kvrt_sched_destroy(f.sched));
+    for (uint32_t g = 0; g < 2; g++) {
+        ASSERT_OK(ctx, kvrt_cache_destroy(caches[g]));
+        ASSERT_OK(ctx, kvrt_pool_verify(pools[g]));
+    }
     kvrt_ctx_destroy(ctx);
 }
 
