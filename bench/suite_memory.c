@@ -98,8 +98,10 @@ static double read_ns(const region_t *r, size_t bytes, const uint32_t *lines, bo
     for (int pass = 0; pass < MEMORY_PASSES; pass++) {
         uint64_t start = bench_thread_cpu_ns();
         for (uint32_t i = 0; i < MEMORY_READS; i++) {
-            if (ahead)
-                __builtin_prefetch(p + (size_t)(lines[(i + MEMORY_AHEAD) % MEMORY_READS] & mask) * 64);
+            if (ahead) {
+                const uint32_t next = lines[(i + MEMORY_AHEAD) % MEMORY_READS] & mask;
+                __builtin_prefetch(p + (size_t)next * 64);
+            }
             sum += (unsigned char)p[(size_t)(lines[i] & mask) * 64];
             for (int k = 0; k < 10; k++) /* work between reads, as a loop has */
                 sum = sum * 31 + (uint64_t)k;

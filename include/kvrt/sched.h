@@ -238,10 +238,11 @@ typedef struct kvrt_sched_params {
      * default 1 (each step waits for the previous commit). 2: asynchronous
      * scheduling, see kvrt_sched_step. */
     uint32_t max_plans_in_flight;
-    /* Prompts that share a prefix, computed once (with a prefix cache; on a
-     * hybrid scheduler group 0's blocks decide): a request coming up for admission whose next
-     * uncached block is the block at the committed length of a running
-     * request still in prefill (that writes to the cache), and whose
+    /* Prompts that share a prefix, computed once (with a prefix cache; on
+     * a hybrid scheduler group 0's blocks decide): a request coming up for
+     * admission whose next uncached block is the block at the committed
+     * length of a running request still in prefill (that writes to the
+     * cache; the block holding that length), and whose
      * blocks from there hold that request's next shared_prefill_min_tokens
      * tokens (rounded up to whole blocks: the same tokens, salt, adapter
      * and multimodal items), waits in the queue, keeping its place, while

@@ -53,8 +53,9 @@
  * of the last block of the run, may take share_blocks hashes, so it is
  * computed only when a request coming up meets the entry, once per entry
  * and step (the hashes are kept in the request's array: the commit that
- * fills those blocks, or a later match, finds them hashed). Two prompts that share a template block both stay in the
- * table (entries with equal cheap keys are all visited).
+ * fills those blocks, or a later match, finds them hashed). Two prompts
+ * that share a template block both stay in the table (entries with equal
+ * cheap keys are all visited).
  */
 #include "sched_internal.h"
 
@@ -154,7 +155,8 @@ static seq_t *find_sharer(kvrt_sched_t *s, seq_t *q, uint32_t j)
          i = (i + 1) & s->shared_mask) {
         shared_key_t *e = &s->shared[i];
         seq_t *o = &s->seqs[e->slot];
-        if (!kvrt_block_hash_equal(&e->near, &near) || e->block != j || o == q || !computes(s, o, j))
+        if (!kvrt_block_hash_equal(&e->near, &near) || e->block != j || o == q ||
+            !computes(s, o, j))
             continue;
         if (!mine_known) {
             run_key(s, q, j, &mine);
