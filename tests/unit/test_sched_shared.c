@@ -586,14 +586,7 @@ Test(sched_shared, a_request_that_waits_leaves_the_pinned_head_its_hits)
     }
     cr_assert_eq(stats(&f).shared_prefill_waits, 2, "w matched and waited twice");
     cr_assert_eq(cache_stats(&f).queries - queries, 2, "a and the head, each matched once");
-    for (int k = 0; k < 400; k++) {
-        const kvrt_batch_plan_t *plan = step(&f);
-        if (!plan->num_seqs)
-            break;
-        sched_fixture_commit(&f, plan, 9);
-    }
-    kvrt_seq_info_t ev[4];
-    cr_assert_eq(sched_fixture_drain(&f, ev, 4), 4);
+    run_to_end(&f, 4);
     sched_fixture_close(&f);
 }
 
