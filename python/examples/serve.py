@@ -49,67 +49,116 @@ def make_workload(n_requests, vocab, seed):
     return requests
 
 
-class Engine:
-    def __init__(self, model, num_blocks, tokens_per_block, device, max_batch_tokens,
-                 max_seqs, chunk, spec_k):
+class Group:
+    """One cache group: the layers that share a block size and an attention
+    span, with their own pool, paged KV memory and prefix cache."""
+
+    def __init__(self, ctx, model, layers, num_blocks, tokens_per_block, window, device,
+                 name):
         c = model.cfg
-        self.model, self.device = model, device
-        self.ctx = kvrt.Context(name="tiny-llama")
-        layout = kvrt.Layout(c.layers, c.kv_heads, c.head_dim, tokens_per_block,
+        self.layers, self.tpb, self.window = layers, tokens_per_block, window
+        layout = kvrt.Layout(len(layers), c.kv_heads, c.head_dim, tokens_per_block,
                              dtype="float16")
         if device == "cuda":
             # The engine owns GPU memory and lends it to kvrt.
             self.kv_memory = torch.zeros(layout.block_bytes * num_blocks, dtype=torch.uint8,
                                          device="cuda")
-            self.pool = kvrt.Pool(self.ctx, layout, num_blocks,
-                                  base=self.kv_memory.data_ptr(),
+            self.pool = kvrt.Pool(ctx, layout, num_blocks, base=self.kv_memory.data_ptr(),
                                   base_bytes=self.kv_memory.numel())
             self.kv = kvrt.KVCache(self.pool, base=self.kv_memory, device="cuda")
         else:
-            self.pool = kvrt.Pool(self.ctx, layout, num_blocks)  # host memory from kvrt
+            self.pool = kvrt.Pool(ctx, layout, num_blocks)  # host memory from kvrt
             self.kv = kvrt.KVCache(self.pool)
-        self.cache = kvrt.PrefixCache(self.pool, model_id="tiny-llama-seed0")
-        self.sched = kvrt.Scheduler(self.pool, self.cache, max_batch_tokens=max_batch_tokens,
-                                    max_seqs=max_seqs, prefill_chunk_tokens=chunk,
-                                    max_draft_tokens=spec_k, ngram=(1, 3))
-        self.tpb = tokens_per_block
+        self.cache = kvrt.PrefixCache(self.pool, model_id=name)
+
+    def context_slots(self, row, lo, length):
+        """KV slots of positions [lo, length) of the sequence whose block-table
+        row (in this group) is `row`; every block they lie in must be held."""
+        pos = np.arange(lo, length)
+        blocks = row[pos // self.tpb].astype(np.int64)
+        if (blocks == kvrt.NULL_BLOCK).any():
+            raise RuntimeError("a block the attention reads was released")
+        return blocks * self.tpb + pos % self.tpb
+
+
+class Engine:
+    def __init__(self, model, args):
+        c = model.cfg
+        self.model, self.device = model, args.device
+        self.ctx = kvrt.Context(name="tiny-llama")
+        full = [layer for layer in range(c.layers) if not c.window_of(layer)]
+        windowed = [layer for layer in range(c.layers) if c.window_of(layer)]
+        self.groups = [Group(self.ctx, model, full, args.blocks, args.block_tokens, 0,
+                             args.device, "tiny-llama-seed%d" % args.seed)]
+        if windowed:  # a hybrid model: one more cache group, over the window
+            self.groups.append(Group(self.ctx, model, windowed, args.window_blocks,
+                                     args.window_block_tokens, c.sliding_window, args.device,
+                                     "tiny-llama-seed%d-window" % args.seed))
+        self.group_of = {}  # layer -> (group, its index among the group's layers)
+        for g, group in enumerate(self.groups):
+            for i, layer in enumerate(group.layers):
+                self.group_of[layer] = (g, i)
+        params = dict(max_batch_tokens=args.max_batch_tokens, max_seqs=args.max_seqs,
+                      prefill_chunk_tokens=args.chunk, max_draft_tokens=args.spec_k,
+                      ngram=(1, 3), shared_prefill_min_tokens=args.shared_prefill,
+                      max_plans_in_flight=2 if args.two_plans_in_flight else 1)
+        if len(self.groups) == 1:
+            self.sched = kvrt.Scheduler(self.groups[0].pool, self.groups[0].cache, **params)
+        else:
+            self.sched = kvrt.Scheduler(groups=[
+                kvrt.CacheGroup(g.pool, g.cache, sliding_window=g.window)
+                for g in self.groups], **params)
         self.attention_error = 0.0  # kvrt's paged decode kernel against the model
         self.attention_checks = 0
+        self.window_released = 0  # most blocks of one request released out of the window
+        self.two_in_flight = args.two_plans_in_flight
+        self.placeholders = 0  # decode inputs planned before their token was sampled
 
-    def context_slots(self, row, length):
-        """KV slots of positions [0, length) of the sequence whose block-table
-        row is `row`."""
-        pos = np.arange(length)
-        return row[pos // self.tpb].astype(np.int64) * self.tpb + pos % self.tpb
-
-    def run_plan(self, plan):
-        """Runs the model on the plan; returns (tokens, num_accepted) to commit."""
+    def run_plan(self, plan, sampled):
+        """Runs the model on the plan; returns (tokens, num_accepted) to commit.
+        sampled maps a request id to the last token sampled for it (the
+        placeholders' tokens), and is updated."""
         m, c = self.model, self.model.cfg
-        self.kv.copy_blocks(plan.copies)
-        tokens, positions = plan.input_tokens, plan.positions
-        slots, starts = plan.slot_mapping, plan.query_start_loc
-        seqs, seq_lens, rows = plan.seqs, plan.seq_lens, plan.block_rows
-        row_of = plan.row_index
+        parts = plan.groups
+        for group, part in zip(self.groups, parts):
+            group.kv.copy_blocks(part.copies)
+        rows = [part.block_rows for part in parts]
+        slots = [part.slot_mapping for part in parts]
+        positions, starts = plan.positions, plan.query_start_loc
+        seqs, seq_lens, row_of = plan.seqs, plan.seq_lens, plan.row_index
+        tokens = plan.input_tokens.copy()
+        for i in np.flatnonzero(tokens[starts[:-1]] == kvrt.TOKEN_PLACEHOLDER):
+            tokens[starts[i]] = sampled[int(seqs[i]["id"])]
+            self.placeholders += 1
         x = [m.embed_token(t) for t in tokens]
         decodes = [i for i in range(len(seqs)) if seqs[i]["num_new_tokens"] == 1]
         for layer in range(c.layers):
+            g, index = self.group_of[layer]
+            group, w = self.groups[g], c.window_of(layer)
             qkv = [m.qkv(layer, x[t], int(positions[t])) for t in range(len(tokens))]
             keys = torch.stack([k for _, k, _ in qkv])
             values = torch.stack([v for _, _, v in qkv])
-            self.kv.write(layer, slots, keys, values)
+            group.kv.write(index, slots[g], keys, values)
             attn_of = {}
             for i in range(len(seqs)):
                 n = int(seq_lens[i])
-                ctx_k = torch.empty(n, c.kv_heads, c.head_dim, device=self.device)
+                # A window layer reads from the first query's window on.
+                lo = max(0, int(positions[starts[i]]) + 1 - w) if w else 0
+                row = rows[g][row_of[i]]
+                if w and layer == group.layers[0]:
+                    self.window_released = max(self.window_released, int(
+                        (row[:lo // group.tpb] == kvrt.NULL_BLOCK).sum()))
+                ctx_k = torch.empty(n - lo, c.kv_heads, c.head_dim, device=self.device)
                 ctx_v = torch.empty_like(ctx_k)
-                self.kv.read(layer, self.context_slots(rows[row_of[i]], n), ctx_k, ctx_v)
+                group.kv.read(index, group.context_slots(row, lo, n), ctx_k, ctx_v)
                 for t in range(starts[i], starts[i + 1]):
                     p = int(positions[t])
-                    attn = m.attend(qkv[t][0], ctx_k[:p + 1], ctx_v[:p + 1])
+                    first = max(0, p + 1 - w) - lo if w else 0
+                    attn = m.attend(qkv[t][0], ctx_k[first:p + 1 - lo], ctx_v[first:p + 1 - lo])
                     attn_of[t] = attn
                     x[t] = m.finish_layer(layer, x[t], attn)
-            if decodes:
-                self.check_decode_kernel(layer, plan, decodes, qkv, attn_of)
+            if decodes and not w:
+                self.check_decode_kernel(group, index, plan, rows[g], decodes, qkv, attn_of)
         out, accepted = [], []
         for i, seq in enumerate(seqs):
             last = int(starts[i + 1])
@@ -129,28 +178,34 @@ class Engine:
             else:
                 out.append(m.next_token(x[last - 1]))
                 accepted.append(0)
+            sampled[int(seq["id"])] = out[-1]
         return out, accepted
 
-    def check_decode_kernel(self, layer, plan, decodes, qkv, attn_of):
+    def check_decode_kernel(self, group, index, plan, rows, decodes, qkv, attn_of):
         """Runs kvrt's paged decode-attention kernel over the same block-table
         rows (float32) and records how far it is from the model's float64
         attention. Not used for sampling: the model's numerics are float64."""
         c = self.model.cfg
-        starts, rows, row_of = plan.query_start_loc, plan.block_rows, plan.row_index
+        starts, row_of = plan.query_start_loc, plan.row_index
         tokens = [int(starts[i]) for i in decodes]
         query = torch.stack([qkv[t][0] for t in tokens]).to(torch.float32).contiguous()
         out = torch.empty_like(query)
-        self.kv.decode_attention(layer, query, rows[row_of[decodes]], plan.seq_lens[decodes],
-                                 out)
+        group.kv.decode_attention(index, query, rows[row_of[decodes]],
+                                  plan.seq_lens[decodes], out)
         want = torch.stack([attn_of[t] for t in tokens]).view(len(tokens), c.heads, c.head_dim)
         self.attention_checks += len(tokens)
         self.attention_error = max(self.attention_error,
                                    float((out.double() - want).abs().max()))
 
     def serve(self, requests):
+        """Serves requests to the end. With two plans in flight (--async), a
+        step is planned before the previous plan is committed, as the model
+        would still be running it: its decodes read KVRT_TOKEN_PLACEHOLDER,
+        replaced here by the token the previous plan sampled."""
         pending = sorted(requests, key=lambda r: r["arrive_step"])
         results, step, live = {}, 0, 0
-        while pending or live:
+        in_flight, sampled = None, {}  # the plan not yet committed; last tokens by id
+        while pending or live or in_flight:
             while pending and pending[0]["arrive_step"] <= step:
                 r = pending.pop(0)
                 self.sched.add(r["prompt"], r["max_new"], stop=list(r["stop"]),
@@ -158,15 +213,23 @@ class Engine:
                 live += 1
             plan = self.sched.step(now_ns=step)
             step += 1
+            if in_flight:
+                previous, tokens, accepted = in_flight
+                self.sched.commit(previous, tokens, num_accepted=accepted)
+                in_flight = None
             if len(plan):
-                tokens, accepted = self.run_plan(plan)
-                self.sched.commit(plan, tokens, num_accepted=accepted)
+                tokens, accepted = self.run_plan(plan, sampled)
+                if self.two_in_flight:
+                    in_flight = (plan, tokens, accepted)
+                else:
+                    self.sched.commit(plan, tokens, num_accepted=accepted)
             for event in self.sched.drain():
                 results[event["user_tag"]] = event
                 live -= 1
             if step > 100000:
                 raise RuntimeError("the engine did not finish")
-        self.pool.verify()
+        for group in self.groups:
+            group.pool.verify()
         return results, step
 
     def close(self):
@@ -183,26 +246,43 @@ def main(argv=None):
     ap.add_argument("--max-seqs", type=int, default=12)
     ap.add_argument("--chunk", type=int, default=24, help="longest prefill chunk")
     ap.add_argument("--spec-k", type=int, default=4, help="n-gram drafts per step (0: off)")
+    ap.add_argument("--shared-prefill", type=int, default=None,
+                    help="a request waits for N+ tokens of its prompt that another is "
+                         "computing [kvrt's default]")
+    ap.add_argument("--sliding-window", type=int, default=0,
+                    help="a hybrid model: the first layer (every other one) attends over "
+                         "the last W tokens only, in a cache group of its own [0: none]")
+    ap.add_argument("--window-block-tokens", type=int, default=4,
+                    help="tokens per block of the sliding-window group")
+    ap.add_argument("--window-blocks", type=int, default=64,
+                    help="KV blocks of the sliding-window group")
+    ap.add_argument("--async", dest="two_plans_in_flight", action="store_true",
+                    help="asynchronous scheduling: each step is planned before the "
+                         "previous plan is committed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no GPU")
     torch.set_num_threads(1)  # the same reduction order in every call
-    model = TinyLlama(Config(), seed=args.seed, device=args.device)
+    config = Config()
+    if args.sliding_window:
+        config = Config(sliding_window=args.sliding_window,
+                        window_layers=tuple(range(0, config.layers, 2)))
+    model = TinyLlama(config, seed=args.seed, device=args.device)
     requests = make_workload(args.requests, model.cfg.vocab, args.seed)
     start = time.monotonic()
-    engine = Engine(model, args.blocks, args.block_tokens, args.device,
-                    args.max_batch_tokens, args.max_seqs, args.chunk, args.spec_k)
+    engine = Engine(model, args)
     try:
         results, steps = engine.serve(requests)
         stats = engine.sched.stats()
         engine_error, engine_checks = engine.attention_error, engine.attention_checks
+        window_released, placeholders = engine.window_released, engine.placeholders
         metrics = engine.ctx.metrics()
     finally:
         engine.close()
     serve_s = time.monotonic() - start
-    mismatches, mismatched_tokens = 0, 0
+    mismatches, mismatched_tokens, window_changed = 0, 0, 0
     for r in requests:
         want = reference_generate(model, r["prompt"], r["max_new"], r["stop"])
         got = results[r["tag"]]["output"]
@@ -210,6 +290,9 @@ def main(argv=None):
             mismatches += 1
             mismatched_tokens += sum(a != b for a, b in zip(got, want)) + abs(len(got) -
                                                                               len(want))
+        if args.sliding_window:  # what the window changes: the answer of full attention
+            window_changed += want != reference_generate(model, r["prompt"], r["max_new"],
+                                                         r["stop"], windows=False)
     summary = dict(
         device=args.device, requests=len(requests), steps=steps,
         output_tokens=stats["output_tokens"],
@@ -219,6 +302,9 @@ def main(argv=None):
         draft_acceptance_by_position=[
             round(a / p, 3) for a, p in zip(stats["spec_accepted_at"], stats["spec_proposed_at"])
             if p],
+        shared_prefill_waits=stats["shared_prefill_waits"],
+        cache_groups=len(engine.groups), window_blocks_released=window_released,
+        window_changed_requests=window_changed, placeholder_tokens=placeholders,
         mismatched_requests=mismatches, mismatched_tokens=mismatched_tokens,
         serve_seconds=round(serve_s, 2),
         decode_kernel_max_error=engine_error, decode_kernel_checks=engine_checks,
@@ -230,7 +316,15 @@ def main(argv=None):
               "(%(serve_seconds).1f s): %(output_tokens)d output tokens" % summary)
         print("  prefix hits: %(prefix_hit_requests)d requests, %(prefix_hit_tokens)d tokens"
               % summary)
-        print("  preemptions: %(preemptions)d" % summary)
+        print("  preemptions: %(preemptions)d; waits for a shared prompt being computed: "
+              "%(shared_prefill_waits)d" % summary)
+        if args.sliding_window:
+            print("  sliding window: up to %(window_blocks_released)d blocks of a request let "
+                  "go; %(window_changed_requests)d answers differ from full attention"
+                  % summary)
+        if args.two_plans_in_flight:
+            print("  two plans in flight: %(placeholder_tokens)d decode inputs planned before "
+                  "their token was sampled" % summary)
         print("  drafts: %(drafts_accepted)d accepted of %(drafts_proposed)d proposed"
               % summary)
         print("  draft acceptance by position: %s" % summary["draft_acceptance_by_position"])

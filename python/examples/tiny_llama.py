@@ -1,6 +1,8 @@
 """A tiny Llama-shaped transformer (RMSNorm, rotary positions, grouped-query
 attention, SwiGLU) with seeded random weights, and a plain unpaged reference
-decoder for it.
+decoder for it. Optionally some layers attend over a sliding window only
+(Gemma-2/3, gpt-oss, Mistral style): sliding_window tokens back, the
+query's own included.
 
 Numerics are part of the model's definition, so that a paged engine and the
 reference can be compared token for token:
@@ -27,6 +29,12 @@ class Config:
     ffn: int = 128
     rope_theta: float = 10000.0
     eps: float = 1e-5
+    sliding_window: int = 0       # 0: every layer attends to the whole context
+    window_layers: tuple = ()     # the layers that attend over the window only
+
+    def window_of(self, layer):
+        """Tokens a query of `layer` reads back (itself included); 0: all."""
+        return self.sliding_window if layer in self.window_layers else 0
 
 
 class TinyLlama:
@@ -102,9 +110,11 @@ class TinyLlama:
         return int(torch.argmax(self.rms_norm(x, self.final_norm) @ self.lm_head))
 
 
-def reference_generate(model, prompt, max_new_tokens, stop_tokens=()):
+def reference_generate(model, prompt, max_new_tokens, stop_tokens=(), windows=True):
     """Greedy decoding with a plain contiguous KV cache: no pages, no
-    batching, no cache sharing. Returns the output tokens."""
+    batching, no cache sharing. Returns the output tokens. windows=False
+    lets every layer read the whole context (what the sliding window
+    changes)."""
     c = model.cfg
     keys = [torch.empty(0, c.kv_heads, c.head_dim, dtype=torch.float16, device=model.device)
             for _ in range(c.layers)]
@@ -118,7 +128,10 @@ def reference_generate(model, prompt, max_new_tokens, stop_tokens=()):
             q, k, v = model.qkv(layer, x, pos)
             keys[layer] = torch.cat([keys[layer], k[None]])
             values[layer] = torch.cat([values[layer], v[None]])
-            x = model.finish_layer(layer, x, model.attend(q, keys[layer], values[layer]))
+            w = c.window_of(layer) if windows else 0
+            lo = max(0, pos + 1 - w) if w else 0
+            x = model.finish_layer(layer, x, model.attend(q, keys[layer][lo:],
+                                                          values[layer][lo:]))
         pos += 1
         if pos < len(tokens):
             continue

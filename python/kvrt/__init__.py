@@ -21,7 +21,8 @@ from .kernels import KVCache, cuda_device_count
 from .pool import (DTYPE_BF16, DTYPE_FP16, DTYPE_FP32, KV_FUSED, KV_SEPARATE, NULL_BLOCK,
                    ORDER_BLOCK_MAJOR, ORDER_LAYER_MAJOR, BlockTable, Layout, Pool)
 from .sched import (CACHE_DROP_LAST_HIT, CACHE_SKIP_READ, CACHE_SKIP_WRITE, PLAN_DECODE,
-                    PLAN_PREFILL, PLAN_SPEC, Plan, Scheduler)
+                    PLAN_PREFILL, PLAN_SPEC, TOKEN_PLACEHOLDER, CacheGroup, Plan, PlanGroup,
+                    Scheduler)
 from .tier import Tier
 from . import cluster
 from . import xfer

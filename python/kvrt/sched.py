@@ -22,6 +22,7 @@ PLAN_PREFILL, PLAN_DECODE, PLAN_SPEC = 0, 1, 2
 SEQ_STATES = {0: "waiting", 1: "running", 2: "preempted", 3: "ended", 4: "waiting_kv"}
 END_REASONS = {0: "none", 1: "length", 2: "stop", 3: "aborted", 4: "failed"}
 MAX_DRAFT = 16
+TOKEN_PLACEHOLDER = -1  # KVRT_TOKEN_PLACEHOLDER: a token the previous plan samples
 
 _P = dict(max_batch_tokens=1, max_seqs=2, prefill_chunk_tokens=4, use_watermark=8,
           max_requests=16, max_seq_tokens=32, max_draft_tokens=64, ngram=128,
@@ -34,6 +35,8 @@ _ARRIVAL_DEADLINE = 1
 CACHE_SKIP_READ, CACHE_SKIP_WRITE, CACHE_DROP_LAST_HIT = 1, 2, 4
 _COMMIT_ACCEPTED = 1
 _COMMIT_DRAFTS = 2
+_GROUP_CACHE, _GROUP_WINDOW = 1, 2
+MAX_GROUPS = 8  # KVRT_SCHED_MAX_GROUPS
 
 
 def _view(pointer, count, owner=None):
@@ -74,6 +77,16 @@ def _info_dict(info, copy_output=True):
     d["output"] = (np.ctypeslib.as_array(info.output, (info.output_tokens,)).tolist()
                    if info.output_tokens and info.output else [])
     return d
+
+
+def _copies(copies, count):
+    return [(copies[i].src_block, copies[i].dst_block) for i in range(count)]
+
+
+def _rows(pointer, num_rows, stride, owner):
+    n = num_rows * stride
+    return _view(pointer, n, owner).reshape(num_rows, stride) if n else \
+        np.zeros((0, 0), np.int32)
 
 
 class Plan:
@@ -126,10 +139,7 @@ class Plan:
             field, length = self._ARRAYS[name]
             return _view(getattr(plan, field), length(plan), self._sched)
         if name == "block_rows":
-            n = plan.num_rows * plan.row_stride
-            return _view(plan.block_rows, n, self._sched).reshape(plan.num_rows,
-                                                                  plan.row_stride) \
-                if n else np.zeros((0, 0), np.int32)
+            return _rows(plan.block_rows, plan.num_rows, plan.row_stride, self._sched)
         if name in ("block_table_offsets", "block_table_ids"):  # csr_block_tables only
             if not plan.block_table_offsets:
                 return None
@@ -138,16 +148,76 @@ class Plan:
                 return offsets
             return _view(plan.block_table_ids, int(offsets[-1]), self._sched)
         if name == "copies":
-            return [(plan.copies[i].src_block, plan.copies[i].dst_block)
-                    for i in range(plan.num_copies)]
+            return _copies(plan.copies, plan.num_copies)
+        if name == "groups":
+            return [PlanGroup(self, g) for g in range(plan.num_groups)]
         return getattr(plan, name)
 
     def __len__(self):
         return self._check("len").num_seqs
 
 
+class PlanGroup:
+    """One cache group's part of a Plan (kvrt_plan_group_t): slot_mapping
+    (plan order, like Plan.input_tokens), block_rows (indexed by
+    Plan.row_index; in a sliding-window group, blocks that left the window
+    are NULL_BLOCK), copies, the CSR tables (csr_block_tables only),
+    tokens_per_block and sliding_window (0: full attention). Valid as long
+    as its Plan, checked on every access like the Plan's own fields."""
+
+    def __init__(self, plan, index):
+        self._plan, self._index = plan, index
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raw = self._plan._check("groups[%d].%s" % (self._index, name))
+        group, owner = raw.groups[self._index], self._plan._sched
+        if name == "slot_mapping":
+            return _view(group.slot_mapping, raw.num_tokens, owner)
+        if name == "block_rows":
+            return _rows(group.block_rows, raw.num_rows, group.row_stride, owner)
+        if name == "copies":
+            return _copies(group.copies, group.num_copies)
+        if name in ("block_table_offsets", "block_table_ids"):
+            if not group.block_table_offsets:
+                return None
+            offsets = _view(group.block_table_offsets, raw.num_seqs + 1, owner)
+            if name == "block_table_offsets":
+                return offsets
+            return _view(group.block_table_ids, int(offsets[-1]), owner)
+        if name in ("tokens_per_block", "sliding_window", "row_stride"):
+            return getattr(group, name)
+        raise AttributeError(name)
+
+
+class CacheGroup:
+    """One cache group of a hybrid scheduler (kvrt_sched_group_params_t):
+    the layers that share a block size and an attention span, in a pool of
+    their own. sliding_window is the tokens a query reads back, itself
+    included (0: full attention). Either every group has a prefix cache or
+    none."""
+
+    __slots__ = ("pool", "cache", "sliding_window")
+
+    def __init__(self, pool, cache=None, sliding_window=0):
+        if not isinstance(pool, Pool):
+            raise _lib.bad_arg("pool must be a kvrt.Pool", "CacheGroup")
+        if cache is not None and not isinstance(cache, PrefixCache):
+            raise _lib.bad_arg("cache must be a kvrt.PrefixCache or None", "CacheGroup")
+        self.pool, self.cache = pool, cache
+        self.sliding_window = _u32(sliding_window, "sliding_window", "CacheGroup")
+
+    def __repr__(self):
+        return "CacheGroup(%r, %r, sliding_window=%d)" % (self.pool, self.cache,
+                                                          self.sliding_window)
+
+
 class Scheduler(Handle):
-    """A scheduler over pool with an optional prefix cache.
+    """A scheduler over pool with an optional prefix cache, or over several
+    cache groups (groups=[CacheGroup, ...]: kvrt_sched_create_groups, for
+    models that mix full-attention and sliding-window layers; pool and cache
+    are then group 0's).
 
     Parameters are those of kvrt_sched_params_t (None: kvrt's default);
     ngram=(min, max) turns the n-gram proposer on (needs max_draft_tokens).
@@ -155,15 +225,28 @@ class Scheduler(Handle):
 
     _kind = "scheduler"
 
-    def __init__(self, pool, cache=None, max_batch_tokens=None, max_seqs=None,
+    def __init__(self, pool=None, cache=None, max_batch_tokens=None, max_seqs=None,
                  prefill_chunk_tokens=None, use_watermark=None, max_requests=None,
                  max_seq_tokens=None, max_draft_tokens=None, ngram=None, adaptive_draft=None,
                  csr_block_tables=None, max_plans_in_flight=None,
-                 shared_prefill_min_tokens=None):
-        if not isinstance(pool, Pool):
-            raise _lib.bad_arg("pool must be a kvrt.Pool", "Scheduler")
-        if cache is not None and not isinstance(cache, PrefixCache):
-            raise _lib.bad_arg("cache must be a kvrt.PrefixCache or None", "Scheduler")
+                 shared_prefill_min_tokens=None, groups=None):
+        if groups is None:
+            groups = (CacheGroup(pool, cache),) if isinstance(pool, Pool) else None
+            if groups is None:
+                raise _lib.bad_arg("pool must be a kvrt.Pool (or give groups)", "Scheduler")
+            hybrid = False
+        else:
+            if pool is not None or cache is not None:
+                raise _lib.bad_arg("give pool and cache, or groups, not both", "Scheduler")
+            if isinstance(groups, CacheGroup) or not hasattr(groups, "__iter__"):
+                raise _lib.bad_arg("groups must be a sequence of kvrt.CacheGroup",
+                                   "Scheduler")
+            groups = tuple(groups)
+            if not 1 <= len(groups) <= MAX_GROUPS or \
+                    not all(isinstance(g, CacheGroup) for g in groups):
+                raise _lib.bad_arg("groups must be 1..%d kvrt.CacheGroup, got %r"
+                                   % (MAX_GROUPS, groups), "Scheduler")
+            hybrid = True
         p = S.kvrt_sched_params_t()
         given = dict(max_batch_tokens=max_batch_tokens, max_seqs=max_seqs,
                      prefill_chunk_tokens=prefill_chunk_tokens, use_watermark=use_watermark,
@@ -177,11 +260,30 @@ class Scheduler(Handle):
             p.field_mask |= _P["ngram"]
             p.ngram_min, p.ngram_max = (_u32(v, "ngram", "Scheduler") for v in ngram)
         ptr = C.c_void_p()
-        _lib.call(pool._ctx_ptr(), "kvrt_sched_create", pool._context._handle("Scheduler"),
-                  pool._handle("Scheduler"), cache._handle("Scheduler") if cache else None,
-                  C.byref(p), C.byref(ptr))
-        super().__init__(pool._context, ptr.value)
-        self.pool, self.cache = pool, cache
+        first = groups[0].pool
+        if hybrid:
+            params = (S.kvrt_sched_group_params_t * len(groups))()
+            for g, group in zip(params, groups):
+                g.pool = group.pool._handle("Scheduler")
+                if group.cache is not None:
+                    g.field_mask |= _GROUP_CACHE
+                    g.cache = group.cache._handle("Scheduler")
+                if group.sliding_window:
+                    g.field_mask |= _GROUP_WINDOW
+                    g.sliding_window = group.sliding_window
+            pointers = (C.POINTER(S.kvrt_sched_group_params_t) * len(groups))(
+                *(C.pointer(g) for g in params))
+            _lib.call(first._ctx_ptr(), "kvrt_sched_create_groups",
+                      first._context._handle("Scheduler"), len(groups), pointers,
+                      C.byref(p), C.byref(ptr))
+        else:
+            _lib.call(first._ctx_ptr(), "kvrt_sched_create",
+                      first._context._handle("Scheduler"), first._handle("Scheduler"),
+                      cache._handle("Scheduler") if cache else None, C.byref(p),
+                      C.byref(ptr))
+        super().__init__(first._context, ptr.value)
+        self.groups = groups
+        self.pool, self.cache = first, groups[0].cache
         self._life = 0   # moves at close: every plan of before is stale
         self._steps = 0  # steps taken: a committed plan is valid until the next
         self._plan = None
@@ -262,11 +364,37 @@ class Scheduler(Handle):
         blocks, _ = self.seq_blocks(seq_id)
         return arrival.value, blocks[first.value:first.value + count.value]
 
-    def arrival_complete(self, arrival, landed_blocks):
-        """Ends an arrival: its first landed_blocks blocks hold valid K/V."""
-        self._call("kvrt_arrival_complete", self._handle("arrival_complete"),
-                   _lib.uint(arrival, "arrival", "arrival_complete", bits=64),
-                   _u32(landed_blocks, "landed_blocks", "arrival_complete"))
+    def await_kv_groups(self, seq_id, num_tokens, deadline_ns=None):
+        """await_kv over every cache group (kvrt_seq_await_kv_groups; needed
+        when there are several). Returns (arrival id, [blocks to fill of
+        group g, for each g]); a sliding-window group names only the window
+        the first recomputed token reads. Then call
+        arrival_complete(arrival, landed, group=g) for every group."""
+        p = S.kvrt_arrival_params_t(num_tokens=_u32(num_tokens, "num_tokens",
+                                                    "await_kv_groups"))
+        if deadline_ns is not None:
+            p.field_mask |= _ARRIVAL_DEADLINE
+            p.deadline_ns = _lib.uint(deadline_ns, "deadline_ns", "await_kv_groups", bits=64)
+        n = len(self.groups)
+        arrival, first, count = C.c_uint64(), (C.c_uint32 * n)(), (C.c_uint32 * n)()
+        self._call("kvrt_seq_await_kv_groups", self._handle("await_kv_groups"),
+                   _lib.uint(seq_id, "seq_id", "await_kv_groups", bits=64), C.byref(p), n,
+                   C.byref(arrival), first, count)
+        blocks = [self.seq_blocks(seq_id, group=g)[0] for g in range(n)]
+        return arrival.value, [b[first[g]:first[g] + count[g]] for g, b in enumerate(blocks)]
+
+    def arrival_complete(self, arrival, landed_blocks, group=None):
+        """Ends an arrival: its first landed_blocks blocks hold valid K/V.
+        With group=g (several cache groups), only group g's part ends; the
+        arrival ends when every group has reported."""
+        arrival = _lib.uint(arrival, "arrival", "arrival_complete", bits=64)
+        landed = _u32(landed_blocks, "landed_blocks", "arrival_complete")
+        if group is None:
+            self._call("kvrt_arrival_complete", self._handle("arrival_complete"), arrival,
+                       landed)
+        else:
+            self._call("kvrt_arrival_group_complete", self._handle("arrival_complete"),
+                       arrival, _u32(group, "group", "arrival_complete"), landed)
 
     def info(self, seq_id):
         out = S.kvrt_seq_info_t()
@@ -275,11 +403,15 @@ class Scheduler(Handle):
                    C.sizeof(out))
         return _info_dict(out)
 
-    def seq_blocks(self, seq_id):
+    def seq_blocks(self, seq_id, group=0):
+        """(block ids, a copy; tokens) of a request's table in cache group
+        `group`; in a sliding-window group, blocks that left the window are
+        NULL_BLOCK."""
         ids, nblocks, ntokens = _lib.i32p(), C.c_uint32(), C.c_uint32()
-        self._call("kvrt_seq_blocks", self._handle("seq_blocks"),
-                   _lib.uint(seq_id, "seq_id", "seq_blocks", bits=64), C.byref(ids),
-                   C.byref(nblocks), C.byref(ntokens))
+        self._call("kvrt_seq_group_blocks", self._handle("seq_blocks"),
+                   _lib.uint(seq_id, "seq_id", "seq_blocks", bits=64),
+                   _u32(group, "group", "seq_blocks"), C.byref(ids), C.byref(nblocks),
+                   C.byref(ntokens))
         return _view(ids, nblocks.value).copy(), ntokens.value
 
     def drain(self):
