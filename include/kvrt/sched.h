@@ -242,7 +242,8 @@ typedef struct kvrt_sched_params {
      * a hybrid scheduler group 0's blocks decide): a request coming up for
      * admission whose next uncached block is the block at the committed
      * length of a running request still in prefill (that writes to the
-     * cache; the block holding that length), and whose
+     * cache; the block holding that length, on a hybrid scheduler that
+     * length rounded down to the largest block size, as hits are), and whose
      * blocks from there hold that request's next shared_prefill_min_tokens
      * tokens (rounded up to whole blocks: the same tokens, salt, adapter
      * and multimodal items), waits in the queue, keeping its place, while

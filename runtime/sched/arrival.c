@@ -237,6 +237,7 @@ static kvrt_status_t await_kv(kvrt_sched_t *s, kvrt_seq_id_t id, const kvrt_arri
         s->pinned = SCHED_NONE; /* its tables now serve the arrival */
     sched_heap_remove(s, q);
     q->state = KVRT_SEQ_WAITING_KV;
+    q->share_id = 0; /* it waits for its K/V now, not for another's prefill */
     q->arrival = index;
     s->num_awaiting++;
     if (a->deadline_ns < s->next_deadline)

@@ -138,9 +138,11 @@ typedef struct seq {
     uint32_t released;      /* group 0: leading table blocks released (out of
                                a sliding window) or holes (groups.c) */
     /* shared_prefill.c: while it waits for blocks another request computes,
-     * that request (slot and id; share_id 0: none) and the full blocks
-     * their prompts share from the start. */
+     * that request (slot and id; share_id 0: none, cleared at admission
+     * and when K/V is awaited), the block that request had reached when
+     * last seen, and the full blocks their prompts share from the start. */
     uint32_t share_slot;
+    uint32_t share_from;
     uint32_t share_end;
     kvrt_seq_id_t share_id;
     bool landed;            /* its table holds K/V that arrived (arrival.c) */

@@ -15,7 +15,8 @@
  *   - every prefilling running request notes, once a step, the block at
  *     its committed length j (the first of its blocks not yet cached:
  *     blocks before it were cached at the commits that filled them), when
- *     it writes to the cache and has share_blocks full blocks from there;
+ *     it writes to the cache and has share_blocks full blocks from there
+ *     (hybrid: the length rounded down to a hit's unit, hit_block());
  *   - a request coming up for admission is matched as usual; when the
  *     block after its hits is such a j, and its blocks [j, j +
  *     share_blocks) are the noting request's (the same index key at the
@@ -27,7 +28,9 @@
  *     share from the start, so that the next steps put it off again
  *     without matching or hashing it (a 32K-token prompt would otherwise
  *     be hashed every step) while that request has share_blocks or more
- *     of them left to commit; then it is matched, past the blocks
+ *     of them left to commit and has not gone back below where the wait
+ *     began (preempted, then readmitted with fewer hits, or none when it
+ *     skips reading the cache); then it is matched, past the blocks
  *     committed meanwhile, and waits again only for another run.
  *
  * A request waits only while another computes its next blocks, so each
@@ -41,9 +44,13 @@
  * Hybrid schedulers (several cache groups, sliding windows) note and
  * compare group 0's blocks: every group's blocks hold the same tokens and
  * keys chain over all of them, so requests that share group 0's blocks
- * share every group's. When the blocks are committed, the waiting
- * request's match counts what every group serves (groups.c); when it
- * waits, its queries of every full-attention group's cache are taken back.
+ * share every group's. A hit there is a multiple of the largest block size
+ * (hit_unit), which may span several of group 0's blocks, so a request
+ * notes the block where the hit of a request sharing its prompt would end:
+ * its committed length rounded down to hit_unit. When the blocks are
+ * committed, the waiting request's match counts what every group serves
+ * (groups.c); when it waits, its queries of every full-attention group's
+ * cache are taken back.
  *
  * The noted blocks live in an open-addressing table, valid for the step
  * whose epoch they carry (nothing is cleared per step), at most half full:
@@ -80,6 +87,14 @@ void sched_shared_free(kvrt_sched_t *s)
     kvrt_free_large(s->share_waiting);
 }
 
+/* The block (group 0's) where a hit of the first `computed` tokens ends:
+ * with several block sizes a hit is a multiple of the largest, hit_unit
+ * (a power of two, group 0's block size with one group). */
+static inline uint32_t hit_block(const kvrt_sched_t *s, uint32_t computed)
+{
+    return (computed & ~(s->hit_unit - 1)) >> s->block_shift;
+}
+
 /* The content hash of q's full block j (hashed once: the commit that fills
  * it finds it hashed). */
 static const kvrt_block_hash_t *content_of(kvrt_sched_t *s, seq_t *q, uint32_t j)
@@ -114,7 +129,7 @@ void sched_shared_note_slow(kvrt_sched_t *s, seq_t *q)
 {
     if (q->cache_flags & SCHED_CACHE_NO_WRITE)
         return;
-    const uint32_t j = q->computed >> s->block_shift;
+    const uint32_t j = hit_block(s, q->computed);
     if (((uint64_t)j + s->share_blocks) * s->tokens_per_block > q->num_tokens)
         return; /* fewer than share_blocks full blocks left to share */
     if (s->shared_step != s->step_count) { /* the step's first note */
@@ -141,7 +156,7 @@ void sched_shared_note_slow(kvrt_sched_t *s, seq_t *q)
  * step may have been preempted since by a later one's growth. */
 static bool computes(const kvrt_sched_t *s, const seq_t *o, uint32_t j)
 {
-    return o->state == KVRT_SEQ_RUNNING && o->in_prefill && (o->computed >> s->block_shift) == j;
+    return o->state == KVRT_SEQ_RUNNING && o->in_prefill && hit_block(s, o->computed) == j;
 }
 
 /* The request noted at q's block j whose next share_blocks blocks are q's,
@@ -203,11 +218,17 @@ static void put_off(kvrt_sched_t *s, seq_t *q)
 bool sched_shared_still_waits_slow(kvrt_sched_t *s, seq_t *q)
 {
     seq_t *o = &s->seqs[q->share_slot];
+    const uint32_t at = hit_block(s, o->computed);
     /* o may have stopped writing to the cache since (a reset made its K/V
-     * stale): then nothing it computes will be a hit. */
+     * stale): then nothing it computes will be a hit. Or it went back
+     * below where q last saw it: preempted, then readmitted with fewer
+     * hits (its blocks evicted meanwhile, or it skips reading the cache,
+     * and then what it computes again stays its own): q is matched, and
+     * waits again if o computes q's next blocks. */
     if (sched_id(s, o) == q->share_id && o->state == KVRT_SEQ_RUNNING && o->in_prefill &&
-        !(o->cache_flags & SCHED_CACHE_NO_WRITE) &&
-        (o->computed >> s->block_shift) + s->share_blocks <= q->share_end) {
+        !(o->cache_flags & SCHED_CACHE_NO_WRITE) && at >= q->share_from &&
+        at + s->share_blocks <= q->share_end) {
+        q->share_from = at;
         put_off(s, q);
         return true;
     }
@@ -229,6 +250,7 @@ bool sched_shared_wait_slow(kvrt_sched_t *s, seq_t *q, uint32_t offered)
         return false;
     q->share_slot = sched_slot(s, o);
     q->share_id = sched_id(s, o);
+    q->share_from = j;
     q->share_end = shared_run_end(s, q, o, j + s->share_blocks, offered);
     for (uint32_t g = 0; g < s->num_groups; g++)
         if (!s->groups[g].window)

@@ -735,7 +735,13 @@ static void randomized_run(uint32_t plans_in_flight, uint64_t seed, uint32_t sha
             planned[i] = plan->seqs[i].id;
         if (plan->num_seqs)
             in_flight[num_in_flight++] = plan;
-        if (num_in_flight == plans_in_flight || (num_in_flight && step >= 4000)) {
+        /* An empty step: nothing new to run, so the plan in flight commits
+         * (as an engine's would) rather than wait for an arrival. And now
+         * and then the engine commits before its next step, as one whose
+         * drafts are pending does: only then are drafts verified. */
+        while (num_in_flight == plans_in_flight ||
+               (num_in_flight &&
+                (step >= 4000 || !plan->num_seqs || test_rand_below(&rng, 3) == 0))) {
             rnd_commit(&h, in_flight[0], last_sampled);
             in_flight[0] = in_flight[1];
             num_in_flight--;
@@ -755,9 +761,7 @@ static void randomized_run(uint32_t plans_in_flight, uint64_t seed, uint32_t sha
     cr_assert_eq(st.failed, 0);
     cr_assert_gt(preemptions, 0, "the pools are meant to be too small");
     cr_assert_gt(st.prefix_hit_tokens, 0);
-    /* (with two plans in flight and requests waiting, the n-gram proposer
-     * finds few drafts: then proposing them is what is asked) */
-    cr_assert_gt(plans_in_flight > 1 && share_tokens ? st.spec_proposed : st.spec_accepted, 0);
+    cr_assert_gt(st.spec_accepted, 0);
     cr_assert_gt(checked, 150);
     cr_assert_eq(st.shared_prefill_waits > 0, share_tokens > 0);
     cr_log_info("hybrid, %u plan(s) in flight: %u requests, %llu preemptions, hits %llu/%llu, "

@@ -4,10 +4,12 @@
  * is computing waits for them, keeps its place, then hits them; it waits
  * only while they are being computed (in chunks, with plans in flight, not
  * for a request aborted or preempted, nor past a reset that leaves the
- * other's blocks out of the cache), for its own prompt's blocks when
+ * other's blocks out of the cache, nor once the other restarts lower, nor
+ * after its own K/V arrived), for its own prompt's blocks when
  * prompts share a template block, and never when the shared part is short,
  * when it skips the cache, when the other request leaves nothing in the
- * cache, or when salts or images differ; hybrid models wait as well. The
+ * cache, or when salts or images differ; hybrid models wait as well, also
+ * when group 0 has the smaller blocks. The
  * cache and the scheduler count one query per admission, a pinned head
  * keeps its hits while a request ahead of it waits, and waiting requests
  * leave running decodes the budget for their drafts.
@@ -594,50 +596,203 @@ Test(sched_shared, a_request_that_waits_leaves_the_pinned_head_its_hits)
  * sliding window over 8-token blocks): copies of a prompt wait while the
  * first computes it, then hit it in both groups; each group's cache counts
  * one query per admission. */
-Test(sched_shared, hybrid_schedulers_compute_a_shared_prompt_once_in_every_group)
-{
-    kvrt_ctx_t *ctx;
-    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
-    kvrt_pool_t *pools[2] = {test_pool(ctx, 256, TPB), test_pool(ctx, 512, 8)};
+/* A hybrid scheduler: group 0 of blocks of tpb0 tokens, group 1 of tpb1
+ * tokens over a window of `window` tokens (0: full attention), each with
+ * a cache. */
+typedef struct hybrid {
+    fixture_t f;
+    kvrt_pool_t *pools[2];
     kvrt_cache_t *caches[2];
+} hybrid_t;
+
+static hybrid_t open_hybrid(uint32_t tpb0, uint32_t tpb1, uint32_t window,
+                            const kvrt_sched_params_t *sp)
+{
+    hybrid_t h = {0};
+    cr_assert_eq(kvrt_ctx_create(NULL, &h.f.ctx), KVRT_OK);
+    h.pools[0] = test_pool(h.f.ctx, 4096 / tpb0, tpb0);
+    h.pools[1] = test_pool(h.f.ctx, 4096 / tpb1, tpb1);
     kvrt_sched_group_params_t gp[2];
     const kvrt_sched_group_params_t *gpp[2];
     for (uint32_t g = 0; g < 2; g++) {
-        ASSERT_OK(ctx, kvrt_cache_create(pools[g], NULL, &caches[g]));
+        ASSERT_OK(h.f.ctx, kvrt_cache_create(h.pools[g], NULL, &h.caches[g]));
         gp[g] = (kvrt_sched_group_params_t){.field_mask = KVRT_SCHED_GROUP_CACHE,
-                                            .pool = pools[g], .cache = caches[g]};
+                                            .pool = h.pools[g], .cache = h.caches[g]};
         gpp[g] = &gp[g];
     }
-    gp[1].field_mask |= KVRT_SCHED_GROUP_WINDOW;
-    gp[1].sliding_window = 64;
+    if (window) {
+        gp[1].field_mask |= KVRT_SCHED_GROUP_WINDOW;
+        gp[1].sliding_window = window;
+    }
+    h.f.pool = h.pools[0];
+    ASSERT_OK(h.f.ctx, kvrt_sched_create_groups(h.f.ctx, 2, gpp, sp, &h.f.sched));
+    return h;
+}
+
+static void close_hybrid(hybrid_t *h)
+{
+    ASSERT_OK(h->f.ctx, kvrt_sched_destroy(h->f.sched));
+    for (uint32_t g = 0; g < 2; g++) {
+        ASSERT_OK(h->f.ctx, kvrt_cache_destroy(h->caches[g]));
+        ASSERT_OK(h->f.ctx, kvrt_pool_verify(h->pools[g]));
+    }
+    kvrt_ctx_destroy(h->f.ctx);
+}
+
+Test(sched_shared, hybrid_schedulers_compute_a_shared_prompt_once_in_every_group)
+{
     kvrt_sched_params_t sp = params(32, 32, 1);
-    fixture_t f = {.ctx = ctx, .pool = pools[0]};
-    ASSERT_OK(ctx, kvrt_sched_create_groups(ctx, 2, gpp, &sp, &f.sched));
-    kvrt_seq_id_t a = add(&f, 0), b[2] = {add(&f, 1), add(&f, 2)};
+    hybrid_t h = open_hybrid(TPB, 8, 64, &sp);
+    fixture_t *f = &h.f;
+    kvrt_seq_id_t a = add(f, 0), b[2] = {add(f, 1), add(f, 2)};
     const kvrt_batch_plan_t *plan = NULL;
     uint32_t waited = 0;
-    kvrt_plan_seq_t eb = wait_for_entry(&f, b[0], a, &plan, &waited);
+    kvrt_plan_seq_t eb = wait_for_entry(f, b[0], a, &plan, &waited);
     cr_assert_eq(waited, PREFIX / 32, "b waits while a computes the shared run: %u", waited);
     cr_assert_eq(eb.num_computed_tokens, PREFIX, "b hits the shared prompt in both groups");
     const kvrt_plan_seq_t *e = entry(plan, b[1]);
     cr_assert_not_null(e);
     cr_assert_eq(e->num_computed_tokens, PREFIX);
-    cr_assert_eq(stats(&f).shared_prefill_waits, 2 * waited);
-    sched_fixture_commit(&f, plan, 9);
+    cr_assert_eq(stats(f).shared_prefill_waits, 2 * waited);
+    sched_fixture_commit(f, plan, 9);
     for (uint32_t g = 0; g < 2; g++) {
         kvrt_cache_stats_t cs;
-        ASSERT_OK(ctx, kvrt_cache_stats(caches[g], &cs));
+        ASSERT_OK(f->ctx, kvrt_cache_stats(h.caches[g], &cs));
         /* (the window group's blocks are looked up, not matched) */
         cr_assert_eq(cs.queries, g == 0 ? 3 : 0, "group %u: %llu queries", g,
                      (unsigned long long)cs.queries);
     }
-    run_to_end(&f, 3);
-    ASSERT_OK(ctx, kvrt_sched_destroy(f.sched));
-    for (uint32_t g = 0; g < 2; g++) {
-        ASSERT_OK(ctx, kvrt_cache_destroy(caches[g]));
-        ASSERT_OK(ctx, kvrt_pool_verify(pools[g]));
+    run_to_end(f, 3);
+    close_hybrid(&h);
+}
+
+/* Group 0's blocks (16 tokens) smaller than group 1's (64): a hit is a
+ * multiple of 64, and a's chunks of 48 end inside 64-token units, so a
+ * notes the block where b's hit ends (its length rounded down to 64), not
+ * the block at its length. */
+Test(sched_shared, hybrid_schedulers_wait_when_group_0_has_the_smaller_blocks)
+{
+    for (uint32_t window = 0; window <= 128; window += 128) {
+        kvrt_sched_params_t sp = params(32, 48, 1);
+        hybrid_t h = open_hybrid(TPB, 64, window, &sp);
+        fixture_t *f = &h.f;
+        kvrt_seq_id_t a = add(f, 0);
+        sched_fixture_commit(f, step(f), 9); /* a at 48 */
+        kvrt_seq_id_t b = add(f, 1);
+        const kvrt_batch_plan_t *plan = NULL;
+        uint32_t waited = 0;
+        kvrt_plan_seq_t eb = wait_for_entry(f, b, a, &plan, &waited);
+        /* a commits 96 then 144: b waits for both chunks, then hits the
+         * whole shared prefix. */
+        cr_assert_eq(waited, 2, "window %u: b waited %u steps", window, waited);
+        cr_assert_eq(eb.num_computed_tokens, PREFIX, "window %u", window);
+        cr_assert_eq(eb.num_new_tokens, SUFFIX, "b computes only its own tokens");
+        sched_fixture_commit(f, plan, 9);
+        run_to_end(f, 2);
+        close_hybrid(&h);
     }
-    kvrt_ctx_destroy(ctx);
+}
+
+/* Steps (committing) up to `steps` times or until nothing runs. Returns
+ * the first plan entry of `watch` (its num_computed_tokens, UINT32_MAX if
+ * never planned), the waits counted when `victim` was first preempted
+ * (*waits_at_preemption), and adds `late` (when not NULL) before step 2. */
+static uint32_t run_watching(fixture_t *f, kvrt_seq_id_t watch, kvrt_seq_id_t victim,
+                             const kvrt_seq_params_t *late, uint64_t *waits_at_preemption)
+{
+    uint32_t first = UINT32_MAX;
+    *waits_at_preemption = UINT64_MAX;
+    for (int k = 0; k < 60; k++) {
+        if (k == 1 && late) {
+            kvrt_seq_id_t id;
+            ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, late, &id));
+        }
+        const kvrt_batch_plan_t *plan = step(f);
+        for (uint32_t i = 0; i < plan->num_preempted; i++)
+            if (plan->preempted[i] == victim && *waits_at_preemption == UINT64_MAX)
+                *waits_at_preemption = stats(f).shared_prefill_waits;
+        const kvrt_plan_seq_t *e = entry(plan, watch);
+        if (e && first == UINT32_MAX)
+            first = e->num_computed_tokens;
+        if (!plan->num_seqs && !stats(f).running && !stats(f).waiting)
+            return first;
+        if (plan->num_seqs)
+            sched_fixture_commit(f, plan, 9);
+    }
+    cr_assert_fail("requests still running after 60 steps");
+    return first;
+}
+
+/* b waits for a, which skips reading the cache; a is preempted by c (of
+ * higher priority) and comes back at 0. b stops waiting: a's recomputed
+ * blocks would stay a's own (their keys are cached), and b is matched to
+ * what is cached of the blocks a computed before. */
+Test(sched_shared, a_wait_ends_when_the_other_restarts_below_where_it_was)
+{
+    kvrt_sched_params_t sp = params(32, 32, 1);
+    sp.field_mask |= KVRT_SCHED_PARAM_WATERMARK | KVRT_SCHED_PARAM_MAX_SEQ_TOKENS;
+    sp.use_watermark = 0;
+    sp.max_seq_tokens = 192;
+    fixture_t f = sched_fixture_open(16, TPB, true, &sp);
+    kvrt_seq_id_t a = add_flags(&f, PREFIX, 0, KVRT_SEQ_CACHE_SKIP_READ, NULL);
+    kvrt_seq_id_t b = add(&f, 0); /* the same prompt */
+    int32_t other[120];
+    for (uint32_t i = 0; i < 120; i++)
+        other[i] = (int32_t)(9000 + i);
+    kvrt_seq_params_t pc = {.field_mask = KVRT_SEQ_PARAM_PRIORITY, .prompt = other,
+                            .prompt_len = 120, .max_new_tokens = 2, .priority = 1};
+    uint64_t waits_then;
+    uint32_t hit = run_watching(&f, b, a, &pc, &waits_then);
+    cr_assert_neq(waits_then, UINT64_MAX, "c's growth preempted a");
+    cr_assert_gt(waits_then, 0, "b waited for a before");
+    cr_assert_eq(stats(&f).shared_prefill_waits, waits_then,
+                 "b waited for a's recomputation from 0");
+    cr_assert_geq(hit, 64, "b hit %u tokens: what a committed was evicted meanwhile", hit);
+    kvrt_seq_info_t ev[4];
+    cr_assert_eq(sched_fixture_drain(&f, ev, 4), 3);
+    sched_fixture_close(&f);
+}
+
+/* b waits for a, then its prefix arrives (kvrt_seq_await_kv) and it runs;
+ * preempted later while a still prefills, b is matched again (its blocks
+ * are cached), not put off for a run it stopped waiting for. */
+Test(sched_shared, a_request_whose_kv_arrived_no_longer_waits_for_the_other)
+{
+    enum { LONG = 276 };
+    kvrt_sched_params_t sp = params(32, 32, 1);
+    sp.field_mask |= KVRT_SCHED_PARAM_WATERMARK | KVRT_SCHED_PARAM_MAX_SEQ_TOKENS;
+    sp.use_watermark = 0;
+    sp.max_seq_tokens = 320;
+    fixture_t f = sched_fixture_open(24, TPB, true, &sp);
+    int32_t prompt[LONG], other[200];
+    for (uint32_t i = 0; i < LONG; i++)
+        prompt[i] = (int32_t)(100 + 7 * i);
+    for (uint32_t i = 0; i < 200; i++)
+        other[i] = (int32_t)(9000 + i);
+    kvrt_seq_params_t pa = {.field_mask = KVRT_SEQ_PARAM_PRIORITY, .prompt = prompt,
+                            .prompt_len = LONG, .max_new_tokens = 2, .priority = 1};
+    kvrt_seq_params_t pb = {.prompt = prompt, .prompt_len = LONG, .max_new_tokens = 2};
+    kvrt_seq_params_t pc = pa;
+    pc.prompt = other;
+    pc.prompt_len = 200;
+    kvrt_seq_id_t a, b;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pa, &a));
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &pb, &b));
+    sched_fixture_commit(&f, step(&f), 9); /* a's first chunk; b waits */
+    cr_assert_eq(stats(&f).shared_prefill_waits, 1);
+    kvrt_arrival_params_t ap = {.num_tokens = 160};
+    kvrt_arrival_id_t arrival;
+    uint32_t first, count;
+    ASSERT_OK(f.ctx, kvrt_seq_await_kv(f.sched, b, &ap, &arrival, &first, &count));
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arrival, count));
+    uint64_t waits_then;
+    run_watching(&f, b, b, &pc, &waits_then);
+    cr_assert_neq(waits_then, UINT64_MAX, "c's growth preempted b");
+    cr_assert_eq(stats(&f).shared_prefill_waits, 1, "b waited again for a: %llu waits",
+                 (unsigned long long)stats(&f).shared_prefill_waits);
+    kvrt_seq_info_t ev[4];
+    cr_assert_eq(sched_fixture_drain(&f, ev, 4), 3);
+    sched_fixture_close(&f);
 }
 
 /* A request noted in a step and then preempted in it (a request of higher
