@@ -349,7 +349,7 @@ typedef struct row_changes {
 typedef struct sched_stop_set {
     uint32_t num;
     int32_t tokens[KVRT_SEQ_MAX_STOP_TOKENS];
-} sched_stop_set_t;
+} __attribute__((aligned(64))) sched_stop_set_t; /* a set's count and first 15 tokens: one line */
 _Static_assert(KVRT_SEQ_MAX_STOP_TOKENS <= UINT8_MAX && SCHED_STOP_SETS < UINT8_MAX,
                "num_stop and stop_set fit a byte");
 
