@@ -94,7 +94,6 @@ PROTOTYPES = {
                                       C.c_uint32, u64p, u32p, u32p]),
     "kvrt_arrival_group_complete": (st, [P, C.c_uint64, C.c_uint32, C.c_uint32]),
     "kvrt_seq_group_blocks": (st, [P, C.c_uint64, C.c_uint32, ref(i32p), u32p, u32p]),
-    "kvrt_seq_blocks": (st, [P, C.c_uint64, ref(i32p), u32p, u32p]),
     "kvrt_sched_drain_ended_sized": (st, [P, ref(S.kvrt_seq_info_t), C.c_size_t, C.c_uint32,
                                           u32p]),
     "kvrt_sched_step": (st, [P, C.c_uint64, ref(ref(S.kvrt_batch_plan_t))]),
