@@ -5,7 +5,8 @@ against the unpaged reference.
 Each iteration is what a real engine does:
   1. kvrt_sched_step: a batch plan (continuous batching, chunked prefill,
      prefix-cache hits already adopted, preemptions decided, n-gram drafts
-     proposed);
+     proposed); the engine's copy of the block-table rows takes the rows
+     the plan lists as changed;
   2. run the plan's block copies, then the model over the plan's tokens:
      K/V of the new tokens go into kvrt's paged cache with the write kernel
      through slot_mapping, and each sequence's attention context is read
@@ -70,6 +71,15 @@ class Group:
             self.pool = kvrt.Pool(ctx, layout, num_blocks)  # host memory from kvrt
             self.kv = kvrt.KVCache(self.pool)
         self.cache = kvrt.PrefixCache(self.pool, model_id=name)
+        self.rows = None  # the engine's copy of the block-table rows
+
+    def mirror_rows(self, part, changed):
+        """The group's block-table rows as an engine keeps them on its device:
+        a copy, updated only in the rows the plan says changed."""
+        if self.rows is None:
+            self.rows = np.zeros_like(part.block_rows)
+        self.rows[changed] = part.block_rows[changed]
+        return self.rows
 
     def context_slots(self, row, lo, length):
         """KV slots of positions [lo, length) of the sequence whose block-table
@@ -122,7 +132,8 @@ class Engine:
         parts = plan.groups
         for group, part in zip(self.groups, parts):
             group.kv.copy_blocks(part.copies)
-        rows = [part.block_rows for part in parts]
+        rows = [group.mirror_rows(part, plan.rows_changed)
+                for group, part in zip(self.groups, parts)]
         slots = [part.slot_mapping for part in parts]
         positions, starts = plan.positions, plan.query_start_loc
         seqs, seq_lens, row_of = plan.seqs, plan.seq_lens, plan.row_index

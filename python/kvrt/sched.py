@@ -231,9 +231,11 @@ class Scheduler(Handle):
                  csr_block_tables=None, max_plans_in_flight=None,
                  shared_prefill_min_tokens=None, groups=None):
         if groups is None:
-            groups = (CacheGroup(pool, cache),) if isinstance(pool, Pool) else None
-            if groups is None:
+            if not isinstance(pool, Pool):
                 raise _lib.bad_arg("pool must be a kvrt.Pool (or give groups)", "Scheduler")
+            if cache is not None and not isinstance(cache, PrefixCache):
+                raise _lib.bad_arg("cache must be a kvrt.PrefixCache or None", "Scheduler")
+            groups = (CacheGroup(pool, cache),)
             hybrid = False
         else:
             if pool is not None or cache is not None:
@@ -246,6 +248,9 @@ class Scheduler(Handle):
                     not all(isinstance(g, CacheGroup) for g in groups):
                 raise _lib.bad_arg("groups must be 1..%d kvrt.CacheGroup, got %r"
                                    % (MAX_GROUPS, groups), "Scheduler")
+            # Copies, checked again: a group's attributes may have been
+            # changed since, and later changes must not reach this scheduler.
+            groups = tuple(CacheGroup(g.pool, g.cache, g.sliding_window) for g in groups)
             hybrid = True
         p = S.kvrt_sched_params_t()
         given = dict(max_batch_tokens=max_batch_tokens, max_seqs=max_seqs,
@@ -386,7 +391,9 @@ class Scheduler(Handle):
     def arrival_complete(self, arrival, landed_blocks, group=None):
         """Ends an arrival: its first landed_blocks blocks hold valid K/V.
         With group=g (several cache groups), only group g's part ends; the
-        arrival ends when every group has reported."""
+        arrival ends when every group has reported. Without group on a
+        scheduler of several groups, every group not yet reported ends at
+        once and landed_blocks must be 0 (giving the arrival up)."""
         arrival = _lib.uint(arrival, "arrival", "arrival_complete", bits=64)
         landed = _u32(landed_blocks, "landed_blocks", "arrival_complete")
         if group is None:

@@ -51,8 +51,15 @@ def test_every_group_has_its_slots_and_rows(pools):
         assert np.array_equal(part.slot_mapping,
                               slots_of(blocks, part.tokens_per_block, plan.positions))
     sched.commit(plan, [7])
+    # An engine mirroring the rows on its device copies only the rows each
+    # plan lists as changed (in every group): that must keep them equal.
+    mirrors = [np.array(part.block_rows) for part in plan.groups]
     for _ in range(8):
         plan = sched.step(0)
+        changed = plan.rows_changed
+        for mirror, part in zip(mirrors, plan.groups):
+            mirror[changed] = part.block_rows[changed]
+            assert np.array_equal(mirror[plan.row_index], part.block_rows[plan.row_index])
         sched.commit(plan, [7])
     full_blocks, tokens = sched.seq_blocks(rid, group=0)
     window_blocks, _ = sched.seq_blocks(rid, group=1)
@@ -127,6 +134,13 @@ def test_hybrid_calls_refuse_bad_input(ctx, pools):
     refused(lambda: kvrt.CacheGroup("pool"))
     refused(lambda: kvrt.CacheGroup(full, cache=full))
     refused(lambda: kvrt.CacheGroup(full, sliding_window=-1))
+    assert refused(lambda: kvrt.Scheduler(full, cache=5)).function == "Scheduler"
+    # A group changed after it was made is checked again (ctypes would
+    # wrap 2**32 + 8 to 8 and take True for 1).
+    changed = kvrt.CacheGroup(window, sliding_window=WINDOW)
+    for bad in (2 ** 32 + 8, True, None):
+        changed.sliding_window = bad
+        refused(lambda: kvrt.Scheduler(groups=[kvrt.CacheGroup(full), changed]))
     # kvrt's own checks: a pool named twice, caches on some groups only
     refused(lambda: kvrt.Scheduler(groups=[kvrt.CacheGroup(full), kvrt.CacheGroup(full)]))
     refused(lambda: kvrt.Scheduler(groups=[kvrt.CacheGroup(full, kvrt.PrefixCache(full)),

@@ -490,11 +490,6 @@ void sched_groups_csr(kvrt_sched_t *s)
 
 /* ---- prefix hits ------------------------------------------------------------------ */
 
-static inline uint32_t round_down(uint32_t tokens, uint32_t unit)
-{
-    return tokens / unit * unit;
-}
-
 /* First block of the window the token at position h reads (group g):
  * tokens [h - W + 1, h), at least the block of token h - 1. */
 static uint32_t window_first_block(const sched_group_t *gr, uint32_t h)
@@ -527,7 +522,7 @@ static uint32_t window_servable(const kvrt_sched_t *s, const sched_group_t *gr, 
             j--;
         if (j == first)
             return h;
-        h = round_down((j - 1) << gr->block_shift, s->hit_unit); /* below the miss */
+        h = sched_round_down((j - 1) << gr->block_shift, s->hit_unit); /* below the miss */
     }
     return 0;
 }
@@ -571,7 +566,7 @@ static kvrt_status_t match_all(kvrt_sched_t *s, seq_t *q, uint32_t *hit_out)
     const uint32_t offered = q->num_tokens - 1; /* the last token is recomputed */
     const int32_t *tokens = sched_seq_tokens(q, offered);
     uint32_t held[KVRT_SCHED_MAX_GROUPS] = {0};
-    uint32_t h = round_down(offered, s->hit_unit);
+    uint32_t h = sched_round_down(offered, s->hit_unit);
     for (uint32_t g = 0; g < s->num_groups; g++) {
         sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
@@ -588,7 +583,7 @@ static kvrt_status_t match_all(kvrt_sched_t *s, seq_t *q, uint32_t *hit_out)
             gr->admit_match = m; /* as counted, for a request that then waits */
             if (m.num_blocks > *r.num_hashed)
                 *r.num_hashed = m.num_blocks;
-            uint32_t served = round_down(m.num_blocks << gr->block_shift, s->hit_unit);
+            uint32_t served = sched_round_down(m.num_blocks << gr->block_shift, s->hit_unit);
             if (served < h)
                 h = served;
             continue;

@@ -138,9 +138,10 @@ typedef struct seq {
     uint32_t released;      /* group 0: leading table blocks released (out of
                                a sliding window) or holes (groups.c) */
     /* shared_prefill.c: while it waits for blocks another request computes,
-     * that request (slot and id; share_id 0: none, cleared at admission
-     * and when K/V is awaited), the block that request had reached when
-     * last seen, and the full blocks their prompts share from the start. */
+     * that request (slot and id; share_id 0: none, cleared when it is
+     * matched and when K/V is awaited), the block that request had reached
+     * when last seen, and the full blocks their prompts share from the
+     * start that a hit can use (whole hit units). */
     uint32_t share_slot;
     uint32_t share_from;
     uint32_t share_end;
@@ -745,6 +746,13 @@ void sched_row_release(kvrt_sched_t *s, seq_t *q);
 kvrt_status_t sched_match_prefix(kvrt_sched_t *s, seq_t *q, int32_t *hit_blocks);
 /* Enough blocks for `need` more, above the watermark when it is in use. */
 bool sched_blocks_available(const kvrt_sched_t *s, uint32_t need);
+
+/* tokens rounded down to a multiple of unit, a power of two (block sizes
+ * are, and so is hit_unit, the largest of them). */
+static inline uint32_t sched_round_down(uint32_t tokens, uint32_t unit)
+{
+    return tokens & ~(unit - 1);
+}
 
 /* ---- shared_prefill.c: prompts sharing a prefix, computed once ------------ */
 

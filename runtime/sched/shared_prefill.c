@@ -28,10 +28,11 @@
  *     share from the start, so that the next steps put it off again
  *     without matching or hashing it (a 32K-token prompt would otherwise
  *     be hashed every step) while that request has share_blocks or more
- *     of them left to commit and has not gone back below where the wait
- *     began (preempted, then readmitted with fewer hits, or none when it
- *     skips reading the cache); then it is matched, past the blocks
- *     committed meanwhile, and waits again only for another run.
+ *     of them left to commit (in whole hit units: what a hit can use) and
+ *     has not gone back below where it was last seen (preempted, then
+ *     readmitted with fewer hits, or none when it skips reading the
+ *     cache); then it is matched, past the blocks committed meanwhile, and
+ *     waits again only for another run.
  *
  * A request waits only while another computes its next blocks, so each
  * wait is bounded by that request's progress: when it ends, is preempted
@@ -92,7 +93,7 @@ void sched_shared_free(kvrt_sched_t *s)
  * (a power of two, group 0's block size with one group). */
 static inline uint32_t hit_block(const kvrt_sched_t *s, uint32_t computed)
 {
-    return (computed & ~(s->hit_unit - 1)) >> s->block_shift;
+    return sched_round_down(computed, s->hit_unit) >> s->block_shift;
 }
 
 /* The content hash of q's full block j (hashed once: the commit that fills
@@ -219,6 +220,10 @@ bool sched_shared_still_waits_slow(kvrt_sched_t *s, seq_t *q)
 {
     seq_t *o = &s->seqs[q->share_slot];
     const uint32_t at = hit_block(s, o->computed);
+    /* A request that drops its last hit comes back from a preemption a
+     * hit unit below what it had cached: that alone ends no wait. */
+    const uint32_t dropped =
+        (o->cache_flags & KVRT_SEQ_CACHE_DROP_LAST_HIT) ? s->hit_unit >> s->block_shift : 0;
     /* o may have stopped writing to the cache since (a reset made its K/V
      * stale): then nothing it computes will be a hit. Or it went back
      * below where q last saw it: preempted, then readmitted with fewer
@@ -226,7 +231,7 @@ bool sched_shared_still_waits_slow(kvrt_sched_t *s, seq_t *q)
      * and then what it computes again stays its own): q is matched, and
      * waits again if o computes q's next blocks. */
     if (sched_id(s, o) == q->share_id && o->state == KVRT_SEQ_RUNNING && o->in_prefill &&
-        !(o->cache_flags & SCHED_CACHE_NO_WRITE) && at >= q->share_from &&
+        !(o->cache_flags & SCHED_CACHE_NO_WRITE) && at + dropped >= q->share_from &&
         at + s->share_blocks <= q->share_end) {
         q->share_from = at;
         put_off(s, q);
@@ -248,10 +253,16 @@ bool sched_shared_wait_slow(kvrt_sched_t *s, seq_t *q, uint32_t offered)
     seq_t *o = find_sharer(s, q, j);
     if (!o)
         return false;
+    /* What a hit can use of the run they share: whole hit units (on one
+     * group, every block). */
+    const uint32_t end =
+        hit_block(s, shared_run_end(s, q, o, j + s->share_blocks, offered) << s->block_shift);
+    if (j + s->share_blocks > end)
+        return false;
     q->share_slot = sched_slot(s, o);
     q->share_id = sched_id(s, o);
     q->share_from = j;
-    q->share_end = shared_run_end(s, q, o, j + s->share_blocks, offered);
+    q->share_end = end;
     for (uint32_t g = 0; g < s->num_groups; g++)
         if (!s->groups[g].window)
             kvrt_cache_forget_query(s->groups[g].cache, offered, &s->groups[g].admit_match);

@@ -725,7 +725,6 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
     sched_unland(s, q); /* no longer queued: its K/V is its running prefix */
     q->state = KVRT_SEQ_RUNNING;
     q->in_prefill = 1;
-    q->share_id = 0; /* a wait before K/V arrived is over (shared_prefill.c) */
     q->row = s->free_rows[--s->num_free_rows];
     if (q->computed) /* hits or arrived K/V: the row starts with them */
         for (uint32_t g = 0; g < s->num_groups; g++)

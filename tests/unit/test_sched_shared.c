@@ -596,22 +596,23 @@ Test(sched_shared, a_request_that_waits_leaves_the_pinned_head_its_hits)
  * sliding window over 8-token blocks): copies of a prompt wait while the
  * first computes it, then hit it in both groups; each group's cache counts
  * one query per admission. */
-/* A hybrid scheduler: group 0 of blocks of tpb0 tokens, group 1 of tpb1
- * tokens over a window of `window` tokens (0: full attention), each with
- * a cache. */
+/* A hybrid scheduler: group 0 of blocks0 blocks of tpb0 tokens, group 1
+ * of blocks1 of tpb1 tokens over a window of `window` tokens (0: full
+ * attention), each with a cache. */
 typedef struct hybrid {
     fixture_t f;
     kvrt_pool_t *pools[2];
     kvrt_cache_t *caches[2];
 } hybrid_t;
 
-static hybrid_t open_hybrid(uint32_t tpb0, uint32_t tpb1, uint32_t window,
-                            const kvrt_sched_params_t *sp)
+static hybrid_t open_hybrid_sized(uint32_t tpb0, uint32_t blocks0, uint32_t tpb1,
+                                  uint32_t blocks1, uint32_t window,
+                                  const kvrt_sched_params_t *sp)
 {
     hybrid_t h = {0};
     cr_assert_eq(kvrt_ctx_create(NULL, &h.f.ctx), KVRT_OK);
-    h.pools[0] = test_pool(h.f.ctx, 4096 / tpb0, tpb0);
-    h.pools[1] = test_pool(h.f.ctx, 4096 / tpb1, tpb1);
+    h.pools[0] = test_pool(h.f.ctx, blocks0, tpb0);
+    h.pools[1] = test_pool(h.f.ctx, blocks1, tpb1);
     kvrt_sched_group_params_t gp[2];
     const kvrt_sched_group_params_t *gpp[2];
     for (uint32_t g = 0; g < 2; g++) {
@@ -627,6 +628,13 @@ static hybrid_t open_hybrid(uint32_t tpb0, uint32_t tpb1, uint32_t window,
     h.f.pool = h.pools[0];
     ASSERT_OK(h.f.ctx, kvrt_sched_create_groups(h.f.ctx, 2, gpp, sp, &h.f.sched));
     return h;
+}
+
+/* The same with room for 4096 tokens in each group. */
+static hybrid_t open_hybrid(uint32_t tpb0, uint32_t tpb1, uint32_t window,
+                            const kvrt_sched_params_t *sp)
+{
+    return open_hybrid_sized(tpb0, 4096 / tpb0, tpb1, 4096 / tpb1, window, sp);
 }
 
 static void close_hybrid(hybrid_t *h)
@@ -793,6 +801,88 @@ Test(sched_shared, a_request_whose_kv_arrived_no_longer_waits_for_the_other)
     kvrt_seq_info_t ev[4];
     cr_assert_eq(sched_fixture_drain(&f, ev, 4), 3);
     sched_fixture_close(&f);
+}
+
+/* Hybrid, 16- and 64-token blocks: a and b share their first 144 tokens
+ * (9 of group 0's blocks), but a hit is a multiple of 64, so b can use 128
+ * of them. b waits while a computes those, not for a's chunk past them. */
+Test(sched_shared, a_hybrid_request_waits_only_for_what_a_hit_can_use)
+{
+    kvrt_sched_params_t sp = params(16, 48, 1);
+    hybrid_t h = open_hybrid(TPB, 64, 0, &sp);
+    fixture_t *f = &h.f;
+    int32_t pa[244], pb[164];
+    for (uint32_t i = 0; i < 244; i++)
+        pa[i] = i < 144 ? (int32_t)(100 + 7 * i) : (int32_t)(70000 + i);
+    for (uint32_t i = 0; i < 164; i++)
+        pb[i] = i < 144 ? (int32_t)(100 + 7 * i) : (int32_t)(80000 + i);
+    kvrt_seq_params_t qa = {.prompt = pa, .prompt_len = 244, .max_new_tokens = 2};
+    kvrt_seq_params_t qb = {.prompt = pb, .prompt_len = 164, .max_new_tokens = 2};
+    kvrt_seq_id_t a, b;
+    ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &qa, &a));
+    ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &qb, &b));
+    const kvrt_batch_plan_t *plan;
+    uint32_t waited;
+    kvrt_plan_seq_t eb = wait_for_entry(f, b, a, &plan, &waited);
+    /* a commits 48, 96, 144: by then b's 128 are there. */
+    cr_assert_eq(waited, 3, "b waited %u steps", waited);
+    cr_assert_eq(eb.num_computed_tokens, 128);
+    sched_fixture_commit(f, plan, 9);
+    run_to_end(f, 2);
+    close_hybrid(&h);
+}
+
+/* Hybrid, 16- and 64-token blocks: b waits for a, which drops its last
+ * hit (KVRT_SEQ_CACHE_DROP_LAST_HIT). c's growth preempts a, which comes
+ * back a hit unit below what it had cached: the wait goes on, so the two
+ * do not both compute the prefix again. */
+Test(sched_shared, a_wait_goes_on_when_the_other_comes_back_only_its_dropped_hit_lower)
+{
+    kvrt_sched_params_t sp = params(16, 16, 1);
+    sp.field_mask |= KVRT_SCHED_PARAM_WATERMARK | KVRT_SCHED_PARAM_MAX_SEQ_TOKENS;
+    sp.use_watermark = 0;
+    sp.max_seq_tokens = 256;
+    /* Tight pools, so that c's prefill preempts a: 15 and 4 usable blocks. */
+    hybrid_t h = open_hybrid_sized(TPB, 16, 64, 5, 0, &sp);
+    fixture_t *f = &h.f;
+    kvrt_seq_id_t a = add_flags(f, PREFIX, 0, KVRT_SEQ_CACHE_DROP_LAST_HIT, NULL);
+    kvrt_seq_id_t b = add(f, 0);
+    int32_t other[120];
+    for (uint32_t i = 0; i < 120; i++)
+        other[i] = (int32_t)(9000 + i);
+    kvrt_seq_params_t pc = {.field_mask = KVRT_SEQ_PARAM_PRIORITY, .prompt = other,
+                            .prompt_len = 120, .max_new_tokens = 2, .priority = 1};
+    uint64_t shared = 0; /* tokens of the shared prefix a and b compute */
+    uint32_t a_preempted = 0;
+    for (int k = 0; k < 200; k++) {
+        if (k == 5) {
+            kvrt_seq_id_t id;
+            ASSERT_OK(f->ctx, kvrt_seq_add(f->sched, &pc, &id));
+        }
+        const kvrt_batch_plan_t *plan = step(f);
+        for (uint32_t i = 0; i < plan->num_preempted; i++)
+            a_preempted += plan->preempted[i] == a;
+        const kvrt_plan_seq_t *both[2] = {entry(plan, a), entry(plan, b)};
+        for (uint32_t i = 0; i < 2; i++) {
+            const kvrt_plan_seq_t *e = both[i];
+            if (e && e->kind == KVRT_PLAN_PREFILL && e->num_computed_tokens < PREFIX) {
+                uint32_t end = e->num_computed_tokens + e->num_new_tokens;
+                shared += (end < PREFIX ? end : PREFIX) - e->num_computed_tokens;
+            }
+        }
+        if (!plan->num_seqs && !stats(f).running && !stats(f).waiting)
+            break;
+        if (plan->num_seqs)
+            sched_fixture_commit(f, plan, 9);
+    }
+    cr_assert_gt(a_preempted, 0, "c's prefill preempted a");
+    /* Ending the wait there: 368 tokens of the prefix computed, 608 in all. */
+    cr_assert_leq(shared, 304, "a and b computed %llu tokens of the shared prefix",
+                  (unsigned long long)shared);
+    cr_assert_leq(stats(f).prefill_tokens, 480);
+    kvrt_seq_info_t ev[4];
+    cr_assert_eq(sched_fixture_drain(f, ev, 4), 3);
+    close_hybrid(&h);
 }
 
 /* A request noted in a step and then preempted in it (a request of higher
