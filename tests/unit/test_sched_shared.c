@@ -637,8 +637,16 @@ static hybrid_t open_hybrid(uint32_t tpb0, uint32_t tpb1, uint32_t window,
     return open_hybrid_sized(tpb0, 4096 / tpb0, tpb1, 4096 / tpb1, window, sp);
 }
 
+/* Requires no used block and no live table in either group (every request
+ * has ended), then destroys everything. */
 static void close_hybrid(hybrid_t *h)
 {
+    for (uint32_t g = 0; g < 2; g++) {
+        kvrt_pool_info_t info;
+        ASSERT_OK(h->f.ctx, kvrt_pool_info(h->pools[g], &info));
+        cr_assert_eq(info.used_blocks, 0, "group %u: %u blocks leaked", g, info.used_blocks);
+        cr_assert_eq(info.live_tables, 0, "group %u: %u tables leaked", g, info.live_tables);
+    }
     ASSERT_OK(h->f.ctx, kvrt_sched_destroy(h->f.sched));
     for (uint32_t g = 0; g < 2; g++) {
         ASSERT_OK(h->f.ctx, kvrt_cache_destroy(h->caches[g]));
