@@ -22,6 +22,7 @@ target_link_libraries(kvrt_sim_model PUBLIC PkgConfig::CJSON m)
 # The engine loop and the report, over the real scheduler, cache and pool.
 add_library(kvrt_sim_engine STATIC
   ${KVRT_SIM_DIR}/sim_engine.c
+  ${KVRT_SIM_DIR}/sim_kv.c
   ${KVRT_SIM_DIR}/sim_tier.c
   ${KVRT_SIM_DIR}/sim_report.c
   ${KVRT_SIM_DIR}/sim_cluster.c

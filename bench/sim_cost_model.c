@@ -64,6 +64,25 @@ int sim_cost_model_validate(const sim_cost_model_t *model, const char **what_out
     return 0;
 }
 
+/* Context tokens (before position `computed`) that queries starting at
+ * `computed` read through a window of w positions: the first query's window
+ * reaches furthest back, to computed - (w - 1). */
+static uint64_t window_context(uint32_t computed, uint32_t w)
+{
+    return computed < w - 1 ? computed : w - 1u;
+}
+
+/* Pairs of n queries at positions c.. that each read at most w positions:
+ * query j reads min(c + j + 1, w) keys. */
+static uint64_t window_pairs(uint64_t n, uint64_t c, uint64_t w)
+{
+    uint64_t first = c + 1;
+    if (first >= w)
+        return n * w;
+    uint64_t growing = w - first < n ? w - first : n; /* queries below the cap */
+    return growing * first + growing * (growing - 1) / 2 + (n - growing) * w;
+}
+
 void sim_step_add_prefill(sim_step_shape_t *shape, uint32_t new_tokens,
                           uint32_t computed_tokens)
 {
@@ -74,6 +93,10 @@ void sim_step_add_prefill(sim_step_shape_t *shape, uint32_t new_tokens,
      * chunk and j + 1 of its own, so the chunk does n * c + n * (n + 1) / 2. */
     uint64_t n = new_tokens;
     shape->attention_pairs += n * computed_tokens + n * (n + 1) / 2;
+    if (shape->window) {
+        shape->window_kv_read_tokens += window_context(computed_tokens, shape->window);
+        shape->window_attention_pairs += window_pairs(n, computed_tokens, shape->window);
+    }
 }
 
 void sim_step_add_decode(sim_step_shape_t *shape, uint32_t query_tokens,
@@ -85,6 +108,8 @@ void sim_step_add_decode(sim_step_shape_t *shape, uint32_t query_tokens,
      * sequence (the k + 1 verify queries share that read); its math is
      * small enough to hide under the read. */
     shape->kv_read_tokens += computed_tokens;
+    if (shape->window)
+        shape->window_kv_read_tokens += window_context(computed_tokens, shape->window);
 }
 
 double sim_step_time_us(const sim_cost_model_t *model, const sim_step_shape_t *shape)
@@ -95,8 +120,14 @@ double sim_step_time_us(const sim_cost_model_t *model, const sim_step_shape_t *s
     double weights = model->weights_ms * 1000.0;
     if (linear < weights)
         linear = weights;
+    double kv_read = (double)shape->kv_read_tokens, pairs = (double)shape->attention_pairs;
+    if (shape->window) {
+        double share = shape->window_share;
+        kv_read = (1.0 - share) * kv_read + share * (double)shape->window_kv_read_tokens;
+        pairs = (1.0 - share) * pairs + share * (double)shape->window_attention_pairs;
+    }
     return model->overhead_us + (double)shape->seqs * model->per_seq_us + linear +
-           (double)shape->kv_read_tokens * model->kv_read_ns_per_token / 1000.0 +
-           (double)shape->attention_pairs * model->attn_ns_per_pair / 1000.0 +
+           kv_read * model->kv_read_ns_per_token / 1000.0 +
+           pairs * model->attn_ns_per_pair / 1000.0 +
            (double)shape->draft_positions * model->draft_us_per_position;
 }

@@ -24,6 +24,17 @@
  * longest draft of the batch; 0 without a draft model).
  * Every term grows with its input, so the model is monotone in each.
  * docs/simulator.md derives the defaults (Llama-3.1-8B, fp16, one H100).
+ *
+ * Sliding-window layers (Gemma 2/3, gpt-oss, Mistral): when the shape's
+ * window is W > 0, a window_share of the layers reads only the last W
+ * positions. Those layers' part of the two attention terms counts the
+ * window's tokens and pairs (window_kv_read_tokens, window_attention_pairs)
+ * instead of the whole context's:
+ *
+ *   kv_read = (1 - share) * kv_read_tokens + share * window_kv_read_tokens
+ *
+ * and the same for pairs. With W = 0 (a zeroed shape) the model is the one
+ * above, to the bit.
  */
 #ifndef KVRT_BENCH_SIM_COST_MODEL_H
 #define KVRT_BENCH_SIM_COST_MODEL_H
@@ -47,6 +58,12 @@ typedef struct sim_step_shape {
     uint64_t kv_read_tokens;     /* context tokens attention reads */
     uint64_t attention_pairs;    /* prefill (query, key) pairs */
     uint32_t draft_positions;    /* draft-model steps run before this one */
+    /* Sliding-window layers: set window and window_share before adding
+     * sequences; the add functions fill the two counts. */
+    uint32_t window;             /* positions a window layer reads; 0: none */
+    double window_share;         /* window layers / all layers, in [0, 1] */
+    uint64_t window_kv_read_tokens;  /* context tokens in the queries' windows */
+    uint64_t window_attention_pairs; /* prefill pairs within the window */
 } sim_step_shape_t;
 
 /* Llama-3.1-8B in fp16 on one H100 SXM (docs/simulator.md). */
@@ -59,7 +76,8 @@ sim_cost_model_t sim_cost_model_default(void);
  */
 int sim_cost_model_validate(const sim_cost_model_t *model, const char **what_out);
 
-/* Adds a prefill chunk of `new_tokens` after `computed_tokens` cached ones. */
+/* Adds a prefill chunk of `new_tokens` after `computed_tokens` cached ones
+ * (and, with a window, what its window layers read). */
 void sim_step_add_prefill(sim_step_shape_t *shape, uint32_t new_tokens,
                           uint32_t computed_tokens);
 

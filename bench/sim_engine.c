@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "sim_kv.h"
 #include "sim_rng.h"
 
 #define EVENT_BATCH 256u
@@ -43,8 +44,8 @@ typedef struct engine {
     const sim_config_t *cfg;
     sim_workload_t *workload;
     kvrt_ctx_t *ctx;
-    kvrt_pool_t *pool;
-    kvrt_cache_t *cache;
+    sim_kv_t kv;                /* the pools and caches, one per cache group */
+    kvrt_cache_t *cache;        /* group 0's; NULL without the prefix cache */
     kvrt_sched_t *sched;
     sim_tier_t *tier;           /* NULL: no tiers below the GPU */
     record_t *recs;
@@ -126,8 +127,7 @@ sim_config_t sim_config_default(void)
 
 static uint64_t block_bytes_of(const sim_config_t *c)
 {
-    /* fp16 K and V of every layer for tokens_per_block tokens. */
-    return (uint64_t)c->num_layers * 2u * c->num_kv_heads * c->head_dim * 2u * c->block_tokens;
+    return sim_kv_block_bytes(c, c->num_layers, c->block_tokens);
 }
 
 uint32_t sim_config_kv_blocks(const sim_config_t *c)
@@ -174,6 +174,24 @@ int sim_config_validate(const sim_config_t *c, char *error, size_t error_size)
         snprintf(error, error_size, "tiers below the GPU need the prefix cache");
         return -1;
     }
+    if (c->sliding_window > KVRT_TABLE_MAX_TOKENS ||
+        (c->sliding_window && (c->window_layers == 0 || c->window_layers > c->num_layers))) {
+        snprintf(error, error_size, "a sliding window needs 1..%u tokens on 1..%u layers",
+                 KVRT_TABLE_MAX_TOKENS, c->num_layers);
+        return -1;
+    }
+    if (c->window_block_tokens && (c->window_block_tokens > 4096 ||
+                                   (c->window_block_tokens & (c->window_block_tokens - 1)))) {
+        snprintf(error, error_size, "window block tokens must be a power of two in 1..4096");
+        return -1;
+    }
+    if (c->sliding_window && c->tier.host_gb > 0.0) {
+        snprintf(error, error_size, "tiers below the GPU are not simulated for hybrid models");
+        return -1;
+    }
+    sim_kv_t kv;
+    if (sim_kv_plan(c, &kv, error, error_size) != 0)
+        return -1;
     /* Scheduler limits (batch tokens, sequences, n-gram range) are checked
      * by kvrt_sched_create, whose message is passed on. */
     return 0;
@@ -187,29 +205,9 @@ static int open_kvrt(engine_t *e)
     kvrt_status_t st = kvrt_ctx_create(NULL, &e->ctx);
     if (st != KVRT_OK)
         return fail(e, "kvrt_ctx_create: %s", kvrt_status_str(st));
-    uint32_t blocks = sim_config_kv_blocks(c);
-    kvrt_pool_params_t pp = {
-        .field_mask = KVRT_POOL_PARAM_BASE | KVRT_POOL_PARAM_NAME,
-        .layout = {.num_layers = c->num_layers, .num_kv_heads = c->num_kv_heads,
-                   .head_dim = c->head_dim, .tokens_per_block = c->block_tokens},
-        .num_blocks = blocks,
-        /* GPU memory the engine would own: kvrt only computes addresses in
-         * it, so a made-up base is enough. */
-        .base = (void *)(uintptr_t)0x100000000ull,
-        .base_bytes = (uint64_t)blocks * block_bytes_of(c),
-        .name = "sim-gpu",
-    };
-    if ((st = kvrt_pool_create(e->ctx, &pp, &e->pool)) != KVRT_OK)
-        return fail_kvrt(e, "kvrt_pool_create", st);
-    if (c->prefix_cache) {
-        kvrt_cache_params_t cp = {.field_mask = KVRT_CACHE_PARAM_POLICY |
-                                                KVRT_CACHE_PARAM_FINGERPRINT,
-                                  .policy = c->cache_policy};
-        if ((st = kvrt_model_fingerprint("meta-llama/Llama-3.1-8B-Instruct", &pp.layout,
-                                         &cp.model_fingerprint)) != KVRT_OK ||
-            (st = kvrt_cache_create(e->pool, &cp, &e->cache)) != KVRT_OK)
-            return fail_kvrt(e, "kvrt_cache_create", st);
-    }
+    char error[256];
+    if (sim_kv_plan(c, &e->kv, error, sizeof error) != 0)
+        return fail(e, "%s", error);
     uint64_t max_requests = (uint64_t)c->max_waiting + c->max_seqs + 16;
     kvrt_sched_params_t sp = {
         .field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS | KVRT_SCHED_PARAM_MAX_SEQS |
@@ -236,8 +234,10 @@ static int open_kvrt(engine_t *e)
         sp.ngram_min = c->ngram_min;
         sp.ngram_max = c->ngram_max;
     }
-    if ((st = kvrt_sched_create(e->ctx, e->pool, e->cache, &sp, &e->sched)) != KVRT_OK)
-        return fail_kvrt(e, "kvrt_sched_create", st);
+    const char *call = NULL;
+    if ((st = sim_kv_open(&e->kv, e->ctx, c, &sp, &e->sched, &call)) != KVRT_OK)
+        return fail_kvrt(e, call, st);
+    e->cache = e->kv.groups[0].cache;
     return sim_tier_open(&c->tier, e->cache, e->sched, block_bytes_of(c),
                          c->cost.prefill_us_per_token, &e->tier, e->error, e->error_size);
 }
@@ -576,7 +576,10 @@ static int run_step(engine_t *e, const kvrt_batch_plan_t *plan)
                     (unsigned long long)plan->step, plan->num_seqs);
     if (forget_preempted(e, plan) != 0)
         return -1;
-    sim_step_shape_t shape = {0};
+    const sim_config_t *c = e->cfg;
+    sim_step_shape_t shape = {
+        .window = c->sliding_window,
+        .window_share = c->sliding_window ? (double)c->window_layers / c->num_layers : 0.0};
     uint32_t num_tokens = 0;
     if (build_commit(e, plan, &shape, &num_tokens) != 0)
         return -1;
@@ -606,10 +609,7 @@ static int run_step(engine_t *e, const kvrt_batch_plan_t *plan)
         r->emitted += e->accepted[i] + 1;
         r->last_token_us = e->now_us;
     }
-    kvrt_pool_info_t info;
-    kvrt_pool_info(e->pool, &info);
-    if (info.used_blocks > e->res->peak_used_blocks)
-        e->res->peak_used_blocks = info.used_blocks;
+    sim_kv_sample(&e->kv);
     return drain(e);
 }
 
@@ -687,14 +687,8 @@ static int collect(engine_t *e)
     if (ended != res->submitted || res->submitted != sim_workload_popped(e->workload))
         return fail(e, "%llu requests submitted, %llu ended",
                     (unsigned long long)res->submitted, (unsigned long long)ended);
-    kvrt_pool_info_t info;
-    kvrt_pool_info(e->pool, &info);
-    kvrt_status_t st = kvrt_pool_verify(e->pool);
-    if (st != KVRT_OK)
-        return fail_kvrt(e, "kvrt_pool_verify", st);
-    if (info.used_blocks != 0)
-        return fail(e, "%u KV blocks still in use after every request ended",
-                    info.used_blocks);
+    if (sim_kv_check_empty(&e->kv, e->ctx, e->error, e->error_size) != 0)
+        return -1;
     res->sim_s = e->now_us / 1e6;
     res->prefill_tokens = s.prefill_tokens;
     res->preemptions = s.preemptions;
@@ -702,13 +696,16 @@ static int collect(engine_t *e)
     res->spec_proposed = s.spec_proposed;
     res->spec_accepted = s.spec_accepted;
     res->spec_verifications = s.spec_verifications;
-    res->kv_blocks = info.num_blocks;
-    res->block_tokens = info.tokens_per_block;
-    if (e->cache) {
-        kvrt_cache_stats_t cs;
-        kvrt_cache_stats(e->cache, &cs);
-        res->cache_evictions = cs.evictions;
+    const sim_kv_group_t *g = &e->kv.groups[0];
+    res->kv_blocks = g->num_blocks;
+    res->block_tokens = g->block_tokens;
+    res->peak_used_blocks = g->peak_used_blocks;
+    if (e->kv.num_groups > 1) {
+        res->window_blocks = e->kv.groups[1].num_blocks;
+        res->window_block_tokens = e->kv.groups[1].block_tokens;
+        res->window_peak_used_blocks = e->kv.groups[1].peak_used_blocks;
     }
+    res->cache_evictions = sim_kv_evictions(&e->kv);
     if (res->steps) {
         res->mean_batch_seqs = (double)e->batch_seqs / (double)res->steps;
         res->mean_step_ms = res->busy_s * 1e3 / (double)res->steps;
@@ -725,7 +722,7 @@ static void close_engine(engine_t *e)
 {
     sim_tier_close(e->tier);
     kvrt_sched_destroy(e->sched);
-    kvrt_cache_destroy(e->cache);
+    sim_kv_close(&e->kv);
     kvrt_ctx_destroy(e->ctx);
     for (uint64_t i = 0; e->recs && i < e->num_recs; i++)
         free(e->recs[i].req.answer);

@@ -40,6 +40,16 @@ typedef struct sim_config {
     uint32_t num_layers, num_kv_heads, head_dim;
     uint32_t block_tokens;
     double kv_gb;                  /* 10^9 bytes */
+    /* Hybrid models (sim_kv.h): window_layers of the layers read only the
+     * last sliding_window positions; 0: every layer full attention. */
+    uint32_t sliding_window;
+    uint32_t window_layers;        /* 1..num_layers with a window */
+    uint32_t window_block_tokens;  /* the window group's; 0: block_tokens */
+    double window_kv_gb;           /* the window group's memory; 0: sized by
+                                      sim_kv.h's rule */
+    int window_kv_full;            /* 1: hold every layer's K/V for every
+                                      token in one group (no hybrid
+                                      allocator), the cost model unchanged */
     /* Prefix cache. */
     int prefix_cache;              /* 0: no cache */
     kvrt_cache_policy_t cache_policy;
@@ -95,8 +105,19 @@ typedef struct sim_results {
     uint64_t prefix_hit_tokens, prefix_query_tokens;
     uint64_t cache_evictions;
     uint64_t preemptions;
-    uint32_t kv_blocks, block_tokens;
+    uint32_t kv_blocks, block_tokens;  /* group 0's (the full-attention layers') */
     uint32_t peak_used_blocks;
+    /* Hybrid models with two groups: the window group's pool. */
+    uint32_t window_blocks, window_block_tokens, window_peak_used_blocks;
+    /* Hybrid models: the same workload with every layer's K/V held for
+     * every token (window_kv_full; kvrt-sim runs it when a window is set). */
+    int without_hybrid;                /* the fields below are set */
+    struct sim_full_kv_run {
+        double sim_s, mean_batch_seqs, output_tokens_per_s;
+        uint64_t preemptions, prefill_tokens;
+        uint32_t kv_blocks, peak_used_blocks;
+        sim_latency_t ttft_ms, tpot_ms;
+    } full_kv;
     /* Speculation. */
     uint64_t spec_proposed, spec_accepted, spec_verifications;
     /* Tiers below the GPU (tier.enabled 0 without --host-gb), and the same

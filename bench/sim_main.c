@@ -31,6 +31,7 @@ typedef struct options {
     bool json;
     bool progress;
     sim_cluster_config_t cluster; /* --nodes and the other cluster options */
+    bool window_layers_set;     /* --window-layers given */
     const char *metrics_out;    /* NULL: no metrics file */
     int metrics_port;           /* -1: no endpoint */
     double metrics_hold_s;
@@ -79,6 +80,13 @@ static void usage(FILE *out)
 "  --kv-gb X               GPU memory for KV, 10^9 bytes [%g]\n"
 "  --layers N --kv-heads N --head-dim N   KV shape, fp16 [%u %u %u]\n"
 "  --block-tokens N        tokens per KV block [%u]\n"
+"\n"
+"hybrid models (docs/simulator.md; the summary then also shows the same run\n"
+"with every layer's KV held for every token)\n"
+"  --sliding-window W      some layers read only the last W positions [0: none]\n"
+"  --window-layers N       how many of the layers do [half of them]\n"
+"  --window-block-tokens N tokens per block of those layers' KV [--block-tokens]\n"
+"  --window-kv-gb X        their part of --kv-gb [their layers' share]\n"
 "\n"
 "tiers below the GPU (docs/simulator.md; the summary then also shows TTFT\n"
 "of the same run without them)\n"
@@ -182,7 +190,8 @@ enum {
     OPT_METRICS_PORT, OPT_METRICS_HOLD, OPT_HELP,
     OPT_NODES, OPT_ROUTER, OPT_ROUTE_PREFILL, OPT_ROUTE_DECODE, OPT_SHARING, OPT_DISAGG,
     OPT_NET_GBPS, OPT_NET_LATENCY,
-    OPT_HOST_GB, OPT_SSD_GB, OPT_HOST_GBPS, OPT_HOST_LATENCY, OPT_SSD_GBPS, OPT_SSD_LATENCY
+    OPT_HOST_GB, OPT_SSD_GB, OPT_HOST_GBPS, OPT_HOST_LATENCY, OPT_SSD_GBPS, OPT_SSD_LATENCY,
+    OPT_WINDOW, OPT_WINDOW_LAYERS, OPT_WINDOW_BLOCK_TOKENS, OPT_WINDOW_KV_GB
 };
 
 static const struct option long_options[] = {
@@ -217,6 +226,10 @@ static const struct option long_options[] = {
     {"kv-heads", required_argument, NULL, OPT_KV_HEADS},
     {"head-dim", required_argument, NULL, OPT_HEAD_DIM},
     {"block-tokens", required_argument, NULL, OPT_BLOCK_TOKENS},
+    {"sliding-window", required_argument, NULL, OPT_WINDOW},
+    {"window-layers", required_argument, NULL, OPT_WINDOW_LAYERS},
+    {"window-block-tokens", required_argument, NULL, OPT_WINDOW_BLOCK_TOKENS},
+    {"window-kv-gb", required_argument, NULL, OPT_WINDOW_KV_GB},
     {"max-batch-tokens", required_argument, NULL, OPT_BATCH_TOKENS},
     {"max-seqs", required_argument, NULL, OPT_MAX_SEQS},
     {"chunk", required_argument, NULL, OPT_CHUNK},
@@ -252,6 +265,17 @@ static const struct option long_options[] = {
     {"ssd-latency-us", required_argument, NULL, OPT_SSD_LATENCY},
     {NULL, 0, NULL, 0},
 };
+
+static int parse_block_tokens(const char *flag, const char *text, uint32_t *out)
+{
+    uint32_t u;
+    if (parse_u32(flag, text, 1, 4096, &u) != 0)
+        return -1;
+    if (u & (u - 1))
+        return bad_value(flag, "a power of two in 1..4096", text);
+    *out = u;
+    return 0;
+}
 
 static int parse_choice(const char *flag, const char *text, const char *const *names,
                         int count, const char *want)
@@ -325,13 +349,15 @@ static int apply_option(options_t *o, int opt, const char *arg)
     case OPT_LAYERS: return parse_u32("layers", arg, 1, 1024, &c->num_layers);
     case OPT_KV_HEADS: return parse_u32("kv-heads", arg, 1, 1024, &c->num_kv_heads);
     case OPT_HEAD_DIM: return parse_u32("head-dim", arg, 1, 1024, &c->head_dim);
-    case OPT_BLOCK_TOKENS:
-        if (parse_u32("block-tokens", arg, 1, 4096, &u) != 0)
-            return -1;
-        if (u & (u - 1))
-            return bad_value("block-tokens", "a power of two in 1..4096", arg);
-        c->block_tokens = u;
-        return 0;
+    case OPT_BLOCK_TOKENS: return parse_block_tokens("block-tokens", arg, &c->block_tokens);
+    case OPT_WINDOW:
+        return parse_u32("sliding-window", arg, 1, KVRT_TABLE_MAX_TOKENS, &c->sliding_window);
+    case OPT_WINDOW_LAYERS:
+        o->window_layers_set = true;
+        return parse_u32("window-layers", arg, 1, 1024, &c->window_layers);
+    case OPT_WINDOW_BLOCK_TOKENS:
+        return parse_block_tokens("window-block-tokens", arg, &c->window_block_tokens);
+    case OPT_WINDOW_KV_GB: return parse_double("window-kv-gb", arg, 1e-6, 1e6, &c->window_kv_gb);
     case OPT_BATCH_TOKENS:
         return parse_u32("max-batch-tokens", arg, 1, 1u << 24, &c->max_batch_tokens);
     case OPT_MAX_SEQS: return parse_u32("max-seqs", arg, 1, 65536, &c->max_seqs);
@@ -452,6 +478,20 @@ static int parse_options(int argc, char **argv, options_t *o)
         fprintf(stderr, "kvrt-sim: --host-gb/--ssd-gb are single-node only for now\n");
         return -1;
     }
+    sim_config_t *c = &o->config;
+    if ((o->window_layers_set || c->window_block_tokens || c->window_kv_gb > 0.0) &&
+        !c->sliding_window) {
+        fprintf(stderr, "kvrt-sim: --window-layers, --window-block-tokens and --window-kv-gb "
+                        "need --sliding-window\n");
+        return -1;
+    }
+    if (c->sliding_window && !o->window_layers_set)
+        c->window_layers = c->num_layers > 1 ? c->num_layers / 2 : 1;
+    if (c->sliding_window && (o->cluster.nodes > 1 || c->tier.host_gb > 0.0)) {
+        fprintf(stderr, "kvrt-sim: --sliding-window is single-node and without tiers for "
+                        "now\n");
+        return -1;
+    }
     if (o->requests)
         o->synthetic.num_requests = o->requests;
     o->synthetic.deadline_ms = o->deadline_ms;
@@ -493,29 +533,58 @@ static int make_workload(const options_t *o, trace_t *trace, sim_workload_t **wo
     return 0;
 }
 
-/* With tiers: the same workload again without them, for the TTFT they
- * gain (deterministic: the same flags give the same baseline). */
-static int run_without_tiers(const options_t *o, sim_results_t *with, char *error,
-                             size_t error_size)
+/* The same workload again under `config`, for a baseline beside the run
+ * (deterministic: the same flags give the same baseline). */
+static int run_again(const options_t *o, const sim_config_t *config, const char *what,
+                     sim_results_t *out, char *error, size_t error_size)
 {
-    options_t plain = *o;
-    plain.config.tier.host_gb = plain.config.tier.ssd_gb = 0.0;
     trace_t trace = {0};
     sim_workload_t *workload = NULL;
     char describe[512];
-    if (make_workload(&plain, &trace, &workload, describe, sizeof describe) != 0) {
+    if (make_workload(o, &trace, &workload, describe, sizeof describe) != 0) {
         trace_free(&trace);
-        snprintf(error, error_size, "the workload again, for the run without tiers");
+        snprintf(error, error_size, "the workload again, for the run %s", what);
         return -1;
     }
-    sim_results_t without;
-    int rc = sim_run(&plain.config, workload, NULL, NULL, &without, error, error_size);
+    int rc = sim_run(config, workload, NULL, NULL, out, error, error_size);
     sim_workload_destroy(workload);
     trace_free(&trace);
+    return rc;
+}
+
+/* With tiers: the run without them, for the TTFT they gain. */
+static int run_without_tiers(const options_t *o, sim_results_t *with, char *error,
+                             size_t error_size)
+{
+    sim_config_t plain = o->config;
+    plain.tier.host_gb = plain.tier.ssd_gb = 0.0;
+    sim_results_t without;
+    int rc = run_again(o, &plain, "without tiers", &without, error, error_size);
     if (rc == 0) {
         with->without_tiers = 1;
         with->ttft_no_tier_ms = without.ttft_ms;
         with->prefill_tokens_no_tier = without.prefill_tokens;
+    }
+    return rc;
+}
+
+/* A hybrid model: the run with every layer's K/V held for every token, for
+ * what the window groups gain. */
+static int run_without_hybrid(const options_t *o, sim_results_t *with, char *error,
+                              size_t error_size)
+{
+    sim_config_t full = o->config;
+    full.window_kv_full = 1;
+    sim_results_t r;
+    int rc = run_again(o, &full, "with full-size K/V", &r, error, error_size);
+    if (rc == 0) {
+        with->without_hybrid = 1;
+        with->full_kv = (struct sim_full_kv_run){
+            .sim_s = r.sim_s, .mean_batch_seqs = r.mean_batch_seqs,
+            .output_tokens_per_s = r.sim_s > 0.0 ? (double)r.output_tokens / r.sim_s : 0.0,
+            .preemptions = r.preemptions, .prefill_tokens = r.prefill_tokens,
+            .kv_blocks = r.kv_blocks, .peak_used_blocks = r.peak_used_blocks,
+            .ttft_ms = r.ttft_ms, .tpot_ms = r.tpot_ms};
     }
     return rc;
 }
@@ -583,6 +652,8 @@ int main(int argc, char **argv)
     trace_free(&trace);
     if (rc == 0 && results.tier.enabled)
         rc = run_without_tiers(&o, &results, error, sizeof error);
+    if (rc == 0 && o.config.sliding_window)
+        rc = run_without_hybrid(&o, &results, error, sizeof error);
     if (rc != 0) {
         fprintf(stderr, "%skvrt-sim: %s\n", bar.drawn ? "\r\033[K" : "", error);
         sim_metrics_close(&metrics, NULL, 0);

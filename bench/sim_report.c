@@ -3,6 +3,8 @@
  */
 #include "sim_report.h"
 
+#include "sim_kv.h"
+
 #include <cJSON.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,15 +92,63 @@ static void tier_text(FILE *out, const sim_config_t *c, const sim_results_t *r)
     }
 }
 
+static double percent_used(uint32_t peak, uint32_t blocks)
+{
+    return 100.0 * ratio(peak, blocks > 0 ? blocks - 1 : 0); /* kvrt's null block */
+}
+
+/* A hybrid model's lines: each group's memory, and the run with full-size
+ * K/V beside this one. */
+static void hybrid_text(FILE *out, const sim_config_t *c, const sim_results_t *r)
+{
+    char a[32], b[32], d[32], f[32];
+    if (r->window_blocks) {
+        double full_gb = (double)r->kv_blocks * 1e-9 *
+                         (double)sim_kv_block_bytes(c, c->num_layers - c->window_layers,
+                                                    r->block_tokens);
+        double win_gb = (double)r->window_blocks * 1e-9 *
+                        (double)sim_kv_block_bytes(c, c->window_layers,
+                                                   r->window_block_tokens);
+        fprintf(out, "hybrid        window of %u on %u of %u layers; full-attention KV %.1f GB "
+                     "= %s blocks x %u (peak %.1f%% in use), window KV %.1f GB = %s blocks x "
+                     "%u (peak %.1f%%)\n",
+                c->sliding_window, c->window_layers, c->num_layers, full_gb,
+                count(a, r->kv_blocks), r->block_tokens,
+                percent_used(r->peak_used_blocks, r->kv_blocks), win_gb,
+                count(b, r->window_blocks), r->window_block_tokens,
+                percent_used(r->window_peak_used_blocks, r->window_blocks));
+    } else {
+        fprintf(out, "hybrid        window of %u on all %u layers, one window group\n",
+                c->sliding_window, c->num_layers);
+    }
+    if (!r->without_hybrid)
+        return;
+    const struct sim_full_kv_run *k = &r->full_kv;
+    double tps = ratio((double)r->output_tokens, r->sim_s);
+    fprintf(out, "full-size KV  the same run holding every layer's KV for every token (%s "
+                 "blocks x %u, peak %.1f%%): %s output tok/s (hybrid %+.1f%%), %.1f seqs per "
+                 "step (hybrid %.1f), %s preemptions (hybrid %s)\n",
+            count(a, k->kv_blocks), c->block_tokens,
+            percent_used(k->peak_used_blocks, k->kv_blocks), count(b, k->output_tokens_per_s),
+            100.0 * (ratio(tps, k->output_tokens_per_s) - 1.0), k->mean_batch_seqs,
+            r->mean_batch_seqs, count(d, (double)k->preemptions),
+            count(f, (double)r->preemptions));
+    latency_line(out, "TTFT full KV", &k->ttft_ms);
+    latency_line(out, "TPOT full KV", &k->tpot_ms);
+}
+
 void sim_report_text(FILE *out, const char *workload, const sim_config_t *c,
                      const sim_results_t *r)
 {
     char a[32], b[32], d[32], f[32], g[32];
     fprintf(out, "kvrt-sim      %s\n", workload);
     fprintf(out, "model         %u layers x %u KV heads x %u fp16 (Llama-3.1-8B shape), "
-                 "one H100 by the cost model; KV %.0f GB = %s blocks x %u tokens\n",
-            c->num_layers, c->num_kv_heads, c->head_dim, c->kv_gb, count(a, r->kv_blocks),
-            r->block_tokens);
+                 "one H100 by the cost model; KV %.0f GB", c->num_layers, c->num_kv_heads,
+            c->head_dim, c->kv_gb);
+    if (r->window_blocks)
+        fprintf(out, " in two cache groups (hybrid, below)\n");
+    else
+        fprintf(out, " = %s blocks x %u tokens\n", count(a, r->kv_blocks), r->block_tokens);
     fprintf(out, "scheduler     %u tokens/step, %u seqs; prefix cache %s; speculation %s",
             c->max_batch_tokens, c->max_seqs, c->prefix_cache ? policy_name(c->cache_policy)
                                                                : "off",
@@ -131,13 +181,14 @@ void sim_report_text(FILE *out, const char *workload, const sim_config_t *c,
                 count(a, (double)r->prefix_hit_tokens), count(b, (double)r->prefix_query_tokens),
                 count(d, (double)r->cache_evictions));
     fprintf(out, "KV blocks     peak %.1f%% in use, %s preemptions",
-            100.0 * ratio(r->peak_used_blocks, r->kv_blocks > 0 ? r->kv_blocks - 1 : 0),
-            count(a, (double)r->preemptions));
+            percent_used(r->peak_used_blocks, r->kv_blocks), count(a, (double)r->preemptions));
     if (r->deadline_misses)
         fprintf(out, ", %s TTFT deadlines missed", count(b, (double)r->deadline_misses));
     fprintf(out, "\n");
     if (r->tier.enabled)
         tier_text(out, c, r);
+    if (c->sliding_window)
+        hybrid_text(out, c, r);
     if (c->spec != SIM_SPEC_OFF)
         fprintf(out, "speculation   %s drafts verified, %s accepted (%.1f%%), %.2f accepted per "
                      "verification\n",
@@ -185,6 +236,31 @@ static cJSON *config_json(const sim_config_t *c)
     cJSON_AddStringToObject(o, "speculation", spec_name(c->spec));
     cJSON_AddNumberToObject(o, "spec_k", c->spec_k);
     return o;
+}
+
+static void hybrid_json(cJSON *root, const sim_config_t *c, const sim_results_t *r)
+{
+    cJSON *h = cJSON_AddObjectToObject(root, "hybrid");
+    cJSON_AddNumberToObject(h, "sliding_window", c->sliding_window);
+    cJSON_AddNumberToObject(h, "window_layers", c->window_layers);
+    cJSON_AddNumberToObject(h, "layers", c->num_layers);
+    /* Two groups: "kv" above is the full-attention group's pool. */
+    cJSON_AddNumberToObject(h, "window_blocks", r->window_blocks);
+    cJSON_AddNumberToObject(h, "window_block_tokens", r->window_block_tokens);
+    cJSON_AddNumberToObject(h, "window_peak_used_blocks", r->window_peak_used_blocks);
+    if (!r->without_hybrid)
+        return;
+    const struct sim_full_kv_run *k = &r->full_kv;
+    cJSON *f = cJSON_AddObjectToObject(h, "full_kv");
+    cJSON_AddNumberToObject(f, "blocks", k->kv_blocks);
+    cJSON_AddNumberToObject(f, "peak_used_blocks", k->peak_used_blocks);
+    cJSON_AddNumberToObject(f, "simulated_s", k->sim_s);
+    cJSON_AddNumberToObject(f, "output_tokens_per_s", k->output_tokens_per_s);
+    cJSON_AddNumberToObject(f, "mean_batch_seqs", k->mean_batch_seqs);
+    cJSON_AddNumberToObject(f, "preemptions", (double)k->preemptions);
+    cJSON_AddNumberToObject(f, "prefill_computed_tokens", (double)k->prefill_tokens);
+    cJSON_AddItemToObject(f, "ttft_ms", sim_report_latency_json(&k->ttft_ms));
+    cJSON_AddItemToObject(f, "tpot_ms", sim_report_latency_json(&k->tpot_ms));
 }
 
 int sim_report_json(FILE *out, const char *workload, const sim_config_t *c,
@@ -258,6 +334,8 @@ int sim_report_json(FILE *out, const char *workload, const sim_config_t *c,
                                     (double)r->prefill_tokens_no_tier);
         }
     }
+    if (c->sliding_window)
+        hybrid_json(root, c, r);
     cJSON *sp = cJSON_AddObjectToObject(root, "speculation");
     cJSON_AddStringToObject(sp, "mode", spec_name(c->spec));
     cJSON_AddNumberToObject(sp, "proposed", (double)r->spec_proposed);

@@ -242,3 +242,144 @@ Test(sim_engine, oversized_requests_are_rejected_not_fatal)
     check_conservation(&r, 20);
     cr_assert_gt(r.rejected, 0u);
 }
+
+/* ---- hybrid models: window layers in a cache group of their own ---------- */
+
+static sim_config_t hybrid_config(void)
+{
+    sim_config_t c = sim_config_default();
+    c.sliding_window = 128;
+    c.window_layers = 16;
+    return c;
+}
+
+Test(sim_engine, hybrid_models_hold_window_layers_in_a_group_of_their_own)
+{
+    /* Prompts of 600+ tokens and a 128-token window: the window group holds
+     * a prefill chunk's blocks for one step and then its window's, the full
+     * group holds every block; every block of both comes back (sim_run
+     * checks both pools). */
+    sim_config_t c = hybrid_config();
+    c.kv_gb = 2.0;
+    sim_synthetic_params_t p = small_workload(21);
+    p.abort_prob = 0.0; /* every run below produces every answer */
+    sim_results_t a, b;
+    cr_assert_eq(run_synthetic(&c, &p, &a), 0, "%s", error);
+    check_conservation(&a, 300);
+    cr_assert_gt(a.window_blocks, 16u);
+    cr_assert_eq(a.window_block_tokens, 16u);
+    cr_assert_gt(a.window_peak_used_blocks, 0u);
+    cr_assert_leq(a.window_peak_used_blocks, a.window_blocks - 1);
+    cr_assert_lt(a.window_peak_used_blocks, a.peak_used_blocks,
+                 "window group peak %u, full group peak %u", a.window_peak_used_blocks,
+                 a.peak_used_blocks);
+    /* The window group's blocks become evictable as they leave the window,
+     * before the request ends, so under this pressure its LRU evicts some
+     * that a full-size pool keeps: a few hits are lost, not most. */
+    sim_config_t full_kv = c;
+    full_kv.window_kv_full = 1;
+    cr_assert_eq(run_synthetic(&full_kv, &p, &b), 0, "%s", error);
+    cr_assert_gt(a.prefix_hit_tokens, 0u);
+    cr_assert_geq(a.prefix_hit_tokens * 100, b.prefix_hit_tokens * 85,
+                  "%llu hit tokens split, %llu in one pool",
+                  (unsigned long long)a.prefix_hit_tokens,
+                  (unsigned long long)b.prefix_hit_tokens);
+    cr_assert_eq(run_synthetic(&c, &p, &b), 0, "%s", error);
+    clear_wall_clock(&a);
+    clear_wall_clock(&b);
+    cr_assert_eq(memcmp(&a, &b, sizeof a), 0, "two hybrid runs with seed 21 differ");
+    /* Larger window blocks: the group's own block size. */
+    c.window_block_tokens = 64;
+    cr_assert_eq(run_synthetic(&c, &p, &b), 0, "%s", error);
+    check_conservation(&b, 300);
+    cr_assert_eq(b.window_block_tokens, 64u);
+    cr_assert_eq(b.output_tokens, a.output_tokens);
+    /* A window on every layer: one window group. */
+    c = hybrid_config();
+    c.window_layers = c.num_layers;
+    cr_assert_eq(run_synthetic(&c, &p, &b), 0, "%s", error);
+    check_conservation(&b, 300);
+    cr_assert_eq(b.window_blocks, 0u);
+    cr_assert_eq(b.output_tokens, a.output_tokens);
+}
+
+Test(sim_engine, window_layers_make_steps_cheaper)
+{
+    /* The same work with half the layers reading 128 positions: at 4K+
+     * contexts each step reads less K/V, and the GPU is busy for less time. */
+    sim_config_t c = sim_config_default();
+    sim_synthetic_params_t p = small_workload(22);
+    p.system_len = 4000;
+    p.max_prompt = 12000;
+    p.abort_prob = 0.0;
+    sim_results_t full, window, window_full_kv;
+    cr_assert_eq(run_synthetic(&c, &p, &full), 0, "%s", error);
+    c = hybrid_config();
+    cr_assert_eq(run_synthetic(&c, &p, &window), 0, "%s", error);
+    c.window_kv_full = 1;
+    cr_assert_eq(run_synthetic(&c, &p, &window_full_kv), 0, "%s", error);
+    cr_assert_eq(window.output_tokens, full.output_tokens);
+    cr_assert_lt(window.mean_step_ms, full.mean_step_ms * 0.97, "%.3f ms a step with windows, "
+                 "%.3f without", window.mean_step_ms, full.mean_step_ms);
+    cr_assert_lt(window.busy_s, full.busy_s);
+    cr_assert_eq(window_full_kv.window_blocks, 0u);
+    cr_assert_eq(window_full_kv.kv_blocks, full.kv_blocks);
+    /* At its layers' share, and without memory pressure, the window group
+     * caches what one full-size pool caches: no prefix hit is lost. */
+    cr_assert_geq(window.prefix_hit_tokens * 100, window_full_kv.prefix_hit_tokens * 99,
+                  "%llu hit tokens split, %llu in one pool",
+                  (unsigned long long)window.prefix_hit_tokens,
+                  (unsigned long long)window_full_kv.prefix_hit_tokens);
+}
+
+Test(sim_engine, memory_taken_from_window_layers_runs_more_requests)
+{
+    /* No prefix cache and too little memory: with full-size K/V requests
+     * are preempted and recomputed; the window group needs only its
+     * windows, and the memory it gives the full-attention layers lets more
+     * requests run. */
+    sim_config_t c = hybrid_config();
+    c.prefix_cache = 0;
+    c.kv_gb = 0.5;
+    c.window_kv_gb = 0.1;
+    c.max_batch_tokens = 1024; /* a request's window and one step's tokens fit */
+    sim_synthetic_params_t p = small_workload(23);
+    p.rate = 40.0;
+    sim_results_t hybrid, full_kv;
+    cr_assert_eq(run_synthetic(&c, &p, &hybrid), 0, "%s", error);
+    check_conservation(&hybrid, 300);
+    c.window_kv_full = 1;
+    cr_assert_eq(run_synthetic(&c, &p, &full_kv), 0, "%s", error);
+    check_conservation(&full_kv, 300);
+    cr_assert_gt(full_kv.preemptions, 0u);
+    cr_assert_lt(hybrid.preemptions, full_kv.preemptions);
+    cr_assert_lt(hybrid.prefill_tokens, full_kv.prefill_tokens);
+    cr_assert_lt(hybrid.sim_s, full_kv.sim_s);
+    cr_assert_gt(hybrid.mean_batch_seqs, full_kv.mean_batch_seqs);
+}
+
+Test(sim_engine, bad_hybrid_configurations_are_refused)
+{
+    struct {
+        uint32_t window, layers, block_tokens;
+        double window_gb, host_gb;
+        const char *says;
+    } cases[] = {
+        {128, 0, 0, 0.0, 0.0, "1..32 layers"},
+        {128, 33, 0, 0.0, 0.0, "1..32 layers"},
+        {128, 16, 12, 0.0, 0.0, "power of two"},
+        {128, 16, 0, 60.0, 0.0, "must be below"},
+        {128, 16, 0, 1e-6, 0.0, "at least 16 needed"},
+        {128, 32, 0, 10.0, 0.0, "one group"},
+        {128, 16, 0, 0.0, 10.0, "tiers"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        sim_config_t c = hybrid_config();
+        c.window_layers = cases[i].layers;
+        c.window_block_tokens = cases[i].block_tokens;
+        c.window_kv_gb = cases[i].window_gb;
+        c.tier.host_gb = cases[i].host_gb;
+        cr_assert_eq(sim_config_validate(&c, error, sizeof error), -1, "case %zu", i);
+        cr_assert(strstr(error, cases[i].says) != NULL, "case %zu: %s", i, error);
+    }
+}

@@ -132,3 +132,87 @@ Test(sim_cost_model, bad_parameters_are_named)
     cr_assert_eq(sim_cost_model_validate(&m, &what), -1);
     cr_assert(strstr(what, "one must be positive") != NULL);
 }
+
+/* Keys read by n queries at positions c.. of a window of w, one by one. */
+static uint64_t pairs_by_hand(uint64_t n, uint64_t c, uint64_t w)
+{
+    uint64_t sum = 0;
+    for (uint64_t j = 0; j < n; j++)
+        sum += c + j + 1 < w ? c + j + 1 : w;
+    return sum;
+}
+
+Test(sim_cost_model, window_layers_read_only_their_window)
+{
+    const uint32_t windows[] = {1, 2, 7, 128, 4096};
+    const uint32_t counts[] = {0, 1, 5, 127, 128, 129, 3000};
+    for (size_t wi = 0; wi < sizeof(windows) / sizeof(windows[0]); wi++) {
+        for (size_t ni = 0; ni < sizeof(counts) / sizeof(counts[0]); ni++) {
+            for (size_t ci = 0; ci < sizeof(counts) / sizeof(counts[0]); ci++) {
+                uint32_t w = windows[wi], n = counts[ni], c = counts[ci];
+                sim_step_shape_t s = {.window = w, .window_share = 0.5};
+                sim_step_add_prefill(&s, n, c);
+                cr_assert_eq(s.window_attention_pairs, pairs_by_hand(n, c, w),
+                             "pairs of %u after %u, window %u", n, c, w);
+                /* The first query reads back w - 1 positions at most. */
+                cr_assert_eq(s.window_kv_read_tokens, c < w - 1 ? c : w - 1);
+                sim_step_add_decode(&s, 5, c);
+                cr_assert_eq(s.window_kv_read_tokens, 2 * (uint64_t)(c < w - 1 ? c : w - 1));
+                /* Full-attention counts are those of a shape without a window. */
+                sim_step_shape_t plain = {0};
+                sim_step_add_prefill(&plain, n, c);
+                sim_step_add_decode(&plain, 5, c);
+                cr_assert_eq(s.attention_pairs, plain.attention_pairs);
+                cr_assert_eq(s.kv_read_tokens, plain.kv_read_tokens);
+            }
+        }
+    }
+}
+
+Test(sim_cost_model, window_layers_make_long_contexts_cheaper)
+{
+    sim_cost_model_t m = sim_cost_model_default();
+    /* A window longer than every context, or on no layer, costs what full
+     * attention costs, to the bit. */
+    sim_step_shape_t plain = {0}, wide = {.window = 1u << 20, .window_share = 0.5},
+                     none = {.window = 128, .window_share = 0.0};
+    sim_step_shape_t *all[] = {&plain, &wide, &none};
+    for (int i = 0; i < 3; i++) {
+        sim_step_add_prefill(all[i], 2048, 4096);
+        for (int k = 0; k < 64; k++)
+            sim_step_add_decode(all[i], 1, 8192);
+    }
+    double full = sim_step_time_us(&m, &plain);
+    cr_assert_eq(sim_step_time_us(&m, &wide), full);
+    cr_assert_eq(sim_step_time_us(&m, &none), full);
+    /* Narrower windows and more window layers never cost more; at 8K
+     * contexts half the layers on a 128 window save most of the KV read. */
+    double last = full;
+    const uint32_t windows[] = {8192, 4096, 1024, 128, 1};
+    for (size_t i = 0; i < sizeof(windows) / sizeof(windows[0]); i++) {
+        double share_last = full + 1.0;
+        for (double share = 0.0; share <= 1.0; share += 0.25) {
+            sim_step_shape_t s = {.window = windows[i], .window_share = share};
+            sim_step_add_prefill(&s, 2048, 4096);
+            for (int k = 0; k < 64; k++)
+                sim_step_add_decode(&s, 1, 8192);
+            double t = sim_step_time_us(&m, &s);
+            cr_assert_leq(t, share_last, "window %u share %.2f", windows[i], share);
+            share_last = t;
+            if (share == 0.5) {
+                cr_assert_leq(t, last, "window %u", windows[i]);
+                last = t;
+            }
+        }
+    }
+    sim_step_shape_t s = {.window = 128, .window_share = 0.5};
+    for (int k = 0; k < 64; k++)
+        sim_step_add_decode(&s, 1, 8192);
+    sim_step_shape_t d = {0};
+    for (int k = 0; k < 64; k++)
+        sim_step_add_decode(&d, 1, 8192);
+    double kv_full = (double)d.kv_read_tokens * m.kv_read_ns_per_token / 1000.0;
+    double saved = sim_step_time_us(&m, &d) - sim_step_time_us(&m, &s);
+    cr_assert(saved > 0.45 * kv_full && saved < 0.5 * kv_full, "saved %.0f of %.0f us", saved,
+              kv_full);
+}
