@@ -425,7 +425,10 @@ typedef struct kvrt_seq_params {
  * min_tokens above max_new_tokens, a prompt that leaves no room for one
  * output token under max_seq_tokens),
  * KVRT_ERR_NO_BLOCKS (the request could not fit in the pool even alone,
- * above the pool's watermark when use_watermark is on),
+ * above the pool's watermark when use_watermark is on; a sliding-window
+ * group needs its window and, per plan in flight, the request's largest
+ * step: a prefill chunk, its longest multimodal item or a decode with its
+ * drafts; docs/scheduler.md),
  * KVRT_ERR_REQUEST_LIMIT (max_requests live, counting drained requests an
  * uncommitted plan still names), KVRT_ERR_NO_MEMORY.
  */

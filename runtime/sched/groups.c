@@ -205,7 +205,8 @@ static void forget_tails(kvrt_sched_t *s, const seq_t *q)
         xgroup(s, q, g)->tail_block = KVRT_NULL_BLOCK;
 }
 
-uint32_t sched_group_worst_blocks(const kvrt_sched_t *s, uint32_t g, uint32_t capacity)
+uint32_t sched_group_worst_blocks(const kvrt_sched_t *s, uint32_t g, uint32_t capacity,
+                                  uint32_t longest_item)
 {
     const sched_group_t *gr = &s->groups[g];
     /* Every token but the last has K/V; drafts and placeholders are
@@ -213,9 +214,17 @@ uint32_t sched_group_worst_blocks(const kvrt_sched_t *s, uint32_t g, uint32_t ca
     uint32_t all = sched_group_blocks_for(gr, capacity - 1);
     if (!gr->window)
         return all;
+    /* The most tokens a step plans for one request: a prefill chunk
+     * (prefill_chunk_tokens, or a multimodal item taken whole when the
+     * budget holds it) or a decode with its drafts. */
+    uint32_t step = s->chunk_tokens > longest_item ? s->chunk_tokens : longest_item;
+    if (step < 1 + s->max_draft)
+        step = 1 + s->max_draft;
+    if (step > s->max_batch_tokens)
+        step = s->max_batch_tokens;
     /* The window before the oldest uncommitted token, every plan in flight's
      * tokens after it, and a block each end for alignment. */
-    uint64_t span = (uint64_t)gr->window + (uint64_t)s->max_in_flight * s->max_batch_tokens;
+    uint64_t span = (uint64_t)gr->window + (uint64_t)s->max_in_flight * step;
     uint32_t windowed = sched_group_blocks_for(gr, span) + 1;
     return windowed < all ? windowed : all;
 }

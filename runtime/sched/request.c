@@ -261,12 +261,18 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
         return status;
     uint64_t limit = (uint64_t)p->prompt_len + p->max_new_tokens;
     uint32_t capacity = limit > s->max_seq_tokens ? s->max_seq_tokens : (uint32_t)limit;
+    const kvrt_hash_keys_t *keys = (p->field_mask & KVRT_SEQ_PARAM_KEYS) ? p->keys : NULL;
+    uint32_t num_mm = keys && (keys->field_mask & KVRT_HASH_KEY_MM) ? keys->num_mm_items : 0;
+    uint32_t longest_item = 0;
+    for (uint32_t k = 0; k < num_mm; k++) /* (checked by check_seq_params) */
+        if (keys->mm_items[k].length > longest_item)
+            longest_item = keys->mm_items[k].length;
     /* The most blocks it can ever hold: every token but the last has K/V
      * (a step's drafts are clamped to the tokens the request may still
      * produce). */
     for (uint32_t g = 0; g < s->num_groups; g++) {
         /* A sliding-window group holds only its window's blocks. */
-        uint32_t worst = sched_group_worst_blocks(s, g, capacity);
+        uint32_t worst = sched_group_worst_blocks(s, g, capacity, longest_item);
         kvrt_pool_info_t info;
         kvrt_pool_info(s->groups[g].pool, &info);
         uint32_t reserve = s->use_watermark ? info.watermark_blocks : 0;
@@ -281,8 +287,6 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
                          s->max_requests);
 
     uint32_t num_stop = (p->field_mask & KVRT_SEQ_PARAM_STOP) ? p->num_stop_tokens : 0;
-    const kvrt_hash_keys_t *keys = (p->field_mask & KVRT_SEQ_PARAM_KEYS) ? p->keys : NULL;
-    uint32_t num_mm = keys && (keys->field_mask & KVRT_HASH_KEY_MM) ? keys->num_mm_items : 0;
     uint32_t max_blocks = s->cache ? capacity >> s->block_shift : 0;
     const uint32_t min_tokens =
         (p->field_mask & KVRT_SEQ_PARAM_MIN_TOKENS) ? p->min_tokens : 0;

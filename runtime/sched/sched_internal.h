@@ -909,8 +909,10 @@ void sched_groups_free(kvrt_sched_t *s);
 void sched_groups_init_plans(kvrt_sched_t *s);
 /* Refreshes the plan's group descriptors at the end of a step. */
 void sched_groups_publish(kvrt_sched_t *s);
-/* Most blocks group g can hold for a request of `capacity` tokens. */
-uint32_t sched_group_worst_blocks(const kvrt_sched_t *s, uint32_t g, uint32_t capacity);
+/* Most blocks group g can hold for a request of `capacity` tokens whose
+ * longest multimodal item has longest_item tokens (0: none). */
+uint32_t sched_group_worst_blocks(const kvrt_sched_t *s, uint32_t g, uint32_t capacity,
+                                  uint32_t longest_item);
 /* Bytes of a request's hashes in groups >= 1, and setting them up. */
 size_t sched_groups_hash_bytes(const kvrt_sched_t *s, uint32_t capacity);
 void sched_groups_init_seq(kvrt_sched_t *s, seq_t *q, char *memory, uint32_t capacity);

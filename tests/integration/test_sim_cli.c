@@ -43,7 +43,8 @@ Test(sim_cli, help_lists_every_flag)
                            "--cache", "--spec", "--spec-k", "--ngram-min", "--ngram-max",
                            "--no-adaptive-draft", "--draft-accept", "--json", "--no-progress",
                            "--host-gb", "--ssd-gb", "--host-gbps", "--host-latency-us",
-                           "--ssd-gbps", "--ssd-latency-us"};
+                           "--ssd-gbps", "--ssd-latency-us", "--sliding-window",
+                           "--window-layers", "--window-block-tokens", "--window-kv-gb"};
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         cr_assert(strstr(o.out, flags[i]) != NULL, "--help does not mention %s", flags[i]);
     release(&o);
@@ -65,6 +66,14 @@ Test(sim_cli, bad_flags_and_values_exit_2)
     expect_usage_error((const char *const[]){"--ssd-gb", "10", NULL}, "host tier");
     expect_usage_error((const char *const[]){"--host-gbps", "0", NULL}, "--host-gbps");
     expect_usage_error((const char *const[]){"stray", NULL}, "unexpected argument 'stray'");
+    expect_usage_error((const char *const[]){"--window-layers", "4", NULL}, "need --sliding-window");
+    expect_usage_error((const char *const[]){"--sliding-window", "0", NULL}, "--sliding-window");
+    expect_usage_error((const char *const[]){"--sliding-window", "64", "--window-layers", "40",
+                                             NULL}, "1..32 layers");
+    expect_usage_error((const char *const[]){"--sliding-window", "64", "--window-kv-gb", "60",
+                                             NULL}, "must be below");
+    expect_usage_error((const char *const[]){"--sliding-window", "64", "--nodes", "2", NULL},
+                       "single-node");
     expect_usage_error((const char *const[]){"--rate", NULL}, "needs a value");
     expect_usage_error((const char *const[]){"--trace", "/nonexistent/trace.jsonl", NULL},
                        "/nonexistent/trace.jsonl");
@@ -141,5 +150,35 @@ Test(sim_cli, tiers_report_ttft_with_and_without)
     o = run((const char *const[]){"--requests", "40", "--host-gb", "1", NULL});
     cr_assert_eq(o.status, 0, "stderr: %s", o.err);
     cr_assert(strstr(o.out, "TTFT no tier") && strstr(o.out, "onload"), "%s", o.out);
+    release(&o);
+}
+
+Test(sim_cli, hybrid_models_report_each_group_and_the_full_size_run)
+{
+    output_t o = run((const char *const[]){"--requests", "100", "--kv-gb", "1", "--system-len",
+                                           "1500", "--sliding-window", "256", "--window-layers",
+                                           "24", "--window-kv-gb", "0.2", "--json", NULL});
+    cr_assert_eq(o.status, 0, "stderr: %s", o.err);
+    cJSON *root = cJSON_Parse(o.out);
+    cr_assert_not_null(root, "not JSON: %s", o.out);
+    const cJSON *h = cJSON_GetObjectItem(root, "hybrid");
+    cr_assert_not_null(h, "no hybrid object: %s", o.out);
+    cr_assert_eq(cJSON_GetObjectItem(h, "window_layers")->valuedouble, 24.0);
+    /* 0.2 GB of 24 layers' 16-token blocks (1.5 MiB each), and the rest
+     * for the other 8 layers' (0.5 MiB each). */
+    cr_assert_eq(cJSON_GetObjectItem(h, "window_blocks")->valuedouble, 127.0);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(root, "kv"), "blocks")->valuedouble,
+                 1525.0);
+    const cJSON *full = cJSON_GetObjectItem(h, "full_kv");
+    cr_assert_not_null(full);
+    cr_assert_eq(cJSON_GetObjectItem(full, "blocks")->valuedouble, 476.0);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(full, "ttft_ms"), "count")->valuedouble,
+                 cJSON_GetObjectItem(cJSON_GetObjectItem(root, "ttft_ms"), "count")->valuedouble);
+    cJSON_Delete(root);
+    release(&o);
+    o = run((const char *const[]){"--requests", "40", "--sliding-window", "128", NULL});
+    cr_assert_eq(o.status, 0, "stderr: %s", o.err);
+    cr_assert(strstr(o.out, "window of 128 on 16 of 32 layers") && strstr(o.out, "full-size KV") &&
+              strstr(o.out, "TTFT full KV"), "%s", o.out);
     release(&o);
 }

@@ -539,6 +539,51 @@ Test(sched_hybrid, a_long_prefill_through_a_window_fits_a_pool_smaller_than_its_
     hybrid_close(&h);
 }
 
+Test(sched_hybrid, a_window_group_needs_room_only_for_its_window_and_one_step_of_a_request)
+{
+    /* A 4-token window over 1-token blocks, a step budget of 64 and chunks
+     * of 8: a request holds at most its window and one chunk (+1 block),
+     * 13 blocks, so a pool of 16 runs a 90-token prompt although the
+     * budget alone would allow a 64-token chunk. */
+    static const uint32_t blocks[1] = {16}, tpb[1] = {1}, window[1] = {4};
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                            KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_WATERMARK,
+                              .max_batch_tokens = 64, .prefill_chunk_tokens = 8,
+                              .use_watermark = 0};
+    hybrid_t h = hybrid_open(1, blocks, tpb, window, false, &sp);
+    int32_t prompt[90];
+    for (int i = 0; i < 90; i++)
+        prompt[i] = i % 97;
+    kvrt_seq_id_t id = add_prompt(&h, prompt, 90, 4);
+    for (uint32_t step = 0; step < 40 && checked_step(&h, step); step++)
+        cr_assert_leq(used_blocks(&h, 0), 13);
+    kvrt_seq_info_t ev[1];
+    uint32_t n;
+    ASSERT_OK(h.ctx, kvrt_sched_drain_ended(h.sched, ev, 1, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ev[0].id, id);
+    cr_assert_eq(ev[0].end_reason, KVRT_END_LENGTH);
+    /* A multimodal item is planned whole, past the chunk size: a request
+     * with a 12-token item needs its window and the item (17 blocks), more
+     * than the pool holds, and is refused at once rather than stalled. */
+    kvrt_mm_item_t item = {.content_hash = {1, 2}, .offset = 20, .length = 12};
+    kvrt_hash_keys_t keys = {.field_mask = KVRT_HASH_KEY_MM, .num_mm_items = 1,
+                             .mm_items = &item};
+    kvrt_seq_params_t p = {.field_mask = KVRT_SEQ_PARAM_KEYS, .prompt = prompt,
+                           .prompt_len = 90, .max_new_tokens = 4, .keys = &keys};
+    ASSERT_STATUS(KVRT_ERR_NO_BLOCKS, kvrt_seq_add(h.sched, &p, &id));
+    cr_assert(strstr(kvrt_ctx_last_error(h.ctx), "needs 17 blocks") != NULL, "%s",
+              kvrt_ctx_last_error(h.ctx));
+    item.length = 10; /* 15 blocks: runs, the item in one chunk */
+    ASSERT_OK(h.ctx, kvrt_seq_add(h.sched, &p, &id));
+    for (uint32_t step = 0; step < 40 && checked_step(&h, step); step++)
+        cr_assert_leq(used_blocks(&h, 0), 15);
+    ASSERT_OK(h.ctx, kvrt_sched_drain_ended(h.sched, ev, 1, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ev[0].end_reason, KVRT_END_LENGTH);
+    hybrid_close(&h);
+}
+
 /* ---- randomized ------------------------------------------------------------ */
 
 #define RND_REQ 400
