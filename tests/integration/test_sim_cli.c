@@ -157,7 +157,8 @@ Test(sim_cli, hybrid_models_report_each_group_and_the_full_size_run)
 {
     output_t o = run((const char *const[]){"--requests", "100", "--kv-gb", "1", "--system-len",
                                            "1500", "--sliding-window", "256", "--window-layers",
-                                           "24", "--window-kv-gb", "0.2", "--json", NULL});
+                                           "24", "--window-kv-gb", "0.2", "--chunk", "512",
+                                           "--abort-prob", "0", "--json", NULL});
     cr_assert_eq(o.status, 0, "stderr: %s", o.err);
     cJSON *root = cJSON_Parse(o.out);
     cr_assert_not_null(root, "not JSON: %s", o.out);
@@ -168,7 +169,11 @@ Test(sim_cli, hybrid_models_report_each_group_and_the_full_size_run)
      * for the other 8 layers' (0.5 MiB each). */
     cr_assert_eq(cJSON_GetObjectItem(h, "window_blocks")->valuedouble, 127.0);
     cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(root, "kv"), "blocks")->valuedouble,
-                 1525.0);
+                 1526.0);
+    /* Chunks of 512: each request needs 256 + 512 tokens' blocks of the
+     * window group (+1), so every request runs. */
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(root, "requests"), "rejected")
+                     ->valuedouble, 0.0, "%s", o.out);
     const cJSON *full = cJSON_GetObjectItem(h, "full_kv");
     cr_assert_not_null(full);
     cr_assert_eq(cJSON_GetObjectItem(full, "blocks")->valuedouble, 476.0);
