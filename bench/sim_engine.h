@@ -114,7 +114,7 @@ typedef struct sim_results {
     int without_hybrid;                /* the fields below are set */
     struct sim_full_kv_run {
         double sim_s, mean_batch_seqs, output_tokens_per_s;
-        uint64_t preemptions, prefill_tokens;
+        uint64_t preemptions, prefill_tokens, finished, rejected;
         uint32_t kv_blocks, peak_used_blocks;
         sim_latency_t ttft_ms, tpot_ms;
     } full_kv;

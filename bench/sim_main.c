@@ -583,6 +583,7 @@ static int run_without_hybrid(const options_t *o, sim_results_t *with, char *err
             .sim_s = r.sim_s, .mean_batch_seqs = r.mean_batch_seqs,
             .output_tokens_per_s = r.sim_s > 0.0 ? (double)r.output_tokens / r.sim_s : 0.0,
             .preemptions = r.preemptions, .prefill_tokens = r.prefill_tokens,
+            .finished = r.finished_stop + r.finished_length, .rejected = r.rejected,
             .kv_blocks = r.kv_blocks, .peak_used_blocks = r.peak_used_blocks,
             .ttft_ms = r.ttft_ms, .tpot_ms = r.tpot_ms};
     }

@@ -127,12 +127,14 @@ static void hybrid_text(FILE *out, const sim_config_t *c, const sim_results_t *r
     double tps = ratio((double)r->output_tokens, r->sim_s);
     fprintf(out, "full-size KV  the same run holding every layer's KV for every token (%s "
                  "blocks x %u, peak %.1f%%): %s output tok/s (hybrid %+.1f%%), %.1f seqs per "
-                 "step (hybrid %.1f), %s preemptions (hybrid %s)\n",
+                 "step (hybrid %.1f), %s preemptions (hybrid %s), %llu rejected (hybrid "
+                 "%llu)\n",
             count(a, k->kv_blocks), c->block_tokens,
             percent_used(k->peak_used_blocks, k->kv_blocks), count(b, k->output_tokens_per_s),
             100.0 * (ratio(tps, k->output_tokens_per_s) - 1.0), k->mean_batch_seqs,
             r->mean_batch_seqs, count(d, (double)k->preemptions),
-            count(f, (double)r->preemptions));
+            count(f, (double)r->preemptions), (unsigned long long)k->rejected,
+            (unsigned long long)r->rejected);
     latency_line(out, "TTFT full KV", &k->ttft_ms);
     latency_line(out, "TPOT full KV", &k->tpot_ms);
 }
@@ -258,6 +260,8 @@ static void hybrid_json(cJSON *root, const sim_config_t *c, const sim_results_t 
     cJSON_AddNumberToObject(f, "output_tokens_per_s", k->output_tokens_per_s);
     cJSON_AddNumberToObject(f, "mean_batch_seqs", k->mean_batch_seqs);
     cJSON_AddNumberToObject(f, "preemptions", (double)k->preemptions);
+    cJSON_AddNumberToObject(f, "finished", (double)k->finished);
+    cJSON_AddNumberToObject(f, "rejected", (double)k->rejected);
     cJSON_AddNumberToObject(f, "prefill_computed_tokens", (double)k->prefill_tokens);
     cJSON_AddItemToObject(f, "ttft_ms", sim_report_latency_json(&k->ttft_ms));
     cJSON_AddItemToObject(f, "tpot_ms", sim_report_latency_json(&k->tpot_ms));
