@@ -217,6 +217,10 @@ static kvrt_status_t await_kv(kvrt_sched_t *s, kvrt_seq_id_t id, const kvrt_arri
     kvrt_status_t st = check_await(s, q, id, p);
     if (st != KVRT_OK)
         return st;
+    /* A cache reset no step has seen yet is settled first: the K/V about
+     * to be written is of the new weights, and only requests that held
+     * K/V before the reset stop caching (sched_sync_cache_resets). */
+    sched_sync_cache_resets(s);
     uint32_t first[KVRT_SCHED_MAX_GROUPS], count[KVRT_SCHED_MAX_GROUPS];
     st = allocate_arrival(s, q, p->num_tokens, first, count);
     if (st != KVRT_OK)

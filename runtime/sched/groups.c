@@ -296,6 +296,8 @@ static KVRT_ALWAYS_INLINE void release_windows(kvrt_sched_t *s, seq_t *q)
         if (gone <= *r.released)
             continue;
         kvrt_table_release_front(gr->pool, *r.table, gone);
+        if (q->landed) /* (a queued head: its arrived blocks count as landed) */
+            s->groups[g].landed_blocks -= gone - *r.released;
         if (q->row != SCHED_NONE) {
             int32_t *row = gr->rows + (size_t)q->row * gr->row_stride;
             uint32_t end = gone < *r.row_blocks ? gone : *r.row_blocks;

@@ -693,6 +693,12 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
             sched_unpin(s); /* its table may be the one q needs */
             rc = sched_match_prefix(s, q, hit_blocks);
         }
+        /* With nothing running no table would ever come back: requests
+         * queued behind q with arrived K/V give theirs up (the one the
+         * admission order reaches last first), as for blocks. */
+        while ((rc == KVRT_ERR_NO_TABLES || rc == KVRT_ERR_NO_MEMORY) &&
+               s->running_live == s->running_ended && sched_release_landed(s, q))
+            rc = sched_match_prefix(s, q, hit_blocks);
         if (rc == KVRT_ERR_NO_TABLES || rc == KVRT_ERR_NO_MEMORY)
             return false; /* wait for a table */
         if (rc != KVRT_OK) {

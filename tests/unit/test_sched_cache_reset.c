@@ -181,3 +181,41 @@ Test(sched_cache_reset, blocks_filled_after_a_forget_busy_reset_are_not_found_th
     ASSERT_OK(f.ctx, kvrt_pool_verify(f.pool));
     close_fixture(&f);
 }
+
+Test(sched_cache_reset, a_request_that_starts_waiting_for_kv_after_a_reset_caches_its_blocks)
+{
+    /* The reset comes before any step saw it and before the request's K/V
+     * exists: that K/V is of the new weights, so its blocks are cached when
+     * they land and as the request fills more. */
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK, .use_watermark = 0};
+    sched_fixture_t f = sched_fixture_open(64, 4, true, &sp);
+    int32_t prompt[17];
+    for (int i = 0; i < 17; i++)
+        prompt[i] = 100 + i;
+    kvrt_seq_params_t p = {.prompt = prompt, .prompt_len = 17, .max_new_tokens = 8};
+    kvrt_seq_id_t id;
+    ASSERT_OK(f.ctx, kvrt_seq_add(f.sched, &p, &id));
+    ASSERT_OK(f.ctx, kvrt_cache_reset(f.cache, 0));
+    kvrt_arrival_params_t ap = {.num_tokens = 16};
+    kvrt_arrival_id_t a;
+    uint32_t first, count;
+    ASSERT_OK(f.ctx, kvrt_seq_await_kv(f.sched, id, &ap, &a, &first, &count));
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, a, count));
+    kvrt_cache_stats_t cs;
+    ASSERT_OK(f.ctx, kvrt_cache_stats(f.cache, &cs));
+    cr_assert_eq(cs.cached_blocks, 4, "%llu blocks cached at landing",
+                 (unsigned long long)cs.cached_blocks);
+    for (uint64_t t = 1; t <= 20; t++) {
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, t, &plan));
+        if (!plan->num_seqs)
+            break;
+        sched_fixture_commit(&f, plan, 7);
+    }
+    kvrt_seq_info_t ev[1];
+    cr_assert_eq(sched_fixture_drain(&f, ev, 1), 1);
+    ASSERT_OK(f.ctx, kvrt_cache_stats(f.cache, &cs));
+    cr_assert_eq(cs.cached_blocks, 6, "%llu blocks cached at the end (24 tokens computed)",
+                 (unsigned long long)cs.cached_blocks);
+    sched_fixture_close(&f);
+}
