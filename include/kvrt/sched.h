@@ -57,9 +57,10 @@
  * starts at an item (or inside it, after a prefix hit) takes the rest of
  * the item whole, beyond prefill_chunk_tokens if need be, or waits for a
  * step with that much budget left (an item longer than max_batch_tokens is
- * refused at kvrt_seq_add). That wait is one step: the first request in a
- * step whose item did not fit has its chunk held for it in the next step,
- * before decodes (those that do not fit in what is left wait that step).
+ * refused at kvrt_seq_add). That wait is one step, plus one per item that
+ * waited before it: the first request in a step whose item did not fit has
+ * its chunk held for it in the next step, before decodes (those that do
+ * not fit in what is left wait that step).
  * The cache's query and hit of a request count in kvrt_sched_stats_t at
  * its admission.
  *
@@ -70,8 +71,9 @@
  * sample); hit blocks are adopted into its block table, count as computed,
  * cost no budget and need no new block. A head that does not fit keeps its
  * hits in its table while it waits (one query per request, no rehashing,
- * its prefix safe from eviction); at most one waiting request holds hits,
- * and it gives them up before any running sequence is preempted.
+ * its prefix safe from eviction); at most one waiting request is so
+ * pinned (queued requests holding arrived K/V also hold their hits), and
+ * these give them up before any running sequence is preempted.
  * At commit every block that became
  * full is hashed (once) and inserted into the cache; rejected speculative
  * tokens are rolled back before that and never reach it.
