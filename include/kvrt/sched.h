@@ -84,11 +84,12 @@
  * so decodes rarely need to preempt.
  *
  * Preemption. When a running sequence needs a block and the pool has none,
- * first a waiting head gives up its prefix hits, then queued requests
+ * first a waiting head gives up its prefix hits, then other running
+ * sequences give back the blocks only rejected drafts used (see
+ * speculation; they hold nothing anyone computed), then queued requests
  * holding K/V that arrived give it up (see "waiting for KV"; the one the
  * admission order reaches last goes first; with a prefix cache the blocks
- * stay cached, idle), then other running sequences give back the blocks
- * only rejected drafts used (see speculation).
+ * stay cached, idle).
  * Then the scheduler preempts a *victim*: among all running sequences (the
  * one in need included, whether or not already placed in this step's
  * plan), the lowest priority, then the latest arrival (kvrt_seq_add order).

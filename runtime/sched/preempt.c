@@ -131,9 +131,10 @@ static bool trim_kept_blocks(kvrt_sched_t *s, const seq_t *except)
     return freed;
 }
 
-/* Blocks ran out for q: a pinned waiting head, then queued arrived K/V
- * give up their blocks, then (for a running request) the blocks rejected
- * drafts left with others, then a victim is preempted (an admission,
+/* Blocks ran out for q: a pinned waiting head gives up its hits, then (for
+ * a running request) the blocks rejected drafts left with others go back,
+ * which hold nothing anyone computed, then queued arrived K/V (lost without
+ * a prefix cache) is given up, then a victim is preempted (an admission,
  * `admitting`, preempts nobody but itself). Returns true to try again,
  * false when q is not to be planned this step: preempted, failed, or
  * waiting for arrivals or plans in flight to give blocks back. */
@@ -143,9 +144,9 @@ bool sched_relieve(kvrt_sched_t *s, seq_t *q, uint32_t *budget, bool admitting)
         sched_unpin(s);
         return true;
     }
-    if (sched_release_landed(s, NULL)) /* then queued K/V that arrived */
-        return true;
     if (!admitting && trim_kept_blocks(s, q)) /* then positions no one computed */
+        return true;
+    if (sched_release_landed(s, NULL)) /* then queued K/V that arrived */
         return true;
     seq_t *victim = admitting ? q : pick_victim(s);
     if (victim->in_plan & ~sched_plan_bit(s))

@@ -398,6 +398,76 @@ Test(sched_spec, kept_blocks_go_back_before_anyone_is_preempted)
     kvrt_ctx_destroy(ctx);
 }
 
+/* Blocks that only rejected drafts used go back before K/V that arrived
+ * for a queued request: those hold nothing anyone computed, the arrived
+ * K/V (no prefix cache here) would be lost and arrive or be computed
+ * again. As above, with L queued (max_seqs 2) holding 2 arrived blocks and
+ * the pool full when B crosses. */
+Test(sched_spec, kept_blocks_go_back_before_queued_arrived_kv)
+{
+    kvrt_ctx_t *ctx;
+    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
+    kvrt_pool_t *pool = test_pool(ctx, 9, 4); /* 8 blocks of 4 tokens */
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_DRAFT | KVRT_SCHED_PARAM_MAX_SEQS |
+                                            KVRT_SCHED_PARAM_WATERMARK,
+                              .max_draft_tokens = 4, .max_seqs = 2, .use_watermark = 0};
+    kvrt_sched_t *sched;
+    ASSERT_OK(ctx, kvrt_sched_create(ctx, pool, NULL, &sp, &sched));
+    int32_t prompt_a[4] = {1, 2, 3, 4}, prompt_b[7] = {11, 12, 13, 14, 15, 16, 17};
+    int32_t prompt_l[9] = {31, 32, 33, 34, 35, 36, 37, 38, 39};
+    kvrt_seq_params_t pa = {.prompt = prompt_a, .prompt_len = 4, .max_new_tokens = 12};
+    kvrt_seq_params_t pb = {.prompt = prompt_b, .prompt_len = 7, .max_new_tokens = 9};
+    kvrt_seq_params_t pl = {.prompt = prompt_l, .prompt_len = 9, .max_new_tokens = 2};
+    kvrt_seq_id_t ids[3];
+    ASSERT_OK(ctx, kvrt_seq_add(sched, &pa, &ids[0]));
+    ASSERT_OK(ctx, kvrt_seq_add(sched, &pb, &ids[1]));
+    const kvrt_batch_plan_t *plan;
+    ASSERT_OK(ctx, kvrt_sched_step(sched, 0, &plan));
+    int32_t first[2] = {5, 18};
+    kvrt_commit_t c = {.step = plan->step, .num_seqs = 2, .num_tokens = 2, .tokens = first};
+    ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
+    uint32_t four[2] = {4, 4};
+    int32_t drafts[8] = {6, 7, 8, 9, 19, 20, 21, 22};
+    ASSERT_OK(ctx, kvrt_sched_set_drafts(sched, 2, ids, four, drafts));
+    ASSERT_OK(ctx, kvrt_sched_step(sched, 1, &plan));
+    uint32_t accepted[2] = {0, 4};
+    int32_t tokens[6] = {60, 19, 20, 21, 22, 23};
+    c = (kvrt_commit_t){.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step, .num_seqs = 2,
+                        .num_tokens = 6, .tokens = tokens, .num_accepted = accepted};
+    ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
+    ASSERT_OK(ctx, kvrt_seq_add(sched, &pl, &ids[2]));
+    kvrt_arrival_params_t ap = {.num_tokens = 8};
+    kvrt_arrival_id_t arrival;
+    uint32_t first_block, count;
+    ASSERT_OK(ctx, kvrt_seq_await_kv(sched, ids[2], &ap, &arrival, &first_block, &count));
+    ASSERT_OK(ctx, kvrt_arrival_complete(sched, arrival, count));
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    cr_assert_eq(info.free_blocks, 0, "A 3 (one kept), B 3, L 2 arrived");
+    ASSERT_OK(ctx, kvrt_sched_step(sched, 2, &plan));
+    cr_assert_eq(plan->num_preempted, 0);
+    cr_assert_eq(plan->num_seqs, 2);
+    kvrt_seq_info_t li;
+    ASSERT_OK(ctx, kvrt_seq_info(sched, ids[2], &li));
+    cr_assert_eq(li.state, KVRT_SEQ_WAITING);
+    cr_assert_eq(li.computed_tokens, 8, "L's arrived K/V was given up before A's kept block");
+    int32_t bonus[2] = {61, 24};
+    c = (kvrt_commit_t){.step = plan->step, .num_seqs = 2, .num_tokens = 2, .tokens = bonus};
+    ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
+    for (int r = 0; r < 3; r++)
+        ASSERT_OK(ctx, kvrt_seq_abort(sched, ids[r]));
+    uint32_t n;
+    kvrt_seq_info_t ev[3];
+    ASSERT_OK(ctx, kvrt_sched_drain_ended(sched, ev, 3, &n));
+    cr_assert_eq(n, 3);
+    ASSERT_OK(ctx, kvrt_pool_verify(pool));
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    cr_assert_eq(info.used_blocks, 0);
+    kvrt_sched_destroy(sched);
+    kvrt_pool_destroy(pool);
+    kvrt_ctx_destroy(ctx);
+}
+
 /* Adds n (<= 16) requests of the same prompt and runs their prefill step:
  * each samples its first token, 7, and decodes from then on. */
 static void add_and_prefill(fixture_t *f, const int32_t *prompt, uint32_t len,
