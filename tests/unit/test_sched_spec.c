@@ -312,24 +312,21 @@ static void commit_and_close(fixture_t *f, const kvrt_batch_plan_t *plan,
     close_fixture(f);
 }
 
-/* Blocks that only rejected drafts used go back to the pool before any
- * request is preempted for want of blocks: A rolls its drafts back and
- * keeps a block past its tokens; B, the latest arrival (the victim), then
- * needs a block from a pool with none free, and gets A's instead of being
- * preempted. */
-Test(sched_spec, kept_blocks_go_back_before_anyone_is_preempted)
+/* The scene of the two tests below, on a pool of `blocks` blocks of 4
+ * tokens: A (4 tokens) and B (7) run their prompts, then both speculate 4
+ * drafts; A rejects all of them and keeps the block past its tokens (its
+ * third, returned in *kept), B accepts all. A holds 3 blocks, B 3. */
+static kvrt_sched_t *kept_block_scene(kvrt_ctx_t *ctx, kvrt_pool_t *pool,
+                                      kvrt_sched_params_t sp, kvrt_seq_id_t ids[2],
+                                      int32_t *kept)
 {
-    kvrt_ctx_t *ctx;
-    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
-    kvrt_pool_t *pool = test_pool(ctx, 7, 4); /* 6 blocks of 4 tokens */
-    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_DRAFT,
-                              .max_draft_tokens = 4};
+    sp.field_mask |= KVRT_SCHED_PARAM_DRAFT;
+    sp.max_draft_tokens = 4;
     kvrt_sched_t *sched;
     ASSERT_OK(ctx, kvrt_sched_create(ctx, pool, NULL, &sp, &sched));
-    int32_t prompt_a[4] = {1, 2, 3, 4}, prompt_b[7] = {11, 12, 13, 14, 15, 16, 17};
+    static const int32_t prompt_a[4] = {1, 2, 3, 4}, prompt_b[7] = {11, 12, 13, 14, 15, 16, 17};
     kvrt_seq_params_t pa = {.prompt = prompt_a, .prompt_len = 4, .max_new_tokens = 12};
     kvrt_seq_params_t pb = {.prompt = prompt_b, .prompt_len = 7, .max_new_tokens = 9};
-    kvrt_seq_id_t ids[2];
     ASSERT_OK(ctx, kvrt_seq_add(sched, &pa, &ids[0]));
     ASSERT_OK(ctx, kvrt_seq_add(sched, &pb, &ids[1]));
     /* Step 1: both prompts (1 + 2 blocks). */
@@ -340,7 +337,7 @@ Test(sched_spec, kept_blocks_go_back_before_anyone_is_preempted)
     kvrt_commit_t c = {.step = plan->step, .num_seqs = 2, .num_tokens = 2, .tokens = first};
     ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
     /* Step 2: 4 drafts each. A (positions 4-8) takes 2 blocks and rejects
-     * them all; B (7-11) takes 1 and accepts them all. 6 blocks in use. */
+     * them all; B (7-11) takes 1 and accepts them all. */
     uint32_t four[2] = {4, 4};
     int32_t drafts[8] = {6, 7, 8, 9, 19, 20, 21, 22};
     ASSERT_OK(ctx, kvrt_sched_set_drafts(sched, 2, ids, four, drafts));
@@ -352,12 +349,30 @@ Test(sched_spec, kept_blocks_go_back_before_anyone_is_preempted)
     c = (kvrt_commit_t){.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step, .num_seqs = 2,
                         .num_tokens = 6, .tokens = tokens, .num_accepted = accepted};
     ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
+    *kept = plan->block_rows[(size_t)plan->seqs[0].row * plan->row_stride + 2];
+    cr_assert_neq(*kept, KVRT_NULL_BLOCK, "A keeps the block its rejected drafts took");
+    return sched;
+}
+
+/* Blocks that only rejected drafts used go back to the pool before any
+ * request is preempted for want of blocks: A rolls its drafts back and
+ * keeps a block past its tokens; B, the latest arrival (the victim), then
+ * needs a block from a pool with none free, and gets A's instead of being
+ * preempted. */
+Test(sched_spec, kept_blocks_go_back_before_anyone_is_preempted)
+{
+    kvrt_ctx_t *ctx;
+    cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
+    kvrt_pool_t *pool = test_pool(ctx, 7, 4); /* 6 blocks of 4 tokens */
+    kvrt_seq_id_t ids[2];
+    int32_t kept;
+    kvrt_sched_t *sched = kept_block_scene(ctx, pool, (kvrt_sched_params_t){0}, ids, &kept);
     kvrt_pool_info_t info;
     ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
     cr_assert_eq(info.used_blocks, 6);
     cr_assert_eq(info.free_blocks, 0);
-    const int32_t kept = plan->block_rows[(size_t)plan->seqs[0].row * plan->row_stride + 2];
-    cr_assert_neq(kept, KVRT_NULL_BLOCK, "A keeps the block its rejected drafts took");
+    const kvrt_batch_plan_t *plan;
+    kvrt_commit_t c;
     /* Step 3: A decodes inside its tail block; B crosses into position 12
      * with no block free. */
     ASSERT_OK(ctx, kvrt_sched_step(sched, 2, &plan));
@@ -408,33 +423,13 @@ Test(sched_spec, kept_blocks_go_back_before_queued_arrived_kv)
     kvrt_ctx_t *ctx;
     cr_assert_eq(kvrt_ctx_create(NULL, &ctx), KVRT_OK);
     kvrt_pool_t *pool = test_pool(ctx, 9, 4); /* 8 blocks of 4 tokens */
-    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_DRAFT | KVRT_SCHED_PARAM_MAX_SEQS |
-                                            KVRT_SCHED_PARAM_WATERMARK,
-                              .max_draft_tokens = 4, .max_seqs = 2, .use_watermark = 0};
-    kvrt_sched_t *sched;
-    ASSERT_OK(ctx, kvrt_sched_create(ctx, pool, NULL, &sp, &sched));
-    int32_t prompt_a[4] = {1, 2, 3, 4}, prompt_b[7] = {11, 12, 13, 14, 15, 16, 17};
-    int32_t prompt_l[9] = {31, 32, 33, 34, 35, 36, 37, 38, 39};
-    kvrt_seq_params_t pa = {.prompt = prompt_a, .prompt_len = 4, .max_new_tokens = 12};
-    kvrt_seq_params_t pb = {.prompt = prompt_b, .prompt_len = 7, .max_new_tokens = 9};
-    kvrt_seq_params_t pl = {.prompt = prompt_l, .prompt_len = 9, .max_new_tokens = 2};
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_SEQS | KVRT_SCHED_PARAM_WATERMARK,
+                              .max_seqs = 2, .use_watermark = 0};
     kvrt_seq_id_t ids[3];
-    ASSERT_OK(ctx, kvrt_seq_add(sched, &pa, &ids[0]));
-    ASSERT_OK(ctx, kvrt_seq_add(sched, &pb, &ids[1]));
-    const kvrt_batch_plan_t *plan;
-    ASSERT_OK(ctx, kvrt_sched_step(sched, 0, &plan));
-    int32_t first[2] = {5, 18};
-    kvrt_commit_t c = {.step = plan->step, .num_seqs = 2, .num_tokens = 2, .tokens = first};
-    ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
-    uint32_t four[2] = {4, 4};
-    int32_t drafts[8] = {6, 7, 8, 9, 19, 20, 21, 22};
-    ASSERT_OK(ctx, kvrt_sched_set_drafts(sched, 2, ids, four, drafts));
-    ASSERT_OK(ctx, kvrt_sched_step(sched, 1, &plan));
-    uint32_t accepted[2] = {0, 4};
-    int32_t tokens[6] = {60, 19, 20, 21, 22, 23};
-    c = (kvrt_commit_t){.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step, .num_seqs = 2,
-                        .num_tokens = 6, .tokens = tokens, .num_accepted = accepted};
-    ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
+    int32_t kept;
+    kvrt_sched_t *sched = kept_block_scene(ctx, pool, sp, ids, &kept);
+    int32_t prompt_l[9] = {31, 32, 33, 34, 35, 36, 37, 38, 39};
+    kvrt_seq_params_t pl = {.prompt = prompt_l, .prompt_len = 9, .max_new_tokens = 2};
     ASSERT_OK(ctx, kvrt_seq_add(sched, &pl, &ids[2]));
     kvrt_arrival_params_t ap = {.num_tokens = 8};
     kvrt_arrival_id_t arrival;
@@ -444,15 +439,18 @@ Test(sched_spec, kept_blocks_go_back_before_queued_arrived_kv)
     kvrt_pool_info_t info;
     ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
     cr_assert_eq(info.free_blocks, 0, "A 3 (one kept), B 3, L 2 arrived");
+    const kvrt_batch_plan_t *plan;
     ASSERT_OK(ctx, kvrt_sched_step(sched, 2, &plan));
     cr_assert_eq(plan->num_preempted, 0);
     cr_assert_eq(plan->num_seqs, 2);
+    cr_assert_eq(plan->slot_mapping[plan->query_start_loc[1]], (int64_t)kept * 4,
+                 "B's position 12 is in the block A gave back");
     kvrt_seq_info_t li;
     ASSERT_OK(ctx, kvrt_seq_info(sched, ids[2], &li));
     cr_assert_eq(li.state, KVRT_SEQ_WAITING);
     cr_assert_eq(li.computed_tokens, 8, "L's arrived K/V was given up before A's kept block");
     int32_t bonus[2] = {61, 24};
-    c = (kvrt_commit_t){.step = plan->step, .num_seqs = 2, .num_tokens = 2, .tokens = bonus};
+    kvrt_commit_t c = {.step = plan->step, .num_seqs = 2, .num_tokens = 2, .tokens = bonus};
     ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
     for (int r = 0; r < 3; r++)
         ASSERT_OK(ctx, kvrt_seq_abort(sched, ids[r]));
