@@ -354,6 +354,25 @@ static kvrt_sched_t *kept_block_scene(kvrt_ctx_t *ctx, kvrt_pool_t *pool,
     return sched;
 }
 
+/* Aborts the scene's n requests; every block is back and the pool sound. */
+static void close_kept_block_scene(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_sched_t *sched,
+                                   const kvrt_seq_id_t *ids, uint32_t n)
+{
+    for (uint32_t r = 0; r < n; r++)
+        ASSERT_OK(ctx, kvrt_seq_abort(sched, ids[r]));
+    uint32_t ended;
+    kvrt_seq_info_t ev[4];
+    ASSERT_OK(ctx, kvrt_sched_drain_ended(sched, ev, 4, &ended));
+    cr_assert_eq(ended, n);
+    ASSERT_OK(ctx, kvrt_pool_verify(pool));
+    kvrt_pool_info_t info;
+    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
+    cr_assert_eq(info.used_blocks, 0);
+    kvrt_sched_destroy(sched);
+    kvrt_pool_destroy(pool);
+    kvrt_ctx_destroy(ctx);
+}
+
 /* Blocks that only rejected drafts used go back to the pool before any
  * request is preempted for want of blocks: A rolls its drafts back and
  * keeps a block past its tokens; B, the latest arrival (the victim), then
@@ -400,17 +419,7 @@ Test(sched_spec, kept_blocks_go_back_before_anyone_is_preempted)
     cr_assert_eq(sa.output_tokens, 3);
     cr_assert_eq(sa.output[1], 60);
     cr_assert_eq(sa.output[2], 61);
-    for (int r = 0; r < 2; r++)
-        ASSERT_OK(ctx, kvrt_seq_abort(sched, ids[r]));
-    uint32_t n;
-    kvrt_seq_info_t ev[2];
-    ASSERT_OK(ctx, kvrt_sched_drain_ended(sched, ev, 2, &n));
-    ASSERT_OK(ctx, kvrt_pool_verify(pool));
-    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
-    cr_assert_eq(info.used_blocks, 0);
-    kvrt_sched_destroy(sched);
-    kvrt_pool_destroy(pool);
-    kvrt_ctx_destroy(ctx);
+    close_kept_block_scene(ctx, pool, sched, ids, 2);
 }
 
 /* Blocks that only rejected drafts used go back before K/V that arrived
@@ -452,18 +461,7 @@ Test(sched_spec, kept_blocks_go_back_before_queued_arrived_kv)
     int32_t bonus[2] = {61, 24};
     kvrt_commit_t c = {.step = plan->step, .num_seqs = 2, .num_tokens = 2, .tokens = bonus};
     ASSERT_OK(ctx, kvrt_sched_commit(sched, &c));
-    for (int r = 0; r < 3; r++)
-        ASSERT_OK(ctx, kvrt_seq_abort(sched, ids[r]));
-    uint32_t n;
-    kvrt_seq_info_t ev[3];
-    ASSERT_OK(ctx, kvrt_sched_drain_ended(sched, ev, 3, &n));
-    cr_assert_eq(n, 3);
-    ASSERT_OK(ctx, kvrt_pool_verify(pool));
-    ASSERT_OK(ctx, kvrt_pool_info(pool, &info));
-    cr_assert_eq(info.used_blocks, 0);
-    kvrt_sched_destroy(sched);
-    kvrt_pool_destroy(pool);
-    kvrt_ctx_destroy(ctx);
+    close_kept_block_scene(ctx, pool, sched, ids, 3);
 }
 
 /* Adds n (<= 16) requests of the same prompt and runs their prefill step:
