@@ -11,12 +11,13 @@
  *
  * The two pools split --kv-gb: the window group gets --window-kv-gb, by
  * default its layers' share (window_layers / num_layers), the full-attention
- * group the rest. At that share each group holds as many blocks as one
- * pool of full-size K/V would, so the window group's cache keeps what the
- * full-size pool keeps and no prefix hit is lost; less memory for the
- * window group buys the full-attention group room for more requests and
- * costs the window group cached blocks a hit needs (docs/simulator.md,
- * "Hybrid models", measures both).
+ * group the rest. At that share each group holds as many tokens as one
+ * pool of full-size K/V would. Under memory pressure the window group
+ * still loses some prefix hits that pool keeps: its blocks become
+ * evictable as they leave the window, before their request ends. Less
+ * memory for the window group buys the full-attention group room for more
+ * requests and costs the window group more of the cached blocks a hit
+ * needs (docs/simulator.md, "Hybrid models", measures both).
  *
  * With window_kv_full (the comparison run) the model and its cost are the
  * same but the engine holds every layer's K/V for every token in one

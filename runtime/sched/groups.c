@@ -743,38 +743,76 @@ static uint32_t arrival_first_block(const sched_group_t *gr, uint32_t computed, 
     return first;
 }
 
+/* Blocks [from, to) of table t that only their table references: let go,
+ * they become idle (cached hits) or free, so they count as available. */
+static uint32_t sole_blocks(const sched_group_t *gr, kvrt_table_id_t t, uint32_t from,
+                            uint32_t to)
+{
+    const int32_t *blocks = NULL;
+    uint32_t nb = 0, n = 0;
+    kvrt_table_view(gr->pool, t, &blocks, &nb, NULL);
+    for (uint32_t j = from; j < to && j < nb; j++) {
+        uint32_t refs = 0;
+        if (blocks[j] != KVRT_NULL_BLOCK &&
+            kvrt_pool_refcount(gr->pool, blocks[j], &refs) == KVRT_OK && refs == 1)
+            n++;
+    }
+    return n;
+}
+
 kvrt_status_t sched_groups_extend_for_arrival(kvrt_sched_t *s, seq_t *q, uint32_t end,
                                               uint32_t *first, uint32_t *count)
 {
     const uint32_t c = q->computed;
     forget_tails(s, q);
+    /* A window group lets go of the hits that no token from `end` on reads
+     * (all of them when the arrival's window starts past them: holes), so
+     * a queued request holds no more than the window of `end` and the
+     * arrival (kvrt_seq_add's limit), and those hits count as available. */
+    uint32_t keep_from[KVRT_SCHED_MAX_GROUPS];
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
         first[g] = arrival_first_block(gr, c, end);
         count[g] = sched_group_blocks_for(gr, end) - first[g];
-        if (count[g] && !pool_has(gr->pool, count[g], s->use_watermark))
+        keep_from[g] = 0;
+        uint32_t freed = 0;
+        if (gr->window) {
+            seq_gref_t r = sched_gref(s, q, g);
+            uint32_t keep = window_first_block(gr, end);
+            /* (table_release_front keeps a block: letting go of every hit
+             * takes the holes path) */
+            keep_from[g] = keep >= (c >> gr->block_shift) ? UINT32_MAX : keep;
+            freed = sole_blocks(gr, *r.table, *r.released, keep_from[g]);
+        }
+        if (count[g] > freed && !pool_has(gr->pool, count[g] - freed, s->use_watermark))
             return kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
                              "group %u: an arrival of %u blocks would leave the pool below "
                              "its watermark",
-                             g, count[g]);
+                             g, count[g] - freed);
     }
     for (uint32_t g = 0; g < s->num_groups; g++) {
         sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
         uint32_t from = c >> gr->block_shift;
-        if (first[g] > from) {
+        if (keep_from[g] == UINT32_MAX) { /* first[g] >= from */
             /* Holes up to the window: its hits (the window of `computed`)
              * are read by no token after `end`, and go idle in the cache. */
             kvrt_table_truncate(gr->pool, *r.table, 0);
             from = 0;
             *r.released = first[g];
+        } else if (keep_from[g] > *r.released) {
+            kvrt_table_release_front(gr->pool, *r.table, keep_from[g]);
+            *r.released = keep_from[g];
         }
         int32_t *ids = gr->match_blocks; /* scratch: row_stride entries */
         for (uint32_t j = from; j < first[g]; j++)
             ids[j - from] = KVRT_NULL_BLOCK;
+        /* Counted above, so only a broken count fails here; hits may be
+         * gone then, so the caller gives the request's table up (not
+         * KVRT_ERR_NO_BLOCKS, on which a pinned head keeps its hits). */
         kvrt_status_t st = kvrt_pool_alloc(gr->pool, count[g], ids + (first[g] - from));
         if (st != KVRT_OK)
-            return st;
+            return st == KVRT_ERR_NO_BLOCKS ? KVRT_ERR_INTERNAL : st;
         st = kvrt_table_adopt(gr->pool, *r.table, first[g] + count[g] - from, ids);
         if (st != KVRT_OK) {
             kvrt_pool_free(gr->pool, count[g], ids + (first[g] - from));

@@ -4,8 +4,8 @@
  * the plan being built.
  *
  * The order (sched_relieve) is the one docs/scheduler.md tables: a pinned
- * waiting head's prefix hits, then queued requests' arrived K/V, then the
- * blocks rejected drafts left with other running requests, and only then
+ * waiting head's prefix hits, then the blocks rejected drafts left with
+ * other running requests, then queued requests' arrived K/V, and only then
  * a running request, the lowest priority and latest arrival. Everything
  * here walks the running array or the plan: O(running) per call, on the
  * slow path only (a step that found no free block).

@@ -693,11 +693,11 @@ static bool admit(kvrt_sched_t *s, seq_t *q, step_state_t *st, int32_t *hit_bloc
             sched_unpin(s); /* its table may be the one q needs */
             rc = sched_match_prefix(s, q, hit_blocks);
         }
-        /* With nothing running no table would ever come back: requests
-         * queued behind q with arrived K/V give theirs up (the one the
-         * admission order reaches last first), as for blocks. */
-        while ((rc == KVRT_ERR_NO_TABLES || rc == KVRT_ERR_NO_MEMORY) &&
-               s->running_live == s->running_ended && sched_release_landed(s, q))
+        /* With nothing running, and no request that ended in a plan in
+         * flight (its commit gives its table back), no table would ever
+         * come back: requests queued behind q with arrived K/V give theirs
+         * up (the one the admission order reaches last first). */
+        while (rc == KVRT_ERR_NO_TABLES && s->running_live == 0 && sched_release_landed(s, q))
             rc = sched_match_prefix(s, q, hit_blocks);
         if (rc == KVRT_ERR_NO_TABLES || rc == KVRT_ERR_NO_MEMORY)
             return false; /* wait for a table */

@@ -816,3 +816,51 @@ Test(sched_arrival, onload_stall_arrived_kv_behind_the_head_gives_up_its_table_w
     cr_assert_eq(ended, 4);
     close_fixture(&f);
 }
+
+Test(sched_arrival, onload_stall_arrived_kv_keeps_its_table_while_a_plan_in_flight_holds_one)
+{
+    /* Two tables, two plans in flight: R, planned and then aborted, keeps
+     * its table until its plan is committed. The head finds no table, but
+     * one comes back at that commit: L keeps its arrived K/V, and the head
+     * runs once the table is back. */
+    fixture_t f = {0};
+    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
+    kvrt_pool_params_t pp = {.field_mask = KVRT_POOL_PARAM_MAX_TABLES,
+                             .layout = {.num_layers = 2, .num_kv_heads = 2, .head_dim = 4,
+                                        .tokens_per_block = TPB},
+                             .num_blocks = 64, .max_tables = 2};
+    ASSERT_OK(f.ctx, kvrt_pool_create(f.ctx, &pp, &f.pool));
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK |
+                                            KVRT_SCHED_PARAM_PLANS_IN_FLIGHT,
+                              .use_watermark = 0, .max_plans_in_flight = 2};
+    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, NULL, &sp, &f.sched));
+    kvrt_seq_id_t r = add(&f, 5, 900);
+    const kvrt_batch_plan_t *first_plan = step(&f, 1);
+    cr_assert_eq(first_plan->num_seqs, 1);
+    kvrt_seq_id_t head = add(&f, 5, 500), l = add(&f, 9, 100);
+    uint32_t first, count;
+    kvrt_arrival_id_t a = await_kv(&f, l, 8, 0, &first, &count);
+    ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, a, count));
+    ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, r));
+    const kvrt_batch_plan_t *second = step(&f, 2);
+    cr_assert_eq(plan_index(second, head), -1, "no table for the head yet");
+    kvrt_seq_info_t li;
+    ASSERT_OK(f.ctx, kvrt_seq_info(f.sched, l, &li));
+    cr_assert_eq(li.computed_tokens, 8, "L gave its arrived K/V up for a table on its way back");
+    commit(&f, first_plan);
+    if (second->num_seqs)
+        commit(&f, second);
+    bool head_ran = false;
+    uint32_t ended = 0;
+    for (uint64_t t = 3; t <= 40 && ended < 3; t++) {
+        const kvrt_batch_plan_t *plan = step(&f, t);
+        head_ran = head_ran || plan_index(plan, head) >= 0;
+        if (plan->num_seqs)
+            commit(&f, plan);
+        kvrt_seq_info_t ev[4];
+        ended += sched_fixture_drain(&f, ev, 4);
+    }
+    cr_assert(head_ran);
+    cr_assert_eq(ended, 3);
+    close_fixture(&f);
+}

@@ -670,3 +670,41 @@ Test(sched_hybrid_arrival, randomized_async_run_with_arrivals_keeps_every_pool_v
 {
     ra_run(2, 0x6a11e8ull);
 }
+
+/* One window group of 16 over 1-token blocks, chunks of 4: a request holds
+ * at most 16 + 4 blocks (+1), so kvrt_seq_add takes it into a pool of 21.
+ * After a 20-token hit, an arrival up to `end` lets go of the hits its
+ * window no longer reads (all of them past one window) before it takes
+ * blocks, counting them as free: it fits in that pool wherever it ends,
+ * and the queued request holds only the window of `end`. */
+static void an_arrival_after_a_hit(uint32_t end)
+{
+    const uint32_t blocks[1] = {22}, tpb[1] = {1}, window[1] = {16};
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                            KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_WATERMARK,
+                              .max_batch_tokens = 64, .prefill_chunk_tokens = 4,
+                              .use_watermark = 0};
+    hybrid_t h = hybrid_open(1, blocks, tpb, window, true, &sp);
+    int32_t prompt[50];
+    prompt_of(prompt, 50, 3);
+    add_prompt(&h, prompt, 21, 1);
+    for (uint32_t step = 0; step < 40 && checked_step(&h, step); step++)
+        ;
+    drain_all(&h);
+    kvrt_seq_id_t id = add_prompt(&h, prompt, 50, 2);
+    awaited_t a = await_groups(&h, id, end, 0);
+    cr_assert_leq(used_blocks(&h, 0), 16, "end %u: %u blocks held while queued", end,
+                  used_blocks(&h, 0));
+    ASSERT_OK(h.ctx, kvrt_arrival_group_complete(h.sched, a.id, 0, a.count[0]));
+    for (uint32_t step = 0; step < 60 && checked_step(&h, step); step++)
+        cr_assert_leq(used_blocks(&h, 0), 21);
+    expect_model_output(&h, id, prompt, 50, 2);
+    drain_all(&h);
+    hybrid_close(&h);
+}
+
+Test(sched_hybrid_arrival, an_arrival_after_a_hit_lets_go_of_the_hits_its_window_no_longer_reads)
+{
+    for (uint32_t end = 21; end <= 49; end += 2)
+        an_arrival_after_a_hit(end);
+}
