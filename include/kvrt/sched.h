@@ -713,7 +713,8 @@ kvrt_status_t kvrt_seq_await_kv(kvrt_sched_t *sched, kvrt_seq_id_t id,
  * (kvrt_seq_group_blocks). A full-attention group gets blocks for tokens
  * [its prefix hit, params->num_tokens); a sliding-window group of window W
  * only those of tokens [num_tokens - W + 1, num_tokens) past its hit, its
- * earlier entries being KVRT_NULL_BLOCK. The blocks of every group are
+ * earlier entries being KVRT_NULL_BLOCK (its hits there are let go: they
+ * stay cached and count as available). The blocks of every group are
  * allocated or none (each group above its pool's watermark when the
  * scheduler uses one); nothing is preempted. With one group it is
  * kvrt_seq_await_kv. Not thread-safe: the scheduler's thread, like every
