@@ -780,40 +780,54 @@ Test(sched_arrival, onload_stall_randomized_onloads_never_stall_the_queue)
     }
 }
 
+/* A fixture whose pool has 64 blocks and only max_tables block tables. */
+static fixture_t open_with_tables(uint32_t max_tables, const kvrt_sched_params_t *sp)
+{
+    fixture_t f = {0};
+    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
+    kvrt_pool_params_t pp = {.field_mask = KVRT_POOL_PARAM_MAX_TABLES,
+                             .layout = {.num_layers = 2, .num_kv_heads = 2, .head_dim = 4,
+                                        .tokens_per_block = TPB},
+                             .num_blocks = 64, .max_tables = max_tables};
+    ASSERT_OK(f.ctx, kvrt_pool_create(f.ctx, &pp, &f.pool));
+    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, NULL, sp, &f.sched));
+    return f;
+}
+
+/* Steps from step `t` on until `live` requests have ended (bounded);
+ * `head` must have been planned on the way. */
+static void run_until_all_ended(fixture_t *f, kvrt_seq_id_t head, uint64_t t, uint32_t live)
+{
+    bool head_ran = false;
+    uint32_t ended = 0;
+    for (uint64_t end = t + 40; t < end && ended < live; t++) {
+        const kvrt_batch_plan_t *plan = step(f, t);
+        head_ran = head_ran || plan_index(plan, head) >= 0;
+        if (plan->num_seqs)
+            commit(f, plan);
+        kvrt_seq_info_t ev[4];
+        ended += sched_fixture_drain(f, ev, 4);
+    }
+    cr_assert(head_ran, "the head never ran: %s", kvrt_ctx_last_error(f->ctx));
+    cr_assert_eq(ended, live);
+}
+
 Test(sched_arrival, onload_stall_arrived_kv_behind_the_head_gives_up_its_table_when_nothing_runs)
 {
     /* A pool of three tables: three requests behind the head hold them
      * with arrived K/V. With nothing running no table would come back, so
      * they give theirs up (the latest first) and the head runs; every
      * request then ends and nothing leaks. */
-    fixture_t f = {0};
-    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
-    kvrt_pool_params_t pp = {.field_mask = KVRT_POOL_PARAM_MAX_TABLES,
-                             .layout = {.num_layers = 2, .num_kv_heads = 2, .head_dim = 4,
-                                        .tokens_per_block = TPB},
-                             .num_blocks = 64, .max_tables = 3};
-    ASSERT_OK(f.ctx, kvrt_pool_create(f.ctx, &pp, &f.pool));
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK | KVRT_SCHED_PARAM_MAX_SEQS,
                               .use_watermark = 0, .max_seqs = 3};
-    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, NULL, &sp, &f.sched));
+    fixture_t f = open_with_tables(3, &sp);
     kvrt_seq_id_t head = add(&f, 5, 500);
     for (int k = 0; k < 3; k++) {
         uint32_t first, count;
         kvrt_arrival_id_t a = await_kv(&f, add(&f, 9, 100 * (k + 1)), 8, 0, &first, &count);
         ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, a, count));
     }
-    bool head_ran = false;
-    uint32_t ended = 0;
-    for (uint64_t t = 1; t <= 40 && ended < 4; t++) {
-        const kvrt_batch_plan_t *plan = step(&f, t);
-        head_ran = head_ran || plan_index(plan, head) >= 0;
-        if (plan->num_seqs)
-            commit(&f, plan);
-        kvrt_seq_info_t ev[4];
-        ended += sched_fixture_drain(&f, ev, 4);
-    }
-    cr_assert(head_ran, "the head never ran: %s", kvrt_ctx_last_error(f.ctx));
-    cr_assert_eq(ended, 4);
+    run_until_all_ended(&f, head, 1, 4);
     close_fixture(&f);
 }
 
@@ -823,17 +837,10 @@ Test(sched_arrival, onload_stall_arrived_kv_keeps_its_table_while_a_plan_in_flig
      * its table until its plan is committed. The head finds no table, but
      * one comes back at that commit: L keeps its arrived K/V, and the head
      * runs once the table is back. */
-    fixture_t f = {0};
-    cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
-    kvrt_pool_params_t pp = {.field_mask = KVRT_POOL_PARAM_MAX_TABLES,
-                             .layout = {.num_layers = 2, .num_kv_heads = 2, .head_dim = 4,
-                                        .tokens_per_block = TPB},
-                             .num_blocks = 64, .max_tables = 2};
-    ASSERT_OK(f.ctx, kvrt_pool_create(f.ctx, &pp, &f.pool));
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_WATERMARK |
                                             KVRT_SCHED_PARAM_PLANS_IN_FLIGHT,
                               .use_watermark = 0, .max_plans_in_flight = 2};
-    ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, NULL, &sp, &f.sched));
+    fixture_t f = open_with_tables(2, &sp);
     kvrt_seq_id_t r = add(&f, 5, 900);
     const kvrt_batch_plan_t *first_plan = step(&f, 1);
     cr_assert_eq(first_plan->num_seqs, 1);
@@ -850,17 +857,6 @@ Test(sched_arrival, onload_stall_arrived_kv_keeps_its_table_while_a_plan_in_flig
     commit(&f, first_plan);
     if (second->num_seqs)
         commit(&f, second);
-    bool head_ran = false;
-    uint32_t ended = 0;
-    for (uint64_t t = 3; t <= 40 && ended < 3; t++) {
-        const kvrt_batch_plan_t *plan = step(&f, t);
-        head_ran = head_ran || plan_index(plan, head) >= 0;
-        if (plan->num_seqs)
-            commit(&f, plan);
-        kvrt_seq_info_t ev[4];
-        ended += sched_fixture_drain(&f, ev, 4);
-    }
-    cr_assert(head_ran);
-    cr_assert_eq(ended, 3);
+    run_until_all_ended(&f, head, 3, 3);
     close_fixture(&f);
 }
