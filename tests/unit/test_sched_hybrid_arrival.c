@@ -673,7 +673,7 @@ Test(sched_hybrid_arrival, randomized_async_run_with_arrivals_keeps_every_pool_v
 
 /* One window group of 16 over 1-token blocks, chunks of 4: a request holds
  * at most 16 + 4 blocks (+1), so kvrt_seq_add takes it into a pool of 21.
- * After a 20-token hit, an arrival up to `end` lets go of the hits its
+ * After a 21-token hit, an arrival up to `end` lets go of the hits its
  * window no longer reads (all of them past one window) before it takes
  * blocks, counting them as free: it fits in that pool wherever it ends,
  * and the queued request holds only the window of `end`. */
@@ -707,4 +707,42 @@ Test(sched_hybrid_arrival, an_arrival_after_a_hit_lets_go_of_the_hits_its_window
 {
     for (uint32_t end = 21; end <= 49; end += 2)
         an_arrival_after_a_hit(end);
+}
+
+Test(sched_hybrid_arrival, a_short_landing_after_a_hit_gives_the_hits_up_and_finds_them_again)
+{
+    /* Window 16 over 1-token blocks: a 21-token hit, an arrival up to 30
+     * (which lets go of the hits before the window of 30, blocks 0..14),
+     * and 5 of its blocks land. The window of 26 would need blocks 11..25,
+     * so nothing is usable: the request holds nothing, the arrival counts
+     * as failed, and at admission the hits are found again in the cache. */
+    const uint32_t blocks[1] = {64}, tpb[1] = {1}, window[1] = {16};
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                            KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_WATERMARK,
+                              .max_batch_tokens = 64, .prefill_chunk_tokens = 4,
+                              .use_watermark = 0};
+    hybrid_t h = hybrid_open(1, blocks, tpb, window, true, &sp);
+    int32_t prompt[50];
+    prompt_of(prompt, 50, 3);
+    add_prompt(&h, prompt, 21, 1);
+    for (uint32_t step = 0; step < 40 && checked_step(&h, step); step++)
+        ;
+    drain_all(&h);
+    kvrt_seq_id_t id = add_prompt(&h, prompt, 50, 2);
+    awaited_t a = await_groups(&h, id, 30, 0);
+    cr_assert_eq(info_of(&h, id).computed_tokens, 21);
+    cr_assert_eq(used_blocks(&h, 0), 15, "the window of 30: its 6 hits and 9 new blocks");
+    ASSERT_OK(h.ctx, kvrt_arrival_group_complete(h.sched, a.id, 0, 5));
+    cr_assert_eq(info_of(&h, id).computed_tokens, 0);
+    cr_assert_eq(used_blocks(&h, 0), 0);
+    kvrt_sched_stats_t st;
+    ASSERT_OK(h.ctx, kvrt_sched_stats(h.sched, &st));
+    cr_assert_eq(st.arrivals_failed, 1);
+    uint64_t hits_before = st.prefix_hit_tokens;
+    run_to_end(&h, 80);
+    ASSERT_OK(h.ctx, kvrt_sched_stats(h.sched, &st));
+    cr_assert_eq(st.prefix_hit_tokens - hits_before, 21, "the hits were not found again: %llu",
+                 (unsigned long long)(st.prefix_hit_tokens - hits_before));
+    expect_model_output(&h, id, prompt, 50, 2);
+    hybrid_close(&h);
 }
