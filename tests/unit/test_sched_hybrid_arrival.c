@@ -671,6 +671,25 @@ Test(sched_hybrid_arrival, randomized_async_run_with_arrivals_keeps_every_pool_v
     ra_run(2, 0x6a11e8ull);
 }
 
+/* One window group of 16 over 1-token blocks (pool_blocks of them), chunks
+ * of 4, a prefix cache: a 21-token request of prompt[0, 50) has run and
+ * left its blocks cached, so the next request of that prompt hits 21. */
+static hybrid_t window_hit_scene(uint32_t pool_blocks, int32_t prompt[50])
+{
+    const uint32_t blocks[1] = {pool_blocks}, tpb[1] = {1}, window[1] = {16};
+    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
+                                            KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_WATERMARK,
+                              .max_batch_tokens = 64, .prefill_chunk_tokens = 4,
+                              .use_watermark = 0};
+    hybrid_t h = hybrid_open(1, blocks, tpb, window, true, &sp);
+    prompt_of(prompt, 50, 3);
+    add_prompt(&h, prompt, 21, 1);
+    for (uint32_t step = 0; step < 40 && checked_step(&h, step); step++)
+        ;
+    drain_all(&h);
+    return h;
+}
+
 /* One window group of 16 over 1-token blocks, chunks of 4: a request holds
  * at most 16 + 4 blocks (+1), so kvrt_seq_add takes it into a pool of 21.
  * After a 21-token hit, an arrival up to `end` lets go of the hits its
@@ -679,18 +698,8 @@ Test(sched_hybrid_arrival, randomized_async_run_with_arrivals_keeps_every_pool_v
  * and the queued request holds only the window of `end`. */
 static void an_arrival_after_a_hit(uint32_t end)
 {
-    const uint32_t blocks[1] = {22}, tpb[1] = {1}, window[1] = {16};
-    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
-                                            KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_WATERMARK,
-                              .max_batch_tokens = 64, .prefill_chunk_tokens = 4,
-                              .use_watermark = 0};
-    hybrid_t h = hybrid_open(1, blocks, tpb, window, true, &sp);
     int32_t prompt[50];
-    prompt_of(prompt, 50, 3);
-    add_prompt(&h, prompt, 21, 1);
-    for (uint32_t step = 0; step < 40 && checked_step(&h, step); step++)
-        ;
-    drain_all(&h);
+    hybrid_t h = window_hit_scene(22, prompt);
     kvrt_seq_id_t id = add_prompt(&h, prompt, 50, 2);
     awaited_t a = await_groups(&h, id, end, 0);
     cr_assert_leq(used_blocks(&h, 0), 16, "end %u: %u blocks held while queued", end,
@@ -716,18 +725,8 @@ Test(sched_hybrid_arrival, a_short_landing_after_a_hit_gives_the_hits_up_and_fin
      * and 5 of its blocks land. The window of 26 would need blocks 11..25,
      * so nothing is usable: the request holds nothing, the arrival counts
      * as failed, and at admission the hits are found again in the cache. */
-    const uint32_t blocks[1] = {64}, tpb[1] = {1}, window[1] = {16};
-    kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
-                                            KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_WATERMARK,
-                              .max_batch_tokens = 64, .prefill_chunk_tokens = 4,
-                              .use_watermark = 0};
-    hybrid_t h = hybrid_open(1, blocks, tpb, window, true, &sp);
     int32_t prompt[50];
-    prompt_of(prompt, 50, 3);
-    add_prompt(&h, prompt, 21, 1);
-    for (uint32_t step = 0; step < 40 && checked_step(&h, step); step++)
-        ;
-    drain_all(&h);
+    hybrid_t h = window_hit_scene(64, prompt);
     kvrt_seq_id_t id = add_prompt(&h, prompt, 50, 2);
     awaited_t a = await_groups(&h, id, 30, 0);
     cr_assert_eq(info_of(&h, id).computed_tokens, 21);
