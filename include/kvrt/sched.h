@@ -279,18 +279,28 @@ kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t
 /* ---- hybrid models: several cache groups ------------------------------------
  *
  * A model whose layers keep K/V differently (full attention and
- * sliding-window layers, as Gemma 2/3, Mistral, gpt-oss; each kind with
- * its own block size) has one pool per kind: a *cache group*. One
- * scheduler drives them all: every request holds one block table per
- * group, and the plan carries one slot mapping and one set of block-table
- * rows per group (kvrt_batch_plan_t.groups). Group 0 is also what the
- * plan's single-group fields (slot_mapping, block_rows, copies, CSR
- * tables, tokens_per_block) describe.
+ * sliding-window layers, as Gemma 2/3, Mistral, gpt-oss) keeps each kind's
+ * K/V in a *cache group*. One scheduler drives them all: every request
+ * holds one block table per group, and the plan carries one slot mapping
+ * and one set of block-table rows per group (kvrt_batch_plan_t.groups).
+ * Group 0 is also what the plan's single-group fields (slot_mapping,
+ * block_rows, copies, CSR tables, tokens_per_block) describe.
+ *
+ * Pools: a group has a pool of its own (its own block size and memory),
+ * or shares another group's pool and prefix cache, when every sharer's
+ * block holds the same bytes (as many layers per group: split a model's
+ * window layers into groups of as many layers as its full-attention
+ * ones). Sharing needs no split of memory decided in advance: blocks a
+ * window left serve any group, and one eviction order covers every
+ * group's cached blocks. A request holds one table of the pool per
+ * sharer (the pool's max_tables counts them all).
  *
  * Policies:
  *   - A step plans a request only when every group has the blocks its
  *     tokens need; preemption, watermark and failure apply to the groups
- *     together (a victim frees its blocks in every group).
+ *     together (a victim frees its blocks in every group). Every check of
+ *     a pool (the step's, an arrival's, kvrt_seq_add's limit) counts what
+ *     all the groups sharing it need.
  *   - Sliding window W (tokens): the query at position p reads positions
  *     [p - W + 1, p]. A block whose tokens all lie before
  *     computed - W + 1 (computed: the request's committed length, so an
@@ -308,7 +318,11 @@ kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t
  *     its table). H is the largest length that satisfies every group.
  *     KVRT_SEQ_CACHE_DROP_LAST_HIT drops the last multiple of the largest
  *     block size.
- *   - Either every group has a prefix cache or none.
+ *   - Either every group has a prefix cache or none. In a shared cache, a
+ *     group after the first to name it chains its blocks' content hashes
+ *     from a root of its own (docs/block-hash.md), since its blocks hold
+ *     other layers' K/V for the same tokens, and finds its hits by lookups
+ *     (which count no query in the cache's statistics).
  *   - Waiting for KV: kvrt_seq_await_kv_groups allocates blocks in every
  *     group (a sliding-window group only those of the window the first
  *     recomputed token reads; its earlier entries are KVRT_NULL_BLOCK) and
@@ -340,11 +354,11 @@ typedef struct kvrt_sched_group_params {
  * kvrt_sched_create_groups - a scheduler over num_groups cache groups
  * (1..KVRT_SCHED_MAX_GROUPS), groups[g] describing group g; everything is
  * copied. kvrt_sched_create(ctx, pool, cache, params, out) is this call
- * with one full-attention group. Every pool and cache is held as by
- * kvrt_sched_create. Errors: as kvrt_sched_create, and
- * KVRT_ERR_INVALID_ARG for NULL groups, a count out of range, unknown
- * group field bits, a pool named twice or of another context, a cache
- * attached to another pool, caches on some groups only.
+ * with one full-attention group. Groups naming the same pool share it
+ * (see above). Every pool and cache is held as by kvrt_sched_create.
+ * Errors: as kvrt_sched_create, and KVRT_ERR_INVALID_ARG for NULL groups,
+ * a count out of range, unknown group field bits, a pool of another
+ * context, a cache attached to another pool, caches on some groups only.
  */
 kvrt_status_t kvrt_sched_create_groups(kvrt_ctx_t *ctx, uint32_t num_groups,
                                        const kvrt_sched_group_params_t *const *groups,

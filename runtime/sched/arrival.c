@@ -429,14 +429,22 @@ void sched_unland(kvrt_sched_t *s, seq_t *q)
 bool sched_landed_could_fit(const kvrt_sched_t *s, seq_t *q, uint32_t n)
 {
     const uint32_t c = q->computed;
+    uint64_t behind[KVRT_SCHED_MAX_GROUPS], need[KVRT_SCHED_MAX_GROUPS];
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
-        uint64_t behind = gr->landed_blocks - (q->landed ? sched_group_held_blocks(s, q, g) : 0);
-        uint64_t need = sched_group_blocks_for(gr, (uint64_t)c + n) - sched_group_blocks_for(gr, c);
+        behind[g] = gr->landed_blocks - (q->landed ? sched_group_held_blocks(s, q, g) : 0);
+        need[g] = sched_group_blocks_for(gr, (uint64_t)c + n) - sched_group_blocks_for(gr, c);
+    }
+    uint64_t pool_behind[KVRT_SCHED_MAX_GROUPS], pool_need[KVRT_SCHED_MAX_GROUPS];
+    sched_pool_sums(s, behind, pool_behind); /* groups sharing a pool, together */
+    sched_pool_sums(s, need, pool_need);
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        if (s->groups[g].owner != g)
+            continue;
         kvrt_pool_info_t info;
-        kvrt_pool_info(gr->pool, &info);
-        if ((uint64_t)info.free_blocks + info.cached_blocks + behind <
-            need + (s->use_watermark ? info.watermark_blocks : 0))
+        kvrt_pool_info(s->groups[g].pool, &info);
+        if ((uint64_t)info.free_blocks + info.cached_blocks + pool_behind[g] <
+            pool_need[g] + (s->use_watermark ? info.watermark_blocks : 0))
             return false;
     }
     return true;

@@ -56,10 +56,10 @@ kvrt_status_t sched_groups_read(kvrt_sched_t *s, uint32_t n,
         if (kvrt_pool_ctx(p->pool) != s->ctx)
             return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
                              "group %u: the pool belongs to another context", g);
-        for (uint32_t h = 0; h < g; h++)
+        gr->owner = g;
+        for (uint32_t h = 0; h < g && gr->owner == g; h++)
             if (s->groups[h].pool == p->pool)
-                return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                                 "groups %u and %u name the same pool", h, g);
+                gr->owner = h; /* a shared pool: one memory, one eviction order */
         kvrt_cache_t *cache = (p->field_mask & KVRT_SCHED_GROUP_CACHE) ? p->cache : NULL;
         if (cache && kvrt_cache_pool(cache) != p->pool)
             return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
@@ -67,6 +67,13 @@ kvrt_status_t sched_groups_read(kvrt_sched_t *s, uint32_t n,
         if (cache && kvrt_cache_root(cache, &gr->root) != KVRT_OK)
             return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
                              "group %u: cache is not a valid prefix cache", g);
+        if (cache && gr->owner != g) {
+            /* Its blocks hold other layers' K/V for the same tokens: their
+             * chains start at a root of their own (docs/block-hash.md). */
+            const int32_t marker = -1 - (int32_t)g;
+            kvrt_block_hash_t root = gr->root;
+            kvrt_block_hash(&root, &marker, 1, 0, NULL, &gr->root);
+        }
         uint32_t window = (p->field_mask & KVRT_SCHED_GROUP_WINDOW) ? p->sliding_window : 0;
         if (window > KVRT_TABLE_MAX_TOKENS)
             return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
@@ -75,6 +82,7 @@ kvrt_status_t sched_groups_read(kvrt_sched_t *s, uint32_t n,
         gr->pool = p->pool;
         gr->cache = cache;
         gr->window = window;
+        gr->lookup = window || (cache && gr->owner != g);
         gr->tokens_per_block = kvrt_pool_tokens_per_block(p->pool);
         gr->block_shift = (uint32_t)__builtin_ctz(gr->tokens_per_block);
         /* Block sizes are powers of two: their lcm is the largest. */
@@ -309,6 +317,18 @@ static KVRT_ALWAYS_INLINE void release_windows(kvrt_sched_t *s, seq_t *q)
     }
 }
 
+/* Every pool has what its groups need together (need[g]: group g's). */
+static bool pools_have(const kvrt_sched_t *s, const uint64_t *need, bool watermark)
+{
+    uint64_t total[KVRT_SCHED_MAX_GROUPS];
+    sched_pool_sums(s, need, total);
+    for (uint32_t g = 0; g < s->num_groups; g++)
+        if (total[g] && (total[g] > UINT32_MAX ||
+                         !pool_has(s->groups[g].pool, (uint32_t)total[g], watermark)))
+            return false;
+    return true;
+}
+
 bool sched_groups_fit(kvrt_sched_t *s, seq_t *q, uint32_t n, bool watermark)
 {
     /* The blocks the windows have left go first, as the append would
@@ -316,14 +336,12 @@ bool sched_groups_fit(kvrt_sched_t *s, seq_t *q, uint32_t n, bool watermark)
      * read as not fitting even alone. */
     release_windows(s, q);
     const uint32_t c = q->computed + q->ahead;
+    uint64_t need[KVRT_SCHED_MAX_GROUPS];
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
-        uint32_t need = sched_group_blocks_for(gr, (uint64_t)c + n) -
-                        sched_group_blocks_for(gr, c);
-        if (need && !pool_has(gr->pool, need, watermark))
-            return false;
+        need[g] = sched_group_blocks_for(gr, (uint64_t)c + n) - sched_group_blocks_for(gr, c);
     }
-    return true;
+    return pools_have(s, need, watermark);
 }
 
 /* Most decodes: every group's n new tokens stay inside its tail block,
@@ -505,6 +523,8 @@ void sched_groups_csr(kvrt_sched_t *s)
  * tokens [h - W + 1, h), at least the block of token h - 1. */
 static uint32_t window_first_block(const sched_group_t *gr, uint32_t h)
 {
+    if (!gr->window)
+        return 0; /* a full-attention group found by lookups reads them all */
     uint32_t start = h + 1 > gr->window ? h + 1 - gr->window : 0;
     uint32_t first = start >> gr->block_shift, last = sched_group_blocks_for(gr, h) - 1;
     return first < last ? first : last;
@@ -523,7 +543,8 @@ static bool cached(const sched_group_t *gr, const seq_t *q, const kvrt_block_has
 }
 
 /* The longest hit of at most h tokens (a multiple of the hit unit) whose
- * window a sliding-window group holds. */
+ * window a sliding-window group holds (a full-attention group found by
+ * lookups: all of [0, h)). */
 static uint32_t window_servable(const kvrt_sched_t *s, const sched_group_t *gr, const seq_t *q,
                                 const kvrt_block_hash_t *hashes, uint32_t h)
 {
@@ -538,7 +559,7 @@ static uint32_t window_servable(const kvrt_sched_t *s, const sched_group_t *gr, 
     return 0;
 }
 
-/* Lowers h until every window group serves it. */
+/* Lowers h until every group found by lookups serves it. */
 static uint32_t servable_by_all(const kvrt_sched_t *s, seq_t *q, uint32_t h)
 {
     bool lowered = true;
@@ -546,7 +567,7 @@ static uint32_t servable_by_all(const kvrt_sched_t *s, seq_t *q, uint32_t h)
         lowered = false;
         for (uint32_t g = 0; g < s->num_groups; g++) {
             const sched_group_t *gr = &s->groups[g];
-            if (!gr->window)
+            if (!gr->lookup)
                 continue;
             uint32_t served = window_servable(s, gr, q, sched_gref(s, q, g).hashes, h);
             if (served < h) {
@@ -582,7 +603,7 @@ static kvrt_status_t match_all(kvrt_sched_t *s, seq_t *q, uint32_t *hit_out)
         sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
         const uint32_t blocks = offered >> gr->block_shift;
-        if (!gr->window) {
+        if (!gr->lookup) {
             kvrt_cache_match_t m;
             kvrt_status_t rc = kvrt_cache_match(gr->cache, tokens, offered, &q->keys, blocks,
                                                 gr->match_blocks, r.hashes, &m);
@@ -599,7 +620,7 @@ static kvrt_status_t match_all(kvrt_sched_t *s, seq_t *q, uint32_t *hit_out)
                 h = served;
             continue;
         }
-        /* A window group looks blocks up by hash: it needs them all. */
+        /* A group found by lookups needs every block's hash. */
         for (uint32_t j = *r.num_hashed; j < blocks; j++)
             kvrt_block_hash(j ? &r.hashes[j - 1] : &gr->root,
                             tokens + ((size_t)j << gr->block_shift), gr->tokens_per_block,
@@ -614,7 +635,7 @@ static kvrt_status_t match_all(kvrt_sched_t *s, seq_t *q, uint32_t *hit_out)
     for (uint32_t g = 0; g < s->num_groups; g++) {
         sched_group_t *gr = &s->groups[g];
         const uint32_t keep = h >> gr->block_shift;
-        if (!gr->window) {
+        if (!gr->lookup) {
             if (held[g] > keep)
                 kvrt_pool_free(gr->pool, held[g] - keep, gr->match_blocks + keep);
             held[g] = keep;
@@ -770,52 +791,68 @@ kvrt_status_t sched_groups_extend_for_arrival(kvrt_sched_t *s, seq_t *q, uint32_
      * a queued request holds no more than the window of `end` and the
      * arrival (kvrt_seq_add's limit), and those hits count as available. */
     uint32_t keep_from[KVRT_SCHED_MAX_GROUPS];
+    uint64_t want[KVRT_SCHED_MAX_GROUPS], freed[KVRT_SCHED_MAX_GROUPS];
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
         first[g] = arrival_first_block(gr, c, end);
         count[g] = sched_group_blocks_for(gr, end) - first[g];
         keep_from[g] = 0;
-        uint32_t freed = 0;
+        want[g] = count[g];
+        freed[g] = 0;
         if (gr->window) {
             seq_gref_t r = sched_gref(s, q, g);
             uint32_t keep = window_first_block(gr, end);
             /* (table_release_front keeps a block: letting go of every hit
              * takes the holes path) */
             keep_from[g] = keep >= (c >> gr->block_shift) ? UINT32_MAX : keep;
-            freed = sole_blocks(gr, *r.table, *r.released, keep_from[g]);
+            freed[g] = sole_blocks(gr, *r.table, *r.released, keep_from[g]);
         }
-        if (count[g] > freed && !pool_has(gr->pool, count[g] - freed, s->use_watermark))
-            return kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
-                             "group %u: an arrival of %u blocks would leave the pool below "
-                             "its watermark",
-                             g, count[g] - freed);
     }
+    uint64_t pool_want[KVRT_SCHED_MAX_GROUPS], pool_freed[KVRT_SCHED_MAX_GROUPS];
+    sched_pool_sums(s, want, pool_want);
+    sched_pool_sums(s, freed, pool_freed);
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        uint64_t short_of = pool_want[g] > pool_freed[g] ? pool_want[g] - pool_freed[g] : 0;
+        if (short_of && (short_of > UINT32_MAX ||
+                         !pool_has(s->groups[g].pool, (uint32_t)short_of, s->use_watermark)))
+            return kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
+                             "group %u: an arrival of %llu blocks would leave the pool below "
+                             "its watermark",
+                             g, (unsigned long long)short_of);
+    }
+    /* Every group lets go first: groups sharing a pool count on each
+     * other's hits let go. */
+    uint32_t from[KVRT_SCHED_MAX_GROUPS];
     for (uint32_t g = 0; g < s->num_groups; g++) {
         sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
-        uint32_t from = c >> gr->block_shift;
+        from[g] = c >> gr->block_shift;
         if (keep_from[g] == UINT32_MAX) { /* first[g] >= from */
             /* Holes up to the window: its hits (the window of `computed`)
              * are read by no token after `end`, and go idle in the cache. */
             kvrt_table_truncate(gr->pool, *r.table, 0);
-            from = 0;
+            from[g] = 0;
             *r.released = first[g];
         } else if (keep_from[g] > *r.released) {
             kvrt_table_release_front(gr->pool, *r.table, keep_from[g]);
             *r.released = keep_from[g];
         }
+    }
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        sched_group_t *gr = &s->groups[g];
+        seq_gref_t r = sched_gref(s, q, g);
         int32_t *ids = gr->match_blocks; /* scratch: row_stride entries */
-        for (uint32_t j = from; j < first[g]; j++)
-            ids[j - from] = KVRT_NULL_BLOCK;
+        for (uint32_t j = from[g]; j < first[g]; j++)
+            ids[j - from[g]] = KVRT_NULL_BLOCK;
         /* Counted above, so only a broken count fails here; hits may be
          * gone then, so the caller gives the request's table up (not
          * KVRT_ERR_NO_BLOCKS, on which a pinned head keeps its hits). */
-        kvrt_status_t st = kvrt_pool_alloc(gr->pool, count[g], ids + (first[g] - from));
+        kvrt_status_t st = kvrt_pool_alloc(gr->pool, count[g], ids + (first[g] - from[g]));
         if (st != KVRT_OK)
             return st == KVRT_ERR_NO_BLOCKS ? KVRT_ERR_INTERNAL : st;
-        st = kvrt_table_adopt(gr->pool, *r.table, first[g] + count[g] - from, ids);
+        st = kvrt_table_adopt(gr->pool, *r.table, first[g] + count[g] - from[g], ids);
         if (st != KVRT_OK) {
-            kvrt_pool_free(gr->pool, count[g], ids + (first[g] - from));
+            kvrt_pool_free(gr->pool, count[g], ids + (first[g] - from[g]));
             return st;
         }
         kvrt_table_truncate(gr->pool, *r.table, end); /* the last block may be partial */

@@ -313,6 +313,13 @@ typedef struct sched_group {
     uint32_t tokens_per_block;
     uint32_t block_shift;
     uint32_t window;        /* sliding window in tokens; 0: full attention */
+    /* Groups may share a pool (and its cache): owner is the first group
+     * naming this group's pool, whose checks count every sharer's needs. */
+    uint32_t owner;
+    /* Hits are found block by block (kvrt_cache_lookup under `root`): a
+     * window group, or a group sharing an earlier group's cache, whose
+     * chains start at a root of their own. */
+    bool lookup;
     uint32_t row_stride;
     int32_t *rows;          /* [max_seqs][row_stride] */
     int32_t *match_blocks;  /* [row_stride]: hits of one admission */
@@ -326,8 +333,8 @@ typedef struct sched_group {
     uint64_t landed_blocks; /* blocks queued requests hold with K/V that
                                arrived (arrival.c) */
     /* The last admission's match of this group's cache, as the cache
-     * counted it: taken back when the request then waits (full attention
-     * only: window groups look blocks up, which counts no query). */
+     * counted it: taken back when the request then waits (groups that
+     * match, not `lookup` ones: a lookup counts no query). */
     kvrt_cache_match_t admit_match;
 } sched_group_t;
 
@@ -913,6 +920,17 @@ void sched_groups_publish(kvrt_sched_t *s);
  * longest multimodal item has longest_item tokens (0: none). */
 uint32_t sched_group_worst_blocks(const kvrt_sched_t *s, uint32_t g, uint32_t capacity,
                                   uint32_t longest_item);
+/* Sums per_group[g] into per_pool[owner of g], for g < num_groups:
+ * per_pool[g] is then what the groups sharing group g's pool need of it
+ * (0 for a group that is not an owner). */
+static inline void sched_pool_sums(const kvrt_sched_t *s, const uint64_t *per_group,
+                                   uint64_t *per_pool)
+{
+    for (uint32_t g = 0; g < s->num_groups; g++)
+        per_pool[g] = 0;
+    for (uint32_t g = 0; g < s->num_groups; g++)
+        per_pool[s->groups[g].owner] += per_group[g];
+}
 /* Bytes of a request's hashes in groups >= 1, and setting them up. */
 size_t sched_groups_hash_bytes(const kvrt_sched_t *s, uint32_t capacity);
 void sched_groups_init_seq(kvrt_sched_t *s, seq_t *q, char *memory, uint32_t capacity);

@@ -12,6 +12,7 @@ kvrt_add_test(unit test_sched_crossings DEPS sched)
 kvrt_add_test(unit test_sched_no_alloc DEPS sched LABELS nosanitize)
 kvrt_add_test(unit test_sched_hybrid DEPS sched)
 kvrt_add_test(unit test_sched_hybrid_arrival DEPS sched)
+kvrt_add_test(unit test_sched_hybrid_pool DEPS sched)
 kvrt_add_test(unit test_sched_careless_engine DEPS sched TIMEOUT 600)
 target_compile_definitions(test_sched_careless_engine PRIVATE
                            KVRT_SCHED_CORPUS="${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/sched_api")

@@ -16,6 +16,7 @@
 typedef struct hybrid {
     kvrt_ctx_t *ctx;
     uint32_t num_groups;
+    uint32_t owner[MAX_GROUPS]; /* the group whose pool (and cache) g uses */
     kvrt_pool_t *pool[MAX_GROUPS];
     kvrt_cache_t *cache[MAX_GROUPS];
     uint32_t tpb[MAX_GROUPS];
@@ -23,20 +24,31 @@ typedef struct hybrid {
     kvrt_sched_t *sched;
 } hybrid_t;
 
-/* Groups g: blocks[g] blocks of tpb[g] tokens, window[g] (0: full). */
-static inline hybrid_t hybrid_open(uint32_t n, const uint32_t *blocks, const uint32_t *tpb,
-                            const uint32_t *window, bool cache, const kvrt_sched_params_t *sp)
+/* Groups g: window[g] (0: full); group g uses the pool of group
+ * owner[g] (owner NULL: every group its own), which owner[g] == g creates
+ * with blocks[g] blocks of tpb[g] tokens. */
+static inline hybrid_t hybrid_open_shared(uint32_t n, const uint32_t *owner,
+                                          const uint32_t *blocks, const uint32_t *tpb,
+                                          const uint32_t *window, bool cache,
+                                          const kvrt_sched_params_t *sp)
 {
     hybrid_t h = {.num_groups = n};
     cr_assert_eq(kvrt_ctx_create(NULL, &h.ctx), KVRT_OK);
     kvrt_sched_group_params_t gp[MAX_GROUPS];
     const kvrt_sched_group_params_t *gpp[MAX_GROUPS];
     for (uint32_t g = 0; g < n; g++) {
-        h.pool[g] = test_pool(h.ctx, blocks[g], tpb[g]);
-        h.tpb[g] = tpb[g];
+        h.owner[g] = owner ? owner[g] : g;
+        cr_assert_leq(h.owner[g], g);
+        h.tpb[g] = tpb[h.owner[g]];
         h.window[g] = window[g];
-        if (cache)
-            ASSERT_OK(h.ctx, kvrt_cache_create(h.pool[g], NULL, &h.cache[g]));
+        if (h.owner[g] != g) {
+            h.pool[g] = h.pool[h.owner[g]];
+            h.cache[g] = h.cache[h.owner[g]];
+        } else {
+            h.pool[g] = test_pool(h.ctx, blocks[g], tpb[g]);
+            if (cache)
+                ASSERT_OK(h.ctx, kvrt_cache_create(h.pool[g], NULL, &h.cache[g]));
+        }
         gp[g] = (kvrt_sched_group_params_t){
             .field_mask = (cache ? KVRT_SCHED_GROUP_CACHE : 0) |
                           (window[g] ? KVRT_SCHED_GROUP_WINDOW : 0),
@@ -49,6 +61,14 @@ static inline hybrid_t hybrid_open(uint32_t n, const uint32_t *blocks, const uin
     return h;
 }
 
+/* Every group with a pool of its own. */
+static inline hybrid_t hybrid_open(uint32_t n, const uint32_t *blocks, const uint32_t *tpb,
+                                   const uint32_t *window, bool cache,
+                                   const kvrt_sched_params_t *sp)
+{
+    return hybrid_open_shared(n, NULL, blocks, tpb, window, cache, sp);
+}
+
 static inline uint32_t used_blocks(const hybrid_t *h, uint32_t g)
 {
     kvrt_pool_info_t info;
@@ -59,6 +79,8 @@ static inline uint32_t used_blocks(const hybrid_t *h, uint32_t g)
 static inline void verify_all(const hybrid_t *h)
 {
     for (uint32_t g = 0; g < h->num_groups; g++) {
+        if (h->owner[g] != g)
+            continue; /* its pool is an earlier group's */
         ASSERT_OK(h->ctx, kvrt_pool_verify(h->pool[g]));
         if (h->cache[g])
             ASSERT_OK(h->ctx, kvrt_cache_verify(h->cache[g]));
@@ -70,6 +92,8 @@ static inline void hybrid_close(hybrid_t *h)
 {
     verify_all(h);
     for (uint32_t g = 0; g < h->num_groups; g++) {
+        if (h->owner[g] != g)
+            continue;
         kvrt_pool_info_t info;
         ASSERT_OK(h->ctx, kvrt_pool_info(h->pool[g], &info));
         cr_assert_eq(info.used_blocks, 0, "group %u: %u blocks leaked", g, info.used_blocks);
@@ -77,7 +101,8 @@ static inline void hybrid_close(hybrid_t *h)
     }
     ASSERT_OK(h->ctx, kvrt_sched_destroy(h->sched));
     for (uint32_t g = 0; g < h->num_groups; g++)
-        ASSERT_OK(h->ctx, kvrt_cache_destroy(h->cache[g]));
+        if (h->owner[g] == g)
+            ASSERT_OK(h->ctx, kvrt_cache_destroy(h->cache[g]));
     kvrt_ctx_destroy(h->ctx);
 }
 
@@ -103,7 +128,8 @@ static inline void commit_model(hybrid_t *h, const kvrt_batch_plan_t *plan)
 
 /*
  * Every planned token's slot, in every group, lies in its row at its
- * position; no slot is written twice in a group; a row holds real blocks
+ * position; no slot is written twice in a pool (by one group or by two
+ * sharing it); a row holds real blocks
  * for every block the window of the entry's queries reads and the null
  * block past its length. Returns nothing; asserts.
  */
@@ -115,12 +141,13 @@ static inline void check_plan_groups(const hybrid_t *h, const kvrt_batch_plan_t 
     cr_assert_eq(plan->groups[0].row_stride, plan->row_stride);
     cr_assert_eq(plan->groups[0].tokens_per_block, plan->tokens_per_block);
     static int64_t seen[MAX_GROUPS][4096];
+    uint32_t num_seen[MAX_GROUPS] = {0};
     for (uint32_t g = 0; g < h->num_groups; g++) {
         const kvrt_plan_group_t *pg = &plan->groups[g];
+        const uint32_t o = h->owner[g];
         cr_assert_eq(pg->tokens_per_block, h->tpb[g]);
         cr_assert_eq(pg->sliding_window, h->window[g]);
         cr_assert_eq(pg->num_copies, 0);
-        uint32_t num_seen = 0;
         for (uint32_t i = 0; i < plan->num_seqs; i++) {
             const kvrt_plan_seq_t *e = &plan->seqs[i];
             const int32_t *row = pg->block_rows + (size_t)e->row * pg->row_stride;
@@ -137,11 +164,11 @@ static inline void check_plan_groups(const hybrid_t *h, const kvrt_batch_plan_t 
                 int64_t slot = pg->slot_mapping[tok];
                 cr_assert_eq(slot, (int64_t)row[pos / h->tpb[g]] * h->tpb[g] + pos % h->tpb[g],
                              "group %u token %u", g, tok);
-                for (uint32_t j = 0; j < num_seen; j++)
-                    cr_assert_neq(seen[g][j], slot, "group %u slot %lld twice", g,
+                for (uint32_t j = 0; j < num_seen[o]; j++)
+                    cr_assert_neq(seen[o][j], slot, "group %u slot %lld twice in its pool", g,
                                   (long long)slot);
-                cr_assert_lt(num_seen, 4096);
-                seen[g][num_seen++] = slot;
+                cr_assert_lt(num_seen[o], 4096);
+                seen[o][num_seen[o]++] = slot;
             }
         }
     }

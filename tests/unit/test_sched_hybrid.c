@@ -440,11 +440,10 @@ Test(sched_hybrid, bad_groups_are_refused)
     kvrt_cache_t *c0;
     ASSERT_OK(ctx, kvrt_cache_create(p0, NULL, &c0));
     kvrt_sched_group_params_t g0 = {.pool = p0}, g1 = {.pool = p1};
-    const kvrt_sched_group_params_t *both[2] = {&g0, &g1}, *twice[2] = {&g0, &g0};
+    const kvrt_sched_group_params_t *both[2] = {&g0, &g1};
     kvrt_sched_t *s = NULL;
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create_groups(ctx, 0, both, NULL, &s));
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create_groups(ctx, 2, NULL, NULL, &s));
-    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create_groups(ctx, 2, twice, NULL, &s));
     g1.field_mask = 1u << 7;
     ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_sched_create_groups(ctx, 2, both, NULL, &s));
     g1.field_mask = 0;
@@ -671,16 +670,26 @@ static void rnd_drain(hybrid_t *h, rnd_req_t *req, uint32_t *checked)
     } while (n == 16);
 }
 
-/* A randomized run over three groups, with plans_in_flight plans in
- * flight; requests sharing a system prompt wait for its blocks when
- * share_tokens (shared_prefill_min_tokens) is not 0. */
-static void randomized_run(uint32_t plans_in_flight, uint64_t seed, uint32_t share_tokens)
+/* Three groups: group g uses the pool of owner[g], which owner[g] == g
+ * creates with blocks[g] blocks (async_blocks[g] with two plans in flight,
+ * which are never preempted: tighter pools then) of tpb[g] tokens. */
+typedef struct rnd_layout {
+    uint32_t owner[3], window[3], tpb[3], blocks[3], async_blocks[3];
+} rnd_layout_t;
+
+/* Full attention in 8-token blocks, windows of 12 tokens in 4-token blocks
+ * and of 40 in 16-token blocks, each in a pool of its own; pools small
+ * enough to preempt. */
+static const rnd_layout_t own_pools = {.owner = {0, 1, 2}, .window = {0, 12, 40},
+                                       .tpb = {8, 4, 16}, .blocks = {60, 90, 40},
+                                       .async_blocks = {36, 90, 40}};
+
+/* A randomized run over three groups laid out as `lay`, with
+ * plans_in_flight plans in flight; requests sharing a system prompt wait
+ * for its blocks when share_tokens (shared_prefill_min_tokens) is not 0. */
+static void randomized_run(const rnd_layout_t *lay, uint32_t plans_in_flight, uint64_t seed,
+                           uint32_t share_tokens)
 {
-    /* Full attention in 8-token blocks, windows of 12 tokens in 4-token
-     * blocks and of 40 in 16-token blocks; pools small enough to preempt. */
-    static const uint32_t tpb[3] = {8, 4, 16}, window[3] = {0, 12, 40};
-    /* Plans in flight are never preempted: tighter pools then. */
-    const uint32_t blocks[3] = {plans_in_flight > 1 ? 36 : 60, 90, 40};
     kvrt_sched_params_t sp = {
         .field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS | KVRT_SCHED_PARAM_MAX_SEQS |
                       KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_DRAFT | KVRT_SCHED_PARAM_NGRAM |
@@ -696,7 +705,9 @@ static void randomized_run(uint32_t plans_in_flight, uint64_t seed, uint32_t sha
         .csr_block_tables = 1,
         .shared_prefill_min_tokens = share_tokens,
     };
-    hybrid_t h = hybrid_open(3, blocks, tpb, window, true, &sp);
+    hybrid_t h = hybrid_open_shared(3, lay->owner,
+                                    plans_in_flight > 1 ? lay->async_blocks : lay->blocks,
+                                    lay->tpb, lay->window, true, &sp);
     static rnd_req_t req[RND_REQ];
     memset(req, 0, sizeof(req));
     uint32_t num_req = 0, checked = 0;
@@ -730,7 +741,7 @@ static void randomized_run(uint32_t plans_in_flight, uint64_t seed, uint32_t sha
             if (kvrt_seq_info(h.sched, id, &info) == KVRT_OK &&
                 info.state == KVRT_SEQ_RUNNING &&
                 kvrt_seq_group_blocks(h.sched, id, g, &bl, &nb, NULL) == KVRT_OK) {
-                uint32_t full = info.computed_tokens / tpb[g];
+                uint32_t full = info.computed_tokens / h.tpb[g];
                 full = full < nb ? full : nb;
                 uint32_t back = test_rand_below(&rng, 4);
                 uint32_t j = full ? full - 1 - (back < full && back < 2 ? back : 0) : 0;
@@ -923,16 +934,42 @@ Test(sched_hybrid, a_tail_block_filled_then_shared_keeps_its_tokens_without_a_co
 
 Test(sched_hybrid, randomized_run_keeps_every_invariant_in_every_group, .timeout = 120)
 {
-    randomized_run(1, 0xfeedbeef1234ull, 8);
+    randomized_run(&own_pools, 1, 0xfeedbeef1234ull, 8);
 }
 
 Test(sched_hybrid, randomized_async_run_keeps_every_invariant_in_every_group, .timeout = 120)
 {
-    randomized_run(2, 0xa5a5f00d77ull, 0);
+    randomized_run(&own_pools, 2, 0xa5a5f00d77ull, 0);
 }
 
 Test(sched_hybrid, randomized_async_run_with_shared_prompts_waiting_keeps_every_invariant,
      .timeout = 120)
 {
-    randomized_run(2, 0xa5a5f00d77ull, 8);
+    randomized_run(&own_pools, 2, 0xa5a5f00d77ull, 8);
+}
+
+/* One pool of 8-token blocks for all three groups (full attention,
+ * windows of 12 and 40): one memory, one eviction order. */
+static const rnd_layout_t one_pool = {.owner = {0, 0, 0}, .window = {0, 12, 40},
+                                      .tpb = {8, 8, 8}, .blocks = {120}, .async_blocks = {96}};
+
+/* Two full-attention groups share a pool and its cache (the second finds
+ * its hits by lookups under a root of its own); the window group has its
+ * own pool of smaller blocks. */
+static const rnd_layout_t two_full_in_one_pool = {
+    .owner = {0, 1, 0}, .window = {0, 12, 0}, .tpb = {8, 4, 8},
+    .blocks = {110, 90}, .async_blocks = {72, 90}};
+
+Test(sched_hybrid, randomized_run_over_groups_sharing_one_pool_keeps_every_invariant,
+     .timeout = 120)
+{
+    randomized_run(&one_pool, 1, 0x5eed0001ull, 8);
+    randomized_run(&two_full_in_one_pool, 1, 0x5eed0002ull, 0);
+}
+
+Test(sched_hybrid, randomized_async_run_over_groups_sharing_one_pool_keeps_every_invariant,
+     .timeout = 120)
+{
+    randomized_run(&one_pool, 2, 0x5eed0003ull, 8);
+    randomized_run(&two_full_in_one_pool, 2, 0x5eed0004ull, 0);
 }

@@ -589,14 +589,18 @@ static bool ra_step(ra_world_t *w, uint64_t now, uint32_t plans_in_flight, bool 
  * awaited (with and without deadlines), each group reporting on its own
  * step with all, some or none of its blocks, aborts; with plans_in_flight
  * 2, asynchronous steps. */
-static void ra_run(uint32_t plans_in_flight, uint64_t seed)
+static void ra_run(uint32_t plans_in_flight, uint64_t seed, bool one_pool)
 {
     /* Full attention in 8-token blocks, windows of 12 tokens in 4-token
-     * blocks and of 40 in 16-token blocks, prefix caches on; pools small
-     * enough that arrivals, preemption and the give-way rule all happen
-     * (plans in flight are never preempted: tighter then). */
-    static const uint32_t tpb[3] = {8, 4, 16}, window[3] = {0, 12, 40};
-    const uint32_t blocks[3] = {plans_in_flight > 1 ? 40 : 48, 80, 36};
+     * blocks and of 40 in 16-token blocks (one_pool: all three in one pool
+     * of 8-token blocks), prefix caches on; pools small enough that
+     * arrivals, preemption and the give-way rule all happen (plans in
+     * flight are never preempted: tighter then). */
+    static const uint32_t own[3] = {0, 1, 2}, shared[3] = {0, 0, 0}, window[3] = {0, 12, 40};
+    static const uint32_t tpb_own[3] = {8, 4, 16}, tpb_shared[3] = {8, 8, 8};
+    const uint32_t blocks[3] = {one_pool ? (plans_in_flight > 1 ? 84 : 96)
+                                         : (plans_in_flight > 1 ? 40 : 48),
+                                80, 36};
     kvrt_sched_params_t sp = {
         .field_mask = KVRT_SCHED_PARAM_MAX_BATCH_TOKENS | KVRT_SCHED_PARAM_MAX_SEQS |
                       KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_PLANS_IN_FLIGHT,
@@ -608,7 +612,8 @@ static void ra_run(uint32_t plans_in_flight, uint64_t seed)
     static ra_world_t w;
     memset(&w, 0, sizeof(w));
     w.rng = seed;
-    w.h = hybrid_open(3, blocks, tpb, window, true, &sp);
+    w.h = hybrid_open_shared(3, one_pool ? shared : own, blocks,
+                             one_pool ? tpb_shared : tpb_own, window, true, &sp);
     int32_t system[2][32];
     for (int s = 0; s < 2; s++)
         for (int i = 0; i < 32; i++)
@@ -662,13 +667,20 @@ static void ra_run(uint32_t plans_in_flight, uint64_t seed)
 
 Test(sched_hybrid_arrival, randomized_run_with_arrivals_keeps_every_pool_verified, .timeout = 120)
 {
-    ra_run(1, 0x6a11e7ull);
+    ra_run(1, 0x6a11e7ull, false);
 }
 
 Test(sched_hybrid_arrival, randomized_async_run_with_arrivals_keeps_every_pool_verified,
      .timeout = 120)
 {
-    ra_run(2, 0x6a11e8ull);
+    ra_run(2, 0x6a11e8ull, false);
+}
+
+Test(sched_hybrid_arrival, randomized_runs_with_arrivals_into_one_shared_pool_keep_it_verified,
+     .timeout = 120)
+{
+    ra_run(1, 0x6a11e9ull, true);
+    ra_run(2, 0x6a11eaull, true);
 }
 
 /* One window group of 16 over 1-token blocks (pool_blocks of them), chunks
