@@ -194,9 +194,10 @@ class PlanGroup:
 class CacheGroup:
     """One cache group of a hybrid scheduler (kvrt_sched_group_params_t):
     the layers that share a block size and an attention span, in a pool of
-    their own. sliding_window is the tokens a query reads back, itself
-    included (0: full attention). Either every group has a prefix cache or
-    none."""
+    their own or in one that groups whose blocks hold the same bytes share
+    (name the same pool and cache in each). sliding_window is the tokens a
+    query reads back, itself included (0: full attention). Either every
+    group has a prefix cache or none."""
 
     __slots__ = ("pool", "cache", "sliding_window")
 

@@ -116,6 +116,33 @@ def test_kv_arrives_in_every_group(pools):
         pool.verify()
 
 
+def test_groups_sharing_a_pool_take_distinct_slots_and_their_own_hits(ctx):
+    # Full attention and a window in one pool and cache: one memory, and
+    # each group's blocks of the same tokens are its own.
+    pool = kvrt.Pool(ctx, kvrt.Layout(1, 2, 16, 4), num_blocks=40)
+    cache = kvrt.PrefixCache(pool)
+    sched = kvrt.Scheduler(groups=[kvrt.CacheGroup(pool, cache),
+                                   kvrt.CacheGroup(pool, cache, sliding_window=WINDOW)])
+    prompt = list(range(1, 30))
+    first = sched.add(prompt, max_new_tokens=3)
+    plan = sched.step(0)
+    full_slots, window_slots = (set(part.slot_mapping.tolist()) for part in plan.groups)
+    assert len(full_slots) == len(window_slots) == 29 and not full_slots & window_slots
+    sched.commit(plan, [5])
+    run(sched, token=5)
+    second = sched.add(prompt, max_new_tokens=3)
+    plan = sched.step(0)
+    assert plan.seqs[0]["num_computed_tokens"] == 28
+    full_blocks = set(sched.seq_blocks(second, group=0)[0].tolist())
+    window_blocks = set(sched.seq_blocks(second, group=1)[0].tolist()) - {kvrt.NULL_BLOCK}
+    assert window_blocks and not full_blocks & window_blocks
+    sched.commit(plan, [5])
+    assert run(sched, token=5)[second]["output"] == [5, 5, 5] and first != second
+    pool.verify()
+    cache.verify()
+    assert pool.info()["used_blocks"] == 0
+
+
 def refused(call, name="KVRT_ERR_INVALID_ARG"):
     with pytest.raises(kvrt.KvrtError) as e:
         call()
@@ -141,10 +168,12 @@ def test_hybrid_calls_refuse_bad_input(ctx, pools):
     for bad in (2 ** 32 + 8, True, None):
         changed.sliding_window = bad
         refused(lambda: kvrt.Scheduler(groups=[kvrt.CacheGroup(full), changed]))
-    # kvrt's own checks: a pool named twice, caches on some groups only
-    refused(lambda: kvrt.Scheduler(groups=[kvrt.CacheGroup(full), kvrt.CacheGroup(full)]))
-    refused(lambda: kvrt.Scheduler(groups=[kvrt.CacheGroup(full, kvrt.PrefixCache(full)),
-                                           group]))
+    # kvrt's own checks: caches on some groups only (of separate pools, or
+    # of one pool that two groups share)
+    shared_cache = kvrt.PrefixCache(full)
+    refused(lambda: kvrt.Scheduler(groups=[kvrt.CacheGroup(full, shared_cache), group]))
+    refused(lambda: kvrt.Scheduler(groups=[kvrt.CacheGroup(full, shared_cache),
+                                           kvrt.CacheGroup(full)]))
     assert [p.info()["used_blocks"] for p in pools] == [0, 0]
 
     sched = hybrid(pools, caches=False)
