@@ -700,7 +700,10 @@ static int collect(engine_t *e)
     res->kv_blocks = g->num_blocks;
     res->block_tokens = g->block_tokens;
     res->peak_used_blocks = g->peak_used_blocks;
-    if (e->kv.num_groups > 1) {
+    if (e->kv.shared) {
+        res->shared_kv_groups = e->kv.num_groups;
+        res->shared_group_layers = e->kv.group_layers;
+    } else if (e->kv.num_groups > 1) {
         res->window_blocks = e->kv.groups[1].num_blocks;
         res->window_block_tokens = e->kv.groups[1].block_tokens;
         res->window_peak_used_blocks = e->kv.groups[1].peak_used_blocks;

@@ -47,6 +47,8 @@ typedef struct sim_config {
     uint32_t window_block_tokens;  /* the window group's; 0: block_tokens */
     double window_kv_gb;           /* the window group's memory; 0: sized by
                                       sim_kv.h's rule */
+    int window_kv_shared;          /* 1: every group in one pool of kv_gb
+                                      (sim_kv.h) */
     int window_kv_full;            /* 1: hold every layer's K/V for every
                                       token in one group (no hybrid
                                       allocator), the cost model unchanged */
@@ -109,6 +111,9 @@ typedef struct sim_results {
     uint32_t peak_used_blocks;
     /* Hybrid models with two groups: the window group's pool. */
     uint32_t window_blocks, window_block_tokens, window_peak_used_blocks;
+    /* Hybrid models in one shared pool (kv_blocks above is that pool):
+     * the cache groups, and the layers each block holds. */
+    uint32_t shared_kv_groups, shared_group_layers;
     /* Hybrid models: the same workload with every layer's K/V held for
      * every token (window_kv_full; kvrt-sim runs it when a window is set). */
     int without_hybrid;                /* the fields below are set */

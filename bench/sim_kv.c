@@ -24,12 +24,58 @@ static uint32_t blocks_in(double bytes, uint64_t block)
     return n > 2147483647.0 ? 2147483647u : n < 0.0 ? 0u : (uint32_t)n;
 }
 
+/* One pool for every group (see sim_kv.h). */
+static int plan_shared(const sim_config_t *c, sim_kv_t *kv, char *error, size_t error_size)
+{
+    const uint32_t full = c->num_layers - c->window_layers, window = c->window_layers;
+    if (c->window_kv_gb > 0.0) {
+        snprintf(error, error_size, "--window-kv-gb splits the KV memory and --shared-kv "
+                                    "shares it: one or the other");
+        return -1;
+    }
+    if (c->window_block_tokens && c->window_block_tokens != c->block_tokens) {
+        snprintf(error, error_size, "groups sharing a pool have one block size: "
+                                    "--window-block-tokens must be --block-tokens");
+        return -1;
+    }
+    /* As many layers per group as full-attention layers, unless that makes
+     * more groups than kvrt takes: then fewer, larger groups. */
+    uint32_t per_group = full;
+    const uint32_t most_windows = SIM_KV_MAX_GROUPS - 1;
+    if ((window + per_group - 1) / per_group > most_windows)
+        per_group = (window + most_windows - 1) / most_windows;
+    const uint32_t windows = (window + per_group - 1) / per_group;
+    kv->shared = 1;
+    kv->group_layers = per_group;
+    kv->num_groups = 1 + windows;
+    const uint64_t block_bytes = sim_kv_block_bytes(c, per_group, c->block_tokens);
+    kv->groups[0] = (sim_kv_group_t){.layers = full, .block_tokens = c->block_tokens,
+                                     .block_bytes = block_bytes,
+                                     .num_blocks = blocks_in(c->kv_gb * 1e9, block_bytes)};
+    for (uint32_t i = 1, left = window; i <= windows; i++) {
+        uint32_t layers = left < per_group ? left : per_group;
+        kv->groups[i] = (sim_kv_group_t){.layers = layers, .block_tokens = c->block_tokens,
+                                         .block_bytes = block_bytes,
+                                         .sliding_window = c->sliding_window};
+        left -= layers;
+    }
+    return 0;
+}
+
 int sim_kv_plan(const sim_config_t *c, sim_kv_t *kv, char *error, size_t error_size)
 {
     *kv = (sim_kv_t){0};
     double bytes = c->kv_gb * 1e9;
     bool hybrid = c->sliding_window && !c->window_kv_full;
-    if (!hybrid || c->window_layers == c->num_layers) {
+    if (hybrid && c->window_kv_shared && c->window_layers == c->num_layers) {
+        snprintf(error, error_size, "with a window on every layer there is one group: "
+                                    "nothing to share a pool with");
+        return -1;
+    }
+    if (hybrid && c->window_kv_shared) {
+        if (plan_shared(c, kv, error, error_size) != 0)
+            return -1;
+    } else if (!hybrid || c->window_layers == c->num_layers) {
         if (hybrid && c->window_kv_gb > 0.0) {
             snprintf(error, error_size, "with a window on every layer there is one group: "
                                         "the window KV memory is the KV memory");
@@ -69,10 +115,12 @@ int sim_kv_plan(const sim_config_t *c, sim_kv_t *kv, char *error, size_t error_s
                                      full->block_bytes);
         kv->num_groups = 2;
     }
-    for (uint32_t i = 0; i < kv->num_groups; i++) {
+    for (uint32_t i = 0; i < sim_kv_num_pools(kv); i++) {
         if (kv->groups[i].num_blocks < 16) {
             snprintf(error, error_size, "the %s KV memory holds %u blocks (at least 16 needed)",
-                     kv->groups[i].sliding_window ? "sliding-window" : "full-attention",
+                     kv->shared                    ? "shared"
+                     : kv->groups[i].sliding_window ? "sliding-window"
+                                                    : "full-attention",
                      kv->groups[i].num_blocks);
             return -1;
         }
@@ -80,18 +128,18 @@ int sim_kv_plan(const sim_config_t *c, sim_kv_t *kv, char *error, size_t error_s
     return 0;
 }
 
-static kvrt_status_t open_group(sim_kv_group_t *g, uint32_t index, uint64_t base,
-                                kvrt_ctx_t *ctx, const sim_config_t *c, const char **call_out)
+static kvrt_status_t open_group(sim_kv_group_t *g, uint32_t index, uint32_t layers,
+                                uint64_t base, kvrt_ctx_t *ctx, const sim_config_t *c,
+                                const char **call_out)
 {
-    static const char *const names[SIM_KV_MAX_GROUPS] = {"sim-gpu", "sim-gpu-window"};
     kvrt_pool_params_t pp = {
         .field_mask = KVRT_POOL_PARAM_BASE | KVRT_POOL_PARAM_NAME,
-        .layout = {.num_layers = g->layers, .num_kv_heads = c->num_kv_heads,
+        .layout = {.num_layers = layers, .num_kv_heads = c->num_kv_heads,
                    .head_dim = c->head_dim, .tokens_per_block = g->block_tokens},
         .num_blocks = g->num_blocks,
         .base = (void *)(uintptr_t)base,
         .base_bytes = (uint64_t)g->num_blocks * g->block_bytes,
-        .name = names[index],
+        .name = index ? "sim-gpu-window" : "sim-gpu",
     };
     kvrt_status_t st;
     *call_out = "kvrt_pool_create";
@@ -113,10 +161,16 @@ kvrt_status_t sim_kv_open(sim_kv_t *kv, kvrt_ctx_t *ctx, const sim_config_t *c,
 {
     uint64_t base = SIM_KV_BASE;
     kvrt_status_t st;
-    for (uint32_t i = 0; i < kv->num_groups; i++) {
-        if ((st = open_group(&kv->groups[i], i, base, ctx, c, call_out)) != KVRT_OK)
+    for (uint32_t i = 0; i < sim_kv_num_pools(kv); i++) {
+        sim_kv_group_t *g = &kv->groups[i];
+        if ((st = open_group(g, i, kv->shared ? kv->group_layers : g->layers, base, ctx, c,
+                             call_out)) != KVRT_OK)
             return st;
-        base += (uint64_t)kv->groups[i].num_blocks * kv->groups[i].block_bytes;
+        base += (uint64_t)g->num_blocks * g->block_bytes;
+    }
+    for (uint32_t i = 1; kv->shared && i < kv->num_groups; i++) {
+        kv->groups[i].pool = kv->groups[0].pool;
+        kv->groups[i].cache = kv->groups[0].cache;
     }
     *call_out = "kvrt_sched_create";
     const sim_kv_group_t *g0 = &kv->groups[0];
@@ -137,7 +191,7 @@ kvrt_status_t sim_kv_open(sim_kv_t *kv, kvrt_ctx_t *ctx, const sim_config_t *c,
 
 void sim_kv_sample(sim_kv_t *kv)
 {
-    for (uint32_t i = 0; i < kv->num_groups; i++) {
+    for (uint32_t i = 0; i < sim_kv_num_pools(kv); i++) {
         kvrt_pool_info_t info;
         kvrt_pool_info(kv->groups[i].pool, &info);
         if (info.used_blocks > kv->groups[i].peak_used_blocks)
@@ -147,7 +201,7 @@ void sim_kv_sample(sim_kv_t *kv)
 
 int sim_kv_check_empty(sim_kv_t *kv, kvrt_ctx_t *ctx, char *error, size_t error_size)
 {
-    for (uint32_t i = 0; i < kv->num_groups; i++) {
+    for (uint32_t i = 0; i < sim_kv_num_pools(kv); i++) {
         kvrt_status_t st = kvrt_pool_verify(kv->groups[i].pool);
         if (st != KVRT_OK) {
             snprintf(error, error_size, "kvrt_pool_verify (group %u): %s (%s)", i,
@@ -159,8 +213,9 @@ int sim_kv_check_empty(sim_kv_t *kv, kvrt_ctx_t *ctx, char *error, size_t error_
         if (info.used_blocks != 0) {
             snprintf(error, error_size, "%u KV blocks%s still in use after every request "
                                         "ended", info.used_blocks,
-                     kv->num_groups > 1 ? (i ? " of the window group" : " of the full group")
-                                        : "");
+                     sim_kv_num_pools(kv) > 1 ? (i ? " of the window group"
+                                                   : " of the full group")
+                                              : "");
             return -1;
         }
     }
@@ -170,7 +225,7 @@ int sim_kv_check_empty(sim_kv_t *kv, kvrt_ctx_t *ctx, char *error, size_t error_
 uint64_t sim_kv_evictions(const sim_kv_t *kv)
 {
     uint64_t n = 0;
-    for (uint32_t i = 0; i < kv->num_groups; i++) {
+    for (uint32_t i = 0; i < sim_kv_num_pools(kv); i++) {
         if (kv->groups[i].cache) {
             kvrt_cache_stats_t cs;
             kvrt_cache_stats(kv->groups[i].cache, &cs);
@@ -183,7 +238,8 @@ uint64_t sim_kv_evictions(const sim_kv_t *kv)
 void sim_kv_close(sim_kv_t *kv)
 {
     for (uint32_t i = 0; kv && i < kv->num_groups; i++) {
-        kvrt_cache_destroy(kv->groups[i].cache);
+        if (i < sim_kv_num_pools(kv))
+            kvrt_cache_destroy(kv->groups[i].cache);
         kv->groups[i].cache = NULL;
     }
 }

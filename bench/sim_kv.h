@@ -19,6 +19,15 @@
  * requests and costs the window group more of the cached blocks a hit
  * needs (docs/simulator.md, "Hybrid models", measures both).
  *
+ * With window_kv_shared (--shared-kv) the groups share one pool and one
+ * prefix cache instead, as vLLM's hybrid allocator does: no split decided
+ * in advance, one eviction order over every group's cached blocks. A
+ * shared pool's blocks hold the same bytes in every group, so the window
+ * layers are split into groups of as many layers as the full-attention
+ * ones (Gemma 3's 5:1 makes one full and five window groups); when that
+ * makes more groups than kvrt's limit, every group gets more layers, the
+ * full-attention group padded. Padding costs memory, never compute.
+ *
  * With window_kv_full (the comparison run) the model and its cost are the
  * same but the engine holds every layer's K/V for every token in one
  * full-attention group, as an engine without a hybrid allocator does.
@@ -36,14 +45,18 @@
 
 struct sim_config;
 
-#define SIM_KV_MAX_GROUPS 2u
+#define SIM_KV_MAX_GROUPS KVRT_SCHED_MAX_GROUPS
 
+/* One cache group. With a shared pool, group 0's pool fields (num_blocks,
+ * block_bytes, peak_used_blocks) describe the one pool, and every group's
+ * pool and cache are group 0's. */
 typedef struct sim_kv_group {
-    uint32_t layers;            /* layers whose K/V the group holds */
+    uint32_t layers;            /* the model's layers whose K/V the group holds */
     uint32_t block_tokens;
     uint32_t sliding_window;    /* 0: full attention */
     uint32_t num_blocks;        /* kvrt's null block included */
-    uint64_t block_bytes;       /* fp16 K and V of the group's layers */
+    uint64_t block_bytes;       /* fp16 K and V of the group's layers (shared:
+                                   of group_layers, padding included) */
     uint32_t peak_used_blocks;
     kvrt_pool_t *pool;
     kvrt_cache_t *cache;        /* NULL without the prefix cache */
@@ -51,6 +64,8 @@ typedef struct sim_kv_group {
 
 typedef struct sim_kv {
     uint32_t num_groups;
+    int shared;                 /* every group in group 0's pool */
+    uint32_t group_layers;      /* shared: layers each block holds */
     sim_kv_group_t groups[SIM_KV_MAX_GROUPS];
 } sim_kv_t;
 
@@ -61,7 +76,8 @@ uint64_t sim_kv_block_bytes(const struct sim_config *config, uint32_t layers,
 /*
  * Lays out the groups of a configuration (layers, block sizes, windows and
  * block counts; no kvrt object). Returns 0, or -1 with a message (a group
- * that would hold fewer than 16 blocks, --window-kv-gb not below --kv-gb).
+ * that would hold fewer than 16 blocks, --window-kv-gb not below --kv-gb,
+ * a shared pool with nothing to share or split, or of two block sizes).
  */
 int sim_kv_plan(const struct sim_config *config, sim_kv_t *kv, char *error,
                 size_t error_size);
@@ -75,6 +91,12 @@ int sim_kv_plan(const struct sim_config *config, sim_kv_t *kv, char *error,
 kvrt_status_t sim_kv_open(sim_kv_t *kv, kvrt_ctx_t *ctx, const struct sim_config *config,
                           const kvrt_sched_params_t *params, kvrt_sched_t **sched_out,
                           const char **call_out);
+
+/* The pools: every group's own, or the one group 0 holds for all. */
+static inline uint32_t sim_kv_num_pools(const sim_kv_t *kv)
+{
+    return kv->shared ? 1u : kv->num_groups;
+}
 
 /* Records each pool's use after a step (the peaks). */
 void sim_kv_sample(sim_kv_t *kv);

@@ -87,6 +87,8 @@ static void usage(FILE *out)
 "  --window-layers N       how many of the layers do [half of them]\n"
 "  --window-block-tokens N tokens per block of those layers' KV [--block-tokens]\n"
 "  --window-kv-gb X        their part of --kv-gb [their layers' share]\n"
+"  --shared-kv             every group in one pool of --kv-gb (one eviction\n"
+"                          order; window layers in groups of the full ones' size)\n"
 "\n"
 "tiers below the GPU (docs/simulator.md; the summary then also shows TTFT\n"
 "of the same run without them)\n"
@@ -191,7 +193,7 @@ enum {
     OPT_NODES, OPT_ROUTER, OPT_ROUTE_PREFILL, OPT_ROUTE_DECODE, OPT_SHARING, OPT_DISAGG,
     OPT_NET_GBPS, OPT_NET_LATENCY,
     OPT_HOST_GB, OPT_SSD_GB, OPT_HOST_GBPS, OPT_HOST_LATENCY, OPT_SSD_GBPS, OPT_SSD_LATENCY,
-    OPT_WINDOW, OPT_WINDOW_LAYERS, OPT_WINDOW_BLOCK_TOKENS, OPT_WINDOW_KV_GB
+    OPT_WINDOW, OPT_WINDOW_LAYERS, OPT_WINDOW_BLOCK_TOKENS, OPT_WINDOW_KV_GB, OPT_SHARED_KV
 };
 
 static const struct option long_options[] = {
@@ -230,6 +232,7 @@ static const struct option long_options[] = {
     {"window-layers", required_argument, NULL, OPT_WINDOW_LAYERS},
     {"window-block-tokens", required_argument, NULL, OPT_WINDOW_BLOCK_TOKENS},
     {"window-kv-gb", required_argument, NULL, OPT_WINDOW_KV_GB},
+    {"shared-kv", no_argument, NULL, OPT_SHARED_KV},
     {"max-batch-tokens", required_argument, NULL, OPT_BATCH_TOKENS},
     {"max-seqs", required_argument, NULL, OPT_MAX_SEQS},
     {"chunk", required_argument, NULL, OPT_CHUNK},
@@ -358,6 +361,7 @@ static int apply_option(options_t *o, int opt, const char *arg)
     case OPT_WINDOW_BLOCK_TOKENS:
         return parse_block_tokens("window-block-tokens", arg, &c->window_block_tokens);
     case OPT_WINDOW_KV_GB: return parse_double("window-kv-gb", arg, 1e-6, 1e6, &c->window_kv_gb);
+    case OPT_SHARED_KV: c->window_kv_shared = 1; return 0;
     case OPT_BATCH_TOKENS:
         return parse_u32("max-batch-tokens", arg, 1, 1u << 24, &c->max_batch_tokens);
     case OPT_MAX_SEQS: return parse_u32("max-seqs", arg, 1, 65536, &c->max_seqs);
@@ -479,10 +483,11 @@ static int parse_options(int argc, char **argv, options_t *o)
         return -1;
     }
     sim_config_t *c = &o->config;
-    if ((o->window_layers_set || c->window_block_tokens || c->window_kv_gb > 0.0) &&
+    if ((o->window_layers_set || c->window_block_tokens || c->window_kv_gb > 0.0 ||
+         c->window_kv_shared) &&
         !c->sliding_window) {
-        fprintf(stderr, "kvrt-sim: --window-layers, --window-block-tokens and --window-kv-gb "
-                        "need --sliding-window\n");
+        fprintf(stderr, "kvrt-sim: --window-layers, --window-block-tokens, --window-kv-gb and "
+                        "--shared-kv need --sliding-window\n");
         return -1;
     }
     if (c->sliding_window && !o->window_layers_set)

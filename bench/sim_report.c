@@ -102,7 +102,19 @@ static double percent_used(uint32_t peak, uint32_t blocks)
 static void hybrid_text(FILE *out, const sim_config_t *c, const sim_results_t *r)
 {
     char a[32], b[32], d[32], f[32];
-    if (r->window_blocks) {
+    if (r->shared_kv_groups) {
+        const uint32_t per = r->shared_group_layers;
+        const uint32_t padded = (r->shared_kv_groups * per) - c->num_layers;
+        double gb = (double)r->kv_blocks * 1e-9 *
+                    (double)sim_kv_block_bytes(c, per, r->block_tokens);
+        fprintf(out, "hybrid        window of %u on %u of %u layers; one shared KV pool %.1f GB "
+                     "= %s blocks x %u (peak %.1f%% in use) for %u groups of %u layers (%u "
+                     "padded)\n",
+                c->sliding_window, c->window_layers, c->num_layers, gb,
+                count(a, r->kv_blocks), r->block_tokens,
+                percent_used(r->peak_used_blocks, r->kv_blocks), r->shared_kv_groups, per,
+                padded);
+    } else if (r->window_blocks) {
         double full_gb = (double)r->kv_blocks * 1e-9 *
                          (double)sim_kv_block_bytes(c, c->num_layers - c->window_layers,
                                                     r->block_tokens);
@@ -147,7 +159,10 @@ void sim_report_text(FILE *out, const char *workload, const sim_config_t *c,
     fprintf(out, "model         %u layers x %u KV heads x %u fp16 (Llama-3.1-8B shape), "
                  "one H100 by the cost model; KV %.0f GB", c->num_layers, c->num_kv_heads,
             c->head_dim, c->kv_gb);
-    if (r->window_blocks)
+    if (r->shared_kv_groups)
+        fprintf(out, " in %u cache groups sharing one pool (hybrid, below)\n",
+                r->shared_kv_groups);
+    else if (r->window_blocks)
         fprintf(out, " in two cache groups (hybrid, below)\n");
     else
         fprintf(out, " = %s blocks x %u tokens\n", count(a, r->kv_blocks), r->block_tokens);
@@ -246,7 +261,12 @@ static void hybrid_json(cJSON *root, const sim_config_t *c, const sim_results_t 
     cJSON_AddNumberToObject(h, "sliding_window", c->sliding_window);
     cJSON_AddNumberToObject(h, "window_layers", c->window_layers);
     cJSON_AddNumberToObject(h, "layers", c->num_layers);
-    /* Two groups: "kv" above is the full-attention group's pool. */
+    /* Two groups: "kv" above is the full-attention group's pool; shared:
+     * the one pool, of shared_group_layers layers a block. */
+    cJSON_AddBoolToObject(h, "shared_pool", r->shared_kv_groups > 0);
+    cJSON_AddNumberToObject(h, "groups", r->shared_kv_groups ? r->shared_kv_groups
+                                         : r->window_blocks ? 2 : 1);
+    cJSON_AddNumberToObject(h, "shared_group_layers", r->shared_group_layers);
     cJSON_AddNumberToObject(h, "window_blocks", r->window_blocks);
     cJSON_AddNumberToObject(h, "window_block_tokens", r->window_block_tokens);
     cJSON_AddNumberToObject(h, "window_peak_used_blocks", r->window_peak_used_blocks);

@@ -527,6 +527,29 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_lookup(kvrt_cache_t *cache, const kvrt_bloc
     return KVRT_OK;
 }
 
+uint32_t kvrt_cache_touch_idle(kvrt_cache_t *cache, const kvrt_block_hash_t *contents,
+                               uint32_t n, const kvrt_hash_keys_t *keys)
+{
+    call_keys_t ck;
+    if (!cache || !contents || !call_keys_init(&ck, keys))
+        return 0;
+    uint32_t touched = 0;
+    for (uint32_t j = n; j-- > 0;) {
+        kvrt_block_hash_t key = key_of(&ck, &contents[j]);
+        int32_t block = kvrt_cache_index_find(&cache->index, &key);
+        uint32_t refs = 1;
+        if (block == KVRT_NULL_BLOCK || kvrt_pool_refcount(cache->pool, block, &refs) != KVRT_OK ||
+            refs != 0)
+            continue;
+        /* What the pool's hooks see when a holder takes an idle block and
+         * lets it go again. */
+        cache->policy.ops->busy(&cache->policy, block);
+        cache->policy.ops->idle(&cache->policy, block);
+        touched++;
+    }
+    return touched;
+}
+
 /* Indexes block under its name unless the key is indexed already; the
  * name's parts come separately (parent_key NULL when unknown) so that they
  * are written once, into names[block]. keys_tag is the explain-table tag

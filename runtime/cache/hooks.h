@@ -113,6 +113,20 @@ kvrt_status_t kvrt_cache_insert_named(kvrt_cache_t *cache, int32_t block,
 void kvrt_cache_forget_query(kvrt_cache_t *cache, uint32_t num_tokens,
                              const kvrt_cache_match_t *match);
 
+/*
+ * kvrt_cache_touch_idle - the idle blocks cached under contents[0, n)
+ * (content hashes under keys; keys may be NULL) count as released now, as
+ * if their last holder had just let go: the policy moves each to where a
+ * release puts it, contents[n - 1] first (deepest first, as a table's
+ * release). No hit is counted; blocks in use or not cached are skipped. A
+ * scheduler touches the blocks a sliding window released early when their
+ * request lets go of the rest, so that eviction weighs them as it weighs
+ * that request's other blocks. The pool's thread. Returns the blocks
+ * touched; 0 for NULL arguments or invalid keys.
+ */
+uint32_t kvrt_cache_touch_idle(kvrt_cache_t *cache, const kvrt_block_hash_t *contents,
+                               uint32_t n, const kvrt_hash_keys_t *keys);
+
 /* ---- what is next in line for eviction -----------------------------------
  *
  * kvrt_cache_peek_victims - up to max evictable blocks in the order the

@@ -177,15 +177,27 @@ Test(sched_hybrid, prefix_hit_needs_only_the_window_of_a_sliding_window_group)
     int32_t prompt[161];
     for (int i = 0; i < 161; i++)
         prompt[i] = (i * 7) % 97;
-    run_once(&h, prompt, 161);
-    /* The window group released its early blocks first, so they are the
-     * first evicted: take exactly those out of its cache. */
+    /* While the request runs, the blocks its window released are the only
+     * idle ones of the window group, oldest first: take exactly blocks 0-5
+     * (tokens 0..47) out of its cache. (Once it ends they count as
+     * released with the rest, deepest first, as full-size K/V would be.) */
+    kvrt_seq_id_t first = add_prompt(&h, prompt, 161, 4);
+    kvrt_seq_info_t seq;
+    uint32_t step = 0;
+    do {
+        cr_assert(checked_step(&h, step++));
+        ASSERT_OK(h.ctx, kvrt_seq_info(h.sched, first, &seq));
+    } while (seq.computed_tokens < 161 && step < 20);
+    cr_assert(checked_step(&h, step)); /* a decode: the window lets go */
     kvrt_pool_info_t info;
     ASSERT_OK(h.ctx, kvrt_pool_info(h.pool[1], &info));
-    uint32_t evict = 6; /* blocks 0-5 (tokens 0..47) */
+    cr_assert_geq(info.cached_blocks, 6);
+    uint32_t evict = 6;
     int32_t taken[64];
     ASSERT_OK(h.ctx, kvrt_pool_alloc(h.pool[1], info.free_blocks + evict, taken));
     ASSERT_OK(h.ctx, kvrt_pool_free(h.pool[1], info.free_blocks + evict, taken));
+    run_to_end(&h, 50);
+    drain_all(&h);
     /* The hit: 160 tokens (all but the last, in 16-token units); the window
      * group needs only tokens 137..159, still cached. */
     kvrt_seq_id_t id;

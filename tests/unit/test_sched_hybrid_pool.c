@@ -189,3 +189,65 @@ Test(sched_hybrid_pool, an_arrival_into_a_shared_pool_counts_every_groups_blocks
     drain_all(&h);
     hybrid_close(&h);
 }
+
+/* Steps until request id has ended (bounded). */
+static void step_until_ended(hybrid_t *h, kvrt_seq_id_t id, uint32_t *step)
+{
+    kvrt_seq_info_t info;
+    for (uint32_t n = 0; n < 40; n++) {
+        ASSERT_OK(h->ctx, kvrt_seq_info(h->sched, id, &info));
+        if (info.state == KVRT_SEQ_ENDED)
+            return;
+        cr_assert(checked_step(h, (*step)++));
+    }
+    cr_assert_fail("request still running");
+}
+
+Test(sched_hybrid_pool, blocks_a_window_released_early_are_evicted_with_the_rest_of_their_request)
+{
+    /* B's window lets go of its first blocks while B runs; A ends after
+     * that, B later. As full-size K/V would, eviction then takes A's
+     * blocks before any of B's: B's early blocks count as released when
+     * B ends. So C, sharing B's first 32 tokens, still hits them after
+     * as many blocks are evicted as were idle when A ended (B's early ones
+     * among them, which would go first if they counted from their
+     * release). */
+    static const uint32_t shared[2] = {0, 0}, pool_96[1] = {96};
+    static const kvrt_sched_params_t sp = {
+        .field_mask = KVRT_SCHED_PARAM_CHUNK | KVRT_SCHED_PARAM_MAX_SEQS,
+        .prefill_chunk_tokens = 8, .max_seqs = 2};
+    hybrid_t h = hybrid_open_shared(2, shared, pool_96, blocks_of_4, full_and_window, true, &sp);
+    int32_t b_prompt[80], a_prompt[8], c_prompt[41];
+    prompt_of(b_prompt, 80, 5);
+    prompt_of(a_prompt, 8, 40);
+    kvrt_seq_id_t b = add_prompt(&h, b_prompt, 80, 2);
+    uint32_t step = 0;
+    kvrt_seq_info_t info;
+    do {
+        cr_assert(checked_step(&h, step++));
+        ASSERT_OK(h.ctx, kvrt_seq_info(h.sched, b, &info));
+    } while (info.computed_tokens < 48);
+    cr_assert(checked_step(&h, step++)); /* B's window has let go of blocks 0-9 */
+    kvrt_seq_id_t a = add_prompt(&h, a_prompt, 8, 1);
+    step_until_ended(&h, a, &step);
+    kvrt_pool_info_t pi;
+    ASSERT_OK(h.ctx, kvrt_pool_info(h.pool[0], &pi));
+    const uint32_t idle_when_a_ended = pi.cached_blocks;
+    cr_assert_geq(idle_when_a_ended, 10 + 4, "B's early blocks and A's 2 + 2");
+    step_until_ended(&h, b, &step);
+    drain_all(&h);
+    ASSERT_OK(h.ctx, kvrt_pool_info(h.pool[0], &pi));
+    int32_t taken[96];
+    ASSERT_OK(h.ctx, kvrt_pool_alloc(h.pool[0], pi.free_blocks + idle_when_a_ended, taken));
+    ASSERT_OK(h.ctx, kvrt_pool_free(h.pool[0], pi.free_blocks + idle_when_a_ended, taken));
+    /* C: B's first 32 tokens, then its own. */
+    memcpy(c_prompt, b_prompt, 32 * sizeof(int32_t));
+    prompt_of(c_prompt + 32, 9, 60);
+    kvrt_seq_id_t c = add_prompt(&h, c_prompt, 41, 1);
+    cr_assert(checked_step(&h, step++));
+    ASSERT_OK(h.ctx, kvrt_seq_info(h.sched, c, &info));
+    cr_assert_eq(info.cached_tokens, 32, "C hit %u tokens", info.cached_tokens);
+    run_to_end(&h, 20);
+    drain_all(&h);
+    hybrid_close(&h);
+}
