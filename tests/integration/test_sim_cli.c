@@ -67,6 +67,7 @@ Test(sim_cli, bad_flags_and_values_exit_2)
     expect_usage_error((const char *const[]){"--host-gbps", "0", NULL}, "--host-gbps");
     expect_usage_error((const char *const[]){"stray", NULL}, "unexpected argument 'stray'");
     expect_usage_error((const char *const[]){"--window-layers", "4", NULL}, "need --sliding-window");
+    expect_usage_error((const char *const[]){"--shared-kv", NULL}, "need --sliding-window");
     expect_usage_error((const char *const[]){"--sliding-window", "0", NULL}, "--sliding-window");
     expect_usage_error((const char *const[]){"--sliding-window", "64", "--window-layers", "40",
                                              NULL}, "1..32 layers");
@@ -188,5 +189,28 @@ Test(sim_cli, hybrid_models_report_each_group_and_the_full_size_run)
     cr_assert_eq(o.status, 0, "stderr: %s", o.err);
     cr_assert(strstr(o.out, "window of 128 on 16 of 32 layers") && strstr(o.out, "full-size KV") &&
               strstr(o.out, "TTFT full KV"), "%s", o.out);
+    release(&o);
+    /* One pool for every group: Gemma 3's 5:1 in groups of 5 layers. */
+    o = run((const char *const[]){"--requests", "40", "--sliding-window", "1024",
+                                  "--window-layers", "27", "--shared-kv", NULL});
+    cr_assert_eq(o.status, 0, "stderr: %s", o.err);
+    cr_assert(strstr(o.out, "in 7 cache groups sharing one pool") &&
+              strstr(o.out, "one shared KV pool 60.0 GB") &&
+              strstr(o.out, "for 7 groups of 5 layers (3 padded)") && strstr(o.out, "full-size KV"),
+              "%s", o.out);
+    release(&o);
+    o = run((const char *const[]){"--requests", "40", "--sliding-window", "128", "--shared-kv",
+                                  "--json", NULL});
+    cr_assert_eq(o.status, 0, "stderr: %s", o.err);
+    root = cJSON_Parse(o.out);
+    cr_assert_not_null(root, "not JSON: %s", o.out);
+    h = cJSON_GetObjectItem(root, "hybrid");
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(h, "shared_pool")), "%s", o.out);
+    cr_assert_eq(cJSON_GetObjectItem(h, "groups")->valuedouble, 2.0);
+    cr_assert_eq(cJSON_GetObjectItem(h, "shared_group_layers")->valuedouble, 16.0);
+    /* 60 GB of 16 layers' 16-token blocks (1 MiB each). */
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(root, "kv"), "blocks")->valuedouble,
+                 57220.0);
+    cJSON_Delete(root);
     release(&o);
 }

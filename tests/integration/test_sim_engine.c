@@ -358,6 +358,54 @@ Test(sim_engine, memory_taken_from_window_layers_runs_more_requests)
     cr_assert_gt(hybrid.mean_batch_seqs, full_kv.mean_batch_seqs);
 }
 
+Test(sim_engine, groups_sharing_one_pool_run_in_the_memory_windows_free)
+{
+    /* As above, with the groups in one pool of kv_gb (--shared-kv): no
+     * split to choose, and the window layers' memory goes to whichever
+     * group needs it. */
+    sim_config_t c = hybrid_config();
+    c.prefix_cache = 0;
+    c.kv_gb = 0.5;
+    c.window_kv_shared = 1;
+    c.max_batch_tokens = 1024;
+    sim_synthetic_params_t p = small_workload(23);
+    p.rate = 40.0;
+    sim_results_t shared, again, full_kv;
+    cr_assert_eq(run_synthetic(&c, &p, &shared), 0, "%s", error);
+    check_conservation(&shared, 300);
+    cr_assert_eq(shared.shared_kv_groups, 2u);
+    cr_assert_eq(shared.shared_group_layers, 16u);
+    cr_assert_eq(shared.window_blocks, 0u, "one pool: kv_blocks is all of it");
+    cr_assert_gt(shared.peak_used_blocks, 0u);
+    cr_assert_eq(run_synthetic(&c, &p, &again), 0, "%s", error);
+    clear_wall_clock(&shared);
+    clear_wall_clock(&again);
+    cr_assert_eq(memcmp(&shared, &again, sizeof shared), 0, "two shared runs differ");
+    c.window_kv_full = 1;
+    cr_assert_eq(run_synthetic(&c, &p, &full_kv), 0, "%s", error);
+    cr_assert_gt(full_kv.preemptions, 0u);
+    cr_assert_lt(shared.preemptions, full_kv.preemptions);
+    cr_assert_lt(shared.sim_s, full_kv.sim_s);
+    /* Groups of as many layers as the full-attention ones: Gemma 3's 5:1
+     * (27 window layers of 32) makes 6 window groups of 5 (3 padded);
+     * 30 of 32 would make 15, above kvrt's 8 groups: 6 of 5 then, and the
+     * 2 full-attention layers padded to 5. */
+    static const struct {
+        uint32_t window_layers, groups, per_group;
+    } layouts[] = {{27, 7, 5}, {30, 7, 5}, {8, 2, 24}};
+    for (size_t i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++) {
+        c = hybrid_config();
+        c.window_kv_shared = 1;
+        c.window_layers = layouts[i].window_layers;
+        sim_synthetic_params_t few = small_workload(24);
+        few.num_requests = 40;
+        cr_assert_eq(run_synthetic(&c, &few, &again), 0, "%s", error);
+        check_conservation(&again, 40);
+        cr_assert_eq(again.shared_kv_groups, layouts[i].groups, "layout %zu", i);
+        cr_assert_eq(again.shared_group_layers, layouts[i].per_group, "layout %zu", i);
+    }
+}
+
 Test(sim_engine, bad_hybrid_configurations_are_refused)
 {
     struct {
@@ -381,5 +429,24 @@ Test(sim_engine, bad_hybrid_configurations_are_refused)
         c.tier.host_gb = cases[i].host_gb;
         cr_assert_eq(sim_config_validate(&c, error, sizeof error), -1, "case %zu", i);
         cr_assert(strstr(error, cases[i].says) != NULL, "case %zu: %s", i, error);
+    }
+    /* A shared pool: nothing to split, one block size, another group. */
+    struct {
+        uint32_t layers, block_tokens;
+        double window_gb;
+        const char *says;
+    } shared[] = {
+        {16, 0, 1.0, "one or the other"},
+        {16, 32, 0.0, "one block size"},
+        {32, 0, 0.0, "nothing to share"},
+    };
+    for (size_t i = 0; i < sizeof(shared) / sizeof(shared[0]); i++) {
+        sim_config_t c = hybrid_config();
+        c.window_kv_shared = 1;
+        c.window_layers = shared[i].layers;
+        c.window_block_tokens = shared[i].block_tokens;
+        c.window_kv_gb = shared[i].window_gb;
+        cr_assert_eq(sim_config_validate(&c, error, sizeof error), -1, "shared case %zu", i);
+        cr_assert(strstr(error, shared[i].says) != NULL, "shared case %zu: %s", i, error);
     }
 }
