@@ -14,8 +14,9 @@
  * group the rest. At that share each group holds as many tokens as one
  * pool of full-size K/V would. Under memory pressure the window group
  * still loses some prefix hits that pool keeps: its blocks become
- * evictable as they leave the window, before their request ends. Less
- * memory for the window group buys the full-attention group room for more
+ * evictable as they leave the window, before their request ends (they
+ * count as released when it ends, but may be gone by then). Less memory
+ * for the window group buys the full-attention group room for more
  * requests and costs the window group more of the cached blocks a hit
  * needs (docs/simulator.md, "Hybrid models", measures both).
  *

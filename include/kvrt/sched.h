@@ -308,7 +308,10 @@ kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t
  *     time a step comes to plan the request (decode or chunk; released
  *     even if the request then waits or is preempted), and its row entry becomes
  *     KVRT_NULL_BLOCK (rows_changed lists the row). With a prefix cache
- *     the released block stays cached (evictable) like any other.
+ *     the released block stays cached (evictable) like any other; when
+ *     the request lets go of the rest (it ends or is preempted), the
+ *     blocks still cached that its window released count as released
+ *     then, after the rest and deepest first, as full-size K/V would be.
  *   - Prefix hits: a hit of H tokens is used only if every group can
  *     serve it: H is a multiple of every group's block size; a
  *     full-attention group holds all of its first H tokens' blocks in the
