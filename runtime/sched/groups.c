@@ -269,11 +269,14 @@ void sched_groups_release(kvrt_sched_t *s, seq_t *q)
             kvrt_table_destroy(gr->pool, *r.table);
             *r.table = 0;
         }
-        if (*r.released && gr->cache && !(q->cache_flags & SCHED_CACHE_NO_WRITE)) {
+        if (*r.released && gr->cache && !(q->cache_flags & SCHED_CACHE_NO_WRITE) &&
+            q->allocation) {
             /* The blocks the window released early count as released
              * now, after the rest, as full-size K/V would release them:
              * otherwise eviction takes them first, and with them the hits
-             * on this prefix that the other groups' blocks still hold. */
+             * on this prefix that the other groups' blocks still hold.
+             * (An ended request drained while a plan held its blocks has
+             * no hashes left: its released blocks keep their place.) */
             uint32_t n = *r.released < *r.num_hashed ? *r.released : *r.num_hashed;
             kvrt_cache_touch_idle(gr->cache, r.hashes, n, &q->keys);
         }

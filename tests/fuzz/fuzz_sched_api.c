@@ -432,7 +432,9 @@ static void run_op(world_t *w, input_t *in)
  * 2 speculation, 3 two plans in flight, 4 an abrupt end, 5-7 the cache
  * policy), block sizes and scheduler switches, pool blocks, tables per
  * pool, drafts (with speculation), batch tokens, sequences, requests, tokens per request,
- * prefill chunk, then each group's sliding window (group 1 only uses it). */
+ * prefill chunk, then each group's sliding window (group 1 only uses it).
+ * Two groups of one block size share group 0's pool and cache when bit 2
+ * of the pool blocks is set. */
 static bool open_world(world_t *w, input_t *in)
 {
     static const uint32_t tpbs[] = {1, 2, 4, 16};
@@ -446,7 +448,14 @@ static bool open_world(world_t *w, input_t *in)
     /* Tables: at times fewer than requests, so that admissions and
      * arrivals meet KVRT_ERR_NO_TABLES. */
     uint32_t tables = 2 + take(in, 1) % 63;
+    const bool shared = w->num_groups == 2 && (sizes & 3u) == ((sizes >> 2) & 3u) &&
+                        (blocks & 4u);
     for (uint32_t g = 0; g < w->num_groups; g++) {
+        if (g && shared) {
+            w->pools[g] = w->pools[0];
+            w->caches[g] = w->caches[0];
+            continue;
+        }
         kvrt_kv_layout_t layout = {.num_layers = 1, .num_kv_heads = 1, .head_dim = 8,
                                    .tokens_per_block = tpbs[(sizes >> (2 * g)) & 3u]};
         uint64_t block_bytes = 0;
