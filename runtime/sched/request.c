@@ -270,21 +270,22 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
     /* The most blocks it can ever hold: every token but the last has K/V
      * (a step's drafts are clamped to the tokens the request may still
      * produce). */
-    uint64_t worst[KVRT_SCHED_MAX_GROUPS], pool_worst[KVRT_SCHED_MAX_GROUPS];
-    for (uint32_t g = 0; g < s->num_groups; g++) /* a window group: its window's */
-        worst[g] = sched_group_worst_blocks(s, g, capacity, longest_item);
-    sched_pool_sums(s, worst, pool_worst); /* groups sharing a pool, together */
     for (uint32_t g = 0; g < s->num_groups; g++) {
         if (s->groups[g].owner != g)
-            continue;
+            continue; /* counted with the group that owns its pool */
+        /* (a window group: its window's) */
+        uint64_t worst = sched_group_worst_blocks(s, g, capacity, longest_item);
+        for (uint32_t h = g + 1; h < s->num_groups; h++)
+            if (s->groups[h].owner == g)
+                worst += sched_group_worst_blocks(s, h, capacity, longest_item);
         kvrt_pool_info_t info;
         kvrt_pool_info(s->groups[g].pool, &info);
         uint32_t reserve = s->use_watermark ? info.watermark_blocks : 0;
-        if (pool_worst[g] + reserve > info.num_blocks - 1)
+        if (worst + reserve > info.num_blocks - 1)
             return kvrt_fail(s->ctx, KVRT_ERR_NO_BLOCKS,
                              "a request of up to %u tokens needs %llu blocks (+%u watermark) "
                              "in group %u's pool; it has %u",
-                             capacity, (unsigned long long)pool_worst[g], reserve, g,
+                             capacity, (unsigned long long)worst, reserve, g,
                              info.num_blocks - 1);
     }
     if (s->free_head == SCHED_NONE)
