@@ -52,12 +52,18 @@ def make_workload(n_requests, vocab, seed):
 
 class Group:
     """One cache group: the layers that share a block size and an attention
-    span, with their own pool, paged KV memory and prefix cache."""
+    span, with their own pool, paged KV memory and prefix cache, or those
+    of the group `shares` (as many layers, one block size: one memory)."""
 
     def __init__(self, ctx, model, layers, num_blocks, tokens_per_block, window, device,
-                 name):
+                 name, shares=None):
         c = model.cfg
         self.layers, self.tpb, self.window = layers, tokens_per_block, window
+        self.rows = None  # the engine's copy of the block-table rows
+        if shares is not None:
+            assert len(shares.layers) == len(layers) and shares.tpb == tokens_per_block
+            self.pool, self.kv, self.cache = shares.pool, shares.kv, shares.cache
+            return
         layout = kvrt.Layout(len(layers), c.kv_heads, c.head_dim, tokens_per_block,
                              dtype="float16")
         if device == "cuda":
@@ -71,7 +77,6 @@ class Group:
             self.pool = kvrt.Pool(ctx, layout, num_blocks)  # host memory from kvrt
             self.kv = kvrt.KVCache(self.pool)
         self.cache = kvrt.PrefixCache(self.pool, model_id=name)
-        self.rows = None  # the engine's copy of the block-table rows
 
     def mirror_rows(self, part, changed):
         """The group's block-table rows as an engine keeps them on its device:
@@ -100,7 +105,11 @@ class Engine:
         windowed = [layer for layer in range(c.layers) if c.window_of(layer)]
         self.groups = [Group(self.ctx, model, full, args.blocks, args.block_tokens, 0,
                              args.device, "tiny-llama-seed%d" % args.seed)]
-        if windowed:  # a hybrid model: one more cache group, over the window
+        if windowed and args.shared_kv:  # a hybrid model, both groups in one pool
+            self.groups.append(Group(self.ctx, model, windowed, 0, args.block_tokens,
+                                     c.sliding_window, args.device, None,
+                                     shares=self.groups[0]))
+        elif windowed:  # a hybrid model: one more cache group, over the window
             self.groups.append(Group(self.ctx, model, windowed, args.window_blocks,
                                      args.window_block_tokens, c.sliding_window, args.device,
                                      "tiny-llama-seed%d-window" % args.seed))
@@ -240,7 +249,7 @@ class Engine:
             if step > 100000:
                 raise RuntimeError("the engine did not finish")
         for group in self.groups:
-            group.pool.verify()
+            group.pool.verify()  # (a shared pool twice)
         return results, step
 
     def close(self):
@@ -267,12 +276,17 @@ def main(argv=None):
                     help="tokens per block of the sliding-window group")
     ap.add_argument("--window-blocks", type=int, default=64,
                     help="KV blocks of the sliding-window group")
+    ap.add_argument("--shared-kv", action="store_true",
+                    help="the sliding-window group shares the full-attention group's pool "
+                         "and prefix cache (--blocks of --block-tokens)")
     ap.add_argument("--async", dest="two_plans_in_flight", action="store_true",
                     help="asynchronous scheduling: each step is planned before the "
                          "previous plan is committed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
+    if args.shared_kv and not args.sliding_window:
+        ap.error("--shared-kv needs --sliding-window")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no GPU")
     torch.set_num_threads(1)  # the same reduction order in every call

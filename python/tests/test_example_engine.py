@@ -2,8 +2,9 @@
 kvrt and must reproduce the unpaged reference token for token, while the
 workload forces preemptions and hits the prefix cache and speculation
 accepts drafts: with one cache group or two (a hybrid model whose first
-layer reads a sliding window), one plan in flight or two, and requests
-waiting for a shared prompt another is computing."""
+layer reads a sliding window, in a pool of its own or sharing one), one
+plan in flight or two, and requests waiting for a shared prompt another is
+computing."""
 import json
 import os
 import subprocess
@@ -26,7 +27,9 @@ SMALL_HYBRID = ["--sliding-window", "9", "--window-block-tokens", "2", "--window
     SMALL,
     HYBRID,
     ["--async"] + SMALL + SMALL_HYBRID,
-], ids=["defaults", "small-blocks", "hybrid", "async-hybrid-small-blocks"])
+    HYBRID + ["--shared-kv", "--blocks", "60"],                 # both groups in one pool
+], ids=["defaults", "small-blocks", "hybrid", "async-hybrid-small-blocks",
+        "hybrid-shared-pool"])
 def test_served_outputs_equal_the_reference(args):
     r = subprocess.run(["/usr/bin/python3", SERVE, "--json", *args], capture_output=True,
                        text=True, timeout=300)
