@@ -40,24 +40,6 @@ static kvrt_seq_info_t info_of(hybrid_t *h, kvrt_seq_id_t id)
     return info;
 }
 
-/* The output of a request that ended by length follows the model. */
-static void expect_model_output(hybrid_t *h, kvrt_seq_id_t id, const int32_t *prompt,
-                                uint32_t len, uint32_t max_new)
-{
-    kvrt_seq_info_t ev[4];
-    uint32_t n;
-    ASSERT_OK(h->ctx, kvrt_sched_drain_ended(h->sched, ev, 4, &n));
-    cr_assert_eq(n, 1);
-    cr_assert_eq(ev[0].id, id);
-    cr_assert_eq(ev[0].end_reason, KVRT_END_LENGTH);
-    cr_assert_eq(ev[0].output_tokens, max_new);
-    int32_t prev = prompt[len - 1];
-    for (uint32_t i = 0; i < max_new; i++) {
-        cr_assert_eq(ev[0].output[i], model(prev));
-        prev = ev[0].output[i];
-    }
-}
-
 Test(sched_hybrid_arrival, arrival_on_a_hybrid_scheduler_lands_in_every_group)
 {
     static const uint32_t blocks[2] = {64, 64};

@@ -63,13 +63,7 @@ Test(sched_hybrid_pool, groups_sharing_a_pool_fit_a_request_that_no_split_of_it_
     id = add_prompt(&h, prompt, 100, 4);
     run_noting_peak(&h, 40);
     cr_assert_gt(peak_used, 16, "more than half the pool at the peak (%u)", peak_used);
-    kvrt_seq_info_t ev[2];
-    uint32_t n;
-    ASSERT_OK(h.ctx, kvrt_sched_drain_ended(h.sched, ev, 2, &n));
-    cr_assert_eq(n, 1);
-    cr_assert_eq(ev[0].end_reason, KVRT_END_LENGTH);
-    for (uint32_t i = 0, prev = (uint32_t)prompt[99]; i < 4; prev = (uint32_t)ev[0].output[i++])
-        cr_assert_eq(ev[0].output[i], model((int32_t)prev));
+    expect_model_output(&h, id, prompt, 100, 4);
 
     /* The needs add up: 104 tokens and 4 outputs need 27 + 5 blocks. */
     p.prompt_len = 104;
