@@ -141,7 +141,7 @@ typedef enum kvrt_cache_policy {
     KVRT_CACHE_LRU = 0,
     /* Least frequently used first (hits since insertion). Ties go to the
      * block released before the older cache query: recency counts in
-     * queries (kvrt_cache_match, kvrt_cache_lookup), so blocks released
+     * queries (kvrt_cache_match), so blocks released
      * between the same two queries tie, whatever their order, and among
      * those the deepest block of its sequence goes first (a chain loses
      * its leaves before its root; two chains released then lose their

@@ -527,6 +527,16 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_lookup(kvrt_cache_t *cache, const kvrt_bloc
     return KVRT_OK;
 }
 
+bool kvrt_cache_contains(const kvrt_cache_t *cache, const kvrt_block_hash_t *content,
+                         const kvrt_hash_keys_t *keys)
+{
+    call_keys_t ck;
+    if (!cache || !content || !call_keys_init(&ck, keys))
+        return false;
+    kvrt_block_hash_t key = key_of(&ck, content);
+    return kvrt_cache_index_find(&cache->index, &key) != KVRT_NULL_BLOCK;
+}
+
 uint32_t kvrt_cache_touch_idle(kvrt_cache_t *cache, const kvrt_block_hash_t *contents,
                                uint32_t n, const kvrt_hash_keys_t *keys)
 {

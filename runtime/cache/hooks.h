@@ -114,6 +114,16 @@ void kvrt_cache_forget_query(kvrt_cache_t *cache, uint32_t num_tokens,
                              const kvrt_cache_match_t *match);
 
 /*
+ * kvrt_cache_contains - whether a block is cached under content (a content
+ * hash under keys; keys may be NULL). Takes no reference and counts no
+ * hit: what a scheduler probes with before it takes the blocks it keeps
+ * (kvrt_cache_lookup). False for NULL arguments or invalid keys. Any
+ * thread that may read the cache.
+ */
+bool kvrt_cache_contains(const kvrt_cache_t *cache, const kvrt_block_hash_t *content,
+                         const kvrt_hash_keys_t *keys);
+
+/*
  * kvrt_cache_touch_idle - the idle blocks cached under contents[0, n)
  * (content hashes under keys; keys may be NULL) count as released now, as
  * if their last holder had just let go: the policy moves each to where a

@@ -258,28 +258,65 @@ void sched_groups_init_seq(kvrt_sched_t *s, seq_t *q, char *memory, uint32_t cap
     }
 }
 
+/* After q's tables are gone (held[g]: the entries group g's table had, the
+ * blocks its window released included), the blocks of q still cached
+ * count as released now, deepest first, as full-size K/V would release
+ * them. Else a window's early blocks, released while q ran, would be the
+ * first evicted, and with them the hits on this prefix that the other
+ * groups still hold. Groups sharing a cache release depth by depth,
+ * interleaved: one group's whole chain, its root included, would
+ * otherwise go before another's leaves, and a hit needs every group. */
+static void touch_released(kvrt_sched_t *s, seq_t *q, const uint32_t *held)
+{
+    for (uint32_t o = 0; o < s->num_groups; o++) {
+        const sched_group_t *first = &s->groups[o];
+        if (first->owner != o || !first->cache)
+            continue; /* a sharer, touched with its pool's first group */
+        uint32_t limit[KVRT_SCHED_MAX_GROUPS] = {0}, deepest = 0, sharers = 0;
+        for (uint32_t g = o; g < s->num_groups; g++) {
+            if (s->groups[g].owner != o)
+                continue;
+            seq_gref_t r = sched_gref(s, q, g);
+            limit[g] = held[g] < *r.num_hashed ? held[g] : *r.num_hashed;
+            deepest = limit[g] > deepest ? limit[g] : deepest;
+            sharers++;
+        }
+        if (sharers == 1) { /* the table released the rest in order already */
+            seq_gref_t r = sched_gref(s, q, o);
+            if (first->window)
+                kvrt_cache_touch_idle(first->cache, r.hashes,
+                                      *r.released < limit[o] ? *r.released : limit[o], &q->keys);
+            continue;
+        }
+        for (uint32_t j = deepest; j-- > 0;)
+            for (uint32_t g = o; g < s->num_groups; g++)
+                if (s->groups[g].owner == o && j < limit[g])
+                    kvrt_cache_touch_idle(first->cache, sched_gref(s, q, g).hashes + j, 1,
+                                          &q->keys);
+    }
+}
+
 void sched_groups_release(kvrt_sched_t *s, seq_t *q)
 {
     forget_tails(s, q);
+    uint32_t held[KVRT_SCHED_MAX_GROUPS];
     for (uint32_t g = 0; g < s->num_groups; g++) {
         const sched_group_t *gr = &s->groups[g];
         seq_gref_t r = sched_gref(s, q, g);
+        held[g] = 0;
         if (*r.table) {
+            kvrt_table_view(gr->pool, *r.table, NULL, &held[g], NULL);
             /* Deepest first, as for one group (request.c, sched_release). */
             kvrt_table_destroy(gr->pool, *r.table);
             *r.table = 0;
         }
-        if (*r.released && gr->cache && !(q->cache_flags & SCHED_CACHE_NO_WRITE) &&
-            q->allocation) {
-            /* The blocks the window released early count as released
-             * now, after the rest, as full-size K/V would release them:
-             * otherwise eviction takes them first, and with them the hits
-             * on this prefix that the other groups' blocks still hold.
-             * (An ended request drained while a plan held its blocks has
-             * no hashes left: its released blocks keep their place.) */
-            uint32_t n = *r.released < *r.num_hashed ? *r.released : *r.num_hashed;
-            kvrt_cache_touch_idle(gr->cache, r.hashes, n, &q->keys);
-        }
+    }
+    /* (An ended request drained while a plan held its blocks has no hashes
+     * left: its blocks keep the order of their release.) */
+    if (s->cache && q->allocation)
+        touch_released(s, q, held);
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        seq_gref_t r = sched_gref(s, q, g);
         *r.released = 0;
         *r.num_inserted = 0;
     }
@@ -541,16 +578,12 @@ static uint32_t window_first_block(const sched_group_t *gr, uint32_t h)
     return first < last ? first : last;
 }
 
-/* Is block j of q (content hash known) in group g's cache? Asks by taking
- * a reference and giving it back. */
+/* Is block j of q (content hash known) in group g's cache? A probe: no
+ * reference, no hit counted (the blocks kept are taken once, below), no
+ * change to the eviction order. */
 static bool cached(const sched_group_t *gr, const seq_t *q, const kvrt_block_hash_t *hash)
 {
-    int32_t block = KVRT_NULL_BLOCK;
-    if (kvrt_cache_lookup(gr->cache, hash, &q->keys, &block) != KVRT_OK ||
-        block == KVRT_NULL_BLOCK)
-        return false;
-    kvrt_pool_free(gr->pool, 1, &block);
-    return true;
+    return kvrt_cache_contains(gr->cache, hash, &q->keys);
 }
 
 /* The longest hit of at most h tokens (a multiple of the hit unit) whose

@@ -26,12 +26,15 @@ typedef struct hybrid {
 
 /* Groups g: window[g] (0: full); group g uses the pool of group
  * owner[g] (owner NULL: every group its own), which owner[g] == g creates
- * with blocks[g] blocks of tpb[g] tokens. */
-static inline hybrid_t hybrid_open_shared(uint32_t n, const uint32_t *owner,
+ * with blocks[g] blocks of tpb[g] tokens, and a prefix cache made with
+ * cache_params (NULL: no cache). */
+static inline hybrid_t hybrid_open_cached(uint32_t n, const uint32_t *owner,
                                           const uint32_t *blocks, const uint32_t *tpb,
-                                          const uint32_t *window, bool cache,
+                                          const uint32_t *window,
+                                          const kvrt_cache_params_t *cache_params,
                                           const kvrt_sched_params_t *sp)
 {
+    const bool cache = cache_params != NULL;
     hybrid_t h = {.num_groups = n};
     cr_assert_eq(kvrt_ctx_create(NULL, &h.ctx), KVRT_OK);
     kvrt_sched_group_params_t gp[MAX_GROUPS];
@@ -47,7 +50,7 @@ static inline hybrid_t hybrid_open_shared(uint32_t n, const uint32_t *owner,
         } else {
             h.pool[g] = test_pool(h.ctx, blocks[g], tpb[g]);
             if (cache)
-                ASSERT_OK(h.ctx, kvrt_cache_create(h.pool[g], NULL, &h.cache[g]));
+                ASSERT_OK(h.ctx, kvrt_cache_create(h.pool[g], cache_params, &h.cache[g]));
         }
         gp[g] = (kvrt_sched_group_params_t){
             .field_mask = (cache ? KVRT_SCHED_GROUP_CACHE : 0) |
@@ -59,6 +62,16 @@ static inline hybrid_t hybrid_open_shared(uint32_t n, const uint32_t *owner,
     }
     ASSERT_OK(h.ctx, kvrt_sched_create_groups(h.ctx, n, gpp, sp, &h.sched));
     return h;
+}
+
+/* With the default cache, or none. */
+static inline hybrid_t hybrid_open_shared(uint32_t n, const uint32_t *owner,
+                                          const uint32_t *blocks, const uint32_t *tpb,
+                                          const uint32_t *window, bool cache,
+                                          const kvrt_sched_params_t *sp)
+{
+    static const kvrt_cache_params_t defaults = {0};
+    return hybrid_open_cached(n, owner, blocks, tpb, window, cache ? &defaults : NULL, sp);
 }
 
 /* Every group with a pool of its own. */

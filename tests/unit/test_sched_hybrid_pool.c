@@ -245,3 +245,58 @@ Test(sched_hybrid_pool, blocks_a_window_released_early_are_evicted_with_the_rest
     drain_all(&h);
     hybrid_close(&h);
 }
+
+/* A 41-token prompt runs alone and ends (10 blocks a group cached, 20 in
+ * all); `evict` blocks are then evicted; the hit of the same prompt. */
+static uint32_t hit_after_evicting(const uint32_t *windows, kvrt_cache_policy_t policy,
+                                   bool hit_once_first, uint32_t evict)
+{
+    static const uint32_t shared[2] = {0, 0}, pool_64[1] = {64};
+    const kvrt_cache_params_t cp = {.field_mask = KVRT_CACHE_PARAM_POLICY, .policy = policy};
+    hybrid_t h = hybrid_open_cached(2, shared, pool_64, blocks_of_4, windows, &cp,
+                                    &one_by_chunks);
+    int32_t prompt[41];
+    prompt_of(prompt, 41, 7);
+    for (uint32_t run = 0; run < (hit_once_first ? 2u : 1u); run++) {
+        add_prompt(&h, prompt, 41, 1);
+        run_to_end(&h, 40);
+        drain_all(&h);
+    }
+    kvrt_pool_info_t pi;
+    ASSERT_OK(h.ctx, kvrt_pool_info(h.pool[0], &pi));
+    cr_assert_eq(pi.cached_blocks, 20);
+    int32_t taken[64];
+    ASSERT_OK(h.ctx, kvrt_pool_alloc(h.pool[0], pi.free_blocks + evict, taken));
+    ASSERT_OK(h.ctx, kvrt_pool_free(h.pool[0], pi.free_blocks + evict, taken));
+    kvrt_seq_id_t b = add_prompt(&h, prompt, 41, 1);
+    cr_assert(checked_step(&h, 100));
+    kvrt_seq_info_t info;
+    ASSERT_OK(h.ctx, kvrt_seq_info(h.sched, b, &info));
+    run_to_end(&h, 40);
+    drain_all(&h);
+    hybrid_close(&h);
+    return info.cached_tokens;
+}
+
+Test(sched_hybrid_pool, groups_sharing_a_cache_release_a_request_depth_by_depth)
+{
+    /* Evicting 10 of the 20 (what 5 full-size blocks of both groups'
+     * layers weigh) leaves full-size K/V a hit of 20 tokens: so must the
+     * groups, their blocks released deepest first, interleaved. Released
+     * group after group, the first group's whole chain, its root
+     * included, would go first: no hit at all. */
+    static const uint32_t full_full[2] = {0, 0};
+    cr_assert_eq(hit_after_evicting(full_full, KVRT_CACHE_LRU_LEAF, false, 10), 20);
+    cr_assert_eq(hit_after_evicting(full_and_window, KVRT_CACHE_LRU_LEAF, false, 10), 20);
+    cr_assert_eq(hit_after_evicting(full_full, KVRT_CACHE_LRU, false, 10), 20);
+}
+
+Test(sched_hybrid_pool, a_group_found_by_lookups_counts_one_hit_per_admission)
+{
+    /* Under LFU, the second full-attention group (found by lookups) must
+     * count a hit once per admission, as the first group's match does:
+     * probing it as well would rank the first group's chain below and
+     * evict it whole. */
+    static const uint32_t full_full[2] = {0, 0};
+    cr_assert_eq(hit_after_evicting(full_full, KVRT_CACHE_LFU, true, 10), 20);
+}
