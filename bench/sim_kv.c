@@ -38,27 +38,28 @@ static int plan_shared(const sim_config_t *c, sim_kv_t *kv, char *error, size_t 
                                     "--window-block-tokens must be --block-tokens");
         return -1;
     }
-    /* As many layers per group as full-attention layers, unless that makes
-     * more groups than kvrt takes: then fewer, larger groups. */
-    uint32_t per_group = full;
-    const uint32_t most_windows = SIM_KV_MAX_GROUPS - 1;
-    if ((window + per_group - 1) / per_group > most_windows)
-        per_group = (window + most_windows - 1) / most_windows;
-    const uint32_t windows = (window + per_group - 1) / per_group;
+    /* As many layers per group as the smaller kind has, unless that makes
+     * more groups than kvrt takes: then fewer, larger groups (the last of
+     * each kind padded). */
+    uint32_t per_group = full < window ? full : window;
+    while ((full + per_group - 1) / per_group + (window + per_group - 1) / per_group >
+           SIM_KV_MAX_GROUPS)
+        per_group++;
+    const uint32_t fulls = (full + per_group - 1) / per_group;
     kv->shared = 1;
     kv->group_layers = per_group;
-    kv->num_groups = 1 + windows;
+    kv->num_groups = fulls + (window + per_group - 1) / per_group;
     const uint64_t block_bytes = sim_kv_block_bytes(c, per_group, c->block_tokens);
-    kv->groups[0] = (sim_kv_group_t){.layers = full, .block_tokens = c->block_tokens,
-                                     .block_bytes = block_bytes,
-                                     .num_blocks = blocks_in(c->kv_gb * 1e9, block_bytes)};
-    for (uint32_t i = 1, left = window; i <= windows; i++) {
+    for (uint32_t i = 0, left = full; i < kv->num_groups; i++) {
+        if (i == fulls)
+            left = window;
         uint32_t layers = left < per_group ? left : per_group;
         kv->groups[i] = (sim_kv_group_t){.layers = layers, .block_tokens = c->block_tokens,
                                          .block_bytes = block_bytes,
-                                         .sliding_window = c->sliding_window};
+                                         .sliding_window = i < fulls ? 0 : c->sliding_window};
         left -= layers;
     }
+    kv->groups[0].num_blocks = blocks_in(c->kv_gb * 1e9, block_bytes);
     return 0;
 }
 

@@ -23,11 +23,12 @@
  * With window_kv_shared (--shared-kv) the groups share one pool and one
  * prefix cache instead, as vLLM's hybrid allocator does: no split decided
  * in advance, one eviction order over every group's cached blocks. A
- * shared pool's blocks hold the same bytes in every group, so the window
- * layers are split into groups of as many layers as the full-attention
- * ones (Gemma 3's 5:1 makes one full and five window groups); when that
- * makes more groups than kvrt's limit, every group gets more layers, the
- * full-attention group padded. Padding costs memory, never compute.
+ * shared pool's blocks hold the same bytes in every group, so the layers
+ * are split into groups of as many layers as the smaller kind has
+ * (Gemma 3's 5:1 makes one full and five window groups; 28 full layers
+ * and 4 window ones, seven full and one window group); when that makes
+ * more groups than kvrt's limit, every group gets more layers and the
+ * last of each kind is padded. Padding costs memory, never compute.
  *
  * With window_kv_full (the comparison run) the model and its cost are the
  * same but the engine holds every layer's K/V for every token in one

@@ -386,13 +386,14 @@ Test(sim_engine, groups_sharing_one_pool_run_in_the_memory_windows_free)
     cr_assert_gt(full_kv.preemptions, 0u);
     cr_assert_lt(shared.preemptions, full_kv.preemptions);
     cr_assert_lt(shared.sim_s, full_kv.sim_s);
-    /* Groups of as many layers as the full-attention ones: Gemma 3's 5:1
-     * (27 window layers of 32) makes 6 window groups of 5 (3 padded);
-     * 30 of 32 would make 15, above kvrt's 8 groups: 6 of 5 then, and the
-     * 2 full-attention layers padded to 5. */
+    /* Groups of as many layers as the smaller kind: Gemma 3's 5:1 (27
+     * window layers of 32) makes 6 window groups of 5 (3 padded); 8 of 32
+     * make 3 full groups of 8 and a window group; 30 of 32 would make 15
+     * window groups of 2, above kvrt's 8 groups: 6 of 5 then, and the 2
+     * full-attention layers padded to 5. */
     static const struct {
         uint32_t window_layers, groups, per_group;
-    } layouts[] = {{27, 7, 5}, {30, 7, 5}, {8, 2, 24}};
+    } layouts[] = {{27, 7, 5}, {30, 7, 5}, {8, 4, 8}, {4, 8, 4}};
     for (size_t i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++) {
         c = hybrid_config();
         c.window_kv_shared = 1;
