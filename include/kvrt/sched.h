@@ -309,9 +309,12 @@ kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t
  *     even if the request then waits or is preempted), and its row entry becomes
  *     KVRT_NULL_BLOCK (rows_changed lists the row). With a prefix cache
  *     the released block stays cached (evictable) like any other; when
- *     the request lets go of the rest (it ends or is preempted), the
- *     blocks still cached that its window released count as released
- *     then, after the rest and deepest first, as full-size K/V would be.
+ *     the request lets go of its tables (it ends, is preempted or gives
+ *     its blocks up), the blocks still cached that its window released
+ *     count as released then, with the rest, deepest first, as full-size
+ *     K/V would be. Groups sharing a cache release a request depth by
+ *     depth, interleaved, so that no group's chain goes before another's
+ *     leaves (a hit needs every group).
  *   - Prefix hits: a hit of H tokens is used only if every group can
  *     serve it: H is a multiple of every group's block size; a
  *     full-attention group holds all of its first H tokens' blocks in the
