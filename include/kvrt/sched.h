@@ -327,8 +327,12 @@ kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t
  *   - Either every group has a prefix cache or none. In a shared cache, a
  *     group after the first to name it chains its blocks' content hashes
  *     from a root of its own (docs/block-hash.md), since its blocks hold
- *     other layers' K/V for the same tokens, and finds its hits by lookups
- *     (which count no query in the cache's statistics).
+ *     other layers' K/V for the same tokens, and finds its hits by lookups.
+ *     Each cache counts one query per admission: a cache some
+ *     full-attention group matches counts that match; a cache whose every
+ *     group finds its hits by lookups (a window-only model, a window group
+ *     0 sharing its pool) counts the hit those groups serve and the reason
+ *     of the miss that ended it.
  *   - Waiting for KV: kvrt_seq_await_kv_groups allocates blocks in every
  *     group (a sliding-window group only those of the window the first
  *     recomputed token reads; its earlier entries are KVRT_NULL_BLOCK) and

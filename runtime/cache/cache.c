@@ -424,6 +424,18 @@ void kvrt_cache_forget_query(kvrt_cache_t *cache, uint32_t num_tokens,
         s->miss_never_cached -= missed;
 }
 
+void kvrt_cache_count_lookups(kvrt_cache_t *cache, uint32_t num_tokens,
+                              const kvrt_block_hash_t *missed, const kvrt_hash_keys_t *keys,
+                              kvrt_cache_match_t *match)
+{
+    call_keys_t ck;
+    if (!cache || !match || !call_keys_init(&ck, keys))
+        return;
+    match->miss_reason = missed ? explain_miss(cache, missed, &ck) : KVRT_CACHE_MISS_NONE;
+    cache->policy.tick++;
+    count_query(cache, num_tokens, match->num_tokens, match->partial_tokens, match->miss_reason);
+}
+
 KVRT_EXPORT kvrt_status_t kvrt_cache_match(kvrt_cache_t *cache, const int32_t *tokens,
                                            uint32_t num_tokens, const kvrt_hash_keys_t *keys,
                                            uint32_t max_blocks, int32_t *blocks_out,

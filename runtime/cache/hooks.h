@@ -114,6 +114,28 @@ void kvrt_cache_forget_query(kvrt_cache_t *cache, uint32_t num_tokens,
                              const kvrt_cache_match_t *match);
 
 /*
+ * kvrt_cache_count_lookups - counts one query of num_tokens tokens, as
+ * kvrt_cache_match would have, for a caller that found the hits with
+ * kvrt_cache_contains and kvrt_cache_lookup instead (a scheduler whose
+ * every group on this cache finds its hits block by block: a window
+ * group's early blocks may be gone while later ones stay). The caller sets
+ * match->num_blocks and num_tokens (the hit it settled on) and
+ * partial_tokens (tokens past the hit that no miss explains: a partial
+ * last block, or an incomplete unit of a larger block size); `missed` is
+ * the content hash (under keys) of the block whose miss ended the hit, or
+ * NULL when none did. Fills match->miss_reason from the cache's explain
+ * table, as a match does, and advances the eviction policy's query tick
+ * (a chain released within one tick is one run for leaf-first LRU). The
+ * tokens past the hit that are not partial count under that reason. The
+ * pool's thread, as kvrt_cache_match. No errors: NULL arguments or invalid
+ * keys count nothing; a match whose counts exceed num_tokens corrupts the
+ * statistics (the caller passes what it settled on).
+ */
+void kvrt_cache_count_lookups(kvrt_cache_t *cache, uint32_t num_tokens,
+                              const kvrt_block_hash_t *missed, const kvrt_hash_keys_t *keys,
+                              kvrt_cache_match_t *match);
+
+/*
  * kvrt_cache_contains - whether a block is cached under content (a content
  * hash under keys; keys may be NULL). Takes no reference and counts no
  * hit: what a scheduler probes with before it takes the blocks it keeps

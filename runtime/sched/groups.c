@@ -91,6 +91,13 @@ kvrt_status_t sched_groups_read(kvrt_sched_t *s, uint32_t n,
         with_cache += cache != NULL;
         windowed = windowed || window;
     }
+    for (uint32_t g = 0; g < n; g++) {
+        sched_group_t *gr = &s->groups[g];
+        gr->counts_lookups = gr->cache != NULL;
+        for (uint32_t h = 0; h < n && gr->counts_lookups; h++)
+            if (s->groups[h].cache == gr->cache && (!s->groups[h].lookup || h < g))
+                gr->counts_lookups = false; /* a match counts it, or an earlier group */
+    }
     if (with_cache && with_cache != n)
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
                          "%u of %u groups have a prefix cache: a hit needs every group, so "
@@ -586,34 +593,46 @@ static bool cached(const sched_group_t *gr, const seq_t *q, const kvrt_block_has
     return kvrt_cache_contains(gr->cache, hash, &q->keys);
 }
 
+/* A block whose miss lowered a hit: group g's block j (g = UINT32_MAX: none). */
+typedef struct hit_miss {
+    uint32_t g, j;
+} hit_miss_t;
+
 /* The longest hit of at most h tokens (a multiple of the hit unit) whose
  * window a sliding-window group holds (a full-attention group found by
- * lookups: all of [0, h)). */
-static uint32_t window_servable(const kvrt_sched_t *s, const sched_group_t *gr, const seq_t *q,
-                                const kvrt_block_hash_t *hashes, uint32_t h)
+ * lookups: all of [0, h)); *miss gets the block whose miss lowered it
+ * last, if one did. */
+static uint32_t window_servable(const kvrt_sched_t *s, uint32_t g, const seq_t *q,
+                                const kvrt_block_hash_t *hashes, uint32_t h, hit_miss_t *miss)
 {
+    const sched_group_t *gr = &s->groups[g];
     while (h > 0) {
         uint32_t first = window_first_block(gr, h), j = h >> gr->block_shift;
         while (j > first && cached(gr, q, &hashes[j - 1]))
             j--;
         if (j == first)
             return h;
+        *miss = (hit_miss_t){g, j - 1};
         h = sched_round_down((j - 1) << gr->block_shift, s->hit_unit); /* below the miss */
     }
     return 0;
 }
 
-/* Lowers h until every group found by lookups serves it. */
-static uint32_t servable_by_all(const kvrt_sched_t *s, seq_t *q, uint32_t h)
+/* Lowers h until every group found by lookups on `cache` (NULL: on any
+ * cache) serves it; *miss gets the block whose miss lowered it last
+ * (g = UINT32_MAX when none did). */
+static uint32_t servable_by(const kvrt_sched_t *s, seq_t *q, uint32_t h,
+                            const kvrt_cache_t *cache, hit_miss_t *miss)
 {
+    *miss = (hit_miss_t){UINT32_MAX, 0};
     bool lowered = true;
     while (lowered && h > 0) {
         lowered = false;
         for (uint32_t g = 0; g < s->num_groups; g++) {
             const sched_group_t *gr = &s->groups[g];
-            if (!gr->lookup)
+            if (!gr->lookup || (cache && gr->cache != cache))
                 continue;
-            uint32_t served = window_servable(s, gr, q, sched_gref(s, q, g).hashes, h);
+            uint32_t served = window_servable(s, g, q, sched_gref(s, q, g).hashes, h, miss);
             if (served < h) {
                 h = served;
                 lowered = true;
@@ -621,6 +640,38 @@ static uint32_t servable_by_all(const kvrt_sched_t *s, seq_t *q, uint32_t h)
         }
     }
     return h;
+}
+
+/* Counts, in each cache whose every group finds its hits by lookups, the
+ * query kvrt_cache_match would have counted: the hit those groups serve
+ * of `start` tokens (offered, rounded down to the hit unit), whatever
+ * other caches serve and before DROP_LAST_HIT, as a match counts its own
+ * blocks. `all` is the hit every group serves and `miss` what lowered
+ * it: the same thing when every group is on this cache. */
+static void count_lookups(kvrt_sched_t *s, seq_t *q, uint32_t offered, uint32_t start,
+                          uint32_t all, hit_miss_t all_miss)
+{
+    for (uint32_t g = 0; g < s->num_groups; g++) {
+        sched_group_t *gr = &s->groups[g];
+        if (!gr->counts_lookups)
+            continue;
+        bool alone = true; /* every group is on this cache */
+        for (uint32_t o = 0; o < s->num_groups && alone; o++)
+            alone = s->groups[o].cache == gr->cache;
+        hit_miss_t miss = all_miss;
+        const uint32_t h = alone ? all : servable_by(s, q, start, gr->cache, &miss);
+        const uint32_t full = sched_round_down(offered, gr->tokens_per_block);
+        const kvrt_block_hash_t *missed =
+            miss.g == UINT32_MAX ? NULL : &sched_gref(s, q, miss.g).hashes[miss.j];
+        /* With no miss, what lies past h is a partial block or an
+         * incomplete unit of a larger block size. */
+        gr->admit_match = (kvrt_cache_match_t){
+            .num_blocks = h >> gr->block_shift,
+            .num_tokens = h,
+            .partial_tokens = offered - (missed ? full : h),
+        };
+        kvrt_cache_count_lookups(gr->cache, offered, missed, &q->keys, &gr->admit_match);
+    }
 }
 
 /* Gives back what each group holds in match_blocks[0, held[g]). */
@@ -672,9 +723,12 @@ static kvrt_status_t match_all(kvrt_sched_t *s, seq_t *q, uint32_t *hit_out)
         if (blocks > *r.num_hashed)
             *r.num_hashed = blocks;
     }
-    h = servable_by_all(s, q, h);
+    hit_miss_t miss;
+    const uint32_t start = sched_round_down(offered, s->hit_unit);
+    h = servable_by(s, q, h, NULL, &miss);
+    count_lookups(s, q, offered, start, h, miss);
     if (h && (q->cache_flags & KVRT_SEQ_CACHE_DROP_LAST_HIT))
-        h = servable_by_all(s, q, h - s->hit_unit); /* EAGLE/MTP: recompute the last */
+        h = servable_by(s, q, h - s->hit_unit, NULL, &miss); /* EAGLE/MTP: recompute the last */
     /* Keep exactly what serves h. */
     for (uint32_t g = 0; g < s->num_groups; g++) {
         sched_group_t *gr = &s->groups[g];

@@ -320,6 +320,10 @@ typedef struct sched_group {
      * window group, or a group sharing an earlier group's cache, whose
      * chains start at a root of their own. */
     bool lookup;
+    /* The first group naming a cache on which every group finds its hits
+     * by lookups: no kvrt_cache_match counts that cache's query, so this
+     * group counts it at each admission (kvrt_cache_count_lookups). */
+    bool counts_lookups;
     uint32_t row_stride;
     int32_t *rows;          /* [max_seqs][row_stride] */
     int32_t *match_blocks;  /* [row_stride]: hits of one admission */
@@ -332,9 +336,9 @@ typedef struct sched_group {
     uint32_t csr_capacity[KVRT_SCHED_MAX_PLANS_IN_FLIGHT];
     uint64_t landed_blocks; /* blocks queued requests hold with K/V that
                                arrived (arrival.c) */
-    /* The last admission's match of this group's cache, as the cache
+    /* The last admission's query of this group's cache, as the cache
      * counted it: taken back when the request then waits (groups that
-     * match, not `lookup` ones: a lookup counts no query). */
+     * match, and those that count lookups). */
     kvrt_cache_match_t admit_match;
 } sched_group_t;
 

@@ -264,7 +264,7 @@ bool sched_shared_wait_slow(kvrt_sched_t *s, seq_t *q, uint32_t offered)
     q->share_from = j;
     q->share_end = end;
     for (uint32_t g = 0; g < s->num_groups; g++)
-        if (!s->groups[g].lookup)
+        if (!s->groups[g].lookup || s->groups[g].counts_lookups)
             kvrt_cache_forget_query(s->groups[g].cache, offered, &s->groups[g].admit_match);
     sched_release(s, q);
     put_off(s, q);

@@ -300,3 +300,85 @@ Test(sched_hybrid_pool, a_group_found_by_lookups_counts_one_hit_per_admission)
     static const uint32_t full_full[2] = {0, 0};
     cr_assert_eq(hit_after_evicting(full_full, KVRT_CACHE_LFU, true, 10), 20);
 }
+
+/* Evicts every idle block of h's pool of group g. */
+static void evict_all(hybrid_t *h, uint32_t g)
+{
+    kvrt_pool_info_t pi;
+    ASSERT_OK(h->ctx, kvrt_pool_info(h->pool[g], &pi));
+    int32_t taken[128];
+    const uint32_t n = pi.free_blocks + pi.cached_blocks;
+    cr_assert_leq(n, 128);
+    ASSERT_OK(h->ctx, kvrt_pool_alloc(h->pool[g], n, taken));
+    ASSERT_OK(h->ctx, kvrt_pool_free(h->pool[g], n, taken));
+}
+
+/* Runs a 41-token prompt (seed) to its end. */
+static void run_prompt(hybrid_t *h, int32_t seed)
+{
+    int32_t prompt[41];
+    prompt_of(prompt, 41, seed);
+    add_prompt(h, prompt, 41, 1);
+    run_to_end(h, 40);
+    drain_all(h);
+}
+
+static void expect_queries(const hybrid_t *h, uint32_t g, uint64_t queries, uint64_t hit,
+                           uint64_t never, uint64_t evicted)
+{
+    kvrt_cache_stats_t cs;
+    ASSERT_OK(h->ctx, kvrt_cache_stats(h->cache[g], &cs));
+    cr_assert_eq(cs.queries, queries, "group %u: %llu queries", g,
+                 (unsigned long long)cs.queries);
+    cr_assert_eq(cs.query_tokens, 40 * queries);
+    cr_assert_eq(cs.hit_tokens, hit, "group %u: %llu hit tokens", g,
+                 (unsigned long long)cs.hit_tokens);
+    cr_assert_eq(cs.miss_never_cached, never, "group %u: %llu never cached", g,
+                 (unsigned long long)cs.miss_never_cached);
+    cr_assert_eq(cs.miss_evicted, evicted, "group %u: %llu evicted", g,
+                 (unsigned long long)cs.miss_evicted);
+    cr_assert_eq(cs.miss_partial, 0);
+}
+
+Test(sched_hybrid_pool, a_cache_every_group_looks_up_in_counts_each_admissions_query)
+{
+    /* No match runs on a cache whose every group finds its hits by
+     * lookups (a window-only model; a window group 0 sharing its pool
+     * with a full-attention group), so the scheduler counts its query:
+     * a first prompt misses (never cached), the same prompt hits its 40
+     * offered tokens, and after every block is evicted it misses again,
+     * as evicted. */
+    static const uint32_t window_only[1] = {8}, window_full[2] = {8, 0}, shared[2] = {0, 0};
+    static const uint32_t pool_64[1] = {64};
+    for (uint32_t layout = 0; layout < 2; layout++) {
+        hybrid_t h = layout == 0 ? hybrid_open(1, pool_64, blocks_of_4, window_only, true,
+                                               &one_by_chunks)
+                                 : hybrid_open_shared(2, shared, pool_64, blocks_of_4,
+                                                      window_full, true, &one_by_chunks);
+        run_prompt(&h, 7);
+        expect_queries(&h, 0, 1, 0, 40, 0);
+        run_prompt(&h, 7);
+        expect_queries(&h, 0, 2, 40, 40, 0);
+        evict_all(&h, 0);
+        run_prompt(&h, 7);
+        expect_queries(&h, 0, 3, 40, 40, 40);
+        hybrid_close(&h);
+    }
+}
+
+Test(sched_hybrid_pool, a_window_cache_counts_what_it_serves_whatever_the_others_serve)
+{
+    /* A window group in a pool of its own beside a full-attention group:
+     * with the full group's blocks evicted the request hits nothing, but
+     * the window's cache counts the 40 tokens it would have served, as a
+     * match counts its own blocks whatever another group serves. */
+    static const uint32_t pools[2] = {64, 64};
+    hybrid_t h = hybrid_open(2, pools, blocks_of_4, full_and_window, true, &one_by_chunks);
+    run_prompt(&h, 9);
+    expect_queries(&h, 1, 1, 0, 40, 0);
+    evict_all(&h, 0);
+    run_prompt(&h, 9);
+    expect_queries(&h, 0, 2, 0, 40, 40);
+    expect_queries(&h, 1, 2, 40, 40, 0);
+    hybrid_close(&h);
+}
