@@ -362,7 +362,8 @@ kvrt_status_t kvrt_cache_reset_stats(kvrt_cache_t *cache);
 /*
  * kvrt_cache_verify - checks the index against the pool and the policy:
  * every indexed block is cached in the pool under exactly one key, the
- * evictable set is exactly the idle cached blocks, counters add up. O(n).
+ * evictable set is exactly the idle cached blocks, counters add up (every
+ * token queried is a hit or a miss of one reason). O(n).
  * Errors: KVRT_ERR_INVALID_ARG, KVRT_ERR_INTERNAL (first broken invariant in
  * kvrt_ctx_last_error()).
  */

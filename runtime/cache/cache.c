@@ -760,6 +760,12 @@ KVRT_EXPORT kvrt_status_t kvrt_cache_verify(const kvrt_cache_t *cache)
         return broken(cache, "cache %s: %llu evictable blocks, policy says %u, pool says %u",
                       cache->name, (unsigned long long)evictable, cache->policy.evictable,
                       kvrt_pool_cached_count(cache->pool));
+    const kvrt_cache_stats_t *st = &cache->stats;
+    const uint64_t accounted = st->hit_tokens + st->miss_never_cached + st->miss_evicted +
+                               st->miss_key_mismatch + st->miss_partial;
+    if (accounted != st->query_tokens)
+        return broken(cache, "cache %s: %llu tokens queried, %llu hit or missed", cache->name,
+                      (unsigned long long)st->query_tokens, (unsigned long long)accounted);
     return KVRT_OK;
 }
 

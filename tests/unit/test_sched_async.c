@@ -267,6 +267,8 @@ Test(sched_async, a_request_alone_but_for_an_ended_one_in_flight_waits_for_its_b
     kvrt_seq_info_t ev[2];
     cr_assert_eq(drain(&f, ev, 2), 1);
 
+    int32_t next_draft = 11;
+    ASSERT_OK(f.ctx, kvrt_seq_set_draft(f.sched, a, &next_draft, 1));
     ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 4, &p4));
     cr_assert_eq(p4->num_seqs, 0, "no block for a until plan 3 commits");
     cr_assert_eq(p4->num_preempted, 0, "a is alone but for b, which plan 3 still holds");
@@ -281,7 +283,16 @@ Test(sched_async, a_request_alone_but_for_an_ended_one_in_flight_waits_for_its_b
     cr_assert_eq(p5->num_seqs, 1);
     cr_assert_eq(p5->seqs[0].id, a);
     cr_assert_eq(p5->seqs[0].num_computed_tokens, 4, "nothing recomputed");
-    sched_fixture_commit(&f, p5, 6);
+    /* A request left out of a step without being preempted keeps the
+     * drafts the engine set for it. */
+    cr_assert_eq(p5->seqs[0].kind, KVRT_PLAN_SPEC);
+    cr_assert_eq(p5->seqs[0].num_new_tokens, 2);
+    cr_assert_eq(p5->input_tokens[1], next_draft);
+    int32_t t5 = 6;
+    uint32_t none = 0;
+    kvrt_commit_t c5 = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = p5->step, .num_seqs = 1,
+                        .num_tokens = 1, .tokens = &t5, .num_accepted = &none};
+    ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c5));
     ASSERT_OK(f.ctx, kvrt_pool_free(f.pool, pi.free_blocks, held));
     ASSERT_OK(f.ctx, kvrt_seq_abort(f.sched, a));
     cr_assert_eq(drain(&f, ev, 2), 1);
