@@ -131,10 +131,12 @@
  * rollback, so those blocks go back to the pools at once). The engine's
  * drafts for the next step may come with the commit (KVRT_COMMIT_DRAFTS),
  * as a draft model proposes them right after verification.
- * Adaptive draft length (default on): each sequence keeps an
- * EWMA p of its per-draft acceptance and proposes
- * clamp(floor(ln 0.25 / ln p), 1, k) drafts, so drafts whose chance of
- * acceptance falls below 1/4 are not proposed. Back-off: draft tokens only
+ * Adaptive draft length (default on): each sequence estimates p, the
+ * chance that a draft is accepted once the ones before it were (decaying
+ * sums of drafts accepted over drafts tried, a rejection trying one), and
+ * proposes clamp(floor(ln 0.25 / ln p), 1, k) drafts, so drafts whose
+ * chance of acceptance falls below 1/4 are not proposed (docs/scheduler.md
+ * says where that model of one chance per draft falls short). Back-off: draft tokens only
  * use budget left after one token per running decode and after the prefill
  * work that could run this step; when the budget binds, drafts shrink
  * first (evenly across sequences), down to plain decoding.

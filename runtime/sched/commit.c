@@ -162,12 +162,21 @@ static inline bool is_stop(const int32_t *stops, uint32_t num_stop, int32_t toke
 }
 
 /* Learns the request's acceptance and sets its next draft length: the
- * longest j with p^j >= 1/4 (draft_threshold[j] = 0.25^(1/j)). */
+ * longest j with p^j >= 1/4 (draft_threshold[j] = 0.25^(1/j)), p the
+ * chance that a draft is accepted once the ones before it were. A
+ * verification of d drafts accepting a tried a of them, and one more
+ * when a < d (the first rejected); those after it tell nothing. Decaying
+ * sums of both, divided, estimate p whatever the lengths verified: the
+ * fraction a / d would not (a rejection at j hides d - j drafts, so it
+ * reads p = 0.8 at d = 4 as 0.59 and the length swings). */
 static void adapt_draft(kvrt_sched_t *s, seq_t *q, uint32_t drafts, uint32_t accepted)
 {
-    q->accept_ewma = 0.8f * q->accept_ewma + 0.2f * ((float)accepted / (float)drafts);
+    const uint32_t tried = accepted + (accepted < drafts); /* >= 1 */
+    q->accept_hits = (uint16_t)((4u * q->accept_hits + accepted * SCHED_ACCEPT_ONE) / 5u);
+    q->accept_tries = (uint16_t)((4u * q->accept_tries + tried * SCHED_ACCEPT_ONE) / 5u);
+    const float p = (float)q->accept_hits / (float)q->accept_tries; /* tries > 0 */
     uint32_t len = 1;
-    while (len < s->max_draft && q->accept_ewma >= s->draft_threshold[len + 1])
+    while (len < s->max_draft && p >= s->draft_threshold[len + 1])
         len++;
     q->draft_len = (uint8_t)len;
 }

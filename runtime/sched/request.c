@@ -382,7 +382,7 @@ KVRT_EXPORT kvrt_status_t kvrt_seq_add(kvrt_sched_t *s, const kvrt_seq_params_t 
         q->cache_flags |= SCHED_CACHE_NO_KEYS;
     q->order = s->next_order++;
     q->draft_len = (uint8_t)s->max_draft;
-    q->accept_ewma = 1.0f; /* optimistic: start at full length, learn down */
+    q->accept_hits = q->accept_tries = SCHED_ACCEPT_ONE; /* optimistic: full length */
     q->status = KVRT_OK;
     s->live++;
     sched_heap_push(s, q);

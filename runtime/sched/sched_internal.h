@@ -45,6 +45,12 @@ typedef struct ngram_index {
     uint32_t indexed;    /* positions [0, indexed) are in the chains */
 } ngram_index_t;
 
+/* One draft in seq_t's acceptance sums: KVRT_SCHED_MAX_DRAFT of them fit
+ * in 16 bits. */
+#define SCHED_ACCEPT_ONE 2048u
+_Static_assert(KVRT_SCHED_MAX_DRAFT * SCHED_ACCEPT_ONE <= UINT16_MAX,
+               "acceptance sums outgrow 16 bits");
+
 typedef struct seq {
     /* ---- hot: the first 64 bytes are all a decode step and its commit
      * read or write but the line of recent tokens (the array is 64-byte
@@ -99,7 +105,11 @@ typedef struct seq {
     uint32_t running_pos;   /* index in sched->running, SCHED_NONE when none */
     uint32_t prompt_len;
     int32_t priority;
-    float accept_ewma;      /* per-draft acceptance estimate */
+    /* Per-draft acceptance, as two decaying sums over verifications, in
+     * units of 1/SCHED_ACCEPT_ONE: drafts accepted, and drafts tried (the
+     * accepted ones and the first rejected, the only one a rejection tells
+     * about). Each sum is at most max_draft_tokens. */
+    uint16_t accept_hits, accept_tries;
     uint32_t num_inserted;  /* table blocks [0, num_inserted) offered to the cache */
     kvrt_table_id_t table;  /* 0 when the request holds no blocks */
     uint64_t spec_proposed;

@@ -19,11 +19,12 @@ typedef struct fixture {
     kvrt_sched_t *sched;
 } fixture_t;
 
-static fixture_t open_fixture(uint32_t draft, bool ngram, uint32_t budget)
+static fixture_t open_fixture_sized(uint32_t draft, bool ngram, uint32_t budget,
+                                    uint32_t blocks)
 {
     fixture_t f = {0};
     cr_assert_eq(kvrt_ctx_create(NULL, &f.ctx), KVRT_OK);
-    f.pool = test_pool(f.ctx, 256, 4);
+    f.pool = test_pool(f.ctx, blocks, 4);
     ASSERT_OK(f.ctx, kvrt_cache_create(f.pool, NULL, &f.cache));
     kvrt_sched_params_t sp = {.field_mask = KVRT_SCHED_PARAM_DRAFT |
                                             KVRT_SCHED_PARAM_MAX_BATCH_TOKENS |
@@ -37,6 +38,11 @@ static fixture_t open_fixture(uint32_t draft, bool ngram, uint32_t budget)
     }
     ASSERT_OK(f.ctx, kvrt_sched_create(f.ctx, f.pool, f.cache, &sp, &f.sched));
     return f;
+}
+
+static fixture_t open_fixture(uint32_t draft, bool ngram, uint32_t budget)
+{
+    return open_fixture_sized(draft, ngram, budget, 256);
 }
 
 static void close_fixture(fixture_t *f)
@@ -715,6 +721,72 @@ Test(sched_spec, draft_length_adapts_to_acceptance)
     kvrt_seq_info_t ev[1];
     ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 1, &n));
     close_fixture(&f);
+}
+
+/* The median draft length a request settles at when each draft is
+ * accepted with chance p (given the ones before it were), over the last
+ * 100 of 200 steps, with k drafts offered each step. */
+static uint32_t settled_draft_length(double p, uint32_t k)
+{
+    fixture_t f = open_fixture_sized(k, false, 8192, 1024);
+    int32_t prompt[3] = {1, 2, 3};
+    kvrt_seq_id_t id = add(&f, prompt, 3, 4000);
+    step_one(&f, 0, 4);
+    int32_t draft[16];
+    for (uint32_t j = 0; j < 16; j++)
+        draft[j] = 50 + (int32_t)j;
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    uint32_t counts[17] = {0};
+    for (uint32_t step = 0; step < 200; step++) {
+        ASSERT_OK(f.ctx, kvrt_seq_set_draft(f.sched, id, draft, k));
+        const kvrt_batch_plan_t *plan;
+        ASSERT_OK(f.ctx, kvrt_sched_step(f.sched, 0, &plan));
+        const uint32_t d = plan->seqs[0].num_drafts;
+        uint32_t a = 0;
+        for (; a < d; a++) {
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            if ((double)(rng >> 11) / 9007199254740992.0 >= p)
+                break;
+        }
+        int32_t tokens[17];
+        for (uint32_t j = 0; j < a; j++)
+            tokens[j] = draft[j];
+        tokens[a] = 4;
+        kvrt_commit_t c = {.field_mask = KVRT_COMMIT_ACCEPTED, .step = plan->step,
+                           .num_seqs = 1, .num_tokens = a + 1, .tokens = tokens,
+                           .num_accepted = &a};
+        ASSERT_OK(f.ctx, kvrt_sched_commit(f.sched, &c));
+        if (step >= 100)
+            counts[d]++;
+    }
+    kvrt_seq_abort(f.sched, id);
+    uint32_t n;
+    kvrt_seq_info_t ev[1];
+    ASSERT_OK(f.ctx, kvrt_sched_drain_ended(f.sched, ev, 1, &n));
+    close_fixture(&f);
+    uint32_t median = 0;
+    for (uint32_t seen = 0; seen + counts[median] < 50; median++)
+        seen += counts[median];
+    return median;
+}
+
+Test(sched_spec, draft_length_settles_where_the_next_draft_is_worth_verifying)
+{
+    /* Drafts accepted each with chance p: the longest length whose last
+     * draft lands with chance p^j >= 1/4 is 2 at p = 0.5, 6 at 0.8, 8 of 8
+     * at 0.95. Averaging the fraction of drafts accepted instead would
+     * read p = 0.8 as about 0.6 (a rejection ends the count early) and
+     * settle near 3. */
+    static const struct {
+        double p;
+        uint32_t expect;
+    } cases[] = {{0.5, 2}, {0.8, 6}, {0.95, 8}};
+    for (uint32_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint32_t got = settled_draft_length(cases[i].p, 8);
+        cr_assert(got + 1 >= cases[i].expect && got <= cases[i].expect + 1,
+                  "p = %.2f: settled at %u drafts, expected %u", cases[i].p, got,
+                  cases[i].expect);
+    }
 }
 
 Test(sched_spec, drafts_back_off_when_the_budget_binds)
