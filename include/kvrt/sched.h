@@ -538,12 +538,14 @@ typedef struct kvrt_seq_info {
     uint32_t draft_length;         /* drafts it would propose now (adaptive) */
     uint64_t spec_proposed;        /* draft tokens verified */
     uint64_t spec_accepted;
-    /* now_ns of the steps that first admitted it, produced its first output
-     * token and ended it (0 when not yet). */
+    /* now_ns of the step that first admitted it; of the step that planned
+     * its first output token (the clock before the model ran it); of the
+     * step whose plan the commit that ended it applies, or for an abort of
+     * the latest step. 0 when not yet (an abort before any step: 0). */
     uint64_t admitted_ns;
     uint64_t first_token_ns;
     uint64_t end_ns;
-    int deadline_missed;           /* 1: first token came after deadline_ns */
+    int deadline_missed;           /* 1: first_token_ns came after deadline_ns */
     /* Output token ids [0..output_tokens). In kvrt_seq_info: valid until the
      * next commit, abort or drain. In a drained event: valid until the next
      * kvrt_sched_drain_ended() or kvrt_sched_destroy(). */
@@ -763,11 +765,12 @@ kvrt_status_t kvrt_seq_await_kv_groups(kvrt_sched_t *sched, kvrt_seq_id_t id,
  * matched again at admission) and the request is queued again; the id is
  * then dead. Until then the request stays in WAITING_KV (never planned).
  * For an arrival given up (deadline passed, request aborted or drained)
- * the group's blocks are freed now and landed_blocks is ignored. Each
- * group reports once. Not thread-safe (the scheduler's thread).
+ * the group's blocks are freed now and landed_blocks, once checked, is
+ * ignored. Each group reports once. Not thread-safe (the scheduler's
+ * thread).
  * Errors: KVRT_ERR_INVALID_ARG (NULL sched, group out of range,
- * landed_blocks above the group's block count, unless the arrival was
- * given up), KVRT_ERR_UNKNOWN_REQUEST
+ * landed_blocks above the group's block count, given up or not),
+ * KVRT_ERR_UNKNOWN_REQUEST
  * (an unknown or ended arrival), KVRT_ERR_BAD_STATE (the group has
  * reported already). Nothing changes on error.
  */
@@ -781,13 +784,13 @@ kvrt_status_t kvrt_arrival_group_complete(kvrt_sched_t *sched, kvrt_arrival_id_t
  * it, those tokens become computed (at most the arrival's num_tokens) and
  * the request is queued again; the rest of its blocks are freed. For an
  * arrival given up (deadline passed, request aborted or drained) its blocks
- * are freed now and landed_blocks is ignored. The id is dead afterwards.
+ * are freed now and landed_blocks, once checked, is ignored. The id is
+ * dead afterwards.
  * With several cache groups it reports every group that has not reported
  * (kvrt_arrival_group_complete) at once, and landed_blocks must be 0
  * (nothing more landed: the usual way to give an arrival up).
  * Errors: KVRT_ERR_INVALID_ARG (NULL sched, landed_blocks above the
- * arrival's block count, or not 0 with several groups; neither checked
- * for an arrival given up),
+ * arrival's block count, or not 0 with several groups; given up or not),
  * KVRT_ERR_UNKNOWN_REQUEST (an unknown or already completed arrival id).
  * Nothing changes on error.
  */
@@ -863,9 +866,10 @@ typedef struct kvrt_plan_group {
  * [max_seqs][row_stride] int32, row r holding the blocks of the running
  * sequence that owns it, padded with KVRT_NULL_BLOCK past them (which may
  * go past seq_lens by the blocks rejected drafts left, see speculation). A
- * sequence keeps its row from admission to preemption or end, and each step
- * writes only the entries that changed (a new block, a rollback), so
- * rebuilding costs nothing; an engine mirroring rows on the device applies
+ * sequence keeps its row from admission to preemption or end, and only the
+ * entries that change are written (a new block, blocks a window or the
+ * pressure order gives back, a rollback's truncation on several groups;
+ * docs/scheduler.md), so rebuilding costs nothing; an engine mirroring rows on the device applies
  * the same changes (rows_changed lists the rows touched since the last
  * plan that was not empty, so an empty plan's rows are listed again by the
  * next one; each list stays intact while its plan is in flight). With

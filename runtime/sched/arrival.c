@@ -379,7 +379,7 @@ KVRT_EXPORT kvrt_status_t kvrt_arrival_group_complete(kvrt_sched_t *s, kvrt_arri
         return kvrt_fail(s->ctx, KVRT_ERR_BAD_STATE,
                          "group %u of arrival 0x%llx has already reported", group,
                          (unsigned long long)id);
-    if (a->seq != SCHED_NONE && landed_blocks > part->num_blocks)
+    if (landed_blocks > part->num_blocks) /* (given up or not: the caller's count) */
         return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
                          "group %u: %u blocks landed of an arrival of %u", group, landed_blocks,
                          part->num_blocks);
@@ -395,18 +395,18 @@ KVRT_EXPORT kvrt_status_t kvrt_arrival_complete(kvrt_sched_t *s, kvrt_arrival_id
     arrival_t *a = find_arrival(s, id);
     if (!a)
         return KVRT_ERR_UNKNOWN_REQUEST;
-    if (a->seq != SCHED_NONE) {
-        if (s->num_groups > 1 && landed_blocks)
-            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                             "with %u cache groups landed blocks are counted per group "
-                             "(kvrt_arrival_group_complete); kvrt_arrival_complete ends the "
-                             "rest with 0",
-                             s->num_groups);
-        if (landed_blocks > a->group0.num_blocks)
-            return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
-                             "%u blocks landed of an arrival of %u", landed_blocks,
-                             a->group0.num_blocks);
-    }
+    /* Checked whether the request gave the arrival up or not: a count
+     * the arrival cannot have is the caller's mistake either way. */
+    if (s->num_groups > 1 && landed_blocks)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "with %u cache groups landed blocks are counted per group "
+                         "(kvrt_arrival_group_complete); kvrt_arrival_complete ends the "
+                         "rest with 0",
+                         s->num_groups);
+    if (landed_blocks > a->group0.num_blocks)
+        return kvrt_fail(s->ctx, KVRT_ERR_INVALID_ARG,
+                         "%u blocks landed of an arrival of %u", landed_blocks,
+                         a->group0.num_blocks);
     /* Every group that has not reported, in one go: the last report lands. */
     for (uint32_t g = 0; g < s->num_groups; g++)
         if (arrival_part(s, a, g)->landed == ARRIVAL_UNREPORTED)

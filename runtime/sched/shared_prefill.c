@@ -241,23 +241,39 @@ bool sched_shared_still_waits_slow(kvrt_sched_t *s, seq_t *q)
     return false;
 }
 
+/* The request noted at q's block j that computes q's next share_blocks
+ * blocks (all offered to the cache) or more, with *end_out the block (a
+ * whole hit unit) where what they share ends; NULL if none. */
+static seq_t *sharer_at(kvrt_sched_t *s, seq_t *q, uint32_t j, uint32_t offered,
+                        uint32_t *end_out)
+{
+    if (((uint64_t)j + s->share_blocks) * s->tokens_per_block > offered)
+        return NULL; /* the blocks it would wait for are not all offered to the cache */
+    seq_t *o = find_sharer(s, q, j);
+    if (!o)
+        return NULL;
+    /* What a hit can use of the run they share: whole hit units (on one
+     * group, every block). */
+    *end_out =
+        hit_block(s, shared_run_end(s, q, o, j + s->share_blocks, offered) << s->block_shift);
+    return j + s->share_blocks <= *end_out ? o : NULL;
+}
+
 bool sched_shared_wait_slow(kvrt_sched_t *s, seq_t *q, uint32_t offered)
 {
     /* (A request holding arrived K/V or waiting for it has a table: it is
      * never matched, so it never comes here.) */
     if (q->cache_flags & KVRT_SEQ_CACHE_SKIP_READ)
         return false;
-    const uint32_t j = q->computed >> s->block_shift;
-    if (((uint64_t)j + s->share_blocks) * s->tokens_per_block > offered)
-        return false; /* the blocks it would wait for are not all offered to the cache */
-    seq_t *o = find_sharer(s, q, j);
+    uint32_t j = q->computed >> s->block_shift, end;
+    seq_t *o = sharer_at(s, q, j, offered, &end);
+    if (!o && (q->cache_flags & KVRT_SEQ_CACHE_DROP_LAST_HIT)) {
+        /* It recomputes the hit unit it dropped, and another request
+         * that committed those blocks notes the unit after them. */
+        j += s->hit_unit >> s->block_shift;
+        o = sharer_at(s, q, j, offered, &end);
+    }
     if (!o)
-        return false;
-    /* What a hit can use of the run they share: whole hit units (on one
-     * group, every block). */
-    const uint32_t end =
-        hit_block(s, shared_run_end(s, q, o, j + s->share_blocks, offered) << s->block_shift);
-    if (j + s->share_blocks > end)
         return false;
     q->share_slot = sched_slot(s, o);
     q->share_id = sched_id(s, o);

@@ -330,13 +330,17 @@ static uint64_t running_mask(const world_t *w)
 /* A request preempted by a step was the lowest of the running ones: every
  * request that ran before the step and still runs has a higher priority,
  * or the same priority and an earlier arrival. (One admitted by the same
- * step may come later: admission orders by deadline before arrival.) */
+ * step may come later: admission orders by deadline before arrival.) `ran`
+ * is the running set before the step. */
 static void check_preempted(const world_t *w, const kvrt_batch_plan_t *p, uint64_t ran)
 {
+    const uint64_t ran_before = ran;
     ran &= running_mask(w);
     for (uint32_t i = 0; i < p->num_preempted; i++) {
         const request_t *v = find_request(w, p->preempted[i]);
-        if (!v)
+        /* (one the step admitted and sent back, its first blocks gone
+         * after all, was no victim: it did not run before the step) */
+        if (!v || !(ran_before >> (v - w->requests) & 1u))
             continue;
         for (uint32_t r = 0; r < w->num_ids; r++) {
             const request_t *o = &w->requests[r];

@@ -222,6 +222,11 @@ Test(sched_arrival, arrival_past_its_deadline_is_recomputed_and_its_blocks_held_
     cr_assert_eq(st.awaiting_kv, 0);
     run_to_end(&f, 2000);
     cr_assert_eq(used_blocks(&f), 2, "held until the caller completes the arrival");
+    /* A count the arrival cannot have is refused, given up or not. */
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG, kvrt_arrival_complete(f.sched, arr, count + 1));
+    ASSERT_STATUS(KVRT_ERR_INVALID_ARG,
+                  kvrt_arrival_group_complete(f.sched, arr, 0, count + 1));
+    cr_assert_eq(used_blocks(&f), 2);
     ASSERT_OK(f.ctx, kvrt_arrival_complete(f.sched, arr, count));
     cr_assert_eq(used_blocks(&f), 0);
     ASSERT_STATUS(KVRT_ERR_UNKNOWN_REQUEST, kvrt_arrival_complete(f.sched, arr, count));

@@ -452,6 +452,29 @@ Test(sched_shared, requests_dropping_their_last_hit_wait_and_are_counted_once)
     sched_fixture_close(&f);
 }
 
+/* b drops its last hit (EAGLE/MTP) and comes up after a, which drops its
+ * own, has committed its first chunk: b recomputes the block it dropped,
+ * a notes the block after it, and b still waits for a's next blocks
+ * instead of computing them too; then it hits all of the prefix but its
+ * last block. */
+Test(sched_shared, a_request_dropping_its_last_hit_waits_for_a_prefill_under_way)
+{
+    kvrt_sched_params_t sp = params(32, 32, 1);
+    fixture_t f = open_with(&sp);
+    kvrt_seq_id_t a = add_flags(&f, PREFIX, 0, KVRT_SEQ_CACHE_DROP_LAST_HIT, NULL);
+    sched_fixture_commit(&f, step(&f), 9); /* a committed 32 tokens */
+    kvrt_seq_id_t b = add_flags(&f, PREFIX, 1, KVRT_SEQ_CACHE_DROP_LAST_HIT, NULL);
+    const kvrt_batch_plan_t *plan;
+    uint32_t waited;
+    kvrt_plan_seq_t eb = wait_for_entry(&f, b, a, &plan, &waited);
+    cr_assert_eq(waited, 3, "b waited %u steps", waited);
+    cr_assert_eq(eb.num_computed_tokens, PREFIX - TPB);
+    cr_assert_eq(cache_stats(&f).queries, 2);
+    sched_fixture_commit(&f, plan, 9);
+    run_to_end(&f, 2);
+    sched_fixture_close(&f);
+}
+
 /* A request whose K/V dates from before a cache reset leaves nothing in
  * the cache: nobody waits for it. */
 Test(sched_shared, nobody_waits_for_a_request_that_holds_kv_from_before_a_reset)
