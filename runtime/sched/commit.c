@@ -169,7 +169,8 @@ static inline bool is_stop(const int32_t *stops, uint32_t num_stop, int32_t toke
  * sums of both, divided, estimate p whatever the lengths verified: the
  * fraction a / d would not (a rejection at j hides d - j drafts, so it
  * reads p = 0.8 at d = 4 as 0.59 and the length swings). */
-static void adapt_draft(kvrt_sched_t *s, seq_t *q, uint32_t drafts, uint32_t accepted)
+static __attribute__((noinline)) void adapt_draft(kvrt_sched_t *s, seq_t *q, uint32_t drafts,
+                                                  uint32_t accepted)
 {
     const uint32_t tried = accepted + (accepted < drafts); /* >= 1 */
     q->accept_hits = (uint16_t)((4u * q->accept_hits + accepted * SCHED_ACCEPT_ONE) / 5u);

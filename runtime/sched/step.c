@@ -353,7 +353,7 @@ static KVRT_ALWAYS_INLINE void decode_pass(kvrt_sched_t *s, step_state_t *st, bo
         }
         uint32_t t0 = p->num_tokens;
         int32_t *input = b->input_tokens + t0;
-        uint32_t drafts = 0, had_drafts = 0, backoff = 0;
+        uint32_t drafts = 0;
         if (s->max_draft && !q->in_plan) {
             uint32_t room = q->max_tokens - q->num_tokens - 1; /* outputs after the bonus */
             uint32_t want = min_u32(s->adaptive_draft ? q->draft_len : s->max_draft, room);
@@ -367,29 +367,28 @@ static KVRT_ALWAYS_INLINE void decode_pass(kvrt_sched_t *s, step_state_t *st, bo
                 sched_copy32(input + 1, s->max_batch_tokens - t0 - 1, q->draft,
                              KVRT_SCHED_MAX_DRAFT, drafts);
                 if (q->engine_drafts > limit && limit < want)
-                    backoff = min_u32(q->engine_drafts, want) - limit;
-                had_drafts = q->engine_drafts;
-                q->engine_drafts = 0;
+                    s->stats.spec_backoff_tokens += min_u32(q->engine_drafts, want) - limit;
+                if (!drafts)
+                    q->engine_drafts = 0; /* all cut: dropped, as counted */
             } else if (s->ngram_min) {
                 if (limit)
                     drafts = ngram_propose(s, &q->ngram,
                                            sched_seq_tokens(q, q->num_tokens),
                                            q->num_tokens, limit, input + 1);
                 if (limit < want)
-                    backoff = want - limit;
+                    s->stats.spec_backoff_tokens += want - limit;
             }
         }
         uint32_t n = 1 + drafts;
-        if (!grow_decode(s, q, n, &st->budget)) {
-            /* Left out of this step: a request that still runs (it waits
-             * for blocks held by a plan in flight or an arrival) keeps
-             * the engine's drafts for the next; a preempted or failed one
-             * loses them. */
-            if (q->state == KVRT_SEQ_RUNNING)
-                q->engine_drafts = had_drafts;
+        /* Left out of this step, a request that still runs (it waits for
+         * blocks a plan in flight or an arrival holds) keeps the engine's
+         * drafts for the next; a preempted or failed one lost them with
+         * its release. Planned, it has consumed them (with n-gram drafts
+         * it had none). */
+        if (!grow_decode(s, q, n, &st->budget))
             continue;
-        }
-        s->stats.spec_backoff_tokens += backoff;
+        if (drafts)
+            q->engine_drafts = 0;
         b->input_tokens[p->num_tokens] =
             async && KVRT_UNLIKELY(q->pending_samples) ? KVRT_TOKEN_PLACEHOLDER : q->last_token;
         plan_add(s, q, drafts ? KVRT_PLAN_SPEC : KVRT_PLAN_DECODE, n, drafts, true);
