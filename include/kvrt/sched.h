@@ -136,10 +136,10 @@
  * sums of drafts accepted over drafts tried, a rejection trying one), and
  * proposes clamp(floor(ln 0.25 / ln p), 1, k) drafts, so drafts whose
  * chance of acceptance falls below 1/4 are not proposed (docs/scheduler.md
- * says where that model of one chance per draft falls short). Back-off: draft tokens only
- * use budget left after one token per running decode and after the prefill
- * work that could run this step; when the budget binds, drafts shrink
- * first (evenly across sequences), down to plain decoding.
+ * says where that model of one chance per draft falls short). Back-off:
+ * draft tokens only use budget left after one token per running decode and
+ * after the prefill work that could run this step; when the budget binds,
+ * drafts shrink first (evenly across sequences), down to plain decoding.
  *
  * Ends. Every request ends exactly once: by length (max_new_tokens output
  * tokens, or max_seq_tokens in all), by a stop token (kept as the last
@@ -330,11 +330,11 @@ kvrt_status_t kvrt_sched_create(kvrt_ctx_t *ctx, kvrt_pool_t *pool, kvrt_cache_t
  *     group after the first to name it chains its blocks' content hashes
  *     from a root of its own (docs/block-hash.md), since its blocks hold
  *     other layers' K/V for the same tokens, and finds its hits by lookups.
- *     Each cache counts one query per admission: a cache some
- *     full-attention group matches counts that match; a cache whose every
- *     group finds its hits by lookups (a window-only model, a window group
- *     0 sharing its pool) counts the hit those groups serve and the reason
- *     of the miss that ended it.
+ *     Each cache counts one query each time a request is matched: a cache
+ *     some full-attention group matches counts that match; a cache whose
+ *     every group finds its hits by lookups (a window-only model, a window
+ *     group 0 sharing its pool) counts the hit those groups serve and the
+ *     reason of the miss that ended it.
  *   - Waiting for KV: kvrt_seq_await_kv_groups allocates blocks in every
  *     group (a sliding-window group only those of the window the first
  *     recomputed token reads; its earlier entries are KVRT_NULL_BLOCK) and
@@ -869,10 +869,11 @@ typedef struct kvrt_plan_group {
  * sequence keeps its row from admission to preemption or end, and only the
  * entries that change are written (a new block, blocks a window or the
  * pressure order gives back, a rollback's truncation on several groups;
- * docs/scheduler.md), so rebuilding costs nothing; an engine mirroring rows on the device applies
- * the same changes (rows_changed lists the rows touched since the last
- * plan that was not empty, so an empty plan's rows are listed again by the
- * next one; each list stays intact while its plan is in flight). With
+ * docs/scheduler.md), so rebuilding costs nothing; an engine mirroring
+ * rows on the device applies the same changes (rows_changed lists the rows
+ * touched since the last plan that was not empty, so an empty plan's rows
+ * are listed again by the next one; each list stays intact while its plan
+ * is in flight). With
  * csr_block_tables, block_table_offsets[num_seqs+1] and block_table_ids
  * also give each planned sequence's blocks as CSR, rebuilt every step;
  * when their buffer cannot grow (no memory) the step leaves them NULL
