@@ -540,8 +540,9 @@ typedef struct kvrt_seq_info {
     uint64_t spec_accepted;
     /* now_ns of the step that first admitted it; of the step that planned
      * its first output token (the clock before the model ran it); of the
-     * step whose plan the commit that ended it applies, or for an abort of
-     * the latest step. 0 when not yet (an abort before any step: 0). */
+     * step whose plan the commit that ended it applies, for an abort or a
+     * request failed in a step of the latest step. 0 when not yet (an end
+     * before any step: 0). */
     uint64_t admitted_ns;
     uint64_t first_token_ns;
     uint64_t end_ns;

@@ -50,8 +50,9 @@
  * notes the block where the hit of a request sharing its prompt would end:
  * its committed length rounded down to hit_unit. When the blocks are
  * committed, the waiting request's match counts what every group serves
- * (groups.c); when it waits, its queries of every cache it matched are
- * taken back (groups that look blocks up count none).
+ * (groups.c); when it waits, its queries are taken back in every cache
+ * that counted one (a cache whose groups all look blocks up counts one
+ * too: groups.c, count_lookups).
  *
  * The noted blocks live in an open-addressing table, valid for the step
  * whose epoch they carry (nothing is cleared per step), at most half full:
